@@ -1,0 +1,92 @@
+//! Wire conversion for the client: prost types in and out, and the gRPC
+//! status convention the participant uses (see its `convert` module).
+
+use pact_common::NodeId;
+use pact_proto as pb;
+use tonic::{Code, Status};
+
+use crate::{ClientError, Mutation};
+
+pub(crate) enum Class {
+    /// Refused by a non-leader; maybe with the leader's id.
+    NotLeader(Option<NodeId>),
+    /// Certainly not applied; safe to retry elsewhere.
+    Retry(String),
+    /// May have been applied.
+    Unknown(String),
+    /// Final.
+    Fail(ClientError),
+}
+
+pub(crate) fn classify(s: &Status) -> Class {
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::FailedPrecondition if msg.starts_with("not leader") => {
+            let hint = s
+                .metadata()
+                .get("pact-leader-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map(NodeId);
+            Class::NotLeader(hint)
+        }
+        // Our servers say "unavailable: ..." when they did nothing; tonic
+        // says "...connect..." when the request never left this process.
+        // Any other UNAVAILABLE (a connection cut mid-request) may have
+        // reached the server.
+        Code::Unavailable if msg.starts_with("unavailable") || msg.contains("connect") => {
+            Class::Retry(msg)
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            Class::Unknown(msg)
+        }
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
+            Class::Fail(ClientError::InvalidInput(msg))
+        }
+        Code::NotFound => Class::Fail(ClientError::InvalidInput(msg)),
+        _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
+    }
+}
+
+pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {
+    batch
+        .into_iter()
+        .map(|(k, v)| pb::WriteOp {
+            key: k.into(),
+            op: Some(match v {
+                Some(v) => pb::write_op::Op::Put(v.into()),
+                None => pb::write_op::Op::Delete(true),
+            }),
+        })
+        .collect()
+}
+
+/// One replica's Raft state as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub shard: u64,
+    pub node: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<u64>,
+}
+
+impl From<pb::StatusResponse> for ReplicaStatus {
+    fn from(r: pb::StatusResponse) -> Self {
+        ReplicaStatus {
+            shard: r.shard_id,
+            node: r.node_id,
+            role: r.role,
+            term: r.term,
+            leader: (r.leader_id != 0).then_some(r.leader_id),
+            applied_index: r.applied_index,
+            last_log_index: r.last_log_index,
+            snapshot_index: r.snapshot_index,
+            voters: r.voters,
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Pact's Rust client library.
+//!
+//! [`Client`] knows the cluster config, maps each key to its shard, and
+//! sends the request to that shard's leader. It learns leaders from
+//! `NotLeader` hints and caches them; when a replica is down or has no
+//! leader it tries the next replica with backoff, until the retry budget
+//! ([`ClientOptions::retry_for`]) runs out.
+//!
+//! # What is retried
+//! Reads are retried freely. A write is retried only when it certainly did
+//! not take effect (refused by a follower, no connection, the server said
+//! unavailable). When a write's fate is unknown (timeout, connection lost
+//! after sending) the client returns [`ClientError::Unknown`] instead of
+//! retrying blindly: the caller decides, typically by reading.
+//!
+//! # Errors
+//! One enum, [`ClientError`], phrased as what to do: retry later
+//! (`Unavailable`), find out first (`Unknown`), fix the request
+//! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
+
+mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pact_common::{ClusterConfig, NodeId, ShardId, ShardMap};
+use pact_proto as pb;
+use pact_proto::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use convert::ReplicaStatus;
+use convert::{classify, Class};
+
+/// Message size limit the client accepts and sends.
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// Nothing was done; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request is malformed; retrying will not help.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The cluster has no such shard.
+    #[error("unknown shard {0}")]
+    UnknownShard(u64),
+    /// A server reported an internal failure (a stopped replica).
+    #[error("server error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one RPC attempt.
+    pub request_timeout: Duration,
+    /// Total time spent retrying one operation before giving up.
+    pub retry_for: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One change of a write batch: `Some(value)` puts, `None` deletes.
+pub type Mutation = (Vec<u8>, Option<Vec<u8>>);
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    map: ShardMap,
+    shards: BTreeMap<ShardId, Vec<NodeId>>,
+    nodes: BTreeMap<NodeId, String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    leaders: Mutex<HashMap<ShardId, NodeId>>,
+    opts: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(config: &ClusterConfig, opts: ClientOptions) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                map: config.shard_map(),
+                shards: config
+                    .shards
+                    .iter()
+                    .map(|s| (s.id, s.replicas.clone()))
+                    .collect(),
+                nodes: config
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id, n.addr.clone()))
+                    .collect(),
+                channels: Mutex::new(HashMap::new()),
+                leaders: Mutex::new(HashMap::new()),
+                opts,
+            }),
+        }
+    }
+
+    pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
+        self.inner.map.shard_for_key(key)
+    }
+
+    pub fn shards(&self) -> Vec<ShardId> {
+        self.inner.shards.keys().copied().collect()
+    }
+
+    fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
+        let addr = self.inner.nodes.get(&node).ok_or_else(|| {
+            ClientError::InvalidInput(format!("node {node} is not in the config"))
+        })?;
+        let mut chans = self
+            .inner
+            .channels
+            .lock()
+            .map_err(|_| ClientError::Internal("poisoned lock".into()))?;
+        if let Some(c) = chans.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::InvalidInput(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        chans.insert(addr.clone(), ch.clone());
+        Ok(ch)
+    }
+
+    fn cached_leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.inner
+            .leaders
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&shard).copied())
+    }
+
+    fn set_leader(&self, shard: ShardId, node: NodeId) {
+        if let Ok(mut l) = self.inner.leaders.lock() {
+            l.insert(shard, node);
+        }
+    }
+
+    /// Run `call` against `shard`'s leader, following hints and retrying
+    /// as the operation's idempotence allows.
+    async fn on_shard<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        idempotent: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let replicas = self
+            .inner
+            .shards
+            .get(&shard)
+            .cloned()
+            .ok_or(ClientError::UnknownShard(shard.0))?;
+        let deadline = Instant::now() + self.inner.opts.retry_for;
+        let mut target = self.cached_leader(shard).unwrap_or(replicas[0]);
+        let mut backoff = Duration::from_millis(20);
+        let mut last_err;
+        loop {
+            let next = |t: NodeId| {
+                let i = replicas.iter().position(|r| *r == t).unwrap_or(0);
+                replicas[(i + 1) % replicas.len()]
+            };
+            let client = KvClient::new(self.channel(target)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let res = tokio::time::timeout(self.inner.opts.request_timeout, call(client)).await;
+            let mut sleep = true;
+            match res {
+                Ok(Ok(resp)) => {
+                    self.set_leader(shard, target);
+                    return Ok(resp.into_inner());
+                }
+                Err(_) => {
+                    last_err = format!(
+                        "node {target} did not answer within {:?}",
+                        self.inner.opts.request_timeout
+                    );
+                    if !idempotent {
+                        return Err(ClientError::Unknown(last_err));
+                    }
+                    target = next(target);
+                }
+                Ok(Err(status)) => match classify(&status) {
+                    Class::NotLeader(Some(hint)) if replicas.contains(&hint) && hint != target => {
+                        last_err = format!("node {target} is not leader; hint {hint}");
+                        target = hint;
+                        sleep = false;
+                    }
+                    Class::NotLeader(_) => {
+                        last_err = format!("node {target} is not leader and knows none");
+                        target = next(target);
+                    }
+                    Class::Retry(m) => {
+                        last_err = format!("node {target}: {m}");
+                        target = next(target);
+                    }
+                    Class::Unknown(m) => {
+                        last_err = format!("node {target}: {m}");
+                        if !idempotent {
+                            return Err(ClientError::Unknown(last_err));
+                        }
+                        target = next(target);
+                    }
+                    Class::Fail(e) => return Err(e),
+                },
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable(format!(
+                    "shard {shard}: gave up after {:?}: {last_err}",
+                    self.inner.opts.retry_for
+                )));
+            }
+            if sleep {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Linearizable read of one key.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let shard = self.shard_for_key(key);
+        let r = self
+            .on_shard(shard, true, |mut c| {
+                let req = pb::GetRequest {
+                    shard_id: shard.0,
+                    key: key.to_vec().into(),
+                };
+                async move { c.get(req).await }
+            })
+            .await?;
+        Ok(r.found.then(|| r.value.to_vec()))
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![(key.to_vec(), Some(value.to_vec()))])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![(key.to_vec(), None)]).await.map(|_| ())
+    }
+
+    /// Atomic batch on one shard; every key must map to the same shard.
+    /// Returns the Raft index it committed at.
+    pub async fn write(&self, batch: Vec<Mutation>) -> Result<u64, ClientError> {
+        let Some((first, _)) = batch.first() else {
+            return Err(ClientError::InvalidInput("empty write batch".into()));
+        };
+        let shard = self.shard_for_key(first);
+        if let Some((k, _)) = batch.iter().find(|(k, _)| self.shard_for_key(k) != shard) {
+            return Err(ClientError::InvalidInput(format!(
+                "batch spans shards ({} and {}, key {:?}); use a transaction",
+                shard,
+                self.shard_for_key(k),
+                String::from_utf8_lossy(k)
+            )));
+        }
+        let ops = convert::write_ops(batch);
+        let r = self
+            .on_shard(shard, false, |mut c| {
+                let req = pb::WriteRequest {
+                    shard_id: shard.0,
+                    ops: ops.clone(),
+                };
+                async move { c.write(req).await }
+            })
+            .await?;
+        Ok(r.index)
+    }
+
+    /// Keys in `[start, end)` across all shards, in key order, at most
+    /// `limit`. Each shard's part is linearizable; the parts are read one
+    /// after another, not as one atomic snapshot (that needs a transaction).
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let mut all = Vec::new();
+        for shard in self.inner.map.shards_for_range(start, end) {
+            let r = self
+                .on_shard(shard, true, |mut c| {
+                    let req = pb::ScanRequest {
+                        shard_id: shard.0,
+                        start: start.to_vec().into(),
+                        end: end.map(|e| e.to_vec()).unwrap_or_default().into(),
+                        limit,
+                    };
+                    async move { c.scan(req).await }
+                })
+                .await?;
+            all.extend(
+                r.pairs
+                    .into_iter()
+                    .map(|p| (p.key.to_vec(), p.value.to_vec())),
+            );
+        }
+        all.sort();
+        if limit > 0 {
+            all.truncate(limit as usize);
+        }
+        Ok(all)
+    }
+
+    /// Status of one replica, asked directly (no leader needed).
+    pub async fn replica_status(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+    ) -> Result<ReplicaStatus, ClientError> {
+        let mut c = KvClient::new(self.channel(node)?);
+        let req = pb::StatusRequest { shard_id: shard.0 };
+        match tokio::time::timeout(self.inner.opts.request_timeout, c.status(req)).await {
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "node {node} did not answer"
+            ))),
+            Ok(Err(s)) => Err(match classify(&s) {
+                Class::Fail(e) => e,
+                _ => ClientError::Unavailable(format!("node {node}: {}", s.message())),
+            }),
+            Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
+        }
+    }
+
+    /// Status of every replica of every shard, sorted by shard then node.
+    pub async fn status(&self) -> Vec<(ShardId, NodeId, Result<ReplicaStatus, ClientError>)> {
+        let mut out = Vec::new();
+        for (shard, replicas) in &self.inner.shards {
+            for node in replicas {
+                out.push((*shard, *node, self.replica_status(*shard, *node).await));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,875 @@
+//! The cluster config file (TOML).
+//!
+//! Pact's membership is static: every node and client reads the same file, so
+//! the file alone decides which node serves which shard and how keys are
+//! routed. That is why everything is validated once at load time: a typo
+//! caught here would otherwise surface as silently misrouted keys or a Raft
+//! group that can never elect a leader.
+
+use crate::ids::{NodeId, ShardId};
+use crate::partition::ShardMap;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Largest `virtual_nodes` accepted: beyond this the ring only costs memory.
+const MAX_VIRTUAL_NODES: u32 = 4096;
+/// TOML integers are signed 64-bit; larger ids would not survive a round trip.
+const MAX_TOML_INT: u64 = i64::MAX as u64;
+/// Upper bound for [`ClusterConfig::local`] so a typo cannot exhaust memory.
+const MAX_LOCAL_SHARDS: u64 = 1 << 16;
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML error text, which includes the line and column.
+    #[error("cannot parse cluster config: {0}")]
+    Parse(String),
+    #[error("invalid cluster config: {0}")]
+    Invalid(String),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(msg.into()))
+}
+
+/// How keys are assigned to shards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionScheme {
+    /// Consistent hashing: even spread, but range scans visit every shard.
+    Hash,
+    /// Contiguous key ranges: scans touch only overlapping shards.
+    Range,
+}
+
+fn default_vnodes() -> u32 {
+    128
+}
+
+/// The whole cluster: nodes, shards, partitioning and Raft timings.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub partitioning: PartitionScheme,
+    /// Ring points per shard for the hash scheme; must be `1..=4096`.
+    #[serde(default = "default_vnodes")]
+    pub virtual_nodes: u32,
+    pub nodes: Vec<NodeConfig>,
+    pub shards: Vec<ShardConfig>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+/// One participant process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// `host:port` where the node serves gRPC, for peers and clients alike.
+    pub addr: String,
+}
+
+/// One shard (Raft group) and the nodes that replicate it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    pub replicas: Vec<NodeId>,
+    /// Range scheme only: inclusive start key; the shard ends where the next
+    /// start (in key order) begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+}
+
+/// Raft timing and log-compaction knobs shared by all shards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many logs since the last one.
+    pub snapshot_logs: u64,
+    /// Logs kept behind a snapshot so slow followers can catch up without a
+    /// full snapshot transfer.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs: 5000,
+            keep_logs: 1000,
+        }
+    }
+}
+
+/// Accepts `host:port` with a non-empty host and a `u16` port. `rsplit_once`
+/// so that bracketed IPv6 hosts (`[::1]:7001`) work.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("address {addr:?} is not host:port (missing ':')"));
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(format!("address {addr:?} has an empty or malformed host"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "address {addr:?} has port {port:?}, which is not a number in 0..=65535"
+        ));
+    }
+    Ok(())
+}
+
+impl ClusterConfig {
+    /// Parses TOML and validates the result.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        let cfg: ClusterConfig =
+            toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Serializes to TOML that [`ClusterConfig::from_toml_str`] reads back.
+    ///
+    /// Cannot fail for a config that passes [`ClusterConfig::validate`]. For
+    /// one that does not (e.g. an id above `i64::MAX`, which TOML cannot
+    /// express) the result is a TOML comment naming the problem, which then
+    /// fails to load instead of loading as something else.
+    pub fn to_toml_string(&self) -> String {
+        match toml::to_string(self) {
+            Ok(s) => s,
+            Err(e) => format!("# cluster config could not be serialized: {e}\n"),
+        }
+    }
+
+    /// Checks every cross-field rule; see the crate docs for why this matters.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_nodes()?;
+        self.validate_shards()?;
+        self.validate_partitioning()?;
+        self.validate_raft()
+    }
+
+    fn validate_nodes(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return invalid("no nodes: at least one [[nodes]] entry is required");
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for n in &self.nodes {
+            if n.id.0 > MAX_TOML_INT {
+                return invalid(format!("node id {} is larger than {MAX_TOML_INT}", n.id));
+            }
+            if !ids.insert(n.id) {
+                return invalid(format!("duplicate node id {}", n.id));
+            }
+            if let Err(e) = check_addr(&n.addr) {
+                return invalid(format!("node {}: {e}", n.id));
+            }
+            if !addrs.insert(n.addr.as_str()) {
+                return invalid(format!(
+                    "duplicate node address {:?} (node {})",
+                    n.addr, n.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_shards(&self) -> Result<(), ConfigError> {
+        if self.shards.is_empty() {
+            return invalid("no shards: at least one [[shards]] entry is required");
+        }
+        let mut ids = BTreeSet::new();
+        for s in &self.shards {
+            if s.id.0 > MAX_TOML_INT {
+                return invalid(format!("shard id {} is larger than {MAX_TOML_INT}", s.id));
+            }
+            if !ids.insert(s.id) {
+                return invalid(format!("duplicate shard id {}", s.id));
+            }
+            if s.replicas.is_empty() {
+                return invalid(format!("shard {} has no replicas", s.id));
+            }
+            let mut seen = BTreeSet::new();
+            for r in &s.replicas {
+                if !seen.insert(*r) {
+                    return invalid(format!("shard {} lists replica node {r} twice", s.id));
+                }
+                if self.node(*r).is_none() {
+                    return invalid(format!(
+                        "shard {} has replica node {r}, which is an unknown node",
+                        s.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_partitioning(&self) -> Result<(), ConfigError> {
+        match self.partitioning {
+            PartitionScheme::Hash => {
+                if !(1..=MAX_VIRTUAL_NODES).contains(&self.virtual_nodes) {
+                    return invalid(format!(
+                        "virtual_nodes is {}, must be in 1..={MAX_VIRTUAL_NODES}",
+                        self.virtual_nodes
+                    ));
+                }
+                if let Some(s) = self.shards.iter().find(|s| s.start.is_some()) {
+                    return invalid(format!(
+                        "shard {} has a start key, but start is only allowed with range partitioning",
+                        s.id
+                    ));
+                }
+            }
+            PartitionScheme::Range => {
+                // virtual_nodes is unused here, but a nonsense value still
+                // signals a broken file, and switching schemes later should
+                // not uncover an error.
+                if !(1..=MAX_VIRTUAL_NODES).contains(&self.virtual_nodes) {
+                    return invalid(format!(
+                        "virtual_nodes is {}, must be in 1..={MAX_VIRTUAL_NODES}",
+                        self.virtual_nodes
+                    ));
+                }
+                let mut starts = BTreeSet::new();
+                for s in &self.shards {
+                    let Some(start) = &s.start else {
+                        return invalid(format!(
+                            "shard {} has no start key; range partitioning needs one on every shard",
+                            s.id
+                        ));
+                    };
+                    if !starts.insert(start.as_str()) {
+                        return invalid(format!("duplicate start key {start:?} (shard {})", s.id));
+                    }
+                }
+                // Starts are unique, so at most one can be empty; require it so
+                // the lowest keys have an owner.
+                if !starts.contains("") {
+                    return invalid(
+                        "no shard has start \"\": exactly one shard must start the first range at the empty key",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let r = &self.raft;
+        let fields = [
+            ("heartbeat_ms", r.heartbeat_ms),
+            ("election_timeout_min_ms", r.election_timeout_min_ms),
+            ("election_timeout_max_ms", r.election_timeout_max_ms),
+            ("snapshot_logs", r.snapshot_logs),
+            ("keep_logs", r.keep_logs),
+        ];
+        if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
+            return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
+        }
+        if r.heartbeat_ms == 0 {
+            return invalid("raft.heartbeat_ms must be greater than 0");
+        }
+        // Followers must hear several heartbeats per election timeout, or
+        // they start elections against a healthy leader.
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return invalid(format!(
+                "raft.election_timeout_min_ms ({}) must be greater than raft.heartbeat_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_timeout_max_ms < r.election_timeout_min_ms {
+            return invalid(format!(
+                "raft.election_timeout_max_ms ({}) must not be less than raft.election_timeout_min_ms ({})",
+                r.election_timeout_max_ms, r.election_timeout_min_ms
+            ));
+        }
+        if r.snapshot_logs == 0 {
+            return invalid("raft.snapshot_logs must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The node with this id, if configured.
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The shard with this id, if configured.
+    pub fn shard(&self, id: ShardId) -> Option<&ShardConfig> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// Shards replicated on this node, sorted.
+    pub fn shards_of_node(&self, id: NodeId) -> Vec<ShardId> {
+        let mut v: Vec<ShardId> = self
+            .shards
+            .iter()
+            .filter(|s| s.replicas.contains(&id))
+            .map(|s| s.id)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The key router for this config. Infallible after [`validate`]; on an
+    /// unvalidated range config, shards without a start are left out.
+    ///
+    /// [`validate`]: ClusterConfig::validate
+    pub fn shard_map(&self) -> ShardMap {
+        match self.partitioning {
+            PartitionScheme::Hash => {
+                let ids: Vec<ShardId> = self.shards.iter().map(|s| s.id).collect();
+                ShardMap::new_hash(&ids, self.virtual_nodes)
+            }
+            PartitionScheme::Range => {
+                let starts: Vec<(Vec<u8>, ShardId)> = self
+                    .shards
+                    .iter()
+                    .filter_map(|s| s.start.as_ref().map(|st| (st.as_bytes().to_vec(), s.id)))
+                    .collect();
+                ShardMap::new_range(&starts)
+            }
+        }
+    }
+
+    /// A local development cluster on 127.0.0.1: `nodes` nodes with ports
+    /// `base_port, base_port+1, ...`; `shards` shards, each replicated on
+    /// `replication` nodes chosen round-robin (shard i on nodes i, i+1, ...
+    /// mod nodes); Hash scheme. Node ids start at 1, shard ids start at 1.
+    pub fn local(
+        nodes: u64,
+        shards: u64,
+        replication: u64,
+        base_port: u16,
+    ) -> Result<Self, ConfigError> {
+        if nodes == 0 {
+            return invalid("local cluster needs at least one node");
+        }
+        if shards == 0 {
+            return invalid("local cluster needs at least one shard");
+        }
+        if shards > MAX_LOCAL_SHARDS {
+            return invalid(format!(
+                "local cluster with {shards} shards is too large (max {MAX_LOCAL_SHARDS})"
+            ));
+        }
+        if replication == 0 || replication > nodes {
+            return invalid(format!(
+                "replication {replication} must be in 1..={nodes} (the number of nodes)"
+            ));
+        }
+        let last_port = u64::from(base_port) + (nodes - 1);
+        if last_port > u64::from(u16::MAX) {
+            return invalid(format!(
+                "{nodes} nodes from port {base_port} would need port {last_port}, above 65535"
+            ));
+        }
+        let node_list = (0..nodes)
+            .map(|i| NodeConfig {
+                id: NodeId(i + 1),
+                addr: format!("127.0.0.1:{}", u64::from(base_port) + i),
+            })
+            .collect();
+        let shard_list = (0..shards)
+            .map(|i| ShardConfig {
+                id: ShardId(i + 1),
+                replicas: (0..replication)
+                    .map(|k| NodeId((i + k) % nodes + 1))
+                    .collect(),
+                start: None,
+            })
+            .collect();
+        let cfg = ClusterConfig {
+            partitioning: PartitionScheme::Hash,
+            virtual_nodes: default_vnodes(),
+            nodes: node_list,
+            shards: shard_list,
+            raft: RaftTuning::default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH_EXAMPLE: &str = r#"
+partitioning = "hash"
+virtual_nodes = 64
+
+[[nodes]]
+id = 1
+addr = "127.0.0.1:7001"
+
+[[nodes]]
+id = 2
+addr = "127.0.0.1:7002"
+
+[[nodes]]
+id = 3
+addr = "[::1]:7003"
+
+[[shards]]
+id = 1
+replicas = [1, 2, 3]
+
+[[shards]]
+id = 2
+replicas = [2, 3]
+
+[raft]
+heartbeat_ms = 50
+"#;
+
+    const RANGE_EXAMPLE: &str = r#"
+partitioning = "range"
+
+[[nodes]]
+id = 1
+addr = "db1.example:7001"
+
+[[nodes]]
+id = 2
+addr = "db2.example:7001"
+
+[[shards]]
+id = 20
+replicas = [1, 2]
+start = "m"
+
+[[shards]]
+id = 10
+replicas = [2, 1]
+start = ""
+"#;
+
+    fn expect_invalid(toml: &str, needles: &[&str]) {
+        match ClusterConfig::from_toml_str(toml) {
+            Err(ConfigError::Invalid(msg)) => {
+                for n in needles {
+                    assert!(msg.contains(n), "message {msg:?} should mention {n:?}");
+                }
+            }
+            other => panic!("expected Invalid mentioning {needles:?}, got {other:?}"),
+        }
+    }
+
+    fn nodes_toml(n: u64) -> String {
+        (1..=n)
+            .map(|i| format!("[[nodes]]\nid = {i}\naddr = \"127.0.0.1:{}\"\n", 7000 + i))
+            .collect()
+    }
+
+    /// A valid hash config: `top` goes among the top-level keys, `tail` after the
+    /// first shard (more shards or a `[raft]` table).
+    fn hash_with(top: &str, tail: &str) -> String {
+        format!(
+            "partitioning = \"hash\"\n{top}\n{}[[shards]]\nid = 1\nreplicas = [1, 2]\n{tail}",
+            nodes_toml(2)
+        )
+    }
+
+    #[test]
+    fn parses_hash_example() {
+        let cfg = ClusterConfig::from_toml_str(HASH_EXAMPLE).unwrap();
+        assert_eq!(cfg.partitioning, PartitionScheme::Hash);
+        assert_eq!(cfg.virtual_nodes, 64);
+        assert_eq!(cfg.nodes.len(), 3);
+        assert_eq!(cfg.node(NodeId(3)).unwrap().addr, "[::1]:7003");
+        assert!(cfg.node(NodeId(4)).is_none());
+        assert_eq!(
+            cfg.shard(ShardId(2)).unwrap().replicas,
+            vec![NodeId(2), NodeId(3)]
+        );
+        assert_eq!(cfg.shards_of_node(NodeId(1)), vec![ShardId(1)]);
+        assert_eq!(cfg.shards_of_node(NodeId(3)), vec![ShardId(1), ShardId(2)]);
+        // Unset raft fields keep their defaults.
+        assert_eq!(cfg.raft.heartbeat_ms, 50);
+        assert_eq!(cfg.raft.election_timeout_min_ms, 400);
+        assert_eq!(cfg.raft.snapshot_logs, 5000);
+        let map = cfg.shard_map();
+        assert_eq!(map.shards(), vec![ShardId(1), ShardId(2)]);
+        assert!(!map.is_range());
+    }
+
+    #[test]
+    fn parses_range_example() {
+        let cfg = ClusterConfig::from_toml_str(RANGE_EXAMPLE).unwrap();
+        assert_eq!(cfg.partitioning, PartitionScheme::Range);
+        assert_eq!(cfg.virtual_nodes, 128);
+        assert_eq!(cfg.raft, RaftTuning::default());
+        let map = cfg.shard_map();
+        assert_eq!(map.shard_for_key(b"apple"), ShardId(10));
+        assert_eq!(map.shard_for_key(b"m"), ShardId(20));
+        assert_eq!(map.shard_for_key(b"zebra"), ShardId(20));
+        assert_eq!(
+            map.range_of(ShardId(10)),
+            Some((Vec::new(), Some(b"m".to_vec())))
+        );
+        assert_eq!(map.shards_for_range(b"n", None), vec![ShardId(20)]);
+        let again = ClusterConfig::from_toml_str(&cfg.to_toml_string()).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn defaults() {
+        let r = RaftTuning::default();
+        assert_eq!(
+            (
+                r.heartbeat_ms,
+                r.election_timeout_min_ms,
+                r.election_timeout_max_ms
+            ),
+            (100, 400, 800)
+        );
+        assert_eq!((r.snapshot_logs, r.keep_logs), (5000, 1000));
+        let cfg = ClusterConfig::from_toml_str(&hash_with("", "")).unwrap();
+        assert_eq!(cfg.virtual_nodes, 128);
+    }
+
+    #[test]
+    fn parse_errors_carry_position() {
+        let err = ClusterConfig::from_toml_str("partitioning = \"hash\"\nnodes = [\n").unwrap_err();
+        match err {
+            ConfigError::Parse(msg) => assert!(msg.contains("line"), "{msg}"),
+            other => panic!("expected Parse, got {other:?}"),
+        }
+        let err = ClusterConfig::from_toml_str(
+            &hash_with("", "").replace("partitioning = \"hash\"", "partitioning = \"modulo\""),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+        let err = ClusterConfig::from_toml_str(&hash_with("colour = 1", "")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse(ref m) if m.contains("colour")),
+            "{err:?}"
+        );
+        let err =
+            ClusterConfig::from_toml_str(&hash_with("", "[raft]\nheartbeat = 5\n")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse(ref m) if m.contains("heartbeat")),
+            "{err:?}"
+        );
+        let err = ClusterConfig::from_toml_str(
+            &hash_with("", "").replace("id = 1\nreplicas", "id = -1\nreplicas"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+    }
+
+    #[test]
+    fn rejects_no_nodes() {
+        expect_invalid(
+            "partitioning = \"hash\"\nnodes = []\n[[shards]]\nid = 1\nreplicas = [1]\n",
+            &["no nodes"],
+        );
+    }
+
+    #[test]
+    fn rejects_no_shards() {
+        expect_invalid(
+            &format!("partitioning = \"hash\"\nshards = []\n{}", nodes_toml(1)),
+            &["no shards"],
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_node_id() {
+        let t = format!(
+            "partitioning = \"hash\"\n{}[[nodes]]\nid = 2\naddr = \"127.0.0.1:9999\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
+            nodes_toml(2)
+        );
+        expect_invalid(&t, &["duplicate node id 2"]);
+    }
+
+    #[test]
+    fn rejects_duplicate_addr() {
+        let t = format!(
+            "partitioning = \"hash\"\n{}[[nodes]]\nid = 3\naddr = \"127.0.0.1:7001\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
+            nodes_toml(2)
+        );
+        expect_invalid(&t, &["duplicate node address", "127.0.0.1:7001"]);
+    }
+
+    #[test]
+    fn rejects_bad_addr() {
+        for bad in [
+            "localhost",
+            "127.0.0.1:http",
+            "127.0.0.1:70000",
+            ":7001",
+            "host:",
+        ] {
+            let t = format!(
+                "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"{bad}\"\n[[shards]]\nid = 1\nreplicas = [1]\n"
+            );
+            expect_invalid(&t, &["node 1", "address", bad]);
+        }
+    }
+
+    #[test]
+    fn rejects_duplicate_shard_id() {
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 1\nreplicas = [2]\n"),
+            &["duplicate shard id 1"],
+        );
+    }
+
+    #[test]
+    fn rejects_shard_without_replicas() {
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 2\nreplicas = []\n"),
+            &["shard 2", "no replicas"],
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_replica() {
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 2\nreplicas = [1, 2, 1]\n"),
+            &["shard 2", "replica node 1 twice"],
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_replica() {
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 2\nreplicas = [1, 9]\n"),
+            &["shard 2", "unknown node", "9"],
+        );
+    }
+
+    #[test]
+    fn rejects_virtual_nodes_out_of_range() {
+        expect_invalid(&hash_with("virtual_nodes = 0", ""), &["virtual_nodes", "0"]);
+        expect_invalid(
+            &hash_with("virtual_nodes = 4097", ""),
+            &["virtual_nodes", "4097"],
+        );
+        assert!(ClusterConfig::from_toml_str(&hash_with("virtual_nodes = 4096", "")).is_ok());
+        assert!(ClusterConfig::from_toml_str(&hash_with("virtual_nodes = 1", "")).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_raft_timings() {
+        expect_invalid(
+            &hash_with("", "[raft]\nheartbeat_ms = 0\n"),
+            &["heartbeat_ms"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nheartbeat_ms = 400\n"),
+            &["election_timeout_min_ms (400)", "heartbeat_ms (400)"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nelection_timeout_min_ms = 900\n"),
+            &["election_timeout_max_ms (800)"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nsnapshot_logs = 0\n"),
+            &["snapshot_logs"],
+        );
+        // Equal min and max is a fixed timeout: unusual but coherent.
+        assert!(ClusterConfig::from_toml_str(&hash_with(
+            "",
+            "[raft]\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 500\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn rejects_start_with_hash() {
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 2\nreplicas = [1]\nstart = \"m\"\n"),
+            &["shard 2", "start", "range partitioning"],
+        );
+    }
+
+    fn range_toml(shards: &[(u64, Option<&str>)]) -> String {
+        let mut t = format!("partitioning = \"range\"\n{}", nodes_toml(1));
+        for (id, start) in shards {
+            t.push_str(&format!("[[shards]]\nid = {id}\nreplicas = [1]\n"));
+            if let Some(s) = start {
+                t.push_str(&format!("start = \"{s}\"\n"));
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn rejects_range_shard_without_start() {
+        expect_invalid(
+            &range_toml(&[(1, Some("")), (2, None)]),
+            &["shard 2", "no start"],
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_range_start() {
+        expect_invalid(
+            &range_toml(&[(1, Some("")), (2, Some("k")), (3, Some("k"))]),
+            &["duplicate start", "\"k\"", "shard 3"],
+        );
+        expect_invalid(
+            &range_toml(&[(1, Some("")), (2, Some(""))]),
+            &["duplicate start", "shard 2"],
+        );
+    }
+
+    #[test]
+    fn rejects_range_without_first_range() {
+        expect_invalid(
+            &range_toml(&[(1, Some("a")), (2, Some("k"))]),
+            &["start \"\""],
+        );
+        assert!(
+            ClusterConfig::from_toml_str(&range_toml(&[(1, Some("")), (2, Some("k"))])).is_ok()
+        );
+    }
+
+    #[test]
+    fn rejects_ids_beyond_toml_range() {
+        let mut cfg = ClusterConfig::local(1, 1, 1, 7001).unwrap();
+        cfg.shards[0].id = ShardId(u64::MAX);
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("shard id"), "{err}");
+        // Serializing the invalid config must not panic and must not load.
+        assert!(ClusterConfig::from_toml_str(&cfg.to_toml_string()).is_err());
+    }
+
+    #[test]
+    fn local_cluster() {
+        let cfg = ClusterConfig::local(3, 3, 3, 7001).unwrap();
+        assert_eq!(cfg.partitioning, PartitionScheme::Hash);
+        assert_eq!(cfg.nodes.len(), 3);
+        assert_eq!(cfg.node(NodeId(1)).unwrap().addr, "127.0.0.1:7001");
+        assert_eq!(cfg.node(NodeId(3)).unwrap().addr, "127.0.0.1:7003");
+        assert_eq!(cfg.shards.len(), 3);
+        for s in &cfg.shards {
+            let distinct: BTreeSet<_> = s.replicas.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                3,
+                "shard {} replicas {:?}",
+                s.id,
+                s.replicas
+            );
+            assert!(s.start.is_none());
+        }
+        assert_eq!(
+            cfg.shard(ShardId(1)).unwrap().replicas,
+            vec![NodeId(1), NodeId(2), NodeId(3)]
+        );
+        assert_eq!(
+            cfg.shard(ShardId(2)).unwrap().replicas,
+            vec![NodeId(2), NodeId(3), NodeId(1)]
+        );
+        let text = cfg.to_toml_string();
+        let again = ClusterConfig::from_toml_str(&text).unwrap();
+        assert_eq!(again, cfg, "round trip through:\n{text}");
+    }
+
+    #[test]
+    fn local_round_robin_placement() {
+        let cfg = ClusterConfig::local(5, 4, 2, 9000).unwrap();
+        assert_eq!(
+            cfg.shard(ShardId(4)).unwrap().replicas,
+            vec![NodeId(4), NodeId(5)]
+        );
+        assert_eq!(cfg.shards_of_node(NodeId(1)), vec![ShardId(1)]);
+        assert_eq!(cfg.shards_of_node(NodeId(5)), vec![ShardId(4)]);
+        let cfg = ClusterConfig::local(3, 4, 2, 9000).unwrap();
+        assert_eq!(
+            cfg.shard(ShardId(3)).unwrap().replicas,
+            vec![NodeId(3), NodeId(1)]
+        );
+        assert_eq!(
+            cfg.shards_of_node(NodeId(1)),
+            vec![ShardId(1), ShardId(3), ShardId(4)]
+        );
+    }
+
+    #[test]
+    fn local_rejects_nonsense() {
+        assert!(matches!(
+            ClusterConfig::local(0, 1, 1, 7001),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ClusterConfig::local(1, 0, 1, 7001),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ClusterConfig::local(2, 1, 3, 7001),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ClusterConfig::local(2, 1, 0, 7001),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ClusterConfig::local(2, 1, 1, 65535),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            ClusterConfig::local(u64::MAX, u64::MAX, 1, 1),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(ClusterConfig::local(1, 1, 1, 65535).is_ok());
+    }
+
+    #[test]
+    fn load_reports_missing_file_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.toml");
+        match ClusterConfig::load(&path) {
+            Err(ConfigError::Io { path: p, .. }) => assert!(p.contains("missing.toml"), "{p}"),
+            other => panic!("expected Io error, got {other:?}"),
+        }
+        let good = dir.path().join("cluster.toml");
+        std::fs::write(&good, HASH_EXAMPLE).unwrap();
+        assert_eq!(
+            ClusterConfig::load(&good).unwrap(),
+            ClusterConfig::from_toml_str(HASH_EXAMPLE).unwrap()
+        );
+    }
+
+    #[test]
+    fn example_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let hash = ClusterConfig::load(&dir.join("cluster-hash.toml")).unwrap();
+        assert_eq!(hash.partitioning, PartitionScheme::Hash);
+        assert!(hash.shard_map().range_of(hash.shards[0].id).is_none());
+        let range = ClusterConfig::load(&dir.join("cluster-range.toml")).unwrap();
+        assert_eq!(range.partitioning, PartitionScheme::Range);
+        let map = range.shard_map();
+        // Every key has an owner and ranges partition the whole key space.
+        assert_eq!(map.shards_for_range(b"", None), map.shards());
+        for s in map.shards() {
+            assert!(map.range_of(s).is_some());
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Shared vocabulary of Pact: ids, request limits, the cluster config file,
+//! and the mapping from keys to shards.
+//!
+//! Invariants: under a validated config every key maps to exactly one shard
+//! ([`ShardMap::shard_for_key`]), and every process that loads the same
+//! config computes the same mapping (the ring is built from sorted shard ids
+//! and a fixed hash, xxh3). Configs are validated when loaded, so code that
+//! holds a [`ClusterConfig`] may assume its nodes and shards are consistent.
+//!
+//! Failure cases are [`ConfigError`] (unreadable file, bad TOML, or a
+//! config that contradicts itself, each message naming the problem) and
+//! [`LimitError`] (a request over a size limit).
+
+mod config;
+mod ids;
+mod limits;
+mod partition;
+
+pub use config::{
+    ClusterConfig, ConfigError, NodeConfig, PartitionScheme, RaftTuning, ShardConfig,
+};
+pub use ids::{NodeId, ShardId};
+pub use limits::{
+    validate_batch, validate_key, validate_value, LimitError, MAX_BATCH_BYTES, MAX_BATCH_OPS,
+    MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_BYTES,
+};
+pub use partition::ShardMap;

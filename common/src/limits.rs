@@ -1,0 +1,196 @@
+//! Size limits shared by clients and servers.
+//!
+//! Every accepted write ends up in the Raft log of every replica and in each
+//! snapshot, so limits are enforced before proposing: a single huge request
+//! would otherwise stall replication for the whole shard. Clients use the same
+//! constants so they can fail fast without a round trip.
+
+/// Keys must be `1..=MAX_KEY_BYTES` bytes. Empty keys are refused because the
+/// empty string is the lower bound of the key space (the first range start).
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value accepted in one put (1 MiB).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Largest sum of key and value bytes in one write batch (4 MiB).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest number of operations in one write batch.
+pub const MAX_BATCH_OPS: usize = 10_000;
+/// Largest number of pairs a single scan request may ask for.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// Why a key, value or batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("key must not be empty")]
+    EmptyKey,
+    #[error("key is {len} bytes, larger than the maximum of {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes, larger than the maximum of {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("write batch is {bytes} bytes, larger than the maximum of {max}")]
+    BatchTooLarge { bytes: usize, max: usize },
+    #[error("write batch has {ops} operations, more than the maximum of {max}")]
+    TooManyOps { ops: usize, max: usize },
+}
+
+/// Checks that a key is non-empty and at most [`MAX_KEY_BYTES`] long.
+pub fn validate_key(key: &[u8]) -> Result<(), LimitError> {
+    if key.is_empty() {
+        return Err(LimitError::EmptyKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(LimitError::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a value is at most [`MAX_VALUE_BYTES`] long. Empty values are
+/// allowed: they are distinct from an absent key.
+pub fn validate_value(v: &[u8]) -> Result<(), LimitError> {
+    if v.len() > MAX_VALUE_BYTES {
+        return Err(LimitError::ValueTooLarge {
+            len: v.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every operation of a write batch and the batch totals.
+///
+/// Each item is `(key, Some(value))` for a put or `(key, None)` for a delete.
+/// A delete's key counts toward [`MAX_BATCH_BYTES`] too, since it is stored in
+/// the log just the same. Per-item errors are reported first (the first bad
+/// item wins), then the operation count, then the byte total. An empty batch
+/// violates no limit; whether it is meaningful is the caller's decision.
+pub fn validate_batch<'a>(
+    ops: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Result<(), LimitError> {
+    let mut count = 0usize;
+    let mut bytes = 0usize;
+    for (key, value) in ops {
+        validate_key(key)?;
+        if let Some(v) = value {
+            validate_value(v)?;
+        }
+        count = count.saturating_add(1);
+        // Saturating so an absurd iterator cannot wrap the total back under the limit.
+        bytes = bytes
+            .saturating_add(key.len())
+            .saturating_add(value.map_or(0, <[u8]>::len));
+    }
+    if count > MAX_BATCH_OPS {
+        return Err(LimitError::TooManyOps {
+            ops: count,
+            max: MAX_BATCH_OPS,
+        });
+    }
+    if bytes > MAX_BATCH_BYTES {
+        return Err(LimitError::BatchTooLarge {
+            bytes,
+            max: MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_limits() {
+        assert_eq!(validate_key(b""), Err(LimitError::EmptyKey));
+        assert_eq!(validate_key(b"a"), Ok(()));
+        assert_eq!(validate_key(&vec![b'k'; MAX_KEY_BYTES]), Ok(()));
+        assert_eq!(
+            validate_key(&vec![b'k'; MAX_KEY_BYTES + 1]),
+            Err(LimitError::KeyTooLarge {
+                len: MAX_KEY_BYTES + 1,
+                max: MAX_KEY_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn value_limits() {
+        assert_eq!(validate_value(b""), Ok(()));
+        assert_eq!(validate_value(&vec![0; MAX_VALUE_BYTES]), Ok(()));
+        assert_eq!(
+            validate_value(&vec![0; MAX_VALUE_BYTES + 1]),
+            Err(LimitError::ValueTooLarge {
+                len: MAX_VALUE_BYTES + 1,
+                max: MAX_VALUE_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn batch_accepts_puts_and_deletes() {
+        let ops: Vec<(&[u8], Option<&[u8]>)> =
+            vec![(b"a", Some(b"1")), (b"b", None), (b"c", Some(b""))];
+        assert_eq!(validate_batch(ops), Ok(()));
+        assert_eq!(validate_batch(std::iter::empty()), Ok(()));
+    }
+
+    #[test]
+    fn batch_rejects_bad_items() {
+        let ops: Vec<(&[u8], Option<&[u8]>)> = vec![(b"a", Some(b"1")), (b"", None)];
+        assert_eq!(validate_batch(ops), Err(LimitError::EmptyKey));
+
+        let big = vec![0u8; MAX_VALUE_BYTES + 1];
+        let ops: Vec<(&[u8], Option<&[u8]>)> = vec![(b"a", Some(&big))];
+        assert!(matches!(
+            validate_batch(ops),
+            Err(LimitError::ValueTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn batch_op_count_limit() {
+        let keys: Vec<Vec<u8>> = (0..=MAX_BATCH_OPS)
+            .map(|i| format!("k{i}").into_bytes())
+            .collect();
+        let at_max = keys[..MAX_BATCH_OPS].iter().map(|k| (k.as_slice(), None));
+        assert_eq!(validate_batch(at_max), Ok(()));
+        let over = keys.iter().map(|k| (k.as_slice(), None));
+        assert_eq!(
+            validate_batch(over),
+            Err(LimitError::TooManyOps {
+                ops: MAX_BATCH_OPS + 1,
+                max: MAX_BATCH_OPS
+            })
+        );
+    }
+
+    #[test]
+    fn batch_byte_limit_counts_keys_and_values() {
+        // Four full-size values are exactly at the limit only without keys;
+        // the one-byte keys push the total over.
+        let value = vec![0u8; MAX_VALUE_BYTES];
+        let keys: Vec<[u8; 1]> = (0..4u8).map(|i| [i + 1]).collect();
+        let ops = keys.iter().map(|k| (&k[..], Some(value.as_slice())));
+        assert_eq!(
+            validate_batch(ops),
+            Err(LimitError::BatchTooLarge {
+                bytes: MAX_BATCH_BYTES + 4,
+                max: MAX_BATCH_BYTES
+            })
+        );
+        let ops = keys[..3].iter().map(|k| (&k[..], Some(value.as_slice())));
+        assert_eq!(validate_batch(ops), Ok(()));
+    }
+
+    #[test]
+    fn messages_are_readable() {
+        let msg = LimitError::KeyTooLarge {
+            len: 5000,
+            max: 4096,
+        }
+        .to_string();
+        assert!(msg.contains("5000") && msg.contains("4096"), "{msg}");
+        assert!(LimitError::EmptyKey.to_string().contains("empty"));
+    }
+}

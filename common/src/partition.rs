@@ -1,0 +1,383 @@
+//! Key-to-shard mapping.
+//!
+//! Both schemes are pure functions of their inputs so that every node and
+//! client, built from the same config, routes every key identically.
+//!
+//! * Hash: a consistent-hash ring. Each shard contributes `virtual_nodes`
+//!   points; adding a shard only steals arcs from its neighbours, so roughly
+//!   `1/n` of keys move and all of them move to the new shard.
+//! * Range: sorted inclusive start keys; a shard owns `[start, next_start)`.
+//!   Range scans then touch only the shards whose ranges overlap.
+
+use crate::ids::ShardId;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Routes keys to shards. Build it with [`ShardMap::new_hash`],
+/// [`ShardMap::new_range`] or [`crate::ClusterConfig::shard_map`].
+#[derive(Debug, Clone)]
+pub struct ShardMap {
+    kind: Kind,
+    /// All shards, sorted and deduplicated.
+    shards: Vec<ShardId>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Ring points sorted by `(hash, shard)`. Breaking hash ties by shard id
+    /// keeps the ring independent of the order shards were listed in.
+    Hash(Vec<(u64, ShardId)>),
+    /// `(start, shard)` sorted by start; the first start is the empty key.
+    Range(Vec<(Vec<u8>, ShardId)>),
+}
+
+/// Position of a virtual node on the ring. The encoding (little-endian shard
+/// id, then little-endian vnode index, 16 bytes) is part of the routing
+/// contract: changing it reshuffles every key of an existing cluster.
+fn vnode_point(shard: ShardId, vnode: u32) -> u64 {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&shard.0.to_le_bytes());
+    buf[8..].copy_from_slice(&u64::from(vnode).to_le_bytes());
+    xxh3_64(&buf)
+}
+
+impl ShardMap {
+    /// Consistent-hash ring with `virtual_nodes` points per shard.
+    ///
+    /// Duplicate shard ids are ignored. `virtual_nodes` of 0 is treated as 1 so
+    /// that every listed shard owns part of the ring.
+    pub fn new_hash(shards: &[ShardId], virtual_nodes: u32) -> Self {
+        let mut ids = shards.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let vnodes = virtual_nodes.max(1);
+        let mut points: Vec<(u64, ShardId)> = ids
+            .iter()
+            .flat_map(|&s| (0..vnodes).map(move |v| (vnode_point(s, v), s)))
+            .collect();
+        points.sort_unstable();
+        ShardMap {
+            kind: Kind::Hash(points),
+            shards: ids,
+        }
+    }
+
+    /// Range partitioning from `(inclusive start, shard)` pairs in any order.
+    ///
+    /// The input should contain the empty start `[]`; if it does not, the
+    /// lowest start is stretched down to cover the keys below it, so every key
+    /// still has exactly one owner. For duplicate starts the first pair wins.
+    pub fn new_range(starts: &[(Vec<u8>, ShardId)]) -> Self {
+        let mut ranges = starts.to_vec();
+        // Stable sort keeps input order among equal starts so "first wins".
+        ranges.sort_by(|a, b| a.0.cmp(&b.0));
+        ranges.dedup_by(|later, earlier| later.0 == earlier.0);
+        if let Some(first) = ranges.first_mut() {
+            first.0.clear();
+        }
+        let mut ids: Vec<ShardId> = ranges.iter().map(|r| r.1).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ShardMap {
+            kind: Kind::Range(ranges),
+            shards: ids,
+        }
+    }
+
+    /// The shard owning `key`.
+    ///
+    /// A map with no shards at all (only constructible by hand, never from a
+    /// validated config) answers `ShardId(0)` rather than panicking.
+    pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
+        match &self.kind {
+            Kind::Hash(points) => {
+                let h = xxh3_64(key);
+                let i = points.partition_point(|&(p, _)| p < h);
+                // Past the last point the ring wraps to the first one.
+                points
+                    .get(i)
+                    .or_else(|| points.first())
+                    .map_or(ShardId::default(), |&(_, s)| s)
+            }
+            Kind::Range(ranges) => Self::range_index(ranges, key)
+                .and_then(|i| ranges.get(i))
+                .map_or(ShardId::default(), |r| r.1),
+        }
+    }
+
+    /// Index of the range containing `key`: the last start `<= key`.
+    fn range_index(ranges: &[(Vec<u8>, ShardId)], key: &[u8]) -> Option<usize> {
+        if ranges.is_empty() {
+            return None;
+        }
+        // The first start is empty, so at least one start is <= any key.
+        Some(
+            ranges
+                .partition_point(|(s, _)| s.as_slice() <= key)
+                .saturating_sub(1),
+        )
+    }
+
+    /// Shards that may hold keys in `[start, end)` (end `None` = unbounded),
+    /// sorted by [`ShardId`], deduplicated.
+    ///
+    /// Hash: every shard, since keys are scattered. Range: only the shards
+    /// whose ranges overlap. An empty interval (`end <= start`) holds no keys,
+    /// so it yields no shards under either scheme.
+    pub fn shards_for_range(&self, start: &[u8], end: Option<&[u8]>) -> Vec<ShardId> {
+        if end.is_some_and(|e| e <= start) {
+            return Vec::new();
+        }
+        match &self.kind {
+            Kind::Hash(_) => self.shards.clone(),
+            Kind::Range(ranges) => {
+                let Some(first) = Self::range_index(ranges, start) else {
+                    return Vec::new();
+                };
+                // `end` is exclusive: a range starting exactly at `end` holds
+                // none of the requested keys.
+                let last = match end {
+                    None => ranges.len(),
+                    Some(e) => ranges.partition_point(|(s, _)| s.as_slice() < e),
+                };
+                let mut ids: Vec<ShardId> = ranges
+                    .get(first..last)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.1)
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+        }
+    }
+
+    /// Range scheme only: the key range `[start, end)` owned by `shard`
+    /// (end `None` = unbounded). `None` for the hash scheme or an unknown
+    /// shard. If a hand-built map gives one shard several ranges, the lowest
+    /// is returned.
+    pub fn range_of(&self, shard: ShardId) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let Kind::Range(ranges) = &self.kind else {
+            return None;
+        };
+        let i = ranges.iter().position(|r| r.1 == shard)?;
+        let start = ranges.get(i)?.0.clone();
+        let end = ranges.get(i + 1).map(|r| r.0.clone());
+        Some((start, end))
+    }
+
+    /// All shards in the map, sorted.
+    pub fn shards(&self) -> Vec<ShardId> {
+        self.shards.clone()
+    }
+
+    /// True for a range-partitioned map, false for a hash ring.
+    pub fn is_range(&self) -> bool {
+        matches!(self.kind, Kind::Range(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn ids(v: &[u64]) -> Vec<ShardId> {
+        v.iter().copied().map(ShardId).collect()
+    }
+
+    fn keys(n: usize) -> impl Iterator<Item = Vec<u8>> {
+        (0..n).map(|i| format!("key{i}").into_bytes())
+    }
+
+    #[test]
+    fn ring_is_roughly_uniform() {
+        let map = ShardMap::new_hash(&ids(&[1, 2, 3]), 128);
+        let n = 100_000;
+        let mut counts: BTreeMap<ShardId, usize> = BTreeMap::new();
+        for k in keys(n) {
+            *counts.entry(map.shard_for_key(&k)).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        for (shard, c) in &counts {
+            let share = *c as f64 / n as f64;
+            assert!(
+                (0.25..=0.42).contains(&share),
+                "shard {shard} got {share:.3} of keys: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ring_is_deterministic_and_order_independent() {
+        let a = ShardMap::new_hash(&ids(&[1, 2, 3]), 128);
+        let b = ShardMap::new_hash(&ids(&[3, 1, 2, 2]), 128);
+        for k in keys(10_000) {
+            assert_eq!(a.shard_for_key(&k), b.shard_for_key(&k));
+        }
+        assert_eq!(a.shards(), ids(&[1, 2, 3]));
+        assert_eq!(b.shards(), ids(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn ring_is_stable_when_a_shard_is_added() {
+        let before = ShardMap::new_hash(&ids(&[1, 2, 3]), 128);
+        let after = ShardMap::new_hash(&ids(&[1, 2, 3, 4]), 128);
+        let n = 100_000;
+        let mut moved = 0;
+        for k in keys(n) {
+            let (old, new) = (before.shard_for_key(&k), after.shard_for_key(&k));
+            if old != new {
+                assert_eq!(new, ShardId(4), "key {k:?} moved {old} -> {new}");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / n as f64;
+        assert!(share <= 0.35, "{share:.3} of keys moved");
+        assert!(share >= 0.15, "new shard took only {share:.3} of keys");
+    }
+
+    #[test]
+    fn ring_covers_every_hash_including_wraparound() {
+        let map = ShardMap::new_hash(&ids(&[5]), 1);
+        assert_eq!(map.shard_for_key(b"anything"), ShardId(5));
+        assert_eq!(map.shard_for_key(b""), ShardId(5));
+        // Zero vnodes is clamped to one rather than leaving the shard unowned.
+        let map = ShardMap::new_hash(&ids(&[7]), 0);
+        assert_eq!(map.shard_for_key(b"x"), ShardId(7));
+        assert!(map.range_of(ShardId(7)).is_none());
+        assert!(!map.is_range());
+    }
+
+    #[test]
+    fn empty_maps_do_not_panic() {
+        let h = ShardMap::new_hash(&[], 128);
+        assert_eq!(h.shard_for_key(b"k"), ShardId(0));
+        assert!(h.shards_for_range(b"", None).is_empty());
+        let r = ShardMap::new_range(&[]);
+        assert_eq!(r.shard_for_key(b"k"), ShardId(0));
+        assert!(r.shards_for_range(b"a", Some(b"b")).is_empty());
+        assert!(r.range_of(ShardId(0)).is_none());
+    }
+
+    #[test]
+    fn hash_range_queries_hit_every_shard() {
+        let map = ShardMap::new_hash(&ids(&[3, 1, 2]), 16);
+        assert_eq!(map.shards_for_range(b"a", Some(b"b")), ids(&[1, 2, 3]));
+        assert_eq!(map.shards_for_range(b"", None), ids(&[1, 2, 3]));
+        assert!(map.shards_for_range(b"b", Some(b"a")).is_empty());
+    }
+
+    /// Shards 10 ["", "g"), 20 ["g", "p"), 30 ["p", ..), given out of order.
+    fn range_map() -> ShardMap {
+        ShardMap::new_range(&[
+            (b"p".to_vec(), ShardId(30)),
+            (Vec::new(), ShardId(10)),
+            (b"g".to_vec(), ShardId(20)),
+        ])
+    }
+
+    #[test]
+    fn range_boundaries() {
+        let map = range_map();
+        assert!(map.is_range());
+        assert_eq!(map.shard_for_key(b""), ShardId(10));
+        assert_eq!(map.shard_for_key(b"a"), ShardId(10));
+        // Just below "g" in byte order.
+        assert_eq!(map.shard_for_key(b"f\xff\xff"), ShardId(10));
+        assert_eq!(map.shard_for_key(b"g"), ShardId(20));
+        assert_eq!(map.shard_for_key(b"g\x00"), ShardId(20));
+        assert_eq!(map.shard_for_key(b"o\xff"), ShardId(20));
+        assert_eq!(map.shard_for_key(b"p"), ShardId(30));
+        assert_eq!(map.shard_for_key(b"\xff\xff"), ShardId(30));
+        assert_eq!(map.shards(), ids(&[10, 20, 30]));
+    }
+
+    #[test]
+    fn range_overlap() {
+        let map = range_map();
+        // Whole key space.
+        assert_eq!(map.shards_for_range(b"", None), ids(&[10, 20, 30]));
+        // Inside one range.
+        assert_eq!(map.shards_for_range(b"a", Some(b"c")), ids(&[10]));
+        assert_eq!(map.shards_for_range(b"h", Some(b"i")), ids(&[20]));
+        assert_eq!(map.shards_for_range(b"q", None), ids(&[30]));
+        // End exactly at a boundary is exclusive.
+        assert_eq!(map.shards_for_range(b"a", Some(b"g")), ids(&[10]));
+        assert_eq!(map.shards_for_range(b"", Some(b"p")), ids(&[10, 20]));
+        // One byte past the boundary reaches the next shard.
+        assert_eq!(map.shards_for_range(b"a", Some(b"g\x00")), ids(&[10, 20]));
+        // Start exactly at a boundary belongs to that shard only.
+        assert_eq!(map.shards_for_range(b"g", Some(b"h")), ids(&[20]));
+        // Spanning all three.
+        assert_eq!(map.shards_for_range(b"f", Some(b"z")), ids(&[10, 20, 30]));
+        // Empty and inverted intervals.
+        assert!(map.shards_for_range(b"g", Some(b"g")).is_empty());
+        assert!(map.shards_for_range(b"z", Some(b"a")).is_empty());
+    }
+
+    #[test]
+    fn range_of_shard() {
+        let map = range_map();
+        assert_eq!(
+            map.range_of(ShardId(10)),
+            Some((Vec::new(), Some(b"g".to_vec())))
+        );
+        assert_eq!(
+            map.range_of(ShardId(20)),
+            Some((b"g".to_vec(), Some(b"p".to_vec())))
+        );
+        assert_eq!(map.range_of(ShardId(30)), Some((b"p".to_vec(), None)));
+        assert_eq!(map.range_of(ShardId(99)), None);
+    }
+
+    #[test]
+    fn range_without_empty_start_still_covers_everything() {
+        let map = ShardMap::new_range(&[(b"m".to_vec(), ShardId(2)), (b"c".to_vec(), ShardId(1))]);
+        assert_eq!(map.shard_for_key(b"a"), ShardId(1));
+        assert_eq!(map.shard_for_key(b"m"), ShardId(2));
+        assert_eq!(
+            map.range_of(ShardId(1)),
+            Some((Vec::new(), Some(b"m".to_vec())))
+        );
+    }
+
+    #[test]
+    fn range_shard_owning_two_ranges_is_listed_once() {
+        let map = ShardMap::new_range(&[
+            (Vec::new(), ShardId(1)),
+            (b"f".to_vec(), ShardId(2)),
+            (b"m".to_vec(), ShardId(1)),
+        ]);
+        assert_eq!(map.shards_for_range(b"a", None), ids(&[1, 2]));
+        assert_eq!(map.shards(), ids(&[1, 2]));
+        assert_eq!(map.shard_for_key(b"z"), ShardId(1));
+    }
+}
+#[cfg(test)]
+mod peek {
+    #[test]
+    fn peek() {
+        use crate::*;
+        println!(
+            "{}",
+            ClusterConfig::local(2, 2, 2, 7001)
+                .unwrap()
+                .to_toml_string()
+        );
+        let m = ShardMap::new_hash(&[ShardId(1), ShardId(2), ShardId(3)], 128);
+        let mut c = [0usize; 4];
+        for i in 0..100_000 {
+            c[m.shard_for_key(format!("key{i}").as_bytes()).0 as usize] += 1;
+        }
+        println!("{c:?}");
+        let m4 = ShardMap::new_hash(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 128);
+        let moved = (0..100_000)
+            .filter(|i| {
+                m.shard_for_key(format!("key{i}").as_bytes())
+                    != m4.shard_for_key(format!("key{i}").as_bytes())
+            })
+            .count();
+        println!("moved {moved}");
+    }
+}

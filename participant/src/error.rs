@@ -1,0 +1,43 @@
+use pact_raft::ReplicaError;
+use thiserror::Error;
+
+/// Errors of the participant, each telling the caller what to do.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Error {
+    /// Retry at the leader (`hint`: node id and address) or, without a
+    /// hint, at another replica.
+    #[error("not leader{}", match .hint { Some((id, addr)) => format!("; leader is node {id} at {addr}"), None => String::new() })]
+    NotLeader { hint: Option<(u64, String)> },
+    /// Nothing was done; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A write was proposed but its fate is unknown; read before retrying.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request is malformed; fix it, retrying will not help.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// No such shard in the cluster configuration.
+    #[error("unknown shard {0}")]
+    UnknownShard(u64),
+    /// The replica stopped after a storage failure and must be restarted.
+    #[error("replica stopped: {0}")]
+    Fatal(String),
+}
+
+impl From<ReplicaError> for Error {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::NotLeader { leader } => Error::NotLeader { hint: leader },
+            ReplicaError::Unavailable(m) => Error::Unavailable(m),
+            ReplicaError::Unknown(m) => Error::Unknown(m),
+            ReplicaError::Fatal(m) => Error::Fatal(m),
+        }
+    }
+}
+
+impl From<pact_common::LimitError> for Error {
+    fn from(e: pact_common::LimitError) -> Self {
+        Error::InvalidInput(e.to_string())
+    }
+}

@@ -1,0 +1,32 @@
+//! The participant: a node that hosts replicas of shards and serves them.
+//!
+//! A shard is a Raft group (see `pact-raft`) whose state machine is the
+//! shard's key-value data. This crate holds what is specific to shards:
+//! the command format and its effect ([`kv`]), the node that hosts one
+//! replica per assigned shard ([`node`]), and the gRPC service in front of
+//! it ([`service`]), with wire conversion kept in [`convert`].
+//!
+//! # Invariants
+//! - A request is served only by the shard's leader; reads after Raft's
+//!   ReadIndex check, so they reflect every write acknowledged before the
+//!   read began (linearizable), and a deposed leader cannot answer.
+//! - A write batch is one Raft entry: all of it is applied or none of it.
+//! - Every key in a request must belong to the named shard under the
+//!   cluster's partitioning; a misrouted key is refused, never stored.
+//! - Requests are validated (key and value sizes, batch size, scan limit)
+//!   before anything is proposed.
+//!
+//! # Failure
+//! A request to a follower answers `NotLeader` with the leader's id and
+//! address when known. A storage failure stops the replica; the node binary
+//! then exits so a supervisor restarts it from its durable state.
+
+mod convert;
+mod error;
+pub mod kv;
+pub mod node;
+pub mod service;
+
+pub use convert::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+pub use error::Error;
+pub use node::Node;

@@ -1,0 +1,124 @@
+//! `participant`: run one Pact node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use pact_common::{ClusterConfig, NodeId};
+use pact_participant::service::KvService;
+use pact_participant::Node;
+
+/// Run a Pact participant node: this node's replica of every shard the
+/// cluster config assigns to it, served over gRPC.
+#[derive(Parser, Debug)]
+#[command(name = "participant", version)]
+struct Args {
+    /// Cluster config (TOML). Without it, the embedded local default is used:
+    /// 3 nodes on 127.0.0.1:7001-7003, 3 shards, 3 replicas each.
+    #[arg(long, env = "PACT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id in the config.
+    #[arg(long)]
+    node_id: u64,
+    /// Where this node keeps its Raft logs and shard data.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on; defaults to the node's address in the config.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => ClusterConfig::local(3, 3, 3, 7001).context("embedded default config")?,
+    };
+    let id = NodeId(args.node_id);
+    let Some(me) = config.node(id) else {
+        bail!(
+            "node {} is not in the cluster config (nodes: {:?})",
+            args.node_id,
+            config.nodes.iter().map(|n| n.id.0).collect::<Vec<_>>()
+        );
+    };
+    let listen: SocketAddr = match args.listen {
+        Some(l) => l,
+        None => me
+            .addr
+            .parse()
+            .with_context(|| format!("node address {} is not ip:port; pass --listen", me.addr))?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(config, id, args.data_dir, listen))
+}
+
+async fn run(
+    config: ClusterConfig,
+    id: NodeId,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    // Bind first, so a port clash is reported before any state is touched.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let node = Arc::new(Node::start(config, id, &data_dir).await?);
+    tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(node.router().service())
+        .add_service(KvService::new(node.clone()))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal());
+    let watchdog = {
+        let node = node.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(f) = node.fatal() {
+                    return f;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = server => {
+            r.context("grpc server failed")?;
+            node.shutdown().await;
+            tracing::info!("participant stopped");
+            Ok(())
+        }
+        f = watchdog => {
+            // Never serve after a storage failure: exit and let the operator
+            // (or supervisor) restart the node from its durable state.
+            tracing::error!(error = %f, "replica stopped; exiting");
+            std::process::exit(70);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

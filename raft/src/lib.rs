@@ -1,0 +1,48 @@
+//! Replication for Pact: Raft groups whose log, vote and state live in fjall.
+//!
+//! This crate is the one place that knows openraft (pinned
+//! `=0.10.0-alpha.37`). Everything above it sees a [`Replica`] that proposes
+//! opaque commands, serves linearizable reads, and reports its status; and
+//! an [`Apply`] trait through which the application (a shard's participant
+//! logic, or a coordinator's recovery log) turns committed commands into
+//! key-value changes. When openraft's API moves, only this crate changes.
+//!
+//! # Storage
+//! A node keeps every group it hosts in one fjall database ([`NodeStore`]).
+//! A single writer thread applies every mutation as an atomic batch and
+//! fsyncs once per round, so concurrent appends from many groups share an
+//! fsync (group commit). Log entries are acknowledged to openraft as
+//! persisted only after that fsync; votes are fsynced before they are sent.
+//!
+//! # Invariants
+//! - Nothing is reported durable before `fsync` returned.
+//! - A group's applied state is always the result of applying exactly the
+//!   log prefix `1..=applied`, because each entry's writes and its applied
+//!   index are one atomic batch.
+//! - A snapshot is made durable before openraft may purge the log behind it.
+//! - A read is served only after Raft's ReadIndex check (leadership
+//!   confirmed by a quorum after the read arrived), so a deposed leader
+//!   cannot serve a stale read.
+//!
+//! # Failure
+//! A failed write or fsync poisons the store: every later write fails, the
+//! affected Raft groups stop (openraft's `Fatal`), and [`Replica::fatal`]
+//! reports it so the node can exit instead of serving from a store whose
+//! durability it no longer knows.
+
+mod error;
+mod log_store;
+mod network;
+mod replica;
+mod state_machine;
+mod store;
+mod types;
+
+pub use error::ReplicaError;
+pub use network::{Peers, Router, MAX_RAFT_MESSAGE_BYTES};
+pub use replica::{Host, Replica, ReplicaStatus, Tuning};
+pub use state_machine::{Applied, Apply, StateView};
+pub use store::NodeStore;
+
+#[cfg(test)]
+mod tests;

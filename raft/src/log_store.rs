@@ -1,0 +1,206 @@
+//! openraft's log storage for one group, on the node's fjall database.
+//!
+//! Invariants: an entry handed to `append` is readable as soon as `append`
+//! returns, and reported persisted (through `IOFlushed`) only after the
+//! writer thread's fsync; the vote is fsynced before `save_vote` returns, so
+//! a node never votes twice in a term across a crash.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+
+use crate::store::{
+    blocking, group_end, group_key, group_prefix, log_key, NodeStore, Notify, Op, Space,
+    META_COMMITTED, META_PURGED, META_VOTE,
+};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    group: u64,
+    store: Arc<NodeStore>,
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    bincode::serialize(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
+    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+impl LogStore {
+    pub fn new(group: u64, store: Arc<NodeStore>) -> Self {
+        LogStore { group, store }
+    }
+
+    async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        tag: &[u8],
+    ) -> io::Result<Option<T>> {
+        match self
+            .store
+            .get(Space::Meta, group_key(self.group, tag))
+            .await?
+        {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn index_range(&self, range: impl RangeBounds<u64>) -> Option<(Vec<u8>, Vec<u8>)> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.checked_add(1)?,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => match i.checked_add(1) {
+                Some(e) => log_key(self.group, e),
+                None => group_end(self.group),
+            },
+            Bound::Excluded(&i) => log_key(self.group, i),
+            Bound::Unbounded => group_end(self.group),
+        };
+        let start = log_key(self.group, start);
+        if start >= end {
+            return None;
+        }
+        Some((start, end))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let Some((from, to)) = self.index_range(range) else {
+            return Ok(Vec::new());
+        };
+        let store = self.store.clone();
+        blocking(move || {
+            let raw = store.range_sync(Space::Log, &from, &to, usize::MAX, false)?;
+            raw.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_meta(META_VOTE).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogId> = self.read_meta(META_PURGED).await?;
+        let store = self.store.clone();
+        let from = group_prefix(self.group).to_vec();
+        let to = group_end(self.group);
+        let last = blocking(move || {
+            let raw = store.range_sync(Space::Log, &from, &to, 1, true)?;
+            match raw.first() {
+                Some((_, v)) => Ok(Some(decode::<Entry>(v)?.log_id)),
+                None => Ok(None),
+            }
+        })
+        .await?;
+        let last_log_id = match last {
+            Some(l) => Some(l),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let op = Op::Put(Space::Meta, group_key(self.group, META_VOTE), encode(vote)?);
+        self.store.write_durable(vec![op]).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not fsynced on its own: it only speeds up recovery, and it rides
+        // along with the next log fsync.
+        let op = Op::Put(
+            Space::Meta,
+            group_key(self.group, META_COMMITTED),
+            encode(&committed)?,
+        );
+        self.store.write_visible(vec![op]).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self
+            .read_meta::<Option<LogId>>(META_COMMITTED)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ops = Vec::new();
+        for e in entries {
+            ops.push(Op::Put(
+                Space::Log,
+                log_key(self.group, e.log_id.index),
+                encode(&e)?,
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit(
+            ops,
+            Notify::Visible {
+                visible: tx,
+                flushed: callback,
+            },
+        );
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = match &last_log_id {
+            Some(l) => l.index + 1,
+            None => 0,
+        };
+        let op = Op::DeleteRange(Space::Log, log_key(self.group, from), group_end(self.group));
+        self.store.write_durable(vec![op]).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Record the purge point first in the same atomic batch, so a crash
+        // never leaves a gap that get_log_state cannot explain.
+        let ops = vec![
+            Op::Put(
+                Space::Meta,
+                group_key(self.group, META_PURGED),
+                encode(&log_id)?,
+            ),
+            Op::DeleteRange(
+                Space::Log,
+                log_key(self.group, 0),
+                log_key(self.group, log_id.index.saturating_add(1)),
+            ),
+        ];
+        self.store.write_visible(ops).await
+    }
+}

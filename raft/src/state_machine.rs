@@ -1,0 +1,261 @@
+//! openraft's state machine for one group: it hands each committed command
+//! to the application's [`Apply`] and stores the result in fjall.
+//!
+//! Each entry's writes and the new applied log id are one atomic fjall
+//! batch, so the stored state is always exactly "entries 1..=applied". The
+//! state machine is not fsynced per entry (the log is); a snapshot fsyncs
+//! before openraft may purge the log behind it, so nothing committed is ever
+//! only in volatile memory and missing from the log.
+
+use std::io::{self, Cursor};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+
+use crate::log_store::{decode, encode};
+use crate::store::{
+    blocking, group_end, group_key, group_prefix, NodeStore, Op, SmImage, Space, SM_APPLIED,
+    SM_MEMBERSHIP,
+};
+use crate::types::{
+    LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+/// The result of applying one command.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Key changes: `Some(v)` puts, `None` deletes. Keys are the
+    /// application's own; the group prefix is added here.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Encoded reply handed back to the proposer.
+    pub reply: Vec<u8>,
+}
+
+/// Read access to a group's applied state, for the application.
+pub struct StateView<'a> {
+    store: &'a NodeStore,
+    group: u64,
+}
+
+impl StateView<'_> {
+    pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.store.get_sync(Space::Sm, &group_key(self.group, key))
+    }
+
+    /// Pairs with keys in `[start, end)` (`end` None: to the end), at most `limit`.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        scan_sm(self.store, self.group, start, end, limit)
+    }
+}
+
+pub(crate) fn scan_sm(
+    store: &NodeStore,
+    group: u64,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let from = group_key(group, start);
+    let to = match end {
+        Some(e) => group_key(group, e),
+        None => group_end(group),
+    };
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let raw = store.range_sync(Space::Sm, &from, &to, limit, false)?;
+    Ok(raw.into_iter().map(|(k, v)| (k[8..].to_vec(), v)).collect())
+}
+
+/// The application logic of a replicated group. It must be deterministic:
+/// every replica applies the same commands in the same order and must reach
+/// the same state. An `Err` means the replica cannot go on (corrupt command,
+/// storage failure); the group stops on this node.
+pub trait Apply: Send + Sync + 'static {
+    fn apply(&self, state: &StateView<'_>, index: u64, command: &[u8]) -> Result<Applied, String>;
+
+    /// Called after the whole state was replaced by a snapshot, so the
+    /// application can drop caches derived from the old state.
+    fn state_replaced(&self) {}
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    group: u64,
+    store: Arc<NodeStore>,
+    app: Arc<dyn Apply>,
+}
+
+impl StateMachine {
+    pub fn new(group: u64, store: Arc<NodeStore>, app: Arc<dyn Apply>) -> Self {
+        StateMachine { group, store, app }
+    }
+
+    async fn meta_value<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: &[u8],
+    ) -> io::Result<Option<T>> {
+        match self
+            .store
+            .get(Space::SmMeta, group_key(self.group, tag))
+            .await?
+        {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A consistent image of the state, made durable before it is returned,
+    /// so openraft may purge the log up to its last log id.
+    async fn durable_snapshot(&self) -> io::Result<Snapshot> {
+        let store = self.store.clone();
+        let group = self.group;
+        let image: SmImage = blocking(move || store.sm_snapshot_sync(group)).await?;
+        // The image was taken before this fsync, so all of it is on disk after it.
+        self.store.sync().await?;
+        let last_log_id: Option<LogId> = match &image.applied {
+            Some(b) => decode(b)?,
+            None => None,
+        };
+        let last_membership: StoredMembership = match &image.membership {
+            Some(b) => decode(b)?,
+            None => StoredMembership::default(),
+        };
+        let data = encode(&image.pairs)?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: Cursor::new(data),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        self.durable_snapshot().await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied: Option<LogId> = self
+            .meta_value::<Option<LogId>>(SM_APPLIED)
+            .await?
+            .flatten();
+        let membership: StoredMembership =
+            self.meta_value(SM_MEMBERSHIP).await?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id;
+            let mut ops = vec![Op::Put(
+                Space::SmMeta,
+                group_key(self.group, SM_APPLIED),
+                encode(&Some(log_id))?,
+            )];
+            let mut reply = Reply::default();
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmd) => {
+                    let store = self.store.clone();
+                    let app = self.app.clone();
+                    let group = self.group;
+                    let index = log_id.index;
+                    let applied = blocking(move || {
+                        let view = StateView {
+                            store: &store,
+                            group,
+                        };
+                        app.apply(&view, index, &cmd.0).map_err(io::Error::other)
+                    })
+                    .await?;
+                    for (k, v) in applied.writes {
+                        let key = group_key(self.group, &k);
+                        ops.push(match v {
+                            Some(v) => Op::Put(Space::Sm, key, v),
+                            None => Op::Delete(Space::Sm, key),
+                        });
+                    }
+                    reply = Reply(applied.reply);
+                }
+                EntryPayload::Membership(m) => {
+                    let sm = StoredMembership::new(Some(log_id), m);
+                    ops.push(Op::Put(
+                        Space::SmMeta,
+                        group_key(self.group, SM_MEMBERSHIP),
+                        encode(&sm)?,
+                    ));
+                }
+            }
+            self.store.write_visible(ops).await?;
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(snapshot.get_ref())?;
+        let mut ops = Vec::with_capacity(pairs.len() + 3);
+        ops.push(Op::DeleteRange(
+            Space::Sm,
+            group_prefix(self.group).to_vec(),
+            group_end(self.group),
+        ));
+        for (k, v) in pairs {
+            ops.push(Op::Put(Space::Sm, group_key(self.group, &k), v));
+        }
+        ops.push(Op::Put(
+            Space::SmMeta,
+            group_key(self.group, SM_APPLIED),
+            encode(&meta.last_log_id)?,
+        ));
+        ops.push(Op::Put(
+            Space::SmMeta,
+            group_key(self.group, SM_MEMBERSHIP),
+            encode(&meta.last_membership)?,
+        ));
+        self.store.write_durable(ops).await?;
+        self.app.state_replaced();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let (applied, _) = self.applied_state().await?;
+        if applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.durable_snapshot().await?))
+    }
+}

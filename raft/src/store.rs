@@ -1,0 +1,413 @@
+//! One fjall database per node, shared by every Raft group the node hosts.
+//!
+//! Layout (every key starts with the 8-byte big-endian group id, so one
+//! group's data is one contiguous range in each keyspace):
+//!
+//! | keyspace | key                       | value                              |
+//! |----------|---------------------------|------------------------------------|
+//! | `log`    | group ++ index (BE u64)   | bincode(Entry)                     |
+//! | `meta`   | group ++ tag              | bincode(vote / committed / purged) |
+//! | `sm`     | group ++ application key  | application value                  |
+//! | `smmeta` | group ++ tag              | bincode(applied log id / membership)|
+//!
+//! All writes that must be durable before they are acknowledged go through a
+//! single writer thread ([`Writer`]). It drains every queued job, commits each
+//! as its own atomic fjall batch, then fsyncs the journal once for the whole
+//! round: group commit across every group on the node. A failed commit or
+//! fsync poisons the writer, and every later job fails, so a replica never
+//! acknowledges anything after a storage error.
+
+use std::io;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use openraft::storage::IOFlushed;
+
+use crate::types::TypeConfig;
+
+pub(crate) const META_VOTE: &[u8] = b"vote";
+pub(crate) const META_COMMITTED: &[u8] = b"committed";
+pub(crate) const META_PURGED: &[u8] = b"purged";
+pub(crate) const SM_APPLIED: &[u8] = b"applied";
+pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
+
+/// Which keyspace a write goes to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Space {
+    Log,
+    Meta,
+    Sm,
+    SmMeta,
+}
+
+/// One key-level change inside an atomic batch.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put(Space, Vec<u8>, Vec<u8>),
+    Delete(Space, Vec<u8>),
+    /// Delete every key of a space in `[from, to)`.
+    DeleteRange(Space, Vec<u8>, Vec<u8>),
+}
+
+/// What to tell the submitter, and when.
+pub(crate) enum Notify {
+    /// Reply once the batch is durable.
+    Durable(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Reply once the batch is visible to readers; call `flushed` once durable.
+    /// This is openraft's async-flush append: the log entry may be read and
+    /// replicated before it is fsynced, but never acknowledged as persisted.
+    Visible {
+        visible: tokio::sync::oneshot::Sender<io::Result<()>>,
+        flushed: IOFlushed<TypeConfig>,
+    },
+    /// Reply once visible; durability comes with a later fsync.
+    Lazy(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+struct Job {
+    ops: Vec<Op>,
+    notify: Notify,
+}
+
+/// The node's storage: the fjall database plus its writer thread.
+pub struct NodeStore {
+    db: Database,
+    pub(crate) log: Keyspace,
+    pub(crate) meta: Keyspace,
+    pub(crate) sm: Keyspace,
+    pub(crate) smmeta: Keyspace,
+    jobs: crossbeam_channel::Sender<Job>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for NodeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStore").finish_non_exhaustive()
+    }
+}
+
+fn to_io(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+pub(crate) fn group_prefix(group: u64) -> [u8; 8] {
+    group.to_be_bytes()
+}
+
+pub(crate) fn group_key(group: u64, suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + suffix.len());
+    k.extend_from_slice(&group_prefix(group));
+    k.extend_from_slice(suffix);
+    k
+}
+
+pub(crate) fn log_key(group: u64, index: u64) -> Vec<u8> {
+    group_key(group, &index.to_be_bytes())
+}
+
+/// Group ids must be below this: the top id would have no finite upper
+/// bound for its key range.
+pub const MAX_GROUP_ID: u64 = u64::MAX - 1;
+
+/// The exclusive upper bound of a group's key range (`group <= MAX_GROUP_ID`).
+pub(crate) fn group_end(group: u64) -> Vec<u8> {
+    group.saturating_add(1).to_be_bytes().to_vec()
+}
+
+impl NodeStore {
+    /// Open (or create) the node's database under `dir`.
+    pub fn open(dir: &Path) -> io::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir).open().map_err(to_io)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(to_io)
+        };
+        let log = ks("log")?;
+        let meta = ks("meta")?;
+        let sm = ks("sm")?;
+        let smmeta = ks("smmeta")?;
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let store = Arc::new(NodeStore {
+            db: db.clone(),
+            log: log.clone(),
+            meta: meta.clone(),
+            sm: sm.clone(),
+            smmeta: smmeta.clone(),
+            jobs: tx,
+            poisoned: poisoned.clone(),
+        });
+        let writer = Writer {
+            db,
+            spaces: [log, meta, sm, smmeta],
+            poisoned,
+        };
+        thread::Builder::new()
+            .name("pact-storage-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(store)
+    }
+
+    pub(crate) fn space(&self, s: Space) -> &Keyspace {
+        match s {
+            Space::Log => &self.log,
+            Space::Meta => &self.meta,
+            Space::Sm => &self.sm,
+            Space::SmMeta => &self.smmeta,
+        }
+    }
+
+    /// True once a write or fsync failed; the node must be restarted.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn submit(&self, ops: Vec<Op>, notify: Notify) {
+        // The writer thread lives as long as the store; a send can only fail
+        // if it died, in which case the notify channel is dropped and the
+        // submitter sees a closed channel, which it reports as an I/O error.
+        let _ = self.jobs.send(Job { ops, notify });
+    }
+
+    /// Apply `ops` atomically and wait until they are durable.
+    pub(crate) async fn write_durable(&self, ops: Vec<Op>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(ops, Notify::Durable(tx));
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    /// Apply `ops` atomically; return once readers can see them.
+    pub(crate) async fn write_visible(&self, ops: Vec<Op>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(ops, Notify::Lazy(tx));
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    /// Point read; runs on the blocking pool.
+    pub(crate) async fn get(
+        self: &Arc<Self>,
+        space: Space,
+        key: Vec<u8>,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let me = self.clone();
+        blocking(move || me.get_sync(space, &key)).await
+    }
+
+    pub(crate) fn get_sync(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        Ok(self
+            .space(space)
+            .get(key)
+            .map_err(to_io)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Range read of `[from, to)` in one keyspace, at most `limit` pairs,
+    /// optionally from the end backwards.
+    pub(crate) fn range_sync(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let range = (Bound::Included(from.to_vec()), Bound::Excluded(to.to_vec()));
+        let iter = self.space(space).range::<Vec<u8>, _>(range);
+        let mut out = Vec::new();
+        let mut push = |g: fjall::Guard| -> io::Result<bool> {
+            let (k, v) = g.into_inner().map_err(to_io)?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            for g in iter.rev() {
+                if !push(g)? {
+                    break;
+                }
+            }
+        } else {
+            for g in iter {
+                if !push(g)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A consistent point-in-time copy of one group's state machine:
+    /// its application pairs (group prefix stripped) and its metadata.
+    pub(crate) fn sm_snapshot_sync(&self, group: u64) -> io::Result<SmImage> {
+        let snap = self.db.snapshot();
+        let from = group_prefix(group).to_vec();
+        let to = group_end(group);
+        let mut pairs = Vec::new();
+        for g in snap.range::<Vec<u8>, _>(&self.sm, from.clone()..to.clone()) {
+            let (k, v) = g.into_inner().map_err(to_io)?;
+            pairs.push((k[8..].to_vec(), v.to_vec()));
+        }
+        let applied = snap
+            .get(&self.smmeta, group_key(group, SM_APPLIED))
+            .map_err(to_io)?
+            .map(|v| v.to_vec());
+        let membership = snap
+            .get(&self.smmeta, group_key(group, SM_MEMBERSHIP))
+            .map_err(to_io)?
+            .map(|v| v.to_vec());
+        Ok(SmImage {
+            pairs,
+            applied,
+            membership,
+        })
+    }
+
+    /// Make everything written so far durable.
+    pub(crate) async fn sync(&self) -> io::Result<()> {
+        self.write_durable(Vec::new()).await
+    }
+}
+
+/// A raw image of a group's state machine, as stored.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SmImage {
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub applied: Option<Vec<u8>>,
+    pub membership: Option<Vec<u8>>,
+}
+
+/// Run a blocking fjall call off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}
+
+struct Writer {
+    db: Database,
+    spaces: [Keyspace; 4],
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn space(&self, s: Space) -> &Keyspace {
+        match s {
+            Space::Log => &self.spaces[0],
+            Space::Meta => &self.spaces[1],
+            Space::Sm => &self.spaces[2],
+            Space::SmMeta => &self.spaces[3],
+        }
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> io::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                Op::Put(s, k, v) => batch.insert(self.space(s), k, v),
+                Op::Delete(s, k) => batch.remove(self.space(s), k),
+                Op::DeleteRange(s, from, to) => {
+                    let ks = self.space(s);
+                    for g in ks.range::<Vec<u8>, _>(from..to) {
+                        let k = g.key().map_err(to_io)?;
+                        batch.remove(ks, k);
+                    }
+                }
+            }
+        }
+        batch.commit().map_err(to_io)
+    }
+
+    fn run(self, rx: crossbeam_channel::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut round = vec![first];
+            // Group commit: everything already queued shares one fsync.
+            while round.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(j) => round.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut waiting = Vec::new();
+            let mut need_sync = false;
+            for job in round {
+                let res = if self.poisoned.load(Ordering::SeqCst) {
+                    Err(io::Error::other(
+                        "storage is poisoned by an earlier failure",
+                    ))
+                } else {
+                    self.commit(job.ops)
+                };
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, "storage write failed; refusing all further writes");
+                    self.poisoned.store(true, Ordering::SeqCst);
+                }
+                match job.notify {
+                    Notify::Lazy(tx) => {
+                        let _ = tx.send(res);
+                    }
+                    Notify::Visible { visible, flushed } => {
+                        let ok = res.is_ok();
+                        let _ = visible.send(res);
+                        if ok {
+                            need_sync = true;
+                            waiting.push(Waiter::Flushed(flushed));
+                        } else {
+                            flushed.io_completed(Err(io::Error::other("write failed")));
+                        }
+                    }
+                    Notify::Durable(tx) => match res {
+                        Ok(()) => {
+                            need_sync = true;
+                            waiting.push(Waiter::Durable(tx));
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    },
+                }
+            }
+            if !need_sync {
+                continue;
+            }
+            let synced = if self.poisoned.load(Ordering::SeqCst) {
+                Err(io::Error::other(
+                    "storage is poisoned by an earlier failure",
+                ))
+            } else {
+                self.db.persist(PersistMode::SyncAll).map_err(to_io)
+            };
+            if let Err(e) = &synced {
+                tracing::error!(error = %e, "fsync failed; refusing all further writes");
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            for w in waiting {
+                let r = match &synced {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                match w {
+                    Waiter::Flushed(f) => f.io_completed(r),
+                    Waiter::Durable(tx) => {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Waiter {
+    Flushed(IOFlushed<TypeConfig>),
+    Durable(tokio::sync::oneshot::Sender<io::Result<()>>),
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command: format and lint gates, then every test.
+# Process-level tests start real participant binaries, so build them first;
+# they run one at a time so 3-process clusters do not starve each other of
+# the machine's 2 cores (elections are timing-sensitive).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo test --workspace --exclude pact-tests
+cargo test -p pact-tests -- --test-threads=1

@@ -1,0 +1,249 @@
+//! Test harness: real Pact clusters as processes on 127.0.0.1.
+//!
+//! [`Cluster`] writes a config with free ports, starts one `participant`
+//! process per node (logs in the cluster's temp folder), and can SIGKILL,
+//! restart, SIGSTOP and SIGCONT any node. Dropping it kills every process,
+//! so a failed test leaves nothing running. The binaries are found next to
+//! the test executable (`target/<profile>/`); build them first with
+//! `cargo build --bins` (the README's test command does).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pact_client::{Client, ClientOptions, ReplicaStatus};
+use pact_common::{ClusterConfig, NodeId, RaftTuning, ShardId};
+
+/// Directory holding the workspace's binaries for this test build.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PACT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary; panics with the fix if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found; run `cargo build --bins` first (or set PACT_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// Free TCP ports on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Fast Raft timings for tests: elections in well under a second.
+pub fn fast_tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftTuning::default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: ClusterConfig,
+    pub config_path: PathBuf,
+    procs: BTreeMap<NodeId, Child>,
+}
+
+impl Cluster {
+    /// `nodes` nodes, `shards` shards of `replication` replicas each.
+    pub fn start(nodes: u64, shards: u64, replication: u64, tuning: RaftTuning) -> Cluster {
+        let ports = free_ports(nodes as usize);
+        let mut config =
+            ClusterConfig::local(nodes, shards, replication, 7001).expect("local config");
+        for (n, port) in config.nodes.iter_mut().zip(ports) {
+            n.addr = format!("127.0.0.1:{port}");
+        }
+        config.raft = tuning;
+        config.validate().expect("valid test config");
+        let dir = tempfile::Builder::new()
+            .prefix("pact-test-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, config.to_toml_string()).expect("write config");
+        let mut c = Cluster {
+            dir,
+            config,
+            config_path,
+            procs: BTreeMap::new(),
+        };
+        for id in c.node_ids() {
+            c.start_node(id);
+        }
+        c
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.config.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn start_node(&mut self, id: NodeId) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open node log");
+        let child = Command::new(binary("participant"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-id")
+            .arg(id.0.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn participant");
+        self.procs.insert(id, child);
+    }
+
+    fn signal(&self, id: NodeId, sig: libc::c_int) {
+        if let Some(c) = self.procs.get(&id) {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush; only what was fsynced survives.
+    pub fn kill(&mut self, id: NodeId) {
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: NodeId) {
+        self.kill(id);
+        self.start_node(id);
+    }
+
+    pub fn pause(&self, id: NodeId) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    pub fn resume(&self, id: NodeId) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    pub fn is_running(&mut self, id: NodeId) -> bool {
+        match self.procs.get_mut(&id) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.config, ClientOptions::default())
+    }
+
+    /// A client that talks to one node only, for probing that node.
+    pub fn client_for_node(&self, id: NodeId, opts: ClientOptions) -> Client {
+        let mut cfg = self.config.clone();
+        for s in cfg.shards.iter_mut() {
+            if s.replicas.contains(&id) {
+                s.replicas = vec![id];
+            }
+        }
+        Client::new(&cfg, opts)
+    }
+
+    /// Wait until some replica of `shard` reports itself leader, seen from
+    /// the replicas in `among`; returns its id.
+    pub async fn wait_leader(&self, shard: ShardId, among: &[NodeId], within: Duration) -> NodeId {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        loop {
+            for id in among {
+                if let Ok(s) = client.replica_status(shard, *id).await {
+                    if s.role == "leader" {
+                        return *id;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no leader for shard {shard} among {among:?} within {within:?}\n{}",
+                    self.logs_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status(&self, shard: ShardId, id: NodeId) -> Option<ReplicaStatus> {
+        self.client().replica_status(shard, id).await.ok()
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for id in self.node_ids() {
+            let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(15);
+            out.push_str(&format!(
+                "--- node {id} log (last {} lines) ---\n",
+                lines.len() - from
+            ));
+            for l in &lines[from..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.procs) {
+            // SIGCONT first: a stopped process cannot die of SIGKILL until resumed on some kernels.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
