@@ -175,6 +175,10 @@ impl ClusterConfig {
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for n in &self.nodes {
+            if n.id.0 == 0 {
+                // 0 means "no leader known" in status replies and hints.
+                return invalid("node id 0 is reserved; node ids start at 1");
+            }
             if n.id.0 > MAX_TOML_INT {
                 return invalid(format!("node id {} is larger than {MAX_TOML_INT}", n.id));
             }
@@ -586,6 +590,14 @@ start = ""
         expect_invalid(
             "partitioning = \"hash\"\nnodes = []\n[[shards]]\nid = 1\nreplicas = [1]\n",
             &["no nodes"],
+        );
+    }
+
+    #[test]
+    fn rejects_node_id_zero() {
+        expect_invalid(
+            "partitioning = \"hash\"\n[[nodes]]\nid = 0\naddr = \"127.0.0.1:1\"\n[[shards]]\nid = 1\nreplicas = [0]\n",
+            &["node id 0 is reserved"],
         );
     }
 

@@ -354,30 +354,3 @@ mod tests {
         assert_eq!(map.shard_for_key(b"z"), ShardId(1));
     }
 }
-#[cfg(test)]
-mod peek {
-    #[test]
-    fn peek() {
-        use crate::*;
-        println!(
-            "{}",
-            ClusterConfig::local(2, 2, 2, 7001)
-                .unwrap()
-                .to_toml_string()
-        );
-        let m = ShardMap::new_hash(&[ShardId(1), ShardId(2), ShardId(3)], 128);
-        let mut c = [0usize; 4];
-        for i in 0..100_000 {
-            c[m.shard_for_key(format!("key{i}").as_bytes()).0 as usize] += 1;
-        }
-        println!("{c:?}");
-        let m4 = ShardMap::new_hash(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 128);
-        let moved = (0..100_000)
-            .filter(|i| {
-                m.shard_for_key(format!("key{i}").as_bytes())
-                    != m4.shard_for_key(format!("key{i}").as_bytes())
-            })
-            .count();
-        println!("moved {moved}");
-    }
-}
