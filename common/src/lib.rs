@@ -15,6 +15,7 @@ mod config;
 mod ids;
 mod limits;
 mod partition;
+mod txn;
 
 pub use config::{
     ClusterConfig, ConfigError, NodeConfig, PartitionScheme, RaftTuning, ShardConfig,
@@ -25,3 +26,4 @@ pub use limits::{
     MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_BYTES,
 };
 pub use partition::ShardMap;
+pub use txn::{system_clock, Clock, Hlc, Timestamp, TxnId};

@@ -6,6 +6,8 @@
 //!   metadata `pact-leader-id` / `pact-leader-addr` when known;
 //! - unavailable (nothing done, retry): `UNAVAILABLE`;
 //! - outcome unknown: `DEADLINE_EXCEEDED`;
+//! - transaction aborted: `ABORTED`, message "aborted: <reason>";
+//! - contradicts recorded state: `FAILED_PRECONDITION` "conflict: ...";
 //! - bad request: `INVALID_ARGUMENT`; unknown shard: `NOT_FOUND`;
 //! - stopped replica: `INTERNAL`.
 
@@ -14,7 +16,10 @@ use pact_raft::ReplicaStatus;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::kv::WriteOp;
+use pact_common::{Timestamp, TxnId};
+
+use crate::kv::Mutation;
+use crate::node::Vote;
 use crate::Error;
 
 pub const LEADER_ID_HEADER: &str = "pact-leader-id";
@@ -38,6 +43,8 @@ impl From<Error> for Status {
             }
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Unknown(_) => Status::deadline_exceeded(msg),
+            Error::Aborted(_) => Status::aborted(msg),
+            Error::Conflict(_) => Status::failed_precondition(msg),
             Error::InvalidInput(_) => Status::invalid_argument(msg),
             Error::UnknownShard(_) => Status::not_found(msg),
             Error::Fatal(_) => Status::internal(msg),
@@ -45,21 +52,71 @@ impl From<Error> for Status {
     }
 }
 
-pub fn write_ops(ops: Vec<pb::WriteOp>) -> Result<Vec<WriteOp>, Error> {
+pub fn write_ops(ops: Vec<pb::WriteOp>) -> Result<Vec<Mutation>, Error> {
     ops.into_iter()
         .map(|op| match op.op {
-            Some(pb::write_op::Op::Put(v)) => Ok(WriteOp::Put {
-                key: op.key.to_vec(),
-                value: v.to_vec(),
-            }),
-            Some(pb::write_op::Op::Delete(_)) => Ok(WriteOp::Delete {
-                key: op.key.to_vec(),
-            }),
+            Some(pb::write_op::Op::Put(v)) => Ok((op.key.to_vec(), Some(v.to_vec()))),
+            Some(pb::write_op::Op::Delete(_)) => Ok((op.key.to_vec(), None)),
             None => Err(Error::InvalidInput(
                 "write op has neither put nor delete".into(),
             )),
         })
         .collect()
+}
+
+pub fn txn_id(t: Option<pb::TxnId>) -> Result<TxnId, Error> {
+    let t = t.ok_or_else(|| Error::InvalidInput("missing transaction id".into()))?;
+    if t.group == crate::node::IMPLICIT_GROUP {
+        return Err(Error::InvalidInput(
+            "transaction group 0 is reserved".into(),
+        ));
+    }
+    Ok(TxnId {
+        group: t.group,
+        node: t.node,
+        ts: Timestamp(t.ts),
+    })
+}
+
+pub fn prepare_response(v: Vote) -> pb::PrepareResponse {
+    let (vote, reason) = match v {
+        Vote::Yes => (pb::Vote::Yes, String::new()),
+        Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+        Vote::No(reason) => (pb::Vote::No, reason),
+    };
+    pb::PrepareResponse {
+        vote: vote as i32,
+        reason,
+    }
+}
+
+pub fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool) -> pb::ScanResponse {
+    pb::ScanResponse {
+        pairs: pairs
+            .into_iter()
+            .map(|(k, v)| pb::KeyValue {
+                key: k.into(),
+                value: v.into(),
+            })
+            .collect(),
+        more,
+    }
+}
+
+pub fn value(v: Option<Vec<u8>>) -> pb::GetResponse {
+    pb::GetResponse {
+        found: v.is_some(),
+        value: v.unwrap_or_default().into(),
+    }
+}
+
+/// An empty end key on the wire means "unbounded".
+pub fn end_key(end: &[u8]) -> Option<&[u8]> {
+    if end.is_empty() {
+        None
+    } else {
+        Some(end)
+    }
 }
 
 pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {

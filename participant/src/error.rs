@@ -14,6 +14,14 @@ pub enum Error {
     /// A write was proposed but its fate is unknown; read before retrying.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The transaction cannot go on (wounded by an older one, lock wait
+    /// timed out, expired, leadership changed); abort it and retry anew.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    /// The request contradicts the transaction's recorded state (for
+    /// example a commit after an abort).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The request is malformed; fix it, retrying will not help.
     #[error("invalid input: {0}")]
     InvalidInput(String),

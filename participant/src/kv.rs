@@ -1,47 +1,86 @@
 //! The shard state machine's application logic: what a committed command
-//! does to the shard's keys. Pure and deterministic; the replication crate
-//! stores the result.
+//! does to the shard's keys. Deterministic: it depends only on the stored
+//! state, the command, and the term of the leader that proposed it.
 //!
-//! Stored layout inside the shard's state: user key `k` is stored as
-//! `b"d" ++ k`, so internal records (transaction state, later) can live
-//! beside user data under other prefixes without colliding with it.
+//! Layout inside the shard's state:
+//! - `d` ++ user key -> value (user data);
+//! - `p` ++ txn id -> prepare record (the writes of a prepared transaction,
+//!   present exactly while it is in doubt here);
+//! - `o` ++ txn id -> outcome (`1` committed, `0` aborted), so a repeated
+//!   commit or abort is answered the same way (idempotence).
 
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use pact_common::{Timestamp, TxnId};
 use pact_raft::{Applied, Apply, StateView};
 use serde::{Deserialize, Serialize};
 
-/// Prefix of user data inside the shard's state.
+use crate::txn::TxnManager;
+
 pub const DATA_PREFIX: u8 = b'd';
+pub const PREPARED_PREFIX: u8 = b'p';
+pub const OUTCOME_PREFIX: u8 = b'o';
 
-/// One change in an atomic write batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-}
-
-impl WriteOp {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
-        }
-    }
-}
+/// One key change: `Some(value)` puts, `None` deletes.
+pub type Mutation = (Vec<u8>, Option<Vec<u8>>);
 
 /// A command replicated through a shard's Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardCommand {
-    /// Apply all ops atomically (the one-phase path).
-    Write { ops: Vec<WriteOp> },
+    /// Apply `writes` now: a transaction on this shard alone (one Raft
+    /// round), whose locks were taken under the leader of `term`.
+    OnePhase {
+        txn: TxnId,
+        writes: Vec<Mutation>,
+        term: u64,
+    },
+    /// Make `txn`'s writes durable as in doubt, holding its locks, until
+    /// the coordinator's decision arrives.
+    Prepare {
+        txn: TxnId,
+        writes: Vec<Mutation>,
+        term: u64,
+    },
+    Commit {
+        txn: TxnId,
+    },
+    Abort {
+        txn: TxnId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardReply {
+    Done,
+    Prepared,
+    /// Not applied, with the reason.
+    Rejected(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PrepareRecord {
+    writes: Vec<Mutation>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain enums and byte vectors always serialize.
+    bincode::serialize(v).unwrap_or_default()
 }
 
 impl ShardCommand {
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain enums of byte vectors into a Vec cannot fail.
-        bincode::serialize(self).unwrap_or_default()
+        encode(self)
     }
-
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         bincode::deserialize(b).map_err(|e| format!("undecodable shard command: {e}"))
+    }
+}
+
+impl ShardReply {
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        bincode::deserialize(b).map_err(|e| format!("undecodable shard reply: {e}"))
     }
 }
 
@@ -57,105 +96,381 @@ pub fn data_end() -> Vec<u8> {
     vec![DATA_PREFIX + 1]
 }
 
-/// Turns committed shard commands into key changes.
-#[derive(Debug, Default)]
-pub struct KvApp;
+pub fn txn_key(prefix: u8, txn: TxnId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(prefix);
+    k.extend_from_slice(&txn.group.to_be_bytes());
+    k.extend_from_slice(&txn.node.to_be_bytes());
+    k.extend_from_slice(&txn.ts.0.to_be_bytes());
+    k
+}
 
-impl KvApp {
-    /// The effect of one command, given the current state. Separate from
-    /// the trait so it can be tested without storage.
-    pub fn effect(&self, cmd: &ShardCommand) -> Applied {
-        match cmd {
-            ShardCommand::Write { ops } => {
-                // Several ops on one key in a batch: the last one wins. The
-                // storage batch must not carry the same key twice, since its
-                // order within one atomic batch is not defined.
-                let mut last = std::collections::BTreeMap::new();
-                for op in ops {
-                    let v = match op {
-                        WriteOp::Put { value, .. } => Some(value.clone()),
-                        WriteOp::Delete { .. } => None,
-                    };
-                    last.insert(data_key(op.key()), v);
-                }
-                Applied {
-                    writes: last.into_iter().collect(),
-                    reply: Vec::new(),
-                }
+pub fn txn_from_key(k: &[u8]) -> Option<TxnId> {
+    if k.len() != 25 {
+        return None;
+    }
+    let n = |i: usize| {
+        k.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    Some(TxnId {
+        group: n(1)?,
+        node: n(9)?,
+        ts: Timestamp(n(17)?),
+    })
+}
+
+/// Decode a stored prepare record (for rebuilding locks on a new leader).
+pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
+    bincode::deserialize::<PrepareRecord>(v)
+        .map(|r| r.writes)
+        .map_err(|e| format!("corrupt prepare record: {e}"))
+}
+
+/// Read access to the stored state, as `effect` sees it.
+pub type StateGet<'a> = &'a dyn Fn(&[u8]) -> io::Result<Option<Vec<u8>>>;
+
+/// What the leader's transaction manager must learn from an applied command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Prepared(TxnId, bool),
+    Finished(TxnId),
+}
+
+/// The effect of one command on the state seen through `get`. Pure: the
+/// same state, command and term give the same result on every replica.
+pub fn effect(
+    get: StateGet<'_>,
+    term: u64,
+    cmd: &ShardCommand,
+) -> io::Result<(Vec<Mutation>, ShardReply, Notice)> {
+    let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
+        Ok(get(&txn_key(OUTCOME_PREFIX, txn))?.map(|v| v.first() == Some(&1)))
+    };
+    let data = |writes: &[Mutation]| -> Vec<Mutation> {
+        // The last write of a key wins; the storage batch must not carry a
+        // key twice, since order inside one atomic batch is not defined.
+        let last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = writes
+            .iter()
+            .map(|(k, v)| (data_key(k), v.clone()))
+            .collect();
+        last.into_iter().collect()
+    };
+    Ok(match cmd {
+        ShardCommand::OnePhase {
+            txn,
+            writes,
+            term: t,
+        } => {
+            if *t != term {
+                let r = format!("locks were taken in term {t}, entry is in term {term}");
+                (Vec::new(), ShardReply::Rejected(r), Notice::Finished(*txn))
+            } else {
+                (data(writes), ShardReply::Done, Notice::Finished(*txn))
             }
         }
-    }
+        ShardCommand::Prepare {
+            txn,
+            writes,
+            term: t,
+        } => {
+            let p = txn_key(PREPARED_PREFIX, *txn);
+            if let Some(committed) = outcome(*txn)? {
+                let r = if committed {
+                    "already committed"
+                } else {
+                    "already aborted"
+                };
+                (
+                    Vec::new(),
+                    ShardReply::Rejected(r.into()),
+                    Notice::Prepared(*txn, false),
+                )
+            } else if get(&p)?.is_some() {
+                (
+                    Vec::new(),
+                    ShardReply::Prepared,
+                    Notice::Prepared(*txn, true),
+                )
+            } else if *t != term {
+                let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
+                (
+                    Vec::new(),
+                    ShardReply::Rejected(r),
+                    Notice::Prepared(*txn, false),
+                )
+            } else {
+                let rec = encode(&PrepareRecord {
+                    writes: writes.clone(),
+                });
+                (
+                    vec![(p, Some(rec))],
+                    ShardReply::Prepared,
+                    Notice::Prepared(*txn, true),
+                )
+            }
+        }
+        ShardCommand::Commit { txn } => {
+            let p = txn_key(PREPARED_PREFIX, *txn);
+            let o = txn_key(OUTCOME_PREFIX, *txn);
+            match (get(&p)?, outcome(*txn)?) {
+                (Some(rec), _) => {
+                    let writes = prepared_writes(&rec).map_err(io::Error::other)?;
+                    let mut w = data(&writes);
+                    w.push((p, None));
+                    w.push((o, Some(vec![1])));
+                    (w, ShardReply::Done, Notice::Finished(*txn))
+                }
+                (None, Some(true)) => (Vec::new(), ShardReply::Done, Notice::Finished(*txn)),
+                (None, Some(false)) => (
+                    Vec::new(),
+                    ShardReply::Rejected("already aborted".into()),
+                    Notice::Finished(*txn),
+                ),
+                (None, None) => (
+                    Vec::new(),
+                    ShardReply::Rejected("not prepared here".into()),
+                    Notice::Finished(*txn),
+                ),
+            }
+        }
+        ShardCommand::Abort { txn } => {
+            let p = txn_key(PREPARED_PREFIX, *txn);
+            let o = txn_key(OUTCOME_PREFIX, *txn);
+            match outcome(*txn)? {
+                Some(true) => (
+                    Vec::new(),
+                    ShardReply::Rejected("already committed".into()),
+                    Notice::Finished(*txn),
+                ),
+                Some(false) => (Vec::new(), ShardReply::Done, Notice::Finished(*txn)),
+                None => (
+                    vec![(p, None), (o, Some(vec![0]))],
+                    ShardReply::Done,
+                    Notice::Finished(*txn),
+                ),
+            }
+        }
+    })
+}
+
+/// State shared by a shard's apply path and its request handlers.
+pub struct Shared {
+    pub mgr: Mutex<TxnManager>,
+    /// Woken whenever locks are released, so lock waiters retry.
+    pub released: tokio::sync::Notify,
+}
+
+/// Turns committed shard commands into key changes, and tells the leader's
+/// transaction manager what happened to its transactions.
+pub struct KvApp {
+    pub shared: Arc<Shared>,
 }
 
 impl Apply for KvApp {
     fn apply(
         &self,
-        _state: &StateView<'_>,
+        state: &StateView<'_>,
         _index: u64,
+        term: u64,
         command: &[u8],
     ) -> Result<Applied, String> {
         let cmd = ShardCommand::decode(command)?;
-        Ok(self.effect(&cmd))
+        let (writes, reply, notice) =
+            effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
+        if let Ok(mut m) = self.shared.mgr.lock() {
+            match notice {
+                Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
+                Notice::Finished(txn) => {
+                    m.finish(txn);
+                }
+            }
+        }
+        self.shared.released.notify_waiters();
+        Ok(Applied {
+            writes,
+            reply: encode(&reply),
+        })
+    }
+
+    fn state_replaced(&self) {
+        // A snapshot replaced everything; whatever the manager believed is
+        // void until this replica is a ready leader again.
+        if let Ok(mut m) = self.shared.mgr.lock() {
+            m.step_down();
+        }
+        self.shared.released.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
 
-    #[test]
-    fn command_round_trips() {
-        let c = ShardCommand::Write {
-            ops: vec![
-                WriteOp::Put {
-                    key: b"a".to_vec(),
-                    value: b"1".to_vec(),
-                },
-                WriteOp::Delete { key: b"b".to_vec() },
-            ],
-        };
-        assert_eq!(ShardCommand::decode(&c.encode()).unwrap(), c);
-        assert!(ShardCommand::decode(b"\xff\xff\xff garbage").is_err());
+    fn t(n: u64) -> TxnId {
+        TxnId {
+            ts: Timestamp(n),
+            node: 2,
+            group: 1,
+        }
+    }
+
+    /// A tiny in-memory state to run effects against.
+    struct Mem(RefCell<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+    impl Mem {
+        fn run(&self, term: u64, cmd: ShardCommand) -> ShardReply {
+            let map = self.0.borrow().clone();
+            let (w, r, _) = effect(&|k| Ok(map.get(k).cloned()), term, &cmd).unwrap();
+            let mut m = self.0.borrow_mut();
+            for (k, v) in w {
+                match v {
+                    Some(v) => m.insert(k, v),
+                    None => m.remove(&k),
+                };
+            }
+            r
+        }
+        fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+            self.0.borrow().get(&data_key(k)).cloned()
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Mutation {
+        (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
     }
 
     #[test]
-    fn effect_prefixes_user_keys_and_last_op_per_key_wins() {
-        let c = ShardCommand::Write {
-            ops: vec![
-                WriteOp::Put {
-                    key: b"k".to_vec(),
-                    value: b"1".to_vec(),
-                },
-                WriteOp::Delete { key: b"k".to_vec() },
-            ],
-        };
-        let a = KvApp.effect(&c);
-        assert_eq!(a.writes, vec![(b"dk".to_vec(), None)]);
-        let c = ShardCommand::Write {
-            ops: vec![
-                WriteOp::Put {
-                    key: b"z".to_vec(),
-                    value: b"1".to_vec(),
-                },
-                WriteOp::Put {
-                    key: b"a".to_vec(),
-                    value: b"2".to_vec(),
-                },
-            ],
-        };
+    fn one_phase_applies_in_its_term_only() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let w = vec![put("a", "1"), (b"a".to_vec(), None), put("b", "2")];
         assert_eq!(
-            KvApp.effect(&c).writes,
-            vec![
-                (b"da".to_vec(), Some(b"2".to_vec())),
-                (b"dz".to_vec(), Some(b"1".to_vec()))
-            ]
+            m.run(
+                5,
+                ShardCommand::OnePhase {
+                    txn: t(1),
+                    writes: w.clone(),
+                    term: 5
+                }
+            ),
+            ShardReply::Done
         );
+        assert_eq!(m.get(b"a"), None, "last write of a key wins");
+        assert_eq!(m.get(b"b"), Some(b"2".to_vec()));
+        let r = m.run(
+            6,
+            ShardCommand::OnePhase {
+                txn: t(2),
+                writes: vec![put("c", "3")],
+                term: 5,
+            },
+        );
+        assert!(matches!(r, ShardReply::Rejected(_)));
+        assert_eq!(m.get(b"c"), None);
+    }
+
+    /// Crash points of the participant side: every command may be applied
+    /// again after a crash (replay, retry, duplicate delivery); each step
+    /// must be idempotent and must never decide on its own.
+    #[test]
+    fn prepare_commit_is_idempotent_at_every_step() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let prep = ShardCommand::Prepare {
+            txn: t(1),
+            writes: vec![put("x", "1")],
+            term: 3,
+        };
+        // Before prepare: a commit is refused, nothing applied.
+        assert!(matches!(
+            m.run(3, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Rejected(_)
+        ));
+        assert_eq!(m.run(3, prep.clone()), ShardReply::Prepared);
+        // Prepared writes are not visible before the decision.
+        assert_eq!(m.get(b"x"), None);
+        // Prepare again (retry after a lost reply), even in a later term: still prepared.
+        assert_eq!(m.run(4, prep.clone()), ShardReply::Prepared);
+        assert_eq!(
+            m.run(4, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.get(b"x"), Some(b"1".to_vec()));
+        // Commit twice: same answer, no change.
+        assert_eq!(
+            m.run(4, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Done
+        );
+        // A late abort or prepare cannot undo it.
+        assert!(matches!(
+            m.run(4, ShardCommand::Abort { txn: t(1) }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(matches!(m.run(4, prep), ShardReply::Rejected(_)));
+        assert_eq!(m.get(b"x"), Some(b"1".to_vec()));
     }
 
     #[test]
-    fn data_range_covers_all_data_keys_only() {
-        assert!(data_key(b"") < data_end());
-        assert!(data_key(&[0xff; 10]) < data_end());
-        assert!(b"t-internal".to_vec() > data_end());
+    fn abort_is_idempotent_and_final() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let prep = ShardCommand::Prepare {
+            txn: t(1),
+            writes: vec![put("y", "1")],
+            term: 3,
+        };
+        assert_eq!(m.run(3, prep.clone()), ShardReply::Prepared);
+        assert_eq!(
+            m.run(3, ShardCommand::Abort { txn: t(1) }),
+            ShardReply::Done
+        );
+        assert_eq!(
+            m.run(3, ShardCommand::Abort { txn: t(1) }),
+            ShardReply::Done
+        );
+        assert!(matches!(
+            m.run(3, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(matches!(m.run(3, prep), ShardReply::Rejected(_)));
+        assert_eq!(m.get(b"y"), None);
+        // Abort of a transaction never prepared here records the outcome,
+        // so a prepare arriving late (reordered) is refused.
+        assert_eq!(
+            m.run(3, ShardCommand::Abort { txn: t(9) }),
+            ShardReply::Done
+        );
+        let late = ShardCommand::Prepare {
+            txn: t(9),
+            writes: vec![put("z", "1")],
+            term: 3,
+        };
+        assert!(matches!(m.run(3, late), ShardReply::Rejected(_)));
+    }
+
+    #[test]
+    fn prepare_from_an_old_term_is_rejected() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let prep = ShardCommand::Prepare {
+            txn: t(1),
+            writes: vec![put("x", "1")],
+            term: 3,
+        };
+        assert!(
+            matches!(m.run(4, prep), ShardReply::Rejected(r) if r.contains("leadership changed"))
+        );
+        assert!(m.0.borrow().is_empty());
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let id = t(77);
+        assert_eq!(txn_from_key(&txn_key(PREPARED_PREFIX, id)), Some(id));
+        assert_eq!(txn_from_key(b"short"), None);
+        assert!(data_key(&[0xff; 4]) < data_end());
+        assert!(txn_key(PREPARED_PREFIX, id) > data_end());
+        let c = ShardCommand::Commit { txn: id };
+        assert_eq!(ShardCommand::decode(&c.encode()).unwrap(), c);
+        assert!(ShardCommand::decode(b"\xff\xff\xff\xff garbage").is_err());
     }
 }

@@ -24,8 +24,10 @@
 mod convert;
 mod error;
 pub mod kv;
+pub mod locks;
 pub mod node;
 pub mod service;
+pub mod txn;
 
 pub use convert::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 pub use error::Error;

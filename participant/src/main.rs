@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use pact_common::{ClusterConfig, NodeId};
-use pact_participant::service::KvService;
+use pact_participant::service::{KvService, ParticipantService};
 use pact_participant::Node;
 
 /// Run a Pact participant node: this node's replica of every shard the
@@ -81,6 +81,7 @@ async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(node.router().service())
         .add_service(KvService::new(node.clone()))
+        .add_service(ParticipantService::new(node.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown_signal());
     let watchdog = {
         let node = node.clone();

@@ -1,26 +1,62 @@
-//! A participant node: this node's replica of every shard assigned to it.
+//! A participant node: this node's replica of every shard assigned to it,
+//! and the owner tasks that drive each shard's transaction manager.
+//!
+//! Every operation, transactional or not, takes locks in the shard
+//! leader's lock table: a plain `get` is a one-key read-only transaction
+//! and a plain write batch a one-shard transaction, each under an implicit
+//! transaction id (group 0) with a fresh timestamp. So plain operations
+//! and transactions serialize with each other, and a plain read never sees
+//! a prepared-but-undecided value as committed or misses a committed one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pact_common::{
-    validate_batch, validate_key, ClusterConfig, NodeId, ShardId, ShardMap, MAX_SCAN_LIMIT,
+    system_clock, validate_batch, validate_key, Clock, ClusterConfig, Hlc, NodeId, ShardId,
+    ShardMap, TxnId, MAX_SCAN_LIMIT,
 };
 use pact_raft::{Host, NodeStore, Replica, ReplicaStatus, Router, Tuning};
 
-use crate::kv::{data_end, data_key, KvApp, ShardCommand, WriteOp};
+use crate::kv::{
+    data_end, data_key, prepared_writes, txn_from_key, KvApp, Mutation, ShardCommand, ShardReply,
+    Shared, PREPARED_PREFIX,
+};
+use crate::locks::{Mode, Range};
+use crate::txn::{Step, Target, TxnLimits, TxnManager};
 use crate::Error;
 
 /// Default number of pairs a scan returns when the request sets no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 
+/// Transaction group id reserved for implicit single-operation transactions.
+pub const IMPLICIT_GROUP: u64 = 0;
+
+/// How long one request may wait for locks before its transaction aborts.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// A participant's vote in two-phase commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vote {
+    Yes,
+    ReadOnly,
+    No(String),
+}
+
+struct Shard {
+    replica: Replica,
+    shared: Arc<Shared>,
+}
+
 pub struct Node {
     id: NodeId,
     config: Arc<ClusterConfig>,
     map: ShardMap,
-    replicas: BTreeMap<ShardId, Replica>,
+    shards: BTreeMap<ShardId, Arc<Shard>>,
     router: Router,
+    hlc: Hlc,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Node {
@@ -59,8 +95,8 @@ impl Node {
         })?;
         let host = Host::new(store);
         let tuning = tuning(&config);
-        let mut replicas = BTreeMap::new();
-        let app = Arc::new(KvApp);
+        let clock = system_clock();
+        let mut shards = BTreeMap::new();
         for shard in config.shards_of_node(id) {
             let Some(sc) = config.shard(shard) else {
                 continue;
@@ -70,15 +106,26 @@ impl Node {
                 .iter()
                 .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
                 .collect();
-            let r = Replica::start(shard.0, id.0, members, &tuning, app.clone(), &host).await?;
-            replicas.insert(shard, r);
+            let shared = Arc::new(Shared {
+                mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits::default())),
+                released: tokio::sync::Notify::new(),
+            });
+            let app = Arc::new(KvApp {
+                shared: shared.clone(),
+            });
+            let replica = Replica::start(shard.0, id.0, members, &tuning, app, &host).await?;
+            let s = Arc::new(Shard { replica, shared });
+            spawn_owner(s.clone(), clock.clone());
+            shards.insert(shard, s);
         }
         Ok(Node {
             id,
             map: config.shard_map(),
             config: Arc::new(config),
-            replicas,
+            shards,
             router: host.router,
+            hlc: Hlc::new(clock.clone()),
+            clock,
         })
     }
 
@@ -95,16 +142,16 @@ impl Node {
     }
 
     pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
-        self.replicas.values()
+        self.shards.values().map(|s| &s.replica)
     }
 
-    fn replica(&self, shard: ShardId) -> Result<&Replica, Error> {
+    fn shard(&self, shard: ShardId) -> Result<&Arc<Shard>, Error> {
         if self.config.shard(shard).is_none() {
             return Err(Error::UnknownShard(shard.0));
         }
         // A shard that exists but is not hosted here: the caller asked the
         // wrong node; it should try the shard's replicas.
-        self.replicas
+        self.shards
             .get(&shard)
             .ok_or(Error::NotLeader { hint: None })
     }
@@ -119,17 +166,163 @@ impl Node {
         Ok(())
     }
 
+    fn implicit_txn(&self) -> TxnId {
+        TxnId {
+            ts: self.hlc.now(),
+            node: self.id.0,
+            group: IMPLICIT_GROUP,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Refuse requests unless this replica leads the shard and its
+    /// transaction manager has been rebuilt for this term.
+    fn ready(&self, s: &Shard) -> Result<(), Error> {
+        if let Some(f) = s.replica.fatal() {
+            return Err(Error::Fatal(f));
+        }
+        let st = s.replica.status();
+        let ready = s.shared.mgr.lock().map(|m| m.term()).unwrap_or(None);
+        match (st.role, ready) {
+            ("leader", Some(t)) if t == st.term => Ok(()),
+            ("leader", _) => Err(Error::Unavailable(
+                "leader is still recovering its transactions".into(),
+            )),
+            _ => Err(Error::NotLeader {
+                hint: st.leader.filter(|(l, _)| *l != self.id.0),
+            }),
+        }
+    }
+
+    /// Take a lock for `txn`, waiting (bounded) while older or preparing
+    /// transactions hold it.
+    async fn acquire(&self, s: &Shard, txn: TxnId, target: Target) -> Result<(), Error> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let notified = s.shared.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = match s.shared.mgr.lock() {
+                Ok(mut m) => m.lock(txn, &target, self.now()),
+                Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
+            };
+            match step {
+                Step::Granted => {
+                    // Granting may have wounded holders and freed their locks.
+                    s.shared.released.notify_waiters();
+                    return Ok(());
+                }
+                Step::Abort(r) if r == "not leader" => {
+                    return Err(Error::NotLeader { hint: None });
+                }
+                Step::Abort(r) => return Err(Error::Aborted(r)),
+                Step::Wait => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                        self.release(s, txn);
+                        return Err(Error::Aborted(format!(
+                            "timeout: waited {LOCK_WAIT:?} for a lock held by another transaction"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&self, s: &Shard, txn: TxnId) {
+        if let Ok(mut m) = s.shared.mgr.lock() {
+            m.finish(txn);
+        }
+        s.shared.released.notify_waiters();
+    }
+
+    async fn read_key(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let own = s.shared.mgr.lock().ok().and_then(|m| m.own_write(txn, key));
+        if let Some(v) = own {
+            return Ok(v);
+        }
+        Ok(s.replica.get_local(&data_key(key)).await?)
+    }
+
+    async fn read_range(
+        &self,
+        s: &Shard,
+        txn: TxnId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+        let to = match end {
+            Some(e) => data_key(e),
+            None => data_end(),
+        };
+        // Own pending writes overlay the stored pairs; fetch enough stored
+        // pairs that deletes among them cannot leave the page short.
+        let own = s
+            .shared
+            .mgr
+            .lock()
+            .map(|m| m.own_writes_in(txn, start, end))
+            .unwrap_or_default();
+        let stored = s
+            .replica
+            .scan_local(data_key(start), Some(to), limit + 1 + own.len())
+            .await?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = stored
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), Some(v)))
+            .collect();
+        for (k, v) in own {
+            merged.insert(k, v);
+        }
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let more = pairs.len() > limit;
+        pairs.truncate(limit);
+        Ok((pairs, more))
+    }
+
+    fn scan_limit(limit: u32) -> Result<usize, Error> {
+        if limit > MAX_SCAN_LIMIT {
+            return Err(Error::InvalidInput(format!(
+                "scan limit {limit} is over the maximum {MAX_SCAN_LIMIT}"
+            )));
+        }
+        Ok(if limit == 0 {
+            DEFAULT_SCAN_LIMIT
+        } else {
+            limit
+        } as usize)
+    }
+
+    // ---- plain (implicit-transaction) operations ----
+
     /// Linearizable read of one key.
     pub async fn get(&self, shard: ShardId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         validate_key(key)?;
-        let r = self.replica(shard)?;
+        let s = self.shard(shard)?;
         self.check_owner(shard, key)?;
-        r.read_barrier().await?;
-        Ok(r.get_local(&data_key(key)).await?)
+        self.ready(s)?;
+        let txn = self.implicit_txn();
+        self.acquire(s, txn, Target::key(key, Mode::Shared)).await?;
+        let r = async {
+            let v = self.read_key(s, txn, key).await?;
+            // Confirm leadership after the read: a deposed leader cannot
+            // pass this, so it never answers with a stale value.
+            s.replica.read_barrier().await?;
+            Ok(v)
+        }
+        .await;
+        self.release(s, txn);
+        r
     }
 
-    /// Linearizable read of the shard's keys in `[start, end)`; returns the
-    /// pairs and whether the limit cut the scan short.
+    /// Linearizable read of the shard's keys in `[start, end)`.
     pub async fn scan(
         &self,
         shard: ShardId,
@@ -137,67 +330,339 @@ impl Node {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
-        if limit > MAX_SCAN_LIMIT {
-            return Err(Error::InvalidInput(format!(
-                "scan limit {limit} is over the maximum {MAX_SCAN_LIMIT}"
-            )));
-        }
-        let limit = if limit == 0 {
-            DEFAULT_SCAN_LIMIT
-        } else {
-            limit
-        } as usize;
-        let r = self.replica(shard)?;
-        r.read_barrier().await?;
-        let from = data_key(start);
-        let to = match end {
-            Some(e) => data_key(e),
-            None => data_end(),
+        let limit = Self::scan_limit(limit)?;
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        let txn = self.implicit_txn();
+        let range = Range {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
         };
-        // One extra pair tells whether there is more.
-        let mut pairs = r.scan_local(from, Some(to), limit + 1).await?;
-        let more = pairs.len() > limit;
-        pairs.truncate(limit);
-        Ok((
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k[1..].to_vec(), v))
-                .collect(),
-            more,
-        ))
+        self.acquire(s, txn, Target::Range(range)).await?;
+        let r = async {
+            let out = self.read_range(s, txn, start, end, limit).await?;
+            s.replica.read_barrier().await?;
+            Ok(out)
+        }
+        .await;
+        self.release(s, txn);
+        r
     }
 
     /// Atomically apply a batch of puts and deletes on one shard.
-    pub async fn write(&self, shard: ShardId, ops: Vec<WriteOp>) -> Result<u64, Error> {
+    pub async fn write(&self, shard: ShardId, ops: Vec<Mutation>) -> Result<u64, Error> {
+        let s = self.shard(shard)?;
+        self.validate_writes(shard, &ops)?;
+        self.ready(s)?;
+        let txn = self.implicit_txn();
+        let r = async {
+            self.lock_writes(s, txn, &ops).await?;
+            self.commit_one_phase_inner(s, txn).await
+        }
+        .await;
+        self.release(s, txn);
+        r
+    }
+
+    fn validate_writes(&self, shard: ShardId, ops: &[Mutation]) -> Result<(), Error> {
         if ops.is_empty() {
             return Err(Error::InvalidInput("empty write batch".into()));
         }
-        validate_batch(ops.iter().map(|op| match op {
-            WriteOp::Put { key, value } => (key.as_slice(), Some(value.as_slice())),
-            WriteOp::Delete { key } => (key.as_slice(), None),
-        }))?;
-        let r = self.replica(shard)?;
-        for op in &ops {
-            self.check_owner(shard, op.key())?;
+        validate_batch(ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))?;
+        for (k, _) in ops {
+            self.check_owner(shard, k)?;
         }
-        let (index, _) = r.propose(ShardCommand::Write { ops }.encode()).await?;
-        Ok(index)
+        Ok(())
+    }
+
+    async fn lock_writes(&self, s: &Shard, txn: TxnId, ops: &[Mutation]) -> Result<(), Error> {
+        for (k, v) in ops {
+            self.acquire(s, txn, Target::key(k, Mode::Exclusive))
+                .await?;
+            if let Ok(mut m) = s.shared.mgr.lock() {
+                m.buffer_write(txn, k.clone(), v.clone());
+            }
+        }
+        Ok(())
+    }
+
+    // ---- transactional operations (called by coordinators) ----
+
+    pub async fn txn_get(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        key: &[u8],
+        for_update: bool,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        validate_key(key)?;
+        let s = self.shard(shard)?;
+        self.check_owner(shard, key)?;
+        self.ready(s)?;
+        let mode = if for_update {
+            Mode::Exclusive
+        } else {
+            Mode::Shared
+        };
+        self.acquire(s, txn, Target::key(key, mode)).await?;
+        self.read_key(s, txn, key).await
+    }
+
+    pub async fn txn_scan(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+        let limit = Self::scan_limit(limit)?;
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        let range = Range {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+        };
+        self.acquire(s, txn, Target::Range(range)).await?;
+        self.read_range(s, txn, start, end, limit).await
+    }
+
+    pub async fn txn_write(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        ops: Vec<Mutation>,
+    ) -> Result<(), Error> {
+        let s = self.shard(shard)?;
+        self.validate_writes(shard, &ops)?;
+        self.ready(s)?;
+        self.lock_writes(s, txn, &ops).await
+    }
+
+    /// Phase one: replicate the prepare record, then vote.
+    pub async fn prepare(&self, shard: ShardId, txn: TxnId) -> Result<Vote, Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        let input = match s.shared.mgr.lock() {
+            Ok(mut m) => m.begin_prepare(txn, self.now()),
+            Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
+        };
+        let input = match input {
+            Ok(i) => i,
+            Err(r) => {
+                self.release(s, txn);
+                return Ok(Vote::No(r));
+            }
+        };
+        if input.writes.is_empty() {
+            // Read-only here: confirm we still lead the term the read locks
+            // were taken in, then let go (the reads are already serialized).
+            let still =
+                s.replica.read_barrier().await.is_ok() && s.replica.status().term == input.term;
+            self.release(s, txn);
+            return Ok(if still {
+                Vote::ReadOnly
+            } else {
+                Vote::No("leadership changed: read locks were lost".into())
+            });
+        }
+        let cmd = ShardCommand::Prepare {
+            txn,
+            writes: input.writes,
+            term: input.term,
+        };
+        match self.propose(s, cmd).await {
+            Ok(ShardReply::Prepared) => Ok(Vote::Yes),
+            Ok(ShardReply::Rejected(r)) => Ok(Vote::No(r)),
+            Ok(ShardReply::Done) => Ok(Vote::No("unexpected reply to prepare".into())),
+            // Unknown whether the prepare record committed: the coordinator
+            // must abort, and the abort it sends will clean up either way.
+            Err(e) => Ok(Vote::No(format!("prepare not confirmed: {e}"))),
+        }
+    }
+
+    /// A transaction that touched only this shard: replicate and apply its
+    /// writes in one Raft round.
+    pub async fn commit_one_phase(&self, shard: ShardId, txn: TxnId) -> Result<(), Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        let r = self.commit_one_phase_inner(s, txn).await.map(|_| ());
+        self.release(s, txn);
+        r
+    }
+
+    async fn commit_one_phase_inner(&self, s: &Shard, txn: TxnId) -> Result<u64, Error> {
+        let input = match s.shared.mgr.lock() {
+            Ok(mut m) => m.begin_prepare(txn, self.now()),
+            Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
+        };
+        let input = input.map_err(Error::Aborted)?;
+        if input.writes.is_empty() {
+            s.replica.read_barrier().await?;
+            if s.replica.status().term != input.term {
+                return Err(Error::Aborted(
+                    "leadership changed: read locks were lost".into(),
+                ));
+            }
+            return Ok(0);
+        }
+        let cmd = ShardCommand::OnePhase {
+            txn,
+            writes: input.writes,
+            term: input.term,
+        }
+        .encode();
+        let (index, reply) = s.replica.propose(cmd).await?;
+        match ShardReply::decode(&reply).map_err(Error::Fatal)? {
+            ShardReply::Done => Ok(index),
+            ShardReply::Rejected(r) => Err(Error::Aborted(r)),
+            ShardReply::Prepared => {
+                Err(Error::Fatal("unexpected reply to one-phase commit".into()))
+            }
+        }
+    }
+
+    /// Phase two: apply the coordinator's decision. Idempotent.
+    pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        if !commit {
+            // Whatever it holds here goes now; the record below makes a
+            // late prepare of this transaction fail.
+            let prepared = s
+                .shared
+                .mgr
+                .lock()
+                .ok()
+                .and_then(|m| m.status(txn).cloned());
+            if !matches!(
+                prepared,
+                Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
+            ) {
+                self.release(s, txn);
+            }
+        }
+        let cmd = if commit {
+            ShardCommand::Commit { txn }
+        } else {
+            ShardCommand::Abort { txn }
+        };
+        match self.propose(s, cmd).await? {
+            ShardReply::Done => Ok(()),
+            ShardReply::Rejected(r) => Err(Error::Conflict(format!("decision refused: {r}"))),
+            ShardReply::Prepared => Err(Error::Fatal("unexpected reply to decision".into())),
+        }
+    }
+
+    async fn propose(&self, s: &Shard, cmd: ShardCommand) -> Result<ShardReply, Error> {
+        let (_, reply) = s.replica.propose(cmd.encode()).await?;
+        ShardReply::decode(&reply).map_err(Error::Fatal)
     }
 
     pub fn status(&self, shard: ShardId) -> Result<ReplicaStatus, Error> {
-        Ok(self.replica(shard)?.status())
+        Ok(self.shard(shard)?.replica.status())
     }
 
     /// The first fatal error of any replica, if one stopped.
     pub fn fatal(&self) -> Option<String> {
-        self.replicas
-            .values()
-            .find_map(|r| r.fatal().map(|f| format!("shard {}: {f}", r.group())))
+        self.shards.values().find_map(|s| {
+            s.replica
+                .fatal()
+                .map(|f| format!("shard {}: {f}", s.replica.group()))
+        })
     }
 
     pub async fn shutdown(&self) {
-        for r in self.replicas.values() {
-            r.shutdown().await;
+        for s in self.shards.values() {
+            s.replica.shutdown().await;
         }
     }
+}
+
+/// The owner task of a shard's transaction manager: follows leadership
+/// (rebuilding prepared transactions' locks when this replica becomes
+/// leader) and expires idle transactions.
+fn spawn_owner(s: Arc<Shard>, clock: Clock) {
+    let mut leadership = s.replica.leadership();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                r = leadership.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let term = *leadership.borrow_and_update();
+                    match term {
+                        None => {
+                            if let Ok(mut m) = s.shared.mgr.lock() {
+                                m.step_down();
+                            }
+                            s.shared.released.notify_waiters();
+                        }
+                        Some(term) => become_leader(&s, term, &clock).await,
+                    }
+                }
+                _ = tick.tick() => {
+                    let expired = s.shared.mgr.lock().map(|mut m| m.expire(clock())).unwrap_or_default();
+                    if !expired.is_empty() {
+                        tracing::info!(shard = s.replica.group(), count = expired.len(), "expired idle transactions");
+                        s.shared.released.notify_waiters();
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
+    // Apply everything committed before this term first, so the prepare
+    // records read below are complete.
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if s.replica.status().term != term {
+            return;
+        }
+        if s.replica.read_barrier().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    let records = match s
+        .replica
+        .scan_local(
+            vec![PREPARED_PREFIX],
+            Some(vec![PREPARED_PREFIX + 1]),
+            usize::MAX,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(shard = s.replica.group(), error = %e, "cannot read prepare records");
+            return;
+        }
+    };
+    let mut prepared = Vec::new();
+    for (k, v) in records {
+        match (txn_from_key(&k), prepared_writes(&v)) {
+            (Some(txn), Ok(w)) => prepared.push((txn, w)),
+            _ => tracing::error!(
+                shard = s.replica.group(),
+                "skipping a corrupt prepare record"
+            ),
+        }
+    }
+    let n = prepared.len();
+    if let Ok(mut m) = s.shared.mgr.lock() {
+        m.leader_ready(term, prepared, clock());
+    }
+    s.shared.released.notify_waiters();
+    tracing::info!(
+        shard = s.replica.group(),
+        term,
+        prepared = n,
+        "leader ready"
+    );
 }

@@ -1,17 +1,20 @@
-//! The `pact.v1.Kv` gRPC service of a participant node.
+//! The gRPC services of a participant node: `pact.v1.Kv` (plain
+//! operations) and `pact.v1.Participant` (transactional operations for
+//! coordinators). Each handler converts, calls [`Node`], converts back.
 
 use std::sync::Arc;
 
 use pact_common::ShardId;
 use pact_proto as pb;
 use pact_proto::kv_server::{Kv, KvServer};
+use pact_proto::participant_server::{Participant, ParticipantServer};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::node::Node;
 
-/// Largest request or reply on the Kv service: a maximal write batch plus
-/// framing. Larger messages are refused by tonic before they are decoded.
+/// Largest request or reply: a maximal write batch plus framing. Larger
+/// messages are refused by tonic before they are decoded.
 pub const MAX_KV_MESSAGE_BYTES: usize = pact_common::MAX_BATCH_BYTES + (1 << 20);
 
 #[derive(Clone)]
@@ -35,10 +38,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
         let v = self.node.get(ShardId(r.shard_id), &r.key).await?;
-        Ok(Response::new(pb::GetResponse {
-            found: v.is_some(),
-            value: v.unwrap_or_default().into(),
-        }))
+        Ok(Response::new(convert::value(v)))
     }
 
     async fn scan(
@@ -46,25 +46,16 @@ impl Kv for KvService {
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let r = request.into_inner();
-        let end = if r.end.is_empty() {
-            None
-        } else {
-            Some(r.end.as_ref())
-        };
         let (pairs, more) = self
             .node
-            .scan(ShardId(r.shard_id), &r.start, end, r.limit)
+            .scan(
+                ShardId(r.shard_id),
+                &r.start,
+                convert::end_key(&r.end),
+                r.limit,
+            )
             .await?;
-        Ok(Response::new(pb::ScanResponse {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| pb::KeyValue {
-                    key: k.into(),
-                    value: v.into(),
-                })
-                .collect(),
-            more,
-        }))
+        Ok(Response::new(convert::pairs(pairs, more)))
     }
 
     async fn write(
@@ -84,5 +75,94 @@ impl Kv for KvService {
         let r = request.into_inner();
         let s = self.node.status(ShardId(r.shard_id))?;
         Ok(Response::new(convert::status_response(s)))
+    }
+}
+
+#[derive(Clone)]
+pub struct ParticipantService {
+    node: Arc<Node>,
+}
+
+impl ParticipantService {
+    pub fn new(node: Arc<Node>) -> ParticipantServer<ParticipantService> {
+        ParticipantServer::new(ParticipantService { node })
+            .max_decoding_message_size(MAX_KV_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_KV_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for ParticipantService {
+    async fn txn_get(
+        &self,
+        request: Request<pb::TxnGetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let v = self
+            .node
+            .txn_get(ShardId(r.shard_id), txn, &r.key, r.for_update)
+            .await?;
+        Ok(Response::new(convert::value(v)))
+    }
+
+    async fn txn_scan(
+        &self,
+        request: Request<pb::TxnScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let (pairs, more) = self
+            .node
+            .txn_scan(
+                ShardId(r.shard_id),
+                txn,
+                &r.start,
+                convert::end_key(&r.end),
+                r.limit,
+            )
+            .await?;
+        Ok(Response::new(convert::pairs(pairs, more)))
+    }
+
+    async fn txn_write(
+        &self,
+        request: Request<pb::TxnWriteRequest>,
+    ) -> Result<Response<pb::TxnWriteResponse>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let ops = convert::write_ops(r.ops)?;
+        self.node.txn_write(ShardId(r.shard_id), txn, ops).await?;
+        Ok(Response::new(pb::TxnWriteResponse {}))
+    }
+
+    async fn prepare(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let vote = self.node.prepare(ShardId(r.shard_id), txn).await?;
+        Ok(Response::new(convert::prepare_response(vote)))
+    }
+
+    async fn commit_one_phase(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnDone>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        self.node.commit_one_phase(ShardId(r.shard_id), txn).await?;
+        Ok(Response::new(pb::TxnDone {}))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::TxnDone>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        self.node.decide(ShardId(r.shard_id), txn, r.commit).await?;
+        Ok(Response::new(pb::TxnDone {}))
     }
 }

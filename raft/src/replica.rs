@@ -170,6 +170,36 @@ impl Replica {
         self.group
     }
 
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// `Some(term)` while this replica is leader of `term`, else `None`;
+    /// changes are pushed as they happen.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let now = {
+                    let m = metrics.borrow_watched();
+                    (m.state == ServerState::Leader).then_some(m.current_term)
+                };
+                tx.send_if_modified(|v| {
+                    let changed = *v != now;
+                    *v = now;
+                    changed
+                });
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+            }
+            let _ = tx.send(None);
+        });
+        rx
+    }
+
     fn not_leader(&self) -> ReplicaError {
         let leader = self.raft.metrics().borrow_watched().current_leader;
         ReplicaError::NotLeader {

@@ -79,7 +79,17 @@ pub(crate) fn scan_sm(
 /// the same state. An `Err` means the replica cannot go on (corrupt command,
 /// storage failure); the group stops on this node.
 pub trait Apply: Send + Sync + 'static {
-    fn apply(&self, state: &StateView<'_>, index: u64, command: &[u8]) -> Result<Applied, String>;
+    /// Apply the command at log position (`index`, `term`): `term` is the
+    /// term of the leader that proposed it, which lets the application
+    /// reject, deterministically on every replica, a command whose
+    /// preconditions were checked under an older leader.
+    fn apply(
+        &self,
+        state: &StateView<'_>,
+        index: u64,
+        term: u64,
+        command: &[u8],
+    ) -> Result<Applied, String>;
 
     /// Called after the whole state was replaced by a snapshot, so the
     /// application can drop caches derived from the old state.
@@ -183,12 +193,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let app = self.app.clone();
                     let group = self.group;
                     let index = log_id.index;
+                    let term = log_id.leader_id.term;
                     let applied = blocking(move || {
                         let view = StateView {
                             store: &store,
                             group,
                         };
-                        app.apply(&view, index, &cmd.0).map_err(io::Error::other)
+                        app.apply(&view, index, term, &cmd.0)
+                            .map_err(io::Error::other)
                     })
                     .await?;
                     for (k, v) in applied.writes {

@@ -16,7 +16,13 @@ use crate::types::TypeConfig;
 struct Echo;
 
 impl Apply for Echo {
-    fn apply(&self, _s: &StateView<'_>, index: u64, command: &[u8]) -> Result<Applied, String> {
+    fn apply(
+        &self,
+        _s: &StateView<'_>,
+        index: u64,
+        _term: u64,
+        command: &[u8],
+    ) -> Result<Applied, String> {
         Ok(Applied {
             writes: vec![(index.to_be_bytes().to_vec(), Some(command.to_vec()))],
             reply: command.to_vec(),

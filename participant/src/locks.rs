@@ -1,0 +1,218 @@
+//! The lock table of a shard leader: shared and exclusive key locks, and
+//! shared range locks for scans (so a scan's range cannot gain a phantom
+//! key before the transaction ends). Pure data structure: no waiting, no
+//! clocks; the transaction manager decides what a conflict means.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pact_common::TxnId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    Shared,
+    Exclusive,
+}
+
+/// A shared lock on `[start, end)` (`end` None: to the end of the keys).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl Range {
+    fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
+    }
+}
+
+#[derive(Default, Debug)]
+struct KeyLock {
+    shared: BTreeSet<TxnId>,
+    exclusive: Option<TxnId>,
+}
+
+#[derive(Default, Debug)]
+pub struct LockTable {
+    keys: BTreeMap<Vec<u8>, KeyLock>,
+    ranges: BTreeMap<TxnId, Vec<Range>>,
+    /// Keys each transaction holds, so release is proportional to what it holds.
+    held: BTreeMap<TxnId, BTreeSet<Vec<u8>>>,
+}
+
+impl LockTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take a key lock if no other transaction's lock conflicts; otherwise
+    /// return the conflicting holders (sorted, deduplicated). Re-entrant; a
+    /// shared lock upgrades to exclusive when its holder is the only one.
+    pub fn try_key(&mut self, txn: TxnId, key: &[u8], mode: Mode) -> Result<(), Vec<TxnId>> {
+        let mut blockers = BTreeSet::new();
+        if let Some(l) = self.keys.get(key) {
+            if let Some(x) = l.exclusive {
+                if x != txn {
+                    blockers.insert(x);
+                }
+            }
+            if mode == Mode::Exclusive {
+                blockers.extend(l.shared.iter().copied().filter(|t| *t != txn));
+            }
+        }
+        if mode == Mode::Exclusive {
+            for (t, rs) in &self.ranges {
+                if *t != txn && rs.iter().any(|r| r.contains(key)) {
+                    blockers.insert(*t);
+                }
+            }
+        }
+        if !blockers.is_empty() {
+            return Err(blockers.into_iter().collect());
+        }
+        let l = self.keys.entry(key.to_vec()).or_default();
+        match mode {
+            Mode::Shared => {
+                if l.exclusive != Some(txn) {
+                    l.shared.insert(txn);
+                }
+            }
+            Mode::Exclusive => {
+                l.shared.remove(&txn);
+                l.exclusive = Some(txn);
+            }
+        }
+        self.held.entry(txn).or_default().insert(key.to_vec());
+        Ok(())
+    }
+
+    /// Take a shared range lock; it conflicts with other transactions'
+    /// exclusive locks on keys inside the range.
+    pub fn try_range(&mut self, txn: TxnId, range: Range) -> Result<(), Vec<TxnId>> {
+        let upper = match &range.end {
+            Some(e) => std::ops::Bound::Excluded(e.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let blockers: BTreeSet<TxnId> = self
+            .keys
+            .range((std::ops::Bound::Included(range.start.clone()), upper))
+            .filter_map(|(_, l)| l.exclusive.filter(|x| *x != txn))
+            .collect();
+        if !blockers.is_empty() {
+            return Err(blockers.into_iter().collect());
+        }
+        self.ranges.entry(txn).or_default().push(range);
+        Ok(())
+    }
+
+    /// Release everything `txn` holds. Returns whether it held anything.
+    pub fn release_all(&mut self, txn: TxnId) -> bool {
+        let mut any = self.ranges.remove(&txn).is_some();
+        if let Some(keys) = self.held.remove(&txn) {
+            any = true;
+            for k in keys {
+                let empty = match self.keys.get_mut(&k) {
+                    Some(l) => {
+                        l.shared.remove(&txn);
+                        if l.exclusive == Some(txn) {
+                            l.exclusive = None;
+                        }
+                        l.shared.is_empty() && l.exclusive.is_none()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+        any
+    }
+
+    /// Keys `txn` holds exclusively, sorted.
+    pub fn exclusive_keys(&self, txn: TxnId) -> Vec<Vec<u8>> {
+        self.held
+            .get(&txn)
+            .map(|ks| {
+                ks.iter()
+                    .filter(|k| self.keys.get(*k).is_some_and(|l| l.exclusive == Some(txn)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.ranges.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pact_common::Timestamp;
+
+    fn t(n: u64) -> TxnId {
+        TxnId {
+            ts: Timestamp(n),
+            node: 1,
+            group: 1,
+        }
+    }
+
+    #[test]
+    fn shared_locks_share_and_exclusive_excludes() {
+        let mut l = LockTable::new();
+        assert!(l.try_key(t(1), b"a", Mode::Shared).is_ok());
+        assert!(l.try_key(t(2), b"a", Mode::Shared).is_ok());
+        assert_eq!(
+            l.try_key(t(3), b"a", Mode::Exclusive),
+            Err(vec![t(1), t(2)])
+        );
+        // Upgrade is refused while another reader holds it...
+        assert_eq!(l.try_key(t(1), b"a", Mode::Exclusive), Err(vec![t(2)]));
+        l.release_all(t(2));
+        // ...and granted once the upgrader is alone.
+        assert!(l.try_key(t(1), b"a", Mode::Exclusive).is_ok());
+        assert_eq!(l.try_key(t(2), b"a", Mode::Shared), Err(vec![t(1)]));
+        // Re-entrant.
+        assert!(l.try_key(t(1), b"a", Mode::Shared).is_ok());
+        assert!(l.try_key(t(1), b"a", Mode::Exclusive).is_ok());
+        assert_eq!(l.exclusive_keys(t(1)), vec![b"a".to_vec()]);
+        assert!(l.release_all(t(1)));
+        assert!(l.is_empty());
+        assert!(!l.release_all(t(1)));
+    }
+
+    #[test]
+    fn range_locks_block_writes_inside_only() {
+        let mut l = LockTable::new();
+        let r = Range {
+            start: b"b".to_vec(),
+            end: Some(b"d".to_vec()),
+        };
+        assert!(l.try_range(t(1), r).is_ok());
+        assert_eq!(l.try_key(t(2), b"c", Mode::Exclusive), Err(vec![t(1)]));
+        assert_eq!(l.try_key(t(2), b"b", Mode::Exclusive), Err(vec![t(1)]));
+        assert!(
+            l.try_key(t(2), b"d", Mode::Exclusive).is_ok(),
+            "end is exclusive"
+        );
+        assert!(l.try_key(t(2), b"a", Mode::Exclusive).is_ok());
+        assert!(
+            l.try_key(t(2), b"c", Mode::Shared).is_ok(),
+            "reads inside a scanned range are fine"
+        );
+        // A scan over a key someone writes waits for the writer.
+        let r2 = Range {
+            start: b"a".to_vec(),
+            end: None,
+        };
+        assert_eq!(l.try_range(t(3), r2.clone()), Err(vec![t(2)]));
+        l.release_all(t(2));
+        assert!(l.try_range(t(3), r2).is_ok());
+        l.release_all(t(1));
+        l.release_all(t(3));
+        assert!(l.is_empty());
+    }
+}

@@ -1,0 +1,545 @@
+//! The transaction manager of a shard leader: which transactions are open
+//! here, what they hold, and what they wrote. Pure state: the caller passes
+//! the time and does all waiting and I/O, so every decision below is
+//! deterministic and tested without a cluster.
+//!
+//! Deadlock freedom is wound-wait on start timestamps: a transaction that
+//! meets a lock held by a *younger* active transaction aborts ("wounds")
+//! it and takes the lock; one that meets an *older* holder, or any holder
+//! already preparing, waits (bounded by the caller). Waits therefore only
+//! ever point from younger to older transactions, or at transactions that
+//! are about to finish, so no cycle of waits can form.
+//!
+//! Locks and buffered writes are leader-local and tied to the term they
+//! were taken in. On a leader change all unprepared state is dropped; the
+//! new leader rebuilds exclusive locks only for prepared transactions, from
+//! the replicated prepare records ([`TxnManager::leader_ready`]).
+
+use std::collections::BTreeMap;
+
+use pact_common::{Timestamp, TxnId};
+
+use crate::kv::Mutation;
+use crate::locks::{LockTable, Mode, Range};
+
+#[derive(Clone, Debug)]
+pub struct TxnLimits {
+    /// An open transaction with no request for this long is aborted.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for TxnLimits {
+    fn default() -> Self {
+        TxnLimits {
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    /// The prepare record is being replicated: its locks can no longer be
+    /// taken away.
+    Preparing,
+    /// The prepare record is durable; waiting for the coordinator's decision.
+    Prepared,
+    /// Aborted by an older transaction or by expiry; the reason is reported
+    /// to the transaction's next request.
+    Aborted(String),
+}
+
+#[derive(Clone, Debug)]
+struct Txn {
+    ts: Timestamp,
+    status: Status,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The term its locks were taken in.
+    term: u64,
+    last_active_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Granted,
+    /// Blocked by older or preparing transactions: wait and retry.
+    Wait,
+    /// The transaction cannot go on; abort it with this reason.
+    Abort(String),
+}
+
+/// What a transaction needs to replicate at prepare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareInput {
+    pub writes: Vec<Mutation>,
+    pub term: u64,
+}
+
+#[derive(Debug)]
+pub struct TxnManager {
+    /// Some(term) while this replica is a leader ready to take locks.
+    term: Option<u64>,
+    locks: LockTable,
+    txns: BTreeMap<TxnId, Txn>,
+    limits: TxnLimits,
+}
+
+/// What a lock request is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Key(Vec<u8>, Mode),
+    Range(Range),
+}
+
+impl Target {
+    pub fn key(k: &[u8], mode: Mode) -> Self {
+        Target::Key(k.to_vec(), mode)
+    }
+}
+
+impl TxnManager {
+    pub fn new(limits: TxnLimits) -> Self {
+        TxnManager {
+            term: None,
+            locks: LockTable::new(),
+            txns: BTreeMap::new(),
+            limits,
+        }
+    }
+
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
+    /// This replica leads `term` and has applied everything committed
+    /// before it. `prepared` are the replicated prepare records: their
+    /// writers keep their exclusive locks until the decision arrives.
+    pub fn leader_ready(&mut self, term: u64, prepared: Vec<(TxnId, Vec<Mutation>)>, now_ms: u64) {
+        self.step_down();
+        self.term = Some(term);
+        for (txn, writes) in prepared {
+            for (k, _) in &writes {
+                // A fresh table cannot conflict between prepared
+                // transactions: their write sets were disjoint when prepared.
+                let _ = self.locks.try_key(txn, k, Mode::Exclusive);
+            }
+            self.txns.insert(
+                txn,
+                Txn {
+                    ts: txn.ts,
+                    status: Status::Prepared,
+                    writes: writes.into_iter().collect(),
+                    term,
+                    last_active_ms: now_ms,
+                },
+            );
+        }
+    }
+
+    /// No longer leader: every lock and open transaction here is void.
+    pub fn step_down(&mut self) {
+        self.term = None;
+        self.locks = LockTable::new();
+        self.txns.clear();
+    }
+
+    pub fn status(&self, txn: TxnId) -> Option<&Status> {
+        self.txns.get(&txn).map(|t| &t.status)
+    }
+
+    /// Try to lock `target` for `txn` (registering it on first use).
+    pub fn lock(&mut self, txn: TxnId, target: &Target, now_ms: u64) -> Step {
+        let Some(term) = self.term else {
+            return Step::Abort("not leader".into());
+        };
+        let t = self.txns.entry(txn).or_insert_with(|| Txn {
+            ts: txn.ts,
+            status: Status::Active,
+            writes: BTreeMap::new(),
+            term,
+            last_active_ms: now_ms,
+        });
+        t.last_active_ms = now_ms;
+        match &t.status {
+            Status::Active => {}
+            Status::Aborted(r) => return Step::Abort(r.clone()),
+            Status::Preparing | Status::Prepared => {
+                return Step::Abort("transaction is already preparing; no more operations".into())
+            }
+        }
+        if t.term != term {
+            return Step::Abort("leadership changed during the transaction".into());
+        }
+        let my_ts = t.ts;
+        // Two rounds at most: the first may wound every blocker.
+        for _ in 0..2 {
+            let res = match target {
+                Target::Key(k, mode) => self.locks.try_key(txn, k, *mode),
+                Target::Range(r) => self.locks.try_range(txn, r.clone()),
+            };
+            let blockers = match res {
+                Ok(()) => return Step::Granted,
+                Err(b) => b,
+            };
+            let mut must_wait = false;
+            for b in blockers {
+                let wound = match self.txns.get(&b) {
+                    Some(h) => h.status == Status::Active && my_ts < h.ts,
+                    None => false,
+                };
+                if wound {
+                    self.abort_with(b, format!("wounded by older transaction {txn}"));
+                } else {
+                    must_wait = true;
+                }
+            }
+            if must_wait {
+                return Step::Wait;
+            }
+        }
+        Step::Wait
+    }
+
+    fn abort_with(&mut self, txn: TxnId, reason: String) {
+        self.locks.release_all(txn);
+        if let Some(t) = self.txns.get_mut(&txn) {
+            t.status = Status::Aborted(reason);
+            t.writes.clear();
+        }
+    }
+
+    /// Record a write of a key `txn` holds exclusively.
+    pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(t) = self.txns.get_mut(&txn) {
+            if t.status == Status::Active {
+                t.writes.insert(key, value);
+            }
+        }
+    }
+
+    /// The transaction's own pending write of `key`, if any (read your writes).
+    pub fn own_write(&self, txn: TxnId, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.txns.get(&txn).and_then(|t| t.writes.get(key).cloned())
+    }
+
+    /// The transaction's pending writes in `[start, end)`.
+    pub fn own_writes_in(
+        &self,
+        txn: TxnId,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let Some(t) = self.txns.get(&txn) else {
+            return Vec::new();
+        };
+        t.writes
+            .iter()
+            .filter(|(k, _)| k.as_slice() >= start && end.is_none_or(|e| k.as_slice() < e))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Freeze `txn` for prepare: from now on no one can wound it.
+    pub fn begin_prepare(&mut self, txn: TxnId, now_ms: u64) -> Result<PrepareInput, String> {
+        let Some(term) = self.term else {
+            return Err("not leader".into());
+        };
+        let t = self.txns.get_mut(&txn).ok_or_else(|| {
+            "unknown transaction here (expired, or leadership changed)".to_string()
+        })?;
+        t.last_active_ms = now_ms;
+        match &t.status {
+            Status::Active => {}
+            Status::Aborted(r) => return Err(r.clone()),
+            Status::Preparing | Status::Prepared => {
+                return Err("prepare already in progress".into())
+            }
+        }
+        if t.term != term {
+            return Err("leadership changed during the transaction".into());
+        }
+        t.status = Status::Preparing;
+        Ok(PrepareInput {
+            writes: t
+                .writes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            term: t.term,
+        })
+    }
+
+    /// The prepare record was applied (`ok`) or rejected.
+    pub fn prepare_applied(&mut self, txn: TxnId, ok: bool) {
+        if ok {
+            if let Some(t) = self.txns.get_mut(&txn) {
+                t.status = Status::Prepared;
+            }
+        } else {
+            self.finish(txn);
+        }
+    }
+
+    /// The transaction ended here (commit or abort applied, rollback,
+    /// read-only prepare): release its locks and forget it.
+    pub fn finish(&mut self, txn: TxnId) -> bool {
+        let had = self.locks.release_all(txn);
+        self.txns.remove(&txn).is_some() || had
+    }
+
+    /// Abort open transactions idle longer than the limit. Prepared ones
+    /// are never expired: only their coordinator may decide them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<TxnId> {
+        let limit = self.limits.idle_timeout_ms;
+        let idle: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| {
+                matches!(t.status, Status::Active | Status::Aborted(_))
+                    && now_ms.saturating_sub(t.last_active_ms) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle {
+            self.finish(*id);
+        }
+        idle
+    }
+
+    /// Prepared transactions and how long since anything happened to them.
+    pub fn prepared(&self) -> Vec<(TxnId, u64)> {
+        self.txns
+            .iter()
+            .filter(|(_, t)| t.status == Status::Prepared)
+            .map(|(id, t)| (*id, t.last_active_ms))
+            .collect()
+    }
+
+    pub fn touch(&mut self, txn: TxnId, now_ms: u64) {
+        if let Some(t) = self.txns.get_mut(&txn) {
+            t.last_active_ms = now_ms;
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.txns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ts: u64) -> TxnId {
+        TxnId {
+            ts: Timestamp(ts),
+            node: 1,
+            group: 1,
+        }
+    }
+
+    fn mgr() -> TxnManager {
+        let mut m = TxnManager::new(TxnLimits {
+            idle_timeout_ms: 100,
+        });
+        m.leader_ready(3, Vec::new(), 0);
+        m
+    }
+
+    #[test]
+    fn older_wounds_younger_and_younger_waits_for_older() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(20), &Target::key(b"k", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        m.buffer_write(t(20), b"k".to_vec(), Some(b"young".to_vec()));
+        // Older t(10) wounds the younger holder and gets the lock at once.
+        assert_eq!(
+            m.lock(t(10), &Target::key(b"k", Mode::Exclusive), 1),
+            Step::Granted
+        );
+        assert!(matches!(m.status(t(20)), Some(Status::Aborted(r)) if r.contains("wounded")));
+        assert_eq!(
+            m.own_write(t(20), b"k"),
+            None,
+            "a wounded transaction's writes are dropped"
+        );
+        // The wounded one learns it on its next request.
+        assert!(matches!(
+            m.lock(t(20), &Target::key(b"x", Mode::Shared), 2),
+            Step::Abort(_)
+        ));
+        // A younger transaction waits for the older holder.
+        assert_eq!(
+            m.lock(t(30), &Target::key(b"k", Mode::Shared), 3),
+            Step::Wait
+        );
+        m.finish(t(10));
+        assert_eq!(
+            m.lock(t(30), &Target::key(b"k", Mode::Shared), 4),
+            Step::Granted
+        );
+    }
+
+    #[test]
+    fn opposite_lock_orders_cannot_deadlock() {
+        let mut m = mgr();
+        let (old, young) = (t(1), t(2));
+        assert_eq!(
+            m.lock(old, &Target::key(b"a", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        assert_eq!(
+            m.lock(young, &Target::key(b"b", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        // young -> a: waits for old.
+        assert_eq!(
+            m.lock(young, &Target::key(b"a", Mode::Exclusive), 1),
+            Step::Wait
+        );
+        // old -> b: wounds young instead of waiting, so there is no cycle.
+        assert_eq!(
+            m.lock(old, &Target::key(b"b", Mode::Exclusive), 1),
+            Step::Granted
+        );
+        assert!(matches!(
+            m.lock(young, &Target::key(b"a", Mode::Exclusive), 2),
+            Step::Abort(_)
+        ));
+    }
+
+    #[test]
+    fn preparing_transactions_cannot_be_wounded() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(20), &Target::key(b"k", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        m.buffer_write(t(20), b"k".to_vec(), Some(b"v".to_vec()));
+        let p = m.begin_prepare(t(20), 1).unwrap();
+        assert_eq!(p.writes, vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
+        assert_eq!(p.term, 3);
+        assert_eq!(
+            m.lock(t(10), &Target::key(b"k", Mode::Shared), 2),
+            Step::Wait
+        );
+        m.prepare_applied(t(20), true);
+        assert_eq!(m.status(t(20)), Some(&Status::Prepared));
+        assert_eq!(
+            m.lock(t(10), &Target::key(b"k", Mode::Shared), 3),
+            Step::Wait
+        );
+        // No more operations once preparing, and no second prepare.
+        assert!(matches!(
+            m.lock(t(20), &Target::key(b"z", Mode::Shared), 3),
+            Step::Abort(_)
+        ));
+        assert!(m.begin_prepare(t(20), 3).is_err());
+        m.finish(t(20));
+        assert_eq!(
+            m.lock(t(10), &Target::key(b"k", Mode::Shared), 4),
+            Step::Granted
+        );
+    }
+
+    #[test]
+    fn scans_lock_ranges_against_writers() {
+        let mut m = mgr();
+        let r = Range {
+            start: b"a".to_vec(),
+            end: Some(b"m".to_vec()),
+        };
+        assert_eq!(m.lock(t(10), &Target::Range(r), 0), Step::Granted);
+        // A younger writer into the scanned range waits (no phantom).
+        assert_eq!(
+            m.lock(t(20), &Target::key(b"c", Mode::Exclusive), 1),
+            Step::Wait
+        );
+        assert_eq!(
+            m.lock(t(20), &Target::key(b"z", Mode::Exclusive), 1),
+            Step::Granted
+        );
+        // An older writer wounds the younger scanner.
+        let r2 = Range {
+            start: b"x".to_vec(),
+            end: None,
+        };
+        assert_eq!(m.lock(t(30), &Target::Range(r2), 2), Step::Wait);
+        assert_eq!(
+            m.lock(t(5), &Target::key(b"b", Mode::Exclusive), 3),
+            Step::Granted
+        );
+        assert!(matches!(m.status(t(10)), Some(Status::Aborted(_))));
+    }
+
+    #[test]
+    fn idle_transactions_expire_but_prepared_ones_do_not() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(1), &Target::key(b"a", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        assert_eq!(
+            m.lock(t(2), &Target::key(b"b", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        m.begin_prepare(t(2), 0).unwrap();
+        m.prepare_applied(t(2), true);
+        assert_eq!(m.expire(50), Vec::<TxnId>::new());
+        assert_eq!(m.expire(500), vec![t(1)]);
+        assert_eq!(m.status(t(1)), None);
+        assert_eq!(m.status(t(2)), Some(&Status::Prepared));
+        // Its lock was released.
+        assert_eq!(
+            m.lock(t(3), &Target::key(b"a", Mode::Exclusive), 501),
+            Step::Granted
+        );
+    }
+
+    #[test]
+    fn leader_change_drops_open_transactions_and_rebuilds_prepared_locks() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(1), &Target::key(b"a", Mode::Shared), 0),
+            Step::Granted
+        );
+        m.leader_ready(
+            4,
+            vec![(t(7), vec![(b"p".to_vec(), Some(b"v".to_vec()))])],
+            10,
+        );
+        assert_eq!(m.status(t(1)), None, "read locks are leader-local");
+        assert_eq!(m.status(t(7)), Some(&Status::Prepared));
+        // Even an older transaction must wait for the prepared one.
+        assert_eq!(
+            m.lock(t(2), &Target::key(b"p", Mode::Shared), 11),
+            Step::Wait
+        );
+        // A transaction from the old term cannot prepare in the new one.
+        m.step_down();
+        assert_eq!(
+            m.lock(t(1), &Target::key(b"a", Mode::Shared), 12),
+            Step::Abort("not leader".into())
+        );
+        assert!(m.begin_prepare(t(1), 12).is_err());
+    }
+
+    #[test]
+    fn own_writes_are_visible_to_the_writer() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(1), &Target::key(b"b", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        m.buffer_write(t(1), b"b".to_vec(), None);
+        assert_eq!(m.own_write(t(1), b"b"), Some(None));
+        assert_eq!(m.own_write(t(2), b"b"), None);
+        assert_eq!(
+            m.own_writes_in(t(1), b"a", Some(b"c")),
+            vec![(b"b".to_vec(), None)]
+        );
+        assert!(m.own_writes_in(t(1), b"c", None).is_empty());
+    }
+}
