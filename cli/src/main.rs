@@ -51,13 +51,14 @@ enum Cmd {
 }
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable,
-/// 4 outcome unknown, 5 invalid input, 6 server error.
+/// 4 outcome unknown, 5 invalid input, 6 server error, 7 aborted.
 fn exit_for(e: &ClientError) -> u8 {
     match e {
         ClientError::Unavailable(_) => 3,
         ClientError::Unknown(_) => 4,
         ClientError::InvalidInput(_) | ClientError::UnknownShard(_) => 5,
         ClientError::Internal(_) => 6,
+        ClientError::Aborted(_) => 7,
     }
 }
 
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     };
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p),
-        None => ClusterConfig::local(3, 3, 3, 7001),
+        None => Ok(ClusterConfig::embedded_default()),
     };
     let config = match config {
         Ok(c) => c,

@@ -37,6 +37,10 @@ pub(crate) fn classify(s: &Status) -> Class {
         Code::Unavailable if msg.starts_with("unavailable") || msg.contains("connect") => {
             Class::Retry(msg)
         }
+        // Aborted by the lock manager (wounded, lock wait timed out,
+        // transaction unknown): nothing was applied; the caller decides
+        // whether to start again.
+        Code::Aborted => Class::Fail(ClientError::Aborted(msg)),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Class::Unknown(msg)
         }

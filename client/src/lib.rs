@@ -34,13 +34,17 @@ pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 
 /// Message size limit the client accepts and sends.
-const MAX_MESSAGE_BYTES: usize = 8 << 20;
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
     /// Nothing was done; retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The operation or transaction was aborted (conflict, wounded by an
+    /// older transaction, lock wait timeout); nothing was applied. Retry.
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// A write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Unknown(String),
@@ -74,6 +78,12 @@ impl Default for ClientOptions {
 
 /// One change of a write batch: `Some(value)` puts, `None` deletes.
 pub type Mutation = (Vec<u8>, Option<Vec<u8>>);
+
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
 
 #[derive(Clone)]
 pub struct Client {
@@ -123,6 +133,10 @@ impl Client {
         self.inner.map.shard_for_key(key)
     }
 
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.inner.map
+    }
+
     pub fn shards(&self) -> Vec<ShardId> {
         self.inner.shards.keys().copied().collect()
     }
@@ -163,15 +177,17 @@ impl Client {
     }
 
     /// Run `call` against `shard`'s leader, following hints and retrying
-    /// as the operation's idempotence allows.
-    async fn on_shard<T, F, Fut>(
+    /// as the operation's idempotence allows. `call` gets a channel to the
+    /// replica being tried and builds whichever gRPC client it needs; this
+    /// is how coordinators reach participants' `Participant` service.
+    pub async fn call_shard<T, F, Fut>(
         &self,
         shard: ShardId,
         idempotent: bool,
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self
@@ -189,10 +205,9 @@ impl Client {
                 let i = replicas.iter().position(|r| *r == t).unwrap_or(0);
                 replicas[(i + 1) % replicas.len()]
             };
-            let client = KvClient::new(self.channel(target)?)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let res = tokio::time::timeout(self.inner.opts.request_timeout, call(client)).await;
+            let res =
+                tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(target)?))
+                    .await;
             let mut sleep = true;
             match res {
                 Ok(Ok(resp)) => {
@@ -250,7 +265,8 @@ impl Client {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let shard = self.shard_for_key(key);
         let r = self
-            .on_shard(shard, true, |mut c| {
+            .call_shard(shard, true, |ch| {
+                let mut c = kv(ch);
                 let req = pb::GetRequest {
                     shard_id: shard.0,
                     key: key.to_vec().into(),
@@ -288,7 +304,8 @@ impl Client {
         }
         let ops = convert::write_ops(batch);
         let r = self
-            .on_shard(shard, false, |mut c| {
+            .call_shard(shard, false, |ch| {
+                let mut c = kv(ch);
                 let req = pb::WriteRequest {
                     shard_id: shard.0,
                     ops: ops.clone(),
@@ -311,7 +328,8 @@ impl Client {
         let mut all = Vec::new();
         for shard in self.inner.map.shards_for_range(start, end) {
             let r = self
-                .on_shard(shard, true, |mut c| {
+                .call_shard(shard, true, |ch| {
+                    let mut c = kv(ch);
                     let req = pb::ScanRequest {
                         shard_id: shard.0,
                         start: start.to_vec().into(),

@@ -63,6 +63,20 @@ pub struct ClusterConfig {
     pub shards: Vec<ShardConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Coordinator groups: each is a Raft group holding a recovery log of
+    /// commit decisions, run by `coordinator` processes on its replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinators: Vec<CoordinatorConfig>,
+}
+
+/// One coordinator group. Its replicas are nodes (from `[[nodes]]`) that
+/// run the `coordinator` binary, so they may not also be shard replicas.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Group id, >= 1 (0 names implicit single-operation transactions).
+    pub group: u64,
+    pub replicas: Vec<NodeId>,
 }
 
 /// One participant process.
@@ -165,7 +179,100 @@ impl ClusterConfig {
         self.validate_nodes()?;
         self.validate_shards()?;
         self.validate_partitioning()?;
+        self.validate_coordinators()?;
         self.validate_raft()
+    }
+
+    fn validate_coordinators(&self) -> Result<(), ConfigError> {
+        let mut groups = BTreeSet::new();
+        let shard_nodes: BTreeSet<NodeId> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.replicas.iter().copied())
+            .collect();
+        let mut coord_nodes = BTreeSet::new();
+        for c in &self.coordinators {
+            if c.group == 0 || c.group > MAX_TOML_INT {
+                return invalid(format!(
+                    "coordinator group id {} must be in 1..={MAX_TOML_INT}",
+                    c.group
+                ));
+            }
+            if !groups.insert(c.group) {
+                return invalid(format!("duplicate coordinator group {}", c.group));
+            }
+            if c.replicas.is_empty() {
+                return invalid(format!("coordinator group {} has no replicas", c.group));
+            }
+            for r in &c.replicas {
+                if self.node(*r).is_none() {
+                    return invalid(format!(
+                        "coordinator group {} names unknown node {r}",
+                        c.group
+                    ));
+                }
+                if shard_nodes.contains(r) {
+                    return invalid(format!(
+                        "node {r} is both a shard replica and a coordinator of group {}; a node runs one of the two",
+                        c.group
+                    ));
+                }
+                if !coord_nodes.insert(*r) {
+                    return invalid(format!(
+                        "node {r} is in two coordinator groups (or twice in one)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The coordinator group a node serves, if any.
+    pub fn coordinator_of(&self, node: NodeId) -> Option<&CoordinatorConfig> {
+        self.coordinators
+            .iter()
+            .find(|c| c.replicas.contains(&node))
+    }
+
+    /// The embedded default used when no config file is given: 3 participant
+    /// nodes on 127.0.0.1:7001-7003 holding 3 shards of 3 replicas, and one
+    /// coordinator group of 3 on 127.0.0.1:7004-7006.
+    pub fn embedded_default() -> Self {
+        // Fixed, valid arguments: this cannot fail.
+        Self::local_with_coordinators(3, 3, 3, 3, 7001)
+            .unwrap_or_else(|e| unreachable!("embedded default: {e}"))
+    }
+
+    /// [`ClusterConfig::local`] plus one coordinator group of
+    /// `coordinator_replicas` nodes on the ports after the participants'.
+    pub fn local_with_coordinators(
+        nodes: u64,
+        shards: u64,
+        replication: u64,
+        coordinator_replicas: u64,
+        base_port: u16,
+    ) -> Result<Self, ConfigError> {
+        let mut c = Self::local(nodes, shards, replication, base_port)?;
+        let last = u64::from(base_port) + nodes + coordinator_replicas - 1;
+        if last > u64::from(u16::MAX) {
+            return invalid(format!("coordinators would need port {last}, above 65535"));
+        }
+        if coordinator_replicas == 0 {
+            return invalid("a coordinator group needs at least one replica");
+        }
+        let mut replicas = Vec::new();
+        for i in 0..coordinator_replicas {
+            let id = NodeId(nodes + i + 1);
+            c.nodes.push(NodeConfig {
+                id,
+                addr: format!("127.0.0.1:{}", u64::from(base_port) + nodes + i),
+            });
+            replicas.push(id);
+        }
+        c.coordinators
+            .push(CoordinatorConfig { group: 1, replicas });
+        c.validate()?;
+        Ok(c)
     }
 
     fn validate_nodes(&self) -> Result<(), ConfigError> {
@@ -411,6 +518,7 @@ impl ClusterConfig {
             nodes: node_list,
             shards: shard_list,
             raft: RaftTuning::default(),
+            coordinators: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -420,6 +528,35 @@ impl ClusterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_default_has_a_coordinator_group_apart_from_shards() {
+        let c = ClusterConfig::embedded_default();
+        assert_eq!(c.nodes.len(), 6);
+        assert_eq!(c.coordinators.len(), 1);
+        assert_eq!(c.coordinator_of(NodeId(5)).map(|g| g.group), Some(1));
+        assert_eq!(c.coordinator_of(NodeId(1)), None);
+        assert_eq!(c.nodes[5].addr, "127.0.0.1:7006");
+        let back = ClusterConfig::from_toml_str(&c.to_toml_string()).unwrap();
+        assert_eq!(back, c);
+        let mut bad = c.clone();
+        bad.coordinators[0].replicas.push(NodeId(1));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("both a shard replica"));
+        let mut bad = c.clone();
+        bad.coordinators[0].group = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.coordinators[0].replicas = vec![NodeId(99)];
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown node 99"));
+    }
 
     const HASH_EXAMPLE: &str = r#"
 partitioning = "hash"

@@ -18,7 +18,8 @@ mod partition;
 mod txn;
 
 pub use config::{
-    ClusterConfig, ConfigError, NodeConfig, PartitionScheme, RaftTuning, ShardConfig,
+    ClusterConfig, ConfigError, CoordinatorConfig, NodeConfig, PartitionScheme, RaftTuning,
+    ShardConfig,
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{

@@ -14,7 +14,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use pact_common::{Timestamp, TxnId};
-use pact_raft::{Applied, Apply, StateView};
+use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
 
 use crate::txn::TxnManager;
@@ -128,9 +128,6 @@ pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
         .map_err(|e| format!("corrupt prepare record: {e}"))
 }
 
-/// Read access to the stored state, as `effect` sees it.
-pub type StateGet<'a> = &'a dyn Fn(&[u8]) -> io::Result<Option<Vec<u8>>>;
-
 /// What the leader's transaction manager must learn from an applied command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
@@ -141,7 +138,7 @@ pub enum Notice {
 /// The effect of one command on the state seen through `get`. Pure: the
 /// same state, command and term give the same result on every replica.
 pub fn effect(
-    get: StateGet<'_>,
+    get: Lookup<'_>,
     term: u64,
     cmd: &ShardCommand,
 ) -> io::Result<(Vec<Mutation>, ShardReply, Notice)> {

@@ -17,7 +17,8 @@ use pact_participant::Node;
 #[command(name = "participant", version)]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used:
-    /// 3 nodes on 127.0.0.1:7001-7003, 3 shards, 3 replicas each.
+    /// participant nodes 1-3 on 127.0.0.1:7001-7003 (3 shards, 3 replicas
+    /// each) and coordinator nodes 4-6 on 7004-7006.
     #[arg(long, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id in the config.
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => ClusterConfig::local(3, 3, 3, 7001).context("embedded default config")?,
+        None => ClusterConfig::embedded_default(),
     };
     let id = NodeId(args.node_id);
     let Some(me) = config.node(id) else {
@@ -52,6 +53,13 @@ fn main() -> anyhow::Result<()> {
             config.nodes.iter().map(|n| n.id.0).collect::<Vec<_>>()
         );
     };
+    if let Some(g) = config.coordinator_of(id) {
+        bail!(
+            "node {} is a replica of coordinator group {}; run `coordinator` for it",
+            args.node_id,
+            g.group
+        );
+    }
     let listen: SocketAddr = match args.listen {
         Some(l) => l,
         None => me

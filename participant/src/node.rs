@@ -199,14 +199,20 @@ impl Node {
 
     /// Take a lock for `txn`, waiting (bounded) while older or preparing
     /// transactions hold it.
-    async fn acquire(&self, s: &Shard, txn: TxnId, target: Target) -> Result<(), Error> {
+    async fn acquire(
+        &self,
+        s: &Shard,
+        txn: TxnId,
+        first: bool,
+        target: Target,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             let notified = s.shared.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let step = match s.shared.mgr.lock() {
-                Ok(mut m) => m.lock(txn, &target, self.now()),
+                Ok(mut m) => m.lock(txn, first, &target, self.now()),
                 Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
             };
             match step {
@@ -309,7 +315,8 @@ impl Node {
         self.check_owner(shard, key)?;
         self.ready(s)?;
         let txn = self.implicit_txn();
-        self.acquire(s, txn, Target::key(key, Mode::Shared)).await?;
+        self.acquire(s, txn, true, Target::key(key, Mode::Shared))
+            .await?;
         let r = async {
             let v = self.read_key(s, txn, key).await?;
             // Confirm leadership after the read: a deposed leader cannot
@@ -338,7 +345,7 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
-        self.acquire(s, txn, Target::Range(range)).await?;
+        self.acquire(s, txn, true, Target::Range(range)).await?;
         let r = async {
             let out = self.read_range(s, txn, start, end, limit).await?;
             s.replica.read_barrier().await?;
@@ -356,7 +363,7 @@ impl Node {
         self.ready(s)?;
         let txn = self.implicit_txn();
         let r = async {
-            self.lock_writes(s, txn, &ops).await?;
+            self.lock_writes(s, txn, true, &ops).await?;
             self.commit_one_phase_inner(s, txn).await
         }
         .await;
@@ -375,9 +382,15 @@ impl Node {
         Ok(())
     }
 
-    async fn lock_writes(&self, s: &Shard, txn: TxnId, ops: &[Mutation]) -> Result<(), Error> {
-        for (k, v) in ops {
-            self.acquire(s, txn, Target::key(k, Mode::Exclusive))
+    async fn lock_writes(
+        &self,
+        s: &Shard,
+        txn: TxnId,
+        first: bool,
+        ops: &[Mutation],
+    ) -> Result<(), Error> {
+        for (i, (k, v)) in ops.iter().enumerate() {
+            self.acquire(s, txn, first && i == 0, Target::key(k, Mode::Exclusive))
                 .await?;
             if let Ok(mut m) = s.shared.mgr.lock() {
                 m.buffer_write(txn, k.clone(), v.clone());
@@ -392,6 +405,7 @@ impl Node {
         &self,
         shard: ShardId,
         txn: TxnId,
+        first: bool,
         key: &[u8],
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
@@ -404,7 +418,7 @@ impl Node {
         } else {
             Mode::Shared
         };
-        self.acquire(s, txn, Target::key(key, mode)).await?;
+        self.acquire(s, txn, first, Target::key(key, mode)).await?;
         self.read_key(s, txn, key).await
     }
 
@@ -412,6 +426,7 @@ impl Node {
         &self,
         shard: ShardId,
         txn: TxnId,
+        first: bool,
         start: &[u8],
         end: Option<&[u8]>,
         limit: u32,
@@ -423,7 +438,7 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
-        self.acquire(s, txn, Target::Range(range)).await?;
+        self.acquire(s, txn, first, Target::Range(range)).await?;
         self.read_range(s, txn, start, end, limit).await
     }
 
@@ -431,12 +446,13 @@ impl Node {
         &self,
         shard: ShardId,
         txn: TxnId,
+        first: bool,
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
         let s = self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
         self.ready(s)?;
-        self.lock_writes(s, txn, &ops).await
+        self.lock_writes(s, txn, first, &ops).await
     }
 
     /// Phase one: replicate the prepare record, then vote.

@@ -101,7 +101,7 @@ impl Participant for ParticipantService {
         let txn = convert::txn_id(r.txn)?;
         let v = self
             .node
-            .txn_get(ShardId(r.shard_id), txn, &r.key, r.for_update)
+            .txn_get(ShardId(r.shard_id), txn, r.first, &r.key, r.for_update)
             .await?;
         Ok(Response::new(convert::value(v)))
     }
@@ -117,6 +117,7 @@ impl Participant for ParticipantService {
             .txn_scan(
                 ShardId(r.shard_id),
                 txn,
+                r.first,
                 &r.start,
                 convert::end_key(&r.end),
                 r.limit,
@@ -132,7 +133,9 @@ impl Participant for ParticipantService {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let ops = convert::write_ops(r.ops)?;
-        self.node.txn_write(ShardId(r.shard_id), txn, ops).await?;
+        self.node
+            .txn_write(ShardId(r.shard_id), txn, r.first, ops)
+            .await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
 

@@ -147,11 +147,19 @@ impl TxnManager {
         self.txns.get(&txn).map(|t| &t.status)
     }
 
-    /// Try to lock `target` for `txn` (registering it on first use).
-    pub fn lock(&mut self, txn: TxnId, target: &Target, now_ms: u64) -> Step {
+    /// Try to lock `target` for `txn`. `first` says this is the
+    /// transaction's first request here; only then is an unknown
+    /// transaction registered (otherwise its earlier work was lost with a
+    /// leader change or expiry, and it must abort).
+    pub fn lock(&mut self, txn: TxnId, first: bool, target: &Target, now_ms: u64) -> Step {
         let Some(term) = self.term else {
             return Step::Abort("not leader".into());
         };
+        if !first && !self.txns.contains_key(&txn) {
+            return Step::Abort(
+                "unknown transaction here (expired, or shard leadership changed)".into(),
+            );
+        }
         let t = self.txns.entry(txn).or_insert_with(|| Txn {
             ts: txn.ts,
             status: Status::Active,
@@ -350,13 +358,13 @@ mod tests {
     fn older_wounds_younger_and_younger_waits_for_older() {
         let mut m = mgr();
         assert_eq!(
-            m.lock(t(20), &Target::key(b"k", Mode::Exclusive), 0),
+            m.lock(t(20), true, &Target::key(b"k", Mode::Exclusive), 0),
             Step::Granted
         );
         m.buffer_write(t(20), b"k".to_vec(), Some(b"young".to_vec()));
         // Older t(10) wounds the younger holder and gets the lock at once.
         assert_eq!(
-            m.lock(t(10), &Target::key(b"k", Mode::Exclusive), 1),
+            m.lock(t(10), true, &Target::key(b"k", Mode::Exclusive), 1),
             Step::Granted
         );
         assert!(matches!(m.status(t(20)), Some(Status::Aborted(r)) if r.contains("wounded")));
@@ -367,17 +375,17 @@ mod tests {
         );
         // The wounded one learns it on its next request.
         assert!(matches!(
-            m.lock(t(20), &Target::key(b"x", Mode::Shared), 2),
+            m.lock(t(20), true, &Target::key(b"x", Mode::Shared), 2),
             Step::Abort(_)
         ));
         // A younger transaction waits for the older holder.
         assert_eq!(
-            m.lock(t(30), &Target::key(b"k", Mode::Shared), 3),
+            m.lock(t(30), true, &Target::key(b"k", Mode::Shared), 3),
             Step::Wait
         );
         m.finish(t(10));
         assert_eq!(
-            m.lock(t(30), &Target::key(b"k", Mode::Shared), 4),
+            m.lock(t(30), true, &Target::key(b"k", Mode::Shared), 4),
             Step::Granted
         );
     }
@@ -387,25 +395,25 @@ mod tests {
         let mut m = mgr();
         let (old, young) = (t(1), t(2));
         assert_eq!(
-            m.lock(old, &Target::key(b"a", Mode::Exclusive), 0),
+            m.lock(old, true, &Target::key(b"a", Mode::Exclusive), 0),
             Step::Granted
         );
         assert_eq!(
-            m.lock(young, &Target::key(b"b", Mode::Exclusive), 0),
+            m.lock(young, true, &Target::key(b"b", Mode::Exclusive), 0),
             Step::Granted
         );
         // young -> a: waits for old.
         assert_eq!(
-            m.lock(young, &Target::key(b"a", Mode::Exclusive), 1),
+            m.lock(young, true, &Target::key(b"a", Mode::Exclusive), 1),
             Step::Wait
         );
         // old -> b: wounds young instead of waiting, so there is no cycle.
         assert_eq!(
-            m.lock(old, &Target::key(b"b", Mode::Exclusive), 1),
+            m.lock(old, true, &Target::key(b"b", Mode::Exclusive), 1),
             Step::Granted
         );
         assert!(matches!(
-            m.lock(young, &Target::key(b"a", Mode::Exclusive), 2),
+            m.lock(young, true, &Target::key(b"a", Mode::Exclusive), 2),
             Step::Abort(_)
         ));
     }
@@ -414,7 +422,7 @@ mod tests {
     fn preparing_transactions_cannot_be_wounded() {
         let mut m = mgr();
         assert_eq!(
-            m.lock(t(20), &Target::key(b"k", Mode::Exclusive), 0),
+            m.lock(t(20), true, &Target::key(b"k", Mode::Exclusive), 0),
             Step::Granted
         );
         m.buffer_write(t(20), b"k".to_vec(), Some(b"v".to_vec()));
@@ -422,24 +430,24 @@ mod tests {
         assert_eq!(p.writes, vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
         assert_eq!(p.term, 3);
         assert_eq!(
-            m.lock(t(10), &Target::key(b"k", Mode::Shared), 2),
+            m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 2),
             Step::Wait
         );
         m.prepare_applied(t(20), true);
         assert_eq!(m.status(t(20)), Some(&Status::Prepared));
         assert_eq!(
-            m.lock(t(10), &Target::key(b"k", Mode::Shared), 3),
+            m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 3),
             Step::Wait
         );
         // No more operations once preparing, and no second prepare.
         assert!(matches!(
-            m.lock(t(20), &Target::key(b"z", Mode::Shared), 3),
+            m.lock(t(20), true, &Target::key(b"z", Mode::Shared), 3),
             Step::Abort(_)
         ));
         assert!(m.begin_prepare(t(20), 3).is_err());
         m.finish(t(20));
         assert_eq!(
-            m.lock(t(10), &Target::key(b"k", Mode::Shared), 4),
+            m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 4),
             Step::Granted
         );
     }
@@ -451,14 +459,14 @@ mod tests {
             start: b"a".to_vec(),
             end: Some(b"m".to_vec()),
         };
-        assert_eq!(m.lock(t(10), &Target::Range(r), 0), Step::Granted);
+        assert_eq!(m.lock(t(10), true, &Target::Range(r), 0), Step::Granted);
         // A younger writer into the scanned range waits (no phantom).
         assert_eq!(
-            m.lock(t(20), &Target::key(b"c", Mode::Exclusive), 1),
+            m.lock(t(20), true, &Target::key(b"c", Mode::Exclusive), 1),
             Step::Wait
         );
         assert_eq!(
-            m.lock(t(20), &Target::key(b"z", Mode::Exclusive), 1),
+            m.lock(t(20), true, &Target::key(b"z", Mode::Exclusive), 1),
             Step::Granted
         );
         // An older writer wounds the younger scanner.
@@ -466,9 +474,9 @@ mod tests {
             start: b"x".to_vec(),
             end: None,
         };
-        assert_eq!(m.lock(t(30), &Target::Range(r2), 2), Step::Wait);
+        assert_eq!(m.lock(t(30), true, &Target::Range(r2), 2), Step::Wait);
         assert_eq!(
-            m.lock(t(5), &Target::key(b"b", Mode::Exclusive), 3),
+            m.lock(t(5), true, &Target::key(b"b", Mode::Exclusive), 3),
             Step::Granted
         );
         assert!(matches!(m.status(t(10)), Some(Status::Aborted(_))));
@@ -478,11 +486,11 @@ mod tests {
     fn idle_transactions_expire_but_prepared_ones_do_not() {
         let mut m = mgr();
         assert_eq!(
-            m.lock(t(1), &Target::key(b"a", Mode::Exclusive), 0),
+            m.lock(t(1), true, &Target::key(b"a", Mode::Exclusive), 0),
             Step::Granted
         );
         assert_eq!(
-            m.lock(t(2), &Target::key(b"b", Mode::Exclusive), 0),
+            m.lock(t(2), true, &Target::key(b"b", Mode::Exclusive), 0),
             Step::Granted
         );
         m.begin_prepare(t(2), 0).unwrap();
@@ -493,7 +501,7 @@ mod tests {
         assert_eq!(m.status(t(2)), Some(&Status::Prepared));
         // Its lock was released.
         assert_eq!(
-            m.lock(t(3), &Target::key(b"a", Mode::Exclusive), 501),
+            m.lock(t(3), true, &Target::key(b"a", Mode::Exclusive), 501),
             Step::Granted
         );
     }
@@ -502,7 +510,7 @@ mod tests {
     fn leader_change_drops_open_transactions_and_rebuilds_prepared_locks() {
         let mut m = mgr();
         assert_eq!(
-            m.lock(t(1), &Target::key(b"a", Mode::Shared), 0),
+            m.lock(t(1), true, &Target::key(b"a", Mode::Shared), 0),
             Step::Granted
         );
         m.leader_ready(
@@ -514,23 +522,40 @@ mod tests {
         assert_eq!(m.status(t(7)), Some(&Status::Prepared));
         // Even an older transaction must wait for the prepared one.
         assert_eq!(
-            m.lock(t(2), &Target::key(b"p", Mode::Shared), 11),
+            m.lock(t(2), true, &Target::key(b"p", Mode::Shared), 11),
             Step::Wait
         );
         // A transaction from the old term cannot prepare in the new one.
         m.step_down();
         assert_eq!(
-            m.lock(t(1), &Target::key(b"a", Mode::Shared), 12),
+            m.lock(t(1), true, &Target::key(b"a", Mode::Shared), 12),
             Step::Abort("not leader".into())
         );
         assert!(m.begin_prepare(t(1), 12).is_err());
     }
 
     #[test]
+    fn a_transaction_unknown_here_is_only_registered_on_its_first_request() {
+        let mut m = mgr();
+        assert!(matches!(
+            m.lock(t(1), false, &Target::key(b"a", Mode::Shared), 0),
+            Step::Abort(r) if r.contains("unknown transaction")
+        ));
+        assert_eq!(
+            m.lock(t(1), true, &Target::key(b"a", Mode::Shared), 0),
+            Step::Granted
+        );
+        assert_eq!(
+            m.lock(t(1), false, &Target::key(b"b", Mode::Shared), 0),
+            Step::Granted
+        );
+    }
+
+    #[test]
     fn own_writes_are_visible_to_the_writer() {
         let mut m = mgr();
         assert_eq!(
-            m.lock(t(1), &Target::key(b"b", Mode::Exclusive), 0),
+            m.lock(t(1), true, &Target::key(b"b", Mode::Exclusive), 0),
             Step::Granted
         );
         m.buffer_write(t(1), b"b".to_vec(), None);

@@ -41,7 +41,7 @@ mod types;
 pub use error::ReplicaError;
 pub use network::{Peers, Router, MAX_RAFT_MESSAGE_BYTES};
 pub use replica::{Host, Replica, ReplicaStatus, Tuning};
-pub use state_machine::{Applied, Apply, StateView};
+pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;
 
 #[cfg(test)]

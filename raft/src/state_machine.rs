@@ -23,12 +23,19 @@ use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
+/// Key changes of one applied command: `Some(v)` puts, `None` deletes.
+pub type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Point reads of a group's applied state, as an application's pure
+/// `effect` function sees it (a [`StateView`] in production, a map in tests).
+pub type Lookup<'a> = &'a dyn Fn(&[u8]) -> io::Result<Option<Vec<u8>>>;
+
 /// The result of applying one command.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Key changes: `Some(v)` puts, `None` deletes. Keys are the
     /// application's own; the group prefix is added here.
-    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub writes: Writes,
     /// Encoded reply handed back to the proposer.
     pub reply: Vec<u8>,
 }

@@ -1,0 +1,690 @@
+//! The coordinator process: open transactions (sessions), the owner task
+//! that drives the 2PC [`Machine`], and the recovery log replica.
+//!
+//! Only the leader of the coordinator group serves transactions. Sessions
+//! (which shards a transaction touched) live in the leader's memory: a
+//! coordinator failover aborts open transactions (their participants
+//! expire them), but never a decided one, whose decision is in the log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pact_client::{Client, ClientOptions};
+use pact_common::{system_clock, ClusterConfig, Hlc, NodeId, ShardId, TxnId};
+use pact_proto as pb;
+use pact_proto::participant_client::ParticipantClient;
+use pact_raft::{Host, NodeStore, Replica, Router};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX};
+use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
+use crate::Error;
+
+/// Open transactions idle this long are aborted by the coordinator.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30);
+
+struct Session {
+    shards: BTreeSet<ShardId>,
+    last: Instant,
+}
+
+enum Input {
+    Commit {
+        txn: TxnId,
+        shards: BTreeSet<ShardId>,
+        reply: oneshot::Sender<Outcome>,
+    },
+    Event(Event),
+    Leader(Option<u64>),
+}
+
+pub struct Coordinator {
+    group: u64,
+    node: NodeId,
+    replica: Replica,
+    router: Router,
+    participants: Client,
+    hlc: Hlc,
+    sessions: Mutex<HashMap<TxnId, Session>>,
+    inputs: mpsc::UnboundedSender<Input>,
+    /// The term in which this replica leads and has finished recovery.
+    ready: Mutex<Option<u64>>,
+}
+
+fn pb_txn(t: TxnId) -> pb::TxnId {
+    pb::TxnId {
+        group: t.group,
+        node: t.node,
+        ts: t.ts.0,
+    }
+}
+
+impl Coordinator {
+    pub async fn start(
+        config: ClusterConfig,
+        node: NodeId,
+        data_dir: &Path,
+    ) -> Result<Arc<Self>, Error> {
+        let Some(cg) = config.coordinator_of(node).cloned() else {
+            return Err(Error::InvalidInput(format!(
+                "node {node} is not a replica of any coordinator group in the config"
+            )));
+        };
+        let store = NodeStore::open(data_dir).map_err(|e| {
+            Error::Fatal(format!(
+                "cannot open storage at {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let host = Host::new(store);
+        let members = cg
+            .replicas
+            .iter()
+            .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
+            .collect();
+        let tuning = pact_participant_tuning(&config);
+        let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), &host).await?;
+        let participants = Client::new(
+            &config,
+            ClientOptions {
+                request_timeout: Duration::from_secs(10),
+                retry_for: Duration::from_secs(10),
+            },
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = Arc::new(Coordinator {
+            group: cg.group,
+            node,
+            replica,
+            router: host.router,
+            participants,
+            hlc: Hlc::new(system_clock()),
+            sessions: Mutex::new(HashMap::new()),
+            inputs: tx,
+            ready: Mutex::new(None),
+        });
+        tokio::spawn(owner(c.clone(), rx));
+        let mut leadership = c.replica.leadership();
+        let inputs = c.inputs.clone();
+        tokio::spawn(async move {
+            while leadership.changed().await.is_ok() {
+                let v = *leadership.borrow_and_update();
+                if inputs.send(Input::Leader(v)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(expire_sessions(c.clone()));
+        Ok(c)
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.replica.fatal()
+    }
+
+    fn require_leader(&self) -> Result<(), Error> {
+        let st = self.replica.status();
+        let ready = self.ready.lock().map(|r| *r).unwrap_or(None);
+        match (st.role, ready) {
+            ("leader", Some(t)) if t == st.term => Ok(()),
+            ("leader", _) => Err(Error::Unavailable(
+                "coordinator leader is still recovering".into(),
+            )),
+            _ => Err(Error::NotLeader {
+                hint: st.leader.filter(|(l, _)| *l != self.node.0),
+            }),
+        }
+    }
+
+    fn check_txn(&self, txn: TxnId) -> Result<(), Error> {
+        if txn.group != self.group {
+            return Err(Error::InvalidInput(format!(
+                "transaction {txn} belongs to coordinator group {}, this is group {}",
+                txn.group, self.group
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn begin(&self) -> Result<TxnId, Error> {
+        self.require_leader()?;
+        let txn = TxnId {
+            ts: self.hlc.now(),
+            node: self.node.0,
+            group: self.group,
+        };
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(
+                txn,
+                Session {
+                    shards: BTreeSet::new(),
+                    last: Instant::now(),
+                },
+            );
+        }
+        Ok(txn)
+    }
+
+    /// Note that `txn` is about to touch `shard`; returns whether it is the
+    /// transaction's first request there.
+    fn touch(&self, txn: TxnId, shard: ShardId) -> Result<bool, Error> {
+        self.check_txn(txn)?;
+        self.require_leader()?;
+        let mut s = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
+        let sess = s.get_mut(&txn).ok_or_else(|| {
+            Error::Aborted(format!(
+                "unknown transaction {txn} (expired, finished, or coordinator failover)"
+            ))
+        })?;
+        sess.last = Instant::now();
+        Ok(sess.shards.insert(shard))
+    }
+
+    /// A participant call failed: the transaction is done for; abort it
+    /// everywhere it went, and tell the client why.
+    async fn fail(&self, txn: TxnId, e: Error) -> Error {
+        if matches!(e, Error::InvalidInput(_)) {
+            // A bad request does not doom the transaction.
+            return e;
+        }
+        self.rollback(txn).await;
+        match e {
+            Error::Aborted(_) => e,
+            other => Error::Aborted(other.to_string()),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        txn: TxnId,
+        key: Vec<u8>,
+        for_update: bool,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        pact_common::validate_key(&key).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let shard = self.participants.shard_for_key(&key);
+        let first = self.touch(txn, shard)?;
+        let req = pb::TxnGetRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            key: key.into(),
+            for_update,
+            first,
+        };
+        let r = self
+            .participants
+            .call_shard(shard, true, |ch| {
+                let req = req.clone();
+                async move { participant(ch).txn_get(req).await }
+            })
+            .await;
+        match r {
+            Ok(r) => Ok(r.found.then(|| r.value.to_vec())),
+            Err(e) => Err(self.fail(txn, e.into()).await),
+        }
+    }
+
+    pub async fn scan(
+        &self,
+        txn: TxnId,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+        let mut all = Vec::new();
+        let mut more = false;
+        for shard in self
+            .participants
+            .shard_map()
+            .shards_for_range(&start, end.as_deref())
+        {
+            let first = self.touch(txn, shard)?;
+            let req = pb::TxnScanRequest {
+                shard_id: shard.0,
+                txn: Some(pb_txn(txn)),
+                start: start.clone().into(),
+                end: end.clone().unwrap_or_default().into(),
+                limit,
+                first,
+            };
+            let r = self
+                .participants
+                .call_shard(shard, true, |ch| {
+                    let req = req.clone();
+                    async move { participant(ch).txn_scan(req).await }
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    more |= r.more;
+                    all.extend(
+                        r.pairs
+                            .into_iter()
+                            .map(|p| (p.key.to_vec(), p.value.to_vec())),
+                    );
+                }
+                Err(e) => return Err(self.fail(txn, e.into()).await),
+            }
+        }
+        all.sort();
+        let limit = if limit == 0 { 1000 } else { limit as usize };
+        if all.len() > limit {
+            all.truncate(limit);
+            more = true;
+        }
+        Ok((all, more))
+    }
+
+    pub async fn write(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<(), Error> {
+        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<pb::WriteOp>> =
+            Default::default();
+        for op in ops {
+            by_shard
+                .entry(self.participants.shard_for_key(&op.key))
+                .or_default()
+                .push(op);
+        }
+        for (shard, ops) in by_shard {
+            let first = self.touch(txn, shard)?;
+            let req = pb::TxnWriteRequest {
+                shard_id: shard.0,
+                txn: Some(pb_txn(txn)),
+                ops,
+                first,
+            };
+            let r = self
+                .participants
+                .call_shard(shard, true, |ch| {
+                    let req = req.clone();
+                    async move { participant(ch).txn_write(req).await }
+                })
+                .await;
+            if let Err(e) = r {
+                return Err(self.fail(txn, e.into()).await);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn commit(&self, txn: TxnId) -> Result<Outcome, Error> {
+        self.check_txn(txn)?;
+        self.require_leader()?;
+        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
+        let Some(sess) = sess else {
+            // Not open here: maybe already decided (a retried commit).
+            return self.status(txn).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Commit {
+                txn,
+                shards: sess.shards,
+                reply: tx,
+            })
+            .map_err(|_| Error::Fatal("coordinator owner task stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Unknown("coordinator lost leadership during commit".into()))
+    }
+
+    /// Abort an open transaction everywhere it went (best effort: what is
+    /// missed here expires at the participant).
+    pub async fn rollback(&self, txn: TxnId) {
+        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
+        let Some(sess) = sess else { return };
+        let calls = sess
+            .shards
+            .into_iter()
+            .map(|shard| self.send_decision(txn, shard, false));
+        futures::future::join_all(calls).await;
+    }
+
+    /// The final outcome of `txn`, recording a presumed abort first if
+    /// nothing is decided and nothing is in flight.
+    pub async fn status(&self, txn: TxnId) -> Result<Outcome, Error> {
+        self.check_txn(txn)?;
+        self.require_leader()?;
+        let open = self
+            .sessions
+            .lock()
+            .map(|s| s.contains_key(&txn))
+            .unwrap_or(false);
+        if open {
+            return Ok(Outcome::Unknown("transaction is still open".into()));
+        }
+        self.replica.read_barrier().await?;
+        if let Some(b) = self.replica.get_local(&log::decision_key(txn)).await? {
+            let d: Decision = log::decode(&b).map_err(Error::Fatal)?;
+            return Ok(decided(d.commit));
+        }
+        // Nothing logged: record the presumed abort so it is final. If 2PC
+        // is racing to log a commit for it right now, whichever record
+        // lands first wins, and both sides report that one.
+        let (_, reply) = self
+            .replica
+            .propose(
+                LogCommand::Decide {
+                    txn,
+                    commit: false,
+                    shards: Vec::new(),
+                }
+                .encode(),
+            )
+            .await?;
+        match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
+            LogReply::Decided { commit } => Ok(decided(commit)),
+            other => Err(Error::Fatal(format!("unexpected log reply {other:?}"))),
+        }
+    }
+
+    async fn send_decision(&self, txn: TxnId, shard: ShardId, commit: bool) -> Result<(), Error> {
+        let req = pb::DecideRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            commit,
+        };
+        self.participants
+            .call_shard(shard, true, |ch| async move {
+                participant(ch).decide(req).await
+            })
+            .await
+            .map(|_| ())
+            .map_err(Error::from)
+    }
+}
+
+fn decided(commit: bool) -> Outcome {
+    if commit {
+        Outcome::Committed
+    } else {
+        Outcome::Aborted("aborted".into())
+    }
+}
+
+fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transport::Channel> {
+    ParticipantClient::new(ch)
+        .max_decoding_message_size(pact_client::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pact_client::MAX_MESSAGE_BYTES)
+}
+
+fn pact_participant_tuning(config: &ClusterConfig) -> pact_raft::Tuning {
+    let r = &config.raft;
+    pact_raft::Tuning {
+        heartbeat_ms: r.heartbeat_ms,
+        election_timeout_min_ms: r.election_timeout_min_ms,
+        election_timeout_max_ms: r.election_timeout_max_ms,
+        snapshot_logs: r.snapshot_logs,
+        keep_logs: r.keep_logs,
+    }
+}
+
+/// The owner task: the only place the machine lives. Actions run as
+/// spawned tasks whose results come back as events.
+async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
+    let mut machine = Machine::new();
+    let mut waiters: HashMap<TxnId, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut term: Option<u64> = None;
+    while let Some(input) = rx.recv().await {
+        let actions = match input {
+            Input::Commit { txn, shards, reply } => {
+                if term.is_none() {
+                    let _ = reply.send(Outcome::Aborted("coordinator is not leader".into()));
+                    continue;
+                }
+                waiters.insert(txn, reply);
+                machine.step(Event::Commit { txn, shards })
+            }
+            Input::Event(ev) => machine.step(ev),
+            Input::Leader(t) => {
+                if t == term {
+                    continue;
+                }
+                term = t;
+                // Leadership changed either way: what this machine was doing
+                // belongs to the old term. Decided transactions are picked up
+                // again from the log by whoever leads now.
+                machine = Machine::new();
+                for (_, w) in waiters.drain() {
+                    let _ = w.send(Outcome::Unknown(
+                        "coordinator leadership changed during commit".into(),
+                    ));
+                }
+                if let Ok(mut s) = c.sessions.lock() {
+                    s.clear();
+                }
+                if let Ok(mut r) = c.ready.lock() {
+                    *r = None;
+                }
+                if let Some(t) = t {
+                    tokio::spawn(recover(c.clone(), t));
+                }
+                continue;
+            }
+        };
+        for a in actions {
+            run(&c, a, &mut waiters);
+        }
+    }
+}
+
+fn run(
+    c: &Arc<Coordinator>,
+    action: Action,
+    waiters: &mut HashMap<TxnId, oneshot::Sender<Outcome>>,
+) {
+    let feed = {
+        let inputs = c.inputs.clone();
+        move |ev: Event| {
+            let _ = inputs.send(Input::Event(ev));
+        }
+    };
+    match action {
+        Action::Reply { txn, outcome } => {
+            if let Some(w) = waiters.remove(&txn) {
+                let _ = w.send(outcome);
+            }
+        }
+        Action::CommitOnePhase { txn, shard } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let req = pb::TxnRequest {
+                    shard_id: shard.0,
+                    txn: Some(pb_txn(txn)),
+                };
+                let r = c
+                    .participants
+                    .call_shard(shard, false, |ch| async move {
+                        participant(ch).commit_one_phase(req).await
+                    })
+                    .await;
+                let outcome = match r.map_err(Error::from) {
+                    Ok(_) => Outcome::Committed,
+                    Err(Error::Unknown(m)) => Outcome::Unknown(m),
+                    Err(Error::Aborted(m)) => Outcome::Aborted(m),
+                    Err(e) => Outcome::Aborted(e.to_string()),
+                };
+                feed(Event::OnePhaseDone { txn, outcome });
+            });
+        }
+        Action::Prepare { txn, shard } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let req = pb::TxnRequest {
+                    shard_id: shard.0,
+                    txn: Some(pb_txn(txn)),
+                };
+                let r = c
+                    .participants
+                    .call_shard(shard, true, |ch| async move {
+                        participant(ch).prepare(req).await
+                    })
+                    .await;
+                let vote = match r {
+                    Ok(p) => match pb::Vote::try_from(p.vote) {
+                        Ok(pb::Vote::Yes) => Vote::Yes,
+                        Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
+                        _ => Vote::No(if p.reason.is_empty() {
+                            "participant voted no".into()
+                        } else {
+                            p.reason
+                        }),
+                    },
+                    Err(e) => Vote::No(format!("prepare at shard {shard} failed: {e}")),
+                };
+                feed(Event::Voted { txn, shard, vote });
+            });
+        }
+        Action::Log { txn, shards } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let cmd = LogCommand::Decide {
+                    txn,
+                    commit: true,
+                    shards: shards.iter().map(|s| s.0).collect(),
+                };
+                let result = match c.replica.propose(cmd.encode()).await {
+                    Ok((_, reply)) => match log::decode::<LogReply>(&reply) {
+                        Ok(LogReply::Decided { commit: true }) => LogResult::Logged,
+                        Ok(LogReply::Decided { commit: false }) => {
+                            LogResult::AlreadyDecided { commit: false }
+                        }
+                        Ok(other) => LogResult::Failed(format!("unexpected log reply {other:?}")),
+                        Err(e) => LogResult::Failed(e),
+                    },
+                    // Refused before it was appended: it can never commit,
+                    // since no one else proposes a commit for this txn.
+                    Err(pact_raft::ReplicaError::NotLeader { .. }) => {
+                        LogResult::AlreadyDecided { commit: false }
+                    }
+                    Err(e) => LogResult::Failed(e.to_string()),
+                };
+                feed(Event::Logged { txn, result });
+            });
+        }
+        Action::Decide { txn, shard, commit } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let ev = decide_event(&c, txn, shard, commit).await;
+                feed(ev);
+            });
+        }
+        Action::RetryDecide { txn, shard, commit } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let ev = decide_event(&c, txn, shard, commit).await;
+                feed(ev);
+            });
+        }
+        Action::Finish { txn } => {
+            let c = c.clone();
+            tokio::spawn(async move {
+                // Best effort: without it, recovery resends an idempotent commit.
+                let _ = c.replica.propose(LogCommand::Finish { txn }.encode()).await;
+            });
+        }
+    }
+}
+
+async fn decide_event(c: &Coordinator, txn: TxnId, shard: ShardId, commit: bool) -> Event {
+    match c.send_decision(txn, shard, commit).await {
+        Ok(()) => Event::Applied { txn, shard },
+        Err(Error::InvalidInput(m)) | Err(Error::Fatal(m)) => {
+            // The participant refuses the decision outright (it recorded
+            // the other outcome): retrying cannot help. This means a
+            // protocol invariant broke; say so loudly.
+            tracing::error!(%txn, shard = shard.0, commit, error = %m, "participant refused the decision");
+            Event::Applied { txn, shard }
+        }
+        Err(e) => {
+            tracing::warn!(%txn, shard = shard.0, commit, error = %e, "decision not delivered; will retry");
+            Event::ApplyFailed { txn, shard }
+        }
+    }
+}
+
+/// On becoming leader: apply everything committed before, then finish
+/// every logged commit not yet marked finished.
+async fn recover(c: Arc<Coordinator>, term: u64) {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if c.replica.status().term != term {
+            return;
+        }
+        if c.replica.read_barrier().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    let records = match c
+        .replica
+        .scan_local(
+            vec![DECISION_PREFIX],
+            Some(vec![DECISION_PREFIX + 1]),
+            usize::MAX,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the recovery log");
+            return;
+        }
+    };
+    let mut unfinished = Vec::new();
+    for (k, v) in records {
+        match (log::txn_of_key(&k), log::decode::<Decision>(&v)) {
+            (Some(txn), Ok(d)) => {
+                c.hlc.observe(txn.ts);
+                if d.commit && !d.finished {
+                    unfinished.push((txn, log::shards_of(&d)));
+                }
+            }
+            _ => tracing::error!("skipping a corrupt recovery log record"),
+        }
+    }
+    tracing::info!(
+        group = c.group,
+        term,
+        unfinished = unfinished.len(),
+        "coordinator leader recovered"
+    );
+    let _ = c.inputs.send(Input::Event(Event::Recovered { unfinished }));
+    if c.replica.status().term == term {
+        if let Ok(mut r) = c.ready.lock() {
+            *r = Some(term);
+        }
+    }
+}
+
+async fn expire_sessions(c: Arc<Coordinator>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle: Vec<TxnId> = c
+            .sessions
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, v)| v.last.elapsed() > SESSION_IDLE)
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for txn in idle {
+            tracing::info!(%txn, "aborting idle transaction");
+            c.rollback(txn).await;
+        }
+    }
+}

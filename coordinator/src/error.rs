@@ -1,0 +1,48 @@
+use pact_raft::ReplicaError;
+use thiserror::Error;
+
+/// Errors of the coordinator, each telling the caller what to do.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Error {
+    /// Retry at the coordinator group's leader.
+    #[error("not leader{}", match .hint { Some((id, addr)) => format!("; leader is node {id} at {addr}"), None => String::new() })]
+    NotLeader { hint: Option<(u64, String)> },
+    /// Nothing was done; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The transaction is aborted; start a new one.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    /// The outcome is not known; ask TxnStatus.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("coordinator stopped: {0}")]
+    Fatal(String),
+}
+
+impl From<ReplicaError> for Error {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::NotLeader { leader } => Error::NotLeader { hint: leader },
+            ReplicaError::Unavailable(m) => Error::Unavailable(m),
+            ReplicaError::Unknown(m) => Error::Unknown(m),
+            ReplicaError::Fatal(m) => Error::Fatal(m),
+        }
+    }
+}
+
+impl From<pact_client::ClientError> for Error {
+    fn from(e: pact_client::ClientError) -> Self {
+        use pact_client::ClientError as C;
+        match e {
+            C::Aborted(m) => Error::Aborted(m),
+            C::Unavailable(m) => Error::Aborted(format!("participant unavailable: {m}")),
+            C::Unknown(m) => Error::Unknown(m),
+            C::InvalidInput(m) => Error::InvalidInput(m),
+            C::UnknownShard(s) => Error::InvalidInput(format!("unknown shard {s}")),
+            C::Internal(m) => Error::Aborted(format!("participant failed: {m}")),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The coordinator: runs two-phase commit for transactions that span
+//! shards, and keeps its decisions in a recovery log that is itself a Raft
+//! group (`pact-raft`), so a coordinator crash blocks participants no longer
+//! than a failover.
+//!
+//! Reading order: [`machine`] is the protocol as a pure state machine
+//! (with a test for a crash before and after every step); [`log`] is the
+//! recovery log's state machine (first decision wins); [`coordinator`]
+//! drives both and talks to participants; [`service`] is the gRPC face.
+//!
+//! # Invariants
+//! - The client hears "committed" only after the commit decision is durable
+//!   in the recovery log (a Raft quorum has it).
+//! - Presumed abort: no record means aborted. Before TxnStatus reports a
+//!   presumed abort it records it, and the first decision recorded for a
+//!   transaction wins, so a commit can never follow a reported abort.
+//! - A new leader finishes every logged, unfinished commit by resending
+//!   the (idempotent) commit to each participant until it is applied.
+//!
+//! # Failure
+//! Open transactions live in the leader's memory: a coordinator failover
+//! aborts them (their participants expire them). A commit whose decision
+//! append fails for an unknown reason is reported as `Unknown`; TxnStatus
+//! gives the final outcome later.
+
+mod convert;
+pub mod coordinator;
+mod error;
+pub mod log;
+pub mod machine;
+pub mod service;
+
+pub use coordinator::Coordinator;
+pub use error::Error;

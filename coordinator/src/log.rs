@@ -1,0 +1,237 @@
+//! The recovery log's state machine: commit decisions, first one wins.
+//!
+//! Layout in the group's state: `x` ++ txn id -> decision record. A record
+//! with `commit = false` is written only by TxnStatus, to make a presumed
+//! abort final before it is reported; commits are written by 2PC. Because
+//! the first decision for a transaction wins, a commit can never follow a
+//! reported abort, nor an abort a logged commit.
+
+use std::sync::Arc;
+
+use pact_common::{ShardId, Timestamp, TxnId};
+use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
+use serde::{Deserialize, Serialize};
+
+pub const DECISION_PREFIX: u8 = b'x';
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub commit: bool,
+    /// Shards that must apply it (the yes-voters).
+    pub shards: Vec<u64>,
+    /// Every shard applied it; recovery may skip it.
+    pub finished: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCommand {
+    Decide {
+        txn: TxnId,
+        commit: bool,
+        shards: Vec<u64>,
+    },
+    Finish {
+        txn: TxnId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogReply {
+    /// The decision in the log now (the requested one, or an earlier one).
+    Decided {
+        commit: bool,
+    },
+    Finished,
+    NotFound,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+    bincode::deserialize(b).map_err(|e| format!("undecodable recovery log data: {e}"))
+}
+
+impl LogCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+}
+
+pub fn decision_key(txn: TxnId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(DECISION_PREFIX);
+    k.extend_from_slice(&txn.group.to_be_bytes());
+    k.extend_from_slice(&txn.node.to_be_bytes());
+    k.extend_from_slice(&txn.ts.0.to_be_bytes());
+    k
+}
+
+pub fn txn_of_key(k: &[u8]) -> Option<TxnId> {
+    if k.len() != 25 {
+        return None;
+    }
+    let n = |i: usize| {
+        k.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    Some(TxnId {
+        group: n(1)?,
+        node: n(9)?,
+        ts: Timestamp(n(17)?),
+    })
+}
+
+pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
+    d.shards.iter().map(|s| ShardId(*s)).collect()
+}
+
+/// The effect of a log command on the state seen through `get`. Pure.
+pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
+    let read = |txn: TxnId| -> Result<Option<Decision>, String> {
+        match get(&decision_key(txn)).map_err(|e| e.to_string())? {
+            Some(b) => decode(&b).map(Some),
+            None => Ok(None),
+        }
+    };
+    Ok(match cmd {
+        LogCommand::Decide {
+            txn,
+            commit,
+            shards,
+        } => match read(*txn)? {
+            Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
+            None => {
+                let d = Decision {
+                    commit: *commit,
+                    shards: shards.clone(),
+                    finished: !*commit,
+                };
+                (
+                    vec![(decision_key(*txn), Some(encode(&d)))],
+                    LogReply::Decided { commit: *commit },
+                )
+            }
+        },
+        LogCommand::Finish { txn } => match read(*txn)? {
+            Some(mut d) => {
+                d.finished = true;
+                (
+                    vec![(decision_key(*txn), Some(encode(&d)))],
+                    LogReply::Finished,
+                )
+            }
+            None => (Vec::new(), LogReply::NotFound),
+        },
+    })
+}
+
+pub struct LogApp;
+
+impl Apply for LogApp {
+    fn apply(
+        &self,
+        state: &StateView<'_>,
+        _index: u64,
+        _term: u64,
+        command: &[u8],
+    ) -> Result<Applied, String> {
+        let cmd: LogCommand = decode(command)?;
+        let (writes, reply) = effect(&|k| state.get(k), &cmd)?;
+        Ok(Applied {
+            writes,
+            reply: encode(&reply),
+        })
+    }
+}
+
+pub fn app() -> Arc<dyn Apply> {
+    Arc::new(LogApp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    fn t(n: u64) -> TxnId {
+        TxnId {
+            ts: Timestamp(n),
+            node: 4,
+            group: 1,
+        }
+    }
+
+    struct Mem(RefCell<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+    impl Mem {
+        fn run(&self, cmd: LogCommand) -> LogReply {
+            let snap = self.0.borrow().clone();
+            let (w, r) = effect(&|k| Ok(snap.get(k).cloned()), &cmd).unwrap();
+            for (k, v) in w {
+                match v {
+                    Some(v) => self.0.borrow_mut().insert(k, v),
+                    None => self.0.borrow_mut().remove(&k),
+                };
+            }
+            r
+        }
+    }
+
+    #[test]
+    fn first_decision_wins_and_is_idempotent() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let commit = LogCommand::Decide {
+            txn: t(1),
+            commit: true,
+            shards: vec![1, 2],
+        };
+        assert_eq!(m.run(commit.clone()), LogReply::Decided { commit: true });
+        assert_eq!(m.run(commit), LogReply::Decided { commit: true });
+        let abort = LogCommand::Decide {
+            txn: t(1),
+            commit: false,
+            shards: vec![],
+        };
+        assert_eq!(
+            m.run(abort.clone()),
+            LogReply::Decided { commit: true },
+            "a commit is never undone"
+        );
+        // And a presumed abort recorded first blocks a later commit.
+        assert_eq!(
+            m.run(LogCommand::Decide {
+                txn: t(2),
+                commit: false,
+                shards: vec![]
+            }),
+            LogReply::Decided { commit: false }
+        );
+        assert_eq!(
+            m.run(LogCommand::Decide {
+                txn: t(2),
+                commit: true,
+                shards: vec![1]
+            }),
+            LogReply::Decided { commit: false }
+        );
+    }
+
+    #[test]
+    fn finish_marks_without_forgetting() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::NotFound);
+        m.run(LogCommand::Decide {
+            txn: t(1),
+            commit: true,
+            shards: vec![3],
+        });
+        assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::Finished);
+        let rec: Decision = decode(m.0.borrow().get(&decision_key(t(1))).unwrap()).unwrap();
+        assert!(rec.commit && rec.finished);
+        assert_eq!(txn_of_key(&decision_key(t(1))), Some(t(1)));
+    }
+}

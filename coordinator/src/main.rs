@@ -1,0 +1,109 @@
+//! `coordinator`: run one replica of a coordinator group.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use pact_common::{ClusterConfig, NodeId};
+use pact_coordinator::service::TxnService;
+use pact_coordinator::Coordinator;
+
+/// Run a Pact coordinator: a replica of a coordinator group's recovery log,
+/// serving transactions (pact.v1.Txn) while it is the group's leader.
+#[derive(Parser, Debug)]
+#[command(name = "coordinator", version)]
+struct Args {
+    /// Cluster config (TOML). Without it, the embedded local default is used
+    /// (coordinator nodes 4-6 on 127.0.0.1:7004-7006).
+    #[arg(long, env = "PACT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id in the config (a replica of a coordinator group).
+    #[arg(long)]
+    node_id: u64,
+    /// Where this node keeps its recovery log.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on; defaults to the node's address in the config.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => ClusterConfig::embedded_default(),
+    };
+    let id = NodeId(args.node_id);
+    let Some(me) = config.node(id) else {
+        bail!("node {} is not in the cluster config", args.node_id);
+    };
+    if config.coordinator_of(id).is_none() {
+        bail!(
+            "node {} is not a replica of any coordinator group; run `participant` for shard nodes",
+            args.node_id
+        );
+    }
+    let listen: SocketAddr = match args.listen {
+        Some(l) => l,
+        None => me
+            .addr
+            .parse()
+            .with_context(|| format!("node address {} is not ip:port; pass --listen", me.addr))?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(config, id, args.data_dir, listen))
+}
+
+async fn run(
+    config: ClusterConfig,
+    id: NodeId,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let c = Coordinator::start(config, id, &data_dir).await?;
+    tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), "coordinator started");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(c.router().service())
+        .add_service(TxnService::new(c.clone()))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    let watchdog = {
+        let c = c.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(f) = c.fatal() {
+                    return f;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = server => {
+            r.context("grpc server failed")?;
+            c.replica().shutdown().await;
+            Ok(())
+        }
+        f = watchdog => {
+            tracing::error!(error = %f, "recovery log replica stopped; exiting");
+            std::process::exit(70);
+        }
+    }
+}

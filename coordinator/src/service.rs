@@ -1,0 +1,131 @@
+//! The `pact.v1.Txn` gRPC service of a coordinator.
+
+use std::sync::Arc;
+
+use pact_proto as pb;
+use pact_proto::txn_server::{Txn, TxnServer};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::coordinator::Coordinator;
+use crate::Error;
+
+const MAX_MESSAGE_BYTES: usize = pact_common::MAX_BATCH_BYTES + (1 << 20);
+
+pub struct TxnService {
+    c: Arc<Coordinator>,
+}
+
+impl TxnService {
+    pub fn new(c: Arc<Coordinator>) -> TxnServer<TxnService> {
+        TxnServer::new(TxnService { c })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl Txn for TxnService {
+    async fn begin(
+        &self,
+        _r: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
+        let txn = self.c.begin()?;
+        Ok(Response::new(pb::BeginResponse {
+            txn: Some(convert::pb_txn(txn)),
+        }))
+    }
+
+    async fn get(
+        &self,
+        r: Request<pb::TxnGetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let v = self.c.get(txn, r.key.to_vec(), r.for_update).await?;
+        Ok(Response::new(pb::GetResponse {
+            found: v.is_some(),
+            value: v.unwrap_or_default().into(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        r: Request<pb::TxnScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        if r.limit > pact_common::MAX_SCAN_LIMIT {
+            return Err(Error::InvalidInput(format!(
+                "scan limit {} is over the maximum {}",
+                r.limit,
+                pact_common::MAX_SCAN_LIMIT
+            ))
+            .into());
+        }
+        let end = if r.end.is_empty() {
+            None
+        } else {
+            Some(r.end.to_vec())
+        };
+        let (pairs, more) = self.c.scan(txn, r.start.to_vec(), end, r.limit).await?;
+        Ok(Response::new(pb::ScanResponse {
+            pairs: pairs
+                .into_iter()
+                .map(|(k, v)| pb::KeyValue {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .collect(),
+            more,
+        }))
+    }
+
+    async fn write(
+        &self,
+        r: Request<pb::TxnWriteRequest>,
+    ) -> Result<Response<pb::TxnWriteResponse>, Status> {
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        if r.ops.is_empty() {
+            return Err(Error::InvalidInput("empty write".into()).into());
+        }
+        pact_common::validate_batch(r.ops.iter().map(|op| {
+            let v = match &op.op {
+                Some(pb::write_op::Op::Put(v)) => Some(v.as_ref()),
+                _ => None,
+            };
+            (op.key.as_ref(), v)
+        }))
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        if r.ops.iter().any(|op| op.op.is_none()) {
+            return Err(Error::InvalidInput("write op has neither put nor delete".into()).into());
+        }
+        self.c.write(txn, r.ops).await?;
+        Ok(Response::new(pb::TxnWriteResponse {}))
+    }
+
+    async fn commit(
+        &self,
+        r: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let txn = convert::txn_id(r.into_inner().txn)?;
+        let o = self.c.commit(txn).await?;
+        Ok(Response::new(convert::outcome(o)))
+    }
+
+    async fn rollback(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
+        let txn = convert::txn_id(r.into_inner().txn)?;
+        self.c.rollback(txn).await;
+        Ok(Response::new(pb::TxnDone {}))
+    }
+
+    async fn txn_status(
+        &self,
+        r: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let txn = convert::txn_id(r.into_inner().txn)?;
+        let o = self.c.status(txn).await?;
+        Ok(Response::new(convert::outcome(o)))
+    }
+}
