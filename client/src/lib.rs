@@ -19,6 +19,9 @@
 //! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
 
 mod convert;
+mod txn;
+
+pub use txn::{Transaction, TxnOutcome};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -59,12 +62,54 @@ pub enum ClientError {
     Internal(String),
 }
 
+/// Which leader a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    Shard(ShardId),
+    Group(u64),
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Shard(s) => write!(f, "shard {s}"),
+            Route::Group(g) => write!(f, "coordinator group {g}"),
+        }
+    }
+}
+
+/// How transactions are spread over coordinator groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    /// The group with the fewest transactions in flight from this client.
+    LeastOutstanding,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round-robin" => Ok(Balance::RoundRobin),
+            "random" => Ok(Balance::Random),
+            "least-outstanding" => Ok(Balance::LeastOutstanding),
+            _ => Err(format!(
+                "unknown balance {s:?}; use round-robin, random or least-outstanding"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Deadline of one RPC attempt.
     pub request_timeout: Duration,
     /// Total time spent retrying one operation before giving up.
     pub retry_for: Duration,
+    /// How to choose a coordinator group for a new transaction.
+    pub balance: Balance,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +117,7 @@ impl Default for ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(5),
             retry_for: Duration::from_secs(15),
+            balance: Balance::RoundRobin,
         }
     }
 }
@@ -95,7 +141,11 @@ struct Inner {
     shards: BTreeMap<ShardId, Vec<NodeId>>,
     nodes: BTreeMap<NodeId, String>,
     channels: Mutex<HashMap<String, Channel>>,
-    leaders: Mutex<HashMap<ShardId, NodeId>>,
+    groups: BTreeMap<u64, Vec<NodeId>>,
+    leaders: Mutex<HashMap<Route, NodeId>>,
+    balance: Balance,
+    next_group: std::sync::atomic::AtomicUsize,
+    outstanding: Mutex<HashMap<u64, usize>>,
     opts: ClientOptions,
 }
 
@@ -123,7 +173,15 @@ impl Client {
                     .map(|n| (n.id, n.addr.clone()))
                     .collect(),
                 channels: Mutex::new(HashMap::new()),
+                groups: config
+                    .coordinators
+                    .iter()
+                    .map(|g| (g.group, g.replicas.clone()))
+                    .collect(),
                 leaders: Mutex::new(HashMap::new()),
+                balance: opts.balance,
+                next_group: std::sync::atomic::AtomicUsize::new(0),
+                outstanding: Mutex::new(HashMap::new()),
                 opts,
             }),
         }
@@ -141,7 +199,7 @@ impl Client {
         self.inner.shards.keys().copied().collect()
     }
 
-    fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
+    pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
         let addr = self.inner.nodes.get(&node).ok_or_else(|| {
             ClientError::InvalidInput(format!("node {node} is not in the config"))
         })?;
@@ -162,17 +220,17 @@ impl Client {
         Ok(ch)
     }
 
-    fn cached_leader(&self, shard: ShardId) -> Option<NodeId> {
+    pub(crate) fn cached_leader(&self, route: Route) -> Option<NodeId> {
         self.inner
             .leaders
             .lock()
             .ok()
-            .and_then(|l| l.get(&shard).copied())
+            .and_then(|l| l.get(&route).copied())
     }
 
-    fn set_leader(&self, shard: ShardId, node: NodeId) {
+    fn set_leader(&self, route: Route, node: NodeId) {
         if let Ok(mut l) = self.inner.leaders.lock() {
-            l.insert(shard, node);
+            l.insert(route, node);
         }
     }
 
@@ -196,8 +254,46 @@ impl Client {
             .get(&shard)
             .cloned()
             .ok_or(ClientError::UnknownShard(shard.0))?;
+        self.call_route(Route::Shard(shard), &replicas, idempotent, call)
+            .await
+    }
+
+    /// Like [`Client::call_shard`], for the leader of a coordinator group.
+    pub async fn call_group<T, F, Fut>(
+        &self,
+        group: u64,
+        idempotent: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let replicas = self.inner.groups.get(&group).cloned().ok_or_else(|| {
+            ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
+        })?;
+        self.call_route(Route::Group(group), &replicas, idempotent, call)
+            .await
+    }
+
+    async fn call_route<T, F, Fut>(
+        &self,
+        route: Route,
+        replicas: &[NodeId],
+        idempotent: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if replicas.is_empty() {
+            return Err(ClientError::InvalidInput(format!(
+                "{route} has no replicas"
+            )));
+        }
         let deadline = Instant::now() + self.inner.opts.retry_for;
-        let mut target = self.cached_leader(shard).unwrap_or(replicas[0]);
+        let mut target = self.cached_leader(route).unwrap_or(replicas[0]);
         let mut backoff = Duration::from_millis(20);
         let mut last_err;
         loop {
@@ -211,7 +307,7 @@ impl Client {
             let mut sleep = true;
             match res {
                 Ok(Ok(resp)) => {
-                    self.set_leader(shard, target);
+                    self.set_leader(route, target);
                     return Ok(resp.into_inner());
                 }
                 Err(_) => {
@@ -250,7 +346,7 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
-                    "shard {shard}: gave up after {:?}: {last_err}",
+                    "{route}: gave up after {:?}: {last_err}",
                     self.inner.opts.retry_for
                 )));
             }
@@ -370,6 +466,31 @@ impl Client {
             }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
         }
+    }
+
+    /// Status of one replica of a coordinator group's recovery log.
+    pub async fn coordinator_status(&self, node: NodeId) -> Result<ReplicaStatus, ClientError> {
+        let mut c = pact_proto::txn_client::TxnClient::new(self.channel(node)?);
+        let req = pb::StatusRequest { shard_id: 0 };
+        match tokio::time::timeout(self.inner.opts.request_timeout, c.group_status(req)).await {
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "node {node} did not answer"
+            ))),
+            Ok(Err(s)) => Err(ClientError::Unavailable(format!(
+                "node {node}: {}",
+                s.message()
+            ))),
+            Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
+        }
+    }
+
+    /// Coordinator groups and their replicas, sorted.
+    pub fn coordinator_groups(&self) -> Vec<(u64, Vec<NodeId>)> {
+        self.inner
+            .groups
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect()
     }
 
     /// Status of every replica of every shard, sorted by shard then node.

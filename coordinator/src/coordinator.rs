@@ -91,6 +91,7 @@ impl Coordinator {
             ClientOptions {
                 request_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(10),
+                ..ClientOptions::default()
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();

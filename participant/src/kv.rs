@@ -135,13 +135,23 @@ pub enum Notice {
     Finished(TxnId),
 }
 
+/// What the manager learns from a command and the reply it produced.
+pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
+    match cmd {
+        ShardCommand::Prepare { txn, .. } => Notice::Prepared(*txn, *reply == ShardReply::Prepared),
+        ShardCommand::OnePhase { txn, .. }
+        | ShardCommand::Commit { txn }
+        | ShardCommand::Abort { txn } => Notice::Finished(*txn),
+    }
+}
+
 /// The effect of one command on the state seen through `get`. Pure: the
 /// same state, command and term give the same result on every replica.
 pub fn effect(
     get: Lookup<'_>,
     term: u64,
     cmd: &ShardCommand,
-) -> io::Result<(Vec<Mutation>, ShardReply, Notice)> {
+) -> io::Result<(Vec<Mutation>, ShardReply)> {
     let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
         Ok(get(&txn_key(OUTCOME_PREFIX, txn))?.map(|v| v.first() == Some(&1)))
     };
@@ -156,15 +166,13 @@ pub fn effect(
     };
     Ok(match cmd {
         ShardCommand::OnePhase {
-            txn,
-            writes,
-            term: t,
+            writes, term: t, ..
         } => {
             if *t != term {
                 let r = format!("locks were taken in term {t}, entry is in term {term}");
-                (Vec::new(), ShardReply::Rejected(r), Notice::Finished(*txn))
+                (Vec::new(), ShardReply::Rejected(r))
             } else {
-                (data(writes), ShardReply::Done, Notice::Finished(*txn))
+                (data(writes), ShardReply::Done)
             }
         }
         ShardCommand::Prepare {
@@ -179,33 +187,17 @@ pub fn effect(
                 } else {
                     "already aborted"
                 };
-                (
-                    Vec::new(),
-                    ShardReply::Rejected(r.into()),
-                    Notice::Prepared(*txn, false),
-                )
+                (Vec::new(), ShardReply::Rejected(r.into()))
             } else if get(&p)?.is_some() {
-                (
-                    Vec::new(),
-                    ShardReply::Prepared,
-                    Notice::Prepared(*txn, true),
-                )
+                (Vec::new(), ShardReply::Prepared)
             } else if *t != term {
                 let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
-                (
-                    Vec::new(),
-                    ShardReply::Rejected(r),
-                    Notice::Prepared(*txn, false),
-                )
+                (Vec::new(), ShardReply::Rejected(r))
             } else {
                 let rec = encode(&PrepareRecord {
                     writes: writes.clone(),
                 });
-                (
-                    vec![(p, Some(rec))],
-                    ShardReply::Prepared,
-                    Notice::Prepared(*txn, true),
-                )
+                (vec![(p, Some(rec))], ShardReply::Prepared)
             }
         }
         ShardCommand::Commit { txn } => {
@@ -217,36 +209,20 @@ pub fn effect(
                     let mut w = data(&writes);
                     w.push((p, None));
                     w.push((o, Some(vec![1])));
-                    (w, ShardReply::Done, Notice::Finished(*txn))
+                    (w, ShardReply::Done)
                 }
-                (None, Some(true)) => (Vec::new(), ShardReply::Done, Notice::Finished(*txn)),
-                (None, Some(false)) => (
-                    Vec::new(),
-                    ShardReply::Rejected("already aborted".into()),
-                    Notice::Finished(*txn),
-                ),
-                (None, None) => (
-                    Vec::new(),
-                    ShardReply::Rejected("not prepared here".into()),
-                    Notice::Finished(*txn),
-                ),
+                (None, Some(true)) => (Vec::new(), ShardReply::Done),
+                (None, Some(false)) => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+                (None, None) => (Vec::new(), ShardReply::Rejected("not prepared here".into())),
             }
         }
         ShardCommand::Abort { txn } => {
             let p = txn_key(PREPARED_PREFIX, *txn);
             let o = txn_key(OUTCOME_PREFIX, *txn);
             match outcome(*txn)? {
-                Some(true) => (
-                    Vec::new(),
-                    ShardReply::Rejected("already committed".into()),
-                    Notice::Finished(*txn),
-                ),
-                Some(false) => (Vec::new(), ShardReply::Done, Notice::Finished(*txn)),
-                None => (
-                    vec![(p, None), (o, Some(vec![0]))],
-                    ShardReply::Done,
-                    Notice::Finished(*txn),
-                ),
+                Some(true) => (Vec::new(), ShardReply::Rejected("already committed".into())),
+                Some(false) => (Vec::new(), ShardReply::Done),
+                None => (vec![(p, None), (o, Some(vec![0]))], ShardReply::Done),
             }
         }
     })
@@ -274,10 +250,22 @@ impl Apply for KvApp {
         command: &[u8],
     ) -> Result<Applied, String> {
         let cmd = ShardCommand::decode(command)?;
-        let (writes, reply, notice) =
-            effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
+        let (writes, reply) = effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
+        Ok(Applied {
+            writes,
+            reply: encode(&reply),
+        })
+    }
+
+    fn visible(&self, command: &[u8], reply: &[u8]) {
+        // Only now may locks go: a reader let in before the writes were
+        // visible would read the old values.
+        let (Ok(cmd), Ok(reply)) = (ShardCommand::decode(command), ShardReply::decode(reply))
+        else {
+            return;
+        };
         if let Ok(mut m) = self.shared.mgr.lock() {
-            match notice {
+            match notice(&cmd, &reply) {
                 Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
                 Notice::Finished(txn) => {
                     m.finish(txn);
@@ -285,10 +273,6 @@ impl Apply for KvApp {
             }
         }
         self.shared.released.notify_waiters();
-        Ok(Applied {
-            writes,
-            reply: encode(&reply),
-        })
     }
 
     fn state_replaced(&self) {
@@ -320,7 +304,7 @@ mod tests {
     impl Mem {
         fn run(&self, term: u64, cmd: ShardCommand) -> ShardReply {
             let map = self.0.borrow().clone();
-            let (w, r, _) = effect(&|k| Ok(map.get(k).cloned()), term, &cmd).unwrap();
+            let (w, r) = effect(&|k| Ok(map.get(k).cloned()), term, &cmd).unwrap();
             let mut m = self.0.borrow_mut();
             for (k, v) in w {
                 match v {

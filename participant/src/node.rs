@@ -96,6 +96,7 @@ impl Node {
         let host = Host::new(store);
         let tuning = tuning(&config);
         let clock = system_clock();
+        let coordinators = pact_client::Client::new(&config, pact_client::ClientOptions::default());
         let mut shards = BTreeMap::new();
         for shard in config.shards_of_node(id) {
             let Some(sc) = config.shard(shard) else {
@@ -115,7 +116,7 @@ impl Node {
             });
             let replica = Replica::start(shard.0, id.0, members, &tuning, app, &host).await?;
             let s = Arc::new(Shard { replica, shared });
-            spawn_owner(s.clone(), clock.clone());
+            spawn_owner(s.clone(), clock.clone(), coordinators.clone());
             shards.insert(shard, s);
         }
         Ok(Node {
@@ -598,7 +599,11 @@ impl Node {
 /// The owner task of a shard's transaction manager: follows leadership
 /// (rebuilding prepared transactions' locks when this replica becomes
 /// leader) and expires idle transactions.
-fn spawn_owner(s: Arc<Shard>, clock: Clock) {
+/// A prepared transaction silent this long makes the leader ask its
+/// coordinator for the decision (and again after as long, while unknown).
+pub const IN_DOUBT_AFTER_MS: u64 = 3000;
+
+fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
     let mut leadership = s.replica.leadership();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -620,15 +625,59 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock) {
                     }
                 }
                 _ = tick.tick() => {
-                    let expired = s.shared.mgr.lock().map(|mut m| m.expire(clock())).unwrap_or_default();
+                    let now = clock();
+                    let (expired, in_doubt) = match s.shared.mgr.lock() {
+                        Ok(mut m) => {
+                            let expired = m.expire(now);
+                            let in_doubt: Vec<TxnId> = m
+                                .prepared()
+                                .into_iter()
+                                .filter(|(_, last)| now.saturating_sub(*last) > IN_DOUBT_AFTER_MS)
+                                .map(|(t, _)| t)
+                                .collect();
+                            for t in &in_doubt {
+                                m.touch(*t, now);
+                            }
+                            (expired, in_doubt)
+                        }
+                        Err(_) => (Vec::new(), Vec::new()),
+                    };
                     if !expired.is_empty() {
                         tracing::info!(shard = s.replica.group(), count = expired.len(), "expired idle transactions");
                         s.shared.released.notify_waiters();
+                    }
+                    for txn in in_doubt {
+                        tokio::spawn(resolve_in_doubt(s.clone(), coordinators.clone(), txn));
                     }
                 }
             }
         }
     });
+}
+
+/// Ask a silent coordinator for the decision on a transaction prepared
+/// here, and apply it. A participant never decides on its own: while the
+/// coordinator cannot say, the transaction stays prepared.
+async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn: TxnId) {
+    let outcome = match coordinators.txn_status(txn).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(shard = s.replica.group(), %txn, error = %e, "in-doubt transaction: coordinator unreachable");
+            return;
+        }
+    };
+    let cmd = match outcome {
+        pact_client::TxnOutcome::Committed => ShardCommand::Commit { txn },
+        pact_client::TxnOutcome::Aborted(_) => ShardCommand::Abort { txn },
+        pact_client::TxnOutcome::Unknown(m) => {
+            tracing::info!(shard = s.replica.group(), %txn, reason = %m, "in-doubt transaction: not decided yet");
+            return;
+        }
+    };
+    tracing::info!(shard = s.replica.group(), %txn, ?cmd, "resolving in-doubt transaction from its coordinator");
+    if let Err(e) = s.replica.propose(cmd.encode()).await {
+        tracing::warn!(shard = s.replica.group(), %txn, error = %e, "could not apply the coordinator's decision; will ask again");
+    }
 }
 
 async fn become_leader(s: &Shard, term: u64, clock: &Clock) {

@@ -98,6 +98,13 @@ pub trait Apply: Send + Sync + 'static {
         command: &[u8],
     ) -> Result<Applied, String>;
 
+    /// Called once the effects of an applied command are visible to
+    /// readers of the state (and before its proposer hears the reply).
+    /// Anything that lets others observe the command's outcome, such as
+    /// releasing locks, belongs here, not in `apply`: a reader let in
+    /// earlier could miss the writes.
+    fn visible(&self, _command: &[u8], _reply: &[u8]) {}
+
     /// Called after the whole state was replaced by a snapshot, so the
     /// application can drop caches derived from the old state.
     fn state_replaced(&self) {}
@@ -193,6 +200,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 encode(&Some(log_id))?,
             )];
             let mut reply = Reply::default();
+            let mut visible = None;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
@@ -201,15 +209,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let group = self.group;
                     let index = log_id.index;
                     let term = log_id.leader_id.term;
-                    let applied = blocking(move || {
+                    let (applied, cmd) = blocking(move || {
                         let view = StateView {
                             store: &store,
                             group,
                         };
-                        app.apply(&view, index, term, &cmd.0)
-                            .map_err(io::Error::other)
+                        let a = app
+                            .apply(&view, index, term, &cmd.0)
+                            .map_err(io::Error::other)?;
+                        Ok((a, cmd))
                     })
                     .await?;
+                    visible = Some(cmd);
                     for (k, v) in applied.writes {
                         let key = group_key(self.group, &k);
                         ops.push(match v {
@@ -229,6 +240,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             self.store.write_visible(ops).await?;
+            if let Some(cmd) = visible {
+                self.app.visible(&cmd.0, &reply.0);
+            }
             if let Some(r) = responder {
                 r.send(reply);
             }

@@ -72,9 +72,27 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` nodes, `shards` shards of `replication` replicas each.
     pub fn start(nodes: u64, shards: u64, replication: u64, tuning: RaftTuning) -> Cluster {
-        let ports = free_ports(nodes as usize);
-        let mut config =
-            ClusterConfig::local(nodes, shards, replication, 7001).expect("local config");
+        let config = ClusterConfig::local(nodes, shards, replication, 7001).expect("local config");
+        Self::start_config(config, tuning)
+    }
+
+    /// As [`Cluster::start`], plus one coordinator group of
+    /// `coordinators` replicas (separate `coordinator` processes).
+    pub fn start_with_coordinators(
+        nodes: u64,
+        shards: u64,
+        replication: u64,
+        coordinators: u64,
+        tuning: RaftTuning,
+    ) -> Cluster {
+        let config =
+            ClusterConfig::local_with_coordinators(nodes, shards, replication, coordinators, 7001)
+                .expect("local config");
+        Self::start_config(config, tuning)
+    }
+
+    fn start_config(mut config: ClusterConfig, tuning: RaftTuning) -> Cluster {
+        let ports = free_ports(config.nodes.len());
         for (n, port) in config.nodes.iter_mut().zip(ports) {
             n.addr = format!("127.0.0.1:{port}");
         }
@@ -102,6 +120,24 @@ impl Cluster {
         self.config.nodes.iter().map(|n| n.id).collect()
     }
 
+    /// Nodes that host shard replicas.
+    pub fn participant_ids(&self) -> Vec<NodeId> {
+        self.node_ids()
+            .into_iter()
+            .filter(|n| self.config.coordinator_of(*n).is_none())
+            .collect()
+    }
+
+    /// Nodes of coordinator group `group`.
+    pub fn coordinator_ids(&self, group: u64) -> Vec<NodeId> {
+        self.config
+            .coordinators
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.replicas.clone())
+            .unwrap_or_default()
+    }
+
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
         self.dir.path().join(format!("node-{id}"))
     }
@@ -116,7 +152,12 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("open node log");
-        let child = Command::new(binary("participant"))
+        let bin = if self.config.coordinator_of(id).is_some() {
+            "coordinator"
+        } else {
+            "participant"
+        };
+        let child = Command::new(binary(bin))
             .arg("--config")
             .arg(&self.config_path)
             .arg("--node-id")
@@ -200,6 +241,28 @@ impl Cluster {
             if Instant::now() > deadline {
                 panic!(
                     "no leader for shard {shard} among {among:?} within {within:?}\n{}",
+                    self.logs_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until a replica of coordinator `group` reports itself leader.
+    pub async fn wait_coordinator(&self, group: u64, within: Duration) -> NodeId {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        loop {
+            for id in self.coordinator_ids(group) {
+                if let Ok(s) = client.coordinator_status(id).await {
+                    if s.role == "leader" {
+                        return id;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no coordinator leader within {within:?}\n{}",
                     self.logs_tail()
                 );
             }

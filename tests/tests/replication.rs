@@ -268,6 +268,7 @@ async fn stopped_leader_serves_no_stale_read() {
         ClientOptions {
             request_timeout: Duration::from_secs(3),
             retry_for: Duration::from_millis(1),
+            ..ClientOptions::default()
         },
     );
     c.resume(old);

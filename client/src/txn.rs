@@ -1,0 +1,399 @@
+//! Transactions through a coordinator group.
+//!
+//! [`Client::begin`] picks a coordinator group (by the client's
+//! [`Balance`](crate::Balance) policy) and opens a transaction at its
+//! leader; every later request of that transaction goes to the same
+//! leader, because only it knows the transaction. If that leader fails the
+//! transaction is aborted (never silently restarted elsewhere).
+//!
+//! [`Client::transaction`] runs a closure in a transaction and retries it
+//! from the start when the transaction aborts (conflict, wounded, lock
+//! timeout, failover), with jittered backoff, up to a bound.
+
+use std::time::Duration;
+
+use pact_common::{NodeId, Timestamp, TxnId};
+use pact_proto as pb;
+use pact_proto::txn_client::TxnClient;
+use tonic::transport::Channel;
+
+use crate::convert::{classify, Class};
+use crate::{Balance, Client, ClientError, Mutation, MAX_MESSAGE_BYTES};
+
+/// How many times [`Client::transaction`] starts over before giving up.
+pub const MAX_ATTEMPTS: u32 = 30;
+
+/// Final state of a transaction, as TxnStatus reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed,
+    Aborted(String),
+    /// Not decided yet (or the coordinator cannot tell yet).
+    Unknown(String),
+}
+
+fn txn_client(ch: Channel) -> TxnClient<Channel> {
+    TxnClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn pb_txn(t: TxnId) -> pb::TxnId {
+    pb::TxnId {
+        group: t.group,
+        node: t.node,
+        ts: t.ts.0,
+    }
+}
+
+fn outcome(r: pb::CommitResponse) -> TxnOutcome {
+    match pb::Outcome::try_from(r.outcome) {
+        Ok(pb::Outcome::Committed) => TxnOutcome::Committed,
+        Ok(pb::Outcome::Aborted) => TxnOutcome::Aborted(r.reason),
+        _ => TxnOutcome::Unknown(r.reason),
+    }
+}
+
+/// An open transaction. Dropping it without commit leaves it to expire at
+/// the coordinator; call [`Transaction::rollback`] to release locks now.
+#[derive(Debug)]
+pub struct Transaction {
+    client: Client,
+    id: TxnId,
+    leader: NodeId,
+    done: bool,
+}
+
+impl Client {
+    fn pick_group(&self) -> Result<u64, ClientError> {
+        let groups: Vec<u64> = self.inner.groups.keys().copied().collect();
+        if groups.is_empty() {
+            return Err(ClientError::InvalidInput(
+                "the cluster config has no coordinator groups".into(),
+            ));
+        }
+        let i = match self.inner.balance {
+            Balance::RoundRobin => self
+                .inner
+                .next_group
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Balance::Random => {
+                // Cheap, unpredictable enough for spreading load.
+                let n = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() as usize)
+                    .unwrap_or(0);
+                n ^ (n >> 7)
+            }
+            Balance::LeastOutstanding => {
+                let out = self
+                    .inner
+                    .outstanding
+                    .lock()
+                    .map_err(|_| ClientError::Internal("poisoned lock".into()))?;
+                let best = groups
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, g)| out.get(g).copied().unwrap_or(0))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                best
+            }
+        };
+        Ok(groups[i % groups.len()])
+    }
+
+    fn track(&self, group: u64, delta: isize) {
+        if let Ok(mut out) = self.inner.outstanding.lock() {
+            let e = out.entry(group).or_insert(0);
+            *e = e.saturating_add_signed(delta);
+        }
+    }
+
+    /// Open a transaction at a coordinator group's leader.
+    pub async fn begin(&self) -> Result<Transaction, ClientError> {
+        let group = self.pick_group()?;
+        let (resp, leader) = self
+            .call_group_with_node(group, |ch| async move {
+                txn_client(ch).begin(pb::BeginRequest {}).await
+            })
+            .await?;
+        let t = resp.txn.ok_or_else(|| {
+            ClientError::Internal("coordinator returned no transaction id".into())
+        })?;
+        self.track(group, 1);
+        Ok(Transaction {
+            client: self.clone(),
+            id: TxnId {
+                group: t.group,
+                node: t.node,
+                ts: Timestamp(t.ts),
+            },
+            leader,
+            done: false,
+        })
+    }
+
+    async fn call_group_with_node<T, F, Fut>(
+        &self,
+        group: u64,
+        call: F,
+    ) -> Result<(T, NodeId), ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let v = self.call_group(group, true, call).await?;
+        let leader = self
+            .cached_leader(crate::Route::Group(group))
+            .ok_or_else(|| ClientError::Internal("leader not recorded".into()))?;
+        Ok((v, leader))
+    }
+
+    /// The final outcome of any transaction, from its coordinator group.
+    pub async fn txn_status(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
+        let req = pb::TxnRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(id)),
+        };
+        let r = self
+            .call_group(id.group, true, |ch| async move {
+                txn_client(ch).txn_status(req).await
+            })
+            .await?;
+        Ok(outcome(r))
+    }
+
+    /// Run `f` in a transaction and commit it; start over (a new
+    /// transaction) whenever it aborts, up to [`MAX_ATTEMPTS`] times.
+    /// Errors other than an abort are returned at once; an unknown commit
+    /// outcome is returned as [`ClientError::Unknown`] (never retried,
+    /// since the transaction may have committed).
+    ///
+    /// ```ignore
+    /// client.transaction(|t| Box::pin(async move {
+    ///     let v = t.get(b"k").await?;
+    ///     t.put(b"k", b"v2").await
+    /// })).await?;
+    /// ```
+    pub async fn transaction<T, F>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: for<'t> FnMut(
+            &'t mut Transaction,
+        ) -> futures::future::BoxFuture<'t, Result<T, ClientError>>,
+    {
+        let mut backoff = Duration::from_millis(5);
+        let mut last = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut txn = match self.begin().await {
+                Ok(t) => t,
+                Err(ClientError::Aborted(m)) | Err(ClientError::Unavailable(m)) => {
+                    last = m;
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match f(&mut txn).await {
+                Ok(v) => match txn.commit().await {
+                    Ok(()) => return Ok(v),
+                    Err(ClientError::Aborted(m)) => last = m,
+                    Err(e) => return Err(e),
+                },
+                Err(ClientError::Aborted(m)) => {
+                    txn.rollback().await;
+                    last = m;
+                }
+                Err(e) => {
+                    txn.rollback().await;
+                    return Err(e);
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(ClientError::Aborted(format!(
+            "gave up after {MAX_ATTEMPTS} attempts; last: {last}"
+        )))
+    }
+}
+
+/// `d` plus up to `d` more, so clients that collided do not collide again.
+fn jitter(d: Duration) -> Duration {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| u64::from(t.subsec_nanos()))
+        .unwrap_or(0);
+    let span = d.as_micros() as u64 + 1;
+    d + Duration::from_micros(n % span)
+}
+
+impl Transaction {
+    pub fn id(&self) -> TxnId {
+        self.id
+    }
+
+    /// One request to the transaction's coordinator. A refusal other than
+    /// a final error means the transaction is lost: report it aborted.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(TxnClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.done {
+            return Err(ClientError::InvalidInput(format!(
+                "transaction {} is already finished",
+                self.id
+            )));
+        }
+        let ch = self.client.channel(self.leader)?;
+        let timeout = self.client.inner.opts.request_timeout;
+        match tokio::time::timeout(timeout, call(txn_client(ch))).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(match classify(&s) {
+                Class::Fail(e) => e,
+                Class::NotLeader(_) | Class::Retry(_) => ClientError::Aborted(format!(
+                    "coordinator {} lost the transaction: {}",
+                    self.leader,
+                    s.message()
+                )),
+                Class::Unknown(m) => ClientError::Unknown(m),
+            }),
+            Err(_) => Err(ClientError::Unknown(format!(
+                "coordinator {} did not answer within {timeout:?}",
+                self.leader
+            ))),
+        }
+    }
+
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        self.read(key, false).await
+    }
+
+    /// Read with an exclusive lock, for a read-modify-write.
+    pub async fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        self.read(key, true).await
+    }
+
+    async fn read(&mut self, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ClientError> {
+        let req = pb::TxnGetRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(self.id)),
+            key: key.to_vec().into(),
+            for_update,
+            first: false,
+        };
+        let r = self.call(|mut c| async move { c.get(req).await }).await;
+        let r = self.mark(r)?;
+        Ok(r.found.then(|| r.value.to_vec()))
+    }
+
+    pub async fn scan(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let req = pb::TxnScanRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(self.id)),
+            start: start.to_vec().into(),
+            end: end.map(<[u8]>::to_vec).unwrap_or_default().into(),
+            limit,
+            first: false,
+        };
+        let r = self.call(|mut c| async move { c.scan(req).await }).await;
+        let r = self.mark(r)?;
+        Ok(r.pairs
+            .into_iter()
+            .map(|p| (p.key.to_vec(), p.value.to_vec()))
+            .collect())
+    }
+
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![(key.to_vec(), Some(value.to_vec()))]).await
+    }
+
+    pub async fn delete(&mut self, key: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![(key.to_vec(), None)]).await
+    }
+
+    pub async fn write(&mut self, batch: Vec<Mutation>) -> Result<(), ClientError> {
+        let req = pb::TxnWriteRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(self.id)),
+            ops: crate::convert::write_ops(batch),
+            first: false,
+        };
+        let r = self.call(|mut c| async move { c.write(req).await }).await;
+        self.mark(r).map(|_| ())
+    }
+
+    /// Add `delta` to the integer stored at `key` (absent counts as 0);
+    /// returns the new value.
+    pub async fn incr(&mut self, key: &[u8], delta: i64) -> Result<i64, ClientError> {
+        let cur = match self.get_for_update(key).await? {
+            None => 0,
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| ClientError::InvalidInput("value is not an integer".into()))?,
+        };
+        let next = cur
+            .checked_add(delta)
+            .ok_or_else(|| ClientError::InvalidInput("integer overflow".into()))?;
+        self.put(key, next.to_string().as_bytes()).await?;
+        Ok(next)
+    }
+
+    /// An aborted transaction is finished: later calls are refused locally.
+    fn mark<T>(&mut self, r: Result<T, ClientError>) -> Result<T, ClientError> {
+        if matches!(r, Err(ClientError::Aborted(_))) {
+            self.finish();
+        }
+        r
+    }
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.client.track(self.id.group, -1);
+        }
+    }
+
+    /// Commit. `Ok` means committed; `Aborted` means it did not and never
+    /// will; `Unknown` means ask [`Client::txn_status`] later.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let req = pb::TxnRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(self.id)),
+        };
+        let r = self.call(|mut c| async move { c.commit(req).await }).await;
+        self.finish();
+        match outcome(r?) {
+            TxnOutcome::Committed => Ok(()),
+            TxnOutcome::Aborted(m) => Err(ClientError::Aborted(m)),
+            TxnOutcome::Unknown(m) => Err(ClientError::Unknown(format!(
+                "transaction {}: {m}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Abort and release locks now. Never fails: what it cannot reach
+    /// expires on its own.
+    pub async fn rollback(&mut self) {
+        if self.done {
+            return;
+        }
+        let req = pb::TxnRequest {
+            shard_id: 0,
+            txn: Some(pb_txn(self.id)),
+        };
+        let _ = self
+            .call(|mut c| async move { c.rollback(req).await })
+            .await;
+        self.finish();
+    }
+}

@@ -1,0 +1,300 @@
+//! Transactions across shards, as real processes: atomic cross-shard
+//! commit and rollback, no hang on opposite lock orders, and bank transfers
+//! that stay consistent while coordinator and shard leaders are SIGKILLed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pact_client::{Client, ClientError};
+use pact_common::ShardId;
+use pact_tests::{fast_tuning, Cluster};
+
+async fn cluster() -> Cluster {
+    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
+    let parts = c.participant_ids();
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    c
+}
+
+/// Keys that land on `n` distinct shards.
+fn keys_on_distinct_shards(client: &Client, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut seen = BTreeMap::new();
+    for i in 0.. {
+        let k = format!("{prefix}{i}").into_bytes();
+        seen.entry(client.shard_for_key(&k)).or_insert(k);
+        if seen.len() == n {
+            break;
+        }
+    }
+    seen.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_transaction_commits_atomically_and_rollback_leaves_nothing() {
+    let c = cluster().await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "x", 3);
+
+    let mut t = client.begin().await.expect("begin");
+    for (i, k) in keys.iter().enumerate() {
+        t.put(k, format!("v{i}").as_bytes()).await.expect("put");
+    }
+    // Read your own writes before commit; others do not see them.
+    assert_eq!(
+        t.get(&keys[0]).await.expect("get").as_deref(),
+        Some(&b"v0"[..])
+    );
+    t.commit().await.expect("commit");
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            client.get(k).await.expect("get").as_deref(),
+            Some(format!("v{i}").as_bytes()),
+        );
+    }
+    let outcome = client.txn_status(t.id()).await.expect("txn status");
+    assert_eq!(outcome, pact_client::TxnOutcome::Committed);
+
+    let mut r = client.begin().await.expect("begin");
+    for k in &keys {
+        r.put(k, b"rolled-back").await.expect("put");
+    }
+    r.rollback().await;
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            client.get(k).await.expect("get after rollback").as_deref(),
+            Some(format!("v{i}").as_bytes()),
+        );
+    }
+    // Commit after rollback, and commit twice, are refused or repeat the answer.
+    assert!(r.commit().await.is_err());
+    let mut d = client.begin().await.expect("begin");
+    d.put(&keys[1], b"twice").await.expect("put");
+    d.commit().await.expect("first commit");
+    assert!(matches!(
+        d.commit().await,
+        Err(ClientError::InvalidInput(_))
+    ));
+    assert_eq!(
+        client.get(&keys[1]).await.unwrap().as_deref(),
+        Some(&b"twice"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_lock_orders_never_hang() {
+    let c = cluster().await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "lock", 2);
+    let (a, b) = (keys[0].clone(), keys[1].clone());
+    let mut t1 = client.begin().await.expect("begin t1");
+    let mut t2 = client.begin().await.expect("begin t2");
+    t1.put(&a, b"t1").await.expect("t1 locks a");
+    t2.put(&b, b"t2").await.expect("t2 locks b");
+    let started = Instant::now();
+    let (r1, r2) = tokio::join!(
+        async {
+            let r = t1.put(&b, b"t1").await;
+            match r {
+                Ok(()) => t1.commit().await,
+                Err(e) => Err(e),
+            }
+        },
+        async {
+            let r = t2.put(&a, b"t2").await;
+            match r {
+                Ok(()) => t2.commit().await,
+                Err(e) => Err(e),
+            }
+        }
+    );
+    let took = started.elapsed();
+    println!("opposite lock orders resolved in {took:?}: t1 {r1:?}, t2 {r2:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Wound-wait: the older t1 wins, the younger t2 is aborted with a reason.
+    assert!(r1.is_ok(), "older transaction should commit: {r1:?}");
+    match r2 {
+        Err(ClientError::Aborted(reason)) => assert!(reason.contains("wounded"), "{reason}"),
+        other => panic!("younger transaction should be aborted, got {other:?}"),
+    }
+    assert_eq!(client.get(&a).await.unwrap().as_deref(), Some(&b"t1"[..]));
+    assert_eq!(client.get(&b).await.unwrap().as_deref(), Some(&b"t1"[..]));
+}
+
+const ACCOUNTS: usize = 8;
+const INITIAL: i64 = 1000;
+
+fn account(i: usize) -> Vec<u8> {
+    format!("acct-{i}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_stay_consistent_while_leaders_are_killed() {
+    let mut c = cluster().await;
+    let client = c.client();
+    {
+        let mut t = client.begin().await.expect("begin");
+        for i in 0..ACCOUNTS {
+            t.put(&account(i), INITIAL.to_string().as_bytes())
+                .await
+                .expect("init");
+        }
+        t.commit().await.expect("init commit");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let client = c.client();
+        let stop = stop.clone();
+        let seq = seq.clone();
+        workers.push(tokio::spawn(async move {
+            // (transfer id, from, to, amount, acknowledged?)
+            let mut log: Vec<(u64, usize, usize, i64, bool)> = Vec::new();
+            let mut n = w;
+            while !stop.load(Ordering::SeqCst) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let from = (n >> 33) as usize % ACCOUNTS;
+                let to = (from + 1 + (n >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + (n >> 50) as i64 % 20;
+                let id = seq.fetch_add(1, Ordering::SeqCst);
+                let marker = format!("xfer-{id}").into_bytes();
+                let r = client
+                    .transaction(|t| {
+                        let marker = marker.clone();
+                        Box::pin(async move {
+                            let a = parse(t.get_for_update(&account(from)).await?)?;
+                            let b = parse(t.get_for_update(&account(to)).await?)?;
+                            if a < amount {
+                                return Ok(false);
+                            }
+                            t.put(&account(from), (a - amount).to_string().as_bytes())
+                                .await?;
+                            t.put(&account(to), (b + amount).to_string().as_bytes())
+                                .await?;
+                            t.put(&marker, format!("{from}:{to}:{amount}").as_bytes())
+                                .await?;
+                            Ok(true)
+                        })
+                    })
+                    .await;
+                match r {
+                    Ok(true) => log.push((id, from, to, amount, true)),
+                    Ok(false) => {}
+                    // Unknown or aborted after retries: it may or may not
+                    // have happened; the marker key will tell.
+                    Err(_) => log.push((id, from, to, amount, false)),
+                }
+            }
+            log
+        }));
+    }
+
+    // Faults: kill the coordinator leader, then each shard's leader, and
+    // bring each back, while transfers run.
+    let parts = c.participant_ids();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let coord = c.wait_coordinator(1, Duration::from_secs(20)).await;
+    c.kill(coord);
+    println!("killed coordinator leader {coord}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.start_node(coord);
+    for s in 1..=3 {
+        let l = c
+            .wait_leader(ShardId(s), &parts, Duration::from_secs(20))
+            .await;
+        c.kill(l);
+        println!("killed leader {l} of shard {s}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.start_node(l);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut log = Vec::new();
+    for w in workers {
+        log.extend(w.await.expect("worker"));
+    }
+
+    // Heal and quiesce: every prepared transaction gets resolved.
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+
+    let client = c.client();
+    let mut expected: BTreeMap<usize, i64> = (0..ACCOUNTS).map(|i| (i, INITIAL)).collect();
+    let (mut acked, mut maybe, mut happened) = (0, 0, 0);
+    for (id, from, to, amount, ok) in &log {
+        // Reading the marker also proves it is not stuck in doubt: a plain
+        // read waits for any prepared writer of the key to be decided.
+        let marker = read_settled(&client, format!("xfer-{id}").as_bytes()).await;
+        if *ok {
+            acked += 1;
+            assert!(marker.is_some(), "acknowledged transfer {id} is missing");
+        } else {
+            maybe += 1;
+        }
+        if marker.is_some() {
+            happened += 1;
+            *expected.get_mut(from).unwrap() -= amount;
+            *expected.get_mut(to).unwrap() += amount;
+        }
+    }
+    let mut total = 0;
+    for i in 0..ACCOUNTS {
+        let v = parse(read_settled(&client, &account(i)).await).expect("balance");
+        assert!(v >= 0, "account {i} is negative: {v}");
+        assert_eq!(
+            v, expected[&i],
+            "account {i} does not match the committed transfers"
+        );
+        total += v;
+    }
+    println!("transfers: {acked} acknowledged, {maybe} unknown/aborted, {happened} took effect");
+    assert_eq!(
+        total,
+        INITIAL * ACCOUNTS as i64,
+        "money was created or destroyed"
+    );
+    assert!(
+        acked > 10,
+        "too few transfers committed ({acked}) to mean anything"
+    );
+}
+
+fn parse(v: Option<Vec<u8>>) -> Result<i64, ClientError> {
+    let v = v.ok_or_else(|| ClientError::InvalidInput("missing account".into()))?;
+    std::str::from_utf8(&v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ClientError::InvalidInput("bad balance".into()))
+}
+
+/// A plain read, retried while a prepared transaction still holds the key
+/// (its resolution is bounded: the participant asks the coordinator).
+async fn read_settled(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get(key).await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!(
+                "key {} stayed unreadable (in doubt?): {e}",
+                String::from_utf8_lossy(key)
+            ),
+        }
+    }
+}
