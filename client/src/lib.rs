@@ -21,7 +21,7 @@
 mod convert;
 mod txn;
 
-pub use txn::{Transaction, TxnOutcome};
+pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

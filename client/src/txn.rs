@@ -151,10 +151,23 @@ impl Client {
     }
 
     /// The final outcome of any transaction, from its coordinator group.
+    /// `Unknown` while nothing is recorded (yet).
     pub async fn txn_status(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
+        self.status_request(id, false).await
+    }
+
+    /// As [`Client::txn_status`], but a transaction with no decision is
+    /// aborted (presumed abort, recorded so it is final). For participants
+    /// holding a prepared transaction whose coordinator went silent.
+    pub async fn resolve_txn(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
+        self.status_request(id, true).await
+    }
+
+    async fn status_request(&self, id: TxnId, resolve: bool) -> Result<TxnOutcome, ClientError> {
         let req = pb::TxnRequest {
             shard_id: 0,
             txn: Some(pb_txn(id)),
+            resolve,
         };
         let r = self
             .call_group(id.group, true, |ch| async move {
@@ -368,6 +381,7 @@ impl Transaction {
         let req = pb::TxnRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
+            resolve: false,
         };
         let r = self.call(|mut c| async move { c.commit(req).await }).await;
         self.finish();
@@ -390,10 +404,119 @@ impl Transaction {
         let req = pb::TxnRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
+            resolve: false,
         };
         let _ = self
             .call(|mut c| async move { c.rollback(req).await })
             .await;
         self.finish();
+    }
+}
+
+/// A condition of [`Client::execute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    Exists(Vec<u8>),
+    Missing(Vec<u8>),
+    Equals(Vec<u8>, Vec<u8>),
+}
+
+/// An operation of a branch of [`Client::execute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Get(Vec<u8>),
+}
+
+/// What a one-shot transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub txn: TxnId,
+    /// Whether the guards held (so `then` ran, not `otherwise`).
+    pub succeeded: bool,
+    /// The branch's gets, in order.
+    pub results: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Client {
+    /// One-shot transaction (as etcd's txn): if all `guards` hold run
+    /// `then`, else `otherwise`, and commit; the coordinator retries it on
+    /// conflict. `Unknown` errors carry the transaction id for
+    /// [`Client::txn_status`].
+    pub async fn execute(
+        &self,
+        guards: Vec<Guard>,
+        then: Vec<Op>,
+        otherwise: Vec<Op>,
+    ) -> Result<Executed, ClientError> {
+        let group = self.pick_group()?;
+        let conv = |ops: Vec<Op>| -> Vec<pb::Op> {
+            ops.into_iter()
+                .map(|o| match o {
+                    Op::Put(k, v) => pb::Op {
+                        key: k.into(),
+                        op: Some(pb::op::Op::Put(v.into())),
+                    },
+                    Op::Delete(k) => pb::Op {
+                        key: k.into(),
+                        op: Some(pb::op::Op::Delete(true)),
+                    },
+                    Op::Get(k) => pb::Op {
+                        key: k.into(),
+                        op: Some(pb::op::Op::Get(true)),
+                    },
+                })
+                .collect()
+        };
+        let req = pb::ExecuteRequest {
+            guards: guards
+                .into_iter()
+                .map(|g| {
+                    let (key, kind, value) = match g {
+                        Guard::Exists(k) => (k, pb::guard::Kind::Exists, Vec::new()),
+                        Guard::Missing(k) => (k, pb::guard::Kind::Missing, Vec::new()),
+                        Guard::Equals(k, v) => (k, pb::guard::Kind::Equals, v),
+                    };
+                    pb::Guard {
+                        key: key.into(),
+                        kind: kind as i32,
+                        value: value.into(),
+                    }
+                })
+                .collect(),
+            then: conv(then),
+            otherwise: conv(otherwise),
+        };
+        let r = self
+            .call_group(group, false, |ch| {
+                let req = req.clone();
+                async move { txn_client(ch).execute(req).await }
+            })
+            .await?;
+        let txn = r
+            .txn
+            .map(|t| TxnId {
+                group: t.group,
+                node: t.node,
+                ts: Timestamp(t.ts),
+            })
+            .unwrap_or_default();
+        match pb::Outcome::try_from(r.outcome) {
+            Ok(pb::Outcome::Committed) => Ok(Executed {
+                txn,
+                succeeded: r.succeeded,
+                results: r
+                    .results
+                    .into_iter()
+                    .map(|x| (x.key.to_vec(), x.found.then(|| x.value.to_vec())))
+                    .collect(),
+            }),
+            Ok(pb::Outcome::Aborted) => Err(ClientError::Aborted(r.reason)),
+            _ => Err(ClientError::Unknown(format!(
+                "transaction {txn}: {}",
+                r.reason
+            ))),
+        }
     }
 }

@@ -62,3 +62,53 @@ pub fn outcome(o: Outcome) -> pb::CommitResponse {
         reason,
     }
 }
+
+pub fn guard(g: pb::Guard) -> Result<crate::coordinator::Guard, Error> {
+    use crate::coordinator::Guard;
+    pact_common::validate_key(&g.key).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let key = g.key.to_vec();
+    match pb::guard::Kind::try_from(g.kind) {
+        Ok(pb::guard::Kind::Exists) => Ok(Guard::Exists(key)),
+        Ok(pb::guard::Kind::Missing) => Ok(Guard::Missing(key)),
+        Ok(pb::guard::Kind::Equals) => Ok(Guard::Equals(key, g.value.to_vec())),
+        _ => Err(Error::InvalidInput(
+            "guard has no kind (exists, missing, equals)".into(),
+        )),
+    }
+}
+
+pub fn exec_op(o: pb::Op) -> Result<crate::coordinator::ExecOp, Error> {
+    use crate::coordinator::ExecOp;
+    pact_common::validate_key(&o.key).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let key = o.key.to_vec();
+    match o.op {
+        Some(pb::op::Op::Put(v)) => {
+            pact_common::validate_value(&v).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            Ok(ExecOp::Put(key, v.to_vec()))
+        }
+        Some(pb::op::Op::Delete(_)) => Ok(ExecOp::Delete(key)),
+        Some(pb::op::Op::Get(_)) => Ok(ExecOp::Get(key)),
+        None => Err(Error::InvalidInput(
+            "op has neither put, delete nor get".into(),
+        )),
+    }
+}
+
+pub fn exec_result(r: crate::coordinator::ExecResult) -> pb::ExecuteResponse {
+    let o = outcome(r.outcome);
+    pb::ExecuteResponse {
+        succeeded: r.succeeded,
+        results: r
+            .results
+            .into_iter()
+            .map(|(k, v)| pb::OpResult {
+                key: k.into(),
+                found: v.is_some(),
+                value: v.unwrap_or_default().into(),
+            })
+            .collect(),
+        outcome: o.outcome,
+        reason: o.reason,
+        txn: Some(pb_txn(r.txn)),
+    }
+}

@@ -325,7 +325,7 @@ impl Coordinator {
         let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
         let Some(sess) = sess else {
             // Not open here: maybe already decided (a retried commit).
-            return self.status(txn).await;
+            return self.status(txn, false).await;
         };
         let (tx, rx) = oneshot::channel();
         self.inputs
@@ -351,9 +351,10 @@ impl Coordinator {
         futures::future::join_all(calls).await;
     }
 
-    /// The final outcome of `txn`, recording a presumed abort first if
-    /// nothing is decided and nothing is in flight.
-    pub async fn status(&self, txn: TxnId) -> Result<Outcome, Error> {
+    /// The final outcome of `txn` as the recovery log knows it. With
+    /// `resolve`, a transaction with no decision gets a presumed abort,
+    /// recorded first so it is final; without, it is reported unknown.
+    pub async fn status(&self, txn: TxnId, resolve: bool) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
         let open = self
@@ -368,6 +369,11 @@ impl Coordinator {
         if let Some(b) = self.replica.get_local(&log::decision_key(txn)).await? {
             let d: Decision = log::decode(&b).map_err(Error::Fatal)?;
             return Ok(decided(d.commit));
+        }
+        if !resolve {
+            return Ok(Outcome::Unknown(
+                "no decision recorded (yet); a one-phase commit is recorded shortly after it is applied".into(),
+            ));
         }
         // Nothing logged: record the presumed abort so it is final. If 2PC
         // is racing to log a commit for it right now, whichever record
@@ -402,6 +408,114 @@ impl Coordinator {
             .await
             .map(|_| ())
             .map_err(Error::from)
+    }
+}
+
+/// A condition of a one-shot transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    Exists(Vec<u8>),
+    Missing(Vec<u8>),
+    Equals(Vec<u8>, Vec<u8>),
+}
+
+/// An operation of a one-shot transaction's branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Get(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecResult {
+    pub txn: TxnId,
+    pub succeeded: bool,
+    /// Results of the branch's gets, in order.
+    pub results: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub outcome: Outcome,
+}
+
+/// How many times a one-shot transaction is started over after an abort.
+pub const EXECUTE_ATTEMPTS: u32 = 10;
+
+impl Coordinator {
+    /// A one-shot transaction: guards, then one branch, then commit; started
+    /// over on abort (it is the coordinator's own transaction, so a retry
+    /// cannot repeat anything the client saw).
+    pub async fn execute(
+        &self,
+        guards: Vec<Guard>,
+        then: Vec<ExecOp>,
+        otherwise: Vec<ExecOp>,
+    ) -> Result<ExecResult, Error> {
+        let mut last = String::new();
+        let mut backoff = Duration::from_millis(5);
+        for _ in 0..EXECUTE_ATTEMPTS {
+            let txn = self.begin()?;
+            let run = async {
+                let mut ok = true;
+                for g in &guards {
+                    let (key, want): (&Vec<u8>, Option<Option<&Vec<u8>>>) = match g {
+                        Guard::Exists(k) => (k, None),
+                        Guard::Missing(k) => (k, Some(None)),
+                        Guard::Equals(k, v) => (k, Some(Some(v))),
+                    };
+                    let v = self.get(txn, key.clone(), false).await?;
+                    ok &= match want {
+                        None => v.is_some(),
+                        Some(None) => v.is_none(),
+                        Some(Some(w)) => v.as_ref() == Some(w),
+                    };
+                }
+                let mut results = Vec::new();
+                for op in if ok { &then } else { &otherwise } {
+                    match op {
+                        ExecOp::Get(k) => {
+                            results.push((k.clone(), self.get(txn, k.clone(), false).await?))
+                        }
+                        ExecOp::Put(k, v) => {
+                            let w = pb::WriteOp {
+                                key: k.clone().into(),
+                                op: Some(pb::write_op::Op::Put(v.clone().into())),
+                            };
+                            self.write(txn, vec![w]).await?
+                        }
+                        ExecOp::Delete(k) => {
+                            let w = pb::WriteOp {
+                                key: k.clone().into(),
+                                op: Some(pb::write_op::Op::Delete(true)),
+                            };
+                            self.write(txn, vec![w]).await?
+                        }
+                    }
+                }
+                Ok::<_, Error>((ok, results))
+            };
+            match run.await {
+                Ok((succeeded, results)) => match self.commit(txn).await? {
+                    Outcome::Aborted(r) => last = r,
+                    outcome => {
+                        return Ok(ExecResult {
+                            txn,
+                            succeeded,
+                            results,
+                            outcome,
+                        })
+                    }
+                },
+                Err(Error::Aborted(r)) => last = r,
+                Err(e) => {
+                    self.rollback(txn).await;
+                    return Err(e);
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(Error::Aborted(format!(
+            "gave up after {EXECUTE_ATTEMPTS} attempts; last: {last}"
+        )))
     }
 }
 
@@ -502,6 +616,7 @@ fn run(
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
+                    resolve: false,
                 };
                 let r = c
                     .participants
@@ -510,7 +625,21 @@ fn run(
                     })
                     .await;
                 let outcome = match r.map_err(Error::from) {
-                    Ok(_) => Outcome::Committed,
+                    Ok(_) => {
+                        // Record it for TxnStatus, off the commit path: the
+                        // participant's apply is the decision; this record
+                        // only answers later questions.
+                        let cmd = LogCommand::Decide {
+                            txn,
+                            commit: true,
+                            shards: Vec::new(),
+                        };
+                        let c2 = c.clone();
+                        tokio::spawn(async move {
+                            let _ = c2.replica.propose(cmd.encode()).await;
+                        });
+                        Outcome::Committed
+                    }
                     Err(Error::Unknown(m)) => Outcome::Unknown(m),
                     Err(Error::Aborted(m)) => Outcome::Aborted(m),
                     Err(e) => Outcome::Aborted(e.to_string()),
@@ -524,6 +653,7 @@ fn run(
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
+                    resolve: false,
                 };
                 let r = c
                     .participants

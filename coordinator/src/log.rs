@@ -107,7 +107,9 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
                 let d = Decision {
                     commit: *commit,
                     shards: shards.clone(),
-                    finished: !*commit,
+                    // Nothing to resend for an abort, or for a commit with
+                    // no shards left to tell (a recorded one-phase commit).
+                    finished: !*commit || shards.is_empty(),
                 };
                 (
                     vec![(decision_key(*txn), Some(encode(&d)))],
@@ -218,6 +220,25 @@ mod tests {
             }),
             LogReply::Decided { commit: false }
         );
+    }
+
+    #[test]
+    fn a_recorded_one_phase_commit_needs_no_recovery() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        m.run(LogCommand::Decide {
+            txn: t(3),
+            commit: true,
+            shards: vec![],
+        });
+        let rec: Decision = decode(m.0.borrow().get(&decision_key(t(3))).unwrap()).unwrap();
+        assert!(rec.commit && rec.finished);
+        m.run(LogCommand::Decide {
+            txn: t(4),
+            commit: true,
+            shards: vec![1, 2],
+        });
+        let rec: Decision = decode(m.0.borrow().get(&decision_key(t(4))).unwrap()).unwrap();
+        assert!(!rec.finished, "a 2PC commit must be driven to every shard");
     }
 
     #[test]

@@ -120,6 +120,49 @@ impl Txn for TxnService {
         Ok(Response::new(pb::TxnDone {}))
     }
 
+    async fn execute(
+        &self,
+        r: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let r = r.into_inner();
+        let guards = r
+            .guards
+            .into_iter()
+            .map(convert::guard)
+            .collect::<Result<Vec<_>, _>>()?;
+        let then = r
+            .then
+            .into_iter()
+            .map(convert::exec_op)
+            .collect::<Result<Vec<_>, _>>()?;
+        let otherwise = r
+            .otherwise
+            .into_iter()
+            .map(convert::exec_op)
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes: usize = then
+            .iter()
+            .chain(otherwise.iter())
+            .map(|o| match o {
+                crate::coordinator::ExecOp::Put(k, v) => k.len() + v.len(),
+                crate::coordinator::ExecOp::Delete(k) | crate::coordinator::ExecOp::Get(k) => {
+                    k.len()
+                }
+            })
+            .sum();
+        let ops = guards.len() + then.len() + otherwise.len();
+        if bytes > pact_common::MAX_BATCH_BYTES || ops > pact_common::MAX_BATCH_OPS {
+            return Err(Error::InvalidInput(format!(
+                "transaction of {ops} ops and {bytes} bytes is over the limits ({} ops, {} bytes)",
+                pact_common::MAX_BATCH_OPS,
+                pact_common::MAX_BATCH_BYTES
+            ))
+            .into());
+        }
+        let res = self.c.execute(guards, then, otherwise).await?;
+        Ok(Response::new(convert::exec_result(res)))
+    }
+
     async fn group_status(
         &self,
         _r: Request<pb::StatusRequest>,
@@ -144,8 +187,9 @@ impl Txn for TxnService {
         &self,
         r: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let txn = convert::txn_id(r.into_inner().txn)?;
-        let o = self.c.status(txn).await?;
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let o = self.c.status(txn, r.resolve).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 }

@@ -659,7 +659,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
 /// here, and apply it. A participant never decides on its own: while the
 /// coordinator cannot say, the transaction stays prepared.
 async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn: TxnId) {
-    let outcome = match coordinators.txn_status(txn).await {
+    let outcome = match coordinators.resolve_txn(txn).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(shard = s.replica.group(), %txn, error = %e, "in-doubt transaction: coordinator unreachable");

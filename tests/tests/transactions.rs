@@ -298,3 +298,161 @@ async fn read_settled(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_execute_and_bad_transaction_input() {
+    use pact_client::{Guard, Op};
+    use pact_proto as pb;
+    use std::io::Write;
+
+    let c = cluster().await;
+    let client = c.client();
+
+    // etcd-style compare-and-set.
+    let put_if_missing = |v: &str| {
+        (
+            vec![Guard::Missing(b"cas".to_vec())],
+            vec![Op::Put(b"cas".to_vec(), v.as_bytes().to_vec())],
+            vec![Op::Get(b"cas".to_vec())],
+        )
+    };
+    let (g, t, o) = put_if_missing("first");
+    let r = client.execute(g, t, o).await.expect("execute");
+    assert!(r.succeeded);
+    let (g, t, o) = put_if_missing("second");
+    let r = client.execute(g, t, o).await.expect("execute");
+    assert!(!r.succeeded);
+    assert_eq!(r.results, vec![(b"cas".to_vec(), Some(b"first".to_vec()))]);
+    let r = client
+        .execute(
+            vec![Guard::Equals(b"cas".to_vec(), b"first".to_vec())],
+            vec![Op::Delete(b"cas".to_vec())],
+            vec![],
+        )
+        .await
+        .expect("execute");
+    assert!(r.succeeded);
+    assert_eq!(client.get(b"cas").await.unwrap(), None);
+
+    // Over the size limit: refused, and the transaction stays usable.
+    let mut t = client.begin().await.expect("begin");
+    let big = vec![b'v'; pact_common::MAX_VALUE_BYTES + 1];
+    assert!(matches!(
+        t.put(b"big", &big).await,
+        Err(ClientError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        t.put(b"", b"v").await,
+        Err(ClientError::InvalidInput(_))
+    ));
+    t.put(b"small", b"ok").await.expect("put after refused put");
+    let id = t.id();
+    t.commit().await.expect("commit");
+
+    // Raw gRPC against the coordinator leader.
+    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
+    let addr = c.config.node(leader).unwrap().addr.clone();
+    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let pid = |t: pact_common::TxnId| pb::TxnId {
+        group: t.group,
+        node: t.node,
+        ts: t.ts.0,
+    };
+    // Commit twice: the second answers from the log, the same outcome (a
+    // one-phase commit is recorded just after it is applied, so it may
+    // briefly be "unknown", never "aborted").
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = raw
+            .commit(pb::TxnRequest {
+                shard_id: 0,
+                txn: Some(pid(id)),
+                resolve: false,
+            })
+            .await
+            .expect("second commit")
+            .into_inner();
+        if again.outcome == pb::Outcome::Committed as i32 {
+            break;
+        }
+        assert_eq!(again.outcome, pb::Outcome::Unknown as i32, "{again:?}");
+        assert!(Instant::now() < deadline, "one-phase commit never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Operations on a transaction the coordinator does not know (expired).
+    let ghost = pact_common::TxnId {
+        group: 1,
+        node: leader.0,
+        ts: pact_common::Timestamp(42),
+    };
+    let e = raw
+        .get(pb::TxnGetRequest {
+            shard_id: 0,
+            txn: Some(pid(ghost)),
+            key: b"small".to_vec().into(),
+            for_update: false,
+            first: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+    assert!(
+        e.message().contains("unknown transaction"),
+        "{}",
+        e.message()
+    );
+    // A client asking about it learns nothing is decided; a participant
+    // resolving it records the presumed abort, so a later commit cannot win.
+    assert!(matches!(
+        client.txn_status(ghost).await.expect("status"),
+        pact_client::TxnOutcome::Unknown(_)
+    ));
+    assert_eq!(
+        client.resolve_txn(ghost).await.expect("resolve"),
+        pact_client::TxnOutcome::Aborted("aborted".into())
+    );
+    let late = raw
+        .commit(pb::TxnRequest {
+            shard_id: 0,
+            txn: Some(pid(ghost)),
+            resolve: false,
+        })
+        .await
+        .expect("late commit")
+        .into_inner();
+    assert_eq!(late.outcome, pb::Outcome::Aborted as i32);
+    // A transaction of another group, and no transaction at all.
+    let other = pact_common::TxnId { group: 9, ..ghost };
+    let e = raw
+        .commit(pb::TxnRequest {
+            shard_id: 0,
+            txn: Some(pid(other)),
+            resolve: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = raw
+        .commit(pb::TxnRequest {
+            shard_id: 0,
+            txn: None,
+            resolve: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // Garbage on the coordinator's port; it keeps serving.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let _ = s.write_all(b"\x16\x03\x01 not grpc at all \xff\xff");
+    drop(s);
+    assert_eq!(
+        client.get(b"small").await.unwrap().as_deref(),
+        Some(&b"ok"[..])
+    );
+    let mut t = client.begin().await.expect("begin after garbage");
+    t.put(b"small", b"still").await.unwrap();
+    t.commit().await.expect("commit after garbage");
+}
