@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pact_client::{Client, ClientError, ClientOptions};
-use pact_common::ClusterConfig;
+use pact_client::{Client, ClientError, ClientOptions, Guard, Op, TxnOutcome};
+use pact_common::{ClusterConfig, ShardId};
 
 /// Talk to a Pact cluster.
 #[derive(Parser, Debug)]
@@ -46,8 +46,95 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Raft status of every replica of every shard.
+    /// Add DELTA to the integer at KEY in a transaction; prints the result.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// One multi-key transaction (on any shards), committed atomically.
+    ///
+    /// OPS: `put KEY VALUE`, `del KEY`, `get KEY`, in order. With guards,
+    /// the OPS run only if every guard holds, else the ops after `else`.
+    /// Example: txn exec --guard missing:lock put lock me put owner me else get lock
+    Exec {
+        /// exists:KEY, missing:KEY or equals:KEY=VALUE (repeatable).
+        #[arg(long = "guard")]
+        guards: Vec<String>,
+        /// The operations; `else` separates the otherwise-branch.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        ops: Vec<String>,
+    },
+    /// The final outcome of a transaction (GROUP-NODE-TS).
+    TxnStatus { id: String },
+    /// Raft status of every replica of every shard and coordinator group.
     Status,
+}
+
+fn parse_guard(g: &str) -> Result<Guard, ClientError> {
+    let bad = || {
+        ClientError::InvalidInput(format!(
+            "bad guard {g:?}; use exists:KEY, missing:KEY or equals:KEY=VALUE"
+        ))
+    };
+    let (kind, rest) = g.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "exists" => Ok(Guard::Exists(rest.as_bytes().to_vec())),
+        "missing" => Ok(Guard::Missing(rest.as_bytes().to_vec())),
+        "equals" => {
+            let (k, v) = rest.split_once('=').ok_or_else(bad)?;
+            Ok(Guard::Equals(k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn parse_ops(words: &[String]) -> Result<(Vec<Op>, Vec<Op>), ClientError> {
+    let mut then = Vec::new();
+    let mut otherwise = Vec::new();
+    let mut in_else = false;
+    let mut i = 0;
+    let need = |i: usize, what: &str| {
+        words
+            .get(i)
+            .map(|w| w.as_bytes().to_vec())
+            .ok_or_else(|| ClientError::InvalidInput(format!("`{what}` needs more arguments")))
+    };
+    while i < words.len() {
+        let op = match words[i].as_str() {
+            "else" if !in_else => {
+                in_else = true;
+                i += 1;
+                continue;
+            }
+            "put" => {
+                let op = Op::Put(need(i + 1, "put KEY VALUE")?, need(i + 2, "put KEY VALUE")?);
+                i += 3;
+                op
+            }
+            "del" => {
+                let op = Op::Delete(need(i + 1, "del KEY")?);
+                i += 2;
+                op
+            }
+            "get" => {
+                let op = Op::Get(need(i + 1, "get KEY")?);
+                i += 2;
+                op
+            }
+            w => {
+                return Err(ClientError::InvalidInput(format!(
+                    "unknown operation {w:?}; use put KEY VALUE, del KEY, get KEY, else"
+                )))
+            }
+        };
+        if in_else {
+            otherwise.push(op);
+        } else {
+            then.push(op);
+        }
+    }
+    Ok((then, otherwise))
 }
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable,
@@ -162,30 +249,116 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
+        Cmd::Incr { key, delta } => {
+            let (key, delta) = (key.clone(), *delta);
+            let v = client
+                .transaction(|t| {
+                    let key = key.clone();
+                    Box::pin(async move { t.incr(key.as_bytes(), delta).await })
+                })
+                .await?;
+            if args.json {
+                println!("{}", serde_json::json!({ "key": key, "value": v }));
+            } else {
+                println!("{v}");
+            }
+            Ok(0)
+        }
+        Cmd::Exec { guards, ops } => {
+            let guards = guards
+                .iter()
+                .map(|g| parse_guard(g))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (then, otherwise) = parse_ops(ops)?;
+            let r = client.execute(guards, then, otherwise).await?;
+            if args.json {
+                let results: Vec<_> = r
+                    .results
+                    .iter()
+                    .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "found": v.is_some(), "value": v.as_ref().map(|v| String::from_utf8_lossy(v).to_string()) }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "txn": r.txn.to_string(), "committed": true, "succeeded": r.succeeded, "results": results })
+                );
+            } else {
+                println!(
+                    "COMMITTED {} ({})",
+                    r.txn,
+                    if r.succeeded {
+                        "guards held"
+                    } else {
+                        "guards failed: else-branch ran"
+                    }
+                );
+                for (k, v) in &r.results {
+                    match v {
+                        Some(v) => println!(
+                            "{} = {}",
+                            String::from_utf8_lossy(k),
+                            String::from_utf8_lossy(v)
+                        ),
+                        None => println!("{} (not found)", String::from_utf8_lossy(k)),
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Cmd::TxnStatus { id } => {
+            let id: pact_common::TxnId = id.parse().map_err(ClientError::InvalidInput)?;
+            let (word, reason) = match client.txn_status(id).await? {
+                TxnOutcome::Committed => ("committed", String::new()),
+                TxnOutcome::Aborted(r) => ("aborted", r),
+                TxnOutcome::Unknown(r) => ("unknown", r),
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "txn": id.to_string(), "outcome": word, "reason": reason })
+                );
+            } else if reason.is_empty() {
+                println!("{word}");
+            } else {
+                println!("{word}: {reason}");
+            }
+            Ok(0)
+        }
         Cmd::Status => {
-            let rows = client.status().await;
+            let mut rows = client.status().await;
+            for (g, nodes) in client.coordinator_groups() {
+                for n in nodes {
+                    rows.push((
+                        ShardId(g),
+                        n,
+                        client.coordinator_status(n).await.map(|mut s| {
+                            s.role = format!("coord-{}", s.role);
+                            s
+                        }),
+                    ));
+                }
+            }
             if args.json {
                 let items: Vec<_> = rows
                     .iter()
                     .map(|(shard, node, r)| match r {
                         Ok(s) => serde_json::json!({
-                            "shard": shard.0, "node": node.0, "role": s.role, "term": s.term,
+                            "group": shard.0, "node": node.0, "role": s.role, "term": s.term,
                             "leader": s.leader, "applied_index": s.applied_index,
                             "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
                         }),
-                        Err(e) => serde_json::json!({ "shard": shard.0, "node": node.0, "error": e.to_string() }),
+                        Err(e) => serde_json::json!({ "group": shard.0, "node": node.0, "error": e.to_string() }),
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(items));
             } else {
                 println!(
-                    "{:<6} {:<5} {:<10} {:>5} {:>7} {:>8} {:>8} {:>9}",
-                    "SHARD", "NODE", "ROLE", "TERM", "LEADER", "APPLIED", "LASTLOG", "SNAPSHOT"
+                    "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
+                    "GROUP", "NODE", "ROLE", "TERM", "LEADER", "APPLIED", "LASTLOG", "SNAPSHOT"
                 );
                 for (shard, node, r) in &rows {
                     match r {
                         Ok(s) => println!(
-                            "{:<6} {:<5} {:<10} {:>5} {:>7} {:>8} {:>8} {:>9}",
+                            "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
                             shard.0,
                             node.0,
                             s.role,
