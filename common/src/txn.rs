@@ -47,6 +47,37 @@ pub struct TxnId {
     pub group: u64,
 }
 
+impl TxnId {
+    /// A storage key for records about this transaction: `prefix`, then
+    /// group, node and timestamp as big-endian u64s (25 bytes).
+    pub fn key(self, prefix: u8) -> Vec<u8> {
+        let mut k = Vec::with_capacity(25);
+        k.push(prefix);
+        k.extend_from_slice(&self.group.to_be_bytes());
+        k.extend_from_slice(&self.node.to_be_bytes());
+        k.extend_from_slice(&self.ts.0.to_be_bytes());
+        k
+    }
+
+    /// The id in a key made by [`TxnId::key`] (any prefix); None if the
+    /// key is not one.
+    pub fn from_key(k: &[u8]) -> Option<TxnId> {
+        if k.len() != 25 {
+            return None;
+        }
+        let n = |i: usize| {
+            k.get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        Some(TxnId {
+            group: n(1)?,
+            node: n(9)?,
+            ts: Timestamp(n(17)?),
+        })
+    }
+}
+
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}-{}", self.group, self.node, self.ts.0)
@@ -166,5 +197,7 @@ mod tests {
         assert!("1-2".parse::<TxnId>().is_err());
         assert!("a-b-c".parse::<TxnId>().is_err());
         assert!("1-2-3-4".parse::<TxnId>().is_err());
+        assert_eq!(TxnId::from_key(&old.key(b'p')), Some(old));
+        assert_eq!(TxnId::from_key(b"short"), None);
     }
 }

@@ -3,7 +3,6 @@
 
 use pact_common::{Timestamp, TxnId};
 use pact_proto as pb;
-use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 use crate::machine::Outcome;
@@ -13,18 +12,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let msg = e.to_string();
         match e {
-            Error::NotLeader { hint } => {
-                let mut s = Status::failed_precondition(msg);
-                if let Some((id, addr)) = hint {
-                    if let Ok(v) = MetadataValue::try_from(id.to_string()) {
-                        s.metadata_mut().insert("pact-leader-id", v);
-                    }
-                    if let Ok(v) = MetadataValue::try_from(addr) {
-                        s.metadata_mut().insert("pact-leader-addr", v);
-                    }
-                }
-                s
-            }
+            Error::NotLeader { hint } => pact_raft::wire::not_leader_status(msg, hint),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Aborted(_) => Status::aborted(msg),
             Error::Unknown(_) => Status::deadline_exceeded(msg),

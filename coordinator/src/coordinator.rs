@@ -748,16 +748,8 @@ async fn decide_event(c: &Coordinator, txn: TxnId, shard: ShardId, commit: bool)
 /// On becoming leader: apply everything committed before, then finish
 /// every logged commit not yet marked finished.
 async fn recover(c: Arc<Coordinator>, term: u64) {
-    let mut delay = Duration::from_millis(20);
-    loop {
-        if c.replica.status().term != term {
-            return;
-        }
-        if c.replica.read_barrier().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
+    if !c.replica.settle(term).await {
+        return;
     }
     let records = match c
         .replica
@@ -776,7 +768,7 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
     };
     let mut unfinished = Vec::new();
     for (k, v) in records {
-        match (log::txn_of_key(&k), log::decode::<Decision>(&v)) {
+        match (TxnId::from_key(&k), log::decode::<Decision>(&v)) {
             (Some(txn), Ok(d)) => {
                 c.hlc.observe(txn.ts);
                 if d.commit && !d.finished {

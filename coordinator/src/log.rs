@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use pact_common::{ShardId, Timestamp, TxnId};
+use pact_common::{ShardId, TxnId};
 use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
 
@@ -60,28 +60,7 @@ impl LogCommand {
 }
 
 pub fn decision_key(txn: TxnId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
-    k.push(DECISION_PREFIX);
-    k.extend_from_slice(&txn.group.to_be_bytes());
-    k.extend_from_slice(&txn.node.to_be_bytes());
-    k.extend_from_slice(&txn.ts.0.to_be_bytes());
-    k
-}
-
-pub fn txn_of_key(k: &[u8]) -> Option<TxnId> {
-    if k.len() != 25 {
-        return None;
-    }
-    let n = |i: usize| {
-        k.get(i..i + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
-    Some(TxnId {
-        group: n(1)?,
-        node: n(9)?,
-        ts: Timestamp(n(17)?),
-    })
+    txn.key(DECISION_PREFIX)
 }
 
 pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
@@ -156,6 +135,7 @@ pub fn app() -> Arc<dyn Apply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pact_common::Timestamp;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
@@ -253,6 +233,6 @@ mod tests {
         assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::Finished);
         let rec: Decision = decode(m.0.borrow().get(&decision_key(t(1))).unwrap()).unwrap();
         assert!(rec.commit && rec.finished);
-        assert_eq!(txn_of_key(&decision_key(t(1))), Some(t(1)));
+        assert_eq!(TxnId::from_key(&decision_key(t(1))), Some(t(1)));
     }
 }

@@ -167,20 +167,9 @@ impl Txn for TxnService {
         &self,
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let s = self.c.replica().status();
-        let (leader_id, leader_addr) = s.leader.unwrap_or((0, String::new()));
-        Ok(Response::new(pb::StatusResponse {
-            shard_id: s.group,
-            node_id: s.node_id,
-            role: s.role.to_string(),
-            term: s.term,
-            leader_id,
-            leader_addr,
-            applied_index: s.applied_index,
-            last_log_index: s.last_log_index,
-            snapshot_index: s.snapshot_index,
-            voters: s.voters,
-        }))
+        Ok(Response::new(pact_raft::wire::status_response(
+            self.c.replica().status(),
+        )))
     }
 
     async fn txn_status(

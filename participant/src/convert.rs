@@ -12,8 +12,6 @@
 //! - stopped replica: `INTERNAL`.
 
 use pact_proto as pb;
-use pact_raft::ReplicaStatus;
-use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 use pact_common::{Timestamp, TxnId};
@@ -22,25 +20,11 @@ use crate::kv::Mutation;
 use crate::node::Vote;
 use crate::Error;
 
-pub const LEADER_ID_HEADER: &str = "pact-leader-id";
-pub const LEADER_ADDR_HEADER: &str = "pact-leader-addr";
-
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let msg = e.to_string();
         match e {
-            Error::NotLeader { hint } => {
-                let mut s = Status::failed_precondition(msg);
-                if let Some((id, addr)) = hint {
-                    if let Ok(v) = MetadataValue::try_from(id.to_string()) {
-                        s.metadata_mut().insert(LEADER_ID_HEADER, v);
-                    }
-                    if let Ok(v) = MetadataValue::try_from(addr) {
-                        s.metadata_mut().insert(LEADER_ADDR_HEADER, v);
-                    }
-                }
-                s
-            }
+            Error::NotLeader { hint } => pact_raft::wire::not_leader_status(msg, hint),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Unknown(_) => Status::deadline_exceeded(msg),
             Error::Aborted(_) => Status::aborted(msg),
@@ -116,21 +100,5 @@ pub fn end_key(end: &[u8]) -> Option<&[u8]> {
         None
     } else {
         Some(end)
-    }
-}
-
-pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
-    let (leader_id, leader_addr) = s.leader.unwrap_or((0, String::new()));
-    pb::StatusResponse {
-        shard_id: s.group,
-        node_id: s.node_id,
-        role: s.role.to_string(),
-        term: s.term,
-        leader_id,
-        leader_addr,
-        applied_index: s.applied_index,
-        last_log_index: s.last_log_index,
-        snapshot_index: s.snapshot_index,
-        voters: s.voters,
     }
 }

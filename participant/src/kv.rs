@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use pact_common::{Timestamp, TxnId};
+use pact_common::TxnId;
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
 
@@ -96,31 +96,6 @@ pub fn data_end() -> Vec<u8> {
     vec![DATA_PREFIX + 1]
 }
 
-pub fn txn_key(prefix: u8, txn: TxnId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
-    k.push(prefix);
-    k.extend_from_slice(&txn.group.to_be_bytes());
-    k.extend_from_slice(&txn.node.to_be_bytes());
-    k.extend_from_slice(&txn.ts.0.to_be_bytes());
-    k
-}
-
-pub fn txn_from_key(k: &[u8]) -> Option<TxnId> {
-    if k.len() != 25 {
-        return None;
-    }
-    let n = |i: usize| {
-        k.get(i..i + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
-    Some(TxnId {
-        group: n(1)?,
-        node: n(9)?,
-        ts: Timestamp(n(17)?),
-    })
-}
-
 /// Decode a stored prepare record (for rebuilding locks on a new leader).
 pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
     bincode::deserialize::<PrepareRecord>(v)
@@ -153,7 +128,7 @@ pub fn effect(
     cmd: &ShardCommand,
 ) -> io::Result<(Vec<Mutation>, ShardReply)> {
     let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
-        Ok(get(&txn_key(OUTCOME_PREFIX, txn))?.map(|v| v.first() == Some(&1)))
+        Ok(get(&txn.key(OUTCOME_PREFIX))?.map(|v| v.first() == Some(&1)))
     };
     let data = |writes: &[Mutation]| -> Vec<Mutation> {
         // The last write of a key wins; the storage batch must not carry a
@@ -180,7 +155,7 @@ pub fn effect(
             writes,
             term: t,
         } => {
-            let p = txn_key(PREPARED_PREFIX, *txn);
+            let p = txn.key(PREPARED_PREFIX);
             if let Some(committed) = outcome(*txn)? {
                 let r = if committed {
                     "already committed"
@@ -201,8 +176,8 @@ pub fn effect(
             }
         }
         ShardCommand::Commit { txn } => {
-            let p = txn_key(PREPARED_PREFIX, *txn);
-            let o = txn_key(OUTCOME_PREFIX, *txn);
+            let p = txn.key(PREPARED_PREFIX);
+            let o = txn.key(OUTCOME_PREFIX);
             match (get(&p)?, outcome(*txn)?) {
                 (Some(rec), _) => {
                     let writes = prepared_writes(&rec).map_err(io::Error::other)?;
@@ -217,8 +192,8 @@ pub fn effect(
             }
         }
         ShardCommand::Abort { txn } => {
-            let p = txn_key(PREPARED_PREFIX, *txn);
-            let o = txn_key(OUTCOME_PREFIX, *txn);
+            let p = txn.key(PREPARED_PREFIX);
+            let o = txn.key(OUTCOME_PREFIX);
             match outcome(*txn)? {
                 Some(true) => (Vec::new(), ShardReply::Rejected("already committed".into())),
                 Some(false) => (Vec::new(), ShardReply::Done),
@@ -288,6 +263,7 @@ impl Apply for KvApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pact_common::Timestamp;
     use std::cell::RefCell;
 
     fn t(n: u64) -> TxnId {
@@ -446,10 +422,9 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let id = t(77);
-        assert_eq!(txn_from_key(&txn_key(PREPARED_PREFIX, id)), Some(id));
-        assert_eq!(txn_from_key(b"short"), None);
+        assert_eq!(TxnId::from_key(&id.key(PREPARED_PREFIX)), Some(id));
         assert!(data_key(&[0xff; 4]) < data_end());
-        assert!(txn_key(PREPARED_PREFIX, id) > data_end());
+        assert!(id.key(PREPARED_PREFIX) > data_end());
         let c = ShardCommand::Commit { txn: id };
         assert_eq!(ShardCommand::decode(&c.encode()).unwrap(), c);
         assert!(ShardCommand::decode(b"\xff\xff\xff\xff garbage").is_err());

@@ -29,6 +29,5 @@ pub mod node;
 pub mod service;
 pub mod txn;
 
-pub use convert::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 pub use error::Error;
 pub use node::Node;

@@ -20,8 +20,8 @@ use pact_common::{
 use pact_raft::{Host, NodeStore, Replica, ReplicaStatus, Router, Tuning};
 
 use crate::kv::{
-    data_end, data_key, prepared_writes, txn_from_key, KvApp, Mutation, ShardCommand, ShardReply,
-    Shared, PREPARED_PREFIX,
+    data_end, data_key, prepared_writes, KvApp, Mutation, ShardCommand, ShardReply, Shared,
+    PREPARED_PREFIX,
 };
 use crate::locks::{Mode, Range};
 use crate::txn::{Step, Target, TxnLimits, TxnManager};
@@ -683,16 +683,8 @@ async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn:
 async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     // Apply everything committed before this term first, so the prepare
     // records read below are complete.
-    let mut delay = Duration::from_millis(20);
-    loop {
-        if s.replica.status().term != term {
-            return;
-        }
-        if s.replica.read_barrier().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
+    if !s.replica.settle(term).await {
+        return;
     }
     let records = match s
         .replica
@@ -711,7 +703,7 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     };
     let mut prepared = Vec::new();
     for (k, v) in records {
-        match (txn_from_key(&k), prepared_writes(&v)) {
+        match (TxnId::from_key(&k), prepared_writes(&v)) {
             (Some(txn), Ok(w)) => prepared.push((txn, w)),
             _ => tracing::error!(
                 shard = s.replica.group(),

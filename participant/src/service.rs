@@ -74,7 +74,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let r = request.into_inner();
         let s = self.node.status(ShardId(r.shard_id))?;
-        Ok(Response::new(convert::status_response(s)))
+        Ok(Response::new(pact_raft::wire::status_response(s)))
     }
 }
 

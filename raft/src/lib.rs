@@ -37,6 +37,7 @@ mod replica;
 mod state_machine;
 mod store;
 mod types;
+pub mod wire;
 
 pub use error::ReplicaError;
 pub use network::{Peers, Router, MAX_RAFT_MESSAGE_BYTES};

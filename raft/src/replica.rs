@@ -266,6 +266,23 @@ impl Replica {
         }
     }
 
+    /// For a new leader of `term`: wait until it has applied everything
+    /// committed before it (so state read now is complete), retrying the
+    /// ReadIndex check with backoff. False if it stopped leading `term`.
+    pub async fn settle(&self, term: u64) -> bool {
+        let mut delay = Duration::from_millis(20);
+        loop {
+            if self.status().term != term || !self.raft.is_leader() {
+                return false;
+            }
+            if self.read_barrier().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
     /// Read one key of the applied state. Linearizable only after
     /// [`Replica::read_barrier`].
     pub async fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReplicaError> {
