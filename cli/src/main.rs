@@ -146,6 +146,7 @@ fn exit_for(e: &ClientError) -> u8 {
         ClientError::InvalidInput(_) | ClientError::UnknownShard(_) => 5,
         ClientError::Internal(_) => 6,
         ClientError::Aborted(_) => 7,
+        ClientError::Conflict(_) => 6,
     }
 }
 

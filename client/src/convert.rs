@@ -34,7 +34,7 @@ pub(crate) fn classify(s: &Status) -> Class {
         // says "...connect..." when the request never left this process.
         // Any other UNAVAILABLE (a connection cut mid-request) may have
         // reached the server.
-        Code::Unavailable if msg.starts_with("unavailable") || msg.contains("connect") => {
+        Code::Unavailable if msg.starts_with("unavailable") || connect_failed(s) => {
             Class::Retry(msg)
         }
         // Aborted by the lock manager (wounded, lock wait timed out,
@@ -48,8 +48,25 @@ pub(crate) fn classify(s: &Status) -> Class {
             Class::Fail(ClientError::InvalidInput(msg))
         }
         Code::NotFound => Class::Fail(ClientError::InvalidInput(msg)),
+        // The request contradicts recorded state (e.g. a decision refused
+        // because the other outcome is already recorded).
+        Code::FailedPrecondition => Class::Fail(ClientError::Conflict(msg)),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }
+}
+
+/// The request never left this process: the connection could not be made.
+/// Only the connect phase counts; an error on an established connection
+/// may come after the server received the request.
+fn connect_failed(s: &Status) -> bool {
+    let mut text = s.message().to_string();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        text.push_str(" / ");
+        text.push_str(&e.to_string());
+        src = e.source();
+    }
+    text.contains("tcp connect error") || text.contains("error trying to connect")
 }
 
 pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {

@@ -48,6 +48,10 @@ pub enum ClientError {
     /// older transaction, lock wait timeout); nothing was applied. Retry.
     #[error("aborted: {0}")]
     Aborted(String),
+    /// The request contradicts recorded state (for example a decision
+    /// refused because the other outcome is already recorded).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Unknown(String),

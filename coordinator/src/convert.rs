@@ -17,6 +17,7 @@ impl From<Error> for Status {
             Error::Aborted(_) => Status::aborted(msg),
             Error::Unknown(_) => Status::deadline_exceeded(msg),
             Error::InvalidInput(_) => Status::invalid_argument(msg),
+            Error::Conflict(_) => Status::failed_precondition(msg),
             Error::Fatal(_) => Status::internal(msg),
         }
     }

@@ -38,6 +38,8 @@ enum Input {
     },
     Event(Event),
     Leader(Option<u64>),
+    /// Is 2PC still working on this transaction?
+    InFlight(TxnId, oneshot::Sender<bool>),
 }
 
 pub struct Coordinator {
@@ -370,6 +372,13 @@ impl Coordinator {
             let d: Decision = log::decode(&b).map_err(Error::Fatal)?;
             return Ok(decided(d.commit));
         }
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inputs.send(Input::InFlight(txn, tx));
+        if rx.await.unwrap_or(false) {
+            // Do not presume an abort under a commit that is progressing:
+            // it would win (first decision wins) and abort a healthy 2PC.
+            return Ok(Outcome::Unknown("commit in progress".into()));
+        }
         if !resolve {
             return Ok(Outcome::Unknown(
                 "no decision recorded (yet); a one-phase commit is recorded shortly after it is applied".into(),
@@ -561,6 +570,10 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 machine.step(Event::Commit { txn, shards })
             }
             Input::Event(ev) => machine.step(ev),
+            Input::InFlight(txn, reply) => {
+                let _ = reply.send(machine.in_flight(txn));
+                continue;
+            }
             Input::Leader(t) => {
                 if t == term {
                     continue;
@@ -625,25 +638,27 @@ fn run(
                     })
                     .await;
                 let outcome = match r.map_err(Error::from) {
-                    Ok(_) => {
-                        // Record it for TxnStatus, off the commit path: the
-                        // participant's apply is the decision; this record
-                        // only answers later questions.
-                        let cmd = LogCommand::Decide {
-                            txn,
-                            commit: true,
-                            shards: Vec::new(),
-                        };
-                        let c2 = c.clone();
-                        tokio::spawn(async move {
-                            let _ = c2.replica.propose(cmd.encode()).await;
-                        });
-                        Outcome::Committed
-                    }
-                    Err(Error::Unknown(m)) => Outcome::Unknown(m),
-                    Err(Error::Aborted(m)) => Outcome::Aborted(m),
-                    Err(e) => Outcome::Aborted(e.to_string()),
+                    Ok(_) => Outcome::Committed,
+                    Err(Error::Aborted(m))
+                    | Err(Error::InvalidInput(m))
+                    | Err(Error::Conflict(m)) => Outcome::Aborted(m),
+                    // Fate open: settle it at the shard.
+                    Err(e) => settle_one_phase(&c, txn, shard, e.to_string()).await,
                 };
+                if outcome == Outcome::Committed {
+                    // Record it for TxnStatus, off the commit path: the
+                    // shard's apply is the decision; this record only
+                    // answers later questions.
+                    let cmd = LogCommand::Decide {
+                        txn,
+                        commit: true,
+                        shards: Vec::new(),
+                    };
+                    let c2 = c.clone();
+                    tokio::spawn(async move {
+                        let _ = c2.replica.propose(cmd.encode()).await;
+                    });
+                }
                 feed(Event::OnePhaseDone { txn, outcome });
             });
         }
@@ -728,10 +743,30 @@ fn run(
     }
 }
 
+/// A one-phase commit whose fate is unknown: send an abort to the shard
+/// until it answers definitely. The shard refuses the abort if the commit
+/// applied first ("already committed"), and otherwise records the abort, so
+/// the commit can no longer apply after it.
+async fn settle_one_phase(c: &Coordinator, txn: TxnId, shard: ShardId, why: String) -> Outcome {
+    for _ in 0..20 {
+        match c.send_decision(txn, shard, false).await {
+            Ok(()) => return Outcome::Aborted(format!("not applied ({why}); aborted")),
+            Err(Error::Conflict(m)) if m.contains("already committed") => {
+                return Outcome::Committed
+            }
+            Err(e) => {
+                tracing::warn!(%txn, shard = shard.0, error = %e, "one-phase outcome not settled yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    Outcome::Unknown(why)
+}
+
 async fn decide_event(c: &Coordinator, txn: TxnId, shard: ShardId, commit: bool) -> Event {
     match c.send_decision(txn, shard, commit).await {
         Ok(()) => Event::Applied { txn, shard },
-        Err(Error::InvalidInput(m)) | Err(Error::Fatal(m)) => {
+        Err(Error::InvalidInput(m)) | Err(Error::Conflict(m)) => {
             // The participant refuses the decision outright (it recorded
             // the other outcome): retrying cannot help. This means a
             // protocol invariant broke; say so loudly.

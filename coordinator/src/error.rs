@@ -18,6 +18,10 @@ pub enum Error {
     Unknown(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A participant refused a request because it contradicts what it
+    /// recorded (the other outcome).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("coordinator stopped: {0}")]
     Fatal(String),
 }
@@ -42,7 +46,8 @@ impl From<pact_client::ClientError> for Error {
             C::Unknown(m) => Error::Unknown(m),
             C::InvalidInput(m) => Error::InvalidInput(m),
             C::UnknownShard(s) => Error::InvalidInput(format!("unknown shard {s}")),
-            C::Internal(m) => Error::Aborted(format!("participant failed: {m}")),
+            C::Internal(m) => Error::Unknown(format!("participant failed: {m}")),
+            C::Conflict(m) => Error::Conflict(m),
         }
     }
 }

@@ -141,13 +141,29 @@ pub fn effect(
     };
     Ok(match cmd {
         ShardCommand::OnePhase {
-            writes, term: t, ..
+            txn,
+            writes,
+            term: t,
         } => {
-            if *t != term {
-                let r = format!("locks were taken in term {t}, entry is in term {term}");
-                (Vec::new(), ShardReply::Rejected(r))
-            } else {
-                (data(writes), ShardReply::Done)
+            // Coordinated transactions leave an outcome record, so that a
+            // coordinator unsure whether the commit happened can settle it
+            // with an abort: refused if this applied first, final if not.
+            // Implicit single-operation ones (group 0) have no one to ask.
+            let recorded = txn.group != crate::node::IMPLICIT_GROUP;
+            match (recorded, outcome(*txn)?) {
+                (true, Some(true)) => (Vec::new(), ShardReply::Done),
+                (true, Some(false)) => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+                _ if *t != term => {
+                    let r = format!("locks were taken in term {t}, entry is in term {term}");
+                    (Vec::new(), ShardReply::Rejected(r))
+                }
+                _ => {
+                    let mut w = data(writes);
+                    if recorded {
+                        w.push((txn.key(OUTCOME_PREFIX), Some(vec![1])));
+                    }
+                    (w, ShardReply::Done)
+                }
             }
         }
         ShardCommand::Prepare {
@@ -403,6 +419,30 @@ mod tests {
             term: 3,
         };
         assert!(matches!(m.run(3, late), ShardReply::Rejected(_)));
+    }
+
+    #[test]
+    fn an_abort_settles_a_one_phase_commit_of_unknown_fate() {
+        // Applied first: the abort is refused, the commit stands.
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let one = ShardCommand::OnePhase {
+            txn: t(1),
+            writes: vec![put("a", "1")],
+            term: 2,
+        };
+        assert_eq!(m.run(2, one.clone()), ShardReply::Done);
+        assert!(
+            matches!(m.run(2, ShardCommand::Abort { txn: t(1) }), ShardReply::Rejected(r) if r.contains("committed"))
+        );
+        assert_eq!(m.get(b"a"), Some(b"1".to_vec()));
+        // Abort first: the late one-phase entry is refused.
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        assert_eq!(
+            m.run(2, ShardCommand::Abort { txn: t(1) }),
+            ShardReply::Done
+        );
+        assert!(matches!(m.run(2, one), ShardReply::Rejected(_)));
+        assert_eq!(m.get(b"a"), None);
     }
 
     #[test]

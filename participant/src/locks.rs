@@ -89,6 +89,10 @@ impl LockTable {
     /// Take a shared range lock; it conflicts with other transactions'
     /// exclusive locks on keys inside the range.
     pub fn try_range(&mut self, txn: TxnId, range: Range) -> Result<(), Vec<TxnId>> {
+        if range.end.as_ref().is_some_and(|e| *e <= range.start) {
+            // An empty range covers no key: nothing to lock.
+            return Ok(());
+        }
         let upper = match &range.end {
             Some(e) => std::ops::Bound::Excluded(e.clone()),
             None => std::ops::Bound::Unbounded,
@@ -214,5 +218,13 @@ mod tests {
         l.release_all(t(1));
         l.release_all(t(3));
         assert!(l.is_empty());
+        // Inverted or empty ranges lock nothing and never panic.
+        assert!(l.try_key(t(4), b"k", Mode::Exclusive).is_ok());
+        let inverted = Range {
+            start: b"z".to_vec(),
+            end: Some(b"a".to_vec()),
+        };
+        assert!(l.try_range(t(5), inverted).is_ok());
+        assert!(l.try_key(t(6), b"b", Mode::Shared).is_ok());
     }
 }

@@ -49,6 +49,42 @@ struct Shard {
     shared: Arc<Shared>,
 }
 
+/// Releases a transaction's locks on this shard when dropped, including
+/// when the request future is cancelled (a caller's deadline), unless
+/// disarmed because the outcome is not known yet: then the apply path
+/// (`KvApp::visible`) or a leadership change releases them.
+struct Release {
+    shared: Arc<Shared>,
+    txn: TxnId,
+    armed: bool,
+}
+
+impl Release {
+    fn new(s: &Shard, txn: TxnId) -> Self {
+        Release {
+            shared: s.shared.clone(),
+            txn,
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Ok(mut m) = self.shared.mgr.lock() {
+                m.finish(self.txn);
+            }
+            self.shared.released.notify_waiters();
+        }
+    }
+}
+
+/// Whether an error leaves a proposed command's fate open.
+fn undecided(e: &Error) -> bool {
+    matches!(e, Error::Unknown(_) | Error::Fatal(_))
+}
+
 pub struct Node {
     id: NodeId,
     config: Arc<ClusterConfig>,
@@ -316,18 +352,36 @@ impl Node {
         self.check_owner(shard, key)?;
         self.ready(s)?;
         let txn = self.implicit_txn();
+        let _release = Release::new(s, txn);
+        let term = self.lock_term(s)?;
         self.acquire(s, txn, true, Target::key(key, Mode::Shared))
             .await?;
-        let r = async {
-            let v = self.read_key(s, txn, key).await?;
-            // Confirm leadership after the read: a deposed leader cannot
-            // pass this, so it never answers with a stale value.
-            s.replica.read_barrier().await?;
-            Ok(v)
+        let v = self.read_key(s, txn, key).await?;
+        self.confirm(s, term).await?;
+        Ok(v)
+    }
+
+    fn lock_term(&self, s: &Shard) -> Result<u64, Error> {
+        s.shared
+            .mgr
+            .lock()
+            .ok()
+            .and_then(|m| m.term())
+            .ok_or(Error::NotLeader { hint: None })
+    }
+
+    /// Confirm, after a read, that this replica still leads the term the
+    /// read's locks were taken in: a deposed leader cannot pass the quorum
+    /// check, and one re-elected meanwhile may have missed writes of the
+    /// term in between.
+    async fn confirm(&self, s: &Shard, term: u64) -> Result<(), Error> {
+        s.replica.read_barrier().await?;
+        if s.replica.status().term != term {
+            return Err(Error::Unavailable(
+                "leadership changed during the read; retry".into(),
+            ));
         }
-        .await;
-        self.release(s, txn);
-        r
+        Ok(())
     }
 
     /// Linearizable read of the shard's keys in `[start, end)`.
@@ -341,20 +395,20 @@ impl Node {
         let limit = Self::scan_limit(limit)?;
         let s = self.shard(shard)?;
         self.ready(s)?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok((Vec::new(), false));
+        }
         let txn = self.implicit_txn();
+        let _release = Release::new(s, txn);
+        let term = self.lock_term(s)?;
         let range = Range {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
         self.acquire(s, txn, true, Target::Range(range)).await?;
-        let r = async {
-            let out = self.read_range(s, txn, start, end, limit).await?;
-            s.replica.read_barrier().await?;
-            Ok(out)
-        }
-        .await;
-        self.release(s, txn);
-        r
+        let out = self.read_range(s, txn, start, end, limit).await?;
+        self.confirm(s, term).await?;
+        Ok(out)
     }
 
     /// Atomically apply a batch of puts and deletes on one shard.
@@ -363,12 +417,14 @@ impl Node {
         self.validate_writes(shard, &ops)?;
         self.ready(s)?;
         let txn = self.implicit_txn();
-        let r = async {
-            self.lock_writes(s, txn, true, &ops).await?;
-            self.commit_one_phase_inner(s, txn).await
+        let mut release = Release::new(s, txn);
+        self.lock_writes(s, txn, true, &ops).await?;
+        let r = self.commit_one_phase_inner(s, txn).await;
+        if let Err(e) = &r {
+            // The entry may still commit: keep the locks until it applies
+            // or this leader steps down, or a reader could overtake it.
+            release.armed = !undecided(e);
         }
-        .await;
-        self.release(s, txn);
         r
     }
 
@@ -393,8 +449,18 @@ impl Node {
         for (i, (k, v)) in ops.iter().enumerate() {
             self.acquire(s, txn, first && i == 0, Target::key(k, Mode::Exclusive))
                 .await?;
-            if let Ok(mut m) = s.shared.mgr.lock() {
-                m.buffer_write(txn, k.clone(), v.clone());
+            let buffered = s
+                .shared
+                .mgr
+                .lock()
+                .map(|mut m| m.buffer_write(txn, k.clone(), v.clone()))
+                .unwrap_or(false);
+            if !buffered {
+                // It started preparing (or was aborted) meanwhile: this
+                // write would not be part of it, so it must not be acked.
+                return Err(Error::Aborted(
+                    "transaction is no longer open for writes".into(),
+                ));
             }
         }
         Ok(())
@@ -435,6 +501,9 @@ impl Node {
         let limit = Self::scan_limit(limit)?;
         let s = self.shard(shard)?;
         self.ready(s)?;
+        if end.is_some_and(|e| e <= start) {
+            return Ok((Vec::new(), false));
+        }
         let range = Range {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
@@ -461,6 +530,14 @@ impl Node {
         let s = self.shard(shard)?;
         self.ready(s)?;
         let input = match s.shared.mgr.lock() {
+            // A retried prepare (its first reply was lost): answer from the
+            // state the first one left, and never drop its locks.
+            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Prepared) => return Ok(Vote::Yes),
+            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Preparing) => {
+                return Err(Error::Unavailable(
+                    "prepare already in progress; ask again".into(),
+                ))
+            }
             Ok(mut m) => m.begin_prepare(txn, self.now()),
             Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
         };
@@ -474,9 +551,9 @@ impl Node {
         if input.writes.is_empty() {
             // Read-only here: confirm we still lead the term the read locks
             // were taken in, then let go (the reads are already serialized).
+            let _release = Release::new(s, txn);
             let still =
                 s.replica.read_barrier().await.is_ok() && s.replica.status().term == input.term;
-            self.release(s, txn);
             return Ok(if still {
                 Vote::ReadOnly
             } else {
@@ -503,8 +580,11 @@ impl Node {
     pub async fn commit_one_phase(&self, shard: ShardId, txn: TxnId) -> Result<(), Error> {
         let s = self.shard(shard)?;
         self.ready(s)?;
+        let mut release = Release::new(s, txn);
         let r = self.commit_one_phase_inner(s, txn).await.map(|_| ());
-        self.release(s, txn);
+        if let Err(e) = &r {
+            release.armed = !undecided(e);
+        }
         r
     }
 
@@ -582,6 +662,14 @@ impl Node {
 
     /// The first fatal error of any replica, if one stopped.
     pub fn fatal(&self) -> Option<String> {
+        // A panic while holding a transaction manager's lock leaves its
+        // state unknowable: stop rather than serve from it.
+        if let Some(s) = self.shards.values().find(|s| s.shared.mgr.is_poisoned()) {
+            return Some(format!(
+                "shard {}: transaction manager poisoned",
+                s.replica.group()
+            ));
+        }
         self.shards.values().find_map(|s| {
             s.replica
                 .fatal()
@@ -601,7 +689,9 @@ impl Node {
 /// leader) and expires idle transactions.
 /// A prepared transaction silent this long makes the leader ask its
 /// coordinator for the decision (and again after as long, while unknown).
-pub const IN_DOUBT_AFTER_MS: u64 = 3000;
+/// Longer than a coordinator's prepare retries (10 s), so a healthy but
+/// slow two-phase commit is not aborted by the question.
+pub const IN_DOUBT_AFTER_MS: u64 = 12_000;
 
 fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
     let mut leadership = s.replica.leadership();
@@ -712,8 +802,19 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
         }
     }
     let n = prepared.len();
+    let ids: Vec<TxnId> = prepared.iter().map(|(t, _)| *t).collect();
     if let Ok(mut m) = s.shared.mgr.lock() {
         m.leader_ready(term, prepared, clock());
+    }
+    // A decision applied between the scan and `leader_ready` released
+    // nothing (the manager did not know the transaction yet): drop any
+    // transaction whose prepare record is gone by now.
+    for txn in ids {
+        if let Ok(None) = s.replica.get_local(&txn.key(PREPARED_PREFIX)).await {
+            if let Ok(mut m) = s.shared.mgr.lock() {
+                m.finish(txn);
+            }
+        }
     }
     s.shared.released.notify_waiters();
     tracing::info!(

@@ -217,11 +217,14 @@ impl TxnManager {
     }
 
     /// Record a write of a key `txn` holds exclusively.
-    pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if let Some(t) = self.txns.get_mut(&txn) {
-            if t.status == Status::Active {
+    /// Returns false (and records nothing) unless `txn` is still active.
+    pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
+        match self.txns.get_mut(&txn) {
+            Some(t) if t.status == Status::Active => {
                 t.writes.insert(key, value);
+                true
             }
+            _ => false,
         }
     }
 
