@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Start a local Pact cluster on the embedded defaults (3 participant nodes
-# holding 3 shards x 3 replicas on 127.0.0.1:7001-7003, and a coordinator
+# The main job on embedded defaults: start `txn playground` (3 participant
+# nodes holding 3 shards x 3 replicas on 127.0.0.1:7001-7003, a coordinator
 # group of 3 on 7004-7006; data under ${PACT_DATA:-./pact-data}), run
-# transactions with the `txn` CLI, print the Raft status, and stop.
+# transactions with the `txn` CLI, print the Raft status, and stop it.
 # With --keep, leave the cluster running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,29 +12,18 @@ data=${PACT_DATA:-./pact-data}
 
 cargo build --bins --quiet
 bin=target/debug
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
-
 mkdir -p "$data"
-for n in 1 2 3; do
-  "$bin/participant" --node-id "$n" --data-dir "$data/node-$n" 2>>"$data/node-$n.log" &
-  pids+=($!)
-done
-for n in 4 5 6; do
-  "$bin/coordinator" --node-id "$n" --data-dir "$data/node-$n" 2>>"$data/node-$n.log" &
-  pids+=($!)
-done
-echo "participants on 127.0.0.1:7001-7003, coordinators on 7004-7006 (logs in $data/node-*.log)"
-
-# Wait until every shard and the coordinator group have a leader.
-for _ in $(seq 1 150); do
-  if [ "$("$bin/txn" status --json 2>/dev/null | grep -o '"role":"[a-z-]*leader"' | wc -l)" -ge 4 ]; then break; fi
+out="$data/playground.out"
+"$bin/txn" playground --dir "$data" >"$out" 2>&1 &
+pg=$!
+trap 'kill -INT $pg 2>/dev/null || true; wait $pg 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 300); do
+  grep -q '^ready' "$out" && break
+  kill -0 $pg 2>/dev/null || { cat "$out"; exit 1; }
   sleep 0.2
 done
+cat "$out"
+export PACT_CONFIG="$data/cluster.toml"
 
 set -x
 "$bin/txn" put greeting "hello, pact"
@@ -46,7 +35,7 @@ set -x
 "$bin/txn" exec --guard equals:alice=100 put alice 40 put bob 110 else get alice
 "$bin/txn" incr visits
 "$bin/txn" incr visits 10
-"$bin/txn" scan
+printf 'BEGIN\nGET alice\nPUT alice 60\nINCR bob 10\nCOMMIT\nSCAN\n' | "$bin/txn" shell
 "$bin/txn" del greeting
 "$bin/txn" scan --json
 "$bin/txn" status
@@ -54,5 +43,5 @@ set +x
 
 if [ "$keep" = 1 ]; then
   echo "cluster running; Ctrl-C to stop (data stays in $data and is reused on the next start)"
-  wait
+  wait $pg
 fi

@@ -69,6 +69,23 @@ enum Cmd {
     TxnStatus { id: String },
     /// Raft status of every replica of every shard and coordinator group.
     Status,
+    /// Interactive session: BEGIN, GET, PUT, DEL, SCAN, INCR, COMMIT,
+    /// ROLLBACK (autocommit outside BEGIN). Reads a script from a pipe.
+    Shell,
+    /// Start a local cluster (3 participants, 3 shards x 3 replicas, a
+    /// coordinator group of 3) as processes on 127.0.0.1, data under DIR;
+    /// Ctrl-C stops it, running it again restarts on the same data.
+    Playground {
+        /// Folder for config, data and logs.
+        #[arg(long, default_value = "pact-data")]
+        dir: PathBuf,
+        /// Number of shards (first start only).
+        #[arg(long, default_value_t = 3)]
+        shards: u64,
+        /// First port; nodes use 6 consecutive ports (first start only).
+        #[arg(long, default_value_t = 7001)]
+        port: u16,
+    },
 }
 
 fn parse_guard(g: &str) -> Result<Guard, ClientError> {
@@ -150,6 +167,9 @@ fn exit_for(e: &ClientError) -> u8 {
     }
 }
 
+mod playground;
+mod shell;
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -159,6 +179,30 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Cmd::Playground { dir, shards, port } = &args.cmd {
+        let opts = playground::Options {
+            dir: dir.clone(),
+            shards: *shards,
+            port: *port,
+        };
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("txn: cannot start runtime: {e}");
+                return ExitCode::from(6);
+            }
+        };
+        return match rt.block_on(playground::run(opts)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("txn playground: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p),
         None => Ok(ClusterConfig::embedded_default()),
@@ -324,6 +368,14 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
+        Cmd::Shell => {
+            let failed = shell::Shell::new(client.clone()).run().await;
+            Ok(if failed { 1 } else { 0 })
+        }
+        // Handled in main, before any client exists.
+        Cmd::Playground { .. } => Err(ClientError::InvalidInput(
+            "playground takes no cluster".into(),
+        )),
         Cmd::Status => {
             let mut rows = client.status().await;
             for (g, nodes) in client.coordinator_groups() {

@@ -81,9 +81,7 @@ async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(c.router().service())
         .add_service(TxnService::new(c.clone()))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        .serve_with_incoming_shutdown(incoming, shutdown_signal());
     let watchdog = {
         let c = c.clone();
         async move {
@@ -104,6 +102,20 @@ async fn run(
         f = watchdog => {
             tracing::error!(error = %f, "recovery log replica stopped; exiting");
             std::process::exit(70);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -1,0 +1,194 @@
+//! `txn playground`: a whole local cluster in one command.
+//!
+//! Starts 3 participant nodes (holding `--shards` shards of 3 replicas) and
+//! a coordinator group of 3 as real processes on 127.0.0.1, with all data
+//! and logs under one folder. The cluster config is written there on the
+//! first start and reused afterwards, so a restart comes back on the same
+//! data. Ctrl-C (or SIGTERM) stops every process cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pact_client::{Client, ClientOptions};
+use pact_common::ClusterConfig;
+
+pub struct Options {
+    pub dir: PathBuf,
+    pub shards: u64,
+    pub port: u16,
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the txn binary's location")?;
+    let p = exe.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to txn; build it with `cargo build --bins`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+    let path = opts.dir.join("cluster.toml");
+    if path.exists() {
+        let c = ClusterConfig::load(&path)?;
+        return Ok((c, path));
+    }
+    let c = ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?;
+    std::fs::write(&path, c.to_toml_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((c, path))
+}
+
+fn spawn(
+    dir: &Path,
+    config_path: &Path,
+    config: &ClusterConfig,
+) -> anyhow::Result<Vec<(u64, Child)>> {
+    let participant = sibling("participant")?;
+    let coordinator = sibling("coordinator")?;
+    let mut children = Vec::new();
+    for n in &config.nodes {
+        let bin = if config.coordinator_of(n.id).is_some() {
+            &coordinator
+        } else {
+            &participant
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("node-{}.log", n.id)))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(config_path)
+            .arg("--node-id")
+            .arg(n.id.0.to_string())
+            .arg("--data-dir")
+            .arg(dir.join(format!("node-{}", n.id)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        children.push((n.id.0, child));
+    }
+    Ok(children)
+}
+
+async fn wait_ready(config: &ClusterConfig, within: Duration) -> bool {
+    let client = Client::new(config, ClientOptions::default());
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let rows = client.status().await;
+        let shards_led = config
+            .shards
+            .iter()
+            .filter(|s| {
+                rows.iter()
+                    .any(|(id, _, r)| *id == s.id && r.as_ref().is_ok_and(|r| r.role == "leader"))
+            })
+            .count();
+        let mut coord_led = 0;
+        for (_, nodes) in client.coordinator_groups() {
+            for n in nodes {
+                if client
+                    .coordinator_status(n)
+                    .await
+                    .is_ok_and(|s| s.role == "leader")
+                {
+                    coord_led += 1;
+                    break;
+                }
+            }
+        }
+        if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+fn stop(children: &mut [(u64, Child)]) {
+    for (_, c) in children.iter() {
+        // SAFETY: kill(2) on processes we spawned and have not reaped.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (_, c) in children.iter_mut() {
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let (config, config_path) = load_or_create(&opts)?;
+    let mut children = spawn(&opts.dir, &config_path, &config)?;
+    println!("Pact playground in {}", opts.dir.display());
+    for n in &config.nodes {
+        let role = match config.coordinator_of(n.id) {
+            Some(g) => format!("coordinator (group {})", g.group),
+            None => format!(
+                "participant (shards {:?})",
+                config
+                    .shards_of_node(n.id)
+                    .iter()
+                    .map(|s| s.0)
+                    .collect::<Vec<_>>()
+            ),
+        };
+        println!("  node {}  {}  {}", n.id, n.addr, role);
+    }
+    println!(
+        "config: {}   (use: export PACT_CONFIG={})",
+        config_path.display(),
+        config_path.display()
+    );
+    if wait_ready(&config, Duration::from_secs(60)).await {
+        println!(
+            "ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster."
+        );
+    } else {
+        eprintln!(
+            "warning: not every group has a leader yet; see {}/node-*.log",
+            opts.dir.display()
+        );
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {
+                for (id, c) in children.iter_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        eprintln!("warning: node {id} exited ({st}); see {}/node-{id}.log", opts.dir.display());
+                    }
+                }
+                children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
+            }
+        }
+    }
+    println!("stopping...");
+    stop(&mut children);
+    println!(
+        "stopped; data kept in {} (run the same command to restart on it)",
+        opts.dir.display()
+    );
+    Ok(())
+}
