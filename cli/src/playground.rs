@@ -46,6 +46,19 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     Ok((c, path))
 }
 
+/// Metrics of the i-th node: on the ports just after the nodes' block.
+pub fn metrics_addr(config: &ClusterConfig, i: usize) -> Option<String> {
+    let first = config
+        .nodes
+        .first()?
+        .addr
+        .rsplit_once(':')?
+        .1
+        .parse::<u16>()
+        .ok()?;
+    Some(format!("127.0.0.1:{}", first.checked_add(10 + i as u16)?))
+}
+
 fn spawn(
     dir: &Path,
     config_path: &Path,
@@ -54,7 +67,7 @@ fn spawn(
     let participant = sibling("participant")?;
     let coordinator = sibling("coordinator")?;
     let mut children = Vec::new();
-    for n in &config.nodes {
+    for (i, n) in config.nodes.iter().enumerate() {
         let bin = if config.coordinator_of(n.id).is_some() {
             &coordinator
         } else {
@@ -71,6 +84,11 @@ fn spawn(
             .arg(n.id.0.to_string())
             .arg("--data-dir")
             .arg(dir.join(format!("node-{}", n.id)))
+            .args(
+                metrics_addr(config, i)
+                    .map(|a| vec!["--metrics-listen".to_string(), a])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -139,7 +157,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (config, config_path) = load_or_create(&opts)?;
     let mut children = spawn(&opts.dir, &config_path, &config)?;
     println!("Pact playground in {}", opts.dir.display());
-    for n in &config.nodes {
+    for (i, n) in config.nodes.iter().enumerate() {
         let role = match config.coordinator_of(n.id) {
             Some(g) => format!("coordinator (group {})", g.group),
             None => format!(
@@ -151,7 +169,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
             ),
         };
-        println!("  node {}  {}  {}", n.id, n.addr, role);
+        let metrics = metrics_addr(&config, i)
+            .map(|a| format!("  metrics http://{a}/metrics"))
+            .unwrap_or_default();
+        println!("  node {}  {}  {}{}", n.id, n.addr, role, metrics);
     }
     println!(
         "config: {}   (use: export PACT_CONFIG={})",

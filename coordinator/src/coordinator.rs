@@ -53,6 +53,7 @@ pub struct Coordinator {
     inputs: mpsc::UnboundedSender<Input>,
     /// The term in which this replica leads and has finished recovery.
     ready: Mutex<Option<u64>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn pb_txn(t: TxnId) -> pb::TxnId {
@@ -107,6 +108,8 @@ impl Coordinator {
             sessions: Mutex::new(HashMap::new()),
             inputs: tx,
             ready: Mutex::new(None),
+            metrics: crate::metrics::Metrics::new()
+                .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
         tokio::spawn(owner(c.clone(), rx));
         let mut leadership = c.replica.leadership();
@@ -619,6 +622,7 @@ fn run(
     };
     match action {
         Action::Reply { txn, outcome } => {
+            c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.send(outcome);
             }
@@ -626,6 +630,7 @@ fn run(
         Action::CommitOnePhase { txn, shard } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
@@ -659,12 +664,14 @@ fn run(
                         let _ = c2.replica.propose(cmd.encode()).await;
                     });
                 }
+                c.metrics.phase("one_phase", started);
                 feed(Event::OnePhaseDone { txn, outcome });
             });
         }
         Action::Prepare { txn, shard } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
@@ -688,12 +695,14 @@ fn run(
                     },
                     Err(e) => Vote::No(format!("prepare at shard {shard} failed: {e}")),
                 };
+                c.metrics.phase("prepare", started);
                 feed(Event::Voted { txn, shard, vote });
             });
         }
         Action::Log { txn, shards } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let cmd = LogCommand::Decide {
                     txn,
                     commit: true,
@@ -715,13 +724,16 @@ fn run(
                     }
                     Err(e) => LogResult::Failed(e.to_string()),
                 };
+                c.metrics.phase("log", started);
                 feed(Event::Logged { txn, result });
             });
         }
         Action::Decide { txn, shard, commit } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let ev = decide_event(&c, txn, shard, commit).await;
+                c.metrics.phase("decide", started);
                 feed(ev);
             });
         }

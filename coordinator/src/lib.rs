@@ -28,6 +28,7 @@ pub mod coordinator;
 mod error;
 pub mod log;
 pub mod machine;
+pub mod metrics;
 pub mod service;
 
 pub use coordinator::Coordinator;

@@ -28,6 +28,9 @@ struct Args {
     /// Address to listen on; defaults to the node's address in the config.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics over HTTP on this address (off if unset).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(config, id, args.data_dir, listen))
+    rt.block_on(run(config, id, args.data_dir, listen, args.metrics_listen))
 }
 
 async fn run(
@@ -71,11 +74,21 @@ async fn run(
     id: NodeId,
     data_dir: PathBuf,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let c = Coordinator::start(config, id, &data_dir).await?;
+    if let Some(addr) = metrics_listen {
+        let gauges = pact_raft::metrics::RaftGauges::new(&c.metrics.registry)?;
+        let replicas = vec![c.replica().clone()];
+        let refresh = std::sync::Arc::new(move || gauges.refresh(&replicas));
+        pact_raft::metrics::serve(addr, c.metrics.registry.clone(), refresh)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), "coordinator started");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()

@@ -25,6 +25,7 @@ mod convert;
 mod error;
 pub mod kv;
 pub mod locks;
+pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod txn;

@@ -30,6 +30,9 @@ struct Args {
     /// Address to listen on; defaults to the node's address in the config.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics over HTTP on this address (off if unset).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(config, id, args.data_dir, listen))
+    rt.block_on(run(config, id, args.data_dir, listen, args.metrics_listen))
 }
 
 async fn run(
@@ -78,12 +81,22 @@ async fn run(
     id: NodeId,
     data_dir: PathBuf,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     // Bind first, so a port clash is reported before any state is touched.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let node = Arc::new(Node::start(config, id, &data_dir).await?);
+    if let Some(addr) = metrics_listen {
+        let gauges = pact_raft::metrics::RaftGauges::new(&node.metrics.registry)?;
+        let replicas: Vec<_> = node.replicas().cloned().collect();
+        let refresh = Arc::new(move || gauges.refresh(&replicas));
+        pact_raft::metrics::serve(addr, node.metrics.registry.clone(), refresh)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()

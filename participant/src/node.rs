@@ -93,6 +93,7 @@ pub struct Node {
     router: Router,
     hlc: Hlc,
     clock: Clock,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Node {
@@ -133,6 +134,9 @@ impl Node {
         let tuning = tuning(&config);
         let clock = system_clock();
         let coordinators = pact_client::Client::new(&config, pact_client::ClientOptions::default());
+        let metrics = Arc::new(
+            crate::metrics::Metrics::new().map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
+        );
         let mut shards = BTreeMap::new();
         for shard in config.shards_of_node(id) {
             let Some(sc) = config.shard(shard) else {
@@ -163,6 +167,7 @@ impl Node {
             router: host.router,
             hlc: Hlc::new(clock.clone()),
             clock,
+            metrics,
         })
     }
 
@@ -243,8 +248,10 @@ impl Node {
         first: bool,
         target: Target,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + LOCK_WAIT;
-        loop {
+        let started = Instant::now();
+        let deadline = started + LOCK_WAIT;
+        let mut waited = false;
+        let r = loop {
             let notified = s.shared.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -256,23 +263,34 @@ impl Node {
                 Step::Granted => {
                     // Granting may have wounded holders and freed their locks.
                     s.shared.released.notify_waiters();
-                    return Ok(());
+                    break Ok(());
                 }
-                Step::Abort(r) if r == "not leader" => {
-                    return Err(Error::NotLeader { hint: None });
-                }
-                Step::Abort(r) => return Err(Error::Aborted(r)),
+                Step::Abort(r) if r == "not leader" => break Err(Error::NotLeader { hint: None }),
+                Step::Abort(r) => break Err(Error::Aborted(r)),
                 Step::Wait => {
+                    if !waited {
+                        waited = true;
+                        self.metrics.lock_waits.inc();
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                         self.release(s, txn);
-                        return Err(Error::Aborted(format!(
+                        break Err(Error::Aborted(format!(
                             "timeout: waited {LOCK_WAIT:?} for a lock held by another transaction"
                         )));
                     }
                 }
             }
+        };
+        if waited {
+            self.metrics
+                .lock_wait_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
+        if let Err(Error::Aborted(m)) = &r {
+            self.metrics.abort(m);
+        }
+        r
     }
 
     fn release(&self, s: &Shard, txn: TxnId) {
@@ -611,8 +629,14 @@ impl Node {
         .encode();
         let (index, reply) = s.replica.propose(cmd).await?;
         match ShardReply::decode(&reply).map_err(Error::Fatal)? {
-            ShardReply::Done => Ok(index),
-            ShardReply::Rejected(r) => Err(Error::Aborted(r)),
+            ShardReply::Done => {
+                self.metrics.commits.with_label_values(&["one_phase"]).inc();
+                Ok(index)
+            }
+            ShardReply::Rejected(r) => {
+                self.metrics.abort(&r);
+                Err(Error::Aborted(r))
+            }
             ShardReply::Prepared => {
                 Err(Error::Fatal("unexpected reply to one-phase commit".into()))
             }
@@ -645,7 +669,12 @@ impl Node {
             ShardCommand::Abort { txn }
         };
         match self.propose(s, cmd).await? {
-            ShardReply::Done => Ok(()),
+            ShardReply::Done => {
+                if commit {
+                    self.metrics.commits.with_label_values(&["two_phase"]).inc();
+                }
+                Ok(())
+            }
             ShardReply::Rejected(r) => Err(Error::Conflict(format!("decision refused: {r}"))),
             ShardReply::Prepared => Err(Error::Fatal("unexpected reply to decision".into())),
         }

@@ -32,6 +32,7 @@
 
 mod error;
 mod log_store;
+pub mod metrics;
 mod network;
 mod replica;
 mod state_machine;

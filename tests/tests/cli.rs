@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use pact_tests::binary;
 
-/// A base port with 6 free consecutive ports after it.
+/// A base port with 16 free consecutive ports after it (6 nodes, and their
+/// metrics 10 ports up).
 fn free_block() -> u16 {
     for _ in 0..200 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -20,7 +21,7 @@ fn free_block() -> u16 {
         if base > 65000 {
             continue;
         }
-        if (0..6).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        if (0..16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
@@ -85,6 +86,24 @@ fn txn(config: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run txn")
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one sample line, 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn stdout(o: &Output) -> String {
@@ -169,6 +188,31 @@ fn txn_cli_against_the_playground() {
     assert_eq!(o.status.code(), Some(1));
     let o = txn(&cfg, &["txn-status", "not-an-id"]);
     assert_eq!(o.status.code(), Some(5));
+
+    // Metrics: the coordinator counted the commits and timed the phases; a
+    // participant counted commits and exposes Raft apply lag.
+    // Sum over the coordinator replicas: whichever led counted.
+    let coords: Vec<String> = (3..6).map(|i| scrape(port + 10 + i)).collect();
+    let sum = |name: &str| coords.iter().map(|c| metric(c, name)).sum::<f64>();
+    let committed = sum("pact_txn_outcomes_total{outcome=\"committed\"}");
+    assert!(
+        committed >= 3.0,
+        "committed outcomes: {committed}\n{}",
+        coords[0]
+    );
+    assert!(sum("pact_2pc_phase_seconds_count{phase=\"prepare\"}") >= 1.0);
+    assert!(sum("pact_2pc_phase_seconds_count{phase=\"log\"}") >= 1.0);
+    let parts: Vec<String> = (0..3).map(|i| scrape(port + 10 + i)).collect();
+    let two_phase: f64 = parts
+        .iter()
+        .map(|p| metric(p, "pact_participant_commits_total{path=\"two_phase\"}"))
+        .sum();
+    assert!(two_phase >= 1.0, "{}", parts[0]);
+    assert!(
+        parts[0].contains("pact_raft_apply_lag{group=\"1\"}"),
+        "{}",
+        parts[0]
+    );
 
     // Ctrl-C stops the playground cleanly; restarting keeps the data.
     let st = pg.stop();

@@ -1,0 +1,70 @@
+//! The coordinator's counters and histograms (Prometheus).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::machine::Outcome;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Commit outcomes told to clients, by outcome and path.
+    pub outcomes: IntCounterVec,
+    /// Aborts by reason.
+    pub aborts: IntCounterVec,
+    /// Duration of each 2PC phase: `one_phase`, `prepare`, `log`, `decide`.
+    pub phase_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "pact_txn_outcomes_total",
+                "Commit outcomes reported to clients",
+            ),
+            &["outcome"],
+        )?;
+        let aborts = IntCounterVec::new(
+            Opts::new(
+                "pact_txn_aborts_total",
+                "Transactions aborted at commit, by reason",
+            ),
+            &["reason"],
+        )?;
+        let phase_seconds = HistogramVec::new(
+            HistogramOpts::new("pact_2pc_phase_seconds", "Duration of 2PC phases").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["phase"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
+        registry.register(Box::new(aborts.clone()))?;
+        registry.register(Box::new(phase_seconds.clone()))?;
+        Ok(Metrics {
+            registry,
+            outcomes,
+            aborts,
+            phase_seconds,
+        })
+    }
+
+    pub fn outcome(&self, o: &Outcome) {
+        let label = match o {
+            Outcome::Committed => "committed",
+            Outcome::Aborted(r) => {
+                self.aborts
+                    .with_label_values(&[pact_raft::metrics::abort_reason(r)])
+                    .inc();
+                "aborted"
+            }
+            Outcome::Unknown(_) => "unknown",
+        };
+        self.outcomes.with_label_values(&[label]).inc();
+    }
+
+    pub fn phase(&self, phase: &str, started: std::time::Instant) {
+        self.phase_seconds
+            .with_label_values(&[phase])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,58 @@
+//! The participant's counters and histograms (Prometheus).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Commits applied here, by path (`one_phase`, `two_phase`).
+    pub commits: IntCounterVec,
+    /// Transactions aborted here, by reason.
+    pub aborts: IntCounterVec,
+    /// Lock requests that had to wait.
+    pub lock_waits: IntCounter,
+    /// How long waiting lock requests waited.
+    pub lock_wait_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let commits = IntCounterVec::new(
+            Opts::new(
+                "pact_participant_commits_total",
+                "Transactions committed on this node's shards",
+            ),
+            &["path"],
+        )?;
+        let aborts = IntCounterVec::new(
+            Opts::new(
+                "pact_participant_aborts_total",
+                "Transactions aborted on this node's shards",
+            ),
+            &["reason"],
+        )?;
+        let lock_waits =
+            IntCounter::new("pact_lock_waits_total", "Lock requests that had to wait")?;
+        let lock_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new("pact_lock_wait_seconds", "Time lock requests spent waiting")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0]),
+        )?;
+        registry.register(Box::new(commits.clone()))?;
+        registry.register(Box::new(aborts.clone()))?;
+        registry.register(Box::new(lock_waits.clone()))?;
+        registry.register(Box::new(lock_wait_seconds.clone()))?;
+        Ok(Metrics {
+            registry,
+            commits,
+            aborts,
+            lock_waits,
+            lock_wait_seconds,
+        })
+    }
+
+    pub fn abort(&self, reason: &str) {
+        self.aborts
+            .with_label_values(&[pact_raft::metrics::abort_reason(reason)])
+            .inc();
+    }
+}

@@ -1,0 +1,151 @@
+//! Prometheus-style metrics shared by every server: an HTTP endpoint that
+//! serves a registry in the text exposition format, and per-group Raft
+//! gauges (role, term, applied index, apply lag) refreshed at each scrape.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Replica;
+
+/// Raft gauges for the groups of one process.
+#[derive(Clone)]
+pub struct RaftGauges {
+    term: IntGaugeVec,
+    leader: IntGaugeVec,
+    applied: IntGaugeVec,
+    apply_lag: IntGaugeVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), &["group"])?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl RaftGauges {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(RaftGauges {
+            term: gauge(
+                registry,
+                "pact_raft_term",
+                "Current Raft term of this replica",
+            )?,
+            leader: gauge(
+                registry,
+                "pact_raft_is_leader",
+                "1 if this replica leads its group",
+            )?,
+            applied: gauge(
+                registry,
+                "pact_raft_applied_index",
+                "Last log index applied to the state machine",
+            )?,
+            apply_lag: gauge(
+                registry,
+                "pact_raft_apply_lag",
+                "Log entries appended here but not yet applied (last log index - applied index)",
+            )?,
+        })
+    }
+
+    pub fn refresh(&self, replicas: &[Replica]) {
+        for r in replicas {
+            let s = r.status();
+            let g = s.group.to_string();
+            self.term.with_label_values(&[&g]).set(s.term as i64);
+            self.leader
+                .with_label_values(&[&g])
+                .set(i64::from(s.role == "leader"));
+            self.applied
+                .with_label_values(&[&g])
+                .set(s.applied_index as i64);
+            self.apply_lag
+                .with_label_values(&[&g])
+                .set(s.last_log_index.saturating_sub(s.applied_index) as i64);
+        }
+    }
+}
+
+/// A short, bounded label for why a transaction aborted.
+pub fn abort_reason(msg: &str) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("wounded") {
+        "wounded"
+    } else if m.contains("timeout") || m.contains("timed out") {
+        "timeout"
+    } else if m.contains("expired") || m.contains("unknown transaction") {
+        "expired"
+    } else if m.contains("leader") {
+        "leadership"
+    } else if m.contains("unavailable") {
+        "unavailable"
+    } else {
+        "conflict"
+    }
+}
+
+/// Serve `registry` at `http://addr/metrics` (any path answers) until the
+/// process ends. `refresh` runs before each scrape.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let registry = registry.clone();
+            let refresh = refresh.clone();
+            tokio::spawn(async move {
+                // Read the request head (bounded); its content does not matter.
+                let mut buf = [0u8; 2048];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
+                        .await;
+                refresh();
+                let mut body = Vec::new();
+                let enc = TextEncoder::new();
+                let _ = enc.encode(&registry.gather(), &mut body);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    enc.format_type(),
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abort_reasons_are_few_and_stable() {
+        assert_eq!(
+            abort_reason("aborted: wounded by older transaction 1-2-3"),
+            "wounded"
+        );
+        assert_eq!(abort_reason("timeout: waited 5s for a lock"), "timeout");
+        assert_eq!(
+            abort_reason("unknown transaction here (expired, ...)"),
+            "expired"
+        );
+        assert_eq!(
+            abort_reason("leadership changed during the transaction"),
+            "leadership"
+        );
+        assert_eq!(abort_reason("participant unavailable: ..."), "unavailable");
+        assert_eq!(abort_reason("already aborted"), "conflict");
+    }
+}
