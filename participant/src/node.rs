@@ -472,13 +472,22 @@ impl Node {
                 .mgr
                 .lock()
                 .map(|mut m| m.buffer_write(txn, k.clone(), v.clone()))
-                .unwrap_or(false);
-            if !buffered {
+                .unwrap_or(crate::txn::Buffered::NotOpen);
+            match buffered {
+                crate::txn::Buffered::Ok => {}
                 // It started preparing (or was aborted) meanwhile: this
                 // write would not be part of it, so it must not be acked.
-                return Err(Error::Aborted(
-                    "transaction is no longer open for writes".into(),
-                ));
+                crate::txn::Buffered::NotOpen => {
+                    return Err(Error::Aborted(
+                        "transaction is no longer open for writes".into(),
+                    ))
+                }
+                crate::txn::Buffered::TooLarge(n) => {
+                    return Err(Error::InvalidInput(format!(
+                    "transaction over the size limit: {n} bytes of writes on one shard (max {})",
+                    crate::txn::MAX_TXN_BYTES
+                )))
+                }
             }
         }
         Ok(())

@@ -54,9 +54,27 @@ struct Txn {
     ts: Timestamp,
     status: Status,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes of keys and values in `writes`.
+    bytes: usize,
     /// The term its locks were taken in.
     term: u64,
     last_active_ms: u64,
+}
+
+/// Most bytes of keys and values one transaction may write on one shard.
+pub const MAX_TXN_BYTES: usize = 8 << 20;
+
+fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
+    k.len() + v.as_ref().map_or(0, Vec::len)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Buffered {
+    Ok,
+    /// Not active any more (preparing, aborted, unknown).
+    NotOpen,
+    /// Would exceed [`MAX_TXN_BYTES`]; carries the size it would reach.
+    TooLarge(usize),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +146,7 @@ impl TxnManager {
                 Txn {
                     ts: txn.ts,
                     status: Status::Prepared,
+                    bytes: writes.iter().map(|(k, v)| entry_bytes(k, v)).sum(),
                     writes: writes.into_iter().collect(),
                     term,
                     last_active_ms: now_ms,
@@ -164,6 +183,7 @@ impl TxnManager {
             ts: txn.ts,
             status: Status::Active,
             writes: BTreeMap::new(),
+            bytes: 0,
             term,
             last_active_ms: now_ms,
         });
@@ -216,15 +236,27 @@ impl TxnManager {
         }
     }
 
-    /// Record a write of a key `txn` holds exclusively.
-    /// Returns false (and records nothing) unless `txn` is still active.
-    pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
+    /// Record a write of a key `txn` holds exclusively. Records nothing if
+    /// `txn` is no longer active, or if the write would take its writes on
+    /// this shard over [`MAX_TXN_BYTES`] (the prepare record must stay a
+    /// reasonable Raft entry).
+    pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) -> Buffered {
         match self.txns.get_mut(&txn) {
             Some(t) if t.status == Status::Active => {
+                let old = t
+                    .writes
+                    .get(&key)
+                    .map(|v| entry_bytes(&key, v))
+                    .unwrap_or(0);
+                let bytes = t.bytes - old + entry_bytes(&key, &value);
+                if bytes > MAX_TXN_BYTES {
+                    return Buffered::TooLarge(bytes);
+                }
+                t.bytes = bytes;
                 t.writes.insert(key, value);
-                true
+                Buffered::Ok
             }
-            _ => false,
+            _ => Buffered::NotOpen,
         }
     }
 
@@ -552,6 +584,30 @@ mod tests {
             m.lock(t(1), false, &Target::key(b"b", Mode::Shared), 0),
             Step::Granted
         );
+    }
+
+    #[test]
+    fn a_transaction_cannot_grow_past_the_size_limit() {
+        let mut m = mgr();
+        assert_eq!(
+            m.lock(t(1), true, &Target::key(b"a", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        let big = vec![0u8; 3 << 20];
+        for k in [b"a", b"b"] {
+            assert_eq!(
+                m.buffer_write(t(1), k.to_vec(), Some(big.clone())),
+                Buffered::Ok
+            );
+        }
+        assert!(matches!(
+            m.buffer_write(t(1), b"c".to_vec(), Some(big.clone())),
+            Buffered::TooLarge(_)
+        ));
+        // Overwriting a key replaces its bytes instead of adding them.
+        assert_eq!(m.buffer_write(t(1), b"a".to_vec(), Some(big)), Buffered::Ok);
+        assert_eq!(m.own_write(t(1), b"c"), None);
+        assert_eq!(m.buffer_write(t(9), b"x".to_vec(), None), Buffered::NotOpen);
     }
 
     #[test]

@@ -346,6 +346,28 @@ async fn one_shot_execute_and_bad_transaction_input() {
         Err(ClientError::InvalidInput(_))
     ));
     t.put(b"small", b"ok").await.expect("put after refused put");
+    // A transaction growing past the per-shard limit (8 MiB) is refused.
+    let mut big_txn = client.begin().await.expect("begin");
+    let shard = client.shard_for_key(b"small");
+    let value = vec![b'x'; pact_common::MAX_VALUE_BYTES];
+    let mut refused = false;
+    for i in 0..200 {
+        let k = format!("big-{i}").into_bytes();
+        if client.shard_for_key(&k) != shard {
+            continue;
+        }
+        match big_txn.put(&k, &value).await {
+            Ok(()) => {}
+            Err(ClientError::InvalidInput(m)) => {
+                assert!(m.contains("size limit"), "{m}");
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("unexpected error growing a transaction: {e}"),
+        }
+    }
+    assert!(refused, "a transaction grew past the size limit");
+    big_txn.rollback().await;
     let id = t.id();
     t.commit().await.expect("commit");
 
