@@ -34,13 +34,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pact_raft::server::init_tracing();
     let args = Args::parse();
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
@@ -81,10 +75,8 @@ async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let c = Coordinator::start(config, id, &data_dir).await?;
     if let Some(addr) = metrics_listen {
-        let gauges = pact_raft::metrics::RaftGauges::new(&c.metrics.registry)?;
         let replicas = vec![c.replica().clone()];
-        let refresh = std::sync::Arc::new(move || gauges.refresh(&replicas));
-        pact_raft::metrics::serve(addr, c.metrics.registry.clone(), refresh)
+        pact_raft::metrics::serve_with_raft_gauges(addr, c.metrics.registry.clone(), replicas)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -94,7 +86,7 @@ async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(c.router().service())
         .add_service(TxnService::new(c.clone()))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal());
+        .serve_with_incoming_shutdown(incoming, pact_raft::server::shutdown_signal());
     let watchdog = {
         let c = c.clone();
         async move {
@@ -115,20 +107,6 @@ async fn run(
         f = watchdog => {
             tracing::error!(error = %f, "recovery log replica stopped; exiting");
             std::process::exit(70);
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

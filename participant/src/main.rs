@@ -36,13 +36,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pact_raft::server::init_tracing();
     let args = Args::parse();
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
@@ -89,10 +83,8 @@ async fn run(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let node = Arc::new(Node::start(config, id, &data_dir).await?);
     if let Some(addr) = metrics_listen {
-        let gauges = pact_raft::metrics::RaftGauges::new(&node.metrics.registry)?;
-        let replicas: Vec<_> = node.replicas().cloned().collect();
-        let refresh = Arc::new(move || gauges.refresh(&replicas));
-        pact_raft::metrics::serve(addr, node.metrics.registry.clone(), refresh)
+        let replicas = node.replicas().cloned().collect();
+        pact_raft::metrics::serve_with_raft_gauges(addr, node.metrics.registry.clone(), replicas)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -103,7 +95,7 @@ async fn run(
         .add_service(node.router().service())
         .add_service(KvService::new(node.clone()))
         .add_service(ParticipantService::new(node.clone()))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal());
+        .serve_with_incoming_shutdown(incoming, pact_raft::server::shutdown_signal());
     let watchdog = {
         let node = node.clone();
         async move {
@@ -128,19 +120,5 @@ async fn run(
             tracing::error!(error = %f, "replica stopped; exiting");
             std::process::exit(70);
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -35,6 +35,7 @@ mod log_store;
 pub mod metrics;
 mod network;
 mod replica;
+pub mod server;
 mod state_machine;
 mod store;
 mod types;

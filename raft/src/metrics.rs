@@ -69,6 +69,16 @@ impl RaftGauges {
     }
 }
 
+/// Serve `registry` plus Raft gauges of `replicas` at `addr`.
+pub async fn serve_with_raft_gauges(
+    addr: SocketAddr,
+    registry: Registry,
+    replicas: Vec<Replica>,
+) -> std::io::Result<()> {
+    let gauges = RaftGauges::new(&registry).map_err(std::io::Error::other)?;
+    serve(addr, registry, Arc::new(move || gauges.refresh(&replicas))).await
+}
+
 /// A short, bounded label for why a transaction aborted.
 pub fn abort_reason(msg: &str) -> &'static str {
     let m = msg.to_ascii_lowercase();
