@@ -1,0 +1,58 @@
+//! # pact-bench: a YCSB-like load generator
+//!
+//! **What it measures.** The latency and throughput that a client sees for
+//! each kind of operation (READ, UPDATE, INSERT, SCAN, READ-MODIFY-WRITE,
+//! and TXN, a multi-account transfer), end to end through the real client
+//! library: routing to the shard leader, leader discovery, the client's own
+//! retries, gRPC, the Raft round and the fsync behind every write. A
+//! latency is the wall time of one call to the [`backend::Backend`] as
+//! awaited by the task that issued it, recorded in microseconds into an
+//! HdrHistogram (3 significant digits); a failed call is counted, and its
+//! time is kept out of the latency figures.
+//!
+//! **How.** `bench load` writes `recordcount` records `user<N>` (one value
+//! per record: `fieldcount` random printable fields of `fieldlength` bytes
+//! each, joined), or `account<N>` balances for the `txn` workload. `bench
+//! run` then starts `--threads` tokio tasks, each a closed loop issuing the
+//! next operation as soon as the previous one returns (no think time, no
+//! target rate), each with its own seeded `StdRng`, until `operationcount`
+//! operations or `--duration` seconds are used up. Operation mix and key
+//! choice follow YCSB's CoreWorkload: the built-in workloads A-F, or a YCSB
+//! property file; keys are drawn uniformly, by YCSB's scrambled zipfian
+//! (theta 0.99, FNV-hashed so hot keys are spread over the shards) or by
+//! "latest" (zipfian over recency of inserts). The `txn` workload moves an
+//! amount from one of `--txn-keys` accounts to the others inside
+//! `Client::transaction`, reading each with `get_for_update`; when keys
+//! land on several shards this is a two-phase commit through the
+//! coordinator group. A transfer the client retried after an abort counts
+//! once, with the retries inside its latency.
+//!
+//! **What is not measured.** Server-side time split (use the servers'
+//! Prometheus metrics), coordinated omission (a closed loop waits for slow
+//! responses instead of sending on schedule, so tail latencies under a
+//! target rate would be worse than reported here), time spent in the
+//! bench itself before and after each call (value generation is outside
+//! the timer), per-field reads or writes (a record is one value, so an
+//! UPDATE rewrites the whole record, like YCSB's `writeallfields=true`),
+//! warm-up exclusion, and correctness: no values are checked except that
+//! a read found its record. Numbers from a debug build or from a cluster
+//! sharing the machine with the bench say little about production.
+
+pub mod backend;
+pub mod generator;
+pub mod props;
+pub mod runner;
+pub mod stats;
+pub mod workload;
+
+/// A problem with the command line or a workload file: exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}

@@ -1,0 +1,255 @@
+//! `bench`: the command-line front of pact-bench (see the library docs).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pact_bench::backend::{BackendKind, PactBackend};
+use pact_bench::generator::Distribution;
+use pact_bench::runner::{execute, Phase, Spec};
+use pact_bench::workload::Workload;
+use pact_bench::{props, UsageError};
+use pact_client::ClientOptions;
+use pact_common::ClusterConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    version,
+    about = "YCSB-like load generator for Pact",
+    after_help = "Examples:\n  bench load --workload a --recordcount 10000\n  \
+                  bench run --workload a --threads 8 --duration 30\n  \
+                  bench run --workload-file workloads/workloada -p readproportion=0.9 --json\n  \
+                  bench load --workload txn && bench run --workload txn --txn-keys 3"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Insert the records (or accounts) the workload reads.
+    Load(Opts),
+    /// Run the workload's operation mix and report latencies.
+    Run(Opts),
+}
+
+#[derive(Args, Debug)]
+struct Opts {
+    /// Built-in workload: a, b, c, d, e, f (YCSB core) or txn (transfers).
+    #[arg(long, short = 'w')]
+    workload: Option<String>,
+    /// YCSB workload property file (applied over --workload if both given).
+    #[arg(long, short = 'P', value_name = "FILE")]
+    workload_file: Option<PathBuf>,
+    /// Set a YCSB property, overriding the file (repeatable).
+    #[arg(long = "property", short = 'p', value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// Records to load / key space to run over.
+    #[arg(long)]
+    recordcount: Option<u64>,
+    /// Operations to run (unlimited with --duration unless set).
+    #[arg(long)]
+    operationcount: Option<u64>,
+    /// uniform, zipfian or latest.
+    #[arg(long)]
+    requestdistribution: Option<Distribution>,
+    #[arg(long)]
+    fieldcount: Option<u64>,
+    #[arg(long)]
+    fieldlength: Option<u64>,
+    #[arg(long)]
+    maxscanlength: Option<u64>,
+    /// Accounts per transfer in the txn workload.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=64))]
+    txn_keys: Option<u64>,
+    /// Stop after this many seconds (or at operationcount, if set).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    duration: Option<u64>,
+    /// Concurrent client tasks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: u64,
+    /// RNG seed (default: from the clock; printed in the report).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write each operation type's histogram to FILE (HdrHistogram
+    /// interval log, one interval per type, tagged with its name).
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+    /// Print a progress line every second to stderr even if it is not a
+    /// terminal.
+    #[arg(long)]
+    progress: bool,
+    #[arg(long, value_enum, default_value_t = BackendKind::Pact)]
+    backend: BackendKind,
+    /// Cluster config (default: the embedded default cluster).
+    #[arg(long, env = "PACT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Seconds the client keeps retrying one operation before it fails.
+    #[arg(long, value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    retry_for: u64,
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Preset, then file, then `-p`, then flags.
+fn resolve_workload(o: &Opts) -> anyhow::Result<Workload> {
+    let mut w = match &o.workload {
+        Some(name) => Workload::preset(name)?,
+        None if o.workload_file.is_some() => Workload::default(),
+        None => {
+            return Err(usage(
+                "give --workload a|b|c|d|e|f|txn or --workload-file FILE",
+            ))
+        }
+    };
+    let mut opcount_set = false;
+    let warn = |ignored: Vec<String>, origin: &str| {
+        for k in ignored {
+            eprintln!("bench: {origin}: ignoring unknown property {k:?}");
+        }
+    };
+    if let Some(path) = &o.workload_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read workload file {}: {e}", path.display())))?;
+        let origin = path.display().to_string();
+        let props = props::parse(&text).map_err(|e| usage(format!("{origin}: {e}")))?;
+        opcount_set |= props.contains_key("operationcount");
+        warn(w.apply(&props, &origin)?, &origin);
+        if o.workload.is_none() {
+            w.name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| origin.clone());
+        }
+    }
+    let mut cli_props = BTreeMap::new();
+    for p in &o.properties {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| usage(format!("-p {p:?}: expected KEY=VALUE")))?;
+        cli_props.insert(k.trim().to_string(), v.to_string());
+    }
+    opcount_set |= cli_props.contains_key("operationcount");
+    warn(w.apply(&cli_props, "-p")?, "-p");
+    if let Some(v) = o.recordcount {
+        w.recordcount = v;
+    }
+    if let Some(v) = o.operationcount {
+        w.operationcount = Some(v);
+        opcount_set = true;
+    }
+    if let Some(v) = o.requestdistribution {
+        w.requestdistribution = v;
+    }
+    if let Some(v) = o.fieldcount {
+        w.fieldcount = v;
+    }
+    if let Some(v) = o.fieldlength {
+        w.fieldlength = v;
+    }
+    if let Some(v) = o.maxscanlength {
+        w.maxscanlength = v;
+    }
+    if let Some(v) = o.txn_keys {
+        w.txn_keys = v;
+    }
+    if o.duration.is_some() && !opcount_set {
+        w.operationcount = None;
+    }
+    w.validate()?;
+    Ok(w)
+}
+
+async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
+    let workload = resolve_workload(&o)?;
+    let config = match &o.config {
+        Some(p) => {
+            ClusterConfig::load(p).map_err(|e| usage(format!("bad config {}: {e}", p.display())))?
+        }
+        None => ClusterConfig::embedded_default(),
+    };
+    let seed = o.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let opts = ClientOptions {
+        retry_for: Duration::from_secs(o.retry_for),
+        ..ClientOptions::default()
+    };
+    let (backend, backend_name) = match o.backend {
+        BackendKind::Pact => (Arc::new(PactBackend::new(&config, opts)), "pact"),
+    };
+    let spec = Spec {
+        phase,
+        workload,
+        threads: o.threads as usize,
+        seed,
+        duration: o.duration.map(Duration::from_secs),
+        progress: o.progress || std::io::stderr().is_terminal(),
+        backend_name,
+    };
+    // Fail on an unwritable --hdr-log before spending time on the run.
+    if let Some(path) = &o.hdr_log {
+        std::fs::File::create(path)
+            .map_err(|e| usage(format!("--hdr-log {}: {e}", path.display())))?;
+    }
+    let report = execute(backend, spec).await?;
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.text());
+    }
+    if let Some(path) = &o.hdr_log {
+        report
+            .write_hdr_log(path)
+            .with_context(|| format!("--hdr-log {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let (phase, opts) = match cli.cmd {
+        Cmd::Load(o) => (Phase::Load, o),
+        Cmd::Run(o) => (Phase::Run, o),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_inner(phase, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("bench: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

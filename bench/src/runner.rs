@@ -1,0 +1,324 @@
+//! The driver: `threads` tokio tasks issue operations back to back (a
+//! closed loop, as YCSB without a target rate) until the operation count
+//! or the duration runs out, each recording into its own histograms.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::backend::Backend;
+use crate::generator::{Distribution, InsertSequence, KeyChooser};
+use crate::stats::{Progress, Recorder, Report};
+use crate::workload::{account_key, record_key, OpKind, Workload, INITIAL_BALANCE, RECORD_KEY_END};
+
+/// How many failures are printed to stderr before going quiet.
+const ERRORS_SHOWN: u64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Load,
+    Run,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Load => "load",
+            Phase::Run => "run",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub phase: Phase,
+    pub workload: Workload,
+    pub threads: usize,
+    pub seed: u64,
+    pub duration: Option<Duration>,
+    pub progress: bool,
+    pub backend_name: &'static str,
+}
+
+struct Ctx<B> {
+    backend: Arc<B>,
+    spec: Spec,
+    limit: u64,
+    claimed: AtomicU64,
+    deadline: Option<Instant>,
+    stop: AtomicBool,
+    inserts: InsertSequence,
+    /// Accounts never grow: a fixed window of `recordcount`.
+    accounts: InsertSequence,
+    op_table: Vec<(f64, OpKind)>,
+    progress: Progress,
+    errors: AtomicU64,
+}
+
+impl<B: Backend> Ctx<B> {
+    fn note_error(&self, kind: OpKind, key: &[u8], e: &anyhow::Error) {
+        tracing::debug!(op = kind.name(), key = %String::from_utf8_lossy(key), "failed: {e:#}");
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        if n < ERRORS_SHOWN {
+            eprintln!(
+                "bench: {} {} failed: {e:#}",
+                kind.name(),
+                String::from_utf8_lossy(key)
+            );
+        } else if n == ERRORS_SHOWN {
+            eprintln!("bench: more failures; only counting them from now on");
+        }
+    }
+}
+
+/// Run one phase and report it.
+pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<Report> {
+    let w = &spec.workload;
+    let limit = match spec.phase {
+        Phase::Load => w.recordcount,
+        Phase::Run => w.operationcount.unwrap_or(u64::MAX),
+    };
+    // Built once, before the clock starts: summing zeta for a large key
+    // space is not free.
+    let dist = match spec.phase {
+        Phase::Load => Distribution::Uniform, // unused: load goes in order
+        Phase::Run => w.requestdistribution,
+    };
+    let chooser = KeyChooser::new(dist, w.recordcount, w.expected_inserts());
+    let ctx = Arc::new(Ctx {
+        backend,
+        limit,
+        claimed: AtomicU64::new(0),
+        deadline: spec.duration.and_then(|d| Instant::now().checked_add(d)),
+        stop: AtomicBool::new(false),
+        inserts: InsertSequence::new(w.recordcount),
+        accounts: InsertSequence::new(w.recordcount),
+        op_table: w.op_table(),
+        progress: Progress::default(),
+        errors: AtomicU64::new(0),
+        spec,
+    });
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for id in 0..ctx.spec.threads {
+        tasks.push(tokio::spawn(worker(ctx.clone(), id, chooser.clone())));
+    }
+    let progress = ctx
+        .spec
+        .progress
+        .then(|| tokio::spawn(progress_loop(ctx.clone(), t0)));
+    let stopper = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("bench: interrupted; reporting what was measured");
+                ctx.stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut data = Recorder::default();
+    for t in tasks {
+        data.merge(&t.await?);
+    }
+    let elapsed = t0.elapsed();
+    stopper.abort();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    Ok(Report {
+        phase: ctx.spec.phase.name(),
+        workload: ctx.spec.workload.name.clone(),
+        params: ctx.spec.workload.params(),
+        backend: ctx.spec.backend_name,
+        threads: ctx.spec.threads,
+        seed: ctx.spec.seed,
+        elapsed,
+        started,
+        data,
+    })
+}
+
+async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let (ok, failed) = ctx.progress.totals();
+        let line = format!(
+            "bench: {} {:>4} s: {ok} ops ({} ops/s now), {failed} failed; {}",
+            ctx.spec.phase.name(),
+            t0.elapsed().as_secs(),
+            ok - last,
+            ctx.progress.by_kind()
+        );
+        last = ok;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+    }
+}
+
+/// Random printable bytes: the record's fields, joined.
+fn record_value(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.random_range(b'!'..=b'~')).collect()
+}
+
+async fn worker<B: Backend>(ctx: Arc<Ctx<B>>, id: usize, mut chooser: KeyChooser) -> Recorder {
+    // Distinct, reproducible stream per task.
+    let mut rng =
+        StdRng::seed_from_u64(ctx.spec.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rec = Recorder::default();
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) || ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let n = ctx.claimed.fetch_add(1, Ordering::Relaxed);
+        if n >= ctx.limit {
+            break;
+        }
+        match ctx.spec.phase {
+            Phase::Load => load_one(&ctx, &mut rng, &mut rec, n).await,
+            Phase::Run => {
+                let u: f64 = rng.random();
+                let kind = ctx
+                    .op_table
+                    .iter()
+                    .find(|(t, _)| u < *t)
+                    .or(ctx.op_table.last())
+                    .map(|(_, k)| *k)
+                    .unwrap_or(OpKind::Read);
+                run_one(&ctx, &mut rng, &mut chooser, &mut rec, kind).await;
+            }
+        }
+    }
+    rec
+}
+
+async fn timed<B: Backend, T>(
+    ctx: &Ctx<B>,
+    rec: &mut Recorder,
+    kind: OpKind,
+    key: &[u8],
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Option<T> {
+    let t = Instant::now();
+    let r = fut.await;
+    let latency = t.elapsed();
+    match r {
+        Ok(v) => {
+            rec.record(kind, latency, true, &ctx.progress);
+            Some(v)
+        }
+        Err(e) => {
+            rec.record(kind, latency, false, &ctx.progress);
+            ctx.note_error(kind, key, &e);
+            None
+        }
+    }
+}
+
+async fn load_one<B: Backend>(ctx: &Ctx<B>, rng: &mut StdRng, rec: &mut Recorder, n: u64) {
+    let w = &ctx.spec.workload;
+    if w.needs_records() {
+        let key = record_key(n);
+        let value = record_value(rng, w.record_bytes());
+        timed(
+            ctx,
+            rec,
+            OpKind::Insert,
+            &key,
+            ctx.backend.put(&key, &value),
+        )
+        .await;
+    }
+    if w.needs_accounts() {
+        let key = account_key(n);
+        let value = INITIAL_BALANCE.to_string();
+        timed(
+            ctx,
+            rec,
+            OpKind::Insert,
+            &key,
+            ctx.backend.put(&key, value.as_bytes()),
+        )
+        .await;
+    }
+}
+
+async fn run_one<B: Backend>(
+    ctx: &Ctx<B>,
+    rng: &mut StdRng,
+    chooser: &mut KeyChooser,
+    rec: &mut Recorder,
+    kind: OpKind,
+) {
+    let w = &ctx.spec.workload;
+    let b = &ctx.backend;
+    match kind {
+        OpKind::Read => {
+            let key = record_key(chooser.next(rng, &ctx.inserts));
+            timed(ctx, rec, kind, &key, async {
+                b.get(&key)
+                    .await?
+                    .map(|_| ())
+                    .ok_or_else(|| anyhow::anyhow!("not found"))
+            })
+            .await;
+        }
+        OpKind::Update => {
+            let key = record_key(chooser.next(rng, &ctx.inserts));
+            let value = record_value(rng, w.record_bytes());
+            timed(ctx, rec, kind, &key, b.put(&key, &value)).await;
+        }
+        OpKind::Insert => {
+            let n = ctx.inserts.allocate();
+            let key = record_key(n);
+            let value = record_value(rng, w.record_bytes());
+            timed(ctx, rec, kind, &key, b.put(&key, &value)).await;
+            ctx.inserts.acknowledge(n);
+        }
+        OpKind::Scan => {
+            let key = record_key(chooser.next(rng, &ctx.inserts));
+            let len = rng.random_range(1..=w.maxscanlength.max(1));
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            timed(ctx, rec, kind, &key, b.scan(&key, RECORD_KEY_END, len)).await;
+        }
+        OpKind::ReadModifyWrite => {
+            // As YCSB: a read, then a write of the record; not atomic.
+            let key = record_key(chooser.next(rng, &ctx.inserts));
+            let value = record_value(rng, w.record_bytes());
+            timed(ctx, rec, kind, &key, async {
+                b.get(&key)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("not found"))?;
+                b.put(&key, &value).await
+            })
+            .await;
+        }
+        OpKind::Txn => {
+            let want = w.txn_keys as usize;
+            let mut nums: Vec<u64> = Vec::with_capacity(want);
+            let mut tries = 0;
+            while nums.len() < want {
+                let k = chooser.next(rng, &ctx.accounts) % w.recordcount;
+                tries += 1;
+                if !nums.contains(&k) {
+                    nums.push(k);
+                } else if tries > 100 * want {
+                    // A very skewed chooser keeps repeating: fill in order.
+                    if let Some(k) = (0..w.recordcount).find(|k| !nums.contains(k)) {
+                        nums.push(k);
+                    }
+                }
+            }
+            let keys: Vec<Vec<u8>> = nums.into_iter().map(account_key).collect();
+            let amount = rng.random_range(1..=100);
+            timed(ctx, rec, kind, &keys[0], b.txn_transfer(&keys, amount)).await;
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Latency recording and the report (YCSB-style text, JSON, HdrHistogram
+//! interval log).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::workload::OpKind;
+
+const KINDS: usize = OpKind::ALL.len();
+/// Longest latency recorded exactly: one hour, in microseconds; longer
+/// ones are clamped to it.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Auto-resizing, so a histogram only grows to the latencies it saw (a
+/// fixed one-hour range would cost ~180 KB per task and type).
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits are valid")
+}
+
+fn empty_histogram() -> &'static Histogram<u64> {
+    static EMPTY: std::sync::OnceLock<Histogram<u64>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(new_histogram)
+}
+
+/// Live counters shared by all tasks, for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    ok: [AtomicU64; KINDS],
+    failed: [AtomicU64; KINDS],
+}
+
+impl Progress {
+    pub fn totals(&self) -> (u64, u64) {
+        let sum = |a: &[AtomicU64; KINDS]| a.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        (sum(&self.ok), sum(&self.failed))
+    }
+
+    /// `READ 120 UPDATE 118` for the kinds seen so far.
+    pub fn by_kind(&self) -> String {
+        OpKind::ALL
+            .iter()
+            .filter_map(|k| {
+                let n = self.ok[k.index()].load(Ordering::Relaxed);
+                (n > 0).then(|| format!("{} {n}", k.name()))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// One task's measurements; merged at the end. A histogram is allocated
+/// when its operation type first succeeds.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    hists: [Option<Histogram<u64>>; KINDS],
+    failed: [u64; KINDS],
+}
+
+impl Recorder {
+    pub fn record(&mut self, kind: OpKind, latency: Duration, ok: bool, progress: &Progress) {
+        let i = kind.index();
+        if ok {
+            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            let h = self.hists[i].get_or_insert_with(new_histogram);
+            let us = us.clamp(1, MAX_LATENCY_US);
+            // `record` grows the histogram; `saturating_record` would clamp
+            // to its current (initially tiny) range instead.
+            if h.record(us).is_err() {
+                h.saturating_record(us);
+            }
+            progress.ok[i].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed[i] += 1;
+            progress.failed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        for (a, b) in self.hists.iter_mut().zip(&other.hists) {
+            if let Some(b) = b {
+                // `a` resizes itself to `b`'s range, so adding cannot fail.
+                let _ = a.get_or_insert_with(new_histogram).add(b);
+            }
+        }
+        for (a, b) in self.failed.iter_mut().zip(other.failed) {
+            *a += b;
+        }
+    }
+}
+
+/// The outcome of one phase.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub phase: &'static str,
+    pub workload: String,
+    /// Resolved workload parameters (JSON report only).
+    pub params: serde_json::Value,
+    pub backend: &'static str,
+    pub threads: usize,
+    pub seed: u64,
+    pub elapsed: Duration,
+    pub started: SystemTime,
+    pub data: Recorder,
+}
+
+impl Report {
+    fn secs(&self) -> f64 {
+        self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn ok_ops(&self) -> u64 {
+        self.data.hists.iter().flatten().map(|h| h.len()).sum()
+    }
+
+    pub fn failed_ops(&self) -> u64 {
+        self.data.failed.iter().sum()
+    }
+
+    fn kinds(&self) -> impl Iterator<Item = (OpKind, &Histogram<u64>, u64)> {
+        OpKind::ALL
+            .iter()
+            .map(|k| {
+                let h = self.data.hists[k.index()].as_ref();
+                (
+                    *k,
+                    h.unwrap_or(empty_histogram()),
+                    self.data.failed[k.index()],
+                )
+            })
+            .filter(|(_, h, f)| !h.is_empty() || *f > 0)
+    }
+
+    /// YCSB's text format: `[SECTION], Metric, value` lines.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |sec: &str, metric: &str, v: String| {
+            out.push_str(&format!("[{sec}], {metric}, {v}\n"));
+        };
+        line(
+            "OVERALL",
+            "RunTime(ms)",
+            self.elapsed.as_millis().to_string(),
+        );
+        line(
+            "OVERALL",
+            "Throughput(ops/sec)",
+            format!("{:.2}", self.ok_ops() as f64 / self.secs()),
+        );
+        line("OVERALL", "Operations", self.ok_ops().to_string());
+        for (k, h, failed) in self.kinds() {
+            let n = k.name();
+            line(n, "Operations", h.len().to_string());
+            line(
+                n,
+                "Throughput(ops/sec)",
+                format!("{:.2}", h.len() as f64 / self.secs()),
+            );
+            if !h.is_empty() {
+                line(n, "AverageLatency(us)", format!("{:.2}", h.mean()));
+                line(n, "MinLatency(us)", h.min().to_string());
+                line(n, "MaxLatency(us)", h.max().to_string());
+                for (label, q) in PERCENTILES {
+                    line(
+                        n,
+                        &format!("{label}PercentileLatency(us)"),
+                        h.value_at_quantile(q).to_string(),
+                    );
+                }
+            }
+            line(n, "Return=OK", h.len().to_string());
+            if failed > 0 {
+                line(n, "Return=ERROR", failed.to_string());
+                line(&format!("{n}-FAILED"), "Operations", failed.to_string());
+            }
+        }
+        line("FAILED", "Operations", self.failed_ops().to_string());
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let mut ops = serde_json::Map::new();
+        for (k, h, failed) in self.kinds() {
+            let latency = if !h.is_empty() {
+                json!({
+                    "min": h.min(),
+                    "avg": h.mean(),
+                    "p50": h.value_at_quantile(0.50),
+                    "p95": h.value_at_quantile(0.95),
+                    "p99": h.value_at_quantile(0.99),
+                    "p999": h.value_at_quantile(0.999),
+                    "max": h.max(),
+                })
+            } else {
+                serde_json::Value::Null
+            };
+            ops.insert(
+                k.name().to_string(),
+                json!({
+                    "operations": h.len(),
+                    "failed": failed,
+                    "throughput_ops_sec": h.len() as f64 / self.secs(),
+                    "latency_us": latency,
+                }),
+            );
+        }
+        json!({
+            "phase": self.phase,
+            "workload": self.workload,
+            "params": self.params,
+            "backend": self.backend,
+            "threads": self.threads,
+            "seed": self.seed,
+            "runtime_ms": self.elapsed.as_millis() as u64,
+            "operations": self.ok_ops(),
+            "failed": self.failed_ops(),
+            "throughput_ops_sec": self.ok_ops() as f64 / self.secs(),
+            "ops": ops,
+        })
+    }
+
+    /// One interval per operation type, tagged with its name, in the
+    /// HdrHistogram interval log format (readable by HistogramLogProcessor
+    /// and hdrhistogram's `IntervalLogIterator`). Values are microseconds.
+    pub fn write_hdr_log(&self, path: &Path) -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        let mut ser = V2DeflateSerializer::new();
+        {
+            let mut w = IntervalLogWriterBuilder::new()
+                .add_comment(&format!(
+                    "pact-bench {} workload {} backend {}; latencies in microseconds",
+                    self.phase, self.workload, self.backend
+                ))
+                .with_start_time(self.started)
+                .with_base_time(self.started)
+                .begin_log_with(&mut buf, &mut ser)
+                .context("starting the histogram log")?;
+            for (k, h, _) in self.kinds() {
+                let tag = Tag::new(k.name());
+                w.write_histogram(h, Duration::ZERO, self.elapsed, tag)
+                    .map_err(|e| anyhow::anyhow!("serializing the {} histogram: {e}", k.name()))?;
+            }
+        }
+        std::fs::write(path, buf).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+const PERCENTILES: [(&str, f64); 4] = [
+    ("50th", 0.50),
+    ("95th", 0.95),
+    ("99th", 0.99),
+    ("99.9th", 0.999),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let progress = Progress::default();
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        for i in 1..=100u64 {
+            a.record(OpKind::Read, Duration::from_micros(i), true, &progress);
+        }
+        b.record(OpKind::Update, Duration::from_micros(500), true, &progress);
+        b.record(OpKind::Update, Duration::from_micros(5), false, &progress);
+        a.merge(&b);
+        assert_eq!(progress.totals(), (101, 1));
+        Report {
+            phase: "run",
+            workload: "a".into(),
+            params: serde_json::Value::Null,
+            backend: "pact",
+            threads: 2,
+            seed: 1,
+            elapsed: Duration::from_secs(2),
+            started: SystemTime::now(),
+            data: a,
+        }
+    }
+
+    #[test]
+    fn text_and_json_agree() {
+        let r = report();
+        let text = r.text();
+        assert!(text.contains("[READ], Operations, 100\n"), "{text}");
+        assert!(
+            text.contains("[READ], 99thPercentileLatency(us), 99\n"),
+            "{text}"
+        );
+        assert!(text.contains("[UPDATE-FAILED], Operations, 1\n"), "{text}");
+        assert!(text.contains("[FAILED], Operations, 1\n"), "{text}");
+        assert!(!text.contains("[SCAN]"));
+        let j = r.json();
+        assert_eq!(j["ops"]["READ"]["operations"], 100);
+        assert_eq!(j["ops"]["READ"]["latency_us"]["max"], 100);
+        assert_eq!(j["ops"]["READ"]["throughput_ops_sec"], 50.0);
+        assert_eq!(j["ops"]["UPDATE"]["failed"], 1);
+        assert_eq!(j["failed"], 1);
+        assert_eq!(j["operations"], 101);
+    }
+
+    #[test]
+    fn huge_latencies_are_clamped_and_merge() {
+        let progress = Progress::default();
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        a.record(OpKind::Scan, Duration::from_nanos(10), true, &progress);
+        b.record(OpKind::Scan, Duration::from_secs(86_400), true, &progress);
+        a.merge(&b);
+        a.merge(&Recorder::default());
+        let h = a.hists[OpKind::Scan.index()].as_ref().unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.min(), 1);
+        assert!(
+            h.max() >= MAX_LATENCY_US && h.max() < MAX_LATENCY_US * 11 / 10,
+            "max {}",
+            h.max()
+        );
+    }
+
+    #[test]
+    fn hdr_log_round_trips() {
+        let r = report();
+        let dir = std::env::temp_dir().join(format!("pact-bench-hdr-{}", std::process::id()));
+        r.write_hdr_log(&dir).unwrap();
+        let bytes = std::fs::read(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        use hdrhistogram::serialization::Deserializer;
+        let mut seen = Vec::new();
+        for entry in IntervalLogIterator::new(&bytes) {
+            if let LogEntry::Interval(i) = entry.unwrap() {
+                let raw = base64_decode(i.encoded_histogram());
+                let h: Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut raw.as_slice())
+                    .unwrap();
+                seen.push((i.tag().unwrap().as_str().to_string(), h.len()));
+            }
+        }
+        assert_eq!(seen, vec![("READ".into(), 100), ("UPDATE".into(), 1)]);
+    }
+
+    /// Minimal standard base64 decoder for the test (no extra dependency).
+    fn base64_decode(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+        let mut out = Vec::new();
+        for chunk in clean.chunks(4) {
+            let mut n = 0u32;
+            for (i, c) in chunk.iter().enumerate() {
+                n |= u32::from(val(*c)) << (18 - 6 * i);
+            }
+            for i in 0..chunk.len().saturating_sub(1) {
+                out.push((n >> (16 - 8 * i)) as u8);
+            }
+        }
+        out
+    }
+}

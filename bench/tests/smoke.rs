@@ -1,0 +1,201 @@
+//! Smoke test against a real cluster: `bench load` and `bench run` for
+//! workload A and the txn workload, checking counts in the JSON report.
+//! No timing assertions. Needs `cargo build --bins` first.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pact_common::ShardId;
+use pact_tests::{binary, fast_tuning, Cluster};
+
+fn bench(config: &Path, args: &[&str]) -> Output {
+    let out = Command::new(binary("bench"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .args(["--seed", "7", "--retry-for", "20"])
+        .env_remove("PACT_CONFIG")
+        .output()
+        .expect("spawn bench");
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn ops(j: &serde_json::Value, kind: &str) -> u64 {
+    j["ops"][kind]["operations"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_and_run_workload_a_and_txn() {
+    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
+    let parts = c.participant_ids();
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let cfg = c.config_path.as_path();
+
+    // Workload A: load 100 small records, then 200 operations.
+    let load = json(&bench(
+        cfg,
+        &[
+            "load",
+            "--workload",
+            "a",
+            "--recordcount",
+            "100",
+            "--fieldcount",
+            "2",
+            "--fieldlength",
+            "20",
+            "--threads",
+            "4",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["phase"], "load");
+    assert_eq!(ops(&load, "INSERT"), 100, "{load:#}");
+    assert_eq!(load["failed"], 0, "{load:#}");
+
+    let run = json(&bench(
+        cfg,
+        &[
+            "run",
+            "--workload",
+            "a",
+            "--recordcount",
+            "100",
+            "--fieldcount",
+            "2",
+            "--fieldlength",
+            "20",
+            "--operationcount",
+            "200",
+            "--threads",
+            "4",
+            "--json",
+        ],
+    ));
+    assert_eq!(run["phase"], "run");
+    assert_eq!(run["operations"], 200, "{run:#}");
+    assert_eq!(ops(&run, "READ") + ops(&run, "UPDATE"), 200, "{run:#}");
+    assert!(ops(&run, "READ") > 0 && ops(&run, "UPDATE") > 0, "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}");
+    let read = &run["ops"]["READ"]["latency_us"];
+    assert!(read["min"].as_u64().unwrap() <= read["p50"].as_u64().unwrap());
+    assert!(read["p50"].as_u64().unwrap() <= read["max"].as_u64().unwrap());
+
+    // A YCSB property file (scans and inserts), with a flag overriding it.
+    let file = c.path().join("workload-e");
+    std::fs::write(
+        &file,
+        "# YCSB-style\nworkload=site.ycsb.workloads.CoreWorkload\nrecordcount=100\n\
+         operationcount=1000\nreadproportion=0\nupdateproportion=0\nscanproportion=0.8\n\
+         insertproportion=0.2\nrequestdistribution=latest\nmaxscanlength=5\n\
+         fieldcount=2\nfieldlength=20\n",
+    )
+    .expect("write workload file");
+    let run = json(&bench(
+        cfg,
+        &[
+            "run",
+            "--workload-file",
+            file.to_str().unwrap(),
+            "--operationcount",
+            "50",
+            "--threads",
+            "4",
+            "--json",
+        ],
+    ));
+    assert_eq!(ops(&run, "SCAN") + ops(&run, "INSERT"), 50, "{run:#}");
+    assert_eq!(run["params"]["requestdistribution"], "latest", "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}");
+
+    // Transfers between accounts, some across shards (two-phase commit).
+    let load = json(&bench(
+        cfg,
+        &[
+            "load",
+            "--workload",
+            "txn",
+            "--recordcount",
+            "20",
+            "--threads",
+            "4",
+            "--json",
+        ],
+    ));
+    assert_eq!(ops(&load, "INSERT"), 20, "{load:#}");
+    assert_eq!(load["failed"], 0, "{load:#}");
+    let run = json(&bench(
+        cfg,
+        &[
+            "run",
+            "--workload",
+            "txn",
+            "--recordcount",
+            "20",
+            "--operationcount",
+            "40",
+            "--threads",
+            "4",
+            "--txn-keys",
+            "3",
+            "--json",
+        ],
+    ));
+    assert_eq!(ops(&run, "TXN"), 40, "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}");
+
+    // Transfers conserve money.
+    let client = c.client();
+    let mut total = 0i64;
+    for n in 0..20 {
+        let v = client
+            .get(format!("account{n}").as_bytes())
+            .await
+            .expect("get")
+            .expect("account exists");
+        total += String::from_utf8(v).unwrap().parse::<i64>().unwrap();
+    }
+    assert_eq!(total, 20 * 1000);
+
+    // Text report and a usage error.
+    let text = bench(
+        cfg,
+        &[
+            "run",
+            "--workload",
+            "c",
+            "--recordcount",
+            "100",
+            "--operationcount",
+            "10",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("[READ], Operations, 10\n"), "{text}");
+    assert!(
+        text.contains("[READ], 99thPercentileLatency(us), "),
+        "{text}"
+    );
+    let bad = Command::new(binary("bench"))
+        .args(["run", "--workload", "z"])
+        .output()
+        .expect("spawn bench");
+    assert_eq!(bad.status.code(), Some(2));
+}
