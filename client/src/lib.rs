@@ -21,7 +21,7 @@
 mod convert;
 mod txn;
 
-pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome};
+pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome, MAX_ATTEMPTS};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

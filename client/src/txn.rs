@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+pub use pact_common::{Guard, Op};
 use pact_common::{NodeId, Timestamp, TxnId};
 use pact_proto as pb;
 use pact_proto::txn_client::TxnClient;
@@ -411,22 +412,6 @@ impl Transaction {
             .await;
         self.finish();
     }
-}
-
-/// A condition of [`Client::execute`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Guard {
-    Exists(Vec<u8>),
-    Missing(Vec<u8>),
-    Equals(Vec<u8>, Vec<u8>),
-}
-
-/// An operation of a branch of [`Client::execute`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    Get(Vec<u8>),
 }
 
 /// What a one-shot transaction did.

@@ -27,4 +27,4 @@ pub use limits::{
     MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_BYTES,
 };
 pub use partition::ShardMap;
-pub use txn::{system_clock, Clock, Hlc, Timestamp, TxnId};
+pub use txn::{system_clock, Clock, Guard, Hlc, Op, Timestamp, TxnId};

@@ -108,6 +108,25 @@ impl std::str::FromStr for TxnId {
     }
 }
 
+/// A condition of a one-shot transaction (as in etcd's txn).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// The key exists.
+    Exists(Vec<u8>),
+    /// The key does not exist.
+    Missing(Vec<u8>),
+    /// The key exists with exactly this value.
+    Equals(Vec<u8>, Vec<u8>),
+}
+
+/// An operation of a one-shot transaction's branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Get(Vec<u8>),
+}
+
 /// A source of wall-clock milliseconds; injected so tests control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 

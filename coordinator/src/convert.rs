@@ -52,8 +52,8 @@ pub fn outcome(o: Outcome) -> pb::CommitResponse {
     }
 }
 
-pub fn guard(g: pb::Guard) -> Result<crate::coordinator::Guard, Error> {
-    use crate::coordinator::Guard;
+pub fn guard(g: pb::Guard) -> Result<pact_common::Guard, Error> {
+    use pact_common::Guard;
     pact_common::validate_key(&g.key).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let key = g.key.to_vec();
     match pb::guard::Kind::try_from(g.kind) {
@@ -66,17 +66,16 @@ pub fn guard(g: pb::Guard) -> Result<crate::coordinator::Guard, Error> {
     }
 }
 
-pub fn exec_op(o: pb::Op) -> Result<crate::coordinator::ExecOp, Error> {
-    use crate::coordinator::ExecOp;
+pub fn exec_op(o: pb::Op) -> Result<pact_common::Op, Error> {
     pact_common::validate_key(&o.key).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let key = o.key.to_vec();
     match o.op {
         Some(pb::op::Op::Put(v)) => {
             pact_common::validate_value(&v).map_err(|e| Error::InvalidInput(e.to_string()))?;
-            Ok(ExecOp::Put(key, v.to_vec()))
+            Ok(pact_common::Op::Put(key, v.to_vec()))
         }
-        Some(pb::op::Op::Delete(_)) => Ok(ExecOp::Delete(key)),
-        Some(pb::op::Op::Get(_)) => Ok(ExecOp::Get(key)),
+        Some(pb::op::Op::Delete(_)) => Ok(pact_common::Op::Delete(key)),
+        Some(pb::op::Op::Get(_)) => Ok(pact_common::Op::Get(key)),
         None => Err(Error::InvalidInput(
             "op has neither put, delete nor get".into(),
         )),

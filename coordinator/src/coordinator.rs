@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pact_client::{Client, ClientOptions};
-use pact_common::{system_clock, ClusterConfig, Hlc, NodeId, ShardId, TxnId};
+use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, TxnId};
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
 use pact_raft::{Host, NodeStore, Replica, Router};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::convert::pb_txn;
 use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX};
 use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
 use crate::Error;
@@ -56,14 +57,6 @@ pub struct Coordinator {
     pub metrics: crate::metrics::Metrics,
 }
 
-fn pb_txn(t: TxnId) -> pb::TxnId {
-    pb::TxnId {
-        group: t.group,
-        node: t.node,
-        ts: t.ts.0,
-    }
-}
-
 impl Coordinator {
     pub async fn start(
         config: ClusterConfig,
@@ -87,7 +80,7 @@ impl Coordinator {
             .iter()
             .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
             .collect();
-        let tuning = pact_participant_tuning(&config);
+        let tuning = pact_raft::Tuning::from(&config.raft);
         let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), &host).await?;
         let participants = Client::new(
             &config,
@@ -423,22 +416,6 @@ impl Coordinator {
     }
 }
 
-/// A condition of a one-shot transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Guard {
-    Exists(Vec<u8>),
-    Missing(Vec<u8>),
-    Equals(Vec<u8>, Vec<u8>),
-}
-
-/// An operation of a one-shot transaction's branch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExecOp {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    Get(Vec<u8>),
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecResult {
     pub txn: TxnId,
@@ -458,8 +435,8 @@ impl Coordinator {
     pub async fn execute(
         &self,
         guards: Vec<Guard>,
-        then: Vec<ExecOp>,
-        otherwise: Vec<ExecOp>,
+        then: Vec<Op>,
+        otherwise: Vec<Op>,
     ) -> Result<ExecResult, Error> {
         let mut last = String::new();
         let mut backoff = Duration::from_millis(5);
@@ -483,17 +460,17 @@ impl Coordinator {
                 let mut results = Vec::new();
                 for op in if ok { &then } else { &otherwise } {
                     match op {
-                        ExecOp::Get(k) => {
+                        Op::Get(k) => {
                             results.push((k.clone(), self.get(txn, k.clone(), false).await?))
                         }
-                        ExecOp::Put(k, v) => {
+                        Op::Put(k, v) => {
                             let w = pb::WriteOp {
                                 key: k.clone().into(),
                                 op: Some(pb::write_op::Op::Put(v.clone().into())),
                             };
                             self.write(txn, vec![w]).await?
                         }
-                        ExecOp::Delete(k) => {
+                        Op::Delete(k) => {
                             let w = pb::WriteOp {
                                 key: k.clone().into(),
                                 op: Some(pb::write_op::Op::Delete(true)),
@@ -543,17 +520,6 @@ fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transp
     ParticipantClient::new(ch)
         .max_decoding_message_size(pact_client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pact_client::MAX_MESSAGE_BYTES)
-}
-
-fn pact_participant_tuning(config: &ClusterConfig) -> pact_raft::Tuning {
-    let r = &config.raft;
-    pact_raft::Tuning {
-        heartbeat_ms: r.heartbeat_ms,
-        election_timeout_min_ms: r.election_timeout_min_ms,
-        election_timeout_max_ms: r.election_timeout_max_ms,
-        snapshot_logs: r.snapshot_logs,
-        keep_logs: r.keep_logs,
-    }
 }
 
 /// The owner task: the only place the machine lives. Actions run as
@@ -798,15 +764,7 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
     if !c.replica.settle(term).await {
         return;
     }
-    let records = match c
-        .replica
-        .scan_local(
-            vec![DECISION_PREFIX],
-            Some(vec![DECISION_PREFIX + 1]),
-            usize::MAX,
-        )
-        .await
-    {
+    let records = match c.replica.scan_prefix_local(&[DECISION_PREFIX]).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the recovery log");

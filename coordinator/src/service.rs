@@ -144,10 +144,8 @@ impl Txn for TxnService {
             .iter()
             .chain(otherwise.iter())
             .map(|o| match o {
-                crate::coordinator::ExecOp::Put(k, v) => k.len() + v.len(),
-                crate::coordinator::ExecOp::Delete(k) | crate::coordinator::ExecOp::Get(k) => {
-                    k.len()
-                }
+                pact_common::Op::Put(k, v) => k.len() + v.len(),
+                pact_common::Op::Delete(k) | pact_common::Op::Get(k) => k.len(),
             })
             .sum();
         let ops = guards.len() + then.len() + otherwise.len();

@@ -104,17 +104,6 @@ impl std::fmt::Debug for Node {
     }
 }
 
-pub fn tuning(config: &ClusterConfig) -> Tuning {
-    let r = &config.raft;
-    Tuning {
-        heartbeat_ms: r.heartbeat_ms,
-        election_timeout_min_ms: r.election_timeout_min_ms,
-        election_timeout_max_ms: r.election_timeout_max_ms,
-        snapshot_logs: r.snapshot_logs,
-        keep_logs: r.keep_logs,
-    }
-}
-
 impl Node {
     /// Open the node's storage under `data_dir` and start (or recover) its
     /// replica of every shard the config assigns to `id`.
@@ -131,7 +120,7 @@ impl Node {
             ))
         })?;
         let host = Host::new(store);
-        let tuning = tuning(&config);
+        let tuning = Tuning::from(&config.raft);
         let clock = system_clock();
         let coordinators = pact_client::Client::new(&config, pact_client::ClientOptions::default());
         let metrics = Arc::new(
@@ -814,15 +803,7 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     if !s.replica.settle(term).await {
         return;
     }
-    let records = match s
-        .replica
-        .scan_local(
-            vec![PREPARED_PREFIX],
-            Some(vec![PREPARED_PREFIX + 1]),
-            usize::MAX,
-        )
-        .await
-    {
+    let records = match s.replica.scan_prefix_local(&[PREPARED_PREFIX]).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(shard = s.replica.group(), error = %e, "cannot read prepare records");

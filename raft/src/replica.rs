@@ -29,6 +29,18 @@ pub struct Tuning {
     pub keep_logs: u64,
 }
 
+impl From<&pact_common::RaftTuning> for Tuning {
+    fn from(r: &pact_common::RaftTuning) -> Self {
+        Tuning {
+            heartbeat_ms: r.heartbeat_ms,
+            election_timeout_min_ms: r.election_timeout_min_ms,
+            election_timeout_max_ms: r.election_timeout_max_ms,
+            snapshot_logs: r.snapshot_logs,
+            keep_logs: r.keep_logs,
+        }
+    }
+}
+
 impl Tuning {
     /// How long a request may wait for consensus before it gives up: long
     /// enough to ride out one leader election.
@@ -302,6 +314,19 @@ impl Replica {
         blocking(move || scan_sm(&store, group, &start, end.as_deref(), limit))
             .await
             .map_err(storage_err)
+    }
+
+    /// Every pair of the applied state whose key starts with `prefix`.
+    pub async fn scan_prefix_local(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReplicaError> {
+        self.scan_local(
+            prefix.to_vec(),
+            crate::store::prefix_end(prefix),
+            usize::MAX,
+        )
+        .await
     }
 
     /// The error the replica stopped with, if it stopped.

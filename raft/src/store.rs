@@ -109,6 +109,18 @@ pub(crate) fn log_key(group: u64, index: u64) -> Vec<u8> {
     group_key(group, &index.to_be_bytes())
 }
 
+/// The exclusive end of the keys starting with `prefix`: the prefix with
+/// its last non-0xff byte incremented; None (unbounded) if it is all 0xff.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    let last = end.last_mut()?;
+    *last += 1;
+    Some(end)
+}
+
 /// Group ids must be below this: the top id would have no finite upper
 /// bound for its key range.
 pub const MAX_GROUP_ID: u64 = u64::MAX - 1;

@@ -100,6 +100,16 @@ async fn durable_writes_survive_reopen_and_groups_do_not_mix() {
 }
 
 #[test]
+fn prefix_ends_bound_exactly_the_prefixed_keys() {
+    use crate::store::prefix_end;
+    assert_eq!(prefix_end(b"p"), Some(b"q".to_vec()));
+    assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+    assert_eq!(prefix_end(b"\xff\xff"), None);
+    let end = prefix_end(b"p").unwrap();
+    assert!(b"p\xff\xff".as_slice() < end.as_slice() && b"q".as_slice() >= end.as_slice());
+}
+
+#[test]
 fn group_ranges_are_disjoint_and_ordered() {
     use crate::store::{group_end, log_key};
     assert!(log_key(1, u64::MAX) < group_end(1));
