@@ -1,7 +1,9 @@
-//! What the bench drives: a small trait so another store (etcd, say) can
-//! be measured with the same workloads and report.
+//! What the bench drives: a small trait so another store (etcd, see
+//! [`crate::etcd`]) can be measured with the same workloads and report.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use pact_client::{Client, ClientError, ClientOptions};
@@ -29,12 +31,20 @@ pub trait Backend: Send + Sync + 'static {
         keys: &[Vec<u8>],
         amount: i64,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// How many times a transfer was started over after an abort or a
+    /// failed optimistic commit, in total since the backend was made.
+    /// A transfer counts once in the report whatever its retries; this
+    /// says how much contention there was.
+    fn txn_retries(&self) -> u64 {
+        0
+    }
 }
 
 /// Backends that `--backend` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
     Pact,
+    Etcd,
 }
 
 /// Pact through `pact-client`: plain `get` / `put` / `scan` are
@@ -43,27 +53,47 @@ pub enum BackendKind {
 #[derive(Clone, Debug)]
 pub struct PactBackend {
     client: Client,
+    /// Transfers started over after an abort (see [`Backend::txn_retries`]).
+    retries: Arc<AtomicU64>,
 }
 
 impl PactBackend {
     pub fn new(config: &ClusterConfig, opts: ClientOptions) -> PactBackend {
         PactBackend {
             client: Client::new(config, opts),
+            retries: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
-fn parse_balance(key: &[u8], v: Option<Vec<u8>>) -> Result<i64, ClientError> {
+/// A balance: a decimal integer. Missing accounts and other values are
+/// errors that name the account.
+pub(crate) fn parse_balance(key: &[u8], v: Option<Vec<u8>>) -> Result<i64, String> {
     let name = String::from_utf8_lossy(key);
     let v = v.ok_or_else(|| {
-        ClientError::InvalidInput(format!(
-            "account {name} does not exist; run `bench load --workload txn` first"
-        ))
+        format!("account {name} does not exist; run `bench load --workload txn` first")
     })?;
     std::str::from_utf8(&v)
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| ClientError::InvalidInput(format!("account {name} is not a number")))
+        .ok_or_else(|| format!("account {name} is not a number"))
+}
+
+/// Move `amount` from `balances[0]` to each of the others.
+pub(crate) fn apply_transfer(balances: &mut [i64], amount: i64) -> Result<(), String> {
+    let others = i64::try_from(balances.len().saturating_sub(1)).unwrap_or(i64::MAX);
+    let overflow = || "a balance would overflow".to_string();
+    let (first, rest) = balances
+        .split_first_mut()
+        .ok_or_else(|| "a transfer needs at least two accounts".to_string())?;
+    *first = amount
+        .checked_mul(others)
+        .and_then(|total| first.checked_sub(total))
+        .ok_or_else(overflow)?;
+    for b in rest {
+        *b = b.checked_add(amount).ok_or_else(overflow)?;
+    }
+    Ok(())
 }
 
 impl Backend for PactBackend {
@@ -83,20 +113,20 @@ impl Backend for PactBackend {
         if keys.len() < 2 {
             return Err(anyhow!("a transfer needs at least two accounts"));
         }
-        self.client
+        // Runs of the closure: one per attempt that got a transaction.
+        let mut runs = 0u64;
+        let r = self
+            .client
             .transaction(|t| {
                 let keys = keys.to_vec();
+                runs += 1;
                 Box::pin(async move {
                     let mut balances = Vec::with_capacity(keys.len());
                     for k in &keys {
                         let v = t.get_for_update(k).await?;
-                        balances.push(parse_balance(k, v)?);
+                        balances.push(parse_balance(k, v).map_err(ClientError::InvalidInput)?);
                     }
-                    let others = (keys.len() - 1) as i64;
-                    balances[0] -= amount * others;
-                    for b in balances.iter_mut().skip(1) {
-                        *b += amount;
-                    }
+                    apply_transfer(&mut balances, amount).map_err(ClientError::InvalidInput)?;
                     for (k, b) in keys.iter().zip(&balances) {
                         t.put(k, b.to_string().as_bytes()).await?;
                     }
@@ -104,6 +134,16 @@ impl Backend for PactBackend {
                 })
             })
             .await
-            .context("transfer")
+            .context("transfer");
+        self.retries
+            .fetch_add(runs.saturating_sub(1), Ordering::Relaxed);
+        r
+    }
+
+    /// Runs of the transfer beyond the first, each after an abort
+    /// (`Client::transaction` starts over on an abort). A `begin` that
+    /// was itself refused and retried is not counted.
+    fn txn_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 }

@@ -24,8 +24,17 @@
 //! amount from one of `--txn-keys` accounts to the others inside
 //! `Client::transaction`, reading each with `get_for_update`; when keys
 //! land on several shards this is a two-phase commit through the
-//! coordinator group. A transfer the client retried after an abort counts
-//! once, with the retries inside its latency.
+//! coordinator group; `--txn-scope single-shard|cross-shard` uses the
+//! shard map to keep a transfer's accounts on one shard or spread them
+//! (see [`scope`]). A transfer the client retried after an abort counts
+//! once, with the retries inside its latency; the report adds how many
+//! retries there were in all.
+//!
+//! **etcd.** `--backend etcd --etcd-endpoints URL,...` runs the same
+//! workloads against etcd's v3 API (see [`etcd`]): Range, Put, and for a
+//! transfer an optimistic read-then-`Txn` with `mod_revision` compares,
+//! started over when a compare fails. `bench/compare-etcd.sh` runs both
+//! side by side.
 //!
 //! **What is not measured.** Server-side time split (use the servers'
 //! Prometheus metrics), coordinated omission (a closed loop waits for slow
@@ -39,9 +48,11 @@
 //! sharing the machine with the bench say little about production.
 
 pub mod backend;
+pub mod etcd;
 pub mod generator;
 pub mod props;
 pub mod runner;
+pub mod scope;
 pub mod stats;
 pub mod workload;
 

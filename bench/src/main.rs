@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pact_bench::backend::{BackendKind, PactBackend};
+use pact_bench::backend::{Backend, BackendKind, PactBackend};
+use pact_bench::etcd::{parse_endpoints, EtcdBackend, EtcdOptions};
 use pact_bench::generator::Distribution;
 use pact_bench::runner::{execute, Phase, Spec};
+use pact_bench::scope::{Placement, TxnScope};
 use pact_bench::workload::Workload;
 use pact_bench::{props, UsageError};
 use pact_client::ClientOptions;
@@ -21,11 +23,13 @@ use pact_common::ClusterConfig;
 #[command(
     name = "bench",
     version,
-    about = "YCSB-like load generator for Pact",
+    about = "YCSB-like load generator for Pact (and etcd, for comparison)",
     after_help = "Examples:\n  bench load --workload a --recordcount 10000\n  \
                   bench run --workload a --threads 8 --duration 30\n  \
                   bench run --workload-file workloads/workloada -p readproportion=0.9 --json\n  \
-                  bench load --workload txn && bench run --workload txn --txn-keys 3"
+                  bench load --workload txn && bench run --workload txn --txn-keys 3\n  \
+                  bench run --workload txn --txn-scope single-shard\n  \
+                  bench run --workload a --backend etcd --etcd-endpoints http://127.0.0.1:2379"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -69,6 +73,11 @@ struct Opts {
     /// Accounts per transfer in the txn workload.
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=64))]
     txn_keys: Option<u64>,
+    /// Shards of a transfer's accounts (Pact only): any, single-shard (all
+    /// on one shard: one-phase commit) or cross-shard (on as many shards
+    /// as possible: two-phase commit).
+    #[arg(long, value_enum)]
+    txn_scope: Option<TxnScope>,
     /// Stop after this many seconds (or at operationcount, if set).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     duration: Option<u64>,
@@ -89,9 +98,14 @@ struct Opts {
     /// terminal.
     #[arg(long)]
     progress: bool,
+    /// Store to drive: pact, or etcd (v3 API, see --etcd-endpoints).
     #[arg(long, value_enum, default_value_t = BackendKind::Pact)]
     backend: BackendKind,
-    /// Cluster config (default: the embedded default cluster).
+    /// etcd client URLs, comma-separated (with --backend etcd; default
+    /// http://127.0.0.1:2379). Operations go to them in turn.
+    #[arg(long, value_name = "URLS")]
+    etcd_endpoints: Option<String>,
+    /// Pact cluster config (default: the embedded default cluster).
     #[arg(long, env = "PACT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Seconds the client keeps retrying one operation before it fails.
@@ -166,6 +180,9 @@ fn resolve_workload(o: &Opts) -> anyhow::Result<Workload> {
     if let Some(v) = o.txn_keys {
         w.txn_keys = v;
     }
+    if let Some(v) = o.txn_scope {
+        w.txn_scope = v;
+    }
     if o.duration.is_some() && !opcount_set {
         w.operationcount = None;
     }
@@ -175,39 +192,70 @@ fn resolve_workload(o: &Opts) -> anyhow::Result<Workload> {
 
 async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
     let workload = resolve_workload(&o)?;
-    let config = match &o.config {
-        Some(p) => {
-            ClusterConfig::load(p).map_err(|e| usage(format!("bad config {}: {e}", p.display())))?
-        }
-        None => ClusterConfig::embedded_default(),
-    };
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let opts = ClientOptions {
-        retry_for: Duration::from_secs(o.retry_for),
-        ..ClientOptions::default()
-    };
-    let (backend, backend_name) = match o.backend {
-        BackendKind::Pact => (Arc::new(PactBackend::new(&config, opts)), "pact"),
-    };
-    let spec = Spec {
-        phase,
-        workload,
-        threads: o.threads as usize,
-        seed,
-        duration: o.duration.map(Duration::from_secs),
-        progress: o.progress || std::io::stderr().is_terminal(),
-        backend_name,
-    };
+    let retry_for = Duration::from_secs(o.retry_for);
     // Fail on an unwritable --hdr-log before spending time on the run.
     if let Some(path) = &o.hdr_log {
         std::fs::File::create(path)
             .map_err(|e| usage(format!("--hdr-log {}: {e}", path.display())))?;
     }
+    let mut spec = Spec {
+        phase,
+        threads: o.threads as usize,
+        seed,
+        duration: o.duration.map(Duration::from_secs),
+        progress: o.progress || std::io::stderr().is_terminal(),
+        backend_name: "pact",
+        placement: None,
+        workload,
+    };
+    match o.backend {
+        BackendKind::Pact => {
+            if o.etcd_endpoints.is_some() {
+                return Err(usage("--etcd-endpoints needs --backend etcd"));
+            }
+            let config = match &o.config {
+                Some(p) => ClusterConfig::load(p)
+                    .map_err(|e| usage(format!("bad config {}: {e}", p.display())))?,
+                None => ClusterConfig::embedded_default(),
+            };
+            let w = &spec.workload;
+            if w.txn_scope != TxnScope::Any && w.needs_accounts() && phase == Phase::Run {
+                let p = Placement::new(w.txn_scope, config.shard_map(), w.recordcount, w.txn_keys)?;
+                spec.placement = Some(Arc::new(p));
+            }
+            let opts = ClientOptions {
+                retry_for,
+                ..ClientOptions::default()
+            };
+            run(Arc::new(PactBackend::new(&config, opts)), spec, &o).await
+        }
+        BackendKind::Etcd => {
+            if spec.workload.txn_scope != TxnScope::Any {
+                return Err(usage(
+                    "--txn-scope single-shard|cross-shard needs --backend pact \
+                     (etcd keeps every key in one Raft group)",
+                ));
+            }
+            let urls = parse_endpoints(
+                o.etcd_endpoints
+                    .as_deref()
+                    .unwrap_or("http://127.0.0.1:2379"),
+            )?;
+            let etcd = EtcdBackend::connect(&urls, EtcdOptions { retry_for }).await?;
+            tracing::debug!("etcd {} at {}", etcd.version(), urls.join(","));
+            spec.backend_name = "etcd";
+            run(Arc::new(etcd), spec, &o).await
+        }
+    }
+}
+
+async fn run<B: Backend>(backend: Arc<B>, spec: Spec, o: &Opts) -> anyhow::Result<()> {
     let report = execute(backend, spec).await?;
     if o.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::backend::Backend;
 use crate::generator::{Distribution, InsertSequence, KeyChooser};
+use crate::scope::Placement;
 use crate::stats::{Progress, Recorder, Report};
 use crate::workload::{account_key, record_key, OpKind, Workload, INITIAL_BALANCE, RECORD_KEY_END};
 
@@ -42,6 +43,8 @@ pub struct Spec {
     pub duration: Option<Duration>,
     pub progress: bool,
     pub backend_name: &'static str,
+    /// Accounts by shard, for a `--txn-scope` other than `any`.
+    pub placement: Option<Arc<Placement>>,
 }
 
 struct Ctx<B> {
@@ -102,6 +105,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         errors: AtomicU64::new(0),
         spec,
     });
+    let retries_before = ctx.backend.txn_retries();
     let started = SystemTime::now();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -126,6 +130,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         data.merge(&t.await?);
     }
     let elapsed = t0.elapsed();
+    let txn_retries = ctx.backend.txn_retries().saturating_sub(retries_before);
     stopper.abort();
     if let Some(p) = progress {
         p.abort();
@@ -140,6 +145,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         elapsed,
         started,
         data,
+        txn_retries,
     })
 }
 
@@ -302,20 +308,29 @@ async fn run_one<B: Backend>(
         }
         OpKind::Txn => {
             let want = w.txn_keys as usize;
-            let mut nums: Vec<u64> = Vec::with_capacity(want);
-            let mut tries = 0;
-            while nums.len() < want {
-                let k = chooser.next(rng, &ctx.accounts) % w.recordcount;
-                tries += 1;
-                if !nums.contains(&k) {
-                    nums.push(k);
-                } else if tries > 100 * want {
-                    // A very skewed chooser keeps repeating: fill in order.
-                    if let Some(k) = (0..w.recordcount).find(|k| !nums.contains(k)) {
-                        nums.push(k);
-                    }
+            let nums = match &ctx.spec.placement {
+                Some(p) => {
+                    let first = chooser.next(rng, &ctx.accounts) % w.recordcount;
+                    p.pick(rng, first, want)
                 }
-            }
+                None => {
+                    let mut nums: Vec<u64> = Vec::with_capacity(want);
+                    let mut tries = 0;
+                    while nums.len() < want {
+                        let k = chooser.next(rng, &ctx.accounts) % w.recordcount;
+                        tries += 1;
+                        if !nums.contains(&k) {
+                            nums.push(k);
+                        } else if tries > 100 * want {
+                            // A very skewed chooser keeps repeating: fill in order.
+                            if let Some(k) = (0..w.recordcount).find(|k| !nums.contains(k)) {
+                                nums.push(k);
+                            }
+                        }
+                    }
+                    nums
+                }
+            };
             let keys: Vec<Vec<u8>> = nums.into_iter().map(account_key).collect();
             let amount = rng.random_range(1..=100);
             timed(ctx, rec, kind, &keys[0], b.txn_transfer(&keys, amount)).await;

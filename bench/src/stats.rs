@@ -108,6 +108,9 @@ pub struct Report {
     pub elapsed: Duration,
     pub started: SystemTime,
     pub data: Recorder,
+    /// Transfers started over after an abort / failed commit, in total
+    /// (each transfer still counts once in the operations).
+    pub txn_retries: u64,
 }
 
 impl Report {
@@ -174,6 +177,9 @@ impl Report {
                     );
                 }
             }
+            if k == OpKind::Txn {
+                line(n, "Retries", self.txn_retries.to_string());
+            }
             line(n, "Return=OK", h.len().to_string());
             if failed > 0 {
                 line(n, "Return=ERROR", failed.to_string());
@@ -200,15 +206,16 @@ impl Report {
             } else {
                 serde_json::Value::Null
             };
-            ops.insert(
-                k.name().to_string(),
-                json!({
-                    "operations": h.len(),
-                    "failed": failed,
-                    "throughput_ops_sec": h.len() as f64 / self.secs(),
-                    "latency_us": latency,
-                }),
-            );
+            let mut entry = json!({
+                "operations": h.len(),
+                "failed": failed,
+                "throughput_ops_sec": h.len() as f64 / self.secs(),
+                "latency_us": latency,
+            });
+            if k == OpKind::Txn {
+                entry["retries"] = json!(self.txn_retries);
+            }
+            ops.insert(k.name().to_string(), entry);
         }
         json!({
             "phase": self.phase,
@@ -283,6 +290,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             started: SystemTime::now(),
             data: a,
+            txn_retries: 0,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::generator::Distribution;
+use crate::scope::TxnScope;
 use crate::UsageError;
 
 /// Operation types, in report order.
@@ -64,6 +65,8 @@ pub struct Workload {
     pub maxscanlength: u64,
     /// Accounts per transfer (`--txn-keys`).
     pub txn_keys: u64,
+    /// Shards of a transfer's accounts (`--txn-scope`).
+    pub txn_scope: TxnScope,
 }
 
 impl Default for Workload {
@@ -84,6 +87,7 @@ impl Default for Workload {
             fieldlength: 100,
             maxscanlength: 1000,
             txn_keys: 2,
+            txn_scope: TxnScope::Any,
         }
     }
 }
@@ -183,6 +187,10 @@ impl Workload {
                 "fieldlength" => self.fieldlength = int()?,
                 "maxscanlength" => self.maxscanlength = int()?,
                 "txnkeys" => self.txn_keys = int()?,
+                "txnscope" => {
+                    self.txn_scope = <TxnScope as clap::ValueEnum>::from_str(v, true)
+                        .map_err(|_| bad("any, single-shard or cross-shard"))?
+                }
                 // Accepted and meaningless here (or always true here).
                 "workload"
                 | "readallfields"
@@ -302,6 +310,7 @@ impl Workload {
             "fieldlength": self.fieldlength,
             "maxscanlength": self.maxscanlength,
             "txnkeys": self.txn_keys,
+            "txnscope": self.txn_scope.name(),
         })
     }
 

@@ -12,6 +12,7 @@
 //! [`LimitError`] (a request over a size limit).
 
 mod config;
+pub mod faults;
 mod ids;
 mod limits;
 mod partition;

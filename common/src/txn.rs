@@ -130,12 +130,16 @@ pub enum Op {
 /// A source of wall-clock milliseconds; injected so tests control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// The machine's wall clock, shifted by `PACT_CLOCK_OFFSET_MS` when the
+/// fault-injection suite skews this process (see [`crate::faults`]).
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
+    let offset = crate::faults::clock_offset_ms();
+    Arc::new(move || {
+        let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        ms.saturating_add_signed(offset)
     })
 }
 

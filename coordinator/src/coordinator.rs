@@ -668,6 +668,12 @@ fn run(
         Action::Log { txn, shards } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let delay = pact_common::faults::decision_delay_ms();
+                if delay > 0 {
+                    // Fault injection: hold every prepared transaction in
+                    // doubt a while, so a killed coordinator leaves some.
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 let started = Instant::now();
                 let cmd = LogCommand::Decide {
                     txn,

@@ -70,6 +70,7 @@ async fn run(
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    pact_raft::server::arm_faults().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -77,6 +77,7 @@ async fn run(
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    pact_raft::server::arm_faults().map_err(anyhow::Error::msg)?;
     // Bind first, so a port clash is reported before any state is touched.
     let listener = tokio::net::TcpListener::bind(listen)
         .await

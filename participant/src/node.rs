@@ -137,7 +137,10 @@ impl Node {
                 .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
                 .collect();
             let shared = Arc::new(Shared {
-                mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits::default())),
+                mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits {
+                    skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
+                    ..TxnLimits::default()
+                })),
                 released: tokio::sync::Notify::new(),
             });
             let app = Arc::new(KvApp {
@@ -357,6 +360,11 @@ impl Node {
         validate_key(key)?;
         let s = self.shard(shard)?;
         self.check_owner(shard, key)?;
+        if pact_common::faults::enabled("stale-reads") {
+            // Deliberate bug (fault injection): any replica answers from
+            // whatever it has applied, leader or not.
+            return Ok(s.replica.get_local(&data_key(key)).await?);
+        }
         self.ready(s)?;
         let txn = self.implicit_txn();
         let _release = Release::new(s, txn);

@@ -26,12 +26,16 @@ use crate::locks::{LockTable, Mode, Range};
 pub struct TxnLimits {
     /// An open transaction with no request for this long is aborted.
     pub idle_timeout_ms: u64,
+    /// Deliberate bug for the fault-injection suite (`skip-read-locks`):
+    /// shared key locks are granted without being taken, so 2PL is broken.
+    pub skip_shared_locks: bool,
 }
 
 impl Default for TxnLimits {
     fn default() -> Self {
         TxnLimits {
             idle_timeout_ms: 10_000,
+            skip_shared_locks: false,
         }
     }
 }
@@ -197,6 +201,9 @@ impl TxnManager {
         }
         if t.term != term {
             return Step::Abort("leadership changed during the transaction".into());
+        }
+        if self.limits.skip_shared_locks && matches!(target, Target::Key(_, Mode::Shared)) {
+            return Step::Granted;
         }
         let my_ts = t.ts;
         // Two rounds at most: the first may wound every blocker.
@@ -384,9 +391,25 @@ mod tests {
     fn mgr() -> TxnManager {
         let mut m = TxnManager::new(TxnLimits {
             idle_timeout_ms: 100,
+            ..TxnLimits::default()
         });
         m.leader_ready(3, Vec::new(), 0);
         m
+    }
+
+    #[test]
+    fn skip_shared_locks_bug_grants_conflicting_locks() {
+        let mut m = TxnManager::new(TxnLimits {
+            skip_shared_locks: true,
+            ..TxnLimits::default()
+        });
+        m.leader_ready(3, Vec::new(), 0);
+        let x = Target::key(b"k", Mode::Exclusive);
+        assert_eq!(m.lock(t(20), true, &x, 0), Step::Granted);
+        // Correct 2PL makes this reader wait or wound; the bug lets it in.
+        let s = Target::key(b"k", Mode::Shared);
+        assert_eq!(m.lock(t(30), true, &s, 0), Step::Granted);
+        assert_eq!(m.status(t(20)), Some(&Status::Active));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! the message is dropped; a message for a group this node does not host
 //! gets `NOT_FOUND`. Neither touches any replica's state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -65,6 +65,11 @@ pub struct NetworkFactory {
     pub(crate) group: u64,
     pub(crate) me: u64,
     pub(crate) peers: Peers,
+    /// Peer addresses from this node's own config. They win over the
+    /// addresses recorded in the Raft membership, which are whatever the
+    /// bootstrapping node's config said: each node reaches its peers the way
+    /// its own config tells it to (a different route, or a proxy).
+    pub(crate) addrs: Arc<BTreeMap<u64, String>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -75,7 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group,
             me: self.me,
             target,
-            addr: node.addr.clone(),
+            addr: self.addrs.get(&target).unwrap_or(&node.addr).clone(),
             peers: self.peers.clone(),
         }
     }

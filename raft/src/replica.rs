@@ -145,6 +145,7 @@ impl Replica {
             group,
             me: node_id,
             peers: host.peers.clone(),
+            addrs: Arc::new(members.iter().cloned().collect()),
         };
         let log = LogStore::new(group, store.clone());
         let sm = StateMachine::new(group, store.clone(), app);

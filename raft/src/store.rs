@@ -90,6 +90,9 @@ impl std::fmt::Debug for NodeStore {
     }
 }
 
+/// Set by the `crash-before-fsync` fault (see `server::arm_faults`).
+pub(crate) static CRASH_BEFORE_FSYNC: AtomicBool = AtomicBool::new(false);
+
 fn to_io(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -391,6 +394,11 @@ impl Writer {
             }
             if !need_sync {
                 continue;
+            }
+            if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
+                // Fault injection: die with this round written but not
+                // fsynced and none of it acknowledged, as a power cut would.
+                std::process::abort();
             }
             let synced = if self.poisoned.load(Ordering::SeqCst) {
                 Err(io::Error::other(

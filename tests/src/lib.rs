@@ -6,6 +6,11 @@
 //! so a failed test leaves nothing running. The binaries are found next to
 //! the test executable (`target/<profile>/`); build them first with
 //! `cargo build --bins` (the README's test command does).
+//!
+//! [`jepsen`] builds the fault-injection suite on top: recorded histories,
+//! a nemesis, per-link proxies and the checkers of `pact-check`.
+
+pub mod jepsen;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -67,6 +72,11 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub config_path: PathBuf,
     procs: BTreeMap<NodeId, Child>,
+    /// A node's own config file, where it differs from `config_path` (its
+    /// peers reached through fault-injecting proxies).
+    node_configs: BTreeMap<NodeId, PathBuf>,
+    /// Extra environment per node (fault injection, clock skew).
+    env: BTreeMap<NodeId, BTreeMap<String, String>>,
 }
 
 impl Cluster {
@@ -91,7 +101,17 @@ impl Cluster {
         Self::start_config(config, tuning)
     }
 
-    fn start_config(mut config: ClusterConfig, tuning: RaftTuning) -> Cluster {
+    fn start_config(config: ClusterConfig, tuning: RaftTuning) -> Cluster {
+        let mut c = Self::create(config, tuning);
+        for id in c.node_ids() {
+            c.start_node(id);
+        }
+        c
+    }
+
+    /// Write the config (free ports, `tuning`) without starting anything,
+    /// so the caller can route links or set environments first.
+    pub fn create(mut config: ClusterConfig, tuning: RaftTuning) -> Cluster {
         let ports = free_ports(config.nodes.len());
         for (n, port) in config.nodes.iter_mut().zip(ports) {
             n.addr = format!("127.0.0.1:{port}");
@@ -104,16 +124,45 @@ impl Cluster {
             .expect("tempdir");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, config.to_toml_string()).expect("write config");
-        let mut c = Cluster {
+        Cluster {
             dir,
             config,
             config_path,
             procs: BTreeMap::new(),
-        };
-        for id in c.node_ids() {
-            c.start_node(id);
+            node_configs: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
-        c
+    }
+
+    /// Start every node that is not running.
+    pub fn start_all(&mut self) {
+        for id in self.node_ids() {
+            if !self.procs.contains_key(&id) {
+                self.start_node(id);
+            }
+        }
+    }
+
+    /// Give node `id` its own config in which peer `p` lives at
+    /// `peer_addr(p)`; takes effect at the node's next start.
+    pub fn set_peer_addrs(&mut self, id: NodeId, peer_addr: impl Fn(NodeId) -> String) {
+        let mut cfg = self.config.clone();
+        for n in cfg.nodes.iter_mut() {
+            if n.id != id {
+                n.addr = peer_addr(n.id);
+            }
+        }
+        let path = self.dir.path().join(format!("cluster-{id}.toml"));
+        std::fs::write(&path, cfg.to_toml_string()).expect("write node config");
+        self.node_configs.insert(id, path);
+    }
+
+    /// Set an environment variable for node `id`'s next starts.
+    pub fn set_env(&mut self, id: NodeId, key: &str, value: &str) {
+        self.env
+            .entry(id)
+            .or_default()
+            .insert(key.to_string(), value.to_string());
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -157,14 +206,16 @@ impl Cluster {
         } else {
             "participant"
         };
+        let config = self.node_configs.get(&id).unwrap_or(&self.config_path);
         let child = Command::new(binary(bin))
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .arg("--node-id")
             .arg(id.0.to_string())
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.get(&id).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -173,7 +224,8 @@ impl Cluster {
         self.procs.insert(id, child);
     }
 
-    fn signal(&self, id: NodeId, sig: libc::c_int) {
+    /// Send `sig` to node `id`'s process, if it runs.
+    pub fn signal(&self, id: NodeId, sig: libc::c_int) {
         if let Some(c) = self.procs.get(&id) {
             // SAFETY: kill(2) on a pid we spawned and have not reaped.
             unsafe {
@@ -211,7 +263,11 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.config, ClientOptions::default())
+        self.client_with(ClientOptions::default())
+    }
+
+    pub fn client_with(&self, opts: ClientOptions) -> Client {
+        Client::new(&self.config, opts)
     }
 
     /// A client that talks to one node only, for probing that node.

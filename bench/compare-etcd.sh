@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Pact next to etcd on this machine, with the same driver and parameters.
+#
+# Starts the Pact playground (3 participant nodes holding 3 shards x 3
+# replicas, a coordinator group of 3) and runs YCSB-A, YCSB-C and the
+# transfer workload against it, plus the transfer workload with every
+# transfer kept on one shard and spread across shards; stops it; then
+# starts a 3-member etcd cluster on loopback and runs the same workloads
+# against it; prints a table (Markdown) of throughput and latency.
+# Only one of the two clusters runs at a time.
+#
+# Usage: bash bench/compare-etcd.sh
+# Settings (environment):
+#   DURATION=20   seconds per measured run      RECORDS=10000  YCSB records
+#   THREADS=16    concurrent client tasks        ACCOUNTS=1000  txn accounts
+#   TXN_KEYS=2    accounts per transfer          SEED=42        RNG seed
+#   PACT_PORT=27001  first Pact port (uses +0..+5 and +10..+15)
+#   ETCD_PORTS="2379 22379 32379"  client ports (peer port = client + 1)
+#   RESULTS=DIR   keep the JSON reports in DIR   NO_BUILD=1  skip cargo build
+#   KEEP_TMP=1    keep the temporary folder (data and logs)
+# Quick run: DURATION=5 RECORDS=2000 bash bench/compare-etcd.sh
+#
+# Needs: cargo, python3; etcd 3.x (installed with apt-get as etcd-server
+# if missing, which needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+DURATION=${DURATION:-20}
+RECORDS=${RECORDS:-10000}
+THREADS=${THREADS:-16}
+ACCOUNTS=${ACCOUNTS:-1000}
+TXN_KEYS=${TXN_KEYS:-2}
+SEED=${SEED:-42}
+PACT_PORT=${PACT_PORT:-27001}
+ETCD_PORTS=${ETCD_PORTS:-"2379 22379 32379"}
+export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'compare-etcd: %s\n' "$*" >&2; exit 1; }
+
+command -v python3 >/dev/null || die "python3 is needed (to read the JSON reports)"
+command -v cargo >/dev/null || [ "${NO_BUILD:-}" = 1 ] || die "cargo is needed"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-vs-etcd.XXXXXX")
+pg_pid=""
+pg_children=""
+etcd_pids=""
+
+stop_pid() { # PID [signal]: signal it, wait up to 10 s, then SIGKILL
+  local pid=$1 sig=${2:-TERM}
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -"$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_pact() {
+  if [ -n "$pg_pid" ]; then
+    stop_pid "$pg_pid" INT
+    # The playground stops its nodes itself; make sure none is left.
+    for c in $pg_children; do stop_pid "$c"; done
+    pg_pid=""
+    pg_children=""
+  fi
+}
+
+stop_etcd() {
+  for p in $etcd_pids; do stop_pid "$p"; done
+  etcd_pids=""
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pact
+  stop_etcd
+  if [ "${KEEP_TMP:-}" = 1 ]; then
+    echo "kept $tmp" >&2
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port in use would make a cluster fail in confusing ways: check first.
+port_free() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+EOF
+}
+
+# --- etcd -----------------------------------------------------------------
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "etcd is not installed and this is not root; install etcd-server"
+    sudo=sudo
+  fi
+  log "installing $* with apt-get"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >"$tmp/apt.log" 2>&1 ||
+    { $sudo apt-get update -q >>"$tmp/apt.log" 2>&1 &&
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$tmp/apt.log" 2>&1; } ||
+    { cat "$tmp/apt.log" >&2; die "could not install $*"; }
+}
+if ! command -v etcd >/dev/null; then
+  apt_install etcd-server
+  command -v etcd >/dev/null || die "etcd-server installed but no etcd on PATH"
+fi
+etcd_version=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: *//p' | head -1)
+[ -n "$etcd_version" ] || etcd_version=unknown
+
+# --- Pact binaries ----------------------------------------------------------
+bin=$root/target/release
+if [ "${NO_BUILD:-}" != 1 ]; then
+  log "building release binaries (first time: several minutes)"
+  cargo build --release --quiet --bins \
+    -p pact-cli -p pact-participant -p pact-coordinator -p pact-bench
+fi
+for b in txn participant coordinator bench; do
+  [ -x "$bin/$b" ] || die "$bin/$b is missing; run without NO_BUILD=1"
+done
+
+for p in $(seq "$PACT_PORT" $((PACT_PORT + 5))) $(seq $((PACT_PORT + 10)) $((PACT_PORT + 15))); do
+  port_free "$p" || die "port $p is in use; set PACT_PORT"
+done
+for p in $ETCD_PORTS; do
+  port_free "$p" || die "port $p is in use; set ETCD_PORTS"
+  port_free $((p + 1)) || die "port $((p + 1)) is in use; set ETCD_PORTS"
+done
+
+res=$tmp/results
+mkdir -p "$res"
+
+# bench PREFIX ARGS...: run bench with ARGS plus the backend's flags, save
+# the JSON report as $res/PREFIX.json.
+backend_args=()
+bench() {
+  local name=$1
+  shift
+  log "$name: bench $*"
+  if ! "$bin/bench" "$@" "${backend_args[@]}" --threads "$THREADS" --seed "$SEED" --json \
+    >"$res/$name.json" 2>"$res/$name.err"; then
+    cat "$res/$name.err" >&2
+    die "bench $* failed"
+  fi
+  # Failures are counted, not fatal: show the first ones.
+  if [ -s "$res/$name.err" ]; then head -5 "$res/$name.err" >&2; fi
+}
+
+run_workloads() { # BACKEND
+  local b=$1
+  bench "$b-load-a" load --workload a --recordcount "$RECORDS"
+  bench "$b-a" run --workload a --recordcount "$RECORDS" --duration "$DURATION"
+  bench "$b-c" run --workload c --recordcount "$RECORDS" --duration "$DURATION"
+  bench "$b-load-txn" load --workload txn --recordcount "$ACCOUNTS"
+  bench "$b-txn" run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+    --duration "$DURATION"
+}
+
+# --- Pact -------------------------------------------------------------------
+log "starting the Pact playground (ports $PACT_PORT-$((PACT_PORT + 15)))"
+mkdir -p "$tmp/pact"
+"$bin/txn" playground --dir "$tmp/pact" --port "$PACT_PORT" >"$tmp/pact/playground.out" 2>&1 &
+pg_pid=$!
+for _ in $(seq 1 300); do
+  grep -q '^ready' "$tmp/pact/playground.out" && break
+  kill -0 "$pg_pid" 2>/dev/null || { cat "$tmp/pact/playground.out" >&2; die "the playground exited"; }
+  sleep 0.2
+done
+grep -q '^ready' "$tmp/pact/playground.out" ||
+  { cat "$tmp/pact/playground.out" >&2; die "the playground did not get ready in 60 s"; }
+pg_children=$(command -v pgrep >/dev/null && pgrep -P "$pg_pid" || true)
+
+backend_args=(--backend pact --config "$tmp/pact/cluster.toml")
+run_workloads pact
+bench pact-txn-single run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+  --duration "$DURATION" --txn-scope single-shard
+bench pact-txn-cross run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+  --duration "$DURATION" --txn-scope cross-shard
+log "stopping Pact"
+stop_pact
+
+# --- etcd -------------------------------------------------------------------
+cluster=""
+i=0
+for p in $ETCD_PORTS; do
+  i=$((i + 1))
+  cluster="${cluster:+$cluster,}m$i=http://127.0.0.1:$((p + 1))"
+done
+log "starting etcd $etcd_version (client ports $ETCD_PORTS)"
+mkdir -p "$tmp/etcd"
+i=0
+endpoints=""
+for p in $ETCD_PORTS; do
+  i=$((i + 1))
+  etcd --name "m$i" --data-dir "$tmp/etcd/m$i" \
+    --listen-client-urls "http://127.0.0.1:$p" --advertise-client-urls "http://127.0.0.1:$p" \
+    --listen-peer-urls "http://127.0.0.1:$((p + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((p + 1))" \
+    --initial-cluster "$cluster" --initial-cluster-token pact-bench \
+    --initial-cluster-state new >"$tmp/etcd/m$i.log" 2>&1 &
+  etcd_pids="$etcd_pids $!"
+  endpoints="${endpoints:+$endpoints,}http://127.0.0.1:$p"
+done
+healthy() {
+  python3 - "$endpoints" <<'EOF'
+import json, sys, urllib.request
+for e in sys.argv[1].split(","):
+    try:
+        with urllib.request.urlopen(e + "/health", timeout=1) as r:
+            if json.load(r).get("health") != "true":
+                sys.exit(1)
+    except Exception:
+        sys.exit(1)
+EOF
+}
+ok=0
+for _ in $(seq 1 150); do
+  if healthy; then ok=1; break; fi
+  for p in $etcd_pids; do
+    kill -0 "$p" 2>/dev/null || { tail -20 "$tmp"/etcd/m*.log >&2; die "an etcd member exited"; }
+  done
+  sleep 0.2
+done
+[ "$ok" = 1 ] || { tail -20 "$tmp"/etcd/m*.log >&2; die "etcd did not get healthy in 30 s"; }
+
+backend_args=(--backend etcd --etcd-endpoints "$endpoints")
+run_workloads etcd
+log "stopping etcd"
+stop_etcd
+
+if [ -n "${RESULTS:-}" ]; then
+  mkdir -p "$RESULTS"
+  cp "$res"/*.json "$RESULTS"/
+  log "JSON reports kept in $RESULTS"
+fi
+
+# --- Table ------------------------------------------------------------------
+python3 - "$res" "$etcd_version" <<'EOF'
+import json, os, subprocess, sys
+
+res, etcd_version = sys.argv[1], sys.argv[2]
+env = os.environ
+
+def load(name):
+    with open(os.path.join(res, name + ".json")) as f:
+        return json.load(f)
+
+def op(report, kind):
+    return report["ops"].get(kind) or {}
+
+def tput(report, kind=None):
+    return report["throughput_ops_sec"] if kind is None else op(report, kind).get("throughput_ops_sec", 0.0)
+
+def lat(report, kind, q):
+    l = op(report, kind).get("latency_us")
+    return l[q] if l else None
+
+def ms(us):
+    return "-" if us is None else f"{us / 1000:.2f} ms"
+
+def ratio(a, b):
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+except Exception:
+    rev = "unknown"
+print()
+print(f"Pact {rev} vs etcd {etcd_version}; {os.cpu_count()} cores; "
+      f"threads {env.get('THREADS', '16')}, {env.get('DURATION', '20')} s per run, "
+      f"{env.get('RECORDS', '10000')} records, {env.get('ACCOUNTS', '1000')} accounts, "
+      f"{env.get('TXN_KEYS', '2')} accounts per transfer, seed {env.get('SEED', '42')}")
+print()
+print("| workload | op | Pact ops/s | etcd ops/s | Pact/etcd | Pact p50 | etcd p50 | Pact p99 | etcd p99 |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+rows = [
+    ("load (10 x 100 B records)", "load-a", ["INSERT"], False),
+    ("YCSB-A (zipfian)", "a", ["READ", "UPDATE"], True),
+    ("YCSB-C (zipfian)", "c", ["READ"], False),
+    ("txn transfer (any shards)", "txn", ["TXN"], False),
+]
+failed = []
+for title, name, kinds, total in rows:
+    p, e = load("pact-" + name), load("etcd-" + name)
+    for r, who in ((p, "pact"), (e, "etcd")):
+        if r["failed"]:
+            failed.append(f"{who} {name}: {r['failed']} failed")
+    if total:
+        print(f"| {title} | all | {tput(p):,.0f} | {tput(e):,.0f} | {ratio(tput(p), tput(e))} "
+              f"| | | | |")
+    for k in kinds:
+        print(f"| {title} | {k} | {tput(p, k):,.0f} | {tput(e, k):,.0f} "
+              f"| {ratio(tput(p, k), tput(e, k))} | {ms(lat(p, k, 'p50'))} | {ms(lat(e, k, 'p50'))} "
+              f"| {ms(lat(p, k, 'p99'))} | {ms(lat(e, k, 'p99'))} |")
+print()
+pt, et = load("pact-txn"), load("etcd-txn")
+print(f"Transfer retries (aborts / failed compares, started over): "
+      f"Pact {op(pt, 'TXN').get('retries', 0)}, etcd {op(et, 'TXN').get('retries', 0)}")
+print()
+single, cross = load("pact-txn-single"), load("pact-txn-cross")
+s50, c50 = lat(single, "TXN", "p50"), lat(cross, "TXN", "p50")
+print("| Pact transfer | txn/s | p50 | p99 | retries |")
+print("|---|---:|---:|---:|---:|")
+for title, r in (("single-shard (one-phase commit)", single), ("cross-shard (2PC)", cross)):
+    print(f"| {title} | {tput(r, 'TXN'):,.0f} | {ms(lat(r, 'TXN', 'p50'))} "
+          f"| {ms(lat(r, 'TXN', 'p99'))} | {op(r, 'TXN').get('retries', 0)} |")
+    if r["failed"]:
+        failed.append(f"pact {title}: {r['failed']} failed")
+print()
+print(f"cross-shard commit p50 / single-shard p50 = {ratio(c50, s50)}")
+if failed:
+    print()
+    print("failed operations: " + "; ".join(failed))
+EOF

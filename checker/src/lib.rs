@@ -1,0 +1,220 @@
+//! # pact-check: consistency checkers for Jepsen-style histories
+//!
+//! A history is what clients saw: for every operation, an `:invoke` and
+//! then an `:ok` (it happened), a `:fail` (it did not) or an `:info` (no
+//! idea: it may have happened, at any later time, or never). This crate
+//! decides whether such a history could have come from a correct system.
+//! It reads histories as Jepsen writes them (EDN, one map per line or one
+//! vector) or as elle-cli writes them (JSON), and does no I/O itself.
+//!
+//! ## Models and algorithms
+//!
+//! * **Linearizability** (`cas-register`, `kv`): the Wing & Gong search as
+//!   improved by Lowe and implemented in Porcupine. Calls and returns sit in
+//!   one time-ordered linked list; the search linearizes any call not
+//!   preceded by a pending return, backtracks at a return it could not
+//!   serve, and memoizes (set of linearized ops, model state) so that each
+//!   configuration is explored once. `:fail` ops are dropped, `:info` ops
+//!   get a return at +infinity and may be left out, and crashed reads, which
+//!   observed nothing, are dropped. The `kv` model is checked key by key,
+//!   which linearizability's locality makes sound and the search cheap. The
+//!   engine is generic over [`linear::Model`].
+//! * **Serializability** (`list-append`, `rw-register`): Elle's approach.
+//!   Each transaction is a node; the values it read and wrote give
+//!   write-write, write-read and read-write (anti-dependency) edges, plus,
+//!   for strict serializability, process-order and realtime edges. Any
+//!   cycle is an anomaly, named by the edges it needs (Adya's G0, G1c,
+//!   G-single, G2-item, with `-process`/`-realtime` suffixes when it needs
+//!   those orders). List-append recovers the version order of each key from
+//!   its reads, since every read returns the whole list; rw-register only
+//!   knows that nil precedes everything and that a transaction that read v1
+//!   and wrote v2 ordered v1 before v2. Non-cycle anomalies (G1a aborted
+//!   reads, G1b intermediate reads, internal inconsistency, incompatible
+//!   orders, duplicated elements) are found directly. Components come from
+//!   an iterative Tarjan; cycles from BFS restricted to edge-type masks,
+//!   trying the most specific class first, so each component is reported
+//!   once, under the class that best explains it.
+//! * **Bank** and **set**: Jepsen's invariants. Every snapshot read of the
+//!   bank sees the same total and no negative balance; the final read of a
+//!   set holds every acknowledged add and nothing never attempted.
+//!
+//! ## Limits
+//!
+//! Linearizability checking is NP-complete: the memo makes typical Jepsen
+//! histories fast, but many concurrent `:info` ops can still blow up the
+//! search, which gives up after [`Options::max_states`] configurations and
+//! reports `unknown` rather than guessing. The transactional checkers
+//! assume, as Elle does, that each value is written (appended) at most
+//! once per key. rw-register infers far fewer version orders than
+//! list-append, so it misses anomalies list-append would catch, and it does
+//! not iterate order inference to a fixed point. Realtime order comes from
+//! `:time` when every op has one, otherwise from position in the history.
+//! Elle's rarer classes (G-nonadjacent, lost-update, dirty-update,
+//! future-read) are not reported; cycles they would name are reported as
+//! G2-item or G-single. With `realtime` off, process order is dropped too,
+//! so the check is plain serializability.
+
+use serde::Serialize;
+
+mod bank;
+mod edn;
+mod elle;
+mod history;
+mod intern;
+pub mod linear;
+mod list_append;
+mod rw_register;
+mod set;
+mod value;
+
+pub use history::{
+    parse_auto, parse_edn, parse_json, to_edn, to_jsonl, History, Op, OpType, ParseError, NEMESIS,
+};
+pub use value::Value;
+
+/// The consistency model (and data type) a history is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// Elle list-append transactions: `[:append k v]`, `[:r k [v ...]]`.
+    ListAppend,
+    /// Elle rw-register transactions: `[:w k v]`, `[:r k v]`.
+    RwRegister,
+    /// Jepsen bank: `:transfer` and `:read` of all balances.
+    Bank,
+    /// A single linearizable register: `:read`, `:write v`, `:cas [old new]`.
+    CasRegister,
+    /// Porcupine's key-value store: `:get`, `:put`, `:append` with `:key`.
+    Kv,
+    /// Jepsen set: `:add v` and a final `:read`.
+    Set,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckResult {
+    pub valid: bool,
+    /// Sorted and deduplicated, named as Elle/Jepsen name them.
+    pub anomalies: Vec<String>,
+    /// Examples: cycles with their edges, failing keys, bad reads.
+    pub details: serde_json::Value,
+    /// Client operations (invocation/completion pairs) in the history.
+    pub op_count: usize,
+}
+
+impl CheckResult {
+    pub(crate) fn valid(details: serde_json::Value, op_count: usize) -> Self {
+        CheckResult {
+            valid: true,
+            anomalies: Vec::new(),
+            details,
+            op_count,
+        }
+    }
+
+    pub(crate) fn invalid(
+        mut anomalies: Vec<String>,
+        details: serde_json::Value,
+        op_count: usize,
+    ) -> Self {
+        anomalies.sort();
+        anomalies.dedup();
+        CheckResult {
+            valid: anomalies.is_empty(),
+            anomalies,
+            details,
+            op_count,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bank: the expected sum of all balances; inferred from the first ok
+    /// read when None.
+    pub bank_total: Option<i64>,
+    /// Bank: the exact set of accounts every read must show.
+    pub bank_accounts: Option<Vec<Value>>,
+    /// List-append / rw-register: include process and realtime order
+    /// (strict serializability). Default true.
+    pub realtime: bool,
+    /// Linearizability: memo-table budget; exceeding it yields anomaly
+    /// `unknown`.
+    pub max_states: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bank_total: None,
+            bank_accounts: None,
+            realtime: true,
+            max_states: 5_000_000,
+        }
+    }
+}
+
+/// Checks `history` against `model`. Never panics on odd histories: ops a
+/// model cannot interpret yield the anomaly `malformed`.
+pub fn check(model: Model, history: &History, opts: &Options) -> CheckResult {
+    match model {
+        Model::ListAppend => list_append::check(history, opts),
+        Model::RwRegister => rw_register::check(history, opts),
+        Model::Bank => bank::check(history, opts),
+        Model::CasRegister => linear::check_cas_register(history, opts),
+        Model::Kv => linear::check_kv(history, opts),
+        Model::Set => set::check(history, opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_json_round_trip() {
+        let v = Value::from_edn("{:a [1 2.5 \"s\" nil true], \"b\" #{:k}}").unwrap();
+        let j = v.to_json();
+        assert_eq!(
+            j,
+            serde_json::json!({":a": [1, 2.5, "s", null, true], "b": [":k"]})
+        );
+        assert_eq!(serde_json::to_value(&v).unwrap(), j);
+        // Maps with non-string keys become arrays of pairs.
+        let m = Value::from_edn("{0 10, 1 20}").unwrap();
+        assert_eq!(m.to_json(), serde_json::json!([[0, 10], [1, 20]]));
+        assert_eq!(
+            Value::from_json(&serde_json::json!({":x": [":y", "z"]})),
+            Value::Map(vec![(
+                Value::Keyword("x".into()),
+                Value::Vec(vec![Value::Keyword("y".into()), Value::Str("z".into())])
+            )])
+        );
+    }
+
+    #[test]
+    fn value_edn_round_trip() {
+        for text in [
+            "nil",
+            "[1 -2 3.5 1e300 \"a\\\"b\\n\" :kw sym #{1} {:a {:b [()]}}]",
+            "\"tab\\there\"",
+            "[##Inf ##-Inf -0.0]",
+        ] {
+            let v = Value::from_edn(text).unwrap();
+            assert_eq!(Value::from_edn(&v.to_edn()).unwrap(), v, "{text}");
+        }
+        // Names EDN cannot spell bare are written as strings.
+        assert_eq!(Value::Keyword("a b".into()).to_edn(), "\"a b\"");
+        assert_eq!(Value::Symbol("1x".into()).to_edn(), "\"1x\"");
+    }
+
+    #[test]
+    fn op_round_trips() {
+        let h = parse_edn(
+            "{:index 3, :time 5, :type :ok, :process :nemesis, :f :start, :value \"x\"}\n\
+             {:process 1, :type :invoke, :f :put, :key \"k\", :value {:a 1}}\n",
+        )
+        .unwrap();
+        assert_eq!(parse_edn(&to_edn(&h)).unwrap(), h);
+        assert_eq!(parse_json(&to_jsonl(&h)).unwrap(), h);
+        assert_eq!(parse_auto(&to_jsonl(&h)).unwrap(), h);
+    }
+}

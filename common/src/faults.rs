@@ -1,0 +1,96 @@
+//! Fault injection for the Jepsen-style suite (`tests/`), off unless the
+//! process environment asks for it.
+//!
+//! Two kinds live here. *Faults* the real system must survive: a skewed
+//! wall clock (`PACT_CLOCK_OFFSET_MS`, signed milliseconds added to
+//! [`crate::system_clock`]) and the `crash-before-fsync` trigger (the
+//! storage writer aborts the process between writing a round and fsyncing
+//! it, after the process receives SIGUSR1). And deliberate *bugs*, so the
+//! suite can prove its checkers notice when guarantees break:
+//! `skip-read-locks` (transactional reads take no shared lock: 2PL is
+//! broken) and `stale-reads` (any replica answers a plain read from its
+//! local state, with no leader check or read barrier).
+//!
+//! `PACT_FAULTS` is a comma-separated list of those names. The servers log
+//! a warning naming every fault that is on; unknown names are refused at
+//! start-up so a typo cannot silently test the real build.
+
+use std::sync::OnceLock;
+
+/// Every name `PACT_FAULTS` accepts.
+pub const FAULT_NAMES: &[&str] = &[
+    "skip-read-locks",
+    "stale-reads",
+    "crash-before-fsync",
+    "decision-delay",
+];
+
+fn parse(list: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !FAULT_NAMES.contains(&name) {
+            return Err(format!(
+                "unknown fault {name:?} in PACT_FAULTS (known: {})",
+                FAULT_NAMES.join(", ")
+            ));
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
+}
+
+fn active() -> &'static Result<Vec<String>, String> {
+    static ACTIVE: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
+    ACTIVE.get_or_init(|| parse(&std::env::var("PACT_FAULTS").unwrap_or_default()))
+}
+
+/// The faults switched on for this process, or why `PACT_FAULTS` is bad.
+pub fn configured() -> Result<&'static [String], String> {
+    active().as_ref().map(Vec::as_slice).map_err(Clone::clone)
+}
+
+/// Whether fault `name` is on. A bad `PACT_FAULTS` turns nothing on (and
+/// the server refuses to start, see [`configured`]).
+pub fn enabled(name: &str) -> bool {
+    configured().is_ok_and(|f| f.iter().any(|n| n == name))
+}
+
+/// Milliseconds added to this process's wall clock (`PACT_CLOCK_OFFSET_MS`).
+pub fn clock_offset_ms() -> i64 {
+    static OFFSET: OnceLock<i64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("PACT_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// How long a coordinator waits between collecting all votes and logging
+/// its decision when `decision-delay` is on (`PACT_DECISION_DELAY_MS`,
+/// default 200): widens the window a nemesis aims its kill at.
+pub fn decision_delay_ms() -> u64 {
+    if !enabled("decision-delay") {
+        return 0;
+    }
+    std::env::var("PACT_DECISION_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_names_and_refuses_others() {
+        assert_eq!(
+            parse(" stale-reads,skip-read-locks ").unwrap(),
+            vec!["stale-reads".to_string(), "skip-read-locks".to_string()]
+        );
+        assert!(parse("").unwrap().is_empty());
+        let e = parse("stale-reads,no-such-bug").unwrap_err();
+        assert!(e.contains("no-such-bug"), "{e}");
+    }
+}

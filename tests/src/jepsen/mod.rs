@@ -1,0 +1,449 @@
+//! Jepsen-style runs: a real cluster, concurrent clients recording a
+//! history, a nemesis injecting faults on a seeded schedule, then heal,
+//! quiesce, final reads and the checkers of `pact-check`.
+//!
+//! A run leaves its artifacts in `target/jepsen/<name>-<seed>/` (or under
+//! `PACT_JEPSEN_RESULTS`): `history.jsonl`, `history.edn`, `results.json`,
+//! `nemesis.json`, `seed`, `latency.png` (operation latency over time,
+//! fault periods shaded) and every node's log. `PACT_JEPSEN_SEED` replays a
+//! schedule; `PACT_JEPSEN_SECONDS` lengthens runs (the long tier).
+
+pub mod nemesis;
+pub mod net;
+mod plot;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pact_check::{CheckResult, History, Op, OpType, Value};
+use pact_client::{Client, ClientOptions};
+use pact_common::{ClusterConfig, NodeId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub use nemesis::{Fault, Interval};
+pub use workload::Workload;
+
+use crate::{fast_tuning, Cluster};
+
+/// The history being recorded; shared by every worker and the nemesis.
+pub struct Recorder {
+    t0: Instant,
+    ops: Mutex<Vec<Op>>,
+    /// Why operations failed or went unknown, counted by message shape.
+    errors: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            t0: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Recorder {
+    /// Count an error, with digits blanked so ids do not split the tally.
+    pub fn note_error(&self, e: &pact_client::ClientError) {
+        let shape: String = e
+            .to_string()
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(100)
+            .collect();
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(shape).or_default() += 1;
+        }
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, usize> {
+        self.errors.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, process: i64, typ: OpType, f: &str, key: Option<Value>, value: Value) {
+        let time_ns = self.t0.elapsed().as_nanos() as u64;
+        if let Ok(mut ops) = self.ops.lock() {
+            let index = ops.len() as u64;
+            ops.push(Op {
+                index,
+                time_ns: Some(time_ns),
+                process,
+                typ,
+                f: f.to_string(),
+                key,
+                value,
+            });
+        }
+    }
+
+    pub fn invoke(&self, process: i64, f: &str, key: Option<Value>, value: Value) {
+        self.push(process, OpType::Invoke, f, key, value);
+    }
+
+    /// Record a completion; returns its type for the caller's bookkeeping.
+    pub fn complete(
+        &self,
+        process: i64,
+        typ: OpType,
+        f: &str,
+        key: Option<Value>,
+        value: Value,
+    ) -> OpType {
+        self.push(process, typ, f, key, value);
+        typ
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    pub fn history(&self) -> History {
+        self.ops.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
+/// One run of the suite.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub workload: Workload,
+    /// Faults the nemesis picks from, at random, one at a time.
+    pub faults: Vec<Fault>,
+    pub participants: u64,
+    pub shards: u64,
+    pub coordinators: u64,
+    pub duration: Duration,
+    pub concurrency: usize,
+    /// `PACT_FAULTS` for every server: empty for the real build, a bug
+    /// name for the deliberately broken one.
+    pub server_faults: Vec<&'static str>,
+    /// Register reads go to a random replica rather than the leader.
+    pub follower_reads: bool,
+    /// Start every server with its own random clock skew.
+    pub skewed_clocks: bool,
+}
+
+impl Spec {
+    pub fn new(name: &str, workload: Workload, faults: &[Fault]) -> Spec {
+        let secs = std::env::var("PACT_JEPSEN_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15);
+        Spec {
+            name: name.to_string(),
+            workload,
+            faults: faults.to_vec(),
+            participants: 3,
+            shards: 3,
+            coordinators: 3,
+            duration: Duration::from_secs(secs),
+            concurrency: 6,
+            server_faults: Vec::new(),
+            follower_reads: false,
+            skewed_clocks: false,
+        }
+    }
+}
+
+/// What a run produced.
+pub struct Report {
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub results: Vec<(String, CheckResult)>,
+    pub intervals: Vec<Interval>,
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+    pub final_reads_ok: bool,
+    /// Client errors seen, by message shape (see [`Recorder::note_error`]).
+    pub errors: BTreeMap<String, usize>,
+}
+
+impl Report {
+    pub fn valid(&self) -> bool {
+        self.results.iter().all(|(_, r)| r.valid)
+    }
+
+    /// Every anomaly name any checker reported, sorted.
+    pub fn anomalies(&self) -> Vec<String> {
+        let mut a: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|(_, r)| r.anomalies.iter().cloned())
+            .collect();
+        a.sort();
+        a.dedup();
+        a
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {} | ok {} fail {} info {} | faults {} | final reads {} | anomalies {:?} | artifacts {}",
+            self.seed,
+            self.ok,
+            self.fail,
+            self.info,
+            self.intervals.len(),
+            if self.final_reads_ok { "ok" } else { "FAILED" },
+            self.anomalies(),
+            self.dir.display()
+        )
+    }
+}
+
+fn results_root() -> PathBuf {
+    if let Ok(d) = std::env::var("PACT_JEPSEN_RESULTS") {
+        return PathBuf::from(d);
+    }
+    // target/<profile> -> target/jepsen
+    let bin = crate::bin_dir();
+    bin.parent().map_or(bin.clone(), |p| p.to_path_buf()).join("jepsen")
+}
+
+fn seed() -> u64 {
+    std::env::var("PACT_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+fn client_opts() -> ClientOptions {
+    // Short deadlines: under a partition an operation should end (as fail
+    // or info) within seconds, not hang the worker for the whole fault.
+    ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        retry_for: Duration::from_secs(6),
+        ..ClientOptions::default()
+    }
+}
+
+/// Run `spec` to the end and check it. Panics only on harness failures
+/// (cannot start the cluster, cannot write artifacts).
+pub async fn run(spec: Spec) -> Report {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    eprintln!("jepsen {}: seed {seed} (PACT_JEPSEN_SEED={seed} replays it)", spec.name);
+    let config = ClusterConfig::local_with_coordinators(
+        spec.participants + spec.coordinators,
+        spec.shards,
+        3,
+        spec.coordinators,
+        7001,
+    )
+    .expect("config");
+    let mut cluster = Cluster::create(config, fast_tuning());
+    let net = if spec.faults.iter().any(|f| f.needs_net()) {
+        let nodes: Vec<(NodeId, String)> = cluster
+            .config
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addr.clone()))
+            .collect();
+        let net = net::Net::start(&nodes).await.expect("start link proxies");
+        for id in cluster.node_ids() {
+            cluster.set_peer_addrs(id, |peer| net.link_addr(id, peer));
+        }
+        Some(net)
+    } else {
+        None
+    };
+    let faults = spec.server_faults.join(",");
+    for id in cluster.node_ids() {
+        if !faults.is_empty() {
+            cluster.set_env(id, "PACT_FAULTS", &faults);
+        }
+        if spec.skewed_clocks {
+            let skew = rng.random_range(-60_000i64..=60_000);
+            cluster.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
+        }
+    }
+    cluster.start_all();
+    quiesce(&cluster).await;
+    let setup = cluster.client_with(client_opts());
+    let mut tries = 0;
+    while let Err(e) = spec.workload.setup(&setup).await {
+        tries += 1;
+        assert!(tries < 20, "workload setup failed: {e}\n{}", cluster.logs_tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let rec = Arc::new(Recorder::default());
+    let unique = Arc::new(AtomicI64::new(0));
+    let deadline = Instant::now() + spec.duration;
+    let replicas: Vec<Client> = cluster
+        .participant_ids()
+        .into_iter()
+        .map(|id| cluster.client_for_node(id, client_opts()))
+        .collect();
+    let mut workers = Vec::new();
+    let n = spec.concurrency as i64;
+    for w in 0..n {
+        let mut ctx = workload::Ctx {
+            client: cluster.client_with(client_opts()),
+            replicas: replicas.clone(),
+            follower_reads: spec.follower_reads,
+            rec: rec.clone(),
+            rng: StdRng::seed_from_u64(seed.wrapping_add(w as u64 + 1)),
+            unique: unique.clone(),
+        };
+        let workload = spec.workload;
+        workers.push(tokio::spawn(async move {
+            let mut process = w;
+            let (mut ok, mut fail, mut info) = (0, 0, 0);
+            while Instant::now() < deadline {
+                match workload.step(&mut ctx, process).await {
+                    OpType::Ok => ok += 1,
+                    OpType::Fail => fail += 1,
+                    _ => {
+                        info += 1;
+                        // Its operation may still take effect: this
+                        // process is "crashed"; carry on as a new one.
+                        process += n;
+                    }
+                }
+            }
+            (ok, fail, info)
+        }));
+    }
+
+    // The nemesis, on this task, until the deadline.
+    let mut intervals = Vec::new();
+    if !spec.faults.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while Instant::now() + Duration::from_secs(2) < deadline {
+            let fault = *spec.faults.get(rng.random_range(0..spec.faults.len())).expect("fault");
+            let start_s = rec.elapsed_s();
+            let (applied, detail) = nemesis::apply(fault, &mut cluster, net.as_ref(), &mut rng).await;
+            rec.invoke(-1, "start", None, Value::Str(detail.clone()));
+            tokio::time::sleep(nemesis::hold(&mut rng)).await;
+            nemesis::heal(applied, &mut cluster, net.as_ref());
+            rec.complete(-1, OpType::Info, "stop", None, Value::Str(detail.clone()));
+            intervals.push(Interval {
+                fault,
+                start_s,
+                end_s: rec.elapsed_s(),
+                detail,
+            });
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        }
+    }
+    let (mut ok, mut fail, mut info) = (0, 0, 0);
+    for w in workers {
+        let (o, f, i) = w.await.expect("worker panicked");
+        ok += o;
+        fail += f;
+        info += i;
+    }
+
+    // Heal, quiesce, final reads.
+    if let Some(net) = &net {
+        net.heal();
+    }
+    for id in cluster.node_ids() {
+        cluster.resume(id);
+        if !cluster.is_running(id) {
+            cluster.kill(id);
+            cluster.start_node(id);
+        }
+    }
+    quiesce(&cluster).await;
+    // In-doubt transactions are resolved by participants after a delay;
+    // final reads wait on their locks, so retry for a while.
+    let mut fctx = workload::Ctx {
+        client: cluster.client_with(client_opts()),
+        replicas: Vec::new(),
+        follower_reads: false,
+        rec: rec.clone(),
+        rng: StdRng::seed_from_u64(seed ^ 0xf1a1),
+        unique: unique.clone(),
+    };
+    let mut final_reads_ok = false;
+    let final_deadline = Instant::now() + Duration::from_secs(40);
+    let mut process = 1000;
+    while !final_reads_ok && Instant::now() < final_deadline {
+        final_reads_ok = spec.workload.final_reads(&mut fctx, process).await;
+        process += 1;
+        if !final_reads_ok {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    let history = rec.history();
+    let results = spec.workload.check(&history);
+    let dir = results_root().join(format!("{}-{seed}", spec.name));
+    let report = Report {
+        dir,
+        seed,
+        results,
+        intervals,
+        ok,
+        fail,
+        info,
+        final_reads_ok,
+        errors: rec.errors(),
+    };
+    write_artifacts(&report, &history, &cluster);
+    eprintln!("jepsen {}: {}", spec.name, report.summary());
+    report
+}
+
+async fn quiesce(c: &Cluster) {
+    let participants = c.participant_ids();
+    for s in &c.config.shards {
+        c.wait_leader(s.id, &participants, Duration::from_secs(30))
+            .await;
+    }
+    if !c.config.coordinators.is_empty() {
+        c.wait_coordinator(1, Duration::from_secs(30)).await;
+    }
+}
+
+fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
+    let dir = &r.dir;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("logs")).expect("create results dir");
+    let w = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).expect("write artifact");
+    };
+    w("seed", format!("{}\n", r.seed));
+    w("history.jsonl", pact_check::to_jsonl(history));
+    w("history.edn", pact_check::to_edn(history));
+    let results: Vec<serde_json::Value> = r
+        .results
+        .iter()
+        .map(|(name, res)| serde_json::json!({"checker": name, "result": res}))
+        .collect();
+    w(
+        "results.json",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "valid": r.valid(),
+            "anomalies": r.anomalies(),
+            "ok": r.ok, "fail": r.fail, "info": r.info,
+            "final_reads_ok": r.final_reads_ok,
+            "errors": r.errors,
+            "checkers": results,
+        }))
+        .expect("json"),
+    );
+    w(
+        "nemesis.json",
+        serde_json::to_string_pretty(&r.intervals).expect("json"),
+    );
+    for id in c.node_ids() {
+        let _ = std::fs::copy(c.log_path(id), dir.join("logs").join(format!("node-{id}.log")));
+    }
+    if let Err(e) = plot::latency(&dir.join("latency.png"), history, &r.intervals) {
+        eprintln!("latency plot not written: {e}");
+    }
+}

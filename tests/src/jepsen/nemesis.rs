@@ -1,0 +1,238 @@
+//! The nemesis: faults applied to a running cluster on a seeded schedule.
+//! Each fault is applied, held, then healed; the interval is logged so
+//! checkers' findings and latency can be lined up with it.
+
+use std::time::Duration;
+
+use pact_common::{NodeId, ShardId};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+
+use super::net::Net;
+use crate::Cluster;
+
+/// Every fault the suite can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL a random server, restart it at heal.
+    KillRandom,
+    /// SIGKILL the leader of a random shard.
+    KillShardLeader,
+    /// SIGKILL the coordinator leader; run with the `decision-delay`
+    /// server fault, it dies between prepare and decision.
+    KillCoordinator,
+    /// SIGSTOP a random server for longer than election timeouts.
+    Pause,
+    /// Cut one participant off from every other server.
+    IsolateOne,
+    /// Split all servers into a random majority and minority.
+    MajorityMinority,
+    /// Participants in a ring, each reaching only its neighbours.
+    Ring,
+    /// One participant's outgoing traffic is dropped; it still hears others.
+    OneWay,
+    /// Every coordinator cut off from the replicas of one shard.
+    CoordinatorCutOffShard,
+    /// Restart a random server with its wall clock skewed by up to ±60 s.
+    ClockSkew,
+    /// A server dies between writing a storage round and fsyncing it
+    /// (needs the `crash-before-fsync` server fault), restarted at heal.
+    CrashBeforeFsync,
+}
+
+impl Fault {
+    pub fn needs_net(self) -> bool {
+        matches!(
+            self,
+            Fault::IsolateOne
+                | Fault::MajorityMinority
+                | Fault::Ring
+                | Fault::OneWay
+                | Fault::CoordinatorCutOffShard
+        )
+    }
+}
+
+/// One applied fault, with times in seconds since the history began.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Interval {
+    pub fault: Fault,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub detail: String,
+}
+
+/// What a fault left behind, for its heal.
+pub enum Applied {
+    Nothing,
+    Killed(NodeId),
+    Paused(NodeId),
+    Partitioned,
+}
+
+async fn shard_leader(c: &Cluster, shard: ShardId) -> Option<NodeId> {
+    let client = c.client();
+    let replicas = c.config.shard(shard)?.replicas.clone();
+    for id in replicas {
+        if let Ok(s) = client.replica_status(shard, id).await {
+            if s.role == "leader" {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+async fn coordinator_leader(c: &Cluster) -> Option<NodeId> {
+    let client = c.client();
+    for id in c.coordinator_ids(1) {
+        if let Ok(s) = client.coordinator_status(id).await {
+            if s.role == "leader" {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+/// Apply `fault`; returns what to undo and a description.
+pub async fn apply(
+    fault: Fault,
+    c: &mut Cluster,
+    net: Option<&Net>,
+    rng: &mut StdRng,
+) -> (Applied, String) {
+    let participants = c.participant_ids();
+    let all = c.node_ids();
+    match fault {
+        Fault::KillRandom => {
+            let id = *all.choose(rng).expect("nodes");
+            c.kill(id);
+            (Applied::Killed(id), format!("killed node {id}"))
+        }
+        Fault::KillShardLeader => {
+            let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+            let shard = *shards.choose(rng).expect("shards");
+            match shard_leader(c, shard).await {
+                Some(id) => {
+                    c.kill(id);
+                    (Applied::Killed(id), format!("killed node {id}, leader of shard {shard}"))
+                }
+                None => (Applied::Nothing, format!("shard {shard} had no leader to kill")),
+            }
+        }
+        Fault::KillCoordinator => match coordinator_leader(c).await {
+            Some(id) => {
+                c.kill(id);
+                (Applied::Killed(id), format!("killed coordinator leader {id}"))
+            }
+            None => (Applied::Nothing, "no coordinator leader to kill".into()),
+        },
+        Fault::Pause => {
+            let id = *all.choose(rng).expect("nodes");
+            c.pause(id);
+            (Applied::Paused(id), format!("paused node {id}"))
+        }
+        Fault::ClockSkew => {
+            let id = *all.choose(rng).expect("nodes");
+            let skew = rng.random_range(-60_000i64..=60_000);
+            c.kill(id);
+            c.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
+            c.start_node(id);
+            (Applied::Nothing, format!("restarted node {id} with clock skew {skew} ms"))
+        }
+        Fault::CrashBeforeFsync => {
+            let id = *participants.choose(rng).expect("participants");
+            c.signal(id, libc::SIGUSR1);
+            (
+                Applied::Killed(id),
+                format!("node {id} told to die before its next fsync"),
+            )
+        }
+        _ => {
+            let Some(net) = net else {
+                return (Applied::Nothing, format!("{fault:?} needs a proxied network"));
+            };
+            let what = match fault {
+                Fault::IsolateOne => {
+                    let id = *participants.choose(rng).expect("participants");
+                    let rest: Vec<NodeId> = all.iter().copied().filter(|n| *n != id).collect();
+                    net.partition(&[vec![id], rest]);
+                    format!("isolated node {id}")
+                }
+                Fault::MajorityMinority => {
+                    let mut nodes = all.clone();
+                    nodes.shuffle(rng);
+                    let minority = nodes.split_off(nodes.len().div_ceil(2));
+                    let what = format!("majority {nodes:?} / minority {minority:?}");
+                    net.partition(&[nodes, minority]);
+                    what
+                }
+                Fault::Ring => {
+                    let mut ring = participants.clone();
+                    ring.shuffle(rng);
+                    let n = ring.len();
+                    let pos = |id: NodeId| ring.iter().position(|r| *r == id);
+                    net.allow_only(|a, b| match (pos(a), pos(b)) {
+                        (Some(i), Some(j)) => {
+                            let d = i.abs_diff(j);
+                            d <= 1 || d == n - 1
+                        }
+                        _ => true,
+                    });
+                    format!("ring {ring:?}")
+                }
+                Fault::OneWay => {
+                    let id = *participants.choose(rng).expect("participants");
+                    let pairs: Vec<(NodeId, NodeId)> = all
+                        .iter()
+                        .filter(|n| **n != id)
+                        .map(|n| (id, *n))
+                        .collect();
+                    net.block(&pairs);
+                    format!("node {id} can hear but not speak")
+                }
+                Fault::CoordinatorCutOffShard => {
+                    let shard = c.config.shards.choose(rng).expect("shards");
+                    let mut pairs = Vec::new();
+                    for co in c.coordinator_ids(1) {
+                        for r in &shard.replicas {
+                            pairs.push((co, *r));
+                            pairs.push((*r, co));
+                        }
+                    }
+                    net.block(&pairs);
+                    format!("coordinators cut off from shard {}", shard.id)
+                }
+                _ => unreachable!("handled above"),
+            };
+            (Applied::Partitioned, what)
+        }
+    }
+}
+
+/// Undo what [`apply`] did.
+pub fn heal(applied: Applied, c: &mut Cluster, net: Option<&Net>) {
+    match applied {
+        Applied::Nothing => {}
+        // Killed or doomed (crash-before-fsync may not have fired yet):
+        // make sure it is dead, then start it from its durable state.
+        Applied::Killed(id) => {
+            c.kill(id);
+            c.start_node(id);
+        }
+        Applied::Paused(id) => c.resume(id),
+        Applied::Partitioned => {
+            if let Some(net) = net {
+                net.heal();
+            }
+        }
+    }
+}
+
+/// How long a fault is held: beyond election timeouts, so leadership moves.
+pub fn hold(rng: &mut StdRng) -> Duration {
+    Duration::from_millis(rng.random_range(1500..3500))
+}

@@ -1,0 +1,443 @@
+//! Client workloads: each operation is recorded as an invoke and then an
+//! ok (it happened), fail (it certainly did not) or info (unknown). An
+//! operation is never retried blindly after an unknown outcome: the worker
+//! records info and moves on as a new process, as Jepsen does.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use pact_check::{CheckResult, History, Model, OpType, Options, Value};
+use pact_client::{Client, ClientError};
+use pact_common::Guard;
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::Recorder;
+
+/// The workloads of the suite, each with its checker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Transfers between accounts on different shards, and snapshot reads
+    /// of all accounts: the total is conserved, no balance goes negative.
+    Bank,
+    /// Transactions of appends and reads over a few keys, checked by the
+    /// Elle-style cycle search.
+    ListAppend,
+    /// Reads, writes and compare-and-sets of independent registers, each
+    /// checked for linearizability.
+    Register,
+    /// Unique adds, then a final read: every acknowledged add is present.
+    Set,
+}
+
+pub const BANK_ACCOUNTS: i64 = 5;
+pub const BANK_INITIAL: i64 = 100;
+const LIST_KEYS: i64 = 6;
+const REGISTERS: i64 = 3;
+
+/// What one worker uses to talk to the cluster.
+pub struct Ctx {
+    pub client: Client,
+    /// One client per participant node that talks to that node only: the
+    /// register workload's reads go to a random replica when
+    /// `follower_reads` is on (a correct build refuses or redirects them).
+    pub replicas: Vec<Client>,
+    pub follower_reads: bool,
+    pub rec: Arc<Recorder>,
+    pub rng: StdRng,
+    pub unique: Arc<AtomicI64>,
+}
+
+fn bank_key(a: i64) -> Vec<u8> {
+    format!("bank/{a}").into_bytes()
+}
+fn list_key(k: i64) -> Vec<u8> {
+    format!("la/{k}").into_bytes()
+}
+fn reg_key(k: i64) -> Vec<u8> {
+    format!("reg/{k}").into_bytes()
+}
+fn set_key(e: i64) -> Vec<u8> {
+    format!("set/{e:012}").into_bytes()
+}
+
+fn parse_int(v: Option<Vec<u8>>) -> Result<Option<i64>, ClientError> {
+    match v {
+        None => Ok(None),
+        Some(b) => String::from_utf8_lossy(&b)
+            .parse()
+            .map(Some)
+            .map_err(|e| ClientError::Internal(format!("not a number: {e}"))),
+    }
+}
+
+fn parse_list(v: Option<Vec<u8>>) -> Result<Vec<i64>, ClientError> {
+    let Some(b) = v else { return Ok(Vec::new()) };
+    String::from_utf8_lossy(&b)
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e| ClientError::Internal(format!("bad list element {s:?}: {e}")))
+        })
+        .collect()
+}
+
+/// How an error leaves a non-idempotent operation: the client library
+/// promises that these kinds mean nothing was applied; anything else may
+/// have been.
+fn outcome_of(e: &ClientError) -> OpType {
+    match e {
+        ClientError::Aborted(_)
+        | ClientError::Conflict(_)
+        | ClientError::InvalidInput(_)
+        | ClientError::UnknownShard(_)
+        | ClientError::Unavailable(_) => OpType::Fail,
+        ClientError::Unknown(_) | ClientError::Internal(_) => OpType::Info,
+    }
+}
+
+impl Workload {
+    /// Data the workload needs before the history starts.
+    pub async fn setup(self, client: &Client) -> Result<(), ClientError> {
+        if self == Workload::Bank {
+            let mut t = client.begin().await?;
+            for a in 0..BANK_ACCOUNTS {
+                t.put(&bank_key(a), BANK_INITIAL.to_string().as_bytes())
+                    .await?;
+            }
+            t.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Run one random operation as `process`; returns its completion type.
+    pub async fn step(self, ctx: &mut Ctx, process: i64) -> OpType {
+        match self {
+            Workload::Bank => {
+                if ctx.rng.random_bool(0.5) {
+                    bank_read(ctx, process).await
+                } else {
+                    bank_transfer(ctx, process).await
+                }
+            }
+            Workload::ListAppend => list_txn(ctx, process).await,
+            Workload::Register => register_op(ctx, process).await,
+            Workload::Set => set_add(ctx, process).await,
+        }
+    }
+
+    /// Reads after the cluster has healed and quiesced, recorded in the
+    /// history like any other operation.
+    pub async fn final_reads(self, ctx: &mut Ctx, process: i64) -> bool {
+        match self {
+            Workload::Bank => bank_read(ctx, process).await == OpType::Ok,
+            Workload::ListAppend => {
+                let mops = (0..LIST_KEYS).map(|k| (false, k)).collect();
+                list_txn_of(ctx, process, mops).await == OpType::Ok
+            }
+            Workload::Register => {
+                let mut all = true;
+                for k in 0..REGISTERS {
+                    all &= register_read(ctx, process, k, false).await == OpType::Ok;
+                }
+                all
+            }
+            Workload::Set => set_read(ctx, process).await == OpType::Ok,
+        }
+    }
+
+    /// Check `history` with this workload's checker(s).
+    pub fn check(self, history: &History) -> Vec<(String, CheckResult)> {
+        let opts = Options::default();
+        match self {
+            Workload::Bank => {
+                let opts = Options {
+                    bank_total: Some(BANK_ACCOUNTS * BANK_INITIAL),
+                    bank_accounts: Some((0..BANK_ACCOUNTS).map(Value::Int).collect()),
+                    ..opts
+                };
+                vec![("bank".into(), pact_check::check(Model::Bank, history, &opts))]
+            }
+            Workload::ListAppend => vec![(
+                "list-append".into(),
+                pact_check::check(Model::ListAppend, history, &opts),
+            )],
+            Workload::Register => (0..REGISTERS)
+                .map(|k| {
+                    let h: History = history
+                        .iter()
+                        .filter(|o| o.key == Some(Value::Int(k)))
+                        .cloned()
+                        .collect();
+                    (
+                        format!("register {k}"),
+                        pact_check::check(Model::CasRegister, &h, &opts),
+                    )
+                })
+                .collect(),
+            Workload::Set => vec![("set".into(), pact_check::check(Model::Set, history, &opts))],
+        }
+    }
+}
+
+async fn bank_read(ctx: &mut Ctx, p: i64) -> OpType {
+    ctx.rec.invoke(p, "read", None, Value::Nil);
+    let r = async {
+        let mut t = ctx.client.begin().await?;
+        let mut m = Vec::new();
+        for a in 0..BANK_ACCOUNTS {
+            match t.get(&bank_key(a)).await.and_then(parse_int) {
+                Ok(v) => m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int))),
+                Err(e) => {
+                    t.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
+        t.commit().await?;
+        Ok::<_, ClientError>(Value::Map(m))
+    }
+    .await;
+    match r {
+        Ok(v) => ctx.rec.complete(p, OpType::Ok, "read", None, v),
+        // A read changes nothing, so every failed read simply did not happen.
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil)
+        }
+    }
+}
+
+async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
+    let from = ctx.rng.random_range(0..BANK_ACCOUNTS);
+    let to = (from + ctx.rng.random_range(1..BANK_ACCOUNTS)) % BANK_ACCOUNTS;
+    let amount = ctx.rng.random_range(1..=5i64);
+    let value = Value::Map(vec![
+        (Value::Keyword("from".into()), Value::Int(from)),
+        (Value::Keyword("to".into()), Value::Int(to)),
+        (Value::Keyword("amount".into()), Value::Int(amount)),
+    ]);
+    ctx.rec.invoke(p, "transfer", None, value.clone());
+    let mut t = match ctx.client.begin().await {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            return ctx.rec.complete(p, OpType::Fail, "transfer", None, value);
+        }
+    };
+    let body = async {
+        let a = parse_int(t.get_for_update(&bank_key(from)).await?)?.unwrap_or(0);
+        let b = parse_int(t.get_for_update(&bank_key(to)).await?)?.unwrap_or(0);
+        if a < amount {
+            return Ok(false);
+        }
+        t.put(&bank_key(from), (a - amount).to_string().as_bytes())
+            .await?;
+        t.put(&bank_key(to), (b + amount).to_string().as_bytes())
+            .await?;
+        Ok::<_, ClientError>(true)
+    }
+    .await;
+    match body {
+        Ok(true) => {}
+        // Before commit nothing can have been applied: the coordinator
+        // commits only when asked to.
+        Ok(false) | Err(_) => {
+            if let Err(e) = &body {
+                ctx.rec.note_error(e);
+            }
+            t.rollback().await;
+            return ctx.rec.complete(p, OpType::Fail, "transfer", None, value);
+        }
+    }
+    match t.commit().await {
+        Ok(()) => ctx.rec.complete(p, OpType::Ok, "transfer", None, value),
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            ctx.rec.complete(p, outcome_of(&e), "transfer", None, value)
+        }
+    }
+}
+
+fn mop_value(mops: &[(bool, i64, Value)]) -> Value {
+    Value::Vec(
+        mops.iter()
+            .map(|(append, k, v)| {
+                Value::Vec(vec![
+                    Value::Keyword(if *append { "append" } else { "r" }.into()),
+                    Value::Int(*k),
+                    v.clone(),
+                ])
+            })
+            .collect(),
+    )
+}
+
+async fn list_txn(ctx: &mut Ctx, p: i64) -> OpType {
+    let n = ctx.rng.random_range(1..=4);
+    let mops = (0..n)
+        .map(|_| (ctx.rng.random_bool(0.5), ctx.rng.random_range(0..LIST_KEYS)))
+        .collect();
+    list_txn_of(ctx, p, mops).await
+}
+
+/// One transaction of micro-ops `(append?, key)`.
+async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
+    let mut planned: Vec<(bool, i64, Value)> = mops
+        .into_iter()
+        .map(|(append, k)| {
+            let v = if append {
+                Value::Int(ctx.unique.fetch_add(1, Ordering::Relaxed))
+            } else {
+                Value::Nil
+            };
+            (append, k, v)
+        })
+        .collect();
+    let invoked = mop_value(&planned);
+    ctx.rec.invoke(p, "txn", None, invoked.clone());
+    let mut t = match ctx.client.begin().await {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
+        }
+    };
+    let body = async {
+        for (append, k, v) in planned.iter_mut() {
+            if *append {
+                let Value::Int(e) = v else { unreachable!("appends carry ints") };
+                let mut list = parse_list(t.get_for_update(&list_key(*k)).await?)?;
+                list.push(*e);
+                let text: Vec<String> = list.iter().map(i64::to_string).collect();
+                t.put(&list_key(*k), text.join(",").as_bytes()).await?;
+            } else {
+                let list = parse_list(t.get(&list_key(*k)).await?)?;
+                *v = Value::Vec(list.into_iter().map(Value::Int).collect());
+            }
+        }
+        Ok::<_, ClientError>(())
+    }
+    .await;
+    if let Err(e) = &body {
+        ctx.rec.note_error(e);
+        t.rollback().await;
+        return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
+    }
+    match t.commit().await {
+        Ok(()) => ctx.rec.complete(p, OpType::Ok, "txn", None, mop_value(&planned)),
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            ctx.rec.complete(p, outcome_of(&e), "txn", None, invoked)
+        }
+    }
+}
+
+async fn register_op(ctx: &mut Ctx, p: i64) -> OpType {
+    let k = ctx.rng.random_range(0..REGISTERS);
+    match ctx.rng.random_range(0..3) {
+        0 => {
+            let any = ctx.follower_reads;
+            register_read(ctx, p, k, any).await
+        }
+        1 => {
+            let v = ctx.rng.random_range(0..5i64);
+            let key = Some(Value::Int(k));
+            ctx.rec.invoke(p, "write", key.clone(), Value::Int(v));
+            let t = match ctx.client.put(&reg_key(k), v.to_string().as_bytes()).await {
+                Ok(()) => OpType::Ok,
+                Err(e) => {
+                    ctx.rec.note_error(&e);
+                    outcome_of(&e)
+                }
+            };
+            ctx.rec.complete(p, t, "write", key, Value::Int(v))
+        }
+        _ => {
+            let (old, new) = (ctx.rng.random_range(0..5i64), ctx.rng.random_range(0..5i64));
+            let key = Some(Value::Int(k));
+            let value = Value::Vec(vec![Value::Int(old), Value::Int(new)]);
+            ctx.rec.invoke(p, "cas", key.clone(), value.clone());
+            let r = ctx
+                .client
+                .execute(
+                    vec![Guard::Equals(reg_key(k), old.to_string().into_bytes())],
+                    vec![pact_common::Op::Put(reg_key(k), new.to_string().into_bytes())],
+                    vec![],
+                )
+                .await;
+            let t = match r {
+                Ok(x) if x.succeeded => OpType::Ok,
+                Ok(_) => OpType::Fail,
+                Err(e) => {
+                    ctx.rec.note_error(&e);
+                    outcome_of(&e)
+                }
+            };
+            ctx.rec.complete(p, t, "cas", key, value)
+        }
+    }
+}
+
+async fn register_read(ctx: &mut Ctx, p: i64, k: i64, any_replica: bool) -> OpType {
+    let key = Some(Value::Int(k));
+    ctx.rec.invoke(p, "read", key.clone(), Value::Nil);
+    let client = if any_replica && !ctx.replicas.is_empty() {
+        let i = ctx.rng.random_range(0..ctx.replicas.len());
+        &ctx.replicas[i]
+    } else {
+        &ctx.client
+    };
+    match client.get(&reg_key(k)).await.and_then(parse_int) {
+        Ok(v) => ctx.rec.complete(p, OpType::Ok, "read", key, v.map_or(Value::Nil, Value::Int)),
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            ctx.rec.complete(p, OpType::Fail, "read", key, Value::Nil)
+        }
+    }
+}
+
+async fn set_add(ctx: &mut Ctx, p: i64) -> OpType {
+    let e = ctx.unique.fetch_add(1, Ordering::Relaxed);
+    ctx.rec.invoke(p, "add", None, Value::Int(e));
+    let t = match ctx.client.put(&set_key(e), b"1").await {
+        Ok(()) => OpType::Ok,
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            outcome_of(&e)
+        }
+    };
+    ctx.rec.complete(p, t, "add", None, Value::Int(e))
+}
+
+async fn set_read(ctx: &mut Ctx, p: i64) -> OpType {
+    ctx.rec.invoke(p, "read", None, Value::Nil);
+    let mut elements = Vec::new();
+    let mut start = b"set/".to_vec();
+    let end = b"set0".to_vec();
+    let r = loop {
+        match ctx.client.scan(&start, Some(&end), 5000).await {
+            Ok(page) => {
+                let full = page.len() == 5000;
+                for (k, _) in &page {
+                    if let Some(e) = std::str::from_utf8(&k[4..]).ok().and_then(|s| s.parse().ok()) {
+                        elements.push(Value::Int(e));
+                    }
+                }
+                match page.last() {
+                    Some((k, _)) if full => {
+                        start = k.clone();
+                        start.push(0);
+                    }
+                    _ => break Ok(()),
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match r {
+        Ok(()) => ctx.rec.complete(p, OpType::Ok, "read", None, Value::Set(elements)),
+        Err(_) => ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil),
+    }
+}

@@ -1,0 +1,110 @@
+//! The fast tier of the Jepsen-style suite: every nemesis against the real
+//! build (each run must check valid), and deliberately broken builds (each
+//! run must be caught). Runs last ~15 s of load each; `PACT_JEPSEN_SECONDS`
+//! makes them longer (the long tier, see README). Artifacts land in
+//! `target/jepsen/`.
+
+use pact_tests::jepsen::{run, Fault, Report, Spec, Workload};
+
+fn assert_valid(r: &Report) {
+    assert!(r.valid(), "checker found anomalies: {}", r.summary());
+    assert!(r.final_reads_ok, "final reads never succeeded: {}", r.summary());
+    assert!(r.ok >= 10, "too little progress to mean anything: {}", r.summary());
+}
+
+fn assert_faulted(r: &Report, spec_faults: &[Fault]) {
+    for f in spec_faults {
+        if !r.intervals.iter().any(|i| i.fault == *f) {
+            // The schedule is random; with few rounds a fault may be
+            // skipped, but at least the run must have had faults.
+            eprintln!("note: fault {f:?} not drawn in this run");
+        }
+    }
+    assert!(!r.intervals.is_empty(), "the nemesis did nothing: {}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_survives_kills_of_random_nodes_and_shard_leaders() {
+    let faults = [Fault::KillRandom, Fault::KillShardLeader];
+    let r = run(Spec::new("bank-kill", Workload::Bank, &faults)).await;
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_survives_coordinator_kills_between_prepare_and_decision() {
+    let faults = [Fault::KillCoordinator];
+    let mut spec = Spec::new("bank-coordinator-kill", Workload::Bank, &faults);
+    // Hold each decision 200 ms after the votes, so kills land in doubt.
+    spec.server_faults = vec!["decision-delay"];
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_append_survives_partitions() {
+    let faults = [
+        Fault::IsolateOne,
+        Fault::MajorityMinority,
+        Fault::Ring,
+        Fault::OneWay,
+        Fault::CoordinatorCutOffShard,
+    ];
+    let mut spec = Spec::new("list-append-partition", Workload::ListAppend, &faults);
+    // Five participants, so a ring leaves each node a majority of neighbours.
+    spec.participants = 5;
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registers_stay_linearizable_under_pauses_and_isolation() {
+    let faults = [Fault::Pause, Fault::IsolateOne];
+    let r = run(Spec::new("register-pause", Workload::Register, &faults)).await;
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_survives_clock_skew_and_crashes_before_fsync() {
+    let faults = [Fault::ClockSkew, Fault::CrashBeforeFsync];
+    let mut spec = Spec::new("set-skew-fsync", Workload::Set, &faults);
+    spec.server_faults = vec!["crash-before-fsync"];
+    spec.skewed_clocks = true;
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+}
+
+/// Broken build: transactional reads take no lock. Snapshot reads of the
+/// bank then see transfers half-applied, and the checker must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_build_without_read_locks_is_caught_by_bank_checker() {
+    let mut spec = Spec::new("broken-skip-read-locks", Workload::Bank, &[]);
+    spec.server_faults = vec!["skip-read-locks"];
+    let r = run(spec).await;
+    assert!(!r.valid(), "the checker missed broken 2PL: {}", r.summary());
+    assert!(
+        r.anomalies().iter().any(|a| a == "wrong-total"),
+        "expected wrong-total: {}",
+        r.summary()
+    );
+}
+
+/// Broken build: followers answer reads from their own state. With one
+/// replica cut off, its reads go stale, and linearizability must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_build_with_follower_reads_is_caught_by_linearizability_checker() {
+    let mut spec = Spec::new("broken-stale-reads", Workload::Register, &[Fault::IsolateOne]);
+    spec.server_faults = vec!["stale-reads"];
+    spec.follower_reads = true;
+    let r = run(spec).await;
+    assert!(!r.valid(), "the checker missed stale reads: {}", r.summary());
+    assert!(
+        r.anomalies().iter().any(|a| a == "nonlinearizable"),
+        "expected nonlinearizable: {}",
+        r.summary()
+    );
+}
