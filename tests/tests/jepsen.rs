@@ -108,3 +108,22 @@ async fn broken_build_with_follower_reads_is_caught_by_linearizability_checker()
         r.summary()
     );
 }
+
+/// The same 2PL bug seen by list-append: reads that take no lock observe
+/// states no serial order explains, and the Elle-style checker names the
+/// dependency cycles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_build_without_read_locks_is_caught_by_elle_checker() {
+    let mut spec = Spec::new("broken-skip-read-locks-elle", Workload::ListAppend, &[]);
+    spec.server_faults = vec!["skip-read-locks"];
+    let r = run(spec).await;
+    assert!(!r.valid(), "the checker missed broken 2PL: {}", r.summary());
+    let cycles = ["G-single", "G2-item", "G1c", "G0"];
+    assert!(
+        r.anomalies()
+            .iter()
+            .any(|a| cycles.iter().any(|c| a.starts_with(c))),
+        "expected a dependency cycle: {}",
+        r.summary()
+    );
+}
