@@ -16,7 +16,6 @@ pub(crate) const RW: u8 = 4;
 pub(crate) const PROCESS: u8 = 8;
 pub(crate) const REALTIME: u8 = 16;
 const DATA: u8 = WW | WR | RW;
-const ALL: u8 = DATA | PROCESS | REALTIME;
 const NONE: u32 = u32::MAX;
 
 /// Upper bound on edge visits spent looking for G-single cycles in one SCC.
@@ -144,16 +143,23 @@ pub(crate) struct Cycle {
 
 /// Finds and classifies cycles, one per strongly connected component.
 ///
-/// Within each SCC the classes are tried from the most specific to the
-/// least: ww only (G0), then ww+wr (G1c), then exactly one rw (G-single),
-/// then any cycle (G2-item, which by then has two or more rw edges). Those
-/// four use data edges only; then the same four are tried again allowing
-/// process edges ("-process") and then process and realtime edges
-/// ("-realtime"). The first class found names the SCC, so a cycle that
-/// exists without realtime edges is never reported as a -realtime variant.
+/// The search runs in three tiers of assumptions: data edges only, then
+/// with process order ("-process"), then with process and realtime order
+/// ("-realtime"). Each tier decomposes the graph into SCCs under its edges
+/// and skips any SCC that contains a component already explained by a
+/// lower tier, so a cycle that exists without realtime edges is never
+/// reported as a -realtime variant, and data-only anomalies are reported
+/// per component even when realtime edges glue everything into one SCC.
+///
+/// Within an SCC the classes are tried from the most specific to the least:
+/// ww only (G0), then ww+wr (G1c), then exactly one rw (G-single), then any
+/// cycle (G2-item, which by then has two or more rw edges). In a higher
+/// tier every cycle found uses at least one of that tier's extra edges,
+/// because the lower-tier subgraph of an unexplained SCC is acyclic.
 pub(crate) fn find_cycles(g: &Graph) -> (Vec<Cycle>, bool) {
     let n = g.adj.len();
     let mut local = vec![NONE; n];
+    let mut covered = vec![false; n];
     let mut out = Vec::new();
     let mut truncated = false;
     let mut tiers = vec![(0u8, "")];
@@ -164,50 +170,65 @@ pub(crate) fn find_cycles(g: &Graph) -> (Vec<Cycle>, bool) {
         tiers.push((PROCESS | REALTIME, "-realtime"));
     }
     let all: Vec<u32> = (0..n as u32).collect();
-    local.copy_from_slice(&all);
-    let mut sccs = tarjan(g, &all, &local, ALL);
-    local.fill(NONE);
-    for c in &mut sccs {
-        c.sort_unstable();
-    }
-    sccs.sort_unstable();
-    for scc in &sccs {
-        for (i, &v) in scc.iter().enumerate() {
-            local[v as usize] = i as u32;
+    for (extra, suffix) in tiers {
+        local.copy_from_slice(&all);
+        let mut sccs = tarjan(g, &all, &local, DATA | extra);
+        local.fill(NONE);
+        for c in &mut sccs {
+            c.sort_unstable();
         }
-        'tiers: for &(extra, suffix) in &tiers {
-            let classes: [(&str, u8); 2] = [("G0", WW), ("G1c", WW | WR)];
-            for (name, mask) in classes {
-                if let Some(steps) = any_cycle(g, scc, &local, mask | extra) {
-                    out.push(Cycle {
-                        name: format!("{name}{suffix}"),
-                        steps,
-                    });
-                    break 'tiers;
-                }
+        sccs.sort_unstable();
+        for scc in &sccs {
+            if scc.iter().any(|&v| covered[v as usize]) {
+                continue;
             }
-            let (single, cut) = single_rw_cycle(g, scc, &local, WW | WR | extra);
+            for (i, &v) in scc.iter().enumerate() {
+                local[v as usize] = i as u32;
+            }
+            let (cycle, cut) = classify(g, scc, &local, extra, suffix);
             truncated |= cut;
-            if let Some(steps) = single {
-                out.push(Cycle {
-                    name: format!("G-single{suffix}"),
-                    steps,
-                });
-                break 'tiers;
-            }
-            if let Some(steps) = any_cycle(g, scc, &local, DATA | extra) {
-                out.push(Cycle {
-                    name: format!("G2-item{suffix}"),
-                    steps,
-                });
-                break 'tiers;
+            out.extend(cycle);
+            for &v in scc {
+                local[v as usize] = NONE;
             }
         }
-        for &v in scc {
-            local[v as usize] = NONE;
+        // Marked after the tier so that SCCs of one tier (which are
+        // disjoint) do not hide each other.
+        for scc in &sccs {
+            for &v in scc {
+                covered[v as usize] = true;
+            }
         }
     }
     (out, truncated)
+}
+
+/// The most specific cycle class present in `scc` under data edges plus
+/// `extra`.
+fn classify(
+    g: &Graph,
+    scc: &[u32],
+    local: &[u32],
+    extra: u8,
+    suffix: &str,
+) -> (Option<Cycle>, bool) {
+    let named = |name: &str, steps| Cycle {
+        name: format!("{name}{suffix}"),
+        steps,
+    };
+    for (name, mask) in [("G0", WW), ("G1c", WW | WR)] {
+        if let Some(steps) = any_cycle(g, scc, local, mask | extra) {
+            return (Some(named(name, steps)), false);
+        }
+    }
+    let (single, cut) = single_rw_cycle(g, scc, local, WW | WR | extra);
+    if let Some(steps) = single {
+        return (Some(named("G-single", steps)), cut);
+    }
+    (
+        any_cycle(g, scc, local, DATA | extra).map(|steps| named("G2-item", steps)),
+        cut,
+    )
 }
 
 /// Renders a cycle for a report. `explain(a, b, rel, why)` describes data
@@ -489,6 +510,31 @@ mod tests {
             ["G-single", "G0"]
         );
         assert!(names(&graph(3, &[(0, 1, WW), (1, 2, RW), (0, 2, REALTIME)])).is_empty());
+    }
+
+    #[test]
+    fn tiers_report_data_cycles_per_component() {
+        // Realtime edges glue a G0 pair and a G-single pair into one SCC;
+        // both data-only anomalies are still reported.
+        let g = graph(
+            4,
+            &[
+                (0, 1, WW),
+                (1, 0, WW),
+                (2, 3, WR),
+                (3, 2, RW),
+                (1, 2, REALTIME),
+                (3, 0, REALTIME),
+            ],
+        );
+        assert_eq!(names(&g), ["G-single", "G0"]);
+        // A realtime cycle through an already explained component adds
+        // nothing.
+        let g = graph(3, &[(0, 1, WW), (1, 0, WW), (1, 2, RW), (2, 0, REALTIME)]);
+        assert_eq!(names(&g), ["G0"]);
+        // But a separate realtime-only cycle is reported as such.
+        let g = graph(4, &[(0, 1, WW), (1, 0, WW), (2, 3, RW), (3, 2, REALTIME)]);
+        assert_eq!(names(&g), ["G-single-realtime", "G0"]);
     }
 
     #[test]

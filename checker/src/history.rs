@@ -420,13 +420,19 @@ impl<'a> Call<'a> {
     }
 
     pub fn summary(&self) -> serde_json::Value {
-        let op = self.complete.or(self.invoke);
+        // A crashed op's completion usually says nothing (nil); what it
+        // tried to do is the useful part.
+        let value = if self.typ == OpType::Ok {
+            self.output()
+        } else {
+            self.input()
+        };
         let mut s = serde_json::json!({
             "index": self.index(),
             "process": self.process,
             "type": self.typ.name(),
             "f": self.f,
-            "value": op.map(|o| o.value.to_edn()),
+            "value": value.to_edn(),
         });
         if let Some(k) = self.key() {
             s["key"] = k.to_edn().into();

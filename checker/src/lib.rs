@@ -14,9 +14,11 @@
 //!   one time-ordered linked list; the search linearizes any call not
 //!   preceded by a pending return, backtracks at a return it could not
 //!   serve, and memoizes (set of linearized ops, model state) so that each
-//!   configuration is explored once. `:fail` ops are dropped, `:info` ops
-//!   get a return at +infinity and may be left out, and crashed reads, which
-//!   observed nothing, are dropped. The `kv` model is checked key by key,
+//!   configuration is explored once. The set is stored as a 128-bit Zobrist
+//!   fingerprint, so an entry costs bytes rather than a bitset over all
+//!   ops. `:fail` ops are dropped, `:info` ops get a return at +infinity and
+//!   may be left out, and crashed reads, which observed nothing, are
+//!   dropped. The `kv` model is checked key by key,
 //!   which linearizability's locality makes sound and the search cheap. The
 //!   engine is generic over [`linear::Model`].
 //! * **Serializability** (`list-append`, `rw-register`): Elle's approach.
@@ -31,9 +33,11 @@
 //!   and wrote v2 ordered v1 before v2. Non-cycle anomalies (G1a aborted
 //!   reads, G1b intermediate reads, internal inconsistency, incompatible
 //!   orders, duplicated elements) are found directly. Components come from
-//!   an iterative Tarjan; cycles from BFS restricted to edge-type masks,
-//!   trying the most specific class first, so each component is reported
-//!   once, under the class that best explains it.
+//!   an iterative Tarjan, first over data edges alone, then adding process
+//!   and then realtime order; cycles come from BFS restricted to edge-type
+//!   masks, trying the most specific class first. Each component is
+//!   reported once, under the class that best explains it, and never as a
+//!   `-realtime` variant of a cycle that exists without realtime edges.
 //! * **Bank** and **set**: Jepsen's invariants. Every snapshot read of the
 //!   bank sees the same total and no negative balance; the final read of a
 //!   set holds every acknowledged add and nothing never attempted.
@@ -43,16 +47,21 @@
 //! Linearizability checking is NP-complete: the memo makes typical Jepsen
 //! histories fast, but many concurrent `:info` ops can still blow up the
 //! search, which gives up after [`Options::max_states`] configurations and
-//! reports `unknown` rather than guessing. The transactional checkers
+//! reports `unknown` rather than guessing (two different sets of ops share
+//! a memo fingerprint with probability 2^-128, which would wrongly prune a
+//! branch; in practice never). The transactional checkers
 //! assume, as Elle does, that each value is written (appended) at most
 //! once per key. rw-register infers far fewer version orders than
 //! list-append, so it misses anomalies list-append would catch, and it does
 //! not iterate order inference to a fixed point. Realtime order comes from
 //! `:time` when every op has one, otherwise from position in the history.
-//! Elle's rarer classes (G-nonadjacent, lost-update, dirty-update,
-//! future-read) are not reported; cycles they would name are reported as
-//! G2-item or G-single. With `realtime` off, process order is dropped too,
-//! so the check is plain serializability.
+//! Only one cycle per component is reported, so a component holding, say,
+//! both a G1c and a G2-item cycle shows as G1c. Elle's rarer classes
+//! (G-nonadjacent, lost-update, dirty-update, future-read) are not
+//! reported; cycles they would name are reported as G2-item. With
+//! `realtime` off, process order is dropped too, so the check is plain
+//! serializability. The set checker compares elements by their EDN text,
+//! so `1` and `1.0` differ.
 
 use serde::Serialize;
 

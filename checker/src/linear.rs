@@ -86,19 +86,23 @@ impl Hasher for FxHasher {
 pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 pub(crate) type FxMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
 
-/// A memo entry: which ops are linearized, and the resulting state. `zobrist`
-/// is the XOR of per-op random words, maintained incrementally so hashing a
-/// key does not walk the bitset.
+/// A memo entry: a fingerprint of which ops are linearized, and the
+/// resulting state. The set is represented by two independent Zobrist
+/// hashes (XORs of per-op random words), maintained incrementally as ops are
+/// linearized and undone. Two distinct sets collide with probability 2^-128,
+/// far below any practical concern, and in exchange an entry costs 16 bytes
+/// instead of a bitset of n bits (Porcupine stores the bitset, which for
+/// thousands of ops and millions of entries means gigabytes).
 #[derive(PartialEq, Eq)]
 struct MemoKey<S> {
-    zobrist: u64,
-    bits: Box<[u64]>,
+    z1: u64,
+    z2: u64,
     state: S,
 }
 
 impl<S: Hash> Hash for MemoKey<S> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.zobrist);
+        h.write_u64(self.z1);
         self.state.hash(h);
     }
 }
@@ -159,10 +163,10 @@ pub fn check_ops<M: Model>(model: &M, ops: &[LinOp<M::Input>], max_states: usize
         last = e32;
     }
 
-    let words = n.div_ceil(64);
-    let mut bits = vec![0u64; words];
-    let zob: Vec<u64> = (0..n as u64).map(splitmix).collect();
-    let mut zobrist = 0u64;
+    let zob: Vec<(u64, u64)> = (0..n as u64)
+        .map(|i| (splitmix(2 * i), splitmix(2 * i + 1)))
+        .collect();
+    let (mut z1, mut z2) = (0u64, 0u64);
     let mut state = model.init();
     let mut memo: HashSet<MemoKey<M::State>, FxBuild> = HashSet::default();
     // (call entry, state before it)
@@ -198,44 +202,48 @@ pub fn check_ops<M: Model>(model: &M, ops: &[LinOp<M::Input>], max_states: usize
         let e = entry as usize;
         let i = op_of[e];
         if is_call[e] {
-            if let Some(new_state) = model.step(&state, &ops[i].input) {
-                bits[i / 64] |= 1 << (i % 64);
-                zobrist ^= zob[i];
-                let key = MemoKey {
-                    zobrist,
-                    bits: bits.clone().into_boxed_slice(),
-                    state: new_state,
-                };
-                if memo.contains(&key) {
-                    bits[i / 64] &= !(1 << (i % 64));
-                    zobrist ^= zob[i];
+            match model.step(&state, &ops[i].input) {
+                // Linearizing an unknown-outcome op that changes nothing
+                // leads to a configuration the current one dominates (same
+                // state, one fewer optional op), so it cannot help.
+                Some(new_state) if ops[i].ret.is_none() && new_state == state => {
                     entry = next[e];
-                } else {
-                    let new_state = key.state.clone();
-                    memo.insert(key);
-                    if memo.len() > max_states {
-                        return LinOutcome::Unknown {
-                            explored: memo.len(),
-                        };
-                    }
-                    let old = std::mem::replace(&mut state, new_state);
-                    stack.push((entry, old));
-                    lift(&mut next, &mut prev, entry, match_of[e]);
-                    if stack.len() > longest.len() {
-                        longest = stack.iter().map(|(ce, _)| op_of[*ce as usize]).collect();
-                        stuck = None;
-                    }
-                    entry = next[head as usize];
                 }
-            } else {
-                entry = next[e];
+                Some(new_state) => {
+                    let key = MemoKey {
+                        z1: z1 ^ zob[i].0,
+                        z2: z2 ^ zob[i].1,
+                        state: new_state,
+                    };
+                    if memo.contains(&key) {
+                        entry = next[e];
+                    } else {
+                        let new_state = key.state.clone();
+                        memo.insert(key);
+                        if memo.len() > max_states {
+                            return LinOutcome::Unknown {
+                                explored: memo.len(),
+                            };
+                        }
+                        z1 ^= zob[i].0;
+                        z2 ^= zob[i].1;
+                        let old = std::mem::replace(&mut state, new_state);
+                        stack.push((entry, old));
+                        lift(&mut next, &mut prev, entry, match_of[e]);
+                        entry = next[head as usize];
+                    }
+                }
+                None => entry = next[e],
             }
         } else {
             if ops[i].ret.is_none() {
                 // Only unknown-outcome returns remain.
                 return LinOutcome::Linearizable;
             }
-            if stuck.is_none() && stack.len() == longest.len() {
+            // The deepest dead end is the most informative one to report;
+            // snapshotting only here keeps success paths free of copies.
+            if stuck.is_none() || stack.len() > longest.len() {
+                longest = stack.iter().map(|(ce, _)| op_of[*ce as usize]).collect();
                 stuck = Some((i, state.clone()));
             }
             let Some((ce, old)) = stack.pop() else {
@@ -250,8 +258,8 @@ pub fn check_ops<M: Model>(model: &M, ops: &[LinOp<M::Input>], max_states: usize
                 };
             };
             let j = op_of[ce as usize];
-            bits[j / 64] &= !(1 << (j % 64));
-            zobrist ^= zob[j];
+            z1 ^= zob[j].0;
+            z2 ^= zob[j].1;
             state = old;
             unlift(&mut next, &mut prev, ce, match_of[ce as usize]);
             entry = next[ce as usize];

@@ -219,7 +219,12 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
                 if let Some(&w) = failed.get(&(k, e)) {
                     found.add(
                         "G1a",
-                        json!({ "op": op_json(t), "key": keys.edn(k), "element": elems.edn(e), "writer": op_json(&txns[w]) }),
+                        json!({
+                            "op": op_json(t),
+                            "key": keys.edn(k),
+                            "element": elems.edn(e),
+                            "writer": op_json(&txns[w]),
+                        }),
                     );
                 }
             }
@@ -228,7 +233,12 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
                     if w != ti {
                         found.add(
                             "G1b",
-                            json!({ "op": op_json(t), "key": keys.edn(k), "element": elems.edn(last), "writer": op_json(&txns[w]) }),
+                            json!({
+                                "op": op_json(t),
+                                "key": keys.edn(k),
+                                "element": elems.edn(last),
+                                "writer": op_json(&txns[w]),
+                            }),
                         );
                     }
                 }
@@ -286,7 +296,11 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
                 };
                 incompatible.insert(
                     k,
-                    json!({ "key": keys.edn(k), "values": [render(v), render(l)], "op": op_json(t) }),
+                    json!({
+                        "key": keys.edn(k),
+                        "values": [render(v), render(l)],
+                        "op": op_json(t),
+                    }),
                 );
             }
         }

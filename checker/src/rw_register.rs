@@ -140,7 +140,12 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
                         if s != v {
                             found.add(
                                 "internal",
-                                json!({ "op": t.call.summary(), "key": keys.edn(k), "expected": vals.edn(s), "read": vals.edn(v) }),
+                                json!({
+                                    "op": t.call.summary(),
+                                    "key": keys.edn(k),
+                                    "expected": vals.edn(s),
+                                    "read": vals.edn(v),
+                                }),
                             );
                             break;
                         }
@@ -156,14 +161,24 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
             if let Some(&w) = failed.get(&(k, v)) {
                 found.add(
                     "G1a",
-                    json!({ "op": t.call.summary(), "key": keys.edn(k), "value": vals.edn(v), "writer": txns[w].call.summary() }),
+                    json!({
+                        "op": t.call.summary(),
+                        "key": keys.edn(k),
+                        "value": vals.edn(v),
+                        "writer": txns[w].call.summary(),
+                    }),
                 );
             }
             if let Some(&w) = intermediate.get(&(k, v)) {
                 if w != ti {
                     found.add(
                         "G1b",
-                        json!({ "op": t.call.summary(), "key": keys.edn(k), "value": vals.edn(v), "writer": txns[w].call.summary() }),
+                        json!({
+                            "op": t.call.summary(),
+                            "key": keys.edn(k),
+                            "value": vals.edn(v),
+                            "writer": txns[w].call.summary(),
+                        }),
                     );
                 }
             }
