@@ -211,7 +211,7 @@ for p in $ETCD_PORTS; do
     --listen-peer-urls "http://127.0.0.1:$((p + 1))" \
     --initial-advertise-peer-urls "http://127.0.0.1:$((p + 1))" \
     --initial-cluster "$cluster" --initial-cluster-token pact-bench \
-    --initial-cluster-state new >"$tmp/etcd/m$i.log" 2>&1 &
+    --initial-cluster-state new --logger zap >"$tmp/etcd/m$i.log" 2>&1 &
   etcd_pids="$etcd_pids $!"
   endpoints="${endpoints:+$endpoints,}http://127.0.0.1:$p"
 done

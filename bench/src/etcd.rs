@@ -371,6 +371,9 @@ mod tests {
         .await
         .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("cannot reach etcd at http://127.0.0.1:1"), "{msg}");
+        assert!(
+            msg.contains("cannot reach etcd at http://127.0.0.1:1"),
+            "{msg}"
+        );
     }
 }

@@ -160,6 +160,31 @@ async fn load_and_run_workload_a_and_txn() {
     ));
     assert_eq!(ops(&run, "TXN"), 40, "{run:#}");
     assert_eq!(run["failed"], 0, "{run:#}");
+    assert!(run["ops"]["TXN"]["retries"].is_u64(), "{run:#}");
+
+    // The same on one shard (one-phase commit) and across shards.
+    for scope in ["single-shard", "cross-shard"] {
+        let run = json(&bench(
+            cfg,
+            &[
+                "run",
+                "--workload",
+                "txn",
+                "--recordcount",
+                "20",
+                "--operationcount",
+                "20",
+                "--threads",
+                "2",
+                "--txn-scope",
+                scope,
+                "--json",
+            ],
+        ));
+        assert_eq!(ops(&run, "TXN"), 20, "{run:#}");
+        assert_eq!(run["failed"], 0, "{run:#}");
+        assert_eq!(run["params"]["txnscope"], scope, "{run:#}");
+    }
 
     // Transfers conserve money.
     let client = c.client();
@@ -198,4 +223,77 @@ async fn load_and_run_workload_a_and_txn() {
         .output()
         .expect("spawn bench");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// `--backend etcd` with nothing listening: a clear error and exit code 1,
+/// not a panic or a hang; flag combinations that cannot work: exit code 2.
+#[test]
+fn etcd_backend_errors_are_clear() {
+    let run = |args: &[&str]| {
+        Command::new(binary("bench"))
+            .args(args)
+            .env_remove("PACT_CONFIG")
+            .output()
+            .expect("spawn bench")
+    };
+    let out = run(&[
+        "run",
+        "--workload",
+        "a",
+        "--operationcount",
+        "1",
+        "--backend",
+        "etcd",
+        "--etcd-endpoints",
+        "127.0.0.1:1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("cannot reach etcd at http://127.0.0.1:1"),
+        "stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "stderr: {err}");
+
+    for (args, expect) in [
+        (
+            &[
+                "run",
+                "--workload",
+                "txn",
+                "--backend",
+                "etcd",
+                "--txn-scope",
+                "single-shard",
+            ][..],
+            "needs --backend pact",
+        ),
+        (
+            &[
+                "run",
+                "--workload",
+                "a",
+                "--etcd-endpoints",
+                "127.0.0.1:2379",
+            ][..],
+            "needs --backend etcd",
+        ),
+        (
+            &[
+                "run",
+                "--workload",
+                "a",
+                "--backend",
+                "etcd",
+                "--etcd-endpoints",
+                "https://x:1",
+            ][..],
+            "TLS is not supported",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
 }

@@ -71,8 +71,13 @@ const VERDICTS: &[(&str, Model, &[&str])] = &[
 /// takes well under a second.
 const TIME_LIMIT: Duration = Duration::from_secs(5);
 
+/// `PACT_SHARED_DIR` (the `shared/` folder) wins; else the repository's
+/// sibling `shared/`.
 fn shared() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/histories");
+    let dir = match std::env::var_os("PACT_SHARED_DIR") {
+        Some(d) => PathBuf::from(d).join("histories"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/histories"),
+    };
     if dir.is_dir() {
         Some(dir)
     } else {

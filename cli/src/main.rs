@@ -355,6 +355,7 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
                 TxnOutcome::Committed => ("committed", String::new()),
                 TxnOutcome::Aborted(r) => ("aborted", r),
                 TxnOutcome::Unknown(r) => ("unknown", r),
+                TxnOutcome::Open(r) => ("open", r),
             };
             if args.json {
                 println!(

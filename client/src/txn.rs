@@ -31,6 +31,9 @@ pub enum TxnOutcome {
     Aborted(String),
     /// Not decided yet (or the coordinator cannot tell yet).
     Unknown(String),
+    /// Not decided, and alive: the coordinator leader has it open or is
+    /// committing it.
+    Open(String),
 }
 
 fn txn_client(ch: Channel) -> TxnClient<Channel> {
@@ -51,6 +54,7 @@ fn outcome(r: pb::CommitResponse) -> TxnOutcome {
     match pb::Outcome::try_from(r.outcome) {
         Ok(pb::Outcome::Committed) => TxnOutcome::Committed,
         Ok(pb::Outcome::Aborted) => TxnOutcome::Aborted(r.reason),
+        Ok(pb::Outcome::Open) => TxnOutcome::Open(r.reason),
         _ => TxnOutcome::Unknown(r.reason),
     }
 }
@@ -389,7 +393,7 @@ impl Transaction {
         match outcome(r?) {
             TxnOutcome::Committed => Ok(()),
             TxnOutcome::Aborted(m) => Err(ClientError::Aborted(m)),
-            TxnOutcome::Unknown(m) => Err(ClientError::Unknown(format!(
+            TxnOutcome::Unknown(m) | TxnOutcome::Open(m) => Err(ClientError::Unknown(format!(
                 "transaction {}: {m}",
                 self.id
             ))),

@@ -45,6 +45,7 @@ pub fn outcome(o: Outcome) -> pb::CommitResponse {
         Outcome::Committed => (pb::Outcome::Committed, String::new()),
         Outcome::Aborted(r) => (pb::Outcome::Aborted, r),
         Outcome::Unknown(r) => (pb::Outcome::Unknown, r),
+        Outcome::Open(r) => (pb::Outcome::Open, r),
     };
     pb::CommitResponse {
         outcome: outcome as i32,

@@ -361,7 +361,7 @@ impl Coordinator {
             .map(|s| s.contains_key(&txn))
             .unwrap_or(false);
         if open {
-            return Ok(Outcome::Unknown("transaction is still open".into()));
+            return Ok(Outcome::Open("transaction is still open".into()));
         }
         self.replica.read_barrier().await?;
         if let Some(b) = self.replica.get_local(&log::decision_key(txn)).await? {
@@ -373,7 +373,7 @@ impl Coordinator {
         if rx.await.unwrap_or(false) {
             // Do not presume an abort under a commit that is progressing:
             // it would win (first decision wins) and abort a healthy 2PC.
-            return Ok(Outcome::Unknown("commit in progress".into()));
+            return Ok(Outcome::Open("commit in progress".into()));
         }
         if !resolve {
             return Ok(Outcome::Unknown(

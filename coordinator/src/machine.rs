@@ -35,6 +35,9 @@ pub enum Outcome {
     Aborted(String),
     /// The decision may or may not have been made durable; TxnStatus tells later.
     Unknown(String),
+    /// Not decided, and alive here: open, or its commit in flight
+    /// (reported by TxnStatus only, never as a commit's outcome).
+    Open(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

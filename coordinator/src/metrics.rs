@@ -58,6 +58,7 @@ impl Metrics {
                 "aborted"
             }
             Outcome::Unknown(_) => "unknown",
+            Outcome::Open(_) => "open",
         };
         self.outcomes.with_label_values(&[label]).inc();
     }

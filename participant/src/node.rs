@@ -724,9 +724,18 @@ impl Node {
 /// leader) and expires idle transactions.
 /// A prepared transaction silent this long makes the leader ask its
 /// coordinator for the decision (and again after as long, while unknown).
-/// Longer than a coordinator's prepare retries (10 s), so a healthy but
-/// slow two-phase commit is not aborted by the question.
-pub const IN_DOUBT_AFTER_MS: u64 = 12_000;
+/// Asking early is safe: a coordinator leader that still runs the commit
+/// answers "unknown" and decides nothing (`Coordinator::status`), and one
+/// that lost it (a crash, a new leader) records the presumed abort. Short,
+/// so a coordinator crash between prepare and decision holds the prepared
+/// transaction's locks for about this long, not for many seconds.
+pub const IN_DOUBT_AFTER_MS: u64 = 2_000;
+
+/// An open (unprepared) transaction silent this long makes the leader ask
+/// its coordinator whether it still has it; if not (a coordinator crash or
+/// leader change lost it), it is aborted here at once rather than holding
+/// its locks until the idle timeout.
+pub const ABANDONED_AFTER_MS: u64 = 2_000;
 
 fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
     let mut leadership = s.replica.leadership();
@@ -751,9 +760,10 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                 }
                 _ = tick.tick() => {
                     let now = clock();
-                    let (expired, in_doubt) = match s.shared.mgr.lock() {
+                    let (expired, in_doubt, silent) = match s.shared.mgr.lock() {
                         Ok(mut m) => {
                             let expired = m.expire(now);
+                            let silent = m.silent_active(now, ABANDONED_AFTER_MS);
                             let in_doubt: Vec<TxnId> = m
                                 .prepared()
                                 .into_iter()
@@ -763,9 +773,9 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                             for t in &in_doubt {
                                 m.touch(*t, now);
                             }
-                            (expired, in_doubt)
+                            (expired, in_doubt, silent)
                         }
-                        Err(_) => (Vec::new(), Vec::new()),
+                        Err(_) => (Vec::new(), Vec::new(), Vec::new()),
                     };
                     if !expired.is_empty() {
                         tracing::info!(shard = s.replica.group(), count = expired.len(), "expired idle transactions");
@@ -774,10 +784,31 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                     for txn in in_doubt {
                         tokio::spawn(resolve_in_doubt(s.clone(), coordinators.clone(), txn));
                     }
+                    for txn in silent {
+                        tokio::spawn(drop_if_abandoned(s.clone(), coordinators.clone(), txn));
+                    }
                 }
             }
         }
     });
+}
+
+/// Ask the coordinator whether it still has a silent open transaction;
+/// abort it here if it does not. Without an answer, nothing changes (the
+/// idle timeout still applies).
+async fn drop_if_abandoned(s: Arc<Shard>, coordinators: pact_client::Client, txn: TxnId) {
+    match coordinators.txn_status(txn).await {
+        Ok(pact_client::TxnOutcome::Open(_)) | Err(_) => {}
+        // Committed cannot be: a commit needs this shard's prepare (or
+        // one-phase entry), which an active transaction has not had.
+        Ok(outcome) => {
+            let abandoned = s.shared.mgr.lock().map(|mut m| m.abandon(txn)).unwrap_or(false);
+            if abandoned {
+                tracing::info!(shard = s.replica.group(), %txn, ?outcome, "aborted a transaction its coordinator no longer has");
+                s.shared.released.notify_waiters();
+            }
+        }
+    }
 }
 
 /// Ask a silent coordinator for the decision on a transaction prepared
@@ -794,7 +825,7 @@ async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn:
     let cmd = match outcome {
         pact_client::TxnOutcome::Committed => ShardCommand::Commit { txn },
         pact_client::TxnOutcome::Aborted(_) => ShardCommand::Abort { txn },
-        pact_client::TxnOutcome::Unknown(m) => {
+        pact_client::TxnOutcome::Unknown(m) | pact_client::TxnOutcome::Open(m) => {
             tracing::info!(shard = s.replica.group(), %txn, reason = %m, "in-doubt transaction: not decided yet");
             return;
         }

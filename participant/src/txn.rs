@@ -63,6 +63,9 @@ struct Txn {
     /// The term its locks were taken in.
     term: u64,
     last_active_ms: u64,
+    /// When the owner last asked the coordinator whether it still has this
+    /// transaction (see [`TxnManager::silent_active`]).
+    asked_ms: u64,
 }
 
 /// Most bytes of keys and values one transaction may write on one shard.
@@ -154,6 +157,7 @@ impl TxnManager {
                     writes: writes.into_iter().collect(),
                     term,
                     last_active_ms: now_ms,
+                    asked_ms: now_ms,
                 },
             );
         }
@@ -190,6 +194,7 @@ impl TxnManager {
             bytes: 0,
             term,
             last_active_ms: now_ms,
+            asked_ms: now_ms,
         });
         t.last_active_ms = now_ms;
         match &t.status {
@@ -365,6 +370,39 @@ impl TxnManager {
             .collect()
     }
 
+    /// Active (unprepared) transactions of a coordinator group that have
+    /// been silent, and not asked about, for `after_ms`: the owner asks
+    /// their coordinator whether it still has them. Marks them asked.
+    pub fn silent_active(&mut self, now_ms: u64, after_ms: u64) -> Vec<TxnId> {
+        let mut out = Vec::new();
+        for (id, t) in self.txns.iter_mut() {
+            if id.group != 0
+                && t.status == Status::Active
+                && now_ms.saturating_sub(t.last_active_ms) > after_ms
+                && now_ms.saturating_sub(t.asked_ms) > after_ms
+            {
+                t.asked_ms = now_ms;
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// Its coordinator no longer has `txn` (it crashed, or leadership
+    /// moved): abort it here if it is still active. Safe whatever the
+    /// coordinator thinks, because an unprepared transaction cannot have
+    /// committed anywhere. Returns whether it aborted.
+    pub fn abandon(&mut self, txn: TxnId) -> bool {
+        if self.status(txn) != Some(&Status::Active) {
+            return false;
+        }
+        self.abort_with(
+            txn,
+            "abandoned: its coordinator no longer has it (restart or leader change)".into(),
+        );
+        true
+    }
+
     pub fn touch(&mut self, txn: TxnId, now_ms: u64) {
         if let Some(t) = self.txns.get_mut(&txn) {
             t.last_active_ms = now_ms;
@@ -395,6 +433,26 @@ mod tests {
         });
         m.leader_ready(3, Vec::new(), 0);
         m
+    }
+
+    #[test]
+    fn abandoned_active_txn_releases_its_locks_but_prepared_stays() {
+        let mut m = mgr();
+        let x = |k: &[u8]| Target::key(k, Mode::Exclusive);
+        let (a, b) = (t(10), t(11));
+        assert_eq!(m.lock(a, true, &x(b"a"), 0), Step::Granted);
+        assert_eq!(m.lock(b, true, &x(b"b"), 0), Step::Granted);
+        m.buffer_write(b, b"b".to_vec(), Some(b"1".to_vec()));
+        m.begin_prepare(b, 0).unwrap();
+        // Nothing is silent yet; then both are, and each is reported once.
+        assert!(m.silent_active(50, 60).is_empty());
+        assert_eq!(m.silent_active(100, 60), vec![a]);
+        assert!(m.silent_active(120, 60).is_empty());
+        assert!(m.abandon(a));
+        assert!(!m.abandon(a), "abandon is idempotent");
+        assert!(!m.abandon(b), "a preparing transaction is never abandoned");
+        // a's lock is free for an older transaction without waiting.
+        assert_eq!(m.lock(t(5), true, &x(b"a"), 100), Step::Granted);
     }
 
     #[test]

@@ -37,6 +37,10 @@ async fn bank_survives_coordinator_kills_between_prepare_and_decision() {
     let mut spec = Spec::new("bank-coordinator-kill", Workload::Bank, &faults);
     // Hold each decision 200 ms after the votes, so kills land in doubt.
     spec.server_faults = vec!["decision-delay"];
+    // Each kill aborts the transactions the dead leader had open (their
+    // participants notice within about 2 s): leave room for progress.
+    spec.quiet_ms = (3000, 5000);
+    spec.duration += std::time::Duration::from_secs(10);
     let r = run(spec).await;
     assert_faulted(&r, &faults);
     assert_valid(&r);

@@ -127,6 +127,9 @@ pub struct Spec {
     pub follower_reads: bool,
     /// Start every server with its own random clock skew.
     pub skewed_clocks: bool,
+    /// Fault-free time between faults (milliseconds, drawn uniformly), so
+    /// the run shows recovery and not only failure.
+    pub quiet_ms: (u64, u64),
 }
 
 impl Spec {
@@ -147,6 +150,7 @@ impl Spec {
             server_faults: Vec::new(),
             follower_reads: false,
             skewed_clocks: false,
+            quiet_ms: (500, 1500),
         }
     }
 }
@@ -235,7 +239,7 @@ pub async fn run(spec: Spec) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     eprintln!("jepsen {}: seed {seed} (PACT_JEPSEN_SEED={seed} replays it)", spec.name);
     let config = ClusterConfig::local_with_coordinators(
-        spec.participants + spec.coordinators,
+        spec.participants,
         spec.shards,
         3,
         spec.coordinators,
@@ -335,7 +339,8 @@ pub async fn run(spec: Spec) -> Report {
                 end_s: rec.elapsed_s(),
                 detail,
             });
-            tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+            let (lo, hi) = spec.quiet_ms;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(lo..=hi))).await;
         }
     }
     let (mut ok, mut fail, mut info) = (0, 0, 0);
