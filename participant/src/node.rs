@@ -802,7 +802,12 @@ async fn drop_if_abandoned(s: Arc<Shard>, coordinators: pact_client::Client, txn
         // Committed cannot be: a commit needs this shard's prepare (or
         // one-phase entry), which an active transaction has not had.
         Ok(outcome) => {
-            let abandoned = s.shared.mgr.lock().map(|mut m| m.abandon(txn)).unwrap_or(false);
+            let abandoned = s
+                .shared
+                .mgr
+                .lock()
+                .map(|mut m| m.abandon(txn))
+                .unwrap_or(false);
             if abandoned {
                 tracing::info!(shard = s.replica.group(), %txn, ?outcome, "aborted a transaction its coordinator no longer has");
                 s.shared.released.notify_waiters();

@@ -37,15 +37,22 @@ pub fn arm_faults() -> Result<(), String> {
     let faults = pact_common::faults::configured()?;
     let offset = pact_common::faults::clock_offset_ms();
     if offset != 0 {
-        tracing::warn!(offset_ms = offset, "wall clock skewed by PACT_CLOCK_OFFSET_MS");
+        tracing::warn!(
+            offset_ms = offset,
+            "wall clock skewed by PACT_CLOCK_OFFSET_MS"
+        );
     }
     if faults.is_empty() {
         return Ok(());
     }
-    tracing::warn!(?faults, "FAULT INJECTION ON: this process breaks Pact's guarantees on purpose");
+    tracing::warn!(
+        ?faults,
+        "FAULT INJECTION ON: this process breaks Pact's guarantees on purpose"
+    );
     if pact_common::faults::enabled("crash-before-fsync") {
-        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-            .map_err(|e| format!("cannot watch SIGUSR1: {e}"))?;
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(|e| format!("cannot watch SIGUSR1: {e}"))?;
         tokio::spawn(async move {
             if usr1.recv().await.is_some() {
                 tracing::warn!("SIGUSR1: the storage writer dies before its next fsync");

@@ -23,6 +23,7 @@ use pact_check::{CheckResult, History, Op, OpType, Value};
 use pact_client::{Client, ClientOptions};
 use pact_common::{ClusterConfig, NodeId};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 pub use nemesis::{Fault, Interval};
@@ -113,7 +114,8 @@ impl Recorder {
 pub struct Spec {
     pub name: String,
     pub workload: Workload,
-    /// Faults the nemesis picks from, at random, one at a time.
+    /// Faults the nemesis applies one at a time, in a seeded shuffled
+    /// order, every fault once before any repeats.
     pub faults: Vec<Fault>,
     pub participants: u64,
     pub shards: u64,
@@ -207,7 +209,9 @@ fn results_root() -> PathBuf {
     }
     // target/<profile> -> target/jepsen
     let bin = crate::bin_dir();
-    bin.parent().map_or(bin.clone(), |p| p.to_path_buf()).join("jepsen")
+    bin.parent()
+        .map_or(bin.clone(), |p| p.to_path_buf())
+        .join("jepsen")
 }
 
 fn seed() -> u64 {
@@ -237,7 +241,10 @@ fn client_opts() -> ClientOptions {
 pub async fn run(spec: Spec) -> Report {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    eprintln!("jepsen {}: seed {seed} (PACT_JEPSEN_SEED={seed} replays it)", spec.name);
+    eprintln!(
+        "jepsen {}: seed {seed} (PACT_JEPSEN_SEED={seed} replays it)",
+        spec.name
+    );
     let config = ClusterConfig::local_with_coordinators(
         spec.participants,
         spec.shards,
@@ -278,7 +285,11 @@ pub async fn run(spec: Spec) -> Report {
     let mut tries = 0;
     while let Err(e) = spec.workload.setup(&setup).await {
         tries += 1;
-        assert!(tries < 20, "workload setup failed: {e}\n{}", cluster.logs_tail());
+        assert!(
+            tries < 20,
+            "workload setup failed: {e}\n{}",
+            cluster.logs_tail()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -325,12 +336,21 @@ pub async fn run(spec: Spec) -> Report {
     let mut intervals = Vec::new();
     if !spec.faults.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut order: Vec<Fault> = Vec::new();
         while Instant::now() + Duration::from_secs(2) < deadline {
-            let fault = *spec.faults.get(rng.random_range(0..spec.faults.len())).expect("fault");
+            if order.is_empty() {
+                order = spec.faults.clone();
+                order.shuffle(&mut rng);
+            }
+            let fault = order.pop().expect("refilled above");
             let start_s = rec.elapsed_s();
-            let (applied, detail) = nemesis::apply(fault, &mut cluster, net.as_ref(), &mut rng).await;
-            rec.invoke(-1, "start", None, Value::Str(detail.clone()));
+            let name = Value::Keyword(format!("{fault:?}"));
+            rec.invoke(-1, "start", None, name.clone());
+            let (applied, detail) =
+                nemesis::apply(fault, &mut cluster, net.as_ref(), &mut rng).await;
+            rec.complete(-1, OpType::Info, "start", None, Value::Str(detail.clone()));
             tokio::time::sleep(nemesis::hold(&mut rng)).await;
+            rec.invoke(-1, "stop", None, name);
             nemesis::heal(applied, &mut cluster, net.as_ref());
             rec.complete(-1, OpType::Info, "stop", None, Value::Str(detail.clone()));
             intervals.push(Interval {
@@ -446,7 +466,10 @@ fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
         serde_json::to_string_pretty(&r.intervals).expect("json"),
     );
     for id in c.node_ids() {
-        let _ = std::fs::copy(c.log_path(id), dir.join("logs").join(format!("node-{id}.log")));
+        let _ = std::fs::copy(
+            c.log_path(id),
+            dir.join("logs").join(format!("node-{id}.log")),
+        );
     }
     if let Err(e) = plot::latency(&dir.join("latency.png"), history, &r.intervals) {
         eprintln!("latency plot not written: {e}");

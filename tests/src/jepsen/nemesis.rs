@@ -118,15 +118,24 @@ pub async fn apply(
             match shard_leader(c, shard).await {
                 Some(id) => {
                     c.kill(id);
-                    (Applied::Killed(id), format!("killed node {id}, leader of shard {shard}"))
+                    (
+                        Applied::Killed(id),
+                        format!("killed node {id}, leader of shard {shard}"),
+                    )
                 }
-                None => (Applied::Nothing, format!("shard {shard} had no leader to kill")),
+                None => (
+                    Applied::Nothing,
+                    format!("shard {shard} had no leader to kill"),
+                ),
             }
         }
         Fault::KillCoordinator => match coordinator_leader(c).await {
             Some(id) => {
                 c.kill(id);
-                (Applied::Killed(id), format!("killed coordinator leader {id}"))
+                (
+                    Applied::Killed(id),
+                    format!("killed coordinator leader {id}"),
+                )
             }
             None => (Applied::Nothing, "no coordinator leader to kill".into()),
         },
@@ -141,7 +150,10 @@ pub async fn apply(
             c.kill(id);
             c.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
             c.start_node(id);
-            (Applied::Nothing, format!("restarted node {id} with clock skew {skew} ms"))
+            (
+                Applied::Nothing,
+                format!("restarted node {id} with clock skew {skew} ms"),
+            )
         }
         Fault::CrashBeforeFsync => {
             let id = *participants.choose(rng).expect("participants");
@@ -153,7 +165,10 @@ pub async fn apply(
         }
         _ => {
             let Some(net) = net else {
-                return (Applied::Nothing, format!("{fault:?} needs a proxied network"));
+                return (
+                    Applied::Nothing,
+                    format!("{fault:?} needs a proxied network"),
+                );
             };
             let what = match fault {
                 Fault::IsolateOne => {
@@ -186,11 +201,8 @@ pub async fn apply(
                 }
                 Fault::OneWay => {
                     let id = *participants.choose(rng).expect("participants");
-                    let pairs: Vec<(NodeId, NodeId)> = all
-                        .iter()
-                        .filter(|n| **n != id)
-                        .map(|n| (id, *n))
-                        .collect();
+                    let pairs: Vec<(NodeId, NodeId)> =
+                        all.iter().filter(|n| **n != id).map(|n| (id, *n)).collect();
                     net.block(&pairs);
                     format!("node {id} can hear but not speak")
                 }

@@ -157,7 +157,10 @@ impl Workload {
                     bank_accounts: Some((0..BANK_ACCOUNTS).map(Value::Int).collect()),
                     ..opts
                 };
-                vec![("bank".into(), pact_check::check(Model::Bank, history, &opts))]
+                vec![(
+                    "bank".into(),
+                    pact_check::check(Model::Bank, history, &opts),
+                )]
             }
             Workload::ListAppend => vec![(
                 "list-append".into(),
@@ -307,7 +310,9 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
     let body = async {
         for (append, k, v) in planned.iter_mut() {
             if *append {
-                let Value::Int(e) = v else { unreachable!("appends carry ints") };
+                let Value::Int(e) = v else {
+                    unreachable!("appends carry ints")
+                };
                 let mut list = parse_list(t.get_for_update(&list_key(*k)).await?)?;
                 list.push(*e);
                 let text: Vec<String> = list.iter().map(i64::to_string).collect();
@@ -326,7 +331,9 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
         return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
     }
     match t.commit().await {
-        Ok(()) => ctx.rec.complete(p, OpType::Ok, "txn", None, mop_value(&planned)),
+        Ok(()) => ctx
+            .rec
+            .complete(p, OpType::Ok, "txn", None, mop_value(&planned)),
         Err(e) => {
             ctx.rec.note_error(&e);
             ctx.rec.complete(p, outcome_of(&e), "txn", None, invoked)
@@ -363,7 +370,10 @@ async fn register_op(ctx: &mut Ctx, p: i64) -> OpType {
                 .client
                 .execute(
                     vec![Guard::Equals(reg_key(k), old.to_string().into_bytes())],
-                    vec![pact_common::Op::Put(reg_key(k), new.to_string().into_bytes())],
+                    vec![pact_common::Op::Put(
+                        reg_key(k),
+                        new.to_string().into_bytes(),
+                    )],
                     vec![],
                 )
                 .await;
@@ -390,7 +400,9 @@ async fn register_read(ctx: &mut Ctx, p: i64, k: i64, any_replica: bool) -> OpTy
         &ctx.client
     };
     match client.get(&reg_key(k)).await.and_then(parse_int) {
-        Ok(v) => ctx.rec.complete(p, OpType::Ok, "read", key, v.map_or(Value::Nil, Value::Int)),
+        Ok(v) => ctx
+            .rec
+            .complete(p, OpType::Ok, "read", key, v.map_or(Value::Nil, Value::Int)),
         Err(e) => {
             ctx.rec.note_error(&e);
             ctx.rec.complete(p, OpType::Fail, "read", key, Value::Nil)
@@ -421,7 +433,10 @@ async fn set_read(ctx: &mut Ctx, p: i64) -> OpType {
             Ok(page) => {
                 let full = page.len() == 5000;
                 for (k, _) in &page {
-                    if let Some(e) = std::str::from_utf8(&k[4..]).ok().and_then(|s| s.parse().ok()) {
+                    if let Some(e) = std::str::from_utf8(&k[4..])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
                         elements.push(Value::Int(e));
                     }
                 }
@@ -437,7 +452,9 @@ async fn set_read(ctx: &mut Ctx, p: i64) -> OpType {
         }
     };
     match r {
-        Ok(()) => ctx.rec.complete(p, OpType::Ok, "read", None, Value::Set(elements)),
+        Ok(()) => ctx
+            .rec
+            .complete(p, OpType::Ok, "read", None, Value::Set(elements)),
         Err(_) => ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil),
     }
 }
