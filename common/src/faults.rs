@@ -3,9 +3,10 @@
 //!
 //! Two kinds live here. *Faults* the real system must survive: a skewed
 //! wall clock (`PACT_CLOCK_OFFSET_MS`, signed milliseconds added to
-//! [`crate::system_clock`]) and the `crash-before-fsync` trigger (the
-//! storage writer aborts the process between writing a round and fsyncing
-//! it, after the process receives SIGUSR1). And deliberate *bugs*, so the
+//! [`crate::system_clock`]) and the `crash-before-fsync` trigger (after
+//! the process receives SIGUSR1, the storage writer aborts the process as
+//! soon as its next round of writes arrives, before any of it reaches the
+//! disk: those writes are lost, as un-fsynced writes are in a power cut). And deliberate *bugs*, so the
 //! suite can prove its checkers notice when guarantees break:
 //! `skip-read-locks` (transactional reads take no shared lock: 2PL is
 //! broken) and `stale-reads` (any replica answers a plain read from its

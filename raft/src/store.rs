@@ -345,6 +345,13 @@ impl Writer {
 
     fn run(self, rx: crossbeam_channel::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
+            if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
+                // Fault injection: die holding a round that never reached
+                // the disk, none of it acknowledged: the writes a power cut
+                // would lose because they were not fsynced yet.
+                eprintln!("crash-before-fsync: aborting with a round of writes unwritten");
+                std::process::abort();
+            }
             let mut round = vec![first];
             // Group commit: everything already queued shares one fsync.
             while round.len() < 1024 {
@@ -394,11 +401,6 @@ impl Writer {
             }
             if !need_sync {
                 continue;
-            }
-            if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
-                // Fault injection: die with this round written but not
-                // fsynced and none of it acknowledged, as a power cut would.
-                std::process::abort();
             }
             let synced = if self.poisoned.load(Ordering::SeqCst) {
                 Err(io::Error::other(

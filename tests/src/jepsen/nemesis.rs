@@ -37,8 +37,9 @@ pub enum Fault {
     CoordinatorCutOffShard,
     /// Restart a random server with its wall clock skewed by up to ±60 s.
     ClockSkew,
-    /// A server dies between writing a storage round and fsyncing it
-    /// (needs the `crash-before-fsync` server fault), restarted at heal.
+    /// A participant dies holding a round of writes that never reached
+    /// the disk (needs the `crash-before-fsync` server fault), restarted at
+    /// heal.
     CrashBeforeFsync,
 }
 
