@@ -74,6 +74,8 @@ pub mod linear;
 mod list_append;
 mod rw_register;
 mod set;
+#[cfg(test)]
+mod testkit;
 mod value;
 
 pub use history::{

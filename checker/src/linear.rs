@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::history::{pair, Call};
 use crate::intern::Interner;
+use crate::list_append::malformed;
 use crate::{CheckResult, History, OpType, Options, Value};
 
 /// A sequential specification of an object: a state and the operations that
@@ -323,10 +324,6 @@ impl Model for KvKey {
     fn describe(&self, s: &String) -> serde_json::Value {
         json!(s)
     }
-}
-
-fn malformed(op_count: usize, msg: String) -> CheckResult {
-    CheckResult::invalid(vec!["malformed".into()], json!({ "error": msg }), op_count)
 }
 
 fn to_lin<I>(c: &Call<'_>, input: I) -> LinOp<I> {

@@ -463,6 +463,7 @@ fn internal_case(t: &Txn<'_>) -> Option<(u32, (bool, Vec<u32>), Vec<u32>)> {
 
 #[cfg(test)]
 mod tests {
+    use crate::testkit::concurrent;
     use crate::{check, parse_edn, Model, Options};
 
     /// Builds a history of ok transactions from `(process, txn-edn)` pairs,
@@ -473,22 +474,6 @@ mod tests {
             text.push_str(&format!(
                 "{{:process {p}, :type :invoke, :f :txn, :value {t}}}\n"
             ));
-            text.push_str(&format!(
-                "{{:process {p}, :type :ok, :f :txn, :value {t}}}\n"
-            ));
-        }
-        parse_edn(&text).unwrap()
-    }
-
-    /// Ok transactions given as completions only (all concurrent).
-    fn concurrent(txns: &[&str]) -> crate::History {
-        let mut text = String::new();
-        for (p, t) in txns.iter().enumerate() {
-            text.push_str(&format!(
-                "{{:process {p}, :type :invoke, :f :txn, :value {t}}}\n"
-            ));
-        }
-        for (p, t) in txns.iter().enumerate() {
             text.push_str(&format!(
                 "{{:process {p}, :type :ok, :f :txn, :value {t}}}\n"
             ));
@@ -657,16 +642,10 @@ mod tests {
     /// a history the search can serialize.
     #[test]
     fn never_flags_a_strictly_serializable_history() {
-        use crate::{Op, OpType, Value};
-        type T = Vec<(bool, usize, Vec<i64>)>; // (is_append, key, append [v] or read list)
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        fn run(order: &[usize], txns: &[T]) -> bool {
+        use crate::testkit::{cross_check, Mop, Rng, Tally, Txn};
+        use crate::Value;
+        // (is_append, key, append [v] or read list)
+        fn run(order: &[usize], txns: &[Txn<Vec<i64>>]) -> bool {
             let mut state: [Vec<i64>; 2] = [vec![], vec![]];
             for &i in order {
                 for (app, k, v) in &txns[i] {
@@ -679,53 +658,15 @@ mod tests {
             }
             true
         }
-        fn serializable(txns: &[T], times: &[(u64, u64)], order: &mut Vec<usize>) -> bool {
-            if order.len() == txns.len() {
-                return run(order, txns);
-            }
-            for i in 0..txns.len() {
-                if order.contains(&i) {
-                    continue;
-                }
-                // Every txn that finished before i started must already be placed.
-                if (0..txns.len()).any(|j| j != i && !order.contains(&j) && times[j].1 < times[i].0)
-                {
-                    continue;
-                }
-                order.push(i);
-                let ok = serializable(txns, times, order);
-                order.pop();
-                if ok {
-                    return true;
-                }
-            }
-            false
-        }
-        let (mut agree_valid, mut caught, mut missed) = (0, 0, 0);
-        for _ in 0..3000 {
-            let n = 2 + rand(3) as usize;
+        let generate = |rng: &mut Rng, n: usize| {
             let mut next = [1i64, 1];
-            let mut txns: Vec<T> = (0..n)
-                .map(|_| {
-                    (0..1 + rand(3))
-                        .map(|_| {
-                            let k = rand(2) as usize;
-                            if rand(2) == 0 {
-                                next[k] += 1;
-                                (true, k, vec![next[k] - 1])
-                            } else {
-                                (false, k, vec![])
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
+            let mut txns = rng.txns(n, |k| {
+                next[k] += 1;
+                vec![next[k] - 1]
+            });
             // Fill reads from a random serial execution, then sometimes
             // replace one with an older state.
-            let mut order: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                order.swap(i, rand(i as u64 + 1) as usize);
-            }
+            let order = rng.permutation(n);
             let mut state: [Vec<i64>; 2] = [vec![], vec![]];
             for &i in &order {
                 for (app, k, v) in txns[i].iter_mut() {
@@ -736,68 +677,37 @@ mod tests {
                     }
                 }
             }
-            if rand(2) == 0 {
-                let i = rand(n as u64) as usize;
+            if rng.below(2) == 0 {
+                let i = rng.below(n as u64) as usize;
                 for (app, _, v) in txns[i].iter_mut() {
-                    if !*app && !v.is_empty() && rand(2) == 0 {
-                        v.truncate(rand(v.len() as u64) as usize);
+                    if !*app && !v.is_empty() && rng.below(2) == 0 {
+                        v.truncate(rng.below(v.len() as u64) as usize);
                     }
                 }
             }
-            let times: Vec<(u64, u64)> = (0..n)
-                .map(|_| {
-                    let a = rand(20);
-                    (a, a + 1 + rand(10))
-                })
-                .collect();
-            let mut history = Vec::new();
-            for (i, t) in txns.iter().enumerate() {
-                let value = Value::Vec(
-                    t.iter()
-                        .map(|(app, k, v)| {
-                            let key = Value::Int(*k as i64);
-                            if *app {
-                                Value::Vec(vec![
-                                    Value::Keyword("append".into()),
-                                    key,
-                                    Value::Int(v[0]),
-                                ])
-                            } else {
-                                let list = Value::Vec(v.iter().map(|e| Value::Int(*e)).collect());
-                                Value::Vec(vec![Value::Keyword("r".into()), key, list])
-                            }
-                        })
-                        .collect(),
-                );
-                for (typ, time) in [(OpType::Invoke, times[i].0), (OpType::Ok, times[i].1)] {
-                    history.push(Op {
-                        index: 0,
-                        time_ns: Some(time),
-                        process: i as i64,
-                        typ,
-                        f: "txn".into(),
-                        key: None,
-                        value: value.clone(),
-                    });
-                }
+            txns
+        };
+        let encode = |(app, k, v): &Mop<Vec<i64>>| {
+            let key = Value::Int(*k as i64);
+            if *app {
+                Value::Vec(vec![Value::Keyword("append".into()), key, Value::Int(v[0])])
+            } else {
+                let list = Value::Vec(v.iter().map(|e| Value::Int(*e)).collect());
+                Value::Vec(vec![Value::Keyword("r".into()), key, list])
             }
-            history.sort_by_key(|o| (o.time_ns, o.typ != OpType::Invoke));
-            for (i, o) in history.iter_mut().enumerate() {
-                o.index = i as u64;
-            }
-            let expected = serializable(&txns, &times, &mut Vec::new());
-            let r = check(Model::ListAppend, &history, &Options::default());
-            match (expected, r.valid) {
-                (true, true) => agree_valid += 1,
-                (true, false) => panic!(
-                    "flagged {:?} on a strictly serializable history:\n{}",
-                    r.anomalies,
-                    crate::to_edn(&history)
-                ),
-                (false, false) => caught += 1,
-                (false, true) => missed += 1,
-            }
-        }
+        };
+        let Tally {
+            agree_valid,
+            caught,
+            missed,
+        } = cross_check(
+            Model::ListAppend,
+            0x9e37_79b9_7f4a_7c15,
+            3000,
+            generate,
+            encode,
+            run,
+        );
         assert!(
             agree_valid > 300 && caught > 300,
             "valid {agree_valid}, caught {caught}, missed {missed}"

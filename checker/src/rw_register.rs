@@ -276,22 +276,8 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
 
 #[cfg(test)]
 mod tests {
+    use crate::testkit::concurrent;
     use crate::{check, parse_edn, Model, Options};
-
-    fn concurrent(txns: &[&str]) -> crate::History {
-        let mut text = String::new();
-        for (p, t) in txns.iter().enumerate() {
-            text.push_str(&format!(
-                "{{:process {p}, :type :invoke, :f :txn, :value {t}}}\n"
-            ));
-        }
-        for (p, t) in txns.iter().enumerate() {
-            text.push_str(&format!(
-                "{{:process {p}, :type :ok, :f :txn, :value {t}}}\n"
-            ));
-        }
-        parse_edn(&text).unwrap()
-    }
 
     fn anomalies(h: &crate::History) -> Vec<String> {
         check(Model::RwRegister, h, &Options::default()).anomalies
@@ -346,16 +332,10 @@ mod tests {
     /// that an exhaustive search can serialize in realtime order.
     #[test]
     fn never_flags_a_strictly_serializable_history() {
-        use crate::{Op, OpType, Value};
-        type T = Vec<(bool, usize, Option<i64>)>; // (is_write, key, value)
-        let mut seed = 0xdead_beef_cafe_f00du64;
-        let mut rand = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        fn run(order: &[usize], txns: &[T]) -> bool {
+        use crate::testkit::{cross_check, Mop, Rng, Tally, Txn};
+        use crate::Value;
+        // (is_write, key, value)
+        fn run(order: &[usize], txns: &[Txn<Option<i64>>]) -> bool {
             let mut state = [None, None];
             order.iter().all(|&i| {
                 txns[i].iter().all(|&(w, k, v)| {
@@ -368,49 +348,13 @@ mod tests {
                 })
             })
         }
-        fn serializable(txns: &[T], times: &[(u64, u64)], order: &mut Vec<usize>) -> bool {
-            if order.len() == txns.len() {
-                return run(order, txns);
-            }
-            for i in 0..txns.len() {
-                if order.contains(&i)
-                    || (0..txns.len())
-                        .any(|j| j != i && !order.contains(&j) && times[j].1 < times[i].0)
-                {
-                    continue;
-                }
-                order.push(i);
-                let ok = serializable(txns, times, order);
-                order.pop();
-                if ok {
-                    return true;
-                }
-            }
-            false
-        }
-        let (mut agree_valid, mut caught, mut missed) = (0, 0, 0);
-        for _ in 0..3000 {
-            let n = 2 + rand(3) as usize;
+        let generate = |rng: &mut Rng, n: usize| {
             let mut next = 1i64;
-            let mut txns: Vec<T> = (0..n)
-                .map(|_| {
-                    (0..1 + rand(3))
-                        .map(|_| {
-                            let k = rand(2) as usize;
-                            if rand(2) == 0 {
-                                next += 1;
-                                (true, k, Some(next))
-                            } else {
-                                (false, k, None)
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            let mut order: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                order.swap(i, rand(i as u64 + 1) as usize);
-            }
+            let mut txns = rng.txns(n, |_| {
+                next += 1;
+                Some(next)
+            });
+            let order = rng.permutation(n);
             let mut state = [None, None];
             let mut seen: [Vec<Option<i64>>; 2] = [vec![None], vec![None]];
             for &i in &order {
@@ -423,63 +367,36 @@ mod tests {
                     }
                 }
             }
-            if rand(2) == 0 {
+            if rng.below(2) == 0 {
                 // Replace one read with some other version of its key.
-                let i = rand(n as u64) as usize;
+                let i = rng.below(n as u64) as usize;
                 for (w, k, v) in txns[i].iter_mut() {
-                    if !*w && rand(2) == 0 {
-                        *v = seen[*k][rand(seen[*k].len() as u64) as usize];
+                    if !*w && rng.below(2) == 0 {
+                        *v = seen[*k][rng.below(seen[*k].len() as u64) as usize];
                     }
                 }
             }
-            let times: Vec<(u64, u64)> = (0..n)
-                .map(|_| {
-                    let a = rand(20);
-                    (a, a + 1 + rand(10))
-                })
-                .collect();
-            let mut history = Vec::new();
-            for (i, t) in txns.iter().enumerate() {
-                let value = Value::Vec(
-                    t.iter()
-                        .map(|&(w, k, v)| {
-                            Value::Vec(vec![
-                                Value::Keyword(if w { "w" } else { "r" }.into()),
-                                Value::Int(k as i64),
-                                v.map_or(Value::Nil, Value::Int),
-                            ])
-                        })
-                        .collect(),
-                );
-                for (typ, time) in [(OpType::Invoke, times[i].0), (OpType::Ok, times[i].1)] {
-                    history.push(Op {
-                        index: 0,
-                        time_ns: Some(time),
-                        process: i as i64,
-                        typ,
-                        f: "txn".into(),
-                        key: None,
-                        value: value.clone(),
-                    });
-                }
-            }
-            history.sort_by_key(|o| (o.time_ns, o.typ != OpType::Invoke));
-            for (i, o) in history.iter_mut().enumerate() {
-                o.index = i as u64;
-            }
-            let expected = serializable(&txns, &times, &mut Vec::new());
-            let r = check(Model::RwRegister, &history, &Options::default());
-            match (expected, r.valid) {
-                (true, true) => agree_valid += 1,
-                (true, false) => panic!(
-                    "flagged {:?} on a strictly serializable history:\n{}",
-                    r.anomalies,
-                    crate::to_edn(&history)
-                ),
-                (false, false) => caught += 1,
-                (false, true) => missed += 1,
-            }
-        }
+            txns
+        };
+        let encode = |&(w, k, v): &Mop<Option<i64>>| {
+            Value::Vec(vec![
+                Value::Keyword(if w { "w" } else { "r" }.into()),
+                Value::Int(k as i64),
+                v.map_or(Value::Nil, Value::Int),
+            ])
+        };
+        let Tally {
+            agree_valid,
+            caught,
+            missed,
+        } = cross_check(
+            Model::RwRegister,
+            0xdead_beef_cafe_f00d,
+            3000,
+            generate,
+            encode,
+            run,
+        );
         // rw-register infers little version order, so misses are expected;
         // the checker must still catch a good share.
         assert!(
