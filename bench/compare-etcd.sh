@@ -91,10 +91,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # A port in use would make a cluster fail in confusing ways: check first.
+# (SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count.)
 port_free() {
   python3 - "$1" <<'EOF'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
@@ -123,7 +125,7 @@ etcd_version=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: *//p' | hea
 [ -n "$etcd_version" ] || etcd_version=unknown
 
 # --- Pact binaries ----------------------------------------------------------
-bin=$root/target/release
+bin=${CARGO_TARGET_DIR:-$root/target}/release
 if [ "${NO_BUILD:-}" != 1 ]; then
   log "building release binaries (first time: several minutes)"
   cargo build --release --quiet --bins \
