@@ -40,19 +40,26 @@ pub(crate) fn classify(s: &Status) -> Class {
         // Aborted by the lock manager (wounded, lock wait timed out,
         // transaction unknown): nothing was applied; the caller decides
         // whether to start again.
-        Code::Aborted => Class::Fail(ClientError::Aborted(msg)),
+        Code::Aborted => Class::Fail(ClientError::Aborted(reason(&msg, "aborted: "))),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Class::Unknown(msg)
         }
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-            Class::Fail(ClientError::InvalidInput(msg))
+            Class::Fail(ClientError::InvalidInput(reason(&msg, "invalid input: ")))
         }
         Code::NotFound => Class::Fail(ClientError::InvalidInput(msg)),
         // The request contradicts recorded state (e.g. a decision refused
         // because the other outcome is already recorded).
-        Code::FailedPrecondition => Class::Fail(ClientError::Conflict(msg)),
+        Code::FailedPrecondition => Class::Fail(ClientError::Conflict(reason(&msg, "conflict: "))),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }
+}
+
+/// The server's message without the class word it starts with: the
+/// client error adds its own, and a reason passed through a coordinator
+/// would otherwise read "aborted: aborted: ...".
+fn reason(msg: &str, class: &str) -> String {
+    msg.strip_prefix(class).unwrap_or(msg).to_string()
 }
 
 /// The request never left this process: the connection could not be made.
@@ -109,5 +116,32 @@ impl From<pb::StatusResponse> for ReplicaStatus {
             snapshot_index: r.snapshot_index,
             voters: r.voters,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(s: Status) -> ClientError {
+        match classify(&s) {
+            Class::Fail(e) => e,
+            _ => panic!("not a final error: {s:?}"),
+        }
+    }
+
+    #[test]
+    fn class_word_is_said_once() {
+        let e = fail(Status::aborted(
+            "aborted: wounded by older transaction 1-2-3",
+        ));
+        assert_eq!(e.to_string(), "aborted: wounded by older transaction 1-2-3");
+        let e = fail(Status::failed_precondition("conflict: already committed"));
+        assert_eq!(e, ClientError::Conflict("already committed".into()));
+        let e = fail(Status::invalid_argument("invalid input: empty key"));
+        assert_eq!(e.to_string(), "invalid input: empty key");
+        // A message without the word keeps all of itself.
+        let e = fail(Status::aborted("deadlock victim"));
+        assert_eq!(e, ClientError::Aborted("deadlock victim".into()));
     }
 }

@@ -35,6 +35,9 @@ pub const IMPLICIT_GROUP: u64 = 0;
 
 /// How long one request may wait for locks before its transaction aborts.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How many times a plain write batch is started again after an older
+/// transaction wounds it.
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// A participant's vote in two-phase commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -430,10 +433,26 @@ impl Node {
     pub async fn write(&self, shard: ShardId, ops: Vec<Mutation>) -> Result<u64, Error> {
         let s = self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
+        let mut attempt = 1;
+        loop {
+            match self.write_once(s, &ops).await {
+                // The batch's own transaction is ours, not the caller's:
+                // when an older transaction takes a key from it, nothing
+                // was applied, so start it again rather than hand the
+                // caller an abort of a transaction it never opened.
+                Err(Error::Aborted(r)) if r.starts_with("wounded") && attempt < WRITE_ATTEMPTS => {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn write_once(&self, s: &Shard, ops: &[Mutation]) -> Result<u64, Error> {
         self.ready(s)?;
         let txn = self.implicit_txn();
         let mut release = Release::new(s, txn);
-        self.lock_writes(s, txn, true, &ops).await?;
+        self.lock_writes(s, txn, true, ops).await?;
         let r = self.commit_one_phase_inner(s, txn).await;
         if let Err(e) = &r {
             // The entry may still commit: keep the locks until it applies
@@ -469,16 +488,12 @@ impl Node {
                 .mgr
                 .lock()
                 .map(|mut m| m.buffer_write(txn, k.clone(), v.clone()))
-                .unwrap_or(crate::txn::Buffered::NotOpen);
+                .unwrap_or_else(|_| crate::txn::Buffered::NotOpen("lock poisoned".into()));
             match buffered {
                 crate::txn::Buffered::Ok => {}
                 // It started preparing (or was aborted) meanwhile: this
                 // write would not be part of it, so it must not be acked.
-                crate::txn::Buffered::NotOpen => {
-                    return Err(Error::Aborted(
-                        "transaction is no longer open for writes".into(),
-                    ))
-                }
+                crate::txn::Buffered::NotOpen(reason) => return Err(Error::Aborted(reason)),
                 crate::txn::Buffered::TooLarge(n) => {
                     return Err(Error::InvalidInput(format!(
                     "transaction over the size limit: {n} bytes of writes on one shard (max {})",

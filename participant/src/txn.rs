@@ -78,8 +78,8 @@ fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Buffered {
     Ok,
-    /// Not active any more (preparing, aborted, unknown).
-    NotOpen,
+    /// Not active any more (preparing, aborted, unknown); says which.
+    NotOpen(String),
     /// Would exceed [`MAX_TXN_BYTES`]; carries the size it would reach.
     TooLarge(usize),
 }
@@ -268,7 +268,11 @@ impl TxnManager {
                 t.writes.insert(key, value);
                 Buffered::Ok
             }
-            _ => Buffered::NotOpen,
+            Some(t) => Buffered::NotOpen(match &t.status {
+                Status::Aborted(r) => r.clone(),
+                _ => "transaction is no longer open for writes (it is preparing)".into(),
+            }),
+            None => Buffered::NotOpen("unknown transaction".into()),
         }
     }
 
@@ -688,7 +692,10 @@ mod tests {
         // Overwriting a key replaces its bytes instead of adding them.
         assert_eq!(m.buffer_write(t(1), b"a".to_vec(), Some(big)), Buffered::Ok);
         assert_eq!(m.own_write(t(1), b"c"), None);
-        assert_eq!(m.buffer_write(t(9), b"x".to_vec(), None), Buffered::NotOpen);
+        assert!(matches!(
+            m.buffer_write(t(9), b"x".to_vec(), None),
+            Buffered::NotOpen(r) if r == "unknown transaction"
+        ));
     }
 
     #[test]

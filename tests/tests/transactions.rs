@@ -1,6 +1,7 @@
 //! Transactions across shards, as real processes: atomic cross-shard
-//! commit and rollback, no hang on opposite lock orders, and bank transfers
-//! that stay consistent while coordinator and shard leaders are SIGKILLed.
+//! commit and rollback, no hang on opposite lock orders, plain writes that
+//! survive being wounded, and bank transfers that stay consistent while
+//! coordinator and shard leaders are SIGKILLed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,56 @@ async fn opposite_lock_orders_never_hang() {
     }
     assert_eq!(client.get(&a).await.unwrap().as_deref(), Some(&b"t1"[..]));
     assert_eq!(client.get(&b).await.unwrap().as_deref(), Some(&b"t1"[..]));
+}
+
+/// Two keys that land on one shard.
+fn keys_on_one_shard(client: &Client, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let first = format!("{prefix}0").into_bytes();
+    let shard = client.shard_for_key(&first);
+    let second = (1..)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|k| client.shard_for_key(k) == shard)
+        .expect("some key shares the shard");
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
+    let c = cluster().await;
+    let client = c.client();
+    let (k1, k2) = keys_on_one_shard(&client, "wound");
+    // The older transaction holds k2.
+    let mut old = client.begin().await.expect("begin");
+    old.put(&k2, b"old").await.expect("old locks k2");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A younger plain batch locks k1, then waits for k2.
+    let batch = {
+        let client = client.clone();
+        let (k1, k2) = (k1.clone(), k2.clone());
+        tokio::spawn(async move {
+            client
+                .write(vec![
+                    (k1, Some(b"batch".to_vec())),
+                    (k2, Some(b"batch".to_vec())),
+                ])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The older transaction now wants k1: it wounds the batch's own
+    // transaction and takes the lock.
+    old.put(&k1, b"old").await.expect("old takes k1");
+    old.commit().await.expect("older transaction commits");
+    // The caller never opened a transaction, so it is not told of the
+    // abort: the batch starts again and applies after the older one.
+    let r = tokio::time::timeout(Duration::from_secs(15), batch)
+        .await
+        .expect("batch finishes")
+        .expect("task");
+    assert!(r.is_ok(), "plain write should succeed: {r:?}");
+    for k in [&k1, &k2] {
+        assert_eq!(client.get(k).await.unwrap().as_deref(), Some(&b"batch"[..]));
+    }
 }
 
 const ACCOUNTS: usize = 8;
