@@ -78,6 +78,13 @@ pub(crate) struct Graph {
     present: u8,
 }
 
+impl Graph {
+    /// Why the edge `a -> b` of relation `rel` was first linked.
+    pub fn why(&self, a: u32, b: u32, rel: u8) -> Option<Why> {
+        self.why.get(&(a, b, rel)).copied()
+    }
+}
+
 /// Adds process order (consecutive ops of one process) and realtime order
 /// (a completed before b was invoked) between graph nodes.
 ///

@@ -51,14 +51,18 @@
 //! a memo fingerprint with probability 2^-128, which would wrongly prune a
 //! branch; in practice never). The transactional checkers
 //! assume, as Elle does, that each value is written (appended) at most
-//! once per key. rw-register infers far fewer version orders than
-//! list-append, so it misses anomalies list-append would catch, and it does
-//! not iterate order inference to a fixed point. Realtime order comes from
+//! once per key. rw-register infers version orders from a transaction's
+//! read then write of a key and, with `realtime` on, from realtime (keys
+//! are linearizable under strict serializability; cycles that need such an
+//! order are reported as -realtime); it does not iterate order inference
+//! to a fixed point, so it can still miss anomalies list-append would
+//! catch. Realtime order comes from
 //! `:time` when every op has one, otherwise from position in the history.
 //! Only one cycle per component is reported, so a component holding, say,
 //! both a G1c and a G2-item cycle shows as G1c. Elle's rarer classes
-//! (G-nonadjacent, lost-update, dirty-update, future-read) are not
-//! reported; cycles they would name are reported as G2-item. With
+//! (G-nonadjacent, lost-update, dirty-update) are not reported; cycles
+//! they would name are reported as G2-item. rw-register reports
+//! `future-read` (a read of a value the same transaction writes later). With
 //! `realtime` off, process order is dropped too, so the check is plain
 //! serializability. The set checker compares elements by their EDN text,
 //! so `1` and `1.0` differ.
