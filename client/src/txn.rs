@@ -9,7 +9,16 @@
 //! [`Client::transaction`] runs a closure in a transaction and retries it
 //! from the start when the transaction aborts (conflict, wounded, lock
 //! timeout, failover), with jittered backoff, up to a bound.
+//!
+//! Writes are buffered here and sent with the commit, which hands them to
+//! the shards inside their prepare (or one-phase commit): one round trip
+//! instead of one per write. The buffer is sent early, as a plain Write,
+//! before a scan (the shards merge a transaction's own writes into its
+//! scans) and when it grows past 1 MiB or 1,000 writes. A key
+//! written but not read for update is therefore locked only at commit, so
+//! a conflict on it shows as an aborted commit.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use pact_common::{Guard, Op};
@@ -67,7 +76,18 @@ pub struct Transaction {
     id: TxnId,
     leader: NodeId,
     done: bool,
+    /// Writes not yet sent: they go with the commit (or with the next
+    /// flush), and reads of these keys see them.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pending_bytes: usize,
 }
+
+/// Buffered writes are sent early (as one Write) past these sizes, so a
+/// commit stays a small message.
+const FLUSH_BYTES: usize = 1 << 20;
+const FLUSH_OPS: usize = 1000;
+/// A participant's longest lock wait, added to a commit's timeout.
+const COMMIT_LOCK_ALLOWANCE: Duration = Duration::from_secs(5);
 
 impl Client {
     fn pick_group(&self) -> Result<u64, ClientError> {
@@ -136,6 +156,8 @@ impl Client {
             },
             leader,
             done: false,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
         })
     }
 
@@ -173,10 +195,12 @@ impl Client {
             shard_id: 0,
             txn: Some(pb_txn(id)),
             resolve,
+            ..Default::default()
         };
         let r = self
-            .call_group(id.group, true, |ch| async move {
-                txn_client(ch).txn_status(req).await
+            .call_group(id.group, true, |ch| {
+                let req = req.clone();
+                async move { txn_client(ch).txn_status(req).await }
             })
             .await?;
         Ok(outcome(r))
@@ -252,9 +276,20 @@ impl Transaction {
         self.id
     }
 
+    /// One request to the transaction's coordinator, within the client's
+    /// request timeout.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(TxnClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_within(self.client.inner.opts.request_timeout, call)
+            .await
+    }
+
     /// One request to the transaction's coordinator. A refusal other than
     /// a final error means the transaction is lost: report it aborted.
-    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    async fn call_within<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ClientError>
     where
         F: FnOnce(TxnClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -266,7 +301,6 @@ impl Transaction {
             )));
         }
         let ch = self.client.channel(self.leader)?;
-        let timeout = self.client.inner.opts.request_timeout;
         match tokio::time::timeout(timeout, call(txn_client(ch))).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(match classify(&s) {
@@ -295,6 +329,24 @@ impl Transaction {
     }
 
     async fn read(&mut self, key: &[u8], for_update: bool) -> Result<Option<Vec<u8>>, ClientError> {
+        if let Some(own) = self.pending.get(key).cloned() {
+            // Its own write, not yet sent. A plain read needs no lock for
+            // that; a read for update still takes the lock now.
+            if for_update {
+                self.read_remote(key, true).await?;
+            } else {
+                self.check_open()?;
+            }
+            return Ok(own);
+        }
+        self.read_remote(key, for_update).await
+    }
+
+    async fn read_remote(
+        &mut self,
+        key: &[u8],
+        for_update: bool,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         let req = pb::TxnGetRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
@@ -313,6 +365,9 @@ impl Transaction {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        // The participants merge a transaction's own writes into its scans:
+        // send them first.
+        self.flush().await?;
         let req = pb::TxnScanRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
@@ -337,7 +392,37 @@ impl Transaction {
         self.write(vec![(key.to_vec(), None)]).await
     }
 
+    /// Buffer writes in the transaction. They are checked against the
+    /// limits now, but locked at the shards only when the commit (or a
+    /// scan, or a large buffer) sends them: a conflict over a written key
+    /// shows at commit. Use [`Transaction::get_for_update`] to lock a key
+    /// early. If the shards refuse writes sent before the commit (say,
+    /// over the per-shard size limit), the transaction is rolled back and
+    /// the error returned.
     pub async fn write(&mut self, batch: Vec<Mutation>) -> Result<(), ClientError> {
+        self.check_open()?;
+        if batch.is_empty() {
+            return Err(ClientError::InvalidInput("empty write".into()));
+        }
+        pact_common::validate_batch(batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        for (k, v) in batch {
+            self.pending_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            self.pending.insert(k, v);
+        }
+        if self.pending_bytes >= FLUSH_BYTES || self.pending.len() >= FLUSH_OPS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Send the buffered writes now (locking their keys).
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<Mutation> = std::mem::take(&mut self.pending).into_iter().collect();
+        self.pending_bytes = 0;
         let req = pb::TxnWriteRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
@@ -345,7 +430,23 @@ impl Transaction {
             first: false,
         };
         let r = self.call(|mut c| async move { c.write(req).await }).await;
-        self.mark(r).map(|_| ())
+        if let Err(e) = self.mark(r) {
+            // Part of the batch may be at the shards and the rest is no
+            // longer buffered here: the transaction cannot go on.
+            self.rollback().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        if self.done {
+            return Err(ClientError::InvalidInput(format!(
+                "transaction {} is already finished",
+                self.id
+            )));
+        }
+        Ok(())
     }
 
     /// Add `delta` to the integer stored at `key` (absent counts as 0);
@@ -383,12 +484,20 @@ impl Transaction {
     /// Commit. `Ok` means committed; `Aborted` means it did not and never
     /// will; `Unknown` means ask [`Client::txn_status`] later.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let batch: Vec<Mutation> = std::mem::take(&mut self.pending).into_iter().collect();
+        self.pending_bytes = 0;
         let req = pb::TxnRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
-            resolve: false,
+            ops: crate::convert::write_ops(batch),
+            ..Default::default()
         };
-        let r = self.call(|mut c| async move { c.commit(req).await }).await;
+        // The commit takes the locks of the carried writes, which may wait
+        // up to a participant's lock wait: allow for it on top.
+        let timeout = self.client.inner.opts.request_timeout + COMMIT_LOCK_ALLOWANCE;
+        let r = self
+            .call_within(timeout, |mut c| async move { c.commit(req).await })
+            .await;
         self.finish();
         match outcome(r?) {
             TxnOutcome::Committed => Ok(()),
@@ -406,10 +515,12 @@ impl Transaction {
         if self.done {
             return;
         }
+        self.pending.clear();
+        self.pending_bytes = 0;
         let req = pb::TxnRequest {
             shard_id: 0,
             txn: Some(pb_txn(self.id)),
-            resolve: false,
+            ..Default::default()
         };
         let _ = self
             .call(|mut c| async move { c.rollback(req).await })

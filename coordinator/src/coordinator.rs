@@ -6,7 +6,7 @@
 //! coordinator failover aborts open transactions (their participants
 //! expire them), but never a decided one, whose decision is in the log.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,15 @@ struct Session {
     last: Instant,
 }
 
+/// Writes a client sent with its commit, for one shard: they travel with
+/// that shard's Prepare or CommitOnePhase instead of a Write of their own.
+#[derive(Clone, Default)]
+struct Carried {
+    /// The commit is the transaction's first request to the shard.
+    first: bool,
+    ops: Vec<pb::WriteOp>,
+}
+
 enum Input {
     Commit {
         txn: TxnId,
@@ -51,6 +60,8 @@ pub struct Coordinator {
     participants: Client,
     hlc: Hlc,
     sessions: Mutex<HashMap<TxnId, Session>>,
+    /// Writes carried by commits in flight, until the commit is answered.
+    carried: Mutex<HashMap<TxnId, BTreeMap<ShardId, Carried>>>,
     inputs: mpsc::UnboundedSender<Input>,
     /// The term in which this replica leads and has finished recovery.
     ready: Mutex<Option<u64>>,
@@ -99,6 +110,7 @@ impl Coordinator {
             participants,
             hlc: Hlc::new(system_clock()),
             sessions: Mutex::new(HashMap::new()),
+            carried: Mutex::new(HashMap::new()),
             inputs: tx,
             ready: Mutex::new(None),
             metrics: crate::metrics::Metrics::new()
@@ -317,14 +329,45 @@ impl Coordinator {
         Ok(())
     }
 
-    pub async fn commit(&self, txn: TxnId) -> Result<Outcome, Error> {
+    fn carried_for(&self, txn: TxnId, shard: ShardId) -> Carried {
+        self.carried
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&txn).and_then(|c| c.get(&shard)).cloned())
+            .unwrap_or_default()
+    }
+
+    fn drop_carried(&self, txn: TxnId) {
+        if let Ok(mut m) = self.carried.lock() {
+            m.remove(&txn);
+        }
+    }
+
+    /// Commit, first adding `ops`: writes the client buffered. They are
+    /// locked and buffered at each shard by its Prepare (or one-phase
+    /// commit), which saves a round trip per shard.
+    pub async fn commit(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
         let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
-        let Some(sess) = sess else {
+        let Some(mut sess) = sess else {
             // Not open here: maybe already decided (a retried commit).
             return self.status(txn, false).await;
         };
+        let mut carried: BTreeMap<ShardId, Carried> = BTreeMap::new();
+        for op in ops {
+            let shard = self.participants.shard_for_key(&op.key);
+            let c = carried.entry(shard).or_default();
+            c.ops.push(op);
+        }
+        for (shard, c) in carried.iter_mut() {
+            c.first = sess.shards.insert(*shard);
+        }
+        if !carried.is_empty() {
+            if let Ok(mut m) = self.carried.lock() {
+                m.insert(txn, carried);
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.inputs
             .send(Input::Commit {
@@ -482,7 +525,7 @@ impl Coordinator {
                 Ok::<_, Error>((ok, results))
             };
             match run.await {
-                Ok((succeeded, results)) => match self.commit(txn).await? {
+                Ok((succeeded, results)) => match self.commit(txn, Vec::new()).await? {
                     Outcome::Aborted(r) => last = r,
                     outcome => {
                         return Ok(ExecResult {
@@ -532,6 +575,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
         let actions = match input {
             Input::Commit { txn, shards, reply } => {
                 if term.is_none() {
+                    c.drop_carried(txn);
                     let _ = reply.send(Outcome::Aborted("coordinator is not leader".into()));
                     continue;
                 }
@@ -559,6 +603,9 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 }
                 if let Ok(mut s) = c.sessions.lock() {
                     s.clear();
+                }
+                if let Ok(mut m) = c.carried.lock() {
+                    m.clear();
                 }
                 if let Ok(mut r) = c.ready.lock() {
                     *r = None;
@@ -588,6 +635,7 @@ fn run(
     };
     match action {
         Action::Reply { txn, outcome } => {
+            c.drop_carried(txn);
             c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.send(outcome);
@@ -597,15 +645,19 @@ fn run(
             let c = c.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
+                let carried = c.carried_for(txn, shard);
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
                     resolve: false,
+                    ops: carried.ops,
+                    first: carried.first,
                 };
                 let r = c
                     .participants
-                    .call_shard(shard, false, |ch| async move {
-                        participant(ch).commit_one_phase(req).await
+                    .call_shard(shard, false, |ch| {
+                        let req = req.clone();
+                        async move { participant(ch).commit_one_phase(req).await }
                     })
                     .await;
                 let outcome = match r.map_err(Error::from) {
@@ -638,15 +690,19 @@ fn run(
             let c = c.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
+                let carried = c.carried_for(txn, shard);
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
                     resolve: false,
+                    ops: carried.ops,
+                    first: carried.first,
                 };
                 let r = c
                     .participants
-                    .call_shard(shard, true, |ch| async move {
-                        participant(ch).prepare(req).await
+                    .call_shard(shard, true, |ch| {
+                        let req = req.clone();
+                        async move { participant(ch).prepare(req).await }
                     })
                     .await;
                 let vote = match r {

@@ -90,17 +90,7 @@ impl Txn for TxnService {
         if r.ops.is_empty() {
             return Err(Error::InvalidInput("empty write".into()).into());
         }
-        pact_common::validate_batch(r.ops.iter().map(|op| {
-            let v = match &op.op {
-                Some(pb::write_op::Op::Put(v)) => Some(v.as_ref()),
-                _ => None,
-            };
-            (op.key.as_ref(), v)
-        }))
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        if r.ops.iter().any(|op| op.op.is_none()) {
-            return Err(Error::InvalidInput("write op has neither put nor delete".into()).into());
-        }
+        validate_ops(&r.ops)?;
         self.c.write(txn, r.ops).await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
@@ -109,8 +99,10 @@ impl Txn for TxnService {
         &self,
         r: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let txn = convert::txn_id(r.into_inner().txn)?;
-        let o = self.c.commit(txn).await?;
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        validate_ops(&r.ops)?;
+        let o = self.c.commit(txn, r.ops).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 
@@ -179,4 +171,22 @@ impl Txn for TxnService {
         let o = self.c.status(txn, r.resolve).await?;
         Ok(Response::new(convert::outcome(o)))
     }
+}
+
+/// Limits and well-formedness of a batch of writes from a client.
+fn validate_ops(ops: &[pb::WriteOp]) -> Result<(), Error> {
+    pact_common::validate_batch(ops.iter().map(|op| {
+        let v = match &op.op {
+            Some(pb::write_op::Op::Put(v)) => Some(v.as_ref()),
+            _ => None,
+        };
+        (op.key.as_ref(), v)
+    }))
+    .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    if ops.iter().any(|op| op.op.is_none()) {
+        return Err(Error::InvalidInput(
+            "write op has neither put nor delete".into(),
+        ));
+    }
+    Ok(())
 }

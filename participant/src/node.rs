@@ -564,19 +564,52 @@ impl Node {
         self.lock_writes(s, txn, first, &ops).await
     }
 
-    /// Phase one: replicate the prepare record, then vote.
-    pub async fn prepare(&self, shard: ShardId, txn: TxnId) -> Result<Vote, Error> {
+    /// Phase one: lock and buffer `ops` (writes the coordinator carried
+    /// with the commit; `first` as for [`Node::txn_write`]), replicate the
+    /// prepare record, then vote.
+    pub async fn prepare(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        first: bool,
+        ops: Vec<Mutation>,
+    ) -> Result<Vote, Error> {
         let s = self.shard(shard)?;
         self.ready(s)?;
-        let input = match s.shared.mgr.lock() {
+        let status = match s.shared.mgr.lock() {
+            Ok(m) => m.status(txn).cloned(),
+            Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
+        };
+        match status {
             // A retried prepare (its first reply was lost): answer from the
             // state the first one left, and never drop its locks.
-            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Prepared) => return Ok(Vote::Yes),
-            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Preparing) => {
+            Some(crate::txn::Status::Prepared) => return Ok(Vote::Yes),
+            Some(crate::txn::Status::Preparing) => {
                 return Err(Error::Unavailable(
                     "prepare already in progress; ask again".into(),
                 ))
             }
+            _ => {}
+        }
+        if !ops.is_empty() {
+            self.validate_writes(shard, &ops)?;
+            match self.lock_writes(s, txn, first, &ops).await {
+                Ok(()) => {}
+                // Nothing is prepared here: the coordinator may ask again.
+                Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_) | Error::Fatal(_))) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    self.release(s, txn);
+                    let reason = match e {
+                        Error::Aborted(r) => r,
+                        other => other.to_string(),
+                    };
+                    return Ok(Vote::No(reason));
+                }
+            }
+        }
+        let input = match s.shared.mgr.lock() {
             Ok(mut m) => m.begin_prepare(txn, self.now()),
             Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
         };
@@ -614,12 +647,25 @@ impl Node {
         }
     }
 
-    /// A transaction that touched only this shard: replicate and apply its
-    /// writes in one Raft round.
-    pub async fn commit_one_phase(&self, shard: ShardId, txn: TxnId) -> Result<(), Error> {
+    /// A transaction that touched only this shard: lock and buffer `ops`
+    /// (as [`Node::prepare`]), then replicate and apply its writes in one
+    /// Raft round.
+    pub async fn commit_one_phase(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        first: bool,
+        ops: Vec<Mutation>,
+    ) -> Result<(), Error> {
         let s = self.shard(shard)?;
+        if !ops.is_empty() {
+            self.validate_writes(shard, &ops)?;
+        }
         self.ready(s)?;
         let mut release = Release::new(s, txn);
+        if !ops.is_empty() {
+            self.lock_writes(s, txn, first, &ops).await?;
+        }
         let r = self.commit_one_phase_inner(s, txn).await.map(|_| ());
         if let Err(e) = &r {
             release.armed = !undecided(e);

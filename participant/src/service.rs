@@ -145,7 +145,11 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let vote = self.node.prepare(ShardId(r.shard_id), txn).await?;
+        let ops = convert::write_ops(r.ops)?;
+        let vote = self
+            .node
+            .prepare(ShardId(r.shard_id), txn, r.first, ops)
+            .await?;
         Ok(Response::new(convert::prepare_response(vote)))
     }
 
@@ -155,7 +159,10 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        self.node.commit_one_phase(ShardId(r.shard_id), txn).await?;
+        let ops = convert::write_ops(r.ops)?;
+        self.node
+            .commit_one_phase(ShardId(r.shard_id), txn, r.first, ops)
+            .await?;
         Ok(Response::new(pb::TxnDone {}))
     }
 

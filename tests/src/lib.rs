@@ -46,15 +46,51 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
-/// Free TCP ports on 127.0.0.1 (bound and released; good enough for tests).
+/// Server ports come from below the kernel's ephemeral range (32768-60999
+/// by default), from which port-0 binds (the Jepsen proxies) and outgoing
+/// connections take theirs: a port picked there and released could be
+/// taken by one of those before its server binds it, and the server would
+/// fail to start.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// Where the next search for free ports starts: spread by process so that
+/// test binaries running side by side rarely meet.
+fn port_cursor() -> &'static std::sync::atomic::AtomicU32 {
+    static CURSOR: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    CURSOR.get_or_init(|| {
+        let span = TEST_PORTS.end - TEST_PORTS.start;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        std::sync::atomic::AtomicU32::new((std::process::id().wrapping_mul(7919) ^ nanos) % span)
+    })
+}
+
+/// `len` consecutive ports on 127.0.0.1 that were free a moment ago (each
+/// bound and released), never handed out before by this process; returns
+/// the first.
+pub fn free_block(len: u16) -> u16 {
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    for _ in 0..span {
+        let at = port_cursor().fetch_add(u32::from(len), std::sync::atomic::Ordering::Relaxed);
+        let base = TEST_PORTS.start + at % span;
+        if base + u32::from(len) > TEST_PORTS.end {
+            continue;
+        }
+        let base = base as u16;
+        if (0..len).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of {len} free ports in {TEST_PORTS:?}");
+}
+
+/// `n` free TCP ports on 127.0.0.1 (see [`free_block`]).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    let n = u16::try_from(n).expect("port count fits u16");
+    let base = free_block(n);
+    (base..base + n).collect()
 }
 
 /// Fast Raft timings for tests: elections in well under a second.

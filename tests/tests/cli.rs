@@ -4,7 +4,6 @@
 //! playground stops on SIGINT and restarts on the same data.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,18 +13,7 @@ use pact_tests::binary;
 /// A base port with 16 free consecutive ports after it (6 nodes, and their
 /// metrics 10 ports up).
 fn free_block() -> u16 {
-    for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base > 65000 {
-            continue;
-        }
-        if (0..16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no block of 6 free ports");
+    pact_tests::free_block(16)
 }
 
 /// Stops the playground (SIGINT) even when the test fails half-way.

@@ -95,21 +95,28 @@ async fn opposite_lock_orders_never_hang() {
     let (a, b) = (keys[0].clone(), keys[1].clone());
     let mut t1 = client.begin().await.expect("begin t1");
     let mut t2 = client.begin().await.expect("begin t2");
-    t1.put(&a, b"t1").await.expect("t1 locks a");
-    t2.put(&b, b"t2").await.expect("t2 locks b");
+    // Writes are buffered until commit; reads for update lock at once.
+    t1.get_for_update(&a).await.expect("t1 locks a");
+    t2.get_for_update(&b).await.expect("t2 locks b");
     let started = Instant::now();
     let (r1, r2) = tokio::join!(
         async {
-            let r = t1.put(&b, b"t1").await;
-            match r {
-                Ok(()) => t1.commit().await,
+            match t1.get_for_update(&b).await {
+                Ok(_) => {
+                    t1.put(&a, b"t1").await?;
+                    t1.put(&b, b"t1").await?;
+                    t1.commit().await
+                }
                 Err(e) => Err(e),
             }
         },
         async {
-            let r = t2.put(&a, b"t2").await;
-            match r {
-                Ok(()) => t2.commit().await,
+            match t2.get_for_update(&a).await {
+                Ok(_) => {
+                    t2.put(&a, b"t2").await?;
+                    t2.put(&b, b"t2").await?;
+                    t2.commit().await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -125,6 +132,59 @@ async fn opposite_lock_orders_never_hang() {
     }
     assert_eq!(client.get(&a).await.unwrap().as_deref(), Some(&b"t1"[..]));
     assert_eq!(client.get(&b).await.unwrap().as_deref(), Some(&b"t1"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_carried_by_the_commit_take_their_locks_under_wound_wait() {
+    let c = cluster().await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "carry", 2);
+    let (a, b) = (keys[0].clone(), keys[1].clone());
+
+    // An older commit takes a lock from a younger holder (wounds it).
+    let mut old = client.begin().await.expect("begin old");
+    let mut young = client.begin().await.expect("begin young");
+    young.get_for_update(&a).await.expect("young locks a");
+    old.put(&a, b"old").await.expect("buffered");
+    old.put(&b, b"old").await.expect("buffered");
+    // Own buffered writes are read back before any shard has seen them.
+    assert_eq!(old.get(&a).await.unwrap().as_deref(), Some(&b"old"[..]));
+    old.commit()
+        .await
+        .expect("older commit wounds the younger holder");
+    young.put(&a, b"young").await.expect("buffered");
+    match young.commit().await {
+        Err(ClientError::Aborted(r)) => assert!(r.contains("wounded"), "{r}"),
+        other => panic!("wounded transaction must not commit: {other:?}"),
+    }
+    for k in [&a, &b] {
+        assert_eq!(client.get(k).await.unwrap().as_deref(), Some(&b"old"[..]));
+    }
+
+    // A younger commit waits for an older holder, then commits after it.
+    let mut old = client.begin().await.expect("begin old");
+    let mut young = client.begin().await.expect("begin young");
+    old.get_for_update(&a).await.expect("old locks a");
+    let waiter = tokio::spawn(async move {
+        young.put(&a, b"young").await?;
+        young.put(&b, b"young").await?;
+        young.commit().await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "younger commit must wait for the lock"
+    );
+    old.put(&keys[0], b"old-2").await.expect("buffered");
+    old.commit().await.expect("older commits");
+    let r = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("younger commit finishes")
+        .expect("task");
+    assert!(r.is_ok(), "younger commit should go through after: {r:?}");
+    for k in &keys {
+        assert_eq!(client.get(k).await.unwrap().as_deref(), Some(&b"young"[..]));
+    }
 }
 
 /// Two keys that land on one shard.
@@ -145,7 +205,8 @@ async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
     let (k1, k2) = keys_on_one_shard(&client, "wound");
     // The older transaction holds k2.
     let mut old = client.begin().await.expect("begin");
-    old.put(&k2, b"old").await.expect("old locks k2");
+    old.get_for_update(&k2).await.expect("old locks k2");
+    old.put(&k2, b"old").await.expect("put");
     tokio::time::sleep(Duration::from_millis(20)).await;
     // A younger plain batch locks k1, then waits for k2.
     let batch = {
@@ -163,7 +224,8 @@ async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The older transaction now wants k1: it wounds the batch's own
     // transaction and takes the lock.
-    old.put(&k1, b"old").await.expect("old takes k1");
+    old.get_for_update(&k1).await.expect("old takes k1");
+    old.put(&k1, b"old").await.expect("put");
     old.commit().await.expect("older transaction commits");
     // The caller never opened a transaction, so it is not told of the
     // abort: the batch starts again and applies after the older one.
@@ -442,7 +504,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
             .commit(pb::TxnRequest {
                 shard_id: 0,
                 txn: Some(pid(id)),
-                resolve: false,
+                ..Default::default()
             })
             .await
             .expect("second commit")
@@ -490,7 +552,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
         .commit(pb::TxnRequest {
             shard_id: 0,
             txn: Some(pid(ghost)),
-            resolve: false,
+            ..Default::default()
         })
         .await
         .expect("late commit")
@@ -502,7 +564,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
         .commit(pb::TxnRequest {
             shard_id: 0,
             txn: Some(pid(other)),
-            resolve: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -511,11 +573,25 @@ async fn one_shot_execute_and_bad_transaction_input() {
         .commit(pb::TxnRequest {
             shard_id: 0,
             txn: None,
-            resolve: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A commit carrying a malformed write is refused before anything runs.
+    let open = client.begin().await.expect("begin");
+    let e = raw
+        .commit(pb::TxnRequest {
+            txn: Some(pid(open.id())),
+            ops: vec![pb::WriteOp {
+                key: b"k".to_vec().into(),
+                op: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 
     // Garbage on the coordinator's port; it keeps serving.
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
