@@ -406,6 +406,17 @@ impl Transaction {
         }
         pact_common::validate_batch(batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        // Send what is buffered first if this batch would take the buffer
+        // past the flush sizes: each batch is within the limits on its own,
+        // but the two together might not be.
+        let bytes: usize = batch
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        if self.pending_bytes + bytes > FLUSH_BYTES || self.pending.len() + batch.len() > FLUSH_OPS
+        {
+            self.flush().await?;
+        }
         for (k, v) in batch {
             self.pending_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
             self.pending.insert(k, v);

@@ -31,8 +31,9 @@ struct Session {
     last: Instant,
 }
 
-/// Writes a client sent with its commit, for one shard: they travel with
-/// that shard's Prepare or CommitOnePhase instead of a Write of their own.
+/// Writes a client sent with its commit, when the transaction touches one
+/// shard only: they travel inside that shard's CommitOnePhase instead of a
+/// Write of their own.
 #[derive(Clone, Default)]
 struct Carried {
     /// The commit is the transaction's first request to the shard.
@@ -44,6 +45,7 @@ enum Input {
     Commit {
         txn: TxnId,
         shards: BTreeSet<ShardId>,
+        carried: Option<Carried>,
         reply: oneshot::Sender<Outcome>,
     },
     Event(Event),
@@ -60,8 +62,6 @@ pub struct Coordinator {
     participants: Client,
     hlc: Hlc,
     sessions: Mutex<HashMap<TxnId, Session>>,
-    /// Writes carried by commits in flight, until the commit is answered.
-    carried: Mutex<HashMap<TxnId, BTreeMap<ShardId, Carried>>>,
     inputs: mpsc::UnboundedSender<Input>,
     /// The term in which this replica leads and has finished recovery.
     ready: Mutex<Option<u64>>,
@@ -110,7 +110,6 @@ impl Coordinator {
             participants,
             hlc: Hlc::new(system_clock()),
             sessions: Mutex::new(HashMap::new()),
-            carried: Mutex::new(HashMap::new()),
             inputs: tx,
             ready: Mutex::new(None),
             metrics: crate::metrics::Metrics::new()
@@ -298,81 +297,105 @@ impl Coordinator {
         Ok((all, more))
     }
 
-    pub async fn write(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<(), Error> {
-        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<pb::WriteOp>> =
-            Default::default();
+    fn by_shard(&self, ops: Vec<pb::WriteOp>) -> BTreeMap<ShardId, Vec<pb::WriteOp>> {
+        let mut by_shard: BTreeMap<ShardId, Vec<pb::WriteOp>> = BTreeMap::new();
         for op in ops {
             by_shard
                 .entry(self.participants.shard_for_key(&op.key))
                 .or_default()
                 .push(op);
         }
-        for (shard, ops) in by_shard {
+        by_shard
+    }
+
+    /// Lock and buffer `ops` at `shard` for `txn`.
+    async fn write_shard(
+        &self,
+        txn: TxnId,
+        shard: ShardId,
+        first: bool,
+        ops: Vec<pb::WriteOp>,
+    ) -> Result<(), Error> {
+        let req = pb::TxnWriteRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            ops,
+            first,
+        };
+        self.participants
+            .call_shard(shard, true, |ch| {
+                let req = req.clone();
+                async move { participant(ch).txn_write(req).await }
+            })
+            .await
+            .map(|_| ())
+            .map_err(Error::from)
+    }
+
+    pub async fn write(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<(), Error> {
+        for (shard, ops) in self.by_shard(ops) {
             let first = self.touch(txn, shard)?;
-            let req = pb::TxnWriteRequest {
-                shard_id: shard.0,
-                txn: Some(pb_txn(txn)),
-                ops,
-                first,
-            };
-            let r = self
-                .participants
-                .call_shard(shard, true, |ch| {
-                    let req = req.clone();
-                    async move { participant(ch).txn_write(req).await }
-                })
-                .await;
-            if let Err(e) = r {
-                return Err(self.fail(txn, e.into()).await);
+            if let Err(e) = self.write_shard(txn, shard, first, ops).await {
+                return Err(self.fail(txn, e).await);
             }
         }
         Ok(())
     }
 
-    fn carried_for(&self, txn: TxnId, shard: ShardId) -> Carried {
-        self.carried
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&txn).and_then(|c| c.get(&shard)).cloned())
-            .unwrap_or_default()
-    }
-
-    fn drop_carried(&self, txn: TxnId) {
-        if let Ok(mut m) = self.carried.lock() {
-            m.remove(&txn);
-        }
-    }
-
-    /// Commit, first adding `ops`: writes the client buffered. They are
-    /// locked and buffered at each shard by its Prepare (or one-phase
-    /// commit), which saves a round trip per shard.
+    /// Commit, first adding `ops`: writes the client buffered. If the
+    /// transaction touches one shard only, they travel inside its one-phase
+    /// commit (which locks and buffers them first). Otherwise they are
+    /// locked at all their shards at once, before any shard prepares: a
+    /// preparing transaction must wait for nothing, or wound-wait could
+    /// deadlock.
     pub async fn commit(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
-        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
-        let Some(mut sess) = sess else {
+        let touched = match self.sessions.lock() {
+            Ok(s) => s.get(&txn).map(|sess| sess.shards.clone()),
+            Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
+        };
+        let Some(mut touched) = touched else {
             // Not open here: maybe already decided (a retried commit).
             return self.status(txn, false).await;
         };
-        let mut carried: BTreeMap<ShardId, Carried> = BTreeMap::new();
-        for op in ops {
-            let shard = self.participants.shard_for_key(&op.key);
-            let c = carried.entry(shard).or_default();
-            c.ops.push(op);
-        }
-        for (shard, c) in carried.iter_mut() {
-            c.first = sess.shards.insert(*shard);
-        }
-        if !carried.is_empty() {
-            if let Ok(mut m) = self.carried.lock() {
-                m.insert(txn, carried);
+        let mut parts = self.by_shard(ops);
+        touched.extend(parts.keys().copied());
+        let mut carried = None;
+        if touched.len() == 1 {
+            if let Some((shard, ops)) = parts.pop_first() {
+                let first = self.touch(txn, shard)?;
+                carried = Some(Carried { first, ops });
+            }
+        } else if !parts.is_empty() {
+            let mut calls = Vec::new();
+            for (shard, ops) in parts {
+                let first = self.touch(txn, shard)?;
+                calls.push(self.write_shard(txn, shard, first, ops));
+            }
+            let failed = futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .find_map(Result::err);
+            if let Some(e) = failed {
+                // The client is done with the transaction either way.
+                self.rollback(txn).await;
+                return Err(match e {
+                    Error::Aborted(_) => e,
+                    other => Error::Aborted(other.to_string()),
+                });
             }
         }
+        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
+        let Some(sess) = sess else {
+            return self.status(txn, false).await;
+        };
         let (tx, rx) = oneshot::channel();
         self.inputs
             .send(Input::Commit {
                 txn,
                 shards: sess.shards,
+                carried,
                 reply: tx,
             })
             .map_err(|_| Error::Fatal("coordinator owner task stopped".into()))?;
@@ -570,14 +593,23 @@ fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transp
 async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
     let mut machine = Machine::new();
     let mut waiters: HashMap<TxnId, oneshot::Sender<Outcome>> = HashMap::new();
+    // Writes carried by one-phase commits, until their CommitOnePhase runs.
+    let mut carried: HashMap<TxnId, Carried> = HashMap::new();
     let mut term: Option<u64> = None;
     while let Some(input) = rx.recv().await {
         let actions = match input {
-            Input::Commit { txn, shards, reply } => {
+            Input::Commit {
+                txn,
+                shards,
+                carried: writes,
+                reply,
+            } => {
                 if term.is_none() {
-                    c.drop_carried(txn);
                     let _ = reply.send(Outcome::Aborted("coordinator is not leader".into()));
                     continue;
+                }
+                if let Some(w) = writes {
+                    carried.entry(txn).or_insert(w);
                 }
                 waiters.insert(txn, reply);
                 machine.step(Event::Commit { txn, shards })
@@ -604,9 +636,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 if let Ok(mut s) = c.sessions.lock() {
                     s.clear();
                 }
-                if let Ok(mut m) = c.carried.lock() {
-                    m.clear();
-                }
+                carried.clear();
                 if let Ok(mut r) = c.ready.lock() {
                     *r = None;
                 }
@@ -617,7 +647,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
             }
         };
         for a in actions {
-            run(&c, a, &mut waiters);
+            run(&c, a, &mut waiters, &mut carried);
         }
     }
 }
@@ -626,6 +656,7 @@ fn run(
     c: &Arc<Coordinator>,
     action: Action,
     waiters: &mut HashMap<TxnId, oneshot::Sender<Outcome>>,
+    carried: &mut HashMap<TxnId, Carried>,
 ) {
     let feed = {
         let inputs = c.inputs.clone();
@@ -635,7 +666,7 @@ fn run(
     };
     match action {
         Action::Reply { txn, outcome } => {
-            c.drop_carried(txn);
+            carried.remove(&txn);
             c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.send(outcome);
@@ -643,15 +674,15 @@ fn run(
         }
         Action::CommitOnePhase { txn, shard } => {
             let c = c.clone();
+            let writes = carried.remove(&txn).unwrap_or_default();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let carried = c.carried_for(txn, shard);
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
                     resolve: false,
-                    ops: carried.ops,
-                    first: carried.first,
+                    ops: writes.ops,
+                    first: writes.first,
                 };
                 let r = c
                     .participants
@@ -690,13 +721,10 @@ fn run(
             let c = c.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let carried = c.carried_for(txn, shard);
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
-                    resolve: false,
-                    ops: carried.ops,
-                    first: carried.first,
+                    ..Default::default()
                 };
                 let r = c
                     .participants

@@ -234,8 +234,8 @@ impl Node {
         }
     }
 
-    /// Take a lock for `txn`, waiting (bounded) while older or preparing
-    /// transactions hold it.
+    /// Take a lock for `txn`, waiting (bounded by [`LOCK_WAIT`]) while older
+    /// or preparing transactions hold it.
     async fn acquire(
         &self,
         s: &Shard,
@@ -243,8 +243,21 @@ impl Node {
         first: bool,
         target: Target,
     ) -> Result<(), Error> {
+        self.acquire_by(s, txn, first, target, Instant::now() + LOCK_WAIT)
+            .await
+    }
+
+    /// [`Node::acquire`], waiting until `deadline` at most (a batch of
+    /// writes shares one lock wait).
+    async fn acquire_by(
+        &self,
+        s: &Shard,
+        txn: TxnId,
+        first: bool,
+        target: Target,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         let started = Instant::now();
-        let deadline = started + LOCK_WAIT;
         let mut waited = false;
         let r = loop {
             let notified = s.shared.released.notified();
@@ -271,7 +284,9 @@ impl Node {
                     if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                         self.release(s, txn);
                         break Err(Error::Aborted(format!(
-                            "timeout: waited {LOCK_WAIT:?} for a lock held by another transaction"
+                            "timeout: waited {:?} for a lock held by another transaction \
+                             (at most {LOCK_WAIT:?} per request)",
+                            Duration::from_millis(started.elapsed().as_millis() as u64)
                         )));
                     }
                 }
@@ -480,8 +495,10 @@ impl Node {
         first: bool,
         ops: &[Mutation],
     ) -> Result<(), Error> {
+        let deadline = Instant::now() + LOCK_WAIT;
         for (i, (k, v)) in ops.iter().enumerate() {
-            self.acquire(s, txn, first && i == 0, Target::key(k, Mode::Exclusive))
+            let target = Target::key(k, Mode::Exclusive);
+            self.acquire_by(s, txn, first && i == 0, target, deadline)
                 .await?;
             let buffered = s
                 .shared
@@ -564,52 +581,22 @@ impl Node {
         self.lock_writes(s, txn, first, &ops).await
     }
 
-    /// Phase one: lock and buffer `ops` (writes the coordinator carried
-    /// with the commit; `first` as for [`Node::txn_write`]), replicate the
-    /// prepare record, then vote.
-    pub async fn prepare(
-        &self,
-        shard: ShardId,
-        txn: TxnId,
-        first: bool,
-        ops: Vec<Mutation>,
-    ) -> Result<Vote, Error> {
+    /// Phase one: replicate the prepare record, then vote. Every lock the
+    /// transaction needs is already held, on every shard: wound-wait's
+    /// freedom from deadlock rests on a preparing transaction waiting for
+    /// nothing.
+    pub async fn prepare(&self, shard: ShardId, txn: TxnId) -> Result<Vote, Error> {
         let s = self.shard(shard)?;
         self.ready(s)?;
-        let status = match s.shared.mgr.lock() {
-            Ok(m) => m.status(txn).cloned(),
-            Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
-        };
-        match status {
+        let input = match s.shared.mgr.lock() {
             // A retried prepare (its first reply was lost): answer from the
             // state the first one left, and never drop its locks.
-            Some(crate::txn::Status::Prepared) => return Ok(Vote::Yes),
-            Some(crate::txn::Status::Preparing) => {
+            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Prepared) => return Ok(Vote::Yes),
+            Ok(m) if m.status(txn) == Some(&crate::txn::Status::Preparing) => {
                 return Err(Error::Unavailable(
                     "prepare already in progress; ask again".into(),
                 ))
             }
-            _ => {}
-        }
-        if !ops.is_empty() {
-            self.validate_writes(shard, &ops)?;
-            match self.lock_writes(s, txn, first, &ops).await {
-                Ok(()) => {}
-                // Nothing is prepared here: the coordinator may ask again.
-                Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_) | Error::Fatal(_))) => {
-                    return Err(e)
-                }
-                Err(e) => {
-                    self.release(s, txn);
-                    let reason = match e {
-                        Error::Aborted(r) => r,
-                        other => other.to_string(),
-                    };
-                    return Ok(Vote::No(reason));
-                }
-            }
-        }
-        let input = match s.shared.mgr.lock() {
             Ok(mut m) => m.begin_prepare(txn, self.now()),
             Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
         };
@@ -648,8 +635,10 @@ impl Node {
     }
 
     /// A transaction that touched only this shard: lock and buffer `ops`
-    /// (as [`Node::prepare`]), then replicate and apply its writes in one
-    /// Raft round.
+    /// (writes its client sent with the commit; `first` as for
+    /// [`Node::txn_write`]), then replicate and apply its writes in one
+    /// Raft round. While it waits for those locks it is still active, so
+    /// an older transaction can wound it.
     pub async fn commit_one_phase(
         &self,
         shard: ShardId,
@@ -658,12 +647,12 @@ impl Node {
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
         let s = self.shard(shard)?;
-        if !ops.is_empty() {
-            self.validate_writes(shard, &ops)?;
-        }
         self.ready(s)?;
+        // From here on, any failure before the commit's entry is proposed
+        // aborts the transaction: let go of what it holds.
         let mut release = Release::new(s, txn);
         if !ops.is_empty() {
+            self.validate_writes(shard, &ops)?;
             self.lock_writes(s, txn, first, &ops).await?;
         }
         let r = self.commit_one_phase_inner(s, txn).await.map(|_| ());

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::node::Node;
+use crate::Error;
 
 /// Largest request or reply: a maximal write batch plus framing. Larger
 /// messages are refused by tonic before they are decoded.
@@ -145,11 +146,15 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let ops = convert::write_ops(r.ops)?;
-        let vote = self
-            .node
-            .prepare(ShardId(r.shard_id), txn, r.first, ops)
-            .await?;
+        if !r.ops.is_empty() {
+            // Writes must be locked before any shard prepares (see
+            // Node::prepare); dropping them here would lose them.
+            return Err(Error::InvalidInput(
+                "prepare does not take writes; send them with TxnWrite first".into(),
+            )
+            .into());
+        }
+        let vote = self.node.prepare(ShardId(r.shard_id), txn).await?;
         Ok(Response::new(convert::prepare_response(vote)))
     }
 

@@ -185,6 +185,27 @@ async fn writes_carried_by_the_commit_take_their_locks_under_wound_wait() {
     for k in &keys {
         assert_eq!(client.get(k).await.unwrap().as_deref(), Some(&b"young"[..]));
     }
+
+    // Two batches, each within the batch limits but over them together,
+    // are both taken (the buffer is sent before it would overflow).
+    let mut t = client.begin().await.expect("begin");
+    let key = |i: usize| format!("limits-{i}").into_bytes();
+    for i in 0..999 {
+        t.put(&key(i), b"v").await.expect("buffered");
+    }
+    let batch = (999..10_499)
+        .map(|i| (key(i), Some(b"v".to_vec())))
+        .collect();
+    t.write(batch)
+        .await
+        .expect("a batch of 9,500 on top of 999");
+    t.commit().await.expect("commit");
+    for i in [0, 998, 999, 10_498] {
+        assert_eq!(
+            client.get(&key(i)).await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
 }
 
 /// Two keys that land on one shard.
