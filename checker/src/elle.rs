@@ -88,15 +88,10 @@ impl Graph {
 /// Adds process order (consecutive ops of one process) and realtime order
 /// (a completed before b was invoked) between graph nodes.
 ///
-/// Realtime edges are built transitively reduced, as Elle does: a sweep over
-/// invocation/completion events keeps the frontier of completed ops not yet
-/// succeeded by another completed op. An invocation links from the whole
-/// frontier; a completion removes its own predecessors from the frontier and
-/// joins it. That is O(n x concurrency) edges instead of O(n^2).
-///
-/// Ops with unknown outcome never complete, so they get incoming edges only:
-/// an indeterminate op may have taken effect arbitrarily late, so nothing
-/// can be ordered after it.
+/// Realtime edges are transitively reduced, as Elle builds them (see
+/// [`realtime_sweep`]). Ops with unknown outcome never complete, so they get
+/// incoming edges only: an indeterminate op may have taken effect
+/// arbitrarily late, so nothing can be ordered after it.
 pub(crate) fn add_order_edges(b: &mut GraphBuilder, nodes: &[&Call<'_>]) {
     let mut last_ok: HashMap<i64, u32> = HashMap::new();
     let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
@@ -111,20 +106,36 @@ pub(crate) fn add_order_edges(b: &mut GraphBuilder, nodes: &[&Call<'_>]) {
         }
     }
 
-    // (time, is_completion, node); invocations sort first at equal times so
-    // that ops sharing a timestamp are concurrent, not ordered.
-    let mut events: Vec<(u64, bool, u32)> = Vec::with_capacity(nodes.len() * 2);
-    for (i, c) in nodes.iter().enumerate() {
-        events.push((c.start, false, i as u32));
-        if c.typ == OpType::Ok {
-            if let Some(end) = c.end {
-                events.push((end, true, i as u32));
-            }
+    let spans: Vec<(u64, Option<u64>)> = nodes
+        .iter()
+        .map(|c| (c.start, if c.typ == OpType::Ok { c.end } else { None }))
+        .collect();
+    realtime_sweep(&spans, |a, c| {
+        b.link(a as u32, c as u32, REALTIME, [NONE; 3])
+    });
+}
+
+/// Realtime order over intervals `(start, end)`, transitively reduced:
+/// calls `edge(a, b)` when `a` ended before `b` started and no interval
+/// lies wholly between them. A sweep over start/end events keeps the
+/// frontier of ended intervals not yet succeeded by another ended one; a
+/// start links from the whole frontier, an end removes its own
+/// predecessors from it. That is O(n x concurrency) edges instead of
+/// O(n^2). Intervals without an end (unknown outcome) never end: they get
+/// incoming edges only.
+pub(crate) fn realtime_sweep(spans: &[(u64, Option<u64>)], mut edge: impl FnMut(usize, usize)) {
+    // (time, is_end, interval); starts sort first at equal times so that
+    // intervals sharing a timestamp are concurrent, not ordered.
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(spans.len() * 2);
+    for (i, &(start, end)) in spans.iter().enumerate() {
+        events.push((start, false, i));
+        if let Some(end) = end {
+            events.push((end, true, i));
         }
     }
     events.sort_unstable();
-    let mut frontier: Vec<u32> = Vec::new();
-    let mut preds: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut frontier: Vec<usize> = Vec::new();
+    let mut preds: HashMap<usize, Vec<usize>> = HashMap::new();
     for (_, done, i) in events {
         if done {
             if let Some(p) = preds.remove(&i) {
@@ -133,9 +144,9 @@ pub(crate) fn add_order_edges(b: &mut GraphBuilder, nodes: &[&Call<'_>]) {
             frontier.push(i);
         } else {
             for &f in &frontier {
-                b.link(f, i, REALTIME, [NONE; 3]);
+                edge(f, i);
             }
-            if nodes[i as usize].typ == OpType::Ok && !frontier.is_empty() {
+            if spans[i].1.is_some() && !frontier.is_empty() {
                 preds.insert(i, frontier.clone());
             }
         }

@@ -405,8 +405,8 @@ fn version_cycle(edges: &BTreeSet<(u32, u32)>) -> Option<Vec<u32>> {
 /// Version orders per key that realtime implies when keys are linearizable:
 /// (v1, v2) when a transaction that read or wrote v1 (its last version of
 /// the key) completed before one that reads or writes v2 was invoked.
-/// Built with the same frontier sweep as realtime edges, so the orders come
-/// transitively reduced. Transactions of unknown outcome only install
+/// Built with [`elle::realtime_sweep`], so the orders come transitively
+/// reduced. Transactions of unknown outcome only install
 /// versions (their reads are unknown) and never complete.
 fn realtime_versions(txns: &[Txn<'_>]) -> FxMap<u32, BTreeSet<(u32, u32)>> {
     // Per key: (start, end, version) of each transaction touching it.
@@ -429,34 +429,13 @@ fn realtime_versions(txns: &[Txn<'_>]) -> FxMap<u32, BTreeSet<(u32, u32)>> {
     }
     let mut out: FxMap<u32, BTreeSet<(u32, u32)>> = FxMap::default();
     for (k, ts) in touches {
-        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ts.len() * 2);
-        for (i, &(start, end, _)) in ts.iter().enumerate() {
-            events.push((start, false, i));
-            if let Some(end) = end {
-                events.push((end, true, i));
-            }
-        }
-        events.sort_unstable();
-        let mut frontier: Vec<usize> = Vec::new();
-        let mut preds: FxMap<usize, Vec<usize>> = FxMap::default();
+        let spans: Vec<(u64, Option<u64>)> = ts.iter().map(|&(s, e, _)| (s, e)).collect();
         let edges = out.entry(k).or_default();
-        for (_, done, i) in events {
-            if done {
-                if let Some(p) = preds.remove(&i) {
-                    frontier.retain(|f| !p.contains(f));
-                }
-                frontier.push(i);
-            } else {
-                for &f in &frontier {
-                    if ts[f].2 != ts[i].2 {
-                        edges.insert((ts[f].2, ts[i].2));
-                    }
-                }
-                if ts[i].1.is_some() && !frontier.is_empty() {
-                    preds.insert(i, frontier.clone());
-                }
+        elle::realtime_sweep(&spans, |f, i| {
+            if ts[f].2 != ts[i].2 {
+                edges.insert((ts[f].2, ts[i].2));
             }
-        }
+        });
     }
     out
 }
