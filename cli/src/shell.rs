@@ -13,8 +13,10 @@ const HELP: &str = "\
 commands (case-insensitive):
   BEGIN                      start a transaction
   GET key                    read
-  PUT key value              write (value: the rest of the line)
-  DEL key                    delete
+  GETU key                   read and lock for update (in a transaction)
+  PUT key value              write (value: the rest of the line); in a
+                             transaction, sent with COMMIT, which locks it
+  DEL key                    delete (as PUT)
   SCAN [start [end]]         list keys in [start, end)
   INCR key [delta]           add to an integer value
   COMMIT | ROLLBACK          end the transaction
@@ -115,6 +117,15 @@ impl Shell {
                     Some(t) => show(t.get(k.as_bytes()).await?),
                     None => show(self.client.get(k.as_bytes()).await?),
                 }
+            }
+            "GETU" => {
+                let [k] = args[..] else {
+                    return Err(usage("GETU key"));
+                };
+                let t = self.txn.as_mut().ok_or_else(|| {
+                    ClientError::InvalidInput("GETU locks within a transaction: BEGIN first".into())
+                })?;
+                show(t.get_for_update(k.as_bytes()).await?)
             }
             "PUT" => {
                 let mut kv = rest.splitn(2, char::is_whitespace);

@@ -152,7 +152,7 @@ fn txn_cli_against_the_playground() {
         .as_mut()
         .unwrap()
         .write_all(
-            b"BEGIN\nGET alice\nPUT alice 90\nINCR bob 10\nCOMMIT\n\
+            b"BEGIN\nGETU alice\nPUT alice 90\nINCR bob 10\nCOMMIT\n\
               BEGIN\nPUT alice 0\nDEL bob\nROLLBACK\n\
               GET alice\nGET bob\nEXIT\n",
         )
