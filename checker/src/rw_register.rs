@@ -272,7 +272,8 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
     // linearizable-keys). Cycles that need these orders are reported as
     // -realtime: they rest on realtime, not on data alone.
     let mut inferred: BTreeSet<Why> = BTreeSet::new();
-    let mut more = versions.clone();
+    // Keys whose version order realtime extends, with the extended order.
+    let mut extended: Vec<(u32, BTreeSet<(u32, u32)>)> = Vec::new();
     if opts.realtime {
         let mut by_key: Vec<_> = realtime_versions(&txns).into_iter().collect();
         by_key.sort_unstable_by_key(|(k, _)| *k);
@@ -301,7 +302,7 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
                 continue;
             }
             inferred.extend(new.iter().map(|&(a, b)| [k, a, b]));
-            more.insert(k, all);
+            extended.push((k, all));
         }
     }
     let explain = |a: u32, bn: u32, rel: u8, why: Why| {
@@ -333,6 +334,8 @@ pub(crate) fn check(history: &History, opts: &Options) -> CheckResult {
         found.add(&c.name, elle::render_cycle(&g, c, &nodes, &explain));
     }
     if !inferred.is_empty() {
+        let mut more = versions.clone();
+        more.extend(extended);
         let g2 = build(&more);
         let (cycles2, cut) = elle::find_cycles(&g2);
         truncated |= cut;

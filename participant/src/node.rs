@@ -455,7 +455,9 @@ impl Node {
                 // when an older transaction takes a key from it, nothing
                 // was applied, so start it again rather than hand the
                 // caller an abort of a transaction it never opened.
-                Err(Error::Aborted(r)) if r.starts_with("wounded") && attempt < WRITE_ATTEMPTS => {
+                Err(Error::Aborted(r))
+                    if r.starts_with(crate::txn::WOUNDED) && attempt < WRITE_ATTEMPTS =>
+                {
                     attempt += 1;
                 }
                 r => return r,

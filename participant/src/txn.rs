@@ -75,6 +75,10 @@ fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
     k.len() + v.as_ref().map_or(0, Vec::len)
 }
 
+/// How the reason for a wound begins ("wounded by older transaction
+/// 1-2-3"): a plain write batch recognises it to start itself again.
+pub const WOUNDED: &str = "wounded by older transaction";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Buffered {
     Ok,
@@ -228,7 +232,7 @@ impl TxnManager {
                     None => false,
                 };
                 if wound {
-                    self.abort_with(b, format!("wounded by older transaction {txn}"));
+                    self.abort_with(b, format!("{WOUNDED} {txn}"));
                 } else {
                     must_wait = true;
                 }
