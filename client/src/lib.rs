@@ -108,7 +108,10 @@ impl std::str::FromStr for Balance {
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Deadline of one RPC attempt.
+    /// Deadline of one RPC attempt. The default is longer than a shard's
+    /// lock wait ([`pact_common::LOCK_WAIT`]), so a request that waited for
+    /// a lock in vain comes back as the abort it is, never as a timeout
+    /// with an unknown outcome.
     pub request_timeout: Duration,
     /// Total time spent retrying one operation before giving up.
     pub retry_for: Duration,
@@ -119,7 +122,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            request_timeout: Duration::from_secs(5),
+            request_timeout: pact_common::LOCK_WAIT + Duration::from_secs(3),
             retry_for: Duration::from_secs(15),
             balance: Balance::RoundRobin,
         }

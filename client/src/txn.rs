@@ -75,6 +75,8 @@ fn outcome(r: pb::CommitResponse) -> TxnOutcome {
 pub struct Transaction {
     client: Client,
     id: TxnId,
+    /// Its age for wound-wait: the start of its first attempt.
+    priority: Timestamp,
     leader: NodeId,
     done: bool,
     /// Writes not yet sent: they go with the commit (or with the next
@@ -138,22 +140,41 @@ impl Client {
 
     /// Open a transaction at a coordinator group's leader.
     pub async fn begin(&self) -> Result<Transaction, ClientError> {
+        self.begin_with(None).await
+    }
+
+    /// Open a transaction that starts over work whose earlier attempt
+    /// aborted: it keeps that attempt's age ([`Transaction::priority`]),
+    /// so under wound-wait it grows older with each retry until it is
+    /// the oldest and wins, instead of starving.
+    pub async fn begin_retry(&self, priority: Timestamp) -> Result<Transaction, ClientError> {
+        self.begin_with(Some(priority)).await
+    }
+
+    async fn begin_with(&self, priority: Option<Timestamp>) -> Result<Transaction, ClientError> {
         let group = self.pick_group()?;
+        let req = pb::BeginRequest {
+            priority: priority.map_or(0, |p| p.0),
+        };
         let (resp, leader) = self
-            .call_group_with_node(group, |ch| async move {
-                txn_client(ch).begin(pb::BeginRequest {}).await
-            })
+            .call_group_with_node(group, |ch| async move { txn_client(ch).begin(req).await })
             .await?;
         let t = resp.txn.ok_or_else(|| {
             ClientError::Internal("coordinator returned no transaction id".into())
         })?;
         self.track(group, 1);
+        let ts = Timestamp(t.ts);
         Ok(Transaction {
             client: self.clone(),
             id: TxnId {
                 group: t.group,
                 node: t.node,
-                ts: Timestamp(t.ts),
+                ts,
+            },
+            priority: if resp.priority == 0 {
+                ts
+            } else {
+                Timestamp(resp.priority)
             },
             leader,
             done: false,
@@ -182,6 +203,23 @@ impl Client {
     /// `Unknown` while nothing is recorded (yet).
     pub async fn txn_status(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
         self.status_request(id, false).await
+    }
+
+    /// Tell `id`'s coordinator that a participant wounded it (an older
+    /// transaction took a lock from it), so it serves none of its later
+    /// requests. For participants: they free the wounded transaction's
+    /// locks only once this returns.
+    pub async fn wounded(&self, id: TxnId, reason: &str) -> Result<(), ClientError> {
+        let req = pb::WoundedRequest {
+            txn: Some(pb_txn(id)),
+            reason: reason.to_string(),
+        };
+        self.call_group(id.group, true, |ch| {
+            let req = req.clone();
+            async move { txn_client(ch).wounded(req).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// As [`Client::txn_status`], but a transaction with no decision is
@@ -227,8 +265,10 @@ impl Client {
     {
         let mut backoff = Duration::from_millis(5);
         let mut last = String::new();
+        // Every attempt after the first keeps the first one's age.
+        let mut priority = None;
         for _ in 0..MAX_ATTEMPTS {
-            let mut txn = match self.begin().await {
+            let mut txn = match self.begin_with(priority).await {
                 Ok(t) => t,
                 Err(ClientError::Aborted(m)) | Err(ClientError::Unavailable(m)) => {
                     last = m;
@@ -238,6 +278,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
+            priority.get_or_insert(txn.priority);
             match f(&mut txn).await {
                 Ok(v) => match txn.commit().await {
                     Ok(()) => return Ok(v),
@@ -275,6 +316,12 @@ fn jitter(d: Duration) -> Duration {
 impl Transaction {
     pub fn id(&self) -> TxnId {
         self.id
+    }
+
+    /// Its age for wound-wait: its own start, or that of the first attempt
+    /// it retries ([`Client::begin_retry`]).
+    pub fn priority(&self) -> Timestamp {
+        self.priority
     }
 
     /// One request to the transaction's coordinator, within the client's
@@ -354,6 +401,7 @@ impl Transaction {
             key: key.to_vec().into(),
             for_update,
             first: false,
+            priority: 0,
         };
         let r = self.call(|mut c| async move { c.get(req).await }).await;
         let r = self.mark(r)?;
@@ -376,6 +424,7 @@ impl Transaction {
             end: end.map(<[u8]>::to_vec).unwrap_or_default().into(),
             limit,
             first: false,
+            priority: 0,
         };
         let r = self.call(|mut c| async move { c.scan(req).await }).await;
         let r = self.mark(r)?;
@@ -439,6 +488,7 @@ impl Transaction {
             txn: Some(pb_txn(self.id)),
             ops: crate::convert::write_ops(batch),
             first: false,
+            priority: 0,
         };
         let r = self.call(|mut c| async move { c.write(req).await }).await;
         if let Err(e) = self.mark(r) {

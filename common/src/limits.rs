@@ -8,6 +8,12 @@
 /// Keys must be `1..=MAX_KEY_BYTES` bytes. Empty keys are refused because the
 /// empty string is the lower bound of the key space (the first range start).
 pub const MAX_KEY_BYTES: usize = 4096;
+
+/// How long a shard leader lets one request wait for locks before its
+/// transaction aborts ("lock wait ... timed out"). Clients wait longer than
+/// this for an answer, so a lock-wait timeout reaches them as the abort it
+/// is, not as an unknown outcome.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest value accepted in one put (1 MiB).
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Largest sum of key and value bytes in one write batch (4 MiB).

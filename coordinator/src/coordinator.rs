@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pact_client::{Client, ClientOptions};
-use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, TxnId};
+use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp, TxnId};
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
 use pact_raft::{Host, NodeStore, Replica, Router};
@@ -29,7 +29,17 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(30);
 struct Session {
     shards: BTreeSet<ShardId>,
     last: Instant,
+    /// Its age for wound-wait (the start of its first attempt).
+    priority: Timestamp,
+    /// A participant wounded it: every later request fails with this,
+    /// and no read reply is handed out any more (see [`Coordinator::wounded`]).
+    wounded: Option<String>,
 }
+
+/// Longest a retried transaction keeps the age of its first attempt: long
+/// enough to outlive any contention, short enough that a client claiming
+/// an old age cannot hold seniority over everyone for long.
+pub const MAX_PRIORITY_AGE: Duration = Duration::from_secs(60);
 
 /// Writes a client sent with its commit, when the transaction touches one
 /// shard only: they travel inside that shard's CommitOnePhase instead of a
@@ -38,6 +48,7 @@ struct Session {
 struct Carried {
     /// The commit is the transaction's first request to the shard.
     first: bool,
+    priority: u64,
     ops: Vec<pb::WriteOp>,
 }
 
@@ -166,12 +177,31 @@ impl Coordinator {
         Ok(())
     }
 
-    pub fn begin(&self) -> Result<TxnId, Error> {
+    /// Open a transaction. `priority`: the start of an earlier attempt of
+    /// the same work, whose age it keeps (capped at [`MAX_PRIORITY_AGE`]);
+    /// a priority from the future is refused. Returns the id and the age.
+    pub fn begin(&self, priority: Option<Timestamp>) -> Result<(TxnId, Timestamp), Error> {
         self.require_leader()?;
         let txn = TxnId {
             ts: self.hlc.now(),
             node: self.node.0,
             group: self.group,
+        };
+        let floor = Timestamp::from_parts(
+            txn.ts
+                .millis()
+                .saturating_sub(MAX_PRIORITY_AGE.as_millis() as u64),
+            0,
+        );
+        let priority = match priority {
+            None => txn.ts,
+            Some(p) if p > txn.ts => {
+                return Err(Error::InvalidInput(format!(
+                    "priority {p} is in the future (now {})",
+                    txn.ts
+                )))
+            }
+            Some(p) => p.max(floor),
         };
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(
@@ -179,15 +209,46 @@ impl Coordinator {
                 Session {
                     shards: BTreeSet::new(),
                     last: Instant::now(),
+                    priority,
+                    wounded: None,
                 },
             );
         }
-        Ok(txn)
+        Ok((txn, priority))
+    }
+
+    /// A participant wounded `txn`: from now on none of its requests
+    /// succeeds and no read reply reaches its client, so nothing it reads
+    /// later can come from after the write that took its lock (the
+    /// participant frees that lock only once this returns). Nothing to do
+    /// if the transaction is not open here: it is committing (its prepare
+    /// will fail where it was wounded) or gone.
+    pub fn wounded(&self, txn: TxnId, reason: String) -> Result<(), Error> {
+        self.check_txn(txn)?;
+        // Only the leader's sessions serve requests; a follower must not
+        // confirm a wound it cannot enforce.
+        self.require_leader()?;
+        let mut s = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
+        if let Some(sess) = s.get_mut(&txn) {
+            sess.wounded.get_or_insert(reason);
+        }
+        Ok(())
+    }
+
+    /// Why `txn` can no longer go on, if a participant wounded it.
+    fn wound_of(&self, txn: TxnId) -> Option<String> {
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&txn).and_then(|sess| sess.wounded.clone()))
     }
 
     /// Note that `txn` is about to touch `shard`; returns whether it is the
-    /// transaction's first request there.
-    fn touch(&self, txn: TxnId, shard: ShardId) -> Result<bool, Error> {
+    /// transaction's first request there, and its age.
+    fn touch(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
         let mut s = self
@@ -199,22 +260,22 @@ impl Coordinator {
                 "unknown transaction {txn} (expired, finished, or coordinator failover)"
             ))
         })?;
+        if let Some(w) = &sess.wounded {
+            return Err(Error::Aborted(w.clone()));
+        }
         sess.last = Instant::now();
-        Ok(sess.shards.insert(shard))
+        Ok((sess.shards.insert(shard), sess.priority.0))
     }
 
     /// A participant call failed: the transaction is done for; abort it
     /// everywhere it went, and tell the client why.
     async fn fail(&self, txn: TxnId, e: Error) -> Error {
         if matches!(e, Error::InvalidInput(_)) {
-            // A bad request does not doom the transaction.
+            // A bad request does not doom the transaction: the shard
+            // refused it whole.
             return e;
         }
-        self.rollback(txn).await;
-        match e {
-            Error::Aborted(_) => e,
-            other => Error::Aborted(other.to_string()),
-        }
+        self.abort_for(txn, e).await
     }
 
     pub async fn get(
@@ -225,13 +286,14 @@ impl Coordinator {
     ) -> Result<Option<Vec<u8>>, Error> {
         pact_common::validate_key(&key).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let shard = self.participants.shard_for_key(&key);
-        let first = self.touch(txn, shard)?;
+        let (first, priority) = self.touch(txn, shard)?;
         let req = pb::TxnGetRequest {
             shard_id: shard.0,
             txn: Some(pb_txn(txn)),
             key: key.into(),
             for_update,
             first,
+            priority,
         };
         let r = self
             .participants
@@ -241,6 +303,7 @@ impl Coordinator {
             })
             .await;
         match r {
+            Ok(_) if self.wound_of(txn).is_some() => Err(self.fail_wounded(txn).await),
             Ok(r) => Ok(r.found.then(|| r.value.to_vec())),
             Err(e) => Err(self.fail(txn, e.into()).await),
         }
@@ -260,7 +323,7 @@ impl Coordinator {
             .shard_map()
             .shards_for_range(&start, end.as_deref())
         {
-            let first = self.touch(txn, shard)?;
+            let (first, priority) = self.touch(txn, shard)?;
             let req = pb::TxnScanRequest {
                 shard_id: shard.0,
                 txn: Some(pb_txn(txn)),
@@ -268,6 +331,7 @@ impl Coordinator {
                 end: end.clone().unwrap_or_default().into(),
                 limit,
                 first,
+                priority,
             };
             let r = self
                 .participants
@@ -277,6 +341,7 @@ impl Coordinator {
                 })
                 .await;
             match r {
+                Ok(_) if self.wound_of(txn).is_some() => return Err(self.fail_wounded(txn).await),
                 Ok(r) => {
                     more |= r.more;
                     all.extend(
@@ -313,7 +378,7 @@ impl Coordinator {
         &self,
         txn: TxnId,
         shard: ShardId,
-        first: bool,
+        (first, priority): (bool, u64),
         ops: Vec<pb::WriteOp>,
     ) -> Result<(), Error> {
         let req = pb::TxnWriteRequest {
@@ -321,6 +386,7 @@ impl Coordinator {
             txn: Some(pb_txn(txn)),
             ops,
             first,
+            priority,
         };
         self.participants
             .call_shard(shard, true, |ch| {
@@ -332,14 +398,43 @@ impl Coordinator {
             .map_err(Error::from)
     }
 
+    /// Lock and buffer `ops` at their shards: all of them, or none. Each
+    /// shard takes its part whole or not at all; if a later shard refuses
+    /// its part after an earlier one took its own, the earlier part cannot
+    /// be taken back, so the transaction aborts (nothing of it applies).
     pub async fn write(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<(), Error> {
+        let mut sent_some = false;
         for (shard, ops) in self.by_shard(ops) {
-            let first = self.touch(txn, shard)?;
-            if let Err(e) = self.write_shard(txn, shard, first, ops).await {
-                return Err(self.fail(txn, e).await);
+            let touched = self.touch(txn, shard)?;
+            if let Err(e) = self.write_shard(txn, shard, touched, ops).await {
+                return Err(if sent_some {
+                    self.abort_for(txn, e).await
+                } else {
+                    self.fail(txn, e).await
+                });
             }
+            sent_some = true;
         }
         Ok(())
+    }
+
+    /// Roll `txn` back and report why, as an abort.
+    async fn abort_for(&self, txn: TxnId, e: Error) -> Error {
+        self.rollback(txn).await;
+        match e {
+            Error::Aborted(_) => e,
+            other => Error::Aborted(other.to_string()),
+        }
+    }
+
+    /// A read came back after a participant wounded `txn`: its value may
+    /// come from after the write that took the transaction's lock
+    /// elsewhere, so it is never handed out.
+    async fn fail_wounded(&self, txn: TxnId) -> Error {
+        let why = self
+            .wound_of(txn)
+            .unwrap_or_else(|| "wounded by an older transaction".into());
+        self.abort_for(txn, Error::Aborted(why)).await
     }
 
     /// Commit, first adding `ops`: writes the client buffered. If the
@@ -362,16 +457,23 @@ impl Coordinator {
         let mut parts = self.by_shard(ops);
         touched.extend(parts.keys().copied());
         let mut carried = None;
+        if let Some(w) = self.wound_of(txn) {
+            return Err(self.abort_for(txn, Error::Aborted(w)).await);
+        }
         if touched.len() == 1 {
             if let Some((shard, ops)) = parts.pop_first() {
-                let first = self.touch(txn, shard)?;
-                carried = Some(Carried { first, ops });
+                let (first, priority) = self.touch(txn, shard)?;
+                carried = Some(Carried {
+                    first,
+                    priority,
+                    ops,
+                });
             }
         } else if !parts.is_empty() {
             let mut calls = Vec::new();
             for (shard, ops) in parts {
-                let first = self.touch(txn, shard)?;
-                calls.push(self.write_shard(txn, shard, first, ops));
+                let touched = self.touch(txn, shard)?;
+                calls.push(self.write_shard(txn, shard, touched, ops));
             }
             let failed = futures::future::join_all(calls)
                 .await
@@ -379,11 +481,7 @@ impl Coordinator {
                 .find_map(Result::err);
             if let Some(e) = failed {
                 // The client is done with the transaction either way.
-                self.rollback(txn).await;
-                return Err(match e {
-                    Error::Aborted(_) => e,
-                    other => Error::Aborted(other.to_string()),
-                });
+                return Err(self.abort_for(txn, e).await);
             }
         }
         let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
@@ -506,8 +604,12 @@ impl Coordinator {
     ) -> Result<ExecResult, Error> {
         let mut last = String::new();
         let mut backoff = Duration::from_millis(5);
+        let mut priority = None;
         for _ in 0..EXECUTE_ATTEMPTS {
-            let txn = self.begin()?;
+            let (txn, age) = self.begin(priority)?;
+            // Attempts after the first keep its age, so this one-shot
+            // transaction cannot starve under wound-wait.
+            priority.get_or_insert(age);
             let run = async {
                 let mut ok = true;
                 for g in &guards {
@@ -683,6 +785,7 @@ fn run(
                     resolve: false,
                     ops: writes.ops,
                     first: writes.first,
+                    priority: writes.priority,
                 };
                 let r = c
                     .participants

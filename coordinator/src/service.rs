@@ -28,12 +28,26 @@ impl TxnService {
 impl Txn for TxnService {
     async fn begin(
         &self,
-        _r: Request<pb::BeginRequest>,
+        r: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
-        let txn = self.c.begin()?;
+        let p = r.into_inner().priority;
+        let (txn, priority) = self
+            .c
+            .begin((p != 0).then_some(pact_common::Timestamp(p)))?;
         Ok(Response::new(pb::BeginResponse {
             txn: Some(convert::pb_txn(txn)),
+            priority: priority.0,
         }))
+    }
+
+    async fn wounded(
+        &self,
+        r: Request<pb::WoundedRequest>,
+    ) -> Result<Response<pb::TxnDone>, Status> {
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        self.c.wounded(txn, r.reason)?;
+        Ok(Response::new(pb::TxnDone {}))
     }
 
     async fn get(

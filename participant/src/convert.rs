@@ -55,11 +55,37 @@ pub fn txn_id(t: Option<pb::TxnId>) -> Result<TxnId, Error> {
             "transaction group 0 is reserved".into(),
         ));
     }
+    if t.ts == 0 {
+        // It would be older than every real transaction and wound them all.
+        return Err(Error::InvalidInput(
+            "transaction timestamp 0 is invalid".into(),
+        ));
+    }
     Ok(TxnId {
         group: t.group,
         node: t.node,
         ts: Timestamp(t.ts),
     })
+}
+
+/// Longest a retried transaction may keep the age of its first attempt
+/// (coordinators cap it at a minute; this leaves room for clock skew).
+const MAX_PRIORITY_AGE_MS: u64 = 120_000;
+
+/// The wound-wait age a request claims for `txn`: 0 means the id's own
+/// timestamp. A retry is older than its id, but not by much, and never
+/// younger.
+pub fn priority(p: u64, txn: TxnId) -> Result<Timestamp, Error> {
+    if p == 0 {
+        return Ok(txn.ts);
+    }
+    let p = Timestamp(p);
+    if p > txn.ts || txn.ts.millis() - p.millis() > MAX_PRIORITY_AGE_MS {
+        return Err(Error::InvalidInput(format!(
+            "priority {p} is not within {MAX_PRIORITY_AGE_MS} ms before transaction {txn}"
+        )));
+    }
+    Ok(p)
 }
 
 pub fn prepare_response(v: Vote) -> pb::PrepareResponse {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pact_common::{
     system_clock, validate_batch, validate_key, Clock, ClusterConfig, Hlc, NodeId, ShardId,
-    ShardMap, TxnId, MAX_SCAN_LIMIT,
+    ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
 };
 use pact_raft::{Host, NodeStore, Replica, ReplicaStatus, Router, Tuning};
 
@@ -34,10 +34,22 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 pub const IMPLICIT_GROUP: u64 = 0;
 
 /// How long one request may wait for locks before its transaction aborts.
-pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+pub const LOCK_WAIT: Duration = pact_common::LOCK_WAIT;
+/// How the reason for a lock-wait timeout begins.
+pub const LOCK_TIMEOUT: &str = "lock wait";
 /// How many times a plain write batch is started again after an older
 /// transaction wounds it.
 const WRITE_ATTEMPTS: u32 = 3;
+
+/// Who makes a transactional request: the transaction, whether this is its
+/// first request to the shard (only then may the shard meet it for the
+/// first time), and its age for wound-wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnRef {
+    pub txn: TxnId,
+    pub first: bool,
+    pub prio: Timestamp,
+}
 
 /// A participant's vote in two-phase commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +108,9 @@ pub struct Node {
     router: Router,
     hlc: Hlc,
     clock: Clock,
+    /// Client of the coordinator groups: told of wounds, asked about
+    /// silent transactions.
+    coordinators: pact_client::Client,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -162,6 +177,7 @@ impl Node {
             router: host.router,
             hlc: Hlc::new(clock.clone()),
             clock,
+            coordinators,
             metrics,
         })
     }
@@ -234,16 +250,17 @@ impl Node {
         }
     }
 
-    /// Take a lock for `txn`, waiting (bounded by [`LOCK_WAIT`]) while older
-    /// or preparing transactions hold it.
+    /// Take a lock for `txn` (of age `prio`), waiting (bounded by
+    /// [`LOCK_WAIT`]) while older or preparing transactions hold it.
     async fn acquire(
         &self,
         s: &Shard,
         txn: TxnId,
         first: bool,
+        prio: Timestamp,
         target: Target,
     ) -> Result<(), Error> {
-        self.acquire_by(s, txn, first, target, Instant::now() + LOCK_WAIT)
+        self.acquire_by(s, txn, first, prio, target, Instant::now() + LOCK_WAIT)
             .await
     }
 
@@ -254,6 +271,7 @@ impl Node {
         s: &Shard,
         txn: TxnId,
         first: bool,
+        prio: Timestamp,
         target: Target,
         deadline: Instant,
     ) -> Result<(), Error> {
@@ -264,9 +282,10 @@ impl Node {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let step = match s.shared.mgr.lock() {
-                Ok(mut m) => m.lock(txn, first, &target, self.now()),
+                Ok(mut m) => m.lock_prio(txn, first, prio, &target, self.now()),
                 Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
             };
+            let left = deadline.saturating_duration_since(Instant::now());
             match step {
                 Step::Granted => {
                     // Granting may have wounded holders and freed their locks.
@@ -275,19 +294,50 @@ impl Node {
                 }
                 Step::Abort(r) if r == "not leader" => break Err(Error::NotLeader { hint: None }),
                 Step::Abort(r) => break Err(Error::Aborted(r)),
-                Step::Wait => {
+                Step::Wound(victims) => {
+                    if left.is_zero() {
+                        let holders: Vec<TxnId> = victims.iter().map(|(v, _)| *v).collect();
+                        break Err(self.lock_timeout(s, txn, &target, &holders, started));
+                    }
+                    // Their locks go once their coordinators know: only
+                    // then can a write that takes them become visible to
+                    // any later read of theirs.
+                    let calls = victims.into_iter().map(|(v, reason)| async move {
+                        let told = tokio::time::timeout(
+                            left.min(Duration::from_secs(1)),
+                            self.coordinators.wounded(v, &reason),
+                        )
+                        .await;
+                        (v, matches!(told, Ok(Ok(()))))
+                    });
+                    let mut freed = false;
+                    for (v, told) in futures::future::join_all(calls).await {
+                        if told {
+                            freed |= s
+                                .shared
+                                .mgr
+                                .lock()
+                                .map(|mut m| m.wound_confirmed(v))
+                                .unwrap_or(false);
+                        } else {
+                            tracing::warn!(shard = s.replica.group(), wounded = %v, "coordinator not told of a wound yet; its locks stay");
+                        }
+                    }
+                    if freed {
+                        s.shared.released.notify_waiters();
+                    } else {
+                        // Unreachable coordinator: ask again shortly.
+                        let pause = left.min(Duration::from_millis(50));
+                        let _ = tokio::time::timeout(pause, notified).await;
+                    }
+                }
+                Step::Wait(holders) => {
                     if !waited {
                         waited = true;
                         self.metrics.lock_waits.inc();
                     }
-                    let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-                        self.release(s, txn);
-                        break Err(Error::Aborted(format!(
-                            "timeout: waited {:?} for a lock held by another transaction \
-                             (at most {LOCK_WAIT:?} per request)",
-                            Duration::from_millis(started.elapsed().as_millis() as u64)
-                        )));
+                        break Err(self.lock_timeout(s, txn, &target, &holders, started));
                     }
                 }
             }
@@ -301,6 +351,35 @@ impl Node {
             self.metrics.abort(m);
         }
         r
+    }
+
+    /// A lock wait ran out: the transaction aborts here, and the reason
+    /// names the key and who held it.
+    fn lock_timeout(
+        &self,
+        s: &Shard,
+        txn: TxnId,
+        target: &Target,
+        holders: &[TxnId],
+        started: Instant,
+    ) -> Error {
+        self.release(s, txn);
+        let held = match holders {
+            [] => String::new(),
+            [one] => format!(" (held by txn {one})"),
+            many => format!(
+                " (held by txns {})",
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Error::Aborted(format!(
+            "{LOCK_TIMEOUT} on {} timed out after {:.1}s{held}",
+            target.describe(),
+            started.elapsed().as_secs_f64()
+        ))
     }
 
     fn release(&self, s: &Shard, txn: TxnId) {
@@ -387,7 +466,7 @@ impl Node {
         let txn = self.implicit_txn();
         let _release = Release::new(s, txn);
         let term = self.lock_term(s)?;
-        self.acquire(s, txn, true, Target::key(key, Mode::Shared))
+        self.acquire(s, txn, true, txn.ts, Target::key(key, Mode::Shared))
             .await?;
         let v = self.read_key(s, txn, key).await?;
         self.confirm(s, term).await?;
@@ -438,7 +517,8 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
-        self.acquire(s, txn, true, Target::Range(range)).await?;
+        self.acquire(s, txn, true, txn.ts, Target::Range(range))
+            .await?;
         let out = self.read_range(s, txn, start, end, limit).await?;
         self.confirm(s, term).await?;
         Ok(out)
@@ -465,18 +545,12 @@ impl Node {
         }
     }
 
-    async fn write_once(&self, s: &Shard, ops: &[Mutation]) -> Result<u64, Error> {
+    async fn write_once(&self, s: &Arc<Shard>, ops: &[Mutation]) -> Result<u64, Error> {
         self.ready(s)?;
         let txn = self.implicit_txn();
-        let mut release = Release::new(s, txn);
-        self.lock_writes(s, txn, true, ops).await?;
-        let r = self.commit_one_phase_inner(s, txn).await;
-        if let Err(e) = &r {
-            // The entry may still commit: keep the locks until it applies
-            // or this leader steps down, or a reader could overtake it.
-            release.armed = !undecided(e);
-        }
-        r
+        let release = Release::new(s, txn);
+        self.lock_writes(s, txn, true, txn.ts, ops).await?;
+        self.commit_owned(s, txn, release).await
     }
 
     fn validate_writes(&self, shard: ShardId, ops: &[Mutation]) -> Result<(), Error> {
@@ -490,38 +564,51 @@ impl Node {
         Ok(())
     }
 
+    /// Lock every key of `ops`, then buffer them all at once: a batch is
+    /// all or nothing. A batch that would take the transaction past its
+    /// size limit is refused before it locks anything.
     async fn lock_writes(
         &self,
         s: &Shard,
         txn: TxnId,
         first: bool,
+        prio: Timestamp,
         ops: &[Mutation],
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + LOCK_WAIT;
-        for (i, (k, v)) in ops.iter().enumerate() {
-            let target = Target::key(k, Mode::Exclusive);
-            self.acquire_by(s, txn, first && i == 0, target, deadline)
-                .await?;
-            let buffered = s
-                .shared
-                .mgr
-                .lock()
-                .map(|mut m| m.buffer_write(txn, k.clone(), v.clone()))
-                .unwrap_or_else(|_| crate::txn::Buffered::NotOpen("lock poisoned".into()));
-            match buffered {
-                crate::txn::Buffered::Ok => {}
-                // It started preparing (or was aborted) meanwhile: this
-                // write would not be part of it, so it must not be acked.
-                crate::txn::Buffered::NotOpen(reason) => return Err(Error::Aborted(reason)),
-                crate::txn::Buffered::TooLarge(n) => {
-                    return Err(Error::InvalidInput(format!(
-                    "transaction over the size limit: {n} bytes of writes on one shard (max {})",
-                    crate::txn::MAX_TXN_BYTES
-                )))
-                }
-            }
+        let too_large = |n: usize| {
+            Error::InvalidInput(format!(
+                "transaction over the size limit: {n} bytes of writes on one shard (max {})",
+                crate::txn::MAX_TXN_BYTES
+            ))
+        };
+        let would_be = s
+            .shared
+            .mgr
+            .lock()
+            .map(|m| m.bytes_after(txn, ops))
+            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
+        if would_be > crate::txn::MAX_TXN_BYTES {
+            return Err(too_large(would_be));
         }
-        Ok(())
+        let deadline = Instant::now() + LOCK_WAIT;
+        for (i, (k, _)) in ops.iter().enumerate() {
+            let target = Target::key(k, Mode::Exclusive);
+            self.acquire_by(s, txn, first && i == 0, prio, target, deadline)
+                .await?;
+        }
+        let buffered = s
+            .shared
+            .mgr
+            .lock()
+            .map(|mut m| m.buffer_writes(txn, ops))
+            .unwrap_or_else(|_| crate::txn::Buffered::NotOpen("lock poisoned".into()));
+        match buffered {
+            crate::txn::Buffered::Ok => Ok(()),
+            // It started preparing (or was aborted) meanwhile: these writes
+            // would not be part of it, so they must not be acked.
+            crate::txn::Buffered::NotOpen(reason) => Err(Error::Aborted(reason)),
+            crate::txn::Buffered::TooLarge(n) => Err(too_large(n)),
+        }
     }
 
     // ---- transactional operations (called by coordinators) ----
@@ -529,11 +616,11 @@ impl Node {
     pub async fn txn_get(
         &self,
         shard: ShardId,
-        txn: TxnId,
-        first: bool,
+        who: TxnRef,
         key: &[u8],
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
+        let TxnRef { txn, first, prio } = who;
         validate_key(key)?;
         let s = self.shard(shard)?;
         self.check_owner(shard, key)?;
@@ -543,19 +630,20 @@ impl Node {
         } else {
             Mode::Shared
         };
-        self.acquire(s, txn, first, Target::key(key, mode)).await?;
+        self.acquire(s, txn, first, prio, Target::key(key, mode))
+            .await?;
         self.read_key(s, txn, key).await
     }
 
     pub async fn txn_scan(
         &self,
         shard: ShardId,
-        txn: TxnId,
-        first: bool,
+        who: TxnRef,
         start: &[u8],
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+        let TxnRef { txn, first, prio } = who;
         let limit = Self::scan_limit(limit)?;
         let s = self.shard(shard)?;
         self.ready(s)?;
@@ -566,21 +654,22 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
-        self.acquire(s, txn, first, Target::Range(range)).await?;
+        self.acquire(s, txn, first, prio, Target::Range(range))
+            .await?;
         self.read_range(s, txn, start, end, limit).await
     }
 
     pub async fn txn_write(
         &self,
         shard: ShardId,
-        txn: TxnId,
-        first: bool,
+        who: TxnRef,
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
+        let TxnRef { txn, first, prio } = who;
         let s = self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
         self.ready(s)?;
-        self.lock_writes(s, txn, first, &ops).await
+        self.lock_writes(s, txn, first, prio, &ops).await
     }
 
     /// Phase one: replicate the prepare record, then vote. Every lock the
@@ -644,61 +733,51 @@ impl Node {
     pub async fn commit_one_phase(
         &self,
         shard: ShardId,
-        txn: TxnId,
-        first: bool,
+        who: TxnRef,
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
+        let TxnRef { txn, first, prio } = who;
         let s = self.shard(shard)?;
         self.ready(s)?;
         // From here on, any failure before the commit's entry is proposed
-        // aborts the transaction: let go of what it holds.
-        let mut release = Release::new(s, txn);
+        // aborts the transaction: let go of what it holds. Until then the
+        // caller may go away at any point.
+        let release = Release::new(s, txn);
         if !ops.is_empty() {
             self.validate_writes(shard, &ops)?;
-            self.lock_writes(s, txn, first, &ops).await?;
+            self.lock_writes(s, txn, first, prio, &ops).await?;
         }
-        let r = self.commit_one_phase_inner(s, txn).await.map(|_| ());
-        if let Err(e) = &r {
-            release.armed = !undecided(e);
-        }
-        r
+        self.commit_owned(s, txn, release).await.map(|_| ())
     }
 
-    async fn commit_one_phase_inner(&self, s: &Shard, txn: TxnId) -> Result<u64, Error> {
-        let input = match s.shared.mgr.lock() {
-            Ok(mut m) => m.begin_prepare(txn, self.now()),
-            Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
-        };
-        let input = input.map_err(Error::Aborted)?;
-        if input.writes.is_empty() {
-            s.replica.read_barrier().await?;
-            if s.replica.status().term != input.term {
-                return Err(Error::Aborted(
-                    "leadership changed: read locks were lost".into(),
-                ));
+    /// Commit `txn`, whose locks and writes are in place, in one Raft
+    /// round, in a task of its own: once the entry may be in the log, its
+    /// locks must stay until the log decides, whatever happens to the
+    /// caller (a deadline or a reset stream drops the handler's future).
+    /// Takes over `release`: the task lets go of the locks itself when
+    /// the commit definitely failed; when it applied, `KvApp::visible`
+    /// already did; when its fate is open, the apply path or a leadership
+    /// change will.
+    async fn commit_owned(
+        &self,
+        s: &Arc<Shard>,
+        txn: TxnId,
+        mut release: Release,
+    ) -> Result<u64, Error> {
+        release.armed = false;
+        let (s, metrics, now) = (s.clone(), self.metrics.clone(), self.now());
+        tokio::spawn(async move {
+            let r = commit_locked(&s, &metrics, now, txn).await;
+            if !matches!(&r, Err(e) if undecided(e)) {
+                if let Ok(mut m) = s.shared.mgr.lock() {
+                    m.finish(txn);
+                }
+                s.shared.released.notify_waiters();
             }
-            return Ok(0);
-        }
-        let cmd = ShardCommand::OnePhase {
-            txn,
-            writes: input.writes,
-            term: input.term,
-        }
-        .encode();
-        let (index, reply) = s.replica.propose(cmd).await?;
-        match ShardReply::decode(&reply).map_err(Error::Fatal)? {
-            ShardReply::Done => {
-                self.metrics.commits.with_label_values(&["one_phase"]).inc();
-                Ok(index)
-            }
-            ShardReply::Rejected(r) => {
-                self.metrics.abort(&r);
-                Err(Error::Aborted(r))
-            }
-            ShardReply::Prepared => {
-                Err(Error::Fatal("unexpected reply to one-phase commit".into()))
-            }
-        }
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Fatal(format!("commit task failed: {e}"))))
     }
 
     /// Phase two: apply the coordinator's decision. Idempotent.
@@ -768,6 +847,47 @@ impl Node {
         for s in self.shards.values() {
             s.replica.shutdown().await;
         }
+    }
+}
+
+/// The one-phase commit itself (see [`Node::commit_owned`]).
+async fn commit_locked(
+    s: &Shard,
+    metrics: &crate::metrics::Metrics,
+    now_ms: u64,
+    txn: TxnId,
+) -> Result<u64, Error> {
+    let input = match s.shared.mgr.lock() {
+        Ok(mut m) => m.begin_prepare(txn, now_ms),
+        Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
+    };
+    let input = input.map_err(Error::Aborted)?;
+    if input.writes.is_empty() {
+        s.replica.read_barrier().await?;
+        if s.replica.status().term != input.term {
+            return Err(Error::Aborted(
+                "leadership changed: read locks were lost".into(),
+            ));
+        }
+        return Ok(0);
+    }
+    let cmd = ShardCommand::OnePhase {
+        txn,
+        writes: input.writes,
+        term: input.term,
+    }
+    .encode();
+    let (index, reply) = s.replica.propose(cmd).await?;
+    match ShardReply::decode(&reply).map_err(Error::Fatal)? {
+        ShardReply::Done => {
+            metrics.commits.with_label_values(&["one_phase"]).inc();
+            Ok(index)
+        }
+        ShardReply::Rejected(r) => {
+            metrics.abort(&r);
+            Err(Error::Aborted(r))
+        }
+        ShardReply::Prepared => Err(Error::Fatal("unexpected reply to one-phase commit".into())),
     }
 }
 

@@ -1,6 +1,10 @@
 //! The gRPC services of a participant node: `pact.v1.Kv` (plain
 //! operations) and `pact.v1.Participant` (transactional operations for
 //! coordinators). Each handler converts, calls [`Node`], converts back.
+//! gRPC drops a handler's future when the caller's deadline passes, and
+//! nothing that holds locks across a proposal may be dropped half way:
+//! every proposal runs in a task of its own ([`owned`] here, or inside
+//! [`Node`] once a commit's lock waits are over).
 
 use std::sync::Arc;
 
@@ -11,12 +15,28 @@ use pact_proto::participant_server::{Participant, ParticipantServer};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::node::Node;
+use crate::node::{Node, TxnRef};
 use crate::Error;
 
 /// Largest request or reply: a maximal write batch plus framing. Larger
 /// messages are refused by tonic before they are decoded.
 pub const MAX_KV_MESSAGE_BYTES: usize = pact_common::MAX_BATCH_BYTES + (1 << 20);
+
+/// Run an operation that proposes to Raft in a task of its own, so that the
+/// caller going away (its deadline passing, or a reset stream dropping the
+/// handler) cannot cut it short. (Write and CommitOnePhase do this inside
+/// [`Node`], after their lock waits, which a caller may still cut short.)
+async fn owned<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(op)
+        .await
+        .unwrap_or_else(|e| Err(Error::Fatal(format!("request task failed: {e}"))))
+}
+
+fn who(txn: pact_common::TxnId, first: bool, prio: pact_common::Timestamp) -> TxnRef {
+    TxnRef { txn, first, prio }
+}
 
 #[derive(Clone)]
 pub struct KvService {
@@ -100,9 +120,15 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
+        let prio = convert::priority(r.priority, txn)?;
         let v = self
             .node
-            .txn_get(ShardId(r.shard_id), txn, r.first, &r.key, r.for_update)
+            .txn_get(
+                ShardId(r.shard_id),
+                who(txn, r.first, prio),
+                &r.key,
+                r.for_update,
+            )
             .await?;
         Ok(Response::new(convert::value(v)))
     }
@@ -113,12 +139,12 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
+        let prio = convert::priority(r.priority, txn)?;
         let (pairs, more) = self
             .node
             .txn_scan(
                 ShardId(r.shard_id),
-                txn,
-                r.first,
+                who(txn, r.first, prio),
                 &r.start,
                 convert::end_key(&r.end),
                 r.limit,
@@ -133,9 +159,10 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::TxnWriteResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
+        let prio = convert::priority(r.priority, txn)?;
         let ops = convert::write_ops(r.ops)?;
         self.node
-            .txn_write(ShardId(r.shard_id), txn, r.first, ops)
+            .txn_write(ShardId(r.shard_id), who(txn, r.first, prio), ops)
             .await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
@@ -154,7 +181,8 @@ impl Participant for ParticipantService {
             )
             .into());
         }
-        let vote = self.node.prepare(ShardId(r.shard_id), txn).await?;
+        let node = self.node.clone();
+        let vote = owned(async move { node.prepare(ShardId(r.shard_id), txn).await }).await?;
         Ok(Response::new(convert::prepare_response(vote)))
     }
 
@@ -164,9 +192,10 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
+        let prio = convert::priority(r.priority, txn)?;
         let ops = convert::write_ops(r.ops)?;
         self.node
-            .commit_one_phase(ShardId(r.shard_id), txn, r.first, ops)
+            .commit_one_phase(ShardId(r.shard_id), who(txn, r.first, prio), ops)
             .await?;
         Ok(Response::new(pb::TxnDone {}))
     }
@@ -177,7 +206,8 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        self.node.decide(ShardId(r.shard_id), txn, r.commit).await?;
+        let node = self.node.clone();
+        owned(async move { node.decide(ShardId(r.shard_id), txn, r.commit).await }).await?;
         Ok(Response::new(pb::TxnDone {}))
     }
 }

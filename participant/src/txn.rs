@@ -55,8 +55,15 @@ pub enum Status {
 
 #[derive(Clone, Debug)]
 struct Txn {
-    ts: Timestamp,
+    /// Its age for wound-wait: the start timestamp of the transaction's
+    /// first attempt (a retry keeps it, so it ages into the oldest and
+    /// cannot starve). Ties are broken by the whole id.
+    prio: Timestamp,
     status: Status,
+    /// Wounded, but its coordinator has not yet confirmed that the
+    /// transaction will serve no more reads: its locks stay held until it
+    /// has (see [`Step::Wound`]).
+    unconfirmed: bool,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Bytes of keys and values in `writes`.
     bytes: usize,
@@ -91,8 +98,14 @@ pub enum Buffered {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Granted,
-    /// Blocked by older or preparing transactions: wait and retry.
-    Wait,
+    /// Blocked by these older or preparing transactions: wait and retry.
+    Wait(Vec<TxnId>),
+    /// Blocked by these wounded transactions, whose locks go only once
+    /// their coordinators confirm the wound (so none of their later reads,
+    /// on any shard, can return a state after a write that took their
+    /// lock). The caller tells each coordinator, then calls
+    /// [`TxnManager::wound_confirmed`], and asks again.
+    Wound(Vec<(TxnId, String)>),
     /// The transaction cannot go on; abort it with this reason.
     Abort(String),
 }
@@ -124,6 +137,31 @@ impl Target {
     pub fn key(k: &[u8], mode: Mode) -> Self {
         Target::Key(k.to_vec(), mode)
     }
+
+    /// The key or range, for messages: `'bob'`, or `range ['a', 'm')`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Key(k, _) => format!("key {}", show_key(k)),
+            Target::Range(r) => format!(
+                "range [{}, {})",
+                show_key(&r.start),
+                r.end.as_deref().map_or("end".to_string(), show_key)
+            ),
+        }
+    }
+}
+
+/// A key for an error message: quoted, non-printable bytes escaped, long
+/// keys shortened.
+pub fn show_key(k: &[u8]) -> String {
+    let escaped: String = k
+        .iter()
+        .take(64)
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    let more = if k.len() > 64 { "..." } else { "" };
+    format!("'{escaped}{more}'")
 }
 
 impl TxnManager {
@@ -155,8 +193,9 @@ impl TxnManager {
             self.txns.insert(
                 txn,
                 Txn {
-                    ts: txn.ts,
+                    prio: txn.ts,
                     status: Status::Prepared,
+                    unconfirmed: false,
                     bytes: writes.iter().map(|(k, v)| entry_bytes(k, v)).sum(),
                     writes: writes.into_iter().collect(),
                     term,
@@ -178,11 +217,24 @@ impl TxnManager {
         self.txns.get(&txn).map(|t| &t.status)
     }
 
+    /// [`TxnManager::lock_prio`] for a transaction whose age is its own
+    /// start timestamp.
+    pub fn lock(&mut self, txn: TxnId, first: bool, target: &Target, now_ms: u64) -> Step {
+        self.lock_prio(txn, first, txn.ts, target, now_ms)
+    }
+
     /// Try to lock `target` for `txn`. `first` says this is the
     /// transaction's first request here; only then is an unknown
     /// transaction registered (otherwise its earlier work was lost with a
-    /// leader change or expiry, and it must abort).
-    pub fn lock(&mut self, txn: TxnId, first: bool, target: &Target, now_ms: u64) -> Step {
+    /// leader change or expiry, and it must abort), with age `prio`.
+    pub fn lock_prio(
+        &mut self,
+        txn: TxnId,
+        first: bool,
+        prio: Timestamp,
+        target: &Target,
+        now_ms: u64,
+    ) -> Step {
         let Some(term) = self.term else {
             return Step::Abort("not leader".into());
         };
@@ -192,8 +244,9 @@ impl TxnManager {
             );
         }
         let t = self.txns.entry(txn).or_insert_with(|| Txn {
-            ts: txn.ts,
+            prio,
             status: Status::Active,
+            unconfirmed: false,
             writes: BTreeMap::new(),
             bytes: 0,
             term,
@@ -214,7 +267,7 @@ impl TxnManager {
         if self.limits.skip_shared_locks && matches!(target, Target::Key(_, Mode::Shared)) {
             return Step::Granted;
         }
-        let my_ts = t.ts;
+        let me = (t.prio, txn);
         // Two rounds at most: the first may wound every blocker.
         for _ in 0..2 {
             let res = match target {
@@ -225,30 +278,76 @@ impl TxnManager {
                 Ok(()) => return Step::Granted,
                 Err(b) => b,
             };
-            let mut must_wait = false;
+            let mut waits = Vec::new();
+            let mut unconfirmed = Vec::new();
             for b in blockers {
-                let wound = match self.txns.get(&b) {
-                    Some(h) => h.status == Status::Active && my_ts < h.ts,
-                    None => false,
+                let (wound, pending) = match self.txns.get(&b) {
+                    Some(h) => (
+                        h.status == Status::Active && me < (h.prio, b),
+                        h.unconfirmed,
+                    ),
+                    None => (false, false),
                 };
                 if wound {
-                    self.abort_with(b, format!("{WOUNDED} {txn}"));
+                    let reason = format!("{WOUNDED} {txn} on {}", target.describe());
+                    if b.group == crate::node::IMPLICIT_GROUP {
+                        // A plain operation has no coordinator to tell and
+                        // serves no later reads: it goes at once.
+                        self.abort_with(b, reason);
+                    } else {
+                        self.doom(b, reason.clone());
+                        unconfirmed.push((b, reason));
+                    }
+                } else if pending {
+                    let reason = match self.status(b) {
+                        Some(Status::Aborted(r)) => r.clone(),
+                        _ => format!("{WOUNDED} {txn}"),
+                    };
+                    unconfirmed.push((b, reason));
                 } else {
-                    must_wait = true;
+                    waits.push(b);
                 }
             }
-            if must_wait {
-                return Step::Wait;
+            if !unconfirmed.is_empty() {
+                return Step::Wound(unconfirmed);
+            }
+            if !waits.is_empty() {
+                return Step::Wait(waits);
             }
         }
-        Step::Wait
+        Step::Wait(Vec::new())
+    }
+
+    /// Mark `txn` wounded but keep its locks until its coordinator knows.
+    fn doom(&mut self, txn: TxnId, reason: String) {
+        if let Some(t) = self.txns.get_mut(&txn) {
+            t.status = Status::Aborted(reason);
+            t.unconfirmed = true;
+            t.writes.clear();
+            t.bytes = 0;
+        }
+    }
+
+    /// The coordinator of a wounded transaction has marked it aborted (or
+    /// no longer has it): its locks can go now. Returns whether anything
+    /// was released.
+    pub fn wound_confirmed(&mut self, txn: TxnId) -> bool {
+        match self.txns.get_mut(&txn) {
+            Some(t) if t.unconfirmed => {
+                t.unconfirmed = false;
+                self.locks.release_all(txn)
+            }
+            _ => false,
+        }
     }
 
     fn abort_with(&mut self, txn: TxnId, reason: String) {
         self.locks.release_all(txn);
         if let Some(t) = self.txns.get_mut(&txn) {
             t.status = Status::Aborted(reason);
+            t.unconfirmed = false;
             t.writes.clear();
+            t.bytes = 0;
         }
     }
 
@@ -257,19 +356,37 @@ impl TxnManager {
     /// this shard over [`MAX_TXN_BYTES`] (the prepare record must stay a
     /// reasonable Raft entry).
     pub fn buffer_write(&mut self, txn: TxnId, key: Vec<u8>, value: Option<Vec<u8>>) -> Buffered {
+        self.buffer_writes(txn, &[(key, value)])
+    }
+
+    /// Bytes of writes `txn` would hold here after buffering `ops`.
+    pub fn bytes_after(&self, txn: TxnId, ops: &[Mutation]) -> usize {
+        let Some(t) = self.txns.get(&txn) else {
+            return ops.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+        };
+        let mut last: BTreeMap<&[u8], &Option<Vec<u8>>> = BTreeMap::new();
+        for (k, v) in ops {
+            last.insert(k, v);
+        }
+        last.into_iter().fold(t.bytes, |n, (k, v)| {
+            let old = t.writes.get(k).map_or(0, |o| entry_bytes(k, o));
+            n - old + entry_bytes(k, v)
+        })
+    }
+
+    /// Record a batch of writes of keys `txn` holds exclusively: all of
+    /// them, or (not active, or over the size limit) none.
+    pub fn buffer_writes(&mut self, txn: TxnId, ops: &[Mutation]) -> Buffered {
+        let bytes = self.bytes_after(txn, ops);
         match self.txns.get_mut(&txn) {
             Some(t) if t.status == Status::Active => {
-                let old = t
-                    .writes
-                    .get(&key)
-                    .map(|v| entry_bytes(&key, v))
-                    .unwrap_or(0);
-                let bytes = t.bytes - old + entry_bytes(&key, &value);
                 if bytes > MAX_TXN_BYTES {
                     return Buffered::TooLarge(bytes);
                 }
+                for (k, v) in ops {
+                    t.writes.insert(k.clone(), v.clone());
+                }
                 t.bytes = bytes;
-                t.writes.insert(key, value);
                 Buffered::Ok
             }
             Some(t) => Buffered::NotOpen(match &t.status {
@@ -434,6 +551,21 @@ mod tests {
         }
     }
 
+    /// Lock, confirming every wound at once (what the node does after its
+    /// coordinators acknowledge).
+    fn lock_confirming(m: &mut TxnManager, txn: TxnId, target: &Target, now: u64) -> Step {
+        loop {
+            match m.lock(txn, true, target, now) {
+                Step::Wound(victims) => {
+                    for (v, _) in victims {
+                        assert!(m.wound_confirmed(v));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn mgr() -> TxnManager {
         let mut m = TxnManager::new(TxnLimits {
             idle_timeout_ms: 100,
@@ -486,11 +618,21 @@ mod tests {
             Step::Granted
         );
         m.buffer_write(t(20), b"k".to_vec(), Some(b"young".to_vec()));
-        // Older t(10) wounds the younger holder and gets the lock at once.
-        assert_eq!(
-            m.lock(t(10), true, &Target::key(b"k", Mode::Exclusive), 1),
-            Step::Granted
-        );
+        // Older t(10) wounds the younger holder; the holder keeps the lock
+        // until its coordinator confirms, then t(10) gets it.
+        let k = Target::key(b"k", Mode::Exclusive);
+        assert!(matches!(
+            m.lock(t(10), true, &k, 1),
+            Step::Wound(v) if v.len() == 1 && v[0].0 == t(20) && v[0].1.contains("on key 'k'")
+        ));
+        // Another waiter sees the same unconfirmed wound, not a plain wait.
+        assert!(matches!(
+            m.lock(t(15), true, &k, 1),
+            Step::Wound(v) if v[0].0 == t(20)
+        ));
+        assert!(m.wound_confirmed(t(20)));
+        assert!(!m.wound_confirmed(t(20)), "confirming is idempotent");
+        assert_eq!(m.lock(t(10), true, &k, 1), Step::Granted);
         assert!(matches!(m.status(t(20)), Some(Status::Aborted(r)) if r.contains("wounded")));
         assert_eq!(
             m.own_write(t(20), b"k"),
@@ -503,10 +645,10 @@ mod tests {
             Step::Abort(_)
         ));
         // A younger transaction waits for the older holder.
-        assert_eq!(
+        assert!(matches!(
             m.lock(t(30), true, &Target::key(b"k", Mode::Shared), 3),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         m.finish(t(10));
         assert_eq!(
             m.lock(t(30), true, &Target::key(b"k", Mode::Shared), 4),
@@ -527,13 +669,13 @@ mod tests {
             Step::Granted
         );
         // young -> a: waits for old.
-        assert_eq!(
+        assert!(matches!(
             m.lock(young, true, &Target::key(b"a", Mode::Exclusive), 1),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         // old -> b: wounds young instead of waiting, so there is no cycle.
         assert_eq!(
-            m.lock(old, true, &Target::key(b"b", Mode::Exclusive), 1),
+            lock_confirming(&mut m, old, &Target::key(b"b", Mode::Exclusive), 1),
             Step::Granted
         );
         assert!(matches!(
@@ -553,16 +695,16 @@ mod tests {
         let p = m.begin_prepare(t(20), 1).unwrap();
         assert_eq!(p.writes, vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
         assert_eq!(p.term, 3);
-        assert_eq!(
+        assert!(matches!(
             m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 2),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         m.prepare_applied(t(20), true);
         assert_eq!(m.status(t(20)), Some(&Status::Prepared));
-        assert_eq!(
+        assert!(matches!(
             m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 3),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         // No more operations once preparing, and no second prepare.
         assert!(matches!(
             m.lock(t(20), true, &Target::key(b"z", Mode::Shared), 3),
@@ -585,10 +727,10 @@ mod tests {
         };
         assert_eq!(m.lock(t(10), true, &Target::Range(r), 0), Step::Granted);
         // A younger writer into the scanned range waits (no phantom).
-        assert_eq!(
+        assert!(matches!(
             m.lock(t(20), true, &Target::key(b"c", Mode::Exclusive), 1),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         assert_eq!(
             m.lock(t(20), true, &Target::key(b"z", Mode::Exclusive), 1),
             Step::Granted
@@ -598,9 +740,12 @@ mod tests {
             start: b"x".to_vec(),
             end: None,
         };
-        assert_eq!(m.lock(t(30), true, &Target::Range(r2), 2), Step::Wait);
+        assert!(matches!(
+            m.lock(t(30), true, &Target::Range(r2), 2),
+            Step::Wait(_)
+        ));
         assert_eq!(
-            m.lock(t(5), true, &Target::key(b"b", Mode::Exclusive), 3),
+            lock_confirming(&mut m, t(5), &Target::key(b"b", Mode::Exclusive), 3),
             Step::Granted
         );
         assert!(matches!(m.status(t(10)), Some(Status::Aborted(_))));
@@ -645,10 +790,10 @@ mod tests {
         assert_eq!(m.status(t(1)), None, "read locks are leader-local");
         assert_eq!(m.status(t(7)), Some(&Status::Prepared));
         // Even an older transaction must wait for the prepared one.
-        assert_eq!(
+        assert!(matches!(
             m.lock(t(2), true, &Target::key(b"p", Mode::Shared), 11),
-            Step::Wait
-        );
+            Step::Wait(_)
+        ));
         // A transaction from the old term cannot prepare in the new one.
         m.step_down();
         assert_eq!(
@@ -717,5 +862,102 @@ mod tests {
             vec![(b"b".to_vec(), None)]
         );
         assert!(m.own_writes_in(t(1), b"c", None).is_empty());
+    }
+
+    #[test]
+    fn equal_timestamps_are_ordered_by_the_whole_id() {
+        let mut m = mgr();
+        let a = TxnId {
+            ts: Timestamp(7),
+            node: 1,
+            group: 1,
+        };
+        let b = TxnId {
+            ts: Timestamp(7),
+            node: 2,
+            group: 1,
+        };
+        let k = Target::key(b"k", Mode::Exclusive);
+        assert_eq!(m.lock(b, true, &k, 0), Step::Granted);
+        // a is older by id: it wounds b rather than both waiting.
+        assert!(matches!(m.lock(a, true, &k, 1), Step::Wound(v) if v[0].0 == b));
+        m.wound_confirmed(b);
+        assert_eq!(m.lock(a, true, &k, 1), Step::Granted);
+        // b, started again with a fresh id, waits for a.
+        let b2 = TxnId {
+            ts: Timestamp(7),
+            node: 2,
+            group: 2,
+        };
+        assert!(matches!(m.lock(b2, true, &k, 2), Step::Wait(w) if w == vec![a]));
+    }
+
+    #[test]
+    fn a_retry_keeps_its_first_attempts_age() {
+        let mut m = mgr();
+        let k = Target::key(b"k", Mode::Exclusive);
+        assert_eq!(m.lock(t(50), true, &k, 0), Step::Granted);
+        // A retry with a newer id but the age of its first attempt (ts 10)
+        // is older than the holder (ts 50): it wounds instead of waiting.
+        let retry = t(60);
+        assert!(matches!(
+            m.lock_prio(retry, true, Timestamp(10), &k, 1),
+            Step::Wound(v) if v[0].0 == t(50)
+        ));
+        m.wound_confirmed(t(50));
+        assert_eq!(
+            m.lock_prio(retry, true, Timestamp(10), &k, 1),
+            Step::Granted
+        );
+        // And a fresh transaction younger than that age waits for it.
+        assert!(matches!(m.lock(t(20), true, &k, 2), Step::Wait(w) if w == vec![retry]));
+    }
+
+    #[test]
+    fn plain_operations_are_wounded_at_once() {
+        let mut m = mgr();
+        let plain = TxnId {
+            ts: Timestamp(40),
+            node: 1,
+            group: crate::node::IMPLICIT_GROUP,
+        };
+        let k = Target::key(b"k", Mode::Exclusive);
+        assert_eq!(m.lock(plain, true, &k, 0), Step::Granted);
+        assert_eq!(m.lock(t(10), true, &k, 1), Step::Granted);
+        assert!(matches!(m.status(plain), Some(Status::Aborted(r)) if r.starts_with(WOUNDED)));
+    }
+
+    #[test]
+    fn targets_describe_themselves_for_messages() {
+        assert_eq!(Target::key(b"bob", Mode::Shared).describe(), "key 'bob'");
+        assert_eq!(show_key(b"a\x00"), "'a\\x00'");
+        let r = Target::Range(Range {
+            start: b"a".to_vec(),
+            end: None,
+        });
+        assert_eq!(r.describe(), "range ['a', end)");
+    }
+
+    #[test]
+    fn a_batch_of_writes_is_buffered_whole_or_not_at_all() {
+        let mut m = mgr();
+        let x = |k: &[u8]| Target::key(k, Mode::Exclusive);
+        for k in [b"a", b"b", b"c"] {
+            assert_eq!(m.lock(t(1), true, &x(k), 0), Step::Granted);
+        }
+        let big = vec![0u8; 3 << 20];
+        let batch: Vec<Mutation> = [b"a", b"b", b"c"]
+            .iter()
+            .map(|k| (k.to_vec(), Some(big.clone())))
+            .collect();
+        assert_eq!(m.bytes_after(t(1), &batch), 3 * ((3 << 20) + 1));
+        assert!(matches!(
+            m.buffer_writes(t(1), &batch),
+            Buffered::TooLarge(_)
+        ));
+        assert_eq!(m.own_write(t(1), b"a"), None, "nothing of the batch stays");
+        assert_eq!(m.buffer_writes(t(1), &batch[..2]), Buffered::Ok);
+        // Rewriting the same keys replaces their bytes.
+        assert_eq!(m.bytes_after(t(1), &batch[..2]), 2 * ((3 << 20) + 1));
     }
 }

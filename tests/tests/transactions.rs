@@ -550,6 +550,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
             key: b"small".to_vec().into(),
             for_update: false,
             first: false,
+            priority: 0,
         })
         .await
         .unwrap_err();

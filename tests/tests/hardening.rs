@@ -1,0 +1,322 @@
+//! Defects found by an outside review (issue 11), each pinned by a test
+//! that failed before its fix: requests cancelled mid-proposal, wounded
+//! transactions that kept reading, partial writes, lock-wait timeouts that
+//! looked like unknown outcomes, and retries that starved.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pact_client::{Client, ClientError, ClientOptions};
+use pact_common::ShardId;
+use pact_proto as pb;
+use pact_tests::{fast_tuning, Cluster};
+
+async fn cluster() -> Cluster {
+    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
+    let parts = c.participant_ids();
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    c
+}
+
+/// The first `n` keys `prefix0, prefix1, ...` of each shard, by shard.
+fn keys_by_shard(client: &Client, prefix: &str, n: usize) -> BTreeMap<ShardId, Vec<Vec<u8>>> {
+    let mut by: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
+    for i in 0.. {
+        let k = format!("{prefix}{i}").into_bytes();
+        let v = by.entry(client.shard_for_key(&k)).or_default();
+        if v.len() < n {
+            v.push(k);
+        }
+        if by.len() == 3 && by.values().all(|v| v.len() == n) {
+            break;
+        }
+    }
+    by
+}
+
+/// Item 1: plain one-shard batches {x, y} from clients whose deadlines
+/// (1-3 ms) expire mid-proposal, while other clients read x and y in
+/// transactions. A cancelled request used to free its locks while its
+/// entry could still commit, so readers saw x != y.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impatient_plain_writes_never_fracture_transactional_reads() {
+    let c = cluster().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "pair", 2);
+    let (x, y) = {
+        let v = by.values().next().unwrap();
+        (v[0].clone(), v[1].clone())
+    };
+    client
+        .write(vec![
+            (x.clone(), Some(b"0".to_vec())),
+            (y.clone(), Some(b"0".to_vec())),
+        ])
+        .await
+        .expect("initial pair");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let impatient = c.client_with(ClientOptions {
+            request_timeout: Duration::from_millis(1 + 2 * w),
+            retry_for: Duration::from_millis(10),
+            ..ClientOptions::default()
+        });
+        let (x, y, stop, next) = (x.clone(), y.clone(), stop.clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            let mut gave_up = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = next
+                    .fetch_add(1, Ordering::Relaxed)
+                    .to_string()
+                    .into_bytes();
+                let batch = vec![(x.clone(), Some(v.clone())), (y.clone(), Some(v))];
+                if impatient.write(batch).await.is_err() {
+                    gave_up += 1;
+                    // Leave the readers some room on 2 cores.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            gave_up
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (client, x, y, stop) = (client.clone(), x.clone(), y.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut ok, mut fractured) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut t) = client.begin().await else {
+                    continue;
+                };
+                let r = async {
+                    let a = t.get(&x).await?;
+                    let b = t.get(&y).await?;
+                    Ok::<_, ClientError>((a, b))
+                }
+                .await;
+                let Ok((a, b)) = r else {
+                    t.rollback().await;
+                    continue;
+                };
+                if t.commit().await.is_ok() {
+                    ok += 1;
+                    if a != b {
+                        fractured.push((a, b));
+                    }
+                }
+            }
+            (ok, fractured)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut gave_up = 0;
+    for w in writers {
+        gave_up += w.await.unwrap();
+    }
+    let (mut ok, mut fractured) = (0, Vec::new());
+    for r in readers {
+        let (o, f) = r.await.unwrap();
+        ok += o;
+        fractured.extend(f);
+    }
+    assert!(
+        gave_up > 0,
+        "no writer gave up mid-request: the test proves nothing"
+    );
+    assert!(ok >= 20, "too few committed reads ({ok}) to mean anything");
+    assert!(
+        fractured.is_empty(),
+        "{} of {ok} committed read transactions saw x != y, e.g. {:?}",
+        fractured.len(),
+        &fractured[..fractured.len().min(3)]
+    );
+    // And the pair itself is whole.
+    let (a, b) = (client.get(&x).await.unwrap(), client.get(&y).await.unwrap());
+    assert_eq!(a, b);
+}
+
+/// Item 5: once wounded at one shard, a transaction's reads at other
+/// shards fail too: it must never read a value written by the
+/// transaction that wounded it after having read the old state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wounded_transaction_reads_nothing_more_anywhere() {
+    let c = cluster().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "acct", 1);
+    let mut shards = by.values();
+    let (a, b) = (
+        shards.next().unwrap()[0].clone(),
+        shards.next().unwrap()[0].clone(),
+    );
+    client
+        .write(vec![(a.clone(), Some(b"100".to_vec()))])
+        .await
+        .unwrap();
+    client
+        .write(vec![(b.clone(), Some(b"100".to_vec()))])
+        .await
+        .unwrap();
+    let mut old = client.begin().await.expect("begin older");
+    let mut young = client.begin().await.expect("begin younger");
+    assert!(old.id() < young.id());
+    assert_eq!(young.get(&a).await.unwrap().as_deref(), Some(&b"100"[..]));
+    // The older transaction takes a from the younger (a wound), moves
+    // 10 from a to b, and commits.
+    old.get_for_update(&a).await.expect("older wounds younger");
+    old.get_for_update(&b).await.unwrap();
+    old.put(&a, b"90").await.unwrap();
+    old.put(&b, b"110").await.unwrap();
+    old.commit().await.expect("older commits");
+    // The younger one read a = 100; it must not now read b = 110.
+    match young.get(&b).await {
+        Err(ClientError::Aborted(m)) => assert!(m.contains("wounded"), "{m}"),
+        other => panic!("a wounded transaction read on: {other:?}"),
+    }
+}
+
+/// Item 9: a lock wait that times out is an abort that names the key and
+/// the holder, and the client hears it as such (not as "unknown").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_timeout_is_an_abort_naming_key_and_holder() {
+    let c = cluster().await;
+    let client = c.client();
+    let mut holder = client.begin().await.unwrap();
+    let mut waiter = client.begin().await.unwrap();
+    // The older one holds the key; the younger must wait (not wound).
+    holder.get_for_update(b"bob").await.unwrap();
+    let started = Instant::now();
+    let r = waiter.get_for_update(b"bob").await;
+    let waited = started.elapsed();
+    match r {
+        Err(ClientError::Aborted(m)) => {
+            assert!(m.contains("lock wait on key 'bob' timed out"), "{m}");
+            assert!(m.contains(&format!("held by txn {}", holder.id())), "{m}");
+        }
+        other => panic!("expected an abort naming the key, got {other:?}"),
+    }
+    assert!(waited >= Duration::from_secs(4), "gave up after {waited:?}");
+    holder.commit().await.unwrap();
+}
+
+/// Item 4: a Write whose ops span shards is all or nothing. Here the
+/// second shard refuses its part (the transaction would pass its size
+/// limit there) after the first shard took its own: the transaction must
+/// abort, never commit with half the request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_leaves_nothing_of_itself_behind() {
+    let c = cluster().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "part", 9);
+    let mut shards = by.values();
+    let small = shards.next().unwrap()[0].clone();
+    let bigs = shards.next().unwrap().clone();
+    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
+    let addr = c.config.node(leader).unwrap().addr.clone();
+    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let txn = raw
+        .begin(pb::BeginRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .txn;
+    let put = |k: &[u8], len: usize| pb::WriteOp {
+        key: k.to_vec().into(),
+        op: Some(pb::write_op::Op::Put(vec![7u8; len].into())),
+    };
+    let write = |ops: Vec<pb::WriteOp>| pb::TxnWriteRequest {
+        txn,
+        ops,
+        ..Default::default()
+    };
+    // 5 MiB on the big shard, then one request with a small put on the
+    // first shard and 4 MiB more on the big one, past its 8 MiB limit.
+    let mib = (1 << 20) - 1024;
+    for k in &bigs[..5] {
+        raw.write(write(vec![put(k, mib)]))
+            .await
+            .expect("filling the big shard");
+    }
+    let mut ops = vec![put(&small, 10)];
+    ops.extend(bigs[5..9].iter().map(|k| put(k, mib)));
+    let e = raw
+        .write(write(ops))
+        .await
+        .expect_err("the big shard must refuse its part");
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::Aborted | tonic::Code::InvalidArgument
+        ),
+        "{e}"
+    );
+    // The transaction must not see half of the refused request either.
+    let seen = raw
+        .get(pb::TxnGetRequest {
+            txn,
+            key: small.clone().into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        !matches!(&seen, Ok(r) if r.get_ref().found),
+        "the refused request's first half is in the transaction"
+    );
+    let done = raw
+        .commit(pb::TxnRequest {
+            txn,
+            ..Default::default()
+        })
+        .await;
+    let applied = client.get(&small).await.unwrap();
+    assert!(
+        applied.is_none(),
+        "part of a refused write was applied (commit said {done:?})"
+    );
+}
+
+/// Item 3: a transaction started over after an abort keeps the age of
+/// its first attempt, with a fresh id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_transaction_keeps_its_first_age() {
+    let c = cluster().await;
+    let client = c.client();
+    let mut seen = Vec::new();
+    let r: Result<(), ClientError> = client
+        .transaction(|t| {
+            seen.push((t.id(), t.priority()));
+            let again = seen.len() < 3;
+            Box::pin(async move {
+                t.get(b"starve").await?;
+                if again {
+                    return Err(ClientError::Aborted("forced for the test".into()));
+                }
+                Ok(())
+            })
+        })
+        .await;
+    r.expect("third attempt commits");
+    assert_eq!(seen.len(), 3);
+    let first = seen[0].0.ts;
+    for (id, prio) in &seen {
+        assert_eq!(*prio, first, "attempt {id} lost its age");
+    }
+    assert!(seen[1].0 != seen[0].0 && seen[2].0 != seen[1].0);
+    // A priority from the future is refused.
+    let future = pact_common::Timestamp(u64::MAX / 2);
+    assert!(matches!(
+        client.begin_retry(future).await,
+        Err(ClientError::InvalidInput(_))
+    ));
+}
