@@ -285,7 +285,11 @@ async fn shell_script_failures_roll_back() {
     assert!(err.contains("rolled back"), "stderr:\n{err}");
     assert_eq!(get("k"), "orig", "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(get("other"), "", "a skipped statement ran");
-    assert_eq!(get("after"), "yes", "the statement after COMMIT was skipped");
+    assert_eq!(
+        get("after"),
+        "yes",
+        "the statement after COMMIT was skipped"
+    );
 
     // An unreadable (invalid UTF-8) line: named by its number, the
     // transaction rolled back, exit 5.
