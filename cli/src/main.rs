@@ -1,16 +1,18 @@
 //! `txn`: command-line client for Pact.
 //!
-//! Today it covers single-shard operations (get, put, del, scan, status);
-//! multi-key transactions, the interactive shell and the playground come
-//! with the transaction layer.
+//! Plain operations (get, put, del, scan), transactions (incr, exec, the
+//! shell), transaction outcomes (txn-status), cluster status and a local
+//! playground. `--timeout` bounds each command as a whole, retries
+//! included; the exit code says what is known when it runs out.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pact_client::{Client, ClientError, ClientOptions, Guard, Op, TxnOutcome};
-use pact_common::{ClusterConfig, ShardId};
+use pact_common::{ClusterConfig, ShardId, TxnId};
 
 /// Talk to a Pact cluster.
 #[derive(Parser, Debug)]
@@ -23,8 +25,10 @@ struct Args {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Give up on an operation after this many seconds of retrying.
-    #[arg(long, global = true, default_value_t = 15)]
+    /// Give up on a command (in the shell: on a statement) after this many
+    /// seconds, retries included.
+    #[arg(long, global = true, default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,8 +69,15 @@ enum Cmd {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         ops: Vec<String>,
     },
-    /// The final outcome of a transaction (GROUP-NODE-TS).
-    TxnStatus { id: String },
+    /// The outcome of a transaction (GROUP-NODE-TS). Exit 0 committed,
+    /// 7 aborted, 4 not decided (yet).
+    TxnStatus {
+        id: String,
+        /// Abort it if nothing is decided (presumed abort, recorded, so the
+        /// answer is final). Only for a transaction whose client is gone.
+        #[arg(long)]
+        resolve: bool,
+    },
     /// Raft status of every replica of every shard and coordinator group.
     Status,
     /// Interactive session: BEGIN, GET, PUT, DEL, SCAN, INCR, COMMIT,
@@ -156,7 +167,7 @@ fn parse_ops(words: &[String]) -> Result<(Vec<Op>, Vec<Op>), ClientError> {
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable,
 /// 4 outcome unknown, 5 invalid input, 6 server error, 7 aborted.
-fn exit_for(e: &ClientError) -> u8 {
+pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
         ClientError::Unavailable(_) => 3,
         ClientError::Unknown(_) => 4,
@@ -170,7 +181,63 @@ fn exit_for(e: &ClientError) -> u8 {
 mod playground;
 mod shell;
 
+/// Client options under a total deadline of `total` per command: the
+/// client's own retry budget ends before it, so that it usually reports
+/// what it knows (nothing sent, or maybe sent) before the hard cut.
+fn client_options(total: Duration) -> ClientOptions {
+    let defaults = ClientOptions::default();
+    ClientOptions {
+        request_timeout: defaults.request_timeout.min(total / 2),
+        retry_for: total * 4 / 5,
+        ..defaults
+    }
+}
+
+/// What is known when a command's total deadline cut it off.
+fn deadline_error(cmd: &Cmd, total: Duration, began: Option<TxnId>) -> ClientError {
+    let waited = format!("no result within {}s (--timeout)", total.as_secs());
+    match cmd {
+        Cmd::Put { .. } | Cmd::Del { .. } | Cmd::Exec { .. } => ClientError::Unknown(format!(
+            "{waited}; the write may or may not have been applied: read the keys to find out"
+        )),
+        Cmd::Incr { .. } => match began {
+            Some(id) => ClientError::Unknown(format!(
+                "{waited}; transaction {id} may or may not have committed: `txn txn-status {id}` tells"
+            )),
+            None => ClientError::Unavailable(format!("{waited}; no transaction was started")),
+        },
+        Cmd::TxnStatus { resolve: true, .. } => {
+            ClientError::Unknown(format!("{waited}; the outcome is still unknown"))
+        }
+        _ => ClientError::Unavailable(waited),
+    }
+}
+
+/// Adds `delta` to the integer at `key` in a transaction, started over on
+/// abort. `began` holds the latest attempt's id: the earlier attempts
+/// aborted, so only that one can be in doubt if the caller stops waiting.
+pub(crate) async fn incr(
+    client: &Client,
+    key: &str,
+    delta: i64,
+    began: &Cell<Option<TxnId>>,
+) -> Result<i64, ClientError> {
+    client
+        .transaction(|t| {
+            began.set(Some(t.id()));
+            let key = key.to_string();
+            Box::pin(async move { t.incr(key.as_bytes(), delta).await })
+        })
+        .await
+}
+
 fn main() -> ExitCode {
+    // Output piped into a reader that quits (`txn scan | head`) ends the
+    // process as for any Unix tool, instead of a panic in println!.
+    // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -224,12 +291,21 @@ fn main() -> ExitCode {
             return ExitCode::from(6);
         }
     };
-    let opts = ClientOptions {
-        retry_for: Duration::from_secs(args.timeout),
-        ..ClientOptions::default()
+    let total = Duration::from_secs(args.timeout);
+    let client = Client::new(&config, client_options(total));
+    if let Cmd::Shell = args.cmd {
+        // Each statement has its own deadline.
+        return ExitCode::from(rt.block_on(shell::Shell::new(client, total).run()));
+    }
+    let began = Cell::new(None);
+    let result = match rt.block_on(async {
+        // Made inside the runtime: a timer needs one.
+        tokio::time::timeout(total, run(&client, &args, &began)).await
+    }) {
+        Ok(r) => r,
+        Err(_) => Err(deadline_error(&args.cmd, total, began.get())),
     };
-    let client = Client::new(&config, opts);
-    match rt.block_on(run(&client, &args)) {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("txn: {e}");
@@ -238,7 +314,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
+async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Result<u8, ClientError> {
     match &args.cmd {
         Cmd::Get { key } => {
             let v = client.get(key.as_bytes()).await?;
@@ -295,13 +371,7 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
             Ok(0)
         }
         Cmd::Incr { key, delta } => {
-            let (key, delta) = (key.clone(), *delta);
-            let v = client
-                .transaction(|t| {
-                    let key = key.clone();
-                    Box::pin(async move { t.incr(key.as_bytes(), delta).await })
-                })
-                .await?;
+            let v = incr(client, key, *delta, began).await?;
             if args.json {
                 println!("{}", serde_json::json!({ "key": key, "value": v }));
             } else {
@@ -349,13 +419,18 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
-        Cmd::TxnStatus { id } => {
-            let id: pact_common::TxnId = id.parse().map_err(ClientError::InvalidInput)?;
-            let (word, reason) = match client.txn_status(id).await? {
-                TxnOutcome::Committed => ("committed", String::new()),
-                TxnOutcome::Aborted(r) => ("aborted", r),
-                TxnOutcome::Unknown(r) => ("unknown", r),
-                TxnOutcome::Open(r) => ("open", r),
+        Cmd::TxnStatus { id, resolve } => {
+            let id: TxnId = id.parse().map_err(ClientError::InvalidInput)?;
+            let outcome = if *resolve {
+                client.resolve_txn(id).await?
+            } else {
+                client.txn_status(id).await?
+            };
+            let (word, reason, code) = match outcome {
+                TxnOutcome::Committed => ("committed", String::new(), 0),
+                TxnOutcome::Aborted(r) => ("aborted", r, 7),
+                TxnOutcome::Unknown(r) => ("unknown", r, 4),
+                TxnOutcome::Open(r) => ("open", r, 4),
             };
             if args.json {
                 println!(
@@ -367,15 +442,12 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
             } else {
                 println!("{word}: {reason}");
             }
-            Ok(0)
+            Ok(code)
         }
-        Cmd::Shell => {
-            let failed = shell::Shell::new(client.clone()).run().await;
-            Ok(if failed { 1 } else { 0 })
-        }
-        // Handled in main, before any client exists.
-        Cmd::Playground { .. } => Err(ClientError::InvalidInput(
-            "playground takes no cluster".into(),
+        // Handled in main: the playground before any client exists, the
+        // shell with a deadline per statement.
+        Cmd::Playground { .. } | Cmd::Shell => Err(ClientError::InvalidInput(
+            "playground and shell are run by main".into(),
         )),
         Cmd::Status => {
             let mut rows = client.status().await;
@@ -429,6 +501,51 @@ async fn run(client: &Client, args: &Args) -> Result<u8, ClientError> {
                 }
             }
             Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(words: &[&str]) -> Cmd {
+        let mut all = vec!["txn"];
+        all.extend_from_slice(words);
+        Args::try_parse_from(all).expect("valid args").cmd
+    }
+
+    #[test]
+    fn the_client_gives_up_before_the_deadline() {
+        for secs in [1, 3, 15, 86_400] {
+            let total = Duration::from_secs(secs);
+            let o = client_options(total);
+            assert!(o.retry_for < total, "{secs}: {o:?}");
+            assert!(o.request_timeout < total, "{secs}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn a_cut_off_write_is_unknown_a_cut_off_read_unavailable() {
+        let t = Duration::from_secs(3);
+        let id: TxnId = "1-4-99".parse().unwrap();
+        let code = |words: &[&str], began| exit_for(&deadline_error(&cmd(words), t, began));
+        assert_eq!(code(&["put", "k", "v"], None), 4);
+        assert_eq!(code(&["del", "k"], None), 4);
+        assert_eq!(code(&["exec", "put", "k", "v"], None), 4);
+        assert_eq!(code(&["incr", "k"], Some(id)), 4);
+        assert_eq!(code(&["incr", "k"], None), 3);
+        assert_eq!(code(&["get", "k"], None), 3);
+        assert_eq!(code(&["scan"], None), 3);
+        assert_eq!(code(&["txn-status", "1-4-99"], None), 3);
+        assert_eq!(code(&["txn-status", "--resolve", "1-4-99"], None), 4);
+    }
+
+    #[test]
+    fn timeout_out_of_range_is_a_usage_error() {
+        for t in ["0", "86401", "18446744073709551615", "-1"] {
+            let e = Args::try_parse_from(["txn", "--timeout", t, "get", "k"]).unwrap_err();
+            assert!(e.use_stderr(), "{t}");
         }
     }
 }

@@ -210,3 +210,206 @@ fn txn_cli_against_the_playground() {
     assert_eq!(stdout(&o).trim(), "90");
     assert!(pg.stop().success());
 }
+
+/// Runs `txn` with `stdin` piped in; kills it if it outlives `limit`, so a
+/// hanging command fails the test instead of stalling it.
+fn txn_timed(config: &Path, args: &[&str], stdin: &[u8], limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(binary("txn"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run txn");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            // SAFETY: kill(2) on the child we spawned; it is reaped below.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    });
+    let out = child.wait_with_output().expect("wait txn");
+    let _ = done_tx.send(());
+    let _ = killer.join();
+    let _ = writer.join();
+    (out, started.elapsed())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+async fn cluster_with_coordinators() -> pact_tests::Cluster {
+    let c = pact_tests::Cluster::start_with_coordinators(3, 2, 3, 3, pact_tests::fast_tuning());
+    let parts = c.participant_ids();
+    for s in 1..=2 {
+        c.wait_leader(pact_common::ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    c
+}
+
+/// A piped script must never commit a transaction in which a statement
+/// failed, nor end with exit 0 after an unreadable line or inside an open
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_script_failures_roll_back() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let limit = Duration::from_secs(60);
+    let shell = |script: &[u8]| txn_timed(&cfg, &["shell"], script, limit).0;
+    let get = |key: &str| stdout(&txn(&cfg, &["get", key])).trim().to_string();
+    let o = txn(&cfg, &["put", "k", "orig"]);
+    assert!(o.status.success(), "{o:?}");
+
+    // Two failed statements (a usage error, an unknown command) inside
+    // BEGIN..COMMIT: rolled back, the rest of the block skipped, the
+    // statements after COMMIT run, and the script fails with the error's
+    // code (5, invalid input).
+    let o = shell(b"BEGIN\nPUT k changed\nGET\nFROB x\nPUT other x\nCOMMIT\nPUT after yes\n");
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(5), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("COMMITTED"), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("rolled back"), "stderr:\n{err}");
+    assert_eq!(get("k"), "orig", "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(get("other"), "", "a skipped statement ran");
+    assert_eq!(
+        get("after"),
+        "yes",
+        "the statement after COMMIT was skipped"
+    );
+
+    // An unreadable (invalid UTF-8) line: named by its number, the
+    // transaction rolled back, exit 5.
+    let o = shell(b"BEGIN\nPUT k bad\n\xff\xfe k\nCOMMIT\n");
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(5), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("line 3"), "stderr:\n{err}");
+    assert!(!out.contains("COMMITTED"), "stdout:\n{out}");
+    assert_eq!(get("k"), "orig");
+
+    // The script ends inside a transaction: rolled back, said on stderr,
+    // exit 7 (aborted).
+    let o = shell(b"BEGIN\nPUT k eof\n");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(7), "stderr:\n{err}");
+    assert!(err.contains("rolled back"), "stderr:\n{err}");
+    assert_eq!(get("k"), "orig");
+
+    // A clean script still exits 0.
+    let o = shell(b"BEGIN\nPUT k new\nCOMMIT\n");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(get("k"), "new");
+}
+
+/// `txn-status` exit codes: 0 committed, 7 aborted; `--resolve` records a
+/// presumed abort for a transaction nobody decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_status_exit_codes() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let o = txn(&cfg, &["exec", "put", "a", "1", "put", "b", "2"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("COMMITTED ID")
+        .to_string();
+    // A one-phase commit is recorded shortly after it is applied.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = txn(&cfg, &["txn-status", &id]);
+        if o.status.code() == Some(0) {
+            assert_eq!(stdout(&o).trim(), "committed");
+            break;
+        }
+        assert_eq!(o.status.code(), Some(4), "{o:?}");
+        assert!(Instant::now() < deadline, "never reported committed: {o:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = txn(&cfg, &["txn-status", "--resolve", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+
+    // Never seen: --resolve aborts it, for good.
+    let ghost = "1-4-12345";
+    let o = txn(&cfg, &["txn-status", "--resolve", ghost]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(stdout(&o).starts_with("aborted"), "{o:?}");
+    let o = txn(&cfg, &["--json", "txn-status", ghost]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["outcome"], "aborted", "{v}");
+}
+
+/// `--timeout` bounds a whole command, retries included: against nodes
+/// whose ports are closed, and against nodes that accept connections but
+/// never answer. A write that may have been sent is reported unknown (4);
+/// a read, or a write that certainly was not sent, unavailable (3).
+#[test]
+fn timeout_bounds_the_whole_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pact_tests::free_block(6);
+    let closed = pact_common::ClusterConfig::local_with_coordinators(3, 1, 3, 3, base).unwrap();
+    let closed_cfg = dir.path().join("closed.toml");
+    std::fs::write(&closed_cfg, closed.to_toml_string()).unwrap();
+
+    // Accept connections, read nothing, answer nothing.
+    let mut silent = closed.clone();
+    let mut listeners = Vec::new();
+    for n in silent.nodes.iter_mut() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        n.addr = l.local_addr().unwrap().to_string();
+        listeners.push(l);
+    }
+    for l in listeners {
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().map_while(Result::ok) {
+                held.push(s);
+            }
+        });
+    }
+    let silent_cfg = dir.path().join("silent.toml");
+    std::fs::write(&silent_cfg, silent.to_toml_string()).unwrap();
+
+    let limit = Duration::from_secs(60);
+    let cases: &[(&Path, &[&str], i32)] = &[
+        (&closed_cfg, &["get", "x"], 3),
+        (&closed_cfg, &["put", "x", "1"], 3),
+        (&closed_cfg, &["incr", "x"], 3),
+        (&closed_cfg, &["exec", "put", "x", "1"], 3),
+        (&silent_cfg, &["get", "x"], 3),
+        (&silent_cfg, &["put", "x", "1"], 4),
+        (&silent_cfg, &["incr", "x"], 3),
+        (&silent_cfg, &["exec", "put", "x", "1"], 4),
+        (&silent_cfg, &["txn-status", "1-4-5"], 3),
+    ];
+    for (cfg, args, code) in cases {
+        let mut all = vec!["--timeout", "3"];
+        all.extend_from_slice(args);
+        let (o, took) = txn_timed(cfg, &all, b"", limit);
+        println!("{args:?} on {}: {took:?} {o:?}", cfg.display());
+        assert!(
+            took < Duration::from_secs(10),
+            "{args:?} took {took:?} with --timeout 3: {o:?}"
+        );
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {o:?}");
+    }
+    // A shell statement is bounded too; the script fails.
+    let (o, took) = txn_timed(&silent_cfg, &["--timeout", "3", "shell"], b"GET x\n", limit);
+    assert!(took < Duration::from_secs(10), "{took:?}: {o:?}");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+}
