@@ -122,6 +122,9 @@ pub struct Spec {
     pub coordinators: u64,
     pub duration: Duration,
     pub concurrency: usize,
+    /// Extra workers that give up on their requests after 1-5 ms (see
+    /// [`workload::Impatient`]); their operations mostly end as info.
+    pub impatient: usize,
     /// `PACT_FAULTS` for every server: empty for the real build, a bug
     /// name for the deliberately broken one.
     pub server_faults: Vec<&'static str>,
@@ -149,6 +152,7 @@ impl Spec {
             coordinators: 3,
             duration: Duration::from_secs(secs),
             concurrency: 6,
+            impatient: 0,
             server_faults: Vec::new(),
             follower_reads: false,
             skewed_clocks: false,
@@ -279,6 +283,7 @@ pub async fn run(spec: Spec) -> Report {
             cluster.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
         }
     }
+    let started = Instant::now();
     cluster.start_all();
     quiesce(&cluster).await;
     let setup = cluster.client_with(client_opts());
@@ -302,8 +307,11 @@ pub async fn run(spec: Spec) -> Report {
         .map(|id| cluster.client_for_node(id, client_opts()))
         .collect();
     let mut workers = Vec::new();
-    let n = spec.concurrency as i64;
+    let n = (spec.concurrency + spec.impatient) as i64;
     for w in 0..n {
+        // The last `impatient` workers are the impatient ones.
+        let impatient = (w >= spec.concurrency as i64)
+            .then(|| workload::Impatient::new(|o| cluster.client_with(o)));
         let mut ctx = workload::Ctx {
             client: cluster.client_with(client_opts()),
             replicas: replicas.clone(),
@@ -311,6 +319,7 @@ pub async fn run(spec: Spec) -> Report {
             rec: rec.clone(),
             rng: StdRng::seed_from_u64(seed.wrapping_add(w as u64 + 1)),
             unique: unique.clone(),
+            impatient,
         };
         let workload = spec.workload;
         workers.push(tokio::spawn(async move {
@@ -326,6 +335,12 @@ pub async fn run(spec: Spec) -> Report {
                         // process is "crashed"; carry on as a new one.
                         process += n;
                     }
+                }
+                if ctx.impatient.is_some() {
+                    // Each abandoned request still costs the servers a
+                    // full round: leave them time for the patient workers.
+                    let pause = ctx.rng.random_range(1..=5);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
             (ok, fail, info)
@@ -346,8 +361,14 @@ pub async fn run(spec: Spec) -> Report {
             let start_s = rec.elapsed_s();
             let name = Value::Keyword(format!("{fault:?}"));
             rec.invoke(-1, "start", None, name.clone());
-            let (applied, detail) =
-                nemesis::apply(fault, &mut cluster, net.as_ref(), &mut rng).await;
+            let (applied, detail) = nemesis::apply(
+                fault,
+                &mut cluster,
+                net.as_ref(),
+                &mut rng,
+                started.elapsed(),
+            )
+            .await;
             rec.complete(-1, OpType::Info, "start", None, Value::Str(detail.clone()));
             tokio::time::sleep(nemesis::hold(&mut rng)).await;
             rec.invoke(-1, "stop", None, name);
@@ -392,6 +413,7 @@ pub async fn run(spec: Spec) -> Report {
         rec: rec.clone(),
         rng: StdRng::seed_from_u64(seed ^ 0xf1a1),
         unique: unique.clone(),
+        impatient: None,
     };
     let mut final_reads_ok = false;
     let final_deadline = Instant::now() + Duration::from_secs(40);
