@@ -149,7 +149,7 @@ async fn broken_build_without_read_locks_is_caught_by_elle_checker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rw_register_with_impatient_clients() {
     let mut spec = Spec::new("rw-register-impatient", Workload::RwRegister, &[]);
-    spec.impatient = 3;
+    spec.impatient = 2;
     let r = run(spec).await;
     assert_valid(&r);
 }
@@ -160,7 +160,7 @@ async fn rw_register_with_impatient_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bank_with_impatient_clients() {
     let mut spec = Spec::new("bank-impatient", Workload::Bank, &[]);
-    spec.impatient = 3;
+    spec.impatient = 2;
     let r = run(spec).await;
     assert_valid(&r);
 }
