@@ -13,7 +13,7 @@ pub mod net;
 mod plot;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use pact_check::{CheckResult, History, Op, OpType, Value};
 use pact_client::{Client, ClientOptions};
-use pact_common::{ClusterConfig, NodeId};
+use pact_common::{ClusterConfig, NodeId, TxnId};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -37,6 +37,15 @@ pub struct Recorder {
     ops: Mutex<Vec<Op>>,
     /// Why operations failed or went unknown, counted by message shape.
     errors: Mutex<BTreeMap<String, usize>>,
+    /// Every transaction id a coordinator handed out, with the process
+    /// and time (seconds) it went to, and the ids handed out twice.
+    txn_ids: Mutex<TxnIds>,
+}
+
+#[derive(Default)]
+struct TxnIds {
+    seen: HashMap<TxnId, (i64, f64)>,
+    repeated: Vec<serde_json::Value>,
 }
 
 impl Default for Recorder {
@@ -45,11 +54,55 @@ impl Default for Recorder {
             t0: Instant::now(),
             ops: Mutex::new(Vec::new()),
             errors: Mutex::new(BTreeMap::new()),
+            txn_ids: Mutex::new(TxnIds::default()),
         }
     }
 }
 
 impl Recorder {
+    /// Note the id a coordinator gave `process`'s transaction. Clients name
+    /// a transaction by its id (`txn_status` after an unknown commit, the
+    /// shards' outcome records): one id for two transactions lets the
+    /// answer about one be taken for the other.
+    pub fn note_txn(&self, process: i64, id: TxnId) {
+        let now = self.elapsed_s();
+        if let Ok(mut ids) = self.txn_ids.lock() {
+            if let Some(&(p, t)) = ids.seen.get(&id) {
+                ids.repeated.push(serde_json::json!({
+                    "id": id.to_string(),
+                    "first": {"process": p, "time_s": t},
+                    "again": {"process": process, "time_s": now},
+                }));
+            } else {
+                ids.seen.insert(id, (process, now));
+            }
+        }
+    }
+
+    /// The check that no transaction id was handed out twice.
+    fn check_txn_ids(&self) -> CheckResult {
+        let (count, repeated) = self
+            .txn_ids
+            .lock()
+            .map(|ids| (ids.seen.len(), ids.repeated.clone()))
+            .unwrap_or_default();
+        let valid = repeated.is_empty();
+        CheckResult {
+            valid,
+            anomalies: if valid {
+                Vec::new()
+            } else {
+                vec!["duplicate-txn-id".into()]
+            },
+            details: serde_json::json!({
+                "ids": count,
+                "repeated_count": repeated.len(),
+                "repeated": repeated.iter().take(8).collect::<Vec<_>>(),
+            }),
+            op_count: count,
+        }
+    }
+
     /// Count an error, with digits blanked so ids do not split the tally.
     pub fn note_error(&self, e: &pact_client::ClientError) {
         let shape: String = e
@@ -427,7 +480,8 @@ pub async fn run(spec: Spec) -> Report {
     }
 
     let history = rec.history();
-    let results = spec.workload.check(&history);
+    let mut results = spec.workload.check(&history);
+    results.push(("txn-ids".into(), rec.check_txn_ids()));
     let dir = results_root().join(format!("{}-{seed}", spec.name));
     let report = Report {
         dir,

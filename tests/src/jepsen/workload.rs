@@ -292,7 +292,10 @@ impl Workload {
 async fn bank_read(ctx: &mut Ctx, p: i64) -> OpType {
     ctx.rec.invoke(p, "read", None, Value::Nil);
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil);
@@ -335,7 +338,10 @@ async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
     ]);
     ctx.rec.invoke(p, "transfer", None, value.clone());
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "transfer", None, value);
@@ -424,7 +430,10 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
     let invoked = mop_value(&planned);
     ctx.rec.invoke(p, "txn", None, invoked.clone());
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
@@ -502,6 +511,9 @@ async fn register_op(ctx: &mut Ctx, p: i64) -> OpType {
                     vec![],
                 )
                 .await;
+            if let Ok(x) = &r {
+                ctx.rec.note_txn(p, x.txn);
+            }
             let t = match r {
                 Ok(x) if x.succeeded => OpType::Ok,
                 Ok(_) => OpType::Fail,
@@ -685,7 +697,10 @@ async fn rw_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
     let invoked = rw_mops_value(&planned);
     ctx.rec.invoke(p, "txn", None, invoked.clone());
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
