@@ -154,9 +154,9 @@ async fn rw_register_with_impatient_clients() {
     assert_valid(&r);
 }
 
-/// Impatient transactions beside patient ones: reads and commits abandoned
-/// after 1-5 ms, at any point of the coordinator's and the shards' work on
-/// them; transfers must still conserve the total.
+/// Impatient transactions beside patient ones: every commit and one read
+/// in four abandoned after 1-5 ms, at any point of the coordinator's and
+/// the shards' work on them; transfers must still conserve the total.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bank_with_impatient_clients() {
     let mut spec = Spec::new("bank-impatient", Workload::Bank, &[]);
