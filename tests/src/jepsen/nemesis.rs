@@ -4,9 +4,6 @@
 
 use std::time::Duration;
 
-/// The furthest [`Fault::ClockSetBack`] turns a clock back.
-const MAX_SET_BACK_MS: i64 = 60_000;
-
 use pact_common::{NodeId, ShardId};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -14,6 +11,9 @@ use rand::Rng;
 
 use super::net::Net;
 use crate::Cluster;
+
+/// The furthest [`Fault::ClockSetBack`] turns a clock back.
+const MAX_SET_BACK_MS: i64 = 60_000;
 
 /// Every fault the suite can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
