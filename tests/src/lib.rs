@@ -201,6 +201,11 @@ impl Cluster {
             .insert(key.to_string(), value.to_string());
     }
 
+    /// The value `set_env` gave `key` for node `id`, if any.
+    pub fn env(&self, id: NodeId, key: &str) -> Option<&str> {
+        self.env.get(&id)?.get(key).map(String::as_str)
+    }
+
     pub fn node_ids(&self) -> Vec<NodeId> {
         self.config.nodes.iter().map(|n| n.id).collect()
     }

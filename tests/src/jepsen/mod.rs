@@ -13,7 +13,7 @@ pub mod net;
 mod plot;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use pact_check::{CheckResult, History, Op, OpType, Value};
 use pact_client::{Client, ClientOptions};
-use pact_common::{ClusterConfig, NodeId};
+use pact_common::{ClusterConfig, NodeId, TxnId};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -37,6 +37,15 @@ pub struct Recorder {
     ops: Mutex<Vec<Op>>,
     /// Why operations failed or went unknown, counted by message shape.
     errors: Mutex<BTreeMap<String, usize>>,
+    /// Every transaction id a coordinator handed out, with the process
+    /// and time (seconds) it went to, and the ids handed out twice.
+    txn_ids: Mutex<TxnIds>,
+}
+
+#[derive(Default)]
+struct TxnIds {
+    seen: HashMap<TxnId, (i64, f64)>,
+    repeated: Vec<serde_json::Value>,
 }
 
 impl Default for Recorder {
@@ -45,11 +54,55 @@ impl Default for Recorder {
             t0: Instant::now(),
             ops: Mutex::new(Vec::new()),
             errors: Mutex::new(BTreeMap::new()),
+            txn_ids: Mutex::new(TxnIds::default()),
         }
     }
 }
 
 impl Recorder {
+    /// Note the id a coordinator gave `process`'s transaction. Clients name
+    /// a transaction by its id (`txn_status` after an unknown commit, the
+    /// shards' outcome records): one id for two transactions lets the
+    /// answer about one be taken for the other.
+    pub fn note_txn(&self, process: i64, id: TxnId) {
+        let now = self.elapsed_s();
+        if let Ok(mut ids) = self.txn_ids.lock() {
+            if let Some(&(p, t)) = ids.seen.get(&id) {
+                ids.repeated.push(serde_json::json!({
+                    "id": id.to_string(),
+                    "first": {"process": p, "time_s": t},
+                    "again": {"process": process, "time_s": now},
+                }));
+            } else {
+                ids.seen.insert(id, (process, now));
+            }
+        }
+    }
+
+    /// The check that no transaction id was handed out twice.
+    fn check_txn_ids(&self) -> CheckResult {
+        let (count, repeated) = self
+            .txn_ids
+            .lock()
+            .map(|ids| (ids.seen.len(), ids.repeated.clone()))
+            .unwrap_or_default();
+        let valid = repeated.is_empty();
+        CheckResult {
+            valid,
+            anomalies: if valid {
+                Vec::new()
+            } else {
+                vec!["duplicate-txn-id".into()]
+            },
+            details: serde_json::json!({
+                "ids": count,
+                "repeated_count": repeated.len(),
+                "repeated": repeated.iter().take(8).collect::<Vec<_>>(),
+            }),
+            op_count: count,
+        }
+    }
+
     /// Count an error, with digits blanked so ids do not split the tally.
     pub fn note_error(&self, e: &pact_client::ClientError) {
         let shape: String = e
@@ -122,6 +175,9 @@ pub struct Spec {
     pub coordinators: u64,
     pub duration: Duration,
     pub concurrency: usize,
+    /// Extra workers that give up on their requests after 1-5 ms (see
+    /// [`workload::Impatient`]); their operations mostly end as info.
+    pub impatient: usize,
     /// `PACT_FAULTS` for every server: empty for the real build, a bug
     /// name for the deliberately broken one.
     pub server_faults: Vec<&'static str>,
@@ -149,6 +205,7 @@ impl Spec {
             coordinators: 3,
             duration: Duration::from_secs(secs),
             concurrency: 6,
+            impatient: 0,
             server_faults: Vec::new(),
             follower_reads: false,
             skewed_clocks: false,
@@ -279,6 +336,7 @@ pub async fn run(spec: Spec) -> Report {
             cluster.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
         }
     }
+    let started = Instant::now();
     cluster.start_all();
     quiesce(&cluster).await;
     let setup = cluster.client_with(client_opts());
@@ -302,8 +360,11 @@ pub async fn run(spec: Spec) -> Report {
         .map(|id| cluster.client_for_node(id, client_opts()))
         .collect();
     let mut workers = Vec::new();
-    let n = spec.concurrency as i64;
+    let n = (spec.concurrency + spec.impatient) as i64;
     for w in 0..n {
+        // The last `impatient` workers are the impatient ones.
+        let impatient = (w >= spec.concurrency as i64)
+            .then(|| workload::Impatient::new(|o| cluster.client_with(o)));
         let mut ctx = workload::Ctx {
             client: cluster.client_with(client_opts()),
             replicas: replicas.clone(),
@@ -311,6 +372,7 @@ pub async fn run(spec: Spec) -> Report {
             rec: rec.clone(),
             rng: StdRng::seed_from_u64(seed.wrapping_add(w as u64 + 1)),
             unique: unique.clone(),
+            impatient,
         };
         let workload = spec.workload;
         workers.push(tokio::spawn(async move {
@@ -326,6 +388,12 @@ pub async fn run(spec: Spec) -> Report {
                         // process is "crashed"; carry on as a new one.
                         process += n;
                     }
+                }
+                if ctx.impatient.is_some() {
+                    // Each abandoned request still costs the servers a
+                    // full round: leave them time for the patient workers.
+                    let pause = ctx.rng.random_range(1..=5);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
             (ok, fail, info)
@@ -346,8 +414,14 @@ pub async fn run(spec: Spec) -> Report {
             let start_s = rec.elapsed_s();
             let name = Value::Keyword(format!("{fault:?}"));
             rec.invoke(-1, "start", None, name.clone());
-            let (applied, detail) =
-                nemesis::apply(fault, &mut cluster, net.as_ref(), &mut rng).await;
+            let (applied, detail) = nemesis::apply(
+                fault,
+                &mut cluster,
+                net.as_ref(),
+                &mut rng,
+                started.elapsed(),
+            )
+            .await;
             rec.complete(-1, OpType::Info, "start", None, Value::Str(detail.clone()));
             tokio::time::sleep(nemesis::hold(&mut rng)).await;
             rec.invoke(-1, "stop", None, name);
@@ -392,6 +466,7 @@ pub async fn run(spec: Spec) -> Report {
         rec: rec.clone(),
         rng: StdRng::seed_from_u64(seed ^ 0xf1a1),
         unique: unique.clone(),
+        impatient: None,
     };
     let mut final_reads_ok = false;
     let final_deadline = Instant::now() + Duration::from_secs(40);
@@ -405,7 +480,8 @@ pub async fn run(spec: Spec) -> Report {
     }
 
     let history = rec.history();
-    let results = spec.workload.check(&history);
+    let mut results = spec.workload.check(&history);
+    results.push(("txn-ids".into(), rec.check_txn_ids()));
     let dir = results_root().join(format!("{}-{seed}", spec.name));
     let report = Report {
         dir,

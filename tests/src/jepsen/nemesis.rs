@@ -12,6 +12,9 @@ use rand::Rng;
 use super::net::Net;
 use crate::Cluster;
 
+/// The furthest [`Fault::ClockSetBack`] turns a clock back.
+const MAX_SET_BACK_MS: i64 = 60_000;
+
 /// Every fault the suite can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -37,6 +40,11 @@ pub enum Fault {
     CoordinatorCutOffShard,
     /// Restart a random server with its wall clock skewed by up to ±60 s.
     ClockSkew,
+    /// SIGKILL the coordinator leader and restart it at once with its wall
+    /// clock set back (by up to 60 s, but never to before the cluster
+    /// started): it comes back reading times at which it already handed
+    /// out transaction ids.
+    ClockSetBack,
     /// A participant dies holding a round of writes that never reached
     /// the disk (needs the `crash-before-fsync` server fault), restarted at
     /// heal.
@@ -98,12 +106,14 @@ async fn coordinator_leader(c: &Cluster) -> Option<NodeId> {
     None
 }
 
-/// Apply `fault`; returns what to undo and a description.
+/// Apply `fault` to a cluster started `age` ago; returns what to undo and
+/// a description.
 pub async fn apply(
     fault: Fault,
     c: &mut Cluster,
     net: Option<&Net>,
     rng: &mut StdRng,
+    age: Duration,
 ) -> (Applied, String) {
     let participants = c.participant_ids();
     let all = c.node_ids();
@@ -156,6 +166,32 @@ pub async fn apply(
                 format!("restarted node {id} with clock skew {skew} ms"),
             )
         }
+        Fault::ClockSetBack => match coordinator_leader(c).await {
+            Some(id) => {
+                let before: i64 = c
+                    .env(id, "PACT_CLOCK_OFFSET_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                // The node's clock now reads `age + before` past the
+                // cluster's start. Going back further than that lands on
+                // times it never issued ids at, which a 20 s run would
+                // never climb out of: turn it back into its own past.
+                let lived = age.as_millis() as i64 + before;
+                let most = lived.clamp(1_000, MAX_SET_BACK_MS);
+                let back = rng.random_range(most / 2..=most);
+                let after = before - back;
+                c.kill(id);
+                c.set_env(id, "PACT_CLOCK_OFFSET_MS", &after.to_string());
+                c.start_node(id);
+                (
+                    Applied::Nothing,
+                    format!(
+                        "restarted coordinator leader {id} with its clock set back {back} ms (offset {after} ms)"
+                    ),
+                )
+            }
+            None => (Applied::Nothing, "no coordinator leader to restart".into()),
+        },
         Fault::CrashBeforeFsync => {
             let id = *participants.choose(rng).expect("participants");
             c.signal(id, libc::SIGUSR1);

@@ -3,11 +3,13 @@
 //! operation is never retried blindly after an unknown outcome: the worker
 //! records info and moves on as a new process, as Jepsen does.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pact_check::{CheckResult, History, Model, OpType, Options, Value};
-use pact_client::{Client, ClientError};
+use pact_client::{Client, ClientError, ClientOptions};
 use pact_common::Guard;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -28,12 +30,46 @@ pub enum Workload {
     Register,
     /// Unique adds, then a final read: every acknowledged add is present.
     Set,
+    /// Transactions of reads and unique writes over groups of registers,
+    /// each group's keys on one shard, and plain one-shard write batches of
+    /// a group's keys; checked by Elle's rw-register cycle search. Reads of
+    /// a whole group in one transaction see a batch entirely or not at all.
+    RwRegister,
 }
 
 pub const BANK_ACCOUNTS: i64 = 5;
 pub const BANK_INITIAL: i64 = 100;
 const LIST_KEYS: i64 = 6;
 const REGISTERS: i64 = 3;
+/// rw-register: groups of keys that share a shard (spread over the shards
+/// when there are several), so a group can be written as a plain batch.
+const RW_GROUPS: usize = 3;
+const RW_GROUP_KEYS: usize = 3;
+
+/// Clients of a worker that gives up on its requests after 1-5 ms: the
+/// server sees the request cancelled (gRPC deadline passed, stream reset)
+/// at any point of its handling, while what it proposed may still commit.
+pub struct Impatient {
+    /// One client per deadline, 1 ms to 5 ms; a request picks one.
+    clients: Vec<Client>,
+}
+
+impl Impatient {
+    pub fn new(client: impl Fn(ClientOptions) -> Client) -> Impatient {
+        let clients = (1..=5)
+            .map(|ms| {
+                client(ClientOptions {
+                    request_timeout: Duration::from_millis(ms),
+                    // Reads and begins are retried on another replica after
+                    // a timeout: let them give up soon as well.
+                    retry_for: Duration::from_millis(3 * ms),
+                    ..ClientOptions::default()
+                })
+            })
+            .collect();
+        Impatient { clients }
+    }
+}
 
 /// What one worker uses to talk to the cluster.
 pub struct Ctx {
@@ -46,6 +82,47 @@ pub struct Ctx {
     pub rec: Arc<Recorder>,
     pub rng: StdRng,
     pub unique: Arc<AtomicI64>,
+    /// Set for impatient workers: their plain writes use a client with a
+    /// 1-5 ms deadline, and their transactions give up on the commit and
+    /// on some reads after 1-5 ms (begin and rollback keep the normal
+    /// client, so an abandoned transaction is still rolled back rather than
+    /// left holding locks until it expires).
+    pub impatient: Option<Impatient>,
+}
+
+impl Ctx {
+    /// The client for a plain write: an impatient one, if this worker is.
+    fn writer(&mut self) -> Client {
+        match &self.impatient {
+            Some(i) => {
+                let n = self.rng.random_range(0..i.clients.len());
+                i.clients[n].clone()
+            }
+            None => self.client.clone(),
+        }
+    }
+
+    /// Run one transactional request; if this worker is impatient, give
+    /// it up after 1-5 ms: always for a commit, for a read one time in
+    /// four (a worker that always gave up its reads on a loaded machine
+    /// would never reach a commit). Dropping the request future resets its
+    /// stream, as the client's own deadline does.
+    async fn within<T>(
+        &mut self,
+        commit: bool,
+        req: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        if self.impatient.is_none() || !(commit || self.rng.random_bool(0.25)) {
+            return req.await;
+        }
+        let ms = self.rng.random_range(1..=5u64);
+        match tokio::time::timeout(Duration::from_millis(ms), req).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Unknown(format!(
+                "impatient client gave up after {ms} ms"
+            ))),
+        }
+    }
 }
 
 fn bank_key(a: i64) -> Vec<u8> {
@@ -59,6 +136,29 @@ fn reg_key(k: i64) -> Vec<u8> {
 }
 fn set_key(e: i64) -> Vec<u8> {
     format!("set/{e:012}").into_bytes()
+}
+fn rw_key(k: i64) -> Vec<u8> {
+    format!("rw/{k}").into_bytes()
+}
+
+/// rw-register's key groups: group g holds the first keys that map to
+/// shard g (mod the shard count), so every group is one shard's.
+fn rw_groups(client: &Client) -> Vec<Vec<i64>> {
+    let shards = client.shards();
+    let mut groups = vec![Vec::new(); RW_GROUPS];
+    let mut k = 0;
+    // Hashing spreads keys evenly: a few dozen candidates fill every group.
+    while groups.iter().any(|g| g.len() < RW_GROUP_KEYS) && k < 100_000 {
+        let shard = client.shard_for_key(&rw_key(k));
+        for (g, keys) in groups.iter_mut().enumerate() {
+            if keys.len() < RW_GROUP_KEYS && shards.get(g % shards.len().max(1)) == Some(&shard) {
+                keys.push(k);
+                break;
+            }
+        }
+        k += 1;
+    }
+    groups
 }
 
 fn parse_int(v: Option<Vec<u8>>) -> Result<Option<i64>, ClientError> {
@@ -124,6 +224,7 @@ impl Workload {
             Workload::ListAppend => list_txn(ctx, process).await,
             Workload::Register => register_op(ctx, process).await,
             Workload::Set => set_add(ctx, process).await,
+            Workload::RwRegister => rw_op(ctx, process).await,
         }
     }
 
@@ -144,6 +245,14 @@ impl Workload {
                 all
             }
             Workload::Set => set_read(ctx, process).await == OpType::Ok,
+            Workload::RwRegister => {
+                let mops = rw_groups(&ctx.client)
+                    .concat()
+                    .into_iter()
+                    .map(|k| (false, k))
+                    .collect();
+                rw_txn_of(ctx, process, mops).await == OpType::Ok
+            }
         }
     }
 
@@ -172,25 +281,36 @@ impl Workload {
                 pact_check::check(Model::CasRegister, history, &opts),
             )],
             Workload::Set => vec![("set".into(), pact_check::check(Model::Set, history, &opts))],
+            Workload::RwRegister => vec![(
+                "rw-register".into(),
+                pact_check::check(Model::RwRegister, history, &opts),
+            )],
         }
     }
 }
 
 async fn bank_read(ctx: &mut Ctx, p: i64) -> OpType {
     ctx.rec.invoke(p, "read", None, Value::Nil);
+    let mut t = match ctx.client.begin().await {
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            return ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil);
+        }
+    };
     let r = async {
-        let mut t = ctx.client.begin().await?;
         let mut m = Vec::new();
         for a in 0..BANK_ACCOUNTS {
-            match t.get(&bank_key(a)).await.and_then(parse_int) {
-                Ok(v) => m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int))),
-                Err(e) => {
-                    t.rollback().await;
-                    return Err(e);
-                }
-            }
+            let v = ctx
+                .within(false, t.get(&bank_key(a)))
+                .await
+                .and_then(parse_int)?;
+            m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int)));
         }
-        t.commit().await?;
+        ctx.within(true, t.commit()).await?;
         Ok::<_, ClientError>(Value::Map(m))
     }
     .await;
@@ -199,6 +319,9 @@ async fn bank_read(ctx: &mut Ctx, p: i64) -> OpType {
         // A read changes nothing, so every failed read simply did not happen.
         Err(e) => {
             ctx.rec.note_error(&e);
+            // A no-op once the commit answered; otherwise it releases the
+            // read locks now.
+            t.rollback().await;
             ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil)
         }
     }
@@ -215,15 +338,19 @@ async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
     ]);
     ctx.rec.invoke(p, "transfer", None, value.clone());
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "transfer", None, value);
         }
     };
     let body = async {
-        let a = parse_int(t.get_for_update(&bank_key(from)).await?)?.unwrap_or(0);
-        let b = parse_int(t.get_for_update(&bank_key(to)).await?)?.unwrap_or(0);
+        let a =
+            parse_int(ctx.within(false, t.get_for_update(&bank_key(from))).await?)?.unwrap_or(0);
+        let b = parse_int(ctx.within(false, t.get_for_update(&bank_key(to))).await?)?.unwrap_or(0);
         if a < amount {
             return Ok(false);
         }
@@ -246,13 +373,23 @@ async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
             return ctx.rec.complete(p, OpType::Fail, "transfer", None, value);
         }
     }
-    match t.commit().await {
+    match ctx.within(true, t.commit()).await {
         Ok(()) => ctx.rec.complete(p, OpType::Ok, "transfer", None, value),
         Err(e) => {
             ctx.rec.note_error(&e);
+            abandon(&mut t).await;
             ctx.rec.complete(p, outcome_of(&e), "transfer", None, value)
         }
     }
+}
+
+/// After a commit that failed or was given up on: release what the
+/// transaction may still hold if the coordinator never took the commit
+/// (an abandoned request can be dropped before it decides anything). A
+/// no-op when the commit was answered, and harmless when it is under way:
+/// the coordinator then has the transaction out of its open sessions.
+async fn abandon(t: &mut pact_client::Transaction) {
+    t.rollback().await;
 }
 
 fn mop_value(mops: &[(bool, i64, Value)]) -> Value {
@@ -293,7 +430,10 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
     let invoked = mop_value(&planned);
     ctx.rec.invoke(p, "txn", None, invoked.clone());
     let mut t = match ctx.client.begin().await {
-        Ok(t) => t,
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
         Err(e) => {
             ctx.rec.note_error(&e);
             return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
@@ -305,12 +445,13 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
                 let Value::Int(e) = v else {
                     unreachable!("appends carry ints")
                 };
-                let mut list = parse_list(t.get_for_update(&list_key(*k)).await?)?;
+                let mut list =
+                    parse_list(ctx.within(false, t.get_for_update(&list_key(*k))).await?)?;
                 list.push(*e);
                 let text: Vec<String> = list.iter().map(i64::to_string).collect();
                 t.put(&list_key(*k), text.join(",").as_bytes()).await?;
             } else {
-                let list = parse_list(t.get(&list_key(*k)).await?)?;
+                let list = parse_list(ctx.within(false, t.get(&list_key(*k))).await?)?;
                 *v = Value::Vec(list.into_iter().map(Value::Int).collect());
             }
         }
@@ -322,12 +463,13 @@ async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
         t.rollback().await;
         return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
     }
-    match t.commit().await {
+    match ctx.within(true, t.commit()).await {
         Ok(()) => ctx
             .rec
             .complete(p, OpType::Ok, "txn", None, mop_value(&planned)),
         Err(e) => {
             ctx.rec.note_error(&e);
+            abandon(&mut t).await;
             ctx.rec.complete(p, outcome_of(&e), "txn", None, invoked)
         }
     }
@@ -369,6 +511,9 @@ async fn register_op(ctx: &mut Ctx, p: i64) -> OpType {
                     vec![],
                 )
                 .await;
+            if let Ok(x) = &r {
+                ctx.rec.note_txn(p, x.txn);
+            }
             let t = match r {
                 Ok(x) if x.succeeded => OpType::Ok,
                 Ok(_) => OpType::Fail,
@@ -448,5 +593,144 @@ async fn set_read(ctx: &mut Ctx, p: i64) -> OpType {
             .rec
             .complete(p, OpType::Ok, "read", None, Value::Set(elements)),
         Err(_) => ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil),
+    }
+}
+
+fn rw_mops_value(mops: &[(bool, i64, Value)]) -> Value {
+    Value::Vec(
+        mops.iter()
+            .map(|(write, k, v)| {
+                Value::Vec(vec![
+                    Value::Keyword(if *write { "w" } else { "r" }.into()),
+                    Value::Int(*k),
+                    v.clone(),
+                ])
+            })
+            .collect(),
+    )
+}
+
+async fn rw_op(ctx: &mut Ctx, p: i64) -> OpType {
+    let groups = rw_groups(&ctx.client);
+    let g = ctx.rng.random_range(0..groups.len());
+    let group = groups[g].clone();
+    if ctx.impatient.is_some() {
+        // Impatient workers only write whole groups as plain batches: the
+        // requests most likely to be cancelled after their entry is
+        // proposed, whose locks must still hold until it applies.
+        return rw_batch(ctx, p, group).await;
+    }
+    match ctx.rng.random_range(0..10) {
+        // A whole group read at once: sees each batch entirely or not at all.
+        0..=3 => {
+            let mops = group.into_iter().map(|k| (false, k)).collect();
+            rw_txn_of(ctx, p, mops).await
+        }
+        4..=7 => {
+            // Mostly one group's keys; sometimes two groups' (two shards).
+            let mut keys = group;
+            if ctx.rng.random_bool(0.2) {
+                let other = (g + ctx.rng.random_range(1..groups.len().max(2))) % groups.len();
+                keys.extend(&groups[other]);
+            }
+            let n = ctx.rng.random_range(1..=4);
+            let mops = (0..n)
+                .map(|_| {
+                    let k = keys[ctx.rng.random_range(0..keys.len())];
+                    (ctx.rng.random_bool(0.5), k)
+                })
+                .collect();
+            rw_txn_of(ctx, p, mops).await
+        }
+        _ => {
+            let n = ctx.rng.random_range(2..=group.len().max(2));
+            let keys = group.into_iter().take(n).collect();
+            rw_batch(ctx, p, keys).await
+        }
+    }
+}
+
+/// A plain (non-transactional) write of unique values to `keys`, which
+/// share a shard: one atomic batch.
+async fn rw_batch(ctx: &mut Ctx, p: i64, keys: Vec<i64>) -> OpType {
+    let planned: Vec<(bool, i64, Value)> = keys
+        .into_iter()
+        .map(|k| {
+            (
+                true,
+                k,
+                Value::Int(ctx.unique.fetch_add(1, Ordering::Relaxed)),
+            )
+        })
+        .collect();
+    let value = rw_mops_value(&planned);
+    let batch = planned
+        .iter()
+        .map(|(_, k, v)| (rw_key(*k), Some(v.to_edn().into_bytes())))
+        .collect();
+    ctx.rec.invoke(p, "txn", None, value.clone());
+    let client = ctx.writer();
+    let t = match client.write(batch).await {
+        Ok(_) => OpType::Ok,
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            outcome_of(&e)
+        }
+    };
+    ctx.rec.complete(p, t, "txn", None, value)
+}
+
+/// One transaction of micro-ops `(write?, key)`: reads take shared locks,
+/// writes are unique values sent with the commit.
+async fn rw_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
+    let mut planned: Vec<(bool, i64, Value)> = mops
+        .into_iter()
+        .map(|(write, k)| {
+            let v = if write {
+                Value::Int(ctx.unique.fetch_add(1, Ordering::Relaxed))
+            } else {
+                Value::Nil
+            };
+            (write, k, v)
+        })
+        .collect();
+    let invoked = rw_mops_value(&planned);
+    ctx.rec.invoke(p, "txn", None, invoked.clone());
+    let mut t = match ctx.client.begin().await {
+        Ok(t) => {
+            ctx.rec.note_txn(p, t.id());
+            t
+        }
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
+        }
+    };
+    let body = async {
+        for (write, k, v) in planned.iter_mut() {
+            if *write {
+                t.put(&rw_key(*k), v.to_edn().as_bytes()).await?;
+            } else {
+                *v = parse_int(ctx.within(false, t.get(&rw_key(*k))).await?)?
+                    .map_or(Value::Nil, Value::Int);
+            }
+        }
+        Ok::<_, ClientError>(())
+    }
+    .await;
+    if let Err(e) = &body {
+        ctx.rec.note_error(e);
+        t.rollback().await;
+        return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
+    }
+    match ctx.within(true, t.commit()).await {
+        Ok(()) => ctx
+            .rec
+            .complete(p, OpType::Ok, "txn", None, rw_mops_value(&planned)),
+        Err(e) => {
+            ctx.rec.note_error(&e);
+            abandon(&mut t).await;
+            ctx.rec.complete(p, outcome_of(&e), "txn", None, invoked)
+        }
     }
 }
