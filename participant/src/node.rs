@@ -630,9 +630,15 @@ impl Node {
         } else {
             Mode::Shared
         };
+        let term = self.lock_term(s)?;
         self.acquire(s, txn, first, prio, Target::key(key, mode))
             .await?;
-        self.read_key(s, txn, key).await
+        let v = self.read_key(s, txn, key).await?;
+        // As a plain read: a deposed leader must not hand an open
+        // transaction a stale value, which its client could act on even
+        // though the commit would fail.
+        self.confirm(s, term).await?;
+        Ok(v)
     }
 
     pub async fn txn_scan(
@@ -654,9 +660,12 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
+        let term = self.lock_term(s)?;
         self.acquire(s, txn, first, prio, Target::Range(range))
             .await?;
-        self.read_range(s, txn, start, end, limit).await
+        let out = self.read_range(s, txn, start, end, limit).await?;
+        self.confirm(s, term).await?;
+        Ok(out)
     }
 
     pub async fn txn_write(
