@@ -154,6 +154,9 @@ struct Inner {
     next_group: std::sync::atomic::AtomicUsize,
     outstanding: Mutex<HashMap<u64, usize>>,
     opts: ClientOptions,
+    /// The cluster's transaction lease: open transactions heartbeat every
+    /// third of it.
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -190,6 +193,7 @@ impl Client {
                 next_group: std::sync::atomic::AtomicUsize::new(0),
                 outstanding: Mutex::new(HashMap::new()),
                 opts,
+                lease: Duration::from_millis(config.transactions.lease_ms),
             }),
         }
     }

@@ -77,6 +77,10 @@ pub struct Transaction {
     id: TxnId,
     /// Its age for wound-wait: the start of its first attempt.
     priority: Timestamp,
+    /// The task that tells the coordinator this client is alive; stopped
+    /// when the transaction is dropped, so a client that dies or forgets a
+    /// transaction frees its locks within the cluster's lease.
+    heartbeat: tokio::task::AbortHandle,
     leader: NodeId,
     done: bool,
     /// Writes not yet sent: they go with the commit (or with the next
@@ -164,13 +168,16 @@ impl Client {
         })?;
         self.track(group, 1);
         let ts = Timestamp(t.ts);
+        let id = TxnId {
+            group: t.group,
+            node: t.node,
+            ts,
+        };
+        let heartbeat = tokio::spawn(heartbeat(self.clone(), id, leader)).abort_handle();
         Ok(Transaction {
             client: self.clone(),
-            id: TxnId {
-                group: t.group,
-                node: t.node,
-                ts,
-            },
+            id,
+            heartbeat,
             priority: if resp.priority == 0 {
                 ts
             } else {
@@ -300,6 +307,39 @@ impl Client {
         Err(ClientError::Aborted(format!(
             "gave up after {MAX_ATTEMPTS} attempts; last: {last}"
         )))
+    }
+}
+
+/// Renew an open transaction's lease at its coordinator every third of the
+/// lease, until the coordinator no longer has it (or the task is aborted).
+async fn heartbeat(client: Client, id: TxnId, leader: NodeId) {
+    let every = client.inner.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(ch) = client.channel(leader) else {
+            return;
+        };
+        let req = pb::TxnRequest {
+            txn: Some(pb_txn(id)),
+            ..Default::default()
+        };
+        // A missed beat is fine: the lease covers three of them.
+        if let Ok(Err(s)) = tokio::time::timeout(every, txn_client(ch).keepalive(req)).await {
+            if matches!(
+                s.code(),
+                tonic::Code::Aborted | tonic::Code::FailedPrecondition
+            ) {
+                // Finished, expired, or the coordinator lost its leadership:
+                // nothing left to keep alive.
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
     }
 }
 

@@ -63,6 +63,9 @@ pub struct ClusterConfig {
     pub shards: Vec<ShardConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Timeouts of open transactions.
+    #[serde(default)]
+    pub transactions: TxnTuning,
     /// Coordinator groups: each is a Raft group holding a recovery log of
     /// commit decisions, run by `coordinator` processes on its replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,6 +129,29 @@ impl Default for RaftTuning {
     }
 }
 
+/// How long open transactions may live without their client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TxnTuning {
+    /// An open transaction whose client sends no request (heartbeats do
+    /// not count) for this long is aborted: a live client that went idle
+    /// holding locks. Interactive sessions may want it long.
+    pub idle_timeout_ms: u64,
+    /// An open transaction whose client stops heartbeating for this long is
+    /// presumed dead and aborted, and its locks freed. Clients heartbeat
+    /// every third of it while a transaction is open.
+    pub lease_ms: u64,
+}
+
+impl Default for TxnTuning {
+    fn default() -> Self {
+        TxnTuning {
+            idle_timeout_ms: 60_000,
+            lease_ms: 1_500,
+        }
+    }
+}
+
 /// Accepts `host:port` with a non-empty host and a `u16` port. `rsplit_once`
 /// so that bracketed IPv6 hosts (`[::1]:7001`) work.
 fn check_addr(addr: &str) -> Result<(), String> {
@@ -180,6 +206,7 @@ impl ClusterConfig {
         self.validate_shards()?;
         self.validate_partitioning()?;
         self.validate_coordinators()?;
+        self.validate_transactions()?;
         self.validate_raft()
     }
 
@@ -386,6 +413,35 @@ impl ClusterConfig {
         Ok(())
     }
 
+    fn validate_transactions(&self) -> Result<(), ConfigError> {
+        let t = &self.transactions;
+        for (name, v) in [
+            ("idle_timeout_ms", t.idle_timeout_ms),
+            ("lease_ms", t.lease_ms),
+        ] {
+            if v > MAX_TOML_INT {
+                return invalid(format!(
+                    "transactions.{name} is {v}, larger than {MAX_TOML_INT}"
+                ));
+            }
+        }
+        // Heartbeats go every third of the lease; under 300 ms they would
+        // be a steady load, and a busy machine would expire live clients.
+        if t.lease_ms < 300 {
+            return invalid(format!(
+                "transactions.lease_ms ({}) must be at least 300",
+                t.lease_ms
+            ));
+        }
+        if t.idle_timeout_ms < t.lease_ms {
+            return invalid(format!(
+                "transactions.idle_timeout_ms ({}) must not be less than transactions.lease_ms ({})",
+                t.idle_timeout_ms, t.lease_ms
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_raft(&self) -> Result<(), ConfigError> {
         let r = &self.raft;
         let fields = [
@@ -518,6 +574,7 @@ impl ClusterConfig {
             nodes: node_list,
             shards: shard_list,
             raft: RaftTuning::default(),
+            transactions: TxnTuning::default(),
             coordinators: Vec::new(),
         };
         cfg.validate()?;

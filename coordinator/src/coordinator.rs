@@ -23,12 +23,12 @@ use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX};
 use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
 use crate::Error;
 
-/// Open transactions idle this long are aborted by the coordinator.
-pub const SESSION_IDLE: Duration = Duration::from_secs(30);
-
 struct Session {
     shards: BTreeSet<ShardId>,
+    /// The client's last request (idle timeout).
     last: Instant,
+    /// The client's last sign of life, request or heartbeat (lease).
+    alive: Instant,
     /// Its age for wound-wait (the start of its first attempt).
     priority: Timestamp,
     /// A participant wounded it: every later request fails with this,
@@ -76,6 +76,8 @@ pub struct Coordinator {
     inputs: mpsc::UnboundedSender<Input>,
     /// The term in which this replica leads and has finished recovery.
     ready: Mutex<Option<u64>>,
+    /// Idle timeout and lease of open transactions.
+    txn_tuning: pact_common::TxnTuning,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -123,6 +125,7 @@ impl Coordinator {
             sessions: Mutex::new(HashMap::new()),
             inputs: tx,
             ready: Mutex::new(None),
+            txn_tuning: config.transactions.clone(),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
@@ -209,6 +212,7 @@ impl Coordinator {
                 Session {
                     shards: BTreeSet::new(),
                     last: Instant::now(),
+                    alive: Instant::now(),
                     priority,
                     wounded: None,
                 },
@@ -238,6 +242,25 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The client of `txn` is alive (a heartbeat): renew its lease.
+    pub fn keepalive(&self, txn: TxnId) -> Result<(), Error> {
+        self.check_txn(txn)?;
+        self.require_leader()?;
+        let mut s = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
+        match s.get_mut(&txn) {
+            Some(sess) => {
+                sess.alive = Instant::now();
+                Ok(())
+            }
+            None => Err(Error::Aborted(format!(
+                "unknown transaction {txn} (expired, finished, or coordinator failover)"
+            ))),
+        }
+    }
+
     /// Why `txn` can no longer go on, if a participant wounded it.
     fn wound_of(&self, txn: TxnId) -> Option<String> {
         self.sessions
@@ -264,6 +287,7 @@ impl Coordinator {
             return Err(Error::Aborted(w.clone()));
         }
         sess.last = Instant::now();
+        sess.alive = sess.last;
         Ok((sess.shards.insert(shard), sess.priority.0))
     }
 
@@ -990,22 +1014,38 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
     }
 }
 
+/// Abort open transactions whose client died (no heartbeat for a lease)
+/// or stayed idle too long; their participants free the locks when the
+/// abort reaches them.
 async fn expire_sessions(c: Arc<Coordinator>) {
+    let lease = Duration::from_millis(c.txn_tuning.lease_ms);
+    let idle = Duration::from_millis(c.txn_tuning.idle_timeout_ms);
+    // Often enough that a dead client's locks go within a lease and a bit.
+    let every = (lease / 6).max(Duration::from_millis(50));
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle: Vec<TxnId> = c
+        tokio::time::sleep(every).await;
+        let expired: Vec<(TxnId, String)> = c
             .sessions
             .lock()
             .map(|s| {
                 s.iter()
-                    .filter(|(_, v)| v.last.elapsed() > SESSION_IDLE)
-                    .map(|(k, _)| *k)
+                    .filter_map(|(t, v)| {
+                        if v.alive.elapsed() > lease {
+                            Some((*t, format!("no heartbeat from its client for {lease:?}")))
+                        } else if v.last.elapsed() > idle {
+                            Some((*t, format!("idle for {idle:?}")))
+                        } else {
+                            None
+                        }
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        for txn in idle {
-            tracing::info!(%txn, "aborting idle transaction");
-            c.rollback(txn).await;
+        for (txn, why) in expired {
+            tracing::info!(%txn, reason = %why, "aborting open transaction");
+            c.metrics.aborts.with_label_values(&["expired"]).inc();
+            let c = c.clone();
+            tokio::spawn(async move { c.rollback(txn).await });
         }
     }
 }

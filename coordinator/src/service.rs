@@ -40,6 +40,12 @@ impl Txn for TxnService {
         }))
     }
 
+    async fn keepalive(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
+        let txn = convert::txn_id(r.into_inner().txn)?;
+        self.c.keepalive(txn)?;
+        Ok(Response::new(pb::TxnDone {}))
+    }
+
     async fn wounded(
         &self,
         r: Request<pb::WoundedRequest>,

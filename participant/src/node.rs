@@ -107,7 +107,8 @@ pub struct Node {
     shards: BTreeMap<ShardId, Arc<Shard>>,
     router: Router,
     hlc: Hlc,
-    clock: Clock,
+    /// Monotonic milliseconds, for the transaction manager's timers.
+    mono: Clock,
     /// Client of the coordinator groups: told of wounds, asked about
     /// silent transactions.
     coordinators: pact_client::Client,
@@ -140,6 +141,12 @@ impl Node {
         let host = Host::new(store);
         let tuning = Tuning::from(&config.raft);
         let clock = system_clock();
+        // Timers (idle, silence, in doubt) run on a monotonic clock: a wall
+        // clock stepped back or forward must not expire or keep anything.
+        let mono: Clock = {
+            let t0 = Instant::now();
+            Arc::new(move || t0.elapsed().as_millis() as u64)
+        };
         let coordinators = pact_client::Client::new(&config, pact_client::ClientOptions::default());
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
@@ -157,7 +164,7 @@ impl Node {
             let shared = Arc::new(Shared {
                 mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits {
                     skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
-                    ..TxnLimits::default()
+                    idle_timeout_ms: config.transactions.idle_timeout_ms,
                 })),
                 released: tokio::sync::Notify::new(),
             });
@@ -166,7 +173,7 @@ impl Node {
             });
             let replica = Replica::start(shard.0, id.0, members, &tuning, app, &host).await?;
             let s = Arc::new(Shard { replica, shared });
-            spawn_owner(s.clone(), clock.clone(), coordinators.clone());
+            spawn_owner(s.clone(), mono.clone(), coordinators.clone());
             shards.insert(shard, s);
         }
         Ok(Node {
@@ -175,8 +182,8 @@ impl Node {
             config: Arc::new(config),
             shards,
             router: host.router,
-            hlc: Hlc::new(clock.clone()),
-            clock,
+            hlc: Hlc::new(clock),
+            mono,
             coordinators,
             metrics,
         })
@@ -228,7 +235,7 @@ impl Node {
     }
 
     fn now(&self) -> u64 {
-        (self.clock)()
+        (self.mono)()
     }
 
     /// Refuse requests unless this replica leads the shard and its
@@ -916,7 +923,7 @@ pub const IN_DOUBT_AFTER_MS: u64 = 2_000;
 /// its coordinator whether it still has it; if not (a coordinator crash or
 /// leader change lost it), it is aborted here at once rather than holding
 /// its locks until the idle timeout.
-pub const ABANDONED_AFTER_MS: u64 = 2_000;
+pub const ABANDONED_AFTER_MS: u64 = 1_000;
 
 fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
     let mut leadership = s.replica.leadership();
@@ -966,7 +973,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                         tokio::spawn(resolve_in_doubt(s.clone(), coordinators.clone(), txn));
                     }
                     for txn in silent {
-                        tokio::spawn(drop_if_abandoned(s.clone(), coordinators.clone(), txn));
+                        tokio::spawn(drop_if_abandoned(s.clone(), coordinators.clone(), txn, clock.clone()));
                     }
                 }
             }
@@ -977,9 +984,21 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
 /// Ask the coordinator whether it still has a silent open transaction;
 /// abort it here if it does not. Without an answer, nothing changes (the
 /// idle timeout still applies).
-async fn drop_if_abandoned(s: Arc<Shard>, coordinators: pact_client::Client, txn: TxnId) {
+async fn drop_if_abandoned(
+    s: Arc<Shard>,
+    coordinators: pact_client::Client,
+    txn: TxnId,
+    clock: Clock,
+) {
     match coordinators.txn_status(txn).await {
-        Ok(pact_client::TxnOutcome::Open(_)) | Err(_) => {}
+        // Alive, only quiet here: it must not hit the idle expiry, which
+        // is for transactions whose coordinator cannot be reached.
+        Ok(pact_client::TxnOutcome::Open(_)) => {
+            if let Ok(mut m) = s.shared.mgr.lock() {
+                m.touch(txn, clock());
+            }
+        }
+        Err(_) => {}
         // Committed cannot be: a commit needs this shard's prepare (or
         // one-phase entry), which an active transaction has not had.
         Ok(outcome) => {

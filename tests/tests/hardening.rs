@@ -371,3 +371,61 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
         Ok(Err(_)) | Err(_) => {}
     }
 }
+
+/// Item 8: the locks of a client that died (no more heartbeats) go within
+/// about a lease (1.5 s by default), not after the 10-30 s they used to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_clients_locks_go_within_two_seconds() {
+    let c = cluster().await;
+    let client = c.client();
+    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
+    let addr = c.config.node(leader).unwrap().addr.clone();
+    // A client that locks a key and dies: raw calls, no heartbeat.
+    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let txn = raw
+        .begin(pb::BeginRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .txn;
+    raw.get(pb::TxnGetRequest {
+        txn,
+        key: b"orphan".to_vec().into(),
+        for_update: true,
+        ..Default::default()
+    })
+    .await
+    .expect("dead client locks the key");
+    drop(raw);
+    let died = Instant::now();
+    // A younger transaction waits for it, then gets the key.
+    let mut t = client.begin().await.unwrap();
+    t.get_for_update(b"orphan")
+        .await
+        .expect("the orphan lock went");
+    let freed = died.elapsed();
+    t.commit().await.unwrap();
+    assert!(
+        freed < Duration::from_millis(2500),
+        "a dead client's lock was held {freed:?}"
+    );
+}
+
+/// Item 8: an interactive transaction that is idle but whose client is
+/// alive (it heartbeats) is not killed after 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_but_alive_transaction_lives_past_ten_seconds() {
+    let c = cluster().await;
+    let client = c.client();
+    let mut t = client.begin().await.unwrap();
+    assert_eq!(t.get_for_update(b"idle").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    t.put(b"idle", b"still here").await.unwrap();
+    t.commit().await.expect("an idle, live transaction commits");
+    assert_eq!(
+        client.get(b"idle").await.unwrap().as_deref(),
+        Some(&b"still here"[..])
+    );
+}
