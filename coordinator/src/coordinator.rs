@@ -699,7 +699,9 @@ fn run(
                     // Fate open: settle it at the shard.
                     Err(e) => settle_one_phase(&c, txn, shard, e.to_string()).await,
                 };
-                if outcome == Outcome::Committed {
+                if outcome == Outcome::Committed
+                    && !pact_common::faults::enabled("skip-one-phase-record")
+                {
                     // Record it for TxnStatus, off the commit path: the
                     // shard's apply is the decision; this record only
                     // answers later questions.
