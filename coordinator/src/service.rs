@@ -30,7 +30,7 @@ impl Txn for TxnService {
         &self,
         _r: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
-        let txn = self.c.begin()?;
+        let txn = self.c.begin().await?;
         Ok(Response::new(pb::BeginResponse {
             txn: Some(convert::pb_txn(txn)),
         }))

@@ -565,10 +565,10 @@ async fn one_shot_execute_and_bad_transaction_input() {
         client.txn_status(ghost).await.expect("status"),
         pact_client::TxnOutcome::Unknown(_)
     ));
-    assert_eq!(
+    assert!(matches!(
         client.resolve_txn(ghost).await.expect("resolve"),
-        pact_client::TxnOutcome::Aborted("aborted".into())
-    );
+        pact_client::TxnOutcome::Aborted(_)
+    ));
     let late = raw
         .commit(pb::TxnRequest {
             shard_id: 0,
@@ -644,7 +644,10 @@ async fn txn_ids_never_repeat_or_go_back_after_a_coordinator_restart_with_its_cl
     let mut ids = Vec::new();
     let mut written = Vec::new();
     for i in 0..20 {
-        let (k, v) = (format!("ids-{i}").into_bytes(), format!("v{i}").into_bytes());
+        let (k, v) = (
+            format!("ids-{i}").into_bytes(),
+            format!("v{i}").into_bytes(),
+        );
         ids.push(commit_one(&client, &k, &v).await);
         written.push((k, v));
     }
@@ -670,7 +673,10 @@ async fn txn_ids_never_repeat_or_go_back_after_a_coordinator_restart_with_its_cl
 
     let mut later = Vec::new();
     for i in 20..40 {
-        let (k, v) = (format!("ids-{i}").into_bytes(), format!("v{i}").into_bytes());
+        let (k, v) = (
+            format!("ids-{i}").into_bytes(),
+            format!("v{i}").into_bytes(),
+        );
         later.push(commit_one(&client, &k, &v).await);
         written.push((k, v));
     }
@@ -703,8 +709,8 @@ async fn txn_ids_never_repeat_or_go_back_after_a_coordinator_restart_with_its_cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_phase_commit_whose_coordinator_record_is_lost_is_reported_committed() {
-    let config = pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001)
-        .expect("config");
+    let config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
     let mut c = Cluster::create(config, fast_tuning());
     // The coordinator never records its one-phase commits, as if its
     // leader died each time right after the shard applied one.
