@@ -33,8 +33,12 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(30);
 /// timestamp reservation before it gives up (unavailable).
 const STAMP_WAIT: Duration = Duration::from_secs(3);
 
-/// How long TxnStatus waits for a shard's answer about a transaction.
+/// How long TxnStatus with `resolve` waits for a shard's answer about a
+/// transaction (without one it cannot presume the abort).
 const INQUIRY_WAIT: Duration = Duration::from_secs(3);
+/// The same without `resolve`: a missing answer only makes the reply
+/// "unknown", which participants checking on a silent transaction act on.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 struct Session {
     shards: BTreeSet<ShardId>,
@@ -611,17 +615,16 @@ impl Coordinator {
     /// Ask every shard what it recorded of `txn` (fencing it there with
     /// `fence`); stops early once an answer settles the verdict.
     async fn inquire_all(&self, txn: TxnId, fence: bool) -> Vec<(ShardId, inquiry::Answer)> {
+        let wait = if fence { INQUIRY_WAIT } else { LOOKUP_WAIT };
         let mut calls: futures::stream::FuturesUnordered<_> = self
             .participants
             .shards()
             .into_iter()
             .map(|shard| async move {
-                let a = match tokio::time::timeout(INQUIRY_WAIT, self.inquire(txn, shard, fence))
-                    .await
-                {
+                let a = match tokio::time::timeout(wait, self.inquire(txn, shard, fence)).await {
                     Ok(Ok(state)) => Ok(state),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {INQUIRY_WAIT:?}")),
+                    Err(_) => Err(format!("no answer within {wait:?}")),
                 };
                 (shard, a)
             })
