@@ -206,8 +206,9 @@ impl Client {
         Ok((v, leader))
     }
 
-    /// The final outcome of any transaction, from its coordinator group.
-    /// `Unknown` while nothing is recorded (yet).
+    /// The outcome of any transaction, from its coordinator group: its
+    /// recovery log, or the shards (a one-phase commit is decided at its
+    /// shard). Changes nothing; `Unknown` while nothing is final (yet).
     pub async fn txn_status(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
         self.status_request(id, false).await
     }
@@ -229,9 +230,12 @@ impl Client {
         .map(|_| ())
     }
 
-    /// As [`Client::txn_status`], but a transaction with no decision is
-    /// aborted (presumed abort, recorded so it is final). For participants
-    /// holding a prepared transaction whose coordinator went silent.
+    /// As [`Client::txn_status`], but final: with no decision anywhere,
+    /// the shards fence the transaction (nothing of it can commit after)
+    /// and the coordinator records the presumed abort. `Unknown` only while
+    /// a shard cannot be reached. For participants holding a prepared
+    /// transaction whose coordinator went silent, and for clients that
+    /// must know.
     pub async fn resolve_txn(&self, id: TxnId) -> Result<TxnOutcome, ClientError> {
         self.status_request(id, true).await
     }

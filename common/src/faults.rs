@@ -10,7 +10,11 @@
 //! suite can prove its checkers notice when guarantees break:
 //! `skip-read-locks` (transactional reads take no shared lock: 2PL is
 //! broken) and `stale-reads` (any replica answers a plain read from its
-//! local state, with no leader check or read barrier).
+//! local state, with no leader check or read barrier). And one *crash
+//! window made permanent*: `skip-one-phase-record` (a coordinator never
+//! writes its best-effort record of a one-phase commit, as if its leader
+//! always died right after the shard applied it), so tests can check that
+//! TxnStatus still finds the outcome at the shard.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -24,6 +28,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "stale-reads",
     "crash-before-fsync",
     "decision-delay",
+    "skip-one-phase-record",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

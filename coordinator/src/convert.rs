@@ -40,6 +40,19 @@ pub fn pb_txn(t: TxnId) -> pb::TxnId {
     }
 }
 
+pub fn shard_state(s: i32) -> Result<crate::inquiry::ShardState, Error> {
+    use crate::inquiry::ShardState;
+    match pb::TxnState::try_from(s) {
+        Ok(pb::TxnState::None) => Ok(ShardState::None),
+        Ok(pb::TxnState::Prepared) => Ok(ShardState::Prepared),
+        Ok(pb::TxnState::Committed) => Ok(ShardState::Committed),
+        Ok(pb::TxnState::Aborted) => Ok(ShardState::Aborted),
+        _ => Err(Error::Unknown(format!(
+            "participant sent an unknown transaction state {s}"
+        ))),
+    }
+}
+
 pub fn outcome(o: Outcome) -> pb::CommitResponse {
     let (outcome, reason) = match o {
         Outcome::Committed => (pb::Outcome::Committed, String::new()),

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use pact_client::{Client, ClientOptions};
 use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp, TxnId};
 use pact_proto as pb;
@@ -19,9 +20,22 @@ use pact_raft::{Host, NodeStore, Replica, Router};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::pb_txn;
-use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX};
+use crate::inquiry::{self, ShardState, Verdict};
+use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX, RESERVATION_KEY};
 use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
+use crate::stamps::{self, Reservation};
 use crate::Error;
+
+/// How long `begin` waits for the recovery log to extend a used-up
+/// timestamp reservation before it gives up (unavailable).
+const STAMP_WAIT: Duration = Duration::from_secs(3);
+
+/// How long TxnStatus with `resolve` waits for a shard's answer about a
+/// transaction (without one it cannot presume the abort).
+const INQUIRY_WAIT: Duration = Duration::from_secs(3);
+/// The same without `resolve`: a missing answer only makes the reply
+/// "unknown", which participants checking on a silent transaction act on.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 struct Session {
     shards: BTreeSet<ShardId>,
@@ -34,6 +48,10 @@ struct Session {
     /// A participant wounded it: every later request fails with this,
     /// and no read reply is handed out any more (see [`Coordinator::wounded`]).
     wounded: Option<String>,
+    /// Handed to the owner task to commit: the session stays until the
+    /// machine has the transaction, so TxnStatus always sees it as open
+    /// or in flight, never as neither (it would presume an abort).
+    committing: bool,
 }
 
 /// Longest a retried transaction keeps the age of its first attempt: long
@@ -78,6 +96,12 @@ pub struct Coordinator {
     ready: Mutex<Option<u64>>,
     /// Idle timeout and lease of open transactions.
     txn_tuning: pact_common::TxnTuning,
+    /// Transaction timestamps reserved in the recovery log.
+    stamps: Mutex<Reservation>,
+    /// Extensions of the reservation for the reserver task to append.
+    reserve: mpsc::UnboundedSender<Timestamp>,
+    /// Woken when an extension ends (`begin` may be waiting for it).
+    reserved: tokio::sync::Notify,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -115,6 +139,7 @@ impl Coordinator {
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();
+        let (reserve, reserve_rx) = mpsc::unbounded_channel();
         let c = Arc::new(Coordinator {
             group: cg.group,
             node,
@@ -126,10 +151,14 @@ impl Coordinator {
             inputs: tx,
             ready: Mutex::new(None),
             txn_tuning: config.transactions.clone(),
+            stamps: Mutex::new(Reservation::new()),
+            reserve,
+            reserved: tokio::sync::Notify::new(),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
         tokio::spawn(owner(c.clone(), rx));
+        tokio::spawn(reserve_ahead(c.clone(), reserve_rx));
         let mut leadership = c.replica.leadership();
         let inputs = c.inputs.clone();
         tokio::spawn(async move {
@@ -183,10 +212,10 @@ impl Coordinator {
     /// Open a transaction. `priority`: the start of an earlier attempt of
     /// the same work, whose age it keeps (capped at [`MAX_PRIORITY_AGE`]);
     /// a priority from the future is refused. Returns the id and the age.
-    pub fn begin(&self, priority: Option<Timestamp>) -> Result<(TxnId, Timestamp), Error> {
+    pub async fn begin(&self, priority: Option<Timestamp>) -> Result<(TxnId, Timestamp), Error> {
         self.require_leader()?;
         let txn = TxnId {
-            ts: self.hlc.now(),
+            ts: self.stamp().await?,
             node: self.node.0,
             group: self.group,
         };
@@ -215,6 +244,7 @@ impl Coordinator {
                     alive: Instant::now(),
                     priority,
                     wounded: None,
+                    committing: false,
                 },
             );
         }
@@ -269,6 +299,60 @@ impl Coordinator {
             .and_then(|s| s.get(&txn).and_then(|sess| sess.wounded.clone()))
     }
 
+    /// A fresh timestamp below the durable reservation; waits only if the
+    /// reservation is used up (the log has not committed an extension).
+    async fn stamp(&self) -> Result<Timestamp, Error> {
+        let deadline = tokio::time::Instant::now() + STAMP_WAIT;
+        loop {
+            let notified = self.reserved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let issue = self
+                .stamps
+                .lock()
+                .map_err(|_| Error::Fatal("timestamp reservation lock poisoned".into()))?
+                .issue(self.hlc.now());
+            if let Some(until) = issue.extend {
+                let _ = self.reserve.send(until);
+            }
+            if let Some(ts) = issue.ts {
+                return Ok(ts);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::Unavailable(
+                    "cannot reserve transaction timestamps: the recovery log commits nothing"
+                        .into(),
+                ));
+            }
+            self.require_leader()?;
+        }
+    }
+
+    /// Append a timestamp reservation up to `until`; returns the log's
+    /// reservation after it (durable).
+    async fn reserve(&self, until: Timestamp) -> Result<Timestamp, Error> {
+        let (_, reply) = self
+            .replica
+            .propose(LogCommand::Reserve { until }.encode())
+            .await?;
+        match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
+            LogReply::Reserved { until } => Ok(until),
+            other => Err(Error::Fatal(format!("unexpected log reply {other:?}"))),
+        }
+    }
+
+    /// Run the extension the reservation asked for, and wake `begin`s.
+    async fn extend_reservation(&self, until: Timestamp) {
+        let r = self.reserve(until).await;
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "could not extend the timestamp reservation");
+        }
+        if let Ok(mut s) = self.stamps.lock() {
+            s.extended(r.ok());
+        }
+        self.reserved.notify_waiters();
+    }
+
     /// Note that `txn` is about to touch `shard`; returns whether it is the
     /// transaction's first request there, and its age.
     fn touch(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
@@ -283,6 +367,11 @@ impl Coordinator {
                 "unknown transaction {txn} (expired, finished, or coordinator failover)"
             ))
         })?;
+        if sess.committing {
+            return Err(Error::Aborted(format!(
+                "transaction {txn} is already committing"
+            )));
+        }
         if let Some(w) = &sess.wounded {
             return Err(Error::Aborted(w.clone()));
         }
@@ -471,7 +560,10 @@ impl Coordinator {
         self.check_txn(txn)?;
         self.require_leader()?;
         let touched = match self.sessions.lock() {
-            Ok(s) => s.get(&txn).map(|sess| sess.shards.clone()),
+            Ok(s) => s
+                .get(&txn)
+                .filter(|sess| !sess.committing)
+                .map(|sess| sess.shards.clone()),
             Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
         };
         let Some(mut touched) = touched else {
@@ -508,19 +600,33 @@ impl Coordinator {
                 return Err(self.abort_for(txn, e).await);
             }
         }
-        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
-        let Some(sess) = sess else {
-            return self.status(txn, false).await;
-        };
         let (tx, rx) = oneshot::channel();
-        self.inputs
-            .send(Input::Commit {
-                txn,
-                shards: sess.shards,
-                carried,
-                reply: tx,
-            })
-            .map_err(|_| Error::Fatal("coordinator owner task stopped".into()))?;
+        // Marked and handed over in one step (no await between): the
+        // owner task removes the session once its machine has the commit.
+        let handed = {
+            let mut s = self
+                .sessions
+                .lock()
+                .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
+            match s.get_mut(&txn) {
+                Some(sess) if !sess.committing => {
+                    sess.committing = true;
+                    self.inputs
+                        .send(Input::Commit {
+                            txn,
+                            shards: sess.shards.clone(),
+                            carried,
+                            reply: tx,
+                        })
+                        .map_err(|_| Error::Fatal("coordinator owner task stopped".into()))?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !handed {
+            return self.status(txn, false).await;
+        }
         rx.await
             .map_err(|_| Error::Unknown("coordinator lost leadership during commit".into()))
     }
@@ -528,7 +634,14 @@ impl Coordinator {
     /// Abort an open transaction everywhere it went (best effort: what is
     /// missed here expires at the participant).
     pub async fn rollback(&self, txn: TxnId) {
-        let sess = self.sessions.lock().ok().and_then(|mut s| s.remove(&txn));
+        // A committing transaction is the machine's to decide.
+        let sess = self.sessions.lock().ok().and_then(|mut s| {
+            if s.get(&txn).is_some_and(|sess| sess.committing) {
+                None
+            } else {
+                s.remove(&txn)
+            }
+        });
         let Some(sess) = sess else { return };
         let calls = sess
             .shards
@@ -537,19 +650,26 @@ impl Coordinator {
         futures::future::join_all(calls).await;
     }
 
-    /// The final outcome of `txn` as the recovery log knows it. With
-    /// `resolve`, a transaction with no decision gets a presumed abort,
-    /// recorded first so it is final; without, it is reported unknown.
+    /// The outcome of `txn`. From the recovery log if it has a decision;
+    /// open or in flight if this leader is working on it; otherwise from
+    /// what the shards recorded (a one-phase commit is decided at its
+    /// shard, and the coordinator's record of it may be lost). With
+    /// `resolve` the answer is final (unless a shard cannot be reached):
+    /// the shards fence the transaction, then a commit found at one is
+    /// recorded, and otherwise the presumed abort; without, a commit found
+    /// is recorded and reported, and anything else is unknown.
     pub async fn status(&self, txn: TxnId, resolve: bool) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
         let open = self
             .sessions
             .lock()
-            .map(|s| s.contains_key(&txn))
-            .unwrap_or(false);
-        if open {
-            return Ok(Outcome::Open("transaction is still open".into()));
+            .ok()
+            .and_then(|s| s.get(&txn).map(|sess| sess.committing));
+        match open {
+            Some(true) => return Ok(Outcome::Open("commit in progress".into())),
+            Some(false) => return Ok(Outcome::Open("transaction is still open".into())),
+            None => {}
         }
         self.replica.read_barrier().await?;
         if let Some(b) = self.replica.get_local(&log::decision_key(txn)).await? {
@@ -563,29 +683,100 @@ impl Coordinator {
             // it would win (first decision wins) and abort a healthy 2PC.
             return Ok(Outcome::Open("commit in progress".into()));
         }
-        if !resolve {
-            return Ok(Outcome::Unknown(
-                "no decision recorded (yet); a one-phase commit is recorded shortly after it is applied".into(),
-            ));
+        // Nothing logged and nothing running here. A leader that lost the
+        // transaction (crash, failover) can no longer log a commit for it,
+        // but a one-phase commit it sent may have applied at its shard.
+        let answers = self.inquire_all(txn, resolve).await;
+        match inquiry::verdict(&answers, resolve) {
+            Verdict::Committed => {
+                // The shard's record is the decision; this one only makes
+                // the next answer cheap.
+                match self.record(txn, true).await {
+                    Ok(false) => tracing::error!(
+                        %txn,
+                        "a shard committed a transaction the recovery log has aborted"
+                    ),
+                    Ok(true) => {}
+                    Err(e) => {
+                        tracing::warn!(%txn, error = %e, "could not record a commit found at a shard")
+                    }
+                }
+                Ok(Outcome::Committed)
+            }
+            // First decision wins: if a commit was logged meanwhile (an
+            // append of this leader's that was in doubt), it stands.
+            Verdict::Abort(why) => Ok(if self.record(txn, false).await? {
+                Outcome::Committed
+            } else {
+                Outcome::Aborted(why)
+            }),
+            Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
         }
-        // Nothing logged: record the presumed abort so it is final. If 2PC
-        // is racing to log a commit for it right now, whichever record
-        // lands first wins, and both sides report that one.
+    }
+
+    /// Record a decision for `txn` unless one is recorded; returns the
+    /// decision in the log now (true: commit).
+    async fn record(&self, txn: TxnId, commit: bool) -> Result<bool, Error> {
         let (_, reply) = self
             .replica
             .propose(
                 LogCommand::Decide {
                     txn,
-                    commit: false,
+                    commit,
                     shards: Vec::new(),
                 }
                 .encode(),
             )
             .await?;
         match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
-            LogReply::Decided { commit } => Ok(decided(commit)),
+            LogReply::Decided { commit } => Ok(commit),
             other => Err(Error::Fatal(format!("unexpected log reply {other:?}"))),
         }
+    }
+
+    /// Ask every shard what it recorded of `txn` (fencing it there with
+    /// `fence`); stops early once an answer settles the verdict.
+    async fn inquire_all(&self, txn: TxnId, fence: bool) -> Vec<(ShardId, inquiry::Answer)> {
+        let wait = if fence { INQUIRY_WAIT } else { LOOKUP_WAIT };
+        let mut calls: futures::stream::FuturesUnordered<_> = self
+            .participants
+            .shards()
+            .into_iter()
+            .map(|shard| async move {
+                let a = match tokio::time::timeout(wait, self.inquire(txn, shard, fence)).await {
+                    Ok(Ok(state)) => Ok(state),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {wait:?}")),
+                };
+                (shard, a)
+            })
+            .collect();
+        let mut answers = Vec::new();
+        while let Some((shard, a)) = calls.next().await {
+            let settled = inquiry::decisive(&a, fence);
+            answers.push((shard, a));
+            if settled {
+                break;
+            }
+        }
+        answers
+    }
+
+    /// What `shard` recorded of `txn`; with `fence`, it first records an
+    /// abort unless it prepared or decided `txn` (idempotent).
+    async fn inquire(&self, txn: TxnId, shard: ShardId, fence: bool) -> Result<ShardState, Error> {
+        let req = pb::InquireRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            fence,
+        };
+        let r = self
+            .participants
+            .call_shard(shard, true, |ch| async move {
+                participant(ch).inquire(req).await
+            })
+            .await?;
+        crate::convert::shard_state(r.state)
     }
 
     async fn send_decision(&self, txn: TxnId, shard: ShardId, commit: bool) -> Result<(), Error> {
@@ -630,7 +821,7 @@ impl Coordinator {
         let mut backoff = Duration::from_millis(5);
         let mut priority = None;
         for _ in 0..EXECUTE_ATTEMPTS {
-            let (txn, age) = self.begin(priority)?;
+            let (txn, age) = self.begin(priority).await?;
             // Attempts after the first keep its age, so this one-shot
             // transaction cannot starve under wound-wait.
             priority.get_or_insert(age);
@@ -730,15 +921,25 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 carried: writes,
                 reply,
             } => {
+                let forget = || {
+                    if let Ok(mut s) = c.sessions.lock() {
+                        s.remove(&txn);
+                    }
+                };
                 if term.is_none() {
                     let _ = reply.send(Outcome::Aborted("coordinator is not leader".into()));
+                    forget();
                     continue;
                 }
                 if let Some(w) = writes {
                     carried.entry(txn).or_insert(w);
                 }
                 waiters.insert(txn, reply);
-                machine.step(Event::Commit { txn, shards })
+                let actions = machine.step(Event::Commit { txn, shards });
+                // Only now: until the machine had it, the session showed
+                // TxnStatus that it is alive.
+                forget();
+                actions
             }
             Input::Event(ev) => machine.step(ev),
             Input::InFlight(txn, reply) => {
@@ -826,7 +1027,9 @@ fn run(
                     // Fate open: settle it at the shard.
                     Err(e) => settle_one_phase(&c, txn, shard, e.to_string()).await,
                 };
-                if outcome == Outcome::Committed {
+                if outcome == Outcome::Committed
+                    && !pact_common::faults::enabled("skip-one-phase-record")
+                {
                     // Record it for TxnStatus, off the commit path: the
                     // shard's apply is the decision; this record only
                     // answers later questions.
@@ -938,16 +1141,23 @@ fn run(
     }
 }
 
-/// A one-phase commit whose fate is unknown: send an abort to the shard
-/// until it answers definitely. The shard refuses the abort if the commit
-/// applied first ("already committed"), and otherwise records the abort, so
-/// the commit can no longer apply after it.
+/// A one-phase commit whose fate is unknown: fence it at the shard until
+/// the shard answers. The fence reports the commit if it applied first,
+/// and otherwise records an abort, so the commit can no longer apply after
+/// it. The shard lets go of the transaction's locks only once the fence
+/// has applied, after the commit's entry if that is in its log.
 async fn settle_one_phase(c: &Coordinator, txn: TxnId, shard: ShardId, why: String) -> Outcome {
     for _ in 0..20 {
-        match c.send_decision(txn, shard, false).await {
-            Ok(()) => return Outcome::Aborted(format!("not applied ({why}); aborted")),
-            Err(Error::Conflict(m)) if m.contains("already committed") => {
-                return Outcome::Committed
+        match c.inquire(txn, shard, true).await {
+            Ok(ShardState::Committed) => return Outcome::Committed,
+            Ok(ShardState::Aborted) => {
+                return Outcome::Aborted(format!("not applied ({why}); aborted"))
+            }
+            Ok(other) => {
+                // A one-phase transaction never prepares, and a fence
+                // always leaves an outcome: an invariant broke.
+                tracing::error!(%txn, shard = shard.0, state = ?other, "unexpected state of a one-phase commit");
+                return Outcome::Unknown(why);
             }
             Err(e) => {
                 tracing::warn!(%txn, shard = shard.0, error = %e, "one-phase outcome not settled yet");
@@ -980,6 +1190,32 @@ async fn decide_event(c: &Coordinator, txn: TxnId, shard: ShardId, commit: bool)
 async fn recover(c: Arc<Coordinator>, term: u64) {
     if !c.replica.settle(term).await {
         return;
+    }
+    // Every reservation of earlier leaders is applied now: move the clock
+    // past it before issuing any id, then reserve ahead of the clock.
+    let reserved = match c.replica.get_local(RESERVATION_KEY).await {
+        Ok(v) => log::reservation(v.as_deref()),
+        Err(e) => Err(e.to_string()),
+    };
+    let reserved = match reserved {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the timestamp reservation");
+            return;
+        }
+    };
+    c.hlc.observe(reserved);
+    let extend = c
+        .stamps
+        .lock()
+        .map(|mut s| {
+            s.durable(reserved);
+            s.start_extending()
+        })
+        .unwrap_or(false);
+    if extend {
+        let until = Timestamp::from_parts(c.hlc.now().millis() + stamps::AHEAD_MS, 0);
+        c.extend_reservation(until).await;
     }
     let records = match c.replica.scan_prefix_local(&[DECISION_PREFIX]).await {
         Ok(r) => r,
@@ -1029,6 +1265,7 @@ async fn expire_sessions(c: Arc<Coordinator>) {
             .lock()
             .map(|s| {
                 s.iter()
+                    .filter(|(_, v)| !v.committing)
                     .filter_map(|(t, v)| {
                         if v.alive.elapsed() > lease {
                             Some((*t, format!("no heartbeat from its client for {lease:?}")))
@@ -1047,5 +1284,15 @@ async fn expire_sessions(c: Arc<Coordinator>) {
             let c = c.clone();
             tokio::spawn(async move { c.rollback(txn).await });
         }
+    }
+}
+
+/// Appends the reservation extensions `begin` asks for, one at a time.
+async fn reserve_ahead(c: Arc<Coordinator>, mut wanted: mpsc::UnboundedReceiver<Timestamp>) {
+    while let Some(mut until) = wanted.recv().await {
+        while let Ok(u) = wanted.try_recv() {
+            until = until.max(u);
+        }
+        c.extend_reservation(until).await;
     }
 }

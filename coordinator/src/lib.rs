@@ -16,6 +16,14 @@
 //!   transaction wins, so a commit can never follow a reported abort.
 //! - A new leader finishes every logged, unfinished commit by resending
 //!   the (idempotent) commit to each participant until it is applied.
+//! - Transaction ids never repeat and never go back: timestamps are issued
+//!   only below a reservation made durable in the recovery log first
+//!   ([`stamps`]), and a new leader starts past every earlier one.
+//! - Every transaction id gets a final answer from TxnStatus with
+//!   `resolve`: a one-phase commit's decision lives at its shard, so with
+//!   no record in the log the coordinator asks every shard, which fences
+//!   the id (records an abort unless it prepared or decided it) before
+//!   the presumed abort is logged.
 //!
 //! # Failure
 //! Open transactions live in the leader's memory: a coordinator failover
@@ -26,10 +34,12 @@
 mod convert;
 pub mod coordinator;
 mod error;
+pub mod inquiry;
 pub mod log;
 pub mod machine;
 pub mod metrics;
 pub mod service;
+pub mod stamps;
 
 pub use coordinator::Coordinator;
 pub use error::Error;

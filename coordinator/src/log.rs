@@ -2,17 +2,22 @@
 //!
 //! Layout in the group's state: `x` ++ txn id -> decision record. A record
 //! with `commit = false` is written only by TxnStatus, to make a presumed
-//! abort final before it is reported; commits are written by 2PC. Because
-//! the first decision for a transaction wins, a commit can never follow a
-//! reported abort, nor an abort a logged commit.
+//! abort final before it is reported; commits are written by 2PC, and by
+//! the coordinator for one-phase commits (after the shard applied them).
+//! Because the first decision for a transaction wins, a commit can never
+//! follow a reported abort, nor an abort a logged commit.
+//!
+//! `r` -> the timestamp reservation (`crate::stamps`): the leader issues
+//! transaction timestamps only below it; it never decreases.
 
 use std::sync::Arc;
 
-use pact_common::{ShardId, TxnId};
+use pact_common::{ShardId, Timestamp, TxnId};
 use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
 
 pub const DECISION_PREFIX: u8 = b'x';
+pub const RESERVATION_KEY: &[u8] = b"r";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -33,6 +38,11 @@ pub enum LogCommand {
     Finish {
         txn: TxnId,
     },
+    /// Reserve transaction timestamps below `until` (kept if already
+    /// higher). Appended last: older log entries keep their encoding.
+    Reserve {
+        until: Timestamp,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +53,10 @@ pub enum LogReply {
     },
     Finished,
     NotFound,
+    /// The reservation in the log now.
+    Reserved {
+        until: Timestamp,
+    },
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -61,6 +75,11 @@ impl LogCommand {
 
 pub fn decision_key(txn: TxnId) -> Vec<u8> {
     txn.key(DECISION_PREFIX)
+}
+
+/// The stored reservation (`RESERVATION_KEY`), if any.
+pub fn reservation(v: Option<&[u8]>) -> Result<Timestamp, String> {
+    v.map_or(Ok(Timestamp(0)), decode)
 }
 
 pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
@@ -106,6 +125,17 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             }
             None => (Vec::new(), LogReply::NotFound),
         },
+        LogCommand::Reserve { until } => {
+            let now = reservation(get(RESERVATION_KEY).map_err(|e| e.to_string())?.as_deref())?;
+            if *until > now {
+                (
+                    vec![(RESERVATION_KEY.to_vec(), Some(encode(until)))],
+                    LogReply::Reserved { until: *until },
+                )
+            } else {
+                (Vec::new(), LogReply::Reserved { until: now })
+            }
+        }
     })
 }
 
@@ -219,6 +249,38 @@ mod tests {
         });
         let rec: Decision = decode(m.0.borrow().get(&decision_key(t(4))).unwrap()).unwrap();
         assert!(!rec.finished, "a 2PC commit must be driven to every shard");
+    }
+
+    #[test]
+    fn the_reservation_only_grows() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let reserve = |n| LogCommand::Reserve {
+            until: Timestamp(n),
+        };
+        assert_eq!(
+            m.run(reserve(500)),
+            LogReply::Reserved {
+                until: Timestamp(500)
+            }
+        );
+        assert_eq!(
+            m.run(reserve(300)),
+            LogReply::Reserved {
+                until: Timestamp(500)
+            },
+            "an older, smaller reservation landing late changes nothing"
+        );
+        assert_eq!(
+            m.run(reserve(900)),
+            LogReply::Reserved {
+                until: Timestamp(900)
+            }
+        );
+        let stored = m.0.borrow().get(RESERVATION_KEY).cloned();
+        assert_eq!(reservation(stored.as_deref()), Ok(Timestamp(900)));
+        assert_eq!(reservation(None), Ok(Timestamp(0)));
+        // Not a decision: recovery's scan of decisions does not see it.
+        assert!(!RESERVATION_KEY.starts_with(&[DECISION_PREFIX]));
     }
 
     #[test]

@@ -33,7 +33,8 @@ impl Txn for TxnService {
         let p = r.into_inner().priority;
         let (txn, priority) = self
             .c
-            .begin((p != 0).then_some(pact_common::Timestamp(p)))?;
+            .begin((p != 0).then_some(pact_common::Timestamp(p)))
+            .await?;
         Ok(Response::new(pb::BeginResponse {
             txn: Some(convert::pb_txn(txn)),
             priority: priority.0,

@@ -100,6 +100,19 @@ pub fn prepare_response(v: Vote) -> pb::PrepareResponse {
     }
 }
 
+pub fn inquire_response(s: crate::kv::TxnState) -> pb::InquireResponse {
+    use crate::kv::TxnState;
+    let state = match s {
+        TxnState::None => pb::TxnState::None,
+        TxnState::Prepared => pb::TxnState::Prepared,
+        TxnState::Committed => pb::TxnState::Committed,
+        TxnState::Aborted => pb::TxnState::Aborted,
+    };
+    pb::InquireResponse {
+        state: state as i32,
+    }
+}
+
 pub fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool) -> pb::ScanResponse {
     pb::ScanResponse {
         pairs: pairs

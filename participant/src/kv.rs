@@ -7,7 +7,10 @@
 //! - `p` ++ txn id -> prepare record (the writes of a prepared transaction,
 //!   present exactly while it is in doubt here);
 //! - `o` ++ txn id -> outcome (`1` committed, `0` aborted), so a repeated
-//!   commit or abort is answered the same way (idempotence).
+//!   commit or abort is answered the same way (idempotence). For a
+//!   one-phase commit this record *is* the decision: the coordinator's
+//!   own record of it is written afterwards, best effort, so TxnStatus
+//!   asks the shards when its log has nothing (`Fence`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -49,6 +52,14 @@ pub enum ShardCommand {
     Abort {
         txn: TxnId,
     },
+    /// Settle what this shard will ever say about `txn` (its coordinator
+    /// found no decision and is about to presume an abort): an outcome or
+    /// a prepare record stands; otherwise an abort is recorded, so a late
+    /// one-phase commit or prepare of `txn` is rejected here. Appended
+    /// last: older log entries keep their encoding.
+    Fence {
+        txn: TxnId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +68,38 @@ pub enum ShardReply {
     Prepared,
     /// Not applied, with the reason.
     Rejected(String),
+}
+
+/// What a shard has recorded of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Nothing: not prepared, no outcome.
+    None,
+    /// Prepared, its decision not applied yet.
+    Prepared,
+    Committed,
+    Aborted,
+}
+
+/// What a `Fence` reply says the shard recorded: `Done` a commit,
+/// `Prepared` a prepare, `Rejected` an abort (recorded before or by the
+/// fence itself).
+pub fn fenced_state(reply: &ShardReply) -> TxnState {
+    match reply {
+        ShardReply::Done => TxnState::Committed,
+        ShardReply::Prepared => TxnState::Prepared,
+        ShardReply::Rejected(_) => TxnState::Aborted,
+    }
+}
+
+/// The state the records read through `get` give `txn`. Pure.
+pub fn txn_state(get: Lookup<'_>, txn: TxnId) -> io::Result<TxnState> {
+    Ok(match get(&txn.key(OUTCOME_PREFIX))? {
+        Some(v) if v.first() == Some(&1) => TxnState::Committed,
+        Some(_) => TxnState::Aborted,
+        None if get(&txn.key(PREPARED_PREFIX))?.is_some() => TxnState::Prepared,
+        None => TxnState::None,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +151,8 @@ pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
 pub enum Notice {
     Prepared(TxnId, bool),
     Finished(TxnId),
+    /// Nothing changed for the transaction manager.
+    Nothing,
 }
 
 /// What the manager learns from a command and the reply it produced.
@@ -117,6 +162,12 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         ShardCommand::OnePhase { txn, .. }
         | ShardCommand::Commit { txn }
         | ShardCommand::Abort { txn } => Notice::Finished(*txn),
+        // A fenced transaction is over here unless it is prepared: its
+        // locks go (a fence that recorded the abort ends an open one).
+        ShardCommand::Fence { txn } => match reply {
+            ShardReply::Prepared => Notice::Nothing,
+            _ => Notice::Finished(*txn),
+        },
     }
 }
 
@@ -216,6 +267,15 @@ pub fn effect(
                 None => (vec![(p, None), (o, Some(vec![0]))], ShardReply::Done),
             }
         }
+        ShardCommand::Fence { txn } => match txn_state(get, *txn)? {
+            TxnState::None => (
+                vec![(txn.key(OUTCOME_PREFIX), Some(vec![0]))],
+                ShardReply::Rejected("aborted: fenced before it prepared or committed here".into()),
+            ),
+            TxnState::Prepared => (Vec::new(), ShardReply::Prepared),
+            TxnState::Committed => (Vec::new(), ShardReply::Done),
+            TxnState::Aborted => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+        },
     })
 }
 
@@ -261,6 +321,7 @@ impl Apply for KvApp {
                 Notice::Finished(txn) => {
                     m.finish(txn);
                 }
+                Notice::Nothing => {}
             }
         }
         self.shared.released.notify_waiters();
@@ -443,6 +504,63 @@ mod tests {
         );
         assert!(matches!(m.run(2, one), ShardReply::Rejected(_)));
         assert_eq!(m.get(b"a"), None);
+    }
+
+    #[test]
+    fn a_fence_keeps_what_is_recorded_and_otherwise_rules_out_a_late_commit() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let state = |m: &Mem, txn| {
+            let map = m.0.borrow().clone();
+            txn_state(&|k| Ok(map.get(k).cloned()), txn).unwrap()
+        };
+        let fence = |txn| ShardCommand::Fence { txn };
+        // A one-phase commit that applied: the fence reports it, changes nothing.
+        let one = |txn, v: &str| ShardCommand::OnePhase {
+            txn,
+            writes: vec![put("k", v)],
+            term: 2,
+        };
+        assert_eq!(m.run(2, one(t(1), "1")), ShardReply::Done);
+        assert_eq!(fenced_state(&m.run(2, fence(t(1)))), TxnState::Committed);
+        assert_eq!(m.get(b"k"), Some(b"1".to_vec()));
+        // Nothing here yet: the fence records an abort, so the one-phase
+        // commit arriving late is rejected.
+        assert_eq!(state(&m, t(2)), TxnState::None);
+        assert_eq!(fenced_state(&m.run(2, fence(t(2)))), TxnState::Aborted);
+        assert!(matches!(m.run(2, one(t(2), "2")), ShardReply::Rejected(_)));
+        assert_eq!(m.get(b"k"), Some(b"1".to_vec()));
+        assert_eq!(fenced_state(&m.run(2, fence(t(2)))), TxnState::Aborted);
+        // A prepared transaction stays prepared: its coordinator decides.
+        let prep = ShardCommand::Prepare {
+            txn: t(3),
+            writes: vec![put("p", "3")],
+            term: 2,
+        };
+        assert_eq!(m.run(2, prep), ShardReply::Prepared);
+        let reply = m.run(2, fence(t(3)));
+        assert_eq!(fenced_state(&reply), TxnState::Prepared);
+        assert_eq!(
+            notice(&fence(t(3)), &reply),
+            Notice::Nothing,
+            "keeps its locks"
+        );
+        assert_eq!(
+            m.run(2, ShardCommand::Commit { txn: t(3) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.get(b"p"), Some(b"3".to_vec()));
+        assert_eq!(state(&m, t(3)), TxnState::Committed);
+        // A fenced prepare is rejected too.
+        m.run(2, fence(t(4)));
+        let late = ShardCommand::Prepare {
+            txn: t(4),
+            writes: vec![put("q", "4")],
+            term: 2,
+        };
+        assert!(matches!(m.run(2, late), ShardReply::Rejected(_)));
+        let reply = m.run(2, fence(t(4)));
+        assert_eq!(fenced_state(&reply), TxnState::Aborted);
+        assert_eq!(notice(&fence(t(4)), &reply), Notice::Finished(t(4)));
     }
 
     #[test]

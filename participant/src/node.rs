@@ -864,6 +864,38 @@ impl Node {
             s.replica.shutdown().await;
         }
     }
+
+    /// What this shard recorded of `txn`, for its coordinator, whose log
+    /// has no decision (a one-phase commit is decided here alone). Without
+    /// `fence`, a linearizable read that changes nothing. With it, through
+    /// the Raft log: an abort is recorded unless the shard prepared or
+    /// decided `txn`, so nothing of it can commit here afterwards and the
+    /// coordinator may presume the abort.
+    pub async fn inquire(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        fence: bool,
+    ) -> Result<crate::kv::TxnState, Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        if fence {
+            let reply = self.propose(s, ShardCommand::Fence { txn }).await?;
+            return Ok(crate::kv::fenced_state(&reply));
+        }
+        s.replica.read_barrier().await?;
+        // The prepare record first: a decision removes it and writes the
+        // outcome in one batch, so reading the outcome second cannot miss
+        // a decision that removed the prepare record between the reads.
+        let mut found = BTreeMap::new();
+        for k in [txn.key(PREPARED_PREFIX), txn.key(crate::kv::OUTCOME_PREFIX)] {
+            if let Some(v) = s.replica.get_local(&k).await? {
+                found.insert(k, v);
+            }
+        }
+        crate::kv::txn_state(&|k| Ok(found.get(k).cloned()), txn)
+            .map_err(|e| Error::Fatal(e.to_string()))
+    }
 }
 
 /// The one-phase commit itself (see [`Node::commit_owned`]).

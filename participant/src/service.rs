@@ -210,4 +210,14 @@ impl Participant for ParticipantService {
         owned(async move { node.decide(ShardId(r.shard_id), txn, r.commit).await }).await?;
         Ok(Response::new(pb::TxnDone {}))
     }
+
+    async fn inquire(
+        &self,
+        request: Request<pb::InquireRequest>,
+    ) -> Result<Response<pb::InquireResponse>, Status> {
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let state = self.node.inquire(ShardId(r.shard_id), txn, r.fence).await?;
+        Ok(Response::new(convert::inquire_response(state)))
+    }
 }
