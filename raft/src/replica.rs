@@ -511,7 +511,9 @@ async fn guard(g: Guarded) {
                 tracing::warn!(
                     group = g.group,
                     %floor,
-                    "this replica's store is empty but its peers hold the group's data                      (lost or replaced disk): rejoining without a vote until it has caught up"
+                    "this replica's store is empty but its peers hold the group's data (a lost or \
+                     replaced disk, or a replica started late in a new group): rejoining without \
+                     a vote until it has caught up"
                 );
                 g.gate.set_rejoining(floor);
             }
@@ -554,7 +556,8 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
             tracing::warn!(
                 group = g.group,
                 ?missing,
-                "replica started with an empty store; waiting for every peer to answer                  before it can tell a new group from a lost disk"
+                "replica started with an empty store; waiting for every peer to answer before \
+                 it can tell a new group from a lost disk"
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
