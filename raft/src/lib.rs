@@ -34,6 +34,7 @@ mod error;
 mod log_store;
 pub mod metrics;
 mod network;
+mod rejoin;
 mod replica;
 pub mod server;
 mod state_machine;

@@ -19,6 +19,11 @@ use crate::store::{
 };
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
+/// Encoded entry bytes one AppendEntries carries (a single larger entry
+/// still goes alone): far below the message limit, and small enough that
+/// the deadline scaled by size (see `network`) stays a few seconds.
+pub(crate) const MAX_APPEND_BYTES: usize = 8 << 20;
+
 #[derive(Clone, Debug)]
 pub struct LogStore {
     group: u64,
@@ -92,6 +97,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         self.read_meta(META_VOTE).await
+    }
+
+    /// What replication sends in one AppendEntries: at most
+    /// [`MAX_APPEND_BYTES`] of entries (but always one), so a follower far
+    /// behind after large writes gets requests that fit the message limit
+    /// and their deadline, instead of `max_payload_entries` entries of up to
+    /// a batch each, which could never be delivered.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let Some((from, to)) = self.index_range(start..end) else {
+            return Ok(Vec::new());
+        };
+        let store = self.store.clone();
+        blocking(move || {
+            let raw = store.range_bytes_sync(Space::Log, &from, &to, MAX_APPEND_BYTES)?;
+            raw.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+        })
+        .await
     }
 }
 

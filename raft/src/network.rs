@@ -14,11 +14,13 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftLogStorage;
 use openraft::{AnyError, BasicNode, RaftNetworkV2};
 use pact_proto::raft_transport_client::RaftTransportClient;
 use pact_proto::raft_transport_server::{RaftTransport, RaftTransportServer};
@@ -26,11 +28,24 @@ use pact_proto::RaftMessage;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::log_store::{decode, encode};
+use crate::log_store::{decode, encode, LogStore};
+use crate::rejoin::{Gate, Refused};
 use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest Raft message accepted or sent: bounds a snapshot sent in one piece.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+/// The slowest rate at which a healthy peer is assumed to receive and
+/// persist a message: a request's deadline grows with its size at this
+/// rate, so a large but bounded append (or snapshot) is not timed out, and
+/// then resent unchanged, forever.
+const MIN_BYTES_PER_SEC: u64 = 2 << 20;
+
+/// `base` plus the time `bytes` take at [`MIN_BYTES_PER_SEC`].
+pub(crate) fn deadline(base: Duration, bytes: usize) -> Duration {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    base + Duration::from_millis(bytes.saturating_mul(1000) / MIN_BYTES_PER_SEC)
+}
 
 /// Shared pool of channels to peers, keyed by address.
 #[derive(Clone, Default)]
@@ -137,6 +152,9 @@ impl PeerClient {
         ttl: Duration,
     ) -> Result<Resp, CallError> {
         let payload = encode(req).map_err(|e| CallError::Network(e.to_string()))?;
+        // openraft hands every append the heartbeat interval as its
+        // deadline, whatever it carries.
+        let ttl = deadline(ttl, payload.len());
         let ch = self
             .peers
             .channel(&self.addr)
@@ -243,16 +261,52 @@ struct SnapshotMessage {
     data: Vec<u8>,
 }
 
-/// Routes incoming Raft messages to the groups this node hosts.
+/// Ask peer `target` for its vote and last log id in `group`, with a
+/// Pre-Vote request that can grant nothing (term 0, empty log) and that the
+/// receiver answers without changing any state.
+pub(crate) async fn ask_state(
+    peers: &Peers,
+    group: u64,
+    me: u64,
+    target: u64,
+    addr: &str,
+) -> Result<VoteResponse<TypeConfig>, String> {
+    let client = PeerClient {
+        group,
+        me,
+        target,
+        addr: addr.to_string(),
+        peers: peers.clone(),
+    };
+    let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
+    client
+        .call(Kind::PreVote, &req, Duration::from_secs(1))
+        .await
+        .map_err(|e| match e {
+            CallError::Unreachable(m) | CallError::Network(m) => m,
+        })
+}
+
+/// A hosted group: its Raft instance, its gate, and its log (read directly
+/// to answer peers while the gate is closed).
+#[derive(Clone)]
+struct Hosted {
+    raft: Raft,
+    gate: Arc<Gate>,
+    log: LogStore,
+}
+
+/// Routes incoming Raft messages to the groups this node hosts, through
+/// each group's [`Gate`] (see `rejoin`).
 #[derive(Clone, Default)]
 pub struct Router {
-    groups: Arc<RwLock<HashMap<u64, Raft>>>,
+    groups: Arc<RwLock<HashMap<u64, Hosted>>>,
 }
 
 impl Router {
-    pub fn register(&self, group: u64, raft: Raft) {
+    pub(crate) fn register(&self, group: u64, raft: Raft, gate: Arc<Gate>, log: LogStore) {
         if let Ok(mut g) = self.groups.write() {
-            g.insert(group, raft);
+            g.insert(group, Hosted { raft, gate, log });
         }
     }
 
@@ -262,7 +316,7 @@ impl Router {
         }
     }
 
-    fn get(&self, group: u64) -> Result<Raft, Status> {
+    fn get(&self, group: u64) -> Result<Hosted, Status> {
         self.groups
             .read()
             .ok()
@@ -298,6 +352,10 @@ fn reply<T: serde::Serialize>(group: u64, me: u64, v: &T) -> Result<Response<Raf
     }))
 }
 
+fn refused(r: Refused) -> Status {
+    Status::unavailable(r.to_string())
+}
+
 fn raft_status<E: std::fmt::Display>(e: E) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
@@ -309,16 +367,19 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.get(m.group)?;
+        let Hosted { raft, gate, .. } = self.get(m.group)?;
         let req: AppendEntriesRequest<TypeConfig> = parse(&m)?;
+        let commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
+        gate.admit_leader(&req.vote, commit).map_err(refused)?;
         let resp = raft.append_entries(req).await.map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.get(m.group)?;
+        let Hosted { raft, gate, .. } = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        gate.admit_vote().map_err(refused)?;
         let resp = raft.vote(req).await.map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
     }
@@ -328,8 +389,21 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.get(m.group)?;
+        let Hosted { raft, gate, log } = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        if gate.admit_vote().is_err() {
+            // Behind the gate it grants nothing, but still tells what it
+            // has: a peer that started empty decides from these answers.
+            let vote = raft.metrics().borrow_watched().vote;
+            let last = log
+                .clone()
+                .get_log_state()
+                .await
+                .map_err(|e| Status::internal(format!("storage: {e}")))?
+                .last_log_id;
+            let resp = VoteResponse::<TypeConfig>::new(vote, last, false);
+            return reply(m.group, *raft.node_id(), &resp);
+        }
         let resp = raft.pre_vote(req).await.map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
     }
@@ -339,8 +413,10 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let raft = self.get(m.group)?;
+        let Hosted { raft, gate, .. } = self.get(m.group)?;
         let msg: SnapshotMessage = parse(&m)?;
+        let last = msg.meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        gate.admit_leader(&msg.vote, last).map_err(refused)?;
         let snapshot = Snapshot {
             meta: msg.meta,
             snapshot: std::io::Cursor::new(msg.data),

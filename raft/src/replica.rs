@@ -9,10 +9,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
 
-use crate::log_store::LogStore;
-use crate::network::{NetworkFactory, Peers, Router};
+use crate::log_store::{decode, encode, LogStore};
+use crate::network::{ask_state, NetworkFactory, Peers, Router};
+use crate::rejoin::{decide, Decision, Gate, LeaderId};
 use crate::state_machine::{scan_sm, Apply, StateMachine};
-use crate::store::{blocking, group_key, NodeStore, Space};
+use crate::store::{
+    blocking, group_end, group_key, group_prefix, NodeStore, Op, Space, META_PURGED, META_REJOIN,
+    META_VOTE, SM_APPLIED,
+};
 use crate::types::{Command, Raft, TypeConfig};
 use crate::ReplicaError;
 
@@ -117,6 +121,11 @@ impl Replica {
     /// `members` lists every replica's node id and address; the first one
     /// bootstraps a brand-new group (the others wait to hear from it), so
     /// listing replicas in different orders spreads the initial leaders.
+    ///
+    /// A replica whose store holds nothing of the group first asks every
+    /// peer whether the group exists, in the background, and rejoins
+    /// behind a gate if it does (see `rejoin`): until then it neither
+    /// votes nor accepts entries.
     pub async fn start(
         group: u64,
         node_id: u64,
@@ -129,6 +138,13 @@ impl Replica {
         if group > crate::store::MAX_GROUP_ID {
             return Err(ReplicaError::Fatal(format!("group id {group} is reserved")));
         }
+        let gate = {
+            let s = store.clone();
+            blocking(move || gate_at_start(&s, group))
+                .await
+                .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?
+        };
+        let gate = Arc::new(gate);
         let config = Config {
             cluster_name: format!("pact-group-{group}"),
             heartbeat_interval: tuning.heartbeat_ms,
@@ -137,6 +153,12 @@ impl Replica {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_logs),
             max_in_snapshot_log_to_keep: tuning.keep_logs,
             enable_pre_vote: Some(true),
+            // Behind a gate it must not campaign: its vote is what it lost.
+            enable_elect: gate.is_open(),
+            // A follower that lost its disk comes back with a shorter log
+            // than the leader knew it had; the leader starts over with it
+            // instead of waiting forever for entries that are gone.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
@@ -148,26 +170,34 @@ impl Replica {
             addrs: Arc::new(members.iter().cloned().collect()),
         };
         let log = LogStore::new(group, store.clone());
+        let log_reader = log.clone();
         let sm = StateMachine::new(group, store.clone(), app);
         let raft = Raft::new(node_id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("raft start: {e}")))?;
-        host.router.register(group, raft.clone());
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| ReplicaError::Fatal(e.to_string()))?;
-        let first = members.first().map(|(id, _)| *id);
+        host.router
+            .register(group, raft.clone(), gate.clone(), log_reader);
+        let first = members.first().map(|(id, _)| *id) == Some(node_id);
         let members: BTreeMap<u64, String> = members.into_iter().collect();
-        if !initialized && first == Some(node_id) {
-            let nodes: BTreeMap<u64, BasicNode> = members
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-                .collect();
-            if let Err(e) = raft.initialize(nodes).await {
-                // Another replica may have initialized it already; that is fine.
-                tracing::info!(group, error = %e, "group initialization skipped");
+        if gate.is_open() {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| ReplicaError::Fatal(e.to_string()))?;
+            if !initialized && first {
+                initialize(&raft, group, &members).await;
             }
+        } else {
+            tokio::spawn(guard(Guarded {
+                group,
+                me: node_id,
+                first,
+                members: members.clone(),
+                raft: raft.clone(),
+                gate,
+                store: store.clone(),
+                peers: host.peers.clone(),
+            }));
         }
         Ok(Replica {
             group,
@@ -379,6 +409,200 @@ impl Replica {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+async fn initialize(raft: &Raft, group: u64, members: &BTreeMap<u64, String>) {
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    if let Err(e) = raft.initialize(nodes).await {
+        // Another replica may have initialized it already; that is fine.
+        tracing::info!(group, error = %e, "group initialization skipped");
+    }
+}
+
+/// The gate a replica starts behind: rejoining if a rejoin was under way,
+/// probing if the store holds nothing of the group (no vote, no log, no
+/// purge point, no applied state: it never took part), else open.
+fn gate_at_start(store: &NodeStore, group: u64) -> io::Result<Gate> {
+    if let Some(b) = store.get_sync(Space::Meta, &group_key(group, META_REJOIN))? {
+        let floor: LeaderId = decode(&b)?;
+        return Ok(Gate::rejoining(floor));
+    }
+    let nothing = store
+        .get_sync(Space::Meta, &group_key(group, META_VOTE))?
+        .is_none()
+        && store
+            .get_sync(Space::Meta, &group_key(group, META_PURGED))?
+            .is_none()
+        && store
+            .get_sync(Space::SmMeta, &group_key(group, SM_APPLIED))?
+            .is_none()
+        && store
+            .range_sync(
+                Space::Log,
+                &group_prefix(group),
+                &group_end(group),
+                1,
+                false,
+            )?
+            .is_empty();
+    Ok(if nothing {
+        Gate::probing()
+    } else {
+        Gate::open()
+    })
+}
+
+/// What the background task of a replica behind a gate needs.
+struct Guarded {
+    group: u64,
+    me: u64,
+    first: bool,
+    members: BTreeMap<u64, String>,
+    raft: Raft,
+    gate: Arc<Gate>,
+    store: Arc<NodeStore>,
+    peers: Peers,
+}
+
+fn stopped(raft: &Raft) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.state == ServerState::Shutdown || m.running_state.is_err()
+}
+
+/// How often a replica behind a gate says what it waits for.
+const GATE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Drive a replica behind a gate until it is open: ask the peers (if the
+/// store was empty), then wait until it has caught up (if rejoining).
+async fn guard(g: Guarded) {
+    if g.gate.is_probing() {
+        let Some(answers) = ask_every_peer(&g).await else {
+            return;
+        };
+        match decide(g.first, &answers) {
+            Decision::Create => {
+                open(&g);
+                initialize(&g.raft, g.group, &g.members).await;
+                return;
+            }
+            Decision::Join => {
+                open(&g);
+                return;
+            }
+            Decision::Rejoin { floor } => {
+                let op = match encode(&floor) {
+                    Ok(v) => Op::Put(Space::Meta, group_key(g.group, META_REJOIN), v),
+                    Err(e) => {
+                        tracing::error!(group = g.group, error = %e, "cannot encode the rejoin floor");
+                        return;
+                    }
+                };
+                // Durable before anything is admitted: a restart midway
+                // must find the restrictions still in place.
+                if let Err(e) = g.store.write_durable(vec![op]).await {
+                    tracing::error!(group = g.group, error = %e, "cannot record the rejoin; the replica stays closed");
+                    return;
+                }
+                tracing::warn!(
+                    group = g.group,
+                    %floor,
+                    "this replica's store is empty but its peers hold the group's data (a lost or \
+                     replaced disk, or a replica started late in a new group): rejoining without \
+                     a vote until it has caught up"
+                );
+                g.gate.set_rejoining(floor);
+            }
+        }
+    }
+    wait_caught_up(&g).await;
+}
+
+fn open(g: &Guarded) {
+    g.gate.set_open();
+    g.raft.runtime_config().elect(true);
+}
+
+/// Every peer's answer, retried until all answered; None if the replica
+/// stopped meanwhile.
+async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<TypeConfig>>> {
+    let mut answers = BTreeMap::new();
+    let mut last_log = tokio::time::Instant::now();
+    loop {
+        if stopped(&g.raft) {
+            return None;
+        }
+        let mut missing = Vec::new();
+        for (id, addr) in &g.members {
+            if *id == g.me || answers.contains_key(id) {
+                continue;
+            }
+            match ask_state(&g.peers, g.group, g.me, *id, addr).await {
+                Ok(a) => {
+                    answers.insert(*id, a);
+                }
+                Err(e) => missing.push((*id, e)),
+            }
+        }
+        if missing.is_empty() {
+            return Some(answers.into_values().collect());
+        }
+        if last_log.elapsed() >= GATE_LOG_EVERY {
+            last_log = tokio::time::Instant::now();
+            tracing::warn!(
+                group = g.group,
+                ?missing,
+                "replica started with an empty store; waiting for every peer to answer before \
+                 it can tell a new group from a lost disk"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wait until the rejoining replica has applied what proves its log
+/// complete, then let it vote again.
+async fn wait_caught_up(g: &Guarded) {
+    let mut metrics = g.raft.metrics();
+    let mut last_log = tokio::time::Instant::now();
+    loop {
+        if stopped(&g.raft) {
+            return;
+        }
+        let applied = metrics.borrow_watched().last_applied;
+        if g.gate.caught_up(applied.as_ref()) {
+            // Durable before it votes: a restart must not fall back behind
+            // the gate (harmless) nor, worse, lose it while still behind.
+            let op = Op::Delete(Space::Meta, group_key(g.group, META_REJOIN));
+            if let Err(e) = g.store.write_durable(vec![op]).await {
+                tracing::error!(group = g.group, error = %e, "cannot record the end of the rejoin; the replica stays without a vote");
+                return;
+            }
+            open(g);
+            tracing::info!(
+                group = g.group,
+                applied = applied.map(|a| a.index),
+                "rejoined after data loss: caught up, voting again"
+            );
+            return;
+        }
+        if last_log.elapsed() >= GATE_LOG_EVERY {
+            last_log = tokio::time::Instant::now();
+            tracing::warn!(
+                group = g.group,
+                applied = applied.map(|a| a.index),
+                target = ?g.gate.target(),
+                "rejoining after data loss: catching up from the leader, not voting"
+            );
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

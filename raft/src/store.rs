@@ -6,7 +6,7 @@
 //! | keyspace | key                       | value                              |
 //! |----------|---------------------------|------------------------------------|
 //! | `log`    | group ++ index (BE u64)   | bincode(Entry)                     |
-//! | `meta`   | group ++ tag              | bincode(vote / committed / purged) |
+//! | `meta`   | group ++ tag              | bincode(vote / committed / purged / rejoin floor) |
 //! | `sm`     | group ++ application key  | application value                  |
 //! | `smmeta` | group ++ tag              | bincode(applied log id / membership)|
 //!
@@ -32,6 +32,9 @@ use crate::types::TypeConfig;
 pub(crate) const META_VOTE: &[u8] = b"vote";
 pub(crate) const META_COMMITTED: &[u8] = b"committed";
 pub(crate) const META_PURGED: &[u8] = b"purged";
+/// Present while the group rejoins after a lost disk: the leader-id floor
+/// (see `rejoin`), so a restart mid-rejoin keeps the same restrictions.
+pub(crate) const META_REJOIN: &[u8] = b"rejoin";
 pub(crate) const SM_APPLIED: &[u8] = b"applied";
 pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
 
@@ -252,6 +255,30 @@ impl NodeStore {
                 if !push(g)? {
                     break;
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pairs of `[from, to)` in key order, stopping after the first
+    /// pair that brings the values' total to `max_bytes` or more: always at
+    /// least one pair when the range holds any.
+    pub(crate) fn range_bytes_sync(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        max_bytes: usize,
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let range = (Bound::Included(from.to_vec()), Bound::Excluded(to.to_vec()));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for g in self.space(space).range::<Vec<u8>, _>(range) {
+            let (k, v) = g.into_inner().map_err(to_io)?;
+            bytes = bytes.saturating_add(v.len());
+            out.push((k.to_vec(), v.to_vec()));
+            if bytes >= max_bytes {
+                break;
             }
         }
         Ok(out)

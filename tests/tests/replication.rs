@@ -286,3 +286,177 @@ async fn stopped_leader_serves_no_stale_read() {
         Some(&b"v2"[..])
     );
 }
+
+/// Wait until `node`'s replica of `shard` has applied at least `target`.
+async fn wait_applied(c: &Cluster, node: NodeId, target: u64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let s = c.status(SHARD, node).await;
+        if s.as_ref().is_some_and(|s| s.applied_index >= target) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "node {node} did not apply index {target} within {within:?} (status {s:?})\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_paused_through_64_mib_of_writes_catches_up() {
+    // Elections slower than the fast default: this test loads the cores
+    // with 1 MiB writes, and a needless election only slows it down.
+    let tuning = RaftTuning {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 1000,
+        election_timeout_max_ms: 2000,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::start(3, 1, 3, tuning);
+    let nodes = all_nodes(&c);
+    c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
+    // Clients that know the leader: one asking the paused node first
+    // gets no answer, an unknown outcome.
+    let mut clients = Vec::new();
+    for w in 0..4 {
+        let client = c.client();
+        client
+            .put(format!("warm-{w}").as_bytes(), b"1")
+            .await
+            .expect("warm-up put");
+        clients.push(client);
+    }
+    let leader = c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
+    let lagging = *nodes.iter().find(|n| **n != leader).unwrap();
+    let other = *nodes
+        .iter()
+        .find(|n| **n != leader && **n != lagging)
+        .unwrap();
+    c.pause(lagging);
+    // 64 entries of ~1 MiB: openraft would send them all in one
+    // AppendEntries (up to max_payload_entries, 300), with the heartbeat
+    // interval (50 ms here) as its deadline, and resend it forever.
+    let value = vec![b'v'; 1000 << 10];
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for (w, client) in clients.into_iter().enumerate() {
+        let value = value.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..16 {
+                let k = format!("big-{w}-{i:02}");
+                // Writing the same value again is harmless, so an unknown
+                // outcome (a retry that reached the paused node, or a
+                // commit slowed past the deadline on a loaded machine) is
+                // retried rather than failing the test.
+                let mut tries = 0;
+                loop {
+                    match client.put(k.as_bytes(), &value).await {
+                        Ok(()) => break,
+                        Err(ClientError::Unknown(e)) | Err(ClientError::Unavailable(e))
+                            if tries < 5 =>
+                        {
+                            tries += 1;
+                            println!("put {k}: {e}; again");
+                        }
+                        Err(e) => return Err(format!("put {k}: {e}")),
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for w in writers {
+        if let Err(e) = w.await.expect("writer task") {
+            panic!("{e}\n{}", c.logs_tail());
+        }
+    }
+    println!("64 MiB written in {:?}", started.elapsed());
+    let client = c.client();
+    let target = c
+        .status(SHARD, leader)
+        .await
+        .expect("leader status")
+        .applied_index;
+    c.resume(lagging);
+    let took = wait_applied(&c, lagging, target, Duration::from_secs(60)).await;
+    println!("paused follower {lagging} caught up to {target} in {took:?}");
+
+    // It really holds the data: with the other follower gone it is in
+    // every quorum.
+    c.kill(other);
+    let got = client
+        .get(b"big-3-15")
+        .await
+        .unwrap_or_else(|e| panic!("read without {other}: {e}\n{}", c.logs_tail()));
+    assert_eq!(got.as_deref(), Some(&value[..]));
+    client
+        .put(b"after", b"1")
+        .await
+        .unwrap_or_else(|e| panic!("write without {other}: {e}\n{}", c.logs_tail()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_restarted_on_an_empty_data_dir_rejoins_and_serves_in_a_quorum() {
+    let tuning = RaftTuning {
+        snapshot_logs: 30,
+        keep_logs: 5,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::start(3, 1, 3, tuning);
+    let nodes = all_nodes(&c);
+    c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
+    let acked = write_keys(&c, "kept", 80).await;
+
+    // A follower, so the leader remembers how far its log went; the
+    // lowest such id, because the first replica is the one that creates
+    // the group and could be tempted to create it again.
+    let leader = c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
+    let wiped = *nodes.iter().find(|n| **n != leader).unwrap();
+    c.kill(wiped);
+    std::fs::remove_dir_all(c.data_dir(wiped)).expect("wipe data dir");
+    let mut acked2 = write_keys(&c, "while-away", 20).await;
+    c.start_node(wiped);
+    let rest: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != wiped).collect();
+    let leader = c.wait_leader(SHARD, &rest, Duration::from_secs(20)).await;
+
+    let target = c.status(SHARD, leader).await.expect("leader").applied_index;
+    let took = wait_applied(&c, wiped, target, Duration::from_secs(30)).await;
+    println!("wiped node {wiped} caught up to {target} in {took:?}");
+    // Every replica, the leader that saw the wiped log go backwards
+    // included, goes on applying.
+    acked2.extend(write_keys(&c, "settled", 5).await);
+    let mut target = 0;
+    for n in &nodes {
+        if let Some(s) = c.status(SHARD, *n).await {
+            target = target.max(s.applied_index);
+        }
+    }
+    for n in &nodes {
+        wait_applied(&c, *n, target, Duration::from_secs(20)).await;
+    }
+
+    // Take away the leader it rejoined under: the wiped node must now
+    // vote and hold the data.
+    c.kill(leader);
+    let survivors: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != leader).collect();
+    c.wait_leader(SHARD, &survivors, Duration::from_secs(20))
+        .await;
+    assert_all_readable(&c, &acked).await;
+    acked2.extend(write_keys(&c, "after", 5).await);
+    assert_all_readable(&c, &acked2).await;
+    // And it got there through the rejoin path, not by luck.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(c.log_path(wiped))
+        .unwrap_or_default()
+        .contains("rejoined after data loss")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node did not say it rejoined\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

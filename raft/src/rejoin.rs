@@ -1,0 +1,314 @@
+//! A replica that starts on an empty store: a brand-new group, or a replica
+//! that lost its disk and must rejoin without breaking Raft's safety.
+//!
+//! A replica that lost its disk also lost its vote and its log. Let back in
+//! as an ordinary voter it could (a) acknowledge appends from a deposed
+//! leader whose leader id is below one it had already accepted, forming a
+//! quorum that commits an entry conflicting with one committed through its
+//! earlier acknowledgement, or (b) vote for a candidate that lacks an entry
+//! committed with its earlier acknowledgement, electing a leader that
+//! overwrites it. So it rejoins behind a [`Gate`]:
+//!
+//! - While *probing*, it asks every other replica for its vote and last log
+//!   id (a Pre-Vote request, which changes nothing at the receiver) and
+//!   refuses appends, snapshots and votes. It cannot tell a new group from
+//!   a lost disk by itself, so it waits for all of them: the one peer that
+//!   did not answer could be the only one that knows what it promised.
+//! - If no peer holds an entry past index 0, nothing was ever committed:
+//!   the group is new and the replica joins normally (the first listed
+//!   replica initializes the group if no peer did).
+//! - Otherwise it *rejoins*: the floor is the largest leader id in any
+//!   peer's vote, which is at least every leader id it ever acknowledged
+//!   (a leader or candidate stores its own vote). It stores that floor
+//!   durably before accepting anything, then accepts appends and snapshots
+//!   only from leaders at or above the floor, never votes or campaigns,
+//!   and remembers the first such leader L and its commit index c.
+//! - It votes again once it has applied an entry at or past c whose leader
+//!   id is at least L. L was elected without this replica's new vote, so
+//!   by Raft's leader completeness L's log holds every entry committed
+//!   before L's term, and they come before L's own entries (or, if L itself
+//!   committed them, before c): the replica's log now holds them too.
+//!
+//! The decisions are pure functions of the answers, tested without I/O.
+
+use std::sync::Mutex;
+
+use openraft::raft::VoteResponse;
+
+use crate::types::{LogId, TypeConfig, Vote};
+
+/// A leader id: (term, node id), totally ordered (openraft's `leader_id_adv`).
+pub(crate) type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
+
+/// What a replica on an empty store does once every peer answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// No peer has initialized the group: initialize it (first replica only).
+    Create,
+    /// The group exists but never committed anything: join as a voter.
+    Join,
+    /// The group has data this replica lost: rejoin above `floor`.
+    Rejoin { floor: LeaderId },
+}
+
+/// Decide from every peer's answer (`first`: this replica is the one that
+/// creates the group).
+pub(crate) fn decide(first: bool, answers: &[VoteResponse<TypeConfig>]) -> Decision {
+    let has_data = answers
+        .iter()
+        .any(|a| a.last_log_id.as_ref().is_some_and(|l| l.index > 0));
+    if has_data {
+        let floor = answers
+            .iter()
+            .map(|a| a.vote.leader_id)
+            .max()
+            .unwrap_or(LeaderId {
+                term: 0,
+                node_id: 0,
+            });
+        return Decision::Rejoin { floor };
+    }
+    if first && answers.iter().all(|a| a.last_log_id.is_none()) {
+        Decision::Create
+    } else {
+        Decision::Join
+    }
+}
+
+/// Why a message was refused at the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Still asking peers whether the group exists.
+    Probing,
+    /// Rejoining: this replica does not vote yet.
+    NoVote,
+    /// Rejoining: the sender's leader id is below the floor.
+    BelowFloor { leader: LeaderId, floor: LeaderId },
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Probing => write!(f, "replica started empty; asking its peers first"),
+            Refused::NoVote => write!(f, "replica is rejoining after data loss; not voting yet"),
+            Refused::BelowFloor { leader, floor } => write!(
+                f,
+                "replica is rejoining after data loss; leader {leader} is below {floor}"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Open,
+    Probing,
+    Rejoining {
+        floor: LeaderId,
+        /// First admitted leader and the commit index it announced then.
+        contact: Option<(LeaderId, u64)>,
+    },
+}
+
+/// What one replica lets through from its peers; shared by the router
+/// (which consults it for every message) and the replica's rejoin task.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    state: Mutex<State>,
+}
+
+impl Gate {
+    pub(crate) fn open() -> Self {
+        Gate {
+            state: Mutex::new(State::Open),
+        }
+    }
+
+    pub(crate) fn probing() -> Self {
+        Gate {
+            state: Mutex::new(State::Probing),
+        }
+    }
+
+    pub(crate) fn rejoining(floor: LeaderId) -> Self {
+        Gate {
+            state: Mutex::new(State::Rejoining {
+                floor,
+                contact: None,
+            }),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere mid-update; the
+        // state itself is always a whole value.
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.with(|s| *s == State::Open)
+    }
+
+    pub(crate) fn is_probing(&self) -> bool {
+        self.with(|s| *s == State::Probing)
+    }
+
+    pub(crate) fn set_open(&self) {
+        self.with(|s| *s = State::Open);
+    }
+
+    pub(crate) fn set_rejoining(&self, floor: LeaderId) {
+        self.with(|s| {
+            *s = State::Rejoining {
+                floor,
+                contact: None,
+            }
+        });
+    }
+
+    /// A vote or a vote request may pass only when open.
+    pub(crate) fn admit_vote(&self) -> Result<(), Refused> {
+        self.with(|s| match s {
+            State::Open => Ok(()),
+            State::Probing => Err(Refused::Probing),
+            State::Rejoining { .. } => Err(Refused::NoVote),
+        })
+    }
+
+    /// An append (`commit`: the leader's commit index) or a snapshot
+    /// (`commit`: its last index) from the leader of `vote`.
+    pub(crate) fn admit_leader(&self, vote: &Vote, commit: u64) -> Result<(), Refused> {
+        let leader = vote.leader_id;
+        self.with(|s| match s {
+            State::Open => Ok(()),
+            State::Probing => Err(Refused::Probing),
+            State::Rejoining { floor, contact } => {
+                if leader < *floor {
+                    return Err(Refused::BelowFloor {
+                        leader,
+                        floor: *floor,
+                    });
+                }
+                if contact.is_none() {
+                    *contact = Some((leader, commit));
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// While rejoining: whether `applied` proves the log holds everything
+    /// committed before this replica lost its disk (see the module doc).
+    pub(crate) fn caught_up(&self, applied: Option<&LogId>) -> bool {
+        self.with(|s| match s {
+            State::Rejoining {
+                contact: Some((leader, commit)),
+                ..
+            } => applied.is_some_and(|a| a.index >= *commit && a.leader_id >= *leader),
+            _ => false,
+        })
+    }
+
+    /// For logs: the target while rejoining, once known.
+    pub(crate) fn target(&self) -> Option<(LeaderId, u64)> {
+        self.with(|s| match s {
+            State::Rejoining { contact, .. } => *contact,
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lid(term: u64, node_id: u64) -> LeaderId {
+        LeaderId { term, node_id }
+    }
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        openraft::LogId::new(lid(term, node), index)
+    }
+
+    fn answer(vote: Vote, last: Option<LogId>) -> VoteResponse<TypeConfig> {
+        VoteResponse::new(vote, last, false)
+    }
+
+    #[test]
+    fn a_new_group_is_created_by_the_first_replica_only_when_no_peer_has_anything() {
+        let empty = answer(Vote::new(0, 0), None);
+        assert_eq!(
+            decide(true, &[empty.clone(), empty.clone()]),
+            Decision::Create
+        );
+        assert_eq!(
+            decide(false, &[empty.clone(), empty.clone()]),
+            Decision::Join
+        );
+        assert_eq!(decide(true, &[]), Decision::Create);
+        // A peer holds the initial membership (index 0) only: nothing was
+        // ever committed, so join, but do not initialize a second time.
+        let init = answer(Vote::new(1, 2), Some(log_id(0, 0, 0)));
+        assert_eq!(decide(true, &[empty, init]), Decision::Join);
+    }
+
+    #[test]
+    fn a_peer_with_entries_means_rejoin_above_the_highest_vote_seen() {
+        let a = answer(Vote::new_committed(5, 2), Some(log_id(5, 2, 40)));
+        let b = answer(Vote::new(6, 3), Some(log_id(5, 2, 38)));
+        let c = answer(Vote::new(0, 0), None);
+        assert_eq!(
+            decide(true, &[a, b, c]),
+            Decision::Rejoin { floor: lid(6, 3) }
+        );
+    }
+
+    #[test]
+    fn probing_refuses_everything_and_rejoining_refuses_votes_and_old_leaders() {
+        let g = Gate::probing();
+        assert_eq!(g.admit_vote(), Err(Refused::Probing));
+        assert_eq!(
+            g.admit_leader(&Vote::new_committed(9, 1), 3),
+            Err(Refused::Probing)
+        );
+
+        g.set_rejoining(lid(5, 2));
+        assert_eq!(g.admit_vote(), Err(Refused::NoVote));
+        assert!(matches!(
+            g.admit_leader(&Vote::new_committed(4, 3), 10),
+            Err(Refused::BelowFloor { .. })
+        ));
+        assert!(matches!(
+            g.admit_leader(&Vote::new_committed(5, 1), 10),
+            Err(Refused::BelowFloor { .. })
+        ));
+        assert_eq!(g.target(), None);
+        assert_eq!(g.admit_leader(&Vote::new_committed(5, 2), 30), Ok(()));
+        // Later leaders pass too, but the target stays the first contact's.
+        assert_eq!(g.admit_leader(&Vote::new_committed(7, 1), 50), Ok(()));
+        assert_eq!(g.target(), Some((lid(5, 2), 30)));
+        assert!(!g.is_open());
+
+        g.set_open();
+        assert_eq!(g.admit_vote(), Ok(()));
+        assert_eq!(g.admit_leader(&Vote::new_committed(1, 1), 0), Ok(()));
+    }
+
+    #[test]
+    fn caught_up_needs_the_contact_commit_index_and_an_entry_of_its_leader_or_later() {
+        let g = Gate::rejoining(lid(5, 2));
+        assert!(!g.caught_up(Some(&log_id(5, 2, 100))), "no leader seen yet");
+        g.admit_leader(&Vote::new_committed(6, 3), 30).unwrap();
+        assert!(!g.caught_up(None));
+        assert!(!g.caught_up(Some(&log_id(6, 3, 29))), "below commit index");
+        assert!(
+            !g.caught_up(Some(&log_id(5, 2, 35))),
+            "past the index, but an older leader's entry: the new leader's \
+             first entry, behind which lost commits may hide, is not in yet"
+        );
+        assert!(g.caught_up(Some(&log_id(6, 3, 30))));
+        assert!(g.caught_up(Some(&log_id(7, 1, 31))));
+        assert!(!Gate::open().caught_up(Some(&log_id(9, 9, 99))));
+    }
+}
