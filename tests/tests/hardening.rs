@@ -362,13 +362,13 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
         .expect("put v2 on the majority");
     c.resume(old);
     let answer = tokio::time::timeout(Duration::from_secs(5), raw.txn_get(get(b"k", false))).await;
-    match answer {
-        Ok(Ok(r)) => assert_eq!(
+    // Refusing (or timing out) is fine; a value must be the new one.
+    if let Ok(Ok(r)) = answer {
+        assert_eq!(
             r.get_ref().value.as_ref(),
             b"v2",
             "deposed leader served a stale read inside a transaction"
-        ),
-        Ok(Err(_)) | Err(_) => {}
+        );
     }
 }
 
