@@ -28,9 +28,13 @@ fn bench(config: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// The report, with bench's stderr (where it names failed operations'
+/// errors) added as `stderr`, so a failed assertion shows why.
 fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    v["stderr"] = String::from_utf8_lossy(&out.stderr).into();
+    v
 }
 
 fn ops(j: &serde_json::Value, kind: &str) -> u64 {
