@@ -72,7 +72,7 @@ async fn load_and_run_workload_a_and_txn() {
     ));
     assert_eq!(load["phase"], "load");
     assert_eq!(ops(&load, "INSERT"), 100, "{load:#}");
-    assert_eq!(load["failed"], 0, "{load:#}");
+    assert_eq!(load["failed"], 0, "{load:#}\n{}", c.logs_tail());
 
     let run = json(&bench(
         cfg,
@@ -97,7 +97,7 @@ async fn load_and_run_workload_a_and_txn() {
     assert_eq!(run["operations"], 200, "{run:#}");
     assert_eq!(ops(&run, "READ") + ops(&run, "UPDATE"), 200, "{run:#}");
     assert!(ops(&run, "READ") > 0 && ops(&run, "UPDATE") > 0, "{run:#}");
-    assert_eq!(run["failed"], 0, "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}\n{}", c.logs_tail());
     let read = &run["ops"]["READ"]["latency_us"];
     assert!(read["min"].as_u64().unwrap() <= read["p50"].as_u64().unwrap());
     assert!(read["p50"].as_u64().unwrap() <= read["max"].as_u64().unwrap());
@@ -127,7 +127,7 @@ async fn load_and_run_workload_a_and_txn() {
     ));
     assert_eq!(ops(&run, "SCAN") + ops(&run, "INSERT"), 50, "{run:#}");
     assert_eq!(run["params"]["requestdistribution"], "latest", "{run:#}");
-    assert_eq!(run["failed"], 0, "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}\n{}", c.logs_tail());
 
     // Transfers between accounts, some across shards (two-phase commit).
     let load = json(&bench(
@@ -144,7 +144,7 @@ async fn load_and_run_workload_a_and_txn() {
         ],
     ));
     assert_eq!(ops(&load, "INSERT"), 20, "{load:#}");
-    assert_eq!(load["failed"], 0, "{load:#}");
+    assert_eq!(load["failed"], 0, "{load:#}\n{}", c.logs_tail());
     let run = json(&bench(
         cfg,
         &[
@@ -163,7 +163,7 @@ async fn load_and_run_workload_a_and_txn() {
         ],
     ));
     assert_eq!(ops(&run, "TXN"), 40, "{run:#}");
-    assert_eq!(run["failed"], 0, "{run:#}");
+    assert_eq!(run["failed"], 0, "{run:#}\n{}", c.logs_tail());
     assert!(run["ops"]["TXN"]["retries"].is_u64(), "{run:#}");
 
     // The same on one shard (one-phase commit) and across shards.
@@ -186,7 +186,7 @@ async fn load_and_run_workload_a_and_txn() {
             ],
         ));
         assert_eq!(ops(&run, "TXN"), 20, "{run:#}");
-        assert_eq!(run["failed"], 0, "{run:#}");
+        assert_eq!(run["failed"], 0, "{run:#}\n{}", c.logs_tail());
         assert_eq!(run["params"]["txnscope"], scope, "{run:#}");
     }
 

@@ -216,6 +216,19 @@ impl Node {
             .ok_or(Error::NotLeader { hint: None })
     }
 
+    /// A transaction must belong to a configured coordinator group: only
+    /// that group can decide it, confirm its wounds, or answer for it, so
+    /// one from elsewhere could hold its locks until it expired.
+    fn check_group(&self, txn: TxnId) -> Result<(), Error> {
+        if self.config.coordinators.iter().any(|g| g.group == txn.group) {
+            return Ok(());
+        }
+        Err(Error::InvalidInput(format!(
+            "transaction {txn} names coordinator group {}, which the cluster does not have",
+            txn.group
+        )))
+    }
+
     fn check_owner(&self, shard: ShardId, key: &[u8]) -> Result<(), Error> {
         let owner = self.map.shard_for_key(key);
         if owner != shard {
@@ -628,6 +641,7 @@ impl Node {
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
         let TxnRef { txn, first, prio } = who;
+        self.check_group(txn)?;
         validate_key(key)?;
         let s = self.shard(shard)?;
         self.check_owner(shard, key)?;
@@ -657,6 +671,7 @@ impl Node {
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let TxnRef { txn, first, prio } = who;
+        self.check_group(txn)?;
         let limit = Self::scan_limit(limit)?;
         let s = self.shard(shard)?;
         self.ready(s)?;
@@ -682,6 +697,7 @@ impl Node {
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
         let TxnRef { txn, first, prio } = who;
+        self.check_group(txn)?;
         let s = self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
         self.ready(s)?;
@@ -753,6 +769,7 @@ impl Node {
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
         let TxnRef { txn, first, prio } = who;
+        self.check_group(txn)?;
         let s = self.shard(shard)?;
         self.ready(s)?;
         // From here on, any failure before the commit's entry is proposed

@@ -326,10 +326,11 @@ async fn a_retried_transaction_keeps_its_first_age() {
 /// value its successor has overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
-    let c = Cluster::start(3, 1, 3, fast_tuning());
+    let c = Cluster::start_with_coordinators(3, 1, 3, 3, fast_tuning());
     let nodes = c.participant_ids();
     let shard = ShardId(1);
     let old = c.wait_leader(shard, &nodes, Duration::from_secs(20)).await;
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
     let client = c.client();
     client.put(b"k", b"v1").await.expect("put v1");
     client.put(b"j", b"v1").await.expect("put j");
@@ -337,10 +338,13 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
     let mut raw = pb::participant_client::ParticipantClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
+    // A live transaction (its client heartbeats, so its coordinator
+    // vouches for it), whose reads go straight to the old leader.
+    let t = client.begin().await.expect("begin");
     let txn = pb::TxnId {
-        group: 1,
-        node: 99,
-        ts: pact_common::Timestamp::from_parts(1, 0).0,
+        group: t.id().group,
+        node: t.id().node,
+        ts: t.id().ts.0,
     };
     let get = |key: &[u8], first: bool| pb::TxnGetRequest {
         shard_id: shard.0,
@@ -362,6 +366,7 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
         .expect("put v2 on the majority");
     c.resume(old);
     let answer = tokio::time::timeout(Duration::from_secs(5), raw.txn_get(get(b"k", false))).await;
+    drop(t);
     // Refusing (or timing out) is fine; a value must be the new one.
     if let Ok(Ok(r)) = answer {
         assert_eq!(
