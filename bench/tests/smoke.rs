@@ -4,10 +4,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use pact_common::ShardId;
-use pact_tests::{binary, fast_tuning, Cluster};
+use pact_tests::{binary, Cluster};
 
 fn bench(config: &Path, args: &[&str]) -> Output {
     let out = Command::new(binary("bench"))
@@ -43,13 +41,7 @@ fn ops(j: &serde_json::Value, kind: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_and_run_workload_a_and_txn() {
-    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
-    let parts = c.participant_ids();
-    for s in 1..=3 {
-        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
-            .await;
-    }
-    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let c = Cluster::transactional().await;
     let cfg = c.config_path.as_path();
 
     // Workload A: load 100 small records, then 200 operations.

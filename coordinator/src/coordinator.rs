@@ -258,29 +258,33 @@ impl Coordinator {
     /// if the transaction is not open here: it is committing (its prepare
     /// will fail where it was wounded) or gone.
     pub fn wounded(&self, txn: TxnId, reason: String) -> Result<(), Error> {
-        self.check_txn(txn)?;
         // Only the leader's sessions serve requests; a follower must not
-        // confirm a wound it cannot enforce.
+        // confirm a wound it cannot enforce (`leader_session` refuses).
+        self.leader_session(txn, |sess| {
+            if let Some(sess) = sess {
+                sess.wounded.get_or_insert(reason);
+            }
+        })
+    }
+
+    /// Run `f` on `txn`'s session (None if it has none), on the leader.
+    fn leader_session<T>(
+        &self,
+        txn: TxnId,
+        f: impl FnOnce(Option<&mut Session>) -> T,
+    ) -> Result<T, Error> {
+        self.check_txn(txn)?;
         self.require_leader()?;
         let mut s = self
             .sessions
             .lock()
             .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
-        if let Some(sess) = s.get_mut(&txn) {
-            sess.wounded.get_or_insert(reason);
-        }
-        Ok(())
+        Ok(f(s.get_mut(&txn)))
     }
 
     /// The client of `txn` is alive (a heartbeat): renew its lease.
     pub fn keepalive(&self, txn: TxnId) -> Result<(), Error> {
-        self.check_txn(txn)?;
-        self.require_leader()?;
-        let mut s = self
-            .sessions
-            .lock()
-            .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
-        match s.get_mut(&txn) {
+        self.leader_session(txn, |sess| match sess {
             Some(sess) => {
                 sess.alive = Instant::now();
                 Ok(())
@@ -288,7 +292,7 @@ impl Coordinator {
             None => Err(Error::Aborted(format!(
                 "unknown transaction {txn} (expired, finished, or coordinator failover)"
             ))),
-        }
+        })?
     }
 
     /// Why `txn` can no longer go on, if a participant wounded it.

@@ -220,7 +220,12 @@ impl Node {
     /// that group can decide it, confirm its wounds, or answer for it, so
     /// one from elsewhere could hold its locks until it expired.
     fn check_group(&self, txn: TxnId) -> Result<(), Error> {
-        if self.config.coordinators.iter().any(|g| g.group == txn.group) {
+        if self
+            .config
+            .coordinators
+            .iter()
+            .any(|g| g.group == txn.group)
+        {
             return Ok(());
         }
         Err(Error::InvalidInput(format!(

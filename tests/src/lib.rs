@@ -322,6 +322,20 @@ impl Cluster {
         Client::new(&cfg, opts)
     }
 
+    /// The default transactional cluster (3 participants holding 3 shards
+    /// x 3 replicas, a coordinator group of 3), started and with a leader
+    /// in every shard and in the coordinator group.
+    pub async fn transactional() -> Cluster {
+        let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
+        let parts = c.participant_ids();
+        for s in 1..=3 {
+            c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+                .await;
+        }
+        c.wait_coordinator(1, Duration::from_secs(30)).await;
+        c
+    }
+
     /// Wait until some replica of `shard` reports itself leader, seen from
     /// the replicas in `among`; returns its id.
     pub async fn wait_leader(&self, shard: ShardId, among: &[NodeId], within: Duration) -> NodeId {

@@ -13,15 +13,26 @@ use pact_common::ShardId;
 use pact_proto as pb;
 use pact_tests::{fast_tuning, Cluster};
 
-async fn cluster() -> Cluster {
-    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
-    let parts = c.participant_ids();
-    for s in 1..=3 {
-        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
-            .await;
-    }
-    c.wait_coordinator(1, Duration::from_secs(30)).await;
-    c
+/// A transaction begun over raw gRPC at the coordinator leader (no
+/// heartbeats, no client-side checks), and the connection to use for it.
+async fn raw_begin(
+    c: &Cluster,
+) -> (
+    pb::txn_client::TxnClient<tonic::transport::Channel>,
+    Option<pb::TxnId>,
+) {
+    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
+    let addr = c.config.node(leader).unwrap().addr.clone();
+    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let txn = raw
+        .begin(pb::BeginRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .txn;
+    (raw, txn)
 }
 
 /// The first `n` keys `prefix0, prefix1, ...` of each shard, by shard.
@@ -46,7 +57,7 @@ fn keys_by_shard(client: &Client, prefix: &str, n: usize) -> BTreeMap<ShardId, V
 /// entry could still commit, so readers saw x != y.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn impatient_plain_writes_never_fracture_transactional_reads() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let by = keys_by_shard(&client, "pair", 2);
     let (x, y) = {
@@ -150,7 +161,7 @@ async fn impatient_plain_writes_never_fracture_transactional_reads() {
 /// transaction that wounded it after having read the old state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wounded_transaction_reads_nothing_more_anywhere() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let by = keys_by_shard(&client, "acct", 1);
     let mut shards = by.values();
@@ -188,7 +199,7 @@ async fn a_wounded_transaction_reads_nothing_more_anywhere() {
 /// the holder, and the client hears it as such (not as "unknown").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_wait_timeout_is_an_abort_naming_key_and_holder() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let mut holder = client.begin().await.unwrap();
     let mut waiter = client.begin().await.unwrap();
@@ -214,23 +225,13 @@ async fn a_lock_wait_timeout_is_an_abort_naming_key_and_holder() {
 /// abort, never commit with half the request in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_leaves_nothing_of_itself_behind() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let by = keys_by_shard(&client, "part", 9);
     let mut shards = by.values();
     let small = shards.next().unwrap()[0].clone();
     let bigs = shards.next().unwrap().clone();
-    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
-    let addr = c.config.node(leader).unwrap().addr.clone();
-    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let txn = raw
-        .begin(pb::BeginRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .txn;
+    let (mut raw, txn) = raw_begin(&c).await;
     let put = |k: &[u8], len: usize| pb::WriteOp {
         key: k.to_vec().into(),
         op: Some(pb::write_op::Op::Put(vec![7u8; len].into())),
@@ -290,7 +291,7 @@ async fn a_refused_write_leaves_nothing_of_itself_behind() {
 /// its first attempt, with a fresh id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_transaction_keeps_its_first_age() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let mut seen = Vec::new();
     let r: Result<(), ClientError> = client
@@ -381,20 +382,10 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
 /// about a lease (1.5 s by default), not after the 10-30 s they used to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_clients_locks_go_within_two_seconds() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
-    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
-    let addr = c.config.node(leader).unwrap().addr.clone();
     // A client that locks a key and dies: raw calls, no heartbeat.
-    let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let txn = raw
-        .begin(pb::BeginRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .txn;
+    let (mut raw, txn) = raw_begin(&c).await;
     raw.get(pb::TxnGetRequest {
         txn,
         key: b"orphan".to_vec().into(),
@@ -422,7 +413,7 @@ async fn a_dead_clients_locks_go_within_two_seconds() {
 /// alive (it heartbeats) is not killed after 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_but_alive_transaction_lives_past_ten_seconds() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let mut t = client.begin().await.unwrap();
     assert_eq!(t.get_for_update(b"idle").await.unwrap(), None);

@@ -12,17 +12,6 @@ use pact_client::{Client, ClientError};
 use pact_common::ShardId;
 use pact_tests::{fast_tuning, Cluster};
 
-async fn cluster() -> Cluster {
-    let c = Cluster::start_with_coordinators(3, 3, 3, 3, fast_tuning());
-    let parts = c.participant_ids();
-    for s in 1..=3 {
-        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
-            .await;
-    }
-    c.wait_coordinator(1, Duration::from_secs(30)).await;
-    c
-}
-
 /// Keys that land on `n` distinct shards.
 fn keys_on_distinct_shards(client: &Client, prefix: &str, n: usize) -> Vec<Vec<u8>> {
     let mut seen = BTreeMap::new();
@@ -38,7 +27,7 @@ fn keys_on_distinct_shards(client: &Client, prefix: &str, n: usize) -> Vec<Vec<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_shard_transaction_commits_atomically_and_rollback_leaves_nothing() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let keys = keys_on_distinct_shards(&client, "x", 3);
 
@@ -89,7 +78,7 @@ async fn cross_shard_transaction_commits_atomically_and_rollback_leaves_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opposite_lock_orders_never_hang() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let keys = keys_on_distinct_shards(&client, "lock", 2);
     let (a, b) = (keys[0].clone(), keys[1].clone());
@@ -136,7 +125,7 @@ async fn opposite_lock_orders_never_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_carried_by_the_commit_take_their_locks_under_wound_wait() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let keys = keys_on_distinct_shards(&client, "carry", 2);
     let (a, b) = (keys[0].clone(), keys[1].clone());
@@ -221,7 +210,7 @@ fn keys_on_one_shard(client: &Client, prefix: &str) -> (Vec<u8>, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
     let (k1, k2) = keys_on_one_shard(&client, "wound");
     // The older transaction holds k2.
@@ -269,7 +258,7 @@ fn account(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_transfers_stay_consistent_while_leaders_are_killed() {
-    let mut c = cluster().await;
+    let mut c = Cluster::transactional().await;
     let client = c.client();
     {
         let mut t = client.begin().await.expect("begin");
@@ -439,7 +428,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
     use pact_proto as pb;
     use std::io::Write;
 
-    let c = cluster().await;
+    let c = Cluster::transactional().await;
     let client = c.client();
 
     // etcd-style compare-and-set.
@@ -640,7 +629,7 @@ async fn commit_one(client: &Client, key: &[u8], value: &[u8]) -> pact_common::T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_ids_never_repeat_or_go_back_after_a_coordinator_restart_with_its_clock_behind() {
-    let mut c = cluster().await;
+    let mut c = Cluster::transactional().await;
     let client = c.client();
     let mut ids = Vec::new();
     let mut written = Vec::new();
