@@ -32,8 +32,8 @@ pub fn grpc_server() -> tonic::transport::Server {
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // A flood of streams opened and at once reset costs the server
-        // work for nothing (the HTTP/2 "rapid reset" attack); hyper's
-        // default bound, stated here so it stays.
+        // work for nothing (the HTTP/2 "rapid reset" attack); h2's
+        // current default bound, stated here so an update cannot drop it.
         .http2_max_pending_accept_reset_streams(Some(20))
 }
 

@@ -566,6 +566,37 @@ fn read_frames(s: &mut std::net::TcpStream, within: Duration) -> (Vec<(u8, u8, V
     (frames, eof)
 }
 
+/// Open `n` requests on one HTTP/2 connection to `addr` without waiting
+/// for the server's limit (each an AppendEntries whose body never comes, so
+/// it stays open); returns how many the server reset with REFUSED_STREAM.
+fn refused_streams(addr: &str, n: u32) -> usize {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    // HPACK, no Huffman: :method POST, :scheme http (static 3, 6), then
+    // :path and content-type as literals with static names (4, 31).
+    let path = b"/pact.v1.RaftTransport/AppendEntries";
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x0f, 0x10, 16]);
+    block.extend_from_slice(b"application/grpc");
+    for i in 0..n {
+        let id = 2 * i + 1;
+        let len = block.len() as u32;
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(0x1); // HEADERS
+        out.push(0x4); // END_HEADERS; no END_STREAM: the body is pending
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&block);
+    }
+    s.write_all(&out).expect("write streams");
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
+    frames
+        .iter()
+        .filter(|(t, _, p)| *t == 3 && p.as_slice() == 7u32.to_be_bytes())
+        .count()
+}
+
 #[test]
 fn servers_cap_streams_and_close_connections_that_stop_answering_pings() {
     let c = Cluster::start_with_coordinators(1, 1, 1, 1, fast_tuning());
@@ -579,6 +610,10 @@ fn servers_cap_streams_and_close_connections_that_stop_answering_pings() {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
+        // A client that ignores the announced limit gets the excess
+        // refused, not served.
+        let refused = refused_streams(&addr, 300);
+        assert_eq!(refused, 300 - 256, "node {n}: streams refused out of 300");
         // Client preface and an empty SETTINGS frame; then never answer.
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             .unwrap();
