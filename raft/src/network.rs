@@ -55,14 +55,13 @@ pub const MAX_VOTE_MESSAGE_BYTES: usize = 64 << 10;
 
 /// How far above the receiver's own term a request's term may be. A term
 /// is spent only by an election that passed Pre-Vote (a majority had not
-/// heard from a leader for an election timeout), so terms grow by at most
-/// one per election timeout (at least 2 ms even with a degenerate config,
-/// 400 ms by default): a replica that was away for a day falls behind by
-/// well under a million terms in any cluster that ever had a leader, while
-/// a forged term of, say, 2^63 would leave every real member unable to
-/// campaign (terms would overflow). A receiver that starts empty measures
-/// from its rejoin floor (the highest vote its peers reported), so it is
-/// not stranded at term 0.
+/// heard from a leader for an election timeout), so terms grow by about one
+/// per election timeout at most: at the default 400 ms, a whole day of
+/// back-to-back failed elections is about 216,000 terms. A forged term
+/// near 2^63, accepted, would become the group's term and leave its
+/// members one overflow from never campaigning again. A receiver that
+/// started empty measures from its rejoin floor (the highest vote its peers
+/// reported), so it is not stranded at term 0.
 pub const MAX_TERM_JUMP: u64 = 1_000_000;
 
 /// The slowest rate at which a healthy peer is assumed to receive and
