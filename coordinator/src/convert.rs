@@ -23,8 +23,22 @@ impl From<Error> for Status {
     }
 }
 
+/// A transaction id from a client. Group 0 and timestamp 0 are never
+/// handed out (participants refuse them too: group 0 marks a plain write
+/// batch, and timestamp 0 would be older than every transaction), so they
+/// are refused here rather than looked up, inquired about or fenced.
 pub fn txn_id(t: Option<pb::TxnId>) -> Result<TxnId, Error> {
     let t = t.ok_or_else(|| Error::InvalidInput("missing transaction id".into()))?;
+    if t.group == 0 {
+        return Err(Error::InvalidInput(
+            "transaction group 0 is reserved".into(),
+        ));
+    }
+    if t.ts == 0 {
+        return Err(Error::InvalidInput(
+            "transaction timestamp 0 is invalid".into(),
+        ));
+    }
     Ok(TxnId {
         group: t.group,
         node: t.node,
@@ -112,5 +126,33 @@ pub fn exec_result(r: crate::coordinator::ExecResult) -> pb::ExecuteResponse {
         outcome: o.outcome,
         reason: o.reason,
         txn: Some(pb_txn(r.txn)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_transaction_ids_are_refused() {
+        let id = |group, ts| Some(pb::TxnId { group, node: 4, ts });
+        for (t, needle) in [
+            (None, "missing"),
+            (id(0, 7), "group 0"),
+            (id(1, 0), "timestamp 0"),
+        ] {
+            match txn_id(t) {
+                Err(Error::InvalidInput(m)) => assert!(m.contains(needle), "{m}"),
+                other => panic!("{t:?}: expected InvalidInput, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            txn_id(id(1, 7)),
+            Ok(TxnId {
+                group: 1,
+                node: 4,
+                ts: Timestamp(7)
+            })
+        );
     }
 }

@@ -83,8 +83,8 @@ async fn run(
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), "coordinator started");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let incoming = pact_raft::server::incoming(listener);
+    let server = pact_raft::server::grpc_server()
         .add_service(c.router().service())
         .add_service(TxnService::new(c.clone()))
         .serve_with_incoming_shutdown(incoming, pact_raft::server::shutdown_signal());

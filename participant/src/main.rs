@@ -91,8 +91,8 @@ async fn run(
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let incoming = pact_raft::server::incoming(listener);
+    let server = pact_raft::server::grpc_server()
         .add_service(node.router().service())
         .add_service(KvService::new(node.clone()))
         .add_service(ParticipantService::new(node.clone()))

@@ -43,7 +43,9 @@ mod types;
 pub mod wire;
 
 pub use error::ReplicaError;
-pub use network::{Peers, Router, MAX_RAFT_MESSAGE_BYTES};
+pub use network::{
+    Peers, Router, TransportService, MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
+};
 pub use replica::{Host, Replica, ReplicaStatus, Tuning};
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;

@@ -8,8 +8,15 @@
 //! A peer that sends bytes that do not decode gets `INVALID_ARGUMENT` and
 //! the message is dropped; a message for a group this node does not host
 //! gets `NOT_FOUND`. Neither touches any replica's state.
+//!
+//! Every decoded message is checked before it reaches openraft (see
+//! [`check_sender`]): the sender must be another member of the group, the
+//! request must name that same sender as its candidate or leader, and its
+//! term must be one a member could have reached. Without TLS this does not
+//! authenticate anyone (a client can still claim a member's id), but junk
+//! and stray messages cannot move a group's term or leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -29,11 +36,33 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::log_store::{decode, encode, LogStore};
-use crate::rejoin::{Gate, Refused};
+use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
-/// Largest Raft message accepted or sent: bounds a snapshot sent in one piece.
+/// Largest Raft message accepted or sent: bounds a snapshot sent in one
+/// piece (InstallSnapshot), and an append. Appends carry at most
+/// `MAX_APPEND_BYTES` (8 MiB) of entries, but always at least one, and
+/// nothing below the application bounds one entry: a shard's prepare record
+/// holds up to 8 MiB of keys and values plus per-key framing, which can
+/// encode to several times that. A lower cap could refuse an entry that was
+/// already accepted, and the group could never replicate past it.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Largest Vote or PreVote accepted: the request is a vote and a log id (a
+/// few dozen bytes), so anything bigger is junk and is refused from its
+/// length prefix, before it is buffered.
+pub const MAX_VOTE_MESSAGE_BYTES: usize = 64 << 10;
+
+/// How far above the receiver's own term a request's term may be. A term
+/// is spent only by an election that passed Pre-Vote (a majority had not
+/// heard from a leader for an election timeout), so terms grow by about one
+/// per election timeout at most: at the default 400 ms, a whole day of
+/// back-to-back failed elections is about 216,000 terms. A forged term
+/// near 2^63, accepted, would become the group's term and leave its
+/// members one overflow from never campaigning again. A receiver that
+/// started empty measures from its rejoin floor (the highest vote its peers
+/// reported), so it is not stranded at term 0.
+pub const MAX_TERM_JUMP: u64 = 1_000_000;
 
 /// The slowest rate at which a healthy peer is assumed to receive and
 /// persist a message: a request's deadline grows with its size at this
@@ -294,6 +323,10 @@ struct Hosted {
     raft: Raft,
     gate: Arc<Gate>,
     log: LogStore,
+    /// The group's replicas in this node's config: who may speak for the
+    /// group before the replica has learned its membership (it started
+    /// empty), in addition to that membership once known.
+    configured: Arc<BTreeSet<u64>>,
 }
 
 /// Routes incoming Raft messages to the groups this node hosts, through
@@ -304,9 +337,24 @@ pub struct Router {
 }
 
 impl Router {
-    pub(crate) fn register(&self, group: u64, raft: Raft, gate: Arc<Gate>, log: LogStore) {
+    pub(crate) fn register(
+        &self,
+        group: u64,
+        raft: Raft,
+        gate: Arc<Gate>,
+        log: LogStore,
+        configured: BTreeSet<u64>,
+    ) {
         if let Ok(mut g) = self.groups.write() {
-            g.insert(group, Hosted { raft, gate, log });
+            g.insert(
+                group,
+                Hosted {
+                    raft,
+                    gate,
+                    log,
+                    configured: Arc::new(configured),
+                },
+            );
         }
     }
 
@@ -327,11 +375,115 @@ impl Router {
     }
 
     /// The tonic service to mount on the node's gRPC server.
-    pub fn service(&self) -> RaftTransportServer<Router> {
-        RaftTransportServer::new(self.clone())
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    pub fn service(&self) -> TransportService {
+        let server = |max| {
+            RaftTransportServer::new(self.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        };
+        TransportService {
+            votes: server(MAX_VOTE_MESSAGE_BYTES),
+            bulk: server(MAX_RAFT_MESSAGE_BYTES),
+        }
     }
+}
+
+/// `pact.v1.RaftTransport` with a size cap per method: tonic sets one per
+/// service, so requests are routed by path to one of two copies of the
+/// service, each with its own cap.
+#[derive(Clone)]
+pub struct TransportService {
+    votes: RaftTransportServer<Router>,
+    bulk: RaftTransportServer<Router>,
+}
+
+const VOTE_PATH: &str = "/pact.v1.RaftTransport/Vote";
+const PRE_VOTE_PATH: &str = "/pact.v1.RaftTransport/PreVote";
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for TransportService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both inner services are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            VOTE_PATH | PRE_VOTE_PATH => self.votes.call(req),
+            _ => self.bulk.call(req),
+        }
+    }
+}
+
+impl tonic::server::NamedService for TransportService {
+    const NAME: &'static str = <RaftTransportServer<Router> as tonic::server::NamedService>::NAME;
+}
+
+/// Whether a decoded message may reach the group's Raft instance: `from`
+/// (the transport's sender) must be a member other than this node, the
+/// request's own candidate or leader (`claimed`) must be that sender, and
+/// its term must be within [`MAX_TERM_JUMP`] of what this replica knows.
+fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), Status> {
+    let (me, known_term, members) = {
+        let metrics = h.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let members: BTreeSet<u64> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .chain(h.configured.iter().copied())
+            .collect();
+        let term = metrics
+            .current_term
+            .max(metrics.vote.leader_id.term)
+            .max(h.gate.floor().map_or(0, |f| f.term));
+        (metrics.id, term, members)
+    };
+    let refuse = |why: String| {
+        tracing::debug!(
+            group = m.group,
+            from = m.from,
+            "raft message refused: {why}"
+        );
+        why
+    };
+    if m.from == me {
+        return Err(Status::invalid_argument(refuse(format!(
+            "raft message for group {} claims to come from node {me}, the receiver itself",
+            m.group
+        ))));
+    }
+    if !members.contains(&m.from) {
+        return Err(Status::permission_denied(refuse(format!(
+            "node {} is not a member of raft group {} (members: {members:?})",
+            m.from, m.group
+        ))));
+    }
+    if claimed.node_id != m.from {
+        return Err(Status::invalid_argument(refuse(format!(
+            "raft message from node {} names node {} as its candidate or leader",
+            m.from, claimed.node_id
+        ))));
+    }
+    if claimed.term > known_term.saturating_add(MAX_TERM_JUMP) {
+        return Err(Status::invalid_argument(refuse(format!(
+            "raft message from node {} has term {}, implausibly far above this replica's \
+             term {known_term} of group {} (more than {MAX_TERM_JUMP} ahead)",
+            m.from, claimed.term, m.group
+        ))));
+    }
+    Ok(())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
@@ -367,8 +519,10 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let Hosted { raft, gate, .. } = self.get(m.group)?;
+        let h = self.get(m.group)?;
         let req: AppendEntriesRequest<TypeConfig> = parse(&m)?;
+        check_sender(&h, &m, &req.vote.leader_id)?;
+        let Hosted { raft, gate, .. } = h;
         let commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
         gate.admit_leader(&req.vote, commit).map_err(refused)?;
         let resp = raft.append_entries(req).await.map_err(raft_status)?;
@@ -377,8 +531,10 @@ impl RaftTransport for Router {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let Hosted { raft, gate, .. } = self.get(m.group)?;
+        let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        check_sender(&h, &m, &req.vote.leader_id)?;
+        let Hosted { raft, gate, .. } = h;
         gate.admit_vote().map_err(refused)?;
         let resp = raft.vote(req).await.map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
@@ -389,8 +545,12 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let Hosted { raft, gate, log } = self.get(m.group)?;
+        let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        check_sender(&h, &m, &req.vote.leader_id)?;
+        let Hosted {
+            raft, gate, log, ..
+        } = h;
         if gate.admit_vote().is_err() {
             // Behind the gate it grants nothing, but still tells what it
             // has: a peer that started empty decides from these answers.
@@ -413,8 +573,10 @@ impl RaftTransport for Router {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        let Hosted { raft, gate, .. } = self.get(m.group)?;
+        let h = self.get(m.group)?;
         let msg: SnapshotMessage = parse(&m)?;
+        check_sender(&h, &m, &msg.vote.leader_id)?;
+        let Hosted { raft, gate, .. } = h;
         let last = msg.meta.last_log_id.as_ref().map_or(0, |l| l.index);
         gate.admit_leader(&msg.vote, last).map_err(refused)?;
         let snapshot = Snapshot {

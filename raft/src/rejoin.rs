@@ -210,6 +210,14 @@ impl Gate {
         })
     }
 
+    /// While rejoining: the lowest leader id it accepts.
+    pub(crate) fn floor(&self) -> Option<LeaderId> {
+        self.with(|s| match s {
+            State::Rejoining { floor, .. } => Some(*floor),
+            _ => None,
+        })
+    }
+
     /// For logs: the target while rejoining, once known.
     pub(crate) fn target(&self) -> Option<(LeaderId, u64)> {
         self.with(|s| match s {

@@ -175,8 +175,13 @@ impl Replica {
         let raft = Raft::new(node_id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("raft start: {e}")))?;
-        host.router
-            .register(group, raft.clone(), gate.clone(), log_reader);
+        host.router.register(
+            group,
+            raft.clone(),
+            gate.clone(),
+            log_reader,
+            members.iter().map(|(id, _)| *id).collect(),
+        );
         let first = members.first().map(|(id, _)| *id) == Some(node_id);
         let members: BTreeMap<u64, String> = members.into_iter().collect();
         if gate.is_open() {

@@ -1,6 +1,51 @@
 //! Process plumbing shared by the server binaries (participant and
-//! coordinator): logging setup, fault-injection arming and the shutdown
-//! signal.
+//! coordinator): logging setup, fault-injection arming, the shutdown
+//! signal, and the gRPC server's connection limits.
+
+use std::time::Duration;
+
+/// Most concurrent HTTP/2 streams (requests) one connection may have open;
+/// a client that opens more has them refused. A node's peers multiplex
+/// every group's Raft traffic over one connection, which needs a handful of
+/// streams per group; a client needs one per request in flight.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// The server pings a connection after this long without a frame from it,
+/// and closes it if the ping goes unanswered for [`KEEPALIVE_TIMEOUT`]: a
+/// dead or half-open peer does not hold a connection (and its streams'
+/// buffers) forever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive on accepted sockets: the kernel finds a peer that
+/// vanished (no FIN, no RST) even if HTTP/2 never got going on it.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// The gRPC server builder both server binaries use: every service on the
+/// port (clients' and peers') gets these connection limits. Message size
+/// caps are per service (see each service's constructor).
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // A flood of streams opened and at once reset costs the server
+        // work for nothing (the HTTP/2 "rapid reset" attack); h2's
+        // current default bound, stated here so an update cannot drop it.
+        .http2_max_pending_accept_reset_streams(Some(20))
+}
+
+/// The accepted connections of `listener`, with the socket options the
+/// builder cannot apply to a listener bound by the caller.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES))
+}
 
 /// Log to stderr; `RUST_LOG` overrides the default (info, openraft quiet).
 pub fn init_tracing() {
