@@ -26,13 +26,18 @@ async fn raw_begin(
     let mut raw = pb::txn_client::TxnClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let txn = raw
-        .begin(pb::BeginRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .txn;
-    (raw, txn)
+    // A new leader answers "still recovering" until its recovery (and its
+    // first timestamp reservation) is done; the Rust client retries that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match raw.begin(pb::BeginRequest::default()).await {
+            Ok(r) => return (raw, r.into_inner().txn),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("begin: {s}"),
+        }
+    }
 }
 
 /// The first `n` keys `prefix0, prefix1, ...` of each shard, by shard.
