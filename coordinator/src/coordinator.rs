@@ -289,9 +289,7 @@ impl Coordinator {
                 sess.alive = Instant::now();
                 Ok(())
             }
-            None => Err(Error::Aborted(format!(
-                "unknown transaction {txn} (expired, finished, or coordinator failover)"
-            ))),
+            None => Err(unknown_txn(txn)),
         })?
     }
 
@@ -360,28 +358,20 @@ impl Coordinator {
     /// Note that `txn` is about to touch `shard`; returns whether it is the
     /// transaction's first request there, and its age.
     fn touch(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
-        self.check_txn(txn)?;
-        self.require_leader()?;
-        let mut s = self
-            .sessions
-            .lock()
-            .map_err(|_| Error::Fatal("session lock poisoned".into()))?;
-        let sess = s.get_mut(&txn).ok_or_else(|| {
-            Error::Aborted(format!(
-                "unknown transaction {txn} (expired, finished, or coordinator failover)"
-            ))
-        })?;
-        if sess.committing {
-            return Err(Error::Aborted(format!(
-                "transaction {txn} is already committing"
-            )));
-        }
-        if let Some(w) = &sess.wounded {
-            return Err(Error::Aborted(w.clone()));
-        }
-        sess.last = Instant::now();
-        sess.alive = sess.last;
-        Ok((sess.shards.insert(shard), sess.priority.0))
+        self.leader_session(txn, |sess| {
+            let sess = sess.ok_or_else(|| unknown_txn(txn))?;
+            if sess.committing {
+                return Err(Error::Aborted(format!(
+                    "transaction {txn} is already committing"
+                )));
+            }
+            if let Some(w) = &sess.wounded {
+                return Err(Error::Aborted(w.clone()));
+            }
+            sess.last = Instant::now();
+            sess.alive = sess.last;
+            Ok((sess.shards.insert(shard), sess.priority.0))
+        })?
     }
 
     /// A participant call failed: the transaction is done for; abort it
@@ -893,6 +883,13 @@ impl Coordinator {
             "gave up after {EXECUTE_ATTEMPTS} attempts; last: {last}"
         )))
     }
+}
+
+/// A request for a transaction this leader has no session for.
+fn unknown_txn(txn: TxnId) -> Error {
+    Error::Aborted(format!(
+        "unknown transaction {txn} (expired, finished, or coordinator failover)"
+    ))
 }
 
 fn decided(commit: bool) -> Outcome {

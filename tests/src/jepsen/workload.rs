@@ -414,30 +414,50 @@ async fn list_txn(ctx: &mut Ctx, p: i64) -> OpType {
     list_txn_of(ctx, p, mops).await
 }
 
-/// One transaction of micro-ops `(append?, key)`.
-async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
-    let mut planned: Vec<(bool, i64, Value)> = mops
-        .into_iter()
-        .map(|(append, k)| {
-            let v = if append {
+/// Micro-ops `(write?, key)` with the unique value each write will carry
+/// (reads carry nil until they complete).
+fn plan_mops(ctx: &Ctx, mops: Vec<(bool, i64)>) -> Vec<(bool, i64, Value)> {
+    mops.into_iter()
+        .map(|(write, k)| {
+            let v = if write {
                 Value::Int(ctx.unique.fetch_add(1, Ordering::Relaxed))
             } else {
                 Value::Nil
             };
-            (append, k, v)
+            (write, k, v)
         })
-        .collect();
-    let invoked = mop_value(&planned);
+        .collect()
+}
+
+/// Record the invocation of a transaction and begin it; a failed begin is
+/// recorded as a failed operation, whose completion is the `Err`.
+async fn begin_recorded(
+    ctx: &mut Ctx,
+    p: i64,
+    invoked: &Value,
+) -> Result<pact_client::Transaction, OpType> {
     ctx.rec.invoke(p, "txn", None, invoked.clone());
-    let mut t = match ctx.client.begin().await {
+    match ctx.client.begin().await {
         Ok(t) => {
             ctx.rec.note_txn(p, t.id());
-            t
+            Ok(t)
         }
         Err(e) => {
             ctx.rec.note_error(&e);
-            return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
+            Err(ctx
+                .rec
+                .complete(p, OpType::Fail, "txn", None, invoked.clone()))
         }
+    }
+}
+
+/// One transaction of micro-ops `(append?, key)`.
+async fn list_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
+    let mut planned = plan_mops(ctx, mops);
+    let invoked = mop_value(&planned);
+    let mut t = match begin_recorded(ctx, p, &invoked).await {
+        Ok(t) => t,
+        Err(failed) => return failed,
     };
     let body = async {
         for (append, k, v) in planned.iter_mut() {
@@ -683,28 +703,11 @@ async fn rw_batch(ctx: &mut Ctx, p: i64, keys: Vec<i64>) -> OpType {
 /// One transaction of micro-ops `(write?, key)`: reads take shared locks,
 /// writes are unique values sent with the commit.
 async fn rw_txn_of(ctx: &mut Ctx, p: i64, mops: Vec<(bool, i64)>) -> OpType {
-    let mut planned: Vec<(bool, i64, Value)> = mops
-        .into_iter()
-        .map(|(write, k)| {
-            let v = if write {
-                Value::Int(ctx.unique.fetch_add(1, Ordering::Relaxed))
-            } else {
-                Value::Nil
-            };
-            (write, k, v)
-        })
-        .collect();
+    let mut planned = plan_mops(ctx, mops);
     let invoked = rw_mops_value(&planned);
-    ctx.rec.invoke(p, "txn", None, invoked.clone());
-    let mut t = match ctx.client.begin().await {
-        Ok(t) => {
-            ctx.rec.note_txn(p, t.id());
-            t
-        }
-        Err(e) => {
-            ctx.rec.note_error(&e);
-            return ctx.rec.complete(p, OpType::Fail, "txn", None, invoked);
-        }
+    let mut t = match begin_recorded(ctx, p, &invoked).await {
+        Ok(t) => t,
+        Err(failed) => return failed,
     };
     let body = async {
         for (write, k, v) in planned.iter_mut() {
