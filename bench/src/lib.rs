@@ -50,6 +50,7 @@
 pub mod backend;
 pub mod etcd;
 pub mod generator;
+pub mod memory;
 pub mod props;
 pub mod runner;
 pub mod scope;

@@ -108,6 +108,12 @@ struct Opts {
     /// Pact cluster config (default: the embedded default cluster).
     #[arg(long, env = "PACT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Sample the RSS of the local processes with these names once a
+    /// second (comma-separated, e.g. participant,coordinator or etcd) and
+    /// report each one's start, end and peak RSS and its growth per
+    /// operation over the second half of the run.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    watch_rss: Vec<String>,
     /// Seconds the client keeps retrying one operation before it fails.
     #[arg(long, value_name = "SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -213,6 +219,12 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
         backend_name: "pact",
         placement: None,
         workload,
+        watch_rss: o
+            .watch_rss
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
     };
     match o.backend {
         BackendKind::Pact => {

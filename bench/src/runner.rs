@@ -3,6 +3,7 @@
 //! or the duration runs out, each recording into its own histograms.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::backend::Backend;
 use crate::generator::{Distribution, InsertSequence, KeyChooser};
+use crate::memory::{self, MemoryReport};
 use crate::scope::Placement;
 use crate::stats::{Progress, Recorder, Report};
 use crate::workload::{account_key, record_key, OpKind, Workload, INITIAL_BALANCE, RECORD_KEY_END};
@@ -45,6 +47,8 @@ pub struct Spec {
     pub backend_name: &'static str,
     /// Accounts by shard, for a `--txn-scope` other than `any`.
     pub placement: Option<Arc<Placement>>,
+    /// Names of local processes whose RSS to sample (`--watch-rss`).
+    pub watch_rss: Vec<String>,
 }
 
 struct Ctx<B> {
@@ -116,6 +120,10 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         .spec
         .progress
         .then(|| tokio::spawn(progress_loop(ctx.clone(), t0)));
+    let memory = Arc::new(std::sync::Mutex::new(MemoryReport::default()));
+    let procs = memory::find(Path::new("/proc"), &ctx.spec.watch_rss);
+    let sampler = (!ctx.spec.watch_rss.is_empty())
+        .then(|| tokio::spawn(sample_memory(ctx.clone(), procs.clone(), memory.clone())));
     let stopper = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -135,7 +143,17 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
     if let Some(p) = progress {
         p.abort();
     }
+    let memory = match sampler {
+        Some(s) => {
+            s.abort();
+            let mut m = memory.lock().map(|m| m.clone()).unwrap_or_default();
+            m.record(Path::new("/proc"), &procs, ctx.progress.totals().0);
+            Some(m)
+        }
+        None => None,
+    };
     Ok(Report {
+        memory,
         phase: ctx.spec.phase.name(),
         workload: ctx.spec.workload.name.clone(),
         params: ctx.spec.workload.params(),
@@ -147,6 +165,29 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         data,
         txn_retries,
     })
+}
+
+/// Once a second: every watched process's RSS beside the operations done.
+async fn sample_memory<B: Backend>(
+    ctx: Arc<Ctx<B>>,
+    procs: Vec<memory::Proc>,
+    out: Arc<std::sync::Mutex<MemoryReport>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let ops = ctx.progress.totals().0;
+        // /proc reads are small and local; a blocking thread keeps them off
+        // the workers all the same.
+        let procs = procs.clone();
+        let out = out.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut m) = out.lock() {
+                m.record(Path::new("/proc"), &procs, ops);
+            }
+        })
+        .await;
+    }
 }
 
 async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {

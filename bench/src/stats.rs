@@ -111,6 +111,8 @@ pub struct Report {
     /// Transfers started over after an abort / failed commit, in total
     /// (each transfer still counts once in the operations).
     pub txn_retries: u64,
+    /// RSS of the watched server processes (`--watch-rss`), if any.
+    pub memory: Option<crate::memory::MemoryReport>,
 }
 
 impl Report {
@@ -187,6 +189,9 @@ impl Report {
             }
         }
         line("FAILED", "Operations", self.failed_ops().to_string());
+        if let Some(m) = &self.memory {
+            out.push_str(&m.text());
+        }
         out
     }
 
@@ -229,6 +234,7 @@ impl Report {
             "failed": self.failed_ops(),
             "throughput_ops_sec": self.ok_ops() as f64 / self.secs(),
             "ops": ops,
+            "memory": self.memory.as_ref().map(|m| m.json()),
         })
     }
 
@@ -291,6 +297,7 @@ mod tests {
             started: SystemTime::now(),
             data: a,
             txn_retries: 0,
+            memory: None,
         }
     }
 

@@ -20,7 +20,7 @@ mod txn;
 
 pub use config::{
     ClusterConfig, ConfigError, CoordinatorConfig, NodeConfig, PartitionScheme, RaftTuning,
-    ShardConfig, TxnTuning,
+    ShardConfig, StorageTuning, TxnTuning,
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{

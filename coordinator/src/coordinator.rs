@@ -116,7 +116,7 @@ impl Coordinator {
                 "node {node} is not a replica of any coordinator group in the config"
             )));
         };
-        let store = NodeStore::open(data_dir).map_err(|e| {
+        let store = NodeStore::open_with(data_dir, &config.storage).map_err(|e| {
             Error::Fatal(format!(
                 "cannot open storage at {}: {e}",
                 data_dir.display()

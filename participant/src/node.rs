@@ -132,7 +132,7 @@ impl Node {
                 "node {id} is not in the cluster config"
             )));
         }
-        let store = NodeStore::open(data_dir).map_err(|e| {
+        let store = NodeStore::open_with(data_dir, &config.storage).map_err(|e| {
             Error::Fatal(format!(
                 "cannot open storage at {}: {e}",
                 data_dir.display()

@@ -26,6 +26,7 @@ use std::thread;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use openraft::storage::IOFlushed;
+use pact_common::StorageTuning;
 
 use crate::types::TypeConfig;
 
@@ -137,13 +138,30 @@ pub(crate) fn group_end(group: u64) -> Vec<u8> {
 }
 
 impl NodeStore {
-    /// Open (or create) the node's database under `dir`.
+    /// Open (or create) the node's database under `dir` with the default
+    /// memory bounds.
     pub fn open(dir: &Path) -> io::Result<Arc<Self>> {
+        Self::open_with(dir, &StorageTuning::default())
+    }
+
+    /// Open (or create) the node's database under `dir`, holding at most
+    /// the memory `limits` allow (see [`StorageTuning`]).
+    pub fn open_with(dir: &Path, limits: &StorageTuning) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::builder(dir).open().map_err(to_io)?;
+        const MIB: u64 = 1 << 20;
+        // fjall panics below these; the config refuses them, and the clamp
+        // keeps a caller that skipped validation from reaching the panic.
+        let db = Database::builder(dir)
+            .cache_size(limits.cache_mb.max(1) * MIB)
+            .max_journaling_size(limits.journal_mb.max(64) * MIB)
+            .open()
+            .map_err(to_io)?;
+        let memtable = limits.memtable_mb.max(1) * MIB;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(to_io)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+            .map_err(to_io)
         };
         let log = ks("log")?;
         let meta = ks("meta")?;

@@ -213,3 +213,38 @@ fn commands_encode_exactly_as_before_so_stored_logs_stay_readable() {
         entry
     );
 }
+
+/// The memtable bound from the config reaches fjall: 8 MiB written with a
+/// 1 MiB memtable is flushed to tables on disk, while with the 64 MiB that
+/// fjall would pick by itself it all stays in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memtables_are_flushed_at_the_configured_size() {
+    async fn on_disk_after_8_mib(memtable_mb: u64, wait_for: u64) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = pact_common::StorageTuning {
+            memtable_mb,
+            ..pact_common::StorageTuning::default()
+        };
+        let store = NodeStore::open_with(dir.path(), &limits).unwrap();
+        for batch in 0..64u32 {
+            let ops = (0..32u32)
+                .map(|i| {
+                    let key = group_key(1, format!("k{batch:03}-{i:03}").as_bytes());
+                    Op::Put(Space::Sm, key, vec![batch as u8; 4096])
+                })
+                .collect();
+            store.write_durable(ops).await.unwrap();
+        }
+        // Flushes run on fjall's workers; give them a moment.
+        for _ in 0..100 {
+            if store.sm.disk_space() >= wait_for {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store.sm.disk_space()
+    }
+    assert!(on_disk_after_8_mib(1, 4 << 20).await >= 4 << 20);
+    // Nothing to wait for (and a flush would show within the 5 s).
+    assert_eq!(on_disk_after_8_mib(64, 1).await, 0);
+}
