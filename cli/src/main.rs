@@ -30,6 +30,17 @@ struct Args {
     #[arg(long, global = true, default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    /// CA certificate (PEM) to trust, for a cluster with mutual TLS;
+    /// overrides the config's `tls.ca`.
+    #[arg(long, global = true, env = "PACT_CACERT")]
+    cacert: Option<String>,
+    /// Client certificate (PEM) to present; overrides the config's
+    /// `tls.client_cert`.
+    #[arg(long, global = true, env = "PACT_CERT")]
+    cert: Option<String>,
+    /// Private key (PEM) of --cert; overrides the config's `tls.client_key`.
+    #[arg(long, global = true, env = "PACT_KEY")]
+    key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -93,9 +104,15 @@ enum Cmd {
         /// Number of shards (first start only).
         #[arg(long, default_value_t = 3)]
         shards: u64,
-        /// First port; nodes use 6 consecutive ports (first start only).
+        /// First port; nodes use 6 consecutive client ports from it,
+        /// metrics 10 above and peer ports 20 above (first start only).
         #[arg(long, default_value_t = 7001)]
         port: u16,
+        /// Mutual TLS on every port: makes a CA, node certificates and a
+        /// client certificate under DIR/certs and names them in the
+        /// config's [tls] section (first start only).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -184,11 +201,12 @@ mod shell;
 /// Client options under a total deadline of `total` per command: the
 /// client's own retry budget ends before it, so that it usually reports
 /// what it knows (nothing sent, or maybe sent) before the hard cut.
-fn client_options(total: Duration) -> ClientOptions {
+fn client_options(total: Duration, tls: Option<pact_client::Tls>) -> ClientOptions {
     let defaults = ClientOptions::default();
     ClientOptions {
         request_timeout: defaults.request_timeout.min(total / 2),
         retry_for: total * 4 / 5,
+        tls,
         ..defaults
     }
 }
@@ -246,11 +264,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Cmd::Playground { dir, shards, port } = &args.cmd {
+    if let Cmd::Playground {
+        dir,
+        shards,
+        port,
+        tls,
+    } = &args.cmd
+    {
         let opts = playground::Options {
             dir: dir.clone(),
             shards: *shards,
             port: *port,
+            tls: *tls,
         };
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -291,8 +316,20 @@ fn main() -> ExitCode {
             return ExitCode::from(6);
         }
     };
+    let flags = pact_client::TlsPaths {
+        ca: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    let tls = match pact_client::Tls::for_client(&config, &flags) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("txn: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let total = Duration::from_secs(args.timeout);
-    let client = Client::new(&config, client_options(total));
+    let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
         return ExitCode::from(rt.block_on(shell::Shell::new(client, total).run()));
@@ -519,7 +556,7 @@ mod tests {
     fn the_client_gives_up_before_the_deadline() {
         for secs in [1, 3, 15, 86_400] {
             let total = Duration::from_secs(secs);
-            let o = client_options(total);
+            let o = client_options(total, None);
             assert!(o.retry_for < total, "{secs}: {o:?}");
             assert!(o.request_timeout < total, "{secs}: {o:?}");
         }

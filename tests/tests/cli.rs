@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use pact_tests::binary;
 
-/// A base port with 16 free consecutive ports after it (6 nodes, and their
-/// metrics 10 ports up).
+/// A base port with 26 free consecutive ports after it (6 nodes, their
+/// metrics 10 ports up and their peer ports 20 up).
 fn free_block() -> u16 {
-    pact_tests::free_block(16)
+    pact_tests::free_block(26)
 }
 
 /// Stops the playground (SIGINT) even when the test fails half-way.
