@@ -32,15 +32,15 @@ struct Args {
     timeout: u64,
     /// CA certificate (PEM) to trust, for a cluster with mutual TLS;
     /// overrides the config's `tls.ca`.
-    #[arg(long, global = true, env = "PACT_CACERT")]
-    cacert: Option<String>,
+    #[arg(long = "cacert", id = "tls_ca", global = true, env = "PACT_CACERT")]
+    tls_ca: Option<String>,
     /// Client certificate (PEM) to present; overrides the config's
     /// `tls.client_cert`.
-    #[arg(long, global = true, env = "PACT_CERT")]
-    cert: Option<String>,
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "PACT_CERT")]
+    tls_cert: Option<String>,
     /// Private key (PEM) of --cert; overrides the config's `tls.client_key`.
-    #[arg(long, global = true, env = "PACT_KEY")]
-    key: Option<String>,
+    #[arg(long = "key", id = "tls_key", global = true, env = "PACT_KEY")]
+    tls_key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -195,6 +195,35 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
     }
 }
 
+/// Like `println!`, for stdout that may be a closed pipe (see [`out`]).
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+mod out {
+    //! Output to stdout. SIGPIPE stays ignored (Rust's default), because
+    //! with it on, a gRPC connection that the server closes can kill the
+    //! process in the middle of a write (a TLS server refusing a plain
+    //! client does). A reader that quits (`txn scan | head`) still ends
+    //! the process as it would any Unix tool: by SIGPIPE, raised here.
+    use std::io::Write;
+
+    pub fn write(args: std::fmt::Arguments<'_>) {
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = o.write_fmt(args) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // SAFETY: SIG_DFL is a valid handler; raise(3) on our own
+                // process ends it as the closed pipe asked.
+                unsafe {
+                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                    libc::raise(libc::SIGPIPE);
+                }
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
 mod playground;
 mod shell;
 
@@ -251,11 +280,8 @@ pub(crate) async fn incr(
 
 fn main() -> ExitCode {
     // Output piped into a reader that quits (`txn scan | head`) ends the
-    // process as for any Unix tool, instead of a panic in println!.
-    // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // process as for any Unix tool, instead of a panic in println!: see
+    // `out`, through which all output goes.
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -317,9 +343,9 @@ fn main() -> ExitCode {
         }
     };
     let flags = pact_client::TlsPaths {
-        ca: args.cacert.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
+        ca: args.tls_ca.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
     };
     let tls = match pact_client::Tls::for_client(&config, &flags) {
         Ok(t) => t,
@@ -357,12 +383,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
             let v = client.get(key.as_bytes()).await?;
             if args.json {
                 let value = v.as_ref().map(|v| String::from_utf8_lossy(v).to_string());
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "key": key, "found": v.is_some(), "value": value })
                 );
             } else if let Some(v) = &v {
-                println!("{}", String::from_utf8_lossy(v));
+                outln!("{}", String::from_utf8_lossy(v));
             } else {
                 eprintln!("(not found)");
             }
@@ -371,18 +397,18 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
         Cmd::Put { key, value } => {
             client.put(key.as_bytes(), value.as_bytes()).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "ok": true }));
+                outln!("{}", serde_json::json!({ "ok": true }));
             } else {
-                println!("OK");
+                outln!("OK");
             }
             Ok(0)
         }
         Cmd::Del { key } => {
             client.delete(key.as_bytes()).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "ok": true }));
+                outln!("{}", serde_json::json!({ "ok": true }));
             } else {
-                println!("OK");
+                outln!("OK");
             }
             Ok(0)
         }
@@ -395,10 +421,10 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                     .iter()
                     .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "value": String::from_utf8_lossy(v) }))
                     .collect();
-                println!("{}", serde_json::Value::Array(items));
+                outln!("{}", serde_json::Value::Array(items));
             } else {
                 for (k, v) in &pairs {
-                    println!(
+                    outln!(
                         "{} = {}",
                         String::from_utf8_lossy(k),
                         String::from_utf8_lossy(v)
@@ -410,9 +436,9 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
         Cmd::Incr { key, delta } => {
             let v = incr(client, key, *delta, began).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "key": key, "value": v }));
+                outln!("{}", serde_json::json!({ "key": key, "value": v }));
             } else {
-                println!("{v}");
+                outln!("{v}");
             }
             Ok(0)
         }
@@ -429,12 +455,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                     .iter()
                     .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "found": v.is_some(), "value": v.as_ref().map(|v| String::from_utf8_lossy(v).to_string()) }))
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "txn": r.txn.to_string(), "committed": true, "succeeded": r.succeeded, "results": results })
                 );
             } else {
-                println!(
+                outln!(
                     "COMMITTED {} ({})",
                     r.txn,
                     if r.succeeded {
@@ -445,12 +471,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                 );
                 for (k, v) in &r.results {
                     match v {
-                        Some(v) => println!(
+                        Some(v) => outln!(
                             "{} = {}",
                             String::from_utf8_lossy(k),
                             String::from_utf8_lossy(v)
                         ),
-                        None => println!("{} (not found)", String::from_utf8_lossy(k)),
+                        None => outln!("{} (not found)", String::from_utf8_lossy(k)),
                     }
                 }
             }
@@ -470,14 +496,14 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                 TxnOutcome::Open(r) => ("open", r, 4),
             };
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "txn": id.to_string(), "outcome": word, "reason": reason })
                 );
             } else if reason.is_empty() {
-                println!("{word}");
+                outln!("{word}");
             } else {
-                println!("{word}: {reason}");
+                outln!("{word}: {reason}");
             }
             Ok(code)
         }
@@ -512,15 +538,22 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                         Err(e) => serde_json::json!({ "group": shard.0, "node": node.0, "error": e.to_string() }),
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(items));
+                outln!("{}", serde_json::Value::Array(items));
             } else {
-                println!(
+                outln!(
                     "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
-                    "GROUP", "NODE", "ROLE", "TERM", "LEADER", "APPLIED", "LASTLOG", "SNAPSHOT"
+                    "GROUP",
+                    "NODE",
+                    "ROLE",
+                    "TERM",
+                    "LEADER",
+                    "APPLIED",
+                    "LASTLOG",
+                    "SNAPSHOT"
                 );
                 for (shard, node, r) in &rows {
                     match r {
-                        Ok(s) => println!(
+                        Ok(s) => outln!(
                             "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
                             shard.0,
                             node.0,
@@ -533,7 +566,7 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                             s.last_log_index,
                             s.snapshot_index
                         ),
-                        Err(e) => println!("{:<6} {:<5} unreachable: {e}", shard.0, node.0),
+                        Err(e) => outln!("{:<6} {:<5} unreachable: {e}", shard.0, node.0),
                     }
                 }
             }

@@ -179,7 +179,7 @@ fn stop(children: &mut [(u64, Child)]) {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (config, config_path) = load_or_create(&opts)?;
     let mut children = spawn(&opts.dir, &config_path, &config)?;
-    println!("Pact playground in {}", opts.dir.display());
+    outln!("Pact playground in {}", opts.dir.display());
     for (i, n) in config.nodes.iter().enumerate() {
         let role = match config.coordinator_of(n.id) {
             Some(g) => format!("coordinator (group {})", g.group),
@@ -195,19 +195,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let metrics = metrics_addr(&config, i)
             .map(|a| format!("  metrics http://{a}/metrics"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  node {}  {}  (peer {})  {}{}",
-            n.id, n.addr, n.peer_addr, role, metrics
+            n.id,
+            n.addr,
+            n.peer_addr,
+            role,
+            metrics
         );
     }
     if let Some(t) = &config.tls {
-        println!(
+        outln!(
             "mutual TLS: CA {}; clients present {} (or --cacert/--cert/--key)",
             t.ca,
             t.client_cert.as_deref().unwrap_or("their own certificate")
         );
     }
-    println!(
+    outln!(
         "config: {}   (use: export PACT_CONFIG={})",
         config_path.display(),
         config_path.display()
@@ -220,9 +224,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     };
     if ready {
-        println!(
-            "ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster."
-        );
+        outln!("ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster.");
     } else {
         eprintln!(
             "warning: not every group has a leader yet; see {}/node-*.log",
@@ -245,9 +247,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
-    println!("stopping...");
+    outln!("stopping...");
     stop(&mut children);
-    println!(
+    outln!(
         "stopped; data kept in {} (run the same command to restart on it)",
         opts.dir.display()
     );
