@@ -241,8 +241,13 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
                 let p = Placement::new(w.txn_scope, config.shard_map(), w.recordcount, w.txn_keys)?;
                 spec.placement = Some(Arc::new(p));
             }
+            // A cluster with [tls] is reached with the config's client
+            // certificate.
+            let tls = pact_client::Tls::for_client(&config, &pact_client::TlsPaths::default())
+                .map_err(|e| usage(e.to_string()))?;
             let opts = ClientOptions {
                 retry_for,
+                tls,
                 ..ClientOptions::default()
             };
             run(Arc::new(PactBackend::new(&config, opts)), spec, &o).await

@@ -30,6 +30,17 @@ struct Args {
     #[arg(long, global = true, default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    /// CA certificate (PEM) to trust, for a cluster with mutual TLS;
+    /// overrides the config's `tls.ca`.
+    #[arg(long = "cacert", id = "tls_ca", global = true, env = "PACT_CACERT")]
+    tls_ca: Option<String>,
+    /// Client certificate (PEM) to present; overrides the config's
+    /// `tls.client_cert`.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "PACT_CERT")]
+    tls_cert: Option<String>,
+    /// Private key (PEM) of --cert; overrides the config's `tls.client_key`.
+    #[arg(long = "key", id = "tls_key", global = true, env = "PACT_KEY")]
+    tls_key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -93,9 +104,15 @@ enum Cmd {
         /// Number of shards (first start only).
         #[arg(long, default_value_t = 3)]
         shards: u64,
-        /// First port; nodes use 6 consecutive ports (first start only).
+        /// First port; nodes use 6 consecutive client ports from it,
+        /// metrics 10 above and peer ports 20 above (first start only).
         #[arg(long, default_value_t = 7001)]
         port: u16,
+        /// Mutual TLS on every port: makes a CA, node certificates and a
+        /// client certificate under DIR/certs and names them in the
+        /// config's [tls] section (first start only).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -178,17 +195,47 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
     }
 }
 
+/// Like `println!`, for stdout that may be a closed pipe (see [`out`]).
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+mod out {
+    //! Output to stdout. SIGPIPE stays ignored (Rust's default), because
+    //! with it on, a gRPC connection that the server closes can kill the
+    //! process in the middle of a write (a TLS server refusing a plain
+    //! client does). A reader that quits (`txn scan | head`) still ends
+    //! the process as it would any Unix tool: by SIGPIPE, raised here.
+    use std::io::Write;
+
+    pub fn write(args: std::fmt::Arguments<'_>) {
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = o.write_fmt(args) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // SAFETY: SIG_DFL is a valid handler; raise(3) on our own
+                // process ends it as the closed pipe asked.
+                unsafe {
+                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                    libc::raise(libc::SIGPIPE);
+                }
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
 mod playground;
 mod shell;
 
 /// Client options under a total deadline of `total` per command: the
 /// client's own retry budget ends before it, so that it usually reports
 /// what it knows (nothing sent, or maybe sent) before the hard cut.
-fn client_options(total: Duration) -> ClientOptions {
+fn client_options(total: Duration, tls: Option<pact_client::Tls>) -> ClientOptions {
     let defaults = ClientOptions::default();
     ClientOptions {
         request_timeout: defaults.request_timeout.min(total / 2),
         retry_for: total * 4 / 5,
+        tls,
         ..defaults
     }
 }
@@ -233,11 +280,8 @@ pub(crate) async fn incr(
 
 fn main() -> ExitCode {
     // Output piped into a reader that quits (`txn scan | head`) ends the
-    // process as for any Unix tool, instead of a panic in println!.
-    // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // process as for any Unix tool, instead of a panic in println!: see
+    // `out`, through which all output goes.
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -246,11 +290,18 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Cmd::Playground { dir, shards, port } = &args.cmd {
+    if let Cmd::Playground {
+        dir,
+        shards,
+        port,
+        tls,
+    } = &args.cmd
+    {
         let opts = playground::Options {
             dir: dir.clone(),
             shards: *shards,
             port: *port,
+            tls: *tls,
         };
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -291,8 +342,20 @@ fn main() -> ExitCode {
             return ExitCode::from(6);
         }
     };
+    let flags = pact_client::TlsPaths {
+        ca: args.tls_ca.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    };
+    let tls = match pact_client::Tls::for_client(&config, &flags) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("txn: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let total = Duration::from_secs(args.timeout);
-    let client = Client::new(&config, client_options(total));
+    let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
         return ExitCode::from(rt.block_on(shell::Shell::new(client, total).run()));
@@ -320,12 +383,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
             let v = client.get(key.as_bytes()).await?;
             if args.json {
                 let value = v.as_ref().map(|v| String::from_utf8_lossy(v).to_string());
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "key": key, "found": v.is_some(), "value": value })
                 );
             } else if let Some(v) = &v {
-                println!("{}", String::from_utf8_lossy(v));
+                outln!("{}", String::from_utf8_lossy(v));
             } else {
                 eprintln!("(not found)");
             }
@@ -334,18 +397,18 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
         Cmd::Put { key, value } => {
             client.put(key.as_bytes(), value.as_bytes()).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "ok": true }));
+                outln!("{}", serde_json::json!({ "ok": true }));
             } else {
-                println!("OK");
+                outln!("OK");
             }
             Ok(0)
         }
         Cmd::Del { key } => {
             client.delete(key.as_bytes()).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "ok": true }));
+                outln!("{}", serde_json::json!({ "ok": true }));
             } else {
-                println!("OK");
+                outln!("OK");
             }
             Ok(0)
         }
@@ -358,10 +421,10 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                     .iter()
                     .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "value": String::from_utf8_lossy(v) }))
                     .collect();
-                println!("{}", serde_json::Value::Array(items));
+                outln!("{}", serde_json::Value::Array(items));
             } else {
                 for (k, v) in &pairs {
-                    println!(
+                    outln!(
                         "{} = {}",
                         String::from_utf8_lossy(k),
                         String::from_utf8_lossy(v)
@@ -373,9 +436,9 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
         Cmd::Incr { key, delta } => {
             let v = incr(client, key, *delta, began).await?;
             if args.json {
-                println!("{}", serde_json::json!({ "key": key, "value": v }));
+                outln!("{}", serde_json::json!({ "key": key, "value": v }));
             } else {
-                println!("{v}");
+                outln!("{v}");
             }
             Ok(0)
         }
@@ -392,12 +455,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                     .iter()
                     .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "found": v.is_some(), "value": v.as_ref().map(|v| String::from_utf8_lossy(v).to_string()) }))
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "txn": r.txn.to_string(), "committed": true, "succeeded": r.succeeded, "results": results })
                 );
             } else {
-                println!(
+                outln!(
                     "COMMITTED {} ({})",
                     r.txn,
                     if r.succeeded {
@@ -408,12 +471,12 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                 );
                 for (k, v) in &r.results {
                     match v {
-                        Some(v) => println!(
+                        Some(v) => outln!(
                             "{} = {}",
                             String::from_utf8_lossy(k),
                             String::from_utf8_lossy(v)
                         ),
-                        None => println!("{} (not found)", String::from_utf8_lossy(k)),
+                        None => outln!("{} (not found)", String::from_utf8_lossy(k)),
                     }
                 }
             }
@@ -433,14 +496,14 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                 TxnOutcome::Open(r) => ("open", r, 4),
             };
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "txn": id.to_string(), "outcome": word, "reason": reason })
                 );
             } else if reason.is_empty() {
-                println!("{word}");
+                outln!("{word}");
             } else {
-                println!("{word}: {reason}");
+                outln!("{word}: {reason}");
             }
             Ok(code)
         }
@@ -475,15 +538,22 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                         Err(e) => serde_json::json!({ "group": shard.0, "node": node.0, "error": e.to_string() }),
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(items));
+                outln!("{}", serde_json::Value::Array(items));
             } else {
-                println!(
+                outln!(
                     "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
-                    "GROUP", "NODE", "ROLE", "TERM", "LEADER", "APPLIED", "LASTLOG", "SNAPSHOT"
+                    "GROUP",
+                    "NODE",
+                    "ROLE",
+                    "TERM",
+                    "LEADER",
+                    "APPLIED",
+                    "LASTLOG",
+                    "SNAPSHOT"
                 );
                 for (shard, node, r) in &rows {
                     match r {
-                        Ok(s) => println!(
+                        Ok(s) => outln!(
                             "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
                             shard.0,
                             node.0,
@@ -496,7 +566,7 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                             s.last_log_index,
                             s.snapshot_index
                         ),
-                        Err(e) => println!("{:<6} {:<5} unreachable: {e}", shard.0, node.0),
+                        Err(e) => outln!("{:<6} {:<5} unreachable: {e}", shard.0, node.0),
                     }
                 }
             }
@@ -519,7 +589,7 @@ mod tests {
     fn the_client_gives_up_before_the_deadline() {
         for secs in [1, 3, 15, 86_400] {
             let total = Duration::from_secs(secs);
-            let o = client_options(total);
+            let o = client_options(total, None);
             assert!(o.retry_for < total, "{secs}: {o:?}");
             assert!(o.request_timeout < total, "{secs}: {o:?}");
         }

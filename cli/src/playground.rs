@@ -18,6 +18,8 @@ pub struct Options {
     pub dir: PathBuf,
     pub shards: u64,
     pub port: u16,
+    /// Make certificates and turn on mutual TLS (first start only).
+    pub tls: bool,
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -38,11 +40,25 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     let path = opts.dir.join("cluster.toml");
     if path.exists() {
         let c = ClusterConfig::load(&path)?;
+        if opts.tls && c.tls.is_none() {
+            bail!(
+                "{} exists without TLS; --tls applies to a new playground only (use another --dir)",
+                path.display()
+            );
+        }
         return Ok((c, path));
     }
-    let c = ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?;
+    let mut c = ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?;
+    if opts.tls {
+        c.tls = Some(
+            pact_common::certgen::write_cluster_certs(&c, &opts.dir.join("certs"), &opts.dir)
+                .context("cannot make the playground's certificates")?,
+        );
+    }
     std::fs::write(&path, c.to_toml_string())
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // Read back as every node will: relative certificate paths resolved.
+    let c = ClusterConfig::load(&path)?;
     Ok((c, path))
 }
 
@@ -99,8 +115,15 @@ fn spawn(
     Ok(children)
 }
 
-async fn wait_ready(config: &ClusterConfig, within: Duration) -> bool {
-    let client = Client::new(config, ClientOptions::default());
+async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<bool> {
+    let tls = pact_client::Tls::for_client(config, &pact_client::TlsPaths::default())?;
+    let client = Client::new(
+        config,
+        ClientOptions {
+            tls,
+            ..ClientOptions::default()
+        },
+    );
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let rows = client.status().await;
@@ -126,11 +149,11 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> bool {
             }
         }
         if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
-            return true;
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    false
+    Ok(false)
 }
 
 fn stop(children: &mut [(u64, Child)]) {
@@ -156,7 +179,7 @@ fn stop(children: &mut [(u64, Child)]) {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (config, config_path) = load_or_create(&opts)?;
     let mut children = spawn(&opts.dir, &config_path, &config)?;
-    println!("Pact playground in {}", opts.dir.display());
+    outln!("Pact playground in {}", opts.dir.display());
     for (i, n) in config.nodes.iter().enumerate() {
         let role = match config.coordinator_of(n.id) {
             Some(g) => format!("coordinator (group {})", g.group),
@@ -172,17 +195,36 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let metrics = metrics_addr(&config, i)
             .map(|a| format!("  metrics http://{a}/metrics"))
             .unwrap_or_default();
-        println!("  node {}  {}  {}{}", n.id, n.addr, role, metrics);
+        outln!(
+            "  node {}  {}  (peer {})  {}{}",
+            n.id,
+            n.addr,
+            n.peer_addr,
+            role,
+            metrics
+        );
     }
-    println!(
+    if let Some(t) = &config.tls {
+        outln!(
+            "mutual TLS: CA {}; clients present {} (or --cacert/--cert/--key)",
+            t.ca,
+            t.client_cert.as_deref().unwrap_or("their own certificate")
+        );
+    }
+    outln!(
         "config: {}   (use: export PACT_CONFIG={})",
         config_path.display(),
         config_path.display()
     );
-    if wait_ready(&config, Duration::from_secs(60)).await {
-        println!(
-            "ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster."
-        );
+    let ready = match wait_ready(&config, Duration::from_secs(60)).await {
+        Ok(r) => r,
+        Err(e) => {
+            stop(&mut children);
+            return Err(e);
+        }
+    };
+    if ready {
+        outln!("ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster.");
     } else {
         eprintln!(
             "warning: not every group has a leader yet; see {}/node-*.log",
@@ -205,9 +247,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
-    println!("stopping...");
+    outln!("stopping...");
     stop(&mut children);
-    println!(
+    outln!(
         "stopped; data kept in {} (run the same command to restart on it)",
         opts.dir.display()
     );

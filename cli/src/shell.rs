@@ -156,15 +156,15 @@ impl Shell {
         match cmd.as_str() {
             "EXIT" | "QUIT" => return false,
             "HELP" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 return true;
             }
             "ROLLBACK" => {
                 if let Some(t) = self.txn.take() {
                     self.rollback(t).await;
-                    println!("ROLLED BACK");
+                    outln!("ROLLED BACK");
                 } else if self.aborted.take().is_some() {
-                    println!("ROLLED BACK");
+                    outln!("ROLLED BACK");
                 } else {
                     self.fail(&ClientError::InvalidInput("no transaction".into()))
                         .await;
@@ -180,7 +180,7 @@ impl Shell {
                     "{}transaction {id} did not commit: a statement in it failed",
                     self.at()
                 );
-                println!("ROLLED BACK");
+                outln!("ROLLED BACK");
             } else {
                 eprintln!("{}skipped: {}", self.at(), skipped_note(id));
             }
@@ -194,7 +194,7 @@ impl Shell {
             Err(_) => Err(self.deadline_error(&cmd, in_txn, began.get())),
         };
         match res {
-            Ok(out) => println!("{out}"),
+            Ok(out) => outln!("{out}"),
             Err(e) => {
                 self.fail(&e).await;
                 if let (Some(id), "COMMIT") = (in_txn, cmd.as_str()) {
@@ -369,7 +369,7 @@ impl Shell {
                 return self.run_plain().await;
             }
         };
-        println!("Pact shell. Type HELP for commands.");
+        outln!("Pact shell. Type HELP for commands.");
         loop {
             match ed.readline(&self.prompt()) {
                 Ok(line) => {

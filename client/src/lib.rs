@@ -19,8 +19,10 @@
 //! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
 
 mod convert;
+mod tls;
 mod txn;
 
+pub use tls::{Tls, TlsPaths};
 pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome, MAX_ATTEMPTS};
 
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +119,13 @@ pub struct ClientOptions {
     pub retry_for: Duration,
     /// How to choose a coordinator group for a new transaction.
     pub balance: Balance,
+    /// Mutual TLS: required when the cluster's nodes serve TLS.
+    pub tls: Option<Tls>,
+    /// Dial nodes at their peer addresses instead of their client
+    /// addresses. Only for nodes calling each other's internal services (a
+    /// coordinator reaching participants' `pact.v1.Participant`); clients
+    /// cannot use it (`Kv` and `Txn` are not served there).
+    pub peer_ports: bool,
 }
 
 impl Default for ClientOptions {
@@ -125,6 +134,8 @@ impl Default for ClientOptions {
             request_timeout: pact_common::LOCK_WAIT + Duration::from_secs(3),
             retry_for: Duration::from_secs(15),
             balance: Balance::RoundRobin,
+            tls: None,
+            peer_ports: false,
         }
     }
 }
@@ -180,7 +191,14 @@ impl Client {
                 nodes: config
                     .nodes
                     .iter()
-                    .map(|n| (n.id, n.addr.clone()))
+                    .map(|n| {
+                        let addr = if opts.peer_ports {
+                            &n.peer_addr
+                        } else {
+                            &n.addr
+                        };
+                        (n.id, addr.clone())
+                    })
                     .collect(),
                 channels: Mutex::new(HashMap::new()),
                 groups: config
@@ -222,8 +240,16 @@ impl Client {
         if let Some(c) = chans.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::InvalidInput(format!("bad address {addr}: {e}")))?
+        let tls = self.inner.opts.tls.as_ref();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| ClientError::InvalidInput(format!("bad address {addr}: {e}")))?;
+        if let Some(t) = tls {
+            ep = ep
+                .tls_config(t.client_config())
+                .map_err(|e| ClientError::InvalidInput(format!("TLS setup for {addr}: {e}")))?;
+        }
+        let ch = ep
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -17,6 +17,9 @@ const MAX_VIRTUAL_NODES: u32 = 4096;
 const MAX_TOML_INT: u64 = i64::MAX as u64;
 /// Upper bound for [`ClusterConfig::local`] so a typo cannot exhaust memory.
 const MAX_LOCAL_SHARDS: u64 = 1 << 16;
+/// How far above its client port a [`ClusterConfig::local`] node's peer
+/// port is (at least): clear of the playground's metrics ports, 10 above.
+pub const LOCAL_PEER_PORT_OFFSET: u16 = 20;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,58 @@ pub struct ClusterConfig {
     /// commit decisions, run by `coordinator` processes on its replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coordinators: Vec<CoordinatorConfig>,
+    /// Mutual TLS on every port (off if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificates for mutual TLS. When present, every node serves both of
+/// its ports over TLS and accepts only connections that present a
+/// certificate signed by `ca`; every internal client (Raft, coordinator to
+/// participant, participant to coordinator) presents the node's own
+/// certificate. Relative paths are relative to the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signs every node and client certificate.
+    pub ca: String,
+    /// PEM certificate of a node; `{id}` is replaced by the node's id, so
+    /// one file serves every node.
+    pub cert: String,
+    /// PEM private key of that certificate; `{id}` as in `cert`.
+    pub key: String,
+    /// Certificate and key that clients (`txn`, `bench`, the client
+    /// library) present when not told otherwise; both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+impl TlsConfig {
+    /// `(cert, key)` paths of node `id`.
+    pub fn node_files(&self, id: NodeId) -> (String, String) {
+        let id = id.0.to_string();
+        (
+            self.cert.replace("{id}", &id),
+            self.key.replace("{id}", &id),
+        )
+    }
+
+    /// Makes relative paths relative to `dir` (the config file's folder),
+    /// so a node started from any working directory finds the files.
+    fn resolve(&mut self, dir: &Path) {
+        let fix = |p: &mut String| {
+            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).display().to_string();
+            }
+        };
+        fix(&mut self.ca);
+        fix(&mut self.cert);
+        fix(&mut self.key);
+        self.client_cert.as_mut().map(fix);
+        self.client_key.as_mut().map(fix);
+    }
 }
 
 /// One coordinator group. Its replicas are nodes (from `[[nodes]]`) that
@@ -85,13 +140,20 @@ pub struct CoordinatorConfig {
     pub replicas: Vec<NodeId>,
 }
 
-/// One participant process.
+/// One node: a participant or a coordinator process.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// `host:port` where the node serves gRPC, for peers and clients alike.
+    /// `host:port` of the client-facing gRPC services: `pact.v1.Kv` on a
+    /// participant, `pact.v1.Txn` on a coordinator. Clients use only this.
     pub addr: String,
+    /// `host:port` of the internal services, which only other nodes call:
+    /// `pact.v1.RaftTransport` on every node, `pact.v1.Participant`
+    /// (transaction reads, writes, prepare, decide) on a participant.
+    /// Required, so that no config exposes them on the client port by
+    /// omission; firewall it from clients (or turn on `[tls]`).
+    pub peer_addr: String,
 }
 
 /// One shard (Raft group) and the nodes that replicate it.
@@ -214,13 +276,18 @@ impl ClusterConfig {
         Ok(cfg)
     }
 
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file. Relative `[tls]` paths
+    /// come back relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml_str(&text)
+        let mut cfg = Self::from_toml_str(&text)?;
+        if let Some(t) = cfg.tls.as_mut() {
+            t.resolve(path.parent().unwrap_or(Path::new(".")));
+        }
+        Ok(cfg)
     }
 
     /// Serializes to TOML that [`ClusterConfig::from_toml_str`] reads back.
@@ -244,6 +311,7 @@ impl ClusterConfig {
         self.validate_coordinators()?;
         self.validate_transactions()?;
         self.validate_storage()?;
+        self.validate_tls()?;
         self.validate_raft()
     }
 
@@ -318,7 +386,8 @@ impl ClusterConfig {
 
     /// The embedded default used when no config file is given: 3 participant
     /// nodes on 127.0.0.1:7001-7003 holding 3 shards of 3 replicas, and one
-    /// coordinator group of 3 on 127.0.0.1:7004-7006.
+    /// coordinator group of 3 on 127.0.0.1:7004-7006; peer ports
+    /// 7021-7026.
     pub fn embedded_default() -> Self {
         // Fixed, valid arguments: this cannot fail.
         Self::local_with_coordinators(3, 3, 3, 3, 7001)
@@ -334,23 +403,14 @@ impl ClusterConfig {
         coordinator_replicas: u64,
         base_port: u16,
     ) -> Result<Self, ConfigError> {
-        let mut c = Self::local(nodes, shards, replication, base_port)?;
-        let last = u64::from(base_port) + nodes + coordinator_replicas - 1;
-        if last > u64::from(u16::MAX) {
-            return invalid(format!("coordinators would need port {last}, above 65535"));
-        }
         if coordinator_replicas == 0 {
             return invalid("a coordinator group needs at least one replica");
         }
-        let mut replicas = Vec::new();
-        for i in 0..coordinator_replicas {
-            let id = NodeId(nodes + i + 1);
-            c.nodes.push(NodeConfig {
-                id,
-                addr: format!("127.0.0.1:{}", u64::from(base_port) + nodes + i),
-            });
-            replicas.push(id);
-        }
+        let mut c =
+            Self::local_layout(nodes, shards, replication, coordinator_replicas, base_port)?;
+        let replicas = (nodes + 1..=nodes + coordinator_replicas)
+            .map(NodeId)
+            .collect();
         c.coordinators
             .push(CoordinatorConfig { group: 1, replicas });
         c.validate()?;
@@ -374,15 +434,32 @@ impl ClusterConfig {
             if !ids.insert(n.id) {
                 return invalid(format!("duplicate node id {}", n.id));
             }
-            if let Err(e) = check_addr(&n.addr) {
-                return invalid(format!("node {}: {e}", n.id));
+            for (field, a) in [("addr", &n.addr), ("peer_addr", &n.peer_addr)] {
+                if let Err(e) = check_addr(a) {
+                    return invalid(format!("node {} {field}: {e}", n.id));
+                }
+                // Client and peer ports must differ: they serve different
+                // services, and one socket cannot be both.
+                if !addrs.insert(a.as_str()) {
+                    return invalid(format!(
+                        "duplicate node address {a:?} (node {} {field}); every addr and peer_addr must be distinct",
+                        n.id
+                    ));
+                }
             }
-            if !addrs.insert(n.addr.as_str()) {
-                return invalid(format!(
-                    "duplicate node address {:?} (node {})",
-                    n.addr, n.id
-                ));
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let Some(t) = &self.tls else { return Ok(()) };
+        for (name, v) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+            if v.trim().is_empty() {
+                return invalid(format!("tls.{name} is empty; give a PEM file path"));
             }
+        }
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            return invalid("tls.client_cert and tls.client_key go together: give both or neither");
         }
         Ok(())
     }
@@ -576,14 +653,30 @@ impl ClusterConfig {
         }
     }
 
-    /// A local development cluster on 127.0.0.1: `nodes` nodes with ports
-    /// `base_port, base_port+1, ...`; `shards` shards, each replicated on
-    /// `replication` nodes chosen round-robin (shard i on nodes i, i+1, ...
-    /// mod nodes); Hash scheme. Node ids start at 1, shard ids start at 1.
+    /// A local development cluster on 127.0.0.1: `nodes` nodes with client
+    /// ports `base_port, base_port+1, ...` and peer ports from
+    /// [`LOCAL_PEER_PORT_OFFSET`] above those (or the node count, if
+    /// larger); `shards` shards, each replicated on `replication` nodes
+    /// chosen round-robin (shard i on nodes i, i+1, ... mod nodes); Hash
+    /// scheme. Node ids start at 1, shard ids start at 1.
     pub fn local(
         nodes: u64,
         shards: u64,
         replication: u64,
+        base_port: u16,
+    ) -> Result<Self, ConfigError> {
+        let cfg = Self::local_layout(nodes, shards, replication, 0, base_port)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// [`ClusterConfig::local`]'s layout, with `extra` more nodes after the
+    /// participants (not yet in any group) sharing the port plan.
+    fn local_layout(
+        nodes: u64,
+        shards: u64,
+        replication: u64,
+        extra: u64,
         base_port: u16,
     ) -> Result<Self, ConfigError> {
         if nodes == 0 {
@@ -602,16 +695,21 @@ impl ClusterConfig {
                 "replication {replication} must be in 1..={nodes} (the number of nodes)"
             ));
         }
-        let last_port = u64::from(base_port) + (nodes - 1);
+        let total = nodes.saturating_add(extra);
+        let offset = total.max(u64::from(LOCAL_PEER_PORT_OFFSET));
+        let last_port = u64::from(base_port)
+            .saturating_add(offset)
+            .saturating_add(total - 1);
         if last_port > u64::from(u16::MAX) {
             return invalid(format!(
-                "{nodes} nodes from port {base_port} would need port {last_port}, above 65535"
+                "{total} nodes from port {base_port} would need peer port {last_port}, above 65535"
             ));
         }
-        let node_list = (0..nodes)
+        let node_list = (0..total)
             .map(|i| NodeConfig {
                 id: NodeId(i + 1),
                 addr: format!("127.0.0.1:{}", u64::from(base_port) + i),
+                peer_addr: format!("127.0.0.1:{}", u64::from(base_port) + offset + i),
             })
             .collect();
         let shard_list = (0..shards)
@@ -623,7 +721,7 @@ impl ClusterConfig {
                 start: None,
             })
             .collect();
-        let cfg = ClusterConfig {
+        Ok(ClusterConfig {
             partitioning: PartitionScheme::Hash,
             virtual_nodes: default_vnodes(),
             nodes: node_list,
@@ -632,9 +730,8 @@ impl ClusterConfig {
             transactions: TxnTuning::default(),
             storage: StorageTuning::default(),
             coordinators: Vec::new(),
-        };
-        cfg.validate()?;
-        Ok(cfg)
+            tls: None,
+        })
     }
 }
 
@@ -678,14 +775,17 @@ virtual_nodes = 64
 [[nodes]]
 id = 1
 addr = "127.0.0.1:7001"
+peer_addr = "127.0.0.1:7101"
 
 [[nodes]]
 id = 2
 addr = "127.0.0.1:7002"
+peer_addr = "127.0.0.1:7102"
 
 [[nodes]]
 id = 3
 addr = "[::1]:7003"
+peer_addr = "[::1]:7103"
 
 [[shards]]
 id = 1
@@ -705,10 +805,12 @@ partitioning = "range"
 [[nodes]]
 id = 1
 addr = "db1.example:7001"
+peer_addr = "db1.example:7101"
 
 [[nodes]]
 id = 2
 addr = "db2.example:7001"
+peer_addr = "db2.example:7101"
 
 [[shards]]
 id = 20
@@ -734,7 +836,13 @@ start = ""
 
     fn nodes_toml(n: u64) -> String {
         (1..=n)
-            .map(|i| format!("[[nodes]]\nid = {i}\naddr = \"127.0.0.1:{}\"\n", 7000 + i))
+            .map(|i| {
+                format!(
+                    "[[nodes]]\nid = {i}\naddr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\n",
+                    7000 + i,
+                    7100 + i
+                )
+            })
             .collect()
     }
 
@@ -846,7 +954,7 @@ start = ""
     #[test]
     fn rejects_node_id_zero() {
         expect_invalid(
-            "partitioning = \"hash\"\n[[nodes]]\nid = 0\naddr = \"127.0.0.1:1\"\n[[shards]]\nid = 1\nreplicas = [0]\n",
+            "partitioning = \"hash\"\n[[nodes]]\nid = 0\naddr = \"127.0.0.1:1\"\npeer_addr = \"127.0.0.1:2\"\n[[shards]]\nid = 1\nreplicas = [0]\n",
             &["node id 0 is reserved"],
         );
     }
@@ -862,7 +970,7 @@ start = ""
     #[test]
     fn rejects_duplicate_node_id() {
         let t = format!(
-            "partitioning = \"hash\"\n{}[[nodes]]\nid = 2\naddr = \"127.0.0.1:9999\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
+            "partitioning = \"hash\"\n{}[[nodes]]\nid = 2\naddr = \"127.0.0.1:9999\"\npeer_addr = \"127.0.0.1:9998\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
             nodes_toml(2)
         );
         expect_invalid(&t, &["duplicate node id 2"]);
@@ -871,10 +979,126 @@ start = ""
     #[test]
     fn rejects_duplicate_addr() {
         let t = format!(
-            "partitioning = \"hash\"\n{}[[nodes]]\nid = 3\naddr = \"127.0.0.1:7001\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
+            "partitioning = \"hash\"\n{}[[nodes]]\nid = 3\naddr = \"127.0.0.1:7001\"\npeer_addr = \"127.0.0.1:7203\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
             nodes_toml(2)
         );
         expect_invalid(&t, &["duplicate node address", "127.0.0.1:7001"]);
+    }
+
+    #[test]
+    fn peer_addr_is_required_and_distinct_from_every_addr() {
+        // Without peer_addr the internal services would have nowhere but
+        // the client port: refused, naming the field.
+        let t = "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\n[[shards]]\nid = 1\nreplicas = [1]\n";
+        match ClusterConfig::from_toml_str(t) {
+            Err(ConfigError::Parse(m)) => assert!(m.contains("peer_addr"), "{m}"),
+            other => panic!("expected a parse error naming peer_addr, got {other:?}"),
+        }
+        // A node's own two ports must differ.
+        let own = "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\npeer_addr = \"127.0.0.1:7001\"\n[[shards]]\nid = 1\nreplicas = [1]\n";
+        expect_invalid(
+            own,
+            &[
+                "duplicate node address",
+                "127.0.0.1:7001",
+                "node 1 peer_addr",
+            ],
+        );
+        // One node's peer port may not be another's client port, either way.
+        let base = hash_with("", "");
+        let crossed = base.replace(
+            "peer_addr = \"127.0.0.1:7102\"",
+            "peer_addr = \"127.0.0.1:7001\"",
+        );
+        assert_ne!(crossed, base);
+        expect_invalid(
+            &crossed,
+            &[
+                "duplicate node address",
+                "127.0.0.1:7001",
+                "node 2 peer_addr",
+            ],
+        );
+        let crossed = base.replace("addr = \"127.0.0.1:7002\"", "addr = \"127.0.0.1:7101\"");
+        assert_ne!(crossed, base);
+        expect_invalid(
+            &crossed,
+            &["duplicate node address", "127.0.0.1:7101", "node 2 addr"],
+        );
+        let twice = base.replace(
+            "peer_addr = \"127.0.0.1:7102\"",
+            "peer_addr = \"127.0.0.1:7101\"",
+        );
+        expect_invalid(&twice, &["duplicate node address", "127.0.0.1:7101"]);
+        // The same port on different hosts is fine.
+        let other_host = base.replace(
+            "peer_addr = \"127.0.0.1:7102\"",
+            "peer_addr = \"127.0.0.2:7101\"",
+        );
+        assert!(ClusterConfig::from_toml_str(&other_host).is_ok());
+    }
+
+    #[test]
+    fn tls_section() {
+        let tls = "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"/abs/node-{id}.key\"\n";
+        let cfg = ClusterConfig::from_toml_str(&hash_with("", tls)).unwrap();
+        let t = cfg.tls.clone().unwrap();
+        assert_eq!(
+            t.node_files(NodeId(2)),
+            (
+                "certs/node-2.pem".to_string(),
+                "/abs/node-2.key".to_string()
+            )
+        );
+        assert_eq!(
+            ClusterConfig::from_toml_str(&cfg.to_toml_string()).unwrap(),
+            cfg
+        );
+        // Relative paths are relative to the file's folder once loaded.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, hash_with("", tls)).unwrap();
+        let t = ClusterConfig::load(&path).unwrap().tls.unwrap();
+        assert_eq!(t.ca, dir.path().join("certs/ca.pem").display().to_string());
+        assert_eq!(t.key, "/abs/node-{id}.key");
+        expect_invalid(
+            &hash_with("", &tls.replace("certs/ca.pem", " ")),
+            &["tls.ca"],
+        );
+        expect_invalid(
+            &hash_with("", &format!("{tls}client_cert = \"c.pem\"\n")),
+            &["client_cert", "client_key"],
+        );
+        assert!(ClusterConfig::from_toml_str(&hash_with(
+            "",
+            &format!("{tls}client_cert = \"c.pem\"\nclient_key = \"c.key\"\n")
+        ))
+        .is_ok());
+        let err = ClusterConfig::from_toml_str(&hash_with("", "[tls]\nca = \"x\"\n")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse(ref m) if m.contains("cert")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn local_peer_ports_clear_client_and_metrics_ports() {
+        let c = ClusterConfig::embedded_default();
+        let port = |a: &str| a.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+        let clients: Vec<u16> = c.nodes.iter().map(|n| port(&n.addr)).collect();
+        let peers: Vec<u16> = c.nodes.iter().map(|n| port(&n.peer_addr)).collect();
+        assert_eq!(clients, (7001..=7006).collect::<Vec<_>>());
+        assert_eq!(peers, (7021..=7026).collect::<Vec<_>>());
+        // The playground's metrics ports are 7011-7016.
+        assert!(peers.iter().all(|p| !(7011..=7016).contains(p)));
+        // Many nodes: the peer block moves past the client block.
+        let big = ClusterConfig::local(30, 1, 1, 9000).unwrap();
+        let clients: BTreeSet<u16> = big.nodes.iter().map(|n| port(&n.addr)).collect();
+        assert!(big
+            .nodes
+            .iter()
+            .all(|n| !clients.contains(&port(&n.peer_addr))));
+        assert_eq!(port(&big.nodes[0].peer_addr), 9030);
     }
 
     #[test]
@@ -887,9 +1111,13 @@ start = ""
             "host:",
         ] {
             let t = format!(
-                "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"{bad}\"\n[[shards]]\nid = 1\nreplicas = [1]\n"
+                "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"{bad}\"\npeer_addr = \"127.0.0.1:7101\"\n[[shards]]\nid = 1\nreplicas = [1]\n"
             );
-            expect_invalid(&t, &["node 1", "address", bad]);
+            expect_invalid(&t, &["node 1 addr", "address", bad]);
+            let t = format!(
+                "partitioning = \"hash\"\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:7001\"\npeer_addr = \"{bad}\"\n[[shards]]\nid = 1\nreplicas = [1]\n"
+            );
+            expect_invalid(&t, &["node 1 peer_addr", "address", bad]);
         }
     }
 
@@ -1139,7 +1367,11 @@ start = ""
             ClusterConfig::local(u64::MAX, u64::MAX, 1, 1),
             Err(ConfigError::Invalid(_))
         ));
-        assert!(ClusterConfig::local(1, 1, 1, 65535).is_ok());
+        assert!(matches!(
+            ClusterConfig::local(1, 1, 1, 65535 - 19),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(ClusterConfig::local(1, 1, 1, 65535 - 20).is_ok());
     }
 
     #[test]

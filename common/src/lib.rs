@@ -11,6 +11,8 @@
 //! config that contradicts itself, each message naming the problem) and
 //! [`LimitError`] (a request over a size limit).
 
+#[cfg(feature = "certgen")]
+pub mod certgen;
 mod config;
 pub mod faults;
 mod ids;
@@ -20,7 +22,7 @@ mod txn;
 
 pub use config::{
     ClusterConfig, ConfigError, CoordinatorConfig, NodeConfig, PartitionScheme, RaftTuning,
-    ShardConfig, StorageTuning, TxnTuning,
+    ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET,
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{

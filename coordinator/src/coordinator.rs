@@ -110,6 +110,7 @@ impl Coordinator {
         config: ClusterConfig,
         node: NodeId,
         data_dir: &Path,
+        tls: Option<pact_client::Tls>,
     ) -> Result<Arc<Self>, Error> {
         let Some(cg) = config.coordinator_of(node).cloned() else {
             return Err(Error::InvalidInput(format!(
@@ -122,19 +123,21 @@ impl Coordinator {
                 data_dir.display()
             ))
         })?;
-        let host = Host::new(store);
-        let members = cg
-            .replicas
-            .iter()
-            .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
-            .collect();
+        let host = Host::new(
+            store,
+            pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
+        );
+        let members = pact_raft::members(&config, &cg.replicas);
         let tuning = pact_raft::Tuning::from(&config.raft);
         let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), &host).await?;
+        // Participants' transaction service is on their peer ports.
         let participants = Client::new(
             &config,
             ClientOptions {
                 request_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(10),
+                tls,
+                peer_ports: true,
                 ..ClientOptions::default()
             },
         );

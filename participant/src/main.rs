@@ -34,9 +34,24 @@ struct Args {
     /// Where this node keeps its Raft logs and shard data.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Address to listen on; defaults to the node's address in the config.
+    /// Address of the client port (the client-facing service); defaults
+    /// to the node's `addr` in the config.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the peer port (Raft and other internal services);
+    /// defaults to the node's `peer_addr` in the config.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// CA certificate (PEM) for mutual TLS; overrides the config's
+    /// `tls.ca`. With TLS, --cert and --key (or the config's) are needed too.
+    #[arg(long)]
+    cacert: Option<String>,
+    /// This node's certificate (PEM); overrides the config's `tls.cert`.
+    #[arg(long)]
+    cert: Option<String>,
+    /// This node's private key (PEM); overrides the config's `tls.key`.
+    #[arg(long)]
+    key: Option<String>,
     /// Serve Prometheus metrics over HTTP on this address (off if unset).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -71,25 +86,80 @@ fn main() -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("node address {} is not ip:port; pass --listen", me.addr))?,
     };
+    let peer_listen: SocketAddr = match args.peer_listen {
+        Some(l) => l,
+        None => me.peer_addr.parse().with_context(|| {
+            format!(
+                "node peer address {} is not ip:port; pass --peer-listen",
+                me.peer_addr
+            )
+        })?,
+    };
+    let flags = pact_client::TlsPaths {
+        ca: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    let tls = pact_client::Tls::for_node(&config, id, &flags)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(config, id, args.data_dir, listen, args.metrics_listen))
+    rt.block_on(run(Run {
+        config,
+        id,
+        data_dir: args.data_dir,
+        listen,
+        peer_listen,
+        metrics_listen: args.metrics_listen,
+        tls,
+    }))
 }
 
-async fn run(
+struct Run {
     config: ClusterConfig,
     id: NodeId,
     data_dir: PathBuf,
     listen: SocketAddr,
+    peer_listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+    tls: Option<pact_client::Tls>,
+}
+
+async fn run(r: Run) -> anyhow::Result<()> {
+    let Run {
+        config,
+        id,
+        data_dir,
+        listen,
+        peer_listen,
+        metrics_listen,
+        tls,
+    } = r;
     pact_raft::server::arm_faults().map_err(anyhow::Error::msg)?;
     // Bind first, so a port clash is reported before any state is touched.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let node = Arc::new(Node::start(config, id, &data_dir).await?);
+    let peer_listener = tokio::net::TcpListener::bind(peer_listen)
+        .await
+        .with_context(|| format!("cannot listen on {peer_listen} (peer port)"))?;
+    let server_tls = tls
+        .as_ref()
+        .map(|t| pact_raft::server::server_tls(&t.ca, &t.cert, &t.key));
+    // Build both servers before touching state, so bad TLS material is
+    // reported at once.
+    let mut client_builder = pact_raft::server::grpc_server(server_tls.as_ref())
+        .context("TLS setup of the client port")?;
+    let mut peer_builder = pact_raft::server::grpc_server(server_tls.as_ref())
+        .context("TLS setup of the peer port")?;
+    if tls.is_none() {
+        tracing::warn!(
+            %peer_listen,
+            "no TLS: whoever reaches the peer port can send Raft and transaction-control \
+             messages; keep it behind a firewall, or set [tls] in the config"
+        );
+    }
+    let node = Arc::new(Node::start(config, id, &data_dir, tls.clone()).await?);
     if let Some(addr) = metrics_listen {
         let replicas = node.replicas().cloned().collect();
         pact_raft::metrics::serve_with_raft_gauges(addr, node.metrics.registry.clone(), replicas)
@@ -97,13 +167,24 @@ async fn run(
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    tracing::info!(node = %id, %listen, data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
-    let incoming = pact_raft::server::incoming(listener);
-    let server = pact_raft::server::grpc_server()
-        .add_service(node.router().service())
+    tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
+    // Clients get Kv only; Raft and the transaction protocol (whose Decide
+    // could commit another client's prepared transaction) only on the peer
+    // port.
+    let client_server = client_builder
         .add_service(KvService::new(node.clone()))
+        .serve_with_incoming_shutdown(
+            pact_raft::server::incoming(listener),
+            pact_raft::server::shutdown_signal(),
+        );
+    let peer_server = peer_builder
+        .add_service(node.router().service())
         .add_service(ParticipantService::new(node.clone()))
-        .serve_with_incoming_shutdown(incoming, pact_raft::server::shutdown_signal());
+        .serve_with_incoming_shutdown(
+            pact_raft::server::incoming(peer_listener),
+            pact_raft::server::shutdown_signal(),
+        );
+    let server = async { tokio::try_join!(client_server, peer_server) };
     let watchdog = {
         let node = node.clone();
         async move {

@@ -125,8 +125,14 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Open the node's storage under `data_dir` and start (or recover) its
-    /// replica of every shard the config assigns to `id`.
-    pub async fn start(config: ClusterConfig, id: NodeId, data_dir: &Path) -> Result<Node, Error> {
+    /// replica of every shard the config assigns to `id`. With `tls`, every
+    /// call to another node (Raft, coordinators) uses it.
+    pub async fn start(
+        config: ClusterConfig,
+        id: NodeId,
+        data_dir: &Path,
+        tls: Option<pact_client::Tls>,
+    ) -> Result<Node, Error> {
         if config.node(id).is_none() {
             return Err(Error::InvalidInput(format!(
                 "node {id} is not in the cluster config"
@@ -138,7 +144,10 @@ impl Node {
                 data_dir.display()
             ))
         })?;
-        let host = Host::new(store);
+        let host = Host::new(
+            store,
+            pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
+        );
         let tuning = Tuning::from(&config.raft);
         let clock = system_clock();
         // Timers (idle, silence, in doubt) run on a monotonic clock: a wall
@@ -147,7 +156,15 @@ impl Node {
             let t0 = Instant::now();
             Arc::new(move || t0.elapsed().as_millis() as u64)
         };
-        let coordinators = pact_client::Client::new(&config, pact_client::ClientOptions::default());
+        // Coordinators take a participant's questions (TxnStatus, Wounded)
+        // on their client port.
+        let coordinators = pact_client::Client::new(
+            &config,
+            pact_client::ClientOptions {
+                tls,
+                ..pact_client::ClientOptions::default()
+            },
+        );
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         );
@@ -156,11 +173,7 @@ impl Node {
             let Some(sc) = config.shard(shard) else {
                 continue;
             };
-            let members = sc
-                .replicas
-                .iter()
-                .filter_map(|n| config.node(*n).map(|nc| (n.0, nc.addr.clone())))
-                .collect();
+            let members = pact_raft::members(&config, &sc.replicas);
             let shared = Arc::new(Shared {
                 mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits {
                     skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),

@@ -46,7 +46,7 @@ pub use error::ReplicaError;
 pub use network::{
     Peers, Router, TransportService, MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
-pub use replica::{Host, Replica, ReplicaStatus, Tuning};
+pub use replica::{members, Host, Member, Replica, ReplicaStatus, Tuning};
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;
 

@@ -12,9 +12,12 @@
 //! Every decoded message is checked before it reaches openraft (see
 //! [`check_sender`]): the sender must be another member of the group, the
 //! request must name that same sender as its candidate or leader, and its
-//! term must be one a member could have reached. Without TLS this does not
-//! authenticate anyone (a client can still claim a member's id), but junk
-//! and stray messages cannot move a group's term or leader.
+//! term must be one a member could have reached. The service is served on
+//! the node's peer port only, never the client port; with TLS on, only a
+//! holder of a certificate from the cluster's CA can reach it at all. The
+//! sender id is still what the message claims (a certificate is not bound
+//! to a node id), but junk and stray messages cannot move a group's term
+//! or leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -32,7 +35,7 @@ use openraft::{AnyError, BasicNode, RaftNetworkV2};
 use pact_proto::raft_transport_client::RaftTransportClient;
 use pact_proto::raft_transport_server::{RaftTransport, RaftTransportServer};
 use pact_proto::RaftMessage;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::log_store::{decode, encode, LogStore};
@@ -80,17 +83,35 @@ pub(crate) fn deadline(base: Duration, bytes: usize) -> Duration {
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<RwLock<HashMap<String, Channel>>>,
+    /// With TLS, peers are dialled over TLS presenting this node's
+    /// certificate (the receiver refuses anything else).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
+    /// A pool whose connections use `tls` (plain HTTP/2 if `None`).
+    pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         if let Ok(map) = self.channels.read() {
             if let Some(c) = map.get(addr) {
                 return Ok(c.clone());
             }
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS setup for peer {addr}: {e}"))?;
+        }
+        let ep = ep
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

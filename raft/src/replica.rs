@@ -63,11 +63,12 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(store: Arc<NodeStore>) -> Self {
+    /// `peers` dials the other nodes (with TLS if the cluster has it).
+    pub fn new(store: Arc<NodeStore>, peers: Peers) -> Self {
         Host {
             store,
             router: Router::default(),
-            peers: Peers::default(),
+            peers,
         }
     }
 }
@@ -87,13 +88,43 @@ pub struct ReplicaStatus {
     pub fatal: Option<String>,
 }
 
+/// One replica of a group as this node's config describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Where Raft messages go (the node's peer port).
+    pub peer_addr: String,
+    /// Where clients reach the node: what "not leader" hints and status
+    /// replies name, since clients cannot (and must not) use peer ports.
+    pub client_addr: String,
+}
+
+/// The [`Member`]s of a group whose replicas are `replicas`, with their
+/// addresses from `config` (nodes missing from it are left out).
+pub fn members(
+    config: &pact_common::ClusterConfig,
+    replicas: &[pact_common::NodeId],
+) -> Vec<Member> {
+    replicas
+        .iter()
+        .filter_map(|n| {
+            config.node(*n).map(|nc| Member {
+                id: n.0,
+                peer_addr: nc.peer_addr.clone(),
+                client_addr: nc.addr.clone(),
+            })
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct Replica {
     group: u64,
     node_id: u64,
     raft: Raft,
     store: Arc<NodeStore>,
-    members: BTreeMap<u64, String>,
+    /// Client addresses by node id.
+    clients: BTreeMap<u64, String>,
     timeout: Duration,
 }
 
@@ -106,19 +137,9 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-fn leader_hint(f: &ForwardToLeader<TypeConfig>) -> Option<(u64, String)> {
-    let id = f.leader_id?;
-    let addr = f
-        .leader_node
-        .as_ref()
-        .map(|n| n.addr.clone())
-        .unwrap_or_default();
-    Some((id, addr))
-}
-
 impl Replica {
     /// Start (or restart from disk) this node's replica of `group`.
-    /// `members` lists every replica's node id and address; the first one
+    /// `members` lists every replica's node id and addresses; the first one
     /// bootstraps a brand-new group (the others wait to hear from it), so
     /// listing replicas in different orders spreads the initial leaders.
     ///
@@ -129,12 +150,18 @@ impl Replica {
     pub async fn start(
         group: u64,
         node_id: u64,
-        members: Vec<(u64, String)>,
+        members: Vec<Member>,
         tuning: &Tuning,
         app: Arc<dyn Apply>,
         host: &Host,
     ) -> Result<Self, ReplicaError> {
         let store = host.store.clone();
+        let clients: BTreeMap<u64, String> = members
+            .iter()
+            .map(|m| (m.id, m.client_addr.clone()))
+            .collect();
+        let members: Vec<(u64, String)> =
+            members.into_iter().map(|m| (m.id, m.peer_addr)).collect();
         if group > crate::store::MAX_GROUP_ID {
             return Err(ReplicaError::Fatal(format!("group id {group} is reserved")));
         }
@@ -209,7 +236,7 @@ impl Replica {
             node_id,
             raft,
             store,
-            members,
+            clients,
             timeout: tuning.request_timeout(),
         })
     }
@@ -251,11 +278,22 @@ impl Replica {
     fn not_leader(&self) -> ReplicaError {
         let leader = self.raft.metrics().borrow_watched().current_leader;
         ReplicaError::NotLeader {
-            leader: leader.filter(|l| *l != self.node_id).map(|l| {
-                let addr = self.members.get(&l).cloned().unwrap_or_default();
-                (l, addr)
-            }),
+            leader: leader.filter(|l| *l != self.node_id).map(|l| self.hint(l)),
         }
+    }
+
+    /// A leader hint for clients: the id and its client address from this
+    /// node's config (never the address in the Raft membership, which is
+    /// a peer port).
+    fn hint(&self, leader: u64) -> (u64, String) {
+        (
+            leader,
+            self.clients.get(&leader).cloned().unwrap_or_default(),
+        )
+    }
+
+    fn forward_hint(&self, f: &ForwardToLeader<TypeConfig>) -> Option<(u64, String)> {
+        f.leader_id.map(|l| self.hint(l))
     }
 
     /// Replicate `command` and apply it; returns the log index and the
@@ -275,7 +313,7 @@ impl Replica {
             Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data.0)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ReplicaError::NotLeader {
-                    leader: leader_hint(&f),
+                    leader: self.forward_hint(&f),
                 })
             }
             Ok(Err(RaftError::APIError(e))) => Err(ReplicaError::Unknown(e.to_string())),
@@ -306,7 +344,7 @@ impl Replica {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(ReplicaError::NotLeader {
-                    leader: leader_hint(&f),
+                    leader: self.forward_hint(&f),
                 })
             }
             Ok(Err(RaftError::APIError(e))) => Err(ReplicaError::Unavailable(e.to_string())),
@@ -385,9 +423,7 @@ impl Replica {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let leader = m
-            .current_leader
-            .map(|l| (l, self.members.get(&l).cloned().unwrap_or_default()));
+        let leader = m.current_leader.map(|l| self.hint(l));
         let voters = m.membership_config.membership().voter_ids().collect();
         ReplicaStatus {
             group: self.group,

@@ -113,6 +113,10 @@ pub struct Cluster {
     node_configs: BTreeMap<NodeId, PathBuf>,
     /// Extra environment per node (fault injection, clock skew).
     env: BTreeMap<NodeId, BTreeMap<String, String>>,
+    /// Extra command-line arguments per node.
+    args: BTreeMap<NodeId, Vec<String>>,
+    /// What [`Cluster::client`] presents when the cluster has `[tls]`.
+    client_tls: Option<pact_client::Tls>,
 }
 
 impl Cluster {
@@ -145,12 +149,36 @@ impl Cluster {
         c
     }
 
+    /// As [`Cluster::create`], with mutual TLS: a fresh CA and certificates
+    /// for every node and a client under `certs/` in the cluster's folder,
+    /// named in the config's `[tls]` section. [`Cluster::client`] presents
+    /// the client certificate.
+    pub fn create_tls(config: ClusterConfig, tuning: RaftTuning) -> Cluster {
+        let mut c = Self::create(config, tuning);
+        let tls = pact_common::certgen::write_cluster_certs(
+            &c.config,
+            &c.dir.path().join("certs"),
+            c.dir.path(),
+        )
+        .expect("write certificates");
+        c.config.tls = Some(tls);
+        std::fs::write(&c.config_path, c.config.to_toml_string()).expect("write config");
+        // As the nodes read it: certificate paths resolved.
+        c.config = ClusterConfig::load(&c.config_path).expect("load config");
+        c.client_tls = pact_client::Tls::for_client(&c.config, &Default::default())
+            .expect("client certificate");
+        c
+    }
+
     /// Write the config (free ports, `tuning`) without starting anything,
     /// so the caller can route links or set environments first.
     pub fn create(mut config: ClusterConfig, tuning: RaftTuning) -> Cluster {
-        let ports = free_ports(config.nodes.len());
-        for (n, port) in config.nodes.iter_mut().zip(ports) {
-            n.addr = format!("127.0.0.1:{port}");
+        // Client ports first, then peer ports, from one free block.
+        let count = config.nodes.len();
+        let ports = free_ports(2 * count);
+        for (i, n) in config.nodes.iter_mut().enumerate() {
+            n.addr = format!("127.0.0.1:{}", ports[i]);
+            n.peer_addr = format!("127.0.0.1:{}", ports[count + i]);
         }
         config.raft = tuning;
         config.validate().expect("valid test config");
@@ -167,6 +195,8 @@ impl Cluster {
             procs: BTreeMap::new(),
             node_configs: BTreeMap::new(),
             env: BTreeMap::new(),
+            args: BTreeMap::new(),
+            client_tls: None,
         }
     }
 
@@ -180,12 +210,13 @@ impl Cluster {
     }
 
     /// Give node `id` its own config in which peer `p` lives at
-    /// `peer_addr(p)`; takes effect at the node's next start.
-    pub fn set_peer_addrs(&mut self, id: NodeId, peer_addr: impl Fn(NodeId) -> String) {
+    /// `addrs(p)` (its client address, its peer address); takes effect at
+    /// the node's next start.
+    pub fn set_peer_addrs(&mut self, id: NodeId, addrs: impl Fn(NodeId) -> (String, String)) {
         let mut cfg = self.config.clone();
         for n in cfg.nodes.iter_mut() {
             if n.id != id {
-                n.addr = peer_addr(n.id);
+                (n.addr, n.peer_addr) = addrs(n.id);
             }
         }
         let path = self.dir.path().join(format!("cluster-{id}.toml"));
@@ -199,6 +230,12 @@ impl Cluster {
             .entry(id)
             .or_default()
             .insert(key.to_string(), value.to_string());
+    }
+
+    /// Extra command-line arguments for node `id`'s next starts (replacing
+    /// any given before).
+    pub fn set_args(&mut self, id: NodeId, args: &[String]) {
+        self.args.insert(id, args.to_vec());
     }
 
     /// The value `set_env` gave `key` for node `id`, if any.
@@ -255,6 +292,7 @@ impl Cluster {
             .arg(id.0.to_string())
             .arg("--data-dir")
             .arg(self.data_dir(id))
+            .args(self.args.get(&id).into_iter().flatten())
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.env.get(&id).into_iter().flatten())
             .stdin(Stdio::null())
@@ -307,17 +345,25 @@ impl Cluster {
         self.client_with(ClientOptions::default())
     }
 
-    pub fn client_with(&self, opts: ClientOptions) -> Client {
+    /// A client with `opts`; on a TLS cluster it presents the cluster's
+    /// client certificate unless `opts` brings its own.
+    pub fn client_with(&self, mut opts: ClientOptions) -> Client {
+        if opts.tls.is_none() {
+            opts.tls = self.client_tls.clone();
+        }
         Client::new(&self.config, opts)
     }
 
     /// A client that talks to one node only, for probing that node.
-    pub fn client_for_node(&self, id: NodeId, opts: ClientOptions) -> Client {
+    pub fn client_for_node(&self, id: NodeId, mut opts: ClientOptions) -> Client {
         let mut cfg = self.config.clone();
         for s in cfg.shards.iter_mut() {
             if s.replicas.contains(&id) {
                 s.replicas = vec![id];
             }
+        }
+        if opts.tls.is_none() {
+            opts.tls = self.client_tls.clone();
         }
         Client::new(&cfg, opts)
     }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use pact_client::ClientError;
-use pact_common::{ShardId, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use pact_common::{NodeId, ShardId, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use pact_proto as pb;
 use pact_tests::{binary, fast_tuning, Cluster};
 
@@ -129,10 +129,12 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         drop(s);
     }
 
-    // A peer speaking garbage on the Raft transport.
-    let mut rt = pb::raft_transport_client::RaftTransportClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect raft transport");
+    // A peer speaking garbage on the Raft transport (on the peer port).
+    let peer_addr = c.config.node(leader).unwrap().peer_addr.clone();
+    let mut rt =
+        pb::raft_transport_client::RaftTransportClient::connect(format!("http://{peer_addr}"))
+            .await
+            .expect("connect raft transport");
     let e = rt
         .append_entries(pb::RaftMessage {
             group: shard.0,
@@ -363,7 +365,7 @@ async fn forged_raft_messages_are_refused_and_move_no_term() {
     let near_max = (1u64 << 63) - 1_000;
     let mut accepted = Vec::new();
     for (node, group, members) in &targets {
-        let addr = c.config.node(*node).unwrap().addr.clone();
+        let addr = c.config.node(*node).unwrap().peer_addr.clone();
         let me = node.0;
         let peer = members.iter().find(|m| **m != *node).unwrap().0;
         let term = before
@@ -478,7 +480,7 @@ async fn forged_raft_messages_are_refused_and_move_no_term() {
 
     // A vote is a few dozen bytes: a megabyte one is refused before it is
     // read, not buffered and then found undecodable.
-    let addr = c.config.node(parts[0]).unwrap().addr.clone();
+    let addr = c.config.node(parts[0]).unwrap().peer_addr.clone();
     for rpc in [Rpc::Vote, Rpc::PreVote] {
         match send_raft(&addr, rpc, 1, parts[1].0, vec![7; 1 << 20]).await {
             Err(e) if e.code() == tonic::Code::OutOfRange => {}
@@ -600,51 +602,65 @@ fn refused_streams(addr: &str, n: u32) -> usize {
 #[test]
 fn servers_cap_streams_and_close_connections_that_stop_answering_pings() {
     let c = Cluster::start_with_coordinators(1, 1, 1, 1, fast_tuning());
-    for n in c.node_ids() {
-        let addr = c.config.node(n).unwrap().addr.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut s = loop {
-            match std::net::TcpStream::connect(&addr) {
-                Ok(s) => break s,
-                Err(e) if std::time::Instant::now() > deadline => panic!("node {n}: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        // A client that ignores the announced limit gets the excess
-        // refused, not served.
-        let refused = refused_streams(&addr, 300);
-        assert_eq!(refused, 300 - 256, "node {n}: streams refused out of 300");
-        // Client preface and an empty SETTINGS frame; then never answer.
-        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-            .unwrap();
-        let (frames, _) = read_frames(&mut s, Duration::from_secs(2));
-        let settings = frames
-            .iter()
-            .find(|(t, flags, _)| *t == 4 && flags & 1 == 0)
-            .unwrap_or_else(|| panic!("node {n}: no SETTINGS frame in {frames:?}"));
-        let max_streams = settings
-            .2
-            .chunks(6)
-            .find(|e| e.len() == 6 && u16::from_be_bytes([e[0], e[1]]) == 3)
-            .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
-        assert_eq!(
-            max_streams,
-            // pact_raft::server::MAX_CONCURRENT_STREAMS
-            Some(256),
-            "node {n}: SETTINGS_MAX_CONCURRENT_STREAMS"
-        );
-        // The server pings an idle connection and closes it when the pings
-        // go unanswered: a dead or half-open peer does not hold it forever.
-        let (frames, eof) = read_frames(&mut s, Duration::from_secs(40));
-        assert!(
-            frames.iter().any(|(t, _, _)| *t == 6),
-            "node {n}: no PING within 40 s: {frames:?}"
-        );
-        assert!(
-            eof,
-            "node {n}: connection still open after unanswered pings"
-        );
-    }
+    // Both ports of every node: the client port and the peer port.
+    let ports: Vec<(NodeId, String)> = c
+        .config
+        .nodes
+        .iter()
+        .flat_map(|n| [(n.id, n.addr.clone()), (n.id, n.peer_addr.clone())])
+        .collect();
+    // The ports are checked side by side: each waits tens of seconds for
+    // its keepalive to give up.
+    std::thread::scope(|scope| {
+        for (n, addr) in &ports {
+            scope.spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let mut s = loop {
+                    match std::net::TcpStream::connect(addr) {
+                        Ok(s) => break s,
+                        Err(e) if std::time::Instant::now() > deadline => panic!("node {n}: {e}"),
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+                // A client that ignores the announced limit gets the excess
+                // refused, not served.
+                let refused = refused_streams(addr, 300);
+                assert_eq!(refused, 300 - 256, "node {n}: streams refused out of 300");
+                // Client preface and an empty SETTINGS frame; then never answer.
+                s.write_all(
+                    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+                )
+                .unwrap();
+                let (frames, _) = read_frames(&mut s, Duration::from_secs(2));
+                let settings = frames
+                    .iter()
+                    .find(|(t, flags, _)| *t == 4 && flags & 1 == 0)
+                    .unwrap_or_else(|| panic!("node {n}: no SETTINGS frame in {frames:?}"));
+                let max_streams = settings
+                    .2
+                    .chunks(6)
+                    .find(|e| e.len() == 6 && u16::from_be_bytes([e[0], e[1]]) == 3)
+                    .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+                assert_eq!(
+                    max_streams,
+                    // pact_raft::server::MAX_CONCURRENT_STREAMS
+                    Some(256),
+                    "node {n}: SETTINGS_MAX_CONCURRENT_STREAMS"
+                );
+                // The server pings an idle connection and closes it when the pings
+                // go unanswered: a dead or half-open peer does not hold it forever.
+                let (frames, eof) = read_frames(&mut s, Duration::from_secs(40));
+                assert!(
+                    frames.iter().any(|(t, _, _)| *t == 6),
+                    "node {n}: no PING within 40 s: {frames:?}"
+                );
+                assert!(
+                    eof,
+                    "node {n}: connection still open after unanswered pings"
+                );
+            });
+        }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

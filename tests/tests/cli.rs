@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use pact_tests::binary;
 
-/// A base port with 16 free consecutive ports after it (6 nodes, and their
-/// metrics 10 ports up).
+/// A base port with 26 free consecutive ports after it (6 nodes, their
+/// metrics 10 ports up and their peer ports 20 up).
 fn free_block() -> u16 {
-    pact_tests::free_block(16)
+    pact_tests::free_block(26)
 }
 
 /// Stops the playground (SIGINT) even when the test fails half-way.
@@ -40,10 +40,15 @@ impl Drop for Playground {
 }
 
 fn start_playground(dir: &Path, port: u16) -> Playground {
+    start_playground_with(dir, port, &[])
+}
+
+fn start_playground_with(dir: &Path, port: u16, extra: &[&str]) -> Playground {
     let mut child = Command::new(binary("txn"))
         .args(["playground", "--dir"])
         .arg(dir)
         .args(["--port", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -213,6 +218,83 @@ fn txn_cli_against_the_playground() {
 
 /// Runs `txn` with `stdin` piped in; kills it if it outlives `limit`, so a
 /// hanging command fails the test instead of stalling it.
+/// `txn playground --tls`: certificates made, the config's [tls] section
+/// written, the readiness check and the CLI over mutual TLS; a CLI without
+/// a certificate (or with flags naming the wrong one) is refused.
+#[test]
+fn playground_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_block();
+    let pg = start_playground_with(dir.path(), port, &["--tls"]);
+    let cfg = dir.path().join("cluster.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("[tls]"), "{text}");
+    for f in [
+        "ca.pem",
+        "node-1.pem",
+        "node-6.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(dir.path().join("certs").join(f).exists(), "{f}");
+    }
+    // The config's client certificate: a cross-shard transaction.
+    let o = txn(
+        &cfg,
+        &[
+            "exec", "put", "alice", "1", "put", "bob", "2", "put", "carol", "3",
+        ],
+    );
+    assert!(o.status.success(), "exec over TLS: {o:?}");
+    assert!(stdout(&o).starts_with("COMMITTED"), "{}", stdout(&o));
+    // The same certificate named by flags, with a config that has no [tls].
+    let mut plain = pact_common::ClusterConfig::load(&cfg).unwrap();
+    let tls = plain.tls.take().unwrap();
+    let plain_cfg = dir.path().join("plain.toml");
+    std::fs::write(&plain_cfg, plain.to_toml_string()).unwrap();
+    let o = txn(
+        &plain_cfg,
+        &[
+            "--cacert",
+            &tls.ca,
+            "--cert",
+            tls.client_cert.as_deref().unwrap(),
+            "--key",
+            tls.client_key.as_deref().unwrap(),
+            "get",
+            "alice",
+        ],
+    );
+    assert!(o.status.success(), "get with flags: {o:?}");
+    assert_eq!(stdout(&o).trim(), "1");
+    // No certificate at all: refused (a plain HTTP/2 client cannot even
+    // speak to a TLS port); an error exit, not a kill by SIGPIPE.
+    let o = txn(&plain_cfg, &["--timeout", "3", "get", "alice"]);
+    assert!(
+        matches!(o.status.code(), Some(c) if c != 0),
+        "get without TLS: {o:?}"
+    );
+    assert!(stdout(&o).is_empty(), "{o:?}");
+    // A node's certificate is not the client's key pair: mismatched
+    // flags are refused before anything is sent (exit 2).
+    let (node_cert, _) = tls.node_files(pact_common::NodeId(1));
+    let o = txn(
+        &plain_cfg,
+        &[
+            "--cacert",
+            &tls.ca,
+            "--cert",
+            &node_cert,
+            "--key",
+            tls.client_key.as_deref().unwrap(),
+            "get",
+            "alice",
+        ],
+    );
+    assert!(!o.status.success(), "mismatched certificate and key: {o:?}");
+    assert!(pg.stop().success());
+}
+
 fn txn_timed(config: &Path, args: &[&str], stdin: &[u8], limit: Duration) -> (Output, Duration) {
     let started = Instant::now();
     let mut child = Command::new(binary("txn"))

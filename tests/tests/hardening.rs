@@ -340,7 +340,7 @@ async fn a_deposed_leader_serves_no_stale_read_inside_a_transaction() {
     let client = c.client();
     client.put(b"k", b"v1").await.expect("put v1");
     client.put(b"j", b"v1").await.expect("put j");
-    let addr = c.config.node(old).unwrap().addr.clone();
+    let addr = c.config.node(old).unwrap().peer_addr.clone();
     let mut raw = pb::participant_client::ParticipantClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

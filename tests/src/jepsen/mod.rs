@@ -312,15 +312,20 @@ pub async fn run(spec: Spec) -> Report {
     .expect("config");
     let mut cluster = Cluster::create(config, fast_tuning());
     let net = if spec.faults.iter().any(|f| f.needs_net()) {
-        let nodes: Vec<(NodeId, String)> = cluster
+        let nodes: Vec<(NodeId, [String; 2])> = cluster
             .config
             .nodes
             .iter()
-            .map(|n| (n.id, n.addr.clone()))
+            .map(|n| (n.id, [n.addr.clone(), n.peer_addr.clone()]))
             .collect();
         let net = net::Net::start(&nodes).await.expect("start link proxies");
         for id in cluster.node_ids() {
-            cluster.set_peer_addrs(id, |peer| net.link_addr(id, peer));
+            cluster.set_peer_addrs(id, |peer| {
+                (
+                    net.link_addr(id, peer, net::Port::Client),
+                    net.link_addr(id, peer, net::Port::Peer),
+                )
+            });
         }
         Some(net)
     } else {

@@ -1,7 +1,8 @@
 //! Per-link fault-injecting TCP proxies between cluster nodes.
 //!
-//! Every ordered pair of nodes (a, b) gets its own listener: node a's config
-//! says b lives there, and the proxy forwards to b's real address. Bytes
+//! Every ordered pair of nodes (a, b) gets its own listener per port of b
+//! (client and peer): node a's config says b lives there, and the proxy
+//! forwards to b's real address. Bytes
 //! travelling from a to b (requests on link a->b, replies on link b->a) are
 //! discarded while the directed pair (a, b) is blocked, like a firewall DROP
 //! rule: the sender sees silence, not a reset. Whenever a link's blocking
@@ -17,6 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 type Pair = (NodeId, NodeId);
+
+/// Which of a node's two ports a link leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Port {
+    Client,
+    Peer,
+}
 
 struct Shared {
     blocked: Mutex<BTreeSet<Pair>>,
@@ -40,13 +48,14 @@ impl Shared {
 /// The proxies for one cluster; dropping it closes them all.
 pub struct Net {
     shared: Arc<Shared>,
-    links: BTreeMap<Pair, String>,
+    links: BTreeMap<(NodeId, NodeId, Port), String>,
     nodes: Vec<NodeId>,
 }
 
 impl Net {
-    /// One proxy per ordered pair of `nodes` (id, real address).
-    pub async fn start(nodes: &[(NodeId, String)]) -> std::io::Result<Net> {
+    /// One proxy per ordered pair of `nodes` and port (id, real client
+    /// and peer addresses).
+    pub async fn start(nodes: &[(NodeId, [String; 2])]) -> std::io::Result<Net> {
         let (epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             blocked: Mutex::new(BTreeSet::new()),
@@ -54,19 +63,21 @@ impl Net {
         });
         let mut links = BTreeMap::new();
         for (a, _) in nodes {
-            for (b, b_addr) in nodes {
+            for (b, b_addrs) in nodes {
                 if a == b {
                     continue;
                 }
-                let listener = TcpListener::bind("127.0.0.1:0").await?;
-                links.insert((*a, *b), listener.local_addr()?.to_string());
-                tokio::spawn(accept_loop(
-                    listener,
-                    *a,
-                    *b,
-                    b_addr.clone(),
-                    shared.clone(),
-                ));
+                for (port, b_addr) in [Port::Client, Port::Peer].into_iter().zip(b_addrs) {
+                    let listener = TcpListener::bind("127.0.0.1:0").await?;
+                    links.insert((*a, *b, port), listener.local_addr()?.to_string());
+                    tokio::spawn(accept_loop(
+                        listener,
+                        *a,
+                        *b,
+                        b_addr.clone(),
+                        shared.clone(),
+                    ));
+                }
             }
         }
         Ok(Net {
@@ -76,9 +87,9 @@ impl Net {
         })
     }
 
-    /// Where node `from` should dial to reach node `to`.
-    pub fn link_addr(&self, from: NodeId, to: NodeId) -> String {
-        self.links[&(from, to)].clone()
+    /// Where node `from` should dial to reach node `to`'s `port`.
+    pub fn link_addr(&self, from: NodeId, to: NodeId, port: Port) -> String {
+        self.links[&(from, to, port)].clone()
     }
 
     pub fn nodes(&self) -> &[NodeId] {
