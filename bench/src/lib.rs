@@ -14,9 +14,14 @@
 //! per record: `fieldcount` random printable fields of `fieldlength` bytes
 //! each, joined), or `account<N>` balances for the `txn` workload. `bench
 //! run` then starts `--threads` tokio tasks, each a closed loop issuing the
-//! next operation as soon as the previous one returns (no think time, no
-//! target rate), each with its own seeded `StdRng`, until `operationcount`
-//! operations or `--duration` seconds are used up. Operation mix and key
+//! next operation as soon as the previous one returns (no think time), each
+//! with its own seeded `StdRng`, until `operationcount` operations or
+//! `--duration` seconds are used up. With `--target OPS` the loop is open:
+//! each task has its share of the rate on a fixed schedule, and a latency
+//! counts from the operation's scheduled start, so time spent waiting
+//! behind a slow operation is measured (coordinated omission corrected,
+//! as YCSB's `-target`); the tasks still bound how many operations are in
+//! flight, so give enough `--threads` for the rate. Operation mix and key
 //! choice follow YCSB's CoreWorkload: the built-in workloads A-F, or a YCSB
 //! property file; keys are drawn uniformly, by YCSB's scrambled zipfian
 //! (theta 0.99, FNV-hashed so hot keys are spread over the shards) or by
@@ -36,10 +41,15 @@
 //! started over when a compare fails. `bench/compare-etcd.sh` runs both
 //! side by side.
 //!
+//! **Memory.** `--watch-rss participant,coordinator` (or `etcd`) samples
+//! the RSS of the local processes of those names once a second and reports
+//! each one's start, end and peak, and its growth per operation over the
+//! second half of the run (see [`memory`]).
+//!
 //! **What is not measured.** Server-side time split (use the servers'
-//! Prometheus metrics), coordinated omission (a closed loop waits for slow
-//! responses instead of sending on schedule, so tail latencies under a
-//! target rate would be worse than reported here), time spent in the
+//! Prometheus metrics), coordinated omission in the closed loop (without
+//! `--target`, a task waits for slow responses instead of sending on
+//! schedule), time spent in the
 //! bench itself before and after each call (value generation is outside
 //! the timer), per-field reads or writes (a record is one value, so an
 //! UPDATE rewrites the whole record, like YCSB's `writeallfields=true`),

@@ -81,6 +81,12 @@ struct Opts {
     /// Stop after this many seconds (or at operationcount, if set).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     duration: Option<u64>,
+    /// Open loop: start this many operations per second in total, each
+    /// thread on a fixed schedule, and count latency from each operation's
+    /// scheduled start (coordinated omission corrected). Without it each
+    /// thread starts its next operation when the last one ends.
+    #[arg(long, value_name = "OPS", value_parser = parse_target)]
+    target: Option<f64>,
     /// Concurrent client tasks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
@@ -118,6 +124,15 @@ struct Opts {
     #[arg(long, value_name = "SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     retry_for: u64,
+}
+
+fn parse_target(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=10_000_000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a rate in 0.1..=10000000 operations per second"
+        )),
+    }
 }
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
@@ -219,6 +234,7 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
         backend_name: "pact",
         placement: None,
         workload,
+        target: o.target,
         watch_rss: o
             .watch_rss
             .iter()

@@ -49,6 +49,9 @@ pub struct Spec {
     pub placement: Option<Arc<Placement>>,
     /// Names of local processes whose RSS to sample (`--watch-rss`).
     pub watch_rss: Vec<String>,
+    /// Open loop: operations per second in total, spread evenly over the
+    /// threads, each on a fixed schedule (None: closed loop).
+    pub target: Option<f64>,
 }
 
 struct Ctx<B> {
@@ -156,7 +159,11 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         memory,
         phase: ctx.spec.phase.name(),
         workload: ctx.spec.workload.name.clone(),
-        params: ctx.spec.workload.params(),
+        params: {
+            let mut p = ctx.spec.workload.params();
+            p["target_ops_sec"] = serde_json::json!(ctx.spec.target);
+            p
+        },
         backend: ctx.spec.backend_name,
         threads: ctx.spec.threads,
         seed: ctx.spec.seed,
@@ -220,13 +227,28 @@ async fn worker<B: Backend>(ctx: Arc<Ctx<B>>, id: usize, mut chooser: KeyChooser
     let mut rng =
         StdRng::seed_from_u64(ctx.spec.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut rec = Recorder::default();
+    // Open loop: this task's operations are due every `threads / target`
+    // seconds, the tasks' schedules staggered across one interval.
+    let schedule = ctx.spec.target.map(|t| {
+        let every = Duration::from_secs_f64(ctx.spec.threads as f64 / t);
+        let first = Instant::now() + every.mul_f64(id as f64 / ctx.spec.threads as f64);
+        (every, first)
+    });
+    let mut due = schedule.map(|(_, first)| first);
     loop {
+        if let Some(d) = due {
+            tokio::time::sleep_until(d.into()).await;
+        }
         if ctx.stop.load(Ordering::Relaxed) || ctx.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         let n = ctx.claimed.fetch_add(1, Ordering::Relaxed);
         if n >= ctx.limit {
             break;
+        }
+        rec.intended = due;
+        if let (Some(d), Some((every, _))) = (due, schedule) {
+            due = Some(d + every);
         }
         match ctx.spec.phase {
             Phase::Load => load_one(&ctx, &mut rng, &mut rec, n).await,
@@ -253,7 +275,7 @@ async fn timed<B: Backend, T>(
     key: &[u8],
     fut: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> Option<T> {
-    let t = Instant::now();
+    let t = rec.intended.take().unwrap_or_else(Instant::now);
     let r = fut.await;
     let latency = t.elapsed();
     match r {
@@ -376,5 +398,72 @@ async fn run_one<B: Backend>(
             let amount = rng.random_range(1..=100);
             timed(ctx, rec, kind, &keys[0], b.txn_transfer(&keys, amount)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read takes 20 ms.
+    struct Slow;
+
+    impl Backend for Slow {
+        async fn get(&self, _: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Some(b"v".to_vec()))
+        }
+        async fn put(&self, _: &[u8], _: &[u8]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn scan(&self, _: &[u8], _: &[u8], _: u32) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+        async fn txn_transfer(&self, _: &[Vec<u8>], _: i64) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn spec(target: Option<f64>) -> Spec {
+        let mut workload = Workload::preset("c").unwrap();
+        workload.recordcount = 10;
+        workload.operationcount = None;
+        Spec {
+            phase: Phase::Run,
+            workload,
+            threads: 1,
+            seed: 1,
+            duration: Some(Duration::from_millis(1500)),
+            progress: false,
+            backend_name: "slow",
+            placement: None,
+            watch_rss: Vec::new(),
+            target,
+        }
+    }
+
+    /// Asked for 200 reads/s from a store that serves 50/s, the open loop
+    /// counts the time each read waited for its turn, so its latencies
+    /// grow far past the 20 ms service time; the closed loop reports the
+    /// service time alone.
+    #[tokio::test]
+    async fn open_loop_latency_counts_from_the_scheduled_start() {
+        let closed = execute(Arc::new(Slow), spec(None)).await.unwrap();
+        let open = execute(Arc::new(Slow), spec(Some(200.0))).await.unwrap();
+        let closed_p50 = closed.latency_us(OpKind::Read, 0.5).unwrap();
+        let open_p50 = open.latency_us(OpKind::Read, 0.5).unwrap();
+        let open_max = open.latency_us(OpKind::Read, 1.0).unwrap();
+        assert!(closed_p50 < 100_000, "closed p50 {closed_p50} us");
+        // The last reads were due about 1.1 s before they could start.
+        assert!(open_max > 500_000, "open max {open_max} us");
+        assert!(
+            open_p50 > 3 * closed_p50,
+            "open p50 {open_p50} vs {closed_p50} us"
+        );
+        // At a rate the store can serve, the schedule paces the reads.
+        let paced = execute(Arc::new(Slow), spec(Some(10.0))).await.unwrap();
+        let n = paced.ok_ops();
+        assert!((12..=17).contains(&n), "{n} reads in 1.5 s at 10/s");
+        assert!(paced.latency_us(OpKind::Read, 0.5).unwrap() < 100_000);
     }
 }
