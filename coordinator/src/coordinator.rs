@@ -338,7 +338,7 @@ impl Coordinator {
     async fn reserve(&self, until: Timestamp) -> Result<Timestamp, Error> {
         let (_, reply) = self
             .replica
-            .propose(LogCommand::Reserve { until }.encode())
+            .propose(encode_command(&LogCommand::Reserve { until })?)
             .await?;
         match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
             LogReply::Reserved { until } => Ok(until),
@@ -716,14 +716,11 @@ impl Coordinator {
     async fn record(&self, txn: TxnId, commit: bool) -> Result<bool, Error> {
         let (_, reply) = self
             .replica
-            .propose(
-                LogCommand::Decide {
-                    txn,
-                    commit,
-                    shards: Vec::new(),
-                }
-                .encode(),
-            )
+            .propose(encode_command(&LogCommand::Decide {
+                txn,
+                commit,
+                shards: Vec::new(),
+            })?)
             .await?;
         match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
             LogReply::Decided { commit } => Ok(commit),
@@ -1044,7 +1041,14 @@ fn run(
                     };
                     let c2 = c.clone();
                     tokio::spawn(async move {
-                        let _ = c2.replica.propose(cmd.encode()).await;
+                        match encode_command(&cmd) {
+                            Ok(b) => {
+                                let _ = c2.replica.propose(b).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(%txn, error = %e, "cannot record a one-phase commit")
+                            }
+                        }
                     });
                 }
                 c.metrics.phase("one_phase", started);
@@ -1098,21 +1102,27 @@ fn run(
                     commit: true,
                     shards: shards.iter().map(|s| s.0).collect(),
                 };
-                let result = match c.replica.propose(cmd.encode()).await {
-                    Ok((_, reply)) => match log::decode::<LogReply>(&reply) {
-                        Ok(LogReply::Decided { commit: true }) => LogResult::Logged,
-                        Ok(LogReply::Decided { commit: false }) => {
+                let result = match encode_command(&cmd) {
+                    // Nothing was appended; reported as a failure to log.
+                    Err(e) => LogResult::Failed(e.to_string()),
+                    Ok(b) => match c.replica.propose(b).await {
+                        Ok((_, reply)) => match log::decode::<LogReply>(&reply) {
+                            Ok(LogReply::Decided { commit: true }) => LogResult::Logged,
+                            Ok(LogReply::Decided { commit: false }) => {
+                                LogResult::AlreadyDecided { commit: false }
+                            }
+                            Ok(other) => {
+                                LogResult::Failed(format!("unexpected log reply {other:?}"))
+                            }
+                            Err(e) => LogResult::Failed(e),
+                        },
+                        // Refused before it was appended: it can never commit,
+                        // since no one else proposes a commit for this txn.
+                        Err(pact_raft::ReplicaError::NotLeader { .. }) => {
                             LogResult::AlreadyDecided { commit: false }
                         }
-                        Ok(other) => LogResult::Failed(format!("unexpected log reply {other:?}")),
-                        Err(e) => LogResult::Failed(e),
+                        Err(e) => LogResult::Failed(e.to_string()),
                     },
-                    // Refused before it was appended: it can never commit,
-                    // since no one else proposes a commit for this txn.
-                    Err(pact_raft::ReplicaError::NotLeader { .. }) => {
-                        LogResult::AlreadyDecided { commit: false }
-                    }
-                    Err(e) => LogResult::Failed(e.to_string()),
                 };
                 c.metrics.phase("log", started);
                 feed(Event::Logged { txn, result });
@@ -1139,7 +1149,12 @@ fn run(
             let c = c.clone();
             tokio::spawn(async move {
                 // Best effort: without it, recovery resends an idempotent commit.
-                let _ = c.replica.propose(LogCommand::Finish { txn }.encode()).await;
+                match encode_command(&LogCommand::Finish { txn }) {
+                    Ok(b) => {
+                        let _ = c.replica.propose(b).await;
+                    }
+                    Err(e) => tracing::error!(%txn, error = %e, "cannot mark a decision finished"),
+                }
             });
         }
     }
@@ -1150,6 +1165,13 @@ fn run(
 /// and otherwise records an abort, so the commit can no longer apply after
 /// it. The shard lets go of the transaction's locks only once the fence
 /// has applied, after the commit's entry if that is in its log.
+/// A command ready to propose to the recovery log; one that cannot be
+/// encoded is refused before anything is proposed.
+fn encode_command(cmd: &LogCommand) -> Result<Vec<u8>, Error> {
+    cmd.encode()
+        .map_err(|e| Error::InvalidInput(format!("cannot propose the log command: {e}")))
+}
+
 async fn settle_one_phase(c: &Coordinator, txn: TxnId, shard: ShardId, why: String) -> Outcome {
     for _ in 0..20 {
         match c.inquire(txn, shard, true).await {

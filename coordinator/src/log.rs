@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use pact_common::{ShardId, Timestamp, TxnId};
-use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
+use pact_raft::{codec, Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
 
 pub const DECISION_PREFIX: u8 = b'x';
@@ -59,16 +59,19 @@ pub enum LogReply {
     },
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).unwrap_or_default()
+/// A value for the recovery log (`pact_raft::codec`); an error, never
+/// empty bytes, if it cannot be encoded.
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    codec::encode(v).map_err(|e| e.to_string())
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
-    bincode::deserialize(b).map_err(|e| format!("undecodable recovery log data: {e}"))
+    codec::decode(b, "recovery log value").map_err(|e| e.to_string())
 }
 
 impl LogCommand {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The command as proposed to the recovery log.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
         encode(self)
     }
 }
@@ -110,7 +113,7 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
                     finished: !*commit || shards.is_empty(),
                 };
                 (
-                    vec![(decision_key(*txn), Some(encode(&d)))],
+                    vec![(decision_key(*txn), Some(encode(&d)?))],
                     LogReply::Decided { commit: *commit },
                 )
             }
@@ -119,7 +122,7 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             Some(mut d) => {
                 d.finished = true;
                 (
-                    vec![(decision_key(*txn), Some(encode(&d)))],
+                    vec![(decision_key(*txn), Some(encode(&d)?))],
                     LogReply::Finished,
                 )
             }
@@ -129,7 +132,7 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             let now = reservation(get(RESERVATION_KEY).map_err(|e| e.to_string())?.as_deref())?;
             if *until > now {
                 (
-                    vec![(RESERVATION_KEY.to_vec(), Some(encode(until)))],
+                    vec![(RESERVATION_KEY.to_vec(), Some(encode(until)?))],
                     LogReply::Reserved { until: *until },
                 )
             } else {
@@ -151,9 +154,11 @@ impl Apply for LogApp {
     ) -> Result<Applied, String> {
         let cmd: LogCommand = decode(command)?;
         let (writes, reply) = effect(&|k| state.get(k), &cmd)?;
+        // A reply that cannot be encoded stops the replica rather than
+        // answering the proposer with nothing.
         Ok(Applied {
             writes,
-            reply: encode(&reply),
+            reply: encode(&reply)?,
         })
     }
 }
@@ -296,5 +301,69 @@ mod tests {
         let rec: Decision = decode(m.0.borrow().get(&decision_key(t(1))).unwrap()).unwrap();
         assert!(rec.commit && rec.finished);
         assert_eq!(TxnId::from_key(&decision_key(t(1))), Some(t(1)));
+    }
+
+    /// Every command, reply and stored record decodes back to itself.
+    #[test]
+    fn commands_replies_and_records_round_trip() {
+        for c in [
+            LogCommand::Decide {
+                txn: t(9),
+                commit: true,
+                shards: vec![1, u64::MAX],
+            },
+            LogCommand::Finish { txn: t(9) },
+            LogCommand::Reserve {
+                until: Timestamp(u64::MAX),
+            },
+        ] {
+            assert_eq!(decode::<LogCommand>(&c.encode().unwrap()), Ok(c));
+        }
+        for r in [
+            LogReply::Decided { commit: false },
+            LogReply::Finished,
+            LogReply::NotFound,
+            LogReply::Reserved {
+                until: Timestamp(7),
+            },
+        ] {
+            assert_eq!(decode::<LogReply>(&encode(&r).unwrap()), Ok(r));
+        }
+        let d = Decision {
+            commit: true,
+            shards: vec![2, 3],
+            finished: false,
+        };
+        assert_eq!(decode::<Decision>(&encode(&d).unwrap()), Ok(d));
+        assert_eq!(
+            reservation(Some(&encode(&Timestamp(42)).unwrap())),
+            Ok(Timestamp(42))
+        );
+    }
+
+    /// A corrupted record is an error that stops the apply, not a missing
+    /// record (which would let a second, different decision in).
+    #[test]
+    fn a_corrupted_record_is_an_error_not_absent() {
+        let m = BTreeMap::from([
+            (decision_key(t(1)), vec![1, 0xff]),
+            (RESERVATION_KEY.to_vec(), Vec::new()),
+        ]);
+        let get = |k: &[u8]| Ok(m.get(k).cloned());
+        let decide = LogCommand::Decide {
+            txn: t(1),
+            commit: true,
+            shards: vec![1],
+        };
+        let e = effect(&get, &decide).unwrap_err();
+        assert!(e.contains("recovery log value"), "{e}");
+        let e = effect(
+            &get,
+            &LogCommand::Reserve {
+                until: Timestamp(5),
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("empty value"), "{e}");
     }
 }

@@ -17,6 +17,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use pact_common::TxnId;
+use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
 
@@ -107,23 +108,19 @@ struct PrepareRecord {
     writes: Vec<Mutation>,
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Plain enums and byte vectors always serialize.
-    bincode::serialize(v).unwrap_or_default()
-}
-
 impl ShardCommand {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The command as proposed to the shard's log (`pact_raft::codec`).
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
         encode(self)
     }
     pub fn decode(b: &[u8]) -> Result<Self, String> {
-        bincode::deserialize(b).map_err(|e| format!("undecodable shard command: {e}"))
+        decode(b, "shard command").map_err(|e| e.to_string())
     }
 }
 
 impl ShardReply {
     pub fn decode(b: &[u8]) -> Result<Self, String> {
-        bincode::deserialize(b).map_err(|e| format!("undecodable shard reply: {e}"))
+        decode(b, "shard reply").map_err(|e| e.to_string())
     }
 }
 
@@ -141,9 +138,9 @@ pub fn data_end() -> Vec<u8> {
 
 /// Decode a stored prepare record (for rebuilding locks on a new leader).
 pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
-    bincode::deserialize::<PrepareRecord>(v)
+    decode::<PrepareRecord>(v, "prepare record")
         .map(|r| r.writes)
-        .map_err(|e| format!("corrupt prepare record: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 /// What the leader's transaction manager must learn from an applied command.
@@ -238,7 +235,7 @@ pub fn effect(
             } else {
                 let rec = encode(&PrepareRecord {
                     writes: writes.clone(),
-                });
+                })?;
                 (vec![(p, Some(rec))], ShardReply::Prepared)
             }
         }
@@ -302,10 +299,10 @@ impl Apply for KvApp {
     ) -> Result<Applied, String> {
         let cmd = ShardCommand::decode(command)?;
         let (writes, reply) = effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
-        Ok(Applied {
-            writes,
-            reply: encode(&reply),
-        })
+        // A reply that cannot be encoded stops the replica rather than
+        // answering the proposer with nothing.
+        let reply = encode(&reply).map_err(|e| e.to_string())?;
+        Ok(Applied { writes, reply })
     }
 
     fn visible(&self, command: &[u8], reply: &[u8]) {
@@ -583,8 +580,54 @@ mod tests {
         assert_eq!(TxnId::from_key(&id.key(PREPARED_PREFIX)), Some(id));
         assert!(data_key(&[0xff; 4]) < data_end());
         assert!(id.key(PREPARED_PREFIX) > data_end());
-        let c = ShardCommand::Commit { txn: id };
-        assert_eq!(ShardCommand::decode(&c.encode()).unwrap(), c);
-        assert!(ShardCommand::decode(b"\xff\xff\xff\xff garbage").is_err());
+    }
+
+    /// Every command, reply and stored record decodes back to itself, and
+    /// bytes that are not one are an error naming what was being read.
+    #[test]
+    fn commands_replies_and_records_round_trip() {
+        let txn = t(77);
+        let writes = vec![(b"a".to_vec(), Some(vec![0u8; 300])), (b"b".to_vec(), None)];
+        for c in [
+            ShardCommand::OnePhase {
+                txn,
+                writes: writes.clone(),
+                term: 3,
+            },
+            ShardCommand::Prepare {
+                txn,
+                writes: writes.clone(),
+                term: u64::MAX,
+            },
+            ShardCommand::Commit { txn },
+            ShardCommand::Abort { txn },
+            ShardCommand::Fence { txn },
+        ] {
+            assert_eq!(ShardCommand::decode(&c.encode().unwrap()).unwrap(), c);
+        }
+        for r in [
+            ShardReply::Done,
+            ShardReply::Prepared,
+            ShardReply::Rejected("why".into()),
+        ] {
+            assert_eq!(ShardReply::decode(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let rec = encode(&PrepareRecord {
+            writes: writes.clone(),
+        })
+        .unwrap();
+        assert_eq!(prepared_writes(&rec).unwrap(), writes);
+
+        let e = ShardCommand::decode(b"\xff\xff\xff\xff garbage").unwrap_err();
+        assert!(
+            e.contains("shard command") && e.contains("format version 255"),
+            "{e}"
+        );
+        let e = prepared_writes(&rec[..rec.len() - 1]).unwrap_err();
+        assert!(
+            e.contains("prepare record") && e.contains("undecodable"),
+            "{e}"
+        );
+        assert!(ShardReply::decode(&[]).is_err());
     }
 }

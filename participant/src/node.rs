@@ -869,7 +869,7 @@ impl Node {
     }
 
     async fn propose(&self, s: &Shard, cmd: ShardCommand) -> Result<ShardReply, Error> {
-        let (_, reply) = s.replica.propose(cmd.encode()).await?;
+        let (_, reply) = s.replica.propose(encode_command(&cmd)?).await?;
         ShardReply::decode(&reply).map_err(Error::Fatal)
     }
 
@@ -954,12 +954,11 @@ async fn commit_locked(
         }
         return Ok(0);
     }
-    let cmd = ShardCommand::OnePhase {
+    let cmd = encode_command(&ShardCommand::OnePhase {
         txn,
         writes: input.writes,
         term: input.term,
-    }
-    .encode();
+    })?;
     let (index, reply) = s.replica.propose(cmd).await?;
     match ShardReply::decode(&reply).map_err(Error::Fatal)? {
         ShardReply::Done => {
@@ -1103,9 +1102,23 @@ async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn:
         }
     };
     tracing::info!(shard = s.replica.group(), %txn, ?cmd, "resolving in-doubt transaction from its coordinator");
-    if let Err(e) = s.replica.propose(cmd.encode()).await {
+    let cmd = match encode_command(&cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(shard = s.replica.group(), %txn, error = %e, "cannot resolve in-doubt transaction");
+            return;
+        }
+    };
+    if let Err(e) = s.replica.propose(cmd).await {
         tracing::warn!(shard = s.replica.group(), %txn, error = %e, "could not apply the coordinator's decision; will ask again");
     }
+}
+
+/// A command ready to propose; one that cannot be encoded is refused
+/// before anything is proposed.
+fn encode_command(cmd: &ShardCommand) -> Result<Vec<u8>, Error> {
+    cmd.encode()
+        .map_err(|e| Error::InvalidInput(format!("cannot propose the shard command: {e}")))
 }
 
 async fn become_leader(s: &Shard, term: u64, clock: &Clock) {

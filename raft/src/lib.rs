@@ -14,6 +14,12 @@
 //! fsync (group commit). Log entries are acknowledged to openraft as
 //! persisted only after that fsync; votes are fsynced before they are sent.
 //!
+//! Every stored value and Raft message is encoded by [`codec`]: a format
+//! version byte, then postcard. The database records its format version
+//! when it is created, and [`NodeStore::open`] refuses a directory in
+//! another format, or one from before the format was versioned, with an
+//! error naming the version it found.
+//!
 //! # Invariants
 //! - Nothing is reported durable before `fsync` returned.
 //! - A group's applied state is always the result of applying exactly the
@@ -30,6 +36,7 @@
 //! reports it so the node can exit instead of serving from a store whose
 //! durability it no longer knows.
 
+pub mod codec;
 mod error;
 mod log_store;
 pub mod metrics;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use crate::codec::{decode, encode};
 use crate::store::{
     blocking, group_end, group_key, group_prefix, log_key, NodeStore, Notify, Op, Space,
     META_COMMITTED, META_PURGED, META_VOTE,
@@ -30,12 +31,17 @@ pub struct LogStore {
     store: Arc<NodeStore>,
 }
 
-pub(crate) fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    bincode::serialize(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    bincode::deserialize(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// A stored log entry; the error names its group and index.
+fn decode_entry(key: &[u8], v: &[u8]) -> io::Result<Entry> {
+    let num = |r: std::ops::Range<usize>| {
+        key.get(r)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    match (num(0..8), num(8..16)) {
+        (Some(g), Some(i)) => decode(v, format_args!("log entry {i} of group {g}")),
+        _ => decode(v, format_args!("log entry at key {key:?}")),
+    }
 }
 
 impl LogStore {
@@ -52,7 +58,14 @@ impl LogStore {
             .get(Space::Meta, group_key(self.group, tag))
             .await?
         {
-            Some(b) => Ok(Some(decode(&b)?)),
+            Some(b) => Ok(Some(decode(
+                &b,
+                format_args!(
+                    "meta `{}` of group {}",
+                    String::from_utf8_lossy(tag),
+                    self.group
+                ),
+            )?)),
             None => Ok(None),
         }
     }
@@ -90,7 +103,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let store = self.store.clone();
         blocking(move || {
             let raw = store.range_sync(Space::Log, &from, &to, usize::MAX, false)?;
-            raw.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+            raw.iter().map(|(k, v)| decode_entry(k, v)).collect()
         })
         .await
     }
@@ -115,7 +128,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let store = self.store.clone();
         blocking(move || {
             let raw = store.range_bytes_sync(Space::Log, &from, &to, MAX_APPEND_BYTES)?;
-            raw.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+            raw.iter().map(|(k, v)| decode_entry(k, v)).collect()
         })
         .await
     }
@@ -132,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = blocking(move || {
             let raw = store.range_sync(Space::Log, &from, &to, 1, true)?;
             match raw.first() {
-                Some((_, v)) => Ok(Some(decode::<Entry>(v)?.log_id)),
+                Some((k, v)) => Ok(Some(decode_entry(k, v)?.log_id)),
                 None => Ok(None),
             }
         })

@@ -2,7 +2,8 @@
 //!
 //! Every node runs one transport service for all its groups; a message names
 //! its group and is routed to that group's Raft instance. Payloads are
-//! bincode-encoded openraft messages. Outgoing connections are one tonic
+//! openraft messages in the storage encoding (`codec`, with its version
+//! byte, so a peer running another format is told which). Outgoing connections are one tonic
 //! channel per peer address, shared by all groups (HTTP/2 multiplexes them).
 //!
 //! A peer that sends bytes that do not decode gets `INVALID_ARGUMENT` and
@@ -38,7 +39,8 @@ use pact_proto::RaftMessage;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::log_store::{decode, encode, LogStore};
+use crate::codec::{decode, encode};
+use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -244,8 +246,11 @@ impl PeerClient {
             Ok(Err(s)) => return Err(CallError::Network(format!("node {}: {}", self.target, s))),
             Ok(Ok(r)) => r.into_inner(),
         };
-        decode(&resp.payload)
-            .map_err(|e| CallError::Network(format!("bad reply from node {}: {e}", self.target)))
+        decode(
+            &resp.payload,
+            format_args!("reply from node {}", self.target),
+        )
+        .map_err(|e| CallError::Network(format!("bad {e}")))
     }
 }
 
@@ -508,12 +513,11 @@ fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), S
 }
 
 fn parse<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    decode(&m.payload).map_err(|e| {
-        Status::invalid_argument(format!(
-            "undecodable raft message from node {}: {e}",
-            m.from
-        ))
-    })
+    decode(
+        &m.payload,
+        format_args!("raft message from node {} for group {}", m.from, m.group),
+    )
+    .map_err(|e| Status::invalid_argument(format!("undecodable {e}")))
 }
 
 fn reply<T: serde::Serialize>(group: u64, me: u64, v: &T) -> Result<Response<RaftMessage>, Status> {

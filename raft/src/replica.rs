@@ -9,7 +9,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
 
-use crate::log_store::{decode, encode, LogStore};
+use crate::codec::{decode, encode};
+use crate::log_store::LogStore;
 use crate::network::{ask_state, NetworkFactory, Peers, Router};
 use crate::rejoin::{decide, Decision, Gate, LeaderId};
 use crate::state_machine::{scan_sm, Apply, StateMachine};
@@ -469,7 +470,7 @@ async fn initialize(raft: &Raft, group: u64, members: &BTreeMap<u64, String>) {
 /// purge point, no applied state: it never took part), else open.
 fn gate_at_start(store: &NodeStore, group: u64) -> io::Result<Gate> {
     if let Some(b) = store.get_sync(Space::Meta, &group_key(group, META_REJOIN))? {
-        let floor: LeaderId = decode(&b)?;
+        let floor: LeaderId = decode(&b, format_args!("rejoin floor of group {group}"))?;
         return Ok(Gate::rejoining(floor));
     }
     let nothing = store

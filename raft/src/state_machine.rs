@@ -14,7 +14,7 @@ use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
-use crate::log_store::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::store::{
     blocking, group_end, group_key, group_prefix, NodeStore, Op, SmImage, Space, SM_APPLIED,
     SM_MEMBERSHIP,
@@ -131,7 +131,14 @@ impl StateMachine {
             .get(Space::SmMeta, group_key(self.group, tag))
             .await?
         {
-            Some(b) => Ok(Some(decode(&b)?)),
+            Some(b) => Ok(Some(decode(
+                &b,
+                format_args!(
+                    "state machine meta `{}` of group {}",
+                    String::from_utf8_lossy(tag),
+                    self.group
+                ),
+            )?)),
             None => Ok(None),
         }
     }
@@ -145,11 +152,11 @@ impl StateMachine {
         // The image was taken before this fsync, so all of it is on disk after it.
         self.store.sync().await?;
         let last_log_id: Option<LogId> = match &image.applied {
-            Some(b) => decode(b)?,
+            Some(b) => decode(b, format_args!("applied log id of group {}", self.group))?,
             None => None,
         };
         let last_membership: StoredMembership = match &image.membership {
-            Some(b) => decode(b)?,
+            Some(b) => decode(b, format_args!("membership of group {}", self.group))?,
             None => StoredMembership::default(),
         };
         let data = encode(&image.pairs)?;
@@ -259,7 +266,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(snapshot.get_ref())?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(
+            snapshot.get_ref(),
+            format_args!("snapshot data of group {}", self.group),
+        )?;
         let mut ops = Vec::with_capacity(pairs.len() + 3);
         ops.push(Op::DeleteRange(
             Space::Sm,

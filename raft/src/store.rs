@@ -5,10 +5,17 @@
 //!
 //! | keyspace | key                       | value                              |
 //! |----------|---------------------------|------------------------------------|
-//! | `log`    | group ++ index (BE u64)   | bincode(Entry)                     |
-//! | `meta`   | group ++ tag              | bincode(vote / committed / purged / rejoin floor) |
+//! | `log`    | group ++ index (BE u64)   | codec(Entry)                       |
+//! | `meta`   | group ++ tag              | codec(vote / committed / purged / rejoin floor) |
+//! | `meta`   | [`FORMAT_KEY`]            | format version, ASCII decimal      |
 //! | `sm`     | group ++ application key  | application value                  |
-//! | `smmeta` | group ++ tag              | bincode(applied log id / membership)|
+//! | `smmeta` | group ++ tag              | codec(applied log id / membership) |
+//!
+//! `codec(x)` is [`crate::codec`]'s encoding: a version byte, then postcard.
+//! The format record says which format the whole database is in; it is
+//! written when the database is created and checked on every open (see
+//! [`check_format`]), so a node refuses to start on a directory it cannot
+//! read rather than failing, or misreading, later.
 //!
 //! All writes that must be durable before they are acknowledged go through a
 //! single writer thread ([`Writer`]). It drains every queued job, commits each
@@ -28,6 +35,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use openraft::storage::IOFlushed;
 use pact_common::StorageTuning;
 
+use crate::codec::FORMAT_VERSION;
 use crate::types::TypeConfig;
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -38,6 +46,10 @@ pub(crate) const META_PURGED: &[u8] = b"purged";
 pub(crate) const META_REJOIN: &[u8] = b"rejoin";
 pub(crate) const SM_APPLIED: &[u8] = b"applied";
 pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
+/// The database's format record, in `meta`. It starts with eight 0xff
+/// bytes, the prefix of no group (ids stop at [`MAX_GROUP_ID`]), so it lies
+/// past every group's range and no group's range delete can reach it.
+pub(crate) const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffformat";
 
 /// Which keyspace a write goes to.
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +179,7 @@ impl NodeStore {
         let meta = ks("meta")?;
         let sm = ks("sm")?;
         let smmeta = ks("smmeta")?;
+        check_format(dir, &db, &meta, &[&log, &meta, &sm, &smmeta])?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let poisoned = Arc::new(AtomicBool::new(false));
         let store = Arc::new(NodeStore {
@@ -331,6 +344,55 @@ impl NodeStore {
     /// Make everything written so far durable.
     pub(crate) async fn sync(&self) -> io::Result<()> {
         self.write_durable(Vec::new()).await
+    }
+}
+
+/// Make sure the database under `dir` is in [`FORMAT_VERSION`]: a new
+/// (empty) database gets the format record, durably, before anything else
+/// is written; a database in another format, or one written before the
+/// format record existed, is refused with an error naming what was found.
+fn check_format(dir: &Path, db: &Database, meta: &Keyspace, all: &[&Keyspace]) -> io::Result<()> {
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("data directory {}: {why}", dir.display()),
+        )
+    };
+    match meta.get(FORMAT_KEY).map_err(to_io)? {
+        Some(v) => {
+            let found = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| refuse(format!("unreadable format record {:?}", v.as_ref())))?;
+            if found == u64::from(FORMAT_VERSION) {
+                Ok(())
+            } else if found > u64::from(FORMAT_VERSION) {
+                Err(refuse(format!(
+                    "on-disk format version {found} is newer than this build supports \
+                     (version {FORMAT_VERSION}); run a Pact build that reads version {found}"
+                )))
+            } else {
+                Err(refuse(format!(
+                    "on-disk format version {found} is older than this build's version \
+                     {FORMAT_VERSION}, and this build has no migration from it"
+                )))
+            }
+        }
+        None => {
+            for ks in all {
+                if !ks.is_empty().map_err(to_io)? {
+                    return Err(refuse(format!(
+                        "it holds data but no format record: it was written by a Pact build \
+                         older than the versioned on-disk format (version {FORMAT_VERSION}), \
+                         which this build cannot read and does not migrate; start the node \
+                         on an empty data directory and it rejoins from its peers"
+                    )));
+                }
+            }
+            meta.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
+                .map_err(to_io)?;
+            db.persist(PersistMode::SyncAll).map_err(to_io)
+        }
     }
 }
 

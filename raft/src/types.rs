@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 /// An application command, already encoded by the application. The
 /// replication layer never looks inside: it only orders and stores it.
 ///
-/// Serialized as one byte string, not a sequence of `u8`s: bincode writes
-/// both the same way (length, then the bytes), so stored logs stay
-/// readable, but a byte string is copied in one piece instead of visited
-/// byte by byte, which made a 1 MiB entry cost tens of milliseconds per
-/// encode or decode and blew the append deadline.
+/// Serialized as one byte string, not a sequence of `u8`s: the storage
+/// encoding writes both the same way (length, then the bytes), but a byte
+/// string is copied in one piece instead of visited byte by byte, which
+/// made a 1 MiB entry cost tens of milliseconds per encode or decode and
+/// blew the append deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command(pub Vec<u8>);
 

@@ -139,7 +139,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .append_entries(pb::RaftMessage {
             group: shard.0,
             from: 42,
-            payload: b"\xde\xad\xbe\xef not bincode".to_vec().into(),
+            payload: b"\xde\xad\xbe\xef not a raft message".to_vec().into(),
         })
         .await
         .unwrap_err();
@@ -234,24 +234,34 @@ fn bad_config_and_flags_fail_with_a_clear_message() {
     assert!(err.contains("invalid value"), "stderr: {err}");
 }
 
-/// bincode of an openraft `Vote` (leader id adv: term, node id; committed).
-fn vote_bytes(term: u64, node: u64, committed: bool) -> Vec<u8> {
-    let mut b = term.to_le_bytes().to_vec();
-    b.extend_from_slice(&node.to_le_bytes());
-    b.push(u8::from(committed));
-    b
+/// Pact's encoding of a Raft message (`pact_raft::codec`): format version
+/// 1, then postcard, in which every integer is a LEB128 varint.
+const FORMAT_VERSION: u8 = 1;
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
-/// bincode of `Option<LogId>` (leader id, index).
-fn log_id_bytes(l: Option<(u64, u64, u64)>) -> Vec<u8> {
+/// An openraft `Vote` (leader id adv: term, node id; committed).
+fn vote_bytes(term: u64, node: u64, committed: bool, b: &mut Vec<u8>) {
+    varint(term, b);
+    varint(node, b);
+    b.push(u8::from(committed));
+}
+
+/// `Option<LogId>` (leader id, index).
+fn log_id_bytes(l: Option<(u64, u64, u64)>, b: &mut Vec<u8>) {
     match l {
-        None => vec![0],
+        None => b.push(0),
         Some((term, node, index)) => {
-            let mut b = vec![1];
-            b.extend_from_slice(&term.to_le_bytes());
-            b.extend_from_slice(&node.to_le_bytes());
-            b.extend_from_slice(&index.to_le_bytes());
-            b
+            b.push(1);
+            varint(term, b);
+            varint(node, b);
+            varint(index, b);
         }
     }
 }
@@ -260,18 +270,20 @@ fn log_id_bytes(l: Option<(u64, u64, u64)>) -> Vec<u8> {
 /// a forged one also claims a leadership transfer, which openraft grants
 /// even while the voter still has a live leader.
 fn vote_request(term: u64, node: u64, last: Option<(u64, u64, u64)>) -> Vec<u8> {
-    let mut b = vote_bytes(term, node, false);
-    b.extend(log_id_bytes(last));
+    let mut b = vec![FORMAT_VERSION];
+    vote_bytes(term, node, false, &mut b);
+    log_id_bytes(last, &mut b);
     b.push(u8::from(last.is_some()));
     b
 }
 
 /// An empty `AppendEntriesRequest` (a heartbeat) from leader `node` of `term`.
 fn append_request(term: u64, node: u64) -> Vec<u8> {
-    let mut b = vote_bytes(term, node, true);
-    b.extend(log_id_bytes(None));
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend(log_id_bytes(None));
+    let mut b = vec![FORMAT_VERSION];
+    vote_bytes(term, node, true, &mut b);
+    log_id_bytes(None, &mut b);
+    varint(0, &mut b);
+    log_id_bytes(None, &mut b);
     b
 }
 
