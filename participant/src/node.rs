@@ -1138,10 +1138,19 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     for (k, v) in records {
         match (TxnId::from_key(&k), prepared_writes(&v)) {
             (Some(txn), Ok(w)) => prepared.push((txn, w)),
-            _ => tracing::error!(
-                shard = s.replica.group(),
-                "skipping a corrupt prepare record"
-            ),
+            (txn, w) => {
+                // Skipping it would free the locks of a prepared
+                // transaction; taking no transactional work as leader is
+                // the safe choice (clients see the shard unavailable).
+                tracing::error!(
+                    shard = s.replica.group(),
+                    key = ?k,
+                    txn = ?txn,
+                    error = ?w.err(),
+                    "corrupt prepare record: this leader takes no transactions"
+                );
+                return;
+            }
         }
     }
     let n = prepared.len();
