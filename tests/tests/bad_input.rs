@@ -8,6 +8,7 @@ use std::time::Duration;
 use pact_client::ClientError;
 use pact_common::{NodeId, ShardId, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use pact_proto as pb;
+use pact_tests::raft_forge::{append_request, vote_request};
 use pact_tests::{binary, fast_tuning, Cluster};
 
 fn expect_invalid(r: Result<(), ClientError>, what: &str, needle: &str) {
@@ -232,47 +233,6 @@ fn bad_config_and_flags_fail_with_a_clear_message() {
     let (st, err) = run(&["--node-id", "one", "--data-dir", data]);
     assert!(!st.success());
     assert!(err.contains("invalid value"), "stderr: {err}");
-}
-
-/// bincode of an openraft `Vote` (leader id adv: term, node id; committed).
-fn vote_bytes(term: u64, node: u64, committed: bool) -> Vec<u8> {
-    let mut b = term.to_le_bytes().to_vec();
-    b.extend_from_slice(&node.to_le_bytes());
-    b.push(u8::from(committed));
-    b
-}
-
-/// bincode of `Option<LogId>` (leader id, index).
-fn log_id_bytes(l: Option<(u64, u64, u64)>) -> Vec<u8> {
-    match l {
-        None => vec![0],
-        Some((term, node, index)) => {
-            let mut b = vec![1];
-            b.extend_from_slice(&term.to_le_bytes());
-            b.extend_from_slice(&node.to_le_bytes());
-            b.extend_from_slice(&index.to_le_bytes());
-            b
-        }
-    }
-}
-
-/// A `VoteRequest` from `node` at `term` whose log claims to end at `last`;
-/// a forged one also claims a leadership transfer, which openraft grants
-/// even while the voter still has a live leader.
-fn vote_request(term: u64, node: u64, last: Option<(u64, u64, u64)>) -> Vec<u8> {
-    let mut b = vote_bytes(term, node, false);
-    b.extend(log_id_bytes(last));
-    b.push(u8::from(last.is_some()));
-    b
-}
-
-/// An empty `AppendEntriesRequest` (a heartbeat) from leader `node` of `term`.
-fn append_request(term: u64, node: u64) -> Vec<u8> {
-    let mut b = vote_bytes(term, node, true);
-    b.extend(log_id_bytes(None));
-    b.extend_from_slice(&0u64.to_le_bytes());
-    b.extend(log_id_bytes(None));
-    b
 }
 
 #[derive(Clone, Copy, Debug)]
