@@ -96,7 +96,9 @@ impl Tls {
 
     /// What node `id` serves and presents: `flags` where given, else the
     /// config's `[tls]` CA and node certificate. `None` if neither asks
-    /// for TLS.
+    /// for TLS. The certificate must name node `id`
+    /// ([`pact_common::identity`]): peers refuse any other, so a node with
+    /// the wrong one is stopped at start rather than left unheard.
     pub fn for_node(
         config: &ClusterConfig,
         id: NodeId,
@@ -122,7 +124,19 @@ impl Tls {
         )?;
         let cert = pick(&flags.cert, cert, "node certificate", "--cert")?;
         let key = pick(&flags.key, key, "node key", "--key")?;
-        Tls::load(&ca, &cert, &key).map(Some)
+        let tls = Tls::load(&ca, &cert, &key)?;
+        match pact_common::identity::node_of_pem(&tls.cert) {
+            Ok(named) if named == id => Ok(Some(tls)),
+            Ok(named) => Err(ClientError::InvalidInput(format!(
+                "node certificate {cert} is node {named}'s ({}), not node {id}'s",
+                pact_common::identity::node_uri(named)
+            ))),
+            Err(e) => Err(ClientError::InvalidInput(format!(
+                "node certificate {cert}: {e}; the peers of node {id} accept only a \
+                 certificate naming {}",
+                pact_common::identity::node_uri(id)
+            ))),
+        }
     }
 
     /// The tonic client configuration.
@@ -130,5 +144,46 @@ impl Tls {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca))
             .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_starts_only_with_a_certificate_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ClusterConfig::local(3, 1, 3, 7001).unwrap();
+        // Relative to a folder the files are not in: absolute paths.
+        let tls =
+            pact_common::certgen::write_cluster_certs(&cfg, dir.path(), Path::new("/nonexistent"))
+                .unwrap();
+        let client = (tls.client_cert.clone(), tls.client_key.clone());
+        cfg.tls = Some(tls);
+        let none = TlsPaths::default();
+        assert!(Tls::for_node(&cfg, NodeId(2), &none).unwrap().is_some());
+
+        let file = |name: &str| Some(dir.path().join(name).display().to_string());
+        let other = TlsPaths {
+            cert: file("node-1.pem"),
+            key: file("node-1.key"),
+            ..TlsPaths::default()
+        };
+        let err = Tls::for_node(&cfg, NodeId(2), &other).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is node 1's (pact://node/1), not node 2's"),
+            "{err}"
+        );
+        let as_client = TlsPaths {
+            cert: client.0,
+            key: client.1,
+            ..TlsPaths::default()
+        };
+        let err = Tls::for_node(&cfg, NodeId(2), &as_client).unwrap_err();
+        assert!(err.to_string().contains("names no node"), "{err}");
+        // A client may present its own: nothing is asked of its identity.
+        assert!(Tls::for_client(&cfg, &none).unwrap().is_some());
     }
 }

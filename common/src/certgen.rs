@@ -3,17 +3,21 @@
 //! --tls` and the tests; production clusters bring their own PKI.
 //!
 //! Node certificates are good for both TLS roles, because a node is a
-//! server on its ports and a client of its peers. They never expire (the
+//! server on its ports and a client of its peers, and carry the node's
+//! identity (`pact://node/<id>`, see [`crate::identity`]); the client
+//! certificate carries none, so peer ports refuse it. They never expire (the
 //! rcgen default validity), which suits a throwaway playground only.
 
 use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 use crate::config::{ClusterConfig, TlsConfig};
+use crate::NodeId;
+use rcgen::string::Ia5String;
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -80,9 +84,30 @@ impl Ca {
     }
 
     /// A certificate for `common_name`, valid for the host names or IP
-    /// addresses in `hosts`, usable as TLS server and client.
+    /// addresses in `hosts`, usable as TLS server and client. It names no
+    /// node, so it is a client's: peer ports refuse it.
     pub fn issue(&self, common_name: &str, hosts: &[String]) -> Result<Pem, CertError> {
+        self.issue_with(common_name, hosts, None)
+    }
+
+    /// Node `id`'s certificate: like [`Ca::issue`], plus the node's
+    /// identity ([`crate::identity::node_uri`]), which peer ports require
+    /// and bind Raft messages to.
+    pub fn issue_node(&self, id: NodeId, hosts: &[String]) -> Result<Pem, CertError> {
+        self.issue_with(&format!("pact node {id}"), hosts, Some(id))
+    }
+
+    fn issue_with(
+        &self,
+        common_name: &str,
+        hosts: &[String],
+        node: Option<NodeId>,
+    ) -> Result<Pem, CertError> {
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(gen)?;
+        if let Some(id) = node {
+            let uri = Ia5String::try_from(crate::identity::node_uri(id)).map_err(gen)?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -151,7 +176,7 @@ pub fn write_cluster_certs(
         let mut hosts = vec![host_of(&n.addr), host_of(&n.peer_addr), "localhost".into()];
         hosts.sort();
         hosts.dedup();
-        let pem = ca.issue(&format!("pact node {}", n.id), &hosts)?;
+        let pem = ca.issue_node(n.id, &hosts)?;
         write(&dir.join(format!("node-{}.pem", n.id)), &pem.cert, false)?;
         write(&dir.join(format!("node-{}.key", n.id)), &pem.key, true)?;
     }
@@ -190,13 +215,19 @@ mod tests {
         let t = loaded.tls.unwrap();
         for id in 1..=3 {
             let (cert, key) = t.node_files(crate::NodeId(id));
-            assert!(std::fs::read_to_string(cert)
-                .unwrap()
-                .contains("BEGIN CERTIFICATE"));
+            let pem = std::fs::read(cert).unwrap();
+            // Each node's certificate names that node.
+            assert_eq!(crate::identity::node_of_pem(&pem), Ok(crate::NodeId(id)));
             assert!(std::fs::read_to_string(key)
                 .unwrap()
                 .contains("PRIVATE KEY"));
         }
+        // The client's names none: it cannot pass for a node.
+        let client = std::fs::read(t.client_cert.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            crate::identity::node_of_pem(&client),
+            Err(crate::identity::IdentityError::NoNode)
+        );
         for p in [t.ca, t.client_cert.unwrap(), t.client_key.unwrap()] {
             assert!(Path::new(&p).is_absolute(), "{p} resolved against the file");
             assert!(std::fs::metadata(&p).is_ok(), "{p}");

@@ -9,12 +9,14 @@
 //!
 //! Failure cases are [`ConfigError`] (unreadable file, bad TOML, or a
 //! config that contradicts itself, each message naming the problem) and
-//! [`LimitError`] (a request over a size limit).
+//! [`LimitError`] (a request over a size limit); [`identity::IdentityError`]
+//! (a certificate that names no node, for the peer port).
 
 #[cfg(feature = "certgen")]
 pub mod certgen;
 mod config;
 pub mod faults;
+pub mod identity;
 mod ids;
 mod limits;
 mod partition;

@@ -150,8 +150,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // reported at once.
     let mut client_builder = pact_raft::server::grpc_server(server_tls.as_ref())
         .context("TLS setup of the client port")?;
+    // With TLS only nodes get past this, to every service of the port.
     let mut peer_builder = pact_raft::server::grpc_server(server_tls.as_ref())
-        .context("TLS setup of the peer port")?;
+        .context("TLS setup of the peer port")?
+        .layer(pact_raft::server::PeerAuth::new(&config, tls.is_some()).layer());
     if tls.is_none() {
         tracing::warn!(
             %peer_listen,

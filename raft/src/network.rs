@@ -14,11 +14,12 @@
 //! [`check_sender`]): the sender must be another member of the group, the
 //! request must name that same sender as its candidate or leader, and its
 //! term must be one a member could have reached. The service is served on
-//! the node's peer port only, never the client port; with TLS on, only a
-//! holder of a certificate from the cluster's CA can reach it at all. The
-//! sender id is still what the message claims (a certificate is not bound
-//! to a node id), but junk and stray messages cannot move a group's term
-//! or leader.
+//! the node's peer port only, never the client port. With TLS on, only a
+//! node's certificate (one naming a node of the config, see
+//! [`crate::server::PeerAuth`]) gets there at all, and a message's sender
+//! must be that node ([`authenticated`]); without TLS the sender id is what
+//! the message claims, but junk and stray messages still cannot move a
+//! group's term or leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -42,6 +43,7 @@ use tonic::{Request, Response, Status};
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
+use crate::server::PeerNode;
 use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest Raft message accepted or sent: bounds a snapshot sent in one
@@ -512,6 +514,31 @@ fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), S
     Ok(())
 }
 
+/// The message, if its sender (`from`) is the node whose certificate sent
+/// it: with TLS, one node cannot speak for another, whatever group or
+/// payload. Checked first, before the message is routed or decoded.
+/// Without TLS no certificate names the peer ([`PeerNode`] absent), and
+/// the claim is checked only by [`check_sender`].
+fn authenticated(request: Request<RaftMessage>) -> Result<RaftMessage, Status> {
+    let peer = request.extensions().get::<PeerNode>().copied();
+    let m = request.into_inner();
+    match peer {
+        Some(PeerNode(id)) if id.0 != m.from => {
+            tracing::debug!(
+                group = m.group,
+                from = m.from,
+                certificate = %id,
+                "raft message refused: sender is not the certificate's node"
+            );
+            Err(Status::permission_denied(format!(
+                "raft message claims to come from node {} but the certificate is node {id}'s",
+                m.from
+            )))
+        }
+        _ => Ok(m),
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
     decode(
         &m.payload,
@@ -543,7 +570,7 @@ impl RaftTransport for Router {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let m = request.into_inner();
+        let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let req: AppendEntriesRequest<TypeConfig> = parse(&m)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
@@ -555,7 +582,7 @@ impl RaftTransport for Router {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let m = request.into_inner();
+        let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
@@ -569,7 +596,7 @@ impl RaftTransport for Router {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let m = request.into_inner();
+        let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
@@ -597,7 +624,7 @@ impl RaftTransport for Router {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let m = request.into_inner();
+        let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let msg: SnapshotMessage = parse(&m)?;
         check_sender(&h, &m, &msg.vote.leader_id)?;
@@ -613,5 +640,32 @@ impl RaftTransport for Router {
             .await
             .map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use pact_common::NodeId;
+
+    fn request(from: u64, peer: Option<u64>) -> Request<RaftMessage> {
+        let mut r = Request::new(RaftMessage {
+            group: 1,
+            from,
+            payload: Vec::new().into(),
+        });
+        if let Some(p) = peer {
+            r.extensions_mut().insert(PeerNode(NodeId(p)));
+        }
+        r
+    }
+
+    #[test]
+    fn a_node_speaks_only_for_itself() {
+        assert_eq!(authenticated(request(2, Some(2))).unwrap().from, 2);
+        let e = authenticated(request(3, Some(2))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        // Without TLS the claim stands (check_sender still applies).
+        assert_eq!(authenticated(request(3, None)).unwrap().from, 3);
     }
 }

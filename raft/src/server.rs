@@ -1,8 +1,14 @@
 //! Process plumbing shared by the server binaries (participant and
 //! coordinator): logging setup, fault-injection arming, the shutdown
-//! signal, and the gRPC server's connection limits.
+//! signal, the gRPC server's connection limits, and who may call the peer
+//! port ([`PeerAuth`]).
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use pact_common::identity::node_of_certificate;
+use pact_common::{ClusterConfig, NodeId};
 
 /// Most concurrent HTTP/2 streams (requests) one connection may have open;
 /// a client that opens more has them refused. A node's peers multiplex
@@ -36,6 +42,76 @@ pub fn server_tls(ca: &[u8], cert: &[u8], key: &[u8]) -> tonic::transport::Serve
         .client_ca_root(tonic::transport::Certificate::from_pem(ca))
         .client_auth_optional(false)
         .timeout(TLS_HANDSHAKE_TIMEOUT)
+}
+
+/// The node a peer-port request comes from, as its TLS certificate names
+/// it ([`pact_common::identity`]); put into the request's extensions by
+/// [`PeerAuth`]. Absent without TLS, where nothing authenticates a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerNode(pub NodeId);
+
+/// Who may call a node's peer port, checked before any service there sees
+/// a request: with TLS, only a node of the cluster's config, by the node
+/// identity in the certificate the handshake verified (a client's
+/// certificate names no node and is refused with `PERMISSION_DENIED`).
+/// The caller's id goes along as [`PeerNode`], so the Raft transport can
+/// insist that a message's sender is that node. Without TLS every request
+/// passes as before.
+#[derive(Clone, Debug)]
+pub struct PeerAuth {
+    /// The config's nodes; `None` without TLS.
+    nodes: Option<Arc<BTreeSet<NodeId>>>,
+}
+
+impl PeerAuth {
+    pub fn new(config: &ClusterConfig, tls: bool) -> PeerAuth {
+        PeerAuth {
+            nodes: tls.then(|| Arc::new(config.nodes.iter().map(|n| n.id).collect())),
+        }
+    }
+
+    /// The node that presented `leaf` (the DER of the peer's own
+    /// certificate, `None` if it presented none); `Ok(None)` without TLS.
+    pub fn check(&self, leaf: Option<&[u8]>) -> Result<Option<NodeId>, tonic::Status> {
+        let Some(nodes) = &self.nodes else {
+            return Ok(None);
+        };
+        let Some(der) = leaf else {
+            // The handshake demands a certificate; this is a guard should
+            // that ever change, not a path a peer can take.
+            return Err(tonic::Status::unauthenticated(
+                "the peer port needs a node certificate",
+            ));
+        };
+        let id = node_of_certificate(der).map_err(|e| {
+            tracing::debug!("peer port refused a certificate: {e}");
+            tonic::Status::permission_denied(format!("the peer port serves nodes only: {e}"))
+        })?;
+        if !nodes.contains(&id) {
+            tracing::debug!(node = %id, "peer port refused a certificate of an unknown node");
+            return Err(tonic::Status::permission_denied(format!(
+                "the certificate names node {id}, which is not in this cluster's config"
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// The interceptor layer for the peer port's server builder, so that
+    /// it covers every service mounted there.
+    pub fn layer(self) -> tonic::service::InterceptorLayer<PeerAuth> {
+        tonic::service::InterceptorLayer::new(self)
+    }
+}
+
+impl tonic::service::Interceptor for PeerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        if let Some(id) = self.check(leaf)? {
+            req.extensions_mut().insert(PeerNode(id));
+        }
+        Ok(req)
+    }
 }
 
 /// The gRPC server builder both server binaries use, for each of their two
@@ -127,4 +203,42 @@ pub fn arm_faults() -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pact_common::certgen::Ca;
+    use pact_common::identity::first_certificate_der;
+    use tonic::Code;
+
+    #[test]
+    fn the_peer_port_admits_only_the_configs_nodes_and_only_with_tls() {
+        let config = ClusterConfig::local(3, 1, 3, 7001).unwrap();
+        let ca = Ca::new("test CA").unwrap();
+        let hosts = ["localhost".to_string()];
+        let der =
+            |pem: &pact_common::certgen::Pem| first_certificate_der(pem.cert.as_bytes()).unwrap();
+        let node2 = der(&ca.issue_node(NodeId(2), &hosts).unwrap());
+        let stranger = der(&ca.issue_node(NodeId(9), &hosts).unwrap());
+        let client = der(&ca.issue("pact client", &hosts).unwrap());
+
+        let tls = PeerAuth::new(&config, true);
+        assert_eq!(tls.check(Some(&node2)).unwrap(), Some(NodeId(2)));
+        for (what, leaf) in [("client", &client), ("node 9", &stranger)] {
+            let e = tls.check(Some(leaf)).unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+        }
+        assert_eq!(
+            tls.check(Some(b"junk")).unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(tls.check(None).unwrap_err().code(), Code::Unauthenticated);
+
+        // Without TLS nothing names a peer, and nothing is refused here.
+        let plain = PeerAuth::new(&config, false);
+        for leaf in [None, Some(&client[..]), Some(&node2[..])] {
+            assert_eq!(plain.check(leaf).unwrap(), None);
+        }
+    }
 }

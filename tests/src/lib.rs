@@ -11,6 +11,7 @@
 //! a nemesis, per-link proxies and the checkers of `pact-check`.
 
 pub mod jepsen;
+pub mod raft_forge;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

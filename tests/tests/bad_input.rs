@@ -8,6 +8,7 @@ use std::time::Duration;
 use pact_client::ClientError;
 use pact_common::{NodeId, ShardId, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use pact_proto as pb;
+use pact_tests::raft_forge::{append_request, vote_request};
 use pact_tests::{binary, fast_tuning, Cluster};
 
 fn expect_invalid(r: Result<(), ClientError>, what: &str, needle: &str) {
@@ -232,59 +233,6 @@ fn bad_config_and_flags_fail_with_a_clear_message() {
     let (st, err) = run(&["--node-id", "one", "--data-dir", data]);
     assert!(!st.success());
     assert!(err.contains("invalid value"), "stderr: {err}");
-}
-
-/// Pact's encoding of a Raft message (`pact_raft::codec`): format version
-/// 1, then postcard, in which every integer is a LEB128 varint.
-const FORMAT_VERSION: u8 = 1;
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// An openraft `Vote` (leader id adv: term, node id; committed).
-fn vote_bytes(term: u64, node: u64, committed: bool, b: &mut Vec<u8>) {
-    varint(term, b);
-    varint(node, b);
-    b.push(u8::from(committed));
-}
-
-/// `Option<LogId>` (leader id, index).
-fn log_id_bytes(l: Option<(u64, u64, u64)>, b: &mut Vec<u8>) {
-    match l {
-        None => b.push(0),
-        Some((term, node, index)) => {
-            b.push(1);
-            varint(term, b);
-            varint(node, b);
-            varint(index, b);
-        }
-    }
-}
-
-/// A `VoteRequest` from `node` at `term` whose log claims to end at `last`;
-/// a forged one also claims a leadership transfer, which openraft grants
-/// even while the voter still has a live leader.
-fn vote_request(term: u64, node: u64, last: Option<(u64, u64, u64)>) -> Vec<u8> {
-    let mut b = vec![FORMAT_VERSION];
-    vote_bytes(term, node, false, &mut b);
-    log_id_bytes(last, &mut b);
-    b.push(u8::from(last.is_some()));
-    b
-}
-
-/// An empty `AppendEntriesRequest` (a heartbeat) from leader `node` of `term`.
-fn append_request(term: u64, node: u64) -> Vec<u8> {
-    let mut b = vec![FORMAT_VERSION];
-    vote_bytes(term, node, true, &mut b);
-    log_id_bytes(None, &mut b);
-    varint(0, &mut b);
-    log_id_bytes(None, &mut b);
-    b
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -238,6 +238,19 @@ fn playground_with_tls() {
     ] {
         assert!(dir.path().join("certs").join(f).exists(), "{f}");
     }
+    // Node certificates name their node (peer ports require that); the
+    // client's names none, so it opens only client ports.
+    let read = |f: &str| std::fs::read(dir.path().join("certs").join(f)).unwrap();
+    for id in 1..=6 {
+        assert_eq!(
+            pact_common::identity::node_of_pem(&read(&format!("node-{id}.pem"))),
+            Ok(pact_common::NodeId(id))
+        );
+    }
+    assert_eq!(
+        pact_common::identity::node_of_pem(&read("client.pem")),
+        Err(pact_common::identity::IdentityError::NoNode)
+    );
     // The config's client certificate: a cross-shard transaction.
     let o = txn(
         &cfg,

@@ -8,6 +8,7 @@ use pact_client::{ClientOptions, Tls};
 use pact_common::certgen::Ca;
 use pact_common::{ClusterConfig, NodeId, ShardId};
 use pact_proto as pb;
+use pact_tests::raft_forge::vote_request;
 use pact_tests::{fast_tuning, Cluster};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -80,14 +81,25 @@ fn two_shards(c: &pact_client::Client) -> (Vec<u8>, Vec<u8>) {
 
 async fn cross_shard_transfer(c: &pact_client::Client, round: u32) {
     let (a, b) = two_shards(c);
-    let mut t = c.begin().await.expect("begin");
-    t.put(&a, format!("a{round}").as_bytes())
-        .await
-        .expect("put a");
-    t.put(&b, format!("b{round}").as_bytes())
-        .await
-        .expect("put b");
-    t.commit().await.expect("cross-shard commit");
+    // A leader change (a loaded machine has some) aborts a transaction:
+    // a legitimate outcome, so try again a few times.
+    for attempt in 1.. {
+        let mut t = c.begin().await.expect("begin");
+        t.put(&a, format!("a{round}").as_bytes())
+            .await
+            .expect("put a");
+        t.put(&b, format!("b{round}").as_bytes())
+            .await
+            .expect("put b");
+        match t.commit().await {
+            Ok(_) => break,
+            Err(pact_client::ClientError::Aborted(why)) if attempt < 5 => {
+                eprintln!("cross-shard commit aborted ({why}); again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cross-shard commit: {e:?}"),
+        }
+    }
     assert_eq!(
         c.get(&a).await.unwrap(),
         Some(format!("a{round}").into_bytes())
@@ -221,10 +233,12 @@ struct Rogue {
     pem: Tls,
 }
 
-fn rogue(dir: &Path, name: &str) -> Rogue {
+fn rogue(dir: &Path, id: NodeId) -> Rogue {
     let ca = Ca::new("rogue CA").unwrap();
+    // A node certificate (naming node `id`), so that only the CA tells it
+    // from the cluster's own.
     let pem = ca
-        .issue(name, &["127.0.0.1".to_string(), "localhost".to_string()])
+        .issue_node(id, &["127.0.0.1".to_string(), "localhost".to_string()])
         .unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let r = Rogue {
@@ -269,7 +283,7 @@ async fn mutual_tls_admits_only_certificates_of_the_cluster_ca() {
         .unwrap()
         .unwrap();
     let ca_only = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&good.ca));
-    let other = rogue(&c.path().join("rogue-client"), "pact client");
+    let other = rogue(&c.path().join("rogue-client"), NodeId(1));
     // Trusts the cluster's CA (so the server is accepted), presents a
     // certificate of another CA.
     let foreign = ca_only
@@ -330,7 +344,7 @@ async fn a_node_with_a_certificate_of_another_ca_cannot_talk_to_its_group() {
 
     // Node 3 comes back with a certificate (and CA) of its own.
     let node3 = NodeId(3);
-    let r = rogue(&c.path().join("rogue-node"), "pact node 3");
+    let r = rogue(&c.path().join("rogue-node"), NodeId(3));
     c.set_args(
         node3,
         &[
@@ -425,4 +439,163 @@ async fn a_node_with_a_certificate_of_another_ca_cannot_talk_to_its_group() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Every (node, group, term) of the cluster's Raft groups, as status says.
+async fn terms(c: &Cluster) -> Vec<(u64, u64, u64)> {
+    let client = c.client();
+    let mut out = Vec::new();
+    for n in c.participant_ids() {
+        for s in &c.config.shards {
+            let st = client.replica_status(s.id, n).await.expect("shard status");
+            out.push((n.0, s.id.0, st.term));
+        }
+    }
+    for n in c.coordinator_ids(1) {
+        let st = client
+            .coordinator_status(n)
+            .await
+            .expect("coordinator status");
+        out.push((n.0, 1, st.term));
+    }
+    out
+}
+
+/// A Raft message on `ch`, of `rpc` ("vote" or "pre-vote").
+async fn raft_send(
+    ch: Channel,
+    rpc: &str,
+    group: u64,
+    from: u64,
+    payload: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let mut rt = pb::raft_transport_client::RaftTransportClient::new(ch);
+    let m = pb::RaftMessage {
+        group,
+        from,
+        payload: payload.into(),
+    };
+    match rpc {
+        "vote" => rt.vote(m).await,
+        _ => rt.pre_vote(m).await,
+    }
+    .map(|_| ())
+}
+
+fn denied(r: Result<(), tonic::Status>, what: &str) {
+    match r {
+        Err(s) if s.code() == Code::PermissionDenied => {}
+        other => panic!("{what}: expected PERMISSION_DENIED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_reach_the_peer_port_and_each_speaks_only_for_itself() {
+    let config = ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).unwrap();
+    let mut c = Cluster::create_tls(config, fast_tuning());
+    c.start_all();
+    wait_tls_cluster(&c).await;
+    let client = c.client();
+    cross_shard_transfer(&client, 1).await;
+    let before = terms(&c).await;
+
+    let tls = c.config.tls.clone().unwrap();
+    let node_tls = |id: NodeId| {
+        let (cert, key) = tls.node_files(id);
+        Tls::load(&tls.ca, &cert, &key).unwrap().client_config()
+    };
+    // The certificate the playground hands to users: signed by the
+    // cluster's CA, naming no node.
+    let user = Tls::for_client(&c.config, &Default::default())
+        .unwrap()
+        .unwrap()
+        .client_config();
+
+    // (node, Raft group, the group's replicas) for every replica.
+    let parts = c.participant_ids();
+    let coords = c.coordinator_ids(1);
+    let mut targets = Vec::new();
+    for n in &parts {
+        for s in &c.config.shards {
+            let members = s.replicas.clone();
+            if members.contains(n) {
+                targets.push((*n, s.id.0, members));
+            }
+        }
+    }
+    for n in &coords {
+        targets.push((*n, 1, coords.clone()));
+    }
+    assert!(targets.len() >= 6, "{targets:?}");
+
+    for (node, group, members) in &targets {
+        let n = c.config.node(*node).unwrap();
+        let what = |s: &str| format!("node {node} group {group}: {s}");
+        let others: Vec<u64> = members.iter().filter(|m| *m != node).map(|m| m.0).collect();
+        let (a, b) = (others[0], others[1]);
+        let far = before
+            .iter()
+            .find(|(m, g, _)| *m == node.0 && *g == *group)
+            .map_or(1, |t| t.2)
+            + 500_000;
+        let campaign = |from: u64| vote_request(far, from, Some((far, from, 1 << 40)));
+
+        // The user's certificate: refused on the peer port, whatever it
+        // sends, well-formed and claiming a member's id included.
+        let peer = channel(&n.peer_addr, Some(user.clone()));
+        for rpc in ["vote", "pre-vote"] {
+            denied(
+                raft_send(peer.clone(), rpc, *group, a, campaign(a)).await,
+                &what(&format!("{rpc} with the client certificate")),
+            );
+        }
+        if parts.contains(node) {
+            denied(
+                decide_probe(peer.clone()).await,
+                &what("decide with the client certificate"),
+            );
+        }
+
+        // Node a's own certificate: it gets in and may speak as itself
+        // (a harmless state query; the encoding decodes) ...
+        let as_a = channel(&n.peer_addr, Some(node_tls(NodeId(a))));
+        raft_send(
+            as_a.clone(),
+            "pre-vote",
+            *group,
+            a,
+            vote_request(0, a, None),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:?}", what("node's own pre-vote refused")));
+        // ... but not as node b, another member of the same group.
+        for rpc in ["vote", "pre-vote"] {
+            denied(
+                raft_send(as_a.clone(), rpc, *group, b, campaign(b)).await,
+                &what(&format!("{rpc} of node {a} claiming to be node {b}")),
+            );
+        }
+    }
+
+    // The user's certificate still works where it belongs.
+    for n in &c.config.nodes {
+        let ch = channel(&n.addr, Some(user.clone()));
+        let r = if coords.contains(&n.id) {
+            txn_probe(ch).await
+        } else {
+            kv_probe(ch).await
+        };
+        r.unwrap_or_else(|e| panic!("node {} client port: {e:?}", n.id));
+    }
+    // Every forged campaign carried a term 500,000 above the replica's;
+    // an election of the real members (a loaded machine has some) moves a
+    // term by a few at most.
+    let after = terms(&c).await;
+    for ((n, g, was), (_, _, now)) in before.iter().zip(&after) {
+        assert!(
+            *now < was + 1_000,
+            "node {n} group {g}: term {was} -> {now}, a forged campaign got through"
+        );
+    }
+    cross_shard_transfer(&client, 2).await;
 }
