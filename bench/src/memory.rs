@@ -71,17 +71,8 @@ pub fn find(proc_root: &Path, names: &[String]) -> Vec<Proc> {
 }
 
 /// RSS of `pid` in bytes, or None once it has exited.
-pub fn rss(proc_root: &Path, pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+pub fn rss(pid: u32) -> Option<u64> {
+    pact_common::process::rss_bytes(Some(pid))
 }
 
 /// Samples of one process: (operations completed, RSS bytes).
@@ -135,9 +126,9 @@ fn mib(b: u64) -> String {
 }
 
 impl MemoryReport {
-    pub fn record(&mut self, proc_root: &Path, procs: &[Proc], ops: u64) {
+    pub fn record(&mut self, procs: &[Proc], ops: u64) {
         for p in procs {
-            if let Some(r) = rss(proc_root, p.pid) {
+            if let Some(r) = rss(p.pid) {
                 self.series
                     .entry(p.clone())
                     .or_default()
@@ -229,9 +220,9 @@ mod tests {
         let found = find(root, &[comm.trim().to_string()]);
         assert!(found.iter().any(|p| p.pid == me), "{found:?}");
         assert!(find(root, &["no-such-process-name".into()]).is_empty());
-        assert!(rss(root, me).unwrap() > 1 << 20);
+        assert!(rss(me).unwrap() > 1 << 20);
         let mut r = MemoryReport::default();
-        r.record(root, &found, 0);
+        r.record(&found, 0);
         assert!(r.text().contains(&format!("(pid {me}), StartRSS(MiB)")));
     }
 }

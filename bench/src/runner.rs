@@ -150,7 +150,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         Some(s) => {
             s.abort();
             let mut m = memory.lock().map(|m| m.clone()).unwrap_or_default();
-            m.record(Path::new("/proc"), &procs, ctx.progress.totals().0);
+            m.record(&procs, ctx.progress.totals().0);
             Some(m)
         }
         None => None,
@@ -190,7 +190,7 @@ async fn sample_memory<B: Backend>(
         let out = out.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(mut m) = out.lock() {
-                m.record(Path::new("/proc"), &procs, ops);
+                m.record(&procs, ops);
             }
         })
         .await;

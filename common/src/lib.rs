@@ -20,6 +20,7 @@ pub mod identity;
 mod ids;
 mod limits;
 mod partition;
+pub mod process;
 mod txn;
 
 pub use config::{

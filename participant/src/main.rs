@@ -136,31 +136,22 @@ async fn run(r: Run) -> anyhow::Result<()> {
         tls,
     } = r;
     pact_raft::server::arm_faults().map_err(anyhow::Error::msg)?;
-    // Bind first, so a port clash is reported before any state is touched.
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let peer_listener = tokio::net::TcpListener::bind(peer_listen)
-        .await
-        .with_context(|| format!("cannot listen on {peer_listen} (peer port)"))?;
-    let server_tls = tls
-        .as_ref()
-        .map(|t| pact_raft::server::server_tls(&t.ca, &t.cert, &t.key));
-    // Build both servers before touching state, so bad TLS material is
-    // reported at once.
-    let mut client_builder = pact_raft::server::grpc_server(server_tls.as_ref())
-        .context("TLS setup of the client port")?;
-    // With TLS only nodes get past this, to every service of the port.
-    let mut peer_builder = pact_raft::server::grpc_server(server_tls.as_ref())
-        .context("TLS setup of the peer port")?
-        .layer(pact_raft::server::PeerAuth::new(&config, tls.is_some()).layer());
-    if tls.is_none() {
-        tracing::warn!(
-            %peer_listen,
-            "no TLS: whoever reaches the peer port can send Raft and transaction-control \
-             messages; keep it behind a firewall, or set [tls] in the config"
-        );
-    }
+    // Bind and set up both ports first, so a port clash or bad TLS material
+    // is reported before any state is touched.
+    let pact_raft::server::Ports {
+        client: listener,
+        peer: peer_listener,
+        client_server: mut client_builder,
+        peer_server,
+        peer_auth,
+    } = pact_raft::server::Ports::bind(
+        &config,
+        listen,
+        peer_listen,
+        tls.as_ref().map(|t| (&t.ca[..], &t.cert[..], &t.key[..])),
+    )
+    .await?;
+    let mut peer_builder = peer_server.layer(peer_auth);
     let node = Arc::new(Node::start(config, id, &data_dir, tls.clone()).await?);
     if let Some(addr) = metrics_listen {
         let replicas = node.replicas().cloned().collect();

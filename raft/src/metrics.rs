@@ -36,19 +36,9 @@ pub fn heap_stats() -> Option<(u64, u64)> {
     Some((allocated as u64, resident as u64))
 }
 
-/// This process's resident memory in bytes, from `/proc/self/status`
-/// (None where there is no procfs).
+/// This process's resident memory in bytes (None where there is no procfs).
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    pact_common::process::rss_bytes(None)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGaugeVec> {

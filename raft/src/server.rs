@@ -134,6 +134,60 @@ pub fn grpc_server(
         .http2_max_pending_accept_reset_streams(Some(20)))
 }
 
+/// A server binary's two ports, bound and configured, before any state is
+/// touched: a port clash or bad TLS material is reported at once.
+pub struct Ports {
+    pub client: tokio::net::TcpListener,
+    pub peer: tokio::net::TcpListener,
+    /// For the client-facing services (Kv, Txn).
+    pub client_server: tonic::transport::Server,
+    /// For Raft and the transaction protocol: add `peer_auth` as a layer,
+    /// so that with TLS only nodes of the config get to any service on it.
+    pub peer_server: tonic::transport::Server,
+    pub peer_auth: tonic::service::InterceptorLayer<PeerAuth>,
+}
+
+impl Ports {
+    /// Bind `listen` and `peer_listen` and build both servers; `tls` is
+    /// (CA, certificate, key) in PEM.
+    pub async fn bind(
+        config: &ClusterConfig,
+        listen: std::net::SocketAddr,
+        peer_listen: std::net::SocketAddr,
+        tls: Option<(&[u8], &[u8], &[u8])>,
+    ) -> std::io::Result<Ports> {
+        let bind = |addr, what: &'static str| async move {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}{what}: {e}"))
+            })
+        };
+        let client = bind(listen, "").await?;
+        let peer = bind(peer_listen, " (peer port)").await?;
+        let server_tls = tls.map(|(ca, cert, key)| server_tls(ca, cert, key));
+        let build = |what: &str| {
+            grpc_server(server_tls.as_ref())
+                .map_err(|e| std::io::Error::other(format!("TLS setup of the {what} port: {e}")))
+        };
+        let client_server = build("client")?;
+        let peer_server = build("peer")?;
+        let peer_auth = PeerAuth::new(config, tls.is_some()).layer();
+        if tls.is_none() {
+            tracing::warn!(
+                %peer_listen,
+                "no TLS: whoever reaches the peer port can send Raft and transaction-control \
+                 messages; keep it behind a firewall, or set [tls] in the config"
+            );
+        }
+        Ok(Ports {
+            client,
+            peer,
+            client_server,
+            peer_server,
+            peer_auth,
+        })
+    }
+}
+
 /// The accepted connections of `listener`, with the socket options the
 /// builder cannot apply to a listener bound by the caller.
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
