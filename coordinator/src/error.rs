@@ -33,6 +33,7 @@ impl From<ReplicaError> for Error {
             ReplicaError::Unavailable(m) => Error::Unavailable(m),
             ReplicaError::Unknown(m) => Error::Unknown(m),
             ReplicaError::Fatal(m) => Error::Fatal(m),
+            e @ ReplicaError::TooLarge { .. } => Error::InvalidInput(e.to_string()),
         }
     }
 }

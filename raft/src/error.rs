@@ -14,6 +14,10 @@ pub enum ReplicaError {
     /// change after the entry was appended). It may or may not be applied.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The command is larger than one log entry may be
+    /// ([`crate::MAX_COMMAND_BYTES`]); nothing was proposed. Not retryable.
+    #[error("command of {bytes} bytes is larger than a log entry may be ({max} bytes)")]
+    TooLarge { bytes: usize, max: usize },
     /// The replica stopped after a storage failure; it must be restarted.
     #[error("replica stopped: {0}")]
     Fatal(String),

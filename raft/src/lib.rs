@@ -51,7 +51,8 @@ pub mod wire;
 
 pub use error::ReplicaError;
 pub use network::{
-    Peers, Router, TransportService, MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
+    Peers, Router, TransportService, MAX_APPEND_MESSAGE_BYTES, MAX_COMMAND_BYTES,
+    MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
 pub use replica::{members, Host, Member, Replica, ReplicaStatus, Tuning};
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};

@@ -46,13 +46,21 @@ use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
 use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
-/// Largest Raft message accepted or sent: bounds a snapshot sent in one
-/// piece (InstallSnapshot), and an append. Appends carry at most
-/// `MAX_APPEND_BYTES` (8 MiB) of entries, but always at least one, and
-/// nothing below the application bounds one entry: a shard's prepare record
-/// holds up to 8 MiB of keys and values plus per-key framing, which can
-/// encode to several times that. A lower cap could refuse an entry that was
-/// already accepted, and the group could never replicate past it.
+/// Largest command one log entry may carry: `Replica::propose` refuses a
+/// larger one before anything is replicated. The applications stay far
+/// below it (a shard's prepare or one-phase commit carries at most 8 MiB of
+/// keys and values in at most 10,000 operations, a few bytes of framing
+/// each); the bound is what lets followers cap appends.
+pub const MAX_COMMAND_BYTES: usize = 16 << 20;
+
+/// Largest AppendEntries accepted: `MAX_APPEND_BYTES` (8 MiB) of entries,
+/// or more when the first entry alone is larger (an append always carries
+/// at least one), so one entry of the largest command plus the rest of a
+/// full batch, with room for the entries' and message's framing.
+pub const MAX_APPEND_MESSAGE_BYTES: usize = 32 << 20;
+
+/// Largest Raft message accepted or sent at all: bounds a snapshot sent in
+/// one piece (InstallSnapshot) until snapshots are streamed in chunks.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Largest Vote or PreVote accepted: the request is a vote and a log id (a
@@ -411,6 +419,7 @@ impl Router {
         };
         TransportService {
             votes: server(MAX_VOTE_MESSAGE_BYTES),
+            appends: server(MAX_APPEND_MESSAGE_BYTES),
             bulk: server(MAX_RAFT_MESSAGE_BYTES),
         }
     }
@@ -422,11 +431,13 @@ impl Router {
 #[derive(Clone)]
 pub struct TransportService {
     votes: RaftTransportServer<Router>,
+    appends: RaftTransportServer<Router>,
     bulk: RaftTransportServer<Router>,
 }
 
 const VOTE_PATH: &str = "/pact.v1.RaftTransport/Vote";
 const PRE_VOTE_PATH: &str = "/pact.v1.RaftTransport/PreVote";
+const APPEND_PATH: &str = "/pact.v1.RaftTransport/AppendEntries";
 
 impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for TransportService
 where
@@ -441,13 +452,14 @@ where
         &mut self,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Both inner services are always ready.
+        // The inner services are always ready.
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
         match req.uri().path() {
             VOTE_PATH | PRE_VOTE_PATH => self.votes.call(req),
+            APPEND_PATH => self.appends.call(req),
             _ => self.bulk.call(req),
         }
     }

@@ -303,6 +303,13 @@ impl Replica {
         if let Some(f) = self.fatal() {
             return Err(ReplicaError::Fatal(f));
         }
+        // Every entry must fit in an append its followers accept.
+        if command.len() > crate::network::MAX_COMMAND_BYTES {
+            return Err(ReplicaError::TooLarge {
+                bytes: command.len(),
+                max: crate::network::MAX_COMMAND_BYTES,
+            });
+        }
         if !self.raft.is_leader() {
             return Err(self.not_leader());
         }

@@ -188,14 +188,71 @@ impl Ports {
     }
 }
 
+/// A connection must send its first [`FIRST_BYTES`] bytes (the HTTP/2
+/// client preface is 24 bytes; a TLS ClientHello is longer) within this,
+/// or it is closed unserved: a socket that connects and stays silent
+/// (slowloris) holds nothing for long, TLS or not.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BYTES: usize = 24;
+
 /// The accepted connections of `listener`, with the socket options the
-/// builder cannot apply to a listener bound by the caller.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
+/// builder cannot apply to a listener bound by the caller, each handed to
+/// the server only once it has sent its first bytes (see
+/// [`FIRST_BYTES_TIMEOUT`]).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static {
+    use futures::StreamExt;
+    let mut accepted = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE))
         .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
-        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES))
+        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(conn) = accepted.next().await {
+            if tx.is_closed() {
+                break;
+            }
+            match conn {
+                Ok(stream) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if speaks_within(&stream, FIRST_BYTES_TIMEOUT).await {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                    });
+                }
+                // A failed accept (e.g. out of file descriptors) ends
+                // nothing: the listener goes on.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+}
+
+/// True once `s` has [`FIRST_BYTES`] bytes waiting to be read, false if it
+/// closes or `limit` passes first. Peeks, so the server reads them whole.
+async fn speaks_within(s: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; FIRST_BYTES];
+    loop {
+        match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
+            Ok(Ok(n)) if n >= FIRST_BYTES => return true,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            // Part of it: peek returns at once while those bytes wait, so
+            // look again a little later rather than spin.
+            Ok(Ok(_)) => {
+                if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Log to stderr; `RUST_LOG` overrides the default (info, openraft quiet).

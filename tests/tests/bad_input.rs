@@ -447,6 +447,13 @@ async fn forged_raft_messages_are_refused_and_move_no_term() {
             other => accepted.push(format!("1 MiB {rpc:?}: {other:?}")),
         }
     }
+    // An append carries at most 8 MiB of entries, or one entry of at most
+    // pact_raft::MAX_COMMAND_BYTES (16 MiB): a 40 MiB one is refused from
+    // its length, not buffered.
+    match send_raft(&addr, Rpc::Append, 1, parts[1].0, vec![7; 40 << 20]).await {
+        Err(e) if e.code() == tonic::Code::OutOfRange => {}
+        other => accepted.push(format!("40 MiB append: {other:?}")),
+    }
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = terms(&c).await;
@@ -560,7 +567,7 @@ fn refused_streams(addr: &str, n: u32) -> usize {
 }
 
 #[test]
-fn servers_cap_streams_and_close_connections_that_stop_answering_pings() {
+fn servers_cap_streams_and_close_silent_connections_and_those_that_stop_answering_pings() {
     let c = Cluster::start_with_coordinators(1, 1, 1, 1, fast_tuning());
     // Both ports of every node: the client port and the peer port.
     let ports: Vec<(NodeId, String)> = c
@@ -575,17 +582,32 @@ fn servers_cap_streams_and_close_connections_that_stop_answering_pings() {
         for (n, addr) in &ports {
             scope.spawn(move || {
                 let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                let mut s = loop {
+                // Up, and then two sockets that connect and stay silent, one
+                // of them after a few bytes: closed unserved within
+                // pact_raft::server::FIRST_BYTES_TIMEOUT (10 s), TLS or not.
+                let mut silent = loop {
                     match std::net::TcpStream::connect(addr) {
                         Ok(s) => break s,
                         Err(e) if std::time::Instant::now() > deadline => panic!("node {n}: {e}"),
                         Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 };
+                let mut partial = std::net::TcpStream::connect(addr).unwrap();
+                partial.write_all(b"PRI *").unwrap();
+                let opened = std::time::Instant::now();
                 // A client that ignores the announced limit gets the excess
                 // refused, not served.
                 let refused = refused_streams(addr, 300);
                 assert_eq!(refused, 300 - 256, "node {n}: streams refused out of 300");
+                for (what, sock) in [("silent", &mut silent), ("partial", &mut partial)] {
+                    let left = Duration::from_secs(25).saturating_sub(opened.elapsed());
+                    let (frames, eof) = read_frames(sock, left);
+                    assert!(
+                        eof && frames.is_empty(),
+                        "node {n}: {what} connection not closed unserved within 25 s: {frames:?}"
+                    );
+                }
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
                 // Client preface and an empty SETTINGS frame; then never answer.
                 s.write_all(
                     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
