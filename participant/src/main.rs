@@ -79,22 +79,15 @@ fn main() -> anyhow::Result<()> {
             g.group
         );
     }
-    let listen: SocketAddr = match args.listen {
-        Some(l) => l,
-        None => me
-            .addr
-            .parse()
-            .with_context(|| format!("node address {} is not ip:port; pass --listen", me.addr))?,
-    };
-    let peer_listen: SocketAddr = match args.peer_listen {
-        Some(l) => l,
-        None => me.peer_addr.parse().with_context(|| {
-            format!(
-                "node peer address {} is not ip:port; pass --peer-listen",
-                me.peer_addr
-            )
-        })?,
-    };
+    let listen = pact_raft::server::listen_addr(args.listen, &me.addr, "node address", "--listen")
+        .map_err(anyhow::Error::msg)?;
+    let peer_listen = pact_raft::server::listen_addr(
+        args.peer_listen,
+        &me.peer_addr,
+        "node peer address",
+        "--peer-listen",
+    )
+    .map_err(anyhow::Error::msg)?;
     let flags = pact_client::TlsPaths {
         ca: args.cacert.clone(),
         cert: args.cert.clone(),

@@ -134,6 +134,23 @@ pub fn grpc_server(
         .http2_max_pending_accept_reset_streams(Some(20)))
 }
 
+/// Where a server binary listens on one of its ports: the `flag` given on
+/// its command line, else the node's configured address (`what` names
+/// it, `flag_name` is the flag that overrides it, for the message).
+pub fn listen_addr(
+    flag: Option<std::net::SocketAddr>,
+    configured: &str,
+    what: &str,
+    flag_name: &str,
+) -> Result<std::net::SocketAddr, String> {
+    match flag {
+        Some(a) => Ok(a),
+        None => configured
+            .parse()
+            .map_err(|e| format!("{what} {configured} is not ip:port ({e}); pass {flag_name}")),
+    }
+}
+
 /// A server binary's two ports, bound and configured, before any state is
 /// touched: a port clash or bad TLS material is reported at once.
 pub struct Ports {
