@@ -39,6 +39,12 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 struct Session {
     shards: BTreeSet<ShardId>,
+    /// Shards holding writes of the transaction (sent with TxnWrite).
+    written: BTreeSet<ShardId>,
+    /// Keys the transaction holds exclusively (read for update, or
+    /// written): its commit may carry writes of these inside Prepare, as
+    /// the shard will not need to wait for their locks.
+    locked: BTreeSet<Vec<u8>>,
     /// The client's last request (idle timeout).
     last: Instant,
     /// The client's last sign of life, request or heartbeat (lease).
@@ -59,9 +65,10 @@ struct Session {
 /// an old age cannot hold seniority over everyone for long.
 pub const MAX_PRIORITY_AGE: Duration = Duration::from_secs(60);
 
-/// Writes a client sent with its commit, when the transaction touches one
-/// shard only: they travel inside that shard's CommitOnePhase instead of a
-/// Write of their own.
+/// Writes a client sent with its commit that travel inside the shard's
+/// CommitOnePhase or Prepare instead of a TxnWrite of their own: all of
+/// them when the transaction touches one shard, otherwise those whose keys
+/// the transaction already holds exclusively.
 #[derive(Clone, Default)]
 struct Carried {
     /// The commit is the transaction's first request to the shard.
@@ -74,7 +81,8 @@ enum Input {
     Commit {
         txn: TxnId,
         shards: BTreeSet<ShardId>,
-        carried: Option<Carried>,
+        writers: BTreeSet<ShardId>,
+        carried: BTreeMap<ShardId, Carried>,
         reply: oneshot::Sender<Outcome>,
     },
     Event(Event),
@@ -243,6 +251,8 @@ impl Coordinator {
                 txn,
                 Session {
                     shards: BTreeSet::new(),
+                    written: BTreeSet::new(),
+                    locked: BTreeSet::new(),
                     last: Instant::now(),
                     alive: Instant::now(),
                     priority,
@@ -414,7 +424,12 @@ impl Coordinator {
             .await;
         match r {
             Ok(_) if self.wound_of(txn).is_some() => Err(self.fail_wounded(txn).await),
-            Ok(r) => Ok(r.found.then(|| r.value.to_vec())),
+            Ok(r) => {
+                if for_update {
+                    self.note_locked(txn, None, [req.key.to_vec()]);
+                }
+                Ok(r.found.then(|| r.value.to_vec()))
+            }
             Err(e) => Err(self.fail(txn, e.into()).await),
         }
     }
@@ -491,6 +506,7 @@ impl Coordinator {
         (first, priority): (bool, u64),
         ops: Vec<pb::WriteOp>,
     ) -> Result<(), Error> {
+        let keys: Vec<Vec<u8>> = ops.iter().map(|o| o.key.to_vec()).collect();
         let req = pb::TxnWriteRequest {
             shard_id: shard.0,
             txn: Some(pb_txn(txn)),
@@ -504,8 +520,24 @@ impl Coordinator {
                 async move { participant(ch).txn_write(req).await }
             })
             .await
-            .map(|_| ())
-            .map_err(Error::from)
+            .map_err(Error::from)?;
+        self.note_locked(txn, Some(shard), keys);
+        Ok(())
+    }
+
+    /// `txn` now holds `keys` exclusively (and has writes at `written`).
+    fn note_locked(
+        &self,
+        txn: TxnId,
+        written: Option<ShardId>,
+        keys: impl IntoIterator<Item = Vec<u8>>,
+    ) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(sess) = s.get_mut(&txn) {
+                sess.written.extend(written);
+                sess.locked.extend(keys);
+            }
+        }
     }
 
     /// Lock and buffer `ops` at their shards: all of them, or none. Each
@@ -549,44 +581,65 @@ impl Coordinator {
 
     /// Commit, first adding `ops`: writes the client buffered. If the
     /// transaction touches one shard only, they travel inside its one-phase
-    /// commit (which locks and buffers them first). Otherwise they are
-    /// locked at all their shards at once, before any shard prepares: a
-    /// preparing transaction must wait for nothing, or wound-wait could
-    /// deadlock.
+    /// commit (which locks and buffers them first). Otherwise writes of
+    /// keys the transaction already holds exclusively travel inside the
+    /// shard's Prepare (or the single writer's one-phase commit), and the
+    /// rest are locked at all their shards at once before anything else:
+    /// a preparing transaction must wait for nothing, or wound-wait could
+    /// deadlock, and no lock may be taken after a read-only shard let its
+    /// locks go.
     pub async fn commit(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
-        let touched = match self.sessions.lock() {
+        let session = match self.sessions.lock() {
             Ok(s) => s
                 .get(&txn)
                 .filter(|sess| !sess.committing)
-                .map(|sess| sess.shards.clone()),
+                .map(|sess| (sess.shards.clone(), sess.locked.clone())),
             Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
         };
-        let Some(mut touched) = touched else {
+        let Some((mut touched, locked)) = session else {
             // Not open here: maybe already decided (a retried commit).
             return self.status(txn, false).await;
         };
         let mut parts = self.by_shard(ops);
+        let before = touched.clone();
         touched.extend(parts.keys().copied());
-        let mut carried = None;
+        let mut carried = BTreeMap::new();
         if let Some(w) = self.wound_of(txn) {
             return Err(self.abort_for(txn, Error::Aborted(w)).await);
         }
         if touched.len() == 1 {
             if let Some((shard, ops)) = parts.pop_first() {
                 let (first, priority) = self.touch(txn, shard)?;
-                carried = Some(Carried {
-                    first,
-                    priority,
-                    ops,
-                });
+                carried.insert(
+                    shard,
+                    Carried {
+                        first,
+                        priority,
+                        ops,
+                    },
+                );
             }
         } else if !parts.is_empty() {
             let mut calls = Vec::new();
             for (shard, ops) in parts {
+                let held =
+                    before.contains(&shard) && ops.iter().all(|o| locked.contains(o.key.as_ref()));
                 let touched = self.touch(txn, shard)?;
-                calls.push(self.write_shard(txn, shard, touched, ops));
+                if held {
+                    let (first, priority) = touched;
+                    carried.insert(
+                        shard,
+                        Carried {
+                            first,
+                            priority,
+                            ops,
+                        },
+                    );
+                } else {
+                    calls.push(self.write_shard(txn, shard, touched, ops));
+                }
             }
             let failed = futures::future::join_all(calls)
                 .await
@@ -608,10 +661,13 @@ impl Coordinator {
             match s.get_mut(&txn) {
                 Some(sess) if !sess.committing => {
                     sess.committing = true;
+                    let mut writers = sess.written.clone();
+                    writers.extend(carried.keys().copied());
                     self.inputs
                         .send(Input::Commit {
                             txn,
                             shards: sess.shards.clone(),
+                            writers,
                             carried,
                             reply: tx,
                         })
@@ -680,6 +736,18 @@ impl Coordinator {
             // it would win (first decision wins) and abort a healthy 2PC.
             return Ok(Outcome::Open("commit in progress".into()));
         }
+        if let Some(b) = self.replica.get_local(&log::staging_key(txn)).await? {
+            // A parallel commit nobody is driving: its shards' prepare
+            // records say whether it committed.
+            let staging: log::Staging = log::decode(&b).map_err(Error::Fatal)?;
+            let shards = log::staged_shards(&staging);
+            return match self.resolve_staged(txn, &shards, resolve).await? {
+                Some(commit) => Ok(decided(commit)),
+                None => Ok(Outcome::Unknown(
+                    "staged; not every shard has said yet whether it prepared".into(),
+                )),
+            };
+        }
         // Nothing logged and nothing running here. A leader that lost the
         // transaction (crash, failover) can no longer log a commit for it,
         // but a one-phase commit it sent may have applied at its shard.
@@ -709,6 +777,47 @@ impl Coordinator {
             }),
             Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
         }
+    }
+
+    /// Settle a staged transaction from its shards (fencing it there with
+    /// `fence`): logs and returns the decision, or None while not every
+    /// shard answered (without `fence`: or one has not prepared yet).
+    async fn resolve_staged(
+        &self,
+        txn: TxnId,
+        shards: &BTreeSet<ShardId>,
+        fence: bool,
+    ) -> Result<Option<bool>, Error> {
+        let wait = if fence { INQUIRY_WAIT } else { LOOKUP_WAIT };
+        let mut calls: futures::stream::FuturesUnordered<_> = shards
+            .iter()
+            .map(|shard| async move {
+                let a = match tokio::time::timeout(wait, self.inquire(txn, *shard, fence)).await {
+                    Ok(Ok(state)) => Ok(state),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {wait:?}")),
+                };
+                (*shard, a)
+            })
+            .collect();
+        let mut answers = Vec::new();
+        while let Some((shard, a)) = calls.next().await {
+            let settled = inquiry::decisive_staged(&a);
+            answers.push((shard, a));
+            if settled {
+                break;
+            }
+        }
+        let commit = match inquiry::staged_verdict(&answers, shards.len()) {
+            Verdict::Committed => true,
+            Verdict::Abort(why) => {
+                tracing::info!(%txn, reason = %why, "staged transaction aborted by recovery");
+                false
+            }
+            Verdict::Unknown(_) => return Ok(None),
+        };
+        // First decision wins: a decision logged meanwhile stands.
+        self.record(txn, commit).await.map(Some)
     }
 
     /// Record a decision for `txn` unless one is recorded; returns the
@@ -835,33 +944,33 @@ impl Coordinator {
                     };
                 }
                 let mut results = Vec::new();
+                // Writes travel with the commit (one request fewer per
+                // shard), except before a read, which must see them.
+                let mut buffered = Vec::new();
                 for op in if ok { &then } else { &otherwise } {
                     match op {
                         Op::Get(k) => {
+                            if !buffered.is_empty() {
+                                self.write(txn, std::mem::take(&mut buffered)).await?;
+                            }
                             results.push((k.clone(), self.get(txn, k.clone(), false).await?))
                         }
-                        Op::Put(k, v) => {
-                            let w = pb::WriteOp {
-                                key: k.clone().into(),
-                                op: Some(pb::write_op::Op::Put(v.clone().into())),
-                            };
-                            self.write(txn, vec![w]).await?
-                        }
-                        Op::Delete(k) => {
-                            let w = pb::WriteOp {
-                                key: k.clone().into(),
-                                op: Some(pb::write_op::Op::Delete(true)),
-                            };
-                            self.write(txn, vec![w]).await?
-                        }
+                        Op::Put(k, v) => buffered.push(pb::WriteOp {
+                            key: k.clone().into(),
+                            op: Some(pb::write_op::Op::Put(v.clone().into())),
+                        }),
+                        Op::Delete(k) => buffered.push(pb::WriteOp {
+                            key: k.clone().into(),
+                            op: Some(pb::write_op::Op::Delete(true)),
+                        }),
                     }
                 }
-                Ok::<_, Error>((ok, results))
+                Ok::<_, Error>((ok, results, buffered))
             };
             match run.await {
-                Ok((succeeded, results)) => match self.commit(txn, Vec::new()).await? {
-                    Outcome::Aborted(r) => last = r,
-                    outcome => {
+                Ok((succeeded, results, buffered)) => match self.commit(txn, buffered).await {
+                    Ok(Outcome::Aborted(r)) | Err(Error::Aborted(r)) => last = r,
+                    Ok(outcome) => {
                         return Ok(ExecResult {
                             txn,
                             succeeded,
@@ -869,6 +978,7 @@ impl Coordinator {
                             outcome,
                         })
                     }
+                    Err(e) => return Err(e),
                 },
                 Err(Error::Aborted(r)) => last = r,
                 Err(e) => {
@@ -911,14 +1021,15 @@ fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transp
 async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
     let mut machine = Machine::new();
     let mut waiters: HashMap<TxnId, oneshot::Sender<Outcome>> = HashMap::new();
-    // Writes carried by one-phase commits, until their CommitOnePhase runs.
-    let mut carried: HashMap<TxnId, Carried> = HashMap::new();
+    // Writes carried by commits, until their CommitOnePhase or Prepare runs.
+    let mut carried: HashMap<TxnId, BTreeMap<ShardId, Carried>> = HashMap::new();
     let mut term: Option<u64> = None;
     while let Some(input) = rx.recv().await {
         let actions = match input {
             Input::Commit {
                 txn,
                 shards,
+                writers,
                 carried: writes,
                 reply,
             } => {
@@ -932,11 +1043,15 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                     forget();
                     continue;
                 }
-                if let Some(w) = writes {
-                    carried.entry(txn).or_insert(w);
+                if !writes.is_empty() {
+                    carried.entry(txn).or_insert(writes);
                 }
                 waiters.insert(txn, reply);
-                let actions = machine.step(Event::Commit { txn, shards });
+                let actions = machine.step(Event::Commit {
+                    txn,
+                    shards,
+                    writers,
+                });
                 // Only now: until the machine had it, the session showed
                 // TxnStatus that it is alive.
                 forget();
@@ -984,7 +1099,7 @@ fn run(
     c: &Arc<Coordinator>,
     action: Action,
     waiters: &mut HashMap<TxnId, oneshot::Sender<Outcome>>,
-    carried: &mut HashMap<TxnId, Carried>,
+    carried: &mut HashMap<TxnId, BTreeMap<ShardId, Carried>>,
 ) {
     let feed = {
         let inputs = c.inputs.clone();
@@ -1002,7 +1117,7 @@ fn run(
         }
         Action::CommitOnePhase { txn, shard } => {
             let c = c.clone();
-            let writes = carried.remove(&txn).unwrap_or_default();
+            let writes = take_carried(carried, txn, shard);
             tokio::spawn(async move {
                 let started = Instant::now();
                 let req = pb::TxnRequest {
@@ -1012,6 +1127,7 @@ fn run(
                     ops: writes.ops,
                     first: writes.first,
                     priority: writes.priority,
+                    durable: false,
                 };
                 let r = c
                     .participants
@@ -1055,13 +1171,20 @@ fn run(
                 feed(Event::OnePhaseDone { txn, outcome });
             });
         }
-        Action::Prepare { txn, shard } => {
+        Action::Prepare {
+            txn,
+            shard,
+            durable,
+        } => {
             let c = c.clone();
+            let writes = take_carried(carried, txn, shard);
             tokio::spawn(async move {
                 let started = Instant::now();
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
+                    ops: writes.ops,
+                    durable,
                     ..Default::default()
                 };
                 let r = c
@@ -1087,46 +1210,57 @@ fn run(
                 feed(Event::Voted { txn, shard, vote });
             });
         }
-        Action::Log { txn, shards } => {
+        Action::Stage { txn, shards } => {
             let c = c.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
+                let cmd = LogCommand::Stage {
+                    txn,
+                    shards: shards.iter().map(|s| s.0).collect(),
+                };
+                let result = append_for(&c, &cmd, |reply| match reply {
+                    LogReply::Staged => Ok(LogResult::Logged),
+                    LogReply::Decided { commit } => Ok(LogResult::AlreadyDecided { commit }),
+                    other => Err(format!("unexpected log reply {other:?}")),
+                })
+                .await;
+                c.metrics.phase("stage", started);
                 let delay = pact_common::faults::decision_delay_ms();
                 if delay > 0 {
-                    // Fault injection: hold every prepared transaction in
-                    // doubt a while, so a killed coordinator leaves some.
+                    // Fault injection: hold every staged transaction in
+                    // doubt a while (prepared and staged, nobody told), so
+                    // a killed coordinator leaves some for recovery.
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
+                feed(Event::Staged { txn, result });
+            });
+        }
+        Action::LogAbort { txn } => {
+            let c = c.clone();
+            tokio::spawn(async move {
                 let started = Instant::now();
                 let cmd = LogCommand::Decide {
                     txn,
-                    commit: true,
-                    shards: shards.iter().map(|s| s.0).collect(),
+                    commit: false,
+                    shards: Vec::new(),
                 };
-                let result = match encode_command(&cmd) {
-                    // Nothing was appended; reported as a failure to log.
-                    Err(e) => LogResult::Failed(e.to_string()),
-                    Ok(b) => match c.replica.propose(b).await {
-                        Ok((_, reply)) => match log::decode::<LogReply>(&reply) {
-                            Ok(LogReply::Decided { commit: true }) => LogResult::Logged,
-                            Ok(LogReply::Decided { commit: false }) => {
-                                LogResult::AlreadyDecided { commit: false }
-                            }
-                            Ok(other) => {
-                                LogResult::Failed(format!("unexpected log reply {other:?}"))
-                            }
-                            Err(e) => LogResult::Failed(e),
-                        },
-                        // Refused before it was appended: it can never commit,
-                        // since no one else proposes a commit for this txn.
-                        Err(pact_raft::ReplicaError::NotLeader { .. }) => {
-                            LogResult::AlreadyDecided { commit: false }
-                        }
-                        Err(e) => LogResult::Failed(e.to_string()),
-                    },
-                };
+                let result = append_for(&c, &cmd, |reply| match reply {
+                    LogReply::Decided { commit: false } => Ok(LogResult::Logged),
+                    LogReply::Decided { commit: true } => {
+                        Ok(LogResult::AlreadyDecided { commit: true })
+                    }
+                    other => Err(format!("unexpected log reply {other:?}")),
+                })
+                .await;
                 c.metrics.phase("log", started);
                 feed(Event::Logged { txn, result });
             });
+        }
+        Action::Resolve { txn, shards } => {
+            tokio::spawn(resolve_task(c.clone(), txn, shards, false));
+        }
+        Action::RetryResolve { txn, shards } => {
+            tokio::spawn(resolve_task(c.clone(), txn, shards, true));
         }
         Action::Decide { txn, shard, commit } => {
             let c = c.clone();
@@ -1158,6 +1292,60 @@ fn run(
             });
         }
     }
+}
+
+/// Writes `txn` carries to `shard` (none if it carries nothing there).
+fn take_carried(
+    carried: &mut HashMap<TxnId, BTreeMap<ShardId, Carried>>,
+    txn: TxnId,
+    shard: ShardId,
+) -> Carried {
+    let Some(m) = carried.get_mut(&txn) else {
+        return Carried::default();
+    };
+    let c = m.remove(&shard).unwrap_or_default();
+    if m.is_empty() {
+        carried.remove(&txn);
+    }
+    c
+}
+
+/// Append `cmd` to the recovery log and read its reply with `read`.
+async fn append_for(
+    c: &Coordinator,
+    cmd: &LogCommand,
+    read: impl FnOnce(LogReply) -> Result<LogResult, String>,
+) -> LogResult {
+    let b = match encode_command(cmd) {
+        Ok(b) => b,
+        // Nothing was appended.
+        Err(e) => return LogResult::NotAppended(e.to_string()),
+    };
+    match c.replica.propose(b).await {
+        Ok((_, reply)) => match log::decode::<LogReply>(&reply).and_then(read) {
+            Ok(r) => r,
+            Err(e) => LogResult::Failed(e),
+        },
+        // Refused before it was appended: it can never commit, since no
+        // one else proposes this record.
+        Err(e @ pact_raft::ReplicaError::NotLeader { .. }) => LogResult::NotAppended(e.to_string()),
+        Err(e) => LogResult::Failed(e.to_string()),
+    }
+}
+
+/// Settle a staged transaction found by recovery, from its shards.
+async fn resolve_task(c: Arc<Coordinator>, txn: TxnId, shards: BTreeSet<ShardId>, pause: bool) {
+    if pause {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let commit = match c.resolve_staged(txn, &shards, true).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(%txn, error = %e, "cannot settle a staged transaction yet");
+            None
+        }
+    };
+    let _ = c.inputs.send(Input::Event(Event::Resolved { txn, commit }));
 }
 
 /// A one-phase commit whose fate is unknown: fence it at the shard until
@@ -1262,13 +1450,34 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
             _ => tracing::error!("skipping a corrupt recovery log record"),
         }
     }
+    let mut staged = Vec::new();
+    match c.replica.scan_prefix_local(&[log::STAGING_PREFIX]).await {
+        Ok(records) => {
+            for (k, v) in records {
+                match (TxnId::from_key(&k), log::decode::<log::Staging>(&v)) {
+                    (Some(txn), Ok(s)) => {
+                        c.hlc.observe(txn.ts);
+                        staged.push((txn, log::staged_shards(&s)));
+                    }
+                    _ => tracing::error!("skipping a corrupt staging record"),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the recovery log");
+            return;
+        }
+    }
     tracing::info!(
         group = c.group,
         term,
         unfinished = unfinished.len(),
+        staged = staged.len(),
         "coordinator leader recovered"
     );
-    let _ = c.inputs.send(Input::Event(Event::Recovered { unfinished }));
+    let _ = c
+        .inputs
+        .send(Input::Event(Event::Recovered { unfinished, staged }));
     if c.replica.status().term == term {
         if let Ok(mut r) = c.ready.lock() {
             *r = Some(term);

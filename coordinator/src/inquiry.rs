@@ -89,6 +89,45 @@ pub fn verdict(answers: &[(ShardId, Answer)], fenced: bool) -> Verdict {
     Verdict::Abort("no shard prepared or committed it (now fenced at every shard): aborted".into())
 }
 
+/// The verdict on a *staged* transaction (a parallel commit, whose
+/// staging record lists `answers`' shards) with no decision in the log:
+/// committed exactly when every listed shard holds its prepare record (or
+/// already applied the commit); never, once one recorded an abort (a
+/// fence that found no prepare record recorded one, so that prepare can
+/// no longer land). Anything else (a shard unreachable, or not fenced and
+/// not prepared yet) is not final.
+pub fn staged_verdict(answers: &[(ShardId, Answer)], listed: usize) -> Verdict {
+    if let Some((s, _)) = answers.iter().find(|(_, a)| *a == Ok(ShardState::Aborted)) {
+        return Verdict::Abort(format!(
+            "staged, but shard {s} never prepared it (its abort is recorded there): aborted"
+        ));
+    }
+    let prepared = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Ok(ShardState::Prepared) | Ok(ShardState::Committed)))
+        .count();
+    if prepared == listed && answers.len() == listed {
+        return Verdict::Committed;
+    }
+    let missing: Vec<String> = answers
+        .iter()
+        .filter_map(|(s, a)| match a {
+            Ok(ShardState::Prepared) | Ok(ShardState::Committed) => None,
+            Ok(other) => Some(format!("shard {s}: {other:?}")),
+            Err(e) => Some(format!("shard {s}: {e}")),
+        })
+        .collect();
+    Verdict::Unknown(format!(
+        "staged, and not every shard has answered that it prepared ({})",
+        missing.join("; ")
+    ))
+}
+
+/// Whether `a` settles a staged transaction's verdict by itself.
+pub fn decisive_staged(a: &Answer) -> bool {
+    *a == Ok(ShardState::Aborted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +186,31 @@ mod tests {
         assert!(matches!(verdict(&a, true), Verdict::Abort(r) if r.contains("shard 1")));
         assert!(decisive(&Ok(ShardState::Prepared), true));
         assert!(!decisive(&Ok(ShardState::Aborted), true));
+    }
+
+    #[test]
+    fn a_staged_transaction_is_committed_iff_every_shard_prepared() {
+        let all = answers(&[
+            (1, Ok(ShardState::Prepared)),
+            (2, Ok(ShardState::Committed)),
+            (3, Ok(ShardState::Prepared)),
+        ]);
+        assert_eq!(staged_verdict(&all, 3), Verdict::Committed);
+        // Not all listed shards answered: not final.
+        assert!(matches!(staged_verdict(&all[..2], 3), Verdict::Unknown(_)));
+        let down = answers(&[(1, Ok(ShardState::Prepared)), (2, Err("down".into()))]);
+        match staged_verdict(&down, 2) {
+            Verdict::Unknown(r) => assert!(r.contains("shard 2: down"), "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // Without a fence a shard may not have prepared yet.
+        let early = answers(&[(1, Ok(ShardState::Prepared)), (2, Ok(ShardState::None))]);
+        assert!(matches!(staged_verdict(&early, 2), Verdict::Unknown(_)));
+        // One recorded abort settles it, whatever the others say.
+        let aborted = answers(&[(1, Ok(ShardState::Prepared)), (2, Ok(ShardState::Aborted))]);
+        assert!(matches!(staged_verdict(&aborted, 3), Verdict::Abort(r) if r.contains("shard 2")));
+        assert!(decisive_staged(&Ok(ShardState::Aborted)));
+        assert!(!decisive_staged(&Ok(ShardState::Prepared)));
+        assert!(!decisive_staged(&Err("down".into())));
     }
 }

@@ -9,6 +9,12 @@
 //!
 //! `r` -> the timestamp reservation (`crate::stamps`): the leader issues
 //! transaction timestamps only below it; it never decreases.
+//!
+//! `s` ++ txn id -> staging record of a parallel commit (the shards it
+//! spans): the transaction is committed exactly when this record and
+//! every listed shard's prepare record are durable. It exists only while
+//! no decision does: a decision for the transaction removes it in the
+//! same batch, and staging a decided transaction writes nothing.
 
 use std::sync::Arc;
 
@@ -18,6 +24,15 @@ use serde::{Deserialize, Serialize};
 
 pub const DECISION_PREFIX: u8 = b'x';
 pub const RESERVATION_KEY: &[u8] = b"r";
+pub const STAGING_PREFIX: u8 = b's';
+
+/// A parallel commit's staging record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staging {
+    /// Every shard that must hold a prepare record for the transaction to
+    /// be committed.
+    pub shards: Vec<u64>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -43,6 +58,12 @@ pub enum LogCommand {
     Reserve {
         until: Timestamp,
     },
+    /// Stage a parallel commit over `shards` (nothing if decided).
+    /// Appended last: older log entries keep their encoding.
+    Stage {
+        txn: TxnId,
+        shards: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +78,7 @@ pub enum LogReply {
     Reserved {
         until: Timestamp,
     },
+    Staged,
 }
 
 /// A value for the recovery log (`pact_raft::codec`); an error, never
@@ -78,6 +100,14 @@ impl LogCommand {
 
 pub fn decision_key(txn: TxnId) -> Vec<u8> {
     txn.key(DECISION_PREFIX)
+}
+
+pub fn staging_key(txn: TxnId) -> Vec<u8> {
+    txn.key(STAGING_PREFIX)
+}
+
+pub fn staged_shards(s: &Staging) -> std::collections::BTreeSet<ShardId> {
+    s.shards.iter().map(|s| ShardId(*s)).collect()
 }
 
 /// The stored reservation (`RESERVATION_KEY`), if any.
@@ -113,7 +143,10 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
                     finished: !*commit || shards.is_empty(),
                 };
                 (
-                    vec![(decision_key(*txn), Some(encode(&d)?))],
+                    vec![
+                        (decision_key(*txn), Some(encode(&d)?)),
+                        (staging_key(*txn), None),
+                    ],
                     LogReply::Decided { commit: *commit },
                 )
             }
@@ -126,7 +159,38 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
                     LogReply::Finished,
                 )
             }
+            // A parallel commit whose every shard applied it: its staging
+            // record becomes the finished commit.
+            None if get(&staging_key(*txn))
+                .map_err(|e| e.to_string())?
+                .is_some() =>
+            {
+                let d = Decision {
+                    commit: true,
+                    shards: Vec::new(),
+                    finished: true,
+                };
+                (
+                    vec![
+                        (decision_key(*txn), Some(encode(&d)?)),
+                        (staging_key(*txn), None),
+                    ],
+                    LogReply::Finished,
+                )
+            }
             None => (Vec::new(), LogReply::NotFound),
+        },
+        LogCommand::Stage { txn, shards } => match read(*txn)? {
+            Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
+            None => {
+                let s = Staging {
+                    shards: shards.clone(),
+                };
+                (
+                    vec![(staging_key(*txn), Some(encode(&s)?))],
+                    LogReply::Staged,
+                )
+            }
         },
         LogCommand::Reserve { until } => {
             let now = reservation(get(RESERVATION_KEY).map_err(|e| e.to_string())?.as_deref())?;
@@ -289,6 +353,53 @@ mod tests {
     }
 
     #[test]
+    fn staging_lives_until_a_decision() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let stage = LogCommand::Stage {
+            txn: t(1),
+            shards: vec![1, 2],
+        };
+        assert_eq!(m.run(stage.clone()), LogReply::Staged);
+        let rec: Staging = decode(m.0.borrow().get(&staging_key(t(1))).unwrap()).unwrap();
+        assert_eq!(staged_shards(&rec), [ShardId(1), ShardId(2)].into());
+        // Every shard applied the commit: the staging record becomes a
+        // finished commit decision.
+        assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::Finished);
+        assert!(m.0.borrow().get(&staging_key(t(1))).is_none());
+        let rec: Decision = decode(m.0.borrow().get(&decision_key(t(1))).unwrap()).unwrap();
+        assert!(rec.commit && rec.finished);
+        // Staging a decided transaction writes nothing and says so.
+        assert_eq!(m.run(stage), LogReply::Decided { commit: true });
+        assert!(m.0.borrow().get(&staging_key(t(1))).is_none());
+        // A decision (an abort after a "no", or recovery's) removes the
+        // staging record in the same batch.
+        m.run(LogCommand::Stage {
+            txn: t(2),
+            shards: vec![1, 3],
+        });
+        assert_eq!(
+            m.run(LogCommand::Decide {
+                txn: t(2),
+                commit: false,
+                shards: vec![]
+            }),
+            LogReply::Decided { commit: false }
+        );
+        assert!(m.0.borrow().get(&staging_key(t(2))).is_none());
+        assert_eq!(
+            m.run(LogCommand::Stage {
+                txn: t(2),
+                shards: vec![1, 3],
+            }),
+            LogReply::Decided { commit: false },
+            "a late staging after a recorded abort changes nothing"
+        );
+        assert!(m.0.borrow().get(&staging_key(t(2))).is_none());
+        assert!(!RESERVATION_KEY.starts_with(&[STAGING_PREFIX]));
+        assert_ne!(STAGING_PREFIX, DECISION_PREFIX);
+    }
+
+    #[test]
     fn finish_marks_without_forgetting() {
         let m = Mem(RefCell::new(BTreeMap::new()));
         assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::NotFound);
@@ -316,6 +427,10 @@ mod tests {
             LogCommand::Reserve {
                 until: Timestamp(u64::MAX),
             },
+            LogCommand::Stage {
+                txn: t(9),
+                shards: vec![1, 2, 3],
+            },
         ] {
             assert_eq!(decode::<LogCommand>(&c.encode().unwrap()), Ok(c));
         }
@@ -326,6 +441,7 @@ mod tests {
             LogReply::Reserved {
                 until: Timestamp(7),
             },
+            LogReply::Staged,
         ] {
             assert_eq!(decode::<LogReply>(&encode(&r).unwrap()), Ok(r));
         }

@@ -1,4 +1,4 @@
-//! Two-phase commit as a pure state machine: `Event -> Vec<Action>`.
+//! The commit protocol as a pure state machine: `Event -> Vec<Action>`.
 //!
 //! The machine never performs I/O; the coordinator's owner task executes
 //! its actions (RPCs to participants, appends to the recovery log, replies
@@ -7,15 +7,28 @@
 //! simply the loss of the machine, after which [`Event::Recovered`] rebuilds
 //! it from the recovery log.
 //!
-//! Protocol (presumed abort):
+//! Protocol (docs/architecture.md, "The protocol", has the proof sketch):
 //! 1. One shard touched: commit in one phase at that shard.
-//! 2. Otherwise ask every shard to prepare. Any "no" (or failure) aborts:
-//!    the client is told at once and every shard is told to abort. Nothing
-//!    is logged for an abort: no record means aborted.
-//! 3. All "yes" (read-only voters drop out): append the commit decision to
-//!    the recovery log; only once it is durable is the client told
-//!    "committed", then every yes-voter is told to commit, until each acks.
-//! 4. When all have acked, log that the transaction is finished.
+//! 2. At most one shard writes: the other shards validate their reads
+//!    (no Raft entry), then the writing shard commits in one phase; nothing
+//!    goes to the recovery log. With no writer at all, validation is all.
+//! 3. Two or more shards write: **parallel commit**. In one round, every
+//!    shard replicates a prepare record and the recovery log replicates a
+//!    *staging* record listing the shards. The transaction is committed
+//!    exactly when the staging record and every listed shard's prepare
+//!    record are durable; no record states it, so the client hears
+//!    "committed" after one consensus round. Then every shard is told to
+//!    commit, and once all applied, the log records the commit as
+//!    finished (which also drops the staging record).
+//! 4. A "no" vote after staging: the abort is appended to the log first
+//!    (first decision wins), since a prepare whose reply was lost may have
+//!    landed and completed the commit condition; only a logged abort is
+//!    reported and sent to the shards.
+//! 5. Recovery of a staged transaction without a decision asks every listed
+//!    shard to *fence* it: a shard that did not prepare it records an abort
+//!    and can never prepare it afterwards. All prepared (or committed):
+//!    it was committed; any aborted: it can never be. The verdict is
+//!    logged (first decision wins) and sent to the shards.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,50 +55,51 @@ pub enum Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogResult {
-    /// The decision is durable.
+    /// The record is durable.
     Logged,
-    /// The log already held the other decision for this transaction (for
-    /// example a presumed abort recorded by TxnStatus); it stands.
+    /// The log already held a decision for this transaction (for example
+    /// one recorded by TxnStatus); it stands.
     AlreadyDecided { commit: bool },
+    /// Refused before it was appended (this replica no longer leads): it
+    /// can never become durable, since no one else proposes it.
+    NotAppended(String),
     /// The append failed or its fate is unknown (lost leadership).
     Failed(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The client asked to commit; `shards` are all shards it touched.
+    /// The client asked to commit; `shards` are all shards it touched,
+    /// `writers` those holding its writes.
     Commit {
         txn: TxnId,
         shards: BTreeSet<ShardId>,
+        writers: BTreeSet<ShardId>,
     },
-    /// Result of a one-phase commit at the only shard.
-    OnePhaseDone {
-        txn: TxnId,
-        outcome: Outcome,
-    },
+    /// Result of a one-phase commit at the only writing shard.
+    OnePhaseDone { txn: TxnId, outcome: Outcome },
     Voted {
         txn: TxnId,
         shard: ShardId,
         vote: Vote,
     },
-    Logged {
-        txn: TxnId,
-        result: LogResult,
-    },
+    /// The staging record's append ended.
+    Staged { txn: TxnId, result: LogResult },
+    /// The abort decision's append ended.
+    Logged { txn: TxnId, result: LogResult },
     /// A participant applied the decision.
-    Applied {
-        txn: TxnId,
-        shard: ShardId,
-    },
+    Applied { txn: TxnId, shard: ShardId },
     /// Sending the decision failed; it must be sent again.
-    ApplyFailed {
-        txn: TxnId,
-        shard: ShardId,
-    },
-    /// This coordinator became leader: commit decisions in the recovery log
-    /// not yet marked finished.
+    ApplyFailed { txn: TxnId, shard: ShardId },
+    /// Recovery of a staged transaction: the decision now in the log
+    /// (`Some(commit)`), or `None` while a listed shard cannot be asked.
+    Resolved { txn: TxnId, commit: Option<bool> },
+    /// This coordinator became leader: commit decisions in the recovery
+    /// log not yet marked finished, and staged transactions with no
+    /// decision.
     Recovered {
         unfinished: Vec<(TxnId, BTreeSet<ShardId>)>,
+        staged: Vec<(TxnId, BTreeSet<ShardId>)>,
     },
 }
 
@@ -95,13 +109,23 @@ pub enum Action {
         txn: TxnId,
         shard: ShardId,
     },
+    /// Ask `shard` to prepare. `durable`: replicate a prepare record even
+    /// if the shard holds no writes (a parallel commit counts it); without
+    /// it a read-only shard only validates its reads and votes ReadOnly.
     Prepare {
         txn: TxnId,
         shard: ShardId,
+        durable: bool,
     },
-    Log {
+    /// Append the staging record (the shards whose prepare records, with
+    /// it, make the transaction committed).
+    Stage {
         txn: TxnId,
         shards: BTreeSet<ShardId>,
+    },
+    /// Append an abort decision (first decision wins).
+    LogAbort {
+        txn: TxnId,
     },
     Reply {
         txn: TxnId,
@@ -118,27 +142,52 @@ pub enum Action {
         shard: ShardId,
         commit: bool,
     },
-    /// Every participant applied the commit: record it so recovery skips it.
+    /// Every participant applied the commit: record it (finished) so
+    /// recovery skips it.
     Finish {
         txn: TxnId,
+    },
+    /// Settle a staged transaction nobody decided: fence it at every
+    /// listed shard, log the verdict, report [`Event::Resolved`].
+    Resolve {
+        txn: TxnId,
+        shards: BTreeSet<ShardId>,
+    },
+    /// [`Action::Resolve`] again after a pause.
+    RetryResolve {
+        txn: TxnId,
+        shards: BTreeSet<ShardId>,
     },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for the only shard's one-phase commit.
+    /// Waiting for the only writing shard's one-phase commit.
     Single,
-    Preparing {
+    /// Read-only shards validating their reads; then `writer` (if any)
+    /// commits in one phase.
+    Validating {
+        all: BTreeSet<ShardId>,
         waiting: BTreeSet<ShardId>,
-        yes: BTreeSet<ShardId>,
+        writer: Option<ShardId>,
     },
-    Logging {
-        yes: BTreeSet<ShardId>,
+    /// Parallel commit: prepares and the staging record in flight.
+    Committing {
+        shards: BTreeSet<ShardId>,
+        waiting: BTreeSet<ShardId>,
+        staged: bool,
+    },
+    /// A vote failed after staging may have begun: logging the abort.
+    Aborting {
+        shards: BTreeSet<ShardId>,
+        reason: String,
     },
     Deciding {
         commit: bool,
         pending: BTreeSet<ShardId>,
     },
+    /// Recovery is settling a staged transaction.
+    Resolving { shards: BTreeSet<ShardId> },
 }
 
 #[derive(Debug, Default)]
@@ -166,37 +215,11 @@ impl Machine {
 
     pub fn step(&mut self, ev: Event) -> Vec<Action> {
         match ev {
-            Event::Commit { txn, shards } => {
-                if self.txns.contains_key(&txn) {
-                    // A duplicate commit request: the first one will be answered.
-                    return Vec::new();
-                }
-                match shards.len() {
-                    0 => vec![Action::Reply {
-                        txn,
-                        outcome: Outcome::Committed,
-                    }],
-                    1 => {
-                        let shard = *shards.iter().next().unwrap_or(&ShardId(0));
-                        self.txns.insert(txn, Phase::Single);
-                        vec![Action::CommitOnePhase { txn, shard }]
-                    }
-                    _ => {
-                        let acts = shards
-                            .iter()
-                            .map(|s| Action::Prepare { txn, shard: *s })
-                            .collect();
-                        self.txns.insert(
-                            txn,
-                            Phase::Preparing {
-                                waiting: shards,
-                                yes: BTreeSet::new(),
-                            },
-                        );
-                        acts
-                    }
-                }
-            }
+            Event::Commit {
+                txn,
+                shards,
+                writers,
+            } => self.commit(txn, shards, writers),
             Event::OnePhaseDone { txn, outcome } => match self.txns.get(&txn) {
                 Some(Phase::Single) => {
                     self.txns.remove(&txn);
@@ -204,39 +227,32 @@ impl Machine {
                 }
                 _ => Vec::new(),
             },
-            Event::Voted { txn, shard, vote } => self.voted(txn, shard, vote),
+            Event::Voted { txn, shard, vote } => match self.txns.get(&txn) {
+                Some(Phase::Validating { .. }) => self.validated(txn, shard, vote),
+                Some(Phase::Committing { .. }) => self.voted(txn, shard, vote),
+                _ => Vec::new(),
+            },
+            Event::Staged { txn, result } => self.staged(txn, result),
             Event::Logged { txn, result } => {
-                let Some(Phase::Logging { yes }) = self.txns.get(&txn).cloned() else {
+                let Some(Phase::Aborting { shards, reason }) = self.txns.get(&txn).cloned() else {
                     return Vec::new();
                 };
                 match result {
-                    LogResult::Logged | LogResult::AlreadyDecided { commit: true } => {
-                        let mut acts = vec![Action::Reply {
-                            txn,
-                            outcome: Outcome::Committed,
-                        }];
-                        acts.extend(self.decide(txn, yes, true));
-                        acts
+                    LogResult::Logged | LogResult::AlreadyDecided { commit: false } => {
+                        self.reply_and_decide(txn, shards, Outcome::Aborted(reason))
                     }
-                    LogResult::AlreadyDecided { commit: false } => {
-                        let mut acts = vec![Action::Reply {
-                            txn,
-                            outcome: Outcome::Aborted(
-                                "aborted by recovery before the commit decision".into(),
-                            ),
-                        }];
-                        acts.extend(self.decide(txn, yes, false));
-                        acts
+                    LogResult::AlreadyDecided { commit: true } => {
+                        self.reply_and_decide(txn, shards, Outcome::Committed)
                     }
-                    LogResult::Failed(reason) => {
-                        // The record may still become durable through a new
-                        // leader, which will then finish the commit; or it
-                        // never will, and the participants learn "abort" from
-                        // TxnStatus. Either way this leader must stop here.
+                    // The abort is not durable, and the commit condition
+                    // may hold: only recovery can tell now.
+                    LogResult::NotAppended(r) | LogResult::Failed(r) => {
                         self.txns.remove(&txn);
                         vec![Action::Reply {
                             txn,
-                            outcome: Outcome::Unknown(reason),
+                            outcome: Outcome::Unknown(format!(
+                                "{reason}; the abort could not be recorded: {r}"
+                            )),
                         }]
                     }
                 }
@@ -265,7 +281,16 @@ impl Machine {
                 }
                 _ => Vec::new(),
             },
-            Event::Recovered { unfinished } => {
+            Event::Resolved { txn, commit } => {
+                let Some(Phase::Resolving { shards }) = self.txns.get(&txn).cloned() else {
+                    return Vec::new();
+                };
+                match commit {
+                    Some(commit) => self.decide(txn, shards, commit),
+                    None => vec![Action::RetryResolve { txn, shards }],
+                }
+            }
+            Event::Recovered { unfinished, staged } => {
                 let mut acts = Vec::new();
                 for (txn, shards) in unfinished {
                     if self.txns.contains_key(&txn) {
@@ -273,52 +298,223 @@ impl Machine {
                     }
                     acts.extend(self.decide(txn, shards, true));
                 }
+                for (txn, shards) in staged {
+                    if self.txns.contains_key(&txn) {
+                        continue;
+                    }
+                    self.txns.insert(
+                        txn,
+                        Phase::Resolving {
+                            shards: shards.clone(),
+                        },
+                    );
+                    acts.push(Action::Resolve { txn, shards });
+                }
                 acts
             }
         }
     }
 
-    fn voted(&mut self, txn: TxnId, shard: ShardId, vote: Vote) -> Vec<Action> {
-        let Some(Phase::Preparing { waiting, yes }) = self.txns.get_mut(&txn) else {
-            return Vec::new();
-        };
-        if !waiting.remove(&shard) {
-            return Vec::new();
-        }
-        match vote {
-            Vote::Yes => {
-                yes.insert(shard);
-            }
-            Vote::ReadOnly => {}
-            Vote::No(reason) => {
-                // Abort everywhere, including shards that have not voted
-                // yet: their prepare may still land, and the abort record
-                // it meets there makes it fail.
-                let mut all = yes.clone();
-                all.extend(waiting.iter().copied());
-                all.insert(shard);
-                let mut acts = vec![Action::Reply {
-                    txn,
-                    outcome: Outcome::Aborted(reason),
-                }];
-                acts.extend(self.decide(txn, all, false));
-                return acts;
-            }
-        }
-        if !waiting.is_empty() {
+    fn commit(
+        &mut self,
+        txn: TxnId,
+        shards: BTreeSet<ShardId>,
+        writers: BTreeSet<ShardId>,
+    ) -> Vec<Action> {
+        if self.txns.contains_key(&txn) {
+            // A duplicate commit request: the first one will be answered.
             return Vec::new();
         }
-        let yes = std::mem::take(yes);
-        if yes.is_empty() {
-            // Read-only everywhere: nothing to decide.
-            self.txns.remove(&txn);
+        if shards.is_empty() {
             return vec![Action::Reply {
                 txn,
                 outcome: Outcome::Committed,
             }];
         }
-        self.txns.insert(txn, Phase::Logging { yes: yes.clone() });
-        vec![Action::Log { txn, shards: yes }]
+        if shards.len() == 1 {
+            let shard = *shards.iter().next().unwrap_or(&ShardId(0));
+            self.txns.insert(txn, Phase::Single);
+            return vec![Action::CommitOnePhase { txn, shard }];
+        }
+        // A writer the transaction never touched cannot be: count it anyway.
+        let all: BTreeSet<ShardId> = shards.union(&writers).copied().collect();
+        if writers.len() <= 1 {
+            let readers: BTreeSet<ShardId> = all.difference(&writers).copied().collect();
+            let acts = readers
+                .iter()
+                .map(|s| Action::Prepare {
+                    txn,
+                    shard: *s,
+                    durable: false,
+                })
+                .collect();
+            self.txns.insert(
+                txn,
+                Phase::Validating {
+                    all,
+                    waiting: readers,
+                    writer: writers.iter().next().copied(),
+                },
+            );
+            return acts;
+        }
+        let mut acts = vec![Action::Stage {
+            txn,
+            shards: all.clone(),
+        }];
+        acts.extend(all.iter().map(|s| Action::Prepare {
+            txn,
+            shard: *s,
+            durable: true,
+        }));
+        self.txns.insert(
+            txn,
+            Phase::Committing {
+                shards: all.clone(),
+                waiting: all,
+                staged: false,
+            },
+        );
+        acts
+    }
+
+    /// A read-only shard's validation (at most one writer, nothing staged).
+    fn validated(&mut self, txn: TxnId, shard: ShardId, vote: Vote) -> Vec<Action> {
+        let Some(Phase::Validating {
+            all,
+            waiting,
+            writer,
+        }) = self.txns.get_mut(&txn)
+        else {
+            return Vec::new();
+        };
+        if !waiting.remove(&shard) {
+            return Vec::new();
+        }
+        let failed = match vote {
+            Vote::ReadOnly => None,
+            Vote::No(reason) => Some(reason),
+            // The shard held writes the coordinator did not know of and
+            // prepared them. Nothing is staged, so nothing can commit this
+            // transaction: abort it, prepared shard included.
+            Vote::Yes => Some(format!(
+                "shard {shard} prepared writes the coordinator did not expect"
+            )),
+        };
+        if let Some(reason) = failed {
+            // Abort everywhere, including shards that have not answered
+            // and the writer: the abort record each gets makes anything
+            // of this transaction still on its way there fail.
+            let all = all.clone();
+            return self.reply_and_decide(txn, all, Outcome::Aborted(reason));
+        }
+        if !waiting.is_empty() {
+            return Vec::new();
+        }
+        // Every read is still valid, and no lock was taken after any was
+        // released (the writer's locks are all held): commit the writer.
+        match *writer {
+            Some(w) => {
+                self.txns.insert(txn, Phase::Single);
+                vec![Action::CommitOnePhase { txn, shard: w }]
+            }
+            None => {
+                self.txns.remove(&txn);
+                vec![Action::Reply {
+                    txn,
+                    outcome: Outcome::Committed,
+                }]
+            }
+        }
+    }
+
+    /// A vote in a parallel commit.
+    fn voted(&mut self, txn: TxnId, shard: ShardId, vote: Vote) -> Vec<Action> {
+        let Some(Phase::Committing {
+            shards,
+            waiting,
+            staged,
+        }) = self.txns.get_mut(&txn)
+        else {
+            return Vec::new();
+        };
+        if !waiting.remove(&shard) {
+            return Vec::new();
+        }
+        let reason = match vote {
+            Vote::Yes => {
+                return if waiting.is_empty() && *staged {
+                    let shards = shards.clone();
+                    self.reply_and_decide(txn, shards, Outcome::Committed)
+                } else {
+                    Vec::new()
+                };
+            }
+            Vote::No(reason) => reason,
+            Vote::ReadOnly => format!("shard {shard} kept no prepare record"),
+        };
+        // The staging record may be durable, and a prepare whose "yes"
+        // was lost may still land: the abort must be the log's decision
+        // before anyone hears it.
+        let shards = shards.clone();
+        self.txns.insert(txn, Phase::Aborting { shards, reason });
+        vec![Action::LogAbort { txn }]
+    }
+
+    fn staged(&mut self, txn: TxnId, result: LogResult) -> Vec<Action> {
+        let Some(Phase::Committing {
+            shards,
+            waiting,
+            staged,
+        }) = self.txns.get_mut(&txn)
+        else {
+            return Vec::new();
+        };
+        let shards = shards.clone();
+        match result {
+            LogResult::Logged => {
+                *staged = true;
+                if waiting.is_empty() {
+                    self.reply_and_decide(txn, shards, Outcome::Committed)
+                } else {
+                    Vec::new()
+                }
+            }
+            LogResult::AlreadyDecided { commit: true } => {
+                self.reply_and_decide(txn, shards, Outcome::Committed)
+            }
+            LogResult::AlreadyDecided { commit: false } => self.reply_and_decide(
+                txn,
+                shards,
+                Outcome::Aborted("aborted by recovery before it was staged".into()),
+            ),
+            // Never staged, and never will be: nothing can commit it.
+            LogResult::NotAppended(r) => {
+                self.reply_and_decide(txn, shards, Outcome::Aborted(format!("not staged: {r}")))
+            }
+            LogResult::Failed(r) => {
+                // The staging record may still become durable through a
+                // new leader, whose recovery then settles the transaction
+                // from the shards; this leader must stop here.
+                self.txns.remove(&txn);
+                vec![Action::Reply {
+                    txn,
+                    outcome: Outcome::Unknown(r),
+                }]
+            }
+        }
+    }
+
+    fn reply_and_decide(
+        &mut self,
+        txn: TxnId,
+        shards: BTreeSet<ShardId>,
+        outcome: Outcome,
+    ) -> Vec<Action> {
+        let commit = outcome == Outcome::Committed;
+        let mut acts = vec![Action::Reply { txn, outcome }];
+        acts.extend(self.decide(txn, shards, commit));
+        acts
     }
 
     fn decide(&mut self, txn: TxnId, shards: BTreeSet<ShardId>, commit: bool) -> Vec<Action> {
@@ -375,13 +571,39 @@ mod tests {
             .collect()
     }
 
+    fn decides(acts: &[Action]) -> Vec<(u64, bool)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Decide { shard, commit, .. } => Some((shard.0, *commit)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn commit(m: &mut Machine, txn: TxnId, all: &[u64], writers: &[u64]) -> Vec<Action> {
+        m.step(Event::Commit {
+            txn,
+            shards: shards(all),
+            writers: shards(writers),
+        })
+    }
+
+    fn vote(m: &mut Machine, txn: TxnId, shard: u64, vote: Vote) -> Vec<Action> {
+        m.step(Event::Voted {
+            txn,
+            shard: ShardId(shard),
+            vote,
+        })
+    }
+
+    fn staged(m: &mut Machine, txn: TxnId, result: LogResult) -> Vec<Action> {
+        m.step(Event::Staged { txn, result })
+    }
+
     #[test]
     fn single_shard_commits_in_one_phase() {
         let mut m = Machine::new();
-        let a = m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[2]),
-        });
+        let a = commit(&mut m, t(1), &[2], &[2]);
         assert_eq!(
             a,
             vec![Action::CommitOnePhase {
@@ -396,69 +618,116 @@ mod tests {
         assert_eq!(replies(&a), vec![Outcome::Committed]);
         assert!(m.is_empty());
         // An empty transaction commits trivially.
-        let a = m.step(Event::Commit {
-            txn: t(2),
-            shards: shards(&[]),
-        });
+        let a = commit(&mut m, t(2), &[], &[]);
         assert_eq!(replies(&a), vec![Outcome::Committed]);
     }
 
     #[test]
-    fn client_hears_committed_only_after_the_decision_is_logged() {
+    fn one_writer_commits_in_one_phase_after_the_readers_validate() {
         let mut m = Machine::new();
-        let a = m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2, 3]),
-        });
-        assert_eq!(a.len(), 3);
-        assert!(a.iter().all(|x| matches!(x, Action::Prepare { .. })));
-        assert!(m
-            .step(Event::Voted {
-                txn: t(1),
-                shard: ShardId(1),
-                vote: Vote::Yes
-            })
-            .is_empty());
-        assert!(m
-            .step(Event::Voted {
-                txn: t(1),
-                shard: ShardId(2),
-                vote: Vote::ReadOnly
-            })
-            .is_empty());
-        let a = m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(3),
-            vote: Vote::Yes,
-        });
-        // Read-only shard 2 drops out of phase two.
+        let a = commit(&mut m, t(1), &[1, 2, 3], &[2]);
         assert_eq!(
             a,
-            vec![Action::Log {
+            vec![
+                Action::Prepare {
+                    txn: t(1),
+                    shard: ShardId(1),
+                    durable: false
+                },
+                Action::Prepare {
+                    txn: t(1),
+                    shard: ShardId(3),
+                    durable: false
+                },
+            ],
+            "only the readers validate, nothing is staged"
+        );
+        assert!(vote(&mut m, t(1), 1, Vote::ReadOnly).is_empty());
+        // The writer commits only once every read is known valid.
+        let a = vote(&mut m, t(1), 3, Vote::ReadOnly);
+        assert_eq!(
+            a,
+            vec![Action::CommitOnePhase {
                 txn: t(1),
-                shards: shards(&[1, 3])
+                shard: ShardId(2)
             }]
         );
-        assert!(
-            replies(&a).is_empty(),
-            "no reply before the decision is durable"
-        );
-        let a = m.step(Event::Logged {
+        let a = m.step(Event::OnePhaseDone {
             txn: t(1),
-            result: LogResult::Logged,
+            outcome: Outcome::Committed,
         });
         assert_eq!(replies(&a), vec![Outcome::Committed]);
-        assert!(a.contains(&Action::Decide {
-            txn: t(1),
-            shard: ShardId(1),
-            commit: true
-        }));
-        assert!(a.contains(&Action::Decide {
-            txn: t(1),
-            shard: ShardId(3),
-            commit: true
-        }));
-        // A failed send is retried until applied; then the txn is finished.
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_failed_validation_aborts_the_writer_too_without_logging() {
+        let mut m = Machine::new();
+        commit(&mut m, t(1), &[1, 2, 3], &[2]);
+        let a = vote(&mut m, t(1), 1, Vote::No("read locks were lost".into()));
+        assert_eq!(
+            replies(&a),
+            vec![Outcome::Aborted("read locks were lost".into())]
+        );
+        assert_eq!(decides(&a), vec![(1, false), (2, false), (3, false)]);
+        assert!(!a.iter().any(|x| matches!(
+            x,
+            Action::LogAbort { .. } | Action::Stage { .. } | Action::CommitOnePhase { .. }
+        )));
+        // A late validation changes nothing.
+        assert!(vote(&mut m, t(1), 3, Vote::ReadOnly).is_empty());
+        // A shard that unexpectedly prepared writes aborts too.
+        let mut m = Machine::new();
+        commit(&mut m, t(2), &[1, 2], &[]);
+        let a = vote(&mut m, t(2), 1, Vote::Yes);
+        assert!(matches!(replies(&a)[..], [Outcome::Aborted(_)]));
+        assert_eq!(decides(&a), vec![(1, false), (2, false)]);
+    }
+
+    #[test]
+    fn read_only_everywhere_commits_after_validation() {
+        let mut m = Machine::new();
+        let a = commit(&mut m, t(1), &[1, 2], &[]);
+        assert_eq!(a.len(), 2);
+        assert!(vote(&mut m, t(1), 1, Vote::ReadOnly).is_empty());
+        let a = vote(&mut m, t(1), 2, Vote::ReadOnly);
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                txn: t(1),
+                outcome: Outcome::Committed
+            }]
+        );
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn parallel_commit_stages_and_prepares_in_one_round() {
+        let mut m = Machine::new();
+        // Shard 3 only read: it prepares durably too, as it is listed.
+        let a = commit(&mut m, t(1), &[1, 2, 3], &[1, 2]);
+        assert_eq!(
+            a[0],
+            Action::Stage {
+                txn: t(1),
+                shards: shards(&[1, 2, 3])
+            }
+        );
+        for s in [1, 2, 3] {
+            assert!(a.contains(&Action::Prepare {
+                txn: t(1),
+                shard: ShardId(s),
+                durable: true
+            }));
+        }
+        assert_eq!(a.len(), 4);
+        assert!(vote(&mut m, t(1), 1, Vote::Yes).is_empty());
+        assert!(vote(&mut m, t(1), 3, Vote::Yes).is_empty());
+        assert!(staged(&mut m, t(1), LogResult::Logged).is_empty());
+        let a = vote(&mut m, t(1), 2, Vote::Yes);
+        assert_eq!(replies(&a), vec![Outcome::Committed]);
+        assert_eq!(decides(&a), vec![(1, true), (2, true), (3, true)]);
+        // A failed send is retried until applied; then it is finished.
         assert_eq!(
             m.step(Event::ApplyFailed {
                 txn: t(1),
@@ -470,12 +739,14 @@ mod tests {
                 commit: true
             }]
         );
-        assert!(m
-            .step(Event::Applied {
-                txn: t(1),
-                shard: ShardId(1)
-            })
-            .is_empty());
+        for s in [1, 2] {
+            assert!(m
+                .step(Event::Applied {
+                    txn: t(1),
+                    shard: ShardId(s)
+                })
+                .is_empty());
+        }
         assert_eq!(
             m.step(Event::Applied {
                 txn: t(1),
@@ -486,78 +757,257 @@ mod tests {
         assert!(m.is_empty());
     }
 
+    /// Every order of the three votes and the staging record: the client
+    /// hears "committed" exactly once, and only after the last of them.
     #[test]
-    fn any_no_vote_aborts_everywhere_at_once() {
-        let mut m = Machine::new();
-        m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2, 3]),
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(1),
-            vote: Vote::Yes,
-        });
-        let a = m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(2),
-            vote: Vote::No("wounded".into()),
-        });
-        assert_eq!(replies(&a), vec![Outcome::Aborted("wounded".into())]);
-        for s in [1, 2, 3] {
-            assert!(a.contains(&Action::Decide {
+    fn committed_only_once_staging_and_every_prepare_are_durable() {
+        let events: Vec<Event> = (1..=3)
+            .map(|s| Event::Voted {
                 txn: t(1),
                 shard: ShardId(s),
-                commit: false
-            }));
-        }
-        assert!(
-            !a.iter().any(|x| matches!(x, Action::Log { .. })),
-            "aborts are presumed, not logged"
-        );
-        // A late vote changes nothing.
-        assert!(m
-            .step(Event::Voted {
-                txn: t(1),
-                shard: ShardId(3),
-                vote: Vote::Yes
+                vote: Vote::Yes,
             })
-            .is_empty());
-        for s in [1, 2, 3] {
+            .chain([Event::Staged {
+                txn: t(1),
+                result: LogResult::Logged,
+            }])
+            .collect();
+        let mut orders = 0;
+        for perm in permutations(events.len()) {
+            let mut m = Machine::new();
+            commit(&mut m, t(1), &[1, 2, 3], &[1, 2, 3]);
+            for (i, e) in perm.iter().enumerate() {
+                let a = m.step(events[*e].clone());
+                let last = i + 1 == perm.len();
+                assert_eq!(
+                    replies(&a),
+                    if last {
+                        vec![Outcome::Committed]
+                    } else {
+                        vec![]
+                    },
+                    "order {perm:?}, step {i}"
+                );
+            }
+            orders += 1;
+        }
+        assert_eq!(orders, 24);
+    }
+
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for p in permutations(n - 1) {
+            for i in 0..=p.len() {
+                let mut q = p.clone();
+                q.insert(i, n - 1);
+                out.push(q);
+            }
+        }
+        out
+    }
+
+    /// A "no" in any position of any order: never committed, the abort is
+    /// logged before anyone hears it, whatever else arrives.
+    #[test]
+    fn a_no_vote_after_staging_logs_the_abort_before_reporting_it() {
+        let events: Vec<Event> = vec![
+            Event::Voted {
+                txn: t(1),
+                shard: ShardId(1),
+                vote: Vote::Yes,
+            },
+            Event::Voted {
+                txn: t(1),
+                shard: ShardId(2),
+                vote: Vote::No("wounded".into()),
+            },
+            Event::Staged {
+                txn: t(1),
+                result: LogResult::Logged,
+            },
+        ];
+        for perm in permutations(events.len()) {
+            let mut m = Machine::new();
+            commit(&mut m, t(1), &[1, 2], &[1, 2]);
+            let mut log_aborts = 0;
+            for e in &perm {
+                let a = m.step(events[*e].clone());
+                assert!(replies(&a).is_empty(), "{perm:?}: {a:?}");
+                assert!(decides(&a).is_empty(), "{perm:?}: {a:?}");
+                log_aborts += a
+                    .iter()
+                    .filter(|x| matches!(x, Action::LogAbort { .. }))
+                    .count();
+            }
+            assert_eq!(log_aborts, 1, "{perm:?}");
+            let a = m.step(Event::Logged {
+                txn: t(1),
+                result: LogResult::Logged,
+            });
+            assert_eq!(replies(&a), vec![Outcome::Aborted("wounded".into())]);
+            assert_eq!(decides(&a), vec![(1, false), (2, false)]);
             m.step(Event::Applied {
                 txn: t(1),
-                shard: ShardId(s),
+                shard: ShardId(1),
             });
+            assert!(
+                m.step(Event::Applied {
+                    txn: t(1),
+                    shard: ShardId(2)
+                })
+                .is_empty(),
+                "no Finish for an abort"
+            );
+            assert!(m.is_empty());
         }
+    }
+
+    #[test]
+    fn an_abort_that_cannot_be_logged_is_unknown_and_a_logged_commit_wins() {
+        let mut m = Machine::new();
+        commit(&mut m, t(1), &[1, 2], &[1, 2]);
+        vote(&mut m, t(1), 1, Vote::No("prepare not confirmed".into()));
+        let a = m.step(Event::Logged {
+            txn: t(1),
+            result: LogResult::Failed("lost leadership".into()),
+        });
+        assert!(matches!(replies(&a)[..], [Outcome::Unknown(_)]));
+        assert!(decides(&a).is_empty(), "recovery decides, not this leader");
         assert!(m.is_empty());
+
+        let mut m = Machine::new();
+        commit(&mut m, t(2), &[1, 2], &[1, 2]);
+        vote(&mut m, t(2), 1, Vote::ReadOnly);
+        let a = m.step(Event::Logged {
+            txn: t(2),
+            result: LogResult::NotAppended("not leader".into()),
+        });
+        assert!(matches!(replies(&a)[..], [Outcome::Unknown(_)]));
+
+        // Recovery recorded the commit first (the lost "yes" had landed).
+        let mut m = Machine::new();
+        commit(&mut m, t(3), &[1, 2], &[1, 2]);
+        vote(&mut m, t(3), 2, Vote::No("timeout".into()));
+        let a = m.step(Event::Logged {
+            txn: t(3),
+            result: LogResult::AlreadyDecided { commit: true },
+        });
+        assert_eq!(replies(&a), vec![Outcome::Committed]);
+        assert_eq!(decides(&a), vec![(1, true), (2, true)]);
+    }
+
+    #[test]
+    fn staging_outcomes() {
+        // Unknown whether staged: unknown, and nothing sent.
+        let mut m = Machine::new();
+        commit(&mut m, t(1), &[1, 2], &[1, 2]);
+        vote(&mut m, t(1), 1, Vote::Yes);
+        vote(&mut m, t(1), 2, Vote::Yes);
+        let a = staged(&mut m, t(1), LogResult::Failed("lost leadership".into()));
+        assert_eq!(
+            replies(&a),
+            vec![Outcome::Unknown("lost leadership".into())]
+        );
+        assert!(decides(&a).is_empty());
+        assert!(m.is_empty());
+        // Certainly never staged: aborted, without logging.
+        let mut m = Machine::new();
+        commit(&mut m, t(2), &[1, 2], &[1, 2]);
+        let a = staged(&mut m, t(2), LogResult::NotAppended("not leader".into()));
+        assert!(matches!(replies(&a)[..], [Outcome::Aborted(_)]));
+        assert_eq!(decides(&a), vec![(1, false), (2, false)]);
+        // A presumed abort in the log wins over a late staging.
+        let mut m = Machine::new();
+        commit(&mut m, t(3), &[1, 2], &[1, 2]);
+        vote(&mut m, t(3), 1, Vote::Yes);
+        let a = staged(&mut m, t(3), LogResult::AlreadyDecided { commit: false });
+        assert!(matches!(replies(&a)[..], [Outcome::Aborted(_)]));
+        assert_eq!(decides(&a), vec![(1, false), (2, false)]);
+        assert!(vote(&mut m, t(3), 2, Vote::Yes).is_empty());
     }
 
     /// Crash points of the coordinator. The machine is lost on a crash; what
     /// survives is the recovery log. Each case checks what the new leader
     /// does, given what the log holds.
     #[test]
-    fn crash_before_the_decision_record_leaves_nothing_to_recover() {
+    fn crash_before_the_staging_record_leaves_nothing_to_recover() {
         let mut m = Machine::new();
-        m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2]),
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(1),
-            vote: Vote::Yes,
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(2),
-            vote: Vote::Yes,
-        });
-        // Crash here: the Log action never ran. The new leader finds nothing.
+        commit(&mut m, t(1), &[1, 2], &[1, 2]);
+        vote(&mut m, t(1), 1, Vote::Yes);
+        vote(&mut m, t(1), 2, Vote::Yes);
+        // Crash here, the Stage append lost: the new leader finds nothing.
         let mut fresh = Machine::new();
         assert!(fresh
-            .step(Event::Recovered { unfinished: vec![] })
+            .step(Event::Recovered {
+                unfinished: vec![],
+                staged: vec![]
+            })
             .is_empty());
         assert!(!fresh.in_flight(t(1)), "TxnStatus will presume abort");
+    }
+
+    #[test]
+    fn crash_after_the_staging_record_resolves_from_the_shards() {
+        let recovered = || {
+            let mut fresh = Machine::new();
+            let a = fresh.step(Event::Recovered {
+                unfinished: vec![],
+                staged: vec![(t(1), shards(&[1, 2]))],
+            });
+            assert_eq!(
+                a,
+                vec![Action::Resolve {
+                    txn: t(1),
+                    shards: shards(&[1, 2])
+                }]
+            );
+            assert!(fresh.in_flight(t(1)), "TxnStatus waits for recovery");
+            fresh
+        };
+        // Both prepared (crash after the last vote, before the reply or
+        // after it): committed.
+        let mut m = recovered();
+        let a = m.step(Event::Resolved {
+            txn: t(1),
+            commit: Some(true),
+        });
+        assert_eq!(decides(&a), vec![(1, true), (2, true)]);
+        assert!(replies(&a).is_empty(), "the client is gone");
+        m.step(Event::Applied {
+            txn: t(1),
+            shard: ShardId(1),
+        });
+        assert_eq!(
+            m.step(Event::Applied {
+                txn: t(1),
+                shard: ShardId(2)
+            }),
+            vec![Action::Finish { txn: t(1) }]
+        );
+        // A shard had not prepared (crash before its prepare landed): it
+        // was fenced, so aborted.
+        let mut m = recovered();
+        let a = m.step(Event::Resolved {
+            txn: t(1),
+            commit: Some(false),
+        });
+        assert_eq!(decides(&a), vec![(1, false), (2, false)]);
+        // A shard cannot be reached: ask again later.
+        let mut m = recovered();
+        assert_eq!(
+            m.step(Event::Resolved {
+                txn: t(1),
+                commit: None
+            }),
+            vec![Action::RetryResolve {
+                txn: t(1),
+                shards: shards(&[1, 2])
+            }]
+        );
+        assert!(m.in_flight(t(1)));
     }
 
     #[test]
@@ -565,22 +1015,9 @@ mod tests {
         let mut fresh = Machine::new();
         let a = fresh.step(Event::Recovered {
             unfinished: vec![(t(1), shards(&[1, 2]))],
+            staged: vec![],
         });
-        assert_eq!(
-            a,
-            vec![
-                Action::Decide {
-                    txn: t(1),
-                    shard: ShardId(1),
-                    commit: true
-                },
-                Action::Decide {
-                    txn: t(1),
-                    shard: ShardId(2),
-                    commit: true
-                },
-            ]
-        );
+        assert_eq!(decides(&a), vec![(1, true), (2, true)]);
         assert!(fresh.in_flight(t(1)));
         fresh.step(Event::Applied {
             txn: t(1),
@@ -598,11 +1035,17 @@ mod tests {
     #[test]
     fn crash_during_commit_apply_resends_to_everyone_idempotently() {
         // Shard 1 applied, then the coordinator crashed before shard 2 did
-        // and before Finish: recovery resends to both; shard 1 answers the
-        // repeated commit with the same success.
+        // and before Finish: recovery resolves from the shards again (one
+        // reports committed, the other prepared: committed) and resends to
+        // both; shard 1 answers the repeated commit with the same success.
         let mut fresh = Machine::new();
-        let a = fresh.step(Event::Recovered {
-            unfinished: vec![(t(1), shards(&[1, 2]))],
+        fresh.step(Event::Recovered {
+            unfinished: vec![],
+            staged: vec![(t(1), shards(&[1, 2]))],
+        });
+        let a = fresh.step(Event::Resolved {
+            txn: t(1),
+            commit: Some(true),
         });
         assert_eq!(a.len(), 2);
         fresh.step(Event::Applied {
@@ -619,90 +1062,17 @@ mod tests {
     }
 
     #[test]
-    fn failed_log_append_is_reported_unknown_not_committed() {
-        let mut m = Machine::new();
-        m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2]),
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(1),
-            vote: Vote::Yes,
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(2),
-            vote: Vote::Yes,
-        });
-        let a = m.step(Event::Logged {
-            txn: t(1),
-            result: LogResult::Failed("lost leadership".into()),
-        });
-        assert_eq!(
-            replies(&a),
-            vec![Outcome::Unknown("lost leadership".into())]
-        );
-        assert!(!a.iter().any(|x| matches!(x, Action::Decide { .. })));
-        assert!(m.is_empty());
-    }
-
-    #[test]
-    fn a_presumed_abort_in_the_log_wins_over_a_late_commit() {
-        let mut m = Machine::new();
-        m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2]),
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(1),
-            vote: Vote::Yes,
-        });
-        m.step(Event::Voted {
-            txn: t(1),
-            shard: ShardId(2),
-            vote: Vote::Yes,
-        });
-        let a = m.step(Event::Logged {
-            txn: t(1),
-            result: LogResult::AlreadyDecided { commit: false },
-        });
-        assert!(matches!(replies(&a)[..], [Outcome::Aborted(_)]));
-        assert!(a.contains(&Action::Decide {
-            txn: t(1),
-            shard: ShardId(1),
-            commit: false
-        }));
-    }
-
-    #[test]
     fn duplicate_commit_requests_and_stray_events_are_ignored() {
         let mut m = Machine::new();
-        m.step(Event::Commit {
-            txn: t(1),
-            shards: shards(&[1, 2]),
-        });
-        assert!(m
-            .step(Event::Commit {
-                txn: t(1),
-                shards: shards(&[1, 2])
-            })
-            .is_empty());
-        assert!(m
-            .step(Event::Voted {
-                txn: t(9),
-                shard: ShardId(1),
-                vote: Vote::Yes
-            })
-            .is_empty());
-        assert!(m
-            .step(Event::Voted {
-                txn: t(1),
-                shard: ShardId(7),
-                vote: Vote::Yes
-            })
-            .is_empty());
+        commit(&mut m, t(1), &[1, 2], &[1, 2]);
+        assert!(commit(&mut m, t(1), &[1, 2], &[1, 2]).is_empty());
+        assert!(vote(&mut m, t(9), 1, Vote::Yes).is_empty());
+        assert!(vote(&mut m, t(1), 7, Vote::Yes).is_empty());
+        assert!(vote(&mut m, t(1), 1, Vote::Yes).is_empty());
+        assert!(
+            vote(&mut m, t(1), 1, Vote::Yes).is_empty(),
+            "a repeated vote"
+        );
         assert!(m
             .step(Event::Applied {
                 txn: t(1),
@@ -713,6 +1083,20 @@ mod tests {
             .step(Event::Logged {
                 txn: t(1),
                 result: LogResult::Logged
+            })
+            .is_empty());
+        assert!(m
+            .step(Event::Resolved {
+                txn: t(1),
+                commit: Some(true)
+            })
+            .is_empty());
+        assert!(m.in_flight(t(1)));
+        // Recovery does not take over a transaction the machine has.
+        assert!(m
+            .step(Event::Recovered {
+                unfinished: vec![(t(1), shards(&[1, 2]))],
+                staged: vec![(t(1), shards(&[1, 2]))],
             })
             .is_empty());
     }

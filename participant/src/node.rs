@@ -725,9 +725,21 @@ impl Node {
     /// Phase one: replicate the prepare record, then vote. Every lock the
     /// transaction needs is already held, on every shard: wound-wait's
     /// freedom from deadlock rests on a preparing transaction waiting for
-    /// nothing.
-    pub async fn prepare(&self, shard: ShardId, txn: TxnId) -> Result<Vote, Error> {
+    /// nothing. `ops`, writes the coordinator carries in the prepare, are
+    /// of keys the transaction holds; they are taken without waiting (a
+    /// key held by another transaction makes the vote "no"). `durable`:
+    /// replicate a record even with no writes here (a parallel commit).
+    pub async fn prepare(
+        &self,
+        shard: ShardId,
+        txn: TxnId,
+        ops: Vec<Mutation>,
+        durable: bool,
+    ) -> Result<Vote, Error> {
         let s = self.shard(shard)?;
+        if !ops.is_empty() {
+            self.validate_writes(shard, &ops)?;
+        }
         self.ready(s)?;
         let input = match s.shared.mgr.lock() {
             // A retried prepare (its first reply was lost): answer from the
@@ -738,7 +750,7 @@ impl Node {
                     "prepare already in progress; ask again".into(),
                 ))
             }
-            Ok(mut m) => m.begin_prepare(txn, self.now()),
+            Ok(mut m) => m.begin_prepare_with(txn, &ops, self.now()),
             Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
         };
         let input = match input {
@@ -748,7 +760,7 @@ impl Node {
                 return Ok(Vote::No(r));
             }
         };
-        if input.writes.is_empty() {
+        if input.writes.is_empty() && !durable {
             // Read-only here: confirm we still lead the term the read locks
             // were taken in, then let go (the reads are already serialized).
             let _release = Release::new(s, txn);

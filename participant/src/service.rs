@@ -173,16 +173,11 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        if !r.ops.is_empty() {
-            // Writes must be locked before any shard prepares (see
-            // Node::prepare); dropping them here would lose them.
-            return Err(Error::InvalidInput(
-                "prepare does not take writes; send them with TxnWrite first".into(),
-            )
-            .into());
-        }
+        let ops = convert::write_ops(r.ops)?;
         let node = self.node.clone();
-        let vote = owned(async move { node.prepare(ShardId(r.shard_id), txn).await }).await?;
+        let vote =
+            owned(async move { node.prepare(ShardId(r.shard_id), txn, ops, r.durable).await })
+                .await?;
         Ok(Response::new(convert::prepare_response(vote)))
     }
 

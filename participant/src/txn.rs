@@ -419,6 +419,61 @@ impl TxnManager {
             .collect()
     }
 
+    /// [`TxnManager::begin_prepare`], first taking `ops`: writes of keys
+    /// `txn` should hold exclusively already. A lock is taken only if no
+    /// other transaction holds it, never waited for, since a preparing
+    /// transaction must wait for nothing (wound-wait's freedom from
+    /// deadlock rests on it); if one is held, the prepare fails.
+    pub fn begin_prepare_with(
+        &mut self,
+        txn: TxnId,
+        ops: &[Mutation],
+        now_ms: u64,
+    ) -> Result<PrepareInput, String> {
+        if !ops.is_empty() {
+            let Some(term) = self.term else {
+                return Err("not leader".into());
+            };
+            match self.txns.get(&txn) {
+                None => {
+                    return Err(
+                        "unknown transaction here (expired, or leadership changed)".to_string()
+                    )
+                }
+                Some(t) => match &t.status {
+                    Status::Active if t.term == term => {}
+                    Status::Active => {
+                        return Err("leadership changed during the transaction".into())
+                    }
+                    Status::Aborted(r) => return Err(r.clone()),
+                    Status::Preparing | Status::Prepared => {
+                        return Err("prepare already in progress".into())
+                    }
+                },
+            }
+            for (k, _) in ops {
+                if let Err(holders) = self.locks.try_key(txn, k, Mode::Exclusive) {
+                    let by: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                    return Err(format!(
+                        "key {} is locked by {} at prepare (a prepare does not wait)",
+                        show_key(k),
+                        by.join(", ")
+                    ));
+                }
+            }
+            match self.buffer_writes(txn, ops) {
+                Buffered::Ok => {}
+                Buffered::NotOpen(r) => return Err(r),
+                Buffered::TooLarge(n) => {
+                    return Err(format!(
+                        "transaction over the size limit: {n} bytes of writes on one shard (max {MAX_TXN_BYTES})"
+                    ))
+                }
+            }
+        }
+        self.begin_prepare(txn, now_ms)
+    }
+
     /// Freeze `txn` for prepare: from now on no one can wound it.
     pub fn begin_prepare(&mut self, txn: TxnId, now_ms: u64) -> Result<PrepareInput, String> {
         let Some(term) = self.term else {
@@ -593,6 +648,42 @@ mod tests {
         assert!(!m.abandon(b), "a preparing transaction is never abandoned");
         // a's lock is free for an older transaction without waiting.
         assert_eq!(m.lock(t(5), true, &x(b"a"), 100), Step::Granted);
+    }
+
+    /// Writes carried in a prepare are taken only when no one else holds
+    /// their keys; a prepare never waits, and a refused one changes
+    /// nothing for other transactions.
+    #[test]
+    fn prepare_with_writes_takes_held_or_free_keys_only() {
+        let mut m = mgr();
+        let x = |k: &[u8]| Target::key(k, Mode::Exclusive);
+        let put = |k: &str| (k.as_bytes().to_vec(), Some(b"v".to_vec()));
+        // Read for update, then the write rides in the prepare.
+        assert_eq!(m.lock(t(1), true, &x(b"a"), 0), Step::Granted);
+        let p = m.begin_prepare_with(t(1), &[put("a")], 0).unwrap();
+        assert_eq!(p.writes, vec![put("a")]);
+        assert_eq!(m.status(t(1)), Some(&Status::Preparing));
+        // A key another transaction holds: refused at once, never waited
+        // for, naming the holder.
+        assert_eq!(
+            m.lock(t(2), true, &Target::key(b"b", Mode::Shared), 0),
+            Step::Granted
+        );
+        assert_eq!(m.lock(t(3), true, &x(b"c"), 0), Step::Granted);
+        let e = m
+            .begin_prepare_with(t(3), &[put("c"), put("b")], 0)
+            .unwrap_err();
+        assert!(e.contains("'b'") || e.contains("b"), "{e}");
+        assert!(e.contains(&t(2).to_string()), "{e}");
+        assert_eq!(m.status(t(3)), Some(&Status::Active), "not frozen");
+        // A transaction this shard does not know, or no longer active,
+        // takes no lock at all.
+        assert!(m.begin_prepare_with(t(9), &[put("z")], 0).is_err());
+        assert_eq!(m.lock(t(4), true, &x(b"z"), 0), Step::Granted);
+        assert!(m.begin_prepare_with(t(1), &[put("a")], 0).is_err());
+        // Without writes it is the plain prepare.
+        let p = m.begin_prepare_with(t(2), &[], 0).unwrap();
+        assert!(p.writes.is_empty());
     }
 
     #[test]
