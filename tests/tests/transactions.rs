@@ -764,3 +764,67 @@ async fn a_one_phase_commit_whose_coordinator_record_is_lost_is_reported_committ
         "{status:?}"
     );
 }
+
+/// Parallel commit's crash point after every prepare and the staging
+/// record are durable, before anyone is told: the coordinator leader is
+/// killed there (the `decision-delay` hook holds it). The transaction is
+/// committed by definition; the new leader finds the staging record,
+/// fences the listed shards, finds both prepared, and finishes it; the
+/// client, who saw no answer, learns "committed" from TxnStatus, and the
+/// prepared shards let their locks go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_transaction_whose_coordinator_dies_before_replying_is_committed_by_recovery() {
+    let config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in c.coordinator_ids(1) {
+        c.set_env(id, "PACT_FAULTS", "decision-delay");
+        c.set_env(id, "PACT_DECISION_DELAY_MS", "60000");
+    }
+    c.start_all();
+    let parts = c.participant_ids();
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    let leader = c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "staged", 2);
+    let mut t = client.begin().await.expect("begin");
+    for k in &keys {
+        // Read for update: the writes then ride inside the prepares.
+        t.get_for_update(k).await.expect("lock");
+        t.put(k, b"staged").await.expect("put");
+    }
+    let id = t.id();
+    let commit = tokio::spawn(async move { t.commit().await });
+    // The prepares and the staging record take milliseconds; the hook
+    // then holds the leader for a minute before it tells anyone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!commit.is_finished(), "the client heard before the kill");
+    c.kill(leader);
+    let answer = commit.await.expect("commit task");
+    assert!(answer.is_err(), "{answer:?}");
+    // Recovery on the new leader settles it (had the staging record not
+    // been durable, it would be presumed aborted and nothing applied).
+    c.restart(leader);
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        match client.txn_status(id).await {
+            Ok(pact_client::TxnOutcome::Committed) => break pact_client::TxnOutcome::Committed,
+            other => {
+                assert!(tokio::time::Instant::now() < deadline, "{other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(outcome, pact_client::TxnOutcome::Committed);
+    for k in &keys {
+        assert_eq!(
+            read_settled(&client, k).await.as_deref(),
+            Some(&b"staged"[..]),
+            "both shards applied it"
+        );
+    }
+}
