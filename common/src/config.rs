@@ -180,6 +180,12 @@ pub struct RaftTuning {
     /// Logs kept behind a snapshot so slow followers can catch up without a
     /// full snapshot transfer.
     pub keep_logs: u64,
+    /// Linearizable reads on a leader lease (no quorum round per read while
+    /// a quorum acknowledged the leader within `election_timeout_max_ms`)
+    /// instead of a ReadIndex round each. Safe with clocks that tick at the
+    /// same rate (not necessarily in sync): a restarted replica grants no
+    /// vote for a lease's length. Off: every read confirms with a quorum.
+    pub lease_reads: bool,
 }
 
 impl Default for RaftTuning {
@@ -190,6 +196,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 800,
             snapshot_logs: 5000,
             keep_logs: 1000,
+            lease_reads: true,
         }
     }
 }

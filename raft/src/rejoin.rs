@@ -84,6 +84,8 @@ pub(crate) enum Refused {
     NoVote,
     /// Rejoining: the sender's leader id is below the floor.
     BelowFloor { leader: LeaderId, floor: LeaderId },
+    /// Restarted less than a leader lease ago: no vote yet.
+    Quiet,
 }
 
 impl std::fmt::Display for Refused {
@@ -91,6 +93,10 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Probing => write!(f, "replica started empty; asking its peers first"),
             Refused::NoVote => write!(f, "replica is rejoining after data loss; not voting yet"),
+            Refused::Quiet => write!(
+                f,
+                "replica restarted less than a leader lease ago; not voting yet"
+            ),
             Refused::BelowFloor { leader, floor } => write!(
                 f,
                 "replica is rejoining after data loss; leader {leader} is below {floor}"
@@ -115,28 +121,45 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct Gate {
     state: Mutex<State>,
+    /// Until then no vote passes even when open: a restarted replica's
+    /// quiet period (lease reads; see `Replica::start`).
+    quiet_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl Gate {
-    pub(crate) fn open() -> Self {
+    fn new(state: State) -> Self {
         Gate {
-            state: Mutex::new(State::Open),
+            state: Mutex::new(state),
+            quiet_until: Mutex::new(None),
         }
+    }
+
+    pub(crate) fn open() -> Self {
+        Self::new(State::Open)
     }
 
     pub(crate) fn probing() -> Self {
-        Gate {
-            state: Mutex::new(State::Probing),
-        }
+        Self::new(State::Probing)
     }
 
     pub(crate) fn rejoining(floor: LeaderId) -> Self {
-        Gate {
-            state: Mutex::new(State::Rejoining {
-                floor,
-                contact: None,
-            }),
-        }
+        Self::new(State::Rejoining {
+            floor,
+            contact: None,
+        })
+    }
+
+    /// Grant no vote for `d` from now.
+    pub(crate) fn quiet_for(&self, d: std::time::Duration) {
+        let until = std::time::Instant::now() + d;
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    fn quiet(&self) -> bool {
+        self.quiet_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|u| std::time::Instant::now() < u)
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -169,7 +192,9 @@ impl Gate {
 
     /// A vote or a vote request may pass only when open.
     pub(crate) fn admit_vote(&self) -> Result<(), Refused> {
+        let quiet = self.quiet();
         self.with(|s| match s {
+            State::Open if quiet => Err(Refused::Quiet),
             State::Open => Ok(()),
             State::Probing => Err(Refused::Probing),
             State::Rejoining { .. } => Err(Refused::NoVote),
@@ -318,5 +343,17 @@ mod tests {
         assert!(g.caught_up(Some(&log_id(6, 3, 30))));
         assert!(g.caught_up(Some(&log_id(7, 1, 31))));
         assert!(!Gate::open().caught_up(Some(&log_id(9, 9, 99))));
+    }
+
+    #[test]
+    fn a_quiet_replica_grants_no_vote_until_its_quiet_period_ends() {
+        let g = Gate::open();
+        assert_eq!(g.admit_vote(), Ok(()));
+        g.quiet_for(std::time::Duration::from_millis(200));
+        assert_eq!(g.admit_vote(), Err(Refused::Quiet));
+        // Appends from a leader still pass: it only must not vote.
+        assert_eq!(g.admit_leader(&Vote::new_committed(3, 1), 5), Ok(()));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(g.admit_vote(), Ok(()));
     }
 }

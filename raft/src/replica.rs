@@ -32,6 +32,9 @@ pub struct Tuning {
     /// Entries kept behind a snapshot, so slightly slow followers catch up
     /// from the log instead of a full snapshot.
     pub keep_logs: u64,
+    /// Reads confirm leadership with the leader lease when it is fresh
+    /// (see [`Replica::read_barrier`]).
+    pub lease_reads: bool,
 }
 
 impl From<&pact_common::RaftTuning> for Tuning {
@@ -42,6 +45,7 @@ impl From<&pact_common::RaftTuning> for Tuning {
             election_timeout_max_ms: r.election_timeout_max_ms,
             snapshot_logs: r.snapshot_logs,
             keep_logs: r.keep_logs,
+            lease_reads: r.lease_reads,
         }
     }
 }
@@ -127,6 +131,7 @@ pub struct Replica {
     /// Client addresses by node id.
     clients: BTreeMap<u64, String>,
     timeout: Duration,
+    lease_reads: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -173,6 +178,13 @@ impl Replica {
                 .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?
         };
         let gate = Arc::new(gate);
+        // A replica that restarts has forgotten when it last heard from its
+        // leader, the follower half of that leader's lease: with lease
+        // reads it must neither vote nor campaign for a lease's length,
+        // or it could help elect a new leader while the old one still
+        // serves reads on its lease. (An empty store rejoins through the
+        // gate instead, hearing from the current leader before it votes.)
+        let quiet = tuning.lease_reads && gate.is_open();
         let config = Config {
             cluster_name: format!("pact-group-{group}"),
             heartbeat_interval: tuning.heartbeat_ms,
@@ -182,7 +194,7 @@ impl Replica {
             max_in_snapshot_log_to_keep: tuning.keep_logs,
             enable_pre_vote: Some(true),
             // Behind a gate it must not campaign: its vote is what it lost.
-            enable_elect: gate.is_open(),
+            enable_elect: gate.is_open() && !quiet,
             // A follower that lost its disk comes back with a shorter log
             // than the leader knew it had; the leader starts over with it
             // instead of waiting forever for entries that are gone.
@@ -210,6 +222,21 @@ impl Replica {
             log_reader,
             members.iter().map(|(id, _)| *id).collect(),
         );
+        if quiet {
+            // openraft's lease is `election_timeout_max` from the send time
+            // of the last acknowledged append, which is before this
+            // replica received it, which is before it restarted; a tenth
+            // more allows for clocks that tick at slightly different rates.
+            let lease = Duration::from_millis(tuning.election_timeout_max_ms * 11 / 10 + 10);
+            gate.quiet_for(lease);
+            let (raft, gate) = (raft.clone(), gate.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(lease).await;
+                if gate.is_open() {
+                    raft.runtime_config().elect(true);
+                }
+            });
+        }
         let first = members.first().map(|(id, _)| *id) == Some(node_id);
         let members: BTreeMap<u64, String> = members.into_iter().collect();
         if gate.is_open() {
@@ -239,6 +266,7 @@ impl Replica {
             store,
             clients,
             timeout: tuning.request_timeout(),
+            lease_reads: tuning.lease_reads,
         })
     }
 
@@ -339,12 +367,15 @@ impl Replica {
         if !self.raft.is_leader() {
             return Err(self.not_leader());
         }
-        match tokio::time::timeout(
-            self.timeout,
-            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        )
-        .await
-        {
+        // With lease reads: no quorum round while a quorum acknowledged
+        // this leader within the lease (every heartbeat renews it); when
+        // the last acknowledgement is older, a heartbeat round as ReadIndex.
+        let policy = if self.lease_reads {
+            openraft::LinearizerOption::new(None, true)
+        } else {
+            ReadPolicy::ReadIndex.into()
+        };
+        match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable(policy)).await {
             Err(_) => Err(ReplicaError::Unavailable(format!(
                 "leadership not confirmed by a quorum within {:?}",
                 self.timeout
