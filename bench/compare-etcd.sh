@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Pact next to etcd on this machine, with the same driver and parameters.
 #
-# Starts the Pact playground (3 participant nodes holding 3 shards x 3
-# replicas, a coordinator group of 3) and runs YCSB-A, YCSB-C and the
-# transfer workload against it, plus the transfer workload with every
-# transfer kept on one shard and spread across shards; stops it; then
+# Starts the Pact playground and runs YCSB-A, YCSB-C and the transfer
+# workload against it, plus the transfer workload with every transfer kept
+# on one shard and spread across shards; stops it; then
 # starts a 3-member etcd cluster on loopback and runs the same workloads
 # against it; prints a table (Markdown) of throughput and latency.
 # Only one of the two clusters runs at a time.
+#
+# Pact runs 3 processes, as etcd does: 3 `pact` nodes, each with a replica
+# of all 3 shards (3 replicas each) and of the coordinator group, one store
+# and one fsync stream per process (`txn playground`'s default layout).
 #
 # Usage: bash bench/compare-etcd.sh
 # Settings (environment):
 #   DURATION=20   seconds per measured run      RECORDS=10000  YCSB records
 #   THREADS=16    concurrent client tasks        ACCOUNTS=1000  txn accounts
 #   TXN_KEYS=2    accounts per transfer          SEED=42        RNG seed
-#   PACT_PORT=27001  first Pact port (uses +0..+5 and +10..+15)
+#   PACT_PORT=27001  first Pact port (uses +0..+2, metrics +10..+12, peers +20..+22)
 #   ETCD_PORTS="2379 22379 32379"  client ports (peer port = client + 1)
 #   RESULTS=DIR   keep the JSON reports in DIR   NO_BUILD=1  skip cargo build
 #   KEEP_TMP=1    keep the temporary folder (data and logs)
@@ -129,13 +132,14 @@ bin=${CARGO_TARGET_DIR:-$root/target}/release
 if [ "${NO_BUILD:-}" != 1 ]; then
   log "building release binaries (first time: several minutes)"
   cargo build --release --quiet --bins \
-    -p pact-cli -p pact-participant -p pact-coordinator -p pact-bench
+    -p pact-cli -p pact-server -p pact-bench
 fi
-for b in txn participant coordinator bench; do
+for b in txn pact bench; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing; run without NO_BUILD=1"
 done
 
-for p in $(seq "$PACT_PORT" $((PACT_PORT + 5))) $(seq $((PACT_PORT + 10)) $((PACT_PORT + 15))); do
+for p in $(seq "$PACT_PORT" $((PACT_PORT + 2))) $(seq $((PACT_PORT + 10)) $((PACT_PORT + 12))) \
+  $(seq $((PACT_PORT + 20)) $((PACT_PORT + 22))); do
   port_free "$p" || die "port $p is in use; set PACT_PORT"
 done
 for p in $ETCD_PORTS; do
@@ -173,7 +177,7 @@ run_workloads() { # BACKEND
 }
 
 # --- Pact -------------------------------------------------------------------
-log "starting the Pact playground (ports $PACT_PORT-$((PACT_PORT + 15)))"
+log "starting the Pact playground: 3 pact processes (ports $PACT_PORT-$((PACT_PORT + 22)))"
 mkdir -p "$tmp/pact"
 "$bin/txn" playground --dir "$tmp/pact" --port "$PACT_PORT" >"$tmp/pact/playground.out" 2>&1 &
 pg_pid=$!

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: start `txn playground` (3 participant
-# nodes holding 3 shards x 3 replicas on 127.0.0.1:7001-7003, a coordinator
-# group of 3 on 7004-7006; data under ${PACT_DATA:-./pact-data}), run
+# The main job on embedded defaults: start `txn playground` (3 nodes on
+# 127.0.0.1:7001-7003, each one `pact` process with a replica of 3 shards
+# and of the coordinator group; data under ${PACT_DATA:-./pact-data}), run
 # transactions with the `txn` CLI, print the Raft status, and stop it.
 # With --keep, leave the cluster running until Ctrl-C.
 set -euo pipefail

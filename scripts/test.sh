@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: format and lint gates, then every test.
-# Process-level tests start real participant binaries, so build them first;
+# Process-level tests start real server binaries (pact, participant,
+# coordinator), so build them first;
 # they run one at a time so 3-process clusters do not starve each other of
 # the machine's 2 cores (elections are timing-sensitive).
 set -euo pipefail

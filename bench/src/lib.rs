@@ -41,7 +41,7 @@
 //! started over when a compare fails. `bench/compare-etcd.sh` runs both
 //! side by side.
 //!
-//! **Memory.** `--watch-rss participant,coordinator` (or `etcd`) samples
+//! **Memory.** `--watch-rss pact` (or `participant,coordinator`, `etcd`) samples
 //! the RSS of the local processes of those names once a second and reports
 //! each one's start, end and peak, and its growth per operation over the
 //! second half of the run (see [`memory`]).

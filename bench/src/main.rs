@@ -115,7 +115,7 @@ struct Opts {
     #[arg(long, env = "PACT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Sample the RSS of the local processes with these names once a
-    /// second (comma-separated, e.g. participant,coordinator or etcd) and
+    /// second (comma-separated, e.g. pact, participant,coordinator or etcd) and
     /// report each one's start, end and peak RSS and its growth per
     /// operation over the second half of the run.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]

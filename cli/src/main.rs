@@ -94,9 +94,9 @@ enum Cmd {
     /// Interactive session: BEGIN, GET, PUT, DEL, SCAN, INCR, COMMIT,
     /// ROLLBACK (autocommit outside BEGIN). Reads a script from a pipe.
     Shell,
-    /// Start a local cluster (3 participants, 3 shards x 3 replicas, a
-    /// coordinator group of 3) as processes on 127.0.0.1, data under DIR;
-    /// Ctrl-C stops it, running it again restarts on the same data.
+    /// Start a local cluster (3 nodes, each a `pact` process with a replica
+    /// of 3 shards and of the coordinator group) on 127.0.0.1, data under
+    /// DIR; Ctrl-C stops it, running it again restarts on the same data.
     Playground {
         /// Folder for config, data and logs.
         #[arg(long, default_value = "pact-data")]
@@ -104,10 +104,16 @@ enum Cmd {
         /// Number of shards (first start only).
         #[arg(long, default_value_t = 3)]
         shards: u64,
-        /// First port; nodes use 6 consecutive client ports from it,
-        /// metrics 10 above and peer ports 20 above (first start only).
+        /// First port; nodes use consecutive client ports from it (3, or 6
+        /// with --layout split), metrics 10 above and peer ports 20 above
+        /// (first start only).
         #[arg(long, default_value_t = 7001)]
         port: u16,
+        /// combined: 3 `pact` processes, each with every role; split: 3
+        /// `participant` and 3 `coordinator` processes (first start only;
+        /// default combined).
+        #[arg(long, value_enum)]
+        layout: Option<playground::Layout>,
         /// Mutual TLS on every port: makes a CA, node certificates and a
         /// client certificate under DIR/certs and names them in the
         /// config's [tls] section (first start only).
@@ -295,6 +301,7 @@ fn main() -> ExitCode {
         shards,
         port,
         tls,
+        layout,
     } = &args.cmd
     {
         let opts = playground::Options {
@@ -302,6 +309,7 @@ fn main() -> ExitCode {
             shards: *shards,
             port: *port,
             tls: *tls,
+            layout: *layout,
         };
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()

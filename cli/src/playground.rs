@@ -1,10 +1,12 @@
 //! `txn playground`: a whole local cluster in one command.
 //!
-//! Starts 3 participant nodes (holding `--shards` shards of 3 replicas) and
-//! a coordinator group of 3 as real processes on 127.0.0.1, with all data
-//! and logs under one folder. The cluster config is written there on the
-//! first start and reused afterwards, so a restart comes back on the same
-//! data. Ctrl-C (or SIGTERM) stops every process cleanly.
+//! Starts 3 nodes as real processes on 127.0.0.1, each one `pact` process
+//! holding a replica of `--shards` shards and of the coordinator group
+//! (`--layout split`: 3 `participant` processes for the shards and 3
+//! `coordinator` processes for the group, 6 in all), with all data and
+//! logs under one folder. The cluster config is written there on the first
+//! start and reused afterwards, so a restart comes back on the same data
+//! and layout. Ctrl-C (or SIGTERM) stops every process cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,12 +16,42 @@ use anyhow::{bail, Context};
 use pact_client::{Client, ClientOptions};
 use pact_common::ClusterConfig;
 
+/// How the playground places its groups on processes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// 3 nodes, each one `pact` process with every shard's replica and the
+    /// coordinator group's.
+    Combined,
+    /// 3 `participant` nodes for the shards and 3 `coordinator` nodes for
+    /// the group: 6 processes.
+    Split,
+}
+
+impl Layout {
+    fn of(config: &ClusterConfig) -> Layout {
+        if config.nodes.iter().any(|n| config.is_combined(n.id)) {
+            Layout::Combined
+        } else {
+            Layout::Split
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Combined => "combined",
+            Layout::Split => "split",
+        }
+    }
+}
+
 pub struct Options {
     pub dir: PathBuf,
     pub shards: u64,
     pub port: u16,
     /// Make certificates and turn on mutual TLS (first start only).
     pub tls: bool,
+    /// For a new playground; None: combined, or whatever an existing one has.
+    pub layout: Option<Layout>,
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -46,9 +78,21 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
                 path.display()
             );
         }
+        let has = Layout::of(&c);
+        if let Some(want) = opts.layout.filter(|l| *l != has) {
+            bail!(
+                "{} has the {} layout; --layout {} applies to a new playground only (use another --dir)",
+                path.display(),
+                has.name(),
+                want.name()
+            );
+        }
         return Ok((c, path));
     }
-    let mut c = ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?;
+    let mut c = match opts.layout.unwrap_or(Layout::Combined) {
+        Layout::Combined => ClusterConfig::local_combined(3, opts.shards, 3, opts.port)?,
+        Layout::Split => ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?,
+    };
     if opts.tls {
         c.tls = Some(
             pact_common::certgen::write_cluster_certs(&c, &opts.dir.join("certs"), &opts.dir)
@@ -80,39 +124,67 @@ fn spawn(
     config_path: &Path,
     config: &ClusterConfig,
 ) -> anyhow::Result<Vec<(u64, Child)>> {
-    let participant = sibling("participant")?;
-    let coordinator = sibling("coordinator")?;
+    // Every binary found before any node starts.
+    let bins = config
+        .nodes
+        .iter()
+        .map(|n| sibling(server_binary(config, n.id)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut children = Vec::new();
-    for (i, n) in config.nodes.iter().enumerate() {
-        let bin = if config.coordinator_of(n.id).is_some() {
-            &coordinator
-        } else {
-            &participant
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("node-{}.log", n.id)))?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(config_path)
-            .arg("--node-id")
-            .arg(n.id.0.to_string())
-            .arg("--data-dir")
-            .arg(dir.join(format!("node-{}", n.id)))
-            .args(
-                metrics_addr(config, i)
-                    .map(|a| vec!["--metrics-listen".to_string(), a])
-                    .unwrap_or_default(),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        children.push((n.id.0, child));
+    for (i, (n, bin)) in config.nodes.iter().zip(&bins).enumerate() {
+        match spawn_node(dir, config_path, config, i, n.id, bin) {
+            Ok(c) => children.push((n.id.0, c)),
+            Err(e) => {
+                // Those already started would outlive the playground.
+                stop(&mut children);
+                return Err(e);
+            }
+        }
     }
     Ok(children)
+}
+
+fn spawn_node(
+    dir: &Path,
+    config_path: &Path,
+    config: &ClusterConfig,
+    i: usize,
+    id: pact_common::NodeId,
+    bin: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node-{id}.log")))?;
+    Command::new(bin)
+        .arg("--config")
+        .arg(config_path)
+        .arg("--node-id")
+        .arg(id.0.to_string())
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{id}")))
+        .args(
+            metrics_addr(config, i)
+                .map(|a| vec!["--metrics-listen".to_string(), a])
+                .unwrap_or_default(),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// The server binary that runs node `id`: `pact` for a node with both
+/// roles (it could run any node, but a split layout keeps its binaries).
+fn server_binary(config: &ClusterConfig, id: pact_common::NodeId) -> &'static str {
+    if config.is_combined(id) {
+        "pact"
+    } else if config.coordinator_of(id).is_some() {
+        "coordinator"
+    } else {
+        "participant"
+    }
 }
 
 async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<bool> {
@@ -179,18 +251,20 @@ fn stop(children: &mut [(u64, Child)]) {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (config, config_path) = load_or_create(&opts)?;
     let mut children = spawn(&opts.dir, &config_path, &config)?;
-    outln!("Pact playground in {}", opts.dir.display());
+    outln!(
+        "Pact playground in {} ({} layout, {} processes)",
+        opts.dir.display(),
+        Layout::of(&config).name(),
+        children.len()
+    );
     for (i, n) in config.nodes.iter().enumerate() {
+        let shards: Vec<u64> = config.shards_of_node(n.id).iter().map(|s| s.0).collect();
         let role = match config.coordinator_of(n.id) {
+            Some(g) if !shards.is_empty() => {
+                format!("pact (shards {shards:?}, coordinator group {})", g.group)
+            }
             Some(g) => format!("coordinator (group {})", g.group),
-            None => format!(
-                "participant (shards {:?})",
-                config
-                    .shards_of_node(n.id)
-                    .iter()
-                    .map(|s| s.0)
-                    .collect::<Vec<_>>()
-            ),
+            None => format!("participant (shards {shards:?})"),
         };
         let metrics = metrics_addr(&config, i)
             .map(|a| format!("  metrics http://{a}/metrics"))
@@ -216,6 +290,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         config_path.display(),
         config_path.display()
     );
+    outln!("then: txn put KEY VALUE, txn exec put alice 100 put bob 50, txn shell, txn status");
     let ready = match wait_ready(&config, Duration::from_secs(60)).await {
         Ok(r) => r,
         Err(e) => {

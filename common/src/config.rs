@@ -73,7 +73,8 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub storage: StorageTuning,
     /// Coordinator groups: each is a Raft group holding a recovery log of
-    /// commit decisions, run by `coordinator` processes on its replicas.
+    /// commit decisions, run on its replicas by `coordinator` processes or
+    /// by `pact` processes that may host shard replicas too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coordinators: Vec<CoordinatorConfig>,
     /// Mutual TLS on every port (off if absent).
@@ -130,8 +131,10 @@ impl TlsConfig {
     }
 }
 
-/// One coordinator group. Its replicas are nodes (from `[[nodes]]`) that
-/// run the `coordinator` binary, so they may not also be shard replicas.
+/// One coordinator group. Its replicas are nodes (from `[[nodes]]`); a node
+/// that is also a shard replica runs both in one `pact` process, where all
+/// its groups share one store and one Raft router, so the group's id must
+/// differ from the ids of the shards on its replicas.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
@@ -140,17 +143,19 @@ pub struct CoordinatorConfig {
     pub replicas: Vec<NodeId>,
 }
 
-/// One node: a participant or a coordinator process.
+/// One node: a process hosting shard replicas, a coordinator replica, or
+/// both (`pact`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// `host:port` of the client-facing gRPC services: `pact.v1.Kv` on a
-    /// participant, `pact.v1.Txn` on a coordinator. Clients use only this.
+    /// `host:port` of the client-facing gRPC services: `pact.v1.Kv` where
+    /// the node hosts shards, `pact.v1.Txn` where it hosts a coordinator
+    /// replica. Clients use only this.
     pub addr: String,
     /// `host:port` of the internal services, which only other nodes call:
     /// `pact.v1.RaftTransport` on every node, `pact.v1.Participant`
-    /// (transaction reads, writes, prepare, decide) on a participant.
+    /// (transaction reads, writes, prepare, decide) where it hosts shards.
     /// Required, so that no config exposes them on the client port by
     /// omission; firewall it from clients (or turn on `[tls]`).
     pub peer_addr: String,
@@ -342,11 +347,6 @@ impl ClusterConfig {
 
     fn validate_coordinators(&self) -> Result<(), ConfigError> {
         let mut groups = BTreeSet::new();
-        let shard_nodes: BTreeSet<NodeId> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.replicas.iter().copied())
-            .collect();
         let mut coord_nodes = BTreeSet::new();
         for c in &self.coordinators {
             if c.group == 0 || c.group > MAX_TOML_INT {
@@ -368,10 +368,12 @@ impl ClusterConfig {
                         c.group
                     ));
                 }
-                if shard_nodes.contains(r) {
+                // One process hosts both, and Raft routes messages and
+                // keeps logs by group id alone: equal ids would be one group.
+                if self.shards_of_node(*r).contains(&ShardId(c.group)) {
                     return invalid(format!(
-                        "node {r} is both a shard replica and a coordinator of group {}; a node runs one of the two",
-                        c.group
+                        "coordinator group {g} and shard {g} are both on node {r}, which hosts every group in one store and routes Raft messages by group id; give the coordinator group an id no shard of its replicas has",
+                        g = c.group
                     ));
                 }
                 if !coord_nodes.insert(*r) {
@@ -391,14 +393,40 @@ impl ClusterConfig {
             .find(|c| c.replicas.contains(&node))
     }
 
-    /// The embedded default used when no config file is given: 3 participant
-    /// nodes on 127.0.0.1:7001-7003 holding 3 shards of 3 replicas, and one
-    /// coordinator group of 3 on 127.0.0.1:7004-7006; peer ports
-    /// 7021-7026.
+    /// The embedded default used when no config file is given, what `txn
+    /// playground` starts: 3 nodes on 127.0.0.1:7001-7003 (peer ports
+    /// 7021-7023), each a replica of 3 shards (3 replicas each) and of
+    /// coordinator group 4, one `pact` process per node.
     pub fn embedded_default() -> Self {
         // Fixed, valid arguments: this cannot fail.
-        Self::local_with_coordinators(3, 3, 3, 3, 7001)
+        Self::local_combined(3, 3, 3, 7001)
             .unwrap_or_else(|e| unreachable!("embedded default: {e}"))
+    }
+
+    /// [`ClusterConfig::local`] plus one coordinator group on the first
+    /// `replication` of the same nodes, so that every node may run as one
+    /// `pact` process. The group's id is `shards + 1`: shard and
+    /// coordinator replicas share a node's Raft router and store, where
+    /// group ids must differ.
+    pub fn local_combined(
+        nodes: u64,
+        shards: u64,
+        replication: u64,
+        base_port: u16,
+    ) -> Result<Self, ConfigError> {
+        let mut c = Self::local_layout(nodes, shards, replication, 0, base_port)?;
+        c.coordinators.push(CoordinatorConfig {
+            group: shards + 1,
+            replicas: (1..=replication).map(NodeId).collect(),
+        });
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Whether node `id` hosts both shard replicas and a coordinator
+    /// replica, which only the `pact` server runs in one process.
+    pub fn is_combined(&self, id: NodeId) -> bool {
+        self.coordinator_of(id).is_some() && !self.shards_of_node(id).is_empty()
     }
 
     /// [`ClusterConfig::local`] plus one coordinator group of
@@ -747,22 +775,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_default_has_a_coordinator_group_apart_from_shards() {
-        let c = ClusterConfig::embedded_default();
+    fn split_layout_has_a_coordinator_group_apart_from_shards() {
+        let c = ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).unwrap();
         assert_eq!(c.nodes.len(), 6);
         assert_eq!(c.coordinators.len(), 1);
         assert_eq!(c.coordinator_of(NodeId(5)).map(|g| g.group), Some(1));
         assert_eq!(c.coordinator_of(NodeId(1)), None);
+        assert!((1..=6).all(|n| !c.is_combined(NodeId(n))));
         assert_eq!(c.nodes[5].addr, "127.0.0.1:7006");
         let back = ClusterConfig::from_toml_str(&c.to_toml_string()).unwrap();
         assert_eq!(back, c);
+        // Shard 1 lives on node 1: group 1 may not join it there.
         let mut bad = c.clone();
         bad.coordinators[0].replicas.push(NodeId(1));
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("both a shard replica"));
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("coordinator group 1 and shard 1 are both on node 1"),
+            "{err}"
+        );
         let mut bad = c.clone();
         bad.coordinators[0].group = 0;
         assert!(bad.validate().is_err());
@@ -773,6 +803,80 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown node 99"));
+    }
+
+    #[test]
+    fn combined_layout_puts_both_roles_on_every_node() {
+        let c = ClusterConfig::local_combined(3, 3, 3, 7001).unwrap();
+        assert_eq!(c, ClusterConfig::embedded_default());
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.coordinators.len(), 1);
+        // Clear of the shards' group ids 1-3.
+        assert_eq!(c.coordinators[0].group, 4);
+        for n in 1..=3 {
+            let id = NodeId(n);
+            assert_eq!(
+                c.shards_of_node(id),
+                vec![ShardId(1), ShardId(2), ShardId(3)]
+            );
+            assert_eq!(c.coordinator_of(id).map(|g| g.group), Some(4));
+            assert!(c.is_combined(id));
+        }
+        let port = |a: &str| a.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+        let clients: Vec<u16> = c.nodes.iter().map(|n| port(&n.addr)).collect();
+        let peers: Vec<u16> = c.nodes.iter().map(|n| port(&n.peer_addr)).collect();
+        assert_eq!(clients, vec![7001, 7002, 7003]);
+        assert_eq!(peers, vec![7021, 7022, 7023]);
+        let back = ClusterConfig::from_toml_str(&c.to_toml_string()).unwrap();
+        assert_eq!(back, c);
+        // The group on fewer nodes than the shards; a single-shard cluster
+        // still keeps the ids apart.
+        let c = ClusterConfig::local_combined(5, 2, 3, 9000).unwrap();
+        assert_eq!(c.coordinators[0].group, 3);
+        assert_eq!(
+            c.coordinators[0].replicas,
+            vec![NodeId(1), NodeId(2), NodeId(3)]
+        );
+        assert!(!c.is_combined(NodeId(4)) && c.coordinator_of(NodeId(4)).is_none());
+        assert_eq!(
+            ClusterConfig::local_combined(1, 1, 1, 9000)
+                .unwrap()
+                .coordinators[0]
+                .group,
+            2
+        );
+        assert!(ClusterConfig::local_combined(2, 1, 3, 9000).is_err());
+    }
+
+    #[test]
+    fn group_ids_cannot_collide_on_a_node() {
+        let nodes = nodes_toml(3);
+        let shards =
+            "[[shards]]\nid = 1\nreplicas = [1, 2]\n\n[[shards]]\nid = 2\nreplicas = [2, 3]\n";
+        let with = |group: u64, replicas: &str| {
+            format!(
+                "partitioning = \"hash\"\n{nodes}{shards}\n[[coordinators]]\ngroup = {group}\nreplicas = {replicas}\n"
+            )
+        };
+        // A node may host shards and a coordinator replica, with other ids.
+        let ok = ClusterConfig::from_toml_str(&with(3, "[1, 2, 3]")).unwrap();
+        assert!(ok.is_combined(NodeId(2)));
+        // Shard 2 is on nodes 2 and 3: group 2 may not be there.
+        expect_invalid(
+            &with(2, "[1, 2, 3]"),
+            &[
+                "coordinator group 2 and shard 2 are both on node 2",
+                "group id",
+            ],
+        );
+        expect_invalid(
+            &with(2, "[3]"),
+            &["coordinator group 2 and shard 2 are both on node 3"],
+        );
+        // Equal ids on disjoint nodes are separate stores and routers.
+        let apart = ClusterConfig::from_toml_str(&with(2, "[1]")).unwrap();
+        assert_eq!(apart.coordinator_of(NodeId(1)).map(|g| g.group), Some(2));
+        assert!(apart.is_combined(NodeId(1)));
     }
 
     const HASH_EXAMPLE: &str = r#"
@@ -1090,7 +1194,7 @@ start = ""
 
     #[test]
     fn local_peer_ports_clear_client_and_metrics_ports() {
-        let c = ClusterConfig::embedded_default();
+        let c = ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).unwrap();
         let port = |a: &str| a.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
         let clients: Vec<u16> = c.nodes.iter().map(|n| port(&n.addr)).collect();
         let peers: Vec<u16> = c.nodes.iter().map(|n| port(&n.peer_addr)).collect();

@@ -120,11 +120,11 @@ impl Coordinator {
         data_dir: &Path,
         tls: Option<pact_client::Tls>,
     ) -> Result<Arc<Self>, Error> {
-        let Some(cg) = config.coordinator_of(node).cloned() else {
+        if config.coordinator_of(node).is_none() {
             return Err(Error::InvalidInput(format!(
                 "node {node} is not a replica of any coordinator group in the config"
             )));
-        };
+        }
         let store = NodeStore::open_with(data_dir, &config.storage).map_err(|e| {
             Error::Fatal(format!(
                 "cannot open storage at {}: {e}",
@@ -135,9 +135,26 @@ impl Coordinator {
             store,
             pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
         );
+        Self::start_on(config, node, &host, tls).await
+    }
+
+    /// [`Coordinator::start`] on a storage, Raft router and peer
+    /// connections that the process already has, shared with the other
+    /// groups it hosts (a `pact` server that also runs shard replicas).
+    pub async fn start_on(
+        config: ClusterConfig,
+        node: NodeId,
+        host: &Host,
+        tls: Option<pact_client::Tls>,
+    ) -> Result<Arc<Self>, Error> {
+        let Some(cg) = config.coordinator_of(node).cloned() else {
+            return Err(Error::InvalidInput(format!(
+                "node {node} is not a replica of any coordinator group in the config"
+            )));
+        };
         let members = pact_raft::members(&config, &cg.replicas);
         let tuning = pact_raft::Tuning::from(&config.raft);
-        let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), &host).await?;
+        let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), host).await?;
         // Participants' transaction service is on their peer ports.
         let participants = Client::new(
             &config,
@@ -155,7 +172,7 @@ impl Coordinator {
             group: cg.group,
             node,
             replica,
-            router: host.router,
+            router: host.router.clone(),
             participants,
             hlc: Hlc::new(system_clock()),
             sessions: Mutex::new(HashMap::new()),

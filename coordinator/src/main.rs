@@ -22,8 +22,8 @@ use pact_coordinator::Coordinator;
 #[derive(Parser, Debug)]
 #[command(name = "coordinator", version)]
 struct Args {
-    /// Cluster config (TOML). Without it, the embedded local default is used
-    /// (coordinator nodes 4-6 on 127.0.0.1:7004-7006).
+    /// Cluster config (TOML). Without it, the embedded local default is used,
+    /// whose nodes also host shard replicas: run `pact` for those.
     #[arg(long, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id in the config (a replica of a coordinator group).
@@ -68,7 +68,13 @@ fn main() -> anyhow::Result<()> {
     };
     if config.coordinator_of(id).is_none() {
         bail!(
-            "node {} is not a replica of any coordinator group; run `participant` for shard nodes",
+            "node {} is not a replica of any coordinator group; run `participant` (or `pact`) for shard nodes",
+            args.node_id
+        );
+    }
+    if config.is_combined(id) {
+        bail!(
+            "node {} hosts shard replicas as well as its coordinator replica; run `pact` for it (one process for both)",
             args.node_id
         );
     }

@@ -23,9 +23,8 @@ use pact_participant::Node;
 #[derive(Parser, Debug)]
 #[command(name = "participant", version)]
 struct Args {
-    /// Cluster config (TOML). Without it, the embedded local default is used:
-    /// participant nodes 1-3 on 127.0.0.1:7001-7003 (3 shards, 3 replicas
-    /// each) and coordinator nodes 4-6 on 7004-7006.
+    /// Cluster config (TOML). Without it, the embedded local default is used,
+    /// whose nodes also host a coordinator replica: run `pact` for those.
     #[arg(long, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id in the config.
@@ -73,8 +72,15 @@ fn main() -> anyhow::Result<()> {
         );
     };
     if let Some(g) = config.coordinator_of(id) {
+        if config.is_combined(id) {
+            bail!(
+                "node {} hosts shard replicas and a replica of coordinator group {}; run `pact` for it (one process for both)",
+                args.node_id,
+                g.group
+            );
+        }
         bail!(
-            "node {} is a replica of coordinator group {}; run `coordinator` for it",
+            "node {} is a replica of coordinator group {}; run `coordinator` (or `pact`) for it",
             args.node_id,
             g.group
         );

@@ -148,6 +148,23 @@ impl Node {
             store,
             pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
         );
+        Self::start_on(config, id, &host, tls).await
+    }
+
+    /// [`Node::start`] on a storage, Raft router and peer connections that
+    /// the process already has, shared with the other groups it hosts (a
+    /// `pact` server that also runs a coordinator replica).
+    pub async fn start_on(
+        config: ClusterConfig,
+        id: NodeId,
+        host: &Host,
+        tls: Option<pact_client::Tls>,
+    ) -> Result<Node, Error> {
+        if config.node(id).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "node {id} is not in the cluster config"
+            )));
+        }
         let tuning = Tuning::from(&config.raft);
         let clock = system_clock();
         // Timers (idle, silence, in doubt) run on a monotonic clock: a wall
@@ -184,7 +201,7 @@ impl Node {
             let app = Arc::new(KvApp {
                 shared: shared.clone(),
             });
-            let replica = Replica::start(shard.0, id.0, members, &tuning, app, &host).await?;
+            let replica = Replica::start(shard.0, id.0, members, &tuning, app, host).await?;
             let s = Arc::new(Shard { replica, shared });
             spawn_owner(s.clone(), mono.clone(), coordinators.clone());
             shards.insert(shard, s);
@@ -194,7 +211,7 @@ impl Node {
             map: config.shard_map(),
             config: Arc::new(config),
             shards,
-            router: host.router,
+            router: host.router.clone(),
             hlc: Hlc::new(clock),
             mono,
             coordinators,

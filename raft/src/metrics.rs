@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -128,6 +129,46 @@ pub async fn serve_with_raft_gauges(
     serve(addr, registry, Arc::new(move || gauges.refresh(&replicas))).await
 }
 
+/// Serve several registries as one page, plus Raft gauges of `replicas`:
+/// a `pact` server's participant and coordinator metrics, and every group
+/// it hosts.
+pub async fn serve_all_with_raft_gauges(
+    addr: SocketAddr,
+    registries: Vec<Registry>,
+    replicas: Vec<Replica>,
+) -> std::io::Result<()> {
+    let raft = Registry::new();
+    let gauges = RaftGauges::new(&raft).map_err(std::io::Error::other)?;
+    let mut all = registries;
+    all.push(raft);
+    serve_families(
+        addr,
+        Arc::new(move || {
+            gauges.refresh(&replicas);
+            gather_all(&all)
+        }),
+    )
+    .await
+}
+
+/// The families of all `registries`, by name. A family that two of them
+/// have becomes one with the metrics of both, as one registry merges its
+/// collectors': a name may appear only once in the text format.
+pub fn gather_all(registries: &[Registry]) -> Vec<MetricFamily> {
+    let mut by_name: std::collections::BTreeMap<String, MetricFamily> = Default::default();
+    for mut mf in registries.iter().flat_map(Registry::gather) {
+        match by_name.entry(mf.name().to_owned()) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(mf);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                e.get_mut().mut_metric().extend(mf.take_metric());
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
 /// A short, bounded label for why a transaction aborted.
 pub fn abort_reason(msg: &str) -> &'static str {
     let m = msg.to_ascii_lowercase();
@@ -153,24 +194,38 @@ pub async fn serve(
     registry: Registry,
     refresh: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {
+    serve_families(
+        addr,
+        Arc::new(move || {
+            refresh();
+            registry.gather()
+        }),
+    )
+    .await
+}
+
+/// Serve what `gather` returns at each scrape, as [`serve`] does.
+async fn serve_families(
+    addr: SocketAddr,
+    gather: Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let registry = registry.clone();
-            let refresh = refresh.clone();
+            let gather = gather.clone();
             tokio::spawn(async move {
                 // Read the request head (bounded); its content does not matter.
                 let mut buf = [0u8; 2048];
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
                         .await;
-                refresh();
+                let families = gather();
                 let mut body = Vec::new();
                 let enc = TextEncoder::new();
-                let _ = enc.encode(&registry.gather(), &mut body);
+                let _ = enc.encode(&families, &mut body);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     enc.format_type(),
@@ -206,6 +261,37 @@ mod tests {
         );
         assert_eq!(abort_reason("participant unavailable: ..."), "unavailable");
         assert_eq!(abort_reason("already aborted"), "conflict");
+    }
+
+    #[test]
+    fn registries_gather_as_one_page_with_each_name_once() {
+        use prometheus::{IntCounter, IntCounterVec};
+        let a = Registry::new();
+        let b = Registry::new();
+        let ca = IntCounter::new("pact_a_total", "a").unwrap();
+        a.register(Box::new(ca.clone())).unwrap();
+        ca.inc();
+        let cb = IntCounter::new("pact_b_total", "b").unwrap();
+        b.register(Box::new(cb.clone())).unwrap();
+        cb.inc_by(2);
+        // The same family in both, with different labels.
+        let va = IntCounterVec::new(Opts::new("pact_shared", "s"), &["group"]).unwrap();
+        a.register(Box::new(va.clone())).unwrap();
+        va.with_label_values(&["1"]).inc();
+        let vb = IntCounterVec::new(Opts::new("pact_shared", "s"), &["group"]).unwrap();
+        b.register(Box::new(vb.clone())).unwrap();
+        vb.with_label_values(&["4"]).inc_by(3);
+        let families = gather_all(&[a, b]);
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["pact_a_total", "pact_b_total", "pact_shared"]);
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&families, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("pact_a_total 1\n"), "{text}");
+        assert!(text.contains("pact_b_total 2\n"), "{text}");
+        assert!(text.contains("pact_shared{group=\"1\"} 1\n"), "{text}");
+        assert!(text.contains("pact_shared{group=\"4\"} 3\n"), "{text}");
+        assert_eq!(text.matches("# TYPE pact_shared").count(), 1, "{text}");
     }
 
     #[test]

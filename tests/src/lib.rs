@@ -1,7 +1,9 @@
 //! Test harness: real Pact clusters as processes on 127.0.0.1.
 //!
-//! [`Cluster`] writes a config with free ports, starts one `participant`
-//! process per node (logs in the cluster's temp folder), and can SIGKILL,
+//! [`Cluster`] writes a config with free ports, starts one process per node
+//! (`participant` for shard replicas, `coordinator` for a coordinator
+//! group's, `pact` for a node hosting both; logs in the cluster's temp
+//! folder), and can SIGKILL,
 //! restart, SIGSTOP and SIGCONT any node. Dropping it kills every process,
 //! so a failed test leaves nothing running. The binaries are found next to
 //! the test executable (`target/<profile>/`); build them first with
@@ -248,11 +250,11 @@ impl Cluster {
         self.config.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// Nodes that host shard replicas.
+    /// Nodes that host shard replicas: all but the coordinator-only ones.
     pub fn participant_ids(&self) -> Vec<NodeId> {
         self.node_ids()
             .into_iter()
-            .filter(|n| self.config.coordinator_of(*n).is_none())
+            .filter(|n| self.config.coordinator_of(*n).is_none() || self.config.is_combined(*n))
             .collect()
     }
 
@@ -280,7 +282,9 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("open node log");
-        let bin = if self.config.coordinator_of(id).is_some() {
+        let bin = if self.config.is_combined(id) {
+            "pact"
+        } else if self.config.coordinator_of(id).is_some() {
             "coordinator"
         } else {
             "participant"
@@ -300,7 +304,7 @@ impl Cluster {
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
             .spawn()
-            .expect("spawn participant");
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         self.procs.insert(id, child);
     }
 
@@ -381,6 +385,17 @@ impl Cluster {
         }
         c.wait_coordinator(1, Duration::from_secs(30)).await;
         c
+    }
+
+    /// Wait until every shard and every coordinator group has a leader
+    /// (each within `within`), whatever the layout.
+    pub async fn wait_ready(&self, within: Duration) {
+        for s in &self.config.shards {
+            self.wait_leader(s.id, &s.replicas, within).await;
+        }
+        for g in &self.config.coordinators {
+            self.wait_coordinator(g.group, within).await;
+        }
     }
 
     /// Wait until some replica of `shard` reports itself leader, seen from

@@ -1,7 +1,9 @@
 //! End to end through the real `txn` binary against `txn playground`:
 //! a cross-shard `exec` commits atomically, an interactive session (driven
 //! through stdin) commits and rolls back, bad usage fails clearly, and the
-//! playground stops on SIGINT and restarts on the same data.
+//! playground stops on SIGINT and restarts on the same data. The default
+//! playground is 3 `pact` processes; the TLS one uses the split layout
+//! (3 `participant` and 3 `coordinator` processes).
 
 use std::io::Write;
 use std::path::Path;
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use pact_tests::binary;
 
-/// A base port with 26 free consecutive ports after it (6 nodes, their
-/// metrics 10 ports up and their peer ports 20 up).
+/// A base port with 26 free consecutive ports after it (up to 6 nodes,
+/// their metrics 10 ports up and their peer ports 20 up).
 fn free_block() -> u16 {
     pact_tests::free_block(26)
 }
@@ -109,6 +111,14 @@ fn txn_cli_against_the_playground() {
     let port = free_block();
     let pg = start_playground(dir.path(), port);
     let cfg = dir.path().join("cluster.toml");
+    // The combined layout: 3 nodes, each one `pact` process with every role.
+    let config = pact_common::ClusterConfig::load(&cfg).unwrap();
+    assert_eq!(config.nodes.len(), 3);
+    assert!(config.nodes.iter().all(|n| config.is_combined(n.id)));
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{id}.log"))).unwrap();
+        assert!(log.contains("pact started"), "node {id}:\n{log}");
+    }
 
     // Cross-shard one-shot transaction.
     let o = txn(
@@ -183,33 +193,41 @@ fn txn_cli_against_the_playground() {
     assert_eq!(o.status.code(), Some(5));
 
     // Metrics: the coordinator counted the commits and timed the phases; a
-    // participant counted commits and exposes Raft apply lag.
-    // Sum over the coordinator replicas: whichever led counted.
-    let coords: Vec<String> = (3..6).map(|i| scrape(port + 10 + i)).collect();
-    let sum = |name: &str| coords.iter().map(|c| metric(c, name)).sum::<f64>();
+    // participant counted commits and exposes Raft apply lag. Each node
+    // serves both on one page; sum over them: whichever led counted.
+    let pages: Vec<String> = (0..3).map(|i| scrape(port + 10 + i)).collect();
+    let sum = |name: &str| pages.iter().map(|c| metric(c, name)).sum::<f64>();
     let committed = sum("pact_txn_outcomes_total{outcome=\"committed\"}");
     assert!(
         committed >= 3.0,
         "committed outcomes: {committed}\n{}",
-        coords[0]
+        pages[0]
     );
     assert!(sum("pact_2pc_phase_seconds_count{phase=\"prepare\"}") >= 1.0);
     assert!(sum("pact_2pc_phase_seconds_count{phase=\"log\"}") >= 1.0);
-    let parts: Vec<String> = (0..3).map(|i| scrape(port + 10 + i)).collect();
-    let two_phase: f64 = parts
-        .iter()
-        .map(|p| metric(p, "pact_participant_commits_total{path=\"two_phase\"}"))
-        .sum();
-    assert!(two_phase >= 1.0, "{}", parts[0]);
-    assert!(
-        parts[0].contains("pact_raft_apply_lag{group=\"1\"}"),
-        "{}",
-        parts[0]
-    );
+    assert!(sum("pact_participant_commits_total{path=\"two_phase\"}") >= 1.0);
+    for g in ["1", "4"] {
+        assert!(
+            pages[0].contains(&format!("pact_raft_apply_lag{{group=\"{g}\"}}")),
+            "{}",
+            pages[0]
+        );
+    }
 
-    // Ctrl-C stops the playground cleanly; restarting keeps the data.
+    // Ctrl-C stops the playground cleanly; restarting keeps the data (and
+    // the layout: another is refused before anything starts).
     let st = pg.stop();
     assert!(st.success(), "playground exit: {st}");
+    let o = Command::new(binary("txn"))
+        .args(["playground", "--layout", "split", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has the combined layout"),
+        "{o:?}"
+    );
     let pg = start_playground(dir.path(), port);
     let o = txn(&cfg, &["get", "alice"]);
     assert_eq!(stdout(&o).trim(), "90");
@@ -220,15 +238,19 @@ fn txn_cli_against_the_playground() {
 /// hanging command fails the test instead of stalling it.
 /// `txn playground --tls`: certificates made, the config's [tls] section
 /// written, the readiness check and the CLI over mutual TLS; a CLI without
-/// a certificate (or with flags naming the wrong one) is refused.
+/// a certificate (or with flags naming the wrong one) is refused. On the
+/// split layout, which this keeps in use: 6 processes, 6 node certificates.
 #[test]
 fn playground_with_tls() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_block();
-    let pg = start_playground_with(dir.path(), port, &["--tls"]);
+    let pg = start_playground_with(dir.path(), port, &["--tls", "--layout", "split"]);
     let cfg = dir.path().join("cluster.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("[tls]"), "{text}");
+    let config = pact_common::ClusterConfig::load(&cfg).unwrap();
+    assert_eq!(config.nodes.len(), 6);
+    assert!(config.nodes.iter().all(|n| !config.is_combined(n.id)));
     for f in [
         "ca.pem",
         "node-1.pem",

@@ -1,0 +1,299 @@
+//! `pact`: one process per node. It runs every replica the cluster config
+//! assigns to its node id, shard replicas and a coordinator-group replica
+//! alike, on one storage (so one writer thread and shared fsyncs), one
+//! Raft router and peer connection pool, one tokio runtime and one pair of
+//! ports.
+
+/// jemalloc, not glibc malloc: under a steady transaction load glibc kept
+/// the pages of freed memtable entries (allocated and freed on different
+/// threads), so RSS rose by about 1.5 KB per transaction while the heap
+/// stayed flat; jemalloc hands them back (see docs/performance.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use pact_common::{ClusterConfig, NodeId, ShardId};
+use pact_coordinator::service::TxnService;
+use pact_coordinator::Coordinator;
+use pact_participant::service::{KvService, ParticipantService};
+use pact_participant::Node;
+use pact_raft::{Host, NodeStore};
+
+/// Run a Pact node: its replicas of the shards and of the coordinator
+/// group that the cluster config assigns to it, in one process.
+#[derive(Parser, Debug)]
+#[command(name = "pact", version)]
+struct Args {
+    /// Cluster config (TOML). Without it, the embedded local default is used:
+    /// nodes 1-3 on 127.0.0.1:7001-7003, each a replica of 3 shards and of
+    /// coordinator group 4.
+    #[arg(long, env = "PACT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id in the config.
+    #[arg(long)]
+    node_id: u64,
+    /// Where this node keeps the Raft logs and data of all its groups.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address of the client port (Kv and Txn); defaults to the node's
+    /// `addr` in the config.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of the peer port (Raft and the transaction protocol);
+    /// defaults to the node's `peer_addr` in the config.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// CA certificate (PEM) for mutual TLS; overrides the config's
+    /// `tls.ca`. With TLS, --cert and --key (or the config's) are needed too.
+    #[arg(long)]
+    cacert: Option<String>,
+    /// This node's certificate (PEM); overrides the config's `tls.cert`.
+    #[arg(long)]
+    cert: Option<String>,
+    /// This node's private key (PEM); overrides the config's `tls.key`.
+    #[arg(long)]
+    key: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this address (off if unset).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// What node `id` hosts: its shards and its coordinator group, if any.
+/// A node in the config that hosts neither has nothing to run.
+fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64>), String> {
+    if config.node(id).is_none() {
+        return Err(format!(
+            "node {id} is not in the cluster config (nodes: {:?})",
+            config.nodes.iter().map(|n| n.id.0).collect::<Vec<_>>()
+        ));
+    }
+    let shards = config.shards_of_node(id);
+    let group = config.coordinator_of(id).map(|g| g.group);
+    if shards.is_empty() && group.is_none() {
+        return Err(format!(
+            "node {id} is a replica of no shard and of no coordinator group in the config: nothing to run"
+        ));
+    }
+    Ok((shards, group))
+}
+
+fn main() -> anyhow::Result<()> {
+    pact_raft::server::init_tracing();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => ClusterConfig::embedded_default(),
+    };
+    let id = NodeId(args.node_id);
+    let (shards, group) = roles(&config, id).map_err(anyhow::Error::msg)?;
+    let Some(me) = config.node(id) else {
+        bail!("node {id} is not in the cluster config");
+    };
+    let listen = pact_raft::server::listen_addr(args.listen, &me.addr, "node address", "--listen")
+        .map_err(anyhow::Error::msg)?;
+    let peer_listen = pact_raft::server::listen_addr(
+        args.peer_listen,
+        &me.peer_addr,
+        "node peer address",
+        "--peer-listen",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let flags = pact_client::TlsPaths {
+        ca: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    let tls = pact_client::Tls::for_node(&config, id, &flags)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(Run {
+        config,
+        id,
+        shards,
+        group,
+        data_dir: args.data_dir,
+        listen,
+        peer_listen,
+        metrics_listen: args.metrics_listen,
+        tls,
+    }))
+}
+
+struct Run {
+    config: ClusterConfig,
+    id: NodeId,
+    shards: Vec<ShardId>,
+    group: Option<u64>,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    tls: Option<pact_client::Tls>,
+}
+
+async fn run(r: Run) -> anyhow::Result<()> {
+    let Run {
+        config,
+        id,
+        shards,
+        group,
+        data_dir,
+        listen,
+        peer_listen,
+        metrics_listen,
+        tls,
+    } = r;
+    pact_raft::server::arm_faults().map_err(anyhow::Error::msg)?;
+    // Bind and set up both ports first, so a port clash or bad TLS material
+    // is reported before any state is touched.
+    let pact_raft::server::Ports {
+        client: listener,
+        peer: peer_listener,
+        client_server: mut client_builder,
+        peer_server,
+        peer_auth,
+    } = pact_raft::server::Ports::bind(
+        &config,
+        listen,
+        peer_listen,
+        tls.as_ref().map(|t| (&t.ca[..], &t.cert[..], &t.key[..])),
+    )
+    .await?;
+    let mut peer_builder = peer_server.layer(peer_auth);
+    // Opening the store replays fjall's journal: not on an async worker.
+    let store = {
+        let (dir, limits) = (data_dir.clone(), config.storage.clone());
+        tokio::task::spawn_blocking(move || NodeStore::open_with(&dir, &limits))
+            .await
+            .context("storage open task failed")?
+            .with_context(|| format!("cannot open storage at {}", data_dir.display()))?
+    };
+    // Every group of this node shares the store (one writer thread, one
+    // fsync per round for all of them) and the router (one Raft service
+    // routing by group id; the config keeps this node's group ids apart).
+    let host = Host::new(
+        store,
+        pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
+    );
+    let node = if shards.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Node::start_on(config.clone(), id, &host, tls.clone()).await?,
+        ))
+    };
+    let coordinator = match group {
+        Some(_) => Some(Coordinator::start_on(config.clone(), id, &host, tls.clone()).await?),
+        None => None,
+    };
+    if let Some(addr) = metrics_listen {
+        let mut registries = Vec::new();
+        let mut replicas = Vec::new();
+        if let Some(n) = &node {
+            registries.push(n.metrics.registry.clone());
+            replicas.extend(n.replicas().cloned());
+        }
+        if let Some(c) = &coordinator {
+            registries.push(c.metrics.registry.clone());
+            replicas.push(c.replica().clone());
+        }
+        pact_raft::metrics::serve_all_with_raft_gauges(addr, registries, replicas)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let shard_ids: Vec<u64> = shards.iter().map(|s| s.0).collect();
+    tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), shards = ?shard_ids, coordinator_group = ?group, "pact started");
+    // Clients get Kv and Txn only; Raft and the transaction protocol (whose
+    // Decide could commit another client's prepared transaction) only on
+    // the peer port.
+    let client_server = client_builder
+        .add_optional_service(node.clone().map(KvService::new))
+        .add_optional_service(coordinator.clone().map(TxnService::new))
+        .serve_with_incoming_shutdown(
+            pact_raft::server::incoming(listener),
+            pact_raft::server::shutdown_signal(),
+        );
+    let peer_server = peer_builder
+        .add_service(host.router.service())
+        .add_optional_service(node.clone().map(ParticipantService::new))
+        .serve_with_incoming_shutdown(
+            pact_raft::server::incoming(peer_listener),
+            pact_raft::server::shutdown_signal(),
+        );
+    let server = async { tokio::try_join!(client_server, peer_server) };
+    let watchdog = {
+        let node = node.clone();
+        let coordinator = coordinator.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let fatal = node
+                    .as_ref()
+                    .and_then(|n| n.fatal())
+                    .or_else(|| coordinator.as_ref().and_then(|c| c.fatal()));
+                if let Some(f) = fatal {
+                    return f;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = server => {
+            r.context("grpc server failed")?;
+            if let Some(n) = &node {
+                n.shutdown().await;
+            }
+            if let Some(c) = &coordinator {
+                c.replica().shutdown().await;
+            }
+            tracing::info!("pact stopped");
+            Ok(())
+        }
+        f = watchdog => {
+            // Never serve after a storage failure: exit and let the operator
+            // (or supervisor) restart the node from its durable state.
+            tracing::error!(error = %f, "replica stopped; exiting");
+            std::process::exit(70);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_runs_what_the_config_gives_it_and_not_nothing() {
+        let combined = ClusterConfig::local_combined(3, 3, 3, 7001).unwrap();
+        assert_eq!(
+            roles(&combined, NodeId(2)),
+            Ok((vec![ShardId(1), ShardId(2), ShardId(3)], Some(4)))
+        );
+        let split = ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).unwrap();
+        assert_eq!(
+            roles(&split, NodeId(1)),
+            Ok((vec![ShardId(1), ShardId(2), ShardId(3)], None))
+        );
+        assert_eq!(roles(&split, NodeId(5)), Ok((vec![], Some(1))));
+        let err = roles(&split, NodeId(9)).unwrap_err();
+        assert!(err.contains("node 9 is not in the cluster config"), "{err}");
+        // A node listed in [[nodes]] that no shard or group names.
+        let mut idle = split.clone();
+        idle.nodes.push(pact_common::NodeConfig {
+            id: NodeId(7),
+            addr: "127.0.0.1:7100".into(),
+            peer_addr: "127.0.0.1:7101".into(),
+        });
+        idle.validate().unwrap();
+        let err = roles(&idle, NodeId(7)).unwrap_err();
+        assert!(err.contains("nothing to run"), "{err}");
+    }
+}
