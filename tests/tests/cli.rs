@@ -204,7 +204,7 @@ fn txn_cli_against_the_playground() {
         pages[0]
     );
     assert!(sum("pact_2pc_phase_seconds_count{phase=\"prepare\"}") >= 1.0);
-    assert!(sum("pact_2pc_phase_seconds_count{phase=\"log\"}") >= 1.0);
+    assert!(sum("pact_2pc_phase_seconds_count{phase=\"stage\"}") >= 1.0);
     assert!(sum("pact_participant_commits_total{path=\"two_phase\"}") >= 1.0);
     for g in ["1", "4"] {
         assert!(
