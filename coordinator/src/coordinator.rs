@@ -110,6 +110,8 @@ pub struct Coordinator {
     reserve: mpsc::UnboundedSender<Timestamp>,
     /// Woken when an extension ends (`begin` may be waiting for it).
     reserved: tokio::sync::Notify,
+    /// Off-path records for the recorder task to append in batches.
+    records: mpsc::UnboundedSender<LogCommand>,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -168,6 +170,7 @@ impl Coordinator {
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let (reserve, reserve_rx) = mpsc::unbounded_channel();
+        let (records, records_rx) = mpsc::unbounded_channel();
         let c = Arc::new(Coordinator {
             group: cg.group,
             node,
@@ -182,11 +185,13 @@ impl Coordinator {
             stamps: Mutex::new(Reservation::new()),
             reserve,
             reserved: tokio::sync::Notify::new(),
+            records,
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
         tokio::spawn(owner(c.clone(), rx));
         tokio::spawn(reserve_ahead(c.clone(), reserve_rx));
+        tokio::spawn(record_batches(c.clone(), records_rx));
         let mut leadership = c.replica.leadership();
         let inputs = c.inputs.clone();
         tokio::spawn(async move {
@@ -1167,21 +1172,10 @@ fn run(
                     // Record it for TxnStatus, off the commit path: the
                     // shard's apply is the decision; this record only
                     // answers later questions.
-                    let cmd = LogCommand::Decide {
+                    let _ = c.records.send(LogCommand::Decide {
                         txn,
                         commit: true,
                         shards: Vec::new(),
-                    };
-                    let c2 = c.clone();
-                    tokio::spawn(async move {
-                        match encode_command(&cmd) {
-                            Ok(b) => {
-                                let _ = c2.replica.propose(b).await;
-                            }
-                            Err(e) => {
-                                tracing::error!(%txn, error = %e, "cannot record a one-phase commit")
-                            }
-                        }
                     });
                 }
                 c.metrics.phase("one_phase", started);
@@ -1297,16 +1291,9 @@ fn run(
             });
         }
         Action::Finish { txn } => {
-            let c = c.clone();
-            tokio::spawn(async move {
-                // Best effort: without it, recovery resends an idempotent commit.
-                match encode_command(&LogCommand::Finish { txn }) {
-                    Ok(b) => {
-                        let _ = c.replica.propose(b).await;
-                    }
-                    Err(e) => tracing::error!(%txn, error = %e, "cannot mark a decision finished"),
-                }
-            });
+            // Best effort: without it, recovery settles the transaction
+            // again and resends an idempotent commit.
+            let _ = c.records.send(LogCommand::Finish { txn });
         }
     }
 }
@@ -1535,6 +1522,38 @@ async fn expire_sessions(c: Arc<Coordinator>) {
             c.metrics.aborts.with_label_values(&["expired"]).inc();
             let c = c.clone();
             tokio::spawn(async move { c.rollback(txn).await });
+        }
+    }
+}
+
+/// Most records in one batch entry.
+const RECORD_BATCH: usize = 256;
+
+/// Appends the off-path records (one-phase commits, finished commits):
+/// one entry at a time, each carrying every record queued meanwhile, so a
+/// busy coordinator pays one entry per round, not one per transaction.
+/// Best effort, like the records themselves: a failed append is logged.
+async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<LogCommand>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let cmd = if n == 1 {
+            batch.pop().unwrap_or(LogCommand::Many(Vec::new()))
+        } else {
+            LogCommand::Many(batch)
+        };
+        let r = match encode_command(&cmd) {
+            Ok(b) => c.replica.propose(b).await.map(|_| ()).map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!(records = n, error = %e, "records not appended (best effort)");
         }
     }
 }

@@ -64,6 +64,11 @@ pub enum LogCommand {
         txn: TxnId,
         shards: Vec<u64>,
     },
+    /// Several commands in one entry, applied in order (each sees the
+    /// ones before it): the coordinator's off-path records (one-phase
+    /// commits, finished commits) batched, so a busy coordinator appends
+    /// one entry per round instead of one per transaction. Not nested.
+    Many(Vec<LogCommand>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +84,8 @@ pub enum LogReply {
         until: Timestamp,
     },
     Staged,
+    /// The replies of a [`LogCommand::Many`], in order.
+    Many(Vec<LogReply>),
 }
 
 /// A value for the recovery log (`pact_raft::codec`); an error, never
@@ -121,6 +128,28 @@ pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
 
 /// The effect of a log command on the state seen through `get`. Pure.
 pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
+    let LogCommand::Many(cmds) = cmd else {
+        return effect_one(get, cmd);
+    };
+    // Each command sees the writes of those before it in the batch.
+    let mut overlay: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    let mut replies = Vec::with_capacity(cmds.len());
+    for c in cmds {
+        if matches!(c, LogCommand::Many(_)) {
+            return Err("nested batch of log commands".into());
+        }
+        let view = |k: &[u8]| match overlay.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => get(k),
+        };
+        let (writes, reply) = effect_one(&view, c)?;
+        overlay.extend(writes);
+        replies.push(reply);
+    }
+    Ok((overlay.into_iter().collect(), LogReply::Many(replies)))
+}
+
+fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
     let read = |txn: TxnId| -> Result<Option<Decision>, String> {
         match get(&decision_key(txn)).map_err(|e| e.to_string())? {
             Some(b) => decode(&b).map(Some),
@@ -180,6 +209,7 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             }
             None => (Vec::new(), LogReply::NotFound),
         },
+        LogCommand::Many(_) => return Err("nested batch of log commands".into()),
         LogCommand::Stage { txn, shards } => match read(*txn)? {
             Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
             None => {
@@ -400,6 +430,65 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_in_order_each_seeing_the_ones_before() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        m.run(LogCommand::Stage {
+            txn: t(2),
+            shards: vec![1, 2],
+        });
+        let reply = m.run(LogCommand::Many(vec![
+            // A one-phase commit's record, then (same batch) a finish of it.
+            LogCommand::Decide {
+                txn: t(1),
+                commit: true,
+                shards: vec![],
+            },
+            LogCommand::Finish { txn: t(1) },
+            // A staged transaction finished: its staging record goes.
+            LogCommand::Finish { txn: t(2) },
+            LogCommand::Finish { txn: t(3) },
+        ]));
+        assert_eq!(
+            reply,
+            LogReply::Many(vec![
+                LogReply::Decided { commit: true },
+                LogReply::Finished,
+                LogReply::Finished,
+                LogReply::NotFound,
+            ])
+        );
+        for txn in [t(1), t(2)] {
+            let rec: Decision = decode(m.0.borrow().get(&decision_key(txn)).unwrap()).unwrap();
+            assert!(rec.commit && rec.finished);
+        }
+        assert!(m.0.borrow().get(&staging_key(t(2))).is_none());
+        // A later command of the batch sees an earlier one's decision:
+        // first decision wins inside a batch too.
+        let reply = m.run(LogCommand::Many(vec![
+            LogCommand::Decide {
+                txn: t(4),
+                commit: false,
+                shards: vec![],
+            },
+            LogCommand::Decide {
+                txn: t(4),
+                commit: true,
+                shards: vec![1],
+            },
+        ]));
+        assert_eq!(
+            reply,
+            LogReply::Many(vec![
+                LogReply::Decided { commit: false },
+                LogReply::Decided { commit: false },
+            ])
+        );
+        let get = |_: &[u8]| Ok(None);
+        let nested = LogCommand::Many(vec![LogCommand::Many(vec![])]);
+        assert!(effect(&get, &nested).is_err());
+    }
+
+    #[test]
     fn finish_marks_without_forgetting() {
         let m = Mem(RefCell::new(BTreeMap::new()));
         assert_eq!(m.run(LogCommand::Finish { txn: t(1) }), LogReply::NotFound);
@@ -431,6 +520,7 @@ mod tests {
                 txn: t(9),
                 shards: vec![1, 2, 3],
             },
+            LogCommand::Many(vec![LogCommand::Finish { txn: t(9) }]),
         ] {
             assert_eq!(decode::<LogCommand>(&c.encode().unwrap()), Ok(c));
         }
@@ -442,6 +532,7 @@ mod tests {
                 until: Timestamp(7),
             },
             LogReply::Staged,
+            LogReply::Many(vec![LogReply::Finished]),
         ] {
             assert_eq!(decode::<LogReply>(&encode(&r).unwrap()), Ok(r));
         }

@@ -8,20 +8,24 @@
 //! only in volatile memory and missing from the log.
 
 use std::io::{self, Cursor};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::codec::{decode, encode};
 use crate::store::{
-    blocking, group_end, group_key, group_prefix, NodeStore, Op, SmImage, Space, SM_APPLIED,
+    blocking, group_end, Compute, group_key, group_prefix, NodeStore, Op, SmImage, Space, SM_APPLIED,
     SM_MEMBERSHIP,
 };
 use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
+
+/// Most committed entries handed to the writer at once.
+const APPLY_BATCH: usize = 64;
 
 /// Key changes of one applied command: `Some(v)` puts, `None` deletes.
 pub type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -199,59 +203,91 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + OptionalSend,
     {
         while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let log_id = entry.log_id;
-            let mut ops = vec![Op::Put(
-                Space::SmMeta,
-                group_key(self.group, SM_APPLIED),
-                encode(&Some(log_id))?,
-            )];
-            let mut reply = Reply::default();
-            let mut visible = None;
-            match entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => {
-                    let store = self.store.clone();
-                    let app = self.app.clone();
-                    let group = self.group;
-                    let index = log_id.index;
-                    let term = log_id.leader_id.term;
-                    let (applied, cmd) = blocking(move || {
-                        let view = StateView {
-                            store: &store,
-                            group,
-                        };
-                        let a = app
-                            .apply(&view, index, term, &cmd.0)
-                            .map_err(io::Error::other)?;
-                        Ok((a, cmd))
-                    })
-                    .await?;
-                    visible = Some(cmd);
-                    for (k, v) in applied.writes {
-                        let key = group_key(self.group, &k);
-                        ops.push(match v {
-                            Some(v) => Op::Put(Space::Sm, key, v),
-                            None => Op::Delete(Space::Sm, key),
-                        });
+            let mut batch = vec![item?];
+            // Entries committed meanwhile are ready at once: queue them all
+            // on the writer now, and wait for them in order afterwards.
+            while batch.len() < APPLY_BATCH {
+                match entries.next().now_or_never() {
+                    Some(Some(item)) => batch.push(item?),
+                    _ => break,
+                }
+            }
+            // Set by the first entry whose apply fails: every entry queued
+            // after it refuses, so the stored state never skips an entry.
+            let failed = Arc::new(AtomicBool::new(false));
+            let mut pending = Vec::with_capacity(batch.len());
+            for (entry, responder) in batch {
+                let log_id = entry.log_id;
+                let mut ops = vec![Op::Put(
+                    Space::SmMeta,
+                    group_key(self.group, SM_APPLIED),
+                    encode(&Some(log_id))?,
+                )];
+                let slot: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+                let compute: Compute = match entry.payload {
+                    EntryPayload::Normal(cmd) => {
+                        let (store, app, group) = (self.store.clone(), self.app.clone(), self.group);
+                        let (failed, slot) = (failed.clone(), slot.clone());
+                        let (index, term) = (log_id.index, log_id.leader_id.term);
+                        Box::new(move || {
+                            if failed.load(Ordering::SeqCst) {
+                                return Err(io::Error::other("an earlier entry failed to apply"));
+                            }
+                            let view = StateView {
+                                store: &store,
+                                group,
+                            };
+                            let applied = match app.apply(&view, index, term, &cmd.0) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    failed.store(true, Ordering::SeqCst);
+                                    return Err(io::Error::other(e));
+                                }
+                            };
+                            let ops = applied
+                                .writes
+                                .into_iter()
+                                .map(|(k, v)| {
+                                    let key = group_key(group, &k);
+                                    match v {
+                                        Some(v) => Op::Put(Space::Sm, key, v),
+                                        None => Op::Delete(Space::Sm, key),
+                                    }
+                                })
+                                .collect();
+                            *slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((cmd.0, applied.reply));
+                            Ok(ops)
+                        })
                     }
-                    reply = Reply(applied.reply);
-                }
-                EntryPayload::Membership(m) => {
-                    let sm = StoredMembership::new(Some(log_id), m);
-                    ops.push(Op::Put(
-                        Space::SmMeta,
-                        group_key(self.group, SM_MEMBERSHIP),
-                        encode(&sm)?,
-                    ));
-                }
+                    EntryPayload::Blank => Box::new(|| Ok(Vec::new())),
+                    EntryPayload::Membership(m) => {
+                        let sm = StoredMembership::new(Some(log_id), m);
+                        ops.push(Op::Put(
+                            Space::SmMeta,
+                            group_key(self.group, SM_MEMBERSHIP),
+                            encode(&sm)?,
+                        ));
+                        Box::new(|| Ok(Vec::new()))
+                    }
+                };
+                let done = self.store.submit_computed(ops, compute);
+                pending.push((done, slot, responder));
             }
-            self.store.write_visible(ops).await?;
-            if let Some(cmd) = visible {
-                self.app.visible(&cmd.0, &reply.0);
-            }
-            if let Some(r) = responder {
-                r.send(reply);
+            for (done, slot, responder) in pending {
+                done.await
+                    .map_err(|_| io::Error::other("storage writer stopped"))??;
+                let applied = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let reply = match applied {
+                    Some((cmd, reply)) => {
+                        self.app.visible(&cmd, &reply);
+                        Reply(reply)
+                    }
+                    None => Reply::default(),
+                };
+                if let Some(r) = responder {
+                    r.send(reply);
+                }
             }
         }
         Ok(())

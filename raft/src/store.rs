@@ -84,8 +84,15 @@ pub(crate) enum Notify {
     Lazy(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
+/// Work run on the writer thread right before its batch is written: it
+/// reads the state left by every earlier job and returns more ops. An
+/// error fails this job only (the store is not poisoned: nothing was
+/// written).
+pub(crate) type Compute = Box<dyn FnOnce() -> io::Result<Vec<Op>> + Send>;
+
 struct Job {
     ops: Vec<Op>,
+    compute: Option<Compute>,
     notify: Notify,
 }
 
@@ -220,7 +227,33 @@ impl NodeStore {
         // The writer thread lives as long as the store; a send can only fail
         // if it died, in which case the notify channel is dropped and the
         // submitter sees a closed channel, which it reports as an I/O error.
-        let _ = self.jobs.send(Job { ops, notify });
+        let _ = self.jobs.send(Job {
+            ops,
+            compute: None,
+            notify,
+        });
+    }
+
+    /// Queue `compute` to run on the writer thread after every job queued
+    /// before it, and its ops (after `ops`) to be written atomically right
+    /// then; the returned receiver fires once they are visible. Jobs run
+    /// in queue order, so a computation sees the writes of every job
+    /// queued before it: a state machine can queue a run of entries
+    /// without waiting for each, and each still applies to the state the
+    /// previous one left, with one hand-off per entry instead of a
+    /// blocking-pool task plus a write.
+    pub(crate) fn submit_computed(
+        &self,
+        ops: Vec<Op>,
+        compute: Compute,
+    ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.jobs.send(Job {
+            ops,
+            compute: Some(compute),
+            notify: Notify::Lazy(tx),
+        });
+        rx
     }
 
     /// Apply `ops` atomically and wait until they are durable.
@@ -470,18 +503,34 @@ impl Writer {
             let mut waiting = Vec::new();
             let mut need_sync = false;
             for job in round {
+                let Job {
+                    mut ops,
+                    compute,
+                    notify,
+                } = job;
+                let computed = match compute {
+                    Some(f) if !self.poisoned.load(Ordering::SeqCst) => {
+                        f().map(|more| ops.extend(more))
+                    }
+                    _ => Ok(()),
+                };
                 let res = if self.poisoned.load(Ordering::SeqCst) {
                     Err(io::Error::other(
                         "storage is poisoned by an earlier failure",
                     ))
+                } else if let Err(e) = computed {
+                    // The computation refused; nothing of this job is
+                    // written, and the store stays sound.
+                    Err(e)
                 } else {
-                    self.commit(job.ops)
+                    let r = self.commit(ops);
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "storage write failed; refusing all further writes");
+                        self.poisoned.store(true, Ordering::SeqCst);
+                    }
+                    r
                 };
-                if let Err(e) = &res {
-                    tracing::error!(error = %e, "storage write failed; refusing all further writes");
-                    self.poisoned.store(true, Ordering::SeqCst);
-                }
-                match job.notify {
+                match notify {
                     Notify::Lazy(tx) => {
                         let _ = tx.send(res);
                     }
