@@ -2,10 +2,13 @@
 # Pact next to etcd on this machine, with the same driver and parameters.
 #
 # Starts the Pact playground and runs YCSB-A, YCSB-C and the transfer
-# workload against it, plus the transfer workload with every transfer kept
-# on one shard and spread across shards; stops it; then
-# starts a 3-member etcd cluster on loopback and runs the same workloads
-# against it; prints a table (Markdown) of throughput and latency.
+# workload against it, the transfer workload among HOT accounts
+# (contention), a single-key update and a transfer with one client
+# (latency without queueing), and YCSB-A open loop at 50% and 80% of its
+# own closed-loop peak (p99 from the intended start times), plus (Pact
+# only) transfers kept on one shard and spread across shards; stops it;
+# then starts a 3-member etcd cluster on loopback and runs the same
+# workloads against it; prints tables (Markdown) of throughput and latency.
 # Only one of the two clusters runs at a time.
 #
 # Pact runs 3 processes, as etcd does: 3 `pact` nodes, each with a replica
@@ -17,6 +20,7 @@
 #   DURATION=20   seconds per measured run      RECORDS=10000  YCSB records
 #   THREADS=16    concurrent client tasks        ACCOUNTS=1000  txn accounts
 #   TXN_KEYS=2    accounts per transfer          SEED=42        RNG seed
+#   HOT=10        accounts of the contention run
 #   PACT_PORT=27001  first Pact port (uses +0..+2, metrics +10..+12, peers +20..+22)
 #   ETCD_PORTS="2379 22379 32379"  client ports (peer port = client + 1)
 #   RESULTS=DIR   keep the JSON reports in DIR   NO_BUILD=1  skip cargo build
@@ -34,10 +38,11 @@ RECORDS=${RECORDS:-10000}
 THREADS=${THREADS:-16}
 ACCOUNTS=${ACCOUNTS:-1000}
 TXN_KEYS=${TXN_KEYS:-2}
+HOT=${HOT:-10}
 SEED=${SEED:-42}
 PACT_PORT=${PACT_PORT:-27001}
 ETCD_PORTS=${ETCD_PORTS:-"2379 22379 32379"}
-export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED
+export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED HOT
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare-etcd: %s\n' "$*" >&2; exit 1; }
@@ -157,7 +162,7 @@ bench() {
   local name=$1
   shift
   log "$name: bench $*"
-  if ! "$bin/bench" "$@" "${backend_args[@]}" --threads "$THREADS" --seed "$SEED" --json \
+  if ! "$bin/bench" "$@" "${backend_args[@]}" --threads "${T:-$THREADS}" --seed "$SEED" --json \
     >"$res/$name.json" 2>"$res/$name.err"; then
     cat "$res/$name.err" >&2
     die "bench $* failed"
@@ -174,6 +179,24 @@ run_workloads() { # BACKEND
   bench "$b-load-txn" load --workload txn --recordcount "$ACCOUNTS"
   bench "$b-txn" run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
     --duration "$DURATION"
+  # Contention: every transfer among the first HOT accounts.
+  bench "$b-hot" run --workload txn --recordcount "$HOT" --txn-keys "$TXN_KEYS" \
+    --duration "$DURATION"
+  # One client: latency without queueing.
+  T=1 bench "$b-update1" run --workload a -p readproportion=0 -p updateproportion=1 \
+    --recordcount "$RECORDS" --duration "$DURATION"
+  local scope=()
+  [ "$b" = pact ] && scope=(--txn-scope cross-shard)
+  T=1 bench "$b-txn1" run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+    --duration "$DURATION" "${scope[@]}"
+  # Open loop at half and 0.8 of this backend's closed-loop YCSB-A peak:
+  # latencies from the intended start times (coordinated omission counted).
+  local peak
+  peak=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["throughput_ops_sec"])' "$res/$b-a.json")
+  for f in 50 80; do
+    bench "$b-a-open$f" run --workload a --recordcount "$RECORDS" --duration "$DURATION" \
+      --target "$(python3 -c "print(max(1, int($peak * $f / 100)))")"
+  done
 }
 
 # --- Pact -------------------------------------------------------------------
@@ -313,6 +336,40 @@ for title, name, kinds, total in rows:
         print(f"| {title} | {k} | {tput(p, k):,.0f} | {tput(e, k):,.0f} "
               f"| {ratio(tput(p, k), tput(e, k))} | {ms(lat(p, k, 'p50'))} | {ms(lat(e, k, 'p50'))} "
               f"| {ms(lat(p, k, 'p99'))} | {ms(lat(e, k, 'p99'))} |")
+for title, name, kind in (
+    (f"txn transfer, {env.get('HOT', '10')} hot accounts", "hot", "TXN"),
+):
+    p, e = load("pact-" + name), load("etcd-" + name)
+    print(f"| {title} | {kind} | {tput(p, kind):,.0f} | {tput(e, kind):,.0f} "
+          f"| {ratio(tput(p, kind), tput(e, kind))} | {ms(lat(p, kind, 'p50'))} | {ms(lat(e, kind, 'p50'))} "
+          f"| {ms(lat(p, kind, 'p99'))} | {ms(lat(e, kind, 'p99'))} |")
+print()
+ph, eh = load("pact-hot"), load("etcd-hot")
+print(f"Hot-account retries (aborts / failed compares, started over): "
+      f"Pact {op(ph, 'TXN').get('retries', 0)}, etcd {op(eh, 'TXN').get('retries', 0)}")
+print()
+print("One client (no queueing): p50 / p99")
+print()
+print("| op | Pact p50 | etcd p50 | Pact/etcd p50 | Pact p99 | etcd p99 |")
+print("|---|---:|---:|---:|---:|---:|")
+for title, name, kind in (
+    ("single-key update", "update1", "UPDATE"),
+    ("transfer (Pact: cross-shard)", "txn1", "TXN"),
+):
+    p, e = load("pact-" + name), load("etcd-" + name)
+    p50, e50 = lat(p, kind, "p50"), lat(e, kind, "p50")
+    print(f"| {title} | {ms(p50)} | {ms(e50)} | {ratio(p50, e50)} "
+          f"| {ms(lat(p, kind, 'p99'))} | {ms(lat(e, kind, 'p99'))} |")
+print()
+print("Open loop, YCSB-A at a fraction of each store's own closed-loop peak "
+      "(latency from the intended start; UPDATE p99)")
+print()
+print("| load | Pact target ops/s | Pact achieved | Pact p99 | etcd target ops/s | etcd achieved | etcd p99 |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for f in (50, 80):
+    p, e = load(f"pact-a-open{f}"), load(f"etcd-a-open{f}")
+    print(f"| {f}% | {p['params'].get('target_ops_sec') or 0:,.0f} | {tput(p):,.0f} | {ms(lat(p, 'UPDATE', 'p99'))} "
+          f"| {e['params'].get('target_ops_sec') or 0:,.0f} | {tput(e):,.0f} | {ms(lat(e, 'UPDATE', 'p99'))} |")
 print()
 pt, et = load("pact-txn"), load("etcd-txn")
 print(f"Transfer retries (aborts / failed compares, started over): "
