@@ -208,6 +208,7 @@ impl Replica {
             me: node_id,
             peers: host.peers.clone(),
             addrs: Arc::new(members.iter().cloned().collect()),
+            min_append_ttl: Duration::from_millis(tuning.election_timeout_min_ms / 2),
         };
         let log = LogStore::new(group, store.clone());
         let log_reader = log.clone();

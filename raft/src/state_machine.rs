@@ -17,8 +17,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::codec::{decode, encode};
 use crate::store::{
-    blocking, group_end, Compute, group_key, group_prefix, NodeStore, Op, SmImage, Space, SM_APPLIED,
-    SM_MEMBERSHIP,
+    blocking, group_end, group_key, group_prefix, Compute, NodeStore, Op, SmImage, Space,
+    SM_APPLIED, SM_MEMBERSHIP,
 };
 use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
@@ -226,7 +226,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let slot: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>> = Arc::default();
                 let compute: Compute = match entry.payload {
                     EntryPayload::Normal(cmd) => {
-                        let (store, app, group) = (self.store.clone(), self.app.clone(), self.group);
+                        let (store, app, group) =
+                            (self.store.clone(), self.app.clone(), self.group);
                         let (failed, slot) = (failed.clone(), slot.clone());
                         let (index, term) = (log_id.index, log_id.leader_id.term);
                         Box::new(move || {
