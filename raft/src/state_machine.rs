@@ -24,6 +24,10 @@ use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
+/// Where an entry's apply, run on the writer thread, leaves its command
+/// and reply for the state machine task (which calls `visible` and answers).
+type Slot = Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>;
+
 /// Most committed entries handed to the writer at once.
 const APPLY_BATCH: usize = 64;
 
@@ -223,7 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     group_key(self.group, SM_APPLIED),
                     encode(&Some(log_id))?,
                 )];
-                let slot: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+                let slot: Slot = Arc::default();
                 let compute: Compute = match entry.payload {
                     EntryPayload::Normal(cmd) => {
                         let (store, app, group) =
