@@ -88,7 +88,9 @@ enum Input {
     Event(Event),
     Leader(Option<u64>),
     /// Is 2PC still working on this transaction?
-    InFlight(TxnId, oneshot::Sender<bool>),
+    /// `None`: not in flight; `Some(None)`: in flight, undecided;
+    /// `Some(Some(commit))`: decided, being delivered to the shards.
+    InFlight(TxnId, oneshot::Sender<Option<Option<bool>>>),
 }
 
 pub struct Coordinator {
@@ -753,10 +755,14 @@ impl Coordinator {
         }
         let (tx, rx) = oneshot::channel();
         let _ = self.inputs.send(Input::InFlight(txn, tx));
-        if rx.await.unwrap_or(false) {
+        match rx.await.unwrap_or(None) {
+            // A parallel commit is decided (and its client told) before
+            // any record says so: the machine knows while it delivers it.
+            Some(Some(commit)) => return Ok(decided(commit)),
             // Do not presume an abort under a commit that is progressing:
             // it would win (first decision wins) and abort a healthy 2PC.
-            return Ok(Outcome::Open("commit in progress".into()));
+            Some(None) => return Ok(Outcome::Open("commit in progress".into())),
+            None => {}
         }
         if let Some(b) = self.replica.get_local(&log::staging_key(txn)).await? {
             // A parallel commit nobody is driving: its shards' prepare
@@ -1081,7 +1087,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
             }
             Input::Event(ev) => machine.step(ev),
             Input::InFlight(txn, reply) => {
-                let _ = reply.send(machine.in_flight(txn));
+                let _ = reply.send(machine.in_flight(txn).then(|| machine.decided(txn)));
                 continue;
             }
             Input::Leader(t) => {

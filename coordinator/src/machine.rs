@@ -205,6 +205,15 @@ impl Machine {
         self.txns.contains_key(&txn)
     }
 
+    /// The decision on `txn` while the machine delivers it to the shards
+    /// (a parallel commit is decided before any record states it).
+    pub fn decided(&self, txn: TxnId) -> Option<bool> {
+        match self.txns.get(&txn) {
+            Some(Phase::Deciding { commit, .. }) => Some(*commit),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.txns.len()
     }
@@ -724,9 +733,12 @@ mod tests {
         assert!(vote(&mut m, t(1), 1, Vote::Yes).is_empty());
         assert!(vote(&mut m, t(1), 3, Vote::Yes).is_empty());
         assert!(staged(&mut m, t(1), LogResult::Logged).is_empty());
+        assert_eq!(m.decided(t(1)), None, "not decided before the last vote");
         let a = vote(&mut m, t(1), 2, Vote::Yes);
         assert_eq!(replies(&a), vec![Outcome::Committed]);
         assert_eq!(decides(&a), vec![(1, true), (2, true), (3, true)]);
+        // TxnStatus hears "committed" from the machine while it delivers.
+        assert_eq!(m.decided(t(1)), Some(true));
         // A failed send is retried until applied; then it is finished.
         assert_eq!(
             m.step(Event::ApplyFailed {
