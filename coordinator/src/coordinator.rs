@@ -16,7 +16,7 @@ use pact_client::{Client, ClientOptions};
 use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp, TxnId};
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
-use pact_raft::{Host, NodeStore, Replica, Router};
+use pact_raft::{Host, Replica, Router};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::pb_txn;
@@ -129,16 +129,12 @@ impl Coordinator {
                 "node {node} is not a replica of any coordinator group in the config"
             )));
         }
-        let store = NodeStore::open_with(data_dir, &config.storage).map_err(|e| {
-            Error::Fatal(format!(
-                "cannot open storage at {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let host = Host::new(
-            store,
-            pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
-        );
+        let host = Host::open(
+            data_dir,
+            &config.storage,
+            tls.as_ref().map(|t| t.client_config()),
+        )
+        .map_err(|e| Error::Fatal(e.to_string()))?;
         Self::start_on(config, node, &host, tls).await
     }
 
@@ -779,7 +775,11 @@ impl Coordinator {
         // Nothing logged and nothing running here. A leader that lost the
         // transaction (crash, failover) can no longer log a commit for it,
         // but a one-phase commit it sent may have applied at its shard.
-        let answers = self.inquire_all(txn, resolve).await;
+        let answers = self
+            .inquire_all(txn, self.participants.shards(), resolve, |a| {
+                inquiry::decisive(a, resolve)
+            })
+            .await;
         match inquiry::verdict(&answers, resolve) {
             Verdict::Committed => {
                 // The shard's record is the decision; this one only makes
@@ -816,26 +816,9 @@ impl Coordinator {
         shards: &BTreeSet<ShardId>,
         fence: bool,
     ) -> Result<Option<bool>, Error> {
-        let wait = if fence { INQUIRY_WAIT } else { LOOKUP_WAIT };
-        let mut calls: futures::stream::FuturesUnordered<_> = shards
-            .iter()
-            .map(|shard| async move {
-                let a = match tokio::time::timeout(wait, self.inquire(txn, *shard, fence)).await {
-                    Ok(Ok(state)) => Ok(state),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {wait:?}")),
-                };
-                (*shard, a)
-            })
-            .collect();
-        let mut answers = Vec::new();
-        while let Some((shard, a)) = calls.next().await {
-            let settled = inquiry::decisive_staged(&a);
-            answers.push((shard, a));
-            if settled {
-                break;
-            }
-        }
+        let answers = self
+            .inquire_all(txn, shards.iter().copied(), fence, inquiry::decisive_staged)
+            .await;
         let commit = match inquiry::staged_verdict(&answers, shards.len()) {
             Verdict::Committed => true,
             Verdict::Abort(why) => {
@@ -865,13 +848,18 @@ impl Coordinator {
         }
     }
 
-    /// Ask every shard what it recorded of `txn` (fencing it there with
-    /// `fence`); stops early once an answer settles the verdict.
-    async fn inquire_all(&self, txn: TxnId, fence: bool) -> Vec<(ShardId, inquiry::Answer)> {
+    /// Ask `shards` what they recorded of `txn` (fencing it there with
+    /// `fence`), in parallel; stops early once an answer `settles` the
+    /// verdict.
+    async fn inquire_all(
+        &self,
+        txn: TxnId,
+        shards: impl IntoIterator<Item = ShardId>,
+        fence: bool,
+        settles: impl Fn(&inquiry::Answer) -> bool,
+    ) -> Vec<(ShardId, inquiry::Answer)> {
         let wait = if fence { INQUIRY_WAIT } else { LOOKUP_WAIT };
-        let mut calls: futures::stream::FuturesUnordered<_> = self
-            .participants
-            .shards()
+        let mut calls: futures::stream::FuturesUnordered<_> = shards
             .into_iter()
             .map(|shard| async move {
                 let a = match tokio::time::timeout(wait, self.inquire(txn, shard, fence)).await {
@@ -884,7 +872,7 @@ impl Coordinator {
             .collect();
         let mut answers = Vec::new();
         while let Some((shard, a)) = calls.next().await {
-            let settled = inquiry::decisive(&a, fence);
+            let settled = settles(&a);
             answers.push((shard, a));
             if settled {
                 break;

@@ -17,7 +17,7 @@ use pact_common::{
     system_clock, validate_batch, validate_key, Clock, ClusterConfig, Hlc, NodeId, ShardId,
     ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
 };
-use pact_raft::{Host, NodeStore, Replica, ReplicaStatus, Router, Tuning};
+use pact_raft::{Host, Replica, ReplicaStatus, Router, Tuning};
 
 use crate::kv::{
     data_end, data_key, prepared_writes, KvApp, Mutation, ShardCommand, ShardReply, Shared,
@@ -138,16 +138,12 @@ impl Node {
                 "node {id} is not in the cluster config"
             )));
         }
-        let store = NodeStore::open_with(data_dir, &config.storage).map_err(|e| {
-            Error::Fatal(format!(
-                "cannot open storage at {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let host = Host::new(
-            store,
-            pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
-        );
+        let host = Host::open(
+            data_dir,
+            &config.storage,
+            tls.as_ref().map(|t| t.client_config()),
+        )
+        .map_err(|e| Error::Fatal(e.to_string()))?;
         Self::start_on(config, id, &host, tls).await
     }
 

@@ -76,6 +76,23 @@ impl Host {
             peers,
         }
     }
+
+    /// Open (or create) the node's storage under `dir` with `limits` and
+    /// dial peers with `tls`; the error names the directory. Blocks while
+    /// fjall replays its journal.
+    pub fn open(
+        dir: &std::path::Path,
+        limits: &pact_common::StorageTuning,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> io::Result<Self> {
+        let store = NodeStore::open_with(dir, limits).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open storage at {}: {e}", dir.display()),
+            )
+        })?;
+        Ok(Host::new(store, Peers::new(tls)))
+    }
 }
 
 /// A snapshot of a replica's Raft state, for `status`.

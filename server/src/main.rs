@@ -23,7 +23,7 @@ use pact_coordinator::service::TxnService;
 use pact_coordinator::Coordinator;
 use pact_participant::service::{KvService, ParticipantService};
 use pact_participant::Node;
-use pact_raft::{Host, NodeStore};
+use pact_raft::Host;
 
 /// Run a Pact node: its replicas of the shards and of the coordinator
 /// group that the cluster config assigns to it, in one process.
@@ -168,20 +168,16 @@ async fn run(r: Run) -> anyhow::Result<()> {
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth);
     // Opening the store replays fjall's journal: not on an async worker.
-    let store = {
-        let (dir, limits) = (data_dir.clone(), config.storage.clone());
-        tokio::task::spawn_blocking(move || NodeStore::open_with(&dir, &limits))
-            .await
-            .context("storage open task failed")?
-            .with_context(|| format!("cannot open storage at {}", data_dir.display()))?
-    };
     // Every group of this node shares the store (one writer thread, one
     // fsync per round for all of them) and the router (one Raft service
     // routing by group id; the config keeps this node's group ids apart).
-    let host = Host::new(
-        store,
-        pact_raft::Peers::new(tls.as_ref().map(|t| t.client_config())),
-    );
+    let host = {
+        let (dir, limits) = (data_dir.clone(), config.storage.clone());
+        let peer_tls = tls.as_ref().map(|t| t.client_config());
+        tokio::task::spawn_blocking(move || Host::open(&dir, &limits, peer_tls))
+            .await
+            .context("storage open task failed")??
+    };
     let node = if shards.is_empty() {
         None
     } else {
