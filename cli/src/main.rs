@@ -497,16 +497,21 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
             } else {
                 client.txn_status(id).await?
             };
-            let (word, reason, code) = match outcome {
-                TxnOutcome::Committed => ("committed", String::new(), 0),
-                TxnOutcome::Aborted(r) => ("aborted", r, 7),
-                TxnOutcome::Unknown(r) => ("unknown", r, 4),
-                TxnOutcome::Open(r) => ("open", r, 4),
+            let (word, reason, kind, code) = match outcome {
+                TxnOutcome::Committed => ("committed", String::new(), None, 0),
+                TxnOutcome::Aborted(a) => ("aborted", a.reason, Some(a.kind.as_str()), 7),
+                TxnOutcome::Unknown(r) => ("unknown", r, None, 4),
+                TxnOutcome::Open(r) => ("open", r, None, 4),
             };
             if args.json {
                 outln!(
                     "{}",
-                    serde_json::json!({ "txn": id.to_string(), "outcome": word, "reason": reason })
+                    serde_json::json!({
+                        "txn": id.to_string(),
+                        "outcome": word,
+                        "reason": reason,
+                        "abort_kind": kind,
+                    })
                 );
             } else if reason.is_empty() {
                 outln!("{word}");

@@ -1,7 +1,11 @@
-//! Wire conversion for the client: prost types in and out, and the gRPC
-//! status convention the participant uses (see its `convert` module).
+//! Wire conversion for the client: prost types in and out, and the error
+//! convention every Pact server follows (`pact_proto::status`): the
+//! client classifies a status by the code in its details, never by its
+//! message. Servers use [`pb_abort_kind`] and [`abort_kind`] too, so the
+//! abort kinds have one wire mapping.
 
-use pact_common::NodeId;
+use pact_common::codes::{META_ABORT_KIND, META_LEADER_ID};
+use pact_common::{Abort, AbortKind, ErrorCode, NodeId};
 use pact_proto as pb;
 use tonic::{Code, Status};
 
@@ -20,37 +24,55 @@ pub(crate) enum Class {
 
 pub(crate) fn classify(s: &Status) -> Class {
     let msg = s.message().to_string();
-    match s.code() {
-        Code::FailedPrecondition if msg.starts_with("not leader") => {
-            let hint = s
-                .metadata()
-                .get("pact-leader-id")
-                .and_then(|v| v.to_str().ok())
+    let Some((code, meta)) = pb::status::info(s) else {
+        return unmarked(s, msg);
+    };
+    match ErrorCode::parse(&code) {
+        Some(ErrorCode::NotLeader) => Class::NotLeader(
+            meta.get(META_LEADER_ID)
                 .and_then(|v| v.parse().ok())
-                .map(NodeId);
-            Class::NotLeader(hint)
+                .map(NodeId),
+        ),
+        Some(ErrorCode::Unavailable) => Class::Retry(msg),
+        Some(ErrorCode::OutcomeUnknown) => Class::Unknown(msg),
+        // Aborted by the lock manager or the coordinator (wounded, lock
+        // wait timed out, expired...): nothing was applied; the caller
+        // decides whether to start again.
+        Some(ErrorCode::Aborted) => Class::Fail(ClientError::Aborted(Abort::new(
+            meta.get(META_ABORT_KIND)
+                .and_then(|k| AbortKind::parse(k))
+                .unwrap_or(AbortKind::Conflict),
+            reason(&msg, "aborted: "),
+        ))),
+        // The request contradicts recorded state (e.g. a decision refused
+        // because the other outcome is already recorded).
+        Some(ErrorCode::Conflict) => Class::Fail(ClientError::Conflict(reason(&msg, "conflict: "))),
+        Some(ErrorCode::InvalidInput) => {
+            Class::Fail(ClientError::InvalidInput(reason(&msg, "invalid input: ")))
         }
-        // Our servers say "unavailable: ..." when they did nothing; tonic
-        // says "...connect..." when the request never left this process.
-        // Any other UNAVAILABLE (a connection cut mid-request) may have
+        Some(ErrorCode::UnknownShard) => Class::Fail(ClientError::InvalidInput(msg)),
+        Some(ErrorCode::Stopped) => Class::Fail(ClientError::Internal(msg)),
+        // A code newer than this client: only the gRPC code is known.
+        None => unmarked(s, msg),
+    }
+}
+
+/// A status no Pact server marked: made by the transport (a refused
+/// connection, a deadline, a reset stream) or by tonic itself (a message
+/// over the size limit).
+fn unmarked(s: &Status, msg: String) -> Class {
+    match s.code() {
+        // The request never left this process: the connection could not
+        // be made, so it is safe to try elsewhere.
+        Code::Unavailable if connect_failed(s) => Class::Retry(msg),
+        // Any other of these (a connection cut mid-request) may have
         // reached the server.
-        Code::Unavailable if msg.starts_with("unavailable") || connect_failed(s) => {
-            Class::Retry(msg)
-        }
-        // Aborted by the lock manager (wounded, lock wait timed out,
-        // transaction unknown): nothing was applied; the caller decides
-        // whether to start again.
-        Code::Aborted => Class::Fail(ClientError::Aborted(reason(&msg, "aborted: "))),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Class::Unknown(msg)
         }
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-            Class::Fail(ClientError::InvalidInput(reason(&msg, "invalid input: ")))
+            Class::Fail(ClientError::InvalidInput(msg))
         }
-        Code::NotFound => Class::Fail(ClientError::InvalidInput(msg)),
-        // The request contradicts recorded state (e.g. a decision refused
-        // because the other outcome is already recorded).
-        Code::FailedPrecondition => Class::Fail(ClientError::Conflict(reason(&msg, "conflict: "))),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }
 }
@@ -63,17 +85,59 @@ fn reason(msg: &str, class: &str) -> String {
 }
 
 /// The request never left this process: the connection could not be made.
-/// Only the connect phase counts; an error on an established connection
-/// may come after the server received the request.
+/// Only the connect phase counts (hyper's connect error, or a refused or
+/// unroutable socket); an error on an established connection may come
+/// after the server received the request.
 fn connect_failed(s: &Status) -> bool {
-    let mut text = s.message().to_string();
+    use std::io::ErrorKind as K;
     let mut src = std::error::Error::source(s);
     while let Some(e) = src {
-        text.push_str(" / ");
-        text.push_str(&e.to_string());
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if h.is_connect() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::AddrNotAvailable
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
         src = e.source();
     }
-    text.contains("tcp connect error") || text.contains("error trying to connect")
+    false
+}
+
+/// The wire form of an abort kind.
+pub fn pb_abort_kind(k: AbortKind) -> pb::AbortKind {
+    match k {
+        AbortKind::Wounded => pb::AbortKind::Wounded,
+        AbortKind::LockTimeout => pb::AbortKind::LockTimeout,
+        AbortKind::Expired => pb::AbortKind::Expired,
+        AbortKind::Leadership => pb::AbortKind::Leadership,
+        AbortKind::Unavailable => pb::AbortKind::Unavailable,
+        AbortKind::Conflict => pb::AbortKind::Conflict,
+        AbortKind::Rollback => pb::AbortKind::Rollback,
+    }
+}
+
+/// An abort kind from the wire; unset or unknown (a newer server) reads as
+/// a conflict, the kind that promises least.
+pub fn abort_kind(k: i32) -> AbortKind {
+    match pb::AbortKind::try_from(k) {
+        Ok(pb::AbortKind::Wounded) => AbortKind::Wounded,
+        Ok(pb::AbortKind::LockTimeout) => AbortKind::LockTimeout,
+        Ok(pb::AbortKind::Expired) => AbortKind::Expired,
+        Ok(pb::AbortKind::Leadership) => AbortKind::Leadership,
+        Ok(pb::AbortKind::Unavailable) => AbortKind::Unavailable,
+        Ok(pb::AbortKind::Rollback) => AbortKind::Rollback,
+        Ok(pb::AbortKind::Conflict | pb::AbortKind::Unspecified) | Err(_) => AbortKind::Conflict,
+    }
 }
 
 pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {
@@ -123,6 +187,10 @@ impl From<pb::StatusResponse> for ReplicaStatus {
 mod tests {
     use super::*;
 
+    fn marked(code: Code, name: &str, msg: &str, meta: Vec<(&str, String)>) -> Status {
+        pb::status::error(code, name, msg.to_string(), meta, None)
+    }
+
     fn fail(s: Status) -> ClientError {
         match classify(&s) {
             Class::Fail(e) => e,
@@ -131,17 +199,94 @@ mod tests {
     }
 
     #[test]
-    fn class_word_is_said_once() {
-        let e = fail(Status::aborted(
+    fn errors_are_classified_by_their_code_and_the_class_word_is_said_once() {
+        let e = fail(marked(
+            Code::Aborted,
+            "ABORTED",
             "aborted: wounded by older transaction 1-2-3",
+            vec![(META_ABORT_KIND, "wounded".into())],
         ));
+        assert_eq!(
+            e,
+            ClientError::Aborted(Abort::new(
+                AbortKind::Wounded,
+                "wounded by older transaction 1-2-3"
+            ))
+        );
         assert_eq!(e.to_string(), "aborted: wounded by older transaction 1-2-3");
-        let e = fail(Status::failed_precondition("conflict: already committed"));
+        let e = fail(marked(
+            Code::FailedPrecondition,
+            "CONFLICT",
+            "conflict: already committed",
+            vec![],
+        ));
         assert_eq!(e, ClientError::Conflict("already committed".into()));
-        let e = fail(Status::invalid_argument("invalid input: empty key"));
+        let e = fail(marked(
+            Code::InvalidArgument,
+            "INVALID_INPUT",
+            "invalid input: empty key",
+            vec![],
+        ));
         assert_eq!(e.to_string(), "invalid input: empty key");
-        // A message without the word keeps all of itself.
-        let e = fail(Status::aborted("deadlock victim"));
-        assert_eq!(e, ClientError::Aborted("deadlock victim".into()));
+        // The code decides, not the words: an abort whose message reads
+        // like something else is still an abort, with its kind.
+        let e = fail(marked(
+            Code::Aborted,
+            "ABORTED",
+            "not leader of anything",
+            vec![(META_ABORT_KIND, "lock_timeout".into())],
+        ));
+        assert_eq!(
+            e,
+            ClientError::Aborted(Abort::new(AbortKind::LockTimeout, "not leader of anything"))
+        );
+    }
+
+    #[test]
+    fn not_leader_carries_its_hint_as_data() {
+        let s = marked(
+            Code::FailedPrecondition,
+            "NOT_LEADER",
+            "whatever the text",
+            vec![(META_LEADER_ID, "2".into())],
+        );
+        assert!(matches!(classify(&s), Class::NotLeader(Some(NodeId(2)))));
+        let s = marked(Code::FailedPrecondition, "NOT_LEADER", "x", vec![]);
+        assert!(matches!(classify(&s), Class::NotLeader(None)));
+        let s = marked(Code::Unavailable, "UNAVAILABLE", "x", vec![]);
+        assert!(matches!(classify(&s), Class::Retry(_)));
+        let s = marked(Code::DeadlineExceeded, "OUTCOME_UNKNOWN", "x", vec![]);
+        assert!(matches!(classify(&s), Class::Unknown(_)));
+    }
+
+    #[test]
+    fn a_status_without_a_code_is_never_read_by_its_words() {
+        // What a server of the old convention (or a proxy) would send: the
+        // text says "not leader", but nothing marks it, so it is not
+        // taken as a hint to retry elsewhere.
+        let s = Status::failed_precondition("not leader; leader is node 2");
+        assert!(matches!(
+            classify(&s),
+            Class::Fail(ClientError::Internal(_))
+        ));
+        let s = Status::unavailable("unavailable: no quorum");
+        assert!(matches!(classify(&s), Class::Unknown(_)));
+        // A code newer than this client falls back on the gRPC code.
+        let s = marked(Code::Unavailable, "SOMETHING_NEW", "x", vec![]);
+        assert!(matches!(classify(&s), Class::Unknown(_)));
+        let s = Status::resource_exhausted("message too large");
+        assert!(matches!(
+            classify(&s),
+            Class::Fail(ClientError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn abort_kinds_survive_the_wire() {
+        for k in AbortKind::ALL {
+            assert_eq!(abort_kind(pb_abort_kind(k) as i32), k);
+        }
+        assert_eq!(abort_kind(0), AbortKind::Conflict);
+        assert_eq!(abort_kind(999), AbortKind::Conflict);
     }
 }

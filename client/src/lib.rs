@@ -18,10 +18,11 @@
 //! (`Unavailable`), find out first (`Unknown`), fix the request
 //! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
 
-mod convert;
+pub mod convert;
 mod tls;
 mod txn;
 
+pub use pact_common::{Abort, AbortKind, ErrorCode};
 pub use tls::{Tls, TlsPaths};
 pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome, MAX_ATTEMPTS};
 
@@ -49,7 +50,7 @@ pub enum ClientError {
     /// The operation or transaction was aborted (conflict, wounded by an
     /// older transaction, lock wait timeout); nothing was applied. Retry.
     #[error("aborted: {0}")]
-    Aborted(String),
+    Aborted(Abort),
     /// The request contradicts recorded state (for example a decision
     /// refused because the other outcome is already recorded).
     #[error("conflict: {0}")]
@@ -66,6 +67,43 @@ pub enum ClientError {
     /// A server reported an internal failure (a stopped replica).
     #[error("server error: {0}")]
     Internal(String),
+}
+
+impl ClientError {
+    /// The stable machine-readable code of this error (`pact_common::codes`
+    /// names, plus UNKNOWN_OUTCOME's spelling as the servers use it).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Unavailable(_) => ErrorCode::Unavailable,
+            ClientError::Aborted(_) => ErrorCode::Aborted,
+            ClientError::Conflict(_) => ErrorCode::Conflict,
+            ClientError::Unknown(_) => ErrorCode::OutcomeUnknown,
+            ClientError::InvalidInput(_) => ErrorCode::InvalidInput,
+            ClientError::UnknownShard(_) => ErrorCode::UnknownShard,
+            ClientError::Internal(_) => ErrorCode::Stopped,
+        }
+    }
+
+    /// Why the transaction aborted, if this is an abort.
+    pub fn abort_kind(&self) -> Option<AbortKind> {
+        match self {
+            ClientError::Aborted(a) => Some(a.kind),
+            _ => None,
+        }
+    }
+}
+
+/// Delays between attempts: exponential from `min` to `max`, with jitter
+/// so clients that collided do not collide again, never running out (the
+/// caller bounds the attempts or the time).
+pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Which leader a request is for.
@@ -331,7 +369,7 @@ impl Client {
         }
         let deadline = Instant::now() + self.inner.opts.retry_for;
         let mut target = self.cached_leader(route).unwrap_or(replicas[0]);
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = backoff(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_err;
         loop {
             let next = |t: NodeId| {
@@ -388,8 +426,8 @@ impl Client {
                 )));
             }
             if sleep {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                let pause = backoff.next().unwrap_or(Duration::from_millis(500));
+                tokio::time::sleep(pause).await;
             }
         }
     }

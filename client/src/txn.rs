@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use pact_common::{Abort, AbortKind, NodeId, Timestamp, TxnId};
 pub use pact_common::{Guard, Op};
-use pact_common::{NodeId, Timestamp, TxnId};
 use pact_proto as pb;
 use pact_proto::txn_client::TxnClient;
 use tonic::transport::Channel;
@@ -38,7 +38,7 @@ pub const MAX_ATTEMPTS: u32 = 30;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOutcome {
     Committed,
-    Aborted(String),
+    Aborted(Abort),
     /// Not decided yet (or the coordinator cannot tell yet).
     Unknown(String),
     /// Not decided, and alive: the coordinator leader has it open or is
@@ -63,7 +63,9 @@ fn pb_txn(t: TxnId) -> pb::TxnId {
 fn outcome(r: pb::CommitResponse) -> TxnOutcome {
     match pb::Outcome::try_from(r.outcome) {
         Ok(pb::Outcome::Committed) => TxnOutcome::Committed,
-        Ok(pb::Outcome::Aborted) => TxnOutcome::Aborted(r.reason),
+        Ok(pb::Outcome::Aborted) => {
+            TxnOutcome::Aborted(Abort::new(crate::convert::abort_kind(r.abort), r.reason))
+        }
         Ok(pb::Outcome::Open) => TxnOutcome::Open(r.reason),
         _ => TxnOutcome::Unknown(r.reason),
     }
@@ -274,17 +276,22 @@ impl Client {
             &'t mut Transaction,
         ) -> futures::future::BoxFuture<'t, Result<T, ClientError>>,
     {
-        let mut backoff = Duration::from_millis(5);
-        let mut last = String::new();
+        let mut backoff = crate::backoff(Duration::from_millis(5), Duration::from_millis(500));
+        let mut pause = || backoff.next().unwrap_or(Duration::from_millis(500));
+        let mut last = Abort::new(AbortKind::Conflict, "no attempt made");
         // Every attempt after the first keeps the first one's age.
         let mut priority = None;
         for _ in 0..MAX_ATTEMPTS {
             let mut txn = match self.begin_with(priority).await {
                 Ok(t) => t,
-                Err(ClientError::Aborted(m)) | Err(ClientError::Unavailable(m)) => {
-                    last = m;
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                Err(ClientError::Aborted(a)) => {
+                    last = a;
+                    tokio::time::sleep(pause()).await;
+                    continue;
+                }
+                Err(ClientError::Unavailable(m)) => {
+                    last = Abort::new(AbortKind::Unavailable, m);
+                    tokio::time::sleep(pause()).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -305,11 +312,11 @@ impl Client {
                     return Err(e);
                 }
             }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            tokio::time::sleep(pause()).await;
         }
-        Err(ClientError::Aborted(format!(
-            "gave up after {MAX_ATTEMPTS} attempts; last: {last}"
+        Err(ClientError::Aborted(Abort::new(
+            last.kind,
+            format!("gave up after {MAX_ATTEMPTS} attempts; last: {last}"),
         )))
     }
 }
@@ -345,16 +352,6 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
-}
-
-/// `d` plus up to `d` more, so clients that collided do not collide again.
-fn jitter(d: Duration) -> Duration {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| u64::from(t.subsec_nanos()))
-        .unwrap_or(0);
-    let span = d.as_micros() as u64 + 1;
-    d + Duration::from_micros(n % span)
 }
 
 impl Transaction {
@@ -397,10 +394,13 @@ impl Transaction {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(match classify(&s) {
                 Class::Fail(e) => e,
-                Class::NotLeader(_) | Class::Retry(_) => ClientError::Aborted(format!(
-                    "coordinator {} lost the transaction: {}",
-                    self.leader,
-                    s.message()
+                Class::NotLeader(_) | Class::Retry(_) => ClientError::Aborted(Abort::new(
+                    AbortKind::Leadership,
+                    format!(
+                        "coordinator {} lost the transaction: {}",
+                        self.leader,
+                        s.message()
+                    ),
                 )),
                 Class::Unknown(m) => ClientError::Unknown(m),
             }),
@@ -606,7 +606,7 @@ impl Transaction {
         self.finish();
         match outcome(r?) {
             TxnOutcome::Committed => Ok(()),
-            TxnOutcome::Aborted(m) => Err(ClientError::Aborted(m)),
+            TxnOutcome::Aborted(a) => Err(ClientError::Aborted(a)),
             TxnOutcome::Unknown(m) | TxnOutcome::Open(m) => Err(ClientError::Unknown(format!(
                 "transaction {}: {m}",
                 self.id
@@ -717,7 +717,10 @@ impl Client {
                     .map(|x| (x.key.to_vec(), x.found.then(|| x.value.to_vec())))
                     .collect(),
             }),
-            Ok(pb::Outcome::Aborted) => Err(ClientError::Aborted(r.reason)),
+            Ok(pb::Outcome::Aborted) => Err(ClientError::Aborted(Abort::new(
+                crate::convert::abort_kind(r.abort),
+                r.reason,
+            ))),
             _ => Err(ClientError::Unknown(format!(
                 "transaction {txn}: {}",
                 r.reason

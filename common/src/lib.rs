@@ -14,6 +14,7 @@
 
 #[cfg(feature = "certgen")]
 pub mod certgen;
+pub mod codes;
 mod config;
 pub mod faults;
 pub mod identity;
@@ -23,6 +24,7 @@ mod partition;
 pub mod process;
 mod txn;
 
+pub use codes::{Abort, AbortKind, ErrorCode};
 pub use config::{
     ClusterConfig, ConfigError, CoordinatorConfig, NodeConfig, PartitionScheme, RaftTuning,
     ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET,

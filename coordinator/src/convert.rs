@@ -11,14 +11,11 @@ use crate::Error;
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let msg = e.to_string();
+        let code = e.code();
         match e {
-            Error::NotLeader { hint } => pact_raft::wire::not_leader_status(msg, hint),
-            Error::Unavailable(_) => Status::unavailable(msg),
-            Error::Aborted(_) => Status::aborted(msg),
-            Error::Unknown(_) => Status::deadline_exceeded(msg),
-            Error::InvalidInput(_) => Status::invalid_argument(msg),
-            Error::Conflict(_) => Status::failed_precondition(msg),
-            Error::Fatal(_) => Status::internal(msg),
+            Error::NotLeader { hint } => pact_raft::wire::error_status(code, msg, None, hint),
+            Error::Aborted(a) => pact_raft::wire::error_status(code, msg, Some(a.kind), None),
+            _ => pact_raft::wire::error_status(code, msg, None, None),
         }
     }
 }
@@ -68,15 +65,20 @@ pub fn shard_state(s: i32) -> Result<crate::inquiry::ShardState, Error> {
 }
 
 pub fn outcome(o: Outcome) -> pb::CommitResponse {
-    let (outcome, reason) = match o {
-        Outcome::Committed => (pb::Outcome::Committed, String::new()),
-        Outcome::Aborted(r) => (pb::Outcome::Aborted, r),
-        Outcome::Unknown(r) => (pb::Outcome::Unknown, r),
-        Outcome::Open(r) => (pb::Outcome::Open, r),
+    let (outcome, reason, abort) = match o {
+        Outcome::Committed => (pb::Outcome::Committed, String::new(), 0),
+        Outcome::Aborted(a) => (
+            pb::Outcome::Aborted,
+            a.reason,
+            pact_client::convert::pb_abort_kind(a.kind) as i32,
+        ),
+        Outcome::Unknown(r) => (pb::Outcome::Unknown, r, 0),
+        Outcome::Open(r) => (pb::Outcome::Open, r, 0),
     };
     pb::CommitResponse {
         outcome: outcome as i32,
         reason,
+        abort,
     }
 }
 
@@ -125,6 +127,7 @@ pub fn exec_result(r: crate::coordinator::ExecResult) -> pb::ExecuteResponse {
             .collect(),
         outcome: o.outcome,
         reason: o.reason,
+        abort: o.abort,
         txn: Some(pb_txn(r.txn)),
     }
 }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pact_client::{Client, ClientOptions};
-use pact_common::{system_clock, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp, TxnId};
+use pact_common::{
+    system_clock, Abort, AbortKind, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp,
+    TxnId,
+};
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
 use pact_raft::{Host, Replica, Router};
@@ -394,12 +397,13 @@ impl Coordinator {
         self.leader_session(txn, |sess| {
             let sess = sess.ok_or_else(|| unknown_txn(txn))?;
             if sess.committing {
-                return Err(Error::Aborted(format!(
-                    "transaction {txn} is already committing"
-                )));
+                return Err(Error::aborted(
+                    AbortKind::Conflict,
+                    format!("transaction {txn} is already committing"),
+                ));
             }
             if let Some(w) = &sess.wounded {
-                return Err(Error::Aborted(w.clone()));
+                return Err(Error::aborted(AbortKind::Wounded, w.clone()));
             }
             sess.last = Instant::now();
             sess.alive = sess.last;
@@ -585,7 +589,9 @@ impl Coordinator {
         self.rollback(txn).await;
         match e {
             Error::Aborted(_) => e,
-            other => Error::Aborted(other.to_string()),
+            Error::NotLeader { .. } => Error::aborted(AbortKind::Leadership, e.to_string()),
+            Error::Unavailable(_) => Error::aborted(AbortKind::Unavailable, e.to_string()),
+            other => Error::aborted(AbortKind::Conflict, other.to_string()),
         }
     }
 
@@ -596,7 +602,8 @@ impl Coordinator {
         let why = self
             .wound_of(txn)
             .unwrap_or_else(|| "wounded by an older transaction".into());
-        self.abort_for(txn, Error::Aborted(why)).await
+        self.abort_for(txn, Error::aborted(AbortKind::Wounded, why))
+            .await
     }
 
     /// Commit, first adding `ops`: writes the client buffered. If the
@@ -627,7 +634,8 @@ impl Coordinator {
         touched.extend(parts.keys().copied());
         let mut carried = BTreeMap::new();
         if let Some(w) = self.wound_of(txn) {
-            return Err(self.abort_for(txn, Error::Aborted(w)).await);
+            let why = Error::aborted(AbortKind::Wounded, w);
+            return Err(self.abort_for(txn, why).await);
         }
         if touched.len() == 1 {
             if let Some((shard, ops)) = parts.pop_first() {
@@ -801,7 +809,7 @@ impl Coordinator {
             Verdict::Abort(why) => Ok(if self.record(txn, false).await? {
                 Outcome::Committed
             } else {
-                Outcome::Aborted(why)
+                Outcome::Aborted(Abort::new(AbortKind::Rollback, why))
             }),
             Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
         }
@@ -936,7 +944,7 @@ impl Coordinator {
         then: Vec<Op>,
         otherwise: Vec<Op>,
     ) -> Result<ExecResult, Error> {
-        let mut last = String::new();
+        let mut last = Abort::new(AbortKind::Conflict, "no attempt made");
         let mut backoff = Duration::from_millis(5);
         let mut priority = None;
         for _ in 0..EXECUTE_ATTEMPTS {
@@ -1005,24 +1013,26 @@ impl Coordinator {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-        Err(Error::Aborted(format!(
-            "gave up after {EXECUTE_ATTEMPTS} attempts; last: {last}"
-        )))
+        Err(Error::aborted(
+            last.kind,
+            format!("gave up after {EXECUTE_ATTEMPTS} attempts; last: {last}"),
+        ))
     }
 }
 
 /// A request for a transaction this leader has no session for.
 fn unknown_txn(txn: TxnId) -> Error {
-    Error::Aborted(format!(
-        "unknown transaction {txn} (expired, finished, or coordinator failover)"
-    ))
+    Error::aborted(
+        AbortKind::Expired,
+        format!("unknown transaction {txn} (expired, finished, or coordinator failover)"),
+    )
 }
 
 fn decided(commit: bool) -> Outcome {
     if commit {
         Outcome::Committed
     } else {
-        Outcome::Aborted("aborted".into())
+        Outcome::Aborted(Abort::new(AbortKind::Rollback, "aborted"))
     }
 }
 
@@ -1055,7 +1065,10 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                     }
                 };
                 if term.is_none() {
-                    let _ = reply.send(Outcome::Aborted("coordinator is not leader".into()));
+                    let _ = reply.send(Outcome::Aborted(Abort::new(
+                        AbortKind::Leadership,
+                        "coordinator is not leader",
+                    )));
                     forget();
                     continue;
                 }
@@ -1154,9 +1167,10 @@ fn run(
                     .await;
                 let outcome = match r.map_err(Error::from) {
                     Ok(_) => Outcome::Committed,
-                    Err(Error::Aborted(m))
-                    | Err(Error::InvalidInput(m))
-                    | Err(Error::Conflict(m)) => Outcome::Aborted(m),
+                    Err(Error::Aborted(a)) => Outcome::Aborted(a),
+                    Err(Error::InvalidInput(m)) | Err(Error::Conflict(m)) => {
+                        Outcome::Aborted(Abort::new(AbortKind::Conflict, m))
+                    }
                     // Fate open: settle it at the shard.
                     Err(e) => settle_one_phase(&c, txn, shard, e.to_string()).await,
                 };
@@ -1203,13 +1217,27 @@ fn run(
                     Ok(p) => match pb::Vote::try_from(p.vote) {
                         Ok(pb::Vote::Yes) => Vote::Yes,
                         Ok(pb::Vote::ReadOnly) => Vote::ReadOnly,
-                        _ => Vote::No(if p.reason.is_empty() {
-                            "participant voted no".into()
-                        } else {
-                            p.reason
-                        }),
+                        _ => Vote::No(Abort::new(
+                            pact_client::convert::abort_kind(p.abort),
+                            if p.reason.is_empty() {
+                                "participant voted no".into()
+                            } else {
+                                p.reason
+                            },
+                        )),
                     },
-                    Err(e) => Vote::No(format!("prepare at shard {shard} failed: {e}")),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        let kind = match &e {
+                            Error::Aborted(a) => a.kind,
+                            Error::NotLeader { .. } => AbortKind::Leadership,
+                            _ => AbortKind::Unavailable,
+                        };
+                        Vote::No(Abort::new(
+                            kind,
+                            format!("prepare at shard {shard} failed: {e}"),
+                        ))
+                    }
                 };
                 c.metrics.phase("prepare", started);
                 feed(Event::Voted { txn, shard, vote });
@@ -1363,7 +1391,10 @@ async fn settle_one_phase(c: &Coordinator, txn: TxnId, shard: ShardId, why: Stri
         match c.inquire(txn, shard, true).await {
             Ok(ShardState::Committed) => return Outcome::Committed,
             Ok(ShardState::Aborted) => {
-                return Outcome::Aborted(format!("not applied ({why}); aborted"))
+                return Outcome::Aborted(Abort::new(
+                    AbortKind::Conflict,
+                    format!("not applied ({why}); aborted"),
+                ))
             }
             Ok(other) => {
                 // A one-phase transaction never prepares, and a fence

@@ -12,7 +12,7 @@ pub enum Error {
     Unavailable(String),
     /// The transaction is aborted; start a new one.
     #[error("aborted: {0}")]
-    Aborted(String),
+    Aborted(pact_common::Abort),
     /// The outcome is not known; ask TxnStatus.
     #[error("outcome unknown: {0}")]
     Unknown(String),
@@ -24,6 +24,26 @@ pub enum Error {
     Conflict(String),
     #[error("coordinator stopped: {0}")]
     Fatal(String),
+}
+
+impl Error {
+    /// The stable code a caller acts on.
+    pub fn code(&self) -> pact_common::ErrorCode {
+        use pact_common::ErrorCode as C;
+        match self {
+            Error::NotLeader { .. } => C::NotLeader,
+            Error::Unavailable(_) => C::Unavailable,
+            Error::Aborted(_) => C::Aborted,
+            Error::Unknown(_) => C::OutcomeUnknown,
+            Error::InvalidInput(_) => C::InvalidInput,
+            Error::Conflict(_) => C::Conflict,
+            Error::Fatal(_) => C::Stopped,
+        }
+    }
+
+    pub(crate) fn aborted(kind: pact_common::AbortKind, reason: impl Into<String>) -> Error {
+        Error::Aborted(pact_common::Abort::new(kind, reason))
+    }
 }
 
 impl From<ReplicaError> for Error {
@@ -43,7 +63,10 @@ impl From<pact_client::ClientError> for Error {
         use pact_client::ClientError as C;
         match e {
             C::Aborted(m) => Error::Aborted(m),
-            C::Unavailable(m) => Error::Aborted(format!("participant unavailable: {m}")),
+            C::Unavailable(m) => Error::aborted(
+                pact_common::AbortKind::Unavailable,
+                format!("participant unavailable: {m}"),
+            ),
             C::Unknown(m) => Error::Unknown(m),
             C::InvalidInput(m) => Error::InvalidInput(m),
             C::UnknownShard(s) => Error::InvalidInput(format!("unknown shard {s}")),

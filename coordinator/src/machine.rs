@@ -32,20 +32,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pact_common::{ShardId, TxnId};
+use pact_common::{Abort, AbortKind, ShardId, TxnId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Vote {
     Yes,
     ReadOnly,
-    No(String),
+    No(Abort),
 }
 
 /// What the client is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Committed,
-    Aborted(String),
+    Aborted(Abort),
     /// The decision may or may not have been made durable; TxnStatus tells later.
     Unknown(String),
     /// Not decided, and alive here: open, or its commit in flight
@@ -180,7 +180,7 @@ enum Phase {
     /// A vote failed after staging may have begun: logging the abort.
     Aborting {
         shards: BTreeSet<ShardId>,
-        reason: String,
+        reason: Abort,
     },
     Deciding {
         commit: bool,
@@ -406,8 +406,9 @@ impl Machine {
             // The shard held writes the coordinator did not know of and
             // prepared them. Nothing is staged, so nothing can commit this
             // transaction: abort it, prepared shard included.
-            Vote::Yes => Some(format!(
-                "shard {shard} prepared writes the coordinator did not expect"
+            Vote::Yes => Some(Abort::new(
+                AbortKind::Conflict,
+                format!("shard {shard} prepared writes the coordinator did not expect"),
             )),
         };
         if let Some(reason) = failed {
@@ -460,7 +461,10 @@ impl Machine {
                 };
             }
             Vote::No(reason) => reason,
-            Vote::ReadOnly => format!("shard {shard} kept no prepare record"),
+            Vote::ReadOnly => Abort::new(
+                AbortKind::Conflict,
+                format!("shard {shard} kept no prepare record"),
+            ),
         };
         // The staging record may be durable, and a prepare whose "yes"
         // was lost may still land: the abort must be the log's decision
@@ -495,11 +499,15 @@ impl Machine {
             LogResult::AlreadyDecided { commit: false } => self.reply_and_decide(
                 txn,
                 shards,
-                Outcome::Aborted("aborted by recovery before it was staged".into()),
+                Outcome::Aborted(Abort::new(
+                    AbortKind::Rollback,
+                    "aborted by recovery before it was staged",
+                )),
             ),
             // Never staged, and never will be: nothing can commit it.
             LogResult::NotAppended(r) => {
-                self.reply_and_decide(txn, shards, Outcome::Aborted(format!("not staged: {r}")))
+                let why = Abort::new(AbortKind::Leadership, format!("not staged: {r}"));
+                self.reply_and_decide(txn, shards, Outcome::Aborted(why))
             }
             LogResult::Failed(r) => {
                 // The staging record may still become durable through a
@@ -673,10 +681,18 @@ mod tests {
     fn a_failed_validation_aborts_the_writer_too_without_logging() {
         let mut m = Machine::new();
         commit(&mut m, t(1), &[1, 2, 3], &[2]);
-        let a = vote(&mut m, t(1), 1, Vote::No("read locks were lost".into()));
+        let a = vote(
+            &mut m,
+            t(1),
+            1,
+            Vote::No(Abort::new(AbortKind::Conflict, "read locks were lost")),
+        );
         assert_eq!(
             replies(&a),
-            vec![Outcome::Aborted("read locks were lost".into())]
+            vec![Outcome::Aborted(Abort::new(
+                AbortKind::Conflict,
+                "read locks were lost"
+            ))]
         );
         assert_eq!(decides(&a), vec![(1, false), (2, false), (3, false)]);
         assert!(!a.iter().any(|x| matches!(
@@ -834,7 +850,7 @@ mod tests {
             Event::Voted {
                 txn: t(1),
                 shard: ShardId(2),
-                vote: Vote::No("wounded".into()),
+                vote: Vote::No(Abort::new(AbortKind::Wounded, "wounded")),
             },
             Event::Staged {
                 txn: t(1),
@@ -859,7 +875,10 @@ mod tests {
                 txn: t(1),
                 result: LogResult::Logged,
             });
-            assert_eq!(replies(&a), vec![Outcome::Aborted("wounded".into())]);
+            assert_eq!(
+                replies(&a),
+                vec![Outcome::Aborted(Abort::new(AbortKind::Wounded, "wounded"))]
+            );
             assert_eq!(decides(&a), vec![(1, false), (2, false)]);
             m.step(Event::Applied {
                 txn: t(1),
@@ -881,7 +900,12 @@ mod tests {
     fn an_abort_that_cannot_be_logged_is_unknown_and_a_logged_commit_wins() {
         let mut m = Machine::new();
         commit(&mut m, t(1), &[1, 2], &[1, 2]);
-        vote(&mut m, t(1), 1, Vote::No("prepare not confirmed".into()));
+        vote(
+            &mut m,
+            t(1),
+            1,
+            Vote::No(Abort::new(AbortKind::Unavailable, "prepare not confirmed")),
+        );
         let a = m.step(Event::Logged {
             txn: t(1),
             result: LogResult::Failed("lost leadership".into()),
@@ -902,7 +926,12 @@ mod tests {
         // Recovery recorded the commit first (the lost "yes" had landed).
         let mut m = Machine::new();
         commit(&mut m, t(3), &[1, 2], &[1, 2]);
-        vote(&mut m, t(3), 2, Vote::No("timeout".into()));
+        vote(
+            &mut m,
+            t(3),
+            2,
+            Vote::No(Abort::new(AbortKind::LockTimeout, "timeout")),
+        );
         let a = m.step(Event::Logged {
             txn: t(3),
             result: LogResult::AlreadyDecided { commit: true },

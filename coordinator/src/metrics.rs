@@ -51,10 +51,8 @@ impl Metrics {
     pub fn outcome(&self, o: &Outcome) {
         let label = match o {
             Outcome::Committed => "committed",
-            Outcome::Aborted(r) => {
-                self.aborts
-                    .with_label_values(&[pact_raft::metrics::abort_reason(r)])
-                    .inc();
+            Outcome::Aborted(a) => {
+                self.aborts.with_label_values(&[a.kind.as_str()]).inc();
                 "aborted"
             }
             Outcome::Unknown(_) => "unknown",

@@ -23,15 +23,11 @@ use crate::Error;
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let msg = e.to_string();
+        let code = e.code();
         match e {
-            Error::NotLeader { hint } => pact_raft::wire::not_leader_status(msg, hint),
-            Error::Unavailable(_) => Status::unavailable(msg),
-            Error::Unknown(_) => Status::deadline_exceeded(msg),
-            Error::Aborted(_) => Status::aborted(msg),
-            Error::Conflict(_) => Status::failed_precondition(msg),
-            Error::InvalidInput(_) => Status::invalid_argument(msg),
-            Error::UnknownShard(_) => Status::not_found(msg),
-            Error::Fatal(_) => Status::internal(msg),
+            Error::NotLeader { hint } => pact_raft::wire::error_status(code, msg, None, hint),
+            Error::Aborted(a) => pact_raft::wire::error_status(code, msg, Some(a.kind), None),
+            _ => pact_raft::wire::error_status(code, msg, None, None),
         }
     }
 }
@@ -92,11 +88,18 @@ pub fn prepare_response(v: Vote) -> pb::PrepareResponse {
     let (vote, reason) = match v {
         Vote::Yes => (pb::Vote::Yes, String::new()),
         Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-        Vote::No(reason) => (pb::Vote::No, reason),
+        Vote::No(a) => {
+            return pb::PrepareResponse {
+                vote: pb::Vote::No as i32,
+                abort: pact_client::convert::pb_abort_kind(a.kind) as i32,
+                reason: a.reason,
+            }
+        }
     };
     pb::PrepareResponse {
         vote: vote as i32,
         reason,
+        abort: 0,
     }
 }
 

@@ -17,7 +17,7 @@ pub enum Error {
     /// The transaction cannot go on (wounded by an older one, lock wait
     /// timed out, expired, leadership changed); abort it and retry anew.
     #[error("aborted: {0}")]
-    Aborted(String),
+    Aborted(pact_common::Abort),
     /// The request contradicts the transaction's recorded state (for
     /// example a commit after an abort).
     #[error("conflict: {0}")]
@@ -31,6 +31,23 @@ pub enum Error {
     /// The replica stopped after a storage failure and must be restarted.
     #[error("replica stopped: {0}")]
     Fatal(String),
+}
+
+impl Error {
+    /// The stable code a caller acts on.
+    pub fn code(&self) -> pact_common::ErrorCode {
+        use pact_common::ErrorCode as C;
+        match self {
+            Error::NotLeader { .. } => C::NotLeader,
+            Error::Unavailable(_) => C::Unavailable,
+            Error::Unknown(_) => C::OutcomeUnknown,
+            Error::Aborted(_) => C::Aborted,
+            Error::Conflict(_) => C::Conflict,
+            Error::InvalidInput(_) => C::InvalidInput,
+            Error::UnknownShard(_) => C::UnknownShard,
+            Error::Fatal(_) => C::Stopped,
+        }
+    }
 }
 
 impl From<ReplicaError> for Error {

@@ -50,9 +50,7 @@ impl Metrics {
         })
     }
 
-    pub fn abort(&self, reason: &str) {
-        self.aborts
-            .with_label_values(&[pact_raft::metrics::abort_reason(reason)])
-            .inc();
+    pub fn abort(&self, kind: pact_common::AbortKind) {
+        self.aborts.with_label_values(&[kind.as_str()]).inc();
     }
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pact_common::{
-    system_clock, validate_batch, validate_key, Clock, ClusterConfig, Hlc, NodeId, ShardId,
-    ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
+    system_clock, validate_batch, validate_key, Abort, AbortKind, Clock, ClusterConfig, Hlc,
+    NodeId, ShardId, ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
 };
 use pact_raft::{Host, Replica, ReplicaStatus, Router, Tuning};
 
@@ -56,7 +56,7 @@ pub struct TxnRef {
 pub enum Vote {
     Yes,
     ReadOnly,
-    No(String),
+    No(Abort),
 }
 
 struct Shard {
@@ -343,7 +343,7 @@ impl Node {
                     s.shared.released.notify_waiters();
                     break Ok(());
                 }
-                Step::Abort(r) if r == "not leader" => break Err(Error::NotLeader { hint: None }),
+                Step::NotLeader => break Err(Error::NotLeader { hint: None }),
                 Step::Abort(r) => break Err(Error::Aborted(r)),
                 Step::Wound(victims) => {
                     if left.is_zero() {
@@ -356,7 +356,7 @@ impl Node {
                     let calls = victims.into_iter().map(|(v, reason)| async move {
                         let told = tokio::time::timeout(
                             left.min(Duration::from_secs(1)),
-                            self.coordinators.wounded(v, &reason),
+                            self.coordinators.wounded(v, &reason.reason),
                         )
                         .await;
                         (v, matches!(told, Ok(Ok(()))))
@@ -398,8 +398,8 @@ impl Node {
                 .lock_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        if let Err(Error::Aborted(m)) = &r {
-            self.metrics.abort(m);
+        if let Err(Error::Aborted(a)) = &r {
+            self.metrics.abort(a.kind);
         }
         r
     }
@@ -426,10 +426,13 @@ impl Node {
                     .join(", ")
             ),
         };
-        Error::Aborted(format!(
-            "{LOCK_TIMEOUT} on {} timed out after {:.1}s{held}",
-            target.describe(),
-            started.elapsed().as_secs_f64()
+        Error::Aborted(Abort::new(
+            AbortKind::LockTimeout,
+            format!(
+                "{LOCK_TIMEOUT} on {} timed out after {:.1}s{held}",
+                target.describe(),
+                started.elapsed().as_secs_f64()
+            ),
         ))
     }
 
@@ -587,7 +590,7 @@ impl Node {
                 // was applied, so start it again rather than hand the
                 // caller an abort of a transaction it never opened.
                 Err(Error::Aborted(r))
-                    if r.starts_with(crate::txn::WOUNDED) && attempt < WRITE_ATTEMPTS =>
+                    if r.kind == AbortKind::Wounded && attempt < WRITE_ATTEMPTS =>
                 {
                     attempt += 1;
                 }
@@ -652,7 +655,7 @@ impl Node {
             .mgr
             .lock()
             .map(|mut m| m.buffer_writes(txn, ops))
-            .unwrap_or_else(|_| crate::txn::Buffered::NotOpen("lock poisoned".into()));
+            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
         match buffered {
             crate::txn::Buffered::Ok => Ok(()),
             // It started preparing (or was aborted) meanwhile: these writes
@@ -782,7 +785,10 @@ impl Node {
             return Ok(if still {
                 Vote::ReadOnly
             } else {
-                Vote::No("leadership changed: read locks were lost".into())
+                Vote::No(Abort::new(
+                    AbortKind::Leadership,
+                    "leadership changed: read locks were lost",
+                ))
             });
         }
         let cmd = ShardCommand::Prepare {
@@ -792,11 +798,23 @@ impl Node {
         };
         match self.propose(s, cmd).await {
             Ok(ShardReply::Prepared) => Ok(Vote::Yes),
-            Ok(ShardReply::Rejected(r)) => Ok(Vote::No(r)),
-            Ok(ShardReply::Done) => Ok(Vote::No("unexpected reply to prepare".into())),
+            Ok(ShardReply::Rejected(r)) => Ok(Vote::No(Abort::new(AbortKind::Conflict, r))),
+            Ok(ShardReply::Done) => Ok(Vote::No(Abort::new(
+                AbortKind::Conflict,
+                "unexpected reply to prepare",
+            ))),
             // Unknown whether the prepare record committed: the coordinator
             // must abort, and the abort it sends will clean up either way.
-            Err(e) => Ok(Vote::No(format!("prepare not confirmed: {e}"))),
+            Err(e) => {
+                let kind = match e {
+                    Error::NotLeader { .. } => AbortKind::Leadership,
+                    _ => AbortKind::Unavailable,
+                };
+                Ok(Vote::No(Abort::new(
+                    kind,
+                    format!("prepare not confirmed: {e}"),
+                )))
+            }
         }
     }
 
@@ -973,9 +991,10 @@ async fn commit_locked(
     if input.writes.is_empty() {
         s.replica.read_barrier().await?;
         if s.replica.status().term != input.term {
-            return Err(Error::Aborted(
-                "leadership changed: read locks were lost".into(),
-            ));
+            return Err(Error::Aborted(Abort::new(
+                AbortKind::Leadership,
+                "leadership changed: read locks were lost",
+            )));
         }
         return Ok(0);
     }
@@ -991,8 +1010,8 @@ async fn commit_locked(
             Ok(index)
         }
         ShardReply::Rejected(r) => {
-            metrics.abort(&r);
-            Err(Error::Aborted(r))
+            metrics.abort(AbortKind::Conflict);
+            Err(Error::Aborted(Abort::new(AbortKind::Conflict, r)))
         }
         ShardReply::Prepared => Err(Error::Fatal("unexpected reply to one-phase commit".into())),
     }

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use pact_common::{Timestamp, TxnId};
+use pact_common::{Abort, AbortKind, Timestamp, TxnId};
 
 use crate::kv::Mutation;
 use crate::locks::{LockTable, Mode, Range};
@@ -50,7 +50,7 @@ pub enum Status {
     Prepared,
     /// Aborted by an older transaction or by expiry; the reason is reported
     /// to the transaction's next request.
-    Aborted(String),
+    Aborted(Abort),
 }
 
 #[derive(Clone, Debug)]
@@ -90,7 +90,7 @@ pub const WOUNDED: &str = "wounded by older transaction";
 pub enum Buffered {
     Ok,
     /// Not active any more (preparing, aborted, unknown); says which.
-    NotOpen(String),
+    NotOpen(Abort),
     /// Would exceed [`MAX_TXN_BYTES`]; carries the size it would reach.
     TooLarge(usize),
 }
@@ -105,9 +105,11 @@ pub enum Step {
     /// on any shard, can return a state after a write that took their
     /// lock). The caller tells each coordinator, then calls
     /// [`TxnManager::wound_confirmed`], and asks again.
-    Wound(Vec<(TxnId, String)>),
+    Wound(Vec<(TxnId, Abort)>),
     /// The transaction cannot go on; abort it with this reason.
-    Abort(String),
+    Abort(Abort),
+    /// This replica does not lead the shard (any more).
+    NotLeader,
 }
 
 /// What a transaction needs to replicate at prepare.
@@ -236,12 +238,13 @@ impl TxnManager {
         now_ms: u64,
     ) -> Step {
         let Some(term) = self.term else {
-            return Step::Abort("not leader".into());
+            return Step::NotLeader;
         };
         if !first && !self.txns.contains_key(&txn) {
-            return Step::Abort(
-                "unknown transaction here (expired, or shard leadership changed)".into(),
-            );
+            return Step::Abort(Abort::new(
+                AbortKind::Expired,
+                "unknown transaction here (expired, or shard leadership changed)",
+            ));
         }
         let t = self.txns.entry(txn).or_insert_with(|| Txn {
             prio,
@@ -258,11 +261,17 @@ impl TxnManager {
             Status::Active => {}
             Status::Aborted(r) => return Step::Abort(r.clone()),
             Status::Preparing | Status::Prepared => {
-                return Step::Abort("transaction is already preparing; no more operations".into())
+                return Step::Abort(Abort::new(
+                    AbortKind::Conflict,
+                    "transaction is already preparing; no more operations",
+                ))
             }
         }
         if t.term != term {
-            return Step::Abort("leadership changed during the transaction".into());
+            return Step::Abort(Abort::new(
+                AbortKind::Leadership,
+                "leadership changed during the transaction",
+            ));
         }
         if self.limits.skip_shared_locks && matches!(target, Target::Key(_, Mode::Shared)) {
             return Step::Granted;
@@ -289,7 +298,10 @@ impl TxnManager {
                     None => (false, false),
                 };
                 if wound {
-                    let reason = format!("{WOUNDED} {txn} on {}", target.describe());
+                    let reason = Abort::new(
+                        AbortKind::Wounded,
+                        format!("{WOUNDED} {txn} on {}", target.describe()),
+                    );
                     if b.group == crate::node::IMPLICIT_GROUP {
                         // A plain operation has no coordinator to tell and
                         // serves no later reads: it goes at once.
@@ -301,7 +313,7 @@ impl TxnManager {
                 } else if pending {
                     let reason = match self.status(b) {
                         Some(Status::Aborted(r)) => r.clone(),
-                        _ => format!("{WOUNDED} {txn}"),
+                        _ => Abort::new(AbortKind::Wounded, format!("{WOUNDED} {txn}")),
                     };
                     unconfirmed.push((b, reason));
                 } else {
@@ -319,7 +331,7 @@ impl TxnManager {
     }
 
     /// Mark `txn` wounded but keep its locks until its coordinator knows.
-    fn doom(&mut self, txn: TxnId, reason: String) {
+    fn doom(&mut self, txn: TxnId, reason: Abort) {
         if let Some(t) = self.txns.get_mut(&txn) {
             t.status = Status::Aborted(reason);
             t.unconfirmed = true;
@@ -341,7 +353,7 @@ impl TxnManager {
         }
     }
 
-    fn abort_with(&mut self, txn: TxnId, reason: String) {
+    fn abort_with(&mut self, txn: TxnId, reason: Abort) {
         self.locks.release_all(txn);
         if let Some(t) = self.txns.get_mut(&txn) {
             t.status = Status::Aborted(reason);
@@ -391,9 +403,12 @@ impl TxnManager {
             }
             Some(t) => Buffered::NotOpen(match &t.status {
                 Status::Aborted(r) => r.clone(),
-                _ => "transaction is no longer open for writes (it is preparing)".into(),
+                _ => Abort::new(
+                    AbortKind::Conflict,
+                    "transaction is no longer open for writes (it is preparing)",
+                ),
             }),
-            None => Buffered::NotOpen("unknown transaction".into()),
+            None => Buffered::NotOpen(Abort::new(AbortKind::Expired, "unknown transaction")),
         }
     }
 
@@ -429,35 +444,45 @@ impl TxnManager {
         txn: TxnId,
         ops: &[Mutation],
         now_ms: u64,
-    ) -> Result<PrepareInput, String> {
+    ) -> Result<PrepareInput, Abort> {
         if !ops.is_empty() {
             let Some(term) = self.term else {
-                return Err("not leader".into());
+                return Err(Abort::new(AbortKind::Leadership, "not leader"));
             };
             match self.txns.get(&txn) {
                 None => {
-                    return Err(
-                        "unknown transaction here (expired, or leadership changed)".to_string()
-                    )
+                    return Err(Abort::new(
+                        AbortKind::Expired,
+                        "unknown transaction here (expired, or leadership changed)",
+                    ))
                 }
                 Some(t) => match &t.status {
                     Status::Active if t.term == term => {}
                     Status::Active => {
-                        return Err("leadership changed during the transaction".into())
+                        return Err(Abort::new(
+                            AbortKind::Leadership,
+                            "leadership changed during the transaction",
+                        ))
                     }
                     Status::Aborted(r) => return Err(r.clone()),
                     Status::Preparing | Status::Prepared => {
-                        return Err("prepare already in progress".into())
+                        return Err(Abort::new(
+                            AbortKind::Conflict,
+                            "prepare already in progress",
+                        ))
                     }
                 },
             }
             for (k, _) in ops {
                 if let Err(holders) = self.locks.try_key(txn, k, Mode::Exclusive) {
                     let by: Vec<String> = holders.iter().map(ToString::to_string).collect();
-                    return Err(format!(
-                        "key {} is locked by {} at prepare (a prepare does not wait)",
-                        show_key(k),
-                        by.join(", ")
+                    return Err(Abort::new(
+                        AbortKind::Conflict,
+                        format!(
+                            "key {} is locked by {} at prepare (a prepare does not wait)",
+                            show_key(k),
+                            by.join(", ")
+                        ),
                     ));
                 }
             }
@@ -465,9 +490,9 @@ impl TxnManager {
                 Buffered::Ok => {}
                 Buffered::NotOpen(r) => return Err(r),
                 Buffered::TooLarge(n) => {
-                    return Err(format!(
+                    return Err(Abort::new(AbortKind::Conflict, format!(
                         "transaction over the size limit: {n} bytes of writes on one shard (max {MAX_TXN_BYTES})"
-                    ))
+                    )))
                 }
             }
         }
@@ -475,23 +500,32 @@ impl TxnManager {
     }
 
     /// Freeze `txn` for prepare: from now on no one can wound it.
-    pub fn begin_prepare(&mut self, txn: TxnId, now_ms: u64) -> Result<PrepareInput, String> {
+    pub fn begin_prepare(&mut self, txn: TxnId, now_ms: u64) -> Result<PrepareInput, Abort> {
         let Some(term) = self.term else {
-            return Err("not leader".into());
+            return Err(Abort::new(AbortKind::Leadership, "not leader"));
         };
         let t = self.txns.get_mut(&txn).ok_or_else(|| {
-            "unknown transaction here (expired, or leadership changed)".to_string()
+            Abort::new(
+                AbortKind::Expired,
+                "unknown transaction here (expired, or leadership changed)",
+            )
         })?;
         t.last_active_ms = now_ms;
         match &t.status {
             Status::Active => {}
             Status::Aborted(r) => return Err(r.clone()),
             Status::Preparing | Status::Prepared => {
-                return Err("prepare already in progress".into())
+                return Err(Abort::new(
+                    AbortKind::Conflict,
+                    "prepare already in progress",
+                ))
             }
         }
         if t.term != term {
-            return Err("leadership changed during the transaction".into());
+            return Err(Abort::new(
+                AbortKind::Leadership,
+                "leadership changed during the transaction",
+            ));
         }
         t.status = Status::Preparing;
         Ok(PrepareInput {
@@ -578,7 +612,10 @@ impl TxnManager {
         }
         self.abort_with(
             txn,
-            "abandoned: its coordinator no longer has it (restart or leader change)".into(),
+            Abort::new(
+                AbortKind::Rollback,
+                "abandoned: its coordinator no longer has it (restart or leader change)",
+            ),
         );
         true
     }
@@ -673,8 +710,9 @@ mod tests {
         let e = m
             .begin_prepare_with(t(3), &[put("c"), put("b")], 0)
             .unwrap_err();
-        assert!(e.contains("'b'") || e.contains("b"), "{e}");
-        assert!(e.contains(&t(2).to_string()), "{e}");
+        assert_eq!(e.kind, AbortKind::Conflict);
+        assert!(e.reason.contains("'b'"), "{e}");
+        assert!(e.reason.contains(&t(2).to_string()), "{e}");
         assert_eq!(m.status(t(3)), Some(&Status::Active), "not frozen");
         // A transaction this shard does not know, or no longer active,
         // takes no lock at all.
@@ -714,7 +752,7 @@ mod tests {
         let k = Target::key(b"k", Mode::Exclusive);
         assert!(matches!(
             m.lock(t(10), true, &k, 1),
-            Step::Wound(v) if v.len() == 1 && v[0].0 == t(20) && v[0].1.contains("on key 'k'")
+            Step::Wound(v) if v.len() == 1 && v[0].0 == t(20) && v[0].1.kind == AbortKind::Wounded && v[0].1.reason.contains("on key 'k'")
         ));
         // Another waiter sees the same unconfirmed wound, not a plain wait.
         assert!(matches!(
@@ -724,7 +762,9 @@ mod tests {
         assert!(m.wound_confirmed(t(20)));
         assert!(!m.wound_confirmed(t(20)), "confirming is idempotent");
         assert_eq!(m.lock(t(10), true, &k, 1), Step::Granted);
-        assert!(matches!(m.status(t(20)), Some(Status::Aborted(r)) if r.contains("wounded")));
+        assert!(
+            matches!(m.status(t(20)), Some(Status::Aborted(r)) if r.kind == AbortKind::Wounded)
+        );
         assert_eq!(
             m.own_write(t(20), b"k"),
             None,
@@ -889,7 +929,7 @@ mod tests {
         m.step_down();
         assert_eq!(
             m.lock(t(1), true, &Target::key(b"a", Mode::Shared), 12),
-            Step::Abort("not leader".into())
+            Step::NotLeader
         );
         assert!(m.begin_prepare(t(1), 12).is_err());
     }
@@ -899,7 +939,7 @@ mod tests {
         let mut m = mgr();
         assert!(matches!(
             m.lock(t(1), false, &Target::key(b"a", Mode::Shared), 0),
-            Step::Abort(r) if r.contains("unknown transaction")
+            Step::Abort(r) if r.kind == AbortKind::Expired
         ));
         assert_eq!(
             m.lock(t(1), true, &Target::key(b"a", Mode::Shared), 0),
@@ -934,7 +974,7 @@ mod tests {
         assert_eq!(m.own_write(t(1), b"c"), None);
         assert!(matches!(
             m.buffer_write(t(9), b"x".to_vec(), None),
-            Buffered::NotOpen(r) if r == "unknown transaction"
+            Buffered::NotOpen(r) if r.kind == AbortKind::Expired
         ));
     }
 
@@ -1015,7 +1055,9 @@ mod tests {
         let k = Target::key(b"k", Mode::Exclusive);
         assert_eq!(m.lock(plain, true, &k, 0), Step::Granted);
         assert_eq!(m.lock(t(10), true, &k, 1), Step::Granted);
-        assert!(matches!(m.status(plain), Some(Status::Aborted(r)) if r.starts_with(WOUNDED)));
+        assert!(
+            matches!(m.status(plain), Some(Status::Aborted(r)) if r.reason.starts_with(WOUNDED))
+        );
     }
 
     #[test]

@@ -169,24 +169,6 @@ pub fn gather_all(registries: &[Registry]) -> Vec<MetricFamily> {
     by_name.into_values().collect()
 }
 
-/// A short, bounded label for why a transaction aborted.
-pub fn abort_reason(msg: &str) -> &'static str {
-    let m = msg.to_ascii_lowercase();
-    if m.contains("wounded") {
-        "wounded"
-    } else if m.contains("timeout") || m.contains("timed out") {
-        "timeout"
-    } else if m.contains("expired") || m.contains("unknown transaction") {
-        "expired"
-    } else if m.contains("leader") {
-        "leadership"
-    } else if m.contains("unavailable") {
-        "unavailable"
-    } else {
-        "conflict"
-    }
-}
-
 /// Serve `registry` at `http://addr/metrics` (any path answers) until the
 /// process ends. `refresh` runs before each scrape.
 pub async fn serve(
@@ -243,25 +225,6 @@ async fn serve_families(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn abort_reasons_are_few_and_stable() {
-        assert_eq!(
-            abort_reason("aborted: wounded by older transaction 1-2-3"),
-            "wounded"
-        );
-        assert_eq!(abort_reason("timeout: waited 5s for a lock"), "timeout");
-        assert_eq!(
-            abort_reason("unknown transaction here (expired, ...)"),
-            "expired"
-        );
-        assert_eq!(
-            abort_reason("leadership changed during the transaction"),
-            "leadership"
-        );
-        assert_eq!(abort_reason("participant unavailable: ..."), "unavailable");
-        assert_eq!(abort_reason("already aborted"), "conflict");
-    }
 
     #[test]
     fn registries_gather_as_one_page_with_each_name_once() {

@@ -2,8 +2,12 @@
 //! coordinators): the status reply, and how "not leader" travels.
 
 use pact_proto as pb;
+use std::time::Duration;
 use tonic::metadata::MetadataValue;
-use tonic::Status;
+
+use pact_common::codes::{META_ABORT_KIND, META_LEADER_ADDR, META_LEADER_ID};
+use pact_common::{AbortKind, ErrorCode};
+use tonic::{Code, Status};
 
 use crate::ReplicaStatus;
 
@@ -27,10 +31,40 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
     }
 }
 
-/// `FAILED_PRECONDITION` whose message starts with "not leader", with the
-/// leader's id and address in metadata when known; clients retry there.
-pub fn not_leader_status(msg: String, hint: Option<(u64, String)>) -> Status {
-    let mut s = Status::failed_precondition(msg);
+/// The status of an error with `code` (see `pact_common::codes`): the
+/// gRPC code that fits it, the human message, and the code, the abort
+/// kind and the leader hint as data. Retryable codes carry a RetryInfo
+/// (NOT_LEADER: at once, at the leader; UNAVAILABLE: after a short pause).
+pub fn error_status(
+    code: ErrorCode,
+    msg: String,
+    abort: Option<AbortKind>,
+    hint: Option<(u64, String)>,
+) -> Status {
+    let grpc = match code {
+        ErrorCode::NotLeader | ErrorCode::Conflict => Code::FailedPrecondition,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::OutcomeUnknown => Code::DeadlineExceeded,
+        ErrorCode::Aborted => Code::Aborted,
+        ErrorCode::InvalidInput => Code::InvalidArgument,
+        ErrorCode::UnknownShard => Code::NotFound,
+        ErrorCode::Stopped => Code::Internal,
+    };
+    let retry = match code {
+        ErrorCode::NotLeader => Some(Duration::ZERO),
+        ErrorCode::Unavailable => Some(Duration::from_millis(50)),
+        _ => None,
+    };
+    let mut meta = Vec::new();
+    if let Some(kind) = abort {
+        meta.push((META_ABORT_KIND, kind.as_str().to_string()));
+    }
+    if let Some((id, addr)) = &hint {
+        meta.push((META_LEADER_ID, id.to_string()));
+        meta.push((META_LEADER_ADDR, addr.clone()));
+    }
+    let mut s = pb::status::error(grpc, code.as_str(), msg, meta, retry);
+    // The same hint as plain headers, for clients that read no details.
     if let Some((id, addr)) = hint {
         if let Ok(v) = MetadataValue::try_from(id.to_string()) {
             s.metadata_mut().insert(LEADER_ID_HEADER, v);

@@ -85,6 +85,25 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(e.message().contains("unknown shard 99"), "{}", e.message());
+    // Errors are data: the code a program acts on is in the details.
+    let (code, _) = pb::status::info(&e).expect("error info on the status");
+    assert_eq!(code, "UNKNOWN_SHARD");
+    // A follower refuses with NOT_LEADER and names the leader as data.
+    let follower = *nodes.iter().find(|n| **n != leader).unwrap();
+    let faddr = c.config.node(follower).unwrap().addr.clone();
+    let mut fraw = pb::kv_client::KvClient::connect(format!("http://{faddr}"))
+        .await
+        .expect("connect");
+    let e = fraw
+        .get(pb::GetRequest {
+            shard_id: shard.0,
+            key: b"keep".to_vec().into(),
+        })
+        .await
+        .unwrap_err();
+    let (code, meta) = pb::status::info(&e).expect("error info on the status");
+    assert_eq!(code, "NOT_LEADER", "{e:?}");
+    assert_eq!(meta.get("leader_id"), Some(&leader.0.to_string()), "{e:?}");
     let e = raw
         .write(pb::WriteRequest {
             shard_id: shard.0,
@@ -97,6 +116,10 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("belongs to shard"), "{}", e.message());
+    assert_eq!(
+        pb::status::info(&e).map(|i| i.0).as_deref(),
+        Some("INVALID_INPUT")
+    );
     let e = raw
         .write(pb::WriteRequest {
             shard_id: shard.0,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pact_client::{Client, ClientError, ClientOptions};
+use pact_client::{Abort, AbortKind, Client, ClientError, ClientOptions};
 use pact_common::ShardId;
 use pact_proto as pb;
 use pact_tests::{fast_tuning, Cluster};
@@ -195,7 +195,7 @@ async fn a_wounded_transaction_reads_nothing_more_anywhere() {
     old.commit().await.expect("older commits");
     // The younger one read a = 100; it must not now read b = 110.
     match young.get(&b).await {
-        Err(ClientError::Aborted(m)) => assert!(m.contains("wounded"), "{m}"),
+        Err(ClientError::Aborted(m)) => assert_eq!(m.kind, AbortKind::Wounded, "{m}"),
         other => panic!("a wounded transaction read on: {other:?}"),
     }
 }
@@ -215,8 +215,12 @@ async fn a_lock_wait_timeout_is_an_abort_naming_key_and_holder() {
     let waited = started.elapsed();
     match r {
         Err(ClientError::Aborted(m)) => {
-            assert!(m.contains("lock wait on key 'bob' timed out"), "{m}");
-            assert!(m.contains(&format!("held by txn {}", holder.id())), "{m}");
+            assert_eq!(m.kind, AbortKind::LockTimeout, "{m}");
+            assert!(m.reason.contains("lock wait on key 'bob' timed out"), "{m}");
+            assert!(
+                m.reason.contains(&format!("held by txn {}", holder.id())),
+                "{m}"
+            );
         }
         other => panic!("expected an abort naming the key, got {other:?}"),
     }
@@ -306,7 +310,10 @@ async fn a_retried_transaction_keeps_its_first_age() {
             Box::pin(async move {
                 t.get(b"starve").await?;
                 if again {
-                    return Err(ClientError::Aborted("forced for the test".into()));
+                    return Err(ClientError::Aborted(Abort::new(
+                        AbortKind::Conflict,
+                        "forced for the test",
+                    )));
                 }
                 Ok(())
             })

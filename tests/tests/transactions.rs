@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pact_client::{Client, ClientError};
+use pact_client::{AbortKind, Client, ClientError};
 use pact_common::ShardId;
 use pact_tests::{fast_tuning, Cluster};
 
@@ -116,7 +116,9 @@ async fn opposite_lock_orders_never_hang() {
     // Wound-wait: the older t1 wins, the younger t2 is aborted with a reason.
     assert!(r1.is_ok(), "older transaction should commit: {r1:?}");
     match r2 {
-        Err(ClientError::Aborted(reason)) => assert!(reason.contains("wounded"), "{reason}"),
+        Err(ClientError::Aborted(reason)) => {
+            assert_eq!(reason.kind, AbortKind::Wounded, "{reason}")
+        }
         other => panic!("younger transaction should be aborted, got {other:?}"),
     }
     assert_eq!(client.get(&a).await.unwrap().as_deref(), Some(&b"t1"[..]));
@@ -143,7 +145,7 @@ async fn writes_carried_by_the_commit_take_their_locks_under_wound_wait() {
         .expect("older commit wounds the younger holder");
     young.put(&a, b"young").await.expect("buffered");
     match young.commit().await {
-        Err(ClientError::Aborted(r)) => assert!(r.contains("wounded"), "{r}"),
+        Err(ClientError::Aborted(r)) => assert_eq!(r.kind, AbortKind::Wounded, "{r}"),
         other => panic!("wounded transaction must not commit: {other:?}"),
     }
     for k in [&a, &b] {
