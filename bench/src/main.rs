@@ -1,7 +1,7 @@
 //! `bench`: the command-line front of pact-bench (see the library docs).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -329,14 +329,24 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
 
 async fn run<B: Backend>(backend: Arc<B>, spec: Spec, o: &Opts) -> anyhow::Result<()> {
     let report = execute(backend, spec).await?;
-    match (o.json, o.json_format) {
-        (_, Some(JsonFormat::Ycsb)) => {
-            println!("{}", serde_json::to_string_pretty(&report.ycsb_json())?)
-        }
+    let out = match (o.json, o.json_format) {
+        (_, Some(JsonFormat::Ycsb)) => serde_json::to_string_pretty(&report.ycsb_json())? + "\n",
         (true, _) | (_, Some(JsonFormat::Pact)) => {
-            println!("{}", serde_json::to_string_pretty(&report.json())?)
+            serde_json::to_string_pretty(&report.json())? + "\n"
         }
-        (false, None) => print!("{}", report.text()),
+        (false, None) => report.text(),
+    };
+    // A reader that stopped early (`bench ... | head`) is not an error of
+    // the run; the exit status still says how the operations went.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("writing the report"))
+        }
+        _ => {}
     }
     if let Some(path) = &o.hdr_log {
         report

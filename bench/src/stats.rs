@@ -147,6 +147,15 @@ impl Recorder {
     }
 }
 
+/// One object of YCSB's JSON array exporter; a struct, not a JSON map, so
+/// the keys print in YCSB's order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct YcsbMeasurement {
+    pub metric: String,
+    pub measurement: String,
+    pub value: serde_json::Value,
+}
+
 /// The outcome of one phase.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -323,16 +332,20 @@ impl Report {
     /// `Return=OK` and `Return=ERROR` counts, and a type's failed
     /// operations as their own `<TYPE>-FAILED` metric. Transfer retries,
     /// which YCSB does not have, are added as `TXN` `Retries`.
-    pub fn ycsb_json(&self) -> serde_json::Value {
+    pub fn ycsb_json(&self) -> Vec<YcsbMeasurement> {
         fn put(
-            out: &mut Vec<serde_json::Value>,
+            out: &mut Vec<YcsbMeasurement>,
             metric: &str,
             measurement: &str,
             value: serde_json::Value,
         ) {
-            out.push(json!({"metric": metric, "measurement": measurement, "value": value}));
+            out.push(YcsbMeasurement {
+                metric: metric.to_string(),
+                measurement: measurement.to_string(),
+                value,
+            });
         }
-        fn latencies(out: &mut Vec<serde_json::Value>, name: &str, h: &Histogram<u64>) {
+        fn latencies(out: &mut Vec<YcsbMeasurement>, name: &str, h: &Histogram<u64>) {
             put(out, name, "Operations", json!(h.len()));
             if h.is_empty() {
                 return;
@@ -369,7 +382,7 @@ impl Report {
                 latencies(&mut out, &format!("{name}-FAILED"), self.failed_hist(k));
             }
         }
-        serde_json::Value::Array(out)
+        out
     }
 
     /// One interval per operation type, tagged with its name, in the
@@ -459,23 +472,23 @@ mod tests {
     #[test]
     fn ycsb_json_is_the_array_exporters_shape() {
         let r = report();
-        let j = r.ycsb_json();
-        let items = j.as_array().unwrap();
-        for item in items {
-            let o = item.as_object().unwrap();
-            assert_eq!(o.len(), 3, "{item}");
-            assert!(o["metric"].is_string() && o["measurement"].is_string());
-            assert!(o["value"].is_number(), "{item}");
-        }
+        let items = r.ycsb_json();
+        let text = serde_json::to_string_pretty(&items).unwrap();
+        // YCSB's key order, as its exporter prints them.
+        assert!(
+            text.starts_with(
+                "[\n  {\n    \"metric\": \"OVERALL\",\n    \"measurement\": \"RunTime(ms)\",\n    \"value\": 2000\n  },"
+            ),
+            "{text}"
+        );
+        assert!(items.iter().all(|i| i.value.is_number()), "{text}");
         let get = |metric: &str, measurement: &str| {
             items
                 .iter()
-                .find(|i| i["metric"] == metric && i["measurement"] == measurement)
-                .map(|i| i["value"].clone())
-                .unwrap_or_else(|| panic!("no {metric} {measurement} in {j:#}"))
+                .find(|i| i.metric == metric && i.measurement == measurement)
+                .map(|i| i.value.clone())
+                .unwrap_or_else(|| panic!("no {metric} {measurement} in {text}"))
         };
-        assert_eq!(items[0]["metric"], "OVERALL");
-        assert_eq!(items[0]["measurement"], "RunTime(ms)");
         assert_eq!(get("OVERALL", "RunTime(ms)"), 2000);
         assert_eq!(get("OVERALL", "Throughput(ops/sec)"), 50.5);
         assert_eq!(get("READ", "Operations"), 100);
@@ -489,8 +502,8 @@ mod tests {
         assert_eq!(get("UPDATE", "Return=ERROR"), 1);
         assert_eq!(get("UPDATE-FAILED", "Operations"), 1);
         assert_eq!(get("UPDATE-FAILED", "MaxLatency(us)"), 5);
-        assert!(!items.iter().any(|i| i["metric"] == "READ-FAILED"));
-        assert!(!items.iter().any(|i| i["metric"] == "SCAN"));
+        assert!(!items.iter().any(|i| i.metric == "READ-FAILED"));
+        assert!(!items.iter().any(|i| i.metric == "SCAN"));
     }
 
     #[test]
