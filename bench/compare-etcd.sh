@@ -162,12 +162,14 @@ bench() {
   local name=$1
   shift
   log "$name: bench $*"
+  # --allow-failures: failed operations are counted in the report (and
+  # listed under the tables), not fatal; exit 1 or 2 still is.
   if ! "$bin/bench" "$@" "${backend_args[@]}" --threads "${T:-$THREADS}" --seed "$SEED" --json \
-    >"$res/$name.json" 2>"$res/$name.err"; then
+    --allow-failures >"$res/$name.json" 2>"$res/$name.err"; then
     cat "$res/$name.err" >&2
     die "bench $* failed"
   fi
-  # Failures are counted, not fatal: show the first ones.
+  # Show the first failures.
   if [ -s "$res/$name.err" ]; then head -5 "$res/$name.err" >&2; fi
 }
 
@@ -323,12 +325,8 @@ rows = [
     ("YCSB-C (zipfian)", "c", ["READ"], False),
     ("txn transfer (any shards)", "txn", ["TXN"], False),
 ]
-failed = []
 for title, name, kinds, total in rows:
     p, e = load("pact-" + name), load("etcd-" + name)
-    for r, who in ((p, "pact"), (e, "etcd")):
-        if r["failed"]:
-            failed.append(f"{who} {name}: {r['failed']} failed")
     if total:
         print(f"| {title} | all | {tput(p):,.0f} | {tput(e):,.0f} | {ratio(tput(p), tput(e))} "
               f"| | | | |")
@@ -382,10 +380,15 @@ print("|---|---:|---:|---:|---:|")
 for title, r in (("single-shard (one-phase commit)", single), ("cross-shard (2PC)", cross)):
     print(f"| {title} | {tput(r, 'TXN'):,.0f} | {ms(lat(r, 'TXN', 'p50'))} "
           f"| {ms(lat(r, 'TXN', 'p99'))} | {op(r, 'TXN').get('retries', 0)} |")
-    if r["failed"]:
-        failed.append(f"pact {title}: {r['failed']} failed")
 print()
 print(f"cross-shard commit p50 / single-shard p50 = {ratio(c50, s50)}")
+# Every run, since bench ran with --allow-failures.
+failed = []
+for f in sorted(os.listdir(res)):
+    if f.endswith(".json"):
+        r = load(f[:-len(".json")])
+        if r["failed"]:
+            failed.append(f"{f[:-len('.json')]}: {r['failed']} failed")
 if failed:
     print()
     print("failed operations: " + "; ".join(failed))

@@ -8,7 +8,16 @@
 //! latency is the wall time of one call to the [`backend::Backend`] as
 //! awaited by the task that issued it, recorded in microseconds into an
 //! HdrHistogram (3 significant digits); a failed call is counted, and its
-//! time is kept out of the latency figures.
+//! time is kept apart from the successful calls' (YCSB's `<TYPE>-FAILED`).
+//!
+//! **Report.** YCSB's text lines (`[READ], 99thPercentileLatency(us), ...`),
+//! the bench's own JSON object (`--json`), or the array of
+//! `{"metric", "measurement", "value"}` objects that YCSB's JSON array
+//! exporter writes (`--json-format ycsb`), so tools that read YCSB results
+//! read these. A run with failed operations still reports, then exits with
+//! status 3 (unless `--allow-failures`), so a script cannot mistake a run
+//! against a broken cluster for a measurement. `bench/workloads/` holds
+//! YCSB's six core workload files, in the property-file format YCSB reads.
 //!
 //! **How.** `bench load` writes `recordcount` records `user<N>` (one value
 //! per record: `fieldcount` random printable fields of `fieldlength` bytes

@@ -1,7 +1,7 @@
 //! `bench`: the command-line front of pact-bench (see the library docs).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,10 +26,17 @@ use pact_common::ClusterConfig;
     about = "YCSB-like load generator for Pact (and etcd, for comparison)",
     after_help = "Examples:\n  bench load --workload a --recordcount 10000\n  \
                   bench run --workload a --threads 8 --duration 30\n  \
-                  bench run --workload-file workloads/workloada -p readproportion=0.9 --json\n  \
+                  bench run --workload-file bench/workloads/workloada -p readproportion=0.9 --json\n  \
+                  bench run --workload b --duration 60 --json-format ycsb > b.json\n  \
                   bench load --workload txn && bench run --workload txn --txn-keys 3\n  \
                   bench run --workload txn --txn-scope single-shard\n  \
-                  bench run --workload a --backend etcd --etcd-endpoints http://127.0.0.1:2379"
+                  bench run --workload a --backend etcd --etcd-endpoints http://127.0.0.1:2379\n\n\
+                  bench/workloads/ holds YCSB's core workload files workloada..workloadf \
+                  (the same mixes as --workload a..f).\n\n\
+                  Exit status: 0 every operation succeeded; 1 the run could not be made \
+                  (e.g. the runtime or the etcd connection failed); 2 bad command line, \
+                  config or workload file; 3 some operations failed (the report is still \
+                  printed; --allow-failures makes that 0)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,9 +100,18 @@ struct Opts {
     /// RNG seed (default: from the clock; printed in the report).
     #[arg(long)]
     seed: Option<u64>,
-    /// Print the report as JSON.
+    /// Print the report as JSON (the bench's own shape; see --json-format).
     #[arg(long)]
     json: bool,
+    /// Print the report as JSON in this shape (implies --json): pact (the
+    /// bench's own object) or ycsb (YCSB's JSON array exporter: a list of
+    /// {"metric", "measurement", "value"} objects).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    json_format: Option<JsonFormat>,
+    /// Exit 0 even if some operations failed (they are still counted in
+    /// the report). Without it, failed operations make the exit status 3.
+    #[arg(long)]
+    allow_failures: bool,
     /// Also write each operation type's histogram to FILE (HdrHistogram
     /// interval log, one interval per type, tagged with its name).
     #[arg(long, value_name = "FILE")]
@@ -125,6 +141,29 @@ struct Opts {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     retry_for: u64,
 }
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum JsonFormat {
+    Pact,
+    Ycsb,
+}
+
+/// The run was made and reported, but some of its operations failed:
+/// exit status 3 unless `--allow-failures`.
+#[derive(Debug)]
+struct OpsFailed(u64);
+
+impl std::fmt::Display for OpsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} operation(s) failed (see the report; --allow-failures to exit 0 anyway)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for OpsFailed {}
 
 fn parse_target(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -290,17 +329,35 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
 
 async fn run<B: Backend>(backend: Arc<B>, spec: Spec, o: &Opts) -> anyhow::Result<()> {
     let report = execute(backend, spec).await?;
-    if o.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
-    } else {
-        print!("{}", report.text());
+    let out = match (o.json, o.json_format) {
+        (_, Some(JsonFormat::Ycsb)) => serde_json::to_string_pretty(&report.ycsb_json())? + "\n",
+        (true, _) | (_, Some(JsonFormat::Pact)) => {
+            serde_json::to_string_pretty(&report.json())? + "\n"
+        }
+        (false, None) => report.text(),
+    };
+    // A reader that stopped early (`bench ... | head`) is not an error of
+    // the run; the exit status still says how the operations went.
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("writing the report"))
+        }
+        _ => {}
     }
     if let Some(path) = &o.hdr_log {
         report
             .write_hdr_log(path)
             .with_context(|| format!("--hdr-log {}", path.display()))?;
     }
-    Ok(())
+    match report.failed_ops() {
+        0 => Ok(()),
+        _ if o.allow_failures => Ok(()),
+        n => Err(OpsFailed(n).into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -327,6 +384,10 @@ fn main() -> ExitCode {
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("bench: {e}");
             ExitCode::from(2)
+        }
+        Err(e) if e.downcast_ref::<OpsFailed>().is_some() => {
+            eprintln!("bench: {e}");
+            ExitCode::from(3)
         }
         Err(e) => {
             eprintln!("bench: {e:#}");

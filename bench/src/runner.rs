@@ -108,7 +108,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         inserts: InsertSequence::new(w.recordcount),
         accounts: InsertSequence::new(w.recordcount),
         op_table: w.op_table(),
-        progress: Progress::default(),
+        progress: Progress::new(spec.progress),
         errors: AtomicU64::new(0),
         spec,
     });
@@ -204,8 +204,14 @@ async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {
     loop {
         tick.tick().await;
         let (ok, failed) = ctx.progress.totals();
+        // Latencies of this last second alone: a stall shows at once
+        // instead of being averaged away by the whole run.
+        let latency = match ctx.progress.take_interval() {
+            Some((p50, p99)) => format!("p50 {} p99 {}; ", ms(p50), ms(p99)),
+            None => String::new(),
+        };
         let line = format!(
-            "bench: {} {:>4} s: {ok} ops ({} ops/s now), {failed} failed; {}",
+            "bench: {} {:>4} s: {ok} ops ({} ops/s now, {latency}{failed} failed); {}",
             ctx.spec.phase.name(),
             t0.elapsed().as_secs(),
             ok - last,
@@ -214,6 +220,18 @@ async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {
         last = ok;
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");
+    }
+}
+
+/// Microseconds as `0.84 ms` / `12.3 ms` / `1534 ms`.
+fn ms(us: u64) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
     }
 }
 

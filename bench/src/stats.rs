@@ -1,8 +1,9 @@
-//! Latency recording and the report (YCSB-style text, JSON, HdrHistogram
-//! interval log).
+//! Latency recording and the report (YCSB-style text, JSON in two shapes,
+//! HdrHistogram interval log).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -34,9 +35,45 @@ fn empty_histogram() -> &'static Histogram<u64> {
 pub struct Progress {
     ok: [AtomicU64; KINDS],
     failed: [AtomicU64; KINDS],
+    /// Latencies (us) of the operations that succeeded since the progress
+    /// line last took them; only kept when a progress line is printed.
+    /// Every task records into it, but a record is a few nanoseconds under
+    /// an uncontended lock, against an operation's hundreds of microseconds.
+    interval: Option<Mutex<Histogram<u64>>>,
 }
 
 impl Progress {
+    /// `live`: keep the interval histogram for [`Progress::take_interval`].
+    pub fn new(live: bool) -> Progress {
+        Progress {
+            interval: live.then(|| Mutex::new(new_histogram())),
+            ..Progress::default()
+        }
+    }
+
+    fn note_latency(&self, us: u64) {
+        if let Some(h) = &self.interval {
+            if let Ok(mut h) = h.lock() {
+                if h.record(us).is_err() {
+                    h.saturating_record(us);
+                }
+            }
+        }
+    }
+
+    /// The p50 and p99 latency in microseconds of the operations that
+    /// succeeded since the last call, and starts a new interval; None if
+    /// there were none (or the progress line is off).
+    pub fn take_interval(&self) -> Option<(u64, u64)> {
+        let mut h = self.interval.as_ref()?.lock().ok()?;
+        if h.is_empty() {
+            return None;
+        }
+        let q = (h.value_at_quantile(0.50), h.value_at_quantile(0.99));
+        h.reset();
+        Some(q)
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         let sum = |a: &[AtomicU64; KINDS]| a.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         (sum(&self.ok), sum(&self.failed))
@@ -56,11 +93,12 @@ impl Progress {
 }
 
 /// One task's measurements; merged at the end. A histogram is allocated
-/// when its operation type first succeeds.
+/// when its operation type first succeeds (or first fails).
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     hists: [Option<Histogram<u64>>; KINDS],
-    failed: [u64; KINDS],
+    /// Latencies of the failed operations, apart (YCSB's `READ-FAILED`).
+    failed: [Option<Histogram<u64>>; KINDS],
     /// With `--target`: when the next operation was meant to start. Its
     /// latency counts from then, not from when it could start, so time
     /// spent queued behind a slow operation is measured (coordinated
@@ -71,33 +109,51 @@ pub struct Recorder {
 impl Recorder {
     pub fn record(&mut self, kind: OpKind, latency: Duration, ok: bool, progress: &Progress) {
         let i = kind.index();
-        if ok {
-            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            let h = self.hists[i].get_or_insert_with(new_histogram);
-            let us = us.clamp(1, MAX_LATENCY_US);
-            // `record` grows the histogram; `saturating_record` would clamp
-            // to its current (initially tiny) range instead.
-            if h.record(us).is_err() {
-                h.saturating_record(us);
-            }
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LATENCY_US);
+        let slot = if ok {
             progress.ok[i].fetch_add(1, Ordering::Relaxed);
+            progress.note_latency(us);
+            &mut self.hists[i]
         } else {
-            self.failed[i] += 1;
             progress.failed[i].fetch_add(1, Ordering::Relaxed);
+            &mut self.failed[i]
+        };
+        let h = slot.get_or_insert_with(new_histogram);
+        // `record` grows the histogram; `saturating_record` would clamp
+        // to its current (initially tiny) range instead.
+        if h.record(us).is_err() {
+            h.saturating_record(us);
         }
     }
 
     pub fn merge(&mut self, other: &Recorder) {
-        for (a, b) in self.hists.iter_mut().zip(&other.hists) {
+        let pairs = self
+            .hists
+            .iter_mut()
+            .zip(&other.hists)
+            .chain(self.failed.iter_mut().zip(&other.failed));
+        for (a, b) in pairs {
             if let Some(b) = b {
                 // `a` resizes itself to `b`'s range, so adding cannot fail.
                 let _ = a.get_or_insert_with(new_histogram).add(b);
             }
         }
-        for (a, b) in self.failed.iter_mut().zip(other.failed) {
-            *a += b;
-        }
     }
+
+    fn failed_count(&self, kind: OpKind) -> u64 {
+        self.failed[kind.index()].as_ref().map_or(0, |h| h.len())
+    }
+}
+
+/// One object of YCSB's JSON array exporter; a struct, not a JSON map, so
+/// the keys print in YCSB's order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct YcsbMeasurement {
+    pub metric: String,
+    pub measurement: String,
+    pub value: serde_json::Value,
 }
 
 /// The outcome of one phase.
@@ -138,7 +194,7 @@ impl Report {
     }
 
     pub fn failed_ops(&self) -> u64 {
-        self.data.failed.iter().sum()
+        OpKind::ALL.iter().map(|k| self.data.failed_count(*k)).sum()
     }
 
     fn kinds(&self) -> impl Iterator<Item = (OpKind, &Histogram<u64>, u64)> {
@@ -149,10 +205,16 @@ impl Report {
                 (
                     *k,
                     h.unwrap_or(empty_histogram()),
-                    self.data.failed[k.index()],
+                    self.data.failed_count(*k),
                 )
             })
             .filter(|(_, h, f)| !h.is_empty() || *f > 0)
+    }
+
+    fn failed_hist(&self, kind: OpKind) -> &Histogram<u64> {
+        self.data.failed[kind.index()]
+            .as_ref()
+            .unwrap_or(empty_histogram())
     }
 
     /// YCSB's text format: `[SECTION], Metric, value` lines.
@@ -202,7 +264,12 @@ impl Report {
             line(n, "Return=OK", h.len().to_string());
             if failed > 0 {
                 line(n, "Return=ERROR", failed.to_string());
-                line(&format!("{n}-FAILED"), "Operations", failed.to_string());
+                let f = self.failed_hist(k);
+                let n = format!("{n}-FAILED");
+                line(&n, "Operations", failed.to_string());
+                line(&n, "AverageLatency(us)", format!("{:.2}", f.mean()));
+                line(&n, "MinLatency(us)", f.min().to_string());
+                line(&n, "MaxLatency(us)", f.max().to_string());
             }
         }
         line("FAILED", "Operations", self.failed_ops().to_string());
@@ -253,6 +320,69 @@ impl Report {
             "ops": ops,
             "memory": self.memory.as_ref().map(|m| m.json()),
         })
+    }
+
+    /// The report as YCSB's JSON array exporter
+    /// (`-p exporter=site.ycsb.measurements.exporter.JSONArrayMeasurementsExporter`)
+    /// writes it, so tools that read YCSB results read these: an array of
+    /// `{"metric", "measurement", "value"}` objects; OVERALL `RunTime(ms)`
+    /// and `Throughput(ops/sec)`, then per operation type `Operations`,
+    /// `AverageLatency(us)`, `MinLatency(us)`, `MaxLatency(us)`, YCSB's
+    /// default percentiles (`95thPercentileLatency(us)`, `99th...`),
+    /// `Return=OK` and `Return=ERROR` counts, and a type's failed
+    /// operations as their own `<TYPE>-FAILED` metric. Transfer retries,
+    /// which YCSB does not have, are added as `TXN` `Retries`.
+    pub fn ycsb_json(&self) -> Vec<YcsbMeasurement> {
+        fn put(
+            out: &mut Vec<YcsbMeasurement>,
+            metric: &str,
+            measurement: &str,
+            value: serde_json::Value,
+        ) {
+            out.push(YcsbMeasurement {
+                metric: metric.to_string(),
+                measurement: measurement.to_string(),
+                value,
+            });
+        }
+        fn latencies(out: &mut Vec<YcsbMeasurement>, name: &str, h: &Histogram<u64>) {
+            put(out, name, "Operations", json!(h.len()));
+            if h.is_empty() {
+                return;
+            }
+            put(out, name, "AverageLatency(us)", json!(h.mean()));
+            put(out, name, "MinLatency(us)", json!(h.min()));
+            put(out, name, "MaxLatency(us)", json!(h.max()));
+            for (label, q) in [("95th", 0.95), ("99th", 0.99)] {
+                let measurement = format!("{label}PercentileLatency(us)");
+                put(out, name, &measurement, json!(h.value_at_quantile(q)));
+            }
+        }
+        let mut out = Vec::new();
+        let runtime_ms = self.elapsed.as_millis() as u64;
+        put(&mut out, "OVERALL", "RunTime(ms)", json!(runtime_ms));
+        let throughput = self.ok_ops() as f64 / self.secs();
+        put(
+            &mut out,
+            "OVERALL",
+            "Throughput(ops/sec)",
+            json!(throughput),
+        );
+        for (k, h, failed) in self.kinds() {
+            let name = k.name();
+            latencies(&mut out, name, h);
+            put(&mut out, name, "Return=OK", json!(h.len()));
+            if failed > 0 {
+                put(&mut out, name, "Return=ERROR", json!(failed));
+            }
+            if k == OpKind::Txn {
+                put(&mut out, name, "Retries", json!(self.txn_retries));
+            }
+            if failed > 0 {
+                latencies(&mut out, &format!("{name}-FAILED"), self.failed_hist(k));
+            }
+        }
+        out
     }
 
     /// One interval per operation type, tagged with its name, in the
@@ -337,6 +467,63 @@ mod tests {
         assert_eq!(j["ops"]["UPDATE"]["failed"], 1);
         assert_eq!(j["failed"], 1);
         assert_eq!(j["operations"], 101);
+    }
+
+    #[test]
+    fn ycsb_json_is_the_array_exporters_shape() {
+        let r = report();
+        let items = r.ycsb_json();
+        let text = serde_json::to_string_pretty(&items).unwrap();
+        // YCSB's key order, as its exporter prints them.
+        assert!(
+            text.starts_with(
+                "[\n  {\n    \"metric\": \"OVERALL\",\n    \"measurement\": \"RunTime(ms)\",\n    \"value\": 2000\n  },"
+            ),
+            "{text}"
+        );
+        assert!(items.iter().all(|i| i.value.is_number()), "{text}");
+        let get = |metric: &str, measurement: &str| {
+            items
+                .iter()
+                .find(|i| i.metric == metric && i.measurement == measurement)
+                .map(|i| i.value.clone())
+                .unwrap_or_else(|| panic!("no {metric} {measurement} in {text}"))
+        };
+        assert_eq!(get("OVERALL", "RunTime(ms)"), 2000);
+        assert_eq!(get("OVERALL", "Throughput(ops/sec)"), 50.5);
+        assert_eq!(get("READ", "Operations"), 100);
+        assert_eq!(get("READ", "AverageLatency(us)"), 50.5);
+        assert_eq!(get("READ", "MinLatency(us)"), 1);
+        assert_eq!(get("READ", "MaxLatency(us)"), 100);
+        assert_eq!(get("READ", "95thPercentileLatency(us)"), 95);
+        assert_eq!(get("READ", "99thPercentileLatency(us)"), 99);
+        assert_eq!(get("READ", "Return=OK"), 100);
+        assert_eq!(get("UPDATE", "Return=OK"), 1);
+        assert_eq!(get("UPDATE", "Return=ERROR"), 1);
+        assert_eq!(get("UPDATE-FAILED", "Operations"), 1);
+        assert_eq!(get("UPDATE-FAILED", "MaxLatency(us)"), 5);
+        assert!(!items.iter().any(|i| i.metric == "READ-FAILED"));
+        assert!(!items.iter().any(|i| i.metric == "SCAN"));
+    }
+
+    #[test]
+    fn progress_interval_quantiles_reset_each_time() {
+        let off = Progress::default();
+        let mut rec = Recorder::default();
+        rec.record(OpKind::Read, Duration::from_micros(10), true, &off);
+        assert_eq!(off.take_interval(), None);
+
+        let live = Progress::new(true);
+        assert_eq!(live.take_interval(), None);
+        for us in 1..=100 {
+            rec.record(OpKind::Read, Duration::from_micros(us), true, &live);
+        }
+        // A failure is counted, not timed into the line's latencies.
+        rec.record(OpKind::Read, Duration::from_secs(9), false, &live);
+        assert_eq!(live.take_interval(), Some((50, 99)));
+        assert_eq!(live.take_interval(), None);
+        rec.record(OpKind::Update, Duration::from_micros(1500), true, &live);
+        assert_eq!(live.take_interval(), Some((1500, 1500)));
     }
 
     #[test]

@@ -191,6 +191,12 @@ impl Workload {
                     self.txn_scope = <TxnScope as clap::ValueEnum>::from_str(v, true)
                         .map_err(|_| bad("any, single-shard or cross-shard"))?
                 }
+                // Scan lengths are always drawn uniformly from
+                // 1..=maxscanlength here; refuse a file that asks otherwise
+                // rather than measure something else.
+                "scanlengthdistribution" if !v.eq_ignore_ascii_case("uniform") => {
+                    return Err(bad("uniform (the only scan length distribution supported)"))
+                }
                 // Accepted and meaningless here (or always true here).
                 "workload"
                 | "readallfields"
@@ -351,6 +357,40 @@ mod tests {
         assert!(Workload::preset("g").is_err());
     }
 
+    /// The shipped YCSB files give exactly the built-in mixes, and every
+    /// property in them is understood.
+    #[test]
+    fn shipped_workload_files_match_the_presets() {
+        let files = [
+            ("a", include_str!("../workloads/workloada")),
+            ("b", include_str!("../workloads/workloadb")),
+            ("c", include_str!("../workloads/workloadc")),
+            ("d", include_str!("../workloads/workloadd")),
+            ("e", include_str!("../workloads/workloade")),
+            ("f", include_str!("../workloads/workloadf")),
+        ];
+        for (name, text) in files {
+            let props = crate::props::parse(text).unwrap();
+            let mut w = Workload::default();
+            let ignored = w.apply(&props, name).unwrap();
+            assert!(ignored.is_empty(), "workload{name}: {ignored:?}");
+            w.validate().unwrap();
+            w.name = name.to_string();
+            assert_eq!(w, Workload::preset(name).unwrap(), "workload{name}");
+        }
+        // The directory holds those six and nothing else to keep in step.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a", "b", "c", "d", "e", "f"].map(|n| format!("workload{n}"))
+        );
+    }
+
     #[test]
     fn properties_apply_and_validate() {
         let mut w = Workload::default();
@@ -372,6 +412,7 @@ mod tests {
             "readproportion=nan",
             "requestdistribution=hotspot",
             "fieldlength=abc",
+            "scanlengthdistribution=zipfian",
         ] {
             let props = crate::props::parse(bad).unwrap();
             let err = Workload::default().apply(&props, "f").unwrap_err();

@@ -219,6 +219,76 @@ async fn load_and_run_workload_a_and_txn() {
         .output()
         .expect("spawn bench");
     assert_eq!(bad.status.code(), Some(2));
+
+    // A shipped YCSB file (workload A: reads and updates over the 100
+    // records loaded above), reported as YCSB's JSON array exporter does.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/workloada");
+    let out = bench(
+        cfg,
+        &[
+            "run",
+            "--workload-file",
+            file.to_str().unwrap(),
+            "-p",
+            "recordcount=100",
+            "--fieldcount",
+            "2",
+            "--fieldlength",
+            "20",
+            "--operationcount",
+            "30",
+            "--threads",
+            "2",
+            "--json-format",
+            "ycsb",
+        ],
+    );
+    let ycsb: serde_json::Value = serde_json::from_slice(&out.stdout).expect("YCSB JSON");
+    let value = |metric: &str, measurement: &str| {
+        ycsb.as_array()
+            .expect("an array")
+            .iter()
+            .find(|m| m["metric"] == metric && m["measurement"] == measurement)
+            .map(|m| m["value"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    assert!(value("OVERALL", "RunTime(ms)").is_u64(), "{ycsb:#}");
+    let n = |m: &str| value(m, "Operations").as_u64().unwrap_or(0);
+    assert_eq!(n("READ") + n("UPDATE"), 30, "{ycsb:#}");
+    assert!(
+        value("READ", "99thPercentileLatency(us)").is_u64(),
+        "{ycsb:#}"
+    );
+    assert_eq!(value("READ", "Return=OK"), n("READ"), "{ycsb:#}");
+
+    // Reads of records never loaded fail ("not found"): counted in the
+    // report and exit status 3, or 0 with --allow-failures.
+    let missing = [
+        "run",
+        "--workload",
+        "c",
+        "--recordcount",
+        "100000",
+        "--requestdistribution",
+        "uniform",
+        "--operationcount",
+        "20",
+        "--json",
+    ];
+    let out = Command::new(binary("bench"))
+        .args(missing)
+        .args(["--seed", "7", "--config"])
+        .arg(cfg)
+        .env_remove("PACT_CONFIG")
+        .output()
+        .expect("spawn bench");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {err}");
+    assert!(err.contains("operation(s) failed"), "stderr: {err}");
+    let report = json(&out);
+    assert!(report["failed"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    let allowed = bench(cfg, &[&missing[..], &["--allow-failures"]].concat());
+    assert!(json(&allowed)["failed"].as_u64().unwrap_or(0) > 0);
 }
 
 /// `--backend etcd` with nothing listening: a clear error and exit code 1,

@@ -5,7 +5,9 @@
 //! idea: it may have happened, at any later time, or never). This crate
 //! decides whether such a history could have come from a correct system.
 //! It reads histories as Jepsen writes them (EDN, one map per line or one
-//! vector) or as elle-cli writes them (JSON), and does no I/O itself.
+//! vector, read by the `clojure-reader` crate: see the `edn` module for
+//! what it reads and why that crate) or as elle-cli writes them (JSON), and
+//! does no I/O itself.
 //!
 //! ## Models and algorithms
 //!
@@ -278,7 +280,8 @@ mod tests {
             "nil",
             "[1 -2 3.5 1e300 \"a\\\"b\\n\" :kw sym #{1} {:a {:b [()]}}]",
             "\"tab\\there\"",
-            "[##Inf ##-Inf -0.0]",
+            "[-0.0 0.5 -1e-300]",
+            "\"control \u{1} \u{8} \u{c} chars\"",
         ] {
             let v = Value::from_edn(text).unwrap();
             assert_eq!(Value::from_edn(&v.to_edn()).unwrap(), v, "{text}");

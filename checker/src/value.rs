@@ -21,10 +21,12 @@ pub enum Value {
     Symbol(String),
     /// Vectors and lists.
     Vec(Vec<Value>),
-    /// Kept in source order: sets in histories are small, and keeping the
-    /// order makes printing deterministic without requiring `Ord` on floats.
+    /// A list, not a hashed set: sets in histories are small, and a list
+    /// prints deterministically without requiring `Ord` on floats. From
+    /// EDN, in the reader's (sorted) order.
     Set(Vec<Value>),
-    /// Kept in source order for the same reason as `Set`.
+    /// A list of entries for the same reason as `Set`: from EDN in the
+    /// reader's (sorted) order, from JSON in the object's.
     Map(Vec<(Value, Value)>),
 }
 
@@ -40,8 +42,10 @@ impl Value {
         edn::read_one(text)
     }
 
-    /// Renders as EDN that [`Value::from_edn`] reads back to an equal value
-    /// (NaN aside, which is never equal to itself).
+    /// Renders as EDN that [`Value::from_edn`] reads back to an equal value,
+    /// except for non-finite floats: written as Clojure does (`##Inf`,
+    /// `##NaN`), which the reader refuses (see the `edn` module). Neither
+    /// EDN nor JSON input can produce them.
     pub fn to_edn(&self) -> String {
         let mut out = String::new();
         self.write_edn(&mut out);
@@ -267,9 +271,8 @@ pub(crate) fn write_edn_string(s: &str, out: &mut String) {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
+            // Other control characters go in raw, as Clojure prints them:
+            // the EDN reader knows no `\b`, `\f` or `\u` escapes.
             c => out.push(c),
         }
     }
@@ -292,5 +295,9 @@ pub(crate) fn is_symbolic(s: &str) -> bool {
     {
         return false;
     }
-    s.chars().all(edn::is_symbol_char)
+    s.chars().all(is_symbol_char)
+}
+
+fn is_symbol_char(c: char) -> bool {
+    c.is_alphanumeric() || "*+!-_?$%&=<>/.:#'".contains(c)
 }

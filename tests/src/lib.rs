@@ -6,8 +6,9 @@
 //! folder), and can SIGKILL,
 //! restart, SIGSTOP and SIGCONT any node. Dropping it kills every process,
 //! so a failed test leaves nothing running. The binaries are found next to
-//! the test executable (`target/<profile>/`); build them first with
-//! `cargo build --bins` (the README's test command does).
+//! the test executable (`target/<profile>/`), or in `PACT_BIN_DIR` if set;
+//! build them first with `cargo build --bins` (the README's test command
+//! does; `--release` for `cargo test --release`).
 //!
 //! [`jepsen`] builds the fault-injection suite on top: recorded histories,
 //! a nemesis, per-link proxies and the checkers of `pact-check`.
@@ -40,13 +41,32 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of a workspace binary; panics with the fix if it was not built.
 pub fn binary(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not found; run `cargo build --bins` first (or set PACT_BIN_DIR)",
+    let dir = bin_dir();
+    let p = dir.join(name);
+    if p.exists() {
+        return p;
+    }
+    // A checkout often has the other profile's build only (e.g. release
+    // binaries from the benchmarks): name it, since that is the usual
+    // reason for a missing binary.
+    let other = ["debug", "release"].iter().find_map(|profile| {
+        let d = dir.parent()?.join(profile);
+        (d != dir && d.join(name).exists()).then_some(d)
+    });
+    let hint = match other {
+        Some(d) => format!(
+            "; or test those in {} with PACT_BIN_DIR={}",
+            d.display(),
+            d.display()
+        ),
+        None => String::new(),
+    };
+    panic!(
+        "{} not found; build the servers first with `cargo build --bins` \
+         (`cargo build --release --bins` for `cargo test --release`), or set \
+         PACT_BIN_DIR to a directory holding them{hint}",
         p.display()
     );
-    p
 }
 
 /// Server ports come from below the kernel's ephemeral range (32768-60999

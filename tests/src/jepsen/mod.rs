@@ -4,8 +4,10 @@
 //!
 //! A run leaves its artifacts in `target/jepsen/<name>-<seed>/` (or under
 //! `PACT_JEPSEN_RESULTS`): `history.jsonl`, `history.edn`, `results.json`,
-//! `nemesis.json`, `seed`, `latency.png` (operation latency over time,
-//! fault periods shaded) and every node's log. `PACT_JEPSEN_SEED` replays a
+//! `nemesis.json`, `seed`, `latency.png` (each operation's latency over
+//! time), `rate.png` (completions per second), both by outcome and
+//! operation with fault periods shaded and named (see [`plot`]), and every
+//! node's log. `PACT_JEPSEN_SEED` replays a
 //! schedule; `PACT_JEPSEN_SECONDS` lengthens runs (the long tier).
 
 pub mod nemesis;
@@ -552,7 +554,13 @@ fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
             dir.join("logs").join(format!("node-{id}.log")),
         );
     }
-    if let Err(e) = plot::latency(&dir.join("latency.png"), history, &r.intervals) {
+    let title = dir
+        .file_name()
+        .map_or_else(|| "jepsen".into(), |n| n.to_string_lossy().into_owned());
+    if let Err(e) = plot::latency(&dir.join("latency.png"), &title, history, &r.intervals) {
         eprintln!("latency plot not written: {e}");
+    }
+    if let Err(e) = plot::rate(&dir.join("rate.png"), &title, history, &r.intervals) {
+        eprintln!("rate plot not written: {e}");
     }
 }
