@@ -1,5 +1,6 @@
 //! Shared vocabulary of Pact: ids, request limits, the cluster config file,
-//! and the mapping from keys to shards.
+//! and the mapping from keys to shards; and, with the `logging` feature,
+//! the log setup the server binaries share ([`logging`]).
 //!
 //! Invariants: under a validated config every key maps to exactly one shard
 //! ([`ShardMap::shard_for_key`]), and every process that loads the same
@@ -20,6 +21,8 @@ pub mod faults;
 pub mod identity;
 mod ids;
 mod limits;
+#[cfg(feature = "logging")]
+pub mod logging;
 mod partition;
 pub mod process;
 mod txn;

@@ -61,6 +61,9 @@ struct Session {
     /// machine has the transaction, so TxnStatus always sees it as open
     /// or in flight, never as neither (it would presume an abort).
     committing: bool,
+    /// Its abort was reported to the client and counted (a wound met by
+    /// a request), so ending it later counts nothing more.
+    counted: bool,
 }
 
 /// Longest a retried transaction keeps the age of its first attempt: long
@@ -219,6 +222,15 @@ impl Coordinator {
         self.replica.fatal()
     }
 
+    /// Bring the gauges read at a scrape up to date (open sessions).
+    pub fn refresh_metrics(&self) {
+        let open = self.sessions.lock().map(|s| s.len()).unwrap_or(0);
+        self.metrics
+            .sessions
+            .with_label_values(&[&pact_raft::metrics::group_label(self.group)])
+            .set(open as i64);
+    }
+
     fn require_leader(&self) -> Result<(), Error> {
         let st = self.replica.status();
         let ready = self.ready.lock().map(|r| *r).unwrap_or(None);
@@ -281,6 +293,7 @@ impl Coordinator {
                     priority,
                     wounded: None,
                     committing: false,
+                    counted: false,
                 },
             );
         }
@@ -403,6 +416,10 @@ impl Coordinator {
                 ));
             }
             if let Some(w) = &sess.wounded {
+                if !sess.counted {
+                    sess.counted = true;
+                    self.metrics.abort(AbortKind::Wounded);
+                }
                 return Err(Error::aborted(AbortKind::Wounded, w.clone()));
             }
             sess.last = Instant::now();
@@ -584,15 +601,19 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Roll `txn` back and report why, as an abort.
+    /// Roll `txn` back and report why, as an abort; counted by its reason
+    /// if this ends the transaction (it was open, not counted before).
     async fn abort_for(&self, txn: TxnId, e: Error) -> Error {
-        self.rollback(txn).await;
-        match e {
-            Error::Aborted(_) => e,
-            Error::NotLeader { .. } => Error::aborted(AbortKind::Leadership, e.to_string()),
-            Error::Unavailable(_) => Error::aborted(AbortKind::Unavailable, e.to_string()),
-            other => Error::aborted(AbortKind::Conflict, other.to_string()),
+        let why = match e {
+            Error::Aborted(why) => why,
+            Error::NotLeader { .. } => Abort::new(AbortKind::Leadership, e.to_string()),
+            Error::Unavailable(_) => Abort::new(AbortKind::Unavailable, e.to_string()),
+            other => Abort::new(AbortKind::Conflict, other.to_string()),
+        };
+        if self.end(txn).await == Some(false) {
+            self.metrics.abort(why.kind);
         }
+        Error::Aborted(why)
     }
 
     /// A read came back after a participant wounded `txn`: its value may
@@ -715,6 +736,12 @@ impl Coordinator {
     /// Abort an open transaction everywhere it went (best effort: what is
     /// missed here expires at the participant).
     pub async fn rollback(&self, txn: TxnId) {
+        self.end(txn).await;
+    }
+
+    /// [`Coordinator::rollback`]; returns whether the transaction's abort
+    /// was counted already, if it was open here.
+    async fn end(&self, txn: TxnId) -> Option<bool> {
         // A committing transaction is the machine's to decide.
         let sess = self.sessions.lock().ok().and_then(|mut s| {
             if s.get(&txn).is_some_and(|sess| sess.committing) {
@@ -723,12 +750,13 @@ impl Coordinator {
                 s.remove(&txn)
             }
         });
-        let Some(sess) = sess else { return };
+        let sess = sess?;
         let calls = sess
             .shards
             .into_iter()
             .map(|shard| self.send_decision(txn, shard, false));
         futures::future::join_all(calls).await;
+        Some(sess.counted)
     }
 
     /// The outcome of `txn`. From the recovery log if it has a decision;
@@ -1065,10 +1093,12 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                     }
                 };
                 if term.is_none() {
-                    let _ = reply.send(Outcome::Aborted(Abort::new(
+                    let o = Outcome::Aborted(Abort::new(
                         AbortKind::Leadership,
                         "coordinator is not leader",
-                    )));
+                    ));
+                    c.metrics.outcome(&o);
+                    let _ = reply.send(o);
                     forget();
                     continue;
                 }
@@ -1101,11 +1131,20 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 // again from the log by whoever leads now.
                 machine = Machine::new();
                 for (_, w) in waiters.drain() {
-                    let _ = w.send(Outcome::Unknown(
-                        "coordinator leadership changed during commit".into(),
-                    ));
+                    let o = Outcome::Unknown("coordinator leadership changed during commit".into());
+                    c.metrics.outcome(&o);
+                    let _ = w.send(o);
                 }
                 if let Ok(mut s) = c.sessions.lock() {
+                    // Open transactions end with the term (their clients
+                    // hear "unknown transaction" at the next leader).
+                    let dropped = s.values().filter(|v| !v.committing && !v.counted).count();
+                    if dropped > 0 {
+                        c.metrics
+                            .aborts
+                            .with_label_values(&[AbortKind::Leadership.as_str()])
+                            .inc_by(dropped as u64);
+                    }
                     s.clear();
                 }
                 carried.clear();
@@ -1524,27 +1563,30 @@ async fn expire_sessions(c: Arc<Coordinator>) {
     let every = (lease / 6).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(every).await;
-        let expired: Vec<(TxnId, String)> = c
+        let expired: Vec<(TxnId, String, bool)> = c
             .sessions
             .lock()
             .map(|s| {
                 s.iter()
                     .filter(|(_, v)| !v.committing)
                     .filter_map(|(t, v)| {
-                        if v.alive.elapsed() > lease {
-                            Some((*t, format!("no heartbeat from its client for {lease:?}")))
+                        let why = if v.alive.elapsed() > lease {
+                            format!("no heartbeat from its client for {lease:?}")
                         } else if v.last.elapsed() > idle {
-                            Some((*t, format!("idle for {idle:?}")))
+                            format!("idle for {idle:?}")
                         } else {
-                            None
-                        }
+                            return None;
+                        };
+                        Some((*t, why, v.counted))
                     })
                     .collect()
             })
             .unwrap_or_default();
-        for (txn, why) in expired {
+        for (txn, why, counted) in expired {
             tracing::info!(%txn, reason = %why, "aborting open transaction");
-            c.metrics.aborts.with_label_values(&["expired"]).inc();
+            if !counted {
+                c.metrics.abort(AbortKind::Expired);
+            }
             let c = c.clone();
             tokio::spawn(async move { c.rollback(txn).await });
         }

@@ -50,14 +50,24 @@ struct Args {
     /// This node's private key (PEM); overrides the config's `tls.key`.
     #[arg(long)]
     key: Option<String>,
-    /// Serve Prometheus metrics over HTTP on this address (off if unset).
+    /// Serve Prometheus metrics over HTTP on this address (off if unset):
+    /// `/metrics`, and `/healthz` and `/readyz` for probes.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// How log lines on stderr look: `text` or `json` (one object per
+    /// line). `RUST_LOG` picks what is logged.
+    #[arg(
+        long,
+        env = "PACT_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    log_format: pact_common::logging::LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
-    pact_raft::server::init_tracing();
     let args = Args::parse();
+    pact_common::logging::init(args.log_format).map_err(anyhow::Error::msg)?;
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => ClusterConfig::embedded_default(),
@@ -145,16 +155,27 @@ async fn run(r: Run) -> anyhow::Result<()> {
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth);
     let c = Coordinator::start(config, id, &data_dir, tls.clone()).await?;
+    let endpoint = {
+        let c = c.clone();
+        pact_raft::endpoint::Endpoint::new(vec![c.replica().clone()])
+            .context("setting up metrics")?
+            .with_registry(c.metrics.registry.clone())
+            .on_scrape(move || c.refresh_metrics())
+    };
     if let Some(addr) = metrics_listen {
-        let replicas = vec![c.replica().clone()];
-        pact_raft::metrics::serve_with_raft_gauges(addr, c.metrics.registry.clone(), replicas)
+        let addr = endpoint
+            .serve(addr)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tracing::info!(%addr, "metrics at http://{addr}/metrics, probes at /healthz and /readyz");
     }
+    let health = endpoint
+        .grpc_health(&[pact_proto::txn_server::SERVICE_NAME])
+        .await;
     tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), "coordinator started");
     // Clients get Txn only; the recovery log's Raft only on the peer port.
     let client_server = client_builder
+        .add_service(health)
         .add_service(TxnService::new(c.clone()))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),

@@ -1,6 +1,6 @@
 //! The coordinator's counters and histograms (Prometheus).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::machine::Outcome;
 
@@ -8,8 +8,13 @@ pub struct Metrics {
     pub registry: Registry,
     /// Commit outcomes told to clients, by outcome and path.
     pub outcomes: IntCounterVec,
-    /// Aborts by reason.
+    /// Aborts reported to clients (a failed request or commit) or made
+    /// here (a transaction expired, or dropped by a leadership change),
+    /// by reason; each transaction once.
     pub aborts: IntCounterVec,
+    /// Open transactions (sessions) on this replica, by group; only a
+    /// leader has any.
+    pub sessions: IntGaugeVec,
     /// Duration of each 2PC phase: `one_phase`, `prepare`, `log`, `decide`.
     pub phase_seconds: HistogramVec,
 }
@@ -27,7 +32,7 @@ impl Metrics {
         let aborts = IntCounterVec::new(
             Opts::new(
                 "pact_txn_aborts_total",
-                "Transactions aborted at commit, by reason",
+                "Transactions the coordinator aborted or reported aborted, by reason",
             ),
             &["reason"],
         )?;
@@ -37,6 +42,14 @@ impl Metrics {
             ]),
             &["phase"],
         )?;
+        let sessions = IntGaugeVec::new(
+            Opts::new(
+                "pact_coordinator_sessions",
+                "Transactions open at this coordinator (begun, not yet committed or rolled back)",
+            ),
+            &["group"],
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
         registry.register(Box::new(phase_seconds.clone()))?;
@@ -44,6 +57,7 @@ impl Metrics {
             registry,
             outcomes,
             aborts,
+            sessions,
             phase_seconds,
         })
     }
@@ -52,13 +66,18 @@ impl Metrics {
         let label = match o {
             Outcome::Committed => "committed",
             Outcome::Aborted(a) => {
-                self.aborts.with_label_values(&[a.kind.as_str()]).inc();
+                self.abort(a.kind);
                 "aborted"
             }
             Outcome::Unknown(_) => "unknown",
             Outcome::Open(_) => "open",
         };
         self.outcomes.with_label_values(&[label]).inc();
+    }
+
+    /// Count one abort, by its kind.
+    pub fn abort(&self, kind: pact_common::AbortKind) {
+        self.aborts.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn phase(&self, phase: &str, started: std::time::Instant) {

@@ -149,6 +149,11 @@ impl LockTable {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.ranges.is_empty()
     }
+
+    /// How big the table is: keys locked, and range locks held.
+    pub fn size(&self) -> (usize, usize) {
+        (self.keys.len(), self.ranges.values().map(Vec::len).sum())
+    }
 }
 
 #[cfg(test)]
@@ -215,9 +220,11 @@ mod tests {
         assert_eq!(l.try_range(t(3), r2.clone()), Err(vec![t(2)]));
         l.release_all(t(2));
         assert!(l.try_range(t(3), r2).is_ok());
+        assert_eq!(l.size(), (0, 2), "the ranges of t1 and t3");
         l.release_all(t(1));
         l.release_all(t(3));
         assert!(l.is_empty());
+        assert_eq!(l.size(), (0, 0));
         // Inverted or empty ranges lock nothing and never panic.
         assert!(l.try_key(t(4), b"k", Mode::Exclusive).is_ok());
         let inverted = Range {

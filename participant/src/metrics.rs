@@ -1,6 +1,8 @@
 //! The participant's counters and histograms (Prometheus).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,6 +14,11 @@ pub struct Metrics {
     pub lock_waits: IntCounter,
     /// How long waiting lock requests waited.
     pub lock_wait_seconds: Histogram,
+    /// Lock table size per shard: keys locked (`kind="key"`) and range
+    /// locks (`kind="range"`); only a shard leader holds locks.
+    pub lock_table: IntGaugeVec,
+    /// Transactions open per shard (locking, buffering or prepared).
+    pub open_txns: IntGaugeVec,
 }
 
 impl Metrics {
@@ -37,6 +44,22 @@ impl Metrics {
             HistogramOpts::new("pact_lock_wait_seconds", "Time lock requests spent waiting")
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0]),
         )?;
+        let lock_table = IntGaugeVec::new(
+            Opts::new(
+                "pact_lock_table_size",
+                "Locks held at this shard leader: locked keys (kind=key) and range locks (kind=range)",
+            ),
+            &["shard", "kind"],
+        )?;
+        let open_txns = IntGaugeVec::new(
+            Opts::new(
+                "pact_participant_open_txns",
+                "Transactions open at this shard leader (holding locks or writes, or prepared)",
+            ),
+            &["shard"],
+        )?;
+        registry.register(Box::new(lock_table.clone()))?;
+        registry.register(Box::new(open_txns.clone()))?;
         registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
         registry.register(Box::new(lock_waits.clone()))?;
@@ -47,6 +70,8 @@ impl Metrics {
             aborts,
             lock_waits,
             lock_wait_seconds,
+            lock_table,
+            open_txns,
         })
     }
 

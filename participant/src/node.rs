@@ -231,6 +231,27 @@ impl Node {
         self.shards.values().map(|s| &s.replica)
     }
 
+    /// Bring the gauges read at a scrape up to date (lock tables, open
+    /// transactions).
+    pub fn refresh_metrics(&self) {
+        for (id, s) in &self.shards {
+            let Some((keys, ranges, txns)) = s.shared.mgr.lock().ok().map(|m| m.sizes()) else {
+                continue;
+            };
+            let shard = id.0.to_string();
+            let m = &self.metrics;
+            m.lock_table
+                .with_label_values(&[shard.as_str(), "key"])
+                .set(keys as i64);
+            m.lock_table
+                .with_label_values(&[shard.as_str(), "range"])
+                .set(ranges as i64);
+            m.open_txns
+                .with_label_values(&[shard.as_str()])
+                .set(txns as i64);
+        }
+    }
+
     fn shard(&self, shard: ShardId) -> Result<&Arc<Shard>, Error> {
         if self.config.shard(shard).is_none() {
             return Err(Error::UnknownShard(shard.0));

@@ -209,6 +209,12 @@ impl TxnManager {
     }
 
     /// No longer leader: every lock and open transaction here is void.
+    /// (keys locked, range locks, open transactions) here.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let (keys, ranges) = self.locks.size();
+        (keys, ranges, self.txns.len())
+    }
+
     pub fn step_down(&mut self) {
         self.term = None;
         self.locks = LockTable::new();

@@ -35,8 +35,19 @@
 //! affected Raft groups stop (openraft's `Fatal`), and [`Replica::fatal`]
 //! reports it so the node can exit instead of serving from a store whose
 //! durability it no longer knows.
+//!
+//! # What a server shows
+//! The crate also holds what every server binary shares besides
+//! replication ([`server`]: ports, TLS, connection limits), and what they
+//! tell operators: Prometheus metrics ([`metrics`]: Raft gauges, fsyncs,
+//! leader changes, snapshots, gRPC requests per method) and the HTTP and
+//! gRPC health endpoints ([`endpoint`]), where a replica is ready when its
+//! group has a known leader and it is not far behind
+//! ([`Replica::readiness`]). Log setup is the binaries' own (see
+//! `pact_common::logging`): a library installs no subscriber.
 
 pub mod codec;
+pub mod endpoint;
 mod error;
 mod log_store;
 pub mod metrics;
@@ -54,7 +65,7 @@ pub use network::{
     Peers, Router, TransportService, MAX_APPEND_MESSAGE_BYTES, MAX_COMMAND_BYTES,
     MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
-pub use replica::{members, Host, Member, Replica, ReplicaStatus, Tuning};
+pub use replica::{members, Host, Member, Replica, ReplicaStatus, Tuning, READY_MAX_LAG};
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;
 

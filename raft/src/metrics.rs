@@ -1,15 +1,185 @@
-//! Prometheus-style metrics shared by every server: an HTTP endpoint that
-//! serves a registry in the text exposition format, and per-group Raft
-//! gauges (role, term, applied index, apply lag) refreshed at each scrape.
+//! Prometheus metrics shared by every server.
+//!
+//! Two kinds live here. [`ProcessMetrics`] are the process's own: the
+//! process collector, build info, the storage writer's fsyncs, Raft events
+//! per group (leader changes, snapshots) and gRPC requests per method
+//! ([`grpc`]). They are counted where they happen (the writer thread, the
+//! Raft network, a tower layer) without a handle threaded through every
+//! constructor, so they sit in one process-wide registry ([`process`]): a
+//! server process has one store and one pair of gRPC servers. Tests that
+//! run several replicas in one process add their counts up, which only
+//! matters to tests that read them.
+//!
+//! [`RaftGauges`] are read from the replicas at each scrape (role, term,
+//! applied index, apply lag), with the allocator's counts. The participant
+//! and coordinator keep their own registries; [`crate::endpoint`] serves
+//! them all on one page. Every name starts with `pact_`; the list with
+//! meanings is docs/metrics.md.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod grpc;
+
+use std::sync::LazyLock;
 
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::Replica;
+
+/// The process-wide metrics; see the module doc.
+pub struct ProcessMetrics {
+    pub registry: Registry,
+    /// Duration of the storage writer's fsyncs.
+    pub fsync_seconds: Histogram,
+    /// Jobs (atomic write batches) made durable by one fsync: the size of
+    /// a group commit.
+    pub fsync_batch_jobs: Histogram,
+    /// Times a replica saw its group get a new leader (or a new term of
+    /// the same one), by group.
+    pub leader_changes: IntCounterVec,
+    /// Snapshots this node sent to a follower, by group.
+    pub snapshots_sent: IntCounterVec,
+    /// Snapshots this node installed from its leader, by group.
+    pub snapshots_installed: IntCounterVec,
+    /// Snapshots this node built of its own state, by group.
+    pub snapshots_built: IntCounterVec,
+    /// gRPC requests served, by method and status code.
+    pub grpc_requests: IntCounterVec,
+    /// gRPC request durations (until the response's end), by method.
+    pub grpc_seconds: HistogramVec,
+}
+
+/// The label value of a group id.
+pub fn group_label(group: u64) -> String {
+    group.to_string()
+}
+
+impl ProcessMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            // pact_process_cpu_seconds_total, ..._resident_memory_bytes,
+            // ..._open_fds, ..._threads, ...
+            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "pact"),
+        ))?;
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "pact_build_info",
+                "Always 1; the labels say which build runs (commit empty if unknown)",
+            ),
+            &["version", "commit"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PACT_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build))?;
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pact_storage_fsync_seconds",
+                "Duration of the storage writer's fsyncs (one per group-commit round)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+        )?;
+        registry.register(Box::new(fsync_seconds.clone()))?;
+        let fsync_batch_jobs = Histogram::with_opts(
+            HistogramOpts::new(
+                "pact_storage_fsync_batch_jobs",
+                "Write batches made durable by one fsync (group-commit size)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+        )?;
+        registry.register(Box::new(fsync_batch_jobs.clone()))?;
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &["group"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let leader_changes = counter(
+            "pact_raft_leader_changes_total",
+            "Times this replica saw its group get a leader it did not know (a new leader or a new term)",
+        )?;
+        let snapshots_sent = counter(
+            "pact_raft_snapshots_sent_total",
+            "Snapshots this node sent to followers that were too far behind for the log",
+        )?;
+        let snapshots_installed = counter(
+            "pact_raft_snapshots_installed_total",
+            "Snapshots this node installed from its leader",
+        )?;
+        let snapshots_built = counter(
+            "pact_raft_snapshots_built_total",
+            "Snapshots this node built of its own state (log compaction)",
+        )?;
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "pact_grpc_requests_total",
+                "gRPC requests served, by method path and status code",
+            ),
+            &["method", "code"],
+        )?;
+        registry.register(Box::new(grpc_requests.clone()))?;
+        let grpc_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pact_grpc_request_duration_seconds",
+                "Time from a gRPC request's arrival to the end of its response, by method path",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["method"],
+        )?;
+        registry.register(Box::new(grpc_seconds.clone()))?;
+        Ok(ProcessMetrics {
+            registry,
+            fsync_seconds,
+            fsync_batch_jobs,
+            leader_changes,
+            snapshots_sent,
+            snapshots_installed,
+            snapshots_built,
+            grpc_requests,
+            grpc_seconds,
+        })
+    }
+
+    /// Show `group`'s counters at 0 before anything happens to it, so a
+    /// dashboard's rate has a series to start from.
+    pub fn add_group(&self, group: u64) {
+        let g = group_label(group);
+        for c in [
+            &self.leader_changes,
+            &self.snapshots_sent,
+            &self.snapshots_installed,
+            &self.snapshots_built,
+        ] {
+            c.with_label_values(&[&g]);
+        }
+    }
+}
+
+static PROCESS: LazyLock<Option<ProcessMetrics>> = LazyLock::new(|| match ProcessMetrics::new() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        // Only a malformed name or bucket list above can fail, which the
+        // unit test would catch; the server runs on without these.
+        tracing::error!(error = %e, "process metrics unavailable");
+        None
+    }
+});
+
+/// The process-wide metrics (None only if they could not be built, which
+/// a unit test rules out).
+pub fn process() -> Option<&'static ProcessMetrics> {
+    PROCESS.as_ref()
+}
 
 /// Raft gauges for the groups of one process.
 #[derive(Clone)]
@@ -18,7 +188,6 @@ pub struct RaftGauges {
     leader: IntGaugeVec,
     applied: IntGaugeVec,
     apply_lag: IntGaugeVec,
-    rss: IntGauge,
     heap_allocated: IntGauge,
     heap_resident: IntGauge,
 }
@@ -50,11 +219,6 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntG
 
 impl RaftGauges {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let rss = IntGauge::new(
-            "pact_process_resident_memory_bytes",
-            "Resident memory of this process (RSS)",
-        )?;
-        registry.register(Box::new(rss.clone()))?;
         let heap_allocated = IntGauge::new(
             "pact_heap_allocated_bytes",
             "Bytes allocated by the process and not yet freed (jemalloc)",
@@ -66,7 +230,6 @@ impl RaftGauges {
         )?;
         registry.register(Box::new(heap_resident.clone()))?;
         Ok(RaftGauges {
-            rss,
             heap_allocated,
             heap_resident,
             term: gauge(
@@ -93,9 +256,6 @@ impl RaftGauges {
     }
 
     pub fn refresh(&self, replicas: &[Replica]) {
-        if let Some(b) = resident_bytes() {
-            self.rss.set(i64::try_from(b).unwrap_or(i64::MAX));
-        }
         if let Some((allocated, resident)) = heap_stats() {
             self.heap_allocated
                 .set(i64::try_from(allocated).unwrap_or(i64::MAX));
@@ -104,7 +264,7 @@ impl RaftGauges {
         }
         for r in replicas {
             let s = r.status();
-            let g = s.group.to_string();
+            let g = group_label(s.group);
             self.term.with_label_values(&[&g]).set(s.term as i64);
             self.leader
                 .with_label_values(&[&g])
@@ -117,38 +277,6 @@ impl RaftGauges {
                 .set(s.last_log_index.saturating_sub(s.applied_index) as i64);
         }
     }
-}
-
-/// Serve `registry` plus Raft gauges of `replicas` at `addr`.
-pub async fn serve_with_raft_gauges(
-    addr: SocketAddr,
-    registry: Registry,
-    replicas: Vec<Replica>,
-) -> std::io::Result<()> {
-    let gauges = RaftGauges::new(&registry).map_err(std::io::Error::other)?;
-    serve(addr, registry, Arc::new(move || gauges.refresh(&replicas))).await
-}
-
-/// Serve several registries as one page, plus Raft gauges of `replicas`:
-/// a `pact` server's participant and coordinator metrics, and every group
-/// it hosts.
-pub async fn serve_all_with_raft_gauges(
-    addr: SocketAddr,
-    registries: Vec<Registry>,
-    replicas: Vec<Replica>,
-) -> std::io::Result<()> {
-    let raft = Registry::new();
-    let gauges = RaftGauges::new(&raft).map_err(std::io::Error::other)?;
-    let mut all = registries;
-    all.push(raft);
-    serve_families(
-        addr,
-        Arc::new(move || {
-            gauges.refresh(&replicas);
-            gather_all(&all)
-        }),
-    )
-    .await
 }
 
 /// The families of all `registries`, by name. A family that two of them
@@ -169,62 +297,10 @@ pub fn gather_all(registries: &[Registry]) -> Vec<MetricFamily> {
     by_name.into_values().collect()
 }
 
-/// Serve `registry` at `http://addr/metrics` (any path answers) until the
-/// process ends. `refresh` runs before each scrape.
-pub async fn serve(
-    addr: SocketAddr,
-    registry: Registry,
-    refresh: Arc<dyn Fn() + Send + Sync>,
-) -> std::io::Result<()> {
-    serve_families(
-        addr,
-        Arc::new(move || {
-            refresh();
-            registry.gather()
-        }),
-    )
-    .await
-}
-
-/// Serve what `gather` returns at each scrape, as [`serve`] does.
-async fn serve_families(
-    addr: SocketAddr,
-    gather: Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let gather = gather.clone();
-            tokio::spawn(async move {
-                // Read the request head (bounded); its content does not matter.
-                let mut buf = [0u8; 2048];
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
-                        .await;
-                let families = gather();
-                let mut body = Vec::new();
-                let enc = TextEncoder::new();
-                let _ = enc.encode(&families, &mut body);
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    enc.format_type(),
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::{Encoder, TextEncoder};
 
     #[test]
     fn registries_gather_as_one_page_with_each_name_once() {
@@ -255,6 +331,45 @@ mod tests {
         assert!(text.contains("pact_shared{group=\"1\"} 1\n"), "{text}");
         assert!(text.contains("pact_shared{group=\"4\"} 3\n"), "{text}");
         assert_eq!(text.matches("# TYPE pact_shared").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn the_process_metrics_build_and_carry_process_and_build_facts() {
+        let m = process().expect("process metrics build");
+        m.add_group(7);
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for family in [
+            "pact_process_resident_memory_bytes",
+            "pact_process_cpu_seconds_total",
+            "pact_process_open_fds",
+            "pact_storage_fsync_seconds",
+            "pact_storage_fsync_batch_jobs",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "pact_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+                env!("PACT_COMMIT"),
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("pact_raft_leader_changes_total{group=\"7\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pact_raft_snapshots_sent_total{group=\"7\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -325,13 +325,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             meta: snapshot.meta,
             data: snapshot.snapshot.into_inner(),
         };
-        self.call(
-            Kind::Snapshot,
-            &msg,
-            option.hard_ttl().max(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(CallError::streaming)
+        let r: SnapshotResponse<TypeConfig> = self
+            .call(
+                Kind::Snapshot,
+                &msg,
+                option.hard_ttl().max(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(CallError::streaming)?;
+        if let Some(m) = crate::metrics::process() {
+            m.snapshots_sent
+                .with_label_values(&[&crate::metrics::group_label(self.group)])
+                .inc();
+        }
+        Ok(r)
     }
 }
 

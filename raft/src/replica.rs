@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
-use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
@@ -149,7 +149,15 @@ pub struct Replica {
     clients: BTreeMap<u64, String>,
     timeout: Duration,
     lease_reads: bool,
+    /// A leader whose quorum has been silent longer than this is not ready
+    /// (see [`Replica::readiness`]).
+    quorum_silence: Duration,
 }
+
+/// Most log entries a follower may be behind its leader's commit index
+/// and still count as ready: a replica catching up (after a restart, or
+/// from a snapshot) is not.
+pub const READY_MAX_LAG: u64 = 1000;
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,6 +241,10 @@ impl Replica {
         let raft = Raft::new(node_id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("raft start: {e}")))?;
+        if let Some(m) = crate::metrics::process() {
+            m.add_group(group);
+        }
+        tokio::spawn(count_leader_changes(group, raft.clone()));
         host.router.register(
             group,
             raft.clone(),
@@ -285,6 +297,7 @@ impl Replica {
             clients,
             timeout: tuning.request_timeout(),
             lease_reads: tuning.lease_reads,
+            quorum_silence: Duration::from_millis(tuning.election_timeout_max_ms * 2),
         })
     }
 
@@ -496,6 +509,47 @@ impl Replica {
         }
     }
 
+    /// Whether this replica can do its part: its group has a leader it
+    /// knows, it has not stopped, a leader still hears from a quorum, and
+    /// a follower is at most [`READY_MAX_LAG`] entries behind the commit
+    /// index its leader last told it. The error says what is missing.
+    ///
+    /// A follower cut off from its leader keeps the leader it knew until
+    /// an election tells it otherwise, so it stays ready for up to an
+    /// election timeout.
+    pub fn readiness(&self) -> Result<(), String> {
+        let g = self.group;
+        if let Some(f) = self.fatal() {
+            return Err(format!("group {g}: replica stopped: {f}"));
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        match m.current_leader {
+            None => Err(format!("group {g}: no known leader")),
+            Some(l) if l == self.node_id => match &m.last_quorum_acked {
+                None => Err(format!(
+                    "group {g}: leader not yet acknowledged by a quorum"
+                )),
+                Some(t) if t.elapsed() > self.quorum_silence => Err(format!(
+                    "group {g}: leader without word from a quorum for {} ms",
+                    t.elapsed().as_millis()
+                )),
+                Some(_) => Ok(()),
+            },
+            Some(l) => {
+                let committed = m.cluster_committed.as_ref().map_or(0, |c| c.index);
+                let applied = m.last_applied.as_ref().map_or(0, |a| a.index);
+                let behind = committed.saturating_sub(applied);
+                if behind > READY_MAX_LAG {
+                    Err(format!(
+                        "group {g}: {behind} entries behind leader {l} (ready at {READY_MAX_LAG} or fewer)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Build a snapshot now (and let openraft compact the log behind it).
     pub async fn trigger_snapshot(&self) -> Result<(), ReplicaError> {
         self.raft
@@ -507,6 +561,33 @@ impl Replica {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Count each leader (or new term of one) that `raft` learns of into
+/// `pact_raft_leader_changes_total`, until the replica stops.
+async fn count_leader_changes(group: u64, raft: Raft) {
+    let Some(counter) = crate::metrics::process().map(|m| {
+        m.leader_changes
+            .with_label_values(&[&crate::metrics::group_label(group)])
+    }) else {
+        return;
+    };
+    let mut metrics = raft.metrics();
+    drop(raft);
+    let mut seen = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_watched();
+            m.current_leader.map(|l| (m.current_term, l))
+        };
+        if now.is_some() && now != seen {
+            seen = now;
+            counter.inc();
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,7 +1,7 @@
-//! Process plumbing shared by the server binaries (participant and
-//! coordinator): logging setup, fault-injection arming, the shutdown
-//! signal, the gRPC server's connection limits, and who may call the peer
-//! port ([`PeerAuth`]).
+//! Process plumbing shared by the server binaries (`pact`, participant
+//! and coordinator): fault-injection arming, the shutdown signal, the gRPC
+//! server's connection limits and request metrics, and who may call the
+//! peer port ([`PeerAuth`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -114,18 +114,25 @@ impl tonic::service::Interceptor for PeerAuth {
     }
 }
 
-/// The gRPC server builder both server binaries use, for each of their two
-/// ports: every service gets these connection limits, and `tls` if given.
-/// Message size caps are per service (see each service's constructor).
-/// Fails if the TLS material does not parse.
+/// A gRPC server builder with the request metrics layer
+/// ([`crate::metrics::grpc`]) outermost.
+pub type GrpcServer = tonic::transport::Server<
+    tower_layer::Stack<crate::metrics::grpc::GrpcMetricsLayer, tower_layer::Identity>,
+>;
+
+/// The gRPC server builder the server binaries use, for each of their two
+/// ports: every service gets these connection limits, its requests counted
+/// per method, and `tls` if given. Message size caps are per service (see
+/// each service's constructor). Fails if the TLS material does not parse.
 pub fn grpc_server(
     tls: Option<&tonic::transport::ServerTlsConfig>,
-) -> Result<tonic::transport::Server, tonic::transport::Error> {
+) -> Result<GrpcServer, tonic::transport::Error> {
     let mut b = tonic::transport::Server::builder();
     if let Some(t) = tls {
         b = b.tls_config(t.clone())?;
     }
-    Ok(b.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+    Ok(b.layer(crate::metrics::grpc::GrpcMetricsLayer)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // A flood of streams opened and at once reset costs the server
@@ -156,11 +163,11 @@ pub fn listen_addr(
 pub struct Ports {
     pub client: tokio::net::TcpListener,
     pub peer: tokio::net::TcpListener,
-    /// For the client-facing services (Kv, Txn).
-    pub client_server: tonic::transport::Server,
+    /// For the client-facing services (Kv, Txn, gRPC health).
+    pub client_server: GrpcServer,
     /// For Raft and the transaction protocol: add `peer_auth` as a layer,
     /// so that with TLS only nodes of the config get to any service on it.
-    pub peer_server: tonic::transport::Server,
+    pub peer_server: GrpcServer,
     pub peer_auth: tonic::service::InterceptorLayer<PeerAuth>,
 }
 
@@ -270,17 +277,6 @@ async fn speaks_within(s: &tokio::net::TcpStream, limit: Duration) -> bool {
             }
         }
     }
-}
-
-/// Log to stderr; `RUST_LOG` overrides the default (info, openraft quiet).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signal to stop serving and shut the

@@ -151,6 +151,18 @@ impl StateMachine {
         }
     }
 
+    /// Count one event of this group in a counter of the process metrics.
+    fn count(
+        &self,
+        which: impl FnOnce(&crate::metrics::ProcessMetrics) -> &prometheus::IntCounterVec,
+    ) {
+        if let Some(m) = crate::metrics::process() {
+            which(m)
+                .with_label_values(&[&crate::metrics::group_label(self.group)])
+                .inc();
+        }
+    }
+
     /// A consistent image of the state, made durable before it is returned,
     /// so openraft may purge the log up to its last log id.
     async fn durable_snapshot(&self) -> io::Result<Snapshot> {
@@ -182,7 +194,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        self.durable_snapshot().await
+        let s = self.durable_snapshot().await?;
+        self.count(|m| &m.snapshots_built);
+        Ok(s)
     }
 }
 
@@ -332,6 +346,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ));
         self.store.write_durable(ops).await?;
         self.app.state_replaced();
+        self.count(|m| &m.snapshots_installed);
         Ok(())
     }
 

@@ -563,7 +563,13 @@ impl Writer {
                     "storage is poisoned by an earlier failure",
                 ))
             } else {
-                self.db.persist(PersistMode::SyncAll).map_err(to_io)
+                let started = std::time::Instant::now();
+                let r = self.db.persist(PersistMode::SyncAll).map_err(to_io);
+                if let Some(m) = crate::metrics::process() {
+                    m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                    m.fsync_batch_jobs.observe(waiting.len() as f64);
+                }
+                r
             };
             if let Err(e) = &synced {
                 tracing::error!(error = %e, "fsync failed; refusing all further writes");

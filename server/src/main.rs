@@ -59,9 +59,19 @@ struct Args {
     /// This node's private key (PEM); overrides the config's `tls.key`.
     #[arg(long)]
     key: Option<String>,
-    /// Serve Prometheus metrics over HTTP on this address (off if unset).
+    /// Serve Prometheus metrics over HTTP on this address (off if unset):
+    /// `/metrics`, and `/healthz` and `/readyz` for probes.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// How log lines on stderr look: `text` or `json` (one object per
+    /// line). `RUST_LOG` picks what is logged.
+    #[arg(
+        long,
+        env = "PACT_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    log_format: pact_common::logging::LogFormat,
 }
 
 /// What node `id` hosts: its shards and its coordinator group, if any.
@@ -84,8 +94,8 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
 }
 
 fn main() -> anyhow::Result<()> {
-    pact_raft::server::init_tracing();
     let args = Args::parse();
+    pact_common::logging::init(args.log_format).map_err(anyhow::Error::msg)?;
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => ClusterConfig::embedded_default(),
@@ -189,28 +199,46 @@ async fn run(r: Run) -> anyhow::Result<()> {
         Some(_) => Some(Coordinator::start_on(config.clone(), id, &host, tls.clone()).await?),
         None => None,
     };
+    // One page and one readiness for every group of the node.
+    let mut replicas = Vec::new();
+    let mut services = Vec::new();
+    if let Some(n) = &node {
+        replicas.extend(n.replicas().cloned());
+        services.push(pact_proto::kv_server::SERVICE_NAME);
+    }
+    if let Some(c) = &coordinator {
+        replicas.push(c.replica().clone());
+        services.push(pact_proto::txn_server::SERVICE_NAME);
+    }
+    let mut endpoint =
+        pact_raft::endpoint::Endpoint::new(replicas).context("setting up metrics")?;
+    if let Some(n) = &node {
+        let n = n.clone();
+        endpoint = endpoint
+            .with_registry(n.metrics.registry.clone())
+            .on_scrape(move || n.refresh_metrics());
+    }
+    if let Some(c) = &coordinator {
+        let c = c.clone();
+        endpoint = endpoint
+            .with_registry(c.metrics.registry.clone())
+            .on_scrape(move || c.refresh_metrics());
+    }
     if let Some(addr) = metrics_listen {
-        let mut registries = Vec::new();
-        let mut replicas = Vec::new();
-        if let Some(n) = &node {
-            registries.push(n.metrics.registry.clone());
-            replicas.extend(n.replicas().cloned());
-        }
-        if let Some(c) = &coordinator {
-            registries.push(c.metrics.registry.clone());
-            replicas.push(c.replica().clone());
-        }
-        pact_raft::metrics::serve_all_with_raft_gauges(addr, registries, replicas)
+        let addr = endpoint
+            .serve(addr)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tracing::info!(%addr, "metrics at http://{addr}/metrics, probes at /healthz and /readyz");
     }
+    let health = endpoint.grpc_health(&services).await;
     let shard_ids: Vec<u64> = shards.iter().map(|s| s.0).collect();
     tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), shards = ?shard_ids, coordinator_group = ?group, "pact started");
     // Clients get Kv and Txn only; Raft and the transaction protocol (whose
     // Decide could commit another client's prepared transaction) only on
     // the peer port.
     let client_server = client_builder
+        .add_service(health)
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
         .serve_with_incoming_shutdown(
