@@ -17,6 +17,8 @@
 //! One enum, [`ClientError`], phrased as what to do: retry later
 //! (`Unavailable`), find out first (`Unknown`), fix the request
 //! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
+//! [`ClientError::code`] names the variant in a stable word for programs
+//! (`txn --json` prints it with each error).
 
 mod convert;
 mod tls;
@@ -66,6 +68,23 @@ pub enum ClientError {
     /// A server reported an internal failure (a stopped replica).
     #[error("server error: {0}")]
     Internal(String),
+}
+
+impl ClientError {
+    /// A stable, machine-readable name of the error's class, for output
+    /// that programs read (`txn --json`); the message is for people and
+    /// may change.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Unavailable(_) => "UNAVAILABLE",
+            ClientError::Aborted(_) => "ABORTED",
+            ClientError::Conflict(_) => "CONFLICT",
+            ClientError::Unknown(_) => "UNKNOWN_OUTCOME",
+            ClientError::InvalidInput(_) => "INVALID_INPUT",
+            ClientError::UnknownShard(_) => "UNKNOWN_SHARD",
+            ClientError::Internal(_) => "INTERNAL",
+        }
+    }
 }
 
 /// Which leader a request is for.
@@ -539,5 +558,32 @@ impl Client {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientError;
+
+    #[test]
+    fn error_codes_are_distinct_screaming_snake() {
+        let all = [
+            ClientError::Unavailable(String::new()),
+            ClientError::Aborted(String::new()),
+            ClientError::Conflict(String::new()),
+            ClientError::Unknown(String::new()),
+            ClientError::InvalidInput(String::new()),
+            ClientError::UnknownShard(1),
+            ClientError::Internal(String::new()),
+        ];
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(ClientError::code).collect();
+        assert_eq!(codes.len(), all.len(), "{codes:?}");
+        for c in codes {
+            assert!(
+                c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'),
+                "{c}"
+            );
+        }
+        assert_eq!(ClientError::Unknown("x".into()).code(), "UNKNOWN_OUTCOME");
     }
 }
