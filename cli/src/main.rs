@@ -3,28 +3,36 @@
 //! Plain operations (get, put, del, scan), transactions (incr, exec, the
 //! shell), transaction outcomes (txn-status), cluster status and a local
 //! playground. `--timeout` bounds each command as a whole, retries
-//! included; the exit code says what is known when it runs out.
+//! included; the exit code says what is known when it runs out. The data
+//! commands live in [`data`]; how output is written, bytes shown and
+//! errors reported (JSON under `--json`), in [`output`].
 
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pact_client::{Client, ClientError, ClientOptions, Guard, Op, TxnOutcome};
 use pact_common::{ClusterConfig, ShardId, TxnId};
 
+use output::{Codec, Style};
+
 /// Talk to a Pact cluster.
 #[derive(Parser, Debug)]
-#[command(name = "txn", version)]
+#[command(name = "txn", version, after_long_help = output::HELP_NOTES)]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default
     /// (3 nodes on 127.0.0.1:7001-7003, 3 shards) is used.
     #[arg(long, global = true, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text, errors included (as {"error": {"code",
+    /// "message"}} on stdout; exit codes unchanged).
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    codec: output::CodecFlags,
     /// Give up on a command (in the shell: on a statement) after this many
     /// seconds, retries included.
     #[arg(long, global = true, default_value_t = 15,
@@ -47,20 +55,10 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Read a key.
-    Get { key: String },
-    /// Write a key.
-    Put { key: String, value: String },
-    /// Delete a key.
-    Del { key: String },
-    /// List keys in [start, end), across all shards.
-    Scan {
-        #[arg(default_value = "")]
-        start: String,
-        end: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
+    Get(data::GetArgs),
+    Put(data::PutArgs),
+    Del(data::DelArgs),
+    Scan(data::ScanArgs),
     /// Add DELTA to the integer at KEY in a transaction; prints the result.
     Incr {
         key: String,
@@ -122,7 +120,7 @@ enum Cmd {
     },
 }
 
-fn parse_guard(g: &str) -> Result<Guard, ClientError> {
+fn parse_guard(g: &str, codec: Codec) -> Result<Guard, ClientError> {
     let bad = || {
         ClientError::InvalidInput(format!(
             "bad guard {g:?}; use exists:KEY, missing:KEY or equals:KEY=VALUE"
@@ -130,26 +128,37 @@ fn parse_guard(g: &str) -> Result<Guard, ClientError> {
     };
     let (kind, rest) = g.split_once(':').ok_or_else(bad)?;
     match kind {
-        "exists" => Ok(Guard::Exists(rest.as_bytes().to_vec())),
-        "missing" => Ok(Guard::Missing(rest.as_bytes().to_vec())),
+        "exists" => Ok(Guard::Exists(codec.decode(rest, "guard key")?)),
+        "missing" => Ok(Guard::Missing(codec.decode(rest, "guard key")?)),
         "equals" => {
-            let (k, v) = rest.split_once('=').ok_or_else(bad)?;
-            Ok(Guard::Equals(k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            // Base64 pads with `=`: the separator is the first `=` after
+            // which both sides decode.
+            let mut first_err = None;
+            for (i, _) in rest.match_indices('=') {
+                let (k, v) = (&rest[..i], &rest[i + 1..]);
+                match (codec.decode(k, "guard key"), codec.decode(v, "guard value")) {
+                    (Ok(k), Ok(v)) => return Ok(Guard::Equals(k, v)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            Err(first_err.unwrap_or_else(bad))
         }
         _ => Err(bad()),
     }
 }
 
-fn parse_ops(words: &[String]) -> Result<(Vec<Op>, Vec<Op>), ClientError> {
+fn parse_ops(words: &[String], codec: Codec) -> Result<(Vec<Op>, Vec<Op>), ClientError> {
     let mut then = Vec::new();
     let mut otherwise = Vec::new();
     let mut in_else = false;
     let mut i = 0;
     let need = |i: usize, what: &str| {
-        words
+        let w = words
             .get(i)
-            .map(|w| w.as_bytes().to_vec())
-            .ok_or_else(|| ClientError::InvalidInput(format!("`{what}` needs more arguments")))
+            .ok_or_else(|| ClientError::InvalidInput(format!("`{what}` needs more arguments")))?;
+        codec.decode(w, what)
     };
     while i < words.len() {
         let op = match words[i].as_str() {
@@ -201,35 +210,9 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
     }
 }
 
-/// Like `println!`, for stdout that may be a closed pipe (see [`out`]).
-macro_rules! outln {
-    ($($t:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($t)*))) };
-}
-
-mod out {
-    //! Output to stdout. SIGPIPE stays ignored (Rust's default), because
-    //! with it on, a gRPC connection that the server closes can kill the
-    //! process in the middle of a write (a TLS server refusing a plain
-    //! client does). A reader that quits (`txn scan | head`) still ends
-    //! the process as it would any Unix tool: by SIGPIPE, raised here.
-    use std::io::Write;
-
-    pub fn write(args: std::fmt::Arguments<'_>) {
-        let mut o = std::io::stdout().lock();
-        if let Err(e) = o.write_fmt(args) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                // SAFETY: SIG_DFL is a valid handler; raise(3) on our own
-                // process ends it as the closed pipe asked.
-                unsafe {
-                    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                    libc::raise(libc::SIGPIPE);
-                }
-            }
-            std::process::exit(1);
-        }
-    }
-}
-
+#[macro_use]
+mod output;
+mod data;
 mod playground;
 mod shell;
 
@@ -247,10 +230,22 @@ fn client_options(total: Duration, tls: Option<pact_client::Tls>) -> ClientOptio
 }
 
 /// What is known when a command's total deadline cut it off.
-fn deadline_error(cmd: &Cmd, total: Duration, began: Option<TxnId>) -> ClientError {
+fn deadline_error(cmd: &Cmd, total: Duration, progress: &data::Progress) -> ClientError {
     let waited = format!("no result within {}s (--timeout)", total.as_secs());
+    let began = progress.began.get();
     match cmd {
-        Cmd::Put { .. } | Cmd::Del { .. } | Cmd::Exec { .. } => ClientError::Unknown(format!(
+        // Until its keys are read and deleted, a range delete has sent no
+        // commit: the transaction expires unapplied.
+        Cmd::Del(d) if d.is_range() && !progress.committing.load(Ordering::SeqCst) => {
+            ClientError::Unavailable(format!("{waited}; nothing was deleted"))
+        }
+        Cmd::Del(d) if d.is_range() => match began {
+            Some(id) => ClientError::Unknown(format!(
+                "{waited}; transaction {id} may or may not have committed: `txn txn-status {id}` tells"
+            )),
+            None => ClientError::Unavailable(format!("{waited}; nothing was deleted")),
+        },
+        Cmd::Put(_) | Cmd::Del(_) | Cmd::Exec { .. } => ClientError::Unknown(format!(
             "{waited}; the write may or may not have been applied: read the keys to find out"
         )),
         Cmd::Incr { .. } => match began {
@@ -271,15 +266,15 @@ fn deadline_error(cmd: &Cmd, total: Duration, began: Option<TxnId>) -> ClientErr
 /// aborted, so only that one can be in doubt if the caller stops waiting.
 pub(crate) async fn incr(
     client: &Client,
-    key: &str,
+    key: &[u8],
     delta: i64,
     began: &Cell<Option<TxnId>>,
 ) -> Result<i64, ClientError> {
     client
         .transaction(|t| {
             began.set(Some(t.id()));
-            let key = key.to_string();
-            Box::pin(async move { t.incr(key.as_bytes(), delta).await })
+            let key = key.to_vec();
+            Box::pin(async move { t.incr(&key, delta).await })
         })
         .await
 }
@@ -287,14 +282,22 @@ pub(crate) async fn incr(
 fn main() -> ExitCode {
     // Output piped into a reader that quits (`txn scan | head`) ends the
     // process as for any Unix tool, instead of a panic in println!: see
-    // `out`, through which all output goes.
+    // `output`, through which all output goes.
     let args = match Args::try_parse() {
         Ok(a) => a,
+        Err(e) if e.use_stderr() && output::json_requested(std::env::args_os()) => {
+            output::report(true, "USAGE", e.render().to_string().trim_end());
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
+    };
+    let style = Style {
+        json: args.json,
+        codec: args.codec.codec(),
     };
     if let Cmd::Playground {
         dir,
@@ -317,14 +320,14 @@ fn main() -> ExitCode {
         {
             Ok(rt) => rt,
             Err(e) => {
-                eprintln!("txn: cannot start runtime: {e}");
+                errln!("txn: cannot start runtime: {e}");
                 return ExitCode::from(6);
             }
         };
         return match rt.block_on(playground::run(opts)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("txn playground: {e:#}");
+                errln!("txn playground: {e:#}");
                 ExitCode::from(2)
             }
         };
@@ -336,7 +339,7 @@ fn main() -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("txn: bad config: {e}");
+            output::report(args.json, "CONFIG", &format!("bad config: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -346,7 +349,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("txn: cannot start runtime: {e}");
+            output::report(args.json, "INTERNAL", &format!("cannot start runtime: {e}"));
             return ExitCode::from(6);
         }
     };
@@ -358,7 +361,7 @@ fn main() -> ExitCode {
     let tls = match pact_client::Tls::for_client(&config, &flags) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("txn: {e}");
+            output::report(args.json, "CONFIG", &e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -366,85 +369,45 @@ fn main() -> ExitCode {
     let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
-        return ExitCode::from(rt.block_on(shell::Shell::new(client, total).run()));
+        return ExitCode::from(rt.block_on(shell::Shell::new(client, total, style).run()));
     }
-    let began = Cell::new(None);
+    let progress = data::Progress::default();
     let result = match rt.block_on(async {
         // Made inside the runtime: a timer needs one.
-        tokio::time::timeout(total, run(&client, &args, &began)).await
+        tokio::time::timeout(total, run(&client, &args, style, &progress)).await
     }) {
         Ok(r) => r,
-        Err(_) => Err(deadline_error(&args.cmd, total, began.get())),
+        Err(_) => Err(deadline_error(&args.cmd, total, &progress)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("txn: {e}");
+            output::report_client(args.json, &e);
             ExitCode::from(exit_for(&e))
         }
     }
 }
 
-async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Result<u8, ClientError> {
+async fn run(
+    client: &Client,
+    args: &Args,
+    style: Style,
+    progress: &data::Progress,
+) -> Result<u8, ClientError> {
+    let codec = style.codec;
     match &args.cmd {
-        Cmd::Get { key } => {
-            let v = client.get(key.as_bytes()).await?;
-            if args.json {
-                let value = v.as_ref().map(|v| String::from_utf8_lossy(v).to_string());
-                outln!(
-                    "{}",
-                    serde_json::json!({ "key": key, "found": v.is_some(), "value": value })
-                );
-            } else if let Some(v) = &v {
-                outln!("{}", String::from_utf8_lossy(v));
-            } else {
-                eprintln!("(not found)");
-            }
-            Ok(if v.is_some() { 0 } else { 1 })
-        }
-        Cmd::Put { key, value } => {
-            client.put(key.as_bytes(), value.as_bytes()).await?;
-            if args.json {
-                outln!("{}", serde_json::json!({ "ok": true }));
-            } else {
-                outln!("OK");
-            }
-            Ok(0)
-        }
-        Cmd::Del { key } => {
-            client.delete(key.as_bytes()).await?;
-            if args.json {
-                outln!("{}", serde_json::json!({ "ok": true }));
-            } else {
-                outln!("OK");
-            }
-            Ok(0)
-        }
-        Cmd::Scan { start, end, limit } => {
-            let pairs = client
-                .scan(start.as_bytes(), end.as_ref().map(|e| e.as_bytes()), *limit)
-                .await?;
-            if args.json {
-                let items: Vec<_> = pairs
-                    .iter()
-                    .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "value": String::from_utf8_lossy(v) }))
-                    .collect();
-                outln!("{}", serde_json::Value::Array(items));
-            } else {
-                for (k, v) in &pairs {
-                    outln!(
-                        "{} = {}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    );
-                }
-            }
-            Ok(0)
-        }
+        Cmd::Get(a) => data::get(client, style, a).await,
+        Cmd::Put(a) => data::put(client, style, a).await,
+        Cmd::Del(a) => data::del(client, style, a, progress).await,
+        Cmd::Scan(a) => data::scan(client, style, a).await,
         Cmd::Incr { key, delta } => {
-            let v = incr(client, key, *delta, began).await?;
+            let key = codec.decode(key, "key")?;
+            let v = incr(client, &key, *delta, &progress.began).await?;
             if args.json {
-                outln!("{}", serde_json::json!({ "key": key, "value": v }));
+                let mut o = serde_json::Map::new();
+                codec.field(&mut o, "key", &key);
+                o.insert("value".into(), v.into());
+                outln!("{}", serde_json::Value::Object(o));
             } else {
                 outln!("{v}");
             }
@@ -453,15 +416,15 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
         Cmd::Exec { guards, ops } => {
             let guards = guards
                 .iter()
-                .map(|g| parse_guard(g))
+                .map(|g| parse_guard(g, codec))
                 .collect::<Result<Vec<_>, _>>()?;
-            let (then, otherwise) = parse_ops(ops)?;
+            let (then, otherwise) = parse_ops(ops, codec)?;
             let r = client.execute(guards, then, otherwise).await?;
             if args.json {
                 let results: Vec<_> = r
                     .results
                     .iter()
-                    .map(|(k, v)| serde_json::json!({ "key": String::from_utf8_lossy(k), "found": v.is_some(), "value": v.as_ref().map(|v| String::from_utf8_lossy(v).to_string()) }))
+                    .map(|(k, v)| codec.lookup(k, v.as_deref()))
                     .collect();
                 outln!(
                     "{}",
@@ -479,12 +442,8 @@ async fn run(client: &Client, args: &Args, began: &Cell<Option<TxnId>>) -> Resul
                 );
                 for (k, v) in &r.results {
                     match v {
-                        Some(v) => outln!(
-                            "{} = {}",
-                            String::from_utf8_lossy(k),
-                            String::from_utf8_lossy(v)
-                        ),
-                        None => outln!("{} (not found)", String::from_utf8_lossy(k)),
+                        Some(v) => outln!("{} = {}", codec.key(k), codec.value(v)),
+                        None => outln!("{} (not found)", codec.key(k)),
                     }
                 }
             }
@@ -612,16 +571,86 @@ mod tests {
     fn a_cut_off_write_is_unknown_a_cut_off_read_unavailable() {
         let t = Duration::from_secs(3);
         let id: TxnId = "1-4-99".parse().unwrap();
-        let code = |words: &[&str], began| exit_for(&deadline_error(&cmd(words), t, began));
+        let code_at = |words: &[&str], began, committing: bool| {
+            let p = data::Progress::default();
+            p.began.set(began);
+            p.committing.store(committing, Ordering::SeqCst);
+            exit_for(&deadline_error(&cmd(words), t, &p))
+        };
+        let code = |words: &[&str], began| code_at(words, began, false);
         assert_eq!(code(&["put", "k", "v"], None), 4);
         assert_eq!(code(&["del", "k"], None), 4);
         assert_eq!(code(&["exec", "put", "k", "v"], None), 4);
         assert_eq!(code(&["incr", "k"], Some(id)), 4);
         assert_eq!(code(&["incr", "k"], None), 3);
         assert_eq!(code(&["get", "k"], None), 3);
+        assert_eq!(code(&["get", "--prefix", "k"], None), 3);
         assert_eq!(code(&["scan"], None), 3);
         assert_eq!(code(&["txn-status", "1-4-99"], None), 3);
         assert_eq!(code(&["txn-status", "--resolve", "1-4-99"], None), 4);
+        // A range delete is in doubt only once its commit may be sent.
+        let range = ["del", "--range", "a", "b"];
+        assert_eq!(code_at(&range, Some(id), false), 3);
+        assert_eq!(code_at(&["del", "--prefix", "a"], Some(id), false), 3);
+        assert_eq!(code_at(&range, Some(id), true), 4);
+    }
+
+    #[test]
+    fn data_command_usage() {
+        let bad = |words: &[&str]| {
+            let mut all = vec!["txn"];
+            all.extend_from_slice(words);
+            Args::try_parse_from(all).is_err()
+        };
+        // A key or a prefix, not both; listing options only with a prefix.
+        assert!(bad(&["get"]));
+        assert!(bad(&["get", "k", "--prefix", "p"]));
+        assert!(bad(&["get", "k", "--keys-only"]));
+        assert!(!bad(&[
+            "get",
+            "--prefix",
+            "p",
+            "--keys-only",
+            "--limit",
+            "3"
+        ]));
+        assert!(bad(&["scan", "--all", "--limit", "3"]));
+        assert!(bad(&["scan", "--keys-only", "--count-only"]));
+        assert!(bad(&["scan", "--page-size", "10000"]));
+        assert!(bad(&["scan", "a", "--prefix", "p"]));
+        // del: exactly one of KEY, --prefix, --range START END.
+        assert!(bad(&["del"]));
+        assert!(bad(&["del", "k", "--prefix", "p"]));
+        assert!(bad(&["del", "--range", "a"]));
+        assert!(bad(&["del", "--prefix", "p", "--range", "a", "b"]));
+        assert!(!bad(&["del", "--range", "a", "b"]));
+        // put: a value, `-` or --file.
+        assert!(bad(&["put", "k"]));
+        assert!(bad(&["put", "k", "v", "--file", "f"]));
+        assert!(!bad(&["put", "k", "-"]));
+        assert!(!bad(&["put", "k", "-5"]));
+        assert!(bad(&["--hex", "--base64", "get", "k"]));
+        match cmd(&["put", "k", "--file", "f"]) {
+            Cmd::Put(p) => assert_eq!((p.value, p.file), (None, Some(PathBuf::from("f")))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn guards_and_ops_decode_with_the_codec() {
+        let g = parse_guard("equals:aGk==dg==", Codec::Base64).unwrap();
+        assert_eq!(g, Guard::Equals(b"hi".to_vec(), b"v".to_vec()));
+        let g = parse_guard("equals:6b=", Codec::Hex).unwrap();
+        assert_eq!(g, Guard::Equals(b"k".to_vec(), Vec::new()));
+        let g = parse_guard("equals:a=b=c", Codec::Text).unwrap();
+        assert_eq!(g, Guard::Equals(b"a".to_vec(), b"b=c".to_vec()));
+        assert!(parse_guard("equals:zz=00", Codec::Hex).is_err());
+        let words: Vec<String> = ["put", "00ff", "0a", "else", "get", "00ff"]
+            .map(String::from)
+            .to_vec();
+        let (then, otherwise) = parse_ops(&words, Codec::Hex).unwrap();
+        assert_eq!(then, [Op::Put(vec![0, 0xff], vec![0x0a])]);
+        assert_eq!(otherwise, [Op::Get(vec![0, 0xff])]);
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if ready {
         outln!("ready: every shard and coordinator group has a leader. Ctrl-C stops the cluster.");
     } else {
-        eprintln!(
+        errln!(
             "warning: not every group has a leader yet; see {}/node-*.log",
             opts.dir.display()
         );
@@ -315,7 +315,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 for (id, c) in children.iter_mut() {
                     if let Ok(Some(st)) = c.try_wait() {
-                        eprintln!("warning: node {id} exited ({st}); see {}/node-{id}.log", opts.dir.display());
+                        errln!("warning: node {id} exited ({st}); see {}/node-{id}.log", opts.dir.display());
                     }
                 }
                 children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));

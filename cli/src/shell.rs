@@ -12,6 +12,12 @@
 //! transaction. Each statement gets `--timeout`. The exit code is the
 //! first failed statement's (0 if none); a script that ends, or EXITs,
 //! inside a transaction exits 7 (aborted) at least.
+//!
+//! Keys and values follow `--hex` / `--base64` as on the command line.
+//! With `--json` every statement that does something prints exactly one
+//! JSON object on stdout: its result, `{"error": {...}}` (with the line
+//! in a script, and the transaction it rolled back), or `{"skipped":
+//! ...}`, so a program driving the shell reads one answer per statement.
 
 use std::cell::Cell;
 use std::io::{BufRead, IsTerminal, Write};
@@ -19,8 +25,10 @@ use std::time::Duration;
 
 use pact_client::{Client, ClientError, Transaction};
 use pact_common::TxnId;
+use serde_json::{json, Map, Value};
 
 use crate::exit_for;
+use crate::output::{Codec, Style};
 
 const HELP: &str = "\
 commands (case-insensitive):
@@ -30,15 +38,86 @@ commands (case-insensitive):
   PUT key value              write (value: the rest of the line); in a
                              transaction, sent with COMMIT, which locks it
   DEL key                    delete (as PUT)
-  SCAN [start [end]]         list keys in [start, end)
+  SCAN [start [end]]         list keys in [start, end), 1000 at most (a
+                             note on stderr names the next key)
   INCR key [delta]           add to an integer value
   COMMIT | ROLLBACK          end the transaction
   HELP | EXIT | QUIT
 a failed statement in a transaction rolls it back; the statements after
-it are ignored until COMMIT or ROLLBACK";
+it are ignored until COMMIT or ROLLBACK. Values print escaped (\\n for a
+newline); --hex / --base64 apply to keys and values in and out.";
+
+/// Pairs one SCAN shows.
+const SCAN_LIMIT: u32 = 1000;
+
+/// What a statement did, to print as text or JSON.
+enum Reply {
+    Begin(TxnId),
+    Committed(TxnId),
+    RolledBack,
+    Read(Vec<u8>, Option<Vec<u8>>),
+    Ok,
+    /// Pairs, and the key after the last one shown if the range goes on.
+    Pairs(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>),
+    Int(Vec<u8>, i64),
+    Help,
+}
+
+impl Reply {
+    fn json(&self, c: Codec) -> Value {
+        match self {
+            Reply::Begin(id) => json!({ "begin": id.to_string() }),
+            Reply::Committed(id) => json!({ "committed": true, "txn": id.to_string() }),
+            Reply::RolledBack => json!({ "rolled_back": true }),
+            Reply::Read(k, v) => c.lookup(k, v.as_deref()),
+            Reply::Ok => json!({ "ok": true }),
+            Reply::Pairs(pairs, next) => {
+                let items: Vec<Value> = pairs.iter().map(|(k, v)| c.pair(k, Some(v))).collect();
+                let mut o = Map::new();
+                o.insert("count".into(), items.len().into());
+                o.insert("pairs".into(), Value::Array(items));
+                o.insert("more".into(), next.is_some().into());
+                match next {
+                    Some(k) => c.field(&mut o, "next", k),
+                    None => {
+                        o.insert("next".into(), Value::Null);
+                    }
+                }
+                Value::Object(o)
+            }
+            Reply::Int(k, v) => {
+                let mut o = Map::new();
+                c.field(&mut o, "key", k);
+                o.insert("value".into(), (*v).into());
+                Value::Object(o)
+            }
+            Reply::Help => json!({ "help": HELP }),
+        }
+    }
+
+    fn text(&self, c: Codec) -> String {
+        match self {
+            Reply::Begin(id) => format!("BEGIN {id}"),
+            Reply::Committed(id) => format!("COMMITTED {id}"),
+            Reply::RolledBack => "ROLLED BACK".into(),
+            Reply::Read(_, Some(v)) => c.value(v),
+            Reply::Read(_, None) => "(not found)".into(),
+            Reply::Ok => "OK".into(),
+            Reply::Pairs(pairs, _) if pairs.is_empty() => "(empty)".into(),
+            Reply::Pairs(pairs, _) => pairs
+                .iter()
+                .map(|(k, v)| format!("{} = {}", c.key(k), c.value(v)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Reply::Int(_, v) => v.to_string(),
+            Reply::Help => HELP.into(),
+        }
+    }
+}
 
 pub struct Shell {
     client: Client,
+    style: Style,
     /// Deadline of one statement.
     timeout: Duration,
     txn: Option<Transaction>,
@@ -59,9 +138,10 @@ fn skipped_note(id: TxnId) -> String {
 }
 
 impl Shell {
-    pub fn new(client: Client, timeout: Duration) -> Self {
+    pub fn new(client: Client, timeout: Duration, style: Style) -> Self {
         Shell {
             client,
+            style,
             timeout,
             txn: None,
             aborted: None,
@@ -100,19 +180,83 @@ impl Shell {
         let _ = tokio::time::timeout(self.timeout, t.rollback()).await;
     }
 
+    /// Print a statement's result.
+    fn show(&self, r: &Reply) {
+        if self.style.json {
+            outln!("{}", r.json(self.style.codec));
+        } else {
+            outln!("{}", r.text(self.style.codec));
+        }
+        if let (false, Reply::Pairs(_, Some(next))) = (self.style.json, r) {
+            let k = self.style.codec.key(next);
+            errln!(
+                "{}more pairs follow (SCAN shows {SCAN_LIMIT}); the next key is {k}: SCAN {k} to continue",
+                self.at()
+            );
+        }
+    }
+
+    /// A note about a statement that did not run, or a transaction that
+    /// ended: a line on stderr, or under --json an object with `fields`
+    /// and the message on stdout.
+    fn note(&self, fields: Value, message: &str) {
+        if self.style.json {
+            let mut o = match fields {
+                Value::Object(o) => o,
+                _ => Map::new(),
+            };
+            o.insert("message".into(), message.into());
+            if self.script {
+                o.insert("line".into(), self.line_no.into());
+            }
+            outln!("{}", Value::Object(o));
+        } else {
+            errln!("{}{message}", self.at());
+        }
+    }
+
     /// Report a failed statement; inside a transaction, roll it back and
-    /// skip the rest of its block.
-    async fn fail(&mut self, e: &ClientError) {
+    /// skip the rest of its block. `after` is said after the error (what
+    /// it means for a COMMIT).
+    async fn fail(&mut self, e: &ClientError, after: Option<String>) {
         self.record(exit_for(e));
-        eprintln!("{}ERROR: {e}", self.at());
-        if let Some(t) = self.txn.take() {
-            let id = t.id();
-            self.rollback(t).await;
-            self.aborted = Some(id);
-            eprintln!(
+        let rolled_back = match self.txn.take() {
+            Some(t) => {
+                let id = t.id();
+                self.rollback(t).await;
+                self.aborted = Some(id);
+                Some(id)
+            }
+            None => None,
+        };
+        if self.style.json {
+            let mut err = Map::new();
+            err.insert("code".into(), e.code().as_str().into());
+            if let Some(kind) = e.abort_kind() {
+                err.insert("abort_kind".into(), kind.as_str().into());
+            }
+            err.insert("message".into(), e.to_string().into());
+            if self.script {
+                err.insert("line".into(), self.line_no.into());
+            }
+            if let Some(id) = rolled_back {
+                err.insert("rolled_back".into(), id.to_string().into());
+            }
+            if let Some(a) = after {
+                err.insert("note".into(), a.into());
+            }
+            outln!("{}", json!({ "error": err }));
+            return;
+        }
+        errln!("{}ERROR: {e}", self.at());
+        if let Some(id) = rolled_back {
+            errln!(
                 "{}transaction {id} rolled back because of this error; statements are ignored until COMMIT or ROLLBACK",
                 self.at()
             );
+        }
+        if let Some(a) = after {
+            errln!("{}{a}", self.at());
         }
     }
 
@@ -156,17 +300,17 @@ impl Shell {
         match cmd.as_str() {
             "EXIT" | "QUIT" => return false,
             "HELP" => {
-                outln!("{HELP}");
+                self.show(&Reply::Help);
                 return true;
             }
             "ROLLBACK" => {
                 if let Some(t) = self.txn.take() {
                     self.rollback(t).await;
-                    outln!("ROLLED BACK");
+                    self.show(&Reply::RolledBack);
                 } else if self.aborted.take().is_some() {
-                    outln!("ROLLED BACK");
+                    self.show(&Reply::RolledBack);
                 } else {
-                    self.fail(&ClientError::InvalidInput("no transaction".into()))
+                    self.fail(&ClientError::InvalidInput("no transaction".into()), None)
                         .await;
                 }
                 return true;
@@ -174,15 +318,24 @@ impl Shell {
             _ => {}
         }
         if let Some(id) = self.aborted {
+            let txn = id.to_string();
             if cmd == "COMMIT" {
                 self.aborted = None;
-                eprintln!(
-                    "{}transaction {id} did not commit: a statement in it failed",
-                    self.at()
-                );
-                outln!("ROLLED BACK");
+                let why = format!("transaction {id} did not commit: a statement in it failed");
+                if self.style.json {
+                    self.note(
+                        json!({ "committed": false, "rolled_back": true, "txn": txn }),
+                        &why,
+                    );
+                } else {
+                    errln!("{}{why}", self.at());
+                    self.show(&Reply::RolledBack);
+                }
             } else {
-                eprintln!("{}skipped: {}", self.at(), skipped_note(id));
+                self.note(
+                    json!({ "skipped": true, "txn": txn }),
+                    &format!("skipped: {}", skipped_note(id)),
+                );
             }
             return true;
         }
@@ -194,20 +347,20 @@ impl Shell {
             Err(_) => Err(self.deadline_error(&cmd, in_txn, began.get())),
         };
         match res {
-            Ok(out) => outln!("{out}"),
+            Ok(out) => self.show(&out),
             Err(e) => {
-                self.fail(&e).await;
-                if let (Some(id), "COMMIT") = (in_txn, cmd.as_str()) {
-                    match e {
-                        ClientError::Aborted(_) | ClientError::InvalidInput(_) => {
-                            eprintln!("{}transaction {id} did not commit", self.at())
-                        }
-                        _ => eprintln!(
-                            "{}`txn txn-status {id}` tells whether it committed",
-                            self.at()
-                        ),
+                let after = match (in_txn, cmd.as_str(), &e) {
+                    (
+                        Some(id),
+                        "COMMIT",
+                        ClientError::Aborted(_) | ClientError::InvalidInput(_),
+                    ) => Some(format!("transaction {id} did not commit")),
+                    (Some(id), "COMMIT", _) => {
+                        Some(format!("`txn txn-status {id}` tells whether it committed"))
                     }
-                }
+                    _ => None,
+                };
+                self.fail(&e, after).await;
             }
         }
         true
@@ -224,9 +377,20 @@ impl Shell {
         let Some(id) = id else { return };
         if self.script {
             self.record(7);
-            eprintln!("end of script inside transaction {id}: rolled back");
+            let e = ClientError::Aborted(pact_client::Abort::new(
+                pact_client::AbortKind::Rollback,
+                format!("end of script inside transaction {id}: rolled back"),
+            ));
+            if self.style.json {
+                outln!("{}", crate::output::client_error_json(&e));
+            } else {
+                errln!("end of script inside transaction {id}: rolled back");
+            }
         } else {
-            eprintln!("(open transaction {id} rolled back)");
+            self.note(
+                json!({ "rolled_back": true, "txn": id.to_string() }),
+                &format!("(open transaction {id} rolled back)"),
+            );
         }
     }
 
@@ -237,13 +401,10 @@ impl Shell {
         cmd: &str,
         rest: &str,
         began: &Cell<Option<TxnId>>,
-    ) -> Result<String, ClientError> {
+    ) -> Result<Reply, ClientError> {
+        let codec = self.style.codec;
         let args: Vec<&str> = rest.split_whitespace().collect();
         let usage = |u: &str| ClientError::InvalidInput(format!("usage: {u}"));
-        let show = |v: Option<Vec<u8>>| match v {
-            Some(v) => String::from_utf8_lossy(&v).to_string(),
-            None => "(not found)".to_string(),
-        };
         Ok(match cmd {
             "BEGIN" => {
                 if self.txn.is_some() {
@@ -252,7 +413,7 @@ impl Shell {
                 let t = self.client.begin().await?;
                 let id = t.id();
                 self.txn = Some(t);
-                format!("BEGIN {id}")
+                Reply::Begin(id)
             }
             "COMMIT" => {
                 let mut t = self
@@ -260,81 +421,81 @@ impl Shell {
                     .take()
                     .ok_or_else(|| ClientError::InvalidInput("no transaction".into()))?;
                 t.commit().await?;
-                format!("COMMITTED {}", t.id())
+                Reply::Committed(t.id())
             }
             "GET" => {
                 let [k] = args[..] else {
                     return Err(usage("GET key"));
                 };
-                match &mut self.txn {
-                    Some(t) => show(t.get(k.as_bytes()).await?),
-                    None => show(self.client.get(k.as_bytes()).await?),
-                }
+                let k = codec.decode(k, "key")?;
+                let v = match &mut self.txn {
+                    Some(t) => t.get(&k).await?,
+                    None => self.client.get(&k).await?,
+                };
+                Reply::Read(k, v)
             }
             "GETU" => {
                 let [k] = args[..] else {
                     return Err(usage("GETU key"));
                 };
+                let k = codec.decode(k, "key")?;
                 let t = self.txn.as_mut().ok_or_else(|| {
                     ClientError::InvalidInput("GETU locks within a transaction: BEGIN first".into())
                 })?;
-                show(t.get_for_update(k.as_bytes()).await?)
+                let v = t.get_for_update(&k).await?;
+                Reply::Read(k, v)
             }
             "PUT" => {
                 let mut kv = rest.splitn(2, char::is_whitespace);
                 let (Some(k), Some(v)) = (kv.next(), kv.next()) else {
                     return Err(usage("PUT key value"));
                 };
-                let v = v.trim();
+                let k = codec.decode(k, "key")?;
+                let v = codec.decode(v.trim(), "value")?;
                 match &mut self.txn {
-                    Some(t) => t.put(k.as_bytes(), v.as_bytes()).await?,
-                    None => self.client.put(k.as_bytes(), v.as_bytes()).await?,
+                    Some(t) => t.put(&k, &v).await?,
+                    None => self.client.put(&k, &v).await?,
                 }
-                "OK".to_string()
+                Reply::Ok
             }
             "DEL" => {
                 let [k] = args[..] else {
                     return Err(usage("DEL key"));
                 };
+                let k = codec.decode(k, "key")?;
                 match &mut self.txn {
-                    Some(t) => t.delete(k.as_bytes()).await?,
-                    None => self.client.delete(k.as_bytes()).await?,
+                    Some(t) => t.delete(&k).await?,
+                    None => self.client.delete(&k).await?,
                 }
-                "OK".to_string()
+                Reply::Ok
             }
             "SCAN" => {
                 let (start, end) = match args[..] {
-                    [] => ("", None),
-                    [s] => (s, None),
-                    [s, e] => (s, Some(e)),
+                    [] => (Vec::new(), None),
+                    [s] => (codec.decode(s, "start key")?, None),
+                    [s, e] => (
+                        codec.decode(s, "start key")?,
+                        Some(codec.decode(e, "end key")?),
+                    ),
                     _ => return Err(usage("SCAN [start [end]]")),
                 };
-                let pairs = match &mut self.txn {
-                    Some(t) => {
-                        t.scan(start.as_bytes(), end.map(str::as_bytes), 1000)
-                            .await?
-                    }
+                // One more than shown: whether it exists says if the range
+                // goes on.
+                let mut pairs = match &mut self.txn {
+                    Some(t) => t.scan(&start, end.as_deref(), SCAN_LIMIT + 1).await?,
                     None => {
                         self.client
-                            .scan(start.as_bytes(), end.map(str::as_bytes), 1000)
+                            .scan(&start, end.as_deref(), SCAN_LIMIT + 1)
                             .await?
                     }
                 };
-                if pairs.is_empty() {
-                    "(empty)".to_string()
+                let next = if pairs.len() > SCAN_LIMIT as usize {
+                    pairs.truncate(SCAN_LIMIT as usize + 1);
+                    pairs.pop().map(|(k, _)| k)
                 } else {
-                    pairs
-                        .iter()
-                        .map(|(k, v)| {
-                            format!(
-                                "{} = {}",
-                                String::from_utf8_lossy(k),
-                                String::from_utf8_lossy(v)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }
+                    None
+                };
+                Reply::Pairs(pairs, next)
             }
             "INCR" => {
                 let (k, d) = match args[..] {
@@ -342,11 +503,12 @@ impl Shell {
                     [k, d] => (k, d.parse::<i64>().map_err(|_| usage("INCR key [delta]"))?),
                     _ => return Err(usage("INCR key [delta]")),
                 };
+                let k = codec.decode(k, "key")?;
                 let v = match &mut self.txn {
-                    Some(t) => t.incr(k.as_bytes(), d).await?,
-                    None => crate::incr(&self.client, k, d, began).await?,
+                    Some(t) => t.incr(&k, d).await?,
+                    None => crate::incr(&self.client, &k, d, began).await?,
                 };
-                v.to_string()
+                Reply::Int(k, v)
             }
             other => {
                 return Err(ClientError::InvalidInput(format!(
@@ -365,13 +527,26 @@ impl Shell {
         let mut ed = match rustyline::DefaultEditor::new() {
             Ok(ed) => ed,
             Err(e) => {
-                eprintln!("txn: no line editor ({e}); reading plain lines");
+                errln!("txn: no line editor ({e}); reading plain lines");
                 return self.run_plain().await;
             }
         };
-        outln!("Pact shell. Type HELP for commands.");
+        if !self.style.json {
+            outln!("Pact shell. Type HELP for commands.");
+        }
         loop {
-            match ed.readline(&self.prompt()) {
+            // Waiting for a line happens off the runtime's one thread, so
+            // that an open transaction's heartbeat goes on meanwhile:
+            // otherwise it would expire while its user thinks.
+            let prompt = self.prompt();
+            let read = tokio::task::spawn_blocking(move || {
+                let r = ed.readline(&prompt);
+                (ed, r)
+            })
+            .await;
+            let Ok((back, read)) = read else { break };
+            ed = back;
+            match read {
                 Ok(line) => {
                     self.line_no += 1;
                     let _ = ed.add_history_entry(line.as_str());
@@ -389,32 +564,46 @@ impl Shell {
 
     /// Lines from stdin. They are read as bytes so that one that is not
     /// UTF-8 fails as a statement (with its number) instead of ending the
-    /// input as if the script were complete.
+    /// input as if the script were complete. A thread reads them, so that
+    /// the runtime keeps an open transaction's heartbeat going while the
+    /// next line is slow to come.
     async fn run_plain(mut self) -> u8 {
-        let stdin = std::io::stdin();
-        let mut input = stdin.lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        std::thread::spawn(move || {
+            let mut input = std::io::stdin().lock();
+            loop {
+                let mut buf = Vec::new();
+                let r = match input.read_until(b'\n', &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => Ok(buf),
+                    Err(e) => Err(e),
+                };
+                let failed = r.is_err();
+                if tx.blocking_send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        while let Some(read) = rx.recv().await {
+            self.line_no += 1;
+            let buf = match read {
+                Ok(buf) => buf,
                 Err(e) => {
-                    self.line_no += 1;
-                    self.fail(&ClientError::InvalidInput(format!(
-                        "cannot read input: {e}"
-                    )))
+                    self.fail(
+                        &ClientError::InvalidInput(format!("cannot read input: {e}")),
+                        None,
+                    )
                     .await;
                     break;
                 }
-            }
-            self.line_no += 1;
+            };
             let go_on = match std::str::from_utf8(&buf) {
                 Ok(line) => self.line(line).await,
                 Err(_) => {
-                    self.fail(&ClientError::InvalidInput(
-                        "the line is not valid UTF-8".into(),
-                    ))
+                    self.fail(
+                        &ClientError::InvalidInput("the line is not valid UTF-8".into()),
+                        None,
+                    )
                     .await;
                     true
                 }
@@ -438,7 +627,11 @@ mod tests {
     #[test]
     fn a_cut_off_statement_is_unknown_only_where_it_may_have_written() {
         let client = Client::new(&ClusterConfig::embedded_default(), ClientOptions::default());
-        let sh = Shell::new(client, Duration::from_secs(3));
+        let style = Style {
+            json: false,
+            codec: Codec::Text,
+        };
+        let sh = Shell::new(client, Duration::from_secs(3), style);
         let id: TxnId = "1-4-99".parse().unwrap();
         let code = |cmd, in_txn, began| exit_for(&sh.deadline_error(cmd, in_txn, began));
         assert_eq!(code("COMMIT", Some(id), None), 4);

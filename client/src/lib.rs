@@ -17,6 +17,8 @@
 //! One enum, [`ClientError`], phrased as what to do: retry later
 //! (`Unavailable`), find out first (`Unknown`), fix the request
 //! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
+//! [`ClientError::code`] names the variant in a stable word for programs
+//! (`txn --json` prints it with each error).
 
 pub mod convert;
 mod tls;
@@ -70,8 +72,9 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The stable machine-readable code of this error (`pact_common::codes`
-    /// names, plus UNKNOWN_OUTCOME's spelling as the servers use it).
+    /// The stable machine-readable code of this error (the servers' code
+    /// names, `pact_common::codes`), for programs (`txn --json`); the
+    /// message is for people and may change.
     pub fn code(&self) -> ErrorCode {
         match self {
             ClientError::Unavailable(_) => ErrorCode::Unavailable,
@@ -577,5 +580,36 @@ impl Client {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Abort, AbortKind, ClientError};
+
+    #[test]
+    fn error_codes_are_distinct_screaming_snake() {
+        let all = [
+            ClientError::Unavailable(String::new()),
+            ClientError::Aborted(Abort::new(AbortKind::Wounded, "")),
+            ClientError::Conflict(String::new()),
+            ClientError::Unknown(String::new()),
+            ClientError::InvalidInput(String::new()),
+            ClientError::UnknownShard(1),
+            ClientError::Internal(String::new()),
+        ];
+        let codes: std::collections::BTreeSet<&str> =
+            all.iter().map(|e| e.code().as_str()).collect();
+        assert_eq!(codes.len(), all.len(), "{codes:?}");
+        for c in codes {
+            assert!(
+                c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'),
+                "{c}"
+            );
+        }
+        assert_eq!(
+            ClientError::Unknown("x".into()).code().as_str(),
+            "OUTCOME_UNKNOWN"
+        );
     }
 }

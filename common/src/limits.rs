@@ -22,6 +22,10 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 pub const MAX_BATCH_OPS: usize = 10_000;
 /// Largest number of pairs a single scan request may ask for.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Most bytes of keys and values one transaction may write on one shard
+/// (a delete counts its key): its writes there end up in one prepare
+/// record, which must stay a reasonable Raft entry.
+pub const MAX_TXN_BYTES: usize = 8 << 20;
 
 /// Why a key, value or batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -75,8 +75,7 @@ struct Txn {
     asked_ms: u64,
 }
 
-/// Most bytes of keys and values one transaction may write on one shard.
-pub const MAX_TXN_BYTES: usize = 8 << 20;
+pub use pact_common::MAX_TXN_BYTES;
 
 fn entry_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
     k.len() + v.as_ref().map_or(0, Vec::len)

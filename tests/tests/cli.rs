@@ -1,7 +1,11 @@
 //! End to end through the real `txn` binary against `txn playground`:
 //! a cross-shard `exec` commits atomically, an interactive session (driven
 //! through stdin) commits and rolls back, bad usage fails clearly, and the
-//! playground stops on SIGINT and restarts on the same data. The default
+//! playground stops on SIGINT and restarts on the same data. Against a
+//! cluster the harness starts: the data commands (listings with prefixes,
+//! limits and paging, range deletes, values from stdin and files, hex and
+//! base64, escaped text, errors as JSON, the shell under --json), closed
+//! output pipes, and the shell's and `--timeout`'s exit codes. The default
 //! playground is 3 `pact` processes; the TLS one uses the split layout
 //! (3 `participant` and 3 `coordinator` processes).
 
@@ -131,7 +135,8 @@ fn txn_cli_against_the_playground() {
     assert!(stdout(&o).starts_with("COMMITTED"), "{}", stdout(&o));
     let o = txn(&cfg, &["--json", "scan"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json scan");
-    assert_eq!(v.as_array().map(|a| a.len()), Some(3), "{v}");
+    assert_eq!(v["pairs"].as_array().map(|a| a.len()), Some(3), "{v}");
+    assert_eq!(v["more"], false, "{v}");
     // Guarded: the else-branch runs and reports the current value.
     let o = txn(
         &cfg,
@@ -529,4 +534,475 @@ fn timeout_bounds_the_whole_command() {
     let (o, took) = txn_timed(&silent_cfg, &["--timeout", "3", "shell"], b"GET x\n", limit);
     assert!(took < Duration::from_secs(10), "{took:?}: {o:?}");
     assert_eq!(o.status.code(), Some(3), "{o:?}");
+}
+
+/// `txn` with `stdin` piped in and a minute to finish.
+fn txn_in(config: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    txn_timed(config, args, stdin, Duration::from_secs(60)).0
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {o:?}"))
+}
+
+/// Listings, range deletes, values beyond argv, binary keys and values,
+/// escaped text and JSON errors, through the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_commands() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let run = |args: &[&str]| txn(&cfg, args);
+    let ok = |args: &[&str]| {
+        let o = txn(&cfg, args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        o
+    };
+    // 12 keys under p/ (key order: p/1, p/10, p/11, p/12, p/2, ... p/9),
+    // one beside them, on both shards.
+    let mut ops = vec!["exec"];
+    let keys: Vec<String> = (1..=12).map(|i| format!("p/{i}")).collect();
+    for k in &keys {
+        ops.extend(["put", k.as_str(), "v"]);
+    }
+    ops.extend(["put", "q/1", "other"]);
+    ok(&ops);
+    let mut sorted = keys.clone();
+    sorted.sort();
+
+    // Prefix listings: scan and get alike, in key order.
+    let o = ok(&["scan", "--prefix", "p/"]);
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    let want: Vec<String> = sorted.iter().map(|k| format!("{k} = v")).collect();
+    assert_eq!(lines, want);
+    assert!(stderr(&o).is_empty(), "{o:?}");
+    let o = ok(&["get", "--prefix", "p/", "--keys-only"]);
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), sorted, "{o:?}");
+
+    // --limit: the rest is announced with the key to continue from, which
+    // --from takes up.
+    let o = ok(&["get", "--prefix", "p/", "--limit", "5"]);
+    assert_eq!(stdout(&o).lines().count(), 5, "{o:?}");
+    assert!(
+        stderr(&o).contains("next key is p/3") && stderr(&o).contains("--from p/3"),
+        "{o:?}"
+    );
+    let o = ok(&["scan", "--prefix", "p/", "--limit", "5", "--from", "p/3"]);
+    let got = stdout(&o);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(got, ["p/3 = v", "p/4 = v", "p/5 = v", "p/6 = v", "p/7 = v"]);
+    let v = json_of(&ok(&["--json", "scan", "--prefix", "p/", "--limit", "5"]));
+    assert_eq!(v["count"], 5, "{v}");
+    assert_eq!(v["more"], true, "{v}");
+    assert_eq!(v["next"], "p/3", "{v}");
+    assert_eq!(
+        v["pairs"][0],
+        serde_json::json!({"key": "p/1", "value": "v"})
+    );
+    // The default limit is 1000: all 12 shown, nothing announced.
+    let v = json_of(&ok(&["--json", "scan", "--prefix", "p/"]));
+    assert_eq!(
+        (v["count"].as_u64(), &v["more"]),
+        (Some(12), &serde_json::json!(false))
+    );
+
+    // --all pages through: 3 pages of 5, in order, in text and in JSON.
+    let o = ok(&["scan", "--prefix", "p/", "--all", "--page-size", "5"]);
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want, "{o:?}");
+    assert!(stderr(&o).is_empty(), "{o:?}");
+    let v = json_of(&ok(&[
+        "--json",
+        "get",
+        "--prefix",
+        "p/",
+        "--all",
+        "--page-size",
+        "5",
+        "--keys-only",
+    ]));
+    let listed: Vec<&str> = v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, sorted, "{v}");
+    assert!(v["pairs"][0].get("value").is_none(), "{v}");
+
+    // --count-only: all of them with --all, up to the limit without.
+    let o = ok(&[
+        "scan",
+        "--prefix",
+        "p/",
+        "--count-only",
+        "--all",
+        "--page-size",
+        "5",
+    ]);
+    assert_eq!(stdout(&o).trim(), "12", "{o:?}");
+    let o = ok(&["scan", "--prefix", "p/", "--count-only", "--limit", "5"]);
+    assert_eq!(stdout(&o).trim(), "5", "{o:?}");
+    assert!(stderr(&o).contains("next key is p/3"), "{o:?}");
+    let v = json_of(&ok(&["--json", "scan", "--count-only", "--all"]));
+    assert_eq!(v["count"], 13, "{v}");
+
+    // Range deletes: [p/1, p/2) holds p/1 and p/10..p/12, on both shards.
+    let o = ok(&["del", "--range", "p/1", "p/2"]);
+    assert!(stdout(&o).starts_with("deleted 4 keys"), "{o:?}");
+    let o = ok(&["scan", "--prefix", "p/", "--keys-only"]);
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        &sorted[4..],
+        "{o:?}"
+    );
+    let v = json_of(&ok(&["--json", "del", "--prefix", "p/"]));
+    assert_eq!(v["deleted"], 8, "{v}");
+    assert_eq!(
+        run(&["scan", "--prefix", "p/", "--count-only"]).stdout,
+        b"0\n"
+    );
+    assert_eq!(stdout(&ok(&["get", "q/1"])).trim(), "other");
+    let o = run(&["del", "--range", "b", "a"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+
+    // Values from stdin and from a file, byte for byte: newlines, a NUL,
+    // bytes that are not UTF-8.
+    let raw: &[u8] = b"line one\nline two\n\x00\xff\xfe end";
+    let o = txn_in(&cfg, &["put", "blob", "-"], raw);
+    assert!(o.status.success(), "{o:?}");
+    let o = ok(&["--base64", "get", "YmxvYg=="]);
+    let b64 = stdout(&o).trim().to_string();
+    let o = ok(&["--hex", "get", "626c6f62"]);
+    let hex = stdout(&o).trim().to_string();
+    assert_eq!(hex.len(), raw.len() * 2, "{o:?}");
+    for (i, b) in raw.iter().enumerate() {
+        assert_eq!(
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap(),
+            *b,
+            "{hex}"
+        );
+    }
+    // The base64 text decodes (in txn itself) to the same bytes.
+    let o = ok(&["--base64", "put", "YmxvYjI=", &b64]);
+    assert_eq!(stdout(&o).trim(), "OK");
+    assert_eq!(stdout(&ok(&["--hex", "get", "626c6f6232"])).trim(), hex);
+    let file = c.dir.path().join("value.bin");
+    std::fs::write(&file, raw).unwrap();
+    ok(&["put", "blob3", "--file", file.to_str().unwrap()]);
+    assert_eq!(stdout(&ok(&["--hex", "get", "626c6f6233"])).trim(), hex);
+    // Text output: escaped, one line per value and per pair.
+    let escaped = "line one\\nline two\\n\\x00\\xff\\xfe end";
+    assert_eq!(stdout(&ok(&["get", "blob"])), format!("{escaped}\n"));
+    let o = ok(&["scan", "--prefix", "blob"]);
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(
+        lines,
+        ["blob", "blob2", "blob3"].map(|k| format!("{k} = {escaped}")),
+        "{o:?}"
+    );
+    // JSON: a value that is not UTF-8 goes as base64, under its own name.
+    let v = json_of(&ok(&["--json", "get", "blob"]));
+    assert_eq!(v["value_base64"].as_str(), Some(b64.as_str()), "{v}");
+    assert!(v.get("value").is_none(), "{v}");
+    let o = txn_in(&cfg, &["put", "nl", "-"], b"a\nb");
+    assert!(o.status.success(), "{o:?}");
+    let v = json_of(&ok(&["--json", "get", "nl"]));
+    assert_eq!(v["value"], "a\nb", "{v}");
+
+    // Binary keys: hex and base64 in and out, in text and JSON.
+    ok(&["--hex", "put", "00ff0a", "0001020a"]);
+    assert_eq!(stdout(&ok(&["--hex", "get", "00FF0A"])).trim(), "0001020a");
+    assert_eq!(stdout(&ok(&["--base64", "get", "AP8K"])).trim(), "AAECCg==");
+    let o = ok(&["--hex", "scan", "--prefix", "00ff"]);
+    assert_eq!(stdout(&o), "00ff0a = 0001020a\n");
+    let v = json_of(&ok(&["--json", "--base64", "scan", "--prefix", "AP8="]));
+    assert_eq!(
+        v["pairs"][0],
+        serde_json::json!({"key": "AP8K", "value": "AAECCg=="})
+    );
+    let v = json_of(&ok(&["--json", "scan", "--limit", "1"]));
+    assert_eq!(v["pairs"][0]["key_base64"], "AP8K", "{v}");
+
+    // Errors under --json: one object on stdout, a stable code, the same
+    // exit codes as without.
+    let o = run(&["--json", "put", "", "v"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    let v = json_of(&o);
+    assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("empty"),
+        "{v}"
+    );
+    let v = json_of(&run(&["--json", "--hex", "get", "zz"]));
+    assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
+    let o = run(&["--json", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_eq!(json_of(&o)["error"]["code"], "USAGE");
+    let o = run(&["--json", "--hex", "--base64", "get", "00"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = run(&["get", "k", "--limit", "3"]);
+    assert_eq!(o.status.code(), Some(2), "--limit without --prefix: {o:?}");
+    // Without --json the error stays a line on stderr.
+    let o = run(&["put", "", "v"]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(
+        stdout(&o).is_empty() && stderr(&o).starts_with("txn: invalid input"),
+        "{o:?}"
+    );
+    // A value over the limit from stdin is refused before sending.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let o = txn_in(&cfg, &["--json", "put", "big", "-"], &big);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert_eq!(json_of(&o)["error"]["code"], "INVALID_INPUT");
+}
+
+/// `txn --json shell`: one JSON object per statement, results and errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_under_json() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let o = txn_in(
+        &cfg,
+        &["--json", "shell"],
+        b"PUT a two\\nlines\nGET a\nBEGIN\nGET a\nFROB\nPUT a x\nCOMMIT\nGET missing\nINCR n 5\n",
+    );
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 9, "one object per statement: {o:?}");
+    assert_eq!(lines[0], serde_json::json!({"ok": true}));
+    assert_eq!(lines[1]["value"], "two\\nlines");
+    assert!(lines[2]["begin"].is_string(), "{}", lines[2]);
+    assert_eq!(lines[3]["found"], true);
+    let err = &lines[4]["error"];
+    assert_eq!(err["code"], "INVALID_INPUT", "{err}");
+    assert_eq!(err["line"], 5, "{err}");
+    assert_eq!(err["rolled_back"], lines[2]["begin"], "{err}");
+    assert_eq!(lines[5]["skipped"], true, "{}", lines[5]);
+    assert_eq!(lines[6]["committed"], false, "{}", lines[6]);
+    assert_eq!(
+        lines[7],
+        serde_json::json!({"key": "missing", "found": false, "value": null})
+    );
+    assert_eq!(lines[8], serde_json::json!({"key": "n", "value": 5}));
+    assert!(stderr(&o).is_empty(), "{o:?}");
+    // A script that ends inside a transaction: its last object says so.
+    let o = txn_in(&cfg, &["--json", "shell"], b"BEGIN\n");
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let last = stdout(&o)
+        .lines()
+        .last()
+        .map(String::from)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["error"]["code"], "ABORTED", "{v}");
+    // --hex applies in the shell too; text output is escaped there.
+    let o = txn_in(&cfg, &["--hex", "shell"], b"PUT 6b 610a62\nGET 6b\n");
+    assert_eq!(stdout(&o), "OK\n610a62\n", "{o:?}");
+    let o = txn_in(&cfg, &["shell"], b"GET k\n");
+    assert_eq!(stdout(&o), "a\\nb\n", "{o:?}");
+}
+
+/// A range delete is one transaction: when it cannot finish, nothing of
+/// the range is deleted. Here an older transaction, open in a `txn shell`
+/// that waits for its input, holds a lock on one of its keys until the
+/// delete gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_range_delete_deletes_nothing() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let o = txn(
+        &cfg,
+        &[
+            "exec", "put", "r/1", "1", "put", "r/2", "2", "put", "r/3", "3", "put", "r/4", "4",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    // An older transaction locks r/3 and keeps it.
+    let mut holder = Command::new(binary("txn"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("shell")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_holder = holder.stdin.take().unwrap();
+    to_holder.write_all(b"BEGIN\nGETU r/3\n").unwrap();
+    let mut from_holder = std::io::BufReader::new(holder.stdout.take().unwrap());
+    for want in ["BEGIN", "3"] {
+        let mut line = String::new();
+        use std::io::BufRead;
+        from_holder.read_line(&mut line).unwrap();
+        assert!(line.starts_with(want), "holder said {line:?}");
+    }
+    let (o, took) = txn_timed(
+        &cfg,
+        &["--timeout", "4", "del", "--prefix", "r/"],
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}: {o:?}");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(stderr(&o).contains("nothing was deleted"), "{o:?}");
+    // The holder's transaction outlived the seconds its shell waited for
+    // input (its heartbeat went on) and commits.
+    to_holder.write_all(b"PUT r/3 held\nCOMMIT\n").unwrap();
+    drop(to_holder);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut from_holder, &mut rest).unwrap();
+    assert!(holder.wait().unwrap().success(), "{rest}");
+    assert!(rest.starts_with("OK\nCOMMITTED"), "{rest}");
+    let o = txn(&cfg, &["scan", "--prefix", "r/"]);
+    assert_eq!(
+        stdout(&o),
+        "r/1 = 1\nr/2 = 2\nr/3 = held\nr/4 = 4\n",
+        "{o:?}"
+    );
+    // With the lock gone it deletes them all.
+    let o = txn(&cfg, &["del", "--prefix", "r/"]);
+    assert!(stdout(&o).starts_with("deleted 4 keys"), "{o:?}");
+}
+
+/// A range delete past what one transaction may write on a shard is
+/// refused with a clear error, and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_delete_over_the_transaction_limit_deletes_nothing() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let client = c.client();
+    // 2,100 keys of 4 KiB, all on one shard (the others are left out):
+    // 8.6 MB of keys there, over the 8 MiB a transaction may write on one
+    // shard.
+    let mut keys = Vec::new();
+    let mut i = 0u64;
+    let shard = pact_common::ShardId(1);
+    while keys.len() < 2100 {
+        let mut k = format!("big/{i:08}/").into_bytes();
+        k.resize(pact_common::MAX_KEY_BYTES, b'x');
+        if client.shard_for_key(&k) == shard {
+            keys.push(k);
+        }
+        i += 1;
+    }
+    let total = keys.len();
+    for chunk in keys.chunks(100) {
+        let batch: Vec<_> = chunk
+            .iter()
+            .map(|k| (k.clone(), Some(b"v".to_vec())))
+            .collect();
+        // Puts of the same values: a batch whose outcome is unknown is
+        // simply written again.
+        let mut tries = 0;
+        while let Err(e) = client.write(batch.clone()).await {
+            tries += 1;
+            assert!(tries < 10, "load: {e}");
+        }
+    }
+    let (o, _) = txn_timed(
+        &cfg,
+        &["--timeout", "300", "--json", "del", "--prefix", "big/"],
+        b"",
+        Duration::from_secs(320),
+    );
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    let v = json_of(&o);
+    assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("too large for one transaction") && msg.contains("nothing was deleted"),
+        "{msg}"
+    );
+    let (o, _) = txn_timed(
+        &cfg,
+        &[
+            "--timeout",
+            "120",
+            "scan",
+            "--prefix",
+            "big/",
+            "--count-only",
+            "--all",
+        ],
+        b"",
+        Duration::from_secs(140),
+    );
+    assert_eq!(stdout(&o).trim(), total.to_string(), "{o:?}");
+}
+
+/// Output into a closed pipe ends txn quietly, as any filter (SIGPIPE),
+/// for stdout and for stderr: no panic, no exit 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_txn_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let o = txn(
+        &cfg,
+        &["exec", "put", "a", "1", "put", "b", "2", "put", "c", "3"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let closed = |args: &[&str], close_stdout: bool| {
+        let mut child = Command::new(binary("txn"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader quits before txn writes anything.
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let kept = if close_stdout {
+            drop(out);
+            Box::new(err) as Box<dyn std::io::Read>
+        } else {
+            drop(err);
+            Box::new(out) as Box<dyn std::io::Read>
+        };
+        let mut rest = String::new();
+        let mut kept = kept;
+        let _ = kept.read_to_string(&mut rest);
+        (child.wait().unwrap(), rest)
+    };
+    use std::io::Read;
+    for args in [
+        &["scan"][..],
+        &["--json", "scan", "--all", "--page-size", "1"],
+        &["get", "a"],
+        &["status"],
+        &["--json", "put", "", "v"],
+    ] {
+        let (st, err) = closed(args, true);
+        assert_eq!(st.signal(), Some(libc::SIGPIPE), "{args:?}: {st:?} {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // stderr closed: an error message, and get's "(not found)".
+    for args in [&["get", "nope"][..], &["put", "", "v"]] {
+        let (st, out) = closed(args, false);
+        assert_eq!(st.signal(), Some(libc::SIGPIPE), "{args:?}: {st:?} {out}");
+    }
+    // A shell whose reader quits.
+    let mut sh = Command::new(binary("txn"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("shell")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(sh.stdout.take());
+    sh.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"GET a\nGET b\n")
+        .unwrap();
+    drop(sh.stdin.take());
+    let mut err = String::new();
+    sh.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = sh.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGPIPE), "{st:?} {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
