@@ -93,6 +93,9 @@ fn main() -> anyhow::Result<()> {
         key: args.key.clone(),
     };
     let tls = pact_client::Tls::for_node(&config, id, &flags)?;
+    // Before a port is bound or the store opened: a second process on the
+    // same data dir is refused with the first one's pid. Held until exit.
+    let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
