@@ -20,7 +20,7 @@ use pact_coordinator::Coordinator;
 /// Run a Pact coordinator: a replica of a coordinator group's recovery log,
 /// serving transactions (pact.v1.Txn) while it is the group's leader.
 #[derive(Parser, Debug)]
-#[command(name = "coordinator", version)]
+#[command(name = "coordinator", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used,
     /// whose nodes also host shard replicas: run `pact` for those.

@@ -21,7 +21,7 @@ use pact_participant::Node;
 /// Run a Pact participant node: this node's replica of every shard the
 /// cluster config assigns to it, served over gRPC.
 #[derive(Parser, Debug)]
-#[command(name = "participant", version)]
+#[command(name = "participant", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used,
     /// whose nodes also host a coordinator replica: run `pact` for those.

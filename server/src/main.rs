@@ -28,7 +28,7 @@ use pact_raft::Host;
 /// Run a Pact node: its replicas of the shards and of the coordinator
 /// group that the cluster config assigns to it, in one process.
 #[derive(Parser, Debug)]
-#[command(name = "pact", version)]
+#[command(name = "pact", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used:
     /// nodes 1-3 on 127.0.0.1:7001-7003, each a replica of 3 shards and of
