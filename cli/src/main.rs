@@ -188,11 +188,12 @@ fn parse_ops(words: &[String]) -> Result<(Vec<Op>, Vec<Op>), ClientError> {
     Ok((then, otherwise))
 }
 
-/// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable,
-/// 4 outcome unknown, 5 invalid input, 6 server error, 7 aborted.
+/// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable (or
+/// unreachable), 4 outcome unknown, 5 invalid input, 6 server error,
+/// 7 aborted; `health` adds 8, degraded (see `status`).
 pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
-        ClientError::Unavailable(_) => 3,
+        ClientError::Unavailable(_) | ClientError::Unreachable(_) => 3,
         ClientError::Unknown(_) => 4,
         ClientError::InvalidInput(_) | ClientError::UnknownShard(_) => 5,
         ClientError::Internal(_) => 6,

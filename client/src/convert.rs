@@ -76,6 +76,21 @@ fn connect_failed(s: &Status) -> bool {
     text.contains("tcp connect error") || text.contains("error trying to connect")
 }
 
+/// Nothing listens at the address: the connect was refused (a port with
+/// no process on it), as opposed to a timeout or a broken connection.
+pub(crate) fn connection_refused(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        src = e.source();
+    }
+    false
+}
+
 pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {
     batch
         .into_iter()

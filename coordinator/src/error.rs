@@ -43,7 +43,9 @@ impl From<pact_client::ClientError> for Error {
         use pact_client::ClientError as C;
         match e {
             C::Aborted(m) => Error::Aborted(m),
-            C::Unavailable(m) => Error::Aborted(format!("participant unavailable: {m}")),
+            C::Unavailable(m) | C::Unreachable(m) => {
+                Error::Aborted(format!("participant unavailable: {m}"))
+            }
             C::Unknown(m) => Error::Unknown(m),
             C::InvalidInput(m) => Error::InvalidInput(m),
             C::UnknownShard(s) => Error::InvalidInput(format!("unknown shard {s}")),
