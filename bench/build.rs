@@ -1,7 +1,9 @@
 //! Compiles the etcd v3 API subset the etcd backend uses with protox (a
-//! pure-Rust protobuf compiler), so building needs no system `protoc`.
+//! pure-Rust protobuf compiler), so building needs no system `protoc`;
+//! `--version` names the git commit (see `pact-buildinfo`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    pact_buildinfo::emit();
     let files = ["proto/etcd_kv.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

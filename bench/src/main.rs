@@ -22,7 +22,7 @@ use pact_common::ClusterConfig;
 #[derive(Parser, Debug)]
 #[command(
     name = "bench",
-    version,
+    version = env!("PACT_VERSION"),
     about = "YCSB-like load generator for Pact (and etcd, for comparison)",
     after_help = "Examples:\n  bench load --workload a --recordcount 10000\n  \
                   bench run --workload a --threads 8 --duration 30\n  \

@@ -1,11 +1,13 @@
 //! `txn`: command-line client for Pact.
 //!
 //! Plain operations (get, put, del, scan), transactions (incr, exec, the
-//! shell), transaction outcomes (txn-status), cluster status and a local
-//! playground. `--timeout` bounds each command as a whole, retries
-//! included; the exit code says what is known when it runs out. The data
-//! commands live in [`data`]; how output is written, bytes shown and
-//! errors reported (JSON under `--json`), in [`output`].
+//! shell), transaction outcomes (txn-status), cluster status and health,
+//! a local playground, and completions and man pages. `--timeout` bounds
+//! each command as a whole, retries included; the exit code says what is
+//! known when it runs out. The data commands live in [`data`]; how output
+//! is written, bytes shown and errors reported (JSON under `--json`), in
+//! [`output`]. An error about reaching the cluster names the addresses
+//! tried and where the config came from (see `source`).
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -13,15 +15,15 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pact_client::{Client, ClientError, ClientOptions, Guard, Op, TxnOutcome};
-use pact_common::{ClusterConfig, ShardId, TxnId};
+use pact_common::TxnId;
 
 use output::{Codec, Style};
 
 /// Talk to a Pact cluster.
 #[derive(Parser, Debug)]
-#[command(name = "txn", version, after_long_help = output::HELP_NOTES)]
+#[command(name = "txn", version = env!("PACT_VERSION"), after_long_help = output::HELP_NOTES)]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default
     /// (3 nodes on 127.0.0.1:7001-7003, 3 shards) is used.
@@ -87,8 +89,33 @@ enum Cmd {
         #[arg(long)]
         resolve: bool,
     },
-    /// Raft status of every replica of every shard and coordinator group.
-    Status,
+    /// Raft status of every replica, with a health summary per group.
+    ///
+    /// Shards are labelled `shard N`, coordinator groups `coord N`. All
+    /// replicas are asked at once, each within --replica-timeout. Exit 0 if
+    /// any replica answered (3 if none did); `txn health` acts on the
+    /// verdict.
+    Status(status::StatusArgs),
+    /// The health summary alone: exit 0 ok, 8 degraded, 3 down.
+    ///
+    /// Degraded: every group has a leader and a quorum of voters answering,
+    /// but a replica did not answer or lags more than --max-lag entries.
+    /// Down: some group has no leader among the replicas that answered, or
+    /// fewer voters than a quorum answered.
+    Health(status::StatusArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// e.g. `txn completions bash > ~/.local/share/bash-completion/completions/txn`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of txn, or of one subcommand, to stdout.
+    ///
+    /// e.g. `txn man | man -l -`, or `txn man get > txn-get.1`.
+    Man {
+        subcommand: Option<String>,
+    },
     /// Interactive session: BEGIN, GET, PUT, DEL, SCAN, INCR, COMMIT,
     /// ROLLBACK (autocommit outside BEGIN). Reads a script from a pipe.
     Shell,
@@ -99,17 +126,19 @@ enum Cmd {
         /// Folder for config, data and logs.
         #[arg(long, default_value = "pact-data")]
         dir: PathBuf,
-        /// Number of shards (first start only).
-        #[arg(long, default_value_t = 3)]
-        shards: u64,
-        /// First port; nodes use consecutive client ports from it (3, or 6
-        /// with --layout split), metrics 10 above and peer ports 20 above
-        /// (first start only).
-        #[arg(long, default_value_t = 7001)]
-        port: u16,
+        /// Number of shards [default: 3] (first start only: on a restart,
+        /// a different number is refused).
+        #[arg(long)]
+        shards: Option<u64>,
+        /// First port [default: 7001]; nodes use consecutive client ports
+        /// from it (3, or 6 with --layout split), metrics 10 above and peer
+        /// ports 20 above (first start only: on a restart, a different port
+        /// is refused).
+        #[arg(long)]
+        port: Option<u16>,
         /// combined: 3 `pact` processes, each with every role; split: 3
         /// `participant` and 3 `coordinator` processes (first start only;
-        /// default combined).
+        /// default combined; on a restart, another layout is refused).
         #[arg(long, value_enum)]
         layout: Option<playground::Layout>,
         /// Mutual TLS on every port: makes a CA, node certificates and a
@@ -197,11 +226,12 @@ fn parse_ops(words: &[String], codec: Codec) -> Result<(Vec<Op>, Vec<Op>), Clien
     Ok((then, otherwise))
 }
 
-/// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable,
-/// 4 outcome unknown, 5 invalid input, 6 server error, 7 aborted.
+/// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable (or
+/// unreachable), 4 outcome unknown, 5 invalid input, 6 server error,
+/// 7 aborted; `health` adds 8, degraded (see `status`).
 pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
-        ClientError::Unavailable(_) => 3,
+        ClientError::Unavailable(_) | ClientError::Unreachable(_) => 3,
         ClientError::Unknown(_) => 4,
         ClientError::InvalidInput(_) | ClientError::UnknownShard(_) => 5,
         ClientError::Internal(_) => 6,
@@ -213,8 +243,11 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
 #[macro_use]
 mod output;
 mod data;
+mod meta;
 mod playground;
 mod shell;
+mod source;
+mod status;
 
 /// Client options under a total deadline of `total` per command: the
 /// client's own retry budget ends before it, so that it usually reports
@@ -225,6 +258,9 @@ fn client_options(total: Duration, tls: Option<pact_client::Tls>) -> ClientOptio
         request_timeout: defaults.request_timeout.min(total / 2),
         retry_for: total * 4 / 5,
         tls,
+        // A port with nothing on it at every replica will not start
+        // answering within the deadline: say so now, not after it.
+        give_up_unreachable: Some(Duration::from_secs(1)),
         ..defaults
     }
 }
@@ -283,7 +319,10 @@ fn main() -> ExitCode {
     // Output piped into a reader that quits (`txn scan | head`) ends the
     // process as for any Unix tool, instead of a panic in println!: see
     // `output`, through which all output goes.
-    let args = match Args::try_parse() {
+    let parsed = Args::command()
+        .try_get_matches()
+        .and_then(|m| Args::from_arg_matches(&m).map(|a| (a, m)));
+    let (args, matches) = match parsed {
         Ok(a) => a,
         Err(e) if e.use_stderr() && output::json_requested(std::env::args_os()) => {
             output::report(true, "USAGE", e.render().to_string().trim_end());
@@ -299,6 +338,15 @@ fn main() -> ExitCode {
         json: args.json,
         codec: args.codec.codec(),
     };
+    match &args.cmd {
+        Cmd::Completions { shell } => {
+            return ExitCode::from(meta::completions(Args::command(), *shell))
+        }
+        Cmd::Man { subcommand } => {
+            return ExitCode::from(meta::man(Args::command(), subcommand.as_deref()))
+        }
+        _ => {}
+    }
     if let Cmd::Playground {
         dir,
         shards,
@@ -332,11 +380,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match &args.config {
-        Some(p) => ClusterConfig::load(p),
-        None => Ok(ClusterConfig::embedded_default()),
-    };
-    let config = match config {
+    let source = source::ConfigSource::from_matches(&matches, "config");
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             output::report(args.json, "CONFIG", &format!("bad config: {e}"));
@@ -379,7 +424,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(_) => Err(deadline_error(&args.cmd, total, &progress)),
     };
-    match result {
+    match result.map_err(|e| source.annotate(e)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             output::report_client(args.json, &e);
@@ -479,71 +524,13 @@ async fn run(
             }
             Ok(code)
         }
-        // Handled in main: the playground before any client exists, the
-        // shell with a deadline per statement.
-        Cmd::Playground { .. } | Cmd::Shell => Err(ClientError::InvalidInput(
-            "playground and shell are run by main".into(),
-        )),
-        Cmd::Status => {
-            let mut rows = client.status().await;
-            for (g, nodes) in client.coordinator_groups() {
-                for n in nodes {
-                    rows.push((
-                        ShardId(g),
-                        n,
-                        client.coordinator_status(n).await.map(|mut s| {
-                            s.role = format!("coord-{}", s.role);
-                            s
-                        }),
-                    ));
-                }
-            }
-            if args.json {
-                let items: Vec<_> = rows
-                    .iter()
-                    .map(|(shard, node, r)| match r {
-                        Ok(s) => serde_json::json!({
-                            "group": shard.0, "node": node.0, "role": s.role, "term": s.term,
-                            "leader": s.leader, "applied_index": s.applied_index,
-                            "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
-                        }),
-                        Err(e) => serde_json::json!({ "group": shard.0, "node": node.0, "error": e.to_string() }),
-                    })
-                    .collect();
-                outln!("{}", serde_json::Value::Array(items));
-            } else {
-                outln!(
-                    "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
-                    "GROUP",
-                    "NODE",
-                    "ROLE",
-                    "TERM",
-                    "LEADER",
-                    "APPLIED",
-                    "LASTLOG",
-                    "SNAPSHOT"
-                );
-                for (shard, node, r) in &rows {
-                    match r {
-                        Ok(s) => outln!(
-                            "{:<6} {:<5} {:<15} {:>5} {:>7} {:>8} {:>8} {:>9}",
-                            shard.0,
-                            node.0,
-                            s.role,
-                            s.term,
-                            s.leader
-                                .map(|l| l.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            s.applied_index,
-                            s.last_log_index,
-                            s.snapshot_index
-                        ),
-                        Err(e) => outln!("{:<6} {:<5} unreachable: {e}", shard.0, node.0),
-                    }
-                }
-            }
-            Ok(0)
+        // Handled in main: the playground, completions and man pages
+        // before any client exists, the shell with a deadline per statement.
+        Cmd::Playground { .. } | Cmd::Shell | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            Err(ClientError::InvalidInput("run by main, not here".into()))
         }
+        Cmd::Status(a) => status::status(client, a, args.json).await,
+        Cmd::Health(a) => status::health(client, a, args.json).await,
     }
 }
 

@@ -6,7 +6,13 @@
 //! `coordinator` processes for the group, 6 in all), with all data and
 //! logs under one folder. The cluster config is written there on the first
 //! start and reused afterwards, so a restart comes back on the same data
-//! and layout. Ctrl-C (or SIGTERM) stops every process cleanly.
+//! and layout; a flag that would change it (`--shards`, `--port`,
+//! `--layout`, `--tls`) is refused on a restart rather than ignored. The
+//! folder is locked while the playground runs (`pact.pid`, see
+//! `pact_common::dirlock`), and so is each node's data folder by its
+//! process: a second playground on a folder in use is refused before it
+//! starts anything, naming the pid. Ctrl-C (or SIGTERM) stops every
+//! process cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pact_client::{Client, ClientOptions};
+use pact_common::dirlock::DirLock;
 use pact_common::ClusterConfig;
+
+/// Used for a new playground when the flags do not say.
+const DEFAULT_SHARDS: u64 = 3;
+const DEFAULT_PORT: u16 = 7001;
 
 /// How the playground places its groups on processes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +57,10 @@ impl Layout {
 
 pub struct Options {
     pub dir: PathBuf,
-    pub shards: u64,
-    pub port: u16,
+    /// None: 3 for a new playground, whatever an existing one has.
+    pub shards: Option<u64>,
+    /// None: 7001 for a new playground, whatever an existing one has.
+    pub port: Option<u16>,
     /// Make certificates and turn on mutual TLS (first start only).
     pub tls: bool,
     /// For a new playground; None: combined, or whatever an existing one has.
@@ -87,11 +100,30 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
                 want.name()
             );
         }
+        if let Some(want) = opts.shards.filter(|n| *n != c.shards.len() as u64) {
+            bail!(
+                "{} has {} shards; --shards {want} applies to a new playground only \
+                 (drop the flag to restart it, or use another --dir)",
+                path.display(),
+                c.shards.len()
+            );
+        }
+        let first = first_port(&c);
+        if let Some(want) = opts.port.filter(|p| Some(*p) != first) {
+            bail!(
+                "{} has its first node on port {}; --port {want} applies to a new playground only \
+                 (drop the flag to restart it, or use another --dir)",
+                path.display(),
+                first.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
         return Ok((c, path));
     }
+    let shards = opts.shards.unwrap_or(DEFAULT_SHARDS);
+    let port = opts.port.unwrap_or(DEFAULT_PORT);
     let mut c = match opts.layout.unwrap_or(Layout::Combined) {
-        Layout::Combined => ClusterConfig::local_combined(3, opts.shards, 3, opts.port)?,
-        Layout::Split => ClusterConfig::local_with_coordinators(3, opts.shards, 3, 3, opts.port)?,
+        Layout::Combined => ClusterConfig::local_combined(3, shards, 3, port)?,
+        Layout::Split => ClusterConfig::local_with_coordinators(3, shards, 3, 3, port)?,
     };
     if opts.tls {
         c.tls = Some(
@@ -106,17 +138,44 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     Ok((c, path))
 }
 
-/// Metrics of the i-th node: on the ports just after the nodes' block.
-pub fn metrics_addr(config: &ClusterConfig, i: usize) -> Option<String> {
-    let first = config
+/// The first node's client port, from which the playground numbered all.
+fn first_port(config: &ClusterConfig) -> Option<u16> {
+    config
         .nodes
         .first()?
         .addr
         .rsplit_once(':')?
         .1
         .parse::<u16>()
-        .ok()?;
+        .ok()
+}
+
+/// Metrics of the i-th node: on the ports just after the nodes' block.
+pub fn metrics_addr(config: &ClusterConfig, i: usize) -> Option<String> {
+    let first = first_port(config)?;
     Some(format!("127.0.0.1:{}", first.checked_add(10 + i as u16)?))
+}
+
+/// Node data folders must be free too: a node left running by an earlier
+/// playground that was killed would refuse the new one's node (and answer
+/// its readiness probe in its place). Each is locked and released at once;
+/// the node takes it for good when it starts.
+fn check_node_dirs(dir: &Path, config: &ClusterConfig) -> anyhow::Result<()> {
+    for n in &config.nodes {
+        let data = node_dir(dir, n.id);
+        if data.exists() {
+            DirLock::acquire(&data).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (a node of an earlier playground still running? stop it first)"
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn node_dir(dir: &Path, id: pact_common::NodeId) -> PathBuf {
+    dir.join(format!("node-{id}"))
 }
 
 fn spawn(
@@ -162,7 +221,7 @@ fn spawn_node(
         .arg("--node-id")
         .arg(id.0.to_string())
         .arg("--data-dir")
-        .arg(dir.join(format!("node-{id}")))
+        .arg(node_dir(dir, id))
         .args(
             metrics_addr(config, i)
                 .map(|a| vec!["--metrics-listen".to_string(), a])
@@ -207,19 +266,16 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
                     .any(|(id, _, r)| *id == s.id && r.as_ref().is_ok_and(|r| r.role == "leader"))
             })
             .count();
-        let mut coord_led = 0;
-        for (_, nodes) in client.coordinator_groups() {
-            for n in nodes {
-                if client
-                    .coordinator_status(n)
-                    .await
-                    .is_ok_and(|s| s.role == "leader")
-                {
-                    coord_led += 1;
-                    break;
-                }
-            }
-        }
+        let coords = client.coordinator_status_all().await;
+        let coord_led = config
+            .coordinators
+            .iter()
+            .filter(|g| {
+                coords.iter().any(|(id, _, r)| {
+                    *id == g.group && r.as_ref().is_ok_and(|r| r.role == "leader")
+                })
+            })
+            .count();
         if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
             return Ok(true);
         }
@@ -249,7 +305,12 @@ fn stop(children: &mut [(u64, Child)]) {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // First, before the config is read or written: another playground on
+    // this folder would otherwise find its own nodes refused, and take the
+    // first one's for them.
+    let _lock = DirLock::acquire(&opts.dir).context("cannot start the playground")?;
     let (config, config_path) = load_or_create(&opts)?;
+    check_node_dirs(&opts.dir, &config)?;
     let mut children = spawn(&opts.dir, &config_path, &config)?;
     outln!(
         "Pact playground in {} ({} layout, {} processes)",

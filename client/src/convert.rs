@@ -140,6 +140,21 @@ pub fn abort_kind(k: i32) -> AbortKind {
     }
 }
 
+/// Nothing listens at the address: the connect was refused (a port with
+/// no process on it), as opposed to a timeout or a broken connection.
+pub(crate) fn connection_refused(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        src = e.source();
+    }
+    false
+}
+
 pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {
     batch
         .into_iter()

@@ -16,8 +16,11 @@
 //! # Errors
 //! One enum, [`ClientError`], phrased as what to do: retry later
 //! (`Unavailable`), find out first (`Unknown`), fix the request
-//! (`InvalidInput`, `UnknownShard`), or restart a server (`Internal`).
-//! [`ClientError::code`] names the variant in a stable word for programs
+//! (`InvalidInput`, `UnknownShard`), restart a server (`Internal`), or
+//! check that the cluster runs where the config says (`Unreachable`: only
+//! with [`ClientOptions::give_up_unreachable`], when no replica of a group
+//! accepts connections). Errors about a group name the addresses tried.
+//! [`ClientError::code`] names the error in a stable word for programs
 //! (`txn --json` prints it with each error).
 
 pub mod convert;
@@ -69,6 +72,12 @@ pub enum ClientError {
     /// A server reported an internal failure (a stopped replica).
     #[error("server error: {0}")]
     Internal(String),
+    /// Nothing listens at any replica's address (every connection refused):
+    /// the cluster is not running there, or the config names the wrong
+    /// addresses. Nothing was sent. Only with
+    /// [`ClientOptions::give_up_unreachable`].
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
 impl ClientError {
@@ -77,7 +86,8 @@ impl ClientError {
     /// message is for people and may change.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ClientError::Unavailable(_) => ErrorCode::Unavailable,
+            // Nothing was done either way; the message says which.
+            ClientError::Unavailable(_) | ClientError::Unreachable(_) => ErrorCode::Unavailable,
             ClientError::Aborted(_) => ErrorCode::Aborted,
             ClientError::Conflict(_) => ErrorCode::Conflict,
             ClientError::Unknown(_) => ErrorCode::OutcomeUnknown,
@@ -167,6 +177,13 @@ pub struct ClientOptions {
     /// coordinator reaching participants' `pact.v1.Participant`); clients
     /// cannot use it (`Kv` and `Txn` are not served there).
     pub peer_ports: bool,
+    /// Give up on a group with [`ClientError::Unreachable`] once every one
+    /// of its replicas has refused the connection (nothing listens), with
+    /// no other answer in between, for this long; a command-line tool wants
+    /// that at once rather than after `retry_for`. None, the default: keep
+    /// retrying until `retry_for`, as a node must while its peers restart.
+    /// A leader change never looks like this (the other replicas answer).
+    pub give_up_unreachable: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -177,6 +194,7 @@ impl Default for ClientOptions {
             balance: Balance::RoundRobin,
             tls: None,
             peer_ports: false,
+            give_up_unreachable: None,
         }
     }
 }
@@ -269,6 +287,11 @@ impl Client {
         self.inner.shards.keys().copied().collect()
     }
 
+    /// The replicas of `shard` in the config (empty for an unknown shard).
+    pub fn shard_replicas(&self, shard: ShardId) -> Vec<NodeId> {
+        self.inner.shards.get(&shard).cloned().unwrap_or_default()
+    }
+
     pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
         let addr = self.inner.nodes.get(&node).ok_or_else(|| {
             ClientError::InvalidInput(format!("node {node} is not in the config"))
@@ -296,6 +319,22 @@ impl Client {
             .connect_lazy();
         chans.insert(addr.clone(), ch.clone());
         Ok(ch)
+    }
+
+    /// `node 1 (127.0.0.1:7001)`: errors name the address that was tried.
+    pub(crate) fn who(&self, node: NodeId) -> String {
+        match self.inner.nodes.get(&node) {
+            Some(addr) => format!("node {node} ({addr})"),
+            None => format!("node {node}"),
+        }
+    }
+
+    fn who_all(&self, nodes: &[NodeId]) -> String {
+        nodes
+            .iter()
+            .map(|n| self.who(*n))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub(crate) fn cached_leader(&self, route: Route) -> Option<NodeId> {
@@ -374,6 +413,10 @@ impl Client {
         let mut target = self.cached_leader(route).unwrap_or(replicas[0]);
         let mut backoff = backoff(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_err;
+        // Replicas that refused the connection since the last other answer,
+        // and since when: all of them for long enough means nothing listens.
+        let mut refused = std::collections::BTreeSet::new();
+        let mut refused_since = None;
         loop {
             let next = |t: NodeId| {
                 let i = replicas.iter().position(|r| *r == t).unwrap_or(0);
@@ -383,6 +426,25 @@ impl Client {
                 tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(target)?))
                     .await;
             let mut sleep = true;
+            match &res {
+                Ok(Err(status)) if convert::connection_refused(status) => {
+                    refused.insert(target);
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if let Some(grace) = self.inner.opts.give_up_unreachable {
+                        if replicas.iter().all(|r| refused.contains(r)) && since.elapsed() >= grace
+                        {
+                            return Err(ClientError::Unreachable(format!(
+                                "{route}: nothing listens at {}: connection refused",
+                                self.who_all(replicas)
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    refused.clear();
+                    refused_since = None;
+                }
+            }
             match res {
                 Ok(Ok(resp)) => {
                     self.set_leader(route, target);
@@ -390,7 +452,8 @@ impl Client {
                 }
                 Err(_) => {
                     last_err = format!(
-                        "node {target} did not answer within {:?}",
+                        "{} did not answer within {:?}",
+                        self.who(target),
                         self.inner.opts.request_timeout
                     );
                     if !idempotent {
@@ -400,20 +463,20 @@ impl Client {
                 }
                 Ok(Err(status)) => match classify(&status) {
                     Class::NotLeader(Some(hint)) if replicas.contains(&hint) && hint != target => {
-                        last_err = format!("node {target} is not leader; hint {hint}");
+                        last_err = format!("{} is not leader; hint {hint}", self.who(target));
                         target = hint;
                         sleep = false;
                     }
                     Class::NotLeader(_) => {
-                        last_err = format!("node {target} is not leader and knows none");
+                        last_err = format!("{} is not leader and knows none", self.who(target));
                         target = next(target);
                     }
                     Class::Retry(m) => {
-                        last_err = format!("node {target}: {m}");
+                        last_err = format!("{}: {m}", self.who(target));
                         target = next(target);
                     }
                     Class::Unknown(m) => {
-                        last_err = format!("node {target}: {m}");
+                        last_err = format!("{}: {m}", self.who(target));
                         if !idempotent {
                             return Err(ClientError::Unknown(last_err));
                         }
@@ -424,8 +487,9 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
-                    "{route}: gave up after {:?}: {last_err}",
-                    self.inner.opts.retry_for
+                    "{route}: gave up after {:?} (replicas: {}); last: {last_err}",
+                    self.inner.opts.retry_for,
+                    self.who_all(replicas)
                 )));
             }
             if sleep {
@@ -534,30 +598,36 @@ impl Client {
     ) -> Result<ReplicaStatus, ClientError> {
         let mut c = KvClient::new(self.channel(node)?);
         let req = pb::StatusRequest { shard_id: shard.0 };
-        match tokio::time::timeout(self.inner.opts.request_timeout, c.status(req)).await {
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "node {node} did not answer"
-            ))),
-            Ok(Err(s)) => Err(match classify(&s) {
-                Class::Fail(e) => e,
-                _ => ClientError::Unavailable(format!("node {node}: {}", s.message())),
-            }),
-            Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
-        }
+        self.status_reply(node, c.status(req)).await
     }
 
     /// Status of one replica of a coordinator group's recovery log.
     pub async fn coordinator_status(&self, node: NodeId) -> Result<ReplicaStatus, ClientError> {
         let mut c = pact_proto::txn_client::TxnClient::new(self.channel(node)?);
         let req = pb::StatusRequest { shard_id: 0 };
-        match tokio::time::timeout(self.inner.opts.request_timeout, c.group_status(req)).await {
+        self.status_reply(node, c.group_status(req)).await
+    }
+
+    /// One status answer, or why there is none: nothing listens
+    /// (`Unreachable`), no answer in time, or the replica's own error.
+    async fn status_reply(
+        &self,
+        node: NodeId,
+        call: impl Future<Output = Result<tonic::Response<pb::StatusResponse>, tonic::Status>>,
+    ) -> Result<ReplicaStatus, ClientError> {
+        let within = self.inner.opts.request_timeout;
+        match tokio::time::timeout(within, call).await {
             Err(_) => Err(ClientError::Unavailable(format!(
-                "node {node} did not answer"
+                "{} did not answer within {within:?}",
+                self.who(node)
             ))),
-            Ok(Err(s)) => Err(ClientError::Unavailable(format!(
-                "node {node}: {}",
-                s.message()
-            ))),
+            Ok(Err(s)) if convert::connection_refused(&s) => Err(ClientError::Unreachable(
+                format!("{}: connection refused", self.who(node)),
+            )),
+            Ok(Err(s)) => Err(match classify(&s) {
+                Class::Fail(e) => e,
+                _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
+            }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
         }
     }
@@ -571,15 +641,34 @@ impl Client {
             .collect()
     }
 
-    /// Status of every replica of every shard, sorted by shard then node.
+    /// Status of every replica of every shard, sorted by shard then node,
+    /// all asked at once (a silent replica costs one request timeout, not
+    /// one per group it holds).
     pub async fn status(&self) -> Vec<(ShardId, NodeId, Result<ReplicaStatus, ClientError>)> {
-        let mut out = Vec::new();
-        for (shard, replicas) in &self.inner.shards {
-            for node in replicas {
-                out.push((*shard, *node, self.replica_status(*shard, *node).await));
-            }
-        }
-        out
+        let asks = self.inner.shards.iter().flat_map(|(shard, replicas)| {
+            replicas.iter().map(move |node| async move {
+                (*shard, *node, self.replica_status(*shard, *node).await)
+            })
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Status of every replica of every coordinator group, sorted by group
+    /// then node, all asked at once.
+    pub async fn coordinator_status_all(
+        &self,
+    ) -> Vec<(u64, NodeId, Result<ReplicaStatus, ClientError>)> {
+        let asks = self.inner.groups.iter().flat_map(|(group, replicas)| {
+            replicas.iter().map(move |node| async move {
+                (*group, *node, self.coordinator_status(*node).await)
+            })
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// The client address of `node` in the config.
+    pub fn node_addr(&self, node: NodeId) -> Option<&str> {
+        self.inner.nodes.get(&node).map(String::as_str)
     }
 }
 

@@ -11,12 +11,15 @@
 //! Failure cases are [`ConfigError`] (unreadable file, bad TOML, or a
 //! config that contradicts itself, each message naming the problem) and
 //! [`LimitError`] (a request over a size limit); [`identity::IdentityError`]
-//! (a certificate that names no node, for the peer port).
+//! (a certificate that names no node, for the peer port);
+//! [`dirlock::DirLockError`] (a data directory another process holds: every
+//! server and the playground take [`dirlock::DirLock`] before using one).
 
 #[cfg(feature = "certgen")]
 pub mod certgen;
 pub mod codes;
 mod config;
+pub mod dirlock;
 pub mod faults;
 pub mod identity;
 mod ids;

@@ -63,7 +63,7 @@ impl From<pact_client::ClientError> for Error {
         use pact_client::ClientError as C;
         match e {
             C::Aborted(m) => Error::Aborted(m),
-            C::Unavailable(m) => Error::aborted(
+            C::Unavailable(m) | C::Unreachable(m) => Error::aborted(
                 pact_common::AbortKind::Unavailable,
                 format!("participant unavailable: {m}"),
             ),

@@ -20,7 +20,7 @@ use pact_coordinator::Coordinator;
 /// Run a Pact coordinator: a replica of a coordinator group's recovery log,
 /// serving transactions (pact.v1.Txn) while it is the group's leader.
 #[derive(Parser, Debug)]
-#[command(name = "coordinator", version)]
+#[command(name = "coordinator", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used,
     /// whose nodes also host shard replicas: run `pact` for those.
@@ -103,6 +103,9 @@ fn main() -> anyhow::Result<()> {
         key: args.key.clone(),
     };
     let tls = pact_client::Tls::for_node(&config, id, &flags)?;
+    // Before a port is bound or the store opened: a second process on the
+    // same data dir is refused with the first one's pid. Held until exit.
+    let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

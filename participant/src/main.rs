@@ -21,7 +21,7 @@ use pact_participant::Node;
 /// Run a Pact participant node: this node's replica of every shard the
 /// cluster config assigns to it, served over gRPC.
 #[derive(Parser, Debug)]
-#[command(name = "participant", version)]
+#[command(name = "participant", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used,
     /// whose nodes also host a coordinator replica: run `pact` for those.
@@ -110,6 +110,9 @@ fn main() -> anyhow::Result<()> {
         key: args.key.clone(),
     };
     let tls = pact_client::Tls::for_node(&config, id, &flags)?;
+    // Before a port is bound or the store opened: a second process on the
+    // same data dir is refused with the first one's pid. Held until exit.
+    let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -72,7 +72,7 @@ impl ProcessMetrics {
             &["version", "commit"],
         )?;
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PACT_COMMIT")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PACT_GIT_COMMIT")])
             .set(1);
         registry.register(Box::new(build))?;
         let fsync_seconds = Histogram::with_opts(
@@ -357,7 +357,7 @@ mod tests {
         assert!(
             text.contains(&format!(
                 "pact_build_info{{commit=\"{}\",version=\"{}\"}} 1",
-                env!("PACT_COMMIT"),
+                env!("PACT_GIT_COMMIT"),
                 env!("CARGO_PKG_VERSION")
             )),
             "{text}"

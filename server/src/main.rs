@@ -28,7 +28,7 @@ use pact_raft::Host;
 /// Run a Pact node: its replicas of the shards and of the coordinator
 /// group that the cluster config assigns to it, in one process.
 #[derive(Parser, Debug)]
-#[command(name = "pact", version)]
+#[command(name = "pact", version = env!("PACT_VERSION"))]
 struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used:
     /// nodes 1-3 on 127.0.0.1:7001-7003, each a replica of 3 shards and of
@@ -120,6 +120,9 @@ fn main() -> anyhow::Result<()> {
         key: args.key.clone(),
     };
     let tls = pact_client::Tls::for_node(&config, id, &flags)?;
+    // Before a port is bound or the store opened: a second process on the
+    // same data dir is refused with the first one's pid. Held until exit.
+    let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -90,7 +90,7 @@ fn txn(config: &Path, args: &[&str]) -> Output {
 fn scrape(port: u16) -> String {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -1005,4 +1005,365 @@ async fn a_closed_pipe_ends_txn_quietly() {
     let st = sh.wait().unwrap();
     assert_eq!(st.signal(), Some(libc::SIGPIPE), "{st:?} {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Runs `txn` with `args` and environment `env` (PACT_CONFIG removed
+/// unless given), killed if it outlives `limit`.
+fn txn_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut cmd = Command::new(binary("txn"));
+    cmd.args(args)
+        .env_remove("PACT_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("run txn");
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            // SAFETY: kill(2) on the child we spawned; it is reaped below.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    });
+    let out = child.wait_with_output().expect("wait txn");
+    let _ = done_tx.send(());
+    let _ = killer.join();
+    (out, started.elapsed())
+}
+
+/// Polls `txn health` until it exits with `code`; returns its output.
+fn health_until(cfg: &Path, code: i32, within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = txn(cfg, &["health"]);
+        if o.status.code() == Some(code) {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never exited {code}: {o:?}\n{}",
+            stdout(&o)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `txn status` labels shards and coordinator groups apart (this cluster
+/// has both a shard 1 and a coordinator group 1), asks every replica at
+/// once so a frozen node costs one short deadline, and summarises health;
+/// `txn health` exits 0 when all is well, 8 with a node frozen (every
+/// group still serves) and 3 when shards lose their quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_labels_groups_answers_in_parallel_and_health_exits_by_verdict() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let o = health_until(&cfg, 0, Duration::from_secs(30));
+    assert!(stdout(&o).starts_with("HEALTH: ok"), "{}", stdout(&o));
+
+    let o = txn(&cfg, &["status"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    for label in ["shard 1", "shard 2", "coord 1"] {
+        assert!(out.lines().any(|l| l.starts_with(label)), "{label}:\n{out}");
+    }
+    assert!(!out.contains("GROUP 1"), "{out}");
+    let o = txn(&cfg, &["--json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json status");
+    assert_eq!(v["health"], "ok", "{v}");
+    let groups = v["groups"].as_array().expect("groups");
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["kind"] == "shard" && g["group"] == 1)
+            && groups
+                .iter()
+                .any(|g| g["kind"] == "coord" && g["group"] == 1),
+        "{v}"
+    );
+    // 2 shards x 3 replicas + 3 coordinator replicas.
+    assert_eq!(v["replicas"].as_array().map(Vec::len), Some(9), "{v}");
+
+    // A frozen participant: it accepts connections and never answers.
+    let parts = c.participant_ids();
+    c.pause(parts[2]);
+    let (o, took) = txn_env(
+        &["--config", cfg.to_str().unwrap(), "status"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let out = stdout(&o);
+    println!("status with node {} frozen, in {took:?}:\n{out}", parts[2]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(took < Duration::from_secs(8), "status took {took:?}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("shard 1") && l.contains("no answer")),
+        "{out}"
+    );
+    // Its shards elect new leaders where it led; then they serve, degraded.
+    let o = health_until(&cfg, 8, Duration::from_secs(30));
+    let out = stdout(&o);
+    assert!(out.starts_with("HEALTH: degraded"), "{out}");
+    assert!(
+        out.contains(&format!("no answer from node {}", parts[2])),
+        "{out}"
+    );
+    let o = txn(&cfg, &["--json", "health"]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json health");
+    assert_eq!(v["health"], "degraded", "{v}");
+    assert!(
+        v["unanswered"]
+            .as_array()
+            .is_some_and(|u| u.iter().all(|r| r["node"] == parts[2].0)),
+        "{v}"
+    );
+
+    // Two of three frozen: no shard has a quorum.
+    c.pause(parts[1]);
+    let o = health_until(&cfg, 3, Duration::from_secs(30));
+    assert!(stdout(&o).starts_with("HEALTH: down"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("NOT MET"), "{}", stdout(&o));
+    c.resume(parts[1]);
+    c.resume(parts[2]);
+}
+
+/// Without a cluster, a command fails at once (every connection refused)
+/// and says where it looked: the addresses, and whether the config came
+/// from --config, PACT_CONFIG or the embedded default.
+#[test]
+fn no_cluster_error_names_the_addresses_and_the_config_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pact_tests::free_block(6);
+    let config = pact_common::ClusterConfig::local_with_coordinators(3, 1, 3, 3, base).unwrap();
+    let cfg = dir.path().join("nothing.toml");
+    std::fs::write(&cfg, config.to_toml_string()).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let limit = Duration::from_secs(60);
+    /// Arguments, environment, and how the error names the config.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--config", cfg, "get", "k"], &[], "(from --config)"),
+        (&["get", "k"], &[("PACT_CONFIG", cfg)], "(from PACT_CONFIG)"),
+        (&["--config", cfg, "incr", "k"], &[], "(from --config)"),
+        (&["--config", cfg, "status"], &[], "(from --config)"),
+    ];
+    for (args, env, source) in cases {
+        let (o, took) = txn_env(args, env, limit);
+        let err = stderr(&o);
+        println!("{args:?}: {took:?}\n{err}");
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {o:?}");
+        assert!(took < Duration::from_secs(8), "{args:?} took {took:?}");
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(config.nodes.iter().any(|n| err.contains(&n.addr)), "{err}");
+        assert!(err.contains(source), "{err}");
+        assert!(err.contains(cfg), "{err}");
+    }
+    // `txn health` with nothing up: down, exit 3.
+    let (o, _) = txn_env(&["--config", cfg, "health"], &[], limit);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(stdout(&o).starts_with("HEALTH: down"), "{o:?}");
+
+    // The embedded default, when nothing listens on its ports here.
+    let embedded = pact_common::ClusterConfig::embedded_default();
+    let free = embedded
+        .nodes
+        .iter()
+        .all(|n| std::net::TcpStream::connect(&n.addr).is_err());
+    if free {
+        let (o, took) = txn_env(&["get", "k"], &[], limit);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert!(err.contains("127.0.0.1:7001"), "{err}");
+        assert!(
+            err.contains("embedded default") && err.contains("PACT_CONFIG unset"),
+            "{err}"
+        );
+    } else {
+        println!("something listens on 127.0.0.1:7001-7003: embedded case not checked");
+    }
+}
+
+/// A second server process on a data dir in use is refused before it
+/// binds a port or opens the store, naming the first one's pid.
+#[test]
+fn data_dir_in_use_is_refused_with_the_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pact_tests::free_block(4);
+    let mut config = pact_common::ClusterConfig::local(1, 1, 1, base).unwrap();
+    config.nodes[0].peer_addr = format!("127.0.0.1:{}", base + 1);
+    config.validate().unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::write(&cfg, config.to_toml_string()).unwrap();
+    let data = dir.path().join("node-1");
+    let log = std::fs::File::create(dir.path().join("node-1.log")).unwrap();
+    let first = Command::new(binary("participant"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--node-id", "1", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = Kill(first);
+    let pid = first.0.id();
+    let pidfile = data.join("pact.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pidfile)
+        .ok()
+        .map(|t| t.trim().to_string())
+        != Some(pid.to_string())
+    {
+        assert!(Instant::now() < deadline, "no pid file from the first node");
+        assert!(matches!(first.0.try_wait(), Ok(None)), "first node exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Other ports, so that only the data dir is shared.
+    let other = pact_tests::free_block(2);
+    for bin in ["participant", "pact"] {
+        let o = Command::new(binary(bin))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--node-id", "1", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{other}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", other + 1)])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{bin}: {o:?}");
+        assert!(
+            err.contains(&format!("data dir {} in use by pid {pid}", data.display())),
+            "{bin}: {err}"
+        );
+        assert!(!err.contains("Locked"), "{bin}: {err}");
+    }
+    assert!(
+        matches!(first.0.try_wait(), Ok(None)),
+        "the first node died"
+    );
+}
+
+/// A playground on a folder in use is refused (naming the pid) before it
+/// starts anything; on a restart, flags that would change the cluster are
+/// refused instead of ignored.
+#[test]
+fn playground_refuses_a_folder_in_use_and_changed_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_block();
+    let pg = start_playground(dir.path(), port);
+    let o = Command::new(binary("txn"))
+        .args(["playground", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("in use by pid {}", pg.0.id())),
+        "{err}"
+    );
+    assert!(!stdout(&o).contains("ready"), "{o:?}");
+    // A node's own data dir is held by its process.
+    let o = Command::new(binary("pact"))
+        .arg("--config")
+        .arg(dir.path().join("cluster.toml"))
+        .args(["--node-id", "1", "--data-dir"])
+        .arg(dir.path().join("node-1"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(stderr(&o).contains("in use by pid"), "{o:?}");
+    assert!(pg.stop().success());
+
+    let other_port = pact_tests::free_block(26).to_string();
+    let refused: &[(&[&str], &str)] = &[
+        (&["--shards", "5"], "has 3 shards"),
+        (
+            &["--port", &other_port],
+            &format!("first node on port {port}"),
+        ),
+        (&["--layout", "split"], "has the combined layout"),
+        (&["--tls"], "exists without TLS"),
+    ];
+    for (flags, says) in refused {
+        let o = Command::new(binary("txn"))
+            .args(["playground", "--dir"])
+            .arg(dir.path())
+            .args(*flags)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {o:?}");
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{flags:?} started something: {o:?}");
+    }
+}
+
+/// Every binary's --version names the git commit (or says unknown), and
+/// txn prints completion scripts and man pages.
+#[test]
+fn versions_completions_and_man_pages() {
+    for bin in ["txn", "pact", "participant", "coordinator", "bench"] {
+        let o = Command::new(binary(bin)).arg("--version").output().unwrap();
+        assert!(o.status.success(), "{bin}: {o:?}");
+        let out = stdout(&o);
+        let commit = out
+            .split("(git ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("{bin}: no commit in {out:?}"));
+        let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+        assert!(
+            hash == "unknown" || (hash.len() >= 7 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+            "{bin}: {out:?}"
+        );
+        assert!(out.starts_with(&format!("{bin} ")), "{out:?}");
+    }
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = Command::new(binary("txn"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}: {o:?}");
+        let out = stdout(&o);
+        assert!(out.contains("txn") && out.contains("playground"), "{shell}");
+    }
+    let o = Command::new(binary("txn")).arg("man").output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let page = stdout(&o);
+    assert!(page.contains(".TH txn 1"), "{page}");
+    assert!(page.contains("health"), "{page}");
+    let o = Command::new(binary("txn"))
+        .args(["man", "status"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("txn\\-status"), "{}", stdout(&o));
+    let o = Command::new(binary("txn"))
+        .args(["man", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = Command::new(binary("txn"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }

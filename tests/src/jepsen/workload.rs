@@ -192,7 +192,8 @@ fn outcome_of(e: &ClientError) -> OpType {
         | ClientError::Conflict(_)
         | ClientError::InvalidInput(_)
         | ClientError::UnknownShard(_)
-        | ClientError::Unavailable(_) => OpType::Fail,
+        | ClientError::Unavailable(_)
+        | ClientError::Unreachable(_) => OpType::Fail,
         ClientError::Unknown(_) | ClientError::Internal(_) => OpType::Info,
     }
 }

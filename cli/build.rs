@@ -1,0 +1,5 @@
+//! `--version` names the git commit: see `pact-buildinfo`.
+
+fn main() {
+    pact_buildinfo::emit();
+}
