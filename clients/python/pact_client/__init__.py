@@ -30,6 +30,7 @@ from .config import ClusterConfig
 from .errors import (
     Aborted,
     ConfigError,
+    Conflict,
     ErrorInfo,
     InvalidInput,
     OutcomeUnknown,
@@ -45,6 +46,7 @@ __all__ = [
     "Client",
     "ClusterConfig",
     "ConfigError",
+    "Conflict",
     "ErrorInfo",
     "Executed",
     "Guard",

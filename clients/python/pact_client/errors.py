@@ -83,7 +83,20 @@ class Unavailable(PactError):
 class Aborted(PactError):
     """The transaction was aborted (conflict, wounded by an older
     transaction, lock wait timeout, coordinator failover); nothing of it
-    was applied. Start it over."""
+    was applied. Start it over. `abort_kind` says why, as data, when the
+    server said: wounded, lock_timeout, expired, leadership, unavailable,
+    conflict or rollback."""
+
+    @property
+    def abort_kind(self) -> str | None:
+        if self.error_info is None:
+            return None
+        return self.error_info.metadata.get("abort_kind")
+
+
+class Conflict(PactError):
+    """The request contradicts recorded state (for example a decision
+    refused because the other outcome is already recorded)."""
 
 
 class OutcomeUnknown(PactError):
@@ -163,11 +176,51 @@ def _text(v: str | bytes) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
+PACT_DOMAIN = "pact.v1"
+
+
+def _by_pact_code(info: ErrorInfo, msg: str, kw: dict, from_server: bool) -> Classified | None:
+    r, md = info.reason, info.metadata
+    if r == "NOT_LEADER":
+        leader_id = None
+        try:
+            leader_id = int(md["leader_id"]) if "leader_id" in md else None
+        except ValueError:
+            leader_id = None
+        return Classified(
+            NOT_LEADER,
+            leader_id=leader_id,
+            leader_addr=md.get("leader_addr") or None,
+            error=Unavailable(msg, **kw),
+            from_server=from_server,
+        )
+    if r == "UNAVAILABLE":
+        return Classified(RETRY, error=Unavailable(msg, **kw), from_server=from_server)
+    if r == "OUTCOME_UNKNOWN":
+        return Classified(UNKNOWN, error=OutcomeUnknown(msg, **kw), from_server=from_server)
+    if r == "ABORTED":
+        return Classified(FAIL, error=Aborted(msg, **kw), from_server=from_server)
+    if r == "CONFLICT":
+        return Classified(FAIL, error=Conflict(msg, **kw), from_server=from_server)
+    if r in ("INVALID_INPUT", "UNKNOWN_SHARD"):
+        return Classified(FAIL, error=InvalidInput(msg, **kw), from_server=from_server)
+    if r == "STOPPED":
+        return Classified(FAIL, error=ServerError(msg, **kw), from_server=from_server)
+    return None  # a code newer than this client: the gRPC code decides
+
+
 def classify(err: grpc.RpcError) -> Classified:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     msg = (err.details() if hasattr(err, "details") else None) or str(err)
     info, delay, from_server = _details(err)
     kw = {"code": code, "error_info": info, "retry_delay": delay}
+
+    # A Pact server names the error in ErrorInfo (domain pact.v1, reason
+    # one of the ErrorCode names in pact.proto): that decides.
+    if info is not None and info.domain == PACT_DOMAIN:
+        by_code = _by_pact_code(info, msg, kw, from_server)
+        if by_code is not None:
+            return by_code
 
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         md = _trailers(err)

@@ -200,6 +200,35 @@ class ClassifyTest(unittest.TestCase):
         self.assertIsNone(c.error.error_info)
         self.assertFalse(c.from_server)
 
+    def _pact_error(self, code, reason, metadata, message="whatever the text"):
+        try:
+            from google.protobuf import any_pb2
+            from google.rpc import error_details_pb2, status_pb2
+            import grpc_status  # noqa: F401
+        except ImportError:
+            self.skipTest("grpcio-status is not installed")
+        info = error_details_pb2.ErrorInfo(reason=reason, domain="pact.v1", metadata=metadata)
+        st = status_pb2.Status(code=code.value[0], message=message)
+        a = any_pb2.Any()
+        a.Pack(info)
+        st.details.append(a)
+        return FakeError(code, message, [("grpc-status-details-bin", st.SerializeToString())])
+
+    def test_pact_codes_decide_when_present(self) -> None:
+        c = errors.classify(self._pact_error(grpc.StatusCode.FAILED_PRECONDITION, "CONFLICT", {}))
+        self.assertEqual(c.kind, errors.FAIL)
+        self.assertIsInstance(c.error, errors.Conflict)
+        c = errors.classify(
+            self._pact_error(grpc.StatusCode.FAILED_PRECONDITION, "NOT_LEADER", {"leader_id": "3", "leader_addr": "h:1"})
+        )
+        self.assertEqual((c.kind, c.leader_id, c.leader_addr), (errors.NOT_LEADER, 3, "h:1"))
+        c = errors.classify(self._pact_error(grpc.StatusCode.ABORTED, "ABORTED", {"abort_kind": "wounded"}))
+        self.assertIsInstance(c.error, errors.Aborted)
+        self.assertEqual(c.error.abort_kind, "wounded")
+        # An unknown code falls back on the gRPC code.
+        c = errors.classify(self._pact_error(grpc.StatusCode.UNAVAILABLE, "SOMETHING_NEW", {}))
+        self.assertEqual(c.kind, errors.RETRY)
+
 
 if __name__ == "__main__":
     unittest.main()
