@@ -56,6 +56,27 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The logging flags every server binary takes (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// How log lines on stderr look: `text` or `json` (one object per
+    /// line). `RUST_LOG` picks what is logged.
+    #[arg(
+        long,
+        env = "PACT_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Install the logger these flags ask for (see [`init`]).
+    pub fn init(&self) -> Result<(), String> {
+        init(self.log_format)
+    }
+}
+
 /// Install the process's logger (see the module doc). Fails if one is
 /// installed already.
 pub fn init(format: LogFormat) -> Result<(), String> {

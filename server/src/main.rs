@@ -63,15 +63,8 @@ struct Args {
     /// `/metrics`, and `/healthz` and `/readyz` for probes.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// How log lines on stderr look: `text` or `json` (one object per
-    /// line). `RUST_LOG` picks what is logged.
-    #[arg(
-        long,
-        env = "PACT_LOG_FORMAT",
-        value_name = "text|json",
-        default_value = "text"
-    )]
-    log_format: pact_common::logging::LogFormat,
+    #[command(flatten)]
+    log: pact_common::logging::LogArgs,
 }
 
 /// What node `id` hosts: its shards and its coordinator group, if any.
@@ -95,7 +88,7 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    pact_common::logging::init(args.log_format).map_err(anyhow::Error::msg)?;
+    args.log.init().map_err(anyhow::Error::msg)?;
     let config = match &args.config {
         Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => ClusterConfig::embedded_default(),

@@ -90,7 +90,7 @@ fn txn(config: &Path, args: &[&str]) -> Output {
 fn scrape(port: u16) -> String {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -336,11 +336,16 @@ fn playground_with_tls() {
 }
 
 fn txn_timed(config: &Path, args: &[&str], stdin: &[u8], limit: Duration) -> (Output, Duration) {
+    let mut cmd = Command::new(binary("txn"));
+    cmd.arg("--config").arg(config).args(args);
+    run_bounded(cmd, stdin, limit)
+}
+
+/// Runs `cmd` with `stdin` piped in and its output captured, killed if it
+/// outlives `limit`; returns its output and how long it ran.
+fn run_bounded(mut cmd: Command, stdin: &[u8], limit: Duration) -> (Output, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(binary("txn"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1010,30 +1015,12 @@ async fn a_closed_pipe_ends_txn_quietly() {
 /// Runs `txn` with `args` and environment `env` (PACT_CONFIG removed
 /// unless given), killed if it outlives `limit`.
 fn txn_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
-    let started = Instant::now();
     let mut cmd = Command::new(binary("txn"));
-    cmd.args(args)
-        .env_remove("PACT_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).env_remove("PACT_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("run txn");
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let killer = std::thread::spawn(move || {
-        if done_rx.recv_timeout(limit).is_err() {
-            // SAFETY: kill(2) on the child we spawned; it is reaped below.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-    });
-    let out = child.wait_with_output().expect("wait txn");
-    let _ = done_tx.send(());
-    let _ = killer.join();
-    (out, started.elapsed())
+    run_bounded(cmd, b"", limit)
 }
 
 /// Polls `txn health` until it exits with `code`; returns its output.
