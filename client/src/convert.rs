@@ -90,27 +90,28 @@ fn reason(msg: &str, class: &str) -> String {
 /// after the server received the request.
 fn connect_failed(s: &Status) -> bool {
     use std::io::ErrorKind as K;
-    let mut src = std::error::Error::source(s);
-    while let Some(e) = src {
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                return true;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                K::ConnectionRefused
-                    | K::AddrNotAvailable
-                    | K::HostUnreachable
-                    | K::NetworkUnreachable
-            ) {
-                return true;
-            }
-        }
-        src = e.source();
-    }
-    false
+    causes(s).any(|e| {
+        e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|h| h.is_connect())
+            || io_kind(e).is_some_and(|k| {
+                matches!(
+                    k,
+                    K::ConnectionRefused
+                        | K::AddrNotAvailable
+                        | K::HostUnreachable
+                        | K::NetworkUnreachable
+                )
+            })
+    })
+}
+
+/// The errors behind `s`, nearest first.
+fn causes(s: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(s), |e| e.source())
+}
+
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    e.downcast_ref::<std::io::Error>().map(|io| io.kind())
 }
 
 /// The wire form of an abort kind.
@@ -143,16 +144,7 @@ pub fn abort_kind(k: i32) -> AbortKind {
 /// Nothing listens at the address: the connect was refused (a port with
 /// no process on it), as opposed to a timeout or a broken connection.
 pub(crate) fn connection_refused(s: &Status) -> bool {
-    let mut src = std::error::Error::source(s);
-    while let Some(e) = src {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        src = e.source();
-    }
-    false
+    causes(s).any(|e| io_kind(e) == Some(std::io::ErrorKind::ConnectionRefused))
 }
 
 pub(crate) fn write_ops(batch: Vec<Mutation>) -> Vec<pb::WriteOp> {

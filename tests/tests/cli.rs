@@ -78,13 +78,15 @@ fn start_playground_with(dir: &Path, port: u16, extra: &[&str]) -> Playground {
     }
 }
 
+/// `txn --config CONFIG ARGS...`, not started yet.
+fn txn_cmd(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("txn"));
+    cmd.arg("--config").arg(config).args(args);
+    cmd
+}
+
 fn txn(config: &Path, args: &[&str]) -> Output {
-    Command::new(binary("txn"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run txn")
+    txn_cmd(config, args).output().expect("run txn")
 }
 
 fn scrape(port: u16) -> String {
@@ -160,10 +162,7 @@ fn txn_cli_against_the_playground() {
     );
 
     // Interactive session through stdin: one commit, one rollback.
-    let mut sh = Command::new(binary("txn"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("shell")
+    let mut sh = txn_cmd(&cfg, &["shell"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -336,9 +335,7 @@ fn playground_with_tls() {
 }
 
 fn txn_timed(config: &Path, args: &[&str], stdin: &[u8], limit: Duration) -> (Output, Duration) {
-    let mut cmd = Command::new(binary("txn"));
-    cmd.arg("--config").arg(config).args(args);
-    run_bounded(cmd, stdin, limit)
+    run_bounded(txn_cmd(config, args), stdin, limit)
 }
 
 /// Runs `cmd` with `stdin` piped in and its output captured, killed if it
@@ -825,10 +822,7 @@ async fn a_failed_range_delete_deletes_nothing() {
     );
     assert!(o.status.success(), "{o:?}");
     // An older transaction locks r/3 and keeps it.
-    let mut holder = Command::new(binary("txn"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("shell")
+    let mut holder = txn_cmd(&cfg, &["shell"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -949,10 +943,7 @@ async fn a_closed_pipe_ends_txn_quietly() {
     );
     assert!(o.status.success(), "{o:?}");
     let closed = |args: &[&str], close_stdout: bool| {
-        let mut child = Command::new(binary("txn"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
+        let mut child = txn_cmd(&cfg, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -989,10 +980,7 @@ async fn a_closed_pipe_ends_txn_quietly() {
         assert_eq!(st.signal(), Some(libc::SIGPIPE), "{args:?}: {st:?} {out}");
     }
     // A shell whose reader quits.
-    let mut sh = Command::new(binary("txn"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("shell")
+    let mut sh = txn_cmd(&cfg, &["shell"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
