@@ -506,6 +506,7 @@ async fn run(
                 TxnOutcome::Aborted(a) => ("aborted", a.reason, Some(a.kind.as_str()), 7),
                 TxnOutcome::Unknown(r) => ("unknown", r, None, 4),
                 TxnOutcome::Open(r) => ("open", r, None, 4),
+                TxnOutcome::Expired(r) => ("expired", r, None, 4),
             };
             if args.json {
                 outln!(

@@ -44,6 +44,10 @@ pub enum TxnOutcome {
     /// Not decided, and alive: the coordinator leader has it open or is
     /// committing it.
     Open(String),
+    /// Older than its coordinator group's record retention, with no
+    /// record left: whether it committed is no longer known. Ask within
+    /// the retention (`transactions.record_retention_s`) to get an answer.
+    Expired(String),
 }
 
 fn txn_client(ch: Channel) -> TxnClient<Channel> {
@@ -67,6 +71,7 @@ fn outcome(r: pb::CommitResponse) -> TxnOutcome {
             TxnOutcome::Aborted(Abort::new(crate::convert::abort_kind(r.abort), r.reason))
         }
         Ok(pb::Outcome::Open) => TxnOutcome::Open(r.reason),
+        Ok(pb::Outcome::Expired) => TxnOutcome::Expired(r.reason),
         _ => TxnOutcome::Unknown(r.reason),
     }
 }
@@ -607,10 +612,9 @@ impl Transaction {
         match outcome(r?) {
             TxnOutcome::Committed => Ok(()),
             TxnOutcome::Aborted(a) => Err(ClientError::Aborted(a)),
-            TxnOutcome::Unknown(m) | TxnOutcome::Open(m) => Err(ClientError::Unknown(format!(
-                "transaction {}: {m}",
-                self.id
-            ))),
+            TxnOutcome::Unknown(m) | TxnOutcome::Open(m) | TxnOutcome::Expired(m) => Err(
+                ClientError::Unknown(format!("transaction {}: {m}", self.id)),
+            ),
         }
     }
 

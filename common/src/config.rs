@@ -218,6 +218,14 @@ pub struct TxnTuning {
     /// presumed dead and aborted, and its locks freed. Clients heartbeat
     /// every third of it while a transaction is open.
     pub lease_ms: u64,
+    /// How long a finished transaction's outcome stays answerable by
+    /// TxnStatus. Records of older transactions are garbage-collected and
+    /// TxnStatus calls such a transaction "expired" (a client that saw
+    /// "unknown" must ask within this time).
+    pub record_retention_s: u64,
+    /// How often a coordinator leader collects records past the
+    /// retention (and tells the shards to).
+    pub gc_interval_ms: u64,
 }
 
 impl Default for TxnTuning {
@@ -225,6 +233,8 @@ impl Default for TxnTuning {
         TxnTuning {
             idle_timeout_ms: 60_000,
             lease_ms: 1_500,
+            record_retention_s: 600,
+            gc_interval_ms: 10_000,
         }
     }
 }
@@ -585,6 +595,8 @@ impl ClusterConfig {
         for (name, v) in [
             ("idle_timeout_ms", t.idle_timeout_ms),
             ("lease_ms", t.lease_ms),
+            ("record_retention_s", t.record_retention_s),
+            ("gc_interval_ms", t.gc_interval_ms),
         ] {
             if v > MAX_TOML_INT {
                 return invalid(format!(
@@ -598,6 +610,17 @@ impl ClusterConfig {
             return invalid(format!(
                 "transactions.lease_ms ({}) must be at least 300",
                 t.lease_ms
+            ));
+        }
+        if t.record_retention_s == 0 {
+            return invalid(
+                "transactions.record_retention_s must be at least 1: a client told \"unknown\" needs time to ask",
+            );
+        }
+        if t.gc_interval_ms < 100 {
+            return invalid(format!(
+                "transactions.gc_interval_ms ({}) must be at least 100",
+                t.gc_interval_ms
             ));
         }
         if t.idle_timeout_ms < t.lease_ms {

@@ -58,6 +58,7 @@ pub fn shard_state(s: i32) -> Result<crate::inquiry::ShardState, Error> {
         Ok(pb::TxnState::Prepared) => Ok(ShardState::Prepared),
         Ok(pb::TxnState::Committed) => Ok(ShardState::Committed),
         Ok(pb::TxnState::Aborted) => Ok(ShardState::Aborted),
+        Ok(pb::TxnState::Expired) => Ok(ShardState::Expired),
         _ => Err(Error::Unknown(format!(
             "participant sent an unknown transaction state {s}"
         ))),
@@ -74,6 +75,7 @@ pub fn outcome(o: Outcome) -> pb::CommitResponse {
         ),
         Outcome::Unknown(r) => (pb::Outcome::Unknown, r, 0),
         Outcome::Open(r) => (pb::Outcome::Open, r, 0),
+        Outcome::Expired(r) => (pb::Outcome::Expired, r, 0),
     };
     pb::CommitResponse {
         outcome: outcome as i32,

@@ -97,6 +97,8 @@ enum Input {
     /// `None`: not in flight; `Some(None)`: in flight, undecided;
     /// `Some(Some(commit))`: decided, being delivered to the shards.
     InFlight(TxnId, oneshot::Sender<Option<Option<bool>>>),
+    /// The oldest transaction 2PC is working on.
+    Oldest(oneshot::Sender<Option<TxnId>>),
 }
 
 pub struct Coordinator {
@@ -207,6 +209,7 @@ impl Coordinator {
             }
         });
         tokio::spawn(expire_sessions(c.clone()));
+        tokio::spawn(collect_garbage(c.clone()));
         Ok(c)
     }
 
@@ -808,6 +811,23 @@ impl Coordinator {
                 )),
             };
         }
+        let past = log::horizon(self.replica.get_local(log::HORIZON_KEY).await?.as_deref())
+            .map_err(Error::Fatal)?;
+        if txn.ts < past {
+            return Ok(self.status_past_horizon(txn).await);
+        }
+        let reserved = log::reservation(self.replica.get_local(RESERVATION_KEY).await?.as_deref())
+            .map_err(Error::Fatal)?;
+        if txn.ts >= reserved {
+            // No leader issued it (ids stay below the reservation), and
+            // fencing it at the shards would leave records no horizon
+            // reaches for a long time.
+            return Err(Error::InvalidInput(format!(
+                "transaction {txn} was never issued: its timestamp is past every id group {} \
+                 has handed out",
+                self.group
+            )));
+        }
         // Nothing logged and nothing running here. A leader that lost the
         // transaction (crash, failover) can no longer log a commit for it,
         // but a one-phase commit it sent may have applied at its shard.
@@ -841,6 +861,147 @@ impl Coordinator {
             }),
             Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
         }
+    }
+
+    /// TxnStatus for a transaction older than the record horizon with no
+    /// decision left in the log: the shards' records, read and not fenced
+    /// (nothing of it can land any more), say committed, aborted, or that
+    /// it is forgotten (`crate::gc`). Writes nothing.
+    async fn status_past_horizon(&self, txn: TxnId) -> Outcome {
+        let answers = self
+            .inquire_all(
+                txn,
+                self.participants.shards(),
+                false,
+                inquiry::decisive_past_horizon,
+            )
+            .await;
+        match inquiry::past_horizon(&answers) {
+            inquiry::PastHorizon::Committed => Outcome::Committed,
+            inquiry::PastHorizon::Aborted(why) => {
+                Outcome::Aborted(Abort::new(AbortKind::Rollback, why))
+            }
+            inquiry::PastHorizon::Expired => Outcome::Expired(format!(
+                "older than the record retention ({} s): its records were collected",
+                self.txn_tuning.record_retention_s
+            )),
+            inquiry::PastHorizon::Unknown(why) => Outcome::Unknown(why),
+        }
+    }
+
+    /// One round of garbage collection (`crate::gc`), on the leader: raise
+    /// the record horizon as far as the rule allows, delete the finished
+    /// decisions below it, and tell every shard. Returns the horizon.
+    async fn collect_garbage(&self) -> Result<Timestamp, Error> {
+        self.require_leader()?;
+        // Sessions before the machine: a transaction leaves its session
+        // only once the machine has it, and the question to the machine
+        // queues behind that hand-over.
+        let session = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::Fatal("session lock poisoned".into()))?
+            .keys()
+            .map(|t| t.ts)
+            .min();
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Oldest(tx))
+            .map_err(|_| Error::Unavailable("coordinator is stopping".into()))?;
+        let in_flight = rx
+            .await
+            .map_err(|_| Error::Unavailable("coordinator is stopping".into()))?
+            .map(|t| t.ts);
+        let staging = self
+            .replica
+            .scan_prefix_local(&[log::STAGING_PREFIX])
+            .await?;
+        let staged = staging
+            .iter()
+            .filter_map(|(k, _)| TxnId::from_key(k))
+            .map(|t| t.ts)
+            .min();
+        let reserved = log::reservation(self.replica.get_local(RESERVATION_KEY).await?.as_deref())
+            .map_err(Error::Fatal)?;
+        let live = crate::gc::Live {
+            reserved,
+            session,
+            in_flight,
+            staged,
+        };
+        let retention = Duration::from_secs(self.txn_tuning.record_retention_s);
+        let below = crate::gc::horizon(self.hlc.now(), retention, &live);
+        let mut horizon;
+        let mut kept;
+        loop {
+            let decisions = self.replica.scan_prefix_local(&[DECISION_PREFIX]).await?;
+            let mut old = Vec::new();
+            for (k, v) in &decisions {
+                let Some(t) = TxnId::from_key(k) else {
+                    continue;
+                };
+                if t.ts < below && log::decode::<Decision>(v).is_ok_and(|d| d.finished) {
+                    old.push(t);
+                    if old.len() == GC_BATCH {
+                        break;
+                    }
+                }
+            }
+            let n = old.len();
+            let (_, reply) = self
+                .replica
+                .propose(encode_command(&LogCommand::Gc { below, txns: old })?)
+                .await?;
+            horizon = match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
+                LogReply::Collected { horizon } => horizon,
+                other => return Err(Error::Fatal(format!("unexpected log reply {other:?}"))),
+            };
+            kept = decisions.len() - n;
+            if n < GC_BATCH {
+                break;
+            }
+        }
+        let unfinished = self
+            .replica
+            .scan_prefix_local(&[log::UNFINISHED_PREFIX])
+            .await?
+            .len();
+        let group = pact_raft::metrics::group_label(self.group);
+        for (kind, n) in [
+            ("decision", kept),
+            ("staging", staging.len()),
+            ("unfinished", unfinished),
+        ] {
+            self.metrics
+                .records
+                .with_label_values(&[&group, kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        // The shards follow; one that cannot be reached now catches up at
+        // a later round (its horizon only trails, which is safe).
+        let calls = self.participants.shards().into_iter().map(|shard| async move {
+            let req = pb::ForgetRequest {
+                shard_id: shard.0,
+                group: self.group,
+                below: horizon.0,
+            };
+            let r = tokio::time::timeout(
+                INQUIRY_WAIT,
+                self.participants.call_shard(shard, true, |ch| async move {
+                    participant(ch).forget(req).await
+                }),
+            )
+            .await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(shard = shard.0, error = %e, "shard did not collect records")
+                }
+                Err(_) => tracing::debug!(shard = shard.0, "shard did not collect records in time"),
+            }
+        });
+        futures::future::join_all(calls).await;
+        Ok(horizon)
     }
 
     /// Settle a staged transaction from its shards (fencing it there with
@@ -1119,6 +1280,10 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
             Input::Event(ev) => machine.step(ev),
             Input::InFlight(txn, reply) => {
                 let _ = reply.send(machine.in_flight(txn).then(|| machine.decided(txn)));
+                continue;
+            }
+            Input::Oldest(reply) => {
+                let _ = reply.send(machine.oldest());
                 continue;
             }
             Input::Leader(t) => {
@@ -1499,7 +1664,9 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         let until = Timestamp::from_parts(c.hlc.now().millis() + stamps::AHEAD_MS, 0);
         c.extend_reservation(until).await;
     }
-    let records = match c.replica.scan_prefix_local(&[DECISION_PREFIX]).await {
+    // Only the commits some shard has still to apply (`u`), not every
+    // decision: the work of a failover does not grow with history.
+    let pending = match c.replica.scan_prefix_local(&[log::UNFINISHED_PREFIX]).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the recovery log");
@@ -1507,15 +1674,23 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         }
     };
     let mut unfinished = Vec::new();
-    for (k, v) in records {
-        match (TxnId::from_key(&k), log::decode::<Decision>(&v)) {
-            (Some(txn), Ok(d)) => {
-                c.hlc.observe(txn.ts);
-                if d.commit && !d.finished {
-                    unfinished.push((txn, log::shards_of(&d)));
-                }
+    for (k, _) in pending {
+        let Some(txn) = TxnId::from_key(&k) else {
+            tracing::error!("skipping a corrupt unfinished-commit record");
+            continue;
+        };
+        let d = match c.replica.get_local(&log::decision_key(txn)).await {
+            Ok(Some(v)) => log::decode::<Decision>(&v),
+            Ok(None) => Err(format!("unfinished commit {txn} has no decision record")),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the recovery log");
+                return;
             }
-            _ => tracing::error!("skipping a corrupt recovery log record"),
+        };
+        match d {
+            Ok(d) if d.commit && !d.finished => unfinished.push((txn, log::shards_of(&d))),
+            Ok(_) => {}
+            Err(e) => tracing::error!(%txn, error = %e, "skipping a corrupt recovery log record"),
         }
     }
     let mut staged = Vec::new();
@@ -1592,6 +1767,29 @@ async fn expire_sessions(c: Arc<Coordinator>) {
         }
     }
 }
+
+/// Garbage collection of transaction records (`crate::gc`), every
+/// `transactions.gc_interval_ms` while this replica leads.
+async fn collect_garbage(c: Arc<Coordinator>) {
+    let every = Duration::from_millis(c.txn_tuning.gc_interval_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        if c.require_leader().is_err() {
+            continue;
+        }
+        match c.collect_garbage().await {
+            Ok(h) => {
+                tracing::debug!(group = c.group, horizon = %h, "collected transaction records")
+            }
+            Err(e) => {
+                tracing::info!(group = c.group, error = %e, "record collection failed; will retry")
+            }
+        }
+    }
+}
+
+/// Most decisions one `Gc` entry deletes, so the entry stays small.
+const GC_BATCH: usize = 4096;
 
 /// Most records in one batch entry.
 const RECORD_BATCH: usize = 256;

@@ -23,6 +23,9 @@ pub enum ShardState {
     Prepared,
     Committed,
     Aborted,
+    /// Nothing recorded, and older than the shard's record horizon for
+    /// this group: forgotten there, and it can no longer land there.
+    Expired,
 }
 
 /// A shard's answer, or why there is none.
@@ -123,6 +126,53 @@ pub fn staged_verdict(answers: &[(ShardId, Answer)], listed: usize) -> Verdict {
     ))
 }
 
+/// What the shards' records say of a transaction older than the group's
+/// record horizon that has no decision left in the log (read, not
+/// fenced: nothing of it can land at a shard any more). See `crate::gc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PastHorizon {
+    Committed,
+    Aborted(String),
+    /// No record left says: its outcome is forgotten.
+    Expired,
+    /// A shard did not answer.
+    Unknown(String),
+}
+
+pub fn past_horizon(answers: &[(ShardId, Answer)]) -> PastHorizon {
+    if answers.iter().any(|(_, a)| *a == Ok(ShardState::Committed)) {
+        return PastHorizon::Committed;
+    }
+    if let Some((s, _)) = answers.iter().find(|(_, a)| *a == Ok(ShardState::Prepared)) {
+        return PastHorizon::Aborted(format!(
+            "prepared at shard {s} but never decided, and older than the record horizon: \
+             it can no longer commit"
+        ));
+    }
+    let unanswered: Vec<String> = answers
+        .iter()
+        .filter_map(|(s, a)| a.as_ref().err().map(|e| format!("shard {s}: {e}")))
+        .collect();
+    if !unanswered.is_empty() {
+        return PastHorizon::Unknown(format!(
+            "older than the record horizon, and not every shard answered ({})",
+            unanswered.join("; ")
+        ));
+    }
+    // An abort recorded at one shard says nothing of another, which may
+    // have committed it in one phase and since forgotten that: only an
+    // abort recorded everywhere settles it.
+    if !answers.is_empty() && answers.iter().all(|(_, a)| *a == Ok(ShardState::Aborted)) {
+        return PastHorizon::Aborted("aborted at every shard".into());
+    }
+    PastHorizon::Expired
+}
+
+/// Whether `a` settles a past-horizon verdict by itself.
+pub fn decisive_past_horizon(a: &Answer) -> bool {
+    matches!(a, Ok(ShardState::Committed) | Ok(ShardState::Prepared))
+}
+
 /// Whether `a` settles a staged transaction's verdict by itself.
 pub fn decisive_staged(a: &Answer) -> bool {
     *a == Ok(ShardState::Aborted)
@@ -134,6 +184,36 @@ mod tests {
 
     fn answers(a: &[(u64, Answer)]) -> Vec<(ShardId, Answer)> {
         a.iter().map(|(s, x)| (ShardId(*s), x.clone())).collect()
+    }
+
+    #[test]
+    fn past_the_horizon_only_a_record_decides_and_nothing_is_guessed() {
+        use ShardState::*;
+        let v = |a: &[(u64, Answer)]| past_horizon(&answers(a));
+        assert_eq!(
+            v(&[(1, Ok(Aborted)), (2, Ok(Committed))]),
+            PastHorizon::Committed
+        );
+        assert!(matches!(
+            v(&[(1, Ok(Prepared)), (2, Ok(None))]),
+            PastHorizon::Aborted(_)
+        ));
+        assert!(matches!(
+            v(&[(1, Ok(Aborted)), (2, Ok(Aborted))]),
+            PastHorizon::Aborted(_)
+        ));
+        // One abort beside a forgotten shard: that shard may have committed.
+        assert_eq!(
+            v(&[(1, Ok(Aborted)), (2, Ok(Expired))]),
+            PastHorizon::Expired
+        );
+        assert_eq!(v(&[(1, Ok(None)), (2, Ok(Expired))]), PastHorizon::Expired);
+        assert!(matches!(
+            v(&[(1, Ok(Expired)), (2, Err("down".into()))]),
+            PastHorizon::Unknown(_)
+        ));
+        assert!(decisive_past_horizon(&Ok(Prepared)));
+        assert!(!decisive_past_horizon(&Ok(Aborted)));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Reading order: [`machine`] is the protocol as a pure state machine
 //! (with a test for a crash before and after every step); [`log`] is the
 //! recovery log's state machine (first decision wins); [`coordinator`]
-//! drives both and talks to participants; [`service`] is the gRPC face.
+//! drives both and talks to participants; [`service`] is the gRPC face;
+//! [`gc`] says which transaction records may be forgotten, and why.
 //!
 //! # Invariants
 //! - The client hears "committed" only after the commit decision is durable
@@ -23,7 +24,9 @@
 //!   `resolve`: a one-phase commit's decision lives at its shard, so with
 //!   no record in the log the coordinator asks every shard, which fences
 //!   the id (records an abort unless it prepared or decided it) before
-//!   the presumed abort is logged.
+//!   the presumed abort is logged. Within the record retention, that is;
+//!   past it, records are collected ([`gc`]) and the answer may be
+//!   "expired", never a guess.
 //!
 //! # Failure
 //! Open transactions live in the leader's memory: a coordinator failover
@@ -34,6 +37,7 @@
 mod convert;
 pub mod coordinator;
 mod error;
+pub mod gc;
 pub mod inquiry;
 pub mod log;
 pub mod machine;

@@ -15,6 +15,16 @@
 //! every listed shard's prepare record are durable. It exists only while
 //! no decision does: a decision for the transaction removes it in the
 //! same batch, and staging a decided transaction writes nothing.
+//!
+//! `u` ++ txn id -> nothing: a commit decision some shard has still to
+//! apply (not finished). A new leader resends exactly these, so it reads
+//! them, and the staging records, not the whole history.
+//!
+//! `g` -> the group's record horizon (`crate::gc`): finished decisions of
+//! transactions older than it are deleted (`Gc`), TxnStatus calls older
+//! transactions without a record "expired", and no new staging record or
+//! decision is written for them (a commit some shard still has to apply
+//! excepted; none is expected there, see `crate::gc`).
 
 use std::sync::Arc;
 
@@ -25,6 +35,8 @@ use serde::{Deserialize, Serialize};
 pub const DECISION_PREFIX: u8 = b'x';
 pub const RESERVATION_KEY: &[u8] = b"r";
 pub const STAGING_PREFIX: u8 = b's';
+pub const UNFINISHED_PREFIX: u8 = b'u';
+pub const HORIZON_KEY: &[u8] = b"g";
 
 /// A parallel commit's staging record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +81,14 @@ pub enum LogCommand {
     /// commits, finished commits) batched, so a busy coordinator appends
     /// one entry per round instead of one per transaction. Not nested.
     Many(Vec<LogCommand>),
+    /// Raise the record horizon to `below` (kept if already higher) and
+    /// delete the finished decisions of `txns` that it covers (the leader
+    /// lists them, so every replica deletes the same records). Appended
+    /// last.
+    Gc {
+        below: Timestamp,
+        txns: Vec<TxnId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +106,10 @@ pub enum LogReply {
     Staged,
     /// The replies of a [`LogCommand::Many`], in order.
     Many(Vec<LogReply>),
+    /// The record horizon now, after a [`LogCommand::Gc`].
+    Collected {
+        horizon: Timestamp,
+    },
 }
 
 /// A value for the recovery log (`pact_raft::codec`); an error, never
@@ -111,6 +135,15 @@ pub fn decision_key(txn: TxnId) -> Vec<u8> {
 
 pub fn staging_key(txn: TxnId) -> Vec<u8> {
     txn.key(STAGING_PREFIX)
+}
+
+pub fn unfinished_key(txn: TxnId) -> Vec<u8> {
+    txn.key(UNFINISHED_PREFIX)
+}
+
+/// The stored record horizon (`HORIZON_KEY`), 0 if never set.
+pub fn horizon(v: Option<&[u8]>) -> Result<Timestamp, String> {
+    v.map_or(Ok(Timestamp(0)), decode)
 }
 
 pub fn staged_shards(s: &Staging) -> std::collections::BTreeSet<ShardId> {
@@ -150,6 +183,9 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
 }
 
 fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
+    let horizon_now = || -> Result<Timestamp, String> {
+        horizon(get(HORIZON_KEY).map_err(|e| e.to_string())?.as_deref())
+    };
     let read = |txn: TxnId| -> Result<Option<Decision>, String> {
         match get(&decision_key(txn)).map_err(|e| e.to_string())? {
             Some(b) => decode(&b).map(Some),
@@ -163,28 +199,40 @@ fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             shards,
         } => match read(*txn)? {
             Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
+            // Older than the horizon: nobody may ask for the record (the
+            // answer there is the shards' or "expired"), so it would only
+            // wait to be collected. A commit with shards to tell is kept,
+            // as a new leader must resend it.
+            None if txn.ts < horizon_now()? && (!*commit || shards.is_empty()) => {
+                (Vec::new(), LogReply::Decided { commit: *commit })
+            }
             None => {
+                // Nothing to resend for an abort, or for a commit with
+                // no shards left to tell (a recorded one-phase commit).
+                let finished = !*commit || shards.is_empty();
                 let d = Decision {
                     commit: *commit,
                     shards: shards.clone(),
-                    // Nothing to resend for an abort, or for a commit with
-                    // no shards left to tell (a recorded one-phase commit).
-                    finished: !*commit || shards.is_empty(),
+                    finished,
                 };
-                (
-                    vec![
-                        (decision_key(*txn), Some(encode(&d)?)),
-                        (staging_key(*txn), None),
-                    ],
-                    LogReply::Decided { commit: *commit },
-                )
+                let mut w = vec![
+                    (decision_key(*txn), Some(encode(&d)?)),
+                    (staging_key(*txn), None),
+                ];
+                if !finished {
+                    w.push((unfinished_key(*txn), Some(Vec::new())));
+                }
+                (w, LogReply::Decided { commit: *commit })
             }
         },
         LogCommand::Finish { txn } => match read(*txn)? {
             Some(mut d) => {
                 d.finished = true;
                 (
-                    vec![(decision_key(*txn), Some(encode(&d)?))],
+                    vec![
+                        (decision_key(*txn), Some(encode(&d)?)),
+                        (unfinished_key(*txn), None),
+                    ],
                     LogReply::Finished,
                 )
             }
@@ -212,6 +260,10 @@ fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
         LogCommand::Many(_) => return Err("nested batch of log commands".into()),
         LogCommand::Stage { txn, shards } => match read(*txn)? {
             Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
+            // The horizon passed it: recovery would never see this
+            // staging record as live (none is expected, `crate::gc`), so
+            // it is aborted instead, which needs no record.
+            None if txn.ts < horizon_now()? => (Vec::new(), LogReply::Decided { commit: false }),
             None => {
                 let s = Staging {
                     shards: shards.clone(),
@@ -222,6 +274,23 @@ fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
                 )
             }
         },
+        LogCommand::Gc { below, txns } => {
+            let h = horizon_now()?.max(*below);
+            let mut w = Vec::new();
+            if h > horizon_now()? {
+                w.push((HORIZON_KEY.to_vec(), Some(encode(&h)?)));
+            }
+            let mut gone = std::collections::BTreeSet::new();
+            for t in txns.iter().filter(|t| t.ts < h) {
+                // Only finished decisions: a commit some shard has still to
+                // apply is resent by the next leader, so it stays.
+                if read(*t)?.is_some_and(|d| d.finished) {
+                    gone.insert(decision_key(*t));
+                }
+            }
+            w.extend(gone.into_iter().map(|k| (k, None)));
+            (w, LogReply::Collected { horizon: h })
+        }
         LogCommand::Reserve { until } => {
             let now = reservation(get(RESERVATION_KEY).map_err(|e| e.to_string())?.as_deref())?;
             if *until > now {
@@ -503,6 +572,121 @@ mod tests {
         assert_eq!(TxnId::from_key(&decision_key(t(1))), Some(t(1)));
     }
 
+    fn decision(m: &Mem, txn: TxnId) -> Option<Decision> {
+        m.0.borrow()
+            .get(&decision_key(txn))
+            .map(|b| decode(b).unwrap())
+    }
+
+    fn has(m: &Mem, k: &[u8]) -> bool {
+        m.0.borrow().contains_key(k)
+    }
+
+    /// An unfinished commit is indexed (`u`) until finished, so a new
+    /// leader reads only those.
+    #[test]
+    fn unfinished_commits_are_indexed_until_finished() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let decide = |txn, commit, shards: &[u64]| LogCommand::Decide {
+            txn,
+            commit,
+            shards: shards.to_vec(),
+        };
+        m.run(decide(t(1), true, &[3, 4]));
+        m.run(decide(t(2), true, &[]));
+        m.run(decide(t(3), false, &[3]));
+        assert!(has(&m, &unfinished_key(t(1))));
+        assert!(
+            !has(&m, &unfinished_key(t(2))),
+            "a recorded one-phase commit"
+        );
+        assert!(!has(&m, &unfinished_key(t(3))), "an abort is never resent");
+        m.run(LogCommand::Finish { txn: t(1) });
+        assert!(!has(&m, &unfinished_key(t(1))));
+    }
+
+    /// Garbage collection in the log: the horizon only grows, only
+    /// finished decisions below it go, and nothing new is recorded below it
+    /// except a commit shards must still apply.
+    #[test]
+    fn below_the_horizon_finished_decisions_go_and_no_new_record_lands() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let decide = |txn, commit, shards: &[u64]| LogCommand::Decide {
+            txn,
+            commit,
+            shards: shards.to_vec(),
+        };
+        m.run(decide(t(1), true, &[]));
+        m.run(decide(t(2), false, &[]));
+        m.run(decide(t(3), true, &[5]));
+        m.run(LogCommand::Stage {
+            txn: t(4),
+            shards: vec![5, 6],
+        });
+        m.run(decide(t(30), true, &[]));
+        let gc = |below, txns: &[TxnId]| LogCommand::Gc {
+            below: Timestamp(below),
+            txns: txns.to_vec(),
+        };
+        assert_eq!(
+            m.run(gc(10, &[t(1), t(2), t(3), t(4), t(30)])),
+            LogReply::Collected {
+                horizon: Timestamp(10)
+            }
+        );
+        assert_eq!(decision(&m, t(1)), None);
+        assert_eq!(decision(&m, t(2)), None);
+        assert!(
+            decision(&m, t(3)).is_some(),
+            "unfinished: a new leader resends it"
+        );
+        assert!(
+            has(&m, &staging_key(t(4))),
+            "a staging record is not a decision"
+        );
+        assert!(decision(&m, t(30)).is_some(), "past the horizon");
+        assert_eq!(
+            m.run(gc(5, &[])),
+            LogReply::Collected {
+                horizon: Timestamp(10)
+            },
+            "never back"
+        );
+        assert_eq!(
+            horizon(m.0.borrow().get(HORIZON_KEY).map(|v| v.as_slice())).unwrap(),
+            Timestamp(10)
+        );
+
+        // Below it: an abort or a recorded one-phase commit is answered
+        // but not written; staging is answered with an abort; a commit
+        // with shards to tell is written (and indexed).
+        assert_eq!(
+            m.run(decide(t(6), false, &[])),
+            LogReply::Decided { commit: false }
+        );
+        assert_eq!(
+            m.run(decide(t(7), true, &[])),
+            LogReply::Decided { commit: true }
+        );
+        assert_eq!(
+            m.run(LogCommand::Stage {
+                txn: t(8),
+                shards: vec![1, 2]
+            }),
+            LogReply::Decided { commit: false }
+        );
+        assert_eq!(decision(&m, t(6)), None);
+        assert_eq!(decision(&m, t(7)), None);
+        assert!(!has(&m, &staging_key(t(8))));
+        m.run(decide(t(9), true, &[5]));
+        assert!(decision(&m, t(9)).is_some() && has(&m, &unfinished_key(t(9))));
+        // A decision already there still wins below the horizon.
+        assert_eq!(
+            m.run(decide(t(3), false, &[])),
+            LogReply::Decided { commit: true }
+        );
+    }
+
     /// Every command, reply and stored record decodes back to itself.
     #[test]
     fn commands_replies_and_records_round_trip() {
@@ -521,6 +705,10 @@ mod tests {
                 shards: vec![1, 2, 3],
             },
             LogCommand::Many(vec![LogCommand::Finish { txn: t(9) }]),
+            LogCommand::Gc {
+                below: Timestamp(5),
+                txns: vec![t(1)],
+            },
         ] {
             assert_eq!(decode::<LogCommand>(&c.encode().unwrap()), Ok(c));
         }
@@ -533,6 +721,9 @@ mod tests {
             },
             LogReply::Staged,
             LogReply::Many(vec![LogReply::Finished]),
+            LogReply::Collected {
+                horizon: Timestamp(5),
+            },
         ] {
             assert_eq!(decode::<LogReply>(&encode(&r).unwrap()), Ok(r));
         }

@@ -51,6 +51,9 @@ pub enum Outcome {
     /// Not decided, and alive here: open, or its commit in flight
     /// (reported by TxnStatus only, never as a commit's outcome).
     Open(String),
+    /// Older than the group's record retention, and no record of it is
+    /// left: whether it committed is no longer known (TxnStatus only).
+    Expired(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +215,11 @@ impl Machine {
             Some(Phase::Deciding { commit, .. }) => Some(*commit),
             _ => None,
         }
+    }
+
+    /// The oldest transaction in flight (garbage collection must not pass it).
+    pub fn oldest(&self) -> Option<TxnId> {
+        self.txns.keys().next().copied()
     }
 
     pub fn len(&self) -> usize {

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub sessions: IntGaugeVec,
     /// Duration of each 2PC phase: `one_phase`, `prepare`, `log`, `decide`.
     pub phase_seconds: HistogramVec,
+    /// Records in the recovery log by kind (`decision`, `staging`,
+    /// `unfinished`), as counted by the leader's last garbage collection.
+    pub records: IntGaugeVec,
 }
 
 impl Metrics {
@@ -49,6 +52,14 @@ impl Metrics {
             ),
             &["group"],
         )?;
+        let records = IntGaugeVec::new(
+            Opts::new(
+                "pact_txn_records",
+                "Transaction records kept, by Raft group and kind, as of the last garbage collection",
+            ),
+            &["group", "kind"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
@@ -59,6 +70,7 @@ impl Metrics {
             aborts,
             sessions,
             phase_seconds,
+            records,
         })
     }
 
@@ -71,6 +83,7 @@ impl Metrics {
             }
             Outcome::Unknown(_) => "unknown",
             Outcome::Open(_) => "open",
+            Outcome::Expired(_) => "expired",
         };
         self.outcomes.with_label_values(&[label]).inc();
     }

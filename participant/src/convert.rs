@@ -110,6 +110,7 @@ pub fn inquire_response(s: crate::kv::TxnState) -> pb::InquireResponse {
         TxnState::Prepared => pb::TxnState::Prepared,
         TxnState::Committed => pb::TxnState::Committed,
         TxnState::Aborted => pb::TxnState::Aborted,
+        TxnState::Expired => pb::TxnState::Expired,
     };
     pb::InquireResponse {
         state: state as i32,

@@ -11,12 +11,19 @@
 //!   one-phase commit this record *is* the decision: the coordinator's
 //!   own record of it is written afterwards, best effort, so TxnStatus
 //!   asks the shards when its log has nothing (`Fence`).
+//! - `h` ++ coordinator group -> that group's record horizon here (a
+//!   timestamp, `pact_raft::codec`): outcome records of the group's
+//!   transactions older than it are deleted (`Forget`), and in exchange no
+//!   transaction older than it may still prepare or commit in one phase
+//!   here (it is refused as expired). The coordinator group sets it, never
+//!   above its own horizon (see the coordinator's `gc` module for why that
+//!   is safe); it only grows.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use pact_common::TxnId;
+use pact_common::{Timestamp, TxnId};
 use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
@@ -26,6 +33,11 @@ use crate::txn::TxnManager;
 pub const DATA_PREFIX: u8 = b'd';
 pub const PREPARED_PREFIX: u8 = b'p';
 pub const OUTCOME_PREFIX: u8 = b'o';
+pub const HORIZON_PREFIX: u8 = b'h';
+
+/// Most outcome records one `Forget` command deletes, so one entry (and
+/// the storage batch that applies it) stays small.
+pub const FORGET_BATCH: usize = 4096;
 
 /// One key change: `Some(value)` puts, `None` deletes.
 pub type Mutation = (Vec<u8>, Option<Vec<u8>>);
@@ -61,6 +73,15 @@ pub enum ShardCommand {
     Fence {
         txn: TxnId,
     },
+    /// Raise coordinator group `group`'s record horizon here to `below`
+    /// (kept if already higher) and delete the outcome records of `txns`
+    /// that are older than the horizon (the leader lists them, so every
+    /// replica deletes the same keys). Appended last.
+    Forget {
+        group: u64,
+        below: Timestamp,
+        txns: Vec<TxnId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +90,11 @@ pub enum ShardReply {
     Prepared,
     /// Not applied, with the reason.
     Rejected(String),
+    /// Older than the shard's record horizon for its coordinator group,
+    /// and nothing about it is recorded here any more: whether it ever
+    /// committed here is forgotten, and it can no longer prepare or commit
+    /// here. Appended last.
+    Expired,
 }
 
 /// What a shard has recorded of a transaction.
@@ -80,6 +106,9 @@ pub enum TxnState {
     Prepared,
     Committed,
     Aborted,
+    /// Nothing recorded, and older than the horizon: forgotten (see
+    /// [`ShardReply::Expired`]).
+    Expired,
 }
 
 /// What a `Fence` reply says the shard recorded: `Done` a commit,
@@ -90,6 +119,7 @@ pub fn fenced_state(reply: &ShardReply) -> TxnState {
         ShardReply::Done => TxnState::Committed,
         ShardReply::Prepared => TxnState::Prepared,
         ShardReply::Rejected(_) => TxnState::Aborted,
+        ShardReply::Expired => TxnState::Expired,
     }
 }
 
@@ -99,8 +129,41 @@ pub fn txn_state(get: Lookup<'_>, txn: TxnId) -> io::Result<TxnState> {
         Some(v) if v.first() == Some(&1) => TxnState::Committed,
         Some(_) => TxnState::Aborted,
         None if get(&txn.key(PREPARED_PREFIX))?.is_some() => TxnState::Prepared,
+        None if expired(get, txn)? => TxnState::Expired,
         None => TxnState::None,
     })
+}
+
+pub fn horizon_key(group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(HORIZON_PREFIX);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
+}
+
+/// Coordinator group `group`'s record horizon here (0 if never set).
+pub fn horizon(get: Lookup<'_>, group: u64) -> io::Result<Timestamp> {
+    match get(&horizon_key(group))? {
+        Some(v) => decode(&v, "record horizon"),
+        None => Ok(Timestamp(0)),
+    }
+}
+
+/// Whether `txn` is older than its group's record horizon here: its
+/// outcome record may be gone, and it may not prepare or commit here.
+/// Implicit single-operation transactions keep no records and are never
+/// expired.
+pub fn expired(get: Lookup<'_>, txn: TxnId) -> io::Result<bool> {
+    Ok(txn.group != crate::node::IMPLICIT_GROUP && txn.ts < horizon(get, txn.group)?)
+}
+
+/// The prefix of every outcome record of coordinator group `group`'s
+/// transactions (`TxnId::key` puts the group first).
+pub fn outcome_prefix(group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(OUTCOME_PREFIX);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +228,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             ShardReply::Prepared => Notice::Nothing,
             _ => Notice::Finished(*txn),
         },
+        ShardCommand::Forget { .. } => Notice::Nothing,
     }
 }
 
@@ -201,6 +265,9 @@ pub fn effect(
             match (recorded, outcome(*txn)?) {
                 (true, Some(true)) => (Vec::new(), ShardReply::Done),
                 (true, Some(false)) => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+                // Its outcome here could have been forgotten: it must not
+                // apply, or a fence that found nothing could be wrong.
+                _ if expired(get, *txn)? => (Vec::new(), ShardReply::Expired),
                 _ if *t != term => {
                     let r = format!("locks were taken in term {t}, entry is in term {term}");
                     (Vec::new(), ShardReply::Rejected(r))
@@ -229,6 +296,8 @@ pub fn effect(
                 (Vec::new(), ShardReply::Rejected(r.into()))
             } else if get(&p)?.is_some() {
                 (Vec::new(), ShardReply::Prepared)
+            } else if expired(get, *txn)? {
+                (Vec::new(), ShardReply::Expired)
             } else if *t != term {
                 let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
                 (Vec::new(), ShardReply::Rejected(r))
@@ -247,11 +316,20 @@ pub fn effect(
                     let writes = prepared_writes(&rec).map_err(io::Error::other)?;
                     let mut w = data(&writes);
                     w.push((p, None));
-                    w.push((o, Some(vec![1])));
+                    // Below the horizon the horizon itself refuses a late
+                    // prepare; a record would only wait to be forgotten.
+                    if !expired(get, *txn)? {
+                        w.push((o, Some(vec![1])));
+                    }
                     (w, ShardReply::Done)
                 }
                 (None, Some(true)) => (Vec::new(), ShardReply::Done),
                 (None, Some(false)) => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+                // A commit decision is sent only to shards that prepared,
+                // and a prepare record goes only with a decision applied
+                // here; the first decision wins, so this one applied and
+                // its outcome record was forgotten since: a late resend.
+                (None, None) if expired(get, *txn)? => (Vec::new(), ShardReply::Done),
                 (None, None) => (Vec::new(), ShardReply::Rejected("not prepared here".into())),
             }
         }
@@ -261,6 +339,7 @@ pub fn effect(
             match outcome(*txn)? {
                 Some(true) => (Vec::new(), ShardReply::Rejected("already committed".into())),
                 Some(false) => (Vec::new(), ShardReply::Done),
+                None if expired(get, *txn)? => (vec![(p, None)], ShardReply::Done),
                 None => (vec![(p, None), (o, Some(vec![0]))], ShardReply::Done),
             }
         }
@@ -272,7 +351,28 @@ pub fn effect(
             TxnState::Prepared => (Vec::new(), ShardReply::Prepared),
             TxnState::Committed => (Vec::new(), ShardReply::Done),
             TxnState::Aborted => (Vec::new(), ShardReply::Rejected("already aborted".into())),
+            // Nothing can land any more, but whether it committed here
+            // is forgotten: say so rather than claim an abort.
+            TxnState::Expired => (Vec::new(), ShardReply::Expired),
         },
+        ShardCommand::Forget { group, below, txns } => {
+            let h = horizon(get, *group)?.max(*below);
+            let mut w = Vec::with_capacity(txns.len() + 1);
+            if h > horizon(get, *group)? {
+                w.push((horizon_key(*group), Some(encode(&h)?)));
+            }
+            // Only records the horizon now covers: a listed id that is not
+            // (a confused leader) keeps its record.
+            let mut gone: Vec<Vec<u8>> = txns
+                .iter()
+                .filter(|t| t.group == *group && t.ts < h)
+                .map(|t| t.key(OUTCOME_PREFIX))
+                .collect();
+            gone.sort();
+            gone.dedup();
+            w.extend(gone.into_iter().map(|k| (k, None)));
+            (w, ShardReply::Done)
+        }
     })
 }
 
@@ -560,6 +660,116 @@ mod tests {
         assert_eq!(notice(&fence(t(4)), &reply), Notice::Finished(t(4)));
     }
 
+    fn outcomes(m: &Mem) -> usize {
+        m.0.borrow()
+            .keys()
+            .filter(|k| k.first() == Some(&OUTCOME_PREFIX))
+            .count()
+    }
+
+    fn forget(m: &Mem, below: u64, txns: &[TxnId]) -> ShardReply {
+        m.run(
+            9,
+            ShardCommand::Forget {
+                group: 1,
+                below: Timestamp(below),
+                txns: txns.to_vec(),
+            },
+        )
+    }
+
+    /// Garbage collection at a shard: below the horizon outcome records go,
+    /// and in exchange nothing of a transaction there can land any more,
+    /// while a prepared one still gets its decision.
+    #[test]
+    fn below_the_horizon_records_go_and_nothing_new_lands() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let one = |txn, k: &str| ShardCommand::OnePhase {
+            txn,
+            writes: vec![put(k, "1")],
+            term: 9,
+        };
+        let prep = |txn, k: &str| ShardCommand::Prepare {
+            txn,
+            writes: vec![put(k, "1")],
+            term: 9,
+        };
+        assert_eq!(m.run(9, one(t(1), "a")), ShardReply::Done);
+        assert_eq!(
+            m.run(9, ShardCommand::Fence { txn: t(2) }),
+            ShardReply::Rejected("aborted: fenced before it prepared or committed here".into())
+        );
+        assert_eq!(m.run(9, prep(t(3), "c")), ShardReply::Prepared);
+        assert_eq!(m.run(9, one(t(20), "z")), ShardReply::Done);
+        assert_eq!(outcomes(&m), 3);
+
+        // Listed ids past the horizon, or of another group, keep their
+        // records: only what the horizon covers goes.
+        let other = TxnId { group: 7, ..t(1) };
+        assert_eq!(
+            forget(&m, 10, &[t(1), t(2), t(20), other]),
+            ShardReply::Done
+        );
+        assert_eq!(outcomes(&m), 1, "t(20) is past the horizon and stays");
+        let get = |k: &[u8]| Ok(m.0.borrow().get(k).cloned());
+        assert_eq!(horizon(&get, 1).unwrap(), Timestamp(10));
+        assert_eq!(horizon(&get, 7).unwrap(), Timestamp(0), "per group");
+        // The horizon never goes back.
+        assert_eq!(forget(&m, 5, &[]), ShardReply::Done);
+        let get = |k: &[u8]| Ok(m.0.borrow().get(k).cloned());
+        assert_eq!(horizon(&get, 1).unwrap(), Timestamp(10));
+
+        // Forgotten: an inquiry says so, a fence writes nothing, and a late
+        // one-phase commit or prepare is refused (it could otherwise land
+        // beside a forgotten abort).
+        assert_eq!(txn_state(&get, t(1)).unwrap(), TxnState::Expired);
+        assert_eq!(
+            m.run(9, ShardCommand::Fence { txn: t(4) }),
+            ShardReply::Expired
+        );
+        assert_eq!(m.run(9, one(t(5), "e")), ShardReply::Expired);
+        assert_eq!(m.run(9, prep(t(6), "f")), ShardReply::Expired);
+        assert_eq!(m.get(b"e"), None);
+        assert_eq!(outcomes(&m), 1, "nothing recorded below the horizon");
+        // A resend of a commit that applied before its record went: done.
+        assert_eq!(
+            m.run(9, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Done
+        );
+        // Implicit single-operation transactions keep no records: unaffected.
+        let implicit = TxnId {
+            group: crate::node::IMPLICIT_GROUP,
+            ..t(1)
+        };
+        assert_eq!(m.run(9, one(implicit, "i")), ShardReply::Done);
+
+        // A prepared transaction below the horizon keeps its prepare record
+        // and its decision still applies, leaving no outcome record.
+        assert_eq!(txn_state(&get, t(3)).unwrap(), TxnState::Prepared);
+        assert_eq!(m.run(9, prep(t(3), "c")), ShardReply::Prepared);
+        assert_eq!(
+            m.run(9, ShardCommand::Commit { txn: t(3) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.get(b"c"), Some(b"1".to_vec()));
+        assert_eq!(outcomes(&m), 1);
+        assert_eq!(
+            m.run(9, ShardCommand::Commit { txn: t(3) }),
+            ShardReply::Done
+        );
+
+        // Above the horizon everything is as before.
+        assert_eq!(m.run(9, one(t(20), "z")), ShardReply::Done, "idempotent");
+        assert_eq!(
+            m.run(9, ShardCommand::Fence { txn: t(21) }),
+            ShardReply::Rejected("aborted: fenced before it prepared or committed here".into())
+        );
+        assert_eq!(
+            m.run(9, one(t(21), "y")),
+            ShardReply::Rejected("already aborted".into())
+        );
+    }
+
     #[test]
     fn prepare_from_an_old_term_is_rejected() {
         let m = Mem(RefCell::new(BTreeMap::new()));
@@ -602,6 +812,11 @@ mod tests {
             ShardCommand::Commit { txn },
             ShardCommand::Abort { txn },
             ShardCommand::Fence { txn },
+            ShardCommand::Forget {
+                group: 1,
+                below: Timestamp(9),
+                txns: vec![txn],
+            },
         ] {
             assert_eq!(ShardCommand::decode(&c.encode().unwrap()).unwrap(), c);
         }
@@ -609,6 +824,7 @@ mod tests {
             ShardReply::Done,
             ShardReply::Prepared,
             ShardReply::Rejected("why".into()),
+            ShardReply::Expired,
         ] {
             assert_eq!(ShardReply::decode(&encode(&r).unwrap()).unwrap(), r);
         }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub lock_table: IntGaugeVec,
     /// Transactions open per shard (locking, buffering or prepared).
     pub open_txns: IntGaugeVec,
+    /// Transaction records kept per shard (`kind="outcome"`), as counted
+    /// by the last garbage collection there (a leader's count).
+    pub records: IntGaugeVec,
 }
 
 impl Metrics {
@@ -58,6 +61,14 @@ impl Metrics {
             ),
             &["shard"],
         )?;
+        let records = IntGaugeVec::new(
+            Opts::new(
+                "pact_txn_records",
+                "Transaction records kept, by Raft group and kind, as of the last garbage collection",
+            ),
+            &["group", "kind"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(lock_table.clone()))?;
         registry.register(Box::new(open_txns.clone()))?;
         registry.register(Box::new(commits.clone()))?;
@@ -72,7 +83,14 @@ impl Metrics {
             lock_wait_seconds,
             lock_table,
             open_txns,
+            records,
         })
+    }
+
+    pub fn set_records(&self, shard: pact_common::ShardId, kind: &str, n: u64) {
+        self.records
+            .with_label_values(&[&pact_raft::metrics::group_label(shard.0), kind])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn abort(&self, kind: pact_common::AbortKind) {

@@ -33,6 +33,10 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 /// Transaction group id reserved for implicit single-operation transactions.
 pub const IMPLICIT_GROUP: u64 = 0;
 
+/// Why a transaction older than the shard's record horizon was refused.
+const EXPIRED: &str =
+    "transaction is older than the shard's record horizon (its coordinator's retention)";
+
 /// How long one request may wait for locks before its transaction aborts.
 pub const LOCK_WAIT: Duration = pact_common::LOCK_WAIT;
 /// How the reason for a lock-wait timeout begins.
@@ -820,6 +824,7 @@ impl Node {
         match self.propose(s, cmd).await {
             Ok(ShardReply::Prepared) => Ok(Vote::Yes),
             Ok(ShardReply::Rejected(r)) => Ok(Vote::No(Abort::new(AbortKind::Conflict, r))),
+            Ok(ShardReply::Expired) => Ok(Vote::No(Abort::new(AbortKind::Expired, EXPIRED))),
             Ok(ShardReply::Done) => Ok(Vote::No(Abort::new(
                 AbortKind::Conflict,
                 "unexpected reply to prepare",
@@ -928,7 +933,9 @@ impl Node {
                 Ok(())
             }
             ShardReply::Rejected(r) => Err(Error::Conflict(format!("decision refused: {r}"))),
-            ShardReply::Prepared => Err(Error::Fatal("unexpected reply to decision".into())),
+            ShardReply::Prepared | ShardReply::Expired => {
+                Err(Error::Fatal("unexpected reply to decision".into()))
+            }
         }
     }
 
@@ -987,13 +994,63 @@ impl Node {
         // outcome in one batch, so reading the outcome second cannot miss
         // a decision that removed the prepare record between the reads.
         let mut found = BTreeMap::new();
-        for k in [txn.key(PREPARED_PREFIX), txn.key(crate::kv::OUTCOME_PREFIX)] {
+        for k in [
+            txn.key(PREPARED_PREFIX),
+            txn.key(crate::kv::OUTCOME_PREFIX),
+            crate::kv::horizon_key(txn.group),
+        ] {
             if let Some(v) = s.replica.get_local(&k).await? {
                 found.insert(k, v);
             }
         }
         crate::kv::txn_state(&|k| Ok(found.get(k).cloned()), txn)
             .map_err(|e| Error::Fatal(e.to_string()))
+    }
+
+    /// Raise coordinator group `group`'s record horizon on `shard` to
+    /// `below` and delete the outcome records it covers, a bounded batch
+    /// per Raft entry. Returns (records deleted, records of the group
+    /// kept). The leader lists the records, so every replica deletes the
+    /// same ones; a record the horizon does not cover is never deleted.
+    pub async fn forget(
+        &self,
+        shard: ShardId,
+        group: u64,
+        below: Timestamp,
+    ) -> Result<(u64, u64), Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        let mut removed = 0u64;
+        loop {
+            let records = s
+                .replica
+                .scan_prefix_local(&crate::kv::outcome_prefix(group))
+                .await?;
+            let total = records.len() as u64;
+            let old: Vec<TxnId> = records
+                .iter()
+                .filter_map(|(k, _)| TxnId::from_key(k))
+                .filter(|t| t.group == group && t.ts < below)
+                .take(crate::kv::FORGET_BATCH)
+                .collect();
+            let n = old.len() as u64;
+            let last = old.len() < crate::kv::FORGET_BATCH;
+            self.propose(
+                s,
+                ShardCommand::Forget {
+                    group,
+                    below,
+                    txns: old,
+                },
+            )
+            .await?;
+            removed += n;
+            if last {
+                let kept = total - n;
+                self.metrics.set_records(shard, "outcome", kept);
+                return Ok((removed, kept));
+            }
+        }
     }
 }
 
@@ -1033,6 +1090,10 @@ async fn commit_locked(
         ShardReply::Rejected(r) => {
             metrics.abort(AbortKind::Conflict);
             Err(Error::Aborted(Abort::new(AbortKind::Conflict, r)))
+        }
+        ShardReply::Expired => {
+            metrics.abort(AbortKind::Expired);
+            Err(Error::Aborted(Abort::new(AbortKind::Expired, EXPIRED)))
         }
         ShardReply::Prepared => Err(Error::Fatal("unexpected reply to one-phase commit".into())),
     }
@@ -1163,6 +1224,13 @@ async fn resolve_in_doubt(s: Arc<Shard>, coordinators: pact_client::Client, txn:
         pact_client::TxnOutcome::Aborted(_) => ShardCommand::Abort { txn },
         pact_client::TxnOutcome::Unknown(m) | pact_client::TxnOutcome::Open(m) => {
             tracing::info!(shard = s.replica.group(), %txn, reason = %m, "in-doubt transaction: not decided yet");
+            return;
+        }
+        // The coordinator answers a prepared transaction past its horizon
+        // with the abort (a shard holds its prepare record); "expired"
+        // would mean it did not see this one, so ask again.
+        pact_client::TxnOutcome::Expired(m) => {
+            tracing::warn!(shard = s.replica.group(), %txn, reason = %m, "in-doubt transaction reported expired; will ask again");
             return;
         }
     };

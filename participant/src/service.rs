@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use pact_common::ShardId;
+use pact_common::{ShardId, Timestamp};
 use pact_proto as pb;
 use pact_proto::kv_server::{Kv, KvServer};
 use pact_proto::participant_server::{Participant, ParticipantServer};
@@ -214,5 +214,22 @@ impl Participant for ParticipantService {
         let txn = convert::txn_id(r.txn)?;
         let state = self.node.inquire(ShardId(r.shard_id), txn, r.fence).await?;
         Ok(Response::new(convert::inquire_response(state)))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let r = request.into_inner();
+        let node = self.node.clone();
+        // Its proposals are idempotent, but it runs whole anyway: a
+        // horizon raised and records half deleted is fine, a dropped
+        // caller need not decide that.
+        let (removed, kept) = owned(async move {
+            node.forget(ShardId(r.shard_id), r.group, Timestamp(r.below))
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::ForgetResponse { removed, kept }))
     }
 }

@@ -25,6 +25,22 @@ fn keys_on_distinct_shards(client: &Client, prefix: &str, n: usize) -> Vec<Vec<u
     seen.into_values().collect()
 }
 
+/// An id of coordinator group 1 that no leader issued, from a second ago:
+/// within the record retention and below the reservation, so TxnStatus
+/// must settle it (not call it expired or never issued).
+fn recent_ghost(node: u64) -> pact_common::TxnId {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    pact_common::TxnId {
+        group: 1,
+        node,
+        // A logical counter no leader reaches within a millisecond.
+        ts: pact_common::Timestamp::from_parts(ms - 1_000, 0xfff3),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_shard_transaction_commits_atomically_and_rollback_leaves_nothing() {
     let c = Cluster::transactional().await;
@@ -529,11 +545,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Operations on a transaction the coordinator does not know (expired).
-    let ghost = pact_common::TxnId {
-        group: 1,
-        node: leader.0,
-        ts: pact_common::Timestamp(42),
-    };
+    let ghost = recent_ghost(leader.0);
     let e = raw
         .get(pb::TxnGetRequest {
             shard_id: 0,
@@ -750,11 +762,7 @@ async fn a_one_phase_commit_whose_coordinator_record_is_lost_is_reported_committ
 
     // An id no coordinator ever issued: resolve gives a final abort, and
     // every later question the same answer.
-    let ghost = pact_common::TxnId {
-        group: 1,
-        node: coord.0,
-        ts: pact_common::Timestamp(42),
-    };
+    let ghost = recent_ghost(coord.0);
     let resolved = client.resolve_txn(ghost).await.expect("resolve ghost");
     assert!(
         matches!(resolved, pact_client::TxnOutcome::Aborted(_)),
@@ -829,4 +837,103 @@ async fn a_staged_transaction_whose_coordinator_dies_before_replying_is_committe
             "both shards applied it"
         );
     }
+}
+
+/// Garbage collection of transaction records (coordinator `gc`): with a
+/// 2 s retention, TxnStatus answers exactly for young transactions and
+/// says "expired" once their records are collected, everywhere; a question
+/// about an id older than the horizon, or never issued, records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_records_are_collected_past_the_retention() {
+    let mut config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
+    config.transactions.record_retention_s = 2;
+    config.transactions.gc_interval_ms = 300;
+    let mut c = Cluster::create(config, fast_tuning());
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "gc", 2);
+
+    // A parallel commit (two writing shards), a one-phase commit, and an
+    // abort, each answered exactly while young.
+    let mut two = client.begin().await.expect("begin");
+    for k in &keys {
+        two.get_for_update(k).await.expect("lock");
+        two.put(k, b"v").await.expect("put");
+    }
+    let two_id = two.id();
+    two.commit().await.expect("commit across shards");
+    let mut one = client.begin().await.expect("begin");
+    one.put(&keys[0], b"w").await.expect("put");
+    let one_id = one.id();
+    one.commit().await.expect("one-phase commit");
+    let mut gone = client.begin().await.expect("begin");
+    gone.put(&keys[1], b"never").await.expect("put");
+    let gone_id = gone.id();
+    gone.rollback().await;
+    for id in [two_id, one_id] {
+        let o = client.txn_status(id).await.expect("status");
+        assert_eq!(o, pact_client::TxnOutcome::Committed, "{id} while young");
+    }
+    let o = client.resolve_txn(gone_id).await.expect("resolve");
+    assert!(matches!(o, pact_client::TxnOutcome::Aborted(_)), "{o:?}");
+
+    // Past the retention every record of them is collected (decisions in
+    // the log, outcome records at the shards): "expired", not a guess.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in [two_id, one_id, gone_id] {
+        loop {
+            let o = client.resolve_txn(id).await.expect("resolve");
+            if matches!(o, pact_client::TxnOutcome::Expired(_)) {
+                break;
+            }
+            assert!(
+                matches!(
+                    o,
+                    pact_client::TxnOutcome::Committed | pact_client::TxnOutcome::Aborted(_)
+                ),
+                "{id}: {o:?} (the answer may only change to expired)"
+            );
+            assert!(Instant::now() < deadline, "{id} never expired: {o:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // The data stays, of course.
+    assert_eq!(client.get(&keys[0]).await.expect("get").as_deref(), Some(&b"w"[..]));
+    assert_eq!(client.get(&keys[1]).await.expect("get").as_deref(), Some(&b"v"[..]));
+
+    // An old made-up id: resolving it records nothing (a recorded abort
+    // would make the next answer "aborted"), at the shards or in the log.
+    let leader = c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let ancient = pact_common::TxnId {
+        group: 1,
+        node: leader.0,
+        ts: pact_common::Timestamp::from_parts(1_000, 0),
+    };
+    for _ in 0..2 {
+        let o = client.resolve_txn(ancient).await.expect("resolve ancient");
+        assert!(matches!(o, pact_client::TxnOutcome::Expired(_)), "{o:?}");
+    }
+    // An id from the future was never issued: refused, nothing recorded.
+    let future = pact_common::TxnId {
+        group: 1,
+        node: leader.0,
+        ts: pact_common::Timestamp(u64::MAX - 1),
+    };
+    let e = client.resolve_txn(future).await.expect_err("never issued");
+    assert!(matches!(e, ClientError::InvalidInput(_)), "{e:?}");
+
+    // Collection leaves the cluster working: a new transaction commits,
+    // and a young one is still answered exactly.
+    let mut t = client.begin().await.expect("begin");
+    for k in &keys {
+        t.put(k, b"after").await.expect("put");
+    }
+    let id = t.id();
+    t.commit().await.expect("commit after collection");
+    assert_eq!(
+        client.txn_status(id).await.expect("status"),
+        pact_client::TxnOutcome::Committed
+    );
 }

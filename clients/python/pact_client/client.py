@@ -106,8 +106,9 @@ class TxnId:
 @dataclass(frozen=True)
 class TxnStatus:
     """A transaction's outcome as its coordinator group reports it:
-    "committed", "aborted", "unknown" (not decided, or not known yet) or
-    "open" (not decided and alive)."""
+    "committed", "aborted", "unknown" (not decided, or not known yet),
+    "open" (not decided and alive) or "expired" (older than the cluster's
+    record retention: its outcome is no longer known)."""
 
     outcome: str
     reason: str
@@ -118,6 +119,7 @@ _OUTCOMES = {
     pb.OUTCOME_ABORTED: "aborted",
     pb.OUTCOME_UNKNOWN: "unknown",
     pb.OUTCOME_OPEN: "open",
+    pb.OUTCOME_EXPIRED: "expired",
 }
 
 
