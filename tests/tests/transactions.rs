@@ -900,8 +900,14 @@ async fn transaction_records_are_collected_past_the_retention() {
         }
     }
     // The data stays, of course.
-    assert_eq!(client.get(&keys[0]).await.expect("get").as_deref(), Some(&b"w"[..]));
-    assert_eq!(client.get(&keys[1]).await.expect("get").as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        client.get(&keys[0]).await.expect("get").as_deref(),
+        Some(&b"w"[..])
+    );
+    assert_eq!(
+        client.get(&keys[1]).await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
 
     // An old made-up id: resolving it records nothing (a recorded abort
     // would make the next answer "aborted"), at the shards or in the log.
