@@ -122,6 +122,10 @@ pub struct Coordinator {
     reserved: tokio::sync::Notify,
     /// Off-path records for the recorder task to append in batches.
     records: mpsc::UnboundedSender<LogCommand>,
+    /// Transactions that ran longer than `gc::SLACK` and finished here,
+    /// with the instant their retention ends: garbage collection holds its
+    /// horizon below them until then.
+    long_finished: Mutex<BTreeMap<TxnId, Instant>>,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -192,6 +196,7 @@ impl Coordinator {
             reserve,
             reserved: tokio::sync::Notify::new(),
             records,
+            long_finished: Mutex::new(BTreeMap::new()),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
@@ -754,6 +759,7 @@ impl Coordinator {
             }
         });
         let sess = sess?;
+        self.finished(txn);
         let calls = sess
             .shards
             .into_iter()
@@ -840,7 +846,7 @@ impl Coordinator {
             Verdict::Committed => {
                 // The shard's record is the decision; this one only makes
                 // the next answer cheap.
-                match self.record(txn, true).await {
+                match self.record(txn, true, Vec::new()).await {
                     Ok(false) => tracing::error!(
                         %txn,
                         "a shard committed a transaction the recovery log has aborted"
@@ -854,12 +860,26 @@ impl Coordinator {
             }
             // First decision wins: if a commit was logged meanwhile (an
             // append of this leader's that was in doubt), it stands.
-            Verdict::Abort(why) => Ok(if self.record(txn, false).await? {
+            Verdict::Abort(why) => Ok(if self.record(txn, false, Vec::new()).await? {
                 Outcome::Committed
             } else {
                 Outcome::Aborted(Abort::new(AbortKind::Rollback, why))
             }),
             Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
+        }
+    }
+
+    /// `txn` ended here (its client was told, or it was rolled back or
+    /// finished by recovery). A long one keeps its records a retention
+    /// from now, not from its start.
+    fn finished(&self, txn: TxnId) {
+        let ran = self.hlc.now().millis().saturating_sub(txn.ts.millis());
+        if Duration::from_millis(ran) <= crate::gc::SLACK {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(self.txn_tuning.record_retention_s);
+        if let Ok(mut l) = self.long_finished.lock() {
+            l.insert(txn, until);
         }
     }
 
@@ -923,11 +943,21 @@ impl Coordinator {
             .min();
         let reserved = log::reservation(self.replica.get_local(RESERVATION_KEY).await?.as_deref())
             .map_err(Error::Fatal)?;
+        let finished = self
+            .long_finished
+            .lock()
+            .map_err(|_| Error::Fatal("finished-transactions lock poisoned".into()))
+            .map(|mut l| {
+                let now = Instant::now();
+                l.retain(|_, until| *until > now);
+                l.keys().map(|t| t.ts).min()
+            })?;
         let live = crate::gc::Live {
             reserved,
             session,
             in_flight,
             staged,
+            finished,
         };
         let retention = Duration::from_secs(self.txn_tuning.record_retention_s);
         let below = crate::gc::horizon(self.hlc.now(), retention, &live);
@@ -1024,19 +1054,29 @@ impl Coordinator {
             }
             Verdict::Unknown(_) => return Ok(None),
         };
-        // First decision wins: a decision logged meanwhile stands.
-        self.record(txn, commit).await.map(Some)
+        // First decision wins: a decision logged meanwhile stands. A
+        // commit names its shards: they may still hold their prepare
+        // records, so it stays unfinished (resent by a later leader, and
+        // never collected) until the machine's Finish says all applied.
+        let to = if commit {
+            shards.iter().map(|s| s.0).collect()
+        } else {
+            Vec::new()
+        };
+        self.record(txn, commit, to).await.map(Some)
     }
 
     /// Record a decision for `txn` unless one is recorded; returns the
-    /// decision in the log now (true: commit).
-    async fn record(&self, txn: TxnId, commit: bool) -> Result<bool, Error> {
+    /// decision in the log now (true: commit). `shards`: those that may
+    /// still have to apply a commit (none for an abort, or a commit found
+    /// applied at its shard).
+    async fn record(&self, txn: TxnId, commit: bool, shards: Vec<u64>) -> Result<bool, Error> {
         let (_, reply) = self
             .replica
             .propose(encode_command(&LogCommand::Decide {
                 txn,
                 commit,
-                shards: Vec::new(),
+                shards,
             })?)
             .await?;
         match log::decode::<LogReply>(&reply).map_err(Error::Fatal)? {
@@ -1343,6 +1383,7 @@ fn run(
     match action {
         Action::Reply { txn, outcome } => {
             carried.remove(&txn);
+            c.finished(txn);
             c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.send(outcome);
@@ -1517,6 +1558,7 @@ fn run(
             });
         }
         Action::Finish { txn } => {
+            c.finished(txn);
             // Best effort: without it, recovery settles the transaction
             // again and resends an idempotent commit.
             let _ = c.records.send(LogCommand::Finish { txn });

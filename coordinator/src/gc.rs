@@ -17,14 +17,23 @@
 //!      the durable reservation,          every id a later leader issues is above it
 //!      the oldest open session,          every transaction that may still commit
 //!      the oldest transaction in 2PC,
-//!      the oldest staging record )       every parallel commit not yet decided
+//!      the oldest staging record,        every parallel commit not yet decided
+//!      the oldest long transaction        its retention counts from its end
+//!        finished within the retention )
 //! ```
+//!
+//! (`now - retention` less a second's [`SLACK`], so a transaction that ran
+//! at most that long also keeps its records a full retention after it
+//! ended; one that ran longer is held back by name until then).
 //!
 //! and then tells every shard, which raises its own horizon for the group
 //! (`h`, never above `g`) in its Raft log. Below its horizon:
 //!
 //! - the recovery log deletes *finished* decisions (every shard applied
-//!   them), and writes no new abort, recorded one-phase commit or staging
+//!   them; a commit settled by recovery names its shards, so it is not
+//!   finished before they applied it), never goes past a staging record,
+//!   even one appended after the leader looked (`Gc` checks when it
+//!   applies), and writes no new abort, recorded one-phase commit or staging
 //!   record (a staging record there is answered as an abort). A commit that
 //!   shards must still apply is kept until they did;
 //! - a shard deletes outcome records, and refuses a prepare or one-phase
@@ -67,6 +76,12 @@ use std::time::Duration;
 
 use pact_common::Timestamp;
 
+/// The horizon trails `now - retention` by this much more, so that a
+/// transaction that ran at most this long keeps its records for the whole
+/// retention counted from its *end* (the horizon follows start
+/// timestamps). Longer ones are held back one by one ([`Live::finished`]).
+pub const SLACK: Duration = Duration::from_secs(1);
+
 /// What the leader knows is still alive when it computes the horizon.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Live {
@@ -79,14 +94,17 @@ pub struct Live {
     pub in_flight: Option<Timestamp>,
     /// Oldest staging record in the log.
     pub staged: Option<Timestamp>,
+    /// Oldest transaction that ran longer than [`SLACK`] and finished
+    /// less than a retention ago.
+    pub finished: Option<Timestamp>,
 }
 
 /// The highest horizon the rule allows at `now`. Pure.
 pub fn horizon(now: Timestamp, retention: Duration, live: &Live) -> Timestamp {
-    let ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let ms = u64::try_from((retention + SLACK).as_millis()).unwrap_or(u64::MAX);
     let mut h = Timestamp::from_parts(now.millis().saturating_sub(ms), 0);
     h = h.min(live.reserved);
-    for t in [live.session, live.in_flight, live.staged]
+    for t in [live.session, live.in_flight, live.staged, live.finished]
         .into_iter()
         .flatten()
     {
@@ -111,7 +129,7 @@ mod tests {
         };
         assert_eq!(
             horizon(at(90_000), Duration::from_secs(60), &live),
-            at(30_000)
+            at(29_000)
         );
         // A young cluster: nothing is old enough yet.
         assert_eq!(horizon(at(5_000), Duration::from_secs(60), &live), at(0));
@@ -139,6 +157,10 @@ mod tests {
                 ..base
             },
             Live {
+                finished: Some(at(10_000)),
+                ..base
+            },
+            Live {
                 reserved: at(10_000),
                 ..base
             },
@@ -150,6 +172,6 @@ mod tests {
             session: Some(at(80_000)),
             ..base
         };
-        assert_eq!(horizon(now, ret, &young), at(30_000));
+        assert_eq!(horizon(now, ret, &young), at(29_000));
     }
 }

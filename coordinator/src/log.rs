@@ -159,10 +159,19 @@ pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
     d.shards.iter().map(|s| ShardId(*s)).collect()
 }
 
-/// The effect of a log command on the state seen through `get`. Pure.
-pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
+/// The oldest staging record's transaction timestamp, if any (a scan of
+/// the group's state, which `Gc` needs and nothing else does).
+pub type OldestStaged<'a> = &'a dyn Fn() -> Result<Option<Timestamp>, String>;
+
+/// The effect of a log command on the state seen through `get` (and,
+/// for `Gc`, `staged`). Pure.
+pub fn effect(
+    get: Lookup<'_>,
+    staged: OldestStaged<'_>,
+    cmd: &LogCommand,
+) -> Result<(Writes, LogReply), String> {
     let LogCommand::Many(cmds) = cmd else {
-        return effect_one(get, cmd);
+        return effect_one(get, staged, cmd);
     };
     // Each command sees the writes of those before it in the batch.
     let mut overlay: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
@@ -175,14 +184,23 @@ pub fn effect(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             Some(v) => Ok(v.clone()),
             None => get(k),
         };
-        let (writes, reply) = effect_one(&view, c)?;
+        // `Gc` is never batched; were it, a staging record earlier in the
+        // batch would be missed by `staged`, so refuse.
+        if matches!(c, LogCommand::Gc { .. }) {
+            return Err("garbage collection inside a batch of log commands".into());
+        }
+        let (writes, reply) = effect_one(&view, staged, c)?;
         overlay.extend(writes);
         replies.push(reply);
     }
     Ok((overlay.into_iter().collect(), LogReply::Many(replies)))
 }
 
-fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), String> {
+fn effect_one(
+    get: Lookup<'_>,
+    staged: OldestStaged<'_>,
+    cmd: &LogCommand,
+) -> Result<(Writes, LogReply), String> {
     let horizon_now = || -> Result<Timestamp, String> {
         horizon(get(HORIZON_KEY).map_err(|e| e.to_string())?.as_deref())
     };
@@ -203,9 +221,12 @@ fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             // answer there is the shards' or "expired"), so it would only
             // wait to be collected. A commit with shards to tell is kept,
             // as a new leader must resend it.
-            None if txn.ts < horizon_now()? && (!*commit || shards.is_empty()) => {
-                (Vec::new(), LogReply::Decided { commit: *commit })
-            }
+            None if txn.ts < horizon_now()? && (!*commit || shards.is_empty()) => (
+                // A staging record cannot be below the horizon (`Gc`
+                // stops short of it); were one there, the decision ends it.
+                vec![(staging_key(*txn), None)],
+                LogReply::Decided { commit: *commit },
+            ),
             None => {
                 // Nothing to resend for an abort, or for a commit with
                 // no shards left to tell (a recorded one-phase commit).
@@ -275,7 +296,14 @@ fn effect_one(get: Lookup<'_>, cmd: &LogCommand) -> Result<(Writes, LogReply), S
             }
         },
         LogCommand::Gc { below, txns } => {
-            let h = horizon_now()?.max(*below);
+            // Never past a staging record, even one the leader did not see
+            // when it computed `below` (a Stage whose append it had given
+            // up on may still have committed before this entry).
+            let target = match staged()? {
+                Some(s) => (*below).min(s),
+                None => *below,
+            };
+            let h = horizon_now()?.max(target);
             let mut w = Vec::new();
             if h > horizon_now()? {
                 w.push((HORIZON_KEY.to_vec(), Some(encode(&h)?)));
@@ -316,7 +344,18 @@ impl Apply for LogApp {
         command: &[u8],
     ) -> Result<Applied, String> {
         let cmd: LogCommand = decode(command)?;
-        let (writes, reply) = effect(&|k| state.get(k), &cmd)?;
+        let staged = || -> Result<Option<Timestamp>, String> {
+            let end = [STAGING_PREFIX + 1];
+            let first = state
+                .scan(&[STAGING_PREFIX], Some(&end), usize::MAX)
+                .map_err(|e| e.to_string())?;
+            Ok(first
+                .iter()
+                .filter_map(|(k, _)| TxnId::from_key(k))
+                .map(|t| t.ts)
+                .min())
+        };
+        let (writes, reply) = effect(&|k| state.get(k), &staged, &cmd)?;
         // A reply that cannot be encoded stops the replica rather than
         // answering the proposer with nothing.
         Ok(Applied {
@@ -350,7 +389,15 @@ mod tests {
     impl Mem {
         fn run(&self, cmd: LogCommand) -> LogReply {
             let snap = self.0.borrow().clone();
-            let (w, r) = effect(&|k| Ok(snap.get(k).cloned()), &cmd).unwrap();
+            let staged = || {
+                Ok(snap
+                    .keys()
+                    .filter(|k| k.first() == Some(&STAGING_PREFIX))
+                    .filter_map(|k| TxnId::from_key(k))
+                    .map(|t| t.ts)
+                    .min())
+            };
+            let (w, r) = effect(&|k| Ok(snap.get(k).cloned()), &staged, &cmd).unwrap();
             for (k, v) in w {
                 match v {
                     Some(v) => self.0.borrow_mut().insert(k, v),
@@ -554,7 +601,7 @@ mod tests {
         );
         let get = |_: &[u8]| Ok(None);
         let nested = LogCommand::Many(vec![LogCommand::Many(vec![])]);
-        assert!(effect(&get, &nested).is_err());
+        assert!(effect(&get, &|| Ok(None), &nested).is_err());
     }
 
     #[test]
@@ -628,8 +675,16 @@ mod tests {
             below: Timestamp(below),
             txns: txns.to_vec(),
         };
+        // The undecided staging record of t(4) holds the horizon at 4.
         assert_eq!(
             m.run(gc(10, &[t(1), t(2), t(3), t(4), t(30)])),
+            LogReply::Collected {
+                horizon: Timestamp(4)
+            }
+        );
+        m.run(decide(t(4), false, &[]));
+        assert_eq!(
+            m.run(gc(10, &[t(4)])),
             LogReply::Collected {
                 horizon: Timestamp(10)
             }
@@ -640,10 +695,7 @@ mod tests {
             decision(&m, t(3)).is_some(),
             "unfinished: a new leader resends it"
         );
-        assert!(
-            has(&m, &staging_key(t(4))),
-            "a staging record is not a decision"
-        );
+        assert!(!has(&m, &staging_key(t(4))), "its abort ended it");
         assert!(decision(&m, t(30)).is_some(), "past the horizon");
         assert_eq!(
             m.run(gc(5, &[])),
@@ -680,6 +732,25 @@ mod tests {
         assert!(!has(&m, &staging_key(t(8))));
         m.run(decide(t(9), true, &[5]));
         assert!(decision(&m, t(9)).is_some() && has(&m, &unfinished_key(t(9))));
+        // A staging record the leader did not see stops the horizon short
+        // of it (and later rounds too, until it is decided).
+        m.run(LogCommand::Stage {
+            txn: t(40),
+            shards: vec![1, 2],
+        });
+        assert_eq!(
+            m.run(gc(50, &[])),
+            LogReply::Collected {
+                horizon: Timestamp(40)
+            }
+        );
+        m.run(LogCommand::Finish { txn: t(40) });
+        assert_eq!(
+            m.run(gc(50, &[])),
+            LogReply::Collected {
+                horizon: Timestamp(50)
+            }
+        );
         // A decision already there still wins below the horizon.
         assert_eq!(
             m.run(decide(t(3), false, &[])),
@@ -753,10 +824,11 @@ mod tests {
             commit: true,
             shards: vec![1],
         };
-        let e = effect(&get, &decide).unwrap_err();
+        let e = effect(&get, &|| Ok(None), &decide).unwrap_err();
         assert!(e.contains("recovery log value"), "{e}");
         let e = effect(
             &get,
+            &|| Ok(None),
             &LogCommand::Reserve {
                 until: Timestamp(5),
             },
