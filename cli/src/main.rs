@@ -103,6 +103,9 @@ enum Cmd {
     /// Down: some group has no leader among the replicas that answered, or
     /// fewer voters than a quorum answered.
     Health(status::StatusArgs),
+    /// Operator actions on the cluster's Raft groups.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Print a shell completion script to stdout.
     ///
     /// e.g. `txn completions bash > ~/.local/share/bash-completion/completions/txn`.
@@ -147,6 +150,34 @@ enum Cmd {
         #[arg(long)]
         tls: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Leadership of a shard or coordinator group.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderCmd {
+    /// Hand the leadership of a group (`shard N` or `coord N`, as `txn
+    /// status` names them) to NODE, one of its replicas; returns once NODE
+    /// leads. Transactions open on a shard whose leader moves are aborted
+    /// (their locks lived at the old leader; prepared ones are kept), as are
+    /// those open at a coordinator group's old leader.
+    Transfer {
+        #[arg(value_enum)]
+        kind: GroupKind,
+        group: u64,
+        node: u64,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GroupKind {
+    Shard,
+    Coord,
 }
 
 fn parse_guard(g: &str, codec: Codec) -> Result<Guard, ClientError> {
@@ -529,6 +560,24 @@ async fn run(
         // before any client exists, the shell with a deadline per statement.
         Cmd::Playground { .. } | Cmd::Shell | Cmd::Completions { .. } | Cmd::Man { .. } => {
             Err(ClientError::InvalidInput("run by main, not here".into()))
+        }
+        Cmd::Admin(AdminCmd::Leader(LeaderCmd::Transfer { kind, group, node })) => {
+            let target = match kind {
+                GroupKind::Shard => pact_client::RaftGroup::Shard(pact_common::ShardId(*group)),
+                GroupKind::Coord => pact_client::RaftGroup::Coordinator(*group),
+            };
+            let (leader, term) = client
+                .transfer_leader(target, pact_common::NodeId(*node))
+                .await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"group": target.to_string(), "leader": leader.0, "term": term})
+                );
+            } else {
+                outln!("{target}: node {leader} leads (term {term})");
+            }
+            Ok(0)
         }
         Cmd::Status(a) => status::status(client, a, args.json).await,
         Cmd::Health(a) => status::health(client, a, args.json).await,

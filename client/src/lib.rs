@@ -159,6 +159,33 @@ impl std::str::FromStr for Balance {
     }
 }
 
+/// A Raft group of the cluster, as `txn status` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RaftGroup {
+    Shard(ShardId),
+    /// A coordinator group's recovery log.
+    Coordinator(u64),
+}
+
+impl RaftGroup {
+    /// The group's Raft id (a shard's id, or the coordinator group's).
+    pub fn id(self) -> u64 {
+        match self {
+            RaftGroup::Shard(s) => s.0,
+            RaftGroup::Coordinator(g) => g,
+        }
+    }
+}
+
+impl std::fmt::Display for RaftGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftGroup::Shard(s) => write!(f, "shard {s}"),
+            RaftGroup::Coordinator(g) => write!(f, "coord {g}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Deadline of one RPC attempt. The default is longer than a shard's
@@ -630,6 +657,86 @@ impl Client {
             }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
         }
+    }
+
+    /// The replicas of a Raft group; empty if the config has no such group.
+    pub fn group_replicas(&self, group: RaftGroup) -> Vec<NodeId> {
+        match group {
+            RaftGroup::Shard(s) => self.shard_replicas(s),
+            RaftGroup::Coordinator(g) => self.inner.groups.get(&g).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Hand the leadership of `group` to node `to`, one of its voters: the
+    /// group's leader, found by asking its replicas and following their
+    /// hints, does it. Returns the leader and term once `to` leads.
+    pub async fn transfer_leader(
+        &self,
+        target: RaftGroup,
+        to: NodeId,
+    ) -> Result<(NodeId, u64), ClientError> {
+        let replicas = self.group_replicas(target);
+        let group = target.id();
+        if replicas.is_empty() {
+            return Err(ClientError::InvalidInput(format!("no {target} in the config")));
+        }
+        if !replicas.contains(&to) {
+            return Err(ClientError::InvalidInput(format!(
+                "node {to} is not a replica of {target} (replicas: {})",
+                replicas
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut ask: Vec<NodeId> = replicas.clone();
+        let mut tried = Vec::new();
+        let mut last = ClientError::Unavailable(format!("{target}: no replica answered"));
+        while let Some(node) = ask.pop() {
+            if tried.contains(&node) {
+                continue;
+            }
+            tried.push(node);
+            let mut c =
+                pact_proto::admin_client::AdminClient::new(match self.channel(node) {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                });
+            let req = pb::LeaderTransferRequest { group, to: to.0 };
+            // The server gives the transfer 10 s; a little more here.
+            let within = Duration::from_secs(12);
+            match tokio::time::timeout(within, c.transfer_leader(req)).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    return Ok((NodeId(r.leader), r.term));
+                }
+                Ok(Err(s)) => match classify(&s) {
+                    Class::NotLeader(Some(hint)) if replicas.contains(&hint) => {
+                        ask.push(hint);
+                        last = ClientError::Unavailable(format!("{}: not leader", self.who(node)));
+                    }
+                    Class::NotLeader(_) | Class::Retry(_) | Class::Unknown(_) => {
+                        last = ClientError::Unavailable(format!(
+                            "{}: {}",
+                            self.who(node),
+                            s.message()
+                        ));
+                    }
+                    Class::Fail(e) => return Err(e),
+                },
+                Err(_) => {
+                    last = ClientError::Unavailable(format!(
+                        "{} did not answer within {within:?}",
+                        self.who(node)
+                    ))
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Coordinator groups and their replicas, sorted.

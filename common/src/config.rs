@@ -191,6 +191,10 @@ pub struct RaftTuning {
     /// same rate (not necessarily in sync): a restarted replica grants no
     /// vote for a lease's length. Off: every read confirms with a quorum.
     pub lease_reads: bool,
+    /// How often each node looks whether it leads at least two groups
+    /// more than another voter of one of them, and hands one on
+    /// (`pact_raft::balance`). 0 turns leader balancing off.
+    pub balance_leaders_ms: u64,
 }
 
 impl Default for RaftTuning {
@@ -202,6 +206,7 @@ impl Default for RaftTuning {
             snapshot_logs: 5000,
             keep_logs: 1000,
             lease_reads: true,
+            balance_leaders_ms: 30_000,
         }
     }
 }
@@ -640,12 +645,19 @@ impl ClusterConfig {
             ("election_timeout_max_ms", r.election_timeout_max_ms),
             ("snapshot_logs", r.snapshot_logs),
             ("keep_logs", r.keep_logs),
+            ("balance_leaders_ms", r.balance_leaders_ms),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
         }
         if r.heartbeat_ms == 0 {
             return invalid("raft.heartbeat_ms must be greater than 0");
+        }
+        if r.balance_leaders_ms != 0 && r.balance_leaders_ms < 500 {
+            return invalid(format!(
+                "raft.balance_leaders_ms ({}) must be 0 (off) or at least 500: each round may move a leader",
+                r.balance_leaders_ms
+            ));
         }
         // Followers must hear several heartbeats per election timeout, or
         // they start elections against a healthy leader.

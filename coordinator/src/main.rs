@@ -150,7 +150,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
     )
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth);
+    let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
     let c = Coordinator::start(config, id, &data_dir, tls.clone()).await?;
+    pact_raft::balance::spawn(c.router().clone(), id.0, balance_every);
     let endpoint = {
         let c = c.clone();
         pact_raft::endpoint::Endpoint::new(vec![c.replica().clone()])
@@ -173,6 +175,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let client_server = client_builder
         .add_service(health)
         .add_service(TxnService::new(c.clone()))
+        .add_service(pact_raft::admin::AdminService::new(c.router().clone()))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),
             pact_raft::server::shutdown_signal(),

@@ -157,7 +157,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
     )
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth);
+    let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
     let node = Arc::new(Node::start(config, id, &data_dir, tls.clone()).await?);
+    pact_raft::balance::spawn(node.router().clone(), id.0, balance_every);
     let endpoint = {
         let n = node.clone();
         pact_raft::endpoint::Endpoint::new(node.replicas().cloned().collect())
@@ -182,6 +184,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let client_server = client_builder
         .add_service(health)
         .add_service(KvService::new(node.clone()))
+        .add_service(pact_raft::admin::AdminService::new(node.router().clone()))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),
             pact_raft::server::shutdown_signal(),

@@ -46,6 +46,8 @@
 //! ([`Replica::readiness`]). Log setup is the binaries' own (see
 //! `pact_common::logging`): a library installs no subscriber.
 
+pub mod admin;
+pub mod balance;
 pub mod codec;
 pub mod endpoint;
 mod error;

@@ -30,7 +30,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftLogStorage;
 use openraft::{AnyError, BasicNode, RaftNetworkV2};
@@ -216,6 +217,7 @@ enum Kind {
     Vote,
     PreVote,
     Snapshot,
+    TransferLeader,
 }
 
 impl PeerClient {
@@ -248,6 +250,7 @@ impl PeerClient {
                 Kind::Vote => client.vote(request).await,
                 Kind::PreVote => client.pre_vote(request).await,
                 Kind::Snapshot => client.install_snapshot(request).await,
+                Kind::TransferLeader => client.transfer_leader(request).await,
             }
         };
         let resp = match tokio::time::timeout(ttl, fut).await {
@@ -309,6 +312,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Kind::PreVote, &rpc, option.hard_ttl())
+            .await
+            .map_err(CallError::rpc)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Kind::TransferLeader, &req, option.hard_ttl())
             .await
             .map_err(CallError::rpc)
     }
@@ -423,6 +436,24 @@ impl Router {
         if let Ok(mut g) = self.groups.write() {
             g.remove(&group);
         }
+    }
+
+    /// The Raft of every hosted group, by group id (sorted).
+    pub(crate) fn rafts(&self) -> Vec<(u64, Raft)> {
+        let mut v: Vec<(u64, Raft)> = self
+            .groups
+            .read()
+            .map(|g| g.iter().map(|(id, h)| (*id, h.raft.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    pub(crate) fn raft(&self, group: u64) -> Option<Raft> {
+        self.groups
+            .read()
+            .ok()
+            .and_then(|g| g.get(&group).map(|h| h.raft.clone()))
     }
 
     fn get(&self, group: u64) -> Result<Hosted, Status> {
@@ -654,6 +685,25 @@ impl RaftTransport for Router {
             return reply(m.group, *raft.node_id(), &resp);
         }
         let resp = raft.pre_vote(req).await.map_err(raft_status)?;
+        reply(m.group, *raft.node_id(), &resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = authenticated(request)?;
+        let h = self.get(m.group)?;
+        let req: TransferLeaderRequest<TypeConfig> = parse(&m)?;
+        check_sender(&h, &m, &req.from_leader().leader_id)?;
+        let Hosted { raft, gate, .. } = h;
+        // A replica still rejoining (empty store) neither campaigns nor
+        // helps another to: it takes no part in elections yet.
+        gate.admit_vote().map_err(refused)?;
+        let resp = raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(raft_status)?;
         reply(m.group, *raft.node_id(), &resp)
     }
 

@@ -233,8 +233,14 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // Clients get Kv and Txn only; Raft and the transaction protocol (whose
     // Decide could commit another client's prepared transaction) only on
     // the peer port.
+    pact_raft::balance::spawn(
+        host.router.clone(),
+        id.0,
+        Duration::from_millis(config.raft.balance_leaders_ms),
+    );
     let client_server = client_builder
         .add_service(health)
+        .add_service(pact_raft::admin::AdminService::new(host.router.clone()))
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
         .serve_with_incoming_shutdown(

@@ -116,12 +116,16 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     (base..base + n).collect()
 }
 
-/// Fast Raft timings for tests: elections in well under a second.
+/// Fast Raft timings for tests: elections in well under a second. No
+/// leader balancing: a test that picks a leader to kill must find it
+/// still leading (the tests of balancing, and the Jepsen-style suite, turn
+/// it on).
 pub fn fast_tuning() -> RaftTuning {
     RaftTuning {
         heartbeat_ms: 50,
         election_timeout_min_ms: 300,
         election_timeout_max_ms: 600,
+        balance_leaders_ms: 0,
         ..RaftTuning::default()
     }
 }

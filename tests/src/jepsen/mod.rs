@@ -312,7 +312,14 @@ pub async fn run(spec: Spec) -> Report {
         7001,
     )
     .expect("config");
-    let mut cluster = Cluster::create(config, fast_tuning());
+    // Leaders are balanced as in production (more often, so that the
+    // hand-overs meet the faults): a transfer is one more way for a
+    // leader to change under running transactions.
+    let tuning = pact_common::RaftTuning {
+        balance_leaders_ms: 2_000,
+        ..fast_tuning()
+    };
+    let mut cluster = Cluster::create(config, tuning);
     let net = if spec.faults.iter().any(|f| f.needs_net()) {
         let nodes: Vec<(NodeId, [String; 2])> = cluster
             .config

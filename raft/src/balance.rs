@@ -1,0 +1,278 @@
+//! Leadership of the groups a node hosts: hand it to another voter on
+//! request ([`transfer`], behind `pact.v1.Admin`), and spread it over the
+//! nodes by itself ([`spawn`]).
+//!
+//! Every shard's and coordinator group's leader does that group's work
+//! (locks, proposals, reads), so leaders piled on one node (as restarts
+//! leave them: whoever stays up wins every election) make that node the
+//! bottleneck. Each node looks at the groups it hosts, counts the leaders
+//! each voter holds among them, and when it leads at least two more than
+//! some voter of one of its groups, hands that group to the least loaded
+//! such voter. One hand-over per node per round, so the counts move by one
+//! and settle instead of swinging.
+//!
+//! A hand-over goes only to a voter whose log has caught up with the
+//! leader's: openraft's transfer stops the leader's proposals and
+//! heartbeats, so a target that cannot campaign would leave the group
+//! leaderless until an election timeout. A group that changes leaders
+//! aborts the transactions open on it there (their locks lived at the old
+//! leader; prepared ones survive), so balancing is rate-limited by its
+//! interval and can be switched off (`[raft] balance_leaders_ms = 0`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+
+use crate::network::Router;
+use crate::types::Raft;
+
+/// A follower at most this many entries behind the leader may be handed
+/// the leadership.
+pub const MAX_TRANSFER_LAG: u64 = 64;
+
+/// What one node sees of one group it hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupView {
+    pub group: u64,
+    pub leader: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    /// Voters (other than the leader) caught up enough to take over; only
+    /// known where this node leads.
+    pub ready: BTreeSet<u64>,
+}
+
+/// The hand-over `me` should make, if any: a group it leads, to the voter
+/// holding the fewest leaderships among the groups seen, when `me` holds at
+/// least two more. Pure; ties go to the lowest group and node ids.
+pub fn plan(me: u64, groups: &[GroupView]) -> Option<(u64, u64)> {
+    // Unsettled groups make the counts wrong; wait for them.
+    if groups.iter().any(|g| g.leader.is_none()) {
+        return None;
+    }
+    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    for g in groups {
+        for v in &g.voters {
+            led.entry(*v).or_insert(0);
+        }
+        if let Some(l) = g.leader {
+            *led.entry(l).or_insert(0) += 1;
+        }
+    }
+    let mine = led.get(&me).copied().unwrap_or(0);
+    let mut best: Option<(usize, u64, u64)> = None;
+    for g in groups.iter().filter(|g| g.leader == Some(me)) {
+        for to in g.ready.iter().filter(|v| **v != me && g.voters.contains(v)) {
+            let n = led.get(to).copied().unwrap_or(0);
+            if n + 2 > mine {
+                continue;
+            }
+            let cand = (n, *to, g.group);
+            if best.is_none_or(|b| (cand.0, cand.2, cand.1) < (b.0, b.2, b.1)) {
+                best = Some(cand);
+            }
+        }
+    }
+    best.map(|(_, to, group)| (group, to))
+}
+
+fn view(group: u64, raft: &Raft) -> GroupView {
+    let m = raft.metrics().borrow_watched().clone();
+    let me = *raft.node_id();
+    let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    let mut ready = BTreeSet::new();
+    if m.state == ServerState::Leader {
+        let last = m.last_log_index.unwrap_or(0);
+        if let Some(rep) = &m.replication {
+            for (node, matched) in rep {
+                let at = matched.as_ref().map_or(0, |l| l.index);
+                if *node != me && last.saturating_sub(at) <= MAX_TRANSFER_LAG {
+                    ready.insert(*node);
+                }
+            }
+        }
+    }
+    GroupView {
+        group,
+        leader: m.current_leader,
+        voters,
+        ready,
+    }
+}
+
+/// Why a transfer did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    UnknownGroup(u64),
+    NotLeader {
+        leader: Option<u64>,
+    },
+    NotVoter {
+        group: u64,
+        to: u64,
+    },
+    /// The group did not get `to` as its leader in time (it may still).
+    Incomplete(String),
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::UnknownGroup(g) => write!(f, "group {g} is not hosted on this node"),
+            TransferError::NotLeader { leader: Some(l) } => {
+                write!(f, "not the group's leader (node {l} is)")
+            }
+            TransferError::NotLeader { leader: None } => {
+                write!(f, "not the group's leader (none known)")
+            }
+            TransferError::NotVoter { group, to } => {
+                write!(f, "node {to} is not a voter of group {group}")
+            }
+            TransferError::Incomplete(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Hand the leadership of `group` to `to`, from this node (its leader);
+/// returns the leader and term once `to` leads, within `within`.
+pub async fn transfer(
+    router: &Router,
+    group: u64,
+    to: u64,
+    within: Duration,
+) -> Result<(u64, u64), TransferError> {
+    let raft = router
+        .raft(group)
+        .ok_or(TransferError::UnknownGroup(group))?;
+    let m = raft.metrics().borrow_watched().clone();
+    let me = *raft.node_id();
+    if m.current_leader != Some(me) || m.state != ServerState::Leader {
+        return Err(TransferError::NotLeader {
+            leader: m.current_leader,
+        });
+    }
+    if !m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == to)
+    {
+        return Err(TransferError::NotVoter { group, to });
+    }
+    if to == me {
+        return Ok((me, m.current_term));
+    }
+    raft.trigger()
+        .transfer_leader(to)
+        .await
+        .map_err(|e| TransferError::Incomplete(format!("raft stopped: {e}")))?;
+    match raft
+        .wait(Some(within))
+        .metrics(
+            |m| m.current_leader == Some(to),
+            format!("node {to} leads group {group}"),
+        )
+        .await
+    {
+        Ok(m) => Ok((to, m.current_term)),
+        Err(e) => Err(TransferError::Incomplete(format!(
+            "node {to} did not take over group {group} within {within:?} ({e}); \
+             the group elects a leader by itself"
+        ))),
+    }
+}
+
+/// Balance leaders every `every` (with a per-node offset, so the nodes of
+/// a cluster do not act in the same instant); nothing if `every` is zero.
+pub fn spawn(router: Router, node: u64, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        // Spread the nodes' rounds over the interval.
+        let offset = every.mul_f64((node % 7) as f64 / 7.0);
+        tokio::time::sleep(every + offset).await;
+        loop {
+            let views: Vec<GroupView> = router
+                .rafts()
+                .iter()
+                .map(|(g, raft)| view(*g, raft))
+                .collect();
+            if let Some((group, to)) = plan(node, &views) {
+                tracing::info!(group, to, "handing leadership on to balance leaders");
+                match transfer(&router, group, to, every.min(Duration::from_secs(10))).await {
+                    Ok(_) => tracing::info!(group, to, "leadership handed on"),
+                    Err(e) => tracing::info!(group, to, error = %e, "leadership not handed on"),
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(group: u64, leader: u64, voters: &[u64], ready: &[u64]) -> GroupView {
+        GroupView {
+            group,
+            leader: Some(leader),
+            voters: voters.iter().copied().collect(),
+            ready: ready.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_leading_two_more_hands_one_to_the_least_loaded() {
+        let all = [1, 2, 3];
+        let groups = [
+            g(1, 1, &all, &[2, 3]),
+            g(2, 1, &all, &[2, 3]),
+            g(3, 1, &all, &[2, 3]),
+            g(4, 2, &all, &[]),
+        ];
+        // Node 1 leads 3, node 2 one, node 3 none: the lowest group goes to 3.
+        assert_eq!(plan(1, &groups), Some((1, 3)));
+        // The others lead no more than anyone by two: they do nothing.
+        assert_eq!(plan(2, &groups), None);
+        assert_eq!(plan(3, &groups), None);
+    }
+
+    #[test]
+    fn balanced_enough_or_unsettled_means_no_move() {
+        let all = [1, 2, 3];
+        // 2, 1, 1: within one.
+        let groups = [
+            g(1, 1, &all, &[2, 3]),
+            g(2, 1, &all, &[2, 3]),
+            g(3, 2, &all, &[]),
+            g(4, 3, &all, &[]),
+        ];
+        assert_eq!(plan(1, &groups), None);
+        // A group without a leader: wait.
+        let mut unsettled = groups.to_vec();
+        unsettled[3].leader = None;
+        unsettled[0].leader = Some(1);
+        unsettled[2].leader = Some(1);
+        assert_eq!(plan(1, &unsettled), None);
+    }
+
+    #[test]
+    fn only_caught_up_voters_take_over() {
+        let all = [1, 2, 3];
+        let groups = [
+            g(1, 1, &all, &[2]),
+            g(2, 1, &all, &[2]),
+            g(3, 1, &all, &[2]),
+        ];
+        // Node 3 leads nothing but is behind everywhere: node 2 gets one.
+        assert_eq!(plan(1, &groups), Some((1, 2)));
+        let lagging = [g(1, 1, &all, &[]), g(2, 1, &all, &[])];
+        assert_eq!(plan(1, &lagging), None);
+        // A node that is not a voter of the group is never chosen.
+        let learner = [g(1, 1, &[1, 2], &[3]), g(2, 1, &[1, 2], &[3])];
+        assert_eq!(plan(1, &learner), None);
+    }
+}
