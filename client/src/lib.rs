@@ -678,7 +678,9 @@ impl Client {
         let replicas = self.group_replicas(target);
         let group = target.id();
         if replicas.is_empty() {
-            return Err(ClientError::InvalidInput(format!("no {target} in the config")));
+            return Err(ClientError::InvalidInput(format!(
+                "no {target} in the config"
+            )));
         }
         if !replicas.contains(&to) {
             return Err(ClientError::InvalidInput(format!(
@@ -698,14 +700,13 @@ impl Client {
                 continue;
             }
             tried.push(node);
-            let mut c =
-                pact_proto::admin_client::AdminClient::new(match self.channel(node) {
-                    Ok(ch) => ch,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                });
+            let mut c = pact_proto::admin_client::AdminClient::new(match self.channel(node) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            });
             let req = pb::LeaderTransferRequest { group, to: to.0 };
             // The server gives the transfer 10 s; a little more here.
             let within = Duration::from_secs(12);

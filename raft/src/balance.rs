@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::ServerState;
+use openraft::{Instant as _, ServerState};
 
 use crate::network::Router;
 use crate::types::Raft;
@@ -31,6 +31,10 @@ use crate::types::Raft;
 /// A follower at most this many entries behind the leader may be handed
 /// the leadership.
 pub const MAX_TRANSFER_LAG: u64 = 64;
+
+/// ... and must have answered a heartbeat this recently: the replication
+/// metrics keep a dead follower's last match.
+pub const MAX_ACK_AGE: Duration = Duration::from_secs(1);
 
 /// What one node sees of one group it hosts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,10 +88,17 @@ fn view(group: u64, raft: &Raft) -> GroupView {
     let mut ready = BTreeSet::new();
     if m.state == ServerState::Leader {
         let last = m.last_log_index.unwrap_or(0);
+        let acked = |node: &u64| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(node))
+                .and_then(|t| t.as_ref())
+                .is_some_and(|t| t.elapsed() <= MAX_ACK_AGE)
+        };
         if let Some(rep) = &m.replication {
             for (node, matched) in rep {
                 let at = matched.as_ref().map_or(0, |l| l.index);
-                if *node != me && last.saturating_sub(at) <= MAX_TRANSFER_LAG {
+                if *node != me && last.saturating_sub(at) <= MAX_TRANSFER_LAG && acked(node) {
                     ready.insert(*node);
                 }
             }
@@ -193,13 +204,30 @@ pub fn spawn(router: Router, node: u64, every: Duration) {
         // Spread the nodes' rounds over the interval.
         let offset = every.mul_f64((node % 7) as f64 / 7.0);
         tokio::time::sleep(every + offset).await;
+        // Since when each group has had the leader this node saw last: a
+        // group moves only once its leadership held for a whole round, so
+        // elections after crashes settle before anything is handed on.
+        let mut since: BTreeMap<u64, (Option<u64>, std::time::Instant)> = BTreeMap::new();
         loop {
-            let views: Vec<GroupView> = router
+            let now = std::time::Instant::now();
+            let mut views: Vec<GroupView> = router
                 .rafts()
                 .iter()
                 .map(|(g, raft)| view(*g, raft))
                 .collect();
-            if let Some((group, to)) = plan(node, &views) {
+            let mut settled = true;
+            for v in &mut views {
+                let e = since.entry(v.group).or_insert((v.leader, now));
+                if e.0 != v.leader {
+                    *e = (v.leader, now);
+                }
+                if now.duration_since(e.1) < every {
+                    settled = false;
+                }
+            }
+            since.retain(|g, _| views.iter().any(|v| v.group == *g));
+            let plan = if settled { plan(node, &views) } else { None };
+            if let Some((group, to)) = plan {
                 tracing::info!(group, to, "handing leadership on to balance leaders");
                 match transfer(&router, group, to, every.min(Duration::from_secs(10))).await {
                     Ok(_) => tracing::info!(group, to, "leadership handed on"),

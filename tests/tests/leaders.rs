@@ -57,7 +57,10 @@ async fn leadership_moves_where_the_operator_says() {
         assert_eq!(leader, to);
         assert_eq!(leaders(&c).await.get(&shard), Some(&to));
         // The shard serves at its new leader.
-        client.put(b"moved", to.0.to_string().as_bytes()).await.expect("put");
+        client
+            .put(b"moved", to.0.to_string().as_bytes())
+            .await
+            .expect("put");
     }
     // A transaction across shards after the coordinator group's leader moved.
     let coord = RaftGroup::Coordinator(c.config.coordinators[0].group);
@@ -67,7 +70,10 @@ async fn leadership_moves_where_the_operator_says() {
         .iter()
         .find(|n| **n != now)
         .expect("another replica");
-    assert_eq!(client.transfer_leader(coord, to).await.expect("transfer").0, to);
+    assert_eq!(
+        client.transfer_leader(coord, to).await.expect("transfer").0,
+        to
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut t = client.begin().await.expect("begin");
@@ -132,7 +138,10 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
         if l.len() == 4 && l.values().all(|n| n.0 != 3) {
             break;
         }
-        assert!(Instant::now() < deadline, "no leaders on nodes 1 and 2: {l:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leaders on nodes 1 and 2: {l:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.restart(NodeId(3));

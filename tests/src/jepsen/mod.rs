@@ -316,7 +316,7 @@ pub async fn run(spec: Spec) -> Report {
     // hand-overs meet the faults): a transfer is one more way for a
     // leader to change under running transactions.
     let tuning = pact_common::RaftTuning {
-        balance_leaders_ms: 2_000,
+        balance_leaders_ms: 3_000,
         ..fast_tuning()
     };
     let mut cluster = Cluster::create(config, tuning);
