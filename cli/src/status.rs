@@ -587,7 +587,8 @@ mod tests {
         assert_eq!(g.health, Health::Degraded, "{g:?}");
         assert_eq!((g.leader, g.answered), (Some(2), 2));
         assert!(
-            g.summary().contains("node 3 STOPPED: storage failed: write in /d: No space"),
+            g.summary()
+                .contains("node 3 STOPPED: storage failed: write in /d: No space"),
             "{}",
             g.summary()
         );

@@ -520,7 +520,11 @@ impl Replica {
             .await
             {
                 Ok(Ok(())) => {
-                    tracing::info!(group = self.group, to, "stopped replica handed leadership on");
+                    tracing::info!(
+                        group = self.group,
+                        to,
+                        "stopped replica handed leadership on"
+                    );
                     // Give the TimeoutNow a moment to leave before the
                     // core stops.
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -28,10 +28,12 @@
 //! checksum does not match) poisons it too: data fjall cannot vouch for is
 //! never served, and the node stops rather than guess.
 //!
-//! At open, fjall replays its journal and drops an incomplete last batch
-//! (a torn tail: writes after the last fsync, never acknowledged); a
-//! complete batch whose checksum fails is corruption of fsynced data, and
-//! the open is refused with what to do ([`open_error`]).
+//! At open, fjall replays its journal. A complete batch whose checksum
+//! fails is corruption of fsynced data, and the open is refused with what
+//! to do ([`open_error`]). Anything it cannot decode it cuts off, and
+//! [`crate::journal_mark`] tells a torn tail (past the last fsync:
+//! accepted) from lost fsynced data (refused, and the directory stays
+//! refused: [`REFUSED_FILE`]).
 
 use std::io;
 use std::ops::Bound;
@@ -45,6 +47,7 @@ use openraft::storage::IOFlushed;
 use pact_common::StorageTuning;
 
 use crate::codec::FORMAT_VERSION;
+use crate::journal_mark;
 use crate::types::TypeConfig;
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -140,7 +143,24 @@ impl Poison {
 
     /// Record the failure of `what` (the first one wins) and log it once.
     fn set(&self, what: &str, e: &io::Error) {
-        let reason = format!("storage failed: {what} in {}: {e}", self.dir.display());
+        if self.reason.get().is_some() {
+            self.flag.store(true, Ordering::SeqCst);
+            return;
+        }
+        // fjall reports a failure of its own background flush only as
+        // "poisoned" at the next write; a probe write finds the cause.
+        let probe = match e.raw_os_error() {
+            None if e.kind() != io::ErrorKind::InvalidData => probe(&self.dir).err(),
+            _ => None,
+        };
+        let reason = match &probe {
+            Some(p) => format!(
+                "storage failed: {what} in {}: {e}; a write probe there fails: {p}",
+                self.dir.display()
+            ),
+            None => format!("storage failed: {what} in {}: {e}", self.dir.display()),
+        };
+        let e = probe.as_ref().unwrap_or(e);
         if self.reason.set(reason.clone()).is_ok() {
             tracing::error!(
                 data_dir = %self.dir.display(),
@@ -186,6 +206,19 @@ pub(crate) static CRASH_BEFORE_FSYNC: AtomicBool = AtomicBool::new(false);
 /// fsync of the writer fails with EIO, as a dying disk's would.
 pub(crate) static FAIL_FSYNC: AtomicBool = AtomicBool::new(false);
 
+/// Write and fsync a small file in `dir`, then remove it: whether the
+/// disk takes writes at all, and the operating system's error if not.
+fn probe(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let path = dir.join("write.probe");
+    let r = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
 /// An fjall error as an `io::Error`, keeping the operating system's error
 /// (so "No space left on device (os error 28)" reaches the operator, not
 /// fjall's debug form).
@@ -216,17 +249,19 @@ fn to_io(e: fjall::Error) -> io::Error {
     }
 }
 
-/// The bytes of every journal file under `dir` (fjall keeps them at the
-/// top level as `N.jnl`), to tell whether its recovery cut a torn tail.
-fn journal_bytes(dir: &Path) -> io::Result<u64> {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.path().extension().is_some_and(|x| x == "jnl") {
-            total += e.metadata()?.len();
-        }
-    }
-    Ok(total)
+/// Written into a data directory found to have lost fsynced data, so
+/// every later start refuses it too (fjall has already cut the journal,
+/// and the loss could not be seen again).
+pub(crate) const REFUSED_FILE: &str = "corrupt.refused";
+
+fn refusal_text(dir: &Path, what: &str) -> String {
+    format!(
+        "data directory {} is corrupt: {what}. This node refuses to start rather than serve \
+         it. Move the directory aside (keep it for inspection) and start the node on an \
+         empty one: it rejoins its groups from its peers without a vote until it has \
+         caught up",
+        dir.display()
+    )
 }
 
 /// Why the database under `dir` did not open, with what to do when it is
@@ -244,13 +279,7 @@ fn open_error(dir: &Path, e: fjall::Error) -> io::Error {
     }
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!(
-            "data directory {} is corrupt: {e}. This node refuses to start rather than serve \
-             it. Move the directory aside (keep it for inspection) and start the node on an \
-             empty one: it rejoins its groups from its peers without a vote until it has \
-             caught up",
-            dir.display()
-        ),
+        refusal_text(dir, &e.to_string()),
     )
 }
 
@@ -302,7 +331,13 @@ impl NodeStore {
     pub fn open_with(dir: &Path, limits: &StorageTuning) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         const MIB: u64 = 1 << 20;
-        let journal_before = journal_bytes(dir)?;
+        if let Ok(why) = std::fs::read_to_string(dir.join(REFUSED_FILE)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                refusal_text(dir, why.trim()),
+            ));
+        }
+        let marked = journal_mark::read(dir);
         // fjall panics below these; the config refuses them, and the clamp
         // keeps a caller that skipped validation from reaching the panic.
         let db = Database::builder(dir)
@@ -310,19 +345,6 @@ impl NodeStore {
             .max_journaling_size(limits.journal_mb.max(64) * MIB)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        // fjall cuts an incomplete last batch (and any undecodable bytes
-        // after the last complete one) off the journal. Every fsync ends
-        // on a batch boundary, so a cut made by a crash holds only writes
-        // after the last fsync: nothing acknowledged.
-        let journal_after = journal_bytes(dir)?;
-        if journal_after < journal_before {
-            tracing::warn!(
-                data_dir = %dir.display(),
-                dropped_bytes = journal_before - journal_after,
-                "the journal ended in a torn (incomplete) batch, cut off at the last complete \
-                 one: writes after the last fsync, none of them acknowledged"
-            );
-        }
         let memtable = limits.memtable_mb.max(1) * MIB;
         let ks = |name: &str| {
             db.keyspace(name, || {
@@ -335,6 +357,22 @@ impl NodeStore {
         let sm = ks("sm")?;
         let smmeta = ks("smmeta")?;
         check_format(dir, &db, &meta, &[&log, &meta, &sm, &smmeta])?;
+        let round = match meta.get(journal_mark::ROUND_KEY).map_err(to_io)? {
+            Some(v) => journal_mark::parse_round(&v)?,
+            None => 0,
+        };
+        if let Some(what) = journal_mark::check(round, marked) {
+            // Recorded before anything else: fjall has cut the journal
+            // already, and once the next round is marked the loss could
+            // not be seen again.
+            std::fs::write(dir.join(REFUSED_FILE), format!("{what}\n"))?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                refusal_text(dir, &what),
+            ));
+        }
+        let mut mark = journal_mark::MarkWriter::open(dir)?;
+        mark.record(round)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let poison = Arc::new(Poison::new(dir));
         let store = Arc::new(NodeStore {
@@ -350,6 +388,8 @@ impl NodeStore {
             db,
             spaces: [log, meta, sm, smmeta],
             poison,
+            mark,
+            round,
         };
         thread::Builder::new()
             .name("pact-storage-writer".into())
@@ -624,6 +664,9 @@ struct Writer {
     db: Database,
     spaces: [Keyspace; 4],
     poison: Arc<Poison>,
+    mark: journal_mark::MarkWriter,
+    /// The last fsync round (see `journal_mark`).
+    round: u64,
 }
 
 impl Writer {
@@ -657,7 +700,7 @@ impl Writer {
         batch.commit().map_err(to_io)
     }
 
-    fn run(self, rx: crossbeam_channel::Receiver<Job>) {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
                 // Fault injection: die holding a round that never reached
@@ -731,19 +774,39 @@ impl Writer {
                 Err(self.poison.refusal())
             } else if FAIL_FSYNC.load(Ordering::SeqCst) {
                 let e = io::Error::from_raw_os_error(5);
-                self.poison.set("fsync (injected by the fail-fsync fault)", &e);
+                self.poison
+                    .set("fsync (injected by the fail-fsync fault)", &e);
                 Err(e)
             } else {
                 let started = std::time::Instant::now();
-                let r = self.db.persist(PersistMode::SyncAll).map_err(to_io);
+                // The round's number is its last batch, so the mark can
+                // tell whether every batch of the round survived.
+                let next = self.round + 1;
+                let r = self
+                    .commit(vec![Op::Put(
+                        Space::Meta,
+                        journal_mark::ROUND_KEY.to_vec(),
+                        journal_mark::round_value(next),
+                    )])
+                    .and_then(|()| self.db.persist(PersistMode::SyncAll).map_err(to_io));
+                if r.is_ok() {
+                    self.round = next;
+                }
                 if let Some(m) = crate::metrics::process() {
                     m.fsync_seconds.observe(started.elapsed().as_secs_f64());
                     m.fsync_batch_jobs.observe(waiting.len() as f64);
                 }
                 r
             };
-            if let Err(e) = &synced {
-                self.poison.set("fsync", e);
+            match &synced {
+                Err(e) => self.poison.set("fsync", e),
+                Ok(()) => {
+                    // Advisory: a stale mark only weakens the check at the
+                    // next open; it never makes it refuse a sound journal.
+                    if let Err(e) = self.mark.record(self.round) {
+                        tracing::warn!(error = %e, "cannot update the journal mark");
+                    }
+                }
             }
             for w in waiting {
                 let r = match &synced {
