@@ -8,6 +8,7 @@
 //! | `log`    | group ++ index (BE u64)   | codec(Entry)                       |
 //! | `meta`   | group ++ tag              | codec(vote / committed / purged / rejoin floor) |
 //! | `meta`   | [`FORMAT_KEY`]            | format version, ASCII decimal      |
+//! | `meta`   | `journal_mark::ROUND_KEY` | last fsync round, BE u64           |
 //! | `sm`     | group ++ application key  | application value                  |
 //! | `smmeta` | group ++ tag              | codec(applied log id / membership) |
 //!
