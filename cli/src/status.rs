@@ -6,10 +6,12 @@
 //! not one per group it holds. Shards and coordinator groups are labelled
 //! apart (`shard 1`, `coord 4`): their ids are separate namespaces.
 //!
+//! A replica that answers that it stopped (its node's storage failed; the
+//! answer says why) counts as not answering: it acknowledges nothing.
 //! A group is `down` when no replica that answered is its leader, or fewer
 //! voters than a quorum answered; `degraded` when it serves but a replica
-//! did not answer or applies more than `--max-lag` entries behind the
-//! leader; `ok` otherwise. The cluster is as bad as its worst group.
+//! did not answer, stopped, or applies more than `--max-lag` entries behind
+//! the leader; `ok` otherwise. The cluster is as bad as its worst group.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -105,6 +107,8 @@ struct GroupHealth {
     /// (node, entries behind the leader) of replicas over `max_lag`.
     lagging: Vec<(u64, u64)>,
     unreachable: Vec<u64>,
+    /// (node, why) of replicas that answered that they stopped.
+    stopped: Vec<(u64, String)>,
     health: Health,
 }
 
@@ -135,6 +139,9 @@ impl GroupHealth {
                 join(&self.unreachable)
             ));
         }
+        for (n, why) in &self.stopped {
+            s.push_str(&format!("; node {n} STOPPED: {why}"));
+        }
         for (n, behind) in &self.lagging {
             s.push_str(&format!("; node {n} lags {behind} entries"));
         }
@@ -148,6 +155,7 @@ impl GroupHealth {
             "answered": self.answered, "quorum": self.quorum,
             "has_quorum": self.answered >= self.quorum,
             "unreachable": self.unreachable,
+            "stopped": self.stopped.iter().map(|(n, why)| json!({ "node": n, "reason": why })).collect::<Vec<_>>(),
             "lagging": self.lagging.iter().map(|(n, b)| json!({ "node": n, "behind": b })).collect::<Vec<_>>(),
         })
     }
@@ -166,6 +174,14 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
     let answers: Vec<(u64, &ReplicaStatus)> = rows
         .iter()
         .filter_map(|r| r.answer.as_ref().ok().map(|s| (r.node.0, s)))
+        .filter(|(_, s)| s.stopped.is_none())
+        .collect();
+    let stopped: Vec<(u64, String)> = rows
+        .iter()
+        .filter_map(|r| {
+            let s = r.answer.as_ref().ok()?;
+            Some((r.node.0, s.stopped.clone()?))
+        })
         .collect();
     let unreachable: Vec<u64> = rows
         .iter()
@@ -204,7 +220,7 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
         .collect();
     let health = if leader.is_none() || answered < quorum {
         Health::Down
-    } else if !unreachable.is_empty() || !lagging.is_empty() {
+    } else if !unreachable.is_empty() || !stopped.is_empty() || !lagging.is_empty() {
         Health::Degraded
     } else {
         Health::Ok
@@ -221,6 +237,7 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
         quorum,
         lagging,
         unreachable,
+        stopped,
         health,
     }
 }
@@ -324,6 +341,7 @@ fn row_json(r: &Row) -> serde_json::Value {
             "role": s.role, "term": s.term, "leader": s.leader,
             "applied_index": s.applied_index, "last_log_index": s.last_log_index,
             "snapshot_index": s.snapshot_index, "voters": s.voters,
+            "stopped": s.stopped,
         }),
         Err(e) => json!({ "error": e.to_string() }),
     };
@@ -377,6 +395,15 @@ pub async fn status(client: &Client, a: &StatusArgs, as_json: bool) -> Result<u8
     for r in &rows {
         let label = format!("{} {}", r.kind.name(), r.group);
         match &r.answer {
+            Ok(ReplicaStatus {
+                stopped: Some(why), ..
+            }) => outln!(
+                "{:<9} {:<5} {:<21} STOPPED: {}",
+                label,
+                r.node.0,
+                r.addr,
+                why
+            ),
             Ok(s) => outln!(
                 "{:<9} {:<5} {:<21} {:<10} {:>5} {:>6} {:>8} {:>8} {:>8}",
                 label,
@@ -476,6 +503,7 @@ mod tests {
                 last_log_index: applied,
                 snapshot_index: 0,
                 voters: voters.to_vec(),
+                stopped: None,
             }),
         }
     }
@@ -539,6 +567,42 @@ mod tests {
         );
         assert_eq!(g.health, Health::Degraded);
         assert_eq!(g.lagging, vec![(3, 90)]);
+    }
+
+    #[test]
+    fn a_stopped_replica_counts_as_silent_and_says_why() {
+        let v = [1, 2, 3];
+        let mut dead = up(3, "leader", 2, 10, &v);
+        if let Ok(s) = &mut dead.answer {
+            s.stopped = Some("storage failed: write in /d: No space left on device".into());
+        }
+        let g = verdict(
+            &[
+                up(1, "follower", 3, 10, &v),
+                up(2, "leader", 3, 10, &v),
+                dead,
+            ],
+            5,
+        );
+        assert_eq!(g.health, Health::Degraded, "{g:?}");
+        assert_eq!((g.leader, g.answered), (Some(2), 2));
+        assert!(
+            g.summary()
+                .contains("node 3 STOPPED: storage failed: write in /d: No space"),
+            "{}",
+            g.summary()
+        );
+        // A stopped leader is no leader, and two stopped voters of three
+        // leave no quorum.
+        let mut a = up(1, "leader", 2, 10, &v);
+        let mut b = up(2, "follower", 2, 10, &v);
+        for r in [&mut a, &mut b] {
+            if let Ok(s) = &mut r.answer {
+                s.stopped = Some("storage failed".into());
+            }
+        }
+        let g = verdict(&[a, b, up(3, "follower", 2, 10, &v)], 5);
+        assert_eq!((g.health, g.leader), (Health::Down, None));
     }
 
     #[test]

@@ -172,6 +172,8 @@ pub struct ReplicaStatus {
     pub last_log_index: u64,
     pub snapshot_index: u64,
     pub voters: Vec<u64>,
+    /// Why the replica stopped (a storage failure), if it did.
+    pub stopped: Option<String>,
 }
 
 impl From<pb::StatusResponse> for ReplicaStatus {
@@ -186,6 +188,7 @@ impl From<pb::StatusResponse> for ReplicaStatus {
             last_log_index: r.last_log_index,
             snapshot_index: r.snapshot_index,
             voters: r.voters,
+            stopped: (!r.stopped.is_empty()).then_some(r.stopped),
         }
     }
 }

@@ -6,7 +6,10 @@
 //! [`crate::system_clock`]) and the `crash-before-fsync` trigger (after
 //! the process receives SIGUSR1, the storage writer aborts the process as
 //! soon as its next round of writes arrives, before any of it reaches the
-//! disk: those writes are lost, as un-fsynced writes are in a power cut). And deliberate *bugs*, so the
+//! disk: those writes are lost, as un-fsynced writes are in a power cut), and
+//! the `fail-fsync` trigger (after SIGUSR2, every fsync of the storage
+//! writer fails with EIO, as a dying disk's does: the node must stop
+//! acknowledging and say why). And deliberate *bugs*, so the
 //! suite can prove its checkers notice when guarantees break:
 //! `skip-read-locks` (transactional reads take no shared lock: 2PL is
 //! broken) and `stale-reads` (any replica answers a plain read from its
@@ -27,6 +30,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "skip-read-locks",
     "stale-reads",
     "crash-before-fsync",
+    "fail-fsync",
     "decision-delay",
     "skip-one-phase-record",
 ];

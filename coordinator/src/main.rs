@@ -9,7 +9,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -187,26 +186,15 @@ async fn run(r: Run) -> anyhow::Result<()> {
             pact_raft::server::shutdown_signal(),
         );
     let server = async { tokio::try_join!(client_server, peer_server) };
-    let watchdog = {
-        let c = c.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(f) = c.fatal() {
-                    return f;
-                }
-            }
-        }
+    let stopped = {
+        let c2 = c.clone();
+        pact_raft::server::fence_when_stopped(vec![c.replica().clone()], move || c2.fatal())
     };
-    tokio::select! {
-        r = server => {
-            r.context("grpc server failed")?;
-            c.replica().shutdown().await;
-            Ok(())
-        }
-        f = watchdog => {
-            tracing::error!(error = %f, "recovery log replica stopped; exiting");
-            std::process::exit(70);
-        }
+    server.await.context("grpc server failed")?;
+    c.replica().shutdown().await;
+    if let Some(f) = stopped.get() {
+        tracing::error!(reason = %f, "coordinator stopped after a storage failure");
+        std::process::exit(pact_raft::server::EXIT_STOPPED);
     }
+    Ok(())
 }

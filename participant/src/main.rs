@@ -10,7 +10,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -197,29 +196,16 @@ async fn run(r: Run) -> anyhow::Result<()> {
             pact_raft::server::shutdown_signal(),
         );
     let server = async { tokio::try_join!(client_server, peer_server) };
-    let watchdog = {
-        let node = node.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(f) = node.fatal() {
-                    return f;
-                }
-            }
-        }
+    let stopped = {
+        let n = node.clone();
+        pact_raft::server::fence_when_stopped(node.replicas().cloned().collect(), move || n.fatal())
     };
-    tokio::select! {
-        r = server => {
-            r.context("grpc server failed")?;
-            node.shutdown().await;
-            tracing::info!("participant stopped");
-            Ok(())
-        }
-        f = watchdog => {
-            // Never serve after a storage failure: exit and let the operator
-            // (or supervisor) restart the node from its durable state.
-            tracing::error!(error = %f, "replica stopped; exiting");
-            std::process::exit(70);
-        }
+    server.await.context("grpc server failed")?;
+    node.shutdown().await;
+    if let Some(f) = stopped.get() {
+        tracing::error!(reason = %f, "participant stopped after a storage failure");
+        std::process::exit(pact_raft::server::EXIT_STOPPED);
     }
+    tracing::info!("participant stopped");
+    Ok(())
 }

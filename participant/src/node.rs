@@ -311,7 +311,8 @@ impl Node {
     /// transaction manager has been rebuilt for this term.
     fn ready(&self, s: &Shard) -> Result<(), Error> {
         if let Some(f) = s.replica.fatal() {
-            return Err(Error::Fatal(f));
+            // Refused before anything was tried: another replica may serve it.
+            return Err(Error::Unavailable(format!("replica stopped: {f}")));
         }
         let st = s.replica.status();
         let ready = s.shared.mgr.lock().map(|m| m.term()).unwrap_or(None);

@@ -31,10 +31,16 @@
 //!   cannot serve a stale read.
 //!
 //! # Failure
-//! A failed write or fsync poisons the store: every later write fails, the
-//! affected Raft groups stop (openraft's `Fatal`), and [`Replica::fatal`]
-//! reports it so the node can exit instead of serving from a store whose
-//! durability it no longer knows.
+//! A failed write, fsync or read (a full disk, a dying one, a block whose
+//! checksum fails) poisons the store with its reason: every later write
+//! and read fails, the affected Raft groups stop (openraft's `Fatal`), and
+//! [`Replica::fatal`] reports why. The servers then fence the node
+//! ([`Replica::fence`]: leaders hand leadership on, every Raft core stops)
+//! and stay up, acknowledging nothing, so status, readiness and refused
+//! requests can say why until an operator restarts the node. At open, a
+//! journal whose fsynced part was damaged is refused (fjall's checksums,
+//! and [`journal_mark`] for cuts fjall makes silently); a torn tail past
+//! the last fsync is cut and the node catches up from its peers.
 //!
 //! # What a server shows
 //! The crate also holds what every server binary shares besides
@@ -51,6 +57,7 @@ pub mod balance;
 pub mod codec;
 pub mod endpoint;
 mod error;
+mod journal_mark;
 mod log_store;
 pub mod metrics;
 mod network;

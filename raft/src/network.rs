@@ -457,13 +457,28 @@ impl Router {
     }
 
     fn get(&self, group: u64) -> Result<Hosted, Status> {
-        self.groups
+        let h = self
+            .groups
             .read()
             .ok()
             .and_then(|g| g.get(&group).cloned())
             .ok_or_else(|| {
                 Status::not_found(format!("raft group {group} is not hosted on this node"))
-            })
+            })?;
+        // A replica stopped on a storage failure (or shut down) answers
+        // nothing; refusing here, rather than handing each message to a
+        // dead core, also spares the log one openraft error per message.
+        let stopped = {
+            let m = h.raft.metrics();
+            let m = m.borrow_watched();
+            m.state == openraft::ServerState::Shutdown || m.running_state.is_err()
+        };
+        if stopped {
+            return Err(Status::unavailable(format!(
+                "the replica of raft group {group} on this node has stopped"
+            )));
+        }
+        Ok(h)
     }
 
     /// The tonic service to mount on the node's gRPC server.

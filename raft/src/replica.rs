@@ -359,9 +359,7 @@ impl Replica {
     /// Replicate `command` and apply it; returns the log index and the
     /// application's reply. Only the leader accepts proposals.
     pub async fn propose(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ReplicaError> {
-        if let Some(f) = self.fatal() {
-            return Err(ReplicaError::Fatal(f));
-        }
+        self.running()?;
         // Every entry must fit in an append its followers accept.
         if command.len() > crate::network::MAX_COMMAND_BYTES {
             return Err(ReplicaError::TooLarge {
@@ -392,9 +390,7 @@ impl Replica {
     /// leader, a quorum confirmed that after the read began, and it has
     /// applied everything committed before then (Raft's ReadIndex).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
-        if let Some(f) = self.fatal() {
-            return Err(ReplicaError::Fatal(f));
-        }
+        self.running()?;
         if !self.raft.is_leader() {
             return Err(self.not_leader());
         }
@@ -473,15 +469,76 @@ impl Replica {
         .await
     }
 
-    /// The error the replica stopped with, if it stopped.
+    /// The error the replica stopped with, if it stopped: the store's
+    /// failure first (it is the cause when openraft stopped on it too).
     pub fn fatal(&self) -> Option<String> {
-        if self.store.is_poisoned() {
-            return Some("storage failed".into());
+        if let Some(why) = self.store.poison_reason() {
+            return Some(why);
         }
         match &self.raft.metrics().borrow_watched().running_state {
             Ok(()) => None,
             Err(e) => Some(e.to_string()),
         }
+    }
+
+    /// Refuse a request before it does anything when the replica stopped.
+    /// Nothing was tried, so the caller may go to another replica: it is
+    /// "unavailable" here, not an outcome-unknown stop.
+    fn running(&self) -> Result<(), ReplicaError> {
+        match self.fatal() {
+            Some(f) => Err(ReplicaError::Unavailable(format!("replica stopped: {f}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Take a replica whose node's storage failed out of its group: hand
+    /// leadership to a voter if it leads (so the group elects without
+    /// waiting out a timeout), then stop its Raft core, so it sends no
+    /// heartbeats, grants no votes and acknowledges no appends. Its last
+    /// metrics stay readable for `status`.
+    pub async fn fence(&self) {
+        let (leader, to) = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let to = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.node_id)
+                .max_by_key(|v| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(v).cloned().flatten())
+                        .map(|l| l.index)
+                });
+            (m.state == ServerState::Leader, to)
+        };
+        if let (true, Some(to)) = (leader, to) {
+            match tokio::time::timeout(
+                Duration::from_millis(500),
+                self.raft.trigger().transfer_leader(to),
+            )
+            .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        group = self.group,
+                        to,
+                        "stopped replica handed leadership on"
+                    );
+                    // Give the TimeoutNow a moment to leave before the
+                    // core stops.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(group = self.group, error = %e, "leadership hand-off failed; the group elects after a timeout")
+                }
+                Err(_) => tracing::warn!(
+                    group = self.group,
+                    "leadership hand-off timed out; the group elects after a timeout"
+                ),
+            }
+        }
+        let _ = self.raft.shutdown().await;
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -505,7 +562,7 @@ impl Replica {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             voters,
-            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
+            fatal: self.fatal(),
         }
     }
 

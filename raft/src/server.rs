@@ -295,6 +295,42 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Watch (every 200 ms) for the node to stop: `fatal` returns why, once a
+/// replica stopped or the store failed. Then log it, and [`Replica::fence`]
+/// every one of `replicas`: leaders hand leadership on and every Raft core
+/// stops, so the node acknowledges nothing more. The process stays up, so
+/// `txn status`, `/readyz` and the requests it refuses can say why; the
+/// returned cell holds the reason once set, for the exit code.
+///
+/// [`Replica::fence`]: crate::Replica::fence
+pub fn fence_when_stopped(
+    replicas: Vec<crate::Replica>,
+    fatal: impl Fn() -> Option<String> + Send + 'static,
+) -> std::sync::Arc<std::sync::OnceLock<String>> {
+    let stopped = std::sync::Arc::new(std::sync::OnceLock::new());
+    let cell = stopped.clone();
+    tokio::spawn(async move {
+        let why = loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if let Some(f) = fatal() {
+                break f;
+            }
+        };
+        tracing::error!(
+            reason = %why,
+            "node stopped: it acknowledges nothing more and stays up only to report why \
+             (txn status, /readyz); fix the cause, then restart it on the same data directory"
+        );
+        let _ = cell.set(why);
+        futures::future::join_all(replicas.iter().map(|r| r.fence())).await;
+    });
+    stopped
+}
+
+/// Exit code of a server that stopped on a storage failure and was then
+/// asked to shut down: a supervisor sees it as a failure.
+pub const EXIT_STOPPED: i32 = 70;
+
 /// Check `PACT_FAULTS` (see [`pact_common::faults`]) and arm what it asks
 /// for. Must run inside the tokio runtime. A bad list is an error, so a typo
 /// cannot make the suite test the real build by accident; every active fault
@@ -323,6 +359,17 @@ pub fn arm_faults() -> Result<(), String> {
             if usr1.recv().await.is_some() {
                 tracing::warn!("SIGUSR1: the storage writer dies before its next fsync");
                 crate::store::CRASH_BEFORE_FSYNC.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+    if pact_common::faults::enabled("fail-fsync") {
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+                .map_err(|e| format!("cannot watch SIGUSR2: {e}"))?;
+        tokio::spawn(async move {
+            if usr2.recv().await.is_some() {
+                tracing::warn!("SIGUSR2: every later fsync of the storage writer fails");
+                crate::store::FAIL_FSYNC.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         });
     }

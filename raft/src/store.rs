@@ -8,6 +8,7 @@
 //! | `log`    | group ++ index (BE u64)   | codec(Entry)                       |
 //! | `meta`   | group ++ tag              | codec(vote / committed / purged / rejoin floor) |
 //! | `meta`   | [`FORMAT_KEY`]            | format version, ASCII decimal      |
+//! | `meta`   | `journal_mark::ROUND_KEY` | last fsync round, BE u64           |
 //! | `sm`     | group ++ application key  | application value                  |
 //! | `smmeta` | group ++ tag              | codec(applied log id / membership) |
 //!
@@ -21,14 +22,25 @@
 //! single writer thread ([`Writer`]). It drains every queued job, commits each
 //! as its own atomic fjall batch, then fsyncs the journal once for the whole
 //! round: group commit across every group on the node. A failed commit or
-//! fsync poisons the writer, and every later job fails, so a replica never
-//! acknowledges anything after a storage error.
+//! fsync poisons the store ([`Poison`]), and every later job fails, so a
+//! replica never acknowledges anything after a storage error; the poison
+//! keeps the first error's text, which the replicas report as the reason
+//! they stopped. A read that fails (an I/O error, or a block whose
+//! checksum does not match) poisons it too: data fjall cannot vouch for is
+//! never served, and the node stops rather than guess.
+//!
+//! At open, fjall replays its journal. A complete batch whose checksum
+//! fails is corruption of fsynced data, and the open is refused with what
+//! to do ([`open_error`]). Anything it cannot decode it cuts off, and
+//! [`crate::journal_mark`] tells a torn tail (past the last fsync:
+//! accepted) from lost fsynced data (refused, and the directory stays
+//! refused: [`REFUSED_FILE`]).
 
 use std::io;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -36,6 +48,7 @@ use openraft::storage::IOFlushed;
 use pact_common::StorageTuning;
 
 use crate::codec::FORMAT_VERSION;
+use crate::journal_mark;
 use crate::types::TypeConfig;
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -104,7 +117,81 @@ pub struct NodeStore {
     pub(crate) sm: Keyspace,
     pub(crate) smmeta: Keyspace,
     jobs: crossbeam_channel::Sender<Job>,
-    poisoned: Arc<AtomicBool>,
+    poison: Arc<Poison>,
+}
+
+/// Set once, by the first storage failure: every later write is refused
+/// and the replicas stop, reporting `reason`.
+#[derive(Debug)]
+pub(crate) struct Poison {
+    dir: PathBuf,
+    flag: AtomicBool,
+    reason: OnceLock<String>,
+}
+
+impl Poison {
+    fn new(dir: &Path) -> Self {
+        Poison {
+            dir: dir.to_path_buf(),
+            flag: AtomicBool::new(false),
+            reason: OnceLock::new(),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Record the failure of `what` (the first one wins) and log it once.
+    fn set(&self, what: &str, e: &io::Error) {
+        if self.reason.get().is_some() {
+            self.flag.store(true, Ordering::SeqCst);
+            return;
+        }
+        // fjall reports a failure of its own background flush only as
+        // "poisoned" at the next write; a probe write finds the cause.
+        let probe = match e.raw_os_error() {
+            None if e.kind() != io::ErrorKind::InvalidData => probe(&self.dir).err(),
+            _ => None,
+        };
+        let reason = match &probe {
+            Some(p) => format!(
+                "storage failed: {what} in {}: {e}; a write probe there fails: {p}",
+                self.dir.display()
+            ),
+            None => format!("storage failed: {what} in {}: {e}", self.dir.display()),
+        };
+        let e = probe.as_ref().unwrap_or(e);
+        if self.reason.set(reason.clone()).is_ok() {
+            tracing::error!(
+                data_dir = %self.dir.display(),
+                error = %e,
+                os_error = e.raw_os_error(),
+                "{reason}; this node acknowledges nothing more: its replicas stop and it stays \
+                 up only to report why. Free space or fix the disk, then restart it."
+            );
+        }
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    fn reason(&self) -> Option<String> {
+        if !self.is_set() {
+            return None;
+        }
+        Some(
+            self.reason
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "storage failed".into()),
+        )
+    }
+
+    fn refusal(&self) -> io::Error {
+        io::Error::other(
+            self.reason()
+                .unwrap_or_else(|| "storage is poisoned by an earlier failure".into()),
+        )
+    }
 }
 
 impl std::fmt::Debug for NodeStore {
@@ -116,8 +203,85 @@ impl std::fmt::Debug for NodeStore {
 /// Set by the `crash-before-fsync` fault (see `server::arm_faults`).
 pub(crate) static CRASH_BEFORE_FSYNC: AtomicBool = AtomicBool::new(false);
 
-fn to_io(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
+/// Set by the `fail-fsync` fault (see `server::arm_faults`): every later
+/// fsync of the writer fails with EIO, as a dying disk's would.
+pub(crate) static FAIL_FSYNC: AtomicBool = AtomicBool::new(false);
+
+/// Write and fsync a small file in `dir`, then remove it: whether the
+/// disk takes writes at all, and the operating system's error if not.
+fn probe(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let path = dir.join("write.probe");
+    let r = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// An fjall error as an `io::Error`, keeping the operating system's error
+/// (so "No space left on device (os error 28)" reaches the operator, not
+/// fjall's debug form).
+fn to_io(e: fjall::Error) -> io::Error {
+    match e {
+        fjall::Error::Io(e) => e,
+        fjall::Error::Storage(fjall::LsmError::Io(e)) => e,
+        fjall::Error::Storage(fjall::LsmError::ChecksumMismatch { got, expected }) => {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a data block's checksum does not match (got {got}, expected \
+                     {expected}): the data on disk is corrupt"
+                ),
+            )
+        }
+        fjall::Error::JournalRecovery(r) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the journal is corrupt ({r:?}): a complete, fsynced batch does not match its \
+                 checksum, so data was damaged after it was written"
+            ),
+        ),
+        fjall::Error::Poisoned => io::Error::other(
+            "fjall refuses writes after an earlier failed flush or commit (poisoned)",
+        ),
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// Written into a data directory found to have lost fsynced data, so
+/// every later start refuses it too (fjall has already cut the journal,
+/// and the loss could not be seen again).
+pub(crate) const REFUSED_FILE: &str = "corrupt.refused";
+
+fn refusal_text(dir: &Path, what: &str) -> String {
+    format!(
+        "data directory {} is corrupt: {what}. This node refuses to start rather than serve \
+         it. Move the directory aside (keep it for inspection) and start the node on an \
+         empty one: it rejoins its groups from its peers without a vote until it has \
+         caught up",
+        dir.display()
+    )
+}
+
+/// Why the database under `dir` did not open, with what to do when it is
+/// corrupt rather than unreadable for a passing reason.
+fn open_error(dir: &Path, e: fjall::Error) -> io::Error {
+    let corrupt = matches!(
+        e,
+        fjall::Error::JournalRecovery(_)
+            | fjall::Error::Storage(fjall::LsmError::ChecksumMismatch { .. })
+            | fjall::Error::Unrecoverable
+    );
+    let e = to_io(e);
+    if !corrupt {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        refusal_text(dir, &e.to_string()),
+    )
 }
 
 pub(crate) fn group_prefix(group: u64) -> [u8; 8] {
@@ -168,13 +332,20 @@ impl NodeStore {
     pub fn open_with(dir: &Path, limits: &StorageTuning) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         const MIB: u64 = 1 << 20;
+        if let Ok(why) = std::fs::read_to_string(dir.join(REFUSED_FILE)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                refusal_text(dir, why.trim()),
+            ));
+        }
+        let marked = journal_mark::read(dir);
         // fjall panics below these; the config refuses them, and the clamp
         // keeps a caller that skipped validation from reaching the panic.
         let db = Database::builder(dir)
             .cache_size(limits.cache_mb.max(1) * MIB)
             .max_journaling_size(limits.journal_mb.max(64) * MIB)
             .open()
-            .map_err(to_io)?;
+            .map_err(|e| open_error(dir, e))?;
         let memtable = limits.memtable_mb.max(1) * MIB;
         let ks = |name: &str| {
             db.keyspace(name, || {
@@ -187,8 +358,24 @@ impl NodeStore {
         let sm = ks("sm")?;
         let smmeta = ks("smmeta")?;
         check_format(dir, &db, &meta, &[&log, &meta, &sm, &smmeta])?;
+        let round = match meta.get(journal_mark::ROUND_KEY).map_err(to_io)? {
+            Some(v) => journal_mark::parse_round(&v)?,
+            None => 0,
+        };
+        if let Some(what) = journal_mark::check(round, marked) {
+            // Recorded before anything else: fjall has cut the journal
+            // already, and once the next round is marked the loss could
+            // not be seen again.
+            std::fs::write(dir.join(REFUSED_FILE), format!("{what}\n"))?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                refusal_text(dir, &what),
+            ));
+        }
+        let mut mark = journal_mark::MarkWriter::open(dir)?;
+        mark.record(round)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let poisoned = Arc::new(AtomicBool::new(false));
+        let poison = Arc::new(Poison::new(dir));
         let store = Arc::new(NodeStore {
             db: db.clone(),
             log: log.clone(),
@@ -196,12 +383,14 @@ impl NodeStore {
             sm: sm.clone(),
             smmeta: smmeta.clone(),
             jobs: tx,
-            poisoned: poisoned.clone(),
+            poison: poison.clone(),
         });
         let writer = Writer {
             db,
             spaces: [log, meta, sm, smmeta],
-            poisoned,
+            poison,
+            mark,
+            round,
         };
         thread::Builder::new()
             .name("pact-storage-writer".into())
@@ -218,9 +407,23 @@ impl NodeStore {
         }
     }
 
-    /// True once a write or fsync failed; the node must be restarted.
+    /// True once a write, fsync or read failed; the node must be restarted.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::SeqCst)
+        self.poison.is_set()
+    }
+
+    /// Why the store is poisoned (the first failure, with the data
+    /// directory and the operating system's error), if it is.
+    pub fn poison_reason(&self) -> Option<String> {
+        self.poison.reason()
+    }
+
+    /// A failed read: the data is unreadable or corrupt, so nothing more
+    /// is served or written from this store.
+    fn read_failed(&self, e: fjall::Error) -> io::Error {
+        let e = to_io(e);
+        self.poison.set("read", &e);
+        e
     }
 
     pub(crate) fn submit(&self, ops: Vec<Op>, notify: Notify) {
@@ -283,10 +486,13 @@ impl NodeStore {
     }
 
     pub(crate) fn get_sync(&self, space: Space, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if self.poison.is_set() {
+            return Err(self.poison.refusal());
+        }
         Ok(self
             .space(space)
             .get(key)
-            .map_err(to_io)?
+            .map_err(|e| self.read_failed(e))?
             .map(|v| v.to_vec()))
     }
 
@@ -300,11 +506,14 @@ impl NodeStore {
         limit: usize,
         reverse: bool,
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if self.poison.is_set() {
+            return Err(self.poison.refusal());
+        }
         let range = (Bound::Included(from.to_vec()), Bound::Excluded(to.to_vec()));
         let iter = self.space(space).range::<Vec<u8>, _>(range);
         let mut out = Vec::new();
         let mut push = |g: fjall::Guard| -> io::Result<bool> {
-            let (k, v) = g.into_inner().map_err(to_io)?;
+            let (k, v) = g.into_inner().map_err(|e| self.read_failed(e))?;
             out.push((k.to_vec(), v.to_vec()));
             Ok(out.len() < limit)
         };
@@ -334,11 +543,14 @@ impl NodeStore {
         to: &[u8],
         max_bytes: usize,
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if self.poison.is_set() {
+            return Err(self.poison.refusal());
+        }
         let range = (Bound::Included(from.to_vec()), Bound::Excluded(to.to_vec()));
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for g in self.space(space).range::<Vec<u8>, _>(range) {
-            let (k, v) = g.into_inner().map_err(to_io)?;
+            let (k, v) = g.into_inner().map_err(|e| self.read_failed(e))?;
             bytes = bytes.saturating_add(v.len());
             out.push((k.to_vec(), v.to_vec()));
             if bytes >= max_bytes {
@@ -351,21 +563,24 @@ impl NodeStore {
     /// A consistent point-in-time copy of one group's state machine:
     /// its application pairs (group prefix stripped) and its metadata.
     pub(crate) fn sm_snapshot_sync(&self, group: u64) -> io::Result<SmImage> {
+        if self.poison.is_set() {
+            return Err(self.poison.refusal());
+        }
         let snap = self.db.snapshot();
         let from = group_prefix(group).to_vec();
         let to = group_end(group);
         let mut pairs = Vec::new();
         for g in snap.range::<Vec<u8>, _>(&self.sm, from.clone()..to.clone()) {
-            let (k, v) = g.into_inner().map_err(to_io)?;
+            let (k, v) = g.into_inner().map_err(|e| self.read_failed(e))?;
             pairs.push((k[8..].to_vec(), v.to_vec()));
         }
         let applied = snap
             .get(&self.smmeta, group_key(group, SM_APPLIED))
-            .map_err(to_io)?
+            .map_err(|e| self.read_failed(e))?
             .map(|v| v.to_vec());
         let membership = snap
             .get(&self.smmeta, group_key(group, SM_MEMBERSHIP))
-            .map_err(to_io)?
+            .map_err(|e| self.read_failed(e))?
             .map(|v| v.to_vec());
         Ok(SmImage {
             pairs,
@@ -449,7 +664,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 struct Writer {
     db: Database,
     spaces: [Keyspace; 4],
-    poisoned: Arc<AtomicBool>,
+    poison: Arc<Poison>,
+    mark: journal_mark::MarkWriter,
+    /// The last fsync round (see `journal_mark`).
+    round: u64,
 }
 
 impl Writer {
@@ -483,7 +701,7 @@ impl Writer {
         batch.commit().map_err(to_io)
     }
 
-    fn run(self, rx: crossbeam_channel::Receiver<Job>) {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
                 // Fault injection: die holding a round that never reached
@@ -509,15 +727,11 @@ impl Writer {
                     notify,
                 } = job;
                 let computed = match compute {
-                    Some(f) if !self.poisoned.load(Ordering::SeqCst) => {
-                        f().map(|more| ops.extend(more))
-                    }
+                    Some(f) if !self.poison.is_set() => f().map(|more| ops.extend(more)),
                     _ => Ok(()),
                 };
-                let res = if self.poisoned.load(Ordering::SeqCst) {
-                    Err(io::Error::other(
-                        "storage is poisoned by an earlier failure",
-                    ))
+                let res = if self.poison.is_set() {
+                    Err(self.poison.refusal())
                 } else if let Err(e) = computed {
                     // The computation refused; nothing of this job is
                     // written, and the store stays sound.
@@ -525,8 +739,7 @@ impl Writer {
                 } else {
                     let r = self.commit(ops);
                     if let Err(e) = &r {
-                        tracing::error!(error = %e, "storage write failed; refusing all further writes");
-                        self.poisoned.store(true, Ordering::SeqCst);
+                        self.poison.set("write", e);
                     }
                     r
                 };
@@ -558,22 +771,43 @@ impl Writer {
             if !need_sync {
                 continue;
             }
-            let synced = if self.poisoned.load(Ordering::SeqCst) {
-                Err(io::Error::other(
-                    "storage is poisoned by an earlier failure",
-                ))
+            let synced = if self.poison.is_set() {
+                Err(self.poison.refusal())
+            } else if FAIL_FSYNC.load(Ordering::SeqCst) {
+                let e = io::Error::from_raw_os_error(5);
+                self.poison
+                    .set("fsync (injected by the fail-fsync fault)", &e);
+                Err(e)
             } else {
                 let started = std::time::Instant::now();
-                let r = self.db.persist(PersistMode::SyncAll).map_err(to_io);
+                // The round's number is its last batch, so the mark can
+                // tell whether every batch of the round survived.
+                let next = self.round + 1;
+                let r = self
+                    .commit(vec![Op::Put(
+                        Space::Meta,
+                        journal_mark::ROUND_KEY.to_vec(),
+                        journal_mark::round_value(next),
+                    )])
+                    .and_then(|()| self.db.persist(PersistMode::SyncAll).map_err(to_io));
+                if r.is_ok() {
+                    self.round = next;
+                }
                 if let Some(m) = crate::metrics::process() {
                     m.fsync_seconds.observe(started.elapsed().as_secs_f64());
                     m.fsync_batch_jobs.observe(waiting.len() as f64);
                 }
                 r
             };
-            if let Err(e) = &synced {
-                tracing::error!(error = %e, "fsync failed; refusing all further writes");
-                self.poisoned.store(true, Ordering::SeqCst);
+            match &synced {
+                Err(e) => self.poison.set("fsync", e),
+                Ok(()) => {
+                    // Advisory: a stale mark only weakens the check at the
+                    // next open; it never makes it refuse a sound journal.
+                    if let Err(e) = self.mark.record(self.round) {
+                        tracing::warn!(error = %e, "cannot update the journal mark");
+                    }
+                }
             }
             for w in waiting {
                 let r = match &synced {

@@ -467,3 +467,93 @@ async fn memtables_are_flushed_at_the_configured_size() {
     // Nothing to wait for (and a flush would show within the 5 s).
     assert_eq!(on_disk_after_8_mib(64, 1).await, 0);
 }
+
+/// A table block damaged on disk is never served: opening refuses it as
+/// corrupt, or reading it fails and poisons the store, which then refuses
+/// every later read and write with the reason. What is served is exactly
+/// what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_table_block_is_an_error_that_poisons_the_store_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = pact_common::StorageTuning {
+        memtable_mb: 1,
+        ..pact_common::StorageTuning::default()
+    };
+    let value = |k: u32| format!("value of {k:05} ").repeat(256).into_bytes();
+    let keys = 0..1024u32;
+    {
+        let store = NodeStore::open_with(dir.path(), &limits).unwrap();
+        for chunk in keys.clone().collect::<Vec<_>>().chunks(32) {
+            let ops = chunk
+                .iter()
+                .map(|k| Op::Put(Space::Sm, group_key(1, &k.to_be_bytes()), value(*k)))
+                .collect();
+            store.write_durable(ops).await.unwrap();
+        }
+        for _ in 0..100 {
+            if store.sm.disk_space() >= 2 << 20 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            store.sm.disk_space() >= 2 << 20,
+            "nothing flushed to tables"
+        );
+    }
+    // Damage a few bytes in the first quarter (data blocks come first) of
+    // every table file.
+    let mut damaged = 0;
+    for ks in std::fs::read_dir(dir.path().join("keyspaces")).unwrap() {
+        let tables = ks.unwrap().path().join("tables");
+        let Ok(files) = std::fs::read_dir(&tables) else {
+            continue;
+        };
+        for f in files {
+            let path = f.unwrap().path();
+            let mut b = std::fs::read(&path).unwrap();
+            if b.len() < 64 << 10 {
+                continue;
+            }
+            let at = b.len() / 4;
+            for x in &mut b[at..at + 16] {
+                *x ^= 0xa5;
+            }
+            std::fs::write(&path, b).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no table to damage");
+    let store = match NodeStore::open_with(dir.path(), &limits) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("corrupt") && e.contains("refuses to start"),
+                "{e}"
+            );
+            return;
+        }
+        Ok(s) => s,
+    };
+    let mut failed = None;
+    for k in keys {
+        match store.get_sync(Space::Sm, &group_key(1, &k.to_be_bytes())) {
+            Ok(v) => assert_eq!(v, Some(value(k)), "key {k} served wrong data"),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let e = failed.expect("every read of a damaged table succeeded");
+    assert!(e.contains("checksum") || e.contains("corrupt"), "{e}");
+    assert!(store.is_poisoned());
+    let why = store.poison_reason().unwrap();
+    assert!(why.starts_with("storage failed: read in "), "{why}");
+    // Nothing more is read or written.
+    assert!(store.get_sync(Space::Sm, &group_key(1, b"x")).is_err());
+    assert!(store
+        .write_durable(vec![Op::Put(Space::Sm, group_key(1, b"x"), b"y".to_vec())])
+        .await
+        .is_err());
+}

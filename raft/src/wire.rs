@@ -28,6 +28,7 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
         last_log_index: s.last_log_index,
         snapshot_index: s.snapshot_index,
         voters: s.voters,
+        stopped: s.fatal.unwrap_or_default(),
     }
 }
 

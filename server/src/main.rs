@@ -14,7 +14,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -207,7 +206,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
         services.push(pact_proto::txn_server::SERVICE_NAME);
     }
     let mut endpoint =
-        pact_raft::endpoint::Endpoint::new(replicas).context("setting up metrics")?;
+        pact_raft::endpoint::Endpoint::new(replicas.clone()).context("setting up metrics")?;
     if let Some(n) = &node {
         let n = n.clone();
         endpoint = endpoint
@@ -255,41 +254,27 @@ async fn run(r: Run) -> anyhow::Result<()> {
             pact_raft::server::shutdown_signal(),
         );
     let server = async { tokio::try_join!(client_server, peer_server) };
-    let watchdog = {
-        let node = node.clone();
-        let coordinator = coordinator.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let fatal = node
-                    .as_ref()
-                    .and_then(|n| n.fatal())
-                    .or_else(|| coordinator.as_ref().and_then(|c| c.fatal()));
-                if let Some(f) = fatal {
-                    return f;
-                }
-            }
-        }
+    let stopped = {
+        let (node, coordinator) = (node.clone(), coordinator.clone());
+        pact_raft::server::fence_when_stopped(replicas, move || {
+            node.as_ref()
+                .and_then(|n| n.fatal())
+                .or_else(|| coordinator.as_ref().and_then(|c| c.fatal()))
+        })
     };
-    tokio::select! {
-        r = server => {
-            r.context("grpc server failed")?;
-            if let Some(n) = &node {
-                n.shutdown().await;
-            }
-            if let Some(c) = &coordinator {
-                c.replica().shutdown().await;
-            }
-            tracing::info!("pact stopped");
-            Ok(())
-        }
-        f = watchdog => {
-            // Never serve after a storage failure: exit and let the operator
-            // (or supervisor) restart the node from its durable state.
-            tracing::error!(error = %f, "replica stopped; exiting");
-            std::process::exit(70);
-        }
+    server.await.context("grpc server failed")?;
+    if let Some(n) = &node {
+        n.shutdown().await;
     }
+    if let Some(c) = &coordinator {
+        c.replica().shutdown().await;
+    }
+    if let Some(f) = stopped.get() {
+        tracing::error!(reason = %f, "pact stopped after a storage failure");
+        std::process::exit(pact_raft::server::EXIT_STOPPED);
+    }
+    tracing::info!("pact stopped");
+    Ok(())
 }
 
 #[cfg(test)]

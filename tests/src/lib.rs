@@ -350,6 +350,35 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then wait (up to 15 s, then SIGKILL) for the process to
+    /// end; its exit status, None if it was not running.
+    pub fn stop(&mut self, id: NodeId) -> Option<std::process::ExitStatus> {
+        let mut c = self.procs.remove(&id)?;
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The exit status of node `id`'s process if it has ended (it is then
+    /// forgotten, so it can be started again); None while it runs.
+    pub fn exited(&mut self, id: NodeId) -> Option<std::process::ExitStatus> {
+        let st = self.procs.get_mut(&id)?.try_wait().ok()??;
+        self.procs.remove(&id);
+        Some(st)
+    }
+
     pub fn restart(&mut self, id: NodeId) {
         self.kill(id);
         self.start_node(id);
