@@ -55,6 +55,7 @@ mod network;
 mod rejoin;
 mod replica;
 pub mod server;
+mod snapshot;
 mod state_machine;
 mod store;
 mod types;
