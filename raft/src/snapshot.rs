@@ -558,3 +558,302 @@ async fn wipe_group(store: &Arc<NodeStore>, group: u64) -> io::Result<()> {
         ])
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::{BasicNode, Membership};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const G: u64 = 7;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        let leader = LeaderId {
+            term: 3,
+            node_id: 1,
+        };
+        let log_id = LogId::new(leader, index);
+        let nodes: BTreeMap<u64, BasicNode> =
+            (1..=3).map(|i| (i, BasicNode::new(format!("n{i}")))).collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap();
+        SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+        }
+    }
+
+    /// `n` pairs of `size`-byte values in `group`, keyed by index.
+    async fn fill(store: &NodeStore, group: u64, n: u32, size: usize, tag: u8) {
+        for part in (0..n).collect::<Vec<_>>().chunks(64) {
+            let ops = part
+                .iter()
+                .map(|i| {
+                    Op::Put(
+                        Space::Sm,
+                        group_key(group, &i.to_be_bytes()),
+                        vec![tag.wrapping_add(*i as u8); size],
+                    )
+                })
+                .collect();
+            store.write_durable(ops).await.unwrap();
+        }
+    }
+
+    fn pairs(store: &NodeStore, group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .range_sync(
+                Space::Sm,
+                &group_prefix(group),
+                &group_end(group),
+                usize::MAX,
+                false,
+            )
+            .unwrap()
+    }
+
+    fn files(store: &NodeStore) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(store.snap_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Send `view` the way the transport does: chunk by chunk into a
+    /// spool in `to`'s snapshot directory. Returns the file and the frame
+    /// sizes.
+    fn transfer(view: &View, to: &NodeStore) -> (Spooled, Vec<usize>) {
+        let mut spool = Spool::create(to.snap_dir(), &receive_name(G, 1)).unwrap();
+        let mut sizes = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while let Some((frame, last)) = view.chunk(after.as_deref(), CHUNK_BYTES).unwrap() {
+            sizes.push(frame.len());
+            spool.append(&frame).unwrap();
+            after = Some(last);
+        }
+        (spool.finish().unwrap(), sizes)
+    }
+
+    async fn applied(store: &NodeStore, group: u64) -> Option<Vec<u8>> {
+        store
+            .get_sync(Space::SmMeta, &group_key(group, SM_APPLIED))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_of_many_chunks_streams_and_installs_in_place_of_the_old_state() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = NodeStore::open(da.path()).unwrap();
+        let b = NodeStore::open(db.path()).unwrap();
+        // 24 MiB in 100 KiB values: six chunks at least.
+        fill(&a, G, 240, 100 << 10, 1).await;
+        // The follower has other, older data in the group (some keys the
+        // snapshot lacks) and another group that must not be touched.
+        fill(&b, G, 400, 1000, 9).await;
+        fill(&b, G + 1, 50, 1000, 5).await;
+        let other_before = pairs(&b, G + 1);
+
+        let image = a.sm_snapshot_sync(G).unwrap();
+        // Written after the view was taken: not part of the snapshot.
+        fill(&a, G, 300, 10, 2).await;
+        let (spooled, sizes) = transfer(&image.view, &b);
+        assert!(sizes.len() >= 6, "{sizes:?}");
+        for s in &sizes {
+            // A chunk stops at the first pair that reaches the target.
+            assert!(*s <= CHUNK_BYTES + (100 << 10) + 4096, "{s}");
+        }
+        let m = meta(500);
+        let bytes = install(&b, G, &m, SnapshotData::Spooled(spooled))
+            .await
+            .unwrap();
+        assert!(bytes as usize >= sizes.iter().sum::<usize>(), "{bytes}");
+
+        let want: Vec<(Vec<u8>, Vec<u8>)> = (0u32..240)
+            .map(|i| {
+                (
+                    group_key(G, &i.to_be_bytes()),
+                    vec![1u8.wrapping_add(i as u8); 100 << 10],
+                )
+            })
+            .collect();
+        let got = pairs(&b, G);
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "installed state differs from the snapshot");
+        assert_eq!(pairs(&b, G + 1), other_before);
+        assert_eq!(
+            applied(&b, G).await,
+            Some(encode(&m.last_log_id).unwrap())
+        );
+        assert!(b
+            .get_sync(Space::SmMeta, &group_key(G, SM_INSTALLING))
+            .unwrap()
+            .is_none());
+        assert!(files(&b).is_empty(), "{:?}", files(&b));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_snapshot_installs_as_an_empty_state() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = NodeStore::open(da.path()).unwrap();
+        let b = NodeStore::open(db.path()).unwrap();
+        fill(&b, G, 10, 10, 0).await;
+        let (spooled, sizes) = transfer(&a.sm_snapshot_sync(G).unwrap().view, &b);
+        assert!(sizes.is_empty());
+        install(&b, G, &meta(3), SnapshotData::Spooled(spooled))
+            .await
+            .unwrap();
+        assert!(pairs(&b, G).is_empty());
+        assert!(applied(&b, G).await.is_some());
+    }
+
+    /// Crash in the middle of an install: the marker is written, the old
+    /// state half deleted and the new one half loaded.
+    async fn interrupted_install(dir: &Path) -> SnapshotMeta {
+        let da = tempfile::tempdir().unwrap();
+        let a = NodeStore::open(da.path()).unwrap();
+        fill(&a, G, 100, 50 << 10, 3).await;
+        let b = NodeStore::open(dir).unwrap();
+        fill(&b, G, 300, 1000, 8).await;
+        fill(&b, G + 1, 20, 100, 4).await;
+        b.write_durable(vec![Op::Put(
+            Space::SmMeta,
+            group_key(G, SM_APPLIED),
+            encode(&meta(100).last_log_id).unwrap(),
+        )])
+        .await
+        .unwrap();
+        let (spooled, _) = transfer(&a.sm_snapshot_sync(G).unwrap().view, &b);
+        let m = meta(900);
+        // What `install` does up to the marker...
+        fs::rename(spooled.take().unwrap(), install_path(&b, G)).unwrap();
+        let marker = Installing {
+            last_log_id: m.last_log_id,
+            membership: m.last_membership.clone(),
+        };
+        b.write_durable(vec![
+            Op::Put(
+                Space::SmMeta,
+                group_key(G, SM_INSTALLING),
+                encode(&marker).unwrap(),
+            ),
+            Op::Delete(Space::SmMeta, group_key(G, SM_APPLIED)),
+            Op::Delete(Space::SmMeta, group_key(G, SM_MEMBERSHIP)),
+        ])
+        .await
+        .unwrap();
+        // ...then part of the wipe and part of the load, and the "crash".
+        let keys: Vec<Op> = pairs(&b, G)
+            .into_iter()
+            .take(150)
+            .map(|(k, _)| Op::Delete(Space::Sm, k))
+            .collect();
+        b.write_durable(keys).await.unwrap();
+        let mut frames = Frames::open(&install_path(&b, G)).unwrap();
+        let first = frames.next_frame().unwrap().unwrap();
+        b.write_durable(
+            first
+                .into_iter()
+                .map(|p| Op::Put(Space::Sm, group_key(G, &p.key), p.value))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        // A mix is never reported as applied.
+        let mut sm = crate::state_machine::StateMachine::new(G, b.clone(), Arc::new(Nothing));
+        let (applied, _) =
+            openraft::storage::RaftStateMachine::applied_state(&mut sm).await.unwrap();
+        assert_eq!(applied, None);
+        m
+    }
+
+    struct Nothing;
+    impl crate::Apply for Nothing {
+        fn apply(
+            &self,
+            _: &crate::StateView<'_>,
+            _: u64,
+            _: u64,
+            _: &[u8],
+        ) -> Result<crate::Applied, String> {
+            Err("not used".into())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_cut_short_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = interrupted_install(dir.path()).await;
+        let b = NodeStore::open(dir.path()).unwrap();
+        let other = pairs(&b, G + 1);
+        assert!(recover(&b, G).await.unwrap());
+        let got = pairs(&b, G);
+        assert_eq!(got.len(), 100);
+        for (i, (k, v)) in got.iter().enumerate() {
+            assert_eq!(k, &group_key(G, &(i as u32).to_be_bytes()));
+            assert_eq!(v, &vec![3u8.wrapping_add(i as u8); 50 << 10]);
+        }
+        assert_eq!(applied(&b, G).await, Some(encode(&m.last_log_id).unwrap()));
+        assert_eq!(pairs(&b, G + 1), other);
+        assert!(files(&b).is_empty(), "{:?}", files(&b));
+        // Nothing left to do the next time.
+        assert!(!recover(&b, G).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_whose_file_is_lost_wipes_the_group_to_rejoin() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_install(dir.path()).await;
+        fs::remove_file(dir.path().join(DIR).join(format!("g{G}.install"))).unwrap();
+        let b = NodeStore::open(dir.path()).unwrap();
+        b.write_durable(vec![
+            Op::Put(Space::Log, crate::store::log_key(G, 5), b"entry".to_vec()),
+            Op::Put(
+                Space::Meta,
+                group_key(G, crate::store::META_VOTE),
+                b"v".to_vec(),
+            ),
+        ])
+        .await
+        .unwrap();
+        let other = pairs(&b, G + 1);
+        assert!(recover(&b, G).await.unwrap());
+        for space in [Space::Sm, Space::SmMeta, Space::Log, Space::Meta] {
+            let left = b
+                .range_sync(space, &group_prefix(G), &group_end(G), 1, false)
+                .unwrap();
+            assert!(left.is_empty(), "{space:?} still holds {left:?}");
+        }
+        assert_eq!(pairs(&b, G + 1), other);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unfinished_receptions_and_finished_installs_leave_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = NodeStore::open(dir.path()).unwrap();
+            let mut s = Spool::create(b.snap_dir(), &receive_name(G, 42)).unwrap();
+            s.append(&encode(&Vec::<Pair>::new()).unwrap()).unwrap();
+            std::mem::forget(s); // as if killed mid-transfer
+            fs::write(b.snap_dir().join("g9.install"), b"done").unwrap();
+            assert_eq!(files(&b).len(), 2);
+        }
+        let b = NodeStore::open(dir.path()).unwrap();
+        assert!(files(&b).is_empty(), "{:?}", files(&b));
+        // A dropped, unfinished spool removes its file too.
+        drop(Spool::create(b.snap_dir(), &receive_name(G, 43)).unwrap());
+        assert!(files(&b).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_decode_or_is_too_large_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::create(dir.path(), "x.part").unwrap();
+        let e = s.append(b"\x01junk").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let e = s.append(&vec![0u8; MAX_FRAME_BYTES + 1]).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        assert_eq!(s.bytes(), 0);
+    }
+}
