@@ -768,6 +768,21 @@ mod tests {
         m
     }
 
+    /// Open `dir` again once the last store on it has let go: its writer
+    /// thread drops the database after the store handles are gone.
+    async fn reopen(dir: &Path) -> Arc<NodeStore> {
+        for _ in 0..100 {
+            match NodeStore::open(dir) {
+                Ok(s) => return s,
+                Err(e) if e.to_string().contains("Locked") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+        panic!("the database stayed locked");
+    }
+
     struct Nothing;
     impl crate::Apply for Nothing {
         fn apply(
@@ -785,7 +800,7 @@ mod tests {
     async fn an_install_cut_short_is_finished_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let m = interrupted_install(dir.path()).await;
-        let b = NodeStore::open(dir.path()).unwrap();
+        let b = reopen(dir.path()).await;
         let other = pairs(&b, G + 1);
         assert!(recover(&b, G).await.unwrap());
         let got = pairs(&b, G);
@@ -806,7 +821,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         interrupted_install(dir.path()).await;
         fs::remove_file(dir.path().join(DIR).join(format!("g{G}.install"))).unwrap();
-        let b = NodeStore::open(dir.path()).unwrap();
+        let b = reopen(dir.path()).await;
         b.write_durable(vec![
             Op::Put(Space::Log, crate::store::log_key(G, 5), b"entry".to_vec()),
             Op::Put(
@@ -839,7 +854,7 @@ mod tests {
             fs::write(b.snap_dir().join("g9.install"), b"done").unwrap();
             assert_eq!(files(&b).len(), 2);
         }
-        let b = NodeStore::open(dir.path()).unwrap();
+        let b = reopen(dir.path()).await;
         assert!(files(&b).is_empty(), "{:?}", files(&b));
         // A dropped, unfinished spool removes its file too.
         drop(Spool::create(b.snap_dir(), &receive_name(G, 43)).unwrap());
