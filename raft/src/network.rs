@@ -882,6 +882,40 @@ fn unknown_session(session: u64) -> Status {
     ))
 }
 
+/// What to do with chunk `seq` of `session` from `from`, given the
+/// transfer under way (`here`: its session, sender and next chunk).
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkAction {
+    /// The chunk expected next: store it.
+    Store,
+    /// The chunk before the expected one, resent because its answer was
+    /// lost: acknowledge it again (the next chunk expected) without storing.
+    AckAgain(u64),
+    /// Any other chunk of this transfer (the next one expected).
+    OutOfOrder(u64),
+    /// Chunk 0 of another transfer: it replaces the one under way.
+    Start,
+    /// A later chunk of a transfer that is not (or no longer) under way:
+    /// refused, leaving the current one alone.
+    Unknown,
+}
+
+fn chunk_action(here: Option<(u64, u64, u64)>, session: u64, from: u64, seq: u64) -> ChunkAction {
+    match here {
+        Some((s, f, next)) if s == session && f == from => {
+            if next == seq {
+                ChunkAction::Store
+            } else if next == seq.saturating_add(1) {
+                ChunkAction::AckAgain(next)
+            } else {
+                ChunkAction::OutOfOrder(next)
+            }
+        }
+        _ if seq == 0 => ChunkAction::Start,
+        _ => ChunkAction::Unknown,
+    }
+}
+
 /// Store chunk `seq` of `session` from `from`; the chunk expected next.
 /// Chunk 0 starts a new transfer (dropping any other); the chunk before
 /// the expected one is a resend whose answer was lost, acknowledged again
@@ -895,26 +929,18 @@ async fn receive_chunk(
     frame: Vec<u8>,
 ) -> Result<u64, Status> {
     let mut incoming = h.incoming.lock().await;
-    let current = match incoming.take() {
-        Some(i) if i.session == session && i.from == from => Some(i),
-        // Dropping another transfer's spool removes its file.
-        _ => None,
-    };
-    let mut current = match current {
-        Some(i) if i.next == seq => i,
-        Some(i) if i.next == seq + 1 => {
-            let next = i.next;
-            *incoming = Some(i);
-            return Ok(next);
-        }
-        Some(i) => {
-            let next = i.next;
-            *incoming = Some(i);
+    let here = incoming.as_ref().map(|i| (i.session, i.from, i.next));
+    let mut current = match chunk_action(here, session, from, seq) {
+        ChunkAction::Store => incoming.take().ok_or_else(|| unknown_session(session))?,
+        ChunkAction::AckAgain(next) => return Ok(next),
+        ChunkAction::OutOfOrder(next) => {
             return Err(Status::failed_precondition(format!(
                 "snapshot session {session:x}: chunk {seq} is out of order, chunk {next} is next"
-            )));
+            )))
         }
-        None if seq == 0 => {
+        ChunkAction::Start => {
+            // Dropping the other transfer's spool removes its file.
+            drop(incoming.take());
             let dir = h.snap_dir.as_ref().clone();
             let name = receive_name(group, session);
             let spool = crate::store::blocking(move || Spool::create(&dir, &name))
@@ -927,7 +953,7 @@ async fn receive_chunk(
                 spool,
             }
         }
-        None => return Err(unknown_session(session)),
+        ChunkAction::Unknown => return Err(unknown_session(session)),
     };
     let len = frame.len() as u64;
     let (current, stored) = tokio::task::spawn_blocking(move || {
@@ -979,6 +1005,27 @@ mod auth_tests {
             r.extensions_mut().insert(PeerNode(NodeId(p)));
         }
         r
+    }
+
+    #[test]
+    fn snapshot_chunks_are_stored_once_in_order_and_a_new_transfer_replaces_the_old() {
+        use ChunkAction::*;
+        // Nothing under way: chunk 0 starts a transfer, later ones are refused.
+        assert_eq!(chunk_action(None, 9, 2, 0), Start);
+        assert_eq!(chunk_action(None, 9, 2, 3), Unknown);
+        // Session 9 from node 2 expects chunk 4.
+        let here = Some((9, 2, 4));
+        assert_eq!(chunk_action(here, 9, 2, 4), Store);
+        assert_eq!(chunk_action(here, 9, 2, 3), AckAgain(4));
+        assert_eq!(chunk_action(here, 9, 2, 5), OutOfOrder(4));
+        assert_eq!(chunk_action(here, 9, 2, 0), OutOfOrder(4));
+        // Another transfer (or the same id from another node) replaces it
+        // only from its chunk 0; its stray later chunks leave it alone.
+        assert_eq!(chunk_action(here, 10, 2, 0), Start);
+        assert_eq!(chunk_action(here, 9, 3, 0), Start);
+        assert_eq!(chunk_action(here, 10, 2, 1), Unknown);
+        // Chunk 0 acknowledged, its answer lost, sent again: not restarted.
+        assert_eq!(chunk_action(Some((9, 2, 1)), 9, 2, 0), AckAgain(1));
     }
 
     #[test]

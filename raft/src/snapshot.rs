@@ -574,8 +574,9 @@ mod tests {
             node_id: 1,
         };
         let log_id = LogId::new(leader, index);
-        let nodes: BTreeMap<u64, BasicNode> =
-            (1..=3).map(|i| (i, BasicNode::new(format!("n{i}")))).collect();
+        let nodes: BTreeMap<u64, BasicNode> = (1..=3)
+            .map(|i| (i, BasicNode::new(format!("n{i}"))))
+            .collect();
         let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap();
         SnapshotMeta {
             last_log_id: Some(log_id),
@@ -682,10 +683,7 @@ mod tests {
         assert_eq!(got.len(), want.len());
         assert!(got == want, "installed state differs from the snapshot");
         assert_eq!(pairs(&b, G + 1), other_before);
-        assert_eq!(
-            applied(&b, G).await,
-            Some(encode(&m.last_log_id).unwrap())
-        );
+        assert_eq!(applied(&b, G).await, Some(encode(&m.last_log_id).unwrap()));
         assert!(b
             .get_sync(Space::SmMeta, &group_key(G, SM_INSTALLING))
             .unwrap()
@@ -762,8 +760,9 @@ mod tests {
         .unwrap();
         // A mix is never reported as applied.
         let mut sm = crate::state_machine::StateMachine::new(G, b.clone(), Arc::new(Nothing));
-        let (applied, _) =
-            openraft::storage::RaftStateMachine::applied_state(&mut sm).await.unwrap();
+        let (applied, _) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
+            .await
+            .unwrap();
         assert_eq!(applied, None);
         m
     }
