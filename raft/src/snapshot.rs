@@ -403,16 +403,19 @@ pub(crate) async fn install(
             Op::Delete(Space::SmMeta, group_key(group, SM_MEMBERSHIP)),
         ])
         .await?;
-    roll_forward(store, group, &marker, &target).await?;
+    let crash = pact_common::faults::enabled("crash-mid-snapshot-install");
+    roll_forward(store, group, &marker, &target, crash).await?;
     Ok(bytes)
 }
 
-/// Clear the group's pairs, load the file's, and finish the install.
+/// Clear the group's pairs, load the file's, and finish the install
+/// (`crash`: the `crash-mid-snapshot-install` fault, see [`load`]).
 async fn roll_forward(
     store: &Arc<NodeStore>,
     group: u64,
     marker: &Installing,
     path: &Path,
+    crash: bool,
 ) -> io::Result<()> {
     // Opened first: a missing file is found before anything is deleted.
     let frames = {
@@ -420,7 +423,7 @@ async fn roll_forward(
         blocking(move || Frames::open(&p)).await?
     };
     wipe_sm(store, group).await?;
-    load(store, group, frames).await?;
+    load(store, group, frames, crash).await?;
     store
         .write_durable(vec![
             Op::Put(
@@ -476,7 +479,14 @@ async fn wipe_sm(store: &Arc<NodeStore>, group: u64) -> io::Result<()> {
 
 /// Write the file's frames, one job each; the next frame is read while
 /// the writer commits the previous one, so at most two are in memory.
-async fn load(store: &Arc<NodeStore>, group: u64, mut frames: Frames) -> io::Result<()> {
+/// With `crash` (a fault injected by tests) the process aborts once the
+/// first frame is durable: the install is cut short on disk.
+async fn load(
+    store: &Arc<NodeStore>,
+    group: u64,
+    mut frames: Frames,
+    crash: bool,
+) -> io::Result<()> {
     let mut pending: Option<tokio::sync::oneshot::Receiver<io::Result<()>>> = None;
     loop {
         let (f, next) = blocking(move || {
@@ -488,6 +498,13 @@ async fn load(store: &Arc<NodeStore>, group: u64, mut frames: Frames) -> io::Res
         if let Some(p) = pending.take() {
             p.await
                 .map_err(|_| io::Error::other("storage writer stopped"))??;
+            if crash {
+                store.sync().await?;
+                eprintln!(
+                    "crash-mid-snapshot-install: aborting with group {group}'s install half done"
+                );
+                std::process::abort();
+            }
         }
         let Some(pairs) = next else {
             return Ok(());
@@ -511,7 +528,7 @@ pub(crate) async fn recover(store: &Arc<NodeStore>, group: u64) -> io::Result<bo
     };
     let marker: Installing = decode(&b, format_args!("install marker of group {group}"))?;
     let path = install_path(store, group);
-    match roll_forward(store, group, &marker, &path).await {
+    match roll_forward(store, group, &marker, &path, false).await {
         Ok(()) => {
             tracing::info!(
                 group,
