@@ -5,6 +5,9 @@
 //! openraft messages in the storage encoding (`codec`, with its version
 //! byte, so a peer running another format is told which). Outgoing connections are one tonic
 //! channel per peer address, shared by all groups (HTTP/2 multiplexes them).
+//! A snapshot travels as a session of numbered `InstallSnapshot` chunks,
+//! each with its own deadline and retries, then a last message with its
+//! meta; the receiver spools the chunks to a file (see `snapshot`).
 //!
 //! A peer that sends bytes that do not decode gets `INVALID_ARGUMENT` and
 //! the message is dropped; a message for a group this node does not host
