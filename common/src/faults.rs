@@ -17,7 +17,11 @@
 //! window made permanent*: `skip-one-phase-record` (a coordinator never
 //! writes its best-effort record of a one-phase commit, as if its leader
 //! always died right after the shard applied it), so tests can check that
-//! TxnStatus still finds the outcome at the shard.
+//! TxnStatus still finds the outcome at the shard. And one *crash point*:
+//! `crash-mid-snapshot-install` (a replica installing a snapshot from its
+//! leader aborts the process once its old state is deleted and the first
+//! batch of the new one is durable, mid-install), so tests can check that
+//! the next start finishes the install.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -33,6 +37,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "fail-fsync",
     "decision-delay",
     "skip-one-phase-record",
+    "crash-mid-snapshot-install",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

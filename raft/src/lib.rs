@@ -26,6 +26,11 @@
 //!   log prefix `1..=applied`, because each entry's writes and its applied
 //!   index are one atomic batch.
 //! - A snapshot is made durable before openraft may purge the log behind it.
+//! - Snapshots never sit in memory whole: they are views of the stored
+//!   state, streamed in chunks, spooled to a file by the receiver, and
+//!   installed in bounded jobs; a crash mid-install is finished from the
+//!   file at the next start, and a group never reports a half-installed
+//!   state as applied (see `snapshot`).
 //! - A read is served only after Raft's ReadIndex check (leadership
 //!   confirmed by a quorum after the read arrived), so a deposed leader
 //!   cannot serve a stale read.
@@ -64,6 +69,7 @@ mod network;
 mod rejoin;
 mod replica;
 pub mod server;
+mod snapshot;
 mod state_machine;
 mod store;
 mod types;

@@ -44,6 +44,10 @@ pub struct ProcessMetrics {
     pub snapshots_installed: IntCounterVec,
     /// Snapshots this node built of its own state, by group.
     pub snapshots_built: IntCounterVec,
+    /// Snapshot data bytes sent to followers (chunk payloads), by group.
+    pub snapshot_bytes_sent: IntCounterVec,
+    /// Snapshot data bytes received from leaders (chunk payloads), by group.
+    pub snapshot_bytes_received: IntCounterVec,
     /// gRPC requests served, by method and status code.
     pub grpc_requests: IntCounterVec,
     /// gRPC request durations (until the response's end), by method.
@@ -117,6 +121,14 @@ impl ProcessMetrics {
             "pact_raft_snapshots_built_total",
             "Snapshots this node built of its own state (log compaction)",
         )?;
+        let snapshot_bytes_sent = counter(
+            "pact_raft_snapshot_bytes_sent_total",
+            "Snapshot data bytes this node streamed to followers, in chunks",
+        )?;
+        let snapshot_bytes_received = counter(
+            "pact_raft_snapshot_bytes_received_total",
+            "Snapshot data bytes this node received from its leader, in chunks",
+        )?;
         let grpc_requests = IntCounterVec::new(
             Opts::new(
                 "pact_grpc_requests_total",
@@ -145,6 +157,8 @@ impl ProcessMetrics {
             snapshots_sent,
             snapshots_installed,
             snapshots_built,
+            snapshot_bytes_sent,
+            snapshot_bytes_received,
             grpc_requests,
             grpc_seconds,
         })
@@ -159,6 +173,8 @@ impl ProcessMetrics {
             &self.snapshots_sent,
             &self.snapshots_installed,
             &self.snapshots_built,
+            &self.snapshot_bytes_sent,
+            &self.snapshot_bytes_received,
         ] {
             c.with_label_values(&[&g]);
         }

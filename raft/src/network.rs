@@ -5,6 +5,9 @@
 //! openraft messages in the storage encoding (`codec`, with its version
 //! byte, so a peer running another format is told which). Outgoing connections are one tonic
 //! channel per peer address, shared by all groups (HTTP/2 multiplexes them).
+//! A snapshot travels as a session of numbered `InstallSnapshot` chunks,
+//! each with its own deadline and retries, then a last message with its
+//! meta; the receiver spools the chunks to a file (see `snapshot`).
 //!
 //! A peer that sends bytes that do not decode gets `INVALID_ARGUMENT` and
 //! the message is dropped; a message for a group this node does not host
@@ -45,7 +48,8 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
-use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::snapshot::{receive_name, SnapshotData, Spool, CHUNK_BYTES};
+use crate::types::{byte_string, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest command one log entry may carry: `Replica::propose` refuses a
 /// larger one before anything is replicated. The applications stay far
@@ -60,9 +64,26 @@ pub const MAX_COMMAND_BYTES: usize = 16 << 20;
 /// full batch, with room for the entries' and message's framing.
 pub const MAX_APPEND_MESSAGE_BYTES: usize = 32 << 20;
 
-/// Largest Raft message accepted or sent at all: bounds a snapshot sent in
-/// one piece (InstallSnapshot) until snapshots are streamed in chunks.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest Raft message accepted or sent at all. Snapshots travel in
+/// chunks of about [`crate::snapshot::CHUNK_BYTES`] (one pair more at most,
+/// and a pair is at most a command's size), so no message needs more than
+/// an append does, whatever the size of the snapshot.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = MAX_APPEND_MESSAGE_BYTES;
+
+/// Base deadline of one snapshot chunk (its bytes add time, see
+/// [`deadline`]); a chunk that misses it is resent, up to
+/// [`CHUNK_ATTEMPTS`] times, before the transfer is given up and
+/// openraft starts a new one.
+const CHUNK_TTL: Duration = Duration::from_secs(10);
+
+/// Attempts at one snapshot chunk before the transfer is abandoned.
+const CHUNK_ATTEMPTS: u32 = 3;
+
+/// Base deadline of a snapshot's last message, which the follower answers
+/// once it installed the snapshot: the install's time grows with the
+/// snapshot's size, so the snapshot's total bytes are added (see
+/// [`deadline`]).
+const INSTALL_TTL: Duration = Duration::from_secs(60);
 
 /// Largest Vote or PreVote accepted: the request is a vote and a log id (a
 /// few dozen bytes), so anything bigger is junk and is refused from its
@@ -330,22 +351,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let msg = SnapshotMessage {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
-        };
-        let r: SnapshotResponse<TypeConfig> = self
-            .call(
-                Kind::Snapshot,
-                &msg,
-                option.hard_ttl().max(Duration::from_secs(30)),
+        let SnapshotData::View(view) = snapshot.snapshot else {
+            return Err(CallError::Network(
+                "only a snapshot of this node's own state can be sent".into(),
             )
-            .await
-            .map_err(CallError::streaming)?;
+            .streaming());
+        };
+        let r = tokio::select! {
+            r = self.stream_snapshot(vote, snapshot.meta, view) => r,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let r = r.map_err(CallError::streaming)?;
         if let Some(m) = crate::metrics::process() {
             m.snapshots_sent
                 .with_label_values(&[&crate::metrics::group_label(self.group)])
@@ -355,11 +374,142 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Send a snapshot as numbered chunks of one session, each with its
+    /// own deadline and retries, then its meta; the reply to the last
+    /// message comes once the follower installed it (or refused it).
+    async fn stream_snapshot(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        view: crate::snapshot::View,
+    ) -> Result<SnapshotResponse<TypeConfig>, CallError> {
+        let session = new_session();
+        let read = |after: Option<Vec<u8>>| {
+            let view = view.clone();
+            crate::store::blocking(move || view.chunk(after.as_deref(), CHUNK_BYTES))
+        };
+        let storage = |e: std::io::Error| CallError::Network(format!("reading the snapshot: {e}"));
+        let mut next = read(None).await.map_err(storage)?;
+        let mut seq = 0u64;
+        let mut total = 0usize;
+        while let Some((frame, last)) = next.take() {
+            let msg = SnapshotChunk {
+                vote,
+                session,
+                seq,
+                body: ChunkBody::Data(frame),
+            };
+            // The next chunk is read while this one travels: two in memory.
+            let (sent, read_next) = tokio::join!(self.send_chunk(&msg), read(Some(last)));
+            match sent? {
+                ChunkReply::Next(n) if n == seq + 1 => {}
+                ChunkReply::Next(n) => {
+                    return Err(CallError::Network(format!(
+                        "node {} expects snapshot chunk {n} after chunk {seq}",
+                        self.target
+                    )))
+                }
+                // Refused outright (a newer leader): nothing more to send.
+                ChunkReply::Done(r) => return Ok(r),
+            }
+            if let ChunkBody::Data(frame) = &msg.body {
+                total += frame.len();
+                if let Some(m) = crate::metrics::process() {
+                    m.snapshot_bytes_sent
+                        .with_label_values(&[&crate::metrics::group_label(self.group)])
+                        .inc_by(frame.len() as u64);
+                }
+            }
+            next = read_next.map_err(storage)?;
+            seq += 1;
+        }
+        let end = SnapshotChunk {
+            vote,
+            session,
+            seq,
+            body: ChunkBody::End(meta),
+        };
+        match self
+            .call(Kind::Snapshot, &end, deadline(INSTALL_TTL, total))
+            .await?
+        {
+            ChunkReply::Done(r) => Ok(r),
+            ChunkReply::Next(n) => Err(CallError::Network(format!(
+                "node {} answered the end of a snapshot with chunk {n}",
+                self.target
+            ))),
+        }
+    }
+
+    /// One data chunk, resent on a failure (the receiver acknowledges a
+    /// chunk it already stored without storing it twice).
+    async fn send_chunk(&self, msg: &SnapshotChunk) -> Result<ChunkReply, CallError> {
+        let mut attempt = 1;
+        loop {
+            match self.call(Kind::Snapshot, msg, CHUNK_TTL).await {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt >= CHUNK_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::debug!(
+                        group = self.group,
+                        target = self.target,
+                        seq = msg.seq,
+                        attempt,
+                        error = ?e,
+                        "snapshot chunk failed; resending"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A snapshot transfer's id: unique enough that a receiver never takes a
+/// chunk of one transfer for another's (it also checks the sender).
+fn new_session() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_right(17)
+}
+
+/// One message of a snapshot transfer (`InstallSnapshot`): chunk `seq` of
+/// session `session`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotMessage {
+struct SnapshotChunk {
     vote: Vote,
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+    session: u64,
+    seq: u64,
+    body: ChunkBody,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ChunkBody {
+    /// A frame of pairs (see `snapshot`).
+    Data(#[serde(with = "byte_string")] Vec<u8>),
+    /// The end: install what was sent as the snapshot with this meta.
+    End(SnapshotMeta),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ChunkReply {
+    /// Stored; the chunk expected next.
+    Next(u64),
+    /// Installed, or refused by Raft (the reply carries the vote).
+    Done(SnapshotResponse<TypeConfig>),
+}
+
+/// A transfer being received.
+struct Incoming {
+    session: u64,
+    from: u64,
+    next: u64,
+    spool: Spool,
 }
 
 /// Ask peer `target` for its vote and last log id in `group`, with a
@@ -401,6 +551,11 @@ struct Hosted {
     /// group before the replica has learned its membership (it started
     /// empty), in addition to that membership once known.
     configured: Arc<BTreeSet<u64>>,
+    /// Where received snapshots are written.
+    snap_dir: Arc<std::path::PathBuf>,
+    /// The snapshot transfer under way, if any (one per group: a new one
+    /// replaces it). A tokio lock: it is held while a chunk is written.
+    incoming: Arc<tokio::sync::Mutex<Option<Incoming>>>,
 }
 
 /// Routes incoming Raft messages to the groups this node hosts, through
@@ -418,6 +573,7 @@ impl Router {
         gate: Arc<Gate>,
         log: LogStore,
         configured: BTreeSet<u64>,
+        snap_dir: std::path::PathBuf,
     ) {
         if let Ok(mut g) = self.groups.write() {
             g.insert(
@@ -427,6 +583,8 @@ impl Router {
                     gate,
                     log,
                     configured: Arc::new(configured),
+                    snap_dir: Arc::new(snap_dir),
+                    incoming: Arc::default(),
                 },
             );
         }
@@ -728,21 +886,176 @@ impl RaftTransport for Router {
     ) -> Result<Response<RaftMessage>, Status> {
         let m = authenticated(request)?;
         let h = self.get(m.group)?;
-        let msg: SnapshotMessage = parse(&m)?;
+        let msg: SnapshotChunk = parse(&m)?;
         check_sender(&h, &m, &msg.vote.leader_id)?;
-        let Hosted { raft, gate, .. } = h;
-        let last = msg.meta.last_log_id.as_ref().map_or(0, |l| l.index);
-        gate.admit_leader(&msg.vote, last).map_err(refused)?;
-        let snapshot = Snapshot {
-            meta: msg.meta,
-            snapshot: std::io::Cursor::new(msg.data),
-        };
-        let resp = raft
-            .install_full_snapshot(msg.vote, snapshot)
-            .await
-            .map_err(raft_status)?;
-        reply(m.group, *raft.node_id(), &resp)
+        let me = *h.raft.node_id();
+        match msg.body {
+            ChunkBody::Data(frame) => {
+                h.gate.check_leader(&msg.vote).map_err(refused)?;
+                let next = receive_chunk(&h, m.group, m.from, msg.session, msg.seq, frame).await?;
+                reply(m.group, me, &ChunkReply::Next(next))
+            }
+            ChunkBody::End(meta) => {
+                let last = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+                h.gate.admit_leader(&msg.vote, last).map_err(refused)?;
+                let spooled = {
+                    let mut incoming = h.incoming.lock().await;
+                    match incoming.take() {
+                        Some(i) if i.session == msg.session && i.from == m.from => {
+                            if i.next != msg.seq {
+                                return Err(Status::failed_precondition(format!(
+                                    "snapshot session {:x} ends at chunk {} but chunk {} \
+                                     is next",
+                                    msg.session, msg.seq, i.next
+                                )));
+                            }
+                            let spool = i.spool;
+                            crate::store::blocking(move || spool.finish())
+                                .await
+                                .map_err(|e| Status::internal(format!("snapshot file: {e}")))?
+                        }
+                        other => {
+                            *incoming = other;
+                            // An empty state machine sends no data chunk.
+                            if msg.seq != 0 {
+                                return Err(unknown_session(msg.session));
+                            }
+                            let dir = h.snap_dir.as_ref().clone();
+                            let name = receive_name(m.group, msg.session);
+                            crate::store::blocking(move || Spool::create(&dir, &name)?.finish())
+                                .await
+                                .map_err(|e| Status::internal(format!("snapshot file: {e}")))?
+                        }
+                    }
+                };
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: SnapshotData::Spooled(spooled),
+                };
+                let resp = h
+                    .raft
+                    .install_full_snapshot(msg.vote, snapshot)
+                    .await
+                    .map_err(raft_status)?;
+                reply(m.group, me, &ChunkReply::Done(resp))
+            }
+        }
     }
+}
+
+fn unknown_session(session: u64) -> Status {
+    Status::failed_precondition(format!(
+        "snapshot session {session:x} is not under way here (restarted or replaced); \
+         start the transfer again"
+    ))
+}
+
+/// What to do with chunk `seq` of `session` from `from`, given the
+/// transfer under way (`here`: its session, sender and next chunk).
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkAction {
+    /// The chunk expected next: store it.
+    Store,
+    /// The chunk before the expected one, resent because its answer was
+    /// lost: acknowledge it again (the next chunk expected) without storing.
+    AckAgain(u64),
+    /// Any other chunk of this transfer (the next one expected).
+    OutOfOrder(u64),
+    /// Chunk 0 of another transfer: it replaces the one under way.
+    Start,
+    /// A later chunk of a transfer that is not (or no longer) under way:
+    /// refused, leaving the current one alone.
+    Unknown,
+}
+
+fn chunk_action(here: Option<(u64, u64, u64)>, session: u64, from: u64, seq: u64) -> ChunkAction {
+    match here {
+        Some((s, f, next)) if s == session && f == from => {
+            if next == seq {
+                ChunkAction::Store
+            } else if next == seq.saturating_add(1) {
+                ChunkAction::AckAgain(next)
+            } else {
+                ChunkAction::OutOfOrder(next)
+            }
+        }
+        _ if seq == 0 => ChunkAction::Start,
+        _ => ChunkAction::Unknown,
+    }
+}
+
+/// Store chunk `seq` of `session` from `from`; the chunk expected next.
+/// Chunk 0 starts a new transfer (dropping any other); the chunk before
+/// the expected one is a resend whose answer was lost, acknowledged again
+/// without being stored twice; anything else is out of order.
+async fn receive_chunk(
+    h: &Hosted,
+    group: u64,
+    from: u64,
+    session: u64,
+    seq: u64,
+    frame: Vec<u8>,
+) -> Result<u64, Status> {
+    let mut incoming = h.incoming.lock().await;
+    let here = incoming.as_ref().map(|i| (i.session, i.from, i.next));
+    let mut current = match chunk_action(here, session, from, seq) {
+        ChunkAction::Store => incoming.take().ok_or_else(|| unknown_session(session))?,
+        ChunkAction::AckAgain(next) => return Ok(next),
+        ChunkAction::OutOfOrder(next) => {
+            return Err(Status::failed_precondition(format!(
+                "snapshot session {session:x}: chunk {seq} is out of order, chunk {next} is next"
+            )))
+        }
+        ChunkAction::Start => {
+            // Dropping the other transfer's spool removes its file.
+            drop(incoming.take());
+            let dir = h.snap_dir.as_ref().clone();
+            let name = receive_name(group, session);
+            let spool = crate::store::blocking(move || Spool::create(&dir, &name))
+                .await
+                .map_err(|e| Status::internal(format!("snapshot file: {e}")))?;
+            Incoming {
+                session,
+                from,
+                next: 0,
+                spool,
+            }
+        }
+        ChunkAction::Unknown => return Err(unknown_session(session)),
+    };
+    let len = frame.len() as u64;
+    let (current, stored) = tokio::task::spawn_blocking(move || {
+        let r = current.spool.append(&frame);
+        (current, r)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("snapshot chunk task: {e}")))?;
+    match stored {
+        Ok(()) => {}
+        // The transfer is dropped (and its file with it): a bad chunk is
+        // the sender's, a full disk is ours; either way it starts over.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Status::invalid_argument(e.to_string()))
+        }
+        Err(e) => return Err(Status::internal(format!("snapshot file: {e}"))),
+    }
+    let mut current = current;
+    current.next += 1;
+    let next = current.next;
+    tracing::trace!(
+        group,
+        session,
+        seq,
+        bytes = current.spool.bytes(),
+        "snapshot chunk stored"
+    );
+    *incoming = Some(current);
+    if let Some(m) = crate::metrics::process() {
+        m.snapshot_bytes_received
+            .with_label_values(&[&crate::metrics::group_label(group)])
+            .inc_by(len);
+    }
+    Ok(next)
 }
 
 #[cfg(test)]
@@ -760,6 +1073,27 @@ mod auth_tests {
             r.extensions_mut().insert(PeerNode(NodeId(p)));
         }
         r
+    }
+
+    #[test]
+    fn snapshot_chunks_are_stored_once_in_order_and_a_new_transfer_replaces_the_old() {
+        use ChunkAction::*;
+        // Nothing under way: chunk 0 starts a transfer, later ones are refused.
+        assert_eq!(chunk_action(None, 9, 2, 0), Start);
+        assert_eq!(chunk_action(None, 9, 2, 3), Unknown);
+        // Session 9 from node 2 expects chunk 4.
+        let here = Some((9, 2, 4));
+        assert_eq!(chunk_action(here, 9, 2, 4), Store);
+        assert_eq!(chunk_action(here, 9, 2, 3), AckAgain(4));
+        assert_eq!(chunk_action(here, 9, 2, 5), OutOfOrder(4));
+        assert_eq!(chunk_action(here, 9, 2, 0), OutOfOrder(4));
+        // Another transfer (or the same id from another node) replaces it
+        // only from its chunk 0; its stray later chunks leave it alone.
+        assert_eq!(chunk_action(here, 10, 2, 0), Start);
+        assert_eq!(chunk_action(here, 9, 3, 0), Start);
+        assert_eq!(chunk_action(here, 10, 2, 1), Unknown);
+        // Chunk 0 acknowledged, its answer lost, sent again: not restarted.
+        assert_eq!(chunk_action(Some((9, 2, 1)), 9, 2, 0), AckAgain(1));
     }
 
     #[test]

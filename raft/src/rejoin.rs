@@ -223,6 +223,23 @@ impl Gate {
         })
     }
 
+    /// A snapshot chunk from the leader of `vote`: refused where
+    /// [`Gate::admit_leader`] would refuse it, but it records no contact
+    /// (a chunk carries no commit index; the snapshot's last one comes
+    /// with its final message, which goes through `admit_leader`).
+    pub(crate) fn check_leader(&self, vote: &Vote) -> Result<(), Refused> {
+        let leader = vote.leader_id;
+        self.with(|s| match s {
+            State::Open => Ok(()),
+            State::Probing => Err(Refused::Probing),
+            State::Rejoining { floor, .. } if leader < *floor => Err(Refused::BelowFloor {
+                leader,
+                floor: *floor,
+            }),
+            State::Rejoining { .. } => Ok(()),
+        })
+    }
+
     /// While rejoining: whether `applied` proves the log holds everything
     /// committed before this replica lost its disk (see the module doc).
     pub(crate) fn caught_up(&self, applied: Option<&LogId>) -> bool {

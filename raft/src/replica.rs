@@ -196,6 +196,11 @@ impl Replica {
         if group > crate::store::MAX_GROUP_ID {
             return Err(ReplicaError::Fatal(format!("group id {group} is reserved")));
         }
+        // An install a crash interrupted is finished (or, if its file is
+        // unreadable, the group wiped) before anything reads the group.
+        crate::snapshot::recover(&store, group)
+            .await
+            .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
         let gate = {
             let s = store.clone();
             blocking(move || gate_at_start(&s, group))
@@ -251,6 +256,7 @@ impl Replica {
             gate.clone(),
             log_reader,
             members.iter().map(|(id, _)| *id).collect(),
+            store.snap_dir().to_path_buf(),
         );
         if quiet {
             // openraft's lease is `election_timeout_max` from the send time

@@ -5,9 +5,11 @@
 //! batch, so the stored state is always exactly "entries 1..=applied". The
 //! state machine is not fsynced per entry (the log is); a snapshot fsyncs
 //! before openraft may purge the log behind it, so nothing committed is ever
-//! only in volatile memory and missing from the log.
+//! only in volatile memory and missing from the log. Snapshots are views of
+//! that stored state, read lazily, and are installed in bounded jobs (see
+//! `snapshot`).
 
-use std::io::{self, Cursor};
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +19,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::codec::{decode, encode};
 use crate::store::{
-    blocking, group_end, group_key, group_prefix, Compute, NodeStore, Op, SmImage, Space,
-    SM_APPLIED, SM_MEMBERSHIP,
+    blocking, group_end, group_key, Compute, NodeStore, Op, SmImage, Space, SM_APPLIED,
+    SM_MEMBERSHIP,
 };
 use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
@@ -179,13 +181,12 @@ impl StateMachine {
             Some(b) => decode(b, format_args!("membership of group {}", self.group))?,
             None => StoredMembership::default(),
         };
-        let data = encode(&image.pairs)?;
         Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id,
                 last_membership,
             },
-            snapshot: Cursor::new(data),
+            snapshot: SnapshotData::View(image.view),
         })
     }
 }
@@ -321,30 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(
-            snapshot.get_ref(),
-            format_args!("snapshot data of group {}", self.group),
-        )?;
-        let mut ops = Vec::with_capacity(pairs.len() + 3);
-        ops.push(Op::DeleteRange(
-            Space::Sm,
-            group_prefix(self.group).to_vec(),
-            group_end(self.group),
-        ));
-        for (k, v) in pairs {
-            ops.push(Op::Put(Space::Sm, group_key(self.group, &k), v));
-        }
-        ops.push(Op::Put(
-            Space::SmMeta,
-            group_key(self.group, SM_APPLIED),
-            encode(&meta.last_log_id)?,
-        ));
-        ops.push(Op::Put(
-            Space::SmMeta,
-            group_key(self.group, SM_MEMBERSHIP),
-            encode(&meta.last_membership)?,
-        ));
-        self.store.write_durable(ops).await?;
+        crate::snapshot::install(&self.store, self.group, meta, snapshot).await?;
         self.app.state_replaced();
         self.count(|m| &m.snapshots_installed);
         Ok(())

@@ -10,7 +10,10 @@
 //! | `meta`   | [`FORMAT_KEY`]            | format version, ASCII decimal      |
 //! | `meta`   | `journal_mark::ROUND_KEY` | last fsync round, BE u64           |
 //! | `sm`     | group ++ application key  | application value                  |
-//! | `smmeta` | group ++ tag              | codec(applied log id / membership) |
+//! | `smmeta` | group ++ tag              | codec(applied log id / membership / install marker) |
+//!
+//! Besides the database, `snapshots/` under the data directory holds
+//! snapshot files while they are received or installed (see `snapshot`).
 //!
 //! `codec(x)` is [`crate::codec`]'s encoding: a version byte, then postcard.
 //! The format record says which format the whole database is in; it is
@@ -59,6 +62,10 @@ pub(crate) const META_PURGED: &[u8] = b"purged";
 pub(crate) const META_REJOIN: &[u8] = b"rejoin";
 pub(crate) const SM_APPLIED: &[u8] = b"applied";
 pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
+/// Present while a received snapshot is being installed (see `snapshot`):
+/// the group's state machine is then neither the old state nor the new
+/// one, and is rolled forward from the snapshot file before use.
+pub(crate) const SM_INSTALLING: &[u8] = b"installing";
 /// The database's format record, in `meta`. It starts with eight 0xff
 /// bytes, the prefix of no group (ids stop at [`MAX_GROUP_ID`]), so it lies
 /// past every group's range and no group's range delete can reach it.
@@ -116,6 +123,8 @@ pub struct NodeStore {
     pub(crate) meta: Keyspace,
     pub(crate) sm: Keyspace,
     pub(crate) smmeta: Keyspace,
+    /// Where snapshot files live while received or installed.
+    snap_dir: std::path::PathBuf,
     jobs: crossbeam_channel::Sender<Job>,
     poison: Arc<Poison>,
 }
@@ -223,7 +232,7 @@ fn probe(dir: &Path) -> io::Result<()> {
 /// An fjall error as an `io::Error`, keeping the operating system's error
 /// (so "No space left on device (os error 28)" reaches the operator, not
 /// fjall's debug form).
-fn to_io(e: fjall::Error) -> io::Error {
+pub(crate) fn to_io(e: fjall::Error) -> io::Error {
     match e {
         fjall::Error::Io(e) => e,
         fjall::Error::Storage(fjall::LsmError::Io(e)) => e,
@@ -374,6 +383,8 @@ impl NodeStore {
         }
         let mut mark = journal_mark::MarkWriter::open(dir)?;
         mark.record(round)?;
+        let snap_dir = dir.join(crate::snapshot::DIR);
+        crate::snapshot::clean_dir(&snap_dir, &smmeta)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let poison = Arc::new(Poison::new(dir));
         let store = Arc::new(NodeStore {
@@ -382,6 +393,7 @@ impl NodeStore {
             meta: meta.clone(),
             sm: sm.clone(),
             smmeta: smmeta.clone(),
+            snap_dir,
             jobs: tx,
             poison: poison.clone(),
         });
@@ -405,6 +417,10 @@ impl NodeStore {
             Space::Sm => &self.sm,
             Space::SmMeta => &self.smmeta,
         }
+    }
+
+    pub(crate) fn snap_dir(&self) -> &Path {
+        &self.snap_dir
     }
 
     /// True once a write, fsync or read failed; the node must be restarted.
@@ -465,6 +481,17 @@ impl NodeStore {
         self.submit(ops, Notify::Durable(tx));
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
+    }
+
+    /// Queue `ops` as one atomic batch; the receiver fires once readers
+    /// can see them (durable with a later fsync).
+    pub(crate) fn submit_lazy(
+        &self,
+        ops: Vec<Op>,
+    ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(ops, Notify::Lazy(tx));
+        rx
     }
 
     /// Apply `ops` atomically; return once readers can see them.
@@ -560,20 +587,46 @@ impl NodeStore {
         Ok(out)
     }
 
-    /// A consistent point-in-time copy of one group's state machine:
-    /// its application pairs (group prefix stripped) and its metadata.
+    /// The keys of `[from, to)` after `after` (exclusive; from `from` if
+    /// None), at most `max_keys`, stopping once the pairs read reach
+    /// `max_bytes`: a bounded slice of a range to delete.
+    pub(crate) fn keys_sync(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        from: &[u8],
+        to: &[u8],
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(from.to_vec()),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for g in self
+            .space(space)
+            .range::<Vec<u8>, _>((start, Bound::Excluded(to.to_vec())))
+        {
+            let (k, v) = g.into_inner().map_err(to_io)?;
+            bytes = bytes.saturating_add(k.len() + v.len());
+            out.push(k.to_vec());
+            if out.len() >= max_keys || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A consistent point-in-time view of one group's state machine: its
+    /// metadata, read now, and a fjall snapshot from which its pairs are
+    /// read later, chunk by chunk (nothing of the data is copied here).
     pub(crate) fn sm_snapshot_sync(&self, group: u64) -> io::Result<SmImage> {
         if self.poison.is_set() {
             return Err(self.poison.refusal());
         }
         let snap = self.db.snapshot();
-        let from = group_prefix(group).to_vec();
-        let to = group_end(group);
-        let mut pairs = Vec::new();
-        for g in snap.range::<Vec<u8>, _>(&self.sm, from.clone()..to.clone()) {
-            let (k, v) = g.into_inner().map_err(|e| self.read_failed(e))?;
-            pairs.push((k[8..].to_vec(), v.to_vec()));
-        }
         let applied = snap
             .get(&self.smmeta, group_key(group, SM_APPLIED))
             .map_err(|e| self.read_failed(e))?
@@ -583,7 +636,7 @@ impl NodeStore {
             .map_err(|e| self.read_failed(e))?
             .map(|v| v.to_vec());
         Ok(SmImage {
-            pairs,
+            view: crate::snapshot::View::new(snap, self.sm.clone(), group),
             applied,
             membership,
         })
@@ -644,10 +697,10 @@ fn check_format(dir: &Path, db: &Database, meta: &Keyspace, all: &[&Keyspace]) -
     }
 }
 
-/// A raw image of a group's state machine, as stored.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+/// A group's state machine at one instant: its data (to be read lazily)
+/// and its metadata, as stored.
 pub(crate) struct SmImage {
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub view: crate::snapshot::View,
     pub applied: Option<Vec<u8>>,
     pub membership: Option<Vec<u8>>,
 }

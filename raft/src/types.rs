@@ -2,8 +2,6 @@
 //! never openraft's generic types directly, so a change in openraft's type
 //! parameters is absorbed here.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 /// An application command, already encoded by the application. The
@@ -19,12 +17,25 @@ pub struct Command(pub Vec<u8>);
 
 impl Serialize for Command {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        byte_string::serialize(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        byte_string::deserialize(d).map(Command)
+    }
+}
+
+/// A `Vec<u8>` (de)serialized as one byte string (`#[serde(with = ...)]`):
+/// the same bytes on the wire as a sequence of `u8`s in postcard, but
+/// copied in one piece (see [`Command`]).
+pub(crate) mod byte_string {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         struct Bytes;
         impl<'de> serde::de::Visitor<'de> for Bytes {
             type Value = Vec<u8>;
@@ -48,7 +59,7 @@ impl<'de> Deserialize<'de> for Command {
                 Ok(out)
             }
         }
-        d.deserialize_byte_buf(Bytes).map(Command)
+        d.deserialize_byte_buf(Bytes)
     }
 }
 
@@ -78,4 +89,6 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
-pub type SnapshotData = Cursor<Vec<u8>>;
+/// A snapshot's data: a view of the sender's store, or a file received
+/// from the leader (see `snapshot`); never the data itself in memory.
+pub type SnapshotData = crate::snapshot::SnapshotData;

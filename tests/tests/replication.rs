@@ -242,6 +242,89 @@ async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
     assert_all_readable(&c, &acked).await;
 }
 
+/// A follower that crashes in the middle of installing a snapshot (its old
+/// state partly deleted, part of the new one written) finishes the install
+/// when it starts again, and then holds all the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
+    let tuning = RaftTuning {
+        snapshot_logs: 30,
+        keep_logs: 5,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::start(3, 1, 3, tuning);
+    let nodes = all_nodes(&c);
+    let leader = c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
+    let follower = *nodes.iter().find(|n| **n != leader).unwrap();
+    // State the follower has, then entries it misses, purged on the leader.
+    let mut acked = write_keys(&c, "before", 40).await;
+    let target = c.status(SHARD, leader).await.unwrap().applied_index;
+    wait_applied(&c, follower, target, Duration::from_secs(20)).await;
+    c.kill(follower);
+    acked.extend(write_keys(&c, "missed", 150).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .status(SHARD, leader)
+        .await
+        .map_or(0, |s| s.snapshot_index)
+        < target + 100
+    {
+        assert!(Instant::now() < deadline, "leader did not snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.set_env(follower, "PACT_FAULTS", "crash-mid-snapshot-install");
+    c.start_node(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.is_running(follower) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never crashed installing the snapshot\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path(follower)).unwrap_or_default();
+    assert!(
+        log.contains("crash-mid-snapshot-install: aborting"),
+        "the follower died of something else:\n{}",
+        log.lines()
+            .filter(|l| !l.starts_with(' ') && !l.contains(" WARN ") && !l.contains(" INFO "))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Restarted without the crash, and answering plain reads from its own
+    // state (a deliberate fault), so its data can be read directly.
+    c.set_env(follower, "PACT_FAULTS", "stale-reads");
+    c.start_node(follower);
+    let target = c.status(SHARD, leader).await.unwrap().applied_index;
+    wait_applied(&c, follower, target, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(c.log_path(follower)).unwrap_or_default();
+    assert!(
+        log.contains("finished a snapshot install interrupted by a restart"),
+        "the restart did not finish the install\n{}",
+        c.logs_tail()
+    );
+    // No snapshot file is left behind.
+    let left: Vec<_> = std::fs::read_dir(c.data_dir(follower).join("snapshots"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "snapshot files left: {left:?}");
+    // Its own state holds every acknowledged write, old and new.
+    let local = c.client_for_node(follower, ClientOptions::default());
+    for (k, v) in &acked {
+        let got = local
+            .get(k.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("local get {k}: {e}\n{}", c.logs_tail()));
+        assert_eq!(
+            got.as_deref(),
+            Some(v.as_bytes()),
+            "key {k} on the restarted follower"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_leader_serves_no_stale_read() {
     let c = Cluster::start(3, 1, 3, fast_tuning());
