@@ -228,7 +228,8 @@ fn parse_ops(words: &[String], codec: Codec) -> Result<(Vec<Op>, Vec<Op>), Clien
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable (or
 /// unreachable), 4 outcome unknown, 5 invalid input, 6 server error,
-/// 7 aborted; `health` adds 8, degraded (see `status`).
+/// 7 aborted, 9 overloaded (refused at a server's admission limit,
+/// nothing done); `health` adds 8, degraded (see `status`).
 pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
         ClientError::Unavailable(_) | ClientError::Unreachable(_) => 3,
@@ -237,6 +238,7 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
         ClientError::Internal(_) => 6,
         ClientError::Aborted(_) => 7,
         ClientError::Conflict(_) => 6,
+        ClientError::Overloaded(_) => 9,
     }
 }
 

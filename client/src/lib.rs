@@ -15,7 +15,9 @@
 //!
 //! # Errors
 //! One enum, [`ClientError`], phrased as what to do: retry later
-//! (`Unavailable`), find out first (`Unknown`), fix the request
+//! (`Unavailable`; `Overloaded` when a server's admission limit refused the
+//! request, after this client's own retries with backoff ran out), find
+//! out first (`Unknown`), fix the request
 //! (`InvalidInput`, `UnknownShard`), restart a server (`Internal`), or
 //! check that the cluster runs where the config says (`Unreachable`: only
 //! with [`ClientOptions::give_up_unreachable`], when no replica of a group
@@ -72,6 +74,12 @@ pub enum ClientError {
     /// A server reported an internal failure (a stopped replica).
     #[error("server error: {0}")]
     Internal(String),
+    /// The server refused the request at its admission limit (a full
+    /// queue, too many open transactions or requests in flight); nothing
+    /// was done. Retry later, with backoff: the client already did, for
+    /// [`ClientOptions::retry_for`], before returning this.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Nothing listens at any replica's address (every connection refused):
     /// the cluster is not running there, or the config names the wrong
     /// addresses. Nothing was sent. Only with
@@ -94,6 +102,7 @@ impl ClientError {
             ClientError::InvalidInput(_) => ErrorCode::InvalidInput,
             ClientError::UnknownShard(_) => ErrorCode::UnknownShard,
             ClientError::Internal(_) => ErrorCode::Stopped,
+            ClientError::Overloaded(_) => ErrorCode::Overloaded,
         }
     }
 
@@ -412,6 +421,9 @@ impl Client {
         let deadline = Instant::now() + self.inner.opts.retry_for;
         let mut target = self.cached_leader(route).unwrap_or(replicas[0]);
         let mut backoff = backoff(Duration::from_millis(20), Duration::from_millis(500));
+        // Refusals by admission control back off further: the server is
+        // busy, not gone, and a quick retry only adds to its load.
+        let mut shed = crate::backoff(Duration::from_millis(100), Duration::from_secs(2));
         let mut last_err;
         // Replicas that refused the connection since the last other answer,
         // and since when: all of them for long enough means nothing listens.
@@ -426,6 +438,8 @@ impl Client {
                 tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(target)?))
                     .await;
             let mut sleep = true;
+            let mut pause_at_least = None;
+            let mut overloaded = false;
             match &res {
                 Ok(Err(status)) if convert::connection_refused(status) => {
                     refused.insert(target);
@@ -475,6 +489,15 @@ impl Client {
                         last_err = format!("{}: {m}", self.who(target));
                         target = next(target);
                     }
+                    // Nothing was done, whatever the operation: retry the
+                    // same replica (it leads; the others would send us
+                    // back), after a longer pause.
+                    Class::Overloaded(m, after) => {
+                        last_err = format!("{}: {m}", self.who(target));
+                        overloaded = true;
+                        let pause = shed.next().unwrap_or(Duration::from_secs(2));
+                        pause_at_least = Some(pause.max(after.unwrap_or_default()));
+                    }
                     Class::Unknown(m) => {
                         last_err = format!("{}: {m}", self.who(target));
                         if !idempotent {
@@ -485,6 +508,12 @@ impl Client {
                     Class::Fail(e) => return Err(e),
                 },
             }
+            if Instant::now() >= deadline && overloaded {
+                return Err(ClientError::Overloaded(format!(
+                    "{route}: still refused after {:?}; last: {last_err}",
+                    self.inner.opts.retry_for
+                )));
+            }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
                     "{route}: gave up after {:?} (replicas: {}); last: {last_err}",
@@ -492,7 +521,12 @@ impl Client {
                     self.who_all(replicas)
                 )));
             }
-            if sleep {
+            if let Some(pause) = pause_at_least {
+                // Never past the deadline: the caller gets its answer when
+                // it asked for it.
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(pause.min(left)).await;
+            } else if sleep {
                 let pause = backoff.next().unwrap_or(Duration::from_millis(500));
                 tokio::time::sleep(pause).await;
             }
@@ -626,6 +660,7 @@ impl Client {
             )),
             Ok(Err(s)) => Err(match classify(&s) {
                 Class::Fail(e) => e,
+                Class::Overloaded(m, _) => ClientError::Overloaded(format!("{}: {m}", self.who(node))),
                 _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
             }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
@@ -686,6 +721,7 @@ mod tests {
             ClientError::InvalidInput(String::new()),
             ClientError::UnknownShard(1),
             ClientError::Internal(String::new()),
+            ClientError::Overloaded(String::new()),
         ];
         let codes: std::collections::BTreeSet<&str> =
             all.iter().map(|e| e.code().as_str()).collect();

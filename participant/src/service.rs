@@ -5,6 +5,13 @@
 //! nothing that holds locks across a proposal may be dropped half way:
 //! every proposal runs in a task of its own ([`owned`] here, or inside
 //! [`Node`] once a commit's lock waits are over).
+//!
+//! Admission: reads, writes and the transactional calls that take locks
+//! first take a place under the node's in-flight limit ([`Node::admit`])
+//! and are refused with OVERLOADED, having done nothing, when there is
+//! none. Prepare, Decide and Inquire are exempt: they finish transactions
+//! already admitted (and release their locks), so refusing them under
+//! load would only hold locks longer; Status is cheap and for operators.
 
 use std::sync::Arc;
 
@@ -57,6 +64,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let v = self.node.get(ShardId(r.shard_id), &r.key).await?;
         Ok(Response::new(convert::value(v)))
@@ -66,6 +74,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let (pairs, more) = self
             .node
@@ -83,6 +92,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let ops = convert::write_ops(r.ops)?;
         let index = self.node.write(ShardId(r.shard_id), ops).await?;
@@ -118,6 +128,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnGetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -137,6 +148,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -157,6 +169,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnWriteRequest>,
     ) -> Result<Response<pb::TxnWriteResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -185,6 +198,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnDone>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
