@@ -94,6 +94,16 @@ struct Opts {
     /// thread starts its next operation when the last one ends.
     #[arg(long, value_name = "OPS", value_parser = parse_target)]
     target: Option<f64>,
+    /// With --target: start every operation at its scheduled time, in a
+    /// task of its own, whether or not earlier ones have finished, with at
+    /// most N in flight (operations due beyond that are counted as not
+    /// started); --threads is then ignored. This offers the target load
+    /// however slow the servers get: the overload test. Operations a
+    /// server refuses with OVERLOADED (after the client's retries, see
+    /// --retry-for) are counted apart from failures.
+    #[arg(long, value_name = "N", requires = "target",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_in_flight: Option<u64>,
     /// Concurrent client tasks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
@@ -274,6 +284,7 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
         placement: None,
         workload,
         target: o.target,
+        max_in_flight: o.max_in_flight.map(|n| n as usize),
         watch_rss: o
             .watch_rss
             .iter()
