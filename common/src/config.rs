@@ -298,7 +298,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_open_txns: 4096,
-            max_in_flight_requests: 2048,
+            max_in_flight_requests: 1024,
             coordinator_queue: 8192,
         }
     }

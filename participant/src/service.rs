@@ -230,3 +230,103 @@ impl Participant for ParticipantService {
         Ok(Response::new(convert::inquire_response(state)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use pact_common::{ClusterConfig, NodeId, Timestamp};
+    use tonic::Code;
+
+    use super::*;
+
+    /// A one-node cluster whose node serves at most two requests at once,
+    /// with its shard's leader elected.
+    async fn small_node(dir: &std::path::Path) -> Arc<Node> {
+        let mut config = ClusterConfig::local_with_coordinators(1, 1, 1, 1, 47_101).unwrap();
+        config.limits.max_in_flight_requests = 2;
+        let node = Arc::new(Node::start(config, NodeId(1), dir, None).await.unwrap());
+        for _ in 0..200 {
+            if node.status(ShardId(1)).is_ok_and(|s| s.role == "leader") {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the shard elected no leader");
+    }
+
+    fn gauge(node: &Node, which: &str) -> i64 {
+        node.refresh_metrics();
+        match which {
+            "locks" => node.metrics.lock_table.with_label_values(&["1", "key"]).get(),
+            _ => node.metrics.open_txns.with_label_values(&["1"]).get(),
+        }
+    }
+
+    fn assert_overloaded(s: &Status) {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        let (code, _) = pb::status::info(s).expect("a Pact error code");
+        assert_eq!(code, "OVERLOADED");
+        assert!(pb::status::retry_after(s).is_some(), "a RetryInfo");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_past_the_in_flight_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = small_node(dir.path()).await;
+        let txns = ParticipantService { node: node.clone() };
+        let kv = KvService { node: node.clone() };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let write = pb::TxnWriteRequest {
+            shard_id: 1,
+            txn: Some(pb::TxnId {
+                ts: Timestamp::from_parts(now, 0).0,
+                node: 2,
+                group: 1,
+            }),
+            ops: vec![pb::WriteOp {
+                key: b"k".to_vec().into(),
+                op: Some(pb::write_op::Op::Put(b"v".to_vec().into())),
+            }],
+            first: true,
+            priority: 0,
+        };
+        // Two requests in flight: every place is taken.
+        let held = [node.admit().unwrap(), node.admit().unwrap()];
+        let e = txns
+            .txn_write(Request::new(write.clone()))
+            .await
+            .unwrap_err();
+        assert_overloaded(&e);
+        let e = kv
+            .get(Request::new(pb::GetRequest {
+                shard_id: 1,
+                key: b"k".to_vec().into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_overloaded(&e);
+        // The refused write registered no transaction and took no lock.
+        assert_eq!(gauge(&node, "txns"), 0);
+        assert_eq!(gauge(&node, "locks"), 0);
+        // Decisions are exempt: they finish admitted work.
+        txns.decide(Request::new(pb::DecideRequest {
+            shard_id: 1,
+            txn: write.txn,
+            commit: false,
+        }))
+        .await
+        .unwrap();
+        drop(held);
+        assert_eq!(node.in_flight(), 0);
+        // With a place free the same write goes through and takes its lock,
+        // and its place comes back when it is done.
+        txns.txn_write(Request::new(write)).await.unwrap();
+        assert_eq!(gauge(&node, "locks"), 1);
+        assert_eq!(node.in_flight(), 0);
+        node.shutdown().await;
+    }
+}
