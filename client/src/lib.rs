@@ -193,6 +193,12 @@ pub struct ClientOptions {
     /// retrying until `retry_for`, as a node must while its peers restart.
     /// A leader change never looks like this (the other replicas answer).
     pub give_up_unreachable: Option<Duration>,
+    /// Give up with [`ClientError::Overloaded`] once a server has refused
+    /// an operation at its admission limit, with nothing else in between,
+    /// for this long. None, the default: keep retrying (with backoff)
+    /// until `retry_for`. A coordinator sets it short: it holds its
+    /// transaction's locks while it waits, so aborting early frees them.
+    pub overload_retry_for: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -204,6 +210,7 @@ impl Default for ClientOptions {
             tls: None,
             peer_ports: false,
             give_up_unreachable: None,
+            overload_retry_for: None,
         }
     }
 }
@@ -424,6 +431,8 @@ impl Client {
         // Refusals by admission control back off further: the server is
         // busy, not gone, and a quick retry only adds to its load.
         let mut shed = crate::backoff(Duration::from_millis(100), Duration::from_secs(2));
+        // Since when every answer has been a refusal at admission.
+        let mut overloaded_since: Option<Instant> = None;
         let mut last_err;
         // Replicas that refused the connection since the last other answer,
         // and since when: all of them for long enough means nothing listens.
@@ -495,6 +504,14 @@ impl Client {
                     Class::Overloaded(m, after) => {
                         last_err = format!("{}: {m}", self.who(target));
                         overloaded = true;
+                        let since = *overloaded_since.get_or_insert_with(Instant::now);
+                        if let Some(budget) = self.inner.opts.overload_retry_for {
+                            if since.elapsed() >= budget {
+                                return Err(ClientError::Overloaded(format!(
+                                    "{route}: still refused after {budget:?}; last: {last_err}"
+                                )));
+                            }
+                        }
                         let pause = shed.next().unwrap_or(Duration::from_secs(2));
                         pause_at_least = Some(pause.max(after.unwrap_or_default()));
                     }
@@ -507,6 +524,9 @@ impl Client {
                     }
                     Class::Fail(e) => return Err(e),
                 },
+            }
+            if !overloaded {
+                overloaded_since = None;
             }
             if Instant::now() >= deadline && overloaded {
                 return Err(ClientError::Overloaded(format!(

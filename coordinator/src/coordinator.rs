@@ -40,6 +40,10 @@ const STAMP_WAIT: Duration = Duration::from_secs(3);
 /// admitted already, but not the client's whole deadline.
 const COMMIT_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long the coordinator retries a participant that refuses with
+/// OVERLOADED before the transaction aborts.
+const PARTICIPANT_OVERLOAD_WAIT: Duration = Duration::from_millis(500);
+
 /// The `limit` label of the open-transaction limit.
 pub const OPEN_TXNS_LIMIT: &str = "open_txns";
 
@@ -191,6 +195,10 @@ impl Coordinator {
             ClientOptions {
                 request_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(10),
+                // A transaction holds its locks while its coordinator
+                // waits for a busy participant: better to abort it soon
+                // (its client starts over) than to keep others waiting.
+                overload_retry_for: Some(PARTICIPANT_OVERLOAD_WAIT),
                 tls,
                 peer_ports: true,
                 ..ClientOptions::default()
@@ -1304,6 +1312,12 @@ fn run(
                         async move { participant(ch).commit_one_phase(req).await }
                     })
                     .await;
+                if let Err(pact_client::ClientError::Overloaded(_)) = &r {
+                    // Refused before anything was done: the commit can
+                    // never apply, but the shard still holds the
+                    // transaction's locks and writes; release them now.
+                    let _ = c.send_decision(txn, shard, false).await;
+                }
                 let outcome = match r.map_err(Error::from) {
                     Ok(_) => Outcome::Committed,
                     Err(Error::Aborted(a)) => Outcome::Aborted(a),
