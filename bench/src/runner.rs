@@ -597,13 +597,20 @@ mod tests {
         assert!(r.overloaded_ops() >= started / 4, "{r:?}");
         assert_eq!(r.failed_ops(), 0, "refusals are not failures");
         let p50 = r.latency_us(OpKind::Read, 0.5).unwrap();
-        assert!(p50 < 1_000_000, "p50 {p50} us: not queued behind each other");
+        assert!(
+            p50 < 1_000_000,
+            "p50 {p50} us: not queued behind each other"
+        );
         assert!(r.json()["overloaded"].as_u64().unwrap() > 0);
         assert!(r.text().contains("[OVERLOADED], Operations"));
         let mut s = spec(Some(100.0));
         s.max_in_flight = Some(5);
         let r = execute(Arc::new(Busy::default()), s).await.unwrap();
-        assert!(r.data.not_started > 50, "{} not started", r.data.not_started);
+        assert!(
+            r.data.not_started > 50,
+            "{} not started",
+            r.data.not_started
+        );
         assert!(r.ok_ops() + r.overloaded_ops() < 60);
     }
 

@@ -254,7 +254,11 @@ impl Report {
     /// The overload figures, if there is anything to say (some refusal,
     /// or an in-flight cap): text lines and JSON.
     fn shows_overload(&self) -> bool {
-        self.overloaded_ops() > 0 || self.params.get("max_in_flight").is_some_and(|v| !v.is_null())
+        self.overloaded_ops() > 0
+            || self
+                .params
+                .get("max_in_flight")
+                .is_some_and(|v| !v.is_null())
     }
 
     fn kinds(&self) -> impl Iterator<Item = (OpKind, &Histogram<u64>, u64)> {
@@ -338,7 +342,11 @@ impl Report {
         }
         line("FAILED", "Operations", self.failed_ops().to_string());
         if self.shows_overload() {
-            line("OVERLOADED", "Operations", self.overloaded_ops().to_string());
+            line(
+                "OVERLOADED",
+                "Operations",
+                self.overloaded_ops().to_string(),
+            );
             line(
                 "OVERLOADED",
                 "Rate(%)",
@@ -349,7 +357,11 @@ impl Report {
                 "Throughput(ops/sec)",
                 format!("{:.2}", self.overloaded_ops() as f64 / self.secs()),
             );
-            line("OVERLOADED", "NotStarted", self.data.not_started.to_string());
+            line(
+                "OVERLOADED",
+                "NotStarted",
+                self.data.not_started.to_string(),
+            );
             let a = self.admitted();
             if !a.is_empty() {
                 for (label, q) in PERCENTILES {

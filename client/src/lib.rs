@@ -9,7 +9,8 @@
 //! # What is retried
 //! Reads are retried freely. A write is retried only when it certainly did
 //! not take effect (refused by a follower, no connection, the server said
-//! unavailable). When a write's fate is unknown (timeout, connection lost
+//! unavailable or overloaded; an overloaded server is retried itself, after
+//! the pause it asks for, with a longer backoff). When a write's fate is unknown (timeout, connection lost
 //! after sending) the client returns [`ClientError::Unknown`] instead of
 //! retrying blindly: the caller decides, typically by reading.
 //!
@@ -680,7 +681,9 @@ impl Client {
             )),
             Ok(Err(s)) => Err(match classify(&s) {
                 Class::Fail(e) => e,
-                Class::Overloaded(m, _) => ClientError::Overloaded(format!("{}: {m}", self.who(node))),
+                Class::Overloaded(m, _) => {
+                    ClientError::Overloaded(format!("{}: {m}", self.who(node)))
+                }
                 _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
             }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),

@@ -19,9 +19,9 @@ use pact_common::{
 };
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
-use pact_raft::{Host, Replica, Router};
 use pact_raft::admission::{Gate, Ticket};
 use pact_raft::metrics::{QUEUE_COORDINATOR_INPUT, QUEUE_COORDINATOR_RECORDS};
+use pact_raft::{Host, Replica, Router};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::convert::pb_txn;
@@ -270,14 +270,10 @@ impl Coordinator {
             .set(open as i64);
         if let Some(m) = pact_raft::metrics::process() {
             let depth = |q: usize, room: usize| i64::try_from(q - room).unwrap_or(i64::MAX);
-            m.queue_depth(QUEUE_COORDINATOR_INPUT).set(depth(
-                self.inputs.max_capacity(),
-                self.inputs.capacity(),
-            ));
-            m.queue_depth(QUEUE_COORDINATOR_RECORDS).set(depth(
-                self.records.max_capacity(),
-                self.records.capacity(),
-            ));
+            m.queue_depth(QUEUE_COORDINATOR_INPUT)
+                .set(depth(self.inputs.max_capacity(), self.inputs.capacity()));
+            m.queue_depth(QUEUE_COORDINATOR_RECORDS)
+                .set(depth(self.records.max_capacity(), self.records.capacity()));
         }
     }
 

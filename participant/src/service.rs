@@ -258,7 +258,11 @@ mod tests {
     fn gauge(node: &Node, which: &str) -> i64 {
         node.refresh_metrics();
         match which {
-            "locks" => node.metrics.lock_table.with_label_values(&["1", "key"]).get(),
+            "locks" => node
+                .metrics
+                .lock_table
+                .with_label_values(&["1", "key"])
+                .get(),
             _ => node.metrics.open_txns.with_label_values(&["1"]).get(),
         }
     }

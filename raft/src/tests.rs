@@ -492,6 +492,9 @@ async fn a_full_writer_queue_makes_writers_wait_not_fail() {
     }
     for i in 0..64u32 {
         let key = group_key(9, format!("w{i:02}").as_bytes());
-        assert!(store.get_sync(Space::Sm, &key).unwrap().is_some(), "w{i:02}");
+        assert!(
+            store.get_sync(Space::Sm, &key).unwrap().is_some(),
+            "w{i:02}"
+        );
     }
 }

@@ -31,7 +31,8 @@ async fn transfer(client: &Client, from: u64, to: u64) -> Result<(), ClientError
     let moved = async {
         let a = balance(t.get_for_update(&account(from)).await?)?;
         let b = balance(t.get_for_update(&account(to)).await?)?;
-        t.put(&account(from), (a - 1).to_string().as_bytes()).await?;
+        t.put(&account(from), (a - 1).to_string().as_bytes())
+            .await?;
         t.put(&account(to), (b + 1).to_string().as_bytes()).await
     }
     .await;
@@ -90,7 +91,9 @@ async fn a_flood_is_shed_with_overloaded_and_loses_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut n = id;
             while Instant::now() < until {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let from = (n >> 33) % ACCOUNTS;
                 let to = (from + 1 + (n >> 17) % (ACCOUNTS - 1)) % ACCOUNTS;
                 let counter = match transfer(&flood, from, to).await {
@@ -146,8 +149,14 @@ async fn a_flood_is_shed_with_overloaded_and_loses_nothing() {
         n(&tally.reads_aborted),
     );
     eprintln!("{summary}");
-    assert!(n(&tally.overloaded) > 0, "no transaction was refused: {summary}");
-    assert!(n(&tally.reads_overloaded) > 0, "no read was refused: {summary}");
+    assert!(
+        n(&tally.overloaded) > 0,
+        "no transaction was refused: {summary}"
+    );
+    assert!(
+        n(&tally.reads_overloaded) > 0,
+        "no read was refused: {summary}"
+    );
     assert!(n(&tally.committed) > 0, "nothing was admitted: {summary}");
     assert!(n(&tally.reads) > 0, "no read was served: {summary}");
 
