@@ -567,7 +567,7 @@ mod tests {
     impl Backend for Busy {
         async fn get(&self, _: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if self.n.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+            if self.n.fetch_add(1, Ordering::Relaxed).is_multiple_of(3) {
                 return Err(pact_client::ClientError::Overloaded("busy".into()).into());
             }
             Ok(Some(b"v".to_vec()))

@@ -547,6 +547,21 @@ mod tests {
     }
 
     #[test]
+    fn overloaded_has_its_own_exit_code_and_json_code() {
+        let e = ClientError::Overloaded("node 1 has 1024 requests in flight".into());
+        assert_eq!(exit_for(&e), 9);
+        let others = [
+            ClientError::Unavailable(String::new()),
+            ClientError::Unknown(String::new()),
+            ClientError::InvalidInput(String::new()),
+            ClientError::Internal(String::new()),
+        ];
+        assert!(others.iter().all(|o| exit_for(o) != 9));
+        let j = output::client_error_json(&e);
+        assert_eq!(j["error"]["code"], "OVERLOADED");
+    }
+
+    #[test]
     fn the_client_gives_up_before_the_deadline() {
         for secs in [1, 3, 15, 86_400] {
             let total = Duration::from_secs(secs);
