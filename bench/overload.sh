@@ -6,10 +6,11 @@
 # RECORDS YCSB records, measures the closed-loop YCSB-A peak (THREADS
 # client tasks, PEAK_DURATION seconds), then offers FACTOR times that peak
 # open loop for DURATION seconds: every operation starts at its scheduled
-# time whatever the earlier ones do (bench --max-in-flight), so the
-# servers see the whole offered load. Operations refused with OVERLOADED
-# (after the client's own retries for RETRY_FOR seconds) are counted apart
-# from failures. Prints the peak, then for the overload run: the achieved
+# time whatever the earlier ones do (bench --max-in-flight), spread over
+# CLIENTS independent clients (bench --clients), so the servers see the
+# whole offered load. Operations refused with OVERLOADED (by default at
+# the first refusal, OVERLOAD_RETRY_MS=0; otherwise after the client's
+# retries) are counted apart from failures. Prints the peak, then for the overload run: the achieved
 # (admitted) throughput, the refused count and rate, failures, admitted
 # p50/p99/max from the scheduled start times, and each server's start and
 # peak RSS.
@@ -17,9 +18,14 @@
 # Usage: bash bench/overload.sh
 # Settings (environment):
 #   FACTOR=3  PEAK_DURATION=15  DURATION=30  RECORDS=10000  THREADS=16
-#   MAX_IN_FLIGHT=20000  RETRY_FOR=1  SEED=42  PACT_PORT=27201
+#   MAX_IN_FLIGHT=20000  CLIENTS=16  RETRY_FOR=1  OVERLOAD_RETRY_MS=0
+#   SEED=42  PACT_PORT=27201
 #   NO_BUILD=1 (skip cargo build)  KEEP_TMP=1 (keep data, logs, reports)
 #   BIN_DIR=DIR (binaries from DIR instead of target/release, with NO_BUILD=1)
+#   LIMITS="max_in_flight_requests=128 max_open_txns=512" (config settings
+#     of [limits] or [storage] to use instead of the defaults: the
+#     playground is started once, stopped, its cluster.toml edited, and
+#     started again)
 # Quick check: PEAK_DURATION=3 DURATION=5 RECORDS=2000 bash bench/overload.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +36,12 @@ DURATION=${DURATION:-30}
 RECORDS=${RECORDS:-10000}
 THREADS=${THREADS:-16}
 MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-20000}
+# One connection carries at most 256 requests at once: many clients, so
+# that the servers see the load rather than one connection's queue.
+CLIENTS=${CLIENTS:-16}
+# 0: an operation refused with OVERLOADED counts as refused at once (no
+# client-side retry), so the admitted latencies are the servers' own.
+OVERLOAD_RETRY_MS=${OVERLOAD_RETRY_MS:-0}
 RETRY_FOR=${RETRY_FOR:-1}
 SEED=${SEED:-42}
 PACT_PORT=${PACT_PORT:-27201}
@@ -68,15 +80,30 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+start() {
+  "$bin/txn" playground --dir "$tmp/pg" --port "$PACT_PORT" >"$tmp/playground.out" 2>&1 &
+  pg=$!
+  for _ in $(seq 1 300); do
+    grep -q '^ready' "$tmp/playground.out" && break
+    kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
+    sleep 0.2
+  done
+  grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready in 60 s"
+}
 log "starting the Pact playground (ports from $PACT_PORT)"
-"$bin/txn" playground --dir "$tmp/pg" --port "$PACT_PORT" >"$tmp/playground.out" 2>&1 &
-pg=$!
-for _ in $(seq 1 300); do
-  grep -q '^ready' "$tmp/playground.out" && break
-  kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
-  sleep 0.2
-done
-grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready in 60 s"
+start
+if [ -n "${LIMITS:-}" ]; then
+  # The config names every setting (defaults included), one per line.
+  stop
+  for kv in $LIMITS; do
+    k=${kv%%=*}
+    v=${kv#*=}
+    grep -q "^$k = " "$tmp/pg/cluster.toml" || die "LIMITS: no setting $k in the config"
+    sed -i "s/^$k = .*/$k = $v/" "$tmp/pg/cluster.toml"
+  done
+  log "restarting with $LIMITS"
+  start
+fi
 
 args=(--backend pact --config "$tmp/pg/cluster.toml" --seed "$SEED")
 log "loading $RECORDS records"
@@ -92,7 +119,8 @@ target=$(python3 -c "print(max(1, int($peak * $FACTOR)))")
 
 log "open loop at ${FACTOR}x the peak: $target ops/s for $DURATION s (at most $MAX_IN_FLIGHT in flight)"
 "$bin/bench" run --workload a --recordcount "$RECORDS" --duration "$DURATION" \
-  --target "$target" --max-in-flight "$MAX_IN_FLIGHT" --retry-for "$RETRY_FOR" \
+  --target "$target" --max-in-flight "$MAX_IN_FLIGHT" --clients "$CLIENTS" --retry-for "$RETRY_FOR" \
+  --overload-retry-ms "$OVERLOAD_RETRY_MS" \
   --watch-rss pact --json --allow-failures "${args[@]}" \
   >"$tmp/overload.json" 2>"$tmp/overload.err" || { cat "$tmp/overload.err" >&2; die "overload run failed"; }
 

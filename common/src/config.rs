@@ -297,8 +297,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_open_txns: 4096,
-            max_in_flight_requests: 1024,
+            max_open_txns: 1024,
+            max_in_flight_requests: 256,
             coordinator_queue: 8192,
         }
     }
