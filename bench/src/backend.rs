@@ -50,19 +50,40 @@ pub enum BackendKind {
 /// Pact through `pact-client`: plain `get` / `put` / `scan` are
 /// linearizable single-key operations at the shard leader; transfers are
 /// `Client::transaction` (retried on abort by the client, up to its limit).
+///
+/// With several clients (`--clients`), operations go to them in turn: each
+/// has its own connection to every node, as independent client processes
+/// would (one connection carries at most 256 requests at once, so one
+/// client alone cannot offer a node more than that).
 #[derive(Clone, Debug)]
 pub struct PactBackend {
-    client: Client,
+    clients: Arc<Vec<Client>>,
+    next: Arc<AtomicU64>,
     /// Transfers started over after an abort (see [`Backend::txn_retries`]).
     retries: Arc<AtomicU64>,
 }
 
 impl PactBackend {
     pub fn new(config: &ClusterConfig, opts: ClientOptions) -> PactBackend {
+        Self::with_clients(config, opts, 1)
+    }
+
+    /// `n` independent clients (at least one), used in turn.
+    pub fn with_clients(config: &ClusterConfig, opts: ClientOptions, n: usize) -> PactBackend {
         PactBackend {
-            client: Client::new(config, opts),
+            clients: Arc::new(
+                (0..n.max(1))
+                    .map(|_| Client::new(config, opts.clone()))
+                    .collect(),
+            ),
+            next: Arc::new(AtomicU64::new(0)),
             retries: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn client(&self) -> &Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.clients.len();
+        &self.clients[i]
     }
 }
 
@@ -98,15 +119,15 @@ pub(crate) fn apply_transfer(balances: &mut [i64], amount: i64) -> Result<(), St
 
 impl Backend for PactBackend {
     async fn get(&self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.client.get(key).await?)
+        Ok(self.client().get(key).await?)
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-        Ok(self.client.put(key, value).await?)
+        Ok(self.client().put(key, value).await?)
     }
 
     async fn scan(&self, start: &[u8], end: &[u8], limit: u32) -> anyhow::Result<usize> {
-        Ok(self.client.scan(start, Some(end), limit).await?.len())
+        Ok(self.client().scan(start, Some(end), limit).await?.len())
     }
 
     async fn txn_transfer(&self, keys: &[Vec<u8>], amount: i64) -> anyhow::Result<()> {
@@ -116,7 +137,7 @@ impl Backend for PactBackend {
         // Runs of the closure: one per attempt that got a transaction.
         let mut runs = 0u64;
         let r = self
-            .client
+            .client()
             .transaction(|t| {
                 let keys = keys.to_vec();
                 runs += 1;

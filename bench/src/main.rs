@@ -94,6 +94,29 @@ struct Opts {
     /// thread starts its next operation when the last one ends.
     #[arg(long, value_name = "OPS", value_parser = parse_target)]
     target: Option<f64>,
+    /// With --target: start every operation at its scheduled time, in a
+    /// task of its own, whether or not earlier ones have finished, with at
+    /// most N in flight (operations due beyond that are counted as not
+    /// started); --threads is then ignored. This offers the target load
+    /// however slow the servers get: the overload test. Operations a
+    /// server refuses with OVERLOADED (after the client's retries, see
+    /// --retry-for) are counted apart from failures.
+    #[arg(long, value_name = "N", requires = "target",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_in_flight: Option<u64>,
+    /// Independent Pact clients to spread the operations over, each with
+    /// its own connection to every node (one connection carries at most
+    /// 256 requests at once). For overload tests, so the servers, not one
+    /// connection, see the offered load.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    clients: u64,
+    /// Give up on an operation the servers refuse with OVERLOADED after
+    /// this many milliseconds of retries (0: at the first refusal) rather
+    /// than after --retry-for; with 0 the admitted operations' latencies
+    /// are those of operations a server took at once.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    overload_retry_ms: Option<u64>,
     /// Concurrent client tasks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
@@ -274,6 +297,7 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
         placement: None,
         workload,
         target: o.target,
+        max_in_flight: o.max_in_flight.map(|n| n as usize),
         watch_rss: o
             .watch_rss
             .iter()
@@ -302,10 +326,12 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
                 .map_err(|e| usage(e.to_string()))?;
             let opts = ClientOptions {
                 retry_for,
+                overload_retry_for: o.overload_retry_ms.map(Duration::from_millis),
                 tls,
                 ..ClientOptions::default()
             };
-            run(Arc::new(PactBackend::new(&config, opts)), spec, &o).await
+            let backend = PactBackend::with_clients(&config, opts, o.clients as usize);
+            run(Arc::new(backend), spec, &o).await
         }
         BackendKind::Etcd => {
             if spec.workload.txn_scope != TxnScope::Any {

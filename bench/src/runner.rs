@@ -1,6 +1,16 @@
 //! The driver: `threads` tokio tasks issue operations back to back (a
 //! closed loop, as YCSB without a target rate) until the operation count
 //! or the duration runs out, each recording into its own histograms.
+//!
+//! With `--target` each task keeps a schedule instead, but still waits for
+//! its last operation: at most `threads` operations are ever in flight, so
+//! a server slower than the target sees no more than that. With
+//! `--max-in-flight` as well (the overload mode), one dispatcher starts
+//! every operation at its scheduled time in a task of its own, whatever
+//! the earlier ones are doing, up to that many in flight (beyond it the
+//! operation is counted as not started): the offered load is the target,
+//! as from many independent clients. Operations a server refuses with
+//! OVERLOADED are counted apart from failures.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,6 +62,9 @@ pub struct Spec {
     /// Open loop: operations per second in total, spread evenly over the
     /// threads, each on a fixed schedule (None: closed loop).
     pub target: Option<f64>,
+    /// With `target`: start each operation on schedule in its own task,
+    /// with at most this many in flight (see the module doc).
+    pub max_in_flight: Option<usize>,
 }
 
 struct Ctx<B> {
@@ -67,6 +80,17 @@ struct Ctx<B> {
     op_table: Vec<(f64, OpKind)>,
     progress: Progress,
     errors: AtomicU64,
+}
+
+/// Refused by a server's admission control: the client gave up on an
+/// OVERLOADED answer (after its own retries), and nothing was done.
+fn overloaded(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<pact_client::ClientError>(),
+            Some(pact_client::ClientError::Overloaded(_))
+        )
+    })
 }
 
 impl<B: Backend> Ctx<B> {
@@ -116,8 +140,15 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
     let started = SystemTime::now();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for id in 0..ctx.spec.threads {
-        tasks.push(tokio::spawn(worker(ctx.clone(), id, chooser.clone())));
+    match (ctx.spec.target, ctx.spec.max_in_flight) {
+        (Some(target), Some(cap)) => {
+            tasks.push(tokio::spawn(dispatch(ctx.clone(), target, cap, chooser)))
+        }
+        _ => {
+            for id in 0..ctx.spec.threads {
+                tasks.push(tokio::spawn(worker(ctx.clone(), id, chooser.clone())));
+            }
+        }
     }
     let progress = ctx
         .spec
@@ -162,6 +193,7 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
         params: {
             let mut p = ctx.spec.workload.params();
             p["target_ops_sec"] = serde_json::json!(ctx.spec.target);
+            p["max_in_flight"] = serde_json::json!(ctx.spec.max_in_flight);
             p
         },
         backend: ctx.spec.backend_name,
@@ -204,6 +236,10 @@ async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {
     loop {
         tick.tick().await;
         let (ok, failed) = ctx.progress.totals();
+        let shed = match ctx.progress.overloaded() {
+            0 => String::new(),
+            n => format!(", {n} overloaded"),
+        };
         // Latencies of this last second alone: a stall shows at once
         // instead of being averaged away by the whole run.
         let latency = match ctx.progress.take_interval() {
@@ -211,7 +247,7 @@ async fn progress_loop<B: Backend>(ctx: Arc<Ctx<B>>, t0: Instant) {
             None => String::new(),
         };
         let line = format!(
-            "bench: {} {:>4} s: {ok} ops ({} ops/s now, {latency}{failed} failed); {}",
+            "bench: {} {:>4} s: {ok} ops ({} ops/s now, {latency}{failed} failed{shed}); {}",
             ctx.spec.phase.name(),
             t0.elapsed().as_secs(),
             ok - last,
@@ -286,6 +322,82 @@ async fn worker<B: Backend>(ctx: Arc<Ctx<B>>, id: usize, mut chooser: KeyChooser
     rec
 }
 
+/// The overload mode's driver: one operation every `1 / target` seconds,
+/// each in a task of its own started at its scheduled time, at most `cap`
+/// in flight. Each operation draws from an RNG seeded by the dispatcher's,
+/// so a run is reproducible from its seed; results go to a pool of
+/// recorders (one per concurrently running operation at most), merged at
+/// the end.
+async fn dispatch<B: Backend>(
+    ctx: Arc<Ctx<B>>,
+    target: f64,
+    cap: usize,
+    chooser: KeyChooser,
+) -> Recorder {
+    let mut rng = StdRng::seed_from_u64(ctx.spec.seed);
+    let room = Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
+    let pool: Arc<std::sync::Mutex<Vec<Recorder>>> = Arc::default();
+    let every = Duration::from_secs_f64(1.0 / target);
+    let t0 = Instant::now();
+    let mut not_started = 0;
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0u64.. {
+        let due = t0 + every.mul_f64(i as f64);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if ctx.stop.load(Ordering::Relaxed) || ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        // Reap what finished, so the set holds only what runs.
+        while running.try_join_next().is_some() {}
+        let Ok(slot) = room.clone().try_acquire_owned() else {
+            not_started += 1;
+            continue;
+        };
+        let n = ctx.claimed.fetch_add(1, Ordering::Relaxed);
+        if n >= ctx.limit {
+            break;
+        }
+        let u: f64 = rng.random();
+        let kind = ctx
+            .op_table
+            .iter()
+            .find(|(t, _)| u < *t)
+            .or(ctx.op_table.last())
+            .map(|(_, k)| *k)
+            .unwrap_or(OpKind::Read);
+        let mut op_rng = StdRng::seed_from_u64(rng.random());
+        let mut chooser = chooser.clone();
+        let (ctx, pool) = (ctx.clone(), pool.clone());
+        running.spawn(async move {
+            let mut rec = pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_default();
+            rec.intended = Some(due);
+            match ctx.spec.phase {
+                Phase::Load => load_one(&ctx, &mut op_rng, &mut rec, n).await,
+                Phase::Run => run_one(&ctx, &mut op_rng, &mut chooser, &mut rec, kind).await,
+            }
+            if let Ok(mut p) = pool.lock() {
+                p.push(rec);
+            }
+            drop(slot);
+        });
+    }
+    while running.join_next().await.is_some() {}
+    let mut all = Recorder::default();
+    if let Ok(p) = pool.lock() {
+        for r in p.iter() {
+            all.merge(r);
+        }
+    }
+    all.not_started = not_started;
+    all
+}
+
 async fn timed<B: Backend, T>(
     ctx: &Ctx<B>,
     rec: &mut Recorder,
@@ -300,6 +412,10 @@ async fn timed<B: Backend, T>(
         Ok(v) => {
             rec.record(kind, latency, true, &ctx.progress);
             Some(v)
+        }
+        Err(e) if overloaded(&e) => {
+            rec.reject(kind, &ctx.progress);
+            None
         }
         Err(e) => {
             rec.record(kind, latency, false, &ctx.progress);
@@ -442,6 +558,62 @@ mod tests {
         }
     }
 
+    /// Every read takes 200 ms; every third is refused as overloaded.
+    #[derive(Default)]
+    struct Busy {
+        n: AtomicU64,
+    }
+
+    impl Backend for Busy {
+        async fn get(&self, _: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.n.fetch_add(1, Ordering::Relaxed).is_multiple_of(3) {
+                return Err(pact_client::ClientError::Overloaded("busy".into()).into());
+            }
+            Ok(Some(b"v".to_vec()))
+        }
+        async fn put(&self, _: &[u8], _: &[u8]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn scan(&self, _: &[u8], _: &[u8], _: u32) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+        async fn txn_transfer(&self, _: &[Vec<u8>], _: i64) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With an in-flight cap the open loop starts each operation on time
+    /// whatever the earlier ones do: one thread, 200 ms operations, yet
+    /// about 100/s run, each measured from its own start; refusals are
+    /// counted apart from failures. A small cap leaves operations unstarted.
+    #[tokio::test]
+    async fn overload_mode_starts_operations_on_schedule_and_counts_refusals() {
+        let mut s = spec(Some(100.0));
+        s.max_in_flight = Some(1000);
+        let r = execute(Arc::new(Busy::default()), s).await.unwrap();
+        let started = r.ok_ops() + r.overloaded_ops();
+        assert!(started >= 100, "{started} operations in 1.5 s at 100/s");
+        assert!(r.overloaded_ops() >= started / 4, "{r:?}");
+        assert_eq!(r.failed_ops(), 0, "refusals are not failures");
+        let p50 = r.latency_us(OpKind::Read, 0.5).unwrap();
+        assert!(
+            p50 < 1_000_000,
+            "p50 {p50} us: not queued behind each other"
+        );
+        assert!(r.json()["overloaded"].as_u64().unwrap() > 0);
+        assert!(r.text().contains("[OVERLOADED], Operations"));
+        let mut s = spec(Some(100.0));
+        s.max_in_flight = Some(5);
+        let r = execute(Arc::new(Busy::default()), s).await.unwrap();
+        assert!(
+            r.data.not_started > 50,
+            "{} not started",
+            r.data.not_started
+        );
+        assert!(r.ok_ops() + r.overloaded_ops() < 60);
+    }
+
     fn spec(target: Option<f64>) -> Spec {
         let mut workload = Workload::preset("c").unwrap();
         workload.recordcount = 10;
@@ -457,6 +629,7 @@ mod tests {
             placement: None,
             watch_rss: Vec::new(),
             target,
+            max_in_flight: None,
         }
     }
 

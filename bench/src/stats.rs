@@ -35,6 +35,9 @@ fn empty_histogram() -> &'static Histogram<u64> {
 pub struct Progress {
     ok: [AtomicU64; KINDS],
     failed: [AtomicU64; KINDS],
+    /// Refused by a server's admission control (OVERLOADED), apart from
+    /// the failures.
+    overloaded: AtomicU64,
     /// Latencies (us) of the operations that succeeded since the progress
     /// line last took them; only kept when a progress line is printed.
     /// Every task records into it, but a record is a few nanoseconds under
@@ -74,6 +77,11 @@ impl Progress {
         Some(q)
     }
 
+    /// Operations refused with OVERLOADED so far.
+    pub fn overloaded(&self) -> u64 {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         let sum = |a: &[AtomicU64; KINDS]| a.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         (sum(&self.ok), sum(&self.failed))
@@ -99,6 +107,13 @@ pub struct Recorder {
     hists: [Option<Histogram<u64>>; KINDS],
     /// Latencies of the failed operations, apart (YCSB's `READ-FAILED`).
     failed: [Option<Histogram<u64>>; KINDS],
+    /// Operations a server refused with OVERLOADED (after the client's
+    /// own retries): neither successes nor failures, they measure the
+    /// load shed. Their latencies are not kept.
+    overloaded: [u64; KINDS],
+    /// Open loop with an in-flight cap: operations not started because
+    /// the bench itself had the cap's worth in flight at their time.
+    pub(crate) not_started: u64,
     /// With `--target`: when the next operation was meant to start. Its
     /// latency counts from then, not from when it could start, so time
     /// spent queued behind a slow operation is measured (coordinated
@@ -128,7 +143,17 @@ impl Recorder {
         }
     }
 
+    /// `kind` was refused with OVERLOADED.
+    pub fn reject(&mut self, kind: OpKind, progress: &Progress) {
+        self.overloaded[kind.index()] += 1;
+        progress.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
+        for (a, b) in self.overloaded.iter_mut().zip(&other.overloaded) {
+            *a += b;
+        }
+        self.not_started += other.not_started;
         let pairs = self
             .hists
             .iter_mut()
@@ -140,6 +165,10 @@ impl Recorder {
                 let _ = a.get_or_insert_with(new_histogram).add(b);
             }
         }
+    }
+
+    fn overloaded_count(&self, kind: OpKind) -> u64 {
+        self.overloaded[kind.index()]
     }
 
     fn failed_count(&self, kind: OpKind) -> u64 {
@@ -197,6 +226,41 @@ impl Report {
         OpKind::ALL.iter().map(|k| self.data.failed_count(*k)).sum()
     }
 
+    /// Operations refused with OVERLOADED (not counted as failed).
+    pub fn overloaded_ops(&self) -> u64 {
+        OpKind::ALL
+            .iter()
+            .map(|k| self.data.overloaded_count(*k))
+            .sum()
+    }
+
+    /// Share of the operations started that were refused with OVERLOADED.
+    pub fn overloaded_rate(&self) -> f64 {
+        let started = self.ok_ops() + self.failed_ops() + self.overloaded_ops();
+        self.overloaded_ops() as f64 / started.max(1) as f64
+    }
+
+    /// Latencies of every successful (admitted) operation, all types
+    /// together.
+    pub fn admitted(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for h in self.data.hists.iter().flatten() {
+            // `all` resizes itself to `h`'s range, so adding cannot fail.
+            let _ = all.add(h);
+        }
+        all
+    }
+
+    /// The overload figures, if there is anything to say (some refusal,
+    /// or an in-flight cap): text lines and JSON.
+    fn shows_overload(&self) -> bool {
+        self.overloaded_ops() > 0
+            || self
+                .params
+                .get("max_in_flight")
+                .is_some_and(|v| !v.is_null())
+    }
+
     fn kinds(&self) -> impl Iterator<Item = (OpKind, &Histogram<u64>, u64)> {
         OpKind::ALL
             .iter()
@@ -208,7 +272,7 @@ impl Report {
                     self.data.failed_count(*k),
                 )
             })
-            .filter(|(_, h, f)| !h.is_empty() || *f > 0)
+            .filter(|(k, h, f)| !h.is_empty() || *f > 0 || self.data.overloaded_count(*k) > 0)
     }
 
     fn failed_hist(&self, kind: OpKind) -> &Histogram<u64> {
@@ -262,6 +326,10 @@ impl Report {
                 line(n, "Retries", self.txn_retries.to_string());
             }
             line(n, "Return=OK", h.len().to_string());
+            let shed = self.data.overloaded_count(k);
+            if shed > 0 {
+                line(n, "Return=OVERLOADED", shed.to_string());
+            }
             if failed > 0 {
                 line(n, "Return=ERROR", failed.to_string());
                 let f = self.failed_hist(k);
@@ -273,6 +341,39 @@ impl Report {
             }
         }
         line("FAILED", "Operations", self.failed_ops().to_string());
+        if self.shows_overload() {
+            line(
+                "OVERLOADED",
+                "Operations",
+                self.overloaded_ops().to_string(),
+            );
+            line(
+                "OVERLOADED",
+                "Rate(%)",
+                format!("{:.2}", 100.0 * self.overloaded_rate()),
+            );
+            line(
+                "OVERLOADED",
+                "Throughput(ops/sec)",
+                format!("{:.2}", self.overloaded_ops() as f64 / self.secs()),
+            );
+            line(
+                "OVERLOADED",
+                "NotStarted",
+                self.data.not_started.to_string(),
+            );
+            let a = self.admitted();
+            if !a.is_empty() {
+                for (label, q) in PERCENTILES {
+                    line(
+                        "ADMITTED",
+                        &format!("{label}PercentileLatency(us)"),
+                        a.value_at_quantile(q).to_string(),
+                    );
+                }
+                line("ADMITTED", "MaxLatency(us)", a.max().to_string());
+            }
+        }
         if let Some(m) = &self.memory {
             out.push_str(&m.text());
         }
@@ -298,6 +399,7 @@ impl Report {
             let mut entry = json!({
                 "operations": h.len(),
                 "failed": failed,
+                "overloaded": self.data.overloaded_count(k),
                 "throughput_ops_sec": h.len() as f64 / self.secs(),
                 "latency_us": latency,
             });
@@ -306,6 +408,15 @@ impl Report {
             }
             ops.insert(k.name().to_string(), entry);
         }
+        let a = self.admitted();
+        let admitted = (!a.is_empty()).then(|| {
+            json!({
+                "p50": a.value_at_quantile(0.50),
+                "p99": a.value_at_quantile(0.99),
+                "p999": a.value_at_quantile(0.999),
+                "max": a.max(),
+            })
+        });
         json!({
             "phase": self.phase,
             "workload": self.workload,
@@ -317,6 +428,10 @@ impl Report {
             "operations": self.ok_ops(),
             "failed": self.failed_ops(),
             "throughput_ops_sec": self.ok_ops() as f64 / self.secs(),
+            "overloaded": self.overloaded_ops(),
+            "overloaded_rate": self.overloaded_rate(),
+            "not_started": self.data.not_started,
+            "admitted_latency_us": admitted,
             "ops": ops,
             "memory": self.memory.as_ref().map(|m| m.json()),
         })

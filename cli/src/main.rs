@@ -259,7 +259,8 @@ fn parse_ops(words: &[String], codec: Codec) -> Result<(Vec<Op>, Vec<Op>), Clien
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable (or
 /// unreachable), 4 outcome unknown, 5 invalid input, 6 server error,
-/// 7 aborted; `health` adds 8, degraded (see `status`).
+/// 7 aborted, 9 overloaded (refused at a server's admission limit,
+/// nothing done); `health` adds 8, degraded (see `status`).
 pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
         ClientError::Unavailable(_) | ClientError::Unreachable(_) => 3,
@@ -268,6 +269,7 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
         ClientError::Internal(_) => 6,
         ClientError::Aborted(_) => 7,
         ClientError::Conflict(_) => 6,
+        ClientError::Overloaded(_) => 9,
     }
 }
 
@@ -592,6 +594,21 @@ mod tests {
         let mut all = vec!["txn"];
         all.extend_from_slice(words);
         Args::try_parse_from(all).expect("valid args").cmd
+    }
+
+    #[test]
+    fn overloaded_has_its_own_exit_code_and_json_code() {
+        let e = ClientError::Overloaded("node 1 has 1024 requests in flight".into());
+        assert_eq!(exit_for(&e), 9);
+        let others = [
+            ClientError::Unavailable(String::new()),
+            ClientError::Unknown(String::new()),
+            ClientError::InvalidInput(String::new()),
+            ClientError::Internal(String::new()),
+        ];
+        assert!(others.iter().all(|o| exit_for(o) != 9));
+        let j = output::client_error_json(&e);
+        assert_eq!(j["error"]["code"], "OVERLOADED");
     }
 
     #[test]

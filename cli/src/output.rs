@@ -247,13 +247,15 @@ Errors:
   On stderr as text; with --json, as one object on stdout in place of the
   result: {"error": {"code": "INVALID_INPUT", "message": "..."}}. Codes:
   the servers' codes (UNAVAILABLE, ABORTED, CONFLICT, OUTCOME_UNKNOWN,
-  INVALID_INPUT, UNKNOWN_SHARD, STOPPED); an abort adds "abort_kind"
+  INVALID_INPUT, UNKNOWN_SHARD, STOPPED, OVERLOADED); an abort adds "abort_kind"
   (wounded, lock_timeout, expired, leadership, unavailable, conflict,
   rollback). USAGE, CONFIG and INTERNAL come from txn itself.
 
 Exit codes:
   0 ok, 1 not found (get), 2 usage or config, 3 unavailable (nothing done),
-  4 outcome unknown, 5 invalid input, 6 server error, 7 aborted. A closed
+  4 outcome unknown, 5 invalid input, 6 server error, 7 aborted,
+  9 overloaded (a server refused at its admission limit; nothing was
+  done, retry later). A closed
   output pipe ends txn by SIGPIPE, as it ends any filter."#;
 
 /// `{"error": {"code": ..., "message": ...}}`

@@ -16,6 +16,10 @@ pub(crate) enum Class {
     NotLeader(Option<NodeId>),
     /// Certainly not applied; safe to retry elsewhere.
     Retry(String),
+    /// Refused by admission control (the server is at a limit); nothing
+    /// was done. Retry the same server after the pause it asked for
+    /// (RetryInfo, if any), with backoff.
+    Overloaded(String, Option<std::time::Duration>),
     /// May have been applied.
     Unknown(String),
     /// Final.
@@ -52,6 +56,7 @@ pub(crate) fn classify(s: &Status) -> Class {
         }
         Some(ErrorCode::UnknownShard) => Class::Fail(ClientError::InvalidInput(msg)),
         Some(ErrorCode::Stopped) => Class::Fail(ClientError::Internal(msg)),
+        Some(ErrorCode::Overloaded) => Class::Overloaded(msg, retry_after(s)),
         // A code newer than this client: only the gRPC code is known.
         None => unmarked(s, msg),
     }
@@ -70,11 +75,18 @@ fn unmarked(s: &Status, msg: String) -> Class {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Class::Unknown(msg)
         }
-        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-            Class::Fail(ClientError::InvalidInput(msg))
-        }
+        // tonic refuses an oversized message with OUT_OF_RANGE; a bare
+        // RESOURCE_EXHAUSTED is a quota (a proxy's, or a server newer than
+        // this client): nothing was done, retry later.
+        Code::ResourceExhausted => Class::Overloaded(msg, retry_after(s)),
+        Code::InvalidArgument | Code::OutOfRange => Class::Fail(ClientError::InvalidInput(msg)),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }
+}
+
+/// The pause the server asked for before a retry (`google.rpc.RetryInfo`).
+fn retry_after(s: &Status) -> Option<std::time::Duration> {
+    pb::status::retry_after(s)
 }
 
 /// The server's message without the class word it starts with: the
@@ -270,6 +282,29 @@ mod tests {
     }
 
     #[test]
+    fn overloaded_is_retryable_after_the_pause_it_asks_for() {
+        // What the servers send (`pact_raft::wire::error_status`): the code
+        // and a RetryInfo on RESOURCE_EXHAUSTED.
+        let s = pb::status::error(
+            Code::ResourceExhausted,
+            "OVERLOADED",
+            "overloaded: too many open transactions".into(),
+            vec![],
+            Some(std::time::Duration::from_millis(100)),
+        );
+        match classify(&s) {
+            Class::Overloaded(m, after) => {
+                assert_eq!(after, Some(std::time::Duration::from_millis(100)));
+                assert!(m.contains("too many open transactions"), "{m}");
+            }
+            _ => panic!("OVERLOADED must classify as overloaded"),
+        }
+        // The code decides, whatever the gRPC code says.
+        let s = marked(Code::Unavailable, "OVERLOADED", "x", vec![]);
+        assert!(matches!(classify(&s), Class::Overloaded(_, None)));
+    }
+
+    #[test]
     fn a_status_without_a_code_is_never_read_by_its_words() {
         // What a server of the old convention (or a proxy) would send: the
         // text says "not leader", but nothing marks it, so it is not
@@ -284,11 +319,14 @@ mod tests {
         // A code newer than this client falls back on the gRPC code.
         let s = marked(Code::Unavailable, "SOMETHING_NEW", "x", vec![]);
         assert!(matches!(classify(&s), Class::Unknown(_)));
-        let s = Status::resource_exhausted("message too large");
+        let s = Status::out_of_range("decoded message length too large");
         assert!(matches!(
             classify(&s),
             Class::Fail(ClientError::InvalidInput(_))
         ));
+        // A bare RESOURCE_EXHAUSTED is a quota: retryable, not a bad request.
+        let s = Status::resource_exhausted("quota");
+        assert!(matches!(classify(&s), Class::Overloaded(_, None)));
     }
 
     #[test]

@@ -9,13 +9,16 @@
 //! # What is retried
 //! Reads are retried freely. A write is retried only when it certainly did
 //! not take effect (refused by a follower, no connection, the server said
-//! unavailable). When a write's fate is unknown (timeout, connection lost
+//! unavailable or overloaded; an overloaded server is retried itself, after
+//! the pause it asks for, with a longer backoff). When a write's fate is unknown (timeout, connection lost
 //! after sending) the client returns [`ClientError::Unknown`] instead of
 //! retrying blindly: the caller decides, typically by reading.
 //!
 //! # Errors
 //! One enum, [`ClientError`], phrased as what to do: retry later
-//! (`Unavailable`), find out first (`Unknown`), fix the request
+//! (`Unavailable`; `Overloaded` when a server's admission limit refused the
+//! request, after this client's own retries with backoff ran out), find
+//! out first (`Unknown`), fix the request
 //! (`InvalidInput`, `UnknownShard`), restart a server (`Internal`), or
 //! check that the cluster runs where the config says (`Unreachable`: only
 //! with [`ClientOptions::give_up_unreachable`], when no replica of a group
@@ -72,6 +75,12 @@ pub enum ClientError {
     /// A server reported an internal failure (a stopped replica).
     #[error("server error: {0}")]
     Internal(String),
+    /// The server refused the request at its admission limit (a full
+    /// queue, too many open transactions or requests in flight); nothing
+    /// was done. Retry later, with backoff: the client already did, for
+    /// [`ClientOptions::retry_for`], before returning this.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Nothing listens at any replica's address (every connection refused):
     /// the cluster is not running there, or the config names the wrong
     /// addresses. Nothing was sent. Only with
@@ -94,6 +103,7 @@ impl ClientError {
             ClientError::InvalidInput(_) => ErrorCode::InvalidInput,
             ClientError::UnknownShard(_) => ErrorCode::UnknownShard,
             ClientError::Internal(_) => ErrorCode::Stopped,
+            ClientError::Overloaded(_) => ErrorCode::Overloaded,
         }
     }
 
@@ -211,6 +221,12 @@ pub struct ClientOptions {
     /// retrying until `retry_for`, as a node must while its peers restart.
     /// A leader change never looks like this (the other replicas answer).
     pub give_up_unreachable: Option<Duration>,
+    /// Give up with [`ClientError::Overloaded`] once a server has refused
+    /// an operation at its admission limit, with nothing else in between,
+    /// for this long. None, the default: keep retrying (with backoff)
+    /// until `retry_for`. A coordinator sets it short: it holds its
+    /// transaction's locks while it waits, so aborting early frees them.
+    pub overload_retry_for: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -222,6 +238,7 @@ impl Default for ClientOptions {
             tls: None,
             peer_ports: false,
             give_up_unreachable: None,
+            overload_retry_for: None,
         }
     }
 }
@@ -439,6 +456,11 @@ impl Client {
         let deadline = Instant::now() + self.inner.opts.retry_for;
         let mut target = self.cached_leader(route).unwrap_or(replicas[0]);
         let mut backoff = backoff(Duration::from_millis(20), Duration::from_millis(500));
+        // Refusals by admission control back off further: the server is
+        // busy, not gone, and a quick retry only adds to its load.
+        let mut shed = crate::backoff(Duration::from_millis(100), Duration::from_secs(2));
+        // Since when every answer has been a refusal at admission.
+        let mut overloaded_since: Option<Instant> = None;
         let mut last_err;
         // Replicas that refused the connection since the last other answer,
         // and since when: all of them for long enough means nothing listens.
@@ -453,6 +475,8 @@ impl Client {
                 tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(target)?))
                     .await;
             let mut sleep = true;
+            let mut pause_at_least = None;
+            let mut overloaded = false;
             match &res {
                 Ok(Err(status)) if convert::connection_refused(status) => {
                     refused.insert(target);
@@ -502,6 +526,23 @@ impl Client {
                         last_err = format!("{}: {m}", self.who(target));
                         target = next(target);
                     }
+                    // Nothing was done, whatever the operation: retry the
+                    // same replica (it leads; the others would send us
+                    // back), after a longer pause.
+                    Class::Overloaded(m, after) => {
+                        last_err = format!("{}: {m}", self.who(target));
+                        overloaded = true;
+                        let since = *overloaded_since.get_or_insert_with(Instant::now);
+                        if let Some(budget) = self.inner.opts.overload_retry_for {
+                            if since.elapsed() >= budget {
+                                return Err(ClientError::Overloaded(format!(
+                                    "{route}: still refused after {budget:?}; last: {last_err}"
+                                )));
+                            }
+                        }
+                        let pause = shed.next().unwrap_or(Duration::from_secs(2));
+                        pause_at_least = Some(pause.max(after.unwrap_or_default()));
+                    }
                     Class::Unknown(m) => {
                         last_err = format!("{}: {m}", self.who(target));
                         if !idempotent {
@@ -512,6 +553,15 @@ impl Client {
                     Class::Fail(e) => return Err(e),
                 },
             }
+            if !overloaded {
+                overloaded_since = None;
+            }
+            if Instant::now() >= deadline && overloaded {
+                return Err(ClientError::Overloaded(format!(
+                    "{route}: still refused after {:?}; last: {last_err}",
+                    self.inner.opts.retry_for
+                )));
+            }
             if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable(format!(
                     "{route}: gave up after {:?} (replicas: {}); last: {last_err}",
@@ -519,7 +569,12 @@ impl Client {
                     self.who_all(replicas)
                 )));
             }
-            if sleep {
+            if let Some(pause) = pause_at_least {
+                // Never past the deadline: the caller gets its answer when
+                // it asked for it.
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(pause.min(left)).await;
+            } else if sleep {
                 let pause = backoff.next().unwrap_or(Duration::from_millis(500));
                 tokio::time::sleep(pause).await;
             }
@@ -653,6 +708,9 @@ impl Client {
             )),
             Ok(Err(s)) => Err(match classify(&s) {
                 Class::Fail(e) => e,
+                Class::Overloaded(m, _) => {
+                    ClientError::Overloaded(format!("{}: {m}", self.who(node)))
+                }
                 _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
             }),
             Ok(Ok(r)) => Ok(ReplicaStatus::from(r.into_inner())),
@@ -727,6 +785,7 @@ impl Client {
                             s.message()
                         ));
                     }
+                    Class::Overloaded(m, _) => return Err(ClientError::Overloaded(m)),
                     Class::Fail(e) => return Err(e),
                 },
                 Err(_) => {
@@ -794,6 +853,7 @@ mod tests {
             ClientError::InvalidInput(String::new()),
             ClientError::UnknownShard(1),
             ClientError::Internal(String::new()),
+            ClientError::Overloaded(String::new()),
         ];
         let codes: std::collections::BTreeSet<&str> =
             all.iter().map(|e| e.code().as_str()).collect();

@@ -408,6 +408,9 @@ impl Transaction {
                     ),
                 )),
                 Class::Unknown(m) => ClientError::Unknown(m),
+                // Refused before anything was done; the transaction is as
+                // it was (open).
+                Class::Overloaded(m, _) => ClientError::Overloaded(m),
             }),
             Err(_) => Err(ClientError::Unknown(format!(
                 "coordinator {} did not answer within {timeout:?}",
@@ -608,6 +611,13 @@ impl Transaction {
         let r = self
             .call_within(timeout, |mut c| async move { c.commit(req).await })
             .await;
+        if let Err(e @ ClientError::Overloaded(_)) = r {
+            // The coordinator refused the commit before 2PC had it: the
+            // transaction is still open there, holding its locks. End it
+            // now rather than when its lease runs out.
+            self.rollback().await;
+            return Err(e);
+        }
         self.finish();
         match outcome(r?) {
             TxnOutcome::Committed => Ok(()),

@@ -41,10 +41,14 @@ pub enum ErrorCode {
     UnknownShard,
     /// The replica stopped after a storage failure; it must be restarted.
     Stopped,
+    /// The server is at an admission limit (a full queue, too many open
+    /// transactions or requests in flight) and refused the request before
+    /// doing anything; retry after a pause, with backoff.
+    Overloaded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::NotLeader,
         ErrorCode::Unavailable,
         ErrorCode::OutcomeUnknown,
@@ -53,6 +57,7 @@ impl ErrorCode {
         ErrorCode::InvalidInput,
         ErrorCode::UnknownShard,
         ErrorCode::Stopped,
+        ErrorCode::Overloaded,
     ];
 
     /// The stable name (`ErrorInfo.reason`).
@@ -66,6 +71,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => "INVALID_INPUT",
             ErrorCode::UnknownShard => "UNKNOWN_SHARD",
             ErrorCode::Stopped => "STOPPED",
+            ErrorCode::Overloaded => "OVERLOADED",
         }
     }
 

@@ -72,6 +72,10 @@ pub struct ClusterConfig {
     /// Memory bounds of each node's storage engine.
     #[serde(default)]
     pub storage: StorageTuning,
+    /// Admission limits: how much work a server takes on before it
+    /// refuses more with OVERLOADED.
+    #[serde(default)]
+    pub limits: Limits,
     /// Coordinator groups: each is a Raft group holding a recovery log of
     /// commit decisions, run on its replicas by `coordinator` processes or
     /// by `pact` processes that may host shard replicas too.
@@ -265,6 +269,11 @@ pub struct StorageTuning {
     /// Journal kept on disk before the oldest memtables are flushed so its
     /// files can be deleted (fjall's minimum is 64).
     pub journal_mb: u64,
+    /// Write batches queued for the node's single writer thread at most.
+    /// Raft appends and applies wait for room rather than fail (they must
+    /// not be lost): this is backpressure, bounding the memory of batches
+    /// written faster than the disk syncs them.
+    pub writer_queue: u64,
 }
 
 impl Default for StorageTuning {
@@ -273,6 +282,39 @@ impl Default for StorageTuning {
             cache_mb: 32,
             memtable_mb: 4,
             journal_mb: 64,
+            writer_queue: 4096,
+        }
+    }
+}
+
+/// Admission limits and queue bounds: what a server holds at most, so that
+/// its memory under overload is bounded by configuration rather than by
+/// the offered load. Past a limit a request is refused at once with
+/// OVERLOADED (gRPC `RESOURCE_EXHAUSTED`, retryable), leaving nothing
+/// behind. Internal queues that must not lose work (Raft appends and
+/// applies, decisions) make their producers wait instead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open transactions (begun, not yet answered at commit) a coordinator
+    /// leader holds; a `Begin` (or one-shot `Execute`) past it is refused.
+    pub max_open_txns: u32,
+    /// Requests a node serves at once on its shards (`Kv` and the
+    /// transactional `Participant` calls that take locks or propose);
+    /// decisions, inquiries and status are exempt, as they finish work
+    /// already admitted.
+    pub max_in_flight_requests: u32,
+    /// Messages queued for a coordinator's 2PC owner task; a commit or a
+    /// status query that finds it full is refused.
+    pub coordinator_queue: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_open_txns: 1024,
+            max_in_flight_requests: 256,
+            coordinator_queue: 8192,
         }
     }
 }
@@ -338,6 +380,7 @@ impl ClusterConfig {
         self.validate_coordinators()?;
         self.validate_transactions()?;
         self.validate_storage()?;
+        self.validate_limits()?;
         self.validate_tls()?;
         self.validate_raft()
     }
@@ -350,10 +393,30 @@ impl ClusterConfig {
             ("cache_mb", t.cache_mb, 1, 1 << 20),
             ("memtable_mb", t.memtable_mb, 1, 1 << 10),
             ("journal_mb", t.journal_mb, 64, 1 << 20),
+            ("writer_queue", t.writer_queue, 1, 1 << 20),
         ] {
             if !(min..=max).contains(&v) {
                 return invalid(format!(
                     "storage.{name} is {v}; it must be in {min}..={max}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        // Zero would refuse everything; the top keeps a misplaced digit
+        // from turning a bound into none.
+        for (name, v) in [
+            ("max_open_txns", l.max_open_txns),
+            ("max_in_flight_requests", l.max_in_flight_requests),
+            ("coordinator_queue", l.coordinator_queue),
+        ] {
+            if !(1..=1 << 20).contains(&v) {
+                return invalid(format!(
+                    "limits.{name} is {v}; it must be in 1..={}",
+                    1 << 20
                 ));
             }
         }
@@ -799,6 +862,7 @@ impl ClusterConfig {
             raft: RaftTuning::default(),
             transactions: TxnTuning::default(),
             storage: StorageTuning::default(),
+            limits: Limits::default(),
             coordinators: Vec::new(),
             tls: None,
         })
@@ -1268,6 +1332,40 @@ start = ""
     }
 
     #[test]
+    fn limits_parse_and_are_checked() {
+        let base = format!(
+            "partitioning = \"hash\"\n{}[[shards]]\nid = 1\nreplicas = [1]\n",
+            nodes_toml(1)
+        );
+        let c = ClusterConfig::from_toml_str(&base).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let set = format!("{base}[limits]\nmax_open_txns = 3\nmax_in_flight_requests = 5\n");
+        let c = ClusterConfig::from_toml_str(&set).unwrap();
+        assert_eq!(c.limits.max_open_txns, 3);
+        assert_eq!(c.limits.max_in_flight_requests, 5);
+        assert_eq!(
+            c.limits.coordinator_queue,
+            Limits::default().coordinator_queue
+        );
+        assert_eq!(
+            ClusterConfig::from_toml_str(&c.to_toml_string()).unwrap(),
+            c
+        );
+        for bad in [
+            "[limits]\nmax_open_txns = 0\n",
+            "[limits]\ncoordinator_queue = 0\n",
+            "[limits]\nmax_in_flight_requests = 2000000\n",
+            "[storage]\nwriter_queue = 0\n",
+            "[limits]\nmax_queue = 1\n",
+        ] {
+            assert!(
+                ClusterConfig::from_toml_str(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn storage_bounds_parse_and_are_checked() {
         let base = format!(
             "partitioning = \"hash\"\n{}[[shards]]\nid = 1\nreplicas = [1]\n",
@@ -1282,7 +1380,8 @@ start = ""
             StorageTuning {
                 cache_mb: 8,
                 memtable_mb: 2,
-                journal_mb: 128
+                journal_mb: 128,
+                ..StorageTuning::default()
             }
         );
         assert_eq!(

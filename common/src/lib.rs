@@ -32,7 +32,7 @@ mod txn;
 
 pub use codes::{Abort, AbortKind, ErrorCode};
 pub use config::{
-    ClusterConfig, ConfigError, CoordinatorConfig, NodeConfig, PartitionScheme, RaftTuning,
+    ClusterConfig, ConfigError, CoordinatorConfig, Limits, NodeConfig, PartitionScheme, RaftTuning,
     ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET,
 };
 pub use ids::{NodeId, ShardId};

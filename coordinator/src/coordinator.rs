@@ -19,8 +19,10 @@ use pact_common::{
 };
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
+use pact_raft::admission::{Gate, Ticket};
+use pact_raft::metrics::{QUEUE_COORDINATOR_INPUT, QUEUE_COORDINATOR_RECORDS};
 use pact_raft::{Host, Replica, Router};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::convert::pb_txn;
 use crate::inquiry::{self, ShardState, Verdict};
@@ -32,6 +34,18 @@ use crate::Error;
 /// How long `begin` waits for the recovery log to extend a used-up
 /// timestamp reservation before it gives up (unavailable).
 const STAMP_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a commit waits for room in the owner task's queue before it
+/// is refused (OVERLOADED): a short bounded wait, as the transaction was
+/// admitted already, but not the client's whole deadline.
+const COMMIT_QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the coordinator retries a participant that refuses with
+/// OVERLOADED before the transaction aborts.
+const PARTICIPANT_OVERLOAD_WAIT: Duration = Duration::from_millis(500);
+
+/// The `limit` label of the open-transaction limit.
+pub const OPEN_TXNS_LIMIT: &str = "open_txns";
 
 /// How long TxnStatus with `resolve` waits for a shard's answer about a
 /// transaction (without one it cannot presume the abort).
@@ -64,6 +78,10 @@ struct Session {
     /// Its abort was reported to the client and counted (a wound met by
     /// a request), so ending it later counts nothing more.
     counted: bool,
+    /// Its place under `limits.max_open_txns`: handed to the owner task
+    /// with the commit, given back when the client has its answer (or
+    /// when the session ends any other way, by dropping it).
+    admitted: Option<Ticket>,
 }
 
 /// Longest a retried transaction keeps the age of its first attempt: long
@@ -90,6 +108,7 @@ enum Input {
         writers: BTreeSet<ShardId>,
         carried: BTreeMap<ShardId, Carried>,
         reply: oneshot::Sender<Outcome>,
+        admitted: Option<Ticket>,
     },
     Event(Event),
     Leader(Option<u64>),
@@ -109,19 +128,28 @@ pub struct Coordinator {
     participants: Client,
     hlc: Hlc,
     sessions: Mutex<HashMap<TxnId, Session>>,
-    inputs: mpsc::UnboundedSender<Input>,
+    /// The owner task's queue (`limits.coordinator_queue`). Requests
+    /// (commit, status) are refused when it stays full; the results of
+    /// the owner's own actions wait for room, since losing one would
+    /// stall a transaction's 2PC: the owner never waits on anything, so
+    /// room always comes.
+    inputs: mpsc::Sender<Input>,
+    /// Open transactions (`limits.max_open_txns`).
+    open: Gate,
     /// The term in which this replica leads and has finished recovery.
     ready: Mutex<Option<u64>>,
     /// Idle timeout and lease of open transactions.
     txn_tuning: pact_common::TxnTuning,
     /// Transaction timestamps reserved in the recovery log.
     stamps: Mutex<Reservation>,
-    /// Extensions of the reservation for the reserver task to append.
-    reserve: mpsc::UnboundedSender<Timestamp>,
+    /// The furthest extension of the reservation asked for, for the
+    /// reserver task to append: one value that only grows, not a queue.
+    reserve: watch::Sender<Timestamp>,
     /// Woken when an extension ends (`begin` may be waiting for it).
     reserved: tokio::sync::Notify,
-    /// Off-path records for the recorder task to append in batches.
-    records: mpsc::UnboundedSender<LogCommand>,
+    /// Off-path records for the recorder task to append in batches; best
+    /// effort, so a full queue drops them (counted) rather than wait.
+    records: mpsc::Sender<LogCommand>,
     /// Transactions that ran longer than `gc::SLACK` and finished here,
     /// with the instant their retention ends: garbage collection holds its
     /// horizon below them until then.
@@ -173,14 +201,23 @@ impl Coordinator {
             ClientOptions {
                 request_timeout: Duration::from_secs(10),
                 retry_for: Duration::from_secs(10),
+                // A transaction holds its locks while its coordinator
+                // waits for a busy participant: better to abort it soon
+                // (its client starts over) than to keep others waiting.
+                overload_retry_for: Some(PARTICIPANT_OVERLOAD_WAIT),
                 tls,
                 peer_ports: true,
                 ..ClientOptions::default()
             },
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (reserve, reserve_rx) = mpsc::unbounded_channel();
-        let (records, records_rx) = mpsc::unbounded_channel();
+        let queue = usize::try_from(config.limits.coordinator_queue.max(1)).unwrap_or(usize::MAX);
+        let (tx, rx) = mpsc::channel(queue);
+        let (reserve, reserve_rx) = watch::channel(Timestamp(0));
+        let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
+        let open = Gate::new(
+            OPEN_TXNS_LIMIT,
+            usize::try_from(config.limits.max_open_txns).unwrap_or(usize::MAX),
+        );
         let c = Arc::new(Coordinator {
             group: cg.group,
             node,
@@ -190,6 +227,7 @@ impl Coordinator {
             hlc: Hlc::new(system_clock()),
             sessions: Mutex::new(HashMap::new()),
             inputs: tx,
+            open,
             ready: Mutex::new(None),
             txn_tuning: config.transactions.clone(),
             stamps: Mutex::new(Reservation::new()),
@@ -208,7 +246,7 @@ impl Coordinator {
         tokio::spawn(async move {
             while leadership.changed().await.is_ok() {
                 let v = *leadership.borrow_and_update();
-                if inputs.send(Input::Leader(v)).is_err() {
+                if inputs.send(Input::Leader(v)).await.is_err() {
                     break;
                 }
             }
@@ -230,13 +268,26 @@ impl Coordinator {
         self.replica.fatal()
     }
 
-    /// Bring the gauges read at a scrape up to date (open sessions).
+    /// Bring the gauges read at a scrape up to date (open sessions,
+    /// queue depths).
     pub fn refresh_metrics(&self) {
         let open = self.sessions.lock().map(|s| s.len()).unwrap_or(0);
         self.metrics
             .sessions
             .with_label_values(&[&pact_raft::metrics::group_label(self.group)])
             .set(open as i64);
+        if let Some(m) = pact_raft::metrics::process() {
+            let depth = |q: usize, room: usize| i64::try_from(q - room).unwrap_or(i64::MAX);
+            m.queue_depth(QUEUE_COORDINATOR_INPUT)
+                .set(depth(self.inputs.max_capacity(), self.inputs.capacity()));
+            m.queue_depth(QUEUE_COORDINATOR_RECORDS)
+                .set(depth(self.records.max_capacity(), self.records.capacity()));
+        }
+    }
+
+    /// Transactions holding a place under `limits.max_open_txns` now.
+    pub fn open_txns(&self) -> usize {
+        self.open.in_use()
     }
 
     fn require_leader(&self) -> Result<(), Error> {
@@ -268,6 +319,15 @@ impl Coordinator {
     /// a priority from the future is refused. Returns the id and the age.
     pub async fn begin(&self, priority: Option<Timestamp>) -> Result<(TxnId, Timestamp), Error> {
         self.require_leader()?;
+        // First of all, so a refused begin leaves nothing behind (not even
+        // a used timestamp).
+        let admitted = self.open.try_enter().ok_or_else(|| {
+            Error::Overloaded(format!(
+                "coordinator group {} has {} transactions open (limits.max_open_txns); retry later",
+                self.group,
+                self.open.max()
+            ))
+        })?;
         let txn = TxnId {
             ts: self.stamp().await?,
             node: self.node.0,
@@ -302,6 +362,7 @@ impl Coordinator {
                     wounded: None,
                     committing: false,
                     counted: false,
+                    admitted: Some(admitted),
                 },
             );
         }
@@ -372,7 +433,9 @@ impl Coordinator {
                 .map_err(|_| Error::Fatal("timestamp reservation lock poisoned".into()))?
                 .issue(self.hlc.now());
             if let Some(until) = issue.extend {
-                let _ = self.reserve.send(until);
+                // Always a wake-up, even for a target not past the last
+                // one: the reservation waits for this extension to end.
+                self.reserve.send_modify(|u| *u = (*u).max(until));
             }
             if let Some(ts) = issue.ts {
                 return Ok(ts);
@@ -658,6 +721,20 @@ impl Coordinator {
             // Not open here: maybe already decided (a retried commit).
             return self.status(txn, false).await;
         };
+        // Room in the owner's queue first, before any participant work, so
+        // a refused commit did nothing: the transaction stays open as it
+        // was, for the client to retry the commit or roll back.
+        let slot = match tokio::time::timeout(COMMIT_QUEUE_WAIT, self.inputs.reserve()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(Error::Fatal("coordinator owner task stopped".into())),
+            Err(_) => {
+                pact_raft::admission::rejected(QUEUE_COORDINATOR_INPUT);
+                return Err(Error::Overloaded(format!(
+                    "coordinator group {}: the commit queue stayed full for {COMMIT_QUEUE_WAIT:?} (limits.coordinator_queue); retry later",
+                    self.group
+                )));
+            }
+        };
         let mut parts = self.by_shard(ops);
         let before = touched.clone();
         touched.extend(parts.keys().copied());
@@ -720,15 +797,14 @@ impl Coordinator {
                     sess.committing = true;
                     let mut writers = sess.written.clone();
                     writers.extend(carried.keys().copied());
-                    self.inputs
-                        .send(Input::Commit {
-                            txn,
-                            shards: sess.shards.clone(),
-                            writers,
-                            carried,
-                            reply: tx,
-                        })
-                        .map_err(|_| Error::Fatal("coordinator owner task stopped".into()))?;
+                    slot.send(Input::Commit {
+                        txn,
+                        shards: sess.shards.clone(),
+                        writers,
+                        carried,
+                        reply: tx,
+                        admitted: sess.admitted.take(),
+                    });
                     true
                 }
                 _ => false,
@@ -795,7 +871,19 @@ impl Coordinator {
             return Ok(decided(d.commit));
         }
         let (tx, rx) = oneshot::channel();
-        let _ = self.inputs.send(Input::InFlight(txn, tx));
+        match self.inputs.try_send(Input::InFlight(txn, tx)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                pact_raft::admission::rejected(QUEUE_COORDINATOR_INPUT);
+                return Err(Error::Overloaded(format!(
+                    "coordinator group {}: the 2PC queue is full (limits.coordinator_queue); retry later",
+                    self.group
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::Fatal("coordinator owner task stopped".into()))
+            }
+        }
         match rx.await.unwrap_or(None) {
             // A parallel commit is decided (and its client told) before
             // any record says so: the machine knows while it delivers it.
@@ -927,6 +1015,7 @@ impl Coordinator {
         let (tx, rx) = oneshot::channel();
         self.inputs
             .send(Input::Oldest(tx))
+            .await
             .map_err(|_| Error::Unavailable("coordinator is stopping".into()))?;
         let in_flight = rx
             .await
@@ -1273,9 +1362,9 @@ fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transp
 
 /// The owner task: the only place the machine lives. Actions run as
 /// spawned tasks whose results come back as events.
-async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
+async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
     let mut machine = Machine::new();
-    let mut waiters: HashMap<TxnId, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut waiters: HashMap<TxnId, Waiter> = HashMap::new();
     // Writes carried by commits, until their CommitOnePhase or Prepare runs.
     let mut carried: HashMap<TxnId, BTreeMap<ShardId, Carried>> = HashMap::new();
     let mut term: Option<u64> = None;
@@ -1287,6 +1376,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 writers,
                 carried: writes,
                 reply,
+                admitted,
             } => {
                 let forget = || {
                     if let Ok(mut s) = c.sessions.lock() {
@@ -1306,7 +1396,13 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 if !writes.is_empty() {
                     carried.entry(txn).or_insert(writes);
                 }
-                waiters.insert(txn, reply);
+                waiters.insert(
+                    txn,
+                    Waiter {
+                        reply,
+                        _admitted: admitted,
+                    },
+                );
                 let actions = machine.step(Event::Commit {
                     txn,
                     shards,
@@ -1338,7 +1434,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
                 for (_, w) in waiters.drain() {
                     let o = Outcome::Unknown("coordinator leadership changed during commit".into());
                     c.metrics.outcome(&o);
-                    let _ = w.send(o);
+                    let _ = w.reply.send(o);
                 }
                 if let Ok(mut s) = c.sessions.lock() {
                     // Open transactions end with the term (their clients
@@ -1368,25 +1464,34 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Input>) {
     }
 }
 
+/// A client waiting for its commit's outcome, and the transaction's place
+/// under the open-transaction limit, given back with the answer.
+struct Waiter {
+    reply: oneshot::Sender<Outcome>,
+    _admitted: Option<Ticket>,
+}
+
+/// Hand an action's result back to the owner task. It waits for room in a
+/// full queue rather than drop the event (a lost event would stall its
+/// transaction's 2PC); the owner drains the queue without waiting on
+/// anything, so the wait ends.
+async fn feed(c: &Coordinator, ev: Event) {
+    let _ = c.inputs.send(Input::Event(ev)).await;
+}
+
 fn run(
     c: &Arc<Coordinator>,
     action: Action,
-    waiters: &mut HashMap<TxnId, oneshot::Sender<Outcome>>,
+    waiters: &mut HashMap<TxnId, Waiter>,
     carried: &mut HashMap<TxnId, BTreeMap<ShardId, Carried>>,
 ) {
-    let feed = {
-        let inputs = c.inputs.clone();
-        move |ev: Event| {
-            let _ = inputs.send(Input::Event(ev));
-        }
-    };
     match action {
         Action::Reply { txn, outcome } => {
             carried.remove(&txn);
             c.finished(txn);
             c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
-                let _ = w.send(outcome);
+                let _ = w.reply.send(outcome);
             }
         }
         Action::CommitOnePhase { txn, shard } => {
@@ -1410,6 +1515,12 @@ fn run(
                         async move { participant(ch).commit_one_phase(req).await }
                     })
                     .await;
+                if let Err(pact_client::ClientError::Overloaded(_)) = &r {
+                    // Refused before anything was done: the commit can
+                    // never apply, but the shard still holds the
+                    // transaction's locks and writes; release them now.
+                    let _ = c.send_decision(txn, shard, false).await;
+                }
                 let outcome = match r.map_err(Error::from) {
                     Ok(_) => Outcome::Committed,
                     Err(Error::Aborted(a)) => Outcome::Aborted(a),
@@ -1425,14 +1536,14 @@ fn run(
                     // Record it for TxnStatus, off the commit path: the
                     // shard's apply is the decision; this record only
                     // answers later questions.
-                    let _ = c.records.send(LogCommand::Decide {
+                    c.record_later(LogCommand::Decide {
                         txn,
                         commit: true,
                         shards: Vec::new(),
                     });
                 }
                 c.metrics.phase("one_phase", started);
-                feed(Event::OnePhaseDone { txn, outcome });
+                feed(&c, Event::OnePhaseDone { txn, outcome }).await;
             });
         }
         Action::Prepare {
@@ -1485,7 +1596,7 @@ fn run(
                     }
                 };
                 c.metrics.phase("prepare", started);
-                feed(Event::Voted { txn, shard, vote });
+                feed(&c, Event::Voted { txn, shard, vote }).await;
             });
         }
         Action::Stage { txn, shards } => {
@@ -1510,7 +1621,7 @@ fn run(
                     // a killed coordinator leaves some for recovery.
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                feed(Event::Staged { txn, result });
+                feed(&c, Event::Staged { txn, result }).await;
             });
         }
         Action::LogAbort { txn } => {
@@ -1531,7 +1642,7 @@ fn run(
                 })
                 .await;
                 c.metrics.phase("log", started);
-                feed(Event::Logged { txn, result });
+                feed(&c, Event::Logged { txn, result }).await;
             });
         }
         Action::Resolve { txn, shards } => {
@@ -1546,7 +1657,7 @@ fn run(
                 let started = Instant::now();
                 let ev = decide_event(&c, txn, shard, commit).await;
                 c.metrics.phase("decide", started);
-                feed(ev);
+                feed(&c, ev).await;
             });
         }
         Action::RetryDecide { txn, shard, commit } => {
@@ -1554,14 +1665,14 @@ fn run(
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let ev = decide_event(&c, txn, shard, commit).await;
-                feed(ev);
+                feed(&c, ev).await;
             });
         }
         Action::Finish { txn } => {
             c.finished(txn);
             // Best effort: without it, recovery settles the transaction
             // again and resends an idempotent commit.
-            let _ = c.records.send(LogCommand::Finish { txn });
+            c.record_later(LogCommand::Finish { txn });
         }
     }
 }
@@ -1617,7 +1728,7 @@ async fn resolve_task(c: Arc<Coordinator>, txn: TxnId, shards: BTreeSet<ShardId>
             None
         }
     };
-    let _ = c.inputs.send(Input::Event(Event::Resolved { txn, commit }));
+    feed(&c, Event::Resolved { txn, commit }).await;
 }
 
 /// A one-phase commit whose fate is unknown: fence it at the shard until
@@ -1760,9 +1871,7 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         staged = staged.len(),
         "coordinator leader recovered"
     );
-    let _ = c
-        .inputs
-        .send(Input::Event(Event::Recovered { unfinished, staged }));
+    feed(&c, Event::Recovered { unfinished, staged }).await;
     if c.replica.status().term == term {
         if let Ok(mut r) = c.ready.lock() {
             *r = Some(term);
@@ -1836,11 +1945,30 @@ const GC_BATCH: usize = 4096;
 /// Most records in one batch entry.
 const RECORD_BATCH: usize = 256;
 
+/// Most records waiting for the recorder task: a few batches' worth. More
+/// means the recovery log cannot keep up, and the records are best effort.
+const RECORD_QUEUE: usize = 4 * RECORD_BATCH;
+
+impl Coordinator {
+    /// Queue an off-path record (best effort: see [`record_batches`]); a
+    /// full queue drops it, counted, as a lost append would be.
+    fn record_later(&self, cmd: LogCommand) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.records.try_send(cmd) {
+            if let Some(m) = pact_raft::metrics::process() {
+                m.queue_dropped
+                    .with_label_values(&[QUEUE_COORDINATOR_RECORDS])
+                    .inc();
+            }
+            tracing::debug!("record queue full; record dropped (best effort)");
+        }
+    }
+}
+
 /// Appends the off-path records (one-phase commits, finished commits):
 /// one entry at a time, each carrying every record queued meanwhile, so a
 /// busy coordinator pays one entry per round, not one per transaction.
 /// Best effort, like the records themselves: a failed append is logged.
-async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<LogCommand>) {
+async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::Receiver<LogCommand>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < RECORD_BATCH {
@@ -1865,12 +1993,11 @@ async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::UnboundedReceiver<Log
     }
 }
 
-/// Appends the reservation extensions `begin` asks for, one at a time.
-async fn reserve_ahead(c: Arc<Coordinator>, mut wanted: mpsc::UnboundedReceiver<Timestamp>) {
-    while let Some(mut until) = wanted.recv().await {
-        while let Ok(u) = wanted.try_recv() {
-            until = until.max(u);
-        }
+/// Appends the reservation extensions `begin` asks for, one at a time:
+/// the furthest asked for since the last one.
+async fn reserve_ahead(c: Arc<Coordinator>, mut wanted: watch::Receiver<Timestamp>) {
+    while wanted.changed().await.is_ok() {
+        let until = *wanted.borrow_and_update();
         c.extend_reservation(until).await;
     }
 }

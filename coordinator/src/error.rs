@@ -24,6 +24,10 @@ pub enum Error {
     Conflict(String),
     #[error("coordinator stopped: {0}")]
     Fatal(String),
+    /// Refused at an admission limit (too many open transactions, a full
+    /// queue) before anything was done; retry later, with backoff.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl Error {
@@ -38,6 +42,7 @@ impl Error {
             Error::InvalidInput(_) => C::InvalidInput,
             Error::Conflict(_) => C::Conflict,
             Error::Fatal(_) => C::Stopped,
+            Error::Overloaded(_) => C::Overloaded,
         }
     }
 
@@ -72,6 +77,12 @@ impl From<pact_client::ClientError> for Error {
             C::UnknownShard(s) => Error::InvalidInput(format!("unknown shard {s}")),
             C::Internal(m) => Error::Unknown(format!("participant failed: {m}")),
             C::Conflict(m) => Error::Conflict(m),
+            // A participant still refused after the retries with backoff:
+            // for the transaction that is a participant it cannot use.
+            C::Overloaded(m) => Error::aborted(
+                pact_common::AbortKind::Unavailable,
+                format!("participant overloaded: {m}"),
+            ),
         }
     }
 }

@@ -33,6 +33,15 @@
 //! aborts them (their participants expire them). A commit whose decision
 //! append fails for an unknown reason is reported as `Unknown`; TxnStatus
 //! gives the final outcome later.
+//!
+//! # Load
+//! A leader holds at most `limits.max_open_txns` open transactions; a
+//! `Begin` past it is refused with `Overloaded` before anything is made.
+//! The owner task's queue is bounded (`limits.coordinator_queue`): a
+//! commit waits briefly for room, then is refused; results of the owner's
+//! own actions wait for room instead, since none may be lost. A busy
+//! participant is retried for half a second, then the transaction aborts
+//! rather than hold its locks while it waits.
 
 mod convert;
 pub mod coordinator;

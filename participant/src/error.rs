@@ -31,6 +31,10 @@ pub enum Error {
     /// The replica stopped after a storage failure and must be restarted.
     #[error("replica stopped: {0}")]
     Fatal(String),
+    /// Refused at an admission limit before anything was done; retry
+    /// later, with backoff.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl Error {
@@ -46,6 +50,7 @@ impl Error {
             Error::InvalidInput(_) => C::InvalidInput,
             Error::UnknownShard(_) => C::UnknownShard,
             Error::Fatal(_) => C::Stopped,
+            Error::Overloaded(_) => C::Overloaded,
         }
     }
 }

@@ -15,6 +15,9 @@
 //!   cluster's partitioning; a misrouted key is refused, never stored.
 //! - Requests are validated (key and value sizes, batch size, scan limit)
 //!   before anything is proposed.
+//! - At most `limits.max_in_flight_requests` requests that take locks or
+//!   propose are served at once per node; one past it is refused with
+//!   `Overloaded` before it touches anything ([`Node::admit`]).
 //!
 //! # Failure
 //! A request to a follower answers `NotLeader` with the leader's id and

@@ -104,6 +104,13 @@ fn undecided(e: &Error) -> bool {
     matches!(e, Error::Unknown(_) | Error::Fatal(_))
 }
 
+/// The `limit` label of the in-flight request limit.
+pub const IN_FLIGHT_LIMIT: &str = "in_flight_requests";
+
+fn config_limit(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
 pub struct Node {
     id: NodeId,
     config: Arc<ClusterConfig>,
@@ -117,6 +124,8 @@ pub struct Node {
     /// silent transactions.
     coordinators: pact_client::Client,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Requests in flight on this node's shards (`limits.max_in_flight_requests`).
+    admission: pact_raft::admission::Gate,
 }
 
 impl std::fmt::Debug for Node {
@@ -166,6 +175,7 @@ impl Node {
             )));
         }
         let tuning = Tuning::from(&config.raft);
+        let config_in_flight = config.limits.max_in_flight_requests;
         let clock = system_clock();
         // Timers (idle, silence, in doubt) run on a monotonic clock: a wall
         // clock stepped back or forward must not expire or keep anything.
@@ -216,7 +226,30 @@ impl Node {
             mono,
             coordinators,
             metrics,
+            admission: pact_raft::admission::Gate::new(
+                IN_FLIGHT_LIMIT,
+                config_limit(config_in_flight),
+            ),
         })
+    }
+
+    /// A place for one request under the node's in-flight limit, held
+    /// until the request ends; OVERLOADED when every place is taken.
+    /// Taken before anything else, so a refused request leaves nothing
+    /// behind (no lock, no transaction registered, no proposal).
+    pub fn admit(&self) -> Result<pact_raft::admission::Ticket, Error> {
+        self.admission.try_enter().ok_or_else(|| {
+            Error::Overloaded(format!(
+                "node {} has {} requests in flight (limits.max_in_flight_requests); retry later",
+                self.id,
+                self.admission.max()
+            ))
+        })
+    }
+
+    /// Requests holding a place under the in-flight limit now.
+    pub fn in_flight(&self) -> usize {
+        self.admission.in_use()
     }
 
     pub fn id(&self) -> NodeId {

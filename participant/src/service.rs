@@ -5,6 +5,13 @@
 //! nothing that holds locks across a proposal may be dropped half way:
 //! every proposal runs in a task of its own ([`owned`] here, or inside
 //! [`Node`] once a commit's lock waits are over).
+//!
+//! Admission: reads, writes and the transactional calls that take locks
+//! first take a place under the node's in-flight limit ([`Node::admit`])
+//! and are refused with OVERLOADED, having done nothing, when there is
+//! none. Prepare, Decide and Inquire are exempt: they finish transactions
+//! already admitted (and release their locks), so refusing them under
+//! load would only hold locks longer; Status is cheap and for operators.
 
 use std::sync::Arc;
 
@@ -57,6 +64,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let v = self.node.get(ShardId(r.shard_id), &r.key).await?;
         Ok(Response::new(convert::value(v)))
@@ -66,6 +74,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let (pairs, more) = self
             .node
@@ -83,6 +92,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let ops = convert::write_ops(r.ops)?;
         let index = self.node.write(ShardId(r.shard_id), ops).await?;
@@ -118,6 +128,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnGetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -137,6 +148,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -157,6 +169,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnWriteRequest>,
     ) -> Result<Response<pb::TxnWriteResponse>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -185,6 +198,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnDone>, Status> {
+        let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
         let prio = convert::priority(r.priority, txn)?;
@@ -231,5 +245,109 @@ impl Participant for ParticipantService {
         })
         .await?;
         Ok(Response::new(pb::ForgetResponse { removed, kept }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use pact_common::{ClusterConfig, NodeId, Timestamp};
+    use tonic::Code;
+
+    use super::*;
+
+    /// A one-node cluster whose node serves at most two requests at once,
+    /// with its shard's leader elected.
+    async fn small_node(dir: &std::path::Path) -> Arc<Node> {
+        let mut config = ClusterConfig::local_with_coordinators(1, 1, 1, 1, 47_101).unwrap();
+        config.limits.max_in_flight_requests = 2;
+        let node = Arc::new(Node::start(config, NodeId(1), dir, None).await.unwrap());
+        for _ in 0..200 {
+            if node.status(ShardId(1)).is_ok_and(|s| s.role == "leader") {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the shard elected no leader");
+    }
+
+    fn gauge(node: &Node, which: &str) -> i64 {
+        node.refresh_metrics();
+        match which {
+            "locks" => node
+                .metrics
+                .lock_table
+                .with_label_values(&["1", "key"])
+                .get(),
+            _ => node.metrics.open_txns.with_label_values(&["1"]).get(),
+        }
+    }
+
+    fn assert_overloaded(s: &Status) {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        let (code, _) = pb::status::info(s).expect("a Pact error code");
+        assert_eq!(code, "OVERLOADED");
+        assert!(pb::status::retry_after(s).is_some(), "a RetryInfo");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_past_the_in_flight_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = small_node(dir.path()).await;
+        let txns = ParticipantService { node: node.clone() };
+        let kv = KvService { node: node.clone() };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let write = pb::TxnWriteRequest {
+            shard_id: 1,
+            txn: Some(pb::TxnId {
+                ts: Timestamp::from_parts(now, 0).0,
+                node: 2,
+                group: 1,
+            }),
+            ops: vec![pb::WriteOp {
+                key: b"k".to_vec().into(),
+                op: Some(pb::write_op::Op::Put(b"v".to_vec().into())),
+            }],
+            first: true,
+            priority: 0,
+        };
+        // Two requests in flight: every place is taken.
+        let held = [node.admit().unwrap(), node.admit().unwrap()];
+        let e = txns
+            .txn_write(Request::new(write.clone()))
+            .await
+            .unwrap_err();
+        assert_overloaded(&e);
+        let e = kv
+            .get(Request::new(pb::GetRequest {
+                shard_id: 1,
+                key: b"k".to_vec().into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_overloaded(&e);
+        // The refused write registered no transaction and took no lock.
+        assert_eq!(gauge(&node, "txns"), 0);
+        assert_eq!(gauge(&node, "locks"), 0);
+        // Decisions are exempt: they finish admitted work.
+        txns.decide(Request::new(pb::DecideRequest {
+            shard_id: 1,
+            txn: write.txn,
+            commit: false,
+        }))
+        .await
+        .unwrap();
+        drop(held);
+        assert_eq!(node.in_flight(), 0);
+        // With a place free the same write goes through and takes its lock,
+        // and its place comes back when it is done.
+        txns.txn_write(Request::new(write)).await.unwrap();
+        assert_eq!(gauge(&node, "locks"), 1);
+        assert_eq!(node.in_flight(), 0);
+        node.shutdown().await;
     }
 }

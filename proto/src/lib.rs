@@ -59,4 +59,9 @@ pub mod status {
         let info = details.error_info()?;
         (info.domain == DOMAIN).then(|| (info.reason.clone(), info.metadata.clone()))
     }
+
+    /// The pause `s` asks for before a retry (its RetryInfo), if any.
+    pub fn retry_after(s: &Status) -> Option<Duration> {
+        s.get_error_details().retry_info()?.retry_delay
+    }
 }

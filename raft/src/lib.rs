@@ -51,13 +51,20 @@
 //! The crate also holds what every server binary shares besides
 //! replication ([`server`]: ports, TLS, connection limits), and what they
 //! tell operators: Prometheus metrics ([`metrics`]: Raft gauges, fsyncs,
-//! leader changes, snapshots, gRPC requests per method) and the HTTP and
+//! leader changes, snapshots, gRPC requests per method, queue depths and
+//! admission refusals) and the HTTP and
 //! gRPC health endpoints ([`endpoint`]), where a replica is ready when its
 //! group has a known leader and it is not far behind
 //! ([`Replica::readiness`]). Log setup is the binaries' own (see
 //! `pact_common::logging`): a library installs no subscriber.
+//!
+//! # Backpressure
+//! The storage writer's queue is bounded (Raft waits for room), and
+//! [`admission`] is the counted limit servers put in front of new work,
+//! refusing past it with OVERLOADED ([`wire::error_status`]).
 
 pub mod admin;
+pub mod admission;
 pub mod balance;
 pub mod codec;
 pub mod endpoint;

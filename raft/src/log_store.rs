@@ -205,13 +205,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.submit(
-            ops,
-            Notify::Visible {
-                visible: tx,
-                flushed: callback,
-            },
-        );
+        self.store
+            .submit(
+                ops,
+                Notify::Visible {
+                    visible: tx,
+                    flushed: callback,
+                },
+            )
+            .await;
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }

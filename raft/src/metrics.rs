@@ -52,7 +52,25 @@ pub struct ProcessMetrics {
     pub grpc_requests: IntCounterVec,
     /// gRPC request durations (until the response's end), by method.
     pub grpc_seconds: HistogramVec,
+    /// Items waiting in a bounded queue, by queue ([`QUEUE_STORAGE_WRITER`],
+    /// [`QUEUE_COORDINATOR_INPUT`], [`QUEUE_COORDINATOR_RECORDS`]).
+    pub queue_depth: IntGaugeVec,
+    /// Best-effort items a full queue dropped, by queue.
+    pub queue_dropped: IntCounterVec,
+    /// Admitted work holding a place under an admission limit, by limit
+    /// (see [`crate::admission`]).
+    pub admission_in_use: IntGaugeVec,
+    /// The configured size of each admission limit.
+    pub admission_limit: IntGaugeVec,
+    /// Requests refused with OVERLOADED, by the limit or queue that was
+    /// full.
+    pub admission_rejected: IntCounterVec,
 }
+
+/// Queue names of the `pact_queue_depth` gauge.
+pub const QUEUE_STORAGE_WRITER: &str = "storage_writer";
+pub const QUEUE_COORDINATOR_INPUT: &str = "coordinator_input";
+pub const QUEUE_COORDINATOR_RECORDS: &str = "coordinator_records";
 
 /// The label value of a group id.
 pub fn group_label(group: u64) -> String {
@@ -149,6 +167,42 @@ impl ProcessMetrics {
             &["method"],
         )?;
         registry.register(Box::new(grpc_seconds.clone()))?;
+        let gauge = |name: &str, help: &str, label: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let queue_depth = gauge(
+            "pact_queue_depth",
+            "Items waiting in a bounded internal queue, by queue",
+            "queue",
+        )?;
+        let admission_in_use = gauge(
+            "pact_admission_in_use",
+            "Admitted work holding a place under an admission limit, by limit",
+            "limit",
+        )?;
+        let admission_limit = gauge(
+            "pact_admission_limit",
+            "The configured size of an admission limit",
+            "limit",
+        )?;
+        let queue_dropped = IntCounterVec::new(
+            Opts::new(
+                "pact_queue_dropped_total",
+                "Best-effort items (coordinator records) dropped because their queue was full",
+            ),
+            &["queue"],
+        )?;
+        registry.register(Box::new(queue_dropped.clone()))?;
+        let admission_rejected = IntCounterVec::new(
+            Opts::new(
+                "pact_admission_rejected_total",
+                "Requests refused with OVERLOADED, by the limit or queue that was full",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(admission_rejected.clone()))?;
         Ok(ProcessMetrics {
             registry,
             fsync_seconds,
@@ -161,7 +215,17 @@ impl ProcessMetrics {
             snapshot_bytes_received,
             grpc_requests,
             grpc_seconds,
+            queue_depth,
+            queue_dropped,
+            admission_in_use,
+            admission_limit,
+            admission_rejected,
         })
+    }
+
+    /// The depth gauge of `queue`.
+    pub fn queue_depth(&self, queue: &str) -> IntGauge {
+        self.queue_depth.with_label_values(&[queue])
     }
 
     /// Show `group`'s counters at 0 before anything happens to it, so a

@@ -513,7 +513,7 @@ async fn load(
             .into_iter()
             .map(|p| Op::Put(Space::Sm, group_key(group, &p.key), p.value))
             .collect();
-        pending = Some(store.submit_lazy(ops));
+        pending = Some(store.submit_lazy(ops).await);
     }
 }
 

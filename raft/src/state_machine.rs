@@ -291,7 +291,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Box::new(|| Ok(Vec::new()))
                     }
                 };
-                let done = self.store.submit_computed(ops, compute);
+                let done = self.store.submit_computed(ops, compute).await;
                 pending.push((done, slot, responder));
             }
             for (done, slot, responder) in pending {

@@ -38,6 +38,14 @@
 //! [`crate::journal_mark`] tells a torn tail (past the last fsync:
 //! accepted) from lost fsynced data (refused, and the directory stays
 //! refused: [`REFUSED_FILE`]).
+//!
+//! The writer's queue is bounded ([`StorageTuning::writer_queue`] jobs): a
+//! submitter first takes a slot of a semaphore, waiting asynchronously
+//! while the queue is full, and the writer frees the slot once the job is
+//! written. Every submitter is Raft (appends, applies, votes), whose
+//! writes must not be dropped, so a full queue is backpressure on Raft,
+//! never an error; admission control in front of Raft (see the
+//! participant and coordinator) is what refuses clients.
 
 use std::io;
 use std::ops::Bound;
@@ -114,6 +122,31 @@ struct Job {
     ops: Vec<Op>,
     compute: Option<Compute>,
     notify: Notify,
+    /// The job's place in the bounded queue, freed once it is written.
+    _slot: Slot,
+}
+
+/// A taken place in the writer's queue (see the module doc); counted in
+/// the `storage_writer` queue-depth gauge while held.
+struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Slot {
+    async fn take(room: &Arc<tokio::sync::Semaphore>) -> Option<Slot> {
+        // The semaphore is never closed; None only if it were.
+        let permit = room.clone().acquire_owned().await.ok()?;
+        if let Some(m) = crate::metrics::process() {
+            m.queue_depth(crate::metrics::QUEUE_STORAGE_WRITER).inc();
+        }
+        Some(Slot(permit))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(m) = crate::metrics::process() {
+            m.queue_depth(crate::metrics::QUEUE_STORAGE_WRITER).dec();
+        }
+    }
 }
 
 /// The node's storage: the fjall database plus its writer thread.
@@ -125,7 +158,12 @@ pub struct NodeStore {
     pub(crate) smmeta: Keyspace,
     /// Where snapshot files live while received or installed.
     snap_dir: std::path::PathBuf,
+    /// As many places as `room` has permits, and every job in it holds
+    /// one (a [`Slot`], freed only after the writer took the job out): a
+    /// job with its slot always finds a place, so the send never blocks
+    /// the async thread that makes it.
     jobs: crossbeam_channel::Sender<Job>,
+    room: Arc<tokio::sync::Semaphore>,
     poison: Arc<Poison>,
 }
 
@@ -385,7 +423,8 @@ impl NodeStore {
         mark.record(round)?;
         let snap_dir = dir.join(crate::snapshot::DIR);
         crate::snapshot::clean_dir(&snap_dir, &smmeta)?;
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let queue = usize::try_from(limits.writer_queue.max(1)).unwrap_or(usize::MAX);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
         let poison = Arc::new(Poison::new(dir));
         let store = Arc::new(NodeStore {
             db: db.clone(),
@@ -395,6 +434,7 @@ impl NodeStore {
             smmeta: smmeta.clone(),
             snap_dir,
             jobs: tx,
+            room: Arc::new(tokio::sync::Semaphore::new(queue)),
             poison: poison.clone(),
         });
         let writer = Writer {
@@ -442,14 +482,27 @@ impl NodeStore {
         e
     }
 
-    pub(crate) fn submit(&self, ops: Vec<Op>, notify: Notify) {
-        // The writer thread lives as long as the store; a send can only fail
-        // if it died, in which case the notify channel is dropped and the
-        // submitter sees a closed channel, which it reports as an I/O error.
-        let _ = self.jobs.send(Job {
+    /// Queue a job, waiting while the queue is full.
+    pub(crate) async fn submit(&self, ops: Vec<Op>, notify: Notify) {
+        self.enqueue(ops, None, notify).await
+    }
+
+    async fn enqueue(&self, ops: Vec<Op>, compute: Option<Compute>, notify: Notify) {
+        // Without a slot (never: the semaphore is not closed) the job is
+        // dropped with its notify channel, which the submitter reports as
+        // an I/O error, as for a dead writer thread.
+        let Some(slot) = Slot::take(&self.room).await else {
+            return;
+        };
+        // Never full (see `jobs`). The writer thread lives as long as the
+        // store; the send can only fail if it died, in which case the
+        // notify channel is dropped and the submitter sees a closed
+        // channel, which it reports as an I/O error.
+        let _ = self.jobs.try_send(Job {
             ops,
-            compute: None,
+            compute,
             notify,
+            _slot: slot,
         });
     }
 
@@ -461,43 +514,40 @@ impl NodeStore {
     /// without waiting for each, and each still applies to the state the
     /// previous one left, with one hand-off per entry instead of a
     /// blocking-pool task plus a write.
-    pub(crate) fn submit_computed(
+    pub(crate) async fn submit_computed(
         &self,
         ops: Vec<Op>,
         compute: Compute,
     ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.jobs.send(Job {
-            ops,
-            compute: Some(compute),
-            notify: Notify::Lazy(tx),
-        });
+        self.enqueue(ops, Some(compute), Notify::Lazy(tx)).await;
         rx
     }
 
     /// Apply `ops` atomically and wait until they are durable.
     pub(crate) async fn write_durable(&self, ops: Vec<Op>) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(ops, Notify::Durable(tx));
+        self.submit(ops, Notify::Durable(tx)).await;
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 
     /// Queue `ops` as one atomic batch; the receiver fires once readers
     /// can see them (durable with a later fsync).
-    pub(crate) fn submit_lazy(
+    /// (Waits for room in the writer's queue first.)
+    pub(crate) async fn submit_lazy(
         &self,
         ops: Vec<Op>,
     ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(ops, Notify::Lazy(tx));
+        self.submit(ops, Notify::Lazy(tx)).await;
         rx
     }
 
     /// Apply `ops` atomically; return once readers can see them.
     pub(crate) async fn write_visible(&self, ops: Vec<Op>) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(ops, Notify::Lazy(tx));
+        self.submit(ops, Notify::Lazy(tx)).await;
         rx.await
             .map_err(|_| io::Error::other("storage writer stopped"))?
     }
@@ -778,6 +828,7 @@ impl Writer {
                     mut ops,
                     compute,
                     notify,
+                    _slot,
                 } = job;
                 let computed = match compute {
                     Some(f) if !self.poison.is_set() => f().map(|more| ops.extend(more)),

@@ -557,3 +557,34 @@ async fn a_damaged_table_block_is_an_error_that_poisons_the_store_never_data() {
         .await
         .is_err());
 }
+
+/// A full writer queue is backpressure, not an error: with room for one
+/// job, many writers at once all wait their turn and all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_makes_writers_wait_not_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = pact_common::StorageTuning {
+        writer_queue: 1,
+        ..pact_common::StorageTuning::default()
+    };
+    let store = NodeStore::open_with(dir.path(), &limits).unwrap();
+    let writes = (0..64u32).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let key = group_key(9, format!("w{i:02}").as_bytes());
+            store
+                .write_durable(vec![Op::Put(Space::Sm, key, vec![1; 64])])
+                .await
+        })
+    });
+    for r in futures::future::join_all(writes).await {
+        r.unwrap().unwrap();
+    }
+    for i in 0..64u32 {
+        let key = group_key(9, format!("w{i:02}").as_bytes());
+        assert!(
+            store.get_sync(Space::Sm, &key).unwrap().is_some(),
+            "w{i:02}"
+        );
+    }
+}

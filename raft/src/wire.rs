@@ -15,6 +15,10 @@ use crate::ReplicaStatus;
 pub const LEADER_ID_HEADER: &str = "pact-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "pact-leader-addr";
 
+/// The pause an OVERLOADED status asks for before a retry (clients add
+/// their own exponential backoff on top when refused again).
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
     let (leader_id, leader_addr) = s.leader.unwrap_or((0, String::new()));
     pb::StatusResponse {
@@ -35,7 +39,9 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
 /// The status of an error with `code` (see `pact_common::codes`): the
 /// gRPC code that fits it, the human message, and the code, the abort
 /// kind and the leader hint as data. Retryable codes carry a RetryInfo
-/// (NOT_LEADER: at once, at the leader; UNAVAILABLE: after a short pause).
+/// (NOT_LEADER: at once, at the leader; UNAVAILABLE: after a short pause;
+/// OVERLOADED: after [`OVERLOADED_RETRY_AFTER`], the time a full queue or
+/// admission limit needs to drain a little at peak throughput).
 pub fn error_status(
     code: ErrorCode,
     msg: String,
@@ -50,10 +56,12 @@ pub fn error_status(
         ErrorCode::InvalidInput => Code::InvalidArgument,
         ErrorCode::UnknownShard => Code::NotFound,
         ErrorCode::Stopped => Code::Internal,
+        ErrorCode::Overloaded => Code::ResourceExhausted,
     };
     let retry = match code {
         ErrorCode::NotLeader => Some(Duration::ZERO),
         ErrorCode::Unavailable => Some(Duration::from_millis(50)),
+        ErrorCode::Overloaded => Some(OVERLOADED_RETRY_AFTER),
         _ => None,
     };
     let mut meta = Vec::new();

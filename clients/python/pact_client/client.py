@@ -41,6 +41,7 @@ from .errors import (
     Aborted,
     InvalidInput,
     OutcomeUnknown,
+    Overloaded,
     PactError,
     ServerError,
     Unavailable,
@@ -363,6 +364,10 @@ class Client:
                             target = next_of(target)
                     elif c.kind == errors.NEXT_NODE:
                         target = next_of(target)
+                    elif c.kind == errors.OVERLOADED:
+                        # Nothing was done; the node leads but is busy:
+                        # stay, and back off further than for a miss.
+                        backoff = max(backoff, 0.1)
                     elif c.kind == errors.RETRY:
                         if not idempotent and not c.from_server:
                             raise OutcomeUnknown(
@@ -377,6 +382,13 @@ class Client:
                         target = next_of(target)
                     else:
                         raise c.error from None
+            if time.monotonic() >= deadline and isinstance(last, Overloaded):
+                raise Overloaded(
+                    f"{_route_name(route)}: still refused after {self.retry_for:g}s: {last.message}",
+                    code=last.code,
+                    error_info=last.error_info,
+                    retry_delay=last.retry_delay,
+                )
             if time.monotonic() >= deadline:
                 raise Unavailable(
                     f"{_route_name(route)}: gave up after {self.retry_for:g}s: {last.message if last else ''}",
@@ -389,7 +401,7 @@ class Client:
                     delay = max(delay, last.retry_delay)
                 # A last try at the deadline rather than none.
                 time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-                backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, 2.0 if isinstance(last, Overloaded) else 0.5)
 
     def _shard_call(self, shard: int, invoke, *, idempotent: bool):
         replicas = self._shard_replicas.get(shard)

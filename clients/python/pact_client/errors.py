@@ -19,8 +19,11 @@ message text (which is for people and may change):
 * DEADLINE_EXCEEDED, UNKNOWN, CANCELLED: the request may have been
   applied.
 * ABORTED: the transaction is aborted; nothing of it was applied.
-* INVALID_ARGUMENT, OUT_OF_RANGE, RESOURCE_EXHAUSTED, NOT_FOUND: a bad
-  request.
+* RESOURCE_EXHAUSTED: the server is overloaded (code OVERLOADED: refused
+  at an admission limit, nothing done); retried at the same node after
+  the RetryInfo delay, with backoff, and raised as `Overloaded` when the
+  retry budget ends.
+* INVALID_ARGUMENT, OUT_OF_RANGE, NOT_FOUND: a bad request.
 * UNIMPLEMENTED: the node does not serve that service (a participant-only
   node asked for `Txn`); another node may.
 
@@ -80,6 +83,13 @@ class Unavailable(PactError):
     retry later."""
 
 
+class Overloaded(PactError):
+    """A server refused the request at its admission limit (too many
+    transactions open or requests in flight, a full queue); nothing was
+    done. The client retried with backoff until its retry budget ended;
+    retry later, or send less."""
+
+
 class Aborted(PactError):
     """The transaction was aborted (conflict, wounded by an older
     transaction, lock wait timeout, coordinator failover); nothing of it
@@ -123,6 +133,7 @@ NOT_LEADER = "not_leader"
 RETRY = "retry"
 UNKNOWN = "unknown"
 NEXT_NODE = "next_node"
+OVERLOADED = "overloaded"
 FAIL = "fail"
 
 
@@ -206,6 +217,8 @@ def _by_pact_code(info: ErrorInfo, msg: str, kw: dict, from_server: bool) -> Cla
         return Classified(FAIL, error=InvalidInput(msg, **kw), from_server=from_server)
     if r == "STOPPED":
         return Classified(FAIL, error=ServerError(msg, **kw), from_server=from_server)
+    if r == "OVERLOADED":
+        return Classified(OVERLOADED, error=Overloaded(msg, **kw), from_server=from_server)
     return None  # a code newer than this client: the gRPC code decides
 
 
@@ -247,10 +260,12 @@ def classify(err: grpc.RpcError) -> Classified:
         return Classified(UNKNOWN, error=OutcomeUnknown(msg, **kw), from_server=from_server)
     if code == grpc.StatusCode.ABORTED:
         return Classified(FAIL, error=Aborted(msg, **kw), from_server=from_server)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # A quota (an oversized message is OUT_OF_RANGE): nothing done.
+        return Classified(OVERLOADED, error=Overloaded(msg, **kw), from_server=from_server)
     if code in (
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.NOT_FOUND,
     ):
         return Classified(FAIL, error=InvalidInput(msg, **kw), from_server=from_server)

@@ -158,6 +158,7 @@ class ClassifyTest(unittest.TestCase):
             grpc.StatusCode.UNAVAILABLE: (errors.RETRY, errors.Unavailable),
             grpc.StatusCode.DEADLINE_EXCEEDED: (errors.UNKNOWN, errors.OutcomeUnknown),
             grpc.StatusCode.ABORTED: (errors.FAIL, errors.Aborted),
+            grpc.StatusCode.RESOURCE_EXHAUSTED: (errors.OVERLOADED, errors.Overloaded),
             grpc.StatusCode.INVALID_ARGUMENT: (errors.FAIL, errors.InvalidInput),
             grpc.StatusCode.NOT_FOUND: (errors.FAIL, errors.InvalidInput),
             grpc.StatusCode.UNIMPLEMENTED: (errors.NEXT_NODE, errors.ServerError),
@@ -228,6 +229,11 @@ class ClassifyTest(unittest.TestCase):
         # An unknown code falls back on the gRPC code.
         c = errors.classify(self._pact_error(grpc.StatusCode.UNAVAILABLE, "SOMETHING_NEW", {}))
         self.assertEqual(c.kind, errors.RETRY)
+        # Refused at an admission limit: retryable, whatever the gRPC code.
+        c = errors.classify(self._pact_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", {}))
+        self.assertEqual(c.kind, errors.OVERLOADED)
+        self.assertIsInstance(c.error, errors.Overloaded)
+        self.assertTrue(c.from_server)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ fn outcome_of(e: &ClientError) -> OpType {
         | ClientError::InvalidInput(_)
         | ClientError::UnknownShard(_)
         | ClientError::Unavailable(_)
+        | ClientError::Overloaded(_)
         | ClientError::Unreachable(_) => OpType::Fail,
         ClientError::Unknown(_) | ClientError::Internal(_) => OpType::Info,
     }
