@@ -77,6 +77,7 @@ cgroot=/sys/fs/cgroup/memory
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-ltm.XXXXXX")
 cg="$cgroot/pact-ltm-$$"
 pg_pid=""
+bench_pid=""
 
 # Disk: values x 3 replicas, plus half again for journals, Raft logs and
 # compaction's temporary copies, plus 1 GiB.
@@ -114,6 +115,7 @@ stop_pact() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  [ -n "$bench_pid" ] && stop_pid "$bench_pid"
   stop_pact
   [ -d "$cg" ] && rmdir "$cg" 2>/dev/null || true
   if [ "${KEEP_TMP:-}" = 1 ]; then
@@ -227,13 +229,32 @@ bench() { # NAME ARGS...
   local name=$1
   shift
   log "$name: bench $*"
-  if ! "$bin/bench" "$@" --backend pact --config "$pg/cluster.toml" --seed "$SEED" --json \
-    --allow-failures >"$res/$name.json" 2>"$res/$name.err"; then
+  # In the background, so a signal to the script stops it at once.
+  "$bin/bench" "$@" --backend pact --config "$pg/cluster.toml" --seed "$SEED" --json \
+    --allow-failures >"$res/$name.json" 2>"$res/$name.err" &
+  bench_pid=$!
+  if ! wait "$bench_pid"; then
+    bench_pid=""
     cat "$res/$name.err" >&2
     die "bench $* failed"
   fi
+  bench_pid=""
   if [ -s "$res/$name.err" ]; then head -5 "$res/$name.err" >&2; fi
   cgroup_note "$name"
+  check_servers "$name"
+}
+
+# check_servers NAME: the three servers still run (the playground and
+# its nodes are the cgroup's processes); a server killed at the limit
+# would make every later number meaningless.
+check_servers() {
+  local n oom
+  n=$(wc -l <"$cg/cgroup.procs")
+  oom=$(awk '/^oom_kill / { print $2 }' "$cg/memory.oom_control")
+  if [ "$n" -lt 4 ] || [ "${oom:-0}" -gt 0 ]; then
+    die "after $1: $((n > 0 ? n - 1 : 0)) of 3 servers left, ${oom:-?} killed by the kernel at" \
+      "the memory limit: the servers' own memory needs more than MEM_LIMIT_MB=$MEM_LIMIT_MB; raise it"
+  fi
 }
 
 fields=(-p fieldcount=1 -p "fieldlength=$VALUE_SIZE")
@@ -250,6 +271,8 @@ runs() { # CASE
 echo 0 >"$cg/memory.max_usage_in_bytes"
 echo 0 >"$cg/memory.failcnt"
 bench load load --workload b --recordcount "$RECORDS" "${fields[@]}" --threads "$LOAD_THREADS"
+load_failed=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["failed"])' "$res/load.json")
+[ "$load_failed" = 0 ] || die "$load_failed records failed to load (see $res/load.err); the runs would read holes"
 du -sb "$pg" | awk '{ print $1 }' >"$res/data_bytes"
 log "data on disk: $(du -sh "$pg" | cut -f1)"
 
@@ -338,11 +361,6 @@ for title, w in rows:
     lim, mem = load(f"limited-{w}")["throughput_ops_sec"], load(f"memory-{w}")["throughput_ops_sec"]
     if mem:
         print(f"{title}: limited / in memory = {lim / mem:.2f}")
-oom = max(cgroup(f"memory-{w}").get("oom_kills", 0) for _, w in rows)
-if oom:
-    print()
-    print(f"WARNING: the kernel killed {oom} server process(es) at the limit: "
-          "their heaps alone need more than MEM_LIMIT_MB; raise it")
 failed = [f"{f[:-5]}: {load(f[:-5])['failed']} failed" for f in sorted(os.listdir(res))
           if f.endswith(".json") and load(f[:-5])["failed"]]
 if failed:

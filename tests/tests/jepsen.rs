@@ -237,7 +237,11 @@ async fn soak_mixed_workload_under_nemeses() {
     // Six processes: three participants and three coordinators.
     assert_eq!(soak.processes.len(), 6, "{soak:?}");
     for p in &soak.processes {
-        assert!(p.max_rss > 1 << 20, "no RSS read for {}: {soak:?}", p.process);
+        assert!(
+            p.max_rss > 1 << 20,
+            "no RSS read for {}: {soak:?}",
+            p.process
+        );
         assert!(p.max_disk > 0, "no disk usage for {}: {soak:?}", p.process);
     }
     for f in ["soak.csv", "soak.txt", "memory.png", "disk.png"] {

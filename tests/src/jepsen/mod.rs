@@ -7,7 +7,11 @@
 //! `nemesis.json`, `seed`, `latency.png` (each operation's latency over
 //! time), `rate.png` (completions per second), both by outcome and
 //! operation with fault periods shaded and named (see [`plot`]), and every
-//! node's log. `PACT_JEPSEN_SEED` replays a
+//! node's log. A run of several workloads (`Spec::also`) writes one
+//! `history-<workload>.*` per workload instead, each checked by its own
+//! checker; a sampled run (`Spec::sample_every`, the soak) adds
+//! `soak.csv`, `soak.txt` and the memory, disk and record plots (see
+//! [`soak`]). `PACT_JEPSEN_SEED` replays a
 //! schedule; `PACT_JEPSEN_SECONDS` lengthens runs (the long tier).
 
 pub mod nemesis;
@@ -139,7 +143,11 @@ impl Recorder {
     }
 
     pub fn errors(&self) -> BTreeMap<String, usize> {
-        self.shared.errors.lock().map(|m| m.clone()).unwrap_or_default()
+        self.shared
+            .errors
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     fn push(&self, process: i64, typ: OpType, f: &str, key: Option<Value>, value: Value) {
@@ -427,9 +435,9 @@ pub async fn run(spec: Spec) -> Report {
     let recs: Vec<Arc<Recorder>> = std::iter::once(rec.clone())
         .chain(workloads[1..].iter().map(|_| Arc::new(rec.sibling())))
         .collect();
-    let sampler = spec.sample_every.map(|every| {
-        soak::Sampler::start(targets.clone(), cluster.pids(), rec.t0, every)
-    });
+    let sampler = spec
+        .sample_every
+        .map(|every| soak::Sampler::start(targets.clone(), cluster.pids(), rec.t0, every));
     let unique = Arc::new(AtomicI64::new(0));
     let deadline = Instant::now() + spec.duration;
     let replicas: Vec<Client> = cluster
@@ -581,10 +589,8 @@ pub async fn run(spec: Spec) -> Report {
         .zip(&recs)
         .map(|(w, r)| (*w, r.history()))
         .collect();
-    let mut results: Vec<(String, CheckResult)> = histories
-        .iter()
-        .flat_map(|(w, h)| w.check(h))
-        .collect();
+    let mut results: Vec<(String, CheckResult)> =
+        histories.iter().flat_map(|(w, h)| w.check(h)).collect();
     results.push(("txn-ids".into(), rec.check_txn_ids()));
     let dir = results_root().join(format!("{}-{seed}", spec.name));
     let report = Report {

@@ -320,16 +320,17 @@ pub fn latency(
                 .legend(move |p| marker(shape, p, color));
         }
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(e)
 }
 
 fn draw_legend<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
     chart: &mut Chart<'a, 'b, Y>,
+    at: SeriesLabelPosition,
 ) -> Result<(), String> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
@@ -396,7 +397,7 @@ pub fn rate(
             .draw_series(points.into_iter().map(|p| marker(shape, p, color)))
             .map_err(e)?;
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(e)
 }
 
@@ -467,7 +468,9 @@ pub fn series(
         }
     }
     if all.iter().any(|s| !s.runs.is_empty()) {
-        draw_legend(&mut chart)?;
+        // Levels drawn from zero leave the bottom right free; the top
+        // right is where they end.
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     root.present().map_err(e)
 }

@@ -97,7 +97,10 @@ fn parse_metric_line(line: &str) -> Option<MetricLine> {
         let mut chars = inner.char_indices().peekable();
         let mut end = None;
         loop {
-            while chars.next_if(|(_, c)| *c == ',' || c.is_whitespace()).is_some() {}
+            while chars
+                .next_if(|(_, c)| *c == ',' || c.is_whitespace())
+                .is_some()
+            {}
             match chars.peek() {
                 Some((i, '}')) => {
                     end = Some(*i);
@@ -299,9 +302,16 @@ const RECORDS_PREFIX: &str = "records_";
 pub fn to_csv(samples: &[Sample]) -> Result<String, csv::Error> {
     let kinds = kinds(samples);
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<String> = ["t_s", "process", "pid", "rss_bytes", "heap_bytes", "disk_bytes"]
-        .map(String::from)
-        .to_vec();
+    let mut header: Vec<String> = [
+        "t_s",
+        "process",
+        "pid",
+        "rss_bytes",
+        "heap_bytes",
+        "disk_bytes",
+    ]
+    .map(String::from)
+    .to_vec();
     header.extend(kinds.iter().map(|k| format!("{RECORDS_PREFIX}{k}")));
     w.write_record(&header)?;
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -329,7 +339,14 @@ pub fn to_csv(samples: &[Sample]) -> Result<String, csv::Error> {
 pub fn from_csv(text: &str) -> Result<Vec<Sample>, String> {
     let mut r = csv::Reader::from_reader(text.as_bytes());
     let header = r.headers().map_err(|e| e.to_string())?.clone();
-    let fixed = ["t_s", "process", "pid", "rss_bytes", "heap_bytes", "disk_bytes"];
+    let fixed = [
+        "t_s",
+        "process",
+        "pid",
+        "rss_bytes",
+        "heap_bytes",
+        "disk_bytes",
+    ];
     if header.len() < fixed.len() || header.iter().zip(fixed).any(|(h, f)| h != f) {
         return Err(format!("not a soak CSV header: {header:?}"));
     }
@@ -536,9 +553,10 @@ impl Summary {
     }
 }
 
-/// Runs of `value` per process, split where the value is missing or the
-/// process changed pid.
-fn runs(samples: &[Sample], value: impl Fn(&Sample) -> Option<f64>) -> Vec<Series> {
+/// Runs of `value` per process, split where the value is missing and, with
+/// `per_run`, where the process changed pid (its memory starts over; its
+/// data directory and stored records do not).
+fn runs(samples: &[Sample], per_run: bool, value: impl Fn(&Sample) -> Option<f64>) -> Vec<Series> {
     by_process(samples)
         .into_iter()
         .map(|(name, ss)| {
@@ -548,7 +566,7 @@ fn runs(samples: &[Sample], value: impl Fn(&Sample) -> Option<f64>) -> Vec<Serie
             for s in ss {
                 match value(s) {
                     Some(v) => {
-                        if broken || s.pid != last_pid {
+                        if broken || (per_run && s.pid != last_pid) {
                             runs.push(Vec::new());
                         }
                         if let Some(r) = runs.last_mut() {
@@ -574,7 +592,7 @@ pub fn plots(
     faults: &[Interval],
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
-    let memory = runs(samples, |s| s.rss_bytes.map(|b| b as f64 / MIB));
+    let memory = runs(samples, true, |s| s.rss_bytes.map(|b| b as f64 / MIB));
     let path = dir.join("memory.png");
     plot::series(
         &path,
@@ -584,7 +602,7 @@ pub fn plots(
         faults,
     )?;
     written.push(path);
-    let disk = runs(samples, |s| s.disk_bytes.map(|b| b as f64 / MIB));
+    let disk = runs(samples, false, |s| s.disk_bytes.map(|b| b as f64 / MIB));
     let path = dir.join("disk.png");
     plot::series(
         &path,
@@ -598,7 +616,7 @@ pub fn plots(
     if !kinds.is_empty() {
         let mut records = Vec::new();
         for k in &kinds {
-            for mut s in runs(samples, |s| s.records.get(k).copied()) {
+            for mut s in runs(samples, false, |s| s.records.get(k).copied()) {
                 if s.runs.iter().any(|r| !r.is_empty()) {
                     s.name = format!("{} {k}", s.name);
                     records.push(s);
@@ -787,10 +805,9 @@ pact_raft_term{group="1"} 3
         assert!(text.starts_with("t_s,process,pid,rss_bytes,heap_bytes,disk_bytes\n"));
         assert_eq!(from_csv(&text).unwrap(), bare);
         assert!(from_csv("a,b\n1,2\n").is_err());
-        assert!(from_csv(
-            "t_s,process,pid,rss_bytes,heap_bytes,disk_bytes\nx,p,1,2,3,4\n"
-        )
-        .is_err());
+        assert!(
+            from_csv("t_s,process,pid,rss_bytes,heap_bytes,disk_bytes\nx,p,1,2,3,4\n").is_err()
+        );
     }
 
     #[test]
@@ -801,7 +818,13 @@ pact_raft_term{group="1"} 3
         let line: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 3.0 * x as f64 + 7.0)).collect();
         assert!((slope(&line).unwrap() - 3.0).abs() < 1e-9);
         // Noise around a flat line averages out.
-        let flat = [(0.0, 10.0), (1.0, 12.0), (2.0, 8.0), (3.0, 12.0), (4.0, 8.0)];
+        let flat = [
+            (0.0, 10.0),
+            (1.0, 12.0),
+            (2.0, 8.0),
+            (3.0, 12.0),
+            (4.0, 8.0),
+        ];
         assert!((slope(&flat).unwrap() + 0.4).abs() < 1e-9);
     }
 
@@ -827,6 +850,20 @@ pact_raft_term{group="1"} 3
     }
 
     #[test]
+    fn lines_break_at_gaps_and_memory_lines_at_restarts() {
+        let s = samples();
+        let memory = runs(&s, true, |s| s.rss_bytes.map(|b| b as f64));
+        let lens: Vec<usize> = memory[0].runs.iter().map(Vec::len).collect();
+        // Two samples of pid 100, a gap, seven of pid 200.
+        assert_eq!(lens, [2, 7]);
+        let disk = runs(&s, false, |s| s.disk_bytes.map(|b| b as f64));
+        assert_eq!(disk[0].runs.len(), 1, "the restart does not break it");
+        assert!(disk[1].runs.is_empty(), "never measured");
+        let split = runs(&s, true, |s| s.disk_bytes.map(|b| b as f64));
+        assert_eq!(split[0].runs.len(), 2);
+    }
+
+    #[test]
     fn disk_usage_walks_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
@@ -846,6 +883,11 @@ pact_raft_term{group="1"} 3
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["memory.png", "disk.png", "records.png"]);
+        if let Ok(keep) = std::env::var("PACT_PLOT_KEEP") {
+            for (p, name) in written.iter().zip(&names) {
+                std::fs::copy(p, Path::new(&keep).join(name)).expect("copy plot");
+            }
+        }
         for p in &written {
             let img = image::open(p).expect("a PNG").to_rgb8();
             assert_eq!(img.dimensions(), (plot::WIDTH, plot::HEIGHT));
