@@ -206,6 +206,14 @@ echo 0 >"$cg/memory.swappiness" 2>/dev/null || true
 log "starting it in memory cgroup $cg (limit $MEM_LIMIT_MB MiB, fjall cache $CACHE_MB MiB per node)"
 start_playground "$cg"
 [ "$(wc -l <"$cg/cgroup.procs")" -ge 4 ] || die "the servers did not start inside the cgroup"
+# Idle servers' own memory (heaps, binaries' pages): below about twice
+# that, the limit starves the servers themselves (stalls past election
+# timeouts, failed writes) rather than their data's page cache.
+idle=$(cat "$cg/memory.usage_in_bytes")
+if [ $((2 * idle)) -gt "$limit" ]; then
+  log "WARNING: the idle servers already use $((idle / 1048576)) MiB of the $MEM_LIMIT_MB MiB limit;" \
+    "expect them to thrash (raise MEM_LIMIT_MB, or use release binaries)"
+fi
 
 res=$tmp/results
 mkdir -p "$res"
