@@ -144,7 +144,14 @@ pub struct Cluster {
     args: BTreeMap<NodeId, Vec<String>>,
     /// What [`Cluster::client`] presents when the cluster has `[tls]`.
     client_tls: Option<pact_client::Tls>,
+    /// Running nodes' process ids, shared with observers that sample the
+    /// processes while the nemesis holds the cluster (see [`Cluster::pids`]).
+    pids: PidTable,
 }
+
+/// Node id to the process id of its current run; a node is absent while
+/// it is down.
+pub type PidTable = std::sync::Arc<std::sync::Mutex<BTreeMap<NodeId, u32>>>;
 
 impl Cluster {
     /// `nodes` nodes, `shards` shards of `replication` replicas each.
@@ -224,6 +231,7 @@ impl Cluster {
             env: BTreeMap::new(),
             args: BTreeMap::new(),
             client_tls: None,
+            pids: PidTable::default(),
         }
     }
 
@@ -329,6 +337,9 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        if let Ok(mut pids) = self.pids.lock() {
+            pids.insert(id, child.id());
+        }
         self.procs.insert(id, child);
     }
 
@@ -345,6 +356,9 @@ impl Cluster {
     /// SIGKILL: no shutdown, no flush; only what was fsynced survives.
     pub fn kill(&mut self, id: NodeId) {
         if let Some(mut c) = self.procs.remove(&id) {
+            if let Ok(mut pids) = self.pids.lock() {
+                pids.remove(&id);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -390,6 +404,12 @@ impl Cluster {
 
     pub fn resume(&self, id: NodeId) {
         self.signal(id, libc::SIGCONT);
+    }
+
+    /// The live table of the nodes' process ids: a sampler reads it while
+    /// the nemesis kills and restarts nodes.
+    pub fn pids(&self) -> PidTable {
+        self.pids.clone()
     }
 
     pub fn is_running(&mut self, id: NodeId) -> bool {

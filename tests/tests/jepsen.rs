@@ -189,3 +189,81 @@ async fn list_append_survives_coordinator_restarts_with_clock_set_back() {
     assert_faulted(&r, &faults);
     assert_valid(&r);
 }
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number of seconds")),
+        Err(_) => default,
+    }
+}
+
+/// The soak (an hour by default; `PACT_SOAK_SECS` sets it): bank transfers
+/// and rw-register transactions and batches side by side, under kills,
+/// pauses and partitions, with every server's RSS, data-directory size and
+/// transaction-record counts sampled every `PACT_SOAK_SAMPLE_SECS` (10)
+/// into `soak.csv`, `memory.png`, `disk.png` and `records.png`. Both
+/// histories must check valid as in any run. With
+/// `PACT_SOAK_MAX_GROWTH_KB_MIN` set, every process's RSS growth over the
+/// second half of its run must stay under it. See README for the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "long: run with --ignored (README, the soak)"]
+async fn soak_mixed_workload_under_nemeses() {
+    let faults = [
+        Fault::KillRandom,
+        Fault::KillShardLeader,
+        Fault::KillCoordinator,
+        Fault::Pause,
+        Fault::IsolateOne,
+        Fault::MajorityMinority,
+    ];
+    // Workloads whose data stays the same size however long they run (bank
+    // balances, registers overwritten): what grows on disk or in memory
+    // is then the store's own, not the workload's.
+    let mut spec = Spec::new("soak", Workload::Bank, &faults);
+    spec.also = vec![Workload::RwRegister];
+    spec.duration = std::time::Duration::from_secs(env_secs("PACT_SOAK_SECS", 3600));
+    let every = env_secs("PACT_SOAK_SAMPLE_SECS", 10).max(1);
+    spec.sample_every = Some(std::time::Duration::from_secs(every));
+    // Stretches of calm between faults, so the curves show recovery.
+    spec.quiet_ms = (3000, 10_000);
+    let r = run(spec).await;
+    // A fault round takes about a minute: every fault in any soak.
+    assert_faulted(&r, &faults);
+    assert_valid(&r);
+    let soak = r.soak.as_ref().expect("sampled");
+    assert!(soak.samples >= 2, "too few samples: {soak:?}");
+    // Six processes: three participants and three coordinators.
+    assert_eq!(soak.processes.len(), 6, "{soak:?}");
+    for p in &soak.processes {
+        assert!(
+            p.max_rss > 1 << 20,
+            "no RSS read for {}: {soak:?}",
+            p.process
+        );
+        assert!(p.max_disk > 0, "no disk usage for {}: {soak:?}", p.process);
+    }
+    for f in ["soak.csv", "soak.txt", "memory.png", "disk.png"] {
+        assert!(r.dir.join(f).exists(), "{f} missing in {}", r.dir.display());
+    }
+    if let Ok(max) = std::env::var("PACT_SOAK_MAX_GROWTH_KB_MIN") {
+        let max: f64 = max.parse().expect("PACT_SOAK_MAX_GROWTH_KB_MIN: a number");
+        // A process restarted just before the end has too few samples of
+        // its last run for a slope; the others must all have one.
+        let measured: Vec<_> = soak
+            .processes
+            .iter()
+            .filter_map(|p| p.slope_kb_per_min.map(|g| (p, g)))
+            .collect();
+        assert!(measured.len() >= 3, "too few slopes: {soak:?}");
+        for (p, growth) in measured {
+            assert!(
+                growth <= max,
+                "{} grew {growth:.1} KB/min over the second half (limit {max}): {}",
+                p.process,
+                soak.lines().join("\n")
+            );
+        }
+    }
+}

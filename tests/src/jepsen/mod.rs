@@ -7,12 +7,17 @@
 //! `nemesis.json`, `seed`, `latency.png` (each operation's latency over
 //! time), `rate.png` (completions per second), both by outcome and
 //! operation with fault periods shaded and named (see [`plot`]), and every
-//! node's log. `PACT_JEPSEN_SEED` replays a
+//! node's log. A run of several workloads (`Spec::also`) writes one
+//! `history-<workload>.*` per workload instead, each checked by its own
+//! checker; a sampled run (`Spec::sample_every`, the soak) adds
+//! `soak.csv`, `soak.txt` and the memory, disk and record plots (see
+//! [`soak`]). `PACT_JEPSEN_SEED` replays a
 //! schedule; `PACT_JEPSEN_SECONDS` lengthens runs (the long tier).
 
 pub mod nemesis;
 pub mod net;
 mod plot;
+pub mod soak;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,10 +38,19 @@ pub use workload::Workload;
 
 use crate::{fast_tuning, Cluster};
 
-/// The history being recorded; shared by every worker and the nemesis.
+/// The history being recorded; shared by every worker of one workload and
+/// the nemesis. The workloads of a mixed run have one each, on one clock
+/// (see [`Recorder::sibling`]).
 pub struct Recorder {
     t0: Instant,
     ops: Mutex<Vec<Op>>,
+    shared: Arc<Shared>,
+}
+
+/// What the recorders of one run share: ids and errors are the cluster's,
+/// whichever workload met them.
+#[derive(Default)]
+struct Shared {
     /// Why operations failed or went unknown, counted by message shape.
     errors: Mutex<BTreeMap<String, usize>>,
     /// Every transaction id a coordinator handed out, with the process
@@ -55,20 +69,29 @@ impl Default for Recorder {
         Recorder {
             t0: Instant::now(),
             ops: Mutex::new(Vec::new()),
-            errors: Mutex::new(BTreeMap::new()),
-            txn_ids: Mutex::new(TxnIds::default()),
+            shared: Arc::default(),
         }
     }
 }
 
 impl Recorder {
+    /// A recorder of another history on the same clock, sharing the
+    /// transaction-id check and the error tally.
+    pub fn sibling(&self) -> Recorder {
+        Recorder {
+            t0: self.t0,
+            ops: Mutex::new(Vec::new()),
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Note the id a coordinator gave `process`'s transaction. Clients name
     /// a transaction by its id (`txn_status` after an unknown commit, the
     /// shards' outcome records): one id for two transactions lets the
     /// answer about one be taken for the other.
     pub fn note_txn(&self, process: i64, id: TxnId) {
         let now = self.elapsed_s();
-        if let Ok(mut ids) = self.txn_ids.lock() {
+        if let Ok(mut ids) = self.shared.txn_ids.lock() {
             if let Some(&(p, t)) = ids.seen.get(&id) {
                 ids.repeated.push(serde_json::json!({
                     "id": id.to_string(),
@@ -84,6 +107,7 @@ impl Recorder {
     /// The check that no transaction id was handed out twice.
     fn check_txn_ids(&self) -> CheckResult {
         let (count, repeated) = self
+            .shared
             .txn_ids
             .lock()
             .map(|ids| (ids.seen.len(), ids.repeated.clone()))
@@ -113,13 +137,17 @@ impl Recorder {
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
             .take(100)
             .collect();
-        if let Ok(mut m) = self.errors.lock() {
+        if let Ok(mut m) = self.shared.errors.lock() {
             *m.entry(shape).or_default() += 1;
         }
     }
 
     pub fn errors(&self) -> BTreeMap<String, usize> {
-        self.errors.lock().map(|m| m.clone()).unwrap_or_default()
+        self.shared
+            .errors
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     fn push(&self, process: i64, typ: OpType, f: &str, key: Option<Value>, value: Value) {
@@ -169,6 +197,10 @@ impl Recorder {
 pub struct Spec {
     pub name: String,
     pub workload: Workload,
+    /// More workloads run beside `workload` (the workers taking them in
+    /// turn), each on its own keys with its own history and checker: a
+    /// mixed load for soak runs.
+    pub also: Vec<Workload>,
     /// Faults the nemesis applies one at a time, in a seeded shuffled
     /// order, every fault once before any repeats.
     pub faults: Vec<Fault>,
@@ -190,6 +222,9 @@ pub struct Spec {
     /// Fault-free time between faults (milliseconds, drawn uniformly), so
     /// the run shows recovery and not only failure.
     pub quiet_ms: (u64, u64),
+    /// Sample every server's memory, disk and transaction records this
+    /// often through the run (see [`soak`]).
+    pub sample_every: Option<Duration>,
 }
 
 impl Spec {
@@ -201,6 +236,7 @@ impl Spec {
         Spec {
             name: name.to_string(),
             workload,
+            also: Vec::new(),
             faults: faults.to_vec(),
             participants: 3,
             shards: 3,
@@ -212,6 +248,7 @@ impl Spec {
             follower_reads: false,
             skewed_clocks: false,
             quiet_ms: (500, 1500),
+            sample_every: None,
         }
     }
 }
@@ -228,6 +265,8 @@ pub struct Report {
     pub final_reads_ok: bool,
     /// Client errors seen, by message shape (see [`Recorder::note_error`]).
     pub errors: BTreeMap<String, usize>,
+    /// What the servers' samples show, when the run sampled them.
+    pub soak: Option<soak::Summary>,
 }
 
 impl Report {
@@ -350,22 +389,62 @@ pub async fn run(spec: Spec) -> Report {
             cluster.set_env(id, "PACT_CLOCK_OFFSET_MS", &skew.to_string());
         }
     }
+    // Sampled servers serve their metrics (transaction records, heap).
+    let targets: Vec<soak::Target> = match spec.sample_every {
+        Some(_) => {
+            let ids = cluster.node_ids();
+            let ports = crate::free_ports(ids.len());
+            ids.into_iter()
+                .zip(ports)
+                .map(|(id, port)| {
+                    let addr = format!("127.0.0.1:{port}");
+                    cluster.set_args(id, &["--metrics-listen".into(), addr.clone()]);
+                    let role = if cluster.config.is_combined(id) {
+                        "pact"
+                    } else if cluster.config.coordinator_of(id).is_some() {
+                        "coordinator"
+                    } else {
+                        "participant"
+                    };
+                    soak::Target {
+                        id,
+                        name: format!("node-{id} {role}"),
+                        data_dir: cluster.data_dir(id),
+                        metrics: Some(addr),
+                    }
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let started = Instant::now();
     cluster.start_all();
     quiesce(&cluster).await;
+    let workloads: Vec<Workload> = std::iter::once(spec.workload)
+        .chain(spec.also.iter().copied())
+        .collect();
     let setup = cluster.client_with(client_opts());
-    let mut tries = 0;
-    while let Err(e) = spec.workload.setup(&setup).await {
-        tries += 1;
-        assert!(
-            tries < 20,
-            "workload setup failed: {e}\n{}",
-            cluster.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for workload in &workloads {
+        let mut tries = 0;
+        while let Err(e) = workload.setup(&setup).await {
+            tries += 1;
+            assert!(
+                tries < 20,
+                "workload setup failed: {e}\n{}",
+                cluster.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     let rec = Arc::new(Recorder::default());
+    // One history per workload, the first one's recorder first.
+    let recs: Vec<Arc<Recorder>> = std::iter::once(rec.clone())
+        .chain(workloads[1..].iter().map(|_| Arc::new(rec.sibling())))
+        .collect();
+    let sampler = spec
+        .sample_every
+        .map(|every| soak::Sampler::start(targets.clone(), cluster.pids(), rec.t0, every));
     let unique = Arc::new(AtomicI64::new(0));
     let deadline = Instant::now() + spec.duration;
     let replicas: Vec<Client> = cluster
@@ -379,16 +458,17 @@ pub async fn run(spec: Spec) -> Report {
         // The last `impatient` workers are the impatient ones.
         let impatient = (w >= spec.concurrency as i64)
             .then(|| workload::Impatient::new(|o| cluster.client_with(o)));
+        let which = w as usize % workloads.len();
         let mut ctx = workload::Ctx {
             client: cluster.client_with(client_opts()),
             replicas: replicas.clone(),
             follower_reads: spec.follower_reads,
-            rec: rec.clone(),
+            rec: recs[which].clone(),
             rng: StdRng::seed_from_u64(seed.wrapping_add(w as u64 + 1)),
             unique: unique.clone(),
             impatient,
         };
-        let workload = spec.workload;
+        let workload = workloads[which];
         workers.push(tokio::spawn(async move {
             let mut process = w;
             let (mut ok, mut fail, mut info) = (0, 0, 0);
@@ -427,7 +507,9 @@ pub async fn run(spec: Spec) -> Report {
             let fault = order.pop().expect("refilled above");
             let start_s = rec.elapsed_s();
             let name = Value::Keyword(format!("{fault:?}"));
-            rec.invoke(-1, "start", None, name.clone());
+            for r in &recs {
+                r.invoke(-1, "start", None, name.clone());
+            }
             let (applied, detail) = nemesis::apply(
                 fault,
                 &mut cluster,
@@ -436,11 +518,17 @@ pub async fn run(spec: Spec) -> Report {
                 started.elapsed(),
             )
             .await;
-            rec.complete(-1, OpType::Info, "start", None, Value::Str(detail.clone()));
+            for r in &recs {
+                r.complete(-1, OpType::Info, "start", None, Value::Str(detail.clone()));
+            }
             tokio::time::sleep(nemesis::hold(&mut rng)).await;
-            rec.invoke(-1, "stop", None, name);
+            for r in &recs {
+                r.invoke(-1, "stop", None, name.clone());
+            }
             nemesis::heal(applied, &mut cluster, net.as_ref());
-            rec.complete(-1, OpType::Info, "stop", None, Value::Str(detail.clone()));
+            for r in &recs {
+                r.complete(-1, OpType::Info, "stop", None, Value::Str(detail.clone()));
+            }
             intervals.push(Interval {
                 fault,
                 start_s,
@@ -473,28 +561,43 @@ pub async fn run(spec: Spec) -> Report {
     quiesce(&cluster).await;
     // In-doubt transactions are resolved by participants after a delay;
     // final reads wait on their locks, so retry for a while.
-    let mut fctx = workload::Ctx {
-        client: cluster.client_with(client_opts()),
-        replicas: Vec::new(),
-        follower_reads: false,
-        rec: rec.clone(),
-        rng: StdRng::seed_from_u64(seed ^ 0xf1a1),
-        unique: unique.clone(),
-        impatient: None,
-    };
-    let mut final_reads_ok = false;
     let final_deadline = Instant::now() + Duration::from_secs(40);
-    let mut process = 1000;
-    while !final_reads_ok && Instant::now() < final_deadline {
-        final_reads_ok = spec.workload.final_reads(&mut fctx, process).await;
-        process += 1;
-        if !final_reads_ok {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut final_reads_ok = true;
+    for (i, workload) in workloads.iter().enumerate() {
+        let mut fctx = workload::Ctx {
+            client: cluster.client_with(client_opts()),
+            replicas: Vec::new(),
+            follower_reads: false,
+            rec: recs[i].clone(),
+            rng: StdRng::seed_from_u64(seed ^ 0xf1a1),
+            unique: unique.clone(),
+            impatient: None,
+        };
+        // Above any worker's process number, even after a long run's
+        // many crashed (info) processes.
+        let mut process = 1_000_000 * (i as i64 + 1);
+        let mut ok = false;
+        while !ok && Instant::now() < final_deadline {
+            ok = workload.final_reads(&mut fctx, process).await;
+            process += 1;
+            if !ok {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
+        final_reads_ok &= ok;
     }
+    let samples = match sampler {
+        Some(s) => s.finish().await,
+        None => Vec::new(),
+    };
 
-    let history = rec.history();
-    let mut results = spec.workload.check(&history);
+    let histories: Vec<(Workload, History)> = workloads
+        .iter()
+        .zip(&recs)
+        .map(|(w, r)| (*w, r.history()))
+        .collect();
+    let mut results: Vec<(String, CheckResult)> =
+        histories.iter().flat_map(|(w, h)| w.check(h)).collect();
     results.push(("txn-ids".into(), rec.check_txn_ids()));
     let dir = results_root().join(format!("{}-{seed}", spec.name));
     let report = Report {
@@ -507,9 +610,17 @@ pub async fn run(spec: Spec) -> Report {
         info,
         final_reads_ok,
         errors: rec.errors(),
+        soak: spec
+            .sample_every
+            .map(|every| soak::summarize(&samples, every)),
     };
-    write_artifacts(&report, &history, &cluster);
+    write_artifacts(&report, &histories, &samples, &cluster);
     eprintln!("jepsen {}: {}", spec.name, report.summary());
+    if let Some(sum) = &report.soak {
+        for line in sum.lines() {
+            eprintln!("jepsen {}: {line}", spec.name);
+        }
+    }
     report
 }
 
@@ -524,7 +635,12 @@ async fn quiesce(c: &Cluster) {
     }
 }
 
-fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
+fn write_artifacts(
+    r: &Report,
+    histories: &[(Workload, History)],
+    samples: &[soak::Sample],
+    c: &Cluster,
+) {
     let dir = &r.dir;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("logs")).expect("create results dir");
@@ -532,8 +648,16 @@ fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
         std::fs::write(dir.join(name), text).expect("write artifact");
     };
     w("seed", format!("{}\n", r.seed));
-    w("history.jsonl", pact_check::to_jsonl(history));
-    w("history.edn", pact_check::to_edn(history));
+    // One workload: history.*; several: history-<workload>.* each.
+    for (workload, history) in histories {
+        let stem = if histories.len() == 1 {
+            "history".to_string()
+        } else {
+            format!("history-{}", workload.name())
+        };
+        w(&format!("{stem}.jsonl"), pact_check::to_jsonl(history));
+        w(&format!("{stem}.edn"), pact_check::to_edn(history));
+    }
     let results: Vec<serde_json::Value> = r
         .results
         .iter()
@@ -548,6 +672,7 @@ fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
             "final_reads_ok": r.final_reads_ok,
             "errors": r.errors,
             "checkers": results,
+            "soak": r.soak,
         }))
         .expect("json"),
     );
@@ -564,10 +689,24 @@ fn write_artifacts(r: &Report, history: &History, c: &Cluster) {
     let title = dir
         .file_name()
         .map_or_else(|| "jepsen".into(), |n| n.to_string_lossy().into_owned());
+    // The plots show every workload's operations on their shared clock.
+    let mut history: History = histories
+        .iter()
+        .flat_map(|(_, h)| h.iter().filter(|o| o.process >= 0).cloned())
+        .collect();
+    history.sort_by_key(|o| o.time_ns);
+    let history = &history;
     if let Err(e) = plot::latency(&dir.join("latency.png"), &title, history, &r.intervals) {
         eprintln!("latency plot not written: {e}");
     }
     if let Err(e) = plot::rate(&dir.join("rate.png"), &title, history, &r.intervals) {
         eprintln!("rate plot not written: {e}");
+    }
+    if let Some(sum) = &r.soak {
+        w("soak.csv", soak::to_csv(samples).expect("samples as CSV"));
+        w("soak.txt", sum.lines().join("\n") + "\n");
+        if let Err(e) = soak::plots(dir, &title, samples, &r.intervals) {
+            eprintln!("soak plots not written: {e}");
+        }
     }
 }

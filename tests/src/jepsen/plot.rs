@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use pact_check::{History, OpType};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::{Drawable, PointCollection};
@@ -210,6 +211,51 @@ where
     Ok(())
 }
 
+/// A white bitmap of the plots' size at `path` (written by `present`).
+fn canvas(path: &Path) -> Result<DrawingArea<BitMapBackend<'_>, Shift>, String> {
+    font()?;
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    Ok(root)
+}
+
+/// The frame every plot of a run shares: caption, time since the history
+/// began on x (0 to `x_end` seconds), `y` (linear or log) described by
+/// `y_desc` and labelled by `y_label`, and one set of fonts and margins,
+/// so the plots of one run line up when viewed side by side.
+fn frame<'a, 'b, Y>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: &str,
+    x_end: f64,
+    y: Y,
+    y_desc: &str,
+    y_label: &dyn Fn(&f64) -> String,
+) -> Result<Chart<'a, 'b, Y::CoordDescType>, String>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(62)
+        .build_cartesian_2d(0.0..x_end, y)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the history began (s)")
+        .y_desc(y_desc)
+        .y_label_formatter(y_label)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 15))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(e)?;
+    Ok(chart)
+}
+
 fn ms_label(v: &f64) -> String {
     if *v >= 1.0 {
         format!("{v:.0}")
@@ -225,7 +271,6 @@ pub fn latency(
     history: &History,
     faults: &[Interval],
 ) -> Result<(), String> {
-    font()?;
     let done = completions(history);
     let shapes = shapes(&done);
     let end = end_s(&done, faults);
@@ -246,26 +291,16 @@ pub fn latency(
                 .max(10f64.powf(lo.log10().floor() + 1.0)),
         )
     };
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let root = canvas(path)?;
+    let mut chart = frame(
+        &root,
+        &format!("{title}: operation latency"),
+        end,
+        (lo..hi).log_scale(),
+        "latency (ms, log scale)",
+        &ms_label,
+    )?;
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{title}: operation latency"), ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(62)
-        .build_cartesian_2d(0.0..end, (lo..hi).log_scale())
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the history began (s)")
-        .y_desc("latency (ms, log scale)")
-        .y_label_formatter(&ms_label)
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 15))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(e)?;
     shade_faults(&mut chart, &root, faults, (lo, hi))?;
     for (outcome, outcome_name, color) in OUTCOMES {
         for (f, shape) in &shapes {
@@ -285,16 +320,17 @@ pub fn latency(
                 .legend(move |p| marker(shape, p, color));
         }
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(e)
 }
 
 fn draw_legend<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
     chart: &mut Chart<'a, 'b, Y>,
+    at: SeriesLabelPosition,
 ) -> Result<(), String> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
@@ -309,7 +345,6 @@ pub fn rate(
     history: &History,
     faults: &[Interval],
 ) -> Result<(), String> {
-    font()?;
     let done = completions(history);
     let shapes = shapes(&done);
     let end = end_s(&done, faults);
@@ -330,29 +365,16 @@ pub fn rate(
         .flat_map(|v| v.iter().copied())
         .fold(1.0f64, f64::max)
         * 1.15;
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let root = canvas(path)?;
+    let mut chart = frame(
+        &root,
+        &format!("{title}: completions per second ({dt:.0} s buckets)"),
+        end,
+        0.0..top,
+        "completions (ops/s)",
+        &|v: &f64| format!("{v:.0}"),
+    )?;
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{title}: completions per second ({dt:.0} s buckets)"),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(42)
-        .y_label_area_size(62)
-        .build_cartesian_2d(0.0..end, 0.0..top)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the history began (s)")
-        .y_desc("completions (ops/s)")
-        .y_label_formatter(&|v: &f64| format!("{v:.0}"))
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 15))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(e)?;
     shade_faults(&mut chart, &root, faults, (0.0, top))?;
     for ((oi, si), per_bucket) in &counts {
         let (_, outcome_name, color) = OUTCOMES[*oi];
@@ -375,7 +397,81 @@ pub fn rate(
             .draw_series(points.into_iter().map(|p| marker(shape, p, color)))
             .map_err(e)?;
     }
-    draw_legend(&mut chart)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(e)
+}
+
+/// Colours of time-series lines, one per series in order (cycled).
+const LINE_COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+/// One named series of a time-series plot: runs of `(seconds, value)`
+/// points, each drawn as its own line (a gap between runs is time the
+/// series had no value, e.g. a process that was down).
+pub struct Series {
+    pub name: String,
+    pub runs: Vec<Vec<(f64, f64)>>,
+}
+
+/// Draw a time-series plot (a run's `memory.png`, `disk.png`,
+/// `records.png`): one colour and marker per series, fault intervals
+/// shaded and named as in the other plots, y from zero.
+pub fn series(
+    path: &Path,
+    caption: &str,
+    y_desc: &str,
+    all: &[Series],
+    faults: &[Interval],
+) -> Result<(), String> {
+    let points = || all.iter().flat_map(|s| s.runs.iter().flatten());
+    let end = points()
+        .map(|p| p.0)
+        .chain(faults.iter().map(|f| f.end_s))
+        .fold(1.0f64, f64::max);
+    let top = points().map(|p| p.1).fold(1.0f64, f64::max) * 1.15;
+    let root = canvas(path)?;
+    let label = |v: &f64| {
+        if top < 10.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    let mut chart = frame(&root, caption, end, 0.0..top, y_desc, &label)?;
+    shade_faults(&mut chart, &root, faults, (0.0, top))?;
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    for (i, s) in all.iter().enumerate() {
+        let color = LINE_COLORS[i % LINE_COLORS.len()];
+        let shape = i / LINE_COLORS.len();
+        for (r, run) in s.runs.iter().enumerate() {
+            let line = chart
+                .draw_series(LineSeries::new(run.clone(), color.stroke_width(2)))
+                .map_err(e)?;
+            if r == 0 {
+                line.label(s.name.clone()).legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new([(-8, 0), (8, 0)], color.stroke_width(2))
+                        + marker(shape, (0, 0), color)
+                });
+            }
+            chart
+                .draw_series(run.iter().map(|p| marker(shape, *p, color)))
+                .map_err(e)?;
+        }
+    }
+    if all.iter().any(|s| !s.runs.is_empty()) {
+        // Levels drawn from zero leave the bottom right free; the top
+        // right is where they end.
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    }
     root.present().map_err(e)
 }
 

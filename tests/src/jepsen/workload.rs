@@ -200,6 +200,17 @@ fn outcome_of(e: &ClientError) -> OpType {
 }
 
 impl Workload {
+    /// The workload's name in artifacts (as its checker's).
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Bank => "bank",
+            Workload::ListAppend => "list-append",
+            Workload::Register => "register",
+            Workload::Set => "set",
+            Workload::RwRegister => "rw-register",
+        }
+    }
+
     /// Data the workload needs before the history starts.
     pub async fn setup(self, client: &Client) -> Result<(), ClientError> {
         if self == Workload::Bank {
