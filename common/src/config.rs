@@ -307,6 +307,12 @@ pub struct Limits {
     /// Messages queued for a coordinator's 2PC owner task; a commit or a
     /// status query that finds it full is refused.
     pub coordinator_queue: u32,
+    /// Requests that may wait for one key's lock at once on a shard
+    /// leader; one more does not queue (a plain write is refused with
+    /// OVERLOADED, a transaction's request aborts it as a lock wait that
+    /// ran out would), so a hot key cannot hold every admitted request
+    /// waiting for seconds.
+    pub max_waiters_per_key: u32,
 }
 
 impl Default for Limits {
@@ -315,6 +321,7 @@ impl Default for Limits {
             max_open_txns: 1024,
             max_in_flight_requests: 256,
             coordinator_queue: 8192,
+            max_waiters_per_key: 16,
         }
     }
 }
@@ -412,6 +419,7 @@ impl ClusterConfig {
             ("max_open_txns", l.max_open_txns),
             ("max_in_flight_requests", l.max_in_flight_requests),
             ("coordinator_queue", l.coordinator_queue),
+            ("max_waiters_per_key", l.max_waiters_per_key),
         ] {
             if !(1..=1 << 20).contains(&v) {
                 return invalid(format!(

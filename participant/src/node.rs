@@ -66,6 +66,28 @@ pub enum Vote {
 struct Shard {
     replica: Replica,
     shared: Arc<Shared>,
+    /// Requests waiting for each key's lock now (`limits.max_waiters_per_key`).
+    waiting: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+}
+
+/// One request's place in a key's queue of lock waiters; given back on
+/// drop, including when the request is cancelled mid-wait.
+struct Waiting<'a> {
+    map: &'a std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+    key: Vec<u8>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(n) = m.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 /// Releases a transaction's locks on this shard when dropped, including
@@ -126,6 +148,8 @@ pub struct Node {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Requests in flight on this node's shards (`limits.max_in_flight_requests`).
     admission: pact_raft::admission::Gate,
+    /// `limits.max_waiters_per_key`.
+    max_waiters_per_key: u32,
 }
 
 impl std::fmt::Debug for Node {
@@ -176,6 +200,7 @@ impl Node {
         }
         let tuning = Tuning::from(&config.raft);
         let config_in_flight = config.limits.max_in_flight_requests;
+        let max_waiters_per_key = config.limits.max_waiters_per_key.max(1);
         let clock = system_clock();
         // Timers (idle, silence, in doubt) run on a monotonic clock: a wall
         // clock stepped back or forward must not expire or keep anything.
@@ -212,7 +237,11 @@ impl Node {
                 shared: shared.clone(),
             });
             let replica = Replica::start(shard.0, id.0, members, &tuning, app, host).await?;
-            let s = Arc::new(Shard { replica, shared });
+            let s = Arc::new(Shard {
+                replica,
+                shared,
+                waiting: Default::default(),
+            });
             spawn_owner(s.clone(), mono.clone(), coordinators.clone());
             shards.insert(shard, s);
         }
@@ -230,6 +259,7 @@ impl Node {
                 IN_FLIGHT_LIMIT,
                 config_limit(config_in_flight),
             ),
+            max_waiters_per_key,
         })
     }
 
@@ -387,6 +417,8 @@ impl Node {
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut waited = false;
+        // Held while this request waits for a key's lock.
+        let mut place: Option<Waiting<'_>> = None;
         let r = loop {
             let notified = s.shared.released.notified();
             tokio::pin!(notified);
@@ -445,6 +477,12 @@ impl Node {
                     if !waited {
                         waited = true;
                         self.metrics.lock_waits.inc();
+                        if let Target::Key(key, _) = &target {
+                            match self.queue_for(s, key) {
+                                Some(w) => place = Some(w),
+                                None => break Err(self.too_many_waiters(s, txn, key)),
+                            }
+                        }
                     }
                     if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                         break Err(self.lock_timeout(s, txn, &target, &holders, started));
@@ -452,6 +490,7 @@ impl Node {
                 }
             }
         };
+        drop(place);
         if waited {
             self.metrics
                 .lock_wait_seconds
@@ -461,6 +500,39 @@ impl Node {
             self.metrics.abort(a.kind);
         }
         r
+    }
+
+    /// A place in `key`'s queue of lock waiters, or None when
+    /// `limits.max_waiters_per_key` requests already wait for it.
+    fn queue_for<'a>(&self, s: &'a Shard, key: &[u8]) -> Option<Waiting<'a>> {
+        let mut m = s.waiting.lock().ok()?;
+        let n = m.entry(key.to_vec()).or_insert(0);
+        if *n >= self.max_waiters_per_key {
+            return None;
+        }
+        *n += 1;
+        Some(Waiting {
+            map: &s.waiting,
+            key: key.to_vec(),
+        })
+    }
+
+    /// Too many requests wait for `key` already: this one does not join
+    /// them. What `txn` locked here goes (nothing of it was proposed); a
+    /// plain write is refused as OVERLOADED (retry later), a transaction
+    /// aborts as if its lock wait had run out.
+    fn too_many_waiters(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Error {
+        self.release(s, txn);
+        let why = format!(
+            "{} requests already wait for the lock on key {:?} (limits.max_waiters_per_key)",
+            self.max_waiters_per_key,
+            String::from_utf8_lossy(key)
+        );
+        if txn.group == IMPLICIT_GROUP {
+            Error::Overloaded(format!("{why}; retry later"))
+        } else {
+            Error::Aborted(Abort::new(AbortKind::LockTimeout, why))
+        }
     }
 
     /// A lock wait ran out: the transaction aborts here, and the reason

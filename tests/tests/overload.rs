@@ -65,6 +65,7 @@ async fn a_flood_is_shed_with_overloaded_and_loses_nothing() {
         max_open_txns: 4,
         max_in_flight_requests: 6,
         coordinator_queue: 8,
+        ..Limits::default()
     };
     let mut c = Cluster::create(config, fast_tuning());
     c.start_all();
@@ -212,5 +213,69 @@ async fn a_flood_is_shed_with_overloaded_and_loses_nothing() {
     assert_eq!(
         patient.get(b"after").await.unwrap().as_deref(),
         Some(&b"flood"[..])
+    );
+}
+
+/// A hot key's queue is bounded: with room for 2 waiters, plain writes
+/// beyond them are refused at once with OVERLOADED instead of waiting (up
+/// to the 5 s lock wait) behind the transaction that holds the key; the
+/// admitted ones go through once it lets go, and nothing is left locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_key_queues_only_so_many_waiters() {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).unwrap();
+    config.limits = Limits {
+        max_waiters_per_key: 2,
+        ..Limits::default()
+    };
+    let mut c = Cluster::create(config, fast_tuning());
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    client.put(b"hot", b"0").await.expect("put");
+    let mut holder = client.begin().await.expect("begin");
+    holder.get_for_update(b"hot").await.expect("lock hot");
+    // Clients that give up at the first refusal, so refusals are seen.
+    let impatient = c.client_with(ClientOptions {
+        overload_retry_for: Some(Duration::ZERO),
+        ..ClientOptions::default()
+    });
+    let started = Instant::now();
+    let writes = (0..6).map(|i| {
+        let client = impatient.clone();
+        tokio::spawn(async move {
+            let r = client.put(b"hot", format!("w{i}").as_bytes()).await;
+            (r, Instant::now())
+        })
+    });
+    let writes: Vec<_> = writes.collect();
+    // Let the writers queue, then let the key go.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.rollback().await;
+    let mut refused = 0;
+    let mut done = 0;
+    for w in writes {
+        let (r, at) = w.await.expect("task");
+        match r {
+            Ok(_) => done += 1,
+            Err(ClientError::Overloaded(m)) => {
+                assert!(m.contains("max_waiters_per_key"), "{m}");
+                assert!(
+                    at.duration_since(started) < Duration::from_millis(1500),
+                    "a refusal waited for the key"
+                );
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert!(refused >= 1, "nobody was refused ({done} done)");
+    assert!(done >= 2, "the queued writers did not get through ({refused} refused)");
+    // Nothing stays locked or queued: the key takes a write at once.
+    let t = Instant::now();
+    client.put(b"hot", b"after").await.expect("put after");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        client.get(b"hot").await.expect("get").as_deref(),
+        Some(&b"after"[..])
     );
 }
