@@ -61,13 +61,7 @@ impl Metrics {
             ),
             &["shard"],
         )?;
-        let records = IntGaugeVec::new(
-            Opts::new(
-                "pact_txn_records",
-                "Transaction records kept, by Raft group and kind, as of the last garbage collection",
-            ),
-            &["group", "kind"],
-        )?;
+        let records = pact_raft::metrics::txn_records()?;
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(lock_table.clone()))?;
         registry.register(Box::new(open_txns.clone()))?;

@@ -73,6 +73,20 @@ pub const QUEUE_COORDINATOR_INPUT: &str = "coordinator_input";
 pub const QUEUE_COORDINATOR_RECORDS: &str = "coordinator_records";
 
 /// The label value of a group id.
+/// `pact_txn_records{group,kind}`: transaction records a group keeps, as
+/// counted by its leader's last garbage collection. Shards and
+/// coordinator groups each register one; a process page merges them
+/// ([`gather_all`]).
+pub fn txn_records() -> prometheus::Result<prometheus::IntGaugeVec> {
+    prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "pact_txn_records",
+            "Transaction records kept, by Raft group and kind, as of the last garbage collection",
+        ),
+        &["group", "kind"],
+    )
+}
+
 pub fn group_label(group: u64) -> String {
     group.to_string()
 }

@@ -53,6 +53,17 @@ fn quick_client(c: &Cluster) -> Client {
     })
 }
 
+/// Node 3 starts again and catches up; then node 1 goes, so every quorum
+/// needs node 3, and all acknowledged writes are there, byte for byte.
+async fn back_and_needed(c: &mut Cluster, acked: &BTreeMap<usize, usize>) {
+    c.start_node(N3);
+    wait_caught_up(c, N3, &[N1, N2], Duration::from_secs(30)).await;
+    c.kill(N1);
+    c.wait_leader(SHARD, &[N2, N3], Duration::from_secs(15))
+        .await;
+    assert_all_readable(c, acked).await;
+}
+
 /// Every acknowledged key reads back exactly as written.
 async fn assert_all_readable(c: &Cluster, acked: &BTreeMap<usize, usize>) {
     let client = c.client();
@@ -275,15 +286,7 @@ async fn a_full_disk_stops_the_node_which_says_why_and_loses_nothing_acknowledge
     disk.resize("256m");
     let st = c.stop(N3).expect("node 3 was running");
     assert_eq!(st.code(), Some(70), "{st:?}\n{}", c.logs_tail());
-    c.start_node(N3);
-    wait_caught_up(&c, N3, &[N1, N2], Duration::from_secs(30)).await;
-
-    // With node 1 gone every quorum needs node 3: all acknowledged writes
-    // are there, byte for byte.
-    c.kill(N1);
-    c.wait_leader(SHARD, &[N2, N3], Duration::from_secs(15))
-        .await;
-    assert_all_readable(&c, &acked).await;
+    back_and_needed(&mut c, &acked).await;
     drop(c);
     drop(disk);
 }
@@ -475,12 +478,7 @@ async fn refused_then_rejoins(mut c: Cluster, acked: BTreeMap<usize, usize>, why
     }
     let aside = c.path().join("node-3.corrupt");
     std::fs::rename(c.data_dir(N3), &aside).unwrap();
-    c.start_node(N3);
-    wait_caught_up(&c, N3, &[N1, N2], Duration::from_secs(30)).await;
-    c.kill(N1);
-    c.wait_leader(SHARD, &[N2, N3], Duration::from_secs(15))
-        .await;
-    assert_all_readable(&c, &acked).await;
+    back_and_needed(&mut c, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,10 +512,5 @@ async fn a_torn_journal_tail_is_cut_and_the_node_catches_up() {
         std::fs::write(&j, b).unwrap();
     })
     .await;
-    c.start_node(N3);
-    wait_caught_up(&c, N3, &[N1, N2], Duration::from_secs(30)).await;
-    c.kill(N1);
-    c.wait_leader(SHARD, &[N2, N3], Duration::from_secs(15))
-        .await;
-    assert_all_readable(&c, &acked).await;
+    back_and_needed(&mut c, &acked).await;
 }

@@ -269,7 +269,10 @@ async fn a_hot_key_queues_only_so_many_waiters() {
         }
     }
     assert!(refused >= 1, "nobody was refused ({done} done)");
-    assert!(done >= 2, "the queued writers did not get through ({refused} refused)");
+    assert!(
+        done >= 2,
+        "the queued writers did not get through ({refused} refused)"
+    );
     // Nothing stays locked or queued: the key takes a write at once.
     let t = Instant::now();
     client.put(b"hot", b"after").await.expect("put after");

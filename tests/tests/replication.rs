@@ -179,17 +179,25 @@ async fn full_cluster_sigkill_loses_nothing_even_after_snapshot_and_compaction()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
+/// 3 nodes, one shard, snapshots every 30 entries keeping 5 behind (so a
+/// replica that misses a few dozen entries needs a snapshot); returns it
+/// with the shard's leader and a follower.
+async fn compacting_cluster() -> (Cluster, NodeId, NodeId) {
     let tuning = RaftTuning {
         snapshot_logs: 30,
         keep_logs: 5,
         ..fast_tuning()
     };
-    let mut c = Cluster::start(3, 1, 3, tuning);
+    let c = Cluster::start(3, 1, 3, tuning);
     let nodes = all_nodes(&c);
     let leader = c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
     let follower = *nodes.iter().find(|n| **n != leader).unwrap();
+    (c, leader, follower)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
+    let (mut c, leader, follower) = compacting_cluster().await;
     c.kill(follower);
     let acked = write_keys(&c, "lag", 150).await;
     // Let the leader snapshot and purge past what the follower has.
@@ -230,7 +238,7 @@ async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
     );
     // Now make the caught-up follower serve: kill the third node, so the
     // follower is in every possible quorum and must hold all the data.
-    let third = *nodes
+    let third = *all_nodes(&c)
         .iter()
         .find(|n| **n != leader && **n != follower)
         .unwrap();
@@ -247,15 +255,7 @@ async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
 /// when it starts again, and then holds all the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
-    let tuning = RaftTuning {
-        snapshot_logs: 30,
-        keep_logs: 5,
-        ..fast_tuning()
-    };
-    let mut c = Cluster::start(3, 1, 3, tuning);
-    let nodes = all_nodes(&c);
-    let leader = c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
-    let follower = *nodes.iter().find(|n| **n != leader).unwrap();
+    let (mut c, leader, follower) = compacting_cluster().await;
     // State the follower has, then entries it misses, purged on the leader.
     let mut acked = write_keys(&c, "before", 40).await;
     let target = c.status(SHARD, leader).await.unwrap().applied_index;
@@ -482,14 +482,8 @@ async fn follower_paused_through_64_mib_of_writes_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_restarted_on_an_empty_data_dir_rejoins_and_serves_in_a_quorum() {
-    let tuning = RaftTuning {
-        snapshot_logs: 30,
-        keep_logs: 5,
-        ..fast_tuning()
-    };
-    let mut c = Cluster::start(3, 1, 3, tuning);
+    let (mut c, _, _) = compacting_cluster().await;
     let nodes = all_nodes(&c);
-    c.wait_leader(SHARD, &nodes, Duration::from_secs(20)).await;
     let acked = write_keys(&c, "kept", 80).await;
 
     // A follower, so the leader remembers how far its log went; the
