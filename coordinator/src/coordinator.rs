@@ -154,6 +154,17 @@ pub struct Coordinator {
     /// with the instant their retention ends: garbage collection holds its
     /// horizon below them until then.
     long_finished: Mutex<BTreeMap<TxnId, Instant>>,
+    /// The reservation this leader found when its term began, with the
+    /// term: every id at or above it was issued, if at all, by this
+    /// leader in this term, and every id below it by an earlier leader.
+    term_start: Mutex<Option<(u64, Timestamp)>>,
+    /// The term in which every shard's fence floor for this group was
+    /// raised to the term's start (see [`Coordinator::status`]).
+    floor_raised: Mutex<Option<u64>>,
+    /// Transactions of this term whose commit ended with its outcome
+    /// unknown: an append or a one-phase commit of theirs may still land,
+    /// so TxnStatus fences them one by one. Rare; pruned by the horizon.
+    unsettled: Mutex<BTreeSet<TxnId>>,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -235,6 +246,9 @@ impl Coordinator {
             reserved: tokio::sync::Notify::new(),
             records,
             long_finished: Mutex::new(BTreeMap::new()),
+            term_start: Mutex::new(None),
+            floor_raised: Mutex::new(None),
+            unsettled: Mutex::new(BTreeSet::new()),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         });
@@ -328,45 +342,57 @@ impl Coordinator {
                 self.open.max()
             ))
         })?;
-        let txn = TxnId {
-            ts: self.stamp().await?,
-            node: self.node.0,
-            group: self.group,
-        };
-        let floor = Timestamp::from_parts(
-            txn.ts
-                .millis()
-                .saturating_sub(MAX_PRIORITY_AGE.as_millis() as u64),
-            0,
-        );
-        let priority = match priority {
-            None => txn.ts,
-            Some(p) if p > txn.ts => {
-                return Err(Error::InvalidInput(format!(
-                    "priority {p} is in the future (now {})",
-                    txn.ts
-                )))
-            }
-            Some(p) => p.max(floor),
-        };
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(
-                txn,
-                Session {
-                    shards: BTreeSet::new(),
-                    written: BTreeSet::new(),
-                    locked: BTreeSet::new(),
-                    last: Instant::now(),
-                    alive: Instant::now(),
-                    priority,
-                    wounded: None,
-                    committing: false,
-                    counted: false,
-                    admitted: Some(admitted),
-                },
-            );
-        }
-        Ok((txn, priority))
+        let mut admitted = Some(admitted);
+        let mut opened = None;
+        // The session is made as the id is issued, under the reservation's
+        // lock, so TxnStatus never sees an issued id without its session.
+        let ts = self
+            .stamp(|ts| {
+                let txn = TxnId {
+                    ts,
+                    node: self.node.0,
+                    group: self.group,
+                };
+                let floor = Timestamp::from_parts(
+                    ts.millis()
+                        .saturating_sub(MAX_PRIORITY_AGE.as_millis() as u64),
+                    0,
+                );
+                let priority = match priority {
+                    None => ts,
+                    Some(p) if p > ts => {
+                        opened = Some(Err(Error::InvalidInput(format!(
+                            "priority {p} is in the future (now {ts})"
+                        ))));
+                        return;
+                    }
+                    Some(p) => p.max(floor),
+                };
+                if let Ok(mut s) = self.sessions.lock() {
+                    s.insert(
+                        txn,
+                        Session {
+                            shards: BTreeSet::new(),
+                            written: BTreeSet::new(),
+                            locked: BTreeSet::new(),
+                            last: Instant::now(),
+                            alive: Instant::now(),
+                            priority,
+                            wounded: None,
+                            committing: false,
+                            counted: false,
+                            admitted: admitted.take(),
+                        },
+                    );
+                }
+                opened = Some(Ok((txn, priority)));
+            })
+            .await?;
+        opened.unwrap_or_else(|| {
+            Err(Error::Fatal(format!(
+                "timestamp {ts} issued without a session"
+            )))
+        })
     }
 
     /// A participant wounded `txn`: from now on none of its requests
@@ -421,17 +447,25 @@ impl Coordinator {
 
     /// A fresh timestamp below the durable reservation; waits only if the
     /// reservation is used up (the log has not committed an extension).
-    async fn stamp(&self) -> Result<Timestamp, Error> {
+    /// `issued` runs with the timestamp while the reservation is still
+    /// locked, once.
+    async fn stamp(&self, mut issued: impl FnMut(Timestamp)) -> Result<Timestamp, Error> {
         let deadline = tokio::time::Instant::now() + STAMP_WAIT;
         loop {
             let notified = self.reserved.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let issue = self
-                .stamps
-                .lock()
-                .map_err(|_| Error::Fatal("timestamp reservation lock poisoned".into()))?
-                .issue(self.hlc.now());
+            let issue = {
+                let mut stamps = self
+                    .stamps
+                    .lock()
+                    .map_err(|_| Error::Fatal("timestamp reservation lock poisoned".into()))?;
+                let issue = stamps.issue(self.hlc.now());
+                if let Some(ts) = issue.ts {
+                    issued(ts);
+                }
+                issue
+            };
             if let Some(until) = issue.extend {
                 // Always a wake-up, even for a target not past the last
                 // one: the reservation waits for this extension to end.
@@ -847,19 +881,42 @@ impl Coordinator {
     /// The outcome of `txn`. From the recovery log if it has a decision;
     /// open or in flight if this leader is working on it; otherwise from
     /// what the shards recorded (a one-phase commit is decided at its
-    /// shard, and the coordinator's record of it may be lost). With
-    /// `resolve` the answer is final (unless a shard cannot be reached):
-    /// the shards fence the transaction, then a commit found at one is
-    /// recorded, and otherwise the presumed abort; without, a commit found
-    /// is recorded and reported, and anything else is unknown.
+    /// shard, and the coordinator's record of it may be lost).
+    ///
+    /// Settling an id with no record costs no record (a client may ask
+    /// about made-up ids):
+    /// - an id of this term (at or above the reservation found when it
+    ///   began) without a session is over, or was never issued: nothing
+    ///   of it is on its way any more, so the shards' records, only read,
+    ///   are final (a commit found, or an abort);
+    /// - an id of an earlier term, with `resolve`: every shard's fence
+    ///   floor is raised to this term's start first (once per term: one
+    ///   key per shard), so nothing of it can land, then the same read;
+    /// - what is left (an earlier term's id without `resolve` before the
+    ///   floor is up; a commit of this term whose outcome was unknown, an
+    ///   append of which may still land) goes the old way: with `resolve`
+    ///   the shards fence the id, then a commit found at one is recorded,
+    ///   and otherwise the presumed abort; without, a commit found is
+    ///   recorded and reported, and anything else is unknown.
     pub async fn status(&self, txn: TxnId, resolve: bool) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
-        let open = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&txn).map(|sess| sess.committing));
+        // Under the reservation's lock no id is half issued (`begin` makes
+        // the session as it issues the id), so an id below the clock read
+        // here and without a session now never gets one.
+        let (open, issued_before) = {
+            let _issuing = self
+                .stamps
+                .lock()
+                .map_err(|_| Error::Fatal("timestamp reservation lock poisoned".into()))?;
+            let now = self.hlc.now();
+            let open = self
+                .sessions
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&txn).map(|sess| sess.committing));
+            (open, txn.ts < now)
+        };
         match open {
             Some(true) => return Ok(Outcome::Open("commit in progress".into())),
             Some(false) => return Ok(Outcome::Open("transaction is still open".into())),
@@ -922,9 +979,46 @@ impl Coordinator {
                 self.group
             )));
         }
-        // Nothing logged and nothing running here. A leader that lost the
-        // transaction (crash, failover) can no longer log a commit for it,
-        // but a one-phase commit it sent may have applied at its shard.
+        // Nothing logged and nothing running here.
+        let unsettled = self
+            .unsettled
+            .lock()
+            .map(|u| u.contains(&txn))
+            .unwrap_or(true);
+        match self.term_start() {
+            // This leader issued it, if anyone did, and it is over: its
+            // commit (if it got that far) ended with a known outcome, so
+            // nothing of it is still on its way to a shard or the log.
+            // Reading the shards settles it; nothing is written.
+            Some(start) if txn.ts >= start && !unsettled => {
+                if !issued_before {
+                    return Err(Error::InvalidInput(format!(
+                        "transaction {txn} was never issued: its timestamp is past the clock of \
+                         group {}'s leader",
+                        self.group
+                    )));
+                }
+                return Ok(self.status_settled(txn, "").await);
+            }
+            // An earlier leader's: with every shard's floor at this term's
+            // start, nothing of it can land any more either. One write per
+            // shard per term, however many ids are asked about.
+            Some(start) if txn.ts < start && (resolve || self.floor_is_raised()) => {
+                if let Err(e) = self.raise_floor(start).await {
+                    return Ok(Outcome::Unknown(format!(
+                        "no decision recorded, and not every shard could be fenced yet: {e}"
+                    )));
+                }
+                return Ok(self
+                    .status_settled(txn, " (fenced: older than the coordinator leader's term)")
+                    .await);
+            }
+            _ => {}
+        }
+        // Without `resolve`, or a commit of this term whose outcome was
+        // unknown: a one-phase commit or append of it may still land, so
+        // it is fenced at every shard by its id before an abort is
+        // presumed.
         let answers = self
             .inquire_all(txn, self.participants.shards(), resolve, |a| {
                 inquiry::decisive(a, resolve)
@@ -954,6 +1048,77 @@ impl Coordinator {
                 Outcome::Aborted(Abort::new(AbortKind::Rollback, why))
             }),
             Verdict::Unknown(why) => Ok(Outcome::Unknown(why)),
+        }
+    }
+
+    /// The reservation this leader found when its current term began.
+    fn term_start(&self) -> Option<Timestamp> {
+        let term = self.ready.lock().ok().and_then(|r| *r)?;
+        match self.term_start.lock().ok().and_then(|t| *t) {
+            Some((t, start)) if t == term => Some(start),
+            _ => None,
+        }
+    }
+
+    /// Whether every shard's floor is at this term's start already.
+    fn floor_is_raised(&self) -> bool {
+        let term = self.replica.status().term;
+        self.floor_raised.lock().ok().and_then(|f| *f) == Some(term)
+    }
+
+    /// Raise every shard's fence floor for this group to `start` (this
+    /// term's start), once per term.
+    async fn raise_floor(&self, start: Timestamp) -> Result<(), Error> {
+        let term = self.replica.status().term;
+        if self.floor_is_raised() {
+            return Ok(());
+        }
+        let calls = self
+            .participants
+            .shards()
+            .into_iter()
+            .map(|shard| async move {
+                let req = pb::FloorRequest {
+                    shard_id: shard.0,
+                    group: self.group,
+                    below: start.0,
+                };
+                tokio::time::timeout(
+                    INQUIRY_WAIT,
+                    self.participants.call_shard(shard, true, |ch| async move {
+                        participant(ch).raise_floor(req).await
+                    }),
+                )
+                .await
+                .map_err(|_| Error::Unavailable(format!("shard {shard} did not answer in time")))?
+                .map_err(Error::from)
+                .map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))
+            });
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
+        if let Ok(mut f) = self.floor_raised.lock() {
+            *f = Some(term);
+        }
+        Ok(())
+    }
+
+    /// TxnStatus for a transaction nothing of which can still land (no
+    /// decision, no staging record, nothing in flight, and either over at
+    /// this leader or below every shard's floor): the shards' records,
+    /// read and not written, decide it.
+    async fn status_settled(&self, txn: TxnId, note: &str) -> Outcome {
+        let answers = self
+            .inquire_all(txn, self.participants.shards(), false, |a| {
+                *a == Ok(ShardState::Committed)
+            })
+            .await;
+        match inquiry::settled(&answers) {
+            Verdict::Committed => Outcome::Committed,
+            Verdict::Abort(why) => {
+                Outcome::Aborted(Abort::new(AbortKind::Rollback, format!("{why}{note}")))
+            }
+            Verdict::Unknown(why) => Outcome::Unknown(why),
         }
     }
 
@@ -1120,6 +1285,10 @@ impl Coordinator {
             }
         });
         futures::future::join_all(calls).await;
+        if let Ok(mut u) = self.unsettled.lock() {
+            // Past the horizon TxnStatus no longer fences anything.
+            u.retain(|t| t.ts >= horizon);
+        }
         Ok(horizon)
     }
 
@@ -1489,6 +1658,11 @@ fn run(
         Action::Reply { txn, outcome } => {
             carried.remove(&txn);
             c.finished(txn);
+            if let Outcome::Unknown(_) = outcome {
+                if let Ok(mut u) = c.unsettled.lock() {
+                    u.insert(txn);
+                }
+            }
             c.metrics.outcome(&outcome);
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.reply.send(outcome);
@@ -1805,6 +1979,9 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         }
     };
     c.hlc.observe(reserved);
+    if let Ok(mut t) = c.term_start.lock() {
+        *t = Some((term, reserved));
+    }
     let extend = c
         .stamps
         .lock()

@@ -129,6 +129,33 @@ pub fn staged_verdict(answers: &[(ShardId, Answer)], listed: usize) -> Verdict {
 /// What the shards' records say of a transaction older than the group's
 /// record horizon that has no decision left in the log (read, not
 /// fenced: nothing of it can land at a shard any more). See `crate::gc`.
+/// The verdict on a transaction none of whose writes, prepares or
+/// records can land any more (see the coordinator's `status`), from its
+/// shards' records read without fencing: a commit found decides; a
+/// prepare record alone does not (with no staging record or decision,
+/// nothing can commit it); anything but a full set of answers is unknown.
+pub fn settled(answers: &[(ShardId, Answer)]) -> Verdict {
+    if answers.iter().any(|(_, a)| *a == Ok(ShardState::Committed)) {
+        return Verdict::Committed;
+    }
+    let missing: Vec<String> = answers
+        .iter()
+        .filter_map(|(s, a)| match a {
+            Ok(ShardState::None) | Ok(ShardState::Aborted) | Ok(ShardState::Prepared) => None,
+            Ok(other) => Some(format!("shard {s}: unexpected answer {other:?}")),
+            Err(e) => Some(format!("shard {s}: {e}")),
+        })
+        .collect();
+    if !missing.is_empty() || answers.is_empty() {
+        return Verdict::Unknown(format!(
+            "no decision recorded, and a one-phase commit cannot be ruled out until every \
+             shard answers ({})",
+            missing.join("; ")
+        ));
+    }
+    Verdict::Abort("no shard committed it, and nothing of it can land any more: aborted".into())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PastHorizon {
     Committed,
@@ -184,6 +211,32 @@ mod tests {
 
     fn answers(a: &[(u64, Answer)]) -> Vec<(ShardId, Answer)> {
         a.iter().map(|(s, x)| (ShardId(*s), x.clone())).collect()
+    }
+
+    #[test]
+    fn a_settled_transaction_is_decided_by_the_records_alone() {
+        use ShardState::*;
+        let v = |a: &[(u64, Answer)]| settled(&answers(a));
+        assert_eq!(v(&[(1, Ok(None)), (2, Ok(Committed))]), Verdict::Committed);
+        assert_eq!(
+            v(&[(1, Err("down".into())), (2, Ok(Committed))]),
+            Verdict::Committed,
+            "a commit found is enough"
+        );
+        for a in [
+            vec![(1, Ok(None)), (2, Ok(None))],
+            vec![(1, Ok(Aborted)), (2, Ok(None))],
+            vec![(1, Ok(Prepared)), (2, Ok(None))],
+        ] {
+            assert!(matches!(v(&a), Verdict::Abort(_)), "{a:?}");
+        }
+        // A shard not heard from may hold a one-phase commit.
+        assert!(matches!(
+            v(&[(1, Ok(None)), (2, Err("down".into()))]),
+            Verdict::Unknown(_)
+        ));
+        assert!(matches!(v(&[(1, Ok(Expired))]), Verdict::Unknown(_)));
+        assert!(matches!(v(&[]), Verdict::Unknown(_)));
     }
 
     #[test]

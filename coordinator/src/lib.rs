@@ -22,11 +22,15 @@
 //!   ([`stamps`]), and a new leader starts past every earlier one.
 //! - Every transaction id gets a final answer from TxnStatus with
 //!   `resolve`: a one-phase commit's decision lives at its shard, so with
-//!   no record in the log the coordinator asks every shard, which fences
-//!   the id (records an abort unless it prepared or decided it) before
-//!   the presumed abort is logged. Within the record retention, that is;
-//!   past it, records are collected ([`gc`]) and the answer may be
-//!   "expired", never a guess.
+//!   no record in the log the coordinator asks every shard, once nothing
+//!   of the id can land there any more: an id of the leader's own term
+//!   with no session is over (it was never issued, or its commit ended
+//!   with a known outcome); an earlier term's id is below every shard's
+//!   fence floor, which a new leader raises to its term's start once.
+//!   Neither writes a record per id asked about. (A commit of this term
+//!   whose outcome was unknown is fenced by its id, as before.) Within
+//!   the record retention, that is; past it, records are collected
+//!   ([`gc`]) and the answer may be "expired", never a guess.
 //!
 //! # Failure
 //! Open transactions live in the leader's memory: a coordinator failover

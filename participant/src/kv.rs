@@ -18,6 +18,14 @@
 //!   here (it is refused as expired). The coordinator group sets it, never
 //!   above its own horizon (see the coordinator's `gc` module for why that
 //!   is safe); it only grows.
+//! - `f` ++ coordinator group -> that group's fence floor here (a
+//!   timestamp): a transaction of the group older than it that has left
+//!   no record here can no longer prepare or commit here, so it is
+//!   aborted here without a record of its own. A new coordinator leader
+//!   raises it to the start of its term once, the first time TxnStatus
+//!   must settle an id an earlier leader may have issued: one key
+//!   overwritten per term instead of an abort record per id asked about
+//!   (the coordinator's `status`). It only grows, and deletes nothing.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -34,6 +42,7 @@ pub const DATA_PREFIX: u8 = b'd';
 pub const PREPARED_PREFIX: u8 = b'p';
 pub const OUTCOME_PREFIX: u8 = b'o';
 pub const HORIZON_PREFIX: u8 = b'h';
+pub const FLOOR_PREFIX: u8 = b'f';
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -81,6 +90,14 @@ pub enum ShardCommand {
         group: u64,
         below: Timestamp,
         txns: Vec<TxnId>,
+    },
+    /// Raise coordinator group `group`'s fence floor here to `below`
+    /// (kept if already higher): the group's transactions older than it
+    /// that have no record here are aborted here from now on. Appended
+    /// last.
+    Floor {
+        group: u64,
+        below: Timestamp,
     },
 }
 
@@ -130,9 +147,37 @@ pub fn txn_state(get: Lookup<'_>, txn: TxnId) -> io::Result<TxnState> {
         Some(_) => TxnState::Aborted,
         None if get(&txn.key(PREPARED_PREFIX))?.is_some() => TxnState::Prepared,
         None if expired(get, txn)? => TxnState::Expired,
+        // Below the floor nothing of it can land here any more: as final
+        // as a recorded abort.
+        None if below_floor(get, txn)? => TxnState::Aborted,
         None => TxnState::None,
     })
 }
+
+pub fn floor_key(group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(FLOOR_PREFIX);
+    k.extend_from_slice(&group.to_be_bytes());
+    k
+}
+
+/// Coordinator group `group`'s fence floor here (0 if never set).
+pub fn floor(get: Lookup<'_>, group: u64) -> io::Result<Timestamp> {
+    match get(&floor_key(group))? {
+        Some(v) => decode(&v, "fence floor"),
+        None => Ok(Timestamp(0)),
+    }
+}
+
+/// Whether `txn` is older than its group's fence floor here: without a
+/// record here it is aborted here, and may not prepare or commit.
+pub fn below_floor(get: Lookup<'_>, txn: TxnId) -> io::Result<bool> {
+    Ok(txn.group != crate::node::IMPLICIT_GROUP && txn.ts < floor(get, txn.group)?)
+}
+
+/// Why a transaction below the fence floor is refused.
+pub const BELOW_FLOOR: &str =
+    "aborted: older than its coordinator leader's term, and fenced here before it prepared or committed";
 
 pub fn horizon_key(group: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -228,7 +273,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             ShardReply::Prepared => Notice::Nothing,
             _ => Notice::Finished(*txn),
         },
-        ShardCommand::Forget { .. } => Notice::Nothing,
+        ShardCommand::Forget { .. } | ShardCommand::Floor { .. } => Notice::Nothing,
     }
 }
 
@@ -268,6 +313,10 @@ pub fn effect(
                 // Its outcome here could have been forgotten: it must not
                 // apply, or a fence that found nothing could be wrong.
                 _ if expired(get, *txn)? => (Vec::new(), ShardReply::Expired),
+                // TxnStatus may have called it aborted without a record.
+                (true, None) if below_floor(get, *txn)? => {
+                    (Vec::new(), ShardReply::Rejected(BELOW_FLOOR.into()))
+                }
                 _ if *t != term => {
                     let r = format!("locks were taken in term {t}, entry is in term {term}");
                     (Vec::new(), ShardReply::Rejected(r))
@@ -298,6 +347,8 @@ pub fn effect(
                 (Vec::new(), ShardReply::Prepared)
             } else if expired(get, *txn)? {
                 (Vec::new(), ShardReply::Expired)
+            } else if below_floor(get, *txn)? {
+                (Vec::new(), ShardReply::Rejected(BELOW_FLOOR.into()))
             } else if *t != term {
                 let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
                 (Vec::new(), ShardReply::Rejected(r))
@@ -339,7 +390,10 @@ pub fn effect(
             match outcome(*txn)? {
                 Some(true) => (Vec::new(), ShardReply::Rejected("already committed".into())),
                 Some(false) => (Vec::new(), ShardReply::Done),
-                None if expired(get, *txn)? => (vec![(p, None)], ShardReply::Done),
+                // The floor (or the horizon) already says aborted here.
+                None if expired(get, *txn)? || below_floor(get, *txn)? => {
+                    (vec![(p, None)], ShardReply::Done)
+                }
                 None => (vec![(p, None), (o, Some(vec![0]))], ShardReply::Done),
             }
         }
@@ -355,6 +409,16 @@ pub fn effect(
             // is forgotten: say so rather than claim an abort.
             TxnState::Expired => (Vec::new(), ShardReply::Expired),
         },
+        ShardCommand::Floor { group, below } => {
+            if *group == crate::node::IMPLICIT_GROUP || *below <= floor(get, *group)? {
+                (Vec::new(), ShardReply::Done)
+            } else {
+                (
+                    vec![(floor_key(*group), Some(encode(below)?))],
+                    ShardReply::Done,
+                )
+            }
+        }
         ShardCommand::Forget { group, below, txns } => {
             let h = horizon(get, *group)?.max(*below);
             let mut w = Vec::with_capacity(txns.len() + 1);
@@ -676,6 +740,82 @@ mod tests {
                 txns: txns.to_vec(),
             },
         )
+    }
+
+    /// The fence floor: below it a transaction with no record here is
+    /// aborted here without a record of its own, and can no longer land;
+    /// records already here stand, and a prepared one gets its decision.
+    #[test]
+    fn below_the_floor_nothing_lands_and_nothing_is_written() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let one = |txn, k: &str| ShardCommand::OnePhase {
+            txn,
+            writes: vec![put(k, "1")],
+            term: 9,
+        };
+        let prep = |txn, k: &str| ShardCommand::Prepare {
+            txn,
+            writes: vec![put(k, "1")],
+            term: 9,
+        };
+        let floor_at = |group, below| ShardCommand::Floor {
+            group,
+            below: Timestamp(below),
+        };
+        assert_eq!(m.run(9, one(t(1), "a")), ShardReply::Done);
+        assert_eq!(m.run(9, prep(t(2), "b")), ShardReply::Prepared);
+        let before = m.0.borrow().len();
+        assert_eq!(m.run(9, floor_at(1, 10)), ShardReply::Done);
+        assert_eq!(m.0.borrow().len(), before + 1, "one key: the floor");
+        // Lower or equal floors change nothing; the implicit group has none.
+        assert_eq!(m.run(9, floor_at(1, 5)), ShardReply::Done);
+        assert_eq!(m.run(9, floor_at(1, 10)), ShardReply::Done);
+        assert_eq!(m.run(9, floor_at(0, 10)), ShardReply::Done);
+        assert_eq!(m.0.borrow().len(), before + 1);
+        let get = |k: &[u8]| Ok(m.0.borrow().get(k).cloned());
+        assert_eq!(floor(&get, 1).unwrap(), Timestamp(10));
+        assert_eq!(floor(&get, 7).unwrap(), Timestamp(0), "per group");
+
+        // Below it: what is recorded stands; the rest is aborted, and
+        // neither asking, fencing nor a late commit writes anything.
+        assert_eq!(txn_state(&get, t(1)).unwrap(), TxnState::Committed);
+        assert_eq!(txn_state(&get, t(2)).unwrap(), TxnState::Prepared);
+        assert_eq!(txn_state(&get, t(3)).unwrap(), TxnState::Aborted);
+        let n = m.0.borrow().len();
+        assert_eq!(
+            fenced_state(&m.run(9, ShardCommand::Fence { txn: t(3) })),
+            TxnState::Aborted
+        );
+        assert_eq!(
+            m.run(9, one(t(4), "d")),
+            ShardReply::Rejected(BELOW_FLOOR.into())
+        );
+        assert_eq!(
+            m.run(9, prep(t(5), "e")),
+            ShardReply::Rejected(BELOW_FLOOR.into())
+        );
+        assert_eq!(
+            m.run(9, ShardCommand::Abort { txn: t(6) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.0.borrow().len(), n, "nothing written below the floor");
+        assert_eq!(m.get(b"d"), None);
+        // A prepared transaction still commits (its coordinator decided).
+        assert_eq!(
+            m.run(9, ShardCommand::Commit { txn: t(2) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.get(b"b"), Some(b"1".to_vec()));
+        // Other groups, ids at or above the floor, and implicit writes
+        // are unaffected.
+        let other = TxnId { group: 7, ..t(4) };
+        assert_eq!(m.run(9, one(other, "o")), ShardReply::Done);
+        assert_eq!(m.run(9, one(t(10), "f")), ShardReply::Done);
+        let implicit = TxnId {
+            group: crate::node::IMPLICIT_GROUP,
+            ..t(3)
+        };
+        assert_eq!(m.run(9, one(implicit, "i")), ShardReply::Done);
     }
 
     /// Garbage collection at a shard: below the horizon outcome records go,

@@ -1045,6 +1045,45 @@ impl Node {
         }
     }
 
+    /// A timestamp the shard keeps per coordinator group (horizon, floor),
+    /// as applied here; 0 if never set.
+    async fn stored(&self, s: &Shard, key: &[u8], what: &str) -> Result<Timestamp, Error> {
+        match s.replica.get_local(key).await? {
+            Some(v) => pact_raft::codec::decode(&v, what).map_err(|e| Error::Fatal(e.to_string())),
+            None => Ok(Timestamp(0)),
+        }
+    }
+
+    /// Raise coordinator group `group`'s fence floor on `shard` to `below`
+    /// (through the shard's Raft log, so it is durable and every later
+    /// prepare or one-phase commit is checked against it); returns the
+    /// floor. No entry when it is there already.
+    pub async fn raise_floor(
+        &self,
+        shard: ShardId,
+        group: u64,
+        below: Timestamp,
+    ) -> Result<Timestamp, Error> {
+        let s = self.shard(shard)?;
+        self.ready(s)?;
+        if group == IMPLICIT_GROUP {
+            return Err(Error::InvalidInput(format!(
+                "group {IMPLICIT_GROUP} is the implicit group of plain writes; it has no floor"
+            )));
+        }
+        // A linearizable read: the floor some earlier call raised is seen.
+        s.replica.read_barrier().await?;
+        let now = self
+            .stored(s, &crate::kv::floor_key(group), "fence floor")
+            .await?;
+        if now >= below {
+            return Ok(now);
+        }
+        self.propose(s, ShardCommand::Floor { group, below })
+            .await?;
+        Ok(below)
+    }
+
     async fn propose(&self, s: &Shard, cmd: ShardCommand) -> Result<ShardReply, Error> {
         let (_, reply) = s.replica.propose(encode_command(&cmd)?).await?;
         ShardReply::decode(&reply).map_err(Error::Fatal)
@@ -1104,6 +1143,7 @@ impl Node {
             txn.key(PREPARED_PREFIX),
             txn.key(crate::kv::OUTCOME_PREFIX),
             crate::kv::horizon_key(txn.group),
+            crate::kv::floor_key(txn.group),
         ] {
             if let Some(v) = s.replica.get_local(&k).await? {
                 found.insert(k, v);
@@ -1141,6 +1181,17 @@ impl Node {
                 .collect();
             let n = old.len() as u64;
             let last = old.len() < crate::kv::FORGET_BATCH;
+            // Nothing to delete and the horizon already there: no entry
+            // (a collection round must not cost every shard a Raft round).
+            if old.is_empty()
+                && self
+                    .stored(s, &crate::kv::horizon_key(group), "record horizon")
+                    .await?
+                    >= below
+            {
+                self.metrics.set_records(shard, "outcome", total);
+                return Ok((removed, total));
+            }
             self.propose(
                 s,
                 ShardCommand::Forget {

@@ -246,6 +246,20 @@ impl Participant for ParticipantService {
         .await?;
         Ok(Response::new(pb::ForgetResponse { removed, kept }))
     }
+
+    async fn raise_floor(
+        &self,
+        request: Request<pb::FloorRequest>,
+    ) -> Result<Response<pb::FloorResponse>, Status> {
+        let r = request.into_inner();
+        let node = self.node.clone();
+        let floor = owned(async move {
+            node.raise_floor(ShardId(r.shard_id), r.group, Timestamp(r.below))
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::FloorResponse { floor: floor.0 }))
+    }
 }
 
 #[cfg(test)]

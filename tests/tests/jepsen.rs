@@ -206,7 +206,9 @@ fn env_secs(name: &str, default: u64) -> u64 {
 /// into `soak.csv`, `memory.png`, `disk.png` and `records.png`. Both
 /// histories must check valid as in any run. With
 /// `PACT_SOAK_MAX_GROWTH_KB_MIN` set, every process's RSS growth over the
-/// second half of its run must stay under it. See README for the command.
+/// second half of its run must stay under it; `PACT_SOAK_QUIET_SECS`
+/// sets the calm between faults (3-10 s by default). See README for the
+/// command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long: run with --ignored (README, the soak)"]
 async fn soak_mixed_workload_under_nemeses() {
@@ -227,7 +229,14 @@ async fn soak_mixed_workload_under_nemeses() {
     let every = env_secs("PACT_SOAK_SAMPLE_SECS", 10).max(1);
     spec.sample_every = Some(std::time::Duration::from_secs(every));
     // Stretches of calm between faults, so the curves show recovery.
-    spec.quiet_ms = (3000, 10_000);
+    // `PACT_SOAK_QUIET_SECS` stretches them (each drawn from [N, 1.2 N]
+    // seconds): with every fault once per round and few rounds an hour,
+    // most processes then live through the whole run, and their memory
+    // curves show what one process does over an hour.
+    spec.quiet_ms = match env_secs("PACT_SOAK_QUIET_SECS", 0) {
+        0 => (3000, 10_000),
+        n => (n * 1000, n * 1200),
+    };
     let r = run(spec).await;
     // A fault round takes about a minute: every fault in any soak.
     assert_faulted(&r, &faults);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pact_client::{AbortKind, Client, ClientError};
-use pact_common::ShardId;
+use pact_common::{NodeId, ShardId};
 use pact_tests::{fast_tuning, Cluster};
 
 /// Keys that land on `n` distinct shards.
@@ -563,11 +563,14 @@ async fn one_shot_execute_and_bad_transaction_input() {
         "{}",
         e.message()
     );
-    // A client asking about it learns nothing is decided; a participant
-    // resolving it records the presumed abort, so a later commit cannot win.
+    // A client asking about it learns it is aborted (an id of this
+    // leader's term with no session can no longer commit), or, if an
+    // earlier leader could have issued it, that nothing is decided yet; a
+    // participant resolving it gets a final abort, and a later commit
+    // cannot win.
     assert!(matches!(
         client.txn_status(ghost).await.expect("status"),
-        pact_client::TxnOutcome::Unknown(_)
+        pact_client::TxnOutcome::Unknown(_) | pact_client::TxnOutcome::Aborted(_)
     ));
     assert!(matches!(
         client.resolve_txn(ghost).await.expect("resolve"),
@@ -942,4 +945,158 @@ async fn transaction_records_are_collected_past_the_retention() {
         client.txn_status(id).await.expect("status"),
         pact_client::TxnOutcome::Committed
     );
+}
+
+/// `pact_txn_records` as the servers report it: per (group, kind), the
+/// largest count any process shows (a group's count comes from its
+/// leader; a former leader's may be stale, never larger).
+fn txn_records(ports: &[u16]) -> BTreeMap<(String, String), f64> {
+    use std::io::{Read, Write};
+    let mut out: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for p in ports {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", *p)).expect("metrics port");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        for m in pact_tests::jepsen::soak::parse_metrics(&page) {
+            if m.name != pact_tests::jepsen::soak::TXN_RECORDS {
+                continue;
+            }
+            let label = |n: &str| {
+                m.labels
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let e = out.entry((label("group"), label("kind"))).or_default();
+            *e = e.max(m.value);
+        }
+    }
+    out
+}
+
+/// Resolving ids nobody issued costs no record (issue 13): ids of the
+/// coordinator leader's own term are settled by reading the shards, and
+/// ids of an earlier term after one floor per shard is raised at the
+/// first of them; every answer is a final abort, and the record counts
+/// the servers report do not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolving_made_up_ids_records_nothing() {
+    let mut config = pact_common::ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    // Counts refreshed often; nothing old enough to be collected.
+    config.transactions.gc_interval_ms = 200;
+    let mut c = Cluster::create(config, fast_tuning());
+    let http = pact_tests::free_ports(3);
+    for (i, id) in c.node_ids().into_iter().enumerate() {
+        c.set_args(
+            id,
+            &[
+                "--metrics-listen".to_string(),
+                format!("127.0.0.1:{}", http[i]),
+            ],
+        );
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let group = 4;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "ghost", 2);
+    let commit = |v: &'static [u8]| {
+        let client = client.clone();
+        let keys = keys.clone();
+        async move {
+            let mut t = client.begin().await.expect("begin");
+            for k in &keys {
+                t.put(k, v).await.expect("put");
+            }
+            let id = t.id();
+            t.commit().await.expect("commit");
+            id
+        }
+    };
+    let real = commit(b"1").await;
+    let leader = NodeId(real.node);
+    // Let a collection round count what is there now.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = txn_records(&http);
+    assert!(
+        before.keys().any(|(_, k)| k == "outcome"),
+        "no record counts reported: {before:?}"
+    );
+
+    let settle = |id: pact_common::TxnId| {
+        let client = client.clone();
+        async move {
+            for _ in 0..2 {
+                let o = client.resolve_txn(id).await.expect("resolve");
+                assert!(
+                    matches!(o, pact_client::TxnOutcome::Aborted(_)),
+                    "{id}: {o:?}"
+                );
+                let o = client.txn_status(id).await.expect("status");
+                assert!(
+                    matches!(o, pact_client::TxnOutcome::Aborted(_)),
+                    "{id}: {o:?}"
+                );
+            }
+        }
+    };
+    // Ids just after the real one, which no leader issued: this term's
+    // (the term began before the cluster's first id).
+    let made_up = |node: NodeId, n: u64| pact_common::TxnId {
+        group,
+        node: node.0,
+        ts: pact_common::Timestamp(real.ts.0 + n),
+    };
+    for n in 0..20 {
+        settle(made_up(leader, 0x100 + n)).await;
+    }
+    // A real id is still answered exactly.
+    assert_eq!(
+        client.txn_status(real).await.expect("status"),
+        pact_client::TxnOutcome::Committed
+    );
+
+    // A new leader: ids from before its term are an earlier leader's.
+    let other = c
+        .node_ids()
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("another node");
+    client
+        .transfer_leader(pact_client::RaftGroup::Coordinator(group), other)
+        .await
+        .expect("transfer the coordinator leadership");
+    for n in 0..20 {
+        // Both leaders' node ids: either could have issued them.
+        let node = if n % 2 == 0 { leader } else { other };
+        settle(made_up(node, 0x200 + n)).await;
+    }
+    assert_eq!(
+        client.txn_status(real).await.expect("status"),
+        pact_client::TxnOutcome::Committed
+    );
+    // The cluster works on: a transaction of the new term commits.
+    let after = commit(b"2").await;
+    assert_eq!(
+        client.txn_status(after).await.expect("status"),
+        pact_client::TxnOutcome::Committed
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // No new record for the 40 ids asked about, each twice: only the new
+    // transaction's (at most one per shard it wrote, and its decision).
+    let now = txn_records(&http);
+    for ((g, kind), n) in &now {
+        let was = before
+            .get(&(g.clone(), kind.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        assert!(
+            *n <= was + 2.0,
+            "group {g} has {n} {kind} records, {was} before: {now:?} vs {before:?}"
+        );
+    }
 }
