@@ -158,9 +158,9 @@ pub struct Coordinator {
     /// term: every id at or above it was issued, if at all, by this
     /// leader in this term, and every id below it by an earlier leader.
     term_start: Mutex<Option<(u64, Timestamp)>>,
-    /// The term in which every shard's fence floor for this group was
-    /// raised to the term's start (see [`Coordinator::status`]).
-    floor_raised: Mutex<Option<u64>>,
+    /// The highest fence floor every shard holds for this group (see
+    /// [`Coordinator::status`]); floors only rise, so it stays true.
+    floor_raised: Mutex<Timestamp>,
     /// Transactions of this term whose commit ended with its outcome
     /// unknown: an append or a one-phase commit of theirs may still land,
     /// so TxnStatus fences them one by one. Rare; pruned by the horizon.
@@ -247,7 +247,7 @@ impl Coordinator {
             records,
             long_finished: Mutex::new(BTreeMap::new()),
             term_start: Mutex::new(None),
-            floor_raised: Mutex::new(None),
+            floor_raised: Mutex::new(Timestamp(0)),
             unsettled: Mutex::new(BTreeSet::new()),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
@@ -1003,7 +1003,7 @@ impl Coordinator {
             // An earlier leader's: with every shard's floor at this term's
             // start, nothing of it can land any more either. One write per
             // shard per term, however many ids are asked about.
-            Some(start) if txn.ts < start && (resolve || self.floor_is_raised()) => {
+            Some(start) if txn.ts < start && (resolve || self.floor_is_raised(start)) => {
                 if let Err(e) = self.raise_floor(start).await {
                     return Ok(Outcome::Unknown(format!(
                         "no decision recorded, and not every shard could be fenced yet: {e}"
@@ -1060,17 +1060,15 @@ impl Coordinator {
         }
     }
 
-    /// Whether every shard's floor is at this term's start already.
-    fn floor_is_raised(&self) -> bool {
-        let term = self.replica.status().term;
-        self.floor_raised.lock().ok().and_then(|f| *f) == Some(term)
+    /// Whether every shard's floor is at `start` or higher already.
+    fn floor_is_raised(&self, start: Timestamp) -> bool {
+        self.floor_raised.lock().is_ok_and(|f| *f >= start)
     }
 
     /// Raise every shard's fence floor for this group to `start` (this
     /// term's start), once per term.
     async fn raise_floor(&self, start: Timestamp) -> Result<(), Error> {
-        let term = self.replica.status().term;
-        if self.floor_is_raised() {
+        if self.floor_is_raised(start) {
             return Ok(());
         }
         let calls = self
@@ -1098,7 +1096,7 @@ impl Coordinator {
             r?;
         }
         if let Ok(mut f) = self.floor_raised.lock() {
-            *f = Some(term);
+            *f = (*f).max(start);
         }
         Ok(())
     }
@@ -1628,7 +1626,7 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
             }
         };
         for a in actions {
-            run(&c, a, &mut waiters, &mut carried);
+            run(&c, a, term, &mut waiters, &mut carried);
         }
     }
 }
@@ -1648,9 +1646,12 @@ async fn feed(c: &Coordinator, ev: Event) {
     let _ = c.inputs.send(Input::Event(ev)).await;
 }
 
+/// Carry out one action of the machine, which works for the leader of
+/// `term` (None: no term; what it asks for is refused).
 fn run(
     c: &Arc<Coordinator>,
     action: Action,
+    term: Option<u64>,
     waiters: &mut HashMap<TxnId, Waiter>,
     carried: &mut HashMap<TxnId, BTreeMap<ShardId, Carried>>,
 ) {
@@ -1777,16 +1778,24 @@ fn run(
             let c = c.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let cmd = LogCommand::Stage {
-                    txn,
-                    shards: shards.iter().map(|s| s.0).collect(),
+                let result = match term {
+                    Some(term) => {
+                        let cmd = LogCommand::StageInTerm {
+                            txn,
+                            shards: shards.iter().map(|s| s.0).collect(),
+                            term,
+                        };
+                        append_for(&c, &cmd, |reply| match reply {
+                            LogReply::Staged => Ok(LogResult::Logged),
+                            LogReply::Decided { commit } => {
+                                Ok(LogResult::AlreadyDecided { commit })
+                            }
+                            other => Err(format!("unexpected log reply {other:?}")),
+                        })
+                        .await
+                    }
+                    None => LogResult::NotAppended("not the coordinator leader".into()),
                 };
-                let result = append_for(&c, &cmd, |reply| match reply {
-                    LogReply::Staged => Ok(LogResult::Logged),
-                    LogReply::Decided { commit } => Ok(LogResult::AlreadyDecided { commit }),
-                    other => Err(format!("unexpected log reply {other:?}")),
-                })
-                .await;
                 c.metrics.phase("stage", started);
                 let delay = pact_common::faults::decision_delay_ms();
                 if delay > 0 {
@@ -1979,9 +1988,6 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         }
     };
     c.hlc.observe(reserved);
-    if let Ok(mut t) = c.term_start.lock() {
-        *t = Some((term, reserved));
-    }
     let extend = c
         .stamps
         .lock()
@@ -2050,6 +2056,11 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
     );
     feed(&c, Event::Recovered { unfinished, staged }).await;
     if c.replica.status().term == term {
+        // The term's start before the term is ready: `term_start` pairs
+        // them, and a recovery of a term that is over writes neither.
+        if let Ok(mut t) = c.term_start.lock() {
+            *t = Some((term, reserved));
+        }
         if let Ok(mut r) = c.ready.lock() {
             *r = Some(term);
         }

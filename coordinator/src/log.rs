@@ -89,6 +89,17 @@ pub enum LogCommand {
         below: Timestamp,
         txns: Vec<TxnId>,
     },
+    /// [`LogCommand::Stage`] by the leader of `term`, which is the only
+    /// one proposed now: it lands only in an entry of that term. A leader
+    /// that lost its term and won another must not stage in the new one
+    /// what it decided to stage in the old: the new term's TxnStatus may
+    /// already have called the transaction aborted (it found no staging
+    /// record once the old term's entries were applied). Appended last.
+    StageInTerm {
+        txn: TxnId,
+        shards: Vec<u64>,
+        term: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,15 +174,16 @@ pub fn shards_of(d: &Decision) -> std::collections::BTreeSet<ShardId> {
 /// the group's state, which `Gc` needs and nothing else does).
 pub type OldestStaged<'a> = &'a dyn Fn() -> Result<Option<Timestamp>, String>;
 
-/// The effect of a log command on the state seen through `get` (and,
-/// for `Gc`, `staged`). Pure.
+/// The effect of a log command, in an entry of `term`, on the state seen
+/// through `get` (and, for `Gc`, `staged`). Pure.
 pub fn effect(
     get: Lookup<'_>,
     staged: OldestStaged<'_>,
+    term: u64,
     cmd: &LogCommand,
 ) -> Result<(Writes, LogReply), String> {
     let LogCommand::Many(cmds) = cmd else {
-        return effect_one(get, staged, cmd);
+        return effect_one(get, staged, term, cmd);
     };
     // Each command sees the writes of those before it in the batch.
     let mut overlay: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
@@ -189,7 +201,7 @@ pub fn effect(
         if matches!(c, LogCommand::Gc { .. }) {
             return Err("garbage collection inside a batch of log commands".into());
         }
-        let (writes, reply) = effect_one(&view, staged, c)?;
+        let (writes, reply) = effect_one(&view, staged, term, c)?;
         overlay.extend(writes);
         replies.push(reply);
     }
@@ -199,6 +211,7 @@ pub fn effect(
 fn effect_one(
     get: Lookup<'_>,
     staged: OldestStaged<'_>,
+    term: u64,
     cmd: &LogCommand,
 ) -> Result<(Writes, LogReply), String> {
     let horizon_now = || -> Result<Timestamp, String> {
@@ -279,22 +292,31 @@ fn effect_one(
             None => (Vec::new(), LogReply::NotFound),
         },
         LogCommand::Many(_) => return Err("nested batch of log commands".into()),
-        LogCommand::Stage { txn, shards } => match read(*txn)? {
-            Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
-            // The horizon passed it: recovery would never see this
-            // staging record as live (none is expected, `crate::gc`), so
-            // it is aborted instead, which needs no record.
-            None if txn.ts < horizon_now()? => (Vec::new(), LogReply::Decided { commit: false }),
-            None => {
-                let s = Staging {
-                    shards: shards.clone(),
-                };
-                (
-                    vec![(staging_key(*txn), Some(encode(&s)?))],
-                    LogReply::Staged,
-                )
+        // Proposed in another term: never staged, so aborted (the machine
+        // that proposed it belongs to a term that is over).
+        LogCommand::StageInTerm { term: t, .. } if *t != term => {
+            (Vec::new(), LogReply::Decided { commit: false })
+        }
+        LogCommand::Stage { txn, shards } | LogCommand::StageInTerm { txn, shards, .. } => {
+            match read(*txn)? {
+                Some(d) => (Vec::new(), LogReply::Decided { commit: d.commit }),
+                // The horizon passed it: recovery would never see this
+                // staging record as live (none is expected, `crate::gc`), so
+                // it is aborted instead, which needs no record.
+                None if txn.ts < horizon_now()? => {
+                    (Vec::new(), LogReply::Decided { commit: false })
+                }
+                None => {
+                    let s = Staging {
+                        shards: shards.clone(),
+                    };
+                    (
+                        vec![(staging_key(*txn), Some(encode(&s)?))],
+                        LogReply::Staged,
+                    )
+                }
             }
-        },
+        }
         LogCommand::Gc { below, txns } => {
             // Never past a staging record, even one the leader did not see
             // when it computed `below` (a Stage whose append it had given
@@ -303,9 +325,10 @@ fn effect_one(
                 Some(s) => (*below).min(s),
                 None => *below,
             };
-            let h = horizon_now()?.max(target);
+            let was = horizon_now()?;
+            let h = was.max(target);
             let mut w = Vec::new();
-            if h > horizon_now()? {
+            if h > was {
                 w.push((HORIZON_KEY.to_vec(), Some(encode(&h)?)));
             }
             let mut gone = std::collections::BTreeSet::new();
@@ -340,7 +363,7 @@ impl Apply for LogApp {
         &self,
         state: &StateView<'_>,
         _index: u64,
-        _term: u64,
+        term: u64,
         command: &[u8],
     ) -> Result<Applied, String> {
         let cmd: LogCommand = decode(command)?;
@@ -355,7 +378,7 @@ impl Apply for LogApp {
                 .map(|t| t.ts)
                 .min())
         };
-        let (writes, reply) = effect(&|k| state.get(k), &staged, &cmd)?;
+        let (writes, reply) = effect(&|k| state.get(k), &staged, term, &cmd)?;
         // A reply that cannot be encoded stops the replica rather than
         // answering the proposer with nothing.
         Ok(Applied {
@@ -397,7 +420,7 @@ mod tests {
                     .map(|t| t.ts)
                     .min())
             };
-            let (w, r) = effect(&|k| Ok(snap.get(k).cloned()), &staged, &cmd).unwrap();
+            let (w, r) = effect(&|k| Ok(snap.get(k).cloned()), &staged, 1, &cmd).unwrap();
             for (k, v) in w {
                 match v {
                     Some(v) => self.0.borrow_mut().insert(k, v),
@@ -406,6 +429,31 @@ mod tests {
             }
             r
         }
+    }
+
+    /// A staging record proposed by the leader of one term never lands in
+    /// an entry of another (the proposer lost its term meanwhile).
+    #[test]
+    fn a_stage_lands_only_in_its_proposers_term() {
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let get = |k: &[u8]| Ok(m.get(k).cloned());
+        let stage = LogCommand::StageInTerm {
+            txn: t(1),
+            shards: vec![1, 2],
+            term: 3,
+        };
+        let (w, r) = effect(&get, &|| Ok(None), 4, &stage).unwrap();
+        assert!(w.is_empty(), "nothing staged in term 4");
+        assert_eq!(r, LogReply::Decided { commit: false });
+        let (w, r) = effect(&get, &|| Ok(None), 3, &stage).unwrap();
+        assert_eq!(r, LogReply::Staged);
+        assert_eq!(
+            w,
+            vec![(
+                staging_key(t(1)),
+                Some(encode(&Staging { shards: vec![1, 2] }).unwrap())
+            )]
+        );
     }
 
     #[test]
@@ -601,7 +649,7 @@ mod tests {
         );
         let get = |_: &[u8]| Ok(None);
         let nested = LogCommand::Many(vec![LogCommand::Many(vec![])]);
-        assert!(effect(&get, &|| Ok(None), &nested).is_err());
+        assert!(effect(&get, &|| Ok(None), 1, &nested).is_err());
     }
 
     #[test]
@@ -824,11 +872,12 @@ mod tests {
             commit: true,
             shards: vec![1],
         };
-        let e = effect(&get, &|| Ok(None), &decide).unwrap_err();
+        let e = effect(&get, &|| Ok(None), 1, &decide).unwrap_err();
         assert!(e.contains("recovery log value"), "{e}");
         let e = effect(
             &get,
             &|| Ok(None),
+            1,
             &LogCommand::Reserve {
                 until: Timestamp(5),
             },

@@ -420,9 +420,10 @@ pub fn effect(
             }
         }
         ShardCommand::Forget { group, below, txns } => {
-            let h = horizon(get, *group)?.max(*below);
+            let was = horizon(get, *group)?;
+            let h = was.max(*below);
             let mut w = Vec::with_capacity(txns.len() + 1);
-            if h > horizon(get, *group)? {
+            if h > was {
                 w.push((horizon_key(*group), Some(encode(&h)?)));
             }
             // Only records the horizon now covers: a listed id that is not

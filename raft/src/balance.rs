@@ -113,36 +113,17 @@ fn view(group: u64, raft: &Raft) -> GroupView {
 }
 
 /// Why a transfer did not happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
+    #[error("group {0} is not hosted on this node")]
     UnknownGroup(u64),
-    NotLeader {
-        leader: Option<u64>,
-    },
-    NotVoter {
-        group: u64,
-        to: u64,
-    },
+    #[error("not the group's leader ({})", leader.map_or("none known".to_string(), |l| format!("node {l} is")))]
+    NotLeader { leader: Option<u64> },
+    #[error("node {to} is not a voter of group {group}")]
+    NotVoter { group: u64, to: u64 },
     /// The group did not get `to` as its leader in time (it may still).
+    #[error("{0}")]
     Incomplete(String),
-}
-
-impl std::fmt::Display for TransferError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TransferError::UnknownGroup(g) => write!(f, "group {g} is not hosted on this node"),
-            TransferError::NotLeader { leader: Some(l) } => {
-                write!(f, "not the group's leader (node {l} is)")
-            }
-            TransferError::NotLeader { leader: None } => {
-                write!(f, "not the group's leader (none known)")
-            }
-            TransferError::NotVoter { group, to } => {
-                write!(f, "node {to} is not a voter of group {group}")
-            }
-            TransferError::Incomplete(m) => f.write_str(m),
-        }
-    }
 }
 
 /// Hand the leadership of `group` to `to`, from this node (its leader);
