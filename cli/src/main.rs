@@ -36,10 +36,10 @@ struct Args {
     #[command(flatten)]
     codec: output::CodecFlags,
     /// Give up on a command (in the shell: on a statement) after this many
-    /// seconds, retries included.
-    #[arg(long, global = true, default_value_t = 15,
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    timeout: u64,
+    /// seconds, retries included [default: 15; 3600 for backup and
+    /// restore].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: Option<u64>,
     /// CA certificate (PEM) to trust, for a cluster with mutual TLS;
     /// overrides the config's `tls.ca`.
     #[arg(long = "cacert", id = "tls_ca", global = true, env = "PACT_CACERT")]
@@ -84,8 +84,9 @@ enum Cmd {
     /// 7 aborted, 4 not decided (yet).
     TxnStatus {
         id: String,
-        /// Abort it if nothing is decided (presumed abort, recorded, so the
-        /// answer is final). Only for a transaction whose client is gone.
+        /// Settle it if nothing is decided: the answer is final (aborted
+        /// unless a shard committed it). Only for a transaction whose
+        /// client is gone.
         #[arg(long)]
         resolve: bool,
     },
@@ -106,6 +107,25 @@ enum Cmd {
     /// Operator actions on the cluster's Raft groups.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Write a consistent cut of every shard into DIR while the cluster
+    /// serves: all keys and values as one read-only transaction saw them,
+    /// so no transaction is half in. Writers of keys it has read wait for
+    /// it (it holds shared locks until it commits).
+    Backup {
+        /// An empty or new directory.
+        dir: PathBuf,
+    },
+    /// Load a backup made by `txn backup` into this cluster (a new one):
+    /// the whole backup is checked against its manifest first; a cluster
+    /// that holds any key is refused unless --force. Not atomic: if it is
+    /// cut short, run it again with --force.
+    Restore {
+        dir: PathBuf,
+        /// Restore into a cluster that already holds keys (backed-up keys
+        /// are overwritten; others stay).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script to stdout.
     ///
     /// e.g. `txn completions bash > ~/.local/share/bash-completion/completions/txn`.
@@ -443,7 +463,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let total = Duration::from_secs(args.timeout);
+    let total = Duration::from_secs(args.timeout.unwrap_or(match args.cmd {
+        Cmd::Backup { .. } | Cmd::Restore { .. } => 3600,
+        _ => 15,
+    }));
     let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
@@ -578,6 +601,59 @@ async fn run(
                 );
             } else {
                 outln!("{target}: node {leader} leads (term {term})");
+            }
+            Ok(0)
+        }
+        Cmd::Backup { dir } => {
+            let mut shown = 0;
+            let s = client
+                .backup(dir, |n| {
+                    // Progress for a long job, on stderr, every 10,000.
+                    if !args.json && n / 10_000 > shown {
+                        shown = n / 10_000;
+                        eprintln!("read {n} records");
+                    }
+                })
+                .await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"dir": dir.display().to_string(), "txn": s.txn.to_string(), "records": s.records, "bytes": s.bytes, "attempts": s.attempts})
+                );
+            } else {
+                outln!(
+                    "backed up {} records ({} bytes of keys and values) to {} as of transaction {}",
+                    s.records,
+                    s.bytes,
+                    dir.display(),
+                    s.txn
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Restore { dir, force } => {
+            let mut shown = 0;
+            let s = client
+                .restore(dir, *force, |n| {
+                    if !args.json && n / 10_000 > shown {
+                        shown = n / 10_000;
+                        eprintln!("wrote {n} records");
+                    }
+                })
+                .await?;
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"dir": dir.display().to_string(), "txn": s.txn, "records": s.records, "bytes": s.bytes})
+                );
+            } else {
+                outln!(
+                    "restored {} records ({} bytes of keys and values) from {} (taken as of transaction {})",
+                    s.records,
+                    s.bytes,
+                    dir.display(),
+                    s.txn
+                );
             }
             Ok(0)
         }

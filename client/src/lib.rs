@@ -26,6 +26,7 @@
 //! [`ClientError::code`] names the error in a stable word for programs
 //! (`txn --json` prints it with each error).
 
+mod backup;
 pub mod convert;
 mod tls;
 mod txn;
@@ -44,6 +45,7 @@ use pact_proto as pb;
 use pact_proto::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
+pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 
