@@ -177,6 +177,26 @@ enum AdminCmd {
     /// Leadership of a shard or coordinator group.
     #[command(subcommand)]
     Leader(LeaderCmd),
+    /// The shards.
+    #[command(subcommand)]
+    Shard(ShardCmd),
+    /// The nodes of the cluster.
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardCmd {
+    /// Every shard: its keys (a key range, or its ring points and their
+    /// share of key hashes), replicas and current leader.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// Every node: its address, the groups it replicates and leads, and
+    /// whether it answered.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -296,6 +316,7 @@ pub(crate) fn exit_for(e: &ClientError) -> u8 {
 #[macro_use]
 mod output;
 mod data;
+mod members;
 mod meta;
 mod playground;
 mod shell;
@@ -657,6 +678,10 @@ async fn run(
             }
             Ok(0)
         }
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::List)) => {
+            members::shards(client, style, args.json).await
+        }
+        Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
         Cmd::Status(a) => status::status(client, a, args.json).await,
         Cmd::Health(a) => status::health(client, a, args.json).await,
     }

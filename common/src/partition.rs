@@ -166,6 +166,31 @@ impl ShardMap {
         Some((start, end))
     }
 
+    /// Hash scheme only: how many ring points `shard` has, and the share
+    /// of the ring (of all key hashes) they own. `None` for the range
+    /// scheme or an unknown shard.
+    pub fn ring_share(&self, shard: ShardId) -> Option<(usize, f64)> {
+        let Kind::Hash(points) = &self.kind else {
+            return None;
+        };
+        if points.len() == 1 {
+            return (points[0].1 == shard).then_some((1, 1.0));
+        }
+        // A point owns the hashes after the point before it, up to itself
+        // (the first one wraps around past the last).
+        let mut n = 0;
+        let mut owned = 0u128;
+        for (i, &(p, s)) in points.iter().enumerate() {
+            if s != shard {
+                continue;
+            }
+            let prev = points[(i + points.len() - 1) % points.len()].0;
+            n += 1;
+            owned += u128::from(p.wrapping_sub(prev));
+        }
+        (n > 0).then(|| (n, owned as f64 / (u128::from(u64::MAX) + 1) as f64))
+    }
+
     /// All shards in the map, sorted.
     pub fn shards(&self) -> Vec<ShardId> {
         self.shards.clone()
@@ -181,6 +206,33 @@ impl ShardMap {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn ring_shares_add_up_and_match_where_keys_go() {
+        let m = ShardMap::new_hash(&ids(&[1, 2, 3]), 64);
+        let shares: Vec<(usize, f64)> =
+            (1..=3).map(|s| m.ring_share(ShardId(s)).unwrap()).collect();
+        assert!(shares.iter().all(|(n, _)| *n == 64), "{shares:?}");
+        let total: f64 = shares.iter().map(|(_, f)| f).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // Where 30,000 keys land agrees with the shares.
+        let mut counts = BTreeMap::new();
+        for i in 0..30_000 {
+            *counts
+                .entry(m.shard_for_key(format!("k{i}").as_bytes()))
+                .or_insert(0.0) += 1.0 / 30_000.0;
+        }
+        for s in 1..=3 {
+            let (_, f) = shares[s - 1];
+            let got = counts[&ShardId(s as u64)];
+            assert!((got - f).abs() < 0.02, "shard {s}: {got} vs {f}");
+        }
+        assert_eq!(m.ring_share(ShardId(9)), None);
+        let one = ShardMap::new_hash(&ids(&[5]), 1);
+        assert_eq!(one.ring_share(ShardId(5)), Some((1, 1.0)));
+        let r = ShardMap::new_range(&[(Vec::new(), ShardId(1))]);
+        assert_eq!(r.ring_share(ShardId(1)), None);
+    }
 
     fn ids(v: &[u64]) -> Vec<ShardId> {
         v.iter().copied().map(ShardId).collect()

@@ -167,3 +167,37 @@ async fn a_backup_taken_under_transfers_restores_with_the_invariant_kept() {
         "{out:?}"
     );
 }
+
+/// `txn admin shard list` and `txn admin member list`: the topology with
+/// its leaders, as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_and_member_lists_show_the_topology_and_its_leaders() {
+    let c = cluster().await;
+    let out = tokio::task::block_in_place(|| txn(&c, &["--json", "admin", "shard", "list"]));
+    assert!(out.status.success(), "{out:?}");
+    let shards: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let shards = shards.as_array().expect("a list");
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    let share: f64 = shards
+        .iter()
+        .map(|s| s["keys"]["ring_share"].as_f64().expect("hash ring share"))
+        .sum();
+    assert!((share - 1.0).abs() < 1e-6, "ring shares add up to {share}");
+    for s in shards {
+        assert_eq!(s["replicas"].as_array().map(Vec::len), Some(3), "{s}");
+        assert!(s["leader"].as_u64().is_some(), "no leader: {s}");
+    }
+    let out = tokio::task::block_in_place(|| txn(&c, &["--json", "admin", "member", "list"]));
+    assert!(out.status.success(), "{out:?}");
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let nodes = nodes.as_array().expect("a list");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let leads: usize = nodes
+        .iter()
+        .map(|n| {
+            assert_eq!(n["answered"], true, "{n}");
+            n["leads"].as_array().map_or(0, Vec::len)
+        })
+        .sum();
+    assert_eq!(leads, 4, "3 shards and 1 coordinator group, each led once: {nodes:?}");
+}

@@ -1,0 +1,145 @@
+//! `txn admin shard list` and `txn admin member list`: the topology the
+//! config gives, with who leads what now (every replica asked at once, as
+//! `txn status` does).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pact_client::{Client, ClientError, ReplicaStatus};
+use pact_common::{NodeId, ShardId};
+use serde_json::json;
+
+use crate::output::Style;
+
+/// The leader each group's replicas agree on (the highest term's), and
+/// which replicas answered.
+fn leaders<K: Ord + Copy>(
+    answers: &[(K, NodeId, Result<ReplicaStatus, ClientError>)],
+) -> (BTreeMap<K, (u64, u64)>, BTreeSet<NodeId>) {
+    let mut lead: BTreeMap<K, (u64, u64)> = BTreeMap::new();
+    let mut answered = BTreeSet::new();
+    for (group, node, r) in answers {
+        let Ok(s) = r else { continue };
+        if s.stopped.is_none() {
+            answered.insert(*node);
+        }
+        if let Some(l) = s.leader {
+            let e = lead.entry(*group).or_insert((s.term, l));
+            if s.term > e.0 {
+                *e = (s.term, l);
+            }
+        }
+    }
+    (lead, answered)
+}
+
+/// Shards: their keys (a range, or ring points and their share of all key
+/// hashes), replicas and leader.
+pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, ClientError> {
+    let (lead, _) = leaders(&client.status().await);
+    let map = client.shard_map();
+    let mut rows = Vec::new();
+    for shard in client.shards() {
+        let replicas: Vec<u64> = client.shard_replicas(shard).iter().map(|n| n.0).collect();
+        let leader = lead.get(&shard).map(|(term, l)| (*l, *term));
+        let keys = match (map.range_of(shard), map.ring_share(shard)) {
+            (Some((start, end)), _) => json!({
+                "start": style.codec.key(&start),
+                "end": end.as_deref().map(|e| style.codec.key(e)),
+            }),
+            (None, Some((points, share))) => json!({"ring_points": points, "ring_share": share}),
+            (None, None) => json!(null),
+        };
+        rows.push((shard, replicas, leader, keys));
+    }
+    if json {
+        let all: Vec<_> = rows
+            .iter()
+            .map(|(s, r, l, k)| {
+                json!({"shard": s.0, "keys": k, "replicas": r,
+                       "leader": l.map(|x| x.0), "term": l.map(|x| x.1)})
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(all));
+    } else {
+        for (s, r, l, k) in &rows {
+            let keys = if let Some(p) = k.get("ring_points") {
+                let share = k["ring_share"].as_f64().unwrap_or(0.0) * 100.0;
+                format!("{p} ring points, {share:.1}% of key hashes")
+            } else if !k.is_null() {
+                let end = k["end"]
+                    .as_str()
+                    .map_or("(end)".to_string(), |e| format!("{e:?}"));
+                format!("keys [{:?}, {end})", k["start"].as_str().unwrap_or(""))
+            } else {
+                "no keys".to_string()
+            };
+            let leader = l.map_or("no leader".to_string(), |(n, t)| {
+                format!("leader node {n} (term {t})")
+            });
+            let replicas: Vec<String> = r.iter().map(u64::to_string).collect();
+            outln!(
+                "shard {}: {keys}; replicas {}; {leader}",
+                s.0,
+                replicas.join(",")
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Nodes: addresses, the groups each replicates, which it leads, and
+/// whether it answered.
+pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
+    let (shard_lead, s_up) = leaders(&client.status().await);
+    let (coord_lead, c_up) = leaders(&client.coordinator_status_all().await);
+    let mut nodes: BTreeMap<NodeId, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let label = |s: ShardId| format!("shard {}", s.0);
+    for shard in client.shards() {
+        for n in client.shard_replicas(shard) {
+            let e = nodes.entry(n).or_default();
+            e.0.push(label(shard));
+            if shard_lead.get(&shard).map(|x| x.1) == Some(n.0) {
+                e.1.push(label(shard));
+            }
+        }
+    }
+    for (group, replicas) in client.coordinator_groups() {
+        for n in replicas {
+            let e = nodes.entry(n).or_default();
+            e.0.push(format!("coord {group}"));
+            if coord_lead.get(&group).map(|x| x.1) == Some(n.0) {
+                e.1.push(format!("coord {group}"));
+            }
+        }
+    }
+    if json {
+        let all: Vec<_> = nodes
+            .iter()
+            .map(|(n, (groups, leads))| {
+                json!({"node": n.0, "addr": client.node_addr(*n), "groups": groups,
+                       "leads": leads, "answered": s_up.contains(n) || c_up.contains(n)})
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(all));
+    } else {
+        for (n, (groups, leads)) in &nodes {
+            let up = if s_up.contains(n) || c_up.contains(n) {
+                "up"
+            } else {
+                "NOT ANSWERING"
+            };
+            outln!(
+                "node {} {} {up}: replicas {}; leads {}",
+                n.0,
+                client.node_addr(*n).unwrap_or("?"),
+                groups.join(", "),
+                if leads.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    leads.join(", ")
+                }
+            );
+        }
+    }
+    Ok(0)
+}
