@@ -510,6 +510,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Progress of a long copy on stderr: a line every 10,000 records.
+fn every_10k(json: bool, verb: &'static str) -> impl FnMut(u64) {
+    let mut shown = 0;
+    move |n| {
+        if !json && n / 10_000 > shown {
+            shown = n / 10_000;
+            eprintln!("{verb} {n} records");
+        }
+    }
+}
+
+/// The result of a backup or restore: `what` happened, as of `txn`.
+fn report_copy(json: bool, dir: &std::path::Path, txn: &str, records: u64, bytes: u64, what: &str) {
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"dir": dir.display().to_string(), "txn": txn, "records": records, "bytes": bytes})
+        );
+    } else {
+        outln!("{what} records ({bytes} bytes of keys and values), as of transaction {txn}");
+    }
+}
+
 async fn run(
     client: &Client,
     args: &Args,
@@ -626,56 +649,24 @@ async fn run(
             Ok(0)
         }
         Cmd::Backup { dir } => {
-            let mut shown = 0;
-            let s = client
-                .backup(dir, |n| {
-                    // Progress for a long job, on stderr, every 10,000.
-                    if !args.json && n / 10_000 > shown {
-                        shown = n / 10_000;
-                        eprintln!("read {n} records");
-                    }
-                })
-                .await?;
-            if args.json {
-                outln!(
-                    "{}",
-                    serde_json::json!({"dir": dir.display().to_string(), "txn": s.txn.to_string(), "records": s.records, "bytes": s.bytes, "attempts": s.attempts})
-                );
-            } else {
-                outln!(
-                    "backed up {} records ({} bytes of keys and values) to {} as of transaction {}",
-                    s.records,
-                    s.bytes,
-                    dir.display(),
-                    s.txn
-                );
-            }
+            let s = client.backup(dir, every_10k(args.json, "read")).await?;
+            let what = format!("backed up {} to {}", s.records, dir.display());
+            report_copy(
+                args.json,
+                dir,
+                &s.txn.to_string(),
+                s.records,
+                s.bytes,
+                &what,
+            );
             Ok(0)
         }
         Cmd::Restore { dir, force } => {
-            let mut shown = 0;
             let s = client
-                .restore(dir, *force, |n| {
-                    if !args.json && n / 10_000 > shown {
-                        shown = n / 10_000;
-                        eprintln!("wrote {n} records");
-                    }
-                })
+                .restore(dir, *force, every_10k(args.json, "wrote"))
                 .await?;
-            if args.json {
-                outln!(
-                    "{}",
-                    serde_json::json!({"dir": dir.display().to_string(), "txn": s.txn, "records": s.records, "bytes": s.bytes})
-                );
-            } else {
-                outln!(
-                    "restored {} records ({} bytes of keys and values) from {} (taken as of transaction {})",
-                    s.records,
-                    s.bytes,
-                    dir.display(),
-                    s.txn
-                );
-            }
+            let what = format!("restored {} from {}", s.records, dir.display());
+            report_copy(args.json, dir, &s.txn, s.records, s.bytes, &what);
             Ok(0)
         }
         Cmd::Admin(AdminCmd::Shard(ShardCmd::List)) => {

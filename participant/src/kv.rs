@@ -154,25 +154,44 @@ pub fn txn_state(get: Lookup<'_>, txn: TxnId) -> io::Result<TxnState> {
     })
 }
 
-pub fn floor_key(group: u64) -> Vec<u8> {
+/// `prefix` ++ coordinator group: the key of a per-group value, or the
+/// prefix of the group's records under `prefix` (`TxnId::key` puts the
+/// group first).
+fn per_group(prefix: u8, group: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
-    k.push(FLOOR_PREFIX);
+    k.push(prefix);
     k.extend_from_slice(&group.to_be_bytes());
     k
 }
 
-/// Coordinator group `group`'s fence floor here (0 if never set).
-pub fn floor(get: Lookup<'_>, group: u64) -> io::Result<Timestamp> {
-    match get(&floor_key(group))? {
-        Some(v) => decode(&v, "fence floor"),
+/// A per-group timestamp kept here (0 if never set).
+fn group_stamp(get: Lookup<'_>, prefix: u8, group: u64, what: &str) -> io::Result<Timestamp> {
+    match get(&per_group(prefix, group))? {
+        Some(v) => decode(&v, what),
         None => Ok(Timestamp(0)),
     }
+}
+
+/// Whether `txn` is older than its group's timestamp under `prefix`.
+/// Implicit single-operation transactions keep no records: never.
+fn older_than(get: Lookup<'_>, prefix: u8, txn: TxnId, what: &str) -> io::Result<bool> {
+    Ok(txn.group != crate::node::IMPLICIT_GROUP
+        && txn.ts < group_stamp(get, prefix, txn.group, what)?)
+}
+
+pub fn floor_key(group: u64) -> Vec<u8> {
+    per_group(FLOOR_PREFIX, group)
+}
+
+/// Coordinator group `group`'s fence floor here (0 if never set).
+pub fn floor(get: Lookup<'_>, group: u64) -> io::Result<Timestamp> {
+    group_stamp(get, FLOOR_PREFIX, group, "fence floor")
 }
 
 /// Whether `txn` is older than its group's fence floor here: without a
 /// record here it is aborted here, and may not prepare or commit.
 pub fn below_floor(get: Lookup<'_>, txn: TxnId) -> io::Result<bool> {
-    Ok(txn.group != crate::node::IMPLICIT_GROUP && txn.ts < floor(get, txn.group)?)
+    older_than(get, FLOOR_PREFIX, txn, "fence floor")
 }
 
 /// Why a transaction below the fence floor is refused.
@@ -180,35 +199,24 @@ pub const BELOW_FLOOR: &str =
     "aborted: older than its coordinator leader's term, and fenced here before it prepared or committed";
 
 pub fn horizon_key(group: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(HORIZON_PREFIX);
-    k.extend_from_slice(&group.to_be_bytes());
-    k
+    per_group(HORIZON_PREFIX, group)
 }
 
 /// Coordinator group `group`'s record horizon here (0 if never set).
 pub fn horizon(get: Lookup<'_>, group: u64) -> io::Result<Timestamp> {
-    match get(&horizon_key(group))? {
-        Some(v) => decode(&v, "record horizon"),
-        None => Ok(Timestamp(0)),
-    }
+    group_stamp(get, HORIZON_PREFIX, group, "record horizon")
 }
 
 /// Whether `txn` is older than its group's record horizon here: its
 /// outcome record may be gone, and it may not prepare or commit here.
-/// Implicit single-operation transactions keep no records and are never
-/// expired.
 pub fn expired(get: Lookup<'_>, txn: TxnId) -> io::Result<bool> {
-    Ok(txn.group != crate::node::IMPLICIT_GROUP && txn.ts < horizon(get, txn.group)?)
+    older_than(get, HORIZON_PREFIX, txn, "record horizon")
 }
 
 /// The prefix of every outcome record of coordinator group `group`'s
-/// transactions (`TxnId::key` puts the group first).
+/// transactions.
 pub fn outcome_prefix(group: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(OUTCOME_PREFIX);
-    k.extend_from_slice(&group.to_be_bytes());
-    k
+    per_group(OUTCOME_PREFIX, group)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

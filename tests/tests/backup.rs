@@ -199,5 +199,8 @@ async fn shard_and_member_lists_show_the_topology_and_its_leaders() {
             n["leads"].as_array().map_or(0, Vec::len)
         })
         .sum();
-    assert_eq!(leads, 4, "3 shards and 1 coordinator group, each led once: {nodes:?}");
+    assert_eq!(
+        leads, 4,
+        "3 shards and 1 coordinator group, each led once: {nodes:?}"
+    );
 }
