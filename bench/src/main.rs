@@ -153,6 +153,17 @@ struct Opts {
     /// Pact cluster config (default: the embedded default cluster).
     #[arg(long, env = "PACT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Client addresses (`host:port`, comma-separated) of some of the Pact
+    /// cluster's nodes, instead of --config: the routing table comes from
+    /// the first that answers (a cluster without TLS).
+    #[arg(
+        long,
+        env = "PACT_ENDPOINTS",
+        value_name = "ADDRS",
+        value_delimiter = ',',
+        conflicts_with = "config"
+    )]
+    endpoints: Vec<String>,
     /// Sample the RSS of the local processes with these names once a
     /// second (comma-separated, e.g. pact, participant,coordinator or etcd) and
     /// report each one's start, end and peak RSS and its growth per
@@ -313,6 +324,9 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
             let config = match &o.config {
                 Some(p) => ClusterConfig::load(p)
                     .map_err(|e| usage(format!("bad config {}: {e}", p.display())))?,
+                None if !o.endpoints.is_empty() => pact_client::discover(&o.endpoints, None)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--endpoints: {e}"))?,
                 None => ClusterConfig::embedded_default(),
             };
             let w = &spec.workload;

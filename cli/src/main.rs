@@ -29,6 +29,18 @@ struct Args {
     /// (3 nodes on 127.0.0.1:7001-7003, 3 shards) is used.
     #[arg(long, global = true, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
+    /// Client addresses (`host:port`, comma-separated) of some of the
+    /// cluster's nodes, instead of a config: the routing table comes from
+    /// the first that answers. TLS then comes from --cacert, --cert and
+    /// --key.
+    #[arg(
+        long,
+        global = true,
+        env = "PACT_ENDPOINTS",
+        value_delimiter = ',',
+        conflicts_with = "config"
+    )]
+    endpoints: Vec<String>,
     /// Print JSON instead of text, errors included (as {"error": {"code",
     /// "message"}} on stdout; exit codes unchanged).
     #[arg(long, global = true)]
@@ -454,14 +466,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let source = source::ConfigSource::from_matches(&matches, "config");
-    let config = match source.load() {
-        Ok(c) => c,
-        Err(e) => {
-            output::report(args.json, "CONFIG", &format!("bad config: {e}"));
-            return ExitCode::from(2);
-        }
-    };
+    let source = source::ConfigSource::from_matches(&matches, "config", "endpoints");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -477,17 +482,55 @@ fn main() -> ExitCode {
         cert: args.tls_cert.clone(),
         key: args.tls_key.clone(),
     };
-    let tls = match pact_client::Tls::for_client(&config, &flags) {
-        Ok(t) => t,
-        Err(e) => {
-            output::report(args.json, "CONFIG", &e.to_string());
-            return ExitCode::from(2);
-        }
-    };
     let total = Duration::from_secs(args.timeout.unwrap_or(match args.cmd {
         Cmd::Backup { .. } | Cmd::Restore { .. } => 3600,
         _ => 15,
     }));
+    let (config, tls) = match &source {
+        source::ConfigSource::Endpoints(endpoints) => {
+            let tls = match pact_client::Tls::from_flags(&flags) {
+                Ok(t) => t,
+                Err(e) => {
+                    output::report(args.json, "CONFIG", &e.to_string());
+                    return ExitCode::from(2);
+                }
+            };
+            let asked = rt.block_on(async {
+                tokio::time::timeout(total, pact_client::discover(endpoints, tls.as_ref())).await
+            });
+            match asked {
+                Ok(Ok(config)) => (config, tls),
+                Ok(Err(e)) => {
+                    let e = source.annotate(e);
+                    output::report_client(args.json, &e);
+                    return ExitCode::from(exit_for(&e));
+                }
+                Err(_) => {
+                    let e = source.annotate(ClientError::Unavailable(format!(
+                        "no endpoint gave the routing table within {total:?}"
+                    )));
+                    output::report_client(args.json, &e);
+                    return ExitCode::from(exit_for(&e));
+                }
+            }
+        }
+        _ => {
+            let config = match source.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    output::report(args.json, "CONFIG", &format!("bad config: {e}"));
+                    return ExitCode::from(2);
+                }
+            };
+            match pact_client::Tls::for_client(&config, &flags) {
+                Ok(t) => (config, t),
+                Err(e) => {
+                    output::report(args.json, "CONFIG", &e.to_string());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.

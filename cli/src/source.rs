@@ -1,5 +1,6 @@
-//! Where `txn` took its cluster config from: `--config`, `PACT_CONFIG`, or
-//! the embedded default. An error about reaching the cluster says which,
+//! Where `txn` took its cluster config from: `--config`, `PACT_CONFIG`, a
+//! node named by `--endpoints` (or `PACT_ENDPOINTS`), or the embedded
+//! default. An error about reaching the cluster says which,
 //! since "connection refused" from a config the user did not know was in
 //! use (PACT_CONFIG unset, so the built-in 127.0.0.1:7001-7003) is
 //! otherwise a puzzle.
@@ -15,12 +16,20 @@ use pact_common::{ClusterConfig, ConfigError};
 pub enum ConfigSource {
     Flag(PathBuf),
     Env(PathBuf),
+    /// Asked of these nodes (their routing table).
+    Endpoints(Vec<String>),
     Embedded,
 }
 
 impl ConfigSource {
-    /// From the parsed arguments; `id` is the config argument's id.
-    pub fn from_matches(m: &ArgMatches, id: &str) -> ConfigSource {
+    /// From the parsed arguments; `id` is the config argument's id and
+    /// `endpoints` the endpoints argument's (which, given, wins).
+    pub fn from_matches(m: &ArgMatches, id: &str, endpoints: &str) -> ConfigSource {
+        // Given but empty (`--endpoints ""`) is an error later, not the
+        // embedded default.
+        if let Ok(Some(e)) = m.try_get_many::<String>(endpoints) {
+            return ConfigSource::Endpoints(e.filter(|a| !a.is_empty()).cloned().collect());
+        }
         let path = m.get_one::<PathBuf>(id).cloned();
         match (path, m.value_source(id)) {
             (Some(p), Some(ValueSource::EnvVariable)) => ConfigSource::Env(p),
@@ -33,6 +42,9 @@ impl ConfigSource {
         match self {
             ConfigSource::Flag(p) | ConfigSource::Env(p) => ClusterConfig::load(p),
             ConfigSource::Embedded => Ok(ClusterConfig::embedded_default()),
+            ConfigSource::Endpoints(_) => Err(ConfigError::Invalid(
+                "endpoints give no config file: the routing table is asked of them".into(),
+            )),
         }
     }
 
@@ -41,6 +53,12 @@ impl ConfigSource {
         match self {
             ConfigSource::Flag(p) => format!("config: {} (from --config)", p.display()),
             ConfigSource::Env(p) => format!("config: {} (from PACT_CONFIG)", p.display()),
+            ConfigSource::Endpoints(e) => {
+                format!(
+                    "routing table asked of {} (from --endpoints or PACT_ENDPOINTS)",
+                    e.join(",")
+                )
+            }
             ConfigSource::Embedded => {
                 "config: the embedded default (no --config given and PACT_CONFIG unset)".into()
             }
@@ -96,20 +114,53 @@ mod tests {
     fn tells_flag_environment_and_default_apart() {
         let m = matches(&["txn", "--config", "a.toml"], Some("b.toml"));
         assert_eq!(
-            ConfigSource::from_matches(&m, "config"),
+            ConfigSource::from_matches(&m, "config", "endpoints"),
             ConfigSource::Flag("a.toml".into())
         );
         let m = matches(&["txn"], Some("b.toml"));
-        let env = ConfigSource::from_matches(&m, "config");
+        let env = ConfigSource::from_matches(&m, "config", "endpoints");
         assert_eq!(env, ConfigSource::Env("b.toml".into()));
         assert!(env.describe().contains("PACT_CONFIG"));
         let m = matches(&["txn"], None);
-        let def = ConfigSource::from_matches(&m, "config");
+        let def = ConfigSource::from_matches(&m, "config", "endpoints");
         assert_eq!(def, ConfigSource::Embedded);
         assert!(
             def.describe().contains("PACT_CONFIG unset"),
             "{}",
             def.describe()
+        );
+    }
+
+    #[test]
+    fn endpoints_win_and_an_empty_list_stays_endpoints() {
+        let cmd = || {
+            Command::new("txn")
+                .arg(Arg::new("config").long("config"))
+                .arg(
+                    Arg::new("endpoints")
+                        .long("endpoints")
+                        .value_delimiter(',')
+                        .num_args(1),
+                )
+        };
+        let m = cmd()
+            .try_get_matches_from(["txn", "--endpoints", "a:1,b:2"])
+            .unwrap();
+        let e = ConfigSource::from_matches(&m, "config", "endpoints");
+        assert_eq!(e, ConfigSource::Endpoints(vec!["a:1".into(), "b:2".into()]));
+        assert!(e.describe().contains("a:1,b:2"), "{}", e.describe());
+        assert!(e.load().is_err());
+        let m = cmd()
+            .try_get_matches_from(["txn", "--endpoints", ""])
+            .unwrap();
+        assert_eq!(
+            ConfigSource::from_matches(&m, "config", "endpoints"),
+            ConfigSource::Endpoints(vec![])
+        );
+        let m = cmd().try_get_matches_from(["txn"]).unwrap();
+        assert_eq!(
+            ConfigSource::from_matches(&m, "config", "endpoints"),
+            ConfigSource::Embedded
         );
     }
 

@@ -338,3 +338,119 @@ mod tests {
         assert_eq!(abort_kind(999), AbortKind::Conflict);
     }
 }
+
+/// The cluster config a routing table (`Admin.Topology`) describes:
+/// its topology as sent, tuning at the defaults (a client uses only the
+/// transaction lease, which is sent). Refused, with the reason, if it does
+/// not hold together (an unknown partitioning, a replica on a node the
+/// table does not list, ...): a peer speaking garbage is not routed by.
+pub fn config_from_topology(t: pb::TopologyResponse) -> Result<pact_common::ClusterConfig, String> {
+    use pact_common::{
+        ClusterConfig, CoordinatorConfig, NodeConfig, PartitionScheme, ShardConfig, ShardId,
+        TxnTuning,
+    };
+    let partitioning = match pb::Partitioning::try_from(t.partitioning) {
+        Ok(pb::Partitioning::Hash) => PartitionScheme::Hash,
+        Ok(pb::Partitioning::Range) => PartitionScheme::Range,
+        _ => return Err(format!("unknown partitioning {}", t.partitioning)),
+    };
+    let nodes = |ids: Vec<u64>| ids.into_iter().map(NodeId).collect::<Vec<_>>();
+    let config = ClusterConfig {
+        partitioning,
+        virtual_nodes: t.virtual_nodes,
+        nodes: t
+            .nodes
+            .into_iter()
+            .map(|n| NodeConfig {
+                id: NodeId(n.id),
+                addr: n.addr,
+                peer_addr: n.peer_addr,
+            })
+            .collect(),
+        shards: t
+            .shards
+            .into_iter()
+            .map(|s| ShardConfig {
+                id: ShardId(s.id),
+                replicas: nodes(s.replicas),
+                start: s.start,
+            })
+            .collect(),
+        coordinators: t
+            .coordinators
+            .into_iter()
+            .map(|g| CoordinatorConfig {
+                group: g.group,
+                replicas: nodes(g.replicas),
+            })
+            .collect(),
+        transactions: TxnTuning {
+            lease_ms: t.lease_ms,
+            ..TxnTuning::default()
+        },
+        raft: Default::default(),
+        storage: Default::default(),
+        limits: Default::default(),
+        tls: None,
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+
+    fn table() -> pb::TopologyResponse {
+        pb::TopologyResponse {
+            partitioning: pb::Partitioning::Range as i32,
+            virtual_nodes: 128,
+            nodes: (1..=3)
+                .map(|i| pb::TopologyNode {
+                    id: i,
+                    addr: format!("127.0.0.1:{}", 7000 + i),
+                    peer_addr: format!("127.0.0.1:{}", 7100 + i),
+                })
+                .collect(),
+            shards: vec![
+                pb::TopologyShard {
+                    id: 1,
+                    replicas: vec![1, 2, 3],
+                    start: Some(String::new()),
+                },
+                pb::TopologyShard {
+                    id: 2,
+                    replicas: vec![2, 3, 1],
+                    start: Some("m".into()),
+                },
+            ],
+            coordinators: vec![pb::TopologyGroup {
+                group: 3,
+                replicas: vec![1, 2, 3],
+            }],
+            lease_ms: 4_000,
+        }
+    }
+
+    #[test]
+    fn a_routing_table_becomes_a_config_or_a_reason() {
+        let c = config_from_topology(table()).expect("valid");
+        assert_eq!(c.nodes[2].peer_addr, "127.0.0.1:7103");
+        assert_eq!(c.transactions.lease_ms, 4_000);
+        let map = c.shard_map();
+        assert_eq!(map.shard_for_key(b"a"), pact_common::ShardId(1));
+        assert_eq!(map.shard_for_key(b"zz"), pact_common::ShardId(2));
+        let mut t = table();
+        t.partitioning = 9;
+        assert!(config_from_topology(t)
+            .unwrap_err()
+            .contains("partitioning"));
+        let mut t = table();
+        t.shards[1].replicas.push(9);
+        let e = config_from_topology(t).unwrap_err();
+        assert!(e.contains('9'), "{e}");
+        let mut t = table();
+        t.nodes.clear();
+        assert!(config_from_topology(t).is_err());
+    }
+}

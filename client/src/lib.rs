@@ -28,6 +28,7 @@
 
 mod backup;
 pub mod convert;
+mod discover;
 mod tls;
 mod txn;
 
@@ -48,6 +49,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
+pub use discover::{discover, ASK_WITHIN};
 
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -254,6 +256,22 @@ fn kv(ch: Channel) -> KvClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// A lazily connecting channel to `addr` (`host:port`), over TLS if given.
+pub(crate) fn channel_to(addr: &str, tls: Option<&Tls>) -> Result<Channel, ClientError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| ClientError::InvalidInput(format!("bad address {addr}: {e}")))?;
+    if let Some(t) = tls {
+        ep = ep
+            .tls_config(t.client_config())
+            .map_err(|e| ClientError::InvalidInput(format!("TLS setup for {addr}: {e}")))?;
+    }
+    Ok(ep
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -321,6 +339,14 @@ impl Client {
         }
     }
 
+    /// A client of the cluster that `endpoints` (some nodes' client
+    /// ports) belong to, routing by the table the first of them to answer
+    /// sends (see [`discover`]).
+    pub async fn connect(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
+        let config = discover(endpoints, opts.tls.as_ref()).await?;
+        Ok(Client::new(&config, opts))
+    }
+
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
         self.inner.map.shard_for_key(key)
     }
@@ -350,19 +376,7 @@ impl Client {
         if let Some(c) = chans.get(addr) {
             return Ok(c.clone());
         }
-        let tls = self.inner.opts.tls.as_ref();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| ClientError::InvalidInput(format!("bad address {addr}: {e}")))?;
-        if let Some(t) = tls {
-            ep = ep
-                .tls_config(t.client_config())
-                .map_err(|e| ClientError::InvalidInput(format!("TLS setup for {addr}: {e}")))?;
-        }
-        let ch = ep
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = channel_to(addr, self.inner.opts.tls.as_ref())?;
         chans.insert(addr.clone(), ch.clone());
         Ok(ch)
     }

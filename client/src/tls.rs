@@ -62,7 +62,19 @@ impl Tls {
         config: &ClusterConfig,
         flags: &TlsPaths,
     ) -> Result<Option<Tls>, ClientError> {
-        let section = config.tls.as_ref();
+        Self::from_section(config.tls.as_ref(), flags)
+    }
+
+    /// What a client with no config file presents and trusts: `flags`
+    /// only (`None` if they are empty).
+    pub fn from_flags(flags: &TlsPaths) -> Result<Option<Tls>, ClientError> {
+        Self::from_section(None, flags)
+    }
+
+    fn from_section(
+        section: Option<&pact_common::TlsConfig>,
+        flags: &TlsPaths,
+    ) -> Result<Option<Tls>, ClientError> {
         if section.is_none() && flags.is_empty() {
             return Ok(None);
         }

@@ -6,6 +6,7 @@
 /// stayed flat; jemalloc hands them back (see docs/performance.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+pact_raft::jemalloc_options!();
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,6 +152,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth);
     let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
+    let topology = config.clone();
     let c = Coordinator::start(config, id, &data_dir, tls.clone()).await?;
     pact_raft::balance::spawn(c.router().clone(), id.0, balance_every);
     let endpoint = {
@@ -175,7 +177,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let client_server = client_builder
         .add_service(health)
         .add_service(TxnService::new(c.clone()))
-        .add_service(pact_raft::admin::AdminService::new(c.router().clone()))
+        .add_service(pact_raft::admin::AdminService::new(
+            c.router().clone(),
+            &topology,
+        ))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),
             pact_raft::server::shutdown_signal(),

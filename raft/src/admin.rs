@@ -2,16 +2,17 @@
 //! on its client port. Errors carry the codes of `pact_common::codes`
 //! (section 7 of docs/architecture.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use pact_common::ErrorCode;
+use pact_common::{ClusterConfig, ErrorCode};
 use pact_proto as pb;
 use pact_proto::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
 use crate::balance::{transfer, TransferError};
 use crate::network::Router;
-use crate::wire::error_status;
+use crate::wire::{error_status, topology_response};
 
 /// How long a transfer may take before the call reports it incomplete.
 pub const TRANSFER_WITHIN: Duration = Duration::from_secs(10);
@@ -19,11 +20,18 @@ pub const TRANSFER_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AdminService {
     router: Router,
+    /// Built once: the config does not change while the server runs.
+    topology: Arc<pb::TopologyResponse>,
 }
 
 impl AdminService {
-    pub fn new(router: Router) -> AdminServer<Self> {
-        AdminServer::new(AdminService { router })
+    /// Operator actions on the groups `router` reaches, and the routing
+    /// table of `config`.
+    pub fn new(router: Router, config: &ClusterConfig) -> AdminServer<Self> {
+        AdminServer::new(AdminService {
+            router,
+            topology: Arc::new(topology_response(config)),
+        })
     }
 }
 
@@ -58,5 +66,12 @@ impl Admin for AdminService {
                 .map_err(|e| Status::internal(format!("transfer task failed: {e}")))?
                 .map_err(status)?;
         Ok(Response::new(pb::LeaderTransferResponse { leader, term }))
+    }
+
+    async fn topology(
+        &self,
+        _request: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::TopologyResponse>, Status> {
+        Ok(Response::new(self.topology.as_ref().clone()))
     }
 }

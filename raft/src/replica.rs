@@ -169,6 +169,12 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
+    /// The node's storage, which this replica shares with every other
+    /// replica of its process.
+    pub fn store(&self) -> &Arc<NodeStore> {
+        &self.store
+    }
+
     /// Start (or restart from disk) this node's replica of `group`.
     /// `members` lists every replica's node id and addresses; the first one
     /// bootstraps a brand-new group (the others wait to hear from it), so

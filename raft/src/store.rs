@@ -150,6 +150,14 @@ impl Drop for Slot {
 }
 
 /// The node's storage: the fjall database plus its writer thread.
+/// Bytes fjall keeps in memory (see [`NodeStore::memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageMemory {
+    pub cache: u64,
+    pub cache_capacity: u64,
+    pub write_buffer: u64,
+}
+
 pub struct NodeStore {
     db: Database,
     pub(crate) log: Keyspace,
@@ -368,6 +376,19 @@ pub(crate) fn group_end(group: u64) -> Vec<u8> {
 }
 
 impl NodeStore {
+    /// What fjall holds in memory, by its own counts: the block cache's
+    /// bytes (bounded by `cache_mb`) and the write buffer's (active and
+    /// sealed memtables, bounded by the memtable size times the
+    /// keyspaces). Both fill up to their bounds as data grows, so a heap
+    /// that rises with them is a cache warming, not a leak.
+    pub fn memory(&self) -> StorageMemory {
+        StorageMemory {
+            cache: self.db.cache_size(),
+            cache_capacity: self.db.cache_capacity(),
+            write_buffer: self.db.write_buffer_size(),
+        }
+    }
+
     /// Open (or create) the node's database under `dir` with the default
     /// memory bounds.
     pub fn open(dir: &Path) -> io::Result<Arc<Self>> {

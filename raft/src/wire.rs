@@ -19,6 +19,45 @@ pub const LEADER_ADDR_HEADER: &str = "pact-leader-addr";
 /// their own exponential backoff on top when refused again).
 pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(100);
 
+/// The routing table `config` describes, as `Admin.Topology` sends it.
+pub fn topology_response(config: &pact_common::ClusterConfig) -> pb::TopologyResponse {
+    use pact_common::PartitionScheme;
+    pb::TopologyResponse {
+        partitioning: match config.partitioning {
+            PartitionScheme::Hash => pb::Partitioning::Hash,
+            PartitionScheme::Range => pb::Partitioning::Range,
+        } as i32,
+        virtual_nodes: config.virtual_nodes,
+        nodes: config
+            .nodes
+            .iter()
+            .map(|n| pb::TopologyNode {
+                id: n.id.0,
+                addr: n.addr.clone(),
+                peer_addr: n.peer_addr.clone(),
+            })
+            .collect(),
+        shards: config
+            .shards
+            .iter()
+            .map(|s| pb::TopologyShard {
+                id: s.id.0,
+                replicas: s.replicas.iter().map(|r| r.0).collect(),
+                start: s.start.clone(),
+            })
+            .collect(),
+        coordinators: config
+            .coordinators
+            .iter()
+            .map(|g| pb::TopologyGroup {
+                group: g.group,
+                replicas: g.replicas.iter().map(|r| r.0).collect(),
+            })
+            .collect(),
+        lease_ms: config.transactions.lease_ms,
+    }
+}
+
 pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
     let (leader_id, leader_addr) = s.leader.unwrap_or((0, String::new()));
     pb::StatusResponse {

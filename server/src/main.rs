@@ -10,6 +10,7 @@
 /// stayed flat; jemalloc hands them back (see docs/performance.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+pact_raft::jemalloc_options!();
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -240,7 +241,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     );
     let client_server = client_builder
         .add_service(health)
-        .add_service(pact_raft::admin::AdminService::new(host.router.clone()))
+        .add_service(pact_raft::admin::AdminService::new(
+            host.router.clone(),
+            &config,
+        ))
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
         .serve_with_incoming_shutdown(

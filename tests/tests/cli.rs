@@ -306,6 +306,16 @@ fn playground_with_tls() {
     );
     assert!(o.status.success(), "get with flags: {o:?}");
     assert_eq!(stdout(&o).trim(), "1");
+    // And with no config at all: the routing table over TLS.
+    let o = Command::new(binary("txn"))
+        .env_remove("PACT_CONFIG")
+        .args(["--endpoints", &plain.nodes[3].addr, "--cacert", &tls.ca])
+        .args(["--cert", tls.client_cert.as_deref().unwrap()])
+        .args(["--key", tls.client_key.as_deref().unwrap(), "get", "bob"])
+        .output()
+        .expect("run txn");
+    assert!(o.status.success(), "get with --endpoints over TLS: {o:?}");
+    assert_eq!(stdout(&o).trim(), "2");
     // No certificate at all: refused (a plain HTTP/2 client cannot even
     // speak to a TLS port); an error exit, not a kill by SIGPIPE.
     let o = txn(&plain_cfg, &["--timeout", "3", "get", "alice"]);
@@ -476,6 +486,88 @@ async fn txn_status_exit_codes() {
     assert_eq!(o.status.code(), Some(7), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["outcome"], "aborted", "{v}");
+}
+
+/// `txn --endpoints` (or `PACT_ENDPOINTS`) needs no config: any node's
+/// client port gives the routing table, an endpoint that refuses is
+/// skipped, and the lists and transactions work as with the config. A
+/// peer port, or nothing listening, is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_alone_are_enough() {
+    let c = cluster_with_coordinators().await;
+    let cfg = c.config_path.clone();
+    let addr = |i: usize| c.config.nodes[i].addr.clone();
+    let bare = |args: &[&str], env: &[(&str, &str)]| txn_env(args, env, Duration::from_secs(60)).0;
+    // A participant's port, and a coordinator's.
+    for (i, key) in [(1usize, "a"), (4, "b")] {
+        let ep = addr(i);
+        let o = bare(&["--endpoints", &ep, "put", key, "1"], &[]);
+        assert!(o.status.success(), "put via {ep}: {o:?}");
+    }
+    let o = bare(
+        &[
+            "--endpoints",
+            &addr(2),
+            "exec",
+            "put",
+            "x",
+            "1",
+            "put",
+            "y",
+            "2",
+            "put",
+            "z",
+            "3",
+        ],
+        &[],
+    );
+    assert!(stdout(&o).starts_with("COMMITTED"), "{o:?}");
+    // Nothing listens on the first: the second answers.
+    let two = format!("127.0.0.1:1,{}", addr(0));
+    let o = bare(&["--endpoints", &two, "get", "y"], &[]);
+    assert_eq!(stdout(&o).trim(), "2", "{o:?}");
+    let o = bare(&["get", "x"], &[("PACT_ENDPOINTS", &addr(5))]);
+    assert_eq!(stdout(&o).trim(), "1", "{o:?}");
+    // The same lists as from the config.
+    for list in [["admin", "shard", "list"], ["admin", "member", "list"]] {
+        let mut args = vec!["--json"];
+        args.extend(list);
+        let from_config = json_of(&txn(&cfg, &args));
+        let mut with = vec!["--endpoints", &two];
+        with.extend(&args);
+        let from_endpoints = json_of(&bare(&with, &[]));
+        let strip = |mut v: serde_json::Value| {
+            // Which node leads or answered may differ between the calls.
+            for row in v.as_array_mut().into_iter().flatten() {
+                if let Some(o) = row.as_object_mut() {
+                    o.retain(|k, _| !["leader", "leads", "answered", "term"].contains(&k.as_str()));
+                }
+            }
+            v
+        };
+        assert_eq!(strip(from_config), strip(from_endpoints), "{list:?}");
+    }
+    // Both a config and endpoints: a usage error.
+    let o = txn(&cfg, &["--endpoints", &addr(0), "get", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(stderr(&o).contains("--endpoints"), "{o:?}");
+    // A peer port does not serve the table; nothing listening is
+    // unreachable. Both name the endpoint.
+    let peer = c.config.nodes[0].peer_addr.clone();
+    let o = bare(&["--endpoints", &peer, "get", "x"], &[]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        stderr(&o).contains(&peer) && stderr(&o).contains("peer_addr"),
+        "{o:?}"
+    );
+    let o = bare(&["--endpoints", "127.0.0.1:1", "get", "x"], &[]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        stderr(&o).contains("127.0.0.1:1") && stderr(&o).contains("--endpoints"),
+        "{o:?}"
+    );
+    let o = bare(&["--json", "--endpoints", "127.0.0.1:1", "get", "x"], &[]);
+    assert_eq!(json_of(&o)["error"]["code"], "UNAVAILABLE", "{o:?}");
 }
 
 /// `--timeout` bounds a whole command, retries included: against nodes

@@ -228,6 +228,8 @@ async fn a_node_shows_its_metrics_health_and_readiness() {
         "pact_grpc_request_duration_seconds",
         "pact_storage_fsync_seconds",
         "pact_storage_fsync_batch_jobs",
+        "pact_storage_cache_bytes",
+        "pact_storage_write_buffer_bytes",
         "pact_raft_leader_changes_total",
         "pact_raft_snapshots_sent_total",
         "pact_raft_snapshots_installed_total",
@@ -241,6 +243,11 @@ async fn a_node_shows_its_metrics_health_and_readiness() {
         assert!(exported.contains(family), "no {family} on any page:\n{all}");
     }
     for p in &pages {
+        // The server binaries' allocator options took effect.
+        assert!(
+            p.lines().any(|l| l == "pact_heap_background_purge 1"),
+            "jemalloc's background purge is off:\n{p}"
+        );
         assert!(
             p.contains("pact_build_info{commit=\"")
                 && p.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),

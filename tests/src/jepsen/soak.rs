@@ -31,6 +31,12 @@ use crate::PidTable;
 /// per group and kind (outcome, prepare, decision, staging).
 pub const TXN_RECORDS: &str = "pact_txn_records";
 const HEAP: &str = "pact_heap_allocated_bytes";
+/// fjall's block cache and memtables: memory bounded by configuration
+/// that fills as data grows, which the heap includes.
+const STORAGE: [&str; 2] = [
+    "pact_storage_cache_bytes",
+    "pact_storage_write_buffer_bytes",
+];
 /// How long a scrape may take: a paused process never answers.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -54,6 +60,8 @@ pub struct Sample {
     pub pid: Option<u32>,
     pub rss_bytes: Option<u64>,
     pub heap_bytes: Option<u64>,
+    /// Of the heap, what fjall's cache and memtables hold.
+    pub storage_bytes: Option<u64>,
     pub disk_bytes: Option<u64>,
     /// `pact_txn_records` summed per kind; empty when not exported.
     pub records: BTreeMap<String, f64>,
@@ -246,6 +254,11 @@ async fn sample_one(t: &Target, pid: Option<u32>, t_s: f64) -> Sample {
         pid,
         rss_bytes,
         heap_bytes: gauge(&lines, HEAP).map(|v| v as u64),
+        storage_bytes: STORAGE
+            .iter()
+            .map(|g| gauge(&lines, g))
+            .sum::<Option<f64>>()
+            .map(|v| v as u64),
         disk_bytes,
         records: txn_records(&lines),
     }
@@ -297,7 +310,7 @@ fn kinds(samples: &[Sample]) -> Vec<String> {
 
 const RECORDS_PREFIX: &str = "records_";
 
-/// `samples` as CSV: `t_s,process,pid,rss_bytes,heap_bytes,disk_bytes`,
+/// `samples` as CSV: `t_s,process,pid,rss_bytes,heap_bytes,storage_bytes,disk_bytes`,
 /// then `records_<kind>` for every kind seen; empty cells where unknown.
 pub fn to_csv(samples: &[Sample]) -> Result<String, csv::Error> {
     let kinds = kinds(samples);
@@ -308,6 +321,7 @@ pub fn to_csv(samples: &[Sample]) -> Result<String, csv::Error> {
         "pid",
         "rss_bytes",
         "heap_bytes",
+        "storage_bytes",
         "disk_bytes",
     ]
     .map(String::from)
@@ -322,6 +336,7 @@ pub fn to_csv(samples: &[Sample]) -> Result<String, csv::Error> {
             s.pid.map(|p| p.to_string()).unwrap_or_default(),
             opt(s.rss_bytes),
             opt(s.heap_bytes),
+            opt(s.storage_bytes),
             opt(s.disk_bytes),
         ];
         row.extend(
@@ -345,6 +360,7 @@ pub fn from_csv(text: &str) -> Result<Vec<Sample>, String> {
         "pid",
         "rss_bytes",
         "heap_bytes",
+        "storage_bytes",
         "disk_bytes",
     ];
     if header.len() < fixed.len() || header.iter().zip(fixed).any(|(h, f)| h != f) {
@@ -383,7 +399,8 @@ pub fn from_csv(text: &str) -> Result<Vec<Sample>, String> {
             pid: num(2)?.map(|p| p as u32),
             rss_bytes: num(3)?,
             heap_bytes: num(4)?,
-            disk_bytes: num(5)?,
+            storage_bytes: num(5)?,
+            disk_bytes: num(6)?,
             records,
         });
     }
@@ -404,6 +421,15 @@ pub struct ProcessMemory {
     /// Where that slope starts: the middle of the run, or the last
     /// restart if later.
     pub slope_from_s: f64,
+    /// The same slope for jemalloc's heap, and for the heap less fjall's
+    /// cache and memtables (which fill up to configured bounds): the
+    /// memory Pact itself holds.
+    pub heap_slope_kb_per_min: Option<f64>,
+    pub live_slope_kb_per_min: Option<f64>,
+    /// The heap at the end of the run, all of it and without fjall's
+    /// cache and memtables.
+    pub end_heap: Option<u64>,
+    pub end_live: Option<u64>,
     /// Times the process was seen under a new pid.
     pub restarts: usize,
     pub start_disk: u64,
@@ -467,6 +493,18 @@ pub fn summarize(samples: &[Sample], every: Duration) -> Summary {
             .filter(|(t, _, p)| *t >= slope_from_s && *p == last_pid)
             .map(|(t, r, _)| (t / 60.0, *r as f64 / 1024.0))
             .collect();
+        let in_tail = |s: &&&Sample| s.t_s >= slope_from_s && s.pid == last_pid;
+        let heap_tail: Vec<(f64, f64)> = ss
+            .iter()
+            .filter(in_tail)
+            .filter_map(|s| Some((s.t_s / 60.0, s.heap_bytes? as f64 / 1024.0)))
+            .collect();
+        let live = |s: &Sample| Some(s.heap_bytes?.saturating_sub(s.storage_bytes?));
+        let live_tail: Vec<(f64, f64)> = ss
+            .iter()
+            .filter(in_tail)
+            .filter_map(|s| Some((s.t_s / 60.0, live(s)? as f64 / 1024.0)))
+            .collect();
         processes.push(ProcessMemory {
             process,
             start_rss: rss.first().map_or(0, |r| r.1),
@@ -474,6 +512,10 @@ pub fn summarize(samples: &[Sample], every: Duration) -> Summary {
             max_rss: rss.iter().map(|r| r.1).max().unwrap_or(0),
             slope_kb_per_min: slope(&tail),
             slope_from_s,
+            heap_slope_kb_per_min: slope(&heap_tail),
+            live_slope_kb_per_min: slope(&live_tail),
+            end_heap: ss.iter().rev().find_map(|s| s.heap_bytes),
+            end_live: ss.iter().rev().find_map(|s| live(s)),
             restarts,
             start_disk: disk.first().copied().unwrap_or(0),
             end_disk: disk.last().copied().unwrap_or(0),
@@ -519,9 +561,10 @@ impl Summary {
             self.samples, self.every_s
         )];
         for p in &self.processes {
-            let slope = p
-                .slope_kb_per_min
-                .map_or("n/a".to_string(), |s| format!("{s:+.1} KB/min"));
+            let kb = |v: Option<f64>| v.map_or("n/a".to_string(), |s| format!("{s:+.1} KB/min"));
+            let mib =
+                |v: Option<u64>| v.map_or("n/a".to_string(), |b| format!("{:.1}", b as f64 / MIB));
+            let slope = kb(p.slope_kb_per_min);
             out.push(format!(
                 "  {}: RSS start {:.1} end {:.1} max {:.1}; growth {slope} (from {:.0} s){}; disk start {:.1} end {:.1} max {:.1} MiB",
                 p.process,
@@ -537,6 +580,13 @@ impl Summary {
                 p.start_disk as f64 / MIB,
                 p.end_disk as f64 / MIB,
                 p.max_disk as f64 / MIB,
+            ));
+            out.push(format!(
+                "    heap end {} MiB, growth {}; without fjall's cache and memtables end {} MiB, growth {}",
+                mib(p.end_heap),
+                kb(p.heap_slope_kb_per_min),
+                mib(p.end_live),
+                kb(p.live_slope_kb_per_min),
             ));
         }
         if self.records.is_empty() {
@@ -602,6 +652,28 @@ pub fn plots(
         faults,
     )?;
     written.push(path);
+    let mut heap = runs(samples, true, |s| s.heap_bytes.map(|b| b as f64 / MIB));
+    for mut l in runs(samples, true, |s| {
+        Some(s.heap_bytes?.saturating_sub(s.storage_bytes?) as f64 / MIB)
+    }) {
+        if l.runs.iter().any(|r| !r.is_empty()) {
+            l.name = format!("{} less fjall cache", l.name);
+            heap.push(l);
+        }
+    }
+    if heap.iter().any(|h| h.runs.iter().any(|r| !r.is_empty())) {
+        let path = dir.join("heap.png");
+        plot::series(
+            &path,
+            &format!(
+                "{title}: jemalloc heap per process, with and without fjall's cache and memtables"
+            ),
+            "heap (MiB)",
+            &heap,
+            faults,
+        )?;
+        written.push(path);
+    }
     let disk = runs(samples, false, |s| s.disk_bytes.map(|b| b as f64 / MIB));
     let path = dir.join("disk.png");
     plot::series(
@@ -768,6 +840,7 @@ pact_raft_term{group="1"} 3
                 pid: Some(if i < 3 { 100 } else { 200 }),
                 rss_bytes: (i != 2).then_some(50 * 1024 * 1024 + i * 4096),
                 heap_bytes: Some(20 << 20),
+                storage_bytes: Some((4 << 20) + i * 1024),
                 disk_bytes: Some(1 << 20),
                 records: BTreeMap::from([("outcome".into(), i as f64)]),
             });
@@ -777,6 +850,7 @@ pact_raft_term{group="1"} 3
                 pid: Some(300),
                 rss_bytes: Some(30 << 20),
                 heap_bytes: None,
+                storage_bytes: None,
                 disk_bytes: None,
                 records: BTreeMap::from([("decision".into(), 1.0), ("outcome".into(), 2.0)]),
             });
@@ -789,7 +863,7 @@ pact_raft_term{group="1"} 3
         let s = samples();
         let text = to_csv(&s).expect("csv");
         assert!(text.starts_with(
-            "t_s,process,pid,rss_bytes,heap_bytes,disk_bytes,records_decision,records_outcome\n"
+            "t_s,process,pid,rss_bytes,heap_bytes,storage_bytes,disk_bytes,records_decision,records_outcome\n"
         ));
         assert_eq!(from_csv(&text).expect("parse"), s);
         // No record kinds at all: no record columns.
@@ -802,12 +876,13 @@ pact_raft_term{group="1"} 3
             })
             .collect();
         let text = to_csv(&bare).unwrap();
-        assert!(text.starts_with("t_s,process,pid,rss_bytes,heap_bytes,disk_bytes\n"));
+        assert!(text.starts_with("t_s,process,pid,rss_bytes,heap_bytes,storage_bytes,disk_bytes\n"));
         assert_eq!(from_csv(&text).unwrap(), bare);
         assert!(from_csv("a,b\n1,2\n").is_err());
-        assert!(
-            from_csv("t_s,process,pid,rss_bytes,heap_bytes,disk_bytes\nx,p,1,2,3,4\n").is_err()
-        );
+        assert!(from_csv(
+            "t_s,process,pid,rss_bytes,heap_bytes,storage_bytes,disk_bytes\nx,p,1,2,3,4,5\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -841,12 +916,22 @@ pact_raft_term{group="1"} 3
         // 4 KiB per 10 s sample = 24 KB/min, from the middle (45.25 s).
         assert!((p.slope_kb_per_min.unwrap() - 24.0).abs() < 1e-6, "{p:?}");
         assert!((p.slope_from_s - 45.25).abs() < 1e-9);
+        // A flat heap whose fjall part grows 1 KiB per sample: what Pact
+        // holds itself shrinks at 6 KB/min.
+        assert_eq!(p.heap_slope_kb_per_min, Some(0.0));
+        assert!(
+            (p.live_slope_kb_per_min.unwrap() + 6.0).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(p.end_live, Some((16 << 20) - 9 * 1024));
         let c = &sum.processes[1];
+        assert_eq!((c.heap_slope_kb_per_min, c.end_live), (None, None));
         assert_eq!(c.slope_kb_per_min, Some(0.0));
         assert_eq!((c.start_disk, c.max_disk), (0, 0));
         assert_eq!(sum.records["outcome"], (2.0, 11.0, 11.0));
         assert_eq!(sum.records["decision"], (1.0, 1.0, 1.0));
         assert!(sum.lines().iter().any(|l| l.contains("+24.0 KB/min")));
+        assert!(sum.lines().iter().any(|l| l.contains("growth -6.0 KB/min")));
     }
 
     #[test]
@@ -882,7 +967,7 @@ pact_raft_term{group="1"} 3
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["memory.png", "disk.png", "records.png"]);
+        assert_eq!(names, ["memory.png", "heap.png", "disk.png", "records.png"]);
         if let Ok(keep) = std::env::var("PACT_PLOT_KEEP") {
             for (p, name) in written.iter().zip(&names) {
                 std::fs::copy(p, Path::new(&keep).join(name)).expect("copy plot");
@@ -904,7 +989,7 @@ pact_raft_term{group="1"} 3
             .collect();
         let other = tempfile::tempdir().unwrap();
         let written = plots(other.path(), "soak-test", &bare, &[]).unwrap();
-        assert_eq!(written.len(), 2);
+        assert_eq!(written.len(), 3, "memory, heap, disk");
         assert!(!other.path().join("records.png").exists());
     }
 }

@@ -1,0 +1,68 @@
+//! A client that knows only some nodes' addresses (`txn --endpoints`, as
+//! with etcdctl): ask them in turn for the routing table
+//! (`Admin.Topology`) and route by the first answer that holds together.
+//!
+//! Every node answers from its cluster config, so any reachable node will
+//! do; an endpoint that refuses, times out, is not a Pact client port, or
+//! sends a table that does not validate is skipped, and the error names
+//! what each one said. TLS comes from the caller (the flags), since there
+//! is no config to read it from.
+
+use std::time::Duration;
+
+use pact_common::ClusterConfig;
+use pact_proto as pb;
+use tonic::Code;
+
+use crate::convert::{config_from_topology, connection_refused};
+use crate::{ClientError, Tls};
+
+/// How long one endpoint may take to answer.
+pub const ASK_WITHIN: Duration = Duration::from_secs(3);
+
+/// The cluster config the first of `endpoints` (`host:port` of client
+/// ports) to answer describes. `Unreachable` if every endpoint refused the
+/// connection, `Unavailable` (with each endpoint's reason) otherwise.
+pub async fn discover(
+    endpoints: &[String],
+    tls: Option<&Tls>,
+) -> Result<ClusterConfig, ClientError> {
+    if endpoints.is_empty() {
+        return Err(ClientError::InvalidInput(
+            "no endpoints given (host:port[,host:port...])".into(),
+        ));
+    }
+    let mut why = Vec::new();
+    let mut refused = 0;
+    for addr in endpoints {
+        let ch = crate::channel_to(addr, tls)?;
+        let mut c = pb::admin_client::AdminClient::new(ch);
+        match tokio::time::timeout(ASK_WITHIN, c.topology(pb::TopologyRequest {})).await {
+            Ok(Ok(r)) => match config_from_topology(r.into_inner()) {
+                Ok(config) => return Ok(config),
+                Err(e) => why.push(format!(
+                    "{addr} sent a routing table that does not hold together: {e}"
+                )),
+            },
+            Ok(Err(s)) if connection_refused(&s) => {
+                refused += 1;
+                why.push(format!("{addr}: connection refused"));
+            }
+            Ok(Err(s)) => {
+                let hint = if s.code() == Code::Unimplemented {
+                    " (not a Pact client port? give each node's addr, not its peer_addr)"
+                } else {
+                    ""
+                };
+                why.push(format!("{addr}: {}{hint}", s.message()));
+            }
+            Err(_) => why.push(format!("{addr} did not answer within {ASK_WITHIN:?}")),
+        }
+    }
+    let what = format!("no endpoint gave the routing table: {}", why.join("; "));
+    Err(if refused == endpoints.len() {
+        ClientError::Unreachable(what)
+    } else {
+        ClientError::Unavailable(what)
+    })
+}
