@@ -305,15 +305,15 @@ impl Coordinator {
     }
 
     fn require_leader(&self) -> Result<(), Error> {
-        let st = self.replica.status();
+        let r = self.replica.role();
         let ready = self.ready.lock().map(|r| *r).unwrap_or(None);
-        match (st.role, ready) {
-            ("leader", Some(t)) if t == st.term => Ok(()),
-            ("leader", _) => Err(Error::Unavailable(
+        match (r.leader, ready) {
+            (true, Some(t)) if t == r.term => Ok(()),
+            (true, _) => Err(Error::Unavailable(
                 "coordinator leader is still recovering".into(),
             )),
             _ => Err(Error::NotLeader {
-                hint: st.leader.filter(|(l, _)| *l != self.node.0),
+                hint: r.known_leader.filter(|(l, _)| *l != self.node.0),
             }),
         }
     }
@@ -2055,7 +2055,7 @@ async fn recover(c: Arc<Coordinator>, term: u64) {
         "coordinator leader recovered"
     );
     feed(&c, Event::Recovered { unfinished, staged }).await;
-    if c.replica.status().term == term {
+    if c.replica.role().term == term {
         // The term's start before the term is ready: `term_start` pairs
         // them, and a recovery of a term that is over writes neither.
         if let Ok(mut t) = c.term_start.lock() {

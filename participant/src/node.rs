@@ -377,15 +377,15 @@ impl Node {
             // Refused before anything was tried: another replica may serve it.
             return Err(Error::Unavailable(format!("replica stopped: {f}")));
         }
-        let st = s.replica.status();
+        let r = s.replica.role();
         let ready = s.shared.mgr.lock().map(|m| m.term()).unwrap_or(None);
-        match (st.role, ready) {
-            ("leader", Some(t)) if t == st.term => Ok(()),
-            ("leader", _) => Err(Error::Unavailable(
+        match (r.leader, ready) {
+            (true, Some(t)) if t == r.term => Ok(()),
+            (true, _) => Err(Error::Unavailable(
                 "leader is still recovering its transactions".into(),
             )),
             _ => Err(Error::NotLeader {
-                hint: st.leader.filter(|(l, _)| *l != self.id.0),
+                hint: r.known_leader.filter(|(l, _)| *l != self.id.0),
             }),
         }
     }
@@ -673,7 +673,7 @@ impl Node {
     /// term in between.
     async fn confirm(&self, s: &Shard, term: u64) -> Result<(), Error> {
         s.replica.read_barrier().await?;
-        if s.replica.status().term != term {
+        if s.replica.role().term != term {
             return Err(Error::Unavailable(
                 "leadership changed during the read; retry".into(),
             ));
@@ -912,7 +912,7 @@ impl Node {
             // were taken in, then let go (the reads are already serialized).
             let _release = Release::new(s, txn);
             let still =
-                s.replica.read_barrier().await.is_ok() && s.replica.status().term == input.term;
+                s.replica.read_barrier().await.is_ok() && s.replica.role().term == input.term;
             return Ok(if still {
                 Vote::ReadOnly
             } else {
@@ -1225,7 +1225,7 @@ async fn commit_locked(
     let input = input.map_err(Error::Aborted)?;
     if input.writes.is_empty() {
         s.replica.read_barrier().await?;
-        if s.replica.status().term != input.term {
+        if s.replica.role().term != input.term {
             return Err(Error::Aborted(Abort::new(
                 AbortKind::Leadership,
                 "leadership changed: read locks were lost",

@@ -139,6 +139,15 @@ pub fn members(
         .collect()
 }
 
+/// See [`Replica::role`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub leader: bool,
+    pub term: u64,
+    /// The leader's id and client address, if known.
+    pub known_leader: Option<(u64, String)>,
+}
+
 #[derive(Clone)]
 pub struct Replica {
     group: u64,
@@ -325,12 +334,14 @@ impl Replica {
     /// changes are pushed as they happen.
     pub fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
         let (tx, rx) = tokio::sync::watch::channel(None);
-        let mut metrics = self.raft.metrics();
+        // The server metrics change only with role, vote, leader or
+        // membership; the full metrics change with nearly every write.
+        let mut metrics = self.raft.server_metrics();
         tokio::spawn(async move {
             loop {
                 let now = {
                     let m = metrics.borrow_watched();
-                    (m.state == ServerState::Leader).then_some(m.current_term)
+                    (m.state == ServerState::Leader).then_some(m.vote.leader_id().term)
                 };
                 tx.send_if_modified(|v| {
                     let changed = *v != now;
@@ -436,7 +447,7 @@ impl Replica {
     pub async fn settle(&self, term: u64) -> bool {
         let mut delay = Duration::from_millis(20);
         loop {
-            if self.status().term != term || !self.raft.is_leader() {
+            if self.role().term != term || !self.raft.is_leader() {
                 return false;
             }
             if self.read_barrier().await.is_ok() {
@@ -553,6 +564,20 @@ impl Replica {
         let _ = self.raft.shutdown().await;
     }
 
+    /// Whether this replica leads, its term and the leader it knows (with
+    /// its client address), from openraft's server metrics: cheap enough
+    /// for every request, unlike [`Replica::status`], which copies the full
+    /// metrics (replication progress and all).
+    pub fn role(&self) -> Role {
+        let m = self.raft.server_metrics();
+        let m = m.borrow_watched();
+        Role {
+            leader: m.state == ServerState::Leader,
+            term: m.vote.leader_id().term,
+            known_leader: m.current_leader.map(|l| self.hint(l)),
+        }
+    }
+
     pub fn status(&self) -> ReplicaStatus {
         let m = self.raft.metrics().borrow_watched().clone();
         let role = match m.state {
@@ -642,13 +667,15 @@ async fn count_leader_changes(group: u64, raft: Raft) {
     }) else {
         return;
     };
-    let mut metrics = raft.metrics();
+    // Server metrics: they change with the vote and leader, not with
+    // every write as the full metrics do.
+    let mut metrics = raft.server_metrics();
     drop(raft);
     let mut seen = None;
     loop {
         let now = {
             let m = metrics.borrow_watched();
-            m.current_leader.map(|l| (m.current_term, l))
+            m.current_leader.map(|l| (m.vote.leader_id().term, l))
         };
         if now.is_some() && now != seen {
             seen = now;
