@@ -32,6 +32,7 @@ pub struct ProcessMetrics {
     pub registry: Registry,
     /// Duration of the storage writer's fsyncs.
     pub fsync_seconds: Histogram,
+    pub write_seconds: Histogram,
     /// Jobs (atomic write batches) made durable by one fsync: the size of
     /// a group commit.
     pub fsync_batch_jobs: Histogram,
@@ -122,6 +123,18 @@ impl ProcessMetrics {
             ]),
         )?;
         registry.register(Box::new(fsync_seconds.clone()))?;
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pact_storage_write_seconds",
+                "Duration of one write batch on the storage writer (before any fsync); \
+                 fjall's write stalls (too many memtables waiting to be flushed) show as 0.1 s",
+            )
+            .buckets(vec![
+                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(write_seconds.clone()))?;
         let fsync_batch_jobs = Histogram::with_opts(
             HistogramOpts::new(
                 "pact_storage_fsync_batch_jobs",
@@ -220,6 +233,7 @@ impl ProcessMetrics {
         Ok(ProcessMetrics {
             registry,
             fsync_seconds,
+            write_seconds,
             fsync_batch_jobs,
             leader_changes,
             snapshots_sent,
@@ -504,6 +518,7 @@ mod tests {
             "pact_process_cpu_seconds_total",
             "pact_process_open_fds",
             "pact_storage_fsync_seconds",
+            "pact_storage_write_seconds",
             "pact_storage_fsync_batch_jobs",
         ] {
             assert!(

@@ -862,7 +862,11 @@ impl Writer {
                     // written, and the store stays sound.
                     Err(e)
                 } else {
+                    let started = std::time::Instant::now();
                     let r = self.commit(ops);
+                    if let Some(m) = crate::metrics::process() {
+                        m.write_seconds.observe(started.elapsed().as_secs_f64());
+                    }
                     if let Err(e) = &r {
                         self.poison.set("write", e);
                     }

@@ -228,6 +228,7 @@ async fn a_node_shows_its_metrics_health_and_readiness() {
         "pact_grpc_request_duration_seconds",
         "pact_storage_fsync_seconds",
         "pact_storage_fsync_batch_jobs",
+        "pact_storage_write_seconds",
         "pact_storage_cache_bytes",
         "pact_storage_write_buffer_bytes",
         "pact_raft_leader_changes_total",
