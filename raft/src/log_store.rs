@@ -8,7 +8,6 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -26,21 +25,10 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 /// the deadline scaled by size (see `network`) stays a few seconds.
 pub(crate) const MAX_APPEND_BYTES: usize = 8 << 20;
 
-/// A read of at most this many entries starting no further than this
-/// below the last appended index is done on the calling task: those
-/// entries sit in fjall's memtable, a read of a few microseconds, while
-/// the round trip through the blocking pool costs tens (the leader reads
-/// every new entry twice: to replicate it and to apply it). Older ranges,
-/// which may need the disk, still go to the blocking pool.
-const INLINE_ENTRIES: u64 = 64;
-
 #[derive(Clone, Debug)]
 pub struct LogStore {
     group: u64,
     store: Arc<NodeStore>,
-    /// The last index appended here (a hint for the inline reads only;
-    /// shared with the readers cloned from this store).
-    tail: Arc<AtomicU64>,
 }
 
 /// A stored log entry; the error names its group and index.
@@ -58,11 +46,7 @@ fn decode_entry(key: &[u8], v: &[u8]) -> io::Result<Entry> {
 
 impl LogStore {
     pub fn new(group: u64, store: Arc<NodeStore>) -> Self {
-        LogStore {
-            group,
-            store,
-            tail: Arc::new(AtomicU64::new(0)),
-        }
+        LogStore { group, store }
     }
 
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -84,14 +68,6 @@ impl LogStore {
             )?)),
             None => Ok(None),
         }
-    }
-
-    /// Whether entries `start..end` are few and recent enough to read
-    /// inline (see [`INLINE_ENTRIES`]).
-    fn at_tail(&self, start: u64, end: Option<u64>) -> bool {
-        let tail = self.tail.load(Ordering::Relaxed);
-        let end = end.unwrap_or(tail.saturating_add(1));
-        end.saturating_sub(start) <= INLINE_ENTRIES && start.saturating_add(INLINE_ENTRIES) > tail
     }
 
     fn index_range(&self, range: impl RangeBounds<u64>) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -117,32 +93,26 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    // Reads go through the blocking pool even for the entries just
+    // appended, which are still in fjall's memtable: reading those inline
+    // on the async worker cut a one-client write's p50 by about a fifth in
+    // an A/B (docs/performance.md), but a fjall call may touch the disk and
+    // must not block a runtime worker. The way to keep that gain is a
+    // cache of the newest entries here, emptied by truncation, purges and
+    // every path that wipes a group's log outside this store.
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => i.checked_add(1),
-            Bound::Excluded(&i) => Some(i),
-            Bound::Unbounded => None,
-        };
         let Some((from, to)) = self.index_range(range) else {
             return Ok(Vec::new());
         };
         let store = self.store.clone();
-        let read = move || {
+        blocking(move || {
             let raw = store.range_sync(Space::Log, &from, &to, usize::MAX, false)?;
             raw.iter().map(|(k, v)| decode_entry(k, v)).collect()
-        };
-        if self.at_tail(start, end) {
-            return read();
-        }
-        blocking(read).await
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -163,14 +133,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         };
         let store = self.store.clone();
-        let read = move || {
+        blocking(move || {
             let raw = store.range_bytes_sync(Space::Log, &from, &to, MAX_APPEND_BYTES)?;
             raw.iter().map(|(k, v)| decode_entry(k, v)).collect()
-        };
-        if self.at_tail(start, Some(end)) {
-            return read();
-        }
-        blocking(read).await
+        })
+        .await
     }
 }
 
@@ -194,9 +161,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(l) => Some(l),
             None => last_purged,
         };
-        if let Some(l) = &last_log_id {
-            self.tail.store(l.index, Ordering::Relaxed);
-        }
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -217,9 +181,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // along with the next log fsync. Not waited for either: openraft
         // applies the committed entries only after this returns, and that
         // apply queues behind this write on the writer thread anyway, so
-        // waiting would only add a thread round trip between commit and
-        // apply. A failed write poisons the store, which stops everything
-        // after it.
+        // waiting would only hold the Raft core for a writer round trip
+        // (longer when an fsync is running) between commit and apply. A
+        // failed write poisons the store, which stops everything after it.
         let op = Op::Put(
             Space::Meta,
             group_key(self.group, META_COMMITTED),
@@ -246,9 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut ops = Vec::new();
-        let mut last = None;
         for e in entries {
-            last = Some(e.log_id.index);
             ops.push(Op::Put(
                 Space::Log,
                 log_key(self.group, e.log_id.index),
@@ -266,11 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
             .await;
         rx.await
-            .map_err(|_| io::Error::other("storage writer stopped"))??;
-        if let Some(last) = last {
-            self.tail.store(last, Ordering::Relaxed);
-        }
-        Ok(())
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -130,8 +130,8 @@ impl ProcessMetrics {
                  fjall's write stalls (too many memtables waiting to be flushed) show as 0.1 s",
             )
             .buckets(vec![
-                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                0.05, 0.1, 0.25, 0.5, 1.0,
+                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0,
             ]),
         )?;
         registry.register(Box::new(write_seconds.clone()))?;
