@@ -155,13 +155,14 @@ struct Opts {
     config: Option<PathBuf>,
     /// Client addresses (`host:port`, comma-separated) of some of the Pact
     /// cluster's nodes, instead of --config: the routing table comes from
-    /// the first that answers (a cluster without TLS).
+    /// the first that answers (a cluster without TLS). A flag beats an
+    /// environment variable: --endpoints wins over PACT_CONFIG, --config
+    /// over PACT_ENDPOINTS.
     #[arg(
         long,
         env = "PACT_ENDPOINTS",
         value_name = "ADDRS",
-        value_delimiter = ',',
-        conflicts_with = "config"
+        value_delimiter = ','
     )]
     endpoints: Vec<String>,
     /// Sample the RSS of the local processes with these names once a
@@ -321,12 +322,44 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
             if o.etcd_endpoints.is_some() {
                 return Err(usage("--etcd-endpoints needs --backend etcd"));
             }
+            let endpoints: Vec<String> = o
+                .endpoints
+                .iter()
+                .filter(|e| !e.trim().is_empty())
+                .cloned()
+                .collect();
+            let given = |flag: &str| {
+                std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+            };
+            let use_endpoints = match (o.config.is_some(), !o.endpoints.is_empty()) {
+                (true, true) => match (given("--config"), given("--endpoints")) {
+                    (false, true) => true,
+                    (true, false) => false,
+                    _ => {
+                        return Err(usage(
+                            "both a config (--config or PACT_CONFIG) and endpoints \
+                             (--endpoints or PACT_ENDPOINTS) are given: name one",
+                        ))
+                    }
+                },
+                (false, true) => true,
+                _ => false,
+            };
             let config = match &o.config {
+                _ if use_endpoints => {
+                    if endpoints.is_empty() {
+                        return Err(usage("no endpoints given: --endpoints HOST:PORT[,...]"));
+                    }
+                    match pact_client::discover(&endpoints, None).await {
+                        Ok(c) => c,
+                        Err(e @ pact_client::ClientError::InvalidInput(_)) => {
+                            return Err(usage(format!("--endpoints: {e}")))
+                        }
+                        Err(e) => return Err(anyhow::anyhow!("--endpoints: {e}")),
+                    }
+                }
                 Some(p) => ClusterConfig::load(p)
                     .map_err(|e| usage(format!("bad config {}: {e}", p.display())))?,
-                None if !o.endpoints.is_empty() => pact_client::discover(&o.endpoints, None)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("--endpoints: {e}"))?,
                 None => ClusterConfig::embedded_default(),
             };
             let w = &spec.workload;

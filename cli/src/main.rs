@@ -33,13 +33,9 @@ struct Args {
     /// cluster's nodes, instead of a config: the routing table comes from
     /// the first that answers. TLS then comes from --cacert, --cert and
     /// --key.
-    #[arg(
-        long,
-        global = true,
-        env = "PACT_ENDPOINTS",
-        value_delimiter = ',',
-        conflicts_with = "config"
-    )]
+    /// A flag beats an environment variable: `--endpoints` is used even
+    /// with PACT_CONFIG set, `--config` even with PACT_ENDPOINTS set.
+    #[arg(long, global = true, env = "PACT_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
     /// Print JSON instead of text, errors included (as {"error": {"code",
     /// "message"}} on stdout; exit codes unchanged).
@@ -466,7 +462,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let source = source::ConfigSource::from_matches(&matches, "config", "endpoints");
+    let source = match source::ConfigSource::from_matches(&matches, "config", "endpoints") {
+        Ok(s) => s,
+        Err(e) => {
+            output::report(args.json, "USAGE", &e);
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -486,6 +488,9 @@ fn main() -> ExitCode {
         Cmd::Backup { .. } | Cmd::Restore { .. } => 3600,
         _ => 15,
     }));
+    // --timeout bounds the whole command, the routing-table question
+    // included.
+    let started = std::time::Instant::now();
     let (config, tls) = match &source {
         source::ConfigSource::Endpoints(endpoints) => {
             let tls = match pact_client::Tls::from_flags(&flags) {
@@ -531,15 +536,19 @@ fn main() -> ExitCode {
             }
         }
     };
-    let client = Client::new(&config, client_options(total, tls));
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
+        let client = Client::new(&config, client_options(total, tls));
         return ExitCode::from(rt.block_on(shell::Shell::new(client, total, style).run()));
     }
+    let left = total
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    let client = Client::new(&config, client_options(left, tls));
     let progress = data::Progress::default();
     let result = match rt.block_on(async {
         // Made inside the runtime: a timer needs one.
-        tokio::time::timeout(total, run(&client, &args, style, &progress)).await
+        tokio::time::timeout(left, run(&client, &args, style, &progress)).await
     }) {
         Ok(r) => r,
         Err(_) => Err(deadline_error(&args.cmd, total, &progress)),

@@ -23,19 +23,48 @@ pub enum ConfigSource {
 
 impl ConfigSource {
     /// From the parsed arguments; `id` is the config argument's id and
-    /// `endpoints` the endpoints argument's (which, given, wins).
-    pub fn from_matches(m: &ArgMatches, id: &str, endpoints: &str) -> ConfigSource {
-        // Given but empty (`--endpoints ""`) is an error later, not the
-        // embedded default.
-        if let Ok(Some(e)) = m.try_get_many::<String>(endpoints) {
-            return ConfigSource::Endpoints(e.filter(|a| !a.is_empty()).cloned().collect());
-        }
+    /// `endpoints` the endpoints argument's. A flag beats an environment
+    /// variable (so an exported PACT_CONFIG does not block `--endpoints`);
+    /// both as flags, or both from the environment, is an error. Endpoints
+    /// given but empty (`--endpoints ""`) or not `host:port` are an error
+    /// too, not the embedded default.
+    pub fn from_matches(m: &ArgMatches, id: &str, endpoints: &str) -> Result<ConfigSource, String> {
         let path = m.get_one::<PathBuf>(id).cloned();
-        match (path, m.value_source(id)) {
+        let eps: Option<Vec<String>> = m
+            .try_get_many::<String>(endpoints)
+            .ok()
+            .flatten()
+            .map(|e| e.filter(|a| !a.trim().is_empty()).cloned().collect());
+        let from_env = |arg: &str| m.value_source(arg) == Some(ValueSource::EnvVariable);
+        let use_endpoints =
+            match (&path, &eps) {
+                (Some(_), Some(_)) => match (from_env(id), from_env(endpoints)) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    _ => return Err(
+                        "both a config (--config or PACT_CONFIG) and endpoints (--endpoints or \
+                         PACT_ENDPOINTS) are given: name one"
+                            .into(),
+                    ),
+                },
+                (None, Some(_)) => true,
+                _ => false,
+            };
+        if use_endpoints {
+            let eps = eps.unwrap_or_default();
+            if eps.is_empty() {
+                return Err("no endpoints given: --endpoints HOST:PORT[,HOST:PORT...]".into());
+            }
+            if let Some(bad) = eps.iter().find(|e| !looks_like_host_port(e)) {
+                return Err(format!("endpoint {bad:?} is not HOST:PORT"));
+            }
+            return Ok(ConfigSource::Endpoints(eps));
+        }
+        Ok(match (path, m.value_source(id)) {
             (Some(p), Some(ValueSource::EnvVariable)) => ConfigSource::Env(p),
             (Some(p), _) => ConfigSource::Flag(p),
             (None, _) => ConfigSource::Embedded,
-        }
+        })
     }
 
     pub fn load(&self) -> Result<ClusterConfig, ConfigError> {
@@ -86,6 +115,14 @@ impl ConfigSource {
     }
 }
 
+/// `host:port` with a port number (the host is checked when connecting).
+fn looks_like_host_port(e: &str) -> bool {
+    match e.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,14 +152,14 @@ mod tests {
         let m = matches(&["txn", "--config", "a.toml"], Some("b.toml"));
         assert_eq!(
             ConfigSource::from_matches(&m, "config", "endpoints"),
-            ConfigSource::Flag("a.toml".into())
+            Ok(ConfigSource::Flag("a.toml".into()))
         );
         let m = matches(&["txn"], Some("b.toml"));
-        let env = ConfigSource::from_matches(&m, "config", "endpoints");
+        let env = ConfigSource::from_matches(&m, "config", "endpoints").unwrap();
         assert_eq!(env, ConfigSource::Env("b.toml".into()));
         assert!(env.describe().contains("PACT_CONFIG"));
         let m = matches(&["txn"], None);
-        let def = ConfigSource::from_matches(&m, "config", "endpoints");
+        let def = ConfigSource::from_matches(&m, "config", "endpoints").unwrap();
         assert_eq!(def, ConfigSource::Embedded);
         assert!(
             def.describe().contains("PACT_CONFIG unset"),
@@ -131,36 +168,66 @@ mod tests {
         );
     }
 
+    /// `--config` and `--endpoints`, each with its own private variable
+    /// (set to the given value, or unset).
+    fn both(args: &[&str], config_env: Option<&str>, endpoints_env: Option<&str>) -> ArgMatches {
+        let (cv, ev) = ("PACT_TEST_SOURCE_BOTH_C", "PACT_TEST_SOURCE_BOTH_E");
+        for (var, v) in [(cv, config_env), (ev, endpoints_env)] {
+            match v {
+                Some(v) => std::env::set_var(var, v),
+                None => std::env::remove_var(var),
+            }
+        }
+        Command::new("txn")
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .env(cv)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+            .arg(
+                Arg::new("endpoints")
+                    .long("endpoints")
+                    .env(ev)
+                    .value_delimiter(',')
+                    .num_args(1),
+            )
+            .try_get_matches_from(args)
+            .unwrap()
+    }
+
     #[test]
-    fn endpoints_win_and_an_empty_list_stays_endpoints() {
-        let cmd = || {
-            Command::new("txn")
-                .arg(Arg::new("config").long("config"))
-                .arg(
-                    Arg::new("endpoints")
-                        .long("endpoints")
-                        .value_delimiter(',')
-                        .num_args(1),
-                )
-        };
-        let m = cmd()
-            .try_get_matches_from(["txn", "--endpoints", "a:1,b:2"])
-            .unwrap();
-        let e = ConfigSource::from_matches(&m, "config", "endpoints");
+    fn a_flag_beats_the_environment_and_bad_endpoints_are_refused() {
+        let pick = |m: &ArgMatches| ConfigSource::from_matches(m, "config", "endpoints");
+        let e = pick(&both(&["txn", "--endpoints", "a:1,b:2"], None, None)).unwrap();
         assert_eq!(e, ConfigSource::Endpoints(vec!["a:1".into(), "b:2".into()]));
         assert!(e.describe().contains("a:1,b:2"), "{}", e.describe());
         assert!(e.load().is_err());
-        let m = cmd()
-            .try_get_matches_from(["txn", "--endpoints", ""])
-            .unwrap();
-        assert_eq!(
-            ConfigSource::from_matches(&m, "config", "endpoints"),
-            ConfigSource::Endpoints(vec![])
+        // An exported config does not block --endpoints, nor exported
+        // endpoints --config.
+        let m = both(&["txn", "--endpoints", "a:1"], Some("c.toml"), None);
+        assert_eq!(pick(&m), Ok(ConfigSource::Endpoints(vec!["a:1".into()])));
+        let m = both(&["txn", "--config", "c.toml"], None, Some("a:1"));
+        assert_eq!(pick(&m), Ok(ConfigSource::Flag("c.toml".into())));
+        let m = both(&["txn"], None, Some("a:1"));
+        assert_eq!(pick(&m), Ok(ConfigSource::Endpoints(vec!["a:1".into()])));
+        // Two flags, or two variables: name one.
+        let m = both(
+            &["txn", "--config", "c.toml", "--endpoints", "a:1"],
+            None,
+            None,
         );
-        let m = cmd().try_get_matches_from(["txn"]).unwrap();
+        assert!(pick(&m).unwrap_err().contains("name one"));
+        let m = both(&["txn"], Some("c.toml"), Some("a:1"));
+        assert!(pick(&m).is_err());
+        // Empty or malformed endpoints: an error, not the default.
+        for bad in ["", ",", "nohost", "h:notaport", ":7001", "h:70000"] {
+            let m = both(&["txn", "--endpoints", bad], None, None);
+            assert!(pick(&m).is_err(), "{bad:?}");
+        }
         assert_eq!(
-            ConfigSource::from_matches(&m, "config", "endpoints"),
-            ConfigSource::Embedded
+            pick(&both(&["txn"], None, None)),
+            Ok(ConfigSource::Embedded)
         );
     }
 

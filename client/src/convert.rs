@@ -384,8 +384,11 @@ pub fn config_from_topology(t: pb::TopologyResponse) -> Result<pact_common::Clus
                 replicas: nodes(g.replicas),
             })
             .collect(),
+        // The idle timeout is the server's business (never sent); it only
+        // has to be at least the lease for the config to validate.
         transactions: TxnTuning {
             lease_ms: t.lease_ms,
+            idle_timeout_ms: TxnTuning::default().idle_timeout_ms.max(t.lease_ms),
             ..TxnTuning::default()
         },
         raft: Default::default(),
@@ -452,5 +455,25 @@ mod topology_tests {
         let mut t = table();
         t.nodes.clear();
         assert!(config_from_topology(t).is_err());
+        // A lease longer than the default idle timeout is a valid cluster.
+        let mut t = table();
+        t.lease_ms = 90_000;
+        assert_eq!(
+            config_from_topology(t).unwrap().transactions.lease_ms,
+            90_000
+        );
+        // A table too large to build is refused, not built.
+        let mut t = table();
+        t.partitioning = pb::Partitioning::Hash as i32;
+        t.virtual_nodes = 4096;
+        t.shards = (1..=2000)
+            .map(|i| pb::TopologyShard {
+                id: i,
+                replicas: vec![1],
+                start: None,
+            })
+            .collect();
+        let e = config_from_topology(t).unwrap_err();
+        assert!(e.contains("ring points"), "{e}");
     }
 }

@@ -34,8 +34,16 @@ pub async fn discover(
     }
     let mut why = Vec::new();
     let mut refused = 0;
+    let mut malformed = 0;
     for addr in endpoints {
-        let ch = crate::channel_to(addr, tls)?;
+        let ch = match crate::channel_to(addr, tls) {
+            Ok(ch) => ch,
+            Err(e) => {
+                malformed += 1;
+                why.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
         let mut c = pb::admin_client::AdminClient::new(ch);
         match tokio::time::timeout(ASK_WITHIN, c.topology(pb::TopologyRequest {})).await {
             Ok(Ok(r)) => match config_from_topology(r.into_inner()) {
@@ -60,7 +68,9 @@ pub async fn discover(
         }
     }
     let what = format!("no endpoint gave the routing table: {}", why.join("; "));
-    Err(if refused == endpoints.len() {
+    Err(if malformed == endpoints.len() {
+        ClientError::InvalidInput(what)
+    } else if refused == endpoints.len() {
         ClientError::Unreachable(what)
     } else {
         ClientError::Unavailable(what)

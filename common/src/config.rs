@@ -13,6 +13,10 @@ use std::path::Path;
 
 /// Largest `virtual_nodes` accepted: beyond this the ring only costs memory.
 const MAX_VIRTUAL_NODES: u32 = 4096;
+/// Most ring points (shards times `virtual_nodes`) a hash-partitioned
+/// cluster may have: a routing table past it (a broken file, or a peer
+/// sending garbage) would cost gigabytes to build.
+const MAX_RING_POINTS: u64 = 1 << 22;
 /// TOML integers are signed 64-bit; larger ids would not survive a round trip.
 const MAX_TOML_INT: u64 = i64::MAX as u64;
 /// Upper bound for [`ClusterConfig::local`] so a typo cannot exhaust memory.
@@ -629,6 +633,15 @@ impl ClusterConfig {
                     return invalid(format!(
                         "shard {} has a start key, but start is only allowed with range partitioning",
                         s.id
+                    ));
+                }
+                let points = self.shards.len() as u64 * u64::from(self.virtual_nodes);
+                if points > MAX_RING_POINTS {
+                    return invalid(format!(
+                        "{} shards of {} ring points each make {points} points, more than \
+                         {MAX_RING_POINTS}; use fewer virtual_nodes",
+                        self.shards.len(),
+                        self.virtual_nodes
                     ));
                 }
             }

@@ -143,6 +143,9 @@ pub fn members(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Role {
     pub leader: bool,
+    /// The term of the vote stored on disk: a leader's own term; on other
+    /// replicas it may trail the term in memory until the vote is flushed
+    /// (it only moves forward, so "still term T" checks hold).
     pub term: u64,
     /// The leader's id and client address, if known.
     pub known_leader: Option<(u64, String)>,
@@ -668,14 +671,19 @@ async fn count_leader_changes(group: u64, raft: Raft) {
         return;
     };
     // Server metrics: they change with the vote and leader, not with
-    // every write as the full metrics do.
+    // every write as the full metrics do. Their vote is the one flushed to
+    // disk, which may lag the leader the replica already knows, so a
+    // leader counts once its committed vote (term and node together) is
+    // stored, not when its id first appears.
     let mut metrics = raft.server_metrics();
     drop(raft);
     let mut seen = None;
     loop {
         let now = {
             let m = metrics.borrow_watched();
-            m.current_leader.map(|l| (m.vote.leader_id().term, l))
+            let v = &m.vote;
+            v.committed
+                .then(|| (v.leader_id().term, v.leader_id().node_id))
         };
         if now.is_some() && now != seen {
             seen = now;

@@ -528,6 +528,18 @@ async fn endpoints_alone_are_enough() {
     assert_eq!(stdout(&o).trim(), "2", "{o:?}");
     let o = bare(&["get", "x"], &[("PACT_ENDPOINTS", &addr(5))]);
     assert_eq!(stdout(&o).trim(), "1", "{o:?}");
+    // A flag beats an exported variable, either way round.
+    let cfg_text = cfg.to_str().expect("utf-8 path");
+    let o = bare(
+        &["--endpoints", &addr(3), "get", "x"],
+        &[("PACT_CONFIG", cfg_text)],
+    );
+    assert_eq!(stdout(&o).trim(), "1", "{o:?}");
+    let o = bare(
+        &["--config", cfg_text, "get", "z"],
+        &[("PACT_ENDPOINTS", "127.0.0.1:1")],
+    );
+    assert_eq!(stdout(&o).trim(), "3", "{o:?}");
     // The same lists as from the config.
     for list in [["admin", "shard", "list"], ["admin", "member", "list"]] {
         let mut args = vec!["--json"];
@@ -568,6 +580,11 @@ async fn endpoints_alone_are_enough() {
     );
     let o = bare(&["--json", "--endpoints", "127.0.0.1:1", "get", "x"], &[]);
     assert_eq!(json_of(&o)["error"]["code"], "UNAVAILABLE", "{o:?}");
+    // Not HOST:PORT, or none at all: a usage error before anything is sent.
+    for bad in ["", "localhost", "h:port"] {
+        let o = bare(&["--endpoints", bad, "get", "x"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {o:?}");
+    }
 }
 
 /// `--timeout` bounds a whole command, retries included: against nodes
