@@ -4,7 +4,10 @@
 //! sends the request to that shard's leader. It learns leaders from
 //! `NotLeader` hints and caches them; when a replica is down or has no
 //! leader it tries the next replica with backoff, until the retry budget
-//! ([`ClientOptions::retry_for`]) runs out.
+//! ([`ClientOptions::retry_for`]) runs out. The config comes from a file
+//! ([`Client::new`]) or from any node ([`Client::connect`] asks the given
+//! endpoints for the routing table, see [`discover`]); a table that does
+//! not validate as a cluster config is refused, as a bad file would be.
 //!
 //! # What is retried
 //! Reads are retried freely. A write is retried only when it certainly did
