@@ -128,23 +128,14 @@ mod tests {
     use super::*;
     use clap::{Arg, Command};
 
+    /// Only a config argument, its variable set to `env` (or unset).
     fn matches(args: &[&str], env: Option<&str>) -> ArgMatches {
-        // A private variable: the test must not depend on the caller's
-        // PACT_CONFIG.
-        let var = "PACT_TEST_SOURCE_CONFIG";
-        match env {
-            Some(v) => std::env::set_var(var, v),
-            None => std::env::remove_var(var),
-        }
-        Command::new("txn")
-            .arg(
-                Arg::new("config")
-                    .long("config")
-                    .env(var)
-                    .value_parser(clap::value_parser!(PathBuf)),
-            )
-            .try_get_matches_from(args)
-            .unwrap()
+        command(
+            ("PACT_TEST_SOURCE_ONE_C", "PACT_TEST_SOURCE_ONE_E"),
+            args,
+            env,
+            None,
+        )
     }
 
     #[test]
@@ -169,9 +160,20 @@ mod tests {
     }
 
     /// `--config` and `--endpoints`, each with its own private variable
-    /// (set to the given value, or unset).
+    /// (set to the given value, or unset): the tests must not depend on
+    /// the caller's PACT_CONFIG or PACT_ENDPOINTS.
     fn both(args: &[&str], config_env: Option<&str>, endpoints_env: Option<&str>) -> ArgMatches {
-        let (cv, ev) = ("PACT_TEST_SOURCE_BOTH_C", "PACT_TEST_SOURCE_BOTH_E");
+        let vars = ("PACT_TEST_SOURCE_BOTH_C", "PACT_TEST_SOURCE_BOTH_E");
+        command(vars, args, config_env, endpoints_env)
+    }
+
+    /// Tests run in parallel: each names its own variables (`vars`).
+    fn command(
+        (cv, ev): (&'static str, &'static str),
+        args: &[&str],
+        config_env: Option<&str>,
+        endpoints_env: Option<&str>,
+    ) -> ArgMatches {
         for (var, v) in [(cv, config_env), (ev, endpoints_env)] {
             match v {
                 Some(v) => std::env::set_var(var, v),
