@@ -154,7 +154,6 @@ impl Drop for Slot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StorageMemory {
     pub cache: u64,
-    pub cache_capacity: u64,
     pub write_buffer: u64,
 }
 
@@ -384,7 +383,6 @@ impl NodeStore {
     pub fn memory(&self) -> StorageMemory {
         StorageMemory {
             cache: self.db.cache_size(),
-            cache_capacity: self.db.cache_capacity(),
             write_buffer: self.db.write_buffer_size(),
         }
     }

@@ -67,6 +67,13 @@ pub struct Sample {
     pub records: BTreeMap<String, f64>,
 }
 
+impl Sample {
+    /// The heap less fjall's cache and memtables: what Pact itself holds.
+    pub fn live_bytes(&self) -> Option<u64> {
+        Some(self.heap_bytes?.saturating_sub(self.storage_bytes?))
+    }
+}
+
 /// The resident set of a `/proc/PID/status` text, in bytes (`None` for a
 /// zombie, which has no memory left).
 pub fn parse_status_rss(status: impl BufRead) -> Option<u64> {
@@ -488,34 +495,26 @@ pub fn summarize(samples: &[Sample], every: Duration) -> Summary {
             .map(|(t, _, _)| *t)
             .fold(t_last, f64::min);
         let slope_from_s = mid.max(last_run_from);
-        let tail: Vec<(f64, f64)> = rss
-            .iter()
-            .filter(|(t, _, p)| *t >= slope_from_s && *p == last_pid)
-            .map(|(t, r, _)| (t / 60.0, *r as f64 / 1024.0))
-            .collect();
-        let in_tail = |s: &&&Sample| s.t_s >= slope_from_s && s.pid == last_pid;
-        let heap_tail: Vec<(f64, f64)> = ss
-            .iter()
-            .filter(in_tail)
-            .filter_map(|s| Some((s.t_s / 60.0, s.heap_bytes? as f64 / 1024.0)))
-            .collect();
-        let live = |s: &Sample| Some(s.heap_bytes?.saturating_sub(s.storage_bytes?));
-        let live_tail: Vec<(f64, f64)> = ss
-            .iter()
-            .filter(in_tail)
-            .filter_map(|s| Some((s.t_s / 60.0, live(s)? as f64 / 1024.0)))
-            .collect();
+        // KB/min of `value` over the last run's samples from `slope_from_s`.
+        let tail_slope = |value: fn(&Sample) -> Option<u64>| {
+            let points: Vec<(f64, f64)> = ss
+                .iter()
+                .filter(|s| s.t_s >= slope_from_s && s.pid == last_pid)
+                .filter_map(|s| Some((s.t_s / 60.0, value(s)? as f64 / 1024.0)))
+                .collect();
+            slope(&points)
+        };
         processes.push(ProcessMemory {
             process,
             start_rss: rss.first().map_or(0, |r| r.1),
             end_rss: rss.last().map_or(0, |r| r.1),
             max_rss: rss.iter().map(|r| r.1).max().unwrap_or(0),
-            slope_kb_per_min: slope(&tail),
+            slope_kb_per_min: tail_slope(|s| s.rss_bytes),
             slope_from_s,
-            heap_slope_kb_per_min: slope(&heap_tail),
-            live_slope_kb_per_min: slope(&live_tail),
+            heap_slope_kb_per_min: tail_slope(|s| s.heap_bytes),
+            live_slope_kb_per_min: tail_slope(Sample::live_bytes),
             end_heap: ss.iter().rev().find_map(|s| s.heap_bytes),
-            end_live: ss.iter().rev().find_map(|s| live(s)),
+            end_live: ss.iter().rev().find_map(|s| s.live_bytes()),
             restarts,
             start_disk: disk.first().copied().unwrap_or(0),
             end_disk: disk.last().copied().unwrap_or(0),
@@ -653,9 +652,7 @@ pub fn plots(
     )?;
     written.push(path);
     let mut heap = runs(samples, true, |s| s.heap_bytes.map(|b| b as f64 / MIB));
-    for mut l in runs(samples, true, |s| {
-        Some(s.heap_bytes?.saturating_sub(s.storage_bytes?) as f64 / MIB)
-    }) {
+    for mut l in runs(samples, true, |s| s.live_bytes().map(|b| b as f64 / MIB)) {
         if l.runs.iter().any(|r| !r.is_empty()) {
             l.name = format!("{} less fjall cache", l.name);
             heap.push(l);
