@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use pact_bench::backend::{Backend, BackendKind, PactBackend};
 use pact_bench::etcd::{parse_endpoints, EtcdBackend, EtcdOptions};
 use pact_bench::generator::Distribution;
@@ -17,6 +18,7 @@ use pact_bench::scope::{Placement, TxnScope};
 use pact_bench::workload::Workload;
 use pact_bench::{props, UsageError};
 use pact_client::ClientOptions;
+use pact_client::Given;
 use pact_common::ClusterConfig;
 
 #[derive(Parser, Debug)]
@@ -285,7 +287,14 @@ fn resolve_workload(o: &Opts) -> anyhow::Result<Workload> {
     Ok(w)
 }
 
-async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
+/// `use_endpoints`: whether the Pact backend asks `o.endpoints` for the
+/// routing table rather than reading a config, or why neither is clear
+/// (see [`pact_client::prefer_endpoints`]).
+async fn main_inner(
+    phase: Phase,
+    o: Opts,
+    use_endpoints: Result<bool, String>,
+) -> anyhow::Result<()> {
     let workload = resolve_workload(&o)?;
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -328,23 +337,7 @@ async fn main_inner(phase: Phase, o: Opts) -> anyhow::Result<()> {
                 .filter(|e| !e.trim().is_empty())
                 .cloned()
                 .collect();
-            let given = |flag: &str| {
-                std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-            };
-            let use_endpoints = match (o.config.is_some(), !o.endpoints.is_empty()) {
-                (true, true) => match (given("--config"), given("--endpoints")) {
-                    (false, true) => true,
-                    (true, false) => false,
-                    _ => {
-                        return Err(usage(
-                            "both a config (--config or PACT_CONFIG) and endpoints \
-                             (--endpoints or PACT_ENDPOINTS) are given: name one",
-                        ))
-                    }
-                },
-                (false, true) => true,
-                _ => false,
-            };
+            let use_endpoints = use_endpoints.map_err(usage)?;
             let config = match &o.config {
                 _ if use_endpoints => {
                     if endpoints.is_empty() {
@@ -434,13 +427,22 @@ async fn run<B: Backend>(backend: Arc<B>, spec: Spec, o: &Opts) -> anyhow::Resul
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let matches = Cli::command().try_get_matches();
+    let (cli, matches) = match matches.and_then(|m| Ok((Cli::from_arg_matches(&m)?, m))) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // Where --config and --endpoints came from (flag or variable).
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let given = |id: &str| match sub.map(|m| (m.contains_id(id), m.value_source(id))) {
+        Some((true, Some(ValueSource::EnvVariable))) => Given::Env,
+        Some((true, _)) => Given::Flag,
+        _ => Given::Not,
+    };
+    let use_endpoints = pact_client::prefer_endpoints(given("config"), given("endpoints"));
     let (phase, opts) = match cli.cmd {
         Cmd::Load(o) => (Phase::Load, o),
         Cmd::Run(o) => (Phase::Run, o),
@@ -452,7 +454,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(main_inner(phase, opts)) {
+    match rt.block_on(main_inner(phase, opts, use_endpoints)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("bench: {e}");

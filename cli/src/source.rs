@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use pact_client::ClientError;
+use pact_client::{prefer_endpoints, ClientError, Given};
 use pact_common::{ClusterConfig, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,21 +35,13 @@ impl ConfigSource {
             .ok()
             .flatten()
             .map(|e| e.filter(|a| !a.trim().is_empty()).cloned().collect());
-        let from_env = |arg: &str| m.value_source(arg) == Some(ValueSource::EnvVariable);
+        let given = |arg: &str, present: bool| match m.value_source(arg) {
+            _ if !present => Given::Not,
+            Some(ValueSource::EnvVariable) => Given::Env,
+            _ => Given::Flag,
+        };
         let use_endpoints =
-            match (&path, &eps) {
-                (Some(_), Some(_)) => match (from_env(id), from_env(endpoints)) {
-                    (true, false) => true,
-                    (false, true) => false,
-                    _ => return Err(
-                        "both a config (--config or PACT_CONFIG) and endpoints (--endpoints or \
-                         PACT_ENDPOINTS) are given: name one"
-                            .into(),
-                    ),
-                },
-                (None, Some(_)) => true,
-                _ => false,
-            };
+            prefer_endpoints(given(id, path.is_some()), given(endpoints, eps.is_some()))?;
         if use_endpoints {
             let eps = eps.unwrap_or_default();
             if eps.is_empty() {

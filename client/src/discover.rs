@@ -17,6 +17,31 @@ use tonic::Code;
 use crate::convert::{config_from_topology, connection_refused};
 use crate::{ClientError, Tls};
 
+/// Where one of a client's two ways to find the cluster (a config file,
+/// or endpoints) came from, for [`prefer_endpoints`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Given {
+    Not,
+    Flag,
+    Env,
+}
+
+/// Whether to ask endpoints rather than read a config (the `txn` and
+/// `bench` rule): a flag beats an environment variable, so an exported
+/// PACT_CONFIG does not block `--endpoints`, nor PACT_ENDPOINTS `--config`;
+/// two flags, or two variables, are an error naming both.
+pub fn prefer_endpoints(config: Given, endpoints: Given) -> Result<bool, String> {
+    match (config, endpoints) {
+        (_, Given::Not) | (Given::Flag, Given::Env) => Ok(false),
+        (Given::Not, _) | (Given::Env, Given::Flag) => Ok(true),
+        _ => Err(
+            "both a config (--config or PACT_CONFIG) and endpoints (--endpoints or \
+                  PACT_ENDPOINTS) are given: name one"
+                .into(),
+        ),
+    }
+}
+
 /// How long one endpoint may take to answer.
 pub const ASK_WITHIN: Duration = Duration::from_secs(3);
 
@@ -75,4 +100,24 @@ pub async fn discover(
     } else {
         ClientError::Unavailable(what)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_beats_a_variable_and_a_tie_is_an_error() {
+        use Given::*;
+        assert_eq!(prefer_endpoints(Not, Not), Ok(false));
+        assert_eq!(prefer_endpoints(Flag, Not), Ok(false));
+        assert_eq!(prefer_endpoints(Env, Not), Ok(false));
+        assert_eq!(prefer_endpoints(Not, Flag), Ok(true));
+        assert_eq!(prefer_endpoints(Not, Env), Ok(true));
+        assert_eq!(prefer_endpoints(Env, Flag), Ok(true));
+        assert_eq!(prefer_endpoints(Flag, Env), Ok(false));
+        for (c, e) in [(Flag, Flag), (Env, Env)] {
+            assert!(prefer_endpoints(c, e).unwrap_err().contains("name one"));
+        }
+    }
 }

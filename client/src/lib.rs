@@ -52,7 +52,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
-pub use discover::{discover, ASK_WITHIN};
+pub use discover::{discover, prefer_endpoints, Given, ASK_WITHIN};
 
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
