@@ -501,19 +501,18 @@ fn main() -> ExitCode {
                 }
             };
             let asked = rt.block_on(async {
-                tokio::time::timeout(total, pact_client::discover(endpoints, tls.as_ref())).await
+                tokio::time::timeout(total, pact_client::discover(endpoints, tls.as_ref()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Unavailable(format!(
+                            "no endpoint gave the routing table within {total:?}"
+                        )))
+                    })
             });
             match asked {
-                Ok(Ok(config)) => (config, tls),
-                Ok(Err(e)) => {
+                Ok(config) => (config, tls),
+                Err(e) => {
                     let e = source.annotate(e);
-                    output::report_client(args.json, &e);
-                    return ExitCode::from(exit_for(&e));
-                }
-                Err(_) => {
-                    let e = source.annotate(ClientError::Unavailable(format!(
-                        "no endpoint gave the routing table within {total:?}"
-                    )));
                     output::report_client(args.json, &e);
                     return ExitCode::from(exit_for(&e));
                 }
