@@ -2,15 +2,17 @@
 # Pact with more data than memory: YCSB-B and YCSB-C read throughput when
 # the data does not fit in RAM, next to the same data when it does.
 #
-# 1. Starts the playground (3 `pact` processes, each a replica of all 3
-#    shards, so every record is stored 3 times) with fjall's block cache
+# 1. Starts the playground (3 processes; by default each a replica of
+#    all 3 shards, so every record is stored 3 times; REPLICAS=1 puts
+#    shard i on node i alone, one copy) with fjall's block cache
 #    at CACHE_MB per node, inside a cgroup-v1 memory cgroup limited to
 #    MEM_LIMIT_MB for the three servers together. A v1 memory cgroup
 #    charges the page cache its processes fill, so file data they read or
 #    write counts against the limit as well as their heaps: past it the
 #    kernel drops their clean cache pages, and reads go to the disk.
 # 2. Loads RECORDS records of VALUE_SIZE bytes (`bench load`, one field
-#    per record) through the limited servers.
+#    per record, LOAD_BATCH records per operation: one atomic write per
+#    shard they fall on) through the limited servers.
 # 3. Runs YCSB-B (95% reads, 5% updates) and YCSB-C (reads only), both
 #    zipfian as YCSB defines them, and YCSB-C with uniform keys (the hot
 #    set is then the whole data set), DURATION seconds each: "limited".
@@ -37,6 +39,7 @@
 # Usage (as root: it makes a cgroup): bash bench/larger-than-memory.sh
 # Settings (environment):
 #   RECORDS=4000000   records to load        VALUE_SIZE=1024  bytes per record
+#   REPLICAS=3        copies of each shard   LOAD_BATCH=100   records per load operation
 #   MEM_LIMIT_MB=1024 cgroup limit (servers'  CACHE_MB=16     fjall block cache
 #                     memory + page cache)                    per node
 #   DURATION=60       seconds per measured run
@@ -52,6 +55,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 RECORDS=${RECORDS:-4000000}
+REPLICAS=${REPLICAS:-3}
+LOAD_BATCH=${LOAD_BATCH:-100}
 VALUE_SIZE=${VALUE_SIZE:-1024}
 MEM_LIMIT_MB=${MEM_LIMIT_MB:-1024}
 CACHE_MB=${CACHE_MB:-16}
@@ -60,12 +65,12 @@ THREADS=${THREADS:-32}
 LOAD_THREADS=${LOAD_THREADS:-64}
 SEED=${SEED:-42}
 PACT_PORT=${PACT_PORT:-27101}
-export RECORDS VALUE_SIZE MEM_LIMIT_MB CACHE_MB DURATION THREADS LOAD_THREADS SEED
+export RECORDS REPLICAS LOAD_BATCH VALUE_SIZE MEM_LIMIT_MB CACHE_MB DURATION THREADS LOAD_THREADS SEED
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'larger-than-memory: %s\n' "$*" >&2; exit 1; }
 
-for v in RECORDS VALUE_SIZE MEM_LIMIT_MB CACHE_MB DURATION THREADS LOAD_THREADS SEED PACT_PORT; do
+for v in RECORDS REPLICAS LOAD_BATCH VALUE_SIZE MEM_LIMIT_MB CACHE_MB DURATION THREADS LOAD_THREADS SEED PACT_PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "$v must be a positive integer (got '${!v}')"
 done
 command -v python3 >/dev/null || die "python3 is needed (to edit the config and read the reports)"
@@ -79,9 +84,11 @@ cg="$cgroot/pact-ltm-$$"
 pg_pid=""
 bench_pid=""
 
-# Disk: values x 3 replicas, plus half again for journals, Raft logs and
+[ "$REPLICAS" -le 3 ] || die "REPLICAS must be 1, 2 or 3 (got $REPLICAS)"
+
+# Disk: values x replicas, plus half again for journals, Raft logs and
 # compaction's temporary copies, plus 1 GiB.
-need_mb=$(((RECORDS * (VALUE_SIZE + 40) * 3 * 3 / 2) / 1048576 + 1024))
+need_mb=$(((RECORDS * (VALUE_SIZE + 40) * REPLICAS * 3 / 2) / 1048576 + 1024))
 free_mb=$(df -Pm "$tmp" | awk 'NR == 2 { print $4 }')
 if [ "$free_mb" -lt "$need_mb" ]; then
   rm -rf "$tmp"
@@ -166,9 +173,11 @@ start_playground() {
   if [ -n "$in_cg" ]; then
     # Join the cgroup first, so the nodes the playground starts are in it.
     sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$in_cg" \
-      "$bin/txn" playground --dir "$pg" --port "$PACT_PORT" >"$pg/playground.out" 2>&1 &
+      "$bin/txn" playground --dir "$pg" --port "$PACT_PORT" --replicas "$REPLICAS" \
+      >"$pg/playground.out" 2>&1 &
   else
-    "$bin/txn" playground --dir "$pg" --port "$PACT_PORT" >"$pg/playground.out" 2>&1 &
+    "$bin/txn" playground --dir "$pg" --port "$PACT_PORT" --replicas "$REPLICAS" \
+      >"$pg/playground.out" 2>&1 &
   fi
   pg_pid=$!
   for _ in $(seq 1 600); do
@@ -278,7 +287,8 @@ runs() { # CASE
 
 echo 0 >"$cg/memory.max_usage_in_bytes"
 echo 0 >"$cg/memory.failcnt"
-bench load load --workload b --recordcount "$RECORDS" "${fields[@]}" --threads "$LOAD_THREADS"
+bench load load --workload b --recordcount "$RECORDS" "${fields[@]}" --threads "$LOAD_THREADS" \
+  --batch "$LOAD_BATCH" --progress
 load_failed=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["failed"])' "$res/load.json")
 [ "$load_failed" = 0 ] || die "$load_failed records failed to load (see $res/load.err); the runs would read holes"
 du -sb "$pg" | awk '{ print $1 }' >"$res/data_bytes"
@@ -347,13 +357,15 @@ limit = int(env["MEM_LIMIT_MB"]) * 1048576
 load_r = load("load")
 print()
 print(f"Pact {rev}; {os.cpu_count()} cores; {records:,} records x {size} B "
-      f"({mib(records * size)} of values, {mib(data)} on disk for 3 replicas); "
+      f"({mib(records * size)} of values, {mib(data)} on disk for {env['REPLICAS']} "
+      f"replica(s) of each shard); "
       f"cgroup limit {mib(limit)} for the 3 servers (page cache included); "
       f"fjall cache {env['CACHE_MB']} MiB per node; {env['THREADS']} client tasks, "
       f"{env['DURATION']} s per run, seed {env['SEED']}")
-print(f"load: {load_r['throughput_ops_sec']:,.0f} records/s "
-      f"({load_r['operations']:,} in {load_r['runtime_ms'] / 1000:.0f} s, "
-      f"{load_r['failed']} failed); data / limit = {data / limit:.1f}x")
+loaded = load_r.get("records") or load_r["operations"]
+print(f"load: {loaded / max(load_r['runtime_ms'], 1) * 1000:,.0f} records/s "
+      f"({loaded:,} in {load_r['runtime_ms'] / 1000:.0f} s, {env['LOAD_BATCH']} per operation, "
+      f"{load_r['failed']} failed operations); data / limit = {data / limit:.1f}x")
 print()
 print("| workload | case | ops/s | READ p50 | READ p99 | UPDATE p99 | cgroup peak | limit hits |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")

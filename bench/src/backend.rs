@@ -1,13 +1,14 @@
 //! What the bench drives: a small trait so another store (etcd, see
 //! [`crate::etcd`]) can be measured with the same workloads and report.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use pact_client::{Client, ClientError, ClientOptions};
-use pact_common::ClusterConfig;
+use pact_client::{Client, ClientError, ClientOptions, Mutation};
+use pact_common::{ClusterConfig, ShardId};
 
 /// The operations the workloads need. Every method is one measured
 /// operation; errors are counted as failures, not retried by the bench.
@@ -16,6 +17,14 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send;
     /// Insert or overwrite one record.
     fn put(&self, key: &[u8], value: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Insert or overwrite several records (a load's `--batch`), in as
+    /// few round trips as the store allows. Not one atomic write: a
+    /// failure may leave some of the records written (the load counts the
+    /// whole batch as failed).
+    fn put_batch(
+        &self,
+        records: &[(Vec<u8>, Vec<u8>)],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Read up to `limit` records from `start` (inclusive) to `end`
     /// (exclusive); returns how many were read.
     fn scan(
@@ -124,6 +133,21 @@ impl Backend for PactBackend {
 
     async fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         Ok(self.client().put(key, value).await?)
+    }
+
+    /// One atomic single-shard write per shard the records fall on (one
+    /// Raft round each, one-phase), all shards at once.
+    async fn put_batch(&self, records: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
+        let client = self.client();
+        let mut by_shard: BTreeMap<ShardId, Vec<Mutation>> = BTreeMap::new();
+        for (k, v) in records {
+            by_shard
+                .entry(client.shard_for_key(k))
+                .or_default()
+                .push((k.clone(), Some(v.clone())));
+        }
+        futures::future::try_join_all(by_shard.into_values().map(|b| client.write(b))).await?;
+        Ok(())
     }
 
     async fn scan(&self, start: &[u8], end: &[u8], limit: u32) -> anyhow::Result<usize> {

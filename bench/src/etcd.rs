@@ -43,6 +43,9 @@ use pb::kv_client::KvClient;
 use pb::maintenance_client::MaintenanceClient;
 use pb::request_op::Request;
 
+/// etcd's default `--max-txn-ops`: the most operations one `Txn` may hold.
+const ETCD_MAX_TXN_OPS: usize = 128;
+
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long connecting and the first `Status` call may take per endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -296,6 +299,36 @@ impl Backend for EtcdBackend {
             })
             .await
             .map_err(|s| status_error(&m.url, &s))?;
+        Ok(())
+    }
+
+    /// One `Txn` of puts per [`ETCD_MAX_TXN_OPS`] records (etcd refuses
+    /// larger ones by default), all at once.
+    async fn put_batch(&self, records: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
+        let txns = records.chunks(ETCD_MAX_TXN_OPS).map(|chunk| {
+            let success = chunk
+                .iter()
+                .map(|(k, v)| pb::RequestOp {
+                    request: Some(Request::RequestPut(pb::PutRequest {
+                        key: k.clone(),
+                        value: v.clone(),
+                        ..Default::default()
+                    })),
+                })
+                .collect();
+            let m = self.member();
+            let mut kv = self.kv(m);
+            async move {
+                kv.txn(pb::TxnRequest {
+                    compare: Vec::new(),
+                    success,
+                    failure: Vec::new(),
+                })
+                .await
+                .map_err(|s| status_error(&m.url, &s))
+            }
+        });
+        futures::future::try_join_all(txns).await?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use pact_bench::workload::Workload;
 use pact_bench::{props, UsageError};
 use pact_client::ClientOptions;
 use pact_client::Given;
-use pact_common::ClusterConfig;
+use pact_common::{ClusterConfig, MAX_BATCH_BYTES, MAX_BATCH_OPS};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -119,6 +119,13 @@ struct Opts {
     /// are those of operations a server took at once.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     overload_retry_ms: Option<u64>,
+    /// Load only: write this many records per operation (Pact: one
+    /// atomic write per shard they fall on, the shards at once; etcd: one
+    /// Txn of puts per 128). Each batch is one INSERT in the report, which
+    /// adds the records written and records per second.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH_OPS as u64))]
+    batch: u64,
     /// Concurrent client tasks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
@@ -308,8 +315,24 @@ async fn main_inner(
         std::fs::File::create(path)
             .map_err(|e| usage(format!("--hdr-log {}: {e}", path.display())))?;
     }
+    if o.batch > 1 {
+        if phase == Phase::Run {
+            return Err(usage("--batch is for `bench load`"));
+        }
+        // A batch may fall on one shard: it must fit one write request.
+        let bytes = (o.batch as usize).saturating_mul(workload.record_bytes() + 64);
+        if bytes > MAX_BATCH_BYTES {
+            return Err(usage(format!(
+                "--batch {} of {}-byte records is about {bytes} bytes; one write takes at most \
+                 {MAX_BATCH_BYTES}: lower --batch",
+                o.batch,
+                workload.record_bytes()
+            )));
+        }
+    }
     let mut spec = Spec {
         phase,
+        batch: o.batch,
         threads: o.threads as usize,
         seed,
         duration: o.duration.map(Duration::from_secs),

@@ -65,6 +65,8 @@ pub struct Spec {
     /// With `target`: start each operation on schedule in its own task,
     /// with at most this many in flight (see the module doc).
     pub max_in_flight: Option<usize>,
+    /// Load: records per operation (`--batch`; 1 is one `put` each).
+    pub batch: u64,
 }
 
 struct Ctx<B> {
@@ -113,7 +115,8 @@ impl<B: Backend> Ctx<B> {
 pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<Report> {
     let w = &spec.workload;
     let limit = match spec.phase {
-        Phase::Load => w.recordcount,
+        // Load operation n writes records [n * batch, (n + 1) * batch).
+        Phase::Load => w.recordcount.div_ceil(spec.batch.max(1)),
         Phase::Run => w.operationcount.unwrap_or(u64::MAX),
     };
     // Built once, before the clock starts: summing zeta for a large key
@@ -194,6 +197,9 @@ pub async fn execute<B: Backend>(backend: Arc<B>, spec: Spec) -> anyhow::Result<
             let mut p = ctx.spec.workload.params();
             p["target_ops_sec"] = serde_json::json!(ctx.spec.target);
             p["max_in_flight"] = serde_json::json!(ctx.spec.max_in_flight);
+            if ctx.spec.phase == Phase::Load {
+                p["batch"] = serde_json::json!(ctx.spec.batch);
+            }
             p
         },
         backend: ctx.spec.backend_name,
@@ -427,29 +433,61 @@ async fn timed<B: Backend, T>(
 
 async fn load_one<B: Backend>(ctx: &Ctx<B>, rng: &mut StdRng, rec: &mut Recorder, n: u64) {
     let w = &ctx.spec.workload;
+    let batch = ctx.spec.batch.max(1);
+    if batch == 1 {
+        if w.needs_records() {
+            let key = record_key(n);
+            let value = record_value(rng, w.record_bytes());
+            timed(
+                ctx,
+                rec,
+                OpKind::Insert,
+                &key,
+                ctx.backend.put(&key, &value),
+            )
+            .await;
+        }
+        if w.needs_accounts() {
+            let key = account_key(n);
+            let value = INITIAL_BALANCE.to_string();
+            timed(
+                ctx,
+                rec,
+                OpKind::Insert,
+                &key,
+                ctx.backend.put(&key, value.as_bytes()),
+            )
+            .await;
+        }
+        return;
+    }
+    let first = n.saturating_mul(batch);
+    let nums = first..first.saturating_add(batch).min(w.recordcount);
+    let mut records = Vec::new();
     if w.needs_records() {
-        let key = record_key(n);
-        let value = record_value(rng, w.record_bytes());
-        timed(
-            ctx,
-            rec,
-            OpKind::Insert,
-            &key,
-            ctx.backend.put(&key, &value),
-        )
-        .await;
+        records.extend(
+            nums.clone()
+                .map(|i| (record_key(i), record_value(rng, w.record_bytes()))),
+        );
     }
     if w.needs_accounts() {
-        let key = account_key(n);
-        let value = INITIAL_BALANCE.to_string();
-        timed(
-            ctx,
-            rec,
-            OpKind::Insert,
-            &key,
-            ctx.backend.put(&key, value.as_bytes()),
-        )
-        .await;
+        records.extend(nums.map(|i| (account_key(i), INITIAL_BALANCE.to_string().into_bytes())));
+    }
+    let Some((key, _)) = records.first() else {
+        return;
+    };
+    let (key, written) = (key.clone(), records.len() as u64);
+    if timed(
+        ctx,
+        rec,
+        OpKind::Insert,
+        &key,
+        ctx.backend.put_batch(&records),
+    )
+    .await
+    .is_some()
+    {
+        rec.records += written;
     }
 }
 
@@ -550,6 +588,9 @@ mod tests {
         async fn put(&self, _: &[u8], _: &[u8]) -> anyhow::Result<()> {
             Ok(())
         }
+        async fn put_batch(&self, _: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
+            Ok(())
+        }
         async fn scan(&self, _: &[u8], _: &[u8], _: u32) -> anyhow::Result<usize> {
             Ok(0)
         }
@@ -573,6 +614,9 @@ mod tests {
             Ok(Some(b"v".to_vec()))
         }
         async fn put(&self, _: &[u8], _: &[u8]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn put_batch(&self, _: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
             Ok(())
         }
         async fn scan(&self, _: &[u8], _: &[u8], _: u32) -> anyhow::Result<usize> {
@@ -614,6 +658,63 @@ mod tests {
         assert!(r.ok_ops() + r.overloaded_ops() < 60);
     }
 
+    /// Keeps every batch it is given; batches holding `user7` fail.
+    #[derive(Default)]
+    struct Batches {
+        seen: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Backend for Batches {
+        async fn get(&self, _: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        async fn put(&self, _: &[u8], _: &[u8]) -> anyhow::Result<()> {
+            Err(anyhow::anyhow!("a batched load must not put one by one"))
+        }
+        async fn put_batch(&self, records: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
+            let keys: Vec<Vec<u8>> = records.iter().map(|(k, _)| k.clone()).collect();
+            let bad = keys.iter().any(|k| k == b"user7");
+            self.seen.lock().unwrap().push(keys);
+            if bad {
+                return Err(anyhow::anyhow!("refused"));
+            }
+            Ok(())
+        }
+        async fn scan(&self, _: &[u8], _: &[u8], _: u32) -> anyhow::Result<usize> {
+            Ok(0)
+        }
+        async fn txn_transfer(&self, _: &[Vec<u8>], _: i64) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `--batch 4` over 10 records: 3 operations of 4, 4 and 2 records,
+    /// each record in exactly one; the failed batch's records are not
+    /// counted as written.
+    #[tokio::test]
+    async fn batched_load_writes_each_record_once_and_counts_records() {
+        let backend = Arc::new(Batches::default());
+        let mut s = spec(None);
+        s.phase = Phase::Load;
+        s.duration = None;
+        s.threads = 2;
+        s.batch = 4;
+        let r = execute(backend.clone(), s).await.unwrap();
+        let mut sizes: Vec<usize> = backend.seen.lock().unwrap().iter().map(Vec::len).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![2, 4, 4]);
+        let mut keys: Vec<Vec<u8>> = backend.seen.lock().unwrap().concat();
+        keys.sort();
+        let mut want: Vec<Vec<u8>> = (0..10).map(record_key).collect();
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!((r.ok_ops(), r.failed_ops()), (2, 1));
+        // user7 is in the batch of records 4..8.
+        assert_eq!(r.data.records, 6);
+        assert_eq!(r.json()["records"], 6);
+        assert!(r.text().contains("[OVERALL], RecordsPerBatch, 4"));
+    }
+
     fn spec(target: Option<f64>) -> Spec {
         let mut workload = Workload::preset("c").unwrap();
         workload.recordcount = 10;
@@ -630,6 +731,7 @@ mod tests {
             watch_rss: Vec::new(),
             target,
             max_in_flight: None,
+            batch: 1,
         }
     }
 

@@ -114,6 +114,9 @@ pub struct Recorder {
     /// Open loop with an in-flight cap: operations not started because
     /// the bench itself had the cap's worth in flight at their time.
     pub(crate) not_started: u64,
+    /// Load with `--batch`: records in the batches that succeeded (each
+    /// batch is one INSERT operation).
+    pub(crate) records: u64,
     /// With `--target`: when the next operation was meant to start. Its
     /// latency counts from then, not from when it could start, so time
     /// spent queued behind a slow operation is measured (coordinated
@@ -154,6 +157,7 @@ impl Recorder {
             *a += b;
         }
         self.not_started += other.not_started;
+        self.records += other.records;
         let pairs = self
             .hists
             .iter_mut()
@@ -251,6 +255,15 @@ impl Report {
         all
     }
 
+    /// Records per load operation, when a load wrote them in batches
+    /// (`--batch` above 1).
+    fn batch(&self) -> Option<u64> {
+        self.params
+            .get("batch")
+            .and_then(|b| b.as_u64())
+            .filter(|b| *b > 1)
+    }
+
     /// The overload figures, if there is anything to say (some refusal,
     /// or an in-flight cap): text lines and JSON.
     fn shows_overload(&self) -> bool {
@@ -298,6 +311,16 @@ impl Report {
             format!("{:.2}", self.ok_ops() as f64 / self.secs()),
         );
         line("OVERALL", "Operations", self.ok_ops().to_string());
+        if let Some(b) = self.batch() {
+            // Each INSERT below is one batch of up to `b` records.
+            line("OVERALL", "RecordsPerBatch", b.to_string());
+            line("OVERALL", "Records", self.data.records.to_string());
+            line(
+                "OVERALL",
+                "Throughput(records/sec)",
+                format!("{:.2}", self.data.records as f64 / self.secs()),
+            );
+        }
         if let Some(t) = self.params.get("target_ops_sec").and_then(|t| t.as_f64()) {
             // Latencies below count from each operation's scheduled start.
             line("OVERALL", "Target(ops/sec)", format!("{t:.2}"));
@@ -428,6 +451,8 @@ impl Report {
             "operations": self.ok_ops(),
             "failed": self.failed_ops(),
             "throughput_ops_sec": self.ok_ops() as f64 / self.secs(),
+            "records": self.batch().map(|_| self.data.records),
+            "throughput_records_sec": self.batch().map(|_| self.data.records as f64 / self.secs()),
             "overloaded": self.overloaded_ops(),
             "overloaded_rate": self.overloaded_rate(),
             "not_started": self.data.not_started,

@@ -94,6 +94,46 @@ async fn load_and_run_workload_a_and_txn() {
     assert!(read["min"].as_u64().unwrap() <= read["p50"].as_u64().unwrap());
     assert!(read["p50"].as_u64().unwrap() <= read["max"].as_u64().unwrap());
 
+    // A batched load: 250 records, 40 per operation (one write per shard
+    // each), then every one of them readable.
+    let load = json(&bench(
+        cfg,
+        &[
+            "load",
+            "--workload",
+            "c",
+            "--recordcount",
+            "250",
+            "--fieldcount",
+            "2",
+            "--fieldlength",
+            "20",
+            "--batch",
+            "40",
+            "--threads",
+            "3",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["failed"], 0, "{load:#}\n{}", c.logs_tail());
+    assert_eq!(ops(&load, "INSERT"), 7, "{load:#}");
+    assert_eq!(load["records"], 250, "{load:#}");
+    assert_eq!(load["params"]["batch"], 40, "{load:#}");
+    let client = c.client();
+    for n in [0, 99, 100, 249] {
+        let v = client
+            .get(format!("user{n}").as_bytes())
+            .await
+            .expect("get");
+        assert_eq!(v.map(|v| v.len()), Some(40), "user{n}");
+    }
+    assert_eq!(client.get(b"user250").await.expect("get"), None);
+    let batch_run = Command::new(binary("bench"))
+        .args(["run", "--workload", "c", "--batch", "10"])
+        .output()
+        .expect("spawn bench");
+    assert_eq!(batch_run.status.code(), Some(2), "--batch is for load only");
+
     // A YCSB property file (scans and inserts), with a flag overriding it.
     let file = c.path().join("workload-e");
     std::fs::write(
@@ -183,7 +223,6 @@ async fn load_and_run_workload_a_and_txn() {
     }
 
     // Transfers conserve money.
-    let client = c.client();
     let mut total = 0i64;
     for n in 0..20 {
         let v = client

@@ -161,6 +161,12 @@ enum Cmd {
         /// a different number is refused).
         #[arg(long)]
         shards: Option<u64>,
+        /// Replicas of each shard and of the coordinator group, 1 to 3
+        /// [default: 3] (first start only). 1 keeps one copy of the data
+        /// (shard i on node i, no fault tolerance): for data sets too large
+        /// to store three times.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
+        replicas: Option<u64>,
         /// First port [default: 7001]; nodes use consecutive client ports
         /// from it (3, or 6 with --layout split), metrics 10 above and peer
         /// ports 20 above (first start only: on a restart, a different port
@@ -432,6 +438,7 @@ fn main() -> ExitCode {
     if let Cmd::Playground {
         dir,
         shards,
+        replicas,
         port,
         tls,
         layout,
@@ -440,6 +447,7 @@ fn main() -> ExitCode {
         let opts = playground::Options {
             dir: dir.clone(),
             shards: *shards,
+            replicas: *replicas,
             port: *port,
             tls: *tls,
             layout: *layout,

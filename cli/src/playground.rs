@@ -26,6 +26,12 @@ use pact_common::ClusterConfig;
 /// Used for a new playground when the flags do not say.
 const DEFAULT_SHARDS: u64 = 3;
 const DEFAULT_PORT: u16 = 7001;
+const DEFAULT_REPLICAS: u64 = 3;
+
+/// Replicas per shard of a playground's config (they all have the same).
+fn replicas_of(c: &ClusterConfig) -> Option<u64> {
+    c.shards.first().map(|s| s.replicas.len() as u64)
+}
 
 /// How the playground places its groups on processes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +65,9 @@ pub struct Options {
     pub dir: PathBuf,
     /// None: 3 for a new playground, whatever an existing one has.
     pub shards: Option<u64>,
+    /// Replicas per shard and of the coordinator group. None: 3 for a new
+    /// playground, whatever an existing one has.
+    pub replicas: Option<u64>,
     /// None: 7001 for a new playground, whatever an existing one has.
     pub port: Option<u16>,
     /// Make certificates and turn on mutual TLS (first start only).
@@ -108,6 +117,15 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
                 c.shards.len()
             );
         }
+        let has = replicas_of(&c);
+        if let Some(want) = opts.replicas.filter(|n| Some(*n) != has) {
+            bail!(
+                "{} has {} replicas per shard; --replicas {want} applies to a new playground \
+                 only (drop the flag to restart it, or use another --dir)",
+                path.display(),
+                has.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
         let first = first_port(&c);
         if let Some(want) = opts.port.filter(|p| Some(*p) != first) {
             bail!(
@@ -121,9 +139,10 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     }
     let shards = opts.shards.unwrap_or(DEFAULT_SHARDS);
     let port = opts.port.unwrap_or(DEFAULT_PORT);
+    let r = opts.replicas.unwrap_or(DEFAULT_REPLICAS);
     let mut c = match opts.layout.unwrap_or(Layout::Combined) {
-        Layout::Combined => ClusterConfig::local_combined(3, shards, 3, port)?,
-        Layout::Split => ClusterConfig::local_with_coordinators(3, shards, 3, 3, port)?,
+        Layout::Combined => ClusterConfig::local_combined(3, shards, r, port)?,
+        Layout::Split => ClusterConfig::local_with_coordinators(3, shards, r, r, port)?,
     };
     if opts.tls {
         c.tls = Some(
@@ -390,4 +409,45 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, replicas: Option<u64>) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            shards: None,
+            replicas,
+            port: Some(27_901),
+            tls: false,
+            layout: None,
+        }
+    }
+
+    #[test]
+    fn one_replica_playground_puts_shard_i_on_node_i_and_keeps_its_count() {
+        let dir = std::env::temp_dir().join(format!("pact-pg-replicas-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (c, _) = load_or_create(&opts(&dir, Some(1))).expect("new playground");
+        let placed: Vec<(u64, Vec<u64>)> = c
+            .shards
+            .iter()
+            .map(|s| (s.id.0, s.replicas.iter().map(|n| n.0).collect()))
+            .collect();
+        assert_eq!(placed, vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]);
+        assert_eq!(c.coordinators[0].replicas.len(), 1);
+        assert_eq!(Layout::of(&c), Layout::Combined);
+        // A restart keeps it; asking for another count is refused.
+        assert!(load_or_create(&opts(&dir, None)).is_ok());
+        assert!(load_or_create(&opts(&dir, Some(1))).is_ok());
+        let e = load_or_create(&opts(&dir, Some(3))).expect_err("changed replicas");
+        assert!(e.to_string().contains("--replicas 3"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+        // The default is three of each.
+        let (c, _) = load_or_create(&opts(&dir, None)).expect("new playground");
+        assert!(c.shards.iter().all(|s| s.replicas.len() == 3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
