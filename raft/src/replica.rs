@@ -450,7 +450,13 @@ impl Replica {
     pub async fn settle(&self, term: u64) -> bool {
         let mut delay = Duration::from_millis(20);
         loop {
-            if self.role().term != term || !self.raft.is_leader() {
+            // Both from the server metrics, the source of `leadership()`:
+            // openraft publishes them before its full metrics (which
+            // `Raft::is_leader` reads), so a new leader woken by that
+            // watch could read "not leader" here, give up, and leave its
+            // shard refusing transactions until the next election.
+            let role = self.role();
+            if role.term != term || !role.leader {
                 return false;
             }
             if self.read_barrier().await.is_ok() {
