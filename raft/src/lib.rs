@@ -79,6 +79,7 @@ pub mod server;
 mod snapshot;
 mod state_machine;
 mod store;
+mod tail;
 mod types;
 pub mod wire;
 

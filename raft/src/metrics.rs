@@ -66,6 +66,9 @@ pub struct ProcessMetrics {
     /// Requests refused with OVERLOADED, by the limit or queue that was
     /// full.
     pub admission_rejected: IntCounterVec,
+    /// Raft log reads, by where they were served from: `tail` (the newest
+    /// entries, in memory) or `store` (fjall, on the blocking pool).
+    pub log_reads: IntCounterVec,
 }
 
 /// Queue names of the `pact_queue_depth` gauge.
@@ -230,6 +233,15 @@ impl ProcessMetrics {
             &["limit"],
         )?;
         registry.register(Box::new(admission_rejected.clone()))?;
+        let log_reads = IntCounterVec::new(
+            Opts::new(
+                "pact_raft_log_reads_total",
+                "Raft log reads (replication, apply), by source: tail (the newest entries, in \
+                 memory) or store (fjall)",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(log_reads.clone()))?;
         Ok(ProcessMetrics {
             registry,
             fsync_seconds,
@@ -248,6 +260,7 @@ impl ProcessMetrics {
             admission_in_use,
             admission_limit,
             admission_rejected,
+            log_reads,
         })
     }
 

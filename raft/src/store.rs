@@ -51,7 +51,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -60,6 +60,7 @@ use pact_common::StorageTuning;
 
 use crate::codec::FORMAT_VERSION;
 use crate::journal_mark;
+use crate::tail::Tail;
 use crate::types::TypeConfig;
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -171,7 +172,12 @@ pub struct NodeStore {
     /// the async thread that makes it.
     jobs: crossbeam_channel::Sender<Job>,
     room: Arc<tokio::sync::Semaphore>,
+    /// Held while a job is put in `jobs` (never across an await).
+    order: Mutex<()>,
     poison: Arc<Poison>,
+    /// The newest log entries of each group (see [`crate::tail`]); told
+    /// of every log delete as it is queued.
+    pub(crate) tails: crate::tail::Tails,
 }
 
 /// Set once, by the first storage failure: every later write is refused
@@ -454,7 +460,9 @@ impl NodeStore {
             snap_dir,
             jobs: tx,
             room: Arc::new(tokio::sync::Semaphore::new(queue)),
+            order: Mutex::new(()),
             poison: poison.clone(),
+            tails: crate::tail::Tails::default(),
         });
         let writer = Writer {
             db,
@@ -507,12 +515,31 @@ impl NodeStore {
     }
 
     async fn enqueue(&self, ops: Vec<Op>, compute: Option<Compute>, notify: Notify) {
+        self.enqueue_reading(ops, compute, notify, None).await;
+    }
+
+    /// Queue a job; with `tail`, also read that log tail's generation in
+    /// the same step as the job takes its place in the queue (see
+    /// [`NodeStore::submit_append`]).
+    async fn enqueue_reading(
+        &self,
+        ops: Vec<Op>,
+        compute: Option<Compute>,
+        notify: Notify,
+        tail: Option<&Mutex<Tail>>,
+    ) -> Option<u64> {
         // Without a slot (never: the semaphore is not closed) the job is
         // dropped with its notify channel, which the submitter reports as
         // an I/O error, as for a dead writer thread.
-        let Some(slot) = Slot::take(&self.room).await else {
-            return;
-        };
+        let slot = Slot::take(&self.room).await?;
+        // Jobs reach the queue in the order they pass this lock, so the
+        // tails see log deletes and appends in the writer's order.
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        // Before the job can run: from here on no read is served from a
+        // tail an entry this job deletes (a computed job's ops are the
+        // state machine's, never the log's).
+        self.tails.forget_deletes(&ops);
+        let generation = tail.and_then(|t| t.lock().ok().map(|t| t.generation()));
         // Never full (see `jobs`). The writer thread lives as long as the
         // store; the send can only fail if it died, in which case the
         // notify channel is dropped and the submitter sees a closed
@@ -523,6 +550,20 @@ impl NodeStore {
             notify,
             _slot: slot,
         });
+        generation
+    }
+
+    /// Queue a log append; returns the generation of the group's `tail`
+    /// as the job was queued, for [`Tail::push`] once it is visible: any
+    /// log delete queued after it changes the generation, and the entries
+    /// then stay out of the tail.
+    pub(crate) async fn submit_append(
+        &self,
+        ops: Vec<Op>,
+        notify: Notify,
+        tail: &Mutex<Tail>,
+    ) -> Option<u64> {
+        self.enqueue_reading(ops, None, notify, Some(tail)).await
     }
 
     /// Queue `compute` to run on the writer thread after every job queued
@@ -647,11 +688,12 @@ impl NodeStore {
         let mut bytes = 0usize;
         for g in self.space(space).range::<Vec<u8>, _>(range) {
             let (k, v) = g.into_inner().map_err(|e| self.read_failed(e))?;
-            bytes = bytes.saturating_add(v.len());
-            out.push((k.to_vec(), v.to_vec()));
-            if bytes >= max_bytes {
+            // At most `max_bytes`, but always one pair (as `crate::tail`).
+            if !out.is_empty() && bytes.saturating_add(v.len()) > max_bytes {
                 break;
             }
+            bytes = bytes.saturating_add(v.len());
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }

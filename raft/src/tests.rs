@@ -588,3 +588,79 @@ async fn a_full_writer_queue_makes_writers_wait_not_fail() {
         );
     }
 }
+
+/// The log tail (`crate::tail`) serves the newest entries but never one
+/// a delete removed, whoever queued the delete: a wipe of the group
+/// through the node store (as after an unreadable snapshot file) empties
+/// its reads at once and leaves other groups' alone; a truncation and a
+/// purge do the same for what they cover; entries written again are
+/// read back as the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_tail_never_serves_deleted_entries() {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::{EntryPayload, RaftLogReader};
+
+    use crate::store::{group_end, group_prefix};
+    use crate::types::{Entry, LogId};
+
+    let id = |term: u64, index: u64| {
+        LogId::new(
+            openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
+            index,
+        )
+    };
+    let entries = |term: u64, r: std::ops::RangeInclusive<u64>| -> Vec<Entry> {
+        r.map(|i| Entry {
+            log_id: id(term, i),
+            payload: EntryPayload::Blank,
+        })
+        .collect()
+    };
+    async fn read(log: &mut LogStore, r: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(r)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let mut log = LogStore::new(7, store.clone());
+    let mut other = LogStore::new(8, store.clone());
+    log.append(entries(1, 1..=5), IOFlushed::noop())
+        .await
+        .unwrap();
+    other
+        .append(entries(1, 1..=3), IOFlushed::noop())
+        .await
+        .unwrap();
+    assert_eq!(read(&mut log, 2..4).await, vec![(2, 1), (3, 1)]);
+
+    store
+        .write_durable(vec![Op::DeleteRange(
+            Space::Log,
+            group_prefix(7).to_vec(),
+            group_end(7),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(read(&mut log, 1..6).await, vec![]);
+    assert_eq!(read(&mut other, 1..4).await.len(), 3);
+
+    log.append(entries(2, 1..=4), IOFlushed::noop())
+        .await
+        .unwrap();
+    assert_eq!(read(&mut log, 3..5).await, vec![(3, 2), (4, 2)]);
+    log.truncate_after(Some(id(2, 2))).await.unwrap();
+    assert_eq!(read(&mut log, 1..5).await, vec![(1, 2), (2, 2)]);
+    log.append(entries(3, 3..=3), IOFlushed::noop())
+        .await
+        .unwrap();
+    assert_eq!(read(&mut log, 2..4).await, vec![(2, 2), (3, 3)]);
+    log.purge(id(2, 1)).await.unwrap();
+    assert_eq!(read(&mut log, 1..4).await, vec![(2, 2), (3, 3)]);
+    // The reader openraft hands to replication shares the same tail.
+    let mut reader = log.get_log_reader().await;
+    assert_eq!(read(&mut reader, 3..4).await, vec![(3, 3)]);
+}
