@@ -19,7 +19,7 @@ use crate::store::{
     blocking, group_end, group_key, group_prefix, log_key, NodeStore, Notify, Op, Space,
     META_COMMITTED, META_PURGED, META_VOTE,
 };
-use crate::tail::{Tail, MAX_TAIL_BYTES};
+use crate::tail::{Tail, MAX_TAIL_BYTES, MAX_TAIL_ENTRIES};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one AppendEntries carries (a single larger entry
@@ -274,9 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut ops = Vec::new();
         let mut kept = VecDeque::new();
         let mut kept_bytes = 0usize;
-        let mut first = None;
         for e in entries {
-            first.get_or_insert(e.log_id.index);
             let bytes = encode(&e)?;
             let size = bytes.len();
             ops.push(Op::Put(
@@ -287,21 +285,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Only the newest entries that fit the tail are kept for it.
             kept_bytes += size;
             kept.push_back((e, size));
-            while kept_bytes > MAX_TAIL_BYTES {
+            while kept_bytes > MAX_TAIL_BYTES || kept.len() > MAX_TAIL_ENTRIES {
                 match kept.pop_front() {
                     Some((_, b)) => kept_bytes -= b,
                     None => break,
                 }
             }
         }
-        // Entries at these indexes are being replaced (openraft truncates
-        // first, but the tail does not count on it): none may be served
-        // from the tail once the new ones are visible in fjall.
-        if let Some(first) = first {
-            if let Ok(mut t) = self.tail.lock() {
-                t.forget(first, u64::MAX);
-            }
-        }
+        // The entries these replace (openraft truncates first, but the tail
+        // does not count on it) leave the tail as the job is queued
+        // (`Tails::forget_deletes` treats log puts as replacements).
         let (tx, rx) = tokio::sync::oneshot::channel();
         let generation = self
             .store

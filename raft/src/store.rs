@@ -670,9 +670,8 @@ impl NodeStore {
         Ok(out)
     }
 
-    /// The pairs of `[from, to)` in key order, stopping after the first
-    /// pair that brings the values' total to `max_bytes` or more: always at
-    /// least one pair when the range holds any.
+    /// The pairs of `[from, to)` in key order whose values total at most
+    /// `max_bytes`: always at least one pair when the range holds any.
     pub(crate) fn range_bytes_sync(
         &self,
         space: Space,

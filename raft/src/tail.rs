@@ -6,8 +6,8 @@
 //! **Invariant: the cache never holds an entry fjall does not hold under
 //! the same index**, so a read it serves is the read fjall would serve.
 //! - Entries go in only after their write is visible in fjall
-//!   ([`Tail::push`]), and an append first drops the cached entries from
-//!   its first index on (the ones it replaces).
+//!   ([`Tail::push`]); as an append is queued, the cached entries from its
+//!   first index on (the ones it replaces) are dropped.
 //! - Every delete of log keys, whoever queues it (truncation, purge, a
 //!   wiped group), drops the entries it covers as it takes its place in
 //!   the writer's queue, before the writer runs it
@@ -55,11 +55,15 @@ impl Tails {
     }
 
     /// `ops` are about to be queued: drop every cached entry a delete
-    /// among them covers, in any group. Called with the job's place in
-    /// the queue taken and under the queue's order lock, so a generation
-    /// read in the same step (see `NodeStore::submit_append`) is exactly
-    /// the deletes queued before that append.
+    /// among them covers, in any group, and every entry a log put
+    /// replaces (from the job's first put of a group on). Called with the
+    /// job's place in the queue taken and under the queue's order lock,
+    /// so a generation read in the same step (see
+    /// `NodeStore::submit_append`) counts exactly the jobs touching the
+    /// log that were queued before it.
     pub(crate) fn forget_deletes(&self, ops: &[Op]) {
+        // Per group, the lowest index this job puts.
+        let mut puts: Vec<(u64, u64)> = Vec::new();
         for op in ops {
             match op {
                 Op::DeleteRange(Space::Log, from, to) => self.forget_keys(from, to),
@@ -68,8 +72,25 @@ impl Tails {
                     end.push(0);
                     self.forget_keys(key, &end);
                 }
+                Op::Put(Space::Log, key, _) => {
+                    let (Some(g), Some(i)) = (key.get(..8), key.get(8..16)) else {
+                        // Not a log key's shape: forget everything after it.
+                        self.forget_keys(key, &[0xff; 17]);
+                        continue;
+                    };
+                    let g = u64::from_be_bytes(g.try_into().unwrap_or([0; 8]));
+                    let i = u64::from_be_bytes(i.try_into().unwrap_or([0; 8]));
+                    match puts.iter_mut().find(|(pg, _)| *pg == g) {
+                        Some((_, low)) => *low = (*low).min(i),
+                        None => puts.push((g, i)),
+                    }
+                }
                 _ => {}
             }
+        }
+        for (group, low) in puts {
+            let from = crate::store::log_key(group, low);
+            self.forget_keys(&from, &group_end(group));
         }
     }
 
@@ -88,6 +109,13 @@ impl Tails {
             }
             // A key inside the group: its index (a shorter key sorts
             // before index 0 of the group, a longer one after its index).
+            // A key between the bounds that does not start with the
+            // group's prefix is shorter than it and sorts after every key
+            // of the group.
+            let past = |k: &[u8]| !k.starts_with(lo.as_slice());
+            if past(from) && from > lo.as_slice() {
+                continue;
+            }
             let index = |k: &[u8]| -> u64 {
                 let mut b = [0u8; 8];
                 let tail = k.get(8..).unwrap_or(&[]);
@@ -105,7 +133,7 @@ impl Tails {
             } else {
                 index(from)
             };
-            let end = if to >= hi.as_slice() {
+            let end = if to >= hi.as_slice() || past(to) {
                 u64::MAX
             } else {
                 index(to)
@@ -408,6 +436,44 @@ mod tests {
         // A short start key: everything from the start.
         tails.forget_deletes(&[Op::DeleteRange(Space::Log, vec![], group_end(4))]);
         assert_eq!(held(4, 1, 2), None);
+    }
+
+    #[test]
+    fn puts_drop_what_they_replace_and_short_keys_sort_after_the_group() {
+        let tails = Tails::default();
+        for g in [1, 255] {
+            tails.of(g).lock().unwrap().push(0, run(1, 6, 1));
+        }
+        let held = |g: u64, from: u64, to: u64| {
+            tails
+                .of(g)
+                .lock()
+                .unwrap()
+                .get(from, to, usize::MAX)
+                .map(|v| v.len())
+        };
+        tails.forget_deletes(&[
+            Op::Put(Space::Log, log_key(1, 5), vec![]),
+            Op::Put(Space::Log, log_key(1, 4), vec![]),
+        ]);
+        assert_eq!(held(1, 1, 4), Some(3));
+        assert_eq!(held(1, 4, 5), None);
+        // [0, 0, 0, 0, 0, 0, 1] lies between group 255's prefix and the
+        // next group's, after every key of 255: the range runs to its end.
+        let short_end = vec![0, 0, 0, 0, 0, 0, 1];
+        tails.forget_deletes(&[Op::DeleteRange(
+            Space::Log,
+            log_key(255, 3),
+            short_end.clone(),
+        )]);
+        assert_eq!(held(255, 1, 3), Some(2));
+        assert_eq!(held(255, 3, 4), None);
+        assert_eq!(held(255, 5, 6), None);
+        // A short start key there covers nothing of 255.
+        let generation = tails.of(255).lock().unwrap().generation();
+        tails.of(255).lock().unwrap().push(generation, run(3, 5, 2));
+        tails.forget_deletes(&[Op::DeleteRange(Space::Log, short_end, vec![1])]);
+        assert_eq!(held(255, 1, 5), Some(4));
     }
 
     #[test]
