@@ -38,6 +38,9 @@ pub struct LockTable {
     ranges: BTreeMap<TxnId, Vec<Range>>,
     /// Keys each transaction holds, so release is proportional to what it holds.
     held: BTreeMap<TxnId, BTreeSet<Vec<u8>>>,
+    /// Releases that freed something, ever: a waiter needs waking only
+    /// when this moved.
+    releases: u64,
 }
 
 impl LockTable {
@@ -130,7 +133,16 @@ impl LockTable {
                 }
             }
         }
+        if any {
+            self.releases = self.releases.wrapping_add(1);
+        }
         any
+    }
+
+    /// How many releases freed something so far (wrapping): compared
+    /// before and after a step, whether it freed any lock.
+    pub fn releases(&self) -> u64 {
+        self.releases
     }
 
     /// Keys `txn` holds exclusively, sorted.
@@ -167,6 +179,30 @@ mod tests {
             node: 1,
             group: 1,
         }
+    }
+
+    #[test]
+    fn the_release_count_moves_only_when_a_release_frees_something() {
+        let mut l = LockTable::new();
+        assert!(l.try_key(t(1), b"a", Mode::Exclusive).is_ok());
+        assert!(l
+            .try_range(
+                t(2),
+                Range {
+                    start: b"b".to_vec(),
+                    end: None
+                }
+            )
+            .is_ok());
+        let n = l.releases();
+        assert!(l.try_key(t(3), b"c", Mode::Shared).is_ok());
+        assert_eq!(l.releases(), n, "a grant frees nothing");
+        assert!(!l.release_all(t(9)));
+        assert_eq!(l.releases(), n, "nothing held, nothing freed");
+        assert!(l.release_all(t(1)));
+        assert_eq!(l.releases(), n + 1);
+        assert!(l.release_all(t(2)));
+        assert_eq!(l.releases(), n + 2, "a range lock counts too");
     }
 
     #[test]

@@ -423,15 +423,24 @@ impl Node {
             let notified = s.shared.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let step = match s.shared.mgr.lock() {
-                Ok(mut m) => m.lock_prio(txn, first, prio, &target, self.now()),
+            let (step, freed) = match s.shared.mgr.lock() {
+                Ok(mut m) => {
+                    let before = m.lock_releases();
+                    let step = m.lock_prio(txn, first, prio, &target, self.now());
+                    (step, m.lock_releases() != before)
+                }
                 Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             match step {
                 Step::Granted => {
-                    // Granting may have wounded holders and freed their locks.
-                    s.shared.released.notify_waiters();
+                    // Granting may have wounded holders and freed their
+                    // locks; a grant alone frees nothing, and waking every
+                    // waiter of the shard on each one only had them look
+                    // again and wait again.
+                    if freed {
+                        s.shared.released.notify_waiters();
+                    }
                     break Ok(());
                 }
                 Step::NotLeader => break Err(Error::NotLeader { hint: None }),

@@ -179,6 +179,13 @@ impl TxnManager {
         self.term
     }
 
+    /// Lock releases that freed something so far (see
+    /// [`LockTable::releases`]): a step that leaves it unchanged freed
+    /// nothing, so no waiter needs waking.
+    pub fn lock_releases(&self) -> u64 {
+        self.locks.releases()
+    }
+
     /// This replica leads `term` and has applied everything committed
     /// before it. `prepared` are the replicated prepare records: their
     /// writers keep their exclusive locks until the decision arrives.
