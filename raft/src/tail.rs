@@ -300,6 +300,13 @@ mod tests {
         (from..to).map(|i| entry(term, i)).collect()
     }
 
+    /// How many of group `g`'s entries `[from, to)` its tail serves.
+    fn held(tails: &Tails, g: u64, from: u64, to: u64) -> Option<usize> {
+        let t = tails.of(g);
+        let t = t.lock().unwrap();
+        t.get(from, to, usize::MAX).map(|v| v.len())
+    }
+
     fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<(u64, u64)>> {
         v.map(|v| {
             v.iter()
@@ -412,14 +419,7 @@ mod tests {
         for g in 1..=4 {
             tails.of(g).lock().unwrap().push(0, run(1, 6, 1));
         }
-        let held = |g: u64, from: u64, to: u64| {
-            tails
-                .of(g)
-                .lock()
-                .unwrap()
-                .get(from, to, usize::MAX)
-                .map(|v| v.len())
-        };
+        let held = |g: u64, from: u64, to: u64| held(&tails, g, from, to);
         // One key.
         tails.forget_deletes(&[Op::Delete(Space::Log, log_key(1, 5))]);
         assert_eq!(held(1, 1, 5), Some(4));
@@ -444,14 +444,7 @@ mod tests {
         for g in [1, 255] {
             tails.of(g).lock().unwrap().push(0, run(1, 6, 1));
         }
-        let held = |g: u64, from: u64, to: u64| {
-            tails
-                .of(g)
-                .lock()
-                .unwrap()
-                .get(from, to, usize::MAX)
-                .map(|v| v.len())
-        };
+        let held = |g: u64, from: u64, to: u64| held(&tails, g, from, to);
         tails.forget_deletes(&[
             Op::Put(Space::Log, log_key(1, 5), vec![]),
             Op::Put(Space::Log, log_key(1, 4), vec![]),
