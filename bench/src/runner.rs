@@ -434,33 +434,6 @@ async fn timed<B: Backend, T>(
 async fn load_one<B: Backend>(ctx: &Ctx<B>, rng: &mut StdRng, rec: &mut Recorder, n: u64) {
     let w = &ctx.spec.workload;
     let batch = ctx.spec.batch.max(1);
-    if batch == 1 {
-        if w.needs_records() {
-            let key = record_key(n);
-            let value = record_value(rng, w.record_bytes());
-            timed(
-                ctx,
-                rec,
-                OpKind::Insert,
-                &key,
-                ctx.backend.put(&key, &value),
-            )
-            .await;
-        }
-        if w.needs_accounts() {
-            let key = account_key(n);
-            let value = INITIAL_BALANCE.to_string();
-            timed(
-                ctx,
-                rec,
-                OpKind::Insert,
-                &key,
-                ctx.backend.put(&key, value.as_bytes()),
-            )
-            .await;
-        }
-        return;
-    }
     let first = n.saturating_mul(batch);
     let nums = first..first.saturating_add(batch).min(w.recordcount);
     let mut records = Vec::new();
@@ -472,6 +445,13 @@ async fn load_one<B: Backend>(ctx: &Ctx<B>, rng: &mut StdRng, rec: &mut Recorder
     }
     if w.needs_accounts() {
         records.extend(nums.map(|i| (account_key(i), INITIAL_BALANCE.to_string().into_bytes())));
+    }
+    if batch == 1 {
+        // One `put` per record, each its own INSERT.
+        for (key, value) in &records {
+            timed(ctx, rec, OpKind::Insert, key, ctx.backend.put(key, value)).await;
+        }
+        return;
     }
     let Some((key, _)) = records.first() else {
         return;

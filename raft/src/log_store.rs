@@ -19,7 +19,7 @@ use crate::store::{
     blocking, group_end, group_key, group_prefix, log_key, NodeStore, Notify, Op, Space,
     META_COMMITTED, META_PURGED, META_VOTE,
 };
-use crate::tail::{Tail, MAX_TAIL_BYTES, MAX_TAIL_ENTRIES};
+use crate::tail::{keep_newest, Tail};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded entry bytes one AppendEntries carries (a single larger entry
@@ -86,18 +86,18 @@ impl LogStore {
         Some(hit)
     }
 
-    /// The index bounds `[start, end)` of `range`, if it is bounded.
-    fn bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    /// The first index of `range` (None if it starts past the last
+    /// possible one) and its exclusive end (None: to the end of the log).
+    fn bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i.checked_add(1)?,
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&i) => i.checked_add(1)?,
-            Bound::Excluded(&i) => i,
-            // Up to whatever is last: only fjall knows for certain.
-            Bound::Unbounded => return None,
+            Bound::Included(&i) => i.checked_add(1),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
         };
         Some((start, end))
     }
@@ -124,18 +124,10 @@ impl LogStore {
     }
 
     fn index_range(&self, range: impl RangeBounds<u64>) -> Option<(Vec<u8>, Vec<u8>)> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => i,
-            Bound::Excluded(&i) => i.checked_add(1)?,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => match i.checked_add(1) {
-                Some(e) => log_key(self.group, e),
-                None => group_end(self.group),
-            },
-            Bound::Excluded(&i) => log_key(self.group, i),
-            Bound::Unbounded => group_end(self.group),
+        let (start, end) = Self::bounds(&range)?;
+        let end = match end {
+            Some(e) => log_key(self.group, e),
+            None => group_end(self.group),
         };
         let start = log_key(self.group, start);
         if start >= end {
@@ -156,8 +148,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        if let Some(hit) =
-            Self::bounds(&range).and_then(|(start, end)| self.read_tail(start, end, usize::MAX))
+        // An open end reaches whatever is last: only fjall knows for certain.
+        if let Some(hit) = Self::bounds(&range)
+            .and_then(|(start, end)| end.and_then(|end| self.read_tail(start, end, usize::MAX)))
         {
             return Ok(hit);
         }
@@ -285,16 +278,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Only the newest entries that fit the tail are kept for it.
             kept_bytes += size;
             kept.push_back((e, size));
-            while kept_bytes > MAX_TAIL_BYTES || kept.len() > MAX_TAIL_ENTRIES {
-                match kept.pop_front() {
-                    Some((_, b)) => kept_bytes -= b,
-                    None => break,
-                }
-            }
+            keep_newest(&mut kept, &mut kept_bytes);
         }
         // The entries these replace (openraft truncates first, but the tail
         // does not count on it) leave the tail as the job is queued
-        // (`Tails::forget_deletes` treats log puts as replacements).
+        // (`Tails::forget_replaced` treats log puts as replacements).
         let (tx, rx) = tokio::sync::oneshot::channel();
         let generation = self
             .store

@@ -538,7 +538,7 @@ impl NodeStore {
         // Before the job can run: from here on no read is served from a
         // tail an entry this job deletes (a computed job's ops are the
         // state machine's, never the log's).
-        self.tails.forget_deletes(&ops);
+        self.tails.forget_replaced(&ops);
         let generation = tail.and_then(|t| t.lock().ok().map(|t| t.generation()));
         // Never full (see `jobs`). The writer thread lives as long as the
         // store; the send can only fail if it died, in which case the

@@ -11,7 +11,7 @@
 //! - Every delete of log keys, whoever queues it (truncation, purge, a
 //!   wiped group), drops the entries it covers as it takes its place in
 //!   the writer's queue, before the writer runs it
-//!   ([`Tails::forget_deletes`], called by `NodeStore` under the lock that
+//!   ([`Tails::forget_replaced`], called by `NodeStore` under the lock that
 //!   orders the queue).
 //! - Each delete also bumps the group's generation, and an append reads
 //!   the generation under that same lock as it is queued: if a delete
@@ -35,6 +35,17 @@ use crate::types::Entry;
 pub(crate) const MAX_TAIL_ENTRIES: usize = 1024;
 /// Encoded bytes of the entries kept per group at most.
 pub(crate) const MAX_TAIL_BYTES: usize = 2 << 20;
+
+/// Drop the oldest of `entries` (with their encoded sizes, totalling
+/// `bytes`) until they are within the tail's bounds.
+pub(crate) fn keep_newest(entries: &mut VecDeque<(Entry, usize)>, bytes: &mut usize) {
+    while entries.len() > MAX_TAIL_ENTRIES || *bytes > MAX_TAIL_BYTES {
+        match entries.pop_front() {
+            Some((_, b)) => *bytes -= b,
+            None => break,
+        }
+    }
+}
 
 /// Every group's tail on one node, by group id.
 #[derive(Default)]
@@ -61,7 +72,7 @@ impl Tails {
     /// so a generation read in the same step (see
     /// `NodeStore::submit_append`) counts exactly the jobs touching the
     /// log that were queued before it.
-    pub(crate) fn forget_deletes(&self, ops: &[Op]) {
+    pub(crate) fn forget_replaced(&self, ops: &[Op]) {
         // Per group, the lowest index this job puts.
         let mut puts: Vec<(u64, u64)> = Vec::new();
         for op in ops {
@@ -178,6 +189,18 @@ impl Tail {
         self.bytes = 0;
     }
 
+    fn pop_front(&mut self) {
+        if let Some((_, b)) = self.entries.pop_front() {
+            self.bytes -= b;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some((_, b)) = self.entries.pop_back() {
+            self.bytes -= b;
+        }
+    }
+
     fn disable(&mut self) {
         self.clear();
         self.disabled = true;
@@ -200,9 +223,7 @@ impl Tail {
                 // Overwrites from `first_new` on (a follower replacing a
                 // conflicting suffix): what it replaces goes.
                 while self.last().is_some_and(|l| l >= first_new) {
-                    if let Some((_, b)) = self.entries.pop_back() {
-                        self.bytes -= b;
-                    }
+                    self.pop_back();
                 }
             }
             (None, None) => {}
@@ -221,12 +242,7 @@ impl Tail {
             self.bytes += b;
             self.entries.push_back((e, b));
         }
-        while self.entries.len() > MAX_TAIL_ENTRIES || self.bytes > MAX_TAIL_BYTES {
-            match self.entries.pop_front() {
-                Some((_, b)) => self.bytes -= b,
-                None => break,
-            }
-        }
+        keep_newest(&mut self.entries, &mut self.bytes);
     }
 
     /// Drop indexes `[from, to)`. Any delete also keeps out the entries
@@ -242,15 +258,11 @@ impl Tail {
         }
         if from <= first {
             while self.first().is_some_and(|f| f < to) {
-                if let Some((_, b)) = self.entries.pop_front() {
-                    self.bytes -= b;
-                }
+                self.pop_front();
             }
         } else if to > last {
             while self.last().is_some_and(|l| l >= from) {
-                if let Some((_, b)) = self.entries.pop_back() {
-                    self.bytes -= b;
-                }
+                self.pop_back();
             }
         } else {
             // A hole in the middle: no delete of Pact's does this.
@@ -364,7 +376,7 @@ mod tests {
         // An append of 4..6 reads the generation, then (before its write
         // is visible) a truncation after 3 is queued.
         let generation = tail.lock().unwrap().generation();
-        tails.forget_deletes(&[Op::DeleteRange(Space::Log, log_key(3, 4), group_end(3))]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, log_key(3, 4), group_end(3))]);
         tail.lock().unwrap().push(generation, run(4, 6, 1));
         assert_eq!(
             tail.lock().unwrap().get(4, 5, usize::MAX).map(|v| v.len()),
@@ -389,7 +401,7 @@ mod tests {
         let tail = tails.of(1);
         tail.lock().unwrap().push(0, run(1, 10, 1));
         let generation = tail.lock().unwrap().generation();
-        tails.forget_deletes(&[Op::DeleteRange(Space::Log, log_key(1, 0), log_key(1, 6))]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, log_key(1, 0), log_key(1, 6))]);
         {
             let t = tail.lock().unwrap();
             assert_eq!(
@@ -421,20 +433,20 @@ mod tests {
         }
         let held = |g: u64, from: u64, to: u64| held(&tails, g, from, to);
         // One key.
-        tails.forget_deletes(&[Op::Delete(Space::Log, log_key(1, 5))]);
+        tails.forget_replaced(&[Op::Delete(Space::Log, log_key(1, 5))]);
         assert_eq!(held(1, 1, 5), Some(4));
         assert_eq!(held(1, 5, 6), None);
         // A range over groups 2 and 3, from the middle of 2 to the middle of 3.
-        tails.forget_deletes(&[Op::DeleteRange(Space::Log, log_key(2, 4), log_key(3, 3))]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, log_key(2, 4), log_key(3, 3))]);
         assert_eq!(held(2, 1, 4), Some(3));
         assert_eq!(held(2, 4, 5), None);
         assert_eq!(held(3, 1, 2), None);
         assert_eq!(held(3, 3, 6), Some(3));
         // Other spaces' deletes leave the log's tails alone.
-        tails.forget_deletes(&[Op::DeleteRange(Space::Sm, vec![0], vec![0xff; 9])]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Sm, vec![0], vec![0xff; 9])]);
         assert_eq!(held(4, 1, 6), Some(5));
         // A short start key: everything from the start.
-        tails.forget_deletes(&[Op::DeleteRange(Space::Log, vec![], group_end(4))]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, vec![], group_end(4))]);
         assert_eq!(held(4, 1, 2), None);
     }
 
@@ -445,7 +457,7 @@ mod tests {
             tails.of(g).lock().unwrap().push(0, run(1, 6, 1));
         }
         let held = |g: u64, from: u64, to: u64| held(&tails, g, from, to);
-        tails.forget_deletes(&[
+        tails.forget_replaced(&[
             Op::Put(Space::Log, log_key(1, 5), vec![]),
             Op::Put(Space::Log, log_key(1, 4), vec![]),
         ]);
@@ -454,7 +466,7 @@ mod tests {
         // [0, 0, 0, 0, 0, 0, 1] lies between group 255's prefix and the
         // next group's, after every key of 255: the range runs to its end.
         let short_end = vec![0, 0, 0, 0, 0, 0, 1];
-        tails.forget_deletes(&[Op::DeleteRange(
+        tails.forget_replaced(&[Op::DeleteRange(
             Space::Log,
             log_key(255, 3),
             short_end.clone(),
@@ -465,7 +477,7 @@ mod tests {
         // A short start key there covers nothing of 255.
         let generation = tails.of(255).lock().unwrap().generation();
         tails.of(255).lock().unwrap().push(generation, run(3, 5, 2));
-        tails.forget_deletes(&[Op::DeleteRange(Space::Log, short_end, vec![1])]);
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, short_end, vec![1])]);
         assert_eq!(held(255, 1, 5), Some(4));
     }
 
@@ -475,7 +487,7 @@ mod tests {
         tails.of(1).lock().unwrap().push(0, run(1, 4, 1));
         tails.of(2).lock().unwrap().push(0, run(1, 4, 1));
         let wipe = Op::DeleteRange(Space::Log, group_prefix(1).to_vec(), group_end(1));
-        tails.forget_deletes(&[wipe]);
+        tails.forget_replaced(&[wipe]);
         assert_eq!(
             tails
                 .of(1)
