@@ -490,6 +490,9 @@ impl Apply for KvApp {
                 Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
                 Notice::Finished(txn) => {
                     m.finish(txn);
+                    // A decision whose locks went early: it is in the
+                    // log, and a commit's writes are in the store now.
+                    m.decision_applied(txn);
                 }
                 Notice::Nothing => {}
             }
@@ -731,6 +734,43 @@ mod tests {
         let reply = m.run(2, fence(t(4)));
         assert_eq!(fenced_state(&reply), TxnState::Aborted);
         assert_eq!(notice(&fence(t(4)), &reply), Notice::Finished(t(4)));
+    }
+
+    /// A commit whose locks went at its decision: the apply, once
+    /// visible, ends the serving of its writes from memory and the wait for it to be logged (and nothing
+    /// else does).
+    #[test]
+    fn the_visible_commit_ends_the_decided_writes_kept_in_memory() {
+        use crate::locks::Mode;
+        use crate::txn::{Step, Target, TxnLimits, TxnManager};
+        let mut mgr = TxnManager::new(TxnLimits::default());
+        mgr.leader_ready(2, Vec::new(), 0);
+        let app = KvApp {
+            shared: Arc::new(Shared {
+                mgr: Mutex::new(mgr),
+                released: tokio::sync::Notify::new(),
+            }),
+        };
+        {
+            let mut m = app.shared.mgr.lock().unwrap();
+            assert_eq!(
+                m.lock(t(3), true, &Target::key(b"k", Mode::Exclusive), 0),
+                Step::Granted
+            );
+            m.buffer_write(t(3), b"k".to_vec(), Some(b"v".to_vec()));
+            m.begin_prepare(t(3), 0).unwrap();
+            m.prepare_applied(t(3), true);
+            assert!(m.decided(t(3), true, 0));
+        }
+        let served = || app.shared.mgr.lock().unwrap().committed_write(b"k");
+        let done = encode(&ShardReply::Done).unwrap();
+        // Other transactions' entries leave it alone.
+        let other = ShardCommand::Commit { txn: t(4) }.encode().unwrap();
+        app.visible(&other, &done);
+        assert_eq!(served(), Some(Some(b"v".to_vec())));
+        let commit = ShardCommand::Commit { txn: t(3) }.encode().unwrap();
+        app.visible(&commit, &done);
+        assert_eq!(served(), None);
     }
 
     fn outcomes(m: &Mem) -> usize {

@@ -584,8 +584,15 @@ impl Node {
     }
 
     async fn read_key(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let own = s.shared.mgr.lock().ok().and_then(|m| m.own_write(txn, key));
-        if let Some(v) = own {
+        // Its own pending write first, then a decided commit not yet
+        // applied (its locks went at the decision), then the store.
+        let pending = s
+            .shared
+            .mgr
+            .lock()
+            .ok()
+            .and_then(|m| m.own_write(txn, key).or_else(|| m.committed_write(key)));
+        if let Some(v) = pending {
             return Ok(v);
         }
         Ok(s.replica.get_local(&data_key(key)).await?)
@@ -603,13 +610,18 @@ impl Node {
             Some(e) => data_key(e),
             None => data_end(),
         };
-        // Own pending writes overlay the stored pairs; fetch enough stored
-        // pairs that deletes among them cannot leave the page short.
+        // Decided commits not yet applied, then own pending writes,
+        // overlay the stored pairs; fetch enough stored pairs that deletes
+        // among them cannot leave the page short.
         let own = s
             .shared
             .mgr
             .lock()
-            .map(|m| m.own_writes_in(txn, start, end))
+            .map(|m| {
+                let mut w = m.committed_in(start, end);
+                w.extend(m.own_writes_in(txn, start, end));
+                w
+            })
             .unwrap_or_default();
         let stored = s
             .replica
@@ -931,6 +943,11 @@ impl Node {
                 ))
             });
         }
+        if let Err(e) = await_decisions(s, &input.writes).await {
+            // Nothing was proposed: like any failed prepare, a "no".
+            self.release(s, txn);
+            return Ok(Vote::No(Abort::new(AbortKind::Unavailable, e.to_string())));
+        }
         let cmd = ShardCommand::Prepare {
             txn,
             writes: input.writes,
@@ -1040,7 +1057,28 @@ impl Node {
         } else {
             ShardCommand::Abort { txn }
         };
-        match self.propose(s, cmd).await? {
+        let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;
+        // A prepared transaction's locks go now, not after the apply, so
+        // its keys' next users do not wait out a Raft round; writes of its
+        // keys wait until the decision is seen in the log, and the owner
+        // proposes it again if it is not (`TxnManager::decided`).
+        let now = self.now();
+        let freed = s
+            .shared
+            .mgr
+            .lock()
+            .map(|mut m| m.decided(txn, commit, now))
+            .unwrap_or(false);
+        if freed {
+            s.shared.released.notify_waiters();
+        }
+        let logged = proposal.committed().await;
+        let result = proposal.wait().await;
+        if logged || result.is_ok() {
+            decision_logged(s, txn);
+        }
+        let (_, reply) = result?;
+        match ShardReply::decode(&reply).map_err(Error::Fatal)? {
             ShardReply::Done => {
                 if commit {
                     self.metrics.commits.with_label_values(&["two_phase"]).inc();
@@ -1220,6 +1258,76 @@ impl Node {
     }
 }
 
+/// How long a write waits for earlier decisions on its keys to be seen
+/// in the log (one Raft round when all is well; see [`await_decisions`]).
+/// Short, because it comes on top of the lock wait within the client's
+/// deadline; a write that gives up proposed nothing and is refused as
+/// retryable.
+const DECISION_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a decision released early may stay unseen in the log before
+/// the shard's owner proposes it again (its first proposal was refused
+/// or lost and nobody resent it).
+const RELOG_AFTER_MS: u64 = 500;
+
+/// Wait until no decision released early on a key of `writes` waits
+/// to be seen in the log (`TxnManager::decided`), so an entry with
+/// these writes lands behind every such decision; at most
+/// [`DECISION_WAIT`].
+async fn await_decisions(s: &Shard, writes: &[Mutation]) -> Result<(), Error> {
+    let deadline = Instant::now() + DECISION_WAIT;
+    loop {
+        let notified = s.shared.released.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let waits = s
+            .shared
+            .mgr
+            .lock()
+            .map(|m| m.awaits_decision(writes))
+            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
+        if !waits {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+            return Err(Error::Unavailable(
+                "an earlier transaction's decision on these keys is not in the log yet; retry"
+                    .into(),
+            ));
+        }
+    }
+}
+
+/// The leader saw `txn`'s decision committed in the log: writes of its
+/// keys may be proposed again.
+fn decision_logged(s: &Shard, txn: TxnId) {
+    if let Ok(mut m) = s.shared.mgr.lock() {
+        m.decision_logged(txn);
+    }
+    s.shared.released.notify_waiters();
+}
+
+/// Propose again a decision released early that was not seen in the log
+/// (`TxnManager::unlogged_after`). The coordinator's decision is final,
+/// so the shard may repeat it; applying it twice is harmless.
+async fn relog_decision(s: Arc<Shard>, txn: TxnId, commit: bool) {
+    let cmd = if commit {
+        ShardCommand::Commit { txn }
+    } else {
+        ShardCommand::Abort { txn }
+    };
+    let Ok(cmd) = encode_command(&cmd) else {
+        return;
+    };
+    tracing::info!(shard = s.replica.group(), %txn, commit, "decision not seen in the log yet; proposing it again");
+    if let Ok(mut p) = s.replica.submit(cmd).await {
+        if p.committed().await {
+            decision_logged(&s, txn);
+        }
+    }
+}
+
 /// The one-phase commit itself (see [`Node::commit_owned`]).
 async fn commit_locked(
     s: &Shard,
@@ -1242,6 +1350,9 @@ async fn commit_locked(
         }
         return Ok(0);
     }
+    // Behind every decision on these keys whose locks went before it
+    // was in the log (`TxnManager::decided`).
+    await_decisions(s, &input.writes).await?;
     let cmd = encode_command(&ShardCommand::OnePhase {
         txn,
         writes: input.writes,
@@ -1306,8 +1417,9 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                 }
                 _ = tick.tick() => {
                     let now = clock();
-                    let (expired, in_doubt, silent) = match s.shared.mgr.lock() {
+                    let (expired, in_doubt, silent, relog) = match s.shared.mgr.lock() {
                         Ok(mut m) => {
+                            let relog = m.unlogged_after(now, RELOG_AFTER_MS);
                             let expired = m.expire(now);
                             let silent = m.silent_active(now, ABANDONED_AFTER_MS);
                             let in_doubt: Vec<TxnId> = m
@@ -1319,10 +1431,13 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                             for t in &in_doubt {
                                 m.touch(*t, now);
                             }
-                            (expired, in_doubt, silent)
+                            (expired, in_doubt, silent, relog)
                         }
-                        Err(_) => (Vec::new(), Vec::new(), Vec::new()),
+                        Err(_) => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
                     };
+                    for (txn, commit) in relog {
+                        tokio::spawn(relog_decision(s.clone(), txn, commit));
+                    }
                     if !expired.is_empty() {
                         tracing::info!(shard = s.replica.group(), count = expired.len(), "expired idle transactions");
                         s.shared.released.notify_waiters();

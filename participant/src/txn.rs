@@ -124,7 +124,29 @@ pub struct TxnManager {
     term: Option<u64>,
     locks: LockTable,
     txns: BTreeMap<TxnId, Txn>,
+    /// Writes of transactions decided to commit whose commit entry is in
+    /// this leader's log but not applied yet, by key (the newest decided
+    /// write of each key, and whose it is). They hold no locks any more
+    /// (see [`TxnManager::decided`]), so readers must find their values
+    /// here until the commit is visible in the store.
+    committed: BTreeMap<Vec<u8>, (TxnId, Option<Vec<u8>>)>,
+    /// The keys each of those transactions has in `committed`.
+    committing: BTreeMap<TxnId, Vec<Vec<u8>>>,
+    /// Transactions released at their decision whose decision entry this
+    /// leader has not yet seen committed in the log. No write of their
+    /// keys may be proposed meanwhile ([`TxnManager::awaits_decision`]).
+    unlogged: BTreeMap<TxnId, Unlogged>,
     limits: TxnLimits,
+}
+
+/// A decision released before it was seen in the log.
+#[derive(Debug)]
+struct Unlogged {
+    /// The keys the transaction wrote, sorted.
+    keys: Vec<Vec<u8>>,
+    commit: bool,
+    /// When it was released, or last proposed again.
+    since_ms: u64,
 }
 
 /// What a lock request is for.
@@ -171,6 +193,9 @@ impl TxnManager {
             term: None,
             locks: LockTable::new(),
             txns: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            committing: BTreeMap::new(),
+            unlogged: BTreeMap::new(),
             limits,
         }
     }
@@ -225,6 +250,9 @@ impl TxnManager {
         self.term = None;
         self.locks = LockTable::new();
         self.txns.clear();
+        self.committed.clear();
+        self.committing.clear();
+        self.unlogged.clear();
     }
 
     pub fn status(&self, txn: TxnId) -> Option<&Status> {
@@ -256,6 +284,12 @@ impl TxnManager {
             return Step::Abort(Abort::new(
                 AbortKind::Expired,
                 "unknown transaction here (expired, or shard leadership changed)",
+            ));
+        }
+        if self.released_early(txn) {
+            return Step::Abort(Abort::new(
+                AbortKind::Conflict,
+                "transaction already decided; no more operations",
             ));
         }
         let t = self.txns.entry(txn).or_insert_with(|| Txn {
@@ -561,6 +595,123 @@ impl TxnManager {
         }
     }
 
+    /// The coordinator's decision on prepared `txn` was handed to this
+    /// leader's Raft: its locks go at once instead of when the decision is
+    /// applied, so the keys' next users need not wait out a Raft round.
+    /// Two things keep that safe. (1) Until the decision is committed in
+    /// the log ([`TxnManager::decision_logged`]), no write of its keys is
+    /// proposed ([`TxnManager::awaits_decision`]): Raft may still refuse
+    /// the entry (a lapsed leader lease refuses writes, and later ones can
+    /// be accepted again in the same term), and a write of those keys
+    /// must land behind the decision, never before it, and never beside
+    /// a second prepare record of the same key. (2) A committed
+    /// transaction's writes are served to readers from here until its
+    /// commit is visible in the store ([`TxnManager::decision_applied`]),
+    /// so no reader let in now sees the old values. A leader change drops
+    /// all of it with the locks; the new leader rebuilds them from the
+    /// prepare record, which only the decision's apply removes. Returns
+    /// whether anything was released; false (and nothing changes) unless
+    /// `txn` is prepared here.
+    pub fn decided(&mut self, txn: TxnId, commit: bool, now_ms: u64) -> bool {
+        if self.status(txn) != Some(&Status::Prepared) || self.released_early(txn) {
+            return false;
+        }
+        let Some(t) = self.txns.remove(&txn) else {
+            return false;
+        };
+        let keys: Vec<Vec<u8>> = t.writes.keys().cloned().collect();
+        if commit {
+            for (k, v) in t.writes {
+                self.committed.insert(k, (txn, v));
+            }
+            self.committing.insert(txn, keys.clone());
+        }
+        self.unlogged.insert(
+            txn,
+            Unlogged {
+                keys,
+                commit,
+                since_ms: now_ms,
+            },
+        );
+        self.locks.release_all(txn);
+        true
+    }
+
+    /// `txn` was released at its decision, which is not applied yet: it
+    /// is over here, and nothing may bring it back (a late request of it
+    /// is refused rather than registered anew).
+    fn released_early(&self, txn: TxnId) -> bool {
+        self.unlogged.contains_key(&txn) || self.committing.contains_key(&txn)
+    }
+
+    /// Decisions released early and still not seen in the log after
+    /// `after_ms` (the proposal was refused or lost, and nobody resent
+    /// it): the owner proposes them again, as (transaction, commit). Each
+    /// is reported once per `after_ms`.
+    pub fn unlogged_after(&mut self, now_ms: u64, after_ms: u64) -> Vec<(TxnId, bool)> {
+        let mut again = Vec::new();
+        for (txn, u) in &mut self.unlogged {
+            if now_ms.saturating_sub(u.since_ms) >= after_ms {
+                u.since_ms = now_ms;
+                again.push((*txn, u.commit));
+            }
+        }
+        again
+    }
+
+    /// The decision on `txn` is committed in the log: writes of its keys
+    /// may be proposed again (they land behind it).
+    pub fn decision_logged(&mut self, txn: TxnId) {
+        self.unlogged.remove(&txn);
+    }
+
+    /// Whether `txn`'s decision, released early, still waits to be seen
+    /// committed in the log.
+    pub fn decision_unlogged(&self, txn: TxnId) -> bool {
+        self.unlogged.contains_key(&txn)
+    }
+
+    /// Some key of `writes` belongs to a decision not yet committed in the
+    /// log: proposing them now could put them ahead of it.
+    pub fn awaits_decision(&self, writes: &[Mutation]) -> bool {
+        self.unlogged
+            .values()
+            .any(|u| writes.iter().any(|(k, _)| u.keys.binary_search(k).is_ok()))
+    }
+
+    /// The decision on `txn` is applied and visible in the store: its
+    /// writes need no longer be served from memory (unless a later decided
+    /// transaction wrote the key again, whose write stays), and it is
+    /// certainly in the log.
+    pub fn decision_applied(&mut self, txn: TxnId) {
+        self.unlogged.remove(&txn);
+        for k in self.committing.remove(&txn).unwrap_or_default() {
+            if matches!(self.committed.get(&k), Some((owner, _)) if *owner == txn) {
+                self.committed.remove(&k);
+            }
+        }
+    }
+
+    /// The value of `key` as last written by a transaction decided to
+    /// commit whose commit is not visible in the store yet, if any.
+    pub fn committed_write(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.committed.get(key).map(|(_, v)| v.clone())
+    }
+
+    /// [`TxnManager::committed_write`] for every key in `[start, end)`.
+    pub fn committed_in(&self, start: &[u8], end: Option<&[u8]>) -> Vec<Mutation> {
+        use std::ops::Bound;
+        let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec()));
+        if end.is_some_and(|e| e <= start) {
+            return Vec::new();
+        }
+        self.committed
+            .range((Bound::Included(start.to_vec()), upper))
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The transaction ended here (commit or abort applied, rollback,
     /// read-only prepare): release its locks and forget it.
     pub fn finish(&mut self, txn: TxnId) -> bool {
@@ -859,6 +1010,174 @@ mod tests {
             m.lock(t(10), true, &Target::key(b"k", Mode::Shared), 4),
             Step::Granted
         );
+    }
+
+    /// Lock `keys` for `txn`, buffer a write of each, prepare, and apply
+    /// the prepare: `txn` is then prepared here.
+    fn prepared_with(m: &mut TxnManager, txn: TxnId, writes: &[(&[u8], Option<&[u8]>)]) {
+        for (k, v) in writes {
+            assert_eq!(
+                m.lock(txn, true, &Target::key(k, Mode::Exclusive), 0),
+                Step::Granted
+            );
+            m.buffer_write(txn, k.to_vec(), v.map(<[u8]>::to_vec));
+        }
+        m.begin_prepare(txn, 0).unwrap();
+        m.prepare_applied(txn, true);
+    }
+
+    #[test]
+    fn a_decided_commit_frees_its_locks_and_serves_its_writes_until_applied() {
+        let mut m = mgr();
+        let x = |k: &[u8]| Target::key(k, Mode::Exclusive);
+        prepared_with(&mut m, t(20), &[(b"a", Some(b"1")), (b"b", None)]);
+        assert!(matches!(m.lock(t(10), true, &x(b"a"), 1), Step::Wait(_)));
+        assert_eq!(m.committed_write(b"a"), None, "undecided: nothing to serve");
+
+        let w = |k: &[u8]| vec![(k.to_vec(), Some(b"x".to_vec()))];
+        assert!(!m.awaits_decision(&w(b"a")));
+        assert!(m.decided(t(20), true, 0));
+        assert_eq!(m.status(t(20)), None);
+        // Until the decision is seen in the log, no write of its keys may
+        // be proposed (it could land ahead of it).
+        assert!(m.decision_unlogged(t(20)));
+        assert!(m.awaits_decision(&w(b"a")));
+        assert!(m.awaits_decision(&w(b"b")));
+        assert!(!m.awaits_decision(&w(b"c")));
+        assert_eq!(m.committed_write(b"a"), Some(Some(b"1".to_vec())));
+        assert_eq!(
+            m.committed_write(b"b"),
+            Some(None),
+            "a delete is served too"
+        );
+        assert_eq!(m.committed_write(b"c"), None);
+        assert_eq!(
+            m.committed_in(b"a", Some(b"c")),
+            vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), None)]
+        );
+        assert_eq!(m.committed_in(b"b", Some(b"b")), Vec::new());
+        assert_eq!(m.committed_in(b"c", None), Vec::new());
+        // The older waiter takes the lock at once, and sees the new value.
+        assert_eq!(m.lock(t(10), true, &x(b"a"), 2), Step::Granted);
+
+        // A second decision (a resend) changes nothing.
+        assert!(!m.decided(t(20), true, 0));
+        // Releases of other paths (a late request of the transaction
+        // failing, say) leave the served writes alone: only the apply ends
+        // them.
+        m.finish(t(20));
+        assert_eq!(m.committed_write(b"a"), Some(Some(b"1".to_vec())));
+
+        m.decision_logged(t(20));
+        assert!(!m.decision_unlogged(t(20)));
+        assert!(!m.awaits_decision(&w(b"a")));
+        assert_eq!(
+            m.committed_write(b"a"),
+            Some(Some(b"1".to_vec())),
+            "served until applied, not just logged"
+        );
+
+        // t(10) writes a again and commits after t(20): when t(20)'s
+        // commit is applied, t(10)'s write is still served.
+        m.buffer_write(t(10), b"a".to_vec(), Some(b"2".to_vec()));
+        m.begin_prepare(t(10), 3).unwrap();
+        m.prepare_applied(t(10), true);
+        assert!(m.decided(t(10), true, 0));
+        m.decision_applied(t(20));
+        assert_eq!(m.committed_write(b"a"), Some(Some(b"2".to_vec())));
+        assert_eq!(m.committed_write(b"b"), None);
+        assert!(
+            m.awaits_decision(&w(b"a")),
+            "t(10)'s decision is not logged"
+        );
+        // The apply implies the log: it ends the wait too.
+        m.decision_applied(t(10));
+        assert!(!m.awaits_decision(&w(b"a")));
+        assert_eq!(m.committed_write(b"a"), None);
+        assert_eq!(m.committed_in(b"", None), Vec::new());
+    }
+
+    #[test]
+    fn only_a_prepared_transaction_is_released_at_its_decision() {
+        let mut m = mgr();
+        let x = |k: &[u8]| Target::key(k, Mode::Exclusive);
+        // Active: its locks stay until the decision is applied.
+        assert_eq!(m.lock(t(20), true, &x(b"a"), 0), Step::Granted);
+        m.buffer_write(t(20), b"a".to_vec(), Some(b"1".to_vec()));
+        assert!(!m.decided(t(20), true, 0));
+        assert_eq!(m.committed_write(b"a"), None);
+        // Preparing: the same (its prepare record is not there yet).
+        m.begin_prepare(t(20), 1).unwrap();
+        assert!(!m.decided(t(20), true, 0));
+        assert!(matches!(m.lock(t(10), true, &x(b"a"), 1), Step::Wait(_)));
+        // Unknown here: nothing.
+        assert!(!m.decided(t(99), false, 0));
+
+        // A prepared transaction decided to abort frees its locks and
+        // serves nothing.
+        m.prepare_applied(t(20), true);
+        assert!(m.decided(t(20), false, 0));
+        assert_eq!(m.committed_write(b"a"), None);
+        assert_eq!(m.lock(t(10), true, &x(b"a"), 2), Step::Granted);
+        // An abort's keys wait for it to be logged too: a second prepare
+        // record of the key must not land beside the first.
+        assert!(m.awaits_decision(&[(b"a".to_vec(), None)]));
+        m.decision_applied(t(20));
+        assert!(!m.awaits_decision(&[(b"a".to_vec(), None)]));
+    }
+
+    #[test]
+    fn a_decision_not_seen_in_the_log_is_proposed_again_and_its_txn_stays_over() {
+        let mut m = mgr();
+        prepared_with(&mut m, t(20), &[(b"a", Some(b"1"))]);
+        prepared_with(&mut m, t(21), &[(b"b", None)]);
+        assert!(m.decided(t(20), true, 100));
+        assert!(m.decided(t(21), false, 300));
+        assert!(m.unlogged_after(500, 500).is_empty());
+        assert_eq!(m.unlogged_after(600, 500), vec![(t(20), true)]);
+        assert!(m.unlogged_after(700, 500).is_empty(), "once per interval");
+        assert_eq!(m.unlogged_after(800, 500), vec![(t(21), false)]);
+        assert_eq!(m.unlogged_after(1100, 500), vec![(t(20), true)]);
+        m.decision_logged(t(20));
+        assert!(m.unlogged_after(5000, 500).contains(&(t(21), false)));
+        assert!(!m.unlogged_after(9000, 500).contains(&(t(20), true)));
+        // A late first request of a decided transaction is refused, not
+        // registered anew (it could prepare and be decided again).
+        assert!(matches!(
+            m.lock(t(20), true, &Target::key(b"z", Mode::Shared), 10),
+            Step::Abort(_)
+        ));
+        assert_eq!(m.status(t(20)), None);
+        assert!(!m.decided(t(20), true, 10));
+        // Once applied, it is forgotten like any finished transaction.
+        m.decision_applied(t(20));
+        assert!(matches!(
+            m.lock(t(20), false, &Target::key(b"z", Mode::Shared), 11),
+            Step::Abort(_)
+        ));
+    }
+
+    #[test]
+    fn a_leader_change_drops_decided_writes_with_the_locks() {
+        let mut m = mgr();
+        prepared_with(&mut m, t(20), &[(b"a", Some(b"1"))]);
+        assert!(m.decided(t(20), true, 0));
+        m.step_down();
+        assert_eq!(m.committed_write(b"a"), None);
+        assert!(!m.decision_unlogged(t(20)));
+        // The new term rebuilds the prepared transaction from its record
+        // (its commit was not applied): it holds its lock again.
+        m.leader_ready(
+            4,
+            vec![(t(20), vec![(b"a".to_vec(), Some(b"1".to_vec()))])],
+            5,
+        );
+        assert_eq!(m.status(t(20)), Some(&Status::Prepared));
+        assert_eq!(m.committed_write(b"a"), None);
+        assert!(matches!(
+            m.lock(t(10), true, &Target::key(b"a", Mode::Shared), 6),
+            Step::Wait(_)
+        ));
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub use network::{
     Peers, Router, TransportService, MAX_APPEND_MESSAGE_BYTES, MAX_COMMAND_BYTES,
     MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
-pub use replica::{members, Host, Member, Replica, ReplicaStatus, Role, Tuning, READY_MAX_LAG};
+pub use replica::{
+    members, Host, Member, Proposal, Replica, ReplicaStatus, Role, Tuning, READY_MAX_LAG,
+};
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;
 

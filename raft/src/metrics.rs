@@ -69,6 +69,10 @@ pub struct ProcessMetrics {
     /// Raft log reads, by where they were served from: `tail` (the newest
     /// entries, in memory) or `store` (fjall, on the blocking pool).
     pub log_reads: IntCounterVec,
+    /// A proposal's time from being handed to Raft until this leader saw
+    /// it committed (`stage="commit"`), and from then until its apply was
+    /// visible (`stage="apply"`).
+    pub proposal_seconds: HistogramVec,
 }
 
 /// Queue names of the `pact_queue_depth` gauge.
@@ -242,6 +246,19 @@ impl ProcessMetrics {
             &["source"],
         )?;
         registry.register(Box::new(log_reads.clone()))?;
+        let proposal_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pact_raft_proposal_seconds",
+                "Stages of a proposal at its leader: commit (handed to Raft until committed \
+                 in the log) and apply (committed until its apply is visible)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["stage"],
+        )?;
+        registry.register(Box::new(proposal_seconds.clone()))?;
         Ok(ProcessMetrics {
             registry,
             fsync_seconds,
@@ -261,6 +278,7 @@ impl ProcessMetrics {
             admission_limit,
             admission_rejected,
             log_reads,
+            proposal_seconds,
         })
     }
 

@@ -151,6 +151,81 @@ pub struct Role {
     pub known_leader: Option<(u64, String)>,
 }
 
+/// A command queued by [`Replica::submit`], not yet known to be committed.
+pub struct Proposal<'a> {
+    replica: &'a Replica,
+    /// When it was handed to Raft, until it is seen committed; then when
+    /// it was seen committed (for the stage metrics).
+    since: std::time::Instant,
+    seen_committed: bool,
+    /// Both waits together end here: the replica's timeout after submit.
+    deadline: tokio::time::Instant,
+    committed: openraft::alias::OneshotReceiverOf<TypeConfig, crate::types::LogId>,
+    reply: openraft::alias::OneshotReceiverOf<
+        TypeConfig,
+        openraft::raft::ClientWriteResult<TypeConfig>,
+    >,
+}
+
+impl Proposal<'_> {
+    /// Wait until this leader has seen the command committed in the log
+    /// (before it is applied): true then. False if it will not see that
+    /// within the replica's timeout (counted from the submit, for this
+    /// and [`Proposal::wait`] together): the command was refused (a lapsed
+    /// leader lease refuses writes without losing leadership), leadership
+    /// was lost, or Raft stopped; [`Proposal::wait`] then tells which.
+    pub async fn committed(&mut self) -> bool {
+        if self.seen_committed {
+            return true;
+        }
+        let ok = matches!(
+            tokio::time::timeout_at(self.deadline, &mut self.committed).await,
+            Ok(Ok(_))
+        );
+        if ok {
+            self.seen_committed = true;
+            if let Some(m) = crate::metrics::process() {
+                m.proposal_seconds
+                    .with_label_values(&["commit"])
+                    .observe(self.since.elapsed().as_secs_f64());
+            }
+            self.since = std::time::Instant::now();
+        }
+        ok
+    }
+
+    /// Wait until the command is committed and applied: its log index and
+    /// the application's reply. Past the replica's timeout (from the
+    /// submit) the outcome is unknown (the entry may still commit).
+    pub async fn wait(self) -> Result<(u64, Vec<u8>), ReplicaError> {
+        let r = self.replica;
+        let result = tokio::time::timeout_at(self.deadline, self.reply).await;
+        if self.seen_committed && matches!(result, Ok(Ok(Ok(_)))) {
+            if let Some(m) = crate::metrics::process() {
+                m.proposal_seconds
+                    .with_label_values(&["apply"])
+                    .observe(self.since.elapsed().as_secs_f64());
+            }
+        }
+        match result {
+            Err(_) => Err(ReplicaError::Unknown(format!(
+                "no commit within {:?} (leader may have lost its quorum)",
+                r.timeout
+            ))),
+            Ok(Ok(Ok(resp))) => Ok((resp.log_id.index, resp.data.0)),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(ReplicaError::NotLeader {
+                leader: r.forward_hint(&f),
+            }),
+            Ok(Ok(Err(e))) => Err(ReplicaError::Unknown(e.to_string())),
+            // Raft dropped the command's responder: it is stopping.
+            Ok(Err(_)) => Err(r
+                .fatal()
+                .map(ReplicaError::Fatal)
+                .unwrap_or_else(|| ReplicaError::Unknown("raft stopped before answering".into()))),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Replica {
     group: u64,
@@ -385,6 +460,19 @@ impl Replica {
     /// Replicate `command` and apply it; returns the log index and the
     /// application's reply. Only the leader accepts proposals.
     pub async fn propose(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ReplicaError> {
+        let mut p = self.submit(command).await?;
+        // Only for the stage metrics: the outcome comes from `wait`.
+        p.committed().await;
+        p.wait().await
+    }
+
+    /// Hand `command` to Raft and return as soon as it is queued, before
+    /// it is replicated; [`Proposal::committed`] and [`Proposal::wait`]
+    /// then follow it. Being queued orders nothing: Raft may still refuse
+    /// the command (a leader whose lease lapsed refuses writes, and takes
+    /// later ones again in the same term once it is renewed), so only a
+    /// command seen committed is known to precede what is queued after.
+    pub async fn submit(&self, command: Vec<u8>) -> Result<Proposal<'_>, ReplicaError> {
         self.running()?;
         // Every entry must fit in an append its followers accept.
         if command.len() > crate::network::MAX_COMMAND_BYTES {
@@ -396,20 +484,31 @@ impl Replica {
         if !self.raft.is_leader() {
             return Err(self.not_leader());
         }
-        match tokio::time::timeout(self.timeout, self.raft.client_write(Command(command))).await {
-            Err(_) => Err(ReplicaError::Unknown(format!(
-                "no commit within {:?} (leader may have lost its quorum)",
-                self.timeout
-            ))),
-            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data.0)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ReplicaError::NotLeader {
-                    leader: self.forward_hint(&f),
-                })
+        let (responder, committed, reply) = openraft::impls::ProgressResponder::new();
+        // Queueing waits only while Raft's request queue is full; give up
+        // then as a whole proposal would (a send cut short queued nothing).
+        match tokio::time::timeout(
+            self.timeout,
+            self.raft.client_write_ff(Command(command), Some(responder)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ReplicaError::Unavailable(format!(
+                    "raft's request queue stayed full for {:?}",
+                    self.timeout
+                )))
             }
-            Ok(Err(RaftError::APIError(e))) => Err(ReplicaError::Unknown(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(ReplicaError::Fatal(e.to_string())),
+            Ok(r) => r.map_err(|e| ReplicaError::Fatal(e.to_string()))?,
         }
+        Ok(Proposal {
+            replica: self,
+            since: std::time::Instant::now(),
+            seen_committed: false,
+            deadline: tokio::time::Instant::now() + self.timeout,
+            committed,
+            reply,
+        })
     }
 
     /// Wait until this replica may serve a linearizable read: it is the
