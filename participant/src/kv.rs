@@ -27,16 +27,17 @@
 //!   overwritten per term instead of an abort record per id asked about
 //!   (the coordinator's `status`). It only grows, and deletes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pact_common::{Timestamp, TxnId};
 use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
 
-use crate::txn::TxnManager;
+use crate::txn::{Freed, TxnManager};
 
 pub const DATA_PREFIX: u8 = b'd';
 pub const PREPARED_PREFIX: u8 = b'p';
@@ -452,8 +453,124 @@ pub fn effect(
 /// State shared by a shard's apply path and its request handlers.
 pub struct Shared {
     pub mgr: Mutex<TxnManager>,
-    /// Woken whenever locks are released, so lock waiters retry.
+    /// Woken whenever locks are released or a decision is seen in the
+    /// log, for waits that are not for a particular transaction.
     pub released: tokio::sync::Notify,
+    /// A lock request waiting for transactions to let go waits on theirs
+    /// (and its own, should it be wounded meanwhile): a release wakes only
+    /// the requests blocked by the transaction that released, not every
+    /// waiter of the shard (each of which would take the manager's lock
+    /// only to find its key still held). An entry lives while someone
+    /// waits on it, or until its transaction's locks go.
+    wakers: Mutex<HashMap<TxnId, Arc<tokio::sync::Notify>>>,
+}
+
+impl Shared {
+    pub fn new(mgr: TxnManager) -> Self {
+        Shared {
+            mgr: Mutex::new(mgr),
+            released: tokio::sync::Notify::new(),
+            wakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Wake the requests waiting for locks that went since the last call,
+    /// and every general waiter. Call after anything that may release.
+    pub fn wake(&self) {
+        let freed = self
+            .mgr
+            .lock()
+            .map(|mut m| m.take_freed())
+            .unwrap_or(Freed::All);
+        self.wake_freed(freed);
+    }
+
+    fn wake_freed(&self, freed: Freed) {
+        if let Ok(mut w) = self.wakers.lock() {
+            match freed {
+                Freed::All => w.drain().for_each(|(_, n)| n.notify_waiters()),
+                Freed::Txns(txns) => {
+                    for t in txns {
+                        if let Some(n) = w.remove(&t) {
+                            n.notify_waiters();
+                        }
+                    }
+                }
+            }
+        }
+        self.released.notify_waiters();
+    }
+
+    /// Wait until a lock of one of `holders` goes, or `txn`'s own (it was
+    /// wounded), or `left` passes; false on the timeout. `seen` is the
+    /// manager's release count when the request last found its target
+    /// held: a release between that look and this registration would not
+    /// wake it, so it makes this return at once instead.
+    pub async fn await_release(
+        &self,
+        txn: TxnId,
+        holders: &[TxnId],
+        seen: u64,
+        left: Duration,
+    ) -> bool {
+        let waits = Registered::new(self, holders.iter().copied().chain(std::iter::once(txn)));
+        let mut woken: Vec<_> = waits
+            .notifies
+            .iter()
+            .map(|(_, n)| {
+                let mut f = Box::pin(n.notified());
+                f.as_mut().enable();
+                f
+            })
+            .collect();
+        if self
+            .mgr
+            .lock()
+            .map(|m| m.lock_releases() != seen)
+            .unwrap_or(true)
+        {
+            return true;
+        }
+        if woken.is_empty() {
+            // The wakers' lock was poisoned: look again shortly.
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            return !left.is_zero();
+        }
+        let any = futures::future::select_all(woken.iter_mut().map(|f| f.as_mut()));
+        tokio::time::timeout(left, any).await.is_ok()
+    }
+}
+
+/// A request's places in [`Shared::wakers`]; leaving (woken, timed out or
+/// cancelled) removes the entries nobody else waits on.
+struct Registered<'a> {
+    shared: &'a Shared,
+    notifies: Vec<(TxnId, Arc<tokio::sync::Notify>)>,
+}
+
+impl<'a> Registered<'a> {
+    fn new(shared: &'a Shared, txns: impl Iterator<Item = TxnId>) -> Self {
+        let notifies = match shared.wakers.lock() {
+            Ok(mut w) => txns.map(|t| (t, w.entry(t).or_default().clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        Registered { shared, notifies }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.shared.wakers.lock() {
+            for (t, n) in self.notifies.drain(..) {
+                // Two owners, the map and this request: no one else waits.
+                let alone =
+                    w.get(&t).is_some_and(|m| Arc::ptr_eq(m, &n)) && Arc::strong_count(&n) == 2;
+                if alone {
+                    w.remove(&t);
+                }
+            }
+        }
+    }
 }
 
 /// Turns committed shard commands into key changes, and tells the leader's
@@ -496,8 +613,12 @@ impl Apply for KvApp {
                 }
                 Notice::Nothing => {}
             }
+            let freed = m.take_freed();
+            drop(m);
+            self.shared.wake_freed(freed);
+        } else {
+            self.shared.wake();
         }
-        self.shared.released.notify_waiters();
     }
 
     fn state_replaced(&self) {
@@ -506,7 +627,7 @@ impl Apply for KvApp {
         if let Ok(mut m) = self.shared.mgr.lock() {
             m.step_down();
         }
-        self.shared.released.notify_waiters();
+        self.shared.wake();
     }
 }
 
@@ -736,6 +857,117 @@ mod tests {
         assert_eq!(notice(&fence(t(4)), &reply), Notice::Finished(t(4)));
     }
 
+    fn shared_with(locks: &[(TxnId, &[u8])]) -> Shared {
+        use crate::locks::Mode;
+        use crate::txn::{Step, Target, TxnLimits};
+        let mut mgr = TxnManager::new(TxnLimits::default());
+        mgr.leader_ready(2, Vec::new(), 0);
+        for (txn, key) in locks {
+            assert_eq!(
+                mgr.lock(*txn, true, &Target::key(key, Mode::Exclusive), 0),
+                Step::Granted
+            );
+        }
+        let shared = Shared::new(mgr);
+        shared.wake();
+        shared
+    }
+
+    fn releases(s: &Shared) -> u64 {
+        s.mgr.lock().unwrap().lock_releases()
+    }
+
+    /// A lock request waiting for a transaction is woken by that
+    /// transaction's release and by nothing else's, and leaves no entry
+    /// behind in the wakers.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_wakes_when_its_holder_lets_go_and_not_for_others() {
+        let s = Arc::new(shared_with(&[(t(1), b"a"), (t(2), b"b")]));
+        let seen = releases(&s);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.await_release(t(9), &[t(1)], seen, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(s.wakers.lock().unwrap().len(), 2, "its holder and itself");
+        // Another transaction's release does not wake it...
+        assert!(s.mgr.lock().unwrap().finish(t(2)));
+        s.wake();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        // ...its holder's does.
+        assert!(s.mgr.lock().unwrap().finish(t(1)));
+        s.wake();
+        assert!(waiter.await.unwrap(), "woken, not timed out");
+        assert!(s.wakers.lock().unwrap().is_empty(), "no entry left behind");
+    }
+
+    /// A waiter wounded meanwhile is woken by its own release; a release
+    /// between its look at the lock and its registration is not missed;
+    /// with nothing released it times out; a leadership change wakes all.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_wakes_on_its_own_release_a_missed_release_or_a_step_down() {
+        use crate::locks::Mode;
+        use crate::txn::{Step, Target};
+        let s = Arc::new(shared_with(&[(t(1), b"a"), (t(5), b"b")]));
+        let seen = releases(&s);
+        // Released before it registered: it returns at once.
+        assert!(s.mgr.lock().unwrap().finish(t(5)));
+        s.wake();
+        assert!(
+            s.await_release(t(9), &[t(1)], seen, Duration::from_secs(5))
+                .await
+        );
+        // Nothing released: the timeout.
+        let seen = releases(&s);
+        assert!(
+            !s.await_release(t(9), &[t(1)], seen, Duration::from_millis(200))
+                .await
+        );
+        // t(7) waits for t(1) while holding "c"; an older t(3) wounds it there.
+        assert_eq!(
+            s.mgr
+                .lock()
+                .unwrap()
+                .lock(t(7), true, &Target::key(b"c", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        let seen = releases(&s);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.await_release(t(7), &[t(1)], seen, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        {
+            let mut m = s.mgr.lock().unwrap();
+            let step = m.lock(t(3), true, &Target::key(b"c", Mode::Exclusive), 1);
+            assert!(matches!(step, Step::Wound(ref v) if v.len() == 1 && v[0].0 == t(7)));
+            assert!(m.wound_confirmed(t(7)));
+        }
+        s.wake();
+        assert!(waiter.await.unwrap(), "woken by its own release");
+        // A step-down wakes every waiter.
+        let seen = releases(&s);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.await_release(t(8), &[t(1)], seen, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        s.mgr.lock().unwrap().step_down();
+        s.wake();
+        assert!(waiter.await.unwrap());
+        assert!(s.wakers.lock().unwrap().is_empty());
+    }
+
     /// A commit whose locks went at its decision: the apply, once
     /// visible, ends the serving of its writes from memory and the wait for it to be logged (and nothing
     /// else does).
@@ -746,10 +978,7 @@ mod tests {
         let mut mgr = TxnManager::new(TxnLimits::default());
         mgr.leader_ready(2, Vec::new(), 0);
         let app = KvApp {
-            shared: Arc::new(Shared {
-                mgr: Mutex::new(mgr),
-                released: tokio::sync::Notify::new(),
-            }),
+            shared: Arc::new(Shared::new(mgr)),
         };
         {
             let mut m = app.shared.mgr.lock().unwrap();

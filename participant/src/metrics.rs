@@ -12,6 +12,7 @@ pub struct Metrics {
     pub aborts: IntCounterVec,
     /// Lock requests that had to wait.
     pub lock_waits: IntCounter,
+    pub lock_wakeups: IntCounter,
     /// How long waiting lock requests waited.
     pub lock_wait_seconds: Histogram,
     /// Lock table size per shard: keys locked (`kind="key"`) and range
@@ -43,6 +44,10 @@ impl Metrics {
         )?;
         let lock_waits =
             IntCounter::new("pact_lock_waits_total", "Lock requests that had to wait")?;
+        let lock_wakeups = IntCounter::new(
+            "pact_lock_wakeups_total",
+            "Times a waiting lock request was woken to look at its lock again",
+        )?;
         let lock_wait_seconds = Histogram::with_opts(
             HistogramOpts::new("pact_lock_wait_seconds", "Time lock requests spent waiting")
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0]),
@@ -68,12 +73,14 @@ impl Metrics {
         registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
         registry.register(Box::new(lock_waits.clone()))?;
+        registry.register(Box::new(lock_wakeups.clone()))?;
         registry.register(Box::new(lock_wait_seconds.clone()))?;
         Ok(Metrics {
             registry,
             commits,
             aborts,
             lock_waits,
+            lock_wakeups,
             lock_wait_seconds,
             lock_table,
             open_txns,

@@ -116,7 +116,7 @@ impl Drop for Release {
             if let Ok(mut m) = self.shared.mgr.lock() {
                 m.finish(self.txn);
             }
-            self.shared.released.notify_waiters();
+            self.shared.wake();
         }
     }
 }
@@ -226,13 +226,10 @@ impl Node {
                 continue;
             };
             let members = pact_raft::members(&config, &sc.replicas);
-            let shared = Arc::new(Shared {
-                mgr: std::sync::Mutex::new(TxnManager::new(TxnLimits {
-                    skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
-                    idle_timeout_ms: config.transactions.idle_timeout_ms,
-                })),
-                released: tokio::sync::Notify::new(),
-            });
+            let shared = Arc::new(Shared::new(TxnManager::new(TxnLimits {
+                skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
+                idle_timeout_ms: config.transactions.idle_timeout_ms,
+            })));
             let app = Arc::new(KvApp {
                 shared: shared.clone(),
             });
@@ -423,11 +420,12 @@ impl Node {
             let notified = s.shared.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (step, freed) = match s.shared.mgr.lock() {
+            let (step, freed, seen) = match s.shared.mgr.lock() {
                 Ok(mut m) => {
                     let before = m.lock_releases();
                     let step = m.lock_prio(txn, first, prio, &target, self.now());
-                    (step, m.lock_releases() != before)
+                    let after = m.lock_releases();
+                    (step, after != before, after)
                 }
                 Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
             };
@@ -439,7 +437,7 @@ impl Node {
                     // waiter of the shard on each one only had them look
                     // again and wait again.
                     if freed {
-                        s.shared.released.notify_waiters();
+                        s.shared.wake();
                     }
                     break Ok(());
                 }
@@ -475,7 +473,7 @@ impl Node {
                         }
                     }
                     if freed {
-                        s.shared.released.notify_waiters();
+                        s.shared.wake();
                     } else {
                         // Unreachable coordinator: ask again shortly.
                         let pause = left.min(Duration::from_millis(50));
@@ -493,9 +491,17 @@ impl Node {
                             }
                         }
                     }
-                    if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                    let woken = if left.is_zero() {
+                        false
+                    } else if holders.is_empty() {
+                        tokio::time::timeout(left, notified).await.is_ok()
+                    } else {
+                        s.shared.await_release(txn, &holders, seen, left).await
+                    };
+                    if !woken {
                         break Err(self.lock_timeout(s, txn, &target, &holders, started));
                     }
+                    self.metrics.lock_wakeups.inc();
                 }
             }
         };
@@ -580,7 +586,7 @@ impl Node {
         if let Ok(mut m) = s.shared.mgr.lock() {
             m.finish(txn);
         }
-        s.shared.released.notify_waiters();
+        s.shared.wake();
     }
 
     async fn read_key(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -1024,7 +1030,7 @@ impl Node {
                 if let Ok(mut m) = s.shared.mgr.lock() {
                     m.finish(txn);
                 }
-                s.shared.released.notify_waiters();
+                s.shared.wake();
             }
             r
         })
@@ -1070,7 +1076,7 @@ impl Node {
             .map(|mut m| m.decided(txn, commit, now))
             .unwrap_or(false);
         if freed {
-            s.shared.released.notify_waiters();
+            s.shared.wake();
         }
         let logged = proposal.committed().await;
         let result = proposal.wait().await;
@@ -1305,7 +1311,7 @@ fn decision_logged(s: &Shard, txn: TxnId) {
     if let Ok(mut m) = s.shared.mgr.lock() {
         m.decision_logged(txn);
     }
-    s.shared.released.notify_waiters();
+    s.shared.wake();
 }
 
 /// Propose again a decision released early that was not seen in the log
@@ -1410,7 +1416,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                             if let Ok(mut m) = s.shared.mgr.lock() {
                                 m.step_down();
                             }
-                            s.shared.released.notify_waiters();
+                            s.shared.wake();
                         }
                         Some(term) => become_leader(&s, term, &clock).await,
                     }
@@ -1440,7 +1446,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                     }
                     if !expired.is_empty() {
                         tracing::info!(shard = s.replica.group(), count = expired.len(), "expired idle transactions");
-                        s.shared.released.notify_waiters();
+                        s.shared.wake();
                     }
                     for txn in in_doubt {
                         tokio::spawn(resolve_in_doubt(s.clone(), coordinators.clone(), txn));
@@ -1483,7 +1489,7 @@ async fn drop_if_abandoned(
                 .unwrap_or(false);
             if abandoned {
                 tracing::info!(shard = s.replica.group(), %txn, ?outcome, "aborted a transaction its coordinator no longer has");
-                s.shared.released.notify_waiters();
+                s.shared.wake();
             }
         }
     }
@@ -1582,7 +1588,7 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
             }
         }
     }
-    s.shared.released.notify_waiters();
+    s.shared.wake();
     tracing::info!(
         shard = s.replica.group(),
         term,

@@ -136,8 +136,25 @@ pub struct TxnManager {
     /// leader has not yet seen committed in the log. No write of their
     /// keys may be proposed meanwhile ([`TxnManager::awaits_decision`]).
     unlogged: BTreeMap<TxnId, Unlogged>,
+    /// Transactions whose locks went since the waiters were last woken
+    /// ([`TxnManager::take_freed`]): only the requests waiting for them
+    /// need to look again.
+    freed: Vec<TxnId>,
+    /// Every lock went (a leadership change): every waiter looks again.
+    freed_all: bool,
     limits: TxnLimits,
 }
+
+/// Whose locks went since the last [`TxnManager::take_freed`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Freed {
+    Txns(Vec<TxnId>),
+    All,
+}
+
+/// Past this many unclaimed entries the list gives way to [`Freed::All`],
+/// so a caller that never drains it cannot make it grow without bound.
+const MAX_FREED: usize = 4096;
 
 /// A decision released before it was seen in the log.
 #[derive(Debug)]
@@ -196,6 +213,8 @@ impl TxnManager {
             committed: BTreeMap::new(),
             committing: BTreeMap::new(),
             unlogged: BTreeMap::new(),
+            freed: Vec::new(),
+            freed_all: false,
             limits,
         }
     }
@@ -246,8 +265,36 @@ impl TxnManager {
         (keys, ranges, self.txns.len())
     }
 
+    /// Whose locks went since the last call: the requests waiting for
+    /// one of them (or for their own transaction, when it was wounded)
+    /// are the ones to wake.
+    pub fn take_freed(&mut self) -> Freed {
+        if std::mem::take(&mut self.freed_all) {
+            self.freed.clear();
+            return Freed::All;
+        }
+        Freed::Txns(std::mem::take(&mut self.freed))
+    }
+
+    /// Release every lock of `txn`, noting it for the waiters. Returns
+    /// whether it held any.
+    fn release_locks(&mut self, txn: TxnId) -> bool {
+        let any = self.locks.release_all(txn);
+        if any && !self.freed_all {
+            if self.freed.len() >= MAX_FREED {
+                self.freed.clear();
+                self.freed_all = true;
+            } else {
+                self.freed.push(txn);
+            }
+        }
+        any
+    }
+
     pub fn step_down(&mut self) {
         self.term = None;
+        self.freed.clear();
+        self.freed_all = true;
         self.locks = LockTable::new();
         self.txns.clear();
         self.committed.clear();
@@ -393,14 +440,14 @@ impl TxnManager {
         match self.txns.get_mut(&txn) {
             Some(t) if t.unconfirmed => {
                 t.unconfirmed = false;
-                self.locks.release_all(txn)
+                self.release_locks(txn)
             }
             _ => false,
         }
     }
 
     fn abort_with(&mut self, txn: TxnId, reason: Abort) {
-        self.locks.release_all(txn);
+        self.release_locks(txn);
         if let Some(t) = self.txns.get_mut(&txn) {
             t.status = Status::Aborted(reason);
             t.unconfirmed = false;
@@ -634,7 +681,7 @@ impl TxnManager {
                 since_ms: now_ms,
             },
         );
-        self.locks.release_all(txn);
+        self.release_locks(txn);
         true
     }
 
@@ -715,7 +762,7 @@ impl TxnManager {
     /// The transaction ended here (commit or abort applied, rollback,
     /// read-only prepare): release its locks and forget it.
     pub fn finish(&mut self, txn: TxnId) -> bool {
-        let had = self.locks.release_all(txn);
+        let had = self.release_locks(txn);
         self.txns.remove(&txn).is_some() || had
     }
 
@@ -1389,6 +1436,65 @@ mod tests {
         assert!(
             matches!(m.status(plain), Some(Status::Aborted(r)) if r.reason.starts_with(WOUNDED))
         );
+    }
+
+    /// Waiters are woken per transaction: `take_freed` names exactly the
+    /// transactions whose locks went (a wounded plain operation, a
+    /// finished or confirmed-wounded transaction), once; a leadership
+    /// change names everyone.
+    #[test]
+    fn freed_names_the_transactions_whose_locks_went() {
+        let mut m = mgr();
+        let plain = TxnId {
+            ts: Timestamp(40),
+            node: 1,
+            group: crate::node::IMPLICIT_GROUP,
+        };
+        let (a, b) = (
+            Target::key(b"a", Mode::Exclusive),
+            Target::key(b"b", Mode::Exclusive),
+        );
+        assert_eq!(m.take_freed(), Freed::All, "leader_ready starts afresh");
+        assert_eq!(m.lock(plain, true, &a, 0), Step::Granted);
+        assert_eq!(m.lock(t(30), true, &b, 0), Step::Granted);
+        assert_eq!(m.take_freed(), Freed::Txns(vec![]), "grants free nothing");
+        // An older transaction wounds the plain write: its lock goes at once.
+        assert_eq!(m.lock(t(10), true, &a, 1), Step::Granted);
+        assert_eq!(m.take_freed(), Freed::Txns(vec![plain]));
+        // A coordinated one keeps its locks until the wound is confirmed.
+        assert_eq!(lock_confirming(&mut m, t(20), &b, 2), Step::Granted);
+        assert_eq!(m.take_freed(), Freed::Txns(vec![t(30)]));
+        assert!(m.finish(t(10)));
+        assert!(!m.finish(t(10)), "nothing left to free");
+        assert_eq!(m.take_freed(), Freed::Txns(vec![t(10)]));
+        assert_eq!(
+            m.take_freed(),
+            Freed::Txns(vec![]),
+            "each release is named once"
+        );
+        // A transaction that held nothing frees nothing.
+        assert_eq!(
+            m.lock(t(50), true, &Target::key(b"c", Mode::Shared), 3),
+            Step::Granted
+        );
+        m.step_down();
+        assert_eq!(m.take_freed(), Freed::All);
+        assert_eq!(m.take_freed(), Freed::Txns(vec![]));
+    }
+
+    /// A caller that never drains the list cannot make it grow without
+    /// bound: past the cap it becomes "everyone".
+    #[test]
+    fn an_undrained_freed_list_is_bounded() {
+        let mut m = mgr();
+        m.take_freed();
+        for i in 0..(MAX_FREED as u64 + 10) {
+            let k = Target::key(&i.to_be_bytes(), Mode::Exclusive);
+            assert_eq!(m.lock(t(100 + i), true, &k, 0), Step::Granted);
+            assert!(m.finish(t(100 + i)));
+        }
+        assert!(m.freed.len() <= MAX_FREED);
+        assert_eq!(m.take_freed(), Freed::All);
     }
 
     #[test]
