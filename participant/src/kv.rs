@@ -602,7 +602,7 @@ impl Apply for KvApp {
         else {
             return;
         };
-        if let Ok(mut m) = self.shared.mgr.lock() {
+        let freed = self.shared.mgr.lock().map(|mut m| {
             match notice(&cmd, &reply) {
                 Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
                 Notice::Finished(txn) => {
@@ -613,12 +613,10 @@ impl Apply for KvApp {
                 }
                 Notice::Nothing => {}
             }
-            let freed = m.take_freed();
-            drop(m);
-            self.shared.wake_freed(freed);
-        } else {
-            self.shared.wake();
-        }
+            m.take_freed()
+        });
+        // The manager's lock is released by now; waking takes the wakers'.
+        self.shared.wake_freed(freed.unwrap_or(Freed::All));
     }
 
     fn state_replaced(&self) {
@@ -903,6 +901,21 @@ mod tests {
         s.wake();
         assert!(waiter.await.unwrap(), "woken, not timed out");
         assert!(s.wakers.lock().unwrap().is_empty(), "no entry left behind");
+    }
+
+    /// A leadership change between a request's look at its lock and its
+    /// registration is not missed: the step-down moves the release count
+    /// (the new table does not start it again from where it was).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_step_down_before_the_registration_is_not_missed() {
+        let s = shared_with(&[(t(1), b"a")]);
+        let seen = releases(&s);
+        s.mgr.lock().unwrap().step_down();
+        s.wake();
+        assert!(
+            s.await_release(t(9), &[t(1)], seen, Duration::from_millis(500))
+                .await
+        );
     }
 
     /// A waiter wounded meanwhile is woken by its own release; a release

@@ -139,6 +139,16 @@ impl LockTable {
         any
     }
 
+    /// Drop every lock (a leadership change). Counts as a release, so the
+    /// count keeps moving forward: a waiter comparing it with what it saw
+    /// before must not find it back at an old value.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.ranges.clear();
+        self.held.clear();
+        self.releases = self.releases.wrapping_add(1);
+    }
+
     /// How many releases freed something so far (wrapping): compared
     /// before and after a step, whether it freed any lock.
     pub fn releases(&self) -> u64 {
@@ -203,6 +213,14 @@ mod tests {
         assert_eq!(l.releases(), n + 1);
         assert!(l.release_all(t(2)));
         assert_eq!(l.releases(), n + 2, "a range lock counts too");
+        assert!(l.try_key(t(4), b"d", Mode::Exclusive).is_ok());
+        l.clear();
+        assert!(l.is_empty());
+        assert_eq!(
+            l.releases(),
+            n + 3,
+            "clearing the table counts as a release"
+        );
     }
 
     #[test]

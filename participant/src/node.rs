@@ -429,18 +429,15 @@ impl Node {
                 }
                 Err(_) => return Err(Error::Fatal("transaction manager lock poisoned".into())),
             };
+            // The step may have wounded plain operations and freed their
+            // locks, whatever it answers; a step that freed nothing wakes
+            // no one.
+            if freed {
+                s.shared.wake();
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match step {
-                Step::Granted => {
-                    // Granting may have wounded holders and freed their
-                    // locks; a grant alone frees nothing, and waking every
-                    // waiter of the shard on each one only had them look
-                    // again and wait again.
-                    if freed {
-                        s.shared.wake();
-                    }
-                    break Ok(());
-                }
+                Step::Granted => break Ok(()),
                 Step::NotLeader => break Err(Error::NotLeader { hint: None }),
                 Step::Abort(r) => break Err(Error::Aborted(r)),
                 Step::Wound(victims) => {
@@ -459,10 +456,10 @@ impl Node {
                         .await;
                         (v, matches!(told, Ok(Ok(()))))
                     });
-                    let mut freed = false;
+                    let mut confirmed_freed = false;
                     for (v, told) in futures::future::join_all(calls).await {
                         if told {
-                            freed |= s
+                            confirmed_freed |= s
                                 .shared
                                 .mgr
                                 .lock()
@@ -472,7 +469,7 @@ impl Node {
                             tracing::warn!(shard = s.replica.group(), wounded = %v, "coordinator not told of a wound yet; its locks stay");
                         }
                     }
-                    if freed {
+                    if confirmed_freed {
                         s.shared.wake();
                     } else {
                         // Unreachable coordinator: ask again shortly.

@@ -280,22 +280,31 @@ impl TxnManager {
     /// whether it held any.
     fn release_locks(&mut self, txn: TxnId) -> bool {
         let any = self.locks.release_all(txn);
-        if any && !self.freed_all {
-            if self.freed.len() >= MAX_FREED {
-                self.freed.clear();
-                self.freed_all = true;
-            } else {
-                self.freed.push(txn);
-            }
+        if any {
+            self.note_freed(txn);
         }
         any
+    }
+
+    /// Name `txn` to the waiters: its locks went, or it ended (a request
+    /// of its own may be waiting here while it holds nothing yet).
+    fn note_freed(&mut self, txn: TxnId) {
+        if self.freed_all {
+            return;
+        }
+        if self.freed.len() >= MAX_FREED {
+            self.freed.clear();
+            self.freed_all = true;
+        } else {
+            self.freed.push(txn);
+        }
     }
 
     pub fn step_down(&mut self) {
         self.term = None;
         self.freed.clear();
         self.freed_all = true;
-        self.locks = LockTable::new();
+        self.locks.clear();
         self.txns.clear();
         self.committed.clear();
         self.committing.clear();
@@ -447,12 +456,15 @@ impl TxnManager {
     }
 
     fn abort_with(&mut self, txn: TxnId, reason: Abort) {
-        self.release_locks(txn);
+        let had = self.release_locks(txn);
         if let Some(t) = self.txns.get_mut(&txn) {
             t.status = Status::Aborted(reason);
             t.unconfirmed = false;
             t.writes.clear();
             t.bytes = 0;
+            if !had {
+                self.note_freed(txn);
+            }
         }
     }
 
@@ -763,7 +775,11 @@ impl TxnManager {
     /// read-only prepare): release its locks and forget it.
     pub fn finish(&mut self, txn: TxnId) -> bool {
         let had = self.release_locks(txn);
-        self.txns.remove(&txn).is_some() || had
+        let known = self.txns.remove(&txn).is_some();
+        if known && !had {
+            self.note_freed(txn);
+        }
+        known || had
     }
 
     /// Abort open transactions idle longer than the limit. Prepared ones
@@ -1472,11 +1488,16 @@ mod tests {
             Freed::Txns(vec![]),
             "each release is named once"
         );
-        // A transaction that held nothing frees nothing.
+        // A transaction that ends holding nothing here is named too: a
+        // request of its own may be waiting for its first lock.
         assert_eq!(
-            m.lock(t(50), true, &Target::key(b"c", Mode::Shared), 3),
-            Step::Granted
+            m.lock(t(60), true, &Target::key(b"b", Mode::Exclusive), 3),
+            Step::Wait(vec![t(20)])
         );
+        assert!(m.finish(t(60)));
+        assert_eq!(m.take_freed(), Freed::Txns(vec![t(60)]));
+        assert!(!m.finish(t(61)), "unknown here");
+        assert_eq!(m.take_freed(), Freed::Txns(vec![]));
         m.step_down();
         assert_eq!(m.take_freed(), Freed::All);
         assert_eq!(m.take_freed(), Freed::Txns(vec![]));
