@@ -246,11 +246,37 @@ fn spawn_node(
                 .map(|a| vec!["--metrics-listen".to_string(), a])
                 .unwrap_or_default(),
         )
+        .args(
+            workers_per_node(config.nodes.len())
+                .map(|n| vec!["--worker-threads".to_string(), n.to_string()])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// Worker threads for each of `nodes` servers sharing this machine: the
+/// cores divided among them, at least one (with a worker per core each,
+/// three nodes on two cores ran about a fifth slower and with three times
+/// the open-loop p99: docs/performance.md, "Worker threads per node").
+/// None, leaving it to the servers, when the environment already says
+/// (`PACT_WORKER_THREADS` or `TOKIO_WORKER_THREADS`, inherited).
+fn workers_per_node(nodes: usize) -> Option<usize> {
+    if ["PACT_WORKER_THREADS", "TOKIO_WORKER_THREADS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(split_cores(cores, nodes))
+}
+
+fn split_cores(cores: usize, nodes: usize) -> usize {
+    (cores / nodes.max(1)).clamp(1, 1024)
 }
 
 /// The server binary that runs node `id`: `pact` for a node with both
@@ -414,6 +440,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_on_one_machine_split_its_cores() {
+        assert_eq!(split_cores(2, 3), 1, "at least one each");
+        assert_eq!(split_cores(8, 3), 2);
+        assert_eq!(split_cores(16, 1), 16);
+        assert_eq!(split_cores(4, 0), 4);
+    }
 
     fn opts(dir: &Path, replicas: Option<u64>) -> Options {
         Options {

@@ -1,6 +1,7 @@
 //! Shared vocabulary of Pact: ids, request limits, the cluster config file,
 //! and the mapping from keys to shards; and, with the `logging` feature,
-//! the log setup the server binaries share ([`logging`]).
+//! the log setup and runtime flags the server binaries share ([`logging`],
+//! [`runtime`]).
 //!
 //! Invariants: under a validated config every key maps to exactly one shard
 //! ([`ShardMap::shard_for_key`]), and every process that loads the same
@@ -28,6 +29,8 @@ mod limits;
 pub mod logging;
 mod partition;
 pub mod process;
+#[cfg(feature = "logging")]
+pub mod runtime;
 mod txn;
 
 pub use codes::{Abort, AbortKind, ErrorCode};

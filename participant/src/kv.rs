@@ -875,21 +875,30 @@ mod tests {
         s.mgr.lock().unwrap().lock_releases()
     }
 
+    /// `txn` waiting for `holder`'s locks (up to 5 s), registered by the
+    /// time this returns; the task answers whether it was woken.
+    async fn spawn_waiter(
+        s: &Arc<Shared>,
+        txn: TxnId,
+        holder: TxnId,
+    ) -> tokio::task::JoinHandle<bool> {
+        let seen = releases(s);
+        let s = s.clone();
+        let waiter = tokio::spawn(async move {
+            s.await_release(txn, &[holder], seen, Duration::from_secs(5))
+                .await
+        });
+        tokio::task::yield_now().await;
+        waiter
+    }
+
     /// A lock request waiting for a transaction is woken by that
     /// transaction's release and by nothing else's, and leaves no entry
     /// behind in the wakers.
     #[tokio::test(flavor = "current_thread")]
     async fn a_waiter_wakes_when_its_holder_lets_go_and_not_for_others() {
         let s = Arc::new(shared_with(&[(t(1), b"a"), (t(2), b"b")]));
-        let seen = releases(&s);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.await_release(t(9), &[t(1)], seen, Duration::from_secs(5))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
+        let waiter = spawn_waiter(&s, t(9), t(1)).await;
         assert_eq!(s.wakers.lock().unwrap().len(), 2, "its holder and itself");
         // Another transaction's release does not wake it...
         assert!(s.mgr.lock().unwrap().finish(t(2)));
@@ -948,15 +957,7 @@ mod tests {
                 .lock(t(7), true, &Target::key(b"c", Mode::Exclusive), 0),
             Step::Granted
         );
-        let seen = releases(&s);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.await_release(t(7), &[t(1)], seen, Duration::from_secs(5))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
+        let waiter = spawn_waiter(&s, t(7), t(1)).await;
         {
             let mut m = s.mgr.lock().unwrap();
             let step = m.lock(t(3), true, &Target::key(b"c", Mode::Exclusive), 1);
@@ -966,15 +967,7 @@ mod tests {
         s.wake();
         assert!(waiter.await.unwrap(), "woken by its own release");
         // A step-down wakes every waiter.
-        let seen = releases(&s);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.await_release(t(8), &[t(1)], seen, Duration::from_secs(5))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
+        let waiter = spawn_waiter(&s, t(8), t(1)).await;
         s.mgr.lock().unwrap().step_down();
         s.wake();
         assert!(waiter.await.unwrap());

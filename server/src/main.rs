@@ -66,6 +66,8 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     log: pact_common::logging::LogArgs,
+    #[command(flatten)]
+    runtime: pact_common::runtime::RuntimeArgs,
 }
 
 /// What node `id` hosts: its shards and its coordinator group, if any.
@@ -117,9 +119,11 @@ fn main() -> anyhow::Result<()> {
     // Before a port is bound or the store opened: a second process on the
     // same data dir is refused with the first one's pid. Held until exit.
     let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.runtime.worker_threads().map_err(anyhow::Error::msg)? {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(run(Run {
         config,
         id,
