@@ -226,6 +226,15 @@ struct PrepareRecord {
 }
 
 impl ShardCommand {
+    /// The coordinator's decision on `txn`, as the shard logs it.
+    pub fn decision(txn: TxnId, commit: bool) -> Self {
+        if commit {
+            ShardCommand::Commit { txn }
+        } else {
+            ShardCommand::Abort { txn }
+        }
+    }
+
     /// The command as proposed to the shard's log (`pact_raft::codec`).
     pub fn encode(&self) -> io::Result<Vec<u8>> {
         encode(self)
@@ -474,15 +483,27 @@ impl Shared {
         }
     }
 
+    /// Change the manager with `f`, then wake whoever its releases
+    /// concern, with one hold of the manager's lock (`f` does not run if
+    /// the lock is poisoned; everyone is woken then).
+    pub fn release_with<R>(&self, f: impl FnOnce(&mut TxnManager) -> R) -> Option<R> {
+        let done = self.mgr.lock().map(|mut m| (f(&mut m), m.take_freed()));
+        match done {
+            Ok((r, freed)) => {
+                self.wake_freed(freed);
+                Some(r)
+            }
+            Err(_) => {
+                self.wake_freed(Freed::All);
+                None
+            }
+        }
+    }
+
     /// Wake the requests waiting for locks that went since the last call,
     /// and every general waiter. Call after anything that may release.
     pub fn wake(&self) {
-        let freed = self
-            .mgr
-            .lock()
-            .map(|mut m| m.take_freed())
-            .unwrap_or(Freed::All);
-        self.wake_freed(freed);
+        self.release_with(|_| ());
     }
 
     fn wake_freed(&self, freed: Freed) {
@@ -602,30 +623,22 @@ impl Apply for KvApp {
         else {
             return;
         };
-        let freed = self.shared.mgr.lock().map(|mut m| {
-            match notice(&cmd, &reply) {
-                Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
-                Notice::Finished(txn) => {
-                    m.finish(txn);
-                    // A decision whose locks went early: it is in the
-                    // log, and a commit's writes are in the store now.
-                    m.decision_applied(txn);
-                }
-                Notice::Nothing => {}
+        self.shared.release_with(|m| match notice(&cmd, &reply) {
+            Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
+            Notice::Finished(txn) => {
+                m.finish(txn);
+                // A decision whose locks went early: it is in the
+                // log, and a commit's writes are in the store now.
+                m.decision_applied(txn);
             }
-            m.take_freed()
+            Notice::Nothing => {}
         });
-        // The manager's lock is released by now; waking takes the wakers'.
-        self.shared.wake_freed(freed.unwrap_or(Freed::All));
     }
 
     fn state_replaced(&self) {
         // A snapshot replaced everything; whatever the manager believed is
         // void until this replica is a ready leader again.
-        if let Ok(mut m) = self.shared.mgr.lock() {
-            m.step_down();
-        }
-        self.shared.wake();
+        self.shared.release_with(TxnManager::step_down);
     }
 }
 

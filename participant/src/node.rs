@@ -113,10 +113,7 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         if self.armed {
-            if let Ok(mut m) = self.shared.mgr.lock() {
-                m.finish(self.txn);
-            }
-            self.shared.wake();
+            self.shared.release_with(|m| m.finish(self.txn));
         }
     }
 }
@@ -580,10 +577,7 @@ impl Node {
     }
 
     fn release(&self, s: &Shard, txn: TxnId) {
-        if let Ok(mut m) = s.shared.mgr.lock() {
-            m.finish(txn);
-        }
-        s.shared.wake();
+        s.shared.release_with(|m| m.finish(txn));
     }
 
     async fn read_key(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -1024,10 +1018,7 @@ impl Node {
         tokio::spawn(async move {
             let r = commit_locked(&s, &metrics, now, txn).await;
             if !matches!(&r, Err(e) if undecided(e)) {
-                if let Ok(mut m) = s.shared.mgr.lock() {
-                    m.finish(txn);
-                }
-                s.shared.wake();
+                s.shared.release_with(|m| m.finish(txn));
             }
             r
         })
@@ -1055,11 +1046,7 @@ impl Node {
                 self.release(s, txn);
             }
         }
-        let cmd = if commit {
-            ShardCommand::Commit { txn }
-        } else {
-            ShardCommand::Abort { txn }
-        };
+        let cmd = ShardCommand::decision(txn, commit);
         let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;
         // A prepared transaction's locks go now, not after the apply, so
         // its keys' next users do not wait out a Raft round; writes of its
@@ -1305,22 +1292,14 @@ async fn await_decisions(s: &Shard, writes: &[Mutation]) -> Result<(), Error> {
 /// The leader saw `txn`'s decision committed in the log: writes of its
 /// keys may be proposed again.
 fn decision_logged(s: &Shard, txn: TxnId) {
-    if let Ok(mut m) = s.shared.mgr.lock() {
-        m.decision_logged(txn);
-    }
-    s.shared.wake();
+    s.shared.release_with(|m| m.decision_logged(txn));
 }
 
 /// Propose again a decision released early that was not seen in the log
 /// (`TxnManager::unlogged_after`). The coordinator's decision is final,
 /// so the shard may repeat it; applying it twice is harmless.
 async fn relog_decision(s: Arc<Shard>, txn: TxnId, commit: bool) {
-    let cmd = if commit {
-        ShardCommand::Commit { txn }
-    } else {
-        ShardCommand::Abort { txn }
-    };
-    let Ok(cmd) = encode_command(&cmd) else {
+    let Ok(cmd) = encode_command(&ShardCommand::decision(txn, commit)) else {
         return;
     };
     tracing::info!(shard = s.replica.group(), %txn, commit, "decision not seen in the log yet; proposing it again");
@@ -1410,10 +1389,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                     let term = *leadership.borrow_and_update();
                     match term {
                         None => {
-                            if let Ok(mut m) = s.shared.mgr.lock() {
-                                m.step_down();
-                            }
-                            s.shared.wake();
+                            s.shared.release_with(TxnManager::step_down);
                         }
                         Some(term) => become_leader(&s, term, &clock).await,
                     }
