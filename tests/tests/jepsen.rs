@@ -106,6 +106,32 @@ async fn set_survives_clock_skew_and_crashes_before_fsync() {
     assert_valid(&r);
 }
 
+/// Leadership handed over through the admin API (what `txn admin leader
+/// transfer` and the leader balancer do) while list-append runs, no
+/// process harmed: transactions open at the old leader abort, prepared
+/// ones and the recovery log's decisions carry over, and nothing
+/// acknowledged may be lost or seen out of order. At least one transfer
+/// must have gone through, or the run tested nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_append_survives_leadership_transfers() {
+    let faults = [Fault::TransferLeader];
+    let r = run(Spec::new(
+        "list-append-transfer",
+        Workload::ListAppend,
+        &faults,
+    ))
+    .await;
+    assert_faulted(&r, &faults);
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.starts_with("moved the leadership")),
+        "no leadership transfer went through: {}",
+        r.summary()
+    );
+    assert_valid(&r);
+}
+
 /// Broken build: transactional reads take no lock. Snapshot reads of the
 /// bank then see transfers half-applied, and the checker must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,6 +245,7 @@ async fn soak_mixed_workload_under_nemeses() {
         Fault::Pause,
         Fault::IsolateOne,
         Fault::MajorityMinority,
+        Fault::TransferLeader,
     ];
     // Workloads whose data stays the same size however long they run (bank
     // balances, registers overwritten): what grows on disk or in memory

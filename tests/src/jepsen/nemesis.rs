@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pact_client::RaftGroup;
 use pact_common::{NodeId, ShardId};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -49,6 +50,12 @@ pub enum Fault {
     /// the disk (needs the `crash-before-fsync` server fault), restarted at
     /// heal.
     CrashBeforeFsync,
+    /// Hand the leadership of a random shard or coordinator group to
+    /// another of its replicas (`pact.v1.Admin`, as `txn admin leader
+    /// transfer` or the leader balancer does), with no process harmed:
+    /// transactions open at the old leader abort, prepared ones and the
+    /// recovery log's records carry over to the new one.
+    TransferLeader,
 }
 
 impl Fault {
@@ -95,8 +102,12 @@ async fn shard_leader(c: &Cluster, shard: ShardId) -> Option<NodeId> {
 }
 
 async fn coordinator_leader(c: &Cluster) -> Option<NodeId> {
+    coordinator_group_leader(c, 1).await
+}
+
+async fn coordinator_group_leader(c: &Cluster, group: u64) -> Option<NodeId> {
     let client = c.client();
-    for id in c.coordinator_ids(1) {
+    for id in c.coordinator_ids(group) {
         if let Ok(s) = client.coordinator_status(id).await {
             if s.role == "leader" {
                 return Some(id);
@@ -192,6 +203,48 @@ pub async fn apply(
             }
             None => (Applied::Nothing, "no coordinator leader to restart".into()),
         },
+        Fault::TransferLeader => {
+            let mut groups: Vec<RaftGroup> = c
+                .config
+                .shards
+                .iter()
+                .map(|s| RaftGroup::Shard(s.id))
+                .collect();
+            groups.extend(
+                c.config
+                    .coordinators
+                    .iter()
+                    .map(|g| RaftGroup::Coordinator(g.group)),
+            );
+            let group = *groups.choose(rng).expect("groups");
+            let leader = match group {
+                RaftGroup::Shard(s) => shard_leader(c, s).await,
+                RaftGroup::Coordinator(g) => coordinator_group_leader(c, g).await,
+            };
+            let client = c.client();
+            let others: Vec<NodeId> = client
+                .group_replicas(group)
+                .into_iter()
+                .filter(|n| Some(*n) != leader)
+                .collect();
+            let Some(&to) = others.choose(rng) else {
+                return (Applied::Nothing, format!("{group} has no other replica"));
+            };
+            let from = leader.map_or("no known leader".into(), |l| format!("node {l}"));
+            let what = match client.transfer_leader(group, to).await {
+                Ok((now, term)) => {
+                    format!(
+                        "moved the leadership of {group} from {from} to node {now} (term {term})"
+                    )
+                }
+                // Refused (a target lagging behind, an election under
+                // way): logged, and the run goes on; the test asks only
+                // that transfers were tried, and the checkers that
+                // nothing went wrong whichever way they went.
+                Err(e) => format!("leadership of {group} ({from}) not moved to node {to}: {e}"),
+            };
+            (Applied::Nothing, what)
+        }
         Fault::CrashBeforeFsync => {
             let id = *participants.choose(rng).expect("participants");
             c.signal(id, libc::SIGUSR1);
