@@ -25,6 +25,14 @@
 #   ETCD_PORTS="2379 22379 32379"  client ports (peer port = client + 1)
 #   RESULTS=DIR   keep the JSON reports in DIR   NO_BUILD=1  skip cargo build
 #   KEEP_TMP=1    keep the temporary folder (data and logs)
+#   ROUNDS=1      rounds, each a fresh Pact cluster and a fresh etcd cluster
+#                 running everything; the stores alternate which goes first
+#                 (Pact first in odd rounds), each cell is the median over
+#                 the rounds and each ratio the median of the rounds'
+#                 ratios, so a machine that drifts during the run moves
+#                 both stores alike. With several rounds the headline
+#                 ratios are also printed round by round, and RESULTS gets
+#                 a folder per round (r1, r2, ...).
 # Quick run: DURATION=5 RECORDS=2000 bash bench/compare-etcd.sh
 #
 # Needs: cargo, python3; etcd 3.x (installed with apt-get as etcd-server
@@ -40,9 +48,13 @@ ACCOUNTS=${ACCOUNTS:-1000}
 TXN_KEYS=${TXN_KEYS:-2}
 HOT=${HOT:-10}
 SEED=${SEED:-42}
+ROUNDS=${ROUNDS:-1}
+case "$ROUNDS" in
+  '' | *[!0-9]* | 0) printf 'compare-etcd: ROUNDS=%s is not a positive number\n' "$ROUNDS" >&2; exit 2 ;;
+esac
 PACT_PORT=${PACT_PORT:-27001}
 ETCD_PORTS=${ETCD_PORTS:-"2379 22379 32379"}
-export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED HOT
+export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED HOT ROUNDS
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare-etcd: %s\n' "$*" >&2; exit 1; }
@@ -152,8 +164,8 @@ for p in $ETCD_PORTS; do
   port_free $((p + 1)) || die "port $((p + 1)) is in use; set ETCD_PORTS"
 done
 
-res=$tmp/results
-mkdir -p "$res"
+# The reports of the round being run: $tmp/results/r<round>.
+res=""
 
 # bench PREFIX ARGS...: run bench with ARGS plus the backend's flags, save
 # the JSON report as $res/PREFIX.json.
@@ -202,48 +214,38 @@ run_workloads() { # BACKEND
 }
 
 # --- Pact -------------------------------------------------------------------
-log "starting the Pact playground: 3 pact processes (ports $PACT_PORT-$((PACT_PORT + 22)))"
-mkdir -p "$tmp/pact"
-"$bin/txn" playground --dir "$tmp/pact" --port "$PACT_PORT" >"$tmp/pact/playground.out" 2>&1 &
-pg_pid=$!
-for _ in $(seq 1 300); do
-  grep -q '^ready' "$tmp/pact/playground.out" && break
-  kill -0 "$pg_pid" 2>/dev/null || { cat "$tmp/pact/playground.out" >&2; die "the playground exited"; }
-  sleep 0.2
-done
-grep -q '^ready' "$tmp/pact/playground.out" ||
-  { cat "$tmp/pact/playground.out" >&2; die "the playground did not get ready in 60 s"; }
-pg_children=$(command -v pgrep >/dev/null && pgrep -P "$pg_pid" || true)
+pact_round() { # ROUND
+  local dir=$tmp/pact-r$1
+  log "round $1: starting the Pact playground: 3 pact processes (ports $PACT_PORT-$((PACT_PORT + 22)))"
+  mkdir -p "$dir"
+  "$bin/txn" playground --dir "$dir" --port "$PACT_PORT" >"$dir/playground.out" 2>&1 &
+  pg_pid=$!
+  for _ in $(seq 1 300); do
+    grep -q '^ready' "$dir/playground.out" && break
+    kill -0 "$pg_pid" 2>/dev/null || { cat "$dir/playground.out" >&2; die "the playground exited"; }
+    sleep 0.2
+  done
+  grep -q '^ready' "$dir/playground.out" ||
+    { cat "$dir/playground.out" >&2; die "the playground did not get ready in 60 s"; }
+  pg_children=$(command -v pgrep >/dev/null && pgrep -P "$pg_pid" || true)
 
-backend_args=(--backend pact --config "$tmp/pact/cluster.toml")
-run_workloads pact
-bench pact-txn-single run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
-  --duration "$DURATION" --txn-scope single-shard
-bench pact-txn-cross run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
-  --duration "$DURATION" --txn-scope cross-shard
-log "stopping Pact"
-stop_pact
+  backend_args=(--backend pact --config "$dir/cluster.toml")
+  run_workloads pact
+  bench pact-txn-single run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+    --duration "$DURATION" --txn-scope single-shard
+  bench pact-txn-cross run --workload txn --recordcount "$ACCOUNTS" --txn-keys "$TXN_KEYS" \
+    --duration "$DURATION" --txn-scope cross-shard
+  log "round $1: stopping Pact"
+  stop_pact
+}
 
 # --- etcd -------------------------------------------------------------------
 cluster=""
+endpoints=""
 i=0
 for p in $ETCD_PORTS; do
   i=$((i + 1))
   cluster="${cluster:+$cluster,}m$i=http://127.0.0.1:$((p + 1))"
-done
-log "starting etcd $etcd_version (client ports $ETCD_PORTS)"
-mkdir -p "$tmp/etcd"
-i=0
-endpoints=""
-for p in $ETCD_PORTS; do
-  i=$((i + 1))
-  etcd --name "m$i" --data-dir "$tmp/etcd/m$i" \
-    --listen-client-urls "http://127.0.0.1:$p" --advertise-client-urls "http://127.0.0.1:$p" \
-    --listen-peer-urls "http://127.0.0.1:$((p + 1))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((p + 1))" \
-    --initial-cluster "$cluster" --initial-cluster-token pact-bench \
-    --initial-cluster-state new --logger zap >"$tmp/etcd/m$i.log" 2>&1 &
-  etcd_pids="$etcd_pids $!"
   endpoints="${endpoints:+$endpoints,}http://127.0.0.1:$p"
 done
 healthy() {
@@ -258,53 +260,118 @@ for e in sys.argv[1].split(","):
         sys.exit(1)
 EOF
 }
-ok=0
-for _ in $(seq 1 150); do
-  if healthy; then ok=1; break; fi
-  for p in $etcd_pids; do
-    kill -0 "$p" 2>/dev/null || { tail -20 "$tmp"/etcd/m*.log >&2; die "an etcd member exited"; }
+etcd_round() { # ROUND
+  local dir=$tmp/etcd-r$1
+  log "round $1: starting etcd $etcd_version (client ports $ETCD_PORTS)"
+  mkdir -p "$dir"
+  local i=0
+  for p in $ETCD_PORTS; do
+    i=$((i + 1))
+    etcd --name "m$i" --data-dir "$dir/m$i" \
+      --listen-client-urls "http://127.0.0.1:$p" --advertise-client-urls "http://127.0.0.1:$p" \
+      --listen-peer-urls "http://127.0.0.1:$((p + 1))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((p + 1))" \
+      --initial-cluster "$cluster" --initial-cluster-token "pact-bench-r$1" \
+      --initial-cluster-state new --logger zap >"$dir/m$i.log" 2>&1 &
+    etcd_pids="$etcd_pids $!"
   done
-  sleep 0.2
-done
-[ "$ok" = 1 ] || { tail -20 "$tmp"/etcd/m*.log >&2; die "etcd did not get healthy in 30 s"; }
+  local ok=0
+  for _ in $(seq 1 150); do
+    if healthy; then ok=1; break; fi
+    for p in $etcd_pids; do
+      kill -0 "$p" 2>/dev/null || { tail -20 "$dir"/m*.log >&2; die "an etcd member exited"; }
+    done
+    sleep 0.2
+  done
+  [ "$ok" = 1 ] || { tail -20 "$dir"/m*.log >&2; die "etcd did not get healthy in 30 s"; }
 
-backend_args=(--backend etcd --etcd-endpoints "$endpoints")
-run_workloads etcd
-log "stopping etcd"
-stop_etcd
+  backend_args=(--backend etcd --etcd-endpoints "$endpoints")
+  run_workloads etcd
+  log "round $1: stopping etcd"
+  stop_etcd
+}
+
+# Both stores in every round; the one that goes first alternates, so a
+# machine that speeds up or slows down during the run favours neither.
+for round in $(seq 1 "$ROUNDS"); do
+  res=$tmp/results/r$round
+  mkdir -p "$res"
+  if [ $((round % 2)) = 1 ]; then
+    pact_round "$round"
+    etcd_round "$round"
+  else
+    etcd_round "$round"
+    pact_round "$round"
+  fi
+done
 
 if [ -n "${RESULTS:-}" ]; then
   mkdir -p "$RESULTS"
-  cp "$res"/*.json "$RESULTS"/
+  if [ "$ROUNDS" = 1 ]; then
+    cp "$tmp/results/r1"/*.json "$RESULTS"/
+  else
+    cp -r "$tmp/results"/r* "$RESULTS"/
+  fi
   log "JSON reports kept in $RESULTS"
 fi
 
 # --- Table ------------------------------------------------------------------
-python3 - "$res" "$etcd_version" <<'EOF'
-import json, os, subprocess, sys
+python3 - "$tmp/results" "$etcd_version" "$ROUNDS" <<'EOF'
+import json, os, statistics, subprocess, sys
 
-res, etcd_version = sys.argv[1], sys.argv[2]
+results, etcd_version, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 env = os.environ
 
+# Every figure below is the median over the rounds (one report per round
+# and workload); every ratio the median of the rounds' own ratios, each
+# taken between the two stores measured in the same round.
+
 def load(name):
-    with open(os.path.join(res, name + ".json")) as f:
-        return json.load(f)
+    reports = []
+    for r in range(1, rounds + 1):
+        with open(os.path.join(results, f"r{r}", name + ".json")) as f:
+            reports.append(json.load(f))
+    return reports
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
 
 def op(report, kind):
     return report["ops"].get(kind) or {}
 
-def tput(report, kind=None):
+def tput1(report, kind=None):
     return report["throughput_ops_sec"] if kind is None else op(report, kind).get("throughput_ops_sec", 0.0)
 
-def lat(report, kind, q):
+def lat1(report, kind, q):
     l = op(report, kind).get("latency_us")
     return l[q] if l else None
+
+def tput(reports, kind=None):
+    return med([tput1(r, kind) for r in reports])
+
+def lat(reports, kind, q):
+    return med([lat1(r, kind, q) for r in reports])
+
+def retries(reports, kind):
+    return med([op(r, kind).get("retries", 0) for r in reports])
+
+def ratios(p, e, f):
+    out = []
+    for a, b in zip(p, e):
+        a, b = f(a), f(b)
+        out.append(a / b if a and b else None)
+    return out
+
+def ratio(p, e, f):
+    r = med(ratios(p, e, f))
+    return "-" if r is None else f"{r:.2f}"
 
 def ms(us):
     return "-" if us is None else f"{us / 1000:.2f} ms"
 
-def ratio(a, b):
-    return "-" if not a or not b else f"{a / b:.2f}"
+def num(x):
+    return "-" if x is None else f"{x:,.0f}"
 
 try:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -315,7 +382,8 @@ print()
 print(f"Pact {rev} vs etcd {etcd_version}; {os.cpu_count()} cores; "
       f"threads {env.get('THREADS', '16')}, {env.get('DURATION', '20')} s per run, "
       f"{env.get('RECORDS', '10000')} records, {env.get('ACCOUNTS', '1000')} accounts, "
-      f"{env.get('TXN_KEYS', '2')} accounts per transfer, seed {env.get('SEED', '42')}")
+      f"{env.get('TXN_KEYS', '2')} accounts per transfer, seed {env.get('SEED', '42')}"
+      + (f"; medians of {rounds} rounds" if rounds > 1 else ""))
 print()
 print("| workload | op | Pact ops/s | etcd ops/s | Pact/etcd | Pact p50 | etcd p50 | Pact p99 | etcd p99 |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -324,27 +392,21 @@ rows = [
     ("YCSB-A (zipfian)", "a", ["READ", "UPDATE"], True),
     ("YCSB-C (zipfian)", "c", ["READ"], False),
     ("txn transfer (any shards)", "txn", ["TXN"], False),
+    (f"txn transfer, {env.get('HOT', '10')} hot accounts", "hot", ["TXN"], False),
 ]
 for title, name, kinds, total in rows:
     p, e = load("pact-" + name), load("etcd-" + name)
     if total:
-        print(f"| {title} | all | {tput(p):,.0f} | {tput(e):,.0f} | {ratio(tput(p), tput(e))} "
+        print(f"| {title} | all | {num(tput(p))} | {num(tput(e))} | {ratio(p, e, tput1)} "
               f"| | | | |")
     for k in kinds:
-        print(f"| {title} | {k} | {tput(p, k):,.0f} | {tput(e, k):,.0f} "
-              f"| {ratio(tput(p, k), tput(e, k))} | {ms(lat(p, k, 'p50'))} | {ms(lat(e, k, 'p50'))} "
+        print(f"| {title} | {k} | {num(tput(p, k))} | {num(tput(e, k))} "
+              f"| {ratio(p, e, lambda r: tput1(r, k))} | {ms(lat(p, k, 'p50'))} | {ms(lat(e, k, 'p50'))} "
               f"| {ms(lat(p, k, 'p99'))} | {ms(lat(e, k, 'p99'))} |")
-for title, name, kind in (
-    (f"txn transfer, {env.get('HOT', '10')} hot accounts", "hot", "TXN"),
-):
-    p, e = load("pact-" + name), load("etcd-" + name)
-    print(f"| {title} | {kind} | {tput(p, kind):,.0f} | {tput(e, kind):,.0f} "
-          f"| {ratio(tput(p, kind), tput(e, kind))} | {ms(lat(p, kind, 'p50'))} | {ms(lat(e, kind, 'p50'))} "
-          f"| {ms(lat(p, kind, 'p99'))} | {ms(lat(e, kind, 'p99'))} |")
 print()
 ph, eh = load("pact-hot"), load("etcd-hot")
 print(f"Hot-account retries (aborts / failed compares, started over): "
-      f"Pact {op(ph, 'TXN').get('retries', 0)}, etcd {op(eh, 'TXN').get('retries', 0)}")
+      f"Pact {num(retries(ph, 'TXN'))}, etcd {num(retries(eh, 'TXN'))}")
 print()
 print("One client (no queueing): p50 / p99")
 print()
@@ -355,8 +417,8 @@ for title, name, kind in (
     ("transfer (Pact: cross-shard)", "txn1", "TXN"),
 ):
     p, e = load("pact-" + name), load("etcd-" + name)
-    p50, e50 = lat(p, kind, "p50"), lat(e, kind, "p50")
-    print(f"| {title} | {ms(p50)} | {ms(e50)} | {ratio(p50, e50)} "
+    print(f"| {title} | {ms(lat(p, kind, 'p50'))} | {ms(lat(e, kind, 'p50'))} "
+          f"| {ratio(p, e, lambda r: lat1(r, kind, 'p50'))} "
           f"| {ms(lat(p, kind, 'p99'))} | {ms(lat(e, kind, 'p99'))} |")
 print()
 print("Open loop, YCSB-A at a fraction of each store's own closed-loop peak "
@@ -366,29 +428,51 @@ print("| load | Pact target ops/s | Pact achieved | Pact p99 | etcd target ops/s
 print("|---|---:|---:|---:|---:|---:|---:|")
 for f in (50, 80):
     p, e = load(f"pact-a-open{f}"), load(f"etcd-a-open{f}")
-    print(f"| {f}% | {p['params'].get('target_ops_sec') or 0:,.0f} | {tput(p):,.0f} | {ms(lat(p, 'UPDATE', 'p99'))} "
-          f"| {e['params'].get('target_ops_sec') or 0:,.0f} | {tput(e):,.0f} | {ms(lat(e, 'UPDATE', 'p99'))} |")
+    target = lambda rs: med([r["params"].get("target_ops_sec") or 0 for r in rs])
+    print(f"| {f}% | {num(target(p))} | {num(tput(p))} | {ms(lat(p, 'UPDATE', 'p99'))} "
+          f"| {num(target(e))} | {num(tput(e))} | {ms(lat(e, 'UPDATE', 'p99'))} |")
 print()
 pt, et = load("pact-txn"), load("etcd-txn")
 print(f"Transfer retries (aborts / failed compares, started over): "
-      f"Pact {op(pt, 'TXN').get('retries', 0)}, etcd {op(et, 'TXN').get('retries', 0)}")
+      f"Pact {num(retries(pt, 'TXN'))}, etcd {num(retries(et, 'TXN'))}")
 print()
 single, cross = load("pact-txn-single"), load("pact-txn-cross")
-s50, c50 = lat(single, "TXN", "p50"), lat(cross, "TXN", "p50")
 print("| Pact transfer | txn/s | p50 | p99 | retries |")
 print("|---|---:|---:|---:|---:|")
 for title, r in (("single-shard (one-phase commit)", single), ("cross-shard (2PC)", cross)):
-    print(f"| {title} | {tput(r, 'TXN'):,.0f} | {ms(lat(r, 'TXN', 'p50'))} "
-          f"| {ms(lat(r, 'TXN', 'p99'))} | {op(r, 'TXN').get('retries', 0)} |")
+    print(f"| {title} | {num(tput(r, 'TXN'))} | {ms(lat(r, 'TXN', 'p50'))} "
+          f"| {ms(lat(r, 'TXN', 'p99'))} | {num(retries(r, 'TXN'))} |")
 print()
-print(f"cross-shard commit p50 / single-shard p50 = {ratio(c50, s50)}")
+print(f"cross-shard commit p50 / single-shard p50 = "
+      f"{ratio(cross, single, lambda r: lat1(r, 'TXN', 'p50'))}")
+if rounds > 1:
+    print()
+    print("Pact/etcd round by round (throughput; one client: p50)")
+    print()
+    print("| workload | " + " | ".join(f"round {r}" for r in range(1, rounds + 1)) + " |")
+    print("|---|" + "---:|" * rounds)
+    for title, name, f in (
+        ("load", "load-a", tput1),
+        ("YCSB-A", "a", tput1),
+        ("YCSB-C", "c", tput1),
+        ("transfers", "txn", tput1),
+        ("hot accounts", "hot", tput1),
+        ("one client, update p50", "update1", lambda r: lat1(r, "UPDATE", "p50")),
+        ("one client, transfer p50", "txn1", lambda r: lat1(r, "TXN", "p50")),
+    ):
+        rs = ratios(load("pact-" + name), load("etcd-" + name), f)
+        print(f"| {title} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in rs) + " |")
 # Every run, since bench ran with --allow-failures.
 failed = []
-for f in sorted(os.listdir(res)):
-    if f.endswith(".json"):
-        r = load(f[:-len(".json")])
-        if r["failed"]:
-            failed.append(f"{f[:-len('.json')]}: {r['failed']} failed")
+for r in range(1, rounds + 1):
+    d = os.path.join(results, f"r{r}")
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".json"):
+            with open(os.path.join(d, f)) as fh:
+                rep = json.load(fh)
+            if rep["failed"]:
+                where = f"round {r}: " if rounds > 1 else ""
+                failed.append(f"{where}{f[:-len('.json')]}: {rep['failed']} failed")
 if failed:
     print()
     print("failed operations: " + "; ".join(failed))
