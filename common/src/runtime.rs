@@ -22,9 +22,23 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
+    /// The server's multi-threaded runtime, with the worker count asked
+    /// for (tokio's default otherwise); a bad `TOKIO_WORKER_THREADS` is an
+    /// `InvalidInput` error, where tokio would panic.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        let workers = self
+            .worker_threads()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if let Some(n) = workers {
+            rt.worker_threads(n);
+        }
+        rt.enable_all().build()
+    }
+
     /// The worker count to configure, if not tokio's default. tokio would
     /// panic on a bad `TOKIO_WORKER_THREADS`; this reports it instead.
-    pub fn worker_threads(&self) -> Result<Option<usize>, String> {
+    fn worker_threads(&self) -> Result<Option<usize>, String> {
         if let Some(n) = self.worker_threads {
             return Ok(Some(n.into()));
         }

@@ -102,11 +102,7 @@ fn main() -> anyhow::Result<()> {
     // Before a port is bound or the store opened: a second process on the
     // same data dir is refused with the first one's pid. Held until exit.
     let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.runtime.worker_threads().map_err(anyhow::Error::msg)? {
-        rt.worker_threads(n);
-    }
-    let rt = rt.enable_all().build()?;
+    let rt = args.runtime.runtime()?;
     rt.block_on(run(Run {
         config,
         id,
