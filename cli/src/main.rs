@@ -197,6 +197,27 @@ enum AdminCmd {
     /// The nodes of the cluster.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// A shard's replicas: add one on a node, remove one, or move one from
+    /// a node to another (add, then remove). The group's leader refuses a
+    /// change whose new voters would lack a live majority, and promotes a
+    /// new replica only once it has caught up. Each step is idempotent: a
+    /// command cut short is finished by running it again.
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// Make NODE (a node of the config) a replica of shard SHARD: it
+    /// starts an empty replica, catches up as a learner (by snapshot if
+    /// the log was compacted), then becomes a voter.
+    Add { shard: u64, node: u64 },
+    /// Take NODE out of shard SHARD and delete its copy of the shard's
+    /// data there. If NODE leads the shard, it hands the leadership on
+    /// first (transactions open on the shard are then aborted).
+    Remove { shard: u64, node: u64 },
+    /// Move shard SHARD's replica from node FROM to node TO.
+    Move { shard: u64, from: u64, to: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -581,6 +602,63 @@ fn every_10k(json: bool, verb: &'static str) -> impl FnMut(u64) {
 }
 
 /// The result of a backup or restore: `what` happened, as of `txn`.
+async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, ClientError> {
+    use pact_client::RaftGroup;
+    use pact_common::{NodeId, ShardId};
+    let ids = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
+    let (shard, added, removed) = match *r {
+        ReplicaCmd::Add { shard, node } => (shard, Some(node), None),
+        ReplicaCmd::Remove { shard, node } => (shard, None, Some(node)),
+        ReplicaCmd::Move { shard, from, to } => {
+            if from == to {
+                return Err(ClientError::InvalidInput(format!(
+                    "moving shard {shard}'s replica from node {from} to itself"
+                )));
+            }
+            (shard, Some(to), Some(from))
+        }
+    };
+    let group = RaftGroup::Shard(ShardId(shard));
+    if client.shard_replicas(ShardId(shard)).is_empty() {
+        return Err(ClientError::InvalidInput(format!(
+            "no shard {shard} in the cluster config"
+        )));
+    }
+    let mut voters = Vec::new();
+    if let Some(node) = added {
+        voters = client.add_replica(group, NodeId(node)).await?;
+        if !json {
+            outln!("{group}: node {node} is a voter; voters {:?}", ids(&voters));
+        }
+    }
+    let mut dropped = None;
+    if let Some(node) = removed {
+        let r = client.remove_replica(group, NodeId(node)).await?;
+        voters = r.voters;
+        if !json {
+            outln!("{group}: node {node} removed; voters {:?}", ids(&voters));
+            match &r.dropped {
+                None => outln!("node {node} dropped its replica and deleted its data"),
+                Some(why) => outln!(
+                    "node {node} still holds its replica's data ({why}); run the same command again once it answers"
+                ),
+            }
+        }
+        dropped = Some(r.dropped);
+    }
+    if json {
+        let mut v = serde_json::json!({"group": group.to_string(), "voters": ids(&voters)});
+        if let Some(d) = dropped {
+            v["dropped"] = serde_json::json!(d.is_none());
+            if let Some(why) = d {
+                v["drop_error"] = serde_json::json!(why);
+            }
+        }
+        outln!("{v}");
+    }
+    Ok(0)
+}
+
 fn report_copy(json: bool, dir: &std::path::Path, txn: &str, records: u64, bytes: u64, what: &str) {
     if json {
         outln!(
@@ -707,6 +785,7 @@ async fn run(
             }
             Ok(0)
         }
+        Cmd::Admin(AdminCmd::Replica(r)) => replica(client, r, args.json).await,
         Cmd::Backup { dir } => {
             let s = client.backup(dir, every_10k(args.json, "read")).await?;
             let what = format!("backed up {} to {}", s.records, dir.display());

@@ -1,5 +1,6 @@
-//! `txn admin shard list` and `txn admin member list`: the topology the
-//! config gives, with who leads what now (every replica asked at once, as
+//! `txn admin shard list` and `txn admin member list`: the topology as the
+//! replicas report it (the config's, changed by `txn admin replica`), with
+//! who leads what now (every replica asked at once, as
 //! `txn status` does).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,14 +33,40 @@ fn leaders<K: Ord + Copy>(
     (lead, answered)
 }
 
+/// Each group's voters as its replicas report them (the highest term's
+/// answer, a leader's first): replicas added or removed at run time
+/// differ from the config.
+fn voters<K: Ord + Copy>(
+    answers: &[(K, NodeId, Result<ReplicaStatus, ClientError>)],
+) -> BTreeMap<K, Vec<u64>> {
+    let mut best: BTreeMap<K, ((u64, bool), Vec<u64>)> = BTreeMap::new();
+    for (group, _, r) in answers {
+        let Ok(s) = r else { continue };
+        if s.voters.is_empty() {
+            continue;
+        }
+        let rank = (s.term, s.role == "leader");
+        let e = best.entry(*group).or_insert((rank, s.voters.clone()));
+        if rank > e.0 {
+            *e = (rank, s.voters.clone());
+        }
+    }
+    best.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
 /// Shards: their keys (a range, or ring points and their share of all key
 /// hashes), replicas and leader.
 pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, ClientError> {
-    let (lead, _) = leaders(&client.status().await);
+    let answers = client.status().await;
+    let (lead, _) = leaders(&answers);
+    let live = voters(&answers);
     let map = client.shard_map();
     let mut rows = Vec::new();
     for shard in client.shards() {
-        let replicas: Vec<u64> = client.shard_replicas(shard).iter().map(|n| n.0).collect();
+        let replicas: Vec<u64> = live
+            .get(&shard)
+            .cloned()
+            .unwrap_or_else(|| client.shard_replicas(shard).iter().map(|n| n.0).collect());
         let leader = lead.get(&shard).map(|(term, l)| (*l, *term));
         let keys = match (map.range_of(shard), map.ring_share(shard)) {
             (Some((start, end)), _) => json!({
@@ -90,12 +117,23 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
 /// Nodes: addresses, the groups each replicates, which it leads, and
 /// whether it answered.
 pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
-    let (shard_lead, s_up) = leaders(&client.status().await);
+    let answers = client.status().await;
+    let (shard_lead, s_up) = leaders(&answers);
+    let live = voters(&answers);
     let (coord_lead, c_up) = leaders(&client.coordinator_status_all().await);
-    let mut nodes: BTreeMap<NodeId, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    // Every node of the config, a spare that hosts nothing included.
+    let mut nodes: BTreeMap<NodeId, (Vec<String>, Vec<String>)> = client
+        .node_ids()
+        .into_iter()
+        .map(|n| (n, Default::default()))
+        .collect();
     let label = |s: ShardId| format!("shard {}", s.0);
     for shard in client.shards() {
-        for n in client.shard_replicas(shard) {
+        let replicas: Vec<NodeId> = live
+            .get(&shard)
+            .map(|v| v.iter().copied().map(NodeId).collect())
+            .unwrap_or_else(|| client.shard_replicas(shard));
+        for n in replicas {
             let e = nodes.entry(n).or_default();
             e.0.push(label(shard));
             if shard_lead.get(&shard).map(|x| x.1) == Some(n.0) {
@@ -132,7 +170,11 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
                 "node {} {} {up}: replicas {}; leads {}",
                 n.0,
                 client.node_addr(*n).unwrap_or("?"),
-                groups.join(", "),
+                if groups.is_empty() {
+                    "none (a spare)".to_string()
+                } else {
+                    groups.join(", ")
+                },
                 if leads.is_empty() {
                     "nothing".to_string()
                 } else {

@@ -13,11 +13,11 @@
 //! did not answer, stopped, or applies more than `--max-lag` entries behind
 //! the leader; `ok` otherwise. The cluster is as bad as its worst group.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pact_client::{Client, ClientError, ReplicaStatus};
-use pact_common::NodeId;
+use pact_common::{NodeId, ShardId};
 use serde_json::json;
 
 /// Options shared by `status` and `health`.
@@ -290,6 +290,58 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
             answer,
         })
         .collect();
+    // Replicas added at run time are not in the config: ask the voters
+    // that answers name too. A configured replica that no longer hosts
+    // its group (removed at run time) answers with an error; it is not
+    // part of the group, so it is left out.
+    let mut voters: BTreeMap<(Kind, u64), (u64, Vec<NodeId>)> = BTreeMap::new();
+    for r in &rows {
+        if let Ok(s) = &r.answer {
+            if !s.voters.is_empty() {
+                let rank = s.term * 2 + u64::from(s.role == "leader");
+                let e = voters
+                    .entry((r.kind, r.group))
+                    .or_insert((rank, Vec::new()));
+                if rank >= e.0 {
+                    *e = (rank, s.voters.iter().copied().map(NodeId).collect());
+                }
+            }
+        }
+    }
+    let extra: Vec<(Kind, u64, NodeId)> = voters
+        .iter()
+        .flat_map(|((k, g), (_, v))| v.iter().map(move |n| (*k, *g, *n)))
+        .filter(|(k, g, n)| {
+            client.node_addr(*n).is_some()
+                && !rows
+                    .iter()
+                    .any(|r| r.kind == *k && r.group == *g && r.node == *n)
+        })
+        .collect();
+    let more = futures::future::join_all(extra.into_iter().map(|(kind, group, node)| async move {
+        let r = match kind {
+            Kind::Shard => {
+                tokio::time::timeout(within, client.replica_status(ShardId(group), node)).await
+            }
+            Kind::Coord => tokio::time::timeout(within, client.coordinator_status(node)).await,
+        }
+        .ok();
+        Row {
+            kind,
+            group,
+            node,
+            addr: client.node_addr(node).unwrap_or("?").to_string(),
+            answer: timed(node, r),
+        }
+    }))
+    .await;
+    rows.extend(more);
+    rows.retain(|r| {
+        r.answer.is_ok()
+            || voters
+                .get(&(r.kind, r.group))
+                .is_none_or(|(_, v)| v.contains(&r.node))
+    });
     rows.sort_by_key(|r| (r.kind, r.group, r.node));
     rows
 }

@@ -32,6 +32,7 @@
 mod backup;
 pub mod convert;
 mod discover;
+mod replicas;
 mod tls;
 mod txn;
 
@@ -53,6 +54,7 @@ pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 pub use discover::{discover, prefer_endpoints, Given, ASK_WITHIN};
+pub use replicas::Removed;
 
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -532,7 +534,11 @@ impl Client {
                     target = next(target);
                 }
                 Ok(Err(status)) => match classify(&status) {
-                    Class::NotLeader(Some(hint)) if replicas.contains(&hint) && hint != target => {
+                    // Any node the client knows: a replica added at run
+                    // time is not in the list it started from.
+                    Class::NotLeader(Some(hint))
+                        if self.inner.nodes.contains_key(&hint) && hint != target =>
+                    {
                         last_err = format!("{} is not leader; hint {hint}", self.who(target));
                         target = hint;
                         sleep = false;
@@ -830,13 +836,31 @@ impl Client {
     /// Status of every replica of every shard, sorted by shard then node,
     /// all asked at once (a silent replica costs one request timeout, not
     /// one per group it holds).
+    ///
+    /// Replicas added at run time are found through the voters the first
+    /// answers report, and asked too.
     pub async fn status(&self) -> Vec<(ShardId, NodeId, Result<ReplicaStatus, ClientError>)> {
         let asks = self.inner.shards.iter().flat_map(|(shard, replicas)| {
             replicas.iter().map(move |node| async move {
                 (*shard, *node, self.replica_status(*shard, *node).await)
             })
         });
-        futures::future::join_all(asks).await
+        let mut all = futures::future::join_all(asks).await;
+        let asked: std::collections::BTreeSet<(ShardId, NodeId)> =
+            all.iter().map(|(s, n, _)| (*s, *n)).collect();
+        let more: std::collections::BTreeSet<(ShardId, NodeId)> = all
+            .iter()
+            .filter_map(|(s, _, r)| r.as_ref().ok().map(|st| (*s, st.voters.clone())))
+            .flat_map(|(s, voters)| voters.into_iter().map(move |v| (s, NodeId(v))))
+            .filter(|k| !asked.contains(k) && self.inner.nodes.contains_key(&k.1))
+            .collect();
+        let extra = futures::future::join_all(more.into_iter().map(|(shard, node)| async move {
+            (shard, node, self.replica_status(shard, node).await)
+        }))
+        .await;
+        all.extend(extra);
+        all.sort_by_key(|(s, n, _)| (*s, *n));
+        all
     }
 
     /// Status of every replica of every coordinator group, sorted by group
@@ -850,6 +874,13 @@ impl Client {
             })
         });
         futures::future::join_all(asks).await
+    }
+
+    /// Every node of the config, sorted.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.inner.nodes.keys().copied().collect();
+        v.sort();
+        v
     }
 
     /// The client address of `node` in the config.

@@ -164,7 +164,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     pact_raft::balance::spawn(node.router().clone(), id.0, balance_every);
     let endpoint = {
         let n = node.clone();
-        pact_raft::endpoint::Endpoint::new(node.replicas().cloned().collect())
+        pact_raft::endpoint::Endpoint::new(node.replicas())
             .context("setting up metrics")?
             .with_registry(node.metrics.registry.clone())
             .on_scrape(move || n.refresh_metrics())
@@ -179,7 +179,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let health = endpoint
         .grpc_health(&[pact_proto::kv_server::SERVICE_NAME])
         .await;
-    tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), shards = node.replicas().count(), "participant started");
+    tracing::info!(node = %id, %listen, %peer_listen, tls = tls.is_some(), data_dir = %data_dir.display(), shards = node.replicas().len(), "participant started");
     // Clients get Kv only; Raft and the transaction protocol (whose Decide
     // could commit another client's prepared transaction) only on the peer
     // port.
@@ -204,7 +204,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let server = async { tokio::try_join!(client_server, peer_server) };
     let stopped = {
         let n = node.clone();
-        pact_raft::server::fence_when_stopped(node.replicas().cloned().collect(), move || n.fatal())
+        pact_raft::server::fence_when_stopped(node.replicas(), move || n.fatal())
     };
     server.await.context("grpc server failed")?;
     node.shutdown().await;

@@ -134,7 +134,14 @@ pub struct Node {
     id: NodeId,
     config: Arc<ClusterConfig>,
     map: ShardMap,
-    shards: BTreeMap<ShardId, Arc<Shard>>,
+    /// The shards hosted here: those of the config, plus those an operator
+    /// added, minus those an operator removed (`pact_raft::Hosting`).
+    shards: std::sync::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    /// Serializes hosting and dropping shards, so two calls for one shard
+    /// cannot both start (or stop) its replica.
+    hosting: tokio::sync::Mutex<()>,
+    host: Host,
+    tuning: Tuning,
     router: Router,
     hlc: Hlc,
     /// Monotonic milliseconds, for the transaction manager's timers.
@@ -217,25 +224,38 @@ impl Node {
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
         );
-        let mut shards = BTreeMap::new();
-        for shard in config.shards_of_node(id) {
-            let Some(sc) = config.shard(shard) else {
+        // What an operator added or removed at run time overrides the
+        // config (a node's records live on its own disk).
+        let records = host
+            .hosting()
+            .await
+            .map_err(|e| Error::Fatal(format!("storage: {e}")))?;
+        let mut plan: BTreeMap<ShardId, Option<Vec<NodeId>>> = config
+            .shards_of_node(id)
+            .into_iter()
+            .map(|s| (s, None))
+            .collect();
+        for (group, record) in &records {
+            let shard = ShardId(*group);
+            if config.shard(shard).is_none() {
                 continue;
-            };
-            let members = pact_raft::members(&config, &sc.replicas);
-            let shared = Arc::new(Shared::new(TxnManager::new(TxnLimits {
-                skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
-                idle_timeout_ms: config.transactions.idle_timeout_ms,
-            })));
-            let app = Arc::new(KvApp {
-                shared: shared.clone(),
-            });
-            let replica = Replica::start(shard.0, id.0, members, &tuning, app, host).await?;
-            let s = Arc::new(Shard {
-                replica,
-                shared,
-                waiting: Default::default(),
-            });
+            }
+            match record {
+                pact_raft::Hosting::Joined { voters } => {
+                    plan.insert(shard, Some(voters.iter().copied().map(NodeId).collect()));
+                }
+                pact_raft::Hosting::Dropped => {
+                    plan.remove(&shard);
+                    // A crash may have cut the wipe short.
+                    host.wipe_dropped(*group)
+                        .await
+                        .map_err(|e| Error::Fatal(format!("storage: {e}")))?;
+                }
+            }
+        }
+        let mut shards = BTreeMap::new();
+        for (shard, joined) in plan {
+            let s = start_shard(&config, id, shard, joined, &tuning, host).await?;
             spawn_owner(s.clone(), mono.clone(), coordinators.clone());
             shards.insert(shard, s);
         }
@@ -243,7 +263,10 @@ impl Node {
             id,
             map: config.shard_map(),
             config: Arc::new(config),
-            shards,
+            shards: std::sync::RwLock::new(shards),
+            hosting: tokio::sync::Mutex::new(()),
+            host: host.clone(),
+            tuning,
             router: host.router.clone(),
             hlc: Hlc::new(clock),
             mono,
@@ -288,14 +311,80 @@ impl Node {
         &self.router
     }
 
-    pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
-        self.shards.values().map(|s| &s.replica)
+    /// The replicas of the shards hosted now, in shard order.
+    pub fn replicas(&self) -> Vec<Replica> {
+        self.all_shards()
+            .into_iter()
+            .map(|(_, s)| s.replica.clone())
+            .collect()
+    }
+
+    /// The shards hosted now, in shard order.
+    fn all_shards(&self) -> Vec<(ShardId, Arc<Shard>)> {
+        self.shards
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Start this node's replica of `shard`, an existing shard of the
+    /// config whose voters are `voters`, so its leader can add it (see
+    /// `pact_raft::membership`). Idempotent.
+    pub async fn host_shard(&self, shard: ShardId, voters: Vec<NodeId>) -> Result<(), Error> {
+        if self.config.shard(shard).is_none() {
+            return Err(Error::UnknownShard(shard.0));
+        }
+        if let Some(n) = voters.iter().find(|n| self.config.node(**n).is_none()) {
+            return Err(Error::InvalidInput(format!(
+                "hosting shard {shard}: voter {n} is not in the cluster config"
+            )));
+        }
+        let _one = self.hosting.lock().await;
+        if self.shard(shard).is_ok() {
+            return Ok(());
+        }
+        let s = start_shard(
+            &self.config,
+            self.id,
+            shard,
+            Some(voters),
+            &self.tuning,
+            &self.host,
+        )
+        .await?;
+        spawn_owner(s.clone(), self.mono.clone(), self.coordinators.clone());
+        if let Ok(mut m) = self.shards.write() {
+            m.insert(shard, s);
+        }
+        tracing::info!(%shard, "hosting a new replica of the shard");
+        Ok(())
+    }
+
+    /// Stop this node's replica of `shard` for good and delete its data;
+    /// the shard must no longer count this node as a member (the admin
+    /// service checks). Idempotent.
+    pub async fn drop_shard(&self, shard: ShardId) -> Result<(), Error> {
+        let _one = self.hosting.lock().await;
+        let s = match self.shards.write() {
+            Ok(mut m) => m.remove(&shard),
+            Err(_) => None,
+        };
+        let Some(s) = s else {
+            return Ok(());
+        };
+        s.replica.remove_here(&self.host).await?;
+        // Whatever waited on its locks learns that they are gone.
+        s.shared.release_with(TxnManager::step_down);
+        tracing::info!(%shard, "dropped this node's replica of the shard");
+        Ok(())
     }
 
     /// Bring the gauges read at a scrape up to date (lock tables, open
     /// transactions).
     pub fn refresh_metrics(&self) {
-        for (id, s) in &self.shards {
+        self.metrics.lock_table.reset();
+        self.metrics.open_txns.reset();
+        for (id, s) in self.all_shards() {
             let Some((keys, ranges, txns)) = s.shared.mgr.lock().ok().map(|m| m.sizes()) else {
                 continue;
             };
@@ -313,14 +402,16 @@ impl Node {
         }
     }
 
-    fn shard(&self, shard: ShardId) -> Result<&Arc<Shard>, Error> {
+    fn shard(&self, shard: ShardId) -> Result<Arc<Shard>, Error> {
         if self.config.shard(shard).is_none() {
             return Err(Error::UnknownShard(shard.0));
         }
         // A shard that exists but is not hosted here: the caller asked the
         // wrong node; it should try the shard's replicas.
         self.shards
-            .get(&shard)
+            .read()
+            .ok()
+            .and_then(|m| m.get(&shard).cloned())
             .ok_or(Error::NotLeader { hint: None })
     }
 
@@ -658,7 +749,7 @@ impl Node {
     /// Linearizable read of one key.
     pub async fn get(&self, shard: ShardId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         validate_key(key)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.check_owner(shard, key)?;
         if pact_common::faults::enabled("stale-reads") {
             // Deliberate bug (fault injection): any replica answers from
@@ -708,7 +799,7 @@ impl Node {
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let limit = Self::scan_limit(limit)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         if end.is_some_and(|e| e <= start) {
             return Ok((Vec::new(), false));
@@ -729,7 +820,7 @@ impl Node {
 
     /// Atomically apply a batch of puts and deletes on one shard.
     pub async fn write(&self, shard: ShardId, ops: Vec<Mutation>) -> Result<u64, Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
         let mut attempt = 1;
         loop {
@@ -826,7 +917,7 @@ impl Node {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
         validate_key(key)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.check_owner(shard, key)?;
         self.ready(s)?;
         let mode = if for_update {
@@ -856,7 +947,7 @@ impl Node {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
         let limit = Self::scan_limit(limit)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         if end.is_some_and(|e| e <= start) {
             return Ok((Vec::new(), false));
@@ -881,7 +972,7 @@ impl Node {
     ) -> Result<(), Error> {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.validate_writes(shard, &ops)?;
         self.ready(s)?;
         self.lock_writes(s, txn, first, prio, &ops).await
@@ -901,7 +992,7 @@ impl Node {
         ops: Vec<Mutation>,
         durable: bool,
     ) -> Result<Vote, Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         if !ops.is_empty() {
             self.validate_writes(shard, &ops)?;
         }
@@ -986,7 +1077,7 @@ impl Node {
     ) -> Result<(), Error> {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         // From here on, any failure before the commit's entry is proposed
         // aborts the transaction: let go of what it holds. Until then the
@@ -1028,7 +1119,7 @@ impl Node {
 
     /// Phase two: apply the coordinator's decision. Idempotent.
     pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         if !commit {
             // Whatever it holds here goes now; the record below makes a
@@ -1101,7 +1192,7 @@ impl Node {
         group: u64,
         below: Timestamp,
     ) -> Result<Timestamp, Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         if group == IMPLICIT_GROUP {
             return Err(Error::InvalidInput(format!(
@@ -1134,13 +1225,14 @@ impl Node {
     pub fn fatal(&self) -> Option<String> {
         // A panic while holding a transaction manager's lock leaves its
         // state unknowable: stop rather than serve from it.
-        if let Some(s) = self.shards.values().find(|s| s.shared.mgr.is_poisoned()) {
+        let shards = self.all_shards();
+        if let Some((_, s)) = shards.iter().find(|(_, s)| s.shared.mgr.is_poisoned()) {
             return Some(format!(
                 "shard {}: transaction manager poisoned",
                 s.replica.group()
             ));
         }
-        self.shards.values().find_map(|s| {
+        shards.iter().find_map(|(_, s)| {
             s.replica
                 .fatal()
                 .map(|f| format!("shard {}: {f}", s.replica.group()))
@@ -1148,7 +1240,7 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
-        for s in self.shards.values() {
+        for (_, s) in self.all_shards() {
             s.replica.shutdown().await;
         }
     }
@@ -1165,7 +1257,7 @@ impl Node {
         txn: TxnId,
         fence: bool,
     ) -> Result<crate::kv::TxnState, Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         if fence {
             let reply = self.propose(s, ShardCommand::Fence { txn }).await?;
@@ -1201,7 +1293,7 @@ impl Node {
         group: u64,
         below: Timestamp,
     ) -> Result<(u64, u64), Error> {
-        let s = self.shard(shard)?;
+        let s = &self.shard(shard)?;
         self.ready(s)?;
         let mut removed = 0u64;
         loop {
@@ -1375,6 +1467,45 @@ pub const IN_DOUBT_AFTER_MS: u64 = 2_000;
 /// leader change lost it), it is aborted here at once rather than holding
 /// its locks until the idle timeout.
 pub const ABANDONED_AFTER_MS: u64 = 1_000;
+
+/// Start this node's replica of `shard`: as the config says (`joined` is
+/// None), or as a replica added at run time whose group had voters
+/// `joined`.
+async fn start_shard(
+    config: &ClusterConfig,
+    id: NodeId,
+    shard: ShardId,
+    joined: Option<Vec<NodeId>>,
+    tuning: &Tuning,
+    host: &Host,
+) -> Result<Arc<Shard>, Error> {
+    let shared = Arc::new(Shared::new(TxnManager::new(TxnLimits {
+        skip_shared_locks: pact_common::faults::enabled("skip-read-locks"),
+        idle_timeout_ms: config.transactions.idle_timeout_ms,
+    })));
+    let app = Arc::new(KvApp {
+        shared: shared.clone(),
+    });
+    let replica = match joined {
+        None => {
+            let replicas = config
+                .shard(shard)
+                .map(|sc| sc.replicas.clone())
+                .unwrap_or_default();
+            let members = pact_raft::members(config, &replicas);
+            Replica::start(shard.0, id.0, members, tuning, app, host).await?
+        }
+        Some(voters) => {
+            let members = pact_raft::members(config, &voters);
+            Replica::start_joined(shard.0, id.0, members, tuning, app, host).await?
+        }
+    };
+    Ok(Arc::new(Shard {
+        replica,
+        shared,
+        waiting: Default::default(),
+    }))
+}
 
 fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
     let mut leadership = s.replica.leadership();

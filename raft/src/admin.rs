@@ -11,27 +11,116 @@ use pact_proto::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
 use crate::balance::{transfer, TransferError};
+use crate::membership::{self, MembershipError};
 use crate::network::Router;
 use crate::wire::{error_status, topology_response};
 
 /// How long a transfer may take before the call reports it incomplete.
 pub const TRANSFER_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long adding or removing a replica may take before the call reports
+/// it incomplete (a learner catching up by snapshot included).
+pub const MEMBERSHIP_WITHIN: Duration = Duration::from_secs(60);
+
+/// Why a node did not start or stop a replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Not possible as asked (an unknown group, a group still counting
+    /// this node); the message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// The replica did not start or stop (storage failed, or the server
+    /// cannot host groups at run time).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What starts and stops a node's replicas at run time: the server that
+/// knows how to build a group's application (a shard's participant, a
+/// coordinator's recovery log).
+#[tonic::async_trait]
+pub trait GroupHost: Send + Sync + 'static {
+    /// Start this node's replica of `group`, whose voters are `voters`
+    /// (idempotent: a hosted group is left as it is).
+    async fn host(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError>;
+    /// Stop this node's replica of `group` for good and delete its data
+    /// (idempotent: a group not hosted is fine).
+    async fn drop_group(&self, group: u64) -> Result<(), HostError>;
+}
+
 #[derive(Clone)]
 pub struct AdminService {
     router: Router,
-    /// Built once: the config does not change while the server runs.
+    /// Built once from the config; the replicas of the groups this node
+    /// hosts are filled in from their live membership at each call.
     topology: Arc<pb::TopologyResponse>,
+    host: Option<Arc<dyn GroupHost>>,
+    /// Peer addresses by node id, for new learners.
+    peers: Arc<std::collections::BTreeMap<u64, String>>,
+    /// This node's id.
+    me: u64,
 }
 
 impl AdminService {
     /// Operator actions on the groups `router` reaches, and the routing
-    /// table of `config`.
+    /// table of `config`. Replicas cannot be hosted or dropped here.
     pub fn new(router: Router, config: &ClusterConfig) -> AdminServer<Self> {
+        Self::with_host(router, config, 0, None)
+    }
+
+    /// [`AdminService::new`] on node `me`, whose `host` starts and stops
+    /// replicas at run time.
+    pub fn with_host(
+        router: Router,
+        config: &ClusterConfig,
+        me: u64,
+        host: Option<Arc<dyn GroupHost>>,
+    ) -> AdminServer<Self> {
         AdminServer::new(AdminService {
             router,
             topology: Arc::new(topology_response(config)),
+            host,
+            peers: Arc::new(
+                config
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id.0, n.peer_addr.clone()))
+                    .collect(),
+            ),
+            me,
         })
+    }
+
+    /// The voters of `group` if this node hosts it and has learned them.
+    fn live_voters(&self, group: u64) -> Option<Vec<u64>> {
+        use openraft::async_runtime::WatchReceiver;
+        let raft = self.router.raft(group)?;
+        let m = raft.metrics().borrow_watched().clone();
+        let v: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+fn membership_status(e: MembershipError) -> Status {
+    let msg = e.to_string();
+    match e {
+        MembershipError::UnknownGroup(_) => error_status(ErrorCode::UnknownShard, msg, None, None),
+        MembershipError::NotLeader { leader } => error_status(
+            ErrorCode::NotLeader,
+            msg,
+            None,
+            leader.map(|l| (l, String::new())),
+        ),
+        MembershipError::Refused(_) => error_status(ErrorCode::InvalidInput, msg, None, None),
+        MembershipError::Incomplete(_) => error_status(ErrorCode::Unavailable, msg, None, None),
+    }
+}
+
+fn host_status(e: HostError) -> Status {
+    let msg = e.to_string();
+    match e {
+        HostError::Refused(_) => error_status(ErrorCode::InvalidInput, msg, None, None),
+        HostError::Failed(_) => error_status(ErrorCode::Unavailable, msg, None, None),
     }
 }
 
@@ -72,6 +161,115 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
-        Ok(Response::new(self.topology.as_ref().clone()))
+        let mut t = self.topology.as_ref().clone();
+        for s in &mut t.shards {
+            if let Some(v) = self.live_voters(s.id) {
+                s.replicas = v;
+            }
+        }
+        for g in &mut t.coordinators {
+            if let Some(v) = self.live_voters(g.group) {
+                g.replicas = v;
+            }
+        }
+        Ok(Response::new(t))
+    }
+
+    async fn host_replica(
+        &self,
+        request: Request<pb::HostReplicaRequest>,
+    ) -> Result<Response<pb::HostReplicaResponse>, Status> {
+        let r = request.into_inner();
+        let host = self.host.clone().ok_or_else(|| {
+            error_status(
+                ErrorCode::InvalidInput,
+                "this server cannot host replicas at run time (run `pact`, one process per node)"
+                    .into(),
+                None,
+                None,
+            )
+        })?;
+        if r.voters.is_empty() {
+            return Err(error_status(
+                ErrorCode::InvalidInput,
+                format!("hosting group {}: the group's voters are missing", r.group),
+                None,
+                None,
+            ));
+        }
+        // Owned: a caller that gives up does not leave a replica half
+        // started.
+        tokio::spawn(async move { host.host(r.group, r.voters).await })
+            .await
+            .map_err(|e| Status::internal(format!("host task failed: {e}")))?
+            .map_err(host_status)?;
+        Ok(Response::new(pb::HostReplicaResponse {}))
+    }
+
+    async fn drop_replica(
+        &self,
+        request: Request<pb::DropReplicaRequest>,
+    ) -> Result<Response<pb::DropReplicaResponse>, Status> {
+        let r = request.into_inner();
+        let host = self.host.clone().ok_or_else(|| {
+            error_status(
+                ErrorCode::InvalidInput,
+                "this server cannot drop replicas at run time (run `pact`, one process per node)"
+                    .into(),
+                None,
+                None,
+            )
+        })?;
+        let me = self.me;
+        if r.voters.is_empty() || r.voters.contains(&me) {
+            return Err(error_status(
+                ErrorCode::InvalidInput,
+                format!(
+                    "node {me} may drop its replica of group {} only once the group's voters \
+                     (as its leader reports them) no longer include it; given {:?}: remove it \
+                     from the group first (ChangeReplicas with remove)",
+                    r.group, r.voters
+                ),
+                None,
+                None,
+            ));
+        }
+        tokio::spawn(async move { host.drop_group(r.group).await })
+            .await
+            .map_err(|e| Status::internal(format!("drop task failed: {e}")))?
+            .map_err(host_status)?;
+        Ok(Response::new(pb::DropReplicaResponse {}))
+    }
+
+    async fn change_replicas(
+        &self,
+        request: Request<pb::ChangeReplicasRequest>,
+    ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
+        let r = request.into_inner();
+        let router = self.router.clone();
+        let voters = if r.remove {
+            tokio::spawn(async move {
+                membership::remove(&router, r.group, r.node, MEMBERSHIP_WITHIN).await
+            })
+            .await
+        } else {
+            let Some(addr) = self.peers.get(&r.node).cloned() else {
+                return Err(error_status(
+                    ErrorCode::InvalidInput,
+                    format!("node {} is not in the cluster config", r.node),
+                    None,
+                    None,
+                ));
+            };
+            tokio::spawn(async move {
+                membership::add(&router, r.group, r.node, addr, MEMBERSHIP_WITHIN).await
+            })
+            .await
+        }
+        .map_err(|e| Status::internal(format!("membership task failed: {e}")))?
+        .map_err(membership_status)?;
+        Ok(Response::new(pb::ChangeReplicasResponse {
+            voters: voters.into_iter().collect(),
+        }))
     }
 }

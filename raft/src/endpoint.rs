@@ -22,7 +22,6 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 use crate::metrics::{gather_all, RaftGauges};
-use crate::Replica;
 
 /// How often the gRPC health status is brought up to date.
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
@@ -36,14 +35,14 @@ pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 pub struct Endpoint {
     registries: Vec<Registry>,
     refresh: Vec<Refresh>,
-    replicas: Vec<Replica>,
+    replicas: crate::Replicas,
     gauges: RaftGauges,
 }
 
 impl Endpoint {
     /// For a process hosting `replicas`: their Raft gauges and the
     /// process-wide metrics, so far.
-    pub fn new(replicas: Vec<Replica>) -> prometheus::Result<Endpoint> {
+    pub fn new(replicas: impl Into<crate::Replicas>) -> prometheus::Result<Endpoint> {
         let raft = Registry::new();
         let gauges = RaftGauges::new(&raft)?;
         let mut registries = vec![raft];
@@ -51,7 +50,7 @@ impl Endpoint {
         Ok(Endpoint {
             registries,
             refresh: Vec::new(),
-            replicas,
+            replicas: replicas.into(),
             gauges,
         })
     }
@@ -70,7 +69,7 @@ impl Endpoint {
 
     /// The page `/metrics` serves.
     pub fn render(&self) -> String {
-        self.gauges.refresh(&self.replicas);
+        self.gauges.refresh(&self.replicas.list());
         for f in &self.refresh {
             f();
         }
@@ -86,6 +85,7 @@ impl Endpoint {
     pub fn readiness(&self) -> Result<(), String> {
         let why: Vec<String> = self
             .replicas
+            .list()
             .iter()
             .filter_map(|r| r.readiness().err())
             .collect();
@@ -208,7 +208,7 @@ async fn not_found() -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Applied, Apply, Host, Member, NodeStore, Peers, StateView, Tuning};
+    use crate::{Applied, Apply, Host, Member, NodeStore, Peers, Replica, StateView, Tuning};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tonic_health::pb::health_check_response::ServingStatus;
 

@@ -71,6 +71,7 @@ pub mod endpoint;
 mod error;
 mod journal_mark;
 mod log_store;
+pub mod membership;
 pub mod metrics;
 mod network;
 mod rejoin;
@@ -89,7 +90,8 @@ pub use network::{
     MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
 pub use replica::{
-    members, Host, Member, Proposal, Replica, ReplicaStatus, Role, Tuning, READY_MAX_LAG,
+    members, Host, Hosting, Member, Proposal, Replica, ReplicaStatus, Replicas, Role, Tuning,
+    READY_MAX_LAG,
 };
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;

@@ -464,6 +464,10 @@ impl RaftGauges {
             self.storage_write_buffer
                 .set(i64::try_from(m.write_buffer).unwrap_or(i64::MAX));
         }
+        // A group removed from this node must not linger as a series.
+        for v in [&self.term, &self.leader, &self.applied, &self.apply_lag] {
+            v.reset();
+        }
         for r in replicas {
             let s = r.status();
             let g = group_label(s.group);

@@ -15,8 +15,8 @@ use crate::network::{ask_state, NetworkFactory, Peers, Router};
 use crate::rejoin::{decide, Decision, Gate, LeaderId};
 use crate::state_machine::{scan_sm, Apply, StateMachine};
 use crate::store::{
-    blocking, group_end, group_key, group_prefix, NodeStore, Op, Space, META_PURGED, META_REJOIN,
-    META_VOTE, SM_APPLIED,
+    blocking, group_end, group_key, group_prefix, NodeStore, Op, Space, META_HOSTING, META_PURGED,
+    META_REJOIN, META_VOTE, SM_APPLIED,
 };
 use crate::types::{Command, Raft, TypeConfig};
 use crate::ReplicaError;
@@ -65,6 +65,13 @@ pub struct Host {
     pub store: Arc<NodeStore>,
     pub router: Router,
     pub peers: Peers,
+    /// Every replica running on the node, including those added at run
+    /// time: what metrics, readiness and fencing cover.
+    pub replicas: Replicas,
+    /// Every node of the cluster (not only a group's replicas): where a
+    /// replica added at run time sends Raft messages, and what leader hints
+    /// name.
+    directory: Arc<std::sync::RwLock<BTreeMap<u64, Member>>>,
 }
 
 impl Host {
@@ -74,7 +81,71 @@ impl Host {
             store,
             router: Router::default(),
             peers,
+            replicas: Replicas::default(),
+            directory: Arc::default(),
         }
+    }
+
+    /// Tell every replica started from now on how to reach `nodes` (all
+    /// the cluster's nodes), besides its own group's replicas.
+    pub fn set_directory(&self, nodes: Vec<Member>) {
+        if let Ok(mut d) = self.directory.write() {
+            *d = nodes.into_iter().map(|m| (m.id, m)).collect();
+        }
+    }
+
+    /// `node`'s addresses, if the directory has it.
+    pub fn member(&self, node: u64) -> Option<Member> {
+        self.directory.read().ok()?.get(&node).cloned()
+    }
+
+    /// The groups this node hosts, or stopped hosting, by an operator's
+    /// decision rather than its config (see [`Hosting`]).
+    pub async fn hosting(&self) -> io::Result<BTreeMap<u64, Hosting>> {
+        let store = self.store.clone();
+        blocking(move || {
+            let all = store.range_sync(Space::Meta, &[], &[0xff; 8], usize::MAX, false)?;
+            let mut out = BTreeMap::new();
+            for (k, v) in all {
+                if k.len() == 8 + META_HOSTING.len() && k.ends_with(META_HOSTING) {
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&k[..8]);
+                    let group = u64::from_be_bytes(id);
+                    let h: Hosting = decode(&v, format_args!("hosting record of group {group}"))?;
+                    out.insert(group, h);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Finish removing what is left of `group` here (a crash can cut a
+    /// [`Replica::remove_here`] short): its state, log and metadata, all
+    /// but its vote and its [`Hosting::Dropped`] record. Idempotent.
+    pub async fn wipe_dropped(&self, group: u64) -> io::Result<()> {
+        crate::snapshot::wipe_sm(&self.store, group).await?;
+        let store = self.store.clone();
+        let meta = blocking(move || {
+            store.range_sync(
+                Space::Meta,
+                &group_prefix(group),
+                &group_end(group),
+                usize::MAX,
+                false,
+            )
+        })
+        .await?;
+        let keep = [group_key(group, META_VOTE), group_key(group, META_HOSTING)];
+        let mut ops: Vec<Op> = meta
+            .into_iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .map(|(k, _)| Op::Delete(Space::Meta, k))
+            .collect();
+        let range = |s| Op::DeleteRange(s, group_prefix(group).to_vec(), group_end(group));
+        ops.push(range(Space::Log));
+        ops.push(range(Space::SmMeta));
+        self.store.write_durable(ops).await
     }
 
     /// Open (or create) the node's storage under `dir` with `limits` and
@@ -92,6 +163,62 @@ impl Host {
             )
         })?;
         Ok(Host::new(store, Peers::new(tls)))
+    }
+}
+
+/// How a node came to host a group, or stopped hosting it, other than by
+/// its config: stored in the node's own metadata, so a restart hosts what
+/// the operator added and not what the operator removed. A record lives
+/// on the same disk as the group's data, so a lost disk loses both: the
+/// node then hosts what its config says, and rejoins those groups.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Hosting {
+    /// Added at run time; `voters` were the group's voters then, the peers
+    /// it accepts messages from before it has learned its membership.
+    Joined { voters: Vec<u64> },
+    /// Removed: not hosted again unless added again. Its last vote is
+    /// kept, so a replica added back later keeps the promises it made.
+    Dropped,
+}
+
+/// The replicas running on a node, by group id: shared by whatever starts
+/// and stops them and whatever reports on them.
+#[derive(Clone, Default)]
+pub struct Replicas(Arc<std::sync::RwLock<BTreeMap<u64, Replica>>>);
+
+impl Replicas {
+    /// Every replica, in group order.
+    pub fn list(&self) -> Vec<Replica> {
+        self.0
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, group: u64) -> Option<Replica> {
+        self.0.read().ok()?.get(&group).cloned()
+    }
+
+    fn insert(&self, r: Replica) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(r.group, r);
+        }
+    }
+
+    fn remove(&self, group: u64) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(&group);
+        }
+    }
+}
+
+impl From<Vec<Replica>> for Replicas {
+    fn from(v: Vec<Replica>) -> Self {
+        let r = Replicas::default();
+        for x in v {
+            r.insert(x);
+        }
+        r
     }
 }
 
@@ -279,10 +406,63 @@ impl Replica {
         app: Arc<dyn Apply>,
         host: &Host,
     ) -> Result<Self, ReplicaError> {
+        Self::start_as(group, node_id, members, tuning, app, host, false).await
+    }
+
+    /// Start this node's replica of an existing group that an operator
+    /// added it to (or restart one, after [`Hosting::Joined`] was
+    /// recorded): `voters` are the group's voters, who will add it as a
+    /// learner. It never bootstraps the group and skips the rejoin probe:
+    /// it never was a member, so it made no promise it could have lost
+    /// (the probe would also wait forever for the dead node it may be
+    /// replacing). The record is made durable first.
+    pub async fn start_joined(
+        group: u64,
+        node_id: u64,
+        voters: Vec<Member>,
+        tuning: &Tuning,
+        app: Arc<dyn Apply>,
+        host: &Host,
+    ) -> Result<Self, ReplicaError> {
+        let record = Hosting::Joined {
+            voters: voters.iter().map(|m| m.id).collect(),
+        };
+        let v = encode(&record).map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
+        host.store
+            .write_durable(vec![Op::Put(
+                Space::Meta,
+                group_key(group, META_HOSTING),
+                v,
+            )])
+            .await
+            .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
+        Self::start_as(group, node_id, voters, tuning, app, host, true).await
+    }
+
+    async fn start_as(
+        group: u64,
+        node_id: u64,
+        members: Vec<Member>,
+        tuning: &Tuning,
+        app: Arc<dyn Apply>,
+        host: &Host,
+        joined: bool,
+    ) -> Result<Self, ReplicaError> {
         let store = host.store.clone();
-        let clients: BTreeMap<u64, String> = members
+        let directory: Vec<Member> = host
+            .directory
+            .read()
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default();
+        let clients: BTreeMap<u64, String> = directory
             .iter()
+            .chain(members.iter())
             .map(|m| (m.id, m.client_addr.clone()))
+            .collect();
+        let addrs: BTreeMap<u64, String> = directory
+            .iter()
+            .chain(members.iter())
+            .map(|m| (m.id, m.peer_addr.clone()))
             .collect();
         let members: Vec<(u64, String)> =
             members.into_iter().map(|m| (m.id, m.peer_addr)).collect();
@@ -299,6 +479,11 @@ impl Replica {
             blocking(move || gate_at_start(&s, group))
                 .await
                 .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?
+        };
+        let gate = if joined && gate.is_probing() {
+            Gate::open()
+        } else {
+            gate
         };
         let gate = Arc::new(gate);
         // A replica that restarts has forgotten when it last heard from its
@@ -330,7 +515,7 @@ impl Replica {
             group,
             me: node_id,
             peers: host.peers.clone(),
-            addrs: Arc::new(members.iter().cloned().collect()),
+            addrs: Arc::new(addrs),
             min_append_ttl: Duration::from_millis(tuning.election_timeout_min_ms / 2),
         };
         let log = LogStore::new(group, store.clone());
@@ -366,7 +551,7 @@ impl Replica {
                 }
             });
         }
-        let first = members.first().map(|(id, _)| *id) == Some(node_id);
+        let first = !joined && members.first().map(|(id, _)| *id) == Some(node_id);
         let members: BTreeMap<u64, String> = members.into_iter().collect();
         if gate.is_open() {
             let initialized = raft
@@ -388,7 +573,7 @@ impl Replica {
                 peers: host.peers.clone(),
             }));
         }
-        Ok(Replica {
+        let replica = Replica {
             group,
             node_id,
             raft,
@@ -397,7 +582,32 @@ impl Replica {
             timeout: tuning.request_timeout(),
             lease_reads: tuning.lease_reads,
             quorum_silence: Duration::from_millis(tuning.election_timeout_max_ms * 2),
-        })
+        };
+        host.replicas.insert(replica.clone());
+        Ok(replica)
+    }
+
+    /// Stop hosting this replica, for good: record [`Hosting::Dropped`]
+    /// (durably, first: a restart midway does not host it again and
+    /// finishes the wipe), stop its Raft core, stop routing to it, and
+    /// delete its data, log and metadata except its vote. The group must
+    /// already have removed this node from its membership, or it is left
+    /// one replica short.
+    pub async fn remove_here(&self, host: &Host) -> Result<(), ReplicaError> {
+        let v =
+            encode(&Hosting::Dropped).map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
+        host.store
+            .write_durable(vec![Op::Put(
+                Space::Meta,
+                group_key(self.group, META_HOSTING),
+                v,
+            )])
+            .await
+            .map_err(storage_err)?;
+        host.router.remove(self.group);
+        host.replicas.remove(self.group);
+        let _ = self.raft.shutdown().await;
+        host.wipe_dropped(self.group).await.map_err(storage_err)
     }
 
     pub fn group(&self) -> u64 {

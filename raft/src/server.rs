@@ -304,11 +304,12 @@ pub async fn shutdown_signal() {
 ///
 /// [`Replica::fence`]: crate::Replica::fence
 pub fn fence_when_stopped(
-    replicas: Vec<crate::Replica>,
+    replicas: impl Into<crate::Replicas>,
     fatal: impl Fn() -> Option<String> + Send + 'static,
 ) -> std::sync::Arc<std::sync::OnceLock<String>> {
     let stopped = std::sync::Arc::new(std::sync::OnceLock::new());
     let cell = stopped.clone();
+    let replicas: crate::Replicas = replicas.into();
     tokio::spawn(async move {
         let why = loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -322,7 +323,7 @@ pub fn fence_when_stopped(
              (txn status, /readyz); fix the cause, then restart it on the same data directory"
         );
         let _ = cell.set(why);
-        futures::future::join_all(replicas.iter().map(|r| r.fence())).await;
+        futures::future::join_all(replicas.list().iter().map(|r| r.fence())).await;
     });
     stopped
 }

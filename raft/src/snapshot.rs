@@ -452,7 +452,7 @@ async fn roll_forward(
 /// groups' jobs run between them. The keys are read off the writer: no
 /// one else writes this group's state during an install (openraft's state
 /// machine task is in it; at start, Raft is not running yet).
-async fn wipe_sm(store: &Arc<NodeStore>, group: u64) -> io::Result<()> {
+pub(crate) async fn wipe_sm(store: &Arc<NodeStore>, group: u64) -> io::Result<()> {
     let mut after: Option<Vec<u8>> = None;
     loop {
         let s = store.clone();

@@ -69,6 +69,10 @@ pub(crate) const META_PURGED: &[u8] = b"purged";
 /// Present while the group rejoins after a lost disk: the leader-id floor
 /// (see `rejoin`), so a restart mid-rejoin keeps the same restrictions.
 pub(crate) const META_REJOIN: &[u8] = b"rejoin";
+/// How this node came to host the group, when not by its config: an
+/// operator added the replica (`Joined`), or removed it (`Dropped`; see
+/// `replica::Hosting`). Kept when the group's data is wiped.
+pub(crate) const META_HOSTING: &[u8] = b"hosting";
 pub(crate) const SM_APPLIED: &[u8] = b"applied";
 pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a received snapshot is being installed (see `snapshot`):

@@ -664,3 +664,96 @@ async fn log_tail_never_serves_deleted_entries() {
     let mut reader = log.get_log_reader().await;
     assert_eq!(read(&mut reader, 3..4).await, vec![(3, 3)]);
 }
+
+/// A replica hosted at run time is recorded before it starts; dropping it
+/// records that first, then deletes everything of the group but its vote
+/// and the record, and the wipe can be run again (a crash cut it short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosting_is_recorded_and_a_dropped_group_keeps_only_its_vote() {
+    use crate::replica::{Host, Hosting, Member, Replica, Tuning};
+    use crate::store::{META_HOSTING, META_VOTE, SM_APPLIED};
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(
+        NodeStore::open(dir.path()).unwrap(),
+        crate::network::Peers::new(None),
+    );
+    let tuning = Tuning {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        snapshot_logs: 1000,
+        keep_logs: 100,
+        lease_reads: false,
+    };
+    let voters = vec![Member {
+        id: 1,
+        peer_addr: "127.0.0.1:1".into(),
+        client_addr: "127.0.0.1:2".into(),
+    }];
+    let r = Replica::start_joined(7, 2, voters, &tuning, Arc::new(Echo), &host)
+        .await
+        .unwrap();
+    assert_eq!(
+        host.hosting().await.unwrap(),
+        std::collections::BTreeMap::from([(7, Hosting::Joined { voters: vec![1] })])
+    );
+    assert_eq!(host.replicas.list().len(), 1);
+    // What a replica accumulates: a vote, applied state, data, log.
+    let store = host.store.clone();
+    store
+        .write_durable(vec![
+            Op::Put(Space::Meta, group_key(7, META_VOTE), b"v".to_vec()),
+            Op::Put(Space::Meta, group_key(7, b"committed"), b"c".to_vec()),
+            Op::Put(Space::SmMeta, group_key(7, SM_APPLIED), b"a".to_vec()),
+            Op::Put(Space::Sm, group_key(7, b"k"), b"x".to_vec()),
+            Op::Put(Space::Log, group_key(7, &1u64.to_be_bytes()), b"e".to_vec()),
+            // Another group's keys stay.
+            Op::Put(Space::Sm, group_key(8, b"k"), b"y".to_vec()),
+        ])
+        .await
+        .unwrap();
+    r.remove_here(&host).await.unwrap();
+    assert!(host.replicas.list().is_empty());
+    assert_eq!(
+        host.hosting().await.unwrap(),
+        std::collections::BTreeMap::from([(7, Hosting::Dropped)])
+    );
+    let left = |space| {
+        store
+            .range_sync(
+                space,
+                &crate::store::group_prefix(7),
+                &crate::store::group_end(7),
+                usize::MAX,
+                false,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        left(Space::Meta),
+        vec![group_key(7, META_HOSTING), group_key(7, META_VOTE)]
+    );
+    for s in [Space::Sm, Space::SmMeta, Space::Log] {
+        assert!(left(s).is_empty(), "{s:?} still holds keys of group 7");
+    }
+    assert_eq!(
+        store.get_sync(Space::Sm, &group_key(8, b"k")).unwrap(),
+        Some(b"y".to_vec())
+    );
+    // A crash between the record and the end of the wipe: the next start
+    // wipes again.
+    store
+        .write_durable(vec![Op::Put(
+            Space::Sm,
+            group_key(7, b"late"),
+            b"z".to_vec(),
+        )])
+        .await
+        .unwrap();
+    host.wipe_dropped(7).await.unwrap();
+    assert!(left(Space::Sm).is_empty());
+    host.wipe_dropped(7).await.unwrap();
+}

@@ -24,6 +24,7 @@ use pact_coordinator::service::TxnService;
 use pact_coordinator::Coordinator;
 use pact_participant::service::{KvService, ParticipantService};
 use pact_participant::Node;
+use pact_raft::admin::HostError;
 use pact_raft::Host;
 
 /// Run a Pact node: its replicas of the shards and of the coordinator
@@ -70,8 +71,9 @@ struct Args {
     runtime: pact_common::runtime::RuntimeArgs,
 }
 
-/// What node `id` hosts: its shards and its coordinator group, if any.
-/// A node in the config that hosts neither has nothing to run.
+/// What the config gives node `id`: its shards and its coordinator group,
+/// if any. A node given neither is a spare: it runs, hosting nothing until
+/// an operator adds replicas to it (`txn admin replica add`).
 fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64>), String> {
     if config.node(id).is_none() {
         return Err(format!(
@@ -81,12 +83,59 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
     }
     let shards = config.shards_of_node(id);
     let group = config.coordinator_of(id).map(|g| g.group);
-    if shards.is_empty() && group.is_none() {
-        return Err(format!(
-            "node {id} is a replica of no shard and of no coordinator group in the config: nothing to run"
-        ));
-    }
     Ok((shards, group))
+}
+
+/// Starts and stops this node's shard replicas at run time for
+/// `pact.v1.Admin` (coordinator groups keep the replicas the config gives
+/// them, for now).
+struct ShardHost {
+    node: Arc<Node>,
+    config: Arc<ClusterConfig>,
+}
+
+#[tonic::async_trait]
+impl pact_raft::admin::GroupHost for ShardHost {
+    async fn host(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError> {
+        self.check(group)?;
+        self.node
+            .host_shard(ShardId(group), voters.into_iter().map(NodeId).collect())
+            .await
+            .map_err(host_error)
+    }
+
+    async fn drop_group(&self, group: u64) -> Result<(), HostError> {
+        self.check(group)?;
+        self.node
+            .drop_shard(ShardId(group))
+            .await
+            .map_err(host_error)
+    }
+}
+
+impl ShardHost {
+    fn check(&self, group: u64) -> Result<(), HostError> {
+        if self.config.coordinators.iter().any(|g| g.group == group) {
+            return Err(HostError::Refused(format!(
+                "group {group} is a coordinator group; their replicas cannot be moved yet"
+            )));
+        }
+        if self.config.shard(ShardId(group)).is_none() {
+            return Err(HostError::Refused(format!(
+                "no shard {group} in the cluster config"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn host_error(e: pact_participant::Error) -> HostError {
+    use pact_participant::Error as E;
+    match e {
+        E::InvalidInput(m) => HostError::Refused(m),
+        E::UnknownShard(s) => HostError::Refused(format!("no shard {s} in the cluster config")),
+        other => HostError::Failed(other.to_string()),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -185,26 +234,29 @@ async fn run(r: Run) -> anyhow::Result<()> {
             .await
             .context("storage open task failed")??
     };
-    let node = if shards.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            Node::start_on(config.clone(), id, &host, tls.clone()).await?,
-        ))
-    };
+    // Every node learns how to reach every other, so a replica added to it
+    // later can talk to its group whichever nodes that group is on.
+    host.set_directory(pact_raft::members(
+        &config,
+        &config.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+    ));
+    // A node runs its shard service even with no shard yet: an operator
+    // can add replicas to it.
+    let node = Some(Arc::new(
+        Node::start_on(config.clone(), id, &host, tls.clone()).await?,
+    ));
     let coordinator = match group {
         Some(_) => Some(Coordinator::start_on(config.clone(), id, &host, tls.clone()).await?),
         None => None,
     };
-    // One page and one readiness for every group of the node.
-    let mut replicas = Vec::new();
+    // One page and one readiness for every group of the node, those
+    // added at run time included.
+    let replicas = host.replicas.clone();
     let mut services = Vec::new();
-    if let Some(n) = &node {
-        replicas.extend(n.replicas().cloned());
+    if node.is_some() {
         services.push(pact_proto::kv_server::SERVICE_NAME);
     }
-    if let Some(c) = &coordinator {
-        replicas.push(c.replica().clone());
+    if coordinator.is_some() {
         services.push(pact_proto::txn_server::SERVICE_NAME);
     }
     let mut endpoint =
@@ -241,9 +293,16 @@ async fn run(r: Run) -> anyhow::Result<()> {
     );
     let client_server = client_builder
         .add_service(health)
-        .add_service(pact_raft::admin::AdminService::new(
+        .add_service(pact_raft::admin::AdminService::with_host(
             host.router.clone(),
             &config,
+            id.0,
+            node.clone().map(|node| {
+                Arc::new(ShardHost {
+                    node,
+                    config: Arc::new(config.clone()),
+                }) as Arc<dyn pact_raft::admin::GroupHost>
+            }),
         ))
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
@@ -287,7 +346,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_runs_what_the_config_gives_it_and_not_nothing() {
+    fn a_node_runs_what_the_config_gives_it_or_waits_as_a_spare() {
         let combined = ClusterConfig::local_combined(3, 3, 3, 7001).unwrap();
         assert_eq!(
             roles(&combined, NodeId(2)),
@@ -301,7 +360,8 @@ mod tests {
         assert_eq!(roles(&split, NodeId(5)), Ok((vec![], Some(1))));
         let err = roles(&split, NodeId(9)).unwrap_err();
         assert!(err.contains("node 9 is not in the cluster config"), "{err}");
-        // A node listed in [[nodes]] that no shard or group names.
+        // A node listed in [[nodes]] that no shard or group names: a spare,
+        // which runs and waits for replicas to be added to it.
         let mut idle = split.clone();
         idle.nodes.push(pact_common::NodeConfig {
             id: NodeId(7),
@@ -309,7 +369,6 @@ mod tests {
             peer_addr: "127.0.0.1:7101".into(),
         });
         idle.validate().unwrap();
-        let err = roles(&idle, NodeId(7)).unwrap_err();
-        assert!(err.contains("nothing to run"), "{err}");
+        assert_eq!(roles(&idle, NodeId(7)), Ok((vec![], None)));
     }
 }

@@ -314,7 +314,11 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .expect("open node log");
-        let bin = if self.config.is_combined(id) {
+        let spare =
+            self.config.coordinator_of(id).is_none() && self.config.shards_of_node(id).is_empty();
+        // A spare node (the config gives it nothing yet) runs `pact`, the
+        // server that can take replicas at run time.
+        let bin = if self.config.is_combined(id) || spare {
             "pact"
         } else if self.config.coordinator_of(id).is_some() {
             "coordinator"

@@ -1,0 +1,237 @@
+//! Adding, removing and moving a shard's replicas (`txn admin replica`),
+//! driven from the client in steps that are each idempotent, so a step
+//! cut short (a timeout, a crash of the caller) is finished by running the
+//! same command again:
+//!
+//! 1. add: the new node starts an empty replica (`Admin.HostReplica`),
+//!    then the group's leader adds it as a learner and, once it has caught
+//!    up, as a voter (`Admin.ChangeReplicas`);
+//! 2. remove: the leader takes the node out of the membership (handing
+//!    its own leadership on first if it is the one removed), then the node
+//!    drops its replica and deletes its data (`Admin.DropReplica`);
+//! 3. move: add, then remove.
+//!
+//! The safety checks (a live majority of the new voters, a caught-up new
+//! voter, one change at a time) are the leader's, in
+//! `pact_raft::membership`.
+
+use std::time::Duration;
+
+use pact_common::NodeId;
+use pact_proto as pb;
+use pact_proto::admin_client::AdminClient;
+
+use crate::convert::{classify, Class};
+use crate::{Client, ClientError, RaftGroup};
+
+/// How long a membership change may take at the leader (its own limit is
+/// 60 s), plus a margin.
+const CHANGE_WITHIN: Duration = Duration::from_secs(65);
+
+/// What removing a replica did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// The group's voters after the change.
+    pub voters: Vec<NodeId>,
+    /// Whether the removed node dropped its replica and data; None if it
+    /// was not reached (it drops them when asked again, e.g. by running
+    /// the same command once it is back).
+    pub dropped: Option<String>,
+}
+
+impl Client {
+    /// The voters of `group` as its leader (or the most recent replica to
+    /// answer) reports them: asked of every replica the client knows of.
+    pub async fn group_voters(&self, group: RaftGroup) -> Result<Vec<NodeId>, ClientError> {
+        let mut ask = self.group_replicas(group);
+        if ask.is_empty() {
+            return Err(ClientError::InvalidInput(format!(
+                "no {group} in the config"
+            )));
+        }
+        let mut best: Option<(bool, u64, Vec<u64>)> = None;
+        let mut last = ClientError::Unavailable(format!("{group}: no replica answered"));
+        let mut asked = Vec::new();
+        while let Some(node) = ask.pop() {
+            if asked.contains(&node) {
+                continue;
+            }
+            asked.push(node);
+            let r = match group {
+                RaftGroup::Shard(s) => self.replica_status(s, node).await,
+                RaftGroup::Coordinator(_) => self.coordinator_status(node).await,
+            };
+            match r {
+                Ok(st) if !st.voters.is_empty() => {
+                    let key = (st.role == "leader", st.term, st.voters.clone());
+                    if let Some(l) = st.leader.filter(|l| !asked.contains(&NodeId(*l))) {
+                        ask.push(NodeId(l));
+                    }
+                    if best.as_ref().is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                        best = Some(key);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => last = e,
+            }
+        }
+        best.map(|b| b.2.into_iter().map(NodeId).collect())
+            .ok_or(last)
+    }
+
+    /// Call `f` on the Admin service of `group`'s leader, found by asking
+    /// its replicas and following "not leader" hints to any node.
+    async fn at_leader<T, F, Fut>(&self, group: RaftGroup, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut ask: Vec<NodeId> = self.group_replicas(group);
+        ask.reverse();
+        let mut last = ClientError::Unavailable(format!("{group}: no replica answered"));
+        let mut tried = Vec::new();
+        // A hint may lead to a node that just lost the leadership: follow
+        // a few, not forever.
+        let mut hops = 0;
+        while let Some(node) = ask.pop() {
+            if tried.contains(&node) && hops > 8 {
+                continue;
+            }
+            tried.push(node);
+            let ch = match self.channel(node) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(CHANGE_WITHIN, f(AdminClient::new(ch))).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => match classify(&s) {
+                    Class::NotLeader(Some(hint)) if hint != node && hops < 16 => {
+                        hops += 1;
+                        ask.push(hint);
+                        last = ClientError::Unavailable(format!("{}: not leader", self.who(node)));
+                    }
+                    Class::NotLeader(_) | Class::Retry(_) => {
+                        last = ClientError::Unavailable(format!(
+                            "{}: {}",
+                            self.who(node),
+                            s.message()
+                        ));
+                    }
+                    Class::Unknown(m) => {
+                        return Err(ClientError::Unknown(format!("{}: {m}", self.who(node))))
+                    }
+                    Class::Overloaded(m, _) => return Err(ClientError::Overloaded(m)),
+                    Class::Fail(e) => return Err(e),
+                },
+                Err(_) => {
+                    return Err(ClientError::Unknown(format!(
+                        "{} did not answer within {CHANGE_WITHIN:?}; the change may still \
+                         finish: check with `txn admin shard list`, or run the command again",
+                        self.who(node)
+                    )))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Make `node` a voter of shard group `group`: it hosts an empty
+    /// replica, the leader adds it as a learner and promotes it once it
+    /// has caught up. Returns the voters after the change.
+    pub async fn add_replica(
+        &self,
+        group: RaftGroup,
+        node: NodeId,
+    ) -> Result<Vec<NodeId>, ClientError> {
+        if self.node_addr(node).is_none() {
+            return Err(ClientError::InvalidInput(format!(
+                "node {node} is not in the cluster config"
+            )));
+        }
+        let voters = self.group_voters(group).await?;
+        if voters.contains(&node) {
+            return Ok(voters);
+        }
+        let mut c = AdminClient::new(self.channel(node)?);
+        let req = pb::HostReplicaRequest {
+            group: group.id(),
+            voters: voters.iter().map(|v| v.0).collect(),
+        };
+        match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.host_replica(req)).await {
+            Err(_) => {
+                return Err(ClientError::Unavailable(format!(
+                    "{} did not start a replica of {group} in time",
+                    self.who(node)
+                )))
+            }
+            Ok(Err(s)) => {
+                return Err(match classify(&s) {
+                    Class::Fail(e) => e,
+                    _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
+                })
+            }
+            Ok(Ok(_)) => {}
+        }
+        let id = group.id();
+        let r = self
+            .at_leader(group, |mut c| async move {
+                c.change_replicas(pb::ChangeReplicasRequest {
+                    group: id,
+                    node: node.0,
+                    remove: false,
+                })
+                .await
+            })
+            .await?;
+        Ok(r.voters.into_iter().map(NodeId).collect())
+    }
+
+    /// Take `node` out of `group` and have it drop its replica's data.
+    pub async fn remove_replica(
+        &self,
+        group: RaftGroup,
+        node: NodeId,
+    ) -> Result<Removed, ClientError> {
+        let id = group.id();
+        let r = self
+            .at_leader(group, |mut c| async move {
+                c.change_replicas(pb::ChangeReplicasRequest {
+                    group: id,
+                    node: node.0,
+                    remove: true,
+                })
+                .await
+            })
+            .await?;
+        let voters: Vec<NodeId> = r.voters.into_iter().map(NodeId).collect();
+        let dropped = async {
+            let mut c = AdminClient::new(self.channel(node)?);
+            let req = pb::DropReplicaRequest {
+                group: id,
+                voters: voters.iter().map(|v| v.0).collect(),
+            };
+            match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.drop_replica(req))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) => Err(ClientError::Unavailable(format!(
+                    "{}: {}",
+                    self.who(node),
+                    s.message()
+                ))),
+                Err(_) => Err(ClientError::Unavailable(format!(
+                    "{} did not answer",
+                    self.who(node)
+                ))),
+            }
+        }
+        .await;
+        Ok(Removed {
+            voters,
+            dropped: dropped.err().map(|e: ClientError| e.to_string()),
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! A shard's replicas added, removed and moved at run time (`txn admin
+//! replica`, `pact.v1.Admin` HostReplica / ChangeReplicas / DropReplica),
+//! with real `pact` processes: a spare node listed in the config takes
+//! over replicas while bank transfers run, and nothing acknowledged is
+//! lost.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pact_client::{Client, ClientError, RaftGroup};
+use pact_common::{ClusterConfig, NodeConfig, NodeId, ShardId};
+use pact_tests::{fast_tuning, Cluster};
+
+const ACCOUNTS: usize = 8;
+const INITIAL: i64 = 1000;
+
+fn account(i: usize) -> Vec<u8> {
+    format!("acct-{i}").into_bytes()
+}
+
+fn parse(v: Option<Vec<u8>>) -> Result<i64, ClientError> {
+    let v = v.ok_or_else(|| ClientError::InvalidInput("missing account".into()))?;
+    std::str::from_utf8(&v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ClientError::InvalidInput("bad balance".into()))
+}
+
+async fn read_settled(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get(key).await {
+            Ok(v) => return v,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!(
+                "key {} stayed unreadable: {e}",
+                String::from_utf8_lossy(key)
+            ),
+        }
+    }
+}
+
+/// Three `pact` nodes holding three shards and a coordinator group, and a
+/// spare node 4 that the config names but gives nothing; node 4 serves
+/// its metrics on the returned port.
+async fn cluster_with_spare() -> (Cluster, u16) {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.nodes.push(NodeConfig {
+        id: NodeId(4),
+        addr: "127.0.0.1:1".into(),
+        peer_addr: "127.0.0.1:2".into(),
+    });
+    // Frequent snapshots and a short log behind them: a new replica
+    // catches up from a snapshot, not from the log.
+    let tuning = pact_common::RaftTuning {
+        snapshot_logs: 100,
+        keep_logs: 20,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::create(config, tuning);
+    let metrics = pact_tests::free_ports(1)[0];
+    c.set_args(
+        NodeId(4),
+        &["--metrics-listen".into(), format!("127.0.0.1:{metrics}")],
+    );
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    (c, metrics)
+}
+
+/// A counter of node 4's metrics page for `group` (0 if absent).
+fn counter(port: u16, name: &str, group: u64) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let prefix = format!("{name}{{group=\"{group}\"}} ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Run `txn --json admin replica ARGS` against the cluster.
+/// Its exit status, its JSON answer (or error) and its stderr.
+fn txn_replica(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(pact_tests::binary("txn"))
+        .arg("--config")
+        .arg(&c.config_path)
+        .args(["--json", "admin", "replica"])
+        .args(args)
+        .output()
+        .expect("run txn");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The voters that `node`'s replica of `shard` reports, once it has a
+/// leader; None if it does not host the shard.
+async fn voters_at(client: &Client, shard: u64, node: u64) -> Option<Vec<u64>> {
+    client
+        .replica_status(ShardId(shard), NodeId(node))
+        .await
+        .ok()
+        .map(|s| s.voters)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
+    let (mut c, metrics) = cluster_with_spare().await;
+    let client = c.client();
+    {
+        let mut t = client.begin().await.expect("begin");
+        for i in 0..ACCOUNTS {
+            t.put(&account(i), INITIAL.to_string().as_bytes())
+                .await
+                .expect("init");
+        }
+        t.commit().await.expect("init commit");
+    }
+    // Some data in every shard beyond the accounts, so the new replica
+    // has something to catch up on.
+    for i in 0..200 {
+        client
+            .put(format!("filler-{i}").as_bytes(), &[7u8; 100])
+            .await
+            .expect("filler");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let client = c.client();
+        let stop = stop.clone();
+        let seq = seq.clone();
+        workers.push(tokio::spawn(async move {
+            let mut log: Vec<(u64, usize, usize, i64, bool)> = Vec::new();
+            let mut n = w + 11;
+            while !stop.load(Ordering::SeqCst) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let from = (n >> 33) as usize % ACCOUNTS;
+                let to = (from + 1 + (n >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + (n >> 50) as i64 % 20;
+                let id = seq.fetch_add(1, Ordering::SeqCst);
+                let marker = format!("xfer-{id}").into_bytes();
+                let r = client
+                    .transaction(|t| {
+                        let marker = marker.clone();
+                        Box::pin(async move {
+                            let a = parse(t.get_for_update(&account(from)).await?)?;
+                            let b = parse(t.get_for_update(&account(to)).await?)?;
+                            if a < amount {
+                                return Ok(false);
+                            }
+                            t.put(&account(from), (a - amount).to_string().as_bytes())
+                                .await?;
+                            t.put(&account(to), (b + amount).to_string().as_bytes())
+                                .await?;
+                            t.put(&marker, format!("{from}:{to}:{amount}").as_bytes())
+                                .await?;
+                            Ok(true)
+                        })
+                    })
+                    .await;
+                match r {
+                    Ok(true) => log.push((id, from, to, amount, true)),
+                    Ok(false) => {}
+                    Err(_) => log.push((id, from, to, amount, false)),
+                }
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Move shard 1's replica from node 3 to the spare, with the CLI.
+    let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
+    assert!(ok, "replica move failed: {err}\n{}", c.logs_tail());
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    assert_eq!(v["dropped"], true, "{v}");
+    // The log behind the leader's snapshot was compacted: node 4 caught up
+    // from a snapshot.
+    let installed = counter(metrics, "pact_raft_snapshots_installed_total", 1);
+    assert!(
+        installed >= 1,
+        "node 4 installed {installed} snapshots of shard 1"
+    );
+    // Move the replica of shard 2 that leads it: the leader hands its
+    // leadership on before it is removed.
+    let leader = c
+        .wait_leader(
+            ShardId(2),
+            &[NodeId(1), NodeId(2), NodeId(3)],
+            Duration::from_secs(20),
+        )
+        .await;
+    let moved = client
+        .add_replica(RaftGroup::Shard(ShardId(2)), NodeId(4))
+        .await
+        .expect("add to shard 2");
+    assert!(moved.contains(&NodeId(4)), "{moved:?}");
+    let removed = client
+        .remove_replica(RaftGroup::Shard(ShardId(2)), leader)
+        .await
+        .expect("remove shard 2's leader");
+    assert!(!removed.voters.contains(&leader), "{removed:?}");
+    assert_eq!(removed.dropped, None, "{removed:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut log = Vec::new();
+    for w in workers {
+        log.extend(w.await.expect("worker"));
+    }
+
+    // Node 3 no longer hosts shard 1, node 4 does and agrees on the voters.
+    assert_eq!(voters_at(&client, 1, 3).await, None);
+    assert_eq!(voters_at(&client, 1, 4).await, Some(vec![1, 2, 4]));
+    // Node 4 keeps its replicas across a crash; node 3 does not get shard 1
+    // back from its config.
+    c.kill(NodeId(4));
+    c.kill(NodeId(3));
+    c.start_node(NodeId(4));
+    c.start_node(NodeId(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let four = client.replica_status(ShardId(1), NodeId(4)).await;
+        if let Ok(s) = &four {
+            if s.leader.is_some() && s.voters == vec![1, 2, 4] {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's replica of shard 1 did not come back: {four:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(voters_at(&client, 1, 3).await, None);
+    // What operators see: the replicas as they are now, and a healthy
+    // cluster (node 3's missing copy of shard 1 is no fault).
+    let txn = |args: &[&str]| {
+        std::process::Command::new(pact_tests::binary("txn"))
+            .arg("--config")
+            .arg(&c.config_path)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run txn")
+    };
+    let out = txn(&["admin", "shard", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["replicas"], serde_json::json!([1, 2, 4]), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = txn(&["health"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "txn health: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let mut expected: BTreeMap<usize, i64> = (0..ACCOUNTS).map(|i| (i, INITIAL)).collect();
+    let mut acked = 0;
+    for (id, from, to, amount, ok) in &log {
+        let marker = read_settled(&client, format!("xfer-{id}").as_bytes()).await;
+        if *ok {
+            acked += 1;
+            assert!(marker.is_some(), "acknowledged transfer {id} is missing");
+        }
+        if marker.is_some() {
+            *expected.get_mut(from).unwrap() -= amount;
+            *expected.get_mut(to).unwrap() += amount;
+        }
+    }
+    let mut total = 0;
+    for i in 0..ACCOUNTS {
+        let v = parse(read_settled(&client, &account(i)).await).expect("balance");
+        assert_eq!(v, expected[&i], "account {i}");
+        total += v;
+    }
+    assert_eq!(total, INITIAL * ACCOUNTS as i64);
+    assert!(acked > 10, "too few transfers went through: {acked}");
+    for i in 0..200 {
+        assert_eq!(
+            read_settled(&client, format!("filler-{i}").as_bytes()).await,
+            Some(vec![7u8; 100])
+        );
+    }
+    println!("{acked} acknowledged transfers of {} tried", log.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_changes_that_would_lose_the_group_are_refused() {
+    let (mut c, _) = cluster_with_spare().await;
+    let client = c.client();
+    // A node that is not in the config.
+    let (ok, v, _) = txn_replica(&c, &["add", "1", "9"]);
+    assert!(!ok);
+    assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("node 9 is not in the cluster config"), "{v}");
+    // A shard that does not exist.
+    let (ok, v, _) = txn_replica(&c, &["add", "9", "4"]);
+    assert!(!ok);
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no shard 9"), "{v}");
+    // A node may not drop a replica its group still counts.
+    {
+        let addr = c.config.node(NodeId(1)).unwrap().addr.clone();
+        let mut admin = pact_proto::admin_client::AdminClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let e = admin
+            .drop_replica(pact_proto::DropReplicaRequest {
+                group: 1,
+                voters: vec![1, 2, 3],
+            })
+            .await
+            .expect_err("dropping a member");
+        assert!(
+            e.message().contains("remove it from the group first"),
+            "{e:?}"
+        );
+    }
+    // With node 3 down, removing node 2 from shard 1 would leave voters
+    // {1, 3}, only one of which answers.
+    c.kill(NodeId(3));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = client
+        .remove_replica(RaftGroup::Shard(ShardId(1)), NodeId(2))
+        .await
+        .expect_err("removing a live voter while another is down");
+    assert!(matches!(e, ClientError::InvalidInput(_)), "{e:?}");
+    assert!(e.to_string().contains("not answering: [3]"), "{e}");
+    // Replacing the dead node is allowed: the spare joins, then node 3
+    // leaves; it is down, so its data stays until it is asked again.
+    let voters = client
+        .add_replica(RaftGroup::Shard(ShardId(1)), NodeId(4))
+        .await
+        .expect("add the spare while node 3 is down");
+    assert_eq!(voters, vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
+    let r = client
+        .remove_replica(RaftGroup::Shard(ShardId(1)), NodeId(3))
+        .await
+        .expect("remove the dead node");
+    assert_eq!(r.voters, vec![NodeId(1), NodeId(2), NodeId(4)]);
+    assert!(r.dropped.is_some(), "{r:?}");
+    // Back up, node 3 drops its copy when the command runs again.
+    c.start_node(NodeId(3));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client
+            .remove_replica(RaftGroup::Shard(ShardId(1)), NodeId(3))
+            .await
+            .expect("remove again");
+        if r.dropped.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never dropped: {r:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(voters_at(&client, 1, 3).await, None);
+    client
+        .put(b"after", b"ok")
+        .await
+        .expect("shard still writes");
+}
