@@ -33,9 +33,9 @@ const CHANGE_WITHIN: Duration = Duration::from_secs(65);
 pub struct Removed {
     /// The group's voters after the change.
     pub voters: Vec<NodeId>,
-    /// Whether the removed node dropped its replica and data; None if it
-    /// was not reached (it drops them when asked again, e.g. by running
-    /// the same command once it is back).
+    /// None once the removed node dropped its replica and data; else why
+    /// it did not (unreachable, say): running the same command again once
+    /// it is back drops them.
     pub dropped: Option<String>,
 }
 
@@ -86,14 +86,29 @@ impl Client {
         F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut ask: Vec<NodeId> = self.group_replicas(group);
-        ask.reverse();
+        let replicas = self.group_replicas(group);
+        let mut ask: Vec<NodeId> = replicas.iter().rev().copied().collect();
         let mut last = ClientError::Unavailable(format!("{group}: no replica answered"));
         let mut tried = Vec::new();
         // A hint may lead to a node that just lost the leadership: follow
         // a few, not forever.
         let mut hops = 0;
-        while let Some(node) = ask.pop() {
+        // An election under way (replicas that name a dead leader until
+        // their timeout): ask every replica again, for a while.
+        let deadline = tokio::time::Instant::now() + self.inner.opts.retry_for;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let Some(node) = ask.pop() else {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                ask = replicas.iter().rev().copied().collect();
+                tried.clear();
+                hops = 0;
+                continue;
+            };
             if tried.contains(&node) && hops > 8 {
                 continue;
             }
@@ -152,28 +167,10 @@ impl Client {
             )));
         }
         let voters = self.group_voters(group).await?;
-        if voters.contains(&node) {
-            return Ok(voters);
-        }
-        let mut c = AdminClient::new(self.channel(node)?);
-        let req = pb::HostReplicaRequest {
-            group: group.id(),
-            voters: voters.iter().map(|v| v.0).collect(),
-        };
-        match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.host_replica(req)).await {
-            Err(_) => {
-                return Err(ClientError::Unavailable(format!(
-                    "{} did not start a replica of {group} in time",
-                    self.who(node)
-                )))
-            }
-            Ok(Err(s)) => {
-                return Err(match classify(&s) {
-                    Class::Fail(e) => e,
-                    _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
-                })
-            }
-            Ok(Ok(_)) => {}
+        // Already a voter (maybe of a change left half done): the leader
+        // is asked all the same, and finishes what is unfinished.
+        if !voters.contains(&node) {
+            self.host_replica(group, node, &voters).await?;
         }
         let id = group.id();
         let r = self
@@ -187,6 +184,32 @@ impl Client {
             })
             .await?;
         Ok(r.voters.into_iter().map(NodeId).collect())
+    }
+
+    /// Have `node` start an empty replica of `group`, whose voters are
+    /// `voters`.
+    async fn host_replica(
+        &self,
+        group: RaftGroup,
+        node: NodeId,
+        voters: &[NodeId],
+    ) -> Result<(), ClientError> {
+        let mut c = AdminClient::new(self.channel(node)?);
+        let req = pb::HostReplicaRequest {
+            group: group.id(),
+            voters: voters.iter().map(|v| v.0).collect(),
+        };
+        match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.host_replica(req)).await {
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "{} did not start a replica of {group} in time",
+                self.who(node)
+            ))),
+            Ok(Err(s)) => Err(match classify(&s) {
+                Class::Fail(e) => e,
+                _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
+            }),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// Take `node` out of `group` and have it drop its replica's data.

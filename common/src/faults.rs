@@ -21,7 +21,11 @@
 //! `crash-mid-snapshot-install` (a replica installing a snapshot from its
 //! leader aborts the process once its old state is deleted and the first
 //! batch of the new one is durable, mid-install), so tests can check that
-//! the next start finishes the install.
+//! the next start finishes the install. And `crash-mid-membership-change`
+//! (a leader adding a replica appends only the joint membership, waits
+//! for it to commit and aborts the process, before any final
+//! configuration exists: the group is left joint, as openraft leaves it
+//! when a leader dies between the two steps of a change), so tests can check that the next change finishes it.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -38,6 +42,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "decision-delay",
     "skip-one-phase-record",
     "crash-mid-snapshot-install",
+    "crash-mid-membership-change",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

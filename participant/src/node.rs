@@ -372,7 +372,13 @@ impl Node {
         let Some(s) = s else {
             return Ok(());
         };
-        s.replica.remove_here(&self.host).await?;
+        if let Err(e) = s.replica.remove_here(&self.host).await {
+            // Not recorded as dropped: it still runs, so it stays hosted.
+            if let Ok(mut m) = self.shards.write() {
+                m.insert(shard, s);
+            }
+            return Err(e.into());
+        }
         // Whatever waited on its locks learns that they are gone.
         s.shared.release_with(TxnManager::step_down);
         tracing::info!(%shard, "dropped this node's replica of the shard");

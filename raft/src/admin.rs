@@ -59,6 +59,8 @@ pub struct AdminService {
     peers: Arc<std::collections::BTreeMap<u64, String>>,
     /// This node's id.
     me: u64,
+    /// Each group's replicas in the config (see `membership::remove`).
+    anchors: Arc<std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>>,
 }
 
 impl AdminService {
@@ -88,6 +90,19 @@ impl AdminService {
                     .collect(),
             ),
             me,
+            anchors: Arc::new(
+                config
+                    .shards
+                    .iter()
+                    .map(|s| (s.id.0, s.replicas.iter().map(|n| n.0).collect()))
+                    .chain(
+                        config
+                            .coordinators
+                            .iter()
+                            .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
+                    )
+                    .collect(),
+            ),
         })
     }
 
@@ -104,7 +119,9 @@ impl AdminService {
 fn membership_status(e: MembershipError) -> Status {
     let msg = e.to_string();
     match e {
-        MembershipError::UnknownGroup(_) => error_status(ErrorCode::UnknownShard, msg, None, None),
+        // Not hosted here (moved away, or never): another replica may
+        // lead it, as with a shard request to the wrong node.
+        MembershipError::UnknownGroup(_) => error_status(ErrorCode::NotLeader, msg, None, None),
         MembershipError::NotLeader { leader } => error_status(
             ErrorCode::NotLeader,
             msg,
@@ -127,7 +144,7 @@ fn host_status(e: HostError) -> Status {
 fn status(e: TransferError) -> Status {
     let msg = e.to_string();
     match e {
-        TransferError::UnknownGroup(_) => error_status(ErrorCode::UnknownShard, msg, None, None),
+        TransferError::UnknownGroup(_) => error_status(ErrorCode::NotLeader, msg, None, None),
         TransferError::NotLeader { leader } => error_status(
             ErrorCode::NotLeader,
             msg,
@@ -197,6 +214,19 @@ impl Admin for AdminService {
                 None,
             ));
         }
+        if r.voters.contains(&self.me) {
+            return Err(error_status(
+                ErrorCode::InvalidInput,
+                format!(
+                    "node {} is already a voter of group {} (voters {:?}): a voter that lost its \
+                     data rejoins by a restart with its config; to start it afresh, remove it \
+                     from the group first",
+                    self.me, r.group, r.voters
+                ),
+                None,
+                None,
+            ));
+        }
         // Owned: a caller that gives up does not leave a replica half
         // started.
         tokio::spawn(async move { host.host(r.group, r.voters).await })
@@ -248,8 +278,9 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let router = self.router.clone();
         let voters = if r.remove {
+            let anchors = self.anchors.get(&r.group).cloned().unwrap_or_default();
             tokio::spawn(async move {
-                membership::remove(&router, r.group, r.node, MEMBERSHIP_WITHIN).await
+                membership::remove(&router, r.group, r.node, &anchors, MEMBERSHIP_WITHIN).await
             })
             .await
         } else {

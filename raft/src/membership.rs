@@ -14,9 +14,14 @@
 //! - a new voter must have caught up first (within [`MAX_TRANSFER_LAG`]
 //!   entries, acknowledged recently), or the new majority would wait for
 //!   it to receive the whole log before committing anything;
-//! - the last voter is never removed;
+//! - the last voter is never removed, nor the last voter among the
+//!   replicas the config lists (clients and restarting nodes find the
+//!   group through those until the cluster map lives in the cluster);
 //! - only one change at a time: a group in a joint configuration refuses
-//!   another change until the first one finishes.
+//!   another change until the first one finishes. openraft leaves a group
+//!   joint if its leader dies between the joint configuration and the
+//!   final one; the next change finishes it first (proposing the joint
+//!   configuration's target), so a crash mid-change never wedges a group.
 //!
 //! A leader asked to remove itself hands the leadership to a caught-up
 //! voter first and answers "not leader" with the new leader, where the
@@ -89,6 +94,9 @@ struct LeaderView {
     voters: BTreeSet<u64>,
     nodes: BTreeSet<u64>,
     joint: bool,
+    /// The target of a committed joint configuration, if the group is in
+    /// one.
+    stranded: Option<BTreeSet<u64>>,
     live: BTreeSet<u64>,
     caught_up: BTreeSet<u64>,
 }
@@ -106,8 +114,14 @@ fn leader_view(raft: &Raft) -> Result<LeaderView, MembershipError> {
     let nodes: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
     // A joint configuration, or a newer one than the committed (a new
     // leader commits its predecessor's last change with its first entry).
-    let joint = membership.get_joint_config().len() > 1
-        || m.membership_config.log_id() != m.committed_membership_config.log_id();
+    let uncommitted = m.membership_config.log_id() != m.committed_membership_config.log_id();
+    let joint_configs = membership.get_joint_config();
+    let joint = joint_configs.len() > 1 || uncommitted;
+    // A committed joint configuration whose leader died before proposing
+    // the final one: openraft leaves it so; the change is finished by
+    // proposing its target.
+    let stranded = (joint_configs.len() > 1 && !uncommitted)
+        .then(|| joint_configs.last().cloned().unwrap_or_default());
     let last = m.last_log_index.unwrap_or(0);
     let acked = |node: &u64| {
         m.heartbeat
@@ -134,6 +148,7 @@ fn leader_view(raft: &Raft) -> Result<LeaderView, MembershipError> {
         voters,
         nodes,
         joint,
+        stranded,
         live,
         caught_up,
     })
@@ -146,11 +161,34 @@ async fn settled_view(
     group: u64,
     within: Duration,
 ) -> Result<LeaderView, MembershipError> {
-    let deadline = tokio::time::Instant::now() + within;
+    let start = tokio::time::Instant::now();
+    let deadline = start + within;
+    let mut finishing = false;
     loop {
         let v = leader_view(raft)?;
         if !v.joint {
             return Ok(v);
+        }
+        // Still joint a second after the joint configuration committed:
+        // nobody is finishing it (its leader died mid-change). Propose
+        // its target, once; an error means someone else is at it.
+        if let Some(target) = v
+            .stranded
+            .filter(|_| !finishing && start.elapsed() > Duration::from_secs(1))
+        {
+            finishing = true;
+            tracing::info!(
+                group,
+                ?target,
+                "finishing a membership change its leader left joint"
+            );
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = timed(
+                left,
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(target), false),
+            )
+            .await;
+            continue;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(MembershipError::Incomplete(format!(
@@ -229,8 +267,11 @@ pub async fn add(
     };
     let mut new = v.voters.clone();
     new.insert(node);
-    check_quorum(group, &v.voters, &new, &v.live).map_err(MembershipError::Refused)?;
+    let v = live_quorum(&raft, group, &new).await?;
     let add = BTreeSet::from([node]);
+    if pact_common::faults::enabled("crash-mid-membership-change") {
+        crash_mid_change(&raft, group, &v.voters, &new).await;
+    }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     timed(
         left.max(Duration::from_secs(1)),
@@ -249,10 +290,15 @@ pub async fn add(
 /// Take `node` out of `group`'s membership, from its leader; returns the
 /// voters after the change. A leader asked to remove itself hands its
 /// leadership to a caught-up voter and answers `NotLeader` naming it.
+///
+/// `anchors` (if not empty) are the group's replicas that clients and
+/// restarting nodes find it through (the config's list): the last of them
+/// is never removed, or the group could only be found by luck.
 pub async fn remove(
     router: &Router,
     group: u64,
     node: u64,
+    anchors: &BTreeSet<u64>,
     within: Duration,
 ) -> Result<BTreeSet<u64>, MembershipError> {
     let raft = raft_of(router, group)?;
@@ -263,16 +309,25 @@ pub async fn remove(
     let me = *raft.node_id();
     let mut new = v.voters.clone();
     new.remove(&node);
-    if v.voters.contains(&node) {
-        check_quorum(group, &v.voters, &new, &v.live).map_err(MembershipError::Refused)?;
+    if !anchors.is_empty() && v.voters.contains(&node) && new.is_disjoint(anchors) {
+        return Err(MembershipError::Refused(format!(
+            "node {node} is the last voter of group {group} that the cluster config lists \
+             ({anchors:?}); clients and restarting nodes find the group through those, so one \
+             must stay: add one of them back first"
+        )));
     }
+    let v = if v.voters.contains(&node) {
+        live_quorum(&raft, group, &new).await?
+    } else {
+        v
+    };
     if node == me {
         let Some(to) = new.iter().copied().find(|n| v.caught_up.contains(n)) else {
             return Err(MembershipError::Incomplete(format!(
                 "node {me} leads group {group} and no other voter has caught up to take over; retry"
             )));
         };
-        crate::balance::transfer(router, group, to, within)
+        crate::balance::transfer(router, group, to, within.min(crate::admin::TRANSFER_WITHIN))
             .await
             .map_err(|e| MembershipError::Incomplete(e.to_string()))?;
         return Err(MembershipError::NotLeader { leader: Some(to) });
@@ -291,6 +346,76 @@ pub async fn remove(
         })?
         .map_err(|e| write_error(group, e))?;
     Ok(leader_view(&raft)?.voters)
+}
+
+/// The leader's view once a majority of `new` is live: a leader elected
+/// a moment ago has not heard from its followers yet, so the check is
+/// given [`MAX_ACK_AGE`] and a little more before it refuses.
+async fn live_quorum(
+    raft: &Raft,
+    group: u64,
+    new: &BTreeSet<u64>,
+) -> Result<LeaderView, MembershipError> {
+    let deadline = tokio::time::Instant::now() + MAX_ACK_AGE * 2;
+    loop {
+        let v = leader_view(raft)?;
+        match check_quorum(group, &v.voters, new, &v.live) {
+            Ok(()) => return Ok(v),
+            Err(why) if tokio::time::Instant::now() >= deadline => {
+                return Err(MembershipError::Refused(why))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The `crash-mid-membership-change` fault (see `pact_common::faults`):
+/// the crash window of a change, made certain. Instead of openraft's two
+/// steps, append the joint configuration of `old` and `new` alone, wait
+/// until it commits, and abort the process before any final
+/// configuration exists, as a leader dying between the steps leaves it.
+async fn crash_mid_change(raft: &Raft, group: u64, old: &BTreeSet<u64>, new: &BTreeSet<u64>) {
+    let m = raft.metrics().borrow_watched().clone();
+    let nodes: std::collections::BTreeMap<u64, BasicNode> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.clone()))
+        .collect();
+    let joint = match openraft::Membership::new(vec![old.clone(), new.clone()], nodes) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(group, error = %e, "crash-mid-membership-change: no joint membership");
+            return;
+        }
+    };
+    let none: Vec<openraft::raft::Precondition<crate::types::TypeConfig>> = Vec::new();
+    if let Err(e) = raft
+        .append_membership(joint, openraft::entry::RaftPayload::blank(), none)
+        .await
+    {
+        tracing::error!(group, error = %e, "crash-mid-membership-change: joint membership refused");
+        return;
+    }
+    let committed = raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.committed_membership_config
+                    .membership()
+                    .get_joint_config()
+                    .len()
+                    > 1
+            },
+            "joint membership committed",
+        )
+        .await;
+    tracing::error!(
+        group,
+        committed = committed.is_ok(),
+        "crash-mid-membership-change: aborting with the group's membership joint"
+    );
+    std::process::abort();
 }
 
 async fn timed<F: std::future::Future>(within: Duration, f: F) -> Result<F::Output, ()> {

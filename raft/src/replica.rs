@@ -136,12 +136,23 @@ impl Host {
             )
         })
         .await?;
-        let keep = [group_key(group, META_VOTE), group_key(group, META_HOSTING)];
-        let mut ops: Vec<Op> = meta
-            .into_iter()
-            .filter(|(k, _)| !keep.contains(k))
-            .map(|(k, _)| Op::Delete(Space::Meta, k))
-            .collect();
+        let vote_key = group_key(group, META_VOTE);
+        let keep = [vote_key.clone(), group_key(group, META_HOSTING)];
+        let mut ops: Vec<Op> = Vec::new();
+        for (k, v) in &meta {
+            if k == &vote_key {
+                // Kept as a promise not to go back on (its term), but no
+                // longer as a leader's granted vote: a replica added back
+                // with a committed vote of its own would restart as
+                // leader of an empty log until the real one reached it.
+                let vote: crate::types::Vote = decode(v, format_args!("vote of group {group}"))?;
+                let lid = vote.leader_id();
+                let plain = crate::types::Vote::new(lid.term, lid.node_id);
+                ops.push(Op::Put(Space::Meta, vote_key.clone(), encode(&plain)?));
+            } else if !keep.contains(k) {
+                ops.push(Op::Delete(Space::Meta, k.clone()));
+            }
+        }
         let range = |s| Op::DeleteRange(s, group_prefix(group).to_vec(), group_end(group));
         ops.push(range(Space::Log));
         ops.push(range(Space::SmMeta));
@@ -424,6 +435,19 @@ impl Replica {
         app: Arc<dyn Apply>,
         host: &Host,
     ) -> Result<Self, ReplicaError> {
+        // Leftovers of an earlier replica of the group here (an apply that
+        // landed after its wipe) go first.
+        let earlier = host
+            .store
+            .get(Space::Meta, group_key(group, META_HOSTING))
+            .await
+            .map_err(storage_err)?;
+        if earlier.is_some_and(|b| {
+            decode::<Hosting>(&b, format_args!("hosting record of group {group}"))
+                .is_ok_and(|h| h == Hosting::Dropped)
+        }) {
+            host.wipe_dropped(group).await.map_err(storage_err)?;
+        }
         let record = Hosting::Joined {
             voters: voters.iter().map(|m| m.id).collect(),
         };
@@ -480,11 +504,11 @@ impl Replica {
                 .await
                 .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?
         };
-        let gate = if joined && gate.is_probing() {
-            Gate::open()
-        } else {
-            gate
-        };
+        // A replica added at run time on a store that holds nothing of the
+        // group never was a member: no probe (see `start_joined`), and no
+        // quiet period either, since it never acknowledged any leader.
+        let fresh = joined && gate.is_probing();
+        let gate = if fresh { Gate::open() } else { gate };
         let gate = Arc::new(gate);
         // A replica that restarts has forgotten when it last heard from its
         // leader, the follower half of that leader's lease: with lease
@@ -492,7 +516,7 @@ impl Replica {
         // or it could help elect a new leader while the old one still
         // serves reads on its lease. (An empty store rejoins through the
         // gate instead, hearing from the current leader before it votes.)
-        let quiet = tuning.lease_reads && gate.is_open();
+        let quiet = tuning.lease_reads && gate.is_open() && !fresh;
         let config = Config {
             cluster_name: format!("pact-group-{group}"),
             heartbeat_interval: tuning.heartbeat_ms,
@@ -554,10 +578,14 @@ impl Replica {
         let first = !joined && members.first().map(|(id, _)| *id) == Some(node_id);
         let members: BTreeMap<u64, String> = members.into_iter().collect();
         if gate.is_open() {
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| ReplicaError::Fatal(e.to_string()))?;
+            let initialized = match raft.is_initialized().await {
+                Ok(i) => i,
+                Err(e) => {
+                    host.router.remove(group);
+                    let _ = raft.shutdown().await;
+                    return Err(ReplicaError::Fatal(e.to_string()));
+                }
+            };
             if !initialized && first {
                 initialize(&raft, group, &members).await;
             }

@@ -702,7 +702,11 @@ async fn hosting_is_recorded_and_a_dropped_group_keeps_only_its_vote() {
     let store = host.store.clone();
     store
         .write_durable(vec![
-            Op::Put(Space::Meta, group_key(7, META_VOTE), b"v".to_vec()),
+            Op::Put(
+                Space::Meta,
+                group_key(7, META_VOTE),
+                crate::codec::encode(&crate::types::Vote::new_committed(3, 2)).unwrap(),
+            ),
             Op::Put(Space::Meta, group_key(7, b"committed"), b"c".to_vec()),
             Op::Put(Space::SmMeta, group_key(7, SM_APPLIED), b"a".to_vec()),
             Op::Put(Space::Sm, group_key(7, b"k"), b"x".to_vec()),
@@ -739,6 +743,17 @@ async fn hosting_is_recorded_and_a_dropped_group_keeps_only_its_vote() {
     for s in [Space::Sm, Space::SmMeta, Space::Log] {
         assert!(left(s).is_empty(), "{s:?} still holds keys of group 7");
     }
+    // The vote keeps its term but no longer says "granted": added back,
+    // the replica must not restore itself as leader of an empty log.
+    let vote: crate::types::Vote = crate::codec::decode(
+        &store
+            .get_sync(Space::Meta, &group_key(7, META_VOTE))
+            .unwrap()
+            .unwrap(),
+        "vote",
+    )
+    .unwrap();
+    assert_eq!(vote, crate::types::Vote::new(3, 2));
     assert_eq!(
         store.get_sync(Space::Sm, &group_key(8, b"k")).unwrap(),
         Some(b"y".to_vec())

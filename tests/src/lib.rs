@@ -147,6 +147,9 @@ pub struct Cluster {
     /// Running nodes' process ids, shared with observers that sample the
     /// processes while the nemesis holds the cluster (see [`Cluster::pids`]).
     pids: PidTable,
+    /// Run every node as `pact` (the server that can host replicas at run
+    /// time), participant-only and coordinator-only nodes included.
+    one_binary: bool,
 }
 
 /// Node id to the process id of its current run; a node is absent while
@@ -232,7 +235,13 @@ impl Cluster {
             args: BTreeMap::new(),
             client_tls: None,
             pids: PidTable::default(),
+            one_binary: false,
         }
+    }
+
+    /// Start every node as `pact` from now on (see `one_binary`).
+    pub fn use_one_binary(&mut self) {
+        self.one_binary = true;
     }
 
     /// Start every node that is not running.
@@ -318,7 +327,7 @@ impl Cluster {
             self.config.coordinator_of(id).is_none() && self.config.shards_of_node(id).is_empty();
         // A spare node (the config gives it nothing yet) runs `pact`, the
         // server that can take replicas at run time.
-        let bin = if self.config.is_combined(id) || spare {
+        let bin = if self.one_binary || self.config.is_combined(id) || spare {
             "pact"
         } else if self.config.coordinator_of(id).is_some() {
             "coordinator"

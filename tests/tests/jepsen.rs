@@ -132,6 +132,28 @@ async fn list_append_survives_leadership_transfers() {
     assert_valid(&r);
 }
 
+/// Shard replicas moved to nodes that did not hold them (and their old
+/// copies dropped) while bank transfers run, between kills of shard
+/// leaders: a spare fourth participant gives every move a target, and
+/// replicas wander over the four nodes. The bank's total holds, every
+/// acknowledged transfer is there, and at least one move went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_survives_replica_moves_and_leader_kills() {
+    let faults = [Fault::MoveReplica, Fault::KillShardLeader];
+    let mut spec = Spec::new("bank-move", Workload::Bank, &faults);
+    spec.spare = true;
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.starts_with("moved a replica")),
+        "no replica move went through: {}",
+        r.summary()
+    );
+    assert_valid(&r);
+}
+
 /// Broken build: transactional reads take no lock. Snapshot reads of the
 /// bank then see transfers half-applied, and the checker must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

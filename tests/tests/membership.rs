@@ -132,7 +132,7 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     }
     // Some data in every shard beyond the accounts, so the new replica
     // has something to catch up on.
-    for i in 0..200 {
+    for i in 0..600 {
         client
             .put(format!("filler-{i}").as_bytes(), &[7u8; 100])
             .await
@@ -301,7 +301,7 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     }
     assert_eq!(total, INITIAL * ACCOUNTS as i64);
     assert!(acked > 10, "too few transfers went through: {acked}");
-    for i in 0..200 {
+    for i in 0..600 {
         assert_eq!(
             read_settled(&client, format!("filler-{i}").as_bytes()).await,
             Some(vec![7u8; 100])
@@ -385,4 +385,125 @@ async fn replica_changes_that_would_lose_the_group_are_refused() {
         .put(b"after", b"ok")
         .await
         .expect("shard still writes");
+    // The last of a shard's config replicas stays: clients find the shard
+    // through them. Shard 2 goes from {1, 2, 3} to {3, 4}; removing 3 too
+    // would leave only the spare.
+    let g2 = RaftGroup::Shard(ShardId(2));
+    client.add_replica(g2, NodeId(4)).await.expect("add 4");
+    for n in [1, 2] {
+        client.remove_replica(g2, NodeId(n)).await.expect("remove");
+    }
+    let e = client
+        .remove_replica(g2, NodeId(3))
+        .await
+        .expect_err("removing the last config replica");
+    assert!(matches!(e, ClientError::InvalidInput(_)), "{e:?}");
+    assert!(e.to_string().contains("cluster config lists"), "{e}");
+    assert_eq!(
+        client.group_voters(g2).await.expect("voters"),
+        vec![NodeId(3), NodeId(4)]
+    );
+}
+
+/// Crash point: the leader dies with its group's membership joint (the
+/// `crash-mid-membership-change` fault aborts it right after the joint
+/// configuration, before the final one; openraft leaves the group joint).
+/// The same command run again finishes the change at the new leader, and
+/// the group takes further changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_dying_mid_change_leaves_nothing_stuck() {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.nodes.push(NodeConfig {
+        id: NodeId(4),
+        addr: "127.0.0.1:1".into(),
+        peer_addr: "127.0.0.1:2".into(),
+    });
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in 1..=3 {
+        c.set_env(NodeId(id), "PACT_FAULTS", "crash-mid-membership-change");
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    client.put(b"before", b"1").await.expect("put");
+    let leader = c
+        .wait_leader(
+            ShardId(1),
+            &[NodeId(1), NodeId(2), NodeId(3)],
+            Duration::from_secs(20),
+        )
+        .await;
+    // The leader aborts mid-change: the call fails (or its outcome is
+    // unknown); either way the command is run again.
+    let first = txn_replica(&c, &["add", "1", "4"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.is_running(leader) {
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} did not crash mid-change: {first:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path(leader)).unwrap_or_default();
+    assert!(
+        log.contains("crash-mid-membership-change: aborting"),
+        "{}",
+        c.logs_tail()
+    );
+    // Disarm the fault everywhere (the survivors may not have received
+    // the joint entry, and would then crash again on the retried add) and
+    // bring the nodes back; then run the command again.
+    for id in 1..=3 {
+        c.set_env(NodeId(id), "PACT_FAULTS", "");
+        if NodeId(id) != leader {
+            c.kill(NodeId(id));
+        }
+    }
+    c.start_all();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let voters = loop {
+        match client
+            .add_replica(RaftGroup::Shard(ShardId(1)), NodeId(4))
+            .await
+        {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "add never finished: {e}\n{}",
+                    c.logs_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert_eq!(
+        voters,
+        vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
+        "the change did not finish"
+    );
+    let finished_by = (1..=4)
+        .filter(|id| {
+            std::fs::read_to_string(c.log_path(NodeId(*id)))
+                .unwrap_or_default()
+                .contains("finishing a membership change its leader left joint")
+        })
+        .collect::<Vec<_>>();
+    // The leader that died left the group joint; the new leader finished
+    // the change when asked again.
+    assert!(
+        !finished_by.is_empty(),
+        "no node finished the joint configuration\n{}",
+        c.logs_tail()
+    );
+    c.start_node(leader);
+    // Not joint any more: another change goes through.
+    let r = client
+        .remove_replica(RaftGroup::Shard(ShardId(1)), leader)
+        .await
+        .expect("a later change");
+    assert!(!r.voters.contains(&leader), "{r:?}");
+    assert_eq!(read_settled(&client, b"before").await, Some(b"1".to_vec()));
+    client.put(b"after", b"2").await.expect("put after");
 }

@@ -225,6 +225,10 @@ pub struct Spec {
     /// Sample every server's memory, disk and transaction records this
     /// often through the run (see [`soak`]).
     pub sample_every: Option<Duration>,
+    /// One more participant node that the config gives nothing (a spare,
+    /// for [`Fault::MoveReplica`]), and every node run as `pact`, the
+    /// server that hosts and drops replicas at run time.
+    pub spare: bool,
 }
 
 impl Spec {
@@ -249,6 +253,7 @@ impl Spec {
             skewed_clocks: false,
             quiet_ms: (500, 1500),
             sample_every: None,
+            spare: false,
         }
     }
 }
@@ -343,7 +348,7 @@ pub async fn run(spec: Spec) -> Report {
         "jepsen {}: seed {seed} (PACT_JEPSEN_SEED={seed} replays it)",
         spec.name
     );
-    let config = ClusterConfig::local_with_coordinators(
+    let mut config = ClusterConfig::local_with_coordinators(
         spec.participants,
         spec.shards,
         3,
@@ -351,6 +356,15 @@ pub async fn run(spec: Spec) -> Report {
         7001,
     )
     .expect("config");
+    if spec.spare {
+        let id = NodeId(config.nodes.len() as u64 + 1);
+        // Ports are assigned by `Cluster::create`.
+        config.nodes.push(pact_common::NodeConfig {
+            id,
+            addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        });
+    }
     // Leaders are balanced as in production (more often, so that the
     // hand-overs meet the faults): a transfer is one more way for a
     // leader to change under running transactions.
@@ -359,6 +373,9 @@ pub async fn run(spec: Spec) -> Report {
         ..fast_tuning()
     };
     let mut cluster = Cluster::create(config, tuning);
+    if spec.spare {
+        cluster.use_one_binary();
+    }
     let net = if spec.faults.iter().any(|f| f.needs_net()) {
         let nodes: Vec<(NodeId, [String; 2])> = cluster
             .config

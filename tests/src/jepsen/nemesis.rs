@@ -56,6 +56,12 @@ pub enum Fault {
     /// transactions open at the old leader abort, prepared ones and the
     /// recovery log's records carry over to the new one.
     TransferLeader,
+    /// Move a random shard's replica from one of its voters to a node
+    /// that does not hold it (`txn admin replica move`: the new replica
+    /// catches up as a learner, becomes a voter, then the old one is
+    /// removed and drops its data), with no process harmed. Needs nodes
+    /// that can host replicas at run time (`Spec::spare`).
+    MoveReplica,
 }
 
 impl Fault {
@@ -90,8 +96,9 @@ pub enum Applied {
 
 async fn shard_leader(c: &Cluster, shard: ShardId) -> Option<NodeId> {
     let client = c.client();
-    let replicas = c.config.shard(shard)?.replicas.clone();
-    for id in replicas {
+    // Every node, not only the config's replicas: replicas move at run
+    // time (`Fault::MoveReplica`).
+    for id in c.participant_ids() {
         if let Ok(s) = client.replica_status(shard, id).await {
             if s.role == "leader" {
                 return Some(id);
@@ -242,6 +249,47 @@ pub async fn apply(
                 // that transfers were tried, and the checkers that
                 // nothing went wrong whichever way they went.
                 Err(e) => format!("leadership of {group} ({from}) not moved to node {to}: {e}"),
+            };
+            (Applied::Nothing, what)
+        }
+        Fault::MoveReplica => {
+            let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+            let shard = *shards.choose(rng).expect("shards");
+            let group = RaftGroup::Shard(shard);
+            let client = c.client();
+            let voters = match client.group_voters(group).await {
+                Ok(v) => v,
+                Err(e) => return (Applied::Nothing, format!("{group}: no voters known: {e}")),
+            };
+            let free: Vec<NodeId> = participants
+                .iter()
+                .copied()
+                .filter(|n| !voters.contains(n))
+                .collect();
+            let (Some(&from), Some(&to)) = (voters.choose(rng), free.choose(rng)) else {
+                return (
+                    Applied::Nothing,
+                    format!("{group}: nowhere to move a replica (voters {voters:?})"),
+                );
+            };
+            // Bounded, so a change that cannot finish (a quorum down)
+            // does not stall the schedule; a learner left behind is
+            // harmless and the next move may promote or pass it.
+            let moved = tokio::time::timeout(Duration::from_secs(20), async {
+                client.add_replica(group, to).await?;
+                client.remove_replica(group, from).await
+            })
+            .await;
+            let what = match moved {
+                Ok(Ok(r)) => format!(
+                    "moved a replica of {group} from node {from} to node {to}; voters {:?}{}",
+                    r.voters.iter().map(|n| n.0).collect::<Vec<_>>(),
+                    r.dropped
+                        .map(|why| format!(" (node {from} kept its data: {why})"))
+                        .unwrap_or_default()
+                ),
+                Ok(Err(e)) => format!("{group}: replica not moved from node {from} to {to}: {e}"),
+                Err(_) => format!("{group}: moving a replica from node {from} to {to} timed out"),
             };
             (Applied::Nothing, what)
         }
