@@ -59,6 +59,8 @@ pub struct AdminService {
     peers: Arc<std::collections::BTreeMap<u64, String>>,
     /// This node's id.
     me: u64,
+    /// The coordinator group this node hosts, if any (per the config).
+    coordinator_group: Option<u64>,
     /// Each group's replicas in the config (see `membership::remove`).
     anchors: Arc<std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>>,
 }
@@ -90,6 +92,9 @@ impl AdminService {
                     .collect(),
             ),
             me,
+            coordinator_group: config
+                .coordinator_of(pact_common::NodeId(me))
+                .map(|g| g.group),
             anchors: Arc::new(
                 config
                     .shards
@@ -179,14 +184,26 @@ impl Admin for AdminService {
         _request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
         let mut t = self.topology.as_ref().clone();
-        for s in &mut t.shards {
-            if let Some(v) = self.live_voters(s.id) {
-                s.replicas = v;
+        // Only where replicas move (a `pact` server, whose group ids are
+        // unique within the process): a participant's shard 1 and a
+        // coordinator's group 1 may share an id across processes.
+        if self.host.is_some() {
+            let mine = self.coordinator_group;
+            for s in &mut t.shards {
+                if Some(s.id) == mine {
+                    continue;
+                }
+                if let Some(v) = self.live_voters(s.id) {
+                    s.replicas = v;
+                }
             }
-        }
-        for g in &mut t.coordinators {
-            if let Some(v) = self.live_voters(g.group) {
-                g.replicas = v;
+            for g in &mut t.coordinators {
+                if Some(g.group) != mine {
+                    continue;
+                }
+                if let Some(v) = self.live_voters(g.group) {
+                    g.replicas = v;
+                }
             }
         }
         Ok(Response::new(t))

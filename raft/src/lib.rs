@@ -47,6 +47,16 @@
 //! and [`journal_mark`] for cuts fjall makes silently); a torn tail past
 //! the last fsync is cut and the node catches up from its peers.
 //!
+//! # Membership
+//! A group's replicas change at run time through openraft's joint
+//! consensus, driven at the leader by [`membership`] (which refuses changes
+//! that would leave the new voters without a live majority and promotes a
+//! learner only once it has caught up). A node records what it was given
+//! or relieved of beside the group's data ([`Hosting`]): a replica added
+//! at run time starts without the rejoin probe (it never was a member, so
+//! it can have lost no promise), and a dropped one leaves only its vote,
+//! downgraded to a plain promise, behind.
+//!
 //! # What a server shows
 //! The crate also holds what every server binary shares besides
 //! replication ([`server`]: ports, TLS, connection limits), and what they

@@ -88,7 +88,7 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
 
 /// Starts and stops this node's shard replicas at run time for
 /// `pact.v1.Admin` (coordinator groups keep the replicas the config gives
-/// them, for now).
+/// them, for now: the admin calls name shards).
 struct ShardHost {
     node: Arc<Node>,
     config: Arc<ClusterConfig>,
@@ -115,9 +115,13 @@ impl pact_raft::admin::GroupHost for ShardHost {
 
 impl ShardHost {
     fn check(&self, group: u64) -> Result<(), HostError> {
-        if self.config.coordinators.iter().any(|g| g.group == group) {
+        // A node's groups share one store and router keyed by group id:
+        // a shard cannot join a node whose coordinator group has its id.
+        if self.config.coordinator_of(self.node.id()).map(|g| g.group) == Some(group) {
             return Err(HostError::Refused(format!(
-                "group {group} is a coordinator group; their replicas cannot be moved yet"
+                "node {} hosts coordinator group {group}, whose id shard {group} shares; \
+                 the shard cannot be hosted there",
+                self.node.id()
             )));
         }
         if self.config.shard(ShardId(group)).is_none() {

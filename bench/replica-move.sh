@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# A shard's replica moved to a new node under load: how long the move of a
+# SIZE_GIB GiB shard takes, and YCSB-A throughput before, during and after.
+#
+# Starts 3 `pact` processes on 127.0.0.1 holding one shard (and the
+# coordinator group) and a fourth, spare node that the config lists but
+# gives nothing; snapshots every SNAPSHOT_LOGS entries, so the new replica
+# can only catch up from a streamed snapshot. Loads SIZE_GIB GiB as
+# records of one VALUE_BYTES field, then overwrites the first RECORDS of
+# them with YCSB-sized records (10 fields of 100 bytes), and runs YCSB-A
+# on those (THREADS threads, DURATION s). MOVE_AT s into the run it moves
+# the shard's replica from node 3 to node 4 (`txn admin replica move 1 3
+# 4`: node 4 hosts an empty replica, catches up as a learner, becomes a
+# voter; node 3 leaves and deletes its copy). Prints the move's time, the
+# snapshot bytes node 4 received, and the medians of the per-second
+# throughput before, during and after the move.
+#
+# Usage: bash bench/replica-move.sh [SIZE_GIB]      (default 1)
+# Settings (environment):
+#   VALUE_BYTES=262144  LOAD_THREADS=4  RECORDS=10000  THREADS=16
+#   DURATION=60  MOVE_AT=15  SNAPSHOT_LOGS=500  KEEP_LOGS=100
+#   PACT_PORT=27501  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
+#   KEEP=1 (keep the cluster's directory; its path is printed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+die() { printf 'replica-move: %s\n' "$*" >&2; exit 1; }
+[ $# -le 1 ] || die "usage: bash bench/replica-move.sh [SIZE_GIB]"
+SIZE_GIB=${1:-1}
+python3 -c "import sys; assert float(sys.argv[1]) > 0" "$SIZE_GIB" 2>/dev/null ||
+  die "SIZE_GIB must be a positive number, got '$SIZE_GIB'"
+VALUE_BYTES=${VALUE_BYTES:-262144}
+LOAD_THREADS=${LOAD_THREADS:-4}
+RECORDS=${RECORDS:-10000}
+THREADS=${THREADS:-16}
+DURATION=${DURATION:-60}
+MOVE_AT=${MOVE_AT:-15}
+SNAPSHOT_LOGS=${SNAPSHOT_LOGS:-500}
+KEEP_LOGS=${KEEP_LOGS:-100}
+PACT_PORT=${PACT_PORT:-27501}
+PROFILE=${PROFILE:-release}
+for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS LOAD_THREADS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+[ "$MOVE_AT" -lt "$DURATION" ] || die "MOVE_AT ($MOVE_AT) must be before the end of the run (DURATION $DURATION)"
+
+bin=${CARGO_TARGET_DIR:-$root/target}/$PROFILE
+if [ "${NO_BUILD:-}" != 1 ]; then
+  printf '== building %s binaries\n' "$PROFILE" >&2
+  flag=(); [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" --quiet --bins -p pact-cli -p pact-server -p pact-bench
+fi
+for b in txn pact bench; do
+  [ -x "$bin/$b" ] || die "$bin/$b is missing; run without NO_BUILD=1"
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-move.XXXXXX")
+declare -A pids=()
+pg=""
+cleanup() {
+  if [ -n "$pg" ]; then kill -INT "$pg" 2>/dev/null || true; fi
+  for n in "${!pids[@]}"; do kill -TERM "${pids[$n]}" 2>/dev/null || true; done
+  for n in "${!pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "${pids[$n]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[$n]}" 2>/dev/null || true
+  done
+  if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+# The playground writes the config (3 combined nodes, 1 shard); the nodes
+# are run here, with a fourth that the config lists and gives nothing.
+"$bin/txn" playground --dir "$tmp" --port "$PACT_PORT" --shards 1 >"$tmp/playground.out" 2>&1 &
+pg=$!
+for _ in $(seq 1 300); do
+  grep -q '^ready' "$tmp/playground.out" && break
+  kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
+  sleep 0.2
+done
+grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready"
+kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
+rm -rf "$tmp"/node-*
+cfg=$tmp/cluster.toml
+python3 - "$cfg" "$SNAPSHOT_LOGS" "$KEEP_LOGS" "$PACT_PORT" <<'PY'
+import re, sys
+path, snap, keep, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = open(path).read()
+s = re.sub(r"(?m)^snapshot_logs = \d+$", f"snapshot_logs = {snap}", s)
+s = re.sub(r"(?m)^keep_logs = \d+$", f"keep_logs = {keep}", s)
+spare = f'[[nodes]]\nid = 4\naddr = "127.0.0.1:{port + 3}"\npeer_addr = "127.0.0.1:{port + 23}"\n\n'
+i = s.index("[[nodes]]")
+s = s[:i] + spare + s[i:]
+open(path, "w").write(s)
+PY
+grep -q "^snapshot_logs = $SNAPSHOT_LOGS$" "$cfg" || die "could not set snapshot_logs in $cfg"
+
+metrics_port() { echo $((PACT_PORT + 10 + $1 - 1)); }
+start() { # NODE
+  "$bin/pact" --config "$cfg" --node-id "$1" --data-dir "$tmp/node-$1" \
+    --metrics-listen "127.0.0.1:$(metrics_port "$1")" >>"$tmp/node-$1.log" 2>&1 &
+  pids[$1]=$!
+}
+metric() { # NODE NAME GROUP: one series' value (empty if absent)
+  curl -s --max-time 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" 2>/dev/null |
+    awk -v n="$2" -v g="$3" '$1 == n "{group=\"" g "\"}" { print $2 }' || true
+}
+
+for n in 1 2 3 4; do start "$n"; done
+ready=""
+for _ in $(seq 1 300); do
+  if "$bin/txn" --config "$cfg" put __move_probe x >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || die "the cluster did not accept a write; logs in $tmp (KEEP=1 keeps them)"
+
+records=$(python3 -c "import sys, math; print(max(1, math.ceil(float(sys.argv[1]) * (1 << 30) / int(sys.argv[2]))))" "$SIZE_GIB" "$VALUE_BYTES")
+[ "$RECORDS" -le "$records" ] || die "RECORDS ($RECORDS) must not exceed the $records records of the load"
+printf '== loading %s GiB: %s records of %s bytes\n' "$SIZE_GIB" "$records" "$VALUE_BYTES" >&2
+t=$(date +%s.%N)
+"$bin/bench" load --backend pact --config "$cfg" --workload a --recordcount "$records" \
+  --fieldcount 1 --fieldlength "$VALUE_BYTES" --threads "$LOAD_THREADS" >"$tmp/load.out" 2>"$tmp/load.err" ||
+  { tail -5 "$tmp/load.err" >&2; die "load failed"; }
+load_s=$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$t")
+printf '== overwriting the first %s records with YCSB-sized ones\n' "$RECORDS" >&2
+"$bin/bench" load --backend pact --config "$cfg" --workload a --recordcount "$RECORDS" \
+  --threads "$THREADS" >"$tmp/load2.out" 2>"$tmp/load2.err" ||
+  { tail -5 "$tmp/load2.err" >&2; die "second load failed"; }
+
+shard_group=1
+printf '== YCSB-A for %s s, %s threads; moving shard 1 from node 3 to node 4 at %s s\n' "$DURATION" "$THREADS" "$MOVE_AT" >&2
+t0=$(date +%s.%N)
+"$bin/bench" run --backend pact --config "$cfg" --workload a --recordcount "$RECORDS" \
+  --threads "$THREADS" --duration "$DURATION" --progress >"$tmp/run.out" 2>"$tmp/run.err" &
+benchpid=$!
+sleep "$MOVE_AT"
+m0=$(date +%s.%N)
+"$bin/txn" --config "$cfg" --json admin replica move 1 3 4 >"$tmp/move.out" 2>"$tmp/move.err" ||
+  { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the move failed"; }
+m1=$(date +%s.%N)
+wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
+received=$(metric 4 pact_raft_snapshot_bytes_received_total "$shard_group")
+installed=$(metric 4 pact_raft_snapshots_installed_total "$shard_group")
+[ "${installed:-0}" -ge 1 ] || die "node 4 caught up without installing a snapshot (raise SIZE_GIB or lower SNAPSHOT_LOGS)"
+[ ! -e "$tmp/node-3" ] || du -sk "$tmp/node-3" >"$tmp/node3.du"
+
+python3 - "$tmp/run.err" "$t0" "$m0" "$m1" "$tmp/move.out" "${received:-0}" "$SIZE_GIB" "$records" "$VALUE_BYTES" "$load_s" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" <<'PY'
+import json, re, statistics, sys
+(log, t0, m0, m1, move_out, received, size, records, vbytes, load_s,
+ rev, profile, cores, ycsb_records, threads) = sys.argv[1:]
+t0, m0, m1 = float(t0), float(m0), float(m1)
+start, end = m0 - t0, m1 - t0
+per_s = []
+failed = 0
+for line in open(log):
+    m = re.search(r"run\s+(\d+) s: \d+ ops \((\d+) ops/s now, .*?(\d+) failed", line)
+    if m:
+        per_s.append((int(m.group(1)), int(m.group(2))))
+        failed = int(m.group(3))
+def med(lo, hi):
+    v = [ops for (s, ops) in per_s if lo < s <= hi]
+    return (statistics.median(v), len(v)) if v else (float("nan"), 0)
+before = med(0, start)
+during = med(start, end + 1)
+after = med(end + 1, 10**9)
+moved = json.load(open(move_out))
+print()
+print(f"Pact {rev}, {profile}; {cores} cores; one shard of {size} GiB ({records} values of {vbytes} bytes, loaded in {load_s} s), "
+      f"YCSB-A on {ycsb_records} records, {threads} threads")
+print()
+print("| move of the replica (3 -> 4) | snapshot received | voters after | failed operations |")
+print("|---:|---:|---|---:|")
+print(f"| {end - start:.1f} s | {int(float(received)) / (1 << 20):,.0f} MiB | {moved.get('voters')} | {failed} |")
+print()
+print("| YCSB-A ops/s (median of the seconds) | before | during the move | after |")
+print("|---|---:|---:|---:|")
+print(f"| throughput | {before[0]:,.0f} ({before[1]} s) | {during[0]:,.0f} ({during[1]} s) | {after[0]:,.0f} ({after[1]} s) |")
+PY
