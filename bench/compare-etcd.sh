@@ -58,6 +58,8 @@ export DURATION RECORDS THREADS ACCOUNTS TXN_KEYS SEED HOT ROUNDS
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare-etcd: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 
 command -v python3 >/dev/null || die "python3 is needed (to read the JSON reports)"
 command -v cargo >/dev/null || [ "${NO_BUILD:-}" = 1 ] || die "cargo is needed"
@@ -220,13 +222,7 @@ pact_round() { # ROUND
   mkdir -p "$dir"
   "$bin/txn" playground --dir "$dir" --port "$PACT_PORT" >"$dir/playground.out" 2>&1 &
   pg_pid=$!
-  for _ in $(seq 1 300); do
-    grep -q '^ready' "$dir/playground.out" && break
-    kill -0 "$pg_pid" 2>/dev/null || { cat "$dir/playground.out" >&2; die "the playground exited"; }
-    sleep 0.2
-  done
-  grep -q '^ready' "$dir/playground.out" ||
-    { cat "$dir/playground.out" >&2; die "the playground did not get ready in 60 s"; }
+  wait_playground "$dir/playground.out" "$pg_pid"
   pg_children=$(command -v pgrep >/dev/null && pgrep -P "$pg_pid" || true)
 
   backend_args=(--backend pact --config "$dir/cluster.toml")

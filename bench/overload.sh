@@ -47,6 +47,8 @@ SEED=${SEED:-42}
 PACT_PORT=${PACT_PORT:-27201}
 
 die() { printf 'overload: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 log() { printf '== %s\n' "$*" >&2; }
 command -v python3 >/dev/null || die "python3 is needed (to read the JSON reports)"
 bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
@@ -83,12 +85,7 @@ trap 'exit 143' TERM
 start() {
   "$bin/txn" playground --dir "$tmp/pg" --port "$PACT_PORT" >"$tmp/playground.out" 2>&1 &
   pg=$!
-  for _ in $(seq 1 300); do
-    grep -q '^ready' "$tmp/playground.out" && break
-    kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
-    sleep 0.2
-  done
-  grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready in 60 s"
+  wait_playground "$tmp/playground.out" "$pg"
 }
 log "starting the Pact playground (ports from $PACT_PORT)"
 start

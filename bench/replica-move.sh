@@ -45,14 +45,9 @@ done
 [ "$MOVE_AT" -lt "$DURATION" ] || die "MOVE_AT ($MOVE_AT) must be before the end of the run (DURATION $DURATION)"
 
 bin=${CARGO_TARGET_DIR:-$root/target}/$PROFILE
-if [ "${NO_BUILD:-}" != 1 ]; then
-  printf '== building %s binaries\n' "$PROFILE" >&2
-  flag=(); [ "$PROFILE" = release ] && flag=(--release)
-  cargo build "${flag[@]}" --quiet --bins -p pact-cli -p pact-server -p pact-bench
-fi
-for b in txn pact bench; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing; run without NO_BUILD=1"
-done
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+build_servers "$bin" "$PROFILE"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-move.XXXXXX")
 declare -A pids=()
@@ -72,12 +67,7 @@ trap cleanup EXIT
 # are run here, with a fourth that the config lists and gives nothing.
 "$bin/txn" playground --dir "$tmp" --port "$PACT_PORT" --shards 1 >"$tmp/playground.out" 2>&1 &
 pg=$!
-for _ in $(seq 1 300); do
-  grep -q '^ready' "$tmp/playground.out" && break
-  kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
-  sleep 0.2
-done
-grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready"
+wait_playground "$tmp/playground.out" "$pg"
 kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
 rm -rf "$tmp"/node-*
 cfg=$tmp/cluster.toml

@@ -27,6 +27,8 @@ SEED=${SEED:-42}
 PACT_PORT=${PACT_PORT:-27101}
 
 die() { printf 'shards-scaling: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 if [ "${NO_BUILD:-}" != 1 ]; then
   printf '== building release binaries\n' >&2
@@ -66,12 +68,7 @@ for n in $SHARDS; do
   mkdir -p "$dir"
   "$bin/txn" playground --dir "$dir" --port "$PACT_PORT" --shards "$n" >"$dir/out" 2>&1 &
   pg=$!
-  for _ in $(seq 1 300); do
-    grep -q '^ready' "$dir/out" && break
-    kill -0 "$pg" 2>/dev/null || { cat "$dir/out" >&2; die "the playground exited"; }
-    sleep 0.2
-  done
-  grep -q '^ready' "$dir/out" || die "the playground did not get ready"
+  wait_playground "$dir/out" "$pg"
   pids=$(pgrep -P "$pg" | tr '\n' ' ')
   [ -n "$pids" ] || die "no server processes found"
   # shellcheck disable=SC2086

@@ -34,14 +34,9 @@ TIMEOUT=${TIMEOUT:-3600}
 PROFILE=${PROFILE:-release}
 
 bin=${CARGO_TARGET_DIR:-$root/target}/$PROFILE
-if [ "${NO_BUILD:-}" != 1 ]; then
-  printf '== building %s binaries\n' "$PROFILE" >&2
-  flag=(); [ "$PROFILE" = release ] && flag=(--release)
-  cargo build "${flag[@]}" --quiet --bins -p pact-cli -p pact-server -p pact-bench
-fi
-for b in txn pact bench; do
-  [ -x "$bin/$b" ] || die "$bin/$b is missing; run without NO_BUILD=1"
-done
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+build_servers "$bin" "$PROFILE"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-catchup.XXXXXX")
 declare -A pids=()
@@ -61,12 +56,7 @@ trap cleanup EXIT
 # the nodes are then run here, one process each, so one can be replaced.
 "$bin/txn" playground --dir "$tmp" --port "$PACT_PORT" --shards 1 >"$tmp/playground.out" 2>&1 &
 pg=$!
-for _ in $(seq 1 300); do
-  grep -q '^ready' "$tmp/playground.out" && break
-  kill -0 "$pg" 2>/dev/null || { cat "$tmp/playground.out" >&2; die "the playground exited"; }
-  sleep 0.2
-done
-grep -q '^ready' "$tmp/playground.out" || die "the playground did not get ready"
+wait_playground "$tmp/playground.out" "$pg"
 kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
 rm -rf "$tmp"/node-*
 cfg=$tmp/cluster.toml

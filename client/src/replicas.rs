@@ -194,14 +194,25 @@ impl Client {
         node: NodeId,
         voters: &[NodeId],
     ) -> Result<(), ClientError> {
-        let mut c = AdminClient::new(self.channel(node)?);
         let req = pb::HostReplicaRequest {
             group: group.id(),
             voters: voters.iter().map(|v| v.0).collect(),
         };
-        match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.host_replica(req)).await {
+        self.at_node(node, |mut c| async move { c.host_replica(req).await })
+            .await
+    }
+
+    /// One Admin call to `node` itself (not to a group's leader): a final
+    /// error stays one, anything else is "unavailable" with the node named.
+    async fn at_node<T, F, Fut>(&self, node: NodeId, f: F) -> Result<(), ClientError>
+    where
+        F: FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let c = AdminClient::new(self.channel(node)?);
+        match tokio::time::timeout(self.inner.opts.request_timeout * 2, f(c)).await {
             Err(_) => Err(ClientError::Unavailable(format!(
-                "{} did not start a replica of {group} in time",
+                "{} did not answer in time",
                 self.who(node)
             ))),
             Ok(Err(s)) => Err(match classify(&s) {
@@ -230,28 +241,13 @@ impl Client {
             })
             .await?;
         let voters: Vec<NodeId> = r.voters.into_iter().map(NodeId).collect();
-        let dropped = async {
-            let mut c = AdminClient::new(self.channel(node)?);
-            let req = pb::DropReplicaRequest {
-                group: id,
-                voters: voters.iter().map(|v| v.0).collect(),
-            };
-            match tokio::time::timeout(self.inner.opts.request_timeout * 2, c.drop_replica(req))
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(s)) => Err(ClientError::Unavailable(format!(
-                    "{}: {}",
-                    self.who(node),
-                    s.message()
-                ))),
-                Err(_) => Err(ClientError::Unavailable(format!(
-                    "{} did not answer",
-                    self.who(node)
-                ))),
-            }
-        }
-        .await;
+        let req = pb::DropReplicaRequest {
+            group: id,
+            voters: voters.iter().map(|v| v.0).collect(),
+        };
+        let dropped = self
+            .at_node(node, |mut c| async move { c.drop_replica(req).await })
+            .await;
         Ok(Removed {
             voters,
             dropped: dropped.err().map(|e: ClientError| e.to_string()),

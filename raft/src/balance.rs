@@ -81,6 +81,20 @@ pub fn plan(me: u64, groups: &[GroupView]) -> Option<(u64, u64)> {
     best.map(|(_, to, group)| (group, to))
 }
 
+/// Whether `node` acknowledged this leader within [`MAX_ACK_AGE`] (the
+/// replication metrics keep a dead follower's last match; these say when
+/// it last answered). False on a replica that does not lead.
+pub(crate) fn acked_recently(
+    m: &openraft::RaftMetrics<crate::types::TypeConfig>,
+    node: &u64,
+) -> bool {
+    m.heartbeat
+        .as_ref()
+        .and_then(|h| h.get(node))
+        .and_then(|t| t.as_ref())
+        .is_some_and(|t| t.elapsed() <= MAX_ACK_AGE)
+}
+
 fn view(group: u64, raft: &Raft) -> GroupView {
     let m = raft.metrics().borrow_watched().clone();
     let me = *raft.node_id();
@@ -88,13 +102,7 @@ fn view(group: u64, raft: &Raft) -> GroupView {
     let mut ready = BTreeSet::new();
     if m.state == ServerState::Leader {
         let last = m.last_log_index.unwrap_or(0);
-        let acked = |node: &u64| {
-            m.heartbeat
-                .as_ref()
-                .and_then(|h| h.get(node))
-                .and_then(|t| t.as_ref())
-                .is_some_and(|t| t.elapsed() <= MAX_ACK_AGE)
-        };
+        let acked = |node: &u64| acked_recently(&m, node);
         if let Some(rep) = &m.replication {
             for (node, matched) in rep {
                 let at = matched.as_ref().map_or(0, |l| l.index);

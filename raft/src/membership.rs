@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Instant as _, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::balance::{MAX_ACK_AGE, MAX_TRANSFER_LAG};
 use crate::network::Router;
@@ -123,13 +123,7 @@ fn leader_view(raft: &Raft) -> Result<LeaderView, MembershipError> {
     let stranded = (joint_configs.len() > 1 && !uncommitted)
         .then(|| joint_configs.last().cloned().unwrap_or_default());
     let last = m.last_log_index.unwrap_or(0);
-    let acked = |node: &u64| {
-        m.heartbeat
-            .as_ref()
-            .and_then(|h| h.get(node))
-            .and_then(|t| t.as_ref())
-            .is_some_and(|t| t.elapsed() <= MAX_ACK_AGE)
-    };
+    let acked = |node: &u64| crate::balance::acked_recently(&m, node);
     let mut live = BTreeSet::from([me]);
     let mut caught_up = BTreeSet::from([me]);
     if let Some(rep) = &m.replication {

@@ -478,16 +478,13 @@ impl Replica {
             .read()
             .map(|d| d.values().cloned().collect())
             .unwrap_or_default();
-        let clients: BTreeMap<u64, String> = directory
+        // Client addresses (for hints) and peer addresses of every node,
+        // the group's own members last so theirs win.
+        let (clients, addrs): (BTreeMap<u64, String>, BTreeMap<u64, String>) = directory
             .iter()
             .chain(members.iter())
-            .map(|m| (m.id, m.client_addr.clone()))
-            .collect();
-        let addrs: BTreeMap<u64, String> = directory
-            .iter()
-            .chain(members.iter())
-            .map(|m| (m.id, m.peer_addr.clone()))
-            .collect();
+            .map(|m| ((m.id, m.client_addr.clone()), (m.id, m.peer_addr.clone())))
+            .unzip();
         let members: Vec<(u64, String)> =
             members.into_iter().map(|m| (m.id, m.peer_addr)).collect();
         if group > crate::store::MAX_GROUP_ID {

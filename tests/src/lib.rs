@@ -13,6 +13,7 @@
 //! [`jepsen`] builds the fault-injection suite on top: recorded histories,
 //! a nemesis, per-link proxies and the checkers of `pact-check`.
 
+pub mod bank;
 pub mod jepsen;
 pub mod raft_forge;
 

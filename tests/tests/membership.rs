@@ -4,45 +4,17 @@
 //! over replicas while bank transfers run, and nothing acknowledged is
 //! lost.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pact_client::{Client, ClientError, RaftGroup};
 use pact_common::{ClusterConfig, NodeConfig, NodeId, ShardId};
+use pact_tests::bank::{self, read_settled};
 use pact_tests::{fast_tuning, Cluster};
 
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
-
-fn account(i: usize) -> Vec<u8> {
-    format!("acct-{i}").into_bytes()
-}
-
-fn parse(v: Option<Vec<u8>>) -> Result<i64, ClientError> {
-    let v = v.ok_or_else(|| ClientError::InvalidInput("missing account".into()))?;
-    std::str::from_utf8(&v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::InvalidInput("bad balance".into()))
-}
-
-async fn read_settled(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.get(key).await {
-            Ok(v) => return v,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!(
-                "key {} stayed unreadable: {e}",
-                String::from_utf8_lossy(key)
-            ),
-        }
-    }
-}
 
 /// Three `pact` nodes holding three shards and a coordinator group, and a
 /// spare node 4 that the config names but gives nothing; node 4 serves
@@ -121,15 +93,7 @@ async fn voters_at(client: &Client, shard: u64, node: u64) -> Option<Vec<u64>> {
 async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     let (mut c, metrics) = cluster_with_spare().await;
     let client = c.client();
-    {
-        let mut t = client.begin().await.expect("begin");
-        for i in 0..ACCOUNTS {
-            t.put(&account(i), INITIAL.to_string().as_bytes())
-                .await
-                .expect("init");
-        }
-        t.commit().await.expect("init commit");
-    }
+    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
     // Some data in every shard beyond the accounts, so the new replica
     // has something to catch up on.
     for i in 0..600 {
@@ -140,52 +104,12 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let seq = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for w in 0..3u64 {
-        let client = c.client();
-        let stop = stop.clone();
-        let seq = seq.clone();
-        workers.push(tokio::spawn(async move {
-            let mut log: Vec<(u64, usize, usize, i64, bool)> = Vec::new();
-            let mut n = w + 11;
-            while !stop.load(Ordering::SeqCst) {
-                n = n
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let from = (n >> 33) as usize % ACCOUNTS;
-                let to = (from + 1 + (n >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
-                let amount = 1 + (n >> 50) as i64 % 20;
-                let id = seq.fetch_add(1, Ordering::SeqCst);
-                let marker = format!("xfer-{id}").into_bytes();
-                let r = client
-                    .transaction(|t| {
-                        let marker = marker.clone();
-                        Box::pin(async move {
-                            let a = parse(t.get_for_update(&account(from)).await?)?;
-                            let b = parse(t.get_for_update(&account(to)).await?)?;
-                            if a < amount {
-                                return Ok(false);
-                            }
-                            t.put(&account(from), (a - amount).to_string().as_bytes())
-                                .await?;
-                            t.put(&account(to), (b + amount).to_string().as_bytes())
-                                .await?;
-                            t.put(&marker, format!("{from}:{to}:{amount}").as_bytes())
-                                .await?;
-                            Ok(true)
-                        })
-                    })
-                    .await;
-                match r {
-                    Ok(true) => log.push((id, from, to, amount, true)),
-                    Ok(false) => {}
-                    Err(_) => log.push((id, from, to, amount, false)),
-                }
-            }
-            log
-        }));
-    }
+    let workers = bank::spawn_transfers(
+        (0..3).map(|_| c.client()).collect(),
+        ACCOUNTS,
+        11,
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Move shard 1's replica from node 3 to the spare, with the CLI.
@@ -280,34 +204,18 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let mut expected: BTreeMap<usize, i64> = (0..ACCOUNTS).map(|i| (i, INITIAL)).collect();
-    let mut acked = 0;
-    for (id, from, to, amount, ok) in &log {
-        let marker = read_settled(&client, format!("xfer-{id}").as_bytes()).await;
-        if *ok {
-            acked += 1;
-            assert!(marker.is_some(), "acknowledged transfer {id} is missing");
-        }
-        if marker.is_some() {
-            *expected.get_mut(from).unwrap() -= amount;
-            *expected.get_mut(to).unwrap() += amount;
-        }
-    }
-    let mut total = 0;
-    for i in 0..ACCOUNTS {
-        let v = parse(read_settled(&client, &account(i)).await).expect("balance");
-        assert_eq!(v, expected[&i], "account {i}");
-        total += v;
-    }
-    assert_eq!(total, INITIAL * ACCOUNTS as i64);
-    assert!(acked > 10, "too few transfers went through: {acked}");
+    let checked = bank::check(&client, &log, ACCOUNTS, INITIAL).await;
+    assert!(
+        checked.acknowledged > 10,
+        "too few transfers went through: {checked:?}"
+    );
     for i in 0..600 {
         assert_eq!(
             read_settled(&client, format!("filler-{i}").as_bytes()).await,
             Some(vec![7u8; 100])
         );
     }
-    println!("{acked} acknowledged transfers of {} tried", log.len());
+    println!("{checked:?} of {} tried", log.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,13 @@
 //! coordinator and shard leaders are SIGKILLed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pact_client::{AbortKind, Client, ClientError};
 use pact_common::{NodeId, ShardId};
+use pact_tests::bank::{self, read_settled};
 use pact_tests::{fast_tuning, Cluster};
 
 /// Keys that land on `n` distinct shards.
@@ -270,74 +271,18 @@ async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
 
-fn account(i: usize) -> Vec<u8> {
-    format!("acct-{i}").into_bytes()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_transfers_stay_consistent_while_leaders_are_killed() {
     let mut c = Cluster::transactional().await;
     let client = c.client();
-    {
-        let mut t = client.begin().await.expect("begin");
-        for i in 0..ACCOUNTS {
-            t.put(&account(i), INITIAL.to_string().as_bytes())
-                .await
-                .expect("init");
-        }
-        t.commit().await.expect("init commit");
-    }
-
+    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let seq = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for w in 0..3u64 {
-        let client = c.client();
-        let stop = stop.clone();
-        let seq = seq.clone();
-        workers.push(tokio::spawn(async move {
-            // (transfer id, from, to, amount, acknowledged?)
-            let mut log: Vec<(u64, usize, usize, i64, bool)> = Vec::new();
-            let mut n = w;
-            while !stop.load(Ordering::SeqCst) {
-                n = n
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let from = (n >> 33) as usize % ACCOUNTS;
-                let to = (from + 1 + (n >> 40) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
-                let amount = 1 + (n >> 50) as i64 % 20;
-                let id = seq.fetch_add(1, Ordering::SeqCst);
-                let marker = format!("xfer-{id}").into_bytes();
-                let r = client
-                    .transaction(|t| {
-                        let marker = marker.clone();
-                        Box::pin(async move {
-                            let a = parse(t.get_for_update(&account(from)).await?)?;
-                            let b = parse(t.get_for_update(&account(to)).await?)?;
-                            if a < amount {
-                                return Ok(false);
-                            }
-                            t.put(&account(from), (a - amount).to_string().as_bytes())
-                                .await?;
-                            t.put(&account(to), (b + amount).to_string().as_bytes())
-                                .await?;
-                            t.put(&marker, format!("{from}:{to}:{amount}").as_bytes())
-                                .await?;
-                            Ok(true)
-                        })
-                    })
-                    .await;
-                match r {
-                    Ok(true) => log.push((id, from, to, amount, true)),
-                    Ok(false) => {}
-                    // Unknown or aborted after retries: it may or may not
-                    // have happened; the marker key will tell.
-                    Err(_) => log.push((id, from, to, amount, false)),
-                }
-            }
-            log
-        }));
-    }
+    let workers = bank::spawn_transfers(
+        (0..3).map(|_| c.client()).collect(),
+        ACCOUNTS,
+        0,
+        stop.clone(),
+    );
 
     // Faults: kill the coordinator leader, then each shard's leader, and
     // bring each back, while transfers run.
@@ -373,71 +318,16 @@ async fn bank_transfers_stay_consistent_while_leaders_are_killed() {
     c.wait_coordinator(1, Duration::from_secs(30)).await;
 
     let client = c.client();
-    let mut expected: BTreeMap<usize, i64> = (0..ACCOUNTS).map(|i| (i, INITIAL)).collect();
-    let (mut acked, mut maybe, mut happened) = (0, 0, 0);
-    for (id, from, to, amount, ok) in &log {
-        // Reading the marker also proves it is not stuck in doubt: a plain
-        // read waits for any prepared writer of the key to be decided.
-        let marker = read_settled(&client, format!("xfer-{id}").as_bytes()).await;
-        if *ok {
-            acked += 1;
-            assert!(marker.is_some(), "acknowledged transfer {id} is missing");
-        } else {
-            maybe += 1;
-        }
-        if marker.is_some() {
-            happened += 1;
-            *expected.get_mut(from).unwrap() -= amount;
-            *expected.get_mut(to).unwrap() += amount;
-        }
-    }
-    let mut total = 0;
-    for i in 0..ACCOUNTS {
-        let v = parse(read_settled(&client, &account(i)).await).expect("balance");
-        assert!(v >= 0, "account {i} is negative: {v}");
-        assert_eq!(
-            v, expected[&i],
-            "account {i} does not match the committed transfers"
-        );
-        total += v;
-    }
+    let bank::Checked {
+        acknowledged: acked,
+        maybe,
+        happened,
+    } = bank::check(&client, &log, ACCOUNTS, INITIAL).await;
     println!("transfers: {acked} acknowledged, {maybe} unknown/aborted, {happened} took effect");
-    assert_eq!(
-        total,
-        INITIAL * ACCOUNTS as i64,
-        "money was created or destroyed"
-    );
     assert!(
         acked > 10,
         "too few transfers committed ({acked}) to mean anything"
     );
-}
-
-fn parse(v: Option<Vec<u8>>) -> Result<i64, ClientError> {
-    let v = v.ok_or_else(|| ClientError::InvalidInput("missing account".into()))?;
-    std::str::from_utf8(&v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::InvalidInput("bad balance".into()))
-}
-
-/// A plain read, retried while a prepared transaction still holds the key
-/// (its resolution is bounded: the participant asks the coordinator).
-async fn read_settled(client: &Client, key: &[u8]) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.get(key).await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!(
-                "key {} stayed unreadable (in doubt?): {e}",
-                String::from_utf8_lossy(key)
-            ),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
