@@ -45,7 +45,7 @@ struct Args {
     codec: output::CodecFlags,
     /// Give up on a command (in the shell: on a statement) after this many
     /// seconds, retries included [default: 15; 3600 for backup and
-    /// restore].
+    /// restore; 600 for admin replica].
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: Option<u64>,
     /// CA certificate (PEM) to trust, for a cluster with mutual TLS;
@@ -515,6 +515,8 @@ fn main() -> ExitCode {
     };
     let total = Duration::from_secs(args.timeout.unwrap_or(match args.cmd {
         Cmd::Backup { .. } | Cmd::Restore { .. } => 3600,
+        // A new replica catches up a whole shard before it votes.
+        Cmd::Admin(AdminCmd::Replica(_)) => 600,
         _ => 15,
     }));
     // --timeout bounds the whole command, the routing-table question
