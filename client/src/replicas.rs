@@ -172,18 +172,28 @@ impl Client {
         if !voters.contains(&node) {
             self.host_replica(group, node, &voters).await?;
         }
-        let id = group.id();
-        let r = self
-            .at_leader(group, |mut c| async move {
-                c.change_replicas(pb::ChangeReplicasRequest {
-                    group: id,
-                    node: node.0,
-                    remove: false,
-                })
-                .await
-            })
-            .await?;
+        let r = self.change_replicas(group, node, false).await?;
         Ok(r.voters.into_iter().map(NodeId).collect())
+    }
+
+    /// `Admin.ChangeReplicas` at `group`'s leader: add `node` as a voter,
+    /// or with `remove` take it out.
+    async fn change_replicas(
+        &self,
+        group: RaftGroup,
+        node: NodeId,
+        remove: bool,
+    ) -> Result<pb::ChangeReplicasResponse, ClientError> {
+        let id = group.id();
+        self.at_leader(group, |mut c| async move {
+            c.change_replicas(pb::ChangeReplicasRequest {
+                group: id,
+                node: node.0,
+                remove,
+            })
+            .await
+        })
+        .await
     }
 
     /// Have `node` start an empty replica of `group`, whose voters are
@@ -230,16 +240,7 @@ impl Client {
         node: NodeId,
     ) -> Result<Removed, ClientError> {
         let id = group.id();
-        let r = self
-            .at_leader(group, |mut c| async move {
-                c.change_replicas(pb::ChangeReplicasRequest {
-                    group: id,
-                    node: node.0,
-                    remove: true,
-                })
-                .await
-            })
-            .await?;
+        let r = self.change_replicas(group, node, true).await?;
         let voters: Vec<NodeId> = r.voters.into_iter().map(NodeId).collect();
         let req = pb::DropReplicaRequest {
             group: id,

@@ -120,6 +120,18 @@ impl Host {
         .await
     }
 
+    /// Record durably how this node hosts `group` (see [`Hosting`]).
+    async fn record_hosting(&self, group: u64, record: &Hosting) -> io::Result<()> {
+        let v = encode(record)?;
+        self.store
+            .write_durable(vec![Op::Put(
+                Space::Meta,
+                group_key(group, META_HOSTING),
+                v,
+            )])
+            .await
+    }
+
     /// Finish removing what is left of `group` here (a crash can cut a
     /// [`Replica::remove_here`] short): its state, log and metadata, all
     /// but its vote and its [`Hosting::Dropped`] record. Idempotent.
@@ -451,13 +463,7 @@ impl Replica {
         let record = Hosting::Joined {
             voters: voters.iter().map(|m| m.id).collect(),
         };
-        let v = encode(&record).map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
-        host.store
-            .write_durable(vec![Op::Put(
-                Space::Meta,
-                group_key(group, META_HOSTING),
-                v,
-            )])
+        host.record_hosting(group, &record)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
         Self::start_as(group, node_id, voters, tuning, app, host, true).await
@@ -619,14 +625,7 @@ impl Replica {
     /// already have removed this node from its membership, or it is left
     /// one replica short.
     pub async fn remove_here(&self, host: &Host) -> Result<(), ReplicaError> {
-        let v =
-            encode(&Hosting::Dropped).map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
-        host.store
-            .write_durable(vec![Op::Put(
-                Space::Meta,
-                group_key(self.group, META_HOSTING),
-                v,
-            )])
+        host.record_hosting(self.group, &Hosting::Dropped)
             .await
             .map_err(storage_err)?;
         host.router.remove(self.group);
