@@ -333,12 +333,13 @@ fn parse_ops(words: &[String], codec: Codec) -> Result<(Vec<Op>, Vec<Op>), Clien
 }
 
 /// Exit codes: 0 ok, 1 not found (get), 2 usage, 3 unavailable (or
-/// unreachable), 4 outcome unknown, 5 invalid input, 6 server error,
+/// unreachable, or still routed to the wrong shard after the map was
+/// refreshed: nothing done), 4 outcome unknown, 5 invalid input, 6 server error,
 /// 7 aborted, 9 overloaded (refused at a server's admission limit,
 /// nothing done); `health` adds 8, degraded (see `status`).
 pub(crate) fn exit_for(e: &ClientError) -> u8 {
     match e {
-        ClientError::Unavailable(_) | ClientError::Unreachable(_) => 3,
+        ClientError::Unavailable(_) | ClientError::Unreachable(_) | ClientError::WrongShard(_) => 3,
         ClientError::Unknown(_) => 4,
         ClientError::InvalidInput(_) | ClientError::UnknownShard(_) => 5,
         ClientError::Internal(_) => 6,

@@ -55,11 +55,21 @@ fn voters<K: Ord + Copy>(
 }
 
 /// Shards: their keys (a range, or ring points and their share of all key
-/// hashes), replicas and leader.
+/// hashes) and its version, from the shards' own descriptors (the
+/// config's if a shard cannot say: then marked so), replicas and leader.
 pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, ClientError> {
     let answers = client.status().await;
     let (lead, _) = leaders(&answers);
     let live = voters(&answers);
+    let described = client.refresh_map(&client.shard_map()).await;
+    if let Err(e) = &described {
+        eprintln!("warning: the keys shown are the config's, not the shards' own: {e}");
+    }
+    let source = if described.is_ok() {
+        "shards"
+    } else {
+        "config"
+    };
     let map = client.shard_map();
     let mut rows = Vec::new();
     for shard in client.shards() {
@@ -82,7 +92,8 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
         let all: Vec<_> = rows
             .iter()
             .map(|(s, r, l, k)| {
-                json!({"shard": s.0, "keys": k, "replicas": r,
+                json!({"shard": s.0, "keys": k, "version": map.version(*s),
+                       "keys_from": source, "replicas": r,
                        "leader": l.map(|x| x.0), "term": l.map(|x| x.1)})
             })
             .collect();
@@ -105,8 +116,9 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
             });
             let replicas: Vec<String> = r.iter().map(u64::to_string).collect();
             outln!(
-                "shard {}: {keys}; replicas {}; {leader}",
+                "shard {} (version {}): {keys}; replicas {}; {leader}",
                 s.0,
+                map.version(*s),
                 replicas.join(",")
             );
         }

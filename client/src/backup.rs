@@ -344,6 +344,12 @@ impl Client {
                     .into(),
             ));
         }
+        // Batches are grouped by shard, so by the shards' own descriptors
+        // (a config edited since the cluster's first start routes
+        // otherwise, and a batch grouped by it would span shards). A
+        // refresh that fails leaves the config's map: writes then refresh
+        // it themselves.
+        let _ = self.refresh_map(&self.shard_map()).await;
         let mut batches: std::collections::BTreeMap<ShardId, (Vec<Mutation>, usize)> =
             Default::default();
         let mut written = 0u64;

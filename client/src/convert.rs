@@ -57,6 +57,10 @@ pub(crate) fn classify(s: &Status) -> Class {
         Some(ErrorCode::UnknownShard) => Class::Fail(ClientError::InvalidInput(msg)),
         Some(ErrorCode::Stopped) => Class::Fail(ClientError::Internal(msg)),
         Some(ErrorCode::Overloaded) => Class::Overloaded(msg, retry_after(s)),
+        // Routed by a stale map: the caller refreshes it and routes again.
+        Some(ErrorCode::WrongShard) => {
+            Class::Fail(ClientError::WrongShard(reason(&msg, "wrong shard: ")))
+        }
         // A code newer than this client: only the gRPC code is known.
         None => unmarked(s, msg),
     }
@@ -136,6 +140,7 @@ pub fn pb_abort_kind(k: AbortKind) -> pb::AbortKind {
         AbortKind::Unavailable => pb::AbortKind::Unavailable,
         AbortKind::Conflict => pb::AbortKind::Conflict,
         AbortKind::Rollback => pb::AbortKind::Rollback,
+        AbortKind::Moved => pb::AbortKind::Moved,
     }
 }
 
@@ -149,8 +154,39 @@ pub fn abort_kind(k: i32) -> AbortKind {
         Ok(pb::AbortKind::Leadership) => AbortKind::Leadership,
         Ok(pb::AbortKind::Unavailable) => AbortKind::Unavailable,
         Ok(pb::AbortKind::Rollback) => AbortKind::Rollback,
+        Ok(pb::AbortKind::Moved) => AbortKind::Moved,
         Ok(pb::AbortKind::Conflict | pb::AbortKind::Unspecified) | Err(_) => AbortKind::Conflict,
     }
+}
+
+/// A shard's descriptor from the wire, or why it is not one.
+pub fn descriptor(d: pb::ShardDescriptor) -> Result<pact_common::Descriptor, String> {
+    use pact_common::{ShardId, Span};
+    let span = match d.span {
+        Some(pb::shard_descriptor::Span::Range(r)) => Span::Range {
+            start: r.start.to_vec(),
+            end: r.end.map(|e| e.to_vec()),
+        },
+        Some(pb::shard_descriptor::Span::Ring(r)) => {
+            if r.lo.len() != r.hi.len() {
+                return Err(format!(
+                    "shard {}: {} arc starts but {} ends",
+                    d.shard_id,
+                    r.lo.len(),
+                    r.hi.len()
+                ));
+            }
+            Span::Ring {
+                arcs: r.lo.into_iter().zip(r.hi).collect(),
+            }
+        }
+        None => return Err(format!("shard {}: descriptor without a span", d.shard_id)),
+    };
+    Ok(pact_common::Descriptor {
+        shard: ShardId(d.shard_id),
+        version: d.version,
+        span,
+    })
 }
 
 /// Nothing listens at the address: the connect was refused (a port with

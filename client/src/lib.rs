@@ -8,6 +8,11 @@
 //! ([`Client::new`]) or from any node ([`Client::connect`] asks the given
 //! endpoints for the routing table, see [`discover`]); a table that does
 //! not validate as a cluster config is refused, as a bad file would be.
+//! The map it routes by starts as the config's; when a shard answers
+//! `WRONG_SHARD` (the map is stale: the shard does not own the key as
+//! routed), the client replaces it with the one the shards' own
+//! descriptors make ([`Client::refresh_map`]) and routes the request
+//! again, which is safe because that refusal did nothing.
 //!
 //! # What is retried
 //! Reads are retried freely. A write is retried only when it certainly did
@@ -96,6 +101,12 @@ pub enum ClientError {
     /// [`ClientOptions::give_up_unreachable`].
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The shard asked does not own the key (or is at another descriptor
+    /// version): the map the request was routed by is stale. Nothing was
+    /// done. The client's own operations refresh the map and route again
+    /// before returning this.
+    #[error("wrong shard: {0}")]
+    WrongShard(String),
 }
 
 impl ClientError {
@@ -113,6 +124,7 @@ impl ClientError {
             ClientError::UnknownShard(_) => ErrorCode::UnknownShard,
             ClientError::Internal(_) => ErrorCode::Stopped,
             ClientError::Overloaded(_) => ErrorCode::Overloaded,
+            ClientError::WrongShard(_) => ErrorCode::WrongShard,
         }
     }
 
@@ -277,13 +289,20 @@ pub(crate) fn channel_to(addr: &str, tls: Option<&Tls>) -> Result<Channel, Clien
         .connect_lazy())
 }
 
+/// How many times one operation refreshes the map and routes again.
+const REROUTES: u32 = 3;
+
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    map: ShardMap,
+    /// The routing map: the config's (or the discovered table's) until a
+    /// shard answers WRONG_SHARD, then the shards' own descriptors.
+    map: std::sync::RwLock<Arc<ShardMap>>,
+    /// One map refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
     shards: BTreeMap<ShardId, Vec<NodeId>>,
     nodes: BTreeMap<NodeId, String>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -310,7 +329,8 @@ impl Client {
     pub fn new(config: &ClusterConfig, opts: ClientOptions) -> Client {
         Client {
             inner: Arc::new(Inner {
-                map: config.shard_map(),
+                map: std::sync::RwLock::new(Arc::new(config.shard_map())),
+                refreshing: tokio::sync::Mutex::new(()),
                 shards: config
                     .shards
                     .iter()
@@ -353,11 +373,83 @@ impl Client {
     }
 
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
-        self.inner.map.shard_for_key(key)
+        self.shard_map().shard_for_key(key)
     }
 
-    pub fn shard_map(&self) -> &ShardMap {
-        &self.inner.map
+    /// The map requests are routed by now (it changes when a shard says
+    /// it is stale: [`Client::refresh_map`]).
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        match self.inner.map.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replace the map `stale` with the one the shards' own descriptors
+    /// make (each shard's leader asked, in parallel), after a shard
+    /// answered WRONG_SHARD to a request routed by `stale`. A no-op if the
+    /// map was replaced since: concurrent refusals refresh once. A table
+    /// that does not hold together (a change under way) is not used:
+    /// UNAVAILABLE, try again shortly.
+    pub async fn refresh_map(&self, stale: &Arc<ShardMap>) -> Result<(), ClientError> {
+        let _one = self.inner.refreshing.lock().await;
+        if !Arc::ptr_eq(&self.shard_map(), stale) {
+            return Ok(());
+        }
+        let peer = self.inner.opts.peer_ports;
+        let asks = self.shards().into_iter().map(|shard| async move {
+            let d = self
+                .call_shard(shard, true, |ch| {
+                    let req = pb::DescribeRequest { shard_id: shard.0 };
+                    async move {
+                        if peer {
+                            pact_proto::participant_client::ParticipantClient::new(ch)
+                                .describe(req)
+                                .await
+                        } else {
+                            kv(ch).describe(req).await
+                        }
+                    }
+                })
+                .await?;
+            convert::descriptor(d).map_err(ClientError::Internal)
+        });
+        let descriptors = futures::future::try_join_all(asks).await?;
+        let map = ShardMap::from_descriptors(&descriptors).map_err(|e| {
+            ClientError::Unavailable(format!("the shards' descriptors do not make a map: {e}"))
+        })?;
+        tracing::info!(
+            shards = descriptors.len(),
+            "routing map refreshed from the shards' descriptors"
+        );
+        if let Ok(mut m) = self.inner.map.write() {
+            *m = Arc::new(map);
+        }
+        Ok(())
+    }
+
+    /// Run `op` with the map requests are routed by now; when a shard
+    /// says that map is stale, refresh it and run `op` again (a few times
+    /// at most: a map that keeps going stale is reported). Only for
+    /// operations that did nothing when refused, which WRONG_SHARD
+    /// guarantees.
+    pub async fn rerouted<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<ShardMap>) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut tries = 0;
+        loop {
+            let map = self.shard_map();
+            match op(map.clone()).await {
+                Err(ClientError::WrongShard(m)) if tries < REROUTES => {
+                    tracing::debug!(reason = %m, "stale routing map; refreshing");
+                    tries += 1;
+                    self.refresh_map(&map).await?;
+                }
+                r => return r,
+            }
+        }
     }
 
     pub fn shards(&self) -> Vec<ShardId> {
@@ -608,15 +700,19 @@ impl Client {
 
     /// Linearizable read of one key.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        let shard = self.shard_for_key(key);
         let r = self
-            .call_shard(shard, true, |ch| {
-                let mut c = kv(ch);
-                let req = pb::GetRequest {
-                    shard_id: shard.0,
-                    key: key.to_vec().into(),
-                };
-                async move { c.get(req).await }
+            .rerouted(|map| async move {
+                let shard = map.shard_for_key(key);
+                self.call_shard(shard, true, |ch| {
+                    let mut c = kv(ch);
+                    let req = pb::GetRequest {
+                        shard_id: shard.0,
+                        key: key.to_vec().into(),
+                        shard_version: map.version(shard),
+                    };
+                    async move { c.get(req).await }
+                })
+                .await
             })
             .await?;
         Ok(r.found.then(|| r.value.to_vec()))
@@ -638,24 +734,36 @@ impl Client {
         let Some((first, _)) = batch.first() else {
             return Err(ClientError::InvalidInput("empty write batch".into()));
         };
-        let shard = self.shard_for_key(first);
-        if let Some((k, _)) = batch.iter().find(|(k, _)| self.shard_for_key(k) != shard) {
-            return Err(ClientError::InvalidInput(format!(
-                "batch spans shards ({} and {}, key {:?}); use a transaction",
-                shard,
-                self.shard_for_key(k),
-                String::from_utf8_lossy(k)
-            )));
-        }
-        let ops = convert::write_ops(batch);
+        let first = first.clone();
+        let ops = convert::write_ops(batch.clone());
+        let (batch, ops) = (&batch, &ops);
         let r = self
-            .call_shard(shard, false, |ch| {
-                let mut c = kv(ch);
-                let req = pb::WriteRequest {
-                    shard_id: shard.0,
-                    ops: ops.clone(),
-                };
-                async move { c.write(req).await }
+            .rerouted(|map| {
+                let first = first.clone();
+                async move {
+                    let shard = map.shard_for_key(&first);
+                    if let Some((k, _)) = batch.iter().find(|(k, _)| map.shard_for_key(k) != shard)
+                    {
+                        return Err(ClientError::InvalidInput(format!(
+                            "batch spans shards ({} and {}, key {:?}); use a transaction",
+                            shard,
+                            map.shard_for_key(k),
+                            String::from_utf8_lossy(k)
+                        )));
+                    }
+                    // Not idempotent, but a WRONG_SHARD refusal did
+                    // nothing: routing it again is safe.
+                    self.call_shard(shard, false, |ch| {
+                        let mut c = kv(ch);
+                        let req = pb::WriteRequest {
+                            shard_id: shard.0,
+                            ops: ops.clone(),
+                            shard_version: map.version(shard),
+                        };
+                        async move { c.write(req).await }
+                    })
+                    .await
+                }
             })
             .await?;
         Ok(r.index)
@@ -670,26 +778,38 @@ impl Client {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
-        let mut all = Vec::new();
-        for shard in self.inner.map.shards_for_range(start, end) {
-            let r = self
-                .call_shard(shard, true, |ch| {
-                    let mut c = kv(ch);
-                    let req = pb::ScanRequest {
-                        shard_id: shard.0,
-                        start: start.to_vec().into(),
-                        end: end.map(|e| e.to_vec()).unwrap_or_default().into(),
-                        limit,
+        let mut all = self
+            .rerouted(|map| async move {
+                let mut all = Vec::new();
+                for shard in map.shards_for_range(start, end) {
+                    // Each shard is asked for its part only, which it
+                    // checks it owns whole: a map with other boundaries
+                    // would otherwise miss keys.
+                    let Some((lo, hi)) = map.clip(shard, start, end) else {
+                        continue;
                     };
-                    async move { c.scan(req).await }
-                })
-                .await?;
-            all.extend(
-                r.pairs
-                    .into_iter()
-                    .map(|p| (p.key.to_vec(), p.value.to_vec())),
-            );
-        }
+                    let r = self
+                        .call_shard(shard, true, |ch| {
+                            let mut c = kv(ch);
+                            let req = pb::ScanRequest {
+                                shard_id: shard.0,
+                                start: lo.clone().into(),
+                                end: hi.clone().unwrap_or_default().into(),
+                                limit,
+                                shard_version: map.version(shard),
+                            };
+                            async move { c.scan(req).await }
+                        })
+                        .await?;
+                    all.extend(
+                        r.pairs
+                            .into_iter()
+                            .map(|p| (p.key.to_vec(), p.value.to_vec())),
+                    );
+                }
+                Ok(all)
+            })
+            .await?;
         all.sort();
         if limit > 0 {
             all.truncate(limit as usize);

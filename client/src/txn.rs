@@ -449,6 +449,7 @@ impl Transaction {
     ) -> Result<Option<Vec<u8>>, ClientError> {
         let req = pb::TxnGetRequest {
             shard_id: 0,
+            shard_version: 0,
             txn: Some(pb_txn(self.id)),
             key: key.to_vec().into(),
             for_update,
@@ -471,6 +472,7 @@ impl Transaction {
         self.flush().await?;
         let req = pb::TxnScanRequest {
             shard_id: 0,
+            shard_version: 0,
             txn: Some(pb_txn(self.id)),
             start: start.to_vec().into(),
             end: end.map(<[u8]>::to_vec).unwrap_or_default().into(),
@@ -537,6 +539,7 @@ impl Transaction {
         self.pending_bytes = 0;
         let req = pb::TxnWriteRequest {
             shard_id: 0,
+            shard_version: 0,
             txn: Some(pb_txn(self.id)),
             ops: crate::convert::write_ops(batch),
             first: false,

@@ -18,6 +18,8 @@ pub const ERROR_DOMAIN: &str = "pact.v1";
 pub const META_LEADER_ID: &str = "leader_id";
 pub const META_LEADER_ADDR: &str = "leader_addr";
 pub const META_ABORT_KIND: &str = "abort_kind";
+/// WRONG_SHARD: the refusing shard's descriptor version.
+pub const META_SHARD_VERSION: &str = "shard_version";
 
 /// What went wrong, as far as the caller's next step is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,10 +47,15 @@ pub enum ErrorCode {
     /// transactions or requests in flight) and refused the request before
     /// doing anything; retry after a pause, with backoff.
     Overloaded,
+    /// The request was routed by a stale map: the shard does not own the
+    /// key, or its descriptor's version is not the one the request names.
+    /// Nothing was done; refresh the map (each shard's `Describe`) and
+    /// route again. The shard's current version is in the metadata.
+    WrongShard,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::NotLeader,
         ErrorCode::Unavailable,
         ErrorCode::OutcomeUnknown,
@@ -58,6 +65,7 @@ impl ErrorCode {
         ErrorCode::UnknownShard,
         ErrorCode::Stopped,
         ErrorCode::Overloaded,
+        ErrorCode::WrongShard,
     ];
 
     /// The stable name (`ErrorInfo.reason`).
@@ -72,6 +80,7 @@ impl ErrorCode {
             ErrorCode::UnknownShard => "UNKNOWN_SHARD",
             ErrorCode::Stopped => "STOPPED",
             ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::WrongShard => "WRONG_SHARD",
         }
     }
 
@@ -109,10 +118,14 @@ pub enum AbortKind {
     Conflict,
     /// Rolled back on request, or presumed aborted by recovery.
     Rollback,
+    /// A shard it had locks on no longer owns the keys as it did (its
+    /// span changed: a split or merge), or the coordinator routed by a
+    /// stale map when it prepared.
+    Moved,
 }
 
 impl AbortKind {
-    pub const ALL: [AbortKind; 7] = [
+    pub const ALL: [AbortKind; 8] = [
         AbortKind::Wounded,
         AbortKind::LockTimeout,
         AbortKind::Expired,
@@ -120,6 +133,7 @@ impl AbortKind {
         AbortKind::Unavailable,
         AbortKind::Conflict,
         AbortKind::Rollback,
+        AbortKind::Moved,
     ];
 
     /// The stable name (metric label, `ErrorInfo` metadata, JSON).
@@ -132,6 +146,7 @@ impl AbortKind {
             AbortKind::Unavailable => "unavailable",
             AbortKind::Conflict => "conflict",
             AbortKind::Rollback => "rollback",
+            AbortKind::Moved => "moved",
         }
     }
 

@@ -9,8 +9,73 @@
 //! * Range: sorted inclusive start keys; a shard owns `[start, next_start)`.
 //!   Range scans then touch only the shards whose ranges overlap.
 
+use std::collections::BTreeMap;
+
 use crate::ids::ShardId;
+use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
+
+/// The version every shard's descriptor starts at (written from the
+/// config at the shard's first start). 0 on a request means "not given":
+/// the shard then checks only that it owns the key.
+pub const FIRST_VERSION: u64 = 1;
+
+/// What keys a shard owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Span {
+    /// Keys in `[start, end)`; `end` `None` is unbounded.
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+    /// Keys whose ring hash is in one of these inclusive intervals
+    /// (sorted, disjoint): the arcs up to each of the shard's ring points.
+    Ring { arcs: Vec<(u64, u64)> },
+}
+
+impl Span {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            Span::Range { start, end } => {
+                key >= start.as_slice() && end.as_deref().is_none_or(|e| key < e)
+            }
+            Span::Ring { arcs } => {
+                let h = xxh3_64(key);
+                let i = arcs.partition_point(|&(_, hi)| hi < h);
+                arcs.get(i).is_some_and(|&(lo, _)| lo <= h)
+            }
+        }
+    }
+
+    /// Whether every key of `[start, end)` that could be this shard's is
+    /// here: a range span must hold the whole interval (a scan routed by
+    /// a map with other boundaries would miss keys); a ring's keys are
+    /// scattered, so a scan asks every shard and each answers for its own.
+    pub fn covers(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        match self {
+            Span::Range { start: s, end: e } => {
+                start >= s.as_slice()
+                    && match (end, e) {
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                        (Some(end), Some(e)) => end <= e.as_slice(),
+                    }
+            }
+            Span::Ring { .. } => true,
+        }
+    }
+}
+
+/// A shard's own record of what it owns, kept in its replicated state:
+/// the authority on ownership (a map is a cache of descriptors). `version`
+/// grows with every change of the span (split, merge), never with a
+/// change of replicas, so moving a replica does not disturb routing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub shard: ShardId,
+    pub version: u64,
+    pub span: Span,
+}
 
 /// Routes keys to shards. Build it with [`ShardMap::new_hash`],
 /// [`ShardMap::new_range`] or [`crate::ClusterConfig::shard_map`].
@@ -19,6 +84,9 @@ pub struct ShardMap {
     kind: Kind,
     /// All shards, sorted and deduplicated.
     shards: Vec<ShardId>,
+    /// Each shard's descriptor version as this map knows it; a shard not
+    /// listed is at [`FIRST_VERSION`].
+    versions: BTreeMap<ShardId, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +126,7 @@ impl ShardMap {
         ShardMap {
             kind: Kind::Hash(points),
             shards: ids,
+            versions: BTreeMap::new(),
         }
     }
 
@@ -80,7 +149,162 @@ impl ShardMap {
         ShardMap {
             kind: Kind::Range(ranges),
             shards: ids,
+            versions: BTreeMap::new(),
         }
+    }
+
+    /// The map the shards' own descriptors make (one per shard), refused
+    /// with the reason unless they cover every key exactly once: a table
+    /// that does not hold together is never routed by.
+    pub fn from_descriptors(descriptors: &[Descriptor]) -> Result<ShardMap, String> {
+        let mut versions = BTreeMap::new();
+        for d in descriptors {
+            if versions.insert(d.shard, d.version).is_some() {
+                return Err(format!("two descriptors of shard {}", d.shard));
+            }
+        }
+        let shards: Vec<ShardId> = versions.keys().copied().collect();
+        let ranges: Vec<_> = descriptors
+            .iter()
+            .filter_map(|d| match &d.span {
+                Span::Range { start, end } => Some((start.clone(), end.clone(), d.shard)),
+                Span::Ring { .. } => None,
+            })
+            .collect();
+        if ranges.len() == descriptors.len() && !ranges.is_empty() {
+            let mut ranges = ranges;
+            ranges.sort();
+            let mut expect: Option<Vec<u8>> = Some(Vec::new());
+            for (start, end, shard) in &ranges {
+                if expect.as_ref() != Some(start) {
+                    return Err(format!(
+                        "shard {shard}'s range starts at {:?}, expected {:?}",
+                        String::from_utf8_lossy(start),
+                        expect.as_deref().map(String::from_utf8_lossy)
+                    ));
+                }
+                if end.as_ref().is_some_and(|e| e <= start) {
+                    return Err(format!("shard {shard}'s range is empty"));
+                }
+                expect = end.clone();
+            }
+            if expect.is_some() {
+                return Err("the ranges do not reach the end of the key space".into());
+            }
+            return Ok(ShardMap {
+                kind: Kind::Range(ranges.into_iter().map(|(s, _, id)| (s, id)).collect()),
+                shards,
+                versions,
+            });
+        }
+        if !ranges.is_empty() {
+            return Err("some shards own ranges, others ring arcs".into());
+        }
+        let mut arcs: Vec<(u64, u64, ShardId)> = descriptors
+            .iter()
+            .flat_map(|d| match &d.span {
+                Span::Ring { arcs } => arcs.iter().map(|&(lo, hi)| (lo, hi, d.shard)).collect(),
+                Span::Range { .. } => Vec::new(),
+            })
+            .collect();
+        arcs.sort_unstable();
+        let mut next = Some(0u64);
+        for &(lo, hi, shard) in &arcs {
+            if next != Some(lo) || hi < lo {
+                return Err(format!(
+                    "shard {shard}'s ring arc {lo}..={hi} leaves a gap or overlaps (expected a start of {next:?})"
+                ));
+            }
+            next = hi.checked_add(1);
+        }
+        if arcs.is_empty() || next.is_some() {
+            return Err("the ring arcs do not cover the whole ring".into());
+        }
+        Ok(ShardMap {
+            // An arc's last hash is a ring point: a key goes to the first
+            // point at or past its hash, which is the arc holding it.
+            kind: Kind::Hash(arcs.into_iter().map(|(_, hi, s)| (hi, s)).collect()),
+            shards,
+            versions,
+        })
+    }
+
+    /// `shard`'s descriptor version as this map knows it (0 for a shard
+    /// it does not have).
+    pub fn version(&self, shard: ShardId) -> u64 {
+        if self.shards.binary_search(&shard).is_err() {
+            return 0;
+        }
+        self.versions.get(&shard).copied().unwrap_or(FIRST_VERSION)
+    }
+
+    /// What this map says `shard` owns, as a descriptor (`None` for a
+    /// shard it does not have).
+    pub fn descriptor(&self, shard: ShardId) -> Option<Descriptor> {
+        if self.shards.binary_search(&shard).is_err() {
+            return None;
+        }
+        let span = match &self.kind {
+            Kind::Range(_) => {
+                let (start, end) = self.range_of(shard)?;
+                Span::Range { start, end }
+            }
+            Kind::Hash(points) => {
+                let mut arcs: Vec<(u64, u64)> = Vec::new();
+                let mut push = |lo: u64, hi: u64| match arcs.last_mut() {
+                    Some(last) if last.1.checked_add(1) == Some(lo) => last.1 = hi,
+                    _ => arcs.push((lo, hi)),
+                };
+                let mut lo = Some(0u64);
+                for &(p, s) in points {
+                    // A point with the same hash as the one before owns
+                    // nothing: lookups stop at the first.
+                    if let Some(l) = lo.filter(|l| *l <= p) {
+                        if s == shard {
+                            push(l, p);
+                        }
+                    }
+                    lo = p.checked_add(1);
+                }
+                // Past the last point the ring wraps to the first one.
+                if let (Some(l), Some(&(_, first))) = (lo, points.first()) {
+                    if first == shard {
+                        push(l, u64::MAX);
+                    }
+                }
+                Span::Ring { arcs }
+            }
+        };
+        Some(Descriptor {
+            shard,
+            version: self.version(shard),
+            span,
+        })
+    }
+
+    /// Range scheme: the part of `[start, end)` that `shard` owns, or
+    /// `None` if it owns none of it. Hash scheme: the whole interval (a
+    /// ring shard's keys are anywhere).
+    pub fn clip(
+        &self,
+        shard: ShardId,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        if !self.is_range() {
+            return Some((start.to_vec(), end.map(<[u8]>::to_vec)));
+        }
+        let (s, e) = self.range_of(shard)?;
+        let lo = start.max(s.as_slice()).to_vec();
+        let hi = match (end, e) {
+            (None, e) => e,
+            (Some(end), None) => Some(end.to_vec()),
+            (Some(end), Some(e)) => Some(end.min(e.as_slice()).to_vec()),
+        };
+        if hi.as_ref().is_some_and(|h| *h <= lo) {
+            return None;
+        }
+        Some((lo, hi))
     }
 
     /// The shard owning `key`.
@@ -232,6 +456,104 @@ mod tests {
         assert_eq!(one.ring_share(ShardId(5)), Some((1, 1.0)));
         let r = ShardMap::new_range(&[(Vec::new(), ShardId(1))]);
         assert_eq!(r.ring_share(ShardId(1)), None);
+    }
+
+    #[test]
+    fn descriptors_rebuild_the_map_they_came_from_and_refuse_a_broken_table() {
+        let maps = [
+            ShardMap::new_hash(&ids(&[1, 2, 3]), 64),
+            ShardMap::new_hash(&ids(&[7]), 1),
+            ShardMap::new_range(&[
+                (Vec::new(), ShardId(1)),
+                (b"g".to_vec(), ShardId(2)),
+                (b"p".to_vec(), ShardId(3)),
+            ]),
+        ];
+        for m in &maps {
+            let ds: Vec<Descriptor> = m
+                .shards()
+                .iter()
+                .map(|s| m.descriptor(*s).unwrap())
+                .collect();
+            assert!(ds.iter().all(|d| d.version == FIRST_VERSION));
+            let back = ShardMap::from_descriptors(&ds).unwrap();
+            assert_eq!(back.shards(), m.shards());
+            assert_eq!(back.is_range(), m.is_range());
+            for k in keys(20_000) {
+                let owner = m.shard_for_key(&k);
+                assert_eq!(back.shard_for_key(&k), owner);
+                let holders: Vec<ShardId> = ds
+                    .iter()
+                    .filter(|d| d.span.contains(&k))
+                    .map(|d| d.shard)
+                    .collect();
+                assert_eq!(holders, vec![owner], "{k:?}");
+            }
+        }
+        let range = &maps[2];
+        let d2 = range.descriptor(ShardId(2)).unwrap();
+        assert!(d2.span.covers(b"h", Some(b"k")));
+        assert!(!d2.span.covers(b"a", Some(b"k")));
+        assert!(!d2.span.covers(b"h", None));
+        assert_eq!(
+            range.clip(ShardId(2), b"a", Some(b"k")),
+            Some((b"g".to_vec(), Some(b"k".to_vec())))
+        );
+        assert_eq!(range.clip(ShardId(3), b"a", Some(b"k")), None);
+        assert_eq!(
+            range.clip(ShardId(3), b"a", None),
+            Some((b"p".to_vec(), None))
+        );
+        assert_eq!(range.version(ShardId(9)), 0);
+        // A gap, an overlap, a missing end, two kinds, a shard twice.
+        let mut ds: Vec<Descriptor> = range
+            .shards()
+            .iter()
+            .map(|s| range.descriptor(*s).unwrap())
+            .collect();
+        let mut gap = ds.clone();
+        gap[1].span = Span::Range {
+            start: b"h".to_vec(),
+            end: Some(b"p".to_vec()),
+        };
+        assert!(ShardMap::from_descriptors(&gap)
+            .unwrap_err()
+            .contains("shard 2"));
+        let mut open = ds.clone();
+        open[2].span = Span::Range {
+            start: b"p".to_vec(),
+            end: Some(b"z".to_vec()),
+        };
+        assert!(ShardMap::from_descriptors(&open).is_err());
+        let ring = &maps[0];
+        let mut mixed = ds.clone();
+        mixed[0] = ring.descriptor(ShardId(1)).unwrap();
+        assert!(ShardMap::from_descriptors(&mixed).is_err());
+        ds.push(ds[0].clone());
+        assert!(ShardMap::from_descriptors(&ds).unwrap_err().contains("two"));
+        let mut rd: Vec<Descriptor> = ring
+            .shards()
+            .iter()
+            .map(|s| ring.descriptor(*s).unwrap())
+            .collect();
+        if let Span::Ring { arcs } = &mut rd[0].span {
+            arcs.pop();
+        }
+        assert!(ShardMap::from_descriptors(&rd).is_err());
+        let newer = Descriptor {
+            version: 5,
+            ..range.descriptor(ShardId(3)).unwrap()
+        };
+        let mut vs: Vec<Descriptor> = range
+            .shards()
+            .iter()
+            .map(|s| range.descriptor(*s).unwrap())
+            .collect();
+        vs[2] = newer;
+        assert_eq!(
+            ShardMap::from_descriptors(&vs).unwrap().version(ShardId(3)),
+            5
+        );
     }
 
     fn ids(v: &[u64]) -> Vec<ShardId> {

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pact_client::{Client, ClientOptions};
+use pact_client::{Client, ClientError, ClientOptions};
 use pact_common::{
-    system_clock, Abort, AbortKind, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, Timestamp,
-    TxnId,
+    system_clock, Abort, AbortKind, ClusterConfig, Guard, Hlc, NodeId, Op, ShardId, ShardMap,
+    Timestamp, TxnId,
 };
 use pact_proto as pb;
 use pact_proto::participant_client::ParticipantClient;
@@ -33,6 +33,21 @@ use crate::Error;
 
 /// How long `begin` waits for the recovery log to extend a used-up
 /// timestamp reservation before it gives up (unavailable).
+/// How many times one request of a transaction is routed again after a
+/// shard said the map was stale.
+const REROUTES: u32 = 3;
+
+/// Refresh the participants' map `stale` in the background: an abort or
+/// a vote must not wait for every shard to describe itself.
+fn refresh_soon(participants: &Client, stale: Arc<ShardMap>) {
+    let participants = participants.clone();
+    tokio::spawn(async move {
+        if let Err(e) = participants.refresh_map(&stale).await {
+            tracing::info!(error = %e, "could not refresh the routing map");
+        }
+    });
+}
+
 const STAMP_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a commit waits for room in the owner task's queue before it
@@ -533,6 +548,42 @@ impl Coordinator {
         })?
     }
 
+    /// `shard` refused `txn`'s first request there as routed by a stale
+    /// map (nothing was done there): it is not one of the transaction's
+    /// shards after all.
+    fn untouch(&self, txn: TxnId, shard: ShardId) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(sess) = s.get_mut(&txn) {
+                sess.shards.remove(&shard);
+            }
+        }
+    }
+
+    /// After WRONG_SHARD at `shard` (the transaction's `first` request
+    /// there if so) under `map`: forget the shard if nothing of the
+    /// transaction is there, and refresh the map; false once the request
+    /// was routed again [`REROUTES`] times (the caller gives up).
+    async fn reroute(
+        &self,
+        txn: TxnId,
+        shard: ShardId,
+        first: bool,
+        map: &Arc<ShardMap>,
+        tries: &mut u32,
+    ) -> Result<bool, Error> {
+        if first {
+            self.untouch(txn, shard);
+        }
+        if *tries >= REROUTES {
+            return Ok(false);
+        }
+        *tries += 1;
+        match self.participants.refresh_map(map).await {
+            Ok(()) => Ok(true),
+            Err(e) => Err(self.fail(txn, e.into()).await),
+        }
+    }
+
     /// A participant call failed: the transaction is done for; abort it
     /// everywhere it went, and tell the client why.
     async fn fail(&self, txn: TxnId, e: Error) -> Error {
@@ -551,23 +602,34 @@ impl Coordinator {
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
         pact_common::validate_key(&key).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let shard = self.participants.shard_for_key(&key);
-        let (first, priority) = self.touch(txn, shard)?;
-        let req = pb::TxnGetRequest {
-            shard_id: shard.0,
-            txn: Some(pb_txn(txn)),
-            key: key.into(),
-            for_update,
-            first,
-            priority,
+        let mut tries = 0;
+        let (req, r) = loop {
+            let map = self.participants.shard_map();
+            let shard = map.shard_for_key(&key);
+            let (first, priority) = self.touch(txn, shard)?;
+            let req = pb::TxnGetRequest {
+                shard_id: shard.0,
+                txn: Some(pb_txn(txn)),
+                key: key.clone().into(),
+                for_update,
+                first,
+                priority,
+                shard_version: map.version(shard),
+            };
+            let r = self
+                .participants
+                .call_shard(shard, true, |ch| {
+                    let req = req.clone();
+                    async move { participant(ch).txn_get(req).await }
+                })
+                .await;
+            if let Err(ClientError::WrongShard(_)) = &r {
+                if self.reroute(txn, shard, first, &map, &mut tries).await? {
+                    continue;
+                }
+            }
+            break (req, r);
         };
-        let r = self
-            .participants
-            .call_shard(shard, true, |ch| {
-                let req = req.clone();
-                async move { participant(ch).txn_get(req).await }
-            })
-            .await;
         match r {
             Ok(_) if self.wound_of(txn).is_some() => Err(self.fail_wounded(txn).await),
             Ok(r) => {
@@ -589,20 +651,25 @@ impl Coordinator {
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let mut all = Vec::new();
         let mut more = false;
-        for shard in self
-            .participants
-            .shard_map()
-            .shards_for_range(&start, end.as_deref())
-        {
+        let mut tries = 0;
+        let mut map = self.participants.shard_map();
+        let mut shards = map.shards_for_range(&start, end.as_deref());
+        while let Some(shard) = shards.first().copied() {
+            shards.remove(0);
+            // The shard's part only, which it checks it owns whole.
+            let Some((lo, hi)) = map.clip(shard, &start, end.as_deref()) else {
+                continue;
+            };
             let (first, priority) = self.touch(txn, shard)?;
             let req = pb::TxnScanRequest {
                 shard_id: shard.0,
                 txn: Some(pb_txn(txn)),
-                start: start.clone().into(),
-                end: end.clone().unwrap_or_default().into(),
+                start: lo.into(),
+                end: hi.unwrap_or_default().into(),
                 limit,
                 first,
                 priority,
+                shard_version: map.version(shard),
             };
             let r = self
                 .participants
@@ -611,6 +678,17 @@ impl Coordinator {
                     async move { participant(ch).txn_scan(req).await }
                 })
                 .await;
+            if let Err(ClientError::WrongShard(_)) = &r {
+                if self.reroute(txn, shard, first, &map, &mut tries).await? {
+                    // Read it all again by the new map: the locks taken
+                    // so far stay (a transaction's locks only grow).
+                    map = self.participants.shard_map();
+                    shards = map.shards_for_range(&start, end.as_deref());
+                    all.clear();
+                    more = false;
+                    continue;
+                }
+            }
             match r {
                 Ok(_) if self.wound_of(txn).is_some() => return Err(self.fail_wounded(txn).await),
                 Ok(r) => {
@@ -634,10 +712,11 @@ impl Coordinator {
     }
 
     fn by_shard(&self, ops: Vec<pb::WriteOp>) -> BTreeMap<ShardId, Vec<pb::WriteOp>> {
+        let map = self.participants.shard_map();
         let mut by_shard: BTreeMap<ShardId, Vec<pb::WriteOp>> = BTreeMap::new();
         for op in ops {
             by_shard
-                .entry(self.participants.shard_for_key(&op.key))
+                .entry(map.shard_for_key(&op.key))
                 .or_default()
                 .push(op);
         }
@@ -649,9 +728,28 @@ impl Coordinator {
         &self,
         txn: TxnId,
         shard: ShardId,
-        (first, priority): (bool, u64),
+        touched: (bool, u64),
         ops: Vec<pb::WriteOp>,
     ) -> Result<(), Error> {
+        let map = self.participants.shard_map();
+        let r = self.write_routed(txn, shard, touched, ops, &map).await;
+        if let Err(ClientError::WrongShard(_)) = &r {
+            // The transaction aborts (the caller cannot route part of a
+            // commit again); its retry finds the map up to date.
+            refresh_soon(&self.participants, map);
+        }
+        r.map_err(Error::from)
+    }
+
+    /// Lock and buffer `ops` at `shard`, routed by `map`.
+    async fn write_routed(
+        &self,
+        txn: TxnId,
+        shard: ShardId,
+        (first, priority): (bool, u64),
+        ops: Vec<pb::WriteOp>,
+        map: &ShardMap,
+    ) -> Result<(), ClientError> {
         let keys: Vec<Vec<u8>> = ops.iter().map(|o| o.key.to_vec()).collect();
         let req = pb::TxnWriteRequest {
             shard_id: shard.0,
@@ -659,14 +757,14 @@ impl Coordinator {
             ops,
             first,
             priority,
+            shard_version: map.version(shard),
         };
         self.participants
             .call_shard(shard, true, |ch| {
                 let req = req.clone();
                 async move { participant(ch).txn_write(req).await }
             })
-            .await
-            .map_err(Error::from)?;
+            .await?;
         self.note_locked(txn, Some(shard), keys);
         Ok(())
     }
@@ -692,16 +790,35 @@ impl Coordinator {
     /// be taken back, so the transaction aborts (nothing of it applies).
     pub async fn write(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<(), Error> {
         let mut sent_some = false;
-        for (shard, ops) in self.by_shard(ops) {
+        let mut tries = 0;
+        let mut map = self.participants.shard_map();
+        let mut parts: Vec<(ShardId, Vec<pb::WriteOp>)> = self.by_shard(ops).into_iter().collect();
+        while let Some((shard, ops)) = parts.pop() {
             let touched = self.touch(txn, shard)?;
-            if let Err(e) = self.write_shard(txn, shard, touched, ops).await {
-                return Err(if sent_some {
-                    self.abort_for(txn, e).await
-                } else {
-                    self.fail(txn, e).await
-                });
+            match self
+                .write_routed(txn, shard, touched, ops.clone(), &map)
+                .await
+            {
+                Ok(()) => sent_some = true,
+                // That shard took nothing: route its part again by the
+                // refreshed map (the parts taken stay taken).
+                Err(ClientError::WrongShard(_))
+                    if self
+                        .reroute(txn, shard, touched.0, &map, &mut tries)
+                        .await? =>
+                {
+                    map = self.participants.shard_map();
+                    parts.extend(self.by_shard(ops));
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    return Err(if sent_some {
+                        self.abort_for(txn, e).await
+                    } else {
+                        self.fail(txn, e).await
+                    });
+                }
             }
-            sent_some = true;
         }
         Ok(())
     }
@@ -1674,6 +1791,7 @@ fn run(
             let writes = take_carried(carried, txn, shard);
             tokio::spawn(async move {
                 let started = Instant::now();
+                let map = c.participants.shard_map();
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
@@ -1682,6 +1800,7 @@ fn run(
                     first: writes.first,
                     priority: writes.priority,
                     durable: false,
+                    shard_version: map.version(shard),
                 };
                 let r = c
                     .participants
@@ -1695,6 +1814,12 @@ fn run(
                     // never apply, but the shard still holds the
                     // transaction's locks and writes; release them now.
                     let _ = c.send_decision(txn, shard, false).await;
+                }
+                if let Err(pact_client::ClientError::Aborted(a)) = &r {
+                    if a.kind == AbortKind::Moved {
+                        // Routed by a stale map: the retry must not be.
+                        refresh_soon(&c.participants, map);
+                    }
                 }
                 let outcome = match r.map_err(Error::from) {
                     Ok(_) => Outcome::Committed,
@@ -1730,11 +1855,13 @@ fn run(
             let writes = take_carried(carried, txn, shard);
             tokio::spawn(async move {
                 let started = Instant::now();
+                let map = c.participants.shard_map();
                 let req = pb::TxnRequest {
                     shard_id: shard.0,
                     txn: Some(pb_txn(txn)),
                     ops: writes.ops,
                     durable,
+                    shard_version: map.version(shard),
                     ..Default::default()
                 };
                 let r = c
@@ -1770,6 +1897,10 @@ fn run(
                         ))
                     }
                 };
+                if matches!(&vote, Vote::No(a) if a.kind == AbortKind::Moved) {
+                    // Routed by a stale map: the retry must not be.
+                    refresh_soon(&c.participants, map);
+                }
                 c.metrics.phase("prepare", started);
                 feed(&c, Event::Voted { txn, shard, vote }).await;
             });

@@ -83,6 +83,13 @@ impl From<pact_client::ClientError> for Error {
                 pact_common::AbortKind::Unavailable,
                 format!("participant overloaded: {m}"),
             ),
+            // Reads and lock requests are routed again before it comes to
+            // this (`Coordinator::get`, `scan`, `write`); here the
+            // transaction cannot go on as routed.
+            C::WrongShard(m) => Error::aborted(
+                pact_common::AbortKind::Moved,
+                format!("routed by a stale map: {m}"),
+            ),
         }
     }
 }

@@ -27,8 +27,28 @@ impl From<Error> for Status {
         match e {
             Error::NotLeader { hint } => pact_raft::wire::error_status(code, msg, None, hint),
             Error::Aborted(a) => pact_raft::wire::error_status(code, msg, Some(a.kind), None),
+            Error::WrongShard { version, .. } => pact_raft::wire::wrong_shard_status(msg, version),
             _ => pact_raft::wire::error_status(code, msg, None, None),
         }
+    }
+}
+
+pub fn descriptor(d: &pact_common::Descriptor) -> pb::ShardDescriptor {
+    use pact_common::Span;
+    let span = match &d.span {
+        Span::Range { start, end } => pb::shard_descriptor::Span::Range(pb::KeyRange {
+            start: start.clone().into(),
+            end: end.clone().map(Into::into),
+        }),
+        Span::Ring { arcs } => pb::shard_descriptor::Span::Ring(pb::RingArcs {
+            lo: arcs.iter().map(|a| a.0).collect(),
+            hi: arcs.iter().map(|a| a.1).collect(),
+        }),
+    };
+    pb::ShardDescriptor {
+        shard_id: d.shard.0,
+        version: d.version,
+        span: Some(span),
     }
 }
 

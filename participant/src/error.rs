@@ -35,6 +35,11 @@ pub enum Error {
     /// later, with backoff.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// Routed by a stale map (the shard does not own the key, or is at
+    /// another descriptor version); nothing was done. `version` is the
+    /// shard's.
+    #[error("wrong shard: {message}")]
+    WrongShard { message: String, version: u64 },
 }
 
 impl Error {
@@ -51,6 +56,7 @@ impl Error {
             Error::UnknownShard(_) => C::UnknownShard,
             Error::Fatal(_) => C::Stopped,
             Error::Overloaded(_) => C::Overloaded,
+            Error::WrongShard { .. } => C::WrongShard,
         }
     }
 }

@@ -26,13 +26,17 @@
 //!   must settle an id an earlier leader may have issued: one key
 //!   overwritten per term instead of an abort record per id asked about
 //!   (the coordinator's `status`). It only grows, and deletes nothing.
+//! - `g` -> the shard's descriptor (`pact_common::Descriptor`: what it
+//!   owns, and the version of that). The first leader of the shard writes
+//!   the config's (`Describe`), once; from then on it is the authority on
+//!   what the shard owns, whatever a config or a client's map says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pact_common::{Timestamp, TxnId};
+use pact_common::{Descriptor, Timestamp, TxnId};
 use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
@@ -44,6 +48,7 @@ pub const PREPARED_PREFIX: u8 = b'p';
 pub const OUTCOME_PREFIX: u8 = b'o';
 pub const HORIZON_PREFIX: u8 = b'h';
 pub const FLOOR_PREFIX: u8 = b'f';
+pub const DESCRIPTOR_KEY: &[u8] = b"g";
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -99,6 +104,11 @@ pub enum ShardCommand {
     Floor {
         group: u64,
         below: Timestamp,
+    },
+    /// Record the shard's descriptor, unless it has one already (the
+    /// first leader writes the config's). Appended last.
+    Describe {
+        descriptor: Descriptor,
     },
 }
 
@@ -178,6 +188,15 @@ fn group_stamp(get: Lookup<'_>, prefix: u8, group: u64, what: &str) -> io::Resul
 fn older_than(get: Lookup<'_>, prefix: u8, txn: TxnId, what: &str) -> io::Result<bool> {
     Ok(txn.group != crate::node::IMPLICIT_GROUP
         && txn.ts < group_stamp(get, prefix, txn.group, what)?)
+}
+
+/// The shard's descriptor as applied here; `None` until its first leader
+/// wrote it.
+pub fn descriptor(get: Lookup<'_>) -> io::Result<Option<Descriptor>> {
+    match get(DESCRIPTOR_KEY)? {
+        Some(v) => Ok(Some(decode(&v, "shard descriptor")?)),
+        None => Ok(None),
+    }
 }
 
 pub fn floor_key(group: u64) -> Vec<u8> {
@@ -291,7 +310,9 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             ShardReply::Prepared => Notice::Nothing,
             _ => Notice::Finished(*txn),
         },
-        ShardCommand::Forget { .. } | ShardCommand::Floor { .. } => Notice::Nothing,
+        ShardCommand::Forget { .. }
+        | ShardCommand::Floor { .. }
+        | ShardCommand::Describe { .. } => Notice::Nothing,
     }
 }
 
@@ -437,6 +458,16 @@ pub fn effect(
                 )
             }
         }
+        ShardCommand::Describe { descriptor: d } => {
+            if descriptor(get)?.is_some() {
+                (Vec::new(), ShardReply::Done)
+            } else {
+                (
+                    vec![(DESCRIPTOR_KEY.to_vec(), Some(encode(d)?))],
+                    ShardReply::Done,
+                )
+            }
+        }
         ShardCommand::Forget { group, below, txns } => {
             let was = horizon(get, *group)?;
             let h = was.max(*below);
@@ -472,6 +503,9 @@ pub struct Shared {
     /// only to find its key still held). An entry lives while someone
     /// waits on it, or until its transaction's locks go.
     wakers: Mutex<HashMap<TxnId, Arc<tokio::sync::Notify>>>,
+    /// The shard's descriptor as this replica last read it from its
+    /// state (a leader loads it before it serves; `None` before that).
+    pub descriptor: std::sync::RwLock<Option<Arc<Descriptor>>>,
 }
 
 impl Shared {
@@ -480,6 +514,7 @@ impl Shared {
             mgr: Mutex::new(mgr),
             released: tokio::sync::Notify::new(),
             wakers: Mutex::new(HashMap::new()),
+            descriptor: std::sync::RwLock::new(None),
         }
     }
 
@@ -679,6 +714,41 @@ mod tests {
 
     fn put(k: &str, v: &str) -> Mutation {
         (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn the_first_descriptor_recorded_stays() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let stored = |m: &Mem| {
+            let map = m.0.borrow().clone();
+            descriptor(&|k| Ok(map.get(k).cloned())).unwrap()
+        };
+        assert_eq!(stored(&m), None);
+        let of = |start: &str| pact_common::Descriptor {
+            shard: pact_common::ShardId(2),
+            version: pact_common::FIRST_VERSION,
+            span: pact_common::Span::Range {
+                start: start.as_bytes().to_vec(),
+                end: None,
+            },
+        };
+        let first = of("g");
+        let cmd = ShardCommand::Describe {
+            descriptor: first.clone(),
+        };
+        assert_eq!(m.run(1, cmd.clone()), ShardReply::Done);
+        assert_eq!(stored(&m), Some(first.clone()));
+        // A later leader with another config proposes its own: ignored.
+        let other = ShardCommand::Describe {
+            descriptor: of("m"),
+        };
+        assert_eq!(m.run(2, other), ShardReply::Done);
+        assert_eq!(stored(&m), Some(first));
+        assert_eq!(ShardCommand::decode(&cmd.encode().unwrap()).unwrap(), cmd);
+        // The record is outside the data keys: scans never see it.
+        assert!(
+            DESCRIPTOR_KEY < data_key(b"").as_slice() || DESCRIPTOR_KEY >= data_end().as_slice()
+        );
     }
 
     #[test]

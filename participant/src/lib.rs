@@ -11,8 +11,11 @@
 //!   ReadIndex check, so they reflect every write acknowledged before the
 //!   read began (linearizable), and a deposed leader cannot answer.
 //! - A write batch is one Raft entry: all of it is applied or none of it.
-//! - Every key in a request must belong to the named shard under the
-//!   cluster's partitioning; a misrouted key is refused, never stored.
+//! - Every key in a request must belong to the named shard by the shard's
+//!   own descriptor (what it owns, recorded in its replicated state by its
+//!   first leader), and the request's `shard_version`, if given, must be
+//!   the descriptor's: a misrouted request is refused with `WrongShard`
+//!   before it locks anything, never stored.
 //! - Requests are validated (key and value sizes, batch size, scan limit)
 //!   before anything is proposed.
 //! - At most `limits.max_in_flight_requests` requests that take locks or

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pact_common::{
-    system_clock, validate_batch, validate_key, Abort, AbortKind, Clock, ClusterConfig, Hlc,
-    NodeId, ShardId, ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
+    system_clock, validate_batch, validate_key, Abort, AbortKind, Clock, ClusterConfig, Descriptor,
+    Hlc, NodeId, ShardId, ShardMap, Timestamp, TxnId, MAX_SCAN_LIMIT,
 };
 use pact_raft::{Host, Replica, ReplicaStatus, Router, Tuning};
 
 use crate::kv::{
     data_end, data_key, prepared_writes, KvApp, Mutation, ShardCommand, ShardReply, Shared,
-    PREPARED_PREFIX,
+    DESCRIPTOR_KEY, PREPARED_PREFIX,
 };
 use crate::locks::{Mode, Range};
 use crate::txn::{Step, Target, TxnLimits, TxnManager};
@@ -66,6 +66,9 @@ pub enum Vote {
 struct Shard {
     replica: Replica,
     shared: Arc<Shared>,
+    /// What the config says the shard owns: the descriptor its first
+    /// leader records (a later one reads the recorded one instead).
+    initial: Option<Descriptor>,
     /// Requests waiting for each key's lock now (`limits.max_waiters_per_key`).
     waiting: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
 }
@@ -439,14 +442,87 @@ impl Node {
         )))
     }
 
-    fn check_owner(&self, shard: ShardId, key: &[u8]) -> Result<(), Error> {
-        let owner = self.map.shard_for_key(key);
-        if owner != shard {
-            return Err(Error::InvalidInput(format!(
-                "key belongs to shard {owner}, not shard {shard}"
-            )));
+    /// The shard's descriptor, checked against the version the request
+    /// was routed by (0: not given, not checked). Call after `ready`: a
+    /// ready leader has loaded it.
+    fn routed(&self, s: &Shard, shard: ShardId, version: u64) -> Result<Arc<Descriptor>, Error> {
+        let d = s
+            .shared
+            .descriptor
+            .read()
+            .ok()
+            .and_then(|d| d.clone())
+            .ok_or_else(|| Error::Unavailable("the shard's descriptor is not loaded yet".into()))?;
+        if version != 0 && version != d.version {
+            return Err(Error::WrongShard {
+                message: format!(
+                    "shard {shard} is at version {}, the request was routed by version {version}",
+                    d.version
+                ),
+                version: d.version,
+            });
+        }
+        Ok(d)
+    }
+
+    /// Refuse with WRONG_SHARD unless the shard, at the version the
+    /// request was routed by, owns every one of `keys`.
+    fn check_keys<'k>(
+        &self,
+        s: &Shard,
+        shard: ShardId,
+        version: u64,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<(), Error> {
+        let d = self.routed(s, shard, version)?;
+        for key in keys {
+            if !d.span.contains(key) {
+                let owner = self.map.shard_for_key(key);
+                return Err(Error::WrongShard {
+                    message: format!(
+                        "shard {shard} (version {}) does not own key {:?} (the config would \
+                         give it to shard {owner})",
+                        d.version,
+                        String::from_utf8_lossy(key)
+                    ),
+                    version: d.version,
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Refuse with WRONG_SHARD unless the shard owns all of `[start,
+    /// end)` that could be its (a range shard: the whole interval).
+    fn check_range(
+        &self,
+        s: &Shard,
+        shard: ShardId,
+        version: u64,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let d = self.routed(s, shard, version)?;
+        if !d.span.covers(start, end) {
+            return Err(Error::WrongShard {
+                message: format!(
+                    "shard {shard} (version {}) does not own all of the scanned range",
+                    d.version
+                ),
+                version: d.version,
+            });
+        }
+        Ok(())
+    }
+
+    /// The shard's descriptor, from its leader.
+    pub async fn describe(&self, shard: ShardId) -> Result<Descriptor, Error> {
+        let s = &self.shard(shard)?;
+        self.ready(s)?;
+        let d = self.routed(s, shard, 0)?;
+        // Still the leader: a deposed one may have missed a change.
+        s.replica.read_barrier().await?;
+        Ok(d.as_ref().clone())
     }
 
     fn implicit_txn(&self) -> TxnId {
@@ -753,16 +829,21 @@ impl Node {
     // ---- plain (implicit-transaction) operations ----
 
     /// Linearizable read of one key.
-    pub async fn get(&self, shard: ShardId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn get(
+        &self,
+        shard: ShardId,
+        version: u64,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
         validate_key(key)?;
         let s = &self.shard(shard)?;
-        self.check_owner(shard, key)?;
         if pact_common::faults::enabled("stale-reads") {
             // Deliberate bug (fault injection): any replica answers from
             // whatever it has applied, leader or not.
             return Ok(s.replica.get_local(&data_key(key)).await?);
         }
         self.ready(s)?;
+        self.check_keys(s, shard, version, [key])?;
         let txn = self.implicit_txn();
         let _release = Release::new(s, txn);
         let term = self.lock_term(s)?;
@@ -800,6 +881,7 @@ impl Node {
     pub async fn scan(
         &self,
         shard: ShardId,
+        version: u64,
         start: &[u8],
         end: Option<&[u8]>,
         limit: u32,
@@ -807,6 +889,7 @@ impl Node {
         let limit = Self::scan_limit(limit)?;
         let s = &self.shard(shard)?;
         self.ready(s)?;
+        self.check_range(s, shard, version, start, end)?;
         if end.is_some_and(|e| e <= start) {
             return Ok((Vec::new(), false));
         }
@@ -825,12 +908,17 @@ impl Node {
     }
 
     /// Atomically apply a batch of puts and deletes on one shard.
-    pub async fn write(&self, shard: ShardId, ops: Vec<Mutation>) -> Result<u64, Error> {
+    pub async fn write(
+        &self,
+        shard: ShardId,
+        version: u64,
+        ops: Vec<Mutation>,
+    ) -> Result<u64, Error> {
         let s = &self.shard(shard)?;
-        self.validate_writes(shard, &ops)?;
+        validate_writes(&ops)?;
         let mut attempt = 1;
         loop {
-            match self.write_once(s, &ops).await {
+            match self.write_once(s, shard, version, &ops).await {
                 // The batch's own transaction is ours, not the caller's:
                 // when an older transaction takes a key from it, nothing
                 // was applied, so start it again rather than hand the
@@ -845,23 +933,19 @@ impl Node {
         }
     }
 
-    async fn write_once(&self, s: &Arc<Shard>, ops: &[Mutation]) -> Result<u64, Error> {
+    async fn write_once(
+        &self,
+        s: &Arc<Shard>,
+        shard: ShardId,
+        version: u64,
+        ops: &[Mutation],
+    ) -> Result<u64, Error> {
         self.ready(s)?;
+        self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice()))?;
         let txn = self.implicit_txn();
         let release = Release::new(s, txn);
         self.lock_writes(s, txn, true, txn.ts, ops).await?;
         self.commit_owned(s, txn, release).await
-    }
-
-    fn validate_writes(&self, shard: ShardId, ops: &[Mutation]) -> Result<(), Error> {
-        if ops.is_empty() {
-            return Err(Error::InvalidInput("empty write batch".into()));
-        }
-        validate_batch(ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))?;
-        for (k, _) in ops {
-            self.check_owner(shard, k)?;
-        }
-        Ok(())
     }
 
     /// Lock every key of `ops`, then buffer them all at once: a batch is
@@ -916,6 +1000,7 @@ impl Node {
     pub async fn txn_get(
         &self,
         shard: ShardId,
+        version: u64,
         who: TxnRef,
         key: &[u8],
         for_update: bool,
@@ -924,8 +1009,8 @@ impl Node {
         self.check_group(txn)?;
         validate_key(key)?;
         let s = &self.shard(shard)?;
-        self.check_owner(shard, key)?;
         self.ready(s)?;
+        self.check_keys(s, shard, version, [key])?;
         let mode = if for_update {
             Mode::Exclusive
         } else {
@@ -945,6 +1030,7 @@ impl Node {
     pub async fn txn_scan(
         &self,
         shard: ShardId,
+        version: u64,
         who: TxnRef,
         start: &[u8],
         end: Option<&[u8]>,
@@ -955,6 +1041,7 @@ impl Node {
         let limit = Self::scan_limit(limit)?;
         let s = &self.shard(shard)?;
         self.ready(s)?;
+        self.check_range(s, shard, version, start, end)?;
         if end.is_some_and(|e| e <= start) {
             return Ok((Vec::new(), false));
         }
@@ -973,14 +1060,16 @@ impl Node {
     pub async fn txn_write(
         &self,
         shard: ShardId,
+        version: u64,
         who: TxnRef,
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
         let s = &self.shard(shard)?;
-        self.validate_writes(shard, &ops)?;
+        validate_writes(&ops)?;
         self.ready(s)?;
+        self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice()))?;
         self.lock_writes(s, txn, first, prio, &ops).await
     }
 
@@ -994,15 +1083,42 @@ impl Node {
     pub async fn prepare(
         &self,
         shard: ShardId,
+        version: u64,
         txn: TxnId,
         ops: Vec<Mutation>,
         durable: bool,
     ) -> Result<Vote, Error> {
         let s = &self.shard(shard)?;
         if !ops.is_empty() {
-            self.validate_writes(shard, &ops)?;
+            validate_writes(&ops)?;
         }
         self.ready(s)?;
+        let status = s
+            .shared
+            .mgr
+            .lock()
+            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?
+            .status(txn)
+            .cloned();
+        // Routed by a stale map: the transaction's locks were taken by a
+        // shard that no longer owns the keys as it did, or its carried
+        // writes are not this shard's. It cannot prepare here; a prepare
+        // is never sent elsewhere (its shard set is fixed), so it aborts.
+        // A retried prepare of one already under way is answered below,
+        // whatever it says: its locks must stay until the decision.
+        if !matches!(
+            status,
+            Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
+        ) {
+            match self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice())) {
+                Ok(()) => {}
+                Err(Error::WrongShard { message, .. }) => {
+                    self.release(s, txn);
+                    return Ok(Vote::No(Abort::new(AbortKind::Moved, message)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let input = match s.shared.mgr.lock() {
             // A retried prepare (its first reply was lost): answer from the
             // state the first one left, and never drop its locks.
@@ -1078,6 +1194,7 @@ impl Node {
     pub async fn commit_one_phase(
         &self,
         shard: ShardId,
+        version: u64,
         who: TxnRef,
         ops: Vec<Mutation>,
     ) -> Result<(), Error> {
@@ -1089,8 +1206,15 @@ impl Node {
         // aborts the transaction: let go of what it holds. Until then the
         // caller may go away at any point.
         let release = Release::new(s, txn);
+        match self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice())) {
+            Ok(()) => {}
+            Err(Error::WrongShard { message, .. }) => {
+                return Err(Error::Aborted(Abort::new(AbortKind::Moved, message)))
+            }
+            Err(e) => return Err(e),
+        }
         if !ops.is_empty() {
-            self.validate_writes(shard, &ops)?;
+            validate_writes(&ops)?;
             self.lock_writes(s, txn, first, prio, &ops).await?;
         }
         self.commit_owned(s, txn, release).await.map(|_| ())
@@ -1509,6 +1633,7 @@ async fn start_shard(
     Ok(Arc::new(Shard {
         replica,
         shared,
+        initial: config.shard_map().descriptor(shard),
         waiting: Default::default(),
     }))
 }
@@ -1651,11 +1776,94 @@ fn encode_command(cmd: &ShardCommand) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::InvalidInput(format!("cannot propose the shard command: {e}")))
 }
 
+fn validate_writes(ops: &[Mutation]) -> Result<(), Error> {
+    if ops.is_empty() {
+        return Err(Error::InvalidInput("empty write batch".into()));
+    }
+    validate_batch(ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))?;
+    Ok(())
+}
+
+/// The shard's descriptor as applied here, written first if the shard
+/// has none (its first leader records the config's). `None` if it cannot
+/// be had in this term (leadership lost, storage failed): the leader then
+/// does not become ready.
+async fn load_descriptor(s: &Shard, term: u64) -> Option<Descriptor> {
+    let read = || async {
+        match s.replica.get_local(DESCRIPTOR_KEY).await {
+            Ok(Some(v)) => match pact_raft::codec::decode::<Descriptor>(&v, "shard descriptor") {
+                Ok(d) => Ok(Some(d)),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let group = s.replica.group();
+    let found = match read().await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(shard = group, error = %e, "cannot read the shard's descriptor");
+            return None;
+        }
+    };
+    let d = match found {
+        Some(d) => d,
+        None => {
+            let Some(initial) = s.initial.clone() else {
+                tracing::error!(shard = group, "the shard has no descriptor and the config none to give it: this leader serves nothing");
+                return None;
+            };
+            let cmd = encode_command(&ShardCommand::Describe {
+                descriptor: initial,
+            })
+            .ok()?;
+            // Until it is recorded the leader serves nothing: a refusal
+            // that passes (a lapsed lease) is waited out while this
+            // replica leads the term.
+            let mut pause = Duration::from_millis(20);
+            while let Err(e) = s.replica.propose(cmd.clone()).await {
+                let r = s.replica.role();
+                if !r.leader || r.term != term || s.replica.fatal().is_some() {
+                    tracing::info!(shard = group, error = %e, "could not record the shard's descriptor in this term");
+                    return None;
+                }
+                tracing::debug!(shard = group, error = %e, "recording the shard's descriptor; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            match read().await {
+                Ok(Some(d)) => d,
+                other => {
+                    tracing::error!(shard = group, result = ?other, "the shard's descriptor is missing after it was recorded");
+                    return None;
+                }
+            }
+        }
+    };
+    if s.initial.as_ref().is_some_and(|i| i.span != d.span) {
+        tracing::warn!(
+            shard = group,
+            version = d.version,
+            "the cluster config gives this shard other keys than its descriptor: the config \
+             changed after the shard was created, or the shard was split or merged; the \
+             descriptor rules, clients routing by the config are redirected (WRONG_SHARD)"
+        );
+    }
+    Some(d)
+}
+
 async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     // Apply everything committed before this term first, so the prepare
     // records read below are complete.
     if !s.replica.settle(term).await {
         return;
+    }
+    let Some(descriptor) = load_descriptor(s, term).await else {
+        return;
+    };
+    if let Ok(mut d) = s.shared.descriptor.write() {
+        *d = Some(Arc::new(descriptor));
     }
     let records = match s.replica.scan_prefix_local(&[PREPARED_PREFIX]).await {
         Ok(r) => r,

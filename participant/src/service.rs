@@ -66,7 +66,10 @@ impl Kv for KvService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let _admitted = self.node.admit()?;
         let r = request.into_inner();
-        let v = self.node.get(ShardId(r.shard_id), &r.key).await?;
+        let v = self
+            .node
+            .get(ShardId(r.shard_id), r.shard_version, &r.key)
+            .await?;
         Ok(Response::new(convert::value(v)))
     }
 
@@ -80,6 +83,7 @@ impl Kv for KvService {
             .node
             .scan(
                 ShardId(r.shard_id),
+                r.shard_version,
                 &r.start,
                 convert::end_key(&r.end),
                 r.limit,
@@ -95,7 +99,10 @@ impl Kv for KvService {
         let _admitted = self.node.admit()?;
         let r = request.into_inner();
         let ops = convert::write_ops(r.ops)?;
-        let index = self.node.write(ShardId(r.shard_id), ops).await?;
+        let index = self
+            .node
+            .write(ShardId(r.shard_id), r.shard_version, ops)
+            .await?;
         Ok(Response::new(pb::WriteResponse { index }))
     }
 
@@ -106,6 +113,18 @@ impl Kv for KvService {
         let r = request.into_inner();
         let s = self.node.status(ShardId(r.shard_id))?;
         Ok(Response::new(pact_raft::wire::status_response(s)))
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::ShardDescriptor>, Status> {
+        let _admitted = self.node.admit()?;
+        let d = self
+            .node
+            .describe(ShardId(request.into_inner().shard_id))
+            .await?;
+        Ok(Response::new(convert::descriptor(&d)))
     }
 }
 
@@ -136,6 +155,7 @@ impl Participant for ParticipantService {
             .node
             .txn_get(
                 ShardId(r.shard_id),
+                r.shard_version,
                 who(txn, r.first, prio),
                 &r.key,
                 r.for_update,
@@ -156,6 +176,7 @@ impl Participant for ParticipantService {
             .node
             .txn_scan(
                 ShardId(r.shard_id),
+                r.shard_version,
                 who(txn, r.first, prio),
                 &r.start,
                 convert::end_key(&r.end),
@@ -175,7 +196,12 @@ impl Participant for ParticipantService {
         let prio = convert::priority(r.priority, txn)?;
         let ops = convert::write_ops(r.ops)?;
         self.node
-            .txn_write(ShardId(r.shard_id), who(txn, r.first, prio), ops)
+            .txn_write(
+                ShardId(r.shard_id),
+                r.shard_version,
+                who(txn, r.first, prio),
+                ops,
+            )
             .await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
@@ -188,9 +214,11 @@ impl Participant for ParticipantService {
         let txn = convert::txn_id(r.txn)?;
         let ops = convert::write_ops(r.ops)?;
         let node = self.node.clone();
-        let vote =
-            owned(async move { node.prepare(ShardId(r.shard_id), txn, ops, r.durable).await })
-                .await?;
+        let vote = owned(async move {
+            node.prepare(ShardId(r.shard_id), r.shard_version, txn, ops, r.durable)
+                .await
+        })
+        .await?;
         Ok(Response::new(convert::prepare_response(vote)))
     }
 
@@ -204,7 +232,12 @@ impl Participant for ParticipantService {
         let prio = convert::priority(r.priority, txn)?;
         let ops = convert::write_ops(r.ops)?;
         self.node
-            .commit_one_phase(ShardId(r.shard_id), who(txn, r.first, prio), ops)
+            .commit_one_phase(
+                ShardId(r.shard_id),
+                r.shard_version,
+                who(txn, r.first, prio),
+                ops,
+            )
             .await?;
         Ok(Response::new(pb::TxnDone {}))
     }
@@ -259,6 +292,18 @@ impl Participant for ParticipantService {
         })
         .await?;
         Ok(Response::new(pb::FloorResponse { floor: floor.0 }))
+    }
+
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::ShardDescriptor>, Status> {
+        let _admitted = self.node.admit()?;
+        let d = self
+            .node
+            .describe(ShardId(request.into_inner().shard_id))
+            .await?;
+        Ok(Response::new(convert::descriptor(&d)))
     }
 }
 
@@ -316,6 +361,7 @@ mod tests {
             .unwrap()
             .as_millis() as u64;
         let write = pb::TxnWriteRequest {
+            shard_version: 0,
             shard_id: 1,
             txn: Some(pb::TxnId {
                 ts: Timestamp::from_parts(now, 0).0,
@@ -338,6 +384,7 @@ mod tests {
         assert_overloaded(&e);
         let e = kv
             .get(Request::new(pb::GetRequest {
+                shard_version: 0,
                 shard_id: 1,
                 key: b"k".to_vec().into(),
             }))

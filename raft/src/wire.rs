@@ -5,7 +5,7 @@ use pact_proto as pb;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 
-use pact_common::codes::{META_ABORT_KIND, META_LEADER_ADDR, META_LEADER_ID};
+use pact_common::codes::{META_ABORT_KIND, META_LEADER_ADDR, META_LEADER_ID, META_SHARD_VERSION};
 use pact_common::{AbortKind, ErrorCode};
 use tonic::{Code, Status};
 
@@ -96,9 +96,10 @@ pub fn error_status(
         ErrorCode::UnknownShard => Code::NotFound,
         ErrorCode::Stopped => Code::Internal,
         ErrorCode::Overloaded => Code::ResourceExhausted,
+        ErrorCode::WrongShard => Code::FailedPrecondition,
     };
     let retry = match code {
-        ErrorCode::NotLeader => Some(Duration::ZERO),
+        ErrorCode::NotLeader | ErrorCode::WrongShard => Some(Duration::ZERO),
         ErrorCode::Unavailable => Some(Duration::from_millis(50)),
         ErrorCode::Overloaded => Some(OVERLOADED_RETRY_AFTER),
         _ => None,
@@ -122,4 +123,16 @@ pub fn error_status(
         }
     }
     s
+}
+
+/// WRONG_SHARD, with the refusing shard's descriptor version as data: the
+/// caller refreshes its map and routes again at once.
+pub fn wrong_shard_status(msg: String, version: u64) -> Status {
+    pb::status::error(
+        Code::FailedPrecondition,
+        ErrorCode::WrongShard.as_str(),
+        msg,
+        vec![(META_SHARD_VERSION, version.to_string())],
+        Some(Duration::ZERO),
+    )
 }

@@ -186,6 +186,12 @@ async fn shard_and_member_lists_show_the_topology_and_its_leaders() {
     for s in shards {
         assert_eq!(s["replicas"].as_array().map(Vec::len), Some(3), "{s}");
         assert!(s["leader"].as_u64().is_some(), "no leader: {s}");
+        // Read from the shards' own descriptors, at their first version.
+        assert_eq!(
+            (s["keys_from"].as_str(), s["version"].as_u64()),
+            (Some("shards"), Some(1)),
+            "{s}"
+        );
     }
     let out = tokio::task::block_in_place(|| txn(&c, &["--json", "admin", "member", "list"]));
     assert!(out.status.success(), "{out:?}");

@@ -78,6 +78,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .expect("connect");
     let e = raw
         .get(pb::GetRequest {
+            shard_version: 0,
             shard_id: 99,
             key: b"x".to_vec().into(),
         })
@@ -96,6 +97,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .expect("connect");
     let e = fraw
         .get(pb::GetRequest {
+            shard_version: 0,
             shard_id: shard.0,
             key: b"keep".to_vec().into(),
         })
@@ -106,6 +108,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(meta.get("leader_id"), Some(&leader.0.to_string()), "{e:?}");
     let e = raw
         .write(pb::WriteRequest {
+            shard_version: 0,
             shard_id: shard.0,
             ops: vec![pb::WriteOp {
                 key: other_key.clone().into(),
@@ -114,14 +117,46 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("belongs to shard"), "{}", e.message());
+    // A misrouted key: retryable, with the shard's version as data, and
+    // nothing written (the client refreshes its map and routes again).
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("does not own key"), "{}", e.message());
+    let (code, meta) = pb::status::info(&e).expect("error info on the status");
+    assert_eq!(code, "WRONG_SHARD");
+    assert_eq!(meta.get("shard_version").map(String::as_str), Some("1"));
+    assert_eq!(client.get(&other_key).await.unwrap(), None);
+    // Routed by a version the shard is not at: refused the same way.
+    let e = raw
+        .get(pb::GetRequest {
+            shard_version: 7,
+            shard_id: shard.0,
+            key: b"keep".to_vec().into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         pb::status::info(&e).map(|i| i.0).as_deref(),
-        Some("INVALID_INPUT")
+        Some("WRONG_SHARD")
+    );
+    assert!(
+        e.message().contains("routed by version 7"),
+        "{}",
+        e.message()
+    );
+    // The shard's own record of what it owns.
+    let d = raw
+        .describe(pb::DescribeRequest { shard_id: shard.0 })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!((d.shard_id, d.version), (shard.0, 1));
+    assert!(
+        matches!(d.span, Some(pb::shard_descriptor::Span::Ring(ref r)) if !r.lo.is_empty() && r.lo.len() == r.hi.len()),
+        "{d:?}"
     );
     let e = raw
         .write(pb::WriteRequest {
+            shard_version: 0,
             shard_id: shard.0,
             ops: vec![pb::WriteOp {
                 key: b"keep".to_vec().into(),
@@ -133,6 +168,7 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = raw
         .scan(pb::ScanRequest {
+            shard_version: 0,
             shard_id: shard.0,
             start: Default::default(),
             end: Default::default(),

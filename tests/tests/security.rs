@@ -208,6 +208,7 @@ async fn internal_services_are_refused_on_the_client_port() {
                 key: key.into(),
                 op: Some(pb::write_op::Op::Put(b"v".to_vec().into())),
             }],
+            shard_version: 0,
         })
         .await
         .unwrap_err();

@@ -438,6 +438,7 @@ async fn one_shot_execute_and_bad_transaction_input() {
     let ghost = recent_ghost(leader.0);
     let e = raw
         .get(pb::TxnGetRequest {
+            shard_version: 0,
             shard_id: 0,
             txn: Some(pid(ghost)),
             key: b"small".to_vec().into(),

@@ -219,6 +219,12 @@ def _by_pact_code(info: ErrorInfo, msg: str, kw: dict, from_server: bool) -> Cla
         return Classified(FAIL, error=ServerError(msg, **kw), from_server=from_server)
     if r == "OVERLOADED":
         return Classified(OVERLOADED, error=Overloaded(msg, **kw), from_server=from_server)
+    if r == "WRONG_SHARD":
+        # Routed by a stale map (the config's key ranges were edited after
+        # the cluster's first start, or shards split): nothing was done.
+        # This client routes by its config only, so it cannot route again:
+        # it reports the refusal as unavailable, without retrying.
+        return Classified(FAIL, error=Unavailable(msg, **kw), from_server=from_server)
     return None  # a code newer than this client: the gRPC code decides
 
 

@@ -111,11 +111,18 @@ class KvTest(ClusterTest):
         self.assertEqual(seen, set(self.shards))
         # ...and the refusal is real: the wrong shard is told off.
         k = key_in_shard(self.c, self.shards[0], p)
-        leader = self.c._leader(("shard", self.shards[0]))
+        self.c.get(key_in_shard(self.c, self.shards[1], p))
+        leader = self.c._leader(("shard", self.shards[1]))
         stub = self.c._conn(leader).kv
         with self.assertRaises(grpc.RpcError) as cm:
             stub.Get(pb.GetRequest(shard_id=self.shards[1], key=k), timeout=5)
-        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        # Routed by a wrong map: WRONG_SHARD (the shard does not own the
+        # key), which this client reports without retrying.
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("does not own key", cm.exception.details())
+        c = errors.classify(cm.exception)
+        self.assertEqual(c.kind, errors.FAIL)
+        self.assertIsInstance(c.error, errors.Unavailable)
 
     def test_follower_refusal_carries_the_leader_hint(self) -> None:
         shard = self.shards[0]

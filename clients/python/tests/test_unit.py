@@ -234,6 +234,12 @@ class ClassifyTest(unittest.TestCase):
         self.assertEqual(c.kind, errors.OVERLOADED)
         self.assertIsInstance(c.error, errors.Overloaded)
         self.assertTrue(c.from_server)
+        # Routed by a stale map: nothing done, not retried by this client.
+        c = errors.classify(
+            self._pact_error(grpc.StatusCode.FAILED_PRECONDITION, "WRONG_SHARD", {"shard_version": "2"})
+        )
+        self.assertEqual(c.kind, errors.FAIL)
+        self.assertIsInstance(c.error, errors.Unavailable)
 
 
 if __name__ == "__main__":

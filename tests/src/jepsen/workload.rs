@@ -194,7 +194,8 @@ fn outcome_of(e: &ClientError) -> OpType {
         | ClientError::UnknownShard(_)
         | ClientError::Unavailable(_)
         | ClientError::Overloaded(_)
-        | ClientError::Unreachable(_) => OpType::Fail,
+        | ClientError::Unreachable(_)
+        | ClientError::WrongShard(_) => OpType::Fail,
         ClientError::Unknown(_) | ClientError::Internal(_) => OpType::Info,
     }
 }
