@@ -41,6 +41,18 @@ async fn owned<T: Send + 'static>(
         .unwrap_or_else(|e| Err(Error::Fatal(format!("request task failed: {e}"))))
 }
 
+/// `Describe`, on both ports: the shard's descriptor from its leader.
+async fn describe(
+    node: &Node,
+    request: Request<pb::DescribeRequest>,
+) -> Result<Response<pb::ShardDescriptor>, Status> {
+    let _admitted = node.admit()?;
+    let d = node
+        .describe(ShardId(request.into_inner().shard_id))
+        .await?;
+    Ok(Response::new(convert::descriptor(&d)))
+}
+
 fn who(txn: pact_common::TxnId, first: bool, prio: pact_common::Timestamp) -> TxnRef {
     TxnRef { txn, first, prio }
 }
@@ -119,12 +131,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::ShardDescriptor>, Status> {
-        let _admitted = self.node.admit()?;
-        let d = self
-            .node
-            .describe(ShardId(request.into_inner().shard_id))
-            .await?;
-        Ok(Response::new(convert::descriptor(&d)))
+        describe(&self.node, request).await
     }
 }
 
@@ -298,12 +305,7 @@ impl Participant for ParticipantService {
         &self,
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::ShardDescriptor>, Status> {
-        let _admitted = self.node.admit()?;
-        let d = self
-            .node
-            .describe(ShardId(request.into_inner().shard_id))
-            .await?;
-        Ok(Response::new(convert::descriptor(&d)))
+        describe(&self.node, request).await
     }
 }
 
