@@ -38,6 +38,7 @@ from .errors import (
     PactError,
     ServerError,
     Unavailable,
+    WrongShard,
 )
 from .routing import ShardMap
 from .txn import Executed, Guard, Op, Transaction
@@ -62,4 +63,5 @@ __all__ = [
     "TxnId",
     "TxnStatus",
     "Unavailable",
+    "WrongShard",
 ]

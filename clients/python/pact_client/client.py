@@ -22,6 +22,11 @@ that, or a timeout, may come after the write applied: it raises
 `OutcomeUnknown` rather than apply the write twice. (The Rust client tells
 a server's UNAVAILABLE from a transport one by its message text, which
 this client does not read.)
+
+Routing starts from the config's map. A shard that does not own a key as
+routed (its descriptor, recorded at the cluster's first start, says
+otherwise) refuses with WRONG_SHARD, having done nothing; the client then
+rebuilds its map from every shard's `Describe` and routes again.
 """
 
 from __future__ import annotations
@@ -45,8 +50,12 @@ from .errors import (
     PactError,
     ServerError,
     Unavailable,
+    WrongShard,
 )
 from .routing import ShardMap
+
+# How many times one operation rebuilds the map and routes again.
+REROUTES = 3
 
 try:
     from ._proto import pact_pb2 as pb
@@ -238,6 +247,8 @@ class Client:
             self._creds = grpc.ssl_channel_credentials(ca_pem, key_pem, cert_pem)
 
         self._lock = threading.Lock()
+        # One map refresh at a time (see `_refresh_map`).
+        self._refreshing = threading.Lock()
         self._conns: dict[str, _Conn] = {}
         self._leaders: dict[tuple, str] = {}
         self._next_group = 0
@@ -435,9 +446,14 @@ class Client:
     def get(self, key) -> bytes | None:
         """Linearizable read of one key; None if absent."""
         k = to_bytes(key, "key")
-        shard = self.shard_for_key(k)
-        req = pb.GetRequest(shard_id=shard, key=k)
-        r, _ = self._shard_call(shard, lambda c, t: c.kv.Get(req, timeout=t), idempotent=True)
+
+        def once(m: ShardMap):
+            shard = m.shard_for_key(k)
+            req = pb.GetRequest(shard_id=shard, key=k, shard_version=m.version(shard))
+            r, _ = self._shard_call(shard, lambda c, t: c.kv.Get(req, timeout=t), idempotent=True)
+            return r
+
+        r = self._rerouted(once)
         return r.value if r.found else None
 
     def put(self, key, value) -> None:
@@ -449,9 +465,49 @@ class Client:
         self._write(k, pb.WriteOp(key=k, delete=True))
 
     def _write(self, key: bytes, op) -> None:
-        shard = self.shard_for_key(key)
-        req = pb.WriteRequest(shard_id=shard, ops=[op])
-        self._shard_call(shard, lambda c, t: c.kv.Write(req, timeout=t), idempotent=False)
+        def once(m: ShardMap):
+            shard = m.shard_for_key(key)
+            req = pb.WriteRequest(shard_id=shard, ops=[op], shard_version=m.version(shard))
+            # Not idempotent, but a WRONG_SHARD refusal did nothing:
+            # routing it again is safe.
+            self._shard_call(shard, lambda c, t: c.kv.Write(req, timeout=t), idempotent=False)
+
+        self._rerouted(once)
+
+    def _rerouted(self, once: Callable[[ShardMap], T]) -> T:
+        """`once(map)` with the map requests are routed by now; when a
+        shard says that map is stale (WRONG_SHARD, nothing done), rebuild
+        it from every shard's descriptor and run `once` again, a few times
+        at most."""
+        self.shard_for_key(b"")  # a client without a map says why here
+        for attempt in range(REROUTES + 1):
+            m = self._map
+            try:
+                return once(m)
+            except WrongShard:
+                if attempt == REROUTES:
+                    raise
+                self._refresh_map(m)
+        raise AssertionError("unreachable")
+
+    def _refresh_map(self, stale: ShardMap) -> None:
+        """Replace `stale` by the map the shards' own descriptors make (each
+        shard's leader asked); a no-op if another thread did already."""
+        with self._refreshing:
+            if self._map is not stale:
+                return
+            descriptors = []
+            for shard in stale.shards():
+                req = pb.DescribeRequest(shard_id=shard)
+                d, _ = self._shard_call(shard, lambda c, t: c.kv.Describe(req, timeout=t), idempotent=True)
+                if d.shard_id != shard:
+                    raise ServerError(f"asked for shard {shard}'s descriptor, got shard {d.shard_id}'s")
+                descriptors.append(d)
+            try:
+                fresh = ShardMap.from_descriptors(descriptors)
+            except ValueError as e:
+                raise Unavailable(f"the shards' descriptors do not make a map: {e}") from None
+            self._map = fresh
 
     # -- transactions ----------------------------------------------------
 

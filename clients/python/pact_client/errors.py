@@ -83,6 +83,12 @@ class Unavailable(PactError):
     retry later."""
 
 
+class WrongShard(Unavailable):
+    """Routed by a stale map: the shard does not own the key (or is at
+    another descriptor version). Nothing was done. The client refreshes its
+    map from the shards and routes again before raising this."""
+
+
 class Overloaded(PactError):
     """A server refused the request at its admission limit (too many
     transactions open or requests in flight, a full queue); nothing was
@@ -222,9 +228,9 @@ def _by_pact_code(info: ErrorInfo, msg: str, kw: dict, from_server: bool) -> Cla
     if r == "WRONG_SHARD":
         # Routed by a stale map (the config's key ranges were edited after
         # the cluster's first start, or shards split): nothing was done.
-        # This client routes by its config only, so it cannot route again:
-        # it reports the refusal as unavailable, without retrying.
-        return Classified(FAIL, error=Unavailable(msg, **kw), from_server=from_server)
+        # Final for this call; the client's operations refresh the map
+        # from the shards' descriptors and route again.
+        return Classified(FAIL, error=WrongShard(msg, **kw), from_server=from_server)
     return None  # a code newer than this client: the gRPC code decides
 
 

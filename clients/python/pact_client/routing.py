@@ -1,7 +1,7 @@
 """Key-to-shard mapping, the same pure function the servers compute.
 
 A Kv request names its shard, and a participant refuses a key that is not
-its shard's (INVALID_ARGUMENT), so the client must route exactly as
+its shard's (WRONG_SHARD), so the client routes exactly as
 common/src/partition.rs does:
 
 * hash: a consistent-hash ring of xxh3-64 points. Shard `s` puts
@@ -13,6 +13,11 @@ common/src/partition.rs does:
 
 xxh3 comes from the `xxhash` package (the reference C implementation), so
 nothing here is hand-written hashing.
+
+The config's map is where routing starts. What a shard owns is its own
+descriptor (its key range, or the inclusive intervals of key hashes it
+holds on the ring, and a version); after a WRONG_SHARD the client builds
+its map from every shard's descriptor (`ShardMap.from_descriptors`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ def _point(shard: int, vnode: int) -> int:
 
 
 class ShardMap:
-    def __init__(self, ring: list[tuple[int, int]] | None, ranges: list[tuple[bytes, int]] | None):
+    def __init__(
+        self,
+        ring: list[tuple[int, int]] | None,
+        ranges: list[tuple[bytes, int]] | None,
+        versions: dict[int, int] | None = None,
+    ):
+        self._versions = versions or {}
         self._ring = ring
         self._ring_keys = [p for p, _ in ring] if ring is not None else None
         self._ranges = ranges
@@ -54,6 +65,63 @@ class ShardMap:
             # The lowest start covers every key below it.
             ranges[0] = (b"", ranges[0][1])
         return ShardMap(None, ranges)
+
+    @staticmethod
+    def from_descriptors(descriptors) -> "ShardMap":
+        """The map that shards' descriptors (`pb.ShardDescriptor`, one per
+        shard) make; ValueError unless they cover every key exactly once."""
+        versions: dict[int, int] = {}
+        ranges: list[tuple[bytes, bytes | None, int]] = []
+        arcs: list[tuple[int, int, int]] = []
+        for d in descriptors:
+            if d.shard_id in versions:
+                raise ValueError(f"two descriptors of shard {d.shard_id}")
+            versions[d.shard_id] = d.version
+            kind = d.WhichOneof("span")
+            if kind == "range":
+                end = d.range.end if d.range.HasField("end") else None
+                ranges.append((d.range.start, end, d.shard_id))
+            elif kind == "ring":
+                if len(d.ring.lo) != len(d.ring.hi):
+                    raise ValueError(f"shard {d.shard_id}: arc starts and ends differ in number")
+                arcs.extend((lo, hi, d.shard_id) for lo, hi in zip(d.ring.lo, d.ring.hi))
+            else:
+                raise ValueError(f"shard {d.shard_id}: descriptor without a span")
+        if ranges and arcs:
+            raise ValueError("some shards own ranges, others ring arcs")
+        if ranges:
+            ranges.sort()
+            expect: bytes | None = b""
+            for start, end, shard in ranges:
+                if start != expect:
+                    raise ValueError(f"shard {shard}'s range starts at {start!r}, expected {expect!r}")
+                if end is not None and end <= start:
+                    raise ValueError(f"shard {shard}'s range is empty")
+                expect = end
+            if expect is not None:
+                raise ValueError("the ranges do not reach the end of the key space")
+            return ShardMap(None, [(s, shard) for s, _, shard in ranges], versions)
+        arcs.sort()
+        nxt: int | None = 0
+        for lo, hi, shard in arcs:
+            if nxt != lo or hi < lo:
+                raise ValueError(f"shard {shard}'s ring arc {lo}..={hi} leaves a gap or overlaps")
+            nxt = hi + 1 if hi < 2**64 - 1 else None
+        if not arcs or nxt is not None:
+            raise ValueError("the ring arcs do not cover the whole ring")
+        # An arc's last hash is a ring point: a key goes to the first point
+        # at or past its hash, which is the arc holding it.
+        return ShardMap([(hi, shard) for _, hi, shard in arcs], None, versions)
+
+    def version(self, shard: int) -> int:
+        """The shard's descriptor version as this map knows it (1, the
+        first, unless a descriptor said otherwise)."""
+        return self._versions.get(shard, 1)
+
+    def shards(self) -> list[int]:
+        if self._ring is not None:
+            return sorted({s for _, s in self._ring})
+        return sorted({s for _, s in self._ranges or []})
 
     @staticmethod
     def of_config(config) -> "ShardMap":

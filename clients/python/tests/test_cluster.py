@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import threading
@@ -117,12 +118,30 @@ class KvTest(ClusterTest):
         with self.assertRaises(grpc.RpcError) as cm:
             stub.Get(pb.GetRequest(shard_id=self.shards[1], key=k), timeout=5)
         # Routed by a wrong map: WRONG_SHARD (the shard does not own the
-        # key), which this client reports without retrying.
+        # key); final for the call (the client's operations refresh).
         self.assertEqual(cm.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
         self.assertIn("does not own key", cm.exception.details())
         c = errors.classify(cm.exception)
         self.assertEqual(c.kind, errors.FAIL)
-        self.assertIsInstance(c.error, errors.Unavailable)
+        self.assertIsInstance(c.error, errors.WrongShard)
+
+    def test_a_stale_map_is_refreshed_from_the_shards(self) -> None:
+        # A config whose ring differs from the one the shards recorded at
+        # the cluster's first start: its requests are refused WRONG_SHARD,
+        # and the client rebuilds its map from the shards' descriptors.
+        stale_cfg = dataclasses.replace(CONFIG, virtual_nodes=max(1, CONFIG.virtual_nodes // 16))
+        p = fresh("stale")
+        with Client(stale_cfg) as stale:
+            k = next(
+                f"{p}-{i}".encode()
+                for i in range(10_000)
+                if stale.shard_for_key(f"{p}-{i}".encode()) != self.c.shard_for_key(f"{p}-{i}".encode())
+            )
+            stale.put(k, b"v")
+            self.assertEqual(self.c.get(k), b"v")
+            self.assertEqual(stale.shard_for_key(k), self.c.shard_for_key(k))
+        with Client(stale_cfg) as stale:
+            self.assertEqual(stale.get(k), b"v")
 
     def test_follower_refusal_carries_the_leader_hint(self) -> None:
         shard = self.shards[0]

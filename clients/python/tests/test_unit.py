@@ -90,6 +90,45 @@ class ShardMapTest(unittest.TestCase):
                 moved += 1
         self.assertTrue(0.15 <= moved / 20_000 <= 0.35, moved)
 
+    def test_descriptors_rebuild_the_map_they_describe(self) -> None:
+        from pact_client.client import pb
+
+        ring = ShardMap.hash([1, 2, 3], 64)
+        points = ring._ring
+        arcs: dict[int, list[tuple[int, int]]] = {1: [], 2: [], 3: []}
+        lo = 0
+        for p, s in points:
+            if lo <= p:
+                arcs[s].append((lo, p))
+            lo = p + 1
+        if lo <= 2**64 - 1:
+            arcs[points[0][1]].append((lo, 2**64 - 1))
+        ds = [
+            pb.ShardDescriptor(
+                shard_id=s, version=1, ring=pb.RingArcs(lo=[a for a, _ in v], hi=[b for _, b in v])
+            )
+            for s, v in arcs.items()
+        ]
+        back = ShardMap.from_descriptors(ds)
+        for i in range(5000):
+            k = f"key{i}".encode()
+            self.assertEqual(back.shard_for_key(k), ring.shard_for_key(k))
+        self.assertEqual(back.shards(), [1, 2, 3])
+        del ds[1].ring.hi[-1]
+        with self.assertRaises(ValueError):
+            ShardMap.from_descriptors(ds)
+        rng = [
+            pb.ShardDescriptor(shard_id=1, version=1, range=pb.KeyRange(start=b"")),
+            pb.ShardDescriptor(shard_id=2, version=3, range=pb.KeyRange(start=b"m")),
+        ]
+        rng[0].range.end = b"m"
+        m = ShardMap.from_descriptors(rng)
+        self.assertEqual((m.shard_for_key(b"a"), m.shard_for_key(b"zz")), (1, 2))
+        self.assertEqual((m.version(1), m.version(2)), (1, 3))
+        rng[0].range.end = b"g"
+        with self.assertRaises(ValueError):
+            ShardMap.from_descriptors(rng)
+
     def test_one_shard_owns_everything(self) -> None:
         m = ShardMap.hash([5], 1)
         self.assertEqual(m.shard_for_key(b""), 5)
