@@ -872,22 +872,19 @@ impl Client {
 
     /// Hand the leadership of `group` to node `to`, one of its voters: the
     /// group's leader, found by asking its replicas and following their
-    /// hints, does it. Returns the leader and term once `to` leads.
+    /// hints, does it. Returns the leader and term once `to` leads. The
+    /// voters are the group's own (replicas move at run time), not the
+    /// config's.
     pub async fn transfer_leader(
         &self,
         target: RaftGroup,
         to: NodeId,
     ) -> Result<(NodeId, u64), ClientError> {
-        let replicas = self.group_replicas(target);
+        let replicas = self.group_voters(target).await?;
         let group = target.id();
-        if replicas.is_empty() {
-            return Err(ClientError::InvalidInput(format!(
-                "no {target} in the config"
-            )));
-        }
         if !replicas.contains(&to) {
             return Err(ClientError::InvalidInput(format!(
-                "node {to} is not a replica of {target} (replicas: {})",
+                "node {to} is not a voter of {target} (voters: {})",
                 replicas
                     .iter()
                     .map(|n| n.to_string())

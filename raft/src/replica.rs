@@ -94,11 +94,6 @@ impl Host {
         }
     }
 
-    /// `node`'s addresses, if the directory has it.
-    pub fn member(&self, node: u64) -> Option<Member> {
-        self.directory.read().ok()?.get(&node).cloned()
-    }
-
     /// The groups this node hosts, or stopped hosting, by an operator's
     /// decision rather than its config (see [`Hosting`]).
     pub async fn hosting(&self) -> io::Result<BTreeMap<u64, Hosting>> {
@@ -216,10 +211,6 @@ impl Replicas {
             .read()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
-    }
-
-    pub fn get(&self, group: u64) -> Option<Replica> {
-        self.0.read().ok()?.get(&group).cloned()
     }
 
     fn insert(&self, r: Replica) {

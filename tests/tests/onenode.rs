@@ -12,23 +12,13 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pact_client::{Client, ClientError};
+use pact_client::Client;
 use pact_common::{ClusterConfig, Guard, NodeId, Op};
+use pact_tests::bank::{account, parse};
 use pact_tests::{binary, fast_tuning, free_ports, Cluster};
 
 const ACCOUNTS: usize = 6;
 const INITIAL: i64 = 100;
-
-fn account(i: usize) -> Vec<u8> {
-    format!("acct-{i}").into_bytes()
-}
-
-fn parse(v: Option<Vec<u8>>) -> Result<i64, ClientError> {
-    let v = v.ok_or_else(|| ClientError::InvalidInput("missing account".into()))?;
-    String::from_utf8_lossy(&v)
-        .parse()
-        .map_err(|e| ClientError::InvalidInput(format!("bad balance: {e}")))
-}
 
 /// Transfers recorded as (marker key, from, to, amount, acknowledged).
 type Log = Vec<(Vec<u8>, usize, usize, i64, bool)>;
