@@ -268,12 +268,16 @@ async fn soak_mixed_workload_under_nemeses() {
         Fault::IsolateOne,
         Fault::MajorityMinority,
         Fault::TransferLeader,
+        Fault::MoveReplica,
     ];
     // Workloads whose data stays the same size however long they run (bank
     // balances, registers overwritten): what grows on disk or in memory
     // is then the store's own, not the workload's.
     let mut spec = Spec::new("soak", Workload::Bank, &faults);
     spec.also = vec![Workload::RwRegister];
+    // A spare participant, so replica moves always have a target (every
+    // node then runs as `pact`).
+    spec.spare = true;
     spec.duration = std::time::Duration::from_secs(env_secs("PACT_SOAK_SECS", 3600));
     let every = env_secs("PACT_SOAK_SAMPLE_SECS", 10).max(1);
     spec.sample_every = Some(std::time::Duration::from_secs(every));
@@ -292,8 +296,8 @@ async fn soak_mixed_workload_under_nemeses() {
     assert_valid(&r);
     let soak = r.soak.as_ref().expect("sampled");
     assert!(soak.samples >= 2, "too few samples: {soak:?}");
-    // Six processes: three participants and three coordinators.
-    assert_eq!(soak.processes.len(), 6, "{soak:?}");
+    // Seven processes: three participants, three coordinators, the spare.
+    assert_eq!(soak.processes.len(), 7, "{soak:?}");
     for p in &soak.processes {
         assert!(
             p.max_rss > 1 << 20,

@@ -50,6 +50,36 @@ async fn cluster_with_spare() -> (Cluster, u16) {
     (c, metrics)
 }
 
+/// The bank's accounts, `filler` more keys spread over the shards (so a
+/// new replica has something to catch up on), and `workers` clients
+/// making transfers (seeded by `seed`) until the returned flag is set.
+async fn transfers_under_way(
+    c: &Cluster,
+    filler: usize,
+    workers: usize,
+    seed: u64,
+) -> (
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<Vec<bank::Transfer>>>,
+) {
+    let client = c.client();
+    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
+    for i in 0..filler {
+        client
+            .put(format!("filler-{i}").as_bytes(), &[7u8; 100])
+            .await
+            .expect("filler");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = bank::spawn_transfers(
+        (0..workers).map(|_| c.client()).collect(),
+        ACCOUNTS,
+        seed,
+        stop.clone(),
+    );
+    (stop, workers)
+}
+
 /// A counter of node 4's metrics page for `group` (0 if absent).
 fn counter(port: u16, name: &str, group: u64) -> u64 {
     use std::io::{Read, Write};
@@ -99,23 +129,7 @@ async fn voters_at(client: &Client, shard: u64, node: u64) -> Option<Vec<u64>> {
 async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     let (mut c, metrics) = cluster_with_spare().await;
     let client = c.client();
-    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
-    // Some data in every shard beyond the accounts, so the new replica
-    // has something to catch up on.
-    for i in 0..600 {
-        client
-            .put(format!("filler-{i}").as_bytes(), &[7u8; 100])
-            .await
-            .expect("filler");
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = bank::spawn_transfers(
-        (0..3).map(|_| c.client()).collect(),
-        ACCOUNTS,
-        11,
-        stop.clone(),
-    );
+    let (stop, workers) = transfers_under_way(&c, 600, 3, 11).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Move shard 1's replica from node 3 to the spare, with the CLI.
@@ -433,20 +447,7 @@ async fn a_replica_moves_and_leads_over_mutual_tls() {
     c.start_all();
     c.wait_ready(Duration::from_secs(30)).await;
     let client = c.client();
-    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
-    for i in 0..300 {
-        client
-            .put(format!("filler-{i}").as_bytes(), &[7u8; 100])
-            .await
-            .expect("filler");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = bank::spawn_transfers(
-        (0..2).map(|_| c.client()).collect(),
-        ACCOUNTS,
-        5,
-        stop.clone(),
-    );
+    let (stop, workers) = transfers_under_way(&c, 300, 2, 5).await;
     let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
     assert!(ok, "replica move failed: {err}\n{}", c.logs_tail());
     assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
