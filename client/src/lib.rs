@@ -734,14 +734,12 @@ impl Client {
         let Some((first, _)) = batch.first() else {
             return Err(ClientError::InvalidInput("empty write batch".into()));
         };
-        let first = first.clone();
         let ops = convert::write_ops(batch.clone());
         let (batch, ops) = (&batch, &ops);
         let r = self
             .rerouted(|map| {
-                let first = first.clone();
                 async move {
-                    let shard = map.shard_for_key(&first);
+                    let shard = map.shard_for_key(first);
                     if let Some((k, _)) = batch.iter().find(|(k, _)| map.shard_for_key(k) != shard)
                     {
                         return Err(ClientError::InvalidInput(format!(

@@ -1790,14 +1790,14 @@ fn validate_writes(ops: &[Mutation]) -> Result<(), Error> {
 /// does not become ready.
 async fn load_descriptor(s: &Shard, term: u64) -> Option<Descriptor> {
     let read = || async {
-        match s.replica.get_local(DESCRIPTOR_KEY).await {
-            Ok(Some(v)) => match pact_raft::codec::decode::<Descriptor>(&v, "shard descriptor") {
-                Ok(d) => Ok(Some(d)),
-                Err(e) => Err(e.to_string()),
-            },
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        let v = s
+            .replica
+            .get_local(DESCRIPTOR_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        v.map(|v| pact_raft::codec::decode::<Descriptor>(&v, "shard descriptor"))
+            .transpose()
+            .map_err(|e| e.to_string())
     };
     let group = s.replica.group();
     let found = match read().await {
