@@ -109,6 +109,9 @@ struct GroupHealth {
     unreachable: Vec<u64>,
     /// (node, why) of replicas that answered that they stopped.
     stopped: Vec<(u64, String)>,
+    /// (node, gate) of running replicas that may not vote (see
+    /// `ReplicaStatus::votes`): the group commits, but cannot elect.
+    not_voting: Vec<(u64, String)>,
     health: Health,
 }
 
@@ -145,6 +148,9 @@ impl GroupHealth {
         for (n, behind) in &self.lagging {
             s.push_str(&format!("; node {n} lags {behind} entries"));
         }
+        for (n, gate) in &self.not_voting {
+            s.push_str(&format!("; node {n} does not vote ({gate})"));
+        }
         s
     }
 
@@ -157,6 +163,7 @@ impl GroupHealth {
             "unreachable": self.unreachable,
             "stopped": self.stopped.iter().map(|(n, why)| json!({ "node": n, "reason": why })).collect::<Vec<_>>(),
             "lagging": self.lagging.iter().map(|(n, b)| json!({ "node": n, "behind": b })).collect::<Vec<_>>(),
+            "not_voting": self.not_voting.iter().map(|(n, g)| json!({ "node": n, "gate": g })).collect::<Vec<_>>(),
         })
     }
 }
@@ -218,9 +225,18 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
         .map(|(n, s)| (*n, reference.saturating_sub(s.applied_index)))
         .filter(|(_, behind)| *behind > max_lag)
         .collect();
+    let not_voting: Vec<(u64, String)> = answers
+        .iter()
+        .filter(|(_, s)| !s.votes())
+        .map(|(n, s)| (*n, s.gate.clone()))
+        .collect();
     let health = if leader.is_none() || answered < quorum {
         Health::Down
-    } else if !unreachable.is_empty() || !stopped.is_empty() || !lagging.is_empty() {
+    } else if !unreachable.is_empty()
+        || !stopped.is_empty()
+        || !lagging.is_empty()
+        || !not_voting.is_empty()
+    {
         Health::Degraded
     } else {
         Health::Ok
@@ -238,6 +254,7 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
         lagging,
         unreachable,
         stopped,
+        not_voting,
         health,
     }
 }
@@ -393,7 +410,7 @@ fn row_json(r: &Row) -> serde_json::Value {
             "role": s.role, "term": s.term, "leader": s.leader,
             "applied_index": s.applied_index, "last_log_index": s.last_log_index,
             "snapshot_index": s.snapshot_index, "voters": s.voters,
-            "stopped": s.stopped,
+            "stopped": s.stopped, "gate": s.gate,
         }),
         Err(e) => json!({ "error": e.to_string() }),
     };
@@ -457,7 +474,7 @@ pub async fn status(client: &Client, a: &StatusArgs, as_json: bool) -> Result<u8
                 why
             ),
             Ok(s) => outln!(
-                "{:<9} {:<5} {:<21} {:<10} {:>5} {:>6} {:>8} {:>8} {:>8}",
+                "{:<9} {:<5} {:<21} {:<10} {:>5} {:>6} {:>8} {:>8} {:>8}{}",
                 label,
                 r.node.0,
                 r.addr,
@@ -468,7 +485,12 @@ pub async fn status(client: &Client, a: &StatusArgs, as_json: bool) -> Result<u8
                     .unwrap_or_else(|| "-".into()),
                 s.applied_index,
                 s.last_log_index,
-                s.snapshot_index
+                s.snapshot_index,
+                if s.votes() {
+                    String::new()
+                } else {
+                    format!("  not voting ({})", s.gate)
+                }
             ),
             Err(e) => outln!(
                 "{:<9} {:<5} {:<21} no answer: {}",
@@ -556,6 +578,7 @@ mod tests {
                 snapshot_index: 0,
                 voters: voters.to_vec(),
                 stopped: None,
+                gate: "open".into(),
             }),
         }
     }
@@ -655,6 +678,32 @@ mod tests {
         }
         let g = verdict(&[a, b, up(3, "follower", 2, 10, &v)], 5);
         assert_eq!((g.health, g.leader), (Health::Down, None));
+    }
+
+    #[test]
+    fn a_replica_that_may_not_vote_degrades_its_group() {
+        let v = [1, 2, 3];
+        let mut rejoining = up(3, "follower", 2, 10, &v);
+        if let Ok(s) = &mut rejoining.answer {
+            s.gate = "rejoining".into();
+        }
+        let g = verdict(
+            &[
+                up(1, "leader", 2, 10, &v),
+                up(2, "follower", 2, 10, &v),
+                rejoining,
+            ],
+            5,
+        );
+        // It answers and keeps up, so the quorum is met, but if the leader
+        // went the group could not elect another.
+        assert_eq!((g.health, g.answered), (Health::Degraded, 3), "{g:?}");
+        assert_eq!(g.not_voting, vec![(3, "rejoining".to_string())]);
+        assert!(
+            g.summary().contains("node 3 does not vote (rejoining)"),
+            "{}",
+            g.summary()
+        );
     }
 
     #[test]

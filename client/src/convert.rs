@@ -222,6 +222,19 @@ pub struct ReplicaStatus {
     pub voters: Vec<u64>,
     /// Why the replica stopped (a storage failure), if it did.
     pub stopped: Option<String>,
+    /// Whether it may vote: "open", "quiet" (just restarted), "probing"
+    /// (started empty, asking its peers) or "rejoining" (lost its data,
+    /// catching up without a vote); see [`ReplicaStatus::votes`].
+    pub gate: String,
+}
+
+impl ReplicaStatus {
+    /// Whether this replica can help elect a leader now. One that cannot
+    /// still acknowledges appends, so its group commits, but loses its
+    /// leader for good if too few others can vote.
+    pub fn votes(&self) -> bool {
+        self.gate == "open"
+    }
 }
 
 impl From<pb::StatusResponse> for ReplicaStatus {
@@ -237,6 +250,12 @@ impl From<pb::StatusResponse> for ReplicaStatus {
             snapshot_index: r.snapshot_index,
             voters: r.voters,
             stopped: (!r.stopped.is_empty()).then_some(r.stopped),
+            // Servers from before the field do not say: assume it votes.
+            gate: if r.gate.is_empty() {
+                "open".to_string()
+            } else {
+                r.gate
+            },
         }
     }
 }

@@ -181,6 +181,9 @@ pub struct ShardConfig {
     pub start: Option<String>,
 }
 
+/// Slowest snapshot rate `raft.snapshot_kib_per_sec` accepts (KiB/s).
+pub const MIN_SNAPSHOT_KIB_PER_SEC: u64 = 256;
+
 /// Raft timing and log-compaction knobs shared by all shards.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +206,11 @@ pub struct RaftTuning {
     /// more than another voter of one of them, and hands one on
     /// (`pact_raft::balance`). 0 turns leader balancing off.
     pub balance_leaders_ms: u64,
+    /// Most snapshot bytes per second one transfer streams to a follower
+    /// (a replica added, moved or rejoining after a lost disk), so that
+    /// it does not take the CPU and disk the foreground load needs. 0: no
+    /// limit. Each transfer is paced on its own.
+    pub snapshot_kib_per_sec: u64,
 }
 
 impl Default for RaftTuning {
@@ -215,6 +223,7 @@ impl Default for RaftTuning {
             keep_logs: 1000,
             lease_reads: true,
             balance_leaders_ms: 30_000,
+            snapshot_kib_per_sec: 0,
         }
     }
 }
@@ -730,12 +739,20 @@ impl ClusterConfig {
             ("snapshot_logs", r.snapshot_logs),
             ("keep_logs", r.keep_logs),
             ("balance_leaders_ms", r.balance_leaders_ms),
+            ("snapshot_kib_per_sec", r.snapshot_kib_per_sec),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
         }
         if r.heartbeat_ms == 0 {
             return invalid("raft.heartbeat_ms must be greater than 0");
+        }
+        if r.snapshot_kib_per_sec != 0 && r.snapshot_kib_per_sec < MIN_SNAPSHOT_KIB_PER_SEC {
+            return invalid(format!(
+                "raft.snapshot_kib_per_sec ({}) must be 0 (no limit) or at least {MIN_SNAPSHOT_KIB_PER_SEC}: \
+                 a slower transfer may never catch up with the log",
+                r.snapshot_kib_per_sec
+            ));
         }
         if r.balance_leaders_ms != 0 && r.balance_leaders_ms < 500 {
             return invalid(format!(
@@ -1487,6 +1504,14 @@ start = ""
             &hash_with("", "[raft]\nsnapshot_logs = 0\n"),
             &["snapshot_logs"],
         );
+        expect_invalid(
+            &hash_with("", "[raft]\nsnapshot_kib_per_sec = 100\n"),
+            &["snapshot_kib_per_sec (100)", "at least 256"],
+        );
+        for ok in [0, 256, 65_536] {
+            let t = format!("[raft]\nsnapshot_kib_per_sec = {ok}\n");
+            assert!(ClusterConfig::from_toml_str(&hash_with("", &t)).is_ok());
+        }
         // Equal min and max is a fixed timeout: unusual but coherent.
         assert!(ClusterConfig::from_toml_str(&hash_with(
             "",

@@ -37,6 +37,7 @@ pub use codes::{Abort, AbortKind, ErrorCode};
 pub use config::{
     ClusterConfig, ConfigError, CoordinatorConfig, Limits, NodeConfig, PartitionScheme, RaftTuning,
     ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET,
+    MIN_SNAPSHOT_KIB_PER_SEC,
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{

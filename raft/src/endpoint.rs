@@ -237,6 +237,7 @@ mod tests {
             snapshot_logs: 5000,
             keep_logs: 1000,
             lease_reads: false,
+            snapshot_bytes_per_sec: 0,
         }
     }
 

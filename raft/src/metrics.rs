@@ -45,6 +45,9 @@ pub struct ProcessMetrics {
     pub snapshots_installed: IntCounterVec,
     /// Snapshots this node built of its own state, by group.
     pub snapshots_built: IntCounterVec,
+    /// Snapshots due by policy that waited because this node was
+    /// streaming one to a follower, by group.
+    pub snapshots_deferred: IntCounterVec,
     /// Snapshot data bytes sent to followers (chunk payloads), by group.
     pub snapshot_bytes_sent: IntCounterVec,
     /// Snapshot data bytes received from leaders (chunk payloads), by group.
@@ -173,6 +176,10 @@ impl ProcessMetrics {
             "pact_raft_snapshots_built_total",
             "Snapshots this node built of its own state (log compaction)",
         )?;
+        let snapshots_deferred = counter(
+            "pact_raft_snapshots_deferred_total",
+            "Snapshots due by policy that waited (keeping the log) because this node was streaming one to a follower",
+        )?;
         let snapshot_bytes_sent = counter(
             "pact_raft_snapshot_bytes_sent_total",
             "Snapshot data bytes this node streamed to followers, in chunks",
@@ -268,6 +275,7 @@ impl ProcessMetrics {
             snapshots_sent,
             snapshots_installed,
             snapshots_built,
+            snapshots_deferred,
             snapshot_bytes_sent,
             snapshot_bytes_received,
             grpc_requests,
@@ -296,6 +304,7 @@ impl ProcessMetrics {
             &self.snapshots_sent,
             &self.snapshots_installed,
             &self.snapshots_built,
+            &self.snapshots_deferred,
             &self.snapshot_bytes_sent,
             &self.snapshot_bytes_received,
         ] {

@@ -48,7 +48,7 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
-use crate::snapshot::{receive_name, SnapshotData, Spool, CHUNK_BYTES};
+use crate::snapshot::{receive_name, Outbound, SnapshotData, Spool, CHUNK_BYTES};
 use crate::types::{byte_string, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest command one log entry may carry: `Replica::propose` refuses a
@@ -106,6 +106,18 @@ pub const MAX_TERM_JUMP: u64 = 1_000_000;
 /// rate, so a large but bounded append (or snapshot) is not timed out, and
 /// then resent unchanged, forever.
 const MIN_BYTES_PER_SEC: u64 = 2 << 20;
+
+/// When a transfer paced at `rate` bytes per second, which started at
+/// `started` and has sent `sent` bytes, may send more (None: no pace).
+fn paced(started: tokio::time::Instant, sent: usize, rate: u64) -> Option<tokio::time::Instant> {
+    if rate == 0 {
+        return None;
+    }
+    let sent = u64::try_from(sent).unwrap_or(u64::MAX);
+    // A day at most: far past any real transfer, and no Instant overflow.
+    let millis = (u128::from(sent) * 1000 / u128::from(rate)).min(86_400_000);
+    Some(started + Duration::from_millis(u64::try_from(millis).unwrap_or(86_400_000)))
+}
 
 /// `base` plus the time `bytes` take at [`MIN_BYTES_PER_SEC`].
 pub(crate) fn deadline(base: Duration, bytes: usize) -> Duration {
@@ -171,6 +183,11 @@ pub struct NetworkFactory {
     pub(crate) addrs: Arc<BTreeMap<u64, String>>,
     /// Shortest deadline of an append (see [`PeerClient::min_append_ttl`]).
     pub(crate) min_append_ttl: Duration,
+    /// Snapshots being streamed from this replica (shared with its state
+    /// machine, which keeps the log meanwhile).
+    pub(crate) outbound: Arc<Outbound>,
+    /// Pace of a snapshot transfer (`[raft] snapshot_kib_per_sec`); 0: none.
+    pub(crate) snapshot_bytes_per_sec: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -184,6 +201,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: self.addrs.get(&target).unwrap_or(&node.addr).clone(),
             peers: self.peers.clone(),
             min_append_ttl: self.min_append_ttl,
+            outbound: self.outbound.clone(),
+            snapshot_bytes_per_sec: self.snapshot_bytes_per_sec,
         }
     }
 }
@@ -203,6 +222,8 @@ pub struct PeerClient {
     /// election would, and the lease does not depend on it (it counts from
     /// the send time of acknowledged appends).
     min_append_ttl: Duration,
+    outbound: Arc<Outbound>,
+    snapshot_bytes_per_sec: u64,
 }
 
 #[derive(Debug)]
@@ -360,6 +381,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             )
             .streaming());
         };
+        let _sending = self.outbound.start();
         let r = tokio::select! {
             r = self.stream_snapshot(vote, snapshot.meta, view) => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -393,6 +415,7 @@ impl PeerClient {
         let mut next = read(None).await.map_err(storage)?;
         let mut seq = 0u64;
         let mut total = 0usize;
+        let started = tokio::time::Instant::now();
         while let Some((frame, last)) = next.take() {
             let msg = SnapshotChunk {
                 vote,
@@ -423,6 +446,11 @@ impl PeerClient {
             }
             next = read_next.map_err(storage)?;
             seq += 1;
+            // Paced by the bytes sent so far, so time lost to a slow chunk
+            // is made up by the next ones instead of adding up.
+            if let Some(at) = paced(started, total, self.snapshot_bytes_per_sec) {
+                tokio::time::sleep_until(at).await;
+            }
         }
         let end = SnapshotChunk {
             vote,
@@ -528,8 +556,10 @@ pub(crate) async fn ask_state(
         target,
         addr: addr.to_string(),
         peers: peers.clone(),
-        // Sends no append.
+        // Sends no append, nor a snapshot.
         min_append_ttl: Duration::ZERO,
+        outbound: Arc::default(),
+        snapshot_bytes_per_sec: 0,
     };
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
     client
@@ -1073,6 +1103,20 @@ mod auth_tests {
             r.extensions_mut().insert(PeerNode(NodeId(p)));
         }
         r
+    }
+
+    #[test]
+    fn a_paced_transfer_sends_no_faster_than_its_rate() {
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(paced(t0, 4 << 20, 0), None);
+        // 4 MiB at 1 MiB/s: not before 4 s from the start.
+        assert_eq!(
+            paced(t0, 4 << 20, 1 << 20),
+            Some(t0 + Duration::from_secs(4))
+        );
+        assert_eq!(paced(t0, 0, 1 << 20), Some(t0));
+        // No overflow at the extremes.
+        assert!(paced(t0, usize::MAX, 1).is_some());
     }
 
     #[test]

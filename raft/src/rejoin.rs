@@ -190,6 +190,20 @@ impl Gate {
         });
     }
 
+    /// For status: "open" (votes and campaigns), "quiet" (restarted less
+    /// than a leader lease ago), "probing" (started empty, asking its peers
+    /// whether the group exists) or "rejoining" (lost its data; catching up
+    /// without a vote). Only an open replica helps elect a leader.
+    pub(crate) fn name(&self) -> &'static str {
+        let quiet = self.quiet();
+        self.with(|s| match s {
+            State::Open if quiet => "quiet",
+            State::Open => "open",
+            State::Probing => "probing",
+            State::Rejoining { .. } => "rejoining",
+        })
+    }
+
     /// A vote or a vote request may pass only when open.
     pub(crate) fn admit_vote(&self) -> Result<(), Refused> {
         let quiet = self.quiet();

@@ -13,6 +13,7 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::network::{ask_state, NetworkFactory, Peers, Router};
 use crate::rejoin::{decide, Decision, Gate, LeaderId};
+use crate::snapshot::Outbound;
 use crate::state_machine::{scan_sm, Apply, StateMachine};
 use crate::store::{
     blocking, group_end, group_key, group_prefix, NodeStore, Op, Space, META_HOSTING, META_PURGED,
@@ -35,6 +36,8 @@ pub struct Tuning {
     /// Reads confirm leadership with the leader lease when it is fresh
     /// (see [`Replica::read_barrier`]).
     pub lease_reads: bool,
+    /// Most bytes per second a snapshot transfer streams; 0: no limit.
+    pub snapshot_bytes_per_sec: u64,
 }
 
 impl From<&pact_common::RaftTuning> for Tuning {
@@ -46,6 +49,7 @@ impl From<&pact_common::RaftTuning> for Tuning {
             snapshot_logs: r.snapshot_logs,
             keep_logs: r.keep_logs,
             lease_reads: r.lease_reads,
+            snapshot_bytes_per_sec: r.snapshot_kib_per_sec.saturating_mul(1024),
         }
     }
 }
@@ -249,6 +253,9 @@ pub struct ReplicaStatus {
     pub snapshot_index: u64,
     pub voters: Vec<u64>,
     pub fatal: Option<String>,
+    /// Whether it may vote ([`crate::rejoin::Gate::name`]): a group whose
+    /// other replicas are not "open" cannot elect if its leader dies.
+    pub gate: &'static str,
 }
 
 /// One replica of a group as this node's config describes it.
@@ -373,6 +380,7 @@ pub struct Replica {
     node_id: u64,
     raft: Raft,
     store: Arc<NodeStore>,
+    gate: Arc<Gate>,
     /// Client addresses by node id.
     clients: BTreeMap<u64, String>,
     timeout: Duration,
@@ -529,16 +537,19 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ReplicaError::Fatal(format!("raft config: {e}")))?;
+        let outbound = Arc::new(Outbound::default());
         let net = NetworkFactory {
             group,
             me: node_id,
             peers: host.peers.clone(),
             addrs: Arc::new(addrs),
             min_append_ttl: Duration::from_millis(tuning.election_timeout_min_ms / 2),
+            outbound: outbound.clone(),
+            snapshot_bytes_per_sec: tuning.snapshot_bytes_per_sec,
         };
         let log = LogStore::new(group, store.clone());
         let log_reader = log.clone();
-        let sm = StateMachine::new(group, store.clone(), app);
+        let sm = StateMachine::new(group, store.clone(), app, outbound);
         let raft = Raft::new(node_id, Arc::new(config), net, log, sm)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("raft start: {e}")))?;
@@ -590,7 +601,7 @@ impl Replica {
                 first,
                 members: members.clone(),
                 raft: raft.clone(),
-                gate,
+                gate: gate.clone(),
                 store: store.clone(),
                 peers: host.peers.clone(),
             }));
@@ -600,6 +611,7 @@ impl Replica {
             node_id,
             raft,
             store,
+            gate,
             clients,
             timeout: tuning.request_timeout(),
             lease_reads: tuning.lease_reads,
@@ -933,6 +945,7 @@ impl Replica {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             voters,
             fatal: self.fatal(),
+            gate: self.gate.name(),
         }
     }
 

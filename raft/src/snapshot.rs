@@ -15,6 +15,20 @@
 //! to a file ([`Spool`]) in the data directory's `snapshots/`, checking
 //! that it decodes first, and fsyncs the file when the last one arrives.
 //!
+//! **Holding the log for a transfer** ([`Outbound`]). A follower that
+//! needs a snapshot needs, once it has installed it, the log from the
+//! snapshot's index on. openraft purges the log only after it builds a
+//! snapshot (every `snapshot_logs` entries, keeping `keep_logs` behind),
+//! so under writes a transfer that outlasts `snapshot_logs - keep_logs`
+//! entries arrives to find the log gone, and the follower is sent a whole
+//! new snapshot, again and again (a 1 GiB move under YCSB-A needed five).
+//! So while this replica streams a snapshot, the state machine defers the
+//! policy's builds: nothing is purged behind the transfer. A transfer
+//! that never ends must not keep the log forever: after
+//! [`MAX_DEFERRED`] deferrals in a row (that many times `snapshot_logs`
+//! entries) a build goes ahead. (TiKV likewise holds log GC for a peer
+//! that is being sent a snapshot.)
+//!
 //! **Installing** ([`install`]) replaces the group's state through the
 //! node's writer thread in bounded jobs, so other groups' jobs run between
 //! them: the file is renamed to the group's install slot, then one durable
@@ -42,6 +56,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fjall::{Keyspace, Readable};
@@ -61,6 +76,53 @@ pub(crate) const DIR: &str = "snapshots";
 /// that brings it to this size (one pair can be larger, up to the largest
 /// value a command can write, well under the message limit).
 pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// Policy snapshots deferred in a row, at most, while this replica streams
+/// one to a follower (see the module doc): the log then holds at most this
+/// many times `snapshot_logs` entries more than usual.
+pub(crate) const MAX_DEFERRED: u32 = 50;
+
+/// The snapshots one replica is streaming to its peers, shared by its
+/// network (which counts them) and its state machine (which defers the
+/// policy's builds meanwhile, so the log a follower needs after the
+/// transfer is not purged during it).
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    sending: AtomicUsize,
+    deferred: AtomicU32,
+}
+
+impl Outbound {
+    /// One transfer starts; it counts until the guard drops (ended,
+    /// failed or cancelled alike).
+    pub(crate) fn start(self: &Arc<Self>) -> Sending {
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        Sending(self.clone())
+    }
+
+    /// Whether a snapshot due by policy should wait: yes while a transfer
+    /// runs, unless [`MAX_DEFERRED`] already waited in a row.
+    pub(crate) fn defer(&self) -> bool {
+        if self.sending.load(Ordering::SeqCst) == 0 {
+            self.deferred.store(0, Ordering::SeqCst);
+            return false;
+        }
+        if self.deferred.fetch_add(1, Ordering::SeqCst) + 1 > MAX_DEFERRED {
+            self.deferred.store(0, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
+/// A transfer under way (see [`Outbound::start`]).
+pub(crate) struct Sending(Arc<Outbound>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Most keys deleted by one job while clearing a group's old state.
 pub(crate) const WIPE_KEYS: usize = 16_384;
@@ -585,6 +647,29 @@ mod tests {
 
     const G: u64 = 7;
 
+    #[test]
+    fn policy_snapshots_wait_for_a_transfer_but_not_forever() {
+        let out = Arc::new(Outbound::default());
+        assert!(!out.defer(), "nothing is being sent");
+        let sending = out.start();
+        let second = out.start();
+        for _ in 0..MAX_DEFERRED {
+            assert!(out.defer());
+        }
+        // The log has grown by MAX_DEFERRED snapshots' worth: build.
+        assert!(!out.defer());
+        assert!(out.defer(), "and wait again after it");
+        drop(sending);
+        assert!(out.defer(), "one transfer still runs");
+        drop(second);
+        assert!(!out.defer());
+        // The count starts over for the next transfer.
+        let _again = out.start();
+        for _ in 0..MAX_DEFERRED {
+            assert!(out.defer());
+        }
+    }
+
     fn meta(index: u64) -> SnapshotMeta {
         let leader = LeaderId {
             term: 3,
@@ -776,7 +861,12 @@ mod tests {
         .await
         .unwrap();
         // A mix is never reported as applied.
-        let mut sm = crate::state_machine::StateMachine::new(G, b.clone(), Arc::new(Nothing));
+        let mut sm = crate::state_machine::StateMachine::new(
+            G,
+            b.clone(),
+            Arc::new(Nothing),
+            Arc::default(),
+        );
         let (applied, _) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
             .await
             .unwrap();

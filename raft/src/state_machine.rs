@@ -18,6 +18,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::codec::{decode, encode};
+use crate::snapshot::Outbound;
 use crate::store::{
     blocking, group_end, group_key, Compute, NodeStore, Op, SmImage, Space, SM_APPLIED,
     SM_MEMBERSHIP,
@@ -125,11 +126,24 @@ pub struct StateMachine {
     group: u64,
     store: Arc<NodeStore>,
     app: Arc<dyn Apply>,
+    /// Snapshots this replica is streaming to followers: policy builds
+    /// wait for them (see `snapshot`, "Holding the log for a transfer").
+    outbound: Arc<Outbound>,
 }
 
 impl StateMachine {
-    pub fn new(group: u64, store: Arc<NodeStore>, app: Arc<dyn Apply>) -> Self {
-        StateMachine { group, store, app }
+    pub(crate) fn new(
+        group: u64,
+        store: Arc<NodeStore>,
+        app: Arc<dyn Apply>,
+        outbound: Arc<Outbound>,
+    ) -> Self {
+        StateMachine {
+            group,
+            store,
+            app,
+            outbound,
+        }
     }
 
     async fn meta_value<T: serde::de::DeserializeOwned>(
@@ -315,6 +329,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
+    }
+
+    /// `force` is openraft needing a snapshot now (to send one): never
+    /// deferred. A build due by policy waits while a transfer runs, and
+    /// openraft asks again `snapshot_logs` entries later.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.outbound.defer() {
+            tracing::debug!(
+                group = self.group,
+                "snapshot due but a transfer to a follower is under way: keeping the log it needs"
+            );
+            self.count(|m| &m.snapshots_deferred);
+            return None;
+        }
+        Some(self.clone())
     }
 
     async fn install_snapshot(

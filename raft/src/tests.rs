@@ -55,7 +55,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         Ok((
             dir,
             LogStore::new(group, store.clone()),
-            StateMachine::new(group, store, Arc::new(Echo)),
+            StateMachine::new(group, store, Arc::new(Echo), Arc::default()),
         ))
     }
 }
@@ -419,7 +419,7 @@ async fn a_corrupted_value_is_a_decode_error_not_a_default() {
     assert!(e.to_string().contains("log entry 5 of group 3"), "{e}");
     let e = log.read_vote().await.unwrap_err();
     assert!(e.to_string().contains("meta `vote` of group 3"), "{e}");
-    let mut sm = StateMachine::new(group, store.clone(), Arc::new(Echo));
+    let mut sm = StateMachine::new(group, store.clone(), Arc::new(Echo), Arc::default());
     let e = sm.applied_state().await.unwrap_err();
     assert!(e.to_string().contains("`applied` of group 3"), "{e}");
 
@@ -684,6 +684,7 @@ async fn hosting_is_recorded_and_a_dropped_group_keeps_only_its_vote() {
         snapshot_logs: 1000,
         keep_logs: 100,
         lease_reads: false,
+        snapshot_bytes_per_sec: 0,
     };
     let voters = vec![Member {
         id: 1,

@@ -72,6 +72,7 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
         snapshot_index: s.snapshot_index,
         voters: s.voters,
         stopped: s.fatal.unwrap_or_default(),
+        gate: s.gate.to_string(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pact_client::{Client, ClientOptions, ReplicaStatus};
+use pact_client::{Client, ClientError, ClientOptions, ReplicaStatus};
 use pact_common::{ClusterConfig, NodeId, RaftTuning, ShardId};
 
 /// Directory holding the workspace's binaries for this test build.
@@ -471,17 +471,83 @@ impl Cluster {
                 .await;
         }
         c.wait_coordinator(1, Duration::from_secs(30)).await;
+        c.wait_voting(Duration::from_secs(30)).await;
         c
     }
 
     /// Wait until every shard and every coordinator group has a leader
-    /// (each within `within`), whatever the layout.
+    /// (each within `within`), whatever the layout, and every replica
+    /// that answers may vote ([`Cluster::wait_voting`]).
     pub async fn wait_ready(&self, within: Duration) {
         for s in &self.config.shards {
             self.wait_leader(s.id, &s.replicas, within).await;
         }
         for g in &self.config.coordinators {
             self.wait_coordinator(g.group, within).await;
+        }
+        self.wait_voting(within).await;
+    }
+
+    /// Wait until every replica on a running node answers and may vote
+    /// (`ReplicaStatus::votes`). A group elects its first leader with two
+    /// votes of three, so it can have one while its third replica, started
+    /// a moment later, is still asking its peers whether the group is new,
+    /// or is catching up behind the lost-disk gate because the group had
+    /// already committed when it asked. Until that replica votes, the
+    /// group cannot elect again: a test that kills the leader right after
+    /// startup would find it stuck. Gives up quietly after `within` on
+    /// nodes that never answer (a test may hold one down); panics if a
+    /// replica answers that it still cannot vote.
+    pub async fn wait_voting(&self, within: Duration) {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        loop {
+            let mut silent = Vec::new();
+            let mut waiting = Vec::new();
+            let running = |id: &NodeId| self.procs.contains_key(id);
+            let no_answer = |e: &ClientError| {
+                matches!(e, ClientError::Unreachable(_) | ClientError::Unavailable(_))
+            };
+            for s in &self.config.shards {
+                for id in s.replicas.iter().filter(|id| running(id)) {
+                    match client.replica_status(s.id, *id).await {
+                        Ok(st) if st.votes() => {}
+                        Ok(st) => waiting.push(format!("shard {} on node {id}: {}", s.id, st.gate)),
+                        Err(e) if no_answer(&e) => {
+                            silent.push(format!("shard {} on node {id}: {e}", s.id))
+                        }
+                        // Not hosted there any more (moved at run time).
+                        Err(_) => {}
+                    }
+                }
+            }
+            for g in &self.config.coordinators {
+                for id in g.replicas.iter().filter(|id| running(id)) {
+                    match client.coordinator_status(*id).await {
+                        Ok(st) if st.votes() => {}
+                        Ok(st) => waiting.push(format!(
+                            "coordinator group {} on node {id}: {}",
+                            g.group, st.gate
+                        )),
+                        Err(e) if no_answer(&e) => {
+                            silent.push(format!("coordinator group {} on node {id}: {e}", g.group))
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            if waiting.is_empty() && silent.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                assert!(
+                    waiting.is_empty(),
+                    "replicas still not voting after {within:?}: {waiting:?}\n{}",
+                    self.logs_tail()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -35,6 +35,25 @@ async fn leaders(c: &Cluster) -> BTreeMap<RaftGroup, NodeId> {
     out
 }
 
+/// Every replica's view of its group, for failure messages.
+async fn views(c: &Cluster) -> String {
+    let client = c.client();
+    let mut out = String::new();
+    for s in &c.config.shards {
+        for id in &s.replicas {
+            let v = client.replica_status(s.id, *id).await;
+            out.push_str(&format!("shard {} node {id}: {v:?}\n", s.id));
+        }
+    }
+    for g in &c.config.coordinators {
+        for id in &g.replicas {
+            let v = client.coordinator_status(*id).await;
+            out.push_str(&format!("coordinator {} node {id}: {v:?}\n", g.group));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_where_the_operator_says() {
     // One process per node, each with every group (as the playground).
@@ -138,10 +157,13 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
         if l.len() == 4 && l.values().all(|n| n.0 != 3) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no leaders on nodes 1 and 2: {l:?}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "no leaders on nodes 1 and 2: {l:?}\n{}\n{}",
+                views(&c).await,
+                c.logs_tail()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.restart(NodeId(3));
@@ -160,11 +182,13 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
         if l.len() == 4 && max - min <= 1 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "leaders did not spread: {l:?} ({count:?})\n{}",
-            c.logs_tail()
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "leaders did not spread: {l:?} ({count:?})\n{}\n{}",
+                views(&c).await,
+                c.logs_tail()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // And the cluster serves.

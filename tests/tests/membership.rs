@@ -39,6 +39,13 @@ const INITIAL: i64 = 1000;
 /// its metrics on the returned port.
 async fn cluster_with_spare() -> (Cluster, u16) {
     let (config, tuning) = config_with_spare();
+    cluster_with_spare_tuned(config, tuning).await
+}
+
+async fn cluster_with_spare_tuned(
+    config: ClusterConfig,
+    tuning: pact_common::RaftTuning,
+) -> (Cluster, u16) {
     let mut c = Cluster::create(config, tuning);
     let metrics = pact_tests::free_ports(1)[0];
     c.set_args(
@@ -236,6 +243,108 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
         );
     }
     println!("{checked:?} of {} tried", log.len());
+}
+
+/// A snapshot transfer paced by `[raft] snapshot_kib_per_sec` lasts
+/// seconds while transfers write hundreds of entries to the shard, many
+/// times `snapshot_logs` (100) past the snapshot sent, with only
+/// `keep_logs` (20) kept behind each new one. The leader builds no
+/// snapshot while it streams one, so the log the new replica needs after
+/// installing it is still there: one snapshot is enough (without the
+/// hold, every transfer came too late for the log and was sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_snapshot_transfer_keeps_the_log_it_needs() {
+    let (config, tuning) = config_with_spare();
+    let rate_kib = pact_common::MIN_SNAPSHOT_KIB_PER_SEC;
+    let tuning = pact_common::RaftTuning {
+        snapshot_kib_per_sec: rate_kib,
+        ..tuning
+    };
+    let (c, metrics) = cluster_with_spare_tuned(config, tuning).await;
+    let client = c.client();
+    // About 1.5 MiB of filler per shard: six seconds at the pace.
+    let value = vec![9u8; 4096];
+    for i in 0..1200 {
+        client
+            .put(format!("big-{i}").as_bytes(), &value)
+            .await
+            .expect("filler");
+    }
+    // Writers of single keys of shard 1 (one entry each, many a second).
+    let stop = Arc::new(AtomicBool::new(false));
+    let map = client.shard_map();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("w-{i}"))
+        .filter(|k| map.shard_for_key(k.as_bytes()) == ShardId(1))
+        .take(20_000)
+        .collect();
+    // Enough for hundreds of entries during the transfer, few enough
+    // that they stay under the hold's limit (MAX_DEFERRED x 100 entries).
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (client, stop) = (c.client(), stop.clone());
+            let mine: Vec<String> = keys.iter().skip(w).step_by(3).cloned().collect();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for key in mine {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if client.put(key.as_bytes(), b"x").await.is_ok() {
+                        acked.push(key);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let applied_before = client
+        .replica_status(ShardId(1), NodeId(1))
+        .await
+        .expect("status")
+        .applied_index;
+    let started = Instant::now();
+    let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
+    let took = started.elapsed();
+    assert!(ok, "replica move failed: {err}\n{}", c.logs_tail());
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    let applied_after = client
+        .replica_status(ShardId(1), NodeId(1))
+        .await
+        .expect("status")
+        .applied_index;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    let received = counter(metrics, "pact_raft_snapshot_bytes_received_total", 1);
+    let installed = counter(metrics, "pact_raft_snapshots_installed_total", 1);
+    println!(
+        "move took {took:?}; {received} snapshot bytes; {installed} installed; \
+         {} entries applied meanwhile",
+        applied_after - applied_before
+    );
+    // Paced: the last byte left no sooner than the rate allows.
+    assert!(received > 1 << 20, "snapshot of {received} bytes");
+    let floor = Duration::from_millis(received * 1000 / (rate_kib * 1024));
+    assert!(took >= floor, "{received} bytes in {took:?}");
+    // The shard moved on by far more than the log kept behind a snapshot
+    // while the snapshot travelled, and one snapshot still sufficed.
+    assert!(
+        applied_after - applied_before > 400,
+        "too few writes during the move to test anything: {}",
+        applied_after - applied_before
+    );
+    assert_eq!(installed, 1, "node 4 installed {installed} snapshots");
+    for key in &acked {
+        assert_eq!(
+            read_settled(&client, key.as_bytes()).await,
+            Some(b"x".to_vec()),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
