@@ -10,7 +10,7 @@ repo=$(cd "$here/../.." && pwd)
 venv=${PACT_PY_VENV:-$repo/target/pyclient-venv}
 py="$venv/bin/python"
 
-if ! cmp -s "$here/requirements.txt" "$venv/.requirements" 2>/dev/null; then
+make_venv() {
   rm -rf "$venv"
   if python3 -m venv "$venv" >/dev/null 2>&1; then
     "$py" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
@@ -21,6 +21,22 @@ if ! cmp -s "$here/requirements.txt" "$venv/.requirements" 2>/dev/null; then
     python3 -m venv --without-pip "$venv"
     python3 -m pip --python "$py" install -q --disable-pip-version-check -r "$here/requirements.txt"
   fi
+}
+
+if ! cmp -s "$here/requirements.txt" "$venv/.requirements" 2>/dev/null; then
+  # pip retries a failed connection but not a truncated index page (seen
+  # once in CI as a JSONDecodeError): try the whole install again.
+  for attempt in 1 2 3; do
+    if make_venv; then
+      break
+    fi
+    if [ "$attempt" -eq 3 ]; then
+      echo "run-tests: could not install $here/requirements.txt after 3 attempts" >&2
+      exit 1
+    fi
+    echo "run-tests: installing the Python packages failed (attempt $attempt); retrying" >&2
+    sleep 10
+  done
   cp "$here/requirements.txt" "$venv/.requirements"
 fi
 
