@@ -990,15 +990,6 @@ impl Replica {
         }
     }
 
-    /// Build a snapshot now (and let openraft compact the log behind it).
-    pub async fn trigger_snapshot(&self) -> Result<(), ReplicaError> {
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ReplicaError::Fatal(e.to_string()))
-    }
-
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
     }

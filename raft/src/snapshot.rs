@@ -96,7 +96,10 @@ impl Outbound {
     /// One transfer starts; it counts until the guard drops (ended,
     /// failed or cancelled alike).
     pub(crate) fn start(self: &Arc<Self>) -> Sending {
-        self.sending.fetch_add(1, Ordering::SeqCst);
+        // The first of overlapping transfers starts the budget afresh.
+        if self.sending.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.deferred.store(0, Ordering::SeqCst);
+        }
         Sending(self.clone())
     }
 
@@ -663,8 +666,14 @@ mod tests {
         assert!(out.defer(), "one transfer still runs");
         drop(second);
         assert!(!out.defer());
-        // The count starts over for the next transfer.
-        let _again = out.start();
+        // The count starts over for the next transfer, even one that
+        // starts before any build was due.
+        let again = out.start();
+        for _ in 0..MAX_DEFERRED / 2 {
+            assert!(out.defer());
+        }
+        drop(again);
+        let _next = out.start();
         for _ in 0..MAX_DEFERRED {
             assert!(out.defer());
         }

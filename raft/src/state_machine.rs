@@ -331,9 +331,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    /// `force` is openraft needing a snapshot now (to send one): never
-    /// deferred. A build due by policy waits while a transfer runs, and
-    /// openraft asks again `snapshot_logs` entries later.
+    /// A build due by policy (`force` false) waits while a transfer runs,
+    /// and openraft asks again `snapshot_logs` entries later; a forced one
+    /// never waits. Sending a snapshot does not come through here: it
+    /// takes a fresh view of the state (`get_current_snapshot`).
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
         if !force && self.outbound.defer() {
             tracing::debug!(

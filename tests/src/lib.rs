@@ -495,12 +495,17 @@ impl Cluster {
     /// or is catching up behind the lost-disk gate because the group had
     /// already committed when it asked. Until that replica votes, the
     /// group cannot elect again: a test that kills the leader right after
-    /// startup would find it stuck. Gives up quietly after `within` on
-    /// nodes that never answer (a test may hold one down); panics if a
-    /// replica answers that it still cannot vote.
+    /// startup would find it stuck. Replicas that do not answer (a node
+    /// held down, or one that no longer hosts the group: it answers "not
+    /// leader", which the client reports as unavailable) are waited for
+    /// 10 s at most, each call for 1 s; panics if a replica answers after
+    /// `within` that it still cannot vote.
     pub async fn wait_voting(&self, within: Duration) {
         let client = self.client();
         let deadline = Instant::now() + within;
+        let silent_deadline = Instant::now() + within.min(Duration::from_secs(10));
+        let call = Duration::from_secs(1);
+        let late = |e| ClientError::Unavailable(format!("no status within {e:?}"));
         loop {
             let mut silent = Vec::new();
             let mut waiting = Vec::new();
@@ -510,20 +515,22 @@ impl Cluster {
             };
             for s in &self.config.shards {
                 for id in s.replicas.iter().filter(|id| running(id)) {
-                    match client.replica_status(s.id, *id).await {
+                    let status = tokio::time::timeout(call, client.replica_status(s.id, *id));
+                    match status.await.unwrap_or_else(|_| Err(late(call))) {
                         Ok(st) if st.votes() => {}
                         Ok(st) => waiting.push(format!("shard {} on node {id}: {}", s.id, st.gate)),
                         Err(e) if no_answer(&e) => {
                             silent.push(format!("shard {} on node {id}: {e}", s.id))
                         }
-                        // Not hosted there any more (moved at run time).
+                        // Refused outright: nothing there to wait for.
                         Err(_) => {}
                     }
                 }
             }
             for g in &self.config.coordinators {
                 for id in g.replicas.iter().filter(|id| running(id)) {
-                    match client.coordinator_status(*id).await {
+                    let status = tokio::time::timeout(call, client.coordinator_status(*id));
+                    match status.await.unwrap_or_else(|_| Err(late(call))) {
                         Ok(st) if st.votes() => {}
                         Ok(st) => waiting.push(format!(
                             "coordinator group {} on node {id}: {}",
@@ -536,7 +543,7 @@ impl Cluster {
                     }
                 }
             }
-            if waiting.is_empty() && silent.is_empty() {
+            if waiting.is_empty() && (silent.is_empty() || Instant::now() > silent_deadline) {
                 return;
             }
             if Instant::now() > deadline {
