@@ -22,6 +22,7 @@
 # Settings (environment):
 #   VALUE_BYTES=65536  LOAD_THREADS=4  RECORDS=10000  THREADS=16
 #   DURATION=120  MOVE_AT=20  SNAPSHOT_LOGS=5000  KEEP_LOGS=1000 (the defaults)
+#   SNAPSHOT_KIB=0 ([raft] snapshot_kib_per_sec: the transfer's pace; 0 none)
 #   PACT_PORT=27501  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
 #   KEEP=1 (keep the cluster's directory; its path is printed)
 set -euo pipefail
@@ -40,9 +41,10 @@ DURATION=${DURATION:-120}
 MOVE_AT=${MOVE_AT:-20}
 SNAPSHOT_LOGS=${SNAPSHOT_LOGS:-5000}
 KEEP_LOGS=${KEEP_LOGS:-1000}
+SNAPSHOT_KIB=${SNAPSHOT_KIB:-0}
 PACT_PORT=${PACT_PORT:-27501}
 PROFILE=${PROFILE:-release}
-for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS LOAD_THREADS; do
+for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS SNAPSHOT_KIB LOAD_THREADS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 [ "$MOVE_AT" -lt "$DURATION" ] || die "MOVE_AT ($MOVE_AT) must be before the end of the run (DURATION $DURATION)"
@@ -74,18 +76,20 @@ wait_playground "$tmp/playground.out" "$pg"
 kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
 rm -rf "$tmp"/node-*
 cfg=$tmp/cluster.toml
-python3 - "$cfg" "$SNAPSHOT_LOGS" "$KEEP_LOGS" "$PACT_PORT" <<'PY'
+python3 - "$cfg" "$SNAPSHOT_LOGS" "$KEEP_LOGS" "$PACT_PORT" "$SNAPSHOT_KIB" <<'PY'
 import re, sys
-path, snap, keep, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+path, snap, keep, port, kib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 s = open(path).read()
 s = re.sub(r"(?m)^snapshot_logs = \d+$", f"snapshot_logs = {snap}", s)
 s = re.sub(r"(?m)^keep_logs = \d+$", f"keep_logs = {keep}", s)
+s = re.sub(r"(?m)^snapshot_kib_per_sec = \d+$", f"snapshot_kib_per_sec = {kib}", s)
 spare = f'[[nodes]]\nid = 4\naddr = "127.0.0.1:{port + 3}"\npeer_addr = "127.0.0.1:{port + 23}"\n\n'
 i = s.index("[[nodes]]")
 s = s[:i] + spare + s[i:]
 open(path, "w").write(s)
 PY
 grep -q "^snapshot_logs = $SNAPSHOT_LOGS$" "$cfg" || die "could not set snapshot_logs in $cfg"
+grep -q "^snapshot_kib_per_sec = $SNAPSHOT_KIB$" "$cfg" || die "could not set snapshot_kib_per_sec in $cfg"
 
 metrics_port() { echo $((PACT_PORT + 10 + $1 - 1)); }
 start() { # NODE
