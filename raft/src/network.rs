@@ -113,16 +113,20 @@ fn paced(started: tokio::time::Instant, sent: usize, rate: u64) -> Option<tokio:
     if rate == 0 {
         return None;
     }
-    let sent = u64::try_from(sent).unwrap_or(u64::MAX);
     // A day at most: far past any real transfer, and no Instant overflow.
-    let millis = (u128::from(sent) * 1000 / u128::from(rate)).min(86_400_000);
-    Some(started + Duration::from_millis(u64::try_from(millis).unwrap_or(86_400_000)))
+    Some(started + time_for(sent, rate).min(Duration::from_secs(86_400)))
 }
 
 /// `base` plus the time `bytes` take at [`MIN_BYTES_PER_SEC`].
 pub(crate) fn deadline(base: Duration, bytes: usize) -> Duration {
+    base + time_for(bytes, MIN_BYTES_PER_SEC)
+}
+
+/// How long `bytes` take at `rate` (> 0) bytes per second, in whole
+/// milliseconds (saturating).
+fn time_for(bytes: usize, rate: u64) -> Duration {
     let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-    base + Duration::from_millis(bytes.saturating_mul(1000) / MIN_BYTES_PER_SEC)
+    Duration::from_millis(bytes.saturating_mul(1000) / rate)
 }
 
 /// Shared pool of channels to peers, keyed by address.

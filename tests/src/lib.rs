@@ -506,41 +506,35 @@ impl Cluster {
         let silent_deadline = Instant::now() + within.min(Duration::from_secs(10));
         let call = Duration::from_secs(1);
         let late = |e| ClientError::Unavailable(format!("no status within {e:?}"));
+        let running = |id: &&NodeId| self.procs.contains_key(id);
         loop {
             let mut silent = Vec::new();
             let mut waiting = Vec::new();
-            let running = |id: &NodeId| self.procs.contains_key(id);
-            let no_answer = |e: &ClientError| {
-                matches!(e, ClientError::Unreachable(_) | ClientError::Unavailable(_))
+            let mut judge = |what: String, answer: Result<ReplicaStatus, ClientError>| match answer
+            {
+                Ok(st) if st.votes() => {}
+                Ok(st) => waiting.push(format!("{what}: {}", st.gate)),
+                Err(e @ (ClientError::Unreachable(_) | ClientError::Unavailable(_))) => {
+                    silent.push(format!("{what}: {e}"))
+                }
+                // Refused outright: nothing there to wait for.
+                Err(_) => {}
             };
             for s in &self.config.shards {
-                for id in s.replicas.iter().filter(|id| running(id)) {
+                for id in s.replicas.iter().filter(running) {
                     let status = tokio::time::timeout(call, client.replica_status(s.id, *id));
-                    match status.await.unwrap_or_else(|_| Err(late(call))) {
-                        Ok(st) if st.votes() => {}
-                        Ok(st) => waiting.push(format!("shard {} on node {id}: {}", s.id, st.gate)),
-                        Err(e) if no_answer(&e) => {
-                            silent.push(format!("shard {} on node {id}: {e}", s.id))
-                        }
-                        // Refused outright: nothing there to wait for.
-                        Err(_) => {}
-                    }
+                    let answer = status.await.unwrap_or_else(|_| Err(late(call)));
+                    judge(format!("shard {} on node {id}", s.id), answer);
                 }
             }
             for g in &self.config.coordinators {
-                for id in g.replicas.iter().filter(|id| running(id)) {
+                for id in g.replicas.iter().filter(running) {
                     let status = tokio::time::timeout(call, client.coordinator_status(*id));
-                    match status.await.unwrap_or_else(|_| Err(late(call))) {
-                        Ok(st) if st.votes() => {}
-                        Ok(st) => waiting.push(format!(
-                            "coordinator group {} on node {id}: {}",
-                            g.group, st.gate
-                        )),
-                        Err(e) if no_answer(&e) => {
-                            silent.push(format!("coordinator group {} on node {id}: {e}", g.group))
-                        }
-                        Err(_) => {}
-                    }
+                    let answer = status.await.unwrap_or_else(|_| Err(late(call)));
+                    judge(
+                        format!("coordinator group {} on node {id}", g.group),
+                        answer,
+                    );
                 }
             }
             if waiting.is_empty() && (silent.is_empty() || Instant::now() > silent_deadline) {
