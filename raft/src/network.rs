@@ -385,7 +385,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             )
             .streaming());
         };
-        let _sending = self.outbound.start();
         let r = tokio::select! {
             r = self.stream_snapshot(vote, snapshot.meta, view) => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -420,6 +419,11 @@ impl PeerClient {
         let mut seq = 0u64;
         let mut total = 0usize;
         let started = tokio::time::Instant::now();
+        // Counted for the hold (see `snapshot::Outbound`) from the first
+        // chunk the follower stored: attempts at a dead or refusing peer,
+        // retried by openraft for as long as it stays down, must not keep
+        // the leader from compacting its log.
+        let mut sending = None;
         while let Some((frame, last)) = next.take() {
             let msg = SnapshotChunk {
                 vote,
@@ -430,7 +434,9 @@ impl PeerClient {
             // The next chunk is read while this one travels: two in memory.
             let (sent, read_next) = tokio::join!(self.send_chunk(&msg), read(Some(last)));
             match sent? {
-                ChunkReply::Next(n) if n == seq + 1 => {}
+                ChunkReply::Next(n) if n == seq + 1 => {
+                    sending.get_or_insert_with(|| self.outbound.start());
+                }
                 ChunkReply::Next(n) => {
                     return Err(CallError::Network(format!(
                         "node {} expects snapshot chunk {n} after chunk {seq}",

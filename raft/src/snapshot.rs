@@ -22,8 +22,10 @@
 //! so under writes a transfer that outlasts `snapshot_logs - keep_logs`
 //! entries arrives to find the log gone, and the follower is sent a whole
 //! new snapshot, again and again (a 1 GiB move under YCSB-A needed five).
-//! So while this replica streams a snapshot, the state machine defers the
-//! policy's builds: nothing is purged behind the transfer. A transfer
+//! So while this replica streams a snapshot that its follower is storing
+//! (from the first acknowledged chunk on: a dead follower, which openraft
+//! keeps trying, holds nothing), the state machine defers the policy's
+//! builds: nothing is purged behind the transfer. A transfer
 //! that never ends must not keep the log forever: after
 //! [`MAX_DEFERRED`] deferrals in a row (that many times `snapshot_logs`
 //! entries) a build goes ahead. (TiKV likewise holds log GC for a peer
@@ -93,8 +95,8 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// One transfer starts; it counts until the guard drops (ended,
-    /// failed or cancelled alike).
+    /// One transfer is under way (its follower stored a chunk); it counts
+    /// until the guard drops (ended, failed or cancelled alike).
     pub(crate) fn start(self: &Arc<Self>) -> Sending {
         // The first of overlapping transfers starts the budget afresh.
         if self.sending.fetch_add(1, Ordering::SeqCst) == 0 {
