@@ -197,8 +197,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
         pact_raft::server::fence_when_stopped(vec![c.replica().clone()], move || c2.fatal())
     };
     server.await.context("grpc server failed")?;
+    let stopped = stopped.reason();
     c.replica().shutdown().await;
-    if let Some(f) = stopped.get() {
+    if let Some(f) = stopped {
         tracing::error!(reason = %f, "coordinator stopped after a storage failure");
         std::process::exit(pact_raft::server::EXIT_STOPPED);
     }

@@ -207,8 +207,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
         pact_raft::server::fence_when_stopped(node.replicas(), move || n.fatal())
     };
     server.await.context("grpc server failed")?;
+    let stopped = stopped.reason();
     node.shutdown().await;
-    if let Some(f) = stopped.get() {
+    if let Some(f) = stopped {
         tracing::error!(reason = %f, "participant stopped after a storage failure");
         std::process::exit(pact_raft::server::EXIT_STOPPED);
     }

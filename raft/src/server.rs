@@ -300,15 +300,18 @@ pub async fn shutdown_signal() {
 /// every one of `replicas`: leaders hand leadership on and every Raft core
 /// stops, so the node acknowledges nothing more. The process stays up, so
 /// `txn status`, `/readyz` and the requests it refuses can say why; the
-/// returned cell holds the reason once set, for the exit code.
+/// returned [`Stopped`] says why at exit, for the exit code.
 ///
 /// [`Replica::fence`]: crate::Replica::fence
 pub fn fence_when_stopped(
     replicas: impl Into<crate::Replicas>,
-    fatal: impl Fn() -> Option<String> + Send + 'static,
-) -> std::sync::Arc<std::sync::OnceLock<String>> {
-    let stopped = std::sync::Arc::new(std::sync::OnceLock::new());
-    let cell = stopped.clone();
+    fatal: impl Fn() -> Option<String> + Send + Sync + 'static,
+) -> Stopped {
+    let stopped = Stopped {
+        cell: std::sync::Arc::new(std::sync::OnceLock::new()),
+        fatal: std::sync::Arc::new(fatal),
+    };
+    let (cell, fatal) = (stopped.cell.clone(), stopped.fatal.clone());
     let replicas: crate::Replicas = replicas.into();
     tokio::spawn(async move {
         let why = loop {
@@ -326,6 +329,22 @@ pub fn fence_when_stopped(
         futures::future::join_all(replicas.list().iter().map(|r| r.fence())).await;
     });
     stopped
+}
+
+/// Why the node stopped, if it did (see [`fence_when_stopped`]).
+pub struct Stopped {
+    cell: std::sync::Arc<std::sync::OnceLock<String>>,
+    fatal: std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl Stopped {
+    /// The reason the watcher saw, or, if the node failed since its last
+    /// look (a shutdown can come within its 200 ms), the one it would see
+    /// now. Ask before the replicas are shut down: a Raft core shut down
+    /// on purpose reports itself stopped too.
+    pub fn reason(&self) -> Option<String> {
+        self.cell.get().cloned().or_else(|| (self.fatal)())
+    }
 }
 
 /// Exit code of a server that stopped on a storage failure and was then

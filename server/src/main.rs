@@ -331,13 +331,14 @@ async fn run(r: Run) -> anyhow::Result<()> {
         })
     };
     server.await.context("grpc server failed")?;
+    let stopped = stopped.reason();
     if let Some(n) = &node {
         n.shutdown().await;
     }
     if let Some(c) = &coordinator {
         c.replica().shutdown().await;
     }
-    if let Some(f) = stopped.get() {
+    if let Some(f) = stopped {
         tracing::error!(reason = %f, "pact stopped after a storage failure");
         std::process::exit(pact_raft::server::EXIT_STOPPED);
     }
