@@ -230,8 +230,22 @@ enum ShardCmd {
 #[derive(Subcommand, Debug)]
 enum MemberCmd {
     /// Every node: its address, the groups it replicates and leads, and
-    /// whether it answered.
+    /// whether it answered. Nodes come from the cluster's member table
+    /// (the config's nodes, plus those added, removed ones marked).
     List,
+    /// Add node ID to the cluster, reachable by clients at ADDR and by
+    /// its peers at PEER_ADDR. Then start it with the cluster's config
+    /// file and `--node-id ID` (it asks the cluster for its addresses),
+    /// and move replicas onto it (`txn admin replica`). Idempotent.
+    Add {
+        id: u64,
+        addr: String,
+        peer_addr: String,
+    },
+    /// Remove node ID from the cluster: refused while it replicates a
+    /// shard (move its replicas away first) or hosts a coordinator group.
+    /// Its id is never used again; stop its process afterwards.
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -814,6 +828,14 @@ async fn run(
             members::shards(client, style, args.json).await
         }
         Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
+        Cmd::Admin(AdminCmd::Member(MemberCmd::Add {
+            id,
+            addr,
+            peer_addr,
+        })) => members::add(client, *id, addr, peer_addr, args.json).await,
+        Cmd::Admin(AdminCmd::Member(MemberCmd::Remove { id })) => {
+            members::remove(client, *id, args.json).await
+        }
         Cmd::Status(a) => status::status(client, a, args.json).await,
         Cmd::Health(a) => status::health(client, a, args.json).await,
     }

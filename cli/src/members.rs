@@ -1,11 +1,11 @@
-//! `txn admin shard list` and `txn admin member list`: the topology as the
-//! replicas report it (the config's, changed by `txn admin replica`), with
-//! who leads what now (every replica asked at once, as
-//! `txn status` does).
+//! `txn admin shard list` and `txn admin member list|add|remove`: the
+//! topology as the replicas report it (the config's, changed by `txn admin
+//! replica`), with who leads what now (every replica asked at once, as
+//! `txn status` does), and the member table the metadata group keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pact_client::{Client, ClientError, ReplicaStatus};
+use pact_client::{Client, ClientError, ClusterMember, ReplicaStatus};
 use pact_common::{NodeId, ShardId};
 use serde_json::json;
 
@@ -129,6 +129,21 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
 /// Nodes: addresses, the groups each replicates, which it leads, and
 /// whether it answered.
 pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
+    // The table first: the client learns the addresses of added nodes
+    // from it before it asks the replicas.
+    let table = match client.members().await {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("warning: the member table could not be read, so the nodes shown are the config's: {e}");
+            None
+        }
+    };
+    let removed: BTreeSet<NodeId> = table
+        .iter()
+        .flatten()
+        .filter(|m| m.removed)
+        .map(|m| NodeId(m.id))
+        .collect();
     let answers = client.status().await;
     let (shard_lead, s_up) = leaders(&answers);
     let live = voters(&answers);
@@ -137,6 +152,7 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
     let mut nodes: BTreeMap<NodeId, (Vec<String>, Vec<String>)> = client
         .node_ids()
         .into_iter()
+        .chain(table.iter().flatten().map(|m| NodeId(m.id)))
         .map(|n| (n, Default::default()))
         .collect();
     let label = |s: ShardId| format!("shard {}", s.0);
@@ -167,13 +183,16 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
             .iter()
             .map(|(n, (groups, leads))| {
                 json!({"node": n.0, "addr": client.node_addr(*n), "groups": groups,
-                       "leads": leads, "answered": s_up.contains(n) || c_up.contains(n)})
+                       "leads": leads, "answered": s_up.contains(n) || c_up.contains(n),
+                       "removed": removed.contains(n)})
             })
             .collect();
         outln!("{}", serde_json::Value::Array(all));
     } else {
         for (n, (groups, leads)) in &nodes {
-            let up = if s_up.contains(n) || c_up.contains(n) {
+            let up = if removed.contains(n) {
+                "removed"
+            } else if s_up.contains(n) || c_up.contains(n) {
                 "up"
             } else {
                 "NOT ANSWERING"
@@ -181,7 +200,7 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
             outln!(
                 "node {} {} {up}: replicas {}; leads {}",
                 n.0,
-                client.node_addr(*n).unwrap_or("?"),
+                client.node_addr(*n).as_deref().unwrap_or("?"),
                 if groups.is_empty() {
                     "none (a spare)".to_string()
                 } else {
@@ -195,5 +214,74 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
             );
         }
     }
+    Ok(0)
+}
+
+fn print_table(table: &[ClusterMember], json: bool, what: &str) {
+    if json {
+        let all: Vec<_> = table
+            .iter()
+            .map(|m| json!({"node": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "removed": m.removed}))
+            .collect();
+        outln!("{}", serde_json::Value::Array(all));
+    } else {
+        outln!("{what}");
+        for m in table {
+            let state = if m.removed { " (removed)" } else { "" };
+            outln!("node {} {} peer {}{state}", m.id, m.addr, m.peer_addr);
+        }
+    }
+}
+
+/// `txn admin member add`: record the node; the table after.
+pub async fn add(
+    client: &Client,
+    id: u64,
+    addr: &str,
+    peer_addr: &str,
+    json: bool,
+) -> Result<u8, ClientError> {
+    let table = client.add_member(id, addr, peer_addr).await?;
+    print_table(
+        &table,
+        json,
+        &format!(
+            "node {id} is a member; start it with the cluster's config and --node-id {id}, \
+             then move replicas onto it (txn admin replica move SHARD FROM {id})"
+        ),
+    );
+    Ok(0)
+}
+
+/// `txn admin member remove`: refused while the node replicates a shard
+/// (as the shards' replicas report it).
+pub async fn remove(client: &Client, id: u64, json: bool) -> Result<u8, ClientError> {
+    // The table first, so the replicas of added nodes can be asked.
+    client.members().await?;
+    let answers = client.status().await;
+    let live = voters(&answers);
+    let mut hosted: Vec<String> = Vec::new();
+    for shard in client.shards() {
+        let replicas: Vec<u64> = live
+            .get(&shard)
+            .cloned()
+            .unwrap_or_else(|| client.shard_replicas(shard).iter().map(|n| n.0).collect());
+        if replicas.contains(&id) {
+            hosted.push(shard.0.to_string());
+        }
+    }
+    if !hosted.is_empty() {
+        return Err(ClientError::InvalidInput(format!(
+            "node {id} still replicates shard(s) {}: move them away first (txn admin replica \
+             move SHARD {id} OTHER_NODE), then remove it",
+            hosted.join(", ")
+        )));
+    }
+    let table = client.remove_member(id).await?;
+    print_table(
+        &table,
+        json,
+        &format!("node {id} is removed; stop its process"),
+    );
     Ok(0)
 }

@@ -263,7 +263,7 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
 async fn ask(client: &Client, within: Duration) -> Vec<Row> {
     let timed = |node: NodeId, r: Option<Result<ReplicaStatus, ClientError>>| {
         r.unwrap_or_else(|| {
-            let addr = client.node_addr(node).unwrap_or("?");
+            let addr = client.node_addr(node).unwrap_or_else(|| "?".into());
             Err(ClientError::Unavailable(format!(
                 "node {node} ({addr}) did not answer within {within:?}"
             )))
@@ -303,7 +303,7 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
             kind,
             group,
             node,
-            addr: client.node_addr(node).unwrap_or("?").to_string(),
+            addr: client.node_addr(node).unwrap_or_else(|| "?".into()),
             answer,
         })
         .collect();
@@ -347,7 +347,7 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
             kind,
             group,
             node,
-            addr: client.node_addr(node).unwrap_or("?").to_string(),
+            addr: client.node_addr(node).unwrap_or_else(|| "?".into()),
             answer: timed(node, r),
         }
     }))

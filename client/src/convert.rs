@@ -84,6 +84,12 @@ fn unmarked(s: &Status, msg: String) -> Class {
         // this client): nothing was done, retry later.
         Code::ResourceExhausted => Class::Overloaded(msg, retry_after(s)),
         Code::InvalidArgument | Code::OutOfRange => Class::Fail(ClientError::InvalidInput(msg)),
+        // A server of another kind or version (the metadata group is
+        // served only by `pact`).
+        Code::Unimplemented => Class::Fail(ClientError::InvalidInput(format!(
+            "the server does not serve this call (only `pact` nodes of the first coordinator \
+             group serve the member table): {msg}"
+        ))),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }
 }
@@ -531,4 +537,20 @@ mod topology_tests {
         let e = config_from_topology(t).unwrap_err();
         assert!(e.contains("ring points"), "{e}");
     }
+}
+
+/// The member table from its wire form, sorted by id.
+pub(crate) fn members(r: pb::MembersResponse) -> Vec<crate::ClusterMember> {
+    let mut v: Vec<crate::ClusterMember> = r
+        .members
+        .into_iter()
+        .map(|m| crate::ClusterMember {
+            id: m.id,
+            addr: m.addr,
+            peer_addr: m.peer_addr,
+            removed: m.removed,
+        })
+        .collect();
+    v.sort_by_key(|m| m.id);
+    v
 }

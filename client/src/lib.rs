@@ -37,6 +37,7 @@
 mod backup;
 pub mod convert;
 mod discover;
+mod members;
 mod replicas;
 mod tls;
 mod txn;
@@ -59,6 +60,7 @@ pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 pub use discover::{discover, prefer_endpoints, Given, ASK_WITHIN};
+pub use members::ClusterMember;
 pub use replicas::Removed;
 
 /// Message size limit the client accepts and sends.
@@ -155,6 +157,8 @@ pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Dura
 pub(crate) enum Route {
     Shard(ShardId),
     Group(u64),
+    /// The metadata group (the member table).
+    Meta,
 }
 
 impl std::fmt::Display for Route {
@@ -162,6 +166,7 @@ impl std::fmt::Display for Route {
         match self {
             Route::Shard(s) => write!(f, "shard {s}"),
             Route::Group(g) => write!(f, "coordinator group {g}"),
+            Route::Meta => write!(f, "the metadata group"),
         }
     }
 }
@@ -248,6 +253,22 @@ pub struct ClientOptions {
     /// until `retry_for`. A coordinator sets it short: it holds its
     /// transaction's locks while it waits, so aborting early frees them.
     pub overload_retry_for: Option<Duration>,
+    /// Where to find nodes the client's table does not name (added to
+    /// the cluster at run time): a server passes its live node directory.
+    /// Without one the client asks a node it knows for the routing table
+    /// (`Admin.Topology`), which lists every member.
+    pub resolver: Option<Resolver>,
+}
+
+/// A node's (client address, peer address) by id, for nodes a client met
+/// (in a leader hint, in a group's voters) that its table does not name.
+#[derive(Clone)]
+pub struct Resolver(pub Arc<dyn Fn(NodeId) -> Option<(String, String)> + Send + Sync>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
 }
 
 impl Default for ClientOptions {
@@ -260,6 +281,7 @@ impl Default for ClientOptions {
             peer_ports: false,
             give_up_unreachable: None,
             overload_retry_for: None,
+            resolver: None,
         }
     }
 }
@@ -304,9 +326,13 @@ struct Inner {
     /// One map refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
     shards: BTreeMap<ShardId, Vec<NodeId>>,
-    nodes: BTreeMap<NodeId, String>,
+    /// The address this client dials for each node (client or peer port);
+    /// nodes added to the cluster at run time join it when first met.
+    nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
     channels: Mutex<HashMap<String, Channel>>,
     groups: BTreeMap<u64, Vec<NodeId>>,
+    /// The metadata group's replicas ([`ClusterConfig::meta_replicas`]).
+    meta: Vec<NodeId>,
     leaders: Mutex<HashMap<Route, NodeId>>,
     balance: Balance,
     next_group: std::sync::atomic::AtomicUsize,
@@ -336,24 +362,27 @@ impl Client {
                     .iter()
                     .map(|s| (s.id, s.replicas.clone()))
                     .collect(),
-                nodes: config
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let addr = if opts.peer_ports {
-                            &n.peer_addr
-                        } else {
-                            &n.addr
-                        };
-                        (n.id, addr.clone())
-                    })
-                    .collect(),
+                nodes: std::sync::RwLock::new(
+                    config
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            let addr = if opts.peer_ports {
+                                &n.peer_addr
+                            } else {
+                                &n.addr
+                            };
+                            (n.id, addr.clone())
+                        })
+                        .collect(),
+                ),
                 channels: Mutex::new(HashMap::new()),
                 groups: config
                     .coordinators
                     .iter()
                     .map(|g| (g.group, g.replicas.clone()))
                     .collect(),
+                meta: config.meta_replicas(),
                 leaders: Mutex::new(HashMap::new()),
                 balance: opts.balance,
                 next_group: std::sync::atomic::AtomicUsize::new(0),
@@ -461,9 +490,75 @@ impl Client {
         self.inner.shards.get(&shard).cloned().unwrap_or_default()
     }
 
+    /// The address this client dials for `node`, if it knows the node.
+    fn addr(&self, node: NodeId) -> Option<String> {
+        if let Some(a) = self
+            .inner
+            .nodes
+            .read()
+            .ok()
+            .and_then(|n| n.get(&node).cloned())
+        {
+            return Some(a);
+        }
+        let (client, peer) = (self.inner.opts.resolver.as_ref()?.0)(node)?;
+        let a = if self.inner.opts.peer_ports {
+            peer
+        } else {
+            client
+        };
+        if let Ok(mut n) = self.inner.nodes.write() {
+            n.insert(node, a.clone());
+        }
+        Some(a)
+    }
+
+    /// Learn the addresses of the live members of `table` this client
+    /// does not know yet.
+    pub(crate) fn met(&self, table: &[ClusterMember]) {
+        if let Ok(mut n) = self.inner.nodes.write() {
+            for m in table.iter().filter(|m| !m.removed) {
+                let a = if self.inner.opts.peer_ports {
+                    &m.peer_addr
+                } else {
+                    &m.addr
+                };
+                n.entry(NodeId(m.id)).or_insert_with(|| a.clone());
+            }
+        }
+    }
+
+    fn knows(&self, node: NodeId) -> bool {
+        self.addr(node).is_some()
+    }
+
+    /// Learn `node`'s address if this client does not know it: from the
+    /// resolver, else from the routing table of a node it knows (every
+    /// member is listed there). Whether it is known now.
+    pub(crate) async fn learn(&self, node: NodeId) -> bool {
+        if self.knows(node) || self.inner.opts.peer_ports {
+            return self.knows(node);
+        }
+        let known: Vec<String> = self
+            .inner
+            .nodes
+            .read()
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default();
+        let Ok(config) = discover(&known, self.inner.opts.tls.as_ref()).await else {
+            return false;
+        };
+        if let Ok(mut n) = self.inner.nodes.write() {
+            for nc in &config.nodes {
+                n.entry(nc.id).or_insert_with(|| nc.addr.clone());
+            }
+        }
+        self.knows(node)
+    }
+
     pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
-        let addr = self.inner.nodes.get(&node).ok_or_else(|| {
-            ClientError::InvalidInput(format!("node {node} is not in the config"))
+        let addr = &self.addr(node).ok_or_else(|| {
+            ClientError::InvalidInput(format!("node {node} is not a known member of the cluster"))
         })?;
         let mut chans = self
             .inner
@@ -480,7 +575,7 @@ impl Client {
 
     /// `node 1 (127.0.0.1:7001)`: errors name the address that was tried.
     pub(crate) fn who(&self, node: NodeId) -> String {
-        match self.inner.nodes.get(&node) {
+        match self.addr(node) {
             Some(addr) => format!("node {node} ({addr})"),
             None => format!("node {node}"),
         }
@@ -547,6 +642,27 @@ impl Client {
             ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
         })?;
         self.call_route(Route::Group(group), &replicas, idempotent, call)
+            .await
+    }
+
+    /// Like [`Client::call_shard`], for the leader of the metadata group
+    /// (on the nodes of the first coordinator group).
+    pub(crate) async fn call_meta<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.inner.meta.is_empty() {
+            return Err(ClientError::InvalidInput(
+                "this cluster has no coordinator group, so no metadata group (member table)".into(),
+            ));
+        }
+        let replicas = self.inner.meta.clone();
+        self.call_route(Route::Meta, &replicas, idempotent, call)
             .await
     }
 
@@ -628,9 +744,7 @@ impl Client {
                 Ok(Err(status)) => match classify(&status) {
                     // Any node the client knows: a replica added at run
                     // time is not in the list it started from.
-                    Class::NotLeader(Some(hint))
-                        if self.inner.nodes.contains_key(&hint) && hint != target =>
-                    {
+                    Class::NotLeader(Some(hint)) if hint != target && self.learn(hint).await => {
                         last_err = format!("{} is not leader; hint {hint}", self.who(target));
                         target = hint;
                         sleep = false;
@@ -821,6 +935,7 @@ impl Client {
         shard: ShardId,
         node: NodeId,
     ) -> Result<ReplicaStatus, ClientError> {
+        self.learn(node).await;
         let mut c = KvClient::new(self.channel(node)?);
         let req = pb::StatusRequest { shard_id: shard.0 };
         self.status_reply(node, c.status(req)).await
@@ -967,7 +1082,7 @@ impl Client {
             .iter()
             .filter_map(|(s, _, r)| r.as_ref().ok().map(|st| (*s, st.voters.clone())))
             .flat_map(|(s, voters)| voters.into_iter().map(move |v| (s, NodeId(v))))
-            .filter(|k| !asked.contains(k) && self.inner.nodes.contains_key(&k.1))
+            .filter(|k| !asked.contains(k))
             .collect();
         let extra = futures::future::join_all(more.into_iter().map(|(shard, node)| async move {
             (shard, node, self.replica_status(shard, node).await)
@@ -991,16 +1106,20 @@ impl Client {
         futures::future::join_all(asks).await
     }
 
-    /// Every node of the config, sorted.
+    /// Every node this client knows (the config's or the discovered
+    /// table's, and those met since), sorted.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.inner.nodes.keys().copied().collect();
-        v.sort();
-        v
+        self.inner
+            .nodes
+            .read()
+            .map(|n| n.keys().copied().collect())
+            .unwrap_or_default()
     }
 
-    /// The client address of `node` in the config.
-    pub fn node_addr(&self, node: NodeId) -> Option<&str> {
-        self.inner.nodes.get(&node).map(String::as_str)
+    /// The address this client dials for `node` (its client port, or its
+    /// peer port for a client of peer ports).
+    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+        self.addr(node)
     }
 }
 

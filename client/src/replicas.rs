@@ -113,6 +113,7 @@ impl Client {
                 continue;
             }
             tried.push(node);
+            self.learn(node).await;
             let ch = match self.channel(node) {
                 Ok(ch) => ch,
                 Err(e) => {
@@ -161,9 +162,14 @@ impl Client {
         group: RaftGroup,
         node: NodeId,
     ) -> Result<Vec<NodeId>, ClientError> {
+        // A node added at run time is in the member table, not the config.
+        if !self.learn(node).await {
+            // Errors are the answer below: the node stays unknown.
+            let _ = self.members().await;
+        }
         if self.node_addr(node).is_none() {
             return Err(ClientError::InvalidInput(format!(
-                "node {node} is not in the cluster config"
+                "node {node} is not a member of the cluster (txn admin member list)"
             )));
         }
         let voters = self.group_voters(group).await?;
@@ -219,6 +225,10 @@ impl Client {
         F: FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        if !self.learn(node).await {
+            // Errors are the answer below: the node stays unknown.
+            let _ = self.members().await;
+        }
         let c = AdminClient::new(self.channel(node)?);
         match tokio::time::timeout(self.inner.opts.request_timeout * 2, f(c)).await {
             Err(_) => Err(ClientError::Unavailable(format!(

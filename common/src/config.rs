@@ -19,6 +19,10 @@ const MAX_VIRTUAL_NODES: u32 = 4096;
 const MAX_RING_POINTS: u64 = 1 << 22;
 /// TOML integers are signed 64-bit; larger ids would not survive a round trip.
 const MAX_TOML_INT: u64 = i64::MAX as u64;
+/// The Raft group id of the metadata group (the cluster's member table):
+/// above every id a config can give (at most `MAX_TOML_INT`), so it is
+/// never a shard's or a coordinator group's.
+pub const META_GROUP: u64 = u64::MAX - 1;
 /// Upper bound for [`ClusterConfig::local`] so a typo cannot exhaust memory.
 const MAX_LOCAL_SHARDS: u64 = 1 << 16;
 /// How far above its client port a [`ClusterConfig::local`] node's peer
@@ -490,6 +494,17 @@ impl ClusterConfig {
         self.coordinators
             .iter()
             .find(|c| c.replicas.contains(&node))
+    }
+
+    /// The nodes of the metadata group: the replicas of the coordinator
+    /// group with the lowest id (none if the config has no coordinator
+    /// group, and then there is no metadata group).
+    pub fn meta_replicas(&self) -> Vec<NodeId> {
+        self.coordinators
+            .iter()
+            .min_by_key(|c| c.group)
+            .map(|c| c.replicas.clone())
+            .unwrap_or_default()
     }
 
     /// The embedded default used when no config file is given, what `txn

@@ -36,7 +36,7 @@ mod txn;
 pub use codes::{Abort, AbortKind, ErrorCode};
 pub use config::{
     ClusterConfig, ConfigError, CoordinatorConfig, Limits, NodeConfig, PartitionScheme, RaftTuning,
-    ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET,
+    ShardConfig, StorageTuning, TlsConfig, TxnTuning, LOCAL_PEER_PORT_OFFSET, META_GROUP,
     MIN_SNAPSHOT_KIB_PER_SEC,
 };
 pub use ids::{NodeId, ShardId};

@@ -233,6 +233,11 @@ impl Coordinator {
                 overload_retry_for: Some(PARTICIPANT_OVERLOAD_WAIT),
                 tls,
                 peer_ports: true,
+                // Nodes added at run time, as the host's directory knows them.
+                resolver: Some(pact_client::Resolver({
+                    let dir = host.directory();
+                    Arc::new(move |n: NodeId| dir.addrs(n.0))
+                })),
                 ..ClientOptions::default()
             },
         );

@@ -167,6 +167,13 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Nodes added to the cluster at run time, as the host's directory knows
+/// them.
+fn resolver(host: &Host) -> pact_client::Resolver {
+    let dir = host.directory();
+    pact_client::Resolver(Arc::new(move |n: NodeId| dir.addrs(n.0)))
+}
+
 impl Node {
     /// Open the node's storage under `data_dir` and start (or recover) its
     /// replica of every shard the config assigns to `id`. With `tls`, every
@@ -221,6 +228,7 @@ impl Node {
             &config,
             pact_client::ClientOptions {
                 tls,
+                resolver: Some(resolver(host)),
                 ..pact_client::ClientOptions::default()
             },
         );
@@ -337,9 +345,12 @@ impl Node {
         if self.config.shard(shard).is_none() {
             return Err(Error::UnknownShard(shard.0));
         }
-        if let Some(n) = voters.iter().find(|n| self.config.node(**n).is_none()) {
+        if let Some(n) = voters
+            .iter()
+            .find(|n| self.config.node(**n).is_none() && self.host.directory().get(n.0).is_none())
+        {
             return Err(Error::InvalidInput(format!(
-                "hosting shard {shard}: voter {n} is not in the cluster config"
+                "hosting shard {shard}: voter {n} is not a member of the cluster"
             )));
         }
         let _one = self.hosting.lock().await;
@@ -1626,7 +1637,7 @@ async fn start_shard(
             Replica::start(shard.0, id.0, members, tuning, app, host).await?
         }
         Some(voters) => {
-            let members = pact_raft::members(config, &voters);
+            let members = host.members_of(config, &voters);
             Replica::start_joined(shard.0, id.0, members, tuning, app, host).await?
         }
     };

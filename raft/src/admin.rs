@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::balance::{transfer, TransferError};
 use crate::membership::{self, MembershipError};
 use crate::network::Router;
+use crate::replica::Directory;
 use crate::wire::{error_status, topology_response};
 
 /// How long a transfer may take before the call reports it incomplete.
@@ -21,6 +22,10 @@ pub const TRANSFER_WITHIN: Duration = Duration::from_secs(10);
 /// How long adding or removing a replica may take before the call reports
 /// it incomplete (a learner catching up by snapshot included).
 pub const MEMBERSHIP_WITHIN: Duration = Duration::from_secs(60);
+
+/// How long a membership change waits for this node's directory to learn
+/// a node just added to the member table (it is refreshed every second).
+const DIRECTORY_GRACE: Duration = Duration::from_secs(3);
 
 /// Why a node did not start or stop a replica.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,8 +60,11 @@ pub struct AdminService {
     /// hosts are filled in from their live membership at each call.
     topology: Arc<pb::TopologyResponse>,
     host: Option<Arc<dyn GroupHost>>,
-    /// Peer addresses by node id, for new learners.
+    /// Peer addresses by node id, for new learners: the config's.
     peers: Arc<std::collections::BTreeMap<u64, String>>,
+    /// On `pact`: every member of the cluster as the metadata group lists
+    /// it, nodes added at run time included; they win over the config.
+    directory: Option<Directory>,
     /// This node's id.
     me: u64,
     /// The coordinator group this node hosts, if any (per the config).
@@ -69,21 +77,24 @@ impl AdminService {
     /// Operator actions on the groups `router` reaches, and the routing
     /// table of `config`. Replicas cannot be hosted or dropped here.
     pub fn new(router: Router, config: &ClusterConfig) -> AdminServer<Self> {
-        Self::with_host(router, config, 0, None)
+        Self::with_host(router, config, 0, None, None)
     }
 
     /// [`AdminService::new`] on node `me`, whose `host` starts and stops
-    /// replicas at run time.
+    /// replicas at run time, and which learns the cluster's nodes from
+    /// `directory`.
     pub fn with_host(
         router: Router,
         config: &ClusterConfig,
         me: u64,
         host: Option<Arc<dyn GroupHost>>,
+        directory: Option<Directory>,
     ) -> AdminServer<Self> {
         AdminServer::new(AdminService {
             router,
             topology: Arc::new(topology_response(config)),
             host,
+            directory,
             peers: Arc::new(
                 config
                     .nodes
@@ -109,6 +120,15 @@ impl AdminService {
                     .collect(),
             ),
         })
+    }
+
+    /// Where node `id`'s peer port is: the directory's, else the config's.
+    fn peer_addr(&self, id: u64) -> Option<String> {
+        self.directory
+            .as_ref()
+            .and_then(|d| d.get(id))
+            .map(|m| m.peer_addr)
+            .or_else(|| self.peers.get(&id).cloned())
     }
 
     /// The voters of `group` if this node hosts it and has learned them.
@@ -184,6 +204,25 @@ impl Admin for AdminService {
         _request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
         let mut t = self.topology.as_ref().clone();
+        // Nodes added at run time, with the addresses the member table
+        // gives (removed ones are not in the directory).
+        // Config nodes stay listed (the table's replica lists may name
+        // them), with the member table's addresses where it has them.
+        if let Some(d) = &self.directory {
+            let mut nodes: std::collections::BTreeMap<u64, pb::TopologyNode> =
+                t.nodes.drain(..).map(|n| (n.id, n)).collect();
+            for m in d.all() {
+                nodes.insert(
+                    m.id,
+                    pb::TopologyNode {
+                        id: m.id,
+                        addr: m.client_addr,
+                        peer_addr: m.peer_addr,
+                    },
+                );
+            }
+            t.nodes = nodes.into_values().collect();
+        }
         // Only where replicas move (a `pact` server, whose group ids are
         // unique within the process): a participant's shard 1 and a
         // coordinator's group 1 may share an id across processes.
@@ -301,10 +340,22 @@ impl Admin for AdminService {
             })
             .await
         } else {
-            let Some(addr) = self.peers.get(&r.node).cloned() else {
+            // A node added a moment ago may not be in this node's
+            // directory yet (it follows the member table every second).
+            let mut addr = self.peer_addr(r.node);
+            let until = tokio::time::Instant::now() + DIRECTORY_GRACE;
+            while addr.is_none() && self.directory.is_some() && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                addr = self.peer_addr(r.node);
+            }
+            let Some(addr) = addr else {
                 return Err(error_status(
                     ErrorCode::InvalidInput,
-                    format!("node {} is not in the cluster config", r.node),
+                    format!(
+                        "node {} is not a member of the cluster (`txn admin member list`)",
+                        r.node
+                    ),
                     None,
                     None,
                 ));

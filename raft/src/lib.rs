@@ -100,8 +100,8 @@ pub use network::{
     MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
 };
 pub use replica::{
-    members, Host, Hosting, Member, Proposal, Replica, ReplicaStatus, Replicas, Role, Tuning,
-    READY_MAX_LAG,
+    members, Directory, Host, Hosting, Member, Proposal, Replica, ReplicaStatus, Replicas, Role,
+    Tuning, READY_MAX_LAG,
 };
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;

@@ -185,6 +185,9 @@ pub struct NetworkFactory {
     /// bootstrapping node's config said: each node reaches its peers the way
     /// its own config tells it to (a different route, or a proxy).
     pub(crate) addrs: Arc<BTreeMap<u64, String>>,
+    /// Nodes added since the replica started (the metadata group's
+    /// members), consulted before the address in the Raft membership.
+    pub(crate) directory: crate::replica::Directory,
     /// Shortest deadline of an append (see [`PeerClient::min_append_ttl`]).
     pub(crate) min_append_ttl: Duration,
     /// Snapshots being streamed from this replica (shared with its state
@@ -202,7 +205,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group,
             me: self.me,
             target,
-            addr: self.addrs.get(&target).unwrap_or(&node.addr).clone(),
+            addr: match self.addrs.get(&target) {
+                Some(a) => a.clone(),
+                None => self
+                    .directory
+                    .get(target)
+                    .map(|m| m.peer_addr)
+                    .unwrap_or_else(|| node.addr.clone()),
+            },
             peers: self.peers.clone(),
             min_append_ttl: self.min_append_ttl,
             outbound: self.outbound.clone(),

@@ -75,7 +75,41 @@ pub struct Host {
     /// Every node of the cluster (not only a group's replicas): where a
     /// replica added at run time sends Raft messages, and what leader hints
     /// name.
-    directory: Arc<std::sync::RwLock<BTreeMap<u64, Member>>>,
+    directory: Directory,
+}
+
+/// Every node of the cluster a server knows, with its addresses: the
+/// config's at start, then the metadata group's member table (kept up to
+/// date by the server), so nodes added at run time are reached too.
+/// Shared by every replica of the node and read at each use.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<std::sync::RwLock<BTreeMap<u64, Member>>>);
+
+impl Directory {
+    /// Replace the whole table (members removed from the cluster drop out).
+    pub fn set(&self, nodes: Vec<Member>) {
+        if let Ok(mut d) = self.0.write() {
+            *d = nodes.into_iter().map(|m| (m.id, m)).collect();
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Member> {
+        self.0.read().ok().and_then(|d| d.get(&id).cloned())
+    }
+
+    /// Every node, sorted by id.
+    /// A client [`pact_client::Resolver`]-shaped lookup: (client address,
+    /// peer address) of a node.
+    pub fn addrs(&self, id: u64) -> Option<(String, String)> {
+        self.get(id).map(|m| (m.client_addr, m.peer_addr))
+    }
+
+    pub fn all(&self) -> Vec<Member> {
+        self.0
+            .read()
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Host {
@@ -86,16 +120,37 @@ impl Host {
             router: Router::default(),
             peers,
             replicas: Replicas::default(),
-            directory: Arc::default(),
+            directory: Directory::default(),
         }
     }
 
-    /// Tell every replica started from now on how to reach `nodes` (all
-    /// the cluster's nodes), besides its own group's replicas.
+    /// Tell every replica how to reach `nodes` (all the cluster's nodes),
+    /// besides its own group's replicas.
     pub fn set_directory(&self, nodes: Vec<Member>) {
-        if let Ok(mut d) = self.directory.write() {
-            *d = nodes.into_iter().map(|m| (m.id, m)).collect();
-        }
+        self.directory.set(nodes);
+    }
+
+    /// The [`Member`]s of a group whose replicas are `replicas`: with the
+    /// addresses `config` gives, else the directory's (nodes added at run
+    /// time); nodes neither knows are left out.
+    pub fn members_of(
+        &self,
+        config: &pact_common::ClusterConfig,
+        replicas: &[pact_common::NodeId],
+    ) -> Vec<Member> {
+        replicas
+            .iter()
+            .filter_map(|n| {
+                members(config, &[*n])
+                    .pop()
+                    .or_else(|| self.directory.get(n.0))
+            })
+            .collect()
+    }
+
+    /// The node directory every replica of this host reads.
+    pub fn directory(&self) -> Directory {
+        self.directory.clone()
     }
 
     /// The groups this node hosts, or stopped hosting, by an operator's
@@ -381,8 +436,10 @@ pub struct Replica {
     raft: Raft,
     store: Arc<NodeStore>,
     gate: Arc<Gate>,
-    /// Client addresses by node id.
+    /// Client addresses by node id, as the replica started.
     clients: BTreeMap<u64, String>,
+    /// Nodes added since ([`Directory`]).
+    directory: Directory,
     timeout: Duration,
     lease_reads: bool,
     /// A leader whose quorum has been silent longer than this is not ready
@@ -478,11 +535,7 @@ impl Replica {
         joined: bool,
     ) -> Result<Self, ReplicaError> {
         let store = host.store.clone();
-        let directory: Vec<Member> = host
-            .directory
-            .read()
-            .map(|d| d.values().cloned().collect())
-            .unwrap_or_default();
+        let directory: Vec<Member> = host.directory.all();
         // Client addresses (for hints) and peer addresses of every node,
         // the group's own members last so theirs win.
         let (clients, addrs): (BTreeMap<u64, String>, BTreeMap<u64, String>) = directory
@@ -543,6 +596,7 @@ impl Replica {
             me: node_id,
             peers: host.peers.clone(),
             addrs: Arc::new(addrs),
+            directory: host.directory.clone(),
             min_append_ttl: Duration::from_millis(tuning.election_timeout_min_ms / 2),
             outbound: outbound.clone(),
             snapshot_bytes_per_sec: tuning.snapshot_bytes_per_sec,
@@ -613,6 +667,7 @@ impl Replica {
             store,
             gate,
             clients,
+            directory: host.directory.clone(),
             timeout: tuning.request_timeout(),
             lease_reads: tuning.lease_reads,
             quorum_silence: Duration::from_millis(tuning.election_timeout_max_ms * 2),
@@ -684,10 +739,12 @@ impl Replica {
     /// node's config (never the address in the Raft membership, which is
     /// a peer port).
     fn hint(&self, leader: u64) -> (u64, String) {
-        (
-            leader,
-            self.clients.get(&leader).cloned().unwrap_or_default(),
-        )
+        let addr = self
+            .clients
+            .get(&leader)
+            .cloned()
+            .or_else(|| self.directory.get(leader).map(|m| m.client_addr));
+        (leader, addr.unwrap_or_default())
     }
 
     fn forward_hint(&self, f: &ForwardToLeader<TypeConfig>) -> Option<(u64, String)> {

@@ -37,7 +37,8 @@ struct Args {
     /// coordinator group 4.
     #[arg(long, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's id in the config.
+    /// This node's id: in the config, or a member added at run time
+    /// (`txn admin member add`), whose addresses the cluster then gives it.
     #[arg(long)]
     node_id: u64,
     /// Where this node keeps the Raft logs and data of all its groups.
@@ -142,6 +143,61 @@ fn host_error(e: pact_participant::Error) -> HostError {
     }
 }
 
+/// How long a node outside the config waits for the metadata group to
+/// say who it is.
+const JOIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// `config` plus every live member of the cluster the metadata group
+/// lists, for node `id`, which the config does not name: it runs with the
+/// addresses the table gives it. Refused if the table does not list it
+/// (or lists it removed), or with TLS (the peer port trusts the config's
+/// nodes only, so far).
+async fn join(mut config: ClusterConfig, id: NodeId) -> anyhow::Result<ClusterConfig> {
+    if config.tls.is_some() {
+        bail!(
+            "node {id} is not in the cluster config, and with TLS only the config's nodes may \
+             run (peers are trusted by the config's node list): add it to the config"
+        );
+    }
+    if config.meta_replicas().is_empty() {
+        bail!("node {id} is not in the cluster config, which has no coordinator group and so no member table");
+    }
+    let client = pact_client::Client::new(
+        &config,
+        pact_client::ClientOptions {
+            retry_for: JOIN_WITHIN,
+            // Nothing listening at any metadata node: no cluster there
+            // (or a mistyped id); say so soon.
+            give_up_unreachable: Some(Duration::from_secs(5)),
+            ..pact_client::ClientOptions::default()
+        },
+    );
+    let members = client.members().await.with_context(|| {
+        format!("node {id} is not in the cluster config; asking the cluster's member table for it")
+    })?;
+    match members.iter().find(|m| m.id == id.0) {
+        None => bail!(
+            "node {id} is neither in the cluster config nor a member of the cluster: add it \
+             first (`txn admin member add {id} ADDR PEER_ADDR`)"
+        ),
+        Some(m) if m.removed => bail!(
+            "node {id} was removed from the cluster; a removed id never runs again (add the \
+             node under a new id)"
+        ),
+        Some(_) => {}
+    }
+    for m in members.into_iter().filter(|m| !m.removed) {
+        if config.node(NodeId(m.id)).is_none() {
+            config.nodes.push(pact_common::NodeConfig {
+                id: NodeId(m.id),
+                addr: m.addr,
+                peer_addr: m.peer_addr,
+            });
+        }
+    }
+    Ok(config)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init().map_err(anyhow::Error::msg)?;
@@ -150,6 +206,15 @@ fn main() -> anyhow::Result<()> {
         None => ClusterConfig::embedded_default(),
     };
     let id = NodeId(args.node_id);
+    if id.0 == 0 {
+        bail!("node id 0 is reserved; node ids start at 1");
+    }
+    let rt = args.runtime.runtime()?;
+    let config = if config.node(id).is_none() {
+        rt.block_on(join(config, id))?
+    } else {
+        config
+    };
     let (shards, group) = roles(&config, id).map_err(anyhow::Error::msg)?;
     let Some(me) = config.node(id) else {
         bail!("node {id} is not in the cluster config");
@@ -172,7 +237,6 @@ fn main() -> anyhow::Result<()> {
     // Before a port is bound or the store opened: a second process on the
     // same data dir is refused with the first one's pid. Held until exit.
     let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
-    let rt = args.runtime.runtime()?;
     rt.block_on(run(Run {
         config,
         id,
@@ -244,6 +308,33 @@ async fn run(r: Run) -> anyhow::Result<()> {
         &config,
         &config.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
     ));
+    // The member table: hosted here on the first coordinator group's
+    // nodes, asked of its leader elsewhere; every node keeps its directory
+    // equal to it, so nodes added at run time are reached.
+    let meta = if config.meta_replicas().contains(&id) {
+        let m = pact_meta::MetaGroup::start_on(&config, id, &host).await?;
+        // The table as last applied here, before the replicas that may
+        // name added nodes start.
+        match m.local_members().await {
+            Ok(t) if !t.is_empty() => host.set_directory(pact_meta::group::directory_entries(&t)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "member table not read at start"),
+        }
+        pact_meta::keep_directory(host.directory(), pact_meta::Source::Local(m.clone()));
+        Some(m)
+    } else {
+        if !config.meta_replicas().is_empty() {
+            let client = pact_client::Client::new(
+                &config,
+                pact_client::ClientOptions {
+                    tls: tls.clone(),
+                    ..pact_client::ClientOptions::default()
+                },
+            );
+            pact_meta::keep_directory(host.directory(), pact_meta::Source::Remote(client));
+        }
+        None
+    };
     // A node runs its shard service even with no shard yet: an operator
     // can add replicas to it.
     let node = Some(Arc::new(
@@ -307,7 +398,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
                     config: Arc::new(config.clone()),
                 }) as Arc<dyn pact_raft::admin::GroupHost>
             }),
+            Some(host.directory()),
         ))
+        .add_optional_service(meta.clone().map(pact_meta::service::MetaService::new))
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
         .serve_with_incoming_shutdown(
@@ -337,6 +430,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
     }
     if let Some(c) = &coordinator {
         c.replica().shutdown().await;
+    }
+    if let Some(m) = &meta {
+        m.replica().shutdown().await;
     }
     if let Some(f) = stopped {
         tracing::error!(reason = %f, "pact stopped after a storage failure");

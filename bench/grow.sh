@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Grow a running 3-node cluster to 4 under a transaction load: how long
+# each step takes and whether any operation fails.
+#
+# Starts 3 `pact` processes on 127.0.0.1 from the playground's config (3
+# shards, one coordinator group), runs `bench run --workload txn`
+# (transfers, THREADS threads, DURATION s), and GROW_AT s into the run adds
+# node 4, which the config does not list (`txn admin member add 4 ...`),
+# starts it with the same config file, moves shard 1's replica from node 3
+# to it (`txn admin replica move 1 3 4`) and hands it shard 1's leadership
+# (`txn admin leader transfer shard 1 4`). Prints each step's time, the
+# failed operations, and the medians of the per-second throughput before,
+# during and after.
+#
+# Usage: bash bench/grow.sh
+# Settings (environment):
+#   THREADS=16  DURATION=60  GROW_AT=15  RECORDS=1000 (accounts)
+#   PACT_PORT=27601  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
+#   KEEP=1 (keep the cluster's directory; its path is printed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+die() { printf 'grow: %s\n' "$*" >&2; exit 1; }
+[ $# -eq 0 ] || die "usage: bash bench/grow.sh (settings in the environment)"
+THREADS=${THREADS:-16}
+DURATION=${DURATION:-60}
+GROW_AT=${GROW_AT:-15}
+RECORDS=${RECORDS:-1000}
+PACT_PORT=${PACT_PORT:-27601}
+PROFILE=${PROFILE:-release}
+for v in THREADS DURATION GROW_AT RECORDS PACT_PORT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+[ "$GROW_AT" -lt "$DURATION" ] || die "GROW_AT ($GROW_AT) must be before the end of the run (DURATION $DURATION)"
+
+bin=${CARGO_TARGET_DIR:-$root/target}/$PROFILE
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
+build_servers "$bin" "$PROFILE"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-grow.XXXXXX")
+declare -A pids=()
+pg=""
+cleanup() {
+  if [ -n "$pg" ]; then kill -INT "$pg" 2>/dev/null || true; fi
+  for n in "${!pids[@]}"; do kill -TERM "${pids[$n]}" 2>/dev/null || true; done
+  for n in "${!pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "${pids[$n]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[$n]}" 2>/dev/null || true
+  done
+  if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+# The playground writes the config (3 combined nodes); the nodes are run
+# here so that a fourth can join.
+"$bin/txn" playground --dir "$tmp" --port "$PACT_PORT" >"$tmp/playground.out" 2>&1 &
+pg=$!
+wait_playground "$tmp/playground.out" "$pg"
+kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
+rm -rf "$tmp"/node-*
+cfg=$tmp/cluster.toml
+grep -q '^id = 4$' "$cfg" && die "the playground's config lists a node 4"
+
+start() { # NODE
+  "$bin/pact" --config "$cfg" --node-id "$1" --data-dir "$tmp/node-$1" >>"$tmp/node-$1.log" 2>&1 &
+  pids[$1]=$!
+}
+for n in 1 2 3; do start "$n"; done
+ready=""
+for _ in $(seq 1 300); do
+  if "$bin/txn" --config "$cfg" put __grow_probe x >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || die "the cluster did not accept a write; logs in $tmp (KEEP=1 keeps them)"
+
+addr4=127.0.0.1:$((PACT_PORT + 3))
+peer4=127.0.0.1:$((PACT_PORT + 33))
+printf '== loading %s accounts\n' "$RECORDS" >&2
+"$bin/bench" load --backend pact --config "$cfg" --workload txn --recordcount "$RECORDS" \
+  --threads 4 >"$tmp/load.out" 2>"$tmp/load.err" || { tail -5 "$tmp/load.err" >&2; die "load failed"; }
+printf '== transfers for %s s, %s threads; node 4 joins at %s s\n' "$DURATION" "$THREADS" "$GROW_AT" >&2
+t0=$(date +%s.%N)
+"$bin/bench" run --backend pact --config "$cfg" --workload txn --recordcount "$RECORDS" \
+  --threads "$THREADS" --duration "$DURATION" --progress --allow-failures >"$tmp/run.out" 2>"$tmp/run.err" &
+benchpid=$!
+sleep "$GROW_AT"
+step() { # NAME CMD...: run, time it, die showing its output if it fails
+  local name=$1 s e; shift
+  s=$(date +%s.%N)
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" || { cat "$tmp/$name.out" "$tmp/$name.err" >&2; die "$name failed"; }
+  e=$(date +%s.%N)
+  printf '%s %s %s\n' "$name" "$s" "$e" >>"$tmp/steps"
+}
+step member-add "$bin/txn" --config "$cfg" --json admin member add 4 "$addr4" "$peer4"
+s=$(date +%s.%N)
+start 4
+up=""
+for _ in $(seq 1 300); do
+  if "$bin/txn" --endpoints "$addr4" --json admin member list >/dev/null 2>&1; then up=1; break; fi
+  kill -0 "${pids[4]}" 2>/dev/null || { cat "$tmp/node-4.log" >&2; die "node 4 exited"; }
+  sleep 0.1
+done
+[ -n "$up" ] || die "node 4 did not answer in 30 s"
+printf 'node-4-start %s %s\n' "$s" "$(date +%s.%N)" >>"$tmp/steps"
+step replica-move "$bin/txn" --config "$cfg" --json admin replica move 1 3 4
+step leader-transfer "$bin/txn" --config "$cfg" --json admin leader transfer shard 1 4
+"$bin/txn" --config "$cfg" admin member list >"$tmp/members.out" 2>&1 || true
+wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
+
+python3 - "$tmp/run.err" "$t0" "$tmp/steps" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" <<'PY'
+import re, statistics, sys
+log, t0, steps, rev, profile, cores, records, threads = sys.argv[1:]
+t0 = float(t0)
+rows = [l.split() for l in open(steps)]
+spans = [(name, float(s) - t0, float(e) - t0) for name, s, e in rows]
+per_s, failed = [], 0
+for line in open(log):
+    m = re.search(r"run\s+(\d+) s: \d+ ops \((\d+) ops/s now, .*?(\d+) failed", line)
+    if m:
+        per_s.append((int(m.group(1)), int(m.group(2))))
+        failed = int(m.group(3))
+start, end = spans[0][1], spans[-1][2]
+def med(lo, hi):
+    v = [ops for (s, ops) in per_s if lo < s <= hi]
+    return (statistics.median(v), len(v)) if v else (float("nan"), 0)
+before, during, after = med(0, start), med(start, end + 1), med(end + 1, 10**9)
+print()
+print(f"Pact {rev}, {profile}; {cores} cores; 3 nodes + node 4 added; transfers among {records} accounts, {threads} threads")
+print()
+print("| step | took | at (s into the run) |")
+print("|---|---:|---:|")
+for name, s, e in spans:
+    print(f"| {name} | {e - s:.2f} s | {s:.1f} |")
+print()
+print(f"failed operations: {failed}")
+print()
+print("| transfers/s (median of the seconds) | before | while growing | after |")
+print("|---|---:|---:|---:|")
+print(f"| throughput | {before[0]:,.0f} ({before[1]} s) | {during[0]:,.0f} ({during[1]} s) | {after[0]:,.0f} ({after[1]} s) |")
+PY
+echo
+cat "$tmp/members.out"

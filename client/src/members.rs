@@ -1,0 +1,72 @@
+//! The cluster's members, as the metadata group keeps them
+//! (`pact.v1.Meta`): list, add, remove.
+
+use pact_proto as pb;
+
+use crate::{Client, ClientError};
+
+/// One node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMember {
+    pub id: u64,
+    /// Client port.
+    pub addr: String,
+    /// Peer port.
+    pub peer_addr: String,
+    /// Removed from the cluster: no longer routed to, its id never reused.
+    pub removed: bool,
+}
+
+fn meta(ch: tonic::transport::Channel) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+    pb::meta_client::MetaClient::new(ch)
+}
+
+impl Client {
+    /// Every member (removed ones included), sorted by id; read at the
+    /// metadata group's leader.
+    pub async fn members(&self) -> Result<Vec<ClusterMember>, ClientError> {
+        let r = self
+            .call_meta(true, |ch| async move {
+                meta(ch).members(pb::MembersRequest {}).await
+            })
+            .await?;
+        let table = crate::convert::members(r);
+        self.met(&table);
+        Ok(table)
+    }
+
+    /// Add node `id` with its client and peer addresses; the members
+    /// after. Idempotent.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        peer_addr: &str,
+    ) -> Result<Vec<ClusterMember>, ClientError> {
+        let req = pb::AddMemberRequest {
+            id,
+            addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+        };
+        // Idempotent: adding the same member again changes nothing.
+        let r = self
+            .call_meta(true, |ch| {
+                let req = req.clone();
+                async move { meta(ch).add_member(req).await }
+            })
+            .await?;
+        let table = crate::convert::members(r);
+        self.met(&table);
+        Ok(table)
+    }
+
+    /// Mark node `id` removed; the members after. Idempotent.
+    pub async fn remove_member(&self, id: u64) -> Result<Vec<ClusterMember>, ClientError> {
+        let r = self
+            .call_meta(true, |ch| async move {
+                meta(ch).remove_member(pb::RemoveMemberRequest { id }).await
+            })
+            .await?;
+        Ok(crate::convert::members(r))
+    }
+}

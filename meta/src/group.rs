@@ -1,0 +1,241 @@
+//! This node's replica of the metadata group, and the task that keeps a
+//! node's directory of members up to date.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pact_common::{ClusterConfig, NodeId, META_GROUP};
+use pact_raft::{Directory, Host, Replica, Tuning};
+
+use crate::machine::{
+    decode, encode, members_of, node_range, Member, MetaApp, MetaCommand, MetaReply,
+};
+use crate::Error;
+
+/// How often a node refreshes its directory from the member table.
+pub const DIRECTORY_EVERY: Duration = Duration::from_secs(1);
+
+/// This node's replica of the metadata group.
+pub struct MetaGroup {
+    replica: Replica,
+    /// Notified when the applied table may have changed.
+    changed: Arc<tokio::sync::Notify>,
+    /// Nodes that may not be removed, and why: the voters of coordinator
+    /// groups and of this group, which cannot move yet.
+    pinned: BTreeMap<u64, String>,
+}
+
+/// The config's nodes as the table's first members.
+pub fn seeds(config: &ClusterConfig) -> Vec<Member> {
+    config
+        .nodes
+        .iter()
+        .map(|n| Member {
+            id: n.id.0,
+            addr: n.addr.clone(),
+            peer_addr: n.peer_addr.clone(),
+            removed: false,
+        })
+        .collect()
+}
+
+impl MetaGroup {
+    /// Start (or restart) node `id`'s replica of the metadata group, which
+    /// the config's first coordinator group's nodes host. Its leaders seed
+    /// the table with the config's nodes (the first seed applied wins).
+    pub async fn start_on(
+        config: &ClusterConfig,
+        id: NodeId,
+        host: &Host,
+    ) -> Result<Arc<MetaGroup>, Error> {
+        let replicas = config.meta_replicas();
+        if !replicas.contains(&id) {
+            return Err(Error::InvalidInput(format!(
+                "node {id} is not a replica of the metadata group (the first coordinator \
+                 group's nodes: {replicas:?})"
+            )));
+        }
+        let members = pact_raft::members(config, &replicas);
+        let tuning = Tuning::from(&config.raft);
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let app = Arc::new(MetaApp {
+            changed: changed.clone(),
+        });
+        let replica = Replica::start(META_GROUP, id.0, members, &tuning, app, host).await?;
+        let mut pinned = BTreeMap::new();
+        for n in &replicas {
+            pinned.insert(n.0, "the metadata group".to_string());
+        }
+        for g in &config.coordinators {
+            for n in &g.replicas {
+                pinned.insert(n.0, format!("coordinator group {}", g.group));
+            }
+        }
+        let group = Arc::new(MetaGroup {
+            replica,
+            changed,
+            pinned,
+        });
+        tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
+        Ok(group)
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The table as this replica has applied it (possibly behind the
+    /// leader): for the directory, which a moment's lag does not harm.
+    pub async fn local_members(&self) -> Result<Vec<Member>, Error> {
+        let (start, end) = node_range();
+        let pairs = self
+            .replica
+            .scan_local(start, Some(end), usize::MAX)
+            .await?;
+        members_of(&pairs).map_err(Error::Fatal)
+    }
+
+    /// The table, linearizably (at the leader).
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        self.replica.read_barrier().await?;
+        self.local_members().await
+    }
+
+    /// Apply `cmd` through the log; the table after.
+    async fn change(self: &Arc<Self>, cmd: MetaCommand) -> Result<Vec<Member>, Error> {
+        let bytes = encode(&cmd).map_err(Error::InvalidInput)?;
+        // Owned: a caller that gives up leaves the proposal to its fate in
+        // the log (every change is idempotent, so asking again is safe).
+        let me = self.clone();
+        let (_, reply) = tokio::spawn(async move { me.replica.propose(bytes).await })
+            .await
+            .map_err(|e| Error::Fatal(format!("proposal task failed: {e}")))??;
+        match decode::<MetaReply>(&reply).map_err(Error::Fatal)? {
+            MetaReply::Done => self.local_members().await,
+            MetaReply::Refused(why) => Err(Error::InvalidInput(why)),
+        }
+    }
+
+    /// Add a member (see [`MetaCommand::Add`]).
+    pub async fn add(
+        self: &Arc<Self>,
+        id: u64,
+        addr: String,
+        peer_addr: String,
+    ) -> Result<Vec<Member>, Error> {
+        self.change(MetaCommand::Add(Member {
+            id,
+            addr,
+            peer_addr,
+            removed: false,
+        }))
+        .await
+    }
+
+    /// Mark a member removed. Refused for a node that hosts a coordinator
+    /// group or this group (they cannot move yet).
+    pub async fn remove(self: &Arc<Self>, id: u64) -> Result<Vec<Member>, Error> {
+        if let Some(what) = self.pinned.get(&id) {
+            return Err(Error::InvalidInput(format!(
+                "node {id} hosts {what}, whose replicas cannot move yet: it cannot be removed"
+            )));
+        }
+        self.change(MetaCommand::Remove { id }).await
+    }
+}
+
+/// Whenever this replica becomes leader, propose the seed until it is
+/// applied (a no-op once any seed was).
+async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
+    let Ok(cmd) = encode(&MetaCommand::Seed(seeds)) else {
+        tracing::error!("cannot encode the metadata group's seed");
+        return;
+    };
+    let mut leadership = group.replica.leadership();
+    loop {
+        if leadership.borrow_and_update().is_some() {
+            // Until applied, or this replica no longer leads (the next
+            // leader proposes it then).
+            while let Err(e) = group.replica.propose(cmd.clone()).await {
+                tracing::debug!(error = %e, "seeding the member table; will retry");
+                if leadership.borrow().is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The directory form of the live members (removed ones left out).
+pub fn directory_entries(members: &[Member]) -> Vec<pact_raft::Member> {
+    members
+        .iter()
+        .filter(|m| !m.removed)
+        .map(|m| pact_raft::Member {
+            id: m.id,
+            peer_addr: m.peer_addr.clone(),
+            client_addr: m.addr.clone(),
+        })
+        .collect()
+}
+
+/// Where a node reads the member table from: its own replica of the
+/// metadata group, or the group's leader through a client.
+#[derive(Clone)]
+pub enum Source {
+    Local(Arc<MetaGroup>),
+    Remote(pact_client::Client),
+}
+
+impl Source {
+    pub async fn members(&self) -> Result<Vec<Member>, String> {
+        match self {
+            Source::Local(g) => g.local_members().await.map_err(|e| e.to_string()),
+            Source::Remote(c) => c
+                .members()
+                .await
+                .map(|v| {
+                    v.into_iter()
+                        .map(|m| Member {
+                            id: m.id,
+                            addr: m.addr,
+                            peer_addr: m.peer_addr,
+                            removed: m.removed,
+                        })
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Keep `directory` equal to the member table, read from `source` every
+/// [`DIRECTORY_EVERY`] (and, from a local replica, as soon as a change is
+/// applied there); an empty table (not seeded yet) or a failed read leaves
+/// it as it was. Runs until the runtime ends.
+pub fn keep_directory(directory: Directory, source: Source) {
+    let changed = match &source {
+        Source::Local(g) => Some(g.changed.clone()),
+        Source::Remote(_) => None,
+    };
+    tokio::spawn(async move {
+        loop {
+            match source.members().await {
+                Ok(m) if !m.is_empty() => directory.set(directory_entries(&m)),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
+            }
+            match &changed {
+                Some(n) => {
+                    let _ = tokio::time::timeout(DIRECTORY_EVERY, n.notified()).await;
+                }
+                None => tokio::time::sleep(DIRECTORY_EVERY).await,
+            }
+        }
+    });
+}

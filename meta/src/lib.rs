@@ -1,0 +1,47 @@
+//! The metadata group: the cluster's member table, replicated by Raft.
+//!
+//! A Pact cluster starts from its config file, which lists the nodes. To
+//! grow past that list, the set of nodes lives in the cluster itself: a
+//! Raft group with the reserved id [`pact_common::META_GROUP`], hosted by
+//! the nodes of the config's first coordinator group (those already run
+//! a recovery log, and a cluster without one has no metadata group). Its
+//! state is one record per node: id, client address, peer address, and
+//! whether it was removed.
+//!
+//! # What it is for
+//! - `txn admin member add ID ADDR PEER_ADDR` records a node; the node is
+//!   then started with the same config file and its id (`pact` asks the
+//!   table for its addresses), and replicas can be moved onto it.
+//! - Every `pact` node keeps a directory of the members (read every second
+//!   from its own replica, or from the group's leader), which its Raft
+//!   groups, its admin service (new learners' addresses, the routing table
+//!   any node sends) and its clients of other nodes consult for nodes the
+//!   config does not name.
+//!
+//! # Invariants
+//! - The table starts as the config's nodes: each new leader proposes
+//!   that seed, and only the first one applied takes effect, so a config
+//!   edited after the first start changes no membership.
+//! - Every check is made at apply, from the replicated table alone
+//!   (`machine::effect`): an id is unique and never reused once removed;
+//!   no two live members share an address.
+//! - Removing is marking: the record stays, so the id stays taken.
+//! - The table is a directory, never the authority on who replicates
+//!   what: each group's own Raft membership is. A removed node that still
+//!   hosts replicas keeps them until they are moved (the CLI refuses to
+//!   remove such a node; the group refuses the nodes that host
+//!   coordinator groups or itself, which cannot move yet).
+//!
+//! # Failure
+//! Without a quorum of its nodes, the table cannot change, and a node
+//! outside the config cannot start (it learns its own addresses here);
+//! nodes already running keep their last directory.
+
+mod error;
+pub mod group;
+pub mod machine;
+pub mod service;
+
+pub use error::Error;
+pub use group::{keep_directory, MetaGroup, Source};
+pub use machine::Member;

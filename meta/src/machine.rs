@@ -1,0 +1,322 @@
+//! The member table as a pure state machine: commands in, key changes and
+//! a reply out, with every check made at apply from the replicated state
+//! alone, so every replica reaches the same table whatever its leader
+//! checked before proposing.
+
+use pact_raft::codec;
+use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
+use serde::{Deserialize, Serialize};
+
+/// Set once the config's nodes are in the table: later seeds are no-ops,
+/// so a config edited after the first start changes no membership.
+const SEEDED_KEY: &[u8] = b"seeded";
+/// `n` + the node id (big-endian): one [`Member`] each.
+const NODE_PREFIX: u8 = b'n';
+
+/// One node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// Client port (Kv, Txn, Admin, Meta).
+    pub addr: String,
+    /// Peer port (Raft, Participant).
+    pub peer_addr: String,
+    /// Removed members stay in the table so their ids are never reused.
+    pub removed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// The config's nodes, proposed by the group's first leaders; applied
+    /// only to a table never seeded.
+    Seed(Vec<Member>),
+    Add(Member),
+    Remove {
+        id: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    Done,
+    /// Not applied; the message says why (for the operator).
+    Refused(String),
+}
+
+pub(crate) fn node_key(id: u64) -> Vec<u8> {
+    let mut k = vec![NODE_PREFIX];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key range of every member, for a scan: `[start, end)`.
+pub(crate) fn node_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![NODE_PREFIX], vec![NODE_PREFIX + 1])
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    codec::encode(v).map_err(|e| e.to_string())
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+    codec::decode(b, "metadata group value").map_err(|e| e.to_string())
+}
+
+/// Decode the members of a scan of [`node_range`], sorted by id.
+pub fn members_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Member>, String> {
+    let mut out: Vec<Member> = pairs
+        .iter()
+        .map(|(_, v)| decode::<Member>(v))
+        .collect::<Result<_, _>>()?;
+    out.sort_by_key(|m| m.id);
+    Ok(out)
+}
+
+fn check_addrs(m: &Member) -> Result<(), String> {
+    if m.id == 0 {
+        return Err("node id 0 is reserved; node ids start at 1".into());
+    }
+    for (what, a) in [("address", &m.addr), ("peer address", &m.peer_addr)] {
+        if a.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("node {}'s {what} {a:?} is not ip:port", m.id));
+        }
+    }
+    if m.addr == m.peer_addr {
+        return Err(format!(
+            "node {}'s address and peer address are the same ({}); they must differ",
+            m.id, m.addr
+        ));
+    }
+    Ok(())
+}
+
+/// The effect of `cmd` on the table: `get` reads one key, `all` lists
+/// every member. Pure, so tests drive it with a map.
+pub fn effect(
+    get: Lookup<'_>,
+    all: &dyn Fn() -> Result<Vec<Member>, String>,
+    cmd: &MetaCommand,
+) -> Result<(Writes, MetaReply), String> {
+    let seeded = get(SEEDED_KEY).map_err(|e| e.to_string())?.is_some();
+    let refused = |m: String| Ok((Vec::new(), MetaReply::Refused(m)));
+    match cmd {
+        MetaCommand::Seed(nodes) => {
+            if seeded {
+                return Ok((Vec::new(), MetaReply::Done));
+            }
+            let mut w: Writes = Vec::new();
+            for n in nodes {
+                w.push((node_key(n.id), Some(encode(n)?)));
+            }
+            w.push((SEEDED_KEY.to_vec(), Some(vec![1])));
+            Ok((w, MetaReply::Done))
+        }
+        MetaCommand::Add(m) => {
+            if !seeded {
+                return refused("the member table is not seeded yet; try again".into());
+            }
+            if m.removed {
+                return refused("a member cannot be added as removed".into());
+            }
+            if let Err(e) = check_addrs(m) {
+                return refused(e);
+            }
+            let members = all()?;
+            if let Some(old) = members.iter().find(|o| o.id == m.id) {
+                if old.removed {
+                    return refused(format!(
+                        "node id {} was removed from the cluster; ids are never reused: pick \
+                         another",
+                        m.id
+                    ));
+                }
+                if old.addr == m.addr && old.peer_addr == m.peer_addr {
+                    return Ok((Vec::new(), MetaReply::Done));
+                }
+                return refused(format!(
+                    "node {} is a member already, at {} (peer {}); remove it first to give it \
+                     other addresses",
+                    m.id, old.addr, old.peer_addr
+                ));
+            }
+            for o in members.iter().filter(|o| !o.removed) {
+                for a in [&m.addr, &m.peer_addr] {
+                    if *a == o.addr || *a == o.peer_addr {
+                        return refused(format!("address {a} is node {}'s already", o.id));
+                    }
+                }
+            }
+            Ok((vec![(node_key(m.id), Some(encode(m)?))], MetaReply::Done))
+        }
+        MetaCommand::Remove { id } => {
+            let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {
+                return refused(format!("node {id} is not a member of the cluster"));
+            };
+            let mut m: Member = decode(&v)?;
+            if m.removed {
+                return Ok((Vec::new(), MetaReply::Done));
+            }
+            m.removed = true;
+            Ok((vec![(node_key(*id), Some(encode(&m)?))], MetaReply::Done))
+        }
+    }
+}
+
+/// The metadata group's application. `changed` is notified whenever a
+/// command's effects become visible here, so the node's directory follows
+/// the table at once instead of at its next look.
+pub struct MetaApp {
+    pub changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Apply for MetaApp {
+    fn visible(&self, _command: &[u8], _reply: &[u8]) {
+        self.changed.notify_one();
+    }
+
+    fn state_replaced(&self) {
+        self.changed.notify_one();
+    }
+
+    fn apply(
+        &self,
+        state: &StateView<'_>,
+        _index: u64,
+        _term: u64,
+        command: &[u8],
+    ) -> Result<Applied, String> {
+        let cmd: MetaCommand = decode(command)?;
+        let all = || {
+            let (start, end) = node_range();
+            let pairs = state
+                .scan(&start, Some(&end), usize::MAX)
+                .map_err(|e| e.to_string())?;
+            members_of(&pairs)
+        };
+        let (writes, reply) = effect(&|k| state.get(k), &all, &cmd)?;
+        Ok(Applied {
+            writes,
+            reply: encode(&reply)?,
+        })
+    }
+}
+
+/// A table in memory, for tests of [`effect`].
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemTable(pub std::collections::BTreeMap<Vec<u8>, Vec<u8>>);
+
+#[cfg(test)]
+impl MemTable {
+    /// Apply `cmd` as a replica would; the reply.
+    pub fn apply(&mut self, cmd: &MetaCommand) -> MetaReply {
+        let (w, r) = {
+            let get = |k: &[u8]| Ok(self.0.get(k).cloned());
+            let all = || {
+                let (s, e) = node_range();
+                let pairs: Vec<_> = self
+                    .0
+                    .range(s..e)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                members_of(&pairs)
+            };
+            effect(&get, &all, cmd).expect("effect")
+        };
+        for (k, v) in w {
+            match v {
+                Some(v) => self.0.insert(k, v),
+                None => self.0.remove(&k),
+            };
+        }
+        r
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        let (s, e) = node_range();
+        let pairs: Vec<_> = self
+            .0
+            .range(s..e)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        members_of(&pairs).expect("decode")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64) -> Member {
+        Member {
+            id,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            peer_addr: format!("127.0.0.1:{}", 7020 + id),
+            removed: false,
+        }
+    }
+
+    fn refused(r: MetaReply, words: &str) {
+        match r {
+            MetaReply::Refused(why) => assert!(why.contains(words), "{why}"),
+            MetaReply::Done => panic!("expected a refusal naming {words:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_seed_wins_and_later_ones_change_nothing() {
+        let mut t = MemTable::default();
+        refused(t.apply(&MetaCommand::Add(m(4))), "not seeded");
+        assert_eq!(
+            t.apply(&MetaCommand::Seed(vec![m(1), m(2), m(3)])),
+            MetaReply::Done
+        );
+        // A config edited after the first start: no effect.
+        assert_eq!(
+            t.apply(&MetaCommand::Seed(vec![m(1), m(9)])),
+            MetaReply::Done
+        );
+        let ids: Vec<u64> = t.members().iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn adding_is_idempotent_and_refuses_clashes() {
+        let mut t = MemTable::default();
+        t.apply(&MetaCommand::Seed(vec![m(1), m(2), m(3)]));
+        assert_eq!(t.apply(&MetaCommand::Add(m(4))), MetaReply::Done);
+        assert_eq!(t.apply(&MetaCommand::Add(m(4))), MetaReply::Done);
+        let mut other = m(4);
+        other.addr = "127.0.0.1:9999".into();
+        refused(t.apply(&MetaCommand::Add(other)), "member already");
+        let mut clash = m(5);
+        clash.peer_addr = m(2).addr;
+        refused(t.apply(&MetaCommand::Add(clash)), "node 2's already");
+        let mut bad = m(6);
+        bad.addr = "nowhere".into();
+        refused(t.apply(&MetaCommand::Add(bad)), "not ip:port");
+        let mut same = m(7);
+        same.peer_addr = same.addr.clone();
+        refused(t.apply(&MetaCommand::Add(same)), "must differ");
+        refused(t.apply(&MetaCommand::Add(m(0))), "reserved");
+        assert_eq!(t.members().len(), 4);
+    }
+
+    #[test]
+    fn a_removed_id_is_kept_and_never_reused() {
+        let mut t = MemTable::default();
+        t.apply(&MetaCommand::Seed(vec![m(1), m(2), m(3)]));
+        t.apply(&MetaCommand::Add(m(4)));
+        assert_eq!(t.apply(&MetaCommand::Remove { id: 4 }), MetaReply::Done);
+        assert_eq!(t.apply(&MetaCommand::Remove { id: 4 }), MetaReply::Done);
+        refused(t.apply(&MetaCommand::Remove { id: 8 }), "not a member");
+        refused(t.apply(&MetaCommand::Add(m(4))), "never reused");
+        let four = t.members().into_iter().find(|x| x.id == 4).unwrap();
+        assert!(four.removed);
+        // Its addresses are free again for a new id.
+        let mut five = m(5);
+        five.addr = m(4).addr;
+        five.peer_addr = m(4).peer_addr;
+        assert_eq!(t.apply(&MetaCommand::Add(five)), MetaReply::Done);
+    }
+}

@@ -1,0 +1,63 @@
+//! `pact.v1.Meta` on the client port of the metadata group's nodes.
+
+use std::sync::Arc;
+
+use pact_proto as pb;
+use pact_proto::meta_server::{Meta, MetaServer};
+use tonic::{Request, Response, Status};
+
+use crate::group::MetaGroup;
+use crate::machine::Member;
+
+pub struct MetaService {
+    group: Arc<MetaGroup>,
+}
+
+impl MetaService {
+    pub fn new(group: Arc<MetaGroup>) -> MetaServer<MetaService> {
+        MetaServer::new(MetaService { group })
+    }
+}
+
+/// The only place a member meets its wire form.
+fn response(members: Vec<Member>) -> pb::MembersResponse {
+    pb::MembersResponse {
+        members: members
+            .into_iter()
+            .map(|m| pb::ClusterMember {
+                id: m.id,
+                addr: m.addr,
+                peer_addr: m.peer_addr,
+                removed: m.removed,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn members(
+        &self,
+        _request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(response(self.group.members().await?)))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(response(
+            self.group.add(r.id, r.addr, r.peer_addr).await?,
+        )))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(response(self.group.remove(r.id).await?)))
+    }
+}
