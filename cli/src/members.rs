@@ -253,30 +253,10 @@ pub async fn add(
     Ok(0)
 }
 
-/// `txn admin member remove`: refused while the node replicates a shard
-/// (as the shards' replicas report it).
+/// `txn admin member remove`: the metadata group's leader refuses it
+/// while the node replicates a shard (it asks the shards) or hosts a
+/// coordinator group or the metadata group.
 pub async fn remove(client: &Client, id: u64, json: bool) -> Result<u8, ClientError> {
-    // The table first, so the replicas of added nodes can be asked.
-    client.members().await?;
-    let answers = client.status().await;
-    let live = voters(&answers);
-    let mut hosted: Vec<String> = Vec::new();
-    for shard in client.shards() {
-        let replicas: Vec<u64> = live
-            .get(&shard)
-            .cloned()
-            .unwrap_or_else(|| client.shard_replicas(shard).iter().map(|n| n.0).collect());
-        if replicas.contains(&id) {
-            hosted.push(shard.0.to_string());
-        }
-    }
-    if !hosted.is_empty() {
-        return Err(ClientError::InvalidInput(format!(
-            "node {id} still replicates shard(s) {}: move them away first (txn admin replica \
-             move SHARD {id} OTHER_NODE), then remove it",
-            hosted.join(", ")
-        )));
-    }
     let table = client.remove_member(id).await?;
     print_table(
         &table,

@@ -84,11 +84,10 @@ fn unmarked(s: &Status, msg: String) -> Class {
         // this client): nothing was done, retry later.
         Code::ResourceExhausted => Class::Overloaded(msg, retry_after(s)),
         Code::InvalidArgument | Code::OutOfRange => Class::Fail(ClientError::InvalidInput(msg)),
-        // A server of another kind or version (the metadata group is
-        // served only by `pact`).
+        // A server of another kind or version: a `participant` or
+        // `coordinator` process serves no member table, for one.
         Code::Unimplemented => Class::Fail(ClientError::InvalidInput(format!(
-            "the server does not serve this call (only `pact` nodes of the first coordinator \
-             group serve the member table): {msg}"
+            "the server does not serve this call (a server of another kind or version): {msg}"
         ))),
         _ => Class::Fail(ClientError::Internal(format!("{:?}: {msg}", s.code()))),
     }

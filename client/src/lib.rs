@@ -152,6 +152,9 @@ pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Dura
         .build()
 }
 
+/// How long a node that no look-up could name is not looked up again.
+const LEARN_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
 /// Which leader a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Route {
@@ -333,6 +336,10 @@ struct Inner {
     groups: BTreeMap<u64, Vec<NodeId>>,
     /// The metadata group's replicas ([`ClusterConfig::meta_replicas`]).
     meta: Vec<NodeId>,
+    /// One look-up of unknown nodes at a time ([`Client::learn`]).
+    learning: tokio::sync::Mutex<()>,
+    /// Nodes a look-up did not find, and when.
+    missed: Mutex<HashMap<NodeId, Instant>>,
     leaders: Mutex<HashMap<Route, NodeId>>,
     balance: Balance,
     next_group: std::sync::atomic::AtomicUsize,
@@ -383,6 +390,8 @@ impl Client {
                     .map(|g| (g.group, g.replicas.clone()))
                     .collect(),
                 meta: config.meta_replicas(),
+                learning: tokio::sync::Mutex::new(()),
+                missed: Mutex::new(HashMap::new()),
                 leaders: Mutex::new(HashMap::new()),
                 balance: opts.balance,
                 next_group: std::sync::atomic::AtomicUsize::new(0),
@@ -539,21 +548,41 @@ impl Client {
         if self.knows(node) || self.inner.opts.peer_ports {
             return self.knows(node);
         }
+        // One look-up at a time; a node none could name is not looked up
+        // again for a while (a stream of hints naming it would otherwise
+        // ask the cluster for its table each time).
+        let _one = self.inner.learning.lock().await;
+        if self.knows(node) {
+            return true;
+        }
+        if let Ok(missed) = self.inner.missed.lock() {
+            if missed
+                .get(&node)
+                .is_some_and(|at| at.elapsed() < LEARN_AGAIN_AFTER)
+            {
+                return false;
+            }
+        }
         let known: Vec<String> = self
             .inner
             .nodes
             .read()
             .map(|n| n.values().cloned().collect())
             .unwrap_or_default();
-        let Ok(config) = discover(&known, self.inner.opts.tls.as_ref()).await else {
-            return false;
-        };
-        if let Ok(mut n) = self.inner.nodes.write() {
-            for nc in &config.nodes {
-                n.entry(nc.id).or_insert_with(|| nc.addr.clone());
+        if let Ok(config) = discover(&known, self.inner.opts.tls.as_ref()).await {
+            if let Ok(mut n) = self.inner.nodes.write() {
+                for nc in &config.nodes {
+                    n.entry(nc.id).or_insert_with(|| nc.addr.clone());
+                }
             }
         }
-        self.knows(node)
+        let known = self.knows(node);
+        if !known {
+            if let Ok(mut missed) = self.inner.missed.lock() {
+                missed.insert(node, Instant::now());
+            }
+        }
+        known
     }
 
     pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
@@ -1013,6 +1042,7 @@ impl Client {
                 continue;
             }
             tried.push(node);
+            self.learn(node).await;
             let mut c = pact_proto::admin_client::AdminClient::new(match self.channel(node) {
                 Ok(ch) => ch,
                 Err(e) => {

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pact_client::RaftGroup;
 use pact_common::{ClusterConfig, NodeId, META_GROUP};
-use pact_raft::{Directory, Host, Replica, Tuning};
+use pact_raft::{Directory, Host, Replica, ReplicaError, Tuning};
 
 use crate::machine::{
-    decode, encode, members_of, node_range, Member, MetaApp, MetaCommand, MetaReply,
+    check_new, decode, encode, members_of, node_range, Member, MetaApp, MetaCommand, MetaReply,
 };
 use crate::Error;
 
@@ -19,6 +20,8 @@ pub const DIRECTORY_EVERY: Duration = Duration::from_secs(1);
 /// This node's replica of the metadata group.
 pub struct MetaGroup {
     replica: Replica,
+    /// Asks the shards whether a node to be removed still replicates one.
+    shards: pact_client::Client,
     /// Notified when the applied table may have changed.
     changed: Arc<tokio::sync::Notify>,
     /// Nodes that may not be removed, and why: the voters of coordinator
@@ -48,6 +51,7 @@ impl MetaGroup {
         config: &ClusterConfig,
         id: NodeId,
         host: &Host,
+        shards: pact_client::Client,
     ) -> Result<Arc<MetaGroup>, Error> {
         let replicas = config.meta_replicas();
         if !replicas.contains(&id) {
@@ -74,6 +78,7 @@ impl MetaGroup {
         }
         let group = Arc::new(MetaGroup {
             replica,
+            shards,
             changed,
             pinned,
         });
@@ -114,31 +119,56 @@ impl MetaGroup {
         match decode::<MetaReply>(&reply).map_err(Error::Fatal)? {
             MetaReply::Done => self.local_members().await,
             MetaReply::Refused(why) => Err(Error::InvalidInput(why)),
+            MetaReply::NotYet(why) => Err(Error::Unavailable(why)),
         }
     }
 
-    /// Add a member (see [`MetaCommand::Add`]).
+    /// Add a member (see [`MetaCommand::Add`]); what does not depend on
+    /// the table is checked here, before anything is proposed.
     pub async fn add(
         self: &Arc<Self>,
         id: u64,
         addr: String,
         peer_addr: String,
     ) -> Result<Vec<Member>, Error> {
-        self.change(MetaCommand::Add(Member {
+        let m = Member {
             id,
             addr,
             peer_addr,
             removed: false,
-        }))
-        .await
+        };
+        check_new(&m).map_err(Error::InvalidInput)?;
+        self.change(MetaCommand::Add(m)).await
     }
 
     /// Mark a member removed. Refused for a node that hosts a coordinator
-    /// group or this group (they cannot move yet).
+    /// group or this group (they cannot move yet), and for one that a
+    /// shard counts among its voters, or while a shard cannot say (its
+    /// leader asked, as the client asks it). A replica added between this
+    /// check and the removal is not caught: move replicas first.
     pub async fn remove(self: &Arc<Self>, id: u64) -> Result<Vec<Member>, Error> {
         if let Some(what) = self.pinned.get(&id) {
             return Err(Error::InvalidInput(format!(
                 "node {id} hosts {what}, whose replicas cannot move yet: it cannot be removed"
+            )));
+        }
+        let mut holds = Vec::new();
+        for shard in self.shards.shards() {
+            match self.shards.group_voters(RaftGroup::Shard(shard)).await {
+                Ok(v) if v.contains(&NodeId(id)) => holds.push(shard.0.to_string()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot tell whether node {id} replicates shard {shard}: {e}"
+                    )))
+                }
+            }
+        }
+        if !holds.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "node {id} still replicates shard(s) {}: move them away first (txn admin \
+                 replica move SHARD {id} OTHER_NODE), then remove it",
+                holds.join(", ")
             )));
         }
         self.change(MetaCommand::Remove { id }).await
@@ -159,7 +189,9 @@ async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
             // leader proposes it then).
             while let Err(e) = group.replica.propose(cmd.clone()).await {
                 tracing::debug!(error = %e, "seeding the member table; will retry");
-                if leadership.borrow().is_none() {
+                // A stopped replica stays stopped (its leadership watch
+                // keeps its last value once the core is gone).
+                if leadership.borrow().is_none() || matches!(e, ReplicaError::Fatal(_)) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -171,15 +203,24 @@ async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
     }
 }
 
-/// The directory form of the live members (removed ones left out).
-pub fn directory_entries(members: &[Member]) -> Vec<pact_raft::Member> {
+/// The directory: the live members (removed ones left out), with the
+/// config's addresses for the nodes it lists (an address edited in the
+/// file wins over the one the table was seeded with).
+pub fn directory_entries(members: &[Member], config: &ClusterConfig) -> Vec<pact_raft::Member> {
     members
         .iter()
         .filter(|m| !m.removed)
-        .map(|m| pact_raft::Member {
-            id: m.id,
-            peer_addr: m.peer_addr.clone(),
-            client_addr: m.addr.clone(),
+        .map(|m| match config.node(NodeId(m.id)) {
+            Some(n) => pact_raft::Member {
+                id: m.id,
+                peer_addr: n.peer_addr.clone(),
+                client_addr: n.addr.clone(),
+            },
+            None => pact_raft::Member {
+                id: m.id,
+                peer_addr: m.peer_addr.clone(),
+                client_addr: m.addr.clone(),
+            },
         })
         .collect()
 }
@@ -218,7 +259,7 @@ impl Source {
 /// [`DIRECTORY_EVERY`] (and, from a local replica, as soon as a change is
 /// applied there); an empty table (not seeded yet) or a failed read leaves
 /// it as it was. Runs until the runtime ends.
-pub fn keep_directory(directory: Directory, source: Source) {
+pub fn keep_directory(directory: Directory, source: Source, config: ClusterConfig) {
     let changed = match &source {
         Source::Local(g) => Some(g.changed.clone()),
         Source::Remote(_) => None,
@@ -226,7 +267,7 @@ pub fn keep_directory(directory: Directory, source: Source) {
     tokio::spawn(async move {
         loop {
             match source.members().await {
-                Ok(m) if !m.is_empty() => directory.set(directory_entries(&m)),
+                Ok(m) if !m.is_empty() => directory.set(directory_entries(&m, &config)),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
             }

@@ -41,6 +41,8 @@ pub enum MetaReply {
     Done,
     /// Not applied; the message says why (for the operator).
     Refused(String),
+    /// Not applied, for now: ask again later.
+    NotYet(String),
 }
 
 pub(crate) fn node_key(id: u64) -> Vec<u8> {
@@ -72,11 +74,32 @@ pub fn members_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Member>, String> {
     Ok(out)
 }
 
-fn check_addrs(m: &Member) -> Result<(), String> {
-    if m.id == 0 {
-        return Err("node id 0 is reserved; node ids start at 1".into());
+/// The largest node id: a config file (TOML, signed 64-bit integers)
+/// holds no larger one, and the routing table a client reads is checked
+/// as a config.
+pub const MAX_NODE_ID: u64 = i64::MAX as u64;
+
+/// The longest address accepted (`host:port` of a client or peer port).
+pub const MAX_ADDR_BYTES: usize = 255;
+
+/// What the leader checks before proposing an addition: the parts of a
+/// member that do not depend on the table (address syntax is checked here
+/// and not at apply, so replicas of different builds cannot disagree).
+pub fn check_new(m: &Member) -> Result<(), String> {
+    if m.id == 0 || m.id > MAX_NODE_ID {
+        return Err(format!(
+            "node id {} is out of range: ids are 1..={MAX_NODE_ID}",
+            m.id
+        ));
     }
     for (what, a) in [("address", &m.addr), ("peer address", &m.peer_addr)] {
+        if a.len() > MAX_ADDR_BYTES {
+            return Err(format!(
+                "node {}'s {what} is {} bytes long; at most {MAX_ADDR_BYTES}",
+                m.id,
+                a.len()
+            ));
+        }
         if a.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("node {}'s {what} {a:?} is not ip:port", m.id));
         }
@@ -113,13 +136,18 @@ pub fn effect(
         }
         MetaCommand::Add(m) => {
             if !seeded {
-                return refused("the member table is not seeded yet; try again".into());
+                return Ok((
+                    Vec::new(),
+                    MetaReply::NotYet("the member table is not seeded yet".into()),
+                ));
             }
             if m.removed {
                 return refused("a member cannot be added as removed".into());
             }
-            if let Err(e) = check_addrs(m) {
-                return refused(e);
+            // Only table-independent rules that need no parsing: the
+            // leader checked the rest (`check_new`).
+            if m.id == 0 || m.id > MAX_NODE_ID {
+                return refused(format!("node id {} is out of range", m.id));
             }
             let members = all()?;
             if let Some(old) = members.iter().find(|o| o.id == m.id) {
@@ -139,10 +167,14 @@ pub fn effect(
                     m.id, old.addr, old.peer_addr
                 ));
             }
-            for o in members.iter().filter(|o| !o.removed) {
+            // Removed members keep their addresses: a config node stays in
+            // the routing table the config gives, so its address must not
+            // turn up again under another id.
+            for o in &members {
                 for a in [&m.addr, &m.peer_addr] {
                     if *a == o.addr || *a == o.peer_addr {
-                        return refused(format!("address {a} is node {}'s already", o.id));
+                        let was = if o.removed { " (removed)" } else { "" };
+                        return refused(format!("address {a} is node {}'s{was}", o.id));
                     }
                 }
             }
@@ -259,14 +291,17 @@ mod tests {
     fn refused(r: MetaReply, words: &str) {
         match r {
             MetaReply::Refused(why) => assert!(why.contains(words), "{why}"),
-            MetaReply::Done => panic!("expected a refusal naming {words:?}"),
+            other => panic!("expected a refusal naming {words:?}, got {other:?}"),
         }
     }
 
     #[test]
     fn the_first_seed_wins_and_later_ones_change_nothing() {
         let mut t = MemTable::default();
-        refused(t.apply(&MetaCommand::Add(m(4))), "not seeded");
+        assert!(matches!(
+            t.apply(&MetaCommand::Add(m(4))),
+            MetaReply::NotYet(_)
+        ));
         assert_eq!(
             t.apply(&MetaCommand::Seed(vec![m(1), m(2), m(3)])),
             MetaReply::Done
@@ -291,14 +326,15 @@ mod tests {
         refused(t.apply(&MetaCommand::Add(other)), "member already");
         let mut clash = m(5);
         clash.peer_addr = m(2).addr;
-        refused(t.apply(&MetaCommand::Add(clash)), "node 2's already");
-        let mut bad = m(6);
-        bad.addr = "nowhere".into();
-        refused(t.apply(&MetaCommand::Add(bad)), "not ip:port");
-        let mut same = m(7);
-        same.peer_addr = same.addr.clone();
-        refused(t.apply(&MetaCommand::Add(same)), "must differ");
-        refused(t.apply(&MetaCommand::Add(m(0))), "reserved");
+        refused(t.apply(&MetaCommand::Add(clash)), "is node 2's");
+        refused(t.apply(&MetaCommand::Add(m(0))), "out of range");
+        refused(
+            t.apply(&MetaCommand::Add(Member {
+                id: u64::MAX,
+                ..m(9)
+            })),
+            "out of range",
+        );
         assert_eq!(t.members().len(), 4);
     }
 
@@ -313,10 +349,28 @@ mod tests {
         refused(t.apply(&MetaCommand::Add(m(4))), "never reused");
         let four = t.members().into_iter().find(|x| x.id == 4).unwrap();
         assert!(four.removed);
-        // Its addresses are free again for a new id.
+        // Its addresses stay taken too.
         let mut five = m(5);
         five.addr = m(4).addr;
-        five.peer_addr = m(4).peer_addr;
-        assert_eq!(t.apply(&MetaCommand::Add(five)), MetaReply::Done);
+        refused(t.apply(&MetaCommand::Add(five)), "node 4's (removed)");
+    }
+
+    #[test]
+    fn the_leader_refuses_malformed_members_before_proposing() {
+        check_new(&m(4)).unwrap();
+        let mut bad = m(6);
+        bad.addr = "nowhere".into();
+        assert!(check_new(&bad).unwrap_err().contains("not ip:port"));
+        let mut long = m(6);
+        long.peer_addr = "1".repeat(10_000);
+        let e = check_new(&long).unwrap_err();
+        assert!(e.contains("10000 bytes long") && e.len() < 200, "{e}");
+        let mut same = m(7);
+        same.peer_addr = same.addr.clone();
+        assert!(check_new(&same).unwrap_err().contains("must differ"));
+        assert!(check_new(&m(0)).unwrap_err().contains("out of range"));
+        assert!(check_new(&m(MAX_NODE_ID + 1))
+            .unwrap_err()
+            .contains("out of range"));
     }
 }

@@ -106,6 +106,9 @@ impl AdminService {
             coordinator_group: config
                 .coordinator_of(pact_common::NodeId(me))
                 .map(|g| g.group),
+            // A shard and a coordinator group may share an id across
+            // processes (never on one node): only this node's own
+            // coordinator group stands for its id here.
             anchors: Arc::new(
                 config
                     .shards
@@ -115,6 +118,7 @@ impl AdminService {
                         config
                             .coordinators
                             .iter()
+                            .filter(|g| g.replicas.contains(&pact_common::NodeId(me)))
                             .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
                     )
                     .collect(),
@@ -139,6 +143,21 @@ impl AdminService {
         let v: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         (!v.is_empty()).then_some(v)
     }
+}
+
+/// The metadata group keeps the replicas the config gives it, for now.
+fn fixed(group: u64) -> Result<(), Status> {
+    if group == pact_common::META_GROUP {
+        return Err(error_status(
+            ErrorCode::InvalidInput,
+            "the metadata group's replicas cannot change yet (they are the first coordinator \
+             group's nodes)"
+                .into(),
+            None,
+            None,
+        ));
+    }
+    Ok(())
 }
 
 fn membership_status(e: MembershipError) -> Status {
@@ -204,10 +223,10 @@ impl Admin for AdminService {
         _request: Request<pb::TopologyRequest>,
     ) -> Result<Response<pb::TopologyResponse>, Status> {
         let mut t = self.topology.as_ref().clone();
-        // Nodes added at run time, with the addresses the member table
-        // gives (removed ones are not in the directory).
-        // Config nodes stay listed (the table's replica lists may name
-        // them), with the member table's addresses where it has them.
+        // Nodes added at run time, as the directory has them (the member
+        // table's live members; the config's addresses for the nodes it
+        // lists). Config nodes stay listed even when removed: the
+        // config's replica lists below may still name them.
         if let Some(d) = &self.directory {
             let mut nodes: std::collections::BTreeMap<u64, pb::TopologyNode> =
                 t.nodes.drain(..).map(|n| (n.id, n)).collect();
@@ -245,6 +264,21 @@ impl Admin for AdminService {
                 }
             }
         }
+        // A live voter list may name a node this node's directory does not
+        // list yet (it follows the member table every second): leave it
+        // out rather than send a table that does not hold together.
+        let known: std::collections::BTreeSet<u64> = t.nodes.iter().map(|n| n.id).collect();
+        for r in t
+            .shards
+            .iter_mut()
+            .map(|s| &mut s.replicas)
+            .chain(t.coordinators.iter_mut().map(|g| &mut g.replicas))
+        {
+            let kept: Vec<u64> = r.iter().copied().filter(|n| known.contains(n)).collect();
+            if !kept.is_empty() {
+                *r = kept;
+            }
+        }
         Ok(Response::new(t))
     }
 
@@ -253,6 +287,7 @@ impl Admin for AdminService {
         request: Request<pb::HostReplicaRequest>,
     ) -> Result<Response<pb::HostReplicaResponse>, Status> {
         let r = request.into_inner();
+        fixed(r.group)?;
         let host = self.host.clone().ok_or_else(|| {
             error_status(
                 ErrorCode::InvalidInput,
@@ -297,6 +332,7 @@ impl Admin for AdminService {
         request: Request<pb::DropReplicaRequest>,
     ) -> Result<Response<pb::DropReplicaResponse>, Status> {
         let r = request.into_inner();
+        fixed(r.group)?;
         let host = self.host.clone().ok_or_else(|| {
             error_status(
                 ErrorCode::InvalidInput,
@@ -332,6 +368,7 @@ impl Admin for AdminService {
         request: Request<pb::ChangeReplicasRequest>,
     ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
         let r = request.into_inner();
+        fixed(r.group)?;
         let router = self.router.clone();
         let voters = if r.remove {
             let anchors = self.anchors.get(&r.group).cloned().unwrap_or_default();

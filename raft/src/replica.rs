@@ -97,13 +97,13 @@ impl Directory {
         self.0.read().ok().and_then(|d| d.get(&id).cloned())
     }
 
-    /// Every node, sorted by id.
-    /// A client [`pact_client::Resolver`]-shaped lookup: (client address,
-    /// peer address) of a node.
+    /// A node's (client address, peer address), the shape a client's
+    /// resolver returns.
     pub fn addrs(&self, id: u64) -> Option<(String, String)> {
         self.get(id).map(|m| (m.client_addr, m.peer_addr))
     }
 
+    /// Every node, sorted by id.
     pub fn all(&self) -> Vec<Member> {
         self.0
             .read()

@@ -198,6 +198,33 @@ async fn join(mut config: ClusterConfig, id: NodeId) -> anyhow::Result<ClusterCo
     Ok(config)
 }
 
+/// A config node that the member table says was removed does not run
+/// again. Asked briefly: when the table cannot answer (the whole cluster
+/// starting, say), the node starts as its config says.
+async fn refuse_if_removed(config: &ClusterConfig, id: NodeId) -> anyhow::Result<()> {
+    if config.meta_replicas().is_empty() || config.tls.is_some() {
+        return Ok(());
+    }
+    let client = pact_client::Client::new(
+        config,
+        pact_client::ClientOptions {
+            retry_for: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
+            give_up_unreachable: Some(Duration::from_millis(500)),
+            ..pact_client::ClientOptions::default()
+        },
+    );
+    if let Ok(members) = client.members().await {
+        if members.iter().any(|m| m.id == id.0 && m.removed) {
+            bail!(
+                "node {id} was removed from the cluster (txn admin member list); a removed id \
+                 never runs again"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init().map_err(anyhow::Error::msg)?;
@@ -213,6 +240,9 @@ fn main() -> anyhow::Result<()> {
     let config = if config.node(id).is_none() {
         rt.block_on(join(config, id))?
     } else {
+        if !config.meta_replicas().contains(&id) {
+            rt.block_on(refuse_if_removed(&config, id))?;
+        }
         config
     };
     let (shards, group) = roles(&config, id).map_err(anyhow::Error::msg)?;
@@ -312,15 +342,33 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // nodes, asked of its leader elsewhere; every node keeps its directory
     // equal to it, so nodes added at run time are reached.
     let meta = if config.meta_replicas().contains(&id) {
-        let m = pact_meta::MetaGroup::start_on(&config, id, &host).await?;
+        let shards = pact_client::Client::new(
+            &config,
+            pact_client::ClientOptions {
+                tls: tls.clone(),
+                retry_for: Duration::from_secs(5),
+                resolver: Some(pact_client::Resolver({
+                    let dir = host.directory();
+                    Arc::new(move |n: NodeId| dir.addrs(n.0))
+                })),
+                ..pact_client::ClientOptions::default()
+            },
+        );
+        let m = pact_meta::MetaGroup::start_on(&config, id, &host, shards).await?;
         // The table as last applied here, before the replicas that may
         // name added nodes start.
         match m.local_members().await {
-            Ok(t) if !t.is_empty() => host.set_directory(pact_meta::group::directory_entries(&t)),
+            Ok(t) if !t.is_empty() => {
+                host.set_directory(pact_meta::group::directory_entries(&t, &config))
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "member table not read at start"),
         }
-        pact_meta::keep_directory(host.directory(), pact_meta::Source::Local(m.clone()));
+        pact_meta::keep_directory(
+            host.directory(),
+            pact_meta::Source::Local(m.clone()),
+            config.clone(),
+        );
         Some(m)
     } else {
         if !config.meta_replicas().is_empty() {
@@ -331,7 +379,11 @@ async fn run(r: Run) -> anyhow::Result<()> {
                     ..pact_client::ClientOptions::default()
                 },
             );
-            pact_meta::keep_directory(host.directory(), pact_meta::Source::Remote(client));
+            pact_meta::keep_directory(
+                host.directory(),
+                pact_meta::Source::Remote(client),
+                config.clone(),
+            );
         }
         None
     };

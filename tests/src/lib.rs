@@ -151,6 +151,10 @@ pub struct Cluster {
     /// Run every node as `pact` (the server that can host replicas at run
     /// time), participant-only and coordinator-only nodes included.
     one_binary: bool,
+    /// Nodes the config does not list, made by [`Cluster::new_node`] (to
+    /// be added to the cluster's member table): whether each is still in
+    /// (not yet [`Cluster::retire`]d).
+    joined: BTreeMap<NodeId, bool>,
 }
 
 /// Node id to the process id of its current run; a node is absent while
@@ -237,6 +241,7 @@ impl Cluster {
             client_tls: None,
             pids: PidTable::default(),
             one_binary: false,
+            joined: BTreeMap::new(),
         }
     }
 
@@ -292,11 +297,55 @@ impl Cluster {
         self.config.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// Nodes that host shard replicas: all but the coordinator-only ones.
+    /// A node the config does not list: an id past every node's so far,
+    /// and free client and peer addresses. Add it to the member table
+    /// (`Client::add_member`), then [`Cluster::start_node`] it.
+    pub fn new_node(&mut self) -> (NodeId, String, String) {
+        let last = self
+            .node_ids()
+            .into_iter()
+            .chain(self.joined.keys().copied())
+            .max()
+            .map_or(0, |n| n.0);
+        let id = NodeId(last + 1);
+        let ports = free_ports(2);
+        self.joined.insert(id, true);
+        (
+            id,
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        )
+    }
+
+    /// The nodes made by [`Cluster::new_node`] and not retired, sorted.
+    pub fn joined_ids(&self) -> Vec<NodeId> {
+        self.joined
+            .iter()
+            .filter(|(_, in_)| **in_)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every node [`Cluster::new_node`] made, retired or not.
+    pub fn ever_joined(&self) -> Vec<NodeId> {
+        self.joined.keys().copied().collect()
+    }
+
+    /// Node `id` (made by [`Cluster::new_node`]) left the cluster: it no
+    /// longer counts among the participants (its id is not used again).
+    pub fn retire(&mut self, id: NodeId) {
+        if let Some(in_) = self.joined.get_mut(&id) {
+            *in_ = false;
+        }
+    }
+
+    /// Nodes that host shard replicas: all but the coordinator-only ones,
+    /// and the nodes added at run time that are still in.
     pub fn participant_ids(&self) -> Vec<NodeId> {
         self.node_ids()
             .into_iter()
             .filter(|n| self.config.coordinator_of(*n).is_none() || self.config.is_combined(*n))
+            .chain(self.joined_ids())
             .collect()
     }
 
@@ -604,7 +653,7 @@ impl Cluster {
     /// The last lines of every node's log, for failure messages.
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
-        for id in self.node_ids() {
+        for id in self.node_ids().into_iter().chain(self.ever_joined()) {
             let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(15);

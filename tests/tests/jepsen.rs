@@ -154,6 +154,28 @@ async fn bank_survives_replica_moves_and_leader_kills() {
     assert_valid(&r);
 }
 
+/// Nodes the config does not list join (member add, start, a shard
+/// replica moved onto them) and leave again (replicas moved away, member
+/// remove, process stopped) while bank transfers run, between kills of
+/// shard leaders. The bank's total holds and every acknowledged transfer
+/// is there; at least one node joined and took a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_survives_nodes_joining_and_leaving() {
+    let faults = [Fault::JoinOrLeave, Fault::KillShardLeader];
+    let mut spec = Spec::new("bank-grow", Workload::Bank, &faults);
+    spec.spare = true;
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.contains("joined the cluster and took")),
+        "no node joined and took a replica: {}",
+        r.summary()
+    );
+    assert_valid(&r);
+}
+
 /// Broken build: transactional reads take no lock. Snapshot reads of the
 /// bank then see transfers half-applied, and the checker must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -697,7 +697,7 @@ fn write_artifacts(
         "nemesis.json",
         serde_json::to_string_pretty(&r.intervals).expect("json"),
     );
-    for id in c.node_ids() {
+    for id in c.node_ids().into_iter().chain(c.ever_joined()) {
         let _ = std::fs::copy(
             c.log_path(id),
             dir.join("logs").join(format!("node-{id}.log")),

@@ -62,6 +62,14 @@ pub enum Fault {
     /// removed and drops its data), with no process harmed. Needs nodes
     /// that can host replicas at run time (`Spec::spare`).
     MoveReplica,
+    /// Grow or shrink the cluster, with no process harmed: if no node
+    /// this fault added is still in, add one the config does not list
+    /// (`txn admin member add`), start it with the same config file, and
+    /// move a random shard's replica onto it; else retire that node: move
+    /// its replicas to nodes that do not hold them, remove it from the
+    /// member table (`txn admin member remove`), then stop its process.
+    /// Needs every node run as `pact` (`Spec::spare`).
+    JoinOrLeave,
 }
 
 impl Fault {
@@ -293,6 +301,18 @@ pub async fn apply(
             };
             (Applied::Nothing, what)
         }
+        Fault::JoinOrLeave => {
+            // Bounded, so a change that cannot finish (a quorum down) does
+            // not stall the schedule; what is left half done is finished
+            // or passed over by the next application.
+            match tokio::time::timeout(Duration::from_secs(30), join_or_leave(c, rng)).await {
+                Ok(what) => (Applied::Nothing, what),
+                Err(_) => (
+                    Applied::Nothing,
+                    "adding or retiring a node timed out".into(),
+                ),
+            }
+        }
         Fault::CrashBeforeFsync => {
             let id = *participants.choose(rng).expect("participants");
             c.signal(id, libc::SIGUSR1);
@@ -360,6 +380,90 @@ pub async fn apply(
             };
             (Applied::Partitioned, what)
         }
+    }
+}
+
+/// [`Fault::JoinOrLeave`]: the node it added, retired if it runs, else a
+/// new one added.
+async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
+    let client = c.client();
+    let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+    let present = c.joined_ids();
+    if let Some(&node) = present.first() {
+        // Move every replica it holds to a participant that lacks one.
+        let mut moved = Vec::new();
+        for shard in &shards {
+            let group = RaftGroup::Shard(*shard);
+            let voters = match client.group_voters(group).await {
+                Ok(v) => v,
+                Err(e) => return format!("node {node} not retired: {group}: no voters known: {e}"),
+            };
+            if !voters.contains(&node) {
+                continue;
+            }
+            let free: Vec<NodeId> = c
+                .participant_ids()
+                .into_iter()
+                .filter(|n| !voters.contains(n) && *n != node)
+                .collect();
+            let Some(&to) = free.choose(rng) else {
+                return format!("node {node} not retired: nowhere to move its replica of {group}");
+            };
+            let r = async {
+                client.add_replica(group, to).await?;
+                client.remove_replica(group, node).await
+            }
+            .await;
+            if let Err(e) = r {
+                return format!(
+                    "node {node} not retired: its replica of {group} not moved to node {to}: {e}"
+                );
+            }
+            moved.push(format!("shard {shard} to node {to}"));
+        }
+        if let Err(e) = client.remove_member(node.0).await {
+            return format!("node {node} not retired: member remove: {e}");
+        }
+        c.stop(node);
+        c.retire(node);
+        return format!("node {node} left the cluster (replicas moved: {moved:?})");
+    }
+    let (node, addr, peer) = c.new_node();
+    if let Err(e) = client.add_member(node.0, &addr, &peer).await {
+        return format!("node {node} not added: {e}");
+    }
+    c.start_node(node);
+    // It serves once it has asked the member table who it is.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pact_client::discover(std::slice::from_ref(&addr), None)
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() >= until || !c.is_running(node) {
+            return format!("node {node} added, but it did not start serving");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shard = *shards.choose(rng).expect("shards");
+    let group = RaftGroup::Shard(shard);
+    let voters = match client.group_voters(group).await {
+        Ok(v) => v,
+        Err(e) => return format!("node {node} joined, holding nothing: {group}: {e}"),
+    };
+    let Some(&from) = voters.choose(rng) else {
+        return format!("node {node} joined, holding nothing: {group} has no voters");
+    };
+    let r = async {
+        client.add_replica(group, node).await?;
+        client.remove_replica(group, from).await
+    }
+    .await;
+    match r {
+        Ok(r) => format!(
+            "node {node} joined the cluster and took {group}'s replica from node {from}; voters {:?}",
+            r.voters.iter().map(|n| n.0).collect::<Vec<_>>()
+        ),
+        Err(e) => format!("node {node} joined, but {group}'s replica not moved to it from node {from}: {e}"),
     }
 }
 
