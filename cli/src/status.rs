@@ -4,7 +4,8 @@
 //! Each replica gets its own short deadline (`--replica-timeout`) and all
 //! are asked in parallel, so a stopped or frozen node costs one deadline,
 //! not one per group it holds. Shards and coordinator groups are labelled
-//! apart (`shard 1`, `coord 4`): their ids are separate namespaces.
+//! apart (`shard 1`, `coord 4`): their ids are separate namespaces; the
+//! metadata group (`meta`), where the cluster runs one, is judged too.
 //!
 //! A replica that answers that it stopped (its node's storage failed; the
 //! answer says why) counts as not answering: it acknowledges nothing.
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pact_client::{Client, ClientError, ReplicaStatus};
-use pact_common::{NodeId, ShardId};
+use pact_common::{NodeId, ShardId, META_GROUP};
 use serde_json::json;
 
 /// Options shared by `status` and `health`.
@@ -49,6 +50,8 @@ pub const EXIT_DEGRADED: u8 = 8;
 enum Kind {
     Shard,
     Coord,
+    /// The metadata group (the member table); one, so no number.
+    Meta,
 }
 
 impl Kind {
@@ -56,6 +59,15 @@ impl Kind {
         match self {
             Kind::Shard => "shard",
             Kind::Coord => "coord",
+            Kind::Meta => "meta",
+        }
+    }
+
+    /// `shard 1`, `coord 4`, `meta`.
+    fn label(self, group: u64) -> String {
+        match self {
+            Kind::Meta => self.name().to_string(),
+            _ => format!("{} {group}", self.name()),
         }
     }
 }
@@ -117,7 +129,7 @@ struct GroupHealth {
 
 impl GroupHealth {
     fn label(&self) -> String {
-        format!("{} {}", self.kind.name(), self.group)
+        self.kind.label(self.group)
     }
 
     fn summary(&self) -> String {
@@ -291,14 +303,30 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
                 (Kind::Coord, group, node, timed(node, r))
             })
         });
-    let (shards, coords) = futures::future::join(
+    let metas = client.meta_replicas().into_iter().map(|node| async move {
+        let r = tokio::time::timeout(within, client.meta_status(node))
+            .await
+            .ok();
+        (Kind::Meta, META_GROUP, node, timed(node, r))
+    });
+    let (shards, coords, mut metas) = futures::future::join3(
         futures::future::join_all(shards),
         futures::future::join_all(coords),
+        futures::future::join_all(metas),
     )
     .await;
+    // A cluster of `participant` and `coordinator` processes runs no
+    // metadata group: every replica says it does not serve the call.
+    if metas
+        .iter()
+        .all(|(_, _, _, a)| matches!(a, Err(ClientError::InvalidInput(_))))
+    {
+        metas.clear();
+    }
     let mut rows: Vec<Row> = shards
         .into_iter()
         .chain(coords)
+        .chain(metas)
         .map(|(kind, group, node, answer)| Row {
             kind,
             group,
@@ -341,6 +369,7 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
                 tokio::time::timeout(within, client.replica_status(ShardId(group), node)).await
             }
             Kind::Coord => tokio::time::timeout(within, client.coordinator_status(node)).await,
+            Kind::Meta => tokio::time::timeout(within, client.meta_status(node)).await,
         }
         .ok();
         Row {
@@ -388,8 +417,11 @@ fn groups(client: &Client) -> Vec<(Kind, u64, Vec<NodeId>)> {
 }
 
 fn judge_all(client: &Client, rows: &[Row], max_lag: u64) -> Vec<GroupHealth> {
-    groups(client)
-        .into_iter()
+    let mut all = groups(client);
+    if rows.iter().any(|r| r.kind == Kind::Meta) {
+        all.push((Kind::Meta, META_GROUP, client.meta_replicas()));
+    }
+    all.into_iter()
         .map(|(kind, group, replicas)| {
             let mine: Vec<&Row> = rows
                 .iter()
@@ -462,7 +494,7 @@ pub async fn status(client: &Client, a: &StatusArgs, as_json: bool) -> Result<u8
         "SNAPSHOT"
     );
     for r in &rows {
-        let label = format!("{} {}", r.kind.name(), r.group);
+        let label = r.kind.label(r.group);
         match &r.answer {
             Ok(ReplicaStatus {
                 stopped: Some(why), ..

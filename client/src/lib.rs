@@ -979,7 +979,7 @@ impl Client {
 
     /// One status answer, or why there is none: nothing listens
     /// (`Unreachable`), no answer in time, or the replica's own error.
-    async fn status_reply(
+    pub(crate) async fn status_reply(
         &self,
         node: NodeId,
         call: impl Future<Output = Result<tonic::Response<pb::StatusResponse>, tonic::Status>>,

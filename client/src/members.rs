@@ -60,6 +60,23 @@ impl Client {
         Ok(table)
     }
 
+    /// The nodes of the metadata group (the first coordinator group's).
+    pub fn meta_replicas(&self) -> Vec<pact_common::NodeId> {
+        self.inner.meta.clone()
+    }
+
+    /// Status of `node`'s replica of the metadata group. A server that
+    /// runs none (a `coordinator` process) answers `InvalidInput`.
+    pub async fn meta_status(
+        &self,
+        node: pact_common::NodeId,
+    ) -> Result<crate::ReplicaStatus, ClientError> {
+        self.learn(node).await;
+        let mut c = meta(self.channel(node)?);
+        let req = pb::StatusRequest { shard_id: 0 };
+        self.status_reply(node, c.status(req)).await
+    }
+
     /// Mark node `id` removed; the members after. Idempotent.
     pub async fn remove_member(&self, id: u64) -> Result<Vec<ClusterMember>, ClientError> {
         let r = self

@@ -53,6 +53,15 @@ impl Meta for MetaService {
         )))
     }
 
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pact_raft::wire::status_response(
+            self.group.replica().status(),
+        )))
+    }
+
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,

@@ -662,6 +662,18 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
         .map(|m| m["node"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(ids, vec![1, 2, 3, 4], "{v}");
+    // `txn status` judges the metadata group beside shards and
+    // coordinator groups.
+    let (ok, v, err) = txn_json(&c, &["status"]);
+    assert!(ok, "status: {err}");
+    let meta = v["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["kind"] == "meta").cloned())
+        .unwrap_or_default();
+    assert!(
+        meta["leader"].as_u64().is_some(),
+        "no meta group leader: {v}"
+    );
     // Idempotent; another address for the same id is refused.
     let (ok, _, err) = txn_json(&c, &["admin", "member", "add", "4", &addr, &peer]);
     assert!(ok, "adding again: {err}");
