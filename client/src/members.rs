@@ -60,6 +60,19 @@ impl Client {
         Ok(table)
     }
 
+    /// The cluster config a node of the metadata group runs with (read at
+    /// its leader), for a node joining with only endpoints.
+    pub async fn cluster_config(&self) -> Result<pact_common::ClusterConfig, ClientError> {
+        let r = self
+            .call_meta(true, |ch| async move {
+                meta(ch).config(pb::ConfigRequest {}).await
+            })
+            .await?;
+        pact_common::ClusterConfig::from_toml_str(&r.toml).map_err(|e| {
+            ClientError::Internal(format!("the cluster sent a config that does not load: {e}"))
+        })
+    }
+
     /// The nodes of the metadata group (the first coordinator group's).
     pub fn meta_replicas(&self) -> Vec<pact_common::NodeId> {
         self.inner.meta.clone()

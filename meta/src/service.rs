@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use pact_common::ClusterConfig;
 use pact_proto as pb;
 use pact_proto::meta_server::{Meta, MetaServer};
 use tonic::{Request, Response, Status};
@@ -11,11 +12,17 @@ use crate::machine::Member;
 
 pub struct MetaService {
     group: Arc<MetaGroup>,
+    /// This node's cluster config, as TOML, for nodes joining with only
+    /// `--endpoints`.
+    config: Arc<String>,
 }
 
 impl MetaService {
-    pub fn new(group: Arc<MetaGroup>) -> MetaServer<MetaService> {
-        MetaServer::new(MetaService { group })
+    pub fn new(group: Arc<MetaGroup>, config: &ClusterConfig) -> MetaServer<MetaService> {
+        MetaServer::new(MetaService {
+            group,
+            config: Arc::new(config.to_toml_string()),
+        })
     }
 }
 
@@ -60,6 +67,15 @@ impl Meta for MetaService {
         Ok(Response::new(pact_raft::wire::status_response(
             self.group.replica().status(),
         )))
+    }
+
+    async fn config(
+        &self,
+        _request: Request<pb::ConfigRequest>,
+    ) -> Result<Response<pb::ConfigResponse>, Status> {
+        Ok(Response::new(pb::ConfigResponse {
+            toml: self.config.as_ref().clone(),
+        }))
     }
 
     async fn remove_member(

@@ -35,8 +35,13 @@ struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used:
     /// nodes 1-3 on 127.0.0.1:7001-7003, each a replica of 3 shards and of
     /// coordinator group 4.
-    #[arg(long, env = "PACT_CONFIG")]
+    #[arg(long, env = "PACT_CONFIG", conflicts_with = "endpoints")]
     config: Option<PathBuf>,
+    /// Instead of a config file, some running nodes' client ports
+    /// (`host:port[,...]`): a node added at run time (`txn admin member
+    /// add`) takes the cluster's config from them. Without TLS only.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    endpoints: Vec<String>,
     /// This node's id: in the config, or a member added at run time
     /// (`txn admin member add`), whose addresses the cluster then gives it.
     #[arg(long)]
@@ -198,6 +203,18 @@ async fn join(mut config: ClusterConfig, id: NodeId) -> anyhow::Result<ClusterCo
     Ok(config)
 }
 
+/// The config the metadata group's nodes run with, asked through
+/// `endpoints` (client ports of running nodes).
+async fn config_from(endpoints: &[String]) -> anyhow::Result<ClusterConfig> {
+    let opts = pact_client::ClientOptions {
+        retry_for: JOIN_WITHIN,
+        give_up_unreachable: Some(Duration::from_secs(5)),
+        ..pact_client::ClientOptions::default()
+    };
+    let client = pact_client::Client::connect(endpoints, opts).await?;
+    Ok(client.cluster_config().await?)
+}
+
 /// A config node that the member table says was removed does not run
 /// again. Asked briefly: when the table cannot answer (the whole cluster
 /// starting, say), the node starts as its config says.
@@ -228,15 +245,23 @@ async fn refuse_if_removed(config: &ClusterConfig, id: NodeId) -> anyhow::Result
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init().map_err(anyhow::Error::msg)?;
-    let config = match &args.config {
-        Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => ClusterConfig::embedded_default(),
-    };
     let id = NodeId(args.node_id);
     if id.0 == 0 {
         bail!("node id 0 is reserved; node ids start at 1");
     }
     let rt = args.runtime.runtime()?;
+    let config = match &args.config {
+        Some(p) => ClusterConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None if !args.endpoints.is_empty() => {
+            rt.block_on(config_from(&args.endpoints)).with_context(|| {
+                format!(
+                    "asking {} for the cluster's config",
+                    args.endpoints.join(",")
+                )
+            })?
+        }
+        None => ClusterConfig::embedded_default(),
+    };
     let config = if config.node(id).is_none() {
         rt.block_on(join(config, id))?
     } else {
@@ -452,7 +477,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
             }),
             Some(host.directory()),
         ))
-        .add_optional_service(meta.clone().map(pact_meta::service::MetaService::new))
+        .add_optional_service(
+            meta.clone()
+                .map(|m| pact_meta::service::MetaService::new(m, &config)),
+        )
         .add_optional_service(node.clone().map(KvService::new))
         .add_optional_service(coordinator.clone().map(TxnService::new))
         .serve_with_incoming_shutdown(

@@ -155,6 +155,9 @@ pub struct Cluster {
     /// be added to the cluster's member table): whether each is still in
     /// (not yet [`Cluster::retire`]d).
     joined: BTreeMap<NodeId, bool>,
+    /// Nodes started with `--endpoints` (these client ports) instead of a
+    /// config file.
+    endpoints: BTreeMap<NodeId, Vec<String>>,
 }
 
 /// Node id to the process id of its current run; a node is absent while
@@ -242,6 +245,7 @@ impl Cluster {
             pids: PidTable::default(),
             one_binary: false,
             joined: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
         }
     }
 
@@ -326,6 +330,12 @@ impl Cluster {
             .collect()
     }
 
+    /// Start node `id` from now on with `--endpoints` (these client
+    /// ports) instead of the config file: it asks them for the config.
+    pub fn set_endpoints(&mut self, id: NodeId, endpoints: &[String]) {
+        self.endpoints.insert(id, endpoints.to_vec());
+    }
+
     /// Every node [`Cluster::new_node`] made, retired or not.
     pub fn ever_joined(&self) -> Vec<NodeId> {
         self.joined.keys().copied().collect()
@@ -385,9 +395,12 @@ impl Cluster {
             "participant"
         };
         let config = self.node_configs.get(&id).unwrap_or(&self.config_path);
-        let child = Command::new(binary(bin))
-            .arg("--config")
-            .arg(config)
+        let mut cmd = Command::new(binary(bin));
+        match self.endpoints.get(&id) {
+            Some(e) => cmd.arg("--endpoints").arg(e.join(",")),
+            None => cmd.arg("--config").arg(config),
+        };
+        let child = cmd
             .arg("--node-id")
             .arg(id.0.to_string())
             .arg("--data-dir")

@@ -596,6 +596,27 @@ fn txn_json(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
     )
 }
 
+/// Wait (up to 30 s) until node `id` answers at `addr`, its client port.
+async fn serving(c: &mut Cluster, id: NodeId, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pact_client::discover(&[addr.to_string()], None)
+        .await
+        .is_err()
+    {
+        if let Some(st) = c.exited(id) {
+            panic!(
+                "node {id} exited ({st}): {}",
+                std::fs::read_to_string(c.log_path(id)).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} does not answer at {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Node `id`'s exit status once its process ends (within `within`).
 async fn exit_of(c: &mut Cluster, id: NodeId, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -616,7 +637,8 @@ async fn exit_of(c: &mut Cluster, id: NodeId, within: Duration) -> std::process:
 /// the same config file and its id, takes a replica of shard 1 and its
 /// leadership while bank transfers run, is found by clients that never saw
 /// it in a config (through leader hints and `--endpoints`), keeps its
-/// replica across a crash, and is removed once its replica has moved away
+/// replica across a crash (restarted with only `--endpoints`, no config
+/// file), and is removed once its replica has moved away
 /// (refused before, and for a node of the metadata group); a removed id
 /// cannot start again. Nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +705,7 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
     assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
 
     c.start_node(four);
+    serving(&mut c, four, &addr).await;
     // Node 4 takes shard 1's replica from node 3, with the CLI, while
     // transfers run; then its leadership.
     let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
@@ -731,9 +754,13 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Node 4 keeps its replica across a crash.
+    // Node 4 keeps its replica across a crash; it comes back with no
+    // config file, only node 2's address (it takes the cluster's config).
     c.kill(four);
+    let node2 = c.config.node(NodeId(2)).expect("node 2").addr.clone();
+    c.set_endpoints(four, &[node2]);
     c.start_node(four);
+    serving(&mut c, four, &addr).await;
     let client = c.client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
