@@ -6,7 +6,7 @@
 # shards, one coordinator group), runs `bench run --workload txn`
 # (transfers, THREADS threads, DURATION s), and GROW_AT s into the run adds
 # node 4, which the config does not list (`txn admin member add 4 ...`),
-# starts it with the same config file, moves shard 1's replica from node 3
+# starts it with only `--endpoints` of node 1, moves shard 1's replica from node 3
 # to it (`txn admin replica move 1 3 4`) and hands it shard 1's leadership
 # (`txn admin leader transfer shard 1 4`). Prints each step's time, the
 # failed operations, and the medians of the per-second throughput before,
@@ -62,9 +62,11 @@ rm -rf "$tmp"/node-*
 cfg=$tmp/cluster.toml
 grep -q '^id = 4$' "$cfg" && die "the playground's config lists a node 4"
 
-start() { # NODE
-  "$bin/pact" --config "$cfg" --node-id "$1" --data-dir "$tmp/node-$1" >>"$tmp/node-$1.log" 2>&1 &
-  pids[$1]=$!
+start() { # NODE [ARGS...]: with the config file unless ARGS say otherwise
+  local n=$1; shift
+  [ $# -gt 0 ] || set -- --config "$cfg"
+  "$bin/pact" "$@" --node-id "$n" --data-dir "$tmp/node-$n" >>"$tmp/node-$n.log" 2>&1 &
+  pids[$n]=$!
 }
 for n in 1 2 3; do start "$n"; done
 ready=""
@@ -94,7 +96,8 @@ step() { # NAME CMD...: run, time it, die showing its output if it fails
 }
 step member-add "$bin/txn" --config "$cfg" --json admin member add 4 "$addr4" "$peer4"
 s=$(date +%s.%N)
-start 4
+# Node 4 gets no config file: it takes the cluster's from node 1.
+start 4 --endpoints "127.0.0.1:$PACT_PORT"
 up=""
 for _ in $(seq 1 300); do
   if "$bin/txn" --endpoints "$addr4" --json admin member list >/dev/null 2>&1; then up=1; break; fi

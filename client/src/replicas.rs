@@ -39,6 +39,10 @@ pub struct Removed {
     pub dropped: Option<String>,
 }
 
+/// How long a call to one node is asked again while the node refuses
+/// connections (it may be starting).
+const NODE_STARTING: Duration = Duration::from_secs(5);
+
 impl Client {
     /// The voters of `group` as its leader (or the most recent replica to
     /// answer) reports them: asked of every replica the client knows of.
@@ -214,32 +218,54 @@ impl Client {
             group: group.id(),
             voters: voters.iter().map(|v| v.0).collect(),
         };
-        self.at_node(node, |mut c| async move { c.host_replica(req).await })
-            .await
+        self.at_node(node, |mut c| {
+            let req = req.clone();
+            async move { c.host_replica(req).await }
+        })
+        .await
     }
 
     /// One Admin call to `node` itself (not to a group's leader): a final
     /// error stays one, anything else is "unavailable" with the node named.
     async fn at_node<T, F, Fut>(&self, node: NodeId, f: F) -> Result<(), ClientError>
     where
-        F: FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
+        F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if !self.learn(node).await {
             // Errors are the answer below: the node stays unknown.
             let _ = self.members().await;
         }
-        let c = AdminClient::new(self.channel(node)?);
-        match tokio::time::timeout(self.inner.opts.request_timeout * 2, f(c)).await {
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "{} did not answer in time",
-                self.who(node)
-            ))),
-            Ok(Err(s)) => Err(match classify(&s) {
-                Class::Fail(e) => e,
-                _ => ClientError::Unavailable(format!("{}: {}", self.who(node), s.message())),
-            }),
-            Ok(Ok(_)) => Ok(()),
+        // A node that is starting (just added, say) refuses connections
+        // for a moment: nothing was sent, so ask again, for a while.
+        let until = tokio::time::Instant::now() + NODE_STARTING;
+        loop {
+            let c = AdminClient::new(self.channel(node)?);
+            match tokio::time::timeout(self.inner.opts.request_timeout * 2, f(c)).await {
+                Err(_) => {
+                    return Err(ClientError::Unavailable(format!(
+                        "{} did not answer in time",
+                        self.who(node)
+                    )))
+                }
+                Ok(Err(s)) => match classify(&s) {
+                    Class::Fail(e) => return Err(e),
+                    Class::Retry(_)
+                        if crate::convert::connection_refused(&s)
+                            && tokio::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    _ => {
+                        return Err(ClientError::Unavailable(format!(
+                            "{}: {}",
+                            self.who(node),
+                            s.message()
+                        )))
+                    }
+                },
+                Ok(Ok(_)) => return Ok(()),
+            }
         }
     }
 
@@ -257,7 +283,10 @@ impl Client {
             voters: voters.iter().map(|v| v.0).collect(),
         };
         let dropped = self
-            .at_node(node, |mut c| async move { c.drop_replica(req).await })
+            .at_node(node, |mut c| {
+                let req = req.clone();
+                async move { c.drop_replica(req).await }
+            })
             .await;
         Ok(Removed {
             voters,
