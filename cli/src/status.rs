@@ -316,11 +316,14 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
     )
     .await;
     // A cluster of `participant` and `coordinator` processes runs no
-    // metadata group: every replica says it does not serve the call.
-    if metas
+    // metadata group: its servers say they do not serve the call (and
+    // the others may not answer at all). One replica that answers is
+    // enough to judge the group.
+    let answered = metas.iter().any(|(_, _, _, a)| a.is_ok());
+    let unserved = metas
         .iter()
-        .all(|(_, _, _, a)| matches!(a, Err(ClientError::InvalidInput(_))))
-    {
+        .any(|(_, _, _, a)| matches!(a, Err(ClientError::InvalidInput(_))));
+    if !answered && (unserved || metas.is_empty()) {
         metas.clear();
     }
     let mut rows: Vec<Row> = shards

@@ -47,6 +47,23 @@ impl Client {
     /// The voters of `group` as its leader (or the most recent replica to
     /// answer) reports them: asked of every replica the client knows of.
     pub async fn group_voters(&self, group: RaftGroup) -> Result<Vec<NodeId>, ClientError> {
+        self.voters_seen(group).await.map(|(_, v)| v)
+    }
+
+    /// The voters of `group` as its leader reports them; `Unavailable` if
+    /// no replica that answered leads (a follower's view may be behind).
+    pub async fn leader_voters(&self, group: RaftGroup) -> Result<Vec<NodeId>, ClientError> {
+        match self.voters_seen(group).await? {
+            (true, v) => Ok(v),
+            (false, _) => Err(ClientError::Unavailable(format!(
+                "{group}: no replica that answered leads it"
+            ))),
+        }
+    }
+
+    /// The best view of `group`'s voters (a leader's, else the highest
+    /// term's) and whether it is a leader's.
+    async fn voters_seen(&self, group: RaftGroup) -> Result<(bool, Vec<NodeId>), ClientError> {
         let mut ask = self.group_replicas(group);
         if ask.is_empty() {
             return Err(ClientError::InvalidInput(format!(
@@ -79,7 +96,7 @@ impl Client {
                 Err(e) => last = e,
             }
         }
-        best.map(|b| b.2.into_iter().map(NodeId).collect())
+        best.map(|b| (b.0, b.2.into_iter().map(NodeId).collect()))
             .ok_or(last)
     }
 

@@ -180,6 +180,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
         .add_service(pact_raft::admin::AdminService::new(
             c.router().clone(),
             &topology,
+            id.0,
         ))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),

@@ -152,9 +152,17 @@ impl MetaGroup {
                 "node {id} hosts {what}, whose replicas cannot move yet: it cannot be removed"
             )));
         }
+        // Every shard's leader, all at once.
+        let shards = self.shards.shards();
+        let views = futures::future::join_all(
+            shards
+                .iter()
+                .map(|s| self.shards.leader_voters(RaftGroup::Shard(*s))),
+        )
+        .await;
         let mut holds = Vec::new();
-        for shard in self.shards.shards() {
-            match self.shards.group_voters(RaftGroup::Shard(shard)).await {
+        for (shard, view) in shards.into_iter().zip(views) {
+            match view {
                 Ok(v) if v.contains(&NodeId(id)) => holds.push(shard.0.to_string()),
                 Ok(_) => {}
                 Err(e) => {

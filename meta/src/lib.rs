@@ -10,8 +10,9 @@
 //!
 //! # What it is for
 //! - `txn admin member add ID ADDR PEER_ADDR` records a node; the node is
-//!   then started with the same config file and its id (`pact` asks the
-//!   table for its addresses), and replicas can be moved onto it.
+//!   then started with its id and `--endpoints` (it takes the config a
+//!   metadata node runs with, `Meta.Config`) or the config file, asks the
+//!   table for its addresses, and replicas can be moved onto it.
 //! - Every `pact` node keeps a directory of the members (read every second
 //!   from its own replica, or from the group's leader), which its Raft
 //!   groups, its admin service (new learners' addresses, the routing table
@@ -22,15 +23,18 @@
 //! - The table starts as the config's nodes: each new leader proposes
 //!   that seed, and only the first one applied takes effect, so a config
 //!   edited after the first start changes no membership.
-//! - Every check is made at apply, from the replicated table alone
-//!   (`machine::effect`): an id is unique and never reused once removed;
-//!   no two live members share an address.
+//! - Every rule about the table is checked at apply, from the replicated
+//!   table alone (`machine::effect`): an id is unique and never reused
+//!   once removed; no address is used twice, a removed member's included.
+//!   What does not depend on the table (address syntax and length) is
+//!   checked by the leader before proposing (`machine::check_new`).
 //! - Removing is marking: the record stays, so the id stays taken.
 //! - The table is a directory, never the authority on who replicates
-//!   what: each group's own Raft membership is. A removed node that still
-//!   hosts replicas keeps them until they are moved (the CLI refuses to
-//!   remove such a node; the group refuses the nodes that host
-//!   coordinator groups or itself, which cannot move yet).
+//!   what: each group's own Raft membership is. The leader refuses to
+//!   remove a node that a shard's leader counts among its voters (or
+//!   while one cannot say), and one that hosts a coordinator group or
+//!   this group (they cannot move yet). A learner left on a node, or a
+//!   replica added after that check, stays until it is moved.
 //!
 //! # Failure
 //! Without a quorum of its nodes, the table cannot change, and a node

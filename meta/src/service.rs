@@ -13,15 +13,19 @@ use crate::machine::Member;
 pub struct MetaService {
     group: Arc<MetaGroup>,
     /// This node's cluster config, as TOML, for nodes joining with only
-    /// `--endpoints`.
-    config: Arc<String>,
+    /// `--endpoints`; None with TLS (nodes outside the config cannot join
+    /// such a cluster yet, and its `[tls]` paths are this node's own).
+    config: Option<Arc<String>>,
 }
 
 impl MetaService {
     pub fn new(group: Arc<MetaGroup>, config: &ClusterConfig) -> MetaServer<MetaService> {
         MetaServer::new(MetaService {
             group,
-            config: Arc::new(config.to_toml_string()),
+            config: config
+                .tls
+                .is_none()
+                .then(|| Arc::new(config.to_toml_string())),
         })
     }
 }
@@ -73,8 +77,16 @@ impl Meta for MetaService {
         &self,
         _request: Request<pb::ConfigRequest>,
     ) -> Result<Response<pb::ConfigResponse>, Status> {
+        let Some(toml) = &self.config else {
+            return Err(crate::Error::InvalidInput(
+                "this cluster uses TLS; a node outside its config cannot join it yet (add the \
+                 node to the config file)"
+                    .into(),
+            )
+            .into());
+        };
         Ok(Response::new(pb::ConfigResponse {
-            toml: self.config.as_ref().clone(),
+            toml: toml.as_ref().clone(),
         }))
     }
 

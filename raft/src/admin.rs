@@ -74,10 +74,11 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    /// Operator actions on the groups `router` reaches, and the routing
-    /// table of `config`. Replicas cannot be hosted or dropped here.
-    pub fn new(router: Router, config: &ClusterConfig) -> AdminServer<Self> {
-        Self::with_host(router, config, 0, None, None)
+    /// Operator actions on the groups `router` reaches on node `me`, and
+    /// the routing table of `config`. Replicas cannot be hosted or
+    /// dropped here.
+    pub fn new(router: Router, config: &ClusterConfig, me: u64) -> AdminServer<Self> {
+        Self::with_host(router, config, me, None, None)
     }
 
     /// [`AdminService::new`] on node `me`, whose `host` starts and stops
@@ -267,17 +268,27 @@ impl Admin for AdminService {
         // A live voter list may name a node this node's directory does not
         // list yet (it follows the member table every second): leave it
         // out rather than send a table that does not hold together.
+        // (With none known, the config's list, whose nodes are listed.)
         let known: std::collections::BTreeSet<u64> = t.nodes.iter().map(|n| n.id).collect();
-        for r in t
+        let configured = self
+            .topology
+            .shards
+            .iter()
+            .map(|s| &s.replicas)
+            .chain(self.topology.coordinators.iter().map(|g| &g.replicas));
+        for (r, config) in t
             .shards
             .iter_mut()
             .map(|s| &mut s.replicas)
             .chain(t.coordinators.iter_mut().map(|g| &mut g.replicas))
+            .zip(configured)
         {
             let kept: Vec<u64> = r.iter().copied().filter(|n| known.contains(n)).collect();
-            if !kept.is_empty() {
-                *r = kept;
-            }
+            *r = if kept.is_empty() {
+                config.clone()
+            } else {
+                kept
+            };
         }
         Ok(Response::new(t))
     }

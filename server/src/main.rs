@@ -35,11 +35,12 @@ struct Args {
     /// Cluster config (TOML). Without it, the embedded local default is used:
     /// nodes 1-3 on 127.0.0.1:7001-7003, each a replica of 3 shards and of
     /// coordinator group 4.
-    #[arg(long, env = "PACT_CONFIG", conflicts_with = "endpoints")]
+    #[arg(long, env = "PACT_CONFIG")]
     config: Option<PathBuf>,
     /// Instead of a config file, some running nodes' client ports
     /// (`host:port[,...]`): a node added at run time (`txn admin member
-    /// add`) takes the cluster's config from them. Without TLS only.
+    /// add`) takes the cluster's config from them. Without TLS only. It
+    /// wins over PACT_CONFIG; with --config it is an error.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     endpoints: Vec<String>,
     /// This node's id: in the config, or a member added at run time
@@ -243,7 +244,19 @@ async fn refuse_if_removed(config: &ClusterConfig, id: NodeId) -> anyhow::Result
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if !args.endpoints.is_empty() && args.config.is_some() {
+        if matches.value_source("config") == Some(clap::parser::ValueSource::EnvVariable) {
+            args.config = None;
+        } else {
+            bail!("give either --config or --endpoints, not both");
+        }
+    }
     args.log.init().map_err(anyhow::Error::msg)?;
     let id = NodeId(args.node_id);
     if id.0 == 0 {

@@ -424,12 +424,16 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
         if let Err(e) = client.remove_member(node.0).await {
             return format!("node {node} not retired: member remove: {e}");
         }
-        c.stop(node);
+        // SIGKILL, not a stop that blocks this task for seconds: the node
+        // holds nothing any more.
+        c.kill(node);
         c.retire(node);
         return format!("node {node} left the cluster (replicas moved: {moved:?})");
     }
     let (node, addr, peer) = c.new_node();
     if let Err(e) = client.add_member(node.0, &addr, &peer).await {
+        // Never a member: not one to retire later (its id is not reused).
+        c.retire(node);
         return format!("node {node} not added: {e}");
     }
     c.start_node(node);
