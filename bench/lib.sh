@@ -29,3 +29,18 @@ build_servers() {
     [ -x "$dir/$b" ] || die "$dir/$b is missing; run without NO_BUILD=1"
   done
 }
+
+# stop_cluster: the EXIT trap of scripts that run their own nodes. Stops
+# the playground `$pg` (if set) and every node in the associative array
+# `pids` (SIGTERM, then SIGKILL after 10 s), then deletes `$tmp` unless
+# KEEP=1 (then it prints the path).
+stop_cluster() {
+  if [ -n "${pg:-}" ]; then kill -INT "$pg" 2>/dev/null || true; fi
+  local n
+  for n in "${!pids[@]}"; do kill -TERM "${pids[$n]}" 2>/dev/null || true; done
+  for n in "${!pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "${pids[$n]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[$n]}" 2>/dev/null || true
+  done
+  if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}

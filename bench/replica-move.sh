@@ -57,16 +57,7 @@ build_servers "$bin" "$PROFILE"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pact-move.XXXXXX")
 declare -A pids=()
 pg=""
-cleanup() {
-  if [ -n "$pg" ]; then kill -INT "$pg" 2>/dev/null || true; fi
-  for n in "${!pids[@]}"; do kill -TERM "${pids[$n]}" 2>/dev/null || true; done
-  for n in "${!pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "${pids[$n]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${pids[$n]}" 2>/dev/null || true
-  done
-  if [ "${KEEP:-}" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
+trap stop_cluster EXIT
 
 # The playground writes the config (3 combined nodes, 1 shard); the nodes
 # are run here, with a fourth that the config lists and gives nothing.

@@ -283,10 +283,10 @@ pub async fn apply(
             // Bounded, so a change that cannot finish (a quorum down)
             // does not stall the schedule; a learner left behind is
             // harmless and the next move may promote or pass it.
-            let moved = tokio::time::timeout(Duration::from_secs(20), async {
-                client.add_replica(group, to).await?;
-                client.remove_replica(group, from).await
-            })
+            let moved = tokio::time::timeout(
+                Duration::from_secs(20),
+                move_replica(&client, group, from, to),
+            )
             .await;
             let what = match moved {
                 Ok(Ok(r)) => format!(
@@ -383,6 +383,18 @@ pub async fn apply(
     }
 }
 
+/// `group`'s replica from node `from` to node `to`: `to` added (as a
+/// learner, then a voter), then `from` removed.
+async fn move_replica(
+    client: &pact_client::Client,
+    group: RaftGroup,
+    from: NodeId,
+    to: NodeId,
+) -> Result<pact_client::Removed, pact_client::ClientError> {
+    client.add_replica(group, to).await?;
+    client.remove_replica(group, from).await
+}
+
 /// [`Fault::JoinOrLeave`]: the node it added, retired if it runs, else a
 /// new one added.
 async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
@@ -409,12 +421,7 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
             let Some(&to) = free.choose(rng) else {
                 return format!("node {node} not retired: nowhere to move its replica of {group}");
             };
-            let r = async {
-                client.add_replica(group, to).await?;
-                client.remove_replica(group, node).await
-            }
-            .await;
-            if let Err(e) = r {
+            if let Err(e) = move_replica(&client, group, node, to).await {
                 return format!(
                     "node {node} not retired: its replica of {group} not moved to node {to}: {e}"
                 );
@@ -457,12 +464,7 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
     let Some(&from) = voters.choose(rng) else {
         return format!("node {node} joined, holding nothing: {group} has no voters");
     };
-    let r = async {
-        client.add_replica(group, node).await?;
-        client.remove_replica(group, from).await
-    }
-    .await;
-    match r {
+    match move_replica(&client, group, from, node).await {
         Ok(r) => format!(
             "node {node} joined the cluster and took {group}'s replica from node {from}; voters {:?}",
             r.voters.iter().map(|n| n.0).collect::<Vec<_>>()
