@@ -152,6 +152,16 @@ pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Dura
         .build()
 }
 
+/// Which of a node's two addresses a client with `opts` dials: its peer
+/// port for a client of peer ports, else its client port.
+fn dialled<'a>(opts: &ClientOptions, client: &'a str, peer: &'a str) -> &'a str {
+    if opts.peer_ports {
+        peer
+    } else {
+        client
+    }
+}
+
 /// How long a node that no look-up could name is not looked up again.
 const LEARN_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
@@ -373,14 +383,7 @@ impl Client {
                     config
                         .nodes
                         .iter()
-                        .map(|n| {
-                            let addr = if opts.peer_ports {
-                                &n.peer_addr
-                            } else {
-                                &n.addr
-                            };
-                            (n.id, addr.clone())
-                        })
+                        .map(|n| (n.id, dialled(&opts, &n.addr, &n.peer_addr).to_string()))
                         .collect(),
                 ),
                 channels: Mutex::new(HashMap::new()),
@@ -511,11 +514,7 @@ impl Client {
             return Some(a);
         }
         let (client, peer) = (self.inner.opts.resolver.as_ref()?.0)(node)?;
-        let a = if self.inner.opts.peer_ports {
-            peer
-        } else {
-            client
-        };
+        let a = dialled(&self.inner.opts, &client, &peer).to_string();
         if let Ok(mut n) = self.inner.nodes.write() {
             n.insert(node, a.clone());
         }
@@ -527,12 +526,8 @@ impl Client {
     pub(crate) fn met(&self, table: &[ClusterMember]) {
         if let Ok(mut n) = self.inner.nodes.write() {
             for m in table.iter().filter(|m| !m.removed) {
-                let a = if self.inner.opts.peer_ports {
-                    &m.peer_addr
-                } else {
-                    &m.addr
-                };
-                n.entry(NodeId(m.id)).or_insert_with(|| a.clone());
+                let a = dialled(&self.inner.opts, &m.addr, &m.peer_addr);
+                n.entry(NodeId(m.id)).or_insert_with(|| a.to_string());
             }
         }
     }

@@ -44,6 +44,15 @@ pub struct Removed {
 const NODE_STARTING: Duration = Duration::from_secs(5);
 
 impl Client {
+    /// Learn `node`'s address as [`Client::learn`] does, else from the
+    /// member table (a node added a moment ago). Errors are the caller's
+    /// answer: the node then stays unknown.
+    async fn learn_member(&self, node: NodeId) {
+        if !self.learn(node).await {
+            let _ = self.members().await;
+        }
+    }
+
     /// The voters of `group` as its leader (or the most recent replica to
     /// answer) reports them: asked of every replica the client knows of.
     pub async fn group_voters(&self, group: RaftGroup) -> Result<Vec<NodeId>, ClientError> {
@@ -184,10 +193,7 @@ impl Client {
         node: NodeId,
     ) -> Result<Vec<NodeId>, ClientError> {
         // A node added at run time is in the member table, not the config.
-        if !self.learn(node).await {
-            // Errors are the answer below: the node stays unknown.
-            let _ = self.members().await;
-        }
+        self.learn_member(node).await;
         if self.node_addr(node).is_none() {
             return Err(ClientError::InvalidInput(format!(
                 "node {node} is not a member of the cluster (txn admin member list)"
@@ -249,10 +255,7 @@ impl Client {
         F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        if !self.learn(node).await {
-            // Errors are the answer below: the node stays unknown.
-            let _ = self.members().await;
-        }
+        self.learn_member(node).await;
         // A node that is starting (just added, say) refuses connections
         // for a moment: nothing was sent, so ask again, for a while.
         let until = tokio::time::Instant::now() + NODE_STARTING;
