@@ -225,6 +225,19 @@ enum ShardCmd {
     /// Every shard: its keys (a key range, or its ring points and their
     /// share of key hashes), replicas and current leader.
     List,
+    /// Split shard SHARD in two while it serves: a range shard at --at KEY
+    /// (the new shard takes KEY and above), a hash-partitioned one at the
+    /// middle of its share of the ring (no --at). The new shard starts on
+    /// the same replicas; move them with `txn admin replica move`.
+    /// Transactions holding locks in the part that moves are aborted
+    /// (retryably); if prepared ones do not finish within 10 s the split
+    /// is given up and nothing moves. `pact` servers only.
+    Split {
+        shard: u64,
+        /// First key of the new shard (range partitioning only).
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -826,6 +839,13 @@ async fn run(
         }
         Cmd::Admin(AdminCmd::Shard(ShardCmd::List)) => {
             members::shards(client, style, args.json).await
+        }
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { shard, at })) => {
+            let at = at
+                .as_deref()
+                .map(|a| style.codec.decode(a, "--at key"))
+                .transpose()?;
+            members::split(client, style, *shard, at, args.json).await
         }
         Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
         Cmd::Admin(AdminCmd::Member(MemberCmd::Add {

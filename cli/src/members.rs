@@ -58,10 +58,12 @@ fn voters<K: Ord + Copy>(
 /// hashes) and its version, from the shards' own descriptors (the
 /// config's if a shard cannot say: then marked so), replicas and leader.
 pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, ClientError> {
+    // The descriptors first: they name the shards splits created, whose
+    // replicas are then asked too.
+    let described = client.refresh_map(&client.shard_map()).await;
     let answers = client.status().await;
     let (lead, _) = leaders(&answers);
     let live = voters(&answers);
-    let described = client.refresh_map(&client.shard_map()).await;
     if let Err(e) = &described {
         eprintln!("warning: the keys shown are the config's, not the shards' own: {e}");
     }
@@ -122,6 +124,64 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
                 replicas.join(",")
             );
         }
+    }
+    Ok(0)
+}
+
+/// How long `shard split` waits for the split to finish.
+const SPLIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `txn admin shard split`.
+pub async fn split(
+    client: &Client,
+    style: Style,
+    shard: u64,
+    at: Option<Vec<u8>>,
+    json: bool,
+) -> Result<u8, ClientError> {
+    let started = std::time::Instant::now();
+    let (left, child) = client
+        .split_shard(pact_common::ShardId(shard), at, SPLIT_WITHIN)
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let show = |d: &pact_common::Descriptor| match &d.span {
+        pact_common::Span::Range { start, end } => json!({
+            "start": style.codec.key(start),
+            "end": end.as_deref().map(|e| style.codec.key(e)),
+        }),
+        pact_common::Span::Ring { arcs } => {
+            let share: f64 = arcs
+                .iter()
+                .map(|(lo, hi)| (hi - lo) as f64 + 1.0)
+                .sum::<f64>()
+                / 2f64.powi(64);
+            json!({"ring_arcs": arcs.len(), "ring_share": share})
+        }
+    };
+    if json {
+        outln!(
+            "{}",
+            json!({"shard": shard, "version": left.version, "keys": show(&left),
+                   "new_shard": child.shard.0, "new_keys": show(&child), "seconds": secs})
+        );
+    } else {
+        let text = |v: serde_json::Value| {
+            if let Some(share) = v.get("ring_share").and_then(|s| s.as_f64()) {
+                format!("{:.1}% of key hashes", share * 100.0)
+            } else {
+                let end = v["end"]
+                    .as_str()
+                    .map_or("(end)".to_string(), |e| format!("{e:?}"));
+                format!("keys [{:?}, {end})", v["start"].as_str().unwrap_or(""))
+            }
+        };
+        outln!(
+            "shard {shard} split in {secs:.2} s: it keeps {} (version {}); new shard {} has {}",
+            text(show(&left)),
+            left.version,
+            child.shard,
+            text(show(&child))
+        );
     }
     Ok(0)
 }

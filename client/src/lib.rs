@@ -338,7 +338,9 @@ struct Inner {
     map: std::sync::RwLock<Arc<ShardMap>>,
     /// One map refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
-    shards: BTreeMap<ShardId, Vec<NodeId>>,
+    /// Each shard's replicas as this client knows them: the config's, and
+    /// for a shard a split created, its parent's voters when first met.
+    shards: std::sync::RwLock<BTreeMap<ShardId, Vec<NodeId>>>,
     /// The address this client dials for each node (client or peer port);
     /// nodes added to the cluster at run time join it when first met.
     nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
@@ -363,7 +365,7 @@ struct Inner {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("shards", &self.inner.shards.len())
+            .field("shards", &self.shards().len())
             .finish_non_exhaustive()
     }
 }
@@ -374,11 +376,13 @@ impl Client {
             inner: Arc::new(Inner {
                 map: std::sync::RwLock::new(Arc::new(config.shard_map())),
                 refreshing: tokio::sync::Mutex::new(()),
-                shards: config
-                    .shards
-                    .iter()
-                    .map(|s| (s.id, s.replicas.clone()))
-                    .collect(),
+                shards: std::sync::RwLock::new(
+                    config
+                        .shards
+                        .iter()
+                        .map(|s| (s.id, s.replicas.clone()))
+                        .collect(),
+                ),
                 nodes: std::sync::RwLock::new(
                     config
                         .nodes
@@ -437,25 +441,30 @@ impl Client {
         if !Arc::ptr_eq(&self.shard_map(), stale) {
             return Ok(());
         }
-        let peer = self.inner.opts.peer_ports;
-        let asks = self.shards().into_iter().map(|shard| async move {
-            let d = self
-                .call_shard(shard, true, |ch| {
-                    let req = pb::DescribeRequest { shard_id: shard.0 };
-                    async move {
-                        if peer {
-                            pact_proto::participant_client::ParticipantClient::new(ch)
-                                .describe(req)
-                                .await
-                        } else {
-                            kv(ch).describe(req).await
-                        }
+        // Every shard the client knows, then the shards split off them
+        // that it did not know, round by round.
+        let mut asked = std::collections::BTreeSet::new();
+        let mut round = self.shards();
+        let mut descriptors = Vec::new();
+        while !round.is_empty() {
+            asked.extend(round.iter().copied());
+            let answers =
+                futures::future::try_join_all(round.iter().map(|s| self.describe_raw(*s))).await?;
+            round = Vec::new();
+            for d in answers {
+                let voters: Vec<NodeId> = d.voters.iter().copied().map(NodeId).collect();
+                for succ in d.successors.iter().copied().map(ShardId) {
+                    if asked.contains(&succ) || round.contains(&succ) {
+                        continue;
                     }
-                })
-                .await?;
-            convert::descriptor(d).map_err(ClientError::Internal)
-        });
-        let descriptors = futures::future::try_join_all(asks).await?;
+                    if let Ok(mut t) = self.inner.shards.write() {
+                        t.entry(succ).or_insert_with(|| voters.clone());
+                    }
+                    round.push(succ);
+                }
+                descriptors.push(convert::descriptor(d).map_err(ClientError::Internal)?);
+            }
+        }
         let map = ShardMap::from_descriptors(&descriptors).map_err(|e| {
             ClientError::Unavailable(format!("the shards' descriptors do not make a map: {e}"))
         })?;
@@ -494,12 +503,77 @@ impl Client {
     }
 
     pub fn shards(&self) -> Vec<ShardId> {
-        self.inner.shards.keys().copied().collect()
+        self.shard_table().keys().copied().collect()
     }
 
-    /// The replicas of `shard` in the config (empty for an unknown shard).
+    fn shard_table(&self) -> BTreeMap<ShardId, Vec<NodeId>> {
+        match self.inner.shards.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The replicas of `shard` in the config, or for a shard a split
+    /// created, its parent's voters when this client first met it (empty
+    /// for an unknown shard).
     pub fn shard_replicas(&self, shard: ShardId) -> Vec<NodeId> {
-        self.inner.shards.get(&shard).cloned().unwrap_or_default()
+        self.shard_table().get(&shard).cloned().unwrap_or_default()
+    }
+
+    /// `Describe` at `shard`'s leader, as sent.
+    async fn describe_raw(&self, shard: ShardId) -> Result<pb::ShardDescriptor, ClientError> {
+        let peer = self.inner.opts.peer_ports;
+        self.call_shard(shard, true, |ch| {
+            let req = pb::DescribeRequest { shard_id: shard.0 };
+            async move {
+                if peer {
+                    pact_proto::participant_client::ParticipantClient::new(ch)
+                        .describe(req)
+                        .await
+                } else {
+                    kv(ch).describe(req).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Split `shard` in two (see `pact.v1.Kv.Split`): at `at` for a range
+    /// shard, at the middle of its ring share otherwise. Returns what the
+    /// shard keeps and the new shard, and routes by the new map. Waits up
+    /// to `within` (a split waits for transactions to leave the part that
+    /// moves, and copies it); a split that did not answer in time may
+    /// still finish (UNKNOWN).
+    pub async fn split_shard(
+        &self,
+        shard: ShardId,
+        at: Option<Vec<u8>>,
+        within: Duration,
+    ) -> Result<(pact_common::Descriptor, pact_common::Descriptor), ClientError> {
+        let replicas = self.shard_replicas(shard);
+        if replicas.is_empty() {
+            return Err(ClientError::UnknownShard(shard.0));
+        }
+        let req = pb::SplitRequest {
+            shard_id: shard.0,
+            at: at.map(Into::into),
+        };
+        let r = self
+            .call_route(Route::Shard(shard), &replicas, false, within, |ch| {
+                let req = req.clone();
+                async move { kv(ch).split(req).await }
+            })
+            .await?;
+        let desc = |d: Option<pb::ShardDescriptor>| {
+            d.ok_or_else(|| ClientError::Internal("split reply without a descriptor".into()))
+                .and_then(|d| convert::descriptor(d).map_err(ClientError::Internal))
+        };
+        let (left, child) = (desc(r.left)?, desc(r.child)?);
+        let stale = self.shard_map();
+        // The next request routes by the split map (best effort: a
+        // WRONG_SHARD would refresh it anyway).
+        let _ = self.refresh_map(&stale).await;
+        Ok((left, child))
     }
 
     /// The address this client dials for `node`, if it knows the node.
@@ -642,12 +716,12 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self
-            .inner
-            .shards
+            .shard_table()
             .get(&shard)
             .cloned()
             .ok_or(ClientError::UnknownShard(shard.0))?;
-        self.call_route(Route::Shard(shard), &replicas, idempotent, call)
+        let within = self.inner.opts.request_timeout;
+        self.call_route(Route::Shard(shard), &replicas, idempotent, within, call)
             .await
     }
 
@@ -665,7 +739,8 @@ impl Client {
         let replicas = self.inner.groups.get(&group).cloned().ok_or_else(|| {
             ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
         })?;
-        self.call_route(Route::Group(group), &replicas, idempotent, call)
+        let within = self.inner.opts.request_timeout;
+        self.call_route(Route::Group(group), &replicas, idempotent, within, call)
             .await
     }
 
@@ -686,7 +761,8 @@ impl Client {
             ));
         }
         let replicas = self.inner.meta.clone();
-        self.call_route(Route::Meta, &replicas, idempotent, call)
+        let within = self.inner.opts.request_timeout;
+        self.call_route(Route::Meta, &replicas, idempotent, within, call)
             .await
     }
 
@@ -695,6 +771,7 @@ impl Client {
         route: Route,
         replicas: &[NodeId],
         idempotent: bool,
+        within: Duration,
         call: F,
     ) -> Result<T, ClientError>
     where
@@ -724,9 +801,7 @@ impl Client {
                 let i = replicas.iter().position(|r| *r == t).unwrap_or(0);
                 replicas[(i + 1) % replicas.len()]
             };
-            let res =
-                tokio::time::timeout(self.inner.opts.request_timeout, call(self.channel(target)?))
-                    .await;
+            let res = tokio::time::timeout(within, call(self.channel(target)?)).await;
             let mut sleep = true;
             let mut pause_at_least = None;
             let mut overloaded = false;
@@ -755,11 +830,7 @@ impl Client {
                     return Ok(resp.into_inner());
                 }
                 Err(_) => {
-                    last_err = format!(
-                        "{} did not answer within {:?}",
-                        self.who(target),
-                        self.inner.opts.request_timeout
-                    );
+                    last_err = format!("{} did not answer within {within:?}", self.who(target));
                     if !idempotent {
                         return Err(ClientError::Unknown(last_err));
                     }
@@ -1095,9 +1166,10 @@ impl Client {
     /// Replicas added at run time are found through the voters the first
     /// answers report, and asked too.
     pub async fn status(&self) -> Vec<(ShardId, NodeId, Result<ReplicaStatus, ClientError>)> {
-        let asks = self.inner.shards.iter().flat_map(|(shard, replicas)| {
-            replicas.iter().map(move |node| async move {
-                (*shard, *node, self.replica_status(*shard, *node).await)
+        let table = self.shard_table();
+        let asks = table.into_iter().flat_map(|(shard, replicas)| {
+            replicas.into_iter().map(move |node| async move {
+                (shard, node, self.replica_status(shard, node).await)
             })
         });
         let mut all = futures::future::join_all(asks).await;

@@ -237,9 +237,24 @@ impl Client {
         node: NodeId,
         voters: &[NodeId],
     ) -> Result<(), ClientError> {
+        self.host_new(group, node, voters, false).await
+    }
+
+    /// Have `node` start an empty replica of `group`: with `create`, of a
+    /// group being created (a split's new shard), `node` among `voters`,
+    /// its first voters; else of an existing group whose voters are
+    /// `voters`, to be added as a learner. Idempotent.
+    pub async fn host_new(
+        &self,
+        group: RaftGroup,
+        node: NodeId,
+        voters: &[NodeId],
+        create: bool,
+    ) -> Result<(), ClientError> {
         let req = pb::HostReplicaRequest {
             group: group.id(),
             voters: voters.iter().map(|v| v.0).collect(),
+            create,
         };
         self.at_node(node, |mut c| {
             let req = req.clone();

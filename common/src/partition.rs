@@ -66,6 +66,98 @@ impl Span {
     }
 }
 
+/// The lowest id a shard created by a split can have. Config ids stop at
+/// `i64::MAX` (TOML's integers), so a split-off shard never takes an id a
+/// config could give, nor the metadata group's (`u64::MAX - 1`).
+pub const FIRST_SPLIT_ID: u64 = 1 << 63;
+
+/// The id of the shard that a split of `parent` at its descriptor version
+/// `version` creates: a function of the two, so a split driven again after
+/// a crash names the same shard, and (a parent's version only grows) no
+/// two splits name the same one, barring a 62-bit hash collision, which
+/// hosting refuses.
+pub fn split_child_id(parent: ShardId, version: u64) -> ShardId {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&parent.0.to_le_bytes());
+    buf[8..].copy_from_slice(&version.to_le_bytes());
+    ShardId(FIRST_SPLIT_ID | (xxh3_64(&buf) & ((1 << 62) - 1)))
+}
+
+impl Span {
+    /// Cut the span in two: `(left, right)`, where right is what a new
+    /// shard takes. A range splits at `at`, which must lie strictly
+    /// inside it; a ring span is cut where half its share of the ring
+    /// lies on each side (`at` must be absent).
+    pub fn split(&self, at: Option<&[u8]>) -> Result<(Span, Span), String> {
+        match (self, at) {
+            (Span::Range { start, end }, Some(k)) => {
+                if k <= start.as_slice() || end.as_deref().is_some_and(|e| k >= e) {
+                    return Err(format!(
+                        "split key {:?} is not strictly inside the shard's range",
+                        String::from_utf8_lossy(k)
+                    ));
+                }
+                Ok((
+                    Span::Range {
+                        start: start.clone(),
+                        end: Some(k.to_vec()),
+                    },
+                    Span::Range {
+                        start: k.to_vec(),
+                        end: end.clone(),
+                    },
+                ))
+            }
+            (Span::Range { .. }, None) => Err("a range shard splits at a key: give one".into()),
+            (Span::Ring { .. }, Some(_)) => {
+                Err("a hash-partitioned shard splits its ring share in half; give no key".into())
+            }
+            (Span::Ring { arcs }, None) => {
+                let width = |&(lo, hi): &(u64, u64)| u128::from(hi - lo) + 1;
+                let total: u128 = arcs.iter().map(width).sum();
+                if total < 2 {
+                    return Err("the shard owns too little of the ring to split".into());
+                }
+                let half = total / 2;
+                let (mut left, mut right) = (Vec::new(), Vec::new());
+                let mut seen = 0u128;
+                for a in arcs {
+                    let w = width(a);
+                    if seen + w <= half {
+                        left.push(*a);
+                    } else if seen >= half {
+                        right.push(*a);
+                    } else {
+                        // The arc holding the middle is cut: `cut` is the
+                        // last hash that stays left (`seen + cut - lo + 1`
+                        // hashes are left then, exactly `half`).
+                        let keep = u64::try_from(half - seen).unwrap_or(u64::MAX);
+                        let cut = a.0 + (keep - 1);
+                        left.push((a.0, cut));
+                        right.push((cut + 1, a.1));
+                    }
+                    seen += w;
+                }
+                Ok((Span::Ring { arcs: left }, Span::Ring { arcs: right }))
+            }
+        }
+    }
+
+    /// Whether some key of `[start, end)` may lie in the span (a ring's
+    /// keys are anywhere: always, unless the interval is empty).
+    pub fn meets(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        if end.is_some_and(|e| e <= start) {
+            return false;
+        }
+        match self {
+            Span::Range { start: s, end: e } => {
+                end.is_none_or(|end| end > s.as_slice()) && e.as_deref().is_none_or(|e| start < e)
+            }
+            Span::Ring { arcs } => !arcs.is_empty(),
+        }
+    }
+}
+
 /// A shard's own record of what it owns, kept in its replicated state:
 /// the authority on ownership (a map is a cache of descriptors). `version`
 /// grows with every change of the span (split, merge), never with a
@@ -429,6 +521,88 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_divides_a_span_between_its_halves() {
+        let r = Span::Range {
+            start: b"b".to_vec(),
+            end: Some(b"m".to_vec()),
+        };
+        assert!(r.split(Some(b"b")).is_err());
+        assert!(r.split(Some(b"m")).is_err());
+        assert!(r.split(None).is_err());
+        let (l, rt) = r.split(Some(b"f")).unwrap();
+        for k in [&b"b"[..], b"c", b"ezz", b"f", b"g", b"lzz"] {
+            assert!(r.contains(k));
+            assert_ne!(l.contains(k), rt.contains(k), "{k:?}");
+        }
+        assert!(rt.contains(b"f") && !l.contains(b"f"));
+        assert!(rt.meets(b"a", Some(b"g")) && !rt.meets(b"a", Some(b"f")));
+
+        let m = ShardMap::new_hash(&ids(&[1, 2, 3]), 16);
+        let d = m.descriptor(ShardId(2)).unwrap();
+        assert!(d.span.split(Some(b"k")).is_err());
+        let (l, rt) = d.span.split(None).unwrap();
+        let mut counts = (0, 0);
+        for i in 0..20_000u32 {
+            let k = i.to_be_bytes();
+            let (a, b) = (l.contains(&k), rt.contains(&k));
+            assert_eq!(d.span.contains(&k), a || b, "{i}");
+            assert!(!(a && b), "{i}");
+            counts.0 += usize::from(a);
+            counts.1 += usize::from(b);
+        }
+        // Half of the shard's share of the ring each, give or take chance.
+        let (a, b) = (counts.0 as f64, counts.1 as f64);
+        assert!(
+            a > 0.0 && b > 0.0 && (a / b) > 0.7 && (a / b) < 1.4,
+            "{counts:?}"
+        );
+        // The three pieces still make a map that covers the ring.
+        let child = split_child_id(ShardId(2), d.version);
+        assert!(child.0 >= FIRST_SPLIT_ID && child.0 < u64::MAX - 1);
+        let mut ds = vec![
+            m.descriptor(ShardId(1)).unwrap(),
+            m.descriptor(ShardId(3)).unwrap(),
+        ];
+        ds.push(Descriptor {
+            shard: ShardId(2),
+            version: 2,
+            span: l,
+        });
+        ds.push(Descriptor {
+            shard: child,
+            version: 2,
+            span: rt,
+        });
+        let split = ShardMap::from_descriptors(&ds).unwrap();
+        for i in 0..2_000u32 {
+            let k = i.to_be_bytes();
+            let before = m.shard_for_key(&k);
+            let after = split.shard_for_key(&k);
+            assert!(
+                before == after || (before == ShardId(2) && after == child),
+                "{i}"
+            );
+        }
+        // A one-point ring splits its single arc.
+        let one = Span::Ring {
+            arcs: vec![(0, u64::MAX)],
+        };
+        let (l, rt) = one.split(None).unwrap();
+        assert_eq!(
+            l,
+            Span::Ring {
+                arcs: vec![(0, u64::MAX / 2)]
+            }
+        );
+        assert_eq!(
+            rt,
+            Span::Ring {
+                arcs: vec![(u64::MAX / 2 + 1, u64::MAX)]
+            }
+        );
+    }
     use std::collections::BTreeMap;
 
     #[test]

@@ -1142,9 +1142,7 @@ impl Coordinator {
         // it is fenced at every shard by its id before an abort is
         // presumed.
         let answers = self
-            .inquire_all(txn, self.participants.shards(), resolve, |a| {
-                inquiry::decisive(a, resolve)
-            })
+            .inquire_everywhere(txn, resolve, |a| inquiry::decisive(a, resolve))
             .await;
         match inquiry::verdict(&answers, resolve) {
             Verdict::Committed => {
@@ -1193,6 +1191,15 @@ impl Coordinator {
         if self.floor_is_raised(start) {
             return Ok(());
         }
+        // Every shard there is, those a split created included.
+        tokio::time::timeout(
+            INQUIRY_WAIT,
+            self.participants
+                .refresh_map(&self.participants.shard_map()),
+        )
+        .await
+        .map_err(|_| Error::Unavailable("the shards' descriptors did not answer in time".into()))?
+        .map_err(|e| Error::Unavailable(format!("reading the shards' descriptors: {e}")))?;
         let calls = self
             .participants
             .shards()
@@ -1229,9 +1236,7 @@ impl Coordinator {
     /// read and not written, decide it.
     async fn status_settled(&self, txn: TxnId, note: &str) -> Outcome {
         let answers = self
-            .inquire_all(txn, self.participants.shards(), false, |a| {
-                *a == Ok(ShardState::Committed)
-            })
+            .inquire_everywhere(txn, false, |a| *a == Ok(ShardState::Committed))
             .await;
         match inquiry::settled(&answers) {
             Verdict::Committed => Outcome::Committed,
@@ -1262,12 +1267,7 @@ impl Coordinator {
     /// it is forgotten (`crate::gc`). Writes nothing.
     async fn status_past_horizon(&self, txn: TxnId) -> Outcome {
         let answers = self
-            .inquire_all(
-                txn,
-                self.participants.shards(),
-                false,
-                inquiry::decisive_past_horizon,
-            )
+            .inquire_everywhere(txn, false, inquiry::decisive_past_horizon)
             .await;
         match inquiry::past_horizon(&answers) {
             inquiry::PastHorizon::Committed => Outcome::Committed,
@@ -1382,7 +1382,14 @@ impl Coordinator {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         // The shards follow; one that cannot be reached now catches up at
-        // a later round (its horizon only trails, which is safe).
+        // a later round (its horizon only trails, which is safe). Shards a
+        // split created are found from the descriptors (best effort too).
+        let _ = tokio::time::timeout(
+            INQUIRY_WAIT,
+            self.participants
+                .refresh_map(&self.participants.shard_map()),
+        )
+        .await;
         let calls = self.participants.shards().into_iter().map(|shard| async move {
             let req = pb::ForgetRequest {
                 shard_id: shard.0,
@@ -1466,6 +1473,42 @@ impl Coordinator {
     /// Ask `shards` what they recorded of `txn` (fencing it there with
     /// `fence`), in parallel; stops early once an answer `settles` the
     /// verdict.
+    /// [`Coordinator::inquire_all`] at every shard there is: the map is
+    /// refreshed from the descriptors first, so shards a split created
+    /// since this leader last looked are asked too. If it cannot be, the
+    /// answers carry the failure, so no verdict that needs every shard's
+    /// word is reached without it.
+    async fn inquire_everywhere(
+        &self,
+        txn: TxnId,
+        fence: bool,
+        settles: impl Fn(&inquiry::Answer) -> bool,
+    ) -> Vec<(ShardId, inquiry::Answer)> {
+        let refreshed = tokio::time::timeout(
+            INQUIRY_WAIT,
+            self.participants
+                .refresh_map(&self.participants.shard_map()),
+        )
+        .await;
+        let mut answers = self
+            .inquire_all(txn, self.participants.shards(), fence, settles)
+            .await;
+        let failed = match refreshed {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {INQUIRY_WAIT:?}")),
+        };
+        if let Some(why) = failed {
+            answers.push((
+                ShardId(0),
+                Err(format!(
+                    "the shards' descriptors could not be read (a shard split off may be missing): {why}"
+                )),
+            ));
+        }
+        answers
+    }
+
     async fn inquire_all(
         &self,
         txn: TxnId,

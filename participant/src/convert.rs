@@ -49,6 +49,8 @@ pub fn descriptor(d: &pact_common::Descriptor) -> pb::ShardDescriptor {
         shard_id: d.shard.0,
         version: d.version,
         span: Some(span),
+        successors: Vec::new(),
+        voters: Vec::new(),
     }
 }
 

@@ -30,13 +30,20 @@
 //!   owns, and the version of that). The first leader of the shard writes
 //!   the config's (`Describe`), once; from then on it is the authority on
 //!   what the shard owns, whatever a config or a client's map says.
+//! - `s` -> the split under way, if any (`Split`): from `SplitBegin` to
+//!   `SplitDone` (or `SplitCancel`). While it is not committed, nothing
+//!   that writes in the part that moves applies.
+//! - `l` -> present in a shard created by a split once its copy of the
+//!   parent's part is complete (the parent commits the split only then).
+//! - `c` -> the shards split off this one, ever (`Vec<ShardId>`), so a
+//!   client refreshing its map from the descriptors finds them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pact_common::{Descriptor, Timestamp, TxnId};
+use pact_common::{Descriptor, ShardId, Timestamp, TxnId};
 use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
@@ -49,6 +56,10 @@ pub const OUTCOME_PREFIX: u8 = b'o';
 pub const HORIZON_PREFIX: u8 = b'h';
 pub const FLOOR_PREFIX: u8 = b'f';
 pub const DESCRIPTOR_KEY: &[u8] = b"g";
+pub const SPLIT_KEY: &[u8] = b"s";
+pub const SUCCESSORS_KEY: &[u8] = b"c";
+/// In a shard created by a split: its copy of the parent's part is complete.
+pub const LOADED_KEY: &[u8] = b"l";
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -110,6 +121,108 @@ pub enum ShardCommand {
     Describe {
         descriptor: Descriptor,
     },
+    /// Start a split: `split.child` will own part of what the shard owns
+    /// now. From its apply on, no one-phase commit or prepare writing
+    /// there applies. Refused unless the descriptor is still the one the
+    /// split was cut from. Appended last, like every command below.
+    SplitBegin {
+        split: Split,
+    },
+    /// Give up the split under way for `child` (it could not finish
+    /// waiting for the locks in the moving part); nothing moved.
+    SplitCancel {
+        child: ShardId,
+    },
+    /// The shard owns `split.left` from now on (its descriptor becomes
+    /// it) and names `child` among its successors. Refused while a
+    /// prepare record writes in the part that moves.
+    SplitCommit {
+        child: ShardId,
+    },
+    /// State copied into a new shard before it serves: data, record
+    /// horizons and fence floors (stored keys, `d`, `h` or `f` first).
+    /// Refused once the shard has a descriptor, so a copy driven again
+    /// after a crash cannot overwrite what the shard wrote since.
+    /// `done` marks the copy complete (`LOADED_KEY`).
+    Load {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+    },
+    /// Delete these user keys where the shard no longer owns them (what
+    /// a split moved away): the leader lists them.
+    Trim {
+        keys: Vec<Vec<u8>>,
+    },
+    /// The split for `child` is over (the child serves, the moved keys
+    /// are trimmed).
+    SplitDone {
+        child: ShardId,
+    },
+    /// The locks and prepared transactions in the part that moves are
+    /// gone: the new shard may copy it. Refused while a prepare record
+    /// writes there.
+    SplitDrained {
+        child: ShardId,
+    },
+}
+
+/// A split under way, as the parent records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// What the parent keeps: its descriptor after the split.
+    pub left: Descriptor,
+    /// The new shard's descriptor.
+    pub child: Descriptor,
+    /// `SplitDrained` applied: no prepare record writes in the part that
+    /// moves, and none can land there any more, so the new shard may copy
+    /// it. From here the split only goes forward.
+    pub drained: bool,
+    /// `SplitCommit` applied: the parent owns `left` only.
+    pub committed: bool,
+}
+
+/// The split under way here, if any.
+pub fn split_record(get: Lookup<'_>) -> io::Result<Option<Split>> {
+    match get(SPLIT_KEY)? {
+        Some(v) => Ok(Some(decode(&v, "split record")?)),
+        None => Ok(None),
+    }
+}
+
+/// The shards split off this one.
+pub fn successors(get: Lookup<'_>) -> io::Result<Vec<ShardId>> {
+    match get(SUCCESSORS_KEY)? {
+        Some(v) => decode(&v, "successor list"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Why `writes` may not apply here: a key the descriptor does not hold,
+/// or one in the part a split under way moves. Checked at apply, so a
+/// command whose locks were taken before a split cannot write where the
+/// shard no longer (or soon no longer) decides.
+fn misplaced(get: Lookup<'_>, writes: &[Mutation]) -> io::Result<Option<String>> {
+    let frozen = split_record(get)?.filter(|s| !s.committed);
+    if let Some(s) = frozen {
+        if let Some((k, _)) = writes.iter().find(|(k, _)| s.child.span.contains(k)) {
+            return Ok(Some(format!(
+                "key {} is moving to shard {} (a split is under way); retry",
+                crate::txn::show_key(k),
+                s.child.shard
+            )));
+        }
+    }
+    if let Some(d) = descriptor(get)? {
+        if let Some((k, _)) = writes.iter().find(|(k, _)| !d.span.contains(k)) {
+            return Ok(Some(format!(
+                "shard {} (version {}) no longer owns key {}",
+                d.shard,
+                d.version,
+                crate::txn::show_key(k)
+            )));
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +236,10 @@ pub enum ShardReply {
     /// committed here is forgotten, and it can no longer prepare or commit
     /// here. Appended last.
     Expired,
+    /// Not applied: it writes a key a split moved or is moving away from
+    /// the shard (a request routed again finds the new owner). Appended
+    /// last.
+    Moved(String),
 }
 
 /// What a shard has recorded of a transaction.
@@ -148,6 +265,8 @@ pub fn fenced_state(reply: &ShardReply) -> TxnState {
         ShardReply::Prepared => TxnState::Prepared,
         ShardReply::Rejected(_) => TxnState::Aborted,
         ShardReply::Expired => TxnState::Expired,
+        // A fence moves nothing; were it to say so, nothing landed.
+        ShardReply::Moved(_) => TxnState::Aborted,
     }
 }
 
@@ -293,6 +412,10 @@ pub fn prepared_writes(v: &[u8]) -> Result<Vec<Mutation>, String> {
 pub enum Notice {
     Prepared(TxnId, bool),
     Finished(TxnId),
+    /// A split froze the part it moves (`Some`), or ended (`None`): the
+    /// manager stops (or resumes) granting locks there, and the
+    /// descriptor may have changed.
+    Freeze(Option<pact_common::Span>),
     /// Nothing changed for the transaction manager.
     Nothing,
 }
@@ -310,9 +433,24 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             ShardReply::Prepared => Notice::Nothing,
             _ => Notice::Finished(*txn),
         },
+        ShardCommand::SplitBegin { split } if *reply == ShardReply::Done => {
+            Notice::Freeze(Some(split.child.span.clone()))
+        }
+        ShardCommand::SplitCancel { .. } | ShardCommand::SplitCommit { .. }
+            if *reply == ShardReply::Done =>
+        {
+            Notice::Freeze(None)
+        }
         ShardCommand::Forget { .. }
         | ShardCommand::Floor { .. }
-        | ShardCommand::Describe { .. } => Notice::Nothing,
+        | ShardCommand::Describe { .. }
+        | ShardCommand::SplitBegin { .. }
+        | ShardCommand::SplitCancel { .. }
+        | ShardCommand::SplitCommit { .. }
+        | ShardCommand::Load { .. }
+        | ShardCommand::Trim { .. }
+        | ShardCommand::SplitDone { .. }
+        | ShardCommand::SplitDrained { .. } => Notice::Nothing,
     }
 }
 
@@ -361,6 +499,9 @@ pub fn effect(
                     (Vec::new(), ShardReply::Rejected(r))
                 }
                 _ => {
+                    if let Some(r) = misplaced(get, writes)? {
+                        return Ok((Vec::new(), ShardReply::Moved(r)));
+                    }
                     let mut w = data(writes);
                     if recorded {
                         w.push((txn.key(OUTCOME_PREFIX), Some(vec![1])));
@@ -391,6 +532,8 @@ pub fn effect(
             } else if *t != term {
                 let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
                 (Vec::new(), ShardReply::Rejected(r))
+            } else if let Some(r) = misplaced(get, writes)? {
+                (Vec::new(), ShardReply::Moved(r))
             } else {
                 let rec = encode(&PrepareRecord {
                     writes: writes.clone(),
@@ -468,6 +611,137 @@ pub fn effect(
                 )
             }
         }
+        ShardCommand::SplitBegin { split } => {
+            let d = descriptor(get)?;
+            match split_record(get)? {
+                Some(s) if s.child.shard == split.child.shard => (Vec::new(), ShardReply::Done),
+                Some(s) => (
+                    Vec::new(),
+                    ShardReply::Rejected(format!(
+                        "a split into shard {} is under way",
+                        s.child.shard
+                    )),
+                ),
+                None => match d {
+                    Some(d)
+                        if split.left.shard == d.shard
+                            && split.left.version == d.version + 1
+                            && split.child.version == d.version + 1
+                            && !split.committed
+                            && !split.drained =>
+                    {
+                        (
+                            vec![(SPLIT_KEY.to_vec(), Some(encode(split)?))],
+                            ShardReply::Done,
+                        )
+                    }
+                    _ => (
+                        Vec::new(),
+                        ShardReply::Rejected(
+                            "the split was cut from another version of the shard".into(),
+                        ),
+                    ),
+                },
+            }
+        }
+        ShardCommand::SplitCancel { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && !s.drained => {
+                (vec![(SPLIT_KEY.to_vec(), None)], ShardReply::Done)
+            }
+            Some(s) if s.child.shard == *child => (
+                Vec::new(),
+                ShardReply::Rejected("the split is past the point of no return".into()),
+            ),
+            _ => (Vec::new(), ShardReply::Done),
+        },
+        ShardCommand::SplitCommit { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && s.committed => (Vec::new(), ShardReply::Done),
+            Some(s) if s.child.shard == *child && s.drained => {
+                let mut after = successors(get)?;
+                if !after.contains(child) {
+                    after.push(*child);
+                }
+                let done = Split {
+                    committed: true,
+                    ..s.clone()
+                };
+                (
+                    vec![
+                        (DESCRIPTOR_KEY.to_vec(), Some(encode(&s.left)?)),
+                        (SPLIT_KEY.to_vec(), Some(encode(&done)?)),
+                        (SUCCESSORS_KEY.to_vec(), Some(encode(&after)?)),
+                    ],
+                    ShardReply::Done,
+                )
+            }
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected(format!("no split into shard {child} is under way")),
+            ),
+        },
+        ShardCommand::SplitDrained { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && !s.drained => {
+                let next = Split { drained: true, ..s };
+                (
+                    vec![(SPLIT_KEY.to_vec(), Some(encode(&next)?))],
+                    ShardReply::Done,
+                )
+            }
+            Some(s) if s.child.shard == *child => (Vec::new(), ShardReply::Done),
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected(format!("no split into shard {child} is under way")),
+            ),
+        },
+        ShardCommand::Load { pairs, done } => {
+            if descriptor(get)?.is_some() {
+                (
+                    Vec::new(),
+                    ShardReply::Rejected("the shard already serves: nothing is loaded".into()),
+                )
+            } else if pairs.iter().any(|(k, _)| {
+                !matches!(
+                    k.first(),
+                    Some(&DATA_PREFIX) | Some(&HORIZON_PREFIX) | Some(&FLOOR_PREFIX)
+                )
+            }) {
+                (
+                    Vec::new(),
+                    ShardReply::Rejected("only data, horizons and floors are loaded".into()),
+                )
+            } else {
+                let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = pairs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect();
+                if *done {
+                    w.insert(LOADED_KEY.to_vec(), Some(vec![1]));
+                }
+                (w.into_iter().collect(), ShardReply::Done)
+            }
+        }
+        ShardCommand::Trim { keys } => {
+            let Some(d) = descriptor(get)? else {
+                return Ok((Vec::new(), ShardReply::Done));
+            };
+            let mut gone: Vec<Vec<u8>> = keys
+                .iter()
+                .filter(|k| !d.span.contains(k))
+                .map(|k| data_key(k))
+                .collect();
+            gone.sort();
+            gone.dedup();
+            (
+                gone.into_iter().map(|k| (k, None)).collect(),
+                ShardReply::Done,
+            )
+        }
+        ShardCommand::SplitDone { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && s.committed => {
+                (vec![(SPLIT_KEY.to_vec(), None)], ShardReply::Done)
+            }
+            _ => (Vec::new(), ShardReply::Done),
+        },
         ShardCommand::Forget { group, below, txns } => {
             let was = horizon(get, *group)?;
             let h = was.max(*below);
@@ -629,6 +903,28 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Why the split into `child` may not commit yet: a prepare record with a
+/// write in the part that moves.
+fn prepared_in_moving_part(state: &StateView<'_>, child: ShardId) -> io::Result<Option<String>> {
+    let Some(split) = split_record(&|k| state.get(k))? else {
+        return Ok(None);
+    };
+    if split.child.shard != child {
+        return Ok(None);
+    }
+    let end = [PREPARED_PREFIX + 1];
+    for (k, v) in state.scan(&[PREPARED_PREFIX], Some(&end), usize::MAX)? {
+        let writes = prepared_writes(&v).map_err(io::Error::other)?;
+        if writes.iter().any(|(w, _)| split.child.span.contains(w)) {
+            let txn = TxnId::from_key(&k).map_or_else(|| format!("{k:?}"), |t| t.to_string());
+            return Ok(Some(format!(
+                "transaction {txn} is prepared with writes in the part that moves"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Turns committed shard commands into key changes, and tells the leader's
 /// transaction manager what happened to its transactions.
 pub struct KvApp {
@@ -644,7 +940,27 @@ impl Apply for KvApp {
         command: &[u8],
     ) -> Result<Applied, String> {
         let cmd = ShardCommand::decode(command)?;
+        if let ShardCommand::SplitDrained { child } = &cmd {
+            // A prepared transaction's record is never cut in two: the
+            // split waits until none writes in the part that moves (the
+            // leader waited already; this makes it a rule of the state).
+            if let Some(r) = prepared_in_moving_part(state, *child).map_err(|e| e.to_string())? {
+                let reply = encode(&ShardReply::Rejected(r)).map_err(|e| e.to_string())?;
+                return Ok(Applied {
+                    writes: Vec::new(),
+                    reply,
+                });
+            }
+        }
         let (writes, reply) = effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
+        if let Some((_, Some(v))) = writes.iter().find(|(k, _)| k == DESCRIPTOR_KEY) {
+            // What the shard owns changed (its first descriptor, or a
+            // split): requests are checked against the new one at once.
+            let d: Descriptor = decode(v, "shard descriptor").map_err(|e| e.to_string())?;
+            if let Ok(mut cur) = self.shared.descriptor.write() {
+                *cur = Some(Arc::new(d));
+            }
+        }
         // A reply that cannot be encoded stops the replica rather than
         // answering the proposer with nothing.
         let reply = encode(&reply).map_err(|e| e.to_string())?;
@@ -666,6 +982,7 @@ impl Apply for KvApp {
                 // log, and a commit's writes are in the store now.
                 m.decision_applied(txn);
             }
+            Notice::Freeze(span) => m.freeze(span),
             Notice::Nothing => {}
         });
     }
@@ -714,6 +1031,239 @@ mod tests {
 
     fn put(k: &str, v: &str) -> Mutation {
         (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn a_split_freezes_then_moves_the_upper_part_and_each_step_is_idempotent() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let read = |m: &Mem, f: &dyn Fn(Lookup<'_>) -> io::Result<Option<Descriptor>>| {
+            let map = m.0.borrow().clone();
+            f(&|k| Ok(map.get(k).cloned())).unwrap()
+        };
+        let whole = Descriptor {
+            shard: ShardId(3),
+            version: 1,
+            span: pact_common::Span::Range {
+                start: Vec::new(),
+                end: None,
+            },
+        };
+        assert_eq!(
+            m.run(
+                1,
+                ShardCommand::Describe {
+                    descriptor: whole.clone()
+                }
+            ),
+            ShardReply::Done
+        );
+        let (left, right) = whole.span.split(Some(b"m")).unwrap();
+        let child = ShardId(pact_common::FIRST_SPLIT_ID + 5);
+        let split = Split {
+            left: Descriptor {
+                shard: ShardId(3),
+                version: 2,
+                span: left,
+            },
+            child: Descriptor {
+                shard: child,
+                version: 2,
+                span: right,
+            },
+            drained: false,
+            committed: false,
+        };
+        // A split cut from another version is refused.
+        let stale = Split {
+            left: Descriptor {
+                version: 3,
+                ..split.left.clone()
+            },
+            ..split.clone()
+        };
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitBegin { split: stale }),
+            ShardReply::Rejected(_)
+        ));
+        // A transaction prepared above the cut before the split began.
+        let early = ShardCommand::Prepare {
+            txn: t(1),
+            writes: vec![put("p", "1")],
+            term: 1,
+        };
+        assert_eq!(m.run(1, early), ShardReply::Prepared);
+        let begin = ShardCommand::SplitBegin {
+            split: split.clone(),
+        };
+        assert_eq!(m.run(1, begin.clone()), ShardReply::Done);
+        assert_eq!(m.run(1, begin), ShardReply::Done);
+        // Frozen: nothing above the cut applies, below it as before.
+        let up = ShardCommand::OnePhase {
+            txn: t(2),
+            writes: vec![put("x", "1")],
+            term: 1,
+        };
+        assert!(matches!(m.run(1, up), ShardReply::Moved(_)));
+        let up = ShardCommand::Prepare {
+            txn: t(3),
+            writes: vec![put("y", "1")],
+            term: 1,
+        };
+        assert!(matches!(m.run(1, up), ShardReply::Moved(_)));
+        let down = ShardCommand::OnePhase {
+            txn: t(4),
+            writes: vec![put("a", "1")],
+            term: 1,
+        };
+        assert_eq!(m.run(1, down), ShardReply::Done);
+        // The prepared one is decided; the commit is not refused.
+        assert_eq!(
+            m.run(1, ShardCommand::Commit { txn: t(1) }),
+            ShardReply::Done
+        );
+        assert_eq!(m.get(b"p"), Some(b"1".to_vec()));
+        // Commit before drained: refused.
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert_eq!(
+            m.run(1, ShardCommand::SplitDrained { child }),
+            ShardReply::Done
+        );
+        // Past the point of no return: no cancel.
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCancel { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert_eq!(
+            m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Done
+        );
+        assert_eq!(
+            m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Done
+        );
+        assert_eq!(read(&m, &descriptor), Some(split.left.clone()));
+        let map = m.0.borrow().clone();
+        assert_eq!(
+            successors(&|k| Ok(map.get(k).cloned())).unwrap(),
+            vec![child]
+        );
+        // Still the parent's until trimmed, but no longer writable here.
+        let up = ShardCommand::OnePhase {
+            txn: t(5),
+            writes: vec![put("q", "2")],
+            term: 1,
+        };
+        assert!(matches!(m.run(1, up), ShardReply::Moved(_)));
+        let trim = ShardCommand::Trim {
+            keys: vec![b"p".to_vec(), b"a".to_vec()],
+        };
+        assert_eq!(m.run(1, trim), ShardReply::Done);
+        assert_eq!(m.get(b"p"), None);
+        assert_eq!(
+            m.get(b"a"),
+            Some(b"1".to_vec()),
+            "an owned key is never trimmed"
+        );
+        assert_eq!(
+            m.run(1, ShardCommand::SplitDone { child }),
+            ShardReply::Done
+        );
+        let map = m.0.borrow().clone();
+        assert_eq!(split_record(&|k| Ok(map.get(k).cloned())).unwrap(), None);
+
+        // The child: loads until it has a descriptor, then refuses.
+        let c = Mem(RefCell::new(BTreeMap::new()));
+        let load = ShardCommand::Load {
+            pairs: vec![
+                (data_key(b"p"), b"1".to_vec()),
+                (horizon_key(1), encode(&Timestamp(7)).unwrap()),
+            ],
+            done: true,
+        };
+        assert_eq!(c.run(1, load.clone()), ShardReply::Done);
+        assert!(c.0.borrow().contains_key(LOADED_KEY));
+        let bad = ShardCommand::Load {
+            pairs: vec![(b"g".to_vec(), vec![])],
+            done: false,
+        };
+        assert!(matches!(c.run(1, bad), ShardReply::Rejected(_)));
+        assert_eq!(
+            c.run(
+                1,
+                ShardCommand::Describe {
+                    descriptor: split.child.clone()
+                }
+            ),
+            ShardReply::Done
+        );
+        assert!(matches!(c.run(1, load), ShardReply::Rejected(_)));
+        assert_eq!(c.get(b"p"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn a_split_that_cannot_drain_is_cancelled_and_lifts_the_freeze() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let whole = Descriptor {
+            shard: ShardId(1),
+            version: 1,
+            span: pact_common::Span::Range {
+                start: Vec::new(),
+                end: None,
+            },
+        };
+        m.run(
+            1,
+            ShardCommand::Describe {
+                descriptor: whole.clone(),
+            },
+        );
+        let mut split = crate::split::plan(&whole, Some(b"m")).unwrap();
+        let child = split.child.shard;
+        assert_eq!(
+            m.run(
+                1,
+                ShardCommand::SplitBegin {
+                    split: split.clone()
+                }
+            ),
+            ShardReply::Done
+        );
+        // Another split while one is under way: refused.
+        split.child.shard = ShardId(child.0 + 1);
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitBegin { split }),
+            ShardReply::Rejected(_)
+        ));
+        assert_eq!(
+            m.run(1, ShardCommand::SplitCancel { child }),
+            ShardReply::Done
+        );
+        assert_eq!(
+            m.run(1, ShardCommand::SplitCancel { child }),
+            ShardReply::Done
+        );
+        // Nothing moved: the upper part takes writes again, and the split
+        // can no longer be driven on.
+        let p = ShardCommand::Prepare {
+            txn: t(1),
+            writes: vec![put("x", "1")],
+            term: 1,
+        };
+        assert_eq!(m.run(1, p), ShardReply::Prepared);
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitDrained { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(
+            notice(&ShardCommand::SplitCancel { child }, &ShardReply::Done) == Notice::Freeze(None)
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod locks;
 pub mod metrics;
 pub mod node;
 pub mod service;
+pub mod split;
 pub mod txn;
 
 pub use error::Error;

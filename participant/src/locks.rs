@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pact_common::TxnId;
+use pact_common::{Span, TxnId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
@@ -166,6 +166,24 @@ impl LockTable {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every transaction holding a lock on a key of `span` or a range
+    /// lock that may cover one, sorted.
+    pub fn holders_in(&self, span: &Span) -> BTreeSet<TxnId> {
+        let mut out = BTreeSet::new();
+        for (k, l) in &self.keys {
+            if span.contains(k) {
+                out.extend(l.shared.iter().copied());
+                out.extend(l.exclusive);
+            }
+        }
+        for (t, rs) in &self.ranges {
+            if rs.iter().any(|r| span.meets(&r.start, r.end.as_deref())) {
+                out.insert(*t);
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {

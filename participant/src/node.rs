@@ -20,12 +20,26 @@ use pact_common::{
 use pact_raft::{Host, Replica, ReplicaStatus, Router, Tuning};
 
 use crate::kv::{
-    data_end, data_key, prepared_writes, KvApp, Mutation, ShardCommand, ShardReply, Shared,
+    data_end, data_key, prepared_writes, KvApp, Mutation, ShardCommand, ShardReply, Shared, Split,
     DESCRIPTOR_KEY, PREPARED_PREFIX,
 };
 use crate::locks::{Mode, Range};
 use crate::txn::{Step, Target, TxnLimits, TxnManager};
 use crate::Error;
+
+/// What `Describe` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    pub descriptor: Descriptor,
+    /// Shards split off this one, ever.
+    pub successors: Vec<ShardId>,
+    pub voters: Vec<NodeId>,
+}
+
+/// Whether `shard` is an id only a split gives (not a config's).
+fn is_split_child(shard: ShardId) -> bool {
+    shard.0 >= pact_common::FIRST_SPLIT_ID && shard.0 < pact_common::META_GROUP
+}
 
 /// Default number of pairs a scan returns when the request sets no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -63,12 +77,14 @@ pub enum Vote {
     No(Abort),
 }
 
-struct Shard {
-    replica: Replica,
-    shared: Arc<Shared>,
+pub(crate) struct Shard {
+    pub(crate) replica: Replica,
+    pub(crate) shared: Arc<Shared>,
     /// What the config says the shard owns: the descriptor its first
     /// leader records (a later one reads the recorded one instead).
     initial: Option<Descriptor>,
+    /// Held by whoever drives a split of this shard (one at a time).
+    splitting: Arc<tokio::sync::Mutex<()>>,
     /// Requests waiting for each key's lock now (`limits.max_waiters_per_key`).
     waiting: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
 }
@@ -121,6 +137,20 @@ impl Drop for Release {
     }
 }
 
+/// A plain operation refused because its key is moving to another shard
+/// (a split under way) did nothing: the caller retries it, like any
+/// refusal by an unavailable shard, and finds the new owner once the
+/// split is done (WRONG_SHARD).
+fn plain<T>(r: Result<T, Error>) -> Result<T, Error> {
+    match r {
+        Err(Error::Aborted(a)) if a.kind == AbortKind::Moved => Err(Error::Unavailable(format!(
+            "{}; nothing was done",
+            a.reason
+        ))),
+        r => r,
+    }
+}
+
 /// Whether an error leaves a proposed command's fate open.
 fn undecided(e: &Error) -> bool {
     matches!(e, Error::Unknown(_) | Error::Fatal(_))
@@ -157,6 +187,8 @@ pub struct Node {
     admission: pact_raft::admission::Gate,
     /// `limits.max_waiters_per_key`.
     max_waiters_per_key: u32,
+    /// What the drivers of splits need.
+    split_ctx: crate::split::Ctx,
 }
 
 impl std::fmt::Debug for Node {
@@ -248,7 +280,7 @@ impl Node {
             .collect();
         for (group, record) in &records {
             let shard = ShardId(*group);
-            if config.shard(shard).is_none() {
+            if config.shard(shard).is_none() && !is_split_child(shard) {
                 continue;
             }
             match record {
@@ -264,16 +296,23 @@ impl Node {
                 }
             }
         }
+        let config = Arc::new(config);
+        let split_ctx = crate::split::Ctx {
+            host: host.clone(),
+            me: id,
+            config: config.clone(),
+            client: coordinators.clone(),
+        };
         let mut shards = BTreeMap::new();
         for (shard, joined) in plan {
             let s = start_shard(&config, id, shard, joined, &tuning, host).await?;
-            spawn_owner(s.clone(), mono.clone(), coordinators.clone());
+            spawn_owner(s.clone(), mono.clone(), split_ctx.clone());
             shards.insert(shard, s);
         }
         Ok(Node {
             id,
             map: config.shard_map(),
-            config: Arc::new(config),
+            config,
             shards: std::sync::RwLock::new(shards),
             hosting: tokio::sync::Mutex::new(()),
             host: host.clone(),
@@ -288,6 +327,7 @@ impl Node {
                 config_limit(config_in_flight),
             ),
             max_waiters_per_key,
+            split_ctx,
         })
     }
 
@@ -342,7 +382,7 @@ impl Node {
     /// config whose voters are `voters`, so its leader can add it (see
     /// `pact_raft::membership`). Idempotent.
     pub async fn host_shard(&self, shard: ShardId, voters: Vec<NodeId>) -> Result<(), Error> {
-        if self.config.shard(shard).is_none() {
+        if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
         if let Some(n) = voters
@@ -366,7 +406,7 @@ impl Node {
             &self.host,
         )
         .await?;
-        spawn_owner(s.clone(), self.mono.clone(), self.coordinators.clone());
+        spawn_owner(s.clone(), self.mono.clone(), self.split_ctx.clone());
         if let Ok(mut m) = self.shards.write() {
             m.insert(shard, s);
         }
@@ -423,7 +463,7 @@ impl Node {
     }
 
     fn shard(&self, shard: ShardId) -> Result<Arc<Shard>, Error> {
-        if self.config.shard(shard).is_none() {
+        if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
         // A shard that exists but is not hosted here: the caller asked the
@@ -526,14 +566,54 @@ impl Node {
         Ok(())
     }
 
-    /// The shard's descriptor, from its leader.
-    pub async fn describe(&self, shard: ShardId) -> Result<Descriptor, Error> {
+    /// The shard's descriptor, the shards split off it, and its voters,
+    /// from its leader.
+    pub async fn describe(&self, shard: ShardId) -> Result<Described, Error> {
         let s = &self.shard(shard)?;
         self.ready(s)?;
-        let d = self.routed(s, shard, 0)?;
         // Still the leader: a deposed one may have missed a change.
         s.replica.read_barrier().await?;
-        Ok(d.as_ref().clone())
+        let d = self.routed(s, shard, 0)?;
+        let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
+        let successors = crate::kv::successors(&|_| Ok(succ.clone()))
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        Ok(Described {
+            descriptor: d.as_ref().clone(),
+            successors,
+            voters: s.replica.status().voters.into_iter().map(NodeId).collect(),
+        })
+    }
+
+    /// Split `shard` (this node leads it): at `at` for a range shard, at
+    /// the middle of its ring share for a hash one. Runs in a task of its
+    /// own, so a caller that goes away does not stop it half way (the
+    /// next leader would finish it anyway).
+    pub async fn split(&self, shard: ShardId, at: Option<Vec<u8>>) -> Result<Split, Error> {
+        let s = self.shard(shard)?;
+        self.ready(&s)?;
+        s.replica.read_barrier().await?;
+        let d = self.routed(&s, shard, 0)?;
+        if let Some(under_way) = s.replica.get_local(crate::kv::SPLIT_KEY).await? {
+            let split = crate::kv::split_record(&|_| Ok(Some(under_way.clone())))
+                .map_err(|e| Error::Fatal(e.to_string()))?;
+            return Err(Error::Unavailable(format!(
+                "shard {shard} is already splitting (into shard {}); try again when it is done",
+                split.map_or_else(|| "?".to_string(), |s| s.child.shard.to_string())
+            )));
+        }
+        let split = crate::split::plan(&d, at.as_deref())?;
+        let guard = s.splitting.clone().try_lock_owned().map_err(|_| {
+            Error::Unavailable(format!(
+                "shard {shard} is already splitting; try again later"
+            ))
+        })?;
+        let ctx = self.split_ctx.clone();
+        let task = tokio::spawn(async move {
+            let _one = guard;
+            crate::split::run(&s, &ctx, split).await
+        });
+        task.await
+            .map_err(|e| Error::Fatal(format!("the split's task failed: {e}")))?
     }
 
     fn implicit_txn(&self) -> TxnId {
@@ -804,10 +884,31 @@ impl Node {
                 w
             })
             .unwrap_or_default();
-        let stored = s
-            .replica
-            .scan_local(data_key(start), Some(to), limit + 1 + own.len())
-            .await?;
+        // Keys a split moved away stay in the store until trimmed: they
+        // are not the shard's any more (a ring shard's scan spans them).
+        let owned = s.shared.descriptor.read().ok().and_then(|d| d.clone());
+        let want = limit + 1 + own.len();
+        let mut stored = Vec::new();
+        let mut from = data_key(start);
+        loop {
+            let page = s
+                .replica
+                .scan_local(from.clone(), Some(to.clone()), want)
+                .await?;
+            let full = page.len() == want;
+            if let Some((last, _)) = page.last() {
+                from = last.clone();
+                from.push(0);
+            }
+            stored.extend(page.into_iter().filter(|(k, _)| {
+                owned
+                    .as_ref()
+                    .is_none_or(|d| k.get(1..).is_some_and(|u| d.span.contains(u)))
+            }));
+            if !full || stored.len() >= want {
+                break;
+            }
+        }
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = stored
             .into_iter()
             .map(|(k, v)| (k[1..].to_vec(), Some(v)))
@@ -858,8 +959,10 @@ impl Node {
         let txn = self.implicit_txn();
         let _release = Release::new(s, txn);
         let term = self.lock_term(s)?;
-        self.acquire(s, txn, true, txn.ts, Target::key(key, Mode::Shared))
-            .await?;
+        plain(
+            self.acquire(s, txn, true, txn.ts, Target::key(key, Mode::Shared))
+                .await,
+        )?;
         let v = self.read_key(s, txn, key).await?;
         self.confirm(s, term).await?;
         Ok(v)
@@ -911,8 +1014,10 @@ impl Node {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
         };
-        self.acquire(s, txn, true, txn.ts, Target::Range(range))
-            .await?;
+        plain(
+            self.acquire(s, txn, true, txn.ts, Target::Range(range))
+                .await,
+        )?;
         let out = self.read_range(s, txn, start, end, limit).await?;
         self.confirm(s, term).await?;
         Ok(out)
@@ -939,7 +1044,7 @@ impl Node {
                 {
                     attempt += 1;
                 }
-                r => return r,
+                r => return plain(r),
             }
         }
     }
@@ -1177,6 +1282,7 @@ impl Node {
         match self.propose(s, cmd).await {
             Ok(ShardReply::Prepared) => Ok(Vote::Yes),
             Ok(ShardReply::Rejected(r)) => Ok(Vote::No(Abort::new(AbortKind::Conflict, r))),
+            Ok(ShardReply::Moved(r)) => Ok(Vote::No(Abort::new(AbortKind::Moved, r))),
             Ok(ShardReply::Expired) => Ok(Vote::No(Abort::new(AbortKind::Expired, EXPIRED))),
             Ok(ShardReply::Done) => Ok(Vote::No(Abort::new(
                 AbortKind::Conflict,
@@ -1308,7 +1414,7 @@ impl Node {
                 Ok(())
             }
             ShardReply::Rejected(r) => Err(Error::Conflict(format!("decision refused: {r}"))),
-            ShardReply::Prepared | ShardReply::Expired => {
+            ShardReply::Prepared | ShardReply::Expired | ShardReply::Moved(_) => {
                 Err(Error::Fatal("unexpected reply to decision".into()))
             }
         }
@@ -1583,6 +1689,10 @@ async fn commit_locked(
             metrics.abort(AbortKind::Conflict);
             Err(Error::Aborted(Abort::new(AbortKind::Conflict, r)))
         }
+        ShardReply::Moved(r) => {
+            metrics.abort(AbortKind::Moved);
+            Err(Error::Aborted(Abort::new(AbortKind::Moved, r)))
+        }
         ShardReply::Expired => {
             metrics.abort(AbortKind::Expired);
             Err(Error::Aborted(Abort::new(AbortKind::Expired, EXPIRED)))
@@ -1645,11 +1755,13 @@ async fn start_shard(
         replica,
         shared,
         initial: config.shard_map().descriptor(shard),
+        splitting: Default::default(),
         waiting: Default::default(),
     }))
 }
 
-fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
+fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
+    let coordinators = ctx.client.clone();
     let mut leadership = s.replica.leadership();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -1664,10 +1776,11 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, coordinators: pact_client::Client) {
                         None => {
                             s.shared.release_with(TxnManager::step_down);
                         }
-                        Some(term) => become_leader(&s, term, &clock).await,
+                        Some(term) => become_leader(&s, term, &clock, &ctx).await,
                     }
                 }
                 _ = tick.tick() => {
+                    resume_split(&s, &ctx).await;
                     let now = clock();
                     let (expired, in_doubt, silent, relog) = match s.shared.mgr.lock() {
                         Ok(mut m) => {
@@ -1864,12 +1977,69 @@ async fn load_descriptor(s: &Shard, term: u64) -> Option<Descriptor> {
     Some(d)
 }
 
-async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
+/// A split of `s` recorded in its state but driven by no one here (this
+/// replica leads now, or the last attempt gave up for a while): drive it
+/// on. Checked on each tick of the owner.
+async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
+    let ready = s
+        .shared
+        .mgr
+        .lock()
+        .map(|m| m.term().is_some())
+        .unwrap_or(false);
+    if !ready || !s.replica.role().leader {
+        return;
+    }
+    let Ok(guard) = s.splitting.clone().try_lock_owned() else {
+        return;
+    };
+    let split = match s.replica.get_local(crate::kv::SPLIT_KEY).await {
+        Ok(Some(v)) => match crate::kv::split_record(&|_| Ok(Some(v.clone()))) {
+            Ok(Some(split)) => split,
+            _ => return,
+        },
+        _ => return,
+    };
+    let (s, ctx) = (s.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let _one = guard;
+        let parent = s.replica.group();
+        tracing::info!(shard = parent, child = %split.child.shard, "driving a split recorded earlier");
+        if let Err(e) = crate::split::drive(&s, &ctx, split).await {
+            tracing::warn!(shard = parent, error = %e, "split not finished yet; will try again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::split::Ctx) {
     // Apply everything committed before this term first, so the prepare
     // records read below are complete.
     if !s.replica.settle(term).await {
         return;
     }
+    let group = ShardId(s.replica.group());
+    if s.initial.is_none()
+        && is_split_child(group)
+        && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None))
+        && !crate::split::fill_child(s, ctx, term).await
+    {
+        return;
+    }
+    // A split under way keeps its moving part frozen under every leader.
+    let frozen = match s.replica.get_local(crate::kv::SPLIT_KEY).await {
+        Ok(v) => match crate::kv::split_record(&|_| Ok(v.clone())) {
+            Ok(split) => split.filter(|x| !x.committed).map(|x| x.child.span),
+            Err(e) => {
+                tracing::error!(shard = %group, error = %e, "corrupt split record: this leader takes no transactions");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::error!(shard = %group, error = %e, "cannot read the split record");
+            return;
+        }
+    };
     let Some(descriptor) = load_descriptor(s, term).await else {
         return;
     };
@@ -1906,6 +2076,7 @@ async fn become_leader(s: &Shard, term: u64, clock: &Clock) {
     let ids: Vec<TxnId> = prepared.iter().map(|(t, _)| *t).collect();
     if let Ok(mut m) = s.shared.mgr.lock() {
         m.leader_ready(term, prepared, clock());
+        m.freeze(frozen);
     }
     // A decision applied between the scan and `leader_ready` released
     // nothing (the manager did not know the transaction yet): drop any

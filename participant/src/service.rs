@@ -50,7 +50,10 @@ async fn describe(
     let d = node
         .describe(ShardId(request.into_inner().shard_id))
         .await?;
-    Ok(Response::new(convert::descriptor(&d)))
+    let mut reply = convert::descriptor(&d.descriptor);
+    reply.successors = d.successors.iter().map(|s| s.0).collect();
+    reply.voters = d.voters.iter().map(|n| n.0).collect();
+    Ok(Response::new(reply))
 }
 
 fn who(txn: pact_common::TxnId, first: bool, prio: pact_common::Timestamp) -> TxnRef {
@@ -132,6 +135,24 @@ impl Kv for KvService {
         request: Request<pb::DescribeRequest>,
     ) -> Result<Response<pb::ShardDescriptor>, Status> {
         describe(&self.node, request).await
+    }
+
+    async fn split(
+        &self,
+        request: Request<pb::SplitRequest>,
+    ) -> Result<Response<pb::SplitResponse>, Status> {
+        let r = request.into_inner();
+        if let Some(at) = &r.at {
+            pact_common::validate_key(at).map_err(Error::from)?;
+        }
+        let split = self
+            .node
+            .split(ShardId(r.shard_id), r.at.map(|a| a.to_vec()))
+            .await?;
+        Ok(Response::new(pb::SplitResponse {
+            left: Some(convert::descriptor(&split.left)),
+            child: Some(convert::descriptor(&split.child)),
+        }))
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use pact_common::{Abort, AbortKind, Timestamp, TxnId};
+use pact_common::{Abort, AbortKind, Span, Timestamp, TxnId};
 
 use crate::kv::Mutation;
 use crate::locks::{LockTable, Mode, Range};
@@ -111,6 +111,18 @@ pub enum Step {
     NotLeader,
 }
 
+/// The holders of locks in a span a split moves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Open transactions: a split wounds them.
+    pub open: Vec<TxnId>,
+    /// Wounded ones whose coordinators have not confirmed yet: their
+    /// locks go once they do.
+    pub unconfirmed: Vec<(TxnId, Abort)>,
+    /// Some are preparing or prepared: a split waits for their decisions.
+    pub busy: bool,
+}
+
 /// What a transaction needs to replicate at prepare.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrepareInput {
@@ -142,6 +154,9 @@ pub struct TxnManager {
     freed: Vec<TxnId>,
     /// Every lock went (a leadership change): every waiter looks again.
     freed_all: bool,
+    /// The part of the shard a split under way gives to a new shard: no
+    /// lock there is granted (see [`TxnManager::freeze`]).
+    frozen: Option<Span>,
     limits: TxnLimits,
 }
 
@@ -215,6 +230,7 @@ impl TxnManager {
             unlogged: BTreeMap::new(),
             freed: Vec::new(),
             freed_all: false,
+            frozen: None,
             limits,
         }
     }
@@ -309,6 +325,57 @@ impl TxnManager {
         self.committed.clear();
         self.committing.clear();
         self.unlogged.clear();
+        self.frozen = None;
+    }
+
+    /// A split gives `span` to a new shard: from now on no lock there is
+    /// granted (the request aborts its transaction, retryably), so the
+    /// split can wait for the locks held there to go. `None` lifts it.
+    pub fn freeze(&mut self, span: Option<Span>) {
+        self.frozen = span;
+    }
+
+    pub fn frozen(&self) -> Option<&Span> {
+        self.frozen.as_ref()
+    }
+
+    /// Who holds a lock in `span` (see [`Holders`]).
+    pub fn holders_in(&self, span: &Span) -> Holders {
+        let mut h = Holders::default();
+        for txn in self.locks.holders_in(span) {
+            match self.txns.get(&txn) {
+                Some(t) if t.status == Status::Active => h.open.push(txn),
+                Some(Txn {
+                    status: Status::Aborted(r),
+                    unconfirmed: true,
+                    ..
+                }) => h.unconfirmed.push((txn, r.clone())),
+                _ => h.busy = true,
+            }
+        }
+        h
+    }
+
+    /// Wound the open transaction `txn` for a split (see
+    /// [`TxnManager::holders_in`]): as an older transaction's wound, its
+    /// locks stay until its coordinator confirms ([`Step::Wound`]); a
+    /// plain operation goes at once. Returns the reason to tell the
+    /// coordinator, or `None` if there is no one to tell.
+    pub fn wound_for_split(&mut self, txn: TxnId) -> Option<Abort> {
+        if !matches!(self.status(txn), Some(Status::Active)) {
+            return None;
+        }
+        let reason = Abort::new(
+            AbortKind::Moved,
+            "the shard split while the transaction held locks in the part that moved",
+        );
+        if txn.group == crate::node::IMPLICIT_GROUP {
+            self.abort_with(txn, reason);
+            None
+        } else {
+            self.doom(txn, reason.clone());
+            Some(reason)
+        }
     }
 
     pub fn status(&self, txn: TxnId) -> Option<&Status> {
@@ -374,6 +441,21 @@ impl TxnManager {
                 AbortKind::Leadership,
                 "leadership changed during the transaction",
             ));
+        }
+        if let Some(f) = &self.frozen {
+            let meets = match target {
+                Target::Key(k, _) => f.contains(k),
+                Target::Range(r) => f.meets(&r.start, r.end.as_deref()),
+            };
+            if meets {
+                return Step::Abort(Abort::new(
+                    AbortKind::Moved,
+                    format!(
+                        "{} is moving to a new shard (a split is under way); retry",
+                        target.describe()
+                    ),
+                ));
+            }
         }
         if self.limits.skip_shared_locks && matches!(target, Target::Key(_, Mode::Shared)) {
             return Step::Granted;
@@ -891,6 +973,71 @@ mod tests {
         });
         m.leader_ready(3, Vec::new(), 0);
         m
+    }
+
+    #[test]
+    fn a_frozen_span_grants_no_lock_and_its_holders_are_wounded_until_confirmed() {
+        let mut m = mgr();
+        let moving = Span::Range {
+            start: b"m".to_vec(),
+            end: None,
+        };
+        let (a, b, c) = (t(1), t(2), t(3));
+        assert_eq!(
+            m.lock(a, true, &Target::key(b"n", Mode::Shared), 0),
+            Step::Granted
+        );
+        assert_eq!(
+            m.lock(b, true, &Target::key(b"a", Mode::Exclusive), 0),
+            Step::Granted
+        );
+        let r = Range {
+            start: b"k".to_vec(),
+            end: Some(b"p".to_vec()),
+        };
+        assert_eq!(m.lock(c, true, &Target::Range(r.clone()), 0), Step::Granted);
+        m.freeze(Some(moving.clone()));
+        // Nothing new in the moving part, a key or a range that reaches it.
+        for target in [Target::key(b"z", Mode::Shared), Target::Range(r)] {
+            match m.lock(t(9), true, &target, 0) {
+                Step::Abort(why) => assert_eq!(why.kind, AbortKind::Moved),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Below it, as before.
+        assert_eq!(
+            m.lock(t(8), true, &Target::key(b"b", Mode::Shared), 0),
+            Step::Granted
+        );
+        let h = m.holders_in(&moving);
+        assert_eq!(h.open, vec![a, c]);
+        assert!(h.unconfirmed.is_empty() && !h.busy);
+        let reason = m.wound_for_split(a).expect("a coordinator to tell");
+        assert_eq!(reason.kind, AbortKind::Moved);
+        // Wounded, its locks stay until its coordinator confirms.
+        let h = m.holders_in(&moving);
+        assert_eq!(h.open, vec![c]);
+        assert_eq!(h.unconfirmed.len(), 1);
+        assert!(m.wound_confirmed(a));
+        match m.lock(a, false, &Target::key(b"b", Mode::Shared), 0) {
+            Step::Abort(why) => assert_eq!(why.kind, AbortKind::Moved),
+            other => panic!("{other:?}"),
+        }
+        // A preparing holder is waited for, not wounded.
+        assert!(m.begin_prepare(c, 0).is_ok());
+        let h = m.holders_in(&moving);
+        assert!(h.open.is_empty() && h.busy, "{h:?}");
+        assert_eq!(m.wound_for_split(c), None);
+        // Lifted: granted again.
+        m.freeze(None);
+        assert_eq!(
+            m.lock(t(10), true, &Target::key(b"z", Mode::Shared), 0),
+            Step::Granted
+        );
+        // A leadership change forgets it (the next leader reads the record).
+        m.freeze(Some(moving));
+        m.step_down();
+        assert!(m.frozen().is_none());
     }
 
     #[test]

@@ -316,7 +316,19 @@ impl Admin for AdminService {
                 None,
             ));
         }
-        if r.voters.contains(&self.me) {
+        // A group being created lists its first voters, this node among
+        // them; only a split's new shard is created so.
+        let created =
+            r.create && (pact_common::FIRST_SPLIT_ID..pact_common::META_GROUP).contains(&r.group);
+        if r.create && !created {
+            return Err(error_status(
+                ErrorCode::InvalidInput,
+                format!("group {} is not one a split creates", r.group),
+                None,
+                None,
+            ));
+        }
+        if r.voters.contains(&self.me) && !created {
             return Err(error_status(
                 ErrorCode::InvalidInput,
                 format!(

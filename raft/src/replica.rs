@@ -696,6 +696,25 @@ impl Replica {
         self.group
     }
 
+    /// Create the group here with `voters` as its first membership: for a
+    /// group born at run time (a split's new shard), whose replicas all
+    /// started with [`Replica::start_joined`]. Idempotent, and harmless on
+    /// several replicas: every one would write the same first entry.
+    pub async fn initialize_with(&self, voters: &[Member]) -> Result<(), ReplicaError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Fatal(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, String> =
+            voters.iter().map(|m| (m.id, m.peer_addr.clone())).collect();
+        initialize(&self.raft, self.group, &members).await;
+        Ok(())
+    }
+
     pub fn node_id(&self) -> u64 {
         self.node_id
     }

@@ -131,7 +131,9 @@ impl ShardHost {
                 self.node.id()
             )));
         }
-        if self.config.shard(ShardId(group)).is_none() {
+        // A split's new shard has an id no config can give.
+        let split_child = (pact_common::FIRST_SPLIT_ID..pact_common::META_GROUP).contains(&group);
+        if self.config.shard(ShardId(group)).is_none() && !split_child {
             return Err(HostError::Refused(format!(
                 "no shard {group} in the cluster config"
             )));

@@ -1,0 +1,469 @@
+//! Splitting a shard in two while it serves.
+//!
+//! The shard that splits (the parent) keeps the lower part of what it
+//! owns; a new shard (the child, id [`pact_common::split_child_id`]) takes
+//! the rest, on the same replicas. Two Raft groups take part, and each is
+//! driven only by its own leader, from its own log and from what the other
+//! group's replica *on the same node* has applied (every child replica
+//! starts beside a parent replica, so nothing crosses nodes but Raft):
+//!
+//! 1. **Begin** (parent log, `SplitBegin`): the moving part is frozen. No
+//!    lock there is granted, and no one-phase commit or prepare that
+//!    writes there applies (checked at apply, so a command whose locks
+//!    predate the freeze cannot slip through).
+//! 2. **Drain** (parent leader): open transactions holding locks there are
+//!    wounded (confirmed by their coordinators, as any wound), and the
+//!    split waits for prepared ones to be decided. Not drained within
+//!    [`DRAIN_WITHIN`]: `SplitCancel`, nothing moved, the caller hears
+//!    UNAVAILABLE. Drained: `SplitDrained`, refused at apply while any
+//!    prepare record writes in the moving part. From here the split only
+//!    goes forward: whichever node leads next finishes it.
+//! 3. **Host** (parent leader): every voter of the parent hosts an empty
+//!    child replica (`Admin.HostReplica`); the driver's own replica
+//!    creates the group with those voters.
+//! 4. **Copy** (child leader): it waits until its node's parent replica
+//!    has applied `SplitDrained`, then copies the moving part (frozen and
+//!    drained, so identical on every parent replica from that entry on)
+//!    and the parent's record horizons and fence floors into its own log
+//!    (`Load`), the last batch marked done. A new child leader copies
+//!    again: `Load` only puts, and is refused once the child serves.
+//! 5. **Commit** (parent log, `SplitCommit`, once the driver's node's child
+//!    replica has applied the last `Load`): the parent's descriptor
+//!    becomes its lower part at version + 1 and names the child among its
+//!    successors. From here a request for a moved key is WRONG_SHARD.
+//! 6. **Serve** (child log, `Describe`, once the child leader's node's
+//!    parent replica has applied `SplitCommit`): the child owns its part at
+//!    version + 1. Between 5 and 6 the moved keys have no server (short).
+//! 7. **Trim and done** (parent): the moved keys are deleted from the
+//!    parent in bounded batches (`Trim`), then `SplitDone`.
+//!
+//! Invariants: at any time at most one of the two groups serves a key
+//! (the parent until 5, the child from 6); no prepare record is ever
+//! split (drained before the copy, none can land after); a transaction
+//! that held locks in the moving part before the split never commits
+//! (wounded, and its prepare refused at apply). Failure cases: a split
+//! that cannot drain is cancelled; a driver that dies is replaced by the
+//! next leader of its group, which continues from the recorded phase.
+//! What a split needs of the layout: the child is hosted through
+//! `Admin.HostReplica`, which only `pact` servers offer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pact_common::{split_child_id, ClusterConfig, Descriptor, NodeId, ShardId};
+use pact_raft::{Host, Replica};
+
+use crate::kv::{
+    data_key, prepared_writes, split_record, Split, DATA_PREFIX, DESCRIPTOR_KEY, FLOOR_PREFIX,
+    HORIZON_PREFIX, LOADED_KEY, PREPARED_PREFIX, SPLIT_KEY,
+};
+use crate::kv::{ShardCommand, ShardReply};
+use crate::node::Shard;
+use crate::Error;
+
+/// How long a split waits for the locks and prepared transactions in the
+/// part that moves before it gives up.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
+/// Most bytes of keys and values one `Load` or `Trim` entry carries.
+const BATCH_BYTES: usize = 1 << 20;
+/// Most keys one `Load` or `Trim` entry carries.
+const BATCH_KEYS: usize = 4096;
+/// How long the parent's driver waits for the child to copy its part
+/// and to serve, before it lets the next attempt (a tick later) go on.
+const CHILD_WITHIN: Duration = Duration::from_secs(600);
+
+/// What a split's drivers need of the node.
+#[derive(Clone)]
+pub struct Ctx {
+    pub host: Host,
+    pub me: NodeId,
+    pub config: Arc<ClusterConfig>,
+    /// The node's client of the cluster: coordinators (wounds) and other
+    /// nodes' Admin services (hosting the child).
+    pub client: pact_client::Client,
+}
+
+async fn propose(r: &Replica, cmd: &ShardCommand) -> Result<ShardReply, Error> {
+    let cmd = cmd
+        .encode()
+        .map_err(|e| Error::Fatal(format!("cannot encode a split command: {e}")))?;
+    let (_, reply) = r.propose(cmd).await?;
+    ShardReply::decode(&reply).map_err(Error::Fatal)
+}
+
+/// The proposal must have applied: anything else stops this attempt.
+async fn expect_done(r: &Replica, cmd: &ShardCommand) -> Result<(), Error> {
+    match propose(r, cmd).await? {
+        ShardReply::Done => Ok(()),
+        other => Err(Error::Unavailable(format!(
+            "split step refused by shard {}: {other:?}",
+            r.group()
+        ))),
+    }
+}
+
+async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
+    let v = r.get_local(SPLIT_KEY).await?;
+    split_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
+}
+
+async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
+    let v = r.get_local(DESCRIPTOR_KEY).await?;
+    crate::kv::descriptor(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
+}
+
+/// The split a leader starts: the descriptor `d` cut at `at`.
+pub fn plan(d: &Descriptor, at: Option<&[u8]>) -> Result<Split, Error> {
+    let (left, right) = d.span.split(at).map_err(Error::InvalidInput)?;
+    let version = d.version + 1;
+    Ok(Split {
+        left: Descriptor {
+            shard: d.shard,
+            version,
+            span: left,
+        },
+        child: Descriptor {
+            shard: split_child_id(d.shard, d.version),
+            version,
+            span: right,
+        },
+        drained: false,
+        committed: false,
+    })
+}
+
+/// Begin `split` on the parent `s` (whose leader this node is) and drive
+/// it to the end. The caller holds `s.splitting`.
+pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split, Error> {
+    expect_done(
+        &s.replica,
+        &ShardCommand::SplitBegin {
+            split: split.clone(),
+        },
+    )
+    .await?;
+    tracing::info!(shard = s.replica.group(), child = %split.child.shard, "split begun: the moving part is frozen");
+    drive(s, ctx, split).await
+}
+
+/// Drive a begun split of `s` from the phase its record is in.
+pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, Error> {
+    let parent = s.replica.group();
+    let child = split.child.shard;
+    if !split.drained {
+        if let Err(e) = drain(s, ctx, &split).await {
+            // Nothing moved: lift the freeze. (If this fails, the next
+            // leader finds the split undrained and tries again.)
+            let _ = expect_done(&s.replica, &ShardCommand::SplitCancel { child }).await;
+            tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
+            return Err(e);
+        }
+        split.drained = true;
+    }
+    forward(s, ctx, split).await.map_err(|e| {
+        Error::Unknown(format!(
+            "the split of shard {parent} into shard {child} is not finished ({e}); it goes on \
+             in the background (txn admin shard list shows it when done)"
+        ))
+    })
+}
+
+/// A drained split, from its recorded phase to the end.
+async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, Error> {
+    let parent = s.replica.group();
+    let child = split.child.shard;
+    if !split.committed {
+        let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
+        for v in &voters {
+            ctx.client
+                .host_new(pact_client::RaftGroup::Shard(child), *v, &voters, true)
+                .await
+                .map_err(|e| Error::Unavailable(format!("hosting shard {child} on {v}: {e}")))?;
+        }
+        let local = local_replica(ctx, child)?;
+        let members = ctx.host.members_of(&ctx.config, &voters);
+        local.initialize_with(&members).await?;
+        tracing::info!(shard = parent, %child, ?voters, "split: the new shard is hosted; waiting for its copy");
+        wait_for(&local, LOADED_KEY, "its copy of the moving part").await?;
+        expect_done(&s.replica, &ShardCommand::SplitCommit { child }).await?;
+        split.committed = true;
+        tracing::info!(shard = parent, %child, version = split.left.version, "split committed: the parent owns its part only");
+    }
+    let local = local_replica(ctx, child)?;
+    wait_for(&local, DESCRIPTOR_KEY, "its descriptor").await?;
+    trim(s, &split).await?;
+    expect_done(&s.replica, &ShardCommand::SplitDone { child }).await?;
+    tracing::info!(shard = parent, %child, "split done");
+    Ok(split)
+}
+
+fn local_replica(ctx: &Ctx, group: ShardId) -> Result<Replica, Error> {
+    ctx.host
+        .replicas
+        .list()
+        .into_iter()
+        .find(|r| r.group() == group.0)
+        .ok_or_else(|| Error::Unavailable(format!("shard {group} is not hosted on this node")))
+}
+
+/// Wait until `r` has applied a write of `key`.
+async fn wait_for(r: &Replica, key: &[u8], what: &str) -> Result<(), Error> {
+    let until = Instant::now() + CHILD_WITHIN;
+    loop {
+        if r.get_local(key).await?.is_some() {
+            return Ok(());
+        }
+        if let Some(f) = r.fatal() {
+            return Err(Error::Fatal(f));
+        }
+        if Instant::now() > until {
+            return Err(Error::Unavailable(format!(
+                "shard {} has not applied {what} yet",
+                r.group()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wound the open transactions holding locks in the moving part, and wait
+/// (at most [`DRAIN_WITHIN`]) until no lock and no prepare record is left
+/// there; then record that (`SplitDrained`).
+async fn drain(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
+    let until = Instant::now() + DRAIN_WITHIN;
+    let span = &split.child.span;
+    loop {
+        let holders = s
+            .shared
+            .release_with(|m| {
+                let h = m.holders_in(span);
+                let mut tell = h.unconfirmed.clone();
+                for t in &h.open {
+                    if let Some(reason) = m.wound_for_split(*t) {
+                        tell.push((*t, reason));
+                    }
+                }
+                (
+                    tell,
+                    h.open.is_empty() && h.unconfirmed.is_empty() && !h.busy,
+                )
+            })
+            .ok_or_else(|| Error::Fatal("the transaction manager's lock is poisoned".into()))?;
+        let (tell, no_locks) = holders;
+        for (txn, reason) in tell {
+            let told = tokio::time::timeout(
+                Duration::from_secs(1),
+                ctx.client.wounded(txn, &reason.reason),
+            )
+            .await;
+            if matches!(told, Ok(Ok(()))) {
+                s.shared.release_with(|m| m.wound_confirmed(txn));
+            }
+        }
+        if no_locks && !prepared_in(&s.replica, span).await? {
+            match propose(
+                &s.replica,
+                &ShardCommand::SplitDrained {
+                    child: split.child.shard,
+                },
+            )
+            .await?
+            {
+                ShardReply::Done => return Ok(()),
+                // A prepare applied since the look: wait for it too.
+                ShardReply::Rejected(_) => {}
+                other => {
+                    return Err(Error::Unavailable(format!(
+                        "split drain refused: {other:?}"
+                    )))
+                }
+            }
+        }
+        if Instant::now() > until {
+            return Err(Error::Unavailable(format!(
+                "shard {} could not split: transactions in the part that moves did not finish \
+                 within {DRAIN_WITHIN:?}; nothing moved, try again",
+                s.replica.group()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a prepare record applied here writes in `span`.
+async fn prepared_in(r: &Replica, span: &pact_common::Span) -> Result<bool, Error> {
+    for (_, v) in r.scan_prefix_local(&[PREPARED_PREFIX]).await? {
+        let writes = prepared_writes(&v).map_err(Error::Fatal)?;
+        if writes.iter().any(|(k, _)| span.contains(k)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Delete from the parent, in bounded entries, the keys it no longer owns.
+async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+    let mut from = vec![DATA_PREFIX];
+    let end = vec![DATA_PREFIX + 1];
+    loop {
+        let page = s
+            .replica
+            .scan_local(from.clone(), Some(end.clone()), BATCH_KEYS)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        let mut next = last.clone();
+        next.push(0);
+        let full = page.len() == BATCH_KEYS;
+        let keys: Vec<Vec<u8>> = page
+            .into_iter()
+            .filter_map(|(k, _)| k.get(1..).map(<[u8]>::to_vec))
+            .filter(|k| !split.left.span.contains(k))
+            .collect();
+        if !keys.is_empty() {
+            expect_done(&s.replica, &ShardCommand::Trim { keys }).await?;
+        }
+        if !full {
+            return Ok(());
+        }
+        from = next;
+    }
+}
+
+/// The child's leader (this replica, `s`, of a shard a split created,
+/// leading `term`): copy the parent's part once the split is drained, and
+/// record the descriptor once it is committed. Returns once the shard has
+/// a descriptor, or false if this replica stopped leading `term`.
+pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
+    let me = ShardId(s.replica.group());
+    let mut copied = false;
+    loop {
+        let r = s.replica.role();
+        if !r.leader || r.term != term || s.replica.fatal().is_some() {
+            return false;
+        }
+        match step_child(s, ctx, me, &mut copied).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::info!(shard = %me, error = %e, "new shard not serving yet");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One look at the split that creates `me`; true once `me` serves.
+async fn step_child(
+    s: &Arc<Shard>,
+    ctx: &Ctx,
+    me: ShardId,
+    copied: &mut bool,
+) -> Result<bool, Error> {
+    if local_descriptor(&s.replica).await?.is_some() {
+        return Ok(true);
+    }
+    let mut found = None;
+    for r in ctx.host.replicas.list() {
+        if r.group() == me.0 {
+            continue;
+        }
+        if let Ok(Some(split)) = local_split(&r).await {
+            if split.child.shard == me {
+                found = Some((r, split));
+                break;
+            }
+        }
+    }
+    let Some((parent, split)) = found else {
+        return Ok(false);
+    };
+    if split.committed {
+        // Horizons and floors again, as the parent has them now: one
+        // raised since the copy must hold here too (they only grow).
+        let mut pairs = Vec::new();
+        for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
+            pairs.extend(parent.scan_prefix_local(&[prefix]).await?);
+        }
+        expect_done(&s.replica, &ShardCommand::Load { pairs, done: true }).await?;
+        expect_done(
+            &s.replica,
+            &ShardCommand::Describe {
+                descriptor: split.child.clone(),
+            },
+        )
+        .await?;
+        tracing::info!(shard = %me, parent = parent.group(), version = split.child.version, "new shard serves");
+        return Ok(true);
+    }
+    if split.drained && !*copied && s.replica.get_local(LOADED_KEY).await?.is_none() {
+        copy(&parent, s, &split).await?;
+        *copied = true;
+    }
+    Ok(false)
+}
+
+/// Copy the moving part of `parent`'s applied state (data, horizons,
+/// floors) into the child `s` through its log.
+async fn copy(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut total = 0usize;
+    // Horizons and floors, whole: they are few.
+    for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
+        batch.extend(parent.scan_prefix_local(&[prefix]).await?);
+    }
+    let (start, end) = match &split.child.span {
+        pact_common::Span::Range { start, end } => (
+            data_key(start),
+            end.as_deref().map_or(vec![DATA_PREFIX + 1], data_key),
+        ),
+        pact_common::Span::Ring { .. } => (vec![DATA_PREFIX], vec![DATA_PREFIX + 1]),
+    };
+    let mut from = start;
+    loop {
+        let page = parent
+            .scan_local(from.clone(), Some(end.clone()), BATCH_KEYS)
+            .await?;
+        let full = page.len() == BATCH_KEYS;
+        if let Some((last, _)) = page.last() {
+            from = last.clone();
+            from.push(0);
+        }
+        for (k, v) in page {
+            if !k.get(1..).is_some_and(|u| split.child.span.contains(u)) {
+                continue;
+            }
+            bytes += k.len() + v.len();
+            batch.push((k, v));
+            if batch.len() >= BATCH_KEYS || bytes >= BATCH_BYTES {
+                total += batch.len();
+                let pairs = std::mem::take(&mut batch);
+                bytes = 0;
+                expect_done(&s.replica, &ShardCommand::Load { pairs, done: false }).await?;
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    total += batch.len();
+    expect_done(
+        &s.replica,
+        &ShardCommand::Load {
+            pairs: batch,
+            done: true,
+        },
+    )
+    .await?;
+    tracing::info!(
+        shard = s.replica.group(),
+        parent = parent.group(),
+        keys = total,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "new shard copied its part"
+    );
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Shards split while bank transfers run (`txn admin shard split`,
+//! `pact.v1.Kv.Split`), on real `pact` processes: the new shard serves
+//! the moved keys, clients that never heard of it find it from the
+//! descriptors, nothing acknowledged is lost, and the split survives the
+//! new shard's leader being killed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pact_client::Client;
+use pact_common::{ClusterConfig, PartitionScheme, ShardId, FIRST_SPLIT_ID};
+use pact_tests::bank::{self, read_settled};
+use pact_tests::{fast_tuning, Cluster};
+
+const ACCOUNTS: usize = 8;
+const INITIAL: i64 = 1000;
+
+/// `txn --json admin shard ARGS`: exit status and JSON answer.
+fn txn_shard(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = std::process::Command::new(pact_tests::binary("txn"))
+        .arg("--config")
+        .arg(&c.config_path)
+        .args(["--json", "admin", "shard"])
+        .args(args)
+        .output()
+        .expect("run txn");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), v)
+}
+
+/// The nodes' log lines about splits and new shards, for a failure's
+/// message.
+fn split_lines(c: &Cluster) -> String {
+    let mut out = String::new();
+    for id in c.node_ids() {
+        let text = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| l.contains("split") || l.contains("new shard"))
+        {
+            out.push_str(&format!("node {id}: {l}\n"));
+        }
+    }
+    out
+}
+
+async fn start(config: ClusterConfig) -> Cluster {
+    let mut c = Cluster::create(config, fast_tuning());
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    c
+}
+
+/// The bank's accounts, `filler` more keys, and 4 clients making
+/// transfers until the returned flag is set.
+async fn transfers_under_way(
+    c: &Cluster,
+    filler: usize,
+) -> (
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<Vec<bank::Transfer>>>,
+) {
+    let client = c.client();
+    bank::open_accounts(&client, ACCOUNTS, INITIAL).await;
+    for i in 0..filler {
+        client
+            .put(
+                format!("filler-{i:04}").as_bytes(),
+                format!("f{i}").as_bytes(),
+            )
+            .await
+            .expect("filler");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = bank::spawn_transfers(
+        (0..4).map(|_| c.client()).collect(),
+        ACCOUNTS,
+        7,
+        stop.clone(),
+    );
+    (stop, workers)
+}
+
+async fn stop_and_check(
+    client: &Client,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<bank::Transfer>>>,
+) -> bank::Checked {
+    stop.store(true, Ordering::SeqCst);
+    let mut log = Vec::new();
+    for w in workers {
+        log.extend(w.await.expect("worker"));
+    }
+    bank::check(client, &log, ACCOUNTS, INITIAL).await
+}
+
+/// Every filler key reads back, through point reads and one scan.
+async fn fillers_intact(client: &Client, filler: usize) {
+    for i in 0..filler {
+        let v = read_settled(client, format!("filler-{i:04}").as_bytes()).await;
+        assert_eq!(v, Some(format!("f{i}").into_bytes()), "filler-{i:04}");
+    }
+    let pairs = client
+        .scan(b"filler-", Some(b"filler-\xff"), 10_000)
+        .await
+        .expect("scan fillers");
+    assert_eq!(pairs.len(), filler, "the scan sees every filler key once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill() {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.partitioning = PartitionScheme::Range;
+    // Shard 3 holds acct-6, acct-7, the fillers and every transfer marker
+    // (xfer-*): the split at "g" moves the markers, written by every
+    // transfer, to the new shard.
+    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
+        s.start = Some(start.to_string());
+    }
+    let mut c = start(config).await;
+    let filler = 300;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = v["new_shard"].as_u64().expect("new shard id");
+    assert!(child >= FIRST_SPLIT_ID, "{v}");
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["new_keys"]["start"], "g", "{v}");
+
+    // Accounts under transfer split too (acct-0.. stays, acct-1.. moves).
+    let (ok, v1) = txn_shard(&c, &["split", "1", "--at", "acct-1"]);
+    assert!(ok, "second split refused: {v1}\n{}", split_lines(&c));
+    // A bad split key is refused, and nothing moves.
+    let (ok, bad) = txn_shard(&c, &["split", "2", "--at", "a"]);
+    assert!(!ok, "split outside the shard's range accepted: {bad}");
+    assert_eq!(bad["error"]["code"], "INVALID_INPUT", "{bad}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A client that routes by the config finds the new shards from the
+    // descriptors: the transfer markers are read through it.
+    let stale = c.client();
+    let marker = read_settled(&stale, b"xfer-0").await;
+    assert!(marker.is_some(), "the first transfer's marker is gone");
+    assert_eq!(stale.shard_for_key(b"xfer-0"), ShardId(child));
+
+    let (ok, list) = txn_shard(&c, &["list"]);
+    assert!(ok, "{list}");
+    let shards: Vec<u64> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["shard"].as_u64())
+        .collect();
+    assert_eq!(shards.len(), 5, "{list}");
+    assert!(shards.contains(&child), "{list}");
+
+    // Kill the new shard's leader: another replica takes over, from the
+    // log, and the markers stay readable.
+    let leader = c
+        .wait_leader(ShardId(child), &c.node_ids(), Duration::from_secs(10))
+        .await;
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_kill = c.client();
+    assert!(read_settled(&after_kill, b"xfer-0").await.is_some());
+    c.restart(leader);
+    c.wait_ready(Duration::from_secs(30)).await;
+
+    let checked = stop_and_check(&c.client(), stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&c.client(), filler).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_shard_splits_its_ring_share_under_transfers() {
+    let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    let c = start(config).await;
+    let filler = 300;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (ok, v) = txn_shard(&c, &["split", "2", "--at", "k"]);
+    assert!(!ok, "a hash shard split at a key: {v}");
+    let (ok, v) = txn_shard(&c, &["split", "2"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = ShardId(v["new_shard"].as_u64().expect("new shard id"));
+    let share = v["new_keys"]["ring_share"].as_f64().expect("share");
+    assert!(share > 0.1 && share < 0.25, "{v}");
+
+    let client = c.client();
+    let map = {
+        // Route once through the config's map so the client refreshes.
+        let _ = read_settled(&client, b"filler-0001").await;
+        client
+            .refresh_map(&client.shard_map())
+            .await
+            .expect("refresh");
+        client.shard_map()
+    };
+    assert!(map.shards().contains(&child), "{:?}", map.shards());
+    let moved = (0..filler)
+        .filter(|i| map.shard_for_key(format!("filler-{i:04}").as_bytes()) == child)
+        .count();
+    assert!(moved > 0, "no filler key moved to the new shard");
+
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
