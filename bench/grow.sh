@@ -6,11 +6,13 @@
 # shards, one coordinator group), runs `bench run --workload txn`
 # (transfers, THREADS threads, DURATION s), and GROW_AT s into the run adds
 # node 4, which the config does not list (`txn admin member add 4 ...`),
-# starts it with only `--endpoints` of node 1, moves shard 1's replica from node 3
-# to it (`txn admin replica move 1 3 4`) and hands it shard 1's leadership
-# (`txn admin leader transfer shard 1 4`). Prints each step's time, the
-# failed operations, and the medians of the per-second throughput before,
-# during and after.
+# starts it with only `--endpoints` of node 1, splits shard 1 in two
+# (`txn admin shard split 1`: the new shard takes half of shard 1's ring
+# share, on the same nodes), moves the new shard's replica from node 3 to
+# node 4 (`txn admin replica move NEW 3 4`) and hands it the new shard's
+# leadership (`txn admin leader transfer shard NEW 4`). Prints each step's
+# time, the failed operations, and the medians of the per-second
+# throughput before, during and after.
 #
 # Usage: bash bench/grow.sh
 # Settings (environment):
@@ -97,9 +99,13 @@ for _ in $(seq 1 300); do
 done
 [ -n "$up" ] || die "node 4 did not answer in 30 s"
 printf 'node-4-start %s %s\n' "$s" "$(date +%s.%N)" >>"$tmp/steps"
-step replica-move "$bin/txn" --config "$cfg" --json admin replica move 1 3 4
-step leader-transfer "$bin/txn" --config "$cfg" --json admin leader transfer shard 1 4
+step shard-split "$bin/txn" --config "$cfg" --json admin shard split 1
+child=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["new_shard"])' "$tmp/shard-split.out") \
+  || die "no new shard in the split's answer: $(cat "$tmp/shard-split.out")"
+step replica-move "$bin/txn" --config "$cfg" --json admin replica move "$child" 3 4
+step leader-transfer "$bin/txn" --config "$cfg" --json admin leader transfer shard "$child" 4
 "$bin/txn" --config "$cfg" admin member list >"$tmp/members.out" 2>&1 || true
+"$bin/txn" --config "$cfg" admin shard list >>"$tmp/members.out" 2>&1 || true
 wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
 
 python3 - "$tmp/run.err" "$t0" "$tmp/steps" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" <<'PY'
@@ -120,7 +126,7 @@ def med(lo, hi):
     return (statistics.median(v), len(v)) if v else (float("nan"), 0)
 before, during, after = med(0, start), med(start, end + 1), med(end + 1, 10**9)
 print()
-print(f"Pact {rev}, {profile}; {cores} cores; 3 nodes + node 4 added; transfers among {records} accounts, {threads} threads")
+print(f"Pact {rev}, {profile}; {cores} cores; 3 nodes + node 4 added, shard 1 split, the new shard moved to node 4; transfers among {records} accounts, {threads} threads")
 print()
 print("| step | took | at (s into the run) |")
 print("|---|---:|---:|")

@@ -649,9 +649,11 @@ async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, Clie
         }
     };
     let group = RaftGroup::Shard(ShardId(shard));
+    // A shard a split created is found from the descriptors.
+    client.know(group).await;
     if client.shard_replicas(ShardId(shard)).is_empty() {
         return Err(ClientError::InvalidInput(format!(
-            "no shard {shard} in the cluster config"
+            "no shard {shard} in the cluster (txn admin shard list)"
         )));
     }
     let mut voters = Vec::new();

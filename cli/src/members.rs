@@ -152,7 +152,7 @@ pub async fn split(
         pact_common::Span::Ring { arcs } => {
             let share: f64 = arcs
                 .iter()
-                .map(|(lo, hi)| (hi - lo) as f64 + 1.0)
+                .map(|(lo, hi)| hi.saturating_sub(*lo) as f64 + 1.0)
                 .sum::<f64>()
                 / 2f64.powi(64);
             json!({"ring_arcs": arcs.len(), "ring_share": share})
@@ -204,6 +204,13 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
         .filter(|m| m.removed)
         .map(|m| NodeId(m.id))
         .collect();
+    // Shards splits created, found from the descriptors (best effort):
+    // their replicas are asked too.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.refresh_map(&client.shard_map()),
+    )
+    .await;
     let answers = client.status().await;
     let (shard_lead, s_up) = leaders(&answers);
     let live = voters(&answers);

@@ -273,6 +273,10 @@ fn judge(kind: Kind, group: u64, replicas: &[NodeId], rows: &[&Row], max_lag: u6
 
 /// Ask every replica of every group at once, each within `within`.
 async fn ask(client: &Client, within: Duration) -> Vec<Row> {
+    // Shards splits created are named by their parents' descriptors: a
+    // refresh finds them (best effort, bounded: a shard that does not
+    // answer is judged below all the same).
+    let _ = tokio::time::timeout(within, client.refresh_map(&client.shard_map())).await;
     let timed = |node: NodeId, r: Option<Result<ReplicaStatus, ClientError>>| {
         r.unwrap_or_else(|| {
             let addr = client.node_addr(node).unwrap_or_else(|| "?".into());

@@ -520,6 +520,17 @@ impl Client {
         self.shard_table().get(&shard).cloned().unwrap_or_default()
     }
 
+    /// Make sure the client knows `group` if it exists: a shard a split
+    /// created is found from the descriptors (a refresh of the map) the
+    /// first time it is named.
+    pub async fn know(&self, group: RaftGroup) {
+        if let RaftGroup::Shard(s) = group {
+            if !self.shard_table().contains_key(&s) {
+                let _ = self.refresh_map(&self.shard_map()).await;
+            }
+        }
+    }
+
     /// `Describe` at `shard`'s leader, as sent.
     async fn describe_raw(&self, shard: ShardId) -> Result<pb::ShardDescriptor, ClientError> {
         let peer = self.inner.opts.peer_ports;
@@ -550,6 +561,7 @@ impl Client {
         at: Option<Vec<u8>>,
         within: Duration,
     ) -> Result<(pact_common::Descriptor, pact_common::Descriptor), ClientError> {
+        self.know(RaftGroup::Shard(shard)).await;
         let replicas = self.shard_replicas(shard);
         if replicas.is_empty() {
             return Err(ClientError::UnknownShard(shard.0));

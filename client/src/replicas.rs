@@ -73,6 +73,7 @@ impl Client {
     /// The best view of `group`'s voters (a leader's, else the highest
     /// term's) and whether it is a leader's.
     async fn voters_seen(&self, group: RaftGroup) -> Result<(bool, Vec<NodeId>), ClientError> {
+        self.know(group).await;
         let mut ask = self.group_replicas(group);
         if ask.is_empty() {
             return Err(ClientError::InvalidInput(format!(
@@ -116,6 +117,7 @@ impl Client {
         F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.know(group).await;
         let replicas = self.group_replicas(group);
         let mut ask: Vec<NodeId> = replicas.iter().rev().copied().collect();
         let mut last = ClientError::Unavailable(format!("{group}: no replica answered"));

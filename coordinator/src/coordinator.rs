@@ -1191,41 +1191,61 @@ impl Coordinator {
         if self.floor_is_raised(start) {
             return Ok(());
         }
-        // Every shard there is, those a split created included.
-        tokio::time::timeout(
-            INQUIRY_WAIT,
-            self.participants
-                .refresh_map(&self.participants.shard_map()),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("the shards' descriptors did not answer in time".into()))?
-        .map_err(|e| Error::Unavailable(format!("reading the shards' descriptors: {e}")))?;
-        let calls = self
-            .participants
-            .shards()
-            .into_iter()
-            .map(|shard| async move {
-                let req = pb::FloorRequest {
-                    shard_id: shard.0,
-                    group: self.group,
-                    below: start.0,
-                };
-                tokio::time::timeout(
-                    INQUIRY_WAIT,
-                    self.participants.call_shard(shard, true, |ch| async move {
-                        participant(ch).raise_floor(req).await
-                    }),
-                )
-                .await
-                .map_err(|_| Error::Unavailable(format!("shard {shard} did not answer in time")))?
-                .map_err(Error::from)
-                .map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))
-            });
-        for r in futures::future::join_all(calls).await {
-            r?;
+        // Every shard there is, those a split created included: after
+        // each round the map is read again, and shards that appeared
+        // (split off one that was raised, which may have copied its floor
+        // before the raise) are raised too.
+        let mut raised = BTreeSet::new();
+        loop {
+            tokio::time::timeout(
+                INQUIRY_WAIT,
+                self.participants
+                    .refresh_map(&self.participants.shard_map()),
+            )
+            .await
+            .map_err(|_| {
+                Error::Unavailable("the shards' descriptors did not answer in time".into())
+            })?
+            .map_err(|e| Error::Unavailable(format!("reading the shards' descriptors: {e}")))?;
+            let todo: Vec<ShardId> = self
+                .participants
+                .shards()
+                .into_iter()
+                .filter(|s| !raised.contains(s))
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
+            self.raise_floor_at(&todo, start).await?;
+            raised.extend(todo);
         }
         if let Ok(mut f) = self.floor_raised.lock() {
             *f = (*f).max(start);
+        }
+        Ok(())
+    }
+
+    /// One round of [`Coordinator::raise_floor`]: every shard of `shards`.
+    async fn raise_floor_at(&self, shards: &[ShardId], start: Timestamp) -> Result<(), Error> {
+        let calls = shards.iter().copied().map(|shard| async move {
+            let req = pb::FloorRequest {
+                shard_id: shard.0,
+                group: self.group,
+                below: start.0,
+            };
+            tokio::time::timeout(
+                INQUIRY_WAIT,
+                self.participants.call_shard(shard, true, |ch| async move {
+                    participant(ch).raise_floor(req).await
+                }),
+            )
+            .await
+            .map_err(|_| Error::Unavailable(format!("shard {shard} did not answer in time")))?
+            .map_err(Error::from)
+            .map_err(|e| Error::Unavailable(format!("shard {shard}: {e}")))
+        });
+        for r in futures::future::join_all(calls).await {
+            r?;
         }
         Ok(())
     }
@@ -1484,29 +1504,48 @@ impl Coordinator {
         fence: bool,
         settles: impl Fn(&inquiry::Answer) -> bool,
     ) -> Vec<(ShardId, inquiry::Answer)> {
-        let refreshed = tokio::time::timeout(
-            INQUIRY_WAIT,
-            self.participants
-                .refresh_map(&self.participants.shard_map()),
-        )
-        .await;
-        let mut answers = self
-            .inquire_all(txn, self.participants.shards(), fence, settles)
+        let mut answers = Vec::new();
+        let mut asked = BTreeSet::new();
+        // Again after each round: a shard split off one that was asked may
+        // have appeared meanwhile (its parent names it from its commit).
+        loop {
+            let refreshed = tokio::time::timeout(
+                INQUIRY_WAIT,
+                self.participants
+                    .refresh_map(&self.participants.shard_map()),
+            )
             .await;
-        let failed = match refreshed {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {INQUIRY_WAIT:?}")),
-        };
-        if let Some(why) = failed {
-            answers.push((
-                ShardId(0),
-                Err(format!(
-                    "the shards' descriptors could not be read (a shard split off may be missing): {why}"
-                )),
-            ));
+            let failed = match refreshed {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {INQUIRY_WAIT:?}")),
+            };
+            if let Some(why) = failed {
+                answers.push((
+                    ShardId(0),
+                    Err(format!(
+                        "the shards' descriptors could not be read (a shard split off may be \
+                         missing): {why}"
+                    )),
+                ));
+                return answers;
+            }
+            let todo: Vec<ShardId> = self
+                .participants
+                .shards()
+                .into_iter()
+                .filter(|s| asked.insert(*s))
+                .collect();
+            if todo.is_empty() {
+                return answers;
+            }
+            let round = self.inquire_all(txn, todo, fence, &settles).await;
+            let settled = round.iter().any(|(_, a)| settles(a));
+            answers.extend(round);
+            if settled {
+                return answers;
+            }
         }
-        answers
     }
 
     async fn inquire_all(

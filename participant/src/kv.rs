@@ -173,6 +173,10 @@ pub struct Split {
     pub left: Descriptor,
     /// The new shard's descriptor.
     pub child: Descriptor,
+    /// The parent's voters when the split began: the new shard's first
+    /// voters, whichever leader drives the split (one membership for the
+    /// new group, however often it is created).
+    pub voters: Vec<pact_common::NodeId>,
     /// `SplitDrained` applied: no prepare record writes in the part that
     /// moves, and none can land there any more, so the new shard may copy
     /// it. From here the split only goes forward.
@@ -1070,6 +1074,7 @@ mod tests {
                 version: 2,
                 span: right,
             },
+            voters: vec![pact_common::NodeId(1), pact_common::NodeId(2)],
             drained: false,
             committed: false,
         };
@@ -1220,7 +1225,7 @@ mod tests {
                 descriptor: whole.clone(),
             },
         );
-        let mut split = crate::split::plan(&whole, Some(b"m")).unwrap();
+        let mut split = crate::split::plan(&whole, Some(b"m"), Vec::new()).unwrap();
         let child = split.child.shard;
         assert_eq!(
             m.run(

@@ -36,6 +36,16 @@ pub struct Described {
     pub voters: Vec<NodeId>,
 }
 
+/// The version of the shard's descriptor as loaded here (0: none yet).
+fn descriptor_version(s: &Shard) -> u64 {
+    s.shared
+        .descriptor
+        .read()
+        .ok()
+        .and_then(|d| d.as_ref().map(|d| d.version))
+        .unwrap_or(0)
+}
+
 /// Whether `shard` is an id only a split gives (not a config's).
 fn is_split_child(shard: ShardId) -> bool {
     shard.0 >= pact_common::FIRST_SPLIT_ID && shard.0 < pact_common::META_GROUP
@@ -601,7 +611,8 @@ impl Node {
                 split.map_or_else(|| "?".to_string(), |s| s.child.shard.to_string())
             )));
         }
-        let split = crate::split::plan(&d, at.as_deref())?;
+        let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
+        let split = crate::split::plan(&d, at.as_deref(), voters)?;
         let guard = s.splitting.clone().try_lock_owned().map_err(|_| {
             Error::Unavailable(format!(
                 "shard {shard} is already splitting; try again later"
@@ -674,6 +685,10 @@ impl Node {
         deadline: Instant,
     ) -> Result<(), Error> {
         let started = Instant::now();
+        // What the shard owned when the request was checked (just before):
+        // a split that committed while it waited moves keys it may be
+        // about to lock (see below).
+        let owned = descriptor_version(s);
         let mut waited = false;
         // Held while this request waits for a key's lock.
         let mut place: Option<Waiting<'_>> = None;
@@ -698,6 +713,36 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match step {
+                // The shard's span changed since the request was checked
+                // (a split committed while it waited, and lifted the
+                // freeze that kept it off the moving part): the lock may
+                // be on a key, or a range, that is no longer only this
+                // shard's. Nothing is read under it; the transaction ends
+                // here, retryably.
+                Step::Granted if descriptor_version(s) != owned => {
+                    let why = Abort::new(
+                        AbortKind::Moved,
+                        format!(
+                            "shard {} split while the request waited for {}; retry",
+                            s.replica.group(),
+                            target.describe()
+                        ),
+                    );
+                    // As a wound: its coordinator confirms before its
+                    // other locks here go.
+                    let tell = s.shared.release_with(|m| m.wound_for_split(txn)).flatten();
+                    if let Some(reason) = tell {
+                        let told = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            self.coordinators.wounded(txn, &reason.reason),
+                        )
+                        .await;
+                        if matches!(told, Ok(Ok(()))) {
+                            s.shared.release_with(|m| m.wound_confirmed(txn));
+                        }
+                    }
+                    break Err(Error::Aborted(why));
+                }
                 Step::Granted => break Ok(()),
                 Step::NotLeader => break Err(Error::NotLeader { hint: None }),
                 Step::Abort(r) => break Err(Error::Aborted(r)),

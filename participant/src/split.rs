@@ -19,8 +19,10 @@
 //!    prepare record writes in the moving part. From here the split only
 //!    goes forward: whichever node leads next finishes it.
 //! 3. **Host** (parent leader): every voter of the parent hosts an empty
-//!    child replica (`Admin.HostReplica`); the driver's own replica
-//!    creates the group with those voters.
+//!    child replica (`Admin.HostReplica`; asked first before Begin too,
+//!    so a voter that does not answer refuses the split before anything
+//!    is frozen); the driver's own replica creates the group with those
+//!    voters.
 //! 4. **Copy** (child leader): it waits until its node's parent replica
 //!    has applied `SplitDrained`, then copies the moving part (frozen and
 //!    drained, so identical on every parent replica from that entry on)
@@ -113,7 +115,7 @@ async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
 }
 
 /// The split a leader starts: the descriptor `d` cut at `at`.
-pub fn plan(d: &Descriptor, at: Option<&[u8]>) -> Result<Split, Error> {
+pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Split, Error> {
     let (left, right) = d.span.split(at).map_err(Error::InvalidInput)?;
     let version = d.version + 1;
     Ok(Split {
@@ -127,6 +129,7 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>) -> Result<Split, Error> {
             version,
             span: right,
         },
+        voters,
         drained: false,
         committed: false,
     })
@@ -135,6 +138,10 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>) -> Result<Split, Error> {
 /// Begin `split` on the parent `s` (whose leader this node is) and drive
 /// it to the end. The caller holds `s.splitting`.
 pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split, Error> {
+    // Every voter hosts the (empty, uncreated) child before anything is
+    // frozen: a voter that does not answer refuses the split up front,
+    // rather than holding the moving part frozen later.
+    host_child(ctx, &split, true).await?;
     expect_done(
         &s.replica,
         &ShardCommand::SplitBegin {
@@ -151,12 +158,23 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
     let parent = s.replica.group();
     let child = split.child.shard;
     if !split.drained {
-        if let Err(e) = drain(s, ctx, &split).await {
-            // Nothing moved: lift the freeze. (If this fails, the next
-            // leader finds the split undrained and tries again.)
-            let _ = expect_done(&s.replica, &ShardCommand::SplitCancel { child }).await;
-            tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
-            return Err(e);
+        match drain(s, ctx, &split).await {
+            Ok(()) => {}
+            // Whether `SplitDrained` applied is not known: not cancelled.
+            Err(e @ (Error::Unknown(_) | Error::Fatal(_))) => return Err(e),
+            Err(e) => {
+                // Nothing moved: lift the freeze. If this fails the next
+                // leader finds the split undrained and drives it again.
+                if let Err(c) = expect_done(&s.replica, &ShardCommand::SplitCancel { child }).await
+                {
+                    return Err(Error::Unknown(format!(
+                        "the split of shard {parent} could not drain ({e}) nor be cancelled \
+                         ({c}); the shard's leader finishes or cancels it"
+                    )));
+                }
+                tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
+                return Err(e);
+            }
         }
         split.drained = true;
     }
@@ -173,17 +191,22 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
     let parent = s.replica.group();
     let child = split.child.shard;
     if !split.committed {
-        let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
-        for v in &voters {
-            ctx.client
-                .host_new(pact_client::RaftGroup::Shard(child), *v, &voters, true)
-                .await
-                .map_err(|e| Error::Unavailable(format!("hosting shard {child} on {v}: {e}")))?;
+        // Once the child exists here, hosting is not asked again: a voter
+        // that lost its data must rejoin behind its gate, not be created
+        // afresh (it could vote away entries it had acknowledged).
+        let created = match local_replica(ctx, child) {
+            Ok(r) => r.initialized().await?,
+            Err(_) => false,
+        };
+        if !created {
+            // A voter down now is not waited for: the child starts
+            // without its replica there (a majority is enough).
+            host_child(ctx, &split, false).await?;
+            let members = ctx.host.members_of(&ctx.config, &split.voters);
+            local_replica(ctx, child)?.initialize_with(&members).await?;
         }
         let local = local_replica(ctx, child)?;
-        let members = ctx.host.members_of(&ctx.config, &voters);
-        local.initialize_with(&members).await?;
-        tracing::info!(shard = parent, %child, ?voters, "split: the new shard is hosted; waiting for its copy");
+        tracing::info!(shard = parent, %child, voters = ?split.voters, "split: the new shard is hosted; waiting for its copy");
         wait_for(&local, LOADED_KEY, "its copy of the moving part").await?;
         expect_done(&s.replica, &ShardCommand::SplitCommit { child }).await?;
         split.committed = true;
@@ -195,6 +218,39 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
     expect_done(&s.replica, &ShardCommand::SplitDone { child }).await?;
     tracing::info!(shard = parent, %child, "split done");
     Ok(split)
+}
+
+/// Have every voter of the parent host an empty replica of `child`
+/// (idempotent): the split's recorded voters. With `all`, every voter
+/// must; else this node and a majority must.
+async fn host_child(ctx: &Ctx, split: &Split, all: bool) -> Result<(), Error> {
+    let child = split.child.shard;
+    let voters = &split.voters;
+    let group = pact_client::RaftGroup::Shard(child);
+    let asks = voters
+        .iter()
+        .map(|v| async move { (*v, ctx.client.host_new(group, *v, voters, true).await) });
+    let mut hosted = 0;
+    let mut failed = Vec::new();
+    for (v, r) in futures::future::join_all(asks).await {
+        match r {
+            Ok(()) => hosted += 1,
+            Err(e) if v == ctx.me => {
+                return Err(Error::Unavailable(format!(
+                    "hosting shard {child} here: {e}"
+                )))
+            }
+            Err(e) => failed.push(format!("node {v}: {e}")),
+        }
+    }
+    if (all && !failed.is_empty()) || hosted * 2 <= voters.len() {
+        return Err(Error::Unavailable(format!(
+            "shard {} cannot split now: not every replica could host the new shard ({})",
+            split.left.shard,
+            failed.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 fn local_replica(ctx: &Ctx, group: ShardId) -> Result<Replica, Error> {
@@ -261,14 +317,16 @@ async fn drain(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
             }
         }
         if no_locks && !prepared_in(&s.replica, span).await? {
-            match propose(
+            // An error here may leave `SplitDrained` applied: the caller
+            // then does not cancel (Unknown and Fatal pass through).
+            let drained = propose(
                 &s.replica,
                 &ShardCommand::SplitDrained {
                     child: split.child.shard,
                 },
             )
-            .await?
-            {
+            .await?;
+            match drained {
                 ShardReply::Done => return Ok(()),
                 // A prepare applied since the look: wait for it too.
                 ShardReply::Rejected(_) => {}

@@ -696,6 +696,15 @@ impl Replica {
         self.group
     }
 
+    /// Whether the group exists here (has a membership: it was created
+    /// here, or heard from a replica that was).
+    pub async fn initialized(&self) -> Result<bool, ReplicaError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Fatal(e.to_string()))
+    }
+
     /// Create the group here with `voters` as its first membership: for a
     /// group born at run time (a split's new shard), whose replicas all
     /// started with [`Replica::start_joined`]. Idempotent, and harmless on

@@ -176,6 +176,28 @@ async fn bank_survives_nodes_joining_and_leaving() {
     assert_valid(&r);
 }
 
+/// Shards split in two (hash-partitioned: each at the middle of its ring
+/// share) while list-append transactions run, between kills of shard
+/// leaders: transactions holding locks in a moving part abort, and the
+/// new shards take over. The Elle-style checker finds no anomaly, and at
+/// least one split went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_append_survives_shard_splits_and_leader_kills() {
+    let faults = [Fault::Split, Fault::KillShardLeader];
+    let mut spec = Spec::new("append-split", Workload::ListAppend, &faults);
+    spec.spare = true;
+    let r = run(spec).await;
+    assert_faulted(&r, &faults);
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.starts_with("split shard")),
+        "no split went through: {}",
+        r.summary()
+    );
+    assert_valid(&r);
+}
+
 /// Broken build: transactional reads take no lock. Snapshot reads of the
 /// bank then see transfers half-applied, and the checker must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -643,8 +643,15 @@ pub async fn run(spec: Spec) -> Report {
 
 async fn quiesce(c: &Cluster) {
     let participants = c.participant_ids();
-    for s in &c.config.shards {
-        c.wait_leader(s.id, &participants, Duration::from_secs(30))
+    // Shards splits created included.
+    let client = c.client();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.refresh_map(&client.shard_map()),
+    )
+    .await;
+    for s in client.shards() {
+        c.wait_leader(s, &participants, Duration::from_secs(30))
             .await;
     }
     if !c.config.coordinators.is_empty() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pact_client::RaftGroup;
+use pact_client::{Client, RaftGroup};
 use pact_common::{NodeId, ShardId};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -70,6 +70,28 @@ pub enum Fault {
     /// member table (`txn admin member remove`), then stop its process.
     /// Needs every node run as `pact` (`Spec::spare`).
     JoinOrLeave,
+    /// Split a random shard in two (`txn admin shard split`: a
+    /// hash-partitioned shard at the middle of its ring share, a range
+    /// shard at a key inside its range), with no process harmed:
+    /// transactions holding locks in the part that moves abort, the new
+    /// shard takes over those keys. At most [`MAX_SPLIT_SHARDS`] shards.
+    /// Needs every node run as `pact` (`Spec::spare`).
+    Split,
+}
+
+/// [`Fault::Split`] stops splitting once the cluster has this many shards.
+pub const MAX_SPLIT_SHARDS: usize = 10;
+
+/// Every shard there is now, those splits created included (best effort:
+/// the config's and those known so far if the descriptors cannot all be
+/// read).
+async fn all_shards(client: &Client) -> Vec<ShardId> {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.refresh_map(&client.shard_map()),
+    )
+    .await;
+    client.shards()
 }
 
 impl Fault {
@@ -150,7 +172,7 @@ pub async fn apply(
             (Applied::Killed(id), format!("killed node {id}"))
         }
         Fault::KillShardLeader => {
-            let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+            let shards = all_shards(&c.client()).await;
             let shard = *shards.choose(rng).expect("shards");
             match shard_leader(c, shard).await {
                 Some(id) => {
@@ -261,10 +283,10 @@ pub async fn apply(
             (Applied::Nothing, what)
         }
         Fault::MoveReplica => {
-            let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+            let client = c.client();
+            let shards = all_shards(&client).await;
             let shard = *shards.choose(rng).expect("shards");
             let group = RaftGroup::Shard(shard);
-            let client = c.client();
             let voters = match client.group_voters(group).await {
                 Ok(v) => v,
                 Err(e) => return (Applied::Nothing, format!("{group}: no voters known: {e}")),
@@ -298,6 +320,39 @@ pub async fn apply(
                 ),
                 Ok(Err(e)) => format!("{group}: replica not moved from node {from} to {to}: {e}"),
                 Err(_) => format!("{group}: moving a replica from node {from} to {to} timed out"),
+            };
+            (Applied::Nothing, what)
+        }
+        Fault::Split => {
+            let client = c.client();
+            let shards = all_shards(&client).await;
+            if shards.len() >= MAX_SPLIT_SHARDS {
+                return (
+                    Applied::Nothing,
+                    format!("{} shards already: no split", shards.len()),
+                );
+            }
+            let shard = *shards.choose(rng).expect("shards");
+            let map = client.shard_map();
+            // A key just above a range shard's start is inside it unless
+            // the range is tiny (then the split is refused, and logged).
+            let at = map.range_of(shard).map(|(start, _)| {
+                let mut k = start;
+                k.push(rng.random_range(b'a'..=b'z'));
+                k
+            });
+            let split = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.split_shard(shard, at, Duration::from_secs(25)),
+            )
+            .await;
+            let what = match split {
+                Ok(Ok((left, child))) => format!(
+                    "split shard {shard} (now version {}) into it and shard {}",
+                    left.version, child.shard
+                ),
+                Ok(Err(e)) => format!("shard {shard} not split: {e}"),
+                Err(_) => format!("splitting shard {shard} timed out"),
             };
             (Applied::Nothing, what)
         }
@@ -399,7 +454,7 @@ async fn move_replica(
 /// new one added.
 async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
     let client = c.client();
-    let shards: Vec<ShardId> = c.config.shards.iter().map(|s| s.id).collect();
+    let shards = all_shards(&client).await;
     let present = c.joined_ids();
     if let Some(&node) = present.first() {
         // Move every replica it holds to a participant that lacks one.
