@@ -16,7 +16,8 @@
 #
 # Usage: bash bench/grow.sh
 # Settings (environment):
-#   THREADS=16  DURATION=60  GROW_AT=15  RECORDS=1000 (accounts)
+#   THREADS=16  DURATION=60  GROW_AT=15  RECORDS=1000 (accounts, or records)
+#   WORKLOAD=txn (transfers; or a YCSB core workload: a, b, c, d, f)
 #   PACT_PORT=27601  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
 #   KEEP=1 (keep the cluster's directory; its path is printed)
 set -euo pipefail
@@ -28,6 +29,8 @@ THREADS=${THREADS:-16}
 DURATION=${DURATION:-60}
 GROW_AT=${GROW_AT:-15}
 RECORDS=${RECORDS:-1000}
+WORKLOAD=${WORKLOAD:-txn}
+[[ $WORKLOAD =~ ^(txn|a|b|c|d|f)$ ]] || die "WORKLOAD must be txn, a, b, c, d or f, got '$WORKLOAD'"
 PACT_PORT=${PACT_PORT:-27601}
 PROFILE=${PROFILE:-release}
 for v in THREADS DURATION GROW_AT RECORDS PACT_PORT; do
@@ -71,12 +74,12 @@ done
 
 addr4=127.0.0.1:$((PACT_PORT + 3))
 peer4=127.0.0.1:$((PACT_PORT + 33))
-printf '== loading %s accounts\n' "$RECORDS" >&2
-"$bin/bench" load --backend pact --config "$cfg" --workload txn --recordcount "$RECORDS" \
+printf '== loading %s records (workload %s)\n' "$RECORDS" "$WORKLOAD" >&2
+"$bin/bench" load --backend pact --config "$cfg" --workload "$WORKLOAD" --recordcount "$RECORDS" \
   --threads 4 >"$tmp/load.out" 2>"$tmp/load.err" || { tail -5 "$tmp/load.err" >&2; die "load failed"; }
-printf '== transfers for %s s, %s threads; node 4 joins at %s s\n' "$DURATION" "$THREADS" "$GROW_AT" >&2
+printf '== %s for %s s, %s threads; node 4 joins at %s s\n' "$WORKLOAD" "$DURATION" "$THREADS" "$GROW_AT" >&2
 t0=$(date +%s.%N)
-"$bin/bench" run --backend pact --config "$cfg" --workload txn --recordcount "$RECORDS" \
+"$bin/bench" run --backend pact --config "$cfg" --workload "$WORKLOAD" --recordcount "$RECORDS" \
   --threads "$THREADS" --duration "$DURATION" --progress --allow-failures >"$tmp/run.out" 2>"$tmp/run.err" &
 benchpid=$!
 sleep "$GROW_AT"
@@ -108,9 +111,11 @@ step leader-transfer "$bin/txn" --config "$cfg" --json admin leader transfer sha
 "$bin/txn" --config "$cfg" admin shard list >>"$tmp/members.out" 2>&1 || true
 wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
 
-python3 - "$tmp/run.err" "$t0" "$tmp/steps" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" <<'PY'
+python3 - "$tmp/run.err" "$t0" "$tmp/steps" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" "$WORKLOAD" <<'PY'
 import re, statistics, sys
-log, t0, steps, rev, profile, cores, records, threads = sys.argv[1:]
+log, t0, steps, rev, profile, cores, records, threads, workload = sys.argv[1:]
+what = "transfers among {} accounts".format(records) if workload == "txn" else "YCSB-{} over {} records".format(workload.upper(), records)
+unit = "transfers/s" if workload == "txn" else "ops/s"
 t0 = float(t0)
 rows = [l.split() for l in open(steps)]
 spans = [(name, float(s) - t0, float(e) - t0) for name, s, e in rows]
@@ -126,7 +131,7 @@ def med(lo, hi):
     return (statistics.median(v), len(v)) if v else (float("nan"), 0)
 before, during, after = med(0, start), med(start, end + 1), med(end + 1, 10**9)
 print()
-print(f"Pact {rev}, {profile}; {cores} cores; 3 nodes + node 4 added, shard 1 split, the new shard moved to node 4; transfers among {records} accounts, {threads} threads")
+print(f"Pact {rev}, {profile}; {cores} cores; 3 nodes + node 4 added, shard 1 split, the new shard moved to node 4; {what}, {threads} threads")
 print()
 print("| step | took | at (s into the run) |")
 print("|---|---:|---:|")
@@ -135,7 +140,7 @@ for name, s, e in spans:
 print()
 print(f"failed operations: {failed}")
 print()
-print("| transfers/s (median of the seconds) | before | while growing | after |")
+print(f"| {unit} (median of the seconds) | before | while growing | after |")
 print("|---|---:|---:|---:|")
 print(f"| throughput | {before[0]:,.0f} ({before[1]} s) | {during[0]:,.0f} ({during[1]} s) | {after[0]:,.0f} ({after[1]} s) |")
 PY

@@ -26,6 +26,11 @@
 //! for it to commit and aborts the process, before any final
 //! configuration exists: the group is left joint, as openraft leaves it
 //! when a leader dies between the two steps of a change), so tests can check that the next change finishes it.
+//! And two crash points of a split: `crash-split-drained` (the driver
+//! aborts the process once the parent recorded the split drained, before
+//! the new shard exists) and `crash-split-committed` (once the parent
+//! committed it, before the new shard serves); a driver that takes over
+//! from the recorded phase passes neither point again.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -43,6 +48,8 @@ pub const FAULT_NAMES: &[&str] = &[
     "skip-one-phase-record",
     "crash-mid-snapshot-install",
     "crash-mid-membership-change",
+    "crash-split-drained",
+    "crash-split-committed",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

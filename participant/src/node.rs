@@ -594,6 +594,23 @@ impl Node {
         })
     }
 
+    /// Why `shard` is in the middle of a split here, if it is: it is
+    /// splitting, or a split is creating it and it does not serve yet.
+    pub async fn splitting(&self, shard: ShardId) -> Option<String> {
+        let s = self.shard(shard).ok()?;
+        if let Ok(Some(v)) = s.replica.get_local(crate::kv::SPLIT_KEY).await {
+            let child = crate::kv::split_record(&|_| Ok(Some(v.clone())))
+                .ok()
+                .flatten()
+                .map_or_else(|| "?".to_string(), |x| x.child.shard.to_string());
+            return Some(format!("shard {shard} is splitting (into shard {child})"));
+        }
+        if is_split_child(shard) && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None)) {
+            return Some(format!("shard {shard} is being created by a split"));
+        }
+        None
+    }
+
     /// Split `shard` (this node leads it): at `at` for a range shard, at
     /// the middle of its ring share for a hash one. Runs in a task of its
     /// own, so a caller that goes away does not stop it half way (the

@@ -177,6 +177,7 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
             }
         }
         split.drained = true;
+        crash_point("crash-split-drained");
     }
     forward(s, ctx, split).await.map_err(|e| {
         Error::Unknown(format!(
@@ -210,6 +211,7 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
         wait_for(&local, LOADED_KEY, "its copy of the moving part").await?;
         expect_done(&s.replica, &ShardCommand::SplitCommit { child }).await?;
         split.committed = true;
+        crash_point("crash-split-committed");
         tracing::info!(shard = parent, %child, version = split.left.version, "split committed: the parent owns its part only");
     }
     let local = local_replica(ctx, child)?;
@@ -251,6 +253,14 @@ async fn host_child(ctx: &Ctx, split: &Split, all: bool) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// The fault-injection crash points of a split (`pact_common::faults`).
+fn crash_point(name: &str) {
+    if pact_common::faults::enabled(name) {
+        eprintln!("{name}: aborting the process");
+        std::process::abort();
+    }
 }
 
 fn local_replica(ctx: &Ctx, group: ShardId) -> Result<Replica, Error> {

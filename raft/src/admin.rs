@@ -51,6 +51,12 @@ pub trait GroupHost: Send + Sync + 'static {
     /// Stop this node's replica of `group` for good and delete its data
     /// (idempotent: a group not hosted is fine).
     async fn drop_group(&self, group: u64) -> Result<(), HostError>;
+    /// Whether `group`'s replicas may change now: a shard that is
+    /// splitting (or being created by a split) may not, since each step
+    /// of the split reads the other group's replica on the same node.
+    async fn may_change(&self, _group: u64) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -392,6 +398,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
         let r = request.into_inner();
         fixed(r.group)?;
+        if let Some(host) = &self.host {
+            host.may_change(r.group).await.map_err(host_status)?;
+        }
         let router = self.router.clone();
         let voters = if r.remove {
             let anchors = self.anchors.get(&r.group).cloned().unwrap_or_default();

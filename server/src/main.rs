@@ -118,6 +118,15 @@ impl pact_raft::admin::GroupHost for ShardHost {
             .await
             .map_err(host_error)
     }
+
+    async fn may_change(&self, group: u64) -> Result<(), HostError> {
+        match self.node.splitting(ShardId(group)).await {
+            Some(why) => Err(HostError::Failed(format!(
+                "{why}: its replicas cannot change until the split is done; try again shortly"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ShardHost {

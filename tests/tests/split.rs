@@ -174,6 +174,71 @@ async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill(
     fillers_intact(&c.client(), filler).await;
 }
 
+/// Crash points: the node driving the split dies once the split is
+/// drained (before the new shard exists), and the node that takes over
+/// dies once it has committed it (before the new shard serves). Each
+/// next leader of shard 3 goes on from the recorded phase; the split
+/// finishes, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_whose_drivers_crash_is_finished_by_the_next_leaders() {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.partitioning = PartitionScheme::Range;
+    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
+        s.start = Some(start.to_string());
+    }
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in c.node_ids() {
+        c.set_env(
+            id,
+            "PACT_FAULTS",
+            "crash-split-drained,crash-split-committed",
+        );
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let filler = 200;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(!ok, "the split's driver should have died: {v}");
+    // Restart whoever died, until the split is done (two crashes).
+    let mut crashed = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let child = loop {
+        for id in c.node_ids() {
+            if c.exited(id).is_some() {
+                crashed.push(id);
+                c.restart(id);
+            }
+        }
+        let (ok, list) = txn_shard(&c, &["list"]);
+        let rows = list.as_array().cloned().unwrap_or_default();
+        let served = rows.iter().find(|r| {
+            r["shard"].as_u64().is_some_and(|s| s >= FIRST_SPLIT_ID) && r["leader"].is_u64()
+        });
+        if ok && rows.len() == 4 && crashed.len() >= 2 {
+            if let Some(r) = served {
+                break r["shard"].as_u64().expect("id");
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the split did not finish: crashed {crashed:?}, list {list}\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(crashed.len(), 2, "{crashed:?}\n{}", split_lines(&c));
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    assert!(read_settled(&client, b"xfer-0").await.is_some());
+    assert_eq!(client.shard_for_key(b"xfer-0"), ShardId(child));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hash_shard_splits_its_ring_share_under_transfers() {
     let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
