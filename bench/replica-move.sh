@@ -18,11 +18,17 @@
 # snapshot bytes node 4 received, and the medians of the per-second
 # throughput before, during and after the move.
 #
+# With ACTION=split it splits the shard instead (`txn admin shard split 1`:
+# half its ring share, about half of SIZE_GIB, is copied into a new shard
+# on the same nodes through the new shard's Raft log) and prints the
+# split's time and the same throughput medians.
+#
 # Usage: bash bench/replica-move.sh [SIZE_GIB]      (default 1)
 # Settings (environment):
 #   VALUE_BYTES=65536  LOAD_THREADS=4  RECORDS=10000  THREADS=16
 #   DURATION=120  MOVE_AT=20  SNAPSHOT_LOGS=5000  KEEP_LOGS=1000 (the defaults)
 #   SNAPSHOT_KIB=0 ([raft] snapshot_kib_per_sec: the transfer's pace; 0 none)
+#   ACTION=move (or split)
 #   PACT_PORT=27501  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
 #   KEEP=1 (keep the cluster's directory; its path is printed)
 set -euo pipefail
@@ -44,6 +50,8 @@ KEEP_LOGS=${KEEP_LOGS:-1000}
 SNAPSHOT_KIB=${SNAPSHOT_KIB:-0}
 PACT_PORT=${PACT_PORT:-27501}
 PROFILE=${PROFILE:-release}
+ACTION=${ACTION:-move}
+[[ $ACTION =~ ^(move|split)$ ]] || die "ACTION must be move or split, got '$ACTION'"
 for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS SNAPSHOT_KIB LOAD_THREADS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
@@ -116,26 +124,32 @@ printf '== overwriting the first %s records with YCSB-sized ones\n' "$RECORDS" >
   { tail -5 "$tmp/load2.err" >&2; die "second load failed"; }
 
 shard_group=1
-printf '== YCSB-A for %s s, %s threads; moving shard 1 from node 3 to node 4 at %s s\n' "$DURATION" "$THREADS" "$MOVE_AT" >&2
+printf '== YCSB-A for %s s, %s threads; %s of shard 1 at %s s\n' "$DURATION" "$THREADS" "$ACTION" "$MOVE_AT" >&2
 t0=$(date +%s.%N)
 "$bin/bench" run --backend pact --config "$cfg" --workload a --recordcount "$RECORDS" \
   --threads "$THREADS" --duration "$DURATION" --progress --allow-failures >"$tmp/run.out" 2>"$tmp/run.err" &
 benchpid=$!
 sleep "$MOVE_AT"
 m0=$(date +%s.%N)
-"$bin/txn" --config "$cfg" --json admin replica move 1 3 4 >"$tmp/move.out" 2>"$tmp/move.err" ||
-  { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the move failed"; }
+if [ "$ACTION" = split ]; then
+  "$bin/txn" --config "$cfg" --json admin shard split 1 --wait 3600 >"$tmp/move.out" 2>"$tmp/move.err" ||
+    { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the split failed"; }
+else
+  "$bin/txn" --config "$cfg" --json admin replica move 1 3 4 >"$tmp/move.out" 2>"$tmp/move.err" ||
+    { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the move failed"; }
+fi
 m1=$(date +%s.%N)
 wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
 received=$(metric 4 pact_raft_snapshot_bytes_received_total "$shard_group")
 installed=$(metric 4 pact_raft_snapshots_installed_total "$shard_group")
-[ "${installed:-0}" -ge 1 ] || die "node 4 caught up without installing a snapshot (raise SIZE_GIB or lower SNAPSHOT_LOGS)"
+[ "$ACTION" = split ] || [ "${installed:-0}" -ge 1 ] ||
+  die "node 4 caught up without installing a snapshot (raise SIZE_GIB or lower SNAPSHOT_LOGS)"
 [ ! -e "$tmp/node-3" ] || du -sk "$tmp/node-3" >"$tmp/node3.du"
 
-python3 - "$tmp/run.err" "$t0" "$m0" "$m1" "$tmp/move.out" "${received:-0}" "$SIZE_GIB" "$records" "$VALUE_BYTES" "$load_s" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" <<'PY'
+python3 - "$tmp/run.err" "$t0" "$m0" "$m1" "$tmp/move.out" "${received:-0}" "$SIZE_GIB" "$records" "$VALUE_BYTES" "$load_s" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$PROFILE" "$(nproc)" "$RECORDS" "$THREADS" "$ACTION" <<'PY'
 import json, re, statistics, sys
 (log, t0, m0, m1, move_out, received, size, records, vbytes, load_s,
- rev, profile, cores, ycsb_records, threads) = sys.argv[1:]
+ rev, profile, cores, ycsb_records, threads, action) = sys.argv[1:]
 t0, m0, m1 = float(t0), float(m0), float(m1)
 start, end = m0 - t0, m1 - t0
 per_s = []
@@ -156,11 +170,17 @@ print()
 print(f"Pact {rev}, {profile}; {cores} cores; one shard of {size} GiB ({records} values of {vbytes} bytes, loaded in {load_s} s), "
       f"YCSB-A on {ycsb_records} records, {threads} threads")
 print()
-print("| move of the replica (3 -> 4) | snapshot received | voters after | failed operations |")
-print("|---:|---:|---|---:|")
-print(f"| {end - start:.1f} s | {int(float(received)) / (1 << 20):,.0f} MiB | {moved.get('voters')} | {failed} |")
+if action == "split":
+    share = moved.get("new_keys", {}).get("ring_share", 0)
+    print("| split of the shard (new shard serves) | new shard | its share of key hashes | failed operations |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {end - start:.1f} s | {moved.get('new_shard')} | {share * 100:.1f}% | {failed} |")
+else:
+    print("| move of the replica (3 -> 4) | snapshot received | voters after | failed operations |")
+    print("|---:|---:|---|---:|")
+    print(f"| {end - start:.1f} s | {int(float(received)) / (1 << 20):,.0f} MiB | {moved.get('voters')} | {failed} |")
 print()
-print("| YCSB-A ops/s (median of the seconds) | before | during the move | after |")
+print(f"| YCSB-A ops/s (median of the seconds) | before | during the {action} | after |")
 print("|---|---:|---:|---:|")
 print(f"| throughput | {before[0]:,.0f} ({before[1]} s) | {during[0]:,.0f} ({during[1]} s) | {after[0]:,.0f} ({after[1]} s) |")
 PY

@@ -237,6 +237,11 @@ enum ShardCmd {
         /// First key of the new shard (range partitioning only).
         #[arg(long)]
         at: Option<String>,
+        /// How long to wait for the split to finish, in seconds (a large
+        /// shard's copy takes a while); past it the answer is UNKNOWN and
+        /// the split goes on.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        wait: u64,
     },
 }
 
@@ -545,6 +550,8 @@ fn main() -> ExitCode {
         Cmd::Backup { .. } | Cmd::Restore { .. } => 3600,
         // A new replica catches up a whole shard before it votes.
         Cmd::Admin(AdminCmd::Replica(_)) => 600,
+        // A split waits for transactions to leave, and copies.
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { wait, .. })) => wait.saturating_add(30),
         _ => 15,
     }));
     // --timeout bounds the whole command, the routing-table question
@@ -842,12 +849,13 @@ async fn run(
         Cmd::Admin(AdminCmd::Shard(ShardCmd::List)) => {
             members::shards(client, style, args.json).await
         }
-        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { shard, at })) => {
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { shard, at, wait })) => {
             let at = at
                 .as_deref()
                 .map(|a| style.codec.decode(a, "--at key"))
                 .transpose()?;
-            members::split(client, style, *shard, at, args.json).await
+            let wait = std::time::Duration::from_secs(*wait);
+            members::split(client, style, *shard, at, wait, args.json).await
         }
         Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
         Cmd::Admin(AdminCmd::Member(MemberCmd::Add {

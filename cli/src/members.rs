@@ -128,20 +128,18 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
     Ok(0)
 }
 
-/// How long `shard split` waits for the split to finish.
-const SPLIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
-
 /// `txn admin shard split`.
 pub async fn split(
     client: &Client,
     style: Style,
     shard: u64,
     at: Option<Vec<u8>>,
+    wait: std::time::Duration,
     json: bool,
 ) -> Result<u8, ClientError> {
     let started = std::time::Instant::now();
     let (left, child) = client
-        .split_shard(pact_common::ShardId(shard), at, SPLIT_WITHIN)
+        .split_shard(pact_common::ShardId(shard), at, wait)
         .await?;
     let secs = started.elapsed().as_secs_f64();
     let show = |d: &pact_common::Descriptor| match &d.span {

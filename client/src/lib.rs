@@ -441,6 +441,19 @@ impl Client {
         if !Arc::ptr_eq(&self.shard_map(), stale) {
             return Ok(());
         }
+        self.refresh_locked().await
+    }
+
+    /// [`Client::refresh_map`] from descriptors read after this call
+    /// began, whatever map is in use: for a caller that must see every
+    /// shard that exists once something it just did has landed (a
+    /// coordinator raising fence floors).
+    pub async fn refresh_all(&self) -> Result<(), ClientError> {
+        let _one = self.inner.refreshing.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<(), ClientError> {
         // Every shard the client knows, then the shards split off them
         // that it did not know, round by round.
         let mut asked = std::collections::BTreeSet::new();
@@ -453,6 +466,13 @@ impl Client {
             round = Vec::new();
             for d in answers {
                 let voters: Vec<NodeId> = d.voters.iter().copied().map(NodeId).collect();
+                // A shard a split created has no list in the config: its
+                // own leader's voters are where it is now (it moves).
+                if d.shard_id >= pact_common::FIRST_SPLIT_ID && !voters.is_empty() {
+                    if let Ok(mut t) = self.inner.shards.write() {
+                        t.insert(ShardId(d.shard_id), voters.clone());
+                    }
+                }
                 for succ in d.successors.iter().copied().map(ShardId) {
                     if asked.contains(&succ) || round.contains(&succ) {
                         continue;

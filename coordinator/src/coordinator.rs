@@ -1197,16 +1197,14 @@ impl Coordinator {
         // before the raise) are raised too.
         let mut raised = BTreeSet::new();
         loop {
-            tokio::time::timeout(
-                INQUIRY_WAIT,
-                self.participants
-                    .refresh_map(&self.participants.shard_map()),
-            )
-            .await
-            .map_err(|_| {
-                Error::Unavailable("the shards' descriptors did not answer in time".into())
-            })?
-            .map_err(|e| Error::Unavailable(format!("reading the shards' descriptors: {e}")))?;
+            // A refresh that starts now: one that began before this
+            // round's raise could have missed a shard split off since.
+            tokio::time::timeout(INQUIRY_WAIT, self.participants.refresh_all())
+                .await
+                .map_err(|_| {
+                    Error::Unavailable("the shards' descriptors did not answer in time".into())
+                })?
+                .map_err(|e| Error::Unavailable(format!("reading the shards' descriptors: {e}")))?;
             let todo: Vec<ShardId> = self
                 .participants
                 .shards()
@@ -1506,44 +1504,40 @@ impl Coordinator {
     ) -> Vec<(ShardId, inquiry::Answer)> {
         let mut answers = Vec::new();
         let mut asked = BTreeSet::new();
-        // Again after each round: a shard split off one that was asked may
-        // have appeared meanwhile (its parent names it from its commit).
+        // The shards known now first (a decisive answer there settles it
+        // whatever the rest say); then the map read afresh, after each
+        // round, for shards split off meanwhile (a parent names them from
+        // its commit on), until none is new.
+        let mut todo = self.participants.shards();
         loop {
-            let refreshed = tokio::time::timeout(
-                INQUIRY_WAIT,
-                self.participants
-                    .refresh_map(&self.participants.shard_map()),
-            )
-            .await;
-            let failed = match refreshed {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {INQUIRY_WAIT:?}")),
-            };
-            if let Some(why) = failed {
-                answers.push((
-                    ShardId(0),
-                    Err(format!(
-                        "the shards' descriptors could not be read (a shard split off may be \
-                         missing): {why}"
-                    )),
-                ));
-                return answers;
-            }
-            let todo: Vec<ShardId> = self
-                .participants
-                .shards()
-                .into_iter()
-                .filter(|s| asked.insert(*s))
-                .collect();
+            todo.retain(|s| asked.insert(*s));
             if todo.is_empty() {
                 return answers;
             }
-            let round = self.inquire_all(txn, todo, fence, &settles).await;
+            let round = self
+                .inquire_all(txn, std::mem::take(&mut todo), fence, &settles)
+                .await;
             let settled = round.iter().any(|(_, a)| settles(a));
             answers.extend(round);
             if settled {
                 return answers;
+            }
+            match tokio::time::timeout(INQUIRY_WAIT, self.participants.refresh_all()).await {
+                Ok(Ok(())) => todo = self.participants.shards(),
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {INQUIRY_WAIT:?}"),
+                    };
+                    answers.push((
+                        ShardId(0),
+                        Err(format!(
+                            "the shards' descriptors could not be read (a shard split off may \
+                             be missing): {why}"
+                        )),
+                    ));
+                    return answers;
+                }
             }
         }
     }

@@ -164,6 +164,10 @@ pub enum ShardCommand {
     SplitDrained {
         child: ShardId,
     },
+    /// The new shard's replicas are hosted and it is being created.
+    SplitCreated {
+        child: ShardId,
+    },
 }
 
 /// A split under way, as the parent records it.
@@ -177,6 +181,11 @@ pub struct Split {
     /// voters, whichever leader drives the split (one membership for the
     /// new group, however often it is created).
     pub voters: Vec<pact_common::NodeId>,
+    /// `SplitCreated` applied: every voter was asked to host the new
+    /// shard, and it is being created; from here no replica of it is
+    /// created afresh (a voter that lost its data rejoins behind its
+    /// gate instead).
+    pub created: bool,
     /// `SplitDrained` applied: no prepare record writes in the part that
     /// moves, and none can land there any more, so the new shard may copy
     /// it. From here the split only goes forward.
@@ -454,7 +463,8 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::Load { .. }
         | ShardCommand::Trim { .. }
         | ShardCommand::SplitDone { .. }
-        | ShardCommand::SplitDrained { .. } => Notice::Nothing,
+        | ShardCommand::SplitDrained { .. }
+        | ShardCommand::SplitCreated { .. } => Notice::Nothing,
     }
 }
 
@@ -695,6 +705,20 @@ pub fn effect(
             _ => (
                 Vec::new(),
                 ShardReply::Rejected(format!("no split into shard {child} is under way")),
+            ),
+        },
+        ShardCommand::SplitCreated { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && s.drained && !s.created => {
+                let next = Split { created: true, ..s };
+                (
+                    vec![(SPLIT_KEY.to_vec(), Some(encode(&next)?))],
+                    ShardReply::Done,
+                )
+            }
+            Some(s) if s.child.shard == *child && s.drained => (Vec::new(), ShardReply::Done),
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected(format!("no drained split into shard {child}")),
             ),
         },
         ShardCommand::Load { pairs, done } => {
@@ -986,7 +1010,21 @@ impl Apply for KvApp {
                 // log, and a commit's writes are in the store now.
                 m.decision_applied(txn);
             }
-            Notice::Freeze(span) => m.freeze(span),
+            Notice::Freeze(span) => {
+                m.freeze(span);
+                // The descriptor the apply just loaded (a split commits
+                // with the freeze lifted): locks outside it are refused
+                // from the same moment.
+                if m.term().is_some() {
+                    let owned = self
+                        .shared
+                        .descriptor
+                        .read()
+                        .ok()
+                        .and_then(|d| d.as_ref().map(|d| d.span.clone()));
+                    m.set_owned(owned);
+                }
+            }
             Notice::Nothing => {}
         });
     }
@@ -1075,6 +1113,7 @@ mod tests {
                 span: right,
             },
             voters: vec![pact_common::NodeId(1), pact_common::NodeId(2)],
+            created: false,
             drained: false,
             committed: false,
         };
@@ -1127,15 +1166,25 @@ mod tests {
             ShardReply::Done
         );
         assert_eq!(m.get(b"p"), Some(b"1".to_vec()));
-        // Commit before drained: refused.
+        // Commit (or creation) before drained: refused.
         assert!(matches!(
             m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCreated { child }),
             ShardReply::Rejected(_)
         ));
         assert_eq!(
             m.run(1, ShardCommand::SplitDrained { child }),
             ShardReply::Done
         );
+        for _ in 0..2 {
+            assert_eq!(
+                m.run(1, ShardCommand::SplitCreated { child }),
+                ShardReply::Done
+            );
+        }
         // Past the point of no return: no cancel.
         assert!(matches!(
             m.run(1, ShardCommand::SplitCancel { child }),

@@ -36,6 +36,28 @@ pub struct Described {
     pub voters: Vec<NodeId>,
 }
 
+/// Tell the coordinator of `txn`, wounded here for `reason`, within
+/// `within`; once it knows (the transaction serves no more reads), its
+/// locks here go, and their waiters are woken. `None` if it was not told
+/// (the locks stay), else whether anything was released.
+pub(crate) async fn wound_confirmed_by(
+    shared: &Shared,
+    coordinators: &pact_client::Client,
+    txn: TxnId,
+    reason: &Abort,
+    within: Duration,
+) -> Option<bool> {
+    let told = tokio::time::timeout(within, coordinators.wounded(txn, &reason.reason)).await;
+    if !matches!(told, Ok(Ok(()))) {
+        return None;
+    }
+    Some(
+        shared
+            .release_with(|m| m.wound_confirmed(txn))
+            .unwrap_or(false),
+    )
+}
+
 /// The version of the shard's descriptor as loaded here (0: none yet).
 fn descriptor_version(s: &Shard) -> u64 {
     s.shared
@@ -534,7 +556,7 @@ impl Node {
         shard: ShardId,
         version: u64,
         keys: impl IntoIterator<Item = &'k [u8]>,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let d = self.routed(s, shard, version)?;
         for key in keys {
             if !d.span.contains(key) {
@@ -550,7 +572,7 @@ impl Node {
                 });
             }
         }
-        Ok(())
+        Ok(d.version)
     }
 
     /// Refuse with WRONG_SHARD unless the shard owns all of `[start,
@@ -562,7 +584,7 @@ impl Node {
         version: u64,
         start: &[u8],
         end: Option<&[u8]>,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let d = self.routed(s, shard, version)?;
         if !d.span.covers(start, end) {
             return Err(Error::WrongShard {
@@ -571,6 +593,25 @@ impl Node {
                     d.version
                 ),
                 version: d.version,
+            });
+        }
+        Ok(d.version)
+    }
+
+    /// After a read: the shard still owns what it owned when the request
+    /// was checked (`checked`, that descriptor's version). A read that
+    /// straddled a split (its lock granted before the freeze, its read
+    /// after the new shard took writes) is refused, retryably, rather
+    /// than answered from the old copy.
+    fn still_owned(&self, s: &Shard, shard: ShardId, checked: u64) -> Result<(), Error> {
+        let now = descriptor_version(s);
+        if now != checked {
+            return Err(Error::WrongShard {
+                message: format!(
+                    "shard {shard} split while the read ran (version {checked}, now {now}); \
+                     route again"
+                ),
+                version: now,
             });
         }
         Ok(())
@@ -626,6 +667,13 @@ impl Node {
             return Err(Error::Unavailable(format!(
                 "shard {shard} is already splitting (into shard {}); try again when it is done",
                 split.map_or_else(|| "?".to_string(), |s| s.child.shard.to_string())
+            )));
+        }
+        // The new shard's first voters are the shard's now: not while
+        // they are changing.
+        if let Some(why) = s.replica.membership_unsettled() {
+            return Err(Error::Unavailable(format!(
+                "shard {shard} cannot split now: {why}; try again shortly"
             )));
         }
         let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
@@ -702,10 +750,6 @@ impl Node {
         deadline: Instant,
     ) -> Result<(), Error> {
         let started = Instant::now();
-        // What the shard owned when the request was checked (just before):
-        // a split that committed while it waited moves keys it may be
-        // about to lock (see below).
-        let owned = descriptor_version(s);
         let mut waited = false;
         // Held while this request waits for a key's lock.
         let mut place: Option<Waiting<'_>> = None;
@@ -730,36 +774,6 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match step {
-                // The shard's span changed since the request was checked
-                // (a split committed while it waited, and lifted the
-                // freeze that kept it off the moving part): the lock may
-                // be on a key, or a range, that is no longer only this
-                // shard's. Nothing is read under it; the transaction ends
-                // here, retryably.
-                Step::Granted if descriptor_version(s) != owned => {
-                    let why = Abort::new(
-                        AbortKind::Moved,
-                        format!(
-                            "shard {} split while the request waited for {}; retry",
-                            s.replica.group(),
-                            target.describe()
-                        ),
-                    );
-                    // As a wound: its coordinator confirms before its
-                    // other locks here go.
-                    let tell = s.shared.release_with(|m| m.wound_for_split(txn)).flatten();
-                    if let Some(reason) = tell {
-                        let told = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            self.coordinators.wounded(txn, &reason.reason),
-                        )
-                        .await;
-                        if matches!(told, Ok(Ok(()))) {
-                            s.shared.release_with(|m| m.wound_confirmed(txn));
-                        }
-                    }
-                    break Err(Error::Aborted(why));
-                }
                 Step::Granted => break Ok(()),
                 Step::NotLeader => break Err(Error::NotLeader { hint: None }),
                 Step::Abort(r) => break Err(Error::Aborted(r)),
@@ -771,25 +785,20 @@ impl Node {
                     // Their locks go once their coordinators know: only
                     // then can a write that takes them become visible to
                     // any later read of theirs.
+                    let within = left.min(Duration::from_secs(1));
                     let calls = victims.into_iter().map(|(v, reason)| async move {
-                        let told = tokio::time::timeout(
-                            left.min(Duration::from_secs(1)),
-                            self.coordinators.wounded(v, &reason.reason),
-                        )
-                        .await;
-                        (v, matches!(told, Ok(Ok(()))))
+                        let freed =
+                            wound_confirmed_by(&s.shared, &self.coordinators, v, &reason, within)
+                                .await;
+                        (v, freed)
                     });
                     let mut confirmed_freed = false;
-                    for (v, told) in futures::future::join_all(calls).await {
-                        if told {
-                            confirmed_freed |= s
-                                .shared
-                                .mgr
-                                .lock()
-                                .map(|mut m| m.wound_confirmed(v))
-                                .unwrap_or(false);
-                        } else {
-                            tracing::warn!(shard = s.replica.group(), wounded = %v, "coordinator not told of a wound yet; its locks stay");
+                    for (v, freed) in futures::future::join_all(calls).await {
+                        match freed {
+                            Some(freed) => confirmed_freed |= freed,
+                            None => {
+                                tracing::warn!(shard = s.replica.group(), wounded = %v, "coordinator not told of a wound yet; its locks stay");
+                            }
                         }
                     }
                     if confirmed_freed {
@@ -1017,7 +1026,7 @@ impl Node {
             return Ok(s.replica.get_local(&data_key(key)).await?);
         }
         self.ready(s)?;
-        self.check_keys(s, shard, version, [key])?;
+        let checked = self.check_keys(s, shard, version, [key])?;
         let txn = self.implicit_txn();
         let _release = Release::new(s, txn);
         let term = self.lock_term(s)?;
@@ -1027,6 +1036,9 @@ impl Node {
         )?;
         let v = self.read_key(s, txn, key).await?;
         self.confirm(s, term).await?;
+        // A plain read has no coordinator to stop it if a split wounded
+        // it mid-read: it checks for itself.
+        self.still_owned(s, shard, checked)?;
         Ok(v)
     }
 
@@ -1065,7 +1077,7 @@ impl Node {
         let limit = Self::scan_limit(limit)?;
         let s = &self.shard(shard)?;
         self.ready(s)?;
-        self.check_range(s, shard, version, start, end)?;
+        let checked = self.check_range(s, shard, version, start, end)?;
         if end.is_some_and(|e| e <= start) {
             return Ok((Vec::new(), false));
         }
@@ -1082,6 +1094,7 @@ impl Node {
         )?;
         let out = self.read_range(s, txn, start, end, limit).await?;
         self.confirm(s, term).await?;
+        self.still_owned(s, shard, checked)?;
         Ok(out)
     }
 
@@ -1289,7 +1302,7 @@ impl Node {
             Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
         ) {
             match self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice())) {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(Error::WrongShard { message, .. }) => {
                     self.release(s, txn);
                     return Ok(Vote::No(Abort::new(AbortKind::Moved, message)));
@@ -1386,7 +1399,7 @@ impl Node {
         // caller may go away at any point.
         let release = Release::new(s, txn);
         match self.check_keys(s, shard, version, ops.iter().map(|(k, _)| k.as_slice())) {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(Error::WrongShard { message, .. }) => {
                 return Err(Error::Aborted(Abort::new(AbortKind::Moved, message)))
             }
@@ -2105,6 +2118,7 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
     let Some(descriptor) = load_descriptor(s, term).await else {
         return;
     };
+    let owned = descriptor.span.clone();
     if let Ok(mut d) = s.shared.descriptor.write() {
         *d = Some(Arc::new(descriptor));
     }
@@ -2139,6 +2153,7 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
     if let Ok(mut m) = s.shared.mgr.lock() {
         m.leader_ready(term, prepared, clock());
         m.freeze(frozen);
+        m.set_owned(Some(owned));
     }
     // A decision applied between the scan and `leader_ready` released
     // nothing (the manager did not know the transaction yet): drop any

@@ -70,6 +70,10 @@ pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
 const BATCH_BYTES: usize = 1 << 20;
 /// Most keys one `Load` or `Trim` entry carries.
 const BATCH_KEYS: usize = 4096;
+/// Most pairs read from the store at once while copying or trimming: the
+/// store hands back values too, so a page of large values stays within
+/// tens of MiB.
+const PAGE: usize = 256;
 /// How long the parent's driver waits for the child to copy its part
 /// and to serve, before it lets the next attempt (a tick later) go on.
 const CHILD_WITHIN: Duration = Duration::from_secs(600);
@@ -130,6 +134,7 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Sp
             span: right,
         },
         voters,
+        created: false,
         drained: false,
         committed: false,
     })
@@ -192,20 +197,21 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
     let parent = s.replica.group();
     let child = split.child.shard;
     if !split.committed {
-        // Once the child exists here, hosting is not asked again: a voter
-        // that lost its data must rejoin behind its gate, not be created
-        // afresh (it could vote away entries it had acknowledged).
-        let created = match local_replica(ctx, child) {
-            Ok(r) => r.initialized().await?,
-            Err(_) => false,
-        };
-        if !created {
+        // Hosting with `create` is asked only until the split records
+        // that the child is being created: after that a voter that lost
+        // its data must rejoin behind its gate, not be created afresh (it
+        // could vote away entries it had acknowledged).
+        if !split.created {
             // A voter down now is not waited for: the child starts
             // without its replica there (a majority is enough).
             host_child(ctx, &split, false).await?;
-            let members = ctx.host.members_of(&ctx.config, &split.voters);
-            local_replica(ctx, child)?.initialize_with(&members).await?;
+            expect_done(&s.replica, &ShardCommand::SplitCreated { child }).await?;
+            split.created = true;
         }
+        // Idempotent, and the same first membership (the recorded
+        // voters) whichever driver does it.
+        let members = ctx.host.members_of(&ctx.config, &split.voters);
+        local_replica(ctx, child)?.initialize_with(&members).await?;
         let local = local_replica(ctx, child)?;
         tracing::info!(shard = parent, %child, voters = ?split.voters, "split: the new shard is hosted; waiting for its copy");
         wait_for(&local, LOADED_KEY, "its copy of the moving part").await?;
@@ -317,14 +323,25 @@ async fn drain(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
             .ok_or_else(|| Error::Fatal("the transaction manager's lock is poisoned".into()))?;
         let (tell, no_locks) = holders;
         for (txn, reason) in tell {
-            let told = tokio::time::timeout(
-                Duration::from_secs(1),
-                ctx.client.wounded(txn, &reason.reason),
-            )
-            .await;
-            if matches!(told, Ok(Ok(()))) {
-                s.shared.release_with(|m| m.wound_confirmed(txn));
-            }
+            let within = Duration::from_secs(1);
+            crate::node::wound_confirmed_by(&s.shared, &ctx.client, txn, &reason, within).await;
+        }
+        // A change of the shard's replicas that began before the split
+        // (later ones are refused) would leave the new shard's recorded
+        // voters without their parent replicas: give up instead.
+        if let Some(why) = s.replica.membership_unsettled() {
+            return Err(Error::Unavailable(format!(
+                "shard {} cannot split now: {why}; nothing moved, try again",
+                split.left.shard
+            )));
+        }
+        let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
+        if voters != split.voters {
+            return Err(Error::Unavailable(format!(
+                "shard {}'s replicas changed during the split ({:?}, now {voters:?}); nothing \
+                 moved, try again",
+                split.left.shard, split.voters
+            )));
         }
         if no_locks && !prepared_in(&s.replica, span).await? {
             // An error here may leave `SplitDrained` applied: the caller
@@ -371,31 +388,42 @@ async fn prepared_in(r: &Replica, span: &pact_common::Span) -> Result<bool, Erro
 
 /// Delete from the parent, in bounded entries, the keys it no longer owns.
 async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
-    let mut from = vec![DATA_PREFIX];
-    let end = vec![DATA_PREFIX + 1];
+    let (mut from, end) = moving_part(split);
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     loop {
         let page = s
             .replica
-            .scan_local(from.clone(), Some(end.clone()), BATCH_KEYS)
+            .scan_local(from.clone(), Some(end.clone()), PAGE)
             .await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(());
-        };
-        let mut next = last.clone();
-        next.push(0);
-        let full = page.len() == BATCH_KEYS;
-        let keys: Vec<Vec<u8>> = page
-            .into_iter()
-            .filter_map(|(k, _)| k.get(1..).map(<[u8]>::to_vec))
-            .filter(|k| !split.left.span.contains(k))
-            .collect();
-        if !keys.is_empty() {
-            expect_done(&s.replica, &ShardCommand::Trim { keys }).await?;
+        let full = page.len() == PAGE;
+        if let Some((last, _)) = page.last() {
+            from = last.clone();
+            from.push(0);
+        }
+        keys.extend(
+            page.into_iter()
+                .filter_map(|(k, _)| k.get(1..).map(<[u8]>::to_vec))
+                .filter(|k| !split.left.span.contains(k)),
+        );
+        if keys.len() >= BATCH_KEYS || (!full && !keys.is_empty()) {
+            let batch = std::mem::take(&mut keys);
+            expect_done(&s.replica, &ShardCommand::Trim { keys: batch }).await?;
         }
         if !full {
             return Ok(());
         }
-        from = next;
+    }
+}
+
+/// The stored keys to look through for the part a split moves: a range
+/// shard's moving range, a ring shard's every key.
+fn moving_part(split: &Split) -> (Vec<u8>, Vec<u8>) {
+    match &split.child.span {
+        pact_common::Span::Range { start, end } => (
+            data_key(start),
+            end.as_deref().map_or(vec![DATA_PREFIX + 1], data_key),
+        ),
+        pact_common::Span::Ring { .. } => (vec![DATA_PREFIX], vec![DATA_PREFIX + 1]),
     }
 }
 
@@ -406,14 +434,24 @@ async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
 pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
     let me = ShardId(s.replica.group());
     let mut copied = false;
+    let mut orphan_since: Option<Instant> = None;
     loop {
         let r = s.replica.role();
         if !r.leader || r.term != term || s.replica.fatal().is_some() {
             return false;
         }
         match step_child(s, ctx, me, &mut copied).await {
-            Ok(true) => return true,
-            Ok(false) => {}
+            Ok(Some(true)) => return true,
+            Ok(Some(false)) => orphan_since = None,
+            // No replica of the parent here that knows this split: this
+            // node cannot copy, nor see the commit. Another voter can.
+            Ok(None) => {
+                let since = *orphan_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > ORPHAN_FOR {
+                    hand_over(s, ctx, me).await;
+                    orphan_since = None;
+                }
+            }
             Err(e) => {
                 tracing::info!(shard = %me, error = %e, "new shard not serving yet");
             }
@@ -422,15 +460,53 @@ pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
     }
 }
 
-/// One look at the split that creates `me`; true once `me` serves.
+/// How long a new shard's leader waits for its node's parent replica to
+/// show the split before it hands the leadership to another voter.
+const ORPHAN_FOR: Duration = Duration::from_secs(3);
+
+/// Hand the new shard's leadership to another of its voters (one whose
+/// node has the parent's replica, it is hoped: the next leader looks for
+/// itself).
+async fn hand_over(s: &Arc<Shard>, ctx: &Ctx, me: ShardId) {
+    let others: Vec<u64> = s
+        .replica
+        .status()
+        .voters
+        .into_iter()
+        .filter(|v| *v != ctx.me.0)
+        .collect();
+    let Some(&to) = others.get(rand_index(others.len())) else {
+        return;
+    };
+    tracing::warn!(shard = %me, to, "no replica of the splitting shard on this node: handing the new shard's leadership on");
+    if let Err(e) =
+        pact_raft::balance::transfer(&ctx.host.router, me.0, to, Duration::from_secs(3)).await
+    {
+        tracing::info!(shard = %me, to, error = %e, "leadership not handed on");
+    }
+}
+
+/// An index below `n` (n > 0), varied between calls, so successive hand
+/// overs do not always pick the same voter.
+fn rand_index(n: usize) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
+    nanos % n.max(1)
+}
+
+/// One look at the split that creates `me`: `Some(true)` once `me`
+/// serves, `Some(false)` while it waits for the parent, `None` if no
+/// replica of the parent here knows the split.
 async fn step_child(
     s: &Arc<Shard>,
     ctx: &Ctx,
     me: ShardId,
     copied: &mut bool,
-) -> Result<bool, Error> {
+) -> Result<Option<bool>, Error> {
     if local_descriptor(&s.replica).await?.is_some() {
-        return Ok(true);
+        return Ok(Some(true));
     }
     let mut found = None;
     for r in ctx.host.replicas.list() {
@@ -445,7 +521,7 @@ async fn step_child(
         }
     }
     let Some((parent, split)) = found else {
-        return Ok(false);
+        return Ok(None);
     };
     if split.committed {
         // Horizons and floors again, as the parent has them now: one
@@ -463,13 +539,13 @@ async fn step_child(
         )
         .await?;
         tracing::info!(shard = %me, parent = parent.group(), version = split.child.version, "new shard serves");
-        return Ok(true);
+        return Ok(Some(true));
     }
     if split.drained && !*copied && s.replica.get_local(LOADED_KEY).await?.is_none() {
         copy(&parent, s, &split).await?;
         *copied = true;
     }
-    Ok(false)
+    Ok(Some(false))
 }
 
 /// Copy the moving part of `parent`'s applied state (data, horizons,
@@ -483,19 +559,12 @@ async fn copy(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Err
     for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
         batch.extend(parent.scan_prefix_local(&[prefix]).await?);
     }
-    let (start, end) = match &split.child.span {
-        pact_common::Span::Range { start, end } => (
-            data_key(start),
-            end.as_deref().map_or(vec![DATA_PREFIX + 1], data_key),
-        ),
-        pact_common::Span::Ring { .. } => (vec![DATA_PREFIX], vec![DATA_PREFIX + 1]),
-    };
-    let mut from = start;
+    let (mut from, end) = moving_part(split);
     loop {
         let page = parent
-            .scan_local(from.clone(), Some(end.clone()), BATCH_KEYS)
+            .scan_local(from.clone(), Some(end.clone()), PAGE)
             .await?;
-        let full = page.len() == BATCH_KEYS;
+        let full = page.len() == PAGE;
         if let Some((last, _)) = page.last() {
             from = last.clone();
             from.push(0);

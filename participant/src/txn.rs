@@ -157,6 +157,10 @@ pub struct TxnManager {
     /// The part of the shard a split under way gives to a new shard: no
     /// lock there is granted (see [`TxnManager::freeze`]).
     frozen: Option<Span>,
+    /// What the shard owns (its descriptor's span), once known: no lock
+    /// outside it is granted, so a request checked against an older
+    /// descriptor (before a split committed) cannot lock a moved key.
+    owned: Option<Span>,
     limits: TxnLimits,
 }
 
@@ -231,6 +235,7 @@ impl TxnManager {
             freed: Vec::new(),
             freed_all: false,
             frozen: None,
+            owned: None,
             limits,
         }
     }
@@ -326,6 +331,12 @@ impl TxnManager {
         self.committing.clear();
         self.unlogged.clear();
         self.frozen = None;
+        self.owned = None;
+    }
+
+    /// What the shard owns now (see `owned`).
+    pub fn set_owned(&mut self, span: Option<Span>) {
+        self.owned = span;
     }
 
     /// A split gives `span` to a new shard: from now on no lock there is
@@ -441,6 +452,21 @@ impl TxnManager {
                 AbortKind::Leadership,
                 "leadership changed during the transaction",
             ));
+        }
+        if let Some(o) = &self.owned {
+            let inside = match target {
+                Target::Key(k, _) => o.contains(k),
+                Target::Range(r) => o.covers(&r.start, r.end.as_deref()),
+            };
+            if !inside {
+                return Step::Abort(Abort::new(
+                    AbortKind::Moved,
+                    format!(
+                        "{} is no longer this shard's alone (it split); retry",
+                        target.describe()
+                    ),
+                ));
+            }
         }
         if let Some(f) = &self.frozen {
             let meets = match target {

@@ -696,6 +696,29 @@ impl Replica {
         self.group
     }
 
+    /// Why the group's membership is not a plain set of voters now, if
+    /// it is not: a change under way (joint, uncommitted) or learners
+    /// being added. `None` when settled.
+    pub fn membership_unsettled(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1
+            || m.membership_config.log_id() != m.committed_membership_config.log_id()
+        {
+            return Some("a change of its replicas is under way".into());
+        }
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
+        if !learners.is_empty() {
+            return Some(format!("nodes {learners:?} are joining it as learners"));
+        }
+        None
+    }
+
     /// Whether the group exists here (has a membership: it was created
     /// here, or heard from a replica that was).
     pub async fn initialized(&self) -> Result<bool, ReplicaError> {

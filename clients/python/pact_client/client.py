@@ -497,12 +497,32 @@ class Client:
             if self._map is not stale:
                 return
             descriptors = []
-            for shard in stale.shards():
+            # The shards of the map, then those split off them (each
+            # descriptor names its successors), until none is new.
+            todo = list(stale.shards())
+            asked: set[int] = set()
+            while todo:
+                shard = todo.pop(0)
+                if shard in asked:
+                    continue
+                asked.add(shard)
                 req = pb.DescribeRequest(shard_id=shard)
                 d, _ = self._shard_call(shard, lambda c, t: c.kv.Describe(req, timeout=t), idempotent=True)
                 if d.shard_id != shard:
                     raise ServerError(f"asked for shard {shard}'s descriptor, got shard {d.shard_id}'s")
                 descriptors.append(d)
+                voters = [self._addr_of[v] for v in d.voters if v in self._addr_of]
+                # A shard a split created has no list in the config: its
+                # own leader's voters are where it is now (it moves).
+                if shard >= 2**63 and voters:
+                    self._shard_replicas[shard] = voters
+                # A new shard starts on its parent's voters.
+                for succ in d.successors:
+                    if succ not in asked:
+                        self._shard_replicas.setdefault(
+                            succ, voters or list(self._shard_replicas.get(shard, self._endpoints))
+                        )
+                        todo.append(succ)
             try:
                 fresh = ShardMap.from_descriptors(descriptors)
             except ValueError as e:

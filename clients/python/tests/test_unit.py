@@ -90,6 +90,38 @@ class ShardMapTest(unittest.TestCase):
                 moved += 1
         self.assertTrue(0.15 <= moved / 20_000 <= 0.35, moved)
 
+    def test_a_refresh_follows_the_shards_split_off(self) -> None:
+        # Shard 1 owns [, m) after a split and names shard 7, which owns
+        # [m, ); the client knew shard 1 only, and learns shard 7 from the
+        # descriptor, with the parent's voters as its replicas.
+        from pact_client import Client
+        from pact_client.client import pb
+
+        c = Client(ClusterConfig.load(REPO / "common" / "examples" / "cluster-range.toml"))
+        try:
+            first = sorted(s.id for s in c.config.shards)
+            answers = {
+                first[0]: pb.ShardDescriptor(
+                    shard_id=first[0], version=2, range=pb.KeyRange(start=b"", end=b"m"), successors=[7], voters=[1, 2]
+                ),
+                7: pb.ShardDescriptor(shard_id=7, version=2, range=pb.KeyRange(start=b"m")),
+            }
+            asked = []
+
+            def call(shard, invoke, *, idempotent):
+                asked.append(shard)
+                return answers[shard], None
+
+            c._shard_call = call
+            c._map = ShardMap.range([(b"", first[0])])
+            c._refresh_map(c._map)
+            self.assertIn(7, asked)
+            self.assertEqual(c.shard_for_key(b"n"), 7)
+            self.assertEqual(c.shard_for_key(b"a"), first[0])
+            self.assertEqual(c._shard_replicas[7], [c._addr_of[1], c._addr_of[2]])
+        finally:
+            c.close()
+
     def test_descriptors_rebuild_the_map_they_describe(self) -> None:
         from pact_client.client import pb
 
