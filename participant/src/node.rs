@@ -962,15 +962,7 @@ impl Node {
         let mut stored = Vec::new();
         let mut from = data_key(start);
         loop {
-            let page = s
-                .replica
-                .scan_local(from.clone(), Some(to.clone()), want)
-                .await?;
-            let full = page.len() == want;
-            if let Some((last, _)) = page.last() {
-                from = last.clone();
-                from.push(0);
-            }
+            let (page, full) = crate::split::next_page(&s.replica, &mut from, &to, want).await?;
             stored.extend(page.into_iter().filter(|(k, _)| {
                 owned
                     .as_ref()

@@ -391,15 +391,7 @@ async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
     let (mut from, end) = moving_part(split);
     let mut keys: Vec<Vec<u8>> = Vec::new();
     loop {
-        let page = s
-            .replica
-            .scan_local(from.clone(), Some(end.clone()), PAGE)
-            .await?;
-        let full = page.len() == PAGE;
-        if let Some((last, _)) = page.last() {
-            from = last.clone();
-            from.push(0);
-        }
+        let (page, full) = next_page(&s.replica, &mut from, &end, PAGE).await?;
         keys.extend(
             page.into_iter()
                 .filter_map(|(k, _)| k.get(1..).map(<[u8]>::to_vec))
@@ -413,6 +405,23 @@ async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
             return Ok(());
         }
     }
+}
+
+/// Up to `n` pairs of `r`'s applied state from `from` (then moved past
+/// them) to `end`, and whether there may be more.
+pub(crate) async fn next_page(
+    r: &Replica,
+    from: &mut Vec<u8>,
+    end: &[u8],
+    n: usize,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+    let page = r.scan_local(from.clone(), Some(end.to_vec()), n).await?;
+    if let Some((last, _)) = page.last() {
+        *from = last.clone();
+        from.push(0);
+    }
+    let full = page.len() == n;
+    Ok((page, full))
 }
 
 /// The stored keys to look through for the part a split moves: a range
@@ -561,14 +570,7 @@ async fn copy(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Err
     }
     let (mut from, end) = moving_part(split);
     loop {
-        let page = parent
-            .scan_local(from.clone(), Some(end.clone()), PAGE)
-            .await?;
-        let full = page.len() == PAGE;
-        if let Some((last, _)) = page.last() {
-            from = last.clone();
-            from.push(0);
-        }
+        let (page, full) = next_page(parent, &mut from, &end, PAGE).await?;
         for (k, v) in page {
             if !k.get(1..).is_some_and(|u| split.child.span.contains(u)) {
                 continue;
