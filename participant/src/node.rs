@@ -639,12 +639,14 @@ impl Node {
     /// splitting, or a split is creating it and it does not serve yet.
     pub async fn splitting(&self, shard: ShardId) -> Option<String> {
         let s = self.shard(shard).ok()?;
-        if let Ok(Some(v)) = s.replica.get_local(crate::kv::SPLIT_KEY).await {
-            let child = crate::kv::split_record(&|_| Ok(Some(v.clone())))
-                .ok()
-                .flatten()
-                .map_or_else(|| "?".to_string(), |x| x.child.shard.to_string());
-            return Some(format!("shard {shard} is splitting (into shard {child})"));
+        match crate::split::local_split(&s.replica).await {
+            Ok(Some(x)) => {
+                let child = x.child.shard;
+                return Some(format!("shard {shard} is splitting (into shard {child})"));
+            }
+            // Unreadable: refuse the change rather than guess.
+            Err(_) => return Some(format!("shard {shard} is splitting (into shard ?)")),
+            Ok(None) => {}
         }
         if is_split_child(shard) && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None)) {
             return Some(format!("shard {shard} is being created by a split"));
@@ -661,12 +663,10 @@ impl Node {
         self.ready(&s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(&s, shard, 0)?;
-        if let Some(under_way) = s.replica.get_local(crate::kv::SPLIT_KEY).await? {
-            let split = crate::kv::split_record(&|_| Ok(Some(under_way.clone())))
-                .map_err(|e| Error::Fatal(e.to_string()))?;
+        if let Some(under_way) = crate::split::local_split(&s.replica).await? {
             return Err(Error::Unavailable(format!(
                 "shard {shard} is already splitting (into shard {}); try again when it is done",
-                split.map_or_else(|| "?".to_string(), |s| s.child.shard.to_string())
+                under_way.child.shard
             )));
         }
         // The new shard's first voters are the shard's now: not while
@@ -2060,12 +2060,8 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let Ok(guard) = s.splitting.clone().try_lock_owned() else {
         return;
     };
-    let split = match s.replica.get_local(crate::kv::SPLIT_KEY).await {
-        Ok(Some(v)) => match crate::kv::split_record(&|_| Ok(Some(v.clone()))) {
-            Ok(Some(split)) => split,
-            _ => return,
-        },
-        _ => return,
+    let Ok(Some(split)) = crate::split::local_split(&s.replica).await else {
+        return;
     };
     let (s, ctx) = (s.clone(), ctx.clone());
     tokio::spawn(async move {
@@ -2094,16 +2090,10 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
         return;
     }
     // A split under way keeps its moving part frozen under every leader.
-    let frozen = match s.replica.get_local(crate::kv::SPLIT_KEY).await {
-        Ok(v) => match crate::kv::split_record(&|_| Ok(v.clone())) {
-            Ok(split) => split.filter(|x| !x.committed).map(|x| x.child.span),
-            Err(e) => {
-                tracing::error!(shard = %group, error = %e, "corrupt split record: this leader takes no transactions");
-                return;
-            }
-        },
+    let frozen = match crate::split::local_split(&s.replica).await {
+        Ok(split) => split.filter(|x| !x.committed).map(|x| x.child.span),
         Err(e) => {
-            tracing::error!(shard = %group, error = %e, "cannot read the split record");
+            tracing::error!(shard = %group, error = %e, "cannot read the split record: this leader takes no transactions");
             return;
         }
     };

@@ -108,7 +108,8 @@ async fn expect_done(r: &Replica, cmd: &ShardCommand) -> Result<(), Error> {
     }
 }
 
-async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
+/// The split under way as `r` has applied it.
+pub(crate) async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
     let v = r.get_local(SPLIT_KEY).await?;
     split_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
 }
