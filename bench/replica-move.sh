@@ -28,6 +28,8 @@
 #   VALUE_BYTES=65536  LOAD_THREADS=4  RECORDS=10000  THREADS=16
 #   DURATION=120  MOVE_AT=20  SNAPSHOT_LOGS=5000  KEEP_LOGS=1000 (the defaults)
 #   SNAPSHOT_KIB=0 ([raft] snapshot_kib_per_sec: the transfer's pace; 0 none)
+#   SPLIT_KIB=4096 ([raft] split_copy_kib_per_sec: the pace of a split's
+#   first copy; 0 none)
 #   ACTION=move (or split)
 #   PACT_PORT=27501  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
 #   KEEP=1 (keep the cluster's directory; its path is printed)
@@ -48,11 +50,12 @@ MOVE_AT=${MOVE_AT:-20}
 SNAPSHOT_LOGS=${SNAPSHOT_LOGS:-5000}
 KEEP_LOGS=${KEEP_LOGS:-1000}
 SNAPSHOT_KIB=${SNAPSHOT_KIB:-0}
+SPLIT_KIB=${SPLIT_KIB:-4096}
 PACT_PORT=${PACT_PORT:-27501}
 PROFILE=${PROFILE:-release}
 ACTION=${ACTION:-move}
 [[ $ACTION =~ ^(move|split)$ ]] || die "ACTION must be move or split, got '$ACTION'"
-for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS SNAPSHOT_KIB LOAD_THREADS; do
+for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS SNAPSHOT_KIB SPLIT_KIB LOAD_THREADS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 [ "$MOVE_AT" -lt "$DURATION" ] || die "MOVE_AT ($MOVE_AT) must be before the end of the run (DURATION $DURATION)"
@@ -75,13 +78,15 @@ wait_playground "$tmp/playground.out" "$pg"
 kill -INT "$pg"; wait "$pg" 2>/dev/null || true; pg=""
 rm -rf "$tmp"/node-*
 cfg=$tmp/cluster.toml
-python3 - "$cfg" "$SNAPSHOT_LOGS" "$KEEP_LOGS" "$PACT_PORT" "$SNAPSHOT_KIB" <<'PY'
+python3 - "$cfg" "$SNAPSHOT_LOGS" "$KEEP_LOGS" "$PACT_PORT" "$SNAPSHOT_KIB" "$SPLIT_KIB" <<'PY'
 import re, sys
-path, snap, keep, port, kib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+path, snap, keep, port, kib, split_kib = sys.argv[1:7]
+port = int(port)
 s = open(path).read()
 s = re.sub(r"(?m)^snapshot_logs = \d+$", f"snapshot_logs = {snap}", s)
 s = re.sub(r"(?m)^keep_logs = \d+$", f"keep_logs = {keep}", s)
 s = re.sub(r"(?m)^snapshot_kib_per_sec = \d+$", f"snapshot_kib_per_sec = {kib}", s)
+s = re.sub(r"(?m)^split_copy_kib_per_sec = \d+$", f"split_copy_kib_per_sec = {split_kib}", s)
 spare = f'[[nodes]]\nid = 4\naddr = "127.0.0.1:{port + 3}"\npeer_addr = "127.0.0.1:{port + 23}"\n\n'
 i = s.index("[[nodes]]")
 s = s[:i] + spare + s[i:]
@@ -89,6 +94,7 @@ open(path, "w").write(s)
 PY
 grep -q "^snapshot_logs = $SNAPSHOT_LOGS$" "$cfg" || die "could not set snapshot_logs in $cfg"
 grep -q "^snapshot_kib_per_sec = $SNAPSHOT_KIB$" "$cfg" || die "could not set snapshot_kib_per_sec in $cfg"
+grep -q "^split_copy_kib_per_sec = $SPLIT_KIB$" "$cfg" || die "could not set split_copy_kib_per_sec in $cfg"
 
 metrics_port() { echo $((PACT_PORT + 10 + $1 - 1)); }
 start() { # NODE

@@ -215,6 +215,11 @@ pub struct RaftTuning {
     /// it does not take the CPU and disk the foreground load needs. 0: no
     /// limit. Each transfer is paced on its own.
     pub snapshot_kib_per_sec: u64,
+    /// Most bytes per second a new shard's first copy of its part takes
+    /// from the shard that splits (the copy made while that shard still
+    /// serves the part, through the new shard's log), so that it does not
+    /// take the disk and CPU the foreground load needs. 0: no limit.
+    pub split_copy_kib_per_sec: u64,
 }
 
 impl Default for RaftTuning {
@@ -228,9 +233,15 @@ impl Default for RaftTuning {
             lease_reads: true,
             balance_leaders_ms: 30_000,
             snapshot_kib_per_sec: 0,
+            split_copy_kib_per_sec: DEFAULT_SPLIT_COPY_KIB_PER_SEC,
         }
     }
 }
+
+/// The default pace of a split's first copy (KiB/s): on the 2-core test
+/// machine an unpaced copy (about 7 MiB/s under load) cut YCSB-A to a
+/// tenth of its throughput for the copy's length (docs/performance.md).
+pub const DEFAULT_SPLIT_COPY_KIB_PER_SEC: u64 = 4096;
 
 /// How long open transactions may live without their client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -755,6 +766,7 @@ impl ClusterConfig {
             ("keep_logs", r.keep_logs),
             ("balance_leaders_ms", r.balance_leaders_ms),
             ("snapshot_kib_per_sec", r.snapshot_kib_per_sec),
+            ("split_copy_kib_per_sec", r.split_copy_kib_per_sec),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
@@ -767,6 +779,13 @@ impl ClusterConfig {
                 "raft.snapshot_kib_per_sec ({}) must be 0 (no limit) or at least {MIN_SNAPSHOT_KIB_PER_SEC}: \
                  a slower transfer may never catch up with the log",
                 r.snapshot_kib_per_sec
+            ));
+        }
+        if r.split_copy_kib_per_sec != 0 && r.split_copy_kib_per_sec < MIN_SNAPSHOT_KIB_PER_SEC {
+            return invalid(format!(
+                "raft.split_copy_kib_per_sec ({}) must be 0 (no limit) or at least \
+                 {MIN_SNAPSHOT_KIB_PER_SEC}: a slower copy may never finish under writes",
+                r.split_copy_kib_per_sec
             ));
         }
         if r.balance_leaders_ms != 0 && r.balance_leaders_ms < 500 {
@@ -1526,7 +1545,13 @@ start = ""
         for ok in [0, 256, 65_536] {
             let t = format!("[raft]\nsnapshot_kib_per_sec = {ok}\n");
             assert!(ClusterConfig::from_toml_str(&hash_with("", &t)).is_ok());
+            let t = format!("[raft]\nsplit_copy_kib_per_sec = {ok}\n");
+            assert!(ClusterConfig::from_toml_str(&hash_with("", &t)).is_ok());
         }
+        expect_invalid(
+            &hash_with("", "[raft]\nsplit_copy_kib_per_sec = 1\n"),
+            &["split_copy_kib_per_sec (1)", "at least 256"],
+        );
         // Equal min and max is a fixed timeout: unusual but coherent.
         assert!(ClusterConfig::from_toml_str(&hash_with(
             "",

@@ -26,11 +26,17 @@
 //! for it to commit and aborts the process, before any final
 //! configuration exists: the group is left joint, as openraft leaves it
 //! when a leader dies between the two steps of a change), so tests can check that the next change finishes it.
-//! And two crash points of a split: `crash-split-drained` (the driver
-//! aborts the process once the parent recorded the split drained, before
-//! the new shard exists) and `crash-split-committed` (once the parent
-//! committed it, before the new shard serves); a driver that takes over
-//! from the recorded phase passes neither point again.
+//! And three crash points of a split: `crash-split-frozen` (the driver
+//! aborts the process once the parent froze the moving part, before it
+//! drained), `crash-split-drained` (once the parent recorded the split
+//! drained, before the new shard copied what was written since) and
+//! `crash-split-committed` (once the parent committed it, before the new
+//! shard serves); a driver that takes over from the recorded phase passes
+//! none of these points again (a driver that freezes again after lifting
+//! the freeze passes `crash-split-frozen` again). And one pause:
+//! `split-pause-before-freeze` (the driver waits 2 s between the new
+//! shard's first copy and the freeze), so tests can write in the moving
+//! part after it was copied.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -48,8 +54,10 @@ pub const FAULT_NAMES: &[&str] = &[
     "skip-one-phase-record",
     "crash-mid-snapshot-install",
     "crash-mid-membership-change",
+    "crash-split-frozen",
     "crash-split-drained",
     "crash-split-committed",
+    "split-pause-before-freeze",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

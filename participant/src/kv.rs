@@ -31,10 +31,19 @@
 //!   the config's (`Describe`), once; from then on it is the authority on
 //!   what the shard owns, whatever a config or a client's map says.
 //! - `s` -> the split under way, if any (`Split`): from `SplitBegin` to
-//!   `SplitDone` (or `SplitCancel`). While it is not committed, nothing
-//!   that writes in the part that moves applies.
-//! - `l` -> present in a shard created by a split once its copy of the
-//!   parent's part is complete (the parent commits the split only then).
+//!   `SplitDone` (or `SplitCancel`). While it is frozen and not
+//!   committed, nothing that writes in the part that moves applies.
+//! - `w` ++ user key -> empty: a key of the part that moves written since
+//!   the split under way began (tracked at apply, so every replica has the
+//!   same list): what the new shard must copy again once the part is
+//!   frozen. Deleted with the trim; a leftover only costs a key copied
+//!   twice.
+//! - `l` -> present in a shard created by a split once its first copy of
+//!   the parent's part (taken while the parent still served it) is
+//!   complete: the parent freezes the part only then.
+//! - `k` -> present in a shard created by a split once it has copied the
+//!   keys written since, from the frozen part (the parent commits the
+//!   split only then).
 //! - `c` -> the shards split off this one, ever (`Vec<ShardId>`), so a
 //!   client refreshing its map from the descriptors finds them.
 
@@ -58,8 +67,14 @@ pub const FLOOR_PREFIX: u8 = b'f';
 pub const DESCRIPTOR_KEY: &[u8] = b"g";
 pub const SPLIT_KEY: &[u8] = b"s";
 pub const SUCCESSORS_KEY: &[u8] = b"c";
-/// In a shard created by a split: its copy of the parent's part is complete.
+/// In a shard created by a split: its first copy of the parent's part is
+/// complete.
 pub const LOADED_KEY: &[u8] = b"l";
+/// In a shard created by a split: it has copied again what was written
+/// in the parent's part since the split began, now frozen.
+pub const CAUGHT_UP_KEY: &[u8] = b"k";
+/// Keys of the part a split moves written since it began.
+pub const WRITTEN_PREFIX: u8 = b'w';
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -122,14 +137,16 @@ pub enum ShardCommand {
         descriptor: Descriptor,
     },
     /// Start a split: `split.child` will own part of what the shard owns
-    /// now. From its apply on, no one-phase commit or prepare writing
-    /// there applies. Refused unless the descriptor is still the one the
-    /// split was cut from. Appended last, like every command below.
+    /// now. From its apply on, every write there is also recorded
+    /// (`WRITTEN_PREFIX`), for the new shard's second copy. Refused unless
+    /// the descriptor is still the one the split was cut from. Appended
+    /// last, like every command below.
     SplitBegin {
         split: Split,
     },
-    /// Give up the split under way for `child` (it could not finish
-    /// waiting for the locks in the moving part); nothing moved.
+    /// Give up the split under way for `child` (its new shard could not
+    /// be hosted); nothing moved. Refused once the new shard is being
+    /// created.
     SplitCancel {
         child: ShardId,
     },
@@ -143,7 +160,7 @@ pub enum ShardCommand {
     /// horizons and fence floors (stored keys, `d`, `h` or `f` first).
     /// Refused once the shard has a descriptor, so a copy driven again
     /// after a crash cannot overwrite what the shard wrote since.
-    /// `done` marks the copy complete (`LOADED_KEY`).
+    /// `done` marks the first copy complete (`LOADED_KEY`).
     Load {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         done: bool,
@@ -159,14 +176,43 @@ pub enum ShardCommand {
         child: ShardId,
     },
     /// The locks and prepared transactions in the part that moves are
-    /// gone: the new shard may copy it. Refused while a prepare record
-    /// writes there.
+    /// gone: the new shard may copy what was written there since the
+    /// split began. Refused while a prepare record writes there, and
+    /// unless the part is frozen.
     SplitDrained {
         child: ShardId,
     },
     /// The new shard's replicas are hosted and it is being created.
     SplitCreated {
         child: ShardId,
+    },
+    /// The new shard has its first copy: freeze the part that moves. From
+    /// its apply on, no lock there is granted and no one-phase commit or
+    /// prepare writing there applies. `span` is the part (refused unless
+    /// it is the recorded one), so the leader's lock table learns it from
+    /// the command.
+    SplitFreeze {
+        child: ShardId,
+        span: pact_common::Span,
+    },
+    /// The part that moves could not drain: lift the freeze (the split
+    /// stays, and freezes again later). Refused once drained.
+    SplitThaw {
+        child: ShardId,
+    },
+    /// The second copy into a new shard: the keys written in the parent's
+    /// part since the split began, each with its value now (`None`: it
+    /// was deleted). Refused once the shard has a descriptor. `done`
+    /// marks the copy complete (`CAUGHT_UP_KEY`).
+    LoadWritten {
+        pairs: Vec<Mutation>,
+        done: bool,
+    },
+    /// Delete these marks of writes during a split (`w` keys, listed by
+    /// the leader), unless a split under way still needs them (begun and
+    /// not committed).
+    Unmark {
+        keys: Vec<Vec<u8>>,
     },
 }
 
@@ -184,11 +230,15 @@ pub struct Split {
     /// `SplitCreated` applied: every voter was asked to host the new
     /// shard, and it is being created; from here no replica of it is
     /// created afresh (a voter that lost its data rejoins behind its
-    /// gate instead).
+    /// gate instead), and the split is not cancelled.
     pub created: bool,
+    /// `SplitFreeze` applied (and no `SplitThaw` since): nothing is locked
+    /// or written in the part that moves.
+    pub frozen: bool,
     /// `SplitDrained` applied: no prepare record writes in the part that
     /// moves, and none can land there any more, so the new shard may copy
-    /// it. From here the split only goes forward.
+    /// what was written there since it began. From here the split only
+    /// goes forward.
     pub drained: bool,
     /// `SplitCommit` applied: the parent owns `left` only.
     pub committed: bool,
@@ -215,7 +265,7 @@ pub fn successors(get: Lookup<'_>) -> io::Result<Vec<ShardId>> {
 /// command whose locks were taken before a split cannot write where the
 /// shard no longer (or soon no longer) decides.
 fn misplaced(get: Lookup<'_>, writes: &[Mutation]) -> io::Result<Option<String>> {
-    let frozen = split_record(get)?.filter(|s| !s.committed);
+    let frozen = split_record(get)?.filter(|s| s.frozen && !s.committed);
     if let Some(s) = frozen {
         if let Some((k, _)) = writes.iter().find(|(k, _)| s.child.span.contains(k)) {
             return Ok(Some(format!(
@@ -408,6 +458,14 @@ pub fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The mark that user key `key` was written during the split under way.
+pub fn written_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(WRITTEN_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
 /// The exclusive end of the user-data range.
 pub fn data_end() -> Vec<u8> {
     vec![DATA_PREFIX + 1]
@@ -446,10 +504,12 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             ShardReply::Prepared => Notice::Nothing,
             _ => Notice::Finished(*txn),
         },
-        ShardCommand::SplitBegin { split } if *reply == ShardReply::Done => {
-            Notice::Freeze(Some(split.child.span.clone()))
+        ShardCommand::SplitFreeze { span, .. } if *reply == ShardReply::Done => {
+            Notice::Freeze(Some(span.clone()))
         }
-        ShardCommand::SplitCancel { .. } | ShardCommand::SplitCommit { .. }
+        ShardCommand::SplitCancel { .. }
+        | ShardCommand::SplitCommit { .. }
+        | ShardCommand::SplitThaw { .. }
             if *reply == ShardReply::Done =>
         {
             Notice::Freeze(None)
@@ -464,7 +524,11 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::Trim { .. }
         | ShardCommand::SplitDone { .. }
         | ShardCommand::SplitDrained { .. }
-        | ShardCommand::SplitCreated { .. } => Notice::Nothing,
+        | ShardCommand::SplitCreated { .. }
+        | ShardCommand::SplitFreeze { .. }
+        | ShardCommand::SplitThaw { .. }
+        | ShardCommand::LoadWritten { .. }
+        | ShardCommand::Unmark { .. } => Notice::Nothing,
     }
 }
 
@@ -478,14 +542,20 @@ pub fn effect(
     let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
         Ok(get(&txn.key(OUTCOME_PREFIX))?.map(|v| v.first() == Some(&1)))
     };
-    let data = |writes: &[Mutation]| -> Vec<Mutation> {
+    let data = |writes: &[Mutation]| -> io::Result<Vec<Mutation>> {
         // The last write of a key wins; the storage batch must not carry a
         // key twice, since order inside one atomic batch is not defined.
-        let last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = writes
+        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = writes
             .iter()
             .map(|(k, v)| (data_key(k), v.clone()))
             .collect();
-        last.into_iter().collect()
+        // A split under way copies these keys again once it froze them.
+        if let Some(s) = split_record(get)?.filter(|s| !s.committed) {
+            for (k, _) in writes.iter().filter(|(k, _)| s.child.span.contains(k)) {
+                last.insert(written_key(k), Some(Vec::new()));
+            }
+        }
+        Ok(last.into_iter().collect())
     };
     Ok(match cmd {
         ShardCommand::OnePhase {
@@ -516,7 +586,7 @@ pub fn effect(
                     if let Some(r) = misplaced(get, writes)? {
                         return Ok((Vec::new(), ShardReply::Moved(r)));
                     }
-                    let mut w = data(writes);
+                    let mut w = data(writes)?;
                     if recorded {
                         w.push((txn.key(OUTCOME_PREFIX), Some(vec![1])));
                     }
@@ -561,7 +631,7 @@ pub fn effect(
             match (get(&p)?, outcome(*txn)?) {
                 (Some(rec), _) => {
                     let writes = prepared_writes(&rec).map_err(io::Error::other)?;
-                    let mut w = data(&writes);
+                    let mut w = data(&writes)?;
                     w.push((p, None));
                     // Below the horizon the horizon itself refuses a late
                     // prepare; a record would only wait to be forgotten.
@@ -642,7 +712,9 @@ pub fn effect(
                             && split.left.version == d.version + 1
                             && split.child.version == d.version + 1
                             && !split.committed
-                            && !split.drained =>
+                            && !split.drained
+                            && !split.frozen
+                            && !split.created =>
                     {
                         (
                             vec![(SPLIT_KEY.to_vec(), Some(encode(split)?))],
@@ -659,13 +731,47 @@ pub fn effect(
             }
         }
         ShardCommand::SplitCancel { child } => match split_record(get)? {
-            Some(s) if s.child.shard == *child && !s.drained => {
+            Some(s) if s.child.shard == *child && !s.created => {
                 (vec![(SPLIT_KEY.to_vec(), None)], ShardReply::Done)
             }
             Some(s) if s.child.shard == *child => (
                 Vec::new(),
+                ShardReply::Rejected(
+                    "the new shard is being created: the split only goes forward".into(),
+                ),
+            ),
+            _ => (Vec::new(), ShardReply::Done),
+        },
+        ShardCommand::SplitFreeze { child, span } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && (s.frozen || s.drained) => {
+                (Vec::new(), ShardReply::Done)
+            }
+            Some(s) if s.child.shard == *child && s.created && s.child.span == *span => {
+                let next = Split { frozen: true, ..s };
+                (
+                    vec![(SPLIT_KEY.to_vec(), Some(encode(&next)?))],
+                    ShardReply::Done,
+                )
+            }
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected(format!(
+                    "no split into shard {child} of that part is being created"
+                )),
+            ),
+        },
+        ShardCommand::SplitThaw { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && s.drained => (
+                Vec::new(),
                 ShardReply::Rejected("the split is past the point of no return".into()),
             ),
+            Some(s) if s.child.shard == *child && s.frozen => {
+                let next = Split { frozen: false, ..s };
+                (
+                    vec![(SPLIT_KEY.to_vec(), Some(encode(&next)?))],
+                    ShardReply::Done,
+                )
+            }
             _ => (Vec::new(), ShardReply::Done),
         },
         ShardCommand::SplitCommit { child } => match split_record(get)? {
@@ -694,6 +800,10 @@ pub fn effect(
             ),
         },
         ShardCommand::SplitDrained { child } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && !s.drained && !s.frozen => (
+                Vec::new(),
+                ShardReply::Rejected("the part that moves is not frozen".into()),
+            ),
             Some(s) if s.child.shard == *child && !s.drained => {
                 let next = Split { drained: true, ..s };
                 (
@@ -708,19 +818,38 @@ pub fn effect(
             ),
         },
         ShardCommand::SplitCreated { child } => match split_record(get)? {
-            Some(s) if s.child.shard == *child && s.drained && !s.created => {
+            Some(s) if s.child.shard == *child && !s.created => {
                 let next = Split { created: true, ..s };
                 (
                     vec![(SPLIT_KEY.to_vec(), Some(encode(&next)?))],
                     ShardReply::Done,
                 )
             }
-            Some(s) if s.child.shard == *child && s.drained => (Vec::new(), ShardReply::Done),
+            Some(s) if s.child.shard == *child => (Vec::new(), ShardReply::Done),
             _ => (
                 Vec::new(),
-                ShardReply::Rejected(format!("no drained split into shard {child}")),
+                ShardReply::Rejected(format!("no split into shard {child} is under way")),
             ),
         },
+        ShardCommand::LoadWritten { pairs, done } => {
+            if descriptor(get)?.is_some() {
+                (
+                    Vec::new(),
+                    ShardReply::Rejected("the shard already serves: nothing is loaded".into()),
+                )
+            } else if pairs.iter().any(|(k, _)| k.first() != Some(&DATA_PREFIX)) {
+                (
+                    Vec::new(),
+                    ShardReply::Rejected("only data is loaded again".into()),
+                )
+            } else {
+                let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = pairs.iter().cloned().collect();
+                if *done {
+                    w.insert(CAUGHT_UP_KEY.to_vec(), Some(vec![1]));
+                }
+                (w.into_iter().collect(), ShardReply::Done)
+            }
+        }
         ShardCommand::Load { pairs, done } => {
             if descriptor(get)?.is_some() {
                 (
@@ -752,10 +881,11 @@ pub fn effect(
             let Some(d) = descriptor(get)? else {
                 return Ok((Vec::new(), ShardReply::Done));
             };
+            // With the key, its mark of a write during the split.
             let mut gone: Vec<Vec<u8>> = keys
                 .iter()
                 .filter(|k| !d.span.contains(k))
-                .map(|k| data_key(k))
+                .flat_map(|k| [data_key(k), written_key(k)])
                 .collect();
             gone.sort();
             gone.dedup();
@@ -763,6 +893,26 @@ pub fn effect(
                 gone.into_iter().map(|k| (k, None)).collect(),
                 ShardReply::Done,
             )
+        }
+        ShardCommand::Unmark { keys } => {
+            if split_record(get)?.is_some_and(|s| !s.committed) {
+                (
+                    Vec::new(),
+                    ShardReply::Rejected("a split under way still needs its marks".into()),
+                )
+            } else {
+                let mut gone: Vec<Vec<u8>> = keys
+                    .iter()
+                    .filter(|k| k.first() == Some(&WRITTEN_PREFIX))
+                    .cloned()
+                    .collect();
+                gone.sort();
+                gone.dedup();
+                (
+                    gone.into_iter().map(|k| (k, None)).collect(),
+                    ShardReply::Done,
+                )
+            }
         }
         ShardCommand::SplitDone { child } => match split_record(get)? {
             Some(s) if s.child.shard == *child && s.committed => {
@@ -1114,6 +1264,7 @@ mod tests {
             },
             voters: vec![pact_common::NodeId(1), pact_common::NodeId(2)],
             created: false,
+            frozen: false,
             drained: false,
             committed: false,
         };
@@ -1141,6 +1292,51 @@ mod tests {
         };
         assert_eq!(m.run(1, begin.clone()), ShardReply::Done);
         assert_eq!(m.run(1, begin), ShardReply::Done);
+        // Begun: the part still takes writes, and each one above the cut
+        // is marked for the second copy.
+        let up = ShardCommand::OnePhase {
+            txn: t(6),
+            writes: vec![put("x", "0"), put("b", "0")],
+            term: 1,
+        };
+        assert_eq!(m.run(1, up), ShardReply::Done);
+        assert!(m.0.borrow().contains_key(&written_key(b"x")));
+        assert!(!m.0.borrow().contains_key(&written_key(b"b")));
+        let freeze = ShardCommand::SplitFreeze {
+            child,
+            span: split.child.span.clone(),
+        };
+        // Nothing freezes before the new shard is created, nothing drains
+        // unfrozen, nothing commits undrained.
+        assert!(matches!(m.run(1, freeze.clone()), ShardReply::Rejected(_)));
+        for early in [
+            ShardCommand::SplitDrained { child },
+            ShardCommand::SplitCommit { child },
+        ] {
+            assert!(matches!(m.run(1, early), ShardReply::Rejected(_)));
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                m.run(1, ShardCommand::SplitCreated { child }),
+                ShardReply::Done
+            );
+        }
+        // Created: the split only goes forward.
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCancel { child }),
+            ShardReply::Rejected(_)
+        ));
+        let wrong = ShardCommand::SplitFreeze {
+            child,
+            span: split.left.span.clone(),
+        };
+        assert!(matches!(m.run(1, wrong), ShardReply::Rejected(_)));
+        assert_eq!(m.run(1, freeze.clone()), ShardReply::Done);
+        assert_eq!(m.run(1, freeze.clone()), ShardReply::Done);
+        assert_eq!(
+            notice(&freeze, &ShardReply::Done),
+            Notice::Freeze(Some(split.child.span.clone()))
+        );
         // Frozen: nothing above the cut applies, below it as before.
         let up = ShardCommand::OnePhase {
             txn: t(2),
@@ -1166,30 +1362,38 @@ mod tests {
             ShardReply::Done
         );
         assert_eq!(m.get(b"p"), Some(b"1".to_vec()));
-        // Commit (or creation) before drained: refused.
+        // The prepared one was written in the part during the split.
+        assert!(m.0.borrow().contains_key(&written_key(b"p")));
+        // The marks stay while the split needs them.
         assert!(matches!(
-            m.run(1, ShardCommand::SplitCommit { child }),
+            m.run(
+                1,
+                ShardCommand::Unmark {
+                    keys: vec![written_key(b"p")]
+                }
+            ),
             ShardReply::Rejected(_)
         ));
-        assert!(matches!(
-            m.run(1, ShardCommand::SplitCreated { child }),
-            ShardReply::Rejected(_)
-        ));
+        // Not drained in time: the freeze is lifted, writes apply (marked)
+        // and it freezes again.
+        let thaw = ShardCommand::SplitThaw { child };
+        assert_eq!(m.run(1, thaw.clone()), ShardReply::Done);
+        assert_eq!(notice(&thaw, &ShardReply::Done), Notice::Freeze(None));
+        let up = ShardCommand::OnePhase {
+            txn: t(7),
+            writes: vec![(b"x".to_vec(), None)],
+            term: 1,
+        };
+        assert_eq!(m.run(1, up), ShardReply::Done);
+        assert_eq!(m.run(1, freeze), ShardReply::Done);
         assert_eq!(
             m.run(1, ShardCommand::SplitDrained { child }),
             ShardReply::Done
         );
-        for _ in 0..2 {
-            assert_eq!(
-                m.run(1, ShardCommand::SplitCreated { child }),
-                ShardReply::Done
-            );
+        // Past the point of no return: no thaw, no cancel.
+        for late in [thaw, ShardCommand::SplitCancel { child }] {
+            assert!(matches!(m.run(1, late), ShardReply::Rejected(_)));
         }
-        // Past the point of no return: no cancel.
-        assert!(matches!(
-            m.run(1, ShardCommand::SplitCancel { child }),
-            ShardReply::Rejected(_)
-        ));
         assert_eq!(
             m.run(1, ShardCommand::SplitCommit { child }),
             ShardReply::Done
@@ -1212,10 +1416,25 @@ mod tests {
         };
         assert!(matches!(m.run(1, up), ShardReply::Moved(_)));
         let trim = ShardCommand::Trim {
-            keys: vec![b"p".to_vec(), b"a".to_vec()],
+            keys: vec![b"p".to_vec(), b"a".to_vec(), b"x".to_vec()],
         };
         assert_eq!(m.run(1, trim), ShardReply::Done);
         assert_eq!(m.get(b"p"), None);
+        assert!(
+            !m.0.borrow()
+                .keys()
+                .any(|k| k.first() == Some(&WRITTEN_PREFIX)),
+            "the marks go with the trim"
+        );
+        // A mark left in the kept part (by a cancelled split) goes too,
+        // and only marks are deleted.
+        m.0.borrow_mut().insert(written_key(b"a"), Vec::new());
+        let unmark = ShardCommand::Unmark {
+            keys: vec![written_key(b"a"), data_key(b"a")],
+        };
+        assert_eq!(m.run(1, unmark), ShardReply::Done);
+        assert!(!m.0.borrow().contains_key(&written_key(b"a")));
+        assert_eq!(m.get(b"a"), Some(b"1".to_vec()));
         assert_eq!(
             m.get(b"a"),
             Some(b"1".to_vec()),
@@ -1244,6 +1463,22 @@ mod tests {
             done: false,
         };
         assert!(matches!(c.run(1, bad), ShardReply::Rejected(_)));
+        // The second copy: values now, and deletions.
+        let again = ShardCommand::LoadWritten {
+            pairs: vec![
+                (data_key(b"p"), None),
+                (data_key(b"q"), Some(b"2".to_vec())),
+            ],
+            done: true,
+        };
+        let bad = ShardCommand::LoadWritten {
+            pairs: vec![(horizon_key(1), None)],
+            done: false,
+        };
+        assert!(matches!(c.run(1, bad), ShardReply::Rejected(_)));
+        assert_eq!(c.run(1, again.clone()), ShardReply::Done);
+        assert!(c.0.borrow().contains_key(CAUGHT_UP_KEY));
+        assert_eq!(c.get(b"p"), None);
         assert_eq!(
             c.run(
                 1,
@@ -1254,11 +1489,12 @@ mod tests {
             ShardReply::Done
         );
         assert!(matches!(c.run(1, load), ShardReply::Rejected(_)));
-        assert_eq!(c.get(b"p"), Some(b"1".to_vec()));
+        assert!(matches!(c.run(1, again), ShardReply::Rejected(_)));
+        assert_eq!(c.get(b"q"), Some(b"2".to_vec()));
     }
 
     #[test]
-    fn a_split_that_cannot_drain_is_cancelled_and_lifts_the_freeze() {
+    fn a_split_is_cancelled_only_before_its_new_shard_is_created() {
         let m = Mem(RefCell::new(BTreeMap::new()));
         let whole = Descriptor {
             shard: ShardId(1),
@@ -1299,7 +1535,7 @@ mod tests {
             m.run(1, ShardCommand::SplitCancel { child }),
             ShardReply::Done
         );
-        // Nothing moved: the upper part takes writes again, and the split
+        // Nothing moved: the part takes writes as before, and the split
         // can no longer be driven on.
         let p = ShardCommand::Prepare {
             txn: t(1),
@@ -1313,6 +1549,10 @@ mod tests {
         ));
         assert!(matches!(
             m.run(1, ShardCommand::SplitCommit { child }),
+            ShardReply::Rejected(_)
+        ));
+        assert!(matches!(
+            m.run(1, ShardCommand::SplitCreated { child }),
             ShardReply::Rejected(_)
         ));
         assert!(

@@ -684,12 +684,27 @@ impl Node {
             ))
         })?;
         let ctx = self.split_ctx.clone();
-        let task = tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
             let _one = guard;
-            crate::split::run(&s, &ctx, split).await
+            let result = crate::split::run(&s, &ctx, split).await;
+            let done = result.as_ref().ok().cloned();
+            let _ = tx.send(result);
+            // The caller has its answer once the new shard serves; the trim
+            // follows. A split that stopped half way is driven again by
+            // the owner's tick, after a rest (a freeze lifted is not put
+            // back at once).
+            let stopped = match done {
+                Some(split) => crate::split::finish(&s, &split).await.err(),
+                None => Some(Error::Unavailable("stopped".into())),
+            };
+            if let Some(e) = stopped {
+                tracing::info!(shard = %shard, error = %e, "split not finished yet; will try again");
+                tokio::time::sleep(crate::split::RETRY_PAUSE).await;
+            }
         });
-        task.await
-            .map_err(|e| Error::Fatal(format!("the split's task failed: {e}")))?
+        rx.await
+            .map_err(|_| Error::Fatal("the split's task failed".into()))?
     }
 
     fn implicit_txn(&self) -> TxnId {
@@ -2068,9 +2083,13 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
         let _one = guard;
         let parent = s.replica.group();
         tracing::info!(shard = parent, child = %split.child.shard, "driving a split recorded earlier");
-        if let Err(e) = crate::split::drive(&s, &ctx, split).await {
+        let result = match crate::split::drive(&s, &ctx, split).await {
+            Ok(split) => crate::split::finish(&s, &split).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::warn!(shard = parent, error = %e, "split not finished yet; will try again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(crate::split::RETRY_PAUSE).await;
         }
     });
 }
@@ -2091,7 +2110,9 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
     }
     // A split under way keeps its moving part frozen under every leader.
     let frozen = match crate::split::local_split(&s.replica).await {
-        Ok(split) => split.filter(|x| !x.committed).map(|x| x.child.span),
+        Ok(split) => split
+            .filter(|x| x.frozen && !x.committed)
+            .map(|x| x.child.span),
         Err(e) => {
             tracing::error!(shard = %group, error = %e, "cannot read the split record: this leader takes no transactions");
             return;

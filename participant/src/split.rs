@@ -7,45 +7,62 @@
 //! group's replica *on the same node* has applied (every child replica
 //! starts beside a parent replica, so nothing crosses nodes but Raft):
 //!
-//! 1. **Begin** (parent log, `SplitBegin`): the moving part is frozen. No
-//!    lock there is granted, and no one-phase commit or prepare that
-//!    writes there applies (checked at apply, so a command whose locks
-//!    predate the freeze cannot slip through).
-//! 2. **Drain** (parent leader): open transactions holding locks there are
-//!    wounded (confirmed by their coordinators, as any wound), and the
-//!    split waits for prepared ones to be decided. Not drained within
-//!    [`DRAIN_WITHIN`]: `SplitCancel`, nothing moved, the caller hears
-//!    UNAVAILABLE. Drained: `SplitDrained`, refused at apply while any
-//!    prepare record writes in the moving part. From here the split only
-//!    goes forward: whichever node leads next finishes it.
-//! 3. **Host** (parent leader): every voter of the parent hosts an empty
+//! 1. **Begin** (parent log, `SplitBegin`): the split is recorded, and
+//!    from here every write the parent applies in the moving part also
+//!    marks its key (`w` ++ key, at apply, so every replica has the same
+//!    marks). The parent keeps serving the part.
+//! 2. **Host** (parent leader): every voter of the parent hosts an empty
 //!    child replica (`Admin.HostReplica`; asked first before Begin too,
 //!    so a voter that does not answer refuses the split before anything
-//!    is frozen); the driver's own replica creates the group with those
-//!    voters.
-//! 4. **Copy** (child leader): it waits until its node's parent replica
-//!    has applied `SplitDrained`, then copies the moving part (frozen and
-//!    drained, so identical on every parent replica from that entry on)
-//!    and the parent's record horizons and fence floors into its own log
-//!    (`Load`), the last batch marked done. A new child leader copies
-//!    again: `Load` only puts, and is refused once the child serves.
-//! 5. **Commit** (parent log, `SplitCommit`, once the driver's node's child
-//!    replica has applied the last `Load`): the parent's descriptor
+//!    is recorded), then `SplitCreated`, and the driver's own replica
+//!    creates the group with those voters. Until `SplitCreated` the split
+//!    can be cancelled (`SplitCancel`); from it on it only goes forward.
+//! 3. **First copy** (child leader): once its node's parent replica shows
+//!    the split, it copies the moving part as that replica has it, while
+//!    the parent still serves (a moving target, which step 6 corrects),
+//!    with the parent's record horizons and fence floors, into its own
+//!    log (`Load`), the last batch marked (`l`). A new child leader
+//!    copies again unless the mark is there: `Load` only puts, and is
+//!    refused once the child serves.
+//! 4. **Freeze** (parent log, `SplitFreeze`, once the driver's node's
+//!    child replica shows the first copy): no lock in the part is
+//!    granted, and no one-phase commit or prepare that writes there
+//!    applies (checked at apply, so a command whose locks predate the
+//!    freeze cannot slip through).
+//! 5. **Drain** (parent leader): open transactions holding locks there are
+//!    wounded (confirmed by their coordinators, as any wound), and the
+//!    split waits for prepared ones to be decided. Not drained within
+//!    [`DRAIN_WITHIN`]: `SplitThaw` lifts the freeze and the split is
+//!    frozen again after [`RETRY_PAUSE`]. Drained: `SplitDrained`,
+//!    refused at apply while any prepare record writes in the moving part.
+//! 6. **Second copy** (child leader, once its node's parent replica has
+//!    applied `SplitDrained`): every marked key of the part, with its
+//!    value now or its absence (`LoadWritten`), the last batch marked
+//!    (`k`). A key not marked has not changed since before the first
+//!    copy read it (the marks began before the first copy started), so
+//!    the child now holds the part exactly as the frozen parent does. The
+//!    part is frozen only for the drain and this copy of what changed,
+//!    not for the whole part's copy.
+//! 7. **Commit** (parent log, `SplitCommit`, once the driver's node's child
+//!    replica has applied the second copy): the parent's descriptor
 //!    becomes its lower part at version + 1 and names the child among its
 //!    successors. From here a request for a moved key is WRONG_SHARD.
-//! 6. **Serve** (child log, `Describe`, once the child leader's node's
+//! 8. **Serve** (child log, `Describe`, once the child leader's node's
 //!    parent replica has applied `SplitCommit`): the child owns its part at
-//!    version + 1. Between 5 and 6 the moved keys have no server (short).
-//! 7. **Trim and done** (parent): the moved keys are deleted from the
-//!    parent in bounded batches (`Trim`), then `SplitDone`.
+//!    version + 1. Between 7 and 8 the moved keys have no server (short).
+//! 9. **Trim and done** (parent): the moved keys and the marks are deleted
+//!    from the parent in bounded batches (`Trim`), then `SplitDone`.
 //!
 //! Invariants: at any time at most one of the two groups serves a key
-//! (the parent until 5, the child from 6); no prepare record is ever
-//! split (drained before the copy, none can land after); a transaction
-//! that held locks in the moving part before the split never commits
-//! (wounded, and its prepare refused at apply). Failure cases: a split
-//! that cannot drain is cancelled; a driver that dies is replaced by the
-//! next leader of its group, which continues from the recorded phase.
+//! (the parent until 7, the child from 8); no prepare record is ever
+//! split (drained before the second copy, none can land after); a
+//! transaction that held locks in the moving part before the freeze never
+//! commits (wounded, and its prepare refused at apply); every write of
+//! the part the parent applied before the freeze reaches the child (by
+//! the first copy, or marked and copied again). Failure cases: a split
+//! whose new shard cannot be hosted is cancelled; one that cannot drain
+//! thaws and tries again; a driver that dies is replaced by the next
+//! leader of its group, which continues from the recorded phase.
 //! What a split needs of the layout: the child is hosted through
 //! `Admin.HostReplica`, which only `pact` servers offer.
 
@@ -56,8 +73,8 @@ use pact_common::{split_child_id, ClusterConfig, Descriptor, NodeId, ShardId};
 use pact_raft::{Host, Replica};
 
 use crate::kv::{
-    data_key, prepared_writes, split_record, Split, DATA_PREFIX, DESCRIPTOR_KEY, FLOOR_PREFIX,
-    HORIZON_PREFIX, LOADED_KEY, PREPARED_PREFIX, SPLIT_KEY,
+    data_key, prepared_writes, split_record, Split, CAUGHT_UP_KEY, DATA_PREFIX, DESCRIPTOR_KEY,
+    FLOOR_PREFIX, HORIZON_PREFIX, LOADED_KEY, PREPARED_PREFIX, SPLIT_KEY, WRITTEN_PREFIX,
 };
 use crate::kv::{ShardCommand, ShardReply};
 use crate::node::Shard;
@@ -66,8 +83,12 @@ use crate::Error;
 /// How long a split waits for the locks and prepared transactions in the
 /// part that moves before it gives up.
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(10);
+/// How long a split that stopped half way (a freeze lifted because the
+/// part could not drain, a step refused) rests before it is driven again,
+/// so a part that keeps failing to drain is frozen half the time at most.
+pub const RETRY_PAUSE: Duration = DRAIN_WITHIN;
 /// Most bytes of keys and values one `Load` or `Trim` entry carries.
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 256 << 10;
 /// Most keys one `Load` or `Trim` entry carries.
 const BATCH_KEYS: usize = 4096;
 /// Most pairs read from the store at once while copying or trimming: the
@@ -136,6 +157,7 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Sp
         },
         voters,
         created: false,
+        frozen: false,
         drained: false,
         committed: false,
     })
@@ -145,8 +167,7 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Sp
 /// it to the end. The caller holds `s.splitting`.
 pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split, Error> {
     // Every voter hosts the (empty, uncreated) child before anything is
-    // frozen: a voter that does not answer refuses the split up front,
-    // rather than holding the moving part frozen later.
+    // recorded: a voter that does not answer refuses the split up front.
     host_child(ctx, &split, true).await?;
     expect_done(
         &s.replica,
@@ -155,7 +176,7 @@ pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split
         },
     )
     .await?;
-    tracing::info!(shard = s.replica.group(), child = %split.child.shard, "split begun: the moving part is frozen");
+    tracing::info!(shard = s.replica.group(), child = %split.child.shard, "split begun: writes in the moving part are tracked");
     drive(s, ctx, split).await
 }
 
@@ -163,59 +184,109 @@ pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split
 pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, Error> {
     let parent = s.replica.group();
     let child = split.child.shard;
+    let in_background = |e: Error| {
+        Error::Unknown(format!(
+            "the split of shard {parent} into shard {child} is not finished ({e}); it goes on \
+             in the background (txn admin shard list shows it when done)"
+        ))
+    };
+    // Hosting with `create` is asked only until the split records that
+    // the child is being created: after that a voter that lost its data
+    // must rejoin behind its gate, not be created afresh (it could vote
+    // away entries it had acknowledged).
+    if !split.created {
+        // A voter down now is not waited for: the child starts without
+        // its replica there (a majority is enough).
+        let created = match settled_voters(s, &split) {
+            Ok(()) => match host_child(ctx, &split, false).await {
+                Ok(()) => expect_done(&s.replica, &ShardCommand::SplitCreated { child }).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = created {
+            // Nothing is frozen and the new shard does not exist yet: give
+            // the split up. Refused if `SplitCreated` did apply after all:
+            // then it goes on.
+            return match propose(&s.replica, &ShardCommand::SplitCancel { child }).await {
+                Ok(ShardReply::Done) => {
+                    tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
+                    if let Err(u) = unmark(s).await {
+                        tracing::info!(shard = parent, error = %u, "marks of the cancelled split left for the next split's trim");
+                    }
+                    Err(e)
+                }
+                _ => Err(in_background(e)),
+            };
+        }
+        split.created = true;
+    }
+    // Idempotent, and the same first membership (the recorded voters)
+    // whichever driver does it.
+    let members = ctx.host.members_of(&ctx.config, &split.voters);
+    local_replica(ctx, child)?
+        .initialize_with(&members)
+        .await
+        .map_err(|e| in_background(e.into()))?;
     if !split.drained {
+        // The new shard copies the part while the parent still serves it;
+        // only then is it frozen, for the drain and the copy of what was
+        // written since: a short freeze, whatever the part's size.
+        let local = local_replica(ctx, child)?;
+        tracing::info!(shard = parent, %child, voters = ?split.voters, "split: the new shard is hosted; waiting for its first copy");
+        wait_for(&local, LOADED_KEY, "its first copy of the moving part")
+            .await
+            .map_err(in_background)?;
+        if !split.frozen {
+            if pact_common::faults::enabled("split-pause-before-freeze") {
+                // Tests write in the part here, after the first copy.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let freeze = ShardCommand::SplitFreeze {
+                child,
+                span: split.child.span.clone(),
+            };
+            expect_done(&s.replica, &freeze)
+                .await
+                .map_err(in_background)?;
+            split.frozen = true;
+            tracing::info!(shard = parent, %child, "split: the moving part is frozen");
+            crash_point("crash-split-frozen");
+        }
         match drain(s, ctx, &split).await {
             Ok(()) => {}
-            // Whether `SplitDrained` applied is not known: not cancelled.
-            Err(e @ (Error::Unknown(_) | Error::Fatal(_))) => return Err(e),
+            // Whether `SplitDrained` applied is not known.
+            Err(e @ (Error::Unknown(_) | Error::Fatal(_))) => return Err(in_background(e)),
             Err(e) => {
-                // Nothing moved: lift the freeze. If this fails the next
-                // leader finds the split undrained and drives it again.
-                if let Err(c) = expect_done(&s.replica, &ShardCommand::SplitCancel { child }).await
-                {
+                // Lift the freeze; the split stays, and is frozen again
+                // after a rest. If this fails the next leader finds the
+                // split undrained and drives it again.
+                if let Err(c) = expect_done(&s.replica, &ShardCommand::SplitThaw { child }).await {
                     return Err(Error::Unknown(format!(
-                        "the split of shard {parent} could not drain ({e}) nor be cancelled \
-                         ({c}); the shard's leader finishes or cancels it"
+                        "the split of shard {parent} could not drain ({e}) nor lift its freeze \
+                         ({c}); the shard's leader goes on with it"
                     )));
                 }
-                tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
-                return Err(e);
+                tracing::warn!(shard = parent, %child, error = %e, "split could not drain: freeze lifted, tried again later");
+                return Err(Error::Unavailable(format!(
+                    "{e}; the split stays under way and tries again in {RETRY_PAUSE:?}"
+                )));
             }
         }
         split.drained = true;
         crash_point("crash-split-drained");
     }
-    forward(s, ctx, split).await.map_err(|e| {
-        Error::Unknown(format!(
-            "the split of shard {parent} into shard {child} is not finished ({e}); it goes on \
-             in the background (txn admin shard list shows it when done)"
-        ))
-    })
+    forward(s, ctx, split).await.map_err(in_background)
 }
 
-/// A drained split, from its recorded phase to the end.
+/// A drained split, from its recorded phase until the new shard serves
+/// (the trim is [`finish`]'s).
 async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, Error> {
     let parent = s.replica.group();
     let child = split.child.shard;
     if !split.committed {
-        // Hosting with `create` is asked only until the split records
-        // that the child is being created: after that a voter that lost
-        // its data must rejoin behind its gate, not be created afresh (it
-        // could vote away entries it had acknowledged).
-        if !split.created {
-            // A voter down now is not waited for: the child starts
-            // without its replica there (a majority is enough).
-            host_child(ctx, &split, false).await?;
-            expect_done(&s.replica, &ShardCommand::SplitCreated { child }).await?;
-            split.created = true;
-        }
-        // Idempotent, and the same first membership (the recorded
-        // voters) whichever driver does it.
-        let members = ctx.host.members_of(&ctx.config, &split.voters);
-        local_replica(ctx, child)?.initialize_with(&members).await?;
         let local = local_replica(ctx, child)?;
-        tracing::info!(shard = parent, %child, voters = ?split.voters, "split: the new shard is hosted; waiting for its copy");
-        wait_for(&local, LOADED_KEY, "its copy of the moving part").await?;
+        wait_for(&local, CAUGHT_UP_KEY, "its copy of what was written since").await?;
         expect_done(&s.replica, &ShardCommand::SplitCommit { child }).await?;
         split.committed = true;
         crash_point("crash-split-committed");
@@ -223,10 +294,42 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
     }
     let local = local_replica(ctx, child)?;
     wait_for(&local, DESCRIPTOR_KEY, "its descriptor").await?;
-    trim(s, &split).await?;
-    expect_done(&s.replica, &ShardCommand::SplitDone { child }).await?;
-    tracing::info!(shard = parent, %child, "split done");
     Ok(split)
+}
+
+/// The last step of a split whose new shard serves: trim the moved keys
+/// and the marks from the parent, then `SplitDone`. The caller of a split
+/// has its answer before this (the data is already where it belongs); if
+/// it fails, the owner's tick drives the split again from its record.
+pub(crate) async fn finish(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+    let child = split.child.shard;
+    trim(s, split).await?;
+    expect_done(&s.replica, &ShardCommand::SplitDone { child }).await?;
+    tracing::info!(shard = s.replica.group(), %child, "split done");
+    Ok(())
+}
+
+/// The shard's replicas are the ones the split recorded, and not
+/// changing: checked before the new shard is created (from then on the
+/// split cannot be cancelled, and changes are refused). A change that
+/// began before the split would leave the new shard's recorded voters
+/// without their parent replicas.
+fn settled_voters(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+    if let Some(why) = s.replica.membership_unsettled() {
+        return Err(Error::Unavailable(format!(
+            "shard {} cannot split now: {why}; nothing moved, try again",
+            split.left.shard
+        )));
+    }
+    let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
+    if voters != split.voters {
+        return Err(Error::Unavailable(format!(
+            "shard {}'s replicas changed during the split ({:?}, now {voters:?}); nothing \
+             moved, try again",
+            split.left.shard, split.voters
+        )));
+    }
+    Ok(())
 }
 
 /// Have every voter of the parent host an empty replica of `child`
@@ -327,23 +430,6 @@ async fn drain(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
             let within = Duration::from_secs(1);
             crate::node::wound_confirmed_by(&s.shared, &ctx.client, txn, &reason, within).await;
         }
-        // A change of the shard's replicas that began before the split
-        // (later ones are refused) would leave the new shard's recorded
-        // voters without their parent replicas: give up instead.
-        if let Some(why) = s.replica.membership_unsettled() {
-            return Err(Error::Unavailable(format!(
-                "shard {} cannot split now: {why}; nothing moved, try again",
-                split.left.shard
-            )));
-        }
-        let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
-        if voters != split.voters {
-            return Err(Error::Unavailable(format!(
-                "shard {}'s replicas changed during the split ({:?}, now {voters:?}); nothing \
-                 moved, try again",
-                split.left.shard, split.voters
-            )));
-        }
         if no_locks && !prepared_in(&s.replica, span).await? {
             // An error here may leave `SplitDrained` applied: the caller
             // then does not cancel (Unknown and Fatal pass through).
@@ -387,7 +473,8 @@ async fn prepared_in(r: &Replica, span: &pact_common::Span) -> Result<bool, Erro
     Ok(false)
 }
 
-/// Delete from the parent, in bounded entries, the keys it no longer owns.
+/// Delete from the parent, in bounded entries, the keys it no longer owns
+/// and the marks of writes during the split.
 async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
     let (mut from, end) = moving_part(split);
     let mut keys: Vec<Vec<u8>> = Vec::new();
@@ -401,6 +488,23 @@ async fn trim(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
         if keys.len() >= BATCH_KEYS || (!full && !keys.is_empty()) {
             let batch = std::mem::take(&mut keys);
             expect_done(&s.replica, &ShardCommand::Trim { keys: batch }).await?;
+        }
+        if !full {
+            break;
+        }
+    }
+    unmark(s).await
+}
+
+/// Delete every mark of a write during a split, in bounded entries (the
+/// shard refuses while a split under way still needs them).
+async fn unmark(s: &Arc<Shard>) -> Result<(), Error> {
+    let (mut from, end) = (vec![WRITTEN_PREFIX], vec![WRITTEN_PREFIX + 1]);
+    loop {
+        let (page, full) = next_page(&s.replica, &mut from, &end, BATCH_KEYS).await?;
+        if !page.is_empty() {
+            let keys = page.into_iter().map(|(k, _)| k).collect();
+            expect_done(&s.replica, &ShardCommand::Unmark { keys }).await?;
         }
         if !full {
             return Ok(());
@@ -443,7 +547,7 @@ fn moving_part(split: &Split) -> (Vec<u8>, Vec<u8>) {
 /// a descriptor, or false if this replica stopped leading `term`.
 pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
     let me = ShardId(s.replica.group());
-    let mut copied = false;
+    let mut copied = Copied::default();
     let mut orphan_since: Option<Instant> = None;
     loop {
         let r = s.replica.role();
@@ -506,6 +610,15 @@ fn rand_index(n: usize) -> usize {
     nanos % n.max(1)
 }
 
+/// Which copies this leader of a new shard has made.
+#[derive(Default)]
+struct Copied {
+    /// The part as the parent served it.
+    first: bool,
+    /// What was written there since the split began, once frozen.
+    written: bool,
+}
+
 /// One look at the split that creates `me`: `Some(true)` once `me`
 /// serves, `Some(false)` while it waits for the parent, `None` if no
 /// replica of the parent here knows the split.
@@ -513,7 +626,7 @@ async fn step_child(
     s: &Arc<Shard>,
     ctx: &Ctx,
     me: ShardId,
-    copied: &mut bool,
+    copied: &mut Copied,
 ) -> Result<Option<bool>, Error> {
     if local_descriptor(&s.replica).await?.is_some() {
         return Ok(Some(true));
@@ -551,20 +664,89 @@ async fn step_child(
         tracing::info!(shard = %me, parent = parent.group(), version = split.child.version, "new shard serves");
         return Ok(Some(true));
     }
-    if split.drained && !*copied && s.replica.get_local(LOADED_KEY).await?.is_none() {
-        copy(&parent, s, &split).await?;
-        *copied = true;
+    // The first copy as soon as the parent replica here tracks the
+    // part's writes (it applied `SplitBegin`: its record is here); the
+    // second once it applied `SplitDrained`, so nothing more is written
+    // in the part. A new leader skips a copy its shard has complete.
+    if !copied.first && s.replica.get_local(LOADED_KEY).await?.is_none() {
+        copy(&parent, s, &split, ctx.config.raft.split_copy_kib_per_sec).await?;
+        copied.first = true;
+    } else if split.drained
+        && !copied.written
+        && s.replica.get_local(CAUGHT_UP_KEY).await?.is_none()
+    {
+        copy_written(&parent, s, &split).await?;
+        copied.written = true;
     }
     Ok(Some(false))
 }
 
+/// Copy into the child `s` each key of the moving part that the parent
+/// wrote since the split began, as `parent` (drained) has it now: its
+/// value, or its absence.
+async fn copy_written(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut batch: Vec<crate::kv::Mutation> = Vec::new();
+    let mut bytes = 0usize;
+    let mut total = 0usize;
+    let (mut from, end) = (vec![WRITTEN_PREFIX], vec![WRITTEN_PREFIX + 1]);
+    loop {
+        let (page, full) = next_page(parent, &mut from, &end, PAGE).await?;
+        for (k, _) in page {
+            let Some(key) = k.get(1..).filter(|u| split.child.span.contains(u)) else {
+                continue;
+            };
+            let key = data_key(key);
+            let value = parent.get_local(&key).await?;
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            batch.push((key, value));
+            if batch.len() >= BATCH_KEYS || bytes >= BATCH_BYTES {
+                total += batch.len();
+                let pairs = std::mem::take(&mut batch);
+                bytes = 0;
+                expect_done(
+                    &s.replica,
+                    &ShardCommand::LoadWritten { pairs, done: false },
+                )
+                .await?;
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    total += batch.len();
+    expect_done(
+        &s.replica,
+        &ShardCommand::LoadWritten {
+            pairs: batch,
+            done: true,
+        },
+    )
+    .await?;
+    tracing::info!(
+        shard = s.replica.group(),
+        parent = parent.group(),
+        keys = total,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "new shard copied the keys written during the split"
+    );
+    Ok(())
+}
+
 /// Copy the moving part of `parent`'s applied state (data, horizons,
 /// floors) into the child `s` through its log.
-async fn copy(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
+async fn copy(
+    parent: &Replica,
+    s: &Arc<Shard>,
+    split: &Split,
+    kib_per_sec: u64,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0usize;
     let mut total = 0usize;
+    let mut sent = 0u64;
     // Horizons and floors, whole: they are few.
     for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
         batch.extend(parent.scan_prefix_local(&[prefix]).await?);
@@ -581,8 +763,14 @@ async fn copy(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Err
             if batch.len() >= BATCH_KEYS || bytes >= BATCH_BYTES {
                 total += batch.len();
                 let pairs = std::mem::take(&mut batch);
+                sent += bytes as u64;
                 bytes = 0;
                 expect_done(&s.replica, &ShardCommand::Load { pairs, done: false }).await?;
+                // The parent serves meanwhile: leave it the disk and CPU.
+                if kib_per_sec > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / (kib_per_sec * 1024) as f64);
+                    tokio::time::sleep_until((started + due).into()).await;
+                }
             }
         }
         if !full {
