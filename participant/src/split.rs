@@ -681,14 +681,80 @@ async fn step_child(
     Ok(Some(false))
 }
 
+/// The entries of one copy into a new shard: pairs cut into entries of
+/// at most [`BATCH_KEYS`] keys or [`BATCH_BYTES`] bytes, proposed one at a
+/// time, no faster than `kib_per_sec` (0: no limit), the last one marked
+/// done.
+struct Entries<'a, T> {
+    s: &'a Arc<Shard>,
+    command: fn(Vec<T>, bool) -> ShardCommand,
+    kib_per_sec: u64,
+    started: Instant,
+    batch: Vec<T>,
+    bytes: usize,
+    sent: u64,
+    total: usize,
+}
+
+impl<'a, T> Entries<'a, T> {
+    fn new(s: &'a Arc<Shard>, command: fn(Vec<T>, bool) -> ShardCommand, kib_per_sec: u64) -> Self {
+        Entries {
+            s,
+            command,
+            kib_per_sec,
+            started: Instant::now(),
+            batch: Vec::new(),
+            bytes: 0,
+            sent: 0,
+            total: 0,
+        }
+    }
+
+    async fn push(&mut self, item: T, bytes: usize) -> Result<(), Error> {
+        self.bytes += bytes;
+        self.batch.push(item);
+        if self.batch.len() < BATCH_KEYS && self.bytes < BATCH_BYTES {
+            return Ok(());
+        }
+        self.total += self.batch.len();
+        self.sent += self.bytes as u64;
+        self.bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        expect_done(&self.s.replica, &(self.command)(batch, false)).await?;
+        // The parent serves meanwhile: leave it the disk and CPU.
+        if self.kib_per_sec > 0 {
+            let rate = (self.kib_per_sec * 1024) as f64;
+            let due = Duration::from_secs_f64(self.sent as f64 / rate);
+            tokio::time::sleep_until((self.started + due).into()).await;
+        }
+        Ok(())
+    }
+
+    /// The last entry, marked done; logs `what` with the count.
+    async fn done(mut self, parent: &Replica, what: &str) -> Result<(), Error> {
+        self.total += self.batch.len();
+        let batch = std::mem::take(&mut self.batch);
+        expect_done(&self.s.replica, &(self.command)(batch, true)).await?;
+        tracing::info!(
+            shard = self.s.replica.group(),
+            parent = parent.group(),
+            keys = self.total,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "{what}"
+        );
+        Ok(())
+    }
+}
+
 /// Copy into the child `s` each key of the moving part that the parent
 /// wrote since the split began, as `parent` (drained) has it now: its
 /// value, or its absence.
 async fn copy_written(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
-    let started = Instant::now();
-    let mut batch: Vec<crate::kv::Mutation> = Vec::new();
-    let mut bytes = 0usize;
-    let mut total = 0usize;
+    let mut out = Entries::new(
+        s,
+        |pairs, done| ShardCommand::LoadWritten { pairs, done },
+        0,
+    );
     let (mut from, end) = (vec![WRITTEN_PREFIX], vec![WRITTEN_PREFIX + 1]);
     loop {
         let (page, full) = next_page(parent, &mut from, &end, PAGE).await?;
@@ -698,40 +764,15 @@ async fn copy_written(parent: &Replica, s: &Arc<Shard>, split: &Split) -> Result
             };
             let key = data_key(key);
             let value = parent.get_local(&key).await?;
-            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-            batch.push((key, value));
-            if batch.len() >= BATCH_KEYS || bytes >= BATCH_BYTES {
-                total += batch.len();
-                let pairs = std::mem::take(&mut batch);
-                bytes = 0;
-                expect_done(
-                    &s.replica,
-                    &ShardCommand::LoadWritten { pairs, done: false },
-                )
-                .await?;
-            }
+            let bytes = key.len() + value.as_ref().map_or(0, Vec::len);
+            out.push((key, value), bytes).await?;
         }
         if !full {
             break;
         }
     }
-    total += batch.len();
-    expect_done(
-        &s.replica,
-        &ShardCommand::LoadWritten {
-            pairs: batch,
-            done: true,
-        },
-    )
-    .await?;
-    tracing::info!(
-        shard = s.replica.group(),
-        parent = parent.group(),
-        keys = total,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "new shard copied the keys written during the split"
-    );
-    Ok(())
+    out.done(parent, "new shard copied the keys written during the split")
+        .await
 }
 
 /// Copy the moving part of `parent`'s applied state (data, horizons,
@@ -742,14 +783,17 @@ async fn copy(
     split: &Split,
     kib_per_sec: u64,
 ) -> Result<(), Error> {
-    let started = Instant::now();
-    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut bytes = 0usize;
-    let mut total = 0usize;
-    let mut sent = 0u64;
+    let mut out = Entries::new(
+        s,
+        |pairs, done| ShardCommand::Load { pairs, done },
+        kib_per_sec,
+    );
     // Horizons and floors, whole: they are few.
     for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
-        batch.extend(parent.scan_prefix_local(&[prefix]).await?);
+        for (k, v) in parent.scan_prefix_local(&[prefix]).await? {
+            let bytes = k.len() + v.len();
+            out.push((k, v), bytes).await?;
+        }
     }
     let (mut from, end) = moving_part(split);
     loop {
@@ -758,40 +802,12 @@ async fn copy(
             if !k.get(1..).is_some_and(|u| split.child.span.contains(u)) {
                 continue;
             }
-            bytes += k.len() + v.len();
-            batch.push((k, v));
-            if batch.len() >= BATCH_KEYS || bytes >= BATCH_BYTES {
-                total += batch.len();
-                let pairs = std::mem::take(&mut batch);
-                sent += bytes as u64;
-                bytes = 0;
-                expect_done(&s.replica, &ShardCommand::Load { pairs, done: false }).await?;
-                // The parent serves meanwhile: leave it the disk and CPU.
-                if kib_per_sec > 0 {
-                    let due = Duration::from_secs_f64(sent as f64 / (kib_per_sec * 1024) as f64);
-                    tokio::time::sleep_until((started + due).into()).await;
-                }
-            }
+            let bytes = k.len() + v.len();
+            out.push((k, v), bytes).await?;
         }
         if !full {
             break;
         }
     }
-    total += batch.len();
-    expect_done(
-        &s.replica,
-        &ShardCommand::Load {
-            pairs: batch,
-            done: true,
-        },
-    )
-    .await?;
-    tracing::info!(
-        shard = s.replica.group(),
-        parent = parent.group(),
-        keys = total,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "new shard copied its part"
-    );
-    Ok(())
+    out.done(parent, "new shard copied its part").await
 }

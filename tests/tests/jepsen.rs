@@ -293,7 +293,8 @@ fn env_secs(name: &str, default: u64) -> u64 {
 
 /// The soak (an hour by default; `PACT_SOAK_SECS` sets it): bank transfers
 /// and rw-register transactions and batches side by side, under kills,
-/// pauses and partitions, with every server's RSS, data-directory size and
+/// pauses, partitions, leadership transfers, replica moves and shard
+/// splits (up to `MAX_SPLIT_SHARDS` shards), with every server's RSS, data-directory size and
 /// transaction-record counts sampled every `PACT_SOAK_SAMPLE_SECS` (10)
 /// into `soak.csv`, `memory.png`, `disk.png` and `records.png`. Both
 /// histories must check valid as in any run. With
@@ -313,6 +314,7 @@ async fn soak_mixed_workload_under_nemeses() {
         Fault::MajorityMinority,
         Fault::TransferLeader,
         Fault::MoveReplica,
+        Fault::Split,
     ];
     // Workloads whose data stays the same size however long they run (bank
     // balances, registers overwritten): what grows on disk or in memory

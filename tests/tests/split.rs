@@ -46,10 +46,31 @@ fn split_lines(c: &Cluster) -> String {
 }
 
 async fn start(config: ClusterConfig) -> Cluster {
+    start_with_faults(config, "").await
+}
+
+/// A cluster whose nodes run with `PACT_FAULTS=faults` (none if empty).
+async fn start_with_faults(config: ClusterConfig, faults: &str) -> Cluster {
     let mut c = Cluster::create(config, fast_tuning());
+    if !faults.is_empty() {
+        for id in c.node_ids() {
+            c.set_env(id, "PACT_FAULTS", faults);
+        }
+    }
     c.start_all();
     c.wait_ready(Duration::from_secs(30)).await;
     c
+}
+
+/// Three range shards: shard 3 holds acct-6, acct-7 and every key from
+/// there on (fillers, transfer markers, k-*).
+fn range_config() -> ClusterConfig {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.partitioning = PartitionScheme::Range;
+    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
+        s.start = Some(start.to_string());
+    }
+    config
 }
 
 /// The bank's accounts, `filler` more keys, and 4 clients making
@@ -110,15 +131,10 @@ async fn fillers_intact(client: &Client, filler: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill() {
-    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
-    config.partitioning = PartitionScheme::Range;
     // Shard 3 holds acct-6, acct-7, the fillers and every transfer marker
     // (xfer-*): the split at "g" moves the markers, written by every
     // transfer, to the new shard.
-    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
-        s.start = Some(start.to_string());
-    }
-    let mut c = start(config).await;
+    let mut c = start(range_config()).await;
     let filler = 300;
     let (stop, workers) = transfers_under_way(&c, filler).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -183,21 +199,11 @@ async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill(
 /// own lock table); the split finishes, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_whose_drivers_crash_is_finished_by_the_next_leaders() {
-    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
-    config.partitioning = PartitionScheme::Range;
-    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
-        s.start = Some(start.to_string());
-    }
-    let mut c = Cluster::create(config, fast_tuning());
-    for id in c.node_ids() {
-        c.set_env(
-            id,
-            "PACT_FAULTS",
-            "crash-split-frozen,crash-split-drained,crash-split-committed",
-        );
-    }
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = start_with_faults(
+        range_config(),
+        "crash-split-frozen,crash-split-drained,crash-split-committed",
+    )
+    .await;
     let filler = 200;
     let (stop, workers) = transfers_under_way(&c, filler).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -289,18 +295,8 @@ async fn a_hash_shard_splits_its_ring_share_under_transfers() {
 async fn keys_written_and_deleted_during_a_split_reach_the_new_shard() {
     const KEYS: usize = 20_000;
     let key = |i: usize| format!("k-{i:05}").into_bytes();
-    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
-    config.partitioning = PartitionScheme::Range;
     // Shard 3 holds every k-* key; the split moves the upper half.
-    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
-        s.start = Some(start.to_string());
-    }
-    let mut c = Cluster::create(config, fast_tuning());
-    for id in c.node_ids() {
-        c.set_env(id, "PACT_FAULTS", "split-pause-before-freeze");
-    }
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = start_with_faults(range_config(), "split-pause-before-freeze").await;
     let client = c.client();
     let first = vec![b'v'; 200];
     let all: Vec<usize> = (0..KEYS).collect();
