@@ -243,6 +243,23 @@ enum ShardCmd {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         wait: u64,
     },
+    /// Merge shard SHARD into shard --into while both serve: --into takes
+    /// SHARD's keys (for range shards, SHARD must be the range just
+    /// before or just after it), and SHARD owns nothing from then on.
+    /// Both must be on the same replicas (move them first with `txn admin
+    /// replica move`). Transactions holding locks in SHARD are aborted
+    /// (retryably); if prepared ones do not finish within 10 s the merge
+    /// lifts its freeze and tries again later. `pact` servers only.
+    Merge {
+        shard: u64,
+        /// The shard that takes SHARD's keys.
+        #[arg(long)]
+        into: u64,
+        /// How long to wait for the merge to finish, in seconds; past it
+        /// the answer is UNKNOWN and the merge goes on.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        wait: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -551,7 +568,8 @@ fn main() -> ExitCode {
         // A new replica catches up a whole shard before it votes.
         Cmd::Admin(AdminCmd::Replica(_)) => 600,
         // A split waits for transactions to leave, and copies.
-        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { wait, .. })) => wait.saturating_add(30),
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { wait, .. }))
+        | Cmd::Admin(AdminCmd::Shard(ShardCmd::Merge { wait, .. })) => wait.saturating_add(30),
         _ => 15,
     }));
     // --timeout bounds the whole command, the routing-table question
@@ -856,6 +874,10 @@ async fn run(
                 .transpose()?;
             let wait = std::time::Duration::from_secs(*wait);
             members::split(client, style, *shard, at, wait, args.json).await
+        }
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Merge { shard, into, wait })) => {
+            let wait = std::time::Duration::from_secs(*wait);
+            members::merge(client, style, *shard, *into, wait, args.json).await
         }
         Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
         Cmd::Admin(AdminCmd::Member(MemberCmd::Add {

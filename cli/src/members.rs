@@ -88,6 +88,14 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
             (None, Some((points, share))) => json!({"ring_points": points, "ring_share": share}),
             (None, None) => json!(null),
         };
+        // A shard merged into another answers for its transactions'
+        // records, and owns no key.
+        let merged = described.is_ok() && !map.shards().contains(&shard);
+        let keys = if merged {
+            json!({"merged": true})
+        } else {
+            keys
+        };
         rows.push((shard, replicas, leader, keys));
     }
     if json {
@@ -105,6 +113,8 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
             let keys = if let Some(p) = k.get("ring_points") {
                 let share = k["ring_share"].as_f64().unwrap_or(0.0) * 100.0;
                 format!("{p} ring points, {share:.1}% of key hashes")
+            } else if k.get("merged").is_some() {
+                "merged into another shard: no keys".to_string()
             } else if !k.is_null() {
                 let end = k["end"]
                     .as_str()
@@ -128,6 +138,70 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
     Ok(0)
 }
 
+/// How a descriptor's keys are shown: a key range, or a share of the ring.
+fn show_span(style: Style, d: &pact_common::Descriptor) -> serde_json::Value {
+    match &d.span {
+        pact_common::Span::Range { start, end } => json!({
+            "start": style.codec.key(start),
+            "end": end.as_deref().map(|e| style.codec.key(e)),
+        }),
+        pact_common::Span::Ring { arcs } => {
+            let share: f64 = arcs
+                .iter()
+                .map(|(lo, hi)| hi.saturating_sub(*lo) as f64 + 1.0)
+                .sum::<f64>()
+                / 2f64.powi(64);
+            json!({"ring_arcs": arcs.len(), "ring_share": share})
+        }
+    }
+}
+
+/// [`show_span`]'s value in words.
+fn span_text(v: serde_json::Value) -> String {
+    if let Some(share) = v.get("ring_share").and_then(|s| s.as_f64()) {
+        format!("{:.1}% of key hashes", share * 100.0)
+    } else {
+        let end = v["end"]
+            .as_str()
+            .map_or("(end)".to_string(), |e| format!("{e:?}"));
+        format!("keys [{:?}, {end})", v["start"].as_str().unwrap_or(""))
+    }
+}
+
+/// `txn admin shard merge`.
+pub async fn merge(
+    client: &Client,
+    style: Style,
+    shard: u64,
+    into: u64,
+    wait: std::time::Duration,
+    json: bool,
+) -> Result<u8, ClientError> {
+    let started = std::time::Instant::now();
+    let d = client
+        .merge_shards(
+            pact_common::ShardId(shard),
+            pact_common::ShardId(into),
+            wait,
+        )
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        outln!(
+            "{}",
+            json!({"shard": shard, "into": into, "version": d.version,
+                   "keys": show_span(style, &d), "seconds": secs})
+        );
+    } else {
+        outln!(
+            "shard {shard} merged into shard {into} in {secs:.2} s: shard {into} has {} (version {}); shard {shard} owns nothing",
+            span_text(show_span(style, &d)),
+            d.version
+        );
+    }
+    Ok(0)
+}
+
 /// `txn admin shard split`.
 pub async fn split(
     client: &Client,
@@ -142,20 +216,7 @@ pub async fn split(
         .split_shard(pact_common::ShardId(shard), at, wait)
         .await?;
     let secs = started.elapsed().as_secs_f64();
-    let show = |d: &pact_common::Descriptor| match &d.span {
-        pact_common::Span::Range { start, end } => json!({
-            "start": style.codec.key(start),
-            "end": end.as_deref().map(|e| style.codec.key(e)),
-        }),
-        pact_common::Span::Ring { arcs } => {
-            let share: f64 = arcs
-                .iter()
-                .map(|(lo, hi)| hi.saturating_sub(*lo) as f64 + 1.0)
-                .sum::<f64>()
-                / 2f64.powi(64);
-            json!({"ring_arcs": arcs.len(), "ring_share": share})
-        }
-    };
+    let show = |d: &pact_common::Descriptor| show_span(style, d);
     if json {
         outln!(
             "{}",
@@ -163,22 +224,12 @@ pub async fn split(
                    "new_shard": child.shard.0, "new_keys": show(&child), "seconds": secs})
         );
     } else {
-        let text = |v: serde_json::Value| {
-            if let Some(share) = v.get("ring_share").and_then(|s| s.as_f64()) {
-                format!("{:.1}% of key hashes", share * 100.0)
-            } else {
-                let end = v["end"]
-                    .as_str()
-                    .map_or("(end)".to_string(), |e| format!("{e:?}"));
-                format!("keys [{:?}, {end})", v["start"].as_str().unwrap_or(""))
-            }
-        };
         outln!(
             "shard {shard} split in {secs:.2} s: it keeps {} (version {}); new shard {} has {}",
-            text(show(&left)),
+            span_text(show(&left)),
             left.version,
             child.shard,
-            text(show(&child))
+            span_text(show(&child))
         );
     }
     Ok(0)

@@ -336,8 +336,10 @@ struct Inner {
     /// The routing map: the config's (or the discovered table's) until a
     /// shard answers WRONG_SHARD, then the shards' own descriptors.
     map: std::sync::RwLock<Arc<ShardMap>>,
-    /// One map refresh at a time.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One map refresh at a time; it holds the shards met merged into
+    /// others, which own nothing for good, so refreshes stop asking them
+    /// (a merged shard's group without a leader does not stall routing).
+    refreshing: tokio::sync::Mutex<std::collections::BTreeSet<ShardId>>,
     /// Each shard's replicas as this client knows them: the config's, and
     /// for a shard a split created, its parent's voters when first met.
     shards: std::sync::RwLock<BTreeMap<ShardId, Vec<NodeId>>>,
@@ -375,7 +377,7 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 map: std::sync::RwLock::new(Arc::new(config.shard_map())),
-                refreshing: tokio::sync::Mutex::new(()),
+                refreshing: tokio::sync::Mutex::new(Default::default()),
                 shards: std::sync::RwLock::new(
                     config
                         .shards
@@ -437,11 +439,11 @@ impl Client {
     /// that does not hold together (a change under way) is not used:
     /// UNAVAILABLE, try again shortly.
     pub async fn refresh_map(&self, stale: &Arc<ShardMap>) -> Result<(), ClientError> {
-        let _one = self.inner.refreshing.lock().await;
+        let mut merged = self.inner.refreshing.lock().await;
         if !Arc::ptr_eq(&self.shard_map(), stale) {
             return Ok(());
         }
-        self.refresh_locked().await
+        self.refresh_locked(&mut merged).await
     }
 
     /// [`Client::refresh_map`] from descriptors read after this call
@@ -449,15 +451,22 @@ impl Client {
     /// shard that exists once something it just did has landed (a
     /// coordinator raising fence floors).
     pub async fn refresh_all(&self) -> Result<(), ClientError> {
-        let _one = self.inner.refreshing.lock().await;
-        self.refresh_locked().await
+        let mut merged = self.inner.refreshing.lock().await;
+        self.refresh_locked(&mut merged).await
     }
 
-    async fn refresh_locked(&self) -> Result<(), ClientError> {
+    async fn refresh_locked(
+        &self,
+        merged: &mut std::collections::BTreeSet<ShardId>,
+    ) -> Result<(), ClientError> {
         // Every shard the client knows, then the shards split off them
         // that it did not know, round by round.
-        let mut asked = std::collections::BTreeSet::new();
-        let mut round = self.shards();
+        let mut asked = merged.clone();
+        let mut round: Vec<ShardId> = self
+            .shards()
+            .into_iter()
+            .filter(|s| !merged.contains(s))
+            .collect();
         let mut descriptors = Vec::new();
         while !round.is_empty() {
             asked.extend(round.iter().copied());
@@ -482,7 +491,11 @@ impl Client {
                     }
                     round.push(succ);
                 }
-                descriptors.push(convert::descriptor(d).map_err(ClientError::Internal)?);
+                let d = convert::descriptor(d).map_err(ClientError::Internal)?;
+                if d.span.is_empty() {
+                    merged.insert(d.shard);
+                }
+                descriptors.push(d);
             }
         }
         let map = ShardMap::from_descriptors(&descriptors).map_err(|e| {
@@ -567,6 +580,46 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// Merge `shard` into `into` (see `pact.v1.Kv.Merge`): returns what
+    /// `into` owns now, and routes by the new map. Waits up to `within`;
+    /// a merge that did not answer in time may still finish (UNKNOWN).
+    pub async fn merge_shards(
+        &self,
+        shard: ShardId,
+        into: ShardId,
+        within: Duration,
+    ) -> Result<pact_common::Descriptor, ClientError> {
+        self.know(RaftGroup::Shard(shard)).await;
+        self.know(RaftGroup::Shard(into)).await;
+        let replicas = self.shard_replicas(shard);
+        if replicas.is_empty() {
+            return Err(ClientError::UnknownShard(shard.0));
+        }
+        if self.shard_replicas(into).is_empty() {
+            return Err(ClientError::UnknownShard(into.0));
+        }
+        let req = pb::MergeRequest {
+            shard_id: shard.0,
+            into: into.0,
+        };
+        let r = self
+            .call_route(
+                Route::Shard(shard),
+                &replicas,
+                false,
+                within,
+                |ch| async move { kv(ch).merge(req).await },
+            )
+            .await?;
+        let into = r
+            .into
+            .ok_or_else(|| ClientError::Internal("merge reply without a descriptor".into()))
+            .and_then(|d| convert::descriptor(d).map_err(ClientError::Internal))?;
+        let stale = self.shard_map();
+        let _ = self.refresh_map(&stale).await;
+        Ok(into)
     }
 
     /// Split `shard` in two (see `pact.v1.Kv.Split`): at `at` for a range

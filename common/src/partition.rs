@@ -143,6 +143,70 @@ impl Span {
         }
     }
 
+    /// The span of a shard that a merge absorbs `other` into: a range
+    /// must touch this one at one end (either), ring arcs are simply
+    /// pooled (any two ring shards may merge). The two must not overlap.
+    pub fn merge(&self, other: &Span) -> Result<Span, String> {
+        match (self, other) {
+            (Span::Range { start, end }, Span::Range { start: os, end: oe }) => {
+                if self.is_empty() || other.is_empty() {
+                    Err("a shard that owns nothing merges with nothing".into())
+                } else if end.as_deref() == Some(os.as_slice()) {
+                    Ok(Span::Range {
+                        start: start.clone(),
+                        end: oe.clone(),
+                    })
+                } else if oe.as_deref() == Some(start.as_slice()) {
+                    Ok(Span::Range {
+                        start: os.clone(),
+                        end: end.clone(),
+                    })
+                } else {
+                    Err("range shards merge only with a neighbour (the range just before or just after)".into())
+                }
+            }
+            (Span::Ring { arcs }, Span::Ring { arcs: other }) => {
+                if arcs.is_empty() || other.is_empty() {
+                    return Err("a shard that owns nothing merges with nothing".into());
+                }
+                let mut all: Vec<(u64, u64)> = arcs.iter().chain(other).copied().collect();
+                all.sort_unstable();
+                if all.windows(2).any(|w| w[1].0 <= w[0].1) {
+                    return Err("the two shards' ring arcs overlap".into());
+                }
+                // Neighbouring arcs become one.
+                let mut joined: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+                for (lo, hi) in all {
+                    match joined.last_mut() {
+                        Some(last) if last.1.checked_add(1) == Some(lo) => last.1 = hi,
+                        _ => joined.push((lo, hi)),
+                    }
+                }
+                Ok(Span::Ring { arcs: joined })
+            }
+            _ => Err("a range shard and a hash shard cannot merge".into()),
+        }
+    }
+
+    /// What a shard merged into another owns: nothing, of the same kind.
+    pub fn emptied(&self) -> Span {
+        match self {
+            Span::Range { start, .. } => Span::Range {
+                start: start.clone(),
+                end: Some(start.clone()),
+            },
+            Span::Ring { .. } => Span::Ring { arcs: Vec::new() },
+        }
+    }
+
+    /// Whether the span holds no key (a shard merged away).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Span::Range { start, end } => end.as_deref().is_some_and(|e| e <= start.as_slice()),
+            Span::Ring { arcs } => arcs.is_empty(),
+        }
+    }
+
     /// Whether some key of `[start, end)` may lie in the span (a ring's
     /// keys are anywhere: always, unless the interval is empty).
     pub fn meets(&self, start: &[u8], end: Option<&[u8]>) -> bool {
@@ -249,6 +313,13 @@ impl ShardMap {
     /// with the reason unless they cover every key exactly once: a table
     /// that does not hold together is never routed by.
     pub fn from_descriptors(descriptors: &[Descriptor]) -> Result<ShardMap, String> {
+        // A shard merged into another owns nothing and takes no request.
+        let live: Vec<Descriptor> = descriptors
+            .iter()
+            .filter(|d| !d.span.is_empty())
+            .cloned()
+            .collect();
+        let descriptors = live.as_slice();
         let mut versions = BTreeMap::new();
         for d in descriptors {
             if versions.insert(d.shard, d.version).is_some() {
@@ -521,6 +592,59 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_joins_neighbours_and_what_a_split_cut() {
+        let r = Span::Range {
+            start: b"b".to_vec(),
+            end: Some(b"m".to_vec()),
+        };
+        let (l, rt) = r.split(Some(b"f")).unwrap();
+        assert_eq!(l.merge(&rt).unwrap(), r);
+        assert_eq!(rt.merge(&l).unwrap(), r);
+        let far = Span::Range {
+            start: b"x".to_vec(),
+            end: None,
+        };
+        assert!(l.merge(&far).is_err());
+        assert!(l.merge(&l.emptied()).is_err());
+        assert!(l.emptied().is_empty() && !l.is_empty());
+        assert!(!l.emptied().contains(b"b"));
+
+        let m = ShardMap::new_hash(&ids(&[1, 2, 3]), 16);
+        let d2 = m.descriptor(ShardId(2)).unwrap().span;
+        let d3 = m.descriptor(ShardId(3)).unwrap().span;
+        let (a, b) = d2.split(None).unwrap();
+        assert_eq!(a.merge(&b).unwrap(), d2);
+        assert!(d2.merge(&d2).is_err(), "overlapping arcs");
+        assert!(d2.merge(&r).is_err(), "ring with range");
+        let both = d2.merge(&d3).unwrap();
+        for i in 0..5_000u32 {
+            let k = i.to_be_bytes();
+            assert_eq!(both.contains(&k), d2.contains(&k) || d3.contains(&k));
+        }
+        // A map from the merged shard's descriptor and a retired one.
+        let d1 = m.descriptor(ShardId(1)).unwrap();
+        let merged = ShardMap::from_descriptors(&[
+            d1,
+            Descriptor {
+                shard: ShardId(2),
+                version: 2,
+                span: both,
+            },
+            Descriptor {
+                shard: ShardId(3),
+                version: 2,
+                span: d3.emptied(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(merged.shards(), ids(&[1, 2]));
+        for i in 0..2_000u32 {
+            let k = i.to_be_bytes();
+            assert_ne!(merged.shard_for_key(&k), ShardId(3));
+        }
+    }
 
     #[test]
     fn a_split_divides_a_span_between_its_halves() {

@@ -45,7 +45,12 @@
 //!   keys written since, from the frozen part (the parent commits the
 //!   split only then).
 //! - `c` -> the shards split off this one, ever (`Vec<ShardId>`), so a
-//!   client refreshing its map from the descriptors finds them.
+//!   client refreshing its map from the descriptors finds them; in a
+//!   shard merged into another, that one.
+//! - `a` -> the merge this shard is absorbing, if any (`Absorb`): from
+//!   `AbsorbBegin` to `AbsorbCommit`. Meanwhile the shard loads the
+//!   other shard's keys (outside its own span, so it does not serve them
+//!   yet) and neither splits nor absorbs another.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -75,6 +80,8 @@ pub const LOADED_KEY: &[u8] = b"l";
 pub const CAUGHT_UP_KEY: &[u8] = b"k";
 /// Keys of the part a split moves written since it began.
 pub const WRITTEN_PREFIX: u8 = b'w';
+/// The merge a shard is absorbing.
+pub const ABSORB_KEY: &[u8] = b"a";
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -214,6 +221,43 @@ pub enum ShardCommand {
     Unmark {
         keys: Vec<Vec<u8>>,
     },
+    /// Accept a merge (in the shard that stays): it will own `into` (its
+    /// span and `from`'s), and loads `from`'s keys meanwhile (`Load`,
+    /// `LoadWritten`). Refused unless its descriptor is at `base`, and
+    /// while it splits or absorbs another shard.
+    AbsorbBegin {
+        from: ShardId,
+        base: u64,
+        into: Descriptor,
+    },
+    /// `from` committed the merge and owns nothing now: this shard owns
+    /// the recorded `into` from here. Refused until the copy of what was
+    /// written in `from` since the merge began is complete.
+    AbsorbCommit {
+        from: ShardId,
+    },
+}
+
+/// A merge being absorbed, as the shard that stays records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Absorb {
+    /// The shard merged into this one.
+    pub from: ShardId,
+    /// This shard's descriptor once the merge commits.
+    pub into: Descriptor,
+    /// `from`'s keys, copied while it served them, are loaded.
+    pub loaded: bool,
+    /// The keys written in `from` since the merge began are loaded again,
+    /// from its frozen, drained state.
+    pub caught_up: bool,
+}
+
+/// The merge this shard is absorbing, if any.
+pub fn absorb_record(get: Lookup<'_>) -> io::Result<Option<Absorb>> {
+    match get(ABSORB_KEY)? {
+        Some(v) => Ok(Some(decode(&v, "absorb record")?)),
+        None => Ok(None),
+    }
 }
 
 /// A split under way, as the parent records it.
@@ -242,6 +286,12 @@ pub struct Split {
     pub drained: bool,
     /// `SplitCommit` applied: the parent owns `left` only.
     pub committed: bool,
+    /// A merge, not a split: the whole shard moves into `child`, an
+    /// existing shard whose descriptor was at this version when the merge
+    /// began; `left` owns nothing. "Created" then means that shard
+    /// accepted the merge (`AbsorbBegin`), and its copies are recorded in
+    /// its `Absorb` record instead of `l` and `k`.
+    pub merge: Option<u64>,
 }
 
 /// The split under way here, if any.
@@ -510,6 +560,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         ShardCommand::SplitCancel { .. }
         | ShardCommand::SplitCommit { .. }
         | ShardCommand::SplitThaw { .. }
+        | ShardCommand::AbsorbCommit { .. }
             if *reply == ShardReply::Done =>
         {
             Notice::Freeze(None)
@@ -528,7 +579,9 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::SplitFreeze { .. }
         | ShardCommand::SplitThaw { .. }
         | ShardCommand::LoadWritten { .. }
-        | ShardCommand::Unmark { .. } => Notice::Nothing,
+        | ShardCommand::Unmark { .. }
+        | ShardCommand::AbsorbBegin { .. }
+        | ShardCommand::AbsorbCommit { .. } => Notice::Nothing,
     }
 }
 
@@ -706,11 +759,18 @@ pub fn effect(
                         s.child.shard
                     )),
                 ),
+                None if absorb_record(get)?.is_some() => (
+                    Vec::new(),
+                    ShardReply::Rejected("the shard is absorbing a merge".into()),
+                ),
                 None => match d {
                     Some(d)
                         if split.left.shard == d.shard
                             && split.left.version == d.version + 1
-                            && split.child.version == d.version + 1
+                            && (split.child.version == d.version + 1
+                                || (split.merge.is_some()
+                                    && split.child.version > d.version
+                                    && split.left.span.is_empty()))
                             && !split.committed
                             && !split.drained
                             && !split.frozen
@@ -832,11 +892,8 @@ pub fn effect(
             ),
         },
         ShardCommand::LoadWritten { pairs, done } => {
-            if descriptor(get)?.is_some() {
-                (
-                    Vec::new(),
-                    ShardReply::Rejected("the shard already serves: nothing is loaded".into()),
-                )
+            if let Some(why) = not_loadable(get, pairs.iter().map(|(k, _)| k))? {
+                (Vec::new(), ShardReply::Rejected(why))
             } else if pairs.iter().any(|(k, _)| k.first() != Some(&DATA_PREFIX)) {
                 (
                     Vec::new(),
@@ -845,17 +902,25 @@ pub fn effect(
             } else {
                 let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = pairs.iter().cloned().collect();
                 if *done {
-                    w.insert(CAUGHT_UP_KEY.to_vec(), Some(vec![1]));
+                    match absorb_record(get)? {
+                        Some(a) => {
+                            let a = Absorb {
+                                caught_up: true,
+                                ..a
+                            };
+                            w.insert(ABSORB_KEY.to_vec(), Some(encode(&a)?));
+                        }
+                        None => {
+                            w.insert(CAUGHT_UP_KEY.to_vec(), Some(vec![1]));
+                        }
+                    }
                 }
                 (w.into_iter().collect(), ShardReply::Done)
             }
         }
         ShardCommand::Load { pairs, done } => {
-            if descriptor(get)?.is_some() {
-                (
-                    Vec::new(),
-                    ShardReply::Rejected("the shard already serves: nothing is loaded".into()),
-                )
+            if let Some(why) = not_loadable(get, pairs.iter().map(|(k, _)| k))? {
+                (Vec::new(), ShardReply::Rejected(why))
             } else if pairs.iter().any(|(k, _)| {
                 !matches!(
                     k.first(),
@@ -867,12 +932,31 @@ pub fn effect(
                     ShardReply::Rejected("only data, horizons and floors are loaded".into()),
                 )
             } else {
-                let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = pairs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone())))
-                    .collect();
+                let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                for (k, v) in pairs {
+                    // Horizons and floors only grow: a shard that serves
+                    // already (a merge's) keeps the higher of the two.
+                    if matches!(k.first(), Some(&HORIZON_PREFIX) | Some(&FLOOR_PREFIX)) {
+                        if let Some(have) = get(k)? {
+                            let have: Timestamp = decode(&have, "horizon or floor")?;
+                            let new: Timestamp = decode(v, "horizon or floor")?;
+                            if new <= have {
+                                continue;
+                            }
+                        }
+                    }
+                    w.insert(k.clone(), Some(v.clone()));
+                }
                 if *done {
-                    w.insert(LOADED_KEY.to_vec(), Some(vec![1]));
+                    match absorb_record(get)? {
+                        Some(a) => {
+                            let a = Absorb { loaded: true, ..a };
+                            w.insert(ABSORB_KEY.to_vec(), Some(encode(&a)?));
+                        }
+                        None => {
+                            w.insert(LOADED_KEY.to_vec(), Some(vec![1]));
+                        }
+                    }
                 }
                 (w.into_iter().collect(), ShardReply::Done)
             }
@@ -914,6 +998,58 @@ pub fn effect(
                 )
             }
         }
+        ShardCommand::AbsorbBegin { from, base, into } => {
+            let d = descriptor(get)?;
+            match (absorb_record(get)?, split_record(get)?, d) {
+                (Some(a), _, _) if a.from == *from => (Vec::new(), ShardReply::Done),
+                (Some(a), _, _) => (
+                    Vec::new(),
+                    ShardReply::Rejected(format!("absorbing shard {} already", a.from)),
+                ),
+                (None, Some(s), _) => (
+                    Vec::new(),
+                    ShardReply::Rejected(format!(
+                        "a split into shard {} is under way",
+                        s.child.shard
+                    )),
+                ),
+                (None, None, Some(d))
+                    if d.version == *base && into.shard == d.shard && into.version > d.version =>
+                {
+                    let a = Absorb {
+                        from: *from,
+                        into: into.clone(),
+                        loaded: false,
+                        caught_up: false,
+                    };
+                    (
+                        vec![(ABSORB_KEY.to_vec(), Some(encode(&a)?))],
+                        ShardReply::Done,
+                    )
+                }
+                _ => (
+                    Vec::new(),
+                    ShardReply::Rejected(
+                        "the merge was planned from another version of the shard".into(),
+                    ),
+                ),
+            }
+        }
+        ShardCommand::AbsorbCommit { from } => match absorb_record(get)? {
+            Some(a) if a.from == *from && a.caught_up => (
+                vec![
+                    (DESCRIPTOR_KEY.to_vec(), Some(encode(&a.into)?)),
+                    (ABSORB_KEY.to_vec(), None),
+                ],
+                ShardReply::Done,
+            ),
+            Some(a) if a.from == *from => (
+                Vec::new(),
+                ShardReply::Rejected("the merged shard's keys are not all loaded yet".into()),
+            ),
+            // Applied already (or never begun: the descriptor says which).
+            _ => (Vec::new(), ShardReply::Done),
+        },
         ShardCommand::SplitDone { child } => match split_record(get)? {
             Some(s) if s.child.shard == *child && s.committed => {
                 (vec![(SPLIT_KEY.to_vec(), None)], ShardReply::Done)
@@ -1081,6 +1217,27 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Why `keys` may not be loaded here: a shard loads only before it serves
+/// (a split's new shard), or, while it absorbs a merge, keys it does not
+/// own yet (a late copy cannot overwrite what it wrote since).
+fn not_loadable<'k>(
+    get: Lookup<'_>,
+    mut keys: impl Iterator<Item = &'k Vec<u8>>,
+) -> io::Result<Option<String>> {
+    let Some(d) = descriptor(get)? else {
+        return Ok(None);
+    };
+    if absorb_record(get)?.is_none() {
+        return Ok(Some("the shard already serves: nothing is loaded".into()));
+    }
+    if keys
+        .any(|k| k.first() == Some(&DATA_PREFIX) && k.get(1..).is_some_and(|u| d.span.contains(u)))
+    {
+        return Ok(Some("a loaded key is the shard's own already".into()));
+    }
+    Ok(None)
+}
+
 /// Why the split into `child` may not commit yet: a prepare record with a
 /// write in the part that moves.
 fn prepared_in_moving_part(state: &StateView<'_>, child: ShardId) -> io::Result<Option<String>> {
@@ -1225,6 +1382,178 @@ mod tests {
         (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
     }
 
+    /// The two sides of a merge of shard 2 (`[m, end)`) into shard 1
+    /// (`[, m)`): the merging shard marks its writes and ends owning
+    /// nothing; the shard that stays accepts only at the version the merge
+    /// was planned from, loads only keys it does not own, keeps the higher
+    /// horizon, and takes the span only once caught up. Each step is
+    /// idempotent.
+    #[test]
+    fn a_merge_moves_a_whole_shard_into_its_neighbour() {
+        let (from, into) = (
+            Mem(RefCell::new(BTreeMap::new())),
+            Mem(RefCell::new(BTreeMap::new())),
+        );
+        let whole = pact_common::Span::Range {
+            start: Vec::new(),
+            end: None,
+        };
+        let (l, r) = whole.split(Some(b"m")).unwrap();
+        let d1 = Descriptor {
+            shard: ShardId(1),
+            version: 4,
+            span: l,
+        };
+        let d2 = Descriptor {
+            shard: ShardId(2),
+            version: 1,
+            span: r,
+        };
+        for (m, d) in [(&into, &d1), (&from, &d2)] {
+            let describe = ShardCommand::Describe {
+                descriptor: d.clone(),
+            };
+            assert_eq!(m.run(1, describe), ShardReply::Done);
+        }
+        let merged = Descriptor {
+            shard: ShardId(1),
+            version: 5,
+            span: whole.clone(),
+        };
+        let merge = Split {
+            left: Descriptor {
+                shard: ShardId(2),
+                version: 2,
+                span: d2.span.emptied(),
+            },
+            child: merged.clone(),
+            voters: vec![pact_common::NodeId(1)],
+            created: false,
+            frozen: false,
+            drained: false,
+            committed: false,
+            merge: Some(4),
+        };
+        // The merging side: begun, it marks its writes.
+        let begin = ShardCommand::SplitBegin {
+            split: merge.clone(),
+        };
+        assert_eq!(from.run(1, begin.clone()), ShardReply::Done);
+        assert_eq!(from.run(1, begin), ShardReply::Done);
+        let write = ShardCommand::OnePhase {
+            txn: t(3),
+            writes: vec![put("x", "1")],
+            term: 1,
+        };
+        assert_eq!(from.run(1, write), ShardReply::Done);
+        assert!(from.0.borrow().contains_key(&written_key(b"x")));
+
+        // The staying side: refused at another version, accepted at 4.
+        let accept = |base| ShardCommand::AbsorbBegin {
+            from: ShardId(2),
+            base,
+            into: merged.clone(),
+        };
+        assert!(matches!(into.run(1, accept(3)), ShardReply::Rejected(_)));
+        // Nothing is loaded before it accepted: it serves already.
+        let load = |pairs: Vec<(Vec<u8>, Vec<u8>)>, done| ShardCommand::Load { pairs, done };
+        let early = load(vec![(data_key(b"x"), b"1".to_vec())], false);
+        assert!(matches!(
+            into.run(1, early.clone()),
+            ShardReply::Rejected(_)
+        ));
+        assert_eq!(into.run(1, accept(4)), ShardReply::Done);
+        assert_eq!(into.run(1, accept(4)), ShardReply::Done);
+        // Neither splits nor absorbs another meanwhile.
+        let other = ShardCommand::AbsorbBegin {
+            from: ShardId(9),
+            base: 4,
+            into: merged.clone(),
+        };
+        assert!(matches!(into.run(1, other), ShardReply::Rejected(_)));
+        let (a, b) = d1.span.split(Some(b"f")).unwrap();
+        let split = ShardCommand::SplitBegin {
+            split: Split {
+                left: Descriptor {
+                    shard: ShardId(1),
+                    version: 5,
+                    span: a,
+                },
+                child: Descriptor {
+                    shard: ShardId(pact_common::FIRST_SPLIT_ID + 1),
+                    version: 5,
+                    span: b,
+                },
+                merge: None,
+                ..merge.clone()
+            },
+        };
+        assert!(matches!(into.run(1, split), ShardReply::Rejected(_)));
+        // A key it owns is never loaded over; the horizon keeps the higher.
+        let own = load(vec![(data_key(b"a"), b"no".to_vec())], false);
+        assert!(matches!(into.run(1, own), ShardReply::Rejected(_)));
+        let mine = encode(&Timestamp(50)).unwrap();
+        into.0.borrow_mut().insert(horizon_key(7), mine.clone());
+        let lower = encode(&Timestamp(10)).unwrap();
+        let higher = encode(&Timestamp(90)).unwrap();
+        let first = load(
+            vec![
+                (horizon_key(7), lower),
+                (floor_key(7), higher.clone()),
+                (data_key(b"x"), b"1".to_vec()),
+            ],
+            true,
+        );
+        assert_eq!(into.run(1, first), ShardReply::Done);
+        assert_eq!(into.0.borrow().get(&horizon_key(7)), Some(&mine));
+        assert_eq!(into.0.borrow().get(&floor_key(7)), Some(&higher));
+        assert_eq!(into.get(b"x"), Some(b"1".to_vec()));
+        // Not caught up: it does not take the span yet.
+        let take = ShardCommand::AbsorbCommit { from: ShardId(2) };
+        assert!(matches!(into.run(1, take.clone()), ShardReply::Rejected(_)));
+
+        // The merging side freezes, drains and commits: it owns nothing.
+        let step = |c| from.run(1, c);
+        assert_eq!(
+            step(ShardCommand::SplitCreated { child: ShardId(1) }),
+            ShardReply::Done
+        );
+        let freeze = ShardCommand::SplitFreeze {
+            child: ShardId(1),
+            span: whole.clone(),
+        };
+        assert_eq!(step(freeze), ShardReply::Done);
+        assert_eq!(
+            step(ShardCommand::SplitDrained { child: ShardId(1) }),
+            ShardReply::Done
+        );
+        let again = ShardCommand::LoadWritten {
+            pairs: vec![(data_key(b"x"), None)],
+            done: true,
+        };
+        assert_eq!(into.run(1, again), ShardReply::Done);
+        assert_eq!(into.get(b"x"), None);
+        assert_eq!(
+            step(ShardCommand::SplitCommit { child: ShardId(1) }),
+            ShardReply::Done
+        );
+        let gone = from.0.borrow().get(DESCRIPTOR_KEY).cloned().unwrap();
+        let gone: Descriptor = decode(&gone, "d").unwrap();
+        assert!(gone.span.is_empty() && gone.version == 2);
+        assert_eq!(
+            successors(&|k| Ok(from.0.borrow().get(k).cloned())).unwrap(),
+            vec![ShardId(1)]
+        );
+
+        // The staying side takes both spans, once; late loads are refused.
+        assert_eq!(into.run(1, take.clone()), ShardReply::Done);
+        assert_eq!(into.run(1, take), ShardReply::Done);
+        let now = into.0.borrow().get(DESCRIPTOR_KEY).cloned().unwrap();
+        assert_eq!(decode::<Descriptor>(&now, "d").unwrap(), merged);
+        assert!(!into.0.borrow().contains_key(ABSORB_KEY));
+        assert!(matches!(into.run(1, early), ShardReply::Rejected(_)));
+    }
+
     #[test]
     fn a_split_freezes_then_moves_the_upper_part_and_each_step_is_idempotent() {
         let m = Mem(RefCell::new(BTreeMap::new()));
@@ -1267,6 +1596,7 @@ mod tests {
             frozen: false,
             drained: false,
             committed: false,
+            merge: None,
         };
         // A split cut from another version is refused.
         let stale = Split {

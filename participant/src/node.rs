@@ -651,36 +651,91 @@ impl Node {
         if is_split_child(shard) && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None)) {
             return Some(format!("shard {shard} is being created by a split"));
         }
-        None
+        match crate::split::local_absorb(&s.replica).await {
+            Ok(Some(a)) => return Some(format!("shard {shard} is absorbing shard {}", a.from)),
+            Ok(None) => {}
+            Err(_) => return Some(format!("shard {shard} is absorbing shard ?")),
+        }
+        // A merge into it not accepted yet: its replicas must stay beside
+        // the merging shard's.
+        match crate::split::merge_into(&self.split_ctx, shard, None).await {
+            Some((_, m)) if !m.committed => Some(format!(
+                "shard {} is merging into shard {shard}",
+                m.left.shard
+            )),
+            _ => None,
+        }
     }
 
-    /// Split `shard` (this node leads it): at `at` for a range shard, at
-    /// the middle of its ring share for a hash one. Runs in a task of its
-    /// own, so a caller that goes away does not stop it half way (the
-    /// next leader would finish it anyway).
-    pub async fn split(&self, shard: ShardId, at: Option<Vec<u8>>) -> Result<Split, Error> {
+    /// Merge `shard` (this node leads it) into `into`: `into` takes what
+    /// `shard` owns, and `shard` owns nothing from then on (its group
+    /// stays, answering for its transactions' records). Both must be on
+    /// the same replicas, settled, and neither splitting nor absorbing; a
+    /// range shard merges only with a neighbour. Runs in a task of its
+    /// own, like a split.
+    pub async fn merge(&self, shard: ShardId, into: ShardId) -> Result<Split, Error> {
         let s = self.shard(shard)?;
         self.ready(&s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(&s, shard, 0)?;
-        if let Some(under_way) = crate::split::local_split(&s.replica).await? {
-            return Err(Error::Unavailable(format!(
-                "shard {shard} is already splitting (into shard {}); try again when it is done",
-                under_way.child.shard
+        if d.span.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} owns nothing: it was merged already"
             )));
         }
-        // The new shard's first voters are the shard's now: not while
-        // they are changing.
+        for g in [shard, into] {
+            if let Some(why) = self.splitting(g).await {
+                return Err(Error::Unavailable(format!(
+                    "{why}; try again when it is done"
+                )));
+            }
+        }
         if let Some(why) = s.replica.membership_unsettled() {
             return Err(Error::Unavailable(format!(
-                "shard {shard} cannot split now: {why}; try again shortly"
+                "shard {shard} cannot merge now: {why}; try again shortly"
             )));
         }
-        let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
-        let split = crate::split::plan(&d, at.as_deref(), voters)?;
+        // The target's leader copies from its node's replica of this
+        // shard, and this leader follows the target through its node's
+        // replica of it: both groups on the same nodes.
+        let target = self.shard(into).map_err(|_| {
+            Error::InvalidInput(format!(
+                "shard {into} has no replica on this node (shard {shard}'s leader): merge only \
+                 shards on the same nodes (txn admin replica move)"
+            ))
+        })?;
+        let voters: Vec<NodeId> = s.replica.status().voters.into_iter().map(NodeId).collect();
+        let theirs: Vec<NodeId> = target
+            .replica
+            .status()
+            .voters
+            .into_iter()
+            .map(NodeId)
+            .collect();
+        if voters != theirs || target.replica.membership_unsettled().is_some() {
+            return Err(Error::InvalidInput(format!(
+                "shards {shard} and {into} are not on the same nodes ({voters:?} and \
+                 {theirs:?}): move replicas first (txn admin replica move)"
+            )));
+        }
+        let Some(td) = crate::split::local_descriptor(&target.replica).await? else {
+            return Err(Error::Unavailable(format!(
+                "shard {into} does not serve yet; try again shortly"
+            )));
+        };
+        let merge = crate::split::plan_merge(&d, &td, voters)?;
+        self.start_split(s, merge).await
+    }
+
+    /// Run a planned split or merge of `s` (this node leads it) in a task
+    /// of its own, so a caller that goes away does not stop it half way
+    /// (the next leader would finish it anyway); answered once the shard
+    /// that takes the part serves.
+    async fn start_split(&self, s: Arc<Shard>, split: Split) -> Result<Split, Error> {
+        let shard = ShardId(s.replica.group());
         let guard = s.splitting.clone().try_lock_owned().map_err(|_| {
             Error::Unavailable(format!(
-                "shard {shard} is already splitting; try again later"
+                "shard {shard} is already splitting or merging; try again later"
             ))
         })?;
         let ctx = self.split_ctx.clone();
@@ -699,12 +754,46 @@ impl Node {
                 None => Some(Error::Unavailable("stopped".into())),
             };
             if let Some(e) = stopped {
-                tracing::info!(shard = %shard, error = %e, "split not finished yet; will try again");
+                tracing::info!(shard = %shard, error = %e, "split or merge not finished yet; will try again");
                 tokio::time::sleep(crate::split::RETRY_PAUSE).await;
             }
         });
         rx.await
             .map_err(|_| Error::Fatal("the split's task failed".into()))?
+    }
+
+    /// Split `shard` (this node leads it): at `at` for a range shard, at
+    /// the middle of its ring share for a hash one. Runs in a task of its
+    /// own, so a caller that goes away does not stop it half way (the
+    /// next leader would finish it anyway).
+    pub async fn split(&self, shard: ShardId, at: Option<Vec<u8>>) -> Result<Split, Error> {
+        let s = self.shard(shard)?;
+        self.ready(&s)?;
+        s.replica.read_barrier().await?;
+        let d = self.routed(&s, shard, 0)?;
+        if let Some(under_way) = crate::split::local_split(&s.replica).await? {
+            return Err(Error::Unavailable(format!(
+                "shard {shard} is already splitting or merging (into shard {}); try again when \
+                 it is done",
+                under_way.child.shard
+            )));
+        }
+        if let Some(a) = crate::split::local_absorb(&s.replica).await? {
+            return Err(Error::Unavailable(format!(
+                "shard {shard} is absorbing shard {}; try again when it is done",
+                a.from
+            )));
+        }
+        // The new shard's first voters are the shard's now: not while
+        // they are changing.
+        if let Some(why) = s.replica.membership_unsettled() {
+            return Err(Error::Unavailable(format!(
+                "shard {shard} cannot split now: {why}; try again shortly"
+            )));
+        }
+        let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
+        let split = crate::split::plan(&d, at.as_deref(), voters)?;
+        self.start_split(s, split).await
     }
 
     fn implicit_txn(&self) -> TxnId {
@@ -1847,6 +1936,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
     let mut leadership = s.replica.leadership();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 r = leadership.changed() => {
@@ -1863,6 +1953,12 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
                 }
                 _ = tick.tick() => {
                     resume_split(&s, &ctx).await;
+                    // A look at every replica here for a merge into this
+                    // shard: every 2 s is soon enough to accept one.
+                    ticks += 1;
+                    if ticks.is_multiple_of(4) {
+                        resume_absorb(&s, &ctx).await;
+                    }
                     let now = clock();
                     let (expired, in_doubt, silent, relog) = match s.shared.mgr.lock() {
                         Ok(mut m) => {
@@ -2091,6 +2187,30 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
             tracing::warn!(shard = parent, error = %e, "split not finished yet; will try again");
             tokio::time::sleep(crate::split::RETRY_PAUSE).await;
         }
+    });
+}
+
+/// A merge into `s` (recorded by this node's replica of the shard that
+/// merges, or accepted by `s`) that no one here drives: drive it on.
+/// Checked on each tick of the owner.
+async fn resume_absorb(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
+    let role = s.replica.role();
+    let ready = s
+        .shared
+        .mgr
+        .lock()
+        .map(|m| m.term() == Some(role.term))
+        .unwrap_or(false);
+    if !ready || !role.leader || !crate::split::merge_pending(s, ctx).await {
+        return;
+    }
+    let Ok(guard) = s.splitting.clone().try_lock_owned() else {
+        return;
+    };
+    let (s, ctx) = (s.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let _one = guard;
+        crate::split::absorb(&s, &ctx, role.term).await;
     });
 }
 

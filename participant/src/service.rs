@@ -154,6 +154,20 @@ impl Kv for KvService {
             child: Some(convert::descriptor(&split.child)),
         }))
     }
+
+    async fn merge(
+        &self,
+        request: Request<pb::MergeRequest>,
+    ) -> Result<Response<pb::MergeResponse>, Status> {
+        let r = request.into_inner();
+        let merge = self
+            .node
+            .merge(ShardId(r.shard_id), ShardId(r.into))
+            .await?;
+        Ok(Response::new(pb::MergeResponse {
+            into: Some(convert::descriptor(&merge.child)),
+        }))
+    }
 }
 
 #[derive(Clone)]
@@ -345,13 +359,23 @@ mod tests {
         let mut config = ClusterConfig::local_with_coordinators(1, 1, 1, 1, 47_101).unwrap();
         config.limits.max_in_flight_requests = 2;
         let node = Arc::new(Node::start(config, NodeId(1), dir, None).await.unwrap());
+        // A leader takes requests once it has recovered its transactions
+        // (not as soon as it is elected): a read answers then.
+        let kv = KvService { node: node.clone() };
         for _ in 0..200 {
-            if node.status(ShardId(1)).is_ok_and(|s| s.role == "leader") {
+            let read = kv
+                .get(Request::new(pb::GetRequest {
+                    shard_version: 0,
+                    shard_id: 1,
+                    key: b"k".to_vec().into(),
+                }))
+                .await;
+            if node.status(ShardId(1)).is_ok_and(|s| s.role == "leader") && read.is_ok() {
                 return node;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the shard elected no leader");
+        panic!("the shard's leader did not become ready");
     }
 
     fn gauge(node: &Node, which: &str) -> i64 {

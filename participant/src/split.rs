@@ -1,4 +1,4 @@
-//! Splitting a shard in two while it serves.
+//! Splitting a shard in two, and merging two into one, while they serve.
 //!
 //! The shard that splits (the parent) keeps the lower part of what it
 //! owns; a new shard (the child, id [`pact_common::split_child_id`]) takes
@@ -65,6 +65,20 @@
 //! leader of its group, which continues from the recorded phase.
 //! What a split needs of the layout: the child is hosted through
 //! `Admin.HostReplica`, which only `pact` servers offer.
+//!
+//! **Merges** run on the same steps, in reverse: the merging shard plays
+//! the parent with all it owns as the moving part (its split record has
+//! `merge`: the target's version when the merge was planned), and the
+//! target, an existing shard on the same nodes, plays the child. Instead
+//! of being hosted and created, the target accepts (`AbsorbBegin`, which
+//! its leader proposes on seeing the merge in its node's replica of the
+//! merging shard, and which is refused unless its descriptor is still at
+//! that version); the merge is cancelled only once the target's version
+//! moved on, when acceptance has become impossible. The target records
+//! its copies in its `Absorb` record, loads only keys outside its own
+//! span, and takes the merged span (`AbsorbCommit`) once the merging
+//! shard committed, which leaves that shard owning nothing: its group
+//! stays, answering for its transactions' records.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,8 +87,9 @@ use pact_common::{split_child_id, ClusterConfig, Descriptor, NodeId, ShardId};
 use pact_raft::{Host, Replica};
 
 use crate::kv::{
-    data_key, prepared_writes, split_record, Split, CAUGHT_UP_KEY, DATA_PREFIX, DESCRIPTOR_KEY,
-    FLOOR_PREFIX, HORIZON_PREFIX, LOADED_KEY, PREPARED_PREFIX, SPLIT_KEY, WRITTEN_PREFIX,
+    absorb_record, data_key, prepared_writes, split_record, Absorb, Split, ABSORB_KEY,
+    CAUGHT_UP_KEY, DATA_PREFIX, DESCRIPTOR_KEY, FLOOR_PREFIX, HORIZON_PREFIX, LOADED_KEY,
+    PREPARED_PREFIX, SPLIT_KEY, WRITTEN_PREFIX,
 };
 use crate::kv::{ShardCommand, ShardReply};
 use crate::node::Shard;
@@ -135,7 +150,7 @@ pub(crate) async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
     split_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
 }
 
-async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
+pub(crate) async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
     let v = r.get_local(DESCRIPTOR_KEY).await?;
     crate::kv::descriptor(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
 }
@@ -160,6 +175,41 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Sp
         frozen: false,
         drained: false,
         committed: false,
+        merge: None,
+    })
+}
+
+/// The merge a leader of `from` starts: `from` moves whole into `into`
+/// (whose descriptor this node's replica has), which then owns both
+/// spans at a version above both.
+pub fn plan_merge(
+    from: &Descriptor,
+    into: &Descriptor,
+    voters: Vec<NodeId>,
+) -> Result<Split, Error> {
+    if from.shard == into.shard {
+        return Err(Error::InvalidInput(
+            "a shard does not merge into itself".into(),
+        ));
+    }
+    let span = into.span.merge(&from.span).map_err(Error::InvalidInput)?;
+    Ok(Split {
+        left: Descriptor {
+            shard: from.shard,
+            version: from.version + 1,
+            span: from.span.emptied(),
+        },
+        child: Descriptor {
+            shard: into.shard,
+            version: from.version.max(into.version) + 1,
+            span,
+        },
+        voters,
+        created: false,
+        frozen: false,
+        drained: false,
+        committed: false,
+        merge: Some(into.version),
     })
 }
 
@@ -168,7 +218,9 @@ pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Sp
 pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split, Error> {
     // Every voter hosts the (empty, uncreated) child before anything is
     // recorded: a voter that does not answer refuses the split up front.
-    host_child(ctx, &split, true).await?;
+    if split.merge.is_none() {
+        host_child(ctx, &split, true).await?;
+    }
     expect_done(
         &s.replica,
         &ShardCommand::SplitBegin {
@@ -194,6 +246,10 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
     // the child is being created: after that a voter that lost its data
     // must rejoin behind its gate, not be created afresh (it could vote
     // away entries it had acknowledged).
+    if !split.created && split.merge.is_some() {
+        accepted(s, ctx, &split).await?;
+        split.created = true;
+    }
     if !split.created {
         // A voter down now is not waited for: the child starts without
         // its replica there (a majority is enough).
@@ -223,18 +279,20 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
     }
     // Idempotent, and the same first membership (the recorded voters)
     // whichever driver does it.
-    let members = ctx.host.members_of(&ctx.config, &split.voters);
-    local_replica(ctx, child)?
-        .initialize_with(&members)
-        .await
-        .map_err(|e| in_background(e.into()))?;
+    if split.merge.is_none() {
+        let members = ctx.host.members_of(&ctx.config, &split.voters);
+        local_replica(ctx, child)?
+            .initialize_with(&members)
+            .await
+            .map_err(|e| in_background(e.into()))?;
+    }
     if !split.drained {
         // The new shard copies the part while the parent still serves it;
         // only then is it frozen, for the drain and the copy of what was
         // written since: a short freeze, whatever the part's size.
         let local = local_replica(ctx, child)?;
         tracing::info!(shard = parent, %child, voters = ?split.voters, "split: the new shard is hosted; waiting for its first copy");
-        wait_for(&local, LOADED_KEY, "its first copy of the moving part")
+        wait_stage(&local, &split, Stage::Loaded)
             .await
             .map_err(in_background)?;
         if !split.frozen {
@@ -286,15 +344,127 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
     let child = split.child.shard;
     if !split.committed {
         let local = local_replica(ctx, child)?;
-        wait_for(&local, CAUGHT_UP_KEY, "its copy of what was written since").await?;
+        wait_stage(&local, &split, Stage::CaughtUp).await?;
         expect_done(&s.replica, &ShardCommand::SplitCommit { child }).await?;
         split.committed = true;
         crash_point("crash-split-committed");
         tracing::info!(shard = parent, %child, version = split.left.version, "split committed: the parent owns its part only");
     }
     let local = local_replica(ctx, child)?;
-    wait_for(&local, DESCRIPTOR_KEY, "its descriptor").await?;
+    wait_stage(&local, &split, Stage::Serving).await?;
     Ok(split)
+}
+
+/// How far the shard that takes a split's (or merge's) part has come.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// Its first copy, taken while the part was served, is complete.
+    Loaded,
+    /// It copied again what was written in the part since.
+    CaughtUp,
+    /// It serves the part.
+    Serving,
+}
+
+/// Whether `r` (this node's replica of the shard that takes `split`'s
+/// part) has reached `stage`: a split's new shard records its copies in
+/// `l` and `k` and serves once it has a descriptor; a merge's target
+/// records them in its `Absorb` record, and serves at the merge's version.
+async fn reached(r: &Replica, split: &Split, stage: Stage) -> Result<bool, Error> {
+    if split.merge.is_none() {
+        let key = match stage {
+            Stage::Loaded => LOADED_KEY,
+            Stage::CaughtUp => CAUGHT_UP_KEY,
+            Stage::Serving => DESCRIPTOR_KEY,
+        };
+        return Ok(r.get_local(key).await?.is_some());
+    }
+    if local_descriptor(r)
+        .await?
+        .is_some_and(|d| d.version >= split.child.version)
+    {
+        return Ok(true);
+    }
+    Ok(match (stage, local_absorb(r).await?) {
+        (Stage::Loaded, Some(a)) => a.from == split.left.shard && a.loaded,
+        (Stage::CaughtUp, Some(a)) => a.from == split.left.shard && a.caught_up,
+        _ => false,
+    })
+}
+
+/// Wait until `r` has reached `stage` of `split`.
+async fn wait_stage(r: &Replica, split: &Split, stage: Stage) -> Result<(), Error> {
+    let until = Instant::now() + CHILD_WITHIN;
+    loop {
+        if reached(r, split, stage).await? {
+            return Ok(());
+        }
+        if let Some(f) = r.fatal() {
+            return Err(Error::Fatal(f));
+        }
+        if Instant::now() > until {
+            return Err(Error::Unavailable(format!(
+                "shard {} has not reached {stage:?} yet",
+                r.group()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The merge `split` waits for its target to accept (`AbsorbBegin`, which
+/// the target's leader proposes once it sees the merge recorded here),
+/// then records that (`SplitCreated`): from then on it only goes forward.
+/// Once the target's descriptor moved past the version the merge was
+/// planned from, it can never accept (its version only grows, and an
+/// accepted merge holds it until the merge commits): the merge is
+/// cancelled.
+async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
+    let (me, into) = (split.left.shard, split.child.shard);
+    let base = split.merge.unwrap_or_default();
+    let until = Instant::now() + ACCEPT_WITHIN;
+    loop {
+        let target = local_replica(ctx, into)?;
+        if local_absorb(&target).await?.is_some_and(|a| a.from == me) {
+            return expect_done(&s.replica, &ShardCommand::SplitCreated { child: into }).await;
+        }
+        // Past the version only: a replica here that lags behind it
+        // says nothing about what the target may have accepted.
+        if local_descriptor(&target)
+            .await?
+            .is_some_and(|d| d.version > base)
+        {
+            let e = Error::Unavailable(format!(
+                "shard {into} changed (a split) before it accepted the merge; nothing moved, \
+                 try again"
+            ));
+            if let ShardReply::Done =
+                propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await?
+            {
+                tracing::warn!(shard = %me, %into, "merge cancelled: its target changed");
+                if let Err(u) = unmark(s).await {
+                    tracing::info!(shard = %me, error = %u, "marks of the cancelled merge left for the next split's trim");
+                }
+            }
+            return Err(e);
+        }
+        if Instant::now() > until {
+            return Err(Error::Unknown(format!(
+                "shard {into} has not accepted the merge of shard {me} yet (its leader must have \
+                 a replica of shard {me} beside it); the merge stays under way"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a merge's driver waits for the target to accept, before it
+/// lets the next attempt (a tick later) go on.
+const ACCEPT_WITHIN: Duration = Duration::from_secs(30);
+
+pub(crate) async fn local_absorb(r: &Replica) -> Result<Option<Absorb>, Error> {
+    let v = r.get_local(ABSORB_KEY).await?;
+    absorb_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
 }
 
 /// The last step of a split whose new shard serves: trim the moved keys
@@ -380,26 +550,6 @@ fn local_replica(ctx: &Ctx, group: ShardId) -> Result<Replica, Error> {
         .into_iter()
         .find(|r| r.group() == group.0)
         .ok_or_else(|| Error::Unavailable(format!("shard {group} is not hosted on this node")))
-}
-
-/// Wait until `r` has applied a write of `key`.
-async fn wait_for(r: &Replica, key: &[u8], what: &str) -> Result<(), Error> {
-    let until = Instant::now() + CHILD_WITHIN;
-    loop {
-        if r.get_local(key).await?.is_some() {
-            return Ok(());
-        }
-        if let Some(f) = r.fatal() {
-            return Err(Error::Fatal(f));
-        }
-        if Instant::now() > until {
-            return Err(Error::Unavailable(format!(
-                "shard {} has not applied {what} yet",
-                r.group()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Wound the open transactions holding locks in the moving part, and wait
@@ -546,6 +696,25 @@ fn moving_part(split: &Split) -> (Vec<u8>, Vec<u8>) {
 /// record the descriptor once it is committed. Returns once the shard has
 /// a descriptor, or false if this replica stopped leading `term`.
 pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
+    while_leading(s, ctx, term, Taking::Split).await
+}
+
+/// What a shard's leader takes part in, the other group driving it.
+#[derive(Clone, Copy)]
+enum Taking {
+    /// A split that creates the shard.
+    Split,
+    /// A merge into the shard.
+    Merge,
+}
+
+/// Take one step of what the shard takes part in again every 50 ms
+/// while this replica leads `term`: true once the step says `Some(true)`
+/// (done), false once the replica stops leading. `None` means no replica
+/// of the other shard here shows what is needed: this node cannot copy,
+/// nor see the commit, so after [`ORPHAN_FOR`] the leadership goes to
+/// another voter, which may.
+async fn while_leading(s: &Arc<Shard>, ctx: &Ctx, term: u64, taking: Taking) -> bool {
     let me = ShardId(s.replica.group());
     let mut copied = Copied::default();
     let mut orphan_since: Option<Instant> = None;
@@ -554,11 +723,13 @@ pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
         if !r.leader || r.term != term || s.replica.fatal().is_some() {
             return false;
         }
-        match step_child(s, ctx, me, &mut copied).await {
+        let step = match taking {
+            Taking::Split => step_child(s, ctx, me, &mut copied).await,
+            Taking::Merge => step_absorb(s, ctx, me, &mut copied).await,
+        };
+        match step {
             Ok(Some(true)) => return true,
             Ok(Some(false)) => orphan_since = None,
-            // No replica of the parent here that knows this split: this
-            // node cannot copy, nor see the commit. Another voter can.
             Ok(None) => {
                 let since = *orphan_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > ORPHAN_FOR {
@@ -567,11 +738,129 @@ pub(crate) async fn fill_child(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
                 }
             }
             Err(e) => {
-                tracing::info!(shard = %me, error = %e, "new shard not serving yet");
+                tracing::info!(shard = %me, error = %e, "not done yet with the split or merge it takes part in");
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The leader of a shard that a merge names as the one that stays (`s`,
+/// leading `term`): accept the merge, load the merged shard's keys from
+/// this node's replica of it (once while it serves them, then what was
+/// written since, once it is frozen and drained), and take them over once
+/// it committed. Returns when no merge into `s` is under way, or false if
+/// this replica stopped leading `term`.
+pub(crate) async fn absorb(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
+    while_leading(s, ctx, term, Taking::Merge).await
+}
+
+/// The merge into `me` that this node's replica of `from` records (of
+/// any other shard, the lowest id first, without `from`), with that
+/// replica.
+pub(crate) async fn merge_into(
+    ctx: &Ctx,
+    me: ShardId,
+    from: Option<ShardId>,
+) -> Option<(Replica, Split)> {
+    for r in ctx.host.replicas.list() {
+        if r.group() == me.0 || from.is_some_and(|f| f.0 != r.group()) {
+            continue;
+        }
+        if let Ok(Some(split)) = local_split(&r).await {
+            if split.merge.is_some() && split.child.shard == me {
+                return Some((r, split));
+            }
+        }
+    }
+    None
+}
+
+/// Whether a merge into `me` needs this leader: it is recorded by a
+/// replica here of the shard that merges, or accepted by `me`.
+pub(crate) async fn merge_pending(s: &Arc<Shard>, ctx: &Ctx) -> bool {
+    let me = ShardId(s.replica.group());
+    match local_absorb(&s.replica).await {
+        Ok(Some(_)) => true,
+        Ok(None) => merge_into(ctx, me, None)
+            .await
+            .is_some_and(|(_, x)| !x.created),
+        Err(_) => false,
+    }
+}
+
+/// One look at the merge into `me`: `Some(true)` once none needs this
+/// leader now (none under way, absorbed, or not acceptable yet),
+/// `Some(false)` while it goes on, `None` if `me` accepted one from a
+/// shard with no replica here (another voter can copy it).
+async fn step_absorb(
+    s: &Arc<Shard>,
+    ctx: &Ctx,
+    me: ShardId,
+    copied: &mut Copied,
+) -> Result<Option<bool>, Error> {
+    let mine = local_absorb(&s.replica).await?;
+    // The merge accepted, if any: another one recorded meanwhile waits
+    // until this one is over (and is then cancelled: the version moved).
+    let found = merge_into(ctx, me, mine.as_ref().map(|a| a.from)).await;
+    let (source, split) = match (mine.as_ref(), found) {
+        (None, None) => return Ok(Some(true)),
+        // This node's replica of the merging shard does not show the
+        // merge yet (it lags): wait for it.
+        (Some(a), None) if local_replica(ctx, a.from).is_ok() => return Ok(Some(false)),
+        (Some(_), None) => return Ok(None),
+        (_, Some(found)) => found,
+    };
+    let from = split.left.shard;
+    let Some(_) = mine else {
+        if split.created || split.committed {
+            // Accepted and absorbed already: the record there is the
+            // merged shard's trim.
+            return Ok(Some(true));
+        }
+        // Not acceptable now (splitting, or at another version): nothing
+        // proposed; the merging shard cancels once the version moves on.
+        let base = split.merge.unwrap_or_default();
+        let d = local_descriptor(&s.replica).await?;
+        if local_split(&s.replica).await?.is_some() || d.is_none_or(|d| d.version != base) {
+            return Ok(Some(true));
+        }
+        let begin = ShardCommand::AbsorbBegin {
+            from,
+            base,
+            into: split.child.clone(),
+        };
+        match propose(&s.replica, &begin).await? {
+            ShardReply::Done => {
+                tracing::info!(shard = %me, %from, "merge accepted: loading the merged shard's keys")
+            }
+            // The merging shard's driver cancels once it sees why.
+            other => {
+                tracing::info!(shard = %me, %from, reply = ?other, "merge refused");
+                return Ok(Some(true));
+            }
+        }
+        return Ok(Some(false));
+    };
+    if split.committed {
+        let mut pairs = Vec::new();
+        for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
+            pairs.extend(source.scan_prefix_local(&[prefix]).await?);
+        }
+        expect_done(&s.replica, &ShardCommand::Load { pairs, done: false }).await?;
+        expect_done(&s.replica, &ShardCommand::AbsorbCommit { from }).await?;
+        tracing::info!(shard = %me, %from, version = split.child.version, "merge absorbed: the shard serves both spans");
+        return Ok(Some(true));
+    }
+    let a = local_absorb(&s.replica).await?;
+    if !copied.first && !a.as_ref().is_some_and(|a| a.loaded) {
+        copy(&source, s, &split, ctx.config.raft.split_copy_kib_per_sec).await?;
+        copied.first = true;
+    } else if split.drained && !copied.written && !a.as_ref().is_some_and(|a| a.caught_up) {
+        copy_written(&source, s, &split).await?;
+        copied.written = true;
+    }
+    Ok(Some(false))
 }
 
 /// How long a new shard's leader waits for its node's parent replica to

@@ -177,13 +177,14 @@ async fn bank_survives_nodes_joining_and_leaving() {
 }
 
 /// Shards split in two (hash-partitioned: each at the middle of its ring
-/// share) while list-append transactions run, between kills of shard
-/// leaders: transactions holding locks in a moving part abort, and the
-/// new shards take over. The Elle-style checker finds no anomaly, and at
-/// least one split went through.
+/// share) and merge back into others while list-append transactions run,
+/// between kills of shard leaders: transactions holding locks in a moving
+/// part abort, and the shards that take the keys over serve them. The
+/// Elle-style checker finds no anomaly, and at least one split and one
+/// merge went through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn list_append_survives_shard_splits_and_leader_kills() {
-    let faults = [Fault::Split, Fault::KillShardLeader];
+async fn list_append_survives_shard_splits_merges_and_leader_kills() {
+    let faults = [Fault::Split, Fault::Merge, Fault::KillShardLeader];
     let mut spec = Spec::new("append-split", Workload::ListAppend, &faults);
     spec.spare = true;
     let r = run(spec).await;
@@ -193,6 +194,13 @@ async fn list_append_survives_shard_splits_and_leader_kills() {
             .iter()
             .any(|i| i.detail.starts_with("split shard")),
         "no split went through: {}",
+        r.summary()
+    );
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.starts_with("merged shard")),
+        "no merge went through: {}",
         r.summary()
     );
     assert_valid(&r);
@@ -294,7 +302,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 /// The soak (an hour by default; `PACT_SOAK_SECS` sets it): bank transfers
 /// and rw-register transactions and batches side by side, under kills,
 /// pauses, partitions, leadership transfers, replica moves and shard
-/// splits (up to `MAX_SPLIT_SHARDS` shards), with every server's RSS, data-directory size and
+/// splits (up to `MAX_SPLIT_SHARDS` shards) and merges, with every server's RSS, data-directory size and
 /// transaction-record counts sampled every `PACT_SOAK_SAMPLE_SECS` (10)
 /// into `soak.csv`, `memory.png`, `disk.png` and `records.png`. Both
 /// histories must check valid as in any run. With
@@ -315,6 +323,7 @@ async fn soak_mixed_workload_under_nemeses() {
         Fault::TransferLeader,
         Fault::MoveReplica,
         Fault::Split,
+        Fault::Merge,
     ];
     // Workloads whose data stays the same size however long they run (bank
     // balances, registers overwritten): what grows on disk or in memory

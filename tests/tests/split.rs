@@ -2,7 +2,8 @@
 //! `pact.v1.Kv.Split`), on real `pact` processes: the new shard serves
 //! the moved keys, clients that never heard of it find it from the
 //! descriptors, nothing acknowledged is lost, and the split survives the
-//! new shard's leader being killed.
+//! new shard's leader being killed. Shards merge back the same way
+//! (`txn admin shard merge`, `pact.v1.Kv.Merge`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ fn split_lines(c: &Cluster) -> String {
         let text = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
         for l in text
             .lines()
-            .filter(|l| l.contains("split") || l.contains("new shard"))
+            .filter(|l| l.contains("split") || l.contains("new shard") || l.contains("merge"))
         {
             out.push_str(&format!("node {id}: {l}\n"));
         }
@@ -199,48 +200,16 @@ async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill(
 /// own lock table); the split finishes, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_whose_drivers_crash_is_finished_by_the_next_leaders() {
-    let mut c = start_with_faults(
-        range_config(),
-        "crash-split-frozen,crash-split-drained,crash-split-committed",
-    )
-    .await;
     let filler = 200;
-    let (stop, workers) = transfers_under_way(&c, filler).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
-    assert!(!ok, "the split's driver should have died: {v}");
-    // Restart whoever died, until the split is done (three crashes).
-    let mut crashed = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let child = loop {
-        for id in c.node_ids() {
-            if c.exited(id).is_some() {
-                crashed.push(id);
-                c.restart(id);
-            }
-        }
-        let (ok, list) = txn_shard(&c, &["list"]);
-        let rows = list.as_array().cloned().unwrap_or_default();
-        let served = rows.iter().find(|r| {
-            r["shard"].as_u64().is_some_and(|s| s >= FIRST_SPLIT_ID) && r["leader"].is_u64()
-        });
-        if ok && rows.len() == 4 && crashed.len() >= 3 {
-            if let Some(r) = served {
-                break r["shard"].as_u64().expect("id");
-            }
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the split did not finish: crashed {crashed:?}, list {list}\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    // Once per crash point, or more if a freeze was lifted (a drain that
-    // took over 10 s) and put back: that passes the frozen point again.
-    assert!(crashed.len() >= 3, "{crashed:?}\n{}", split_lines(&c));
-    c.wait_ready(Duration::from_secs(30)).await;
+    let (c, stop, workers, owners) =
+        driver_crashes(&["split", "3", "--at", "g"], filler, |owners| {
+            owners.len() == 4
+        })
+        .await;
+    let child = *owners
+        .iter()
+        .find(|s| **s >= FIRST_SPLIT_ID)
+        .expect("the new shard");
     let client = c.client();
     assert!(read_settled(&client, b"xfer-0").await.is_some());
     assert_eq!(client.shard_for_key(b"xfer-0"), ShardId(child));
@@ -405,4 +374,157 @@ async fn keys_written_and_deleted_during_a_split_reach_the_new_shard() {
         checked += 1;
     }
     assert!(checked > KEYS - 100, "{checked}");
+}
+
+/// `txn admin shard ARGS` (a split or merge) on a range cluster whose
+/// nodes die at its three crash points, under transfers: every node that
+/// dies is restarted until the shards that own keys, each with a leader,
+/// are `done`, and three have died (once per crash point, or more if a
+/// freeze was lifted, a drain over 10 s, and put back: that passes the
+/// frozen point again). Returns the cluster, ready, the transfers, and
+/// those shards.
+async fn driver_crashes(
+    args: &[&str],
+    filler: usize,
+    done: impl Fn(&[u64]) -> bool,
+) -> (
+    Cluster,
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<Vec<bank::Transfer>>>,
+    Vec<u64>,
+) {
+    let mut c = start_with_faults(
+        range_config(),
+        "crash-split-frozen,crash-split-drained,crash-split-committed",
+    )
+    .await;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, v) = txn_shard(&c, args);
+    assert!(!ok, "the driver should have died: {v}");
+    let mut crashed = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for id in c.node_ids() {
+            if c.exited(id).is_some() {
+                crashed.push(id);
+                c.restart(id);
+            }
+        }
+        let owners = owning(&c);
+        if let Some(o) = owners.as_ref().filter(|o| done(o) && crashed.len() >= 3) {
+            let o = o.clone();
+            c.wait_ready(Duration::from_secs(30)).await;
+            return (c, stop, workers, o);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "not done: crashed {crashed:?}, shards {owners:?}\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The shards `txn admin shard list` shows owning keys (not merged
+/// away), if it answered.
+fn owning(c: &Cluster) -> Option<Vec<u64>> {
+    let (ok, list) = txn_shard(c, &["list"]);
+    let rows = list.as_array().cloned().filter(|_| ok)?;
+    Some(
+        rows.iter()
+            .filter(|r| r["keys"]["merged"] != true && r["leader"].is_u64())
+            .filter_map(|s| s["shard"].as_u64())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_shards_merge_under_transfers_and_a_split_is_undone() {
+    let c = start(range_config()).await;
+    let filler = 300;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Shards 1 and 3 are not neighbours; a shard does not merge into
+    // itself; nothing moves.
+    let (ok, bad) = txn_shard(&c, &["merge", "1", "--into", "3"]);
+    assert!(!ok, "a merge of shards that are not neighbours: {bad}");
+    assert_eq!(bad["error"]["code"], "INVALID_INPUT", "{bad}");
+    let (ok, bad) = txn_shard(&c, &["merge", "2", "--into", "2"]);
+    assert_eq!(
+        (ok, &bad["error"]["code"]),
+        (false, &"INVALID_INPUT".into()),
+        "{bad}"
+    );
+
+    // Accounts under transfer (acct-3..5) move into shard 1.
+    let (ok, v) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["keys"]["start"], "", "{v}");
+    assert_eq!(v["keys"]["end"], "acct-6", "{v}");
+    // Merged already: it owns nothing.
+    let (ok, again) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(!ok, "{again}");
+
+    // A split undone: the transfer markers go to a new shard and back.
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = v["new_shard"].as_u64().expect("new shard id");
+    let (ok, v) = txn_shard(&c, &["merge", &child.to_string(), "--into", "3"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    assert_eq!(v["version"], 3, "{v}");
+    assert_eq!(v["keys"]["end"], serde_json::Value::Null, "{v}");
+    assert_eq!(owning(&c), Some(vec![1, 3]));
+
+    // A client routing by the config (shard 2 owns acct-4 there) is
+    // corrected by the descriptors.
+    let stale = c.client();
+    assert!(read_settled(&stale, b"acct-4").await.is_some());
+    assert_eq!(stale.shard_for_key(b"acct-4"), ShardId(1));
+    assert!(read_settled(&stale, b"xfer-0").await.is_some());
+    assert_eq!(stale.shard_for_key(b"xfer-0"), ShardId(3));
+
+    let checked = stop_and_check(&c.client(), stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&c.client(), filler).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_shards_merge_their_ring_shares_under_transfers() {
+    let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    let c = start(config).await;
+    let filler = 300;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, v) = txn_shard(&c, &["merge", "2", "--into", "3"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    let share = v["keys"]["ring_share"].as_f64().expect("share");
+    assert!(share > 0.45 && share < 0.85, "{v}");
+    assert_eq!(owning(&c), Some(vec![1, 3]));
+    let client = c.client();
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+    assert!(!client.shard_map().shards().contains(&ShardId(2)));
+}
+
+/// The merge's driver (shard 2's leader) dies at each crash point it
+/// shares with a split (frozen, drained, committed); the next leaders of
+/// shard 2 go on from the record, shard 1's leader goes on absorbing, and
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_drivers_crash_is_finished_by_the_next_leaders() {
+    let filler = 200;
+    let (c, stop, workers, _) = driver_crashes(&["merge", "2", "--into", "1"], filler, |owners| {
+        owners == [1, 3]
+    })
+    .await;
+    let client = c.client();
+    assert!(read_settled(&client, b"acct-4").await.is_some());
+    assert_eq!(client.shard_for_key(b"acct-4"), ShardId(1));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
 }

@@ -80,8 +80,13 @@ class ShardMap:
             kind = d.WhichOneof("span")
             if kind == "range":
                 end = d.range.end if d.range.HasField("end") else None
+                if end is not None and end == d.range.start:
+                    # Merged into another shard: it owns nothing.
+                    continue
                 ranges.append((d.range.start, end, d.shard_id))
             elif kind == "ring":
+                if not d.ring.lo and not d.ring.hi:
+                    continue
                 if len(d.ring.lo) != len(d.ring.hi):
                     raise ValueError(f"shard {d.shard_id}: arc starts and ends differ in number")
                 arcs.extend((lo, hi, d.shard_id) for lo, hi in zip(d.ring.lo, d.ring.hi))

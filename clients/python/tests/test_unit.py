@@ -160,6 +160,13 @@ class ShardMapTest(unittest.TestCase):
         rng[0].range.end = b"g"
         with self.assertRaises(ValueError):
             ShardMap.from_descriptors(rng)
+        # Shard 2 merged into shard 1: its span is empty, and it routes nothing.
+        rng[0].range.ClearField("end")
+        rng[0].version = 4
+        rng[1].range.end = b"m"
+        merged = ShardMap.from_descriptors(rng)
+        self.assertEqual(merged.shards(), [1])
+        self.assertEqual(merged.shard_for_key(b"zz"), 1)
 
     def test_one_shard_owns_everything(self) -> None:
         m = ShardMap.hash([5], 1)

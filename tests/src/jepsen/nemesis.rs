@@ -7,7 +7,7 @@ use std::time::Duration;
 use pact_client::{Client, RaftGroup};
 use pact_common::{NodeId, ShardId};
 use rand::rngs::StdRng;
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::{IndexedRandom, IteratorRandom, SliceRandom};
 use rand::Rng;
 
 use super::net::Net;
@@ -77,6 +77,13 @@ pub enum Fault {
     /// shard takes over those keys. At most [`MAX_SPLIT_SHARDS`] shards.
     /// Needs every node run as `pact` (`Spec::spare`).
     Split,
+    /// Merge a random shard into another (`txn admin shard merge`: a range
+    /// shard into the one just before it, or the first into the one after;
+    /// a hash-partitioned shard into any other), with no process harmed:
+    /// transactions holding locks in the merged shard abort, the other
+    /// takes over its keys. Refused (and logged) when the two are not on
+    /// the same nodes. Needs every node run as `pact` (`Spec::spare`).
+    Merge,
 }
 
 /// [`Fault::Split`] stops splitting once the cluster has this many shards.
@@ -332,8 +339,11 @@ pub async fn apply(
                     format!("{} shards already: no split", shards.len()),
                 );
             }
-            let shard = *shards.choose(rng).expect("shards");
+            // A shard that owns keys: not one merged into another.
             let map = client.shard_map();
+            let Some(&shard) = map.shards().choose(rng) else {
+                return (Applied::Nothing, "no shard owns keys: no split".into());
+            };
             // A key just above a range shard's start is inside it unless
             // the range is tiny (then the split is refused, and logged).
             let at = map.range_of(shard).map(|(start, _)| {
@@ -353,6 +363,43 @@ pub async fn apply(
                 ),
                 Ok(Err(e)) => format!("shard {shard} not split: {e}"),
                 Err(_) => format!("splitting shard {shard} timed out"),
+            };
+            (Applied::Nothing, what)
+        }
+        Fault::Merge => {
+            let client = c.client();
+            let _ = all_shards(&client).await;
+            let map = client.shard_map();
+            let live = map.shards();
+            let Some(&shard) = live.choose(rng).filter(|_| live.len() > 1) else {
+                return (Applied::Nothing, "one shard left: no merge".into());
+            };
+            let into = match map.range_of(shard) {
+                Some((start, end)) if start.is_empty() => end.map(|e| map.shard_for_key(&e)),
+                Some((start, _)) => live.iter().copied().find(|s| {
+                    map.range_of(*s)
+                        .is_some_and(|(_, e)| e == Some(start.clone()))
+                }),
+                None => live.iter().copied().filter(|s| *s != shard).choose(rng),
+            };
+            let Some(into) = into else {
+                return (
+                    Applied::Nothing,
+                    format!("shard {shard}: no shard to merge it into"),
+                );
+            };
+            let merged = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.merge_shards(shard, into, Duration::from_secs(25)),
+            )
+            .await;
+            let what = match merged {
+                Ok(Ok(d)) => format!(
+                    "merged shard {shard} into shard {into} (now version {})",
+                    d.version
+                ),
+                Ok(Err(e)) => format!("shard {shard} not merged into shard {into}: {e}"),
+                Err(_) => format!("merging shard {shard} into shard {into} timed out"),
             };
             (Applied::Nothing, what)
         }
