@@ -21,7 +21,11 @@
 # With ACTION=split it splits the shard instead (`txn admin shard split 1`:
 # half its ring share, about half of SIZE_GIB, is copied into a new shard
 # on the same nodes through the new shard's Raft log) and prints the
-# split's time and the same throughput medians.
+# split's time and the same throughput medians. With ACTION=merge it
+# splits the shard before the run, then at MOVE_AT merges the new shard
+# back into shard 1 (`txn admin shard merge NEW --into 1`: about half of
+# SIZE_GIB copied back through shard 1's log while both serve), and
+# prints the merge's time and the same medians.
 #
 # Usage: bash bench/replica-move.sh [SIZE_GIB]      (default 1)
 # Settings (environment):
@@ -30,7 +34,7 @@
 #   SNAPSHOT_KIB=0 ([raft] snapshot_kib_per_sec: the transfer's pace; 0 none)
 #   SPLIT_KIB=4096 ([raft] split_copy_kib_per_sec: the pace of a split's
 #   first copy; 0 none)
-#   ACTION=move (or split)
+#   ACTION=move (or split, or merge)
 #   PACT_PORT=27501  PROFILE=release (or debug)  NO_BUILD=1 (skip cargo build)
 #   KEEP=1 (keep the cluster's directory; its path is printed)
 set -euo pipefail
@@ -54,7 +58,7 @@ SPLIT_KIB=${SPLIT_KIB:-4096}
 PACT_PORT=${PACT_PORT:-27501}
 PROFILE=${PROFILE:-release}
 ACTION=${ACTION:-move}
-[[ $ACTION =~ ^(move|split)$ ]] || die "ACTION must be move or split, got '$ACTION'"
+[[ $ACTION =~ ^(move|split|merge)$ ]] || die "ACTION must be move, split or merge, got '$ACTION'"
 for v in RECORDS THREADS DURATION MOVE_AT SNAPSHOT_LOGS KEEP_LOGS SNAPSHOT_KIB SPLIT_KIB LOAD_THREADS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
@@ -130,6 +134,12 @@ printf '== overwriting the first %s records with YCSB-sized ones\n' "$RECORDS" >
   { tail -5 "$tmp/load2.err" >&2; die "second load failed"; }
 
 shard_group=1
+if [ "$ACTION" = merge ]; then
+  printf '== splitting shard 1 before the run\n' >&2
+  "$bin/txn" --config "$cfg" --json admin shard split 1 --wait 3600 >"$tmp/split.out" 2>"$tmp/split.err" ||
+    { cat "$tmp/split.out" "$tmp/split.err" >&2; die "the split failed"; }
+  new_shard=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['new_shard'])" "$tmp/split.out")
+fi
 printf '== YCSB-A for %s s, %s threads; %s of shard 1 at %s s\n' "$DURATION" "$THREADS" "$ACTION" "$MOVE_AT" >&2
 t0=$(date +%s.%N)
 "$bin/bench" run --backend pact --config "$cfg" --workload a --recordcount "$RECORDS" \
@@ -140,6 +150,9 @@ m0=$(date +%s.%N)
 if [ "$ACTION" = split ]; then
   "$bin/txn" --config "$cfg" --json admin shard split 1 --wait 3600 >"$tmp/move.out" 2>"$tmp/move.err" ||
     { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the split failed"; }
+elif [ "$ACTION" = merge ]; then
+  "$bin/txn" --config "$cfg" --json admin shard merge "$new_shard" --into 1 --wait 3600 >"$tmp/move.out" 2>"$tmp/move.err" ||
+    { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the merge failed"; }
 else
   "$bin/txn" --config "$cfg" --json admin replica move 1 3 4 >"$tmp/move.out" 2>"$tmp/move.err" ||
     { cat "$tmp/move.out" "$tmp/move.err" >&2; die "the move failed"; }
@@ -148,7 +161,7 @@ m1=$(date +%s.%N)
 wait "$benchpid" || { tail -5 "$tmp/run.err" >&2; die "the run failed"; }
 received=$(metric 4 pact_raft_snapshot_bytes_received_total "$shard_group")
 installed=$(metric 4 pact_raft_snapshots_installed_total "$shard_group")
-[ "$ACTION" = split ] || [ "${installed:-0}" -ge 1 ] ||
+[ "$ACTION" != move ] || [ "${installed:-0}" -ge 1 ] ||
   die "node 4 caught up without installing a snapshot (raise SIZE_GIB or lower SNAPSHOT_LOGS)"
 [ ! -e "$tmp/node-3" ] || du -sk "$tmp/node-3" >"$tmp/node3.du"
 
@@ -181,6 +194,11 @@ if action == "split":
     print("| split of the shard (new shard serves) | new shard | its share of key hashes | failed operations |")
     print("|---:|---:|---:|---:|")
     print(f"| {end - start:.1f} s | {moved.get('new_shard')} | {share * 100:.1f}% | {failed} |")
+elif action == "merge":
+    share = moved.get("keys", {}).get("ring_share", 0)
+    print("| merge of the new shard back into shard 1 (shard 1 serves both) | shard 1's share of key hashes after | failed operations |")
+    print("|---:|---:|---:|")
+    print(f"| {end - start:.1f} s | {share * 100:.1f}% | {failed} |")
 else:
     print("| move of the replica (3 -> 4) | snapshot received | voters after | failed operations |")
     print("|---:|---:|---|---:|")

@@ -220,6 +220,16 @@ pub struct RaftTuning {
     /// serves the part, through the new shard's log), so that it does not
     /// take the disk and CPU the foreground load needs. 0: no limit.
     pub split_copy_kib_per_sec: u64,
+    /// Split a shard by itself when its leader takes more key-addressed
+    /// requests per second than this, on average over `auto_split_secs`
+    /// (a range shard at the median of the keys requested meanwhile, a
+    /// hash shard in the middle of its ring share). 0: off.
+    pub auto_split_ops_per_sec: u64,
+    /// The window of `auto_split_ops_per_sec`, in seconds.
+    pub auto_split_secs: u64,
+    /// No shard splits by itself once the cluster has this many shards
+    /// (those merged away not counted).
+    pub auto_split_max_shards: u64,
 }
 
 impl Default for RaftTuning {
@@ -234,6 +244,9 @@ impl Default for RaftTuning {
             balance_leaders_ms: 30_000,
             snapshot_kib_per_sec: 0,
             split_copy_kib_per_sec: DEFAULT_SPLIT_COPY_KIB_PER_SEC,
+            auto_split_ops_per_sec: 0,
+            auto_split_secs: 60,
+            auto_split_max_shards: 16,
         }
     }
 }
@@ -767,6 +780,9 @@ impl ClusterConfig {
             ("balance_leaders_ms", r.balance_leaders_ms),
             ("snapshot_kib_per_sec", r.snapshot_kib_per_sec),
             ("split_copy_kib_per_sec", r.split_copy_kib_per_sec),
+            ("auto_split_ops_per_sec", r.auto_split_ops_per_sec),
+            ("auto_split_secs", r.auto_split_secs),
+            ("auto_split_max_shards", r.auto_split_max_shards),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
@@ -787,6 +803,9 @@ impl ClusterConfig {
                  {MIN_SNAPSHOT_KIB_PER_SEC}: a slower copy may never finish under writes",
                 r.split_copy_kib_per_sec
             ));
+        }
+        if r.auto_split_secs == 0 {
+            return invalid("raft.auto_split_secs must be at least 1");
         }
         if r.balance_leaders_ms != 0 && r.balance_leaders_ms < 500 {
             return invalid(format!(
@@ -1537,6 +1556,10 @@ start = ""
         expect_invalid(
             &hash_with("", "[raft]\nsnapshot_logs = 0\n"),
             &["snapshot_logs"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nauto_split_secs = 0\n"),
+            &["auto_split_secs"],
         );
         expect_invalid(
             &hash_with("", "[raft]\nsnapshot_kib_per_sec = 100\n"),

@@ -119,6 +119,49 @@ pub(crate) struct Shard {
     splitting: Arc<tokio::sync::Mutex<()>>,
     /// Requests waiting for each key's lock now (`limits.max_waiters_per_key`).
     waiting: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+    /// The key-addressed requests this leader took lately, for splits by
+    /// load (`[raft] auto_split_ops_per_sec`; untouched when that is off).
+    load: std::sync::Mutex<Load>,
+}
+
+/// Requests counted since `since`, with a uniform sample of their keys
+/// (reservoir sampling), whose median is where a hot range shard splits.
+struct Load {
+    since: std::time::Instant,
+    ops: u64,
+    sample: Vec<Vec<u8>>,
+    /// xorshift64 state: which sampled key a new one replaces.
+    rng: u64,
+}
+
+/// Keys kept in [`Load::sample`].
+const LOAD_SAMPLE: usize = 64;
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            since: std::time::Instant::now(),
+            ops: 0,
+            sample: Vec::new(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    fn note(&mut self, key: &[u8]) {
+        self.ops += 1;
+        if self.sample.len() < LOAD_SAMPLE {
+            self.sample.push(key.to_vec());
+        } else {
+            // Each of the `ops` keys seen stays with the same chance.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let i = self.rng % self.ops;
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| self.sample.get_mut(i)) {
+                *slot = key.to_vec();
+            }
+        }
+    }
 }
 
 /// One request's place in a key's queue of lock waiters; given back on
@@ -558,7 +601,13 @@ impl Node {
         keys: impl IntoIterator<Item = &'k [u8]>,
     ) -> Result<u64, Error> {
         let d = self.routed(s, shard, version)?;
+        let counting = self.config.raft.auto_split_ops_per_sec > 0;
         for key in keys {
+            if counting {
+                if let Ok(mut l) = s.load.lock() {
+                    l.note(key);
+                }
+            }
             if !d.span.contains(key) {
                 let owner = self.map.shard_for_key(key);
                 return Err(Error::WrongShard {
@@ -732,33 +781,8 @@ impl Node {
     /// (the next leader would finish it anyway); answered once the shard
     /// that takes the part serves.
     async fn start_split(&self, s: Arc<Shard>, split: Split) -> Result<Split, Error> {
-        let shard = ShardId(s.replica.group());
-        let guard = s.splitting.clone().try_lock_owned().map_err(|_| {
-            Error::Unavailable(format!(
-                "shard {shard} is already splitting or merging; try again later"
-            ))
-        })?;
-        let ctx = self.split_ctx.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let _one = guard;
-            let result = crate::split::run(&s, &ctx, split).await;
-            let done = result.as_ref().ok().cloned();
-            let _ = tx.send(result);
-            // The caller has its answer once the new shard serves; the trim
-            // follows. A split that stopped half way is driven again by
-            // the owner's tick, after a rest (a freeze lifted is not put
-            // back at once).
-            let stopped = match done {
-                Some(split) => crate::split::finish(&s, &split).await.err(),
-                None => Some(Error::Unavailable("stopped".into())),
-            };
-            if let Some(e) = stopped {
-                tracing::info!(shard = %shard, error = %e, "split or merge not finished yet; will try again");
-                tokio::time::sleep(crate::split::RETRY_PAUSE).await;
-            }
-        });
-        rx.await
+        spawn_split(s, self.split_ctx.clone(), split)?
+            .await
             .map_err(|_| Error::Fatal("the split's task failed".into()))?
     }
 
@@ -1928,6 +1952,7 @@ async fn start_shard(
         initial: config.shard_map().descriptor(shard),
         splitting: Default::default(),
         waiting: Default::default(),
+        load: std::sync::Mutex::new(Load::new()),
     }))
 }
 
@@ -1953,6 +1978,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
                 }
                 _ = tick.tick() => {
                     resume_split(&s, &ctx).await;
+                    auto_split(&s, &ctx).await;
                     // A look at every replica here for a merge into this
                     // shard: every 2 s is soon enough to accept one.
                     ticks += 1;
@@ -2155,6 +2181,108 @@ async fn load_descriptor(s: &Shard, term: u64) -> Option<Descriptor> {
     Some(d)
 }
 
+/// Start a planned split or merge of `s` (its leader is here) in a task of
+/// its own, holding `s.splitting`: the receiver has the answer once the
+/// shard that takes the part serves; the trim follows in the task.
+fn spawn_split(
+    s: Arc<Shard>,
+    ctx: crate::split::Ctx,
+    split: Split,
+) -> Result<tokio::sync::oneshot::Receiver<Result<Split, Error>>, Error> {
+    let shard = ShardId(s.replica.group());
+    let guard = s.splitting.clone().try_lock_owned().map_err(|_| {
+        Error::Unavailable(format!(
+            "shard {shard} is already splitting or merging; try again later"
+        ))
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _one = guard;
+        let result = crate::split::run(&s, &ctx, split).await;
+        let done = result.as_ref().ok().cloned();
+        let _ = tx.send(result);
+        // The caller has its answer once the new shard serves; the trim
+        // follows. A split that stopped half way is driven again by the
+        // owner's tick, after a rest (a freeze lifted is not put back at
+        // once).
+        let stopped = match done {
+            Some(split) => crate::split::finish(&s, &split).await.err(),
+            None => Some(Error::Unavailable("stopped".into())),
+        };
+        if let Some(e) = stopped {
+            tracing::info!(shard = %shard, error = %e, "split or merge not finished yet; will try again");
+            tokio::time::sleep(crate::split::RETRY_PAUSE).await;
+        }
+    });
+    Ok(rx)
+}
+
+/// A split by load (`[raft] auto_split_ops_per_sec`): once a window of
+/// `auto_split_secs` has passed, if this leader took more key-addressed
+/// requests per second than the setting in it, split the shard (a range
+/// shard at the median of the keys sampled from those requests, a hash
+/// shard in the middle of its ring share), unless the cluster has
+/// `auto_split_max_shards` shards or something else is under way here.
+/// Checked on each tick of the owner.
+async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
+    let r = &ctx.config.raft;
+    if r.auto_split_ops_per_sec == 0 {
+        return;
+    }
+    let (rate, mut sample) = {
+        let Ok(mut l) = s.load.lock() else { return };
+        let secs = l.since.elapsed().as_secs_f64();
+        if secs < r.auto_split_secs as f64 {
+            return;
+        }
+        let rate = l.ops as f64 / secs;
+        let sample = std::mem::take(&mut l.sample);
+        *l = Load::new();
+        (rate, sample)
+    };
+    if leading_term(s).is_none() || rate <= r.auto_split_ops_per_sec as f64 {
+        return;
+    }
+    let shard = ShardId(s.replica.group());
+    let Some(d) = s.shared.descriptor.read().ok().and_then(|d| d.clone()) else {
+        return;
+    };
+    let busy = !matches!(crate::split::local_split(&s.replica).await, Ok(None))
+        || !matches!(crate::split::local_absorb(&s.replica).await, Ok(None))
+        || crate::split::merge_pending(s, ctx).await
+        || s.replica.membership_unsettled().is_some();
+    if busy {
+        return;
+    }
+    // Bounded: the owner's tick waits for this.
+    let refreshed = tokio::time::timeout(Duration::from_secs(2), ctx.client.refresh_all()).await;
+    if !matches!(refreshed, Ok(Ok(())))
+        || ctx.client.shard_map().shards().len() as u64 >= r.auto_split_max_shards
+    {
+        return;
+    }
+    let at = match &d.span {
+        pact_common::Span::Range { .. } => {
+            sample.sort();
+            sample.dedup();
+            match sample.get(sample.len() / 2) {
+                Some(k) => Some(k.clone()),
+                None => return,
+            }
+        }
+        pact_common::Span::Ring { .. } => None,
+    };
+    let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
+    // A key at the range's start (one hot key) cannot split it: refused.
+    let Ok(split) = crate::split::plan(&d, at.as_deref(), voters) else {
+        return;
+    };
+    tracing::info!(shard = %shard, ops_per_sec = rate as u64, child = %split.child.shard, "splitting a shard by load");
+    if let Err(e) = spawn_split(s.clone(), ctx.clone(), split) {
+        tracing::info!(shard = %shard, error = %e, "no split by load now");
+    }
+}
+
 /// A split of `s` recorded in its state but driven by no one here (this
 /// replica leads now, or the last attempt gave up for a while): drive it
 /// on. Checked on each tick of the owner.
@@ -2190,18 +2318,22 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     });
 }
 
+/// The term this replica leads in, once its transaction manager is ready
+/// for it (transactions recovered): else None.
+fn leading_term(s: &Shard) -> Option<u64> {
+    let role = s.replica.role();
+    let ready = s.shared.mgr.lock().map(|m| m.term()).unwrap_or(None);
+    (role.leader && ready == Some(role.term)).then_some(role.term)
+}
+
 /// A merge into `s` (recorded by this node's replica of the shard that
 /// merges, or accepted by `s`) that no one here drives: drive it on.
 /// Checked on each tick of the owner.
 async fn resume_absorb(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
-    let role = s.replica.role();
-    let ready = s
-        .shared
-        .mgr
-        .lock()
-        .map(|m| m.term() == Some(role.term))
-        .unwrap_or(false);
-    if !ready || !role.leader || !crate::split::merge_pending(s, ctx).await {
+    let Some(term) = leading_term(s) else {
+        return;
+    };
+    if !crate::split::merge_pending(s, ctx).await {
         return;
     }
     let Ok(guard) = s.splitting.clone().try_lock_owned() else {
@@ -2210,7 +2342,7 @@ async fn resume_absorb(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let (s, ctx) = (s.clone(), ctx.clone());
     tokio::spawn(async move {
         let _one = guard;
-        crate::split::absorb(&s, &ctx, role.term).await;
+        crate::split::absorb(&s, &ctx, term).await;
     });
 }
 

@@ -528,3 +528,48 @@ async fn a_merge_whose_drivers_crash_is_finished_by_the_next_leaders() {
     assert!(checked.acknowledged > 0, "{checked:?}");
     fillers_intact(&client, filler).await;
 }
+
+/// Shards split by themselves under load (`[raft] auto_split_ops_per_sec`,
+/// over `auto_split_secs` windows) while transfers run, until the cluster
+/// has `auto_split_max_shards`, and no further; the bank holds. Off by
+/// default: every other test here counts its shards exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_shards_split_by_themselves_up_to_the_cap() {
+    let tuning = pact_common::RaftTuning {
+        auto_split_ops_per_sec: 5,
+        auto_split_secs: 2,
+        auto_split_max_shards: 5,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::create(range_config(), tuning);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let filler = 50;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let owners = owning(&c);
+        if owners.as_ref().is_some_and(|o| o.len() >= 5) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shards now {owners:?}\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Each leader checks the cap before it splits, so splits decided at
+    // the same moment may pass it (by one per shard at most); once they
+    // landed, three more windows split nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let capped = owning(&c).expect("shard list");
+    assert!(capped.len() <= 8, "{capped:?}\n{}", split_lines(&c));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let owners = owning(&c).expect("shard list");
+    assert_eq!(owners, capped, "{}", split_lines(&c));
+    let client = c.client();
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
