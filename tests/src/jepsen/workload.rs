@@ -144,7 +144,8 @@ fn rw_key(k: i64) -> Vec<u8> {
 /// rw-register's key groups: group g holds the first keys that map to
 /// shard g (mod the shard count), so every group is one shard's.
 fn rw_groups(client: &Client) -> Vec<Vec<i64>> {
-    let shards = client.shards();
+    // Shards that own keys: one merged into another owns none.
+    let shards = client.shard_map().shards();
     let mut groups = vec![Vec::new(); RW_GROUPS];
     let mut k = 0;
     // Hashing spreads keys evenly: a few dozen candidates fill every group.
