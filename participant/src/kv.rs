@@ -902,18 +902,8 @@ pub fn effect(
             } else {
                 let mut w: BTreeMap<Vec<u8>, Option<Vec<u8>>> = pairs.iter().cloned().collect();
                 if *done {
-                    match absorb_record(get)? {
-                        Some(a) => {
-                            let a = Absorb {
-                                caught_up: true,
-                                ..a
-                            };
-                            w.insert(ABSORB_KEY.to_vec(), Some(encode(&a)?));
-                        }
-                        None => {
-                            w.insert(CAUGHT_UP_KEY.to_vec(), Some(vec![1]));
-                        }
-                    }
+                    let (k, v) = copy_complete(get, CopyPass::Second)?;
+                    w.insert(k, v);
                 }
                 (w.into_iter().collect(), ShardReply::Done)
             }
@@ -948,15 +938,8 @@ pub fn effect(
                     w.insert(k.clone(), Some(v.clone()));
                 }
                 if *done {
-                    match absorb_record(get)? {
-                        Some(a) => {
-                            let a = Absorb { loaded: true, ..a };
-                            w.insert(ABSORB_KEY.to_vec(), Some(encode(&a)?));
-                        }
-                        None => {
-                            w.insert(LOADED_KEY.to_vec(), Some(vec![1]));
-                        }
-                    }
+                    let (k, v) = copy_complete(get, CopyPass::First)?;
+                    w.insert(k, v);
                 }
                 (w.into_iter().collect(), ShardReply::Done)
             }
@@ -1215,6 +1198,36 @@ impl Drop for Registered<'_> {
             }
         }
     }
+}
+
+/// Which copy into a shard a `done` entry completes.
+#[derive(Clone, Copy)]
+enum CopyPass {
+    /// `Load`: the part as it was served.
+    First,
+    /// `LoadWritten`: what was written there since, once frozen.
+    Second,
+}
+
+/// The write that marks `copy` complete: a split's new shard has a key
+/// for each (`LOADED_KEY`, `CAUGHT_UP_KEY`), a merge's target a field of
+/// its `Absorb` record.
+fn copy_complete(get: Lookup<'_>, copy: CopyPass) -> io::Result<Mutation> {
+    Ok(match (absorb_record(get)?, copy) {
+        (Some(a), CopyPass::First) => {
+            let a = Absorb { loaded: true, ..a };
+            (ABSORB_KEY.to_vec(), Some(encode(&a)?))
+        }
+        (Some(a), CopyPass::Second) => {
+            let a = Absorb {
+                caught_up: true,
+                ..a
+            };
+            (ABSORB_KEY.to_vec(), Some(encode(&a)?))
+        }
+        (None, CopyPass::First) => (LOADED_KEY.to_vec(), Some(vec![1])),
+        (None, CopyPass::Second) => (CAUGHT_UP_KEY.to_vec(), Some(vec![1])),
+    })
 }
 
 /// Why `keys` may not be loaded here: a shard loads only before it serves

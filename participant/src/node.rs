@@ -684,36 +684,11 @@ impl Node {
         })
     }
 
-    /// Why `shard` is in the middle of a split here, if it is: it is
-    /// splitting, or a split is creating it and it does not serve yet.
+    /// Why `shard` is in the middle of a split or merge here, if it is
+    /// ([`under_way`]).
     pub async fn splitting(&self, shard: ShardId) -> Option<String> {
         let s = self.shard(shard).ok()?;
-        match crate::split::local_split(&s.replica).await {
-            Ok(Some(x)) => {
-                let child = x.child.shard;
-                return Some(format!("shard {shard} is splitting (into shard {child})"));
-            }
-            // Unreadable: refuse the change rather than guess.
-            Err(_) => return Some(format!("shard {shard} is splitting (into shard ?)")),
-            Ok(None) => {}
-        }
-        if is_split_child(shard) && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None)) {
-            return Some(format!("shard {shard} is being created by a split"));
-        }
-        match crate::split::local_absorb(&s.replica).await {
-            Ok(Some(a)) => return Some(format!("shard {shard} is absorbing shard {}", a.from)),
-            Ok(None) => {}
-            Err(_) => return Some(format!("shard {shard} is absorbing shard ?")),
-        }
-        // A merge into it not accepted yet: its replicas must stay beside
-        // the merging shard's.
-        match crate::split::merge_into(&self.split_ctx, shard, None).await {
-            Some((_, m)) if !m.committed => Some(format!(
-                "shard {} is merging into shard {shard}",
-                m.left.shard
-            )),
-            _ => None,
-        }
+        under_way(&s, &self.split_ctx).await
     }
 
     /// Merge `shard` (this node leads it) into `into`: `into` takes what
@@ -795,17 +770,9 @@ impl Node {
         self.ready(&s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(&s, shard, 0)?;
-        if let Some(under_way) = crate::split::local_split(&s.replica).await? {
+        if let Some(why) = under_way(&s, &self.split_ctx).await {
             return Err(Error::Unavailable(format!(
-                "shard {shard} is already splitting or merging (into shard {}); try again when \
-                 it is done",
-                under_way.child.shard
-            )));
-        }
-        if let Some(a) = crate::split::local_absorb(&s.replica).await? {
-            return Err(Error::Unavailable(format!(
-                "shard {shard} is absorbing shard {}; try again when it is done",
-                a.from
+                "{why}; try again when it is done"
             )));
         }
         // The new shard's first voters are the shard's now: not while
@@ -2181,6 +2148,39 @@ async fn load_descriptor(s: &Shard, term: u64) -> Option<Descriptor> {
     Some(d)
 }
 
+/// Why `s` is in the middle of a split or merge here, if it is: it is
+/// splitting or merging away, a split is creating it and it does not
+/// serve yet, it is absorbing a merge, or this node's replica of another
+/// shard records a merge into it not yet committed (its replicas must
+/// stay beside that shard's). An unreadable record counts as one.
+async fn under_way(s: &Shard, ctx: &crate::split::Ctx) -> Option<String> {
+    let shard = ShardId(s.replica.group());
+    match crate::split::local_split(&s.replica).await {
+        Ok(Some(x)) => {
+            let child = x.child.shard;
+            return Some(format!("shard {shard} is splitting (into shard {child})"));
+        }
+        // Unreadable: refuse the change rather than guess.
+        Err(_) => return Some(format!("shard {shard} is splitting (into shard ?)")),
+        Ok(None) => {}
+    }
+    if is_split_child(shard) && matches!(s.replica.get_local(DESCRIPTOR_KEY).await, Ok(None)) {
+        return Some(format!("shard {shard} is being created by a split"));
+    }
+    match crate::split::local_absorb(&s.replica).await {
+        Ok(Some(a)) => return Some(format!("shard {shard} is absorbing shard {}", a.from)),
+        Ok(None) => {}
+        Err(_) => return Some(format!("shard {shard} is absorbing shard ?")),
+    }
+    match crate::split::merge_into(ctx, shard, None).await {
+        Some((_, m)) if !m.committed => Some(format!(
+            "shard {} is merging into shard {shard}",
+            m.left.shard
+        )),
+        _ => None,
+    }
+}
+
 /// Start a planned split or merge of `s` (its leader is here) in a task of
 /// its own, holding `s.splitting`: the receiver has the answer once the
 /// shard that takes the part serves; the trim follows in the task.
@@ -2247,11 +2247,7 @@ async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let Some(d) = s.shared.descriptor.read().ok().and_then(|d| d.clone()) else {
         return;
     };
-    let busy = !matches!(crate::split::local_split(&s.replica).await, Ok(None))
-        || !matches!(crate::split::local_absorb(&s.replica).await, Ok(None))
-        || crate::split::merge_pending(s, ctx).await
-        || s.replica.membership_unsettled().is_some();
-    if busy {
+    if under_way(s, ctx).await.is_some() || s.replica.membership_unsettled().is_some() {
         return;
     }
     // Bounded: the owner's tick waits for this.
@@ -2287,13 +2283,7 @@ async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
 /// replica leads now, or the last attempt gave up for a while): drive it
 /// on. Checked on each tick of the owner.
 async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
-    let ready = s
-        .shared
-        .mgr
-        .lock()
-        .map(|m| m.term().is_some())
-        .unwrap_or(false);
-    if !ready || !s.replica.role().leader {
+    if leading_term(s).is_none() {
         return;
     }
     let Ok(guard) = s.splitting.clone().try_lock_owned() else {

@@ -144,15 +144,29 @@ async fn expect_done(r: &Replica, cmd: &ShardCommand) -> Result<(), Error> {
     }
 }
 
+/// The record at `key` as `r` has applied it, read by the state
+/// machine's own reader of it (an unreadable one is fatal).
+async fn local_record<T>(
+    r: &Replica,
+    key: &[u8],
+    read: fn(pact_raft::Lookup<'_>) -> std::io::Result<Option<T>>,
+) -> Result<Option<T>, Error> {
+    let v = r.get_local(key).await?;
+    read(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
+}
+
 /// The split under way as `r` has applied it.
 pub(crate) async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
-    let v = r.get_local(SPLIT_KEY).await?;
-    split_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
+    local_record(r, SPLIT_KEY, split_record).await
 }
 
 pub(crate) async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
-    let v = r.get_local(DESCRIPTOR_KEY).await?;
-    crate::kv::descriptor(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
+    local_record(r, DESCRIPTOR_KEY, crate::kv::descriptor).await
+}
+
+/// The merge `r` is absorbing, as it has applied it.
+pub(crate) async fn local_absorb(r: &Replica) -> Result<Option<Absorb>, Error> {
+    local_record(r, ABSORB_KEY, absorb_record).await
 }
 
 /// The split a leader starts: the descriptor `d` cut at `at`.
@@ -242,14 +256,15 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
              in the background (txn admin shard list shows it when done)"
         ))
     };
-    // Hosting with `create` is asked only until the split records that
-    // the child is being created: after that a voter that lost its data
-    // must rejoin behind its gate, not be created afresh (it could vote
-    // away entries it had acknowledged).
+    // A merge's target exists: it accepts instead of being created.
     if !split.created && split.merge.is_some() {
         accepted(s, ctx, &split).await?;
         split.created = true;
     }
+    // Hosting with `create` is asked only until the split records that
+    // the child is being created: after that a voter that lost its data
+    // must rejoin behind its gate, not be created afresh (it could vote
+    // away entries it had acknowledged).
     if !split.created {
         // A voter down now is not waited for: the child starts without
         // its replica there (a majority is enough).
@@ -461,11 +476,6 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
 /// How long a merge's driver waits for the target to accept, before it
 /// lets the next attempt (a tick later) go on.
 const ACCEPT_WITHIN: Duration = Duration::from_secs(30);
-
-pub(crate) async fn local_absorb(r: &Replica) -> Result<Option<Absorb>, Error> {
-    let v = r.get_local(ABSORB_KEY).await?;
-    absorb_record(&|_| Ok(v.clone())).map_err(|e| Error::Fatal(e.to_string()))
-}
 
 /// The last step of a split whose new shard serves: trim the moved keys
 /// and the marks from the parent, then `SplitDone`. The caller of a split
@@ -812,7 +822,7 @@ async fn step_absorb(
         (_, Some(found)) => found,
     };
     let from = split.left.shard;
-    let Some(_) = mine else {
+    let Some(a) = mine else {
         if split.created || split.committed {
             // Accepted and absorbed already: the record there is the
             // merged shard's trim.
@@ -843,24 +853,31 @@ async fn step_absorb(
         return Ok(Some(false));
     };
     if split.committed {
-        let mut pairs = Vec::new();
-        for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
-            pairs.extend(source.scan_prefix_local(&[prefix]).await?);
-        }
-        expect_done(&s.replica, &ShardCommand::Load { pairs, done: false }).await?;
+        recopy_stamps(&source, s, false).await?;
         expect_done(&s.replica, &ShardCommand::AbsorbCommit { from }).await?;
         tracing::info!(shard = %me, %from, version = split.child.version, "merge absorbed: the shard serves both spans");
         return Ok(Some(true));
     }
-    let a = local_absorb(&s.replica).await?;
-    if !copied.first && !a.as_ref().is_some_and(|a| a.loaded) {
+    if !copied.first && !a.loaded {
         copy(&source, s, &split, ctx.config.raft.split_copy_kib_per_sec).await?;
         copied.first = true;
-    } else if split.drained && !copied.written && !a.as_ref().is_some_and(|a| a.caught_up) {
+    } else if split.drained && !copied.written && !a.caught_up {
         copy_written(&source, s, &split).await?;
         copied.written = true;
     }
     Ok(Some(false))
+}
+
+/// Copy into `s` once more the record horizons and fence floors `source`
+/// (the shard whose part `s` takes, committed) has now: one raised since
+/// the first copy must hold here too (they only grow). `done` as in
+/// `Load`.
+async fn recopy_stamps(source: &Replica, s: &Arc<Shard>, done: bool) -> Result<(), Error> {
+    let mut pairs = Vec::new();
+    for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
+        pairs.extend(source.scan_prefix_local(&[prefix]).await?);
+    }
+    expect_done(&s.replica, &ShardCommand::Load { pairs, done }).await
 }
 
 /// How long a new shard's leader waits for its node's parent replica to
@@ -936,13 +953,7 @@ async fn step_child(
         return Ok(None);
     };
     if split.committed {
-        // Horizons and floors again, as the parent has them now: one
-        // raised since the copy must hold here too (they only grow).
-        let mut pairs = Vec::new();
-        for prefix in [HORIZON_PREFIX, FLOOR_PREFIX] {
-            pairs.extend(parent.scan_prefix_local(&[prefix]).await?);
-        }
-        expect_done(&s.replica, &ShardCommand::Load { pairs, done: true }).await?;
+        recopy_stamps(&parent, s, true).await?;
         expect_done(
             &s.replica,
             &ShardCommand::Describe {
