@@ -575,6 +575,8 @@ fn main() -> ExitCode {
     // --timeout bounds the whole command, the routing-table question
     // included.
     let started = std::time::Instant::now();
+    // The metadata group's shard table, when a node sent one.
+    let mut table = Vec::new();
     let (config, tls) = match &source {
         source::ConfigSource::Endpoints(endpoints) => {
             let tls = match pact_client::Tls::from_flags(&flags) {
@@ -585,7 +587,7 @@ fn main() -> ExitCode {
                 }
             };
             let asked = rt.block_on(async {
-                tokio::time::timeout(total, pact_client::discover(endpoints, tls.as_ref()))
+                tokio::time::timeout(total, pact_client::discover_table(endpoints, tls.as_ref()))
                     .await
                     .unwrap_or_else(|_| {
                         Err(ClientError::Unavailable(format!(
@@ -594,7 +596,10 @@ fn main() -> ExitCode {
                     })
             });
             match asked {
-                Ok(config) => (config, tls),
+                Ok(found) => {
+                    table = found.shards;
+                    (found.config, tls)
+                }
                 Err(e) => {
                     let e = source.annotate(e);
                     output::report_client(args.json, &e);
@@ -622,12 +627,14 @@ fn main() -> ExitCode {
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
         let client = Client::new(&config, client_options(total, tls));
+        client.adopt(&table);
         return ExitCode::from(rt.block_on(shell::Shell::new(client, total, style).run()));
     }
     let left = total
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(1));
     let client = Client::new(&config, client_options(left, tls));
+    client.adopt(&table);
     let progress = data::Progress::default();
     let result = match rt.block_on(async {
         // Made inside the runtime: a timer needs one.

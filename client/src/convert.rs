@@ -399,12 +399,24 @@ mod tests {
     }
 }
 
-/// The cluster config a routing table (`Admin.Topology`) describes:
-/// its topology as sent, tuning at the defaults (a client uses only the
-/// transaction lease, which is sent). Refused, with the reason, if it does
-/// not hold together (an unknown partitioning, a replica on a node the
-/// table does not list, ...): a peer speaking garbage is not routed by.
-pub fn config_from_topology(t: pb::TopologyResponse) -> Result<pact_common::ClusterConfig, String> {
+/// A record of the metadata group's shard table (or a `Describe`
+/// answer) as a domain value.
+pub fn shard_record(d: pb::ShardDescriptor) -> Result<pact_common::ShardRecord, String> {
+    let (voters, voters_at) = (d.voters.clone(), d.voters_at);
+    Ok(pact_common::ShardRecord {
+        descriptor: descriptor(d)?,
+        voters,
+        voters_at,
+    })
+}
+
+/// What a routing table (`Admin.Topology`) describes: the cluster config
+/// (its topology as sent, tuning at the defaults: a client uses only the
+/// transaction lease, which is sent) and the shard table. Refused, with
+/// the reason, if it does not hold together (an unknown partitioning, a
+/// replica on a node the table does not list, ...): a peer speaking
+/// garbage is not routed by.
+pub fn config_from_topology(t: pb::TopologyResponse) -> Result<crate::discover::Found, String> {
     use pact_common::{
         ClusterConfig, CoordinatorConfig, NodeConfig, PartitionScheme, ShardConfig, ShardId,
         TxnTuning,
@@ -415,6 +427,18 @@ pub fn config_from_topology(t: pb::TopologyResponse) -> Result<pact_common::Clus
         _ => return Err(format!("unknown partitioning {}", t.partitioning)),
     };
     let nodes = |ids: Vec<u64>| ids.into_iter().map(NodeId).collect::<Vec<_>>();
+    let known: std::collections::BTreeSet<u64> = t.nodes.iter().map(|n| n.id).collect();
+    let mut shards = Vec::with_capacity(t.descriptors.len());
+    for d in t.descriptors {
+        let r = shard_record(d)?;
+        if let Some(n) = r.voters.iter().find(|n| !known.contains(n)) {
+            return Err(format!(
+                "shard {} has a voter on node {n}, which the table does not list",
+                r.descriptor.shard
+            ));
+        }
+        shards.push(r);
+    }
     let config = ClusterConfig {
         partitioning,
         virtual_nodes: t.virtual_nodes,
@@ -457,7 +481,11 @@ pub fn config_from_topology(t: pb::TopologyResponse) -> Result<pact_common::Clus
         tls: None,
     };
     config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    Ok(crate::discover::Found {
+        config,
+        shards,
+        epoch: t.epoch,
+    })
 }
 
 #[cfg(test)]
@@ -492,12 +520,60 @@ mod topology_tests {
                 replicas: vec![1, 2, 3],
             }],
             lease_ms: 4_000,
+            descriptors: Vec::new(),
+            epoch: 0,
+        }
+    }
+
+    fn range(shard: u64, version: u64, start: &str, end: Option<&str>) -> pb::ShardDescriptor {
+        pb::ShardDescriptor {
+            shard_id: shard,
+            version,
+            span: Some(pb::shard_descriptor::Span::Range(pb::KeyRange {
+                start: start.as_bytes().to_vec().into(),
+                end: end.map(|e| e.as_bytes().to_vec().into()),
+            })),
+            successors: Vec::new(),
+            voters: vec![1, 2, 3],
+            voters_at: 7,
         }
     }
 
     #[test]
+    fn a_routing_table_carries_the_shard_table_and_refuses_unknown_voters() {
+        let mut t = table();
+        t.epoch = 5;
+        t.descriptors = vec![
+            range(1, 2, "", Some("g")),
+            range(2, 1, "m", None),
+            range(pact_common::FIRST_SPLIT_ID + 1, 1, "g", Some("m")),
+        ];
+        let found = config_from_topology(t.clone()).expect("valid");
+        assert_eq!(found.epoch, 5);
+        assert_eq!(found.shards.len(), 3);
+        assert_eq!(found.shards[2].voters_at, 7);
+        let map = pact_common::ShardMap::from_descriptors(
+            &found
+                .shards
+                .iter()
+                .map(|r| r.descriptor.clone())
+                .collect::<Vec<_>>(),
+        )
+        .expect("a whole map");
+        assert_eq!(
+            map.shard_for_key(b"h"),
+            pact_common::ShardId(pact_common::FIRST_SPLIT_ID + 1)
+        );
+        t.descriptors[1].voters.push(9);
+        let e = config_from_topology(t.clone()).unwrap_err();
+        assert!(e.contains("node 9"), "{e}");
+        t.descriptors[1].span = None;
+        assert!(config_from_topology(t).is_err());
+    }
+
+    #[test]
     fn a_routing_table_becomes_a_config_or_a_reason() {
-        let c = config_from_topology(table()).expect("valid");
+        let c = config_from_topology(table()).expect("valid").config;
         assert_eq!(c.nodes[2].peer_addr, "127.0.0.1:7103");
         assert_eq!(c.transactions.lease_ms, 4_000);
         let map = c.shard_map();
@@ -519,7 +595,11 @@ mod topology_tests {
         let mut t = table();
         t.lease_ms = 90_000;
         assert_eq!(
-            config_from_topology(t).unwrap().transactions.lease_ms,
+            config_from_topology(t)
+                .unwrap()
+                .config
+                .transactions
+                .lease_ms,
             90_000
         );
         // A table too large to build is refused, not built.

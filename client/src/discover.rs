@@ -2,15 +2,15 @@
 //! with etcdctl): ask them in turn for the routing table
 //! (`Admin.Topology`) and route by the first answer that holds together.
 //!
-//! Every node answers from its cluster config, so any reachable node will
-//! do; an endpoint that refuses, times out, is not a Pact client port, or
+//! Every node answers from its cluster config and the metadata group's
+//! tables, so any reachable node will do; an endpoint that refuses, times out, is not a Pact client port, or
 //! sends a table that does not validate is skipped, and the error names
 //! what each one said. TLS comes from the caller (the flags), since there
 //! is no config to read it from.
 
 use std::time::Duration;
 
-use pact_common::ClusterConfig;
+use pact_common::{ClusterConfig, ShardRecord};
 use pact_proto as pb;
 use tonic::Code;
 
@@ -52,6 +52,21 @@ pub async fn discover(
     endpoints: &[String],
     tls: Option<&Tls>,
 ) -> Result<ClusterConfig, ClientError> {
+    discover_table(endpoints, tls).await.map(|f| f.config)
+}
+
+/// What a routing table says: the cluster config it describes, and the
+/// metadata group's shard table (empty if the node had none), which a
+/// client adopts ([`crate::Client::adopt`]).
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub config: ClusterConfig,
+    pub shards: Vec<ShardRecord>,
+    pub epoch: u64,
+}
+
+/// [`discover`], with the shard table.
+pub async fn discover_table(endpoints: &[String], tls: Option<&Tls>) -> Result<Found, ClientError> {
     if endpoints.is_empty() {
         return Err(ClientError::InvalidInput(
             "no endpoints given (host:port[,host:port...])".into(),
@@ -72,7 +87,7 @@ pub async fn discover(
         let mut c = pb::admin_client::AdminClient::new(ch);
         match tokio::time::timeout(ASK_WITHIN, c.topology(pb::TopologyRequest {})).await {
             Ok(Ok(r)) => match config_from_topology(r.into_inner()) {
-                Ok(config) => return Ok(config),
+                Ok(found) => return Ok(found),
                 Err(e) => why.push(format!(
                     "{addr} sent a routing table that does not hold together: {e}"
                 )),

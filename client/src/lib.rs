@@ -51,7 +51,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pact_common::{ClusterConfig, NodeId, ShardId, ShardMap};
+use pact_common::{ClusterConfig, NodeId, ShardId, ShardMap, ShardRecord};
 use pact_proto as pb;
 use pact_proto::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
@@ -59,7 +59,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
-pub use discover::{discover, prefer_endpoints, Given, ASK_WITHIN};
+pub use discover::{discover, discover_table, prefer_endpoints, Found, Given, ASK_WITHIN};
 pub use members::ClusterMember;
 pub use replicas::Removed;
 
@@ -415,8 +415,10 @@ impl Client {
     /// ports) belong to, routing by the table the first of them to answer
     /// sends (see [`discover`]).
     pub async fn connect(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
-        let config = discover(endpoints, opts.tls.as_ref()).await?;
-        Ok(Client::new(&config, opts))
+        let found = discover_table(endpoints, opts.tls.as_ref()).await?;
+        let client = Client::new(&found.config, opts);
+        client.adopt(&found.shards);
+        Ok(client)
     }
 
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
@@ -459,44 +461,13 @@ impl Client {
         &self,
         merged: &mut std::collections::BTreeSet<ShardId>,
     ) -> Result<(), ClientError> {
-        // Every shard the client knows, then the shards split off them
-        // that it did not know, round by round.
-        let mut asked = merged.clone();
-        let mut round: Vec<ShardId> = self
-            .shards()
-            .into_iter()
-            .filter(|s| !merged.contains(s))
-            .collect();
         let mut descriptors = Vec::new();
-        while !round.is_empty() {
-            asked.extend(round.iter().copied());
-            let answers =
-                futures::future::try_join_all(round.iter().map(|s| self.describe_raw(*s))).await?;
-            round = Vec::new();
-            for d in answers {
-                let voters: Vec<NodeId> = d.voters.iter().copied().map(NodeId).collect();
-                // A shard a split created has no list in the config: its
-                // own leader's voters are where it is now (it moves).
-                if d.shard_id >= pact_common::FIRST_SPLIT_ID && !voters.is_empty() {
-                    if let Ok(mut t) = self.inner.shards.write() {
-                        t.insert(ShardId(d.shard_id), voters.clone());
-                    }
-                }
-                for succ in d.successors.iter().copied().map(ShardId) {
-                    if asked.contains(&succ) || round.contains(&succ) {
-                        continue;
-                    }
-                    if let Ok(mut t) = self.inner.shards.write() {
-                        t.entry(succ).or_insert_with(|| voters.clone());
-                    }
-                    round.push(succ);
-                }
-                let d = convert::descriptor(d).map_err(ClientError::Internal)?;
-                if d.span.is_empty() {
-                    merged.insert(d.shard);
-                }
-                descriptors.push(d);
+        for (_, answer) in self.walk(merged).await {
+            let d = convert::descriptor(answer?).map_err(ClientError::Internal)?;
+            if d.span.is_empty() {
+                merged.insert(d.shard);
             }
+            descriptors.push(d);
         }
         let map = ShardMap::from_descriptors(&descriptors).map_err(|e| {
             ClientError::Unavailable(format!("the shards' descriptors do not make a map: {e}"))
@@ -509,6 +480,118 @@ impl Client {
             *m = Arc::new(map);
         }
         Ok(())
+    }
+
+    /// `Describe` at every shard the client knows but `skip`, then at the
+    /// shards split off them that it did not know, round by round: each
+    /// shard's answer as sent, or why it gave none.
+    async fn walk(
+        &self,
+        skip: &std::collections::BTreeSet<ShardId>,
+    ) -> Vec<(ShardId, Result<pb::ShardDescriptor, ClientError>)> {
+        let mut asked = skip.clone();
+        let mut round: Vec<ShardId> = self
+            .shards()
+            .into_iter()
+            .filter(|s| !skip.contains(s))
+            .collect();
+        let mut out = Vec::new();
+        while !round.is_empty() {
+            asked.extend(round.iter().copied());
+            let answers =
+                futures::future::join_all(round.iter().map(|s| self.describe_raw(*s))).await;
+            let mut next = Vec::new();
+            for (shard, answer) in round.into_iter().zip(answers) {
+                if let Ok(d) = &answer {
+                    let voters: Vec<NodeId> = d.voters.iter().copied().map(NodeId).collect();
+                    // A shard a split created has no list in the config:
+                    // its own leader's voters are where it is now (it
+                    // moves).
+                    if d.shard_id >= pact_common::FIRST_SPLIT_ID && !voters.is_empty() {
+                        if let Ok(mut t) = self.inner.shards.write() {
+                            t.insert(ShardId(d.shard_id), voters.clone());
+                        }
+                    }
+                    for succ in d.successors.iter().copied().map(ShardId) {
+                        if asked.contains(&succ) || next.contains(&succ) {
+                            continue;
+                        }
+                        if let Ok(mut t) = self.inner.shards.write() {
+                            t.entry(succ).or_insert_with(|| voters.clone());
+                        }
+                        next.push(succ);
+                    }
+                }
+                out.push((shard, answer));
+            }
+            round = next;
+        }
+        out
+    }
+
+    /// What every shard's leader says of its shard now (descriptor,
+    /// committed voters and their log index), for the metadata group's
+    /// table: the shards in `known` (whose voters the client learns if
+    /// it did not know the shard) and those the client knows, then the
+    /// shards split off them, skipping `skip` (merged shards, which never
+    /// change again). A shard that does not answer is left out, with why.
+    pub async fn shard_records(
+        &self,
+        known: &[ShardRecord],
+        skip: &std::collections::BTreeSet<ShardId>,
+    ) -> (Vec<ShardRecord>, Vec<(ShardId, ClientError)>) {
+        if let Ok(mut t) = self.inner.shards.write() {
+            for r in known.iter().filter(|r| !r.voters.is_empty()) {
+                t.entry(r.descriptor.shard)
+                    .or_insert_with(|| r.voters.iter().copied().map(NodeId).collect());
+            }
+        }
+        let (mut records, mut failed) = (Vec::new(), Vec::new());
+        for (shard, answer) in self.walk(skip).await {
+            match answer.and_then(|d| convert::shard_record(d).map_err(ClientError::Internal)) {
+                Ok(r) => records.push(r),
+                Err(e) => failed.push((shard, e)),
+            }
+        }
+        (records, failed)
+    }
+
+    /// Route by the metadata group's shard table (from a routing table a
+    /// node sent): every recorded shard's voters are where the client
+    /// looks for it, and when the live shards' descriptors make a whole
+    /// map, requests are routed by it. Otherwise (a change half recorded)
+    /// the map stays, and a shard's WRONG_SHARD corrects it as before.
+    pub fn adopt(&self, table: &[ShardRecord]) {
+        if let Ok(mut t) = self.inner.shards.write() {
+            for r in table.iter().filter(|r| !r.voters.is_empty()) {
+                t.insert(
+                    r.descriptor.shard,
+                    r.voters.iter().copied().map(NodeId).collect(),
+                );
+            }
+        }
+        // Merged is final: refreshes need not ask those again. (Called on
+        // a new client, so the lock is free; if not, a refresh learns it.)
+        if let Ok(mut merged) = self.inner.refreshing.try_lock() {
+            merged.extend(
+                table
+                    .iter()
+                    .filter(|r| r.descriptor.span.is_empty())
+                    .map(|r| r.descriptor.shard),
+            );
+        }
+        let descriptors: Vec<_> = table.iter().map(|r| r.descriptor.clone()).collect();
+        match ShardMap::from_descriptors(&descriptors) {
+            Ok(map) => {
+                if let Ok(mut m) = self.inner.map.write() {
+                    *m = Arc::new(map);
+                }
+            }
+            Err(e) => tracing::debug!(
+                error = %e,
+                "the metadata group's shard table does not make a map yet; routing by the config"
+            ),
+        }
     }
 
     /// Run `op` with the map requests are routed by now; when a shard

@@ -35,6 +35,24 @@ impl Client {
         Ok(table)
     }
 
+    /// The metadata group's shard table (every shard it recorded, merged
+    /// ones included, sorted by id) and its epoch; read at its leader.
+    pub async fn meta_shards(&self) -> Result<(u64, Vec<pact_common::ShardRecord>), ClientError> {
+        let r = self
+            .call_meta(true, |ch| async move {
+                meta(ch).shards(pb::ShardsRequest {}).await
+            })
+            .await?;
+        let mut shards = r
+            .shards
+            .into_iter()
+            .map(crate::convert::shard_record)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ClientError::Internal)?;
+        shards.sort_by_key(|r| r.descriptor.shard);
+        Ok((r.epoch, shards))
+    }
+
     /// Add node `id` with its client and peer addresses; the members
     /// after. Idempotent.
     pub async fn add_member(

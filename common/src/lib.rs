@@ -44,5 +44,7 @@ pub use limits::{
     validate_batch, validate_key, validate_value, LimitError, LOCK_WAIT, MAX_BATCH_BYTES,
     MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
-pub use partition::{split_child_id, Descriptor, ShardMap, Span, FIRST_SPLIT_ID, FIRST_VERSION};
+pub use partition::{
+    split_child_id, Descriptor, ShardMap, ShardRecord, Span, FIRST_SPLIT_ID, FIRST_VERSION,
+};
 pub use txn::{system_clock, Clock, Guard, Hlc, Op, Timestamp, TxnId};

@@ -233,6 +233,27 @@ pub struct Descriptor {
     pub span: Span,
 }
 
+/// What the metadata group records of a shard: its descriptor and its
+/// voters, as the shard's leader last reported them. Records of one shard
+/// are ordered by `(descriptor.version, voters_at)`: the span's version,
+/// then the log index of the committed membership the voters come from
+/// (both only grow within a shard), so a late report never overwrites a
+/// newer one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub descriptor: Descriptor,
+    pub voters: Vec<u64>,
+    pub voters_at: u64,
+}
+
+impl ShardRecord {
+    /// Whether this record says something newer about its shard than
+    /// `old` (a record of the same shard).
+    pub fn newer_than(&self, old: &ShardRecord) -> bool {
+        (self.descriptor.version, self.voters_at) > (old.descriptor.version, old.voters_at)
+    }
+}
+
 /// Routes keys to shards. Build it with [`ShardMap::new_hash`],
 /// [`ShardMap::new_range`] or [`crate::ClusterConfig::shard_map`].
 #[derive(Debug, Clone)]

@@ -7,15 +7,22 @@ use std::time::Duration;
 
 use pact_client::RaftGroup;
 use pact_common::{ClusterConfig, NodeId, META_GROUP};
-use pact_raft::{Directory, Host, Replica, ReplicaError, Tuning};
+use pact_raft::{Directory, Host, Replica, ReplicaError, ShardTable, Tuning};
 
 use crate::machine::{
-    check_new, decode, encode, members_of, node_range, Member, MetaApp, MetaCommand, MetaReply,
+    check_new, decode, encode, epoch_key, epoch_of, members_of, node_range, shard_range, shards_of,
+    Member, MetaApp, MetaCommand, MetaReply,
 };
 use crate::Error;
 
 /// How often a node refreshes its directory from the member table.
 pub const DIRECTORY_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the group's leader asks every shard for its descriptor and
+/// voters, to record what changed: the longest a split, merge or replica
+/// move takes to reach the shard table (a shard without a leader then,
+/// longer).
+pub const SHARDS_EVERY: Duration = Duration::from_secs(2);
 
 /// This node's replica of the metadata group.
 pub struct MetaGroup {
@@ -83,6 +90,7 @@ impl MetaGroup {
             pinned,
         });
         tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
+        tokio::spawn(record_shards_when_leading(group.clone()));
         Ok(group)
     }
 
@@ -105,6 +113,60 @@ impl MetaGroup {
     pub async fn members(&self) -> Result<Vec<Member>, Error> {
         self.replica.read_barrier().await?;
         self.local_members().await
+    }
+
+    /// The shard table as this replica has applied it: (epoch, records
+    /// sorted by shard).
+    pub async fn local_shards(&self) -> Result<ShardTable, Error> {
+        let (start, end) = shard_range();
+        let pairs = self
+            .replica
+            .scan_local(start, Some(end), usize::MAX)
+            .await?;
+        let shards = shards_of(&pairs).map_err(Error::Fatal)?;
+        let epoch = self.replica.get_local(epoch_key()).await?;
+        let epoch = epoch_of(epoch.as_deref()).map_err(Error::Fatal)?;
+        Ok(ShardTable { epoch, shards })
+    }
+
+    /// The shard table, linearizably (at the leader).
+    pub async fn shards(&self) -> Result<ShardTable, Error> {
+        self.replica.read_barrier().await?;
+        self.local_shards().await
+    }
+
+    /// One look at every shard: record what its leader says now where it
+    /// is newer than the table. Shards recorded as merged are not asked
+    /// (merged is final); a shard that does not answer keeps its record.
+    async fn record_shards(self: &Arc<Self>) -> Result<usize, Error> {
+        let table = self.local_shards().await?;
+        let merged: std::collections::BTreeSet<pact_common::ShardId> = table
+            .shards
+            .iter()
+            .filter(|r| r.descriptor.span.is_empty())
+            .map(|r| r.descriptor.shard)
+            .collect();
+        let (seen, failed) = self.shards.shard_records(&table.shards, &merged).await;
+        for (shard, e) in &failed {
+            tracing::debug!(%shard, error = %e, "shard not described; its record is kept");
+        }
+        let newer: Vec<pact_common::ShardRecord> = seen
+            .into_iter()
+            .filter(|r| {
+                table
+                    .shards
+                    .iter()
+                    .find(|o| o.descriptor.shard == r.descriptor.shard)
+                    .is_none_or(|o| r.newer_than(o))
+            })
+            .collect();
+        if newer.is_empty() {
+            return Ok(0);
+        }
+        let n = newer.len();
+        let bytes = encode(&MetaCommand::Shards(newer)).map_err(Error::InvalidInput)?;
+        self.replica.propose(bytes).await?;
+        Ok(n)
     }
 
     /// Apply `cmd` through the log; the table after.
@@ -211,6 +273,30 @@ async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
     }
 }
 
+/// While this replica leads, record the shards' changes in the table every
+/// [`SHARDS_EVERY`] (the next leader takes over where it stops: every
+/// look starts from the replicated table).
+async fn record_shards_when_leading(group: Arc<MetaGroup>) {
+    let mut leadership = group.replica.leadership();
+    loop {
+        while leadership.borrow_and_update().is_some() {
+            match group.record_shards().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(shards = n, "shard table updated"),
+                Err(Error::Fatal(e)) => {
+                    tracing::error!(error = %e, "shard table not read; no longer recording");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "shard table not updated; will retry"),
+            }
+            tokio::time::sleep(SHARDS_EVERY).await;
+        }
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The directory: the live members (removed ones left out), with the
 /// config's addresses for the nodes it lists (an address edited in the
 /// file wins over the one the table was seeded with).
@@ -242,6 +328,17 @@ pub enum Source {
 }
 
 impl Source {
+    pub async fn shards(&self) -> Result<ShardTable, String> {
+        match self {
+            Source::Local(g) => g.local_shards().await.map_err(|e| e.to_string()),
+            Source::Remote(c) => c
+                .meta_shards()
+                .await
+                .map(|(epoch, shards)| ShardTable { epoch, shards })
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     pub async fn members(&self) -> Result<Vec<Member>, String> {
         match self {
             Source::Local(g) => g.local_members().await.map_err(|e| e.to_string()),
@@ -278,6 +375,10 @@ pub fn keep_directory(directory: Directory, source: Source, config: ClusterConfi
                 Ok(m) if !m.is_empty() => directory.set(directory_entries(&m, &config)),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
+            }
+            match source.shards().await {
+                Ok(t) => directory.set_shards(t),
+                Err(e) => tracing::debug!(error = %e, "shard table not read; directory kept"),
             }
             match &changed {
                 Some(n) => {

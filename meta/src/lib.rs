@@ -1,4 +1,5 @@
-//! The metadata group: the cluster's member table, replicated by Raft.
+//! The metadata group: the cluster's member table and shard table,
+//! replicated by Raft.
 //!
 //! A Pact cluster starts from its config file, which lists the nodes. To
 //! grow past that list, the set of nodes lives in the cluster itself: a
@@ -6,7 +7,9 @@
 //! the nodes of the config's first coordinator group (those already run
 //! a recovery log, and a cluster without one has no metadata group). Its
 //! state is one record per node: id, client address, peer address, and
-//! whether it was removed.
+//! whether it was removed; and one record per shard (its descriptor and
+//! committed voters, as its leader last reported them) with the shard
+//! table's epoch.
 //!
 //! # What it is for
 //! - `txn admin member add ID ADDR PEER_ADDR` records a node; the node is
@@ -18,6 +21,11 @@
 //!   groups, its admin service (new learners' addresses, the routing table
 //!   any node sends) and its clients of other nodes consult for nodes the
 //!   config does not name.
+//! - The group's leader asks every shard for its descriptor and voters
+//!   every 2 s and records what changed; every node keeps that shard
+//!   table in its directory, and the routing table any node sends
+//!   (`Admin.Topology`) carries it, so a client given only endpoints
+//!   routes to shards splits made, and finds moved replicas, at once.
 //!
 //! # Invariants
 //! - The table starts as the config's nodes: each new leader proposes
@@ -29,6 +37,11 @@
 //!   What does not depend on the table (address syntax and length) is
 //!   checked by the leader before proposing (`machine::check_new`).
 //! - Removing is marking: the record stays, so the id stays taken.
+//! - A shard record is replaced only by a newer one: a larger
+//!   `(version, voters_at)` (descriptor version, then the log index of
+//!   the committed membership), both of which only grow within a shard;
+//!   so a late report never undoes a newer one. The table is a cache:
+//!   shards decide what they own, and Raft decides who replicates them.
 //! - The table is a directory, never the authority on who replicates
 //!   what: each group's own Raft membership is. The leader refuses to
 //!   remove a node that a shard's leader counts among its voters (or

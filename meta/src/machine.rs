@@ -3,6 +3,7 @@
 //! alone, so every replica reaches the same table whatever its leader
 //! checked before proposing.
 
+use pact_common::ShardRecord;
 use pact_raft::codec;
 use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,10 @@ use serde::{Deserialize, Serialize};
 const SEEDED_KEY: &[u8] = b"seeded";
 /// `n` + the node id (big-endian): one [`Member`] each.
 const NODE_PREFIX: u8 = b'n';
+/// `d` + the shard id (big-endian): one [`ShardRecord`] each.
+const SHARD_PREFIX: u8 = b'd';
+/// How many shard records the table has taken (big-endian u64).
+const EPOCH_KEY: &[u8] = b"epoch";
 
 /// One node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +39,11 @@ pub enum MetaCommand {
     Remove {
         id: u64,
     },
+    /// What shards' leaders said of their shards (the group's leader asks
+    /// them): each record replaces its shard's only if newer
+    /// ([`ShardRecord::newer_than`]), so a late or repeated report
+    /// changes nothing.
+    Shards(Vec<ShardRecord>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +59,39 @@ pub(crate) fn node_key(id: u64) -> Vec<u8> {
     let mut k = vec![NODE_PREFIX];
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+pub(crate) fn shard_key(id: u64) -> Vec<u8> {
+    let mut k = vec![SHARD_PREFIX];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key range of every shard record, for a scan: `[start, end)`.
+pub(crate) fn shard_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![SHARD_PREFIX], vec![SHARD_PREFIX + 1])
+}
+
+pub(crate) fn epoch_key() -> &'static [u8] {
+    EPOCH_KEY
+}
+
+/// The epoch as stored (0 before the first shard record).
+pub fn epoch_of(v: Option<&[u8]>) -> Result<u64, String> {
+    match v {
+        None => Ok(0),
+        Some(b) => <[u8; 8]>::try_from(b)
+            .map(u64::from_be_bytes)
+            .map_err(|_| format!("shard table epoch of {} bytes", b.len())),
+    }
+}
+
+/// Decode the records of a scan of [`shard_range`], sorted by shard.
+pub fn shards_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<ShardRecord>, String> {
+    pairs
+        .iter()
+        .map(|(_, v)| decode::<ShardRecord>(v))
+        .collect()
 }
 
 /// The key range of every member, for a scan: `[start, end)`.
@@ -180,6 +223,35 @@ pub fn effect(
             }
             Ok((vec![(node_key(m.id), Some(encode(m)?))], MetaReply::Done))
         }
+        MetaCommand::Shards(records) => {
+            // Checked in order against what this command already wrote, so
+            // two reports of one shard in a batch keep the newer.
+            let mut taken: std::collections::BTreeMap<u64, ShardRecord> = Default::default();
+            for r in records {
+                let id = r.descriptor.shard.0;
+                let old = match taken.get(&id) {
+                    Some(t) => Some(t.clone()),
+                    None => get(&shard_key(id))
+                        .map_err(|e| e.to_string())?
+                        .map(|v| decode::<ShardRecord>(&v))
+                        .transpose()?,
+                };
+                if old.is_none_or(|o| r.newer_than(&o)) {
+                    taken.insert(id, r.clone());
+                }
+            }
+            if taken.is_empty() {
+                return Ok((Vec::new(), MetaReply::Done));
+            }
+            let epoch = epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())?
+                + taken.len() as u64;
+            let mut w: Writes = Vec::new();
+            for (id, r) in &taken {
+                w.push((shard_key(*id), Some(encode(r)?)));
+            }
+            w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
+            Ok((w, MetaReply::Done))
+        }
         MetaCommand::Remove { id } => {
             let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {
                 return refused(format!("node {id} is not a member of the cluster"));
@@ -262,6 +334,17 @@ impl MemTable {
             };
         }
         r
+    }
+
+    pub fn shards(&self) -> (u64, Vec<ShardRecord>) {
+        let (s, e) = shard_range();
+        let pairs: Vec<_> = self
+            .0
+            .range(s..e)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let epoch = epoch_of(self.0.get(EPOCH_KEY).map(Vec::as_slice)).expect("epoch");
+        (epoch, shards_of(&pairs).expect("decode"))
     }
 
     pub fn members(&self) -> Vec<Member> {
@@ -353,6 +436,56 @@ mod tests {
         let mut five = m(5);
         five.addr = m(4).addr;
         refused(t.apply(&MetaCommand::Add(five)), "node 4's (removed)");
+    }
+
+    fn rec(shard: u64, version: u64, voters: &[u64], at: u64) -> ShardRecord {
+        ShardRecord {
+            descriptor: pact_common::Descriptor {
+                shard: pact_common::ShardId(shard),
+                version,
+                span: pact_common::Span::Range {
+                    start: format!("k{version}").into_bytes(),
+                    end: None,
+                },
+            },
+            voters: voters.to_vec(),
+            voters_at: at,
+        }
+    }
+
+    #[test]
+    fn a_shard_record_is_replaced_only_by_a_newer_one() {
+        let mut t = MemTable::default();
+        assert_eq!(t.shards(), (0, Vec::new()));
+        let first = rec(1, 1, &[1, 2, 3], 5);
+        assert_eq!(
+            t.apply(&MetaCommand::Shards(vec![
+                first.clone(),
+                rec(2, 1, &[1, 2, 3], 5)
+            ])),
+            MetaReply::Done
+        );
+        assert_eq!(t.shards().0, 2);
+        // The same report again, and a late one: nothing changes, not even
+        // the epoch.
+        t.apply(&MetaCommand::Shards(vec![
+            first.clone(),
+            rec(1, 1, &[1, 2], 4),
+        ]));
+        assert_eq!(t.shards(), (2, vec![first, rec(2, 1, &[1, 2, 3], 5)]));
+        // A replica moved (same version, later membership), then a split
+        // (later version, with an older membership index than a report
+        // that came first within the same batch).
+        t.apply(&MetaCommand::Shards(vec![
+            rec(1, 1, &[1, 2, 4], 9),
+            rec(1, 2, &[1, 2, 4], 9),
+            rec(1, 1, &[1, 2, 3], 12),
+        ]));
+        let (epoch, shards) = t.shards();
+        assert_eq!(epoch, 3, "one shard changed");
+        assert_eq!(shards[0], rec(1, 2, &[1, 2, 4], 9));
+        // The member table is untouched.
+        assert!(t.members().is_empty());
     }
 
     #[test]

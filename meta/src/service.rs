@@ -90,6 +90,17 @@ impl Meta for MetaService {
         }))
     }
 
+    async fn shards(
+        &self,
+        _request: Request<pb::ShardsRequest>,
+    ) -> Result<Response<pb::ShardsResponse>, Status> {
+        let t = self.group.shards().await?;
+        Ok(Response::new(pb::ShardsResponse {
+            epoch: t.epoch,
+            shards: t.shards.iter().map(pact_raft::wire::shard_record).collect(),
+        }))
+    }
+
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,

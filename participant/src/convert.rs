@@ -33,26 +33,7 @@ impl From<Error> for Status {
     }
 }
 
-pub fn descriptor(d: &pact_common::Descriptor) -> pb::ShardDescriptor {
-    use pact_common::Span;
-    let span = match &d.span {
-        Span::Range { start, end } => pb::shard_descriptor::Span::Range(pb::KeyRange {
-            start: start.clone().into(),
-            end: end.clone().map(Into::into),
-        }),
-        Span::Ring { arcs } => pb::shard_descriptor::Span::Ring(pb::RingArcs {
-            lo: arcs.iter().map(|a| a.0).collect(),
-            hi: arcs.iter().map(|a| a.1).collect(),
-        }),
-    };
-    pb::ShardDescriptor {
-        shard_id: d.shard.0,
-        version: d.version,
-        span: Some(span),
-        successors: Vec::new(),
-        voters: Vec::new(),
-    }
-}
+pub use pact_raft::wire::descriptor;
 
 pub fn write_ops(ops: Vec<pb::WriteOp>) -> Result<Vec<Mutation>, Error> {
     ops.into_iter()

@@ -33,7 +33,9 @@ pub struct Described {
     pub descriptor: Descriptor,
     /// Shards split off this one, ever.
     pub successors: Vec<ShardId>,
+    /// The group's last committed membership's voters, and its log index.
     pub voters: Vec<NodeId>,
+    pub voters_at: u64,
 }
 
 /// Tell the coordinator of `txn`, wounded here for `reason`, within
@@ -677,10 +679,12 @@ impl Node {
         let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
         let successors = crate::kv::successors(&|_| Ok(succ.clone()))
             .map_err(|e| Error::Fatal(e.to_string()))?;
+        let (voters, voters_at) = s.replica.committed_voters();
         Ok(Described {
             descriptor: d.as_ref().clone(),
             successors,
-            voters: s.replica.status().voters.into_iter().map(NodeId).collect(),
+            voters: voters.into_iter().map(NodeId).collect(),
+            voters_at,
         })
     }
 

@@ -53,6 +53,7 @@ async fn describe(
     let mut reply = convert::descriptor(&d.descriptor);
     reply.successors = d.successors.iter().map(|s| s.0).collect();
     reply.voters = d.voters.iter().map(|n| n.0).collect();
+    reply.voters_at = d.voters_at;
     Ok(Response::new(reply))
 }
 

@@ -249,6 +249,21 @@ impl Admin for AdminService {
             }
             t.nodes = nodes.into_values().collect();
         }
+        // The metadata group's shard table, as this node last read it: every
+        // shard a split made, each shard's version and span, and its
+        // voters where no live view of this node's own replica is newer.
+        if let Some(d) = &self.directory {
+            let table = d.shards();
+            t.epoch = table.epoch;
+            for s in &mut t.shards {
+                if let Some(r) = table.shards.iter().find(|r| r.descriptor.shard.0 == s.id) {
+                    if !r.voters.is_empty() {
+                        s.replicas = r.voters.clone();
+                    }
+                }
+            }
+            t.descriptors = table.shards.iter().map(crate::wire::shard_record).collect();
+        }
         // Only where replicas move (a `pact` server, whose group ids are
         // unique within the process): a participant's shard 1 and a
         // coordinator's group 1 may share an id across processes.
@@ -295,6 +310,11 @@ impl Admin for AdminService {
             } else {
                 kept
             };
+        }
+        // A recorded shard on nodes none of which is listed has no voters
+        // in the table: a client finds it from its neighbours' hints.
+        for d in &mut t.descriptors {
+            d.voters.retain(|n| known.contains(n));
         }
         Ok(Response::new(t))
     }

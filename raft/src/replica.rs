@@ -81,20 +81,51 @@ pub struct Host {
 /// Every node of the cluster a server knows, with its addresses: the
 /// config's at start, then the metadata group's member table (kept up to
 /// date by the server), so nodes added at run time are reached too.
-/// Shared by every replica of the node and read at each use.
+/// Shared by every replica of the node and read at each use. Beside the
+/// nodes it keeps the metadata group's shard table, which the node's
+/// routing table (`Admin.Topology`) sends.
 #[derive(Clone, Default)]
-pub struct Directory(Arc<std::sync::RwLock<BTreeMap<u64, Member>>>);
+pub struct Directory {
+    nodes: Arc<std::sync::RwLock<BTreeMap<u64, Member>>>,
+    shards: Arc<std::sync::RwLock<ShardTable>>,
+}
+
+/// The metadata group's shard table as a node last read it: `epoch`
+/// counts the changes the table has taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardTable {
+    pub epoch: u64,
+    pub shards: Vec<pact_common::ShardRecord>,
+}
 
 impl Directory {
     /// Replace the whole table (members removed from the cluster drop out).
     pub fn set(&self, nodes: Vec<Member>) {
-        if let Ok(mut d) = self.0.write() {
+        if let Ok(mut d) = self.nodes.write() {
             *d = nodes.into_iter().map(|m| (m.id, m)).collect();
         }
     }
 
+    /// Replace the shard table, unless `table` is older than the one held
+    /// (a read from a lagging replica).
+    pub fn set_shards(&self, table: ShardTable) {
+        if let Ok(mut t) = self.shards.write() {
+            if table.epoch >= t.epoch {
+                *t = table;
+            }
+        }
+    }
+
+    /// The shard table (empty until the metadata group recorded a shard).
+    pub fn shards(&self) -> ShardTable {
+        match self.shards.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<Member> {
-        self.0.read().ok().and_then(|d| d.get(&id).cloned())
+        self.nodes.read().ok().and_then(|d| d.get(&id).cloned())
     }
 
     /// A node's (client address, peer address), the shape a client's
@@ -105,7 +136,7 @@ impl Directory {
 
     /// Every node, sorted by id.
     pub fn all(&self) -> Vec<Member> {
-        self.0
+        self.nodes
             .read()
             .map(|d| d.values().cloned().collect())
             .unwrap_or_default()
@@ -694,6 +725,17 @@ impl Replica {
 
     pub fn group(&self) -> u64 {
         self.group
+    }
+
+    /// The voters of the group's last committed membership, and that
+    /// membership's log index (which only grows): what the metadata group
+    /// records of a shard. Read at a leader after a read barrier, it is
+    /// the group's current committed membership.
+    pub fn committed_voters(&self) -> (Vec<u64>, u64) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let c = &m.committed_membership_config;
+        let voters = c.membership().voter_ids().collect();
+        (voters, c.log_id().as_ref().map(|l| l.index).unwrap_or(0))
     }
 
     /// Why the group's membership is not a plain set of voters now, if

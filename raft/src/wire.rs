@@ -55,6 +55,40 @@ pub fn topology_response(config: &pact_common::ClusterConfig) -> pb::TopologyRes
             })
             .collect(),
         lease_ms: config.transactions.lease_ms,
+        descriptors: Vec::new(),
+        epoch: 0,
+    }
+}
+
+/// A descriptor as sent (no successors, no voters).
+pub fn descriptor(d: &pact_common::Descriptor) -> pb::ShardDescriptor {
+    use pact_common::Span;
+    let span = match &d.span {
+        Span::Range { start, end } => pb::shard_descriptor::Span::Range(pb::KeyRange {
+            start: start.clone().into(),
+            end: end.clone().map(Into::into),
+        }),
+        Span::Ring { arcs } => pb::shard_descriptor::Span::Ring(pb::RingArcs {
+            lo: arcs.iter().map(|a| a.0).collect(),
+            hi: arcs.iter().map(|a| a.1).collect(),
+        }),
+    };
+    pb::ShardDescriptor {
+        shard_id: d.shard.0,
+        version: d.version,
+        span: Some(span),
+        successors: Vec::new(),
+        voters: Vec::new(),
+        voters_at: 0,
+    }
+}
+
+/// A record of the metadata group's shard table as sent.
+pub fn shard_record(r: &pact_common::ShardRecord) -> pb::ShardDescriptor {
+    pb::ShardDescriptor {
+        voters: r.voters.clone(),
+        voters_at: r.voters_at,
+        ..descriptor(&r.descriptor)
     }
 }
 

@@ -573,3 +573,169 @@ async fn hot_shards_split_by_themselves_up_to_the_cap() {
     assert!(checked.acknowledged > 0, "{checked:?}");
     fillers_intact(&client, filler).await;
 }
+
+/// The routing table node `id` sends (`Admin.Topology`): its shard table
+/// by shard id, and the table's epoch.
+async fn table_at(
+    c: &Cluster,
+    id: u64,
+) -> (
+    u64,
+    std::collections::BTreeMap<u64, pact_common::ShardRecord>,
+) {
+    let addr = c
+        .config
+        .node(pact_common::NodeId(id))
+        .expect("node")
+        .addr
+        .clone();
+    let found = pact_client::discover_table(&[addr], None)
+        .await
+        .expect("routing table");
+    (
+        found.epoch,
+        found
+            .shards
+            .into_iter()
+            .map(|r| (r.descriptor.shard.0, r))
+            .collect(),
+    )
+}
+
+/// Wait until every node's routing table satisfies `ok`.
+async fn tables_until(
+    c: &Cluster,
+    what: &str,
+    ok: impl Fn(&std::collections::BTreeMap<u64, pact_common::ShardRecord>) -> bool,
+) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut epochs = Vec::new();
+        for id in [1, 2, 3] {
+            let (epoch, t) = table_at(c, id).await;
+            if ok(&t) {
+                epochs.push(epoch);
+            }
+        }
+        if epochs.len() == 3 {
+            return epochs.into_iter().min().unwrap_or(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes' shard tables never showed {what}: {:?}",
+            table_at(c, 1).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_group_records_splits_merges_and_replica_changes_for_every_node() {
+    let mut c = start(range_config()).await;
+    let first = tables_until(&c, "the config's three shards", |t| {
+        t.len() == 3 && t.values().all(|r| r.voters == vec![1, 2, 3])
+    })
+    .await;
+    assert!(first >= 3, "epoch {first}");
+    let endpoints = |c: &Cluster, id: u64| {
+        vec![c
+            .config
+            .node(pact_common::NodeId(id))
+            .expect("node")
+            .addr
+            .clone()]
+    };
+
+    // A split: both halves are recorded, and a client given only an
+    // endpoint routes to the new shard from the start.
+    let client = c.client();
+    client.put(b"xfer-x", b"1").await.expect("put");
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = v["new_shard"].as_u64().expect("new shard id");
+    let split = tables_until(&c, "the split", |t| {
+        t.get(&3).is_some_and(|r| r.descriptor.version == 2)
+            && t.get(&child).is_some_and(|r| r.voters.len() == 3)
+    })
+    .await;
+    assert!(split > first, "epoch {first} -> {split}");
+    let fresh = Client::connect(&endpoints(&c, 2), Default::default())
+        .await
+        .expect("connect");
+    assert_eq!(fresh.shard_for_key(b"xfer-x"), ShardId(child));
+    assert_eq!(fresh.shard_map().version(ShardId(3)), 2);
+    assert_eq!(
+        fresh.get(b"xfer-x").await.expect("get"),
+        Some(b"1".to_vec())
+    );
+
+    // A replica removed and added back: the voters follow, each time at a
+    // later membership.
+    let at = table_at(&c, 1).await.1[&child].voters_at;
+    let child_s = child.to_string();
+    let txn_replica = |args: &[&str]| {
+        let out = std::process::Command::new(pact_tests::binary("txn"))
+            .arg("--config")
+            .arg(&c.config_path)
+            .args(["--json", "admin", "replica"])
+            .args(args)
+            .output()
+            .expect("run txn");
+        assert!(
+            out.status.success(),
+            "txn admin replica {args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    txn_replica(&["remove", &child_s, "3"]);
+    tables_until(&c, "node 3 out of the new shard", |t| {
+        t.get(&child)
+            .is_some_and(|r| r.voters == vec![1, 2] && r.voters_at > at)
+    })
+    .await;
+    txn_replica(&["add", &child_s, "3"]);
+    tables_until(&c, "node 3 back in the new shard", |t| {
+        t.get(&child).is_some_and(|r| r.voters == vec![1, 2, 3])
+    })
+    .await;
+
+    // The metadata group's leader killed: its successor keeps recording.
+    let status = c
+        .client()
+        .meta_status(pact_common::NodeId(1))
+        .await
+        .expect("metadata group status");
+    let leader = status.leader.expect("a leader");
+    let up = if leader == 1 { 2 } else { 1 };
+    c.kill(pact_common::NodeId(leader));
+    let (ok, v) = txn_shard(&c, &["merge", &child_s, "--into", "3"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = table_at(&c, up).await;
+        if t.get(&child).is_some_and(|r| r.descriptor.span.is_empty())
+            && t.get(&3).is_some_and(|r| r.descriptor.version == 3)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the merge was never recorded with node {leader} down: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.restart(pact_common::NodeId(leader));
+    c.wait_ready(Duration::from_secs(30)).await;
+    tables_until(&c, "the merge, on every node", |t| {
+        t.get(&child).is_some_and(|r| r.descriptor.span.is_empty())
+    })
+    .await;
+    let fresh = Client::connect(&endpoints(&c, leader), Default::default())
+        .await
+        .expect("connect");
+    assert_eq!(fresh.shard_for_key(b"xfer-x"), ShardId(3));
+    assert_eq!(
+        fresh.get(b"xfer-x").await.expect("get"),
+        Some(b"1".to_vec())
+    );
+}
