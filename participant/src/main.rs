@@ -157,7 +157,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
         tls.as_ref().map(|t| (&t.ca[..], &t.cert[..], &t.key[..])),
     )
     .await?;
-    let mut peer_builder = peer_server.layer(peer_auth);
+    let mut peer_builder = peer_server.layer(peer_auth.clone().layer());
     let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
     let topology = config.clone();
     let node = Arc::new(Node::start(config, id, &data_dir, tls.clone()).await?);

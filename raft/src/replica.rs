@@ -84,7 +84,7 @@ pub struct Host {
 /// Shared by every replica of the node and read at each use. Beside the
 /// nodes it keeps the metadata group's shard table, which the node's
 /// routing table (`Admin.Topology`) sends.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Directory {
     nodes: Arc<std::sync::RwLock<BTreeMap<u64, Member>>>,
     shards: Arc<std::sync::RwLock<ShardTable>>,

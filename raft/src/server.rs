@@ -51,9 +51,13 @@ pub fn server_tls(ca: &[u8], cert: &[u8], key: &[u8]) -> tonic::transport::Serve
 pub struct PeerNode(pub NodeId);
 
 /// Who may call a node's peer port, checked before any service there sees
-/// a request: with TLS, only a node of the cluster's config, by the node
-/// identity in the certificate the handshake verified (a client's
-/// certificate names no node and is refused with `PERMISSION_DENIED`).
+/// a request: with TLS, only a node of the cluster, by the node identity
+/// in the certificate the handshake verified (a client's certificate names
+/// no node and is refused with `PERMISSION_DENIED`). The cluster's nodes
+/// are the config's until a directory is attached
+/// ([`PeerAuth::trust_directory`], on `pact`), then the directory's: the
+/// metadata group's live members, so a node added at run time is admitted
+/// and a removed one is not.
 /// The caller's id goes along as [`PeerNode`], so the Raft transport can
 /// insist that a message's sender is that node. Without TLS every request
 /// passes as before.
@@ -61,12 +65,29 @@ pub struct PeerNode(pub NodeId);
 pub struct PeerAuth {
     /// The config's nodes; `None` without TLS.
     nodes: Option<Arc<BTreeSet<NodeId>>>,
+    /// Once set, the nodes trusted instead of the config's.
+    directory: Arc<std::sync::OnceLock<crate::Directory>>,
 }
 
 impl PeerAuth {
     pub fn new(config: &ClusterConfig, tls: bool) -> PeerAuth {
         PeerAuth {
             nodes: tls.then(|| Arc::new(config.nodes.iter().map(|n| n.id).collect())),
+            directory: Default::default(),
+        }
+    }
+
+    /// Trust the nodes `directory` lists from now on (every clone of this
+    /// `PeerAuth`, the layer already serving included). Set once; later
+    /// calls change nothing.
+    pub fn trust_directory(&self, directory: crate::Directory) {
+        let _ = self.directory.set(directory);
+    }
+
+    fn trusts(&self, nodes: &BTreeSet<NodeId>, id: NodeId) -> bool {
+        match self.directory.get() {
+            Some(d) => d.get(id.0).is_some(),
+            None => nodes.contains(&id),
         }
     }
 
@@ -87,10 +108,10 @@ impl PeerAuth {
             tracing::debug!("peer port refused a certificate: {e}");
             tonic::Status::permission_denied(format!("the peer port serves nodes only: {e}"))
         })?;
-        if !nodes.contains(&id) {
+        if !self.trusts(nodes, id) {
             tracing::debug!(node = %id, "peer port refused a certificate of an unknown node");
             return Err(tonic::Status::permission_denied(format!(
-                "the certificate names node {id}, which is not in this cluster's config"
+                "the certificate names node {id}, which is not a member of this cluster"
             )));
         }
         Ok(Some(id))
@@ -166,9 +187,9 @@ pub struct Ports {
     /// For the client-facing services (Kv, Txn, gRPC health).
     pub client_server: GrpcServer,
     /// For Raft and the transaction protocol: add `peer_auth` as a layer,
-    /// so that with TLS only nodes of the config get to any service on it.
+    /// so that with TLS only nodes of the cluster get to any service on it.
     pub peer_server: GrpcServer,
-    pub peer_auth: tonic::service::InterceptorLayer<PeerAuth>,
+    pub peer_auth: PeerAuth,
 }
 
 impl Ports {
@@ -194,7 +215,7 @@ impl Ports {
         };
         let client_server = build("client")?;
         let peer_server = build("peer")?;
-        let peer_auth = PeerAuth::new(config, tls.is_some()).layer();
+        let peer_auth = PeerAuth::new(config, tls.is_some());
         if tls.is_none() {
             tracing::warn!(
                 %peer_listen,
@@ -404,7 +425,7 @@ mod tests {
     use tonic::Code;
 
     #[test]
-    fn the_peer_port_admits_only_the_configs_nodes_and_only_with_tls() {
+    fn the_peer_port_admits_only_the_clusters_nodes_and_only_with_tls() {
         let config = ClusterConfig::local(3, 1, 3, 7001).unwrap();
         let ca = Ca::new("test CA").unwrap();
         let hosts = ["localhost".to_string()];
@@ -425,6 +446,30 @@ mod tests {
             Code::PermissionDenied
         );
         assert_eq!(tls.check(None).unwrap_err().code(), Code::Unauthenticated);
+
+        // With the member table's directory attached (to a clone: the
+        // layer already serving follows), node 9 added at run time is
+        // admitted and node 2, removed, no longer is.
+        let directory = crate::Directory::default();
+        let member = |id: u64| crate::Member {
+            id,
+            peer_addr: format!("127.0.0.1:{}", 7100 + id),
+            client_addr: format!("127.0.0.1:{}", 7000 + id),
+        };
+        directory.set(vec![member(1), member(3), member(9)]);
+        tls.clone().trust_directory(directory.clone());
+        assert_eq!(tls.check(Some(&stranger)).unwrap(), Some(NodeId(9)));
+        assert_eq!(
+            tls.check(Some(&node2)).unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            tls.check(Some(&client)).unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        directory.set(vec![member(1), member(2), member(3)]);
+        assert_eq!(tls.check(Some(&node2)).unwrap(), Some(NodeId(2)));
+        assert!(tls.check(Some(&stranger)).is_err());
 
         // Without TLS nothing names a peer, and nothing is refused here.
         let plain = PeerAuth::new(&config, false);

@@ -167,15 +167,13 @@ const JOIN_WITHIN: Duration = Duration::from_secs(30);
 /// `config` plus every live member of the cluster the metadata group
 /// lists, for node `id`, which the config does not name: it runs with the
 /// addresses the table gives it. Refused if the table does not list it
-/// (or lists it removed), or with TLS (the peer port trusts the config's
-/// nodes only, so far).
-async fn join(mut config: ClusterConfig, id: NodeId) -> anyhow::Result<ClusterConfig> {
-    if config.tls.is_some() {
-        bail!(
-            "node {id} is not in the cluster config, and with TLS only the config's nodes may \
-             run (peers are trusted by the config's node list): add it to the config"
-        );
-    }
+/// (or lists it removed). With TLS it asks with its own certificate
+/// (`tls`), and its peers admit it because the table lists it.
+async fn join(
+    mut config: ClusterConfig,
+    id: NodeId,
+    tls: Option<pact_client::Tls>,
+) -> anyhow::Result<ClusterConfig> {
     if config.meta_replicas().is_empty() {
         bail!("node {id} is not in the cluster config, which has no coordinator group and so no member table");
     }
@@ -186,6 +184,7 @@ async fn join(mut config: ClusterConfig, id: NodeId) -> anyhow::Result<ClusterCo
             // Nothing listening at any metadata node: no cluster there
             // (or a mistyped id); say so soon.
             give_up_unreachable: Some(Duration::from_secs(5)),
+            tls,
             ..pact_client::ClientOptions::default()
         },
     );
@@ -230,13 +229,18 @@ async fn config_from(endpoints: &[String]) -> anyhow::Result<ClusterConfig> {
 /// A config node that the member table says was removed does not run
 /// again. Asked briefly: when the table cannot answer (the whole cluster
 /// starting, say), the node starts as its config says.
-async fn refuse_if_removed(config: &ClusterConfig, id: NodeId) -> anyhow::Result<()> {
-    if config.meta_replicas().is_empty() || config.tls.is_some() {
+async fn refuse_if_removed(
+    config: &ClusterConfig,
+    id: NodeId,
+    tls: Option<pact_client::Tls>,
+) -> anyhow::Result<()> {
+    if config.meta_replicas().is_empty() {
         return Ok(());
     }
     let client = pact_client::Client::new(
         config,
         pact_client::ClientOptions {
+            tls,
             retry_for: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
             give_up_unreachable: Some(Duration::from_millis(500)),
@@ -286,11 +290,20 @@ fn main() -> anyhow::Result<()> {
         }
         None => ClusterConfig::embedded_default(),
     };
+    let flags = pact_client::TlsPaths {
+        ca: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    // This node's certificate (with TLS) from the config's [tls] section
+    // or the flags: the config's paths name a node by its id, so a node
+    // the config does not list finds its own files the same way.
+    let tls = pact_client::Tls::for_node(&config, id, &flags)?;
     let config = if config.node(id).is_none() {
-        rt.block_on(join(config, id))?
+        rt.block_on(join(config, id, tls.clone()))?
     } else {
         if !config.meta_replicas().contains(&id) {
-            rt.block_on(refuse_if_removed(&config, id))?;
+            rt.block_on(refuse_if_removed(&config, id, tls.clone()))?;
         }
         config
     };
@@ -307,12 +320,6 @@ fn main() -> anyhow::Result<()> {
         "--peer-listen",
     )
     .map_err(anyhow::Error::msg)?;
-    let flags = pact_client::TlsPaths {
-        ca: args.cacert.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-    };
-    let tls = pact_client::Tls::for_node(&config, id, &flags)?;
     // Before a port is bound or the store opened: a second process on the
     // same data dir is refused with the first one's pid. Held until exit.
     let _dir_lock = pact_common::dirlock::DirLock::acquire(&args.data_dir)?;
@@ -369,7 +376,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
         tls.as_ref().map(|t| (&t.ca[..], &t.cert[..], &t.key[..])),
     )
     .await?;
-    let mut peer_builder = peer_server.layer(peer_auth);
+    let mut peer_builder = peer_server.layer(peer_auth.clone().layer());
     // Opening the store replays fjall's journal: not on an async worker.
     // Every group of this node shares the store (one writer thread, one
     // fsync per round for all of them) and the router (one Raft service
@@ -387,6 +394,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
         &config,
         &config.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
     ));
+    // With TLS the peer port admits the directory's nodes: the config's
+    // now, the member table's live members once read (nodes added at run
+    // time in, removed ones out).
+    peer_auth.trust_directory(host.directory());
     // The member table: hosted here on the first coordinator group's
     // nodes, asked of its leader elsewhere; every node keeps its directory
     // equal to it, so nodes added at run time are reached.

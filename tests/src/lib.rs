@@ -199,9 +199,30 @@ impl Cluster {
     /// named in the config's `[tls]` section. [`Cluster::client`] presents
     /// the client certificate.
     pub fn create_tls(config: ClusterConfig, tuning: RaftTuning) -> Cluster {
+        Self::create_tls_with_spares(config, tuning, 0)
+    }
+
+    /// [`Cluster::create_tls`], with certificates (for 127.0.0.1) also for
+    /// the next `spares` node ids past the config's, the ids
+    /// [`Cluster::new_node`] hands out: nodes the config does not list
+    /// that join the cluster at run time.
+    pub fn create_tls_with_spares(
+        config: ClusterConfig,
+        tuning: RaftTuning,
+        spares: u64,
+    ) -> Cluster {
         let mut c = Self::create(config, tuning);
+        let mut certified = c.config.clone();
+        let last = certified.nodes.iter().map(|n| n.id.0).max().unwrap_or(0);
+        for id in last + 1..=last + spares {
+            certified.nodes.push(pact_common::NodeConfig {
+                id: NodeId(id),
+                addr: "127.0.0.1:1".into(),
+                peer_addr: "127.0.0.1:2".into(),
+            });
+        }
         let tls = pact_common::certgen::write_cluster_certs(
-            &c.config,
+            &certified,
             &c.dir.path().join("certs"),
             c.dir.path(),
         )

@@ -829,3 +829,67 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
     }
     println!("{checked:?} of {} tried", log.len());
 }
+
+/// With mutual TLS, a node the config does not list joins: once it is a
+/// member (`txn admin member add`), it starts with the config file (its
+/// certificate found by the `[tls]` section's `{id}` pattern), the other
+/// nodes' peer ports admit it because the member table lists it, and it
+/// takes a replica of shard 1 and its leadership while transfers run.
+/// Before it is a member, its certificate alone gets it nowhere: it is
+/// refused at start, saying why. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_config_joins_a_tls_cluster_through_the_member_table() {
+    let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    let tuning = pact_common::RaftTuning {
+        snapshot_logs: 100,
+        keep_logs: 20,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::create_tls_with_spares(config, tuning, 1);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let (four, addr, peer) = c.new_node();
+    assert_eq!(four, NodeId(4));
+    let log4 = |c: &Cluster| std::fs::read_to_string(c.log_path(four)).unwrap_or_default();
+
+    c.start_node(four);
+    let st = exit_of(&mut c, four, Duration::from_secs(40)).await;
+    assert!(!st.success(), "node 4 ran without being a member");
+    assert!(
+        log4(&c).contains("nor a member of the cluster"),
+        "{}",
+        log4(&c)
+    );
+
+    let client = c.client();
+    let (stop, workers) = transfers_under_way(&c, 300, 2, 23).await;
+    let (ok, _, err) = txn_json(&c, &["admin", "member", "add", "4", &addr, &peer]);
+    assert!(ok, "member add: {err}\n{}", c.logs_tail());
+    c.start_node(four);
+    let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
+    assert!(
+        ok,
+        "replica move failed: {err} {v}\n{}\n--- node 4 ---\n{}",
+        c.logs_tail(),
+        log4(&c)
+    );
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    let (leader, _) = client
+        .transfer_leader(RaftGroup::Shard(ShardId(1)), four)
+        .await
+        .expect("hand shard 1 to node 4");
+    assert_eq!(leader, four);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut log = Vec::new();
+    for w in workers {
+        log.extend(w.await.expect("worker"));
+    }
+    let checked = bank::check(&client, &log, ACCOUNTS, INITIAL).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    assert!(
+        !log4(&c).contains("not a member of this cluster"),
+        "a peer port refused node 4 after it joined:\n{}",
+        log4(&c)
+    );
+}
