@@ -225,7 +225,15 @@ pub struct RaftTuning {
     /// (a range shard at the median of the keys requested meanwhile, a
     /// hash shard in the middle of its ring share). 0: off.
     pub auto_split_ops_per_sec: u64,
-    /// The window of `auto_split_ops_per_sec`, in seconds.
+    /// Split a shard by itself when its data (keys and values, as its
+    /// leader's replica holds them) passes this many bytes (a range shard
+    /// at the key that halves its bytes, a hash shard in the middle of its
+    /// ring share). Measured by a scan paced like a split's copy
+    /// (`split_copy_kib_per_sec`), at most once per `auto_split_secs`.
+    /// 0: off.
+    pub auto_split_bytes: u64,
+    /// The window of `auto_split_ops_per_sec`, and the least time between
+    /// two measurements for `auto_split_bytes`, in seconds.
     pub auto_split_secs: u64,
     /// No shard splits by itself once the cluster has this many shards
     /// (those merged away not counted).
@@ -245,6 +253,7 @@ impl Default for RaftTuning {
             snapshot_kib_per_sec: 0,
             split_copy_kib_per_sec: DEFAULT_SPLIT_COPY_KIB_PER_SEC,
             auto_split_ops_per_sec: 0,
+            auto_split_bytes: 0,
             auto_split_secs: 60,
             auto_split_max_shards: 16,
         }
@@ -781,6 +790,7 @@ impl ClusterConfig {
             ("snapshot_kib_per_sec", r.snapshot_kib_per_sec),
             ("split_copy_kib_per_sec", r.split_copy_kib_per_sec),
             ("auto_split_ops_per_sec", r.auto_split_ops_per_sec),
+            ("auto_split_bytes", r.auto_split_bytes),
             ("auto_split_secs", r.auto_split_secs),
             ("auto_split_max_shards", r.auto_split_max_shards),
         ];

@@ -124,6 +124,15 @@ pub(crate) struct Shard {
     /// The key-addressed requests this leader took lately, for splits by
     /// load (`[raft] auto_split_ops_per_sec`; untouched when that is off).
     load: std::sync::Mutex<Load>,
+    /// Splits by size (`[raft] auto_split_bytes`): whether a measurement
+    /// runs, and when the last one ended.
+    sizing: std::sync::Mutex<Sizing>,
+}
+
+#[derive(Default)]
+struct Sizing {
+    running: bool,
+    last: Option<std::time::Instant>,
 }
 
 /// Requests counted since `since`, with a uniform sample of their keys
@@ -1924,6 +1933,7 @@ async fn start_shard(
         splitting: Default::default(),
         waiting: Default::default(),
         load: std::sync::Mutex::new(Load::new()),
+        sizing: Default::default(),
     }))
 }
 
@@ -1950,6 +1960,7 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
                 _ = tick.tick() => {
                     resume_split(&s, &ctx).await;
                     auto_split(&s, &ctx).await;
+                    auto_split_by_size(&s, &ctx);
                     // A look at every replica here for a merge into this
                     // shard: every 2 s is soon enough to accept one.
                     ticks += 1;
@@ -2247,6 +2258,68 @@ async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     if leading_term(s).is_none() || rate <= r.auto_split_ops_per_sec as f64 {
         return;
     }
+    sample.sort();
+    sample.dedup();
+    let middle = sample.get(sample.len() / 2).cloned();
+    let why = format!("{} requests per second", rate as u64);
+    split_by_itself(s, ctx, middle, "load", &why).await;
+}
+
+/// A split by size (`[raft] auto_split_bytes`): at most once per
+/// `auto_split_secs`, this leader measures the shard's data in a task of
+/// its own (a scan paced like a split's copy), and splits the shard if it
+/// holds more than the setting (a range shard at the key that halves its
+/// bytes, a hash shard in the middle of its ring share), on the same
+/// conditions as a split by load. Checked on each tick of the owner.
+fn auto_split_by_size(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
+    let r = &ctx.config.raft;
+    if r.auto_split_bytes == 0 || leading_term(s).is_none() {
+        return;
+    }
+    {
+        let Ok(mut z) = s.sizing.lock() else { return };
+        let recent = z
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(r.auto_split_secs));
+        if z.running || recent {
+            return;
+        }
+        z.running = true;
+    }
+    let (s, ctx) = (s.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let r = &ctx.config.raft;
+        let measured = crate::split::measure(&s.replica, r.split_copy_kib_per_sec).await;
+        match measured {
+            Ok(m) if m.bytes > r.auto_split_bytes => {
+                let why = format!("{} bytes in {} keys", m.bytes, m.keys);
+                split_by_itself(&s, &ctx, m.middle, "size", &why).await;
+            }
+            Ok(m) => tracing::debug!(shard = s.replica.group(), bytes = m.bytes, "shard measured"),
+            Err(e) => tracing::debug!(shard = s.replica.group(), error = %e, "shard not measured"),
+        }
+        if let Ok(mut z) = s.sizing.lock() {
+            z.running = false;
+            z.last = Some(std::time::Instant::now());
+        }
+    });
+}
+
+/// Split `s` by itself (for `cause`, `why` saying how much): a range
+/// shard at `middle`, a hash shard in the middle of its ring share;
+/// unless this replica no longer leads, the cluster has
+/// `auto_split_max_shards` shards, or something is under way here.
+async fn split_by_itself(
+    s: &Arc<Shard>,
+    ctx: &crate::split::Ctx,
+    middle: Option<Vec<u8>>,
+    cause: &str,
+    why: &str,
+) {
+    let r = &ctx.config.raft;
+    if leading_term(s).is_none() {
+        return;
+    }
     let shard = ShardId(s.replica.group());
     let Some(d) = s.shared.descriptor.read().ok().and_then(|d| d.clone()) else {
         return;
@@ -2262,14 +2335,10 @@ async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
         return;
     }
     let at = match &d.span {
-        pact_common::Span::Range { .. } => {
-            sample.sort();
-            sample.dedup();
-            match sample.get(sample.len() / 2) {
-                Some(k) => Some(k.clone()),
-                None => return,
-            }
-        }
+        pact_common::Span::Range { .. } => match middle {
+            Some(k) => Some(k),
+            None => return,
+        },
         pact_common::Span::Ring { .. } => None,
     };
     let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
@@ -2277,9 +2346,9 @@ async fn auto_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let Ok(split) = crate::split::plan(&d, at.as_deref(), voters) else {
         return;
     };
-    tracing::info!(shard = %shard, ops_per_sec = rate as u64, child = %split.child.shard, "splitting a shard by load");
+    tracing::info!(shard = %shard, %why, child = %split.child.shard, "splitting a shard by {cause}");
     if let Err(e) = spawn_split(s.clone(), ctx.clone(), split) {
-        tracing::info!(shard = %shard, error = %e, "no split by load now");
+        tracing::info!(shard = %shard, error = %e, "no split by {cause} now");
     }
 }
 

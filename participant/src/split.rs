@@ -689,6 +689,98 @@ pub(crate) async fn next_page(
     Ok((page, full))
 }
 
+/// What a scan of a shard's data found (for a split by size): its bytes
+/// (keys and values as stored), its keys, and a key with about half of
+/// the bytes before it (None for a shard with no data).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Measured {
+    pub bytes: u64,
+    pub keys: u64,
+    pub middle: Option<Vec<u8>>,
+}
+
+/// Keys between two marks of [`Halfway`] at first; the gap doubles
+/// whenever [`MAX_MARKS`] marks are kept, so memory stays bounded.
+const MARK_EVERY: u64 = 16;
+const MAX_MARKS: usize = 4096;
+
+/// Finds, in one pass over keys in order, a key with about half of the
+/// bytes before it: it keeps (bytes before the key, the key) for every
+/// `every`-th key, and thins those marks out as they grow.
+struct Halfway {
+    bytes: u64,
+    keys: u64,
+    every: u64,
+    marks: Vec<(u64, Vec<u8>)>,
+}
+
+impl Halfway {
+    fn new() -> Halfway {
+        Halfway {
+            bytes: 0,
+            keys: 0,
+            every: MARK_EVERY,
+            marks: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, key: &[u8], bytes: u64) {
+        if self.keys.is_multiple_of(self.every) {
+            self.marks.push((self.bytes, key.to_vec()));
+            if self.marks.len() > MAX_MARKS {
+                // Keep the marks at multiples of the doubled gap.
+                let mut i = 0;
+                self.marks.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+                self.every *= 2;
+            }
+        }
+        self.bytes += bytes;
+        self.keys += 1;
+    }
+
+    fn measured(self) -> Measured {
+        let half = self.bytes / 2;
+        let middle = self
+            .marks
+            .iter()
+            .find(|(before, _)| *before >= half)
+            .or(self.marks.last())
+            .map(|(_, k)| k.clone());
+        Measured {
+            bytes: self.bytes,
+            keys: self.keys,
+            middle,
+        }
+    }
+}
+
+/// Scan every data key of `r`'s applied state, no faster than
+/// `kib_per_sec` (0: no limit), so that the serving shard keeps the disk
+/// and CPU: what [`Measured`] says.
+pub(crate) async fn measure(r: &Replica, kib_per_sec: u64) -> Result<Measured, Error> {
+    let (mut from, end) = (vec![DATA_PREFIX], vec![DATA_PREFIX + 1]);
+    let started = Instant::now();
+    let mut h = Halfway::new();
+    loop {
+        let (page, full) = next_page(r, &mut from, &end, PAGE).await?;
+        for (k, v) in &page {
+            let user = k.get(1..).unwrap_or_default();
+            h.note(user, (user.len() + v.len()) as u64);
+        }
+        if !full {
+            break;
+        }
+        if kib_per_sec > 0 {
+            let due = Duration::from_secs_f64(h.bytes as f64 / (kib_per_sec * 1024) as f64);
+            tokio::time::sleep_until((started + due).into()).await;
+        }
+    }
+    Ok(h.measured())
+}
+
 /// The stored keys to look through for the part a split moves: a range
 /// shard's moving range, a ring shard's every key.
 fn moving_part(split: &Split) -> (Vec<u8>, Vec<u8>) {
@@ -1110,4 +1202,57 @@ async fn copy(
         }
     }
     out.done(parent, "new shard copied its part").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> Vec<u8> {
+        format!("k{i:08}").into_bytes()
+    }
+
+    #[test]
+    fn the_halfway_key_halves_the_bytes_and_memory_stays_bounded() {
+        // Nothing measured: no middle.
+        assert_eq!(
+            Halfway::new().measured(),
+            Measured {
+                bytes: 0,
+                keys: 0,
+                middle: None
+            }
+        );
+        // Even keys: the middle is near the middle key, within a mark's gap.
+        let mut h = Halfway::new();
+        for i in 0..1000 {
+            h.note(&key(i), 100);
+        }
+        let m = h.measured();
+        assert_eq!((m.bytes, m.keys), (100_000, 1000));
+        let mid = m.middle.unwrap();
+        assert!(mid >= key(500) && mid <= key(500 + MARK_EVERY), "{mid:?}");
+        // The first half light, the second heavy: the middle moves up.
+        let mut h = Halfway::new();
+        for i in 0..1000 {
+            h.note(&key(i), if i < 900 { 10 } else { 1000 });
+        }
+        let mid = h.measured().middle.unwrap();
+        assert!(mid >= key(900) && mid < key(1000), "{mid:?}");
+        // Many keys: the marks are thinned, never more than the cap, and
+        // the middle stays within one (doubled) gap.
+        let mut h = Halfway::new();
+        let n = 200_000;
+        for i in 0..n {
+            h.note(&key(i), 50);
+            assert!(h.marks.len() <= MAX_MARKS + 1);
+        }
+        let every = h.every;
+        assert!(every > MARK_EVERY);
+        let mid = h.measured().middle.unwrap();
+        assert!(
+            mid >= key(n / 2) && mid <= key(n / 2 + every),
+            "{mid:?} (gap {every})"
+        );
+    }
 }

@@ -574,6 +574,78 @@ async fn hot_shards_split_by_themselves_up_to_the_cap() {
     fillers_intact(&client, filler).await;
 }
 
+/// A shard whose data passes `[raft] auto_split_bytes` splits by itself
+/// at the key that halves its bytes, and its halves split again while
+/// they are still too large, up to the cap, while transfers run; small
+/// shards never split, and the bank and every filler key hold. Off by
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_shards_split_by_themselves_by_size() {
+    let tuning = pact_common::RaftTuning {
+        auto_split_bytes: 40_000,
+        auto_split_secs: 2,
+        auto_split_max_shards: 6,
+        ..fast_tuning()
+    };
+    let mut c = Cluster::create(range_config(), tuning);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let (stop, workers) = transfers_under_way(&c, 0).await;
+    // Shard 3 takes every filler at once (one atomic write, so that no
+    // measurement sees a part of them): 400 keys of about 210 bytes, ~84 KB.
+    let client = c.client();
+    let filler = 400;
+    let big = "v".repeat(200);
+    let batch = (0..filler)
+        .map(|i| {
+            (
+                format!("filler-{i:04}").into_bytes(),
+                Some(format!("f{i}{big}").into_bytes()),
+            )
+        })
+        .collect();
+    client.write(batch).await.expect("fillers");
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let owners = owning(&c);
+        // Two splits at least: shard 3, then one of its halves (each about
+        // 42 KB, still above the setting).
+        if owners.as_ref().is_some_and(|o| o.len() >= 5) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shards now {owners:?}\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, list) = txn_shard(&c, &["list"]);
+    let rows = list.as_array().cloned().unwrap_or_default();
+    for small in [1, 2] {
+        let row = rows.iter().find(|r| r["shard"] == small).expect("listed");
+        assert_eq!(row["version"], 1, "shard {small} split: {row}");
+    }
+    // The first split cut shard 3 among the fillers, near its bytes'
+    // middle (not at a requested key: nothing here splits by load).
+    let cut = rows
+        .iter()
+        .filter(|r| r["shard"].as_u64().is_some_and(|s| s >= FIRST_SPLIT_ID))
+        .filter_map(|r| r["keys"]["start"].as_str().map(str::to_string))
+        .min()
+        .expect("a new shard's start");
+    assert!(
+        cut.as_str() > "filler-0100" && cut.as_str() < "filler-0300",
+        "cut at {cut:?}: {list}"
+    );
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    for i in 0..filler {
+        let v = read_settled(&client, format!("filler-{i:04}").as_bytes()).await;
+        assert_eq!(v, Some(format!("f{i}{big}").into_bytes()), "filler-{i:04}");
+    }
+}
+
 /// The routing table node `id` sends (`Admin.Topology`): its shard table
 /// by shard id, and the table's epoch.
 async fn table_at(
