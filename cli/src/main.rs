@@ -246,8 +246,10 @@ enum ShardCmd {
     /// Merge shard SHARD into shard --into while both serve: --into takes
     /// SHARD's keys (for range shards, SHARD must be the range just
     /// before or just after it), and SHARD owns nothing from then on.
-    /// Both must be on the same replicas (move them first with `txn admin
-    /// replica move`). Transactions holding locks in SHARD are aborted
+    /// SHARD's replicas are first moved onto --into's nodes where they are
+    /// elsewhere (one at a time, as `txn admin replica move` does; listed
+    /// on stderr, and under "moved" with --json). Transactions holding
+    /// locks in SHARD are aborted
     /// (retryably); if prepared ones do not finish within 10 s the merge
     /// lifts its freeze and tries again later. `pact` servers only.
     Merge {

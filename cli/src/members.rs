@@ -178,19 +178,30 @@ pub async fn merge(
     json: bool,
 ) -> Result<u8, ClientError> {
     let started = std::time::Instant::now();
-    let d = client
-        .merge_shards(
-            pact_common::ShardId(shard),
-            pact_common::ShardId(into),
-            wait,
-        )
-        .await?;
+    let (s, t) = (pact_common::ShardId(shard), pact_common::ShardId(into));
+    // Both shards on the same nodes first (nothing moves if they are).
+    client.know(pact_client::RaftGroup::Shard(s)).await;
+    client.know(pact_client::RaftGroup::Shard(t)).await;
+    let moved = client.colocate(s, t).await?;
+    for m in moved.iter().filter(|_| !json) {
+        let node = |n: Option<pact_common::NodeId>| n.map_or("-".to_string(), |n| n.to_string());
+        eprintln!(
+            "shard {shard}: replica moved from node {} to node {} (onto shard {into}'s nodes)",
+            node(m.from),
+            node(m.to)
+        );
+    }
+    let d = client.merge_shards(s, t, wait).await?;
     let secs = started.elapsed().as_secs_f64();
     if json {
+        let moved: Vec<_> = moved
+            .iter()
+            .map(|m| json!({"from": m.from.map(|n| n.0), "to": m.to.map(|n| n.0)}))
+            .collect();
         outln!(
             "{}",
             json!({"shard": shard, "into": into, "version": d.version,
-                   "keys": show_span(style, &d), "seconds": secs})
+                   "keys": show_span(style, &d), "seconds": secs, "moved": moved})
         );
     } else {
         outln!(

@@ -61,7 +61,7 @@ pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 pub use discover::{discover, discover_table, prefer_endpoints, Found, Given, ASK_WITHIN};
 pub use members::ClusterMember;
-pub use replicas::Removed;
+pub use replicas::{Moved, Removed};
 
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;

@@ -9,7 +9,9 @@
 //! 2. remove: the leader takes the node out of the membership (handing
 //!    its own leadership on first if it is the one removed), then the node
 //!    drops its replica and deletes its data (`Admin.DropReplica`);
-//! 3. move: add, then remove.
+//! 3. move: add, then remove;
+//! 4. colocate (before a merge): move one shard's replicas, one at a time,
+//!    onto the nodes of another shard's voters.
 //!
 //! The safety checks (a live majority of the new voters, a caught-up new
 //! voter, one change at a time) are the leader's, in
@@ -37,6 +39,14 @@ pub struct Removed {
     /// it did not (unreachable, say): running the same command again once
     /// it is back drops them.
     pub dropped: Option<String>,
+}
+
+/// One step of [`Client::colocate`]: a replica added on `to`, removed
+/// from `from`, or both (a move).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub from: Option<NodeId>,
+    pub to: Option<NodeId>,
 }
 
 /// How long a call to one node is asked again while the node refuses
@@ -304,6 +314,55 @@ impl Client {
                 Ok(Ok(_)) => return Ok(()),
             }
         }
+    }
+
+    /// Put `shard`'s replicas on the nodes of `with`'s voters (both as
+    /// their leaders report them), so that the two can merge: a replica
+    /// added on each node `with` has and `shard` lacks, each followed by a
+    /// replica removed from a node `shard` has and `with` lacks (a move),
+    /// and any replicas left over removed. One change at a time, each with
+    /// the leader's checks (a live majority, a caught-up new voter), so a
+    /// step refused or cut short leaves the shard serving, and running it
+    /// again goes on from where it is. Returns the steps taken (none when
+    /// the two already share their voters).
+    pub async fn colocate(
+        &self,
+        shard: pact_common::ShardId,
+        with: pact_common::ShardId,
+    ) -> Result<Vec<Moved>, ClientError> {
+        use std::collections::BTreeSet;
+        let group = RaftGroup::Shard(shard);
+        let target: BTreeSet<NodeId> = self
+            .leader_voters(RaftGroup::Shard(with))
+            .await?
+            .into_iter()
+            .collect();
+        let mut voters: BTreeSet<NodeId> = self.leader_voters(group).await?.into_iter().collect();
+        let mut steps = Vec::new();
+        // Each step brings the two sets one node closer; the bound only
+        // guards against a group changed under our feet all along.
+        for _ in 0..2 * (target.len() + voters.len()) {
+            let to = target.difference(&voters).next().copied();
+            let from = voters.difference(&target).next().copied();
+            if to.is_none() && from.is_none() {
+                return Ok(steps);
+            }
+            if let Some(to) = to {
+                voters = self.add_replica(group, to).await?.into_iter().collect();
+            }
+            if let Some(from) = from {
+                let removed = self.remove_replica(group, from).await?;
+                if let Some(why) = removed.dropped {
+                    tracing::warn!(%shard, node = %from, %why, "removed replica's data not dropped yet");
+                }
+                voters = removed.voters.into_iter().collect();
+            }
+            steps.push(Moved { from, to });
+        }
+        Err(ClientError::Unavailable(format!(
+            "shard {shard}'s replicas kept changing while they were moved onto shard {with}'s \
+             nodes; try again"
+        )))
     }
 
     /// Take `node` out of `group` and have it drop its replica's data.

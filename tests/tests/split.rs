@@ -574,6 +574,50 @@ async fn hot_shards_split_by_themselves_up_to_the_cap() {
     fillers_intact(&client, filler).await;
 }
 
+/// Shards on different nodes merge: the merged shard's replica moves
+/// onto the target's nodes first (`txn admin shard merge` does it, and
+/// says so), then the merge runs, while transfers go on; the bank holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_moves_replicas_onto_the_targets_nodes_first() {
+    // Four nodes: shard 1 on nodes 1-3, shard 2 on nodes 2-4.
+    let mut config = ClusterConfig::local_combined(4, 3, 3, 7001).expect("config");
+    config.partitioning = PartitionScheme::Range;
+    for (s, start) in config.shards.iter_mut().zip(["", "acct-3", "acct-6"]) {
+        s.start = Some(start.to_string());
+    }
+    let voters = |id: u64| -> Vec<u64> {
+        let mut v: Vec<u64> = config
+            .shard(ShardId(id))
+            .expect("shard")
+            .replicas
+            .iter()
+            .map(|n| n.0)
+            .collect();
+        v.sort();
+        v
+    };
+    let (one, two) = (voters(1), voters(2));
+    assert_ne!(one, two, "the shards must start on different nodes");
+    let c = start(config.clone()).await;
+    let filler = 100;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, v) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    let moved = v["moved"].as_array().cloned().unwrap_or_default();
+    assert_eq!(moved.len(), 1, "{v}");
+    let from = moved[0]["from"].as_u64().expect("from");
+    let to = moved[0]["to"].as_u64().expect("to");
+    assert!(two.contains(&from) && !one.contains(&from), "{v}");
+    assert!(one.contains(&to) && !two.contains(&to), "{v}");
+    assert_eq!(v["keys"]["end"], "acct-6", "{v}");
+    assert_eq!(owning(&c), Some(vec![1, 3]));
+    let client = c.client();
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
 /// A shard whose data passes `[raft] auto_split_bytes` splits by itself
 /// at the key that halves its bytes, and its halves split again while
 /// they are still too large, up to the cap, while transfers run; small

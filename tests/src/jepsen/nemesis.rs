@@ -81,8 +81,9 @@ pub enum Fault {
     /// shard into the one just before it, or the first into the one after;
     /// a hash-partitioned shard into any other), with no process harmed:
     /// transactions holding locks in the merged shard abort, the other
-    /// takes over its keys. Refused (and logged) when the two are not on
-    /// the same nodes. Needs every node run as `pact` (`Spec::spare`).
+    /// takes over its keys. When the two are not on the same nodes, the
+    /// merged shard's replicas are first moved onto the other's (as the
+    /// CLI does). Needs every node run as `pact` (`Spec::spare`).
     Merge,
 }
 
@@ -388,14 +389,18 @@ pub async fn apply(
                     format!("shard {shard}: no shard to merge it into"),
                 );
             };
-            let merged = tokio::time::timeout(
-                Duration::from_secs(30),
-                client.merge_shards(shard, into, Duration::from_secs(25)),
-            )
+            let merged = tokio::time::timeout(Duration::from_secs(90), async {
+                let moved = client.colocate(shard, into).await?;
+                let d = client
+                    .merge_shards(shard, into, Duration::from_secs(25))
+                    .await?;
+                Ok::<_, pact_client::ClientError>((moved.len(), d))
+            })
             .await;
             let what = match merged {
-                Ok(Ok(d)) => format!(
-                    "merged shard {shard} into shard {into} (now version {})",
+                Ok(Ok((moved, d))) => format!(
+                    "merged shard {shard} into shard {into} (now version {}) after {moved} \
+                     replica move(s)",
                     d.version
                 ),
                 Ok(Err(e)) => format!("shard {shard} not merged into shard {into}: {e}"),
