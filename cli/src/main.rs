@@ -197,11 +197,12 @@ enum AdminCmd {
     /// The nodes of the cluster.
     #[command(subcommand)]
     Member(MemberCmd),
-    /// A shard's replicas: add one on a node, remove one, or move one from
-    /// a node to another (add, then remove). The group's leader refuses a
-    /// change whose new voters would lack a live majority, and promotes a
-    /// new replica only once it has caught up. Each step is idempotent: a
-    /// command cut short is finished by running it again.
+    /// A shard's replicas (or, with --coord, a coordinator group's): add
+    /// one on a node, remove one, or move one from a node to another (add,
+    /// then remove). The group's leader refuses a change whose new voters
+    /// would lack a live majority, and promotes a new replica only once it
+    /// has caught up. Each step is idempotent: a command cut short is
+    /// finished by running it again.
     #[command(subcommand)]
     Replica(ReplicaCmd),
 }
@@ -211,13 +212,33 @@ enum ReplicaCmd {
     /// Make NODE (a node of the config) a replica of shard SHARD: it
     /// starts an empty replica, catches up as a learner (by snapshot if
     /// the log was compacted), then becomes a voter.
-    Add { shard: u64, node: u64 },
+    Add {
+        shard: u64,
+        node: u64,
+        /// SHARD is a coordinator group (`coord N` in `txn status`); a
+        /// node runs one coordinator group's replica at most.
+        #[arg(long)]
+        coord: bool,
+    },
     /// Take NODE out of shard SHARD and delete its copy of the shard's
     /// data there. If NODE leads the shard, it hands the leadership on
     /// first (transactions open on the shard are then aborted).
-    Remove { shard: u64, node: u64 },
+    Remove {
+        shard: u64,
+        node: u64,
+        /// SHARD is a coordinator group.
+        #[arg(long)]
+        coord: bool,
+    },
     /// Move shard SHARD's replica from node FROM to node TO.
-    Move { shard: u64, from: u64, to: u64 },
+    Move {
+        shard: u64,
+        from: u64,
+        to: u64,
+        /// SHARD is a coordinator group.
+        #[arg(long)]
+        coord: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,7 +301,8 @@ enum MemberCmd {
         peer_addr: String,
     },
     /// Remove node ID from the cluster: refused while it replicates a
-    /// shard (move its replicas away first) or hosts a coordinator group.
+    /// shard or a coordinator group (move its replicas away first) or
+    /// hosts the metadata group.
     /// Its id is never used again; stop its process afterwards.
     Remove { id: u64 },
 }
@@ -670,26 +692,41 @@ async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, Clie
     use pact_client::RaftGroup;
     use pact_common::{NodeId, ShardId};
     let ids = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
-    let (shard, added, removed) = match *r {
-        ReplicaCmd::Add { shard, node } => (shard, Some(node), None),
-        ReplicaCmd::Remove { shard, node } => (shard, None, Some(node)),
-        ReplicaCmd::Move { shard, from, to } => {
+    let (shard, added, removed, coord) = match *r {
+        ReplicaCmd::Add { shard, node, coord } => (shard, Some(node), None, coord),
+        ReplicaCmd::Remove { shard, node, coord } => (shard, None, Some(node), coord),
+        ReplicaCmd::Move {
+            shard,
+            from,
+            to,
+            coord,
+        } => {
             if from == to {
                 return Err(ClientError::InvalidInput(format!(
-                    "moving shard {shard}'s replica from node {from} to itself"
+                    "moving group {shard}'s replica from node {from} to itself"
                 )));
             }
-            (shard, Some(to), Some(from))
+            (shard, Some(to), Some(from), coord)
         }
     };
-    let group = RaftGroup::Shard(ShardId(shard));
-    // A shard a split created is found from the descriptors.
-    client.know(group).await;
-    if client.shard_replicas(ShardId(shard)).is_empty() {
-        return Err(ClientError::InvalidInput(format!(
-            "no shard {shard} in the cluster (txn admin shard list)"
-        )));
-    }
+    let group = if coord {
+        if !client.coordinator_groups().iter().any(|(g, _)| *g == shard) {
+            return Err(ClientError::InvalidInput(format!(
+                "no coordinator group {shard} in the cluster (txn status lists them)"
+            )));
+        }
+        RaftGroup::Coordinator(shard)
+    } else {
+        let group = RaftGroup::Shard(ShardId(shard));
+        // A shard a split created is found from the descriptors.
+        client.know(group).await;
+        if client.shard_replicas(ShardId(shard)).is_empty() {
+            return Err(ClientError::InvalidInput(format!(
+                "no shard {shard} in the cluster (txn admin shard list)"
+            )));
+        }
+        group
+    };
     let mut voters = Vec::new();
     if let Some(node) = added {
         voters = client.add_replica(group, NodeId(node)).await?;

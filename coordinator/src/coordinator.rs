@@ -181,6 +181,32 @@ pub struct Coordinator {
     /// so TxnStatus fences them one by one. Rare; pruned by the horizon.
     unsettled: Mutex<BTreeSet<TxnId>>,
     pub metrics: crate::metrics::Metrics,
+    /// Set once this replica was removed from its node
+    /// ([`Coordinator::retire`]): the background tasks end.
+    retired: watch::Sender<bool>,
+}
+
+/// The coordinator group replica a `pact` node runs now, if any: the one
+/// its config gives it, or one an operator added at run time
+/// (`txn admin replica add --coord`); empty once it was removed. A node
+/// runs at most one coordinator group's replica.
+#[derive(Clone, Default)]
+pub struct Hosted(Arc<std::sync::RwLock<Option<Arc<Coordinator>>>>);
+
+impl Hosted {
+    pub fn get(&self) -> Option<Arc<Coordinator>> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, c: Option<Arc<Coordinator>>) {
+        match self.0.write() {
+            Ok(mut h) => *h = c,
+            Err(p) => *p.into_inner() = c,
+        }
+    }
 }
 
 impl Coordinator {
@@ -218,9 +244,42 @@ impl Coordinator {
                 "node {node} is not a replica of any coordinator group in the config"
             )));
         };
-        let members = pact_raft::members(&config, &cg.replicas);
+        Self::start_group(config, node, cg.group, None, host, tls).await
+    }
+
+    /// Start node `node`'s replica of coordinator group `group`: as the
+    /// config gives it (`joined` None), or as one added at run time, whose
+    /// group's voters were `joined` when it was added (it waits, empty,
+    /// for the group's leader to add it, and is hosted again at restart).
+    pub async fn start_group(
+        config: ClusterConfig,
+        node: NodeId,
+        group: u64,
+        joined: Option<Vec<NodeId>>,
+        host: &Host,
+        tls: Option<pact_client::Tls>,
+    ) -> Result<Arc<Self>, Error> {
+        let Some(cg) = config
+            .coordinators
+            .iter()
+            .find(|g| g.group == group)
+            .cloned()
+        else {
+            return Err(Error::InvalidInput(format!(
+                "no coordinator group {group} in the config"
+            )));
+        };
         let tuning = pact_raft::Tuning::from(&config.raft);
-        let replica = Replica::start(cg.group, node.0, members, &tuning, log::app(), host).await?;
+        let replica = match joined {
+            None => {
+                let members = pact_raft::members(&config, &cg.replicas);
+                Replica::start(cg.group, node.0, members, &tuning, log::app(), host).await?
+            }
+            Some(voters) => {
+                let members = host.members_of(&config, &voters);
+                Replica::start_joined(cg.group, node.0, members, &tuning, log::app(), host).await?
+            }
+        };
         // Participants' transaction service is on their peer ports.
         let participants = Client::new(
             &config,
@@ -271,14 +330,20 @@ impl Coordinator {
             unsettled: Mutex::new(BTreeSet::new()),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
+            retired: watch::channel(false).0,
         });
         tokio::spawn(owner(c.clone(), rx));
         tokio::spawn(reserve_ahead(c.clone(), reserve_rx));
         tokio::spawn(record_batches(c.clone(), records_rx));
         let mut leadership = c.replica.leadership();
         let inputs = c.inputs.clone();
+        let watcher = c.clone();
         tokio::spawn(async move {
-            while leadership.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    r = leadership.changed() => if r.is_err() { break },
+                    _ = watcher.retired() => break,
+                }
                 let v = *leadership.borrow_and_update();
                 if inputs.send(Input::Leader(v)).await.is_err() {
                     break;
@@ -292,6 +357,25 @@ impl Coordinator {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Stop this replica for good and delete its data (its group no longer
+    /// counts this node: the admin service checks), and end its background
+    /// tasks. Transactions it was driving are the group's new leader's.
+    pub async fn retire(&self, host: &Host) -> Result<(), Error> {
+        self.replica.remove_here(host).await?;
+        self.retired.send_replace(true);
+        Ok(())
+    }
+
+    /// Resolves once [`Coordinator::retire`] ran.
+    async fn retired(&self) {
+        let mut r = self.retired.subscribe();
+        let _ = r.wait_for(|v| *v).await;
     }
 
     pub fn replica(&self) -> &Replica {
@@ -1733,7 +1817,14 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
     // Writes carried by commits, until their CommitOnePhase or Prepare runs.
     let mut carried: HashMap<TxnId, BTreeMap<ShardId, Carried>> = HashMap::new();
     let mut term: Option<u64> = None;
-    while let Some(input) = rx.recv().await {
+    loop {
+        let input = tokio::select! {
+            i = rx.recv() => match i {
+                Some(i) => i,
+                None => break,
+            },
+            _ = c.retired() => break,
+        };
         let actions = match input {
             Input::Commit {
                 txn,
@@ -2288,7 +2379,10 @@ async fn expire_sessions(c: Arc<Coordinator>) {
     // Often enough that a dead client's locks go within a lease and a bit.
     let every = (lease / 6).max(Duration::from_millis(50));
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = c.retired() => return,
+        }
         let expired: Vec<(TxnId, String, bool)> = c
             .sessions
             .lock()
@@ -2324,7 +2418,10 @@ async fn expire_sessions(c: Arc<Coordinator>) {
 async fn collect_garbage(c: Arc<Coordinator>) {
     let every = Duration::from_millis(c.txn_tuning.gc_interval_ms);
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = c.retired() => return,
+        }
         if c.require_leader().is_err() {
             continue;
         }
@@ -2369,7 +2466,14 @@ impl Coordinator {
 /// busy coordinator pays one entry per round, not one per transaction.
 /// Best effort, like the records themselves: a failed append is logged.
 async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::Receiver<LogCommand>) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            _ = c.retired() => break,
+        };
         let mut batch = vec![first];
         while batch.len() < RECORD_BATCH {
             match rx.try_recv() {
@@ -2396,7 +2500,11 @@ async fn record_batches(c: Arc<Coordinator>, mut rx: mpsc::Receiver<LogCommand>)
 /// Appends the reservation extensions `begin` asks for, one at a time:
 /// the furthest asked for since the last one.
 async fn reserve_ahead(c: Arc<Coordinator>, mut wanted: watch::Receiver<Timestamp>) {
-    while wanted.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            r = wanted.changed() => if r.is_err() { break },
+            _ = c.retired() => break,
+        }
         let until = *wanted.borrow_and_update();
         c.extend_reservation(until).await;
     }

@@ -58,5 +58,5 @@ pub mod metrics;
 pub mod service;
 pub mod stamps;
 
-pub use coordinator::Coordinator;
+pub use coordinator::{Coordinator, Hosted};
 pub use error::Error;

@@ -7,20 +7,36 @@ use pact_proto::txn_server::{Txn, TxnServer};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Hosted};
 use crate::Error;
 
 const MAX_MESSAGE_BYTES: usize = pact_common::MAX_BATCH_BYTES + (1 << 20);
 
 pub struct TxnService {
-    c: Arc<Coordinator>,
+    hosted: Hosted,
 }
 
 impl TxnService {
     pub fn new(c: Arc<Coordinator>) -> TxnServer<TxnService> {
-        TxnServer::new(TxnService { c })
+        let hosted = Hosted::default();
+        hosted.set(Some(c));
+        Self::hosted(hosted)
+    }
+
+    /// The service of whatever coordinator replica `hosted` holds at each
+    /// call (on `pact`, where one may be added or removed at run time);
+    /// with none, every call is "not leader", without a hint, so a client
+    /// asks the group's other replicas.
+    pub fn hosted(hosted: Hosted) -> TxnServer<TxnService> {
+        TxnServer::new(TxnService { hosted })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn c(&self) -> Result<Arc<Coordinator>, Status> {
+        self.hosted
+            .get()
+            .ok_or_else(|| Error::NotLeader { hint: None }.into())
     }
 }
 
@@ -32,7 +48,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::BeginResponse>, Status> {
         let p = r.into_inner().priority;
         let (txn, priority) = self
-            .c
+            .c()?
             .begin((p != 0).then_some(pact_common::Timestamp(p)))
             .await?;
         Ok(Response::new(pb::BeginResponse {
@@ -43,7 +59,7 @@ impl Txn for TxnService {
 
     async fn keepalive(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
         let txn = convert::txn_id(r.into_inner().txn)?;
-        self.c.keepalive(txn)?;
+        self.c()?.keepalive(txn)?;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -53,7 +69,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        self.c.wounded(txn, r.reason)?;
+        self.c()?.wounded(txn, r.reason)?;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -63,7 +79,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let v = self.c.get(txn, r.key.to_vec(), r.for_update).await?;
+        let v = self.c()?.get(txn, r.key.to_vec(), r.for_update).await?;
         Ok(Response::new(pb::GetResponse {
             found: v.is_some(),
             value: v.unwrap_or_default().into(),
@@ -89,7 +105,7 @@ impl Txn for TxnService {
         } else {
             Some(r.end.to_vec())
         };
-        let (pairs, more) = self.c.scan(txn, r.start.to_vec(), end, r.limit).await?;
+        let (pairs, more) = self.c()?.scan(txn, r.start.to_vec(), end, r.limit).await?;
         Ok(Response::new(pb::ScanResponse {
             pairs: pairs
                 .into_iter()
@@ -112,7 +128,7 @@ impl Txn for TxnService {
             return Err(Error::InvalidInput("empty write".into()).into());
         }
         validate_ops(&r.ops)?;
-        self.c.write(txn, r.ops).await?;
+        self.c()?.write(txn, r.ops).await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
 
@@ -123,13 +139,13 @@ impl Txn for TxnService {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
         validate_ops(&r.ops)?;
-        let o = self.c.commit(txn, r.ops).await?;
+        let o = self.c()?.commit(txn, r.ops).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 
     async fn rollback(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
         let txn = convert::txn_id(r.into_inner().txn)?;
-        self.c.rollback(txn).await;
+        self.c()?.rollback(txn).await;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -170,7 +186,7 @@ impl Txn for TxnService {
             ))
             .into());
         }
-        let res = self.c.execute(guards, then, otherwise).await?;
+        let res = self.c()?.execute(guards, then, otherwise).await?;
         Ok(Response::new(convert::exec_result(res)))
     }
 
@@ -179,7 +195,7 @@ impl Txn for TxnService {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(pact_raft::wire::status_response(
-            self.c.replica().status(),
+            self.c()?.replica().status(),
         )))
     }
 
@@ -189,7 +205,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let o = self.c.status(txn, r.resolve).await?;
+        let o = self.c()?.status(txn, r.resolve).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 }

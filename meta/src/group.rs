@@ -31,9 +31,12 @@ pub struct MetaGroup {
     shards: pact_client::Client,
     /// Notified when the applied table may have changed.
     changed: Arc<tokio::sync::Notify>,
-    /// Nodes that may not be removed, and why: the voters of coordinator
-    /// groups and of this group, which cannot move yet.
+    /// Nodes that may not be removed, and why: the voters of this group,
+    /// which cannot move yet.
     pinned: BTreeMap<u64, String>,
+    /// The coordinator groups, whose leaders are asked whether a node to
+    /// be removed still replicates one.
+    coordinators: Vec<u64>,
 }
 
 /// The config's nodes as the table's first members.
@@ -78,16 +81,12 @@ impl MetaGroup {
         for n in &replicas {
             pinned.insert(n.0, "the metadata group".to_string());
         }
-        for g in &config.coordinators {
-            for n in &g.replicas {
-                pinned.insert(n.0, format!("coordinator group {}", g.group));
-            }
-        }
         let group = Arc::new(MetaGroup {
             replica,
             shards,
             changed,
             pinned,
+            coordinators: config.coordinators.iter().map(|g| g.group).collect(),
         });
         tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
         tokio::spawn(record_shards_when_leading(group.clone()));
@@ -203,42 +202,56 @@ impl MetaGroup {
         self.change(MetaCommand::Add(m)).await
     }
 
-    /// Mark a member removed. Refused for a node that hosts a coordinator
-    /// group or this group (they cannot move yet), and for one that a
-    /// shard counts among its voters, or while a shard cannot say (its
-    /// leader asked, as the client asks it). A replica added between this
-    /// check and the removal is not caught: move replicas first.
+    /// Mark a member removed. Refused for a node that hosts this group
+    /// (it cannot move yet), and for one that a shard or a coordinator
+    /// group counts among its voters, or while one cannot say (its leader
+    /// asked, as the client asks it). A replica added between this check
+    /// and the removal is not caught: move replicas first.
     pub async fn remove(self: &Arc<Self>, id: u64) -> Result<Vec<Member>, Error> {
         if let Some(what) = self.pinned.get(&id) {
             return Err(Error::InvalidInput(format!(
                 "node {id} hosts {what}, whose replicas cannot move yet: it cannot be removed"
             )));
         }
-        // Every shard's leader, all at once.
-        let shards = self.shards.shards();
-        let views = futures::future::join_all(
-            shards
-                .iter()
-                .map(|s| self.shards.leader_voters(RaftGroup::Shard(*s))),
-        )
-        .await;
-        let mut holds = Vec::new();
-        for (shard, view) in shards.into_iter().zip(views) {
-            match view {
-                Ok(v) if v.contains(&NodeId(id)) => holds.push(shard.0.to_string()),
-                Ok(_) => {}
-                Err(e) => {
+        // Every group's leader, all at once.
+        let groups: Vec<RaftGroup> = self
+            .shards
+            .shards()
+            .into_iter()
+            .map(RaftGroup::Shard)
+            .chain(self.coordinators.iter().map(|g| RaftGroup::Coordinator(*g)))
+            .collect();
+        let views =
+            futures::future::join_all(groups.iter().map(|g| self.shards.leader_voters(*g))).await;
+        let (mut shards, mut coords) = (Vec::new(), Vec::new());
+        for (group, view) in groups.into_iter().zip(views) {
+            match (view, group) {
+                (Ok(v), RaftGroup::Shard(s)) if v.contains(&NodeId(id)) => {
+                    shards.push(s.0.to_string())
+                }
+                (Ok(v), RaftGroup::Coordinator(g)) if v.contains(&NodeId(id)) => {
+                    coords.push(g.to_string())
+                }
+                (Ok(_), _) => {}
+                (Err(e), _) => {
                     return Err(Error::Unavailable(format!(
-                        "cannot tell whether node {id} replicates shard {shard}: {e}"
+                        "cannot tell whether node {id} replicates {group}: {e}"
                     )))
                 }
             }
         }
-        if !holds.is_empty() {
+        if !shards.is_empty() {
             return Err(Error::InvalidInput(format!(
                 "node {id} still replicates shard(s) {}: move them away first (txn admin \
                  replica move SHARD {id} OTHER_NODE), then remove it",
-                holds.join(", ")
+                shards.join(", ")
+            )));
+        }
+        if !coords.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "node {id} still replicates coordinator group(s) {}: move them away first \
+                 (txn admin replica move --coord GROUP {id} OTHER_NODE), then remove it",
+                coords.join(", ")
             )));
         }
         self.change(MetaCommand::Remove { id }).await

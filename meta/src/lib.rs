@@ -44,9 +44,9 @@
 //!   shards decide what they own, and Raft decides who replicates them.
 //! - The table is a directory, never the authority on who replicates
 //!   what: each group's own Raft membership is. The leader refuses to
-//!   remove a node that a shard's leader counts among its voters (or
-//!   while one cannot say), and one that hosts a coordinator group or
-//!   this group (they cannot move yet). A learner left on a node, or a
+//!   remove a node that a shard's or a coordinator group's leader counts
+//!   among its voters (or while one cannot say), and one that hosts this
+//!   group (it cannot move yet). A learner left on a node, or a
 //!   replica added after that check, stays until it is moved.
 //!
 //! # Failure

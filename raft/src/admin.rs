@@ -114,8 +114,10 @@ impl AdminService {
                 .coordinator_of(pact_common::NodeId(me))
                 .map(|g| g.group),
             // A shard and a coordinator group may share an id across
-            // processes (never on one node): only this node's own
-            // coordinator group stands for its id here.
+            // processes (never on one node): this node's own coordinator
+            // group stands for its id here, and any other whose id no
+            // shard has (on `pact` its leader may be a node the config
+            // does not give it, once replicas moved).
             anchors: Arc::new(
                 config
                     .shards
@@ -125,7 +127,10 @@ impl AdminService {
                         config
                             .coordinators
                             .iter()
-                            .filter(|g| g.replicas.contains(&pact_common::NodeId(me)))
+                            .filter(|g| {
+                                g.replicas.contains(&pact_common::NodeId(me))
+                                    || config.shard(pact_common::ShardId(g.group)).is_none()
+                            })
                             .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
                     )
                     .collect(),
@@ -278,7 +283,10 @@ impl Admin for AdminService {
                 }
             }
             for g in &mut t.coordinators {
-                if Some(g.group) != mine {
+                // This node's own group, or one it was given at run time
+                // (whose id no shard has).
+                let shard = self.topology.shards.iter().any(|s| s.id == g.group);
+                if Some(g.group) != mine && shard {
                     continue;
                 }
                 if let Some(v) = self.live_voters(g.group) {

@@ -93,17 +93,26 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
     Ok((shards, group))
 }
 
-/// Starts and stops this node's shard replicas at run time for
-/// `pact.v1.Admin` (coordinator groups keep the replicas the config gives
-/// them, for now: the admin calls name shards).
+/// Starts and stops this node's replicas at run time for
+/// `pact.v1.Admin`: shard replicas, and a coordinator group's replica (a
+/// node runs at most one of those).
 struct ShardHost {
     node: Arc<Node>,
     config: Arc<ClusterConfig>,
+    /// This node's coordinator replica, if any.
+    coordinator: pact_coordinator::Hosted,
+    /// One coordinator start or stop at a time.
+    hosting: tokio::sync::Mutex<()>,
+    host: Host,
+    tls: Option<pact_client::Tls>,
 }
 
 #[tonic::async_trait]
 impl pact_raft::admin::GroupHost for ShardHost {
     async fn host(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError> {
+        if self.is_coordinator_group(group) {
+            return self.host_coordinator(group, voters).await;
+        }
         self.check(group)?;
         self.node
             .host_shard(ShardId(group), voters.into_iter().map(NodeId).collect())
@@ -112,6 +121,21 @@ impl pact_raft::admin::GroupHost for ShardHost {
     }
 
     async fn drop_group(&self, group: u64) -> Result<(), HostError> {
+        if self.is_coordinator_group(group) {
+            let _one = self.hosting.lock().await;
+            let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
+                return Ok(());
+            };
+            c.retire(&self.host)
+                .await
+                .map_err(|e| HostError::Failed(e.to_string()))?;
+            self.coordinator.set(None);
+            tracing::info!(
+                group,
+                "dropped this node's replica of the coordinator group"
+            );
+            return Ok(());
+        }
         self.check(group)?;
         self.node
             .drop_shard(ShardId(group))
@@ -120,6 +144,9 @@ impl pact_raft::admin::GroupHost for ShardHost {
     }
 
     async fn may_change(&self, group: u64) -> Result<(), HostError> {
+        if self.is_coordinator_group(group) {
+            return Ok(());
+        }
         match self.node.splitting(ShardId(group)).await {
             Some(why) => Err(HostError::Failed(format!(
                 "{why}: its replicas cannot change until the split is done; try again shortly"
@@ -130,6 +157,51 @@ impl pact_raft::admin::GroupHost for ShardHost {
 }
 
 impl ShardHost {
+    /// Whether `group` is a coordinator group (the config lists them; on
+    /// `pact` a shard and a coordinator group never share an id).
+    fn is_coordinator_group(&self, group: u64) -> bool {
+        self.config.coordinators.iter().any(|g| g.group == group)
+            && self.config.shard(ShardId(group)).is_none()
+    }
+
+    /// Start this node's replica of coordinator group `group`, whose
+    /// voters are `voters` (idempotent); refused while the node runs
+    /// another group's.
+    async fn host_coordinator(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError> {
+        let _one = self.hosting.lock().await;
+        if let Some(c) = self.coordinator.get() {
+            if c.group() == group {
+                return Ok(());
+            }
+            return Err(HostError::Refused(format!(
+                "node {} runs a replica of coordinator group {} already; a node runs one \
+                 coordinator group at most",
+                self.node.id(),
+                c.group()
+            )));
+        }
+        if let Some(n) = voters.iter().find(|n| {
+            self.config.node(NodeId(**n)).is_none() && self.host.directory().get(**n).is_none()
+        }) {
+            return Err(HostError::Refused(format!(
+                "hosting coordinator group {group}: voter {n} is not a member of the cluster"
+            )));
+        }
+        let c = Coordinator::start_group(
+            self.config.as_ref().clone(),
+            self.node.id(),
+            group,
+            Some(voters.into_iter().map(NodeId).collect()),
+            &self.host,
+            self.tls.clone(),
+        )
+        .await
+        .map_err(|e| HostError::Failed(e.to_string()))?;
+        self.coordinator.set(Some(c));
+        tracing::info!(group, "hosting a new replica of the coordinator group");
+        Ok(())
+    }
+
     fn check(&self, group: u64) -> Result<(), HostError> {
         // A node's groups share one store and router keyed by group id:
         // a shard cannot join a node whose coordinator group has its id.
@@ -149,6 +221,39 @@ impl ShardHost {
         }
         Ok(())
     }
+}
+
+/// The coordinator group node `id` runs a replica of, and whether it was
+/// added at run time (the group's voters then): the config's group unless
+/// the node's records say it was removed (its leftovers wiped), else a
+/// group an operator added it to.
+async fn coordinator_plan(
+    config: &ClusterConfig,
+    id: NodeId,
+    host: &Host,
+) -> anyhow::Result<Option<(u64, Option<Vec<NodeId>>)>> {
+    let records = host.hosting().await.context("reading hosting records")?;
+    let coordinator = |g: u64| {
+        config.coordinators.iter().any(|c| c.group == g) && config.shard(ShardId(g)).is_none()
+    };
+    let mut plan = config.coordinator_of(id).map(|g| (g.group, None));
+    for (g, record) in records.iter().filter(|(g, _)| coordinator(**g)) {
+        match record {
+            pact_raft::Hosting::Joined { voters } => {
+                plan = Some((*g, Some(voters.iter().copied().map(NodeId).collect())));
+            }
+            pact_raft::Hosting::Dropped => {
+                if plan.as_ref().is_some_and(|(p, _)| p == g) {
+                    plan = None;
+                }
+                // A crash may have cut the wipe short.
+                host.wipe_dropped(*g)
+                    .await
+                    .context("wiping a dropped group")?;
+            }
+        }
+    }
+    Ok(plan)
 }
 
 fn host_error(e: pact_participant::Error) -> HostError {
@@ -307,7 +412,7 @@ fn main() -> anyhow::Result<()> {
         }
         config
     };
-    let (shards, group) = roles(&config, id).map_err(anyhow::Error::msg)?;
+    let (shards, _) = roles(&config, id).map_err(anyhow::Error::msg)?;
     let Some(me) = config.node(id) else {
         bail!("node {id} is not in the cluster config");
     };
@@ -327,7 +432,6 @@ fn main() -> anyhow::Result<()> {
         config,
         id,
         shards,
-        group,
         data_dir: args.data_dir,
         listen,
         peer_listen,
@@ -340,7 +444,6 @@ struct Run {
     config: ClusterConfig,
     id: NodeId,
     shards: Vec<ShardId>,
-    group: Option<u64>,
     data_dir: PathBuf,
     listen: SocketAddr,
     peer_listen: SocketAddr,
@@ -353,7 +456,6 @@ async fn run(r: Run) -> anyhow::Result<()> {
         config,
         id,
         shards,
-        group,
         data_dir,
         listen,
         peer_listen,
@@ -452,10 +554,20 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let node = Some(Arc::new(
         Node::start_on(config.clone(), id, &host, tls.clone()).await?,
     ));
-    let coordinator = match group {
-        Some(_) => Some(Coordinator::start_on(config.clone(), id, &host, tls.clone()).await?),
+    // The coordinator group replica: the config's, unless an operator
+    // removed it, or one an operator added at run time (the node's own
+    // records say, as for shards).
+    let group = coordinator_plan(&config, id, &host).await?;
+    let coordinator = match &group {
+        Some((g, joined)) => Some(
+            Coordinator::start_group(config.clone(), id, *g, joined.clone(), &host, tls.clone())
+                .await?,
+        ),
         None => None,
     };
+    let group = group.map(|(g, _)| g);
+    let hosted = pact_coordinator::Hosted::default();
+    hosted.set(coordinator.clone());
     // One page and one readiness for every group of the node, those
     // added at run time included.
     let replicas = host.replicas.clone();
@@ -508,6 +620,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
                 Arc::new(ShardHost {
                     node,
                     config: Arc::new(config.clone()),
+                    coordinator: hosted.clone(),
+                    hosting: Default::default(),
+                    host: host.clone(),
+                    tls: tls.clone(),
                 }) as Arc<dyn pact_raft::admin::GroupHost>
             }),
             Some(host.directory()),
@@ -517,7 +633,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
                 .map(|m| pact_meta::service::MetaService::new(m, &config)),
         )
         .add_optional_service(node.clone().map(KvService::new))
-        .add_optional_service(coordinator.clone().map(TxnService::new))
+        .add_service(TxnService::hosted(hosted.clone()))
         .serve_with_incoming_shutdown(
             pact_raft::server::incoming(listener),
             pact_raft::server::shutdown_signal(),
@@ -531,11 +647,11 @@ async fn run(r: Run) -> anyhow::Result<()> {
         );
     let server = async { tokio::try_join!(client_server, peer_server) };
     let stopped = {
-        let (node, coordinator) = (node.clone(), coordinator.clone());
+        let (node, hosted) = (node.clone(), hosted.clone());
         pact_raft::server::fence_when_stopped(replicas, move || {
             node.as_ref()
                 .and_then(|n| n.fatal())
-                .or_else(|| coordinator.as_ref().and_then(|c| c.fatal()))
+                .or_else(|| hosted.get().and_then(|c| c.fatal()))
         })
     };
     server.await.context("grpc server failed")?;
@@ -543,7 +659,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     if let Some(n) = &node {
         n.shutdown().await;
     }
-    if let Some(c) = &coordinator {
+    if let Some(c) = hosted.get() {
         c.replica().shutdown().await;
     }
     if let Some(m) = &meta {

@@ -569,14 +569,23 @@ async fn a_replica_moves_and_leads_over_mutual_tls() {
         .expect("hand shard 1 to node 4");
     assert_eq!(leader, NodeId(4));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    stopped_and_checked(&client, stop, workers).await;
+    assert_eq!(voters_at(&client, 1, 3).await, None);
+}
+
+/// Stop the transfers and check the bank: some acknowledged, none lost.
+async fn stopped_and_checked(
+    client: &Client,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<bank::Transfer>>>,
+) {
     stop.store(true, Ordering::SeqCst);
     let mut log = Vec::new();
     for w in workers {
         log.extend(w.await.expect("worker"));
     }
-    let checked = bank::check(&client, &log, ACCOUNTS, INITIAL).await;
+    let checked = bank::check(client, &log, ACCOUNTS, INITIAL).await;
     assert!(checked.acknowledged > 0, "{checked:?}");
-    assert_eq!(voters_at(&client, 1, 3).await, None);
 }
 
 /// Run `txn --json ARGS` with the cluster's config: exit status, JSON
@@ -632,6 +641,43 @@ async fn exit_of(c: &mut Cluster, id: NodeId, within: Duration) -> std::process:
     }
 }
 
+/// Start node `id` (a member now), move shard 1's replica from node 3 to
+/// it with the CLI, and hand it the shard's leadership.
+async fn start_and_lead_shard_one(c: &mut Cluster, id: NodeId) {
+    c.start_node(id);
+    let log = |c: &Cluster| std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
+    let (ok, v, err) = txn_replica(c, &["move", "1", "3", &id.0.to_string()]);
+    assert!(
+        ok,
+        "replica move failed: {err} {v}\n{}\n--- node {id} ---\n{}",
+        c.logs_tail(),
+        log(c)
+    );
+    assert_eq!(v["voters"], serde_json::json!([1, 2, id.0]), "{v}");
+    let (ok, _, err) = txn_json(
+        c,
+        &[
+            "admin",
+            "leader",
+            "transfer",
+            "shard",
+            "1",
+            &id.0.to_string(),
+        ],
+    );
+    assert!(ok, "leader transfer to node {id}: {err}\n{}", log(c));
+}
+
+/// Node `id`, which the config does not list and the member table does
+/// not have yet, is refused at start, saying what to do.
+async fn refused_until_member(c: &mut Cluster, id: NodeId) {
+    c.start_node(id);
+    let st = exit_of(c, id, Duration::from_secs(40)).await;
+    let log = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
+    assert!(!st.success(), "node {id} ran without being a member");
+    assert!(log.contains("nor a member of the cluster"), "{log}");
+}
+
 /// Grow a 3-node cluster by a node its config does not list: the node is
 /// refused until it is a member (`txn admin member add`), then starts with
 /// the same config file and its id, takes a replica of shard 1 and its
@@ -663,16 +709,7 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
         &["--metrics-listen".into(), format!("127.0.0.1:{}", ports[2])],
     );
     let log4 = |c: &Cluster| std::fs::read_to_string(c.log_path(four)).unwrap_or_default();
-
-    // Not a member yet: refused, saying what to do.
-    c.start_node(four);
-    let st = exit_of(&mut c, four, Duration::from_secs(40)).await;
-    assert!(!st.success(), "node 4 ran without being a member");
-    assert!(
-        log4(&c).contains("nor a member of the cluster"),
-        "{}",
-        log4(&c)
-    );
+    refused_until_member(&mut c, four).await;
 
     let (stop, workers) = transfers_under_way(&c, 300, 3, 17).await;
     let (ok, v, err) = txn_json(&c, &["admin", "member", "add", "4", &addr, &peer]);
@@ -704,20 +741,10 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
     assert!(!ok && why.contains("member already"), "{v}");
     assert_eq!(v["error"]["code"], "INVALID_INPUT", "{v}");
 
-    c.start_node(four);
     // Node 4 takes shard 1's replica from node 3, with the CLI, while
     // transfers run (at once: the CLI asks a node that is still starting
     // again); then its leadership.
-    let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
-    assert!(
-        ok,
-        "replica move failed: {err} {v}\n{}\n--- node 4 ---\n{}",
-        c.logs_tail(),
-        log4(&c)
-    );
-    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
-    let (ok, _, err) = txn_json(&c, &["admin", "leader", "transfer", "shard", "1", "4"]);
-    assert!(ok, "leader transfer to node 4: {err}\n{}", log4(&c));
+    start_and_lead_shard_one(&mut c, four).await;
 
     // A client given only node 1's address finds node 4 (the leader of
     // shard 1 now) through the routing table node 1 sends.
@@ -851,45 +878,84 @@ async fn a_node_outside_the_config_joins_a_tls_cluster_through_the_member_table(
     let (four, addr, peer) = c.new_node();
     assert_eq!(four, NodeId(4));
     let log4 = |c: &Cluster| std::fs::read_to_string(c.log_path(four)).unwrap_or_default();
-
-    c.start_node(four);
-    let st = exit_of(&mut c, four, Duration::from_secs(40)).await;
-    assert!(!st.success(), "node 4 ran without being a member");
-    assert!(
-        log4(&c).contains("nor a member of the cluster"),
-        "{}",
-        log4(&c)
-    );
+    refused_until_member(&mut c, four).await;
 
     let client = c.client();
     let (stop, workers) = transfers_under_way(&c, 300, 2, 23).await;
     let (ok, _, err) = txn_json(&c, &["admin", "member", "add", "4", &addr, &peer]);
     assert!(ok, "member add: {err}\n{}", c.logs_tail());
-    c.start_node(four);
-    let (ok, v, err) = txn_replica(&c, &["move", "1", "3", "4"]);
-    assert!(
-        ok,
-        "replica move failed: {err} {v}\n{}\n--- node 4 ---\n{}",
-        c.logs_tail(),
-        log4(&c)
-    );
-    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
-    let (leader, _) = client
-        .transfer_leader(RaftGroup::Shard(ShardId(1)), four)
-        .await
-        .expect("hand shard 1 to node 4");
-    assert_eq!(leader, four);
+    start_and_lead_shard_one(&mut c, four).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut log = Vec::new();
-    for w in workers {
-        log.extend(w.await.expect("worker"));
-    }
-    let checked = bank::check(&client, &log, ACCOUNTS, INITIAL).await;
-    assert!(checked.acknowledged > 0, "{checked:?}");
+    stopped_and_checked(&client, stop, workers).await;
     assert!(
         !log4(&c).contains("not a member of this cluster"),
         "a peer port refused node 4 after it joined:\n{}",
         log4(&c)
     );
+}
+
+/// A coordinator group's replica moves to the spare node while transfers
+/// run (`txn admin replica move --coord`), takes the group's leadership,
+/// is killed as its leader (the others take over and settle what it left
+/// in doubt), comes back as a replica added at run time, and moves back;
+/// node 3, then node 4, stop answering for the group once they no longer
+/// host it. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_group_replica_moves_leads_survives_a_kill_and_moves_back() {
+    let (mut c, _) = cluster_with_spare().await;
+    let client = c.client();
+    let (stop, workers) = transfers_under_way(&c, 100, 3, 31).await;
+    let group = c.config.coordinators[0].group.to_string();
+    let status = |client: &Client, node: u64| {
+        let client = client.clone();
+        async move { client.coordinator_status(NodeId(node)).await }
+    };
+
+    let (ok, v, err) = txn_replica(&c, &["move", &group, "3", "4", "--coord"]);
+    assert!(
+        ok,
+        "coordinator replica move failed: {err} {v}\n{}",
+        c.logs_tail()
+    );
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    assert!(status(&client, 3).await.is_err(), "node 3 still answers");
+    let (ok, _, err) = txn_json(&c, &["admin", "leader", "transfer", "coord", &group, "4"]);
+    assert!(ok, "leader transfer to node 4: {err}\n{}", c.logs_tail());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Killed as the leader: nodes 1 and 2 go on; back, it rejoins from
+    // its own record of what it hosts.
+    c.kill(NodeId(4));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.start_node(NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&client, 4).await;
+        if s.as_ref()
+            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![1, 2, 4])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's coordinator replica did not come back: {s:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (ok, v, err) = txn_replica(&c, &["move", &group, "4", "3", "--coord"]);
+    assert!(
+        ok,
+        "coordinator replica move back failed: {err} {v}\n{}",
+        c.logs_tail()
+    );
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 3]), "{v}");
+    assert_eq!(v["dropped"], true, "{v}");
+    assert!(status(&client, 4).await.is_err(), "node 4 still answers");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stopped_and_checked(&client, stop, workers).await;
+    // Refused: a shard id given as a coordinator group.
+    let (ok, v, _) = txn_replica(&c, &["add", "1", "4", "--coord"]);
+    assert!(!ok, "{v}");
 }

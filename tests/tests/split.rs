@@ -19,10 +19,15 @@ const INITIAL: i64 = 1000;
 
 /// `txn --json admin shard ARGS`: exit status and JSON answer.
 fn txn_shard(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value) {
+    txn_admin(c, "shard", args)
+}
+
+/// `txn --json admin WHAT ARGS`: exit status and JSON answer.
+fn txn_admin(c: &Cluster, what: &str, args: &[&str]) -> (bool, serde_json::Value) {
     let out = std::process::Command::new(pact_tests::binary("txn"))
         .arg("--config")
         .arg(&c.config_path)
-        .args(["--json", "admin", "shard"])
+        .args(["--json", "admin", what])
         .args(args)
         .output()
         .expect("run txn");
@@ -52,7 +57,16 @@ async fn start(config: ClusterConfig) -> Cluster {
 
 /// A cluster whose nodes run with `PACT_FAULTS=faults` (none if empty).
 async fn start_with_faults(config: ClusterConfig, faults: &str) -> Cluster {
-    let mut c = Cluster::create(config, fast_tuning());
+    start_with(config, fast_tuning(), faults).await
+}
+
+/// [`start_with_faults`] with Raft `tuning`.
+async fn start_with(
+    config: ClusterConfig,
+    tuning: pact_common::RaftTuning,
+    faults: &str,
+) -> Cluster {
+    let mut c = Cluster::create(config, tuning);
     if !faults.is_empty() {
         for id in c.node_ids() {
             c.set_env(id, "PACT_FAULTS", faults);
@@ -426,6 +440,23 @@ async fn driver_crashes(
     }
 }
 
+/// Wait (up to 90 s) until at least `n` shards own keys.
+async fn until_owning(c: &Cluster, n: usize) {
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let owners = owning(c);
+        if owners.as_ref().is_some_and(|o| o.len() >= n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shards now {owners:?}\n{}",
+            split_lines(c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The shards `txn admin shard list` shows owning keys (not merged
 /// away), if it answered.
 fn owning(c: &Cluster) -> Option<Vec<u64>> {
@@ -541,24 +572,10 @@ async fn hot_shards_split_by_themselves_up_to_the_cap() {
         auto_split_max_shards: 5,
         ..fast_tuning()
     };
-    let mut c = Cluster::create(range_config(), tuning);
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = start_with(range_config(), tuning, "").await;
     let filler = 50;
     let (stop, workers) = transfers_under_way(&c, filler).await;
-    let until = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let owners = owning(&c);
-        if owners.as_ref().is_some_and(|o| o.len() >= 5) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "shards now {owners:?}\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_owning(&c, 5).await;
     // Each leader checks the cap before it splits, so splits decided at
     // the same moment may pass it (by one per shard at most); once they
     // landed, three more windows split nothing.
@@ -631,9 +648,7 @@ async fn large_shards_split_by_themselves_by_size() {
         auto_split_max_shards: 6,
         ..fast_tuning()
     };
-    let mut c = Cluster::create(range_config(), tuning);
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30)).await;
+    let c = start_with(range_config(), tuning, "").await;
     let (stop, workers) = transfers_under_way(&c, 0).await;
     // Shard 3 takes every filler at once (one atomic write, so that no
     // measurement sees a part of them): 400 keys of about 210 bytes, ~84 KB.
@@ -649,21 +664,9 @@ async fn large_shards_split_by_themselves_by_size() {
         })
         .collect();
     client.write(batch).await.expect("fillers");
-    let until = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let owners = owning(&c);
-        // Two splits at least: shard 3, then one of its halves (each about
-        // 42 KB, still above the setting).
-        if owners.as_ref().is_some_and(|o| o.len() >= 5) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "shards now {owners:?}\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Two splits at least: shard 3, then one of its halves (each about
+    // 42 KB, still above the setting).
+    until_owning(&c, 5).await;
     let (_, list) = txn_shard(&c, &["list"]);
     let rows = list.as_array().cloned().unwrap_or_default();
     for small in [1, 2] {
@@ -790,18 +793,8 @@ async fn the_metadata_group_records_splits_merges_and_replica_changes_for_every_
     let at = table_at(&c, 1).await.1[&child].voters_at;
     let child_s = child.to_string();
     let txn_replica = |args: &[&str]| {
-        let out = std::process::Command::new(pact_tests::binary("txn"))
-            .arg("--config")
-            .arg(&c.config_path)
-            .args(["--json", "admin", "replica"])
-            .args(args)
-            .output()
-            .expect("run txn");
-        assert!(
-            out.status.success(),
-            "txn admin replica {args:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let (ok, v) = txn_admin(&c, "replica", args);
+        assert!(ok, "txn admin replica {args:?}: {v}");
     };
     txn_replica(&["remove", &child_s, "3"]);
     tables_until(&c, "node 3 out of the new shard", |t| {
