@@ -301,7 +301,7 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
         .into_iter()
         .flat_map(|(group, nodes)| {
             nodes.into_iter().map(move |node| async move {
-                let r = tokio::time::timeout(within, client.coordinator_status(node))
+                let r = tokio::time::timeout(within, client.coordinator_group_status(group, node))
                     .await
                     .ok();
                 (Kind::Coord, group, node, timed(node, r))
@@ -375,7 +375,9 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
             Kind::Shard => {
                 tokio::time::timeout(within, client.replica_status(ShardId(group), node)).await
             }
-            Kind::Coord => tokio::time::timeout(within, client.coordinator_status(node)).await,
+            Kind::Coord => {
+                tokio::time::timeout(within, client.coordinator_group_status(group, node)).await
+            }
             Kind::Meta => tokio::time::timeout(within, client.meta_status(node)).await,
         }
         .ok();
@@ -618,6 +620,8 @@ mod tests {
                 voters: voters.to_vec(),
                 stopped: None,
                 gate: "open".into(),
+                committed_voters: voters.to_vec(),
+                voters_at: 0,
             }),
         }
     }

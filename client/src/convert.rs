@@ -231,6 +231,10 @@ pub struct ReplicaStatus {
     /// (started empty, asking its peers) or "rejoining" (lost its data,
     /// catching up without a vote); see [`ReplicaStatus::votes`].
     pub gate: String,
+    /// The group's last committed membership's voters as this replica
+    /// knows them, and its log index (0 from older servers).
+    pub committed_voters: Vec<u64>,
+    pub voters_at: u64,
 }
 
 impl ReplicaStatus {
@@ -261,6 +265,8 @@ impl From<pb::StatusResponse> for ReplicaStatus {
             } else {
                 r.gate
             },
+            committed_voters: r.committed_voters,
+            voters_at: r.voters_at,
         }
     }
 }

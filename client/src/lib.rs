@@ -60,7 +60,7 @@ pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 pub use discover::{discover, discover_table, prefer_endpoints, Found, Given, ASK_WITHIN};
-pub use members::ClusterMember;
+pub use members::{ClusterMember, MetaTable};
 pub use replicas::{Moved, Removed};
 
 /// Message size limit the client accepts and sends.
@@ -347,7 +347,9 @@ struct Inner {
     /// nodes added to the cluster at run time join it when first met.
     nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
     channels: Mutex<HashMap<String, Channel>>,
-    groups: BTreeMap<u64, Vec<NodeId>>,
+    /// Each coordinator group's replicas: the config's, or the live
+    /// voters a routing table named (they move).
+    groups: std::sync::RwLock<BTreeMap<u64, Vec<NodeId>>>,
     /// The metadata group's replicas ([`ClusterConfig::meta_replicas`]).
     meta: Vec<NodeId>,
     /// One look-up of unknown nodes at a time ([`Client::learn`]).
@@ -393,11 +395,13 @@ impl Client {
                         .collect(),
                 ),
                 channels: Mutex::new(HashMap::new()),
-                groups: config
-                    .coordinators
-                    .iter()
-                    .map(|g| (g.group, g.replicas.clone()))
-                    .collect(),
+                groups: std::sync::RwLock::new(
+                    config
+                        .coordinators
+                        .iter()
+                        .map(|g| (g.group, g.replicas.clone()))
+                        .collect(),
+                ),
                 meta: config.meta_replicas(),
                 learning: tokio::sync::Mutex::new(()),
                 missed: Mutex::new(HashMap::new()),
@@ -904,12 +908,72 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let replicas = self.inner.groups.get(&group).cloned().ok_or_else(|| {
+        let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
             ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
         })?;
         let within = self.inner.opts.request_timeout;
-        self.call_route(Route::Group(group), &replicas, idempotent, within, call)
+        match self
+            .call_route(Route::Group(group), &replicas, idempotent, within, &call)
             .await
+        {
+            // None of the replicas it knew leads the group, or answers:
+            // they may have moved. Ask any node for the routing table
+            // (its coordinator groups' live voters) and try them once.
+            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
+                match self.relearn_group(group).await {
+                    Some(moved) if moved != replicas => {
+                        self.call_route(Route::Group(group), &moved, idempotent, within, call)
+                            .await
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    pub(crate) fn group_table(&self) -> BTreeMap<u64, Vec<NodeId>> {
+        match self.inner.groups.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Coordinator group `group`'s replicas as the first node that sends
+    /// its routing table says (recorded by the client), if it says.
+    async fn relearn_group(&self, group: u64) -> Option<Vec<NodeId>> {
+        let known: Vec<String> = self
+            .inner
+            .nodes
+            .read()
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default();
+        let found = tokio::time::timeout(
+            self.inner.opts.request_timeout * 2,
+            discover_table(&known, self.inner.opts.tls.as_ref()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        if let Ok(mut n) = self.inner.nodes.write() {
+            for nc in &found.config.nodes {
+                n.entry(nc.id).or_insert_with(|| {
+                    dialled(&self.inner.opts, &nc.addr, &nc.peer_addr).to_string()
+                });
+            }
+        }
+        let replicas = found
+            .config
+            .coordinators
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.replicas.clone())
+            .filter(|r| !r.is_empty())?;
+        tracing::info!(group, replicas = ?replicas, "coordinator group's replicas relearned");
+        if let Ok(mut g) = self.inner.groups.write() {
+            g.insert(group, replicas.clone());
+        }
+        Some(replicas)
     }
 
     /// Like [`Client::call_shard`], for the leader of the metadata group
@@ -1206,8 +1270,18 @@ impl Client {
 
     /// Status of one replica of a coordinator group's recovery log.
     pub async fn coordinator_status(&self, node: NodeId) -> Result<ReplicaStatus, ClientError> {
+        self.coordinator_group_status(0, node).await
+    }
+
+    /// Node `node`'s replica of coordinator group `group` (0: whichever it
+    /// runs); a node that runs no replica of `group` answers NOT_LEADER.
+    pub async fn coordinator_group_status(
+        &self,
+        group: u64,
+        node: NodeId,
+    ) -> Result<ReplicaStatus, ClientError> {
         let mut c = pact_proto::txn_client::TxnClient::new(self.channel(node)?);
-        let req = pb::StatusRequest { shard_id: 0 };
+        let req = pb::StatusRequest { shard_id: group };
         self.status_reply(node, c.group_status(req)).await
     }
 
@@ -1242,7 +1316,7 @@ impl Client {
     pub fn group_replicas(&self, group: RaftGroup) -> Vec<NodeId> {
         match group {
             RaftGroup::Shard(s) => self.shard_replicas(s),
-            RaftGroup::Coordinator(g) => self.inner.groups.get(&g).cloned().unwrap_or_default(),
+            RaftGroup::Coordinator(g) => self.group_table().get(&g).cloned().unwrap_or_default(),
         }
     }
 
@@ -1320,11 +1394,7 @@ impl Client {
 
     /// Coordinator groups and their replicas, sorted.
     pub fn coordinator_groups(&self) -> Vec<(u64, Vec<NodeId>)> {
-        self.inner
-            .groups
-            .iter()
-            .map(|(g, r)| (*g, r.clone()))
-            .collect()
+        self.group_table().into_iter().collect()
     }
 
     /// Status of every replica of every shard, sorted by shard then node,
@@ -1363,9 +1433,14 @@ impl Client {
     pub async fn coordinator_status_all(
         &self,
     ) -> Vec<(u64, NodeId, Result<ReplicaStatus, ClientError>)> {
-        let asks = self.inner.groups.iter().flat_map(|(group, replicas)| {
+        let table = self.group_table();
+        let asks = table.iter().flat_map(|(group, replicas)| {
             replicas.iter().map(move |node| async move {
-                (*group, *node, self.coordinator_status(*node).await)
+                (
+                    *group,
+                    *node,
+                    self.coordinator_group_status(*group, *node).await,
+                )
             })
         });
         futures::future::join_all(asks).await

@@ -5,6 +5,14 @@ use pact_proto as pb;
 
 use crate::{Client, ClientError};
 
+/// The metadata group's tables of groups ([`Client::meta_shards`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetaTable {
+    pub epoch: u64,
+    pub shards: Vec<pact_common::ShardRecord>,
+    pub groups: Vec<pact_common::GroupRecord>,
+}
+
 /// One node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterMember {
@@ -37,7 +45,7 @@ impl Client {
 
     /// The metadata group's shard table (every shard it recorded, merged
     /// ones included, sorted by id) and its epoch; read at its leader.
-    pub async fn meta_shards(&self) -> Result<(u64, Vec<pact_common::ShardRecord>), ClientError> {
+    pub async fn meta_shards(&self) -> Result<MetaTable, ClientError> {
         let r = self
             .call_meta(true, |ch| async move {
                 meta(ch).shards(pb::ShardsRequest {}).await
@@ -50,7 +58,52 @@ impl Client {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ClientError::Internal)?;
         shards.sort_by_key(|r| r.descriptor.shard);
-        Ok((r.epoch, shards))
+        let mut groups: Vec<pact_common::GroupRecord> = r
+            .groups
+            .into_iter()
+            .map(|g| pact_common::GroupRecord {
+                group: g.group,
+                voters: g.voters,
+                voters_at: g.voters_at,
+            })
+            .collect();
+        groups.sort_by_key(|g| g.group);
+        Ok(MetaTable {
+            epoch: r.epoch,
+            shards,
+            groups,
+        })
+    }
+
+    /// What coordinator group `group`'s leader says of its committed
+    /// voters (asked of the replicas the client knows, following the
+    /// leader they name), for the metadata group's table.
+    pub async fn group_record(&self, group: u64) -> Result<pact_common::GroupRecord, ClientError> {
+        let mut ask = self.group_replicas(crate::RaftGroup::Coordinator(group));
+        let mut asked = Vec::new();
+        let mut last = ClientError::Unavailable(format!("coord {group}: no replica known"));
+        while let Some(node) = ask.pop() {
+            if asked.contains(&node) {
+                continue;
+            }
+            asked.push(node);
+            match self.coordinator_group_status(group, node).await {
+                Ok(st) if st.shard == group && st.role == "leader" => {
+                    return Ok(pact_common::GroupRecord {
+                        group,
+                        voters: st.committed_voters,
+                        voters_at: st.voters_at,
+                    })
+                }
+                Ok(st) => {
+                    if let Some(l) = st.leader.map(crate::NodeId) {
+                        ask.push(l);
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Add node `id` with its client and peer addresses; the members

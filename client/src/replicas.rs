@@ -100,10 +100,12 @@ impl Client {
             asked.push(node);
             let r = match group {
                 RaftGroup::Shard(s) => self.replica_status(s, node).await,
-                RaftGroup::Coordinator(_) => self.coordinator_status(node).await,
+                RaftGroup::Coordinator(g) => self.coordinator_group_status(g, node).await,
             };
             match r {
-                Ok(st) if !st.voters.is_empty() => {
+                // Only the group asked about (a node may run another
+                // coordinator group's replica since a move).
+                Ok(st) if !st.voters.is_empty() && st.shard == group.id() => {
                     let key = (st.role == "leader", st.term, st.voters.clone());
                     if let Some(l) = st.leader.filter(|l| !asked.contains(&NodeId(*l))) {
                         ask.push(NodeId(l));
@@ -235,6 +237,7 @@ impl Client {
                 group: id,
                 node: node.0,
                 remove,
+                coordinator: matches!(group, RaftGroup::Coordinator(_)),
             })
             .await
         })
@@ -267,6 +270,7 @@ impl Client {
             group: group.id(),
             voters: voters.iter().map(|v| v.0).collect(),
             create,
+            coordinator: matches!(group, RaftGroup::Coordinator(_)),
         };
         self.at_node(node, |mut c| {
             let req = req.clone();
@@ -377,6 +381,7 @@ impl Client {
         let req = pb::DropReplicaRequest {
             group: id,
             voters: voters.iter().map(|v| v.0).collect(),
+            coordinator: matches!(group, RaftGroup::Coordinator(_)),
         };
         let dropped = self
             .at_node(node, |mut c| {

@@ -105,7 +105,7 @@ const COMMIT_LOCK_ALLOWANCE: Duration = Duration::from_secs(5);
 
 impl Client {
     fn pick_group(&self) -> Result<u64, ClientError> {
-        let groups: Vec<u64> = self.inner.groups.keys().copied().collect();
+        let groups: Vec<u64> = self.group_table().keys().copied().collect();
         if groups.is_empty() {
             return Err(ClientError::InvalidInput(
                 "the cluster config has no coordinator groups".into(),
@@ -166,6 +166,7 @@ impl Client {
         let group = self.pick_group()?;
         let req = pb::BeginRequest {
             priority: priority.map_or(0, |p| p.0),
+            group,
         };
         let (resp, leader) = self
             .call_group_with_node(group, |ch| async move { txn_client(ch).begin(req).await })

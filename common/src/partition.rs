@@ -254,6 +254,16 @@ impl ShardRecord {
     }
 }
 
+/// What the metadata group records of a coordinator group: its committed
+/// voters as its leader last reported them, ordered by `voters_at` (the
+/// membership's log index, which only grows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub group: u64,
+    pub voters: Vec<u64>,
+    pub voters_at: u64,
+}
+
 /// Routes keys to shards. Build it with [`ShardMap::new_hash`],
 /// [`ShardMap::new_range`] or [`crate::ClusterConfig::shard_map`].
 #[derive(Debug, Clone)]

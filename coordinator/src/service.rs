@@ -34,8 +34,18 @@ impl TxnService {
     }
 
     fn c(&self) -> Result<Arc<Coordinator>, Status> {
+        self.c_for(0)
+    }
+
+    /// The coordinator replica of `group` this node runs (of any group for
+    /// 0): else "not leader" without a hint, so the caller asks the
+    /// group's other replicas (this node left the group, or runs another
+    /// one's replica since a move) instead of taking another group's
+    /// answer.
+    fn c_for(&self, group: u64) -> Result<Arc<Coordinator>, Status> {
         self.hosted
             .get()
+            .filter(|c| group == 0 || c.group() == group)
             .ok_or_else(|| Error::NotLeader { hint: None }.into())
     }
 }
@@ -46,9 +56,10 @@ impl Txn for TxnService {
         &self,
         r: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
-        let p = r.into_inner().priority;
+        let r = r.into_inner();
+        let p = r.priority;
         let (txn, priority) = self
-            .c()?
+            .c_for(r.group)?
             .begin((p != 0).then_some(pact_common::Timestamp(p)))
             .await?;
         Ok(Response::new(pb::BeginResponse {
@@ -59,7 +70,7 @@ impl Txn for TxnService {
 
     async fn keepalive(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
         let txn = convert::txn_id(r.into_inner().txn)?;
-        self.c()?.keepalive(txn)?;
+        self.c_for(txn.group)?.keepalive(txn)?;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -69,7 +80,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        self.c()?.wounded(txn, r.reason)?;
+        self.c_for(txn.group)?.wounded(txn, r.reason)?;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -79,7 +90,10 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let v = self.c()?.get(txn, r.key.to_vec(), r.for_update).await?;
+        let v = self
+            .c_for(txn.group)?
+            .get(txn, r.key.to_vec(), r.for_update)
+            .await?;
         Ok(Response::new(pb::GetResponse {
             found: v.is_some(),
             value: v.unwrap_or_default().into(),
@@ -105,7 +119,10 @@ impl Txn for TxnService {
         } else {
             Some(r.end.to_vec())
         };
-        let (pairs, more) = self.c()?.scan(txn, r.start.to_vec(), end, r.limit).await?;
+        let (pairs, more) = self
+            .c_for(txn.group)?
+            .scan(txn, r.start.to_vec(), end, r.limit)
+            .await?;
         Ok(Response::new(pb::ScanResponse {
             pairs: pairs
                 .into_iter()
@@ -128,7 +145,7 @@ impl Txn for TxnService {
             return Err(Error::InvalidInput("empty write".into()).into());
         }
         validate_ops(&r.ops)?;
-        self.c()?.write(txn, r.ops).await?;
+        self.c_for(txn.group)?.write(txn, r.ops).await?;
         Ok(Response::new(pb::TxnWriteResponse {}))
     }
 
@@ -139,13 +156,13 @@ impl Txn for TxnService {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
         validate_ops(&r.ops)?;
-        let o = self.c()?.commit(txn, r.ops).await?;
+        let o = self.c_for(txn.group)?.commit(txn, r.ops).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 
     async fn rollback(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
         let txn = convert::txn_id(r.into_inner().txn)?;
-        self.c()?.rollback(txn).await;
+        self.c_for(txn.group)?.rollback(txn).await;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -192,10 +209,12 @@ impl Txn for TxnService {
 
     async fn group_status(
         &self,
-        _r: Request<pb::StatusRequest>,
+        r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        // `shard_id` names the coordinator group here (0: any).
+        let group = r.into_inner().shard_id;
         Ok(Response::new(pact_raft::wire::status_response(
-            self.c()?.replica().status(),
+            self.c_for(group)?.replica().status(),
         )))
     }
 
@@ -205,7 +224,7 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let r = r.into_inner();
         let txn = convert::txn_id(r.txn)?;
-        let o = self.c()?.status(txn, r.resolve).await?;
+        let o = self.c_for(txn.group)?.status(txn, r.resolve).await?;
         Ok(Response::new(convert::outcome(o)))
     }
 }

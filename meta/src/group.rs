@@ -10,8 +10,8 @@ use pact_common::{ClusterConfig, NodeId, META_GROUP};
 use pact_raft::{Directory, Host, Replica, ReplicaError, ShardTable, Tuning};
 
 use crate::machine::{
-    check_new, decode, encode, epoch_key, epoch_of, members_of, node_range, shard_range, shards_of,
-    Member, MetaApp, MetaCommand, MetaReply,
+    check_new, decode, encode, epoch_key, epoch_of, group_range, groups_of, members_of, node_range,
+    shard_range, shards_of, Member, MetaApp, MetaCommand, MetaReply,
 };
 use crate::Error;
 
@@ -125,7 +125,17 @@ impl MetaGroup {
         let shards = shards_of(&pairs).map_err(Error::Fatal)?;
         let epoch = self.replica.get_local(epoch_key()).await?;
         let epoch = epoch_of(epoch.as_deref()).map_err(Error::Fatal)?;
-        Ok(ShardTable { epoch, shards })
+        let (start, end) = group_range();
+        let pairs = self
+            .replica
+            .scan_local(start, Some(end), usize::MAX)
+            .await?;
+        let groups = groups_of(&pairs).map_err(Error::Fatal)?;
+        Ok(ShardTable {
+            epoch,
+            shards,
+            groups,
+        })
     }
 
     /// The shard table, linearizably (at the leader).
@@ -149,6 +159,26 @@ impl MetaGroup {
         for (shard, e) in &failed {
             tracing::debug!(%shard, error = %e, "shard not described; its record is kept");
         }
+        // The coordinator groups' voters too (they move as shards do).
+        let mut groups = Vec::new();
+        for g in &self.coordinators {
+            match self.shards.group_record(*g).await {
+                Ok(r) if !r.voters.is_empty() => {
+                    let old = table.groups.iter().find(|o| o.group == *g);
+                    if old.is_none_or(|o| r.voters_at > o.voters_at) {
+                        groups.push(r);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(group = g, error = %e, "coordinator group not described"),
+            }
+        }
+        let mut proposed = 0;
+        if !groups.is_empty() {
+            proposed += groups.len();
+            let bytes = encode(&MetaCommand::Groups(groups)).map_err(Error::InvalidInput)?;
+            self.replica.propose(bytes).await?;
+        }
         let newer: Vec<pact_common::ShardRecord> = seen
             .into_iter()
             .filter(|r| {
@@ -160,12 +190,12 @@ impl MetaGroup {
             })
             .collect();
         if newer.is_empty() {
-            return Ok(0);
+            return Ok(proposed);
         }
         let n = newer.len();
         let bytes = encode(&MetaCommand::Shards(newer)).map_err(Error::InvalidInput)?;
         self.replica.propose(bytes).await?;
-        Ok(n)
+        Ok(proposed + n)
     }
 
     /// Apply `cmd` through the log; the table after.
@@ -347,7 +377,11 @@ impl Source {
             Source::Remote(c) => c
                 .meta_shards()
                 .await
-                .map(|(epoch, shards)| ShardTable { epoch, shards })
+                .map(|t| ShardTable {
+                    epoch: t.epoch,
+                    shards: t.shards,
+                    groups: t.groups,
+                })
                 .map_err(|e| e.to_string()),
         }
     }
@@ -385,7 +419,10 @@ pub fn keep_directory(directory: Directory, source: Source, config: ClusterConfi
     tokio::spawn(async move {
         loop {
             match source.members().await {
-                Ok(m) if !m.is_empty() => directory.set(directory_entries(&m, &config)),
+                Ok(m) if !m.is_empty() => {
+                    directory.set_removed(m.iter().filter(|m| m.removed).map(|m| m.id));
+                    directory.set(directory_entries(&m, &config));
+                }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
             }

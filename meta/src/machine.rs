@@ -3,7 +3,7 @@
 //! alone, so every replica reaches the same table whatever its leader
 //! checked before proposing.
 
-use pact_common::ShardRecord;
+use pact_common::{GroupRecord, ShardRecord};
 use pact_raft::codec;
 use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,8 @@ const SEEDED_KEY: &[u8] = b"seeded";
 const NODE_PREFIX: u8 = b'n';
 /// `d` + the shard id (big-endian): one [`ShardRecord`] each.
 const SHARD_PREFIX: u8 = b'd';
+/// `c` + the coordinator group id (big-endian): one [`GroupRecord`] each.
+const GROUP_PREFIX: u8 = b'c';
 /// How many shard records the table has taken (big-endian u64).
 const EPOCH_KEY: &[u8] = b"epoch";
 
@@ -44,6 +46,9 @@ pub enum MetaCommand {
     /// ([`ShardRecord::newer_than`]), so a late or repeated report
     /// changes nothing.
     Shards(Vec<ShardRecord>),
+    /// What coordinator groups' leaders said of their voters: each record
+    /// replaces its group's only if its `voters_at` is larger.
+    Groups(Vec<GroupRecord>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +75,25 @@ pub(crate) fn shard_key(id: u64) -> Vec<u8> {
 /// The key range of every shard record, for a scan: `[start, end)`.
 pub(crate) fn shard_range() -> (Vec<u8>, Vec<u8>) {
     (vec![SHARD_PREFIX], vec![SHARD_PREFIX + 1])
+}
+
+pub(crate) fn group_key(id: u64) -> Vec<u8> {
+    let mut k = vec![GROUP_PREFIX];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key range of every coordinator group record: `[start, end)`.
+pub(crate) fn group_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![GROUP_PREFIX], vec![GROUP_PREFIX + 1])
+}
+
+/// Decode the records of a scan of [`group_range`], sorted by group.
+pub fn groups_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<GroupRecord>, String> {
+    pairs
+        .iter()
+        .map(|(_, v)| decode::<GroupRecord>(v))
+        .collect()
 }
 
 pub(crate) fn epoch_key() -> &'static [u8] {
@@ -252,6 +276,32 @@ pub fn effect(
             w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
             Ok((w, MetaReply::Done))
         }
+        MetaCommand::Groups(records) => {
+            let mut taken: std::collections::BTreeMap<u64, GroupRecord> = Default::default();
+            for r in records {
+                let old = match taken.get(&r.group) {
+                    Some(t) => Some(t.clone()),
+                    None => get(&group_key(r.group))
+                        .map_err(|e| e.to_string())?
+                        .map(|v| decode::<GroupRecord>(&v))
+                        .transpose()?,
+                };
+                if old.is_none_or(|o| r.voters_at > o.voters_at) {
+                    taken.insert(r.group, r.clone());
+                }
+            }
+            if taken.is_empty() {
+                return Ok((Vec::new(), MetaReply::Done));
+            }
+            let epoch = epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())?
+                + taken.len() as u64;
+            let mut w: Writes = Vec::new();
+            for (id, r) in &taken {
+                w.push((group_key(*id), Some(encode(r)?)));
+            }
+            w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
+            Ok((w, MetaReply::Done))
+        }
         MetaCommand::Remove { id } => {
             let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {
                 return refused(format!("node {id} is not a member of the cluster"));
@@ -334,6 +384,16 @@ impl MemTable {
             };
         }
         r
+    }
+
+    pub fn groups(&self) -> Vec<GroupRecord> {
+        let (s, e) = group_range();
+        let pairs: Vec<_> = self
+            .0
+            .range(s..e)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        groups_of(&pairs).expect("decode")
     }
 
     pub fn shards(&self) -> (u64, Vec<ShardRecord>) {
@@ -486,6 +546,26 @@ mod tests {
         assert_eq!(shards[0], rec(1, 2, &[1, 2, 4], 9));
         // The member table is untouched.
         assert!(t.members().is_empty());
+    }
+
+    #[test]
+    fn a_coordinator_group_record_is_replaced_only_by_a_later_membership() {
+        let mut t = MemTable::default();
+        let g = |voters: &[u64], at: u64| GroupRecord {
+            group: 4,
+            voters: voters.to_vec(),
+            voters_at: at,
+        };
+        t.apply(&MetaCommand::Groups(vec![g(&[1, 2, 3], 3)]));
+        assert_eq!(t.shards().0, 1);
+        // Late, then repeated: nothing changes.
+        t.apply(&MetaCommand::Groups(vec![g(&[1, 2], 2), g(&[1, 2, 3], 3)]));
+        assert_eq!((t.shards().0, t.groups()), (1, vec![g(&[1, 2, 3], 3)]));
+        t.apply(&MetaCommand::Groups(vec![
+            g(&[1, 2, 5], 9),
+            g(&[1, 2, 3], 7),
+        ]));
+        assert_eq!((t.shards().0, t.groups()), (2, vec![g(&[1, 2, 5], 9)]));
     }
 
     #[test]

@@ -98,6 +98,15 @@ impl Meta for MetaService {
         Ok(Response::new(pb::ShardsResponse {
             epoch: t.epoch,
             shards: t.shards.iter().map(pact_raft::wire::shard_record).collect(),
+            groups: t
+                .groups
+                .into_iter()
+                .map(|g| pb::GroupVoters {
+                    group: g.group,
+                    voters: g.voters,
+                    voters_at: g.voters_at,
+                })
+                .collect(),
         }))
     }
 

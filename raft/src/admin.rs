@@ -40,21 +40,41 @@ pub enum HostError {
     Failed(String),
 }
 
+/// Which kind of group an admin call names: a shard and a coordinator
+/// group may share an id in a config (never on one node), so the caller
+/// says which it means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    Shard,
+    Coordinator,
+}
+
+impl GroupKind {
+    pub fn of(coordinator: bool) -> GroupKind {
+        if coordinator {
+            GroupKind::Coordinator
+        } else {
+            GroupKind::Shard
+        }
+    }
+}
+
 /// What starts and stops a node's replicas at run time: the server that
 /// knows how to build a group's application (a shard's participant, a
 /// coordinator's recovery log).
 #[tonic::async_trait]
 pub trait GroupHost: Send + Sync + 'static {
-    /// Start this node's replica of `group`, whose voters are `voters`
-    /// (idempotent: a hosted group is left as it is).
-    async fn host(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError>;
-    /// Stop this node's replica of `group` for good and delete its data
-    /// (idempotent: a group not hosted is fine).
-    async fn drop_group(&self, group: u64) -> Result<(), HostError>;
-    /// Whether `group`'s replicas may change now: a shard that is
-    /// splitting (or being created by a split) may not, since each step
-    /// of the split reads the other group's replica on the same node.
-    async fn may_change(&self, _group: u64) -> Result<(), HostError> {
+    /// Start this node's replica of `group` (of `kind`), whose voters are
+    /// `voters` (idempotent: a hosted group is left as it is).
+    async fn host(&self, group: u64, kind: GroupKind, voters: Vec<u64>) -> Result<(), HostError>;
+    /// Stop this node's replica of `group` (of `kind`) for good and delete
+    /// its data (idempotent: a group not hosted is fine).
+    async fn drop_group(&self, group: u64, kind: GroupKind) -> Result<(), HostError>;
+    /// Whether `group`'s replicas may change now, this node running its
+    /// replica of `kind` (refused otherwise): a shard that is splitting
+    /// (or being created by a split) may not, since each step of the
+    /// split reads the other group's replica on the same node.
+    async fn may_change(&self, _group: u64, _kind: GroupKind) -> Result<(), HostError> {
         Ok(())
     }
 }
@@ -77,6 +97,9 @@ pub struct AdminService {
     coordinator_group: Option<u64>,
     /// Each group's replicas in the config (see `membership::remove`).
     anchors: Arc<std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>>,
+    /// Each coordinator group's replicas in the config, for a change that
+    /// names its group a coordinator group.
+    coordinator_anchors: Arc<std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>>,
 }
 
 impl AdminService {
@@ -133,6 +156,13 @@ impl AdminService {
                             })
                             .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
                     )
+                    .collect(),
+            ),
+            coordinator_anchors: Arc::new(
+                config
+                    .coordinators
+                    .iter()
+                    .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect()))
                     .collect(),
             ),
         })
@@ -268,6 +298,13 @@ impl Admin for AdminService {
                 }
             }
             t.descriptors = table.shards.iter().map(crate::wire::shard_record).collect();
+            for g in &mut t.coordinators {
+                if let Some(r) = table.groups.iter().find(|r| r.group == g.group) {
+                    if !r.voters.is_empty() {
+                        g.replicas = r.voters.clone();
+                    }
+                }
+            }
         }
         // Only where replicas move (a `pact` server, whose group ids are
         // unique within the process): a participant's shard 1 and a
@@ -377,7 +414,8 @@ impl Admin for AdminService {
         }
         // Owned: a caller that gives up does not leave a replica half
         // started.
-        tokio::spawn(async move { host.host(r.group, r.voters).await })
+        let kind = GroupKind::of(r.coordinator);
+        tokio::spawn(async move { host.host(r.group, kind, r.voters).await })
             .await
             .map_err(|e| Status::internal(format!("host task failed: {e}")))?
             .map_err(host_status)?;
@@ -413,7 +451,8 @@ impl Admin for AdminService {
                 None,
             ));
         }
-        tokio::spawn(async move { host.drop_group(r.group).await })
+        let kind = GroupKind::of(r.coordinator);
+        tokio::spawn(async move { host.drop_group(r.group, kind).await })
             .await
             .map_err(|e| Status::internal(format!("drop task failed: {e}")))?
             .map_err(host_status)?;
@@ -427,11 +466,18 @@ impl Admin for AdminService {
         let r = request.into_inner();
         fixed(r.group)?;
         if let Some(host) = &self.host {
-            host.may_change(r.group).await.map_err(host_status)?;
+            host.may_change(r.group, GroupKind::of(r.coordinator))
+                .await
+                .map_err(host_status)?;
         }
         let router = self.router.clone();
         let voters = if r.remove {
-            let anchors = self.anchors.get(&r.group).cloned().unwrap_or_default();
+            let anchors = if r.coordinator {
+                &self.coordinator_anchors
+            } else {
+                &self.anchors
+            };
+            let anchors = anchors.get(&r.group).cloned().unwrap_or_default();
             tokio::spawn(async move {
                 membership::remove(&router, r.group, r.node, &anchors, MEMBERSHIP_WITHIN).await
             })

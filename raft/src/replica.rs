@@ -87,6 +87,8 @@ pub struct Host {
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
     nodes: Arc<std::sync::RwLock<BTreeMap<u64, Member>>>,
+    /// Nodes the member table lists as removed.
+    removed: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     shards: Arc<std::sync::RwLock<ShardTable>>,
 }
 
@@ -96,6 +98,8 @@ pub struct Directory {
 pub struct ShardTable {
     pub epoch: u64,
     pub shards: Vec<pact_common::ShardRecord>,
+    /// The coordinator groups' committed voters.
+    pub groups: Vec<pact_common::GroupRecord>,
 }
 
 impl Directory {
@@ -104,6 +108,22 @@ impl Directory {
         if let Ok(mut d) = self.nodes.write() {
             *d = nodes.into_iter().map(|m| (m.id, m)).collect();
         }
+    }
+
+    /// Record the nodes the member table lists as removed (they never
+    /// come back).
+    pub fn set_removed(&self, removed: impl IntoIterator<Item = u64>) {
+        if let Ok(mut r) = self.removed.write() {
+            r.extend(removed);
+        }
+    }
+
+    /// Whether the member table lists node `id` as removed.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed
+            .read()
+            .map(|r| r.contains(&id))
+            .unwrap_or(false)
     }
 
     /// Replace the shard table, unless `table` is older than the one held
@@ -342,6 +362,9 @@ pub struct ReplicaStatus {
     /// Whether it may vote ([`crate::rejoin::Gate::name`]): a group whose
     /// other replicas are not "open" cannot elect if its leader dies.
     pub gate: &'static str,
+    /// [`Replica::committed_voters`].
+    pub committed_voters: Vec<u64>,
+    pub voters_at: u64,
 }
 
 /// One replica of a group as this node's config describes it.
@@ -732,10 +755,8 @@ impl Replica {
     /// records of a shard. Read at a leader after a read barrier, it is
     /// the group's current committed membership.
     pub fn committed_voters(&self) -> (Vec<u64>, u64) {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let c = &m.committed_membership_config;
-        let voters = c.membership().voter_ids().collect();
-        (voters, c.log_id().as_ref().map(|l| l.index).unwrap_or(0))
+        let s = self.status();
+        (s.committed_voters, s.voters_at)
     }
 
     /// Why the group's membership is not a plain set of voters now, if
@@ -1084,7 +1105,10 @@ impl Replica {
         };
         let leader = m.current_leader.map(|l| self.hint(l));
         let voters = m.membership_config.membership().voter_ids().collect();
+        let committed = &m.committed_membership_config;
         ReplicaStatus {
+            committed_voters: committed.membership().voter_ids().collect(),
+            voters_at: committed.log_id().as_ref().map(|l| l.index).unwrap_or(0),
             group: self.group,
             node_id: self.node_id,
             role,

@@ -84,9 +84,12 @@ impl PeerAuth {
         let _ = self.directory.set(directory);
     }
 
+    /// A config node the member table does not list (added to the file
+    /// after the table was seeded) stays trusted, unless the table lists
+    /// it removed.
     fn trusts(&self, nodes: &BTreeSet<NodeId>, id: NodeId) -> bool {
         match self.directory.get() {
-            Some(d) => d.get(id.0).is_some(),
+            Some(d) => d.get(id.0).is_some() || (nodes.contains(&id) && !d.is_removed(id.0)),
             None => nodes.contains(&id),
         }
     }
@@ -459,6 +462,10 @@ mod tests {
         directory.set(vec![member(1), member(3), member(9)]);
         tls.clone().trust_directory(directory.clone());
         assert_eq!(tls.check(Some(&stranger)).unwrap(), Some(NodeId(9)));
+        // A config node the table does not list (yet) is still trusted;
+        // once the table lists it removed, it is not.
+        assert_eq!(tls.check(Some(&node2)).unwrap(), Some(NodeId(2)));
+        directory.set_removed([2]);
         assert_eq!(
             tls.check(Some(&node2)).unwrap_err().code(),
             Code::PermissionDenied
@@ -467,9 +474,9 @@ mod tests {
             tls.check(Some(&client)).unwrap_err().code(),
             Code::PermissionDenied
         );
-        directory.set(vec![member(1), member(2), member(3)]);
-        assert_eq!(tls.check(Some(&node2)).unwrap(), Some(NodeId(2)));
+        directory.set(vec![member(1), member(3)]);
         assert!(tls.check(Some(&stranger)).is_err());
+        assert!(tls.check(Some(&node2)).is_err());
 
         // Without TLS nothing names a peer, and nothing is refused here.
         let plain = PeerAuth::new(&config, false);

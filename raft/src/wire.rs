@@ -107,6 +107,8 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
         voters: s.voters,
         stopped: s.fatal.unwrap_or_default(),
         gate: s.gate.to_string(),
+        committed_voters: s.committed_voters,
+        voters_at: s.voters_at,
     }
 }
 

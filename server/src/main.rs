@@ -24,7 +24,7 @@ use pact_coordinator::service::TxnService;
 use pact_coordinator::Coordinator;
 use pact_participant::service::{KvService, ParticipantService};
 use pact_participant::Node;
-use pact_raft::admin::HostError;
+use pact_raft::admin::{GroupKind, HostError};
 use pact_raft::Host;
 
 /// Run a Pact node: its replicas of the shards and of the coordinator
@@ -109,8 +109,9 @@ struct ShardHost {
 
 #[tonic::async_trait]
 impl pact_raft::admin::GroupHost for ShardHost {
-    async fn host(&self, group: u64, voters: Vec<u64>) -> Result<(), HostError> {
-        if self.is_coordinator_group(group) {
+    async fn host(&self, group: u64, kind: GroupKind, voters: Vec<u64>) -> Result<(), HostError> {
+        if kind == GroupKind::Coordinator {
+            self.check_coordinator(group)?;
             return self.host_coordinator(group, voters).await;
         }
         self.check(group)?;
@@ -120,16 +121,21 @@ impl pact_raft::admin::GroupHost for ShardHost {
             .map_err(host_error)
     }
 
-    async fn drop_group(&self, group: u64) -> Result<(), HostError> {
-        if self.is_coordinator_group(group) {
+    async fn drop_group(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+        if kind == GroupKind::Coordinator {
+            self.check_coordinator(group)?;
             let _one = self.hosting.lock().await;
             let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
                 return Ok(());
             };
-            c.retire(&self.host)
-                .await
-                .map_err(|e| HostError::Failed(e.to_string()))?;
+            // Out of the slot first: the node's storage watch reads the
+            // slot, and a replica being stopped on purpose reports itself
+            // stopped (as a failed one would).
             self.coordinator.set(None);
+            if let Err(e) = c.retire(&self.host).await {
+                self.coordinator.set(Some(c));
+                return Err(HostError::Failed(e.to_string()));
+            }
             tracing::info!(
                 group,
                 "dropped this node's replica of the coordinator group"
@@ -143,10 +149,18 @@ impl pact_raft::admin::GroupHost for ShardHost {
             .map_err(host_error)
     }
 
-    async fn may_change(&self, group: u64) -> Result<(), HostError> {
-        if self.is_coordinator_group(group) {
-            return Ok(());
+    async fn may_change(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+        if kind == GroupKind::Coordinator {
+            self.check_coordinator(group)?;
+            return match self.coordinator.get().filter(|c| c.group() == group) {
+                Some(_) => Ok(()),
+                None => Err(HostError::Refused(format!(
+                    "node {} runs no replica of coordinator group {group}",
+                    self.node.id()
+                ))),
+            };
         }
+        self.check(group)?;
         match self.node.splitting(ShardId(group)).await {
             Some(why) => Err(HostError::Failed(format!(
                 "{why}: its replicas cannot change until the split is done; try again shortly"
@@ -157,11 +171,22 @@ impl pact_raft::admin::GroupHost for ShardHost {
 }
 
 impl ShardHost {
-    /// Whether `group` is a coordinator group (the config lists them; on
-    /// `pact` a shard and a coordinator group never share an id).
-    fn is_coordinator_group(&self, group: u64) -> bool {
-        self.config.coordinators.iter().any(|g| g.group == group)
-            && self.config.shard(ShardId(group)).is_none()
+    /// A coordinator group that may move: one the config lists, whose id
+    /// no shard has (a node's groups share one router keyed by id, and its
+    /// records of what it hosts name groups by id alone).
+    fn check_coordinator(&self, group: u64) -> Result<(), HostError> {
+        if !self.config.coordinators.iter().any(|g| g.group == group) {
+            return Err(HostError::Refused(format!(
+                "no coordinator group {group} in the cluster config"
+            )));
+        }
+        if self.config.shard(ShardId(group)).is_some() {
+            return Err(HostError::Refused(format!(
+                "coordinator group {group} shares its id with shard {group}: its replicas \
+                 cannot move (give coordinator groups ids no shard has)"
+            )));
+        }
+        Ok(())
     }
 
     /// Start this node's replica of coordinator group `group`, whose
@@ -205,7 +230,9 @@ impl ShardHost {
     fn check(&self, group: u64) -> Result<(), HostError> {
         // A node's groups share one store and router keyed by group id:
         // a shard cannot join a node whose coordinator group has its id.
-        if self.config.coordinator_of(self.node.id()).map(|g| g.group) == Some(group) {
+        if self.config.coordinator_of(self.node.id()).map(|g| g.group) == Some(group)
+            || self.coordinator.get().is_some_and(|c| c.group() == group)
+        {
             return Err(HostError::Refused(format!(
                 "node {} hosts coordinator group {group}, whose id shard {group} shares; \
                  the shard cannot be hosted there",

@@ -612,7 +612,8 @@ impl Cluster {
             }
             for g in &self.config.coordinators {
                 for id in g.replicas.iter().filter(running) {
-                    let status = tokio::time::timeout(call, client.coordinator_status(*id));
+                    let status =
+                        tokio::time::timeout(call, client.coordinator_group_status(g.group, *id));
                     let answer = status.await.unwrap_or_else(|_| Err(late(call)));
                     judge(
                         format!("coordinator group {} on node {id}", g.group),
@@ -664,9 +665,18 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             for id in self.coordinator_ids(group) {
-                if let Ok(s) = client.coordinator_status(id).await {
+                if let Ok(s) = client.coordinator_group_status(group, id).await {
                     if s.role == "leader" {
                         return id;
+                    }
+                    // The leader may be on a node the config does not give
+                    // the group (its replicas moved).
+                    if let Some(l) = s.leader.map(NodeId).filter(|l| *l != id) {
+                        if let Ok(s) = client.coordinator_group_status(group, l).await {
+                            if s.role == "leader" {
+                                return l;
+                            }
+                        }
                     }
                 }
             }

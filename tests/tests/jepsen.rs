@@ -65,6 +65,13 @@ async fn bank_survives_coordinator_kills_between_prepare_and_decision() {
     spec.duration += std::time::Duration::from_secs(10);
     let r = run(spec).await;
     assert_faulted(&r, &faults);
+    assert!(
+        r.intervals
+            .iter()
+            .any(|i| i.detail.starts_with("killed coordinator leader")),
+        "no coordinator leader was killed: {}",
+        r.summary()
+    );
     assert_valid(&r);
 }
 

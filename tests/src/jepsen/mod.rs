@@ -356,6 +356,11 @@ pub async fn run(spec: Spec) -> Report {
         7001,
     )
     .expect("config");
+    // Coordinator group ids that no shard has, so that a coordinator
+    // group's replicas can move (`Fault::MoveReplica`).
+    for (i, g) in config.coordinators.iter_mut().enumerate() {
+        g.group = spec.shards + 1 + i as u64;
+    }
     if spec.spare {
         let id = NodeId(config.nodes.len() as u64 + 1);
         // Ports are assigned by `Cluster::create`.
@@ -654,8 +659,8 @@ async fn quiesce(c: &Cluster) {
         c.wait_leader(s, &participants, Duration::from_secs(30))
             .await;
     }
-    if !c.config.coordinators.is_empty() {
-        c.wait_coordinator(1, Duration::from_secs(30)).await;
+    for g in &c.config.coordinators {
+        c.wait_coordinator(g.group, Duration::from_secs(30)).await;
     }
 }
 

@@ -59,7 +59,9 @@ pub enum Fault {
     /// Move a random shard's replica from one of its voters to a node
     /// that does not hold it (`txn admin replica move`: the new replica
     /// catches up as a learner, becomes a voter, then the old one is
-    /// removed and drops its data), with no process harmed. Needs nodes
+    /// removed and drops its data), with no process harmed; one time in
+    /// three, a coordinator group's replica instead (`--coord`), to a
+    /// participant node that runs no coordinator replica. Needs nodes
     /// that can host replicas at run time (`Spec::spare`).
     MoveReplica,
     /// Grow or shrink the cluster, with no process harmed: if no node
@@ -146,16 +148,30 @@ async fn shard_leader(c: &Cluster, shard: ShardId) -> Option<NodeId> {
     None
 }
 
+/// The leader of the config's first coordinator group.
 async fn coordinator_leader(c: &Cluster) -> Option<NodeId> {
-    coordinator_group_leader(c, 1).await
+    coordinator_group_leader(c, first_coordinator_group(c)?).await
 }
 
+fn first_coordinator_group(c: &Cluster) -> Option<u64> {
+    c.config.coordinators.first().map(|g| g.group)
+}
+
+/// The leader of coordinator group `group`: one of the replicas the
+/// config gives it, or the node they name (its replicas may have moved).
 async fn coordinator_group_leader(c: &Cluster, group: u64) -> Option<NodeId> {
     let client = c.client();
     for id in c.coordinator_ids(group) {
-        if let Ok(s) = client.coordinator_status(id).await {
+        if let Ok(s) = client.coordinator_group_status(group, id).await {
             if s.role == "leader" {
                 return Some(id);
+            }
+            if let Some(l) = s.leader.map(NodeId).filter(|l| *l != id) {
+                if let Ok(s) = client.coordinator_group_status(group, l).await {
+                    if s.role == "leader" {
+                        return Some(l);
+                    }
+                }
             }
         }
     }
@@ -292,17 +308,35 @@ pub async fn apply(
         }
         Fault::MoveReplica => {
             let client = c.client();
-            let shards = all_shards(&client).await;
-            let shard = *shards.choose(rng).expect("shards");
-            let group = RaftGroup::Shard(shard);
+            let coordinators: Vec<u64> = client
+                .coordinator_groups()
+                .into_iter()
+                .map(|(g, _)| g)
+                .collect();
+            let group = match coordinators.choose(rng) {
+                Some(g) if rng.random_range(0..3) == 0 => RaftGroup::Coordinator(*g),
+                _ => {
+                    let shards = all_shards(&client).await;
+                    RaftGroup::Shard(*shards.choose(rng).expect("shards"))
+                }
+            };
             let voters = match client.group_voters(group).await {
                 Ok(v) => v,
                 Err(e) => return (Applied::Nothing, format!("{group}: no voters known: {e}")),
             };
+            // A node runs one coordinator group's replica at most.
+            let mut taken = voters.clone();
+            if let RaftGroup::Coordinator(_) = group {
+                for g in &coordinators {
+                    if let Ok(v) = client.group_voters(RaftGroup::Coordinator(*g)).await {
+                        taken.extend(v);
+                    }
+                }
+            }
             let free: Vec<NodeId> = participants
                 .iter()
                 .copied()
-                .filter(|n| !voters.contains(n))
+                .filter(|n| !taken.contains(n))
                 .collect();
             let (Some(&from), Some(&to)) = (voters.choose(rng), free.choose(rng)) else {
                 return (
@@ -474,7 +508,8 @@ pub async fn apply(
                 Fault::CoordinatorCutOffShard => {
                     let shard = c.config.shards.choose(rng).expect("shards");
                     let mut pairs = Vec::new();
-                    for co in c.coordinator_ids(1) {
+                    let group = first_coordinator_group(c).unwrap_or_default();
+                    for co in c.coordinator_ids(group) {
                         for r in &shard.replicas {
                             pairs.push((co, *r));
                             pairs.push((*r, co));
