@@ -599,8 +599,8 @@ fn main() -> ExitCode {
     // --timeout bounds the whole command, the routing-table question
     // included.
     let started = std::time::Instant::now();
-    // The metadata group's shard table, when a node sent one.
-    let mut table = Vec::new();
+    // What a node's routing table said beyond the config, if one was asked.
+    let mut found_table = None;
     let (config, tls) = match &source {
         source::ConfigSource::Endpoints(endpoints) => {
             let tls = match pact_client::Tls::from_flags(&flags) {
@@ -621,8 +621,9 @@ fn main() -> ExitCode {
             });
             match asked {
                 Ok(found) => {
-                    table = found.shards;
-                    (found.config, tls)
+                    let config = found.config.clone();
+                    found_table = Some(found);
+                    (config, tls)
                 }
                 Err(e) => {
                     let e = source.annotate(e);
@@ -651,14 +652,18 @@ fn main() -> ExitCode {
     if let Cmd::Shell = args.cmd {
         // Each statement has its own deadline.
         let client = Client::new(&config, client_options(total, tls));
-        client.adopt(&table);
+        if let Some(f) = &found_table {
+            client.adopt(f);
+        }
         return ExitCode::from(rt.block_on(shell::Shell::new(client, total, style).run()));
     }
     let left = total
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(1));
     let client = Client::new(&config, client_options(left, tls));
-    client.adopt(&table);
+    if let Some(f) = &found_table {
+        client.adopt(f);
+    }
     let progress = data::Progress::default();
     let result = match rt.block_on(async {
         // Made inside the runtime: a timer needs one.

@@ -491,6 +491,7 @@ pub fn config_from_topology(t: pb::TopologyResponse) -> Result<crate::discover::
         config,
         shards,
         epoch: t.epoch,
+        meta: t.meta_replicas.into_iter().map(NodeId).collect(),
     })
 }
 
@@ -528,6 +529,7 @@ mod topology_tests {
             lease_ms: 4_000,
             descriptors: Vec::new(),
             epoch: 0,
+            meta_replicas: vec![1, 2, 3],
         }
     }
 

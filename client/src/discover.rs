@@ -63,6 +63,8 @@ pub struct Found {
     pub config: ClusterConfig,
     pub shards: Vec<ShardRecord>,
     pub epoch: u64,
+    /// The metadata group's replicas (empty: the config's rule).
+    pub meta: Vec<pact_common::NodeId>,
 }
 
 /// [`discover`], with the shard table.

@@ -302,6 +302,12 @@ impl Default for ClientOptions {
 /// One change of a write batch: `Some(value)` puts, `None` deletes.
 pub type Mutation = (Vec<u8>, Option<Vec<u8>>);
 
+/// Whether two replica lists name the same nodes (in any order).
+fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
+    let set = |v: &[NodeId]| v.iter().copied().collect::<std::collections::BTreeSet<_>>();
+    set(a) == set(b)
+}
+
 fn kv(ch: Channel) -> KvClient<Channel> {
     KvClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -351,7 +357,7 @@ struct Inner {
     /// voters a routing table named (they move).
     groups: std::sync::RwLock<BTreeMap<u64, Vec<NodeId>>>,
     /// The metadata group's replicas ([`ClusterConfig::meta_replicas`]).
-    meta: Vec<NodeId>,
+    meta: std::sync::RwLock<Vec<NodeId>>,
     /// One look-up of unknown nodes at a time ([`Client::learn`]).
     learning: tokio::sync::Mutex<()>,
     /// Nodes a look-up did not find, and when.
@@ -402,7 +408,7 @@ impl Client {
                         .map(|g| (g.group, g.replicas.clone()))
                         .collect(),
                 ),
-                meta: config.meta_replicas(),
+                meta: std::sync::RwLock::new(config.meta_replicas()),
                 learning: tokio::sync::Mutex::new(()),
                 missed: Mutex::new(HashMap::new()),
                 leaders: Mutex::new(HashMap::new()),
@@ -421,7 +427,7 @@ impl Client {
     pub async fn connect(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
         let found = discover_table(endpoints, opts.tls.as_ref()).await?;
         let client = Client::new(&found.config, opts);
-        client.adopt(&found.shards);
+        client.adopt(&found);
         Ok(client)
     }
 
@@ -560,12 +566,21 @@ impl Client {
         (records, failed)
     }
 
-    /// Route by the metadata group's shard table (from a routing table a
-    /// node sent): every recorded shard's voters are where the client
-    /// looks for it, and when the live shards' descriptors make a whole
-    /// map, requests are routed by it. Otherwise (a change half recorded)
-    /// the map stays, and a shard's WRONG_SHARD corrects it as before.
-    pub fn adopt(&self, table: &[ShardRecord]) {
+    /// Route by what a routing table a node sent says beyond its config:
+    /// where the metadata group is, and its shard table (every recorded
+    /// shard's voters are where the client looks for it, and when the live
+    /// shards' descriptors make a whole map, requests are routed by it;
+    /// otherwise, a change half recorded, the map stays and a shard's
+    /// WRONG_SHARD corrects it as before).
+    pub fn adopt(&self, found: &Found) {
+        // The metadata group stays where the config put it, even when the
+        // first coordinator group's replicas move.
+        if !found.meta.is_empty() {
+            if let Ok(mut m) = self.inner.meta.write() {
+                *m = found.meta.clone();
+            }
+        }
+        let table = &found.shards;
         if let Ok(mut t) = self.inner.shards.write() {
             for r in table.iter().filter(|r| !r.voters.is_empty()) {
                 t.insert(
@@ -921,7 +936,7 @@ impl Client {
             // (its coordinator groups' live voters) and try them once.
             Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
                 match self.relearn_group(group).await {
-                    Some(moved) if moved != replicas => {
+                    Some(moved) if !same_nodes(&moved, &replicas) => {
                         self.call_route(Route::Group(group), &moved, idempotent, within, call)
                             .await
                     }
@@ -987,12 +1002,12 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        if self.inner.meta.is_empty() {
+        let replicas = self.meta_replicas();
+        if replicas.is_empty() {
             return Err(ClientError::InvalidInput(
                 "this cluster has no coordinator group, so no metadata group (member table)".into(),
             ));
         }
-        let replicas = self.inner.meta.clone();
         let within = self.inner.opts.request_timeout;
         self.call_route(Route::Meta, &replicas, idempotent, within, call)
             .await

@@ -76,10 +76,16 @@ impl Client {
     }
 
     /// What coordinator group `group`'s leader says of its committed
-    /// voters (asked of the replicas the client knows, following the
-    /// leader they name), for the metadata group's table.
-    pub async fn group_record(&self, group: u64) -> Result<pact_common::GroupRecord, ClientError> {
+    /// voters (asked of the replicas the client knows and of `also`, the
+    /// voters recorded last, following the leader they name), for the
+    /// metadata group's table.
+    pub async fn group_record(
+        &self,
+        group: u64,
+        also: &[u64],
+    ) -> Result<pact_common::GroupRecord, ClientError> {
         let mut ask = self.group_replicas(crate::RaftGroup::Coordinator(group));
+        ask.extend(also.iter().copied().map(crate::NodeId));
         let mut asked = Vec::new();
         let mut last = ClientError::Unavailable(format!("coord {group}: no replica known"));
         while let Some(node) = ask.pop() {
@@ -146,7 +152,10 @@ impl Client {
 
     /// The nodes of the metadata group (the first coordinator group's).
     pub fn meta_replicas(&self) -> Vec<pact_common::NodeId> {
-        self.inner.meta.clone()
+        match self.inner.meta.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Status of `node`'s replica of the metadata group. A server that

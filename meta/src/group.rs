@@ -24,6 +24,9 @@ pub const DIRECTORY_EVERY: Duration = Duration::from_secs(1);
 /// longer).
 pub const SHARDS_EVERY: Duration = Duration::from_secs(2);
 
+/// How long one look at a coordinator group may take.
+const GROUP_LOOK_WITHIN: Duration = Duration::from_secs(2);
+
 /// This node's replica of the metadata group.
 pub struct MetaGroup {
     replica: Replica,
@@ -155,22 +158,44 @@ impl MetaGroup {
             .filter(|r| r.descriptor.span.is_empty())
             .map(|r| r.descriptor.shard)
             .collect();
-        let (seen, failed) = self.shards.shard_records(&table.shards, &merged).await;
+        // Coordinator groups are asked alongside, each with a short limit:
+        // a silent one holds up neither the others nor the shards.
+        let group_looks = futures::future::join_all(self.coordinators.iter().map(|g| {
+            let also: Vec<u64> = table
+                .groups
+                .iter()
+                .find(|r| r.group == *g)
+                .map(|r| r.voters.clone())
+                .unwrap_or_default();
+            async move {
+                let r =
+                    tokio::time::timeout(GROUP_LOOK_WITHIN, self.shards.group_record(*g, &also))
+                        .await;
+                (*g, r)
+            }
+        }));
+        let ((seen, failed), group_looks) = tokio::join!(
+            self.shards.shard_records(&table.shards, &merged),
+            group_looks
+        );
         for (shard, e) in &failed {
             tracing::debug!(%shard, error = %e, "shard not described; its record is kept");
         }
         // The coordinator groups' voters too (they move as shards do).
         let mut groups = Vec::new();
-        for g in &self.coordinators {
-            match self.shards.group_record(*g).await {
-                Ok(r) if !r.voters.is_empty() => {
-                    let old = table.groups.iter().find(|o| o.group == *g);
+        for (g, look) in group_looks {
+            match look {
+                Ok(Ok(r)) if !r.voters.is_empty() => {
+                    let old = table.groups.iter().find(|o| o.group == g);
                     if old.is_none_or(|o| r.voters_at > o.voters_at) {
                         groups.push(r);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(group = g, error = %e, "coordinator group not described"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(group = g, error = %e, "coordinator group not described")
+                }
+                Err(_) => tracing::debug!(group = g, "coordinator group did not answer in time"),
             }
         }
         let mut proposed = 0;

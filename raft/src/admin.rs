@@ -356,6 +356,28 @@ impl Admin for AdminService {
                 kept
             };
         }
+        // Coordinator groups never share a node (a table that says so does
+        // not validate), but lists from different sources and ages may
+        // overlap for a moment, a node in one group's old list and another
+        // group's new one: keep it in the first only (the lists are where
+        // to look for a leader, not who votes).
+        let mut seen = std::collections::BTreeSet::new();
+        for g in &mut t.coordinators {
+            let all = std::mem::take(&mut g.replicas);
+            g.replicas = all.iter().copied().filter(|n| seen.insert(*n)).collect();
+            if g.replicas.is_empty() {
+                // Every node taken: the config's list, as far as free.
+                let config = self
+                    .topology
+                    .coordinators
+                    .iter()
+                    .find(|c| c.group == g.group)
+                    .map(|c| c.replicas.clone())
+                    .unwrap_or_default();
+                g.replicas = config.into_iter().filter(|n| seen.insert(*n)).collect();
+            }
+        }
+        t.coordinators.retain(|g| !g.replicas.is_empty());
         // A recorded shard on nodes none of which is listed has no voters
         // in the table: a client finds it from its neighbours' hints.
         for d in &mut t.descriptors {

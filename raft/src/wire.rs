@@ -57,6 +57,7 @@ pub fn topology_response(config: &pact_common::ClusterConfig) -> pb::TopologyRes
         lease_ms: config.transactions.lease_ms,
         descriptors: Vec::new(),
         epoch: 0,
+        meta_replicas: config.meta_replicas().iter().map(|n| n.0).collect(),
     }
 }
 

@@ -133,7 +133,12 @@ impl pact_raft::admin::GroupHost for ShardHost {
             // stopped (as a failed one would).
             self.coordinator.set(None);
             if let Err(e) = c.retire(&self.host).await {
-                self.coordinator.set(Some(c));
+                // Back only if it still runs (the record could not be
+                // written); one stopped midway stays out, and its wipe is
+                // finished at the next start.
+                if c.fatal().is_none() {
+                    self.coordinator.set(Some(c));
+                }
                 return Err(HostError::Failed(e.to_string()));
             }
             tracing::info!(

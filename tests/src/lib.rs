@@ -701,6 +701,17 @@ impl Cluster {
             let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(15);
+            // A panic's message, wherever it is (a backtrace after it
+            // would push it out of the last lines).
+            for (i, l) in lines[..from].iter().enumerate() {
+                if l.contains("panicked at") {
+                    out.push_str(&format!("--- node {id} log, line {} ---\n", i + 1));
+                    for l in &lines[i..(i + 3).min(from)] {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
             out.push_str(&format!(
                 "--- node {id} log (last {} lines) ---\n",
                 lines.len() - from

@@ -1097,4 +1097,16 @@ async fn a_coordinator_group_is_found_after_its_config_replicas_left_or_died() {
         read_settled(&client, b"after").await,
         Some(b"moves".to_vec())
     );
+    // The metadata group did not move with the coordinator group: a client
+    // given only node 2's address still reaches it (on nodes 2 and 3).
+    let out = std::process::Command::new(pact_tests::binary("txn"))
+        .args(["--endpoints", &addr2, "--json", "admin", "member", "list"])
+        .output()
+        .expect("run txn");
+    assert!(
+        out.status.success(),
+        "member list via --endpoints: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

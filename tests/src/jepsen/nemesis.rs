@@ -283,11 +283,12 @@ pub async fn apply(
                 RaftGroup::Coordinator(g) => coordinator_group_leader(c, g).await,
             };
             let client = c.client();
-            let others: Vec<NodeId> = client
-                .group_replicas(group)
-                .into_iter()
-                .filter(|n| Some(*n) != leader)
-                .collect();
+            // The group's voters now (its replicas may have moved).
+            let voters = match client.group_voters(group).await {
+                Ok(v) => v,
+                Err(_) => client.group_replicas(group),
+            };
+            let others: Vec<NodeId> = voters.into_iter().filter(|n| Some(*n) != leader).collect();
             let Some(&to) = others.choose(rng) else {
                 return (Applied::Nothing, format!("{group} has no other replica"));
             };
@@ -338,7 +339,30 @@ pub async fn apply(
                 .copied()
                 .filter(|n| !taken.contains(n))
                 .collect();
-            let (Some(&from), Some(&to)) = (voters.choose(rng), free.choose(rng)) else {
+            // Not the last voter the config lists for the group: its
+            // leader refuses to remove that one, and the group would only
+            // grow.
+            let listed: Vec<NodeId> = match group {
+                RaftGroup::Shard(s) => c.config.shard(s).map(|s| s.replicas.clone()),
+                RaftGroup::Coordinator(g) => c
+                    .config
+                    .coordinators
+                    .iter()
+                    .find(|x| x.group == g)
+                    .map(|x| x.replicas.clone()),
+            }
+            .unwrap_or_default();
+            let still: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|v| listed.contains(v))
+                .collect();
+            let movable: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|v| still.len() > 1 || !still.contains(v))
+                .collect();
+            let (Some(&from), Some(&to)) = (movable.choose(rng), free.choose(rng)) else {
                 return (
                     Applied::Nothing,
                     format!("{group}: nowhere to move a replica (voters {voters:?})"),
@@ -509,7 +533,13 @@ pub async fn apply(
                     let shard = c.config.shards.choose(rng).expect("shards");
                     let mut pairs = Vec::new();
                     let group = first_coordinator_group(c).unwrap_or_default();
-                    for co in c.coordinator_ids(group) {
+                    // The group's voters now (they may have moved).
+                    let coordinators =
+                        match c.client().group_voters(RaftGroup::Coordinator(group)).await {
+                            Ok(v) => v,
+                            Err(_) => c.coordinator_ids(group),
+                        };
+                    for co in coordinators {
                         for r in &shard.replicas {
                             pairs.push((co, *r));
                             pairs.push((*r, co));
