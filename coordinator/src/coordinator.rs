@@ -363,6 +363,15 @@ impl Coordinator {
         self.group
     }
 
+    /// Whether the cluster has coordinator group `group` (its config's
+    /// groups).
+    pub fn knows_group(&self, group: u64) -> bool {
+        self.participants
+            .coordinator_groups()
+            .iter()
+            .any(|(g, _)| *g == group)
+    }
+
     /// Stop this replica for good and delete its data (its group no longer
     /// counts this node: the admin service checks), and end its background
     /// tasks. Transactions it was driving are the group's new leader's.

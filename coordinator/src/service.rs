@@ -43,10 +43,15 @@ impl TxnService {
     /// one's replica since a move) instead of taking another group's
     /// answer.
     fn c_for(&self, group: u64) -> Result<Arc<Coordinator>, Status> {
-        self.hosted
-            .get()
-            .filter(|c| group == 0 || c.group() == group)
-            .ok_or_else(|| Error::NotLeader { hint: None }.into())
+        match self.hosted.get() {
+            Some(c) if group == 0 || c.group() == group => Ok(c),
+            // No such group at all: a bad request, not a routing miss.
+            Some(c) if !c.knows_group(group) => Err(Error::InvalidInput(format!(
+                "no coordinator group {group} in the cluster"
+            ))
+            .into()),
+            _ => Err(Error::NotLeader { hint: None }.into()),
+        }
     }
 }
 
