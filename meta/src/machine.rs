@@ -247,61 +247,18 @@ pub fn effect(
             }
             Ok((vec![(node_key(m.id), Some(encode(m)?))], MetaReply::Done))
         }
-        MetaCommand::Shards(records) => {
-            // Checked in order against what this command already wrote, so
-            // two reports of one shard in a batch keep the newer.
-            let mut taken: std::collections::BTreeMap<u64, ShardRecord> = Default::default();
-            for r in records {
-                let id = r.descriptor.shard.0;
-                let old = match taken.get(&id) {
-                    Some(t) => Some(t.clone()),
-                    None => get(&shard_key(id))
-                        .map_err(|e| e.to_string())?
-                        .map(|v| decode::<ShardRecord>(&v))
-                        .transpose()?,
-                };
-                if old.is_none_or(|o| r.newer_than(&o)) {
-                    taken.insert(id, r.clone());
-                }
-            }
-            if taken.is_empty() {
-                return Ok((Vec::new(), MetaReply::Done));
-            }
-            let epoch = epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())?
-                + taken.len() as u64;
-            let mut w: Writes = Vec::new();
-            for (id, r) in &taken {
-                w.push((shard_key(*id), Some(encode(r)?)));
-            }
-            w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
-            Ok((w, MetaReply::Done))
-        }
-        MetaCommand::Groups(records) => {
-            let mut taken: std::collections::BTreeMap<u64, GroupRecord> = Default::default();
-            for r in records {
-                let old = match taken.get(&r.group) {
-                    Some(t) => Some(t.clone()),
-                    None => get(&group_key(r.group))
-                        .map_err(|e| e.to_string())?
-                        .map(|v| decode::<GroupRecord>(&v))
-                        .transpose()?,
-                };
-                if old.is_none_or(|o| r.voters_at > o.voters_at) {
-                    taken.insert(r.group, r.clone());
-                }
-            }
-            if taken.is_empty() {
-                return Ok((Vec::new(), MetaReply::Done));
-            }
-            let epoch = epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())?
-                + taken.len() as u64;
-            let mut w: Writes = Vec::new();
-            for (id, r) in &taken {
-                w.push((group_key(*id), Some(encode(r)?)));
-            }
-            w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
-            Ok((w, MetaReply::Done))
-        }
+        MetaCommand::Shards(records) => keep_newer(
+            get,
+            records,
+            |r| shard_key(r.descriptor.shard.0),
+            |r, old| r.newer_than(old),
+        ),
+        MetaCommand::Groups(records) => keep_newer(
+            get,
+            records,
+            |r| group_key(r.group),
+            |r, old| r.voters_at > old.voters_at,
+        ),
         MetaCommand::Remove { id } => {
             let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {
                 return refused(format!("node {id} is not a member of the cluster"));
@@ -316,7 +273,47 @@ pub fn effect(
     }
 }
 
-/// The metadata group's application. `changed` is notified whenever a
+/// Write each of `records` under `key` unless the table (or a record of
+/// the same key earlier in the batch) holds one it is not `newer` than;
+/// the epoch grows by the number written. A batch that changes nothing
+/// writes nothing.
+fn keep_newer<R>(
+    get: Lookup<'_>,
+    records: &[R],
+    key: impl Fn(&R) -> Vec<u8>,
+    newer: impl Fn(&R, &R) -> bool,
+) -> Result<(Writes, MetaReply), String>
+where
+    R: Clone + Serialize + for<'de> Deserialize<'de>,
+{
+    let mut taken: std::collections::BTreeMap<Vec<u8>, R> = Default::default();
+    for r in records {
+        let k = key(r);
+        let old = match taken.get(&k) {
+            Some(t) => Some(t.clone()),
+            None => get(&k)
+                .map_err(|e| e.to_string())?
+                .map(|v| decode::<R>(&v))
+                .transpose()?,
+        };
+        if old.is_none_or(|o| newer(r, &o)) {
+            taken.insert(k, r.clone());
+        }
+    }
+    if taken.is_empty() {
+        return Ok((Vec::new(), MetaReply::Done));
+    }
+    let epoch =
+        epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())? + taken.len() as u64;
+    let mut w: Writes = Vec::new();
+    for (k, r) in &taken {
+        w.push((k.clone(), Some(encode(r)?)));
+    }
+    w.push((EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())));
+    Ok((w, MetaReply::Done))
+}
+
+/// The metadata group's application. `changed` is notified whenever a/// The metadata group's application. `changed` is notified whenever a
 /// command's effects become visible here, so the node's directory follows
 /// the table at once instead of at its next look.
 pub struct MetaApp {
