@@ -60,7 +60,7 @@ pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
 pub use discover::{discover, discover_table, prefer_endpoints, Found, Given, ASK_WITHIN};
-pub use members::{ClusterMember, MetaTable};
+pub use members::ClusterMember;
 pub use replicas::{Moved, Removed};
 
 /// Message size limit the client accepts and sends.
@@ -217,6 +217,10 @@ pub enum RaftGroup {
 }
 
 impl RaftGroup {
+    pub fn is_coordinator(self) -> bool {
+        matches!(self, RaftGroup::Coordinator(_))
+    }
+
     /// The group's Raft id (a shard's id, or the coordinator group's).
     pub fn id(self) -> u64 {
         match self {
@@ -819,19 +823,7 @@ impl Client {
                 return false;
             }
         }
-        let known: Vec<String> = self
-            .inner
-            .nodes
-            .read()
-            .map(|n| n.values().cloned().collect())
-            .unwrap_or_default();
-        if let Ok(config) = discover(&known, self.inner.opts.tls.as_ref()).await {
-            if let Ok(mut n) = self.inner.nodes.write() {
-                for nc in &config.nodes {
-                    n.entry(nc.id).or_insert_with(|| nc.addr.clone());
-                }
-            }
-        }
+        let _ = self.routing_table().await;
         let known = self.knows(node);
         if !known {
             if let Ok(mut missed) = self.inner.missed.lock() {
@@ -954,29 +946,36 @@ impl Client {
         }
     }
 
-    /// Coordinator group `group`'s replicas as the first node that sends
-    /// its routing table says (recorded by the client), if it says.
-    async fn relearn_group(&self, group: u64) -> Option<Vec<NodeId>> {
+    /// The routing table the first node this client knows sends, with the
+    /// nodes it lists added to those the client dials. None if none sends
+    /// one, and for a client of peer ports (they serve no routing table).
+    async fn routing_table(&self) -> Option<Found> {
+        if self.inner.opts.peer_ports {
+            return None;
+        }
         let known: Vec<String> = self
             .inner
             .nodes
             .read()
             .map(|n| n.values().cloned().collect())
             .unwrap_or_default();
-        let found = tokio::time::timeout(
-            self.inner.opts.request_timeout * 2,
-            discover_table(&known, self.inner.opts.tls.as_ref()),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let found = discover_table(&known, self.inner.opts.tls.as_ref())
+            .await
+            .ok()?;
         if let Ok(mut n) = self.inner.nodes.write() {
             for nc in &found.config.nodes {
-                n.entry(nc.id).or_insert_with(|| {
-                    dialled(&self.inner.opts, &nc.addr, &nc.peer_addr).to_string()
-                });
+                n.entry(nc.id).or_insert_with(|| nc.addr.clone());
             }
         }
+        Some(found)
+    }
+
+    /// Coordinator group `group`'s replicas as the first node that sends
+    /// its routing table says (recorded by the client), if it says.
+    async fn relearn_group(&self, group: u64) -> Option<Vec<NodeId>> {
+        let found = tokio::time::timeout(self.inner.opts.request_timeout * 2, self.routing_table())
+            .await
+            .ok()??;
         let replicas = found
             .config
             .coordinators

@@ -5,14 +5,6 @@ use pact_proto as pb;
 
 use crate::{Client, ClientError};
 
-/// The metadata group's tables of groups ([`Client::meta_shards`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MetaTable {
-    pub epoch: u64,
-    pub shards: Vec<pact_common::ShardRecord>,
-    pub groups: Vec<pact_common::GroupRecord>,
-}
-
 /// One node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterMember {
@@ -45,7 +37,7 @@ impl Client {
 
     /// The metadata group's shard table (every shard it recorded, merged
     /// ones included, sorted by id) and its epoch; read at its leader.
-    pub async fn meta_shards(&self) -> Result<MetaTable, ClientError> {
+    pub async fn meta_shards(&self) -> Result<pact_common::ShardTable, ClientError> {
         let r = self
             .call_meta(true, |ch| async move {
                 meta(ch).shards(pb::ShardsRequest {}).await
@@ -68,7 +60,7 @@ impl Client {
             })
             .collect();
         groups.sort_by_key(|g| g.group);
-        Ok(MetaTable {
+        Ok(pact_common::ShardTable {
             epoch: r.epoch,
             shards,
             groups,
@@ -84,32 +76,20 @@ impl Client {
         group: u64,
         also: &[u64],
     ) -> Result<pact_common::GroupRecord, ClientError> {
-        let mut ask = self.group_replicas(crate::RaftGroup::Coordinator(group));
-        ask.extend(also.iter().copied().map(crate::NodeId));
-        let mut asked = Vec::new();
-        let mut last = ClientError::Unavailable(format!("coord {group}: no replica known"));
-        while let Some(node) = ask.pop() {
-            if asked.contains(&node) {
-                continue;
-            }
-            asked.push(node);
-            match self.coordinator_group_status(group, node).await {
-                Ok(st) if st.shard == group && st.role == "leader" => {
-                    return Ok(pact_common::GroupRecord {
-                        group,
-                        voters: st.committed_voters,
-                        voters_at: st.voters_at,
-                    })
-                }
-                Ok(st) => {
-                    if let Some(l) = st.leader.map(crate::NodeId) {
-                        ask.push(l);
-                    }
-                }
-                Err(e) => last = e,
-            }
+        let also: Vec<crate::NodeId> = also.iter().copied().map(crate::NodeId).collect();
+        let st = self
+            .best_status(crate::RaftGroup::Coordinator(group), &also)
+            .await?;
+        if st.role != "leader" {
+            return Err(ClientError::Unavailable(format!(
+                "coord {group}: no replica that answered leads it"
+            )));
         }
-        Err(last)
+        Ok(pact_common::GroupRecord {
+            group,
+            voters: st.committed_voters,
+            voters_at: st.voters_at,
+        })
     }
 
     /// Add node `id` with its client and peer addresses; the members

@@ -83,14 +83,30 @@ impl Client {
     /// The best view of `group`'s voters (a leader's, else the highest
     /// term's) and whether it is a leader's.
     async fn voters_seen(&self, group: RaftGroup) -> Result<(bool, Vec<NodeId>), ClientError> {
+        let st = self.best_status(group, &[]).await?;
+        Ok((
+            st.role == "leader",
+            st.voters.into_iter().map(NodeId).collect(),
+        ))
+    }
+
+    /// The best status of `group` that its replicas give (those the client
+    /// knows, and `also`), following the leaders they name: a leader's,
+    /// else the highest term's.
+    pub(crate) async fn best_status(
+        &self,
+        group: RaftGroup,
+        also: &[NodeId],
+    ) -> Result<crate::ReplicaStatus, ClientError> {
         self.know(group).await;
         let mut ask = self.group_replicas(group);
+        ask.extend_from_slice(also);
         if ask.is_empty() {
             return Err(ClientError::InvalidInput(format!(
                 "no {group} in the config"
             )));
         }
-        let mut best: Option<(bool, u64, Vec<u64>)> = None;
+        let mut best: Option<crate::ReplicaStatus> = None;
         let mut last = ClientError::Unavailable(format!("{group}: no replica answered"));
         let mut asked = Vec::new();
         while let Some(node) = ask.pop() {
@@ -106,20 +122,19 @@ impl Client {
                 // Only the group asked about (a node may run another
                 // coordinator group's replica since a move).
                 Ok(st) if !st.voters.is_empty() && st.shard == group.id() => {
-                    let key = (st.role == "leader", st.term, st.voters.clone());
                     if let Some(l) = st.leader.filter(|l| !asked.contains(&NodeId(*l))) {
                         ask.push(NodeId(l));
                     }
-                    if best.as_ref().is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
-                        best = Some(key);
+                    let rank = |s: &crate::ReplicaStatus| (s.role == "leader", s.term);
+                    if best.as_ref().is_none_or(|b| rank(&st) > rank(b)) {
+                        best = Some(st);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => last = e,
             }
         }
-        best.map(|b| (b.0, b.2.into_iter().map(NodeId).collect()))
-            .ok_or(last)
+        best.ok_or(last)
     }
 
     /// Call `f` on the Admin service of `group`'s leader, found by asking
@@ -237,7 +252,7 @@ impl Client {
                 group: id,
                 node: node.0,
                 remove,
-                coordinator: matches!(group, RaftGroup::Coordinator(_)),
+                coordinator: group.is_coordinator(),
             })
             .await
         })
@@ -270,7 +285,7 @@ impl Client {
             group: group.id(),
             voters: voters.iter().map(|v| v.0).collect(),
             create,
-            coordinator: matches!(group, RaftGroup::Coordinator(_)),
+            coordinator: group.is_coordinator(),
         };
         self.at_node(node, |mut c| {
             let req = req.clone();
@@ -381,7 +396,7 @@ impl Client {
         let req = pb::DropReplicaRequest {
             group: id,
             voters: voters.iter().map(|v| v.0).collect(),
-            coordinator: matches!(group, RaftGroup::Coordinator(_)),
+            coordinator: group.is_coordinator(),
         };
         let dropped = self
             .at_node(node, |mut c| {

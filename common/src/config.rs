@@ -853,6 +853,14 @@ impl ClusterConfig {
         self.shards.iter().find(|s| s.id == id)
     }
 
+    /// Whether coordinator group `group` is one this config lists whose
+    /// id no shard has: only such a group's replicas can move (a node's
+    /// groups share one router, and its records of what it hosts, keyed
+    /// by id).
+    pub fn coordinator_can_move(&self, group: u64) -> bool {
+        self.coordinators.iter().any(|g| g.group == group) && self.shard(ShardId(group)).is_none()
+    }
+
     /// Shards replicated on this node, sorted.
     pub fn shards_of_node(&self, id: NodeId) -> Vec<ShardId> {
         let mut v: Vec<ShardId> = self

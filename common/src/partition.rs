@@ -264,6 +264,24 @@ pub struct GroupRecord {
     pub voters_at: u64,
 }
 
+impl GroupRecord {
+    /// Whether this record says something newer about its group than
+    /// `old` (a record of the same group).
+    pub fn newer_than(&self, old: &GroupRecord) -> bool {
+        self.voters_at > old.voters_at
+    }
+}
+
+/// The metadata group's tables of groups as read from it: `epoch` counts
+/// the changes they have taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardTable {
+    pub epoch: u64,
+    pub shards: Vec<ShardRecord>,
+    /// The coordinator groups' committed voters.
+    pub groups: Vec<GroupRecord>,
+}
+
 /// Routes keys to shards. Build it with [`ShardMap::new_hash`],
 /// [`ShardMap::new_range`] or [`crate::ClusterConfig::shard_map`].
 #[derive(Debug, Clone)]

@@ -187,7 +187,7 @@ impl MetaGroup {
             match look {
                 Ok(Ok(r)) if !r.voters.is_empty() => {
                     let old = table.groups.iter().find(|o| o.group == g);
-                    if old.is_none_or(|o| r.voters_at > o.voters_at) {
+                    if old.is_none_or(|o| r.newer_than(o)) {
                         groups.push(r);
                     }
                 }
@@ -399,15 +399,7 @@ impl Source {
     pub async fn shards(&self) -> Result<ShardTable, String> {
         match self {
             Source::Local(g) => g.local_shards().await.map_err(|e| e.to_string()),
-            Source::Remote(c) => c
-                .meta_shards()
-                .await
-                .map(|t| ShardTable {
-                    epoch: t.epoch,
-                    shards: t.shards,
-                    groups: t.groups,
-                })
-                .map_err(|e| e.to_string()),
+            Source::Remote(c) => c.meta_shards().await.map_err(|e| e.to_string()),
         }
     }
 

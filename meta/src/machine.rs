@@ -257,7 +257,7 @@ pub fn effect(
             get,
             records,
             |r| group_key(r.group),
-            |r, old| r.voters_at > old.voters_at,
+            |r, old| r.newer_than(old),
         ),
         MetaCommand::Remove { id } => {
             let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {

@@ -355,33 +355,12 @@ impl Node {
         );
         // What an operator added or removed at run time overrides the
         // config (a node's records live on its own disk).
-        let records = host
-            .hosting()
+        let plan = host
+            .hosting_plan(config.shards_of_node(id).into_iter().map(|s| s.0), |g| {
+                config.shard(ShardId(g)).is_some() || is_split_child(ShardId(g))
+            })
             .await
             .map_err(|e| Error::Fatal(format!("storage: {e}")))?;
-        let mut plan: BTreeMap<ShardId, Option<Vec<NodeId>>> = config
-            .shards_of_node(id)
-            .into_iter()
-            .map(|s| (s, None))
-            .collect();
-        for (group, record) in &records {
-            let shard = ShardId(*group);
-            if config.shard(shard).is_none() && !is_split_child(shard) {
-                continue;
-            }
-            match record {
-                pact_raft::Hosting::Joined { voters } => {
-                    plan.insert(shard, Some(voters.iter().copied().map(NodeId).collect()));
-                }
-                pact_raft::Hosting::Dropped => {
-                    plan.remove(&shard);
-                    // A crash may have cut the wipe short.
-                    host.wipe_dropped(*group)
-                        .await
-                        .map_err(|e| Error::Fatal(format!("storage: {e}")))?;
-                }
-            }
-        }
         let config = Arc::new(config);
         let split_ctx = crate::split::Ctx {
             host: host.clone(),
@@ -391,6 +370,8 @@ impl Node {
         };
         let mut shards = BTreeMap::new();
         for (shard, joined) in plan {
+            let shard = ShardId(shard);
+            let joined = joined.map(|v| v.into_iter().map(NodeId).collect());
             let s = start_shard(&config, id, shard, joined, &tuning, host).await?;
             spawn_owner(s.clone(), mono.clone(), split_ctx.clone());
             shards.insert(shard, s);
@@ -473,7 +454,7 @@ impl Node {
         }
         if let Some(n) = voters
             .iter()
-            .find(|n| self.config.node(**n).is_none() && self.host.directory().get(n.0).is_none())
+            .find(|n| !self.host.knows_node(&self.config, n.0))
         {
             return Err(Error::InvalidInput(format!(
                 "hosting shard {shard}: voter {n} is not a member of the cluster"

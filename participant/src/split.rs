@@ -689,6 +689,15 @@ pub(crate) async fn next_page(
     Ok((page, full))
 }
 
+/// Wait until `bytes` handled since `started` are no faster than
+/// `kib_per_sec` (0: no limit).
+async fn pace(started: Instant, bytes: u64, kib_per_sec: u64) {
+    if kib_per_sec > 0 {
+        let due = Duration::from_secs_f64(bytes as f64 / (kib_per_sec * 1024) as f64);
+        tokio::time::sleep_until((started + due).into()).await;
+    }
+}
+
 /// What a scan of a shard's data found (for a split by size): its bytes
 /// (keys and values as stored), its keys, and a key with about half of
 /// the bytes before it (None for a shard with no data).
@@ -773,10 +782,7 @@ pub(crate) async fn measure(r: &Replica, kib_per_sec: u64) -> Result<Measured, E
         if !full {
             break;
         }
-        if kib_per_sec > 0 {
-            let due = Duration::from_secs_f64(h.bytes as f64 / (kib_per_sec * 1024) as f64);
-            tokio::time::sleep_until((started + due).into()).await;
-        }
+        pace(started, h.bytes, kib_per_sec).await;
     }
     Ok(h.measured())
 }
@@ -1114,11 +1120,7 @@ impl<'a, T> Entries<'a, T> {
         let batch = std::mem::take(&mut self.batch);
         expect_done(&self.s.replica, &(self.command)(batch, false)).await?;
         // The parent serves meanwhile: leave it the disk and CPU.
-        if self.kib_per_sec > 0 {
-            let rate = (self.kib_per_sec * 1024) as f64;
-            let due = Duration::from_secs_f64(self.sent as f64 / rate);
-            tokio::time::sleep_until((self.started + due).into()).await;
-        }
+        pace(self.started, self.sent, self.kib_per_sec).await;
         Ok(())
     }
 

@@ -152,7 +152,7 @@ impl AdminService {
                             .iter()
                             .filter(|g| {
                                 g.replicas.contains(&pact_common::NodeId(me))
-                                    || config.shard(pact_common::ShardId(g.group)).is_none()
+                                    || config.coordinator_can_move(g.group)
                             })
                             .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
                     )

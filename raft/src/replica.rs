@@ -92,15 +92,7 @@ pub struct Directory {
     shards: Arc<std::sync::RwLock<ShardTable>>,
 }
 
-/// The metadata group's shard table as a node last read it: `epoch`
-/// counts the changes the table has taken.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShardTable {
-    pub epoch: u64,
-    pub shards: Vec<pact_common::ShardRecord>,
-    /// The coordinator groups' committed voters.
-    pub groups: Vec<pact_common::GroupRecord>,
-}
+pub use pact_common::ShardTable;
 
 impl Directory {
     /// Replace the whole table (members removed from the cluster drop out).
@@ -202,6 +194,40 @@ impl Host {
     /// The node directory every replica of this host reads.
     pub fn directory(&self) -> Directory {
         self.directory.clone()
+    }
+
+    /// Whether node `id` is one this host can reach: the config lists it,
+    /// or the directory (the member table) does.
+    pub fn knows_node(&self, config: &pact_common::ClusterConfig, id: u64) -> bool {
+        config.node(pact_common::NodeId(id)).is_some() || self.directory.get(id).is_some()
+    }
+
+    /// The groups of one kind (`ours` says which ids) this node runs: the
+    /// `configured` ones, unless an operator dropped them here (whatever a
+    /// crash left of their data is wiped now), and those an operator added
+    /// here, with the group's voters when it was added (`Some`).
+    pub async fn hosting_plan(
+        &self,
+        configured: impl IntoIterator<Item = u64>,
+        ours: impl Fn(u64) -> bool,
+    ) -> io::Result<BTreeMap<u64, Option<Vec<u64>>>> {
+        let mut plan: BTreeMap<u64, Option<Vec<u64>>> =
+            configured.into_iter().map(|g| (g, None)).collect();
+        for (group, record) in self.hosting().await? {
+            if !ours(group) {
+                continue;
+            }
+            match record {
+                Hosting::Joined { voters } => {
+                    plan.insert(group, Some(voters));
+                }
+                Hosting::Dropped => {
+                    plan.remove(&group);
+                    self.wipe_dropped(group).await?;
+                }
+            }
+        }
+        Ok(plan)
     }
 
     /// The groups this node hosts, or stopped hosting, by an operator's

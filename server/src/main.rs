@@ -185,7 +185,7 @@ impl ShardHost {
                 "no coordinator group {group} in the cluster config"
             )));
         }
-        if self.config.shard(ShardId(group)).is_some() {
+        if !self.config.coordinator_can_move(group) {
             return Err(HostError::Refused(format!(
                 "coordinator group {group} shares its id with shard {group}: its replicas \
                  cannot move (give coordinator groups ids no shard has)"
@@ -210,9 +210,10 @@ impl ShardHost {
                 c.group()
             )));
         }
-        if let Some(n) = voters.iter().find(|n| {
-            self.config.node(NodeId(**n)).is_none() && self.host.directory().get(**n).is_none()
-        }) {
+        if let Some(n) = voters
+            .iter()
+            .find(|n| !self.host.knows_node(&self.config, **n))
+        {
             return Err(HostError::Refused(format!(
                 "hosting coordinator group {group}: voter {n} is not a member of the cluster"
             )));
@@ -264,28 +265,18 @@ async fn coordinator_plan(
     id: NodeId,
     host: &Host,
 ) -> anyhow::Result<Option<(u64, Option<Vec<NodeId>>)>> {
-    let records = host.hosting().await.context("reading hosting records")?;
-    let coordinator = |g: u64| {
-        config.coordinators.iter().any(|c| c.group == g) && config.shard(ShardId(g)).is_none()
-    };
-    let mut plan = config.coordinator_of(id).map(|g| (g.group, None));
-    for (g, record) in records.iter().filter(|(g, _)| coordinator(**g)) {
-        match record {
-            pact_raft::Hosting::Joined { voters } => {
-                plan = Some((*g, Some(voters.iter().copied().map(NodeId).collect())));
-            }
-            pact_raft::Hosting::Dropped => {
-                if plan.as_ref().is_some_and(|(p, _)| p == g) {
-                    plan = None;
-                }
-                // A crash may have cut the wipe short.
-                host.wipe_dropped(*g)
-                    .await
-                    .context("wiping a dropped group")?;
-            }
-        }
-    }
-    Ok(plan)
+    let plan = host
+        .hosting_plan(config.coordinator_of(id).map(|g| g.group), |g| {
+            config.coordinator_can_move(g)
+        })
+        .await
+        .context("reading hosting records")?;
+    // At most one (a node takes no second coordinator group); one added
+    // at run time rather than the config's, should both be recorded.
+    Ok(plan
+        .into_iter()
+        .max_by_key(|(_, joined)| joined.is_some())
+        .map(|(g, joined)| (g, joined.map(|v| v.into_iter().map(NodeId).collect()))))
 }
 
 fn host_error(e: pact_participant::Error) -> HostError {
