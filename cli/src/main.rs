@@ -197,9 +197,9 @@ enum AdminCmd {
     /// The nodes of the cluster.
     #[command(subcommand)]
     Member(MemberCmd),
-    /// A shard's replicas (or, with --coord, a coordinator group's): add
-    /// one on a node, remove one, or move one from a node to another (add,
-    /// then remove). The group's leader refuses a change whose new voters
+    /// A shard's replicas (or, with --coord, a coordinator group's; with
+    /// `meta` for the shard, the metadata group's): add one on a node,
+    /// remove one, or move one from a node to another (add, then remove). The group's leader refuses a change whose new voters
     /// would lack a live majority, and promotes a new replica only once it
     /// has caught up. Each step is idempotent: a command cut short is
     /// finished by running it again.
@@ -213,7 +213,7 @@ enum ReplicaCmd {
     /// starts an empty replica, catches up as a learner (by snapshot if
     /// the log was compacted), then becomes a voter.
     Add {
-        shard: u64,
+        shard: GroupArg,
         node: u64,
         /// SHARD is a coordinator group (`coord N` in `txn status`); a
         /// node runs one coordinator group's replica at most.
@@ -224,7 +224,7 @@ enum ReplicaCmd {
     /// data there. If NODE leads the shard, it hands the leadership on
     /// first (transactions open on the shard are then aborted).
     Remove {
-        shard: u64,
+        shard: GroupArg,
         node: u64,
         /// SHARD is a coordinator group.
         #[arg(long)]
@@ -232,7 +232,7 @@ enum ReplicaCmd {
     },
     /// Move shard SHARD's replica from node FROM to node TO.
     Move {
-        shard: u64,
+        shard: GroupArg,
         from: u64,
         to: u64,
         /// SHARD is a coordinator group.
@@ -301,8 +301,8 @@ enum MemberCmd {
         peer_addr: String,
     },
     /// Remove node ID from the cluster: refused while it replicates a
-    /// shard or a coordinator group (move its replicas away first) or
-    /// hosts the metadata group.
+    /// shard, a coordinator group or the metadata group (move its
+    /// replicas away first: `txn admin replica move`).
     /// Its id is never used again; stop its process afterwards.
     Remove { id: u64 },
 }
@@ -320,6 +320,35 @@ enum LeaderCmd {
         group: u64,
         node: u64,
     },
+}
+
+/// The group of `txn admin replica`: a shard's (or coordinator group's)
+/// id, or `meta`, the metadata group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupArg {
+    Id(u64),
+    Meta,
+}
+
+impl std::str::FromStr for GroupArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "meta" {
+            return Ok(GroupArg::Meta);
+        }
+        s.parse().map(GroupArg::Id).map_err(|_| {
+            format!("{s:?} is neither a group id (a number) nor `meta` (the metadata group)")
+        })
+    }
+}
+
+impl std::fmt::Display for GroupArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupArg::Id(g) => write!(f, "{g}"),
+            GroupArg::Meta => write!(f, "meta"),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -692,11 +721,10 @@ fn every_10k(json: bool, verb: &'static str) -> impl FnMut(u64) {
     }
 }
 
-/// The result of a backup or restore: `what` happened, as of `txn`.
+/// `txn admin replica add|remove|move`.
 async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, ClientError> {
     use pact_client::RaftGroup;
-    use pact_common::{NodeId, ShardId};
-    let ids = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
+    use pact_common::ShardId;
     let (shard, added, removed, coord) = match *r {
         ReplicaCmd::Add { shard, node, coord } => (shard, Some(node), None, coord),
         ReplicaCmd::Remove { shard, node, coord } => (shard, None, Some(node), coord),
@@ -713,6 +741,17 @@ async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, Clie
             }
             (shard, Some(to), Some(from), coord)
         }
+    };
+    let shard = match (shard, coord) {
+        (GroupArg::Meta, true) => {
+            return Err(ClientError::InvalidInput(
+                "`meta` names the metadata group; --coord is for a coordinator group's id".into(),
+            ))
+        }
+        (GroupArg::Meta, false) => {
+            return replica_changes(client, RaftGroup::Meta, added, removed, json).await
+        }
+        (GroupArg::Id(g), _) => g,
     };
     let group = if coord {
         if !client.coordinator_groups().iter().any(|(g, _)| *g == shard) {
@@ -732,6 +771,20 @@ async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, Clie
         }
         group
     };
+    replica_changes(client, group, added, removed, json).await
+}
+
+/// Add `added` to `group`, then remove `removed` from it, and say what
+/// happened.
+async fn replica_changes(
+    client: &Client,
+    group: pact_client::RaftGroup,
+    added: Option<u64>,
+    removed: Option<u64>,
+    json: bool,
+) -> Result<u8, ClientError> {
+    use pact_common::NodeId;
+    let ids = |v: &[NodeId]| v.iter().map(|n| n.0).collect::<Vec<_>>();
     let mut voters = Vec::new();
     if let Some(node) = added {
         voters = client.add_replica(group, NodeId(node)).await?;
@@ -767,6 +820,7 @@ async fn replica(client: &Client, r: &ReplicaCmd, json: bool) -> Result<u8, Clie
     Ok(0)
 }
 
+/// The result of a backup or restore: `what` happened, as of `txn`.
 fn report_copy(json: bool, dir: &std::path::Path, txn: &str, records: u64, bytes: u64, what: &str) {
     if json {
         outln!(

@@ -305,6 +305,17 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
             }
         }
     }
+    // The metadata group's voters (they move too), where one answers.
+    if let Ok(Ok(v)) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.group_voters(pact_client::RaftGroup::Meta),
+    )
+    .await
+    {
+        for n in v {
+            nodes.entry(n).or_default().0.push("meta".into());
+        }
+    }
     if json {
         let all: Vec<_> = nodes
             .iter()
@@ -381,8 +392,8 @@ pub async fn add(
 }
 
 /// `txn admin member remove`: the metadata group's leader refuses it
-/// while the node replicates a shard (it asks the shards) or hosts a
-/// coordinator group or the metadata group.
+/// while the node replicates the metadata group, a shard or a
+/// coordinator group (it asks their leaders).
 pub async fn remove(client: &Client, id: u64, json: bool) -> Result<u8, ClientError> {
     let table = client.remove_member(id).await?;
     print_table(

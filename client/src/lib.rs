@@ -214,6 +214,8 @@ pub enum RaftGroup {
     Shard(ShardId),
     /// A coordinator group's recovery log.
     Coordinator(u64),
+    /// The metadata group (member and shard tables).
+    Meta,
 }
 
 impl RaftGroup {
@@ -226,6 +228,7 @@ impl RaftGroup {
         match self {
             RaftGroup::Shard(s) => s.0,
             RaftGroup::Coordinator(g) => g,
+            RaftGroup::Meta => pact_common::META_GROUP,
         }
     }
 }
@@ -235,6 +238,7 @@ impl std::fmt::Display for RaftGroup {
         match self {
             RaftGroup::Shard(s) => write!(f, "shard {s}"),
             RaftGroup::Coordinator(g) => write!(f, "coord {g}"),
+            RaftGroup::Meta => write!(f, "meta"),
         }
     }
 }
@@ -577,8 +581,7 @@ impl Client {
     /// otherwise, a change half recorded, the map stays and a shard's
     /// WRONG_SHARD corrects it as before).
     pub fn adopt(&self, found: &Found) {
-        // The metadata group stays where the config put it, even when the
-        // first coordinator group's replicas move.
+        // Where the metadata group is (it moves too, and records where).
         if !found.meta.is_empty() {
             if let Ok(mut m) = self.inner.meta.write() {
                 *m = found.meta.clone();
@@ -1008,8 +1011,40 @@ impl Client {
             ));
         }
         let within = self.inner.opts.request_timeout;
-        self.call_route(Route::Meta, &replicas, idempotent, within, call)
+        match self
+            .call_route(Route::Meta, &replicas, idempotent, within, &call)
             .await
+        {
+            // None of the nodes it knew leads the group, or answers: the
+            // group may have moved. Ask any node for the routing table
+            // (the group records its own voters) and try them once.
+            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
+                match self.relearn_meta().await {
+                    Some(moved) if !same_nodes(&moved, &replicas) => {
+                        self.call_route(Route::Meta, &moved, idempotent, within, call)
+                            .await
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// The metadata group's replicas as the first node that sends its
+    /// routing table says (recorded by the client), if it says.
+    async fn relearn_meta(&self) -> Option<Vec<NodeId>> {
+        let found = tokio::time::timeout(self.inner.opts.request_timeout * 2, self.routing_table())
+            .await
+            .ok()??;
+        if found.meta.is_empty() {
+            return None;
+        }
+        tracing::info!(replicas = ?found.meta, "metadata group's replicas relearned");
+        if let Ok(mut m) = self.inner.meta.write() {
+            *m = found.meta.clone();
+        }
+        Some(found.meta)
     }
 
     async fn call_route<T, F, Fut>(
@@ -1331,6 +1366,7 @@ impl Client {
         match group {
             RaftGroup::Shard(s) => self.shard_replicas(s),
             RaftGroup::Coordinator(g) => self.group_table().get(&g).cloned().unwrap_or_default(),
+            RaftGroup::Meta => self.meta_replicas(),
         }
     }
 

@@ -130,7 +130,9 @@ impl Client {
         })
     }
 
-    /// The nodes of the metadata group (the first coordinator group's).
+    /// The nodes of the metadata group as this client knows them: the
+    /// config's (the first coordinator group's), or those a routing table
+    /// named (the group's replicas move).
     pub fn meta_replicas(&self) -> Vec<pact_common::NodeId> {
         match self.inner.meta.read() {
             Ok(m) => m.clone(),
@@ -139,7 +141,8 @@ impl Client {
     }
 
     /// Status of `node`'s replica of the metadata group. A server that
-    /// runs none (a `coordinator` process) answers `InvalidInput`.
+    /// cannot run one (a `coordinator` process) answers `InvalidInput`; a
+    /// `pact` node that runs none now, "not leader".
     pub async fn meta_status(
         &self,
         node: pact_common::NodeId,

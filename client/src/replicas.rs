@@ -117,6 +117,7 @@ impl Client {
             let r = match group {
                 RaftGroup::Shard(s) => self.replica_status(s, node).await,
                 RaftGroup::Coordinator(g) => self.coordinator_group_status(g, node).await,
+                RaftGroup::Meta => self.meta_status(node).await,
             };
             match r {
                 // Only the group asked about (a node may run another

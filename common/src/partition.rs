@@ -278,8 +278,18 @@ impl GroupRecord {
 pub struct ShardTable {
     pub epoch: u64,
     pub shards: Vec<ShardRecord>,
-    /// The coordinator groups' committed voters.
+    /// The coordinator groups' committed voters, and the metadata
+    /// group's own ([`crate::META_GROUP`], see [`ShardTable::meta`]).
     pub groups: Vec<GroupRecord>,
+}
+
+impl ShardTable {
+    /// The metadata group's voters as its leader last recorded them.
+    pub fn meta(&self) -> Option<&GroupRecord> {
+        self.groups
+            .iter()
+            .find(|g| g.group == crate::META_GROUP && !g.voters.is_empty())
+    }
 }
 
 /// Routes keys to shards. Build it with [`ShardMap::new_hash`],

@@ -1,7 +1,6 @@
 //! This node's replica of the metadata group, and the task that keeps a
 //! node's directory of members up to date.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,9 +33,6 @@ pub struct MetaGroup {
     shards: pact_client::Client,
     /// Notified when the applied table may have changed.
     changed: Arc<tokio::sync::Notify>,
-    /// Nodes that may not be removed, and why: the voters of this group,
-    /// which cannot move yet.
-    pinned: BTreeMap<u64, String>,
     /// The coordinator groups, whose leaders are asked whether a node to
     /// be removed still replicates one.
     coordinators: Vec<u64>,
@@ -56,39 +52,69 @@ pub fn seeds(config: &ClusterConfig) -> Vec<Member> {
         .collect()
 }
 
+/// The metadata group replica a `pact` node runs now, if any: the one its
+/// config gives it (the first coordinator group's nodes), or one an
+/// operator added at run time (`txn admin replica add meta NODE`); empty
+/// once it was removed.
+#[derive(Clone, Default)]
+pub struct MetaSlot(Arc<std::sync::RwLock<Option<Arc<MetaGroup>>>>);
+
+impl MetaSlot {
+    pub fn get(&self) -> Option<Arc<MetaGroup>> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, g: Option<Arc<MetaGroup>>) {
+        match self.0.write() {
+            Ok(mut s) => *s = g,
+            Err(p) => *p.into_inner() = g,
+        }
+    }
+}
+
 impl MetaGroup {
-    /// Start (or restart) node `id`'s replica of the metadata group, which
-    /// the config's first coordinator group's nodes host. Its leaders seed
-    /// the table with the config's nodes (the first seed applied wins).
+    /// Start (or restart) node `id`'s replica of the metadata group: with
+    /// `joined` None, one of the config's (the first coordinator group's
+    /// nodes); else one added at run time to the group whose voters were
+    /// `joined` then (it waits, empty, for the leader to add it). Its
+    /// leaders seed the table with the config's nodes (the first seed
+    /// applied wins).
     pub async fn start_on(
         config: &ClusterConfig,
         id: NodeId,
         host: &Host,
         shards: pact_client::Client,
+        joined: Option<Vec<NodeId>>,
     ) -> Result<Arc<MetaGroup>, Error> {
-        let replicas = config.meta_replicas();
-        if !replicas.contains(&id) {
-            return Err(Error::InvalidInput(format!(
-                "node {id} is not a replica of the metadata group (the first coordinator \
-                 group's nodes: {replicas:?})"
-            )));
-        }
-        let members = pact_raft::members(config, &replicas);
         let tuning = Tuning::from(&config.raft);
         let changed = Arc::new(tokio::sync::Notify::new());
         let app = Arc::new(MetaApp {
             changed: changed.clone(),
         });
-        let replica = Replica::start(META_GROUP, id.0, members, &tuning, app, host).await?;
-        let mut pinned = BTreeMap::new();
-        for n in &replicas {
-            pinned.insert(n.0, "the metadata group".to_string());
-        }
+        let replica = match joined {
+            None => {
+                let replicas = config.meta_replicas();
+                if !replicas.contains(&id) {
+                    return Err(Error::InvalidInput(format!(
+                        "node {id} is not a replica of the metadata group in the config (the \
+                         first coordinator group's nodes: {replicas:?})"
+                    )));
+                }
+                let members = pact_raft::members(config, &replicas);
+                Replica::start(META_GROUP, id.0, members, &tuning, app, host).await?
+            }
+            Some(voters) => {
+                let members = host.members_of(config, &voters);
+                Replica::start_joined(META_GROUP, id.0, members, &tuning, app, host).await?
+            }
+        };
         let group = Arc::new(MetaGroup {
             replica,
             shards,
             changed,
-            pinned,
             coordinators: config.coordinators.iter().map(|g| g.group).collect(),
         });
         tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
@@ -98,6 +124,15 @@ impl MetaGroup {
 
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// Stop this replica for good and delete its data (the group no
+    /// longer counts this node: the admin service checks). Its background
+    /// tasks end with the replica's leadership watch.
+    pub async fn retire(&self, host: &Host) -> Result<(), Error> {
+        self.replica.remove_here(host).await?;
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// The table as this replica has applied it (possibly behind the
@@ -198,6 +233,23 @@ impl MetaGroup {
                 Err(_) => tracing::debug!(group = g, "coordinator group did not answer in time"),
             }
         }
+        // And this group's own voters, read here at its leader: where to
+        // find it once it moved off the config's nodes.
+        let (voters, voters_at) = self.replica.committed_voters();
+        let own = pact_common::GroupRecord {
+            group: META_GROUP,
+            voters,
+            voters_at,
+        };
+        if !own.voters.is_empty()
+            && table
+                .groups
+                .iter()
+                .find(|o| o.group == META_GROUP)
+                .is_none_or(|o| own.newer_than(o))
+        {
+            groups.push(own);
+        }
         let mut proposed = 0;
         if !groups.is_empty() {
             proposed += groups.len();
@@ -257,15 +309,17 @@ impl MetaGroup {
         self.change(MetaCommand::Add(m)).await
     }
 
-    /// Mark a member removed. Refused for a node that hosts this group
-    /// (it cannot move yet), and for one that a shard or a coordinator
+    /// Mark a member removed. Refused for a node in this group's
+    /// membership (as this replica, the leader once the removal is
+    /// proposed, knows it), and for one that a shard or a coordinator
     /// group counts among its voters, or while one cannot say (its leader
     /// asked, as the client asks it). A replica added between this check
     /// and the removal is not caught: move replicas first.
     pub async fn remove(self: &Arc<Self>, id: u64) -> Result<Vec<Member>, Error> {
-        if let Some(what) = self.pinned.get(&id) {
+        if self.replica.member_ids().contains(&id) {
             return Err(Error::InvalidInput(format!(
-                "node {id} hosts {what}, whose replicas cannot move yet: it cannot be removed"
+                "node {id} still replicates the metadata group: move it away first (txn admin \
+                 replica move meta {id} OTHER_NODE), then remove it"
             )));
         }
         // Every group's leader, all at once.
@@ -424,32 +478,43 @@ impl Source {
     }
 }
 
-/// Keep `directory` equal to the member table, read from `source` every
-/// [`DIRECTORY_EVERY`] (and, from a local replica, as soon as a change is
-/// applied there); an empty table (not seeded yet) or a failed read leaves
-/// it as it was. Runs until the runtime ends.
-pub fn keep_directory(directory: Directory, source: Source, config: ClusterConfig) {
-    let changed = match &source {
-        Source::Local(g) => Some(g.changed.clone()),
-        Source::Remote(_) => None,
-    };
+/// Keep `directory` equal to the member table, read every
+/// [`DIRECTORY_EVERY`] from this node's own replica of the metadata group
+/// while `slot` holds one (and as soon as a change is applied there), else
+/// from the group's leader through `remote` (None: a cluster without a
+/// metadata group); an empty table (not seeded yet) or a failed read
+/// leaves it as it was. Runs until the runtime ends.
+pub fn keep_directory(
+    directory: Directory,
+    slot: MetaSlot,
+    remote: Option<pact_client::Client>,
+    config: ClusterConfig,
+) {
     tokio::spawn(async move {
         loop {
-            match source.members().await {
-                Ok(m) if !m.is_empty() => {
-                    directory.set_removed(m.iter().filter(|m| m.removed).map(|m| m.id));
-                    directory.set(directory_entries(&m, &config));
+            let local = slot.get();
+            let source = match (&local, &remote) {
+                (Some(g), _) => Some(Source::Local(g.clone())),
+                (None, Some(c)) => Some(Source::Remote(c.clone())),
+                (None, None) => None,
+            };
+            if let Some(source) = source {
+                match source.members().await {
+                    Ok(m) if !m.is_empty() => {
+                        directory.set_removed(m.iter().filter(|m| m.removed).map(|m| m.id));
+                        directory.set(directory_entries(&m, &config));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "member table not read; directory kept"),
+                match source.shards().await {
+                    Ok(t) => directory.set_shards(t),
+                    Err(e) => tracing::debug!(error = %e, "shard table not read; directory kept"),
+                }
             }
-            match source.shards().await {
-                Ok(t) => directory.set_shards(t),
-                Err(e) => tracing::debug!(error = %e, "shard table not read; directory kept"),
-            }
-            match &changed {
-                Some(n) => {
-                    let _ = tokio::time::timeout(DIRECTORY_EVERY, n.notified()).await;
+            match &local {
+                Some(g) => {
+                    let _ = tokio::time::timeout(DIRECTORY_EVERY, g.changed.notified()).await;
                 }
                 None => tokio::time::sleep(DIRECTORY_EVERY).await,
             }

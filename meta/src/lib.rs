@@ -3,9 +3,12 @@
 //!
 //! A Pact cluster starts from its config file, which lists the nodes. To
 //! grow past that list, the set of nodes lives in the cluster itself: a
-//! Raft group with the reserved id [`pact_common::META_GROUP`], hosted by
-//! the nodes of the config's first coordinator group (those already run
-//! a recovery log, and a cluster without one has no metadata group). Its
+//! Raft group with the reserved id [`pact_common::META_GROUP`], first
+//! hosted by the nodes of the config's first coordinator group (those
+//! already run a recovery log, and a cluster without one has no metadata
+//! group); its replicas move like any group's (`txn admin replica move
+//! meta FROM TO`), and it records its own voters in its table, so nodes
+//! and clients find it after it left the config's nodes. Its
 //! state is one record per node: id, client address, peer address, and
 //! whether it was removed; and one record per shard (its descriptor and
 //! committed voters, as its leader last reported them) with the shard
@@ -45,8 +48,8 @@
 //! - The table is a directory, never the authority on who replicates
 //!   what: each group's own Raft membership is. The leader refuses to
 //!   remove a node that a shard's or a coordinator group's leader counts
-//!   among its voters (or while one cannot say), and one that hosts this
-//!   group (it cannot move yet). A learner left on a node, or a
+//!   among its voters (or while one cannot say), and one in this group's
+//!   own membership. A learner left on a node, or a
 //!   replica added after that check, stays until it is moved.
 //!
 //! # Failure
@@ -60,5 +63,5 @@ pub mod machine;
 pub mod service;
 
 pub use error::Error;
-pub use group::{keep_directory, MetaGroup, Source};
+pub use group::{keep_directory, MetaGroup, MetaSlot, Source};
 pub use machine::Member;

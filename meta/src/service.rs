@@ -1,4 +1,6 @@
-//! `pact.v1.Meta` on the client port of the metadata group's nodes.
+//! `pact.v1.Meta` on the client port of every `pact` node: served by the
+//! node's replica of the metadata group if it has one, else answered
+//! NOT_LEADER with a hint (a replica the group last recorded).
 
 use std::sync::Arc;
 
@@ -7,11 +9,16 @@ use pact_proto as pb;
 use pact_proto::meta_server::{Meta, MetaServer};
 use tonic::{Request, Response, Status};
 
-use crate::group::MetaGroup;
+use crate::group::{MetaGroup, MetaSlot};
 use crate::machine::Member;
+use crate::Error;
 
 pub struct MetaService {
-    group: Arc<MetaGroup>,
+    slot: MetaSlot,
+    /// The node's directory: where the group went, for a node that no
+    /// longer (or never) hosts it.
+    directory: pact_raft::Directory,
+    me: u64,
     /// This node's cluster config, as TOML, for nodes joining with only
     /// `--endpoints`; None with TLS (nodes outside the config cannot join
     /// such a cluster yet, and its `[tls]` paths are this node's own).
@@ -19,14 +26,40 @@ pub struct MetaService {
 }
 
 impl MetaService {
-    pub fn new(group: Arc<MetaGroup>, config: &ClusterConfig) -> MetaServer<MetaService> {
+    pub fn new(
+        slot: MetaSlot,
+        directory: pact_raft::Directory,
+        me: u64,
+        config: &ClusterConfig,
+    ) -> MetaServer<MetaService> {
         MetaServer::new(MetaService {
-            group,
+            slot,
+            directory,
+            me,
             config: config
                 .tls
                 .is_none()
                 .then(|| Arc::new(config.to_toml_string())),
         })
+    }
+}
+
+impl MetaService {
+    /// This node's replica, or NOT_LEADER naming a node the group last
+    /// recorded among its voters (the config's rule otherwise: a client
+    /// tries the others it knows).
+    fn group(&self) -> Result<Arc<MetaGroup>, Error> {
+        if let Some(g) = self.slot.get() {
+            return Ok(g);
+        }
+        let table = self.directory.shards();
+        let hint = table
+            .meta()
+            .into_iter()
+            .flat_map(|r| r.voters.iter().copied())
+            .filter(|n| *n != self.me)
+            .find_map(|n| self.directory.get(n).map(|m| (n, m.client_addr)));
+        Err(Error::NotLeader { hint })
     }
 }
 
@@ -51,7 +84,7 @@ impl Meta for MetaService {
         &self,
         _request: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
-        Ok(Response::new(response(self.group.members().await?)))
+        Ok(Response::new(response(self.group()?.members().await?)))
     }
 
     async fn add_member(
@@ -60,7 +93,7 @@ impl Meta for MetaService {
     ) -> Result<Response<pb::MembersResponse>, Status> {
         let r = request.into_inner();
         Ok(Response::new(response(
-            self.group.add(r.id, r.addr, r.peer_addr).await?,
+            self.group()?.add(r.id, r.addr, r.peer_addr).await?,
         )))
     }
 
@@ -69,7 +102,7 @@ impl Meta for MetaService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(pact_raft::wire::status_response(
-            self.group.replica().status(),
+            self.group()?.replica().status(),
         )))
     }
 
@@ -94,7 +127,7 @@ impl Meta for MetaService {
         &self,
         _request: Request<pb::ShardsRequest>,
     ) -> Result<Response<pb::ShardsResponse>, Status> {
-        let t = self.group.shards().await?;
+        let t = self.group()?.shards().await?;
         Ok(Response::new(pb::ShardsResponse {
             epoch: t.epoch,
             shards: t.shards.iter().map(pact_raft::wire::shard_record).collect(),
@@ -115,6 +148,6 @@ impl Meta for MetaService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(response(self.group.remove(r.id).await?)))
+        Ok(Response::new(response(self.group()?.remove(r.id).await?)))
     }
 }

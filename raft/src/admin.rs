@@ -42,16 +42,20 @@ pub enum HostError {
 
 /// Which kind of group an admin call names: a shard and a coordinator
 /// group may share an id in a config (never on one node), so the caller
-/// says which it means.
+/// says which it means; the metadata group has an id of its own
+/// ([`pact_common::META_GROUP`]), which no other group can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupKind {
     Shard,
     Coordinator,
+    Meta,
 }
 
 impl GroupKind {
-    pub fn of(coordinator: bool) -> GroupKind {
-        if coordinator {
+    pub fn of(group: u64, coordinator: bool) -> GroupKind {
+        if group == pact_common::META_GROUP {
+            GroupKind::Meta
+        } else if coordinator {
             GroupKind::Coordinator
         } else {
             GroupKind::Shard
@@ -156,6 +160,13 @@ impl AdminService {
                             })
                             .map(|g| (g.group, g.replicas.iter().map(|n| n.0).collect())),
                     )
+                    // The metadata group keeps one of the config's nodes
+                    // for it too: nodes and clients that start from the
+                    // config look for it there.
+                    .chain(std::iter::once((
+                        pact_common::META_GROUP,
+                        config.meta_replicas().iter().map(|n| n.0).collect(),
+                    )))
                     .collect(),
             ),
             coordinator_anchors: Arc::new(
@@ -185,21 +196,6 @@ impl AdminService {
         let v: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         (!v.is_empty()).then_some(v)
     }
-}
-
-/// The metadata group keeps the replicas the config gives it, for now.
-fn fixed(group: u64) -> Result<(), Status> {
-    if group == pact_common::META_GROUP {
-        return Err(error_status(
-            ErrorCode::InvalidInput,
-            "the metadata group's replicas cannot change yet (they are the first coordinator \
-             group's nodes)"
-                .into(),
-            None,
-            None,
-        ));
-    }
-    Ok(())
 }
 
 fn membership_status(e: MembershipError) -> Status {
@@ -378,6 +374,23 @@ impl Admin for AdminService {
             }
         }
         t.coordinators.retain(|g| !g.replicas.is_empty());
+        // The metadata group's replicas: this node's own view if it hosts
+        // one, else what the group last recorded of itself, else the
+        // config's (each left as the config's if it names no known node).
+        let live_meta = self
+            .host
+            .as_ref()
+            .and_then(|_| self.live_voters(pact_common::META_GROUP))
+            .or_else(|| {
+                let d = self.directory.as_ref()?;
+                d.shards().meta().map(|r| r.voters.clone())
+            });
+        if let Some(v) = live_meta {
+            let kept: Vec<u64> = v.into_iter().filter(|n| known.contains(n)).collect();
+            if !kept.is_empty() {
+                t.meta_replicas = kept;
+            }
+        }
         // A recorded shard on nodes none of which is listed has no voters
         // in the table: a client finds it from its neighbours' hints.
         for d in &mut t.descriptors {
@@ -391,7 +404,6 @@ impl Admin for AdminService {
         request: Request<pb::HostReplicaRequest>,
     ) -> Result<Response<pb::HostReplicaResponse>, Status> {
         let r = request.into_inner();
-        fixed(r.group)?;
         let host = self.host.clone().ok_or_else(|| {
             error_status(
                 ErrorCode::InvalidInput,
@@ -436,7 +448,7 @@ impl Admin for AdminService {
         }
         // Owned: a caller that gives up does not leave a replica half
         // started.
-        let kind = GroupKind::of(r.coordinator);
+        let kind = GroupKind::of(r.group, r.coordinator);
         tokio::spawn(async move { host.host(r.group, kind, r.voters).await })
             .await
             .map_err(|e| Status::internal(format!("host task failed: {e}")))?
@@ -449,7 +461,6 @@ impl Admin for AdminService {
         request: Request<pb::DropReplicaRequest>,
     ) -> Result<Response<pb::DropReplicaResponse>, Status> {
         let r = request.into_inner();
-        fixed(r.group)?;
         let host = self.host.clone().ok_or_else(|| {
             error_status(
                 ErrorCode::InvalidInput,
@@ -473,7 +484,7 @@ impl Admin for AdminService {
                 None,
             ));
         }
-        let kind = GroupKind::of(r.coordinator);
+        let kind = GroupKind::of(r.group, r.coordinator);
         tokio::spawn(async move { host.drop_group(r.group, kind).await })
             .await
             .map_err(|e| Status::internal(format!("drop task failed: {e}")))?
@@ -486,15 +497,14 @@ impl Admin for AdminService {
         request: Request<pb::ChangeReplicasRequest>,
     ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
         let r = request.into_inner();
-        fixed(r.group)?;
         if let Some(host) = &self.host {
-            host.may_change(r.group, GroupKind::of(r.coordinator))
+            host.may_change(r.group, GroupKind::of(r.group, r.coordinator))
                 .await
                 .map_err(host_status)?;
         }
         let router = self.router.clone();
         let voters = if r.remove {
-            let anchors = if r.coordinator {
+            let anchors = if r.coordinator && r.group != pact_common::META_GROUP {
                 &self.coordinator_anchors
             } else {
                 &self.anchors

@@ -785,6 +785,22 @@ impl Replica {
         (s.committed_voters, s.voters_at)
     }
 
+    /// Every node of the group's current membership (voters of either
+    /// half of a joint one, and learners), sorted, as this replica knows
+    /// it.
+    pub fn member_ids(&self) -> Vec<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mut ids: Vec<u64> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Why the group's membership is not a plain set of voters now, if
     /// it is not: a change under way (joint, uncommitted) or learners
     /// being added. `None` when settled.

@@ -101,6 +101,10 @@ struct ShardHost {
     config: Arc<ClusterConfig>,
     /// This node's coordinator replica, if any.
     coordinator: pact_coordinator::Hosted,
+    /// This node's replica of the metadata group, if any.
+    meta: pact_meta::MetaSlot,
+    /// What a metadata group replica started here asks the shards with.
+    meta_client: pact_client::Client,
     /// One coordinator start or stop at a time.
     hosting: tokio::sync::Mutex<()>,
     host: Host,
@@ -110,6 +114,9 @@ struct ShardHost {
 #[tonic::async_trait]
 impl pact_raft::admin::GroupHost for ShardHost {
     async fn host(&self, group: u64, kind: GroupKind, voters: Vec<u64>) -> Result<(), HostError> {
+        if kind == GroupKind::Meta {
+            return self.host_meta(voters).await;
+        }
         if kind == GroupKind::Coordinator {
             self.check_coordinator(group)?;
             return self.host_coordinator(group, voters).await;
@@ -122,6 +129,9 @@ impl pact_raft::admin::GroupHost for ShardHost {
     }
 
     async fn drop_group(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+        if kind == GroupKind::Meta {
+            return self.drop_meta().await;
+        }
         if kind == GroupKind::Coordinator {
             self.check_coordinator(group)?;
             let _one = self.hosting.lock().await;
@@ -155,6 +165,15 @@ impl pact_raft::admin::GroupHost for ShardHost {
     }
 
     async fn may_change(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+        if kind == GroupKind::Meta {
+            return match self.meta.get() {
+                Some(_) => Ok(()),
+                None => Err(HostError::Refused(format!(
+                    "node {} runs no replica of the metadata group",
+                    self.node.id()
+                ))),
+            };
+        }
         if kind == GroupKind::Coordinator {
             self.check_coordinator(group)?;
             return match self.coordinator.get().filter(|c| c.group() == group) {
@@ -233,6 +252,60 @@ impl ShardHost {
         Ok(())
     }
 
+    /// Start this node's replica of the metadata group, whose voters are
+    /// `voters` (idempotent).
+    async fn host_meta(&self, voters: Vec<u64>) -> Result<(), HostError> {
+        let _one = self.hosting.lock().await;
+        if self.config.meta_replicas().is_empty() {
+            return Err(HostError::Refused(
+                "this cluster has no metadata group (its config has no coordinator group)".into(),
+            ));
+        }
+        if self.meta.get().is_some() {
+            return Ok(());
+        }
+        if let Some(n) = voters
+            .iter()
+            .find(|n| !self.host.knows_node(&self.config, **n))
+        {
+            return Err(HostError::Refused(format!(
+                "hosting the metadata group: voter {n} is not a member of the cluster"
+            )));
+        }
+        let m = pact_meta::MetaGroup::start_on(
+            &self.config,
+            self.node.id(),
+            &self.host,
+            self.meta_client.clone(),
+            Some(voters.into_iter().map(NodeId).collect()),
+        )
+        .await
+        .map_err(|e| HostError::Failed(e.to_string()))?;
+        self.meta.set(Some(m));
+        tracing::info!("hosting a new replica of the metadata group");
+        Ok(())
+    }
+
+    /// Stop this node's replica of the metadata group for good and delete
+    /// its data (idempotent).
+    async fn drop_meta(&self) -> Result<(), HostError> {
+        let _one = self.hosting.lock().await;
+        let Some(m) = self.meta.get() else {
+            return Ok(());
+        };
+        // Out of the slot first: the directory then reads the table from
+        // the group's leader, and requests get a hint.
+        self.meta.set(None);
+        if let Err(e) = m.retire(&self.host).await {
+            if m.replica().fatal().is_none() {
+                self.meta.set(Some(m));
+            }
+            return Err(HostError::Failed(e.to_string()));
+        }
+        tracing::info!("dropped this node's replica of the metadata group");
+        Ok(())
+    }
+
     fn check(&self, group: u64) -> Result<(), HostError> {
         // A node's groups share one store and router keyed by group id:
         // a shard cannot join a node whose coordinator group has its id.
@@ -277,6 +350,29 @@ async fn coordinator_plan(
         .into_iter()
         .max_by_key(|(_, joined)| joined.is_some())
         .map(|(g, joined)| (g, joined.map(|v| v.into_iter().map(NodeId).collect()))))
+}
+
+/// Whether node `id` runs a replica of the metadata group, and with which
+/// voters if it was added at run time: the config's (the first
+/// coordinator group's nodes) unless its records say it was removed (its
+/// leftovers wiped), else one an operator added it to.
+async fn meta_plan(
+    config: &ClusterConfig,
+    id: NodeId,
+    host: &Host,
+) -> anyhow::Result<Option<Option<Vec<NodeId>>>> {
+    let configured = config
+        .meta_replicas()
+        .contains(&id)
+        .then_some(pact_common::META_GROUP);
+    let plan = host
+        .hosting_plan(configured, |g| g == pact_common::META_GROUP)
+        .await
+        .context("reading hosting records")?;
+    Ok(plan
+        .into_iter()
+        .next()
+        .map(|(_, joined)| joined.map(|v| v.into_iter().map(NodeId).collect())))
 }
 
 fn host_error(e: pact_participant::Error) -> HostError {
@@ -526,20 +622,25 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // The member table: hosted here on the first coordinator group's
     // nodes, asked of its leader elsewhere; every node keeps its directory
     // equal to it, so nodes added at run time are reached.
-    let meta = if config.meta_replicas().contains(&id) {
-        let shards = pact_client::Client::new(
-            &config,
-            pact_client::ClientOptions {
-                tls: tls.clone(),
-                retry_for: Duration::from_secs(5),
-                resolver: Some(pact_client::Resolver({
-                    let dir = host.directory();
-                    Arc::new(move |n: NodeId| dir.addrs(n.0))
-                })),
-                ..pact_client::ClientOptions::default()
-            },
-        );
-        let m = pact_meta::MetaGroup::start_on(&config, id, &host, shards).await?;
+    // The metadata group's replica: the config's (the first coordinator
+    // group's nodes) unless an operator moved it away, or one an operator
+    // added here at run time (the node's own records say, as for shards).
+    let meta_client = pact_client::Client::new(
+        &config,
+        pact_client::ClientOptions {
+            tls: tls.clone(),
+            retry_for: Duration::from_secs(5),
+            resolver: Some(pact_client::Resolver({
+                let dir = host.directory();
+                Arc::new(move |n: NodeId| dir.addrs(n.0))
+            })),
+            ..pact_client::ClientOptions::default()
+        },
+    );
+    let meta = pact_meta::MetaSlot::default();
+    if let Some(joined) = meta_plan(&config, id, &host).await? {
+        let m =
+            pact_meta::MetaGroup::start_on(&config, id, &host, meta_client.clone(), joined).await?;
         // The table as last applied here, before the replicas that may
         // name added nodes start.
         match m.local_members().await {
@@ -549,29 +650,15 @@ async fn run(r: Run) -> anyhow::Result<()> {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "member table not read at start"),
         }
-        pact_meta::keep_directory(
-            host.directory(),
-            pact_meta::Source::Local(m.clone()),
-            config.clone(),
-        );
-        Some(m)
-    } else {
-        if !config.meta_replicas().is_empty() {
-            let client = pact_client::Client::new(
-                &config,
-                pact_client::ClientOptions {
-                    tls: tls.clone(),
-                    ..pact_client::ClientOptions::default()
-                },
-            );
-            pact_meta::keep_directory(
-                host.directory(),
-                pact_meta::Source::Remote(client),
-                config.clone(),
-            );
-        }
-        None
-    };
+        meta.set(Some(m));
+    }
+    let has_meta = !config.meta_replicas().is_empty();
+    pact_meta::keep_directory(
+        host.directory(),
+        meta.clone(),
+        has_meta.then(|| meta_client.clone()),
+        config.clone(),
+    );
     // A node runs its shard service even with no shard yet: an operator
     // can add replicas to it.
     let node = Some(Arc::new(
@@ -644,6 +731,8 @@ async fn run(r: Run) -> anyhow::Result<()> {
                     node,
                     config: Arc::new(config.clone()),
                     coordinator: hosted.clone(),
+                    meta: meta.clone(),
+                    meta_client: meta_client.clone(),
                     hosting: Default::default(),
                     host: host.clone(),
                     tls: tls.clone(),
@@ -651,10 +740,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
             }),
             Some(host.directory()),
         ))
-        .add_optional_service(
-            meta.clone()
-                .map(|m| pact_meta::service::MetaService::new(m, &config)),
-        )
+        .add_optional_service(has_meta.then(|| {
+            pact_meta::service::MetaService::new(meta.clone(), host.directory(), id.0, &config)
+        }))
         .add_optional_service(node.clone().map(KvService::new))
         .add_service(TxnService::hosted(hosted.clone()))
         .serve_with_incoming_shutdown(
@@ -685,7 +773,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     if let Some(c) = hosted.get() {
         c.replica().shutdown().await;
     }
-    if let Some(m) = &meta {
+    if let Some(m) = meta.get() {
         m.replica().shutdown().await;
     }
     if let Some(f) = stopped {

@@ -811,10 +811,12 @@ async fn a_node_outside_the_config_joins_takes_a_replica_and_leaves() {
     let (ok, v, _) = txn_json(&c, &["admin", "member", "remove", "4"]);
     let why = v["error"]["message"].as_str().unwrap_or_default();
     assert!(!ok && why.contains("still replicates shard(s) 1"), "{v}");
-    // (The CLI would refuse node 1 for its shard replicas first; the
-    // metadata group refuses it for the groups that cannot move.)
+    // (Node 1 replicates the metadata group, which its leader checks
+    // first.)
     match client.remove_member(1).await {
-        Err(ClientError::InvalidInput(m)) => assert!(m.contains("cannot be removed"), "{m}"),
+        Err(ClientError::InvalidInput(m)) => {
+            assert!(m.contains("replicates the metadata group"), "{m}")
+        }
         other => panic!("removing node 1: {other:?}"),
     }
     let (ok, v, err) = txn_replica(&c, &["move", "1", "4", "3"]);
@@ -1109,4 +1111,107 @@ async fn a_coordinator_group_is_found_after_its_config_replicas_left_or_died() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The metadata group's replicas move like any group's (`txn admin
+/// replica move meta FROM TO`), and that is what lets a node of the
+/// config be replaced for good: node 3 cannot be removed while it
+/// replicates the metadata group; once that replica, its shards' and its
+/// coordinator group's have moved to node 4, it can. Meanwhile the member
+/// table changes through the moved group, every node's routing table
+/// names the group's new replicas, and node 4's replica comes back from
+/// its own records after a kill. Transfers run throughout; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
+    let (mut c, _) = cluster_with_spare().await;
+    let client = c.client();
+    let (stop, workers) = transfers_under_way(&c, 50, 3, 37).await;
+
+    let (ok, v, _) = txn_json(&c, &["admin", "member", "remove", "3"]);
+    let refusal = |v: &serde_json::Value| v["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        !ok && refusal(&v).contains("replicates the metadata group"),
+        "{v}"
+    );
+
+    let (ok, v, err) = txn_replica(&c, &["move", "meta", "3", "4"]);
+    assert!(
+        ok,
+        "metadata group move failed: {err} {v}\n{}",
+        c.logs_tail()
+    );
+    assert_eq!(v["group"], "meta", "{v}");
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    assert_eq!(v["dropped"], true, "{v}");
+    match client.meta_status(NodeId(3)).await {
+        Err(ClientError::Unavailable(_)) => {}
+        other => panic!("node 3 still answers for the metadata group: {other:?}"),
+    }
+    // `meta` is no coordinator group.
+    let (ok, v, _) = txn_replica(&c, &["add", "meta", "3", "--coord"]);
+    assert!(!ok && refusal(&v).contains("metadata group"), "{v}");
+
+    // Every node's routing table says where the group is now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in [1u64, 2, 3, 4] {
+        let addr = c.config.node(NodeId(id)).expect("node").addr.clone();
+        loop {
+            let found = pact_client::discover_table(std::slice::from_ref(&addr), None)
+                .await
+                .expect("routing table");
+            let meta: Vec<u64> = found.meta.iter().map(|n| n.0).collect();
+            if meta == vec![1, 2, 4] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}'s routing table: metadata group on {meta:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // The table changes through the moved group.
+    let ports = pact_tests::free_ports(2);
+    let (a5, p5) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let (ok, _, err) = txn_json(&c, &["admin", "member", "add", "5", &a5, &p5]);
+    assert!(ok, "member add through the moved group: {err}");
+
+    // Node 4 restarts into its replica, from its own records.
+    c.kill(NodeId(4));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.start_node(NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = client.meta_status(NodeId(4)).await;
+        if s.as_ref()
+            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![1, 2, 4])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's metadata group replica did not come back: {s:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Replace node 3: everything it replicates moves to node 4, then it
+    // can be removed.
+    for shard in ["1", "2", "3"] {
+        let (ok, v, err) = txn_replica(&c, &["move", shard, "3", "4"]);
+        assert!(ok, "shard {shard} move: {err} {v}\n{}", c.logs_tail());
+    }
+    let group = c.config.coordinators[0].group.to_string();
+    let (ok, v, err) = txn_replica(&c, &["move", &group, "3", "4", "--coord"]);
+    assert!(ok, "coordinator group move: {err} {v}\n{}", c.logs_tail());
+    let (ok, v, err) = txn_json(&c, &["admin", "member", "remove", "3"]);
+    assert!(ok, "member remove 3: {err} {v}\n{}", c.logs_tail());
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stopped_and_checked(&client, stop, workers).await;
 }

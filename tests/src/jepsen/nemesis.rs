@@ -281,6 +281,7 @@ pub async fn apply(
             let leader = match group {
                 RaftGroup::Shard(s) => shard_leader(c, s).await,
                 RaftGroup::Coordinator(g) => coordinator_group_leader(c, g).await,
+                RaftGroup::Meta => None,
             };
             let client = c.client();
             // The group's voters now (its replicas may have moved).
@@ -314,8 +315,12 @@ pub async fn apply(
                 .into_iter()
                 .map(|(g, _)| g)
                 .collect();
+            // A coordinator group one time in three, the metadata group
+            // (there is one where there are coordinator groups) one in six.
+            let pick = rng.random_range(0..6);
             let group = match coordinators.choose(rng) {
-                Some(g) if rng.random_range(0..3) == 0 => RaftGroup::Coordinator(*g),
+                Some(g) if pick < 2 => RaftGroup::Coordinator(*g),
+                Some(_) if pick == 2 => RaftGroup::Meta,
                 _ => {
                     let shards = all_shards(&client).await;
                     RaftGroup::Shard(*shards.choose(rng).expect("shards"))
@@ -350,6 +355,7 @@ pub async fn apply(
                     .iter()
                     .find(|x| x.group == g)
                     .map(|x| x.replicas.clone()),
+                RaftGroup::Meta => Some(c.config.meta_replicas()),
             }
             .unwrap_or_default();
             let still: Vec<NodeId> = voters
@@ -574,10 +580,22 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
     let shards = all_shards(&client).await;
     let present = c.joined_ids();
     if let Some(&node) = present.first() {
-        // Move every replica it holds to a participant that lacks one.
+        // Move every replica it holds (shards, and the coordinator groups
+        // and metadata group that replica moves may have put there) to a
+        // participant that lacks one.
+        let coordinators: Vec<u64> = client
+            .coordinator_groups()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        let groups: Vec<RaftGroup> = shards
+            .iter()
+            .map(|s| RaftGroup::Shard(*s))
+            .chain(coordinators.iter().map(|g| RaftGroup::Coordinator(*g)))
+            .chain((!coordinators.is_empty()).then_some(RaftGroup::Meta))
+            .collect();
         let mut moved = Vec::new();
-        for shard in &shards {
-            let group = RaftGroup::Shard(*shard);
+        for group in groups {
             let voters = match client.group_voters(group).await {
                 Ok(v) => v,
                 Err(e) => return format!("node {node} not retired: {group}: no voters known: {e}"),
@@ -585,10 +603,19 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
             if !voters.contains(&node) {
                 continue;
             }
+            // A node runs one coordinator group's replica at most.
+            let mut taken = voters.clone();
+            if group.is_coordinator() {
+                for g in &coordinators {
+                    if let Ok(v) = client.group_voters(RaftGroup::Coordinator(*g)).await {
+                        taken.extend(v);
+                    }
+                }
+            }
             let free: Vec<NodeId> = c
                 .participant_ids()
                 .into_iter()
-                .filter(|n| !voters.contains(n) && *n != node)
+                .filter(|n| !taken.contains(n) && *n != node)
                 .collect();
             let Some(&to) = free.choose(rng) else {
                 return format!("node {node} not retired: nowhere to move its replica of {group}");
@@ -598,7 +625,7 @@ async fn join_or_leave(c: &mut Cluster, rng: &mut StdRng) -> String {
                     "node {node} not retired: its replica of {group} not moved to node {to}: {e}"
                 );
             }
-            moved.push(format!("shard {shard} to node {to}"));
+            moved.push(format!("{group} to node {to}"));
         }
         if let Err(e) = client.remove_member(node.0).await {
             return format!("node {node} not retired: member remove: {e}");
