@@ -310,15 +310,21 @@ enum MemberCmd {
 #[derive(Subcommand, Debug)]
 enum LeaderCmd {
     /// Hand the leadership of a group (`shard N` or `coord N`, as `txn
-    /// status` names them) to NODE, one of its replicas; returns once NODE
-    /// leads. Transactions open on a shard whose leader moves are aborted
-    /// (their locks lived at the old leader; prepared ones are kept), as are
-    /// those open at a coordinator group's old leader.
+    /// status` names them, or `meta`, with no number) to NODE, one of its
+    /// replicas; returns once NODE leads. Transactions open on a shard
+    /// whose leader moves are aborted (their locks lived at the old leader;
+    /// prepared ones are kept), as are those open at a coordinator group's
+    /// old leader.
+    #[command(
+        override_usage = "txn admin leader transfer <shard|coord> <GROUP> <NODE>\n       \
+                                txn admin leader transfer meta <NODE>"
+    )]
     Transfer {
         #[arg(value_enum)]
         kind: GroupKind,
+        /// The group's id (its node for `meta`).
         group: u64,
-        node: u64,
+        node: Option<u64>,
     },
 }
 
@@ -355,6 +361,7 @@ impl std::fmt::Display for GroupArg {
 enum GroupKind {
     Shard,
     Coord,
+    Meta,
 }
 
 fn parse_guard(g: &str, codec: Codec) -> Result<Guard, ClientError> {
@@ -930,12 +937,29 @@ async fn run(
             Err(ClientError::InvalidInput("run by main, not here".into()))
         }
         Cmd::Admin(AdminCmd::Leader(LeaderCmd::Transfer { kind, group, node })) => {
-            let target = match kind {
-                GroupKind::Shard => pact_client::RaftGroup::Shard(pact_common::ShardId(*group)),
-                GroupKind::Coord => pact_client::RaftGroup::Coordinator(*group),
+            let (target, node) = match (kind, *node) {
+                (GroupKind::Shard, Some(n)) => (
+                    pact_client::RaftGroup::Shard(pact_common::ShardId(*group)),
+                    n,
+                ),
+                (GroupKind::Coord, Some(n)) => (pact_client::RaftGroup::Coordinator(*group), n),
+                (GroupKind::Meta, None) => (pact_client::RaftGroup::Meta, *group),
+                (GroupKind::Meta, Some(_)) => {
+                    return Err(ClientError::InvalidInput(
+                        "the metadata group has no number: txn admin leader transfer meta NODE"
+                            .into(),
+                    ))
+                }
+                (_, None) => {
+                    return Err(ClientError::InvalidInput(
+                        "give the group and the node: txn admin leader transfer shard|coord \
+                         GROUP NODE"
+                            .into(),
+                    ))
+                }
             };
             let (leader, term) = client
-                .transfer_leader(target, pact_common::NodeId(*node))
+                .transfer_leader(target, pact_common::NodeId(node))
                 .await?;
             if args.json {
                 outln!(

@@ -33,6 +33,9 @@ pub struct MetaGroup {
     shards: pact_client::Client,
     /// Notified when the applied table may have changed.
     changed: Arc<tokio::sync::Notify>,
+    /// Set once the replica was removed here: its background tasks stop
+    /// (a stopped replica's leadership watch keeps its last value).
+    retired: std::sync::atomic::AtomicBool,
     /// The coordinator groups, whose leaders are asked whether a node to
     /// be removed still replicates one.
     coordinators: Vec<u64>,
@@ -115,6 +118,7 @@ impl MetaGroup {
             replica,
             shards,
             changed,
+            retired: Default::default(),
             coordinators: config.coordinators.iter().map(|g| g.group).collect(),
         });
         tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
@@ -126,11 +130,19 @@ impl MetaGroup {
         &self.replica
     }
 
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stop this replica for good and delete its data (the group no
     /// longer counts this node: the admin service checks). Its background
     /// tasks end with the replica's leadership watch.
     pub async fn retire(&self, host: &Host) -> Result<(), Error> {
         self.replica.remove_here(host).await?;
+        // Its tasks stop: what they would record is the remaining
+        // replicas' leader's to record.
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.changed.notify_waiters();
         Ok(())
     }
@@ -376,14 +388,17 @@ async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
     };
     let mut leadership = group.replica.leadership();
     loop {
-        if leadership.borrow_and_update().is_some() {
+        if leadership.borrow_and_update().is_some() && !group.is_retired() {
             // Until applied, or this replica no longer leads (the next
             // leader proposes it then).
             while let Err(e) = group.replica.propose(cmd.clone()).await {
                 tracing::debug!(error = %e, "seeding the member table; will retry");
                 // A stopped replica stays stopped (its leadership watch
                 // keeps its last value once the core is gone).
-                if leadership.borrow().is_none() || matches!(e, ReplicaError::Fatal(_)) {
+                if leadership.borrow().is_none()
+                    || group.is_retired()
+                    || matches!(e, ReplicaError::Fatal(_))
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -402,6 +417,9 @@ async fn record_shards_when_leading(group: Arc<MetaGroup>) {
     let mut leadership = group.replica.leadership();
     loop {
         while leadership.borrow_and_update().is_some() {
+            if group.is_retired() {
+                return;
+            }
             match group.record_shards().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(shards = n, "shard table updated"),
@@ -480,7 +498,8 @@ impl Source {
 
 /// Keep `directory` equal to the member table, read every
 /// [`DIRECTORY_EVERY`] from this node's own replica of the metadata group
-/// while `slot` holds one (and as soon as a change is applied there), else
+/// while `slot` holds one that knows a leader (and as soon as a change is
+/// applied there), else
 /// from the group's leader through `remote` (None: a cluster without a
 /// metadata group); an empty table (not seeded yet) or a failed read
 /// leaves it as it was. Runs until the runtime ends.
@@ -492,7 +511,11 @@ pub fn keep_directory(
 ) {
     tokio::spawn(async move {
         loop {
-            let local = slot.get();
+            // The local replica only while it hears from a leader: one
+            // left over (removed while its node was down, or added and
+            // never made a member) or behind a rejoin gate is not kept
+            // current, and reading it would freeze the directory.
+            let local = slot.get().filter(|g| g.replica().status().leader.is_some());
             let source = match (&local, &remote) {
                 (Some(g), _) => Some(Source::Local(g.clone())),
                 (None, Some(c)) => Some(Source::Remote(c.clone())),

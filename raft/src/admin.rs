@@ -188,6 +188,15 @@ impl AdminService {
             .or_else(|| self.peers.get(&id).cloned())
     }
 
+    /// Whether this node's replica of `group` knows a leader: one left
+    /// over after its removal does not, and its view is not kept current.
+    fn hears_a_leader(&self, group: u64) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        self.router
+            .raft(group)
+            .is_some_and(|r| r.metrics().borrow_watched().current_leader.is_some())
+    }
+
     /// The voters of `group` if this node hosts it and has learned them.
     fn live_voters(&self, group: u64) -> Option<Vec<u64>> {
         use openraft::async_runtime::WatchReceiver;
@@ -380,6 +389,7 @@ impl Admin for AdminService {
         let live_meta = self
             .host
             .as_ref()
+            .filter(|_| self.hears_a_leader(pact_common::META_GROUP))
             .and_then(|_| self.live_voters(pact_common::META_GROUP))
             .or_else(|| {
                 let d = self.directory.as_ref()?;

@@ -30,10 +30,15 @@ const HEALTH_EVERY: Duration = Duration::from_millis(500);
 /// counted (lock table size, open transactions).
 pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
+/// Registries of what a process runs now, asked at each scrape: a group
+/// hosted at run time (a coordinator group's replica) brings its own.
+pub type Registries = Arc<dyn Fn() -> Vec<Registry> + Send + Sync>;
+
 /// A server's metrics and readiness; see the module doc.
 #[derive(Clone)]
 pub struct Endpoint {
     registries: Vec<Registry>,
+    dynamic: Vec<Registries>,
     refresh: Vec<Refresh>,
     replicas: crate::Replicas,
     gauges: RaftGauges,
@@ -49,6 +54,7 @@ impl Endpoint {
         registries.extend(crate::metrics::process().map(|m| m.registry.clone()));
         Ok(Endpoint {
             registries,
+            dynamic: Vec::new(),
             refresh: Vec::new(),
             replicas: replicas.into(),
             gauges,
@@ -58,6 +64,16 @@ impl Endpoint {
     /// Also serve `registry`.
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registries.push(registry);
+        self
+    }
+
+    /// Also serve the registries `f` returns at each scrape (after the
+    /// [`Endpoint::on_scrape`] work; `f` may refresh what it returns).
+    pub fn with_registries_from(
+        mut self,
+        f: impl Fn() -> Vec<Registry> + Send + Sync + 'static,
+    ) -> Self {
+        self.dynamic.push(Arc::new(f));
         self
     }
 
@@ -76,7 +92,11 @@ impl Endpoint {
         let mut body = Vec::new();
         // Encoding into a Vec fails only on a malformed family, which
         // registration already refuses.
-        let _ = TextEncoder::new().encode(&gather_all(&self.registries), &mut body);
+        let mut all = self.registries.clone();
+        for f in &self.dynamic {
+            all.extend(f());
+        }
+        let _ = TextEncoder::new().encode(&gather_all(&all), &mut body);
         String::from_utf8_lossy(&body).into_owned()
     }
 

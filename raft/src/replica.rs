@@ -738,6 +738,7 @@ impl Replica {
                 gate: gate.clone(),
                 store: store.clone(),
                 peers: host.peers.clone(),
+                directory: host.directory.clone(),
             }));
         }
         let replica = Replica {
@@ -1299,6 +1300,10 @@ struct Guarded {
     gate: Arc<Gate>,
     store: Arc<NodeStore>,
     peers: Peers,
+    /// The member table's view: a peer it lists as removed is not waited
+    /// for (removed for good, it left the group by a change the others
+    /// hold).
+    directory: Directory,
 }
 
 fn stopped(raft: &Raft) -> bool {
@@ -1371,7 +1376,7 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         }
         let mut missing = Vec::new();
         for (id, addr) in &g.members {
-            if *id == g.me || answers.contains_key(id) {
+            if *id == g.me || answers.contains_key(id) || g.directory.is_removed(*id) {
                 continue;
             }
             match ask_state(&g.peers, g.group, g.me, *id, addr).await {

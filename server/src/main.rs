@@ -165,24 +165,14 @@ impl pact_raft::admin::GroupHost for ShardHost {
     }
 
     async fn may_change(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+        // A node that runs no replica of the group is let through: the
+        // change then answers "not leader", and the caller asks the
+        // group's other nodes (a refusal here would be final to it).
         if kind == GroupKind::Meta {
-            return match self.meta.get() {
-                Some(_) => Ok(()),
-                None => Err(HostError::Refused(format!(
-                    "node {} runs no replica of the metadata group",
-                    self.node.id()
-                ))),
-            };
+            return Ok(());
         }
         if kind == GroupKind::Coordinator {
-            self.check_coordinator(group)?;
-            return match self.coordinator.get().filter(|c| c.group() == group) {
-                Some(_) => Ok(()),
-                None => Err(HostError::Refused(format!(
-                    "node {} runs no replica of coordinator group {group}",
-                    self.node.id()
-                ))),
-            };
+            return self.check_coordinator(group);
         }
         self.check(group)?;
         match self.node.splitting(ShardId(group)).await {
@@ -482,6 +472,12 @@ async fn refuse_if_removed(
     Ok(())
 }
 
+/// Whether this data directory holds anything: a node that has run
+/// before (a removed node can only have been).
+fn has_run_before(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 fn main() -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Args::command().get_matches();
@@ -526,7 +522,10 @@ fn main() -> anyhow::Result<()> {
     let config = if config.node(id).is_none() {
         rt.block_on(join(config, id, tls.clone()))?
     } else {
-        if !config.meta_replicas().contains(&id) {
+        // Metadata nodes too (the group moves, so they can be removed),
+        // except on their first start: the whole cluster starting, the
+        // table has no leader to answer for a moment.
+        if !config.meta_replicas().contains(&id) || has_run_before(&args.data_dir) {
             rt.block_on(refuse_if_removed(&config, id, tls.clone()))?;
         }
         config
@@ -696,11 +695,19 @@ async fn run(r: Run) -> anyhow::Result<()> {
             .with_registry(n.metrics.registry.clone())
             .on_scrape(move || n.refresh_metrics());
     }
-    if let Some(c) = &coordinator {
-        let c = c.clone();
-        endpoint = endpoint
-            .with_registry(c.metrics.registry.clone())
-            .on_scrape(move || c.refresh_metrics());
+    // The coordinator replica the node runs at the scrape: one added at
+    // run time included.
+    {
+        let hosted = hosted.clone();
+        endpoint = endpoint.with_registries_from(move || {
+            hosted
+                .get()
+                .map(|c| {
+                    c.refresh_metrics();
+                    vec![c.metrics.registry.clone()]
+                })
+                .unwrap_or_default()
+        });
     }
     if let Some(addr) = metrics_listen {
         let addr = endpoint

@@ -87,16 +87,22 @@ async fn transfers_under_way(
     (stop, workers)
 }
 
-/// A counter of node 4's metrics page for `group` (0 if absent).
-fn counter(port: u16, name: &str, group: u64) -> u64 {
+/// Node 4's metrics page (empty if it does not answer).
+fn metrics_page(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A counter of node 4's metrics page for `group` (0 if absent).
+fn counter(port: u16, name: &str, group: u64) -> u64 {
+    let out = metrics_page(port);
     let prefix = format!("{name}{{group=\"{group}\"}} ");
     out.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -905,7 +911,7 @@ async fn a_node_outside_the_config_joins_a_tls_cluster_through_the_member_table(
 /// host it. Nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_group_replica_moves_leads_survives_a_kill_and_moves_back() {
-    let (mut c, _) = cluster_with_spare().await;
+    let (mut c, metrics) = cluster_with_spare().await;
     let client = c.client();
     let (stop, workers) = transfers_under_way(&c, 100, 3, 31).await;
     let group = c.config.coordinators[0].group.to_string();
@@ -922,6 +928,13 @@ async fn a_coordinator_group_replica_moves_leads_survives_a_kill_and_moves_back(
     );
     assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
     assert!(status(&client, 3).await.is_err(), "node 3 still answers");
+    // Node 4's page has the replica's metrics at once, not only from its
+    // next start.
+    let page = metrics_page(metrics);
+    assert!(
+        page.contains(&format!("pact_coordinator_sessions{{group=\"{group}\"}}")),
+        "node 4's metrics lack coordinator group {group}:\n{page}"
+    );
     // Every node's routing table names the group's new replicas (the
     // metadata group records coordinator groups' voters too).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1134,18 +1147,19 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
         "{v}"
     );
 
-    let (ok, v, err) = txn_replica(&c, &["move", "meta", "3", "4"]);
+    // Off node 1 first, which clients of the config ask first.
+    let (ok, v, err) = txn_replica(&c, &["move", "meta", "1", "4"]);
     assert!(
         ok,
         "metadata group move failed: {err} {v}\n{}",
         c.logs_tail()
     );
     assert_eq!(v["group"], "meta", "{v}");
-    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
+    assert_eq!(v["voters"], serde_json::json!([2, 3, 4]), "{v}");
     assert_eq!(v["dropped"], true, "{v}");
-    match client.meta_status(NodeId(3)).await {
+    match client.meta_status(NodeId(1)).await {
         Err(ClientError::Unavailable(_)) => {}
-        other => panic!("node 3 still answers for the metadata group: {other:?}"),
+        other => panic!("node 1 still answers for the metadata group: {other:?}"),
     }
     // `meta` is no coordinator group.
     let (ok, v, _) = txn_replica(&c, &["add", "meta", "3", "--coord"]);
@@ -1160,7 +1174,7 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
                 .await
                 .expect("routing table");
             let meta: Vec<u64> = found.meta.iter().map(|n| n.0).collect();
-            if meta == vec![1, 2, 4] {
+            if meta == vec![2, 3, 4] {
                 break;
             }
             assert!(
@@ -1188,7 +1202,7 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
     loop {
         let s = client.meta_status(NodeId(4)).await;
         if s.as_ref()
-            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![1, 2, 4])
+            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![2, 3, 4])
         {
             break;
         }
@@ -1200,8 +1214,29 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Replace node 3: everything it replicates moves to node 4, then it
-    // can be removed.
+    // Its leadership moves as any group's.
+    let (ok, v, err) = txn_json(&c, &["admin", "leader", "transfer", "meta", "4"]);
+    assert!(
+        ok,
+        "metadata group leader transfer: {err} {v}\n{}",
+        c.logs_tail()
+    );
+    assert_eq!(
+        (v["group"].as_str(), v["leader"].as_u64()),
+        (Some("meta"), Some(4)),
+        "{v}"
+    );
+
+    // Replace node 3: everything it replicates moves away (its metadata
+    // replica removed, then one added back on node 1: each change is
+    // asked of node 1 first, which runs no replica during the removal),
+    // then it can be removed.
+    let (ok, v, err) = txn_replica(&c, &["remove", "meta", "3"]);
+    assert!(ok, "metadata group remove 3: {err} {v}\n{}", c.logs_tail());
+    assert_eq!(v["voters"], serde_json::json!([2, 4]), "{v}");
+    let (ok, v, err) = txn_replica(&c, &["add", "meta", "1"]);
+    assert!(ok, "metadata group add 1: {err} {v}\n{}", c.logs_tail());
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 4]), "{v}");
     for shard in ["1", "2", "3"] {
         let (ok, v, err) = txn_replica(&c, &["move", shard, "3", "4"]);
         assert!(ok, "shard {shard} move: {err} {v}\n{}", c.logs_tail());
@@ -1211,6 +1246,11 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
     assert!(ok, "coordinator group move: {err} {v}\n{}", c.logs_tail());
     let (ok, v, err) = txn_json(&c, &["admin", "member", "remove", "3"]);
     assert!(ok, "member remove 3: {err} {v}\n{}", c.logs_tail());
+    // A metadata node of the config, removed, does not run again.
+    c.kill(NodeId(3));
+    c.start_node(NodeId(3));
+    let st = exit_of(&mut c, NodeId(3), Duration::from_secs(40)).await;
+    assert!(!st.success(), "removed node 3 started again");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stopped_and_checked(&client, stop, workers).await;
