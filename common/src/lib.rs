@@ -31,6 +31,7 @@ mod partition;
 pub mod process;
 #[cfg(feature = "logging")]
 pub mod runtime;
+mod slot;
 mod txn;
 
 pub use codes::{Abort, AbortKind, ErrorCode};
@@ -48,4 +49,5 @@ pub use partition::{
     split_child_id, Descriptor, GroupRecord, ShardMap, ShardRecord, ShardTable, Span,
     FIRST_SPLIT_ID, FIRST_VERSION,
 };
+pub use slot::Slot;
 pub use txn::{system_clock, Clock, Guard, Hlc, Op, Timestamp, TxnId};

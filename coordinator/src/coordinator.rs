@@ -190,24 +190,7 @@ pub struct Coordinator {
 /// its config gives it, or one an operator added at run time
 /// (`txn admin replica add --coord`); empty once it was removed. A node
 /// runs at most one coordinator group's replica.
-#[derive(Clone, Default)]
-pub struct Hosted(Arc<std::sync::RwLock<Option<Arc<Coordinator>>>>);
-
-impl Hosted {
-    pub fn get(&self) -> Option<Arc<Coordinator>> {
-        match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn set(&self, c: Option<Arc<Coordinator>>) {
-        match self.0.write() {
-            Ok(mut h) => *h = c,
-            Err(p) => *p.into_inner() = c,
-        }
-    }
-}
+pub type Hosted = pact_common::Slot<Coordinator>;
 
 impl Coordinator {
     pub async fn start(

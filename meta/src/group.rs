@@ -59,24 +59,7 @@ pub fn seeds(config: &ClusterConfig) -> Vec<Member> {
 /// config gives it (the first coordinator group's nodes), or one an
 /// operator added at run time (`txn admin replica add meta NODE`); empty
 /// once it was removed.
-#[derive(Clone, Default)]
-pub struct MetaSlot(Arc<std::sync::RwLock<Option<Arc<MetaGroup>>>>);
-
-impl MetaSlot {
-    pub fn get(&self) -> Option<Arc<MetaGroup>> {
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn set(&self, g: Option<Arc<MetaGroup>>) {
-        match self.0.write() {
-            Ok(mut s) => *s = g,
-            Err(p) => *p.into_inner() = g,
-        }
-    }
-}
+pub type MetaSlot = pact_common::Slot<MetaGroup>;
 
 impl MetaGroup {
     /// Start (or restart) node `id`'s replica of the metadata group: with

@@ -193,21 +193,7 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     c.kill(NodeId(3));
     c.start_node(NodeId(4));
     c.start_node(NodeId(3));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let four = client.replica_status(ShardId(1), NodeId(4)).await;
-        if let Ok(s) = &four {
-            if s.leader.is_some() && s.voters == vec![1, 2, 4] {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4's replica of shard 1 did not come back: {four:?}\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    back_on_four(&c, &client, RaftGroup::Shard(ShardId(1)), &[1, 2, 4]).await;
     assert_eq!(voters_at(&client, 1, 3).await, None);
     // What operators see: the replicas as they are now, and a healthy
     // cluster (node 3's missing copy of shard 1 is no fault).
@@ -595,6 +581,73 @@ async fn stopped_and_checked(
     assert!(checked.acknowledged > 0, "{checked:?}");
 }
 
+/// Wait (up to 20 s) until the routing table of every node 1-4 gives
+/// `want` as the replicas of `what` (read from it by `replicas`).
+async fn every_routing_table_says(
+    c: &Cluster,
+    what: &str,
+    want: &[u64],
+    replicas: impl Fn(&pact_client::Found) -> Vec<u64>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in [1u64, 2, 3, 4] {
+        let addr = c.config.node(NodeId(id)).expect("node").addr.clone();
+        loop {
+            let found = pact_client::discover_table(std::slice::from_ref(&addr), None)
+                .await
+                .expect("routing table");
+            let got = replicas(&found);
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}'s routing table: {what} on {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// SIGKILL node 4, start it again after `pause`, and wait until it is
+/// back in `group` ([`back_on_four`]).
+async fn killed_and_back(
+    c: &mut Cluster,
+    client: &Client,
+    group: RaftGroup,
+    pause: Duration,
+    voters: &[u64],
+) {
+    c.kill(NodeId(4));
+    tokio::time::sleep(pause).await;
+    c.start_node(NodeId(4));
+    back_on_four(c, client, group, voters).await;
+}
+
+/// Wait (up to 30 s) until node 4's replica of `group` knows a leader and
+/// `voters`: it came back from its own records of what it hosts.
+async fn back_on_four(c: &Cluster, client: &Client, group: RaftGroup, voters: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = match group {
+            RaftGroup::Shard(s) => client.replica_status(s, NodeId(4)).await,
+            RaftGroup::Coordinator(g) => client.coordinator_group_status(g, NodeId(4)).await,
+            RaftGroup::Meta => client.meta_status(NodeId(4)).await,
+        };
+        if s.as_ref()
+            .is_ok_and(|s| s.leader.is_some() && s.voters == voters)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's replica of {group} did not come back: {s:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Run `txn --json ARGS` with the cluster's config: exit status, JSON
 /// answer (Null if none) and stderr.
 fn txn_json(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
@@ -937,54 +990,24 @@ async fn a_coordinator_group_replica_moves_leads_survives_a_kill_and_moves_back(
     );
     // Every node's routing table names the group's new replicas (the
     // metadata group records coordinator groups' voters too).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in [1u64, 2, 3, 4] {
-        let addr = c.config.node(NodeId(id)).expect("node").addr.clone();
-        loop {
-            let found = pact_client::discover_table(std::slice::from_ref(&addr), None)
-                .await
-                .expect("routing table");
-            let replicas: Vec<u64> = found
-                .config
-                .coordinators
-                .iter()
-                .find(|g| g.group.to_string() == group)
-                .map(|g| g.replicas.iter().map(|n| n.0).collect())
-                .unwrap_or_default();
-            if replicas == vec![1, 2, 4] {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}'s routing table: coord {group} on {replicas:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    every_routing_table_says(&c, &format!("coord {group}"), &[1, 2, 4], |found| {
+        found
+            .config
+            .coordinators
+            .iter()
+            .find(|g| g.group.to_string() == group)
+            .map(|g| g.replicas.iter().map(|n| n.0).collect())
+            .unwrap_or_default()
+    })
+    .await;
     let (ok, _, err) = txn_json(&c, &["admin", "leader", "transfer", "coord", &group, "4"]);
     assert!(ok, "leader transfer to node 4: {err}\n{}", c.logs_tail());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Killed as the leader: nodes 1 and 2 go on; back, it rejoins from
     // its own record of what it hosts.
-    c.kill(NodeId(4));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    c.start_node(NodeId(4));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&client, 4).await;
-        if s.as_ref()
-            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![1, 2, 4])
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4's coordinator replica did not come back: {s:?}\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let coord = RaftGroup::Coordinator(c.config.coordinators[0].group);
+    killed_and_back(&mut c, &client, coord, Duration::from_secs(3), &[1, 2, 4]).await;
 
     let (ok, v, err) = txn_replica(&c, &["move", &group, "4", "3", "--coord"]);
     assert!(
@@ -1166,24 +1189,10 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
     assert!(!ok && refusal(&v).contains("metadata group"), "{v}");
 
     // Every node's routing table says where the group is now.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in [1u64, 2, 3, 4] {
-        let addr = c.config.node(NodeId(id)).expect("node").addr.clone();
-        loop {
-            let found = pact_client::discover_table(std::slice::from_ref(&addr), None)
-                .await
-                .expect("routing table");
-            let meta: Vec<u64> = found.meta.iter().map(|n| n.0).collect();
-            if meta == vec![2, 3, 4] {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}'s routing table: metadata group on {meta:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    every_routing_table_says(&c, "meta", &[2, 3, 4], |found| {
+        found.meta.iter().map(|n| n.0).collect()
+    })
+    .await;
 
     // The table changes through the moved group.
     let ports = pact_tests::free_ports(2);
@@ -1195,24 +1204,14 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
     assert!(ok, "member add through the moved group: {err}");
 
     // Node 4 restarts into its replica, from its own records.
-    c.kill(NodeId(4));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.start_node(NodeId(4));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = client.meta_status(NodeId(4)).await;
-        if s.as_ref()
-            .is_ok_and(|s| s.leader.is_some() && s.voters == vec![2, 3, 4])
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4's metadata group replica did not come back: {s:?}\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    killed_and_back(
+        &mut c,
+        &client,
+        RaftGroup::Meta,
+        Duration::from_secs(1),
+        &[2, 3, 4],
+    )
+    .await;
 
     // Its leadership moves as any group's.
     let (ok, v, err) = txn_json(&c, &["admin", "leader", "transfer", "meta", "4"]);
