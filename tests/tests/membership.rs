@@ -1194,6 +1194,40 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
     })
     .await;
 
+    // `txn health` (a client of the config) judges the group where it is
+    // now: node 4 answers for it, node 1 is no longer counted.
+    let (_, v, err) = txn_json(&c, &["health"]);
+    let meta = v["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["kind"] == "meta").cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        (meta["voters"].as_u64(), meta["answered"].as_u64()),
+        (Some(3), Some(3)),
+        "{v} {err}"
+    );
+    assert!(
+        [2, 3, 4].contains(&meta["leader"].as_u64().unwrap_or(0)),
+        "{meta}"
+    );
+
+    let (ok, v, err) = txn_json(&c, &["admin", "member", "list"]);
+    assert!(ok, "{err}");
+    let with_meta: Vec<u64> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| {
+                    m["groups"]
+                        .as_array()
+                        .is_some_and(|g| g.contains(&"meta".into()))
+                })
+                .filter_map(|m| m["node"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(with_meta, vec![2, 3, 4], "{v}");
+
     // The table changes through the moved group.
     let ports = pact_tests::free_ports(2);
     let (a5, p5) = (
