@@ -921,18 +921,35 @@ impl Client {
         let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
             ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
         })?;
+        self.call_moving(Route::Group(group), &replicas, idempotent, call)
+            .await
+    }
+
+    /// [`Client::call_route`] for a group whose replicas move at run time
+    /// (a coordinator group, the metadata group): when none of the nodes
+    /// it knew leads the group, or answers, ask any node for the routing
+    /// table (where the metadata group recorded the group's voters) and
+    /// try those once.
+    async fn call_moving<T, F, Fut>(
+        &self,
+        route: Route,
+        replicas: &[NodeId],
+        idempotent: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let within = self.inner.opts.request_timeout;
         match self
-            .call_route(Route::Group(group), &replicas, idempotent, within, &call)
+            .call_route(route, replicas, idempotent, within, &call)
             .await
         {
-            // None of the replicas it knew leads the group, or answers:
-            // they may have moved. Ask any node for the routing table
-            // (its coordinator groups' live voters) and try them once.
             Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
-                match self.relearn_group(group).await {
-                    Some(moved) if !same_nodes(&moved, &replicas) => {
-                        self.call_route(Route::Group(group), &moved, idempotent, within, call)
+                match self.relearn(route).await {
+                    Some(moved) if !same_nodes(&moved, replicas) => {
+                        self.call_route(route, &moved, idempotent, within, call)
                             .await
                     }
                     _ => Err(e),
@@ -973,24 +990,41 @@ impl Client {
         Some(found)
     }
 
-    /// Coordinator group `group`'s replicas as the first node that sends
-    /// its routing table says (recorded by the client), if it says.
-    async fn relearn_group(&self, group: u64) -> Option<Vec<NodeId>> {
+    /// Where `route`'s group is (a coordinator group's replicas, or the
+    /// metadata group's) as the first node that sends its routing table
+    /// says, recorded by the client; None if it does not say (or for a
+    /// shard, whose map is refreshed from the shards instead).
+    async fn relearn(&self, route: Route) -> Option<Vec<NodeId>> {
         let found = tokio::time::timeout(self.inner.opts.request_timeout * 2, self.routing_table())
             .await
             .ok()??;
-        let replicas = found
-            .config
-            .coordinators
-            .iter()
-            .find(|g| g.group == group)
-            .map(|g| g.replicas.clone())
-            .filter(|r| !r.is_empty())?;
-        tracing::info!(group, replicas = ?replicas, "coordinator group's replicas relearned");
-        if let Ok(mut g) = self.inner.groups.write() {
-            g.insert(group, replicas.clone());
+        match route {
+            Route::Group(group) => {
+                let replicas = found
+                    .config
+                    .coordinators
+                    .iter()
+                    .find(|g| g.group == group)
+                    .map(|g| g.replicas.clone())
+                    .filter(|r| !r.is_empty())?;
+                tracing::info!(group, replicas = ?replicas, "coordinator group's replicas relearned");
+                if let Ok(mut g) = self.inner.groups.write() {
+                    g.insert(group, replicas.clone());
+                }
+                Some(replicas)
+            }
+            Route::Meta => {
+                if found.meta.is_empty() {
+                    return None;
+                }
+                tracing::info!(replicas = ?found.meta, "metadata group's replicas relearned");
+                if let Ok(mut m) = self.inner.meta.write() {
+                    *m = found.meta.clone();
+                }
+                Some(found.meta)
+            }
+            Route::Shard(_) => None,
         }
-        Some(replicas)
     }
 
     /// Like [`Client::call_shard`], for the leader of the metadata group
@@ -1010,41 +1044,8 @@ impl Client {
                 "this cluster has no coordinator group, so no metadata group (member table)".into(),
             ));
         }
-        let within = self.inner.opts.request_timeout;
-        match self
-            .call_route(Route::Meta, &replicas, idempotent, within, &call)
+        self.call_moving(Route::Meta, &replicas, idempotent, call)
             .await
-        {
-            // None of the nodes it knew leads the group, or answers: the
-            // group may have moved. Ask any node for the routing table
-            // (the group records its own voters) and try them once.
-            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
-                match self.relearn_meta().await {
-                    Some(moved) if !same_nodes(&moved, &replicas) => {
-                        self.call_route(Route::Meta, &moved, idempotent, within, call)
-                            .await
-                    }
-                    _ => Err(e),
-                }
-            }
-            r => r,
-        }
-    }
-
-    /// The metadata group's replicas as the first node that sends its
-    /// routing table says (recorded by the client), if it says.
-    async fn relearn_meta(&self) -> Option<Vec<NodeId>> {
-        let found = tokio::time::timeout(self.inner.opts.request_timeout * 2, self.routing_table())
-            .await
-            .ok()??;
-        if found.meta.is_empty() {
-            return None;
-        }
-        tracing::info!(replicas = ?found.meta, "metadata group's replicas relearned");
-        if let Ok(mut m) = self.inner.meta.write() {
-            *m = found.meta.clone();
-        }
-        Some(found.meta)
     }
 
     async fn call_route<T, F, Fut>(
