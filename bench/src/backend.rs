@@ -68,8 +68,6 @@ pub enum BackendKind {
 pub struct PactBackend {
     clients: Arc<Vec<Client>>,
     next: Arc<AtomicU64>,
-    /// Transfers started over after an abort (see [`Backend::txn_retries`]).
-    retries: Arc<AtomicU64>,
 }
 
 impl PactBackend {
@@ -86,7 +84,6 @@ impl PactBackend {
                     .collect(),
             ),
             next: Arc::new(AtomicU64::new(0)),
-            retries: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -158,17 +155,14 @@ impl Backend for PactBackend {
         if keys.len() < 2 {
             return Err(anyhow!("a transfer needs at least two accounts"));
         }
-        // Runs of the closure: one per attempt that got a transaction.
-        let mut runs = 0u64;
-        let r = self
-            .client()
-            .transaction(|t| {
+        // The accounts are read, locked, in the request that opens each
+        // attempt: two requests per attempt (begin with reads, commit).
+        self.client()
+            .transaction_reading(keys, true, |t, values| {
                 let keys = keys.to_vec();
-                runs += 1;
                 Box::pin(async move {
                     let mut balances = Vec::with_capacity(keys.len());
-                    for k in &keys {
-                        let v = t.get_for_update(k).await?;
+                    for (k, v) in keys.iter().zip(values) {
                         balances.push(parse_balance(k, v).map_err(ClientError::InvalidInput)?);
                     }
                     apply_transfer(&mut balances, amount).map_err(ClientError::InvalidInput)?;
@@ -179,16 +173,13 @@ impl Backend for PactBackend {
                 })
             })
             .await
-            .context("transfer");
-        self.retries
-            .fetch_add(runs.saturating_sub(1), Ordering::Relaxed);
-        r
+            .context("transfer")
     }
 
-    /// Runs of the transfer beyond the first, each after an abort
-    /// (`Client::transaction` starts over on an abort). A `begin` that
-    /// was itself refused and retried is not counted.
+    /// Attempts of the transfer beyond the first, each after an abort or
+    /// a refused begin (`Client::restarts`: the transfers are the only
+    /// transactions the bench runs).
     fn txn_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.clients.iter().map(Client::restarts).sum()
     }
 }

@@ -222,18 +222,57 @@ impl EtcdBackend {
         }
     }
 
-    /// Read one account: its balance and `mod_revision`.
-    async fn read_account(&self, key: &[u8]) -> anyhow::Result<(i64, i64)> {
-        let r = self
-            .range(pb::RangeRequest {
-                key: key.to_vec(),
-                ..Default::default()
+    /// Read every account of a transfer in one request (a read-only `Txn`
+    /// of one range per key, which etcd serves as one linearizable read,
+    /// as Pact's transfer reads its accounts in the request that opens the
+    /// transaction): each balance and `mod_revision`.
+    async fn read_accounts(&self, keys: &[Vec<u8>]) -> anyhow::Result<Vec<(i64, i64)>> {
+        let req = pb::TxnRequest {
+            compare: Vec::new(),
+            success: keys
+                .iter()
+                .map(|k| pb::RequestOp {
+                    request: Some(Request::RequestRange(pb::RangeRequest {
+                        key: k.clone(),
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            failure: Vec::new(),
+        };
+        let deadline = Instant::now() + self.opts.retry_for;
+        let mut backoff = Duration::from_millis(10);
+        let r = loop {
+            let m = self.member();
+            match self.kv(m).txn(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tracing::debug!("etcd {}: {s}; retrying", m.url);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => return Err(status_error(&m.url, &s)),
+            }
+        };
+        if r.responses.len() != keys.len() {
+            return Err(anyhow!(
+                "etcd answered {} reads with {} responses",
+                keys.len(),
+                r.responses.len()
+            ));
+        }
+        keys.iter()
+            .zip(r.responses)
+            .map(|(k, op)| {
+                let kv = match op.response {
+                    Some(pb::response_op::Response::ResponseRange(r)) => r.kvs.into_iter().next(),
+                    _ => return Err(anyhow!("etcd answered a range with something else")),
+                };
+                let rev = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                let balance = parse_balance(k, kv.map(|kv| kv.value)).map_err(|e| anyhow!(e))?;
+                Ok((balance, rev))
             })
-            .await?;
-        let kv = r.kvs.into_iter().next();
-        let rev = kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        let balance = parse_balance(key, kv.map(|kv| kv.value)).map_err(|e| anyhow!(e))?;
-        Ok((balance, rev))
+            .collect()
     }
 
     /// One optimistic attempt: `Ok(true)` committed, `Ok(false)` a
@@ -241,8 +280,7 @@ impl EtcdBackend {
     async fn transfer_once(&self, keys: &[Vec<u8>], amount: i64) -> anyhow::Result<bool> {
         let mut balances = Vec::with_capacity(keys.len());
         let mut compare = Vec::with_capacity(keys.len());
-        for k in keys {
-            let (b, rev) = self.read_account(k).await?;
+        for (k, (b, rev)) in keys.iter().zip(self.read_accounts(keys).await?) {
             balances.push(b);
             compare.push(pb::Compare {
                 result: CompareResult::Equal as i32,

@@ -373,6 +373,8 @@ struct Inner {
     leaders: Mutex<HashMap<Route, NodeId>>,
     balance: Balance,
     next_group: std::sync::atomic::AtomicUsize,
+    /// Attempts of `Client::transaction` started over after an abort.
+    restarts: std::sync::atomic::AtomicU64,
     outstanding: Mutex<HashMap<u64, usize>>,
     opts: ClientOptions,
     /// The cluster's transaction lease: open transactions heartbeat every
@@ -422,6 +424,7 @@ impl Client {
                 leaders: Mutex::new(HashMap::new()),
                 balance: opts.balance,
                 next_group: std::sync::atomic::AtomicUsize::new(0),
+                restarts: std::sync::atomic::AtomicU64::new(0),
                 outstanding: Mutex::new(HashMap::new()),
                 opts,
                 lease: Duration::from_millis(config.transactions.lease_ms),

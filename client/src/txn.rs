@@ -76,6 +76,35 @@ fn outcome(r: pb::CommitResponse) -> TxnOutcome {
     }
 }
 
+/// What a `Begin` gave: the open transaction and the values of its reads,
+/// or, when those reads aborted it, its age (for the next attempt) and why.
+enum Begun {
+    Open(Transaction, Vec<Option<Vec<u8>>>),
+    Aborted(Timestamp, Abort),
+}
+
+fn values(v: Vec<pb::GetResponse>) -> Vec<Option<Vec<u8>>> {
+    v.into_iter()
+        .map(|r| r.found.then(|| r.value.to_vec()))
+        .collect()
+}
+
+/// The client's own check of a batch of reads, so a bad one fails without
+/// a round trip (the coordinator checks the same).
+fn check_reads(keys: &[Vec<u8>]) -> Result<(), ClientError> {
+    if keys.len() > pact_common::MAX_BATCH_OPS {
+        return Err(ClientError::InvalidInput(format!(
+            "{} keys to read in one request, more than the maximum of {}",
+            keys.len(),
+            pact_common::MAX_BATCH_OPS
+        )));
+    }
+    for k in keys {
+        pact_common::validate_key(k).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// An open transaction. Dropping it without commit leaves it to expire at
 /// the coordinator; call [`Transaction::rollback`] to release locks now.
 #[derive(Debug)]
@@ -163,39 +192,89 @@ impl Client {
     }
 
     async fn begin_with(&self, priority: Option<Timestamp>) -> Result<Transaction, ClientError> {
+        match self.begin_reads(priority, &[], false).await? {
+            Begun::Open(t, _) => Ok(t),
+            Begun::Aborted(_, a) => Err(ClientError::Aborted(a)),
+        }
+    }
+
+    /// Open a transaction and read `keys` in the same request (with
+    /// exclusive locks if `for_update`): a read-modify-write then costs
+    /// two requests, this one and the commit. Values in the order of
+    /// `keys`. If the reads abort the transaction (wounded, a lock wait
+    /// that timed out), that is the error and nothing is held.
+    pub async fn begin_reading(
+        &self,
+        keys: &[Vec<u8>],
+        for_update: bool,
+    ) -> Result<(Transaction, Vec<Option<Vec<u8>>>), ClientError> {
+        match self.begin_reads(None, keys, for_update).await? {
+            Begun::Open(t, v) => Ok((t, v)),
+            Begun::Aborted(_, a) => Err(ClientError::Aborted(a)),
+        }
+    }
+
+    async fn begin_reads(
+        &self,
+        priority: Option<Timestamp>,
+        keys: &[Vec<u8>],
+        for_update: bool,
+    ) -> Result<Begun, ClientError> {
+        check_reads(keys)?;
         let group = self.pick_group()?;
         let req = pb::BeginRequest {
             priority: priority.map_or(0, |p| p.0),
             group,
+            reads: keys.iter().map(|k| k.clone().into()).collect(),
+            reads_for_update: for_update,
         };
         let (resp, leader) = self
-            .call_group_with_node(group, |ch| async move { txn_client(ch).begin(req).await })
+            .call_group_with_node(group, |ch| {
+                let req = req.clone();
+                async move { txn_client(ch).begin(req).await }
+            })
             .await?;
         let t = resp.txn.ok_or_else(|| {
             ClientError::Internal("coordinator returned no transaction id".into())
         })?;
-        self.track(group, 1);
         let ts = Timestamp(t.ts);
+        let priority = if resp.priority == 0 {
+            ts
+        } else {
+            Timestamp(resp.priority)
+        };
+        if resp.abort != pb::AbortKind::Unspecified as i32 {
+            let kind = crate::convert::abort_kind(resp.abort);
+            return Ok(Begun::Aborted(
+                priority,
+                Abort::new(kind, resp.abort_reason),
+            ));
+        }
+        if resp.values.len() != keys.len() {
+            return Err(ClientError::Internal(format!(
+                "coordinator answered {} reads with {} values",
+                keys.len(),
+                resp.values.len()
+            )));
+        }
+        self.track(group, 1);
         let id = TxnId {
             group: t.group,
             node: t.node,
             ts,
         };
         let heartbeat = tokio::spawn(heartbeat(self.clone(), id, leader)).abort_handle();
-        Ok(Transaction {
+        let txn = Transaction {
             client: self.clone(),
             id,
             heartbeat,
-            priority: if resp.priority == 0 {
-                ts
-            } else {
-                Timestamp(resp.priority)
-            },
+            priority,
             leader,
             done: false,
             pending: BTreeMap::new(),
             pending_bytes: 0,
-        })
+        };
+        Ok(Begun::Open(txn, values(resp.values)))
     }
 
     async fn call_group_with_node<T, F, Fut>(
@@ -282,14 +361,63 @@ impl Client {
             &'t mut Transaction,
         ) -> futures::future::BoxFuture<'t, Result<T, ClientError>>,
     {
+        self.transaction_reading(&[], false, |t, _| f(t)).await
+    }
+
+    /// How many attempts [`Client::transaction`] and
+    /// [`Client::transaction_reading`] have started over on this client
+    /// (an attempt aborted, or its begin refused, then another began).
+    pub fn restarts(&self) -> u64 {
+        self.inner
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Client::transaction`] whose every attempt starts by reading
+    /// `keys` (exclusively if `for_update`) in the request that opens it
+    /// ([`Client::begin_reading`]); the closure gets the values, in the
+    /// order of `keys`. A transfer is then two requests per attempt.
+    ///
+    /// ```ignore
+    /// client.transaction_reading(&[a.clone(), b.clone()], true, |t, v| Box::pin(async move {
+    ///     // v[0], v[1]: the balances, locked
+    ///     t.put(&a, b"90").await?;
+    ///     t.put(&b, b"110").await
+    /// })).await?;
+    /// ```
+    pub async fn transaction_reading<T, F>(
+        &self,
+        keys: &[Vec<u8>],
+        for_update: bool,
+        mut f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: for<'t> FnMut(
+            &'t mut Transaction,
+            Vec<Option<Vec<u8>>>,
+        ) -> futures::future::BoxFuture<'t, Result<T, ClientError>>,
+    {
         let mut backoff = crate::backoff(Duration::from_millis(5), Duration::from_millis(500));
         let mut pause = || backoff.next().unwrap_or(Duration::from_millis(500));
         let mut last = Abort::new(AbortKind::Conflict, "no attempt made");
         // Every attempt after the first keeps the first one's age.
         let mut priority = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let mut txn = match self.begin_with(priority).await {
-                Ok(t) => t,
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                self.inner
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let (mut txn, values) = match self.begin_reads(priority, keys, for_update).await {
+                Ok(Begun::Open(t, v)) => (t, v),
+                Ok(Begun::Aborted(p, a)) => {
+                    // The reads aborted it: the next attempt still keeps
+                    // this one's age.
+                    priority.get_or_insert(p);
+                    last = a;
+                    tokio::time::sleep(pause()).await;
+                    continue;
+                }
                 Err(ClientError::Aborted(a)) => {
                     last = a;
                     tokio::time::sleep(pause()).await;
@@ -303,7 +431,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             priority.get_or_insert(txn.priority);
-            match f(&mut txn).await {
+            match f(&mut txn, values).await {
                 Ok(v) => match txn.commit().await {
                     Ok(()) => return Ok(v),
                     Err(ClientError::Aborted(m)) => last = m,
@@ -441,6 +569,76 @@ impl Transaction {
             return Ok(own);
         }
         self.read_remote(key, for_update).await
+    }
+
+    /// Read several keys in one request (the coordinator asks their
+    /// shards at once). Values in the order of `keys`; the transaction's
+    /// own buffered writes are seen, as with [`Transaction::get`].
+    pub async fn get_many(
+        &mut self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        self.read_many(keys, false).await
+    }
+
+    /// [`Transaction::get_many`] with exclusive locks, for a
+    /// read-modify-write of several keys.
+    pub async fn get_many_for_update(
+        &mut self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        self.read_many(keys, true).await
+    }
+
+    async fn read_many(
+        &mut self,
+        keys: &[Vec<u8>],
+        for_update: bool,
+    ) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        check_reads(keys)?;
+        // A buffered write answers a plain read here; a read for update
+        // still takes its lock remotely.
+        let remote: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| for_update || !self.pending.contains_key(*k))
+            .cloned()
+            .collect();
+        if remote.is_empty() {
+            self.check_open()?;
+        }
+        let mut got = Vec::new().into_iter();
+        if !remote.is_empty() {
+            let req = pb::TxnGetManyRequest {
+                txn: Some(pb_txn(self.id)),
+                keys: remote.iter().map(|k| k.clone().into()).collect(),
+                for_update,
+            };
+            let r = self
+                .call(|mut c| async move { c.get_many(req).await })
+                .await;
+            let r = self.mark(r)?;
+            if r.values.len() != remote.len() {
+                return Err(ClientError::Internal(format!(
+                    "coordinator answered {} reads with {} values",
+                    remote.len(),
+                    r.values.len()
+                )));
+            }
+            got = values(r.values).into_iter();
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let remote_value = if for_update || !self.pending.contains_key(k) {
+                got.next().flatten()
+            } else {
+                None
+            };
+            out.push(match self.pending.get(k) {
+                Some(own) => own.clone(),
+                None => remote_value,
+            });
+        }
+        Ok(out)
     }
 
     async fn read_remote(

@@ -65,6 +65,14 @@ pub fn shard_state(s: i32) -> Result<crate::inquiry::ShardState, Error> {
     }
 }
 
+/// A read's answer on the wire.
+pub fn value(v: Option<Vec<u8>>) -> pb::GetResponse {
+    pb::GetResponse {
+        found: v.is_some(),
+        value: v.unwrap_or_default().into(),
+    }
+}
+
 pub fn outcome(o: Outcome) -> pb::CommitResponse {
     let (outcome, reason, abort) = match o {
         Outcome::Committed => (pb::Outcome::Committed, String::new(), 0),

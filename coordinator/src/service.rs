@@ -63,14 +63,37 @@ impl Txn for TxnService {
     ) -> Result<Response<pb::BeginResponse>, Status> {
         let r = r.into_inner();
         let p = r.priority;
-        let (txn, priority) = self
-            .c_for(r.group)?
+        let reads: Vec<Vec<u8>> = r.reads.into_iter().map(|k| k.to_vec()).collect();
+        // Refused whole before a transaction exists.
+        crate::coordinator::check_reads(&reads)?;
+        let c = self.c_for(r.group)?;
+        let (txn, priority) = c
             .begin((p != 0).then_some(pact_common::Timestamp(p)))
             .await?;
-        Ok(Response::new(pb::BeginResponse {
+        let mut resp = pb::BeginResponse {
             txn: Some(convert::pb_txn(txn)),
             priority: priority.0,
-        }))
+            ..Default::default()
+        };
+        if reads.is_empty() {
+            return Ok(Response::new(resp));
+        }
+        match c.get_many(txn, reads, r.reads_for_update).await {
+            Ok(values) => resp.values = values.into_iter().map(convert::value).collect(),
+            // In the answer, not as an error: the client learns the id
+            // and age it needs to start over.
+            Err(Error::Aborted(a)) => {
+                resp.abort = pact_client::convert::pb_abort_kind(a.kind) as i32;
+                resp.abort_reason = a.reason;
+            }
+            Err(e) => {
+                // The client never hears of this transaction: end it now
+                // rather than when its lease runs out.
+                c.rollback(txn).await;
+                return Err(e.into());
+            }
+        }
+        Ok(Response::new(resp))
     }
 
     async fn keepalive(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnDone>, Status> {
@@ -99,9 +122,22 @@ impl Txn for TxnService {
             .c_for(txn.group)?
             .get(txn, r.key.to_vec(), r.for_update)
             .await?;
-        Ok(Response::new(pb::GetResponse {
-            found: v.is_some(),
-            value: v.unwrap_or_default().into(),
+        Ok(Response::new(convert::value(v)))
+    }
+
+    async fn get_many(
+        &self,
+        r: Request<pb::TxnGetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let r = r.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let keys = r.keys.into_iter().map(|k| k.to_vec()).collect();
+        let values = self
+            .c_for(txn.group)?
+            .get_many(txn, keys, r.for_update)
+            .await?;
+        Ok(Response::new(pb::GetManyResponse {
+            values: values.into_iter().map(convert::value).collect(),
         }))
     }
 

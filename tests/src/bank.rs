@@ -85,12 +85,24 @@ pub fn spawn_transfers(
                     let amount = 1 + (n >> 50) as i64 % 20;
                     let id = seq.fetch_add(1, Ordering::SeqCst);
                     let marker = format!("xfer-{id}").into_bytes();
+                    // Every other transfer reads both accounts in the
+                    // request that opens each attempt.
+                    let reads = if id % 2 == 0 {
+                        vec![account(from), account(to)]
+                    } else {
+                        Vec::new()
+                    };
                     let r = client
-                        .transaction(|t| {
+                        .transaction_reading(&reads, true, |t, read| {
                             let marker = marker.clone();
                             Box::pin(async move {
-                                let a = parse(t.get_for_update(&account(from)).await?)?;
-                                let b = parse(t.get_for_update(&account(to)).await?)?;
+                                let (a, b) = match read.as_slice() {
+                                    [a, b] => (parse(a.clone())?, parse(b.clone())?),
+                                    _ => (
+                                        parse(t.get_for_update(&account(from)).await?)?,
+                                        parse(t.get_for_update(&account(to)).await?)?,
+                                    ),
+                                };
                                 if a < amount {
                                     return Ok(false);
                                 }

@@ -268,6 +268,115 @@ async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_begin_and_batched_reads_lock_see_own_writes_and_abort_when_wounded() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "many", 2);
+    let (a, b) = (keys[0].clone(), keys[1].clone());
+    let (_, a2) = keys_on_one_shard(&client, "many");
+    let missing = b"many-missing".to_vec();
+    client.put(&a, b"a0").await.expect("put a");
+    client.put(&b, b"b0").await.expect("put b");
+    client.put(&a2, b"a2").await.expect("put a2");
+
+    // Values in the order asked, a missing key as None, two keys of one
+    // shard and a key of another in one request.
+    let (mut t, v) = client
+        .begin_reading(&[b.clone(), a.clone(), missing.clone(), a2.clone()], true)
+        .await
+        .expect("begin with reads");
+    assert_eq!(
+        v,
+        vec![
+            Some(b"b0".to_vec()),
+            Some(b"a0".to_vec()),
+            None,
+            Some(b"a2".to_vec())
+        ]
+    );
+    // The reads took exclusive locks: a younger plain write waits for them.
+    let blocked = {
+        let (client, b) = (client.clone(), b.clone());
+        tokio::spawn(async move { client.put(&b, b"plain").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !blocked.is_finished(),
+        "a plain write overtook a locked read"
+    );
+    // Own buffered writes are seen; a plain batch read of them needs no
+    // request, one for update still locks.
+    t.put(&a, b"a1").await.expect("buffered");
+    assert_eq!(
+        t.get_many(&[a.clone(), b.clone()]).await.expect("get_many"),
+        vec![Some(b"a1".to_vec()), Some(b"b0".to_vec())]
+    );
+    assert_eq!(
+        t.get_many_for_update(std::slice::from_ref(&a))
+            .await
+            .expect("for update"),
+        vec![Some(b"a1".to_vec())]
+    );
+    t.put(&b, b"b1").await.expect("buffered");
+    t.commit().await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the plain write finishes")
+        .expect("task")
+        .expect("plain write");
+    assert_eq!(client.get(&a).await.unwrap().as_deref(), Some(&b"a1"[..]));
+    assert_eq!(
+        client.get(&b).await.unwrap().as_deref(),
+        Some(&b"plain"[..])
+    );
+
+    // Bad input is refused whole, before a transaction exists.
+    assert!(matches!(
+        client.begin_reading(&[a.clone(), Vec::new()], false).await,
+        Err(ClientError::InvalidInput(_))
+    ));
+
+    // Reads at begin that an older transaction wounds: the begin reports
+    // the abort and holds nothing. The younger one takes `b` and waits for
+    // `a`, which the older one holds; the older one then wants `b`.
+    let mut old = client.begin().await.expect("begin old");
+    old.get_for_update(&a).await.expect("old locks a");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let young = {
+        let (client, a, b) = (client.clone(), a.clone(), b.clone());
+        tokio::spawn(async move { client.begin_reading(&[b, a], true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.get_for_update(&b)
+        .await
+        .expect("old wounds young for b");
+    old.put(&a, b"old").await.expect("put");
+    old.put(&b, b"old").await.expect("put");
+    old.commit().await.expect("older commits");
+    match tokio::time::timeout(Duration::from_secs(10), young)
+        .await
+        .expect("young finishes")
+        .expect("task")
+    {
+        Err(ClientError::Aborted(why)) => assert_eq!(why.kind, AbortKind::Wounded, "{why}"),
+        other => panic!("the younger begin should report its wound, got {other:?}"),
+    }
+    // Batched reads of a transaction wounded after it began: refused.
+    let mut old = client.begin().await.expect("begin old");
+    let mut young = client.begin().await.expect("begin young");
+    young.get_for_update(&a).await.expect("young locks a");
+    old.get_for_update(&a).await.expect("old wounds young");
+    match young.get_many(std::slice::from_ref(&b)).await {
+        Err(ClientError::Aborted(why)) => assert_eq!(why.kind, AbortKind::Wounded, "{why}"),
+        other => panic!("a wounded transaction read again: {other:?}"),
+    }
+    old.rollback().await;
+    // Nothing of the aborted transactions stayed locked.
+    client.put(&a, b"after").await.expect("a is free");
+    client.put(&b, b"after").await.expect("b is free");
+}
+
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
 

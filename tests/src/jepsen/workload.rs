@@ -316,14 +316,25 @@ async fn bank_read(ctx: &mut Ctx, p: i64) -> OpType {
             return ctx.rec.complete(p, OpType::Fail, "read", None, Value::Nil);
         }
     };
+    // Half the reads ask for every account in one request (GetMany).
+    let batched = ctx.rng.random_bool(0.5);
     let r = async {
         let mut m = Vec::new();
-        for a in 0..BANK_ACCOUNTS {
-            let v = ctx
-                .within(false, t.get(&bank_key(a)))
-                .await
-                .and_then(parse_int)?;
-            m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int)));
+        if batched {
+            let keys: Vec<Vec<u8>> = (0..BANK_ACCOUNTS).map(bank_key).collect();
+            let values = ctx.within(false, t.get_many(&keys)).await?;
+            for (a, v) in (0..BANK_ACCOUNTS).zip(values) {
+                let v = parse_int(v)?;
+                m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int)));
+            }
+        } else {
+            for a in 0..BANK_ACCOUNTS {
+                let v = ctx
+                    .within(false, t.get(&bank_key(a)))
+                    .await
+                    .and_then(parse_int)?;
+                m.push((Value::Int(a), v.map_or(Value::Nil, Value::Int)));
+            }
         }
         ctx.within(true, t.commit()).await?;
         Ok::<_, ClientError>(Value::Map(m))
@@ -352,10 +363,23 @@ async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
         (Value::Keyword("amount".into()), Value::Int(amount)),
     ]);
     ctx.rec.invoke(p, "transfer", None, value.clone());
-    let mut t = match ctx.client.begin().await {
-        Ok(t) => {
+    // Half the transfers read both accounts, locked, in the request that
+    // opens the transaction (given up on like any read by an impatient
+    // worker: the transaction it may have opened then expires).
+    let at_begin = if ctx.rng.random_bool(0.5) {
+        let client = ctx.client.clone();
+        let keys = [bank_key(from), bank_key(to)];
+        match ctx.within(false, client.begin_reading(&keys, true)).await {
+            Ok((t, v)) => Ok((t, Some(v))),
+            Err(e) => Err(e),
+        }
+    } else {
+        ctx.client.begin().await.map(|t| (t, None))
+    };
+    let (mut t, read) = match at_begin {
+        Ok((t, read)) => {
             ctx.rec.note_txn(p, t.id());
-            t
+            (t, read)
         }
         Err(e) => {
             ctx.rec.note_error(&e);
@@ -363,9 +387,20 @@ async fn bank_transfer(ctx: &mut Ctx, p: i64) -> OpType {
         }
     };
     let body = async {
-        let a =
-            parse_int(ctx.within(false, t.get_for_update(&bank_key(from))).await?)?.unwrap_or(0);
-        let b = parse_int(ctx.within(false, t.get_for_update(&bank_key(to))).await?)?.unwrap_or(0);
+        let (a, b) = match read {
+            Some(v) => {
+                let mut v = v.into_iter();
+                let a = parse_int(v.next().flatten())?.unwrap_or(0);
+                (a, parse_int(v.next().flatten())?.unwrap_or(0))
+            }
+            None => {
+                let a = parse_int(ctx.within(false, t.get_for_update(&bank_key(from))).await?)?
+                    .unwrap_or(0);
+                let b = parse_int(ctx.within(false, t.get_for_update(&bank_key(to))).await?)?
+                    .unwrap_or(0);
+                (a, b)
+            }
+        };
         if a < amount {
             return Ok(false);
         }
