@@ -924,7 +924,28 @@ impl Client {
         let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
             ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
         })?;
-        self.call_moving(Route::Group(group), &replicas, idempotent, call)
+        let within = self.inner.opts.request_timeout;
+        self.call_moving(Route::Group(group), &replicas, idempotent, within, call)
+            .await
+    }
+
+    /// [`Client::call_group`] with its own time limit per attempt (a
+    /// request that may wait for several locks in turn).
+    pub(crate) async fn call_group_within<T, F, Fut>(
+        &self,
+        group: u64,
+        idempotent: bool,
+        within: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
+            ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
+        })?;
+        self.call_moving(Route::Group(group), &replicas, idempotent, within, call)
             .await
     }
 
@@ -938,13 +959,13 @@ impl Client {
         route: Route,
         replicas: &[NodeId],
         idempotent: bool,
+        within: Duration,
         call: F,
     ) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let within = self.inner.opts.request_timeout;
         match self
             .call_route(route, replicas, idempotent, within, &call)
             .await
@@ -1047,7 +1068,8 @@ impl Client {
                 "this cluster has no coordinator group, so no metadata group (member table)".into(),
             ));
         }
-        self.call_moving(Route::Meta, &replicas, idempotent, call)
+        let within = self.inner.opts.request_timeout;
+        self.call_moving(Route::Meta, &replicas, idempotent, within, call)
             .await
     }
 

@@ -92,17 +92,7 @@ fn values(v: Vec<pb::GetResponse>) -> Vec<Option<Vec<u8>>> {
 /// The client's own check of a batch of reads, so a bad one fails without
 /// a round trip (the coordinator checks the same).
 fn check_reads(keys: &[Vec<u8>]) -> Result<(), ClientError> {
-    if keys.len() > pact_common::MAX_BATCH_OPS {
-        return Err(ClientError::InvalidInput(format!(
-            "{} keys to read in one request, more than the maximum of {}",
-            keys.len(),
-            pact_common::MAX_BATCH_OPS
-        )));
-    }
-    for k in keys {
-        pact_common::validate_key(k).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-    }
-    Ok(())
+    pact_common::validate_reads(keys).map_err(|e| ClientError::InvalidInput(e.to_string()))
 }
 
 /// An open transaction. Dropping it without commit leaves it to expire at
@@ -202,7 +192,12 @@ impl Client {
     /// exclusive locks if `for_update`): a read-modify-write then costs
     /// two requests, this one and the commit. Values in the order of
     /// `keys`. If the reads abort the transaction (wounded, a lock wait
-    /// that timed out), that is the error and nothing is held.
+    /// that timed out), that is the error and nothing is held. An answer
+    /// lost on the way is [`ClientError::Unknown`] and is not sent again:
+    /// the transaction it may have opened is ended by the coordinator (or
+    /// its lease), and nothing of it can commit. A retry of an aborted
+    /// attempt does not keep its age this way; [`Client::transaction_reading`]
+    /// does.
     pub async fn begin_reading(
         &self,
         keys: &[Vec<u8>],
@@ -228,8 +223,16 @@ impl Client {
             reads: keys.iter().map(|k| k.clone().into()).collect(),
             reads_for_update: for_update,
         };
+        // A plain begin is sent again after an unclear failure (a second
+        // transaction costs nothing). One with reads is not: the first may
+        // hold their locks (the coordinator rolls it back if the request
+        // is dropped, or its lease runs out); the caller hears "unknown".
+        // Its reads wait for their locks one after another: allow each a
+        // lock wait.
+        let waits = u32::try_from(keys.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let within = self.inner.opts.request_timeout + pact_common::LOCK_WAIT.saturating_mul(waits);
         let (resp, leader) = self
-            .call_group_with_node(group, |ch| {
+            .call_group_with_node(group, keys.is_empty(), within, |ch| {
                 let req = req.clone();
                 async move { txn_client(ch).begin(req).await }
             })
@@ -280,13 +283,17 @@ impl Client {
     async fn call_group_with_node<T, F, Fut>(
         &self,
         group: u64,
+        idempotent: bool,
+        within: Duration,
         call: F,
     ) -> Result<(T, NodeId), ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let v = self.call_group(group, true, call).await?;
+        let v = self
+            .call_group_within(group, idempotent, within, call)
+            .await?;
         let leader = self
             .cached_leader(crate::Route::Group(group))
             .ok_or_else(|| ClientError::Internal("leader not recorded".into()))?;
@@ -424,6 +431,13 @@ impl Client {
                     continue;
                 }
                 Err(ClientError::Unavailable(m)) => {
+                    last = Abort::new(AbortKind::Unavailable, m);
+                    tokio::time::sleep(pause()).await;
+                    continue;
+                }
+                // A begin (with reads) whose answer was lost: nothing of it
+                // can commit, so starting over is safe.
+                Err(ClientError::Unknown(m)) if !keys.is_empty() => {
                     last = Abort::new(AbortKind::Unavailable, m);
                     tokio::time::sleep(pause()).await;
                     continue;
@@ -571,8 +585,8 @@ impl Transaction {
         self.read_remote(key, for_update).await
     }
 
-    /// Read several keys in one request (the coordinator asks their
-    /// shards at once). Values in the order of `keys`; the transaction's
+    /// Read several keys in one request (the coordinator reads them one
+    /// after another). Values in the order of `keys`; the transaction's
     /// own buffered writes are seen, as with [`Transaction::get`].
     pub async fn get_many(
         &mut self,
@@ -613,8 +627,12 @@ impl Transaction {
                 keys: remote.iter().map(|k| k.clone().into()).collect(),
                 for_update,
             };
+            // One after another, each read may wait for its lock.
+            let waits = u32::try_from(remote.len() - 1).unwrap_or(u32::MAX);
+            let within = self.client.inner.opts.request_timeout
+                + pact_common::LOCK_WAIT.saturating_mul(waits);
             let r = self
-                .call(|mut c| async move { c.get_many(req).await })
+                .call_within(within, |mut c| async move { c.get_many(req).await })
                 .await;
             let r = self.mark(r)?;
             if r.values.len() != remote.len() {

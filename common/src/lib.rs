@@ -42,8 +42,8 @@ pub use config::{
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{
-    validate_batch, validate_key, validate_value, LimitError, LOCK_WAIT, MAX_BATCH_BYTES,
-    MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
+    validate_batch, validate_key, validate_reads, validate_value, LimitError, LOCK_WAIT,
+    MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
 pub use partition::{
     split_child_id, Descriptor, GroupRecord, ShardMap, ShardRecord, ShardTable, Span,

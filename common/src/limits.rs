@@ -40,6 +40,8 @@ pub enum LimitError {
     BatchTooLarge { bytes: usize, max: usize },
     #[error("write batch has {ops} operations, more than the maximum of {max}")]
     TooManyOps { ops: usize, max: usize },
+    #[error("{keys} keys to read in one request, more than the maximum of {max}")]
+    TooManyReads { keys: usize, max: usize },
 }
 
 /// Checks that a key is non-empty and at most [`MAX_KEY_BYTES`] long.
@@ -54,6 +56,19 @@ pub fn validate_key(key: &[u8]) -> Result<(), LimitError> {
         });
     }
     Ok(())
+}
+
+/// Checks a batch of reads (`GetMany`, the reads at `Begin`): at most
+/// [`MAX_BATCH_OPS`] keys, each a valid key, so a bad one is refused whole
+/// before anything is read.
+pub fn validate_reads(keys: &[Vec<u8>]) -> Result<(), LimitError> {
+    if keys.len() > MAX_BATCH_OPS {
+        return Err(LimitError::TooManyReads {
+            keys: keys.len(),
+            max: MAX_BATCH_OPS,
+        });
+    }
+    keys.iter().try_for_each(|k| validate_key(k))
 }
 
 /// Checks that a value is at most [`MAX_VALUE_BYTES`] long. Empty values are
@@ -120,6 +135,23 @@ mod tests {
             Err(LimitError::KeyTooLarge {
                 len: MAX_KEY_BYTES + 1,
                 max: MAX_KEY_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn read_batch_limits() {
+        assert_eq!(validate_reads(&[]), Ok(()));
+        assert_eq!(validate_reads(&[b"a".to_vec(), b"b".to_vec()]), Ok(()));
+        assert_eq!(
+            validate_reads(&[b"a".to_vec(), Vec::new()]),
+            Err(LimitError::EmptyKey)
+        );
+        assert_eq!(
+            validate_reads(&vec![b"k".to_vec(); MAX_BATCH_OPS + 1]),
+            Err(LimitError::TooManyReads {
+                keys: MAX_BATCH_OPS + 1,
+                max: MAX_BATCH_OPS
             })
         );
     }

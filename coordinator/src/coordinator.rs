@@ -107,17 +107,7 @@ pub const MAX_PRIORITY_AGE: Duration = Duration::from_secs(60);
 /// A batch of reads (`GetMany`, reads at `Begin`) is refused whole, before
 /// anything is done, if it has too many keys or a malformed one.
 pub fn check_reads(keys: &[Vec<u8>]) -> Result<(), Error> {
-    if keys.len() > pact_common::MAX_BATCH_OPS {
-        return Err(Error::InvalidInput(format!(
-            "{} keys to read in one request, more than the maximum of {}",
-            keys.len(),
-            pact_common::MAX_BATCH_OPS
-        )));
-    }
-    for k in keys {
-        pact_common::validate_key(k).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    }
-    Ok(())
+    pact_common::validate_reads(keys).map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// Writes a client sent with its commit that travel inside the shard's
@@ -741,8 +731,8 @@ impl Coordinator {
             break (req, r);
         };
         match r {
-            Ok(_) if self.wound_of(txn).is_some() => Err(self.fail_wounded(txn).await),
             Ok(r) => {
+                self.may_hand_out(txn).await?;
                 if for_update {
                     self.note_locked(txn, None, [req.key.to_vec()]);
                 }
@@ -769,12 +759,21 @@ impl Coordinator {
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         check_reads(&keys)?;
         let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
         for k in keys {
-            values.push(self.get(txn, k, for_update).await?);
+            let v = self.get(txn, k, for_update).await?;
+            bytes = bytes.saturating_add(v.as_ref().map_or(0, Vec::len));
+            if bytes > pact_common::MAX_BATCH_BYTES {
+                // The answer must stay a reasonable message. The reads
+                // made so far keep their locks: the transaction goes on.
+                return Err(Error::InvalidInput(format!(
+                    "the values read come to more than {} bytes; read fewer keys per request",
+                    pact_common::MAX_BATCH_BYTES
+                )));
+            }
+            values.push(v);
         }
-        if self.wound_of(txn).is_some() {
-            return Err(self.fail_wounded(txn).await);
-        }
+        self.may_hand_out(txn).await?;
         Ok(values)
     }
 
@@ -826,8 +825,8 @@ impl Coordinator {
                 }
             }
             match r {
-                Ok(_) if self.wound_of(txn).is_some() => return Err(self.fail_wounded(txn).await),
                 Ok(r) => {
+                    self.may_hand_out(txn).await?;
                     more |= r.more;
                     all.extend(
                         r.pairs
@@ -972,6 +971,32 @@ impl Coordinator {
             self.metrics.abort(why.kind);
         }
         Error::Aborted(why)
+    }
+
+    /// Invariant 13, checked when a read reply comes back: it is handed
+    /// out only while `txn` is still open here and not wounded. A
+    /// transaction that ended meanwhile (its lease ran out, a concurrent
+    /// request found it wounded and ended it) may have had its locks taken
+    /// by now, so its late reply is refused too.
+    async fn may_hand_out(&self, txn: TxnId) -> Result<(), Error> {
+        let state = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&txn).map(|sess| sess.wounded.is_some()));
+        match state {
+            Some(false) => Ok(()),
+            Some(true) => Err(self.fail_wounded(txn).await),
+            None => Err(Error::aborted(
+                AbortKind::Expired,
+                format!("transaction {txn} ended while its read was under way"),
+            )),
+        }
+    }
+
+    /// How long an open transaction lives without a sign of its client.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.txn_tuning.lease_ms)
     }
 
     /// A read came back after a participant wounded `txn`: its value may

@@ -55,6 +55,22 @@ impl TxnService {
     }
 }
 
+/// Ends a transaction whose `Begin` (with reads) was dropped before its
+/// reads finished: nobody will hear of it.
+struct EndIfDropped {
+    c: Option<Arc<Coordinator>>,
+    txn: pact_common::TxnId,
+}
+
+impl Drop for EndIfDropped {
+    fn drop(&mut self) {
+        if let (Some(c), Ok(rt)) = (self.c.take(), tokio::runtime::Handle::try_current()) {
+            let txn = self.txn;
+            rt.spawn(async move { c.rollback(txn).await });
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Txn for TxnService {
     async fn begin(
@@ -78,7 +94,27 @@ impl Txn for TxnService {
         if reads.is_empty() {
             return Ok(Response::new(resp));
         }
-        match c.get_many(txn, reads, r.reads_for_update).await {
+        // The client heartbeats only once it has the transaction: renew
+        // the lease here while the reads wait for their locks. If this
+        // request is dropped (the caller gave up), the guard ends the
+        // transaction rather than leave its locks to the lease.
+        let mut guard = EndIfDropped {
+            c: Some(c.clone()),
+            txn,
+        };
+        let every = c.lease() / 3;
+        let reads = c.get_many(txn, reads, r.reads_for_update);
+        tokio::pin!(reads);
+        let read = loop {
+            tokio::select! {
+                r = &mut reads => break r,
+                _ = tokio::time::sleep(every) => {
+                    let _ = c.keepalive(txn);
+                }
+            }
+        };
+        guard.c = None;
+        match read {
             Ok(values) => resp.values = values.into_iter().map(convert::value).collect(),
             // In the answer, not as an error: the client learns the id
             // and age it needs to start over.

@@ -377,6 +377,43 @@ async fn reads_at_begin_and_batched_reads_lock_see_own_writes_and_abort_when_wou
     client.put(&b, b"after").await.expect("b is free");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_with_reads_given_up_on_frees_its_locks_at_once() {
+    // A lease far longer than a lock wait: only the coordinator's own
+    // cleanup of the dropped request can free the locks in time.
+    let mut config = pact_common::ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    config.transactions.lease_ms = 60_000;
+    let mut c = Cluster::create(config, fast_tuning());
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "drop", 2);
+    let (a, b) = (keys[0].clone(), keys[1].clone());
+    let mut old = client.begin().await.expect("begin old");
+    old.get_for_update(&a).await.expect("old locks a");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The younger one's begin locks `b`, then waits for `a`; its caller
+    // gives up (the request is dropped, its stream reset).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(800),
+        client.begin_reading(&[b.clone(), a.clone()], true),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the begin should still wait: {gave_up:?}");
+    // A still younger plain write of `b` waits for the abandoned
+    // transaction's lock: it gets it once the coordinator ends that
+    // transaction, not after the lease (nor its own 5 s lock wait).
+    let started = Instant::now();
+    client.put(&b, b"free").await.expect("b is freed");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "b stayed locked for {took:?}"
+    );
+    old.rollback().await;
+    assert_eq!(client.get(&b).await.unwrap().as_deref(), Some(&b"free"[..]));
+}
+
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
 
