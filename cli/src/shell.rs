@@ -33,8 +33,9 @@ use crate::output::{Codec, Style};
 const HELP: &str = "\
 commands (case-insensitive):
   BEGIN                      start a transaction
-  GET key                    read
-  GETU key                   read and lock for update (in a transaction)
+  GET key [key...]           read (several keys in a transaction: one
+                             request, one line `key = value` each)
+  GETU key [key...]          read and lock for update (in a transaction)
   PUT key value              write (value: the rest of the line); in a
                              transaction, sent with COMMIT, which locks it
   DEL key                    delete (as PUT)
@@ -56,6 +57,8 @@ enum Reply {
     Committed(TxnId),
     RolledBack,
     Read(Vec<u8>, Option<Vec<u8>>),
+    /// Several keys read in one statement, in the order given.
+    Reads(Vec<(Vec<u8>, Option<Vec<u8>>)>),
     Ok,
     /// Pairs, and the key after the last one shown if the range goes on.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>),
@@ -70,6 +73,13 @@ impl Reply {
             Reply::Committed(id) => json!({ "committed": true, "txn": id.to_string() }),
             Reply::RolledBack => json!({ "rolled_back": true }),
             Reply::Read(k, v) => c.lookup(k, v.as_deref()),
+            Reply::Reads(reads) => {
+                let items: Vec<Value> = reads
+                    .iter()
+                    .map(|(k, v)| c.lookup(k, v.as_deref()))
+                    .collect();
+                json!({ "reads": items })
+            }
             Reply::Ok => json!({ "ok": true }),
             Reply::Pairs(pairs, next) => {
                 let items: Vec<Value> = pairs.iter().map(|(k, v)| c.pair(k, Some(v))).collect();
@@ -102,6 +112,14 @@ impl Reply {
             Reply::RolledBack => "ROLLED BACK".into(),
             Reply::Read(_, Some(v)) => c.value(v),
             Reply::Read(_, None) => "(not found)".into(),
+            Reply::Reads(reads) => reads
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{} = {}", c.key(k), c.value(v)),
+                    None => format!("{} (not found)", c.key(k)),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             Reply::Ok => "OK".into(),
             Reply::Pairs(pairs, _) if pairs.is_empty() => "(empty)".into(),
             Reply::Pairs(pairs, _) => pairs
@@ -423,9 +441,32 @@ impl Shell {
                 t.commit().await?;
                 Reply::Committed(t.id())
             }
+            "GET" | "GETU" if args.len() > 1 => {
+                let keys = args
+                    .iter()
+                    .map(|k| codec.decode(k, "key"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let values = match (&mut self.txn, cmd) {
+                    (Some(t), "GETU") => t.get_many_for_update(&keys).await?,
+                    (Some(t), _) => t.get_many(&keys).await?,
+                    (None, "GETU") => {
+                        return Err(ClientError::InvalidInput(
+                            "GETU locks within a transaction: BEGIN first".into(),
+                        ))
+                    }
+                    (None, _) => {
+                        let mut values = Vec::with_capacity(keys.len());
+                        for k in &keys {
+                            values.push(self.client.get(k).await?);
+                        }
+                        values
+                    }
+                };
+                Reply::Reads(keys.into_iter().zip(values).collect())
+            }
             "GET" => {
                 let [k] = args[..] else {
-                    return Err(usage("GET key"));
+                    return Err(usage("GET key [key...]"));
                 };
                 let k = codec.decode(k, "key")?;
                 let v = match &mut self.txn {
@@ -436,7 +477,7 @@ impl Shell {
             }
             "GETU" => {
                 let [k] = args[..] else {
-                    return Err(usage("GETU key"));
+                    return Err(usage("GETU key [key...]"));
                 };
                 let k = codec.decode(k, "key")?;
                 let t = self.txn.as_mut().ok_or_else(|| {

@@ -913,6 +913,39 @@ async fn shell_under_json() {
     assert_eq!(stdout(&o), "OK\n610a62\n", "{o:?}");
     let o = txn_in(&cfg, &["shell"], b"GET k\n");
     assert_eq!(stdout(&o), "a\\nb\n", "{o:?}");
+    // Several keys in one statement: one request in a transaction (GETU
+    // locks them all), one line or object per key, in the order given.
+    let o = txn_in(
+        &cfg,
+        &["--json", "shell"],
+        b"PUT m1 one\nBEGIN\nGETU m1 nokey k\nCOMMIT\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        lines[2]["reads"],
+        serde_json::json!([
+            {"key": "m1", "found": true, "value": "one"},
+            {"key": "nokey", "found": false, "value": null},
+            {"key": "k", "found": true, "value": "a\nb"}
+        ]),
+        "{o:?}"
+    );
+    let o = txn_in(
+        &cfg,
+        &["shell"],
+        b"BEGIN\nGET m1 nokey\nROLLBACK\nGETU m1 k\n",
+    );
+    let out = stdout(&o);
+    assert!(out.contains("m1 = one\nnokey (not found)\n"), "{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "GETU outside a transaction: {o:?}"
+    );
 }
 
 /// A range delete is one transaction: when it cannot finish, nothing of
