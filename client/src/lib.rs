@@ -921,11 +921,8 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
-            ClientError::InvalidInput(format!("no coordinator group {group} in the config"))
-        })?;
         let within = self.inner.opts.request_timeout;
-        self.call_moving(Route::Group(group), &replicas, idempotent, within, call)
+        self.call_group_within(group, idempotent, within, call)
             .await
     }
 
