@@ -206,11 +206,25 @@ impl EtcdBackend {
     /// A `Range`, retried on the next endpoint while endpoints are
     /// unavailable (a read is safe to repeat).
     async fn range(&self, req: pb::RangeRequest) -> anyhow::Result<pb::RangeResponse> {
+        self.read_retrying(|mut kv| {
+            let req = req.clone();
+            async move { kv.range(req).await }
+        })
+        .await
+    }
+
+    /// A read (`call` with a member's client), retried on the next
+    /// endpoint while endpoints are unavailable, up to `retry_for`.
+    async fn read_retrying<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.opts.retry_for;
         let mut backoff = Duration::from_millis(10);
         loop {
             let m = self.member();
-            match self.kv(m).range(req.clone()).await {
+            match call(self.kv(m)).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
                     tracing::debug!("etcd {}: {s}; retrying", m.url);
@@ -240,20 +254,12 @@ impl EtcdBackend {
                 .collect(),
             failure: Vec::new(),
         };
-        let deadline = Instant::now() + self.opts.retry_for;
-        let mut backoff = Duration::from_millis(10);
-        let r = loop {
-            let m = self.member();
-            match self.kv(m).txn(req.clone()).await {
-                Ok(r) => break r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                    tracing::debug!("etcd {}: {s}; retrying", m.url);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(s) => return Err(status_error(&m.url, &s)),
-            }
-        };
+        let r = self
+            .read_retrying(|mut kv| {
+                let req = req.clone();
+                async move { kv.txn(req).await }
+            })
+            .await?;
         if r.responses.len() != keys.len() {
             return Err(anyhow!(
                 "etcd answered {} reads with {} responses",

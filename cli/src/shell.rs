@@ -48,6 +48,9 @@ a failed statement in a transaction rolls it back; the statements after
 it are ignored until COMMIT or ROLLBACK. Values print escaped (\\n for a
 newline); --hex / --base64 apply to keys and values in and out.";
 
+/// The refusal of GETU outside a transaction.
+const GETU_OUTSIDE: &str = "GETU locks within a transaction: BEGIN first";
+
 /// Pairs one SCAN shows.
 const SCAN_LIMIT: u32 = 1000;
 
@@ -449,11 +452,7 @@ impl Shell {
                 let values = match (&mut self.txn, cmd) {
                     (Some(t), "GETU") => t.get_many_for_update(&keys).await?,
                     (Some(t), _) => t.get_many(&keys).await?,
-                    (None, "GETU") => {
-                        return Err(ClientError::InvalidInput(
-                            "GETU locks within a transaction: BEGIN first".into(),
-                        ))
-                    }
+                    (None, "GETU") => return Err(ClientError::InvalidInput(GETU_OUTSIDE.into())),
                     (None, _) => {
                         let mut values = Vec::with_capacity(keys.len());
                         for k in &keys {
@@ -480,9 +479,10 @@ impl Shell {
                     return Err(usage("GETU key [key...]"));
                 };
                 let k = codec.decode(k, "key")?;
-                let t = self.txn.as_mut().ok_or_else(|| {
-                    ClientError::InvalidInput("GETU locks within a transaction: BEGIN first".into())
-                })?;
+                let t = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| ClientError::InvalidInput(GETU_OUTSIDE.into()))?;
                 let v = t.get_for_update(&k).await?;
                 Reply::Read(k, v)
             }

@@ -373,7 +373,8 @@ struct Inner {
     leaders: Mutex<HashMap<Route, NodeId>>,
     balance: Balance,
     next_group: std::sync::atomic::AtomicUsize,
-    /// Attempts of `Client::transaction` started over after an abort.
+    /// Attempts of `Client::transaction` started over (see
+    /// `Client::restarts`).
     restarts: std::sync::atomic::AtomicU64,
     outstanding: Mutex<HashMap<u64, usize>>,
     opts: ClientOptions,

@@ -83,10 +83,17 @@ enum Begun {
     Aborted(Timestamp, Abort),
 }
 
-fn values(v: Vec<pb::GetResponse>) -> Vec<Option<Vec<u8>>> {
-    v.into_iter()
+/// The values of a batch of `asked` reads, as the coordinator answered.
+fn values(v: Vec<pb::GetResponse>, asked: usize) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+    if v.len() != asked {
+        return Err(ClientError::Internal(format!(
+            "coordinator answered {asked} reads with {} values",
+            v.len()
+        )));
+    }
+    Ok(v.into_iter()
         .map(|r| r.found.then(|| r.value.to_vec()))
-        .collect()
+        .collect())
 }
 
 /// The client's own check of a batch of reads, so a bad one fails without
@@ -229,8 +236,7 @@ impl Client {
         // is dropped, or its lease runs out); the caller hears "unknown".
         // Its reads wait for their locks one after another: allow each a
         // lock wait.
-        let waits = u32::try_from(keys.len().saturating_sub(1)).unwrap_or(u32::MAX);
-        let within = self.inner.opts.request_timeout + pact_common::LOCK_WAIT.saturating_mul(waits);
+        let within = self.batch_timeout(keys.len());
         let (resp, leader) = self
             .call_group_with_node(group, keys.is_empty(), within, |ch| {
                 let req = req.clone();
@@ -253,13 +259,7 @@ impl Client {
                 Abort::new(kind, resp.abort_reason),
             ));
         }
-        if resp.values.len() != keys.len() {
-            return Err(ClientError::Internal(format!(
-                "coordinator answered {} reads with {} values",
-                keys.len(),
-                resp.values.len()
-            )));
-        }
+        let values = values(resp.values, keys.len())?;
         self.track(group, 1);
         let id = TxnId {
             group: t.group,
@@ -277,7 +277,15 @@ impl Client {
             pending: BTreeMap::new(),
             pending_bytes: 0,
         };
-        Ok(Begun::Open(txn, values(resp.values)))
+        Ok(Begun::Open(txn, values))
+    }
+
+    /// How long to wait for a request carrying `reads` reads: the
+    /// coordinator makes them one after another and each may wait a lock
+    /// wait, so each read after the first adds one to the request timeout.
+    fn batch_timeout(&self, reads: usize) -> Duration {
+        let waits = u32::try_from(reads.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.inner.opts.request_timeout + pact_common::LOCK_WAIT.saturating_mul(waits)
     }
 
     async fn call_group_with_node<T, F, Fut>(
@@ -627,22 +635,12 @@ impl Transaction {
                 keys: remote.iter().map(|k| k.clone().into()).collect(),
                 for_update,
             };
-            // One after another, each read may wait for its lock.
-            let waits = u32::try_from(remote.len() - 1).unwrap_or(u32::MAX);
-            let within = self.client.inner.opts.request_timeout
-                + pact_common::LOCK_WAIT.saturating_mul(waits);
+            let within = self.client.batch_timeout(remote.len());
             let r = self
                 .call_within(within, |mut c| async move { c.get_many(req).await })
                 .await;
             let r = self.mark(r)?;
-            if r.values.len() != remote.len() {
-                return Err(ClientError::Internal(format!(
-                    "coordinator answered {} reads with {} values",
-                    remote.len(),
-                    r.values.len()
-                )));
-            }
-            got = values(r.values).into_iter();
+            got = values(r.values, remote.len())?.into_iter();
         }
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
