@@ -696,8 +696,9 @@ impl Client {
     }
 
     /// Merge `shard` into `into` (see `pact.v1.Kv.Merge`): returns what
-    /// `into` owns now, and routes by the new map. Waits up to `within`;
-    /// a merge that did not answer in time may still finish (UNKNOWN).
+    /// `into` owns now, and routes by the new map. Waits up to `within`
+    /// for each attempt; a merge is resent freely, since a shard asked
+    /// again after it merged into `into` answers as the first time.
     pub async fn merge_shards(
         &self,
         shard: ShardId,
@@ -721,7 +722,7 @@ impl Client {
             .call_route(
                 Route::Shard(shard),
                 &replicas,
-                false,
+                true,
                 within,
                 |ch| async move { kv(ch).merge(req).await },
             )

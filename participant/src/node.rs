@@ -690,15 +690,37 @@ impl Node {
     /// stays, answering for its transactions' records). Both must be on
     /// the same replicas, settled, and neither splitting nor absorbing; a
     /// range shard merges only with a neighbour. Runs in a task of its
-    /// own, like a split.
-    pub async fn merge(&self, shard: ShardId, into: ShardId) -> Result<Split, Error> {
+    /// own, like a split. Returns the target's descriptor, also when asked
+    /// again after the merge went through.
+    pub async fn merge(&self, shard: ShardId, into: ShardId) -> Result<Descriptor, Error> {
         let s = self.shard(shard)?;
         self.ready(&s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(&s, shard, 0)?;
         if d.span.is_empty() {
+            // Asked again after it went through (a leader change made the
+            // first answer an error; the next leader finished it): the
+            // same answer as the first time, so a retry is harmless.
+            let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
+            let last = crate::kv::successors(&|_| Ok(succ.clone()))
+                .map_err(|e| Error::Fatal(e.to_string()))?
+                .last()
+                .copied();
+            if last == Some(into) {
+                if let Ok(target) = self.shard(into) {
+                    if let Some(td) = crate::split::local_descriptor(&target.replica).await? {
+                        return Ok(td);
+                    }
+                }
+                return Err(Error::Unavailable(format!(
+                    "shard {shard} was merged into shard {into}, which does not serve here yet; \
+                     try again shortly"
+                )));
+            }
             return Err(Error::InvalidInput(format!(
-                "shard {shard} owns nothing: it was merged already"
+                "shard {shard} owns nothing: it was merged already{}",
+                last.map(|l| format!(" (into shard {l})"))
+                    .unwrap_or_default()
             )));
         }
         for g in [shard, into] {
@@ -742,7 +764,7 @@ impl Node {
             )));
         };
         let merge = crate::split::plan_merge(&d, &td, voters)?;
-        self.start_split(s, merge).await
+        Ok(self.start_split(s, merge).await?.child)
     }
 
     /// Run a planned split or merge of `s` (this node leads it) in a task
@@ -2195,15 +2217,15 @@ fn spawn_split(
     tokio::spawn(async move {
         let _one = guard;
         let result = crate::split::run(&s, &ctx, split).await;
-        let done = result.as_ref().ok().cloned();
+        let done = result.as_ref().map(Split::clone).map_err(Error::clone);
         let _ = tx.send(result);
         // The caller has its answer once the new shard serves; the trim
         // follows. A split that stopped half way is driven again by the
         // owner's tick, after a rest (a freeze lifted is not put back at
         // once).
         let stopped = match done {
-            Some(split) => crate::split::finish(&s, &split).await.err(),
-            None => Some(Error::Unavailable("stopped".into())),
+            Ok(split) => crate::split::finish(&s, &split).await.err(),
+            Err(e) => Some(e),
         };
         if let Some(e) = stopped {
             tracing::info!(shard = %shard, error = %e, "split or merge not finished yet; will try again");

@@ -161,12 +161,12 @@ impl Kv for KvService {
         request: Request<pb::MergeRequest>,
     ) -> Result<Response<pb::MergeResponse>, Status> {
         let r = request.into_inner();
-        let merge = self
+        let into = self
             .node
             .merge(ShardId(r.shard_id), ShardId(r.into))
             .await?;
         Ok(Response::new(pb::MergeResponse {
-            into: Some(convert::descriptor(&merge.child)),
+            into: Some(convert::descriptor(&into)),
         }))
     }
 }

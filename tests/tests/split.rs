@@ -495,9 +495,15 @@ async fn range_shards_merge_under_transfers_and_a_split_is_undone() {
     assert_eq!(v["version"], 2, "{v}");
     assert_eq!(v["keys"]["start"], "", "{v}");
     assert_eq!(v["keys"]["end"], "acct-6", "{v}");
-    // Merged already: it owns nothing.
+    // Asked again (as a client does when a leader change cut off the
+    // first answer): the same answer. Into another shard: it owns nothing.
     let (ok, again) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "a merge asked again: {again}");
+    assert_eq!(again["version"], 2, "{again}");
+    assert_eq!(again["keys"]["end"], "acct-6", "{again}");
+    let (ok, again) = txn_shard(&c, &["merge", "2", "--into", "3"]);
     assert!(!ok, "{again}");
+    assert_eq!(again["error"]["code"], "INVALID_INPUT", "{again}");
 
     // A split undone: the transfer markers go to a new shard and back.
     let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
