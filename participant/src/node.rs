@@ -2217,7 +2217,7 @@ fn spawn_split(
     tokio::spawn(async move {
         let _one = guard;
         let result = crate::split::run(&s, &ctx, split).await;
-        let done = result.as_ref().map(Split::clone).map_err(Error::clone);
+        let done = result.clone();
         let _ = tx.send(result);
         // The caller has its answer once the new shard serves; the trim
         // follows. A split that stopped half way is driven again by the
