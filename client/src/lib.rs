@@ -35,6 +35,7 @@
 //! (`txn --json` prints it with each error).
 
 mod backup;
+mod conn;
 pub mod convert;
 mod discover;
 mod members;
@@ -42,6 +43,7 @@ mod replicas;
 mod tls;
 mod txn;
 
+pub use conn::{BoxError, Conn, Local};
 pub use pact_common::{Abort, AbortKind, ErrorCode};
 pub use tls::{Tls, TlsPaths};
 pub use txn::{Executed, Guard, Op, Transaction, TxnOutcome, MAX_ATTEMPTS};
@@ -55,6 +57,8 @@ use pact_common::{ClusterConfig, NodeId, ShardId, ShardMap, ShardRecord};
 use pact_proto as pb;
 use pact_proto::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::conn::Conn as Ch;
 
 pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
@@ -279,6 +283,11 @@ pub struct ClientOptions {
     /// Without one the client asks a node it knows for the routing table
     /// (`Admin.Topology`), which lists every member.
     pub resolver: Option<Resolver>,
+    /// This process's own node and the service of it that answers in
+    /// process ([`Local`]): a server's coordinator passes its node's
+    /// participant service, so calls to a shard leader on the same node
+    /// skip the network.
+    pub local: Option<Local>,
 }
 
 /// A node's (client address, peer address) by id, for nodes a client met
@@ -303,6 +312,7 @@ impl Default for ClientOptions {
             give_up_unreachable: None,
             overload_retry_for: None,
             resolver: None,
+            local: None,
         }
     }
 }
@@ -316,7 +326,7 @@ fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
     set(a) == set(b)
 }
 
-fn kv(ch: Channel) -> KvClient<Channel> {
+fn kv(ch: Ch) -> KvClient<Ch> {
     KvClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -360,7 +370,7 @@ struct Inner {
     /// The address this client dials for each node (client or peer port);
     /// nodes added to the cluster at run time join it when first met.
     nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Ch>>,
     /// Each coordinator group's replicas: the config's, or the live
     /// voters a routing table named (they move).
     groups: std::sync::RwLock<BTreeMap<u64, Vec<NodeId>>>,
@@ -841,7 +851,7 @@ impl Client {
         known
     }
 
-    pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, ClientError> {
+    pub(crate) fn channel(&self, node: NodeId) -> Result<Ch, ClientError> {
         let addr = &self.addr(node).ok_or_else(|| {
             ClientError::InvalidInput(format!("node {node} is not a known member of the cluster"))
         })?;
@@ -853,7 +863,14 @@ impl Client {
         if let Some(c) = chans.get(addr) {
             return Ok(c.clone());
         }
-        let ch = channel_to(addr, self.inner.opts.tls.as_ref())?;
+        let local = self
+            .inner
+            .opts
+            .local
+            .as_ref()
+            .filter(|l| l.node() == node)
+            .cloned();
+        let ch = Ch::new(channel_to(addr, self.inner.opts.tls.as_ref())?, local);
         chans.insert(addr.clone(), ch.clone());
         Ok(ch)
     }
@@ -899,7 +916,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self
@@ -920,7 +937,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let within = self.inner.opts.request_timeout;
@@ -938,7 +955,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
@@ -962,7 +979,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         match self
@@ -1058,7 +1075,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self.meta_replicas();
@@ -1081,7 +1098,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Ch) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if replicas.is_empty() {

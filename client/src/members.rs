@@ -17,7 +17,7 @@ pub struct ClusterMember {
     pub removed: bool,
 }
 
-fn meta(ch: tonic::transport::Channel) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+fn meta(ch: crate::conn::Conn) -> pb::meta_client::MetaClient<crate::conn::Conn> {
     pb::meta_client::MetaClient::new(ch)
 }
 

@@ -22,11 +22,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::conn::Conn as Channel;
 use pact_common::{Abort, AbortKind, NodeId, Timestamp, TxnId};
 pub use pact_common::{Guard, Op};
 use pact_proto as pb;
 use pact_proto::txn_client::TxnClient;
-use tonic::transport::Channel;
 
 use crate::convert::{classify, Class};
 use crate::{Balance, Client, ClientError, Mutation, MAX_MESSAGE_BYTES};

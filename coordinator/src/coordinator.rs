@@ -233,13 +233,16 @@ impl Coordinator {
                 "node {node} is not a replica of any coordinator group in the config"
             )));
         };
-        Self::start_group(config, node, cg.group, None, host, tls).await
+        Self::start_group(config, node, cg.group, None, host, tls, None).await
     }
 
     /// Start node `node`'s replica of coordinator group `group`: as the
     /// config gives it (`joined` None), or as one added at run time, whose
     /// group's voters were `joined` when it was added (it waits, empty,
     /// for the group's leader to add it, and is hosted again at restart).
+    /// `local`: the node's own participant service, when the process runs
+    /// one ([`pact_client::Local`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_group(
         config: ClusterConfig,
         node: NodeId,
@@ -247,6 +250,7 @@ impl Coordinator {
         joined: Option<Vec<NodeId>>,
         host: &Host,
         tls: Option<pact_client::Tls>,
+        local: Option<pact_client::Local>,
     ) -> Result<Arc<Self>, Error> {
         let Some(cg) = config
             .coordinators
@@ -286,6 +290,10 @@ impl Coordinator {
                     let dir = host.directory();
                     Arc::new(move |n: NodeId| dir.addrs(n.0))
                 })),
+                // The participant service of this process's node, if it
+                // runs one: its shard leaders are reached without the
+                // network.
+                local,
                 ..ClientOptions::default()
             },
         );
@@ -1875,7 +1883,7 @@ fn decided(commit: bool) -> Outcome {
     }
 }
 
-fn participant(ch: tonic::transport::Channel) -> ParticipantClient<tonic::transport::Channel> {
+fn participant(ch: pact_client::Conn) -> ParticipantClient<pact_client::Conn> {
     ParticipantClient::new(ch)
         .max_decoding_message_size(pact_client::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pact_client::MAX_MESSAGE_BYTES)

@@ -182,6 +182,21 @@ impl ParticipantService {
             .max_decoding_message_size(MAX_KV_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_KV_MESSAGE_BYTES)
     }
+
+    /// The same service for callers in this process (the node's own
+    /// coordinator): the same handlers, limits and request metrics, without
+    /// the network. Only the peer port's certificate check is skipped: the
+    /// caller is this node.
+    pub fn local(node: Arc<Node>) -> pact_client::Local {
+        use tower_layer::Layer;
+        let id = node.id();
+        let svc = pact_raft::metrics::grpc::GrpcMetricsLayer.layer(Self::new(node));
+        pact_client::Local::new(
+            id,
+            &format!("/{}/", pact_proto::participant_server::SERVICE_NAME),
+            svc,
+        )
+    }
 }
 
 #[tonic::async_trait]

@@ -234,6 +234,7 @@ impl ShardHost {
             Some(voters.into_iter().map(NodeId).collect()),
             &self.host,
             self.tls.clone(),
+            Some(ParticipantService::local(self.node.clone())),
         )
         .await
         .map_err(|e| HostError::Failed(e.to_string()))?;
@@ -669,8 +670,16 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let group = coordinator_plan(&config, id, &host).await?;
     let coordinator = match &group {
         Some((g, joined)) => Some(
-            Coordinator::start_group(config.clone(), id, *g, joined.clone(), &host, tls.clone())
-                .await?,
+            Coordinator::start_group(
+                config.clone(),
+                id,
+                *g,
+                joined.clone(),
+                &host,
+                tls.clone(),
+                node.clone().map(ParticipantService::local),
+            )
+            .await?,
         ),
         None => None,
     };
