@@ -111,7 +111,10 @@ impl Service<http::Request<Body>> for Conn {
 
     fn call(&mut self, req: http::Request<Body>) -> Reply {
         match &self.local {
-            Some(l) if req.uri().path().starts_with(&l.prefix) => (l.call)(req),
+            Some(l) if req.uri().path().starts_with(&l.prefix) => {
+                tracing::trace!(path = req.uri().path(), "answered in process");
+                (l.call)(req)
+            }
             Some(_) => {
                 let mut net = self.net.clone();
                 Box::pin(async move {
