@@ -11,8 +11,9 @@
 # (`balance_leaders_ms = 0`), and `txn admin leader transfer` puts the
 # leaders where PIN says before any load. For each round and each build
 # folder in BUILDS (each holding release `txn`, `bench` and `pact`):
-# transfers among ACCOUNTS accounts with 16 clients for DUR seconds (any
-# shards), then one client's cross-shard transfers; prints throughput,
+# transfers among ACCOUNTS accounts for DUR seconds, for each scope and
+# client count in RUNS (by default 16 clients on any shards, then one
+# client's cross-shard transfers); prints throughput,
 # p50, p99 and the server CPU per transfer (the 3 `pact` processes, from
 # /proc). Builds alternate within a round, so drift of the machine hits
 # both alike; compare medians.
@@ -20,12 +21,14 @@
 # Usage: BUILDS="/tmp/before /tmp/after" bash bench/ab-pinned.sh
 # Settings: ROUNDS=3 DUR=10 ACCOUNTS=1000 PORT=28001
 #   PIN="coord 4 1,shard 1 1,shard 2 2,shard 3 3" (group kind, id, node)
+#   RUNS="any:16 cross-shard:1" (transfer scope:clients, in order)
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-10}
 ACCOUNTS=${ACCOUNTS:-1000}
 PORT=${PORT:-28001}
 PIN=${PIN:-"coord 4 1,shard 1 1,shard 2 2,shard 3 3"}
+RUNS=${RUNS:-"any:16 cross-shard:1"}
 [ -n "${BUILDS:-}" ] || { echo "ab-pinned: set BUILDS to build folders" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "ab-pinned: python3 is needed" >&2; exit 2; }
 hz=$(getconf CLK_TCK)
@@ -92,9 +95,9 @@ for r in $(seq 1 "$ROUNDS"); do
     pids=($(pgrep -P "$pg" -x pact))
     args=(--backend pact --config "$d/cluster.toml" --seed 42 --json)
     "$b/bench" load --workload txn --recordcount "$ACCOUNTS" --threads 16 "${args[@]}" >/dev/null
-    for scope in any cross-shard; do
-      threads=16
-      [ "$scope" = cross-shard ] && threads=1
+    for run in $RUNS; do
+      scope=${run%%:*}
+      threads=${run##*:}
       c0=$(cpu_ticks "${pids[@]}")
       "$b/bench" run --workload txn --recordcount "$ACCOUNTS" --txn-keys 2 --txn-scope "$scope" \
         --threads "$threads" --duration "$DUR" "${args[@]}" >"$d/$scope.json"
