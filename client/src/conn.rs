@@ -64,12 +64,26 @@ impl Local {
             prefix: prefix.to_string(),
             call: Arc::new(move |req| {
                 let mut svc = svc.clone();
-                Box::pin(async move {
+                let answer = async move {
                     std::future::poll_fn(|cx| svc.poll_ready(cx))
                         .await
                         .map_err(Into::into)?;
                     let resp = svc.call(req).await.map_err(Into::into)?;
                     Ok(resp.map(Body::new))
+                };
+                // Over the network a handler that panics loses its own
+                // request only (hyper runs it in a task of its own); in
+                // process it would unwind through the caller's task, which
+                // may be the one that reports the outcome. So a panic is an
+                // error of this request, as a reset stream would be.
+                Box::pin(async move {
+                    use futures::FutureExt;
+                    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+                        Ok(r) => r,
+                        Err(_) => Err(BoxError::from(
+                            "the in-process service panicked while answering",
+                        )),
+                    }
                 })
             }),
         }
@@ -155,6 +169,39 @@ mod tests {
             let path = req.uri().path().to_string();
             std::future::ready(Ok(http::Response::new(Body::new(path))))
         }
+    }
+
+    /// Panics on every request.
+    #[derive(Clone)]
+    struct Panics;
+
+    impl Service<http::Request<Body>> for Panics {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<
+            Box<dyn Future<Output = Result<http::Response<Body>, std::convert::Infallible>> + Send>,
+        >;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            Box::pin(async { panic!("a handler bug") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_handler_that_panics_fails_its_request_only() {
+        let net = crate::channel_to("127.0.0.1:1", None).unwrap();
+        let local = Local::new(NodeId(7), "/pact.v1.Participant/", Panics);
+        let mut conn = Conn::new(net, Some(local));
+        let out = conn.call(request("/pact.v1.Participant/Prepare")).await;
+        let err = out.expect_err("a panic is an error of the request");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        // The connection still serves.
+        let again = conn.call(request("/pact.v1.Participant/Prepare")).await;
+        assert!(again.is_err());
     }
 
     fn request(path: &str) -> http::Request<Body> {

@@ -687,6 +687,16 @@ impl Client {
         }
     }
 
+    /// What `shard` owns now, from its leader (`Describe`, after the
+    /// leader's read barrier).
+    pub async fn describe_shard(
+        &self,
+        shard: ShardId,
+    ) -> Result<pact_common::Descriptor, ClientError> {
+        self.know(RaftGroup::Shard(shard)).await;
+        convert::descriptor(self.describe_raw(shard).await?).map_err(ClientError::Internal)
+    }
+
     /// `Describe` at `shard`'s leader, as sent.
     async fn describe_raw(&self, shard: ShardId) -> Result<pb::ShardDescriptor, ClientError> {
         let peer = self.inner.opts.peer_ports;
@@ -706,9 +716,11 @@ impl Client {
     }
 
     /// Merge `shard` into `into` (see `pact.v1.Kv.Merge`): returns what
-    /// `into` owns now, and routes by the new map. Waits up to `within`
-    /// for each attempt; a merge is resent freely, since a shard asked
-    /// again after it merged into `into` answers as the first time.
+    /// `into` owns now, and routes by the new map. Waits up to `within`;
+    /// a merge that did not answer in time may still finish (UNKNOWN). A
+    /// merge asked again after it went through answers as the first time,
+    /// so an answer cut off on the way (UNKNOWN) is asked for again here
+    /// while `within` lasts.
     pub async fn merge_shards(
         &self,
         shard: ShardId,
@@ -728,15 +740,39 @@ impl Client {
             shard_id: shard.0,
             into: into.0,
         };
-        let r = self
-            .call_route(
-                Route::Shard(shard),
-                &replicas,
-                true,
-                within,
-                |ch| async move { kv(ch).merge(req).await },
-            )
-            .await?;
+        // An answer cut off (the leader that drove it lost its leadership,
+        // or the deadline passed) leaves the outcome unknown; asking again
+        // learns it, since a merge that went through answers the same and
+        // one under way says so (retried). Until `within` has passed; then
+        // still UNKNOWN, never "nothing moved".
+        let deadline = Instant::now() + within;
+        let mut unknown: Option<String> = None;
+        let r = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r = self
+                .call_route(
+                    Route::Shard(shard),
+                    &replicas,
+                    false,
+                    left.max(Duration::from_secs(1)),
+                    |ch| async move { kv(ch).merge(req).await },
+                )
+                .await;
+            match r {
+                Err(ClientError::Unknown(m)) if Instant::now() < deadline => {
+                    unknown = Some(m);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(ClientError::Unknown(m)) => return Err(ClientError::Unknown(m)),
+                Err(e @ (ClientError::Unavailable(_) | ClientError::Overloaded(_))) => {
+                    return Err(match unknown {
+                        Some(m) => ClientError::Unknown(format!("{m}; asked again, then: {e}")),
+                        None => e,
+                    })
+                }
+                r => break r?,
+            }
+        };
         let into = r
             .into
             .ok_or_else(|| ClientError::Internal("merge reply without a descriptor".into()))

@@ -838,9 +838,12 @@ pub fn effect(
             Some(s) if s.child.shard == *child && s.committed => (Vec::new(), ShardReply::Done),
             Some(s) if s.child.shard == *child && s.drained => {
                 let mut after = successors(get)?;
-                if !after.contains(child) {
-                    after.push(*child);
-                }
+                // A merge's target goes last even if the shard split into it
+                // before: the last successor of a shard that owns nothing is
+                // the shard it merged into (`Node::merge` answers a repeated
+                // merge by it). A split's child is new, so never listed.
+                after.retain(|c| c != child);
+                after.push(*child);
                 let done = Split {
                     committed: true,
                     ..s.clone()
@@ -1546,6 +1549,10 @@ mod tests {
         };
         assert_eq!(into.run(1, again), ShardReply::Done);
         assert_eq!(into.get(b"x"), None);
+        // Shards split off it before, the target among them (a split into
+        // shard 1, then one into 9): the target moves to the end.
+        let earlier = encode(&vec![ShardId(1), ShardId(9)]).unwrap();
+        from.0.borrow_mut().insert(SUCCESSORS_KEY.to_vec(), earlier);
         assert_eq!(
             step(ShardCommand::SplitCommit { child: ShardId(1) }),
             ShardReply::Done
@@ -1555,7 +1562,7 @@ mod tests {
         assert!(gone.span.is_empty() && gone.version == 2);
         assert_eq!(
             successors(&|k| Ok(from.0.borrow().get(k).cloned())).unwrap(),
-            vec![ShardId(1)]
+            vec![ShardId(9), ShardId(1)]
         );
 
         // The staying side takes both spans, once; late loads are refused.

@@ -700,26 +700,43 @@ impl Node {
         if d.span.is_empty() {
             // Asked again after it went through (a leader change made the
             // first answer an error; the next leader finished it): the
-            // same answer as the first time, so a retry is harmless.
-            let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
-            let last = crate::kv::successors(&|_| Ok(succ.clone()))
-                .map_err(|e| Error::Fatal(e.to_string()))?
-                .last()
-                .copied();
-            if last == Some(into) {
-                if let Ok(target) = self.shard(into) {
-                    if let Some(td) = crate::split::local_descriptor(&target.replica).await? {
-                        return Ok(td);
-                    }
+            // same answer as the first time, so a retry is harmless. The
+            // merge's record names its target until the merge is done;
+            // then the last successor does (`SplitCommit` puts it last).
+            let merged_into = match crate::split::local_split(&s.replica).await? {
+                Some(x) if x.merge.is_some() && x.child.shard == into => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard} is finishing its merge into shard {into}; try again shortly"
+                    )));
                 }
-                return Err(Error::Unavailable(format!(
-                    "shard {shard} was merged into shard {into}, which does not serve here yet; \
-                     try again shortly"
-                )));
+                Some(x) if x.merge.is_some() => Some(x.child.shard),
+                _ => {
+                    let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
+                    crate::kv::successors(&|_| Ok(succ.clone()))
+                        .map_err(|e| Error::Fatal(e.to_string()))?
+                        .last()
+                        .copied()
+                }
+            };
+            if merged_into == Some(into) {
+                // From `into`'s leader: this node's replica of it may lag,
+                // or have moved away since.
+                return self
+                    .split_ctx
+                    .client
+                    .describe_shard(into)
+                    .await
+                    .map_err(|e| {
+                        Error::Unavailable(format!(
+                            "shard {shard} was merged into shard {into}, which did not answer \
+                         ({e}); try again shortly"
+                        ))
+                    });
             }
             return Err(Error::InvalidInput(format!(
                 "shard {shard} owns nothing: it was merged already{}",
-                last.map(|l| format!(" (into shard {l})"))
+                merged_into
+                    .map(|l| format!(" (into shard {l})"))
                     .unwrap_or_default()
             )));
         }
