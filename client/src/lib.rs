@@ -764,6 +764,12 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(ClientError::Unknown(m)) => return Err(ClientError::Unknown(m)),
+                // Once the outcome is unknown, keep asking while time lasts.
+                Err(ClientError::Unavailable(_) | ClientError::Overloaded(_))
+                    if unknown.is_some() && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Err(e @ (ClientError::Unavailable(_) | ClientError::Overloaded(_))) => {
                     return Err(match unknown {
                         Some(m) => ClientError::Unknown(format!("{m}; asked again, then: {e}")),

@@ -566,6 +566,56 @@ async fn a_merge_whose_drivers_crash_is_finished_by_the_next_leaders() {
     fillers_intact(&client, filler).await;
 }
 
+/// The merging shard's leadership moves while the merge waits between
+/// its first copy and the freeze (`split-pause-before-freeze`), as the
+/// leader balancer may move it: the next leader finishes the merge from
+/// its record, and the client that asked learns that it went through (it
+/// asks again, and a merge asked again answers as the first time), not
+/// "owns nothing" nor an unknown outcome. Transfers run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_whose_leader_moves_half_way_is_answered_as_done() {
+    let c = start_with_faults(range_config(), "split-pause-before-freeze").await;
+    let filler = 50;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    let client = c.client();
+    let all = c.node_ids();
+    let leader = c
+        .wait_leader(ShardId(2), &all, Duration::from_secs(10))
+        .await;
+    let merging = {
+        let client = c.client();
+        tokio::spawn(async move {
+            client
+                .merge_shards(ShardId(2), ShardId(1), Duration::from_secs(60))
+                .await
+        })
+    };
+    // Begun (recorded), and inside the 2 s pause before the freeze.
+    let begun = std::time::Instant::now();
+    while !split_lines(&c).contains("split begun") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the merge did not begin\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let to = *all.iter().find(|n| **n != leader).expect("another node");
+    let (now, _) = client
+        .transfer_leader(pact_client::RaftGroup::Shard(ShardId(2)), to)
+        .await
+        .expect("leadership transfer");
+    assert_eq!(now, to);
+    let d = merging.await.expect("merge task");
+    let d = d.unwrap_or_else(|e| panic!("merge: {e}\n{}", split_lines(&c)));
+    assert_eq!(d.shard, ShardId(1), "{d:?}");
+    assert!(d.span.contains(b"acct-4"), "{d:?}");
+    assert_eq!(owning(&c), Some(vec![1, 3]), "{}", split_lines(&c));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
 /// Shards split by themselves under load (`[raft] auto_split_ops_per_sec`,
 /// over `auto_split_secs` windows) while transfers run, until the cluster
 /// has `auto_split_max_shards`, and no further; the bank holds. Off by
