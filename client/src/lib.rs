@@ -58,8 +58,6 @@ use pact_proto as pb;
 use pact_proto::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::conn::Conn as Ch;
-
 pub use backup::{BackupSummary, RestoreSummary, FORMAT_VERSION as BACKUP_FORMAT_VERSION};
 pub use convert::ReplicaStatus;
 use convert::{classify, Class};
@@ -326,7 +324,7 @@ fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
     set(a) == set(b)
 }
 
-fn kv(ch: Ch) -> KvClient<Ch> {
+fn kv(ch: Conn) -> KvClient<Conn> {
     KvClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -370,7 +368,7 @@ struct Inner {
     /// The address this client dials for each node (client or peer port);
     /// nodes added to the cluster at run time join it when first met.
     nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
-    channels: Mutex<HashMap<String, Ch>>,
+    channels: Mutex<HashMap<String, Conn>>,
     /// Each coordinator group's replicas: the config's, or the live
     /// voters a routing table named (they move).
     groups: std::sync::RwLock<BTreeMap<u64, Vec<NodeId>>>,
@@ -763,7 +761,6 @@ impl Client {
                     unknown = Some(m);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(ClientError::Unknown(m)) => return Err(ClientError::Unknown(m)),
                 // Once the outcome is unknown, keep asking while time lasts.
                 Err(ClientError::Unavailable(_) | ClientError::Overloaded(_))
                     if unknown.is_some() && Instant::now() < deadline =>
@@ -893,7 +890,7 @@ impl Client {
         known
     }
 
-    pub(crate) fn channel(&self, node: NodeId) -> Result<Ch, ClientError> {
+    pub(crate) fn channel(&self, node: NodeId) -> Result<Conn, ClientError> {
         let addr = &self.addr(node).ok_or_else(|| {
             ClientError::InvalidInput(format!("node {node} is not a known member of the cluster"))
         })?;
@@ -912,7 +909,7 @@ impl Client {
             .as_ref()
             .filter(|l| l.node() == node)
             .cloned();
-        let ch = Ch::new(channel_to(addr, self.inner.opts.tls.as_ref())?, local);
+        let ch = Conn::new(channel_to(addr, self.inner.opts.tls.as_ref())?, local);
         chans.insert(addr.clone(), ch.clone());
         Ok(ch)
     }
@@ -958,7 +955,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self
@@ -979,7 +976,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let within = self.inner.opts.request_timeout;
@@ -997,7 +994,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self.group_table().get(&group).cloned().ok_or_else(|| {
@@ -1021,7 +1018,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         match self
@@ -1117,7 +1114,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let replicas = self.meta_replicas();
@@ -1140,7 +1137,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Ch) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if replicas.is_empty() {

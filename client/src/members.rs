@@ -17,7 +17,7 @@ pub struct ClusterMember {
     pub removed: bool,
 }
 
-fn meta(ch: crate::conn::Conn) -> pb::meta_client::MetaClient<crate::conn::Conn> {
+fn meta(ch: crate::Conn) -> pb::meta_client::MetaClient<crate::Conn> {
     pb::meta_client::MetaClient::new(ch)
 }
 

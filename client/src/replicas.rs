@@ -142,7 +142,7 @@ impl Client {
     /// its replicas and following "not leader" hints to any node.
     async fn at_leader<T, F, Fut>(&self, group: RaftGroup, f: F) -> Result<T, ClientError>
     where
-        F: Fn(AdminClient<crate::conn::Conn>) -> Fut,
+        F: Fn(AdminClient<crate::Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.know(group).await;
@@ -299,7 +299,7 @@ impl Client {
     /// error stays one, anything else is "unavailable" with the node named.
     async fn at_node<T, F, Fut>(&self, node: NodeId, f: F) -> Result<(), ClientError>
     where
-        F: Fn(AdminClient<crate::conn::Conn>) -> Fut,
+        F: Fn(AdminClient<crate::Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.learn_member(node).await;

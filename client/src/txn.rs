@@ -22,14 +22,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::conn::Conn as Channel;
 use pact_common::{Abort, AbortKind, NodeId, Timestamp, TxnId};
 pub use pact_common::{Guard, Op};
 use pact_proto as pb;
 use pact_proto::txn_client::TxnClient;
 
 use crate::convert::{classify, Class};
-use crate::{Balance, Client, ClientError, Mutation, MAX_MESSAGE_BYTES};
+use crate::{Balance, Client, ClientError, Conn, Mutation, MAX_MESSAGE_BYTES};
 
 /// How many times [`Client::transaction`] starts over before giving up.
 pub const MAX_ATTEMPTS: u32 = 30;
@@ -50,7 +49,7 @@ pub enum TxnOutcome {
     Expired(String),
 }
 
-fn txn_client(ch: Channel) -> TxnClient<Channel> {
+fn txn_client(ch: Conn) -> TxnClient<Conn> {
     TxnClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -296,7 +295,7 @@ impl Client {
         call: F,
     ) -> Result<(T, NodeId), ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let v = self
@@ -525,7 +524,7 @@ impl Transaction {
     /// request timeout.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: FnOnce(TxnClient<Channel>) -> Fut,
+        F: FnOnce(TxnClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_within(self.client.inner.opts.request_timeout, call)
@@ -536,7 +535,7 @@ impl Transaction {
     /// a final error means the transaction is lost: report it aborted.
     async fn call_within<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ClientError>
     where
-        F: FnOnce(TxnClient<Channel>) -> Fut,
+        F: FnOnce(TxnClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if self.done {

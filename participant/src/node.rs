@@ -666,9 +666,7 @@ impl Node {
         // Still the leader: a deposed one may have missed a change.
         s.replica.read_barrier().await?;
         let d = self.routed(s, shard, 0)?;
-        let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
-        let successors = crate::kv::successors(&|_| Ok(succ.clone()))
-            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let successors = crate::split::local_successors(&s.replica).await?;
         let (voters, voters_at) = s.replica.committed_voters();
         Ok(Described {
             descriptor: d.as_ref().clone(),
@@ -710,13 +708,10 @@ impl Node {
                     )));
                 }
                 Some(x) if x.merge.is_some() => Some(x.child.shard),
-                _ => {
-                    let succ = s.replica.get_local(crate::kv::SUCCESSORS_KEY).await?;
-                    crate::kv::successors(&|_| Ok(succ.clone()))
-                        .map_err(|e| Error::Fatal(e.to_string()))?
-                        .last()
-                        .copied()
-                }
+                _ => crate::split::local_successors(&s.replica)
+                    .await?
+                    .last()
+                    .copied(),
             };
             if merged_into == Some(into) {
                 // From `into`'s leader: this node's replica of it may lag,

@@ -89,7 +89,7 @@ use pact_raft::{Host, Replica};
 use crate::kv::{
     absorb_record, data_key, prepared_writes, split_record, Absorb, Split, ABSORB_KEY,
     CAUGHT_UP_KEY, DATA_PREFIX, DESCRIPTOR_KEY, FLOOR_PREFIX, HORIZON_PREFIX, LOADED_KEY,
-    PREPARED_PREFIX, SPLIT_KEY, WRITTEN_PREFIX,
+    PREPARED_PREFIX, SPLIT_KEY, SUCCESSORS_KEY, WRITTEN_PREFIX,
 };
 use crate::kv::{ShardCommand, ShardReply};
 use crate::node::Shard;
@@ -162,6 +162,15 @@ pub(crate) async fn local_split(r: &Replica) -> Result<Option<Split>, Error> {
 
 pub(crate) async fn local_descriptor(r: &Replica) -> Result<Option<Descriptor>, Error> {
     local_record(r, DESCRIPTOR_KEY, crate::kv::descriptor).await
+}
+
+/// The shards split off `r`'s shard, and last the one it merged into, if
+/// it did, as `r` has applied them.
+pub(crate) async fn local_successors(r: &Replica) -> Result<Vec<ShardId>, Error> {
+    let list = local_record(r, SUCCESSORS_KEY, |get| {
+        crate::kv::successors(get).map(Some)
+    });
+    Ok(list.await?.unwrap_or_default())
 }
 
 /// The merge `r` is absorbing, as it has applied it.
