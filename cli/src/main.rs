@@ -258,6 +258,14 @@ enum ShardCmd {
         /// First key of the new shard (range partitioning only).
         #[arg(long)]
         at: Option<String>,
+        /// Split only the shard as it was at this descriptor version (as
+        /// `txn admin shard list` shows it; default: its version now).
+        /// Run again after an unknown outcome, the same command with the
+        /// same --version answers as the split did, and never splits the
+        /// shard a second time; if the shard changed in another way, it
+        /// is refused (WRONG_SHARD).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        version: Option<u64>,
         /// How long to wait for the split to finish, in seconds (a large
         /// shard's copy takes a while); past it the answer is UNKNOWN and
         /// the split goes on.
@@ -996,13 +1004,18 @@ async fn run(
         Cmd::Admin(AdminCmd::Shard(ShardCmd::List)) => {
             members::shards(client, style, args.json).await
         }
-        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split { shard, at, wait })) => {
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Split {
+            shard,
+            at,
+            version,
+            wait,
+        })) => {
             let at = at
                 .as_deref()
                 .map(|a| style.codec.decode(a, "--at key"))
                 .transpose()?;
             let wait = std::time::Duration::from_secs(*wait);
-            members::split(client, style, *shard, at, wait, args.json).await
+            members::split(client, style, *shard, *version, at, wait, args.json).await
         }
         Cmd::Admin(AdminCmd::Shard(ShardCmd::Merge { shard, into, wait })) => {
             let wait = std::time::Duration::from_secs(*wait);

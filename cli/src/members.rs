@@ -218,14 +218,28 @@ pub async fn split(
     client: &Client,
     style: Style,
     shard: u64,
+    version: Option<u64>,
     at: Option<Vec<u8>>,
     wait: std::time::Duration,
     json: bool,
 ) -> Result<u8, ClientError> {
     let started = std::time::Instant::now();
-    let (left, child) = client
-        .split_shard(pact_common::ShardId(shard), at, wait)
-        .await?;
+    let id = pact_common::ShardId(shard);
+    // The version split is named, so that an unknown outcome can be
+    // asked about again without splitting twice.
+    let version = match version {
+        Some(v) => v,
+        None => client.describe_shard(id).await?.version,
+    };
+    let (left, child) = match client.split_shard(id, Some(version), at, wait).await {
+        Err(ClientError::Unknown(m)) => {
+            return Err(ClientError::Unknown(format!(
+                "{m}; to learn whether shard {shard} split, run the same command with \
+                 --version {version} (it never splits twice)"
+            )))
+        }
+        r => r?,
+    };
     let secs = started.elapsed().as_secs_f64();
     let show = |d: &pact_common::Descriptor| show_span(style, d);
     if json {

@@ -450,7 +450,8 @@ fn row_json(r: &Row) -> serde_json::Value {
         Ok(s) => json!({
             "role": s.role, "term": s.term, "leader": s.leader,
             "applied_index": s.applied_index, "last_log_index": s.last_log_index,
-            "snapshot_index": s.snapshot_index, "voters": s.voters,
+            "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+            "voters": s.voters,
             "stopped": s.stopped, "gate": s.gate,
         }),
         Err(e) => json!({ "error": e.to_string() }),
@@ -617,6 +618,7 @@ mod tests {
                 applied_index: applied,
                 last_log_index: applied,
                 snapshot_index: 0,
+                purged_index: 0,
                 voters: voters.to_vec(),
                 stopped: None,
                 gate: "open".into(),

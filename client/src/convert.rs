@@ -224,6 +224,8 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     pub last_log_index: u64,
     pub snapshot_index: u64,
+    /// The last log index compacted away (0: none, or an older server).
+    pub purged_index: u64,
     pub voters: Vec<u64>,
     /// Why the replica stopped (a storage failure), if it did.
     pub stopped: Option<String>,
@@ -257,6 +259,7 @@ impl From<pb::StatusResponse> for ReplicaStatus {
             applied_index: r.applied_index,
             last_log_index: r.last_log_index,
             snapshot_index: r.snapshot_index,
+            purged_index: r.purged_index,
             voters: r.voters,
             stopped: (!r.stopped.is_empty()).then_some(r.stopped),
             // Servers from before the field do not say: assume it votes.

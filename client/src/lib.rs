@@ -738,22 +738,49 @@ impl Client {
             shard_id: shard.0,
             into: into.0,
         };
-        // An answer cut off (the leader that drove it lost its leadership,
-        // or the deadline passed) leaves the outcome unknown; asking again
-        // learns it, since a merge that went through answers the same and
-        // one under way says so (retried). Until `within` has passed; then
-        // still UNKNOWN, never "nothing moved".
+        let r = self
+            .ask_until_known(shard, &replicas, within, |ch| async move {
+                kv(ch).merge(req).await
+            })
+            .await?;
+        let into = r
+            .into
+            .ok_or_else(|| ClientError::Internal("merge reply without a descriptor".into()))
+            .and_then(|d| convert::descriptor(d).map_err(ClientError::Internal))?;
+        let stale = self.shard_map();
+        let _ = self.refresh_map(&stale).await;
+        Ok(into)
+    }
+
+    /// Send a shard change that is answered the same when asked again
+    /// (a merge, a split of a given version) to `shard`'s leader, asking
+    /// again while `within` lasts when the answer is cut off (the leader
+    /// that drove it lost its leadership, or the deadline passed): the
+    /// repeat learns the outcome, and one still under way says so
+    /// (UNAVAILABLE, asked again). At the end an outcome never learnt is
+    /// still UNKNOWN, never "nothing moved".
+    async fn ask_until_known<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        replicas: &[NodeId],
+        within: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let deadline = Instant::now() + within;
         let mut unknown: Option<String> = None;
-        let r = loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let r = self
                 .call_route(
                     Route::Shard(shard),
-                    &replicas,
+                    replicas,
                     false,
                     left.max(Duration::from_secs(1)),
-                    |ch| async move { kv(ch).merge(req).await },
+                    &call,
                 )
                 .await;
             match r {
@@ -773,16 +800,9 @@ impl Client {
                         None => e,
                     })
                 }
-                r => break r?,
+                r => return r,
             }
-        };
-        let into = r
-            .into
-            .ok_or_else(|| ClientError::Internal("merge reply without a descriptor".into()))
-            .and_then(|d| convert::descriptor(d).map_err(ClientError::Internal))?;
-        let stale = self.shard_map();
-        let _ = self.refresh_map(&stale).await;
-        Ok(into)
+        }
     }
 
     /// Split `shard` in two (see `pact.v1.Kv.Split`): at `at` for a range
@@ -791,9 +811,16 @@ impl Client {
     /// to `within` (a split waits for transactions to leave the part that
     /// moves, and copies it); a split that did not answer in time may
     /// still finish (UNKNOWN).
+    ///
+    /// `version` is the shard's descriptor version to split; without one,
+    /// the shard's current version is asked first. The split then happens
+    /// once however often it is asked: an answer cut off is asked for
+    /// again while `within` lasts, and a split of a version the shard has
+    /// left for another reason is refused with WRONG_SHARD.
     pub async fn split_shard(
         &self,
         shard: ShardId,
+        version: Option<u64>,
         at: Option<Vec<u8>>,
         within: Duration,
     ) -> Result<(pact_common::Descriptor, pact_common::Descriptor), ClientError> {
@@ -802,12 +829,17 @@ impl Client {
         if replicas.is_empty() {
             return Err(ClientError::UnknownShard(shard.0));
         }
+        let version = match version {
+            Some(v) => v,
+            None => self.describe_shard(shard).await?.version,
+        };
         let req = pb::SplitRequest {
             shard_id: shard.0,
             at: at.map(Into::into),
+            version,
         };
         let r = self
-            .call_route(Route::Shard(shard), &replicas, false, within, |ch| {
+            .ask_until_known(shard, &replicas, within, |ch| {
                 let req = req.clone();
                 async move { kv(ch).split(req).await }
             })

@@ -792,12 +792,27 @@ impl Node {
     /// Split `shard` (this node leads it): at `at` for a range shard, at
     /// the middle of its ring share for a hash one. Runs in a task of its
     /// own, so a caller that goes away does not stop it half way (the
-    /// next leader would finish it anyway).
-    pub async fn split(&self, shard: ShardId, at: Option<Vec<u8>>) -> Result<Split, Error> {
+    /// next leader would finish it anyway). Returns what the shard keeps
+    /// and the new shard.
+    ///
+    /// `version` (0: any) is the descriptor version the caller split. It
+    /// makes a repeated request harmless: the new shard's id is a function
+    /// of the parent and that version, so once the split of `version` went
+    /// through, the shard names the new shard among its successors and the
+    /// request is answered as the first time, without splitting again.
+    pub async fn split(
+        &self,
+        shard: ShardId,
+        at: Option<Vec<u8>>,
+        version: u64,
+    ) -> Result<(Descriptor, Descriptor), Error> {
         let s = self.shard(shard)?;
         self.ready(&s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(&s, shard, 0)?;
+        if version != 0 && version != d.version {
+            return self.split_again(&s, &d, at.as_deref(), version).await;
+        }
         if let Some(why) = under_way(&s, &self.split_ctx).await {
             return Err(Error::Unavailable(format!(
                 "{why}; try again when it is done"
@@ -812,7 +827,67 @@ impl Node {
         }
         let voters = s.replica.status().voters.into_iter().map(NodeId).collect();
         let split = crate::split::plan(&d, at.as_deref(), voters)?;
-        self.start_split(s, split).await
+        let done = self.start_split(s, split).await?;
+        Ok((done.left, done.child))
+    }
+
+    /// [`Node::split`] asked for `version` of a shard now at `d`: the same
+    /// answer as the first time if the split of `version` went through
+    /// (at `at`, for a range shard), "finishing" while it goes on, and
+    /// WRONG_SHARD if the shard changed otherwise.
+    async fn split_again(
+        &self,
+        s: &Shard,
+        d: &Descriptor,
+        at: Option<&[u8]>,
+        version: u64,
+    ) -> Result<(Descriptor, Descriptor), Error> {
+        let shard = d.shard;
+        let child = pact_common::split_child_id(shard, version);
+        let changed = || {
+            Error::WrongShard {
+            message: format!(
+                "shard {shard} is at version {}, not {version}, and was not split from                  version {version} as asked: describe it and decide again",
+                d.version
+            ),
+            version: d.version,
+        }
+        };
+        if let Some(x) = crate::split::local_split(&s.replica).await? {
+            if x.child.shard == child {
+                return Err(Error::Unavailable(format!(
+                    "shard {shard} is finishing its split into shard {child}; try again shortly"
+                )));
+            }
+        }
+        if !crate::split::local_successors(&s.replica)
+            .await?
+            .contains(&child)
+        {
+            return Err(changed());
+        }
+        // From the new shard's leader: this node's replica of it may lag,
+        // or have moved away since.
+        let cd = self
+            .split_ctx
+            .client
+            .describe_shard(child)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "shard {shard} split into shard {child}, which did not answer ({e}); try \
+                     again shortly"
+                ))
+            })?;
+        // A range split asked at another key was somebody else's.
+        let starts_at = match &cd.span {
+            pact_common::Span::Range { start, .. } => Some(start.as_slice()),
+            pact_common::Span::Ring { .. } => None,
+        };
+        if at.is_some() && at != starts_at {
+            return Err(changed());
+        }
+        Ok(((*d).clone(), cd))
     }
 
     fn implicit_txn(&self) -> TxnId {

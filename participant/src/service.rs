@@ -146,13 +146,13 @@ impl Kv for KvService {
         if let Some(at) = &r.at {
             pact_common::validate_key(at).map_err(Error::from)?;
         }
-        let split = self
+        let (left, child) = self
             .node
-            .split(ShardId(r.shard_id), r.at.map(|a| a.to_vec()))
+            .split(ShardId(r.shard_id), r.at.map(|a| a.to_vec()), r.version)
             .await?;
         Ok(Response::new(pb::SplitResponse {
-            left: Some(convert::descriptor(&split.left)),
-            child: Some(convert::descriptor(&split.child)),
+            left: Some(convert::descriptor(&left)),
+            child: Some(convert::descriptor(&child)),
         }))
     }
 

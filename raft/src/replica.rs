@@ -383,6 +383,9 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     pub last_log_index: u64,
     pub snapshot_index: u64,
+    /// The last log index compacted away; a follower behind it needs a
+    /// snapshot.
+    pub purged_index: u64,
     pub voters: Vec<u64>,
     pub fatal: Option<String>,
     /// Whether it may vote ([`crate::rejoin::Gate::name`]): a group whose
@@ -1160,6 +1163,7 @@ impl Replica {
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
             voters,
             fatal: self.fatal(),
             gate: self.gate.name(),

@@ -105,6 +105,7 @@ pub fn status_response(s: ReplicaStatus) -> pb::StatusResponse {
         applied_index: s.applied_index,
         last_log_index: s.last_log_index,
         snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
         voters: s.voters,
         stopped: s.fatal.unwrap_or_default(),
         gate: s.gate.to_string(),

@@ -149,12 +149,14 @@ async fn full_cluster_sigkill_loses_nothing_even_after_snapshot_and_compaction()
     for n in &nodes {
         loop {
             let s = c.status(SHARD, *n).await;
-            if s.as_ref().is_some_and(|s| s.snapshot_index > 0) {
+            if s.as_ref()
+                .is_some_and(|s| s.snapshot_index > 0 && s.purged_index > 0)
+            {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {n} built no snapshot: {s:?}"
+                "node {n} built no snapshot or compacted nothing: {s:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -182,6 +184,34 @@ async fn full_cluster_sigkill_loses_nothing_even_after_snapshot_and_compaction()
 /// 3 nodes, one shard, snapshots every 30 entries keeping 5 behind (so a
 /// replica that misses a few dozen entries needs a snapshot); returns it
 /// with the shard's leader and a follower.
+/// The last log index `node` holds.
+async fn follower_last_log(c: &Cluster, node: NodeId) -> u64 {
+    c.status(SHARD, node)
+        .await
+        .expect("follower status")
+        .last_log_index
+}
+
+/// Waits until `leader` has compacted its log past `index`, so a follower
+/// that holds no more than `index` can only catch up from a snapshot. A
+/// snapshot alone is not enough: a leader postpones the purge while an
+/// append to the stopped follower is in flight, and a follower back
+/// before that append gives up would be sent the entries instead.
+async fn wait_purged_past(c: &Cluster, leader: NodeId, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = c.status(SHARD, leader).await;
+        if s.as_ref().is_some_and(|s| s.purged_index > index) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not compact its log past {index}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn compacting_cluster() -> (Cluster, NodeId, NodeId) {
     let tuning = RaftTuning {
         snapshot_logs: 30,
@@ -198,20 +228,10 @@ async fn compacting_cluster() -> (Cluster, NodeId, NodeId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
     let (mut c, leader, follower) = compacting_cluster().await;
+    let has = follower_last_log(&c, follower).await;
     c.kill(follower);
     let acked = write_keys(&c, "lag", 150).await;
-    // Let the leader snapshot and purge past what the follower has.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .status(SHARD, leader)
-        .await
-        .map(|s| s.snapshot_index)
-        .unwrap_or(0)
-        < 100
-    {
-        assert!(Instant::now() < deadline, "leader did not snapshot");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_purged_past(&c, leader, has.max(100)).await;
     c.start_node(follower);
     let target = c.status(SHARD, leader).await.unwrap().applied_index;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -260,18 +280,10 @@ async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
     let mut acked = write_keys(&c, "before", 40).await;
     let target = c.status(SHARD, leader).await.unwrap().applied_index;
     wait_applied(&c, follower, target, Duration::from_secs(20)).await;
+    let has = follower_last_log(&c, follower).await;
     c.kill(follower);
     acked.extend(write_keys(&c, "missed", 150).await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .status(SHARD, leader)
-        .await
-        .map_or(0, |s| s.snapshot_index)
-        < target + 100
-    {
-        assert!(Instant::now() < deadline, "leader did not snapshot");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_purged_past(&c, leader, has.max(target + 100)).await;
     c.set_env(follower, "PACT_FAULTS", "crash-mid-snapshot-install");
     c.start_node(follower);
     let deadline = Instant::now() + Duration::from_secs(30);

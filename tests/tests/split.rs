@@ -160,6 +160,18 @@ async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill(
     assert!(child >= FIRST_SPLIT_ID, "{v}");
     assert_eq!(v["version"], 2, "{v}");
     assert_eq!(v["new_keys"]["start"], "g", "{v}");
+    // Asked again for the version it split, the same answer, and no
+    // second split; at another key, it was not this split: refused.
+    let (ok, again) = txn_shard(&c, &["split", "3", "--at", "g", "--version", "1"]);
+    assert!(ok, "repeated split refused: {again}\n{}", split_lines(&c));
+    assert_eq!(again["new_shard"], v["new_shard"], "{again}");
+    assert_eq!(again["version"], 2, "{again}");
+    let (ok, other) = txn_shard(&c, &["split", "3", "--at", "h", "--version", "1"]);
+    assert!(
+        !ok,
+        "a split of a version left behind went through: {other}"
+    );
+    assert_eq!(other["error"]["code"], "WRONG_SHARD", "{other}");
 
     // Accounts under transfer split too (acct-0.. stays, acct-1.. moves).
     let (ok, v1) = txn_shard(&c, &["split", "1", "--at", "acct-1"]);
@@ -611,6 +623,65 @@ async fn a_merge_whose_leader_moves_half_way_is_answered_as_done() {
     assert_eq!(d.shard, ShardId(1), "{d:?}");
     assert!(d.span.contains(b"acct-4"), "{d:?}");
     assert_eq!(owning(&c), Some(vec![1, 3]), "{}", split_lines(&c));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
+/// A split whose shard's leadership moves half way (the pause before the
+/// freeze) is finished by the next leader, and the client that asked
+/// learns the result by asking again for the same version: one new
+/// shard, not two, and no error. Transfers run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_whose_leader_moves_half_way_splits_once() {
+    let c = start_with_faults(range_config(), "split-pause-before-freeze").await;
+    let filler = 50;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    let client = c.client();
+    let all = c.node_ids();
+    let leader = c
+        .wait_leader(ShardId(3), &all, Duration::from_secs(10))
+        .await;
+    let splitting = {
+        let client = c.client();
+        tokio::spawn(async move {
+            client
+                .split_shard(
+                    ShardId(3),
+                    None,
+                    Some(b"g".to_vec()),
+                    Duration::from_secs(60),
+                )
+                .await
+        })
+    };
+    let begun = std::time::Instant::now();
+    while !split_lines(&c).contains("split begun") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the split did not begin\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let to = *all.iter().find(|n| **n != leader).expect("another node");
+    let (now, _) = client
+        .transfer_leader(pact_client::RaftGroup::Shard(ShardId(3)), to)
+        .await
+        .expect("leadership transfer");
+    assert_eq!(now, to);
+    let r = splitting.await.expect("split task");
+    let (left, child) = r.unwrap_or_else(|e| panic!("split: {e}\n{}", split_lines(&c)));
+    assert_eq!(left.shard, ShardId(3));
+    assert_eq!(left.version, 2, "{left:?}");
+    assert_eq!(child.shard, pact_common::split_child_id(ShardId(3), 1));
+    assert!(child.span.contains(b"xfer-0"), "{child:?}");
+    assert_eq!(
+        owning(&c),
+        Some(vec![1, 2, 3, child.shard.0]),
+        "{}",
+        split_lines(&c)
+    );
     let checked = stop_and_check(&client, stop, workers).await;
     assert!(checked.acknowledged > 0, "{checked:?}");
     fillers_intact(&client, filler).await;

@@ -418,7 +418,7 @@ pub async fn apply(
             });
             let split = tokio::time::timeout(
                 Duration::from_secs(30),
-                client.split_shard(shard, at, Duration::from_secs(25)),
+                client.split_shard(shard, None, at, Duration::from_secs(25)),
             )
             .await;
             let what = match split {
