@@ -96,8 +96,8 @@ pub mod wire;
 
 pub use error::ReplicaError;
 pub use network::{
-    Peers, Router, TransportService, MAX_APPEND_MESSAGE_BYTES, MAX_COMMAND_BYTES,
-    MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES,
+    Peers, Removal, RemovalHook, Removals, Router, TransportService, MAX_APPEND_MESSAGE_BYTES,
+    MAX_COMMAND_BYTES, MAX_RAFT_MESSAGE_BYTES, MAX_TERM_JUMP, MAX_VOTE_MESSAGE_BYTES, REMOVED_AT,
 };
 pub use replica::{
     members, Directory, Host, Hosting, Member, Proposal, Replica, ReplicaStatus, Replicas, Role,

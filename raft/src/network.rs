@@ -13,6 +13,13 @@
 //! the message is dropped; a message for a group this node does not host
 //! gets `NOT_FOUND`. Neither touches any replica's state.
 //!
+//! A replica removed from its group while its node was down (the drop
+//! could not reach it) is started again with the node, and, hearing no
+//! leader, campaigns. The group's leader answers its (pre-)vote requests
+//! with [`REMOVED_AT`]: the index of the committed membership that left it
+//! out, past the sender's last entry. The sender's node is told through
+//! [`Removals`], and drops the replica for good (see `Removals`).
+//!
 //! Every decoded message is checked before it reaches openraft (see
 //! [`check_sender`]): the sender must be another member of the group, the
 //! request must name that same sender as its candidate or leader, and its
@@ -50,6 +57,76 @@ use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
 use crate::snapshot::{receive_name, Outbound, SnapshotData, Spool, CHUNK_BYTES};
 use crate::types::{byte_string, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+
+/// The metadata key of a leader's answer to a vote request from a replica
+/// its group removed: the log index of the committed membership that left
+/// the sender out (the status is `FAILED_PRECONDITION`).
+pub const REMOVED_AT: &str = "pact-removed-at";
+
+/// A group's leader told this node that the group removed this node's
+/// replica, by a committed membership at log index `at` (beyond the
+/// replica's last entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub group: u64,
+    pub at: u64,
+    pub told_by: u64,
+}
+
+/// What a node does when told its replica of a group was removed: the
+/// server drops the replica (as `Admin.DropReplica` would have, had the
+/// node been up), after checking the replica has not reached `at`.
+pub type RemovalHook = Arc<dyn Fn(Removal) + Send + Sync>;
+
+/// Where [`Removal`]s go: the hook the server sets, each group's once
+/// until the hook [`Removals::retry`]s it (a replica campaigns every
+/// election timeout, and is told each time).
+#[derive(Clone, Default)]
+pub struct Removals {
+    hook: Arc<std::sync::OnceLock<RemovalHook>>,
+    told: Arc<std::sync::Mutex<BTreeSet<u64>>>,
+}
+
+impl Removals {
+    /// Set what to do when told (once; later calls are ignored). A group
+    /// told before is passed on at its next telling.
+    pub fn set_hook(&self, hook: RemovalHook) {
+        let _ = self.hook.set(hook);
+        if let Ok(mut t) = self.told.lock() {
+            t.clear();
+        }
+    }
+
+    /// Let the next telling of `group` reach the hook again (the drop
+    /// failed, or the replica turned out not to be removed).
+    pub fn retry(&self, group: u64) {
+        if let Ok(mut t) = self.told.lock() {
+            t.remove(&group);
+        }
+    }
+
+    fn told(&self, r: Removal) {
+        let first = self
+            .told
+            .lock()
+            .map(|mut t| t.insert(r.group))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        match self.hook.get() {
+            Some(hook) => hook(r),
+            None => tracing::warn!(
+                group = r.group,
+                at = r.at,
+                told_by = r.told_by,
+                "this node's replica was removed from its group while the node was away; \
+                 this server cannot drop it by itself: run the same `txn admin replica remove` \
+                 again"
+            ),
+        }
+    }
+}
 
 /// Largest command one log entry may carry: `Replica::propose` refuses a
 /// larger one before anything is replicated. The applications stay far
@@ -195,6 +272,8 @@ pub struct NetworkFactory {
     pub(crate) outbound: Arc<Outbound>,
     /// Pace of a snapshot transfer (`[raft] snapshot_kib_per_sec`); 0: none.
     pub(crate) snapshot_bytes_per_sec: u64,
+    /// Told when a leader answers that the group removed this replica.
+    pub(crate) removals: Removals,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -217,6 +296,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             min_append_ttl: self.min_append_ttl,
             outbound: self.outbound.clone(),
             snapshot_bytes_per_sec: self.snapshot_bytes_per_sec,
+            removals: self.removals.clone(),
         }
     }
 }
@@ -238,12 +318,16 @@ pub struct PeerClient {
     min_append_ttl: Duration,
     outbound: Arc<Outbound>,
     snapshot_bytes_per_sec: u64,
+    removals: Removals,
 }
 
 #[derive(Debug)]
 enum CallError {
     Unreachable(String),
     Network(String),
+    /// The group's leader says the group removed this replica by a
+    /// committed membership at this index.
+    Removed(u64, String),
 }
 
 impl CallError {
@@ -252,7 +336,9 @@ impl CallError {
             CallError::Unreachable(m) => {
                 RPCError::Unreachable(Unreachable::new(&AnyError::error(m)))
             }
-            CallError::Network(m) => RPCError::Network(NetworkError::new(&AnyError::error(m))),
+            CallError::Network(m) | CallError::Removed(_, m) => {
+                RPCError::Network(NetworkError::new(&AnyError::error(m)))
+            }
         }
     }
     fn streaming(self) -> StreamingError<TypeConfig> {
@@ -260,7 +346,7 @@ impl CallError {
             CallError::Unreachable(m) => {
                 StreamingError::Unreachable(Unreachable::new(&AnyError::error(m)))
             }
-            CallError::Network(m) => {
+            CallError::Network(m) | CallError::Removed(_, m) => {
                 StreamingError::Network(NetworkError::new(&AnyError::error(m)))
             }
         }
@@ -277,6 +363,19 @@ enum Kind {
 }
 
 impl PeerClient {
+    /// A failed vote request, passing on a leader's word that the group
+    /// removed this replica.
+    fn noted(&self, e: CallError) -> RPCError<TypeConfig> {
+        if let CallError::Removed(at, _) = &e {
+            self.removals.told(Removal {
+                group: self.group,
+                at: *at,
+                told_by: self.target,
+            });
+        }
+        e.rpc()
+    }
+
     async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
         kind: Kind,
@@ -324,7 +423,13 @@ impl PeerClient {
                     s.message()
                 )))
             }
-            Ok(Err(s)) => return Err(CallError::Network(format!("node {}: {}", self.target, s))),
+            Ok(Err(s)) => {
+                let m = format!("node {}: {}", self.target, s);
+                return Err(match removed_at(&s) {
+                    Some(at) => CallError::Removed(at, m),
+                    None => CallError::Network(m),
+                });
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
         decode(
@@ -359,7 +464,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Kind::Vote, &rpc, option.hard_ttl())
             .await
-            .map_err(CallError::rpc)
+            .map_err(|e| self.noted(e))
     }
 
     async fn pre_vote(
@@ -369,7 +474,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Kind::PreVote, &rpc, option.hard_ttl())
             .await
-            .map_err(CallError::rpc)
+            .map_err(|e| self.noted(e))
     }
 
     async fn transfer_leader(
@@ -580,13 +685,15 @@ pub(crate) async fn ask_state(
         min_append_ttl: Duration::ZERO,
         outbound: Arc::default(),
         snapshot_bytes_per_sec: 0,
+        // A removed node's probe is not a campaign: not acted on here.
+        removals: Removals::default(),
     };
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
     client
         .call(Kind::PreVote, &req, Duration::from_secs(1))
         .await
         .map_err(|e| match e {
-            CallError::Unreachable(m) | CallError::Network(m) => m,
+            CallError::Unreachable(m) | CallError::Network(m) | CallError::Removed(_, m) => m,
         })
 }
 
@@ -752,6 +859,65 @@ impl tonic::server::NamedService for TransportService {
 /// (the transport's sender) must be a member other than this node, the
 /// request's own candidate or leader (`claimed`) must be that sender, and
 /// its term must be within [`MAX_TERM_JUMP`] of what this replica knows.
+/// Refuse, with [`REMOVED_AT`], a vote request from a replica the group
+/// removed: answered by the leader only (it alone knows the newest
+/// membership: a node being added back is in it before it hears from the
+/// leader), when both its newest and its committed membership leave the
+/// sender out and the sender's log stops before that committed
+/// membership. Then the sender cannot take part in the group again
+/// without being added anew, whatever it holds.
+fn removed_sender(
+    h: &Hosted,
+    m: &RaftMessage,
+    req: &VoteRequest<TypeConfig>,
+) -> Result<(), Status> {
+    let at = {
+        let metrics = h.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        if metrics.state != openraft::ServerState::Leader || m.from == metrics.id {
+            return Ok(());
+        }
+        let newest = metrics.membership_config.membership();
+        let committed = &metrics.committed_membership_config;
+        if newest.nodes().any(|(id, _)| *id == m.from)
+            || committed.membership().nodes().any(|(id, _)| *id == m.from)
+        {
+            return Ok(());
+        }
+        let Some(at) = committed.log_id().as_ref().map(|l| l.index) else {
+            return Ok(());
+        };
+        at
+    };
+    let theirs = req.last_log_id.as_ref().map(|l| l.index);
+    if theirs.is_some_and(|i| i >= at) {
+        return Ok(());
+    }
+    tracing::info!(
+        group = m.group,
+        from = m.from,
+        at,
+        "vote request from a replica this group removed: telling it so"
+    );
+    let mut s = Status::failed_precondition(format!(
+        "node {} is not a member of raft group {}: the group removed it by the membership \
+         committed at index {at}",
+        m.from, m.group
+    ));
+    s.metadata_mut()
+        .insert(REMOVED_AT, tonic::metadata::MetadataValue::from(at));
+    Err(s)
+}
+
+/// The index in a leader's [`removed_sender`] answer, read from its code
+/// and metadata only (never from its text).
+fn removed_at(s: &Status) -> Option<u64> {
+    if s.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    s.metadata().get(REMOVED_AT)?.to_str().ok()?.parse().ok()
+}
+
 fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), Status> {
     let (me, known_term, members) = {
         let metrics = h.raft.metrics();
@@ -876,6 +1042,7 @@ impl RaftTransport for Router {
         let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        removed_sender(&h, &m, &req)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
         let Hosted { raft, gate, .. } = h;
         gate.admit_vote().map_err(refused)?;
@@ -890,6 +1057,7 @@ impl RaftTransport for Router {
         let m = authenticated(request)?;
         let h = self.get(m.group)?;
         let req: VoteRequest<TypeConfig> = parse(&m)?;
+        removed_sender(&h, &m, &req)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
         let Hosted {
             raft, gate, log, ..
@@ -1167,5 +1335,57 @@ mod auth_tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         // Without TLS the claim stands (check_sender still applies).
         assert_eq!(authenticated(request(3, None)).unwrap().from, 3);
+    }
+
+    #[test]
+    fn a_removal_reaches_the_hook_once_per_group_until_retried() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = Removals::default();
+        let tell = |group| {
+            r.told(Removal {
+                group,
+                at: 9,
+                told_by: 2,
+            })
+        };
+        // Told before the server set its hook: passed on at the next word.
+        tell(7);
+        let s = seen.clone();
+        r.set_hook(Arc::new(move |x: Removal| s.lock().unwrap().push(x.group)));
+        tell(7);
+        tell(7);
+        tell(8);
+        assert_eq!(*seen.lock().unwrap(), vec![7, 8]);
+        r.retry(7);
+        tell(7);
+        tell(8);
+        assert_eq!(*seen.lock().unwrap(), vec![7, 8, 7]);
+    }
+
+    #[test]
+    fn a_leaders_removal_answer_is_read_from_its_code_and_metadata_only() {
+        let with = |mut s: Status, v: &'static str| {
+            s.metadata_mut()
+                .insert(REMOVED_AT, tonic::metadata::MetadataValue::from_static(v));
+            s
+        };
+        assert_eq!(
+            removed_at(&with(Status::failed_precondition("x"), "41")),
+            Some(41)
+        );
+        // Another code, no metadata (a snapshot session's refusal), or a
+        // value that is no index: not a removal, whatever the text says.
+        assert_eq!(removed_at(&with(Status::unavailable("x"), "41")), None);
+        assert_eq!(
+            removed_at(&Status::failed_precondition(
+                "the group removed it by the membership committed at index 41"
+            )),
+            None
+        );
+        assert_eq!(
+            removed_at(&with(Status::failed_precondition("x"), "forty")),
+            None
+        );
+        assert_eq!(removed_at(&unknown_session(5)), None);
     }
 }

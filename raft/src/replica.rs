@@ -76,6 +76,9 @@ pub struct Host {
     /// replica added at run time sends Raft messages, and what leader hints
     /// name.
     directory: Directory,
+    /// What to do when a group's leader says it removed this node's
+    /// replica (the server sets it).
+    pub removals: crate::network::Removals,
 }
 
 /// Every node of the cluster a server knows, with its addresses: the
@@ -164,6 +167,7 @@ impl Host {
             peers,
             replicas: Replicas::default(),
             directory: Directory::default(),
+            removals: Default::default(),
         }
     }
 
@@ -683,6 +687,7 @@ impl Replica {
             min_append_ttl: Duration::from_millis(tuning.election_timeout_min_ms / 2),
             outbound: outbound.clone(),
             snapshot_bytes_per_sec: tuning.snapshot_bytes_per_sec,
+            removals: host.removals.clone(),
         };
         let log = LogStore::new(group, store.clone());
         let log_reader = log.clone();

@@ -279,6 +279,52 @@ impl ShardHost {
 
     /// Stop this node's replica of the metadata group for good and delete
     /// its data (idempotent).
+    /// Drop this node's replica of a group that removed it while the node
+    /// was away (its drop could not reach the node then), as the group's
+    /// leader `r.told_by` says: unless the replica has reached the
+    /// membership that left it out (then it would know, and it was not
+    /// removed behind its back), or leads (it would not be asking for
+    /// votes). A failed drop is tried again at the next telling.
+    async fn drop_removed(&self, r: pact_raft::Removal) {
+        use pact_raft::admin::GroupHost;
+        let Some(replica) = self
+            .host
+            .replicas
+            .list()
+            .into_iter()
+            .find(|x| x.group() == r.group)
+        else {
+            return;
+        };
+        let s = replica.status();
+        if s.last_log_index >= r.at || s.role == "leader" {
+            self.host.removals.retry(r.group);
+            return;
+        }
+        let kind = if r.group == pact_common::META_GROUP {
+            GroupKind::Meta
+        } else if self.coordinator.get().is_some_and(|c| c.group() == r.group) {
+            GroupKind::Coordinator
+        } else {
+            GroupKind::Shard
+        };
+        tracing::warn!(
+            group = r.group,
+            ?kind,
+            removed_at = r.at,
+            last_log_index = s.last_log_index,
+            told_by = r.told_by,
+            "this node's replica was removed from its group while the node was away: dropping it"
+        );
+        match self.drop_group(r.group, kind).await {
+            Ok(()) => tracing::info!(group = r.group, "dropped the removed replica"),
+            Err(e) => {
+                tracing::warn!(group = r.group, error = %e, "could not drop the removed replica; trying again at the next word from the group's leader");
+                self.host.removals.retry(r.group);
+            }
+        }
+    }
+
     async fn drop_meta(&self) -> Result<(), HostError> {
         let _one = self.hosting.lock().await;
         let Some(m) = self.meta.get() else {
@@ -736,24 +782,35 @@ async fn run(r: Run) -> anyhow::Result<()> {
         id.0,
         Duration::from_millis(config.raft.balance_leaders_ms),
     );
+    let shard_host = node.clone().map(|node| {
+        Arc::new(ShardHost {
+            node,
+            config: Arc::new(config.clone()),
+            coordinator: hosted.clone(),
+            meta: meta.clone(),
+            meta_client: meta_client.clone(),
+            hosting: Default::default(),
+            host: host.clone(),
+            tls: tls.clone(),
+        })
+    });
+    if let Some(sh) = &shard_host {
+        // A replica removed while this node was down is dropped when its
+        // group's leader says so (see `pact_raft::Removals`).
+        let sh = Arc::downgrade(sh);
+        host.removals.set_hook(Arc::new(move |r| {
+            if let Some(sh) = sh.upgrade() {
+                tokio::spawn(async move { sh.drop_removed(r).await });
+            }
+        }));
+    }
     let client_server = client_builder
         .add_service(health)
         .add_service(pact_raft::admin::AdminService::with_host(
             host.router.clone(),
             &config,
             id.0,
-            node.clone().map(|node| {
-                Arc::new(ShardHost {
-                    node,
-                    config: Arc::new(config.clone()),
-                    coordinator: hosted.clone(),
-                    meta: meta.clone(),
-                    meta_client: meta_client.clone(),
-                    hosting: Default::default(),
-                    host: host.clone(),
-                    tls: tls.clone(),
-                }) as Arc<dyn pact_raft::admin::GroupHost>
-            }),
+            shard_host.map(|sh| sh as Arc<dyn pact_raft::admin::GroupHost>),
             Some(host.directory()),
         ))
         .add_optional_service(has_meta.then(|| {

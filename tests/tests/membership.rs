@@ -237,6 +237,67 @@ async fn shard_replicas_move_to_a_spare_node_while_transfers_run() {
     println!("{checked:?} of {} tried", log.len());
 }
 
+/// A replica removed while its node was down (the drop cannot reach it)
+/// is started again by that node's config, and campaigns; the group's
+/// leader answers that the group removed it, and the node drops the
+/// replica for good (a second restart does not bring it back). Without
+/// that it stayed, hearing no leader, until the operator ran the same
+/// `replica remove` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_its_node_was_down_is_dropped_when_it_returns() {
+    let (mut c, _) = cluster_with_spare().await;
+    let client = c.client();
+    let shard = RaftGroup::Shard(ShardId(1));
+    client
+        .put(b"before-removal", b"1")
+        .await
+        .expect("a write to shard 1");
+    let voters = client
+        .add_replica(shard, NodeId(4))
+        .await
+        .expect("add node 4 to shard 1");
+    assert!(voters.contains(&NodeId(4)), "{voters:?}");
+    c.kill(NodeId(3));
+    let removed = client
+        .remove_replica(shard, NodeId(3))
+        .await
+        .unwrap_or_else(|e| panic!("remove node 3: {e}\n{}", c.logs_tail()));
+    assert!(!removed.voters.contains(&NodeId(3)), "{removed:?}");
+    assert!(
+        removed.dropped.is_some(),
+        "the drop reached a node that was down: {removed:?}"
+    );
+    // Back: its config gives it shard 1 again.
+    c.start_node(NodeId(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while voters_at(&client, 1, 3).await.is_some()
+        || !std::fs::read_to_string(c.log_path(NodeId(3)))
+            .unwrap_or_default()
+            .contains("dropped the removed replica")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 still hosts shard 1\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // For good: a restart does not bring it back either.
+    c.kill(NodeId(3));
+    c.start_node(NodeId(3));
+    c.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(voters_at(&client, 1, 3).await, None);
+    // The group, on nodes 1, 2 and 4, serves throughout.
+    assert_eq!(
+        read_settled(&client, b"before-removal").await,
+        Some(b"1".to_vec())
+    );
+    client
+        .put(b"after-removal", b"2")
+        .await
+        .expect("a write after the removal");
+}
+
 /// A snapshot transfer paced by `[raft] snapshot_kib_per_sec` lasts
 /// seconds while transfers write hundreds of entries to the shard, many
 /// times `snapshot_logs` (100) past the snapshot sent, with only
