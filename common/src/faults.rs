@@ -36,7 +36,11 @@
 //! the freeze passes `crash-split-frozen` again). And one pause:
 //! `split-pause-before-freeze` (the driver waits 2 s between the new
 //! shard's first copy and the freeze), so tests can write in the moving
-//! part after it was copied.
+//! part after it was copied. And one window widened:
+//! `merge-lagging-target-view` (a merge's leader does not see a merge its
+//! target recorded, and a target's leader accepts a merge into it 2 s
+//! after it sees it, as if each node's replica of the other shard lagged),
+//! so tests can record two merges in opposite directions.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -58,6 +62,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "crash-split-drained",
     "crash-split-committed",
     "split-pause-before-freeze",
+    "merge-lagging-target-view",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

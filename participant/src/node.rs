@@ -486,6 +486,31 @@ impl Node {
     /// service checks). Idempotent.
     pub async fn drop_shard(&self, shard: ShardId) -> Result<(), Error> {
         let _one = self.hosting.lock().await;
+        self.drop_hosted(shard).await
+    }
+
+    /// [`Node::drop_shard`] on a leader's word that the group removed
+    /// this node's replica while the node was away (`r`), once the
+    /// replica confirms it ([`Replica::confirm_removed`]), under the same
+    /// lock as hosting: nothing is hosted afresh between the check and
+    /// the drop. `Ok(Err(why))` if it was not dropped.
+    pub async fn drop_removed_shard(
+        &self,
+        shard: ShardId,
+        r: &pact_raft::Removal,
+    ) -> Result<Result<(), String>, Error> {
+        let _one = self.hosting.lock().await;
+        let Ok(s) = self.shard(shard) else {
+            return Ok(Err("not hosted here".into()));
+        };
+        if let Err(why) = s.replica.confirm_removed(r, &self.host).await {
+            return Ok(Err(why));
+        }
+        self.drop_hosted(shard).await.map(Ok)
+    }
+
+    /// Drop `shard`'s replica here; the caller holds `hosting`.
+    async fn drop_hosted(&self, shard: ShardId) -> Result<(), Error> {
         let s = match self.shards.write() {
             Ok(mut m) => m.remove(&shard),
             Err(_) => None,
@@ -735,7 +760,11 @@ impl Node {
                     .unwrap_or_default()
             )));
         }
-        for g in [shard, into] {
+        // As if this node's replica of the target lagged behind a merge
+        // the target recorded (the fault): then neither look below sees
+        // it, and only `SplitBegin`'s checks at apply remain.
+        let lagging = pact_common::faults::enabled("merge-lagging-target-view");
+        for g in [shard, into].into_iter().filter(|_| !lagging) {
             if let Some(why) = self.splitting(g).await {
                 return Err(Error::Unavailable(format!(
                     "{why}; try again when it is done"
@@ -844,17 +873,32 @@ impl Node {
     ) -> Result<(Descriptor, Descriptor), Error> {
         let shard = d.shard;
         let child = pact_common::split_child_id(shard, version);
-        let changed = || {
-            Error::WrongShard {
+        let changed = || Error::WrongShard {
             message: format!(
-                "shard {shard} is at version {}, not {version}, and was not split from                  version {version} as asked: describe it and decide again",
+                "shard {shard} is at version {}, not {version}, and was not split from version \
+                 {version} as asked: describe it and decide again",
                 d.version
             ),
             version: d.version,
-        }
         };
+        // The request must fit the shard's kind, as a first request must.
+        match (&d.span, at) {
+            (pact_common::Span::Range { .. }, None) => {
+                return Err(Error::InvalidInput(
+                    "a range shard splits at a key: give one".into(),
+                ))
+            }
+            (pact_common::Span::Ring { .. }, Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "a hash-partitioned shard splits its ring share in half; give no key".into(),
+                ))
+            }
+            _ => {}
+        }
         if let Some(x) = crate::split::local_split(&s.replica).await? {
-            if x.child.shard == child {
+            // Until it committed; after that the new shard serves, and
+            // only the parent's trim is left.
+            if x.child.shard == child && !x.committed {
                 return Err(Error::Unavailable(format!(
                     "shard {shard} is finishing its split into shard {child}; try again shortly"
                 )));

@@ -458,19 +458,41 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
             .await?
             .is_some_and(|d| d.version > base)
         {
-            let e = Error::Unavailable(format!(
-                "shard {into} changed (a split) before it accepted the merge; nothing moved, \
-                 try again"
-            ));
-            if let ShardReply::Done =
-                propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await?
-            {
-                tracing::warn!(shard = %me, %into, "merge cancelled: its target changed");
-                if let Err(u) = unmark(s).await {
-                    tracing::info!(shard = %me, error = %u, "marks of the cancelled merge left for the next split's trim");
-                }
-            }
-            return Err(e);
+            return cancel_merge(
+                s,
+                into,
+                Error::Unavailable(format!(
+                    "shard {into} changed (a split) before it accepted the merge; nothing moved, \
+                     try again"
+                )),
+            )
+            .await;
+        }
+        // The target is merging into this shard: each merge was recorded
+        // before its leader's replica of the other shard showed the other.
+        // Neither can be accepted while the other's record stands (a shard
+        // with a split record refuses `AbsorbBegin`), and neither target's
+        // version moves, so both would wait for ever. The merge from the
+        // larger id gives way: both drivers judge by the same ids, so
+        // exactly one cancels, and the other is accepted once it has. A
+        // cancel is safe whatever the target does next: it applies only
+        // while this merge is not accepted (`created`).
+        if me > into
+            && local_split(&target)
+                .await?
+                .is_some_and(|t| t.merge.is_some() && t.child.shard == me)
+        {
+            // Not retryable: once the other merge is done, this one's
+            // target owns nothing.
+            return cancel_merge(
+                s,
+                into,
+                Error::Conflict(format!(
+                    "shard {into} is merging into shard {me}: the merge the other way goes first \
+                     (nothing moved)"
+                )),
+            )
+            .await;
         }
         if Instant::now() > until {
             return Err(Error::Unknown(format!(
@@ -480,6 +502,33 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether a merge from `from` was first looked at here 2 s ago or more
+/// (the `merge-lagging-target-view` fault only).
+fn seen_for_2s(from: ShardId) -> bool {
+    static SEEN: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<ShardId, Instant>>,
+    > = std::sync::OnceLock::new();
+    let Ok(mut seen) = SEEN.get_or_init(Default::default).lock() else {
+        return true;
+    };
+    seen.entry(from).or_insert_with(Instant::now).elapsed() >= Duration::from_secs(2)
+}
+
+/// Give up `s`'s merge into `into`, not accepted yet (refused at apply
+/// otherwise: then it goes on), and answer `why`.
+async fn cancel_merge(s: &Arc<Shard>, into: ShardId, why: Error) -> Result<(), Error> {
+    let me = s.replica.group();
+    if let ShardReply::Done =
+        propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await?
+    {
+        tracing::warn!(shard = me, %into, reason = %why, "merge cancelled");
+        if let Err(u) = unmark(s).await {
+            tracing::info!(shard = me, error = %u, "marks of the cancelled merge left for the next split's trim");
+        }
+    }
+    Err(why)
 }
 
 /// How long a merge's driver waits for the target to accept, before it
@@ -940,6 +989,12 @@ async fn step_absorb(
         let base = split.merge.unwrap_or_default();
         let d = local_descriptor(&s.replica).await?;
         if local_split(&s.replica).await?.is_some() || d.is_none_or(|d| d.version != base) {
+            return Ok(Some(true));
+        }
+        if pact_common::faults::enabled("merge-lagging-target-view") && !seen_for_2s(from) {
+            // As if this node's replica of the merging shard lagged: the
+            // merge is not seen yet (and this shard may begin a merge or
+            // split of its own meanwhile).
             return Ok(Some(true));
         }
         let begin = ShardCommand::AbsorbBegin {

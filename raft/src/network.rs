@@ -66,16 +66,21 @@ pub const REMOVED_AT: &str = "pact-removed-at";
 /// A group's leader told this node that the group removed this node's
 /// replica, by a committed membership at log index `at` (beyond the
 /// replica's last entry).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Removal {
     pub group: u64,
     pub at: u64,
+    /// The leader, and its peer address.
     pub told_by: u64,
+    pub addr: String,
+    /// Which start of the replica asked ([`crate::Replica::instance`]): a
+    /// replica hosted afresh since is not the one that was told.
+    pub instance: u64,
 }
 
 /// What a node does when told its replica of a group was removed: the
 /// server drops the replica (as `Admin.DropReplica` would have, had the
-/// node been up), after checking the replica has not reached `at`.
+/// node been up), once [`crate::Replica::confirm_removed`] agrees.
 pub type RemovalHook = Arc<dyn Fn(Removal) + Send + Sync>;
 
 /// Where [`Removal`]s go: the hook the server sets, each group's once
@@ -274,6 +279,8 @@ pub struct NetworkFactory {
     pub(crate) snapshot_bytes_per_sec: u64,
     /// Told when a leader answers that the group removed this replica.
     pub(crate) removals: Removals,
+    /// [`crate::Replica::instance`] of the replica this is for.
+    pub(crate) instance: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -297,6 +304,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             outbound: self.outbound.clone(),
             snapshot_bytes_per_sec: self.snapshot_bytes_per_sec,
             removals: self.removals.clone(),
+            instance: self.instance,
         }
     }
 }
@@ -319,6 +327,7 @@ pub struct PeerClient {
     outbound: Arc<Outbound>,
     snapshot_bytes_per_sec: u64,
     removals: Removals,
+    instance: u64,
 }
 
 #[derive(Debug)]
@@ -371,6 +380,8 @@ impl PeerClient {
                 group: self.group,
                 at: *at,
                 told_by: self.target,
+                addr: self.addr.clone(),
+                instance: self.instance,
             });
         }
         e.rpc()
@@ -687,6 +698,7 @@ pub(crate) async fn ask_state(
         snapshot_bytes_per_sec: 0,
         // A removed node's probe is not a campaign: not acted on here.
         removals: Removals::default(),
+        instance: 0,
     };
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
     client
@@ -695,6 +707,41 @@ pub(crate) async fn ask_state(
         .map_err(|e| match e {
             CallError::Unreachable(m) | CallError::Network(m) | CallError::Removed(_, m) => m,
         })
+}
+
+/// Ask `target` (at `addr`), the leader that said the group removed this
+/// node's replica, whether it still says so of a replica whose log ends
+/// at `last`: with a Pre-Vote request that can grant nothing (term 0) and
+/// changes no state. The index it names, or why not.
+pub(crate) async fn ask_removed(
+    peers: &Peers,
+    group: u64,
+    me: u64,
+    target: u64,
+    addr: &str,
+    last: Option<crate::types::LogId>,
+) -> Result<u64, String> {
+    let client = PeerClient {
+        group,
+        me,
+        target,
+        addr: addr.to_string(),
+        peers: peers.clone(),
+        min_append_ttl: Duration::ZERO,
+        outbound: Arc::default(),
+        snapshot_bytes_per_sec: 0,
+        removals: Removals::default(),
+        instance: 0,
+    };
+    let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), last);
+    match client
+        .call::<_, VoteResponse<TypeConfig>>(Kind::PreVote, &req, Duration::from_secs(1))
+        .await
+    {
+        Err(CallError::Removed(at, _)) => Ok(at),
+        Err(CallError::Unreachable(m) | CallError::Network(m)) => Err(m),
+        Ok(_) => Err(format!("node {target} no longer says so")),
+    }
 }
 
 /// A hosted group: its Raft instance, its gate, and its log (read directly
@@ -855,10 +902,6 @@ impl tonic::server::NamedService for TransportService {
     const NAME: &'static str = <RaftTransportServer<Router> as tonic::server::NamedService>::NAME;
 }
 
-/// Whether a decoded message may reach the group's Raft instance: `from`
-/// (the transport's sender) must be a member other than this node, the
-/// request's own candidate or leader (`claimed`) must be that sender, and
-/// its term must be within [`MAX_TERM_JUMP`] of what this replica knows.
 /// Refuse, with [`REMOVED_AT`], a vote request from a replica the group
 /// removed: answered by the leader only (it alone knows the newest
 /// membership: a node being added back is in it before it hears from the
@@ -874,7 +917,20 @@ fn removed_sender(
     let at = {
         let metrics = h.raft.metrics();
         let metrics = metrics.borrow_watched();
-        if metrics.state != openraft::ServerState::Leader || m.from == metrics.id {
+        // A leader cut off from its quorum may have been replaced, and
+        // its membership with it: only one whose quorum answered within
+        // the shortest election timeout (no other leader can have been
+        // elected since) speaks for the group.
+        let lease = Duration::from_millis(h.raft.config().election_timeout_min);
+        let fresh = metrics
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
+        if metrics.state != openraft::ServerState::Leader
+            || metrics.current_leader != Some(metrics.id)
+            || !fresh
+            || m.from == metrics.id
+        {
             return Ok(());
         }
         let newest = metrics.membership_config.membership();
@@ -918,6 +974,10 @@ fn removed_at(s: &Status) -> Option<u64> {
     s.metadata().get(REMOVED_AT)?.to_str().ok()?.parse().ok()
 }
 
+/// Whether a decoded message may reach the group's Raft instance: `from`
+/// (the transport's sender) must be a member other than this node, the
+/// request's own candidate or leader (`claimed`) must be that sender, and
+/// its term must be within [`MAX_TERM_JUMP`] of what this replica knows.
 fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), Status> {
     let (me, known_term, members) = {
         let metrics = h.raft.metrics();
@@ -1346,6 +1406,8 @@ mod auth_tests {
                 group,
                 at: 9,
                 told_by: 2,
+                addr: "127.0.0.1:1".into(),
+                instance: 1,
             })
         };
         // Told before the server set its hook: passed on at the next word.

@@ -532,6 +532,8 @@ pub struct Replica {
     /// A leader whose quorum has been silent longer than this is not ready
     /// (see [`Replica::readiness`]).
     quorum_silence: Duration,
+    /// Which start of a replica this is ([`Replica::instance`]).
+    instance: u64,
 }
 
 /// Most log entries a follower may be behind its leader's commit index
@@ -678,6 +680,11 @@ impl Replica {
         .validate()
         .map_err(|e| ReplicaError::Fatal(format!("raft config: {e}")))?;
         let outbound = Arc::new(Outbound::default());
+        let instance = {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static STARTS: AtomicU64 = AtomicU64::new(1);
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        };
         let net = NetworkFactory {
             group,
             me: node_id,
@@ -688,6 +695,7 @@ impl Replica {
             outbound: outbound.clone(),
             snapshot_bytes_per_sec: tuning.snapshot_bytes_per_sec,
             removals: host.removals.clone(),
+            instance,
         };
         let log = LogStore::new(group, store.clone());
         let log_reader = log.clone();
@@ -760,6 +768,7 @@ impl Replica {
             timeout: tuning.request_timeout(),
             lease_reads: tuning.lease_reads,
             quorum_silence: Duration::from_millis(tuning.election_timeout_max_ms * 2),
+            instance,
         };
         host.replicas.insert(replica.clone());
         Ok(replica)
@@ -783,6 +792,70 @@ impl Replica {
 
     pub fn group(&self) -> u64 {
         self.group
+    }
+
+    /// Which start of a replica in this process this is: a group hosted
+    /// again gets a new one.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether this replica may be dropped on `r`, a leader's word that
+    /// the group removed it: it is the replica that was told, it does not
+    /// lead, the leader is a member as this replica knows the group, its
+    /// log ends before the membership that left it out, and the leader,
+    /// asked again now, still says so. Call it under the lock that
+    /// serialises hosting and dropping, so that nothing is hosted afresh
+    /// (nor added back) between the check and the drop. Why not, if not.
+    pub async fn confirm_removed(
+        &self,
+        r: &crate::network::Removal,
+        host: &Host,
+    ) -> Result<(), String> {
+        if r.instance != self.instance {
+            return Err("hosted afresh since".into());
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return Err("it leads its group".into());
+        }
+        if !self.member_ids().contains(&r.told_by) {
+            return Err(format!(
+                "node {} is not a member of the group as this replica knows it",
+                r.told_by
+            ));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        if last >= r.at {
+            return Err(format!("its log reaches index {} already", r.at));
+        }
+        let last_id = {
+            use openraft::storage::RaftLogStorage;
+            LogStore::new(self.group, self.store.clone())
+                .get_log_state()
+                .await
+                .map_err(|e| format!("storage: {e}"))?
+                .last_log_id
+        };
+        let at = crate::network::ask_removed(
+            &host.peers,
+            self.group,
+            self.node_id,
+            r.told_by,
+            &r.addr,
+            last_id,
+        )
+        .await?;
+        let last = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0);
+        if last >= at {
+            return Err(format!("its log reaches index {at} now"));
+        }
+        Ok(())
     }
 
     /// The voters of the group's last committed membership, and that

@@ -93,6 +93,11 @@ fn roles(config: &ClusterConfig, id: NodeId) -> Result<(Vec<ShardId>, Option<u64
     Ok((shards, group))
 }
 
+/// How long a replica that a leader called removed, but that was not
+/// dropped, waits before the next such word is looked at (each check asks
+/// the leader again).
+const REMOVAL_RETRY: Duration = Duration::from_secs(10);
+
 /// Starts and stops this node's replicas at run time for
 /// `pact.v1.Admin`: shard replicas, and a coordinator group's replica (a
 /// node runs at most one of those).
@@ -130,32 +135,10 @@ impl pact_raft::admin::GroupHost for ShardHost {
 
     async fn drop_group(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
         if kind == GroupKind::Meta {
-            return self.drop_meta().await;
+            return self.drop_meta(None).await.map(|_| ());
         }
         if kind == GroupKind::Coordinator {
-            self.check_coordinator(group)?;
-            let _one = self.hosting.lock().await;
-            let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
-                return Ok(());
-            };
-            // Out of the slot first: the node's storage watch reads the
-            // slot, and a replica being stopped on purpose reports itself
-            // stopped (as a failed one would).
-            self.coordinator.set(None);
-            if let Err(e) = c.retire(&self.host).await {
-                // Back only if it still runs (the record could not be
-                // written); one stopped midway stays out, and its wipe is
-                // finished at the next start.
-                if c.fatal().is_none() {
-                    self.coordinator.set(Some(c));
-                }
-                return Err(HostError::Failed(e.to_string()));
-            }
-            tracing::info!(
-                group,
-                "dropped this node's replica of the coordinator group"
-            );
-            return Ok(());
+            return self.drop_coordinator(group, None).await.map(|_| ());
         }
         self.check(group)?;
         self.node
@@ -279,57 +262,117 @@ impl ShardHost {
 
     /// Stop this node's replica of the metadata group for good and delete
     /// its data (idempotent).
+    /// Drop this node's replica of coordinator group `group`, if it runs
+    /// one; with `removed`, only once the replica confirms that word
+    /// (under the hosting lock). `Ok(Err(why))` if it was not dropped.
+    async fn drop_coordinator(
+        &self,
+        group: u64,
+        removed: Option<&pact_raft::Removal>,
+    ) -> Result<Result<(), String>, HostError> {
+        self.check_coordinator(group)?;
+        let _one = self.hosting.lock().await;
+        let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
+            return Ok(Err("not hosted here".into()));
+        };
+        if let Some(r) = removed {
+            if let Err(why) = c.replica().confirm_removed(r, &self.host).await {
+                return Ok(Err(why));
+            }
+        }
+        // Out of the slot first: the node's storage watch reads the slot,
+        // and a replica being stopped on purpose reports itself stopped
+        // (as a failed one would).
+        self.coordinator.set(None);
+        if let Err(e) = c.retire(&self.host).await {
+            // Back only if it still runs (the record could not be
+            // written); one stopped midway stays out, and its wipe is
+            // finished at the next start.
+            if c.fatal().is_none() {
+                self.coordinator.set(Some(c));
+            }
+            return Err(HostError::Failed(e.to_string()));
+        }
+        tracing::info!(
+            group,
+            "dropped this node's replica of the coordinator group"
+        );
+        Ok(Ok(()))
+    }
+
     /// Drop this node's replica of a group that removed it while the node
     /// was away (its drop could not reach the node then), as the group's
-    /// leader `r.told_by` says: unless the replica has reached the
-    /// membership that left it out (then it would know, and it was not
-    /// removed behind its back), or leads (it would not be asking for
-    /// votes). A failed drop is tried again at the next telling.
+    /// leader `r.told_by` says, once the replica confirms it under the
+    /// hosting lock ([`pact_raft::Replica::confirm_removed`]: the same
+    /// replica, behind that membership, and the leader still says so). A
+    /// drop not done is looked at again at the leader's next answer.
     async fn drop_removed(&self, r: pact_raft::Removal) {
-        use pact_raft::admin::GroupHost;
-        let Some(replica) = self
-            .host
-            .replicas
-            .list()
-            .into_iter()
-            .find(|x| x.group() == r.group)
-        else {
-            return;
-        };
-        let s = replica.status();
-        if s.last_log_index >= r.at || s.role == "leader" {
-            self.host.removals.retry(r.group);
-            return;
-        }
-        let kind = if r.group == pact_common::META_GROUP {
+        let group = r.group;
+        let kind = if group == pact_common::META_GROUP {
             GroupKind::Meta
-        } else if self.coordinator.get().is_some_and(|c| c.group() == r.group) {
+        } else if self.coordinator.get().is_some_and(|c| c.group() == group) {
             GroupKind::Coordinator
         } else {
             GroupKind::Shard
         };
-        tracing::warn!(
-            group = r.group,
+        tracing::info!(
+            group,
             ?kind,
             removed_at = r.at,
-            last_log_index = s.last_log_index,
             told_by = r.told_by,
-            "this node's replica was removed from its group while the node was away: dropping it"
+            "the group's leader says it removed this node's replica while the node was away"
         );
-        match self.drop_group(r.group, kind).await {
-            Ok(()) => tracing::info!(group = r.group, "dropped the removed replica"),
+        let done = match kind {
+            GroupKind::Meta => self.drop_meta(Some(&r)).await,
+            GroupKind::Coordinator => self.drop_coordinator(group, Some(&r)).await,
+            GroupKind::Shard => match self.check(group) {
+                Ok(()) => self
+                    .node
+                    .drop_removed_shard(ShardId(group), &r)
+                    .await
+                    .map_err(host_error),
+                Err(e) => Err(e),
+            },
+        };
+        match done {
+            Ok(Ok(())) => {
+                tracing::warn!(
+                    group,
+                    ?kind,
+                    removed_at = r.at,
+                    told_by = r.told_by,
+                    "dropped the removed replica"
+                );
+            }
+            Ok(Err(why)) => {
+                tracing::info!(group, reason = %why, "the replica stays");
+                tokio::time::sleep(REMOVAL_RETRY).await;
+            }
             Err(e) => {
-                tracing::warn!(group = r.group, error = %e, "could not drop the removed replica; trying again at the next word from the group's leader");
-                self.host.removals.retry(r.group);
+                tracing::warn!(group, error = %e, "could not drop the removed replica");
+                tokio::time::sleep(REMOVAL_RETRY).await;
             }
         }
+        // Looked at again at the next word (a dropped replica campaigns no
+        // more; one hosted again later may be told again).
+        self.host.removals.retry(group);
     }
 
-    async fn drop_meta(&self) -> Result<(), HostError> {
+    /// Drop this node's replica of the metadata group, if it runs one;
+    /// with `removed`, as [`ShardHost::drop_coordinator`].
+    async fn drop_meta(
+        &self,
+        removed: Option<&pact_raft::Removal>,
+    ) -> Result<Result<(), String>, HostError> {
         let _one = self.hosting.lock().await;
         let Some(m) = self.meta.get() else {
-            return Ok(());
+            return Ok(Err("not hosted here".into()));
         };
+        if let Some(r) = removed {
+            if let Err(why) = m.replica().confirm_removed(r, &self.host).await {
+                return Ok(Err(why));
+            }
+        }
         // Out of the slot first: the directory then reads the table from
         // the group's leader, and requests get a hint.
         self.meta.set(None);
@@ -340,7 +383,7 @@ impl ShardHost {
             return Err(HostError::Failed(e.to_string()));
         }
         tracing::info!("dropped this node's replica of the metadata group");
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn check(&self, group: u64) -> Result<(), HostError> {

@@ -181,9 +181,6 @@ async fn full_cluster_sigkill_loses_nothing_even_after_snapshot_and_compaction()
     );
 }
 
-/// 3 nodes, one shard, snapshots every 30 entries keeping 5 behind (so a
-/// replica that misses a few dozen entries needs a snapshot); returns it
-/// with the shard's leader and a follower.
 /// The last log index `node` holds.
 async fn follower_last_log(c: &Cluster, node: NodeId) -> u64 {
     c.status(SHARD, node)
@@ -212,6 +209,9 @@ async fn wait_purged_past(c: &Cluster, leader: NodeId, index: u64) {
     }
 }
 
+/// 3 nodes, one shard, snapshots every 30 entries keeping 5 behind (so a
+/// replica that misses a few dozen entries needs a snapshot); returns it
+/// with the shard's leader and a follower.
 async fn compacting_cluster() -> (Cluster, NodeId, NodeId) {
     let tuning = RaftTuning {
         snapshot_logs: 30,

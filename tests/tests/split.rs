@@ -628,6 +628,58 @@ async fn a_merge_whose_leader_moves_half_way_is_answered_as_done() {
     fillers_intact(&client, filler).await;
 }
 
+/// Two merges in opposite directions between the same shards, each
+/// recorded before its leader's replica of the other shard showed the
+/// other (the `merge-lagging-target-view` fault makes that window
+/// certain): neither could be accepted while the other's record stood,
+/// and both waited for ever. The merge from the larger id gives way
+/// (CONFLICT, nothing moved), and the other goes through. Transfers
+/// run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_merges_recorded_at_once_end_with_one_merge() {
+    let c = start_with_faults(range_config(), "merge-lagging-target-view").await;
+    let filler = 50;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    let client = c.client();
+    let merge = |from: u64, into: u64| {
+        let client = c.client();
+        tokio::spawn(async move {
+            client
+                .merge_shards(ShardId(from), ShardId(into), Duration::from_secs(40))
+                .await
+        })
+    };
+    let two_into_three = merge(2, 3);
+    let begun = std::time::Instant::now();
+    while !split_lines(&c).contains("split begun") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the first merge did not begin\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let three_into_two = merge(3, 2);
+    let lost = three_into_two.await.expect("merge task");
+    match lost {
+        Err(pact_client::ClientError::Conflict(m)) => {
+            assert!(m.contains("goes first"), "{m}")
+        }
+        other => panic!(
+            "the merge from the larger id: {other:?}\n{}",
+            split_lines(&c)
+        ),
+    }
+    let won = two_into_three.await.expect("merge task");
+    let d = won.unwrap_or_else(|e| panic!("merge 2 into 3: {e}\n{}", split_lines(&c)));
+    assert_eq!(d.shard, ShardId(3), "{d:?}");
+    assert!(d.span.contains(b"acct-4"), "{d:?}");
+    assert_eq!(owning(&c), Some(vec![1, 3]), "{}", split_lines(&c));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
 /// A split whose shard's leadership moves half way (the pause before the
 /// freeze) is finished by the next leader, and the client that asked
 /// learns the result by asking again for the same version: one new
