@@ -61,6 +61,32 @@ impl MetaService {
             .find_map(|n| self.directory.get(n).map(|m| (n, m.client_addr)));
         Err(Error::NotLeader { hint })
     }
+
+    /// An error of a request that `g` served: STOPPED because the node
+    /// dropped `g` while the request ran (its replica moved away) becomes
+    /// what a request arriving now gets (NOT_LEADER with a hint), so the
+    /// client asks the group's other replicas instead of giving up.
+    fn settled(&self, g: &Arc<MetaGroup>, e: Error) -> Error {
+        let dropped = self.slot.get().is_none_or(|now| !Arc::ptr_eq(&now, g));
+        after_drop(e, dropped, || match self.group() {
+            Err(not_here) => not_here,
+            Ok(_) => Error::Unavailable(
+                "this node's replica of the metadata group was replaced while the request ran; \
+                 try again"
+                    .into(),
+            ),
+        })
+    }
+}
+
+/// `e`, or `instead()` if `e` is STOPPED only because the replica that
+/// served the request was `dropped` meanwhile (a replica that failed by
+/// itself stays STOPPED: its node must be restarted).
+fn after_drop(e: Error, dropped: bool, instead: impl FnOnce() -> Error) -> Error {
+    match e {
+        Error::Fatal(_) if dropped => instead(),
+        e => e,
+    }
 }
 
 /// The only place a member meets its wire form.
@@ -84,7 +110,9 @@ impl Meta for MetaService {
         &self,
         _request: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
-        Ok(Response::new(response(self.group()?.members().await?)))
+        let g = self.group()?;
+        let members = g.members().await.map_err(|e| self.settled(&g, e))?;
+        Ok(Response::new(response(members)))
     }
 
     async fn add_member(
@@ -92,9 +120,12 @@ impl Meta for MetaService {
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(response(
-            self.group()?.add(r.id, r.addr, r.peer_addr).await?,
-        )))
+        let g = self.group()?;
+        let members = g
+            .add(r.id, r.addr, r.peer_addr)
+            .await
+            .map_err(|e| self.settled(&g, e))?;
+        Ok(Response::new(response(members)))
     }
 
     async fn status(
@@ -127,7 +158,8 @@ impl Meta for MetaService {
         &self,
         _request: Request<pb::ShardsRequest>,
     ) -> Result<Response<pb::ShardsResponse>, Status> {
-        let t = self.group()?.shards().await?;
+        let g = self.group()?;
+        let t = g.shards().await.map_err(|e| self.settled(&g, e))?;
         Ok(Response::new(pb::ShardsResponse {
             epoch: t.epoch,
             shards: t.shards.iter().map(pact_raft::wire::shard_record).collect(),
@@ -148,6 +180,27 @@ impl Meta for MetaService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(response(self.group()?.remove(r.id).await?)))
+        let g = self.group()?;
+        let members = g.remove(r.id).await.map_err(|e| self.settled(&g, e))?;
+        Ok(Response::new(response(members)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_cut_off_by_its_replicas_drop_is_sent_elsewhere() {
+        let hint = || Error::NotLeader {
+            hint: Some((2, "127.0.0.1:2".into())),
+        };
+        let stopped = || Error::Fatal("raft stopped".into());
+        assert_eq!(after_drop(stopped(), true, hint), hint());
+        // Not dropped: the replica failed, and says so.
+        assert_eq!(after_drop(stopped(), false, hint), stopped());
+        // Other errors pass as they are.
+        let busy = Error::Unavailable("no quorum".into());
+        assert_eq!(after_drop(busy.clone(), true, hint), busy);
     }
 }
