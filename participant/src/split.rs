@@ -468,31 +468,35 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
             )
             .await;
         }
-        // The target is merging into this shard: each merge was recorded
-        // before its leader's replica of the other shard showed the other.
-        // Neither can be accepted while the other's record stands (a shard
-        // with a split record refuses `AbsorbBegin`), and neither target's
-        // version moves, so both would wait for ever. The merge from the
-        // larger id gives way: both drivers judge by the same ids, so
-        // exactly one cancels, and the other is accepted once it has. A
-        // cancel is safe whatever the target does next: it applies only
+        // The target is merging away itself. Merges recorded within a
+        // replica's lag can form a cycle (A into B and B into A; with hash
+        // shards, any ring): each target refuses `AbsorbBegin` while its
+        // own record stands, and no target's version moves, so all would
+        // wait for ever. A merge into a smaller id whose target merges
+        // away gives way: every cycle has such a merge, and the merges
+        // left all go from smaller ids to larger ones, so none is left
+        // waiting in a cycle. One that gives way without a cycle loses
+        // nothing: its target will own nothing once its own merge is done.
+        // A cancel is safe whatever the target does next: it applies only
         // while this merge is not accepted (`created`).
-        if me > into
-            && local_split(&target)
-                .await?
-                .is_some_and(|t| t.merge.is_some() && t.child.shard == me)
-        {
-            // Not retryable: once the other merge is done, this one's
-            // target owns nothing.
-            return cancel_merge(
-                s,
-                into,
-                Error::Conflict(format!(
-                    "shard {into} is merging into shard {me}: the merge the other way goes first \
-                     (nothing moved)"
-                )),
-            )
-            .await;
+        if me > into {
+            if let Some(theirs) = local_split(&target).await?.filter(|t| t.merge.is_some()) {
+                let next = theirs.child.shard;
+                // Not retryable: once that merge is done, this one's
+                // target owns nothing.
+                let why = if next == me {
+                    format!(
+                        "shard {into} is merging into shard {me}: the merge the other way goes \
+                         first (nothing moved)"
+                    )
+                } else {
+                    format!(
+                        "shard {into} is merging into shard {next}: nothing moved (merge into \
+                         shard {next} once that is done)"
+                    )
+                };
+                return cancel_merge(s, into, Error::Conflict(why)).await;
+            }
         }
         if Instant::now() > until {
             return Err(Error::Unknown(format!(
@@ -516,19 +520,25 @@ fn seen_for_2s(from: ShardId) -> bool {
     seen.entry(from).or_insert_with(Instant::now).elapsed() >= Duration::from_secs(2)
 }
 
-/// Give up `s`'s merge into `into`, not accepted yet (refused at apply
-/// otherwise: then it goes on), and answer `why`.
+/// Give up `s`'s merge into `into`, not accepted yet, and answer `why`.
+/// If it was accepted meanwhile (the cancel is refused at apply), it goes
+/// on instead: UNAVAILABLE, and the owner's next tick drives it from its
+/// record.
 async fn cancel_merge(s: &Arc<Shard>, into: ShardId, why: Error) -> Result<(), Error> {
     let me = s.replica.group();
-    if let ShardReply::Done =
-        propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await?
-    {
-        tracing::warn!(shard = me, %into, reason = %why, "merge cancelled");
-        if let Err(u) = unmark(s).await {
-            tracing::info!(shard = me, error = %u, "marks of the cancelled merge left for the next split's trim");
+    match propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await? {
+        ShardReply::Done => {
+            tracing::warn!(shard = me, %into, reason = %why, "merge cancelled");
+            if let Err(u) = unmark(s).await {
+                tracing::info!(shard = me, error = %u, "marks of the cancelled merge left for the next split's trim");
+            }
+            Err(why)
         }
+        other => Err(Error::Unavailable(format!(
+            "the merge of shard {me} into shard {into} was accepted meanwhile and goes on \
+             ({other:?}); ask again to learn when it is done"
+        ))),
     }
-    Err(why)
 }
 
 /// How long a merge's driver waits for the target to accept, before it

@@ -922,10 +922,18 @@ fn removed_sender(
         // the shortest election timeout (no other leader can have been
         // elected since) speaks for the group.
         let lease = Duration::from_millis(h.raft.config().election_timeout_min);
-        let fresh = metrics
-            .last_quorum_acked
-            .as_ref()
-            .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
+        // A leader that is its group's only voter is its own quorum (and
+        // hears from no one to refresh the time).
+        let alone = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .eq(std::iter::once(metrics.id));
+        let fresh = alone
+            || metrics
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| openraft::Instant::elapsed(&**t) < lease);
         if metrics.state != openraft::ServerState::Leader
             || metrics.current_leader != Some(metrics.id)
             || !fresh

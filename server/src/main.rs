@@ -260,8 +260,6 @@ impl ShardHost {
         Ok(())
     }
 
-    /// Stop this node's replica of the metadata group for good and delete
-    /// its data (idempotent).
     /// Drop this node's replica of coordinator group `group`, if it runs
     /// one; with `removed`, only once the replica confirms that word
     /// (under the hosting lock). `Ok(Err(why))` if it was not dropped.
@@ -358,8 +356,9 @@ impl ShardHost {
         self.host.removals.retry(group);
     }
 
-    /// Drop this node's replica of the metadata group, if it runs one;
-    /// with `removed`, as [`ShardHost::drop_coordinator`].
+    /// Stop this node's replica of the metadata group for good and delete
+    /// its data, if it runs one (idempotent); with `removed`, as
+    /// [`ShardHost::drop_coordinator`].
     async fn drop_meta(
         &self,
         removed: Option<&pact_raft::Removal>,

@@ -680,6 +680,56 @@ async fn opposite_merges_recorded_at_once_end_with_one_merge() {
     fillers_intact(&client, filler).await;
 }
 
+/// Hash shards can merge with any other, so merges recorded at once can
+/// form a ring (1 into 2, 2 into 3, 3 into 1), where no target can accept
+/// and no version moves. The merge into a smaller id whose target merges
+/// away (3 into 1) gives way (CONFLICT); 2 into 3 goes through, and 1 into
+/// 2 then finds its target owning nothing. Transfers run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_hash_shard_merges_recorded_at_once_ends() {
+    let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    let c = start_with_faults(config, "merge-lagging-target-view").await;
+    let filler = 50;
+    let (stop, workers) = transfers_under_way(&c, filler).await;
+    let client = c.client();
+    let merge = |from: u64, into: u64| {
+        let client = c.client();
+        tokio::spawn(async move {
+            client
+                .merge_shards(ShardId(from), ShardId(into), Duration::from_secs(40))
+                .await
+        })
+    };
+    let one_into_two = merge(1, 2);
+    let begun = std::time::Instant::now();
+    while !split_lines(&c).contains("split begun") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the first merge did not begin\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (two_into_three, three_into_one) = (merge(2, 3), merge(3, 1));
+    match three_into_one.await.expect("merge task") {
+        Err(pact_client::ClientError::Conflict(m)) => {
+            assert!(m.contains("merging into shard 2"), "{m}")
+        }
+        other => panic!("3 into 1: {other:?}\n{}", split_lines(&c)),
+    }
+    let d = two_into_three
+        .await
+        .expect("merge task")
+        .unwrap_or_else(|e| panic!("2 into 3: {e}\n{}", split_lines(&c)));
+    assert_eq!(d.shard, ShardId(3), "{d:?}");
+    let first = one_into_two.await.expect("merge task");
+    assert!(first.is_err(), "1 into 2 went through: {first:?}");
+    assert_eq!(owning(&c), Some(vec![1, 3]), "{}", split_lines(&c));
+    let checked = stop_and_check(&client, stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    fillers_intact(&client, filler).await;
+}
+
 /// A split whose shard's leadership moves half way (the pause before the
 /// freeze) is finished by the next leader, and the client that asked
 /// learns the result by asking again for the same version: one new
