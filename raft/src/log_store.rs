@@ -175,24 +175,49 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// behind after large writes gets requests that fit the message limit
     /// and their deadline, instead of `max_payload_entries` entries of up to
     /// a batch each, which could never be delivered.
+    ///
+    /// Entries from `start` on, or none. A purge can land between the
+    /// moment replication chose `start` and this read (openraft holds a
+    /// purge back only while the engine counts the range in flight, and
+    /// an append that failed clears that while the stream still reads):
+    /// the entries after the purged ones would then be sent as if they
+    /// followed `start - 1`, leaving a hole in the follower's log (a debug
+    /// build's openraft asserts on it). Nothing read is taken as a
+    /// heartbeat, and the leader then sends a snapshot.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, io::Error> {
         if let Some(hit) = self.read_tail(start, end, MAX_APPEND_BYTES) {
-            return Ok(hit);
+            return Ok(from_start(start, hit));
         }
         let Some((from, to)) = self.index_range(start..end) else {
             return Ok(Vec::new());
         };
         count_read("store");
         let store = self.store.clone();
-        blocking(move || {
+        let read = blocking(move || {
             let raw = store.range_bytes_sync(Space::Log, &from, &to, MAX_APPEND_BYTES)?;
             raw.iter().map(|(k, v)| decode_entry(k, v)).collect()
         })
-        .await
+        .await?;
+        Ok(from_start(start, read))
+    }
+}
+
+/// `read` if it begins at `start`; else nothing (its head was purged).
+fn from_start(start: u64, read: Vec<Entry>) -> Vec<Entry> {
+    match read.first() {
+        Some(e) if e.log_id.index != start => {
+            tracing::debug!(
+                start,
+                first = e.log_id.index,
+                "log entries purged under a replication read; sending none"
+            );
+            Vec::new()
+        }
+        _ => read,
     }
 }
 

@@ -660,6 +660,10 @@ async fn log_tail_never_serves_deleted_entries() {
     assert_eq!(read(&mut log, 2..4).await, vec![(2, 2), (3, 3)]);
     log.purge(id(2, 1)).await.unwrap();
     assert_eq!(read(&mut log, 1..4).await, vec![(2, 2), (3, 3)]);
+    // Replication reads entries from where it asked or none: the entries
+    // after a purged head would go out as if they followed it.
+    assert!(log.limited_get_log_entries(1, 4).await.unwrap().is_empty());
+    assert_eq!(log.limited_get_log_entries(2, 4).await.unwrap().len(), 2);
     // The reader openraft hands to replication shares the same tail.
     let mut reader = log.get_log_reader().await;
     assert_eq!(read(&mut reader, 3..4).await, vec![(3, 3)]);
