@@ -372,6 +372,24 @@ enum Kind {
 }
 
 impl PeerClient {
+    /// A client for one-off questions to `target` outside any replica's
+    /// Raft instance: it sends no append nor snapshot, and a leader's word
+    /// that the group removed this node is not acted on through it.
+    fn probe(peers: &Peers, group: u64, me: u64, target: u64, addr: &str) -> PeerClient {
+        PeerClient {
+            group,
+            me,
+            target,
+            addr: addr.to_string(),
+            peers: peers.clone(),
+            min_append_ttl: Duration::ZERO,
+            outbound: Arc::default(),
+            snapshot_bytes_per_sec: 0,
+            removals: Removals::default(),
+            instance: 0,
+        }
+    }
+
     /// A failed vote request, passing on a leader's word that the group
     /// removed this replica.
     fn noted(&self, e: CallError) -> RPCError<TypeConfig> {
@@ -686,22 +704,8 @@ pub(crate) async fn ask_state(
     target: u64,
     addr: &str,
 ) -> Result<VoteResponse<TypeConfig>, String> {
-    let client = PeerClient {
-        group,
-        me,
-        target,
-        addr: addr.to_string(),
-        peers: peers.clone(),
-        // Sends no append, nor a snapshot.
-        min_append_ttl: Duration::ZERO,
-        outbound: Arc::default(),
-        snapshot_bytes_per_sec: 0,
-        // A removed node's probe is not a campaign: not acted on here.
-        removals: Removals::default(),
-        instance: 0,
-    };
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
-    client
+    PeerClient::probe(peers, group, me, target, addr)
         .call(Kind::PreVote, &req, Duration::from_secs(1))
         .await
         .map_err(|e| match e {
@@ -721,20 +725,8 @@ pub(crate) async fn ask_removed(
     addr: &str,
     last: Option<crate::types::LogId>,
 ) -> Result<u64, String> {
-    let client = PeerClient {
-        group,
-        me,
-        target,
-        addr: addr.to_string(),
-        peers: peers.clone(),
-        min_append_ttl: Duration::ZERO,
-        outbound: Arc::default(),
-        snapshot_bytes_per_sec: 0,
-        removals: Removals::default(),
-        instance: 0,
-    };
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), last);
-    match client
+    match PeerClient::probe(peers, group, me, target, addr)
         .call::<_, VoteResponse<TypeConfig>>(Kind::PreVote, &req, Duration::from_secs(1))
         .await
     {

@@ -455,6 +455,34 @@ async fn driver_crashes(
     }
 }
 
+/// Wait (up to 20 s) until a node logged that a split or merge began
+/// (`what` names it in the failure).
+async fn until_begun(c: &Cluster, what: &str) {
+    let begun = std::time::Instant::now();
+    while !split_lines(c).contains("split begun") {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "{what} did not begin\n{}",
+            split_lines(c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Merge `from` into `into` in a task of its own (40 s at most).
+fn spawn_merge(
+    c: &Cluster,
+    from: u64,
+    into: u64,
+) -> tokio::task::JoinHandle<Result<pact_common::Descriptor, pact_client::ClientError>> {
+    let client = c.client();
+    tokio::spawn(async move {
+        client
+            .merge_shards(ShardId(from), ShardId(into), Duration::from_secs(40))
+            .await
+    })
+}
+
 /// Wait (up to 90 s) until at least `n` shards own keys.
 async fn until_owning(c: &Cluster, n: usize) {
     let until = std::time::Instant::now() + Duration::from_secs(90);
@@ -606,15 +634,7 @@ async fn a_merge_whose_leader_moves_half_way_is_answered_as_done() {
         })
     };
     // Begun (recorded), and inside the 2 s pause before the freeze.
-    let begun = std::time::Instant::now();
-    while !split_lines(&c).contains("split begun") {
-        assert!(
-            begun.elapsed() < Duration::from_secs(20),
-            "the merge did not begin\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_begun(&c, "the merge").await;
     let to = *all.iter().find(|n| **n != leader).expect("another node");
     let (now, _) = client
         .transfer_leader(pact_client::RaftGroup::Shard(ShardId(2)), to)
@@ -644,24 +664,9 @@ async fn opposite_merges_recorded_at_once_end_with_one_merge() {
     let filler = 50;
     let (stop, workers) = transfers_under_way(&c, filler).await;
     let client = c.client();
-    let merge = |from: u64, into: u64| {
-        let client = c.client();
-        tokio::spawn(async move {
-            client
-                .merge_shards(ShardId(from), ShardId(into), Duration::from_secs(40))
-                .await
-        })
-    };
+    let merge = |from: u64, into: u64| spawn_merge(&c, from, into);
     let two_into_three = merge(2, 3);
-    let begun = std::time::Instant::now();
-    while !split_lines(&c).contains("split begun") {
-        assert!(
-            begun.elapsed() < Duration::from_secs(20),
-            "the first merge did not begin\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_begun(&c, "the first merge").await;
     let three_into_two = merge(3, 2);
     let lost = three_into_two.await.expect("merge task");
     match lost {
@@ -695,24 +700,9 @@ async fn a_ring_of_hash_shard_merges_recorded_at_once_ends() {
     let filler = 50;
     let (stop, workers) = transfers_under_way(&c, filler).await;
     let client = c.client();
-    let merge = |from: u64, into: u64| {
-        let client = c.client();
-        tokio::spawn(async move {
-            client
-                .merge_shards(ShardId(from), ShardId(into), Duration::from_secs(40))
-                .await
-        })
-    };
+    let merge = |from: u64, into: u64| spawn_merge(&c, from, into);
     let one_into_two = merge(1, 2);
-    let begun = std::time::Instant::now();
-    while !split_lines(&c).contains("split begun") {
-        assert!(
-            begun.elapsed() < Duration::from_secs(20),
-            "the first merge did not begin\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_begun(&c, "the first merge").await;
     let (two_into_three, three_into_one) = (merge(2, 3), merge(3, 1));
     match three_into_one.await.expect("merge task") {
         Err(pact_client::ClientError::Conflict(m)) => {
@@ -760,15 +750,7 @@ async fn a_split_whose_leader_moves_half_way_splits_once() {
                 .await
         })
     };
-    let begun = std::time::Instant::now();
-    while !split_lines(&c).contains("split begun") {
-        assert!(
-            begun.elapsed() < Duration::from_secs(20),
-            "the split did not begin\n{}",
-            split_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_begun(&c, "the split").await;
     let to = *all.iter().find(|n| **n != leader).expect("another node");
     let (now, _) = client
         .transfer_leader(pact_client::RaftGroup::Shard(ShardId(3)), to)
