@@ -183,7 +183,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// the entries after the purged ones would then be sent as if they
     /// followed `start - 1`, leaving a hole in the follower's log (a debug
     /// build's openraft asserts on it). Nothing read is taken as a
-    /// heartbeat, and the leader then sends a snapshot.
+    /// heartbeat; the stream would then send such heartbeats for ever, so
+    /// the network fails them (`PeerClient::stuck_below_purge`) and the
+    /// leader, starting over, sends a snapshot.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
@@ -226,6 +228,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED).await?;
+        if let (Some(p), Ok(mut t)) = (&last_purged, self.tail.lock()) {
+            t.purged = t.purged.max(p.index);
+        }
         let store = self.store.clone();
         let from = group_prefix(self.group).to_vec();
         let to = group_end(self.group);
@@ -340,6 +345,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first in the same atomic batch, so a crash
         // never leaves a gap that get_log_state cannot explain.
+        if let Ok(mut t) = self.tail.lock() {
+            t.purged = t.purged.max(log_id.index);
+        }
         let ops = vec![
             Op::Put(
                 Space::Meta,

@@ -281,6 +281,8 @@ pub struct NetworkFactory {
     pub(crate) removals: Removals,
     /// [`crate::Replica::instance`] of the replica this is for.
     pub(crate) instance: u64,
+    /// The group's log tail, for its purge point.
+    pub(crate) tail: Arc<std::sync::Mutex<crate::tail::Tail>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -305,6 +307,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             snapshot_bytes_per_sec: self.snapshot_bytes_per_sec,
             removals: self.removals.clone(),
             instance: self.instance,
+            tail: Some(self.tail.clone()),
+            below_purge: Vec::new(),
         }
     }
 }
@@ -328,7 +332,17 @@ pub struct PeerClient {
     snapshot_bytes_per_sec: u64,
     removals: Removals,
     instance: u64,
+    /// The group's log tail (None for one-off probes).
+    tail: Option<Arc<std::sync::Mutex<crate::tail::Tail>>>,
+    /// When the last empty appends below the purge point were sent.
+    below_purge: Vec<std::time::Instant>,
 }
+
+/// How many empty appends below the purge point, within
+/// [`STUCK_WITHIN`], mark a replication stream that cannot go on (its
+/// heartbeats every `heartbeat_ms` come nowhere near).
+const STUCK_AFTER: usize = 5;
+const STUCK_WITHIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 enum CallError {
@@ -387,7 +401,38 @@ impl PeerClient {
             snapshot_bytes_per_sec: 0,
             removals: Removals::default(),
             instance: 0,
+            tail: None,
+            below_purge: Vec::new(),
         }
+    }
+
+    /// Whether `rpc` is one of a replication stream's empty appends that
+    /// follow an index whose successors were purged under it (see
+    /// `LogStore::limited_get_log_entries`): openraft sends such a
+    /// "heartbeat" every 10 ms and never starts over, while the entries it
+    /// waits for are gone. Failing them makes the leader start over, and it
+    /// then sends a snapshot. Only a burst counts: openraft's own heartbeats
+    /// to a follower that needs a snapshot look the same, but come every
+    /// `heartbeat_ms`, and must not fail (they carry the leader's lease).
+    fn stuck_below_purge(&mut self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        let Some(tail) = &self.tail else {
+            return false;
+        };
+        let next = rpc.prev_log_id.as_ref().map_or(0, |l| l.index + 1);
+        let purged = tail.lock().map_or(0, |t| t.purged);
+        if !rpc.entries.is_empty() || next > purged {
+            self.below_purge.clear();
+            return false;
+        }
+        let now = std::time::Instant::now();
+        self.below_purge
+            .retain(|t| now.duration_since(*t) < STUCK_WITHIN);
+        self.below_purge.push(now);
+        if self.below_purge.len() >= STUCK_AFTER {
+            self.below_purge.clear();
+            return true;
+        }
+        false
     }
 
     /// A failed vote request, passing on a leader's word that the group
@@ -477,6 +522,19 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        if self.stuck_below_purge(&rpc) {
+            tracing::info!(
+                group = self.group,
+                target = self.target,
+                "replication stream waits for purged entries: starting it over"
+            );
+            return Err(CallError::Network(format!(
+                "entries after {:?} were purged under the replication stream to node {}",
+                rpc.prev_log_id.as_ref().map(|l| l.index),
+                self.target
+            ))
+            .rpc());
+        }
         self.call(
             Kind::Append,
             &rpc,
@@ -1449,5 +1507,54 @@ mod auth_tests {
             None
         );
         assert_eq!(removed_at(&unknown_session(5)), None);
+    }
+
+    #[test]
+    fn only_a_burst_of_empty_appends_below_the_purge_point_is_stuck() {
+        use openraft::impls::leader_id_adv::LeaderId;
+        let lid = |index| {
+            Some(openraft::LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ))
+        };
+        let req = |prev: u64, entries: usize| AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(1, 1),
+            prev_log_id: lid(prev),
+            leader_commit: None,
+            entries: (0..entries)
+                .map(|i| openraft::Entry {
+                    log_id: lid(prev + 1 + i as u64).unwrap(),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+        };
+        let tail = Arc::new(std::sync::Mutex::new(crate::tail::Tail::default()));
+        tail.lock().unwrap().purged = 84;
+        let mut c = PeerClient::probe(&Peers::new(None), 1, 1, 2, "127.0.0.1:1");
+        // A probe has no tail: never stuck.
+        assert!(!(0..10).any(|_| c.stuck_below_purge(&req(82, 0))));
+        c.tail = Some(tail);
+        // From the purge point on, entries can be read: never stuck.
+        assert!(!(0..10).any(|_| c.stuck_below_purge(&req(84, 0))));
+        // Below it: the fifth empty append of a burst is.
+        let stuck: Vec<bool> = (0..5).map(|_| c.stuck_below_purge(&req(82, 0))).collect();
+        assert_eq!(stuck, [false, false, false, false, true]);
+        // An append that carries entries starts the count again.
+        for _ in 0..4 {
+            assert!(!c.stuck_below_purge(&req(82, 0)));
+        }
+        assert!(!c.stuck_below_purge(&req(90, 2)));
+        assert!(!c.stuck_below_purge(&req(82, 0)));
+        // Spaced like heartbeats, never.
+        let mut c2 = PeerClient::probe(&Peers::new(None), 1, 1, 2, "127.0.0.1:1");
+        c2.tail = c.tail.clone();
+        for _ in 0..6 {
+            assert!(!c2.stuck_below_purge(&req(82, 0)));
+            std::thread::sleep(STUCK_WITHIN / 3);
+        }
     }
 }

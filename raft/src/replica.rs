@@ -696,6 +696,7 @@ impl Replica {
             snapshot_bytes_per_sec: tuning.snapshot_bytes_per_sec,
             removals: host.removals.clone(),
             instance,
+            tail: store.tails.of(group),
         };
         let log = LogStore::new(group, store.clone());
         let log_reader = log.clone();

@@ -167,6 +167,9 @@ pub(crate) struct Tail {
     generation: u64,
     /// Set if the tail can no longer be trusted (a poisoned lock).
     disabled: bool,
+    /// The last log index purged, as far as this process has seen (0:
+    /// none): what replication can no longer read (see `network`).
+    pub(crate) purged: u64,
 }
 
 impl Tail {
