@@ -188,6 +188,12 @@ pub struct ShardConfig {
 /// Slowest snapshot rate `raft.snapshot_kib_per_sec` accepts (KiB/s).
 pub const MIN_SNAPSHOT_KIB_PER_SEC: u64 = 256;
 
+/// The shortest `raft.heartbeat_ms`: the transport takes five empty
+/// appends within 100 ms, below the group's purge point, for a
+/// replication stream that lost its place (`pact_raft` network), so
+/// heartbeats must come further apart than 25 ms.
+pub const MIN_HEARTBEAT_MS: u64 = 30;
+
 /// Raft timing and log-compaction knobs shared by all shards.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -797,8 +803,13 @@ impl ClusterConfig {
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));
         }
-        if r.heartbeat_ms == 0 {
-            return invalid("raft.heartbeat_ms must be greater than 0");
+        if r.heartbeat_ms < MIN_HEARTBEAT_MS {
+            return invalid(format!(
+                "raft.heartbeat_ms ({}) must be at least {MIN_HEARTBEAT_MS}: a faster stream of \
+                 empty appends is how a replica's transport tells a replication stream that \
+                 cannot go on",
+                r.heartbeat_ms
+            ));
         }
         if r.snapshot_kib_per_sec != 0 && r.snapshot_kib_per_sec < MIN_SNAPSHOT_KIB_PER_SEC {
             return invalid(format!(
@@ -1562,6 +1573,10 @@ start = ""
         expect_invalid(
             &hash_with("", "[raft]\nheartbeat_ms = 0\n"),
             &["heartbeat_ms"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nheartbeat_ms = 20\n"),
+            &["heartbeat_ms (20)", "at least 30"],
         );
         expect_invalid(
             &hash_with("", "[raft]\nheartbeat_ms = 400\n"),

@@ -739,19 +739,9 @@ impl Node {
                     .copied(),
             };
             if merged_into == Some(into) {
-                // From `into`'s leader: this node's replica of it may lag,
-                // or have moved away since.
                 return self
-                    .split_ctx
-                    .client
-                    .describe_shard(into)
-                    .await
-                    .map_err(|e| {
-                        Error::Unavailable(format!(
-                            "shard {shard} was merged into shard {into}, which did not answer \
-                         ({e}); try again shortly"
-                        ))
-                    });
+                    .successor_descriptor(shard, "was merged into", into)
+                    .await;
             }
             return Err(Error::InvalidInput(format!(
                 "shard {shard} owns nothing: it was merged already{}",
@@ -910,19 +900,9 @@ impl Node {
         {
             return Err(changed());
         }
-        // From the new shard's leader: this node's replica of it may lag,
-        // or have moved away since.
         let cd = self
-            .split_ctx
-            .client
-            .describe_shard(child)
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "shard {shard} split into shard {child}, which did not answer ({e}); try \
-                     again shortly"
-                ))
-            })?;
+            .successor_descriptor(shard, "split into", child)
+            .await?;
         // A range split asked at another key was somebody else's.
         let starts_at = match &cd.span {
             pact_common::Span::Range { start, .. } => Some(start.as_slice()),
@@ -932,6 +912,27 @@ impl Node {
             return Err(changed());
         }
         Ok(((*d).clone(), cd))
+    }
+
+    /// The descriptor of `shard`'s successor, from the successor's leader
+    /// (this node's replica of it may lag, or have moved away since), for
+    /// answering a repeated split or merge as the first time.
+    async fn successor_descriptor(
+        &self,
+        shard: ShardId,
+        how: &str,
+        successor: ShardId,
+    ) -> Result<pact_common::Descriptor, Error> {
+        self.split_ctx
+            .client
+            .describe_shard(successor)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "shard {shard} {how} shard {successor}, which did not answer ({e}); try \
+                     again shortly"
+                ))
+            })
     }
 
     fn implicit_txn(&self) -> TxnId {

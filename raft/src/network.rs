@@ -340,7 +340,8 @@ pub struct PeerClient {
 
 /// How many empty appends below the purge point, within
 /// [`STUCK_WITHIN`], mark a replication stream that cannot go on (its
-/// heartbeats every `heartbeat_ms` come nowhere near).
+/// heartbeats every `heartbeat_ms`, at least 30 ms apart by the config's
+/// check, come nowhere near).
 const STUCK_AFTER: usize = 5;
 const STUCK_WITHIN: Duration = Duration::from_millis(100);
 

@@ -323,14 +323,13 @@ impl ShardHost {
         let done = match kind {
             GroupKind::Meta => self.drop_meta(Some(&r)).await,
             GroupKind::Coordinator => self.drop_coordinator(group, Some(&r)).await,
-            GroupKind::Shard => match self.check(group) {
-                Ok(()) => self
-                    .node
-                    .drop_removed_shard(ShardId(group), &r)
-                    .await
-                    .map_err(host_error),
-                Err(e) => Err(e),
-            },
+            GroupKind::Shard => {
+                async {
+                    self.check(group)?;
+                    (self.node.drop_removed_shard(ShardId(group), &r).await).map_err(host_error)
+                }
+                .await
+            }
         };
         match done {
             Ok(Ok(())) => {
