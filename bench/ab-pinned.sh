@@ -18,14 +18,21 @@
 # /proc). Builds alternate within a round, so drift of the machine hits
 # both alike; compare medians.
 #
+# Runs named `ycsb-a` are YCSB-A on RECORDS records instead (closed
+# loop), `ycsb-a@OPS` the same open loop at OPS operations per second
+# (latencies from the intended start times); they print throughput,
+# the updates' p50, p99 and p99.9, and the server CPU per operation.
+#
 # Usage: BUILDS="/tmp/before /tmp/after" bash bench/ab-pinned.sh
-# Settings: ROUNDS=3 DUR=10 ACCOUNTS=1000 PORT=28001
+# Settings: ROUNDS=3 DUR=10 ACCOUNTS=1000 RECORDS=10000 PORT=28001
 #   PIN="coord 4 1,shard 1 1,shard 2 2,shard 3 3" (group kind, id, node)
-#   RUNS="any:16 cross-shard:1" (transfer scope:clients, in order)
+#   RUNS="any:16 cross-shard:1" (transfer scope, or ycsb-a[@OPS], then
+#   :clients; in order)
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-10}
 ACCOUNTS=${ACCOUNTS:-1000}
+RECORDS=${RECORDS:-10000}
 PORT=${PORT:-28001}
 PIN=${PIN:-"coord 4 1,shard 1 1,shard 2 2,shard 3 3"}
 RUNS=${RUNS:-"any:16 cross-shard:1"}
@@ -70,6 +77,13 @@ report() { # NAME JSON TICKS
 import json, sys
 name, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 r = json.load(open(path))
+if "TXN" not in r["ops"]:
+    u = r["ops"]["UPDATE"]["latency_us"]
+    n = sum(o["operations"] for o in r["ops"].values())
+    print("%-34s %7.0f ops/s  UPDATE p50 %6.2f ms  p99 %6.2f ms  p99.9 %6.2f ms  server CPU %.3f ms per op"
+          % (name, r["throughput_ops_sec"], u["p50"] / 1000, u["p99"] / 1000,
+             u["p999"] / 1000, ticks * 1000 / hz / max(n, 1)))
+    sys.exit(0)
 o = r["ops"]["TXN"]
 n = o["operations"]
 print("%-34s %7.0f txn/s  p50 %6.2f ms  p99 %6.2f ms  server CPU %.3f ms per txn"
@@ -95,12 +109,29 @@ for r in $(seq 1 "$ROUNDS"); do
     pids=($(pgrep -P "$pg" -x pact))
     args=(--backend pact --config "$d/cluster.toml" --seed 42 --json)
     "$b/bench" load --workload txn --recordcount "$ACCOUNTS" --threads 16 "${args[@]}" >/dev/null
+    case " $RUNS" in
+    *" ycsb-"*)
+      "$b/bench" load --workload a --recordcount "$RECORDS" --threads 16 "${args[@]}" >/dev/null
+      ;;
+    esac
     for run in $RUNS; do
       scope=${run%%:*}
       threads=${run##*:}
       c0=$(cpu_ticks "${pids[@]}")
-      "$b/bench" run --workload txn --recordcount "$ACCOUNTS" --txn-keys 2 --txn-scope "$scope" \
-        --threads "$threads" --duration "$DUR" "${args[@]}" >"$d/$scope.json"
+      case $scope in
+      ycsb-a)
+        "$b/bench" run --workload a --recordcount "$RECORDS" --threads "$threads" \
+          --duration "$DUR" "${args[@]}" >"$d/$scope.json"
+        ;;
+      ycsb-a@*)
+        "$b/bench" run --workload a --recordcount "$RECORDS" --threads "$threads" \
+          --target "${scope#ycsb-a@}" --duration "$DUR" "${args[@]}" >"$d/$scope.json"
+        ;;
+      *)
+        "$b/bench" run --workload txn --recordcount "$ACCOUNTS" --txn-keys 2 --txn-scope "$scope" \
+          --threads "$threads" --duration "$DUR" "${args[@]}" >"$d/$scope.json"
+        ;;
+      esac
       c1=$(cpu_ticks "${pids[@]}")
       report "round $r $(basename "$b") $scope x$threads" "$d/$scope.json" $((c1 - c0))
     done

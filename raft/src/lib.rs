@@ -26,6 +26,10 @@
 //!   log prefix `1..=applied`, because each entry's writes and its applied
 //!   index are one atomic batch.
 //! - A snapshot is made durable before openraft may purge the log behind it.
+//! - Nothing at or below a group's purge point is read, even while the
+//!   writer still deletes those entries in its background lane; the lane
+//!   never reorders writes to the same keys (a job that overlaps a pending
+//!   range delete waits for it).
 //! - Snapshots never sit in memory whole: they are views of the stored
 //!   state, streamed in chunks, spooled to a file by the receiver, and
 //!   installed in bounded jobs; a crash mid-install is finished from the

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -33,6 +34,16 @@ pub struct LogStore {
     store: Arc<NodeStore>,
     /// The newest entries, shared by this store and its readers.
     tail: Arc<Mutex<Tail>>,
+    /// The lowest index that may still hold a purged entry: where the next
+    /// purge's delete starts (0 in a new process: a crash may have cut the
+    /// last purge's delete short).
+    swept: u64,
+    /// The first index not purged, shared with this store's readers:
+    /// reads start here at the earliest, since a purge's entries are
+    /// deleted in the background, after it returned. Per store, not per
+    /// group: a replica hosted again starts from 0, whatever an earlier
+    /// one of the group purged.
+    kept_from: Arc<AtomicU64>,
 }
 
 impl Debug for LogStore {
@@ -66,7 +77,13 @@ fn decode_entry(key: &[u8], v: &[u8]) -> io::Result<Entry> {
 impl LogStore {
     pub fn new(group: u64, store: Arc<NodeStore>) -> Self {
         let tail = store.tails.of(group);
-        LogStore { group, store, tail }
+        LogStore {
+            group,
+            store,
+            tail,
+            swept: 0,
+            kept_from: Arc::default(),
+        }
     }
 
     /// Entries `[start, end)` from the tail, at most `max_bytes` of them
@@ -123,8 +140,22 @@ impl LogStore {
         }
     }
 
+    /// Record that every index up to `index` is purged, for this
+    /// process's readers.
+    fn note_purged(&self, index: u64) {
+        self.kept_from
+            .fetch_max(index.saturating_add(1), Ordering::SeqCst);
+        if let Ok(mut t) = self.tail.lock() {
+            t.purged = t.purged.max(index);
+        }
+    }
+
+    /// The keys of `range`, from the first index not purged on: the
+    /// entries of a purge are deleted after it returns, and must not be
+    /// read meanwhile (nor any a crash left behind).
     fn index_range(&self, range: impl RangeBounds<u64>) -> Option<(Vec<u8>, Vec<u8>)> {
         let (start, end) = Self::bounds(&range)?;
+        let start = start.max(self.kept_from.load(Ordering::SeqCst));
         let end = match end {
             Some(e) => log_key(self.group, e),
             None => group_end(self.group),
@@ -228,8 +259,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED).await?;
-        if let (Some(p), Ok(mut t)) = (&last_purged, self.tail.lock()) {
-            t.purged = t.purged.max(p.index);
+        if let Some(p) = &last_purged {
+            self.note_purged(p.index);
         }
         let store = self.store.clone();
         let from = group_prefix(self.group).to_vec();
@@ -242,9 +273,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         })
         .await?;
-        let last_log_id = match last {
-            Some(l) => Some(l),
-            None => last_purged,
+        // The newest entry may be one the last purge had not deleted yet
+        // when the process stopped: then the log ends at the purge point.
+        let last_log_id = match (last, &last_purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(*p),
+            (Some(l), _) => Some(l),
+            (None, p) => *p,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -342,12 +376,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store.write_durable(vec![op]).await
     }
 
+    /// Records the purge point and returns once it is visible; the entries
+    /// up to it are deleted afterwards in the writer's background lane, a
+    /// few keys between rounds. A purge follows every snapshot, on every
+    /// replica at about the same index, and its thousands of entries
+    /// deleted in one batch held every group of the node for 15-30 ms.
+    /// Reads skip what is purged from the moment it is noted
+    /// (`kept_from`), and the tail drops those entries as the job is
+    /// queued; a failed delete poisons the store, which stops everything
+    /// after it.
+    ///
+    /// The point is written before any entry goes (the writer keeps the
+    /// queue's order, and so does fjall's journal), so a crash never
+    /// leaves a gap that `get_log_state` cannot explain; it may leave
+    /// entries at or below the point, which nothing reads and the next
+    /// purge deletes (a new process starts its delete at index 0).
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Record the purge point first in the same atomic batch, so a crash
-        // never leaves a gap that get_log_state cannot explain.
-        if let Ok(mut t) = self.tail.lock() {
-            t.purged = t.purged.max(log_id.index);
-        }
+        self.note_purged(log_id.index);
+        let upto = log_id.index.saturating_add(1);
         let ops = vec![
             Op::Put(
                 Space::Meta,
@@ -356,10 +402,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ),
             Op::DeleteRange(
                 Space::Log,
-                log_key(self.group, 0),
-                log_key(self.group, log_id.index.saturating_add(1)),
+                log_key(self.group, self.swept.min(upto)),
+                log_key(self.group, upto),
             ),
         ];
-        self.store.write_visible(ops).await
+        self.store.write_then_sweep(ops).await?;
+        self.swept = self.swept.max(upto);
+        Ok(())
     }
 }

@@ -47,12 +47,14 @@
 //! never an error; admission control in front of Raft (see the
 //! participant and coordinator) is what refuses clients.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use openraft::storage::IOFlushed;
@@ -85,7 +87,7 @@ pub(crate) const SM_INSTALLING: &[u8] = b"installing";
 pub(crate) const FORMAT_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffformat";
 
 /// Which keyspace a write goes to.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Space {
     Log,
     Meta,
@@ -115,6 +117,14 @@ pub(crate) enum Notify {
     },
     /// Reply once visible; durability comes with a later fsync.
     Lazy(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Reply once the job's puts and point deletes are visible (written in
+    /// its turn, as `Lazy`); its range deletes are done later, a few keys
+    /// between rounds in the writer's background lane, so that a large one
+    /// (a log purge) does not hold every group of the node behind it. Only
+    /// for deletes of keys nothing reads any more, whose timing does not
+    /// matter; a failure of theirs poisons the store, which stops
+    /// everything after it.
+    Background(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// Work run on the writer thread right before its batch is written: it
@@ -474,6 +484,7 @@ impl NodeStore {
             poison,
             mark,
             round,
+            background: VecDeque::new(),
         };
         thread::Builder::new()
             .name("pact-storage-writer".into())
@@ -606,6 +617,16 @@ impl NodeStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(ops, Notify::Lazy(tx)).await;
         rx
+    }
+
+    /// Write `ops`' puts and point deletes atomically and return once
+    /// readers can see them; their range deletes follow in the background
+    /// (see [`Notify::Background`]).
+    pub(crate) async fn write_then_sweep(&self, ops: Vec<Op>) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(ops, Notify::Background(tx)).await;
+        rx.await
+            .map_err(|_| io::Error::other("storage writer stopped"))?
     }
 
     /// Apply `ops` atomically; return once readers can see them.
@@ -835,7 +856,15 @@ struct Writer {
     mark: journal_mark::MarkWriter,
     /// The last fsync round (see `journal_mark`).
     round: u64,
+    /// Range deletes of [`Notify::Background`] jobs not done yet, in the
+    /// order they were queued, each as `[from, to)` in its space: `from`
+    /// moves on as keys are deleted.
+    background: VecDeque<(Space, Vec<u8>, Vec<u8>)>,
 }
+
+/// Keys one step of the background lane deletes at most: a fraction of a
+/// millisecond of the writer's time between two rounds.
+const BACKGROUND_STEP_KEYS: usize = 64;
 
 impl Writer {
     fn space(&self, s: Space) -> &Keyspace {
@@ -868,8 +897,120 @@ impl Writer {
         batch.commit().map_err(to_io)
     }
 
+    /// Delete up to `keys` keys of the lane's range at `at`, dropping the
+    /// range once nothing of it is left. A failure poisons the store and
+    /// empties the lane: nothing more is written.
+    fn background_step(&mut self, at: usize, keys: usize) {
+        if self.poison.is_set() {
+            self.background.clear();
+            return;
+        }
+        let Some((s, from, to)) = self.background.get(at).cloned() else {
+            return;
+        };
+        let ks = self.space(s).clone();
+        let mut batch = self.db.batch();
+        let mut last = None;
+        let mut n = 0;
+        let scanned: io::Result<()> = (|| {
+            for g in ks.range::<Vec<u8>, _>(from..to) {
+                let k = g.key().map_err(to_io)?;
+                batch.remove(&ks, k.clone());
+                n += 1;
+                if n == keys {
+                    last = Some(k);
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        let done = scanned.and_then(|()| {
+            if n == 0 {
+                Ok(())
+            } else {
+                batch.commit().map_err(to_io)
+            }
+        });
+        if let Err(e) = done {
+            self.poison.set("write", &e);
+            self.background.clear();
+            return;
+        }
+        match (last, self.background.get_mut(at)) {
+            // Keys may remain: go on after the last one deleted.
+            (Some(k), Some((_, from, _))) => {
+                let mut next = k.to_vec();
+                next.push(0);
+                *from = next;
+            }
+            _ => {
+                self.background.remove(at);
+            }
+        }
+    }
+
+    /// Before `ops` run: a pending lane range they touch is finished
+    /// first, so a job never runs ahead of a delete queued before it that
+    /// overlaps it (a wiped group's log, then a new replica's entries); one
+    /// that a range delete of theirs covers whole is dropped, as that
+    /// delete does its work. The lane holds only deletes, which commute,
+    /// so the other ranges keep their place.
+    fn before(&mut self, ops: &[Op]) {
+        for op in ops {
+            let mut at = 0;
+            while at < self.background.len() {
+                let (bs, from, to) = &self.background[at];
+                let (covered, touched) = match op {
+                    Op::Put(s, k, _) | Op::Delete(s, k) => (
+                        false,
+                        s == bs && from.as_slice() <= k.as_slice() && k.as_slice() < to.as_slice(),
+                    ),
+                    Op::DeleteRange(s, a, b) => (
+                        s == bs && a <= from && to <= b,
+                        s == bs && a < to && from < b,
+                    ),
+                };
+                if covered {
+                    self.background.remove(at);
+                } else if touched {
+                    self.background_step(at, usize::MAX);
+                } else {
+                    at += 1;
+                }
+            }
+        }
+    }
+
     fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.background.is_empty() {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        self.background_step(0, BACKGROUND_STEP_KEYS);
+                        continue;
+                    }
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                }
+            };
+            let written = self.round(first, &rx);
+            // One step between rounds, deleting at least as many keys as
+            // the round wrote: under any steady load the lane keeps up
+            // with the purges that follow the appends, a step's delay at
+            // a time.
+            self.background_step(0, written.max(BACKGROUND_STEP_KEYS));
+        }
+    }
+
+    /// One group-commit round from `first` on; returns how many ops it
+    /// wrote.
+    fn round(&mut self, first: Job, rx: &crossbeam_channel::Receiver<Job>) -> usize {
+        {
             if CRASH_BEFORE_FSYNC.load(Ordering::SeqCst) {
                 // Fault injection: die holding a round that never reached
                 // the disk, none of it acknowledged: the writes a power cut
@@ -887,6 +1028,7 @@ impl Writer {
             }
             let mut waiting = Vec::new();
             let mut need_sync = false;
+            let mut slow = SlowRound::start(round.len());
             for job in round {
                 let Job {
                     mut ops,
@@ -894,10 +1036,33 @@ impl Writer {
                     notify,
                     _slot,
                 } = job;
+                let computing = std::time::Instant::now();
                 let computed = match compute {
                     Some(f) if !self.poison.is_set() => f().map(|more| ops.extend(more)),
                     _ => Ok(()),
                 };
+                slow.compute += computing.elapsed();
+                slow.ops += ops.len();
+                if matches!(notify, Notify::Background(_)) {
+                    // Its range deletes join the lane, behind any queued
+                    // before; the rest is written now.
+                    let (ranges, now): (Vec<Op>, Vec<Op>) = ops
+                        .into_iter()
+                        .partition(|op| matches!(op, Op::DeleteRange(..)));
+                    ops = now;
+                    let lane = std::time::Instant::now();
+                    self.before(&ops);
+                    slow.lane += lane.elapsed();
+                    for op in ranges {
+                        if let Op::DeleteRange(s, from, to) = op {
+                            self.background.push_back((s, from, to));
+                        }
+                    }
+                } else {
+                    let lane = std::time::Instant::now();
+                    self.before(&ops);
+                    slow.lane += lane.elapsed();
+                }
                 let res = if self.poison.is_set() {
                     Err(self.poison.refusal())
                 } else if let Err(e) = computed {
@@ -907,6 +1072,7 @@ impl Writer {
                 } else {
                     let started = std::time::Instant::now();
                     let r = self.commit(ops);
+                    slow.write += started.elapsed();
                     if let Some(m) = crate::metrics::process() {
                         m.write_seconds.observe(started.elapsed().as_secs_f64());
                     }
@@ -916,7 +1082,7 @@ impl Writer {
                     r
                 };
                 match notify {
-                    Notify::Lazy(tx) => {
+                    Notify::Lazy(tx) | Notify::Background(tx) => {
                         let _ = tx.send(res);
                     }
                     Notify::Visible { visible, flushed } => {
@@ -941,7 +1107,8 @@ impl Writer {
                 }
             }
             if !need_sync {
-                continue;
+                slow.report(None);
+                return slow.ops;
             }
             let synced = if self.poison.is_set() {
                 Err(self.poison.refusal())
@@ -969,6 +1136,7 @@ impl Writer {
                     m.fsync_seconds.observe(started.elapsed().as_secs_f64());
                     m.fsync_batch_jobs.observe(waiting.len() as f64);
                 }
+                slow.report(Some(started.elapsed()));
                 r
             };
             match &synced {
@@ -993,7 +1161,55 @@ impl Writer {
                     }
                 }
             }
+            slow.ops
         }
+    }
+}
+
+/// A group-commit round that kept the writer long enough to stall every
+/// group of the node is logged with where its time went, so a latency
+/// spike can be traced to a kind of work (state-machine applies, batch
+/// writes, which include fjall's waits for its journal lock, a lane range
+/// finished early, or the fsync).
+struct SlowRound {
+    started: std::time::Instant,
+    jobs: usize,
+    ops: usize,
+    lane: Duration,
+    compute: Duration,
+    write: Duration,
+}
+
+/// Rounds longer than this are logged.
+const SLOW_ROUND: Duration = Duration::from_millis(100);
+
+impl SlowRound {
+    fn start(jobs: usize) -> Self {
+        SlowRound {
+            started: std::time::Instant::now(),
+            jobs,
+            ops: 0,
+            lane: Duration::ZERO,
+            compute: Duration::ZERO,
+            write: Duration::ZERO,
+        }
+    }
+
+    fn report(&self, fsync: Option<Duration>) {
+        let took = self.started.elapsed();
+        if took < SLOW_ROUND {
+            return;
+        }
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            jobs = self.jobs,
+            ops = self.ops,
+            lane_ms = self.lane.as_millis() as u64,
+            compute_ms = self.compute.as_millis() as u64,
+            write_ms = self.write.as_millis() as u64,
+            fsync_ms = fsync.map(|f| f.as_millis() as u64),
+            "slow storage round: every group of this node waited for it"
+        );
     }
 }
 

@@ -149,8 +149,17 @@ impl Tails {
             } else {
                 index(to)
             };
+            // A delete of the whole group wipes the replica: what it
+            // purged is gone too (a replica hosted again in this process
+            // starts from whatever index its snapshot brings).
+            let whole = from <= lo.as_slice() && to >= hi.as_slice();
             match tail.lock() {
-                Ok(mut t) => t.forget(start, end),
+                Ok(mut t) => {
+                    t.forget(start, end);
+                    if whole {
+                        t.purged = 0;
+                    }
+                }
                 // Poisoned mid-change: nothing may be served from it.
                 Err(p) => p.into_inner().disable(),
             }
@@ -489,6 +498,12 @@ mod tests {
         let tails = Tails::default();
         tails.of(1).lock().unwrap().push(0, run(1, 4, 1));
         tails.of(2).lock().unwrap().push(0, run(1, 4, 1));
+        for g in [1, 2] {
+            tails.of(g).lock().unwrap().purged = 9;
+        }
+        // A purge's delete (from index 0 on) is no wipe.
+        tails.forget_replaced(&[Op::DeleteRange(Space::Log, log_key(1, 0), log_key(1, 3))]);
+        assert_eq!(tails.of(1).lock().unwrap().purged, 9);
         let wipe = Op::DeleteRange(Space::Log, group_prefix(1).to_vec(), group_end(1));
         tails.forget_replaced(&[wipe]);
         assert_eq!(
@@ -509,6 +524,11 @@ mod tests {
                 .map(|v| v.len()),
             Some(3)
         );
+        // What the wiped replica purged is forgotten; the other group's
+        // purge point stays.
+        let purged = |g: u64| tails.of(g).lock().unwrap().purged;
+        assert_eq!(purged(1), 0);
+        assert_eq!(purged(2), 9);
     }
 
     #[test]

@@ -777,3 +777,158 @@ async fn hosting_is_recorded_and_a_dropped_group_keeps_only_its_vote() {
     assert!(left(Space::Sm).is_empty());
     host.wipe_dropped(7).await.unwrap();
 }
+
+/// A purge returns once its point is recorded; its entries go afterwards,
+/// a few at a time between the writer's rounds. Reads skip them from the
+/// start; a wipe of the group waits for a purge queued before it (or the
+/// purge would delete a new replica's entries); and entries a crash left
+/// below the point are neither read nor counted, and go with the next
+/// purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_deletes_its_entries_in_the_background() {
+    use std::time::Duration;
+
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::{EntryPayload, RaftLogReader};
+
+    use crate::store::{group_end, group_prefix, log_key, META_PURGED};
+    use crate::types::{Entry, LogId};
+
+    let id = |index: u64| {
+        LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    };
+    let entries = |r: std::ops::RangeInclusive<u64>| -> Vec<Entry> {
+        r.map(|i| Entry {
+            log_id: id(i),
+            payload: EntryPayload::Blank,
+        })
+        .collect()
+    };
+    async fn indexes(log: &mut LogStore, r: std::ops::Range<u64>) -> Vec<u64> {
+        log.try_get_log_entries(r)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+    // Entries of `group` stored at or below `upto`, whatever reads skip.
+    let stored = |store: &Arc<NodeStore>, group: u64, upto: u64| {
+        store
+            .range_sync(
+                Space::Log,
+                &log_key(group, 0),
+                &log_key(group, upto + 1),
+                usize::MAX,
+                false,
+            )
+            .unwrap()
+            .len()
+    };
+    let settled = |store: Arc<NodeStore>, group: u64, upto: u64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stored(&store, group, upto) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the purge's entries were never deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+
+    let mut log = LogStore::new(7, store.clone());
+    log.append(entries(1..=1000), IOFlushed::noop())
+        .await
+        .unwrap();
+    log.purge(id(700)).await.unwrap();
+    assert_eq!(
+        indexes(&mut log, 1..1001).await,
+        (701..=1000).collect::<Vec<_>>()
+    );
+    assert!(log
+        .limited_get_log_entries(1, 800)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        log.limited_get_log_entries(701, 703).await.unwrap().len(),
+        2
+    );
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(700)));
+    assert_eq!(state.last_log_id, Some(id(1000)));
+    settled(store.clone(), 7, 700).await;
+    assert_eq!(stored(&store, 7, 1000), 300);
+
+    // A wipe queued behind a purge that waits in the lane (behind another
+    // group's), then a new replica's entries at indexes the purge covered
+    // (from a snapshot older than the purge point), more than the tail
+    // holds: they survive the purge, and are read from fjall.
+    let mut ahead = LogStore::new(6, store.clone());
+    ahead
+        .append(entries(1..=30_000), IOFlushed::noop())
+        .await
+        .unwrap();
+    let mut log = LogStore::new(8, store.clone());
+    log.append(entries(1..=20_000), IOFlushed::noop())
+        .await
+        .unwrap();
+    ahead.purge(id(29_000)).await.unwrap();
+    log.purge(id(19_000)).await.unwrap();
+    store
+        .write_durable(vec![Op::DeleteRange(
+            Space::Log,
+            group_prefix(8).to_vec(),
+            group_end(8),
+        )])
+        .await
+        .unwrap();
+    let mut again = LogStore::new(8, store.clone());
+    again
+        .append(entries(10_001..=12_000), IOFlushed::noop())
+        .await
+        .unwrap();
+    settled(store.clone(), 6, 29_000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(stored(&store, 8, 20_000), 2000);
+    assert_eq!(
+        indexes(&mut again, 10_001..10_004).await,
+        vec![10_001, 10_002, 10_003]
+    );
+
+    // As if a crash cut a purge's delete short: the point is recorded,
+    // the entries are still there. A new log store (a new process) reads
+    // none of them, ends its log at the point if nothing follows it, and
+    // deletes them with its first purge.
+    let mut log = LogStore::new(9, store.clone());
+    log.append(entries(1..=10), IOFlushed::noop())
+        .await
+        .unwrap();
+    let point = |i: u64| {
+        Op::Put(
+            Space::Meta,
+            crate::store::group_key(9, META_PURGED),
+            crate::codec::encode(&id(i)).unwrap(),
+        )
+    };
+    store.write_durable(vec![point(12)]).await.unwrap();
+    let mut log = LogStore::new(9, store.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(id(12)));
+    assert_eq!(state.last_log_id, Some(id(12)), "the log ends at the point");
+    assert!(indexes(&mut log, 1..13).await.is_empty());
+    log.append(entries(13..=14), IOFlushed::noop())
+        .await
+        .unwrap();
+    log.purge(id(13)).await.unwrap();
+    settled(store.clone(), 9, 13).await;
+    assert_eq!(indexes(&mut log, 1..15).await, vec![14]);
+}
