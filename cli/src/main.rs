@@ -291,6 +291,15 @@ enum ShardCmd {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         wait: u64,
     },
+    /// Retire shard SHARD, merged into another: its Raft group stops and
+    /// its data is deleted on every node, and any node answers for its
+    /// past transactions from then on. Refused (INVALID_INPUT) for a shard
+    /// that owns keys; refused for now (CONFLICT) while it holds a
+    /// prepare record or a commit outcome not yet past its coordinator's
+    /// record horizon (`transactions.record_retention_s` after the
+    /// transaction ended): run it again then. Idempotent. `pact` servers
+    /// only.
+    Retire { shard: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1020,6 +1029,9 @@ async fn run(
         Cmd::Admin(AdminCmd::Shard(ShardCmd::Merge { shard, into, wait })) => {
             let wait = std::time::Duration::from_secs(*wait);
             members::merge(client, style, *shard, *into, wait, args.json).await
+        }
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::Retire { shard })) => {
+            members::retire(client, *shard, args.json).await
         }
         Cmd::Admin(AdminCmd::Member(MemberCmd::List)) => members::members(client, args.json).await,
         Cmd::Admin(AdminCmd::Member(MemberCmd::Add {

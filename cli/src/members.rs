@@ -61,6 +61,10 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
     // The descriptors first: they name the shards splits created, whose
     // replicas are then asked too.
     let described = client.refresh_map(&client.shard_map()).await;
+    client
+        .learn_retired(std::time::Duration::from_secs(5))
+        .await;
+    let retired = client.retired_shards();
     let answers = client.status().await;
     let (lead, _) = leaders(&answers);
     let live = voters(&answers);
@@ -91,10 +95,17 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
         // A shard merged into another answers for its transactions'
         // records, and owns no key.
         let merged = described.is_ok() && !map.shards().contains(&shard);
-        let keys = if merged {
+        let keys = if retired.contains(&shard) {
+            json!({"merged": true, "retired": true})
+        } else if merged {
             json!({"merged": true})
         } else {
             keys
+        };
+        let replicas = if retired.contains(&shard) {
+            Vec::new()
+        } else {
+            replicas
         };
         rows.push((shard, replicas, leader, keys));
     }
@@ -113,6 +124,8 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
             let keys = if let Some(p) = k.get("ring_points") {
                 let share = k["ring_share"].as_f64().unwrap_or(0.0) * 100.0;
                 format!("{p} ring points, {share:.1}% of key hashes")
+            } else if k.get("retired").is_some() {
+                "merged into another shard and retired: no keys, no replicas".to_string()
             } else if k.get("merged").is_some() {
                 "merged into another shard: no keys".to_string()
             } else if !k.is_null() {
@@ -134,6 +147,34 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
                 replicas.join(",")
             );
         }
+    }
+    Ok(0)
+}
+
+/// `txn admin shard retire`: the retired shard's record.
+pub async fn retire(client: &Client, shard: u64, json: bool) -> Result<u8, ClientError> {
+    let r = client.retire_shard(pact_common::ShardId(shard)).await?;
+    let successors: Vec<u64> = r.successors.iter().map(|s| s.0).collect();
+    if json {
+        let horizons: Vec<_> = r
+            .horizons
+            .iter()
+            .map(|(g, ts)| json!({"group": g, "horizon": ts}))
+            .collect();
+        outln!(
+            "{}",
+            json!({"shard": shard, "retired": true, "version": r.version,
+                   "successors": successors, "voters": r.voters, "horizons": horizons})
+        );
+    } else {
+        let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        outln!(
+            "shard {shard} retired (version {}): its replicas on nodes {} are dropped, and any \
+             node answers for it; successors {}",
+            r.version,
+            list(&r.voters),
+            list(&successors)
+        );
     }
     Ok(0)
 }

@@ -277,6 +277,9 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
     // refresh finds them (best effort, bounded: a shard that does not
     // answer is judged below all the same).
     let _ = tokio::time::timeout(within, client.refresh_map(&client.shard_map())).await;
+    // Retired shards have no replicas to ask.
+    client.learn_retired(within).await;
+    let retired = client.retired_shards();
     let timed = |node: NodeId, r: Option<Result<ReplicaStatus, ClientError>>| {
         r.unwrap_or_else(|| {
             let addr = client.node_addr(node).unwrap_or_else(|| "?".into());
@@ -285,17 +288,21 @@ async fn ask(client: &Client, within: Duration) -> Vec<Row> {
             )))
         })
     };
-    let shards = client.shards().into_iter().flat_map(|shard| {
-        client
-            .shard_replicas(shard)
-            .into_iter()
-            .map(move |node| async move {
-                let r = tokio::time::timeout(within, client.replica_status(shard, node))
-                    .await
-                    .ok();
-                (Kind::Shard, shard.0, node, timed(node, r))
-            })
-    });
+    let shards = client
+        .shards()
+        .into_iter()
+        .filter(|s| !retired.contains(s))
+        .flat_map(|shard| {
+            client
+                .shard_replicas(shard)
+                .into_iter()
+                .map(move |node| async move {
+                    let r = tokio::time::timeout(within, client.replica_status(shard, node))
+                        .await
+                        .ok();
+                    (Kind::Shard, shard.0, node, timed(node, r))
+                })
+        });
     let coords = client
         .coordinator_groups()
         .into_iter()
@@ -411,9 +418,12 @@ fn reason(e: &ClientError) -> String {
 
 /// Every group of the config with its replicas, shards first.
 fn groups(client: &Client) -> Vec<(Kind, u64, Vec<NodeId>)> {
+    // A retired shard has no group left to judge.
+    let retired = client.retired_shards();
     let mut out: Vec<_> = client
         .shards()
         .into_iter()
+        .filter(|s| !retired.contains(s))
         .map(|s| (Kind::Shard, s.0, client.shard_replicas(s)))
         .collect();
     out.extend(

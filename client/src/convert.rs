@@ -419,6 +419,26 @@ pub fn shard_record(d: pb::ShardDescriptor) -> Result<pact_common::ShardRecord, 
     })
 }
 
+/// A retired shard as received. Its horizons are sorted by group and
+/// name each group once; anything else is refused (a peer speaking
+/// garbage).
+pub fn retired_shard(r: pb::RetiredShard) -> Result<pact_common::RetiredShard, String> {
+    let horizons: Vec<(u64, u64)> = r.horizons.iter().map(|h| (h.group, h.ts)).collect();
+    if horizons.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(format!(
+            "retired shard {}: its horizons are not sorted by group, each once",
+            r.shard_id
+        ));
+    }
+    Ok(pact_common::RetiredShard {
+        shard: pact_common::ShardId(r.shard_id),
+        version: r.version,
+        successors: r.successors.into_iter().map(pact_common::ShardId).collect(),
+        voters: r.voters,
+        horizons,
+    })
+}
+
 /// What a routing table (`Admin.Topology`) describes: the cluster config
 /// (its topology as sent, tuning at the defaults: a client uses only the
 /// transaction lease, which is sent) and the shard table. Refused, with
@@ -533,6 +553,25 @@ mod topology_tests {
             descriptors: Vec::new(),
             epoch: 0,
             meta_replicas: vec![1, 2, 3],
+            retired: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_retired_shard_with_horizons_out_of_order_is_refused() {
+        let h = |group, ts| pb::GroupStamp { group, ts };
+        let r = |horizons| pb::RetiredShard {
+            shard_id: 2,
+            version: 3,
+            successors: vec![1],
+            voters: vec![1, 2, 3],
+            horizons,
+        };
+        let ok = retired_shard(r(vec![h(4, 10), h(5, 7)])).unwrap();
+        assert_eq!(ok.horizons, vec![(4, 10), (5, 7)]);
+        assert_eq!(ok.successors, vec![pact_common::ShardId(1)]);
+        for bad in [vec![h(5, 7), h(4, 10)], vec![h(4, 1), h(4, 2)]] {
+            assert!(retired_shard(r(bad)).unwrap_err().contains("not sorted"));
         }
     }
 

@@ -365,6 +365,10 @@ struct Inner {
     /// Each shard's replicas as this client knows them: the config's, and
     /// for a shard a split created, its parent's voters when first met.
     shards: std::sync::RwLock<BTreeMap<ShardId, Vec<NodeId>>>,
+    /// Shards the metadata group retired (merged, their groups gone), as
+    /// this client last read its table: any node answers for them, and
+    /// listings of replicas leave them out.
+    retired: std::sync::RwLock<std::collections::BTreeSet<ShardId>>,
     /// The address this client dials for each node (client or peer port);
     /// nodes added to the cluster at run time join it when first met.
     nodes: std::sync::RwLock<BTreeMap<NodeId, String>>,
@@ -405,6 +409,7 @@ impl Client {
             inner: Arc::new(Inner {
                 map: std::sync::RwLock::new(Arc::new(config.shard_map())),
                 refreshing: tokio::sync::Mutex::new(Default::default()),
+                retired: Default::default(),
                 shards: std::sync::RwLock::new(
                     config
                         .shards
@@ -654,6 +659,28 @@ impl Client {
                 r => return r,
             }
         }
+    }
+
+    /// The shards this client knows to be retired ([`Client::learn_retired`]).
+    pub fn retired_shards(&self) -> std::collections::BTreeSet<ShardId> {
+        match self.inner.retired.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Record that `shards` are retired (retirement is final).
+    pub(crate) fn note_retired(&self, shards: impl IntoIterator<Item = ShardId>) {
+        if let Ok(mut r) = self.inner.retired.write() {
+            r.extend(shards);
+        }
+    }
+
+    /// Read which shards are retired from the metadata group's table,
+    /// within `within` (best effort: a cluster without the group, or one
+    /// that does not answer in time, leaves what the client knew).
+    pub async fn learn_retired(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.meta_shards()).await;
     }
 
     pub fn shards(&self) -> Vec<ShardId> {
@@ -1567,7 +1594,9 @@ impl Client {
     /// Replicas added at run time are found through the voters the first
     /// answers report, and asked too.
     pub async fn status(&self) -> Vec<(ShardId, NodeId, Result<ReplicaStatus, ClientError>)> {
-        let table = self.shard_table();
+        let retired = self.retired_shards();
+        let mut table = self.shard_table();
+        table.retain(|s, _| !retired.contains(s));
         let asks = table.into_iter().flat_map(|(shard, replicas)| {
             replicas.into_iter().map(move |node| async move {
                 (shard, node, self.replica_status(shard, node).await)

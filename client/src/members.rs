@@ -60,11 +60,56 @@ impl Client {
             })
             .collect();
         groups.sort_by_key(|g| g.group);
+        let mut retired = r
+            .retired
+            .into_iter()
+            .map(crate::convert::retired_shard)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ClientError::Internal)?;
+        retired.sort_by_key(|r| r.shard);
+        self.note_retired(retired.iter().map(|r| r.shard));
         Ok(pact_common::ShardTable {
             epoch: r.epoch,
             shards,
             groups,
+            retired,
         })
+    }
+
+    /// Retire merged shard `shard` (`pact.v1.Meta.RetireShard`): the
+    /// record every node answers for it from, once its group is gone.
+    /// Idempotent.
+    pub async fn retire_shard(
+        &self,
+        shard: pact_common::ShardId,
+    ) -> Result<pact_common::RetiredShard, ClientError> {
+        let r = self
+            .call_meta(true, |ch| async move {
+                meta(ch)
+                    .retire_shard(pb::RetireShardRequest { shard_id: shard.0 })
+                    .await
+            })
+            .await?;
+        let r = crate::convert::retired_shard(r).map_err(ClientError::Internal)?;
+        self.note_retired([r.shard]);
+        Ok(r)
+    }
+
+    /// Whether merged shard `shard` may be retired, at its leader
+    /// (`pact.v1.Kv.Retirable`): the record its retirement would make.
+    pub async fn retirable(
+        &self,
+        shard: pact_common::ShardId,
+    ) -> Result<pact_common::RetiredShard, ClientError> {
+        self.know(crate::RaftGroup::Shard(shard)).await;
+        let r = self
+            .call_shard(shard, true, |ch| async move {
+                pb::kv_client::KvClient::new(ch)
+                    .retirable(pb::DescribeRequest { shard_id: shard.0 })
+                    .await
+            })
+            .await?;
+        crate::convert::retired_shard(r).map_err(ClientError::Internal)
     }
 
     /// What coordinator group `group`'s leader says of its committed

@@ -46,8 +46,8 @@ pub use limits::{
     MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
 pub use partition::{
-    split_child_id, Descriptor, GroupRecord, ShardMap, ShardRecord, ShardTable, Span,
-    FIRST_SPLIT_ID, FIRST_VERSION,
+    split_child_id, Descriptor, GroupRecord, RetiredAnswer, RetiredShard, ShardMap, ShardRecord,
+    ShardTable, Span, FIRST_SPLIT_ID, FIRST_VERSION,
 };
 pub use slot::Slot;
 pub use txn::{system_clock, Clock, Guard, Hlc, Op, Timestamp, TxnId};

@@ -272,6 +272,58 @@ impl GroupRecord {
     }
 }
 
+/// A merged shard whose Raft group is gone, as the metadata group records
+/// it (`txn admin shard retire`): what every node answers for it from
+/// then on, in its group's place. Taken at the shard's leader when it
+/// owned nothing, its merge was done, and it held no prepare record and
+/// no commit outcome: from then on nothing can prepare or commit there,
+/// so each of its answers is a function of these fields (see
+/// [`RetiredShard::inquiry`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredShard {
+    pub shard: ShardId,
+    /// Its descriptor's version (its span is empty).
+    pub version: u64,
+    /// The shards split off it, ever, and the one it merged into.
+    pub successors: Vec<ShardId>,
+    /// Its voters when it retired.
+    pub voters: Vec<u64>,
+    /// Its record horizon per coordinator group then, sorted by group:
+    /// `(group, timestamp)`. A group not listed had none (0).
+    pub horizons: Vec<(u64, u64)>,
+}
+
+/// What a retired shard answers to an inquiry about a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetiredAnswer {
+    /// Older than the shard's record horizon for its group: whatever it
+    /// recorded is forgotten (as a live shard answers).
+    Expired,
+    /// Nothing of it is there, and nothing can land any more: as final as
+    /// a recorded abort.
+    Aborted,
+}
+
+impl RetiredShard {
+    /// The record horizon of coordinator group `group` (0: none).
+    pub fn horizon(&self, group: u64) -> u64 {
+        self.horizons
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map_or(0, |(_, h)| *h)
+    }
+
+    /// The answer for a transaction of coordinator group `group` with
+    /// start timestamp `ts`.
+    pub fn inquiry(&self, group: u64, ts: u64) -> RetiredAnswer {
+        if ts < self.horizon(group) {
+            RetiredAnswer::Expired
+        } else {
+            RetiredAnswer::Aborted
+        }
+    }
+}
+
 /// The metadata group's tables of groups as read from it: `epoch` counts
 /// the changes they have taken.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -281,9 +333,16 @@ pub struct ShardTable {
     /// The coordinator groups' committed voters, and the metadata
     /// group's own ([`crate::META_GROUP`], see [`ShardTable::meta`]).
     pub groups: Vec<GroupRecord>,
+    /// Merged shards whose groups are gone, sorted by shard.
+    pub retired: Vec<RetiredShard>,
 }
 
 impl ShardTable {
+    /// The record of `shard` if it is retired.
+    pub fn retired(&self, shard: ShardId) -> Option<&RetiredShard> {
+        self.retired.iter().find(|r| r.shard == shard)
+    }
+
     /// The metadata group's voters as its leader last recorded them.
     pub fn meta(&self) -> Option<&GroupRecord> {
         self.groups

@@ -21,6 +21,25 @@ pub enum Error {
     /// The replica stopped; the node must be restarted.
     #[error("stopped: {0}")]
     Fatal(String),
+    /// Not now: what the request needs is not settled yet (a shard to
+    /// retire still holds records); the message says when to ask again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl Error {
+    /// What a call this group made to a shard said, as this group's
+    /// error (by its code, never its text).
+    pub fn from_client(e: pact_client::ClientError) -> Self {
+        use pact_client::ClientError as C;
+        let msg = e.to_string();
+        match e {
+            C::Conflict(_) => Error::Conflict(msg),
+            C::InvalidInput(_) | C::UnknownShard(_) | C::WrongShard(_) => Error::InvalidInput(msg),
+            C::Unknown(_) => Error::Unknown(msg),
+            _ => Error::Unavailable(msg),
+        }
+    }
 }
 
 impl From<ReplicaError> for Error {
@@ -44,6 +63,7 @@ impl From<Error> for tonic::Status {
             Error::Unavailable(_) => (ErrorCode::Unavailable, None),
             Error::Unknown(_) => (ErrorCode::OutcomeUnknown, None),
             Error::Fatal(_) => (ErrorCode::Stopped, None),
+            Error::Conflict(_) => (ErrorCode::Conflict, None),
         };
         pact_raft::wire::error_status(code, msg, None, hint)
     }

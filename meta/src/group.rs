@@ -10,7 +10,7 @@ use pact_raft::{Directory, Host, Replica, ReplicaError, ShardTable, Tuning};
 
 use crate::machine::{
     check_new, decode, encode, epoch_key, epoch_of, group_range, groups_of, members_of, node_range,
-    shard_range, shards_of, Member, MetaApp, MetaCommand, MetaReply,
+    retired_of, retired_range, shard_range, shards_of, Member, MetaApp, MetaCommand, MetaReply,
 };
 use crate::Error;
 
@@ -164,10 +164,17 @@ impl MetaGroup {
             .scan_local(start, Some(end), usize::MAX)
             .await?;
         let groups = groups_of(&pairs).map_err(Error::Fatal)?;
+        let (start, end) = retired_range();
+        let pairs = self
+            .replica
+            .scan_local(start, Some(end), usize::MAX)
+            .await?;
+        let retired = retired_of(&pairs).map_err(Error::Fatal)?;
         Ok(ShardTable {
             epoch,
             shards,
             groups,
+            retired,
         })
     }
 
@@ -270,6 +277,47 @@ impl MetaGroup {
         Ok(proposed + n)
     }
 
+    /// Retire merged shard `shard`: its leader checks that it may go and
+    /// says what it answers (`Kv.Retirable`), and the record is applied
+    /// here; every node then answers for the shard and drops its replica.
+    /// Idempotent: a shard retired already answers its first record.
+    pub async fn retire_shard(
+        self: &Arc<Self>,
+        shard: pact_common::ShardId,
+    ) -> Result<pact_common::RetiredShard, Error> {
+        if let Some(r) = self.shards().await?.retired(shard) {
+            return Ok(r.clone());
+        }
+        let r = self
+            .shards
+            .retirable(shard)
+            .await
+            .map_err(Error::from_client)?;
+        if r.shard != shard {
+            return Err(Error::Fatal(format!(
+                "asked whether shard {shard} may retire, its leader answered for shard {}",
+                r.shard
+            )));
+        }
+        let bytes = encode(&MetaCommand::Retire(r)).map_err(Error::InvalidInput)?;
+        let me = self.clone();
+        let (_, reply) = tokio::spawn(async move { me.replica.propose(bytes).await })
+            .await
+            .map_err(|e| Error::Fatal(format!("proposal task failed: {e}")))??;
+        match decode::<MetaReply>(&reply).map_err(Error::Fatal)? {
+            MetaReply::Done => {}
+            MetaReply::Refused(why) => return Err(Error::InvalidInput(why)),
+            MetaReply::NotYet(why) => return Err(Error::Unavailable(why)),
+        }
+        self.local_shards()
+            .await?
+            .retired(shard)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Fatal(format!("shard {shard}'s retirement applied but not found"))
+            })
+    }
+
     /// Apply `cmd` through the log; the table after.
     async fn change(self: &Arc<Self>, cmd: MetaCommand) -> Result<Vec<Member>, Error> {
         let bytes = encode(&cmd).map_err(Error::InvalidInput)?;
@@ -317,11 +365,14 @@ impl MetaGroup {
                  replica move meta {id} OTHER_NODE), then remove it"
             )));
         }
-        // Every group's leader, all at once.
+        // Every group's leader, all at once; retired shards have none (and
+        // any node answers for them).
+        let retired = self.shards().await?.retired;
         let groups: Vec<RaftGroup> = self
             .shards
             .shards()
             .into_iter()
+            .filter(|s| !retired.iter().any(|r| r.shard == *s))
             .map(RaftGroup::Shard)
             .chain(self.coordinators.iter().map(|g| RaftGroup::Coordinator(*g)))
             .collect();

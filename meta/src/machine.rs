@@ -3,7 +3,7 @@
 //! alone, so every replica reaches the same table whatever its leader
 //! checked before proposing.
 
-use pact_common::{GroupRecord, ShardRecord};
+use pact_common::{GroupRecord, RetiredShard, ShardRecord};
 use pact_raft::codec;
 use pact_raft::{Applied, Apply, Lookup, StateView, Writes};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,10 @@ const NODE_PREFIX: u8 = b'n';
 const SHARD_PREFIX: u8 = b'd';
 /// `c` + the coordinator group id (big-endian): one [`GroupRecord`] each.
 const GROUP_PREFIX: u8 = b'c';
+/// `r` + the shard id (big-endian): one [`RetiredShard`] each, for a
+/// merged shard whose group is gone. Kept apart from the shard records,
+/// whose decoding is strict, so older readers of those are not broken.
+const RETIRED_PREFIX: u8 = b'r';
 /// How many shard records the table has taken (big-endian u64).
 const EPOCH_KEY: &[u8] = b"epoch";
 
@@ -49,6 +53,9 @@ pub enum MetaCommand {
     /// What coordinator groups' leaders said of their voters: each record
     /// replaces its group's only if its `voters_at` is larger.
     Groups(Vec<GroupRecord>),
+    /// A merged shard whose group may go, as its leader checked
+    /// (`Participant.Retirable`); the first record of a shard stays.
+    Retire(RetiredShard),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,25 @@ pub(crate) fn shard_key(id: u64) -> Vec<u8> {
     let mut k = vec![SHARD_PREFIX];
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+pub(crate) fn retired_key(id: u64) -> Vec<u8> {
+    let mut k = vec![RETIRED_PREFIX];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key range of every retired shard's record: `[start, end)`.
+pub(crate) fn retired_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![RETIRED_PREFIX], vec![RETIRED_PREFIX + 1])
+}
+
+/// Decode the records of a scan of [`retired_range`], sorted by shard.
+pub fn retired_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<RetiredShard>, String> {
+    pairs
+        .iter()
+        .map(|(_, v)| decode::<RetiredShard>(v))
+        .collect()
 }
 
 /// The key range of every shard record, for a scan: `[start, end)`.
@@ -259,6 +285,35 @@ pub fn effect(
             |r| group_key(r.group),
             |r, old| r.newer_than(old),
         ),
+        MetaCommand::Retire(r) => {
+            let id = r.shard.0;
+            if id == 0 || id >= pact_common::META_GROUP {
+                return refused(format!("{id} is not a shard id"));
+            }
+            if get(&retired_key(id)).map_err(|e| e.to_string())?.is_some() {
+                return Ok((Vec::new(), MetaReply::Done));
+            }
+            // The shard's own check is the authority; the table only
+            // refuses what contradicts it (a record of a later span).
+            if let Some(v) = get(&shard_key(id)).map_err(|e| e.to_string())? {
+                let old: ShardRecord = decode(&v)?;
+                if old.descriptor.version > r.version {
+                    return refused(format!(
+                        "shard {id} is at version {} in the table, the retirement was checked \
+                         at version {}",
+                        old.descriptor.version, r.version
+                    ));
+                }
+            }
+            let epoch = epoch_of(get(EPOCH_KEY).map_err(|e| e.to_string())?.as_deref())? + 1;
+            Ok((
+                vec![
+                    (retired_key(id), Some(encode(r)?)),
+                    (EPOCH_KEY.to_vec(), Some(epoch.to_be_bytes().to_vec())),
+                ],
+                MetaReply::Done,
+            ))
+        }
         MetaCommand::Remove { id } => {
             let Some(v) = get(&node_key(*id)).map_err(|e| e.to_string())? else {
                 return refused(format!("node {id} is not a member of the cluster"));
@@ -313,7 +368,7 @@ where
     Ok((w, MetaReply::Done))
 }
 
-/// The metadata group's application. `changed` is notified whenever a/// The metadata group's application. `changed` is notified whenever a
+/// The metadata group's application. `changed` is notified whenever a
 /// command's effects become visible here, so the node's directory follows
 /// the table at once instead of at its next look.
 pub struct MetaApp {
@@ -402,6 +457,16 @@ impl MemTable {
             .collect();
         let epoch = epoch_of(self.0.get(EPOCH_KEY).map(Vec::as_slice)).expect("epoch");
         (epoch, shards_of(&pairs).expect("decode"))
+    }
+
+    pub fn retired(&self) -> Vec<RetiredShard> {
+        let (s, e) = retired_range();
+        let pairs: Vec<_> = self
+            .0
+            .range(s..e)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        retired_of(&pairs).expect("decode")
     }
 
     pub fn members(&self) -> Vec<Member> {
@@ -563,6 +628,35 @@ mod tests {
             g(&[1, 2, 3], 7),
         ]));
         assert_eq!((t.shards().0, t.groups()), (2, vec![g(&[1, 2, 5], 9)]));
+    }
+
+    #[test]
+    fn a_retired_shard_is_recorded_once_and_not_against_a_later_span() {
+        let mut t = MemTable::default();
+        let r = |shard: u64, version: u64, h: u64| RetiredShard {
+            shard: pact_common::ShardId(shard),
+            version,
+            successors: vec![pact_common::ShardId(1)],
+            voters: vec![1, 2, 3],
+            horizons: vec![(4, h)],
+        };
+        t.apply(&MetaCommand::Shards(vec![rec(2, 2, &[1, 2, 3], 5)]));
+        assert_eq!(t.apply(&MetaCommand::Retire(r(2, 2, 10))), MetaReply::Done);
+        assert_eq!((t.shards().0, t.retired()), (2, vec![r(2, 2, 10)]));
+        // Asked again (a later horizon): the first record stays, and the
+        // epoch does not move.
+        assert_eq!(t.apply(&MetaCommand::Retire(r(2, 2, 20))), MetaReply::Done);
+        assert_eq!((t.shards().0, t.retired()), (2, vec![r(2, 2, 10)]));
+        // Checked at a version older than the table's record of it.
+        t.apply(&MetaCommand::Shards(vec![rec(3, 4, &[1, 2, 3], 5)]));
+        refused(t.apply(&MetaCommand::Retire(r(3, 3, 10))), "version 4");
+        refused(t.apply(&MetaCommand::Retire(r(0, 3, 10))), "not a shard id");
+        assert_eq!(t.retired().len(), 1);
+        // The answers it stands for.
+        let rec = r(2, 2, 10);
+        assert_eq!(rec.inquiry(4, 9), pact_common::RetiredAnswer::Expired);
+        assert_eq!(rec.inquiry(4, 10), pact_common::RetiredAnswer::Aborted);
+        assert_eq!(rec.inquiry(5, 1), pact_common::RetiredAnswer::Aborted);
     }
 
     #[test]

@@ -172,7 +172,25 @@ impl Meta for MetaService {
                     voters_at: g.voters_at,
                 })
                 .collect(),
+            retired: t
+                .retired
+                .iter()
+                .map(pact_raft::wire::retired_shard)
+                .collect(),
         }))
+    }
+
+    async fn retire_shard(
+        &self,
+        request: Request<pb::RetireShardRequest>,
+    ) -> Result<Response<pb::RetiredShard>, Status> {
+        let shard = pact_common::ShardId(request.into_inner().shard_id);
+        let g = self.group()?;
+        let r = g
+            .retire_shard(shard)
+            .await
+            .map_err(|e| self.settled(&g, e))?;
+        Ok(Response::new(pact_raft::wire::retired_shard(&r)))
     }
 
     async fn remove_member(

@@ -452,6 +452,11 @@ impl Node {
         if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
+        if self.retired(shard).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} was retired (merged, its group gone): it is hosted nowhere again"
+            )));
+        }
         if let Some(n) = voters
             .iter()
             .find(|n| !self.host.knows_node(&self.config, n.0))
@@ -555,6 +560,24 @@ impl Node {
     }
 
     fn shard(&self, shard: ShardId) -> Result<Arc<Shard>, Error> {
+        if let Some(r) = self.retired(shard) {
+            return Err(Error::WrongShard {
+                message: format!(
+                    "shard {shard} merged into shard(s) {} and was retired: it owns nothing",
+                    r.successors
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                version: r.version,
+            });
+        }
+        self.hosted(shard)
+    }
+
+    /// This node's replica of `shard`, retired or not.
+    fn hosted(&self, shard: ShardId) -> Result<Arc<Shard>, Error> {
         if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
@@ -686,6 +709,9 @@ impl Node {
     /// The shard's descriptor, the shards split off it, and its voters,
     /// from its leader.
     pub async fn describe(&self, shard: ShardId) -> Result<Described, Error> {
+        if let Some(r) = self.retired(shard) {
+            return Ok(self.described_retired(&r));
+        }
         let s = &self.shard(shard)?;
         self.ready(s)?;
         // Still the leader: a deposed one may have missed a change.
@@ -701,10 +727,159 @@ impl Node {
         })
     }
 
+    /// The metadata group's record of `shard` if it retired the shard
+    /// (as this node's directory last read it).
+    fn retired(&self, shard: ShardId) -> Option<pact_common::RetiredShard> {
+        self.host.directory().retired(shard)
+    }
+
+    /// What `Describe` answers for a retired shard, in its group's place:
+    /// an empty span at its last version, its successors, and as voters
+    /// its last voters still in the cluster, or if none is, every node
+    /// (any node answers for it).
+    fn described_retired(&self, r: &pact_common::RetiredShard) -> Described {
+        let span = match self.config.partitioning {
+            pact_common::PartitionScheme::Range => pact_common::Span::Range {
+                start: Vec::new(),
+                end: Some(Vec::new()),
+            },
+            pact_common::PartitionScheme::Hash => pact_common::Span::Ring { arcs: Vec::new() },
+        };
+        let directory = self.host.directory();
+        let live: Vec<NodeId> = directory.all().iter().map(|m| NodeId(m.id)).collect();
+        let mut voters: Vec<NodeId> = r
+            .voters
+            .iter()
+            .map(|n| NodeId(*n))
+            .filter(|n| live.contains(n))
+            .collect();
+        if voters.is_empty() {
+            voters = live;
+        }
+        Described {
+            descriptor: Descriptor {
+                shard: r.shard,
+                version: r.version,
+                span,
+            },
+            successors: r.successors.clone(),
+            voters,
+            voters_at: 0,
+        }
+    }
+
+    /// Whether `shard`'s group may go (`txn admin shard retire`), checked
+    /// at its leader after a read barrier: it owns nothing, no merge or
+    /// split of it is under way, and it holds no open transaction, no
+    /// prepare record and no commit outcome. From then on nothing can
+    /// prepare or commit there (its span is empty for good), so every
+    /// answer it could give follows from its record horizons, which the
+    /// record returned carries. Refused with the reason otherwise:
+    /// INVALID_INPUT for a shard that owns keys, CONFLICT for one that is
+    /// not settled yet (ask again later).
+    pub async fn retirable(&self, shard: ShardId) -> Result<pact_common::RetiredShard, Error> {
+        if let Some(r) = self.retired(shard) {
+            return Ok(r);
+        }
+        let s = &self.shard(shard)?;
+        self.ready(s)?;
+        s.replica.read_barrier().await?;
+        let d = self.routed(s, shard, 0)?;
+        if !d.span.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} owns keys: only a shard merged into another can be retired \
+                 (txn admin shard merge first)"
+            )));
+        }
+        if let Some(why) = under_way(s, &self.split_ctx).await {
+            return Err(Error::Conflict(format!(
+                "{why}; retire it once that is done"
+            )));
+        }
+        let open = s
+            .shared
+            .mgr
+            .lock()
+            .map(|m| m.sizes().2)
+            .unwrap_or(usize::MAX);
+        if open > 0 {
+            return Err(Error::Conflict(format!(
+                "shard {shard} still has {open} open transaction(s); retire it once they end"
+            )));
+        }
+        let prepared = s.replica.scan_prefix_local(&[PREPARED_PREFIX]).await?;
+        if !prepared.is_empty() {
+            return Err(Error::Conflict(format!(
+                "shard {shard} holds {} prepare record(s) awaiting their decisions; retire it \
+                 once they are decided",
+                prepared.len()
+            )));
+        }
+        let outcomes = s
+            .replica
+            .scan_prefix_local(&[crate::kv::OUTCOME_PREFIX])
+            .await?;
+        let commits = outcomes
+            .iter()
+            .filter(|(_, v)| v.first() == Some(&1))
+            .count();
+        if commits > 0 {
+            return Err(Error::Conflict(format!(
+                "shard {shard} still holds {commits} commit outcome record(s); they go once \
+                 their coordinators' record horizon passes them (transactions.\
+                 record_retention_s after they ended): retire it then"
+            )));
+        }
+        let mut horizons = Vec::new();
+        let mut groups: Vec<u64> = self.config.coordinators.iter().map(|g| g.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for g in groups {
+            let h = self
+                .stored(s, &crate::kv::horizon_key(g), "record horizon")
+                .await?;
+            if h.0 > 0 {
+                horizons.push((g, h.0));
+            }
+        }
+        let successors = crate::split::local_successors(&s.replica).await?;
+        let (voters, _) = s.replica.committed_voters();
+        Ok(pact_common::RetiredShard {
+            shard,
+            version: d.version,
+            successors,
+            voters,
+            horizons,
+        })
+    }
+
+    /// Drop this node's replicas of shards the metadata group retired
+    /// (each a whole-group drop: every replica drops its own). Returns
+    /// the shards dropped.
+    pub async fn drop_retired(&self) -> Vec<ShardId> {
+        let mut dropped = Vec::new();
+        for (shard, _) in self.all_shards() {
+            if self.retired(shard).is_none() {
+                continue;
+            }
+            let _one = self.hosting.lock().await;
+            match self.drop_hosted(shard).await {
+                Ok(()) => {
+                    tracing::info!(%shard, "dropped this node's replica of a retired shard");
+                    dropped.push(shard);
+                }
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "could not drop a retired shard's replica")
+                }
+            }
+        }
+        dropped
+    }
+
     /// Why `shard` is in the middle of a split or merge here, if it is
     /// ([`under_way`]).
     pub async fn splitting(&self, shard: ShardId) -> Option<String> {
-        let s = self.shard(shard).ok()?;
+        let s = self.hosted(shard).ok()?;
         under_way(&s, &self.split_ctx).await
     }
 
@@ -1676,6 +1851,11 @@ impl Node {
 
     /// Phase two: apply the coordinator's decision. Idempotent.
     pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
+        if self.retired(shard).is_some() {
+            // Nothing of any transaction is left there to apply or release
+            // (no prepare record when it retired, and none can land).
+            return Ok(());
+        }
         let s = &self.shard(shard)?;
         self.ready(s)?;
         if !commit {
@@ -1749,13 +1929,18 @@ impl Node {
         group: u64,
         below: Timestamp,
     ) -> Result<Timestamp, Error> {
-        let s = &self.shard(shard)?;
-        self.ready(s)?;
         if group == IMPLICIT_GROUP {
             return Err(Error::InvalidInput(format!(
                 "group {IMPLICIT_GROUP} is the implicit group of plain writes; it has no floor"
             )));
         }
+        if self.retired(shard).is_some() {
+            // Nothing can prepare or commit there any more: every floor
+            // holds already.
+            return Ok(below);
+        }
+        let s = &self.shard(shard)?;
+        self.ready(s)?;
         // A linearizable read: the floor some earlier call raised is seen.
         s.replica.read_barrier().await?;
         let now = self
@@ -1775,7 +1960,7 @@ impl Node {
     }
 
     pub fn status(&self, shard: ShardId) -> Result<ReplicaStatus, Error> {
-        Ok(self.shard(shard)?.replica.status())
+        Ok(self.hosted(shard)?.replica.status())
     }
 
     /// The first fatal error of any replica, if one stopped.
@@ -1814,6 +1999,9 @@ impl Node {
         txn: TxnId,
         fence: bool,
     ) -> Result<crate::kv::TxnState, Error> {
+        if let Some(r) = self.retired(shard) {
+            return Ok(retired_state(&r, txn));
+        }
         let s = &self.shard(shard)?;
         self.ready(s)?;
         if fence {
@@ -1850,6 +2038,11 @@ impl Node {
         group: u64,
         below: Timestamp,
     ) -> Result<(u64, u64), Error> {
+        if self.retired(shard).is_some() {
+            // Its answers are fixed at its horizons when it retired; a
+            // later horizon changes none of them.
+            return Ok((0, 0));
+        }
         let s = &self.shard(shard)?;
         self.ready(s)?;
         let mut removed = 0u64;
@@ -1894,6 +2087,39 @@ impl Node {
                 return Ok((removed, kept));
             }
         }
+    }
+}
+
+/// How often a node looks for replicas of retired shards to drop.
+pub const DROP_RETIRED_EVERY: Duration = Duration::from_secs(1);
+
+/// Drop `node`'s replicas of retired shards as the directory learns of
+/// them ([`Node::drop_retired`]), every [`DROP_RETIRED_EVERY`], until the
+/// node is gone. A node that was down when a shard retired drops its
+/// replica once its directory has read the table.
+pub fn keep_dropping_retired(node: &Arc<Node>) {
+    let node = Arc::downgrade(node);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(DROP_RETIRED_EVERY).await;
+            let Some(n) = node.upgrade() else {
+                return;
+            };
+            n.drop_retired().await;
+        }
+    });
+}
+
+/// What a retired shard answers, in its group's place, to an inquiry
+/// about `txn` (fenced or not: nothing can land there any more, so a
+/// fence would change nothing). Implicit transactions keep no records.
+fn retired_state(r: &pact_common::RetiredShard, txn: TxnId) -> crate::kv::TxnState {
+    if txn.group == IMPLICIT_GROUP {
+        return crate::kv::TxnState::Aborted;
+    }
+    match r.inquiry(txn.group, txn.ts.0) {
+        pact_common::RetiredAnswer::Expired => crate::kv::TxnState::Expired,
+        pact_common::RetiredAnswer::Aborted => crate::kv::TxnState::Aborted,
     }
 }
 

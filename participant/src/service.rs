@@ -169,6 +169,18 @@ impl Kv for KvService {
             into: Some(convert::descriptor(&into)),
         }))
     }
+
+    async fn retirable(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::RetiredShard>, Status> {
+        let _admitted = self.node.admit()?;
+        let r = self
+            .node
+            .retirable(ShardId(request.into_inner().shard_id))
+            .await?;
+        Ok(Response::new(pact_raft::wire::retired_shard(&r)))
+    }
 }
 
 #[derive(Clone)]

@@ -303,6 +303,7 @@ impl Admin for AdminService {
                 }
             }
             t.descriptors = table.shards.iter().map(crate::wire::shard_record).collect();
+            t.retired = table.retired.iter().map(|r| r.shard.0).collect();
             for g in &mut t.coordinators {
                 if let Some(r) = table.groups.iter().find(|r| r.group == g.group) {
                     if !r.voters.is_empty() {

@@ -139,6 +139,15 @@ impl Directory {
         }
     }
 
+    /// The shard table's record of `shard` if the shard is retired.
+    pub fn retired(&self, shard: pact_common::ShardId) -> Option<pact_common::RetiredShard> {
+        let t = match self.shards.read() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        t.retired(shard).cloned()
+    }
+
     pub fn get(&self, id: u64) -> Option<Member> {
         self.nodes.read().ok().and_then(|d| d.get(&id).cloned())
     }

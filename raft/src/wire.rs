@@ -58,6 +58,7 @@ pub fn topology_response(config: &pact_common::ClusterConfig) -> pb::TopologyRes
         descriptors: Vec::new(),
         epoch: 0,
         meta_replicas: config.meta_replicas().iter().map(|n| n.0).collect(),
+        retired: Vec::new(),
     }
 }
 
@@ -90,6 +91,24 @@ pub fn shard_record(r: &pact_common::ShardRecord) -> pb::ShardDescriptor {
         voters: r.voters.clone(),
         voters_at: r.voters_at,
         ..descriptor(&r.descriptor)
+    }
+}
+
+/// A retired shard as sent.
+pub fn retired_shard(r: &pact_common::RetiredShard) -> pb::RetiredShard {
+    pb::RetiredShard {
+        shard_id: r.shard.0,
+        version: r.version,
+        successors: r.successors.iter().map(|s| s.0).collect(),
+        voters: r.voters.clone(),
+        horizons: r
+            .horizons
+            .iter()
+            .map(|(group, ts)| pb::GroupStamp {
+                group: *group,
+                ts: *ts,
+            })
+            .collect(),
     }
 }
 

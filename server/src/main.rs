@@ -751,6 +751,11 @@ async fn run(r: Run) -> anyhow::Result<()> {
     let node = Some(Arc::new(
         Node::start_on(config.clone(), id, &host, tls.clone()).await?,
     ));
+    // Replicas of shards the metadata group retired go, here as on every
+    // node (a node down then drops its own once its directory is read).
+    if let Some(n) = &node {
+        pact_participant::node::keep_dropping_retired(n);
+    }
     // The coordinator group replica: the config's, unless an operator
     // removed it, or one an operator added at run time (the node's own
     // records say, as for shards).

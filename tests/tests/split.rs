@@ -1062,3 +1062,116 @@ async fn the_metadata_group_records_splits_merges_and_replica_changes_for_every_
         Some(b"1".to_vec())
     );
 }
+
+/// A merged shard's group goes (`txn admin shard retire`) once nothing of
+/// its transactions can still change: refused while the shard owns keys,
+/// refused for now while it holds commit outcomes, then recorded; every
+/// node drops its replica and answers for it (its descriptor, an old
+/// transaction's fate), it is hosted nowhere again (a restarted node
+/// included), listings leave it out, and transfers run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_shard_is_retired_and_every_node_answers_for_it() {
+    let mut config = range_config();
+    config.transactions.record_retention_s = 1;
+    config.transactions.gc_interval_ms = 300;
+    let mut c = start(config).await;
+    let (stop, workers) = transfers_under_way(&c, 20).await;
+    let client = c.client();
+
+    // A transaction on shards 2 and 3, decided before the merge: its
+    // records at shard 2 are what retirement waits out.
+    let mut old = client.begin().await.expect("begin");
+    old.put(b"acct-4x", b"old").await.expect("put on shard 2");
+    old.put(b"zz-old", b"old").await.expect("put on shard 3");
+    let old_id = old.id();
+    old.commit().await.expect("commit across shards");
+
+    let (ok, bad) = txn_shard(&c, &["retire", "2"]);
+    assert!(!ok, "a shard that owns keys retired: {bad}");
+    assert_eq!(bad["error"]["code"], "INVALID_INPUT", "{bad}");
+
+    let (ok, v) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    // Refused for now (CONFLICT) while records are young; past the
+    // retention (1 s) they are collected and it goes.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let retired = loop {
+        let (ok, v) = txn_shard(&c, &["retire", "2"]);
+        if ok {
+            break v;
+        }
+        assert_eq!(v["error"]["code"], "CONFLICT", "{v}");
+        assert!(std::time::Instant::now() < until, "never retired: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(retired["retired"], true, "{retired}");
+    assert_eq!(retired["successors"], serde_json::json!([1]), "{retired}");
+    let version = retired["version"].as_u64().expect("version");
+    let horizons = retired["horizons"].as_array().cloned().unwrap_or_default();
+    assert!(
+        horizons.iter().any(|h| h["horizon"].as_u64() > Some(0)),
+        "its records were collected, so a horizon was raised: {retired}"
+    );
+    // Asked again: the same record.
+    let (ok, again) = txn_shard(&c, &["retire", "2"]);
+    assert!(ok && again == retired, "{again} against {retired}");
+
+    // Every node drops its replica.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    for id in c.node_ids() {
+        while c.status(ShardId(2), id).await.is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "node {id} still hosts shard 2\n{}",
+                c.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Any node answers for it: its descriptor, and the old transaction's
+    // fate (every shard is asked; shard 2's records are gone with its
+    // group, its answer stands in).
+    let fresh = c.client();
+    let d = fresh.describe_shard(ShardId(2)).await.expect("describe");
+    assert_eq!(d.version, version);
+    assert!(d.span.is_empty(), "{d:?}");
+    let o = fresh.resolve_txn(old_id).await.expect("resolve");
+    assert!(
+        matches!(o, pact_client::TxnOutcome::Expired(_)),
+        "{old_id}: {o:?}"
+    );
+
+    // Hosted nowhere again.
+    let (ok, bad) = txn_admin(&c, "replica", &["add", "2", "1"]);
+    assert!(!ok, "a retired shard hosted again: {bad}");
+    // Listings leave it out of their replicas.
+    let (ok, list) = txn_shard(&c, &["list"]);
+    assert!(ok, "{list}");
+    let row = list
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["shard"] == 2))
+        .cloned()
+        .expect("shard 2 listed");
+    assert_eq!(row["keys"]["retired"], true, "{row}");
+    assert_eq!(row["replicas"], serde_json::json!([]), "{row}");
+    let health = std::process::Command::new(pact_tests::binary("txn"))
+        .arg("--config")
+        .arg(&c.config_path)
+        .args(["--json", "health"])
+        .output()
+        .expect("run txn health");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+
+    // A node restarted afterwards does not host it either.
+    c.restart(pact_common::NodeId(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(c.status(ShardId(2), pact_common::NodeId(3)).await.is_none());
+
+    let checked = stop_and_check(&c.client(), stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
+    assert!(read_settled(&c.client(), b"acct-4x").await.is_some());
+}
