@@ -326,6 +326,9 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
         client.refresh_map(&client.shard_map()),
     )
     .await;
+    client
+        .learn_retired(std::time::Duration::from_secs(5))
+        .await;
     let answers = client.status().await;
     let (shard_lead, s_up) = leaders(&answers);
     let live = voters(&answers);
@@ -338,7 +341,8 @@ pub async fn members(client: &Client, json: bool) -> Result<u8, ClientError> {
         .map(|n| (n, Default::default()))
         .collect();
     let label = |s: ShardId| format!("shard {}", s.0);
-    for shard in client.shards() {
+    let retired = client.retired_shards();
+    for shard in client.shards().into_iter().filter(|s| !retired.contains(s)) {
         let replicas: Vec<NodeId> = live
             .get(&shard)
             .map(|v| v.iter().copied().map(NodeId).collect())

@@ -65,6 +65,10 @@ pub use discover::{discover, discover_table, prefer_endpoints, Found, Given, ASK
 pub use members::ClusterMember;
 pub use replicas::{Moved, Removed};
 
+/// How long a client waits for the metadata group's table when a merged
+/// shard's nodes do not answer (is it retired?).
+const RETIRED_LOOKUP: Duration = Duration::from_secs(2);
+
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
@@ -1023,7 +1027,46 @@ impl Client {
             .cloned()
             .ok_or(ClientError::UnknownShard(shard.0))?;
         let within = self.inner.opts.request_timeout;
-        self.call_route(Route::Shard(shard), &replicas, idempotent, within, call)
+        if self.retired_shards().contains(&shard) {
+            return self.call_retired(shard, idempotent, within, call).await;
+        }
+        let first = self
+            .call_route(Route::Shard(shard), &replicas, idempotent, within, &call)
+            .await;
+        // A shard merged away whose nodes no longer answer for it may have
+        // been retired, and its last nodes removed since: any node
+        // answers for a retired shard. Looked up only then (a merged
+        // shard is the only kind that can retire).
+        match first {
+            Err(ClientError::Unavailable(_) | ClientError::Unreachable(_))
+                if !self.shard_map().shards().contains(&shard) =>
+            {
+                self.learn_retired(RETIRED_LOOKUP).await;
+                if self.retired_shards().contains(&shard) {
+                    return self.call_retired(shard, idempotent, within, call).await;
+                }
+                first
+            }
+            r => r,
+        }
+    }
+
+    /// [`Client::call_shard`] for a retired shard: every node this client
+    /// knows answers for it, so each is tried in turn.
+    async fn call_retired<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        idempotent: bool,
+        within: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut nodes = self.node_ids();
+        nodes.sort();
+        self.call_route(Route::Shard(shard), &nodes, idempotent, within, call)
             .await
     }
 

@@ -29,6 +29,10 @@
 //!   table in its directory, and the routing table any node sends
 //!   (`Admin.Topology`) carries it, so a client given only endpoints
 //!   routes to shards splits made, and finds moved replicas, at once.
+//! - `txn admin shard retire SHARD` records a merged shard whose group
+//!   may go, as its leader checked and described it (`Kv.Retirable`);
+//!   every node then answers for the shard from that record and drops its
+//!   replica (`pact_participant::Node`).
 //!
 //! # Invariants
 //! - The table starts as the config's nodes: each new leader proposes
@@ -40,6 +44,9 @@
 //!   What does not depend on the table (address syntax and length) is
 //!   checked by the leader before proposing (`machine::check_new`).
 //! - Removing is marking: the record stays, so the id stays taken.
+//! - A retired shard's record is written once and never changed (a
+//!   later `Retire` of it is a no-op), and it is refused against a table
+//!   record of a later version than the one checked.
 //! - A shard record is replaced only by a newer one: a larger
 //!   `(version, voters_at)` (descriptor version, then the log index of
 //!   the committed membership), both of which only grow within a shard;

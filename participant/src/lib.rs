@@ -21,6 +21,10 @@
 //! - At most `limits.max_in_flight_requests` requests that take locks or
 //!   propose are served at once per node; one past it is refused with
 //!   `Overloaded` before it touches anything ([`Node::admit`]).
+//! - A shard the metadata group retired (merged, no prepare record and no
+//!   commit outcome left when its leader checked, [`Node::retirable`]) is
+//!   answered for by every node from that record, is dropped wherever it
+//!   is hosted, and is never hosted again.
 //!
 //! # Failure
 //! A request to a follower answers `NotLeader` with the leader's id and

@@ -466,8 +466,15 @@ impl Node {
             )));
         }
         let _one = self.hosting.lock().await;
-        if self.shard(shard).is_ok() {
+        if self.hosted(shard).is_ok() {
             return Ok(());
+        }
+        // Again under the lock: the directory may have learnt of the
+        // retirement while this waited (the drop loop holds the lock).
+        if self.retired(shard).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} was retired (merged, its group gone): it is hosted nowhere again"
+            )));
         }
         let s = start_shard(
             &self.config,

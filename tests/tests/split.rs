@@ -1140,6 +1140,11 @@ async fn a_merged_shard_is_retired_and_every_node_answers_for_it() {
         matches!(o, pact_client::TxnOutcome::Expired(_)),
         "{old_id}: {o:?}"
     );
+    // A client that read the table asks any node for it.
+    fresh.learn_retired(Duration::from_secs(5)).await;
+    assert!(fresh.retired_shards().contains(&ShardId(2)));
+    let again = fresh.describe_shard(ShardId(2)).await.expect("describe");
+    assert_eq!(again, d);
 
     // Hosted nowhere again.
     let (ok, bad) = txn_admin(&c, "replica", &["add", "2", "1"]);
