@@ -150,32 +150,28 @@ impl MetaGroup {
     /// The shard table as this replica has applied it: (epoch, records
     /// sorted by shard).
     pub async fn local_shards(&self) -> Result<ShardTable, Error> {
-        let (start, end) = shard_range();
-        let pairs = self
-            .replica
-            .scan_local(start, Some(end), usize::MAX)
-            .await?;
-        let shards = shards_of(&pairs).map_err(Error::Fatal)?;
+        let shards = shards_of(&self.scan(shard_range()).await?).map_err(Error::Fatal)?;
         let epoch = self.replica.get_local(epoch_key()).await?;
         let epoch = epoch_of(epoch.as_deref()).map_err(Error::Fatal)?;
-        let (start, end) = group_range();
-        let pairs = self
-            .replica
-            .scan_local(start, Some(end), usize::MAX)
-            .await?;
-        let groups = groups_of(&pairs).map_err(Error::Fatal)?;
-        let (start, end) = retired_range();
-        let pairs = self
-            .replica
-            .scan_local(start, Some(end), usize::MAX)
-            .await?;
-        let retired = retired_of(&pairs).map_err(Error::Fatal)?;
+        let groups = groups_of(&self.scan(group_range()).await?).map_err(Error::Fatal)?;
+        let retired = retired_of(&self.scan(retired_range()).await?).map_err(Error::Fatal)?;
         Ok(ShardTable {
             epoch,
             shards,
             groups,
             retired,
         })
+    }
+
+    /// Every pair of `[start, end)` as this replica has applied it.
+    async fn scan(
+        &self,
+        (start, end): (Vec<u8>, Vec<u8>),
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        Ok(self
+            .replica
+            .scan_local(start, Some(end), usize::MAX)
+            .await?)
     }
 
     /// The shard table, linearizably (at the leader).

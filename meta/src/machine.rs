@@ -67,22 +67,28 @@ pub enum MetaReply {
     NotYet(String),
 }
 
-pub(crate) fn node_key(id: u64) -> Vec<u8> {
-    let mut k = vec![NODE_PREFIX];
+/// `prefix` + `id` (big-endian): a record's key.
+fn keyed(prefix: u8, id: u64) -> Vec<u8> {
+    let mut k = vec![prefix];
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+/// Decode every value of a scan as one `T`, in key order.
+fn values_of<T: for<'de> Deserialize<'de>>(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<T>, String> {
+    pairs.iter().map(|(_, v)| decode::<T>(v)).collect()
+}
+
+pub(crate) fn node_key(id: u64) -> Vec<u8> {
+    keyed(NODE_PREFIX, id)
 }
 
 pub(crate) fn shard_key(id: u64) -> Vec<u8> {
-    let mut k = vec![SHARD_PREFIX];
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+    keyed(SHARD_PREFIX, id)
 }
 
 pub(crate) fn retired_key(id: u64) -> Vec<u8> {
-    let mut k = vec![RETIRED_PREFIX];
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+    keyed(RETIRED_PREFIX, id)
 }
 
 /// The key range of every retired shard's record: `[start, end)`.
@@ -92,10 +98,7 @@ pub(crate) fn retired_range() -> (Vec<u8>, Vec<u8>) {
 
 /// Decode the records of a scan of [`retired_range`], sorted by shard.
 pub fn retired_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<RetiredShard>, String> {
-    pairs
-        .iter()
-        .map(|(_, v)| decode::<RetiredShard>(v))
-        .collect()
+    values_of(pairs)
 }
 
 /// The key range of every shard record, for a scan: `[start, end)`.
@@ -104,9 +107,7 @@ pub(crate) fn shard_range() -> (Vec<u8>, Vec<u8>) {
 }
 
 pub(crate) fn group_key(id: u64) -> Vec<u8> {
-    let mut k = vec![GROUP_PREFIX];
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+    keyed(GROUP_PREFIX, id)
 }
 
 /// The key range of every coordinator group record: `[start, end)`.
@@ -116,10 +117,7 @@ pub(crate) fn group_range() -> (Vec<u8>, Vec<u8>) {
 
 /// Decode the records of a scan of [`group_range`], sorted by group.
 pub fn groups_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<GroupRecord>, String> {
-    pairs
-        .iter()
-        .map(|(_, v)| decode::<GroupRecord>(v))
-        .collect()
+    values_of(pairs)
 }
 
 pub(crate) fn epoch_key() -> &'static [u8] {
@@ -138,10 +136,7 @@ pub fn epoch_of(v: Option<&[u8]>) -> Result<u64, String> {
 
 /// Decode the records of a scan of [`shard_range`], sorted by shard.
 pub fn shards_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<ShardRecord>, String> {
-    pairs
-        .iter()
-        .map(|(_, v)| decode::<ShardRecord>(v))
-        .collect()
+    values_of(pairs)
 }
 
 /// The key range of every member, for a scan: `[start, end)`.
