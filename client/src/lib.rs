@@ -1051,8 +1051,11 @@ impl Client {
         }
     }
 
-    /// [`Client::call_shard`] for a retired shard: every node this client
-    /// knows answers for it, so each is tried in turn.
+    /// [`Client::call_shard`] for a retired shard: every node answers for
+    /// it, so each node this client knows is tried in turn, the replicas
+    /// of live groups first (kept current by their descriptors and
+    /// statuses, so a retired shard's own nodes, possibly removed since,
+    /// come last).
     async fn call_retired<T, F, Fut>(
         &self,
         shard: ShardId,
@@ -1064,8 +1067,21 @@ impl Client {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut nodes = self.node_ids();
-        nodes.sort();
+        let retired = self.retired_shards();
+        let mut nodes: Vec<NodeId> = Vec::new();
+        let live = self
+            .shard_table()
+            .into_iter()
+            .filter(|(s, _)| !retired.contains(s))
+            .flat_map(|(_, r)| r)
+            .chain(self.group_table().into_values().flatten())
+            .chain(self.meta_replicas());
+        for n in live.chain(self.node_ids()) {
+            // Only nodes it can dial: one it cannot would end the call.
+            if !nodes.contains(&n) && self.addr(n).is_some() {
+                nodes.push(n);
+            }
+        }
         self.call_route(Route::Shard(shard), &nodes, idempotent, within, call)
             .await
     }

@@ -803,12 +803,9 @@ impl Node {
                 "{why}; retire it once that is done"
             )));
         }
-        let open = s
-            .shared
-            .mgr
-            .lock()
-            .map(|m| m.sizes().2)
-            .unwrap_or(usize::MAX);
+        // Aborted ones are left out: they only wait for the idle timeout
+        // to be forgotten, and can never prepare.
+        let open = s.shared.mgr.lock().map(|m| m.live()).unwrap_or(usize::MAX);
         if open > 0 {
             return Err(Error::Conflict(format!(
                 "shard {shard} still has {open} open transaction(s); retire it once they end"

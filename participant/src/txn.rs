@@ -286,6 +286,15 @@ impl TxnManager {
         (keys, ranges, self.txns.len())
     }
 
+    /// Transactions that may still do something here (active, preparing
+    /// or prepared); aborted ones only wait to be forgotten.
+    pub fn live(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|t| !matches!(t.status, Status::Aborted(_)))
+            .count()
+    }
+
     /// Whose locks went since the last call: the requests waiting for
     /// one of them (or for their own transaction, when it was wounded)
     /// are the ones to wake.
@@ -1079,8 +1088,11 @@ mod tests {
         assert!(m.silent_active(50, 60).is_empty());
         assert_eq!(m.silent_active(100, 60), vec![a]);
         assert!(m.silent_active(120, 60).is_empty());
+        assert_eq!(m.live(), 2);
         assert!(m.abandon(a));
         assert!(!m.abandon(a), "abandon is idempotent");
+        // Aborted, a waits to be forgotten and counts as open, not live.
+        assert_eq!((m.live(), m.open_count()), (1, 2));
         assert!(!m.abandon(b), "a preparing transaction is never abandoned");
         // a's lock is free for an older transaction without waiting.
         assert_eq!(m.lock(t(5), true, &x(b"a"), 100), Step::Granted);

@@ -85,23 +85,69 @@ pub enum Fault {
     /// transactions holding locks in the merged shard abort, the other
     /// takes over its keys. When the two are not on the same nodes, the
     /// merged shard's replicas are first moved onto the other's (as the
-    /// CLI does). Needs every node run as `pact` (`Spec::spare`).
+    /// CLI does). Then every shard merged so far is retired where its
+    /// records allow (`txn admin shard retire`, asked for up to
+    /// [`RETIRE_FOR`]): its group goes, and every node answers for it
+    /// (with `Spec::record_retention_s`, records expire within the run).
+    /// Needs every node run as `pact` (`Spec::spare`).
     Merge,
+}
+
+/// How long [`Fault::Merge`] keeps asking to retire the merged shards
+/// (refused, CONFLICT, while a shard still holds commit outcomes).
+pub const RETIRE_FOR: Duration = Duration::from_secs(10);
+
+/// Retire every shard merged away and not retired yet, each asked again
+/// while it is refused for now (CONFLICT) and [`RETIRE_FOR`] lasts; what
+/// happened, in words.
+async fn retire_merged(client: &Client) -> String {
+    let shards = all_shards(client).await;
+    let owning = client.shard_map().shards();
+    let until = tokio::time::Instant::now() + RETIRE_FOR;
+    let mut said = Vec::new();
+    for s in shards.into_iter().filter(|s| !owning.contains(s)) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), client.retire_shard(s)).await {
+                Ok(Ok(_)) => {
+                    said.push(format!("retired shard {s}"));
+                    break;
+                }
+                Ok(Err(pact_client::ClientError::Conflict(_)))
+                    if tokio::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(Err(e)) => {
+                    said.push(format!("shard {s} not retired: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    said.push(format!("retiring shard {s} timed out"));
+                    break;
+                }
+            }
+        }
+    }
+    said.join("; ")
 }
 
 /// [`Fault::Split`] stops splitting once the cluster has this many shards.
 pub const MAX_SPLIT_SHARDS: usize = 10;
 
-/// Every shard there is now, those splits created included (best effort:
-/// the config's and those known so far if the descriptors cannot all be
-/// read).
+/// Every shard there is now, those splits created included, retired ones
+/// (groups gone) left out (best effort: the config's and those known so
+/// far if the descriptors cannot all be read).
 async fn all_shards(client: &Client) -> Vec<ShardId> {
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
         client.refresh_map(&client.shard_map()),
     )
     .await;
-    client.shards()
+    client.learn_retired(Duration::from_secs(2)).await;
+    let retired = client.retired_shards();
+    let mut all = client.shards();
+    all.retain(|s| !retired.contains(s));
+    all
 }
 
 impl Fault {
@@ -464,8 +510,9 @@ pub async fn apply(
             let what = match merged {
                 Ok(Ok((moved, d))) => format!(
                     "merged shard {shard} into shard {into} (now version {}) after {moved} \
-                     replica move(s)",
-                    d.version
+                     replica move(s); {}",
+                    d.version,
+                    retire_merged(&client).await
                 ),
                 Ok(Err(e)) => format!("shard {shard} not merged into shard {into}: {e}"),
                 Err(_) => format!("merging shard {shard} into shard {into} timed out"),
