@@ -86,9 +86,10 @@ pub enum Fault {
     /// takes over its keys. When the two are not on the same nodes, the
     /// merged shard's replicas are first moved onto the other's (as the
     /// CLI does). Then every shard merged so far is retired where its
-    /// records allow (`txn admin shard retire`, asked for up to
-    /// [`RETIRE_FOR`]): its group goes, and every node answers for it
-    /// (with `Spec::record_retention_s`, records expire within the run).
+    /// records allow (`txn admin shard retire`): its group goes, and every
+    /// node answers for it. With a retention short enough for records to
+    /// expire within the run (`Spec::record_retention_s`), a refusal for
+    /// now is asked again for up to [`RETIRE_FOR`]; else once.
     /// Needs every node run as `pact` (`Spec::spare`).
     Merge,
 }
@@ -98,9 +99,10 @@ pub enum Fault {
 pub const RETIRE_FOR: Duration = Duration::from_secs(10);
 
 /// Retire every shard merged away and not retired yet, each asked again
-/// while it is refused for now (CONFLICT) and [`RETIRE_FOR`] lasts; what
-/// happened, in words.
-async fn retire_merged(client: &Client) -> String {
+/// while it is refused for now (CONFLICT) and [`RETIRE_FOR`] lasts if
+/// `patient` (records expire within the run), else once; what happened,
+/// in words.
+async fn retire_merged(client: &Client, patient: bool) -> String {
     let shards = all_shards(client).await;
     let owning = client.shard_map().shards();
     let until = tokio::time::Instant::now() + RETIRE_FOR;
@@ -113,7 +115,7 @@ async fn retire_merged(client: &Client) -> String {
                     break;
                 }
                 Ok(Err(pact_client::ClientError::Conflict(_)))
-                    if tokio::time::Instant::now() < until =>
+                    if patient && tokio::time::Instant::now() < until =>
                 {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
@@ -512,7 +514,11 @@ pub async fn apply(
                     "merged shard {shard} into shard {into} (now version {}) after {moved} \
                      replica move(s); {}",
                     d.version,
-                    retire_merged(&client).await
+                    retire_merged(
+                        &client,
+                        c.config.transactions.record_retention_s <= RETIRE_FOR.as_secs() / 2
+                    )
+                    .await
                 ),
                 Ok(Err(e)) => format!("shard {shard} not merged into shard {into}: {e}"),
                 Err(_) => format!("merging shard {shard} into shard {into} timed out"),
