@@ -61,9 +61,15 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
     // The descriptors first: they name the shards splits created, whose
     // replicas are then asked too.
     let described = client.refresh_map(&client.shard_map()).await;
-    client
-        .learn_retired(std::time::Duration::from_secs(5))
-        .await;
+    // Retired shards' versions come from their records (they are in no
+    // map); the client learns which they are from the same read.
+    let versions: BTreeMap<ShardId, u64> =
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.meta_shards())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|t| t.retired.iter().map(|r| (r.shard, r.version)).collect())
+            .unwrap_or_default();
     let retired = client.retired_shards();
     let answers = client.status().await;
     let (lead, _) = leaders(&answers);
@@ -77,6 +83,7 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
         "config"
     };
     let map = client.shard_map();
+    let version = |s: ShardId| versions.get(&s).copied().unwrap_or_else(|| map.version(s));
     let mut rows = Vec::new();
     for shard in client.shards() {
         let replicas: Vec<u64> = live
@@ -113,7 +120,7 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
         let all: Vec<_> = rows
             .iter()
             .map(|(s, r, l, k)| {
-                json!({"shard": s.0, "keys": k, "version": map.version(*s),
+                json!({"shard": s.0, "keys": k, "version": version(*s),
                        "keys_from": source, "replicas": r,
                        "leader": l.map(|x| x.0), "term": l.map(|x| x.1)})
             })
@@ -121,11 +128,18 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
         outln!("{}", serde_json::Value::Array(all));
     } else {
         for (s, r, l, k) in &rows {
+            if k.get("retired").is_some() {
+                outln!(
+                    "shard {} (version {}): merged into another shard and retired: no keys, no \
+                     replicas",
+                    s.0,
+                    version(*s)
+                );
+                continue;
+            }
             let keys = if let Some(p) = k.get("ring_points") {
                 let share = k["ring_share"].as_f64().unwrap_or(0.0) * 100.0;
                 format!("{p} ring points, {share:.1}% of key hashes")
-            } else if k.get("retired").is_some() {
-                "merged into another shard and retired: no keys, no replicas".to_string()
             } else if k.get("merged").is_some() {
                 "merged into another shard: no keys".to_string()
             } else if !k.is_null() {
@@ -143,7 +157,7 @@ pub async fn shards(client: &Client, style: Style, json: bool) -> Result<u8, Cli
             outln!(
                 "shard {} (version {}): {keys}; replicas {}; {leader}",
                 s.0,
-                map.version(*s),
+                version(*s),
                 replicas.join(",")
             );
         }
