@@ -673,6 +673,15 @@ impl Client {
         }
     }
 
+    /// Whether this client knows `shard` to be retired (no copy of the
+    /// set: it is asked on every shard call).
+    fn is_retired(&self, shard: ShardId) -> bool {
+        match self.inner.retired.read() {
+            Ok(r) => r.contains(&shard),
+            Err(p) => p.into_inner().contains(&shard),
+        }
+    }
+
     /// Record that `shards` are retired (retirement is final).
     pub(crate) fn note_retired(&self, shards: impl IntoIterator<Item = ShardId>) {
         if let Ok(mut r) = self.inner.retired.write() {
@@ -1027,7 +1036,7 @@ impl Client {
             .cloned()
             .ok_or(ClientError::UnknownShard(shard.0))?;
         let within = self.inner.opts.request_timeout;
-        if self.retired_shards().contains(&shard) {
+        if self.is_retired(shard) {
             return self.call_retired(shard, idempotent, within, call).await;
         }
         let first = self
@@ -1042,7 +1051,7 @@ impl Client {
                 if !self.shard_map().shards().contains(&shard) =>
             {
                 self.learn_retired(RETIRED_LOOKUP).await;
-                if self.retired_shards().contains(&shard) {
+                if self.is_retired(shard) {
                     return self.call_retired(shard, idempotent, within, call).await;
                 }
                 first

@@ -452,11 +452,6 @@ impl Node {
         if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
-        if self.retired(shard).is_some() {
-            return Err(Error::InvalidInput(format!(
-                "shard {shard} was retired (merged, its group gone): it is hosted nowhere again"
-            )));
-        }
         if let Some(n) = voters
             .iter()
             .find(|n| !self.host.knows_node(&self.config, n.0))
@@ -466,15 +461,16 @@ impl Node {
             )));
         }
         let _one = self.hosting.lock().await;
-        if self.hosted(shard).is_ok() {
-            return Ok(());
-        }
-        // Again under the lock: the directory may have learnt of the
-        // retirement while this waited (the drop loop holds the lock).
+        // Under the lock: the directory may learn of the retirement while
+        // this waits (the drop loop holds the lock), and a retired replica
+        // not dropped yet is not "hosted already".
         if self.retired(shard).is_some() {
             return Err(Error::InvalidInput(format!(
                 "shard {shard} was retired (merged, its group gone): it is hosted nowhere again"
             )));
+        }
+        if self.hosted(shard).is_ok() {
+            return Ok(());
         }
         let s = start_shard(
             &self.config,
@@ -719,7 +715,7 @@ impl Node {
         if let Some(r) = self.retired(shard) {
             return Ok(self.described_retired(&r));
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         // Still the leader: a deposed one may have missed a change.
         s.replica.read_barrier().await?;
@@ -788,7 +784,7 @@ impl Node {
         if let Some(r) = self.retired(shard) {
             return Ok(r);
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         s.replica.read_barrier().await?;
         let d = self.routed(s, shard, 0)?;
@@ -1860,7 +1856,7 @@ impl Node {
             // (no prepare record when it retired, and none can land).
             return Ok(());
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         if !commit {
             // Whatever it holds here goes now; the record below makes a
@@ -1943,7 +1939,7 @@ impl Node {
             // holds already.
             return Ok(below);
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         // A linearizable read: the floor some earlier call raised is seen.
         s.replica.read_barrier().await?;
@@ -2006,7 +2002,7 @@ impl Node {
         if let Some(r) = self.retired(shard) {
             return Ok(retired_state(&r, txn));
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         if fence {
             let reply = self.propose(s, ShardCommand::Fence { txn }).await?;
@@ -2047,7 +2043,7 @@ impl Node {
             // later horizon changes none of them.
             return Ok((0, 0));
         }
-        let s = &self.shard(shard)?;
+        let s = &self.hosted(shard)?;
         self.ready(s)?;
         let mut removed = 0u64;
         loop {
