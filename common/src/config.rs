@@ -244,6 +244,13 @@ pub struct RaftTuning {
     /// No shard splits by itself once the cluster has this many shards
     /// (those merged away not counted).
     pub auto_split_max_shards: u64,
+    /// How often the metadata group's leader asks each shard merged into
+    /// another whether it may retire, and retires those that may (as
+    /// `txn admin shard retire` does), in seconds. A merged shard may
+    /// retire once its commit outcomes passed the record horizon
+    /// (`transactions.record_retention_s` after its last commit). 0: off
+    /// (merged shards retire only when an operator asks).
+    pub retire_merged_secs: u64,
 }
 
 impl Default for RaftTuning {
@@ -262,6 +269,7 @@ impl Default for RaftTuning {
             auto_split_bytes: 0,
             auto_split_secs: 60,
             auto_split_max_shards: 16,
+            retire_merged_secs: 60,
         }
     }
 }
@@ -799,6 +807,7 @@ impl ClusterConfig {
             ("auto_split_bytes", r.auto_split_bytes),
             ("auto_split_secs", r.auto_split_secs),
             ("auto_split_max_shards", r.auto_split_max_shards),
+            ("retire_merged_secs", r.retire_merged_secs),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v > MAX_TOML_INT) {
             return invalid(format!("raft.{name} is {v}, larger than {MAX_TOML_INT}"));

@@ -105,7 +105,11 @@ impl MetaGroup {
             coordinators: config.coordinators.iter().map(|g| g.group).collect(),
         });
         tokio::spawn(seed_when_leading(group.clone(), seeds(config)));
-        tokio::spawn(record_shards_when_leading(group.clone()));
+        tokio::spawn(while_leading(group.clone(), SHARDS_EVERY, record_shards));
+        if config.raft.retire_merged_secs > 0 {
+            let every = Duration::from_secs(config.raft.retire_merged_secs);
+            tokio::spawn(while_leading(group.clone(), every, retire_merged));
+        }
         Ok(group)
     }
 
@@ -295,16 +299,7 @@ impl MetaGroup {
                 r.shard
             )));
         }
-        let bytes = encode(&MetaCommand::Retire(r)).map_err(Error::InvalidInput)?;
-        let me = self.clone();
-        let (_, reply) = tokio::spawn(async move { me.replica.propose(bytes).await })
-            .await
-            .map_err(|e| Error::Fatal(format!("proposal task failed: {e}")))??;
-        match decode::<MetaReply>(&reply).map_err(Error::Fatal)? {
-            MetaReply::Done => {}
-            MetaReply::Refused(why) => return Err(Error::InvalidInput(why)),
-            MetaReply::NotYet(why) => return Err(Error::Unavailable(why)),
-        }
+        self.apply(MetaCommand::Retire(r)).await?;
         self.local_shards()
             .await?
             .retired(shard)
@@ -314,8 +309,8 @@ impl MetaGroup {
             })
     }
 
-    /// Apply `cmd` through the log; the table after.
-    async fn change(self: &Arc<Self>, cmd: MetaCommand) -> Result<Vec<Member>, Error> {
+    /// Apply `cmd` through the log, and say whether the machine took it.
+    async fn apply(self: &Arc<Self>, cmd: MetaCommand) -> Result<(), Error> {
         let bytes = encode(&cmd).map_err(Error::InvalidInput)?;
         // Owned: a caller that gives up leaves the proposal to its fate in
         // the log (every change is idempotent, so asking again is safe).
@@ -324,10 +319,53 @@ impl MetaGroup {
             .await
             .map_err(|e| Error::Fatal(format!("proposal task failed: {e}")))??;
         match decode::<MetaReply>(&reply).map_err(Error::Fatal)? {
-            MetaReply::Done => self.local_members().await,
+            MetaReply::Done => Ok(()),
             MetaReply::Refused(why) => Err(Error::InvalidInput(why)),
             MetaReply::NotYet(why) => Err(Error::Unavailable(why)),
         }
+    }
+
+    /// Apply a change of the member table through the log; the table after.
+    async fn change(self: &Arc<Self>, cmd: MetaCommand) -> Result<Vec<Member>, Error> {
+        self.apply(cmd).await?;
+        self.local_members().await
+    }
+
+    /// One round of retiring merged shards by themselves: every shard
+    /// the table shows owning nothing and not yet retired is asked, as
+    /// `retire_shard` asks (its leader decides whether it may go; the
+    /// table is only where the candidates come from). Returns the shards
+    /// retired; one that may not go yet is asked again next round.
+    async fn retire_merged(self: &Arc<Self>) -> Result<Vec<pact_common::ShardId>, Error> {
+        let table = self.local_shards().await?;
+        let merged: Vec<pact_common::ShardId> = table
+            .shards
+            .iter()
+            .map(|r| &r.descriptor)
+            .filter(|d| d.span.is_empty() && table.retired(d.shard).is_none())
+            .map(|d| d.shard)
+            .collect();
+        let mut retired = Vec::new();
+        for shard in merged {
+            match self.retire_shard(shard).await {
+                Ok(_) => retired.push(shard),
+                // A replica whose apply failed stops itself; its
+                // leadership watch then ends this task. A malformed
+                // answer is the shard's fault, not the table's: the
+                // others are still asked.
+                Err(e @ Error::Fatal(_)) => tracing::warn!(
+                    shard = shard.0,
+                    error = %e,
+                    "merged shard not retired; will ask again"
+                ),
+                Err(e) => tracing::debug!(
+                    shard = shard.0,
+                    error = %e,
+                    "merged shard not retired yet; will ask again"
+                ),
+            }
+        }
+        Ok(retired)
     }
 
     /// Add a member (see [`MetaCommand::Add`]); what does not depend on
@@ -363,12 +401,12 @@ impl MetaGroup {
         }
         // Every group's leader, all at once; retired shards have none (and
         // any node answers for them).
-        let retired = self.shards().await?.retired;
+        let table = self.shards().await?;
         let groups: Vec<RaftGroup> = self
             .shards
             .shards()
             .into_iter()
-            .filter(|s| !retired.iter().any(|r| r.shard == *s))
+            .filter(|s| table.retired(*s).is_none())
             .map(RaftGroup::Shard)
             .chain(self.coordinators.iter().map(|g| RaftGroup::Coordinator(*g)))
             .collect();
@@ -440,26 +478,46 @@ async fn seed_when_leading(group: Arc<MetaGroup>, seeds: Vec<Member>) {
     }
 }
 
-/// While this replica leads, record the shards' changes in the table every
-/// [`SHARDS_EVERY`] (the next leader takes over where it stops: every
-/// look starts from the replicated table).
-async fn record_shards_when_leading(group: Arc<MetaGroup>) {
+/// Look at every shard and record what changed ([`SHARDS_EVERY`]).
+async fn record_shards(group: Arc<MetaGroup>) -> Result<Option<String>, Error> {
+    Ok(match group.record_shards().await? {
+        0 => None,
+        n => Some(format!("shard table updated ({n} record(s))")),
+    })
+}
+
+/// Retire the merged shards that may go (`raft.retire_merged_secs`).
+async fn retire_merged(group: Arc<MetaGroup>) -> Result<Option<String>, Error> {
+    let shards = group.retire_merged().await?;
+    let ids: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
+    Ok((!ids.is_empty())
+        .then(|| format!("merged shard(s) {} retired by themselves", ids.join(", "))))
+}
+
+/// While this replica leads, run `round` every `every` (the next leader
+/// takes over where it stops: every round starts from the replicated
+/// table). A fatal error (the replica's state unreadable) ends it.
+async fn while_leading<F, Fut>(group: Arc<MetaGroup>, every: Duration, round: F)
+where
+    F: Fn(Arc<MetaGroup>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, Error>>,
+{
     let mut leadership = group.replica.leadership();
     loop {
         while leadership.borrow_and_update().is_some() {
             if group.is_retired() {
                 return;
             }
-            match group.record_shards().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(shards = n, "shard table updated"),
+            match round(group.clone()).await {
+                Ok(None) => {}
+                Ok(Some(what)) => tracing::info!("{what}"),
                 Err(Error::Fatal(e)) => {
-                    tracing::error!(error = %e, "shard table not read; no longer recording");
+                    tracing::error!(error = %e, "metadata table unreadable; this job stops");
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "shard table not updated; will retry"),
+                Err(e) => tracing::debug!(error = %e, "metadata job round failed; will retry"),
             }
-            tokio::time::sleep(SHARDS_EVERY).await;
+            tokio::time::sleep(every).await;
         }
         if leadership.changed().await.is_err() {
             return;

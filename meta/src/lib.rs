@@ -32,7 +32,10 @@
 //! - `txn admin shard retire SHARD` records a merged shard whose group
 //!   may go, as its leader checked and described it (`Kv.Retirable`);
 //!   every node then answers for the shard from that record and drops its
-//!   replica (`pact_participant::Node`).
+//!   replica (`pact_participant::Node`). The group's leader also does it
+//!   by itself, every `raft.retire_merged_secs`, for each shard its table
+//!   shows merged and not yet retired (the shard's leader decides; a
+//!   refusal is asked again next round).
 //!
 //! # Invariants
 //! - The table starts as the config's nodes: each new leader proposes

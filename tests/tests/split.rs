@@ -1074,7 +1074,12 @@ async fn a_merged_shard_is_retired_and_every_node_answers_for_it() {
     let mut config = range_config();
     config.transactions.record_retention_s = 1;
     config.transactions.gc_interval_ms = 300;
-    let mut c = start(config).await;
+    // Retired by hand here: the metadata group's own rounds are off.
+    let tuning = pact_common::RaftTuning {
+        retire_merged_secs: 0,
+        ..fast_tuning()
+    };
+    let mut c = start_with(config, tuning, "").await;
     let (stop, workers) = transfers_under_way(&c, 20).await;
     let client = c.client();
 
@@ -1179,4 +1184,61 @@ async fn a_merged_shard_is_retired_and_every_node_answers_for_it() {
     let checked = stop_and_check(&c.client(), stop, workers).await;
     assert!(checked.acknowledged > 0, "{checked:?}");
     assert!(read_settled(&c.client(), b"acct-4x").await.is_some());
+}
+
+/// With `raft.retire_merged_secs` set, nobody asks: the metadata group's
+/// leader retires a merged shard once its records allow, every node
+/// drops its replica, and the transfers that ran throughout add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_shard_retires_by_itself() {
+    let mut config = range_config();
+    config.transactions.record_retention_s = 1;
+    config.transactions.gc_interval_ms = 300;
+    let tuning = pact_common::RaftTuning {
+        retire_merged_secs: 1,
+        ..fast_tuning()
+    };
+    let c = start_with(config, tuning, "").await;
+    let (stop, workers) = transfers_under_way(&c, 20).await;
+
+    let (ok, v) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "merge refused: {v}\n{}", split_lines(&c));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, list) = txn_shard(&c, &["list"]);
+        assert!(ok, "{list}");
+        let retired = list
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["shard"] == 2))
+            .is_some_and(|row| row["keys"]["retired"] == true);
+        if retired {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shard 2 never retired by itself: {list}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    for id in c.node_ids() {
+        while c.status(ShardId(2), id).await.is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "node {id} still hosts shard 2\n{}",
+                c.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let logged = c.node_ids().into_iter().any(|id| {
+        std::fs::read_to_string(c.log_path(id))
+            .unwrap_or_default()
+            .contains("retired by themselves")
+    });
+    assert!(logged, "no node logged the retirement");
+
+    let checked = stop_and_check(&c.client(), stop, workers).await;
+    assert!(checked.acknowledged > 0, "{checked:?}");
 }
