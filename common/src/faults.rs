@@ -26,6 +26,10 @@
 //! for it to commit and aborts the process, before any final
 //! configuration exists: the group is left joint, as openraft leaves it
 //! when a leader dies between the two steps of a change), so tests can check that the next change finishes it.
+//! And `add-stops-at-learner` (a leader adding a replica stops once the
+//! new replica has caught up as a learner, before promoting it, and
+//! answers that the change is incomplete, as when it dies at that point),
+//! so tests can leave a learner behind.
 //! And three crash points of a split: `crash-split-frozen` (the driver
 //! aborts the process once the parent froze the moving part, before it
 //! drained), `crash-split-drained` (once the parent recorded the split
@@ -58,6 +62,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "skip-one-phase-record",
     "crash-mid-snapshot-install",
     "crash-mid-membership-change",
+    "add-stops-at-learner",
     "crash-split-frozen",
     "crash-split-drained",
     "crash-split-committed",

@@ -259,6 +259,11 @@ pub async fn add(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    if pact_common::faults::enabled("add-stops-at-learner") {
+        return Err(MembershipError::Incomplete(format!(
+            "add-stops-at-learner: node {node} left a caught-up learner of group {group}"
+        )));
+    }
     let mut new = v.voters.clone();
     new.insert(node);
     let v = live_quorum(&raft, group, &new).await?;

@@ -18,7 +18,10 @@
 //! leader, campaigns. The group's leader answers its (pre-)vote requests
 //! with [`REMOVED_AT`]: the index of the committed membership that left it
 //! out, past the sender's last entry. The sender's node is told through
-//! [`Removals`], and drops the replica for good (see `Removals`).
+//! [`Removals`], and drops the replica for good (see `Removals`). A
+//! replica that campaigns for nothing (a learner, or one behind its
+//! rejoin gate) sends the same question itself once it has heard no
+//! leader for a while (`Replica::ask_if_removed`).
 //!
 //! Every decoded message is checked before it reaches openraft (see
 //! [`check_sender`]): the sender must be another member of the group, the
@@ -110,7 +113,9 @@ impl Removals {
         }
     }
 
-    fn told(&self, r: Removal) {
+    /// Pass on a leader's word that the group removed this node's
+    /// replica (at most once per group until [`Removals::retry`]).
+    pub(crate) fn tell(&self, r: Removal) {
         let first = self
             .told
             .lock()
@@ -440,7 +445,7 @@ impl PeerClient {
     /// removed this replica.
     fn noted(&self, e: CallError) -> RPCError<TypeConfig> {
         if let CallError::Removed(at, _) = &e {
-            self.removals.told(Removal {
+            self.removals.tell(Removal {
                 group: self.group,
                 at: *at,
                 told_by: self.target,
@@ -1461,7 +1466,7 @@ mod auth_tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let r = Removals::default();
         let tell = |group| {
-            r.told(Removal {
+            r.tell(Removal {
                 group,
                 at: 9,
                 told_by: 2,

@@ -124,6 +124,12 @@ pub(crate) struct Gate {
     /// Until then no vote passes even when open: a restarted replica's
     /// quiet period (lease reads; see `Replica::start`).
     quiet_until: Mutex<Option<std::time::Instant>>,
+    /// When the gate was made (the replica's start).
+    born: std::time::Instant,
+    /// Milliseconds after `born` when a leader's append or snapshot last
+    /// passed: how long a replica has heard from no leader (an atomic,
+    /// since every append stores it).
+    heard_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Gate {
@@ -131,7 +137,24 @@ impl Gate {
         Gate {
             state: Mutex::new(state),
             quiet_until: Mutex::new(None),
+            born: std::time::Instant::now(),
+            heard_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn heard(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since a leader's message last passed (since the replica
+    /// started, if none has).
+    pub(crate) fn silent_for(&self) -> std::time::Duration {
+        let heard = std::time::Duration::from_millis(
+            self.heard_ms.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.born.elapsed().saturating_sub(heard)
     }
 
     pub(crate) fn open() -> Self {
@@ -219,7 +242,7 @@ impl Gate {
     /// (`commit`: its last index) from the leader of `vote`.
     pub(crate) fn admit_leader(&self, vote: &Vote, commit: u64) -> Result<(), Refused> {
         let leader = vote.leader_id;
-        self.with(|s| match s {
+        let admitted = self.with(|s| match s {
             State::Open => Ok(()),
             State::Probing => Err(Refused::Probing),
             State::Rejoining { floor, contact } => {
@@ -234,7 +257,11 @@ impl Gate {
                 }
                 Ok(())
             }
-        })
+        });
+        if admitted.is_ok() {
+            self.heard();
+        }
+        admitted
     }
 
     /// A snapshot chunk from the leader of `vote`: refused where
@@ -243,7 +270,7 @@ impl Gate {
     /// with its final message, which goes through `admit_leader`).
     pub(crate) fn check_leader(&self, vote: &Vote) -> Result<(), Refused> {
         let leader = vote.leader_id;
-        self.with(|s| match s {
+        let admitted = self.with(|s| match s {
             State::Open => Ok(()),
             State::Probing => Err(Refused::Probing),
             State::Rejoining { floor, .. } if leader < *floor => Err(Refused::BelowFloor {
@@ -251,7 +278,11 @@ impl Gate {
                 floor: *floor,
             }),
             State::Rejoining { .. } => Ok(()),
-        })
+        });
+        if admitted.is_ok() {
+            self.heard();
+        }
+        admitted
     }
 
     /// While rejoining: whether `applied` proves the log holds everything
@@ -326,6 +357,24 @@ mod tests {
             decide(true, &[a, b, c]),
             Decision::Rejoin { floor: lid(6, 3) }
         );
+    }
+
+    /// Silence counts from the start until a leader's message passes; a
+    /// refused one does not end it.
+    #[test]
+    fn silence_ends_only_with_an_admitted_leader() {
+        let g = Gate::probing();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(g.admit_leader(&Vote::new_committed(2, 1), 3).is_err());
+        assert!(g.check_leader(&Vote::new_committed(2, 1)).is_err());
+        let before = g.silent_for();
+        assert!(before >= std::time::Duration::from_millis(30), "{before:?}");
+        g.set_rejoining(lid(1, 1));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let longer = g.silent_for();
+        assert!(longer >= before + std::time::Duration::from_millis(30));
+        assert_eq!(g.admit_leader(&Vote::new_committed(2, 1), 3), Ok(()));
+        assert!(g.silent_for() < longer, "an admitted append ends it");
     }
 
     #[test]

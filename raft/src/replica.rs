@@ -180,6 +180,27 @@ impl Host {
         }
     }
 
+    /// Every `every`, let each replica on this node that cannot learn of
+    /// its removal by campaigning, and has heard no leader for `every`,
+    /// ask whether its group removed it ([`Replica::ask_if_removed`]);
+    /// a yes goes to the removal hook. Runs until the runtime ends.
+    pub fn keep_asking_if_removed(&self, every: Duration) {
+        let host = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for r in host.replicas.list() {
+                    if r.ask_if_removed(&host, every).await {
+                        tracing::info!(
+                            group = r.group(),
+                            "a replica that hears no leader was told its group removed it"
+                        );
+                    }
+                }
+            }
+        });
+    }
+
     /// Tell every replica how to reach `nodes` (all the cluster's nodes),
     /// besides its own group's replicas.
     pub fn set_directory(&self, nodes: Vec<Member>) {
@@ -866,6 +887,71 @@ impl Replica {
             return Err(format!("its log reaches index {at} now"));
         }
         Ok(())
+    }
+
+    /// For a replica that cannot learn of its removal by campaigning (a
+    /// learner, one left out of the membership it knows, or one behind
+    /// its rejoin gate, which asks for no votes) and that has heard no
+    /// leader for `quiet`: ask each member it knows whether the group
+    /// removed it, as a vote request would be answered (only a leader
+    /// with a fresh quorum, whose memberships both leave this node out,
+    /// says so). The first that does is passed to the node's removal
+    /// hook, which confirms it under the hosting lock before dropping
+    /// anything ([`Replica::confirm_removed`]). A replica with no log
+    /// (hosted for an add that has not reached it yet) does not ask.
+    /// Whether one said so.
+    pub async fn ask_if_removed(&self, host: &Host, quiet: Duration) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if self.fatal().is_some()
+            || m.state == ServerState::Leader
+            || m.last_log_index.is_none()
+            || self.gate.silent_for() < quiet
+        {
+            return false;
+        }
+        let membership = m.membership_config.membership().clone();
+        let voter = membership.voter_ids().any(|v| v == self.node_id);
+        if voter && self.gate.is_open() {
+            // It campaigns, and a leader answers its vote requests.
+            return false;
+        }
+        let last_id = {
+            use openraft::storage::RaftLogStorage;
+            match LogStore::new(self.group, self.store.clone())
+                .get_log_state()
+                .await
+            {
+                Ok(s) => s.last_log_id,
+                Err(_) => return false,
+            }
+        };
+        for (id, node) in membership.nodes().filter(|(id, _)| **id != self.node_id) {
+            let addr = host
+                .directory
+                .get(*id)
+                .map(|m| m.peer_addr)
+                .unwrap_or_else(|| node.addr.clone());
+            let asked = crate::network::ask_removed(
+                &host.peers,
+                self.group,
+                self.node_id,
+                *id,
+                &addr,
+                last_id,
+            )
+            .await;
+            if let Ok(at) = asked {
+                host.removals.tell(crate::network::Removal {
+                    group: self.group,
+                    at,
+                    told_by: *id,
+                    addr,
+                    instance: self.instance,
+                });
+                return true;
+            }
+        }
+        false
     }
 
     /// The voters of the group's last committed membership, and that

@@ -849,6 +849,9 @@ async fn run(r: Run) -> anyhow::Result<()> {
                 tokio::spawn(async move { sh.drop_removed(r).await });
             }
         }));
+        // A learner or a rejoining replica never campaigns, so it would
+        // never hear that word: it asks once it has heard no leader.
+        host.keep_asking_if_removed(REMOVAL_RETRY);
     }
     let client_server = client_builder
         .add_service(health)

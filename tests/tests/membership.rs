@@ -298,6 +298,74 @@ async fn a_replica_removed_while_its_node_was_down_is_dropped_when_it_returns() 
         .expect("a write after the removal");
 }
 
+/// A learner removed while its node was down (a replica add that stopped
+/// at the learner, as when its leader dies there: the
+/// `add-stops-at-learner` fault) never campaigns, so no leader hears
+/// from it to answer that the group removed it. Once it has heard no
+/// leader for a while it asks the members it knows; the leader says so,
+/// the node checks it once more and drops the copy for good. Without the
+/// asking it stayed until the operator ran the same removal again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_removed_while_its_node_was_down_asks_and_is_dropped() {
+    let (config, tuning) = config_with_spare();
+    let mut c = Cluster::create(config, tuning);
+    for id in 1..=3 {
+        c.set_env(NodeId(id), "PACT_FAULTS", "add-stops-at-learner");
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    client
+        .put(b"before-removal", b"1")
+        .await
+        .expect("a write to the cluster");
+    let shard = RaftGroup::Shard(ShardId(1));
+    let stopped = client.add_replica(shard, NodeId(4)).await;
+    assert!(stopped.is_err(), "the add went through: {stopped:?}");
+    let learner = client
+        .replica_status(ShardId(1), NodeId(4))
+        .await
+        .unwrap_or_else(|e| panic!("node 4 hosts no replica of shard 1: {e}"));
+    assert!(
+        !learner.voters.contains(&4) && learner.last_log_index > 0,
+        "node 4 should be a caught-up learner: {learner:?}"
+    );
+    c.kill(NodeId(4));
+    let removed = client
+        .remove_replica(shard, NodeId(4))
+        .await
+        .unwrap_or_else(|e| panic!("remove the learner on node 4: {e}\n{}", c.logs_tail()));
+    assert!(
+        removed.dropped.is_some(),
+        "the drop reached a node that was down: {removed:?}"
+    );
+    // Back: its hosting records give it shard 1 again, as a learner that
+    // hears no leader.
+    c.start_node(NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while voters_at(&client, 1, 4).await.is_some()
+        || !std::fs::read_to_string(c.log_path(NodeId(4)))
+            .unwrap_or_default()
+            .contains("dropped the removed replica")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 still hosts shard 1\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // For good: a restart does not bring it back.
+    c.kill(NodeId(4));
+    c.start_node(NodeId(4));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(voters_at(&client, 1, 4).await, None);
+    assert_eq!(
+        read_settled(&client, b"before-removal").await,
+        Some(b"1".to_vec())
+    );
+}
+
 /// A snapshot transfer paced by `[raft] snapshot_kib_per_sec` lasts
 /// seconds while transfers write hundreds of entries to the shard, many
 /// times `snapshot_logs` (100) past the snapshot sent, with only
