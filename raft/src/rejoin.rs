@@ -86,12 +86,16 @@ pub(crate) enum Refused {
     BelowFloor { leader: LeaderId, floor: LeaderId },
     /// Restarted less than a leader lease ago: no vote yet.
     Quiet,
+    /// Its node is checking a leader's word that the group removed it,
+    /// and will drop it if so: it takes nothing meanwhile.
+    Dropping,
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::Probing => write!(f, "replica started empty; asking its peers first"),
+            Refused::Dropping => write!(f, "replica is being dropped: its group removed it"),
             Refused::NoVote => write!(f, "replica is rejoining after data loss; not voting yet"),
             Refused::Quiet => write!(
                 f,
@@ -130,6 +134,10 @@ pub(crate) struct Gate {
     /// passed: how long a replica has heard from no leader (an atomic,
     /// since every append stores it).
     heard_ms: std::sync::atomic::AtomicU64,
+    /// Shut while its node confirms that the group removed it: nothing
+    /// passes, so it cannot be counted as caught up, promoted or voted
+    /// for between the confirmation and the drop.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 impl Gate {
@@ -139,7 +147,24 @@ impl Gate {
             quiet_until: Mutex::new(None),
             born: std::time::Instant::now(),
             heard_ms: std::sync::atomic::AtomicU64::new(0),
+            shut: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Let nothing through (see `shut`) until [`Gate::unshut`].
+    pub(crate) fn shut(&self) {
+        self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn unshut(&self) {
+        self.shut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_shut(&self) -> Result<(), Refused> {
+        if self.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refused::Dropping);
+        }
+        Ok(())
     }
 
     fn heard(&self) {
@@ -229,6 +254,7 @@ impl Gate {
 
     /// A vote or a vote request may pass only when open.
     pub(crate) fn admit_vote(&self) -> Result<(), Refused> {
+        self.is_shut()?;
         let quiet = self.quiet();
         self.with(|s| match s {
             State::Open if quiet => Err(Refused::Quiet),
@@ -241,6 +267,7 @@ impl Gate {
     /// An append (`commit`: the leader's commit index) or a snapshot
     /// (`commit`: its last index) from the leader of `vote`.
     pub(crate) fn admit_leader(&self, vote: &Vote, commit: u64) -> Result<(), Refused> {
+        self.is_shut()?;
         let leader = vote.leader_id;
         let admitted = self.with(|s| match s {
             State::Open => Ok(()),
@@ -269,6 +296,7 @@ impl Gate {
     /// (a chunk carries no commit index; the snapshot's last one comes
     /// with its final message, which goes through `admit_leader`).
     pub(crate) fn check_leader(&self, vote: &Vote) -> Result<(), Refused> {
+        self.is_shut()?;
         let leader = vote.leader_id;
         let admitted = self.with(|s| match s {
             State::Open => Ok(()),
@@ -357,6 +385,22 @@ mod tests {
             decide(true, &[a, b, c]),
             Decision::Rejoin { floor: lid(6, 3) }
         );
+    }
+
+    /// A shut gate (its replica about to be dropped) takes nothing, in any
+    /// state, until opened again.
+    #[test]
+    fn a_shut_gate_takes_nothing_until_unshut() {
+        let g = Gate::open();
+        g.shut();
+        let v = Vote::new_committed(3, 1);
+        assert_eq!(g.admit_vote(), Err(Refused::Dropping));
+        assert_eq!(g.admit_leader(&v, 7), Err(Refused::Dropping));
+        assert_eq!(g.check_leader(&v), Err(Refused::Dropping));
+        g.unshut();
+        assert_eq!(g.admit_vote(), Ok(()));
+        assert_eq!(g.admit_leader(&v, 7), Ok(()));
+        assert_eq!(g.check_leader(&v), Ok(()));
     }
 
     /// Silence counts from the start until a leader's message passes; a

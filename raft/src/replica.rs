@@ -837,7 +837,10 @@ impl Replica {
     /// log ends before the membership that left it out, and the leader,
     /// asked again now, still says so. Call it under the lock that
     /// serialises hosting and dropping, so that nothing is hosted afresh
-    /// (nor added back) between the check and the drop. Why not, if not.
+    /// between the check and the drop. On Ok the replica's gate stays
+    /// shut (it takes no append, snapshot or vote), so a leader adding
+    /// the node back after that answer cannot count it caught up: the
+    /// caller is to drop it. Why not, if not.
     pub async fn confirm_removed(
         &self,
         r: &crate::network::Removal,
@@ -860,6 +863,25 @@ impl Replica {
         if last >= r.at {
             return Err(format!("its log reaches index {} already", r.at));
         }
+        // Shut before the leader is asked the last time: once it says
+        // so, this replica acknowledges nothing more, so an add of this
+        // node that lands after the answer finds it refusing (and never
+        // counts it caught up) instead of promoting a replica whose data
+        // is about to go. Open again if the drop is off.
+        self.gate.shut();
+        let confirmed = self.confirm_with_leader(r, host).await;
+        if confirmed.is_err() {
+            self.gate.unshut();
+        }
+        confirmed
+    }
+
+    /// The last steps of [`Replica::confirm_removed`], with the gate shut.
+    async fn confirm_with_leader(
+        &self,
+        r: &crate::network::Removal,
+        host: &Host,
+    ) -> Result<(), String> {
         let last_id = {
             use openraft::storage::RaftLogStorage;
             LogStore::new(self.group, self.store.clone())
