@@ -69,6 +69,11 @@ pub use replicas::{Moved, Removed};
 /// shard's nodes do not answer (is it retired?).
 const RETIRED_LOOKUP: Duration = Duration::from_secs(2);
 
+/// How long a map refresh reads the shards' descriptors again while they
+/// do not fit together (a merge or split landing at one shard before
+/// another) before answering UNAVAILABLE.
+const REFRESH_SETTLES_WITHIN: Duration = Duration::from_secs(2);
+
 /// Message size limit the client accepts and sends.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
@@ -477,7 +482,8 @@ impl Client {
     /// make (each shard's leader asked, in parallel), after a shard
     /// answered WRONG_SHARD to a request routed by `stale`. A no-op if the
     /// map was replaced since: concurrent refusals refresh once. A table
-    /// that does not hold together (a change under way) is not used:
+    /// that does not hold together (a change under way) is not used: it
+    /// is read again for up to [`REFRESH_SETTLES_WITHIN`], then
     /// UNAVAILABLE, try again shortly.
     pub async fn refresh_map(&self, stale: &Arc<ShardMap>) -> Result<(), ClientError> {
         let mut merged = self.inner.refreshing.lock().await;
@@ -500,21 +506,37 @@ impl Client {
         &self,
         merged: &mut std::collections::BTreeSet<ShardId>,
     ) -> Result<(), ClientError> {
-        let mut descriptors = Vec::new();
-        for (_, answer) in self.walk(merged).await {
-            let d = convert::descriptor(answer?).map_err(ClientError::Internal)?;
-            if d.span.is_empty() {
-                merged.insert(d.shard);
+        // Descriptors are read from every shard at once, each at its own
+        // moment: across a merge, one read may see the merged shard
+        // emptied and another its target before it took the keys (a gap),
+        // or the reverse. That lasts until the slower side applies, so
+        // read again shortly before giving up.
+        let mut pause = Duration::from_millis(20);
+        let give_up = tokio::time::Instant::now() + REFRESH_SETTLES_WITHIN;
+        let (map, shards) = loop {
+            let mut descriptors = Vec::new();
+            for (_, answer) in self.walk(merged).await {
+                let d = convert::descriptor(answer?).map_err(ClientError::Internal)?;
+                if d.span.is_empty() {
+                    merged.insert(d.shard);
+                }
+                descriptors.push(d);
             }
-            descriptors.push(d);
-        }
-        let map = ShardMap::from_descriptors(&descriptors).map_err(|e| {
-            ClientError::Unavailable(format!("the shards' descriptors do not make a map: {e}"))
-        })?;
-        tracing::info!(
-            shards = descriptors.len(),
-            "routing map refreshed from the shards' descriptors"
-        );
+            match ShardMap::from_descriptors(&descriptors) {
+                Ok(map) => break (map, descriptors.len()),
+                Err(e) if tokio::time::Instant::now() + pause > give_up => {
+                    return Err(ClientError::Unavailable(format!(
+                        "the shards' descriptors do not make a map: {e}"
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the shards' descriptors do not make a map yet; reading them again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(320));
+                }
+            }
+        };
+        tracing::info!(shards, "routing map refreshed from the shards' descriptors");
         if let Ok(mut m) = self.inner.map.write() {
             *m = Arc::new(map);
         }

@@ -57,6 +57,11 @@ from .routing import ShardMap
 # How many times one operation rebuilds the map and routes again.
 REROUTES = 3
 
+# How long a map refresh reads the descriptors again while they do not
+# fit together (a merge or split landing at one shard before another)
+# before raising Unavailable.
+REFRESH_SETTLES_WITHIN_S = 2.0
+
 try:
     from ._proto import pact_pb2 as pb
     from ._proto import pact_pb2_grpc as pb_grpc
@@ -496,38 +501,52 @@ class Client:
         with self._refreshing:
             if self._map is not stale:
                 return
-            descriptors = []
-            # The shards of the map, then those split off them (each
-            # descriptor names its successors), until none is new.
-            todo = list(stale.shards())
-            asked: set[int] = set()
-            while todo:
-                shard = todo.pop(0)
-                if shard in asked:
-                    continue
-                asked.add(shard)
-                req = pb.DescribeRequest(shard_id=shard)
-                d, _ = self._shard_call(shard, lambda c, t: c.kv.Describe(req, timeout=t), idempotent=True)
-                if d.shard_id != shard:
-                    raise ServerError(f"asked for shard {shard}'s descriptor, got shard {d.shard_id}'s")
-                descriptors.append(d)
-                voters = [self._addr_of[v] for v in d.voters if v in self._addr_of]
-                # A shard a split created has no list in the config: its
-                # own leader's voters are where it is now (it moves).
-                if shard >= 2**63 and voters:
-                    self._shard_replicas[shard] = voters
-                # A new shard starts on its parent's voters.
-                for succ in d.successors:
-                    if succ not in asked:
-                        self._shard_replicas.setdefault(
-                            succ, voters or list(self._shard_replicas.get(shard, self._endpoints))
-                        )
-                        todo.append(succ)
-            try:
-                fresh = ShardMap.from_descriptors(descriptors)
-            except ValueError as e:
-                raise Unavailable(f"the shards' descriptors do not make a map: {e}") from None
+            # Each leader answers at its own moment: across a merge one
+            # may answer from before its side applied and another from
+            # after (a gap or an overlap). Read again shortly before
+            # giving up.
+            pause, give_up = 0.02, time.monotonic() + REFRESH_SETTLES_WITHIN_S
+            while True:
+                try:
+                    fresh = ShardMap.from_descriptors(self._describe_all(stale))
+                    break
+                except ValueError as e:
+                    if time.monotonic() + pause > give_up:
+                        raise Unavailable(f"the shards' descriptors do not make a map: {e}") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.32)
             self._map = fresh
+
+    def _describe_all(self, stale: ShardMap) -> list:
+        """Every shard's descriptor, from its leader: the shards of `stale`,
+        then those split off them (each descriptor names its successors),
+        until none is new."""
+        descriptors = []
+        todo = list(stale.shards())
+        asked: set[int] = set()
+        while todo:
+            shard = todo.pop(0)
+            if shard in asked:
+                continue
+            asked.add(shard)
+            req = pb.DescribeRequest(shard_id=shard)
+            d, _ = self._shard_call(shard, lambda c, t: c.kv.Describe(req, timeout=t), idempotent=True)
+            if d.shard_id != shard:
+                raise ServerError(f"asked for shard {shard}'s descriptor, got shard {d.shard_id}'s")
+            descriptors.append(d)
+            voters = [self._addr_of[v] for v in d.voters if v in self._addr_of]
+            # A shard a split created has no list in the config: its
+            # own leader's voters are where it is now (it moves).
+            if shard >= 2**63 and voters:
+                self._shard_replicas[shard] = voters
+            # A new shard starts on its parent's voters.
+            for succ in d.successors:
+                if succ not in asked:
+                    self._shard_replicas.setdefault(
+                        succ, voters or list(self._shard_replicas.get(shard, self._endpoints))
+                    )
+                    todo.append(succ)
+        return descriptors
 
     # -- transactions ----------------------------------------------------
 

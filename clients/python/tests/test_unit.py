@@ -122,6 +122,36 @@ class ShardMapTest(unittest.TestCase):
         finally:
             c.close()
 
+    def test_a_refresh_reads_again_while_a_merge_lands(self) -> None:
+        # Shard 7 merged into shard 1: the first round finds shard 7
+        # emptied but shard 1 still on its old range (a gap from m on);
+        # the refresh reads again rather than failing, and routes the
+        # merged keys to shard 1 once its leader has applied.
+        from pact_client import Client
+        from pact_client.client import pb
+
+        c = Client(ClusterConfig.load(REPO / "common" / "examples" / "cluster-range.toml"))
+        try:
+            first = sorted(s.id for s in c.config.shards)[0]
+            rounds = {first: 0}
+            old = pb.ShardDescriptor(shard_id=first, version=2, range=pb.KeyRange(start=b"", end=b"m"))
+            new = pb.ShardDescriptor(shard_id=first, version=3, range=pb.KeyRange(start=b""))
+            gone = pb.ShardDescriptor(shard_id=7, version=3, range=pb.KeyRange(start=b"m", end=b"m"), successors=[first])
+
+            def call(shard, invoke, *, idempotent):
+                if shard == 7:
+                    return gone, None
+                rounds[first] += 1
+                return (old if rounds[first] == 1 else new), None
+
+            c._shard_call = call
+            c._map = ShardMap.range([(b"", first), (b"m", 7)])
+            c._refresh_map(c._map)
+            self.assertEqual(rounds[first], 2)
+            self.assertEqual(c.shard_for_key(b"n"), first)
+        finally:
+            c.close()
+
     def test_descriptors_rebuild_the_map_they_describe(self) -> None:
         from pact_client.client import pb
 
