@@ -128,6 +128,24 @@ fn txn_replica(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) 
     )
 }
 
+/// Wait (up to `within`) until `node`, back after its replica of shard 1
+/// was removed while it was down, has dropped that replica by itself.
+async fn dropped_when_back(c: &Cluster, client: &Client, node: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while voters_at(client, 1, node).await.is_some()
+        || !std::fs::read_to_string(c.log_path(NodeId(node)))
+            .unwrap_or_default()
+            .contains("dropped the removed replica")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {node} still hosts shard 1\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The voters that `node`'s replica of `shard` reports, once it has a
 /// leader; None if it does not host the shard.
 async fn voters_at(client: &Client, shard: u64, node: u64) -> Option<Vec<u64>> {
@@ -269,19 +287,7 @@ async fn a_replica_removed_while_its_node_was_down_is_dropped_when_it_returns() 
     );
     // Back: its config gives it shard 1 again.
     c.start_node(NodeId(3));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while voters_at(&client, 1, 3).await.is_some()
-        || !std::fs::read_to_string(c.log_path(NodeId(3)))
-            .unwrap_or_default()
-            .contains("dropped the removed replica")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node 3 still hosts shard 1\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    dropped_when_back(&c, &client, 3, Duration::from_secs(30)).await;
     // For good: a restart does not bring it back either.
     c.kill(NodeId(3));
     c.start_node(NodeId(3));
@@ -342,19 +348,7 @@ async fn a_learner_removed_while_its_node_was_down_asks_and_is_dropped() {
     // Back: its hosting records give it shard 1 again, as a learner that
     // hears no leader.
     c.start_node(NodeId(4));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while voters_at(&client, 1, 4).await.is_some()
-        || !std::fs::read_to_string(c.log_path(NodeId(4)))
-            .unwrap_or_default()
-            .contains("dropped the removed replica")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node 4 still hosts shard 1\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    dropped_when_back(&c, &client, 4, Duration::from_secs(60)).await;
     // For good: a restart does not bring it back.
     c.kill(NodeId(4));
     c.start_node(NodeId(4));

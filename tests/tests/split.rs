@@ -1122,17 +1122,7 @@ async fn a_merged_shard_is_retired_and_every_node_answers_for_it() {
     assert!(ok && again == retired, "{again} against {retired}");
 
     // Every node drops its replica.
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    for id in c.node_ids() {
-        while c.status(ShardId(2), id).await.is_some() {
-            assert!(
-                std::time::Instant::now() < until,
-                "node {id} still hosts shard 2\n{}",
-                c.logs_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    dropped_everywhere(&c, ShardId(2)).await;
     // Any node answers for it: its descriptor, and the old transaction's
     // fate (every shard is asked; shard 2's records are gone with its
     // group, its answer stands in).
@@ -1221,17 +1211,7 @@ async fn a_merged_shard_retires_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    for id in c.node_ids() {
-        while c.status(ShardId(2), id).await.is_some() {
-            assert!(
-                std::time::Instant::now() < until,
-                "node {id} still hosts shard 2\n{}",
-                c.logs_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    dropped_everywhere(&c, ShardId(2)).await;
     let logged = c.node_ids().into_iter().any(|id| {
         std::fs::read_to_string(c.log_path(id))
             .unwrap_or_default()
@@ -1241,4 +1221,19 @@ async fn a_merged_shard_retires_by_itself() {
 
     let checked = stop_and_check(&c.client(), stop, workers).await;
     assert!(checked.acknowledged > 0, "{checked:?}");
+}
+
+/// Wait (up to 30 s) until no node hosts a replica of `shard`.
+async fn dropped_everywhere(c: &Cluster, shard: ShardId) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    for id in c.node_ids() {
+        while c.status(shard, id).await.is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "node {id} still hosts shard {shard}\n{}",
+                c.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
