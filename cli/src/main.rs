@@ -297,8 +297,10 @@ enum ShardCmd {
     /// that owns keys; refused for now (CONFLICT) while it holds a
     /// prepare record or a commit outcome not yet past its coordinator's
     /// record horizon (`transactions.record_retention_s` after the
-    /// transaction ended): run it again then. Idempotent. `pact` servers
-    /// only.
+    /// transaction ended): run it again then. Idempotent. The metadata
+    /// group's leader does the same by itself every
+    /// `raft.retire_merged_secs` (60 s; 0: off), so this is only needed
+    /// to retire at once, or with that turned off. `pact` servers only.
     Retire { shard: u64 },
 }
 
