@@ -231,8 +231,8 @@ pub struct Spec {
     pub spare: bool,
     /// `transactions.record_retention_s` (and a 300 ms collection
     /// interval) when set: records expire within the run, so merged
-    /// shards can be retired ([`Fault::Merge`]) and old transactions are
-    /// answered "expired".
+    /// shards can be retired ([`Fault::Merge`], and the metadata group's
+    /// own rounds every 2 s) and old transactions are answered "expired".
     pub record_retention_s: Option<u64>,
 }
 
@@ -383,8 +383,15 @@ pub async fn run(spec: Spec) -> Report {
     // Leaders are balanced as in production (more often, so that the
     // hand-overs meet the faults): a transfer is one more way for a
     // leader to change under running transactions.
+    // Where records expire within the run, the metadata group also
+    // retires merged shards by itself, racing the nemesis's own retire.
+    let retire_merged_secs = match spec.record_retention_s {
+        Some(_) => 2,
+        None => fast_tuning().retire_merged_secs,
+    };
     let tuning = pact_common::RaftTuning {
         balance_leaders_ms: 3_000,
+        retire_merged_secs,
         ..fast_tuning()
     };
     let mut cluster = Cluster::create(config, tuning);
