@@ -230,8 +230,9 @@ pub struct ReplicaStatus {
     /// Why the replica stopped (a storage failure), if it did.
     pub stopped: Option<String>,
     /// Whether it may vote: "open", "quiet" (just restarted), "probing"
-    /// (started empty, asking its peers) or "rejoining" (lost its data,
-    /// catching up without a vote); see [`ReplicaStatus::votes`].
+    /// (started empty, asking its peers), "rejoining" (lost its data,
+    /// catching up without a vote) or "dropping" (removed, being deleted);
+    /// see [`ReplicaStatus::votes`].
     pub gate: String,
     /// The group's last committed membership's voters as this replica
     /// knows them, and its log index (0 from older servers).

@@ -358,6 +358,19 @@ pub(crate) fn channel_to(addr: &str, tls: Option<&Tls>) -> Result<Channel, Clien
 /// How many times one operation refreshes the map and routes again.
 const REROUTES: u32 = 3;
 
+/// What map refreshes keep between them.
+#[derive(Default)]
+struct Refreshing {
+    /// The shards met merged into others, which own nothing for good, so
+    /// refreshes stop asking them (a merged shard's group without a
+    /// leader does not stall routing).
+    merged: std::collections::BTreeSet<ShardId>,
+    /// When the last refresh gave up, and why: callers that queued behind
+    /// it are told the same at once rather than each waiting out the
+    /// descriptors again.
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -367,10 +380,8 @@ struct Inner {
     /// The routing map: the config's (or the discovered table's) until a
     /// shard answers WRONG_SHARD, then the shards' own descriptors.
     map: std::sync::RwLock<Arc<ShardMap>>,
-    /// One map refresh at a time; it holds the shards met merged into
-    /// others, which own nothing for good, so refreshes stop asking them
-    /// (a merged shard's group without a leader does not stall routing).
-    refreshing: tokio::sync::Mutex<std::collections::BTreeSet<ShardId>>,
+    /// One map refresh at a time (see [`Refreshing`]).
+    refreshing: tokio::sync::Mutex<Refreshing>,
     /// Each shard's replicas as this client knows them: the config's, and
     /// for a shard a split created, its parent's voters when first met.
     shards: std::sync::RwLock<BTreeMap<ShardId, Vec<NodeId>>>,
@@ -486,11 +497,17 @@ impl Client {
     /// is read again for up to [`REFRESH_SETTLES_WITHIN`], then
     /// UNAVAILABLE, try again shortly.
     pub async fn refresh_map(&self, stale: &Arc<ShardMap>) -> Result<(), ClientError> {
-        let mut merged = self.inner.refreshing.lock().await;
+        let asked = tokio::time::Instant::now();
+        let mut r = self.inner.refreshing.lock().await;
         if !Arc::ptr_eq(&self.shard_map(), stale) {
             return Ok(());
         }
-        self.refresh_locked(&mut merged).await
+        if let Some((at, why)) = &r.failed {
+            if *at >= asked {
+                return Err(ClientError::Unavailable(why.clone()));
+            }
+        }
+        self.refresh_locked(&mut r).await
     }
 
     /// [`Client::refresh_map`] from descriptors read after this call
@@ -498,11 +515,20 @@ impl Client {
     /// shard that exists once something it just did has landed (a
     /// coordinator raising fence floors).
     pub async fn refresh_all(&self) -> Result<(), ClientError> {
-        let mut merged = self.inner.refreshing.lock().await;
-        self.refresh_locked(&mut merged).await
+        let mut r = self.inner.refreshing.lock().await;
+        self.refresh_locked(&mut r).await
     }
 
-    async fn refresh_locked(
+    async fn refresh_locked(&self, r: &mut Refreshing) -> Result<(), ClientError> {
+        let refreshed = self.refresh_from_descriptors(&mut r.merged).await;
+        r.failed = match &refreshed {
+            Err(ClientError::Unavailable(why)) => Some((tokio::time::Instant::now(), why.clone())),
+            _ => None,
+        };
+        refreshed
+    }
+
+    async fn refresh_from_descriptors(
         &self,
         merged: &mut std::collections::BTreeSet<ShardId>,
     ) -> Result<(), ClientError> {
@@ -641,8 +667,8 @@ impl Client {
         }
         // Merged is final: refreshes need not ask those again. (Called on
         // a new client, so the lock is free; if not, a refresh learns it.)
-        if let Ok(mut merged) = self.inner.refreshing.try_lock() {
-            merged.extend(
+        if let Ok(mut r) = self.inner.refreshing.try_lock() {
+            r.merged.extend(
                 table
                     .iter()
                     .filter(|r| r.descriptor.span.is_empty())

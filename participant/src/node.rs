@@ -891,6 +891,23 @@ impl Node {
     /// own, like a split. Returns the target's descriptor, also when asked
     /// again after the merge went through.
     pub async fn merge(&self, shard: ShardId, into: ShardId) -> Result<Descriptor, Error> {
+        if let Some(r) = self.retired(shard) {
+            // Asked again after the merge went through and the group
+            // retired: the same answer as the first time, from the
+            // record (the shard it merged into is its last successor).
+            let merged_into = r.successors.last().copied();
+            if merged_into == Some(into) {
+                return self
+                    .successor_descriptor(shard, "was merged into", into)
+                    .await;
+            }
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} owns nothing: it was merged{} and retired",
+                merged_into
+                    .map(|l| format!(" into shard {l}"))
+                    .unwrap_or_default()
+            )));
+        }
         let s = self.shard(shard)?;
         self.ready(&s)?;
         s.replica.read_barrier().await?;

@@ -241,8 +241,12 @@ impl Gate {
     /// For status: "open" (votes and campaigns), "quiet" (restarted less
     /// than a leader lease ago), "probing" (started empty, asking its peers
     /// whether the group exists) or "rejoining" (lost its data; catching up
-    /// without a vote). Only an open replica helps elect a leader.
+    /// without a vote) or "dropping" (shut while its node confirms that
+    /// the group removed it). Only an open replica helps elect a leader.
     pub(crate) fn name(&self) -> &'static str {
+        if self.is_shut().is_err() {
+            return "dropping";
+        }
         let quiet = self.quiet();
         self.with(|s| match s {
             State::Open if quiet => "quiet",

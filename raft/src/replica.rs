@@ -812,9 +812,14 @@ impl Replica {
     /// already have removed this node from its membership, or it is left
     /// one replica short.
     pub async fn remove_here(&self, host: &Host) -> Result<(), ReplicaError> {
-        host.record_hosting(self.group, &Hosting::Dropped)
-            .await
-            .map_err(storage_err)?;
+        if let Err(e) = host.record_hosting(self.group, &Hosting::Dropped).await {
+            // It stays hosted and running: if a removal's confirmation
+            // shut its gate, it opens again (the next word of the removal
+            // shuts it again), or an add of this node back could never
+            // reach it.
+            self.gate.unshut();
+            return Err(storage_err(e));
+        }
         host.router.remove(self.group);
         host.replicas.remove(self.group);
         let _ = self.raft.shutdown().await;

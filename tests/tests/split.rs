@@ -1218,6 +1218,16 @@ async fn a_merged_shard_retires_by_itself() {
             .contains("retired by themselves")
     });
     assert!(logged, "no node logged the retirement");
+    // The merge asked again answers as the first time did (from the
+    // retirement record: shard 1's descriptor), and another target is
+    // refused.
+    let (ok, again) = txn_shard(&c, &["merge", "2", "--into", "1"]);
+    assert!(ok, "the merge asked again after retirement: {again}");
+    assert_eq!(again["into"], 1, "{again}");
+    assert_eq!(again["version"], v["version"], "{again} against {v}");
+    let (ok, other) = txn_shard(&c, &["merge", "2", "--into", "3"]);
+    assert!(!ok, "{other}");
+    assert_eq!(other["error"]["code"], "INVALID_INPUT", "{other}");
 
     let checked = stop_and_check(&c.client(), stop, workers).await;
     assert!(checked.acknowledged > 0, "{checked:?}");

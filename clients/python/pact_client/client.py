@@ -254,6 +254,9 @@ class Client:
         self._lock = threading.Lock()
         # One map refresh at a time (see `_refresh_map`).
         self._refreshing = threading.Lock()
+        # When the last refresh gave up, and why: threads that queued
+        # behind it are told the same at once.
+        self._refresh_failed: tuple[float, str] | None = None
         self._conns: dict[str, _Conn] = {}
         self._leaders: dict[tuple, str] = {}
         self._next_group = 0
@@ -498,9 +501,12 @@ class Client:
     def _refresh_map(self, stale: ShardMap) -> None:
         """Replace `stale` by the map the shards' own descriptors make (each
         shard's leader asked); a no-op if another thread did already."""
+        asked = time.monotonic()
         with self._refreshing:
             if self._map is not stale:
                 return
+            if self._refresh_failed is not None and self._refresh_failed[0] >= asked:
+                raise Unavailable(self._refresh_failed[1])
             # Each leader answers at its own moment: across a merge one
             # may answer from before its side applied and another from
             # after (a gap or an overlap). Read again shortly before
@@ -512,9 +518,12 @@ class Client:
                     break
                 except ValueError as e:
                     if time.monotonic() + pause > give_up:
-                        raise Unavailable(f"the shards' descriptors do not make a map: {e}") from None
+                        why = f"the shards' descriptors do not make a map: {e}"
+                        self._refresh_failed = (time.monotonic(), why)
+                        raise Unavailable(why) from None
                     time.sleep(pause)
                     pause = min(pause * 2, 0.32)
+            self._refresh_failed = None
             self._map = fresh
 
     def _describe_all(self, stale: ShardMap) -> list:
