@@ -895,18 +895,9 @@ impl Node {
             // Asked again after the merge went through and the group
             // retired: the same answer as the first time, from the
             // record (the shard it merged into is its last successor).
-            let merged_into = r.successors.last().copied();
-            if merged_into == Some(into) {
-                return self
-                    .successor_descriptor(shard, "was merged into", into)
-                    .await;
-            }
-            return Err(Error::InvalidInput(format!(
-                "shard {shard} owns nothing: it was merged{} and retired",
-                merged_into
-                    .map(|l| format!(" into shard {l}"))
-                    .unwrap_or_default()
-            )));
+            return self
+                .merged_answer(shard, into, r.successors.last().copied(), " and retired")
+                .await;
         }
         let s = self.shard(shard)?;
         self.ready(&s)?;
@@ -930,17 +921,7 @@ impl Node {
                     .last()
                     .copied(),
             };
-            if merged_into == Some(into) {
-                return self
-                    .successor_descriptor(shard, "was merged into", into)
-                    .await;
-            }
-            return Err(Error::InvalidInput(format!(
-                "shard {shard} owns nothing: it was merged already{}",
-                merged_into
-                    .map(|l| format!(" (into shard {l})"))
-                    .unwrap_or_default()
-            )));
+            return self.merged_answer(shard, into, merged_into, "").await;
         }
         // As if this node's replica of the target lagged behind a merge
         // the target recorded (the fault): then neither look below sees
@@ -1109,6 +1090,30 @@ impl Node {
     /// The descriptor of `shard`'s successor, from the successor's leader
     /// (this node's replica of it may lag, or have moved away since), for
     /// answering a repeated split or merge as the first time.
+    /// The answer to a merge of `shard` into `into` asked again once
+    /// `shard` owns nothing, having merged into `merged_into`: the
+    /// target's descriptor, as the first time, if that is `into`; else
+    /// the merge is refused (`what` adds to how the shard ended).
+    async fn merged_answer(
+        &self,
+        shard: ShardId,
+        into: ShardId,
+        merged_into: Option<ShardId>,
+        what: &str,
+    ) -> Result<Descriptor, Error> {
+        if merged_into == Some(into) {
+            return self
+                .successor_descriptor(shard, "was merged into", into)
+                .await;
+        }
+        Err(Error::InvalidInput(format!(
+            "shard {shard} owns nothing: it was merged already{}{what}",
+            merged_into
+                .map(|l| format!(" (into shard {l})"))
+                .unwrap_or_default()
+        )))
+    }
+
     async fn successor_descriptor(
         &self,
         shard: ShardId,
