@@ -233,8 +233,7 @@ impl Client {
         // transaction costs nothing). One with reads is not: the first may
         // hold their locks (the coordinator rolls it back if the request
         // is dropped, or its lease runs out); the caller hears "unknown".
-        // Its reads wait for their locks one after another: allow each a
-        // lock wait.
+        // Its reads may each wait a lock wait (see `batch_timeout`).
         let within = self.batch_timeout(keys.len());
         let (resp, leader) = self
             .call_group_with_node(group, keys.is_empty(), within, |ch| {
@@ -279,9 +278,11 @@ impl Client {
         Ok(Begun::Open(txn, values))
     }
 
-    /// How long to wait for a request carrying `reads` reads: the
-    /// coordinator makes them one after another and each may wait a lock
-    /// wait, so each read after the first adds one to the request timeout.
+    /// How long to wait for a request carrying `reads` reads. The
+    /// coordinator reads all their shards at once, each shard's keys
+    /// sharing one lock wait, but keys of a shard that moved meanwhile are
+    /// read again one by one, each with a lock wait of its own: so each
+    /// read after the first adds one to the request timeout.
     fn batch_timeout(&self, reads: usize) -> Duration {
         let waits = u32::try_from(reads.saturating_sub(1)).unwrap_or(u32::MAX);
         self.inner.opts.request_timeout + pact_common::LOCK_WAIT.saturating_mul(waits)

@@ -42,6 +42,21 @@ pub enum LimitError {
     TooManyOps { ops: usize, max: usize },
     #[error("{keys} keys to read in one request, more than the maximum of {max}")]
     TooManyReads { keys: usize, max: usize },
+    #[error("the values read come to more than {max} bytes; read fewer keys per request")]
+    ReadTooLarge { max: usize },
+}
+
+/// Adds the size of `value` to the `bytes` a batch of reads has read so
+/// far; refused once the batch's values pass [`MAX_BATCH_BYTES`], so the
+/// answer stays a reasonable message.
+pub fn count_read(bytes: &mut usize, value: Option<&Vec<u8>>) -> Result<(), LimitError> {
+    *bytes = bytes.saturating_add(value.map_or(0, Vec::len));
+    if *bytes > MAX_BATCH_BYTES {
+        return Err(LimitError::ReadTooLarge {
+            max: MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Checks that a key is non-empty and at most [`MAX_KEY_BYTES`] long.

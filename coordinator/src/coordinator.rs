@@ -750,15 +750,22 @@ impl Coordinator {
         }
     }
 
-    /// Several reads of `txn` in one request: [`Coordinator::get`] for
-    /// each key, in order. One after another, not all at once: when a
-    /// read fails the transaction ends there (its abort sent to every
-    /// shard it touched), and a read still on its way to another shard
-    /// would register it there again after that abort, holding its lock
-    /// until the shard asks about it (about a second; measured: under
-    /// contention the batch then waited longer than it saved). Each read
-    /// is checked for a wound as it returns (invariant 13), and the batch
-    /// once more at the end.
+    /// Several reads of `txn` in one request: one `TxnGetBatch` per shard
+    /// (its keys in the order asked), to every shard at once, so a read
+    /// on two shards costs one relayed round, not two.
+    ///
+    /// A shard whose read fails (wounded, a lock wait that timed out) ends
+    /// the transaction at once: the abort frees what the batch locked and
+    /// fails its reads still waiting at other shards. A read still on its
+    /// way to a shard when the abort gets there is refused there
+    /// (`TxnManager::end_aborted`), so it cannot register the transaction
+    /// again. The answer waits for every read of the batch.
+    ///
+    /// No value is handed out unless the wound mark is still clear after
+    /// the last answer (invariant 13): every lock the batch took was held
+    /// from its own read until then, so the values were all current
+    /// together at that point. Keys of a shard that moved are read again
+    /// one by one by the new map ([`Coordinator::get`]).
     pub async fn get_many(
         &self,
         txn: TxnId,
@@ -766,20 +773,109 @@ impl Coordinator {
         for_update: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         check_reads(&keys)?;
-        let mut values = Vec::with_capacity(keys.len());
-        let mut bytes = 0usize;
-        for k in keys {
-            let v = self.get(txn, k, for_update).await?;
-            bytes = bytes.saturating_add(v.as_ref().map_or(0, Vec::len));
-            if bytes > pact_common::MAX_BATCH_BYTES {
-                // The answer must stay a reasonable message. The reads
-                // made so far keep their locks: the transaction goes on.
-                return Err(Error::InvalidInput(format!(
-                    "the values read come to more than {} bytes; read fewer keys per request",
-                    pact_common::MAX_BATCH_BYTES
-                )));
+        let map = self.participants.shard_map();
+        // Each shard's keys, by their places in the answer.
+        let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            by_shard.entry(map.shard_for_key(k)).or_default().push(i);
+        }
+        let mut sends = Vec::with_capacity(by_shard.len());
+        for (shard, places) in by_shard {
+            let (first, priority) = self.touch_or_end(txn, shard).await?;
+            let req = pb::TxnGetBatchRequest {
+                shard_id: shard.0,
+                txn: Some(pb_txn(txn)),
+                keys: places.iter().map(|&i| keys[i].clone().into()).collect(),
+                for_update,
+                first,
+                priority,
+                shard_version: map.version(shard),
+            };
+            sends.push((shard, first, places, req));
+        }
+        let mut pending: futures::stream::FuturesUnordered<_> = sends
+            .iter()
+            .enumerate()
+            .map(|(n, (shard, _, _, req))| {
+                let call = self.participants.call_shard(*shard, true, move |ch| {
+                    let req = req.clone();
+                    async move { participant(ch).txn_get_batch(req).await }
+                });
+                async move { (n, call.await) }
+            })
+            .collect();
+        let mut answers: Vec<Option<Result<pb::GetManyResponse, ClientError>>> =
+            sends.iter().map(|_| None).collect();
+        while let Some((n, answer)) = pending.next().await {
+            let refused = match &answer {
+                Ok(_) | Err(ClientError::WrongShard(_)) => None,
+                Err(e) => Some(Error::from(e.clone())),
+            };
+            match refused {
+                // A refused request leaves the transaction going.
+                None | Some(Error::InvalidInput(_)) => answers[n] = Some(answer),
+                Some(e) => {
+                    // The transaction is over: end it now, which frees
+                    // what it locked and fails its reads still waiting at
+                    // other shards (a read that arrives after the abort
+                    // is refused there), and wait for them.
+                    let drain = async { while pending.next().await.is_some() {} };
+                    let (e, ()) = futures::join!(self.fail(txn, e), drain);
+                    return Err(e);
+                }
             }
-            values.push(v);
+        }
+        drop(pending);
+        let mut values = vec![None; keys.len()];
+        let mut moved = Vec::new();
+        let mut refused = None;
+        for ((shard, first, places, _), answer) in sends.into_iter().zip(answers) {
+            match answer {
+                Some(Ok(r)) if r.values.len() == places.len() => {
+                    if for_update {
+                        self.note_locked(txn, None, places.iter().map(|&i| keys[i].clone()));
+                    }
+                    for (&i, v) in places.iter().zip(r.values) {
+                        values[i] = v.found.then(|| v.value.to_vec());
+                    }
+                }
+                Some(Ok(r)) => {
+                    let e = Error::Unavailable(format!(
+                        "shard {shard} answered {} values for {} keys",
+                        r.values.len(),
+                        places.len()
+                    ));
+                    return Err(self.fail(txn, e).await);
+                }
+                Some(Err(ClientError::WrongShard(_))) => {
+                    if first {
+                        // Nothing of the transaction is there.
+                        self.untouch(txn, shard);
+                    }
+                    moved.extend(places);
+                }
+                // Refused whole at that shard; the locks taken at the
+                // others stay with the transaction, which goes on.
+                Some(Err(e)) => refused = Some(e),
+                None => return Err(Error::Fatal("a read of the batch never answered".into())),
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e.into());
+        }
+        if !moved.is_empty() {
+            if let Err(e) = self.participants.refresh_map(&map).await {
+                return Err(self.fail(txn, e.into()).await);
+            }
+            moved.sort_unstable();
+            for i in moved {
+                values[i] = self.get(txn, keys[i].clone(), for_update).await?;
+            }
+        }
+        let mut bytes = 0usize;
+        for v in &values {
+            pact_common::count_read(&mut bytes, v.as_ref())
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
         }
         self.may_hand_out(txn).await?;
         Ok(values)

@@ -1351,8 +1351,10 @@ impl Node {
         ))
     }
 
+    /// `txn` is aborted on `s`: its locks go, and a request of it that
+    /// arrives late cannot register it again.
     fn release(&self, s: &Shard, txn: TxnId) {
-        s.shared.release_with(|m| m.finish(txn));
+        s.shared.release_with(|m| m.end_aborted(txn));
     }
 
     async fn read_key(&self, s: &Shard, txn: TxnId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -1628,26 +1630,60 @@ impl Node {
         key: &[u8],
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
+        validate_key(key)?;
+        let mut v = self
+            .txn_get_batch(shard, version, who, &[key.to_vec()], for_update)
+            .await?;
+        Ok(v.pop().flatten())
+    }
+
+    /// Read `keys` of `shard` for `txn`, locking them one after another
+    /// in the order given, then reading them all; the values in the same
+    /// order. The batch's locks share one lock wait, as a write batch's
+    /// do, so the answer comes within the caller's patience.
+    pub async fn txn_get_batch(
+        &self,
+        shard: ShardId,
+        version: u64,
+        who: TxnRef,
+        keys: &[Vec<u8>],
+        for_update: bool,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
-        validate_key(key)?;
+        pact_common::validate_reads(keys)?;
         let s = &self.shard(shard)?;
         self.ready(s)?;
-        self.check_keys(s, shard, version, [key])?;
+        self.check_keys(s, shard, version, keys.iter().map(Vec::as_slice))?;
         let mode = if for_update {
             Mode::Exclusive
         } else {
             Mode::Shared
         };
         let term = self.lock_term(s)?;
-        self.acquire(s, txn, first, prio, Target::key(key, mode))
-            .await?;
-        let v = self.read_key(s, txn, key).await?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        for (i, key) in keys.iter().enumerate() {
+            // Only the batch's first lock may register the transaction: a
+            // new leader elected between two of them does not know it, and
+            // refuses the rest rather than lose the locks taken before.
+            let target = Target::key(key, mode);
+            self.acquire_by(s, txn, first && i == 0, prio, target, deadline)
+                .await?;
+        }
+        let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for key in keys {
+            let v = self.read_key(s, txn, key).await?;
+            // Refused past the limit; the locks taken stay with the
+            // transaction.
+            pact_common::count_read(&mut bytes, v.as_ref())?;
+            values.push(v);
+        }
         // As a plain read: a deposed leader must not hand an open
         // transaction a stale value, which its client could act on even
         // though the commit would fail.
         self.confirm(s, term).await?;
-        Ok(v)
+        Ok(values)
     }
 
     pub async fn txn_scan(

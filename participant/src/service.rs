@@ -234,6 +234,30 @@ impl Participant for ParticipantService {
         Ok(Response::new(convert::value(v)))
     }
 
+    async fn txn_get_batch(
+        &self,
+        request: Request<pb::TxnGetBatchRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let _admitted = self.node.admit()?;
+        let r = request.into_inner();
+        let txn = convert::txn_id(r.txn)?;
+        let prio = convert::priority(r.priority, txn)?;
+        let keys: Vec<Vec<u8>> = r.keys.into_iter().map(|k| k.to_vec()).collect();
+        let values = self
+            .node
+            .txn_get_batch(
+                ShardId(r.shard_id),
+                r.shard_version,
+                who(txn, r.first, prio),
+                &keys,
+                r.for_update,
+            )
+            .await?;
+        Ok(Response::new(pb::GetManyResponse {
+            values: values.into_iter().map(convert::value).collect(),
+        }))
+    }
+
     async fn txn_scan(
         &self,
         request: Request<pb::TxnScanRequest>,
@@ -469,10 +493,16 @@ mod tests {
         // The refused write registered no transaction and took no lock.
         assert_eq!(gauge(&node, "txns"), 0);
         assert_eq!(gauge(&node, "locks"), 0);
-        // Decisions are exempt: they finish admitted work.
+        // Decisions are exempt: they finish admitted work. (Another
+        // transaction's: an abort here would refuse the write below for
+        // good.)
         txns.decide(Request::new(pb::DecideRequest {
             shard_id: 1,
-            txn: write.txn,
+            txn: Some(pb::TxnId {
+                ts: Timestamp::from_parts(now, 1).0,
+                node: 2,
+                group: 1,
+            }),
             commit: false,
         }))
         .await

@@ -15,7 +15,7 @@
 //! new leader rebuilds exclusive locks only for prepared transactions, from
 //! the replicated prepare records ([`TxnManager::leader_ready`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use pact_common::{Abort, AbortKind, Span, Timestamp, TxnId};
 
@@ -161,6 +161,13 @@ pub struct TxnManager {
     /// outside it is granted, so a request checked against an older
     /// descriptor (before a split committed) cannot lock a moved key.
     owned: Option<Span>,
+    /// Coordinated transactions aborted here lately, oldest first (at
+    /// most [`ENDED_REMEMBERED`]): a first request of one arriving late
+    /// (sent before the abort, overtaken by it) is refused rather than
+    /// registering the transaction again, which would hold its locks
+    /// until this shard asked its coordinator about it.
+    ended: VecDeque<TxnId>,
+    ended_set: HashSet<TxnId>,
     limits: TxnLimits,
 }
 
@@ -174,6 +181,12 @@ pub enum Freed {
 /// Past this many unclaimed entries the list gives way to [`Freed::All`],
 /// so a caller that never drains it cannot make it grow without bound.
 const MAX_FREED: usize = 4096;
+
+/// How many aborted transactions a leader remembers (about 200 bytes
+/// each): seconds of aborts under heavy contention, far longer than a
+/// request overtaken by its transaction's abort takes to arrive. One
+/// forgotten sooner is still freed when the shard asks its coordinator.
+pub const ENDED_REMEMBERED: usize = 8192;
 
 /// A decision released before it was seen in the log.
 #[derive(Debug)]
@@ -236,6 +249,8 @@ impl TxnManager {
             freed_all: false,
             frozen: None,
             owned: None,
+            ended: VecDeque::new(),
+            ended_set: HashSet::new(),
             limits,
         }
     }
@@ -423,6 +438,12 @@ impl TxnManager {
         let Some(term) = self.term else {
             return Step::NotLeader;
         };
+        if first && self.ended_set.contains(&txn) {
+            return Step::Abort(Abort::new(
+                AbortKind::Conflict,
+                format!("transaction {txn} was aborted here already; no more operations"),
+            ));
+        }
         if !first && !self.txns.contains_key(&txn) {
             return Step::Abort(Abort::new(
                 AbortKind::Expired,
@@ -888,6 +909,22 @@ impl TxnManager {
             .collect()
     }
 
+    /// `txn` is aborted here (a lock wait ran out, its coordinator's
+    /// abort, idle too long): [`TxnManager::finish`], and refuse its
+    /// requests from now on, first ones included (see `ended`).
+    pub fn end_aborted(&mut self, txn: TxnId) -> bool {
+        let had = self.finish(txn);
+        if txn.group != crate::node::IMPLICIT_GROUP && self.ended_set.insert(txn) {
+            self.ended.push_back(txn);
+            if self.ended.len() > ENDED_REMEMBERED {
+                if let Some(old) = self.ended.pop_front() {
+                    self.ended_set.remove(&old);
+                }
+            }
+        }
+        had
+    }
+
     /// The transaction ended here (commit or abort applied, rollback,
     /// read-only prepare): release its locks and forget it.
     pub fn finish(&mut self, txn: TxnId) -> bool {
@@ -913,7 +950,7 @@ impl TxnManager {
             .map(|(id, _)| *id)
             .collect();
         for id in &idle {
-            self.finish(*id);
+            self.end_aborted(*id);
         }
         idle
     }
@@ -1735,5 +1772,51 @@ mod tests {
         assert_eq!(m.buffer_writes(t(1), &batch[..2]), Buffered::Ok);
         // Rewriting the same keys replaces their bytes.
         assert_eq!(m.bytes_after(t(1), &batch[..2]), 2 * ((3 << 20) + 1));
+    }
+
+    #[test]
+    fn a_transaction_aborted_here_cannot_come_back_with_a_late_first_request() {
+        let mut m = mgr();
+        let a = Target::key(b"a", Mode::Exclusive);
+        let b = Target::key(b"b", Mode::Exclusive);
+        // A request waiting for its first lock here when its transaction
+        // is aborted looks again as a first request: it must not register
+        // the transaction anew (its locks would stay until this shard
+        // asked the coordinator about it).
+        assert_eq!(m.lock(t(10), true, &a, 0), Step::Granted);
+        assert_eq!(m.lock(t(20), true, &a, 0), Step::Wait(vec![t(10)]));
+        assert!(m.end_aborted(t(20)));
+        assert!(
+            matches!(m.lock(t(20), true, &a, 1), Step::Abort(r) if r.kind == AbortKind::Conflict)
+        );
+        assert!(
+            matches!(m.lock(t(20), true, &b, 1), Step::Abort(_)),
+            "nor any other key"
+        );
+        assert!(matches!(m.lock(t(20), false, &b, 1), Step::Abort(_)));
+        assert_eq!(m.open_count(), 1, "only t(10) is known");
+        // A finished (committed) transaction is not remembered: only an
+        // abort refuses later first requests.
+        assert!(m.finish(t(10)));
+        assert_eq!(m.lock(t(10), true, &b, 2), Step::Granted);
+        // Plain operations are never remembered.
+        let plain = TxnId {
+            ts: Timestamp(5),
+            node: 1,
+            group: crate::node::IMPLICIT_GROUP,
+        };
+        m.end_aborted(plain);
+        assert_eq!(m.lock(plain, true, &a, 3), Step::Granted);
+        // The memory is bounded: the oldest abort is forgotten first.
+        for i in 0..ENDED_REMEMBERED as u64 {
+            m.end_aborted(t(1_000 + i));
+        }
+        assert_eq!(m.ended.len(), ENDED_REMEMBERED);
+        assert_eq!(m.ended_set.len(), ENDED_REMEMBERED);
+        assert_eq!(
+            m.lock(t(20), true, &Target::key(b"c", Mode::Shared), 4),
+            Step::Granted
+        );
+        assert!(matches!(m.lock(t(1_000), true, &a, 4), Step::Abort(_)));
     }
 }

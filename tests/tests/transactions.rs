@@ -414,6 +414,53 @@ async fn a_begin_with_reads_given_up_on_frees_its_locks_at_once() {
     assert_eq!(client.get(&b).await.unwrap().as_deref(), Some(&b"free"[..]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_failing_at_one_shard_ends_its_reads_waiting_at_others() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    let (a, a2) = keys_on_one_shard(&client, "fails");
+    let b = (0..)
+        .map(|i| format!("waits{i}").into_bytes())
+        .find(|k| client.shard_for_key(k) != client.shard_for_key(&a))
+        .expect("a key on another shard");
+    // Ages: b's holder is the oldest, then a's holder, then the batch.
+    let mut holds_b = client.begin().await.expect("begin");
+    holds_b.get_for_update(&b).await.expect("locks b");
+    let mut holds_a = client.begin().await.expect("begin");
+    holds_a.get_for_update(&a).await.expect("locks a");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The batch goes to both shards at once: at a's it takes a2 and waits
+    // for a, at b's it waits for b.
+    let batch = {
+        let (client, keys) = (client.clone(), [a2.clone(), a.clone(), b.clone()]);
+        tokio::spawn(async move { client.begin_reading(&keys, true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!batch.is_finished(), "the batch should wait for a and b");
+    // a's holder wounds the batch's transaction for a2: its read at a's
+    // shard fails. That ends the transaction at once, its wait for b
+    // included, while b's holder still holds b (kept open, with
+    // heartbeats, until after the check): the abort at b's shard fails
+    // the waiting read, and that read may not register the transaction
+    // there again when it looks once more.
+    holds_a.get_for_update(&a2).await.expect("wounds the batch");
+    // Tens of milliseconds; a read left waiting at b's shard (or one that
+    // registered the transaction there again after its abort) lasts until
+    // that shard asks the coordinator about it, over a second later.
+    match tokio::time::timeout(Duration::from_millis(700), batch).await {
+        Ok(Ok(Err(ClientError::Aborted(why)))) => {
+            assert_eq!(why.kind, AbortKind::Wounded, "{why}")
+        }
+        Ok(other) => panic!("the batch should report its wound: {other:?}"),
+        Err(_) => panic!("the batch still waits for b at its shard after its transaction ended"),
+    }
+    holds_a.rollback().await;
+    holds_b.rollback().await;
+    for k in [&a, &a2, &b] {
+        client.put(k, b"free").await.expect("nothing stayed locked");
+    }
+}
+
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
 
