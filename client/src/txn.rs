@@ -593,8 +593,8 @@ impl Transaction {
         self.read_remote(key, for_update).await
     }
 
-    /// Read several keys in one request (the coordinator reads them one
-    /// after another). Values in the order of `keys`; the transaction's
+    /// Read several keys in one request (the coordinator reads all their
+    /// shards at once). Values in the order of `keys`; the transaction's
     /// own buffered writes are seen, as with [`Transaction::get`].
     pub async fn get_many(
         &mut self,

@@ -1153,10 +1153,14 @@ impl Shared {
                 f
             })
             .collect();
+        // Look again at once if anything was released since the caller
+        // looked, or if its own transaction ended meanwhile: an abort of a
+        // transaction that holds nothing here yet frees nothing, and its
+        // wake-up went out before these wakers were in place.
         if self
             .mgr
             .lock()
-            .map(|m| m.lock_releases() != seen)
+            .map(|m| m.lock_releases() != seen || m.status(txn).is_none())
             .unwrap_or(true)
         {
             return true;
@@ -2152,6 +2156,20 @@ mod tests {
         s.mgr.lock().unwrap().lock_releases()
     }
 
+    /// Make `txn` known to the manager, as the lock request that then
+    /// waits has made it (a lock of a key of its own).
+    fn known(s: &Shared, txn: TxnId) {
+        use crate::locks::Mode;
+        use crate::txn::{Step, Target};
+        let own = format!("own-{txn}");
+        let step =
+            s.mgr
+                .lock()
+                .unwrap()
+                .lock(txn, true, &Target::key(own.as_bytes(), Mode::Shared), 0);
+        assert_eq!(step, Step::Granted);
+    }
+
     /// `txn` waiting for `holder`'s locks (up to 5 s), registered by the
     /// time this returns; the task answers whether it was woken.
     async fn spawn_waiter(
@@ -2159,6 +2177,7 @@ mod tests {
         txn: TxnId,
         holder: TxnId,
     ) -> tokio::task::JoinHandle<bool> {
+        known(s, txn);
         let seen = releases(s);
         let s = s.clone();
         let waiter = tokio::spawn(async move {
@@ -2212,6 +2231,7 @@ mod tests {
         use crate::locks::Mode;
         use crate::txn::{Step, Target};
         let s = Arc::new(shared_with(&[(t(1), b"a"), (t(5), b"b")]));
+        known(&s, t(9));
         let seen = releases(&s);
         // Released before it registered: it returns at once.
         assert!(s.mgr.lock().unwrap().finish(t(5)));
@@ -2243,6 +2263,26 @@ mod tests {
         }
         s.wake();
         assert!(waiter.await.unwrap(), "woken by its own release");
+        // Its own transaction aborted before it registered, holding
+        // nothing here (its first request waits for its first lock): the
+        // abort released nothing and woke no one yet, so it looks again
+        // at once rather than sleep out its lock wait.
+        let step = s
+            .mgr
+            .lock()
+            .unwrap()
+            .lock(t(6), true, &Target::key(b"a", Mode::Exclusive), 2);
+        assert_eq!(step, Step::Wait(vec![t(1)]));
+        let seen = releases(&s);
+        assert!(s.mgr.lock().unwrap().end_aborted(t(6)));
+        s.wake();
+        assert_eq!(releases(&s), seen, "the abort freed nothing");
+        let looked = tokio::time::timeout(
+            Duration::from_secs(1),
+            s.await_release(t(6), &[t(1)], seen, Duration::from_secs(5)),
+        )
+        .await;
+        assert_eq!(looked, Ok(true), "it should look again at once");
         // A step-down wakes every waiter.
         let waiter = spawn_waiter(&s, t(8), t(1)).await;
         s.mgr.lock().unwrap().step_down();
