@@ -1252,10 +1252,12 @@ impl Coordinator {
         });
         let sess = sess?;
         self.finished(txn);
+        // Not committing: no prepare or one-phase commit of it went out,
+        // so the shards free it in memory and log nothing.
         let calls = sess
             .shards
             .into_iter()
-            .map(|shard| self.send_decision(txn, shard, false));
+            .map(|shard| self.send_abort_open(txn, shard));
         futures::future::join_all(calls).await;
         Some(sess.counted)
     }
@@ -1850,11 +1852,29 @@ impl Coordinator {
     }
 
     async fn send_decision(&self, txn: TxnId, shard: ShardId, commit: bool) -> Result<(), Error> {
-        let req = pb::DecideRequest {
+        self.send_decide(pb::DecideRequest {
             shard_id: shard.0,
             txn: Some(pb_txn(txn)),
             commit,
-        };
+            open: false,
+        })
+        .await
+    }
+
+    /// The abort of `txn`, ended before its commit began, at `shard` (see
+    /// `DecideRequest.open`).
+    async fn send_abort_open(&self, txn: TxnId, shard: ShardId) -> Result<(), Error> {
+        self.send_decide(pb::DecideRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            commit: false,
+            open: true,
+        })
+        .await
+    }
+
+    async fn send_decide(&self, req: pb::DecideRequest) -> Result<(), Error> {
+        let shard = ShardId(req.shard_id);
         self.participants
             .call_shard(shard, true, |ch| async move {
                 participant(ch).decide(req).await

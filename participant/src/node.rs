@@ -1907,6 +1907,39 @@ impl Node {
         .unwrap_or_else(|e| Err(Error::Fatal(format!("commit task failed: {e}"))))
     }
 
+    /// The coordinator ended `txn` before its commit began: no prepare or
+    /// one-phase commit of it was sent here, nor ever will be (its
+    /// session is gone, and only a session that is committing sends
+    /// them). So nothing of it is or will be in the log, and freeing it
+    /// in memory is the whole abort: no Raft round, no outcome record
+    /// (the presumed abort covers any later question). A request of it
+    /// arriving late is refused ([`TxnManager::end_aborted`]). One this
+    /// leader has preparing or prepared, which the coordinator's word
+    /// rules out, still gets the logged abort. Idempotent.
+    pub async fn abort_open(&self, shard: ShardId, txn: TxnId) -> Result<(), Error> {
+        if self.retired(shard).is_some() {
+            return Ok(());
+        }
+        let s = &self.hosted(shard)?;
+        self.ready(s)?;
+        let status = s
+            .shared
+            .mgr
+            .lock()
+            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?
+            .status(txn)
+            .cloned();
+        if matches!(
+            status,
+            Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
+        ) {
+            tracing::warn!(shard = shard.0, %txn, "an abort said to be of an open transaction found it preparing; logging it");
+            return self.decide(shard, txn, false).await;
+        }
+        self.release(s, txn);
+        Ok(())
+    }
+
     /// Phase two: apply the coordinator's decision. Idempotent.
     pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
         if self.retired(shard).is_some() {

@@ -342,8 +342,22 @@ impl Participant for ParticipantService {
     ) -> Result<Response<pb::TxnDone>, Status> {
         let r = request.into_inner();
         let txn = convert::txn_id(r.txn)?;
+        if r.open && r.commit {
+            return Err(Error::InvalidInput(
+                "`open` goes with an abort only: a commit needs the transaction's prepare".into(),
+            )
+            .into());
+        }
         let node = self.node.clone();
-        owned(async move { node.decide(ShardId(r.shard_id), txn, r.commit).await }).await?;
+        let shard = ShardId(r.shard_id);
+        owned(async move {
+            if r.open {
+                node.abort_open(shard, txn).await
+            } else {
+                node.decide(shard, txn, r.commit).await
+            }
+        })
+        .await?;
         Ok(Response::new(pb::TxnDone {}))
     }
 
@@ -504,6 +518,7 @@ mod tests {
                 group: 1,
             }),
             commit: false,
+            open: false,
         }))
         .await
         .unwrap();
@@ -514,6 +529,83 @@ mod tests {
         txns.txn_write(Request::new(write)).await.unwrap();
         assert_eq!(gauge(&node, "locks"), 1);
         assert_eq!(node.in_flight(), 0);
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_transaction_s_abort_frees_it_and_logs_nothing() {
+        use crate::kv::TxnState;
+        let dir = tempfile::tempdir().unwrap();
+        let node = small_node(dir.path()).await;
+        let txns = ParticipantService { node: node.clone() };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let id = |logical| pb::TxnId {
+            ts: Timestamp::from_parts(now, logical).0,
+            node: 2,
+            group: 1,
+        };
+        let write = |txn: pb::TxnId, key: &[u8]| pb::TxnWriteRequest {
+            shard_version: 0,
+            shard_id: 1,
+            txn: Some(txn),
+            ops: vec![pb::WriteOp {
+                key: key.to_vec().into(),
+                op: Some(pb::write_op::Op::Put(b"v".to_vec().into())),
+            }],
+            first: true,
+            priority: 0,
+        };
+        let abort = |txn: pb::TxnId, open: bool| pb::DecideRequest {
+            shard_id: 1,
+            txn: Some(txn),
+            commit: false,
+            open,
+        };
+        let log_end = || node.status(ShardId(1)).unwrap().last_log_index;
+        // An open transaction's abort: its lock goes, nothing is logged,
+        // no record is left, and a late first request of it is refused.
+        txns.txn_write(Request::new(write(id(0), b"a")))
+            .await
+            .unwrap();
+        assert_eq!(gauge(&node, "locks"), 1);
+        let before = log_end();
+        txns.decide(Request::new(abort(id(0), true))).await.unwrap();
+        assert_eq!(gauge(&node, "locks"), 0);
+        assert_eq!(gauge(&node, "txns"), 0);
+        assert_eq!(log_end(), before, "nothing was logged");
+        let t0 = convert::txn_id(Some(id(0))).unwrap();
+        assert_eq!(
+            node.inquire(ShardId(1), t0, false).await.unwrap(),
+            TxnState::None
+        );
+        let late = txns
+            .txn_write(Request::new(write(id(0), b"b")))
+            .await
+            .unwrap_err();
+        assert_eq!(late.code(), tonic::Code::Aborted, "{late:?}");
+        assert_eq!(gauge(&node, "locks"), 0);
+        // The logged abort, as before, records the outcome.
+        txns.txn_write(Request::new(write(id(1), b"a")))
+            .await
+            .unwrap();
+        txns.decide(Request::new(abort(id(1), false)))
+            .await
+            .unwrap();
+        assert_eq!(gauge(&node, "locks"), 0);
+        assert!(log_end() > before);
+        let t1 = convert::txn_id(Some(id(1))).unwrap();
+        assert_eq!(
+            node.inquire(ShardId(1), t1, false).await.unwrap(),
+            TxnState::Aborted
+        );
+        // `open` goes with an abort only.
+        let mut commit = abort(id(2), true);
+        commit.commit = true;
+        let e = txns.decide(Request::new(commit)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         node.shutdown().await;
     }
 }

@@ -300,11 +300,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: match self.addrs.get(&target) {
                 Some(a) => a.clone(),
-                None => self
-                    .directory
-                    .get(target)
-                    .map(|m| m.peer_addr)
-                    .unwrap_or_else(|| node.addr.clone()),
+                None => self.directory.peer_addr_or(target, &node.addr),
             },
             peers: self.peers.clone(),
             min_append_ttl: self.min_append_ttl,

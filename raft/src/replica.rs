@@ -152,6 +152,14 @@ impl Directory {
         self.nodes.read().ok().and_then(|d| d.get(&id).cloned())
     }
 
+    /// Node `id`'s peer address: the member table's, which follows a node
+    /// that moved, or else `known` (the one a membership recorded).
+    pub fn peer_addr_or(&self, id: u64, known: &str) -> String {
+        self.get(id)
+            .map(|m| m.peer_addr)
+            .unwrap_or_else(|| known.to_string())
+    }
+
     /// A node's (client address, peer address), the shape a client's
     /// resolver returns.
     pub fn addrs(&self, id: u64) -> Option<(String, String)> {
@@ -881,20 +889,27 @@ impl Replica {
         confirmed
     }
 
+    /// The last log id in this replica's stored log (what a removal
+    /// question carries: the leader answers "removed" only for a
+    /// membership past it).
+    async fn stored_last_log_id(&self) -> Result<Option<crate::types::LogId>, std::io::Error> {
+        use openraft::storage::RaftLogStorage;
+        Ok(LogStore::new(self.group, self.store.clone())
+            .get_log_state()
+            .await?
+            .last_log_id)
+    }
+
     /// The last steps of [`Replica::confirm_removed`], with the gate shut.
     async fn confirm_with_leader(
         &self,
         r: &crate::network::Removal,
         host: &Host,
     ) -> Result<(), String> {
-        let last_id = {
-            use openraft::storage::RaftLogStorage;
-            LogStore::new(self.group, self.store.clone())
-                .get_log_state()
-                .await
-                .map_err(|e| format!("storage: {e}"))?
-                .last_log_id
-        };
+        let last_id = self
+            .stored_last_log_id()
+            .await
+            .map_err(|e| format!("storage: {e}"))?;
         let at = crate::network::ask_removed(
             &host.peers,
             self.group,
@@ -942,22 +957,11 @@ impl Replica {
             // It campaigns, and a leader answers its vote requests.
             return false;
         }
-        let last_id = {
-            use openraft::storage::RaftLogStorage;
-            match LogStore::new(self.group, self.store.clone())
-                .get_log_state()
-                .await
-            {
-                Ok(s) => s.last_log_id,
-                Err(_) => return false,
-            }
+        let Ok(last_id) = self.stored_last_log_id().await else {
+            return false;
         };
         for (id, node) in membership.nodes().filter(|(id, _)| **id != self.node_id) {
-            let addr = host
-                .directory
-                .get(*id)
-                .map(|m| m.peer_addr)
-                .unwrap_or_else(|| node.addr.clone());
+            let addr = host.directory.peer_addr_or(*id, &node.addr);
             let asked = crate::network::ask_removed(
                 &host.peers,
                 self.group,

@@ -50,6 +50,7 @@ async fn decide_probe(ch: Channel) -> Result<(), tonic::Status> {
                 ts: 1 << 40,
             }),
             commit: true,
+            open: false,
         })
         .await
         .map(|_| ())
