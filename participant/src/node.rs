@@ -1922,22 +1922,14 @@ impl Node {
         }
         let s = &self.hosted(shard)?;
         self.ready(s)?;
-        let status = s
-            .shared
-            .mgr
-            .lock()
-            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?
-            .status(txn)
-            .cloned();
-        if matches!(
-            status,
-            Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
-        ) {
-            tracing::warn!(shard = shard.0, %txn, "an abort said to be of an open transaction found it preparing; logging it");
-            return self.decide(shard, txn, false).await;
+        match s.shared.release_with(|m| m.end_open(txn)) {
+            Some(true) => Ok(()),
+            Some(false) => {
+                tracing::warn!(shard = shard.0, %txn, "an abort said to be of an open transaction found it preparing; logging it");
+                self.decide(shard, txn, false).await
+            }
+            None => Err(Error::Fatal("transaction manager lock poisoned".into())),
         }
-        self.release(s, txn);
-        Ok(())
     }
 
     /// Phase two: apply the coordinator's decision. Idempotent.

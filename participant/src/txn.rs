@@ -925,6 +925,20 @@ impl TxnManager {
         had
     }
 
+    /// [`TxnManager::end_aborted`] for a transaction not preparing or
+    /// prepared here, in one step (a prepare cannot slip in between the
+    /// look and the release); false, changing nothing, for one that is.
+    pub fn end_open(&mut self, txn: TxnId) -> bool {
+        if matches!(
+            self.status(txn),
+            Some(Status::Preparing) | Some(Status::Prepared)
+        ) {
+            return false;
+        }
+        self.end_aborted(txn);
+        true
+    }
+
     /// The transaction ended here (commit or abort applied, rollback,
     /// read-only prepare): release its locks and forget it.
     pub fn finish(&mut self, txn: TxnId) -> bool {
@@ -1818,5 +1832,30 @@ mod tests {
             Step::Granted
         );
         assert!(matches!(m.lock(t(1_000), true, &a, 4), Step::Abort(_)));
+    }
+
+    #[test]
+    fn only_a_transaction_not_preparing_is_ended_as_open() {
+        let mut m = mgr();
+        let a = Target::key(b"a", Mode::Exclusive);
+        let b = Target::key(b"b", Mode::Exclusive);
+        assert_eq!(m.lock(t(1), true, &a, 0), Step::Granted);
+        assert_eq!(m.lock(t(2), true, &b, 0), Step::Granted);
+        assert!(m.begin_prepare(t(2), 0).is_ok());
+        // Preparing: left as it is, its lock held.
+        assert!(!m.end_open(t(2)));
+        assert_eq!(m.status(t(2)), Some(&Status::Preparing));
+        assert_eq!(m.lock(t(3), true, &b, 1), Step::Wait(vec![t(2)]));
+        // Open: ended, its lock free, and remembered as aborted.
+        assert!(m.end_open(t(1)));
+        assert_eq!(m.status(t(1)), None);
+        assert_eq!(m.lock(t(3), true, &a, 1), Step::Granted);
+        assert!(matches!(m.lock(t(1), true, &a, 2), Step::Abort(_)));
+        // Unknown here: nothing to free, still remembered.
+        assert!(m.end_open(t(9)));
+        assert!(matches!(
+            m.lock(t(9), true, &Target::key(b"z", Mode::Shared), 2),
+            Step::Abort(_)
+        ));
     }
 }
