@@ -804,64 +804,55 @@ impl Coordinator {
                 async move { (n, call.await) }
             })
             .collect();
-        let mut answers: Vec<Option<Result<pb::GetManyResponse, ClientError>>> =
-            sends.iter().map(|_| None).collect();
-        while let Some((n, answer)) = pending.next().await {
-            let refused = match &answer {
-                Ok(_) | Err(ClientError::WrongShard(_)) => None,
-                Err(e) => Some(Error::from(e.clone())),
-            };
-            match refused {
-                // A refused request leaves the transaction going.
-                None | Some(Error::InvalidInput(_)) => answers[n] = Some(answer),
-                Some(e) => {
-                    // The transaction is over: end it now, which frees
-                    // what it locked and fails its reads still waiting at
-                    // other shards (a read that arrives after the abort
-                    // is refused there), and wait for them.
-                    let drain = async { while pending.next().await.is_some() {} };
-                    let (e, ()) = futures::join!(self.fail(txn, e), drain);
-                    return Err(e);
-                }
-            }
-        }
-        drop(pending);
         let mut values = vec![None; keys.len()];
         let mut moved = Vec::new();
         let mut refused = None;
-        for ((shard, first, places, _), answer) in sends.into_iter().zip(answers) {
-            match answer {
-                Some(Ok(r)) if r.values.len() == places.len() => {
+        while let Some((n, answer)) = pending.next().await {
+            let (shard, first, places, _) = &sends[n];
+            let ends = match answer {
+                Ok(r) if r.values.len() == places.len() => {
                     if for_update {
                         self.note_locked(txn, None, places.iter().map(|&i| keys[i].clone()));
                     }
                     for (&i, v) in places.iter().zip(r.values) {
                         values[i] = v.found.then(|| v.value.to_vec());
                     }
+                    continue;
                 }
-                Some(Ok(r)) => {
-                    let e = Error::Unavailable(format!(
-                        "shard {shard} answered {} values for {} keys",
-                        r.values.len(),
-                        places.len()
-                    ));
-                    return Err(self.fail(txn, e).await);
-                }
-                Some(Err(ClientError::WrongShard(_))) => {
-                    if first {
+                Ok(r) => Error::Unavailable(format!(
+                    "shard {shard} answered {} values for {} keys",
+                    r.values.len(),
+                    places.len()
+                )),
+                Err(ClientError::WrongShard(_)) => {
+                    if *first {
                         // Nothing of the transaction is there.
-                        self.untouch(txn, shard);
+                        self.untouch(txn, *shard);
                     }
-                    moved.extend(places);
+                    moved.extend(places.iter().copied());
+                    continue;
                 }
-                // Refused whole at that shard; the locks taken at the
-                // others stay with the transaction, which goes on.
-                Some(Err(e)) => refused = Some(e),
-                None => return Err(Error::Fatal("a read of the batch never answered".into())),
-            }
+                Err(e) => match Error::from(e) {
+                    // Refused whole at that shard; the locks taken at the
+                    // others stay with the transaction, which goes on.
+                    e @ Error::InvalidInput(_) => {
+                        refused = Some(e);
+                        continue;
+                    }
+                    e => e,
+                },
+            };
+            // The transaction is over: end it now, which frees what it
+            // locked and fails its reads still waiting at other shards (a
+            // read that arrives after the abort is refused there), and
+            // wait for them.
+            let drain = async { while pending.next().await.is_some() {} };
+            let (e, ()) = futures::join!(self.fail(txn, ends), drain);
+            return Err(e);
         }
+        drop(pending);
         if let Some(e) = refused {
-            return Err(e.into());
+            return Err(e);
         }
         if !moved.is_empty() {
             if let Err(e) = self.participants.refresh_map(&map).await {
@@ -1852,29 +1843,28 @@ impl Coordinator {
     }
 
     async fn send_decision(&self, txn: TxnId, shard: ShardId, commit: bool) -> Result<(), Error> {
-        self.send_decide(pb::DecideRequest {
-            shard_id: shard.0,
-            txn: Some(pb_txn(txn)),
-            commit,
-            open: false,
-        })
-        .await
+        self.send_decide(txn, shard, commit, false).await
     }
 
     /// The abort of `txn`, ended before its commit began, at `shard` (see
     /// `DecideRequest.open`).
     async fn send_abort_open(&self, txn: TxnId, shard: ShardId) -> Result<(), Error> {
-        self.send_decide(pb::DecideRequest {
-            shard_id: shard.0,
-            txn: Some(pb_txn(txn)),
-            commit: false,
-            open: true,
-        })
-        .await
+        self.send_decide(txn, shard, false, true).await
     }
 
-    async fn send_decide(&self, req: pb::DecideRequest) -> Result<(), Error> {
-        let shard = ShardId(req.shard_id);
+    async fn send_decide(
+        &self,
+        txn: TxnId,
+        shard: ShardId,
+        commit: bool,
+        open: bool,
+    ) -> Result<(), Error> {
+        let req = pb::DecideRequest {
+            shard_id: shard.0,
+            txn: Some(pb_txn(txn)),
+            commit,
+            open,
+        };
         self.participants
             .call_shard(shard, true, |ch| async move {
                 participant(ch).decide(req).await

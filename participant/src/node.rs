@@ -1630,7 +1630,6 @@ impl Node {
         key: &[u8],
         for_update: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
-        validate_key(key)?;
         let mut v = self
             .txn_get_batch(shard, version, who, &[key.to_vec()], for_update)
             .await?;

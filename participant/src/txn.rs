@@ -182,7 +182,7 @@ pub enum Freed {
 /// so a caller that never drains it cannot make it grow without bound.
 const MAX_FREED: usize = 4096;
 
-/// How many aborted transactions a leader remembers (about 200 bytes
+/// How many aborted transactions a leader remembers (under 100 bytes
 /// each): seconds of aborts under heavy contention, far longer than a
 /// request overtaken by its transaction's abort takes to arrive. One
 /// forgotten sooner is still freed when the shard asks its coordinator.
