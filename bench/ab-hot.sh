@@ -10,6 +10,9 @@
 # both alike; compare medians.
 #
 # Usage: BUILDS="/tmp/before /tmp/after" bash bench/ab-hot.sh
+# A build may carry config settings, KEY=VALUE after @, comma-separated
+# (one build, two settings: BUILDS="/tmp/b@wound_grace_ms=0 /tmp/b"); each
+# KEY must be on exactly one line of the config the playground writes.
 # Settings: ROUNDS=3 DUR=15 HOT=10 THREADS=16 PORT=28001
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}
@@ -27,13 +30,39 @@ cpu_ticks() { # PIDS...: user+system ticks of these processes
   echo "$t"
 }
 
+wait_ready() { # DIR PID
+  for _ in $(seq 1 300); do grep -q '^ready' "$1/pg.out" && break; sleep 0.2; done
+  grep -q '^ready' "$1/pg.out" || { cat "$1/pg.out" >&2; kill "$2"; exit 1; }
+}
+
 for r in $(seq 1 "$ROUNDS"); do
-  for b in $BUILDS; do
+  for entry in $BUILDS; do
+    b=${entry%%@*}
     d=$(mktemp -d "${TMPDIR:-/tmp}/ab-hot.XXXXXX")
+    if [ "$entry" != "$b" ]; then
+      # The playground's own config first, then the settings on it.
+      "$b/txn" playground --dir "$d" --port "$PORT" >"$d/pg.out" 2>&1 &
+      pg=$!
+      wait_ready "$d" "$pg"
+      kill -INT "$pg"
+      wait "$pg" 2>/dev/null || true
+      find "$d" -mindepth 1 -maxdepth 1 ! -name cluster.toml -exec rm -rf {} +
+      python3 - "$d/cluster.toml" "${entry#*@}" <<'PY' || exit 2
+import sys
+path, sets = sys.argv[1], sys.argv[2]
+lines = open(path).read().split("\n")
+for kv in filter(None, sets.split(",")):
+    k, _, v = kv.partition("=")
+    at = [i for i, l in enumerate(lines) if l.startswith(k + " = ")]
+    if len(at) != 1:
+        sys.exit(f"ab-hot: {k} is on {len(at)} lines of the playground's config, not 1")
+    lines[at[0]] = f"{k} = {v}"
+open(path, "w").write("\n".join(lines))
+PY
+    fi
     "$b/txn" playground --dir "$d" --port "$PORT" >"$d/pg.out" 2>&1 &
     pg=$!
-    for _ in $(seq 1 300); do grep -q '^ready' "$d/pg.out" && break; sleep 0.2; done
-    grep -q '^ready' "$d/pg.out" || { cat "$d/pg.out" >&2; kill "$pg"; exit 1; }
+    wait_ready "$d" "$pg"
     # shellcheck disable=SC2207
     pids=($(pgrep -P "$pg" -x pact))
     args=(--backend pact --config "$d/cluster.toml" --seed 42 --json)
@@ -45,7 +74,7 @@ for r in $(seq 1 "$ROUNDS"); do
     locks=$(for i in 10 11 12; do curl -s "127.0.0.1:$((PORT + i))/metrics" || true; done |
       awk '/^pact_lock_waits_total/ {w += $2} /^pact_lock_wakeups_total/ {k += $2}
            END {printf "lock waits %d, wake-ups %d", w, k}')
-    python3 - "$d/hot.json" "$r" "$b" "$((c1 - c0))" "$hz" "$locks" <<'PY'
+    python3 - "$d/hot.json" "$r" "$entry" "$((c1 - c0))" "$hz" "$locks" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 op = d["ops"]["TXN"]
