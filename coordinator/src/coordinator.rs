@@ -1152,7 +1152,11 @@ impl Coordinator {
         }
         if touched.len() == 1 {
             if let Some((shard, ops)) = parts.pop_first() {
-                let (first, priority) = self.touch(txn, shard)?;
+                // A wound landing since the check above ends the session
+                // here too, as at a read: the client hears "aborted" and
+                // sends nothing more, so nothing else would free its locks
+                // before the lease ran out.
+                let (first, priority) = self.touch_or_end(txn, shard).await?;
                 carried.insert(
                     shard,
                     Carried {
@@ -1167,7 +1171,7 @@ impl Coordinator {
             for (shard, ops) in parts {
                 let held =
                     before.contains(&shard) && ops.iter().all(|o| locked.contains(o.key.as_ref()));
-                let touched = self.touch(txn, shard)?;
+                let touched = self.touch_or_end(txn, shard).await?;
                 if held {
                     let (first, priority) = touched;
                     carried.insert(
