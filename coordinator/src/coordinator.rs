@@ -644,11 +644,13 @@ impl Coordinator {
     }
 
     /// [`Coordinator::touch`] for a request of the client's (a read, a
-    /// scan, a write): a transaction it finds aborted (wounded meanwhile)
-    /// is ended here and now, its locks freed at every shard, rather than
-    /// left for its lease to run out: the client, told it aborted, sends
-    /// nothing more (and the reads at `Begin` have no client handle at
-    /// all), while younger transactions would wait for its locks.
+    /// scan, a write, the shards a commit adds): a transaction it finds
+    /// aborted (wounded meanwhile) is ended here and now, its locks freed
+    /// at every shard, rather than left for its lease to run out: the
+    /// client, told it aborted, sends nothing more (and the reads at
+    /// `Begin` have no client handle at all), while younger transactions
+    /// would wait for its locks. One already committing is not ended
+    /// ([`Coordinator::end`]): its outcome is the machine's.
     async fn touch_or_end(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
         match self.touch(txn, shard) {
             Err(e @ Error::Aborted(_)) => Err(self.abort_for(txn, e).await),
@@ -2573,7 +2575,7 @@ async fn expire_sessions(c: Arc<Coordinator>) {
             _ = tokio::time::sleep(every) => {}
             _ = c.retired() => return,
         }
-        let expired: Vec<(TxnId, String, bool)> = c
+        let expired: Vec<(TxnId, String)> = c
             .sessions
             .lock()
             .map(|s| {
@@ -2587,18 +2589,22 @@ async fn expire_sessions(c: Arc<Coordinator>) {
                         } else {
                             return None;
                         };
-                        Some((*t, why, v.counted))
+                        Some((*t, why))
                     })
                     .collect()
             })
             .unwrap_or_default();
-        for (txn, why, counted) in expired {
+        for (txn, why) in expired {
             tracing::info!(%txn, reason = %why, "aborting open transaction");
-            if !counted {
-                c.metrics.abort(AbortKind::Expired);
-            }
             let c = c.clone();
-            tokio::spawn(async move { c.rollback(txn).await });
+            tokio::spawn(async move {
+                // Counted by what `end` found when it took the session out
+                // (under the lock): not if a wound was counted meanwhile,
+                // nor if a commit began or another request ended it first.
+                if c.end(txn).await == Some(false) {
+                    c.metrics.abort(AbortKind::Expired);
+                }
+            });
         }
     }
 }
