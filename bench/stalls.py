@@ -39,11 +39,15 @@ LINE = re.compile(r"(\S+?)(\{[^}]*\})? (\S+)$")
 
 def scrape(url):
     out = {}
-    with urllib.request.urlopen(f"http://{url}/metrics", timeout=2) as r:
-        for line in r.read().decode().splitlines():
-            m = LINE.match(line)
-            if m and not line.startswith("#"):
-                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    try:
+        with urllib.request.urlopen(f"http://{url}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError as e:
+        sys.exit(f"stalls: cannot read http://{url}/metrics: {e}")
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if m and not line.startswith("#"):
+            out[(m.group(1), m.group(2) or "")] = float(m.group(3))
     return out
 
 
@@ -55,6 +59,14 @@ def over(m, name, le, only):
         if n == name + "_bucket" and f'le="{le}"' in l and only in l
     )
     return total - under
+
+
+SNAPSHOTS = "pact_raft_snapshots_built_total"
+
+
+def total(ms, name):
+    """Counter NAME summed over its labels and over the nodes' scrapes MS."""
+    return sum(v for m in ms for (n, _), v in m.items() if n == name)
 
 
 def disk_mb(dev):
@@ -108,10 +120,7 @@ def main():
             n = [int(over(m1, *s[1:]) - over(m0, *s[1:])) for s in SLOW]
             slow = slow or any(n)
             cells.append(f"n{i + 1} " + " ".join(f"{s[0]}{v}" for s, v in zip(SLOW, n)))
-        snaps = sum(v for (n, _), v in ((k, v) for m in cur for k, v in m.items())
-                    if n == "pact_raft_snapshots_built_total") - sum(
-            v for (n, _), v in ((k, v) for m in prev for k, v in m.items())
-            if n == "pact_raft_snapshots_built_total")
+        snaps = total(cur, SNAPSHOTS) - total(prev, SNAPSHOTS)
         burst = d - d_prev >= a.burst_mb
         slow_windows += slow
         burst_windows += burst

@@ -2597,13 +2597,12 @@ async fn expire_sessions(c: Arc<Coordinator>) {
         for (txn, why) in expired {
             tracing::info!(%txn, reason = %why, "aborting open transaction");
             let c = c.clone();
+            // `abort_for` counts the abort by what `end` found when it took
+            // the session out (under the lock): not if a wound was counted
+            // meanwhile, nor if a commit began or another request ended it.
             tokio::spawn(async move {
-                // Counted by what `end` found when it took the session out
-                // (under the lock): not if a wound was counted meanwhile,
-                // nor if a commit began or another request ended it first.
-                if c.end(txn).await == Some(false) {
-                    c.metrics.abort(AbortKind::Expired);
-                }
+                c.abort_for(txn, Error::aborted(AbortKind::Expired, why))
+                    .await
             });
         }
     }
