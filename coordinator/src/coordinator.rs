@@ -90,6 +90,12 @@ struct Session {
     /// machine has the transaction, so TxnStatus always sees it as open
     /// or in flight, never as neither (it would presume an abort).
     committing: bool,
+    /// A `Commit` call is taking it to the owner task: a second call for
+    /// the same transaction (a client retrying a slow commit, a proxy
+    /// resending) sends nothing to the shards and waits for the first
+    /// one's outcome instead of racing it. Cleared if that call gives up
+    /// before the hand-over (refused, or dropped by its client).
+    claimed: bool,
     /// Its abort was reported to the client and counted (a wound met by
     /// a request), so ending it later counts nothing more.
     counted: bool,
@@ -108,6 +114,28 @@ pub const MAX_PRIORITY_AGE: Duration = Duration::from_secs(60);
 /// anything is done, if it has too many keys or a malformed one.
 pub fn check_reads(keys: &[Vec<u8>]) -> Result<(), Error> {
     pact_common::validate_reads(keys).map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+/// How long a second `Commit` call for a transaction another call is
+/// committing waits for its outcome before answering "unknown".
+const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
+
+/// A `Commit` call's claim on its transaction's session
+/// ([`Session::claimed`]), given back when dropped unless the session was
+/// handed to the owner task (which clears it) or ended meanwhile.
+struct Claim<'a> {
+    sessions: &'a Mutex<HashMap<TxnId, Session>>,
+    txn: TxnId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(sess) = s.get_mut(&self.txn) {
+                sess.claimed = false;
+            }
+        }
+    }
 }
 
 /// Writes a client sent with its commit that travel inside the shard's
@@ -490,6 +518,7 @@ impl Coordinator {
                             priority,
                             wounded: None,
                             committing: false,
+                            claimed: false,
                             counted: false,
                             admitted: admitted.take(),
                         },
@@ -625,10 +654,11 @@ impl Coordinator {
         self.leader_session(txn, |sess| {
             let sess = sess.ok_or_else(|| unknown_txn(txn))?;
             if sess.committing {
-                return Err(Error::aborted(
-                    AbortKind::Conflict,
-                    format!("transaction {txn} is already committing"),
-                ));
+                // Not an abort: the commit under way decides, and a client
+                // told "aborted" here could believe the other outcome.
+                return Err(Error::InvalidInput(format!(
+                    "transaction {txn} is already committing: no more requests; its outcome comes from the commit (or TxnStatus)"
+                )));
             }
             if let Some(w) = &sess.wounded {
                 if !sess.counted {
@@ -1120,15 +1150,26 @@ impl Coordinator {
         self.check_txn(txn)?;
         self.require_leader()?;
         let session = match self.sessions.lock() {
-            Ok(s) => s
-                .get(&txn)
-                .filter(|sess| !sess.committing)
-                .map(|sess| (sess.shards.clone(), sess.locked.clone())),
+            Ok(mut s) => s.get_mut(&txn).and_then(|sess| {
+                if sess.committing || sess.claimed {
+                    return None;
+                }
+                sess.claimed = true;
+                Some((sess.shards.clone(), sess.locked.clone()))
+            }),
             Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
         };
         let Some((mut touched, locked)) = session else {
-            // Not open here: maybe already decided (a retried commit).
-            return self.status(txn, false).await;
+            // Not open here, or another call is committing it: already
+            // decided (a retried commit), or on its way to a decision
+            // that this call must report, not contradict.
+            return self.await_outcome(txn).await;
+        };
+        // Until the hand-over below, a return or a dropped handler gives
+        // the claim back, so a retried commit can take the transaction on.
+        let claim = Claim {
+            sessions: &self.sessions,
+            txn,
         };
         // Room in the owner's queue first, before any participant work, so
         // a refused commit did nothing: the transaction stays open as it
@@ -1208,6 +1249,7 @@ impl Coordinator {
             match s.get_mut(&txn) {
                 Some(sess) if !sess.committing => {
                     sess.committing = true;
+                    sess.claimed = false;
                     let mut writers = sess.written.clone();
                     writers.extend(carried.keys().copied());
                     slot.send(Input::Commit {
@@ -1223,11 +1265,41 @@ impl Coordinator {
                 _ => false,
             }
         };
+        drop(claim);
         if !handed {
-            return self.status(txn, false).await;
+            // Ended meanwhile (a rollback, its lease, a wound).
+            return self.await_outcome(txn).await;
         }
         rx.await
             .map_err(|_| Error::Unknown("coordinator lost leadership during commit".into()))
+    }
+
+    /// The outcome of `txn` for a `Commit` call that does not take it to
+    /// the owner task itself: waits while the transaction is open or its
+    /// commit in flight (another call has it), up to
+    /// [`COMMIT_OUTCOME_WAIT`]; then, or if this replica cannot tell any
+    /// more (it lost leadership meanwhile), the outcome is unknown.
+    async fn await_outcome(&self, txn: TxnId) -> Result<Outcome, Error> {
+        let deadline = tokio::time::Instant::now() + COMMIT_OUTCOME_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let why = match self.status(txn, false).await {
+                Ok(Outcome::Open(why)) => why,
+                Ok(o) => return Ok(o),
+                Err(e) => {
+                    return Err(Error::Unknown(format!(
+                        "transaction {txn} was being committed by another call; ask TxnStatus ({e})"
+                    )))
+                }
+            };
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(Error::Unknown(format!(
+                    "transaction {txn}: {why} after {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// Abort an open transaction everywhere it went (best effort: what is
@@ -1250,12 +1322,19 @@ impl Coordinator {
         let sess = sess?;
         self.finished(txn);
         // Not committing: no prepare or one-phase commit of it went out,
-        // so the shards free it in memory and log nothing.
-        let calls = sess
-            .shards
-            .into_iter()
-            .map(|shard| self.send_abort_open(txn, shard));
-        futures::future::join_all(calls).await;
+        // so the shards free it in memory and log nothing. The fan-out is
+        // a task of its own: the session is gone already, so a caller
+        // dropped here (a deadline, a reset) must not leave the shards not
+        // yet told holding its locks until they ask about it.
+        let participants = self.participants.clone();
+        let fan_out = tokio::spawn(async move {
+            let calls = sess
+                .shards
+                .into_iter()
+                .map(|shard| send_decide(&participants, txn, shard, false, true));
+            futures::future::join_all(calls).await;
+        });
+        let _ = fan_out.await;
         Some(sess.counted)
     }
 
@@ -1854,10 +1933,6 @@ impl Coordinator {
 
     /// The abort of `txn`, ended before its commit began, at `shard` (see
     /// `DecideRequest.open`).
-    async fn send_abort_open(&self, txn: TxnId, shard: ShardId) -> Result<(), Error> {
-        self.send_decide(txn, shard, false, true).await
-    }
-
     async fn send_decide(
         &self,
         txn: TxnId,
@@ -1865,20 +1940,32 @@ impl Coordinator {
         commit: bool,
         open: bool,
     ) -> Result<(), Error> {
-        let req = pb::DecideRequest {
-            shard_id: shard.0,
-            txn: Some(pb_txn(txn)),
-            commit,
-            open,
-        };
-        self.participants
-            .call_shard(shard, true, |ch| async move {
-                participant(ch).decide(req).await
-            })
-            .await
-            .map(|_| ())
-            .map_err(Error::from)
+        send_decide(&self.participants, txn, shard, commit, open).await
     }
+}
+
+/// Tell `shard` the outcome of `txn` (`open`: an open transaction's abort,
+/// freed in memory without a log entry).
+async fn send_decide(
+    participants: &Client,
+    txn: TxnId,
+    shard: ShardId,
+    commit: bool,
+    open: bool,
+) -> Result<(), Error> {
+    let req = pb::DecideRequest {
+        shard_id: shard.0,
+        txn: Some(pb_txn(txn)),
+        commit,
+        open,
+    };
+    participants
+        .call_shard(shard, true, |ch| async move {
+            participant(ch).decide(req).await
+        })
+        .await
+        .map(|_| ())
+        .map_err(Error::from)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -437,3 +437,109 @@ async fn an_idle_but_alive_transaction_lives_past_ten_seconds() {
         Some(&b"still here"[..])
     );
 }
+
+/// Two or more `Commit` calls for one transaction at once (a client that
+/// retries a slow commit on another connection, or a proxy that resends):
+/// whatever each caller hears must agree with what happened. Before the
+/// fix, a second call racing the first could be told "aborted" (its own
+/// writes refused at a shard the first had prepared, or its touch finding
+/// the transaction committing) while the first committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_of_one_transaction_agree_with_its_outcome() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "twice", 1);
+    let keys: Vec<Vec<u8>> = by.values().map(|v| v[0].clone()).collect();
+    for round in 0..20u32 {
+        let (raw, txn) = raw_begin(&c).await;
+        let value = format!("round{round}").into_bytes();
+        // The writes travel with the commit: every call locks and writes
+        // at all three shards before its commit can be handed over.
+        let req = pb::TxnRequest {
+            txn,
+            ops: keys
+                .iter()
+                .map(|k| pb::WriteOp {
+                    key: k.clone().into(),
+                    op: Some(pb::write_op::Op::Put(value.clone().into())),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let mut raw = raw.clone();
+                let req = req.clone();
+                tokio::spawn(async move { raw.commit(req).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        let committed = client.get(&keys[0]).await.unwrap().as_deref() == Some(&value[..]);
+        for k in &keys[1..] {
+            let v = client.get(k).await.unwrap();
+            assert_eq!(
+                v.as_deref() == Some(&value[..]),
+                committed,
+                "round {round}: a fractured commit ({answers:?})"
+            );
+        }
+        for a in &answers {
+            let said = match a {
+                Ok(r) => r.get_ref().outcome(),
+                Err(s) if s.code() == tonic::Code::Aborted => pb::Outcome::Aborted,
+                Err(s) => panic!("round {round}: commit failed: {s}"),
+            };
+            match said {
+                pb::Outcome::Committed => assert!(committed, "round {round}: {answers:?}"),
+                pb::Outcome::Aborted => assert!(!committed, "round {round}: {answers:?}"),
+                other => panic!("round {round}: a commit answered {other:?}: {answers:?}"),
+            }
+        }
+    }
+}
+
+/// A `Commit` call dropped by its client before the commit was handed
+/// over (here: while its writes wait for an older transaction's lock)
+/// leaves the transaction open as it was: a retried commit takes it on and
+/// commits, rather than waiting for the dropped call's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "dropped", 1);
+    let mut shards = by.values();
+    let read = shards.next().unwrap()[0].clone();
+    let held = shards.next().unwrap()[0].clone();
+    // The older transaction holds `held`.
+    let mut older = client.begin().await.unwrap();
+    older.get_for_update(&held).await.unwrap();
+    let (mut raw, txn) = raw_begin(&c).await;
+    raw.get(pb::TxnGetRequest {
+        txn,
+        key: read.clone().into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the younger transaction reads its first shard");
+    let req = pb::TxnRequest {
+        txn,
+        ops: vec![pb::WriteOp {
+            key: held.clone().into(),
+            op: Some(pb::write_op::Op::Put(b"younger".to_vec().into())),
+        }],
+        ..Default::default()
+    };
+    // Its commit waits for `held` at the second shard; the client gives up.
+    let first = tokio::time::timeout(Duration::from_millis(300), raw.commit(req.clone())).await;
+    assert!(first.is_err(), "the commit did not wait: {first:?}");
+    older.commit().await.unwrap();
+    let again = raw
+        .commit(req)
+        .await
+        .expect("the retried commit is answered");
+    assert_eq!(again.get_ref().outcome(), pb::Outcome::Committed, "{again:?}");
+    assert_eq!(client.get(&held).await.unwrap().as_deref(), Some(&b"younger"[..]));
+}
