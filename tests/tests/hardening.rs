@@ -540,6 +540,13 @@ async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
         .commit(req)
         .await
         .expect("the retried commit is answered");
-    assert_eq!(again.get_ref().outcome(), pb::Outcome::Committed, "{again:?}");
-    assert_eq!(client.get(&held).await.unwrap().as_deref(), Some(&b"younger"[..]));
+    assert_eq!(
+        again.get_ref().outcome(),
+        pb::Outcome::Committed,
+        "{again:?}"
+    );
+    assert_eq!(
+        client.get(&held).await.unwrap().as_deref(),
+        Some(&b"younger"[..])
+    );
 }
