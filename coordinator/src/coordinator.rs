@@ -120,6 +120,16 @@ pub fn check_reads(keys: &[Vec<u8>]) -> Result<(), Error> {
 /// committing waits for its outcome before answering "unknown".
 const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 
+/// What a `Commit` call found of its transaction's session.
+enum Found {
+    /// Open, and now claimed by this call: its shards and locked keys.
+    Claimed(BTreeSet<ShardId>, BTreeSet<Vec<u8>>),
+    /// Open, and claimed by another call.
+    Busy,
+    /// Committing, or no session here.
+    Gone,
+}
+
 /// A `Commit` call's claim on its transaction's session
 /// ([`Session::claimed`]), given back when dropped unless the session was
 /// handed to the owner task (which clears it) or ended meanwhile.
@@ -679,8 +689,8 @@ impl Coordinator {
     /// at every shard, rather than left for its lease to run out: the
     /// client, told it aborted, sends nothing more (and the reads at
     /// `Begin` have no client handle at all), while younger transactions
-    /// would wait for its locks. One already committing is not ended
-    /// ([`Coordinator::end`]): its outcome is the machine's.
+    /// would wait for its locks. One already committing is refused by
+    /// `touch` without an abort: its outcome is the machine's.
     async fn touch_or_end(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
         match self.touch(txn, shard) {
             Err(e @ Error::Aborted(_)) => Err(self.abort_for(txn, e).await),
@@ -1094,10 +1104,45 @@ impl Coordinator {
             Error::Unavailable(_) => Abort::new(AbortKind::Unavailable, e.to_string()),
             other => Abort::new(AbortKind::Conflict, other.to_string()),
         };
-        if self.end(txn).await == Some(false) {
-            self.metrics.abort(why.kind);
+        match self.end(txn).await {
+            Some(counted) => {
+                if !counted {
+                    self.metrics.abort(why.kind);
+                }
+                Error::Aborted(why)
+            }
+            None => self.not_ended(txn, why).await,
         }
-        Error::Aborted(why)
+    }
+
+    /// A request of `txn` failed, but `end` found nothing to end: the
+    /// transaction is committing (a request that raced its commit, its
+    /// shard refusing it after the prepare), or gone, ended by another
+    /// request or its lease, or handed over and decided. Its caller hears
+    /// "aborted" only if that is the outcome; a request that took no part
+    /// in a commit is refused as such.
+    async fn not_ended(&self, txn: TxnId, why: Abort) -> Error {
+        let committing = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&txn).map(|sess| sess.committing))
+            .unwrap_or(false);
+        let outcome = if committing {
+            Ok(Outcome::Open("commit in progress".into()))
+        } else {
+            self.status(txn, false).await
+        };
+        match outcome {
+            Ok(Outcome::Aborted(_) | Outcome::Expired(_)) => Error::Aborted(why),
+            Ok(Outcome::Committed | Outcome::Open(_)) => Error::InvalidInput(format!(
+                "transaction {txn} is committing or committed; this request took no part in it ({why})"
+            )),
+            Ok(Outcome::Unknown(m)) => Error::Unknown(m),
+            Err(e) => Error::Unknown(format!(
+                "transaction {txn}: this request failed ({why}) and its outcome cannot be told here ({e}); ask TxnStatus"
+            )),
+        }
     }
 
     /// Invariant 13, checked when a read reply comes back: it is handed
@@ -1149,21 +1194,39 @@ impl Coordinator {
     pub async fn commit(&self, txn: TxnId, ops: Vec<pb::WriteOp>) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
-        let session = match self.sessions.lock() {
-            Ok(mut s) => s.get_mut(&txn).and_then(|sess| {
-                if sess.committing || sess.claimed {
-                    return None;
+        let deadline = tokio::time::Instant::now() + COMMIT_OUTCOME_WAIT;
+        let mut pause = Duration::from_millis(1);
+        let (mut touched, locked) = loop {
+            let found = match self.sessions.lock() {
+                Ok(mut s) => match s.get_mut(&txn) {
+                    Some(sess) if !sess.committing && !sess.claimed => {
+                        sess.claimed = true;
+                        Found::Claimed(sess.shards.clone(), sess.locked.clone())
+                    }
+                    Some(sess) if !sess.committing => Found::Busy,
+                    _ => Found::Gone,
+                },
+                Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
+            };
+            match found {
+                Found::Claimed(shards, locked) => break (shards, locked),
+                // Another call is taking it to the owner task; it may yet
+                // give up (and give the claim back) before the hand-over,
+                // and then this call carries on with its own writes.
+                Found::Busy if tokio::time::Instant::now() + pause <= deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
-                sess.claimed = true;
-                Some((sess.shards.clone(), sess.locked.clone()))
-            }),
-            Err(_) => return Err(Error::Fatal("session lock poisoned".into())),
-        };
-        let Some((mut touched, locked)) = session else {
-            // Not open here, or another call is committing it: already
-            // decided (a retried commit), or on its way to a decision
-            // that this call must report, not contradict.
-            return self.await_outcome(txn).await;
+                Found::Busy => {
+                    return Err(Error::Unknown(format!(
+                        "transaction {txn}: another commit call held it for {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
+                    )))
+                }
+                // Not open here, or handed over: decided already (a
+                // retried commit), or on its way to a decision that this
+                // call must report, not contradict.
+                Found::Gone => return self.await_outcome(txn).await,
+            }
         };
         // Until the hand-over below, a return or a dropped handler gives
         // the claim back, so a retried commit can take the transaction on.
@@ -1286,9 +1349,12 @@ impl Coordinator {
             let why = match self.status(txn, false).await {
                 Ok(Outcome::Open(why)) => why,
                 Ok(o) => return Ok(o),
+                // Refused for now (a full queue, no quorum yet): ask again.
+                Err(e @ (Error::Overloaded(_) | Error::Unavailable(_))) => e.to_string(),
+                Err(e @ Error::InvalidInput(_)) => return Err(e),
                 Err(e) => {
                     return Err(Error::Unknown(format!(
-                        "transaction {txn} was being committed by another call; ask TxnStatus ({e})"
+                        "transaction {txn}: its outcome cannot be told here ({e}); ask TxnStatus"
                     )))
                 }
             };
@@ -1326,16 +1392,16 @@ impl Coordinator {
         // a task of its own: the session is gone already, so a caller
         // dropped here (a deadline, a reset) must not leave the shards not
         // yet told holding its locks until they ask about it.
-        let participants = self.participants.clone();
+        let (participants, shards, counted) =
+            (self.participants.clone(), sess.shards, sess.counted);
         let fan_out = tokio::spawn(async move {
-            let calls = sess
-                .shards
+            let calls = shards
                 .into_iter()
                 .map(|shard| send_decide(&participants, txn, shard, false, true));
             futures::future::join_all(calls).await;
         });
         let _ = fan_out.await;
-        Some(sess.counted)
+        Some(counted)
     }
 
     /// The outcome of `txn`. From the recovery log if it has a decision;
@@ -1928,19 +1994,7 @@ impl Coordinator {
     }
 
     async fn send_decision(&self, txn: TxnId, shard: ShardId, commit: bool) -> Result<(), Error> {
-        self.send_decide(txn, shard, commit, false).await
-    }
-
-    /// The abort of `txn`, ended before its commit began, at `shard` (see
-    /// `DecideRequest.open`).
-    async fn send_decide(
-        &self,
-        txn: TxnId,
-        shard: ShardId,
-        commit: bool,
-        open: bool,
-    ) -> Result<(), Error> {
-        send_decide(&self.participants, txn, shard, commit, open).await
+        send_decide(&self.participants, txn, shard, commit, false).await
     }
 }
 

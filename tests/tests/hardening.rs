@@ -503,8 +503,9 @@ async fn concurrent_commits_of_one_transaction_agree_with_its_outcome() {
 
 /// A `Commit` call dropped by its client before the commit was handed
 /// over (here: while its writes wait for an older transaction's lock)
-/// leaves the transaction open as it was: a retried commit takes it on and
-/// commits, rather than waiting for the dropped call's outcome.
+/// leaves the transaction open as it was: a retried commit, sent while
+/// the first call still waited, takes it on and commits, rather than
+/// waiting for the dropped call's outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
     let c = Cluster::transactional().await;
@@ -532,13 +533,21 @@ async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
         }],
         ..Default::default()
     };
-    // Its commit waits for `held` at the second shard; the client gives up.
-    let first = tokio::time::timeout(Duration::from_millis(300), raw.commit(req.clone())).await;
+    // Its commit waits for `held` at the second shard, and the client
+    // gives up on it; meanwhile it has sent the commit again, which waits
+    // for the first call's claim and then takes the transaction on.
+    let first = tokio::spawn({
+        let (mut raw, req) = (raw.clone(), req.clone());
+        async move { tokio::time::timeout(Duration::from_millis(400), raw.commit(req)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retry = tokio::spawn(async move { raw.commit(req).await });
+    let first = first.await.unwrap();
     assert!(first.is_err(), "the commit did not wait: {first:?}");
     older.commit().await.unwrap();
-    let again = raw
-        .commit(req)
+    let again = retry
         .await
+        .unwrap()
         .expect("the retried commit is answered");
     assert_eq!(
         again.get_ref().outcome(),
