@@ -120,6 +120,17 @@ pub fn check_reads(keys: &[Vec<u8>]) -> Result<(), Error> {
 /// committing waits for its outcome before answering "unknown".
 const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 
+/// What [`Coordinator::end`] found of a transaction's session.
+enum Ended {
+    /// Open: ended now; `counted` if its abort was counted already.
+    Now { counted: bool },
+    /// Handed to the owner task to commit: not ended.
+    Committing,
+    /// No session here (ended before, handed over and taken by the owner,
+    /// or never here).
+    Absent,
+}
+
 /// What a `Commit` call found of its transaction's session.
 enum Found {
     /// Open, and now claimed by this call: its shards and locked keys.
@@ -1105,43 +1116,21 @@ impl Coordinator {
             other => Abort::new(AbortKind::Conflict, other.to_string()),
         };
         match self.end(txn).await {
-            Some(counted) => {
+            Ended::Now { counted } => {
                 if !counted {
                     self.metrics.abort(why.kind);
                 }
                 Error::Aborted(why)
             }
-            None => self.not_ended(txn, why).await,
-        }
-    }
-
-    /// A request of `txn` failed, but `end` found nothing to end: the
-    /// transaction is committing (a request that raced its commit, its
-    /// shard refusing it after the prepare), or gone, ended by another
-    /// request or its lease, or handed over and decided. Its caller hears
-    /// "aborted" only if that is the outcome; a request that took no part
-    /// in a commit is refused as such.
-    async fn not_ended(&self, txn: TxnId, why: Abort) -> Error {
-        let committing = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&txn).map(|sess| sess.committing))
-            .unwrap_or(false);
-        let outcome = if committing {
-            Ok(Outcome::Open("commit in progress".into()))
-        } else {
-            self.status(txn, false).await
-        };
-        match outcome {
-            Ok(Outcome::Aborted(_) | Outcome::Expired(_)) => Error::Aborted(why),
-            Ok(Outcome::Committed | Outcome::Open(_)) => Error::InvalidInput(format!(
-                "transaction {txn} is committing or committed; this request took no part in it ({why})"
+            // A request that raced the commit (its shard refused it after
+            // the prepare): the commit decides, and its caller must not
+            // hear "aborted" about a transaction that may commit.
+            Ended::Committing => Error::InvalidInput(format!(
+                "transaction {txn} is committing; this request took no part in it ({why})"
             )),
-            Ok(Outcome::Unknown(m)) => Error::Unknown(m),
-            Err(e) => Error::Unknown(format!(
-                "transaction {txn}: this request failed ({why}) and its outcome cannot be told here ({e}); ask TxnStatus"
-            )),
+            // Ended already (by another request, its lease, a rollback)
+            // and counted then.
+            Ended::Absent => Error::Aborted(why),
         }
     }
 
@@ -1225,7 +1214,7 @@ impl Coordinator {
                 // Not open here, or handed over: decided already (a
                 // retried commit), or on its way to a decision that this
                 // call must report, not contradict.
-                Found::Gone => return self.await_outcome(txn).await,
+                Found::Gone => return self.await_outcome(txn, deadline).await,
             }
         };
         // Until the hand-over below, a return or a dropped handler gives
@@ -1331,7 +1320,7 @@ impl Coordinator {
         drop(claim);
         if !handed {
             // Ended meanwhile (a rollback, its lease, a wound).
-            return self.await_outcome(txn).await;
+            return self.await_outcome(txn, deadline).await;
         }
         rx.await
             .map_err(|_| Error::Unknown("coordinator lost leadership during commit".into()))
@@ -1339,11 +1328,15 @@ impl Coordinator {
 
     /// The outcome of `txn` for a `Commit` call that does not take it to
     /// the owner task itself: waits while the transaction is open or its
-    /// commit in flight (another call has it), up to
-    /// [`COMMIT_OUTCOME_WAIT`]; then, or if this replica cannot tell any
-    /// more (it lost leadership meanwhile), the outcome is unknown.
-    async fn await_outcome(&self, txn: TxnId) -> Result<Outcome, Error> {
-        let deadline = tokio::time::Instant::now() + COMMIT_OUTCOME_WAIT;
+    /// commit in flight (another call has it), until `deadline` (the
+    /// call's [`COMMIT_OUTCOME_WAIT`]); then, or if this replica cannot
+    /// tell any more (it lost leadership meanwhile), the outcome is
+    /// unknown.
+    async fn await_outcome(
+        &self,
+        txn: TxnId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, Error> {
         let mut pause = Duration::from_millis(1);
         loop {
             let why = match self.status(txn, false).await {
@@ -1374,18 +1367,20 @@ impl Coordinator {
         self.end(txn).await;
     }
 
-    /// [`Coordinator::rollback`]; returns whether the transaction's abort
-    /// was counted already, if it was open here.
-    async fn end(&self, txn: TxnId) -> Option<bool> {
+    /// [`Coordinator::rollback`]; says what it found.
+    async fn end(&self, txn: TxnId) -> Ended {
         // A committing transaction is the machine's to decide.
-        let sess = self.sessions.lock().ok().and_then(|mut s| {
-            if s.get(&txn).is_some_and(|sess| sess.committing) {
-                None
-            } else {
-                s.remove(&txn)
-            }
-        });
-        let sess = sess?;
+        let sess = match self.sessions.lock() {
+            Ok(mut s) => match s.get(&txn) {
+                Some(sess) if sess.committing => return Ended::Committing,
+                Some(_) => s.remove(&txn),
+                None => None,
+            },
+            Err(_) => None,
+        };
+        let Some(sess) = sess else {
+            return Ended::Absent;
+        };
         self.finished(txn);
         // Not committing: no prepare or one-phase commit of it went out,
         // so the shards free it in memory and log nothing. The fan-out is
@@ -1401,7 +1396,7 @@ impl Coordinator {
             futures::future::join_all(calls).await;
         });
         let _ = fan_out.await;
-        Some(counted)
+        Ended::Now { counted }
     }
 
     /// The outcome of `txn`. From the recovery log if it has a decision;
