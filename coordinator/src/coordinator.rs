@@ -120,6 +120,17 @@ pub fn check_reads(keys: &[Vec<u8>]) -> Result<(), Error> {
 /// committing waits for its outcome before answering "unknown".
 const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 
+/// A `Commit` call waiting on another's: sleeps `pause`, then doubles it
+/// (up to 50 ms); false, without sleeping, if that would pass `deadline`.
+async fn pause_before_asking_again(pause: &mut Duration, deadline: tokio::time::Instant) -> bool {
+    if tokio::time::Instant::now() + *pause > deadline {
+        return false;
+    }
+    tokio::time::sleep(*pause).await;
+    *pause = (*pause * 2).min(Duration::from_millis(50));
+    true
+}
+
 /// What [`Coordinator::end`] found of a transaction's session.
 enum Ended {
     /// Open: ended now; `counted` if its abort was counted already.
@@ -142,8 +153,8 @@ enum Found {
 }
 
 /// A `Commit` call's claim on its transaction's session
-/// ([`Session::claimed`]), given back when dropped unless the session was
-/// handed to the owner task (which clears it) or ended meanwhile.
+/// ([`Session::claimed`]), given back when dropped (by then the session is
+/// committing, ended, or open again for another call to claim).
 struct Claim<'a> {
     sessions: &'a Mutex<HashMap<TxnId, Session>>,
     txn: TxnId,
@@ -1202,14 +1213,12 @@ impl Coordinator {
                 // Another call is taking it to the owner task; it may yet
                 // give up (and give the claim back) before the hand-over,
                 // and then this call carries on with its own writes.
-                Found::Busy if tokio::time::Instant::now() + pause <= deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
                 Found::Busy => {
-                    return Err(Error::Unknown(format!(
-                        "transaction {txn}: another commit call held it for {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
-                    )))
+                    if !pause_before_asking_again(&mut pause, deadline).await {
+                        return Err(Error::Unknown(format!(
+                            "transaction {txn}: another commit call held it for {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
+                        )));
+                    }
                 }
                 // Not open here, or handed over: decided already (a
                 // retried commit), or on its way to a decision that this
@@ -1301,7 +1310,6 @@ impl Coordinator {
             match s.get_mut(&txn) {
                 Some(sess) if !sess.committing => {
                     sess.committing = true;
-                    sess.claimed = false;
                     let mut writers = sess.written.clone();
                     writers.extend(carried.keys().copied());
                     slot.send(Input::Commit {
@@ -1351,13 +1359,11 @@ impl Coordinator {
                     )))
                 }
             };
-            if tokio::time::Instant::now() + pause > deadline {
+            if !pause_before_asking_again(&mut pause, deadline).await {
                 return Err(Error::Unknown(format!(
                     "transaction {txn}: {why} after {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
                 )));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
