@@ -25,6 +25,7 @@ use pact_raft::{Host, Replica, Router};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::convert::pb_txn;
+use crate::handed::{Handed, HANDED_KEPT};
 use crate::inquiry::{self, ShardState, Verdict};
 use crate::log::{self, Decision, LogCommand, LogReply, DECISION_PREFIX, RESERVATION_KEY};
 use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
@@ -246,6 +247,10 @@ pub struct Coordinator {
     /// unknown: an append or a one-phase commit of theirs may still land,
     /// so TxnStatus fences them one by one. Rare; pruned by the horizon.
     unsettled: Mutex<BTreeSet<TxnId>>,
+    /// The latest transactions handed to the owner task to commit, and
+    /// their outcomes: what a late request of one is told (see
+    /// `crate::handed`). Taken after `sessions` when both are held.
+    handed: Mutex<Handed>,
     pub metrics: crate::metrics::Metrics,
     /// Set once this replica was removed from its node
     /// ([`Coordinator::retire`]): the background tasks end.
@@ -385,6 +390,7 @@ impl Coordinator {
             term_start: Mutex::new(None),
             floor_raised: Mutex::new(Timestamp(0)),
             unsettled: Mutex::new(BTreeSet::new()),
+            handed: Mutex::new(Handed::new(HANDED_KEPT)),
             metrics: crate::metrics::Metrics::new()
                 .map_err(|e| Error::Fatal(format!("metrics: {e}")))?,
             retired: watch::channel(false).0,
@@ -604,8 +610,45 @@ impl Coordinator {
                 sess.alive = Instant::now();
                 Ok(())
             }
-            None => Err(unknown_txn(txn)),
+            None => match self.handed_state(txn) {
+                // Its commit is under way: nothing to renew, nothing wrong.
+                Some(None) => Ok(()),
+                _ => Err(self.no_session(txn)),
+            },
         })?
+    }
+
+    /// None if `txn` was not handed to the owner task to commit (or is
+    /// forgotten); `Some(None)` while its commit is in flight; then its
+    /// outcome.
+    fn handed_state(&self, txn: TxnId) -> Option<Option<Outcome>> {
+        self.handed.lock().ok().and_then(|h| h.get(txn))
+    }
+
+    /// The error for a request of `txn` that found no session here: if
+    /// its commit was handed over, what became of it (the request took
+    /// no part in a commit, and must not be told "aborted" about a
+    /// transaction that may commit); otherwise "unknown transaction".
+    fn no_session(&self, txn: TxnId) -> Error {
+        self.after_hand_over(txn)
+            .unwrap_or_else(|| unknown_txn(txn))
+    }
+
+    /// What a request of `txn` that arrived after its commit was handed to
+    /// the owner task is told; None if it was not (or is forgotten).
+    fn after_hand_over(&self, txn: TxnId) -> Option<Error> {
+        Some(match self.handed_state(txn)? {
+            None => Error::InvalidInput(format!(
+                "transaction {txn} is committing; this request took no part in it (its outcome comes from the commit, or TxnStatus)"
+            )),
+            Some(Outcome::Committed) => Error::InvalidInput(format!(
+                "transaction {txn} committed already; this request took no part in it"
+            )),
+            Some(Outcome::Aborted(why)) => Error::Aborted(why),
+            Some(other) => Error::InvalidInput(format!(
+                "transaction {txn} went to commit ({other:?}); this request took no part in it; ask TxnStatus"
+            )),
+        })
     }
 
     /// Why `txn` can no longer go on, if a participant wounded it.
@@ -684,7 +727,9 @@ impl Coordinator {
     /// transaction's first request there, and its age.
     fn touch(&self, txn: TxnId, shard: ShardId) -> Result<(bool, u64), Error> {
         self.leader_session(txn, |sess| {
-            let sess = sess.ok_or_else(|| unknown_txn(txn))?;
+            let Some(sess) = sess else {
+                return Err(self.no_session(txn));
+            };
             if sess.committing {
                 // Not an abort: the commit under way decides, and a client
                 // told "aborted" here could believe the other outcome.
@@ -1139,9 +1184,11 @@ impl Coordinator {
             Ended::Committing => Error::InvalidInput(format!(
                 "transaction {txn} is committing; this request took no part in it ({why})"
             )),
-            // Ended already (by another request, its lease, a rollback)
-            // and counted then.
-            Ended::Absent => Error::Aborted(why),
+            // Handed to the owner task and taken (a request that raced
+            // the commit): what became of the commit. Otherwise ended
+            // already (by another request, its lease, a rollback) and
+            // counted then.
+            Ended::Absent => self.after_hand_over(txn).unwrap_or(Error::Aborted(why)),
         }
     }
 
@@ -1159,10 +1206,12 @@ impl Coordinator {
         match state {
             Some(false) => Ok(()),
             Some(true) => Err(self.fail_wounded(txn).await),
-            None => Err(Error::aborted(
-                AbortKind::Expired,
-                format!("transaction {txn} ended while its read was under way"),
-            )),
+            None => Err(self.after_hand_over(txn).unwrap_or_else(|| {
+                Error::aborted(
+                    AbortKind::Expired,
+                    format!("transaction {txn} ended while its read was under way"),
+                )
+            })),
         }
     }
 
@@ -1310,6 +1359,9 @@ impl Coordinator {
             match s.get_mut(&txn) {
                 Some(sess) if !sess.committing => {
                     sess.committing = true;
+                    if let Ok(mut h) = self.handed.lock() {
+                        h.insert(txn);
+                    }
                     let mut writers = sess.written.clone();
                     writers.extend(carried.keys().copied());
                     slot.send(Input::Commit {
@@ -1345,6 +1397,29 @@ impl Coordinator {
         txn: TxnId,
         deadline: tokio::time::Instant,
     ) -> Result<Outcome, Error> {
+        // Handed over here: the owner task says when it has the outcome.
+        let cell = self.handed.lock().ok().and_then(|h| h.watch(txn));
+        if let Some(mut cell) = cell {
+            let heard = tokio::time::timeout_at(deadline, async move {
+                cell.wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|o| o.clone())
+            })
+            .await;
+            match heard {
+                Ok(Some(o @ (Outcome::Committed | Outcome::Aborted(_)))) => return Ok(o),
+                // Unknown here (leadership changed, an append failed), or
+                // forgotten meanwhile (pushed out by newer commits):
+                // TxnStatus below may know more.
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(Error::Unknown(format!(
+                        "transaction {txn}: its commit did not end within {COMMIT_OUTCOME_WAIT:?}; ask TxnStatus"
+                    )))
+                }
+            }
+        }
         let mut pause = Duration::from_millis(1);
         loop {
             let why = match self.status(txn, false).await {
@@ -2179,6 +2254,9 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
                         "coordinator is not leader",
                     ));
                     c.metrics.outcome(&o);
+                    if let Ok(mut h) = c.handed.lock() {
+                        h.settle(txn, &o);
+                    }
                     let _ = reply.send(o);
                     forget();
                     continue;
@@ -2221,10 +2299,14 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
                 // belongs to the old term. Decided transactions are picked up
                 // again from the log by whoever leads now.
                 machine = Machine::new();
+                const CHANGED: &str = "coordinator leadership changed during commit";
                 for (_, w) in waiters.drain() {
-                    let o = Outcome::Unknown("coordinator leadership changed during commit".into());
+                    let o = Outcome::Unknown(CHANGED.into());
                     c.metrics.outcome(&o);
                     let _ = w.reply.send(o);
+                }
+                if let Ok(mut h) = c.handed.lock() {
+                    h.clear(CHANGED);
                 }
                 if let Ok(mut s) = c.sessions.lock() {
                     // Open transactions end with the term (their clients
@@ -2288,6 +2370,9 @@ fn run(
                 }
             }
             c.metrics.outcome(&outcome);
+            if let Ok(mut h) = c.handed.lock() {
+                h.settle(txn, &outcome);
+            }
             if let Some(w) = waiters.remove(&txn) {
                 let _ = w.reply.send(outcome);
             }

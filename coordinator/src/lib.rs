@@ -6,7 +6,9 @@
 //! Reading order: [`machine`] is the protocol as a pure state machine
 //! (with a test for a crash before and after every step); [`log`] is the
 //! recovery log's state machine (first decision wins); [`coordinator`]
-//! drives both and talks to participants; [`service`] is the gRPC face;
+//! drives both and talks to participants (`handed` keeps the outcomes of
+//! its latest commits, for requests that come late); [`service`] is the
+//! gRPC face;
 //! [`gc`] says which transaction records may be forgotten, and why.
 //!
 //! # Invariants
@@ -51,6 +53,7 @@ mod convert;
 pub mod coordinator;
 mod error;
 pub mod gc;
+mod handed;
 pub mod inquiry;
 pub mod log;
 pub mod machine;

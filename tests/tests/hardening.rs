@@ -559,3 +559,78 @@ async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
         Some(&b"younger"[..])
     );
 }
+
+/// A request of a transaction that arrives while or after its commit runs
+/// (a raw-gRPC client reading beside its own commit, or late) is not told
+/// "aborted" about a transaction that commits: it took no part in the
+/// commit, and says so (INVALID_ARGUMENT). Before, one that came after
+/// the owner task took the commit heard "unknown transaction" (ABORTED)
+/// although the commit went on and committed. A second `Commit` sent late
+/// hears the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beside_its_own_commit_is_never_told_aborted() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "beside", 1);
+    let keys: Vec<Vec<u8>> = by.values().map(|v| v[0].clone()).collect();
+    let read = |txn: Option<pb::TxnId>| pb::TxnGetRequest {
+        txn,
+        key: keys[0].clone().into(),
+        ..Default::default()
+    };
+    for round in 0..10u32 {
+        let (mut raw, txn) = raw_begin(&c).await;
+        raw.get(read(txn)).await.expect("the first read");
+        let value = format!("round{round}").into_bytes();
+        let req = pb::TxnRequest {
+            txn,
+            ops: keys[1..]
+                .iter()
+                .map(|k| pb::WriteOp {
+                    key: k.clone().into(),
+                    op: Some(pb::write_op::Op::Put(value.clone().into())),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let commit = tokio::spawn({
+            let (mut raw, req) = (raw.clone(), req.clone());
+            async move { raw.commit(req).await }
+        });
+        // Reads sent beside the commit, at staggered moments: before its
+        // hand-over, while it is handed over, after the owner took it.
+        let beside: Vec<_> = (0..6u64)
+            .map(|i| {
+                let mut raw = raw.clone();
+                let req = read(txn);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(300 * i)).await;
+                    raw.get(req).await
+                })
+            })
+            .collect();
+        let outcome = commit.await.unwrap().expect("the commit is answered");
+        assert_eq!(outcome.get_ref().outcome(), pb::Outcome::Committed);
+        for (i, r) in beside.into_iter().enumerate() {
+            match r.await.unwrap() {
+                Ok(_) => {}
+                Err(s) => assert_eq!(
+                    s.code(),
+                    tonic::Code::InvalidArgument,
+                    "round {round}, read {i} beside a commit that committed: {s}"
+                ),
+            }
+        }
+        let late = raw.get(read(txn)).await;
+        match late {
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {}
+            other => panic!("round {round}: a read after the commit: {other:?}"),
+        }
+        let again = raw.commit(req).await.expect("a late second commit");
+        assert_eq!(again.get_ref().outcome(), pb::Outcome::Committed);
+        assert_eq!(
+            client.get(&keys[1]).await.unwrap().as_deref(),
+            Some(&value[..])
+        );
+    }
+}
