@@ -494,10 +494,13 @@ async fn heartbeat(client: Client, id: TxnId, leader: NodeId) {
         if let Ok(Err(s)) = tokio::time::timeout(every, txn_client(ch).keepalive(req)).await {
             if matches!(
                 s.code(),
-                tonic::Code::Aborted | tonic::Code::FailedPrecondition
+                tonic::Code::Aborted
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
             ) {
-                // Finished, expired, or the coordinator lost its leadership:
-                // nothing left to keep alive.
+                // Finished, expired, gone to commit (committed, or its
+                // outcome up to the commit), or the coordinator lost its
+                // leadership: nothing left to keep alive.
                 return;
             }
         }
@@ -806,6 +809,8 @@ impl Transaction {
     }
 
     fn finish(&mut self) {
+        // Committed or rolled back: nothing left to keep alive.
+        self.heartbeat.abort();
         if !self.done {
             self.done = true;
             self.client.track(self.id.group, -1);

@@ -2248,10 +2248,16 @@ async fn owner(c: Arc<Coordinator>, mut rx: mpsc::Receiver<Input>) {
                         s.remove(&txn);
                     }
                 };
-                if term.is_none() {
+                // Its session is gone only if a leadership change cleared
+                // it after the hand-over (only this task removes a
+                // committing session otherwise): the commit belongs to the
+                // old term, whose machine is gone, and nothing of it went
+                // out yet.
+                let cleared = c.sessions.lock().map_or(true, |s| !s.contains_key(&txn));
+                if term.is_none() || cleared {
                     let o = Outcome::Aborted(Abort::new(
                         AbortKind::Leadership,
-                        "coordinator is not leader",
+                        "coordinator leadership changed before the commit began",
                     ));
                     c.metrics.outcome(&o);
                     if let Ok(mut h) = c.handed.lock() {

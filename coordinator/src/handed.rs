@@ -31,8 +31,10 @@ use tokio::sync::watch;
 
 use crate::machine::Outcome;
 
-/// How many handed-over transactions a leader remembers (a few seconds of
-/// commits at full speed; about 200 bytes each).
+/// How many settled transactions a leader remembers (a few seconds of
+/// commits at full speed; about half a kilobyte each, mostly the watch
+/// channel). Those still in flight are never forgotten for the bound:
+/// `limits.max_open_txns` caps them already.
 pub const HANDED_KEPT: usize = 8_192;
 
 /// Where a handed-over transaction stands: `None` while its commit is in
@@ -55,17 +57,27 @@ impl Handed {
         }
     }
 
-    /// `txn` was handed to the owner task; forgets the oldest entry past
-    /// the bound.
+    /// `txn` was handed to the owner task; past the bound, forgets the
+    /// oldest settled entry. One in flight is kept (moved to the back): a
+    /// request beside a long commit forgotten here would hear "unknown
+    /// transaction", an abort, about a transaction that may commit.
     pub fn insert(&mut self, txn: TxnId) {
         if self.cells.contains_key(&txn) {
             return;
         }
         self.cells.insert(txn, watch::channel(None).0);
         self.order.push_back(txn);
-        while self.order.len() > self.kept {
-            if let Some(old) = self.order.pop_front() {
+        let mut looked = 0;
+        while self.order.len() > self.kept && looked < self.order.len() {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            let settled = self.cells.get(&old).is_none_or(|c| c.borrow().is_some());
+            if settled {
                 self.cells.remove(&old);
+            } else {
+                self.order.push_back(old);
+                looked += 1;
             }
         }
     }
@@ -156,18 +168,35 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_go_past_the_bound() {
+    fn the_oldest_settled_go_past_the_bound_and_none_in_flight() {
         let mut h = Handed::new(3);
-        for n in 1..=5 {
+        for n in 1..=3 {
             h.insert(txn(n));
         }
+        h.settle(txn(2), &Outcome::Committed);
+        h.settle(txn(3), &Outcome::Committed);
+        // 1 is in flight: the oldest settled one goes instead.
+        h.insert(txn(4));
         assert_eq!(h.len(), 3);
+        assert_eq!(h.get(txn(1)), Some(None));
         assert_eq!(h.get(txn(2)), None);
-        assert_eq!(h.get(txn(3)), Some(None));
-        // A second insert of a remembered transaction changes nothing.
         h.insert(txn(5));
+        assert_eq!(h.get(txn(3)), None);
+        assert_eq!(h.get(txn(1)), Some(None));
+        // Nothing settled is left to forget: over the bound, all kept.
+        h.insert(txn(6));
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.get(txn(1)), Some(None));
+        // A second insert of a remembered transaction changes nothing.
+        h.insert(txn(6));
+        assert_eq!(h.len(), 4);
+        // Once settled, the oldest go again, down to the bound.
+        for n in [1, 4, 5, 6] {
+            h.settle(txn(n), &Outcome::Committed);
+        }
+        h.insert(txn(7));
         assert_eq!(h.len(), 3);
-        assert_eq!(h.get(txn(3)), Some(None));
+        assert_eq!(h.get(txn(7)), Some(None));
     }
 
     #[tokio::test]

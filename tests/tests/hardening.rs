@@ -565,8 +565,9 @@ async fn a_commit_dropped_before_its_hand_over_can_be_retried() {
 /// "aborted" about a transaction that commits: it took no part in the
 /// commit, and says so (INVALID_ARGUMENT). Before, one that came after
 /// the owner task took the commit heard "unknown transaction" (ABORTED)
-/// although the commit went on and committed. A second `Commit` sent late
-/// hears the outcome.
+/// although the commit went on and committed. A second `Commit` sent
+/// beside the first, or late, hears the outcome; a heartbeat after the
+/// commit is refused as INVALID_ARGUMENT, not told "aborted".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_beside_its_own_commit_is_never_told_aborted() {
     let c = Cluster::transactional().await;
@@ -609,8 +610,24 @@ async fn a_request_beside_its_own_commit_is_never_told_aborted() {
                 })
             })
             .collect();
+        let duplicate = tokio::spawn({
+            let (mut raw, req) = (raw.clone(), req.clone());
+            async move {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                raw.commit(req).await
+            }
+        });
         let outcome = commit.await.unwrap().expect("the commit is answered");
         assert_eq!(outcome.get_ref().outcome(), pb::Outcome::Committed);
+        let duplicate = duplicate
+            .await
+            .unwrap()
+            .expect("a second commit beside the first is answered");
+        assert_eq!(
+            duplicate.get_ref().outcome(),
+            pb::Outcome::Committed,
+            "round {round}"
+        );
         for (i, r) in beside.into_iter().enumerate() {
             match r.await.unwrap() {
                 Ok(_) => {}
@@ -625,6 +642,16 @@ async fn a_request_beside_its_own_commit_is_never_told_aborted() {
         match late {
             Err(s) if s.code() == tonic::Code::InvalidArgument => {}
             other => panic!("round {round}: a read after the commit: {other:?}"),
+        }
+        let beat = raw
+            .keepalive(pb::TxnRequest {
+                txn,
+                ..Default::default()
+            })
+            .await;
+        match beat {
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {}
+            other => panic!("round {round}: a heartbeat after the commit: {other:?}"),
         }
         let again = raw.commit(req).await.expect("a late second commit");
         assert_eq!(again.get_ref().outcome(), pb::Outcome::Committed);
