@@ -1352,8 +1352,18 @@ impl Node {
     }
 
     /// `txn` is aborted on `s`: its locks go, and a request of it that
-    /// arrives late cannot register it again.
+    /// arrives late cannot register it again. Unless it is preparing or
+    /// prepared here: then its locks are its prepare's, kept until the
+    /// decision, whatever a request of its own that failed beside the
+    /// prepare (a read whose lock wait ran out, a duplicate prepare) says.
+    /// Looked at and released in one step, so no prepare slips between.
     fn release(&self, s: &Shard, txn: TxnId) {
+        s.shared.release_with(|m| m.end_open(txn));
+    }
+
+    /// This call's own prepare of `txn` (it made it preparing) failed
+    /// before anything was proposed: it aborts here, locks and all.
+    fn abandon_prepare(&self, s: &Shard, txn: TxnId) {
         s.shared.release_with(|m| m.end_aborted(txn));
     }
 
@@ -1510,6 +1520,30 @@ impl Node {
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let limit = Self::scan_limit(limit)?;
         let s = &self.shard(shard)?;
+        let mut attempt = 1;
+        loop {
+            match self.scan_once(s, shard, version, start, end, limit).await {
+                // As a plain write: the scan's transaction is ours, and
+                // one wounded mid-read is read again, not reported.
+                Err(Error::Aborted(r))
+                    if r.kind == AbortKind::Wounded && attempt < WRITE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn scan_once(
+        &self,
+        s: &Arc<Shard>,
+        shard: ShardId,
+        version: u64,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         self.ready(s)?;
         let checked = self.check_range(s, shard, version, start, end)?;
         if end.is_some_and(|e| e <= start) {
@@ -1527,6 +1561,18 @@ impl Node {
                 .await,
         )?;
         let out = self.read_range(s, txn, start, end, limit).await?;
+        // Wounded while it read (an older transaction took its range
+        // lock at once, as a plain operation's are): what it read may mix
+        // values from before and after that transaction's writes (the
+        // decided-but-unapplied overlay is read before the store), so it
+        // is not handed out.
+        let wounded = s.shared.mgr.lock().ok().and_then(|m| match m.status(txn) {
+            Some(crate::txn::Status::Aborted(r)) => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = wounded {
+            return Err(Error::Aborted(r));
+        }
         self.confirm(s, term).await?;
         self.still_owned(s, shard, checked)?;
         Ok(out)
@@ -1813,7 +1859,7 @@ impl Node {
         }
         if let Err(e) = await_decisions(s, &input.writes).await {
             // Nothing was proposed: like any failed prepare, a "no".
-            self.release(s, txn);
+            self.abandon_prepare(s, txn);
             return Ok(Vote::No(Abort::new(AbortKind::Unavailable, e.to_string())));
         }
         let cmd = ShardCommand::Prepare {
@@ -1941,20 +1987,10 @@ impl Node {
         let s = &self.hosted(shard)?;
         self.ready(s)?;
         if !commit {
-            // Whatever it holds here goes now; the record below makes a
-            // late prepare of this transaction fail.
-            let prepared = s
-                .shared
-                .mgr
-                .lock()
-                .ok()
-                .and_then(|m| m.status(txn).cloned());
-            if !matches!(
-                prepared,
-                Some(crate::txn::Status::Prepared) | Some(crate::txn::Status::Preparing)
-            ) {
-                self.release(s, txn);
-            }
+            // Whatever it holds here goes now, unless it is preparing or
+            // prepared (then at the decision below); the record below
+            // makes a late prepare of this transaction fail.
+            self.release(s, txn);
         }
         let cmd = ShardCommand::decision(txn, commit);
         let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;

@@ -661,3 +661,88 @@ async fn a_request_beside_its_own_commit_is_never_told_aborted() {
         );
     }
 }
+
+/// A request of a transaction that fails at a shard beside its own
+/// prepare (here a read whose lock wait runs out while the transaction is
+/// prepared, its decision held back by the `decision-delay` hook) leaves
+/// the prepare's locks in place until the decision. Before, the lock
+/// wait's timeout freed every lock of the transaction, prepared or not: a
+/// later transaction read the key the prepared one was about to write,
+/// the old value, and could have overwritten the commit (a lost update).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_timing_out_beside_its_prepare_keeps_the_prepares_locks() {
+    let config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in c.coordinator_ids(1) {
+        c.set_env(id, "PACT_FAULTS", "decision-delay");
+        c.set_env(id, "PACT_DECISION_DELAY_MS", "8000");
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    let by = keys_by_shard(&client, "beside-prepare", 2);
+    let mut shards = by.values();
+    let first = shards.next().unwrap();
+    let (a, k) = (first[0].clone(), first[1].clone());
+    let b = shards.next().unwrap()[0].clone();
+    // The older transaction holds `k`.
+    let mut older = client.begin().await.unwrap();
+    older.get_for_update(&k).await.unwrap();
+    let (raw, txn) = raw_begin(&c).await;
+    for key in [&a, &b] {
+        raw.clone()
+            .get(pb::TxnGetRequest {
+                txn,
+                key: key.clone().into(),
+                for_update: true,
+                ..Default::default()
+            })
+            .await
+            .expect("the younger transaction locks a and b");
+    }
+    // Its read of `k` waits for the older transaction, up to a lock wait.
+    let waiting = tokio::spawn({
+        let mut raw = raw.clone();
+        let req = pb::TxnGetRequest {
+            txn,
+            key: k.clone().into(),
+            ..Default::default()
+        };
+        async move { raw.get(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its commit prepares at both shards, then the hook holds the
+    // decision for 8 s: the read's lock wait (5 s) runs out meanwhile.
+    let commit = tokio::spawn({
+        let mut raw = raw.clone();
+        let req = pb::TxnRequest {
+            txn,
+            ops: [&a, &b]
+                .iter()
+                .map(|key| pb::WriteOp {
+                    key: (*key).clone().into(),
+                    op: Some(pb::write_op::Op::Put(b"prepared".to_vec().into())),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        async move { raw.commit(req).await }
+    });
+    let read = waiting.await.unwrap();
+    assert!(read.is_err(), "the read beside the prepare: {read:?}");
+    assert!(!commit.is_finished(), "the decision came early");
+    // A third transaction wants `a`: it must wait for the decision and
+    // read the prepared transaction's write, not the value before it.
+    let mut third = client.begin().await.unwrap();
+    let seen = third.get_for_update(&a).await;
+    let outcome = commit.await.unwrap().expect("the commit is answered");
+    assert_eq!(outcome.get_ref().outcome(), pb::Outcome::Committed);
+    assert_eq!(
+        seen.expect("the third transaction's read").as_deref(),
+        Some(&b"prepared"[..]),
+        "a read of a key locked by a prepared transaction went through before its decision"
+    );
+    third.rollback().await;
+    older.rollback().await;
+}
