@@ -1503,6 +1503,10 @@ impl Coordinator {
     pub async fn status(&self, txn: TxnId, resolve: bool) -> Result<Outcome, Error> {
         self.check_txn(txn)?;
         self.require_leader()?;
+        // The term whose recovery had finished before the reads below:
+        // they see every staging record an earlier term committed only if
+        // the branches at the end are taken in that same term.
+        let entry_term = self.ready.lock().ok().and_then(|r| *r);
         // Under the reservation's lock no id is half issued (`begin` makes
         // the session as it issues the id), so an id below the clock read
         // here and without a session now never gets one.
@@ -1587,7 +1591,18 @@ impl Coordinator {
             .lock()
             .map(|u| u.contains(&txn))
             .unwrap_or(true);
-        match self.term_start() {
+        if self.ready.lock().ok().and_then(|r| *r) != entry_term {
+            // Leadership moved while this call read the log (the new
+            // term's recovery may have committed a staging record of it
+            // after the read): the branches below would trust a stale
+            // read.
+            return Ok(Outcome::Unknown(
+                "coordinator leadership changed while the outcome was looked up; ask again".into(),
+            ));
+        }
+        // (`term_start_in` checks the term again: a change since falls
+        // through to the fenced path, which records what it answers.)
+        match entry_term.and_then(|t| self.term_start_in(t)) {
             // This leader issued it, if anyone did, and it is over: its
             // commit (if it got that far) ended with a known outcome, so
             // nothing of it is still on its way to a shard or the log.
@@ -1651,9 +1666,12 @@ impl Coordinator {
         }
     }
 
-    /// The reservation this leader found when its current term began.
-    fn term_start(&self) -> Option<Timestamp> {
-        let term = self.ready.lock().ok().and_then(|r| *r)?;
+    /// The reservation this leader found when `term` began, while this
+    /// replica is still ready in `term`.
+    fn term_start_in(&self, term: u64) -> Option<Timestamp> {
+        if self.ready.lock().ok().and_then(|r| *r) != Some(term) {
+            return None;
+        }
         match self.term_start.lock().ok().and_then(|t| *t) {
             Some((t, start)) if t == term => Some(start),
             _ => None,
@@ -2111,6 +2129,21 @@ pub struct ExecResult {
 pub const EXECUTE_ATTEMPTS: u32 = 10;
 
 impl Coordinator {
+    /// Run `work` for the open transaction `txn`, renewing its lease every
+    /// third of it meanwhile.
+    async fn keeping_alive<T>(&self, txn: TxnId, work: impl std::future::Future<Output = T>) -> T {
+        let every = self.lease() / 3;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = tokio::time::sleep(every) => {
+                    let _ = self.keepalive(txn);
+                }
+            }
+        }
+    }
+
     /// A one-shot transaction: guards, then one branch, then commit; started
     /// over on abort (it is the coordinator's own transaction, so a retry
     /// cannot repeat anything the client saw).
@@ -2167,19 +2200,25 @@ impl Coordinator {
                 }
                 Ok::<_, Error>((ok, results, buffered))
             };
-            match run.await {
-                Ok((succeeded, results, buffered)) => match self.commit(txn, buffered).await {
-                    Ok(Outcome::Aborted(r)) | Err(Error::Aborted(r)) => last = r,
-                    Ok(outcome) => {
-                        return Ok(ExecResult {
-                            txn,
-                            succeeded,
-                            results,
-                            outcome,
-                        })
+            // Nobody heartbeats the coordinator's own transaction: its
+            // lease is renewed here while its reads and the commit's
+            // writes wait for their locks (up to a lock wait, longer than
+            // the lease).
+            match self.keeping_alive(txn, run).await {
+                Ok((succeeded, results, buffered)) => {
+                    match self.keeping_alive(txn, self.commit(txn, buffered)).await {
+                        Ok(Outcome::Aborted(r)) | Err(Error::Aborted(r)) => last = r,
+                        Ok(outcome) => {
+                            return Ok(ExecResult {
+                                txn,
+                                succeeded,
+                                results,
+                                outcome,
+                            })
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
-                },
+                }
                 Err(Error::Aborted(r)) => last = r,
                 Err(e) => {
                     self.rollback(txn).await;
