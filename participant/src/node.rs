@@ -1878,7 +1878,15 @@ impl Node {
             ))),
             // Unknown whether the prepare record committed: the coordinator
             // must abort, and the abort it sends will clean up either way.
+            // Refused before it was appended (a full queue, a lapsed
+            // lease, not leader): no prepare of it can land, so it aborts
+            // here now; kept preparing, nothing would ever free it if its
+            // coordinator died before sending the abort (only prepared
+            // transactions are asked about).
             Err(e) => {
+                if !undecided(&e) {
+                    self.abandon_prepare(s, txn);
+                }
                 let kind = match e {
                     Error::NotLeader { .. } => AbortKind::Leadership,
                     _ => AbortKind::Unavailable,
