@@ -2455,11 +2455,12 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
                         resume_absorb(&s, &ctx).await;
                     }
                     let now = clock();
-                    let (expired, in_doubt, silent, relog) = match s.shared.mgr.lock() {
+                    let (expired, in_doubt, silent, relog, unconfirmed) = match s.shared.mgr.lock() {
                         Ok(mut m) => {
                             let relog = m.unlogged_after(now, RELOG_AFTER_MS);
                             let expired = m.expire(now);
                             let silent = m.silent_active(now, ABANDONED_AFTER_MS);
+                            let unconfirmed = m.silent_unconfirmed(now, ABANDONED_AFTER_MS);
                             let in_doubt: Vec<TxnId> = m
                                 .prepared()
                                 .into_iter()
@@ -2469,10 +2470,19 @@ fn spawn_owner(s: Arc<Shard>, clock: Clock, ctx: crate::split::Ctx) {
                             for t in &in_doubt {
                                 m.touch(*t, now);
                             }
-                            (expired, in_doubt, silent, relog)
+                            (expired, in_doubt, silent, relog, unconfirmed)
                         }
-                        Err(_) => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+                        Err(_) => (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
                     };
+                    for (txn, reason) in unconfirmed {
+                        let (s, coordinators) = (s.clone(), coordinators.clone());
+                        tokio::spawn(async move {
+                            let within = Duration::from_millis(ABANDONED_AFTER_MS);
+                            if let Some(true) = wound_confirmed_by(&s.shared, &coordinators, txn, &reason, within).await {
+                                tracing::info!(shard = s.replica.group(), %txn, "a wound confirmed late; its locks went");
+                            }
+                        });
+                    }
                     for (txn, commit) in relog {
                         tokio::spawn(relog_decision(s.clone(), txn, commit));
                     }

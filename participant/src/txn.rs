@@ -996,6 +996,27 @@ impl TxnManager {
         out
     }
 
+    /// Wounded transactions whose coordinator has not confirmed the wound
+    /// (the wounder could not reach it, then gave up), quiet and not
+    /// asked about for `after_ms`: the owner tells their coordinator
+    /// again, so their locks go once it knows rather than at the idle
+    /// timeout. Marks them asked.
+    pub fn silent_unconfirmed(&mut self, now_ms: u64, after_ms: u64) -> Vec<(TxnId, Abort)> {
+        let mut out = Vec::new();
+        for (id, t) in self.txns.iter_mut() {
+            if let Status::Aborted(r) = &t.status {
+                if t.unconfirmed
+                    && now_ms.saturating_sub(t.last_active_ms) > after_ms
+                    && now_ms.saturating_sub(t.asked_ms) > after_ms
+                {
+                    t.asked_ms = now_ms;
+                    out.push((*id, r.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Its coordinator no longer has `txn` (it crashed, or leadership
     /// moved): abort it here if it is still active. Safe whatever the
     /// coordinator thinks, because an unprepared transaction cannot have
@@ -1199,6 +1220,27 @@ mod tests {
         let s = Target::key(b"k", Mode::Shared);
         assert_eq!(m.lock(t(30), true, &s, 0), Step::Granted);
         assert_eq!(m.status(t(20)), Some(&Status::Active));
+    }
+
+    #[test]
+    fn an_unconfirmed_wound_is_reported_once_quiet_and_again_later() {
+        let mut m = mgr();
+        let k = Target::key(b"k", Mode::Exclusive);
+        assert_eq!(m.lock(t(20), true, &k, 0), Step::Granted);
+        assert!(matches!(m.lock(t(10), true, &k, 0), Step::Wound(_)));
+        // Quiet for the limit: reported, with the wound's reason, once per
+        // limit; nothing else is.
+        assert!(m.silent_unconfirmed(50, 60).is_empty());
+        let late = m.silent_unconfirmed(100, 60);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].0, t(20));
+        assert_eq!(late[0].1.kind, AbortKind::Wounded);
+        assert!(m.silent_unconfirmed(120, 60).is_empty());
+        assert_eq!(m.silent_unconfirmed(170, 60).len(), 1);
+        // Confirmed: its locks go, and it is not reported again.
+        assert!(m.wound_confirmed(t(20)));
+        assert!(m.silent_unconfirmed(300, 60).is_empty());
+        assert_eq!(m.lock(t(10), true, &k, 300), Step::Granted);
     }
 
     #[test]
