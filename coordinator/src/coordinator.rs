@@ -1620,16 +1620,27 @@ impl Coordinator {
             // An earlier leader's: with every shard's floor at this term's
             // start, nothing of it can land any more either. One write per
             // shard per term, however many ids are asked about.
-            Some(start) if txn.ts < start && (resolve || self.floor_is_raised(start)) => {
-                if let Err(e) = self.raise_floor(start).await {
-                    return Ok(Outcome::Unknown(format!(
-                        "no decision recorded, and not every shard could be fenced yet: {e}"
-                    )));
+            // If a shard cannot be fenced or read now (one unrelated to
+            // the transaction may be down), the fenced path below decides
+            // from the shards that answer: a prepare found there settles
+            // it (no staging record: nothing can commit it), so one shard's
+            // outage does not hold other shards' prepared locks.
+            Some(start) if txn.ts < start && (resolve || self.floor_is_raised(start)) => match self
+                .raise_floor(start)
+                .await
+            {
+                Ok(()) => {
+                    let o = self
+                        .status_settled(txn, " (fenced: older than the coordinator leader's term)")
+                        .await;
+                    if !matches!(o, Outcome::Unknown(_)) {
+                        return Ok(o);
+                    }
                 }
-                return Ok(self
-                    .status_settled(txn, " (fenced: older than the coordinator leader's term)")
-                    .await);
-            }
+                Err(e) => {
+                    tracing::debug!(%txn, error = %e, "not every shard's floor could be raised; fencing the id instead");
+                }
+            },
             _ => {}
         }
         // Without `resolve`, or a commit of this term whose outcome was
