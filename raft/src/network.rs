@@ -1234,6 +1234,7 @@ impl RaftTransport for Router {
                 reply(m.group, me, &ChunkReply::Next(next))
             }
             ChunkBody::End(meta) => {
+                check_snapshot_meta(&h, &msg.vote, &meta)?;
                 let last = meta.last_log_id.as_ref().map_or(0, |l| l.index);
                 h.gate.admit_leader(&msg.vote, last).map_err(refused)?;
                 let spooled = {
@@ -1279,6 +1280,32 @@ impl RaftTransport for Router {
             }
         }
     }
+}
+
+/// A snapshot's metadata that no leader following the protocol sends,
+/// and that openraft asserts on (a panic in the group's Raft core): a
+/// last log id beyond the sending leader's vote, or one above this
+/// replica's committed log id at an index not above it. Refused as
+/// garbage instead.
+fn check_snapshot_meta(h: &Hosted, vote: &Vote, meta: &SnapshotMeta) -> Result<(), Status> {
+    let Some(last) = &meta.last_log_id else {
+        return Ok(());
+    };
+    let (lid, vid) = (&last.leader_id, &vote.leader_id);
+    if (lid.term, lid.node_id) > (vid.term, vid.node_id) {
+        return Err(Status::invalid_argument(format!(
+            "snapshot up to {last} cannot come from the leader of vote {vote}"
+        )));
+    }
+    let committed = h.raft.metrics().borrow_watched().local_committed;
+    if let Some(c) = committed {
+        if *last > c && last.index <= c.index {
+            return Err(Status::invalid_argument(format!(
+                "snapshot up to {last} contradicts the committed log up to {c}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn unknown_session(session: u64) -> Status {

@@ -677,7 +677,7 @@ impl Replica {
         }
         // An install a crash interrupted is finished (or, if its file is
         // unreadable, the group wiped) before anything reads the group.
-        crate::snapshot::recover(&store, group)
+        let recovered = crate::snapshot::recover(&store, group)
             .await
             .map_err(|e| ReplicaError::Fatal(format!("storage: {e}")))?;
         let gate = {
@@ -689,7 +689,9 @@ impl Replica {
         // A replica added at run time on a store that holds nothing of the
         // group never was a member: no probe (see `start_joined`), and no
         // quiet period either, since it never acknowledged any leader.
-        let fresh = joined && gate.is_probing();
+        // One wiped just now (an unreadable install file) was a member
+        // and may have voted: it rejoins behind the gate.
+        let fresh = joined && gate.is_probing() && recovered != crate::snapshot::Recovered::Wiped;
         let gate = if fresh { Gate::open() } else { gate };
         let gate = Arc::new(gate);
         // A replica that restarts has forgotten when it last heard from its

@@ -584,14 +584,27 @@ async fn load(
     }
 }
 
+/// What [`recover`] found of an interrupted install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recovered {
+    /// None was under way.
+    Nothing,
+    /// One was, and it is finished now.
+    Finished,
+    /// One was, its file could not be read, and the group's replica was
+    /// wiped (its vote with it): it must rejoin behind the gate, never
+    /// as a fresh replica that may vote at once.
+    Wiped,
+}
+
 /// At start, before the group's Raft instance: finish an install that a
-/// crash interrupted (see the module doc). Returns whether there was one.
-pub(crate) async fn recover(store: &Arc<NodeStore>, group: u64) -> io::Result<bool> {
+/// crash interrupted (see the module doc).
+pub(crate) async fn recover(store: &Arc<NodeStore>, group: u64) -> io::Result<Recovered> {
     let Some(b) = store
         .get(Space::SmMeta, group_key(group, SM_INSTALLING))
         .await?
     else {
-        return Ok(false);
+        return Ok(Recovered::Nothing);
     };
     let marker: Installing = decode(&b, format_args!("install marker of group {group}"))?;
     let path = install_path(store, group);
@@ -601,7 +614,7 @@ pub(crate) async fn recover(store: &Arc<NodeStore>, group: u64) -> io::Result<bo
                 group,
                 "finished a snapshot install interrupted by a restart"
             );
-            Ok(true)
+            Ok(Recovered::Finished)
         }
         Err(e)
             if matches!(
@@ -622,22 +635,28 @@ pub(crate) async fn recover(store: &Arc<NodeStore>, group: u64) -> io::Result<bo
                 _ => Ok(()),
             })
             .await?;
-            Ok(true)
+            Ok(Recovered::Wiped)
         }
         Err(e) => Err(e),
     }
 }
 
-/// Remove everything of `group` (state, log, vote, metadata): the replica
-/// then starts empty. The marker goes last, with the rest of the
-/// metadata, so a crash here wipes again at the next start.
+/// Remove everything of `group` (state, log, vote, metadata) but how the
+/// node came to host it (an operator's `Joined`, which a restart needs
+/// to start the replica at all): the replica then starts empty. The
+/// marker goes last, with the rest of the metadata, so a crash here wipes
+/// again at the next start.
 async fn wipe_group(store: &Arc<NodeStore>, group: u64) -> io::Result<()> {
     wipe_sm(store, group).await?;
     let range = |s| Op::DeleteRange(s, group_prefix(group).to_vec(), group_end(group));
+    let hosting = group_key(group, crate::store::META_HOSTING);
+    let mut past_hosting = hosting.clone();
+    past_hosting.push(0);
     store
         .write_durable(vec![
             range(Space::Log),
-            range(Space::Meta),
+            Op::DeleteRange(Space::Meta, group_prefix(group).to_vec(), hosting),
+            Op::DeleteRange(Space::Meta, past_hosting, group_end(group)),
             range(Space::SmMeta),
         ])
         .await
@@ -919,7 +938,7 @@ mod tests {
         let m = interrupted_install(dir.path()).await;
         let b = reopen(dir.path()).await;
         let other = pairs(&b, G + 1);
-        assert!(recover(&b, G).await.unwrap());
+        assert_eq!(recover(&b, G).await.unwrap(), Recovered::Finished);
         let got = pairs(&b, G);
         assert_eq!(got.len(), 100);
         for (i, (k, v)) in got.iter().enumerate() {
@@ -930,7 +949,7 @@ mod tests {
         assert_eq!(pairs(&b, G + 1), other);
         assert!(files(&b).is_empty(), "{:?}", files(&b));
         // Nothing left to do the next time.
-        assert!(!recover(&b, G).await.unwrap());
+        assert_eq!(recover(&b, G).await.unwrap(), Recovered::Nothing);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,17 +965,31 @@ mod tests {
                 group_key(G, crate::store::META_VOTE),
                 b"v".to_vec(),
             ),
+            Op::Put(
+                Space::Meta,
+                group_key(G, crate::store::META_HOSTING),
+                b"joined".to_vec(),
+            ),
         ])
         .await
         .unwrap();
         let other = pairs(&b, G + 1);
-        assert!(recover(&b, G).await.unwrap());
+        // Wiped: the caller must not take it for a fresh replica.
+        assert_eq!(recover(&b, G).await.unwrap(), Recovered::Wiped);
         for space in [Space::Sm, Space::SmMeta, Space::Log, Space::Meta] {
-            let left = b
-                .range_sync(space, &group_prefix(G), &group_end(G), 1, false)
-                .unwrap();
+            let left: Vec<_> = b
+                .range_sync(space, &group_prefix(G), &group_end(G), 10, false)
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| *k != group_key(G, crate::store::META_HOSTING))
+                .collect();
             assert!(left.is_empty(), "{space:?} still holds {left:?}");
         }
+        // How the node came to host it stays, so a restart starts it.
+        let hosting = b
+            .range_sync(Space::Meta, &group_prefix(G), &group_end(G), 10, false)
+            .unwrap();
+        assert_eq!(hosting.len(), 1, "{hosting:?}");
         assert_eq!(pairs(&b, G + 1), other);
     }
 

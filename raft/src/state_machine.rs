@@ -264,9 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let (failed, slot) = (failed.clone(), slot.clone());
                         let (index, term) = (log_id.index, log_id.leader_id.term);
                         Box::new(move || {
-                            if failed.load(Ordering::SeqCst) {
-                                return Err(io::Error::other("an earlier entry failed to apply"));
-                            }
+                            refuse_after(&failed)?;
                             let view = StateView {
                                 store: &store,
                                 group,
@@ -294,7 +292,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             Ok(ops)
                         })
                     }
-                    EntryPayload::Blank => Box::new(|| Ok(Vec::new())),
+                    // These write only the applied index (and the
+                    // membership), but they too refuse behind a failed
+                    // entry: an applied index past an entry that never
+                    // applied would skip it for good after a restart.
+                    EntryPayload::Blank => {
+                        let failed = failed.clone();
+                        Box::new(move || refuse_after(&failed))
+                    }
                     EntryPayload::Membership(m) => {
                         let sm = StoredMembership::new(Some(log_id), m);
                         ops.push(Op::Put(
@@ -302,7 +307,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             group_key(self.group, SM_MEMBERSHIP),
                             encode(&sm)?,
                         ));
-                        Box::new(|| Ok(Vec::new()))
+                        let failed = failed.clone();
+                        Box::new(move || refuse_after(&failed))
                     }
                 };
                 let done = self.store.submit_computed(ops, compute).await;
@@ -365,4 +371,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         Ok(Some(self.durable_snapshot().await?))
     }
+}
+
+/// An entry's apply refuses once an earlier entry of its batch failed,
+/// so the stored state (and applied index) never moves past a failure.
+fn refuse_after(failed: &AtomicBool) -> io::Result<Vec<Op>> {
+    if failed.load(Ordering::SeqCst) {
+        return Err(io::Error::other("an earlier entry failed to apply"));
+    }
+    Ok(Vec::new())
 }

@@ -849,6 +849,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
+/// Poisons the store if the writer thread unwinds.
+struct PoisonOnPanic(Arc<Poison>);
+
+impl Drop for PoisonOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.set(
+                "the storage writer",
+                &io::Error::other("its thread panicked; see the log above"),
+            );
+        }
+    }
+}
+
 struct Writer {
     db: Database,
     spaces: [Keyspace; 4],
@@ -982,6 +996,11 @@ impl Writer {
     }
 
     fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
+        // A panic here (in a state machine's computation, say) ends the
+        // thread with a round's waiters dropped unanswered: the store is
+        // poisoned on the way out, so the node reports it and refuses
+        // everything after, as for a failed write.
+        let _exit = PoisonOnPanic(self.poison.clone());
         loop {
             let first = if self.background.is_empty() {
                 match rx.recv() {
@@ -1038,7 +1057,18 @@ impl Writer {
                 } = job;
                 let computing = std::time::Instant::now();
                 let computed = match compute {
-                    Some(f) if !self.poison.is_set() => f().map(|more| ops.extend(more)),
+                    Some(f) if !self.poison.is_set() => {
+                        // A panicking computation poisons the store here,
+                        // before anyone waiting on this round is answered.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                            Ok(r) => r.map(|more| ops.extend(more)),
+                            Err(_) => {
+                                let e = io::Error::other("it panicked; see the log above");
+                                self.poison.set("a state machine's apply", &e);
+                                Err(e)
+                            }
+                        }
+                    }
                     _ => Ok(()),
                 };
                 slow.compute += computing.elapsed();

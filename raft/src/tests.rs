@@ -932,3 +932,81 @@ async fn a_purge_deletes_its_entries_in_the_background() {
     settled(store.clone(), 9, 13).await;
     assert_eq!(indexes(&mut log, 1..15).await, vec![14]);
 }
+
+/// An entry whose apply fails stops the batch: the entries queued behind
+/// it in the same writer round, blank and membership entries included
+/// (they write only the applied index), refuse too, so the stored applied
+/// index never moves past an entry that did not apply (after a restart it
+/// would be skipped for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_is_never_skipped_by_a_later_entry_of_its_batch() {
+    use openraft::storage::RaftStateMachine;
+
+    struct FailsOnBad;
+    impl Apply for FailsOnBad {
+        fn apply(
+            &self,
+            _s: &StateView<'_>,
+            _index: u64,
+            _term: u64,
+            command: &[u8],
+        ) -> Result<Applied, String> {
+            if command == b"bad" {
+                return Err("cannot apply".into());
+            }
+            Ok(Applied {
+                writes: Vec::new(),
+                reply: Vec::new(),
+            })
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let mut sm = StateMachine::new(7, store, Arc::new(FailsOnBad), Arc::default());
+    let mut good = normal_entry(1, 4);
+    good.payload = openraft::EntryPayload::Normal(crate::types::Command(b"good".to_vec()));
+    let mut bad = normal_entry(2, 4);
+    bad.payload = openraft::EntryPayload::Normal(crate::types::Command(b"bad".to_vec()));
+    let mut blank = normal_entry(3, 4);
+    blank.payload = openraft::EntryPayload::Blank;
+    let entries: Vec<Result<_, std::io::Error>> =
+        vec![Ok((good, None)), Ok((bad, None)), Ok((blank, None))];
+    let r = sm.apply(futures::stream::iter(entries)).await;
+    assert!(r.is_err(), "the failed entry is reported");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(
+        applied.map(|l| l.index),
+        Some(1),
+        "applied past a failed entry"
+    );
+}
+
+/// A panic on the storage writer thread (here in a state machine's
+/// apply) poisons the store: the node says why and refuses everything
+/// after, instead of leaving the round's waiters unanswered for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_writer_thread_poisons_the_store() {
+    use openraft::storage::RaftStateMachine;
+
+    struct Panics;
+    impl Apply for Panics {
+        fn apply(
+            &self,
+            _s: &StateView<'_>,
+            _index: u64,
+            _term: u64,
+            _command: &[u8],
+        ) -> Result<Applied, String> {
+            panic!("deliberate panic in apply (test)");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    let mut sm = StateMachine::new(7, store.clone(), Arc::new(Panics), Arc::default());
+    let entries: Vec<Result<_, std::io::Error>> = vec![Ok((normal_entry(1, 4), None))];
+    let r = sm.apply(futures::stream::iter(entries)).await;
+    assert!(r.is_err(), "the apply is reported failed");
+    assert!(store.is_poisoned());
+    let why = store.poison_reason().unwrap();
+    assert!(why.contains("panicked"), "{why}");
+}
