@@ -55,7 +55,10 @@ pub(crate) fn classify(s: &Status) -> Class {
             Class::Fail(ClientError::InvalidInput(reason(&msg, "invalid input: ")))
         }
         Some(ErrorCode::UnknownShard) => Class::Fail(ClientError::InvalidInput(msg)),
-        Some(ErrorCode::Stopped) => Class::Fail(ClientError::Internal(msg)),
+        // A replica that stopped on a fatal error, possibly after it
+        // proposed the request (one refused before anything was tried is
+        // UNAVAILABLE): the outcome is not known.
+        Some(ErrorCode::Stopped) => Class::Unknown(msg),
         Some(ErrorCode::Overloaded) => Class::Overloaded(msg, retry_after(s)),
         // Routed by a stale map: the caller refreshes it and routes again.
         Some(ErrorCode::WrongShard) => {
@@ -112,8 +115,11 @@ fn reason(msg: &str, class: &str) -> String {
 fn connect_failed(s: &Status) -> bool {
     use std::io::ErrorKind as K;
     causes(s).any(|e| {
-        e.downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(|h| h.is_connect())
+        // tonic's channel marks every failure to connect (a refused or
+        // timed-out connect, a failed TLS handshake) with ConnectError.
+        e.is::<tonic::ConnectError>()
+            || e.downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_some_and(|h| h.is_connect())
             || io_kind(e).is_some_and(|k| {
                 matches!(
                     k,
@@ -348,6 +354,22 @@ mod tests {
         let s = marked(Code::Unavailable, "UNAVAILABLE", "x", vec![]);
         assert!(matches!(classify(&s), Class::Retry(_)));
         let s = marked(Code::DeadlineExceeded, "OUTCOME_UNKNOWN", "x", vec![]);
+        assert!(matches!(classify(&s), Class::Unknown(_)));
+    }
+
+    #[test]
+    fn a_failed_connect_is_retryable_and_a_stopped_replica_unknown() {
+        // What tonic's channel reports when a connect times out: the
+        // request never left, so another replica may take it.
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let s = Status::from_error(Box::new(tonic::ConnectError(Box::new(timed_out))));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(matches!(classify(&s), Class::Retry(_)));
+        // A timeout on an established connection may have reached it.
+        let s = Status::deadline_exceeded("timeout");
+        assert!(matches!(classify(&s), Class::Unknown(_)));
+        // STOPPED: the replica may have proposed it before it stopped.
+        let s = marked(Code::Internal, "STOPPED", "x", vec![]);
         assert!(matches!(classify(&s), Class::Unknown(_)));
     }
 

@@ -463,6 +463,14 @@ impl Client {
                     txn.rollback().await;
                     last = m;
                 }
+                // A read or write of the transaction whose answer was lost
+                // (a timeout, a broken connection): its outcome is not in
+                // doubt, as no commit was sent and it is rolled back here,
+                // so this is an abort to start over from, not an unknown.
+                Err(ClientError::Unknown(m)) => {
+                    txn.rollback().await;
+                    last = Abort::new(AbortKind::Unavailable, m);
+                }
                 Err(e) => {
                     txn.rollback().await;
                     return Err(e);

@@ -2188,6 +2188,10 @@ impl Coordinator {
                     };
                 }
                 let mut results = Vec::new();
+                // The values read go back in the answer: past the batch
+                // limit it could not be sent, after the commit had
+                // happened, so the transaction is refused before it.
+                let mut bytes = 0usize;
                 // Writes travel with the commit (one request fewer per
                 // shard), except before a read, which must see them.
                 let mut buffered = Vec::new();
@@ -2197,7 +2201,11 @@ impl Coordinator {
                             if !buffered.is_empty() {
                                 self.write(txn, std::mem::take(&mut buffered)).await?;
                             }
-                            results.push((k.clone(), self.get(txn, k.clone(), false).await?))
+                            let v = self.get(txn, k.clone(), false).await?;
+                            pact_common::count_read(&mut bytes, Some(k))
+                                .and_then(|()| pact_common::count_read(&mut bytes, v.as_ref()))
+                                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+                            results.push((k.clone(), v))
                         }
                         Op::Put(k, v) => buffered.push(pb::WriteOp {
                             key: k.clone().into(),

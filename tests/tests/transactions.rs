@@ -558,6 +558,22 @@ async fn one_shot_execute_and_bad_transaction_input() {
     assert!(r.succeeded);
     assert_eq!(client.get(b"cas").await.unwrap(), None);
 
+    // Reads whose values could not all go back in the answer: refused
+    // before the commit, so nothing of the transaction is applied (before,
+    // it committed and then its answer failed as "too large", which the
+    // client reads as "nothing was done").
+    let big = vec![b'v'; pact_common::MAX_VALUE_BYTES];
+    let mut gets = Vec::new();
+    for i in 0..5 {
+        let k = format!("exec-big-{i}").into_bytes();
+        client.put(&k, &big).await.expect("put a big value");
+        gets.push(Op::Get(k));
+    }
+    gets.push(Op::Put(b"exec-after-big".to_vec(), b"x".to_vec()));
+    let r = client.execute(vec![], gets, vec![]).await;
+    assert!(matches!(r, Err(ClientError::InvalidInput(_))), "{r:?}");
+    assert_eq!(client.get(b"exec-after-big").await.unwrap(), None);
+
     // Over the size limit: refused, and the transaction stays usable.
     let mut t = client.begin().await.expect("begin");
     let big = vec![b'v'; pact_common::MAX_VALUE_BYTES + 1];
