@@ -531,6 +531,18 @@ fn deadline_error(cmd: &Cmd, total: Duration, progress: &data::Progress) -> Clie
         Cmd::TxnStatus { resolve: true, .. } => {
             ClientError::Unknown(format!("{waited}; the outcome is still unknown"))
         }
+        // Lists only read.
+        Cmd::Admin(AdminCmd::Shard(ShardCmd::List) | AdminCmd::Member(MemberCmd::List)) => {
+            ClientError::Unavailable(waited)
+        }
+        // A change under way when the deadline struck may go on, or may
+        // have happened: not "nothing done". Every step is idempotent.
+        Cmd::Admin(_) => ClientError::Unknown(format!(
+            "{waited}; the change may or may not have been made: `txn status` shows where it stands, and running the command again finishes it"
+        )),
+        Cmd::Restore { .. } => ClientError::Unknown(format!(
+            "{waited}; part of the backup may have been loaded: run it again with --force"
+        )),
         _ => ClientError::Unavailable(waited),
     }
 }
@@ -1110,6 +1122,16 @@ mod tests {
         assert_eq!(code_at(&range, Some(id), false), 3);
         assert_eq!(code_at(&["del", "--prefix", "a"], Some(id), false), 3);
         assert_eq!(code_at(&range, Some(id), true), 4);
+        // An admin change or a restore cut off may go on: unknown; a list
+        // only reads.
+        assert_eq!(
+            code(&["admin", "shard", "split", "1", "--at", "m"], None),
+            4
+        );
+        assert_eq!(code(&["admin", "member", "remove", "4"], None), 4);
+        assert_eq!(code(&["restore", "/tmp/backup"], None), 4);
+        assert_eq!(code(&["admin", "shard", "list"], None), 3);
+        assert_eq!(code(&["admin", "member", "list"], None), 3);
     }
 
     #[test]
