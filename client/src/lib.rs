@@ -1514,17 +1514,51 @@ impl Client {
     }
 
     /// Keys in `[start, end)` across all shards, in key order, at most
-    /// `limit`. Each shard's part is linearizable; the parts are read one
-    /// after another, not as one atomic snapshot (that needs a transaction).
+    /// `limit` (0: 1,000); fewer only if the range holds fewer. Each
+    /// shard's part is linearizable; the parts are read one after another,
+    /// not as one atomic snapshot (that needs a transaction). Read in
+    /// pages: a shard's answer ends at a byte budget, and no page hands
+    /// out a key past a shard's unread ones.
     pub async fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
-        let mut all = self
+        let limit = if limit == 0 { 1000 } else { limit };
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut from = start.to_vec();
+        loop {
+            let want = limit - all.len() as u32;
+            let (page, more) = self.scan_page(&from, end, want).await?;
+            all.extend(page);
+            if !more || all.len() >= limit as usize {
+                break;
+            }
+            match all.last() {
+                Some((k, _)) if k.as_slice() >= from.as_slice() => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                // No progress (never from a server that keeps to the
+                // protocol): stop rather than ask again for ever.
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// One page of [`Client::scan`]: each shard's part from `start`, then
+    /// merged (`pact_common::merge_scan_pages`); and whether there is more.
+    async fn scan_page(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), ClientError> {
+        let pages = self
             .rerouted(|map| async move {
-                let mut all = Vec::new();
+                let mut pages = Vec::new();
                 for shard in map.shards_for_range(start, end) {
                     // Each shard is asked for its part only, which it
                     // checks it owns whole: a map with other boundaries
@@ -1545,20 +1579,21 @@ impl Client {
                             async move { c.scan(req).await }
                         })
                         .await?;
-                    all.extend(
-                        r.pairs
-                            .into_iter()
-                            .map(|p| (p.key.to_vec(), p.value.to_vec())),
-                    );
+                    let pairs = r
+                        .pairs
+                        .into_iter()
+                        .map(|p| (p.key.to_vec(), p.value.to_vec()))
+                        .collect();
+                    pages.push((pairs, r.more));
                 }
-                Ok(all)
+                Ok(pages)
             })
             .await?;
-        all.sort();
-        if limit > 0 {
-            all.truncate(limit as usize);
-        }
-        Ok(all)
+        Ok(pact_common::merge_scan_pages(
+            pages,
+            limit as usize,
+            usize::MAX,
+        ))
     }
 
     /// Status of one replica, asked directly (no leader needed).

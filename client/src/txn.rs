@@ -687,6 +687,10 @@ impl Transaction {
         Ok(r.found.then(|| r.value.to_vec()))
     }
 
+    /// Keys in `[start, end)` as this transaction sees them, in key
+    /// order, at most `limit` (0: 1,000); fewer only if the range holds
+    /// fewer. The range stays locked (no phantoms) until the transaction
+    /// ends. Read in pages of at most a batch's bytes each.
     pub async fn scan(
         &mut self,
         start: &[u8],
@@ -696,22 +700,41 @@ impl Transaction {
         // The participants merge a transaction's own writes into its scans:
         // send them first.
         self.flush().await?;
-        let req = pb::TxnScanRequest {
-            shard_id: 0,
-            shard_version: 0,
-            txn: Some(pb_txn(self.id)),
-            start: start.to_vec().into(),
-            end: end.map(<[u8]>::to_vec).unwrap_or_default().into(),
-            limit,
-            first: false,
-            priority: 0,
-        };
-        let r = self.call(|mut c| async move { c.scan(req).await }).await;
-        let r = self.mark(r)?;
-        Ok(r.pairs
-            .into_iter()
-            .map(|p| (p.key.to_vec(), p.value.to_vec()))
-            .collect())
+        let limit = if limit == 0 { 1000 } else { limit };
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut from = start.to_vec();
+        loop {
+            let req = pb::TxnScanRequest {
+                shard_id: 0,
+                shard_version: 0,
+                txn: Some(pb_txn(self.id)),
+                start: from.clone().into(),
+                end: end.map(<[u8]>::to_vec).unwrap_or_default().into(),
+                limit: limit - all.len() as u32,
+                first: false,
+                priority: 0,
+            };
+            let r = self.call(|mut c| async move { c.scan(req).await }).await;
+            let r = self.mark(r)?;
+            all.extend(
+                r.pairs
+                    .into_iter()
+                    .map(|p| (p.key.to_vec(), p.value.to_vec())),
+            );
+            if !r.more || all.len() >= limit as usize {
+                break;
+            }
+            match all.last() {
+                Some((k, _)) if k.as_slice() >= from.as_slice() => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                // No progress (never from a server that keeps to the
+                // protocol): stop rather than ask again for ever.
+                _ => break,
+            }
+        }
+        Ok(all)
     }
 
     pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {

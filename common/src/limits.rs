@@ -136,6 +136,47 @@ pub fn validate_batch<'a>(
     Ok(())
 }
 
+/// Pairs read by a scan.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One answer to a scan of a range cut into parts (one per shard), from
+/// each part's page (sorted, with whether that part has keys past it):
+/// the pairs in key order, but only up to the smallest last key of a part
+/// that has more (past it, that part's keys are not known yet, and
+/// handing out a later key of another part would skip them), at most
+/// `limit` pairs and `max_bytes` of keys and values (at least one pair);
+/// and whether there is more. The next page starts after the last pair.
+pub fn merge_scan_pages(
+    pages: Vec<(Pairs, bool)>,
+    limit: usize,
+    max_bytes: usize,
+) -> (Pairs, bool) {
+    let cut: Option<Vec<u8>> = pages
+        .iter()
+        .filter(|(p, more)| *more && !p.is_empty())
+        .filter_map(|(p, _)| p.last().map(|(k, _)| k.clone()))
+        .min();
+    let mut more = pages.iter().any(|(_, more)| *more);
+    let mut all: Pairs = pages.into_iter().flat_map(|(p, _)| p).collect();
+    all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(cut) = cut {
+        all.retain(|(k, _)| *k <= cut);
+    }
+    if all.len() > limit {
+        all.truncate(limit);
+        more = true;
+    }
+    let mut bytes = 0usize;
+    if let Some(over) = all.iter().position(|(k, v)| {
+        bytes = bytes.saturating_add(k.len() + v.len());
+        bytes > max_bytes
+    }) {
+        all.truncate(over.max(1));
+        more = true;
+    }
+    (all, more)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +290,45 @@ mod tests {
         .to_string();
         assert!(msg.contains("5000") && msg.contains("4096"), "{msg}");
         assert!(LimitError::EmptyKey.to_string().contains("empty"));
+    }
+
+    #[test]
+    fn merged_scan_pages_never_skip_a_parts_unread_keys() {
+        let p = |ks: &[&str]| -> Pairs {
+            ks.iter()
+                .map(|k| (k.as_bytes().to_vec(), b"v".to_vec()))
+                .collect()
+        };
+        let keys = |r: &Pairs| -> Vec<String> {
+            r.iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        // Part one stopped at "c" with more to come: nothing past "c".
+        let (r, more) = merge_scan_pages(
+            vec![(p(&["a", "c"]), true), (p(&["b", "d"]), false)],
+            10,
+            usize::MAX,
+        );
+        assert_eq!(keys(&r), ["a", "b", "c"]);
+        assert!(more);
+        // All parts complete: everything, in order.
+        let (r, more) = merge_scan_pages(
+            vec![(p(&["d"]), false), (p(&["a", "b"]), false)],
+            10,
+            usize::MAX,
+        );
+        assert_eq!(keys(&r), ["a", "b", "d"]);
+        assert!(!more);
+        // The limit, then the byte budget (at least one pair).
+        let (r, more) = merge_scan_pages(vec![(p(&["a", "b", "c"]), false)], 2, usize::MAX);
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert!(more);
+        let (r, more) = merge_scan_pages(vec![(p(&["a", "b", "c"]), false)], 10, 5);
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert!(more);
+        let (r, more) = merge_scan_pages(vec![(p(&["a", "b"]), false)], 10, 1);
+        assert_eq!(keys(&r), ["a"]);
+        assert!(more);
     }
 }

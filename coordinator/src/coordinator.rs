@@ -988,8 +988,7 @@ impl Coordinator {
         end: Option<Vec<u8>>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
-        let mut all = Vec::new();
-        let mut more = false;
+        let mut pages = Vec::new();
         let mut tries = 0;
         let mut map = self.participants.shard_map();
         let mut shards = map.shards_for_range(&start, end.as_deref());
@@ -1023,31 +1022,31 @@ impl Coordinator {
                     // so far stay (a transaction's locks only grow).
                     map = self.participants.shard_map();
                     shards = map.shards_for_range(&start, end.as_deref());
-                    all.clear();
-                    more = false;
+                    pages.clear();
                     continue;
                 }
             }
             match r {
                 Ok(r) => {
                     self.may_hand_out(txn).await?;
-                    more |= r.more;
-                    all.extend(
-                        r.pairs
-                            .into_iter()
-                            .map(|p| (p.key.to_vec(), p.value.to_vec())),
-                    );
+                    let pairs = r
+                        .pairs
+                        .into_iter()
+                        .map(|p| (p.key.to_vec(), p.value.to_vec()))
+                        .collect();
+                    pages.push((pairs, r.more));
                 }
                 Err(e) => return Err(self.fail(txn, e.into()).await),
             }
         }
-        all.sort();
+        // One answer: in key order, never past a shard's unread keys, and
+        // small enough to send.
         let limit = if limit == 0 { 1000 } else { limit as usize };
-        if all.len() > limit {
-            all.truncate(limit);
-            more = true;
-        }
-        Ok((all, more))
+        Ok(pact_common::merge_scan_pages(
+            pages,
+            limit,
+            pact_common::MAX_BATCH_BYTES,
+        ))
     }
 
     fn by_shard(&self, ops: Vec<pb::WriteOp>) -> BTreeMap<ShardId, Vec<pb::WriteOp>> {

@@ -1435,8 +1435,19 @@ impl Node {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-        let more = pairs.len() > limit;
+        let mut more = pairs.len() > limit;
         pairs.truncate(limit);
+        // A page's pairs must fit in one answer (a thousand large values
+        // would not): it ends at the batch limit, at least one pair, and
+        // says there is more.
+        let mut bytes = 0usize;
+        if let Some(fit) = pairs.iter().position(|(k, v)| {
+            bytes = bytes.saturating_add(k.len() + v.len());
+            bytes > pact_common::MAX_BATCH_BYTES
+        }) {
+            pairs.truncate(fit.max(1));
+            more = true;
+        }
         Ok((pairs, more))
     }
 
