@@ -59,7 +59,7 @@ use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
 use crate::snapshot::{receive_name, Outbound, SnapshotData, Spool, CHUNK_BYTES};
-use crate::types::{byte_string, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{byte_string, LogId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// The metadata key of a leader's answer to a vote request from a replica
 /// its group removed: the log index of the committed membership that left
@@ -1288,24 +1288,34 @@ impl RaftTransport for Router {
 /// replica's committed log id at an index not above it. Refused as
 /// garbage instead.
 fn check_snapshot_meta(h: &Hosted, vote: &Vote, meta: &SnapshotMeta) -> Result<(), Status> {
-    let Some(last) = &meta.last_log_id else {
-        return Ok(());
-    };
+    let committed = h.raft.metrics().borrow_watched().local_committed;
+    match snapshot_meta_refusal(vote, meta.last_log_id.as_ref(), committed.as_ref()) {
+        Some(why) => Err(Status::invalid_argument(why)),
+        None => Ok(()),
+    }
+}
+
+/// Why a snapshot up to `last`, sent under `vote`, cannot be installed by
+/// a replica that committed up to `committed` (see
+/// [`check_snapshot_meta`]); None if it can.
+fn snapshot_meta_refusal(
+    vote: &Vote,
+    last: Option<&LogId>,
+    committed: Option<&LogId>,
+) -> Option<String> {
+    let last = last?;
     let (lid, vid) = (&last.leader_id, &vote.leader_id);
     if (lid.term, lid.node_id) > (vid.term, vid.node_id) {
-        return Err(Status::invalid_argument(format!(
+        return Some(format!(
             "snapshot up to {last} cannot come from the leader of vote {vote}"
-        )));
+        ));
     }
-    let committed = h.raft.metrics().borrow_watched().local_committed;
-    if let Some(c) = committed {
-        if *last > c && last.index <= c.index {
-            return Err(Status::invalid_argument(format!(
-                "snapshot up to {last} contradicts the committed log up to {c}"
-            )));
-        }
+    match committed {
+        Some(c) if last > c && last.index <= c.index => Some(format!(
+            "snapshot up to {last} contradicts the committed log up to {c}"
+        )),
+        _ => None,
     }
-    Ok(())
 }
 
 fn unknown_session(session: u64) -> Status {
@@ -1438,6 +1448,26 @@ mod auth_tests {
             r.extensions_mut().insert(PeerNode(NodeId(p)));
         }
         r
+    }
+
+    #[test]
+    fn a_snapshot_beyond_its_leaders_vote_or_against_the_committed_log_is_refused() {
+        let id = |term, node_id, index| LogId::new(LeaderId { term, node_id }, index);
+        let vote = Vote::new_committed(3, 1);
+        // Fine: from this leader or an earlier one, past what is committed.
+        assert_eq!(snapshot_meta_refusal(&vote, None, None), None);
+        assert_eq!(
+            snapshot_meta_refusal(&vote, Some(&id(3, 1, 50)), Some(&id(2, 2, 40))),
+            None
+        );
+        assert_eq!(
+            snapshot_meta_refusal(&vote, Some(&id(2, 2, 30)), Some(&id(2, 2, 40))),
+            None
+        );
+        // A log id of a later term than the sender's vote.
+        assert!(snapshot_meta_refusal(&vote, Some(&id(4, 1, 50)), None).is_some());
+        // Above the committed log id at an index not above it.
+        assert!(snapshot_meta_refusal(&vote, Some(&id(3, 1, 40)), Some(&id(2, 2, 40))).is_some());
     }
 
     #[test]
