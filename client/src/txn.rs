@@ -115,6 +115,9 @@ pub struct Transaction {
     heartbeat: tokio::task::AbortHandle,
     leader: NodeId,
     done: bool,
+    /// A read or write of its own lost its answer (OUTCOME_UNKNOWN):
+    /// with no commit sent, [`Client::transaction`] may start over.
+    lost_answer: bool,
     /// Writes not yet sent: they go with the commit (or with the next
     /// flush), and reads of these keys see them.
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -272,6 +275,7 @@ impl Client {
             priority,
             leader,
             done: false,
+            lost_answer: false,
             pending: BTreeMap::new(),
             pending_bytes: 0,
         };
@@ -467,7 +471,9 @@ impl Client {
                 // (a timeout, a broken connection): its outcome is not in
                 // doubt, as no commit was sent and it is rolled back here,
                 // so this is an abort to start over from, not an unknown.
-                Err(ClientError::Unknown(m)) => {
+                // (An unknown from anything else the closure did, or from
+                // a commit it sent itself, is passed on as it is.)
+                Err(ClientError::Unknown(m)) if txn.lost_answer && !txn.done => {
                     txn.rollback().await;
                     last = Abort::new(AbortKind::Unavailable, m);
                 }
@@ -833,8 +839,10 @@ impl Transaction {
 
     /// An aborted transaction is finished: later calls are refused locally.
     fn mark<T>(&mut self, r: Result<T, ClientError>) -> Result<T, ClientError> {
-        if matches!(r, Err(ClientError::Aborted(_))) {
-            self.finish();
+        match &r {
+            Err(ClientError::Aborted(_)) => self.finish(),
+            Err(ClientError::Unknown(_)) => self.lost_answer = true,
+            _ => {}
         }
         r
     }

@@ -78,6 +78,9 @@ fn is_split_child(shard: ShardId) -> bool {
 /// Default number of pairs a scan returns when the request sets no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 
+/// Stored pairs a scan reads at a time (it stops past an answer's bytes).
+const SCAN_SLICE: usize = 128;
+
 /// Transaction group id reserved for implicit single-operation transactions.
 pub const IMPLICIT_GROUP: u64 = 0;
 
@@ -1413,14 +1416,31 @@ impl Node {
         let want = limit + 1 + own.len();
         let mut stored = Vec::new();
         let mut from = data_key(start);
+        // Read in slices, and stop once past what one answer carries: a
+        // thousand large values are never all held at once. `cut`: the
+        // last stored key read then (nothing past it is known).
+        let mut bytes = 0usize;
+        let mut cut: Option<Vec<u8>> = None;
         loop {
-            let (page, full) = crate::split::next_page(&s.replica, &mut from, &to, want).await?;
-            stored.extend(page.into_iter().filter(|(k, _)| {
-                owned
+            let n = (want - stored.len()).min(SCAN_SLICE);
+            let (page, full) = crate::split::next_page(&s.replica, &mut from, &to, n).await?;
+            for (k, v) in page {
+                if owned
                     .as_ref()
                     .is_none_or(|d| k.get(1..).is_some_and(|u| d.span.contains(u)))
-            }));
+                {
+                    bytes = bytes.saturating_add(k.len() + v.len());
+                    stored.push((k, v));
+                }
+            }
             if !full || stored.len() >= want {
+                break;
+            }
+            // Only once a pair is sure to survive the overlay (it deletes
+            // at most `own.len()` of them): a page says "more" only with
+            // something in it, so the next one starts further on.
+            if bytes > pact_common::MAX_BATCH_BYTES && stored.len() > own.len() {
+                cut = stored.last().map(|(k, _)| k[1..].to_vec());
                 break;
             }
         }
@@ -1431,11 +1451,14 @@ impl Node {
         for (k, v) in own {
             merged.insert(k, v);
         }
+        if let Some(c) = &cut {
+            merged.retain(|k, _| k <= c);
+        }
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = merged
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-        let mut more = pairs.len() > limit;
+        let mut more = pairs.len() > limit || cut.is_some();
         pairs.truncate(limit);
         // A page's pairs must fit in one answer (a thousand large values
         // would not): it ends at the batch limit, at least one pair, and
@@ -1541,7 +1564,7 @@ impl Node {
                 {
                     attempt += 1;
                 }
-                r => return r,
+                r => return plain(r),
             }
         }
     }
@@ -1577,8 +1600,10 @@ impl Node {
         // values from before and after that transaction's writes (the
         // decided-but-unapplied overlay is read before the store), so it
         // is not handed out.
+        // (A split's wound, `Moved`, changes no value: what was read
+        // stands.)
         let wounded = s.shared.mgr.lock().ok().and_then(|m| match m.status(txn) {
-            Some(crate::txn::Status::Aborted(r)) => Some(r.clone()),
+            Some(crate::txn::Status::Aborted(r)) if r.kind == AbortKind::Wounded => Some(r.clone()),
             _ => None,
         });
         if let Some(r) = wounded {
