@@ -730,14 +730,9 @@ impl Transaction {
             if !r.more || all.len() >= limit as usize {
                 break;
             }
-            match all.last() {
-                Some((k, _)) if k.as_slice() >= from.as_slice() => {
-                    from = k.clone();
-                    from.push(0);
-                }
-                // No progress (never from a server that keeps to the
-                // protocol): stop rather than ask again for ever.
-                _ => break,
+            match pact_common::next_scan_start(&all, &from) {
+                Some(next) => from = next,
+                None => break,
             }
         }
         Ok(all)

@@ -139,6 +139,21 @@ pub fn validate_batch<'a>(
 /// Pairs read by a scan.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Where a scan's next page starts, after `pairs` read so far from
+/// `from` on: just past the last key; None if the last page made no
+/// progress (never from a server that keeps to the protocol: the caller
+/// stops rather than ask again for ever).
+pub fn next_scan_start(pairs: &Pairs, from: &[u8]) -> Option<Vec<u8>> {
+    match pairs.last() {
+        Some((k, _)) if k.as_slice() >= from => {
+            let mut next = k.clone();
+            next.push(0);
+            Some(next)
+        }
+        _ => None,
+    }
+}
+
 /// One answer to a scan of a range cut into parts (one per shard), from
 /// each part's page (sorted, with whether that part has keys past it):
 /// the pairs in key order, but only up to the smallest last key of a part
@@ -330,5 +345,9 @@ mod tests {
         let (r, more) = merge_scan_pages(vec![(p(&["a", "b"]), false)], 10, 1);
         assert_eq!(keys(&r), ["a"]);
         assert!(more);
+        // The next page starts just past the last key; none without progress.
+        assert_eq!(next_scan_start(&r, b"a"), Some(b"a\0".to_vec()));
+        assert_eq!(next_scan_start(&r, b"b"), None);
+        assert_eq!(next_scan_start(&Vec::new(), b""), None);
     }
 }
