@@ -2140,8 +2140,13 @@ pub const EXECUTE_ATTEMPTS: u32 = 10;
 
 impl Coordinator {
     /// Run `work` for the open transaction `txn`, renewing its lease every
-    /// third of it meanwhile.
-    async fn keeping_alive<T>(&self, txn: TxnId, work: impl std::future::Future<Output = T>) -> T {
+    /// third of it meanwhile (for work nobody else heartbeats: the reads
+    /// at `Begin`, a one-shot transaction).
+    pub(crate) async fn keeping_alive<T>(
+        &self,
+        txn: TxnId,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let every = self.lease() / 3;
         tokio::pin!(work);
         loop {

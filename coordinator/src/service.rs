@@ -102,17 +102,9 @@ impl Txn for TxnService {
             c: Some(c.clone()),
             txn,
         };
-        let every = c.lease() / 3;
-        let reads = c.get_many(txn, reads, r.reads_for_update);
-        tokio::pin!(reads);
-        let read = loop {
-            tokio::select! {
-                r = &mut reads => break r,
-                _ = tokio::time::sleep(every) => {
-                    let _ = c.keepalive(txn);
-                }
-            }
-        };
+        let read = c
+            .keeping_alive(txn, c.get_many(txn, reads, r.reads_for_update))
+            .await;
         guard.c = None;
         match read {
             Ok(values) => resp.values = values.into_iter().map(convert::value).collect(),

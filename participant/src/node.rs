@@ -1454,24 +1454,18 @@ impl Node {
         if let Some(c) = &cut {
             merged.retain(|k, _| k <= c);
         }
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = merged
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = merged
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-        let mut more = pairs.len() > limit || cut.is_some();
-        pairs.truncate(limit);
-        // A page's pairs must fit in one answer (a thousand large values
-        // would not): it ends at the batch limit, at least one pair, and
-        // says there is more.
-        let mut bytes = 0usize;
-        if let Some(fit) = pairs.iter().position(|(k, v)| {
-            bytes = bytes.saturating_add(k.len() + v.len());
-            bytes > pact_common::MAX_BATCH_BYTES
-        }) {
-            pairs.truncate(fit.max(1));
-            more = true;
-        }
-        Ok((pairs, more))
+        // At most `limit` pairs, and no more than one answer carries (a
+        // thousand large values would not fit): the same cut as a page
+        // merged from several shards, this shard's page being the one.
+        Ok(pact_common::merge_scan_pages(
+            vec![(pairs, cut.is_some())],
+            limit,
+            pact_common::MAX_BATCH_BYTES,
+        ))
     }
 
     fn scan_limit(limit: u32) -> Result<usize, Error> {
