@@ -37,10 +37,13 @@
 //! `crash-split-committed` (once the parent committed it, before the new
 //! shard serves); a driver that takes over from the recorded phase passes
 //! none of these points again (a driver that freezes again after lifting
-//! the freeze passes `crash-split-frozen` again). And one pause:
+//! the freeze passes `crash-split-frozen` again). And two pauses:
 //! `split-pause-before-freeze` (the driver waits 2 s between the new
 //! shard's first copy and the freeze), so tests can write in the moving
-//! part after it was copied. And one window widened:
+//! part after it was copied; `split-pause-before-trim` (the driver waits
+//! 10 s between the new shard serving and the parent's trim), so tests can
+//! move replicas and leaders before the split is done. And one window
+//! widened:
 //! `merge-lagging-target-view` (a merge's leader does not see a merge its
 //! target recorded, and a target's leader accepts a merge into it 2 s
 //! after it sees it, as if each node's replica of the other shard lagged),
@@ -67,6 +70,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "crash-split-drained",
     "crash-split-committed",
     "split-pause-before-freeze",
+    "split-pause-before-trim",
     "merge-lagging-target-view",
 ];
 

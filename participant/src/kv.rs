@@ -31,7 +31,7 @@
 //!   the config's (`Describe`), once; from then on it is the authority on
 //!   what the shard owns, whatever a config or a client's map says.
 //! - `s` -> the split under way, if any (`Split`): from `SplitBegin` to
-//!   `SplitDone` (or `SplitCancel`). While it is frozen and not
+//!   `SplitDone` (or `SplitCancel`/`SplitAbandon`). While it is frozen and not
 //!   committed, nothing that writes in the part that moves applies.
 //! - `w` ++ user key -> empty: a key of the part that moves written since
 //!   the split under way began (tracked at apply, so every replica has the
@@ -48,9 +48,18 @@
 //!   client refreshing its map from the descriptors finds them; in a
 //!   shard merged into another, that one.
 //! - `a` -> the merge this shard is absorbing, if any (`Absorb`): from
-//!   `AbsorbBegin` to `AbsorbCommit`. Meanwhile the shard loads the
+//!   `AbsorbAccept` (`AbsorbBegin` before attempts were numbered) to
+//!   `AbsorbCommit`. Meanwhile the shard loads the
 //!   other shard's keys (outside its own span, so it does not serve them
 //!   yet) and neither splits nor absorbs another.
+//! - `b` -> the log index of the `SplitBegin` of the split or merge under
+//!   way, or begun last (a `u64`): its attempt number, which tells a merge
+//!   asked again from one cancelled before (the same on every replica,
+//!   whichever build applied the earlier entries).
+//! - `r` ++ shard id -> the highest attempt of a merge from that shard
+//!   this shard refused (`AbsorbRefuse`): acceptance of that attempt, or
+//!   an earlier one, is refused from then on, so the merging shard may
+//!   cancel it safely.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -82,6 +91,11 @@ pub const CAUGHT_UP_KEY: &[u8] = b"k";
 pub const WRITTEN_PREFIX: u8 = b'w';
 /// The merge a shard is absorbing.
 pub const ABSORB_KEY: &[u8] = b"a";
+/// The log index of the `SplitBegin` of the split under way (or begun
+/// last): its attempt number.
+pub const ATTEMPT_KEY: &[u8] = b"b";
+/// The highest attempt of a merge from a shard (`r` ++ its id) refused here.
+pub const REFUSED_PREFIX: u8 = b'r';
 
 /// Most outcome records one `Forget` command deletes, so one entry (and
 /// the storage batch that applies it) stays small.
@@ -236,6 +250,30 @@ pub enum ShardCommand {
     AbsorbCommit {
         from: ShardId,
     },
+    /// Refuse `from`'s merge into this shard, attempt `attempt` (and any
+    /// earlier one) for good: proposed by a shard that is merging away
+    /// itself, when the merging shard is the one to give way (a larger
+    /// id). The merging shard cancels once it sees this. Refused once
+    /// the merge from `from` is accepted.
+    AbsorbRefuse {
+        from: ShardId,
+        attempt: u64,
+    },
+    /// `SplitCancel` of attempt `attempt` only: refused if the split or
+    /// merge under way is another attempt (a driver left from an earlier
+    /// one, late, cancels nothing of a later one).
+    SplitAbandon {
+        child: ShardId,
+        attempt: u64,
+    },
+    /// `AbsorbBegin` for attempt `attempt` of the merge: refused too if
+    /// that attempt was refused here (`AbsorbRefuse`).
+    AbsorbAccept {
+        from: ShardId,
+        base: u64,
+        into: Descriptor,
+        attempt: u64,
+    },
 }
 
 /// A merge being absorbed, as the shard that stays records it.
@@ -258,6 +296,74 @@ pub fn absorb_record(get: Lookup<'_>) -> io::Result<Option<Absorb>> {
         Some(v) => Ok(Some(decode(&v, "absorb record")?)),
         None => Ok(None),
     }
+}
+
+/// The attempt number of the split or merge begun here last (0: none
+/// ever, or only before attempts were numbered).
+pub fn attempt(get: Lookup<'_>) -> io::Result<u64> {
+    match get(ATTEMPT_KEY)? {
+        Some(v) => decode(&v, "split attempt"),
+        None => Ok(0),
+    }
+}
+
+pub fn refused_key(from: ShardId) -> Vec<u8> {
+    let mut k = vec![REFUSED_PREFIX];
+    k.extend_from_slice(&from.0.to_be_bytes());
+    k
+}
+
+/// The highest attempt of a merge from `from` refused here, if any.
+pub fn refused(get: Lookup<'_>, from: ShardId) -> io::Result<Option<u64>> {
+    get(&refused_key(from))?
+        .map(|v| decode(&v, "refused merge"))
+        .transpose()
+}
+
+/// `AbsorbBegin`/`AbsorbAccept`: accept `from`'s merge into `into` if
+/// this shard is at `base`, neither splitting nor absorbing another, and
+/// (given the attempt) has not refused that attempt.
+fn accept(
+    get: Lookup<'_>,
+    from: ShardId,
+    base: u64,
+    into: &Descriptor,
+    attempt: Option<u64>,
+) -> io::Result<(Vec<Mutation>, ShardReply)> {
+    let d = descriptor(get)?;
+    Ok(match (absorb_record(get)?, split_record(get)?, d) {
+        (Some(a), _, _) if a.from == from => (Vec::new(), ShardReply::Done),
+        (Some(a), _, _) => (
+            Vec::new(),
+            ShardReply::Rejected(format!("absorbing shard {} already", a.from)),
+        ),
+        (None, Some(s), _) => (
+            Vec::new(),
+            ShardReply::Rejected(format!("a split into shard {} is under way", s.child.shard)),
+        ),
+        (None, None, _) if attempt.is_some() && refused(get, from)? >= attempt => (
+            Vec::new(),
+            ShardReply::Rejected(format!("the merge of shard {from} was refused here")),
+        ),
+        (None, None, Some(d))
+            if d.version == base && into.shard == d.shard && into.version > d.version =>
+        {
+            let a = Absorb {
+                from,
+                into: into.clone(),
+                loaded: false,
+                caught_up: false,
+            };
+            (
+                vec![(ABSORB_KEY.to_vec(), Some(encode(&a)?))],
+                ShardReply::Done,
+            )
+        }
+        _ => (
+            Vec::new(),
+            ShardReply::Rejected("the merge was planned from another version of the shard".into()),
+        ),
+    })
 }
 
 /// A split under way, as the parent records it.
@@ -289,7 +395,7 @@ pub struct Split {
     /// A merge, not a split: the whole shard moves into `child`, an
     /// existing shard whose descriptor was at this version when the merge
     /// began; `left` owns nothing. "Created" then means that shard
-    /// accepted the merge (`AbsorbBegin`), and its copies are recorded in
+    /// accepted the merge (`AbsorbAccept`), and its copies are recorded in
     /// its `Absorb` record instead of `l` and `k`.
     pub merge: Option<u64>,
 }
@@ -541,6 +647,27 @@ pub enum Notice {
     Nothing,
 }
 
+impl ShardCommand {
+    /// Whether applying it may change the descriptor or the split record
+    /// (what the shard owns, and what is frozen).
+    pub fn changes_ownership(&self) -> bool {
+        matches!(
+            self,
+            ShardCommand::Describe { .. }
+                | ShardCommand::SplitBegin { .. }
+                | ShardCommand::SplitCancel { .. }
+                | ShardCommand::SplitAbandon { .. }
+                | ShardCommand::SplitCreated { .. }
+                | ShardCommand::SplitFreeze { .. }
+                | ShardCommand::SplitThaw { .. }
+                | ShardCommand::SplitDrained { .. }
+                | ShardCommand::SplitCommit { .. }
+                | ShardCommand::SplitDone { .. }
+                | ShardCommand::AbsorbCommit { .. }
+        )
+    }
+}
+
 /// What the manager learns from a command and the reply it produced.
 pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
     match cmd {
@@ -558,6 +685,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
             Notice::Freeze(Some(span.clone()))
         }
         ShardCommand::SplitCancel { .. }
+        | ShardCommand::SplitAbandon { .. }
         | ShardCommand::SplitCommit { .. }
         | ShardCommand::SplitThaw { .. }
         | ShardCommand::AbsorbCommit { .. }
@@ -570,6 +698,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::Describe { .. }
         | ShardCommand::SplitBegin { .. }
         | ShardCommand::SplitCancel { .. }
+        | ShardCommand::SplitAbandon { .. }
         | ShardCommand::SplitCommit { .. }
         | ShardCommand::Load { .. }
         | ShardCommand::Trim { .. }
@@ -581,6 +710,8 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::LoadWritten { .. }
         | ShardCommand::Unmark { .. }
         | ShardCommand::AbsorbBegin { .. }
+        | ShardCommand::AbsorbAccept { .. }
+        | ShardCommand::AbsorbRefuse { .. }
         | ShardCommand::AbsorbCommit { .. } => Notice::Nothing,
     }
 }
@@ -590,6 +721,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
 pub fn effect(
     get: Lookup<'_>,
     term: u64,
+    index: u64,
     cmd: &ShardCommand,
 ) -> io::Result<(Vec<Mutation>, ShardReply)> {
     let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
@@ -777,7 +909,10 @@ pub fn effect(
                             && !split.created =>
                     {
                         (
-                            vec![(SPLIT_KEY.to_vec(), Some(encode(split)?))],
+                            vec![
+                                (SPLIT_KEY.to_vec(), Some(encode(split)?)),
+                                (ATTEMPT_KEY.to_vec(), Some(encode(&index)?)),
+                            ],
                             ShardReply::Done,
                         )
                     }
@@ -801,6 +936,20 @@ pub fn effect(
                 ),
             ),
             _ => (Vec::new(), ShardReply::Done),
+        },
+        ShardCommand::SplitAbandon { child, attempt: a } => match split_record(get)? {
+            Some(s) if s.child.shard == *child && attempt(get)? != *a => (
+                Vec::new(),
+                ShardReply::Rejected(format!(
+                    "the split into shard {child} under way is another attempt"
+                )),
+            ),
+            _ => effect(
+                get,
+                term,
+                index,
+                &ShardCommand::SplitCancel { child: *child },
+            )?,
         },
         ShardCommand::SplitFreeze { child, span } => match split_record(get)? {
             Some(s) if s.child.shard == *child && (s.frozen || s.drained) => {
@@ -984,43 +1133,30 @@ pub fn effect(
                 )
             }
         }
-        ShardCommand::AbsorbBegin { from, base, into } => {
-            let d = descriptor(get)?;
-            match (absorb_record(get)?, split_record(get)?, d) {
-                (Some(a), _, _) if a.from == *from => (Vec::new(), ShardReply::Done),
-                (Some(a), _, _) => (
-                    Vec::new(),
-                    ShardReply::Rejected(format!("absorbing shard {} already", a.from)),
-                ),
-                (None, Some(s), _) => (
-                    Vec::new(),
-                    ShardReply::Rejected(format!(
-                        "a split into shard {} is under way",
-                        s.child.shard
-                    )),
-                ),
-                (None, None, Some(d))
-                    if d.version == *base && into.shard == d.shard && into.version > d.version =>
-                {
-                    let a = Absorb {
-                        from: *from,
-                        into: into.clone(),
-                        loaded: false,
-                        caught_up: false,
-                    };
-                    (
-                        vec![(ABSORB_KEY.to_vec(), Some(encode(&a)?))],
-                        ShardReply::Done,
-                    )
-                }
-                _ => (
-                    Vec::new(),
-                    ShardReply::Rejected(
-                        "the merge was planned from another version of the shard".into(),
-                    ),
-                ),
+        // Written by builds before attempts were numbered (its log may
+        // still hold one): no refusal to check.
+        ShardCommand::AbsorbBegin { from, base, into } => accept(get, *from, *base, into, None)?,
+        ShardCommand::AbsorbAccept {
+            from,
+            base,
+            into,
+            attempt,
+        } => accept(get, *from, *base, into, Some(*attempt))?,
+        ShardCommand::AbsorbRefuse { from, attempt } => match absorb_record(get)? {
+            Some(a) if a.from == *from => (
+                Vec::new(),
+                ShardReply::Rejected(format!("the merge of shard {from} is accepted already")),
+            ),
+            _ => {
+                let have = refused(get, *from)?;
+                let w = if have.is_some_and(|h| h >= *attempt) {
+                    Vec::new()
+                } else {
+                    vec![(refused_key(*from), Some(encode(attempt)?))]
+                };
+                (w, ShardReply::Done)
             }
-        }
+        },
         ShardCommand::AbsorbCommit { from } => match absorb_record(get)? {
             Some(a) if a.from == *from && a.caught_up => (
                 vec![
@@ -1080,6 +1216,11 @@ pub struct Shared {
     /// The shard's descriptor as this replica last read it from its
     /// state (a leader loads it before it serves; `None` before that).
     pub descriptor: std::sync::RwLock<Option<Arc<Descriptor>>>,
+    /// Bumped, under the manager's lock, each time a command that changes
+    /// what the shard owns or freezes becomes visible: a new leader that
+    /// read those records before installing them in the manager sees
+    /// whether one changed in between (and reads again).
+    pub ownership_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -1089,6 +1230,7 @@ impl Shared {
             released: tokio::sync::Notify::new(),
             wakers: Mutex::new(HashMap::new()),
             descriptor: std::sync::RwLock::new(None),
+            ownership_changes: Default::default(),
         }
     }
 
@@ -1290,7 +1432,7 @@ impl Apply for KvApp {
     fn apply(
         &self,
         state: &StateView<'_>,
-        _index: u64,
+        index: u64,
         term: u64,
         command: &[u8],
     ) -> Result<Applied, String> {
@@ -1307,7 +1449,8 @@ impl Apply for KvApp {
                 });
             }
         }
-        let (writes, reply) = effect(&|k| state.get(k), term, &cmd).map_err(|e| e.to_string())?;
+        let (writes, reply) =
+            effect(&|k| state.get(k), term, index, &cmd).map_err(|e| e.to_string())?;
         if let Some((_, Some(v))) = writes.iter().find(|(k, _)| k == DESCRIPTOR_KEY) {
             // What the shard owns changed (its first descriptor, or a
             // split): requests are checked against the new one at once.
@@ -1329,30 +1472,36 @@ impl Apply for KvApp {
         else {
             return;
         };
-        self.shared.release_with(|m| match notice(&cmd, &reply) {
-            Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
-            Notice::Finished(txn) => {
-                m.finish(txn);
-                // A decision whose locks went early: it is in the
-                // log, and a commit's writes are in the store now.
-                m.decision_applied(txn);
+        let changes = &self.shared.ownership_changes;
+        self.shared.release_with(|m| {
+            if cmd.changes_ownership() {
+                changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            Notice::Freeze(span) => {
-                m.freeze(span);
-                // The descriptor the apply just loaded (a split commits
-                // with the freeze lifted): locks outside it are refused
-                // from the same moment.
-                if m.term().is_some() {
-                    let owned = self
-                        .shared
-                        .descriptor
-                        .read()
-                        .ok()
-                        .and_then(|d| d.as_ref().map(|d| d.span.clone()));
-                    m.set_owned(owned);
+            match notice(&cmd, &reply) {
+                Notice::Prepared(txn, ok) => m.prepare_applied(txn, ok),
+                Notice::Finished(txn) => {
+                    m.finish(txn);
+                    // A decision whose locks went early: it is in the
+                    // log, and a commit's writes are in the store now.
+                    m.decision_applied(txn);
                 }
+                Notice::Freeze(span) => {
+                    m.freeze(span);
+                    // The descriptor the apply just loaded (a split commits
+                    // with the freeze lifted): locks outside it are refused
+                    // from the same moment.
+                    if m.term().is_some() {
+                        let owned = self
+                            .shared
+                            .descriptor
+                            .read()
+                            .ok()
+                            .and_then(|d| d.as_ref().map(|d| d.span.clone()));
+                        m.set_owned(owned);
+                    }
+                }
+                Notice::Nothing => {}
             }
-            Notice::Nothing => {}
         });
     }
 
@@ -1383,7 +1532,10 @@ mod tests {
     impl Mem {
         fn run(&self, term: u64, cmd: ShardCommand) -> ShardReply {
             let map = self.0.borrow().clone();
-            let (w, r) = effect(&|k| Ok(map.get(k).cloned()), term, &cmd).unwrap();
+            // Every command its own log index, as in a log.
+            static INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let index = INDEX.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (w, r) = effect(&|k| Ok(map.get(k).cloned()), term, index, &cmd).unwrap();
             let mut m = self.0.borrow_mut();
             for (k, v) in w {
                 match v {
@@ -1400,6 +1552,137 @@ mod tests {
 
     fn put(k: &str, v: &str) -> Mutation {
         (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    /// A shard merging away refuses a merge into it (the merging shard
+    /// gives way); once refused, that attempt and earlier ones are never
+    /// accepted, so the merging shard may cancel. Once accepted, the
+    /// merge is never refused. A later attempt (begun again) is judged
+    /// afresh. Every begin numbers its attempt (its log index), and a
+    /// cancel naming another attempt cancels nothing.
+    #[test]
+    fn a_refused_merge_attempt_is_never_accepted_and_an_accepted_one_never_refused() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        let whole = pact_common::Span::Range {
+            start: Vec::new(),
+            end: None,
+        };
+        let d = Descriptor {
+            shard: ShardId(1),
+            version: 4,
+            span: whole.clone(),
+        };
+        assert_eq!(
+            m.run(
+                1,
+                ShardCommand::Describe {
+                    descriptor: d.clone()
+                }
+            ),
+            ShardReply::Done
+        );
+        let get = |k: &[u8]| Ok(m.0.borrow().get(k).cloned());
+        assert_eq!(attempt(&get).unwrap(), 0);
+        let into = Descriptor {
+            version: 5,
+            ..d.clone()
+        };
+        let accept = |attempt| ShardCommand::AbsorbAccept {
+            from: ShardId(2),
+            base: 4,
+            into: into.clone(),
+            attempt,
+        };
+        let refuse = |attempt| ShardCommand::AbsorbRefuse {
+            from: ShardId(2),
+            attempt,
+        };
+        assert_eq!(m.run(1, refuse(3)), ShardReply::Done);
+        // A lower refusal does not lower it.
+        assert_eq!(m.run(1, refuse(1)), ShardReply::Done);
+        assert_eq!(refused(&get, ShardId(2)).unwrap(), Some(3));
+        for a in [1, 3] {
+            assert!(matches!(m.run(1, accept(a)), ShardReply::Rejected(_)));
+        }
+        assert!(!m.0.borrow().contains_key(ABSORB_KEY));
+        // Another shard's merge is not refused by it.
+        let other = ShardCommand::AbsorbAccept {
+            from: ShardId(9),
+            base: 4,
+            into: into.clone(),
+            attempt: 1,
+        };
+        assert_eq!(m.run(1, other), ShardReply::Done);
+        let (a, _) = absorb_record(&get)
+            .unwrap()
+            .map(|a| (a.from, a.loaded))
+            .unwrap();
+        assert_eq!(a, ShardId(9));
+        m.0.borrow_mut().remove(ABSORB_KEY);
+        // The next attempt is accepted, and from then on never refused.
+        assert_eq!(m.run(1, accept(4)), ShardReply::Done);
+        assert_eq!(m.run(1, accept(4)), ShardReply::Done);
+        assert!(matches!(m.run(1, refuse(4)), ShardReply::Rejected(_)));
+        assert_eq!(refused(&get, ShardId(2)).unwrap(), Some(3));
+        // Attempts count the begins that recorded a split.
+        let n = Mem(RefCell::new(BTreeMap::new()));
+        assert_eq!(
+            n.run(
+                1,
+                ShardCommand::Describe {
+                    descriptor: d.clone()
+                }
+            ),
+            ShardReply::Done
+        );
+        let (left, right) = whole.split(Some(b"m")).unwrap();
+        let split = Split {
+            left: Descriptor {
+                shard: ShardId(1),
+                version: 5,
+                span: left,
+            },
+            child: Descriptor {
+                shard: ShardId(pact_common::FIRST_SPLIT_ID + 1),
+                version: 5,
+                span: right,
+            },
+            voters: vec![pact_common::NodeId(1)],
+            created: false,
+            frozen: false,
+            drained: false,
+            committed: false,
+            merge: None,
+        };
+        let begin = ShardCommand::SplitBegin {
+            split: split.clone(),
+        };
+        let child = split.child.shard;
+        let nget = |k: &[u8]| Ok(n.0.borrow().get(k).cloned());
+        assert_eq!(n.run(1, begin.clone()), ShardReply::Done);
+        let first = attempt(&nget).unwrap();
+        assert!(first > 0);
+        // Begun again while it stands: the same attempt.
+        assert_eq!(n.run(1, begin.clone()), ShardReply::Done);
+        assert_eq!(attempt(&nget).unwrap(), first);
+        let abandon = |attempt| ShardCommand::SplitAbandon { child, attempt };
+        assert!(matches!(
+            n.run(1, abandon(first + 1)),
+            ShardReply::Rejected(_)
+        ));
+        assert!(n.0.borrow().contains_key(SPLIT_KEY));
+        assert_eq!(n.run(1, abandon(first)), ShardReply::Done);
+        assert!(!n.0.borrow().contains_key(SPLIT_KEY));
+        assert_eq!(n.run(1, begin), ShardReply::Done);
+        let second = attempt(&nget).unwrap();
+        assert!(second > first);
+        // The first attempt's late cancel leaves the second standing.
+        assert!(matches!(n.run(1, abandon(first)), ShardReply::Rejected(_)));
+        assert!(n.0.borrow().contains_key(SPLIT_KEY));
+        // Created: no attempt's cancel applies.
+        let created = ShardCommand::SplitCreated { child };
+        assert_eq!(n.run(1, created), ShardReply::Done);
+        assert!(matches!(n.run(1, abandon(second)), ShardReply::Rejected(_)));
     }
 
     /// The two sides of a merge of shard 2 (`[m, end)`) into shard 1

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -2715,7 +2716,7 @@ async fn under_way(s: &Shard, ctx: &crate::split::Ctx) -> Option<String> {
         Err(_) => return Some(format!("shard {shard} is absorbing shard ?")),
     }
     match crate::split::merge_into(ctx, shard, None).await {
-        Some((_, m)) if !m.committed => Some(format!(
+        Some((_, m, _)) if !m.committed => Some(format!(
             "shard {} is merging into shard {shard}",
             m.left.shard
         )),
@@ -2889,6 +2890,10 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let Ok(guard) = s.splitting.clone().try_lock_owned() else {
         return;
     };
+    // Read before the record: no later than the record's attempt.
+    let Ok(attempt) = crate::split::local_attempt(&s.replica).await else {
+        return;
+    };
     let Ok(Some(split)) = crate::split::local_split(&s.replica).await else {
         return;
     };
@@ -2897,7 +2902,7 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
         let _one = guard;
         let parent = s.replica.group();
         tracing::info!(shard = parent, child = %split.child.shard, "driving a split recorded earlier");
-        let result = match crate::split::drive(&s, &ctx, split).await {
+        let result = match crate::split::drive(&s, &ctx, split, attempt).await {
             Ok(split) => crate::split::finish(&s, &split).await,
             Err(e) => Err(e),
         };
@@ -2923,6 +2928,7 @@ async fn resume_absorb(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
     let Some(term) = leading_term(s) else {
         return;
     };
+    crate::split::refuse_merges_into(s, ctx).await;
     if !crate::split::merge_pending(s, ctx).await {
         return;
     }
@@ -2934,6 +2940,39 @@ async fn resume_absorb(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
         let _one = guard;
         crate::split::absorb(&s, &ctx, term).await;
     });
+}
+
+/// The part of the shard a split under way has frozen, as applied here
+/// (`Some(None)`: none); `None` if the split record cannot be read.
+async fn frozen_part(s: &Shard) -> Option<Option<pact_common::Span>> {
+    match crate::split::local_split(&s.replica).await {
+        Ok(split) => Some(
+            split
+                .filter(|x| x.frozen && !x.committed)
+                .map(|x| x.child.span),
+        ),
+        Err(e) => {
+            let group = s.replica.group();
+            tracing::error!(shard = group, error = %e, "cannot read the split record: this leader takes no transactions");
+            None
+        }
+    }
+}
+
+/// Install `read` as the descriptor requests are checked against, unless
+/// an apply since installed a later one; the one installed.
+fn newest_descriptor(s: &Shard, read: Descriptor) -> Arc<Descriptor> {
+    let Ok(mut cur) = s.shared.descriptor.write() else {
+        return Arc::new(read);
+    };
+    match cur.as_ref() {
+        Some(c) if c.version > read.version => c.clone(),
+        _ => {
+            let d = Arc::new(read);
+            *cur = Some(d.clone());
+            d
+        }
+    }
 }
 
 async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::split::Ctx) {
@@ -2950,23 +2989,18 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
     {
         return;
     }
-    // A split under way keeps its moving part frozen under every leader.
-    let frozen = match crate::split::local_split(&s.replica).await {
-        Ok(split) => split
-            .filter(|x| x.frozen && !x.committed)
-            .map(|x| x.child.span),
-        Err(e) => {
-            tracing::error!(shard = %group, error = %e, "cannot read the split record: this leader takes no transactions");
-            return;
-        }
+    // Counted before the split record and descriptor are read: a change
+    // of either that becomes visible before they are installed below is
+    // seen, and they are read again (a driver task of an earlier term of
+    // this replica may still be proposing split steps).
+    let mut changes = s.shared.ownership_changes.load(SeqCst);
+    let Some(mut frozen) = frozen_part(s).await else {
+        return;
     };
     let Some(descriptor) = load_descriptor(s, term).await else {
         return;
     };
-    let owned = descriptor.span.clone();
-    if let Ok(mut d) = s.shared.descriptor.write() {
-        *d = Some(Arc::new(descriptor));
-    }
+    let mut owned = newest_descriptor(s, descriptor).span.clone();
     let records = match s.replica.scan_prefix_local(&[PREPARED_PREFIX]).await {
         Ok(r) => r,
         Err(e) => {
@@ -2995,10 +3029,28 @@ async fn become_leader(s: &Arc<Shard>, term: u64, clock: &Clock, ctx: &crate::sp
     }
     let n = prepared.len();
     let ids: Vec<TxnId> = prepared.iter().map(|(t, _)| *t).collect();
-    if let Ok(mut m) = s.shared.mgr.lock() {
-        m.leader_ready(term, prepared, clock());
-        m.freeze(frozen);
-        m.set_owned(Some(owned));
+    let mut prepared = Some(prepared);
+    loop {
+        if let Ok(mut m) = s.shared.mgr.lock() {
+            if s.shared.ownership_changes.load(SeqCst) == changes {
+                m.leader_ready(term, prepared.take().unwrap_or_default(), clock());
+                m.freeze(frozen);
+                m.set_owned(Some(owned));
+                break;
+            }
+        } else {
+            return;
+        }
+        changes = s.shared.ownership_changes.load(SeqCst);
+        let Some(f) = frozen_part(s).await else {
+            return;
+        };
+        let Ok(Some(d)) = crate::split::local_descriptor(&s.replica).await else {
+            tracing::error!(shard = %group, "cannot read the shard's descriptor again: this leader takes no transactions");
+            return;
+        };
+        frozen = f;
+        owned = newest_descriptor(s, d).span.clone();
     }
     // A decision applied between the scan and `leader_ready` released
     // nothing (the manager did not know the transaction yet): drop any

@@ -16,7 +16,8 @@
 //!    so a voter that does not answer refuses the split before anything
 //!    is recorded), then `SplitCreated`, and the driver's own replica
 //!    creates the group with those voters. Until `SplitCreated` the split
-//!    can be cancelled (`SplitCancel`); from it on it only goes forward.
+//!    can be cancelled (`SplitAbandon`, naming the attempt: the log index
+//!    of its `SplitBegin`); from it on it only goes forward.
 //! 3. **First copy** (child leader): once its node's parent replica shows
 //!    the split, it copies the moving part as that replica has it, while
 //!    the parent still serves (a moving target, which step 6 corrects),
@@ -70,11 +71,13 @@
 //! the parent with all it owns as the moving part (its split record has
 //! `merge`: the target's version when the merge was planned), and the
 //! target, an existing shard on the same nodes, plays the child. Instead
-//! of being hosted and created, the target accepts (`AbsorbBegin`, which
+//! of being hosted and created, the target accepts (`AbsorbAccept`, which
 //! its leader proposes on seeing the merge in its node's replica of the
 //! merging shard, and which is refused unless its descriptor is still at
-//! that version); the merge is cancelled only once the target's version
-//! moved on, when acceptance has become impossible. The target records
+//! that version and it has not refused that attempt); the merge is
+//! cancelled only once the target's version moved on, or the target
+//! refused it in its own log (`AbsorbRefuse`, to break a cycle of
+//! merges), when acceptance has become impossible. The target records
 //! its copies in its `Absorb` record, loads only keys outside its own
 //! span, and takes the merged span (`AbsorbCommit`) once the merging
 //! shard committed, which leaves that shard owning nothing: its group
@@ -87,7 +90,7 @@ use pact_common::{split_child_id, ClusterConfig, Descriptor, NodeId, ShardId};
 use pact_raft::{Host, Replica};
 
 use crate::kv::{
-    absorb_record, data_key, prepared_writes, split_record, Absorb, Split, ABSORB_KEY,
+    absorb_record, data_key, prepared_writes, split_record, Absorb, Split, ABSORB_KEY, ATTEMPT_KEY,
     CAUGHT_UP_KEY, DATA_PREFIX, DESCRIPTOR_KEY, FLOOR_PREFIX, HORIZON_PREFIX, LOADED_KEY,
     PREPARED_PREFIX, SPLIT_KEY, SUCCESSORS_KEY, WRITTEN_PREFIX,
 };
@@ -178,6 +181,20 @@ pub(crate) async fn local_absorb(r: &Replica) -> Result<Option<Absorb>, Error> {
     local_record(r, ABSORB_KEY, absorb_record).await
 }
 
+/// The number of the split or merge `r`'s shard began last, as `r` has
+/// applied it.
+pub(crate) async fn local_attempt(r: &Replica) -> Result<u64, Error> {
+    let a = local_record(r, ATTEMPT_KEY, |get| crate::kv::attempt(get).map(Some));
+    Ok(a.await?.unwrap_or_default())
+}
+
+/// The highest attempt of a merge from `from` that `r`'s shard refused,
+/// as `r` has applied it.
+async fn local_refused(r: &Replica, from: ShardId) -> Result<Option<u64>, Error> {
+    let v = r.get_local(&crate::kv::refused_key(from)).await?;
+    crate::kv::refused(&|_| Ok(v.clone()), from).map_err(|e| Error::Fatal(e.to_string()))
+}
+
 /// The split a leader starts: the descriptor `d` cut at `at`.
 pub fn plan(d: &Descriptor, at: Option<&[u8]>, voters: Vec<NodeId>) -> Result<Split, Error> {
     let (left, right) = d.span.split(at).map_err(Error::InvalidInput)?;
@@ -252,11 +269,27 @@ pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split
     )
     .await?;
     tracing::info!(shard = s.replica.group(), child = %split.child.shard, "split begun: writes in the moving part are tracked");
-    drive(s, ctx, split).await
+    // Read before the record, so never a later attempt than the record's
+    // (a cancel naming it can then only cancel this split or nothing).
+    let attempt = local_attempt(&s.replica).await?;
+    match local_split(&s.replica).await? {
+        Some(x) if x == split => drive(s, ctx, split, attempt).await,
+        other => Err(Error::Unavailable(format!(
+            "the split of shard {} changed as it began ({other:?}); try again",
+            split.left.shard
+        ))),
+    }
 }
 
-/// Drive a begun split of `s` from the phase its record is in.
-pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, Error> {
+/// Drive a begun split of `s` from the phase its record is in. `attempt`
+/// is its attempt number, read before the record (no later than the
+/// record's): a cancel names it.
+pub(crate) async fn drive(
+    s: &Arc<Shard>,
+    ctx: &Ctx,
+    mut split: Split,
+    attempt: u64,
+) -> Result<Split, Error> {
     let parent = s.replica.group();
     let child = split.child.shard;
     let in_background = |e: Error| {
@@ -267,7 +300,7 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
     };
     // A merge's target exists: it accepts instead of being created.
     if !split.created && split.merge.is_some() {
-        accepted(s, ctx, &split).await?;
+        accepted(s, ctx, &split, attempt).await?;
         split.created = true;
     }
     // Hosting with `create` is asked only until the split records that
@@ -288,7 +321,8 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
             // Nothing is frozen and the new shard does not exist yet: give
             // the split up. Refused if `SplitCreated` did apply after all:
             // then it goes on.
-            return match propose(&s.replica, &ShardCommand::SplitCancel { child }).await {
+            let cancel = ShardCommand::SplitAbandon { child, attempt };
+            return match propose(&s.replica, &cancel).await {
                 Ok(ShardReply::Done) => {
                     tracing::warn!(shard = parent, %child, error = %e, "split cancelled");
                     if let Err(u) = unmark(s).await {
@@ -302,8 +336,9 @@ pub(crate) async fn drive(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result
         split.created = true;
     }
     // Idempotent, and the same first membership (the recorded voters)
-    // whichever driver does it.
-    if split.merge.is_none() {
+    // whichever driver does it. Not once committed: the new shard serves
+    // (or soon will) and may have moved its replicas off this node.
+    if split.merge.is_none() && !split.committed {
         let members = ctx.host.members_of(&ctx.config, &split.voters);
         local_replica(ctx, child)?
             .initialize_with(&members)
@@ -374,9 +409,37 @@ async fn forward(s: &Arc<Shard>, ctx: &Ctx, mut split: Split) -> Result<Split, E
         crash_point("crash-split-committed");
         tracing::info!(shard = parent, %child, version = split.left.version, "split committed: the parent owns its part only");
     }
-    let local = local_replica(ctx, child)?;
-    wait_stage(&local, &split, Stage::Serving).await?;
+    serving(ctx, &split).await?;
     Ok(split)
+}
+
+/// Wait until the shard that takes a committed split's part serves it:
+/// as this node's replica of it shows, or, once that replica has moved
+/// away (its replicas change only once it serves, but that it did is
+/// not proof here, so its leader is asked), as its leader answers. The
+/// parent keeps its record until then: the new shard's leader reads it
+/// to learn its descriptor.
+async fn serving(ctx: &Ctx, split: &Split) -> Result<(), Error> {
+    let child = split.child.shard;
+    if let Ok(local) = local_replica(ctx, child) {
+        return wait_stage(&local, split, Stage::Serving).await;
+    }
+    let until = Instant::now() + CHILD_WITHIN;
+    loop {
+        match ctx.client.describe_shard(child).await {
+            Ok(d) if d.version >= split.child.version => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(%child, error = %e, "asking the new shard whether it serves");
+            }
+        }
+        if Instant::now() > until {
+            return Err(Error::Unavailable(format!(
+                "shard {child} does not serve yet"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// How far the shard that takes a split's (or merge's) part has come.
@@ -436,18 +499,28 @@ async fn wait_stage(r: &Replica, split: &Split, stage: Stage) -> Result<(), Erro
     }
 }
 
-/// The merge `split` waits for its target to accept (`AbsorbBegin`, which
+/// The merge `split` waits for its target to accept (`AbsorbAccept`, which
 /// the target's leader proposes once it sees the merge recorded here),
 /// then records that (`SplitCreated`): from then on it only goes forward.
 /// Once the target's descriptor moved past the version the merge was
 /// planned from, it can never accept (its version only grows, and an
 /// accepted merge holds it until the merge commits): the merge is
-/// cancelled.
-async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error> {
+/// cancelled; likewise once the target refused this attempt. A merge is
+/// never cancelled on a view of the target alone: the target may have
+/// accepted since.
+async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split, attempt: u64) -> Result<(), Error> {
     let (me, into) = (split.left.shard, split.child.shard);
     let base = split.merge.unwrap_or_default();
     let until = Instant::now() + ACCEPT_WITHIN;
     loop {
+        if !s.replica.role().leader {
+            // The next leader drives it (a cancel from here would name
+            // this attempt, and cancel nothing later, but need not be
+            // tried).
+            return Err(Error::Unavailable(format!(
+                "shard {me} is no longer led here; its next leader drives the merge"
+            )));
+        }
         let target = local_replica(ctx, into)?;
         if local_absorb(&target).await?.is_some_and(|a| a.from == me) {
             return expect_done(&s.replica, &ShardCommand::SplitCreated { child: into }).await;
@@ -461,6 +534,7 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
             return cancel_merge(
                 s,
                 into,
+                attempt,
                 Error::Unavailable(format!(
                     "shard {into} changed (a split) before it accepted the merge; nothing moved, \
                      try again"
@@ -468,35 +542,35 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split) -> Result<(), Error>
             )
             .await;
         }
-        // The target is merging away itself. Merges recorded within a
-        // replica's lag can form a cycle (A into B and B into A; with hash
-        // shards, any ring): each target refuses `AbsorbBegin` while its
-        // own record stands, and no target's version moves, so all would
-        // wait for ever. A merge into a smaller id whose target merges
-        // away gives way: every cycle has such a merge, and the merges
-        // left all go from smaller ids to larger ones, so none is left
-        // waiting in a cycle. One that gives way without a cycle loses
-        // nothing: its target will own nothing once its own merge is done.
-        // A cancel is safe whatever the target does next: it applies only
-        // while this merge is not accepted (`created`).
-        if me > into {
-            if let Some(theirs) = local_split(&target).await?.filter(|t| t.merge.is_some()) {
-                let next = theirs.child.shard;
-                // Not retryable: once that merge is done, this one's
-                // target owns nothing.
-                let why = if next == me {
-                    format!(
-                        "shard {into} is merging into shard {me}: the merge the other way goes \
-                         first (nothing moved)"
-                    )
-                } else {
+        // The target refused this attempt (it was merging away itself,
+        // and this merge is the one to give way: see `step_absorb`). Its
+        // log orders the refusal before any acceptance, and refuses to
+        // accept this attempt from then on, so the cancel is safe however
+        // far this view of it lags.
+        if local_refused(&target, me)
+            .await?
+            .is_some_and(|r| r >= attempt)
+        {
+            let why = match local_split(&target).await?.filter(|t| t.merge.is_some()) {
+                Some(theirs) if theirs.child.shard == me => format!(
+                    "shard {into} is merging into shard {me}: the merge the other way goes \
+                     first (nothing moved)"
+                ),
+                Some(theirs) => {
+                    let next = theirs.child.shard;
                     format!(
                         "shard {into} is merging into shard {next}: nothing moved (merge into \
                          shard {next} once that is done)"
                     )
-                };
-                return cancel_merge(s, into, Error::Conflict(why)).await;
-            }
+                }
+                None => format!(
+                    "shard {into} was merging away when it saw this merge: nothing moved, try \
+                     again"
+                ),
+            };
+            // Not retryable at once: the target owns nothing once its own
+            // merge is done.
+            return cancel_merge(s, into, attempt, Error::Conflict(why)).await;
         }
         if Instant::now() > until {
             return Err(Error::Unknown(format!(
@@ -524,9 +598,18 @@ fn seen_for_2s(from: ShardId) -> bool {
 /// If it was accepted meanwhile (the cancel is refused at apply), it goes
 /// on instead: UNAVAILABLE, and the owner's next tick drives it from its
 /// record.
-async fn cancel_merge(s: &Arc<Shard>, into: ShardId, why: Error) -> Result<(), Error> {
+async fn cancel_merge(
+    s: &Arc<Shard>,
+    into: ShardId,
+    attempt: u64,
+    why: Error,
+) -> Result<(), Error> {
     let me = s.replica.group();
-    match propose(&s.replica, &ShardCommand::SplitCancel { child: into }).await? {
+    let cancel = ShardCommand::SplitAbandon {
+        child: into,
+        attempt,
+    };
+    match propose(&s.replica, &cancel).await? {
         ShardReply::Done => {
             tracing::warn!(shard = me, %into, reason = %why, "merge cancelled");
             if let Err(u) = unmark(s).await {
@@ -551,6 +634,11 @@ const ACCEPT_WITHIN: Duration = Duration::from_secs(30);
 /// it fails, the owner's tick drives the split again from its record.
 pub(crate) async fn finish(s: &Arc<Shard>, split: &Split) -> Result<(), Error> {
     let child = split.child.shard;
+    if pact_common::faults::enabled("split-pause-before-trim") {
+        // Tests move the new shard's replicas and the parent's leadership
+        // here.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
     trim(s, split).await?;
     expect_done(&s.replica, &ShardCommand::SplitDone { child }).await?;
     tracing::info!(shard = s.replica.group(), %child, "split done");
@@ -933,23 +1021,87 @@ pub(crate) async fn absorb(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
 
 /// The merge into `me` that this node's replica of `from` records (of
 /// any other shard, the lowest id first, without `from`), with that
-/// replica.
+/// replica and an attempt number no later than the merge's (read before
+/// the record: the replica may apply a cancel and a new begin between).
 pub(crate) async fn merge_into(
     ctx: &Ctx,
     me: ShardId,
     from: Option<ShardId>,
-) -> Option<(Replica, Split)> {
+) -> Option<(Replica, Split, u64)> {
     for r in ctx.host.replicas.list() {
         if r.group() == me.0 || from.is_some_and(|f| f.0 != r.group()) {
             continue;
         }
+        let Ok(attempt) = local_attempt(&r).await else {
+            continue;
+        };
         if let Ok(Some(split)) = local_split(&r).await {
             if split.merge.is_some() && split.child.shard == me {
-                return Some((r, split));
+                return Some((r, split, attempt));
             }
         }
     }
     None
+}
+
+/// A leader of a shard that is merging away itself (`s`, its merge not
+/// accepted yet) refuses, in its own log, every merge into it from a
+/// larger id that this node's replicas show: that merge gives way.
+/// Merges recorded within a replica's lag can form a cycle (A into B and
+/// B into A; with hash shards, any ring): each target refuses to accept
+/// while its own record stands, and no target's version moves, so all
+/// would wait for ever. Every cycle has a merge into a smaller id whose
+/// target merges away, and the merges left all go from smaller ids to
+/// larger ones, so none is left waiting in a cycle. One that gives way
+/// without a cycle loses nothing: its target will own nothing once its
+/// own merge is done. The refusal is in the target's log, where no
+/// acceptance of that attempt can follow it, and the merging shard
+/// cancels only on seeing it (`accepted`). Run on every owner tick of
+/// the leader, whoever holds the shard's split lock (its own merge's
+/// driver does, while it waits).
+pub(crate) async fn refuse_merges_into(s: &Arc<Shard>, ctx: &Ctx) {
+    let me = ShardId(s.replica.group());
+    let Ok(Some(own)) = local_split(&s.replica).await else {
+        return;
+    };
+    if own.merge.is_none() || own.created {
+        // A split, or a merge accepted: it moves on, and with it this
+        // shard's version (the merge into it is cancelled then).
+        return;
+    }
+    for r in ctx.host.replicas.list() {
+        let from = ShardId(r.group());
+        if from <= me {
+            continue;
+        }
+        let Ok(attempt) = local_attempt(&r).await else {
+            continue;
+        };
+        let Ok(Some(theirs)) = local_split(&r).await else {
+            continue;
+        };
+        if theirs.merge.is_none() || theirs.child.shard != me || theirs.created {
+            continue;
+        }
+        if pact_common::faults::enabled("merge-lagging-target-view") && !seen_for_2s(from) {
+            continue;
+        }
+        if local_refused(&s.replica, from)
+            .await
+            .is_ok_and(|h| h.is_some_and(|h| h >= attempt))
+        {
+            continue;
+        }
+        let refuse = ShardCommand::AbsorbRefuse { from, attempt };
+        match propose(&s.replica, &refuse).await {
+            Ok(reply) => {
+                tracing::info!(shard = %me, %from, attempt, ?reply, "merge into this shard refused: it merges away itself")
+            }
+            Err(e) => {
+                tracing::info!(shard = %me, %from, error = %e, "could not refuse a merge into this shard yet")
+            }
+        }
+    }
 }
 
 /// Whether a merge into `me` needs this leader: it is recorded by a
@@ -960,7 +1112,7 @@ pub(crate) async fn merge_pending(s: &Arc<Shard>, ctx: &Ctx) -> bool {
         Ok(Some(_)) => true,
         Ok(None) => merge_into(ctx, me, None)
             .await
-            .is_some_and(|(_, x)| !x.created),
+            .is_some_and(|(_, x, _)| !x.created),
         Err(_) => false,
     }
 }
@@ -979,7 +1131,7 @@ async fn step_absorb(
     // The merge accepted, if any: another one recorded meanwhile waits
     // until this one is over (and is then cancelled: the version moved).
     let found = merge_into(ctx, me, mine.as_ref().map(|a| a.from)).await;
-    let (source, split) = match (mine.as_ref(), found) {
+    let (source, split, attempt) = match (mine.as_ref(), found) {
         (None, None) => return Ok(Some(true)),
         // This node's replica of the merging shard does not show the
         // merge yet (it lags): wait for it.
@@ -994,23 +1146,25 @@ async fn step_absorb(
             // merged shard's trim.
             return Ok(Some(true));
         }
-        // Not acceptable now (splitting, or at another version): nothing
-        // proposed; the merging shard cancels once the version moves on.
-        let base = split.merge.unwrap_or_default();
-        let d = local_descriptor(&s.replica).await?;
-        if local_split(&s.replica).await?.is_some() || d.is_none_or(|d| d.version != base) {
-            return Ok(Some(true));
-        }
         if pact_common::faults::enabled("merge-lagging-target-view") && !seen_for_2s(from) {
             // As if this node's replica of the merging shard lagged: the
             // merge is not seen yet (and this shard may begin a merge or
             // split of its own meanwhile).
             return Ok(Some(true));
         }
-        let begin = ShardCommand::AbsorbBegin {
+        let own = local_split(&s.replica).await?;
+        // Not acceptable now (splitting, or at another version): nothing
+        // proposed; the merging shard cancels once the version moves on.
+        let base = split.merge.unwrap_or_default();
+        let d = local_descriptor(&s.replica).await?;
+        if own.is_some() || d.is_none_or(|d| d.version != base) {
+            return Ok(Some(true));
+        }
+        let begin = ShardCommand::AbsorbAccept {
             from,
             base,
             into: split.child.clone(),
+            attempt,
         };
         match propose(&s.replica, &begin).await? {
             ShardReply::Done => {

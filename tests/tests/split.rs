@@ -217,6 +217,70 @@ async fn a_range_shard_splits_under_transfers_and_its_new_shard_survives_a_kill(
     fillers_intact(&c.client(), filler).await;
 }
 
+/// A split whose new shard serves, and whose parent has not trimmed yet
+/// (the `split-pause-before-trim` fault holds the driver), when the new
+/// shard's replica leaves a node and the parent's leadership moves to that
+/// node: the new leader drives the split from its record, learns from the
+/// new shard's leader that it serves, trims and records the split done
+/// (before, it looked for the new shard's replica on its own node and
+/// never finished: the parent stayed "splitting", refusing further splits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_finishes_after_its_new_shard_left_the_parents_leader() {
+    let c = start_with_faults(range_config(), "split-pause-before-trim").await;
+    let client = c.client();
+    for i in 0..50 {
+        let key = format!("k-{i:03}");
+        client.put(key.as_bytes(), b"v").await.expect("put");
+    }
+    let all = c.node_ids();
+    let leader = c
+        .wait_leader(ShardId(3), &all, Duration::from_secs(10))
+        .await;
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = ShardId(v["new_shard"].as_u64().expect("new shard id"));
+    let to = *all.iter().find(|n| **n != leader).expect("another node");
+    let removed = client
+        .remove_replica(pact_client::RaftGroup::Shard(child), to)
+        .await;
+    assert!(removed.is_ok(), "{removed:?}\n{}", split_lines(&c));
+    let (now, _) = client
+        .transfer_leader(pact_client::RaftGroup::Shard(ShardId(3)), to)
+        .await
+        .expect("leadership transfer");
+    assert_eq!(now, to);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // A second split goes through once the first is done.
+        let (ok, again) = txn_shard(&c, &["split", "3", "--at", "b", "--wait", "5"]);
+        if ok {
+            assert_eq!(again["version"], 3, "{again}");
+            // Finished by the node the leadership moved to, which has no
+            // replica of the new shard.
+            let lines = split_lines(&c);
+            let done = format!("node {to}: ");
+            assert!(
+                lines
+                    .lines()
+                    .any(|l| l.starts_with(&done) && l.contains("split done")),
+                "{lines}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "shard 3 still splitting: {again}\n{}",
+            split_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for i in 0..50 {
+        let key = format!("k-{i:03}");
+        let got = read_settled(&client, key.as_bytes()).await;
+        assert_eq!(got, Some(b"v".to_vec()), "{key}");
+    }
+}
+
 /// Crash points: the node driving the split dies once it froze the part
 /// that moves (after the new shard's first copy, before the drain), the
 /// node that takes over dies once the split is drained (before the new
