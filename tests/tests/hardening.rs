@@ -334,6 +334,70 @@ async fn a_retried_transaction_keeps_its_first_age() {
     ));
 }
 
+/// `Client::transaction` and an unknown outcome: one the closure returns
+/// of its own (not from a call of the transaction) is passed on after one
+/// attempt, since the client cannot tell what it covers; one from the
+/// transaction's own read whose answer was lost (its coordinator's leader
+/// paused past the request's deadline) starts the transaction over, as no
+/// commit was sent: the increment lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_read_answer_starts_the_transaction_over_and_it_commits_once() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    client.put(b"lost-read", b"0").await.expect("put");
+
+    let mut runs = 0;
+    let r: Result<(), ClientError> = client
+        .transaction(|t| {
+            runs += 1;
+            Box::pin(async move {
+                t.get(b"lost-read").await?;
+                Err(ClientError::Unknown("the closure's own".into()))
+            })
+        })
+        .await;
+    assert!(matches!(r, Err(ClientError::Unknown(_))), "{r:?}");
+    assert_eq!(runs, 1, "an unknown of the closure's own was retried");
+
+    let leader = c.wait_coordinator(1, Duration::from_secs(10)).await;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let mut runs = 0;
+    let r: Result<i64, ClientError> = client
+        .transaction(|t| {
+            runs += 1;
+            if runs == 1 {
+                // The transaction began there; its read will hang.
+                c.pause(leader);
+            } else {
+                c.resume(leader);
+            }
+            let seen = seen.clone();
+            Box::pin(async move {
+                let got = t.get(b"lost-read").await;
+                if let Err(e) = &got {
+                    seen.lock().unwrap().push(format!("{e:?}"));
+                }
+                let n: i64 = String::from_utf8(got?.unwrap_or_default())
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(-1);
+                t.put(b"lost-read", (n + 1).to_string().as_bytes()).await?;
+                Ok(n + 1)
+            })
+        })
+        .await;
+    c.resume(leader);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(r.as_ref().ok(), Some(&1), "{r:?} (errors seen: {seen:?})");
+    assert_eq!(runs, 2, "errors seen: {seen:?}");
+    assert!(
+        seen.first().is_some_and(|e| e.starts_with("Unknown")),
+        "the first read's answer was not lost: {seen:?}"
+    );
+    let v = client.get(b"lost-read").await.expect("get");
+    assert_eq!(v, Some(b"1".to_vec()));
+}
+
 /// Item 6: a read inside an open transaction is linearizable too: a
 /// deposed (paused, then resumed) leader must not hand the transaction a
 /// value its successor has overwritten.
