@@ -19,6 +19,10 @@ const MAX_VIRTUAL_NODES: u32 = 4096;
 const MAX_RING_POINTS: u64 = 1 << 22;
 /// TOML integers are signed 64-bit; larger ids would not survive a round trip.
 const MAX_TOML_INT: u64 = i64::MAX as u64;
+/// The longest wait or period a timing setting may have: an hour.
+const MAX_WAIT_MS: u64 = 3_600_000;
+/// The longest record retention: a year.
+const MAX_RETENTION_S: u64 = 366 * 24 * 3600;
 /// The Raft group id of the metadata group (the cluster's member table):
 /// above every id a config can give (at most `MAX_TOML_INT`), so it is
 /// never a shard's or a coordinator group's.
@@ -674,6 +678,11 @@ impl ClusterConfig {
             if s.id.0 > MAX_TOML_INT {
                 return invalid(format!("shard id {} is larger than {MAX_TOML_INT}", s.id));
             }
+            if s.id.0 == 0 {
+                return invalid(
+                    "shard id 0 is reserved (it means \"no shard\" in requests); number shards from 1",
+                );
+            }
             if !ids.insert(s.id) {
                 return invalid(format!("duplicate shard id {}", s.id));
             }
@@ -782,6 +791,18 @@ impl ClusterConfig {
                 "transactions.record_retention_s must be at least 1: a client told \"unknown\" needs time to ask",
             );
         }
+        // Durations far past any use would overflow the clocks' arithmetic
+        // at run time, long after the config was accepted.
+        for (name, v, max) in [
+            ("idle_timeout_ms", t.idle_timeout_ms, MAX_WAIT_MS),
+            ("lease_ms", t.lease_ms, MAX_WAIT_MS),
+            ("gc_interval_ms", t.gc_interval_ms, MAX_WAIT_MS),
+            ("record_retention_s", t.record_retention_s, MAX_RETENTION_S),
+        ] {
+            if v > max {
+                return invalid(format!("transactions.{name} ({v}) must be at most {max}"));
+            }
+        }
         if t.gc_interval_ms < 100 {
             return invalid(format!(
                 "transactions.gc_interval_ms ({}) must be at least 100",
@@ -864,6 +885,26 @@ impl ClusterConfig {
         }
         if r.snapshot_logs == 0 {
             return invalid("raft.snapshot_logs must be greater than 0");
+        }
+        // openraft refuses equal bounds (it picks a timeout between them);
+        // and the timings are multiplied at run time: past an hour they
+        // mean nothing and could overflow.
+        if r.election_timeout_max_ms == r.election_timeout_min_ms {
+            return invalid(format!(
+                "raft.election_timeout_max_ms ({}) must be greater than \
+                 raft.election_timeout_min_ms ({})",
+                r.election_timeout_max_ms, r.election_timeout_min_ms
+            ));
+        }
+        for (name, v) in [
+            ("heartbeat_ms", r.heartbeat_ms),
+            ("election_timeout_min_ms", r.election_timeout_min_ms),
+            ("election_timeout_max_ms", r.election_timeout_max_ms),
+            ("balance_leaders_ms", r.balance_leaders_ms),
+        ] {
+            if v > MAX_WAIT_MS {
+                return invalid(format!("raft.{name} ({v}) must be at most {MAX_WAIT_MS}"));
+            }
         }
         Ok(())
     }
@@ -1622,12 +1663,33 @@ start = ""
             &hash_with("", "[raft]\nsplit_copy_kib_per_sec = 1\n"),
             &["split_copy_kib_per_sec (1)", "at least 256"],
         );
-        // Equal min and max is a fixed timeout: unusual but coherent.
-        assert!(ClusterConfig::from_toml_str(&hash_with(
-            "",
-            "[raft]\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 500\n"
-        ))
-        .is_ok());
+        // Equal bounds: openraft would refuse them when a replica starts.
+        expect_invalid(
+            &hash_with(
+                "",
+                "[raft]\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 500\n",
+            ),
+            &["election_timeout_max_ms (500)", "greater than"],
+        );
+        // Timings past an hour, a retention past a year, shard id 0.
+        expect_invalid(
+            &hash_with(
+                "",
+                "[raft]\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 4611686018427387904\n",
+            ),
+            &["election_timeout_max_ms", "at most 3600000"],
+        );
+        expect_invalid(
+            &hash_with(
+                "",
+                "[transactions]\nrecord_retention_s = 9223372036854775807\n",
+            ),
+            &["record_retention_s", "at most"],
+        );
+        expect_invalid(
+            &hash_with("", "[[shards]]\nid = 0\nreplicas = [1]\n"),
+            &["shard id 0 is reserved"],
+        );
     }
 
     #[test]

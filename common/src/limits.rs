@@ -59,6 +59,21 @@ pub fn count_read(bytes: &mut usize, value: Option<&Vec<u8>>) -> Result<(), Limi
     Ok(())
 }
 
+/// Checks a scan's bound: empty (no bound) or at most one byte longer
+/// than a key may be (a key with a byte appended, to start just past it).
+/// A longer one bounds no differently, and would be held in the
+/// transaction's range lock for nothing.
+pub fn validate_bound(bound: &[u8]) -> Result<(), LimitError> {
+    let max = MAX_KEY_BYTES + 1;
+    if bound.len() > max {
+        return Err(LimitError::KeyTooLarge {
+            len: bound.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Checks that a key is non-empty and at most [`MAX_KEY_BYTES`] long.
 pub fn validate_key(key: &[u8]) -> Result<(), LimitError> {
     if key.is_empty() {

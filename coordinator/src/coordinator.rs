@@ -32,8 +32,8 @@ use crate::machine::{Action, Event, LogResult, Machine, Outcome, Vote};
 use crate::stamps::{self, Reservation};
 use crate::Error;
 
-/// How long `begin` waits for the recovery log to extend a used-up
-/// timestamp reservation before it gives up (unavailable).
+/// Most bytes of a wound's reason a session keeps.
+const MAX_WOUND_REASON: usize = 1024;
 /// How many times one request of a transaction is routed again after a
 /// shard said the map was stale.
 const REROUTES: u32 = 3;
@@ -578,7 +578,16 @@ impl Coordinator {
     /// participant frees that lock only once this returns). Nothing to do
     /// if the transaction is not open here: it is committing (its prepare
     /// will fail where it was wounded) or gone.
-    pub fn wounded(&self, txn: TxnId, reason: String) -> Result<(), Error> {
+    pub fn wounded(&self, txn: TxnId, mut reason: String) -> Result<(), Error> {
+        // Kept in the session until it ends, and told to its client: a
+        // reason is a sentence, not a payload.
+        if reason.len() > MAX_WOUND_REASON {
+            let mut cut = MAX_WOUND_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
         // Only the leader's sessions serve requests; a follower must not
         // confirm a wound it cannot enforce (`leader_session` refuses).
         self.leader_session(txn, |sess| {

@@ -183,6 +183,9 @@ impl Txn for TxnService {
             ))
             .into());
         }
+        for b in [&r.start[..], &r.end[..]] {
+            pact_common::validate_bound(b).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        }
         let end = if r.end.is_empty() {
             None
         } else {

@@ -400,11 +400,14 @@ impl MetaGroup {
             )));
         }
         // Every group's leader, all at once; retired shards have none (and
-        // any node answers for them).
+        // any node answers for them). The shards this group's table lists
+        // as well as those its client knows: a split the client has not
+        // heard of yet is in the table.
         let table = self.shards().await?;
-        let groups: Vec<RaftGroup> = self
-            .shards
-            .shards()
+        let mut known: std::collections::BTreeSet<pact_common::ShardId> =
+            self.shards.shards().into_iter().collect();
+        known.extend(table.shards.iter().map(|r| r.descriptor.shard));
+        let groups: Vec<RaftGroup> = known
             .into_iter()
             .filter(|s| table.retired(*s).is_none())
             .map(RaftGroup::Shard)

@@ -52,10 +52,10 @@
 //!   `AbsorbCommit`. Meanwhile the shard loads the
 //!   other shard's keys (outside its own span, so it does not serve them
 //!   yet) and neither splits nor absorbs another.
-//! - `b` -> the log index of the `SplitBegin` of the split or merge under
+//! - `b` -> the log index of the `SplitStart` of the split or merge under
 //!   way, or begun last (a `u64`): its attempt number, which tells a merge
-//!   asked again from one cancelled before (the same on every replica,
-//!   whichever build applied the earlier entries).
+//!   asked again from one cancelled before. (A `SplitBegin`, written by a
+//!   build before attempts were numbered, leaves it as it was.)
 //! - `r` ++ shard id -> the highest attempt of a merge from that shard
 //!   this shard refused (`AbsorbRefuse`): acceptance of that attempt, or
 //!   an earlier one, is refused from then on, so the merging shard may
@@ -91,7 +91,7 @@ pub const CAUGHT_UP_KEY: &[u8] = b"k";
 pub const WRITTEN_PREFIX: u8 = b'w';
 /// The merge a shard is absorbing.
 pub const ABSORB_KEY: &[u8] = b"a";
-/// The log index of the `SplitBegin` of the split under way (or begun
+/// The log index of the `SplitStart` of the split under way (or begun
 /// last): its attempt number.
 pub const ATTEMPT_KEY: &[u8] = b"b";
 /// The highest attempt of a merge from a shard (`r` ++ its id) refused here.
@@ -259,6 +259,13 @@ pub enum ShardCommand {
         from: ShardId,
         attempt: u64,
     },
+    /// `SplitBegin` that also numbers the attempt (`ATTEMPT_KEY`: this
+    /// entry's log index). A separate command so that a `SplitBegin`
+    /// applied by a build before attempts were numbered writes the same
+    /// state on every replica, whichever build applies it.
+    SplitStart {
+        split: Split,
+    },
     /// `SplitCancel` of attempt `attempt` only: refused if the split or
     /// merge under way is another attempt (a driver left from an earlier
     /// one, late, cancels nothing of a later one).
@@ -318,6 +325,52 @@ pub fn refused(get: Lookup<'_>, from: ShardId) -> io::Result<Option<u64>> {
     get(&refused_key(from))?
         .map(|v| decode(&v, "refused merge"))
         .transpose()
+}
+
+/// `SplitBegin` (no `attempt`) and `SplitStart` (the entry's index as
+/// `attempt`): record `split` if the shard is at the version it was cut
+/// from and nothing else is under way.
+fn begin(
+    get: Lookup<'_>,
+    split: &Split,
+    attempt: Option<u64>,
+) -> io::Result<(Vec<Mutation>, ShardReply)> {
+    let d = descriptor(get)?;
+    Ok(match split_record(get)? {
+        Some(s) if s.child.shard == split.child.shard => (Vec::new(), ShardReply::Done),
+        Some(s) => (
+            Vec::new(),
+            ShardReply::Rejected(format!("a split into shard {} is under way", s.child.shard)),
+        ),
+        None if absorb_record(get)?.is_some() => (
+            Vec::new(),
+            ShardReply::Rejected("the shard is absorbing a merge".into()),
+        ),
+        None => match d {
+            Some(d)
+                if split.left.shard == d.shard
+                    && split.left.version == d.version + 1
+                    && (split.child.version == d.version + 1
+                        || (split.merge.is_some()
+                            && split.child.version > d.version
+                            && split.left.span.is_empty()))
+                    && !split.committed
+                    && !split.drained
+                    && !split.frozen
+                    && !split.created =>
+            {
+                let mut w = vec![(SPLIT_KEY.to_vec(), Some(encode(split)?))];
+                if let Some(a) = attempt {
+                    w.push((ATTEMPT_KEY.to_vec(), Some(encode(&a)?)));
+                }
+                (w, ShardReply::Done)
+            }
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected("the split was cut from another version of the shard".into()),
+            ),
+        },
+    })
 }
 
 /// `AbsorbBegin`/`AbsorbAccept`: accept `from`'s merge into `into` if
@@ -655,6 +708,7 @@ impl ShardCommand {
             self,
             ShardCommand::Describe { .. }
                 | ShardCommand::SplitBegin { .. }
+                | ShardCommand::SplitStart { .. }
                 | ShardCommand::SplitCancel { .. }
                 | ShardCommand::SplitAbandon { .. }
                 | ShardCommand::SplitCreated { .. }
@@ -697,6 +751,7 @@ pub fn notice(cmd: &ShardCommand, reply: &ShardReply) -> Notice {
         | ShardCommand::Floor { .. }
         | ShardCommand::Describe { .. }
         | ShardCommand::SplitBegin { .. }
+        | ShardCommand::SplitStart { .. }
         | ShardCommand::SplitCancel { .. }
         | ShardCommand::SplitAbandon { .. }
         | ShardCommand::SplitCommit { .. }
@@ -880,51 +935,8 @@ pub fn effect(
                 )
             }
         }
-        ShardCommand::SplitBegin { split } => {
-            let d = descriptor(get)?;
-            match split_record(get)? {
-                Some(s) if s.child.shard == split.child.shard => (Vec::new(), ShardReply::Done),
-                Some(s) => (
-                    Vec::new(),
-                    ShardReply::Rejected(format!(
-                        "a split into shard {} is under way",
-                        s.child.shard
-                    )),
-                ),
-                None if absorb_record(get)?.is_some() => (
-                    Vec::new(),
-                    ShardReply::Rejected("the shard is absorbing a merge".into()),
-                ),
-                None => match d {
-                    Some(d)
-                        if split.left.shard == d.shard
-                            && split.left.version == d.version + 1
-                            && (split.child.version == d.version + 1
-                                || (split.merge.is_some()
-                                    && split.child.version > d.version
-                                    && split.left.span.is_empty()))
-                            && !split.committed
-                            && !split.drained
-                            && !split.frozen
-                            && !split.created =>
-                    {
-                        (
-                            vec![
-                                (SPLIT_KEY.to_vec(), Some(encode(split)?)),
-                                (ATTEMPT_KEY.to_vec(), Some(encode(&index)?)),
-                            ],
-                            ShardReply::Done,
-                        )
-                    }
-                    _ => (
-                        Vec::new(),
-                        ShardReply::Rejected(
-                            "the split was cut from another version of the shard".into(),
-                        ),
-                    ),
-                },
-            }
-        }
+        ShardCommand::SplitBegin { split } => begin(get, split, None)?,
+        ShardCommand::SplitStart { split } => begin(get, split, Some(index))?,
         ShardCommand::SplitCancel { child } => match split_record(get)? {
             Some(s) if s.child.shard == *child && !s.created => {
                 (vec![(SPLIT_KEY.to_vec(), None)], ShardReply::Done)
@@ -938,18 +950,18 @@ pub fn effect(
             _ => (Vec::new(), ShardReply::Done),
         },
         ShardCommand::SplitAbandon { child, attempt: a } => match split_record(get)? {
-            Some(s) if s.child.shard == *child && attempt(get)? != *a => (
-                Vec::new(),
-                ShardReply::Rejected(format!(
-                    "the split into shard {child} under way is another attempt"
-                )),
-            ),
-            _ => effect(
+            Some(s) if s.child.shard == *child && attempt(get)? == *a => effect(
                 get,
                 term,
                 index,
                 &ShardCommand::SplitCancel { child: *child },
             )?,
+            _ => (
+                Vec::new(),
+                ShardReply::Rejected(format!(
+                    "no split into shard {child} of attempt {a} is under way"
+                )),
+            ),
         },
         ShardCommand::SplitFreeze { child, span } => match split_record(get)? {
             Some(s) if s.child.shard == *child && (s.frozen || s.drained) => {
@@ -1654,11 +1666,21 @@ mod tests {
             committed: false,
             merge: None,
         };
-        let begin = ShardCommand::SplitBegin {
+        // A begin from a build before attempts were numbered numbers none.
+        let legacy = ShardCommand::SplitBegin {
             split: split.clone(),
         };
         let child = split.child.shard;
         let nget = |k: &[u8]| Ok(n.0.borrow().get(k).cloned());
+        assert_eq!(n.run(1, legacy), ShardReply::Done);
+        assert_eq!(attempt(&nget).unwrap(), 0);
+        assert_eq!(
+            n.run(1, ShardCommand::SplitCancel { child }),
+            ShardReply::Done
+        );
+        let begin = ShardCommand::SplitStart {
+            split: split.clone(),
+        };
         assert_eq!(n.run(1, begin.clone()), ShardReply::Done);
         let first = attempt(&nget).unwrap();
         assert!(first > 0);
@@ -1683,6 +1705,12 @@ mod tests {
         let created = ShardCommand::SplitCreated { child };
         assert_eq!(n.run(1, created), ShardReply::Done);
         assert!(matches!(n.run(1, abandon(second)), ShardReply::Rejected(_)));
+        // Nor one of another shard's split.
+        let other = ShardCommand::SplitAbandon {
+            child: ShardId(77),
+            attempt: second,
+        };
+        assert!(matches!(n.run(1, other), ShardReply::Rejected(_)));
     }
 
     /// The two sides of a merge of shard 2 (`[m, end)`) into shard 1

@@ -26,6 +26,26 @@ impl Range {
     }
 }
 
+/// Merge a transaction's range locks that overlap or touch, so that
+/// scanning the same range again (a loop in an interactive transaction)
+/// adds nothing: what it holds stays as many ranges as are disjoint.
+fn coalesce(ranges: &mut Vec<Range>) {
+    ranges.sort();
+    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.end.as_ref().is_none_or(|e| *e >= r.start) => {
+                last.end = match (last.end.take(), r.end) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            _ => out.push(r),
+        }
+    }
+    *ranges = out;
+}
+
 #[derive(Default, Debug)]
 struct KeyLock {
     shared: BTreeSet<TxnId>,
@@ -108,7 +128,9 @@ impl LockTable {
         if !blockers.is_empty() {
             return Err(blockers.into_iter().collect());
         }
-        self.ranges.entry(txn).or_default().push(range);
+        let held = self.ranges.entry(txn).or_default();
+        held.push(range);
+        coalesce(held);
         Ok(())
     }
 
@@ -207,6 +229,36 @@ mod tests {
             node: 1,
             group: 1,
         }
+    }
+
+    /// A transaction scanning the same or touching ranges again holds one
+    /// range for them; disjoint ones stay apart; an unbounded one takes
+    /// in everything after its start. The merged range still blocks
+    /// writers everywhere it did.
+    #[test]
+    fn a_transactions_range_locks_merge_when_they_overlap() {
+        let r = |a: &str, b: Option<&str>| Range {
+            start: a.as_bytes().to_vec(),
+            end: b.map(|b| b.as_bytes().to_vec()),
+        };
+        let mut l = LockTable::new();
+        for _ in 0..100 {
+            l.try_range(t(1), r("b", Some("d"))).unwrap();
+        }
+        assert_eq!(l.ranges[&t(1)], vec![r("b", Some("d"))]);
+        l.try_range(t(1), r("d", Some("f"))).unwrap();
+        l.try_range(t(1), r("x", Some("y"))).unwrap();
+        l.try_range(t(1), r("c", Some("e"))).unwrap();
+        assert_eq!(l.ranges[&t(1)], vec![r("b", Some("f")), r("x", Some("y"))]);
+        l.try_range(t(1), r("e", None)).unwrap();
+        assert_eq!(l.ranges[&t(1)], vec![r("b", None)]);
+        for k in ["b", "e", "z"] {
+            assert_eq!(
+                l.try_key(t(2), k.as_bytes(), Mode::Exclusive),
+                Err(vec![t(1)])
+            );
+        }
+        assert!(l.try_key(t(2), b"a", Mode::Exclusive).is_ok());
     }
 
     #[test]

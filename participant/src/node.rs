@@ -85,6 +85,11 @@ const SCAN_SLICE: usize = 128;
 /// Transaction group id reserved for implicit single-operation transactions.
 pub const IMPLICIT_GROUP: u64 = 0;
 
+/// How far ahead of a node's clock a record horizon or fence floor may
+/// be (coordinators' clocks are assumed within a lock wait of each other,
+/// and a new coordinator leader starts up to its reservation ahead).
+const STAMP_AHEAD_MS: u64 = 60_000;
+
 /// Why a transaction older than the shard's record horizon was refused.
 const EXPIRED: &str =
     "transaction is older than the shard's record horizon (its coordinator's retention)";
@@ -498,6 +503,17 @@ impl Node {
     /// service checks). Idempotent.
     pub async fn drop_shard(&self, shard: ShardId) -> Result<(), Error> {
         let _one = self.hosting.lock().await;
+        if let Ok(s) = self.shard(shard) {
+            s.replica
+                .confirm_dropped(&self.host, pact_raft::DROP_CONFIRM_WITHIN)
+                .await
+                .map_err(|why| {
+                    Error::Unavailable(format!(
+                        "this node's replica of shard {shard} is not dropped: {why}; remove it \
+                         from the group first, then ask again"
+                    ))
+                })?;
+        }
         self.drop_hosted(shard).await
     }
 
@@ -613,6 +629,28 @@ impl Node {
             "transaction {txn} names coordinator group {}, which the cluster does not have",
             txn.group
         )))
+    }
+
+    /// A record horizon or fence floor (`what`) for `group`: it must name
+    /// a coordinator group of the cluster, and lie no further ahead of
+    /// this node's clock than clocks may differ. Both only grow: a forged
+    /// or corrupt stamp far ahead would refuse every later transaction of
+    /// the group here, for good.
+    fn check_stamp(&self, group: u64, below: Timestamp, what: &str) -> Result<(), Error> {
+        if !self.config.coordinators.iter().any(|g| g.group == group) {
+            return Err(Error::InvalidInput(format!(
+                "coordinator group {group} is not one the cluster has; no {what} set"
+            )));
+        }
+        let now = self.hlc.now().millis();
+        if below.millis() > now.saturating_add(STAMP_AHEAD_MS) {
+            return Err(Error::InvalidInput(format!(
+                "{what} {below} for group {group} is more than {} s ahead of this node's clock \
+                 ({now} ms); refused",
+                STAMP_AHEAD_MS / 1000
+            )));
+        }
+        Ok(())
     }
 
     /// The shard's descriptor, checked against the version the request
@@ -878,6 +916,23 @@ impl Node {
             }
         }
         dropped
+    }
+
+    /// `shard`'s split lock, for a change of its replicas to hold while it
+    /// runs (no split or merge of it starts meanwhile); `None` if the
+    /// shard is not hosted here. Refused while a split or merge holds it.
+    pub fn hold_splits(
+        &self,
+        shard: ShardId,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, String> {
+        let Ok(s) = self.hosted(shard) else {
+            return Ok(None);
+        };
+        s.splitting
+            .clone()
+            .try_lock_owned()
+            .map(Some)
+            .map_err(|_| format!("shard {shard} is splitting or merging"))
     }
 
     /// Why `shard` is in the middle of a split or merge here, if it is
@@ -1538,6 +1593,14 @@ impl Node {
         Ok(())
     }
 
+    /// A scan's bounds, each at most a key and a byte long.
+    fn scan_bounds(start: &[u8], end: Option<&[u8]>) -> Result<(), Error> {
+        for b in std::iter::once(start).chain(end) {
+            pact_common::validate_bound(b).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Linearizable read of the shard's keys in `[start, end)`.
     pub async fn scan(
         &self,
@@ -1548,6 +1611,7 @@ impl Node {
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let limit = Self::scan_limit(limit)?;
+        Self::scan_bounds(start, end)?;
         let s = &self.shard(shard)?;
         let mut attempt = 1;
         loop {
@@ -1774,6 +1838,7 @@ impl Node {
         let TxnRef { txn, first, prio } = who;
         self.check_group(txn)?;
         let limit = Self::scan_limit(limit)?;
+        Self::scan_bounds(start, end)?;
         let s = &self.shard(shard)?;
         self.ready(s)?;
         self.check_range(s, shard, version, start, end)?;
@@ -2001,6 +2066,7 @@ impl Node {
     /// leader has preparing or prepared, which the coordinator's word
     /// rules out, still gets the logged abort. Idempotent.
     pub async fn abort_open(&self, shard: ShardId, txn: TxnId) -> Result<(), Error> {
+        self.check_group(txn)?;
         if self.retired(shard).is_some() {
             return Ok(());
         }
@@ -2018,6 +2084,9 @@ impl Node {
 
     /// Phase two: apply the coordinator's decision. Idempotent.
     pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
+        // A decision of a group the cluster does not have would leave an
+        // outcome record no horizon ever collects.
+        self.check_group(txn)?;
         if self.retired(shard).is_some() {
             // Nothing of any transaction is left there to apply or release
             // (no prepare record when it retired, and none can land).
@@ -2091,6 +2160,7 @@ impl Node {
                 "group {IMPLICIT_GROUP} is the implicit group of plain writes; it has no floor"
             )));
         }
+        self.check_stamp(group, below, "fence floor")?;
         if self.retired(shard).is_some() {
             // Nothing can prepare or commit there any more: every floor
             // holds already.
@@ -2156,6 +2226,9 @@ impl Node {
         txn: TxnId,
         fence: bool,
     ) -> Result<crate::kv::TxnState, Error> {
+        if fence {
+            self.check_group(txn)?;
+        }
         if let Some(r) = self.retired(shard) {
             return Ok(retired_state(&r, txn));
         }
@@ -2195,6 +2268,7 @@ impl Node {
         group: u64,
         below: Timestamp,
     ) -> Result<(u64, u64), Error> {
+        self.check_stamp(group, below, "record horizon")?;
         if self.retired(shard).is_some() {
             // Its answers are fixed at its horizons when it retired; a
             // later horizon changes none of them.
@@ -2902,12 +2976,13 @@ async fn resume_split(s: &Arc<Shard>, ctx: &crate::split::Ctx) {
         let _one = guard;
         let parent = s.replica.group();
         tracing::info!(shard = parent, child = %split.child.shard, "driving a split recorded earlier");
-        let result = match crate::split::drive(&s, &ctx, split, attempt).await {
+        let result = match crate::split::drive(&s, &ctx, split.clone(), attempt).await {
             Ok(split) => crate::split::finish(&s, &split).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
             tracing::warn!(shard = parent, error = %e, "split not finished yet; will try again");
+            crate::split::hand_over_if_orphan(&s, &ctx, &split).await;
             tokio::time::sleep(crate::split::RETRY_PAUSE).await;
         }
     });

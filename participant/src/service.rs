@@ -608,4 +608,52 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         node.shutdown().await;
     }
+
+    /// A decision, record horizon or fence floor for a coordinator group
+    /// the cluster does not have is refused, and so is a horizon or floor
+    /// far ahead of the node's clock (it only grows: it would refuse the
+    /// group's transactions here for good). Nothing is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stamps_and_decisions_of_unknown_groups_or_from_the_future_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = small_node(dir.path()).await;
+        let config = ClusterConfig::local_with_coordinators(1, 1, 1, 1, 47_101).unwrap();
+        let group = config.coordinators[0].group;
+        let unknown = group + 1000;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let stranger = pact_common::TxnId {
+            ts: Timestamp::from_parts(now, 0),
+            node: 2,
+            group: unknown,
+        };
+        let before = node.status(ShardId(1)).unwrap().last_log_index;
+        for r in [
+            node.decide(ShardId(1), stranger, false).await,
+            node.decide(ShardId(1), stranger, true).await,
+            node.abort_open(ShardId(1), stranger).await,
+        ] {
+            assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+        }
+        let fenced = node.inquire(ShardId(1), stranger, true).await;
+        assert!(matches!(fenced, Err(Error::InvalidInput(_))), "{fenced:?}");
+        let soon = Timestamp::from_parts(now, 0);
+        let later = Timestamp::from_parts(now + 3_600_000, 0);
+        let r = node.forget(ShardId(1), unknown, soon).await;
+        assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+        let r = node.forget(ShardId(1), group, later).await;
+        assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+        let r = node.raise_floor(ShardId(1), group, later).await;
+        assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+        let r = node.raise_floor(ShardId(1), unknown, soon).await;
+        assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+        assert_eq!(node.status(ShardId(1)).unwrap().last_log_index, before);
+        // Within the clock's reach, for a group it has: done.
+        let earlier = Timestamp::from_parts(now.saturating_sub(60_000), 0);
+        node.forget(ShardId(1), group, earlier).await.unwrap();
+        node.raise_floor(ShardId(1), group, earlier).await.unwrap();
+        node.shutdown().await;
+    }
 }

@@ -7,7 +7,8 @@
 //! group's replica *on the same node* has applied (every child replica
 //! starts beside a parent replica, so nothing crosses nodes but Raft):
 //!
-//! 1. **Begin** (parent log, `SplitBegin`): the split is recorded, and
+//! 1. **Begin** (parent log, `SplitStart`; `SplitBegin` from earlier
+//!    builds): the split is recorded, with its attempt number, and
 //!    from here every write the parent applies in the moving part also
 //!    marks its key (`w` ++ key, at apply, so every replica has the same
 //!    marks). The parent keeps serving the part.
@@ -17,7 +18,7 @@
 //!    is recorded), then `SplitCreated`, and the driver's own replica
 //!    creates the group with those voters. Until `SplitCreated` the split
 //!    can be cancelled (`SplitAbandon`, naming the attempt: the log index
-//!    of its `SplitBegin`); from it on it only goes forward.
+//!    of its `SplitStart`); from it on it only goes forward.
 //! 3. **First copy** (child leader): once its node's parent replica shows
 //!    the split, it copies the moving part as that replica has it, while
 //!    the parent still serves (a moving target, which step 6 corrects),
@@ -263,7 +264,7 @@ pub(crate) async fn run(s: &Arc<Shard>, ctx: &Ctx, split: Split) -> Result<Split
     }
     expect_done(
         &s.replica,
-        &ShardCommand::SplitBegin {
+        &ShardCommand::SplitStart {
             split: split.clone(),
         },
     )
@@ -520,6 +521,19 @@ async fn accepted(s: &Arc<Shard>, ctx: &Ctx, split: &Split, attempt: u64) -> Res
             return Err(Error::Unavailable(format!(
                 "shard {me} is no longer led here; its next leader drives the merge"
             )));
+        }
+        if ctx.host.directory().retired(into).is_some() {
+            // Merged away and retired: it can never accept (as a version
+            // moved on).
+            return cancel_merge(
+                s,
+                into,
+                attempt,
+                Error::InvalidInput(format!(
+                    "shard {into} was merged away and retired; nothing moved"
+                )),
+            )
+            .await;
         }
         let target = local_replica(ctx, into)?;
         if local_absorb(&target).await?.is_some_and(|a| a.from == me) {
@@ -1056,8 +1070,8 @@ pub(crate) async fn merge_into(
 /// without a cycle loses nothing: its target will own nothing once its
 /// own merge is done. The refusal is in the target's log, where no
 /// acceptance of that attempt can follow it, and the merging shard
-/// cancels only on seeing it (`accepted`). Run on every owner tick of
-/// the leader, whoever holds the shard's split lock (its own merge's
+/// cancels only on seeing it (`accepted`). Run every 2 s by the leader's
+/// owner task, whoever holds the shard's split lock (its own merge's
 /// driver does, while it waits).
 pub(crate) async fn refuse_merges_into(s: &Arc<Shard>, ctx: &Ctx) {
     let me = ShardId(s.replica.group());
@@ -1092,15 +1106,20 @@ pub(crate) async fn refuse_merges_into(s: &Arc<Shard>, ctx: &Ctx) {
         {
             continue;
         }
-        let refuse = ShardCommand::AbsorbRefuse { from, attempt };
-        match propose(&s.replica, &refuse).await {
-            Ok(reply) => {
-                tracing::info!(shard = %me, %from, attempt, ?reply, "merge into this shard refused: it merges away itself")
+        // Not awaited here: the owner's tick goes on meanwhile (a
+        // refusal proposed twice applies once).
+        let s = s.clone();
+        tokio::spawn(async move {
+            let refuse = ShardCommand::AbsorbRefuse { from, attempt };
+            match propose(&s.replica, &refuse).await {
+                Ok(reply) => {
+                    tracing::info!(shard = %me, %from, attempt, ?reply, "merge into this shard refused: it merges away itself")
+                }
+                Err(e) => {
+                    tracing::info!(shard = %me, %from, error = %e, "could not refuse a merge into this shard yet")
+                }
             }
-            Err(e) => {
-                tracing::info!(shard = %me, %from, error = %e, "could not refuse a merge into this shard yet")
-            }
-        }
+        });
     }
 }
 
@@ -1210,9 +1229,27 @@ async fn recopy_stamps(source: &Replica, s: &Arc<Shard>, done: bool) -> Result<(
 /// show the split before it hands the leadership to another voter.
 const ORPHAN_FOR: Duration = Duration::from_secs(3);
 
-/// Hand the new shard's leadership to another of its voters (one whose
-/// node has the parent's replica, it is hoped: the next leader looks for
-/// itself).
+/// The leader of a shard whose split or merge (`split`, not committed)
+/// cannot go on here because this node has no replica of the shard that
+/// takes the part (a voter that was down when the new shard was hosted
+/// never gets one: after `SplitCreated` none is created afresh): hand the
+/// leadership to another voter, which may have one. Otherwise the split
+/// would stay where it is, its part possibly frozen, for as long as this
+/// node leads.
+pub(crate) async fn hand_over_if_orphan(s: &Arc<Shard>, ctx: &Ctx, split: &Split) {
+    if split.committed || local_replica(ctx, split.child.shard).is_ok() {
+        return;
+    }
+    if split.merge.is_none() && !split.created {
+        // Not hosted yet: the driver hosts it (or cancels).
+        return;
+    }
+    hand_over(s, ctx, ShardId(s.replica.group())).await;
+}
+
+/// Hand `me`'s leadership to another of its voters (one whose node has
+/// the replica the leader here lacks, it is hoped: the next leader looks
+/// for itself).
 async fn hand_over(s: &Arc<Shard>, ctx: &Ctx, me: ShardId) {
     let others: Vec<u64> = s
         .replica
@@ -1224,7 +1261,7 @@ async fn hand_over(s: &Arc<Shard>, ctx: &Ctx, me: ShardId) {
     let Some(&to) = others.get(rand_index(others.len())) else {
         return;
     };
-    tracing::warn!(shard = %me, to, "no replica of the splitting shard on this node: handing the new shard's leadership on");
+    tracing::warn!(shard = %me, to, "the split or merge needs a replica this node lacks: handing the shard's leadership on");
     if let Err(e) =
         pact_raft::balance::transfer(&ctx.host.router, me.0, to, Duration::from_secs(3)).await
     {

@@ -63,6 +63,10 @@ impl GroupKind {
     }
 }
 
+/// Whatever a node holds while one of its groups' replicas change
+/// ([`GroupHost::may_change`]); dropped when the change is over.
+pub type ChangeHold = Option<Box<dyn std::any::Any + Send + Sync>>;
+
 /// What starts and stops a node's replicas at run time: the server that
 /// knows how to build a group's application (a shard's participant, a
 /// coordinator's recovery log).
@@ -77,9 +81,11 @@ pub trait GroupHost: Send + Sync + 'static {
     /// Whether `group`'s replicas may change now, this node running its
     /// replica of `kind` (refused otherwise): a shard that is splitting
     /// (or being created by a split) may not, since each step of the
-    /// split reads the other group's replica on the same node.
-    async fn may_change(&self, _group: u64, _kind: GroupKind) -> Result<(), HostError> {
-        Ok(())
+    /// split reads the other group's replica on the same node. What it
+    /// returns is held until the change is over (a shard's split lock,
+    /// so that no split begins meanwhile: a split records its voters).
+    async fn may_change(&self, _group: u64, _kind: GroupKind) -> Result<ChangeHold, HostError> {
+        Ok(None)
     }
 }
 
@@ -508,11 +514,14 @@ impl Admin for AdminService {
         request: Request<pb::ChangeReplicasRequest>,
     ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
         let r = request.into_inner();
-        if let Some(host) = &self.host {
-            host.may_change(r.group, GroupKind::of(r.group, r.coordinator))
+        // Held until the change below is over.
+        let _hold = match &self.host {
+            Some(host) => host
+                .may_change(r.group, GroupKind::of(r.group, r.coordinator))
                 .await
-                .map_err(host_status)?;
-        }
+                .map_err(host_status)?,
+            None => None,
+        };
         let router = self.router.clone();
         let voters = if r.remove {
             let anchors = if r.coordinator && r.group != pact_common::META_GROUP {

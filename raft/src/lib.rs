@@ -105,7 +105,7 @@ pub use network::{
 };
 pub use replica::{
     members, Directory, Host, Hosting, Member, Proposal, Replica, ReplicaStatus, Replicas, Role,
-    ShardTable, Tuning, READY_MAX_LAG,
+    ShardTable, Tuning, DROP_CONFIRM_WITHIN, READY_MAX_LAG,
 };
 pub use state_machine::{Applied, Apply, Lookup, StateView, Writes};
 pub use store::NodeStore;

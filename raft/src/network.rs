@@ -1151,6 +1151,13 @@ impl RaftTransport for Router {
         let h = self.get(m.group)?;
         let req: AppendEntriesRequest<TypeConfig> = parse(&m)?;
         check_sender(&h, &m, &req.vote.leader_id)?;
+        let ids = req.entries.iter().map(|e| &e.log_id);
+        if let Some(why) = append_shape_refusal(&req.vote, req.prev_log_id.as_ref(), ids) {
+            return Err(Status::invalid_argument(format!(
+                "append entries from node {} for group {}: {why}",
+                m.from, m.group
+            )));
+        }
         let Hosted { raft, gate, .. } = h;
         let commit = req.leader_commit.as_ref().map_or(0, |l| l.index);
         gate.admit_leader(&req.vote, commit).map_err(refused)?;
@@ -1298,6 +1305,41 @@ fn check_snapshot_meta(h: &Hosted, vote: &Vote, meta: &SnapshotMeta) -> Result<(
 /// Why a snapshot up to `last`, sent under `vote`, cannot be installed by
 /// a replica that committed up to `committed` (see
 /// [`check_snapshot_meta`]); None if it can.
+/// Why entries sent after `prev` by the leader of `vote` cannot be a
+/// leader's log: not one index after another from `prev`, a leader
+/// going back, or one later than the sender's own vote. openraft only
+/// asserts these in debug builds (a panic of the group's core); a release
+/// build would store a log with holes.
+fn append_shape_refusal<'a>(
+    vote: &Vote,
+    prev: Option<&LogId>,
+    ids: impl Iterator<Item = &'a LogId>,
+) -> Option<String> {
+    let key = |l: &LogId| (l.leader_id.term, l.leader_id.node_id);
+    let vid = (vote.leader_id.term, vote.leader_id.node_id);
+    let mut last = prev;
+    for id in ids {
+        let want = match last {
+            None => 0,
+            Some(l) => match l.index.checked_add(1) {
+                Some(w) => w,
+                None => return Some(format!("entry {id} after the last index there is")),
+            },
+        };
+        if id.index != want {
+            return Some(format!("entry {id} where index {want} was due"));
+        }
+        if let Some(l) = last.filter(|l| key(l) > key(id)) {
+            return Some(format!("entry {id} goes back from {l}"));
+        }
+        if key(id) > vid {
+            return Some(format!("entry {id} is later than the sender's vote {vote}"));
+        }
+        last = Some(id);
+    }
+    None
+}
+
 fn snapshot_meta_refusal(
     vote: &Vote,
     last: Option<&LogId>,
@@ -1468,6 +1510,28 @@ mod auth_tests {
         assert!(snapshot_meta_refusal(&vote, Some(&id(4, 1, 50)), None).is_some());
         // Above the committed log id at an index not above it.
         assert!(snapshot_meta_refusal(&vote, Some(&id(3, 1, 40)), Some(&id(2, 2, 40))).is_some());
+    }
+
+    #[test]
+    fn appended_entries_must_follow_their_prev_one_index_at_a_time() {
+        let id = |term, node_id, index| LogId::new(LeaderId { term, node_id }, index);
+        let vote = Vote::new_committed(3, 1);
+        let ok = |prev: Option<LogId>, ids: &[LogId]| {
+            append_shape_refusal(&vote, prev.as_ref(), ids.iter()).is_none()
+        };
+        assert!(ok(None, &[]));
+        assert!(ok(Some(id(2, 2, 9)), &[]));
+        assert!(ok(None, &[id(1, 1, 0), id(1, 1, 1), id(3, 1, 2)]));
+        assert!(ok(Some(id(2, 2, 9)), &[id(2, 2, 10), id(3, 1, 11)]));
+        // A hole, a repeat, a step back in index.
+        assert!(!ok(Some(id(2, 2, 9)), &[id(2, 2, 11)]));
+        assert!(!ok(Some(id(2, 2, 9)), &[id(2, 2, 10), id(2, 2, 10)]));
+        assert!(!ok(None, &[id(1, 1, 1)]));
+        // A leader going back, or one past the sender's vote.
+        assert!(!ok(Some(id(3, 1, 9)), &[id(2, 2, 10)]));
+        assert!(!ok(Some(id(2, 2, 9)), &[id(4, 1, 10)]));
+        // No overflow at the top index.
+        assert!(!ok(Some(id(2, 2, u64::MAX - 1)), &[id(2, 2, 0)]));
     }
 
     #[test]

@@ -81,6 +81,12 @@ pub struct Host {
     pub removals: crate::network::Removals,
 }
 
+/// How long an operator's drop of a replica waits for a leader of the
+/// group to confirm that the group left the replica's node out
+/// ([`Replica::confirm_dropped`]): a removed leader's group elects a new
+/// leader first.
+pub const DROP_CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+
 /// Every node of the cluster a server knows, with its addresses: the
 /// config's at start, then the metadata group's member table (kept up to
 /// date by the server), so nodes added at run time are reached too.
@@ -891,6 +897,75 @@ impl Replica {
         confirmed
     }
 
+    /// Whether an operator's drop of this replica (`Admin.DropReplica`)
+    /// may go on: it does not lead its group, and a leader of the group
+    /// with a fresh quorum says that both its newest and its committed
+    /// membership leave this node out (asked of every member this replica
+    /// knows, as a removed replica asks). The caller's word is not
+    /// enough: a drop sent late, after the node was added back, or with a
+    /// wrong list, would wipe a voter. Asked again for up to `within`
+    /// (a removed leader's group elects a new one first). The gate is
+    /// shut while asking, and stays shut once confirmed, as in
+    /// [`Replica::confirm_removed`].
+    pub async fn confirm_dropped(&self, host: &Host, within: Duration) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let why = if m.state == ServerState::Leader {
+                "it leads its group".to_string()
+            } else {
+                self.gate.shut();
+                match self.asked_out(host, &m).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        self.gate.unshut();
+                        e
+                    }
+                }
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(why);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Ask each member of the group this replica knows (`m`'s membership)
+    /// whether it leads the group without this node: the first yes.
+    async fn asked_out(
+        &self,
+        host: &Host,
+        m: &openraft::RaftMetrics<crate::types::TypeConfig>,
+    ) -> Result<(), String> {
+        let membership = m.membership_config.membership().clone();
+        let mut last = format!(
+            "no member of group {} but this node is known here",
+            self.group
+        );
+        for (id, node) in membership.nodes().filter(|(id, _)| **id != self.node_id) {
+            let addr = host.directory.peer_addr_or(*id, &node.addr);
+            // No log id: whatever this replica holds, only whether the
+            // group counts it matters here.
+            match crate::network::ask_removed(
+                &host.peers,
+                self.group,
+                self.node_id,
+                *id,
+                &addr,
+                None,
+            )
+            .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("node {id}: {e}"),
+            }
+        }
+        Err(format!(
+            "no leader of group {} confirms that node {} is out of it (last: {last})",
+            self.group, self.node_id
+        ))
+    }
+
     /// The last log id in this replica's stored log (what a removal
     /// question carries: the leader answers "removed" only for a
     /// membership past it).
@@ -1576,6 +1651,14 @@ fn open(g: &Guarded) {
     g.raft.runtime_config().elect(true);
 }
 
+/// Whether an empty replica's probe may decide: every peer it asks
+/// answered, and, if it skipped peers removed from the cluster, an answer
+/// shows the group's data (it can then only rejoin; with none, the group's
+/// data is on nodes it does not know to ask).
+fn probe_complete(missing: usize, skipped: usize, has_data: bool) -> bool {
+    missing == 0 && (skipped == 0 || has_data)
+}
+
 /// Every peer's answer, retried until all answered; None if the replica
 /// stopped meanwhile.
 async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<TypeConfig>>> {
@@ -1586,8 +1669,13 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
             return None;
         }
         let mut missing = Vec::new();
+        let mut skipped = Vec::new();
         for (id, addr) in &g.members {
-            if *id == g.me || answers.contains_key(id) || g.directory.is_removed(*id) {
+            if *id == g.me || answers.contains_key(id) {
+                continue;
+            }
+            if g.directory.is_removed(*id) {
+                skipped.push(*id);
                 continue;
             }
             match ask_state(&g.peers, g.group, g.me, *id, addr).await {
@@ -1597,8 +1685,32 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
                 Err(e) => missing.push((*id, e)),
             }
         }
-        if missing.is_empty() {
+        // A peer removed from the cluster means the group ran before (a
+        // node is removed only once the groups moved off it): it is never
+        // new, so unless an answer shows its data (a rejoin), the peers
+        // that hold it now are elsewhere, and creating or joining it with
+        // an empty log could vote away what they committed. Keep asking.
+        let has_data = answers
+            .values()
+            .any(|a| a.last_log_id.as_ref().is_some_and(|l| l.index > 0));
+        if probe_complete(missing.len(), skipped.len(), has_data) {
             return Some(answers.into_values().collect());
+        }
+        if missing.is_empty() {
+            if last_log.elapsed() >= GATE_LOG_EVERY {
+                last_log = tokio::time::Instant::now();
+                tracing::warn!(
+                    group = g.group,
+                    ?skipped,
+                    "replica started with an empty store, and the peers it knows for its group \
+                     were removed from the cluster or hold nothing: it cannot tell a new group \
+                     from a lost disk, and waits (drop this replica and add it again, from a \
+                     node of the group, to host it afresh)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            answers.clear();
+            continue;
         }
         if last_log.elapsed() >= GATE_LOG_EVERY {
             last_log = tokio::time::Instant::now();
@@ -1657,4 +1769,22 @@ async fn wait_caught_up(g: &Guarded) {
 
 fn storage_err(e: io::Error) -> ReplicaError {
     ReplicaError::Fatal(format!("storage: {e}"))
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probe_complete;
+
+    /// An empty replica decides once every peer it asks answered; with a
+    /// peer skipped as removed from the cluster, only once an answer shows
+    /// the group's data (never a create or join of a group that ran).
+    #[test]
+    fn an_empty_replica_that_skipped_a_removed_peer_decides_only_on_data() {
+        assert!(probe_complete(0, 0, false));
+        assert!(probe_complete(0, 0, true));
+        assert!(!probe_complete(1, 0, true));
+        assert!(!probe_complete(0, 2, false));
+        assert!(probe_complete(0, 2, true));
+        assert!(!probe_complete(1, 1, true));
+    }
 }

@@ -24,7 +24,7 @@ use pact_coordinator::service::TxnService;
 use pact_coordinator::Coordinator;
 use pact_participant::service::{KvService, ParticipantService};
 use pact_participant::Node;
-use pact_raft::admin::{GroupKind, HostError};
+use pact_raft::admin::{ChangeHold, GroupKind, HostError};
 use pact_raft::Host;
 
 /// Run a Pact node: its replicas of the shards and of the coordinator
@@ -147,22 +147,29 @@ impl pact_raft::admin::GroupHost for ShardHost {
             .map_err(host_error)
     }
 
-    async fn may_change(&self, group: u64, kind: GroupKind) -> Result<(), HostError> {
+    async fn may_change(&self, group: u64, kind: GroupKind) -> Result<ChangeHold, HostError> {
         // A node that runs no replica of the group is let through: the
         // change then answers "not leader", and the caller asks the
         // group's other nodes (a refusal here would be final to it).
         if kind == GroupKind::Meta {
-            return Ok(());
+            return Ok(None);
         }
         if kind == GroupKind::Coordinator {
-            return self.check_coordinator(group);
+            return self.check_coordinator(group).map(|()| None);
         }
         self.check(group)?;
+        // The shard's split lock, held through the change: no split (or
+        // merge) of it begins meanwhile, recording voters about to change.
+        let hold = self.node.hold_splits(ShardId(group)).map_err(|why| {
+            HostError::Failed(format!(
+                "{why}: its replicas cannot change until it is done; try again shortly"
+            ))
+        })?;
         match self.node.splitting(ShardId(group)).await {
             Some(why) => Err(HostError::Failed(format!(
                 "{why}: its replicas cannot change until the split is done; try again shortly"
             ))),
-            None => Ok(()),
+            None => Ok(hold.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>)),
         }
     }
 }
@@ -273,9 +280,26 @@ impl ShardHost {
         let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
             return Ok(Err("not hosted here".into()));
         };
-        if let Some(r) = removed {
-            if let Err(why) = c.replica().confirm_removed(r, &self.host).await {
-                return Ok(Err(why));
+        match removed {
+            Some(r) => {
+                if let Err(why) = c.replica().confirm_removed(r, &self.host).await {
+                    return Ok(Err(why));
+                }
+            }
+            // An operator's drop: refused (retryable) unless the group's
+            // leader confirms the group left this node out.
+            None => {
+                let within = pact_raft::DROP_CONFIRM_WITHIN;
+                c.replica()
+                    .confirm_dropped(&self.host, within)
+                    .await
+                    .map_err(|why| {
+                        HostError::Failed(format!(
+                            "this node's replica of group {} is not dropped: {why}; remove it \
+                             from the group first, then ask again",
+                            c.replica().group()
+                        ))
+                    })?;
             }
         }
         // Out of the slot first: the node's storage watch reads the slot,
@@ -366,9 +390,26 @@ impl ShardHost {
         let Some(m) = self.meta.get() else {
             return Ok(Err("not hosted here".into()));
         };
-        if let Some(r) = removed {
-            if let Err(why) = m.replica().confirm_removed(r, &self.host).await {
-                return Ok(Err(why));
+        match removed {
+            Some(r) => {
+                if let Err(why) = m.replica().confirm_removed(r, &self.host).await {
+                    return Ok(Err(why));
+                }
+            }
+            // An operator's drop: refused (retryable) unless the group's
+            // leader confirms the group left this node out.
+            None => {
+                let within = pact_raft::DROP_CONFIRM_WITHIN;
+                m.replica()
+                    .confirm_dropped(&self.host, within)
+                    .await
+                    .map_err(|why| {
+                        HostError::Failed(format!(
+                            "this node's replica of group {} is not dropped: {why}; remove it \
+                             from the group first, then ask again",
+                            m.replica().group()
+                        ))
+                    })?;
             }
         }
         // Out of the slot first: the directory then reads the table from
