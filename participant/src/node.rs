@@ -632,10 +632,11 @@ impl Node {
     }
 
     /// A record horizon or fence floor (`what`) for `group`: it must name
-    /// a coordinator group of the cluster, and lie no further ahead of
-    /// this node's clock than clocks may differ. Both only grow: a forged
-    /// or corrupt stamp far ahead would refuse every later transaction of
-    /// the group here, for good.
+    /// a coordinator group of the cluster (else INVALID_INPUT), and lie no
+    /// further ahead of this node's clock than clocks may differ (else
+    /// UNAVAILABLE, until they agree). Both only grow: a forged or corrupt
+    /// stamp far ahead would refuse every later transaction of the group
+    /// here, for good.
     fn check_stamp(&self, group: u64, below: Timestamp, what: &str) -> Result<(), Error> {
         if !self.config.coordinators.iter().any(|g| g.group == group) {
             return Err(Error::InvalidInput(format!(
@@ -643,8 +644,10 @@ impl Node {
             )));
         }
         let now = self.hlc.now().millis();
+        // Retryable: a coordinator whose clock ran ahead (or this node's
+        // behind) is told to wait until the clocks agree again.
         if below.millis() > now.saturating_add(STAMP_AHEAD_MS) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Unavailable(format!(
                 "{what} {below} for group {group} is more than {} s ahead of this node's clock \
                  ({now} ms); refused",
                 STAMP_AHEAD_MS / 1000
@@ -921,18 +924,20 @@ impl Node {
     /// `shard`'s split lock, for a change of its replicas to hold while it
     /// runs (no split or merge of it starts meanwhile); `None` if the
     /// shard is not hosted here. Refused while a split or merge holds it.
-    pub fn hold_splits(
+    pub async fn hold_splits(
         &self,
         shard: ShardId,
     ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, String> {
         let Ok(s) = self.hosted(shard) else {
             return Ok(None);
         };
-        s.splitting
-            .clone()
-            .try_lock_owned()
-            .map(Some)
-            .map_err(|_| format!("shard {shard} is splitting or merging"))
+        // The owner's tick takes it for a moment to look for a split to
+        // drive: wait that out, not a split's run.
+        let lock = s.splitting.clone().lock_owned();
+        match tokio::time::timeout(Duration::from_secs(1), lock).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(_) => Err(format!("shard {shard} is splitting or merging")),
+        }
     }
 
     /// Why `shard` is in the middle of a split or merge here, if it is

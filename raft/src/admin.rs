@@ -514,8 +514,9 @@ impl Admin for AdminService {
         request: Request<pb::ChangeReplicasRequest>,
     ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
         let r = request.into_inner();
-        // Held until the change below is over.
-        let _hold = match &self.host {
+        // Held until the change below is over (moved into its task, which
+        // goes on if the caller gives up).
+        let hold = match &self.host {
             Some(host) => host
                 .may_change(r.group, GroupKind::of(r.group, r.coordinator))
                 .await
@@ -531,6 +532,7 @@ impl Admin for AdminService {
             };
             let anchors = anchors.get(&r.group).cloned().unwrap_or_default();
             tokio::spawn(async move {
+                let _hold = hold;
                 membership::remove(&router, r.group, r.node, &anchors, MEMBERSHIP_WITHIN).await
             })
             .await
@@ -556,6 +558,7 @@ impl Admin for AdminService {
                 ));
             };
             tokio::spawn(async move {
+                let _hold = hold;
                 membership::add(&router, r.group, r.node, addr, MEMBERSHIP_WITHIN).await
             })
             .await

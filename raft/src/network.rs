@@ -1302,9 +1302,6 @@ fn check_snapshot_meta(h: &Hosted, vote: &Vote, meta: &SnapshotMeta) -> Result<(
     }
 }
 
-/// Why a snapshot up to `last`, sent under `vote`, cannot be installed by
-/// a replica that committed up to `committed` (see
-/// [`check_snapshot_meta`]); None if it can.
 /// Why entries sent after `prev` by the leader of `vote` cannot be a
 /// leader's log: not one index after another from `prev`, a leader
 /// going back, or one later than the sender's own vote. openraft only
@@ -1340,6 +1337,9 @@ fn append_shape_refusal<'a>(
     None
 }
 
+/// Why a snapshot up to `last`, sent under `vote`, cannot be installed by
+/// a replica that committed up to `committed` (see
+/// [`check_snapshot_meta`]); None if it can.
 fn snapshot_meta_refusal(
     vote: &Vote,
     last: Option<&LogId>,

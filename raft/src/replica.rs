@@ -904,23 +904,37 @@ impl Replica {
     /// knows, as a removed replica asks). The caller's word is not
     /// enough: a drop sent late, after the node was added back, or with a
     /// wrong list, would wipe a voter. Asked again for up to `within`
-    /// (a removed leader's group elects a new one first). The gate is
-    /// shut while asking, and stays shut once confirmed, as in
-    /// [`Replica::confirm_removed`].
+    /// (a removed leader's group elects a new one first). Asked with the
+    /// gate open (a replica still counted keeps taking part meanwhile);
+    /// once a leader says so, asked once more with the gate shut, and it
+    /// stays shut, as in [`Replica::confirm_removed`]. A replica that
+    /// never joined (no membership, no log: an add that failed before
+    /// the leader took it in) may go at once: it holds nothing.
     pub async fn confirm_dropped(&self, host: &Host, within: Duration) -> Result<(), String> {
         let until = tokio::time::Instant::now() + within;
         loop {
             let m = self.raft.metrics().borrow_watched().clone();
+            let never_joined = m.membership_config.membership().nodes().next().is_none()
+                && m.last_log_index.is_none();
+            if never_joined {
+                self.gate.shut();
+                return Ok(());
+            }
             let why = if m.state == ServerState::Leader {
                 "it leads its group".to_string()
             } else {
-                self.gate.shut();
                 match self.asked_out(host, &m).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => {
-                        self.gate.unshut();
-                        e
+                    Ok(()) => {
+                        self.gate.shut();
+                        match self.asked_out(host, &m).await {
+                            Ok(()) => return Ok(()),
+                            Err(e) => {
+                                self.gate.unshut();
+                                e
+                            }
+                        }
                     }
+                    Err(e) => e,
                 }
             };
             if tokio::time::Instant::now() >= until {

@@ -160,7 +160,7 @@ impl pact_raft::admin::GroupHost for ShardHost {
         self.check(group)?;
         // The shard's split lock, held through the change: no split (or
         // merge) of it begins meanwhile, recording voters about to change.
-        let hold = self.node.hold_splits(ShardId(group)).map_err(|why| {
+        let hold = self.node.hold_splits(ShardId(group)).await.map_err(|why| {
             HostError::Failed(format!(
                 "{why}: its replicas cannot change until it is done; try again shortly"
             ))
@@ -280,27 +280,8 @@ impl ShardHost {
         let Some(c) = self.coordinator.get().filter(|c| c.group() == group) else {
             return Ok(Err("not hosted here".into()));
         };
-        match removed {
-            Some(r) => {
-                if let Err(why) = c.replica().confirm_removed(r, &self.host).await {
-                    return Ok(Err(why));
-                }
-            }
-            // An operator's drop: refused (retryable) unless the group's
-            // leader confirms the group left this node out.
-            None => {
-                let within = pact_raft::DROP_CONFIRM_WITHIN;
-                c.replica()
-                    .confirm_dropped(&self.host, within)
-                    .await
-                    .map_err(|why| {
-                        HostError::Failed(format!(
-                            "this node's replica of group {} is not dropped: {why}; remove it \
-                             from the group first, then ask again",
-                            c.replica().group()
-                        ))
-                    })?;
-            }
+        if let Err(why) = self.confirm_drop(c.replica(), removed).await? {
+            return Ok(Err(why));
         }
         // Out of the slot first: the node's storage watch reads the slot,
         // and a replica being stopped on purpose reports itself stopped
@@ -379,6 +360,35 @@ impl ShardHost {
         self.host.removals.retry(group);
     }
 
+    /// Whether this node may drop its `replica`: on a leader's word that
+    /// the group removed it (`removed`), once the replica confirms it
+    /// (`Ok(Err(why))` if not); on an operator's (`None`), once a leader
+    /// of the group confirms it left this node out (refused, retryable,
+    /// otherwise).
+    async fn confirm_drop(
+        &self,
+        replica: &pact_raft::Replica,
+        removed: Option<&pact_raft::Removal>,
+    ) -> Result<Result<(), String>, HostError> {
+        match removed {
+            Some(r) => Ok(replica.confirm_removed(r, &self.host).await),
+            None => {
+                let within = pact_raft::DROP_CONFIRM_WITHIN;
+                replica
+                    .confirm_dropped(&self.host, within)
+                    .await
+                    .map_err(|why| {
+                        HostError::Failed(format!(
+                        "this node's replica of group {} is not dropped: {why}; remove it from \
+                         the group first, then ask again",
+                        replica.group()
+                    ))
+                    })?;
+                Ok(Ok(()))
+            }
+        }
+    }
+
     /// Stop this node's replica of the metadata group for good and delete
     /// its data, if it runs one (idempotent); with `removed`, as
     /// [`ShardHost::drop_coordinator`].
@@ -390,27 +400,8 @@ impl ShardHost {
         let Some(m) = self.meta.get() else {
             return Ok(Err("not hosted here".into()));
         };
-        match removed {
-            Some(r) => {
-                if let Err(why) = m.replica().confirm_removed(r, &self.host).await {
-                    return Ok(Err(why));
-                }
-            }
-            // An operator's drop: refused (retryable) unless the group's
-            // leader confirms the group left this node out.
-            None => {
-                let within = pact_raft::DROP_CONFIRM_WITHIN;
-                m.replica()
-                    .confirm_dropped(&self.host, within)
-                    .await
-                    .map_err(|why| {
-                        HostError::Failed(format!(
-                            "this node's replica of group {} is not dropped: {why}; remove it \
-                             from the group first, then ask again",
-                            m.replica().group()
-                        ))
-                    })?;
-            }
+        if let Err(why) = self.confirm_drop(m.replica(), removed).await? {
+            return Ok(Err(why));
         }
         // Out of the slot first: the directory then reads the table from
         // the group's leader, and requests get a hint.

@@ -398,6 +398,50 @@ async fn a_lost_read_answer_starts_the_transaction_over_and_it_commits_once() {
     assert_eq!(v, Some(b"1".to_vec()));
 }
 
+/// A one-shot transaction (`Execute`) whose read waits for an older
+/// transaction's lock longer than a lease (1.5 s) keeps its lease alive
+/// meanwhile: its first attempt reads the value the older one commits,
+/// instead of being aborted as abandoned and begun again (its id's
+/// timestamp shows which attempt answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_transaction_waiting_past_its_lease_is_kept_alive() {
+    let c = Cluster::transactional().await;
+    let client = c.client();
+    client.put(b"kept", b"before").await.expect("put");
+    let mut holder = client.begin().await.expect("begin holder");
+    holder.get_for_update(b"kept").await.expect("holder locks");
+    // The coordinator's clock now (an id's timestamp), for comparison.
+    let mut probe = client.begin().await.expect("begin probe");
+    let now = probe.id().ts;
+    probe.rollback().await;
+    let waiting = {
+        let client = c.client();
+        tokio::spawn(async move {
+            client
+                .execute(
+                    Vec::new(),
+                    vec![pact_client::Op::Get(b"kept".to_vec())],
+                    Vec::new(),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder.put(b"kept", b"after").await.expect("holder writes");
+    holder.commit().await.expect("holder commits");
+    let done = waiting.await.expect("execute task").expect("execute");
+    assert_eq!(
+        done.results,
+        vec![(b"kept".to_vec(), Some(b"after".to_vec()))]
+    );
+    let waited_before_begin = done.txn.ts.millis().saturating_sub(now.millis());
+    assert!(
+        waited_before_begin < 1000,
+        "the answer came from an attempt begun {waited_before_begin} ms after the first: the \
+         first was abandoned"
+    );
+}
+
 /// Item 6: a read inside an open transaction is linearizable too: a
 /// deposed (paused, then resumed) leader must not hand the transaction a
 /// value its successor has overwritten.
