@@ -616,13 +616,13 @@ impl Node {
     /// A transaction must belong to a configured coordinator group: only
     /// that group can decide it, confirm its wounds, or answer for it, so
     /// one from elsewhere could hold its locks until it expired.
+    /// Whether the cluster has coordinator group `group`.
+    fn has_group(&self, group: u64) -> bool {
+        self.config.coordinators.iter().any(|g| g.group == group)
+    }
+
     fn check_group(&self, txn: TxnId) -> Result<(), Error> {
-        if self
-            .config
-            .coordinators
-            .iter()
-            .any(|g| g.group == txn.group)
-        {
+        if self.has_group(txn.group) {
             return Ok(());
         }
         Err(Error::InvalidInput(format!(
@@ -638,7 +638,7 @@ impl Node {
     /// stamp far ahead would refuse every later transaction of the group
     /// here, for good.
     fn check_stamp(&self, group: u64, below: Timestamp, what: &str) -> Result<(), Error> {
-        if !self.config.coordinators.iter().any(|g| g.group == group) {
+        if !self.has_group(group) {
             return Err(Error::InvalidInput(format!(
                 "coordinator group {group} is not one the cluster has; no {what} set"
             )));

@@ -1033,15 +1033,13 @@ pub(crate) async fn absorb(s: &Arc<Shard>, ctx: &Ctx, term: u64) -> bool {
     while_leading(s, ctx, term, Taking::Merge).await
 }
 
-/// The merge into `me` that this node's replica of `from` records (of
-/// any other shard, the lowest id first, without `from`), with that
-/// replica and an attempt number no later than the merge's (read before
-/// the record: the replica may apply a cancel and a new begin between).
-pub(crate) async fn merge_into(
-    ctx: &Ctx,
-    me: ShardId,
-    from: Option<ShardId>,
-) -> Option<(Replica, Split, u64)> {
+/// The merges into `me` that this node's replicas of other shards (of
+/// `from` only, if given) record, in the order of the replicas (lowest id
+/// first), each with its replica and an attempt number no later than the
+/// merge's (read before the record: the replica may apply a cancel and a
+/// new begin between).
+async fn merges_into(ctx: &Ctx, me: ShardId, from: Option<ShardId>) -> Vec<(Replica, Split, u64)> {
+    let mut found = Vec::new();
     for r in ctx.host.replicas.list() {
         if r.group() == me.0 || from.is_some_and(|f| f.0 != r.group()) {
             continue;
@@ -1051,11 +1049,20 @@ pub(crate) async fn merge_into(
         };
         if let Ok(Some(split)) = local_split(&r).await {
             if split.merge.is_some() && split.child.shard == me {
-                return Some((r, split, attempt));
+                found.push((r, split, attempt));
             }
         }
     }
-    None
+    found
+}
+
+/// The first of [`merges_into`].
+pub(crate) async fn merge_into(
+    ctx: &Ctx,
+    me: ShardId,
+    from: Option<ShardId>,
+) -> Option<(Replica, Split, u64)> {
+    merges_into(ctx, me, from).await.into_iter().next()
 }
 
 /// A leader of a shard that is merging away itself (`s`, its merge not
@@ -1083,18 +1090,9 @@ pub(crate) async fn refuse_merges_into(s: &Arc<Shard>, ctx: &Ctx) {
         // shard's version (the merge into it is cancelled then).
         return;
     }
-    for r in ctx.host.replicas.list() {
-        let from = ShardId(r.group());
-        if from <= me {
-            continue;
-        }
-        let Ok(attempt) = local_attempt(&r).await else {
-            continue;
-        };
-        let Ok(Some(theirs)) = local_split(&r).await else {
-            continue;
-        };
-        if theirs.merge.is_none() || theirs.child.shard != me || theirs.created {
+    for (_, theirs, attempt) in merges_into(ctx, me, None).await {
+        let from = theirs.left.shard;
+        if from <= me || theirs.created {
             continue;
         }
         if pact_common::faults::enabled("merge-lagging-target-view") && !seen_for_2s(from) {

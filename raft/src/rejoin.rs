@@ -51,13 +51,19 @@ pub(crate) enum Decision {
     Rejoin { floor: LeaderId },
 }
 
+/// Whether an answer shows the group's data (an entry past the first).
+pub(crate) fn holds_data<'a>(
+    answers: impl IntoIterator<Item = &'a VoteResponse<TypeConfig>>,
+) -> bool {
+    answers
+        .into_iter()
+        .any(|a| a.last_log_id.as_ref().is_some_and(|l| l.index > 0))
+}
+
 /// Decide from every peer's answer (`first`: this replica is the one that
 /// creates the group).
 pub(crate) fn decide(first: bool, answers: &[VoteResponse<TypeConfig>]) -> Decision {
-    let has_data = answers
-        .iter()
-        .any(|a| a.last_log_id.as_ref().is_some_and(|l| l.index > 0));
-    if has_data {
+    if holds_data(answers) {
         let floor = answers
             .iter()
             .map(|a| a.vote.leader_id)

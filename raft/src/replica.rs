@@ -923,11 +923,14 @@ impl Replica {
             let why = if m.state == ServerState::Leader {
                 "it leads its group".to_string()
             } else {
-                match self.asked_out(host, &m).await {
-                    Ok(()) => {
+                // No log id: whatever this replica holds, only whether
+                // the group counts it matters here.
+                let membership = m.membership_config.membership();
+                match self.member_says_removed(host, membership, None).await {
+                    Ok(_) => {
                         self.gate.shut();
-                        match self.asked_out(host, &m).await {
-                            Ok(()) => return Ok(()),
+                        match self.member_says_removed(host, membership, None).await {
+                            Ok(_) => return Ok(()),
                             Err(e) => {
                                 self.gate.unshut();
                                 e
@@ -944,38 +947,38 @@ impl Replica {
         }
     }
 
-    /// Ask each member of the group this replica knows (`m`'s membership)
-    /// whether it leads the group without this node: the first yes.
-    async fn asked_out(
+    /// Ask each member of `membership` but this node, as a removed
+    /// replica whose log ends at `last` would, whether it leads the group
+    /// without this node: the first that says so (its id, peer address,
+    /// and the index of the membership that left this node out).
+    async fn member_says_removed(
         &self,
         host: &Host,
-        m: &openraft::RaftMetrics<crate::types::TypeConfig>,
-    ) -> Result<(), String> {
-        let membership = m.membership_config.membership().clone();
-        let mut last = format!(
+        membership: &openraft::Membership<u64, BasicNode>,
+        last: Option<crate::types::LogId>,
+    ) -> Result<(u64, String, u64), String> {
+        let mut why = format!(
             "no member of group {} but this node is known here",
             self.group
         );
         for (id, node) in membership.nodes().filter(|(id, _)| **id != self.node_id) {
             let addr = host.directory.peer_addr_or(*id, &node.addr);
-            // No log id: whatever this replica holds, only whether the
-            // group counts it matters here.
-            match crate::network::ask_removed(
+            let asked = crate::network::ask_removed(
                 &host.peers,
                 self.group,
                 self.node_id,
                 *id,
                 &addr,
-                None,
+                last,
             )
-            .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = format!("node {id}: {e}"),
+            .await;
+            match asked {
+                Ok(at) => return Ok((*id, addr, at)),
+                Err(e) => why = format!("node {id}: {e}"),
             }
         }
         Err(format!(
-            "no leader of group {} confirms that node {} is out of it (last: {last})",
+            "no leader of group {} confirms that node {} is out of it (last: {why})",
             self.group, self.node_id
         ))
     }
@@ -1051,29 +1054,19 @@ impl Replica {
         let Ok(last_id) = self.stored_last_log_id().await else {
             return false;
         };
-        for (id, node) in membership.nodes().filter(|(id, _)| **id != self.node_id) {
-            let addr = host.directory.peer_addr_or(*id, &node.addr);
-            let asked = crate::network::ask_removed(
-                &host.peers,
-                self.group,
-                self.node_id,
-                *id,
-                &addr,
-                last_id,
-            )
-            .await;
-            if let Ok(at) = asked {
+        match self.member_says_removed(host, &membership, last_id).await {
+            Ok((told_by, addr, at)) => {
                 host.removals.tell(crate::network::Removal {
                     group: self.group,
                     at,
-                    told_by: *id,
+                    told_by,
                     addr,
                     instance: self.instance,
                 });
-                return true;
+                true
             }
+            Err(_) => false,
         }
-        false
     }
 
     /// The voters of the group's last committed membership, and that
@@ -1704,9 +1697,7 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         // new, so unless an answer shows its data (a rejoin), the peers
         // that hold it now are elsewhere, and creating or joining it with
         // an empty log could vote away what they committed. Keep asking.
-        let has_data = answers
-            .values()
-            .any(|a| a.last_log_id.as_ref().is_some_and(|l| l.index > 0));
+        let has_data = crate::rejoin::holds_data(answers.values());
         if probe_complete(missing.len(), skipped.len(), has_data) {
             return Some(answers.into_values().collect());
         }
