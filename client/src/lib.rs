@@ -12,7 +12,11 @@
 //! `WRONG_SHARD` (the map is stale: the shard does not own the key as
 //! routed), the client replaces it with the one the shards' own
 //! descriptors make ([`Client::refresh_map`]) and routes the request
-//! again, which is safe because that refusal did nothing.
+//! again, which is safe because that refusal did nothing. When none of
+//! the replicas it knows for a group (a shard, a coordinator group, the
+//! metadata group) leads it or answers, it asks a node for the routing
+//! table, where the metadata group records every group's voters, and
+//! tries those once: replicas move at run time.
 //!
 //! # What is retried
 //! Reads are retried freely. A write is retried only when it certainly did
@@ -1104,6 +1108,20 @@ impl Client {
                 }
                 first
             }
+            // None of the nodes it knew leads the shard or answers: its
+            // replicas may have moved (a client of the config knows only
+            // the config's). The metadata group's table says where they
+            // are; they are tried once. Safe for any call: these errors
+            // mean nothing was done.
+            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
+                match self.relearn(Route::Shard(shard)).await {
+                    Some(moved) if !same_nodes(&moved, &replicas) => {
+                        self.call_route(Route::Shard(shard), &moved, idempotent, within, call)
+                            .await
+                    }
+                    _ => Err(e),
+                }
+            }
             r => r,
         }
     }
@@ -1244,10 +1262,10 @@ impl Client {
         Some(found)
     }
 
-    /// Where `route`'s group is (a coordinator group's replicas, or the
-    /// metadata group's) as the first node that sends its routing table
-    /// says, recorded by the client; None if it does not say (or for a
-    /// shard, whose map is refreshed from the shards instead).
+    /// Where `route`'s group is (a coordinator group's replicas, the
+    /// metadata group's, or a shard's) as the first node that sends its
+    /// routing table says, recorded by the client; None if it does not
+    /// say.
     async fn relearn(&self, route: Route) -> Option<Vec<NodeId>> {
         let found = tokio::time::timeout(self.inner.opts.request_timeout * 2, self.routing_table())
             .await
@@ -1277,7 +1295,19 @@ impl Client {
                 }
                 Some(found.meta)
             }
-            Route::Shard(_) => None,
+            Route::Shard(shard) => {
+                let voters: Vec<NodeId> = found
+                    .shards
+                    .iter()
+                    .find(|r| r.descriptor.shard == shard)
+                    .map(|r| r.voters.iter().copied().map(NodeId).collect())
+                    .filter(|v: &Vec<NodeId>| !v.is_empty())?;
+                tracing::info!(%shard, replicas = ?voters, "shard's replicas relearned");
+                if let Ok(mut t) = self.inner.shards.write() {
+                    t.insert(shard, voters.clone());
+                }
+                Some(voters)
+            }
         }
     }
 

@@ -347,6 +347,14 @@ pub struct StorageTuning {
     /// not be lost): this is backpressure, bounding the memory of batches
     /// written faster than the disk syncs them.
     pub writer_queue: u64,
+    /// Disk space, in MiB, a snapshot being received must leave free on
+    /// the data directory's file system: a chunk that would eat into it
+    /// is refused and the transfer dropped (its file removed), so a
+    /// snapshot too large for the disk, or a peer sending garbage, fails
+    /// that transfer rather than filling the disk the node's own writes
+    /// need (a write that finds the disk full stops the node). 0: no
+    /// check.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for StorageTuning {
@@ -356,6 +364,7 @@ impl Default for StorageTuning {
             memtable_mb: 4,
             journal_mb: 128,
             writer_queue: 4096,
+            disk_reserve_mb: 256,
         }
     }
 }
@@ -474,6 +483,7 @@ impl ClusterConfig {
             ("memtable_mb", t.memtable_mb, 1, 1 << 10),
             ("journal_mb", t.journal_mb, 64, 1 << 20),
             ("writer_queue", t.writer_queue, 1, 1 << 20),
+            ("disk_reserve_mb", t.disk_reserve_mb, 0, 1 << 30),
         ] {
             if !(min..=max).contains(&v) {
                 return invalid(format!(
@@ -1548,7 +1558,9 @@ start = ""
         );
         let c = ClusterConfig::from_toml_str(&base).unwrap();
         assert_eq!(c.storage, StorageTuning::default());
-        let set = format!("{base}[storage]\ncache_mb = 8\nmemtable_mb = 2\njournal_mb = 256\n");
+        let set = format!(
+            "{base}[storage]\ncache_mb = 8\nmemtable_mb = 2\njournal_mb = 256\ndisk_reserve_mb = 0\n"
+        );
         let c = ClusterConfig::from_toml_str(&set).unwrap();
         assert_eq!(
             c.storage,
@@ -1556,6 +1568,7 @@ start = ""
                 cache_mb: 8,
                 memtable_mb: 2,
                 journal_mb: 256,
+                disk_reserve_mb: 0,
                 ..StorageTuning::default()
             }
         );
@@ -1568,6 +1581,7 @@ start = ""
             ("memtable_mb", 0),
             ("memtable_mb", 4096),
             ("cache_mb", 0),
+            ("disk_reserve_mb", (1u64 << 30) + 1),
         ] {
             expect_invalid(
                 &format!("{base}[storage]\n{field} = {v}\n"),

@@ -76,6 +76,10 @@ fn is_split_child(shard: ShardId) -> bool {
     shard.0 >= pact_common::FIRST_SPLIT_ID && shard.0 < pact_common::META_GROUP
 }
 
+/// How long hosting a split's new shard waits for this node's replica
+/// of the shard that splits to apply the split's record.
+const SPLIT_RECORD_WAIT: Duration = Duration::from_secs(3);
+
 /// Default number of pairs a scan returns when the request sets no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
 
@@ -457,7 +461,12 @@ impl Node {
     /// Start this node's replica of `shard`, an existing shard of the
     /// config whose voters are `voters`, so its leader can add it (see
     /// `pact_raft::membership`). Idempotent.
-    pub async fn host_shard(&self, shard: ShardId, voters: Vec<NodeId>) -> Result<(), Error> {
+    pub async fn host_shard(
+        &self,
+        shard: ShardId,
+        voters: Vec<NodeId>,
+        create: bool,
+    ) -> Result<(), Error> {
         if self.config.shard(shard).is_none() && !is_split_child(shard) {
             return Err(Error::UnknownShard(shard.0));
         }
@@ -468,6 +477,9 @@ impl Node {
             return Err(Error::InvalidInput(format!(
                 "hosting shard {shard}: voter {n} is not a member of the cluster"
             )));
+        }
+        if self.config.shard(shard).is_none() && self.hosted(shard).is_err() {
+            self.known_split_child(shard, create).await?;
         }
         let _one = self.hosting.lock().await;
         // Under the lock: the directory may learn of the retirement while
@@ -496,6 +508,77 @@ impl Node {
         }
         tracing::info!(%shard, "hosting a new replica of the shard");
         Ok(())
+    }
+
+    /// A split's new shard may be hosted here only if some split makes
+    /// it: an id in the split range is otherwise anyone's guess, and an
+    /// empty replica group started under it (its first voters all empty)
+    /// would stand in the way of the split that one day names that id.
+    /// Being created (`create`), it must be the next split's new shard of
+    /// a shard this node hosts (its id is a function of that shard's id
+    /// and descriptor version, and every voter hosts it before the split
+    /// is recorded), or the one the split recorded here names; this
+    /// replica may lag its leader by a split, so that is waited for, a
+    /// few seconds. Otherwise (a replica added to a shard that exists)
+    /// the metadata table or a split recorded here must know it.
+    async fn known_split_child(&self, shard: ShardId, create: bool) -> Result<(), Error> {
+        let until = tokio::time::Instant::now() + SPLIT_RECORD_WAIT;
+        loop {
+            if !create
+                && self
+                    .host
+                    .directory()
+                    .shards()
+                    .shards
+                    .iter()
+                    .any(|r| r.descriptor.shard == shard)
+            {
+                return Ok(());
+            }
+            let local: Vec<Arc<Shard>> = self
+                .shards
+                .read()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for s in local {
+                if create {
+                    if let Some(d) = crate::split::local_descriptor(&s.replica).await? {
+                        if pact_common::split_child_id(d.shard, d.version) == shard {
+                            return Ok(());
+                        }
+                    }
+                }
+                if let Some(split) = crate::split::local_split(&s.replica).await? {
+                    if split.child.shard == shard {
+                        return Ok(());
+                    }
+                }
+                if !create
+                    && crate::split::local_successors(&s.replica)
+                        .await?
+                        .contains(&shard)
+                {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(if create {
+                    Error::InvalidInput(format!(
+                        "shard {shard} is not the new shard of a split of a shard this node \
+                         hosts: only a split creates a shard with an id in the split range"
+                    ))
+                } else {
+                    // The table learns a new shard a few seconds after it
+                    // serves (and not while the metadata group is down).
+                    Error::Unavailable(format!(
+                        "shard {shard} is neither in the metadata table nor split off a shard \
+                         this node hosts (if a split made it just now, the table may not list \
+                         it yet: ask again shortly)"
+                    ))
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stop this node's replica of `shard` for good and delete its data;

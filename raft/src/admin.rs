@@ -73,8 +73,16 @@ pub type ChangeHold = Option<Box<dyn std::any::Any + Send + Sync>>;
 #[tonic::async_trait]
 pub trait GroupHost: Send + Sync + 'static {
     /// Start this node's replica of `group` (of `kind`), whose voters are
-    /// `voters` (idempotent: a hosted group is left as it is).
-    async fn host(&self, group: u64, kind: GroupKind, voters: Vec<u64>) -> Result<(), HostError>;
+    /// `voters` (idempotent: a hosted group is left as it is); `create`:
+    /// the group is a split's new shard being created, `voters` its first
+    /// voters.
+    async fn host(
+        &self,
+        group: u64,
+        kind: GroupKind,
+        voters: Vec<u64>,
+        create: bool,
+    ) -> Result<(), HostError>;
     /// Stop this node's replica of `group` (of `kind`) for good and delete
     /// its data (idempotent: a group not hosted is fine).
     async fn drop_group(&self, group: u64, kind: GroupKind) -> Result<(), HostError>;
@@ -466,7 +474,7 @@ impl Admin for AdminService {
         // Owned: a caller that gives up does not leave a replica half
         // started.
         let kind = GroupKind::of(r.group, r.coordinator);
-        tokio::spawn(async move { host.host(r.group, kind, r.voters).await })
+        tokio::spawn(async move { host.host(r.group, kind, r.voters, created).await })
             .await
             .map_err(|e| Status::internal(format!("host task failed: {e}")))?
             .map_err(host_status)?;

@@ -58,7 +58,7 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::rejoin::{Gate, LeaderId, Refused};
 use crate::server::PeerNode;
-use crate::snapshot::{receive_name, Outbound, SnapshotData, Spool, CHUNK_BYTES};
+use crate::snapshot::{receive_name, Inbox, Outbound, SnapshotData, Spool, CHUNK_BYTES};
 use crate::types::{byte_string, LogId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// The metadata key of a leader's answer to a vote request from a replica
@@ -808,7 +808,7 @@ struct Hosted {
     /// empty), in addition to that membership once known.
     configured: Arc<BTreeSet<u64>>,
     /// Where received snapshots are written.
-    snap_dir: Arc<std::path::PathBuf>,
+    inbox: Arc<Inbox>,
     /// The snapshot transfer under way, if any (one per group: a new one
     /// replaces it). A tokio lock: it is held while a chunk is written.
     incoming: Arc<tokio::sync::Mutex<Option<Incoming>>>,
@@ -829,7 +829,7 @@ impl Router {
         gate: Arc<Gate>,
         log: LogStore,
         configured: BTreeSet<u64>,
-        snap_dir: std::path::PathBuf,
+        inbox: Inbox,
     ) {
         if let Ok(mut g) = self.groups.write() {
             g.insert(
@@ -839,7 +839,7 @@ impl Router {
                     gate,
                     log,
                     configured: Arc::new(configured),
-                    snap_dir: Arc::new(snap_dir),
+                    inbox: Arc::new(inbox),
                     incoming: Arc::default(),
                 },
             );
@@ -1042,12 +1042,21 @@ fn check_sender(h: &Hosted, m: &RaftMessage, claimed: &LeaderId) -> Result<(), S
     let (me, known_term, members) = {
         let metrics = h.raft.metrics();
         let metrics = metrics.borrow_watched();
-        let members: BTreeSet<u64> = metrics
-            .membership_config
-            .membership()
+        let membership = metrics.membership_config.membership();
+        // The metadata table's voters of the group, for a replica that
+        // does not know its membership yet, or is catching up after a
+        // lost disk (the membership it has applied may be an old one
+        // that does not name its leader; see `replica::probe_plan`).
+        let vouched = if membership.nodes().next().is_none() || h.gate.floor().is_some() {
+            h.gate.vouched()
+        } else {
+            BTreeSet::new()
+        };
+        let members: BTreeSet<u64> = membership
             .nodes()
             .map(|(id, _)| *id)
             .chain(h.configured.iter().copied())
+            .chain(vouched)
             .collect();
         let term = metrics
             .current_term
@@ -1266,9 +1275,9 @@ impl RaftTransport for Router {
                             if msg.seq != 0 {
                                 return Err(unknown_session(msg.session));
                             }
-                            let dir = h.snap_dir.as_ref().clone();
+                            let inbox = h.inbox.as_ref().clone();
                             let name = receive_name(m.group, msg.session);
-                            crate::store::blocking(move || Spool::create(&dir, &name)?.finish())
+                            crate::store::blocking(move || inbox.create(&name)?.finish())
                                 .await
                                 .map_err(|e| Status::internal(format!("snapshot file: {e}")))?
                         }
@@ -1426,9 +1435,9 @@ async fn receive_chunk(
         ChunkAction::Start => {
             // Dropping the other transfer's spool removes its file.
             drop(incoming.take());
-            let dir = h.snap_dir.as_ref().clone();
+            let inbox = h.inbox.as_ref().clone();
             let name = receive_name(group, session);
-            let spool = crate::store::blocking(move || Spool::create(&dir, &name))
+            let spool = crate::store::blocking(move || inbox.create(&name))
                 .await
                 .map_err(|e| Status::internal(format!("snapshot file: {e}")))?;
             Incoming {
@@ -1453,6 +1462,10 @@ async fn receive_chunk(
         // the sender's, a full disk is ours; either way it starts over.
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             return Err(Status::invalid_argument(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::warn!(group, from, session, "snapshot refused: {e}");
+            return Err(Status::resource_exhausted(e.to_string()));
         }
         Err(e) => return Err(Status::internal(format!("snapshot file: {e}"))),
     }

@@ -144,6 +144,11 @@ pub(crate) struct Gate {
     /// passes, so it cannot be counted as caught up, promoted or voted
     /// for between the confirmation and the drop.
     shut: std::sync::atomic::AtomicBool,
+    /// Voters of the group, as the metadata table lists them, that an
+    /// empty replica's probe asked (see `replica::probe_plan`): they may
+    /// speak for the group like the replicas the config names while the
+    /// replica knows no membership or is rejoining (see `check_sender`).
+    vouched: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Gate {
@@ -154,7 +159,21 @@ impl Gate {
             born: std::time::Instant::now(),
             heard_ms: std::sync::atomic::AtomicU64::new(0),
             shut: std::sync::atomic::AtomicBool::new(false),
+            vouched: Mutex::default(),
         }
+    }
+
+    /// Let `peers`, and no others, speak for the group besides its known
+    /// replicas (see `vouched`).
+    pub(crate) fn vouch(&self, peers: std::collections::BTreeSet<u64>) {
+        if let Ok(mut v) = self.vouched.lock() {
+            *v = peers;
+        }
+    }
+
+    /// The peers the metadata table vouched for (see `vouched`).
+    pub(crate) fn vouched(&self) -> std::collections::BTreeSet<u64> {
+        self.vouched.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Let nothing through (see `shut`) until [`Gate::unshut`].

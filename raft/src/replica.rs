@@ -99,6 +99,11 @@ pub struct Directory {
     /// Nodes the member table lists as removed.
     removed: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     shards: Arc<std::sync::RwLock<ShardTable>>,
+    /// The cluster has a metadata group, so a shard table will be read
+    /// ([`Directory::expect_table`]).
+    table_expected: Arc<std::sync::atomic::AtomicBool>,
+    /// A shard table was read at least once.
+    table_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub use pact_common::ShardTable;
@@ -135,6 +140,25 @@ impl Directory {
                 *t = table;
             }
         }
+        self.table_read
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The cluster has a metadata group: until its shard table has been
+    /// read once, an empty replica's probe does not decide (the table may
+    /// say the group moved, and to whom).
+    pub fn expect_table(&self) {
+        self.table_expected
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the shard table the probe needs is known: read once, or
+    /// not expected (no metadata group).
+    fn table_known(&self) -> bool {
+        !self
+            .table_expected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            || self.table_read.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The shard table (empty until the metadata group recorded a shard).
@@ -760,7 +784,7 @@ impl Replica {
             gate.clone(),
             log_reader,
             members.iter().map(|(id, _)| *id).collect(),
-            store.snap_dir().to_path_buf(),
+            store.inbox(),
         );
         if quiet {
             // openraft's lease is `election_timeout_max` from the send time
@@ -1666,6 +1690,84 @@ fn probe_complete(missing: usize, skipped: usize, has_data: bool) -> bool {
     missing == 0 && (skipped == 0 || has_data)
 }
 
+/// Whom an empty replica asks whether its group exists, and whom it may
+/// do without.
+#[derive(Debug, PartialEq, Eq)]
+struct ProbePlan {
+    /// Peers that must answer, with their peer address if known (one
+    /// without is missing until the member table gives it).
+    ask: Vec<(u64, Option<String>)>,
+    /// Peers not waited for: removed from the cluster, or not among the
+    /// group's voters as the metadata table lists them (they left it).
+    skipped: Vec<u64>,
+    /// The metadata table lists the group with this node among its
+    /// voters: it ran before, so it is never created or joined empty.
+    ran_before: bool,
+}
+
+/// The plan for `me`, whose known peers of the group are `members` (its
+/// config's, or those recorded when it was added), given the group's
+/// voters in the metadata table (`table`, when it lists the group with
+/// `me` among them). The table's voters are asked too: after the group
+/// moved off the config's other nodes, they are the ones holding its
+/// data, and without them the replica waited for good.
+fn probe_plan(
+    me: u64,
+    members: &BTreeMap<u64, String>,
+    table: Option<&[u64]>,
+    removed: impl Fn(u64) -> bool,
+    addr_of: impl Fn(u64) -> Option<String>,
+) -> ProbePlan {
+    let mut all: BTreeMap<u64, Option<String>> = members
+        .iter()
+        .map(|(id, addr)| (*id, Some(addr.clone())))
+        .collect();
+    for id in table.unwrap_or_default() {
+        all.entry(*id).or_insert_with(|| addr_of(*id));
+    }
+    let mut plan = ProbePlan {
+        ask: Vec::new(),
+        skipped: Vec::new(),
+        ran_before: table.is_some(),
+    };
+    for (id, addr) in all {
+        if id == me {
+            continue;
+        }
+        if removed(id) || table.is_some_and(|v| !v.contains(&id)) {
+            plan.skipped.push(id);
+        } else {
+            // The member table follows a node that moved.
+            plan.ask.push((id, addr_of(id).or(addr)));
+        }
+    }
+    plan
+}
+
+/// The voters of `group` in the metadata table, if it has one record of
+/// that id (a shard's, or a coordinator or metadata group's) and it lists
+/// `me` among them; None otherwise, also when records of both kinds have
+/// the id (a shard and a coordinator group may share one, never on one
+/// node: which is this replica's is not known here).
+fn table_voters(directory: &Directory, group: u64, me: u64) -> Option<Vec<u64>> {
+    let t = directory.shards();
+    let mut found = t
+        .shards
+        .iter()
+        .filter(|r| r.descriptor.shard.0 == group)
+        .map(|r| &r.voters)
+        .chain(
+            t.groups
+                .iter()
+                .filter(|r| r.group == group)
+                .map(|r| &r.voters),
+        );
+    match (found.next(), found.next()) {
+        (Some(v), None) if v.contains(&me) => Some(v.clone()),
+        _ => None,
+    }
+}
+
 /// Every peer's answer, retried until all answered; None if the replica
 /// stopped meanwhile.
 async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<TypeConfig>>> {
@@ -1675,16 +1777,48 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         if stopped(&g.raft) {
             return None;
         }
+        let table = table_voters(&g.directory, g.group, g.me);
+        let plan = probe_plan(
+            g.me,
+            &g.members,
+            table.as_deref(),
+            |id| g.directory.is_removed(id),
+            |id| g.directory.get(id).map(|m| m.peer_addr),
+        );
         let mut missing = Vec::new();
-        let mut skipped = Vec::new();
-        for (id, addr) in &g.members {
-            if *id == g.me || answers.contains_key(id) {
+        let skipped = plan.skipped;
+        // The table's voters hold the group now, and one of them will lead
+        // it to this replica (as the table says now: a voter it dropped
+        // is no longer let in).
+        g.gate.vouch(if plan.ran_before {
+            plan.ask.iter().map(|(id, _)| *id).collect()
+        } else {
+            Default::default()
+        });
+        // Before the table was read, the known peers' answers could make
+        // a group that moved away look new (or make it wait for nobody);
+        // the metadata group's own replicas do not wait (the table comes
+        // from them).
+        if g.group != pact_common::META_GROUP && !g.directory.table_known() {
+            if last_log.elapsed() >= GATE_LOG_EVERY {
+                last_log = tokio::time::Instant::now();
+                tracing::warn!(
+                    group = g.group,
+                    "replica started with an empty store; waiting for the metadata group's \
+                     shard table before asking its peers"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        for (id, addr) in &plan.ask {
+            if answers.contains_key(id) {
                 continue;
             }
-            if g.directory.is_removed(*id) {
-                skipped.push(*id);
+            let Some(addr) = addr else {
+                missing.push((*id, "no address known yet".to_string()));
                 continue;
-            }
+            };
             match ask_state(&g.peers, g.group, g.me, *id, addr).await {
                 Ok(a) => {
                     answers.insert(*id, a);
@@ -1697,8 +1831,10 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         // new, so unless an answer shows its data (a rejoin), the peers
         // that hold it now are elsewhere, and creating or joining it with
         // an empty log could vote away what they committed. Keep asking.
+        // So does the metadata table's record of the group.
         let has_data = crate::rejoin::holds_data(answers.values());
-        if probe_complete(missing.len(), skipped.len(), has_data) {
+        let skips = skipped.len() + usize::from(plan.ran_before);
+        if probe_complete(missing.len(), skips, has_data) {
             return Some(answers.into_values().collect());
         }
         if missing.is_empty() {
@@ -1708,9 +1844,9 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
                     group = g.group,
                     ?skipped,
                     "replica started with an empty store, and the peers it knows for its group \
-                     were removed from the cluster or hold nothing: it cannot tell a new group \
-                     from a lost disk, and waits (drop this replica and add it again, from a \
-                     node of the group, to host it afresh)"
+                     were removed from the cluster, left the group, or hold nothing: it cannot \
+                     tell a new group from a lost disk, and waits (drop this replica and add it \
+                     again, from a node of the group, to host it afresh)"
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1778,7 +1914,57 @@ fn storage_err(e: io::Error) -> ReplicaError {
 
 #[cfg(test)]
 mod probe_tests {
-    use super::probe_complete;
+    use std::collections::BTreeMap;
+
+    use super::{probe_complete, probe_plan, ProbePlan};
+
+    fn members(ids: &[u64]) -> BTreeMap<u64, String> {
+        ids.iter().map(|i| (*i, format!("config:{i}"))).collect()
+    }
+
+    /// Whom an empty replica asks: its known peers, less those removed
+    /// from the cluster; with the metadata table's record of the group,
+    /// also the voters it lists (at the member table's address), and not
+    /// the known peers that left the group, and the group counts as one
+    /// that ran (decided only on data).
+    #[test]
+    fn an_empty_replica_asks_the_voters_the_table_lists_and_not_those_that_left() {
+        let addr = |i: u64| (i != 9).then(|| format!("table:{i}"));
+        let nobody = |_: u64| false;
+        // No record: the known peers, as before.
+        assert_eq!(
+            probe_plan(1, &members(&[1, 2, 3]), None, nobody, |_| None),
+            ProbePlan {
+                ask: vec![(2, Some("config:2".into())), (3, Some("config:3".into()))],
+                skipped: vec![],
+                ran_before: false,
+            }
+        );
+        // Node 3 removed from the cluster: skipped.
+        let plan = probe_plan(1, &members(&[1, 2, 3]), None, |i| i == 3, |_| None);
+        assert_eq!(plan.skipped, vec![3]);
+        // The group moved from config nodes 2 and 3 to 4 and 5: those are
+        // asked, 2 and 3 not waited for; a voter the member table has no
+        // address for yet is asked once it has (missing until then).
+        assert_eq!(
+            probe_plan(1, &members(&[1, 2, 3]), Some(&[1, 4, 5, 9]), nobody, addr),
+            ProbePlan {
+                ask: vec![
+                    (4, Some("table:4".into())),
+                    (5, Some("table:5".into())),
+                    (9, None)
+                ],
+                skipped: vec![2, 3],
+                ran_before: true,
+            }
+        );
+        // The table agrees with the config: the same peers, but the group
+        // ran, so it is never created or joined empty.
+        let plan = probe_plan(1, &members(&[1, 2, 3]), Some(&[1, 2, 3]), nobody, |_| None);
+        assert_eq!(plan.skipped, Vec::<u64>::new());
+        assert!(plan.ran_before);
+        assert!(!probe_complete(0, usize::from(plan.ran_before), false));
+    }
 
     /// An empty replica decides once every peer it asks answered; with a
     /// peer skipped as removed from the cluster, only once an answer shows

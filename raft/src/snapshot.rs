@@ -231,10 +231,40 @@ pub(crate) struct Spool {
     file: Option<File>,
     path: PathBuf,
     bytes: u64,
+    /// Bytes the file system must keep free after each append (0: no
+    /// check).
+    reserve: u64,
+}
+
+/// Where snapshots sent by peers are spooled, and the disk space they
+/// must leave free ([`pact_common::StorageTuning::disk_reserve_mb`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Inbox {
+    pub(crate) dir: PathBuf,
+    pub(crate) reserve: u64,
+}
+
+impl Inbox {
+    /// A new, empty file `name`, every append to which must leave the
+    /// reserve free.
+    pub(crate) fn create(&self, name: &str) -> io::Result<Spool> {
+        let mut spool = Spool::create(&self.dir, name)?;
+        spool.reserve = self.reserve;
+        Ok(spool)
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file system of
+/// `path`.
+// The statvfs field types differ between platforms (u64 here).
+#[allow(clippy::useless_conversion)]
+fn available(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 impl Spool {
-    /// A new, empty file `name` in `dir`.
+    /// A new, empty file `name` in `dir`, with no free-space check.
     pub(crate) fn create(dir: &Path, name: &str) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let path = dir.join(name);
@@ -247,16 +277,43 @@ impl Spool {
             file: Some(file),
             path,
             bytes: 0,
+            reserve: 0,
         })
     }
 
     /// Append a frame that decodes (checked here, so a file that was
-    /// accepted whole can be installed whole).
+    /// accepted whole can be installed whole), if the file system keeps
+    /// the reserve free after it; else `StorageFull`, and nothing of the
+    /// frame is written.
     pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
         decode_frame(
             frame,
             format_args!("snapshot chunk for {}", self.path.display()),
         )?;
+        if self.reserve > 0 {
+            // The file so far with this chunk, and as much again for the
+            // install, which writes the pairs into the store while the
+            // file is still on disk (the old state's space comes back
+            // only with compactions after it).
+            let free = available(&self.path)?;
+            let file = self.bytes.saturating_add(frame.len() as u64 + 4);
+            let after = free.saturating_sub(frame.len() as u64 + 4);
+            if after < file.saturating_add(self.reserve) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "snapshot file {}: {} MiB received; with the next chunk, {} MiB would \
+                         be left free on its file system, which installing the snapshot would \
+                         take down below the reserve of {} MiB ([storage] disk_reserve_mb); \
+                         free disk space, or lower the reserve",
+                        self.path.display(),
+                        self.bytes >> 20,
+                        after >> 20,
+                        self.reserve >> 20
+                    ),
+                ));
+            }
+        }
         let len = u32::try_from(frame.len()).map_err(io::Error::other)?;
         let file = self
             .file
@@ -1020,5 +1077,36 @@ mod tests {
         let e = s.append(&vec![0u8; MAX_FRAME_BYTES + 1]).unwrap_err();
         assert!(e.to_string().contains("exceeds the limit"), "{e}");
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn a_chunk_that_would_eat_into_the_disk_reserve_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = encode(&vec![(b"k".to_vec(), vec![7u8; 1000])]).unwrap();
+        let free = available(dir.path()).unwrap();
+        assert!(free > 0, "the test's file system has room");
+        // A reserve the file system can keep: the chunk is stored.
+        let roomy = Inbox {
+            dir: dir.path().to_path_buf(),
+            reserve: 1 << 20,
+        };
+        let mut s = roomy.create("ok.part").unwrap();
+        s.append(&frame).unwrap();
+        assert_eq!(s.bytes(), frame.len() as u64 + 4);
+        // A reserve as large as the free space: refused, nothing written,
+        // and dropping the transfer removes its file.
+        let tight = Inbox {
+            dir: dir.path().to_path_buf(),
+            reserve: free,
+        };
+        let mut s = tight.create("full.part").unwrap();
+        let e = s.append(&frame).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert!(e.to_string().contains("disk_reserve_mb"), "{e}");
+        assert_eq!(s.bytes(), 0);
+        let path = dir.path().join("full.part");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        drop(s);
+        assert!(!path.exists(), "a dropped transfer leaves no file");
     }
 }

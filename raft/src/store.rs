@@ -180,6 +180,9 @@ pub struct NodeStore {
     pub(crate) smmeta: Keyspace,
     /// Where snapshot files live while received or installed.
     snap_dir: std::path::PathBuf,
+    /// Bytes a snapshot being received must leave free on `snap_dir`'s
+    /// file system ([`StorageTuning::disk_reserve_mb`]).
+    disk_reserve: u64,
     /// As many places as `room` has permits, and every job in it holds
     /// one (a [`Slot`], freed only after the writer took the job out): a
     /// job with its slot always finds a place, so the send never blocks
@@ -472,6 +475,7 @@ impl NodeStore {
             sm: sm.clone(),
             smmeta: smmeta.clone(),
             snap_dir,
+            disk_reserve: limits.disk_reserve_mb.saturating_mul(MIB),
             jobs: tx,
             room: Arc::new(tokio::sync::Semaphore::new(queue)),
             order: Mutex::new(()),
@@ -503,6 +507,15 @@ impl NodeStore {
 
     pub(crate) fn snap_dir(&self) -> &Path {
         &self.snap_dir
+    }
+
+    /// Where snapshots from peers are received, and the free space they
+    /// must leave.
+    pub(crate) fn inbox(&self) -> crate::snapshot::Inbox {
+        crate::snapshot::Inbox {
+            dir: self.snap_dir.clone(),
+            reserve: self.disk_reserve,
+        }
     }
 
     /// True once a write, fsync or read failed; the node must be restarted.

@@ -118,7 +118,13 @@ struct ShardHost {
 
 #[tonic::async_trait]
 impl pact_raft::admin::GroupHost for ShardHost {
-    async fn host(&self, group: u64, kind: GroupKind, voters: Vec<u64>) -> Result<(), HostError> {
+    async fn host(
+        &self,
+        group: u64,
+        kind: GroupKind,
+        voters: Vec<u64>,
+        create: bool,
+    ) -> Result<(), HostError> {
         if kind == GroupKind::Meta {
             return self.host_meta(voters).await;
         }
@@ -128,7 +134,11 @@ impl pact_raft::admin::GroupHost for ShardHost {
         }
         self.check(group)?;
         self.node
-            .host_shard(ShardId(group), voters.into_iter().map(NodeId).collect())
+            .host_shard(
+                ShardId(group),
+                voters.into_iter().map(NodeId).collect(),
+                create,
+            )
             .await
             .map_err(host_error)
     }
@@ -738,6 +748,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // now, the member table's live members once read (nodes added at run
     // time in, removed ones out).
     peer_auth.trust_directory(host.directory());
+    if !config.meta_replicas().is_empty() {
+        // Empty replicas wait for the shard table before they decide.
+        host.directory().expect_table();
+    }
     // The member table: hosted here on the first coordinator group's
     // nodes, asked of its leader elsewhere; every node keeps its directory
     // equal to it, so nodes added at run time are reached.

@@ -1200,17 +1200,7 @@ async fn a_coordinator_group_sharing_a_shards_id_is_refused_and_the_shard_untouc
 /// replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_group_is_found_after_its_config_replicas_left_or_died() {
-    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
-    for id in [4, 5] {
-        config.nodes.push(NodeConfig {
-            id: NodeId(id),
-            addr: "127.0.0.1:1".into(),
-            peer_addr: "127.0.0.1:2".into(),
-        });
-    }
-    let mut c = Cluster::create(config, fast_tuning());
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30)).await;
+    let mut c = cluster_of_five().await;
     let group = c.config.coordinators[0].group.to_string();
     for (from, to) in [("3", "4"), ("2", "5")] {
         let (ok, v, err) = txn_replica(&c, &["move", &group, from, to, "--coord"]);
@@ -1221,17 +1211,10 @@ async fn a_coordinator_group_is_found_after_its_config_replicas_left_or_died() {
     assert!(!ok, "{v}");
     // Recorded (within a look of the metadata group's leader).
     let addr2 = c.config.node(NodeId(2)).expect("node 2").addr.clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = pact_client::discover_table(std::slice::from_ref(&addr2), None)
-            .await
-            .expect("routing table");
-        if found.config.coordinators[0].replicas == vec![NodeId(1), NodeId(4), NodeId(5)] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}", found.config.coordinators);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_table_says(&addr2, |t| {
+        t.coordinators[0].replicas == vec![NodeId(1), NodeId(4), NodeId(5)]
+    })
+    .await;
     c.kill(NodeId(1));
     // A client of the config: nodes 1 (down), 2 and 3 (no longer in the
     // group) cannot lead it.
@@ -1410,4 +1393,143 @@ async fn the_metadata_group_moves_so_a_config_node_can_be_replaced() {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stopped_and_checked(&client, stop, workers).await;
+}
+
+/// A config voter whose disk is replaced after its group moved off the
+/// config's other nodes rejoins through the voters the metadata table
+/// lists. Shard 1 moves from nodes 2 and 3 to nodes 4 and 5 (its voters
+/// 1, 4, 5); node 1 loses its data dir and restarts empty. Its config
+/// peers of shard 1 (nodes 2 and 3) no longer host it: before, its
+/// replica asked only them and waited for good, probing; now it asks
+/// nodes 4 and 5 too, finds the group's data there, rejoins without a
+/// vote, catches up (what was written while it was down included), and
+/// votes again. Meanwhile a client of the config, which knows shard 1
+/// only on nodes 1, 2 and 3, finds it on 4 and 5 from the routing table
+/// (before, it gave up after its retry budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_config_voter_rejoins_through_the_voters_the_table_lists() {
+    let mut c = cluster_of_five().await;
+    let client = c.client();
+    for i in 0..40 {
+        let key = format!("before-{i:02}");
+        client.put(key.as_bytes(), b"v").await.expect("put");
+    }
+    for (from, to) in [("2", "4"), ("3", "5")] {
+        let (ok, v, err) = txn_replica(&c, &["move", "1", from, to]);
+        assert!(ok, "move {from} -> {to}: {err} {v}\n{}", c.logs_tail());
+    }
+    // Recorded in the metadata table (within a look of its leader).
+    let addr2 = c.config.node(NodeId(2)).expect("node 2").addr.clone();
+    until_table_says(&addr2, |t| {
+        t.shard(ShardId(1)).map(|s| s.replicas.clone())
+            == Some(vec![NodeId(1), NodeId(4), NodeId(5)])
+    })
+    .await;
+    c.kill(NodeId(1));
+    std::fs::remove_dir_all(c.data_dir(NodeId(1))).expect("wipe node 1's data dir");
+    // A client of the config asks nodes 1 (down), 2 and 3 (no longer
+    // replicas) for shard 1, none of which leads it, then the routing
+    // table, and finds it on nodes 4 and 5.
+    let client = c.client();
+    for i in 0..40 {
+        let key = format!("away-{i:02}");
+        client
+            .put(key.as_bytes(), b"v")
+            .await
+            .expect("put while node 1 is away");
+    }
+    c.start_node(NodeId(1));
+    let rest = [NodeId(4), NodeId(5)];
+    let leader = c
+        .wait_leader(ShardId(1), &rest, Duration::from_secs(20))
+        .await;
+    let target = c
+        .status(ShardId(1), leader)
+        .await
+        .expect("leader status")
+        .applied_index;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let s = c.status(ShardId(1), NodeId(1)).await;
+        if let Some(s) = &s {
+            if s.applied_index >= target && s.gate == "open" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1's replica of shard 1 did not rejoin: {s:?}\n{}",
+            group_one_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
+    assert!(
+        log.contains("rejoining without a vote"),
+        "node 1 did not rejoin as after a lost disk"
+    );
+    for i in 0..40 {
+        for what in ["before", "away"] {
+            let key = format!("{what}-{i:02}");
+            assert_eq!(
+                read_settled(&client, key.as_bytes()).await,
+                Some(b"v".to_vec()),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Every node's log lines about group 1, for a failure's message.
+fn group_one_lines(c: &Cluster) -> String {
+    let mut out = String::new();
+    for id in c.node_ids() {
+        let text = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| l.contains("group=1 ") || l.ends_with("group=1") || l.contains("shard=1 "))
+        {
+            out.push_str(&format!("node {id}: {l}\n"));
+        }
+    }
+    out
+}
+
+/// Three `pact` nodes holding three shards and a coordinator group (the
+/// config's), and nodes 4 and 5, which the config names but gives
+/// nothing.
+async fn cluster_of_five() -> Cluster {
+    let mut config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    for id in [4, 5] {
+        config.nodes.push(NodeConfig {
+            id: NodeId(id),
+            addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        });
+    }
+    let mut c = Cluster::create(config, fast_tuning());
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    c
+}
+
+/// Wait (up to 20 s) until the routing table the node at `addr` sends
+/// satisfies `says`.
+async fn until_table_says(addr: &str, says: impl Fn(&ClusterConfig) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = pact_client::discover_table(&[addr.to_string()], None)
+            .await
+            .expect("routing table");
+        if says(&found.config) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{:?}",
+            found.config.shards,
+            found.config.coordinators
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

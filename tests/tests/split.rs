@@ -281,6 +281,50 @@ async fn a_split_finishes_after_its_new_shard_left_the_parents_leader() {
     }
 }
 
+/// Hosting a shard with an id in the split range is for splits: a new
+/// shard is created only as the next split of a shard the node hosts
+/// names it, and a replica is added only of one the metadata table or a
+/// split recorded on the node knows. A made-up id is
+/// refused, created or not, and nothing is hosted (before, any such id
+/// was hosted, and nodes asked together started a group under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_split_creates_or_hosts_a_shard_in_the_split_range() {
+    let c = start(range_config()).await;
+    let client = c.client();
+    // A real split creates its new shard through the same check.
+    let (ok, v) = txn_shard(&c, &["split", "3", "--at", "g"]);
+    assert!(ok, "split refused: {v}\n{}", split_lines(&c));
+    let child = ShardId(v["new_shard"].as_u64().expect("new shard id"));
+    let all = c.node_ids();
+    let bogus = ShardId(FIRST_SPLIT_ID + 12_345);
+    assert_ne!(bogus, child);
+    // Created, node 1 among its first voters: refused for good. Added to
+    // voters 2 and 3: refused as not known yet (a table lagging a split
+    // just made would say the same).
+    for (create, voters, code) in [
+        (true, &all[..], pact_common::ErrorCode::InvalidInput),
+        (false, &all[1..], pact_common::ErrorCode::Unavailable),
+    ] {
+        let e = client
+            .host_new(pact_client::RaftGroup::Shard(bogus), all[0], voters, create)
+            .await
+            .expect_err("a made-up split-range shard was hosted");
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.to_string().contains("split"), "{e}");
+    }
+    // Hosted already: an idempotent yes (the check is for new replicas).
+    let again = client
+        .host_new(pact_client::RaftGroup::Shard(child), all[0], &all, true)
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+    for id in &all {
+        assert!(
+            c.status(bogus, *id).await.is_none(),
+            "node {id} hosts the made-up shard"
+        );
+    }
+}
+
 /// Crash points: the node driving the split dies once it froze the part
 /// that moves (after the new shard's first copy, before the drain), the
 /// node that takes over dies once the split is drained (before the new
