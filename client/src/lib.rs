@@ -299,6 +299,11 @@ pub struct ClientOptions {
     /// participant service, so calls to a shard leader on the same node
     /// skip the network.
     pub local: Option<Local>,
+    /// Ask only the replicas of shards that the client's config names:
+    /// never look a shard's replicas up in the routing table when none of
+    /// them leads it or answers. For a client that probes particular nodes
+    /// (their refusals are what it wants to see).
+    pub pinned: bool,
 }
 
 /// A node's (client address, peer address) by id, for nodes a client met
@@ -324,6 +329,7 @@ impl Default for ClientOptions {
             overload_retry_for: None,
             resolver: None,
             local: None,
+            pinned: false,
         }
     }
 }
@@ -1113,7 +1119,9 @@ impl Client {
             // the config's). The metadata group's table says where they
             // are; they are tried once. Safe for any call: these errors
             // mean nothing was done.
-            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_))) => {
+            Err(e @ (ClientError::Unavailable(_) | ClientError::Unreachable(_)))
+                if !self.inner.opts.pinned =>
+            {
                 match self.relearn(Route::Shard(shard)).await {
                     Some(moved) if !same_nodes(&moved, &replicas) => {
                         self.call_route(Route::Shard(shard), &moved, idempotent, within, call)

@@ -540,6 +540,7 @@ impl Cluster {
         if opts.tls.is_none() {
             opts.tls = self.client_tls.clone();
         }
+        opts.pinned = true;
         Client::new(&cfg, opts)
     }
 
