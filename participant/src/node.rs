@@ -696,14 +696,14 @@ impl Node {
             .ok_or(Error::NotLeader { hint: None })
     }
 
-    /// A transaction must belong to a configured coordinator group: only
-    /// that group can decide it, confirm its wounds, or answer for it, so
-    /// one from elsewhere could hold its locks until it expired.
     /// Whether the cluster has coordinator group `group`.
     fn has_group(&self, group: u64) -> bool {
         self.config.coordinators.iter().any(|g| g.group == group)
     }
 
+    /// A transaction must belong to a configured coordinator group: only
+    /// that group can decide it, confirm its wounds, or answer for it, so
+    /// one from elsewhere could hold its locks until it expired.
     fn check_group(&self, txn: TxnId) -> Result<(), Error> {
         if self.has_group(txn.group) {
             return Ok(());

@@ -1723,7 +1723,7 @@ fn probe_plan(
         .map(|(id, addr)| (*id, Some(addr.clone())))
         .collect();
     for id in table.unwrap_or_default() {
-        all.entry(*id).or_insert_with(|| addr_of(*id));
+        all.entry(*id).or_insert(None);
     }
     let mut plan = ProbePlan {
         ask: Vec::new(),
@@ -1777,6 +1777,22 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         if stopped(&g.raft) {
             return None;
         }
+        // Before the table was read, the known peers' answers could make
+        // a group that moved away look new (or make it wait for nobody);
+        // the metadata group's own replicas do not wait (the table comes
+        // from them).
+        if g.group != pact_common::META_GROUP && !g.directory.table_known() {
+            if last_log.elapsed() >= GATE_LOG_EVERY {
+                last_log = tokio::time::Instant::now();
+                tracing::warn!(
+                    group = g.group,
+                    "replica started with an empty store; waiting for the metadata group's \
+                     shard table before asking its peers"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let table = table_voters(&g.directory, g.group, g.me);
         let plan = probe_plan(
             g.me,
@@ -1795,22 +1811,6 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         } else {
             Default::default()
         });
-        // Before the table was read, the known peers' answers could make
-        // a group that moved away look new (or make it wait for nobody);
-        // the metadata group's own replicas do not wait (the table comes
-        // from them).
-        if g.group != pact_common::META_GROUP && !g.directory.table_known() {
-            if last_log.elapsed() >= GATE_LOG_EVERY {
-                last_log = tokio::time::Instant::now();
-                tracing::warn!(
-                    group = g.group,
-                    "replica started with an empty store; waiting for the metadata group's \
-                     shard table before asking its peers"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
         for (id, addr) in &plan.ask {
             if answers.contains_key(id) {
                 continue;

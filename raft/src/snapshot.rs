@@ -290,14 +290,16 @@ impl Spool {
             frame,
             format_args!("snapshot chunk for {}", self.path.display()),
         )?;
+        // Each frame is stored after its 4-byte length.
+        let stored = frame.len() as u64 + 4;
         if self.reserve > 0 {
             // The file so far with this chunk, and as much again for the
             // install, which writes the pairs into the store while the
             // file is still on disk (the old state's space comes back
             // only with compactions after it).
             let free = available(&self.path)?;
-            let file = self.bytes.saturating_add(frame.len() as u64 + 4);
-            let after = free.saturating_sub(frame.len() as u64 + 4);
+            let file = self.bytes.saturating_add(stored);
+            let after = free.saturating_sub(stored);
             if after < file.saturating_add(self.reserve) {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
@@ -321,7 +323,7 @@ impl Spool {
             .ok_or_else(|| io::Error::other("snapshot file already finished"))?;
         file.write_all(&len.to_le_bytes())?;
         file.write_all(frame)?;
-        self.bytes += 4 + frame.len() as u64;
+        self.bytes += stored;
         Ok(())
     }
 
