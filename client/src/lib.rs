@@ -1591,13 +1591,24 @@ impl Client {
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), ClientError> {
         let pages = self
             .rerouted(|map| async move {
-                let mut pages = Vec::new();
-                for shard in map.shards_for_range(start, end) {
+                let mut pages: Vec<(pact_common::Pairs, bool)> = Vec::new();
+                let (shards, ordered) = map.scan_shards(start, end);
+                let mut left = shards.len();
+                for shard in shards {
+                    left -= 1;
                     // Each shard is asked for its part only, which it
                     // checks it owns whole: a map with other boundaries
                     // would otherwise miss keys.
                     let Some((lo, hi)) = map.clip(shard, start, end) else {
                         continue;
+                    };
+                    // Range shards are read in key order, each for what the
+                    // page still lacks; a hash shard's keys interleave.
+                    let want = if ordered {
+                        let got: usize = pages.iter().map(|(p, _)| p.len()).sum();
+                        limit.saturating_sub(u32::try_from(got).unwrap_or(u32::MAX))
+                    } else {
+                        limit
                     };
                     let r = self
                         .call_shard(shard, true, |ch| {
@@ -1606,7 +1617,7 @@ impl Client {
                                 shard_id: shard.0,
                                 start: lo.clone().into(),
                                 end: hi.clone().unwrap_or_default().into(),
-                                limit,
+                                limit: want,
                                 shard_version: map.version(shard),
                             };
                             async move { c.scan(req).await }
@@ -1618,6 +1629,20 @@ impl Client {
                         .map(|p| (p.key.to_vec(), p.value.to_vec()))
                         .collect();
                     pages.push((pairs, r.more));
+                    // Enough for the page: the later range shards wait for
+                    // the next one.
+                    if ordered
+                        && pact_common::ordered_pages_suffice(
+                            &pages,
+                            limit as usize,
+                            pact_common::MAX_BATCH_BYTES,
+                        )
+                    {
+                        if left > 0 {
+                            pages.push((Vec::new(), true));
+                        }
+                        break;
+                    }
                 }
                 Ok(pages)
             })

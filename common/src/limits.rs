@@ -169,6 +169,26 @@ pub fn next_scan_start(pairs: &Pairs, from: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A scan that reads a range's parts one after another in key order
+/// (range shards: every key of a part comes before the next part's):
+/// whether the pages read so far already make a whole answer of at most
+/// `limit` pairs and `max_bytes`, so the parts after them need not be
+/// asked (nor, in a transaction, locked). True once the last page has
+/// more past it, or the pages hold `limit` pairs or `max_bytes`. The
+/// caller that stops with parts unasked adds an empty page that has
+/// more, so [`merge_scan_pages`] says there is more.
+pub fn ordered_pages_suffice(pages: &[(Pairs, bool)], limit: usize, max_bytes: usize) -> bool {
+    if pages.last().is_some_and(|(_, more)| *more) {
+        return true;
+    }
+    let pairs: usize = pages.iter().map(|(p, _)| p.len()).sum();
+    let bytes = pages
+        .iter()
+        .flat_map(|(p, _)| p)
+        .fold(0usize, |b, (k, v)| b.saturating_add(k.len() + v.len()));
+    pairs >= limit || bytes >= max_bytes
+}
+
 /// One answer to a scan of a range cut into parts (one per shard), from
 /// each part's page (sorted, with whether that part has keys past it):
 /// the pairs in key order, but only up to the smallest last key of a part
@@ -359,6 +379,23 @@ mod tests {
         assert!(more);
         let (r, more) = merge_scan_pages(vec![(p(&["a", "b"]), false)], 10, 1);
         assert_eq!(keys(&r), ["a"]);
+        assert!(more);
+        // Parts read in key order: enough once a part has more, or the
+        // pages hold the limit or the byte budget; an empty page with more
+        // stands for the parts not asked.
+        assert!(!ordered_pages_suffice(&[], 2, usize::MAX));
+        assert!(!ordered_pages_suffice(&[(p(&["a"]), false)], 2, usize::MAX));
+        assert!(ordered_pages_suffice(&[(p(&["a"]), true)], 2, usize::MAX));
+        let two = [(p(&["a"]), false), (p(&["m"]), false)];
+        assert!(ordered_pages_suffice(&two, 2, usize::MAX));
+        assert!(ordered_pages_suffice(&two[..1], 5, 2));
+        assert!(!ordered_pages_suffice(&two[..1], 5, 3));
+        let (both, more) = merge_scan_pages(
+            vec![(p(&["a"]), false), (p(&["m"]), false), (Vec::new(), true)],
+            2,
+            usize::MAX,
+        );
+        assert_eq!(keys(&both), ["a", "m"]);
         assert!(more);
         // The next page starts just past the last key; none without progress.
         assert_eq!(next_scan_start(&r, b"a"), Some(b"a\0".to_vec()));

@@ -635,18 +635,7 @@ impl ShardMap {
         match &self.kind {
             Kind::Hash(_) => self.shards.clone(),
             Kind::Range(ranges) => {
-                let Some(first) = Self::range_index(ranges, start) else {
-                    return Vec::new();
-                };
-                // `end` is exclusive: a range starting exactly at `end` holds
-                // none of the requested keys.
-                let last = match end {
-                    None => ranges.len(),
-                    Some(e) => ranges.partition_point(|(s, _)| s.as_slice() < e),
-                };
-                let mut ids: Vec<ShardId> = ranges
-                    .get(first..last)
-                    .unwrap_or_default()
+                let mut ids: Vec<ShardId> = Self::ranges_meeting(ranges, start, end)
                     .iter()
                     .map(|r| r.1)
                     .collect();
@@ -655,6 +644,59 @@ impl ShardMap {
                 ids
             }
         }
+    }
+
+    /// Range scheme only: the shards that may hold keys in `[start, end)`
+    /// in the order of their keys (each one's keys all come before the
+    /// next one's), each once; `None` for a hash ring, whose shards' keys
+    /// interleave. A scan can then read the shards one after another and
+    /// stop at the first that fills its page, asking (and, in a
+    /// transaction, locking) none of the rest.
+    pub fn shards_in_key_order(&self, start: &[u8], end: Option<&[u8]>) -> Option<Vec<ShardId>> {
+        let Kind::Range(ranges) = &self.kind else {
+            return None;
+        };
+        if end.is_some_and(|e| e <= start) {
+            return Some(Vec::new());
+        }
+        let mut ids: Vec<ShardId> = Vec::new();
+        for r in Self::ranges_meeting(ranges, start, end) {
+            // Only a hand-built map gives a shard two ranges; its first
+            // place is where a scan reaches it.
+            if !ids.contains(&r.1) {
+                ids.push(r.1);
+            }
+        }
+        Some(ids)
+    }
+
+    /// The shards a scan of `[start, end)` reads, and whether they are in
+    /// key order (range shards: read one after another, as far as a page
+    /// needs) or not (a hash ring: every shard, each page merged).
+    pub fn scan_shards(&self, start: &[u8], end: Option<&[u8]>) -> (Vec<ShardId>, bool) {
+        match self.shards_in_key_order(start, end) {
+            Some(ids) => (ids, true),
+            None => (self.shards_for_range(start, end), false),
+        }
+    }
+
+    /// The ranges (sorted by start) that overlap `[start, end)`, for a
+    /// non-empty interval.
+    fn ranges_meeting<'a>(
+        ranges: &'a [(Vec<u8>, ShardId)],
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> &'a [(Vec<u8>, ShardId)] {
+        let Some(first) = Self::range_index(ranges, start) else {
+            return &[];
+        };
+        // `end` is exclusive: a range starting exactly at `end` holds
+        // none of the requested keys.
+        let last = match end {
+            None => ranges.len(),
+            Some(e) => ranges.partition_point(|(s, _)| s.as_slice() < e),
+        };
+        ranges.get(first..last).unwrap_or_default()
     }
 
     /// Range scheme only: the key range `[start, end)` owned by `shard`
@@ -1056,6 +1098,28 @@ mod tests {
         assert_eq!(map.shards_for_range(b"a", Some(b"b")), ids(&[1, 2, 3]));
         assert_eq!(map.shards_for_range(b"", None), ids(&[1, 2, 3]));
         assert!(map.shards_for_range(b"b", Some(b"a")).is_empty());
+    }
+
+    #[test]
+    fn range_scans_meet_shards_in_key_order_and_hash_scans_have_none() {
+        // Ids out of key order, as after splits: 7 ["", "g"), 3 ["g", "p"),
+        // 5 ["p", ..).
+        let map = ShardMap::new_range(&[
+            (b"p".to_vec(), ShardId(5)),
+            (Vec::new(), ShardId(7)),
+            (b"g".to_vec(), ShardId(3)),
+        ]);
+        assert_eq!(map.shards_in_key_order(b"", None), Some(ids(&[7, 3, 5])));
+        assert_eq!(map.shards_in_key_order(b"h", None), Some(ids(&[3, 5])));
+        assert_eq!(
+            map.shards_in_key_order(b"a", Some(b"p")),
+            Some(ids(&[7, 3]))
+        );
+        assert_eq!(map.shards_in_key_order(b"q", Some(b"a")), Some(Vec::new()));
+        // The same shards as the unordered query, in another order.
+        assert_eq!(map.shards_for_range(b"", None), ids(&[3, 5, 7]));
+        let hash = ShardMap::new_hash(&ids(&[1, 2]), 16);
+        assert_eq!(hash.shards_in_key_order(b"", None), None);
     }
 
     /// Shards 10 ["", "g"), 20 ["g", "p"), 30 ["p", ..), given out of order.

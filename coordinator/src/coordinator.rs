@@ -997,15 +997,23 @@ impl Coordinator {
         end: Option<Vec<u8>>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
-        let mut pages = Vec::new();
+        let limit = if limit == 0 { 1000 } else { limit as usize };
+        let mut pages: Vec<(pact_common::Pairs, bool)> = Vec::new();
         let mut tries = 0;
         let mut map = self.participants.shard_map();
-        let mut shards = map.shards_for_range(&start, end.as_deref());
+        let (mut shards, mut ordered) = map.scan_shards(&start, end.as_deref());
         while let Some(shard) = shards.first().copied() {
             shards.remove(0);
             // The shard's part only, which it checks it owns whole.
             let Some((lo, hi)) = map.clip(shard, &start, end.as_deref()) else {
                 continue;
+            };
+            // Range shards are read in key order, each for what the page
+            // still lacks; a hash shard's keys interleave with the others'.
+            let want = if ordered {
+                limit.saturating_sub(pages.iter().map(|(p, _)| p.len()).sum())
+            } else {
+                limit
             };
             let (first, priority) = self.touch_or_end(txn, shard).await?;
             let req = pb::TxnScanRequest {
@@ -1013,7 +1021,7 @@ impl Coordinator {
                 txn: Some(pb_txn(txn)),
                 start: lo.into(),
                 end: hi.unwrap_or_default().into(),
-                limit,
+                limit: u32::try_from(want).unwrap_or(u32::MAX),
                 first,
                 priority,
                 shard_version: map.version(shard),
@@ -1030,7 +1038,7 @@ impl Coordinator {
                     // Read it all again by the new map: the locks taken
                     // so far stay (a transaction's locks only grow).
                     map = self.participants.shard_map();
-                    shards = map.shards_for_range(&start, end.as_deref());
+                    (shards, ordered) = map.scan_shards(&start, end.as_deref());
                     pages.clear();
                     continue;
                 }
@@ -1044,13 +1052,27 @@ impl Coordinator {
                         .map(|p| (p.key.to_vec(), p.value.to_vec()))
                         .collect();
                     pages.push((pairs, r.more));
+                    // Enough for the page: the later range shards are
+                    // neither asked nor locked (the next page reaches them;
+                    // a short scan stays a one-shard transaction).
+                    if ordered
+                        && pact_common::ordered_pages_suffice(
+                            &pages,
+                            limit,
+                            pact_common::MAX_BATCH_BYTES,
+                        )
+                    {
+                        if !shards.is_empty() {
+                            pages.push((Vec::new(), true));
+                        }
+                        break;
+                    }
                 }
                 Err(e) => return Err(self.fail(txn, e.into()).await),
             }
         }
         // One answer: in key order, never past a shard's unread keys, and
         // small enough to send.
-        let limit = if limit == 0 { 1000 } else { limit as usize };
         Ok(pact_common::merge_scan_pages(
             pages,
             limit,
