@@ -47,7 +47,9 @@
 //! `merge-lagging-target-view` (a merge's leader does not see a merge its
 //! target recorded, and a target's leader accepts a merge into it 2 s
 //! after it sees it, as if each node's replica of the other shard lagged),
-//! so tests can record two merges in opposite directions.
+//! so tests can record two merges in opposite directions. And
+//! `plain-scan-pause` (a plain scan waits 2 s once it holds its range
+//! lock, before it reads), so an older transaction can wound it mid-read.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -72,6 +74,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "split-pause-before-freeze",
     "split-pause-before-trim",
     "merge-lagging-target-view",
+    "plain-scan-pause",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

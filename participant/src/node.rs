@@ -1741,6 +1741,9 @@ impl Node {
             self.acquire(s, txn, true, txn.ts, Target::Range(range))
                 .await,
         )?;
+        if pact_common::faults::enabled("plain-scan-pause") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let out = self.read_range(s, txn, start, end, limit).await?;
         // Wounded while it read (an older transaction took its range
         // lock at once, as a plain operation's are): what it read may mix

@@ -696,6 +696,19 @@ impl Cluster {
     }
 
     /// The last lines of every node's log, for failure messages.
+    /// Every node's log lines that `keep` picks, each headed by its node,
+    /// for a failure message about one part of the system.
+    pub fn log_lines(&self, keep: impl Fn(&str) -> bool) -> String {
+        let mut out = String::new();
+        for id in self.node_ids() {
+            let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            for l in text.lines().filter(|l| keep(l)) {
+                out.push_str(&format!("node {id}: {l}\n"));
+            }
+        }
+        out
+    }
+
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
         for id in self.node_ids().into_iter().chain(self.ever_joined()) {

@@ -1482,17 +1482,7 @@ async fn a_wiped_config_voter_rejoins_through_the_voters_the_table_lists() {
 
 /// Every node's log lines about group 1, for a failure's message.
 fn group_one_lines(c: &Cluster) -> String {
-    let mut out = String::new();
-    for id in c.node_ids() {
-        let text = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
-        for l in text
-            .lines()
-            .filter(|l| l.contains("group=1 ") || l.ends_with("group=1") || l.contains("shard=1 "))
-        {
-            out.push_str(&format!("node {id}: {l}\n"));
-        }
-    }
-    out
+    c.log_lines(|l| l.contains("group=1 ") || l.ends_with("group=1") || l.contains("shard=1 "))
 }
 
 /// Three `pact` nodes holding three shards and a coordinator group (the

@@ -38,17 +38,7 @@ fn txn_admin(c: &Cluster, what: &str, args: &[&str]) -> (bool, serde_json::Value
 /// The nodes' log lines about splits and new shards, for a failure's
 /// message.
 fn split_lines(c: &Cluster) -> String {
-    let mut out = String::new();
-    for id in c.node_ids() {
-        let text = std::fs::read_to_string(c.log_path(id)).unwrap_or_default();
-        for l in text
-            .lines()
-            .filter(|l| l.contains("split") || l.contains("new shard") || l.contains("merge"))
-        {
-            out.push_str(&format!("node {id}: {l}\n"));
-        }
-    }
-    out
+    c.log_lines(|l| l.contains("split") || l.contains("new shard") || l.contains("merge"))
 }
 
 async fn start(config: ClusterConfig) -> Cluster {

@@ -268,6 +268,73 @@ async fn a_plain_write_wounded_by_an_older_transaction_still_succeeds() {
     }
 }
 
+/// A plain scan is a transaction of its own too: an older transaction
+/// that wants a key in its range wounds it at once (it does not wait for
+/// the scan), and the scan, wounded mid-read, reads again rather than
+/// hand out what it read or an abort its caller never asked for. The
+/// `plain-scan-pause` fault holds each scan 2 s between taking its range
+/// lock and reading, the window the wound lands in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_scan_wounded_mid_read_reads_again() {
+    // Range shards, so the scan asks one shard (each shard asked pauses).
+    let mut config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
+    config.partitioning = pact_common::PartitionScheme::Range;
+    for (s, start) in config.shards.iter_mut().zip(["", "k", "t"]) {
+        s.start = Some(start.to_string());
+    }
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in c.participant_ids() {
+        c.set_env(id, "PACT_FAULTS", "plain-scan-pause");
+    }
+    c.start_all();
+    let parts = c.participant_ids();
+    for s in 1..=3 {
+        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
+            .await;
+    }
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    c.wait_voting(Duration::from_secs(30)).await;
+    let client = c.client();
+    let (k1, k2) = (b"wscan-1".to_vec(), b"wscan-2".to_vec());
+    client.put(&k1, b"before").await.expect("put");
+    client.put(&k2, b"before").await.expect("put");
+    let (lo, end) = (&b"wscan-"[..], &b"wscan-~"[..]);
+
+    // Older than the scan: begun first.
+    let mut old = client.begin().await.expect("begin");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let scan = {
+        let client = client.clone();
+        tokio::spawn(async move { client.scan(lo, Some(end), 0).await })
+    };
+    // The scan holds its range lock and sleeps in the fault's pause.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // (Had it waited for the scan instead, the scan would have read the
+    // values from before it.)
+    old.get_for_update(&k1)
+        .await
+        .expect("the older one takes k1");
+    old.put(&k1, b"after").await.expect("put");
+    old.put(&k2, b"after").await.expect("put");
+    old.commit().await.expect("the older transaction commits");
+    let r = tokio::time::timeout(Duration::from_secs(20), scan)
+        .await
+        .expect("the scan finishes")
+        .expect("task")
+        .expect("a wounded plain scan is read again, not reported");
+    // Both keys in the same state: the scan's second reading, after the
+    // commit (two pauses of 2 s: it did read again).
+    let values: Vec<&[u8]> = r.iter().map(|(_, v)| v.as_slice()).collect();
+    assert_eq!(values, [&b"after"[..], &b"after"[..]], "{r:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(3900),
+        "the scan came back after {elapsed:?}: it was not read again",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_begin_and_batched_reads_lock_see_own_writes_and_abort_when_wounded() {
     let c = Cluster::transactional().await;
