@@ -50,6 +50,10 @@
 //! so tests can record two merges in opposite directions. And
 //! `plain-scan-pause` (a plain scan waits 2 s once it holds its range
 //! lock, before it reads), so an older transaction can wound it mid-read.
+//! And `probe-ignores-table` (a replica on an empty store asks only the
+//! peers its config or its own records name, as if the metadata table
+//! lagged every membership change), so tests can check that it learns the
+//! group's current voters from its peers' answers.
 //!
 //! `PACT_FAULTS` is a comma-separated list of those names. The servers log
 //! a warning naming every fault that is on; unknown names are refused at
@@ -75,6 +79,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "split-pause-before-trim",
     "merge-lagging-target-view",
     "plain-scan-pause",
+    "probe-ignores-table",
 ];
 
 fn parse(list: &str) -> Result<Vec<String>, String> {

@@ -458,6 +458,16 @@ impl PeerClient {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
+        self.call_with_meta(kind, req, ttl).await.map(|(r, _)| r)
+    }
+
+    /// [`PeerClient::call`], with the answer's gRPC metadata.
+    async fn call_with_meta<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<(Resp, tonic::metadata::MetadataMap), CallError> {
         let payload = encode(req).map_err(|e| CallError::Network(e.to_string()))?;
         // openraft hands every append the heartbeat interval as its
         // deadline, whatever it carries.
@@ -506,12 +516,14 @@ impl PeerClient {
                     None => CallError::Network(m),
                 });
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => r.into_parts(),
         };
+        let (meta, resp, _) = resp;
         decode(
             &resp.payload,
             format_args!("reply from node {}", self.target),
         )
+        .map(|r| (r, meta))
         .map_err(|e| CallError::Network(format!("bad {e}")))
     }
 }
@@ -757,20 +769,101 @@ struct Incoming {
 /// Ask peer `target` for its vote and last log id in `group`, with a
 /// Pre-Vote request that can grant nothing (term 0, empty log) and that the
 /// receiver answers without changing any state.
+///
+/// The answer also names the voters of the group as the peer knows them
+/// ([`VOTERS_HEADER`]), if it says (a node of an older version does not,
+/// and a header that does not parse counts as not saying).
 pub(crate) async fn ask_state(
     peers: &Peers,
     group: u64,
     me: u64,
     target: u64,
     addr: &str,
-) -> Result<VoteResponse<TypeConfig>, String> {
+) -> Result<(VoteResponse<TypeConfig>, Option<KnownVoters>), String> {
     let req = VoteRequest::<TypeConfig>::new(Vote::new(0, me), None);
-    PeerClient::probe(peers, group, me, target, addr)
-        .call(Kind::PreVote, &req, Duration::from_secs(1))
+    let (resp, meta) = PeerClient::probe(peers, group, me, target, addr)
+        .call_with_meta(Kind::PreVote, &req, Duration::from_secs(1))
         .await
         .map_err(|e| match e {
             CallError::Unreachable(m) | CallError::Network(m) | CallError::Removed(_, m) => m,
-        })
+        })?;
+    let known = meta
+        .get(VOTERS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(KnownVoters::parse);
+    Ok((resp, known))
+}
+
+/// The gRPC metadata key under which a replica's answer to a Pre-Vote
+/// names the voters of its group's membership as it knows it (both halves
+/// of a joint one) and the log id of that membership. A replica on an
+/// empty store asks those voters too: its rejoin floor must include the
+/// vote of every current voter, and the metadata table it otherwise goes
+/// by may lag a membership change.
+pub(crate) const VOTERS_HEADER: &str = "pact-voters";
+
+/// At most this many voters in one [`VOTERS_HEADER`] (a group has a
+/// handful; a longer list is a peer speaking garbage).
+const MAX_HEADER_VOTERS: usize = 64;
+
+/// A peer's membership, as its Pre-Vote answer names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KnownVoters {
+    /// The membership's log id as (term, index); (0, 0) for none.
+    pub(crate) at: (u64, u64),
+    pub(crate) voters: BTreeSet<u64>,
+}
+
+impl KnownVoters {
+    /// "term:index;id,id,..." (no ids: a replica that knows no
+    /// membership).
+    fn encode(&self) -> String {
+        let ids: Vec<String> = self.voters.iter().map(u64::to_string).collect();
+        format!("{}:{};{}", self.at.0, self.at.1, ids.join(","))
+    }
+
+    /// None for anything that is not exactly [`KnownVoters::encode`]'s
+    /// form.
+    pub(crate) fn parse(v: &str) -> Option<KnownVoters> {
+        let (at, ids) = v.split_once(';')?;
+        let (term, index) = at.split_once(':')?;
+        let at = (term.parse().ok()?, index.parse().ok()?);
+        let mut voters = BTreeSet::new();
+        for id in ids.split(',').filter(|s| !s.is_empty()) {
+            voters.insert(id.parse().ok()?);
+            if voters.len() > MAX_HEADER_VOTERS {
+                return None;
+            }
+        }
+        Some(KnownVoters { at, voters })
+    }
+
+    /// This replica's own.
+    fn of(raft: &Raft) -> KnownVoters {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let c = &m.membership_config;
+        KnownVoters {
+            at: c
+                .log_id()
+                .as_ref()
+                .map_or((0, 0), |l| (l.leader_id.term, l.index)),
+            voters: c.membership().voter_ids().collect(),
+        }
+    }
+}
+
+/// A Pre-Vote answer, with this replica's membership in its metadata.
+fn vote_reply(
+    group: u64,
+    raft: &Raft,
+    resp: &VoteResponse<TypeConfig>,
+) -> Result<Response<RaftMessage>, Status> {
+    let mut r = reply(group, *raft.node_id(), resp)?;
+    if let Ok(v) = KnownVoters::of(raft).encode().parse() {
+        r.metadata_mut().insert(VOTERS_HEADER, v);
+    }
+    Ok(r)
 }
 
 /// Ask `target` (at `addr`), the leader that said the group removed this
@@ -1209,10 +1302,10 @@ impl RaftTransport for Router {
                 .map_err(|e| Status::internal(format!("storage: {e}")))?
                 .last_log_id;
             let resp = VoteResponse::<TypeConfig>::new(vote, last, false);
-            return reply(m.group, *raft.node_id(), &resp);
+            return vote_reply(m.group, &raft, &resp);
         }
         let resp = raft.pre_vote(req).await.map_err(raft_status)?;
-        reply(m.group, *raft.node_id(), &resp)
+        vote_reply(m.group, &raft, &resp)
     }
 
     async fn transfer_leader(
@@ -1486,6 +1579,33 @@ async fn receive_chunk(
             .inc_by(len);
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod voters_header_tests {
+    use super::KnownVoters;
+
+    /// A Pre-Vote answer's membership header reads back as written; what
+    /// is not exactly that form (or names too many voters) is taken as no
+    /// word at all, never as a membership.
+    #[test]
+    fn the_voters_header_reads_back_and_garbage_says_nothing() {
+        let k = KnownVoters {
+            at: (7, 120),
+            voters: [3, 1, 4].into_iter().collect(),
+        };
+        assert_eq!(k.encode(), "7:120;1,3,4");
+        assert_eq!(KnownVoters::parse(&k.encode()), Some(k));
+        let none = KnownVoters::parse("0:0;").expect("no membership yet");
+        assert!(none.voters.is_empty());
+        for bad in [
+            "", "7:120", "7;1,2", "x:1;2", "7:1;2,y", "7:1;-2", "7:1:2;3",
+        ] {
+            assert_eq!(KnownVoters::parse(bad), None, "{bad:?}");
+        }
+        let many: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(KnownVoters::parse(&format!("1:1;{}", many.join(","))), None);
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,11 @@
 //!   refuses appends, snapshots and votes. It cannot tell a new group from
 //!   a lost disk by itself, so it waits for all of them: the one peer that
 //!   did not answer could be the only one that knows what it promised.
+//!   "Every other replica" is the group's current voters, which its
+//!   config, its own records and the metadata table may each have missed
+//!   (the group moved): the answers also name each peer's membership, and
+//!   the voters of the newest one named are asked too
+//!   (`replica::widen_plan`).
 //! - If no peer holds an entry past index 0, nothing was ever committed:
 //!   the group is new and the replica joins normally (the first listed
 //!   replica initializes the group if no peer did).

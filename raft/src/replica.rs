@@ -11,7 +11,7 @@ use openraft::{BasicNode, Config, Instant as _, ReadPolicy, ServerState, Snapsho
 
 use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
-use crate::network::{ask_state, NetworkFactory, Peers, Router};
+use crate::network::{ask_state, KnownVoters, NetworkFactory, Peers, Router};
 use crate::rejoin::{decide, Decision, Gate, LeaderId};
 use crate::snapshot::Outbound;
 use crate::state_machine::{scan_sm, Apply, StateMachine};
@@ -1639,6 +1639,8 @@ async fn guard(g: Guarded) {
         let Some(answers) = ask_every_peer(&g).await else {
             return;
         };
+        let asked: Vec<u64> = answers.keys().copied().collect();
+        let answers: Vec<_> = answers.into_values().collect();
         match decide(g.first, &answers) {
             Decision::Create => {
                 open(&g);
@@ -1666,6 +1668,7 @@ async fn guard(g: Guarded) {
                 tracing::warn!(
                     group = g.group,
                     %floor,
+                    ?asked,
                     "this replica's store is empty but its peers hold the group's data (a lost or \
                      replaced disk, or a replica started late in a new group): rejoining without \
                      a vote until it has caught up"
@@ -1768,11 +1771,56 @@ fn table_voters(directory: &Directory, group: u64, me: u64) -> Option<Vec<u64>> 
     }
 }
 
+/// Widen `plan` by `newest`, the newest membership the answers so far
+/// name: its voters not asked yet are asked too (not waited for only if
+/// removed from the cluster). The config's peers and the metadata table
+/// may both lag a membership change, and the rejoin floor needs the vote
+/// of every current voter: one left out may have been elected by this
+/// replica's lost vote, in a term no asked peer has seen.
+fn widen_plan(
+    plan: &mut ProbePlan,
+    me: u64,
+    newest: Option<&KnownVoters>,
+    removed: impl Fn(u64) -> bool,
+    addr_of: impl Fn(u64) -> Option<String>,
+) {
+    let Some(newest) = newest else {
+        return;
+    };
+    for &id in &newest.voters {
+        if id == me || removed(id) || plan.ask.iter().any(|(a, _)| *a == id) {
+            continue;
+        }
+        plan.skipped.retain(|s| *s != id);
+        plan.ask.push((id, addr_of(id)));
+    }
+}
+
+/// The newest membership among the answers (by its log id).
+fn newest_known<'a>(
+    answers: impl IntoIterator<Item = &'a Option<KnownVoters>>,
+) -> Option<&'a KnownVoters> {
+    answers.into_iter().flatten().max_by_key(|k| k.at)
+}
+
+/// How long a probe keeps answers while it waits for other peers before
+/// asking everyone again (a membership they named may have changed since).
+const PROBE_REFRESH: Duration = Duration::from_secs(5);
+
 /// Every peer's answer, retried until all answered; None if the replica
 /// stopped meanwhile.
-async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<TypeConfig>>> {
-    let mut answers = BTreeMap::new();
+async fn ask_every_peer(
+    g: &Guarded,
+) -> Option<BTreeMap<u64, openraft::raft::VoteResponse<TypeConfig>>> {
+    let mut answers: BTreeMap<
+        u64,
+        (
+            openraft::raft::VoteResponse<TypeConfig>,
+            Option<KnownVoters>,
+        ),
+    > = BTreeMap::new();
     let mut last_log = tokio::time::Instant::now();
+    let mut asked_afresh = tokio::time::Instant::now();
     loop {
         if stopped(&g.raft) {
             return None;
@@ -1793,20 +1841,23 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        let table = table_voters(&g.directory, g.group, g.me);
-        let plan = probe_plan(
-            g.me,
-            &g.members,
-            table.as_deref(),
-            |id| g.directory.is_removed(id),
-            |id| g.directory.get(id).map(|m| m.peer_addr),
-        );
+        let table = if pact_common::faults::enabled("probe-ignores-table") {
+            None
+        } else {
+            table_voters(&g.directory, g.group, g.me)
+        };
+        let removed = |id| g.directory.is_removed(id);
+        let addr_of = |id| g.directory.get(id).map(|m| m.peer_addr);
+        let mut plan = probe_plan(g.me, &g.members, table.as_deref(), removed, addr_of);
+        let newest = newest_known(answers.values().map(|(_, k)| k)).cloned();
+        widen_plan(&mut plan, g.me, newest.as_ref(), removed, addr_of);
         let mut missing = Vec::new();
         let skipped = plan.skipped;
-        // The table's voters hold the group now, and one of them will lead
-        // it to this replica (as the table says now: a voter it dropped
-        // is no longer let in).
-        g.gate.vouch(if plan.ran_before {
+        // The table's voters (or those the peers' newest membership
+        // names) hold the group now, and one of them will lead it to this
+        // replica (as they say now: a voter dropped since is no longer
+        // let in).
+        g.gate.vouch(if plan.ran_before || newest.is_some() {
             plan.ask.iter().map(|(id, _)| *id).collect()
         } else {
             Default::default()
@@ -1832,10 +1883,23 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
         // that hold it now are elsewhere, and creating or joining it with
         // an empty log could vote away what they committed. Keep asking.
         // So does the metadata table's record of the group.
-        let has_data = crate::rejoin::holds_data(answers.values());
+        // The answers just in may name a newer membership, with voters
+        // not asked yet: ask them before deciding.
+        let now_newest = newest_known(answers.values().map(|(_, k)| k));
+        if now_newest.is_some_and(|n| {
+            n.voters.iter().any(|id| {
+                *id != g.me
+                    && !removed(*id)
+                    && !answers.contains_key(id)
+                    && !missing.iter().any(|(m, _)| m == id)
+            })
+        }) {
+            continue;
+        }
+        let has_data = crate::rejoin::holds_data(answers.values().map(|(a, _)| a));
         let skips = skipped.len() + usize::from(plan.ran_before);
         if probe_complete(missing.len(), skips, has_data) {
-            return Some(answers.into_values().collect());
+            return Some(answers.into_iter().map(|(id, (a, _))| (id, a)).collect());
         }
         if missing.is_empty() {
             if last_log.elapsed() >= GATE_LOG_EVERY {
@@ -1861,6 +1925,12 @@ async fn ask_every_peer(g: &Guarded) -> Option<Vec<openraft::raft::VoteResponse<
                 "replica started with an empty store; waiting for every peer to answer before \
                  it can tell a new group from a lost disk"
             );
+        }
+        if asked_afresh.elapsed() >= PROBE_REFRESH {
+            // The memberships the kept answers named may be gone by now
+            // (a change finished, and a voter they listed left for good).
+            asked_afresh = tokio::time::Instant::now();
+            answers.clear();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1916,7 +1986,7 @@ fn storage_err(e: io::Error) -> ReplicaError {
 mod probe_tests {
     use std::collections::BTreeMap;
 
-    use super::{probe_complete, probe_plan, ProbePlan};
+    use super::{newest_known, probe_complete, probe_plan, widen_plan, KnownVoters, ProbePlan};
 
     fn members(ids: &[u64]) -> BTreeMap<u64, String> {
         ids.iter().map(|i| (*i, format!("config:{i}"))).collect()
@@ -1964,6 +2034,63 @@ mod probe_tests {
         assert_eq!(plan.skipped, Vec::<u64>::new());
         assert!(plan.ran_before);
         assert!(!probe_complete(0, usize::from(plan.ran_before), false));
+    }
+
+    /// The newest membership the peers' answers name widens the plan:
+    /// its voters the config and a lagging table left out are asked (a
+    /// skipped one too), except this node and those removed from the
+    /// cluster; an older membership's voters are not.
+    #[test]
+    fn an_empty_replica_also_asks_the_voters_its_peers_name() {
+        let known = |at: (u64, u64), ids: &[u64]| {
+            Some(KnownVoters {
+                at,
+                voters: ids.iter().copied().collect(),
+            })
+        };
+        let answers = [
+            known((3, 40), &[1, 2, 3]),
+            None,
+            known((5, 90), &[1, 2, 6, 7, 8]),
+            known((5, 12), &[1, 2, 9]),
+        ];
+        let newest = newest_known(answers.iter());
+        assert_eq!(newest.map(|k| k.at), Some((5, 90)));
+        // The table (lagging) lists 1, 2, 6 and 3: 3 is skipped as having
+        // left, 6 asked; the answers say 7 and 8 vote now (8 removed from
+        // the cluster, so not waited for).
+        let mut plan = probe_plan(
+            1,
+            &members(&[1, 2, 3, 7]),
+            Some(&[1, 2, 6]),
+            |i| i == 8,
+            |_| None,
+        );
+        assert_eq!(plan.skipped, vec![3, 7]);
+        widen_plan(&mut plan, 1, newest, |i| i == 8, |i| Some(format!("m:{i}")));
+        assert_eq!(
+            plan,
+            ProbePlan {
+                ask: vec![
+                    (2, Some("config:2".into())),
+                    (6, None),
+                    (7, Some("m:7".into()))
+                ],
+                skipped: vec![3],
+                ran_before: true,
+            }
+        );
+        // No answer names a membership: the plan stands.
+        let before = probe_plan(1, &members(&[1, 2]), None, |_| false, |_| None);
+        let mut after = probe_plan(1, &members(&[1, 2]), None, |_| false, |_| None);
+        widen_plan(
+            &mut after,
+            1,
+            newest_known([None, None].iter()),
+            |_| false,
+            |_| None,
+        );
+        assert_eq!(after, before);
     }
 
     /// An empty replica decides once every peer it asks answered; with a

@@ -1480,6 +1480,85 @@ async fn a_wiped_config_voter_rejoins_through_the_voters_the_table_lists() {
     }
 }
 
+/// A replica on an empty store asks the peers its config names and,
+/// when they name a newer membership in their answers, that membership's
+/// voters too: the rejoin floor must include every current voter's vote,
+/// and the metadata table, the other source, may lag a change. Here the
+/// table is out of the picture (`probe-ignores-table` on node 1): shard 1
+/// gained node 4 as a voter, which leads it when node 1 comes back
+/// wiped. Node 1 asks 2 and 3, learns of 4 from their answers, asks it,
+/// lets it lead it back (it knows no membership yet), and rejoins. Before,
+/// it asked only 2 and 3, and refused node 4's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_asks_the_voters_its_peers_name() {
+    let mut c = cluster_of_five().await;
+    let client = c.client();
+    for i in 0..20 {
+        let key = format!("before-{i:02}");
+        client.put(key.as_bytes(), b"v").await.expect("put");
+    }
+    let (ok, v, err) = txn_replica(&c, &["add", "1", "4"]);
+    assert!(ok, "add 4: {err} {v}\n{}", c.logs_tail());
+    client
+        .transfer_leader(RaftGroup::Shard(ShardId(1)), NodeId(4))
+        .await
+        .expect("node 4 leads shard 1");
+    c.kill(NodeId(1));
+    std::fs::remove_dir_all(c.data_dir(NodeId(1))).expect("wipe node 1's data dir");
+    for i in 0..20 {
+        let key = format!("away-{i:02}");
+        client
+            .put(key.as_bytes(), b"v")
+            .await
+            .expect("put while node 1 is away");
+    }
+    c.set_env(NodeId(1), "PACT_FAULTS", "probe-ignores-table");
+    c.start_node(NodeId(1));
+    let rest = [NodeId(2), NodeId(3), NodeId(4)];
+    let leader = c
+        .wait_leader(ShardId(1), &rest, Duration::from_secs(20))
+        .await;
+    let target = c
+        .status(ShardId(1), leader)
+        .await
+        .expect("leader status")
+        .applied_index;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let s = c.status(ShardId(1), NodeId(1)).await;
+        if let Some(s) = &s {
+            if s.applied_index >= target && s.gate == "open" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1's replica of shard 1 did not rejoin: {s:?}\n{}",
+            group_one_lines(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
+    let rejoined: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rejoining without a vote") && l.contains("group=1 "))
+        .collect();
+    assert!(
+        rejoined.iter().any(|l| l.contains("asked=[2, 3, 4]")),
+        "node 1 did not ask node 4: {rejoined:?}"
+    );
+    for i in 0..20 {
+        for what in ["before", "away"] {
+            let key = format!("{what}-{i:02}");
+            assert_eq!(
+                read_settled(&client, key.as_bytes()).await,
+                Some(b"v".to_vec()),
+                "{key}"
+            );
+        }
+    }
+}
+
 /// Every node's log lines about group 1, for a failure's message.
 fn group_one_lines(c: &Cluster) -> String {
     c.log_lines(|l| l.contains("group=1 ") || l.ends_with("group=1") || l.contains("shard=1 "))
