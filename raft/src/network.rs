@@ -66,6 +66,12 @@ use crate::types::{byte_string, LogId, Raft, Snapshot, SnapshotMeta, TypeConfig,
 /// the sender out (the status is `FAILED_PRECONDITION`).
 pub const REMOVED_AT: &str = "pact-removed-at";
 
+/// Metadata on a snapshot chunk's RESOURCE_EXHAUSTED refusal: the
+/// follower has no room for the snapshot (its disk would fall below the
+/// reserve). The leader then sends that follower no snapshot for
+/// [`crate::snapshot::ROOM_BACKOFF`].
+pub const NO_ROOM: &str = "pact-no-room";
+
 /// A group's leader told this node that the group removed this node's
 /// replica, by a committed membership at log index `at` (beyond the
 /// replica's last entry).
@@ -350,6 +356,8 @@ const STUCK_WITHIN: Duration = Duration::from_millis(100);
 enum CallError {
     Unreachable(String),
     Network(String),
+    /// The follower has no room for a snapshot ([`NO_ROOM`]).
+    NoRoom(String),
     /// The group's leader says the group removed this replica by a
     /// committed membership at this index.
     Removed(u64, String),
@@ -358,7 +366,7 @@ enum CallError {
 impl CallError {
     fn rpc(self) -> RPCError<TypeConfig> {
         match self {
-            CallError::Unreachable(m) => {
+            CallError::Unreachable(m) | CallError::NoRoom(m) => {
                 RPCError::Unreachable(Unreachable::new(&AnyError::error(m)))
             }
             CallError::Network(m) | CallError::Removed(_, m) => {
@@ -368,7 +376,8 @@ impl CallError {
     }
     fn streaming(self) -> StreamingError<TypeConfig> {
         match self {
-            CallError::Unreachable(m) => {
+            // Unreachable makes openraft back off before it tries again.
+            CallError::Unreachable(m) | CallError::NoRoom(m) => {
                 StreamingError::Unreachable(Unreachable::new(&AnyError::error(m)))
             }
             CallError::Network(m) | CallError::Removed(_, m) => {
@@ -511,6 +520,10 @@ impl PeerClient {
             }
             Ok(Err(s)) => {
                 let m = format!("node {}: {}", self.target, s);
+                if s.code() == tonic::Code::ResourceExhausted && s.metadata().get(NO_ROOM).is_some()
+                {
+                    return Err(CallError::NoRoom(m));
+                }
                 return Err(match removed_at(&s) {
                     Some(at) => CallError::Removed(at, m),
                     None => CallError::Network(m),
@@ -601,10 +614,35 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             )
             .streaming());
         };
+        // A follower that had no room a moment ago has none now: sending
+        // again would move every chunk up to where its disk runs short,
+        // over and over.
+        if let Some(left) = self
+            .outbound
+            .room_wait(self.target, std::time::Instant::now())
+        {
+            return Err(CallError::NoRoom(format!(
+                "node {} had no room for a snapshot of group {}; sending again in {} s",
+                self.target,
+                self.group,
+                left.as_secs()
+            ))
+            .streaming());
+        }
         let r = tokio::select! {
             r = self.stream_snapshot(vote, snapshot.meta, view) => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
+        if let Err(CallError::NoRoom(m)) = &r {
+            tracing::warn!(
+                group = self.group,
+                target = self.target,
+                "snapshot refused for want of room: {m}; not sending that node one for {} s",
+                crate::snapshot::ROOM_BACKOFF.as_secs()
+            );
+            self.outbound
+                .refused_for_room(self.target, std::time::Instant::now());
+        }
         let r = r.map_err(CallError::streaming)?;
         if let Some(m) = crate::metrics::process() {
             m.snapshots_sent
@@ -703,6 +741,8 @@ impl PeerClient {
         loop {
             match self.call(Kind::Snapshot, msg, CHUNK_TTL).await {
                 Ok(r) => return Ok(r),
+                // No room now is no room in 200 ms either.
+                Err(e @ CallError::NoRoom(_)) => return Err(e),
                 Err(e) if attempt >= CHUNK_ATTEMPTS => return Err(e),
                 Err(e) => {
                     tracing::debug!(
@@ -785,7 +825,10 @@ pub(crate) async fn ask_state(
         .call_with_meta(Kind::PreVote, &req, Duration::from_secs(1))
         .await
         .map_err(|e| match e {
-            CallError::Unreachable(m) | CallError::Network(m) | CallError::Removed(_, m) => m,
+            CallError::Unreachable(m)
+            | CallError::Network(m)
+            | CallError::Removed(_, m)
+            | CallError::NoRoom(m) => m,
         })?;
     let known = meta
         .get(VOTERS_HEADER)
@@ -884,7 +927,7 @@ pub(crate) async fn ask_removed(
         .await
     {
         Err(CallError::Removed(at, _)) => Ok(at),
-        Err(CallError::Unreachable(m) | CallError::Network(m)) => Err(m),
+        Err(CallError::Unreachable(m) | CallError::Network(m) | CallError::NoRoom(m)) => Err(m),
         Ok(_) => Err(format!("node {target} no longer says so")),
     }
 }
@@ -1558,7 +1601,10 @@ async fn receive_chunk(
         }
         Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
             tracing::warn!(group, from, session, "snapshot refused: {e}");
-            return Err(Status::resource_exhausted(e.to_string()));
+            let mut st = Status::resource_exhausted(e.to_string());
+            st.metadata_mut()
+                .insert(NO_ROOM, tonic::metadata::MetadataValue::from_static("1"));
+            return Err(st);
         }
         Err(e) => return Err(Status::internal(format!("snapshot file: {e}"))),
     }

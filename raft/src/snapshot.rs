@@ -31,6 +31,10 @@
 //! entries) a build goes ahead. (TiKV likewise holds log GC for a peer
 //! that is being sent a snapshot.)
 //!
+//! A follower that has no room for a snapshot refuses it
+//! (`RESOURCE_EXHAUSTED` with `network::NO_ROOM`); its leader then sends
+//! it none for [`ROOM_BACKOFF`] rather than move the same chunks again.
+//!
 //! **Installing** ([`install`]) replaces the group's state through the
 //! node's writer thread in bounded jobs, so other groups' jobs run between
 //! them: the file is renamed to the group's install slot, then one durable
@@ -92,7 +96,16 @@ pub(crate) const MAX_DEFERRED: u32 = 50;
 pub(crate) struct Outbound {
     sending: AtomicUsize,
     deferred: AtomicU32,
+    /// Followers that refused a snapshot for want of room, and until when
+    /// none is sent to them.
+    no_room: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
+
+/// How long a leader sends no snapshot to a follower that refused one for
+/// want of room (its disk would have fallen below `disk_reserve_mb`):
+/// each attempt moves every chunk up to the point where the room runs
+/// out, and room comes back only when an operator makes it.
+pub(crate) const ROOM_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Outbound {
     /// One transfer is under way (its follower stored a chunk); it counts
@@ -103,6 +116,31 @@ impl Outbound {
             self.deferred.store(0, Ordering::SeqCst);
         }
         Sending(self.clone())
+    }
+
+    /// Follower `target` refused a snapshot for want of room at `now`.
+    pub(crate) fn refused_for_room(&self, target: u64, now: std::time::Instant) {
+        if let Ok(mut m) = self.no_room.lock() {
+            m.insert(target, now + ROOM_BACKOFF);
+        }
+    }
+
+    /// How long before a snapshot may be sent to `target` again, if it
+    /// refused one for want of room less than [`ROOM_BACKOFF`] ago.
+    pub(crate) fn room_wait(
+        &self,
+        target: u64,
+        now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let mut m = self.no_room.lock().ok()?;
+        match m.get(&target) {
+            Some(until) if *until > now => Some(*until - now),
+            Some(_) => {
+                m.remove(&target);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Whether a snapshot due by policy should wait: yes while a transfer
@@ -1079,6 +1117,24 @@ mod tests {
         let e = s.append(&vec![0u8; MAX_FRAME_BYTES + 1]).unwrap_err();
         assert!(e.to_string().contains("exceeds the limit"), "{e}");
         assert_eq!(s.bytes(), 0);
+    }
+
+    /// A follower that refused a snapshot for want of room is sent none
+    /// for `ROOM_BACKOFF`, and then again; others are not held back.
+    #[test]
+    fn a_follower_without_room_is_sent_no_snapshot_for_a_while() {
+        let out = Outbound::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(out.room_wait(2, t0), None);
+        out.refused_for_room(2, t0);
+        assert_eq!(out.room_wait(2, t0), Some(ROOM_BACKOFF));
+        let later = t0 + ROOM_BACKOFF / 2;
+        assert_eq!(out.room_wait(2, later), Some(ROOM_BACKOFF / 2));
+        assert_eq!(out.room_wait(3, later), None);
+        assert_eq!(out.room_wait(2, t0 + ROOM_BACKOFF), None);
+        // Forgotten once over: a new refusal starts a new wait.
+        out.refused_for_room(2, t0 + ROOM_BACKOFF * 2);
+        assert!(out.room_wait(2, t0 + ROOM_BACKOFF * 2).is_some());
     }
 
     #[test]

@@ -270,6 +270,55 @@ async fn lagging_replica_catches_up_from_snapshot_after_compaction() {
     assert_all_readable(&c, &acked).await;
 }
 
+/// A follower with no room for the snapshot it needs refuses it at the
+/// first chunk (its disk would fall below `disk_reserve_mb`, here set
+/// beyond any disk), marked as no room, and its leader sends it none for
+/// a minute. Before, the leader resent the chunk and then the whole
+/// snapshot at once, again and again, each time moving chunks up to where
+/// the room ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_refused_for_room_is_not_sent_again_at_once() {
+    let (mut c, leader, follower) = compacting_cluster().await;
+    let has = follower_last_log(&c, follower).await;
+    c.kill(follower);
+    write_keys(&c, "room", 150).await;
+    wait_purged_past(&c, leader, has.max(100)).await;
+    // Only the follower reads the new config (the others run on).
+    c.config.storage.disk_reserve_mb = 1 << 30;
+    std::fs::write(&c.config_path, c.config.to_toml_string()).expect("write config");
+    c.start_node(follower);
+    let refusals = |c: &Cluster| {
+        std::fs::read_to_string(c.log_path(follower))
+            .unwrap_or_default()
+            .matches("snapshot refused")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refusals(&c) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never refused the snapshot\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Long enough for several attempts had the leader not waited (it
+    // resent a chunk after 200 ms, and openraft a snapshot soon after).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        refusals(&c),
+        1,
+        "the leader sent the snapshot again within seconds\n{}",
+        c.logs_tail()
+    );
+    let leader_log = std::fs::read_to_string(c.log_path(leader)).unwrap_or_default();
+    assert!(
+        leader_log.contains("snapshot refused for want of room"),
+        "{}",
+        c.logs_tail()
+    );
+}
+
 /// A follower that crashes in the middle of installing a snapshot (its old
 /// state partly deleted, part of the new one written) finishes the install
 /// when it starts again, and then holds all the data.
