@@ -852,30 +852,45 @@ const MAX_HEADER_VOTERS: usize = 64;
 /// A peer's membership, as its Pre-Vote answer names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KnownVoters {
-    /// The membership's log id as (term, index); (0, 0) for none.
-    pub(crate) at: (u64, u64),
+    /// The membership's log id as (term, leader node, index), ordered as
+    /// openraft orders log ids (two leaders may share a term); (0, 0, 0)
+    /// for none.
+    pub(crate) at: (u64, u64, u64),
     pub(crate) voters: BTreeSet<u64>,
 }
 
 impl KnownVoters {
-    /// "term:index;id,id,..." (no ids: a replica that knows no
+    /// "term:node:index;id,id,..." (no ids: a replica that knows no
     /// membership).
     fn encode(&self) -> String {
         let ids: Vec<String> = self.voters.iter().map(u64::to_string).collect();
-        format!("{}:{};{}", self.at.0, self.at.1, ids.join(","))
+        let (term, node, index) = self.at;
+        format!("{term}:{node}:{index};{}", ids.join(","))
     }
 
     /// None for anything that is not exactly [`KnownVoters::encode`]'s
-    /// form.
+    /// form (decimal digits only, no empty or repeated id, at most
+    /// [`MAX_HEADER_VOTERS`] ids).
     pub(crate) fn parse(v: &str) -> Option<KnownVoters> {
-        let (at, ids) = v.split_once(';')?;
-        let (term, index) = at.split_once(':')?;
-        let at = (term.parse().ok()?, index.parse().ok()?);
-        let mut voters = BTreeSet::new();
-        for id in ids.split(',').filter(|s| !s.is_empty()) {
-            voters.insert(id.parse().ok()?);
-            if voters.len() > MAX_HEADER_VOTERS {
+        let number = |t: &str| -> Option<u64> {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
+            }
+            t.parse().ok()
+        };
+        let (at, ids) = v.split_once(';')?;
+        let mut at = at.split(':');
+        let (term, node, index) = (at.next()?, at.next()?, at.next()?);
+        if at.next().is_some() {
+            return None;
+        }
+        let at = (number(term)?, number(node)?, number(index)?);
+        let mut voters = BTreeSet::new();
+        if !ids.is_empty() {
+            for id in ids.split(',') {
+                if !voters.insert(number(id)?) || voters.len() > MAX_HEADER_VOTERS {
+                    return None;
+                }
             }
         }
         Some(KnownVoters { at, voters })
@@ -887,10 +902,9 @@ impl KnownVoters {
         let m = m.borrow_watched();
         let c = &m.membership_config;
         KnownVoters {
-            at: c
-                .log_id()
-                .as_ref()
-                .map_or((0, 0), |l| (l.leader_id.term, l.index)),
+            at: c.log_id().as_ref().map_or((0, 0, 0), |l| {
+                (l.leader_id.term, l.leader_id.node_id, l.index)
+            }),
             voters: c.membership().voter_ids().collect(),
         }
     }
@@ -1637,20 +1651,33 @@ mod voters_header_tests {
     #[test]
     fn the_voters_header_reads_back_and_garbage_says_nothing() {
         let k = KnownVoters {
-            at: (7, 120),
+            at: (7, 2, 120),
             voters: [3, 1, 4].into_iter().collect(),
         };
-        assert_eq!(k.encode(), "7:120;1,3,4");
+        assert_eq!(k.encode(), "7:2:120;1,3,4");
         assert_eq!(KnownVoters::parse(&k.encode()), Some(k));
-        let none = KnownVoters::parse("0:0;").expect("no membership yet");
+        let none = KnownVoters::parse("0:0:0;").expect("no membership yet");
         assert!(none.voters.is_empty());
         for bad in [
-            "", "7:120", "7;1,2", "x:1;2", "7:1;2,y", "7:1;-2", "7:1:2;3",
+            "",
+            "7:2:120",
+            "7:120;1",
+            "7:2:1:3;1",
+            "x:2:1;2",
+            "7:2:1;2,y",
+            "7:2:1;-2",
+            "7:2:1;+2",
+            "7:2:1;,2,",
+            "7:2:1;2,2",
+            "7::1;2",
         ] {
             assert_eq!(KnownVoters::parse(bad), None, "{bad:?}");
         }
         let many: Vec<String> = (0..100).map(|i| i.to_string()).collect();
-        assert_eq!(KnownVoters::parse(&format!("1:1;{}", many.join(","))), None);
+        assert_eq!(
+            KnownVoters::parse(&format!("1:1:1;{}", many.join(","))),
+            None
+        );
     }
 }
 

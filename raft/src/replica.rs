@@ -1803,8 +1803,8 @@ fn newest_known<'a>(
     answers.into_iter().flatten().max_by_key(|k| k.at)
 }
 
-/// How long a probe keeps answers while it waits for other peers before
-/// asking everyone again (a membership they named may have changed since).
+/// How long a probe waits for other peers before it asks those that
+/// answered again (a membership they named may have changed since).
 const PROBE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Every peer's answer, retried until all answered; None if the replica
@@ -1821,6 +1821,8 @@ async fn ask_every_peer(
     > = BTreeMap::new();
     let mut last_log = tokio::time::Instant::now();
     let mut asked_afresh = tokio::time::Instant::now();
+    // Ask the peers that answered already again this round.
+    let mut afresh = false;
     loop {
         if stopped(&g.raft) {
             return None;
@@ -1863,7 +1865,8 @@ async fn ask_every_peer(
             Default::default()
         });
         for (id, addr) in &plan.ask {
-            if answers.contains_key(id) {
+            let answered = answers.contains_key(id);
+            if answered && !afresh {
                 continue;
             }
             let Some(addr) = addr else {
@@ -1874,9 +1877,13 @@ async fn ask_every_peer(
                 Ok(a) => {
                     answers.insert(*id, a);
                 }
+                // Asked again and silent now: its earlier answer stands
+                // (a vote only grows; the floor is a maximum).
+                Err(_) if answered => {}
                 Err(e) => missing.push((*id, e)),
             }
         }
+        afresh = false;
         // A peer removed from the cluster means the group ran before (a
         // node is removed only once the groups moved off it): it is never
         // new, so unless an answer shows its data (a rejoin), the peers
@@ -1928,9 +1935,10 @@ async fn ask_every_peer(
         }
         if asked_afresh.elapsed() >= PROBE_REFRESH {
             // The memberships the kept answers named may be gone by now
-            // (a change finished, and a voter they listed left for good).
+            // (a change finished, and a voter they listed left for good):
+            // ask everyone again, keeping what they said until they answer.
             asked_afresh = tokio::time::Instant::now();
-            answers.clear();
+            afresh = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -2042,20 +2050,23 @@ mod probe_tests {
     /// cluster; an older membership's voters are not.
     #[test]
     fn an_empty_replica_also_asks_the_voters_its_peers_name() {
-        let known = |at: (u64, u64), ids: &[u64]| {
+        let known = |at: (u64, u64, u64), ids: &[u64]| {
             Some(KnownVoters {
                 at,
                 voters: ids.iter().copied().collect(),
             })
         };
+        // Ordered as log ids: term, then the leader of that term (two may
+        // share it), then index: (5, 3, 85) is newer than (5, 2, 90).
         let answers = [
-            known((3, 40), &[1, 2, 3]),
+            known((3, 1, 40), &[1, 2, 3]),
             None,
-            known((5, 90), &[1, 2, 6, 7, 8]),
-            known((5, 12), &[1, 2, 9]),
+            known((5, 2, 90), &[1, 2, 9]),
+            known((5, 3, 85), &[1, 2, 6, 7, 8]),
+            known((5, 3, 12), &[1, 2, 9]),
         ];
         let newest = newest_known(answers.iter());
-        assert_eq!(newest.map(|k| k.at), Some((5, 90)));
+        assert_eq!(newest.map(|k| k.at), Some((5, 3, 85)));
         // The table (lagging) lists 1, 2, 6 and 3: 3 is skipped as having
         // left, 6 asked; the answers say 7 and 8 vote now (8 removed from
         // the cluster, so not waited for).
