@@ -804,6 +804,71 @@ struct Incoming {
     from: u64,
     next: u64,
     spool: Spool,
+    /// When its last chunk was stored (or it started).
+    last: std::time::Instant,
+}
+
+/// A transfer that stored no chunk for this long is abandoned (its sender
+/// died or gave up): it is dropped, and its file with it, rather than
+/// kept until the group's next transfer. A sender paced at the slowest
+/// rate the config allows sends a chunk every 16 s.
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// How often a node looks for abandoned transfers.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Take out of `slots` the transfers that stored nothing for
+/// [`ABANDONED_AFTER`] before `now` (a slot whose lock is held is busy
+/// storing a chunk: not abandoned). Dropping them removes their files.
+fn take_abandoned(
+    slots: &[(u64, Arc<tokio::sync::Mutex<Option<Incoming>>>)],
+    now: std::time::Instant,
+) -> Vec<(u64, Incoming)> {
+    let mut out = Vec::new();
+    for (group, slot) in slots {
+        let Ok(mut slot) = slot.try_lock() else {
+            continue;
+        };
+        if slot
+            .as_ref()
+            .is_some_and(|i| now.saturating_duration_since(i.last) >= ABANDONED_AFTER)
+        {
+            if let Some(i) = slot.take() {
+                out.push((*group, i));
+            }
+        }
+    }
+    out
+}
+
+/// Every [`SWEEP_EVERY`], drop the abandoned transfers of the groups in
+/// `groups`, until the router is gone.
+async fn sweep_abandoned(groups: std::sync::Weak<RwLock<HashMap<u64, Hosted>>>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(groups) = groups.upgrade() else {
+            return;
+        };
+        let slots: Vec<(u64, Arc<tokio::sync::Mutex<Option<Incoming>>>)> = groups
+            .read()
+            .map(|g| g.iter().map(|(id, h)| (*id, h.incoming.clone())).collect())
+            .unwrap_or_default();
+        drop(groups);
+        let gone = take_abandoned(&slots, std::time::Instant::now());
+        for (group, i) in &gone {
+            tracing::info!(
+                group,
+                from = i.from,
+                session = i.session,
+                bytes = i.spool.bytes(),
+                "snapshot transfer abandoned by its sender; its file is removed"
+            );
+        }
+        if !gone.is_empty() {
+            // Removing the files is file-system work.
+            let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
+        }
+    }
 }
 
 /// Ask peer `target` for its vote and last log id in `group`, with a
@@ -969,6 +1034,8 @@ struct Hosted {
 #[derive(Clone, Default)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<u64, Hosted>>>,
+    /// Whether the sweep of abandoned snapshot transfers runs.
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Router {
@@ -981,6 +1048,19 @@ impl Router {
         configured: BTreeSet<u64>,
         inbox: Inbox,
     ) {
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(sweep_abandoned(Arc::downgrade(&self.groups)));
+                }
+                Err(_) => self
+                    .sweeping
+                    .store(false, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
         if let Ok(mut g) = self.groups.write() {
             g.insert(
                 group,
@@ -1595,6 +1675,7 @@ async fn receive_chunk(
                 from,
                 next: 0,
                 spool,
+                last: std::time::Instant::now(),
             }
         }
         ChunkAction::Unknown => return Err(unknown_session(session)),
@@ -1624,6 +1705,7 @@ async fn receive_chunk(
     }
     let mut current = current;
     current.next += 1;
+    current.last = std::time::Instant::now();
     let next = current.next;
     tracing::trace!(
         group,
@@ -1639,6 +1721,46 @@ async fn receive_chunk(
             .inc_by(len);
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod abandoned_tests {
+    use super::*;
+
+    /// A transfer that stored nothing for ABANDONED_AFTER is taken out,
+    /// and dropping it removes its file; a younger one, or one whose
+    /// slot is locked (a chunk being stored), stays.
+    #[tokio::test]
+    async fn an_abandoned_transfer_is_dropped_with_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = std::time::Instant::now();
+        let slot = |name: &str, last| {
+            let spool = Spool::create(dir.path(), name).expect("spool");
+            Arc::new(tokio::sync::Mutex::new(Some(Incoming {
+                session: 1,
+                from: 2,
+                next: 0,
+                spool,
+                last,
+            })))
+        };
+        let old = slot("old", t0);
+        let young = slot("young", t0 + ABANDONED_AFTER / 2);
+        let busy = slot("busy", t0);
+        let slots = vec![(1, old.clone()), (2, young.clone()), (3, busy.clone())];
+        assert!(take_abandoned(&slots, t0 + ABANDONED_AFTER / 2).is_empty());
+        let held = busy.lock().await;
+        let gone = take_abandoned(&slots, t0 + ABANDONED_AFTER);
+        assert_eq!(gone.iter().map(|(g, _)| *g).collect::<Vec<_>>(), [1]);
+        assert!(old.lock().await.is_none());
+        assert!(young.lock().await.is_some());
+        drop(held);
+        assert!(busy.lock().await.is_some());
+        assert!(dir.path().join("old").exists());
+        drop(gone);
+        assert!(!dir.path().join("old").exists());
+        assert!(dir.path().join("young").exists());
+    }
 }
 
 #[cfg(test)]
