@@ -945,6 +945,71 @@ async fn a_one_phase_commit_whose_coordinator_record_is_lost_is_reported_committ
     );
 }
 
+/// TxnStatus with `resolve` for an id of an earlier coordinator term
+/// first raises every shard's fence floor to the new term's start, so
+/// that nothing of the id can land, then reads the shards. With a shard
+/// down the floor cannot be raised; the leader then falls back to fencing
+/// the id itself at every shard, and a commit found at one settles it.
+/// Here a one-phase commit whose coordinator record is lost
+/// (`skip-one-phase-record`) is asked about after the coordinator's
+/// leadership moved, while shard 2 (on nodes 4-6, two of them stopped)
+/// has no quorum: it is reported committed, not unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_terms_commit_is_settled_with_a_shard_down() {
+    let mut config =
+        pact_common::ClusterConfig::local_with_coordinators(6, 2, 3, 3, 7001).expect("config");
+    config.shards[0].replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+    config.shards[1].replicas = vec![NodeId(4), NodeId(5), NodeId(6)];
+    let mut c = Cluster::create(config, fast_tuning());
+    for id in c.coordinator_ids(1) {
+        c.set_env(id, "PACT_FAULTS", "skip-one-phase-record");
+    }
+    c.start_all();
+    let first = [NodeId(1), NodeId(2), NodeId(3)];
+    let second = [NodeId(4), NodeId(5), NodeId(6)];
+    c.wait_leader(ShardId(1), &first, Duration::from_secs(30))
+        .await;
+    c.wait_leader(ShardId(2), &second, Duration::from_secs(30))
+        .await;
+    let coord = c.wait_coordinator(1, Duration::from_secs(30)).await;
+    let client = c.client();
+    let key = (0..)
+        .map(|i| format!("earlier-{i}").into_bytes())
+        .find(|k| client.shard_for_key(k) == ShardId(1))
+        .expect("a key of shard 1");
+    let id = commit_one(&client, &key, b"applied").await;
+
+    // A new coordinator term: the id is an earlier term's.
+    let other = c
+        .coordinator_ids(1)
+        .into_iter()
+        .find(|n| *n != coord)
+        .expect("another coordinator replica");
+    client
+        .transfer_leader(pact_client::RaftGroup::Coordinator(1), other)
+        .await
+        .expect("move the coordinator's leadership");
+    c.wait_coordinator(1, Duration::from_secs(30)).await;
+    // Shard 2 loses its quorum.
+    c.pause(NodeId(5));
+    c.pause(NodeId(6));
+    let resolved = tokio::time::timeout(Duration::from_secs(30), client.resolve_txn(id))
+        .await
+        .expect("resolve answered");
+    let status = client.txn_status(id).await;
+    c.resume(NodeId(5));
+    c.resume(NodeId(6));
+    assert_eq!(
+        (resolved.expect("resolve"), status.expect("status")),
+        (
+            pact_client::TxnOutcome::Committed,
+            pact_client::TxnOutcome::Committed
+        ),
+        "\n{}",
+        c.log_lines(|l| l.contains(&id.to_string()))
+    );
+}
+
 /// Parallel commit's crash point after every prepare and the staging
 /// record are durable, before anyone is told: the coordinator leader is
 /// killed there (the `decision-delay` hook holds it). The transaction is
