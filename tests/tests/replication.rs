@@ -319,20 +319,22 @@ async fn a_snapshot_refused_for_room_is_not_sent_again_at_once() {
     );
 }
 
-/// A follower that crashes in the middle of installing a snapshot (its old
-/// state partly deleted, part of the new one written) finishes the install
-/// when it starts again, and then holds all the data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
-    let (mut c, leader, follower) = compacting_cluster().await;
-    // State the follower has, then entries it misses, purged on the leader.
-    let mut acked = write_keys(&c, "before", 40).await;
+/// Writes the follower of [`compacting_cluster`] has, then entries it
+/// misses, purged on the leader; then the follower started with
+/// `crash-mid-snapshot-install`, which kills it in the middle of
+/// installing the leader's snapshot. Every acknowledged write.
+async fn crashed_mid_install(
+    c: &mut Cluster,
+    leader: NodeId,
+    follower: NodeId,
+) -> BTreeMap<String, String> {
+    let mut acked = write_keys(c, "before", 40).await;
     let target = c.status(SHARD, leader).await.unwrap().applied_index;
-    wait_applied(&c, follower, target, Duration::from_secs(20)).await;
-    let has = follower_last_log(&c, follower).await;
+    wait_applied(c, follower, target, Duration::from_secs(20)).await;
+    let has = follower_last_log(c, follower).await;
     c.kill(follower);
-    acked.extend(write_keys(&c, "missed", 150).await);
-    wait_purged_past(&c, leader, has.max(target + 100)).await;
+    acked.extend(write_keys(c, "missed", 150).await);
+    wait_purged_past(c, leader, has.max(target + 100)).await;
     c.set_env(follower, "PACT_FAULTS", "crash-mid-snapshot-install");
     c.start_node(follower);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -354,6 +356,70 @@ async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    acked
+}
+
+/// A snapshot install cut short by a crash whose file is then lost
+/// (removed outside Pact): at the restart the group's replica is wiped
+/// whole, its vote included, and it rejoins from its peers behind the
+/// gate as after a lost disk, never as a fresh replica free to vote at
+/// once; it is sent the snapshot again and holds every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_install_whose_file_is_lost_rejoins_as_after_a_lost_disk() {
+    let (mut c, leader, follower) = compacting_cluster().await;
+    let acked = crashed_mid_install(&mut c, leader, follower).await;
+    let file = c
+        .data_dir(follower)
+        .join("snapshots")
+        .join(format!("g{}.install", SHARD.0));
+    std::fs::remove_file(&file).expect("the interrupted install's file");
+    c.set_env(follower, "PACT_FAULTS", "stale-reads");
+    c.start_node(follower);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let target = c.status(SHARD, leader).await.map_or(0, |s| s.applied_index);
+        let s = c.status(SHARD, follower).await;
+        if s.as_ref()
+            .is_some_and(|s| s.gate == "open" && s.applied_index >= target)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not rejoin: {s:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path(follower)).unwrap_or_default();
+    for said in [
+        "the snapshot file of an interrupted install cannot be read",
+        "rejoining without a vote",
+    ] {
+        assert!(log.contains(said), "the follower never said {said:?}");
+    }
+    let local = c.client_for_node(follower, ClientOptions::default());
+    for (k, v) in &acked {
+        let got = local
+            .get(k.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("local get {k}: {e}\n{}", c.logs_tail()));
+        assert_eq!(
+            got.as_deref(),
+            Some(v.as_bytes()),
+            "key {k} on the rejoined follower"
+        );
+    }
+}
+
+/// A follower that crashes in the middle of installing a snapshot (its old
+/// state partly deleted, part of the new one written) finishes the install
+/// when it starts again, and then holds all the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
+    let (mut c, leader, follower) = compacting_cluster().await;
+    let acked = crashed_mid_install(&mut c, leader, follower).await;
     // Restarted without the crash, and answering plain reads from its own
     // state (a deliberate fault), so its data can be read directly.
     c.set_env(follower, "PACT_FAULTS", "stale-reads");
