@@ -1439,45 +1439,13 @@ async fn a_wiped_config_voter_rejoins_through_the_voters_the_table_lists() {
             .expect("put while node 1 is away");
     }
     c.start_node(NodeId(1));
-    let rest = [NodeId(4), NodeId(5)];
-    let leader = c
-        .wait_leader(ShardId(1), &rest, Duration::from_secs(20))
-        .await;
-    let target = c
-        .status(ShardId(1), leader)
-        .await
-        .expect("leader status")
-        .applied_index;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let s = c.status(ShardId(1), NodeId(1)).await;
-        if let Some(s) = &s {
-            if s.applied_index >= target && s.gate == "open" {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1's replica of shard 1 did not rejoin: {s:?}\n{}",
-            group_one_lines(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_node_one_rejoined(&c, &[NodeId(4), NodeId(5)]).await;
     let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
     assert!(
         log.contains("rejoining without a vote"),
         "node 1 did not rejoin as after a lost disk"
     );
-    for i in 0..40 {
-        for what in ["before", "away"] {
-            let key = format!("{what}-{i:02}");
-            assert_eq!(
-                read_settled(&client, key.as_bytes()).await,
-                Some(b"v".to_vec()),
-                "{key}"
-            );
-        }
-    }
+    all_written(&client, 40).await;
 }
 
 /// A replica on an empty store asks the peers its config names and,
@@ -1514,9 +1482,25 @@ async fn a_wiped_voter_asks_the_voters_its_peers_name() {
     }
     c.set_env(NodeId(1), "PACT_FAULTS", "probe-ignores-table");
     c.start_node(NodeId(1));
-    let rest = [NodeId(2), NodeId(3), NodeId(4)];
+    until_node_one_rejoined(&c, &[NodeId(2), NodeId(3), NodeId(4)]).await;
+    let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
+    let rejoined: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rejoining without a vote") && l.contains("group=1 "))
+        .collect();
+    assert!(
+        rejoined.iter().any(|l| l.contains("asked=[2, 3, 4]")),
+        "node 1 did not ask node 4: {rejoined:?}"
+    );
+    all_written(&client, 20).await;
+}
+
+/// Wait (up to 20 s) for shard 1 to have a leader among `rest`, then (up
+/// to 40 s) for node 1's replica of it to have applied what that leader
+/// had and to vote again.
+async fn until_node_one_rejoined(c: &Cluster, rest: &[NodeId]) {
     let leader = c
-        .wait_leader(ShardId(1), &rest, Duration::from_secs(20))
+        .wait_leader(ShardId(1), rest, Duration::from_secs(20))
         .await;
     let target = c
         .status(ShardId(1), leader)
@@ -1528,30 +1512,25 @@ async fn a_wiped_voter_asks_the_voters_its_peers_name() {
         let s = c.status(ShardId(1), NodeId(1)).await;
         if let Some(s) = &s {
             if s.applied_index >= target && s.gate == "open" {
-                break;
+                return;
             }
         }
         assert!(
             Instant::now() < deadline,
             "node 1's replica of shard 1 did not rejoin: {s:?}\n{}",
-            group_one_lines(&c)
+            group_one_lines(c)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
-    let rejoined: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("rejoining without a vote") && l.contains("group=1 "))
-        .collect();
-    assert!(
-        rejoined.iter().any(|l| l.contains("asked=[2, 3, 4]")),
-        "node 1 did not ask node 4: {rejoined:?}"
-    );
-    for i in 0..20 {
+}
+
+/// Keys `before-NN` and `away-NN`, NN below `n`, all read back as "v".
+async fn all_written(client: &Client, n: usize) {
+    for i in 0..n {
         for what in ["before", "away"] {
             let key = format!("{what}-{i:02}");
             assert_eq!(
-                read_settled(&client, key.as_bytes()).await,
+                read_settled(client, key.as_bytes()).await,
                 Some(b"v".to_vec()),
                 "{key}"
             );

@@ -399,18 +399,7 @@ async fn an_interrupted_install_whose_file_is_lost_rejoins_as_after_a_lost_disk(
     ] {
         assert!(log.contains(said), "the follower never said {said:?}");
     }
-    let local = c.client_for_node(follower, ClientOptions::default());
-    for (k, v) in &acked {
-        let got = local
-            .get(k.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("local get {k}: {e}\n{}", c.logs_tail()));
-        assert_eq!(
-            got.as_deref(),
-            Some(v.as_bytes()),
-            "key {k} on the rejoined follower"
-        );
-    }
+    holds_locally(&c, follower, &acked).await;
 }
 
 /// A follower that crashes in the middle of installing a snapshot (its old
@@ -438,17 +427,19 @@ async fn a_snapshot_install_cut_short_by_a_crash_is_finished_at_restart() {
         .unwrap_or_default();
     assert!(left.is_empty(), "snapshot files left: {left:?}");
     // Its own state holds every acknowledged write, old and new.
-    let local = c.client_for_node(follower, ClientOptions::default());
-    for (k, v) in &acked {
+    holds_locally(&c, follower, &acked).await;
+}
+
+/// `node`'s own state (read with `stale-reads` on) holds every pair of
+/// `acked`.
+async fn holds_locally(c: &Cluster, node: NodeId, acked: &BTreeMap<String, String>) {
+    let local = c.client_for_node(node, ClientOptions::default());
+    for (k, v) in acked {
         let got = local
             .get(k.as_bytes())
             .await
             .unwrap_or_else(|e| panic!("local get {k}: {e}\n{}", c.logs_tail()));
-        assert_eq!(
-            got.as_deref(),
-            Some(v.as_bytes()),
-            "key {k} on the restarted follower"
-        );
+        assert_eq!(got.as_deref(), Some(v.as_bytes()), "key {k} on node {node}");
     }
 }
 

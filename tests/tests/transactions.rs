@@ -288,13 +288,7 @@ async fn a_plain_scan_wounded_mid_read_reads_again() {
         c.set_env(id, "PACT_FAULTS", "plain-scan-pause");
     }
     c.start_all();
-    let parts = c.participant_ids();
-    for s in 1..=3 {
-        c.wait_leader(ShardId(s), &parts, Duration::from_secs(30))
-            .await;
-    }
-    c.wait_coordinator(1, Duration::from_secs(30)).await;
-    c.wait_voting(Duration::from_secs(30)).await;
+    c.wait_ready(Duration::from_secs(30)).await;
     let client = c.client();
     let (k1, k2) = (b"wscan-1".to_vec(), b"wscan-2".to_vec());
     client.put(&k1, b"before").await.expect("put");
