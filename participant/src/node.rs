@@ -1742,6 +1742,7 @@ impl Node {
                 .await,
         )?;
         if pact_common::faults::enabled("plain-scan-pause") {
+            tracing::info!(%shard, "plain-scan-pause: holding the scan's range lock for 2 s");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let out = self.read_range(s, txn, start, end, limit).await?;

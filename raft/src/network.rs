@@ -614,15 +614,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             )
             .streaming());
         };
+        let mut cancel = std::pin::pin!(cancel);
         // A follower that had no room a moment ago has none now: sending
         // again would move every chunk up to where its disk runs short,
-        // over and over.
+        // over and over. Wait here (openraft would otherwise ask again
+        // within a second, building a snapshot each time), without holding
+        // the view, then let openraft start over with a fresh one.
         if let Some(left) = self
             .outbound
             .room_wait(self.target, std::time::Instant::now())
         {
+            drop(view);
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {}
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            }
             return Err(CallError::NoRoom(format!(
-                "node {} had no room for a snapshot of group {}; sending again in {} s",
+                "node {} had no room for a snapshot of group {}; waited {} s",
                 self.target,
                 self.group,
                 left.as_secs()
@@ -631,7 +639,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
         let r = tokio::select! {
             r = self.stream_snapshot(vote, snapshot.meta, view) => r,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
         };
         if let Err(CallError::NoRoom(m)) = &r {
             tracing::warn!(
