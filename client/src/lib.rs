@@ -1589,10 +1589,10 @@ impl Client {
         end: Option<&[u8]>,
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), ClientError> {
-        let pages = self
+        let page = self
             .rerouted(|map| async move {
-                let mut pages: Vec<(pact_common::Pairs, bool)> = Vec::new();
                 let (shards, ordered) = map.scan_shards(start, end);
+                let mut page = pact_common::ScanPage::new(ordered, limit as usize);
                 let mut left = shards.len();
                 for shard in shards {
                     left -= 1;
@@ -1602,14 +1602,7 @@ impl Client {
                     let Some((lo, hi)) = map.clip(shard, start, end) else {
                         continue;
                     };
-                    // Range shards are read in key order, each for what the
-                    // page still lacks; a hash shard's keys interleave.
-                    let want = if ordered {
-                        let got: usize = pages.iter().map(|(p, _)| p.len()).sum();
-                        limit.saturating_sub(u32::try_from(got).unwrap_or(u32::MAX))
-                    } else {
-                        limit
-                    };
+                    let want = u32::try_from(page.want()).unwrap_or(u32::MAX);
                     let r = self
                         .call_shard(shard, true, |ch| {
                             let mut c = kv(ch);
@@ -1628,30 +1621,15 @@ impl Client {
                         .into_iter()
                         .map(|p| (p.key.to_vec(), p.value.to_vec()))
                         .collect();
-                    pages.push((pairs, r.more));
-                    // Enough for the page: the later range shards wait for
-                    // the next one.
-                    if ordered
-                        && pact_common::ordered_pages_suffice(
-                            &pages,
-                            limit as usize,
-                            pact_common::MAX_BATCH_BYTES,
-                        )
-                    {
-                        if left > 0 {
-                            pages.push((Vec::new(), true));
-                        }
+                    // Whole: the later range shards wait for the next page.
+                    if page.add(pairs, r.more, left > 0) {
                         break;
                     }
                 }
-                Ok(pages)
+                Ok(page)
             })
             .await?;
-        Ok(pact_common::merge_scan_pages(
-            pages,
-            limit as usize,
-            usize::MAX,
-        ))
+        Ok(page.finish(usize::MAX))
     }
 
     /// Status of one replica, asked directly (no leader needed).

@@ -42,9 +42,9 @@ pub use config::{
 };
 pub use ids::{NodeId, ShardId};
 pub use limits::{
-    count_read, merge_scan_pages, next_scan_start, ordered_pages_suffice, validate_batch,
-    validate_bound, validate_key, validate_reads, validate_value, LimitError, Pairs, LOCK_WAIT,
-    MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
+    count_read, merge_scan_pages, next_scan_start, validate_batch, validate_bound, validate_key,
+    validate_reads, validate_value, LimitError, Pairs, ScanPage, LOCK_WAIT, MAX_BATCH_BYTES,
+    MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
 pub use partition::{
     split_child_id, Descriptor, GroupRecord, RetiredAnswer, RetiredShard, ShardMap, ShardRecord,

@@ -177,7 +177,7 @@ pub fn next_scan_start(pairs: &Pairs, from: &[u8]) -> Option<Vec<u8>> {
 /// more past it, or the pages hold `limit` pairs or `max_bytes`. The
 /// caller that stops with parts unasked adds an empty page that has
 /// more, so [`merge_scan_pages`] says there is more.
-pub fn ordered_pages_suffice(pages: &[(Pairs, bool)], limit: usize, max_bytes: usize) -> bool {
+fn ordered_pages_suffice(pages: &[(Pairs, bool)], limit: usize, max_bytes: usize) -> bool {
     if pages.last().is_some_and(|(_, more)| *more) {
         return true;
     }
@@ -187,6 +187,67 @@ pub fn ordered_pages_suffice(pages: &[(Pairs, bool)], limit: usize, max_bytes: u
         .flat_map(|(p, _)| p)
         .fold(0usize, |b, (k, v)| b.saturating_add(k.len() + v.len()));
     pairs >= limit || bytes >= max_bytes
+}
+
+/// One page of a scan of a range cut into parts (one per shard), built
+/// as the parts' answers come in: what to ask the next part for, when the
+/// page is whole, and the answer merged from the parts. Parts `ordered`
+/// (range shards, in key order) are asked each for what the page still
+/// lacks and stop at the first that fills it ([`ordered_pages_suffice`]);
+/// other parts (a hash ring's, whose keys interleave) are all asked for
+/// the whole page.
+#[derive(Debug)]
+pub struct ScanPage {
+    pages: Vec<(Pairs, bool)>,
+    ordered: bool,
+    limit: usize,
+}
+
+impl ScanPage {
+    pub fn new(ordered: bool, limit: usize) -> ScanPage {
+        ScanPage {
+            pages: Vec::new(),
+            ordered,
+            limit,
+        }
+    }
+
+    /// How many pairs to ask the next part for.
+    pub fn want(&self) -> usize {
+        if self.ordered {
+            let got: usize = self.pages.iter().map(|(p, _)| p.len()).sum();
+            self.limit.saturating_sub(got)
+        } else {
+            self.limit
+        }
+    }
+
+    /// Add a part's answer (`more`: the part has keys past it); true once
+    /// the page is whole, so the parts after it need not be asked (nor, in
+    /// a transaction, locked). `parts_left`: whether any part is still
+    /// unasked, in which case the page says there is more.
+    pub fn add(&mut self, pairs: Pairs, more: bool, parts_left: bool) -> bool {
+        self.pages.push((pairs, more));
+        if self.ordered && ordered_pages_suffice(&self.pages, self.limit, MAX_BATCH_BYTES) {
+            if parts_left {
+                self.pages.push((Vec::new(), true));
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Forget the parts read so far (the range is read again, by a new
+    /// map whose parts may be `ordered` or not).
+    pub fn restart(&mut self, ordered: bool) {
+        self.pages.clear();
+        self.ordered = ordered;
+    }
+
+    /// The page: [`merge_scan_pages`] of the parts, at most `max_bytes`.
+    pub fn finish(self, max_bytes: usize) -> (Pairs, bool) {
+        merge_scan_pages(self.pages, self.limit, max_bytes)
+    }
 }
 
 /// One answer to a scan of a range cut into parts (one per shard), from
@@ -396,6 +457,24 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(keys(&both), ["a", "m"]);
+        assert!(more);
+        // A page built part by part: in key order, each part asked for what
+        // is left, and whole at the limit with a part unasked; a ring's
+        // parts each asked for the whole page.
+        let mut page = ScanPage::new(true, 3);
+        assert_eq!(page.want(), 3);
+        assert!(!page.add(p(&["a", "b"]), false, true));
+        assert_eq!(page.want(), 1);
+        assert!(page.add(p(&["m"]), false, true));
+        let (r3, more) = page.finish(usize::MAX);
+        assert_eq!(keys(&r3), ["a", "b", "m"]);
+        assert!(more);
+        let mut ring = ScanPage::new(false, 3);
+        assert!(!ring.add(p(&["b", "d", "f"]), true, true));
+        assert_eq!(ring.want(), 3);
+        assert!(!ring.add(p(&["a", "c"]), false, false));
+        let (r3, more) = ring.finish(usize::MAX);
+        assert_eq!(keys(&r3), ["a", "b", "c"]);
         assert!(more);
         // The next page starts just past the last key; none without progress.
         assert_eq!(next_scan_start(&r, b"a"), Some(b"a\0".to_vec()));

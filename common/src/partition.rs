@@ -652,13 +652,10 @@ impl ShardMap {
     /// interleave. A scan can then read the shards one after another and
     /// stop at the first that fills its page, asking (and, in a
     /// transaction, locking) none of the rest.
-    pub fn shards_in_key_order(&self, start: &[u8], end: Option<&[u8]>) -> Option<Vec<ShardId>> {
+    fn shards_in_key_order(&self, start: &[u8], end: Option<&[u8]>) -> Option<Vec<ShardId>> {
         let Kind::Range(ranges) = &self.kind else {
             return None;
         };
-        if end.is_some_and(|e| e <= start) {
-            return Some(Vec::new());
-        }
         let mut ids: Vec<ShardId> = Vec::new();
         for r in Self::ranges_meeting(ranges, start, end) {
             // Only a hand-built map gives a shard two ranges; its first
@@ -680,13 +677,16 @@ impl ShardMap {
         }
     }
 
-    /// The ranges (sorted by start) that overlap `[start, end)`, for a
-    /// non-empty interval.
+    /// The ranges (sorted by start) that overlap `[start, end)`; none for
+    /// an empty interval (`end <= start`).
     fn ranges_meeting<'a>(
         ranges: &'a [(Vec<u8>, ShardId)],
         start: &[u8],
         end: Option<&[u8]>,
     ) -> &'a [(Vec<u8>, ShardId)] {
+        if end.is_some_and(|e| e <= start) {
+            return &[];
+        }
         let Some(first) = Self::range_index(ranges, start) else {
             return &[];
         };

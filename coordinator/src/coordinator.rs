@@ -998,23 +998,17 @@ impl Coordinator {
         limit: u32,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
         let limit = if limit == 0 { 1000 } else { limit as usize };
-        let mut pages: Vec<(pact_common::Pairs, bool)> = Vec::new();
         let mut tries = 0;
         let mut map = self.participants.shard_map();
-        let (mut shards, mut ordered) = map.scan_shards(&start, end.as_deref());
+        let (mut shards, ordered) = map.scan_shards(&start, end.as_deref());
+        let mut page = pact_common::ScanPage::new(ordered, limit);
         while let Some(shard) = shards.first().copied() {
             shards.remove(0);
             // The shard's part only, which it checks it owns whole.
             let Some((lo, hi)) = map.clip(shard, &start, end.as_deref()) else {
                 continue;
             };
-            // Range shards are read in key order, each for what the page
-            // still lacks; a hash shard's keys interleave with the others'.
-            let want = if ordered {
-                limit.saturating_sub(pages.iter().map(|(p, _)| p.len()).sum())
-            } else {
-                limit
-            };
+            let want = page.want();
             let (first, priority) = self.touch_or_end(txn, shard).await?;
             let req = pb::TxnScanRequest {
                 shard_id: shard.0,
@@ -1038,8 +1032,9 @@ impl Coordinator {
                     // Read it all again by the new map: the locks taken
                     // so far stay (a transaction's locks only grow).
                     map = self.participants.shard_map();
+                    let ordered;
                     (shards, ordered) = map.scan_shards(&start, end.as_deref());
-                    pages.clear();
+                    page.restart(ordered);
                     continue;
                 }
             }
@@ -1051,20 +1046,10 @@ impl Coordinator {
                         .into_iter()
                         .map(|p| (p.key.to_vec(), p.value.to_vec()))
                         .collect();
-                    pages.push((pairs, r.more));
-                    // Enough for the page: the later range shards are
-                    // neither asked nor locked (the next page reaches them;
-                    // a short scan stays a one-shard transaction).
-                    if ordered
-                        && pact_common::ordered_pages_suffice(
-                            &pages,
-                            limit,
-                            pact_common::MAX_BATCH_BYTES,
-                        )
-                    {
-                        if !shards.is_empty() {
-                            pages.push((Vec::new(), true));
-                        }
+                    // Whole: the later range shards are neither asked nor
+                    // locked (the next page reaches them; a short scan
+                    // stays a one-shard transaction).
+                    if page.add(pairs, r.more, !shards.is_empty()) {
                         break;
                     }
                 }
@@ -1073,11 +1058,7 @@ impl Coordinator {
         }
         // One answer: in key order, never past a shard's unread keys, and
         // small enough to send.
-        Ok(pact_common::merge_scan_pages(
-            pages,
-            limit,
-            pact_common::MAX_BATCH_BYTES,
-        ))
+        Ok(page.finish(pact_common::MAX_BATCH_BYTES))
     }
 
     fn by_shard(&self, ops: Vec<pb::WriteOp>) -> BTreeMap<ShardId, Vec<pb::WriteOp>> {
