@@ -364,6 +364,16 @@ enum CallError {
 }
 
 impl CallError {
+    /// What went wrong, for a caller that only reports it.
+    fn into_message(self) -> String {
+        match self {
+            CallError::Unreachable(m)
+            | CallError::Network(m)
+            | CallError::NoRoom(m)
+            | CallError::Removed(_, m) => m,
+        }
+    }
+
     fn rpc(self) -> RPCError<TypeConfig> {
         match self {
             CallError::Unreachable(m) | CallError::NoRoom(m) => {
@@ -897,12 +907,7 @@ pub(crate) async fn ask_state(
     let (resp, meta) = PeerClient::probe(peers, group, me, target, addr)
         .call_with_meta(Kind::PreVote, &req, Duration::from_secs(1))
         .await
-        .map_err(|e| match e {
-            CallError::Unreachable(m)
-            | CallError::Network(m)
-            | CallError::Removed(_, m)
-            | CallError::NoRoom(m) => m,
-        })?;
+        .map_err(CallError::into_message)?;
     let known = meta
         .get(VOTERS_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -1014,7 +1019,7 @@ pub(crate) async fn ask_removed(
         .await
     {
         Err(CallError::Removed(at, _)) => Ok(at),
-        Err(CallError::Unreachable(m) | CallError::Network(m) | CallError::NoRoom(m)) => Err(m),
+        Err(e) => Err(e.into_message()),
         Ok(_) => Err(format!("node {target} no longer says so")),
     }
 }

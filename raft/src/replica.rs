@@ -1787,13 +1787,29 @@ fn widen_plan(
     let Some(newest) = newest else {
         return;
     };
-    for &id in &newest.voters {
-        if id == me || removed(id) || plan.ask.iter().any(|(a, _)| *a == id) {
-            continue;
-        }
+    let new: Vec<u64> = unasked_voters(newest, me, &removed, |id| {
+        plan.ask.iter().any(|(a, _)| *a == id)
+    })
+    .collect();
+    for id in new {
         plan.skipped.retain(|s| *s != id);
         plan.ask.push((id, addr_of(id)));
     }
+}
+
+/// The voters of `known` a probe has yet to ask: not this node, not
+/// removed from the cluster, and not `asked` already.
+fn unasked_voters<'a>(
+    known: &'a KnownVoters,
+    me: u64,
+    removed: &'a impl Fn(u64) -> bool,
+    asked: impl Fn(u64) -> bool + 'a,
+) -> impl Iterator<Item = u64> + 'a {
+    known
+        .voters
+        .iter()
+        .copied()
+        .filter(move |&id| id != me && !removed(id) && !asked(id))
 }
 
 /// The newest membership among the answers (by its log id).
@@ -1894,12 +1910,11 @@ async fn ask_every_peer(
         // not asked yet: ask them before deciding.
         let now_newest = newest_known(answers.values().map(|(_, k)| k));
         if now_newest.is_some_and(|n| {
-            n.voters.iter().any(|id| {
-                *id != g.me
-                    && !removed(*id)
-                    && !answers.contains_key(id)
-                    && !missing.iter().any(|(m, _)| m == id)
+            unasked_voters(n, g.me, &removed, |id| {
+                answers.contains_key(&id) || missing.iter().any(|(m, _)| *m == id)
             })
+            .next()
+            .is_some()
         }) {
             continue;
         }

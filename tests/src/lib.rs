@@ -695,7 +695,6 @@ impl Cluster {
         self.client().replica_status(shard, id).await.ok()
     }
 
-    /// The last lines of every node's log, for failure messages.
     /// Every node's log lines that `keep` picks, each headed by its node,
     /// for a failure message about one part of the system.
     pub fn log_lines(&self, keep: impl Fn(&str) -> bool) -> String {
@@ -709,6 +708,7 @@ impl Cluster {
         out
     }
 
+    /// The last lines of every node's log, for failure messages.
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
         for id in self.node_ids().into_iter().chain(self.ever_joined()) {
