@@ -544,6 +544,26 @@ impl Cluster {
         Client::new(&cfg, opts)
     }
 
+    /// A client that reaches `shard` at node `id` only, whether or not
+    /// the config lists `id` among the shard's replicas (one added at run
+    /// time is not), for probing that replica.
+    pub fn client_for_replica(
+        &self,
+        shard: ShardId,
+        id: NodeId,
+        mut opts: ClientOptions,
+    ) -> Client {
+        let mut cfg = self.config.clone();
+        for s in cfg.shards.iter_mut().filter(|s| s.id == shard) {
+            s.replicas = vec![id];
+        }
+        if opts.tls.is_none() {
+            opts.tls = self.client_tls.clone();
+        }
+        opts.pinned = true;
+        Client::new(&cfg, opts)
+    }
+
     /// The default transactional cluster (3 participants holding 3 shards
     /// x 3 replicas, a coordinator group of 3), started and with a leader
     /// in every shard and in the coordinator group.

@@ -34,6 +34,16 @@ fn config_with_spare() -> (ClusterConfig, pact_common::RaftTuning) {
 const ACCOUNTS: usize = 8;
 const INITIAL: i64 = 1000;
 
+/// The first `n` keys `{prefix}-{i}` that map to shard 1.
+fn keys_of_shard_one(client: &Client, prefix: &str, n: usize) -> Vec<String> {
+    let map = client.shard_map();
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|k| map.shard_for_key(k.as_bytes()) == ShardId(1))
+        .take(n)
+        .collect()
+}
+
 /// Three `pact` nodes holding three shards and a coordinator group, and a
 /// spare node 4 that the config names but gives nothing; node 4 serves
 /// its metrics on the returned port.
@@ -387,12 +397,7 @@ async fn a_paced_snapshot_transfer_keeps_the_log_it_needs() {
     }
     // Writers of single keys of shard 1 (one entry each, many a second).
     let stop = Arc::new(AtomicBool::new(false));
-    let map = client.shard_map();
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("w-{i}"))
-        .filter(|k| map.shard_for_key(k.as_bytes()) == ShardId(1))
-        .take(20_000)
-        .collect();
+    let keys = keys_of_shard_one(&client, "w", 20_000);
     // Enough for hundreds of entries during the transfer, few enough
     // (at most about 250 a second, however fast the machine) that they
     // stay well under the hold's limit (MAX_DEFERRED x 100 entries).
@@ -1579,5 +1584,132 @@ async fn until_table_says(addr: &str, says: impl Fn(&ClusterConfig) -> bool) {
             found.config.coordinators
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A replica added at run time whose first snapshot install is cut short
+/// by a crash, and whose install file is then lost (removed outside
+/// Pact): at the restart its group is wiped whole, and, though it was
+/// added at run time, it does not start as a fresh replica free to vote
+/// at once (it may have voted in the group since it joined): it rejoins
+/// behind the gate, is sent the snapshot again and holds every
+/// acknowledged write of the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replica_whose_install_file_is_lost_rejoins_behind_the_gate() {
+    let (mut c, metrics) = cluster_with_spare().await;
+    let client = c.client();
+    // Several snapshots' worth of shard 1's entries (snapshot_logs 100,
+    // 20 kept behind): node 4 catches up from a snapshot.
+    let keys = keys_of_shard_one(&client, "j", 250);
+    for k in &keys {
+        client.put(k.as_bytes(), b"v").await.expect("put");
+    }
+    c.kill(NodeId(4));
+    c.set_env(NodeId(4), "PACT_FAULTS", "crash-mid-snapshot-install");
+    c.start_node(NodeId(4));
+    // The add waits for node 4 to catch up, which it never does before
+    // it crashes; the command is left to itself and stopped below.
+    let add = Killed(
+        std::process::Command::new(pact_tests::binary("txn"))
+            .arg("--config")
+            .arg(&c.config_path)
+            .args(["--json", "admin", "replica", "add", "1", "4"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run txn"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.is_running(NodeId(4)) {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never crashed installing the snapshot\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(add);
+    let log = std::fs::read_to_string(c.log_path(NodeId(4))).unwrap_or_default();
+    assert!(
+        log.contains("crash-mid-snapshot-install: aborting"),
+        "node 4 died of something else:\n{}",
+        c.logs_tail()
+    );
+    let file = c.data_dir(NodeId(4)).join("snapshots").join("g1.install");
+    std::fs::remove_file(&file).expect("the interrupted install's file");
+    // Restarted answering plain reads from its own state (a deliberate
+    // fault), so what it holds can be read directly.
+    c.set_env(NodeId(4), "PACT_FAULTS", "stale-reads");
+    let from = std::fs::metadata(c.log_path(NodeId(4))).map_or(0, |m| m.len() as usize);
+    c.start_node(NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = c
+            .wait_leader(
+                ShardId(1),
+                &[NodeId(1), NodeId(2), NodeId(3)],
+                Duration::from_secs(20),
+            )
+            .await;
+        let target = c
+            .status(ShardId(1), leader)
+            .await
+            .map_or(0, |s| s.applied_index);
+        let s = c.status(ShardId(1), NodeId(4)).await;
+        if s.as_ref()
+            .is_some_and(|s| s.gate == "open" && s.applied_index >= target)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's replica did not catch up: {s:?}\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read(c.log_path(NodeId(4))).unwrap_or_default();
+    let log = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
+    for said in [
+        "the snapshot file of an interrupted install cannot be read",
+        "rejoining without a vote",
+    ] {
+        assert!(log.contains(said), "node 4 never said {said:?}\n{log}");
+    }
+    // It was sent the snapshot again (the counter is this start's).
+    let installed = counter(metrics, "pact_raft_snapshots_installed_total", 1);
+    assert!(
+        installed >= 1,
+        "node 4 installed no snapshot after the restart"
+    );
+    let local = c.client_for_replica(ShardId(1), NodeId(4), pact_client::ClientOptions::default());
+    let served = || {
+        let line = "pact_grpc_requests_total{code=\"OK\",method=\"/pact.v1.Kv/Get\"} ";
+        metrics_page(metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as usize)
+    };
+    let before = served();
+    for k in &keys {
+        let got = local
+            .get(k.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("local get {k}: {e}\n{}", c.logs_tail()));
+        assert_eq!(got.as_deref(), Some(&b"v"[..]), "key {k} on node 4");
+    }
+    // Node 4 answered them (from its own state), not the leader.
+    assert_eq!(served() - before, keys.len(), "reads node 4 answered");
+}
+
+/// A child process killed (and reaped) when this is dropped, however the
+/// test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
