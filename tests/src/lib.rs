@@ -530,38 +530,35 @@ impl Cluster {
     }
 
     /// A client that talks to one node only, for probing that node.
-    pub fn client_for_node(&self, id: NodeId, mut opts: ClientOptions) -> Client {
+    pub fn client_for_node(&self, id: NodeId, opts: ClientOptions) -> Client {
         let mut cfg = self.config.clone();
         for s in cfg.shards.iter_mut() {
             if s.replicas.contains(&id) {
                 s.replicas = vec![id];
             }
         }
-        if opts.tls.is_none() {
-            opts.tls = self.client_tls.clone();
-        }
-        opts.pinned = true;
-        Client::new(&cfg, opts)
+        self.pinned_client(&cfg, opts)
     }
 
     /// A client that reaches `shard` at node `id` only, whether or not
     /// the config lists `id` among the shard's replicas (one added at run
     /// time is not), for probing that replica.
-    pub fn client_for_replica(
-        &self,
-        shard: ShardId,
-        id: NodeId,
-        mut opts: ClientOptions,
-    ) -> Client {
+    pub fn client_for_replica(&self, shard: ShardId, id: NodeId, opts: ClientOptions) -> Client {
         let mut cfg = self.config.clone();
         for s in cfg.shards.iter_mut().filter(|s| s.id == shard) {
             s.replicas = vec![id];
         }
+        self.pinned_client(&cfg, opts)
+    }
+
+    /// A client of `cfg` (the cluster's TLS unless `opts` has its own)
+    /// that asks only the replicas `cfg` lists: no routing table.
+    fn pinned_client(&self, cfg: &ClusterConfig, mut opts: ClientOptions) -> Client {
         if opts.tls.is_none() {
             opts.tls = self.client_tls.clone();
         }
         opts.pinned = true;
-        Client::new(&cfg, opts)
+        Client::new(cfg, opts)
     }
 
     /// The default transactional cluster (3 participants holding 3 shards
@@ -760,6 +757,17 @@ impl Cluster {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A child process killed and reaped when this is dropped, however the
+/// test that started it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1330,14 +1330,7 @@ fn data_dir_in_use_is_refused_with_the_pid() {
         .stderr(log)
         .spawn()
         .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut first = Kill(first);
+    let mut first = pact_tests::KillOnDrop(first);
     let pid = first.0.id();
     let pidfile = data.join("pact.pid");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -112,9 +112,15 @@ fn metrics_page(port: u16) -> String {
 
 /// A counter of node 4's metrics page for `group` (0 if absent).
 fn counter(port: u16, name: &str, group: u64) -> u64 {
-    let out = metrics_page(port);
-    let prefix = format!("{name}{{group=\"{group}\"}} ");
-    out.lines()
+    metric(port, &format!("{name}{{group=\"{group}\"}}"))
+}
+
+/// The value of `series` (a name and its labels, as the page writes
+/// them) on node 4's metrics page (0 if absent).
+fn metric(port: u16, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    metrics_page(port)
+        .lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
@@ -1444,7 +1450,7 @@ async fn a_wiped_config_voter_rejoins_through_the_voters_the_table_lists() {
             .expect("put while node 1 is away");
     }
     c.start_node(NodeId(1));
-    until_node_one_rejoined(&c, &[NodeId(4), NodeId(5)]).await;
+    until_rejoined(&c, NodeId(1), &[NodeId(4), NodeId(5)]).await;
     let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
     assert!(
         log.contains("rejoining without a vote"),
@@ -1487,7 +1493,7 @@ async fn a_wiped_voter_asks_the_voters_its_peers_name() {
     }
     c.set_env(NodeId(1), "PACT_FAULTS", "probe-ignores-table");
     c.start_node(NodeId(1));
-    until_node_one_rejoined(&c, &[NodeId(2), NodeId(3), NodeId(4)]).await;
+    until_rejoined(&c, NodeId(1), &[NodeId(2), NodeId(3), NodeId(4)]).await;
     let log = std::fs::read_to_string(c.log_path(NodeId(1))).unwrap_or_default();
     let rejoined: Vec<&str> = log
         .lines()
@@ -1501,9 +1507,9 @@ async fn a_wiped_voter_asks_the_voters_its_peers_name() {
 }
 
 /// Wait (up to 20 s) for shard 1 to have a leader among `rest`, then (up
-/// to 40 s) for node 1's replica of it to have applied what that leader
+/// to 40 s) for `node`'s replica of it to have applied what that leader
 /// had and to vote again.
-async fn until_node_one_rejoined(c: &Cluster, rest: &[NodeId]) {
+async fn until_rejoined(c: &Cluster, node: NodeId, rest: &[NodeId]) {
     let leader = c
         .wait_leader(ShardId(1), rest, Duration::from_secs(20))
         .await;
@@ -1514,7 +1520,7 @@ async fn until_node_one_rejoined(c: &Cluster, rest: &[NodeId]) {
         .applied_index;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let s = c.status(ShardId(1), NodeId(1)).await;
+        let s = c.status(ShardId(1), node).await;
         if let Some(s) = &s {
             if s.applied_index >= target && s.gate == "open" {
                 return;
@@ -1522,7 +1528,7 @@ async fn until_node_one_rejoined(c: &Cluster, rest: &[NodeId]) {
         }
         assert!(
             Instant::now() < deadline,
-            "node 1's replica of shard 1 did not rejoin: {s:?}\n{}",
+            "node {node}'s replica of shard 1 did not rejoin: {s:?}\n{}",
             group_one_lines(c)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1609,7 +1615,7 @@ async fn a_joined_replica_whose_install_file_is_lost_rejoins_behind_the_gate() {
     c.start_node(NodeId(4));
     // The add waits for node 4 to catch up, which it never does before
     // it crashes; the command is left to itself and stopped below.
-    let add = Killed(
+    let add = pact_tests::KillOnDrop(
         std::process::Command::new(pact_tests::binary("txn"))
             .arg("--config")
             .arg(&c.config_path)
@@ -1642,32 +1648,7 @@ async fn a_joined_replica_whose_install_file_is_lost_rejoins_behind_the_gate() {
     c.set_env(NodeId(4), "PACT_FAULTS", "stale-reads");
     let from = std::fs::metadata(c.log_path(NodeId(4))).map_or(0, |m| m.len() as usize);
     c.start_node(NodeId(4));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let leader = c
-            .wait_leader(
-                ShardId(1),
-                &[NodeId(1), NodeId(2), NodeId(3)],
-                Duration::from_secs(20),
-            )
-            .await;
-        let target = c
-            .status(ShardId(1), leader)
-            .await
-            .map_or(0, |s| s.applied_index);
-        let s = c.status(ShardId(1), NodeId(4)).await;
-        if s.as_ref()
-            .is_some_and(|s| s.gate == "open" && s.applied_index >= target)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4's replica did not catch up: {s:?}\n{}",
-            c.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_rejoined(&c, NodeId(4), &[NodeId(1), NodeId(2), NodeId(3)]).await;
     let log = std::fs::read(c.log_path(NodeId(4))).unwrap_or_default();
     let log = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
     for said in [
@@ -1684,12 +1665,10 @@ async fn a_joined_replica_whose_install_file_is_lost_rejoins_behind_the_gate() {
     );
     let local = c.client_for_replica(ShardId(1), NodeId(4), pact_client::ClientOptions::default());
     let served = || {
-        let line = "pact_grpc_requests_total{code=\"OK\",method=\"/pact.v1.Kv/Get\"} ";
-        metrics_page(metrics)
-            .lines()
-            .find_map(|l| l.strip_prefix(line))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as usize)
+        metric(
+            metrics,
+            "pact_grpc_requests_total{code=\"OK\",method=\"/pact.v1.Kv/Get\"}",
+        )
     };
     let before = served();
     for k in &keys {
@@ -1700,16 +1679,9 @@ async fn a_joined_replica_whose_install_file_is_lost_rejoins_behind_the_gate() {
         assert_eq!(got.as_deref(), Some(&b"v"[..]), "key {k} on node 4");
     }
     // Node 4 answered them (from its own state), not the leader.
-    assert_eq!(served() - before, keys.len(), "reads node 4 answered");
-}
-
-/// A child process killed (and reaped) when this is dropped, however the
-/// test ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    assert_eq!(
+        served() - before,
+        keys.len() as u64,
+        "reads node 4 answered"
+    );
 }
