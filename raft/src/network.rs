@@ -43,8 +43,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftLogStorage;
 use openraft::{AnyError, BasicNode, RaftNetworkV2};
@@ -554,6 +554,33 @@ impl PeerClient {
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = crate::types::SnapshotData;
 
+    /// Appends one at a time, as openraft's default does, except that an
+    /// entry-less append (the commit index alone) waits up to
+    /// [`COMMIT_HOLD`] for the stream's next request and, if that one
+    /// follows the same log id, goes out inside it (see [`held_appends`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<
+            futures::stream::BoxStream<
+                's,
+                Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+            >,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move { Ok(held_appends(self, input, option, COMMIT_HOLD)) })
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -777,6 +804,151 @@ impl PeerClient {
             }
         }
     }
+}
+
+/// How long an entry-less append, which carries only the leader's commit
+/// index, waits for the replication stream's next request. openraft sends
+/// one to each follower after every commit that no request carried, and
+/// then holds the next entries until the follower answers it: at one
+/// client, two of an update's four appends, and a round trip in front of
+/// the next update's entries. Held this long, the commit index rides in
+/// the next append instead whenever one comes. A follower learns of a
+/// commit up to this much later when its group goes idle; the leader's
+/// commit, its answer to the client and its lease do not wait for it (a
+/// lease counts from the send time openraft recorded, so a held append
+/// only shortens it).
+pub(crate) const COMMIT_HOLD: Duration = Duration::from_millis(2);
+
+/// What [`held_appends`] sends through: a peer's single-append call.
+pub(crate) trait SendAppend: Send {
+    fn send_append(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> impl Future<Output = Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> + Send;
+}
+
+impl SendAppend for PeerClient {
+    fn send_append(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> impl Future<Output = Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> + Send
+    {
+        self.append_entries(rpc, option)
+    }
+}
+
+type AppendResult = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+struct Held<'s, N, S> {
+    net: &'s mut N,
+    input: S,
+    option: RPCOption,
+    hold: Duration,
+    /// Answers due to openraft, in the order of its requests.
+    ready: std::collections::VecDeque<AppendResult>,
+    /// A request taken from the input while holding that could not be merged.
+    carried: Option<AppendEntriesRequest<TypeConfig>>,
+    input_done: bool,
+    stopped: bool,
+}
+
+/// openraft's replication stream, sent one append at a time (each waits
+/// for the answer to the one before, as openraft's sequential default
+/// does), with entry-less appends held for up to `hold`: a request taken
+/// meanwhile that follows the same log id under the same vote replaces
+/// the held one, whose answer is then implied by its own (its follower
+/// holds that log id). Answers come out one per request, in order; a
+/// conflict, a higher vote or a failed call answers for every request
+/// merged into it and ends the stream, as openraft expects.
+fn held_appends<'s, N, S>(
+    net: &'s mut N,
+    input: S,
+    option: RPCOption,
+    hold: Duration,
+) -> futures::stream::BoxStream<'s, AppendResult>
+where
+    N: SendAppend,
+    S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 's,
+{
+    use futures::StreamExt;
+    let state = Held {
+        net,
+        input,
+        option,
+        hold,
+        ready: Default::default(),
+        carried: None,
+        input_done: false,
+        stopped: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(r) = st.ready.pop_front() {
+                return Some((r, st));
+            }
+            if st.stopped {
+                return None;
+            }
+            let mut req = match st.carried.take() {
+                Some(r) => r,
+                None if st.input_done => return None,
+                None => st.input.next().await?,
+            };
+            // Log ids answered by the request that replaced them.
+            let mut merged = Vec::new();
+            if req.entries.is_empty() && !st.hold.is_zero() && !st.input_done {
+                let until = tokio::time::Instant::now() + st.hold;
+                loop {
+                    // Dropping `next()` at the deadline loses nothing: the
+                    // input keeps its own progress.
+                    match tokio::time::timeout_at(until, st.input.next()).await {
+                        Ok(Some(n)) if n.vote == req.vote && n.prev_log_id == req.prev_log_id => {
+                            merged.push(req.prev_log_id);
+                            req = n;
+                            if !req.entries.is_empty() {
+                                break;
+                            }
+                        }
+                        Ok(Some(n)) => {
+                            st.carried = Some(n);
+                            break;
+                        }
+                        Ok(None) => {
+                            st.input_done = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let prev = req.prev_log_id;
+            let last = req.entries.last().map(|e| e.log_id).or(prev);
+            match st.net.send_append(req, st.option.clone()).await {
+                Ok(resp) => {
+                    let partial =
+                        matches!(&resp, AppendEntriesResponse::PartialSuccess(m) if *m != last);
+                    match resp.into_stream_result(prev, last) {
+                        Ok(matching) => {
+                            st.ready.extend(merged.into_iter().map(|m| Ok(Ok(m))));
+                            st.ready.push_back(Ok(Ok(matching)));
+                            // A partial answer ends the stream, as in openraft's own.
+                            st.stopped = partial;
+                        }
+                        Err(e) => {
+                            st.ready.push_back(Ok(Err(e)));
+                            st.stopped = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    st.ready.push_back(Err(e));
+                    st.stopped = true;
+                }
+            }
+        }
+    }))
 }
 
 /// A snapshot transfer's id: unique enough that a receiver never takes a
@@ -2020,5 +2192,174 @@ mod auth_tests {
             assert!(!c2.stuck_below_purge(&req(82, 0)));
             std::thread::sleep(STUCK_WITHIN / 3);
         }
+    }
+}
+
+#[cfg(test)]
+mod held_append_tests {
+    use super::*;
+    use futures::StreamExt;
+    use openraft::raft::StreamAppendError;
+
+    fn id(index: u64) -> LogId {
+        LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
+    /// An append after `prev` with entries at `entries`, carrying `commit`.
+    fn append(prev: u64, entries: &[u64], commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(id(prev)),
+            leader_commit: Some(id(commit)),
+            entries: entries
+                .iter()
+                .map(|&i| crate::types::Entry {
+                    log_id: id(i),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+        }
+    }
+
+    /// What reached a follower: (prev index, entries, commit index) each.
+    type Got = Arc<std::sync::Mutex<Vec<(u64, usize, u64)>>>;
+
+    /// A follower that records what reaches it and answers with `answer`.
+    struct Follower {
+        got: Got,
+        answer: fn(&AppendEntriesRequest<TypeConfig>) -> AppendEntriesResponse<TypeConfig>,
+    }
+
+    impl SendAppend for Follower {
+        async fn send_append(
+            &mut self,
+            rpc: AppendEntriesRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+            let index = |l: &Option<LogId>| l.as_ref().map_or(0, |l| l.index);
+            self.got.lock().unwrap().push((
+                index(&rpc.prev_log_id),
+                rpc.entries.len(),
+                index(&rpc.leader_commit),
+            ));
+            Ok((self.answer)(&rpc))
+        }
+    }
+
+    fn success(_: &AppendEntriesRequest<TypeConfig>) -> AppendEntriesResponse<TypeConfig> {
+        AppendEntriesResponse::Success
+    }
+
+    fn conflict(_: &AppendEntriesRequest<TypeConfig>) -> AppendEntriesResponse<TypeConfig> {
+        AppendEntriesResponse::Conflict
+    }
+
+    fn follower(
+        answer: fn(&AppendEntriesRequest<TypeConfig>) -> AppendEntriesResponse<TypeConfig>,
+    ) -> (Follower, Got) {
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        (
+            Follower {
+                got: got.clone(),
+                answer,
+            },
+            got,
+        )
+    }
+
+    fn option() -> RPCOption {
+        RPCOption::new(Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn a_commit_index_rides_in_the_next_append() {
+        let (mut f, got) = follower(success);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        // Entry 5, then its commit alone, then entry 6 while that is held.
+        tx.unbounded_send(append(4, &[5], 4)).unwrap();
+        tx.unbounded_send(append(5, &[], 5)).unwrap();
+        tx.unbounded_send(append(5, &[6], 5)).unwrap();
+        drop(tx);
+        let out: Vec<_> = held_appends(&mut f, rx, option(), Duration::from_secs(60))
+            .collect()
+            .await;
+        assert_eq!(*got.lock().unwrap(), vec![(4, 1, 4), (5, 1, 5)]);
+        // One answer per request, in order: the merged one matched log 5.
+        let matched: Vec<_> = out
+            .into_iter()
+            .map(|r| r.unwrap().unwrap().map(|l| l.index))
+            .collect();
+        assert_eq!(matched, vec![Some(5), Some(5), Some(6)]);
+    }
+
+    #[tokio::test]
+    async fn a_held_commit_goes_alone_after_the_hold_or_when_the_input_ends() {
+        // Nothing follows within the hold: it goes on its own.
+        let (mut f, got) = follower(success);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(append(5, &[], 5)).unwrap();
+        let mut out = held_appends(&mut f, rx, option(), Duration::from_millis(20));
+        let first = tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .expect("a held append is sent once its hold is over");
+        assert_eq!(first.unwrap().unwrap().unwrap(), Some(id(5)));
+        drop(tx);
+        assert!(out.next().await.is_none());
+        drop(out);
+        assert_eq!(*got.lock().unwrap(), vec![(5, 0, 5)]);
+
+        // A one-request input (a heartbeat) is not held at all.
+        let (mut f, got) = follower(success);
+        let once = futures::stream::iter(vec![append(7, &[], 7)]);
+        let out: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(10),
+            held_appends(&mut f, once, option(), Duration::from_secs(3600)).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("an input that ended is not waited on");
+        assert_eq!(out.len(), 1);
+        assert_eq!(*got.lock().unwrap(), vec![(7, 0, 7)]);
+    }
+
+    #[tokio::test]
+    async fn successive_commits_merge_and_other_shapes_go_in_order() {
+        let (mut f, got) = follower(success);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        // Two commits alone after log 5, then an append after another log
+        // id (a new probe): the commits merge, the probe is not merged.
+        tx.unbounded_send(append(5, &[], 4)).unwrap();
+        tx.unbounded_send(append(5, &[], 5)).unwrap();
+        tx.unbounded_send(append(3, &[4, 5], 5)).unwrap();
+        drop(tx);
+        let out: Vec<_> = held_appends(&mut f, rx, option(), Duration::from_secs(60))
+            .collect()
+            .await;
+        assert_eq!(*got.lock().unwrap(), vec![(5, 0, 5), (3, 2, 5)]);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_answers_once_for_the_merged_requests_and_ends_the_stream() {
+        let (mut f, got) = follower(conflict);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(append(5, &[], 5)).unwrap();
+        tx.unbounded_send(append(5, &[6], 5)).unwrap();
+        tx.unbounded_send(append(6, &[7], 5)).unwrap();
+        drop(tx);
+        let out: Vec<_> = held_appends(&mut f, rx, option(), Duration::from_secs(60))
+            .collect()
+            .await;
+        assert_eq!(*got.lock().unwrap(), vec![(5, 1, 5)]);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(
+            out[0],
+            Ok(Err(StreamAppendError::Conflict(ref l))) if *l == id(5)
+        ));
     }
 }

@@ -20,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use crate::codec::{decode, encode};
 use crate::snapshot::Outbound;
 use crate::store::{
-    blocking, group_end, group_key, Compute, NodeStore, Op, SmImage, Space, SM_APPLIED,
+    blocking, group_end, group_key, Compute, NodeStore, Op, SmImage, Space, Then, SM_APPLIED,
     SM_MEMBERSHIP,
 };
 use crate::types::{
@@ -28,7 +28,8 @@ use crate::types::{
 };
 
 /// Where an entry's apply, run on the writer thread, leaves its command
-/// and reply for the state machine task (which calls `visible` and answers).
+/// and reply for the step that calls `visible` and answers its proposer,
+/// on the writer thread right after the entry's batch is written.
 type Slot = Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>;
 
 /// Most committed entries handed to the writer at once.
@@ -311,23 +312,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Box::new(move || refuse_after(&failed))
                     }
                 };
-                let done = self.store.submit_computed(ops, compute).await;
-                pending.push((done, slot, responder));
+                // Once the entry's writes are visible, on the writer
+                // thread: let others observe its outcome, then answer its
+                // proposer, without a hand-off back to this task first.
+                let app = self.app.clone();
+                let then: Then = Box::new(move || {
+                    let applied = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let reply = match applied {
+                        Some((cmd, reply)) => {
+                            app.visible(&cmd, &reply);
+                            Reply(reply)
+                        }
+                        None => Reply::default(),
+                    };
+                    if let Some(r) = responder {
+                        r.send(reply);
+                    }
+                });
+                pending.push(self.store.submit_computed(ops, compute, then).await);
             }
-            for (done, slot, responder) in pending {
+            // openraft takes the entries as applied when this returns, so
+            // it waits for all of them; a failure stops the replica.
+            for done in pending {
                 done.await
                     .map_err(|_| io::Error::other("storage writer stopped"))??;
-                let applied = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let reply = match applied {
-                    Some((cmd, reply)) => {
-                        self.app.visible(&cmd, &reply);
-                        Reply(reply)
-                    }
-                    None => Reply::default(),
-                };
-                if let Some(r) = responder {
-                    r.send(reply);
-                }
             }
         }
         Ok(())

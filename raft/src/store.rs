@@ -125,7 +125,19 @@ pub(crate) enum Notify {
     /// matter; a failure of theirs poisons the store, which stops
     /// everything after it.
     Background(tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// As `Lazy`, but first, once the batch is visible and only if it was
+    /// written, run `then` on the writer thread: a state machine answers
+    /// its proposers from there, one hand-off sooner than through the
+    /// task waiting on `done`. `then` must be quick and must not block.
+    Applied {
+        done: tokio::sync::oneshot::Sender<io::Result<()>>,
+        then: Then,
+    },
 }
+
+/// Work run on the writer thread right after a job's batch is visible
+/// (see [`Notify::Applied`]).
+pub(crate) type Then = Box<dyn FnOnce() + Send>;
 
 /// Work run on the writer thread right before its batch is written: it
 /// reads the state left by every earlier job and returns more ops. An
@@ -602,13 +614,19 @@ impl NodeStore {
     /// without waiting for each, and each still applies to the state the
     /// previous one left, with one hand-off per entry instead of a
     /// blocking-pool task plus a write.
+    ///
+    /// `then` runs on the writer thread once they are visible, before the
+    /// receiver fires, and only if they were written (see
+    /// [`Notify::Applied`]).
     pub(crate) async fn submit_computed(
         &self,
         ops: Vec<Op>,
         compute: Compute,
+        then: Then,
     ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(ops, Some(compute), Notify::Lazy(tx)).await;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(ops, Some(compute), Notify::Applied { done, then })
+            .await;
         rx
     }
 
@@ -1127,6 +1145,14 @@ impl Writer {
                 match notify {
                     Notify::Lazy(tx) | Notify::Background(tx) => {
                         let _ = tx.send(res);
+                    }
+                    Notify::Applied { done, then } => {
+                        if res.is_ok() {
+                            // A panic here poisons the store on the way
+                            // out (`PoisonOnPanic`), as one in `compute`.
+                            then();
+                        }
+                        let _ = done.send(res);
                     }
                     Notify::Visible { visible, flushed } => {
                         let ok = res.is_ok();
