@@ -48,6 +48,9 @@ pub struct ProcessMetrics {
     /// Snapshots due by policy that waited because this node was
     /// streaming one to a follower, by group.
     pub snapshots_deferred: IntCounterVec,
+    /// Entry-less appends (a commit index alone) that went out inside the
+    /// replication stream's next append, by group.
+    pub appends_merged: IntCounterVec,
     /// Snapshot data bytes sent to followers (chunk payloads), by group.
     pub snapshot_bytes_sent: IntCounterVec,
     /// Snapshot data bytes received from leaders (chunk payloads), by group.
@@ -180,6 +183,10 @@ impl ProcessMetrics {
             "pact_raft_snapshots_deferred_total",
             "Snapshots due by policy that waited (keeping the log) because this node was streaming one to a follower",
         )?;
+        let appends_merged = counter(
+            "pact_raft_appends_merged_total",
+            "Entry-less appends (the commit index alone) this leader did not send because the replication stream's next append, within 2 ms, carried them",
+        )?;
         let snapshot_bytes_sent = counter(
             "pact_raft_snapshot_bytes_sent_total",
             "Snapshot data bytes this node streamed to followers, in chunks",
@@ -276,6 +283,7 @@ impl ProcessMetrics {
             snapshots_installed,
             snapshots_built,
             snapshots_deferred,
+            appends_merged,
             snapshot_bytes_sent,
             snapshot_bytes_received,
             grpc_requests,
@@ -305,6 +313,7 @@ impl ProcessMetrics {
             &self.snapshots_installed,
             &self.snapshots_built,
             &self.snapshots_deferred,
+            &self.appends_merged,
             &self.snapshot_bytes_sent,
             &self.snapshot_bytes_received,
         ] {

@@ -826,6 +826,9 @@ pub(crate) trait SendAppend: Send {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> impl Future<Output = Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> + Send;
+
+    /// `n` held appends went out inside a later one.
+    fn merged(&self, _n: usize) {}
 }
 
 impl SendAppend for PeerClient {
@@ -836,6 +839,14 @@ impl SendAppend for PeerClient {
     ) -> impl Future<Output = Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> + Send
     {
         self.append_entries(rpc, option)
+    }
+
+    fn merged(&self, n: usize) {
+        if let Some(m) = crate::metrics::process() {
+            m.appends_merged
+                .with_label_values(&[&crate::metrics::group_label(self.group)])
+                .inc_by(n as u64);
+        }
     }
 }
 
@@ -922,6 +933,9 @@ where
                         Err(_) => break,
                     }
                 }
+            }
+            if !merged.is_empty() {
+                st.net.merged(merged.len());
             }
             let prev = req.prev_log_id;
             let last = req.entries.last().map(|e| e.log_id).or(prev);
@@ -2234,6 +2248,8 @@ mod held_append_tests {
     struct Follower {
         got: Got,
         answer: fn(&AppendEntriesRequest<TypeConfig>) -> AppendEntriesResponse<TypeConfig>,
+        /// Held appends reported sent inside a later one.
+        merged: std::sync::atomic::AtomicUsize,
     }
 
     impl SendAppend for Follower {
@@ -2249,6 +2265,11 @@ mod held_append_tests {
                 index(&rpc.leader_commit),
             ));
             Ok((self.answer)(&rpc))
+        }
+
+        fn merged(&self, n: usize) {
+            self.merged
+                .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -2268,6 +2289,7 @@ mod held_append_tests {
             Follower {
                 got: got.clone(),
                 answer,
+                merged: Default::default(),
             },
             got,
         )
@@ -2290,6 +2312,7 @@ mod held_append_tests {
             .collect()
             .await;
         assert_eq!(*got.lock().unwrap(), vec![(4, 1, 4), (5, 1, 5)]);
+        assert_eq!(f.merged.load(std::sync::atomic::Ordering::SeqCst), 1);
         // One answer per request, in order: the merged one matched log 5.
         let matched: Vec<_> = out
             .into_iter()
@@ -2342,6 +2365,7 @@ mod held_append_tests {
             .await;
         assert_eq!(*got.lock().unwrap(), vec![(5, 0, 5), (3, 2, 5)]);
         assert_eq!(out.len(), 3);
+        assert_eq!(f.merged.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

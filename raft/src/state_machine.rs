@@ -115,6 +115,12 @@ pub trait Apply: Send + Sync + 'static {
     /// Anything that lets others observe the command's outcome, such as
     /// releasing locks, belongs here, not in `apply`: a reader let in
     /// earlier could miss the writes.
+    ///
+    /// It runs on the node's storage writer thread, as `apply` does, so
+    /// every group of the node waits while it runs: it must be quick, and
+    /// must never wait for storage, nor take a lock whose holder might.
+    /// A panic in it stops every group of the node (the store is
+    /// poisoned).
     fn visible(&self, _command: &[u8], _reply: &[u8]) {}
 
     /// Called after the whole state was replaced by a snapshot, so the

@@ -128,7 +128,9 @@ pub(crate) enum Notify {
     /// As `Lazy`, but first, once the batch is visible and only if it was
     /// written, run `then` on the writer thread: a state machine answers
     /// its proposers from there, one hand-off sooner than through the
-    /// task waiting on `done`. `then` must be quick and must not block.
+    /// task waiting on `done`. `then` must be quick, and must never wait
+    /// for this store (nor for a lock whose holder might): every group of
+    /// the node waits while it runs. A panic in it poisons the store.
     Applied {
         done: tokio::sync::oneshot::Sender<io::Result<()>>,
         then: Then,
@@ -1147,11 +1149,19 @@ impl Writer {
                         let _ = tx.send(res);
                     }
                     Notify::Applied { done, then } => {
-                        if res.is_ok() {
-                            // A panic here poisons the store on the way
-                            // out (`PoisonOnPanic`), as one in `compute`.
-                            then();
-                        }
+                        let res = res.and_then(|()| {
+                            // Caught as a panicking `compute` is: the
+                            // store is poisoned, and the rest of the round
+                            // (other groups' appends among it) is still
+                            // answered, with refusals from here on.
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(then)).map_err(
+                                |_| {
+                                    let e = io::Error::other("it panicked; see the log above");
+                                    self.poison.set("a state machine's visible hook", &e);
+                                    e
+                                },
+                            )
+                        });
                         let _ = done.send(res);
                     }
                     Notify::Visible { visible, flushed } => {
