@@ -981,77 +981,45 @@ async fn a_failed_apply_is_never_skipped_by_a_later_entry_of_its_batch() {
     );
 }
 
-/// A panic on the storage writer thread (here in a state machine's
-/// apply) poisons the store: the node says why and refuses everything
-/// after, instead of leaving the round's waiters unanswered for ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_on_the_writer_thread_poisons_the_store() {
-    use openraft::storage::RaftStateMachine;
-
-    struct Panics;
-    impl Apply for Panics {
-        fn apply(
-            &self,
-            _s: &StateView<'_>,
-            _index: u64,
-            _term: u64,
-            _command: &[u8],
-        ) -> Result<Applied, String> {
-            panic!("deliberate panic in apply (test)");
-        }
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let store = NodeStore::open(dir.path()).unwrap();
-    let mut sm = StateMachine::new(7, store.clone(), Arc::new(Panics), Arc::default());
-    let entries: Vec<Result<_, std::io::Error>> = vec![Ok((normal_entry(1, 4), None))];
-    let r = sm.apply(futures::stream::iter(entries)).await;
-    assert!(r.is_err(), "the apply is reported failed");
-    assert!(store.is_poisoned());
-    let why = store.poison_reason().unwrap();
-    assert!(why.contains("panicked"), "{why}");
+/// A state machine that panics in its apply, or in its `visible` hook;
+/// both run on the storage writer thread.
+struct Panics {
+    in_visible: bool,
 }
 
-/// A panic in a state machine's `visible` hook, which runs on the storage
-/// writer thread, is caught as one in its apply is: the store is poisoned
-/// with the reason, the entry's apply is reported failed, and the writer
-/// goes on answering (with refusals) instead of dying with its queue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_in_the_visible_hook_poisons_the_store_and_is_answered() {
+impl Apply for Panics {
+    fn apply(
+        &self,
+        _s: &StateView<'_>,
+        _index: u64,
+        _term: u64,
+        _command: &[u8],
+    ) -> Result<Applied, String> {
+        if !self.in_visible {
+            panic!("deliberate panic in apply (test)");
+        }
+        Ok(Applied::default())
+    }
+
+    fn visible(&self, _command: &[u8], _reply: &[u8]) {
+        panic!("deliberate panic in visible (test)");
+    }
+}
+
+/// Applies one entry through `app` on a fresh store, checks that the
+/// apply is reported failed and that the writer thread still answers (a
+/// later write is refused, not left hanging), and returns why the store
+/// is poisoned.
+async fn poison_after_a_panic(app: Panics) -> String {
     use openraft::storage::RaftStateMachine;
 
-    struct PanicsWhenVisible;
-    impl Apply for PanicsWhenVisible {
-        fn apply(
-            &self,
-            _s: &StateView<'_>,
-            _index: u64,
-            _term: u64,
-            _command: &[u8],
-        ) -> Result<Applied, String> {
-            Ok(Applied {
-                writes: Vec::new(),
-                reply: Vec::new(),
-            })
-        }
-        fn visible(&self, _command: &[u8], _reply: &[u8]) {
-            panic!("deliberate panic in visible (test)");
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = NodeStore::open(dir.path()).unwrap();
-    let mut sm = StateMachine::new(
-        7,
-        store.clone(),
-        Arc::new(PanicsWhenVisible),
-        Arc::default(),
-    );
+    let mut sm = StateMachine::new(7, store.clone(), Arc::new(app), Arc::default());
     let entries: Vec<Result<_, std::io::Error>> = vec![Ok((normal_entry(1, 4), None))];
     let r = sm.apply(futures::stream::iter(entries)).await;
     assert!(r.is_err(), "the apply is reported failed");
     assert!(store.is_poisoned());
-    let why = store.poison_reason().unwrap();
-    assert!(why.contains("visible hook"), "{why}");
-    // The writer thread lives on: a later write is refused, not hung.
     let later = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         store.write_durable(vec![Op::Put(Space::Meta, b"k".to_vec(), b"v".to_vec())]),
@@ -1059,4 +1027,23 @@ async fn a_panic_in_the_visible_hook_poisons_the_store_and_is_answered() {
     .await
     .expect("the writer answers after the panic");
     assert!(later.is_err(), "a poisoned store refuses writes");
+    store.poison_reason().unwrap()
+}
+
+/// A panic on the storage writer thread (here in a state machine's
+/// apply) poisons the store: the node says why and refuses everything
+/// after, instead of leaving the round's waiters unanswered for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_writer_thread_poisons_the_store() {
+    let why = poison_after_a_panic(Panics { in_visible: false }).await;
+    assert!(why.contains("apply") && why.contains("panicked"), "{why}");
+}
+
+/// A panic in a state machine's `visible` hook, which runs on the writer
+/// thread right after the entry's batch is written, is caught as one in
+/// its apply is, instead of ending the writer with its queue unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_visible_hook_poisons_the_store_and_is_answered() {
+    let why = poison_after_a_panic(Panics { in_visible: true }).await;
+    assert!(why.contains("visible hook"), "{why}");
 }
