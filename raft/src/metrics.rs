@@ -185,7 +185,7 @@ impl ProcessMetrics {
         )?;
         let appends_merged = counter(
             "pact_raft_appends_merged_total",
-            "Entry-less appends (the commit index alone) this leader did not send because the replication stream's next append, within 2 ms, carried them",
+            "Entry-less appends (the commit index alone) this leader did not send because the replication stream's next append, sent within the hold, carried their commit index",
         )?;
         let snapshot_bytes_sent = counter(
             "pact_raft_snapshot_bytes_sent_total",

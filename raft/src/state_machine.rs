@@ -11,10 +11,10 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::codec::{decode, encode};
@@ -26,11 +26,6 @@ use crate::store::{
 use crate::types::{
     LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
-
-/// Where an entry's apply, run on the writer thread, leaves its command
-/// and reply for the step that calls `visible` and answers its proposer,
-/// on the writer thread right after the entry's batch is written.
-type Slot = Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>;
 
 /// Most committed entries handed to the writer at once.
 const APPLY_BATCH: usize = 64;
@@ -263,12 +258,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     group_key(self.group, SM_APPLIED),
                     encode(&Some(log_id))?,
                 )];
-                let slot: Slot = Arc::default();
+                // Each entry's computation leaves, as its `Then`, letting
+                // others observe its outcome and answering its proposer:
+                // on the writer thread right after the entry's writes are
+                // visible, without a hand-off back to this task first.
                 let compute: Compute = match entry.payload {
                     EntryPayload::Normal(cmd) => {
                         let (store, app, group) =
                             (self.store.clone(), self.app.clone(), self.group);
-                        let (failed, slot) = (failed.clone(), slot.clone());
+                        let failed = failed.clone();
                         let (index, term) = (log_id.index, log_id.leader_id.term);
                         Box::new(move || {
                             refuse_after(&failed)?;
@@ -294,19 +292,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }
                                 })
                                 .collect();
-                            *slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some((cmd.0, applied.reply));
-                            Ok(ops)
+                            let reply = applied.reply;
+                            let then: Then = Box::new(move || {
+                                app.visible(&cmd.0, &reply);
+                                if let Some(r) = responder {
+                                    r.send(Reply(reply));
+                                }
+                            });
+                            Ok((ops, Some(then)))
                         })
                     }
                     // These write only the applied index (and the
                     // membership), but they too refuse behind a failed
                     // entry: an applied index past an entry that never
                     // applied would skip it for good after a restart.
-                    EntryPayload::Blank => {
-                        let failed = failed.clone();
-                        Box::new(move || refuse_after(&failed))
-                    }
+                    EntryPayload::Blank => answer_only(failed.clone(), responder),
                     EntryPayload::Membership(m) => {
                         let sm = StoredMembership::new(Some(log_id), m);
                         ops.push(Op::Put(
@@ -314,28 +314,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             group_key(self.group, SM_MEMBERSHIP),
                             encode(&sm)?,
                         ));
-                        let failed = failed.clone();
-                        Box::new(move || refuse_after(&failed))
+                        answer_only(failed.clone(), responder)
                     }
                 };
-                // Once the entry's writes are visible, on the writer
-                // thread: let others observe its outcome, then answer its
-                // proposer, without a hand-off back to this task first.
-                let app = self.app.clone();
-                let then: Then = Box::new(move || {
-                    let applied = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let reply = match applied {
-                        Some((cmd, reply)) => {
-                            app.visible(&cmd, &reply);
-                            Reply(reply)
-                        }
-                        None => Reply::default(),
-                    };
-                    if let Some(r) = responder {
-                        r.send(reply);
-                    }
-                });
-                pending.push(self.store.submit_computed(ops, compute, then).await);
+                pending.push(self.store.submit_computed(ops, compute).await);
             }
             // openraft takes the entries as applied when this returns, so
             // it waits for all of them; a failure stops the replica.
@@ -389,9 +371,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// An entry's apply refuses once an earlier entry of its batch failed,
 /// so the stored state (and applied index) never moves past a failure.
-fn refuse_after(failed: &AtomicBool) -> io::Result<Vec<Op>> {
+fn refuse_after(failed: &AtomicBool) -> io::Result<()> {
     if failed.load(Ordering::SeqCst) {
         return Err(io::Error::other("an earlier entry failed to apply"));
     }
-    Ok(Vec::new())
+    Ok(())
+}
+
+/// The computation of an entry that writes nothing of the application's
+/// (blank, membership): it refuses behind a failed entry, and otherwise
+/// answers its proposer, if any, with an empty reply once visible.
+fn answer_only(failed: Arc<AtomicBool>, responder: Option<ApplyResponder<TypeConfig>>) -> Compute {
+    Box::new(move || {
+        refuse_after(&failed)?;
+        let then = responder.map(|r| Box::new(move || r.send(Reply::default())) as Then);
+        Ok((Vec::new(), then))
+    })
 }

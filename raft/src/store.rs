@@ -125,27 +125,23 @@ pub(crate) enum Notify {
     /// matter; a failure of theirs poisons the store, which stops
     /// everything after it.
     Background(tokio::sync::oneshot::Sender<io::Result<()>>),
-    /// As `Lazy`, but first, once the batch is visible and only if it was
-    /// written, run `then` on the writer thread: a state machine answers
-    /// its proposers from there, one hand-off sooner than through the
-    /// task waiting on `done`. `then` must be quick, and must never wait
-    /// for this store (nor for a lock whose holder might): every group of
-    /// the node waits while it runs. A panic in it poisons the store.
-    Applied {
-        done: tokio::sync::oneshot::Sender<io::Result<()>>,
-        then: Then,
-    },
 }
 
-/// Work run on the writer thread right after a job's batch is visible
-/// (see [`Notify::Applied`]).
+/// Work a [`Compute`] leaves to run on the writer thread right after its
+/// job's batch is visible, only if it was written, and before the job's
+/// submitter is told: a state machine answers its proposers from there,
+/// one hand-off sooner than through the task waiting on the job. It must
+/// be quick, and must never wait for this store (nor for a lock whose
+/// holder might): every group of the node waits while it runs. A panic in
+/// it poisons the store.
 pub(crate) type Then = Box<dyn FnOnce() + Send>;
 
 /// Work run on the writer thread right before its batch is written: it
 /// reads the state left by every earlier job and returns more ops. An
 /// error fails this job only (the store is not poisoned: nothing was
 /// written).
-pub(crate) type Compute = Box<dyn FnOnce() -> io::Result<Vec<Op>> + Send>;
+/// Besides its ops it may return a [`Then`].
+pub(crate) type Compute = Box<dyn FnOnce() -> io::Result<(Vec<Op>, Option<Then>)> + Send>;
 
 struct Job {
     ops: Vec<Op>,
@@ -616,19 +612,14 @@ impl NodeStore {
     /// without waiting for each, and each still applies to the state the
     /// previous one left, with one hand-off per entry instead of a
     /// blocking-pool task plus a write.
-    ///
-    /// `then` runs on the writer thread once they are visible, before the
-    /// receiver fires, and only if they were written (see
-    /// [`Notify::Applied`]).
+    /// The [`Then`] it returns runs before the receiver fires.
     pub(crate) async fn submit_computed(
         &self,
         ops: Vec<Op>,
         compute: Compute,
-        then: Then,
     ) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
-        let (done, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(ops, Some(compute), Notify::Applied { done, then })
-            .await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(ops, Some(compute), Notify::Lazy(tx)).await;
         rx
     }
 
@@ -883,6 +874,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Poisons the store if the writer thread unwinds.
+/// Runs `f` on the writer thread; a panic in it poisons the store, naming
+/// `what`, and comes back as an error, so the round goes on answering.
+fn caught<T>(poison: &Poison, what: &str, f: impl FnOnce() -> T) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        let e = io::Error::other("it panicked; see the log above");
+        poison.set(what, &e);
+        e
+    })
+}
+
 struct PoisonOnPanic(Arc<Poison>);
 
 impl Drop for PoisonOnPanic {
@@ -1089,18 +1090,17 @@ impl Writer {
                     _slot,
                 } = job;
                 let computing = std::time::Instant::now();
+                let mut then = None;
                 let computed = match compute {
+                    // A panicking computation poisons the store here,
+                    // before anyone waiting on this round is answered.
                     Some(f) if !self.poison.is_set() => {
-                        // A panicking computation poisons the store here,
-                        // before anyone waiting on this round is answered.
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                            Ok(r) => r.map(|more| ops.extend(more)),
-                            Err(_) => {
-                                let e = io::Error::other("it panicked; see the log above");
-                                self.poison.set("a state machine's apply", &e);
-                                Err(e)
-                            }
-                        }
+                        caught(&self.poison, "a state machine's apply", f)
+                            .and_then(|r| r)
+                            .map(|(more, t)| {
+                                ops.extend(more);
+                                then = t;
+                            })
                     }
                     _ => Ok(()),
                 };
@@ -1144,25 +1144,18 @@ impl Writer {
                     }
                     r
                 };
+                // Caught as a panicking computation is: the rest of the
+                // round (other groups' appends among it) is still answered,
+                // with refusals from here on.
+                let res = match then {
+                    Some(t) => {
+                        res.and_then(|()| caught(&self.poison, "a state machine's visible hook", t))
+                    }
+                    None => res,
+                };
                 match notify {
                     Notify::Lazy(tx) | Notify::Background(tx) => {
                         let _ = tx.send(res);
-                    }
-                    Notify::Applied { done, then } => {
-                        let res = res.and_then(|()| {
-                            // Caught as a panicking `compute` is: the
-                            // store is poisoned, and the rest of the round
-                            // (other groups' appends among it) is still
-                            // answered, with refusals from here on.
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(then)).map_err(
-                                |_| {
-                                    let e = io::Error::other("it panicked; see the log above");
-                                    self.poison.set("a state machine's visible hook", &e);
-                                    e
-                                },
-                            )
-                        });
-                        let _ = done.send(res);
                     }
                     Notify::Visible { visible, flushed } => {
                         let ok = res.is_ok();
