@@ -50,6 +50,11 @@
 //! so tests can record two merges in opposite directions. And
 //! `plain-scan-pause` (a plain scan waits 2 s once it holds its range
 //! lock, before it reads), so an older transaction can wound it mid-read.
+//! And `decision-hold-long` (a shard leader holds each coordinator's
+//! decision 60 s for a transaction entry to carry it, instead of 5 ms; the
+//! leader's own resend of decisions not seen in the log, after half a
+//! second, still logs it), so tests can kill a leader while a decision
+//! is held.
 //! And `probe-ignores-table` (a replica on an empty store asks only the
 //! peers its config or its own records name, as if the metadata table
 //! lagged every membership change), so tests can check that it learns the
@@ -68,6 +73,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "crash-before-fsync",
     "fail-fsync",
     "decision-delay",
+    "decision-hold-long",
     "skip-one-phase-record",
     "crash-mid-snapshot-install",
     "crash-mid-membership-change",

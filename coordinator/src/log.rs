@@ -652,6 +652,59 @@ mod tests {
         assert!(effect(&get, &|| Ok(None), 1, &nested).is_err());
     }
 
+    /// Records held by the recorder ride ahead of a staging record in its
+    /// entry (the staging append's carry): each applies as alone, and a
+    /// staging record of another term in the batch is still refused.
+    #[test]
+    fn records_carried_ahead_of_a_staging_record_apply_as_alone() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        m.run(LogCommand::Stage {
+            txn: t(1),
+            shards: vec![1, 2],
+        });
+        let reply = m.run(LogCommand::Many(vec![
+            LogCommand::Finish { txn: t(1) },
+            LogCommand::Decide {
+                txn: t(2),
+                commit: true,
+                shards: vec![],
+            },
+            LogCommand::StageInTerm {
+                txn: t(3),
+                shards: vec![1, 2],
+                term: 1,
+            },
+        ]));
+        assert_eq!(
+            reply,
+            LogReply::Many(vec![
+                LogReply::Finished,
+                LogReply::Decided { commit: true },
+                LogReply::Staged,
+            ])
+        );
+        let rec: Decision = decode(m.0.borrow().get(&decision_key(t(1))).unwrap()).unwrap();
+        assert!(rec.commit && rec.finished);
+        assert!(m.0.borrow().get(&staging_key(t(1))).is_none());
+        assert!(m.0.borrow().get(&staging_key(t(3))).is_some());
+        let reply = m.run(LogCommand::Many(vec![
+            LogCommand::Finish { txn: t(3) },
+            LogCommand::StageInTerm {
+                txn: t(4),
+                shards: vec![1, 2],
+                term: 7,
+            },
+        ]));
+        assert_eq!(
+            reply,
+            LogReply::Many(vec![
+                LogReply::Finished,
+                LogReply::Decided { commit: false },
+            ])
+        );
+        assert!(m.0.borrow().get(&staging_key(t(4))).is_none());
+    }
+
     #[test]
     fn finish_marks_without_forgetting() {
         let m = Mem(RefCell::new(BTreeMap::new()));

@@ -20,6 +20,10 @@ pub struct Metrics {
     /// Records in the recovery log by kind (`decision`, `staging`,
     /// `unfinished`), as counted by the leader's last garbage collection.
     pub records: IntGaugeVec,
+    /// Off-path records (finished commits, one-phase commits) appended,
+    /// by how: in a staging append's entry (`carried`) or in one of the
+    /// recorder's own (`alone`).
+    pub records_appended: IntCounterVec,
 }
 
 impl Metrics {
@@ -54,6 +58,17 @@ impl Metrics {
         )?;
         let records = pact_raft::metrics::txn_records()?;
         registry.register(Box::new(records.clone()))?;
+        let records_appended = IntCounterVec::new(
+            Opts::new(
+                "pact_coordinator_records_appended_total",
+                "Off-path records proposed to the recovery log: in a staging append's entry (how=carried) or in their own (how=alone)",
+            ),
+            &["how"],
+        )?;
+        for how in ["carried", "alone"] {
+            records_appended.with_label_values(&[how]);
+        }
+        registry.register(Box::new(records_appended.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
@@ -65,6 +80,7 @@ impl Metrics {
             sessions,
             phase_seconds,
             records,
+            records_appended,
         })
     }
 

@@ -10,6 +10,10 @@ pub struct Metrics {
     pub commits: IntCounterVec,
     /// Transactions aborted here, by reason.
     pub aborts: IntCounterVec,
+    /// Coordinators' decisions logged here, by how they went into the
+    /// log: in another transaction's entry (`carried`) or in one of
+    /// their own after the hold (`alone`).
+    pub decisions: IntCounterVec,
     /// Lock requests that had to wait.
     pub lock_waits: IntCounter,
     pub lock_wakeups: IntCounter,
@@ -42,6 +46,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "pact_participant_decisions_total",
+                "Coordinators' decisions proposed at this node's shards: in another transaction's entry (how=carried) or in their own (how=alone)",
+            ),
+            &["how"],
+        )?;
+        for how in ["carried", "alone"] {
+            decisions.with_label_values(&[how]);
+        }
         let lock_waits =
             IntCounter::new("pact_lock_waits_total", "Lock requests that had to wait")?;
         let lock_wakeups = IntCounter::new(
@@ -72,6 +86,7 @@ impl Metrics {
         registry.register(Box::new(open_txns.clone()))?;
         registry.register(Box::new(commits.clone()))?;
         registry.register(Box::new(aborts.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(lock_waits.clone()))?;
         registry.register(Box::new(lock_wakeups.clone()))?;
         registry.register(Box::new(lock_wait_seconds.clone()))?;
@@ -79,6 +94,7 @@ impl Metrics {
             registry,
             commits,
             aborts,
+            decisions,
             lock_waits,
             lock_wakeups,
             lock_wait_seconds,

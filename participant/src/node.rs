@@ -140,6 +140,17 @@ pub(crate) struct Shard {
     /// Splits by size (`[raft] auto_split_bytes`): whether a measurement
     /// runs, and when the last one ended.
     sizing: std::sync::Mutex<Sizing>,
+    /// Coordinators' decisions waiting to ride in the shard's next
+    /// transaction entry, or to go alone after [`DECISION_HOLD`].
+    held: std::sync::Mutex<Vec<HeldDecision>>,
+}
+
+/// A decision held for the shard's next entry, and the `Decide` request
+/// waiting for its reply.
+struct HeldDecision {
+    txn: TxnId,
+    commit: bool,
+    answer: tokio::sync::oneshot::Sender<Result<ShardReply, Error>>,
 }
 
 #[derive(Default)]
@@ -286,6 +297,9 @@ pub struct Node {
     admission: pact_raft::admission::Gate,
     /// `limits.max_waiters_per_key`.
     max_waiters_per_key: u32,
+    /// How long a decision waits for a transaction entry to carry it, in
+    /// microseconds ([`DECISION_HOLD`]; tests set another).
+    decision_hold_us: std::sync::atomic::AtomicU64,
     /// What the drivers of splits need.
     split_ctx: crate::split::Ctx,
 }
@@ -407,8 +421,23 @@ impl Node {
                 config_limit(config_in_flight),
             ),
             max_waiters_per_key,
+            decision_hold_us: std::sync::atomic::AtomicU64::new(
+                if pact_common::faults::enabled("decision-hold-long") {
+                    60_000_000
+                } else {
+                    u64::try_from(DECISION_HOLD.as_micros()).unwrap_or(u64::MAX)
+                },
+            ),
             split_ctx,
         })
+    }
+
+    /// Hold decisions for `hold` instead of [`DECISION_HOLD`].
+    #[cfg(test)]
+    pub(crate) fn set_decision_hold(&self, hold: Duration) {
+        let us = u64::try_from(hold.as_micros()).unwrap_or(u64::MAX);
+        self.decision_hold_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A place for one request under the node's in-flight limit, held
@@ -2045,9 +2074,11 @@ impl Node {
                 ))
             });
         }
-        if let Err(e) = await_decisions(s, &input.writes).await {
+        let carried = take_held(s, &self.metrics);
+        if let Err(e) = await_decisions(s, &input.writes, &carried).await {
             // Nothing was proposed: like any failed prepare, a "no".
             self.abandon_prepare(s, txn);
+            propose_alone(s, &self.metrics, carried);
             return Ok(Vote::No(Abort::new(AbortKind::Unavailable, e.to_string())));
         }
         let cmd = ShardCommand::Prepare {
@@ -2055,12 +2086,13 @@ impl Node {
             writes: input.writes,
             term: input.term,
         };
-        match self.propose(s, cmd).await {
+        let reply = propose_carrying(s, &self.metrics, carried, Some(cmd)).await;
+        match reply.map(|(_, r)| r) {
             Ok(ShardReply::Prepared) => Ok(Vote::Yes),
             Ok(ShardReply::Rejected(r)) => Ok(Vote::No(Abort::new(AbortKind::Conflict, r))),
             Ok(ShardReply::Moved(r)) => Ok(Vote::No(Abort::new(AbortKind::Moved, r))),
             Ok(ShardReply::Expired) => Ok(Vote::No(Abort::new(AbortKind::Expired, EXPIRED))),
-            Ok(ShardReply::Done) => Ok(Vote::No(Abort::new(
+            Ok(ShardReply::Done | ShardReply::Decided { .. }) => Ok(Vote::No(Abort::new(
                 AbortKind::Conflict,
                 "unexpected reply to prepare",
             ))),
@@ -2174,7 +2206,10 @@ impl Node {
         }
     }
 
-    /// Phase two: apply the coordinator's decision. Idempotent.
+    /// Phase two: apply the coordinator's decision. Idempotent. The
+    /// decision is held for the shard's next transaction entry, which
+    /// carries it ahead of its own writes (`ShardCommand::Decided`), or
+    /// goes alone after [`DECISION_HOLD`]; it is answered once applied.
     pub async fn decide(&self, shard: ShardId, txn: TxnId, commit: bool) -> Result<(), Error> {
         // A decision of a group the cluster does not have would leave an
         // outcome record no horizon ever collects.
@@ -2184,20 +2219,32 @@ impl Node {
             // (no prepare record when it retired, and none can land).
             return Ok(());
         }
-        let s = &self.hosted(shard)?;
-        self.ready(s)?;
+        let s = self.hosted(shard)?;
+        self.ready(&s)?;
         if !commit {
             // Whatever it holds here goes now, unless it is preparing or
             // prepared (then at the decision below); the record below
             // makes a late prepare of this transaction fail.
-            self.release(s, txn);
+            self.release(&s, txn);
         }
-        let cmd = ShardCommand::decision(txn, commit);
-        let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;
+        let (answer, reply) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut held = s
+                .held
+                .lock()
+                .map_err(|_| Error::Fatal("held decisions lock poisoned".into()))?;
+            held.push(HeldDecision {
+                txn,
+                commit,
+                answer,
+            });
+            held.len() == 1
+        };
         // A prepared transaction's locks go now, not after the apply, so
-        // its keys' next users do not wait out a Raft round; writes of its
-        // keys wait until the decision is seen in the log, and the owner
-        // proposes it again if it is not (`TxnManager::decided`).
+        // its keys' next users do not wait out a Raft round; an entry
+        // writing its keys either carries the held decision ahead of its
+        // writes or waits until the decision is seen in the log, and the
+        // owner proposes it again if it is not (`TxnManager::decided`).
         let now = self.now();
         let freed = s
             .shared
@@ -2208,13 +2255,27 @@ impl Node {
         if freed {
             s.shared.wake();
         }
-        let logged = proposal.committed().await;
-        let result = proposal.wait().await;
-        if logged || result.is_ok() {
-            decision_logged(s, txn);
+        if first {
+            let (s, metrics) = (s.clone(), self.metrics.clone());
+            let hold = Duration::from_micros(
+                self.decision_hold_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                let held = take_held(&s, &metrics);
+                if !held.is_empty() {
+                    // Its outcome reaches the held decisions' requests.
+                    let _ = propose_carrying(&s, &metrics, held, None).await;
+                }
+            });
         }
-        let (_, reply) = result?;
-        match ShardReply::decode(&reply).map_err(Error::Fatal)? {
+        let reply = reply.await.map_err(|_| {
+            Error::Unavailable(
+                "the entry that was to carry the decision was dropped; ask again".into(),
+            )
+        })??;
+        match reply {
             ShardReply::Done => {
                 if commit {
                     self.metrics.commits.with_label_values(&["two_phase"]).inc();
@@ -2222,7 +2283,10 @@ impl Node {
                 Ok(())
             }
             ShardReply::Rejected(r) => Err(Error::Conflict(format!("decision refused: {r}"))),
-            ShardReply::Prepared | ShardReply::Expired | ShardReply::Moved(_) => {
+            ShardReply::Prepared
+            | ShardReply::Expired
+            | ShardReply::Moved(_)
+            | ShardReply::Decided { .. } => {
                 Err(Error::Fatal("unexpected reply to decision".into()))
             }
         }
@@ -2459,10 +2523,14 @@ const DECISION_WAIT: Duration = Duration::from_millis(500);
 const RELOG_AFTER_MS: u64 = 500;
 
 /// Wait until no decision released early on a key of `writes` waits
-/// to be seen in the log (`TxnManager::decided`), so an entry with
-/// these writes lands behind every such decision; at most
-/// [`DECISION_WAIT`].
-async fn await_decisions(s: &Shard, writes: &[Mutation]) -> Result<(), Error> {
+/// to be seen in the log (`TxnManager::decided`), except those
+/// `carried` ahead of the writes in their own entry, so the entry lands
+/// behind every such decision; at most [`DECISION_WAIT`].
+async fn await_decisions(
+    s: &Shard,
+    writes: &[Mutation],
+    carried: &[HeldDecision],
+) -> Result<(), Error> {
     let deadline = Instant::now() + DECISION_WAIT;
     loop {
         let notified = s.shared.released.notified();
@@ -2472,7 +2540,7 @@ async fn await_decisions(s: &Shard, writes: &[Mutation]) -> Result<(), Error> {
             .shared
             .mgr
             .lock()
-            .map(|m| m.awaits_decision(writes))
+            .map(|m| m.awaits_decision(writes, |t| carried.iter().any(|h| h.txn == t)))
             .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
         if !waits {
             return Ok(());
@@ -2493,6 +2561,118 @@ fn decision_logged(s: &Shard, txn: TxnId) {
     s.shared.release_with(|m| m.decision_logged(txn));
 }
 
+/// How long a decision waits for a transaction entry of its shard to
+/// carry it before it goes in an entry of its own. Under load some entry
+/// comes sooner; at one client the next transaction's prepare usually
+/// does. Nothing waits on it but the `Decide` request (its locks went at
+/// once) and the coordinator's record of the end.
+const DECISION_HOLD: Duration = Duration::from_millis(5);
+
+/// Most held decisions one entry carries (a few dozen bytes each), so an
+/// entry with a transaction's largest writes stays far below the
+/// command limit.
+const MAX_CARRIED: usize = 1024;
+
+/// The decisions held for the shard's next entry, taken to go in one: at
+/// most [`MAX_CARRIED`], any more go in entries of their own at once.
+/// (Held decisions never write the same key: a transaction that locked
+/// a key after an earlier one's decision released it carried that
+/// decision in its prepare, or waited until it was logged.)
+fn take_held(s: &Arc<Shard>, metrics: &Arc<crate::metrics::Metrics>) -> Vec<HeldDecision> {
+    let mut held = s
+        .held
+        .lock()
+        .map(|mut h| std::mem::take(&mut *h))
+        .unwrap_or_default();
+    while held.len() > MAX_CARRIED {
+        let rest = held.split_off(held.len() - MAX_CARRIED);
+        propose_alone(s, metrics, rest);
+    }
+    held
+}
+
+/// Decisions taken for an entry that is not proposed after all go in
+/// one of their own, at once.
+fn propose_alone(s: &Arc<Shard>, metrics: &Arc<crate::metrics::Metrics>, held: Vec<HeldDecision>) {
+    if held.is_empty() {
+        return;
+    }
+    let (s, metrics) = (s.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let _ = propose_carrying(&s, &metrics, held, None).await;
+    });
+}
+
+/// Propose `then` with the `held` decisions ahead of it in one entry
+/// (`ShardCommand::Decided`; `then` alone, as always, if none is held),
+/// answer each held decision's request from its part of the reply, and
+/// return the entry's index and `then`'s reply (`Done` without `then`).
+/// Every held decision is answered, whatever happens.
+async fn propose_carrying(
+    s: &Shard,
+    metrics: &crate::metrics::Metrics,
+    held: Vec<HeldDecision>,
+    then: Option<ShardCommand>,
+) -> Result<(u64, ShardReply), Error> {
+    let then = match (held.is_empty(), then) {
+        (true, Some(cmd)) => {
+            let (index, reply) = s.replica.propose(encode_command(&cmd)?).await?;
+            return Ok((index, ShardReply::decode(&reply).map_err(Error::Fatal)?));
+        }
+        (_, then) => then,
+    };
+    let how = if then.is_some() { "carried" } else { "alone" };
+    metrics
+        .decisions
+        .with_label_values(&[how])
+        .inc_by(held.len() as u64);
+    let cmd = ShardCommand::Decided {
+        decisions: held.iter().map(|h| (h.txn, h.commit)).collect(),
+        then: then.map(Box::new),
+    };
+    let answer_all = |held: Vec<HeldDecision>, e: &Error| {
+        for h in held {
+            let _ = h.answer.send(Err(e.clone()));
+        }
+    };
+    let result = async {
+        let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;
+        let logged = proposal.committed().await;
+        let result = proposal.wait().await;
+        if logged || result.is_ok() {
+            for h in &held {
+                decision_logged(s, h.txn);
+            }
+        }
+        let (index, reply) = result?;
+        Ok::<_, Error>((index, ShardReply::decode(&reply).map_err(Error::Fatal)?))
+    }
+    .await;
+    match result {
+        Ok((
+            index,
+            ShardReply::Decided {
+                decisions,
+                then: then_reply,
+            },
+        )) if decisions.len() == held.len() => {
+            for (h, r) in held.into_iter().zip(decisions) {
+                let _ = h.answer.send(Ok(r));
+            }
+            Ok((index, then_reply.map_or(ShardReply::Done, |r| *r)))
+        }
+        Ok(_) => {
+            let e = Error::Fatal("unexpected reply to decisions".into());
+            answer_all(held, &e);
+            Err(e)
+        }
+        Err(e) => {
+            answer_all(held, &e);
+            Err(e)
+        }
+    }
+}
+
 /// Propose again a decision released early that was not seen in the log
 /// (`TxnManager::unlogged_after`). The coordinator's decision is final,
 /// so the shard may repeat it; applying it twice is harmless.
@@ -2510,8 +2690,8 @@ async fn relog_decision(s: Arc<Shard>, txn: TxnId, commit: bool) {
 
 /// The one-phase commit itself (see [`Node::commit_owned`]).
 async fn commit_locked(
-    s: &Shard,
-    metrics: &crate::metrics::Metrics,
+    s: &Arc<Shard>,
+    metrics: &Arc<crate::metrics::Metrics>,
     now_ms: u64,
     txn: TxnId,
 ) -> Result<u64, Error> {
@@ -2532,14 +2712,18 @@ async fn commit_locked(
     }
     // Behind every decision on these keys whose locks went before it
     // was in the log (`TxnManager::decided`).
-    await_decisions(s, &input.writes).await?;
-    let cmd = encode_command(&ShardCommand::OnePhase {
+    let carried = take_held(s, metrics);
+    if let Err(e) = await_decisions(s, &input.writes, &carried).await {
+        propose_alone(s, metrics, carried);
+        return Err(e);
+    }
+    let cmd = ShardCommand::OnePhase {
         txn,
         writes: input.writes,
         term: input.term,
-    })?;
-    let (index, reply) = s.replica.propose(cmd).await?;
-    match ShardReply::decode(&reply).map_err(Error::Fatal)? {
+    };
+    let (index, reply) = propose_carrying(s, metrics, carried, Some(cmd)).await?;
+    match reply {
         ShardReply::Done => {
             metrics.commits.with_label_values(&["one_phase"]).inc();
             Ok(index)
@@ -2556,7 +2740,9 @@ async fn commit_locked(
             metrics.abort(AbortKind::Expired);
             Err(Error::Aborted(Abort::new(AbortKind::Expired, EXPIRED)))
         }
-        ShardReply::Prepared => Err(Error::Fatal("unexpected reply to one-phase commit".into())),
+        ShardReply::Prepared | ShardReply::Decided { .. } => {
+            Err(Error::Fatal("unexpected reply to one-phase commit".into()))
+        }
     }
 }
 
@@ -2618,6 +2804,7 @@ async fn start_shard(
         waiting: Default::default(),
         load: std::sync::Mutex::new(Load::new()),
         sizing: Default::default(),
+        held: Default::default(),
     }))
 }
 

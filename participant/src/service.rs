@@ -609,6 +609,121 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// A decision waits for the shard's next transaction entry and rides
+    /// in it, ahead of that entry's writes: a commit decided on key `a`
+    /// and a later one-phase commit that overwrote `a` (its lock free at
+    /// once) take one log entry together, the later value wins, and the
+    /// decision's request is answered from it. With nothing to carry it,
+    /// a decision goes alone after the hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_decision_rides_in_the_next_entry_or_goes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = small_node(dir.path()).await;
+        let txns = ParticipantService { node: node.clone() };
+        let kv = KvService { node: node.clone() };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let id = |logical| pact_common::TxnId {
+            ts: Timestamp::from_parts(now, logical),
+            node: 2,
+            group: 1,
+        };
+        let write = |txn: pact_common::TxnId, key: &[u8], value: &[u8]| {
+            let txns = txns.clone();
+            let (key, value) = (key.to_vec(), value.to_vec());
+            async move {
+                txns.txn_write(Request::new(pb::TxnWriteRequest {
+                    shard_version: 0,
+                    shard_id: 1,
+                    txn: Some(pb::TxnId {
+                        ts: txn.ts.0,
+                        node: txn.node,
+                        group: txn.group,
+                    }),
+                    ops: vec![pb::WriteOp {
+                        key: key.into(),
+                        op: Some(pb::write_op::Op::Put(value.into())),
+                    }],
+                    first: true,
+                    priority: 0,
+                }))
+                .await
+                .unwrap();
+            }
+        };
+        let read = |key: &[u8]| {
+            let kv = kv.clone();
+            let key = key.to_vec();
+            async move {
+                let r = kv
+                    .get(Request::new(pb::GetRequest {
+                        shard_version: 0,
+                        shard_id: 1,
+                        key: key.into(),
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.found.then(|| r.value.to_vec())
+            }
+        };
+        let count = |how| node.metrics.decisions.with_label_values(&[how]).get();
+        let log_end = || node.status(ShardId(1)).unwrap().last_log_index;
+        node.set_decision_hold(Duration::from_secs(60));
+        let (a, c) = (id(0), id(1));
+        write(a, b"a", b"A").await;
+        let vote = node.prepare(ShardId(1), 0, a, Vec::new(), true).await;
+        assert_eq!(vote.unwrap(), crate::node::Vote::Yes);
+        let decided = tokio::spawn({
+            let node = node.clone();
+            async move { node.decide(ShardId(1), a, true).await }
+        });
+        // Held: its lock went at once, and nothing was logged for it.
+        let before = log_end();
+        for _ in 0..200 {
+            if gauge(&node, "locks") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(gauge(&node, "locks"), 0);
+        assert_eq!(read(b"a").await, Some(b"A".to_vec()), "served from memory");
+        assert!(!decided.is_finished());
+        write(c, b"a", b"C").await;
+        let who = TxnRef {
+            txn: c,
+            first: false,
+            prio: c.ts,
+        };
+        node.commit_one_phase(ShardId(1), 0, who, Vec::new())
+            .await
+            .unwrap();
+        decided.await.unwrap().unwrap();
+        assert_eq!(log_end(), before + 1, "one entry for both");
+        assert_eq!((count("carried"), count("alone")), (1, 0));
+        assert_eq!(read(b"a").await, Some(b"C".to_vec()));
+        for t in [a, c] {
+            assert_eq!(
+                node.inquire(ShardId(1), t, false).await.unwrap(),
+                crate::kv::TxnState::Committed
+            );
+        }
+        // Nothing comes to carry it: alone, after the hold.
+        node.set_decision_hold(Duration::from_millis(20));
+        let d = id(2);
+        write(d, b"b", b"D").await;
+        let vote = node.prepare(ShardId(1), 0, d, Vec::new(), true).await;
+        assert_eq!(vote.unwrap(), crate::node::Vote::Yes);
+        let before = log_end();
+        node.decide(ShardId(1), d, true).await.unwrap();
+        assert_eq!(log_end(), before + 1);
+        assert_eq!((count("carried"), count("alone")), (1, 1));
+        assert_eq!(read(b"b").await, Some(b"D".to_vec()));
+        node.shutdown().await;
+    }
+
     /// A decision, record horizon or fence floor for a coordinator group
     /// the cluster does not have is refused, and a horizon or floor far
     /// ahead of the node's clock is refused for now (it only grows: it

@@ -237,6 +237,8 @@ async fn a_node_shows_its_metrics_health_and_readiness() {
         "pact_raft_snapshot_bytes_sent_total",
         "pact_raft_snapshot_bytes_received_total",
         "pact_raft_appends_merged_total",
+        "pact_participant_decisions_total",
+        "pact_coordinator_records_appended_total",
         "pact_lock_table_size",
         "pact_participant_open_txns",
         "pact_coordinator_sessions",

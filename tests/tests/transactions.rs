@@ -1080,6 +1080,79 @@ async fn a_staged_transaction_whose_coordinator_dies_before_replying_is_committe
     }
 }
 
+/// A shard leader holds a coordinator's decision for the shard's next
+/// transaction entry to carry it, its locks gone at once and the
+/// committed writes served from memory. The crash point: the leader
+/// dies while the decision is held, logged nowhere at that shard (the
+/// `decision-hold-long` hook holds decisions a minute instead of
+/// milliseconds). The prepare record survives; the new leader rebuilds
+/// the lock and learns the commit again, so the write is there after
+/// the crash, and a later transaction's writes of both keys (one of
+/// them carrying the other shard's held decision) are not undone by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_held_at_a_shard_leader_that_dies_is_applied_after_it() {
+    let config =
+        pact_common::ClusterConfig::local_with_coordinators(3, 3, 3, 3, 7001).expect("config");
+    let mut c = Cluster::create(config, fast_tuning());
+    let parts = c.participant_ids();
+    for id in &parts {
+        c.set_env(*id, "PACT_FAULTS", "decision-hold-long");
+    }
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let client = c.client();
+    let keys = keys_on_distinct_shards(&client, "held", 2);
+    let mut t = client.begin().await.expect("begin");
+    for k in &keys {
+        t.get_for_update(k).await.expect("lock");
+        t.put(k, b"first").await.expect("put");
+    }
+    let id = t.id();
+    t.commit().await.expect("commit across shards");
+    // The read sees the commit once the decision reached the shard
+    // leader and let the lock go: it is held there now, for a minute.
+    assert_eq!(
+        client.get(&keys[0]).await.expect("read").as_deref(),
+        Some(&b"first"[..])
+    );
+    let leader = c
+        .wait_leader(
+            client.shard_for_key(&keys[0]),
+            &parts,
+            Duration::from_secs(5),
+        )
+        .await;
+    c.kill(leader);
+    c.restart(leader);
+    c.wait_ready(Duration::from_secs(30)).await;
+    for k in &keys {
+        assert_eq!(
+            read_settled(&client, k).await.as_deref(),
+            Some(&b"first"[..]),
+            "the commit survived the held decision's loss"
+        );
+    }
+    assert_eq!(
+        client.txn_status(id).await.expect("status"),
+        pact_client::TxnOutcome::Committed
+    );
+    let mut later = client.begin().await.expect("begin");
+    for k in &keys {
+        later.get_for_update(k).await.expect("lock");
+        later.put(k, b"second").await.expect("put");
+    }
+    later.commit().await.expect("a later commit of both keys");
+    // Past the leaders' resend of unlogged decisions (half a second):
+    // nothing of the first transaction lands again over the second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for k in &keys {
+        assert_eq!(
+            read_settled(&client, k).await.as_deref(),
+            Some(&b"second"[..])
+        );
+    }
+}
+
 /// Garbage collection of transaction records (coordinator `gc`): with a
 /// 2 s retention, TxnStatus answers exactly for young transactions and
 /// says "expired" once their records are collected, everywhere; a question
