@@ -2074,13 +2074,14 @@ impl Node {
                 ))
             });
         }
-        let carried = take_held(s, &self.metrics);
-        if let Err(e) = await_decisions(s, &input.writes, &carried).await {
-            // Nothing was proposed: like any failed prepare, a "no".
-            self.abandon_prepare(s, txn);
-            propose_alone(s, &self.metrics, carried);
-            return Ok(Vote::No(Abort::new(AbortKind::Unavailable, e.to_string())));
-        }
+        let carried = match take_for(s, &input.writes).await {
+            Ok(carried) => carried,
+            Err(e) => {
+                // Nothing was proposed: like any failed prepare, a "no".
+                self.abandon_prepare(s, txn);
+                return Ok(Vote::No(Abort::new(AbortKind::Unavailable, e.to_string())));
+            }
+        };
         let cmd = ShardCommand::Prepare {
             txn,
             writes: input.writes,
@@ -2263,7 +2264,7 @@ impl Node {
             );
             tokio::spawn(async move {
                 tokio::time::sleep(hold).await;
-                let held = take_held(&s, &metrics);
+                let held = take_held(&s);
                 if !held.is_empty() {
                     // Its outcome reaches the held decisions' requests.
                     let _ = propose_carrying(&s, &metrics, held, None).await;
@@ -2511,7 +2512,7 @@ fn retired_state(r: &pact_common::RetiredShard, txn: TxnId) -> crate::kv::TxnSta
 }
 
 /// How long a write waits for earlier decisions on its keys to be seen
-/// in the log (one Raft round when all is well; see [`await_decisions`]).
+/// in the log (one Raft round when all is well; see [`take_for`]).
 /// Short, because it comes on top of the lock wait within the client's
 /// deadline; a write that gives up proposed nothing and is refused as
 /// retryable.
@@ -2522,28 +2523,34 @@ const DECISION_WAIT: Duration = Duration::from_millis(500);
 /// or lost and nobody resent it).
 const RELOG_AFTER_MS: u64 = 500;
 
-/// Wait until no decision released early on a key of `writes` waits
-/// to be seen in the log (`TxnManager::decided`), except those
-/// `carried` ahead of the writes in their own entry, so the entry lands
-/// behind every such decision; at most [`DECISION_WAIT`].
-async fn await_decisions(
-    s: &Shard,
-    writes: &[Mutation],
-    carried: &[HeldDecision],
-) -> Result<(), Error> {
+/// Wait until no decision released early on a key of `writes` is on its
+/// way to the log without being held here (`TxnManager::decided`), then
+/// take every held decision for the entry with these writes to carry
+/// ahead of them: the check and the take are one step under the held
+/// queue's lock, so no held decision leaves the queue for an entry of
+/// its own in between, and the entry lands behind every decision on its
+/// keys. At most [`DECISION_WAIT`]; nothing is taken on failure.
+async fn take_for(s: &Shard, writes: &[Mutation]) -> Result<Vec<HeldDecision>, Error> {
     let deadline = Instant::now() + DECISION_WAIT;
     loop {
         let notified = s.shared.released.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let waits = s
-            .shared
-            .mgr
-            .lock()
-            .map(|m| m.awaits_decision(writes, |t| carried.iter().any(|h| h.txn == t)))
-            .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
-        if !waits {
-            return Ok(());
+        let taken = {
+            let mut held = s
+                .held
+                .lock()
+                .map_err(|_| Error::Fatal("held decisions lock poisoned".into()))?;
+            let waits = s
+                .shared
+                .mgr
+                .lock()
+                .map(|m| m.awaits_decision(writes, |t| held.iter().any(|h| h.txn == t)))
+                .map_err(|_| Error::Fatal("transaction manager lock poisoned".into()))?;
+            (!waits).then(|| std::mem::take(&mut *held))
+        };
+        if let Some(carried) = taken {
+            return Ok(carried);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
@@ -2568,59 +2575,69 @@ fn decision_logged(s: &Shard, txn: TxnId) {
 /// once) and the coordinator's record of the end.
 const DECISION_HOLD: Duration = Duration::from_millis(5);
 
-/// Most held decisions one entry carries (a few dozen bytes each), so an
-/// entry with a transaction's largest writes stays far below the
-/// command limit.
-const MAX_CARRIED: usize = 1024;
-
-/// The decisions held for the shard's next entry, taken to go in one: at
-/// most [`MAX_CARRIED`], any more go in entries of their own at once.
-/// (Held decisions never write the same key: a transaction that locked
-/// a key after an earlier one's decision released it carried that
-/// decision in its prepare, or waited until it was logged.)
-fn take_held(s: &Arc<Shard>, metrics: &Arc<crate::metrics::Metrics>) -> Vec<HeldDecision> {
-    let mut held = s
-        .held
+/// All the decisions held for the shard's next entry, taken to go in
+/// one (the hold's timer).
+fn take_held(s: &Shard) -> Vec<HeldDecision> {
+    s.held
         .lock()
         .map(|mut h| std::mem::take(&mut *h))
-        .unwrap_or_default();
-    while held.len() > MAX_CARRIED {
-        let rest = held.split_off(held.len() - MAX_CARRIED);
-        propose_alone(s, metrics, rest);
-    }
-    held
-}
-
-/// Decisions taken for an entry that is not proposed after all go in
-/// one of their own, at once.
-fn propose_alone(s: &Arc<Shard>, metrics: &Arc<crate::metrics::Metrics>, held: Vec<HeldDecision>) {
-    if held.is_empty() {
-        return;
-    }
-    let (s, metrics) = (s.clone(), metrics.clone());
-    tokio::spawn(async move {
-        let _ = propose_carrying(&s, &metrics, held, None).await;
-    });
+        .unwrap_or_default()
 }
 
 /// Propose `then` with the `held` decisions ahead of it in one entry
 /// (`ShardCommand::Decided`; `then` alone, as always, if none is held),
 /// answer each held decision's request from its part of the reply, and
 /// return the entry's index and `then`'s reply (`Done` without `then`).
-/// Every held decision is answered, whatever happens.
+/// Every held decision is answered, whatever happens, and never with a
+/// refusal that `then` alone earned: an entry too large with them goes
+/// as two, the decisions first (`then` only once they are in the log,
+/// since it may write their keys).
 async fn propose_carrying(
     s: &Shard,
     metrics: &crate::metrics::Metrics,
     held: Vec<HeldDecision>,
     then: Option<ShardCommand>,
 ) -> Result<(u64, ShardReply), Error> {
-    let then = match (held.is_empty(), then) {
-        (true, Some(cmd)) => {
-            let (index, reply) = s.replica.propose(encode_command(&cmd)?).await?;
-            return Ok((index, ShardReply::decode(&reply).map_err(Error::Fatal)?));
+    let propose = |cmd: &ShardCommand| {
+        let b = encode_command(cmd);
+        async move {
+            let (index, reply) = s.replica.propose(b?).await?;
+            Ok::<_, Error>((index, ShardReply::decode(&reply).map_err(Error::Fatal)?))
         }
-        (_, then) => then,
     };
+    let Some(then) = then else {
+        if held.is_empty() {
+            return Ok((0, ShardReply::Done));
+        }
+        return propose_decided(s, metrics, held, None).await;
+    };
+    if held.is_empty() {
+        return propose(&then).await;
+    }
+    // A bound on the entry's encoded size: a decision is a transaction id
+    // and a flag, a write its key and value with their lengths.
+    let bound = match &then {
+        ShardCommand::Prepare { writes, .. } | ShardCommand::OnePhase { writes, .. } => writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 24)
+            .sum::<usize>(),
+        _ => usize::MAX,
+    };
+    if bound.saturating_add((held.len() + 2) * 64) > pact_raft::MAX_COMMAND_BYTES {
+        propose_decided(s, metrics, held, None).await?;
+        return propose(&then).await;
+    }
+    propose_decided(s, metrics, held, Some(then)).await
+}
+
+/// `held` (not empty) and `then` as one `ShardCommand::Decided` entry;
+/// see [`propose_carrying`].
+async fn propose_decided(
+    s: &Shard,
+    metrics: &crate::metrics::Metrics,
+    held: Vec<HeldDecision>,
+    then: Option<ShardCommand>,
+) -> Result<(u64, ShardReply), Error> {
     let how = if then.is_some() { "carried" } else { "alone" };
     metrics
         .decisions
@@ -2629,11 +2646,6 @@ async fn propose_carrying(
     let cmd = ShardCommand::Decided {
         decisions: held.iter().map(|h| (h.txn, h.commit)).collect(),
         then: then.map(Box::new),
-    };
-    let answer_all = |held: Vec<HeldDecision>, e: &Error| {
-        for h in held {
-            let _ = h.answer.send(Err(e.clone()));
-        }
     };
     let result = async {
         let mut proposal = s.replica.submit(encode_command(&cmd)?).await?;
@@ -2648,7 +2660,7 @@ async fn propose_carrying(
         Ok::<_, Error>((index, ShardReply::decode(&reply).map_err(Error::Fatal)?))
     }
     .await;
-    match result {
+    let e = match result {
         Ok((
             index,
             ShardReply::Decided {
@@ -2659,18 +2671,23 @@ async fn propose_carrying(
             for (h, r) in held.into_iter().zip(decisions) {
                 let _ = h.answer.send(Ok(r));
             }
-            Ok((index, then_reply.map_or(ShardReply::Done, |r| *r)))
+            return Ok((index, then_reply.map_or(ShardReply::Done, |r| *r)));
         }
-        Ok(_) => {
-            let e = Error::Fatal("unexpected reply to decisions".into());
-            answer_all(held, &e);
-            Err(e)
+        Ok(_) => Error::Fatal("unexpected reply to decisions".into()),
+        Err(e) => e,
+    };
+    // The coordinator takes a refusal of a decision as final; a failure
+    // of the entry that carried it is not one.
+    let for_decisions = match &e {
+        Error::NotLeader { .. } | Error::Unavailable(_) | Error::Unknown(_) | Error::Fatal(_) => {
+            e.clone()
         }
-        Err(e) => {
-            answer_all(held, &e);
-            Err(e)
-        }
+        other => Error::Unavailable(format!("the entry carrying the decision failed: {other}")),
+    };
+    for h in held {
+        let _ = h.answer.send(Err(for_decisions.clone()));
     }
+    Err(e)
 }
 
 /// Propose again a decision released early that was not seen in the log
@@ -2712,11 +2729,7 @@ async fn commit_locked(
     }
     // Behind every decision on these keys whose locks went before it
     // was in the log (`TxnManager::decided`).
-    let carried = take_held(s, metrics);
-    if let Err(e) = await_decisions(s, &input.writes, &carried).await {
-        propose_alone(s, metrics, carried);
-        return Err(e);
-    }
+    let carried = take_for(s, &input.writes).await?;
     let cmd = ShardCommand::OnePhase {
         txn,
         writes: input.writes,

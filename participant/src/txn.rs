@@ -874,7 +874,7 @@ impl TxnManager {
     /// entry: proposing them now could put them ahead of it.
     pub fn awaits_decision(&self, writes: &[Mutation], carried: impl Fn(TxnId) -> bool) -> bool {
         self.unlogged.iter().any(|(t, u)| {
-            !carried(*t) && writes.iter().any(|(k, _)| u.keys.binary_search(k).is_ok())
+            writes.iter().any(|(k, _)| u.keys.binary_search(k).is_ok()) && !carried(*t)
         })
     }
 
