@@ -2585,42 +2585,7 @@ fn run(
             tokio::spawn(async move {
                 let started = Instant::now();
                 let result = match term {
-                    Some(term) => {
-                        let stage = LogCommand::StageInTerm {
-                            txn,
-                            shards: shards.iter().map(|s| s.0).collect(),
-                            term,
-                        };
-                        // Held records ride in the same entry, ahead of it.
-                        let mut cmds = c.take_carriable();
-                        let carrying = !cmds.is_empty();
-                        c.metrics
-                            .records_appended
-                            .with_label_values(&["carried"])
-                            .inc_by(cmds.len() as u64);
-                        let cmd = if carrying {
-                            cmds.push(stage);
-                            LogCommand::Many(cmds)
-                        } else {
-                            stage
-                        };
-                        append_for(&c, &cmd, |reply| {
-                            let reply = match reply {
-                                LogReply::Many(mut replies) if carrying => {
-                                    replies.pop().ok_or("no reply to the staging record")?
-                                }
-                                other => other,
-                            };
-                            match reply {
-                                LogReply::Staged => Ok(LogResult::Logged),
-                                LogReply::Decided { commit } => {
-                                    Ok(LogResult::AlreadyDecided { commit })
-                                }
-                                other => Err(format!("unexpected log reply {other:?}")),
-                            }
-                        })
-                        .await
-                    }
+                    Some(term) => append_stage(&c, txn, &shards, term).await,
                     None => LogResult::NotAppended("not the coordinator leader".into()),
                 };
                 c.metrics.phase("stage", started);
@@ -2986,9 +2951,7 @@ impl Coordinator {
             tracing::debug!("record queue full; record dropped (best effort)");
         }
     }
-}
 
-impl Coordinator {
     /// The records held for a staging append to carry (all of them).
     fn take_carriable(&self) -> Vec<LogCommand> {
         self.carriable
@@ -2996,6 +2959,47 @@ impl Coordinator {
             .map(|mut h| std::mem::take(&mut *h))
             .unwrap_or_default()
     }
+}
+
+/// Append `txn`'s staging record (proposed in `term`), with the records
+/// the recorder holds riding ahead of it in the same entry.
+async fn append_stage(
+    c: &Coordinator,
+    txn: TxnId,
+    shards: &BTreeSet<ShardId>,
+    term: u64,
+) -> LogResult {
+    let stage = LogCommand::StageInTerm {
+        txn,
+        shards: shards.iter().map(|s| s.0).collect(),
+        term,
+    };
+    let mut cmds = c.take_carriable();
+    let carrying = !cmds.is_empty();
+    c.metrics
+        .records_appended
+        .with_label_values(&["carried"])
+        .inc_by(cmds.len() as u64);
+    let cmd = if carrying {
+        cmds.push(stage);
+        LogCommand::Many(cmds)
+    } else {
+        stage
+    };
+    append_for(c, &cmd, |reply| {
+        let reply = match reply {
+            LogReply::Many(mut replies) if carrying => {
+                replies.pop().ok_or("no reply to the staging record")?
+            }
+            other => other,
+        };
+        match reply {
+            LogReply::Staged => Ok(LogResult::Logged),
+            LogReply::Decided { commit } => Ok(LogResult::AlreadyDecided { commit }),
+            other => Err(format!("unexpected log reply {other:?}")),
+        }
+    })
+    .await
 }
 
 /// How long the recorder task holds records for a staging append to

@@ -11,6 +11,12 @@
 //!   ReadIndex check, so they reflect every write acknowledged before the
 //!   read began (linearizable), and a deposed leader cannot answer.
 //! - A write batch is one Raft entry: all of it is applied or none of it.
+//! - A coordinator's decision lets the transaction's locks go at once; the
+//!   decision itself is held briefly for the shard's next transaction
+//!   entry to carry ahead of its writes (one atomic batch), and no entry
+//!   writing its keys is proposed without it or behind it unlogged
+//!   ([`kv::ShardCommand::Decided`], docs/architecture.md section 8,
+//!   invariant 1).
 //! - Every key in a request must belong to the named shard by the shard's
 //!   own descriptor (what it owns, recorded in its replicated state by its
 //!   first leader), and the request's `shard_version`, if given, must be

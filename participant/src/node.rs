@@ -2228,19 +2228,7 @@ impl Node {
             // makes a late prepare of this transaction fail.
             self.release(&s, txn);
         }
-        let (answer, reply) = tokio::sync::oneshot::channel();
-        let first = {
-            let mut held = s
-                .held
-                .lock()
-                .map_err(|_| Error::Fatal("held decisions lock poisoned".into()))?;
-            held.push(HeldDecision {
-                txn,
-                commit,
-                answer,
-            });
-            held.len() == 1
-        };
+        let reply = self.hold(&s, txn, commit)?;
         // A prepared transaction's locks go now, not after the apply, so
         // its keys' next users do not wait out a Raft round; an entry
         // writing its keys either carries the held decision ahead of its
@@ -2255,21 +2243,6 @@ impl Node {
             .unwrap_or(false);
         if freed {
             s.shared.wake();
-        }
-        if first {
-            let (s, metrics) = (s.clone(), self.metrics.clone());
-            let hold = Duration::from_micros(
-                self.decision_hold_us
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                let held = take_held(&s);
-                if !held.is_empty() {
-                    // Its outcome reaches the held decisions' requests.
-                    let _ = propose_carrying(&s, &metrics, held, None).await;
-                }
-            });
         }
         let reply = reply.await.map_err(|_| {
             Error::Unavailable(
@@ -2291,6 +2264,46 @@ impl Node {
                 Err(Error::Fatal("unexpected reply to decision".into()))
             }
         }
+    }
+
+    /// Hold a decision for the shard's next transaction entry; the first
+    /// one held starts the timer that sends whatever is still held in an
+    /// entry of its own. The receiver gets the decision's reply.
+    fn hold(
+        &self,
+        s: &Arc<Shard>,
+        txn: TxnId,
+        commit: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<ShardReply, Error>>, Error> {
+        let (answer, reply) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut held = s
+                .held
+                .lock()
+                .map_err(|_| Error::Fatal("held decisions lock poisoned".into()))?;
+            held.push(HeldDecision {
+                txn,
+                commit,
+                answer,
+            });
+            held.len() == 1
+        };
+        if first {
+            let (s, metrics) = (s.clone(), self.metrics.clone());
+            let hold = Duration::from_micros(
+                self.decision_hold_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                let held = take_held(&s);
+                if !held.is_empty() {
+                    // Its outcome reaches the held decisions' requests.
+                    let _ = propose_carrying(&s, &metrics, held, None).await;
+                }
+            });
+        }
+        Ok(reply)
     }
 
     /// A timestamp the shard keeps per coordinator group (horizon, floor),

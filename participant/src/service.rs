@@ -444,6 +444,15 @@ mod tests {
         panic!("the shard's leader did not become ready");
     }
 
+    /// Wall-clock milliseconds: transaction ids made up here must be
+    /// near the node's clock.
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
     fn gauge(node: &Node, which: &str) -> i64 {
         node.refresh_metrics();
         match which {
@@ -469,10 +478,7 @@ mod tests {
         let node = small_node(dir.path()).await;
         let txns = ParticipantService { node: node.clone() };
         let kv = KvService { node: node.clone() };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = now_ms();
         let write = pb::TxnWriteRequest {
             shard_version: 0,
             shard_id: 1,
@@ -538,10 +544,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let node = small_node(dir.path()).await;
         let txns = ParticipantService { node: node.clone() };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = now_ms();
         let id = |logical| pb::TxnId {
             ts: Timestamp::from_parts(now, logical).0,
             node: 2,
@@ -621,10 +624,7 @@ mod tests {
         let node = small_node(dir.path()).await;
         let txns = ParticipantService { node: node.clone() };
         let kv = KvService { node: node.clone() };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = now_ms();
         let id = |logical| pact_common::TxnId {
             ts: Timestamp::from_parts(now, logical),
             node: 2,
@@ -736,10 +736,7 @@ mod tests {
         let config = ClusterConfig::local_with_coordinators(1, 1, 1, 1, 47_101).unwrap();
         let group = config.coordinators[0].group;
         let unknown = group + 1000;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = now_ms();
         let stranger = pact_common::TxnId {
             ts: Timestamp::from_parts(now, 0),
             node: 2,
