@@ -51,7 +51,7 @@
 //! `plain-scan-pause` (a plain scan waits 2 s once it holds its range
 //! lock, before it reads), so an older transaction can wound it mid-read.
 //! And `decision-hold-long` (a shard leader holds each coordinator's
-//! decision 60 s for a transaction entry to carry it, instead of 5 ms; the
+//! decision 60 s for a transaction entry to carry it, instead of 10 ms; the
 //! leader's own resend of decisions not seen in the log, after half a
 //! second, still logs it), so tests can kill a leader while a decision
 //! is held.

@@ -2586,7 +2586,7 @@ fn decision_logged(s: &Shard, txn: TxnId) {
 /// comes sooner; at one client the next transaction's prepare usually
 /// does. Nothing waits on it but the `Decide` request (its locks went at
 /// once) and the coordinator's record of the end.
-const DECISION_HOLD: Duration = Duration::from_millis(5);
+const DECISION_HOLD: Duration = Duration::from_millis(10);
 
 /// All the decisions held for the shard's next entry, taken to go in
 /// one (the hold's timer).
