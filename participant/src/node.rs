@@ -2087,7 +2087,7 @@ impl Node {
             writes: input.writes,
             term: input.term,
         };
-        let reply = propose_carrying(s, &self.metrics, carried, Some(cmd)).await;
+        let reply = propose_carrying(s, &self.metrics, carried, cmd).await;
         match reply.map(|(_, r)| r) {
             Ok(ShardReply::Prepared) => Ok(Vote::Yes),
             Ok(ShardReply::Rejected(r)) => Ok(Vote::No(Abort::new(AbortKind::Conflict, r))),
@@ -2299,7 +2299,7 @@ impl Node {
                 let held = take_held(&s);
                 if !held.is_empty() {
                     // Its outcome reaches the held decisions' requests.
-                    let _ = propose_carrying(&s, &metrics, held, None).await;
+                    let _ = propose_decided(&s, &metrics, held, None).await;
                 }
             });
         }
@@ -2352,8 +2352,7 @@ impl Node {
     }
 
     async fn propose(&self, s: &Shard, cmd: ShardCommand) -> Result<ShardReply, Error> {
-        let (_, reply) = s.replica.propose(encode_command(&cmd)?).await?;
-        ShardReply::decode(&reply).map_err(Error::Fatal)
+        propose_one(s, &cmd).await.map(|(_, reply)| reply)
     }
 
     pub fn status(&self, shard: ShardId) -> Result<ReplicaStatus, Error> {
@@ -2597,35 +2596,28 @@ fn take_held(s: &Shard) -> Vec<HeldDecision> {
         .unwrap_or_default()
 }
 
+/// Propose `cmd` and return its entry's index and its reply.
+async fn propose_one(s: &Shard, cmd: &ShardCommand) -> Result<(u64, ShardReply), Error> {
+    let (index, reply) = s.replica.propose(encode_command(cmd)?).await?;
+    Ok((index, ShardReply::decode(&reply).map_err(Error::Fatal)?))
+}
+
 /// Propose `then` with the `held` decisions ahead of it in one entry
 /// (`ShardCommand::Decided`; `then` alone, as always, if none is held),
 /// answer each held decision's request from its part of the reply, and
-/// return the entry's index and `then`'s reply (`Done` without `then`).
-/// Every held decision is answered, whatever happens, and never with a
-/// refusal that `then` alone earned: an entry too large with them goes
-/// as two, the decisions first (`then` only once they are in the log,
-/// since it may write their keys).
+/// return the entry's index and `then`'s reply. Every held decision is
+/// answered, whatever happens, and never with a refusal that `then`
+/// alone earned: an entry too large with them goes as two, the decisions
+/// first (`then` only once they are in the log, since it may write their
+/// keys).
 async fn propose_carrying(
     s: &Shard,
     metrics: &crate::metrics::Metrics,
     held: Vec<HeldDecision>,
-    then: Option<ShardCommand>,
+    then: ShardCommand,
 ) -> Result<(u64, ShardReply), Error> {
-    let propose = |cmd: &ShardCommand| {
-        let b = encode_command(cmd);
-        async move {
-            let (index, reply) = s.replica.propose(b?).await?;
-            Ok::<_, Error>((index, ShardReply::decode(&reply).map_err(Error::Fatal)?))
-        }
-    };
-    let Some(then) = then else {
-        if held.is_empty() {
-            return Ok((0, ShardReply::Done));
-        }
-        return propose_decided(s, metrics, held, None).await;
-    };
     if held.is_empty() {
-        return propose(&then).await;
+        return propose_one(s, &then).await;
     }
     // A bound on the entry's encoded size: a decision is a transaction id
     // and a flag, a write its key and value with their lengths.
@@ -2638,13 +2630,14 @@ async fn propose_carrying(
     };
     if bound.saturating_add((held.len() + 2) * 64) > pact_raft::MAX_COMMAND_BYTES {
         propose_decided(s, metrics, held, None).await?;
-        return propose(&then).await;
+        return propose_one(s, &then).await;
     }
     propose_decided(s, metrics, held, Some(then)).await
 }
 
-/// `held` (not empty) and `then` as one `ShardCommand::Decided` entry;
-/// see [`propose_carrying`].
+/// `held` (not empty) and `then` as one `ShardCommand::Decided` entry,
+/// each held decision answered from it (see [`propose_carrying`]);
+/// returns the index and `then`'s reply (`Done` without `then`).
 async fn propose_decided(
     s: &Shard,
     metrics: &crate::metrics::Metrics,
@@ -2748,7 +2741,7 @@ async fn commit_locked(
         writes: input.writes,
         term: input.term,
     };
-    let (index, reply) = propose_carrying(s, metrics, carried, Some(cmd)).await?;
+    let (index, reply) = propose_carrying(s, metrics, carried, cmd).await?;
     match reply {
         ShardReply::Done => {
             metrics.commits.with_label_values(&["one_phase"]).inc();

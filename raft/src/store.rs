@@ -873,7 +873,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
-/// Poisons the store if the writer thread unwinds.
 /// Runs `f` on the writer thread; a panic in it poisons the store, naming
 /// `what`, and comes back as an error, so the round goes on answering.
 fn caught<T>(poison: &Poison, what: &str, f: impl FnOnce() -> T) -> io::Result<T> {
@@ -884,6 +883,7 @@ fn caught<T>(poison: &Poison, what: &str, f: impl FnOnce() -> T) -> io::Result<T
     })
 }
 
+/// Poisons the store if the writer thread unwinds.
 struct PoisonOnPanic(Arc<Poison>);
 
 impl Drop for PoisonOnPanic {
