@@ -67,6 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pact_common::{Descriptor, ShardId, Timestamp, TxnId};
+use pact_raft::codec::byte_string::{self, changes};
 use pact_raft::codec::{decode, encode};
 use pact_raft::{Applied, Apply, Lookup, StateView};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,7 @@ pub enum ShardCommand {
     /// round), whose locks were taken under the leader of `term`.
     OnePhase {
         txn: TxnId,
+        #[serde(with = "changes")]
         writes: Vec<Mutation>,
         term: u64,
     },
@@ -118,6 +120,7 @@ pub enum ShardCommand {
     /// the coordinator's decision arrives.
     Prepare {
         txn: TxnId,
+        #[serde(with = "changes")]
         writes: Vec<Mutation>,
         term: u64,
     },
@@ -183,12 +186,14 @@ pub enum ShardCommand {
     /// after a crash cannot overwrite what the shard wrote since.
     /// `done` marks the first copy complete (`LOADED_KEY`).
     Load {
+        #[serde(with = "byte_string::pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         done: bool,
     },
     /// Delete these user keys where the shard no longer owns them (what
     /// a split moved away): the leader lists them.
     Trim {
+        #[serde(with = "byte_string::list")]
         keys: Vec<Vec<u8>>,
     },
     /// The split for `child` is over (the child serves, the moved keys
@@ -226,6 +231,7 @@ pub enum ShardCommand {
     /// was deleted). Refused once the shard has a descriptor. `done`
     /// marks the copy complete (`CAUGHT_UP_KEY`).
     LoadWritten {
+        #[serde(with = "changes")]
         pairs: Vec<Mutation>,
         done: bool,
     },
@@ -233,6 +239,7 @@ pub enum ShardCommand {
     /// the leader), unless a split under way still needs them (begun and
     /// not committed).
     Unmark {
+        #[serde(with = "byte_string::list")]
         keys: Vec<Vec<u8>>,
     },
     /// Accept a merge (in the shard that stays): it will own `into` (its
@@ -649,6 +656,7 @@ pub fn outcome_prefix(group: u64) -> Vec<u8> {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct PrepareRecord {
+    #[serde(with = "changes")]
     writes: Vec<Mutation>,
 }
 

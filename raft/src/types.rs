@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::codec::byte_string;
+
 /// An application command, already encoded by the application. The
 /// replication layer never looks inside: it only orders and stores it.
 ///
@@ -27,45 +29,9 @@ impl<'de> Deserialize<'de> for Command {
     }
 }
 
-/// A `Vec<u8>` (de)serialized as one byte string (`#[serde(with = ...)]`):
-/// the same bytes on the wire as a sequence of `u8`s in postcard, but
-/// copied in one piece (see [`Command`]).
-pub(crate) mod byte_string {
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct Bytes;
-        impl<'de> serde::de::Visitor<'de> for Bytes {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(b) = seq.next_element()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_byte_buf(Bytes)
-    }
-}
-
 /// The application's reply to an applied command, encoded by the application.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(pub Vec<u8>);
+pub struct Reply(#[serde(with = "byte_string")] pub Vec<u8>);
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
