@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pact_client::{Client, ClientOptions};
 use pact_common::dirlock::DirLock;
-use pact_common::ClusterConfig;
+use pact_common::{ClusterConfig, NodeId};
 
 /// Used for a new playground when the flags do not say.
 const DEFAULT_SHARDS: u64 = 3;
@@ -88,6 +88,16 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A new combined playground's leader balancing round (`[raft]
+/// balance_leaders_ms`): leaders reach the preferred node within a few
+/// seconds of a start.
+const GATHER_EVERY_MS: u64 = 1_000;
+
+/// How long past every group having a leader the playground waits for the
+/// leaders to be gathered (`[raft] prefer_leaders`) before it says ready
+/// anyway.
+const GATHER_WITHIN: Duration = Duration::from_secs(20);
+
 fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
@@ -141,7 +151,17 @@ fn load_or_create(opts: &Options) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     let port = opts.port.unwrap_or(DEFAULT_PORT);
     let r = opts.replicas.unwrap_or(DEFAULT_REPLICAS);
     let mut c = match opts.layout.unwrap_or(Layout::Combined) {
-        Layout::Combined => ClusterConfig::local_combined(3, shards, r, port)?,
+        Layout::Combined => {
+            let mut c = ClusterConfig::local_combined(3, shards, r, port)?;
+            // The nodes share this machine's cores, so leaders spread over
+            // them buy nothing, while each shard leader away from the
+            // coordinator's makes its calls network round trips: gather
+            // them on the first node, and soon after a start.
+            c.raft.prefer_leaders = c.nodes.first().map(|n| n.id).into_iter().collect();
+            c.raft.balance_leaders_ms = GATHER_EVERY_MS;
+            c.validate()?;
+            c
+        }
         Layout::Split => ClusterConfig::local_with_coordinators(3, shards, r, r, port)?,
     };
     if opts.tls {
@@ -301,6 +321,7 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
         },
     );
     let deadline = Instant::now() + within;
+    let mut all_led: Option<Instant> = None;
     while Instant::now() < deadline {
         // A config's shard merged away and retired has no leader, ever.
         client.learn_retired(Duration::from_millis(500)).await;
@@ -327,11 +348,44 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
             })
             .count();
         if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
-            return Ok(true);
+            let leaders: Vec<(u64, NodeId)> = rows
+                .iter()
+                .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
+                .map(|(id, n, _)| (id.0, *n))
+                .chain(
+                    coords
+                        .iter()
+                        .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
+                        .map(|(g, n, _)| (*g, *n)),
+                )
+                .collect();
+            let placed = gathered(config, &leaders);
+            let led_at = *all_led.get_or_insert_with(Instant::now);
+            if placed || led_at.elapsed() >= GATHER_WITHIN {
+                return Ok(true);
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(false)
+}
+
+/// Whether every group with a node of `[raft] prefer_leaders` among its
+/// configured voters is led by the first such node (`leaders`: group,
+/// its leader). True without a preference.
+fn gathered(config: &ClusterConfig, leaders: &[(u64, NodeId)]) -> bool {
+    let prefer = &config.raft.prefer_leaders;
+    let groups = config
+        .shards
+        .iter()
+        .map(|s| (s.id.0, &s.replicas))
+        .chain(config.coordinators.iter().map(|g| (g.group, &g.replicas)));
+    groups.into_iter().all(
+        |(group, voters)| match prefer.iter().find(|p| voters.contains(p)) {
+            Some(first) => leaders.iter().any(|(g, n)| *g == group && n == first),
+            None => true,
+        },
+    )
 }
 
 fn stop(children: &mut [(u64, Child)]) {

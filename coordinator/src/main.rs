@@ -152,9 +152,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth.clone().layer());
     let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
+    let prefer = config.raft.prefer_leaders.iter().map(|n| n.0).collect();
     let topology = config.clone();
     let c = Coordinator::start(config, id, &data_dir, tls.clone()).await?;
-    pact_raft::balance::spawn(c.router().clone(), id.0, balance_every);
+    pact_raft::balance::spawn(c.router().clone(), id.0, balance_every, prefer);
     let endpoint = {
         let c = c.clone();
         pact_raft::endpoint::Endpoint::new(vec![c.replica().clone()])

@@ -18,6 +18,17 @@
 //! aborts the transactions open on it there (their locks lived at the old
 //! leader; prepared ones survive), so balancing is rate-limited by its
 //! interval and can be switched off (`[raft] balance_leaders_ms = 0`).
+//!
+//! With `[raft] prefer_leaders` (an ordered list of nodes) leadership is
+//! gathered instead: a node hands a group it leads to the first listed
+//! voter of that group that ranks above it and is caught up. Each move
+//! goes strictly up the list, so the moves end; when a preferred node is
+//! down its groups stay with (or go to) the next listed voter, and come
+//! back once it is up and caught up. Groups with no listed voter are
+//! spread among themselves as above. Gathering suits nodes that share one
+//! machine (the playground): spreading leaders there buys no cores, while
+//! every leader on another node turns a coordinator's in-process call to
+//! a shard into a network round trip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -47,14 +58,43 @@ pub struct GroupView {
     pub ready: BTreeSet<u64>,
 }
 
-/// The hand-over `me` should make, if any: a group it leads, to the voter
-/// holding the fewest leaderships among the groups seen, when `me` holds at
-/// least two more. Pure; ties go to the lowest group and node ids.
-pub fn plan(me: u64, groups: &[GroupView]) -> Option<(u64, u64)> {
+/// The hand-over `me` should make, if any. First toward `prefer` (see
+/// the module doc): a group `me` leads goes to the best-ranked listed
+/// voter of it that ranks above `me` and is ready. Otherwise, among the
+/// groups with no listed voter: a group `me` leads, to the voter holding
+/// the fewest leaderships among those groups, when `me` holds at least two
+/// more. Pure; ties go to the lowest group and node ids.
+pub fn plan(me: u64, groups: &[GroupView], prefer: &[u64]) -> Option<(u64, u64)> {
     // Unsettled groups make the counts wrong; wait for them.
     if groups.iter().any(|g| g.leader.is_none()) {
         return None;
     }
+    let rank = |g: &GroupView, node: u64| {
+        prefer
+            .iter()
+            .filter(|p| g.voters.contains(p))
+            .position(|p| *p == node)
+    };
+    for g in groups.iter().filter(|g| g.leader == Some(me)) {
+        let mine = rank(g, me).unwrap_or(usize::MAX);
+        let up = prefer
+            .iter()
+            .filter(|p| g.voters.contains(p))
+            .take(mine)
+            .find(|p| g.ready.contains(p));
+        if let Some(to) = up {
+            return Some((g.group, *to));
+        }
+    }
+    let unlisted: Vec<&GroupView> = groups
+        .iter()
+        .filter(|g| !prefer.iter().any(|p| g.voters.contains(p)))
+        .collect();
+    spread(me, &unlisted)
+}
+
+/// The spreading hand-over among `groups` (see [`plan`]).
+fn spread(me: u64, groups: &[&GroupView]) -> Option<(u64, u64)> {
     let mut led: BTreeMap<u64, usize> = BTreeMap::new();
     for g in groups {
         for v in &g.voters {
@@ -184,8 +224,9 @@ pub async fn transfer(
 }
 
 /// Balance leaders every `every` (with a per-node offset, so the nodes of
-/// a cluster do not act in the same instant); nothing if `every` is zero.
-pub fn spawn(router: Router, node: u64, every: Duration) {
+/// a cluster do not act in the same instant), toward the nodes in
+/// `prefer` first (see [`plan`]); nothing if `every` is zero.
+pub fn spawn(router: Router, node: u64, every: Duration, prefer: Vec<u64>) {
     if every.is_zero() {
         return;
     }
@@ -215,9 +256,17 @@ pub fn spawn(router: Router, node: u64, every: Duration) {
                 }
             }
             since.retain(|g, _| views.iter().any(|v| v.group == *g));
-            let plan = if settled { plan(node, &views) } else { None };
+            let plan = if settled {
+                plan(node, &views, &prefer)
+            } else {
+                None
+            };
             if let Some((group, to)) = plan {
-                tracing::info!(group, to, "handing leadership on to balance leaders");
+                tracing::info!(
+                    group,
+                    to,
+                    "handing leadership on to balance or gather leaders"
+                );
                 match transfer(&router, group, to, every.min(Duration::from_secs(10))).await {
                     Ok(_) => tracing::info!(group, to, "leadership handed on"),
                     Err(e) => tracing::info!(group, to, error = %e, "leadership not handed on"),
@@ -251,10 +300,10 @@ mod tests {
             g(4, 2, &all, &[]),
         ];
         // Node 1 leads 3, node 2 one, node 3 none: the lowest group goes to 3.
-        assert_eq!(plan(1, &groups), Some((1, 3)));
+        assert_eq!(plan(1, &groups, &[]), Some((1, 3)));
         // The others lead no more than anyone by two: they do nothing.
-        assert_eq!(plan(2, &groups), None);
-        assert_eq!(plan(3, &groups), None);
+        assert_eq!(plan(2, &groups, &[]), None);
+        assert_eq!(plan(3, &groups, &[]), None);
     }
 
     #[test]
@@ -267,13 +316,13 @@ mod tests {
             g(3, 2, &all, &[]),
             g(4, 3, &all, &[]),
         ];
-        assert_eq!(plan(1, &groups), None);
+        assert_eq!(plan(1, &groups, &[]), None);
         // A group without a leader: wait.
         let mut unsettled = groups.to_vec();
         unsettled[3].leader = None;
         unsettled[0].leader = Some(1);
         unsettled[2].leader = Some(1);
-        assert_eq!(plan(1, &unsettled), None);
+        assert_eq!(plan(1, &unsettled, &[]), None);
     }
 
     #[test]
@@ -285,11 +334,55 @@ mod tests {
             g(3, 1, &all, &[2]),
         ];
         // Node 3 leads nothing but is behind everywhere: node 2 gets one.
-        assert_eq!(plan(1, &groups), Some((1, 2)));
+        assert_eq!(plan(1, &groups, &[]), Some((1, 2)));
         let lagging = [g(1, 1, &all, &[]), g(2, 1, &all, &[])];
-        assert_eq!(plan(1, &lagging), None);
+        assert_eq!(plan(1, &lagging, &[]), None);
         // A node that is not a voter of the group is never chosen.
         let learner = [g(1, 1, &[1, 2], &[3]), g(2, 1, &[1, 2], &[3])];
-        assert_eq!(plan(1, &learner), None);
+        assert_eq!(plan(1, &learner, &[]), None);
+    }
+
+    #[test]
+    fn leaders_go_up_the_preference_list_to_a_ready_voter() {
+        let all = [1, 2, 3];
+        let groups = [
+            g(1, 2, &all, &[1, 3]),
+            g(2, 3, &all, &[1, 2]),
+            g(3, 1, &all, &[2, 3]),
+        ];
+        // Node 1 first: 2 and 3 each hand theirs to 1; 1 keeps its own.
+        assert_eq!(plan(2, &groups, &[1]), Some((1, 1)));
+        assert_eq!(plan(3, &groups, &[1]), Some((2, 1)));
+        assert_eq!(plan(1, &groups, &[1]), None);
+        // Node 1 not caught up in group 1: its leader goes to the next
+        // listed voter above it, if any, else keeps it.
+        let behind = [g(1, 3, &all, &[2]), g(2, 2, &all, &[3])];
+        assert_eq!(plan(3, &behind, &[1, 2]), Some((1, 2)));
+        assert_eq!(plan(2, &behind, &[1, 2]), None);
+        // Never down the list: the second listed node keeps a group whose
+        // first listed voter is not ready, and an unlisted node never
+        // receives one.
+        assert_eq!(plan(2, &[g(1, 2, &all, &[3])], &[1, 2]), None);
+        // The list counts only the group's voters: node 4 is not one.
+        assert_eq!(plan(2, &[g(1, 2, &all, &[1, 3])], &[4, 1]), Some((1, 1)));
+    }
+
+    #[test]
+    fn groups_without_a_listed_voter_are_still_spread() {
+        let abc = [1, 2, 3];
+        let def = [4, 5, 6];
+        let groups = [
+            g(1, 4, &def, &[5, 6]),
+            g(2, 4, &def, &[5, 6]),
+            g(3, 4, &def, &[5, 6]),
+            g(4, 1, &abc, &[2, 3]),
+            g(5, 1, &abc, &[2, 3]),
+        ];
+        // Groups 4 and 5 stay on node 1 (listed); 1..3 spread from node 4.
+        assert_eq!(plan(1, &groups, &[1]), None);
+        assert_eq!(plan(4, &groups, &[1]), Some((1, 5)));
+        // Without the list, node 1 leads two more than nodes 2 and 3: it
+        // hands one on.
+        assert_eq!(plan(1, &groups, &[]), Some((4, 2)));
     }
 }

@@ -873,6 +873,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
         host.router.clone(),
         id.0,
         Duration::from_millis(config.raft.balance_leaders_ms),
+        config.raft.prefer_leaders.iter().map(|n| n.0).collect(),
     );
     let shard_host = node.clone().map(|node| {
         Arc::new(ShardHost {

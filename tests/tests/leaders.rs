@@ -1,6 +1,7 @@
 //! Leadership as an operator moves it (`txn admin leader transfer`,
-//! `pact.v1.Admin`) and as the nodes spread it by themselves
-//! (`[raft] balance_leaders_ms`), with real processes.
+//! `pact.v1.Admin`), as the nodes spread it by themselves (`[raft]
+//! balance_leaders_ms`) and as they gather it on preferred nodes (`[raft]
+//! prefer_leaders`), with real processes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -193,4 +194,66 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
     }
     // And the cluster serves.
     c.client().put(b"after", b"balance").await.expect("put");
+}
+
+/// Waits until `want` holds of the leaders of all 4 groups, or fails
+/// naming `what`.
+async fn leaders_until(
+    c: &Cluster,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&BTreeMap<RaftGroup, NodeId>) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = leaders(c).await;
+        if l.len() == 4 && want(&l) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: {l:?}\n{}\n{}", views(c).await, c.logs_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_gather_up_the_preference_list() {
+    let config = ClusterConfig::local_combined(3, 3, 3, 7001).expect("config");
+    let tuning = pact_common::RaftTuning {
+        balance_leaders_ms: 1_000,
+        prefer_leaders: vec![NodeId(1), NodeId(2)],
+        ..fast_tuning()
+    };
+    let mut c = Cluster::create(config, tuning);
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30)).await;
+    let on = |n: u64| move |l: &BTreeMap<RaftGroup, NodeId>| l.values().all(|x| x.0 == n);
+    leaders_until(
+        &c,
+        Duration::from_secs(30),
+        "leaders not gathered on node 1",
+        on(1),
+    )
+    .await;
+    // Node 1 gone: the groups elect among 2 and 3, and whatever node 3
+    // won goes to node 2, the next on the list.
+    c.kill(NodeId(1));
+    leaders_until(
+        &c,
+        Duration::from_secs(40),
+        "leaders not gathered on node 2",
+        on(2),
+    )
+    .await;
+    // Back, and caught up: everything returns to node 1.
+    c.restart(NodeId(1));
+    leaders_until(
+        &c,
+        Duration::from_secs(40),
+        "leaders not back on node 1",
+        on(1),
+    )
+    .await;
+    c.client().put(b"after", b"gather").await.expect("put");
 }
