@@ -490,8 +490,14 @@ pub fn successors(get: Lookup<'_>) -> io::Result<Vec<ShardId>> {
 /// or one in the part a split under way moves. Checked at apply, so a
 /// command whose locks were taken before a split cannot write where the
 /// shard no longer (or soon no longer) decides.
-fn misplaced(get: Lookup<'_>, writes: &[Mutation]) -> io::Result<Option<String>> {
-    let frozen = split_record(get)?.filter(|s| s.frozen && !s.committed);
+/// `split` is the split record as [`split_record`] reads it (the caller
+/// reads it once for this and for the writes' marks).
+fn misplaced(
+    get: Lookup<'_>,
+    split: Option<&Split>,
+    writes: &[Mutation],
+) -> io::Result<Option<String>> {
+    let frozen = split.filter(|s| s.frozen && !s.committed);
     if let Some(s) = frozen {
         if let Some((k, _)) = writes.iter().find(|(k, _)| s.child.span.contains(k)) {
             return Ok(Some(format!(
@@ -808,7 +814,7 @@ pub fn effect(
     let outcome = |txn: TxnId| -> io::Result<Option<bool>> {
         Ok(get(&txn.key(OUTCOME_PREFIX))?.map(|v| v.first() == Some(&1)))
     };
-    let data = |writes: &[Mutation]| -> io::Result<Vec<Mutation>> {
+    let data = |split: Option<&Split>, writes: &[Mutation]| -> Vec<Mutation> {
         // The last write of a key wins; the storage batch must not carry a
         // key twice, since order inside one atomic batch is not defined.
         let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = writes
@@ -816,12 +822,12 @@ pub fn effect(
             .map(|(k, v)| (data_key(k), v.clone()))
             .collect();
         // A split under way copies these keys again once it froze them.
-        if let Some(s) = split_record(get)?.filter(|s| !s.committed) {
+        if let Some(s) = split.filter(|s| !s.committed) {
             for (k, _) in writes.iter().filter(|(k, _)| s.child.span.contains(k)) {
                 last.insert(written_key(k), Some(Vec::new()));
             }
         }
-        Ok(last.into_iter().collect())
+        last.into_iter().collect()
     };
     Ok(match cmd {
         ShardCommand::OnePhase {
@@ -834,7 +840,8 @@ pub fn effect(
             // with an abort: refused if this applied first, final if not.
             // Implicit single-operation ones (group 0) have no one to ask.
             let recorded = txn.group != crate::node::IMPLICIT_GROUP;
-            match (recorded, outcome(*txn)?) {
+            let recorded_outcome = if recorded { outcome(*txn)? } else { None };
+            match (recorded, recorded_outcome) {
                 (true, Some(true)) => (Vec::new(), ShardReply::Done),
                 (true, Some(false)) => (Vec::new(), ShardReply::Rejected("already aborted".into())),
                 // Its outcome here could have been forgotten: it must not
@@ -849,10 +856,11 @@ pub fn effect(
                     (Vec::new(), ShardReply::Rejected(r))
                 }
                 _ => {
-                    if let Some(r) = misplaced(get, writes)? {
+                    let split = split_record(get)?;
+                    if let Some(r) = misplaced(get, split.as_ref(), writes)? {
                         return Ok((Vec::new(), ShardReply::Moved(r)));
                     }
-                    let mut w = data(writes)?;
+                    let mut w = data(split.as_ref(), writes);
                     if recorded {
                         w.push((txn.key(OUTCOME_PREFIX), Some(vec![1])));
                     }
@@ -882,7 +890,7 @@ pub fn effect(
             } else if *t != term {
                 let r = format!("leadership changed: locks from term {t}, prepare in term {term}");
                 (Vec::new(), ShardReply::Rejected(r))
-            } else if let Some(r) = misplaced(get, writes)? {
+            } else if let Some(r) = misplaced(get, split_record(get)?.as_ref(), writes)? {
                 (Vec::new(), ShardReply::Moved(r))
             } else {
                 let rec = encode(&PrepareRecord {
@@ -897,7 +905,7 @@ pub fn effect(
             match (get(&p)?, outcome(*txn)?) {
                 (Some(rec), _) => {
                     let writes = prepared_writes(&rec).map_err(io::Error::other)?;
-                    let mut w = data(&writes)?;
+                    let mut w = data(split_record(get)?.as_ref(), &writes);
                     w.push((p, None));
                     // Below the horizon the horizon itself refuses a late
                     // prepare; a record would only wait to be forgotten.
