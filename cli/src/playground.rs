@@ -14,6 +14,7 @@
 //! starts anything, naming the pid. Ctrl-C (or SIGTERM) stops every
 //! process cleanly.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pact_client::{Client, ClientOptions};
 use pact_common::dirlock::DirLock;
-use pact_common::{ClusterConfig, NodeId};
+use pact_common::{ClusterConfig, NodeId, ShardId};
 
 /// Used for a new playground when the flags do not say.
 const DEFAULT_SHARDS: u64 = 3;
@@ -348,18 +349,18 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
             })
             .count();
         if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
-            let leaders: Vec<(u64, NodeId)> = rows
+            let leaders: Vec<(Group, NodeId)> = rows
                 .iter()
                 .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
-                .map(|(id, n, _)| (id.0, *n))
+                .map(|(id, n, _)| (Group::Shard(id.0), *n))
                 .chain(
                     coords
                         .iter()
                         .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
-                        .map(|(g, n, _)| (*g, *n)),
+                        .map(|(g, n, _)| (Group::Coordinator(*g), *n)),
                 )
                 .collect();
-            let placed = gathered(config, &leaders);
+            let placed = gathered(config, &retired, &leaders);
             let led_at = *all_led.get_or_insert_with(Instant::now);
             if placed || led_at.elapsed() >= GATHER_WITHIN {
                 return Ok(true);
@@ -367,19 +368,40 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(false)
+    // Every group led, only not gathered yet: ready all the same.
+    Ok(all_led.is_some())
+}
+
+/// A Raft group as `wait_ready` tells them apart (shard and coordinator
+/// group ids are numbered apart only in the combined layout).
+#[derive(PartialEq, Eq)]
+enum Group {
+    Shard(u64),
+    Coordinator(u64),
 }
 
 /// Whether every group with a node of `[raft] prefer_leaders` among its
 /// configured voters is led by the first such node (`leaders`: group,
-/// its leader). True without a preference.
-fn gathered(config: &ClusterConfig, leaders: &[(u64, NodeId)]) -> bool {
+/// its leader; `retired` shards, which have none, are left out). True
+/// without a preference. The configured voters, not the live ones: a
+/// replica moved at run time can only make the wait run its course.
+fn gathered(
+    config: &ClusterConfig,
+    retired: &BTreeSet<ShardId>,
+    leaders: &[(Group, NodeId)],
+) -> bool {
     let prefer = &config.raft.prefer_leaders;
     let groups = config
         .shards
         .iter()
-        .map(|s| (s.id.0, &s.replicas))
-        .chain(config.coordinators.iter().map(|g| (g.group, &g.replicas)));
+        .filter(|s| !retired.contains(&s.id))
+        .map(|s| (Group::Shard(s.id.0), &s.replicas))
+        .chain(
+            config
+                .coordinators
+                .iter()
+                .map(|g| (Group::Coordinator(g.group), &g.replicas)),
+        );
     groups.into_iter().all(
         |(group, voters)| match prefer.iter().find(|p| voters.contains(p)) {
             Some(first) => leaders.iter().any(|(g, n)| *g == group && n == first),

@@ -226,7 +226,9 @@ pub struct RaftTuning {
     /// voters are spread as usual). Meant for nodes that share one
     /// machine, as the playground's do: there a leader on another node
     /// buys no cores and turns in-process calls into network round trips.
-    /// Empty (the default): spread leaders over the nodes.
+    /// Empty (the default): spread leaders over the nodes. Every node
+    /// must have the same list (it is cluster config): two nodes ranking
+    /// each other first would hand a group back and forth.
     pub prefer_leaders: Vec<NodeId>,
     /// Most snapshot bytes per second one transfer streams to a follower
     /// (a replica added, moved or rejoining after a lost disk), so that
@@ -881,6 +883,12 @@ impl ClusterConfig {
         }
         if r.auto_split_secs == 0 {
             return invalid("raft.auto_split_secs must be at least 1");
+        }
+        if !r.prefer_leaders.is_empty() && r.balance_leaders_ms == 0 {
+            return invalid(
+                "raft.prefer_leaders needs raft.balance_leaders_ms above 0: the balancing \
+                 rounds are what move leaders to the listed nodes",
+            );
         }
         for (i, n) in r.prefer_leaders.iter().enumerate() {
             if r.prefer_leaders[..i].contains(n) {
@@ -1695,6 +1703,21 @@ start = ""
         expect_invalid(
             &hash_with("", "[raft]\nsplit_copy_kib_per_sec = 1\n"),
             &["split_copy_kib_per_sec (1)", "at least 256"],
+        );
+        // Preferred leaders: configured nodes, each once, with balancing on.
+        let ok = ClusterConfig::from_toml_str(&hash_with("", "[raft]\nprefer_leaders = [2, 1]\n"));
+        assert_eq!(ok.unwrap().raft.prefer_leaders, vec![NodeId(2), NodeId(1)]);
+        expect_invalid(
+            &hash_with("", "[raft]\nprefer_leaders = [1, 1]\n"),
+            &["prefer_leaders", "node 1 twice"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nprefer_leaders = [3]\n"),
+            &["prefer_leaders", "node 3", "not among [[nodes]]"],
+        );
+        expect_invalid(
+            &hash_with("", "[raft]\nprefer_leaders = [1]\nbalance_leaders_ms = 0\n"),
+            &["prefer_leaders", "balance_leaders_ms above 0"],
         );
         // Equal bounds: openraft would refuse them when a replica starts.
         expect_invalid(

@@ -384,5 +384,20 @@ mod tests {
         // Without the list, node 1 leads two more than nodes 2 and 3: it
         // hands one on.
         assert_eq!(plan(1, &groups, &[]), Some((4, 2)));
+        // A node leading listed and unlisted groups moves a listed one up
+        // first; with its listed voters not ready, a listed group stays
+        // and is not spread either.
+        let mixed = [
+            g(1, 4, &def, &[5, 6]),
+            g(2, 4, &def, &[5, 6]),
+            g(3, 4, &[4, 1, 5], &[1, 5]),
+        ];
+        assert_eq!(plan(4, &mixed, &[1]), Some((3, 1)));
+        let not_ready = [g(1, 4, &[4, 1, 5], &[5]), g(2, 4, &[4, 1, 5], &[5])];
+        assert_eq!(plan(4, &not_ready, &[1]), None);
+        // Unsettled groups hold back every move, listed ones too.
+        let mut unsettled = mixed.to_vec();
+        unsettled[0].leader = None;
+        assert_eq!(plan(4, &unsettled, &[1]), None);
     }
 }

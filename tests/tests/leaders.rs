@@ -152,46 +152,32 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
     c.wait_ready(Duration::from_secs(30)).await;
     c.kill(NodeId(3));
     // Every group elects among nodes 1 and 2.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = leaders(&c).await;
-        if l.len() == 4 && l.values().all(|n| n.0 != 3) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "no leaders on nodes 1 and 2: {l:?}\n{}\n{}",
-                views(&c).await,
-                c.logs_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let off_3 = |l: &BTreeMap<RaftGroup, NodeId>| l.values().all(|n| n.0 != 3);
+    leaders_until(
+        &c,
+        Duration::from_secs(30),
+        "no leaders on nodes 1 and 2",
+        off_3,
+    )
+    .await;
     c.restart(NodeId(3));
     // 4 groups over 3 nodes: nobody leads two more than another.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let l = leaders(&c).await;
+    let spread = |l: &BTreeMap<RaftGroup, NodeId>| {
         let mut count: BTreeMap<u64, usize> = (1..=3).map(|n| (n, 0)).collect();
         for n in l.values() {
             *count.entry(n.0).or_insert(0) += 1;
         }
-        let (min, max) = (
-            count.values().min().copied().unwrap_or(0),
-            count.values().max().copied().unwrap_or(0),
-        );
-        if l.len() == 4 && max - min <= 1 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "leaders did not spread: {l:?} ({count:?})\n{}\n{}",
-                views(&c).await,
-                c.logs_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        let min = count.values().min().copied().unwrap_or(0);
+        let max = count.values().max().copied().unwrap_or(0);
+        max - min <= 1
+    };
+    leaders_until(
+        &c,
+        Duration::from_secs(40),
+        "leaders did not spread",
+        spread,
+    )
+    .await;
     // And the cluster serves.
     c.client().put(b"after", b"balance").await.expect("put");
 }
@@ -229,31 +215,14 @@ async fn leaders_gather_up_the_preference_list() {
     c.start_all();
     c.wait_ready(Duration::from_secs(30)).await;
     let on = |n: u64| move |l: &BTreeMap<RaftGroup, NodeId>| l.values().all(|x| x.0 == n);
-    leaders_until(
-        &c,
-        Duration::from_secs(30),
-        "leaders not gathered on node 1",
-        on(1),
-    )
-    .await;
+    let secs = Duration::from_secs;
+    leaders_until(&c, secs(30), "not gathered on node 1", on(1)).await;
     // Node 1 gone: the groups elect among 2 and 3, and whatever node 3
     // won goes to node 2, the next on the list.
     c.kill(NodeId(1));
-    leaders_until(
-        &c,
-        Duration::from_secs(40),
-        "leaders not gathered on node 2",
-        on(2),
-    )
-    .await;
+    leaders_until(&c, secs(40), "not gathered on node 2", on(2)).await;
     // Back, and caught up: everything returns to node 1.
     c.restart(NodeId(1));
-    leaders_until(
-        &c,
-        Duration::from_secs(40),
-        "leaders not back on node 1",
-        on(1),
-    )
-    .await;
+    leaders_until(&c, secs(40), "not back on node 1", on(1)).await;
     c.client().put(b"after", b"gather").await.expect("put");
 }
