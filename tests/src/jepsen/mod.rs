@@ -234,6 +234,10 @@ pub struct Spec {
     /// shards can be retired ([`Fault::Merge`], and the metadata group's
     /// own rounds every 2 s) and old transactions are answered "expired".
     pub record_retention_s: Option<u64>,
+    /// `[raft] prefer_leaders` names the first node: the balancer's
+    /// rounds gather leaders there (and away from it while it is down)
+    /// instead of spreading them.
+    pub gather_leaders: bool,
 }
 
 impl Spec {
@@ -260,6 +264,7 @@ impl Spec {
             sample_every: None,
             spare: false,
             record_retention_s: None,
+            gather_leaders: false,
         }
     }
 }
@@ -389,8 +394,13 @@ pub async fn run(spec: Spec) -> Report {
         Some(_) => 2,
         None => fast_tuning().retire_merged_secs,
     };
+    let prefer_leaders = match spec.gather_leaders {
+        true => config.nodes.first().map(|n| n.id).into_iter().collect(),
+        false => Vec::new(),
+    };
     let tuning = pact_common::RaftTuning {
         balance_leaders_ms: 3_000,
+        prefer_leaders,
         retire_merged_secs,
         ..fast_tuning()
     };
