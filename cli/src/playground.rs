@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pact_client::{Client, ClientOptions};
+use pact_client::{Client, ClientError, ClientOptions, ReplicaStatus};
 use pact_common::dirlock::DirLock;
 use pact_common::{ClusterConfig, NodeId, ShardId};
 
@@ -328,38 +328,32 @@ async fn wait_ready(config: &ClusterConfig, within: Duration) -> anyhow::Result<
         client.learn_retired(Duration::from_millis(500)).await;
         let retired = client.retired_shards();
         let rows = client.status().await;
+        let coords = client.coordinator_status_all().await;
+        let leads =
+            |r: &Result<ReplicaStatus, ClientError>| r.as_ref().is_ok_and(|r| r.role == "leader");
+        let leaders: Vec<(Group, NodeId)> = rows
+            .iter()
+            .filter(|(_, _, r)| leads(r))
+            .map(|(id, n, _)| (Group::Shard(id.0), *n))
+            .chain(
+                coords
+                    .iter()
+                    .filter(|(_, _, r)| leads(r))
+                    .map(|(g, n, _)| (Group::Coordinator(*g), *n)),
+            )
+            .collect();
+        let led = |group: Group| leaders.iter().any(|(g, _)| *g == group);
         let shards_led = config
             .shards
             .iter()
-            .filter(|s| {
-                retired.contains(&s.id)
-                    || rows.iter().any(|(id, _, r)| {
-                        *id == s.id && r.as_ref().is_ok_and(|r| r.role == "leader")
-                    })
-            })
+            .filter(|s| retired.contains(&s.id) || led(Group::Shard(s.id.0)))
             .count();
-        let coords = client.coordinator_status_all().await;
         let coord_led = config
             .coordinators
             .iter()
-            .filter(|g| {
-                coords.iter().any(|(id, _, r)| {
-                    *id == g.group && r.as_ref().is_ok_and(|r| r.role == "leader")
-                })
-            })
+            .filter(|g| led(Group::Coordinator(g.group)))
             .count();
         if shards_led == config.shards.len() && coord_led == config.coordinators.len() {
-            let leaders: Vec<(Group, NodeId)> = rows
-                .iter()
-                .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
-                .map(|(id, n, _)| (Group::Shard(id.0), *n))
-                .chain(
-                    coords
-                        .iter()
-                        .filter(|(_, _, r)| r.as_ref().is_ok_and(|r| r.role == "leader"))
-                        .map(|(g, n, _)| (Group::Coordinator(*g), *n)),
-                )
-                .collect();
             let placed = gathered(config, &retired, &leaders);
             let led_at = *all_led.get_or_insert_with(Instant::now);
             if placed || led_at.elapsed() >= GATHER_WITHIN {
