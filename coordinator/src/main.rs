@@ -10,7 +10,6 @@ pact_raft::jemalloc_options!();
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -151,11 +150,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     )
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth.clone().layer());
-    let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
-    let prefer = config.raft.prefer_leaders.iter().map(|n| n.0).collect();
     let topology = config.clone();
+    let tuning = config.raft.clone();
     let c = Coordinator::start(config, id, &data_dir, tls.clone()).await?;
-    pact_raft::balance::spawn(c.router().clone(), id.0, balance_every, prefer);
+    pact_raft::balance::spawn(c.router().clone(), id, &tuning);
     let endpoint = {
         let c = c.clone();
         pact_raft::endpoint::Endpoint::new(vec![c.replica().clone()])

@@ -11,7 +11,6 @@ pact_raft::jemalloc_options!();
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -158,11 +157,10 @@ async fn run(r: Run) -> anyhow::Result<()> {
     )
     .await?;
     let mut peer_builder = peer_server.layer(peer_auth.clone().layer());
-    let balance_every = Duration::from_millis(config.raft.balance_leaders_ms);
-    let prefer = config.raft.prefer_leaders.iter().map(|n| n.0).collect();
     let topology = config.clone();
+    let tuning = config.raft.clone();
     let node = Arc::new(Node::start(config, id, &data_dir, tls.clone()).await?);
-    pact_raft::balance::spawn(node.router().clone(), id.0, balance_every, prefer);
+    pact_raft::balance::spawn(node.router().clone(), id, &tuning);
     let endpoint = {
         let n = node.clone();
         pact_raft::endpoint::Endpoint::new(node.replicas())

@@ -223,13 +223,17 @@ pub async fn transfer(
     }
 }
 
-/// Balance leaders every `every` (with a per-node offset, so the nodes of
-/// a cluster do not act in the same instant), toward the nodes in
-/// `prefer` first (see [`plan`]); nothing if `every` is zero.
-pub fn spawn(router: Router, node: u64, every: Duration, prefer: Vec<u64>) {
+/// Balance leaders every `[raft] balance_leaders_ms` (with a per-node
+/// offset, so the nodes of a cluster do not act in the same instant),
+/// toward the nodes of `[raft] prefer_leaders` first (see [`plan`]);
+/// nothing if the interval is zero.
+pub fn spawn(router: Router, node: pact_common::NodeId, tuning: &pact_common::RaftTuning) {
+    let every = Duration::from_millis(tuning.balance_leaders_ms);
     if every.is_zero() {
         return;
     }
+    let node = node.0;
+    let prefer: Vec<u64> = tuning.prefer_leaders.iter().map(|n| n.0).collect();
     tokio::spawn(async move {
         // Spread the nodes' rounds over the interval.
         let offset = every.mul_f64((node % 7) as f64 / 7.0);

@@ -869,12 +869,7 @@ async fn run(r: Run) -> anyhow::Result<()> {
     // Clients get Kv and Txn only; Raft and the transaction protocol (whose
     // Decide could commit another client's prepared transaction) only on
     // the peer port.
-    pact_raft::balance::spawn(
-        host.router.clone(),
-        id.0,
-        Duration::from_millis(config.raft.balance_leaders_ms),
-        config.raft.prefer_leaders.iter().map(|n| n.0).collect(),
-    );
+    pact_raft::balance::spawn(host.router.clone(), id, &config.raft);
     let shard_host = node.clone().map(|node| {
         Arc::new(ShardHost {
             node,
