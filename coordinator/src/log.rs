@@ -730,6 +730,46 @@ mod tests {
         m.0.borrow().contains_key(k)
     }
 
+    /// Crash point: the coordinator logged the abort of a staged
+    /// transaction (after a "no" vote) and died before any shard heard it.
+    /// The new leader has nothing to resend or resolve (no staging record,
+    /// no unfinished commit), and a shard holding the prepare asks
+    /// `TxnStatus`, which reads the abort from the record; a late staging
+    /// or commit of it, from the old leader, changes nothing.
+    #[test]
+    fn crash_after_the_abort_record_leaves_the_shards_to_read_it() {
+        let m = Mem(RefCell::new(BTreeMap::new()));
+        m.run(LogCommand::Stage {
+            txn: t(1),
+            shards: vec![1, 2],
+        });
+        let abort = LogCommand::Decide {
+            txn: t(1),
+            commit: false,
+            shards: vec![1, 2],
+        };
+        assert_eq!(m.run(abort.clone()), LogReply::Decided { commit: false });
+        assert!(!has(&m, &staging_key(t(1))), "nothing to resolve");
+        assert!(!has(&m, &unfinished_key(t(1))), "nothing to resend");
+        assert!(decision(&m, t(1)).is_some_and(|d| !d.commit));
+        // Idempotent, and the first decision wins.
+        assert_eq!(m.run(abort), LogReply::Decided { commit: false });
+        for late in [
+            LogCommand::Stage {
+                txn: t(1),
+                shards: vec![1, 2],
+            },
+            LogCommand::Decide {
+                txn: t(1),
+                commit: true,
+                shards: vec![1, 2],
+            },
+        ] {
+            assert_eq!(m.run(late), LogReply::Decided { commit: false });
+        }
+        assert!(!has(&m, &staging_key(t(1))) && !has(&m, &unfinished_key(t(1))));
+    }
+
     /// An unfinished commit is indexed (`u`) until finished, so a new
     /// leader reads only those.
     #[test]

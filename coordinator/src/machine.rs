@@ -1059,6 +1059,97 @@ mod tests {
         assert!(m.in_flight(t(1)));
     }
 
+    /// Crash points of a single writer with read-only shards: before the
+    /// writer's one-phase commit is sent (the readers validated and let
+    /// their locks go) and after it. Nothing of the transaction is in the
+    /// recovery log either way, so the new leader has nothing to do, and
+    /// the writer's open transaction is settled by `TxnStatus` (asked by
+    /// the shard when its lease runs out, or by the client): it fences the
+    /// shards, so the one-phase commit cannot land after an abort, and
+    /// decides from what they recorded.
+    #[test]
+    fn crash_while_validating_is_settled_by_the_shards_records() {
+        use crate::inquiry::{verdict, ShardState, Verdict};
+        let mut m = Machine::new();
+        commit(&mut m, t(1), &[1, 2], &[2]);
+        let a = vote(&mut m, t(1), 1, Vote::ReadOnly);
+        assert_eq!(
+            a,
+            vec![Action::CommitOnePhase {
+                txn: t(1),
+                shard: ShardId(2)
+            }]
+        );
+        // Crash here (the action sent or not): the log holds nothing.
+        let mut fresh = Machine::new();
+        assert!(fresh
+            .step(Event::Recovered {
+                unfinished: vec![],
+                staged: vec![]
+            })
+            .is_empty());
+        assert!(!fresh.in_flight(t(1)), "TxnStatus asks the shards");
+        let answers = |writer| {
+            vec![
+                (ShardId(1), Ok(ShardState::Aborted)),
+                (ShardId(2), Ok(writer)),
+            ]
+        };
+        // Before: the fence records an abort at the writer too.
+        assert!(matches!(
+            verdict(&answers(ShardState::Aborted), true),
+            Verdict::Abort(_)
+        ));
+        // After: the writer committed, and that commit stands.
+        assert_eq!(
+            verdict(&answers(ShardState::Committed), true),
+            Verdict::Committed
+        );
+        // The old leader's late answer changes nothing in the new one.
+        assert!(fresh
+            .step(Event::OnePhaseDone {
+                txn: t(1),
+                outcome: Outcome::Committed
+            })
+            .is_empty());
+    }
+
+    /// Crash point: the abort of a staged transaction was logged, and the
+    /// coordinator died before its decisions reached the shards (the log
+    /// side is `log.rs`'s `crash_after_the_abort_record_leaves_the_shards_to_read_it`).
+    #[test]
+    fn crash_after_the_abort_record_sends_nothing_on_recovery() {
+        let mut m = Machine::new();
+        commit(&mut m, t(1), &[1, 2], &[1, 2]);
+        staged(&mut m, t(1), LogResult::Logged);
+        vote(&mut m, t(1), 1, Vote::Yes);
+        let a = vote(
+            &mut m,
+            t(1),
+            2,
+            Vote::No(Abort::new(AbortKind::Wounded, "wounded")),
+        );
+        assert_eq!(a, vec![Action::LogAbort { txn: t(1) }]);
+        // Crash before the append ends: the log may or may not hold the
+        // abort; if not, the staging record is there and recovery
+        // resolves it (`crash_after_the_staging_record_resolves_from_the_shards`).
+        // Crash after it: no staging record and no unfinished commit.
+        let mut fresh = Machine::new();
+        assert!(fresh
+            .step(Event::Recovered {
+                unfinished: vec![],
+                staged: vec![]
+            })
+            .is_empty());
+        assert!(!fresh.in_flight(t(1)), "TxnStatus reads the abort record");
+        // The old machine, had it lived, would have sent the aborts.
+        let a = m.step(Event::Logged {
+            txn: t(1),
+            result: LogResult::Logged,
+        });
+        assert_eq!(decides(&a), vec![(1, false), (2, false)]);
+    }
+
     #[test]
     fn crash_after_the_decision_record_finishes_the_commit() {
         let mut fresh = Machine::new();
