@@ -4,6 +4,7 @@
 //! clocks; the transaction manager decides what a conflict means.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use pact_common::{Span, TxnId};
 
@@ -21,6 +22,7 @@ pub struct Range {
 }
 
 impl Range {
+    #[cfg(test)]
     fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
     }
@@ -46,6 +48,91 @@ fn coalesce(ranges: &mut Vec<Range>) {
     *ranges = out;
 }
 
+/// Which transactions' range locks cover each key: the key space cut at
+/// the ends of every range lock into pieces, each piece with the set of
+/// transactions covering all of it. An exclusive lock then finds the scans
+/// it conflicts with in one lookup instead of testing every range lock of
+/// every transaction. Pieces that no longer differ from the one before
+/// them are merged away on release, so the map holds about two entries per
+/// live range lock.
+#[derive(Default, Debug)]
+struct Coverage {
+    /// A piece from its key up to the next key (the last: to the end).
+    pieces: BTreeMap<Vec<u8>, BTreeSet<TxnId>>,
+}
+
+impl Coverage {
+    /// Who covers `key`.
+    fn at(&self, key: &[u8]) -> Option<&BTreeSet<TxnId>> {
+        self.before(Bound::Included(key))
+    }
+
+    /// The set of the last piece starting at or before `bound`.
+    fn before(&self, bound: Bound<&[u8]>) -> Option<&BTreeSet<TxnId>> {
+        self.pieces
+            .range::<[u8], _>((Bound::Unbounded, bound))
+            .next_back()
+            .map(|(_, s)| s)
+    }
+
+    /// Make `at` the start of a piece (the piece it was in, split in two).
+    fn cut(&mut self, at: &[u8]) {
+        if !self.pieces.contains_key(at) {
+            let s = self.at(at).cloned().unwrap_or_default();
+            self.pieces.insert(at.to_vec(), s);
+        }
+    }
+
+    fn span(r: &Range) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        let upper = match &r.end {
+            Some(e) => Bound::Excluded(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        (Bound::Included(r.start.as_slice()), upper)
+    }
+
+    fn add(&mut self, txn: TxnId, r: &Range) {
+        self.cut(&r.start);
+        if let Some(e) = &r.end {
+            self.cut(e);
+        }
+        for (_, s) in self.pieces.range_mut::<[u8], _>(Self::span(r)) {
+            s.insert(txn);
+        }
+        self.merge(r);
+    }
+
+    fn remove(&mut self, txn: TxnId, r: &Range) {
+        for (_, s) in self.pieces.range_mut::<[u8], _>(Self::span(r)) {
+            s.remove(&txn);
+        }
+        self.merge(r);
+    }
+
+    /// After `r` was added or removed, its own cuts, and any inside it, may
+    /// separate equal pieces (or start an empty first one): merge them.
+    fn merge(&mut self, r: &Range) {
+        let upper = match &r.end {
+            Some(e) => Bound::Included(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let cuts: Vec<Vec<u8>> = self
+            .pieces
+            .range::<[u8], _>((Bound::Included(r.start.as_slice()), upper))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in cuts {
+            let same = match self.before(Bound::Excluded(&k)) {
+                Some(prev) => Some(prev) == self.pieces.get(&k),
+                None => self.pieces.get(&k).is_some_and(BTreeSet::is_empty),
+            };
+            if same {
+                self.pieces.remove(&k);
+            }
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 struct KeyLock {
     shared: BTreeSet<TxnId>,
@@ -56,6 +143,8 @@ struct KeyLock {
 pub struct LockTable {
     keys: BTreeMap<Vec<u8>, KeyLock>,
     ranges: BTreeMap<TxnId, Vec<Range>>,
+    /// The same range locks, indexed by key.
+    covered: Coverage,
     /// Keys each transaction holds, so release is proportional to what it holds.
     held: BTreeMap<TxnId, BTreeSet<Vec<u8>>>,
     /// Releases that freed something, ever: a waiter needs waking only
@@ -84,10 +173,8 @@ impl LockTable {
             }
         }
         if mode == Mode::Exclusive {
-            for (t, rs) in &self.ranges {
-                if *t != txn && rs.iter().any(|r| r.contains(key)) {
-                    blockers.insert(*t);
-                }
+            if let Some(ts) = self.covered.at(key) {
+                blockers.extend(ts.iter().copied().filter(|t| *t != txn));
             }
         }
         if !blockers.is_empty() {
@@ -128,6 +215,7 @@ impl LockTable {
         if !blockers.is_empty() {
             return Err(blockers.into_iter().collect());
         }
+        self.covered.add(txn, &range);
         let held = self.ranges.entry(txn).or_default();
         held.push(range);
         coalesce(held);
@@ -136,7 +224,11 @@ impl LockTable {
 
     /// Release everything `txn` holds. Returns whether it held anything.
     pub fn release_all(&mut self, txn: TxnId) -> bool {
-        let mut any = self.ranges.remove(&txn).is_some();
+        let ranges = self.ranges.remove(&txn);
+        let mut any = ranges.is_some();
+        for r in ranges.iter().flatten() {
+            self.covered.remove(txn, r);
+        }
         if let Some(keys) = self.held.remove(&txn) {
             any = true;
             for k in keys {
@@ -167,6 +259,7 @@ impl LockTable {
     pub fn clear(&mut self) {
         self.keys.clear();
         self.ranges.clear();
+        self.covered = Coverage::default();
         self.held.clear();
         self.releases = self.releases.wrapping_add(1);
     }
@@ -259,6 +352,54 @@ mod tests {
             );
         }
         assert!(l.try_key(t(2), b"a", Mode::Exclusive).is_ok());
+    }
+
+    /// The key index of range locks agrees with testing every range lock,
+    /// through random grants and releases (seeded), and shrinks back to
+    /// nothing once every range lock is gone.
+    #[test]
+    fn the_range_index_matches_every_range_lock() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(12);
+        let keys: Vec<Vec<u8>> = (b'a'..=b'h')
+            .flat_map(|c| [vec![c], vec![c, 0], vec![c, b'5']])
+            .collect();
+        let pick = |rng: &mut StdRng| keys[rng.random_range(0..keys.len())].clone();
+        for round in 0..200 {
+            let mut l = LockTable::new();
+            for step in 0..60 {
+                let txn = t(rng.random_range(1..6));
+                match rng.random_range(0..4) {
+                    0 | 1 => {
+                        let start = pick(&mut rng);
+                        let end = rng.random_bool(0.8).then(|| pick(&mut rng));
+                        let _ = l.try_range(txn, Range { start, end });
+                    }
+                    2 => {
+                        let _ = l.try_key(txn, &pick(&mut rng), Mode::Exclusive);
+                    }
+                    _ => {
+                        l.release_all(txn);
+                    }
+                }
+                for k in &keys {
+                    let naive: BTreeSet<TxnId> = l
+                        .ranges
+                        .iter()
+                        .filter(|(_, rs)| rs.iter().any(|r| r.contains(k)))
+                        .map(|(t, _)| *t)
+                        .collect();
+                    let indexed = l.covered.at(k).cloned().unwrap_or_default();
+                    assert_eq!(indexed, naive, "round {round} step {step} key {k:?}");
+                }
+                let (_, n) = l.size();
+                assert!(l.covered.pieces.len() <= 2 * n, "round {round} step {step}");
+            }
+            for n in 1..6 {
+                l.release_all(t(n));
+            }
+            assert!(l.covered.pieces.is_empty() && l.is_empty());
+        }
     }
 
     #[test]
