@@ -625,6 +625,19 @@ mod tests {
         m.step(Event::Staged { txn, result })
     }
 
+    /// A new leader whose log holds no staging record and no unfinished
+    /// commit: it has nothing to do.
+    fn recovered_with_nothing_in_the_log() -> Machine {
+        let mut fresh = Machine::new();
+        assert!(fresh
+            .step(Event::Recovered {
+                unfinished: vec![],
+                staged: vec![]
+            })
+            .is_empty());
+        fresh
+    }
+
     #[test]
     fn single_shard_commits_in_one_phase() {
         let mut m = Machine::new();
@@ -988,13 +1001,7 @@ mod tests {
         vote(&mut m, t(1), 1, Vote::Yes);
         vote(&mut m, t(1), 2, Vote::Yes);
         // Crash here, the Stage append lost: the new leader finds nothing.
-        let mut fresh = Machine::new();
-        assert!(fresh
-            .step(Event::Recovered {
-                unfinished: vec![],
-                staged: vec![]
-            })
-            .is_empty());
+        let fresh = recovered_with_nothing_in_the_log();
         assert!(!fresh.in_flight(t(1)), "TxnStatus will presume abort");
     }
 
@@ -1081,13 +1088,7 @@ mod tests {
             }]
         );
         // Crash here (the action sent or not): the log holds nothing.
-        let mut fresh = Machine::new();
-        assert!(fresh
-            .step(Event::Recovered {
-                unfinished: vec![],
-                staged: vec![]
-            })
-            .is_empty());
+        let mut fresh = recovered_with_nothing_in_the_log();
         assert!(!fresh.in_flight(t(1)), "TxnStatus asks the shards");
         let answers = |writer| {
             vec![
@@ -1134,13 +1135,7 @@ mod tests {
         // abort; if not, the staging record is there and recovery
         // resolves it (`crash_after_the_staging_record_resolves_from_the_shards`).
         // Crash after it: no staging record and no unfinished commit.
-        let mut fresh = Machine::new();
-        assert!(fresh
-            .step(Event::Recovered {
-                unfinished: vec![],
-                staged: vec![]
-            })
-            .is_empty());
+        let fresh = recovered_with_nothing_in_the_log();
         assert!(!fresh.in_flight(t(1)), "TxnStatus reads the abort record");
         // The old machine, had it lived, would have sent the aborts.
         let a = m.step(Event::Logged {
