@@ -136,6 +136,11 @@ async fn retire_merged(client: &Client, patient: bool) -> String {
 /// [`Fault::Split`] stops splitting once the cluster has this many shards.
 pub const MAX_SPLIT_SHARDS: usize = 10;
 
+/// What a fault that picks a shard does when [`all_shards`] found none:
+/// the map could not be refreshed (nodes down) and every shard the client
+/// knew of was merged away and retired meanwhile.
+const NO_SHARD_KNOWN: &str = "no live shard known (the map could not be refreshed): nothing done";
+
 /// Every shard there is now, those splits created included, retired ones
 /// (groups gone) left out (best effort: the config's and those known so
 /// far if the descriptors cannot all be read).
@@ -245,7 +250,9 @@ pub async fn apply(
         }
         Fault::KillShardLeader => {
             let shards = all_shards(&c.client()).await;
-            let shard = *shards.choose(rng).expect("shards");
+            let Some(&shard) = shards.choose(rng) else {
+                return (Applied::Nothing, NO_SHARD_KNOWN.into());
+            };
             match shard_leader(c, shard).await {
                 Some(id) => {
                     c.kill(id);
@@ -371,7 +378,10 @@ pub async fn apply(
                 Some(_) if pick == 2 => RaftGroup::Meta,
                 _ => {
                     let shards = all_shards(&client).await;
-                    RaftGroup::Shard(*shards.choose(rng).expect("shards"))
+                    let Some(&shard) = shards.choose(rng) else {
+                        return (Applied::Nothing, NO_SHARD_KNOWN.into());
+                    };
+                    RaftGroup::Shard(shard)
                 }
             };
             let voters = match client.group_voters(group).await {
