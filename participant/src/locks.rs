@@ -88,10 +88,7 @@ impl Coverage {
     }
 
     fn span(r: &Range) -> (Bound<&[u8]>, Bound<&[u8]>) {
-        let upper = match &r.end {
-            Some(e) => Bound::Excluded(e.as_slice()),
-            None => Bound::Unbounded,
-        };
+        let upper = r.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         (Bound::Included(r.start.as_slice()), upper)
     }
 
@@ -116,10 +113,7 @@ impl Coverage {
     /// After `r` was added or removed, its own cuts, and any inside it, may
     /// separate equal pieces (or start an empty first one): merge them.
     fn merge(&mut self, r: &Range) {
-        let upper = match &r.end {
-            Some(e) => Bound::Included(e.as_slice()),
-            None => Bound::Unbounded,
-        };
+        let upper = r.end.as_deref().map_or(Bound::Unbounded, Bound::Included);
         let cuts: Vec<Vec<u8>> = self
             .pieces
             .range::<[u8], _>((Bound::Included(r.start.as_slice()), upper))
